@@ -1,0 +1,62 @@
+//! The library's error type: one enum whose variants carry the data a caller needs to act.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong between a model id and a logit.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config.json that does not parse, or values that cannot build a model.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+
+    /// A file that cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// No weights file in a model directory.
+    #[error("no weights in {}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin", dir.display())]
+    NoWeights { dir: PathBuf },
+
+    /// A weights file whose header or contents cannot be decoded (truncated, corrupt, wrong format).
+    #[error("corrupt or unreadable weights file {}: {reason}", path.display())]
+    CorruptWeights { path: PathBuf, reason: String },
+
+    /// The config asks for a tensor the weights do not have.
+    #[error("the weights do not match the config: tensor {name} is missing")]
+    MissingTensor { name: String },
+
+    /// A tensor whose shape differs from what the config implies.
+    #[error("the weights do not match the config: tensor {name} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A tensor the config has no place for (e.g. more layers than `num_self_attends_per_block`).
+    #[error("the weights do not match the config: unexpected tensor {name} (shape {shape:?})")]
+    UnexpectedTensor { name: String, shape: Vec<usize> },
+
+    /// The model could not be fetched from, or found in the cache of, the Hugging Face hub.
+    #[error("cannot get {file} of model {model_id}: {reason}")]
+    Hub {
+        model_id: String,
+        file: String,
+        reason: String,
+    },
+
+    /// A text the model cannot take: no mask, malformed mask syntax, too long, …
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// A failure inside the tensor library.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// `Result` with the library's [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,107 @@
+//! The byte-level masked language model (`deepmind/language-perceiver`).
+//!
+//! Mirrors transformers' `PerceiverForMaskedLM` (`PerceiverTextPreprocessor`, `PerceiverModel`
+//! with a `PerceiverBasicDecoder`, `PerceiverEmbeddingDecoder`) and the model of DeepMind's
+//! `masked_language_modelling.ipynb`. Inputs are byte ids plus a learned position per index;
+//! outputs are logits over the 262 ids, from the decoder's output tied to the input embedding.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::config::PerceiverConfig;
+use crate::decoder::BasicDecoder;
+use crate::encoder::PerceiverEncoder;
+use crate::error::{Error, Result};
+use crate::position::TrainablePositionEncoding;
+
+#[derive(Debug, Clone)]
+pub struct PerceiverForMaskedLM {
+    /// `[vocab_size, d_model]`; also the output projection (tied).
+    embeddings: Embedding,
+    input_positions: TrainablePositionEncoding,
+    encoder: PerceiverEncoder,
+    decoder: BasicDecoder,
+    /// `[vocab_size]`, added to the tied projection.
+    output_bias: Tensor,
+    config: PerceiverConfig,
+}
+
+impl PerceiverForMaskedLM {
+    /// Builds the model from weights under transformers' names (`perceiver.…`,
+    /// `embedding_decoder.bias`). The config must already be validated.
+    pub fn new(cfg: &PerceiverConfig, vb: VarBuilder) -> Result<Self> {
+        let p = vb.pp("perceiver");
+        let input = p.pp("input_preprocessor");
+        Ok(Self {
+            embeddings: candle_nn::embedding(cfg.vocab_size, cfg.d_model, input.pp("embeddings"))?,
+            input_positions: TrainablePositionEncoding::new(
+                cfg.max_position_embeddings,
+                cfg.d_model,
+                "weight",
+                input.pp("position_embeddings"),
+            )?,
+            encoder: PerceiverEncoder::new(cfg, p.clone())?,
+            decoder: BasicDecoder::new(cfg.max_position_embeddings, &cfg.masked_lm_decoder_spec(), p.pp("decoder"))?,
+            output_bias: vb.pp("embedding_decoder").get(cfg.vocab_size, "bias")?,
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &PerceiverConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.output_bias.device()
+    }
+
+    /// The longest input (in ids, special tokens included) the model takes.
+    pub fn max_len(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    /// Encodes a batch of ids into latents.
+    ///
+    /// # Shapes
+    /// `input_ids`: `[batch, len]` u32 with `len ≤ max_len()`; `attention_mask`: `[batch, len]`,
+    /// 1 = real byte, 0 = padding. Returns `[batch, num_latents, d_latents]`.
+    pub fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (_, len) = input_ids.dims2()?;
+        if len > self.max_len() {
+            return Err(Error::InvalidInput(format!(
+                "input is {len} tokens long, the model takes at most {}",
+                self.max_len()
+            )));
+        }
+        let embedded = self.embeddings.forward(input_ids)?;
+        let inputs = embedded.broadcast_add(&self.input_positions.first(len)?)?;
+        self.encoder.forward(&inputs, attention_mask)
+    }
+
+    /// Logits at the output positions `positions` (`[batch, n]` u32), `[batch, n, vocab]`.
+    pub fn decode(&self, latents: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let hidden = self.decoder.forward(latents, positions)?;
+        self.logits(&hidden)
+    }
+
+    /// Logits at every output position, `[batch, max_len, vocab]`: what transformers returns.
+    pub fn decode_all(&self, latents: &Tensor) -> Result<Tensor> {
+        let hidden = self.decoder.forward_all(latents)?;
+        self.logits(&hidden)
+    }
+
+    /// Full forward pass as transformers runs it: every output position decoded.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let latents = self.encode(input_ids, attention_mask)?;
+        self.decode_all(&latents)
+    }
+
+    /// Tied embedding decoder: `hidden · Eᵀ + bias`.
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (batch, n, width) = hidden.dims3()?;
+        let table = self.embeddings.embeddings();
+        let flat = hidden.reshape((batch * n, width))?.matmul(&table.t()?)?;
+        let logits = flat.broadcast_add(&self.output_bias)?;
+        Ok(logits.reshape((batch, n, self.config.vocab_size))?.to_dtype(DType::F32)?)
+    }
+}

@@ -1,0 +1,390 @@
+//! From a model reference (a local directory or a Hugging Face hub id) to a model whose every
+//! tensor has been checked against its config.
+//!
+//! A model directory holds transformers' `config.json` and its weights as `model.safetensors`
+//! (memory-mapped), sharded `model.safetensors.index.json` + shards, or `pytorch_model.bin`.
+//! Hub ids are fetched with `hf-hub` into the standard cache (`HF_HOME` honoured); offline
+//! (`LoadOptions::offline` or `HF_HUB_OFFLINE=1`) they resolve from the cache only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::config::PerceiverConfig;
+use crate::error::{Error, Result};
+use crate::heads::masked_lm::PerceiverForMaskedLM;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const PYTORCH_FILE: &str = "pytorch_model.bin";
+
+/// How to find a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Resolve hub ids from the local cache only (also set by `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+    /// Hub revision (branch, tag or commit); `main` when unset.
+    pub revision: Option<String>,
+}
+
+/// The weights of a model, in one of the layouts transformers writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightFiles {
+    /// One or more safetensors files (several = shards listed by an index).
+    Safetensors(Vec<PathBuf>),
+    /// A PyTorch pickle (`torch.save` zip format).
+    PyTorch(PathBuf),
+}
+
+/// The files that make a model, wherever they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub weights: WeightFiles,
+}
+
+impl ModelFiles {
+    /// Finds the config and weights in a model directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let config = dir.join(CONFIG_FILE);
+        if !config.is_file() {
+            return Err(Error::Io {
+                path: config,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no config.json in the model directory"),
+            });
+        }
+        let weights = if dir.join(SAFETENSORS_FILE).is_file() {
+            WeightFiles::Safetensors(vec![dir.join(SAFETENSORS_FILE)])
+        } else if dir.join(SAFETENSORS_INDEX_FILE).is_file() {
+            let shards = shard_names(&dir.join(SAFETENSORS_INDEX_FILE))?;
+            WeightFiles::Safetensors(shards.into_iter().map(|s| dir.join(s)).collect())
+        } else if dir.join(PYTORCH_FILE).is_file() {
+            WeightFiles::PyTorch(dir.join(PYTORCH_FILE))
+        } else {
+            return Err(Error::NoWeights { dir: dir.to_path_buf() });
+        };
+        Ok(Self { config, weights })
+    }
+
+    /// Resolves `model`: an existing directory, else a hub id (`owner/name`).
+    pub fn resolve(model: &str, options: &LoadOptions) -> Result<Self> {
+        let path = Path::new(model);
+        if path.is_dir() {
+            return Self::from_dir(path);
+        }
+        if path.exists() {
+            return Err(Error::InvalidInput(format!(
+                "{model} is a file; --model takes a model directory or a hub id"
+            )));
+        }
+        if !looks_like_hub_id(model) {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            });
+        }
+        hub::fetch(model, options)
+    }
+}
+
+/// `name` or `owner/name`, made of the characters the hub allows, and not a path.
+fn looks_like_hub_id(model: &str) -> bool {
+    let parts: Vec<&str> = model.split('/').collect();
+    let part_ok = |p: &&str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    (1..=2).contains(&parts.len()) && parts.iter().all(part_ok)
+}
+
+/// The distinct shard file names of a `model.safetensors.index.json`, in first-seen order.
+fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let corrupt = |reason: String| Error::CorruptWeights {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| corrupt("no \"weight_map\" object".into()))?;
+    let mut shards: Vec<String> = Vec::new();
+    for file in map.values() {
+        let file = file.as_str().ok_or_else(|| corrupt("a weight_map value is not a file name".into()))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(corrupt(format!("shard name {file:?} is not a plain file name")));
+        }
+        if !shards.iter().any(|s| s == file) {
+            shards.push(file.to_string());
+        }
+    }
+    if shards.is_empty() {
+        return Err(corrupt("empty weight_map".into()));
+    }
+    Ok(shards)
+}
+
+/// Opened weights, before any tensor is materialised.
+enum OpenWeights {
+    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    PyTorch(candle_core::pickle::PthTensors),
+}
+
+impl OpenWeights {
+    fn open(files: &WeightFiles) -> Result<Self> {
+        let corrupt = |path: &Path, e: candle_core::Error| Error::CorruptWeights {
+            path: path.to_path_buf(),
+            reason: root_cause(&e),
+        };
+        match files {
+            WeightFiles::Safetensors(paths) => {
+                for path in paths {
+                    check_readable(path)?;
+                    // Map and parse each file on its own first so an error names the bad shard.
+                    // SAFETY: the file is mapped read-only; as with every memory-mapped model
+                    // loader, it must not be modified while the model is alive.
+                    unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+                        .map_err(|e| corrupt(path, e))?;
+                }
+                // SAFETY: as above.
+                let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(paths) }
+                    .map_err(|e| corrupt(&paths[0], e))?;
+                Ok(Self::Safetensors(st))
+            }
+            WeightFiles::PyTorch(path) => {
+                check_readable(path)?;
+                let pth = candle_core::pickle::PthTensors::new(path, None).map_err(|e| corrupt(path, e))?;
+                Ok(Self::PyTorch(pth))
+            }
+        }
+    }
+
+    /// Name → shape of every tensor in the files.
+    fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        match self {
+            Self::Safetensors(st) => st
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| (name, view.shape().to_vec()))
+                .collect(),
+            Self::PyTorch(pth) => pth
+                .tensor_infos()
+                .iter()
+                .map(|(name, info)| (name.clone(), info.layout.shape().dims().to_vec()))
+                .collect(),
+        }
+    }
+
+    fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        match self {
+            Self::Safetensors(st) => VarBuilder::from_backend(Box::new(st), dtype, device.clone()),
+            Self::PyTorch(pth) => VarBuilder::from_backend(Box::new(pth), dtype, device.clone()),
+        }
+    }
+}
+
+fn check_readable(path: &Path) -> Result<()> {
+    std::fs::File::open(path).map(|_| ()).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// candle wraps errors in context layers; the innermost message is the one a user can act on.
+fn root_cause(e: &candle_core::Error) -> String {
+    let mut current: &dyn std::error::Error = e;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    let msg = current.to_string();
+    match e {
+        candle_core::Error::WithPath { .. } | candle_core::Error::Context { .. } => msg,
+        _ => e.to_string(),
+    }
+}
+
+/// A `VarBuilder` backend that hands out zero-cost placeholder tensors and records what was
+/// asked for: building a model on it lists every tensor the config implies.
+#[derive(Default)]
+struct ShapeRecorder {
+    requested: Arc<Mutex<Vec<(String, Vec<usize>)>>>,
+}
+
+impl SimpleBackend for ShapeRecorder {
+    fn get(&self, shape: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.requested
+            .lock()
+            .expect("recorder lock")
+            .push((name.to_string(), shape.dims().to_vec()));
+        // A broadcast scalar: the right shape without allocating the tensor.
+        Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("shape recorder cannot provide {name} without a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Every tensor name and shape a masked LM with this config reads, in construction order.
+pub fn expected_tensors(config: &PerceiverConfig) -> Result<Vec<(String, Vec<usize>)>> {
+    let recorder = ShapeRecorder::default();
+    let requested = recorder.requested.clone();
+    let vb = VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu);
+    PerceiverForMaskedLM::new(config, vb)?;
+    let requested = requested.lock().expect("recorder lock").clone();
+    Ok(requested)
+}
+
+/// Compares the tensors a config implies with those in the files; the first difference is the
+/// error (missing and mis-shaped tensors first, in model order, then unexpected ones).
+fn check_tensors(expected: &[(String, Vec<usize>)], found: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+    for (name, shape) in expected {
+        match found.get(name) {
+            None => return Err(Error::MissingTensor { name: name.clone() }),
+            Some(found_shape) if found_shape != shape => {
+                return Err(Error::ShapeMismatch {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: found_shape.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    let wanted: HashMap<&str, ()> = expected.iter().map(|(n, _)| (n.as_str(), ())).collect();
+    if let Some((name, shape)) = found.iter().find(|(n, _)| !wanted.contains_key(n.as_str())) {
+        return Err(Error::UnexpectedTensor {
+            name: name.clone(),
+            shape: shape.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Loads a masked language model from its files: the config is validated and every tensor's
+/// name and shape checked against it before any weight is read into memory.
+pub fn load_masked_lm(files: &ModelFiles, device: &Device) -> Result<PerceiverForMaskedLM> {
+    let config = PerceiverConfig::from_file(&files.config)?;
+    let weights = OpenWeights::open(&files.weights)?;
+    check_tensors(&expected_tensors(&config)?, &weights.shapes())?;
+    PerceiverForMaskedLM::new(&config, weights.into_var_builder(DType::F32, device))
+}
+
+/// [`ModelFiles::resolve`] then [`load_masked_lm`].
+pub fn load_masked_lm_from(model: &str, options: &LoadOptions, device: &Device) -> Result<PerceiverForMaskedLM> {
+    load_masked_lm(&ModelFiles::resolve(model, options)?, device)
+}
+
+mod hub {
+    //! Hub downloads and cache look-ups with `hf-hub`.
+
+    use super::*;
+    use hf_hub::{Cache, Repo, RepoType};
+
+    fn offline(options: &LoadOptions) -> bool {
+        options.offline
+            || std::env::var("HF_HUB_OFFLINE")
+                .map(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+                .unwrap_or(false)
+    }
+
+    fn repo(model_id: &str, options: &LoadOptions) -> Repo {
+        let revision = options.revision.clone().unwrap_or_else(|| "main".to_string());
+        Repo::with_revision(model_id.to_string(), RepoType::Model, revision)
+    }
+
+    fn hub_error(model_id: &str, file: &str, reason: impl ToString) -> Error {
+        Error::Hub {
+            model_id: model_id.to_string(),
+            file: file.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Fetches (or, offline, finds in the cache) config.json and the weights of `model_id`.
+    pub(super) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles> {
+        let repo = repo(model_id, options);
+        // A getter that returns the local path of a repository file, or None if it has none.
+        let get: Box<dyn Fn(&str) -> Result<Option<PathBuf>>> = if offline(options) {
+            let cache = Cache::from_env().repo(repo);
+            Box::new(move |file: &str| Ok(cache.get(file)))
+        } else {
+            let api = hf_hub::api::sync::ApiBuilder::from_env()
+                .with_progress(true)
+                .build()
+                .map_err(|e| hub_error(model_id, CONFIG_FILE, e))?
+                .repo(repo);
+            let info = api.info().map_err(|e| hub_error(model_id, CONFIG_FILE, e))?;
+            let listed: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+            let model_id = model_id.to_string();
+            Box::new(move |file: &str| {
+                if !listed.iter().any(|f| f == file) {
+                    return Ok(None);
+                }
+                api.get(file).map(Some).map_err(|e| hub_error(&model_id, file, e))
+            })
+        };
+        let missing = |file: &str| {
+            let reason = if offline(options) {
+                "not in the local Hugging Face cache and running offline (HF_HUB_OFFLINE or --offline)"
+            } else {
+                "the repository has no such file"
+            };
+            hub_error(model_id, file, reason)
+        };
+        let config = get(CONFIG_FILE)?.ok_or_else(|| missing(CONFIG_FILE))?;
+        let weights = if let Some(path) = get(SAFETENSORS_FILE)? {
+            WeightFiles::Safetensors(vec![path])
+        } else if let Some(index) = get(SAFETENSORS_INDEX_FILE)? {
+            let mut shards = Vec::new();
+            for shard in shard_names(&index)? {
+                shards.push(get(&shard)?.ok_or_else(|| missing(&shard))?);
+            }
+            WeightFiles::Safetensors(shards)
+        } else if let Some(path) = get(PYTORCH_FILE)? {
+            WeightFiles::PyTorch(path)
+        } else {
+            return Err(missing(SAFETENSORS_FILE));
+        };
+        Ok(ModelFiles { config, weights })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_and_paths() {
+        assert!(looks_like_hub_id("deepmind/language-perceiver"));
+        assert!(looks_like_hub_id("gpt2"));
+        assert!(!looks_like_hub_id("./models/x"));
+        assert!(!looks_like_hub_id("/abs/path"));
+        assert!(!looks_like_hub_id("a/b/c"));
+        assert!(!looks_like_hub_id("../x"));
+    }
+
+    #[test]
+    fn language_perceiver_has_457_tensors_and_201m_parameters() {
+        let text = r#"{"qk_channels":256,"v_channels":1280}"#;
+        let config = PerceiverConfig::from_json_str(text).unwrap();
+        let tensors = expected_tensors(&config).unwrap();
+        assert_eq!(tensors.len(), 457);
+        let params: usize = tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(params, 201_108_230);
+    }
+}

@@ -1,0 +1,253 @@
+//! The bytes tokenizer of the Perceiver IO language model: one id per UTF-8 byte.
+//!
+//! Ids 0–5 are special (`[PAD]`, `[BOS]`, `[EOS]`, `[MASK]`, `[CLS]`, `[SEP]`); byte `b` is id
+//! `b + 6`. This matches DeepMind's `bytes_tokenizer.py` and transformers' `PerceiverTokenizer`.
+//! Masked texts are written with `[MASK]` (one masked byte, as in transformers) or `[MASK:n]`
+//! (n masked bytes), or masked by byte range.
+
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+
+pub const PAD_ID: u32 = 0;
+pub const BOS_ID: u32 = 1;
+pub const EOS_ID: u32 = 2;
+pub const MASK_ID: u32 = 3;
+pub const CLS_ID: u32 = 4;
+pub const SEP_ID: u32 = 5;
+/// Number of special ids before the first byte id.
+pub const NUM_SPECIAL_TOKENS: u32 = 6;
+/// 256 bytes + the special ids.
+pub const VOCAB_SIZE: usize = 256 + NUM_SPECIAL_TOKENS as usize;
+
+const SPECIAL_TOKENS: [&str; NUM_SPECIAL_TOKENS as usize] =
+    ["[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]"];
+
+/// Largest `n` accepted in `[MASK:n]`; anything near it is longer than any model anyway.
+const MAX_MASK_RUN: usize = 1 << 20;
+
+/// A tokenized text with some positions masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedText {
+    /// Token ids, masked positions holding [`MASK_ID`].
+    pub ids: Vec<u32>,
+    /// Indices into `ids` of the masked positions, ascending.
+    pub mask_positions: Vec<usize>,
+}
+
+/// Byte-level tokenizer. Stateless; a unit struct so that call sites read as in other tokenizers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesTokenizer;
+
+impl BytesTokenizer {
+    /// Ids of the UTF-8 bytes of `text`, no special tokens.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        text.bytes().map(|b| b as u32 + NUM_SPECIAL_TOKENS).collect()
+    }
+
+    /// Wraps ids as transformers' tokenizer does by default: `[CLS] ids [SEP]`.
+    pub fn with_special_tokens(&self, ids: &[u32]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(ids.len() + 2);
+        out.push(CLS_ID);
+        out.extend_from_slice(ids);
+        out.push(SEP_ID);
+        out
+    }
+
+    /// Decodes ids to text, dropping special ids and replacing invalid UTF-8 with U+FFFD
+    /// (DeepMind's `decode`, transformers' `decode(skip_special_tokens=True)`).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids.iter().filter_map(|&id| byte_of(id)).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// One id decoded alone, as transformers' `tokenizer.decode([id])` (and so its fill-mask
+    /// pipeline's `token_str`) renders it: special ids by name, a lone non-ASCII byte as U+FFFD.
+    pub fn token_str(&self, id: u32) -> String {
+        match SPECIAL_TOKENS.get(id as usize) {
+            Some(name) => (*name).to_string(),
+            None => match byte_of(id) {
+                Some(b) => String::from_utf8_lossy(&[b]).into_owned(),
+                None => char::REPLACEMENT_CHARACTER.to_string(),
+            },
+        }
+    }
+
+    /// Tokenizes a text in which `[MASK]` stands for one masked byte and `[MASK:n]` for `n`.
+    ///
+    /// Any other text, including `[MASK` not followed by `]` or `:`, is literal. A `[MASK:`
+    /// that is not followed by a positive integer and `]` is an error naming its byte offset.
+    pub fn encode_masked(&self, text: &str, add_special_tokens: bool) -> Result<MaskedText> {
+        const OPEN: &str = "[MASK";
+        let mut ids = Vec::with_capacity(text.len() + 2);
+        let mut mask_positions = Vec::new();
+        if add_special_tokens {
+            ids.push(CLS_ID);
+        }
+        let mut rest = text;
+        let mut offset = 0;
+        while let Some(found) = rest.find(OPEN) {
+            ids.extend(self.encode(&rest[..found]));
+            let after = &rest[found + OPEN.len()..];
+            let (count, consumed) = if after.starts_with(']') {
+                (1, 1)
+            } else if let Some(spec) = after.strip_prefix(':') {
+                let malformed = || {
+                    Error::InvalidInput(format!(
+                        "malformed mask at byte {}: expected [MASK:n] with n a positive integer",
+                        offset + found
+                    ))
+                };
+                let close = spec.find(']').ok_or_else(malformed)?;
+                let digits = &spec[..close];
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(malformed());
+                }
+                let n: usize = digits.parse().map_err(|_| malformed())?;
+                if n == 0 || n > MAX_MASK_RUN {
+                    return Err(Error::InvalidInput(format!(
+                        "mask at byte {}: [MASK:{n}] must mask between 1 and {MAX_MASK_RUN} bytes",
+                        offset + found
+                    )));
+                }
+                (n, 1 + close + 1)
+            } else {
+                // "[MASK" followed by anything else is plain text.
+                ids.extend(self.encode(OPEN));
+                rest = after;
+                offset += found + OPEN.len();
+                continue;
+            };
+            for _ in 0..count {
+                mask_positions.push(ids.len());
+                ids.push(MASK_ID);
+            }
+            let skip = found + OPEN.len() + consumed;
+            rest = &rest[skip..];
+            offset += skip;
+        }
+        ids.extend(self.encode(rest));
+        if add_special_tokens {
+            ids.push(SEP_ID);
+        }
+        Ok(MaskedText { ids, mask_positions })
+    }
+
+    /// Tokenizes plain `text` and masks the bytes in `range` (byte offsets into the text, as
+    /// DeepMind's notebook does with `inputs[51:60] = MASK`).
+    pub fn encode_with_mask_range(
+        &self,
+        text: &str,
+        range: Range<usize>,
+        add_special_tokens: bool,
+    ) -> Result<MaskedText> {
+        if range.start >= range.end || range.end > text.len() {
+            return Err(Error::InvalidInput(format!(
+                "mask range {}..{} is empty or outside the text's {} bytes",
+                range.start,
+                range.end,
+                text.len()
+            )));
+        }
+        let mut ids = self.encode(text);
+        if add_special_tokens {
+            ids = self.with_special_tokens(&ids);
+        }
+        let shift = usize::from(add_special_tokens);
+        let mask_positions: Vec<usize> = (range.start + shift..range.end + shift).collect();
+        for &p in &mask_positions {
+            ids[p] = MASK_ID;
+        }
+        Ok(MaskedText { ids, mask_positions })
+    }
+}
+
+/// The byte an id stands for, or `None` for special and out-of-range ids.
+fn byte_of(id: u32) -> Option<u8> {
+    id.checked_sub(NUM_SPECIAL_TOKENS).and_then(|b| u8::try_from(b).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOK: BytesTokenizer = BytesTokenizer;
+
+    #[test]
+    fn notebook_example_ids() {
+        // DeepMind's notebook: " missing." predicted as these ids.
+        assert_eq!(TOK.encode(" missing."), vec![38, 115, 111, 121, 121, 111, 116, 109, 52]);
+        assert_eq!(TOK.decode(&[38, 115, 111, 121, 121, 111, 116, 109, 52]), " missing.");
+    }
+
+    #[test]
+    fn mask_markers() {
+        let m = TOK.encode_masked("a[MASK]b[MASK:3]", false).unwrap();
+        assert_eq!(m.ids, vec![103, MASK_ID, 104, MASK_ID, MASK_ID, MASK_ID]);
+        assert_eq!(m.mask_positions, vec![1, 3, 4, 5]);
+        let m = TOK.encode_masked("[MASK]", true).unwrap();
+        assert_eq!(m.ids, vec![CLS_ID, MASK_ID, SEP_ID]);
+        assert_eq!(m.mask_positions, vec![1]);
+    }
+
+    #[test]
+    fn mask_lookalikes_are_literal() {
+        for text in ["[MASKED]", "[MASK", "[mask]", "[MASK [MASK"] {
+            let m = TOK.encode_masked(text, false).unwrap();
+            assert!(m.mask_positions.is_empty(), "{text}");
+            assert_eq!(TOK.decode(&m.ids), text);
+        }
+    }
+
+    #[test]
+    fn malformed_masks_are_errors_naming_the_offset() {
+        for (text, offset) in [("ab[MASK:]", 2), ("[MASK:x]", 0), ("é[MASK:3", 2), ("[MASK:-1]", 0), ("[MASK: 2]", 0)] {
+            let err = TOK.encode_masked(text, false).unwrap_err().to_string();
+            assert!(err.contains(&format!("byte {offset}")), "{text}: {err}");
+        }
+        assert!(TOK.encode_masked("[MASK:0]", false).is_err());
+        assert!(TOK.encode_masked("[MASK:99999999999999999999999]", false).is_err());
+    }
+
+    #[test]
+    fn mask_range() {
+        let text = "This is an incomplete sentence where some words are missing.";
+        let m = TOK.encode_with_mask_range(text, 51..60, false).unwrap();
+        assert_eq!(m.mask_positions, (51..60).collect::<Vec<_>>());
+        assert_eq!(TOK.decode(&m.ids), &text[..51]);
+        let m = TOK.encode_with_mask_range(text, 51..60, true).unwrap();
+        assert_eq!(m.mask_positions, (52..61).collect::<Vec<_>>());
+        assert!(TOK.encode_with_mask_range(text, 5..5, false).is_err());
+        assert!(TOK.encode_with_mask_range(text, 50..61, false).is_err());
+    }
+
+    #[test]
+    fn token_str_as_transformers() {
+        assert_eq!(TOK.token_str(MASK_ID), "[MASK]");
+        assert_eq!(TOK.token_str(b'a' as u32 + 6), "a");
+        assert_eq!(TOK.token_str(0xC3 + 6), "\u{FFFD}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_round_trips(text in "\\PC*") {
+            prop_assert_eq!(TOK.decode(&TOK.encode(&text)), text.clone());
+            prop_assert_eq!(TOK.decode(&TOK.with_special_tokens(&TOK.encode(&text))), text);
+        }
+
+        #[test]
+        fn text_without_markers_has_no_masks(text in "[^\\[]*") {
+            let m = TOK.encode_masked(&text, false).unwrap();
+            prop_assert!(m.mask_positions.is_empty());
+            prop_assert_eq!(m.ids, TOK.encode(&text));
+        }
+
+        #[test]
+        fn mask_runs_expand(prefix in "[a-z ]{0,10}", n in 1usize..20, suffix in "[a-z ]{0,10}") {
+            let m = TOK.encode_masked(&format!("{prefix}[MASK:{n}]{suffix}"), false).unwrap();
+            prop_assert_eq!(m.ids.len(), prefix.len() + n + suffix.len());
+            prop_assert_eq!(m.mask_positions, (prefix.len()..prefix.len() + n).collect::<Vec<_>>());
+        }
+    }
+}
