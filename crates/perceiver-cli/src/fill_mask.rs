@@ -1,0 +1,146 @@
+//! `perceiver fill-mask`.
+
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use perceiver::{FillMask, FillMaskOutput, LoadOptions, MaskedText};
+
+#[derive(Args)]
+#[command(after_help = "In TEXT, [MASK] is one masked byte and [MASK:n] is n masked bytes.\n\
+Example: perceiver fill-mask --model deepmind/language-perceiver \\\n    \"This is an incomplete sentence where some words are[MASK:9]\"")]
+pub struct FillMaskArgs {
+    /// The text, with [MASK] / [MASK:n] where bytes are masked (or plain, with --mask-range).
+    #[arg(required_unless_present = "input", conflicts_with = "input")]
+    text: Option<String>,
+
+    /// A model directory (config.json + weights) or a Hugging Face hub id.
+    #[arg(short, long, env = "PERCEIVER_MODEL", default_value = "deepmind/language-perceiver")]
+    model: String,
+
+    /// Mask the bytes START..END of the plain text (byte offsets, end exclusive).
+    #[arg(long, value_name = "START..END", value_parser = parse_range)]
+    mask_range: Option<Range<usize>>,
+
+    /// Number of candidates shown per masked byte.
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    top_k: u32,
+
+    /// Wrap the input in [CLS] … [SEP] as transformers' tokenizer does (DeepMind's does not).
+    #[arg(long)]
+    add_special_tokens: bool,
+
+    /// Print one JSON object per text instead of the human-readable report.
+    #[arg(long)]
+    json: bool,
+
+    /// Read texts from FILE, one per line; prints one JSON object per line.
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+
+    /// Texts per forward pass with --input.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+
+    /// Use only the local Hugging Face cache for hub ids (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    revision: Option<String>,
+}
+
+fn parse_range(s: &str) -> Result<Range<usize>, String> {
+    let (start, end) = s
+        .split_once("..")
+        .ok_or_else(|| format!("{s:?} is not a range START..END"))?;
+    let parse = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("{v:?} in {s:?} is not a byte offset"));
+    let (start, end) = (parse(start)?, parse(end)?);
+    if start >= end {
+        return Err(format!("range {s} is empty"));
+    }
+    Ok(start..end)
+}
+
+pub fn run(args: FillMaskArgs) -> Result<()> {
+    // Read and check every text before loading the model: a typo costs no load time.
+    let texts: Vec<(String, String)> = match (&args.text, &args.input) {
+        (Some(text), _) => vec![("the text".to_string(), text.clone())],
+        (None, Some(path)) => {
+            let content = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let content = String::from_utf8(content)
+                .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
+            content
+                .lines()
+                .enumerate()
+                .map(|(i, line)| (format!("{} line {}", path.display(), i + 1), line.to_string()))
+                .collect()
+        }
+        (None, None) => bail!("give a text or --input FILE"),
+    };
+    if texts.is_empty() {
+        bail!("the input file has no lines");
+    }
+    let tokenizer = perceiver::BytesTokenizer;
+    let inputs: Vec<MaskedText> = texts
+        .iter()
+        .map(|(_, text)| {
+            let input = match &args.mask_range {
+                Some(range) => {
+                    if tokenizer.encode_masked(text, false)?.mask_positions.iter().next().is_some() {
+                        bail!("use either [MASK] markers or --mask-range, not both");
+                    }
+                    tokenizer.encode_with_mask_range(text, range.clone(), args.add_special_tokens)?
+                }
+                None => tokenizer.encode_masked(text, args.add_special_tokens)?,
+            };
+            Ok(input)
+        })
+        .zip(&texts)
+        .map(|(r, (where_, _))| r.with_context(|| where_.clone()))
+        .collect::<Result<_>>()?;
+
+    let options = LoadOptions {
+        offline: args.offline,
+        revision: args.revision.clone(),
+    };
+    let model = perceiver::load_masked_lm_from(&args.model, &options, &candle_core_device())
+        .with_context(|| format!("cannot load model {}", args.model))?;
+    let fill = FillMask::new(model);
+    for (input, (where_, _)) in inputs.iter().zip(&texts) {
+        fill.check(input).with_context(|| where_.clone())?;
+    }
+
+    let outputs = fill.predict_many(&inputs, args.top_k as usize, args.batch_size as usize)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    for output in &outputs {
+        if args.json || args.input.is_some() {
+            serde_json::to_writer(&mut out, output)?;
+            writeln!(out)?;
+        } else {
+            write_human(&mut out, output)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn candle_core_device() -> perceiver::Device {
+    perceiver::Device::Cpu
+}
+
+fn write_human(out: &mut impl Write, output: &FillMaskOutput) -> std::io::Result<()> {
+    writeln!(out, "{}", output.sequence)?;
+    for mask in &output.masks {
+        write!(out, "  [{}]", mask.position)?;
+        for c in &mask.candidates {
+            write!(out, "  {:?} {:.2}%", c.token_str, 100.0 * c.score)?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Parity with transformers' `PerceiverForMaskedLM` on the tiny random models that
+//! `scripts/make_parity_fixtures.py` wrote to `tests/fixtures/parity/` (see its README there).
+//!
+//! Logits must agree within [`LOGIT_TOLERANCE`]; the worst difference is printed per case
+//! (`cargo test -- --nocapture` shows it).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use perceiver::{load_masked_lm, FillMask, ModelFiles, PerceiverForMaskedLM};
+
+/// Largest accepted |Δ logit| against transformers (float32 on both sides).
+const LOGIT_TOLERANCE: f32 = 1e-4;
+/// Largest accepted |Δ probability| for fill-mask scores.
+const SCORE_TOLERANCE: f32 = 2e-5;
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 5, "expected the parity fixtures in {}", root.display());
+    dirs
+}
+
+fn load(dir: &Path) -> PerceiverForMaskedLM {
+    load_masked_lm(&ModelFiles::from_dir(dir).unwrap(), &Device::Cpu).unwrap()
+}
+
+struct Case {
+    name: String,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    logits: Tensor,
+}
+
+fn cases(dir: &Path) -> Vec<Case> {
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(".logits").map(str::to_string))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| Case {
+            input_ids: tensors[&format!("{name}.input_ids")].to_dtype(DType::U32).unwrap(),
+            attention_mask: tensors[&format!("{name}.attention_mask")].to_dtype(DType::U32).unwrap(),
+            logits: tensors[&format!("{name}.logits")].clone(),
+            name,
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// transformers' way: the batch as given (padded to its longest row), every output decoded.
+#[test]
+fn full_decode_matches_transformers() {
+    for dir in fixture_dirs() {
+        let model = load(&dir);
+        for case in cases(&dir) {
+            let logits = model.forward(&case.input_ids, Some(&case.attention_mask)).unwrap();
+            let worst = max_abs_diff(&logits, &case.logits);
+            println!("{:<28} {:<12} max |Δ logit| = {worst:.2e}", dir.file_name().unwrap().to_string_lossy(), case.name);
+            assert!(worst <= LOGIT_TOLERANCE, "{}/{}: max |Δ logit| {worst:e}", dir.display(), case.name);
+        }
+    }
+}
+
+/// Our way: each text unpadded, only some output positions decoded; and the notebook's way,
+/// padded to the maximum length. Both give transformers' logits for those rows.
+#[test]
+fn unpadded_subset_decode_equals_padded_full_decode() {
+    for dir in fixture_dirs() {
+        let model = load(&dir);
+        let max_len = model.max_len();
+        for case in cases(&dir) {
+            let (batch, _) = case.input_ids.dims2().unwrap();
+            for row in 0..batch {
+                let mask = case.attention_mask.i(row).unwrap();
+                let len = mask.sum_all().unwrap().to_scalar::<u32>().unwrap() as usize;
+                let ids = case.input_ids.i(row).unwrap().narrow(0, 0, len).unwrap().unsqueeze(0).unwrap();
+                let expected = case.logits.i(row).unwrap();
+
+                // Unpadded, decoding a scattered subset of positions (some past the text).
+                let subset: Vec<u32> = (0..max_len as u32).filter(|p| p % 3 == 1 || *p == 0).collect();
+                let positions = Tensor::new(subset.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+                let latents = model.encode(&ids, None).unwrap();
+                let got = model.decode(&latents, &positions).unwrap().squeeze(0).unwrap();
+                let want = expected.index_select(&positions.squeeze(0).unwrap(), 0).unwrap();
+                let worst = max_abs_diff(&got, &want);
+                assert!(worst <= LOGIT_TOLERANCE, "{}/{} row {row} unpadded subset: {worst:e}", dir.display(), case.name);
+
+                // Padded to the model's maximum length with a mask, every position decoded.
+                let padded = ids.pad_with_zeros(1, 0, max_len - len).unwrap();
+                let pad_mask = Tensor::ones((1, len), DType::U32, &Device::Cpu)
+                    .unwrap()
+                    .pad_with_zeros(1, 0, max_len - len)
+                    .unwrap();
+                let full = model.forward(&padded, Some(&pad_mask)).unwrap().squeeze(0).unwrap();
+                let worst = max_abs_diff(&full, &expected);
+                assert!(worst <= LOGIT_TOLERANCE, "{}/{} row {row} padded to max: {worst:e}", dir.display(), case.name);
+            }
+        }
+    }
+}
+
+/// transformers' fill-mask pipeline on texts with `[MASK]` (its tokenizer adds [CLS]/[SEP]).
+#[test]
+fn fill_mask_matches_transformers_pipeline() {
+    for dir in fixture_dirs() {
+        let fill = FillMask::new(load(&dir));
+        let expected: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("fill_mask.json")).unwrap()).unwrap();
+        let mut worst = 0f32;
+        for case in &expected {
+            let text = case["text"].as_str().unwrap();
+            let top_k = case["top_k"].as_u64().unwrap() as usize;
+            let input = fill.prepare(text, true).unwrap();
+            let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+            assert_eq!(input.ids, ids, "{text}: token ids");
+            let out = &fill.predict(std::slice::from_ref(&input), top_k).unwrap()[0];
+            // One mask: a flat list; several: a list per mask.
+            let per_mask: Vec<Vec<serde_json::Value>> = if input.mask_positions.len() == 1 {
+                vec![serde_json::from_value(case["output"].clone()).unwrap()]
+            } else {
+                serde_json::from_value(case["output"].clone()).unwrap()
+            };
+            assert_eq!(out.masks.len(), per_mask.len());
+            for (mask, want) in out.masks.iter().zip(&per_mask) {
+                assert_eq!(mask.candidates.len(), want.len());
+                for (got, want) in mask.candidates.iter().zip(want) {
+                    let score = want["score"].as_f64().unwrap() as f32;
+                    worst = worst.max((got.score - score).abs());
+                    assert!((got.score - score).abs() <= SCORE_TOLERANCE, "{text}: score {} vs {score}", got.score);
+                    // Near-ties may swap order within the tolerance; otherwise ids must agree.
+                    if (got.score - score).abs() < SCORE_TOLERANCE / 2.0 {
+                        assert_eq!(got.token as u64, want["token"].as_u64().unwrap(), "{text}");
+                        assert_eq!(got.token_str, want["token_str"].as_str().unwrap(), "{text}");
+                    }
+                }
+            }
+        }
+        println!("{:<28} fill-mask max |Δ score| = {worst:.2e}", dir.file_name().unwrap().to_string_lossy());
+    }
+}
