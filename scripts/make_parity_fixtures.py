@@ -13,7 +13,8 @@ informative, and writes, for every model, a directory
         cases.safetensors   for each case c: c.input_ids (int64 [B, L], padded with 0),
                             c.attention_mask (int64 [B, L], 1 = token, 0 = padding),
                             c.logits (float32 [B, max_position_embeddings, vocab_size]) =
-                            model(inputs=input_ids, attention_mask=attention_mask).logits
+                            model(inputs=input_ids, attention_mask=attention_mask).logits, run in
+                            float64 and rounded to float32
         fill_mask.json      output of transformers' real fill-mask pipeline (top_k=5) with PerceiverTokenizer()
 
 plus ``tests/fixtures/parity/README.md`` describing the models.
@@ -429,8 +430,8 @@ def write_readme(out_root: Path, summaries: list[dict]) -> None:
         "* `config.json`, `model.safetensors`: exactly what `model.save_pretrained(dir, safe_serialization=True)`",
         "  writes (HF tensor names). Weights are seeded random values, re-initialised at a larger scale than HF's",
         "  default init (see `reinit_` in the script: LayerNorm weight U(0.7,1.3), bias U(-0.3,0.3); Linear",
-        "  weight N(0,(g/sqrt(fan_in))^2) with g=3 for attention query/key projections and g=1.5 otherwise,",
-        "  bias N(0,0.2^2); token and input-position embeddings N(0,0.25^2); latents and decoder query",
+        "  weight N(0,(g/sqrt(fan_in))^2) with g=1.5 for attention query/key projections and g=1 otherwise,",
+        "  bias N(0,0.2^2); token and input-position embeddings N(0,0.5^2); latents and decoder query",
         "  positions N(0,1); embedding_decoder.bias N(0,0.5^2)), so that the logits are far from uniform",
         "  and depend on position.",
         "* `cases.safetensors`: for each case `c` in `single` (batch 1, no padding), `batch` (batch 3, padded",
@@ -438,7 +439,7 @@ def write_readme(out_root: Path, summaries: list[dict]) -> None:
         "  below `max_position_embeddings`): `c.input_ids` (int64 [B, L], random byte ids 6..261 with some",
         "  mask ids 3, padded with 0), `c.attention_mask` (int64 [B, L], 1 = token, 0 = padding) and",
         "  `c.logits` (float32 [B, max_position_embeddings, 262]) = `model(inputs=input_ids,",
-        "  attention_mask=attention_mask).logits`. The decoder always queries all `max_position_embeddings`",
+        "  attention_mask=attention_mask).logits` run in float64, rounded to float32. The decoder always queries all `max_position_embeddings`",
         "  positions, whatever L is; logits at positions >= the row's length are still defined (they depend on",
         "  the input only through the latents). Padded rows give the same logits as the unpadded row alone",
         "  (checked by the script, up to float rounding of ~1e-4).",
