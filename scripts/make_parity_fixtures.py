@@ -492,6 +492,10 @@ def write_readme(out_root: Path, summaries: list[dict]) -> None:
     (out_root / "README.md").write_text("\n".join(lines))
 
 
+# One model is also written as pytorch_model.bin (to tests/fixtures/pytorch_bin/<name>/).
+PYTORCH_BIN_MODEL = "tiny_v_only"
+
+
 def run_fast(out_root: Path) -> None:
     out_root.mkdir(parents=True, exist_ok=True)
     summaries = []
@@ -506,6 +510,14 @@ def run_fast(out_root: Path) -> None:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
         save_model(model, out_dir)
+        if name == PYTORCH_BIN_MODEL:
+            # The same weights in the other format transformers writes: torch.save of the state dict.
+            bin_dir = out_root.parent / "pytorch_bin" / name
+            if bin_dir.exists():
+                shutil.rmtree(bin_dir)
+            bin_dir.mkdir(parents=True)
+            shutil.copy(out_dir / "config.json", bin_dir / "config.json")
+            torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
 
         tensors = {}
         stats = None
@@ -561,7 +573,7 @@ def run_fast(out_root: Path) -> None:
     write_readme(out_root, summaries)
     print("== files")
     total = 0
-    for f in sorted(out_root.rglob("*")):
+    for f in sorted([*out_root.rglob("*"), *(out_root.parent / "pytorch_bin").rglob("*")]):
         if f.is_file():
             size = f.stat().st_size
             total += size
@@ -603,6 +615,9 @@ def run_full(out_dir: Path) -> None:
     second = time.perf_counter() - t0
     assert torch.equal(logits, logits2)
     assert logits.shape == (1, cfg.max_position_embeddings, cfg.vocab_size)
+    logits64 = forward(model.double(), ids, mask)
+    model.float()
+    print(f"  transformers float32 vs float64: max |diff| {(logits.double() - logits64.double()).abs().max().item():.2e}")
     stats = logits_stats(logits)
     print(f"  forward [1, 60] -> logits {list(logits.shape)}: first {first:.2f} s, second {second:.2f} s")
     print(
@@ -613,7 +628,7 @@ def run_full(out_dir: Path) -> None:
     t0 = time.perf_counter()
     save_model(model, out_dir)
     save_file(
-        {"single.input_ids": ids, "single.attention_mask": mask, "single.logits": logits},
+        {"single.input_ids": ids, "single.attention_mask": mask, "single.logits": logits, "single.logits_f64": logits64},
         str(out_dir / "cases.safetensors"),
         metadata=st_metadata("scripts/make_parity_fixtures.py --full, deepmind/language-perceiver layout"),
     )

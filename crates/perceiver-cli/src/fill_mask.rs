@@ -9,15 +9,22 @@ use clap::Args;
 use perceiver::{FillMask, FillMaskOutput, LoadOptions, MaskedText};
 
 #[derive(Args)]
-#[command(after_help = "In TEXT, [MASK] is one masked byte and [MASK:n] is n masked bytes.\n\
-Example: perceiver fill-mask --model deepmind/language-perceiver \\\n    \"This is an incomplete sentence where some words are[MASK:9]\"")]
+#[command(
+    after_help = "In TEXT, [MASK] is one masked byte and [MASK:n] is n masked bytes.\n\
+Example: perceiver fill-mask --model deepmind/language-perceiver \\\n    \"This is an incomplete sentence where some words are[MASK:9]\""
+)]
 pub struct FillMaskArgs {
     /// The text, with [MASK] / [MASK:n] where bytes are masked (or plain, with --mask-range).
     #[arg(required_unless_present = "input", conflicts_with = "input")]
     text: Option<String>,
 
     /// A model directory (config.json + weights) or a Hugging Face hub id.
-    #[arg(short, long, env = "PERCEIVER_MODEL", default_value = "deepmind/language-perceiver")]
+    #[arg(
+        short,
+        long,
+        env = "PERCEIVER_MODEL",
+        default_value = "deepmind/language-perceiver"
+    )]
     model: String,
 
     /// Mask the bytes START..END of the plain text (byte offsets, end exclusive).
@@ -57,7 +64,11 @@ fn parse_range(s: &str) -> Result<Range<usize>, String> {
     let (start, end) = s
         .split_once("..")
         .ok_or_else(|| format!("{s:?} is not a range START..END"))?;
-    let parse = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("{v:?} in {s:?} is not a byte offset"));
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{v:?} in {s:?} is not a byte offset"))
+    };
     let (start, end) = (parse(start)?, parse(end)?);
     if start >= end {
         return Err(format!("range {s} is empty"));
@@ -68,11 +79,16 @@ fn parse_range(s: &str) -> Result<Range<usize>, String> {
 pub fn run(args: FillMaskArgs) -> Result<()> {
     // Read and check every text before loading the model: a typo costs no load time.
     let texts: Vec<(String, String)> = match (&args.text, &args.input) {
-        (Some(text), _) => vec![("the text".to_string(), text.clone())],
+        (Some(text), _) => vec![(String::new(), text.clone())],
         (None, Some(path)) => {
             let content = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let content = String::from_utf8(content)
-                .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
+            let content = String::from_utf8(content).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not UTF-8 text (invalid byte at offset {})",
+                    path.display(),
+                    e.utf8_error().valid_up_to()
+                )
+            })?;
             content
                 .lines()
                 .enumerate()
@@ -90,7 +106,7 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
         .map(|(_, text)| {
             let input = match &args.mask_range {
                 Some(range) => {
-                    if tokenizer.encode_masked(text, false)?.mask_positions.iter().next().is_some() {
+                    if !tokenizer.encode_masked(text, false)?.mask_positions.is_empty() {
                         bail!("use either [MASK] markers or --mask-range, not both");
                     }
                     tokenizer.encode_with_mask_range(text, range.clone(), args.add_special_tokens)?
@@ -100,7 +116,7 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
             Ok(input)
         })
         .zip(&texts)
-        .map(|(r, (where_, _))| r.with_context(|| where_.clone()))
+        .map(|(r, (where_, _))| in_context(r, where_))
         .collect::<Result<_>>()?;
 
     let options = LoadOptions {
@@ -111,7 +127,7 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
         .with_context(|| format!("cannot load model {}", args.model))?;
     let fill = FillMask::new(model);
     for (input, (where_, _)) in inputs.iter().zip(&texts) {
-        fill.check(input).with_context(|| where_.clone())?;
+        in_context(fill.check(input).map_err(anyhow::Error::from), where_)?;
     }
 
     let outputs = fill.predict_many(&inputs, args.top_k as usize, args.batch_size as usize)?;
@@ -127,6 +143,15 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Prefixes errors about one line of an input file with where it is.
+fn in_context<T>(result: Result<T>, where_: &str) -> Result<T> {
+    if where_.is_empty() {
+        result
+    } else {
+        result.with_context(|| where_.to_string())
+    }
 }
 
 fn candle_core_device() -> perceiver::Device {

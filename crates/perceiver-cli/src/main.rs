@@ -12,7 +12,11 @@ mod fill_mask;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "perceiver", version, about = "Perceiver IO byte-level language models: fill masks, and more")]
+#[command(
+    name = "perceiver",
+    version,
+    about = "Perceiver IO byte-level language models: fill masks, and more"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,7 +40,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line, whatever the layers below put in their messages.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', "; "));
             ExitCode::FAILURE
         }
     }

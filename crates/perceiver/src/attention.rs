@@ -41,7 +41,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option
     let d_v = v_channels / num_heads;
     // [batch, heads, tokens, per-head channels]
     let split = |x: &Tensor, tokens: usize, per_head: usize| -> candle_core::Result<Tensor> {
-        x.reshape((batch, tokens, num_heads, per_head))?.transpose(1, 2)?.contiguous()
+        x.reshape((batch, tokens, num_heads, per_head))?
+            .transpose(1, 2)?
+            .contiguous()
     };
     let q = split(q, num_queries, d_qk)?;
     let k = split(k, num_keys, d_qk)?;
@@ -52,7 +54,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option
     }
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = weights.matmul(&v)?; // [batch, heads, queries, d_v]
-    Ok(out.transpose(1, 2)?.reshape((batch, num_queries, num_heads * d_v))?)
+    Ok(out
+        .transpose(1, 2)?
+        .reshape((batch, num_queries, num_heads * d_v))?)
 }
 
 /// Applies the configured nonlinearity.
@@ -226,7 +230,11 @@ mod tests {
                     .zip(keep)
                     .map(|(kj, &keep)| {
                         let s: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() / d.sqrt();
-                        if keep { s } else { f32::NEG_INFINITY }
+                        if keep {
+                            s
+                        } else {
+                            f32::NEG_INFINITY
+                        }
                     })
                     .collect();
                 let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -248,16 +256,27 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (1, nk, heads * d_v), &dev)?;
         let keep = [true, true, false, true, true, false, true];
         let mask = Tensor::new(&[keep.map(|b| b as u8)], &dev)?;
-        let out = attend(&q, &k, &v, heads, Some(&attention_bias(&mask)?))?.squeeze(0)?.to_vec2::<f32>()?;
+        let out = attend(&q, &k, &v, heads, Some(&attention_bias(&mask)?))?
+            .squeeze(0)?
+            .to_vec2::<f32>()?;
         let rows = |t: &Tensor, h: usize, d: usize| -> Vec<Vec<f32>> {
-            t.squeeze(0).unwrap().to_vec2::<f32>().unwrap().iter().map(|r| r[h * d..(h + 1) * d].to_vec()).collect()
+            t.squeeze(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+                .iter()
+                .map(|r| r[h * d..(h + 1) * d].to_vec())
+                .collect()
         };
         for h in 0..heads {
             let expected = naive_attention(&rows(&q, h, d_qk), &rows(&k, h, d_qk), &rows(&v, h, d_v), &keep);
             for (i, row) in expected.iter().enumerate() {
                 for (c, e) in row.iter().enumerate() {
                     let got = out[i][h * d_v + c];
-                    assert!((got - e).abs() < 1e-5, "head {h} query {i} channel {c}: {got} vs {e}");
+                    assert!(
+                        (got - e).abs() < 1e-5,
+                        "head {h} query {i} channel {c}: {got} vs {e}"
+                    );
                 }
             }
         }

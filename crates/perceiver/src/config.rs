@@ -18,11 +18,7 @@ pub enum Activation {
     GeluErf,
     /// `"gelu_new"`, `"gelu_pytorch_tanh"`, `"gelu_fast"`: the tanh approximation (what DeepMind's
     /// `jax.nn.gelu` computes and what the released weights were trained with).
-    #[serde(
-        rename = "gelu_new",
-        alias = "gelu_pytorch_tanh",
-        alias = "gelu_fast"
-    )]
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
     GeluTanh,
     /// `"relu"`.
     #[serde(rename = "relu")]
@@ -219,7 +215,8 @@ impl PerceiverConfig {
                 )));
             }
         }
-        self.encoder_cross_attention_spec().check("encoder cross-attention")?;
+        self.encoder_cross_attention_spec()
+            .check("encoder cross-attention")?;
         let self_attention = self.self_attention_spec();
         self_attention.check("latent self-attention")?;
         // transformers projects self-attention outputs to v_channels and adds them to the latents.
@@ -338,7 +335,10 @@ mod tests {
     #[test]
     fn tanh_gelu_names_map_to_one_variant() {
         for name in ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"] {
-            let c = PerceiverConfig::from_json_str(&format!(r#"{{"hidden_act":"{name}","qk_channels":256,"v_channels":1280}}"#)).unwrap();
+            let c = PerceiverConfig::from_json_str(&format!(
+                r#"{{"hidden_act":"{name}","qk_channels":256,"v_channels":1280}}"#
+            ))
+            .unwrap();
             assert_eq!(c.hidden_act, Activation::GeluTanh);
         }
     }

@@ -24,9 +24,12 @@ impl PerceiverEncoder {
     /// `vb` points at the model's `perceiver.` prefix: the latents live in `embeddings.latents`,
     /// the layers under `encoder.`.
     pub fn new(cfg: &PerceiverConfig, vb: VarBuilder) -> Result<Self> {
-        let latents = vb.pp("embeddings").get((cfg.num_latents, cfg.d_latents), "latents")?;
+        let latents = vb
+            .pp("embeddings")
+            .get((cfg.num_latents, cfg.d_latents), "latents")?;
         let enc = vb.pp("encoder");
-        let cross_attention = CrossAttention::new(&cfg.encoder_cross_attention_spec(), enc.pp("cross_attention"))?;
+        let cross_attention =
+            CrossAttention::new(&cfg.encoder_cross_attention_spec(), enc.pp("cross_attention"))?;
         let spec = cfg.self_attention_spec();
         let self_attends = (0..cfg.num_self_attends_per_block)
             .map(|i| SelfAttention::new(&spec, enc.pp("self_attends").pp(i)))

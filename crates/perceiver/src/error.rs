@@ -54,8 +54,20 @@ pub enum Error {
     InvalidInput(String),
 
     /// A failure inside the tensor library.
-    #[error("tensor error: {0}")]
+    #[error("tensor error: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// The message of a candle error without the layers candle wraps around it (file path,
+/// context, and a multi-line backtrace when `RUST_BACKTRACE` is set): one line a user can read.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithPath { inner, .. } | candle_core::Error::WithBacktrace { inner, .. } => {
+            candle_message(inner)
+        }
+        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        other => other.to_string().replace('\n', "; "),
+    }
 }
 
 /// `Result` with the library's [`enum@Error`].

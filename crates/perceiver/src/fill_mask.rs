@@ -85,7 +85,9 @@ impl FillMask {
             )));
         }
         if let Some(&p) = input.mask_positions.iter().find(|&&p| p >= input.ids.len()) {
-            return Err(Error::InvalidInput(format!("mask position {p} is outside the text")));
+            return Err(Error::InvalidInput(format!(
+                "mask position {p} is outside the text"
+            )));
         }
         Ok(())
     }
@@ -122,7 +124,11 @@ impl FillMask {
         let mask = Tensor::from_vec(mask, (batch, len), device)?;
         let positions = Tensor::from_vec(positions, (batch, num_queries), device)?;
         // Padding costs work only when the batch mixes lengths; a batch of one is unpadded.
-        let mask = if inputs.iter().all(|i| i.ids.len() == len) { None } else { Some(mask) };
+        let mask = if inputs.iter().all(|i| i.ids.len() == len) {
+            None
+        } else {
+            Some(mask)
+        };
         let latents = self.model.encode(&ids, mask.as_ref())?;
         let logits = self.model.decode(&latents, &positions)?;
         let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec3::<f32>()?;
@@ -135,7 +141,12 @@ impl FillMask {
 
     /// Fills many texts, `batch_size` at a time, grouping texts of similar length so that
     /// batches carry little padding. Answers come back in input order.
-    pub fn predict_many(&self, inputs: &[MaskedText], top_k: usize, batch_size: usize) -> Result<Vec<FillMaskOutput>> {
+    pub fn predict_many(
+        &self,
+        inputs: &[MaskedText],
+        top_k: usize,
+        batch_size: usize,
+    ) -> Result<Vec<FillMaskOutput>> {
         let batch_size = batch_size.max(1);
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| inputs[i].ids.len());
@@ -146,7 +157,10 @@ impl FillMask {
                 outputs[i] = Some(out);
             }
         }
-        Ok(outputs.into_iter().map(|o| o.expect("every input answered")).collect())
+        Ok(outputs
+            .into_iter()
+            .map(|o| o.expect("every input answered"))
+            .collect())
     }
 
     fn rank(&self, input: &MaskedText, probs: &[Vec<f32>], top_k: usize) -> FillMaskOutput {

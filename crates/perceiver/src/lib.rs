@@ -46,10 +46,10 @@ pub mod loading;
 pub mod position;
 pub mod tokenizer;
 
+pub use candle_core::Device;
 pub use config::{Activation, PerceiverConfig};
 pub use error::{Error, Result};
 pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
 pub use heads::masked_lm::PerceiverForMaskedLM;
 pub use loading::{load_masked_lm, load_masked_lm_from, LoadOptions, ModelFiles};
-pub use candle_core::Device;
 pub use tokenizer::{BytesTokenizer, MaskedText};

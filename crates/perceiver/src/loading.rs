@@ -55,7 +55,10 @@ impl ModelFiles {
         if !config.is_file() {
             return Err(Error::Io {
                 path: config,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no config.json in the model directory"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no config.json in the model directory",
+                ),
             });
         }
         let weights = if dir.join(SAFETENSORS_FILE).is_file() {
@@ -66,7 +69,9 @@ impl ModelFiles {
         } else if dir.join(PYTORCH_FILE).is_file() {
             WeightFiles::PyTorch(dir.join(PYTORCH_FILE))
         } else {
-            return Err(Error::NoWeights { dir: dir.to_path_buf() });
+            return Err(Error::NoWeights {
+                dir: dir.to_path_buf(),
+            });
         };
         Ok(Self { config, weights })
     }
@@ -120,7 +125,9 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         .ok_or_else(|| corrupt("no \"weight_map\" object".into()))?;
     let mut shards: Vec<String> = Vec::new();
     for file in map.values() {
-        let file = file.as_str().ok_or_else(|| corrupt("a weight_map value is not a file name".into()))?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| corrupt("a weight_map value is not a file name".into()))?;
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
             return Err(corrupt(format!("shard name {file:?} is not a plain file name")));
         }
@@ -144,7 +151,7 @@ impl OpenWeights {
     fn open(files: &WeightFiles) -> Result<Self> {
         let corrupt = |path: &Path, e: candle_core::Error| Error::CorruptWeights {
             path: path.to_path_buf(),
-            reason: root_cause(&e),
+            reason: crate::error::candle_message(&e),
         };
         match files {
             WeightFiles::Safetensors(paths) => {
@@ -200,28 +207,25 @@ fn check_readable(path: &Path) -> Result<()> {
     })
 }
 
-/// candle wraps errors in context layers; the innermost message is the one a user can act on.
-fn root_cause(e: &candle_core::Error) -> String {
-    let mut current: &dyn std::error::Error = e;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    let msg = current.to_string();
-    match e {
-        candle_core::Error::WithPath { .. } | candle_core::Error::Context { .. } => msg,
-        _ => e.to_string(),
-    }
-}
-
 /// A `VarBuilder` backend that hands out zero-cost placeholder tensors and records what was
 /// asked for: building a model on it lists every tensor the config implies.
+/// Tensor names with their shapes, in the order a model asks for them.
+pub type TensorList = Vec<(String, Vec<usize>)>;
+
 #[derive(Default)]
 struct ShapeRecorder {
-    requested: Arc<Mutex<Vec<(String, Vec<usize>)>>>,
+    requested: Arc<Mutex<TensorList>>,
 }
 
 impl SimpleBackend for ShapeRecorder {
-    fn get(&self, shape: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.requested
             .lock()
             .expect("recorder lock")
@@ -240,7 +244,7 @@ impl SimpleBackend for ShapeRecorder {
 }
 
 /// Every tensor name and shape a masked LM with this config reads, in construction order.
-pub fn expected_tensors(config: &PerceiverConfig) -> Result<Vec<(String, Vec<usize>)>> {
+pub fn expected_tensors(config: &PerceiverConfig) -> Result<TensorList> {
     let recorder = ShapeRecorder::default();
     let requested = recorder.requested.clone();
     let vb = VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu);
@@ -285,7 +289,11 @@ pub fn load_masked_lm(files: &ModelFiles, device: &Device) -> Result<PerceiverFo
 }
 
 /// [`ModelFiles::resolve`] then [`load_masked_lm`].
-pub fn load_masked_lm_from(model: &str, options: &LoadOptions, device: &Device) -> Result<PerceiverForMaskedLM> {
+pub fn load_masked_lm_from(
+    model: &str,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<PerceiverForMaskedLM> {
     load_masked_lm(&ModelFiles::resolve(model, options)?, device)
 }
 
@@ -315,11 +323,14 @@ mod hub {
         }
     }
 
+    /// Local path of a repository file, `None` if the repository (or the cache) has none.
+    type FileGetter = dyn Fn(&str) -> Result<Option<PathBuf>>;
+
     /// Fetches (or, offline, finds in the cache) config.json and the weights of `model_id`.
     pub(super) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles> {
         let repo = repo(model_id, options);
         // A getter that returns the local path of a repository file, or None if it has none.
-        let get: Box<dyn Fn(&str) -> Result<Option<PathBuf>>> = if offline(options) {
+        let get: Box<FileGetter> = if offline(options) {
             let cache = Cache::from_env().repo(repo);
             Box::new(move |file: &str| Ok(cache.get(file)))
         } else {

@@ -164,7 +164,8 @@ impl BytesTokenizer {
 
 /// The byte an id stands for, or `None` for special and out-of-range ids.
 fn byte_of(id: u32) -> Option<u8> {
-    id.checked_sub(NUM_SPECIAL_TOKENS).and_then(|b| u8::try_from(b).ok())
+    id.checked_sub(NUM_SPECIAL_TOKENS)
+        .and_then(|b| u8::try_from(b).ok())
 }
 
 #[cfg(test)]
@@ -177,8 +178,14 @@ mod tests {
     #[test]
     fn notebook_example_ids() {
         // DeepMind's notebook: " missing." predicted as these ids.
-        assert_eq!(TOK.encode(" missing."), vec![38, 115, 111, 121, 121, 111, 116, 109, 52]);
-        assert_eq!(TOK.decode(&[38, 115, 111, 121, 121, 111, 116, 109, 52]), " missing.");
+        assert_eq!(
+            TOK.encode(" missing."),
+            vec![38, 115, 111, 121, 121, 111, 116, 109, 52]
+        );
+        assert_eq!(
+            TOK.decode(&[38, 115, 111, 121, 121, 111, 116, 109, 52]),
+            " missing."
+        );
     }
 
     #[test]
@@ -202,12 +209,20 @@ mod tests {
 
     #[test]
     fn malformed_masks_are_errors_naming_the_offset() {
-        for (text, offset) in [("ab[MASK:]", 2), ("[MASK:x]", 0), ("é[MASK:3", 2), ("[MASK:-1]", 0), ("[MASK: 2]", 0)] {
+        for (text, offset) in [
+            ("ab[MASK:]", 2),
+            ("[MASK:x]", 0),
+            ("é[MASK:3", 2),
+            ("[MASK:-1]", 0),
+            ("[MASK: 2]", 0),
+        ] {
             let err = TOK.encode_masked(text, false).unwrap_err().to_string();
             assert!(err.contains(&format!("byte {offset}")), "{text}: {err}");
         }
         assert!(TOK.encode_masked("[MASK:0]", false).is_err());
-        assert!(TOK.encode_masked("[MASK:99999999999999999999999]", false).is_err());
+        assert!(TOK
+            .encode_masked("[MASK:99999999999999999999999]", false)
+            .is_err());
     }
 
     #[test]

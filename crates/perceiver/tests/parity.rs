@@ -23,7 +23,11 @@ fn fixture_dirs() -> Vec<PathBuf> {
         .filter(|p| p.join("config.json").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 5, "expected the parity fixtures in {}", root.display());
+    assert!(
+        dirs.len() >= 5,
+        "expected the parity fixtures in {}",
+        root.display()
+    );
     dirs
 }
 
@@ -39,7 +43,8 @@ struct Case {
 }
 
 fn cases(dir: &Path) -> Vec<Case> {
-    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
     let mut names: Vec<String> = tensors
         .keys()
         .filter_map(|k| k.strip_suffix(".logits").map(str::to_string))
@@ -48,8 +53,12 @@ fn cases(dir: &Path) -> Vec<Case> {
     names
         .into_iter()
         .map(|name| Case {
-            input_ids: tensors[&format!("{name}.input_ids")].to_dtype(DType::U32).unwrap(),
-            attention_mask: tensors[&format!("{name}.attention_mask")].to_dtype(DType::U32).unwrap(),
+            input_ids: tensors[&format!("{name}.input_ids")]
+                .to_dtype(DType::U32)
+                .unwrap(),
+            attention_mask: tensors[&format!("{name}.attention_mask")]
+                .to_dtype(DType::U32)
+                .unwrap(),
             logits: tensors[&format!("{name}.logits")].clone(),
             name,
         })
@@ -58,7 +67,16 @@ fn cases(dir: &Path) -> Vec<Case> {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// transformers' way: the batch as given (padded to its longest row), every output decoded.
@@ -67,10 +85,21 @@ fn full_decode_matches_transformers() {
     for dir in fixture_dirs() {
         let model = load(&dir);
         for case in cases(&dir) {
-            let logits = model.forward(&case.input_ids, Some(&case.attention_mask)).unwrap();
+            let logits = model
+                .forward(&case.input_ids, Some(&case.attention_mask))
+                .unwrap();
             let worst = max_abs_diff(&logits, &case.logits);
-            println!("{:<28} {:<12} max |Δ logit| = {worst:.2e}", dir.file_name().unwrap().to_string_lossy(), case.name);
-            assert!(worst <= LOGIT_TOLERANCE, "{}/{}: max |Δ logit| {worst:e}", dir.display(), case.name);
+            println!(
+                "{:<28} {:<12} max |Δ logit| = {worst:.2e}",
+                dir.file_name().unwrap().to_string_lossy(),
+                case.name
+            );
+            assert!(
+                worst <= LOGIT_TOLERANCE,
+                "{}/{}: max |Δ logit| {worst:e}",
+                dir.display(),
+                case.name
+            );
         }
     }
 }
@@ -87,17 +116,32 @@ fn unpadded_subset_decode_equals_padded_full_decode() {
             for row in 0..batch {
                 let mask = case.attention_mask.i(row).unwrap();
                 let len = mask.sum_all().unwrap().to_scalar::<u32>().unwrap() as usize;
-                let ids = case.input_ids.i(row).unwrap().narrow(0, 0, len).unwrap().unsqueeze(0).unwrap();
+                let ids = case
+                    .input_ids
+                    .i(row)
+                    .unwrap()
+                    .narrow(0, 0, len)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
                 let expected = case.logits.i(row).unwrap();
 
                 // Unpadded, decoding a scattered subset of positions (some past the text).
                 let subset: Vec<u32> = (0..max_len as u32).filter(|p| p % 3 == 1 || *p == 0).collect();
-                let positions = Tensor::new(subset.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+                let positions = Tensor::new(subset.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
                 let latents = model.encode(&ids, None).unwrap();
                 let got = model.decode(&latents, &positions).unwrap().squeeze(0).unwrap();
                 let want = expected.index_select(&positions.squeeze(0).unwrap(), 0).unwrap();
                 let worst = max_abs_diff(&got, &want);
-                assert!(worst <= LOGIT_TOLERANCE, "{}/{} row {row} unpadded subset: {worst:e}", dir.display(), case.name);
+                assert!(
+                    worst <= LOGIT_TOLERANCE,
+                    "{}/{} row {row} unpadded subset: {worst:e}",
+                    dir.display(),
+                    case.name
+                );
 
                 // Padded to the model's maximum length with a mask, every position decoded.
                 let padded = ids.pad_with_zeros(1, 0, max_len - len).unwrap();
@@ -105,9 +149,18 @@ fn unpadded_subset_decode_equals_padded_full_decode() {
                     .unwrap()
                     .pad_with_zeros(1, 0, max_len - len)
                     .unwrap();
-                let full = model.forward(&padded, Some(&pad_mask)).unwrap().squeeze(0).unwrap();
+                let full = model
+                    .forward(&padded, Some(&pad_mask))
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap();
                 let worst = max_abs_diff(&full, &expected);
-                assert!(worst <= LOGIT_TOLERANCE, "{}/{} row {row} padded to max: {worst:e}", dir.display(), case.name);
+                assert!(
+                    worst <= LOGIT_TOLERANCE,
+                    "{}/{} row {row} padded to max: {worst:e}",
+                    dir.display(),
+                    case.name
+                );
             }
         }
     }
@@ -140,7 +193,11 @@ fn fill_mask_matches_transformers_pipeline() {
                 for (got, want) in mask.candidates.iter().zip(want) {
                     let score = want["score"].as_f64().unwrap() as f32;
                     worst = worst.max((got.score - score).abs());
-                    assert!((got.score - score).abs() <= SCORE_TOLERANCE, "{text}: score {} vs {score}", got.score);
+                    assert!(
+                        (got.score - score).abs() <= SCORE_TOLERANCE,
+                        "{text}: score {} vs {score}",
+                        got.score
+                    );
                     // Near-ties may swap order within the tolerance; otherwise ids must agree.
                     if (got.score - score).abs() < SCORE_TOLERANCE / 2.0 {
                         assert_eq!(got.token as u64, want["token"].as_u64().unwrap(), "{text}");
@@ -149,6 +206,9 @@ fn fill_mask_matches_transformers_pipeline() {
                 }
             }
         }
-        println!("{:<28} fill-mask max |Δ score| = {worst:.2e}", dir.file_name().unwrap().to_string_lossy());
+        println!(
+            "{:<28} fill-mask max |Δ score| = {worst:.2e}",
+            dir.file_name().unwrap().to_string_lossy()
+        );
     }
 }

@@ -41,7 +41,11 @@ impl PerceiverForMaskedLM {
                 input.pp("position_embeddings"),
             )?,
             encoder: PerceiverEncoder::new(cfg, p.clone())?,
-            decoder: BasicDecoder::new(cfg.max_position_embeddings, &cfg.masked_lm_decoder_spec(), p.pp("decoder"))?,
+            decoder: BasicDecoder::new(
+                cfg.max_position_embeddings,
+                &cfg.masked_lm_decoder_spec(),
+                p.pp("decoder"),
+            )?,
             output_bias: vb.pp("embedding_decoder").get(cfg.vocab_size, "bias")?,
             config: cfg.clone(),
         })
@@ -102,6 +106,8 @@ impl PerceiverForMaskedLM {
         let table = self.embeddings.embeddings();
         let flat = hidden.reshape((batch * n, width))?.matmul(&table.t()?)?;
         let logits = flat.broadcast_add(&self.output_bias)?;
-        Ok(logits.reshape((batch, n, self.config.vocab_size))?.to_dtype(DType::F32)?)
+        Ok(logits
+            .reshape((batch, n, self.config.vocab_size))?
+            .to_dtype(DType::F32)?)
     }
 }

@@ -1,0 +1,368 @@
+//! The `perceiver` binary end to end, on the committed tiny fixture models: output shapes,
+//! agreement with transformers' fill-mask pipeline, batching, and every error path ending in
+//! one line on stderr and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/parity")
+        .join(name)
+}
+
+const MODEL: &str = "tiny_qk_v_explicit";
+
+fn perceiver(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_perceiver"))
+        .args(args)
+        // Never reach the network from tests, and never read a developer's real cache.
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
+        )
+        .env_remove("PERCEIVER_MODEL")
+        .output()
+        .expect("run perceiver")
+}
+
+fn model_arg(name: &str) -> String {
+    fixture(name).to_string_lossy().into_owned()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Fails with exactly one line on stderr, naming `needle`, and no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stdout {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "stderr should be one line: {stderr}"
+    );
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "stderr {stderr:?} should mention {needle:?}"
+    );
+}
+
+#[test]
+fn json_output_matches_transformers_pipeline() {
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture(MODEL).join("fill_mask.json")).unwrap())
+            .unwrap();
+    let case = cases
+        .iter()
+        .find(|c| c["mask_positions"].as_array().unwrap().len() == 1)
+        .unwrap();
+    let out = perceiver(&[
+        "fill-mask",
+        "--model",
+        &model_arg(MODEL),
+        "--json",
+        "--add-special-tokens",
+        case["text"].as_str().unwrap(),
+    ]);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    let got = &lines[0];
+    let masks = got["masks"].as_array().unwrap();
+    assert_eq!(masks.len(), 1);
+    assert_eq!(masks[0]["position"], case["mask_positions"][0]);
+    let candidates = masks[0]["candidates"].as_array().unwrap();
+    let expected = case["output"].as_array().unwrap();
+    assert_eq!(candidates.len(), 5, "default top-k is 5");
+    for (c, e) in candidates.iter().zip(expected) {
+        assert_eq!(c["token"], e["token"]);
+        assert_eq!(c["token_str"], e["token_str"]);
+        let (a, b) = (c["score"].as_f64().unwrap(), e["score"].as_f64().unwrap());
+        assert!((a - b).abs() < 2e-5, "score {a} vs {b}");
+    }
+    // With one mask, transformers' `sequence` for the top candidate is ours.
+    assert_eq!(got["sequence"], expected[0]["sequence"]);
+    let keys: Vec<&String> = got.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["masks", "sequence"]);
+}
+
+#[test]
+fn mask_runs_ranges_and_top_k() {
+    let model = model_arg(MODEL);
+    let by_marker = json_lines(&perceiver(&[
+        "fill-mask",
+        "-m",
+        &model,
+        "--json",
+        "-k",
+        "3",
+        "Hello w[MASK:4]!",
+    ]));
+    let masks = by_marker[0]["masks"].as_array().unwrap();
+    let positions: Vec<u64> = masks.iter().map(|m| m["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, [7, 8, 9, 10]);
+    assert!(masks
+        .iter()
+        .all(|m| m["candidates"].as_array().unwrap().len() == 3));
+    for m in masks {
+        let scores: Vec<f64> = m["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["score"].as_f64().unwrap())
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    }
+    // Masking the same bytes by range gives the same answer.
+    let by_range = json_lines(&perceiver(&[
+        "fill-mask",
+        "-m",
+        &model,
+        "--json",
+        "-k",
+        "3",
+        "--mask-range",
+        "7..11",
+        "Hello world!",
+    ]));
+    assert_eq!(by_marker, by_range);
+    // The human report shows the filled text first.
+    let human = perceiver(&["fill-mask", "-m", &model, "Hello w[MASK:4]!"]);
+    assert!(human.status.success());
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert_eq!(
+        text.lines().next().unwrap(),
+        by_marker[0]["sequence"].as_str().unwrap()
+    );
+    assert_eq!(text.lines().count(), 5);
+}
+
+#[test]
+fn input_file_is_batched_and_keeps_order() {
+    let model = model_arg("tiny_narrow_latents");
+    let texts = [
+        "a fairly long line of text with one [MASK] in the middle of it, longer than the rest",
+        "short [MASK:2]",
+        "[MASK] at the start",
+        "mid-length line: [MASK:3] here",
+        "unicode: naïve café [MASK]",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("texts.txt");
+    std::fs::write(&file, texts.join("\n") + "\n").unwrap();
+    let batched = json_lines(&perceiver(&[
+        "fill-mask",
+        "-m",
+        &model,
+        "--input",
+        file.to_str().unwrap(),
+        "--batch-size",
+        "3",
+    ]));
+    assert_eq!(batched.len(), texts.len());
+    for (text, got) in texts.iter().zip(&batched) {
+        let alone = json_lines(&perceiver(&["fill-mask", "-m", &model, "--json", text]));
+        let (got_masks, alone_masks) = (
+            got["masks"].as_array().unwrap(),
+            alone[0]["masks"].as_array().unwrap(),
+        );
+        assert_eq!(got["sequence"], alone[0]["sequence"], "{text}");
+        for (g, a) in got_masks.iter().zip(alone_masks) {
+            assert_eq!(g["position"], a["position"]);
+            for (gc, ac) in g["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(a["candidates"].as_array().unwrap())
+            {
+                assert_eq!(gc["token"], ac["token"], "{text}");
+                assert!((gc["score"].as_f64().unwrap() - ac["score"].as_f64().unwrap()).abs() < 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_texts_fail_cleanly() {
+    let model = model_arg(MODEL);
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "no mask here"]),
+        "no mask",
+    );
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "bad [MASK:x] run"]),
+        "malformed mask at byte 4",
+    );
+    let long = format!("{}[MASK]", "x".repeat(200));
+    assert_clean_failure(&perceiver(&["fill-mask", "-m", &model, &long]), "at most 64");
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "--mask-range", "3..99", "short"]),
+        "outside the text",
+    );
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "--mask-range", "0..2", "a [MASK]"]),
+        "not both",
+    );
+    let out = perceiver(&["fill-mask", "-m", &model, "-k", "0", "a [MASK]"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn bad_input_files_fail_cleanly() {
+    let model = model_arg(MODEL);
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "--input", "/nonexistent/texts.txt"]),
+        "cannot read /nonexistent/texts.txt",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("texts.txt");
+    std::fs::write(&file, "ok [MASK]\nthis line has none\n").unwrap();
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "--input", file.to_str().unwrap()]),
+        "line 2",
+    );
+    std::fs::write(&file, b"ok [MASK]\n\xff\xfe\n").unwrap();
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "--input", file.to_str().unwrap()]),
+        "not UTF-8",
+    );
+}
+
+/// Copies a fixture model into a temp dir so a test can damage it.
+fn model_copy(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(name).join(file), dir.path().join(file)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn bad_models_fail_cleanly() {
+    let run = |dir: &Path| perceiver(&["fill-mask", "-m", dir.to_str().unwrap(), "a [MASK]"]);
+
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", "./no/such/dir", "a [MASK]"]),
+        "no such model directory",
+    );
+
+    let dir = model_copy(MODEL);
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    assert_clean_failure(&run(dir.path()), "no weights");
+
+    let dir = model_copy(MODEL);
+    let weights = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(&run(dir.path()), "corrupt or unreadable weights");
+
+    std::fs::write(&weights, b"this is not a safetensors file at all").unwrap();
+    assert_clean_failure(&run(dir.path()), "corrupt or unreadable weights");
+
+    std::fs::write(&weights, b"").unwrap();
+    assert_clean_failure(&run(dir.path()), "corrupt or unreadable weights");
+
+    let dir = model_copy(MODEL);
+    std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+    assert_clean_failure(&run(dir.path()), "invalid config");
+}
+
+#[test]
+fn config_that_does_not_match_the_weights_names_the_tensor() {
+    let edit = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let dir = model_copy(MODEL);
+        let path = dir.path().join("config.json");
+        let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        change(config.as_object_mut().unwrap());
+        std::fs::write(&path, config.to_string()).unwrap();
+        dir
+    };
+    let run =
+        |dir: &tempfile::TempDir| perceiver(&["fill-mask", "-m", dir.path().to_str().unwrap(), "a [MASK]"]);
+
+    // Wider inputs than the weights: the first tensor read names both shapes.
+    let dir = edit(&|c| {
+        c.insert("d_model".into(), 40.into());
+    });
+    assert_clean_failure(
+        &run(&dir),
+        "tensor perceiver.input_preprocessor.embeddings.weight has shape [262, 32], expected [262, 40]",
+    );
+
+    // More layers than the weights hold.
+    let dir = edit(&|c| {
+        let n = c["num_self_attends_per_block"].as_u64().unwrap();
+        c.insert("num_self_attends_per_block".into(), (n + 1).into());
+    });
+    assert_clean_failure(&run(&dir), "is missing");
+
+    // Fewer layers than the weights hold.
+    let dir = edit(&|c| {
+        c.insert("num_self_attends_per_block".into(), 1.into());
+    });
+    assert_clean_failure(&run(&dir), "unexpected tensor perceiver.encoder.self_attends.1.");
+}
+
+#[test]
+fn unknown_hub_id_offline_fails_cleanly() {
+    let out = perceiver(&[
+        "fill-mask",
+        "-m",
+        "nobody/no-such-perceiver",
+        "--offline",
+        "a [MASK]",
+    ]);
+    assert_clean_failure(&out, "not in the local Hugging Face cache");
+}
+
+#[test]
+fn hub_cache_is_used_offline() {
+    // A cache laid out as huggingface_hub writes it: refs/main → snapshots/<commit>/files.
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--someone--tiny-perceiver");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(MODEL).join(file), snapshot.join(file)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_perceiver"))
+        .args(["fill-mask", "-m", "someone/tiny-perceiver", "--json", "a [MASK]"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", home.path())
+        .output()
+        .unwrap();
+    let from_cache = json_lines(&out);
+    let from_dir = json_lines(&perceiver(&[
+        "fill-mask",
+        "-m",
+        &model_arg(MODEL),
+        "--json",
+        "a [MASK]",
+    ]));
+    assert_eq!(from_cache, from_dir);
+}
