@@ -337,11 +337,13 @@ fn unknown_hub_id_offline_fails_cleanly() {
     assert_clean_failure(&out, "not in the local Hugging Face cache");
 }
 
-#[test]
-fn hub_cache_is_used_offline() {
-    // A cache laid out as huggingface_hub writes it: refs/main → snapshots/<commit>/files.
+/// A cache laid out as huggingface_hub writes it: refs/main → snapshots/<commit>/files.
+fn hub_cache_with_fixture(repo_name: &str) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
-    let repo = home.path().join("hub/models--someone--tiny-perceiver");
+    let repo = home
+        .path()
+        .join("hub")
+        .join(format!("models--{}", repo_name.replace('/', "--")));
     let commit = "0123456789abcdef0123456789abcdef01234567";
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), commit).unwrap();
@@ -350,6 +352,12 @@ fn hub_cache_is_used_offline() {
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture(MODEL).join(file), snapshot.join(file)).unwrap();
     }
+    home
+}
+
+#[test]
+fn hub_cache_is_used_offline() {
+    let home = hub_cache_with_fixture("someone/tiny-perceiver");
     let out = Command::new(env!("CARGO_BIN_EXE_perceiver"))
         .args(["fill-mask", "-m", "someone/tiny-perceiver", "--json", "a [MASK]"])
         .env("HF_HUB_OFFLINE", "1")
@@ -365,4 +373,25 @@ fn hub_cache_is_used_offline() {
         "a [MASK]",
     ]));
     assert_eq!(from_cache, from_dir);
+}
+
+#[test]
+fn unreachable_hub_falls_back_to_the_cache() {
+    // HF_ENDPOINT on a closed loopback port: the request fails at once, no network is touched.
+    let home = hub_cache_with_fixture("someone/tiny-perceiver");
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_perceiver"))
+            .args(["fill-mask", "-m", model, "--json", "a [MASK]"])
+            .env_remove("HF_HUB_OFFLINE")
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env("HF_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let out = run("someone/tiny-perceiver");
+    assert_eq!(json_lines(&out).len(), 1);
+    assert_clean_failure(
+        &run("someone/not-cached"),
+        "cannot get config.json of model someone/not-cached",
+    );
 }

@@ -298,21 +298,29 @@ pub fn load_masked_lm_from(
 }
 
 mod hub {
-    //! Hub downloads and cache look-ups with `hf-hub`.
+    //! Hub downloads and cache look-ups with `hf-hub`, following huggingface_hub's environment:
+    //! `HF_HOME` / `HF_HUB_CACHE` (cache location), `HF_HUB_OFFLINE`, `HF_TOKEN`, `HF_ENDPOINT`.
 
     use super::*;
+    use hf_hub::api::sync::{ApiBuilder, ApiRepo};
     use hf_hub::{Cache, Repo, RepoType};
 
-    fn offline(options: &LoadOptions) -> bool {
-        options.offline
-            || std::env::var("HF_HUB_OFFLINE")
-                .map(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
-                .unwrap_or(false)
+    fn env_flag(name: &str) -> bool {
+        std::env::var(name)
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
+            .unwrap_or(false)
     }
 
-    fn repo(model_id: &str, options: &LoadOptions) -> Repo {
-        let revision = options.revision.clone().unwrap_or_else(|| "main".to_string());
-        Repo::with_revision(model_id.to_string(), RepoType::Model, revision)
+    fn cache() -> Cache {
+        match std::env::var_os("HF_HUB_CACHE") {
+            Some(dir) if !dir.is_empty() => Cache::new(dir.into()),
+            _ => Cache::from_env(),
+        }
     }
 
     fn hub_error(model_id: &str, file: &str, reason: impl ToString) -> Error {
@@ -323,53 +331,84 @@ mod hub {
         }
     }
 
-    /// Local path of a repository file, `None` if the repository (or the cache) has none.
-    type FileGetter = dyn Fn(&str) -> Result<Option<PathBuf>>;
+    /// Where files come from: the hub (downloading into the cache) or the cache alone.
+    enum Source {
+        Online { api: ApiRepo, listed: Vec<String> },
+        Cache(hf_hub::CacheRepo),
+    }
 
-    /// Fetches (or, offline, finds in the cache) config.json and the weights of `model_id`.
-    pub(super) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles> {
-        let repo = repo(model_id, options);
-        // A getter that returns the local path of a repository file, or None if it has none.
-        let get: Box<FileGetter> = if offline(options) {
-            let cache = Cache::from_env().repo(repo);
-            Box::new(move |file: &str| Ok(cache.get(file)))
-        } else {
-            let api = hf_hub::api::sync::ApiBuilder::from_env()
-                .with_progress(true)
-                .build()
-                .map_err(|e| hub_error(model_id, CONFIG_FILE, e))?
-                .repo(repo);
-            let info = api.info().map_err(|e| hub_error(model_id, CONFIG_FILE, e))?;
-            let listed: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
-            let model_id = model_id.to_string();
-            Box::new(move |file: &str| {
-                if !listed.iter().any(|f| f == file) {
-                    return Ok(None);
+    impl Source {
+        /// The local path of a repository file, `None` if the repository (or cache) lacks it.
+        fn get(&self, model_id: &str, file: &str) -> Result<Option<PathBuf>> {
+            match self {
+                Self::Online { api, listed } => {
+                    if !listed.iter().any(|f| f == file) {
+                        return Ok(None);
+                    }
+                    api.get(file).map(Some).map_err(|e| hub_error(model_id, file, e))
                 }
-                api.get(file).map(Some).map_err(|e| hub_error(&model_id, file, e))
-            })
-        };
-        let missing = |file: &str| {
-            let reason = if offline(options) {
-                "not in the local Hugging Face cache and running offline (HF_HUB_OFFLINE or --offline)"
-            } else {
-                "the repository has no such file"
+                Self::Cache(cache) => Ok(cache.get(file)),
+            }
+        }
+
+        fn missing(&self, model_id: &str, file: &str) -> Error {
+            let reason = match self {
+                Self::Online { .. } => "the repository has no such file",
+                Self::Cache(_) => "not in the local Hugging Face cache, and offline",
             };
             hub_error(model_id, file, reason)
+        }
+    }
+
+    /// Fetches (or, offline, finds in the cache) config.json and the weights of `model_id`.
+    /// When the hub cannot be reached, a complete copy in the cache is used, as huggingface_hub
+    /// does.
+    pub(super) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles> {
+        let revision = options.revision.clone().unwrap_or_else(|| "main".to_string());
+        let repo = Repo::with_revision(model_id.to_string(), RepoType::Model, revision);
+        let cached = || Source::Cache(cache().repo(repo.clone()));
+        if options.offline || env_flag("HF_HUB_OFFLINE") {
+            return files_from(&cached(), model_id);
+        }
+        let online = || -> Result<Source> {
+            let mut builder = ApiBuilder::from_cache(cache())
+                .with_progress(true)
+                .with_retries(2);
+            if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+                builder = builder.with_endpoint(endpoint);
+            }
+            if let Ok(token) = std::env::var("HF_TOKEN") {
+                builder = builder.with_token(Some(token));
+            }
+            let api = builder
+                .build()
+                .map_err(|e| hub_error(model_id, CONFIG_FILE, e))?
+                .repo(repo.clone());
+            let info = api.info().map_err(|e| hub_error(model_id, CONFIG_FILE, e))?;
+            let listed = info.siblings.into_iter().map(|s| s.rfilename).collect();
+            Ok(Source::Online { api, listed })
         };
-        let config = get(CONFIG_FILE)?.ok_or_else(|| missing(CONFIG_FILE))?;
+        match online() {
+            Ok(source) => files_from(&source, model_id),
+            Err(online_error) => files_from(&cached(), model_id).map_err(|_| online_error),
+        }
+    }
+
+    fn files_from(source: &Source, model_id: &str) -> Result<ModelFiles> {
+        let get = |file: &str| source.get(model_id, file);
+        let config = get(CONFIG_FILE)?.ok_or_else(|| source.missing(model_id, CONFIG_FILE))?;
         let weights = if let Some(path) = get(SAFETENSORS_FILE)? {
             WeightFiles::Safetensors(vec![path])
         } else if let Some(index) = get(SAFETENSORS_INDEX_FILE)? {
             let mut shards = Vec::new();
             for shard in shard_names(&index)? {
-                shards.push(get(&shard)?.ok_or_else(|| missing(&shard))?);
+                shards.push(get(&shard)?.ok_or_else(|| source.missing(model_id, &shard))?);
             }
             WeightFiles::Safetensors(shards)
         } else if let Some(path) = get(PYTORCH_FILE)? {
             WeightFiles::PyTorch(path)
         } else {
-            return Err(missing(SAFETENSORS_FILE));
+            return Err(source.missing(model_id, SAFETENSORS_FILE));
         };
         Ok(ModelFiles { config, weights })
     }
