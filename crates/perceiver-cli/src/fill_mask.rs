@@ -130,18 +130,22 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
         in_context(fill.check(input).map_err(anyhow::Error::from), where_)?;
     }
 
-    let outputs = fill.predict_many(&inputs, args.top_k as usize, args.batch_size as usize)?;
+    // Answers stream out a window at a time; within a window, texts of similar length share
+    // batches. A window of 16 batches keeps that grouping useful and the wait for output short.
+    let (top_k, batch_size) = (args.top_k as usize, args.batch_size as usize);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    for output in &outputs {
-        if args.json || args.input.is_some() {
-            serde_json::to_writer(&mut out, output)?;
-            writeln!(out)?;
-        } else {
-            write_human(&mut out, output)?;
+    for window in inputs.chunks(batch_size * 16) {
+        for output in fill.predict_many(window, top_k, batch_size)? {
+            if args.json || args.input.is_some() {
+                serde_json::to_writer(&mut out, &output)?;
+                writeln!(out)?;
+            } else {
+                write_human(&mut out, &output)?;
+            }
         }
+        out.flush()?;
     }
-    out.flush()?;
     Ok(())
 }
 

@@ -64,12 +64,12 @@ impl PerceiverForMaskedLM {
         self.config.max_position_embeddings
     }
 
-    /// Encodes a batch of ids into latents.
+    /// The encoder's input array: byte embeddings plus learned positions (transformers'
+    /// `PerceiverTextPreprocessor`).
     ///
     /// # Shapes
-    /// `input_ids`: `[batch, len]` u32 with `len ≤ max_len()`; `attention_mask`: `[batch, len]`,
-    /// 1 = real byte, 0 = padding. Returns `[batch, num_latents, d_latents]`.
-    pub fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `input_ids`: `[batch, len]` u32 with `len ≤ max_len()`. Returns `[batch, len, d_model]`.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (_, len) = input_ids.dims2()?;
         if len > self.max_len() {
             return Err(Error::InvalidInput(format!(
@@ -78,8 +78,21 @@ impl PerceiverForMaskedLM {
             )));
         }
         let embedded = self.embeddings.forward(input_ids)?;
-        let inputs = embedded.broadcast_add(&self.input_positions.first(len)?)?;
-        self.encoder.forward(&inputs, attention_mask)
+        Ok(embedded.broadcast_add(&self.input_positions.first(len)?)?)
+    }
+
+    /// The encoder (latents, cross-attention, self-attention blocks).
+    pub fn encoder(&self) -> &PerceiverEncoder {
+        &self.encoder
+    }
+
+    /// Encodes a batch of ids into latents.
+    ///
+    /// # Shapes
+    /// `input_ids`: `[batch, len]` u32 with `len ≤ max_len()`; `attention_mask`: `[batch, len]`,
+    /// 1 = real byte, 0 = padding. Returns `[batch, num_latents, d_latents]`.
+    pub fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        self.encoder.forward(&self.embed(input_ids)?, attention_mask)
     }
 
     /// Logits at the output positions `positions` (`[batch, n]` u32), `[batch, n, vocab]`.
