@@ -31,9 +31,32 @@ enum Command {
 fn main() -> ExitCode {
     // A bug must still end in one line on stderr and a non-zero exit, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("error: internal error (please report): {info}");
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("panic");
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error{place} (please report): {}",
+            message.replace('\n', "; ")
+        );
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as usual; a usage error is one line and exit status 2.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{} (see --help)", first.trim_end());
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::FillMask(args) => fill_mask::run(args),
     };

@@ -15,18 +15,22 @@ fn fixture(name: &str) -> PathBuf {
 
 const MODEL: &str = "tiny_qk_v_explicit";
 
+/// The binary with a clean environment: offline, an empty Hugging Face home, and none of the
+/// variables that could point it at a developer's real cache, token or endpoint.
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
+    cmd.args(args).env("HF_HUB_OFFLINE", "1").env(
+        "HF_HOME",
+        std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
+    );
+    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 fn perceiver(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_perceiver"))
-        .args(args)
-        // Never reach the network from tests, and never read a developer's real cache.
-        .env("HF_HUB_OFFLINE", "1")
-        .env(
-            "HF_HOME",
-            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
-        )
-        .env_remove("PERCEIVER_MODEL")
-        .output()
-        .expect("run perceiver")
+    command(args).output().expect("run perceiver")
 }
 
 fn model_arg(name: &str) -> String {
@@ -225,8 +229,74 @@ fn bad_texts_fail_cleanly() {
         &perceiver(&["fill-mask", "-m", &model, "--mask-range", "0..2", "a [MASK]"]),
         "not both",
     );
-    let out = perceiver(&["fill-mask", "-m", &model, "-k", "0", "a [MASK]"]);
-    assert!(!out.status.success());
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "-k", "0", "a [MASK]"]),
+        "--top-k",
+    );
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, "--mask-range", "5..3", "hello world"]),
+        "range 5..3 is empty",
+    );
+    let hostile = "[MASK:1048576]".repeat(300);
+    assert_clean_failure(&perceiver(&["fill-mask", "-m", &model, &hostile]), "more than");
+}
+
+#[test]
+fn texts_of_exactly_the_maximum_length_are_accepted() {
+    // The fixture model has 64 positions.
+    let model = model_arg(MODEL);
+    let fits = format!("{}[MASK]", "x".repeat(63));
+    assert_eq!(
+        json_lines(&perceiver(&["fill-mask", "-m", &model, "--json", &fits])).len(),
+        1
+    );
+    let fits_with_specials = format!("{}[MASK]", "x".repeat(61));
+    let out = perceiver(&[
+        "fill-mask",
+        "-m",
+        &model,
+        "--json",
+        "--add-special-tokens",
+        &fits_with_specials,
+    ]);
+    assert_eq!(json_lines(&out)[0]["masks"][0]["position"], 62);
+    let too_long = format!("{}[MASK]", "x".repeat(64));
+    assert_clean_failure(
+        &perceiver(&["fill-mask", "-m", &model, &too_long]),
+        "65 tokens long",
+    );
+}
+
+#[test]
+fn mask_range_counts_plain_text_bytes_even_with_special_tokens() {
+    let model = model_arg(MODEL);
+    let args = [
+        "fill-mask",
+        "-m",
+        &model,
+        "--json",
+        "--add-special-tokens",
+        "--mask-range",
+        "7..11",
+        "Hello world!",
+    ];
+    let by_range = json_lines(&perceiver(&args));
+    let positions: Vec<u64> = by_range[0]["masks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [8, 9, 10, 11], "shifted by [CLS]");
+    let by_marker = json_lines(&perceiver(&[
+        "fill-mask",
+        "-m",
+        &model,
+        "--json",
+        "--add-special-tokens",
+        "Hello w[MASK:4]!",
+    ]));
+    assert_eq!(by_range, by_marker);
 }
 
 #[test]
@@ -318,6 +388,12 @@ fn config_that_does_not_match_the_weights_names_the_tensor() {
     });
     assert_clean_failure(&run(&dir), "is missing");
 
+    // An absurd layer count fails at the first missing layer, without building millions.
+    let dir = edit(&|c| {
+        c.insert("num_self_attends_per_block".into(), 26_000_000.into());
+    });
+    assert_clean_failure(&run(&dir), "is missing");
+
     // Fewer layers than the weights hold.
     let dir = edit(&|c| {
         c.insert("num_self_attends_per_block".into(), 1.into());
@@ -358,9 +434,7 @@ fn hub_cache_with_fixture(repo_name: &str) -> tempfile::TempDir {
 #[test]
 fn hub_cache_is_used_offline() {
     let home = hub_cache_with_fixture("someone/tiny-perceiver");
-    let out = Command::new(env!("CARGO_BIN_EXE_perceiver"))
-        .args(["fill-mask", "-m", "someone/tiny-perceiver", "--json", "a [MASK]"])
-        .env("HF_HUB_OFFLINE", "1")
+    let out = command(&["fill-mask", "-m", "someone/tiny-perceiver", "--json", "a [MASK]"])
         .env("HF_HOME", home.path())
         .output()
         .unwrap();
@@ -376,12 +450,38 @@ fn hub_cache_is_used_offline() {
 }
 
 #[test]
+fn a_commit_revision_resolves_from_its_snapshot_offline() {
+    let home = hub_cache_with_fixture("someone/tiny-perceiver");
+    let run = |revision: &str| {
+        command(&[
+            "fill-mask",
+            "-m",
+            "someone/tiny-perceiver",
+            "--revision",
+            revision,
+            "--json",
+            "a [MASK]",
+        ])
+        .env("HF_HOME", home.path())
+        .output()
+        .unwrap()
+    };
+    assert_eq!(
+        json_lines(&run("0123456789abcdef0123456789abcdef01234567")).len(),
+        1
+    );
+    assert_clean_failure(
+        &run("fedcba9876543210fedcba9876543210fedcba98"),
+        "not in the local Hugging Face cache",
+    );
+}
+
+#[test]
 fn unreachable_hub_falls_back_to_the_cache() {
     // HF_ENDPOINT on a closed loopback port: the request fails at once, no network is touched.
     let home = hub_cache_with_fixture("someone/tiny-perceiver");
     let run = |model: &str| {
-        Command::new(env!("CARGO_BIN_EXE_perceiver"))
-            .args(["fill-mask", "-m", model, "--json", "a [MASK]"])
+        command(&["fill-mask", "-m", model, "--json", "a [MASK]"])
             .env_remove("HF_HUB_OFFLINE")
             .env("HF_ENDPOINT", "http://127.0.0.1:9")
             .env("HF_HOME", home.path())

@@ -38,7 +38,9 @@ pub enum CrossAttentionShape {
 
 /// `config.json` of a Perceiver IO model (transformers' `PerceiverConfig`).
 ///
-/// Defaults are transformers' defaults, which are the layout of `deepmind/language-perceiver`.
+/// Defaults are transformers' defaults. They are the layout of `deepmind/language-perceiver` except
+/// for `qk_channels` / `v_channels`, which that checkpoint's config.json sets to 256 / 1280 (with
+/// both unset, the attentions are wider: 269M parameters instead of 201M).
 /// Fields transformers keeps for the image, flow and multimodal models are carried through
 /// untouched in `extra` so that a config read and written again loses nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,11 +293,6 @@ impl PerceiverConfig {
             activation: self.hidden_act,
         }
     }
-
-    /// Total number of self-attention layer applications (`num_blocks × layers per block`).
-    pub fn depth(&self) -> usize {
-        self.num_blocks * self.num_self_attends_per_block
-    }
 }
 
 #[cfg(test)]
@@ -303,7 +300,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_the_language_perceiver_layout() {
+    fn defaults_are_transformers_defaults() {
         let c = PerceiverConfig::default();
         c.validate().unwrap();
         let enc = c.encoder_cross_attention_spec();
@@ -349,6 +346,8 @@ mod tests {
         assert!(err.to_string().contains("250"), "{err}");
         let err = PerceiverConfig::from_json_str(r#"{"v_channels": 512}"#).unwrap_err();
         assert!(err.to_string().contains("512"), "{err}");
+        let err = PerceiverConfig::from_json_str(r#"{"d_latents": 1284, "v_channels": 1284}"#).unwrap_err();
+        assert!(err.to_string().contains("1284"), "{err}");
         let err = PerceiverConfig::from_json_str(r#"{"hidden_act": "swish"}"#).unwrap_err();
         assert!(err.to_string().contains("swish"), "{err}");
         assert!(PerceiverConfig::from_json_str(r#"{"num_latents": 0}"#).is_err());

@@ -5,7 +5,7 @@
 //! Each output query attends to the latents independently of every other query, so a caller
 //! can decode any subset of output positions and get exactly the rows of a full decode.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use crate::attention::CrossAttention;
@@ -48,9 +48,8 @@ impl BasicDecoder {
 
     /// Decodes every output position: `[batch, num_outputs, q_dim]`.
     pub fn forward_all(&self, latents: &Tensor) -> Result<Tensor> {
-        let batch = latents.dims()[0];
+        let (batch, _, _) = latents.dims3()?;
         let all = Tensor::arange(0u32, self.num_outputs() as u32, latents.device())?
-            .to_dtype(DType::U32)?
             .unsqueeze(0)?
             .repeat((batch, 1))?;
         self.forward(latents, &all)

@@ -49,7 +49,7 @@ impl PerceiverEncoder {
     /// 0 for padding (padded positions contribute nothing); `None` means all real.
     /// Returns `[batch, num_latents, d_latents]`.
     pub fn forward(&self, inputs: &Tensor, input_mask: Option<&Tensor>) -> Result<Tensor> {
-        let batch = inputs.dims()[0];
+        let (batch, _, _) = inputs.dims3()?;
         let latents = self.latents.unsqueeze(0)?.repeat((batch, 1, 1))?;
         let bias = input_mask.map(attention_bias).transpose()?;
         let mut z = self.cross_attention.forward(&latents, inputs, bias.as_ref())?;

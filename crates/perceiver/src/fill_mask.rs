@@ -1,8 +1,10 @@
-//! Fill-mask: masked texts in, ranked candidates per masked byte out. The CLI and the HTTP
-//! service both call this; they differ only in where texts come from and where answers go.
+//! Fill-mask: masked texts in, ranked candidates per masked byte out. Front ends (the CLI, and
+//! later the HTTP service) call this and differ only in where texts come from and answers go.
 //!
 //! Work is limited to what is asked: a batch is padded only to its own longest text (padding is
 //! masked out), and the decoder runs only for the masked positions.
+
+use std::borrow::Borrow;
 
 use candle_core::{Tensor, D};
 use serde::Serialize;
@@ -92,15 +94,16 @@ impl FillMask {
         Ok(())
     }
 
-    /// Fills the masks of `inputs` in one forward pass (one padded batch).
-    pub fn predict(&self, inputs: &[MaskedText], top_k: usize) -> Result<Vec<FillMaskOutput>> {
+    /// Fills the masks of `inputs` in one forward pass (one batch, padded to its longest text).
+    pub fn predict<T: Borrow<MaskedText>>(&self, inputs: &[T], top_k: usize) -> Result<Vec<FillMaskOutput>> {
         if top_k == 0 {
             return Err(Error::InvalidInput("top-k must be at least 1".into()));
         }
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        for input in inputs {
+        let inputs: Vec<&MaskedText> = inputs.iter().map(Borrow::borrow).collect();
+        for input in &inputs {
             self.check(input)?;
         }
         let device = self.model.device();
@@ -108,27 +111,30 @@ impl FillMask {
         let len = inputs.iter().map(|i| i.ids.len()).max().unwrap_or(0);
         let num_queries = inputs.iter().map(|i| i.mask_positions.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(batch * len);
-        let mut mask = Vec::with_capacity(batch * len);
         let mut positions = Vec::with_capacity(batch * num_queries);
-        for input in inputs {
+        for input in &inputs {
             ids.extend_from_slice(&input.ids);
             ids.resize(ids.len() + len - input.ids.len(), PAD_ID);
-            mask.extend(std::iter::repeat_n(1u8, input.ids.len()));
-            mask.extend(std::iter::repeat_n(0u8, len - input.ids.len()));
             // Short query lists are padded with a real query; its row is ignored.
-            let q: Vec<u32> = input.mask_positions.iter().map(|&p| p as u32).collect();
-            positions.extend_from_slice(&q);
-            positions.extend(std::iter::repeat_n(q[0], num_queries - q.len()));
+            let queries = input.mask_positions.iter().map(|&p| p as u32);
+            positions.extend(queries.clone());
+            positions.extend(std::iter::repeat_n(
+                input.mask_positions[0] as u32,
+                num_queries - queries.len(),
+            ));
         }
-        let ids = Tensor::from_vec(ids, (batch, len), device)?;
-        let mask = Tensor::from_vec(mask, (batch, len), device)?;
-        let positions = Tensor::from_vec(positions, (batch, num_queries), device)?;
-        // Padding costs work only when the batch mixes lengths; a batch of one is unpadded.
-        let mask = if inputs.iter().all(|i| i.ids.len() == len) {
-            None
+        // Only a batch that mixes lengths needs a padding mask.
+        let mask = if inputs.iter().any(|i| i.ids.len() != len) {
+            let mask: Vec<u8> = inputs
+                .iter()
+                .flat_map(|i| (0..len).map(move |p| u8::from(p < i.ids.len())))
+                .collect();
+            Some(Tensor::from_vec(mask, (batch, len), device)?)
         } else {
-            Some(mask)
+            None
         };
+        let ids = Tensor::from_vec(ids, (batch, len), device)?;
+        let positions = Tensor::from_vec(positions, (batch, num_queries), device)?;
         let latents = self.model.encode(&ids, mask.as_ref())?;
         let logits = self.model.decode(&latents, &positions)?;
         let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec3::<f32>()?;
@@ -152,7 +158,7 @@ impl FillMask {
         order.sort_by_key(|&i| inputs[i].ids.len());
         let mut outputs: Vec<Option<FillMaskOutput>> = vec![None; inputs.len()];
         for chunk in order.chunks(batch_size) {
-            let batch: Vec<MaskedText> = chunk.iter().map(|&i| inputs[i].clone()).collect();
+            let batch: Vec<&MaskedText> = chunk.iter().map(|&i| &inputs[i]).collect();
             for (&i, out) in chunk.iter().zip(self.predict(&batch, top_k)?) {
                 outputs[i] = Some(out);
             }

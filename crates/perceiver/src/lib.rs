@@ -9,7 +9,7 @@
 //! Layout, bottom up: [`config`] (transformers' `config.json`), [`tokenizer`] (bytes),
 //! [`attention`] (`attend`, cross- and self-attention layers), [`position`], [`encoder`],
 //! [`decoder`], [`heads`] (task models), [`loading`] (directories, hub ids, weight checks) and
-//! [`fill_mask`] (the API the CLI and the service call).
+//! [`fill_mask`] (the API front ends call).
 //!
 //! # Example
 //! ```

@@ -6,7 +6,7 @@
 //! Hub ids are fetched with `hf-hub` into the standard cache (`HF_HOME` honoured); offline
 //! (`LoadOptions::offline` or `HF_HUB_OFFLINE=1`) they resolve from the cache only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -108,7 +108,7 @@ fn looks_like_hub_id(model: &str) -> bool {
     (1..=2).contains(&parts.len()) && parts.iter().all(part_ok)
 }
 
-/// The distinct shard file names of a `model.safetensors.index.json`, in first-seen order.
+/// The distinct shard file names of a `model.safetensors.index.json` (in tensor-name order).
 fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
         path: index.to_path_buf(),
@@ -207,17 +207,24 @@ fn check_readable(path: &Path) -> Result<()> {
     })
 }
 
-/// A `VarBuilder` backend that hands out zero-cost placeholder tensors and records what was
-/// asked for: building a model on it lists every tensor the config implies.
 /// Tensor names with their shapes, in the order a model asks for them.
 pub type TensorList = Vec<(String, Vec<usize>)>;
 
-#[derive(Default)]
-struct ShapeRecorder {
-    requested: Arc<Mutex<TensorList>>,
+/// A `VarBuilder` backend that hands out zero-cost placeholder tensors and records what the model
+/// asks for. With the weights' index (`found`), it stops at the first tensor that is missing or
+/// mis-shaped, so even an absurd config fails fast instead of listing millions of tensors.
+struct TensorChecker<'a> {
+    found: Option<&'a BTreeMap<String, Vec<usize>>>,
+    state: Arc<Mutex<CheckState>>,
 }
 
-impl SimpleBackend for ShapeRecorder {
+#[derive(Default)]
+struct CheckState {
+    requested: TensorList,
+    problem: Option<Error>,
+}
+
+impl SimpleBackend for TensorChecker<'_> {
     fn get(
         &self,
         shape: Shape,
@@ -226,57 +233,70 @@ impl SimpleBackend for ShapeRecorder {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.requested
-            .lock()
-            .expect("recorder lock")
-            .push((name.to_string(), shape.dims().to_vec()));
+        let mut state = self.state.lock().expect("checker lock");
+        let expected = shape.dims().to_vec();
+        let problem = match self.found.as_ref().map(|found| found.get(name)) {
+            Some(None) => Some(Error::MissingTensor {
+                name: name.to_string(),
+            }),
+            Some(Some(found)) if *found != expected => Some(Error::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.clone(),
+                found: found.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            state.problem = Some(problem);
+            candle_core::bail!("weights do not match the config at {name}");
+        }
+        state.requested.push((name.to_string(), expected));
         // A broadcast scalar: the right shape without allocating the tensor.
         Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("shape recorder cannot provide {name} without a shape")
+        candle_core::bail!("the tensor checker cannot provide {name} without a shape")
     }
 
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.found.as_ref().is_none_or(|found| found.contains_key(name))
+    }
+}
+
+/// Builds the model on a [`TensorChecker`]; returns what it asked for, or the first mismatch.
+fn run_checker(config: &PerceiverConfig, found: Option<&BTreeMap<String, Vec<usize>>>) -> Result<TensorList> {
+    let state = Arc::new(Mutex::new(CheckState::default()));
+    let checker = TensorChecker {
+        found,
+        state: state.clone(),
+    };
+    let built = PerceiverForMaskedLM::new(
+        config,
+        VarBuilder::from_backend(Box::new(checker), DType::F32, Device::Cpu),
+    );
+    let mut state = state.lock().expect("checker lock");
+    match (built, state.problem.take()) {
+        (_, Some(problem)) => Err(problem),
+        (Err(e), None) => Err(e),
+        (Ok(_), None) => Ok(std::mem::take(&mut state.requested)),
     }
 }
 
 /// Every tensor name and shape a masked LM with this config reads, in construction order.
 pub fn expected_tensors(config: &PerceiverConfig) -> Result<TensorList> {
-    let recorder = ShapeRecorder::default();
-    let requested = recorder.requested.clone();
-    let vb = VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu);
-    PerceiverForMaskedLM::new(config, vb)?;
-    let requested = requested.lock().expect("recorder lock").clone();
-    Ok(requested)
+    run_checker(config, None)
 }
 
-/// Compares the tensors a config implies with those in the files; the first difference is the
-/// error (missing and mis-shaped tensors first, in model order, then unexpected ones).
-fn check_tensors(expected: &[(String, Vec<usize>)], found: &BTreeMap<String, Vec<usize>>) -> Result<()> {
-    for (name, shape) in expected {
-        match found.get(name) {
-            None => return Err(Error::MissingTensor { name: name.clone() }),
-            Some(found_shape) if found_shape != shape => {
-                return Err(Error::ShapeMismatch {
-                    name: name.clone(),
-                    expected: shape.clone(),
-                    found: found_shape.clone(),
-                })
-            }
-            Some(_) => {}
-        }
+/// Checks the tensors in the files against those the config implies: the first missing or
+/// mis-shaped tensor (in model order) is the error, then any tensor the model has no place for.
+fn check_tensors(config: &PerceiverConfig, found: BTreeMap<String, Vec<usize>>) -> Result<()> {
+    let requested = run_checker(config, Some(&found))?;
+    let wanted: HashSet<&str> = requested.iter().map(|(n, _)| n.as_str()).collect();
+    match found.into_iter().find(|(n, _)| !wanted.contains(n.as_str())) {
+        Some((name, shape)) => Err(Error::UnexpectedTensor { name, shape }),
+        None => Ok(()),
     }
-    let wanted: HashMap<&str, ()> = expected.iter().map(|(n, _)| (n.as_str(), ())).collect();
-    if let Some((name, shape)) = found.iter().find(|(n, _)| !wanted.contains_key(n.as_str())) {
-        return Err(Error::UnexpectedTensor {
-            name: name.clone(),
-            shape: shape.clone(),
-        });
-    }
-    Ok(())
 }
 
 /// Loads a masked language model from its files: the config is validated and every tensor's
@@ -284,7 +304,7 @@ fn check_tensors(expected: &[(String, Vec<usize>)], found: &BTreeMap<String, Vec
 pub fn load_masked_lm(files: &ModelFiles, device: &Device) -> Result<PerceiverForMaskedLM> {
     let config = PerceiverConfig::from_file(&files.config)?;
     let weights = OpenWeights::open(&files.weights)?;
-    check_tensors(&expected_tensors(&config)?, &weights.shapes())?;
+    check_tensors(&config, weights.shapes())?;
     PerceiverForMaskedLM::new(&config, weights.into_var_builder(DType::F32, device))
 }
 
@@ -333,8 +353,13 @@ mod hub {
 
     /// Where files come from: the hub (downloading into the cache) or the cache alone.
     enum Source {
-        Online { api: ApiRepo, listed: Vec<String> },
+        Online {
+            api: ApiRepo,
+            listed: Vec<String>,
+        },
         Cache(hf_hub::CacheRepo),
+        /// A revision given as a commit hash: its snapshot directory in the cache.
+        Snapshot(PathBuf),
     }
 
     impl Source {
@@ -348,13 +373,17 @@ mod hub {
                     api.get(file).map(Some).map_err(|e| hub_error(model_id, file, e))
                 }
                 Self::Cache(cache) => Ok(cache.get(file)),
+                Self::Snapshot(dir) => {
+                    let path = dir.join(file);
+                    Ok(path.exists().then_some(path))
+                }
             }
         }
 
         fn missing(&self, model_id: &str, file: &str) -> Error {
             let reason = match self {
                 Self::Online { .. } => "the repository has no such file",
-                Self::Cache(_) => "not in the local Hugging Face cache, and offline",
+                Self::Cache(_) | Self::Snapshot(_) => "not in the local Hugging Face cache, and offline",
             };
             hub_error(model_id, file, reason)
         }
@@ -365,8 +394,22 @@ mod hub {
     /// does.
     pub(super) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles> {
         let revision = options.revision.clone().unwrap_or_else(|| "main".to_string());
-        let repo = Repo::with_revision(model_id.to_string(), RepoType::Model, revision);
-        let cached = || Source::Cache(cache().repo(repo.clone()));
+        let repo = Repo::with_revision(model_id.to_string(), RepoType::Model, revision.clone());
+        let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
+        let cached = || {
+            if is_commit {
+                // huggingface_hub's layout: a commit's files live in snapshots/<commit>/.
+                Source::Snapshot(
+                    cache()
+                        .path()
+                        .join(repo.folder_name())
+                        .join("snapshots")
+                        .join(&revision),
+                )
+            } else {
+                Source::Cache(cache().repo(repo.clone()))
+            }
+        };
         if options.offline || env_flag("HF_HUB_OFFLINE") {
             return files_from(&cached(), model_id);
         }

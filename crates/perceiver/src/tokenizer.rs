@@ -23,8 +23,9 @@ pub const VOCAB_SIZE: usize = 256 + NUM_SPECIAL_TOKENS as usize;
 const SPECIAL_TOKENS: [&str; NUM_SPECIAL_TOKENS as usize] =
     ["[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]"];
 
-/// Largest `n` accepted in `[MASK:n]`; anything near it is longer than any model anyway.
-const MAX_MASK_RUN: usize = 1 << 20;
+/// Most ids one text may expand to: far beyond any model's positions, and a bound on the memory
+/// a hostile text such as `[MASK:1000000]` repeated can claim before the length check.
+pub const MAX_TOKENS: usize = 1 << 20;
 
 /// A tokenized text with some positions masked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,60 +76,55 @@ impl BytesTokenizer {
 
     /// Tokenizes a text in which `[MASK]` stands for one masked byte and `[MASK:n]` for `n`.
     ///
-    /// Any other text, including `[MASK` not followed by `]` or `:`, is literal. A `[MASK:`
-    /// that is not followed by a positive integer and `]` is an error naming its byte offset.
+    /// As in transformers' `PerceiverTokenizer`, the other special-token names (`[PAD]`,
+    /// `[BOS]`, `[EOS]`, `[CLS]`, `[SEP]`) written in the text become their ids too. Any other
+    /// text, including `[MASK` not followed by `]` or `:`, is literal. A `[MASK:` that is not
+    /// followed by a positive integer and `]` is an error naming its byte offset, and so is a
+    /// text that expands to more than [`MAX_TOKENS`] ids.
     pub fn encode_masked(&self, text: &str, add_special_tokens: bool) -> Result<MaskedText> {
-        const OPEN: &str = "[MASK";
+        const RUN_OPEN: &str = "[MASK:";
         let mut ids = Vec::with_capacity(text.len() + 2);
         let mut mask_positions = Vec::new();
         if add_special_tokens {
             ids.push(CLS_ID);
         }
-        let mut rest = text;
-        let mut offset = 0;
-        while let Some(found) = rest.find(OPEN) {
-            ids.extend(self.encode(&rest[..found]));
-            let after = &rest[found + OPEN.len()..];
-            let (count, consumed) = if after.starts_with(']') {
-                (1, 1)
-            } else if let Some(spec) = after.strip_prefix(':') {
-                let malformed = || {
-                    Error::InvalidInput(format!(
-                        "malformed mask at byte {}: expected [MASK:n] with n a positive integer",
-                        offset + found
-                    ))
-                };
-                let close = spec.find(']').ok_or_else(malformed)?;
-                let digits = &spec[..close];
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(malformed());
-                }
-                let n: usize = digits.parse().map_err(|_| malformed())?;
-                if n == 0 || n > MAX_MASK_RUN {
-                    return Err(Error::InvalidInput(format!(
-                        "mask at byte {}: [MASK:{n}] must mask between 1 and {MAX_MASK_RUN} bytes",
-                        offset + found
-                    )));
-                }
-                (n, 1 + close + 1)
+        let mut literal_start = 0;
+        let mut cursor = 0;
+        while let Some(found) = text[cursor..].find('[') {
+            let at = cursor + found;
+            let rest = &text[at..];
+            // (id, how many times, bytes of text consumed)
+            let token = if let Some(id) = SPECIAL_TOKENS.iter().position(|name| rest.starts_with(name)) {
+                Some((id as u32, 1, SPECIAL_TOKENS[id].len()))
+            } else if let Some(spec) = rest.strip_prefix(RUN_OPEN) {
+                let (count, spec_len) = parse_mask_run(spec, at)?;
+                Some((MASK_ID, count, RUN_OPEN.len() + spec_len))
             } else {
-                // "[MASK" followed by anything else is plain text.
-                ids.extend(self.encode(OPEN));
-                rest = after;
-                offset += found + OPEN.len();
+                None
+            };
+            let Some((id, count, consumed)) = token else {
+                cursor = at + 1;
                 continue;
             };
-            for _ in 0..count {
-                mask_positions.push(ids.len());
-                ids.push(MASK_ID);
+            ids.extend(self.encode(&text[literal_start..at]));
+            if ids.len() + count > MAX_TOKENS {
+                return Err(too_long(at));
             }
-            let skip = found + OPEN.len() + consumed;
-            rest = &rest[skip..];
-            offset += skip;
+            for _ in 0..count {
+                if id == MASK_ID {
+                    mask_positions.push(ids.len());
+                }
+                ids.push(id);
+            }
+            cursor = at + consumed;
+            literal_start = cursor;
         }
-        ids.extend(self.encode(rest));
+        ids.extend(self.encode(&text[literal_start..]));
         if add_special_tokens {
             ids.push(SEP_ID);
+        }
+        if ids.len() > MAX_TOKENS {
+            return Err(too_long(text.len()));
         }
         Ok(MaskedText { ids, mask_positions })
     }
@@ -160,6 +156,31 @@ impl BytesTokenizer {
         }
         Ok(MaskedText { ids, mask_positions })
     }
+}
+
+/// Parses the `n]` after `[MASK:`; returns `n` and the bytes consumed (digits and `]`).
+fn parse_mask_run(spec: &str, offset: usize) -> Result<(usize, usize)> {
+    let malformed = || {
+        Error::InvalidInput(format!(
+            "malformed mask at byte {offset}: expected [MASK:n] with n a positive integer"
+        ))
+    };
+    let close = spec.find(']').ok_or_else(malformed)?;
+    let digits = &spec[..close];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed());
+    }
+    match digits.parse::<usize>() {
+        Ok(0) => Err(malformed()),
+        Ok(n) if n <= MAX_TOKENS => Ok((n, close + 1)),
+        _ => Err(too_long(offset)),
+    }
+}
+
+fn too_long(offset: usize) -> Error {
+    Error::InvalidInput(format!(
+        "the text expands to more than {MAX_TOKENS} tokens (at byte {offset}); models take far fewer"
+    ))
 }
 
 /// The byte an id stands for, or `None` for special and out-of-range ids.
@@ -223,6 +244,25 @@ mod tests {
         assert!(TOK
             .encode_masked("[MASK:99999999999999999999999]", false)
             .is_err());
+    }
+
+    #[test]
+    fn many_long_runs_are_refused_before_allocating() {
+        let hostile = "[MASK:1048576]".repeat(300);
+        let err = TOK.encode_masked(&hostile, false).unwrap_err().to_string();
+        assert!(err.contains("more than"), "{err}");
+        let at_limit = format!("[MASK:{MAX_TOKENS}]");
+        assert_eq!(TOK.encode_masked(&at_limit, false).unwrap().ids.len(), MAX_TOKENS);
+        assert!(TOK.encode_masked(&at_limit, true).is_err());
+    }
+
+    #[test]
+    fn special_token_names_become_ids_as_in_transformers() {
+        let m = TOK
+            .encode_masked("[CLS]a[MASK][SEP][PAD][BOS][EOS]", false)
+            .unwrap();
+        assert_eq!(m.ids, vec![CLS_ID, 103, MASK_ID, SEP_ID, PAD_ID, BOS_ID, EOS_ID]);
+        assert_eq!(m.mask_positions, vec![2]);
     }
 
     #[test]

@@ -2,16 +2,15 @@
 //! sharded safetensors with an index, and `pytorch_model.bin`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use common::{fixtures, max_abs_diff};
 use perceiver::{load_masked_lm, Error, ModelFiles, PerceiverForMaskedLM};
 
-const MODEL: &str = "tiny_v_only";
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+const MODEL: &str = "tiny_v_only";
 
 /// Max |Δ logit| of the model against transformers' logits for the fixture's `single` case.
 fn worst_difference(model: &PerceiverForMaskedLM) -> f32 {
@@ -21,17 +20,7 @@ fn worst_difference(model: &PerceiverForMaskedLM) -> f32 {
     )
     .unwrap();
     let ids = cases["single.input_ids"].to_dtype(DType::U32).unwrap();
-    let logits = model.forward(&ids, None).unwrap();
-    (logits - &cases["single.logits"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    max_abs_diff(&model.forward(&ids, None).unwrap(), &cases["single.logits"])
 }
 
 #[test]

@@ -9,8 +9,11 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
+use common::max_abs_diff;
 use perceiver::{load_masked_lm, ModelFiles};
+
+mod common;
 
 #[test]
 #[ignore = "needs the 800 MB fixture written by scripts/make_parity_fixtures.py --full"]
@@ -23,18 +26,7 @@ fn full_language_perceiver_layout_matches_transformers() {
     let ids = cases["single.input_ids"].to_dtype(DType::U32).unwrap();
     let expected = &cases["single.logits"];
     let logits = model.forward(&ids, None).unwrap();
-    let worst = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
+    let worst = max_abs_diff;
     let vs_f32 = worst(&logits, expected);
     println!(
         "201M layout, 60-byte input, 2048 x 262 logits: max |Δ logit| vs transformers float32 = {vs_f32:.2e}"
@@ -67,4 +59,5 @@ fn full_language_perceiver_layout_matches_transformers() {
         .filter(|(a, b)| a == b)
         .count();
     println!("  top-1 ids equal at {same} of {} positions", argmax_ours.len());
+    assert_eq!(same, argmax_ours.len(), "top-1 ids differ");
 }

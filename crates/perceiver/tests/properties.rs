@@ -3,32 +3,16 @@
 //! - masked padding contributes nothing, whatever ids it holds;
 //! - decoding any subset of output positions gives those rows of a full decode.
 
-use std::path::Path;
-
 use candle_core::{Device, IndexOp, Tensor};
-use perceiver::{load_masked_lm, ModelFiles, PerceiverForMaskedLM};
+use common::max_abs_diff;
+use perceiver::PerceiverForMaskedLM;
+
+mod common;
 use proptest::prelude::*;
 
 fn model() -> &'static PerceiverForMaskedLM {
     static MODEL: std::sync::OnceLock<PerceiverForMaskedLM> = std::sync::OnceLock::new();
-    MODEL.get_or_init(|| {
-        let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity/tiny_qk_v_explicit");
-        load_masked_lm(&ModelFiles::from_dir(&dir).unwrap(), &Device::Cpu).unwrap()
-    })
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    MODEL.get_or_init(|| common::load(&common::fixtures().join("parity/tiny_qk_v_explicit")))
 }
 
 fn ids_tensor(ids: &[u32]) -> Tensor {

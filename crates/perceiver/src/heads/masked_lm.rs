@@ -5,7 +5,7 @@
 //! `masked_language_modelling.ipynb`. Inputs are byte ids plus a learned position per index;
 //! outputs are logits over the 262 ids, from the decoder's output tied to the input embedding.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use crate::config::PerceiverConfig;
@@ -71,6 +71,9 @@ impl PerceiverForMaskedLM {
     /// `input_ids`: `[batch, len]` u32 with `len ≤ max_len()`. Returns `[batch, len, d_model]`.
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (_, len) = input_ids.dims2()?;
+        if len == 0 {
+            return Err(Error::InvalidInput("the input is empty".into()));
+        }
         if len > self.max_len() {
             return Err(Error::InvalidInput(format!(
                 "input is {len} tokens long, the model takes at most {}",
@@ -119,8 +122,6 @@ impl PerceiverForMaskedLM {
         let table = self.embeddings.embeddings();
         let flat = hidden.reshape((batch * n, width))?.matmul(&table.t()?)?;
         let logits = flat.broadcast_add(&self.output_bias)?;
-        Ok(logits
-            .reshape((batch, n, self.config.vocab_size))?
-            .to_dtype(DType::F32)?)
+        Ok(logits.reshape((batch, n, self.config.vocab_size))?)
     }
 }
