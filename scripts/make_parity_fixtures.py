@@ -425,6 +425,10 @@ def write_readme(out_root: Path, summaries: list[dict]) -> None:
         "",
         "The output is deterministic (seeded). Do not edit these files by hand.",
         "",
+        "Besides these directories, the script writes `../activations.safetensors` (x on [-12, 12] and",
+        "`ACT2FN[name](x)` for every parameter-free `hidden_act` name, computed in float64) and",
+        "`../pytorch_bin/tiny_v_only/` (the same weights as `tiny_v_only`, as `torch.save(state_dict)`).",
+        "",
         "Each directory holds a tiny `PerceiverForMaskedLM`:",
         "",
         "* `config.json`, `model.safetensors`: exactly what `model.save_pretrained(dir, safe_serialization=True)`",
@@ -496,8 +500,28 @@ def write_readme(out_root: Path, summaries: list[dict]) -> None:
 PYTORCH_BIN_MODEL = "tiny_v_only"
 
 
+# Every parameter-free `hidden_act` the Rust crate accepts, under each of its names.
+ACTIVATION_NAMES = [
+    "gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh",
+    "quick_gelu", "relu", "relu2", "relu6", "leaky_relu", "silu", "swish", "mish", "hardswish", "sigmoid",
+    "tanh", "linear",
+]
+
+
+def write_activations(path: Path) -> None:
+    """x on [-12, 12] and ACT2FN[name](x) for every name, computed in float64 from the float32 x."""
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-12.0, 12.0, 4001, dtype=torch.float32)
+    tensors = {"x": x}
+    for name in ACTIVATION_NAMES:
+        tensors[name] = ACT2FN[name](x.double()).float().contiguous()
+    save_file(tensors, str(path), metadata=st_metadata("scripts/make_parity_fixtures.py, transformers ACT2FN"))
+
+
 def run_fast(out_root: Path) -> None:
     out_root.mkdir(parents=True, exist_ok=True)
+    write_activations(out_root.parent / "activations.safetensors")
     summaries = []
     for idx, spec in enumerate(MODELS):
         name, cfg = spec["name"], spec["config"]
@@ -573,7 +597,8 @@ def run_fast(out_root: Path) -> None:
     write_readme(out_root, summaries)
     print("== files")
     total = 0
-    for f in sorted([*out_root.rglob("*"), *(out_root.parent / "pytorch_bin").rglob("*")]):
+    extra = [out_root.parent / "activations.safetensors", *(out_root.parent / "pytorch_bin").rglob("*")]
+    for f in sorted([*out_root.rglob("*"), *extra]):
         if f.is_file():
             size = f.stat().st_size
             total += size

@@ -64,7 +64,21 @@ pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
     Ok(match activation {
         Activation::GeluErf => x.gelu_erf()?,
         Activation::GeluTanh => x.gelu()?,
+        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
         Activation::Relu => x.relu()?,
+        Activation::ReluSquared => x.relu()?.sqr()?,
+        Activation::Relu6 => x.clamp(0f32, 6f32)?,
+        Activation::LeakyRelu => candle_nn::ops::leaky_relu(x, 0.01)?,
+        Activation::Silu => x.silu()?,
+        // softplus(x) = ln(1 + eˣ), computed as max(x, 0) + ln(1 + e^-|x|) to avoid overflow.
+        Activation::Mish => {
+            let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+            (x * softplus.tanh()?)?
+        }
+        Activation::HardSwish => ((x * (x + 3.0)?.clamp(0f32, 6f32)?)? / 6.0)?,
+        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+        Activation::Tanh => x.tanh()?,
+        Activation::Linear => x.clone(),
     })
 }
 

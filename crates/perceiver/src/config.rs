@@ -9,20 +9,93 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The MLP nonlinearity named by `hidden_act` in config.json.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The MLP nonlinearity named by `hidden_act` in config.json: transformers' `ACT2FN` names that
+/// need no parameters of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Activation {
-    /// `"gelu"`: the exact GELU, `x·Φ(x)` with the error function (transformers' choice for the
-    /// released checkpoint's config).
-    #[serde(rename = "gelu")]
+    /// `"gelu"` (or `"gelu_python"`): the exact GELU, `x·Φ(x)` with the error function
+    /// (transformers' choice for the released checkpoint's config).
+    #[serde(rename = "gelu", alias = "gelu_python")]
     GeluErf,
-    /// `"gelu_new"`, `"gelu_pytorch_tanh"`, `"gelu_fast"`: the tanh approximation (what DeepMind's
-    /// `jax.nn.gelu` computes and what the released weights were trained with).
-    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    /// `"gelu_new"`, `"gelu_pytorch_tanh"`, `"gelu_fast"`, `"gelu_accurate"`, `"gelu_python_tanh"`:
+    /// the tanh approximation (what DeepMind's `jax.nn.gelu` computes and what the released
+    /// weights were trained with).
+    #[serde(
+        rename = "gelu_new",
+        alias = "gelu_pytorch_tanh",
+        alias = "gelu_fast",
+        alias = "gelu_accurate",
+        alias = "gelu_python_tanh"
+    )]
     GeluTanh,
-    /// `"relu"`.
+    /// `"quick_gelu"`: `x·σ(1.702·x)`.
+    #[serde(rename = "quick_gelu")]
+    QuickGelu,
     #[serde(rename = "relu")]
     Relu,
+    /// `"relu2"`: `relu(x)²`.
+    #[serde(rename = "relu2")]
+    ReluSquared,
+    /// `"relu6"`: `min(max(x, 0), 6)`.
+    #[serde(rename = "relu6")]
+    Relu6,
+    /// `"leaky_relu"` with PyTorch's default slope 0.01.
+    #[serde(rename = "leaky_relu")]
+    LeakyRelu,
+    /// `"silu"` / `"swish"`: `x·σ(x)`.
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+    /// `"mish"`: `x·tanh(softplus(x))`.
+    #[serde(rename = "mish")]
+    Mish,
+    /// `"hardswish"`: `x·relu6(x + 3)/6`.
+    #[serde(rename = "hardswish")]
+    HardSwish,
+    #[serde(rename = "sigmoid")]
+    Sigmoid,
+    #[serde(rename = "tanh")]
+    Tanh,
+    /// `"linear"`: the identity.
+    #[serde(rename = "linear")]
+    Linear,
+}
+
+impl Activation {
+    /// Every variant, for tests and documentation.
+    pub const ALL: [Activation; 13] = [
+        Self::GeluErf,
+        Self::GeluTanh,
+        Self::QuickGelu,
+        Self::Relu,
+        Self::ReluSquared,
+        Self::Relu6,
+        Self::LeakyRelu,
+        Self::Silu,
+        Self::Mish,
+        Self::HardSwish,
+        Self::Sigmoid,
+        Self::Tanh,
+        Self::Linear,
+    ];
+
+    /// The name transformers gives it in `hidden_act` (the first of its aliases).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GeluErf => "gelu",
+            Self::GeluTanh => "gelu_new",
+            Self::QuickGelu => "quick_gelu",
+            Self::Relu => "relu",
+            Self::ReluSquared => "relu2",
+            Self::Relu6 => "relu6",
+            Self::LeakyRelu => "leaky_relu",
+            Self::Silu => "silu",
+            Self::Mish => "mish",
+            Self::HardSwish => "hardswish",
+            Self::Sigmoid => "sigmoid",
+            Self::Tanh => "tanh",
+            Self::Linear => "linear",
+        }
+    }
 }
 
 /// How the encoder cross-attention picks its query/key width when `qk_channels` is unset.
