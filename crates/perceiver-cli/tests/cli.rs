@@ -211,34 +211,25 @@ fn input_file_is_batched_and_keeps_order() {
 #[test]
 fn bad_texts_fail_cleanly() {
     let model = model_arg(MODEL);
-    assert_clean_failure(
-        &perceiver(&["fill-mask", "-m", &model, "no mask here"]),
-        "no mask",
-    );
-    assert_clean_failure(
-        &perceiver(&["fill-mask", "-m", &model, "bad [MASK:x] run"]),
-        "malformed mask at byte 4",
-    );
     let long = format!("{}[MASK]", "x".repeat(200));
-    assert_clean_failure(&perceiver(&["fill-mask", "-m", &model, &long]), "at most 64");
-    assert_clean_failure(
-        &perceiver(&["fill-mask", "-m", &model, "--mask-range", "3..99", "short"]),
-        "outside the text",
-    );
-    assert_clean_failure(
-        &perceiver(&["fill-mask", "-m", &model, "--mask-range", "0..2", "a [MASK]"]),
-        "not both",
-    );
-    assert_clean_failure(
-        &perceiver(&["fill-mask", "-m", &model, "-k", "0", "a [MASK]"]),
-        "--top-k",
-    );
-    assert_clean_failure(
-        &perceiver(&["fill-mask", "-m", &model, "--mask-range", "5..3", "hello world"]),
-        "range 5..3 is empty",
-    );
     let hostile = "[MASK:1048576]".repeat(300);
-    assert_clean_failure(&perceiver(&["fill-mask", "-m", &model, &hostile]), "more than");
+    // (extra arguments, text, what the message must say)
+    let cases: [(&[&str], &str, &str); 8] = [
+        (&[], "no mask here", "no mask"),
+        (&[], "bad [MASK:x] run", "malformed mask at byte 4"),
+        (&[], &long, "at most 64"),
+        (&[], &hostile, "more than"),
+        (&["--mask-range", "3..99"], "short", "outside the text"),
+        (&["--mask-range", "0..2"], "a [MASK]", "not both"),
+        (&["--mask-range", "5..3"], "hello world", "range 5..3 is empty"),
+        (&["-k", "0"], "a [MASK]", "--top-k"),
+    ];
+    for (extra, text, needle) in cases {
+        let mut args = vec!["fill-mask", "-m", &model];
+        args.extend_from_slice(extra);
+        args.push(text);
+        assert_clean_failure(&perceiver(&args), needle);
+    }
 }
 
 #[test]

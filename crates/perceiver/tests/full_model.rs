@@ -39,20 +39,15 @@ fn full_language_perceiver_layout_matches_transformers() {
         );
     }
     assert!(vs_f32 <= 1e-4, "max |Δ logit| {vs_f32:e}");
-    let argmax_ours = logits
-        .argmax(2)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap();
-    let argmax_theirs = expected
-        .argmax(2)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap();
+    let top1 = |t: &candle_core::Tensor| {
+        t.argmax(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+    };
+    let (argmax_ours, argmax_theirs) = (top1(&logits), top1(expected));
     let same = argmax_ours
         .iter()
         .zip(&argmax_theirs)
