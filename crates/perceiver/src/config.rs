@@ -421,8 +421,8 @@ mod tests {
         assert!(err.to_string().contains("512"), "{err}");
         let err = PerceiverConfig::from_json_str(r#"{"d_latents": 1284, "v_channels": 1284}"#).unwrap_err();
         assert!(err.to_string().contains("1284"), "{err}");
-        let err = PerceiverConfig::from_json_str(r#"{"hidden_act": "swish"}"#).unwrap_err();
-        assert!(err.to_string().contains("swish"), "{err}");
+        let err = PerceiverConfig::from_json_str(r#"{"hidden_act": "swiglu"}"#).unwrap_err();
+        assert!(err.to_string().contains("swiglu"), "{err}");
         assert!(PerceiverConfig::from_json_str(r#"{"num_latents": 0}"#).is_err());
         assert!(PerceiverConfig::from_json_str("not json").is_err());
     }
