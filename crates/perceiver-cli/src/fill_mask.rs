@@ -101,29 +101,27 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
         bail!("the input file has no lines");
     }
     let tokenizer = perceiver::BytesTokenizer;
+    let tokenize = |text: &str| -> Result<MaskedText> {
+        Ok(match &args.mask_range {
+            Some(range) => {
+                if !tokenizer.encode_masked(text, false)?.mask_positions.is_empty() {
+                    bail!("use either [MASK] markers or --mask-range, not both");
+                }
+                tokenizer.encode_with_mask_range(text, range.clone(), args.add_special_tokens)?
+            }
+            None => tokenizer.encode_masked(text, args.add_special_tokens)?,
+        })
+    };
     let inputs: Vec<MaskedText> = texts
         .iter()
-        .map(|(_, text)| {
-            let input = match &args.mask_range {
-                Some(range) => {
-                    if !tokenizer.encode_masked(text, false)?.mask_positions.is_empty() {
-                        bail!("use either [MASK] markers or --mask-range, not both");
-                    }
-                    tokenizer.encode_with_mask_range(text, range.clone(), args.add_special_tokens)?
-                }
-                None => tokenizer.encode_masked(text, args.add_special_tokens)?,
-            };
-            Ok(input)
-        })
-        .zip(&texts)
-        .map(|(r, (where_, _))| in_context(r, where_))
+        .map(|(where_, text)| in_context(tokenize(text), where_))
         .collect::<Result<_>>()?;
 
     let options = LoadOptions {
         offline: args.offline,
         revision: args.revision.clone(),
     };
-    let model = perceiver::load_masked_lm_from(&args.model, &options, &candle_core_device())
+    let model = perceiver::load_masked_lm_from(&args.model, &options, &perceiver::Device::Cpu)
         .with_context(|| format!("cannot load model {}", args.model))?;
     let fill = FillMask::new(model);
     for (input, (where_, _)) in inputs.iter().zip(&texts) {
@@ -156,10 +154,6 @@ fn in_context<T>(result: Result<T>, where_: &str) -> Result<T> {
     } else {
         result.with_context(|| where_.to_string())
     }
-}
-
-fn candle_core_device() -> perceiver::Device {
-    perceiver::Device::Cpu
 }
 
 fn write_human(out: &mut impl Write, output: &FillMaskOutput) -> std::io::Result<()> {
