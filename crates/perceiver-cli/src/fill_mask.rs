@@ -1,6 +1,6 @@
 //! `perceiver fill-mask`.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -43,7 +43,7 @@ pub struct FillMaskArgs {
     #[arg(long)]
     json: bool,
 
-    /// Read texts from FILE, one per line; prints one JSON object per line.
+    /// Read texts from FILE (`-` for standard input), one per line; prints one JSON object per line.
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
 
@@ -81,7 +81,15 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
     let texts: Vec<(String, String)> = match (&args.text, &args.input) {
         (Some(text), _) => vec![(String::new(), text.clone())],
         (None, Some(path)) => {
-            let content = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let content = if path.as_os_str() == "-" {
+                let mut buffer = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buffer)
+                    .context("cannot read standard input")?;
+                buffer
+            } else {
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+            };
             let content = String::from_utf8(content).map_err(|e| {
                 anyhow::anyhow!(
                     "{} is not UTF-8 text (invalid byte at offset {})",

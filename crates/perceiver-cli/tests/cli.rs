@@ -209,6 +209,27 @@ fn input_file_is_batched_and_keeps_order() {
 }
 
 #[test]
+fn input_dash_reads_standard_input() {
+    use std::io::Write;
+    let model = model_arg(MODEL);
+    let mut child = command(&["fill-mask", "-m", &model, "--input", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one [MASK]\ntwo [MASK:2]\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["masks"].as_array().unwrap().len(), 2);
+}
+
+#[test]
 fn bad_texts_fail_cleanly() {
     let model = model_arg(MODEL);
     let long = format!("{}[MASK]", "x".repeat(200));
