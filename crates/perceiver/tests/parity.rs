@@ -64,6 +64,12 @@ fn cases(dir: &Path) -> Vec<Case> {
         .collect()
 }
 
+/// Returns `worst` after asserting it is within [`LOGIT_TOLERANCE`]; `what` names the case.
+fn within_tolerance(worst: f32, what: impl Fn() -> String) -> f32 {
+    assert!(worst <= LOGIT_TOLERANCE, "{}: max |Δ logit| {worst:e}", what());
+    worst
+}
+
 /// transformers' way: the batch as given (padded to its longest row), every output decoded.
 #[test]
 fn full_decode_matches_transformers() {
@@ -79,12 +85,7 @@ fn full_decode_matches_transformers() {
                 dir.file_name().unwrap().to_string_lossy(),
                 case.name
             );
-            assert!(
-                worst <= LOGIT_TOLERANCE,
-                "{}/{}: max |Δ logit| {worst:e}",
-                dir.display(),
-                case.name
-            );
+            within_tolerance(worst, || format!("{}/{}", dir.display(), case.name));
         }
     }
 }
@@ -121,14 +122,9 @@ fn unpadded_subset_decode_equals_padded_full_decode() {
                 let latents = model.encode(&ids, None).unwrap();
                 let got = model.decode(&latents, &positions).unwrap().squeeze(0).unwrap();
                 let want = expected.index_select(&positions.squeeze(0).unwrap(), 0).unwrap();
-                let worst = max_abs_diff(&got, &want);
-                worst_unpadded = worst_unpadded.max(worst);
-                assert!(
-                    worst <= LOGIT_TOLERANCE,
-                    "{}/{} row {row} unpadded subset: {worst:e}",
-                    dir.display(),
-                    case.name
-                );
+                worst_unpadded = worst_unpadded.max(within_tolerance(max_abs_diff(&got, &want), || {
+                    format!("{}/{} row {row} unpadded subset", dir.display(), case.name)
+                }));
 
                 // Padded to the model's maximum length with a mask, every position decoded.
                 let padded = ids.pad_with_zeros(1, 0, max_len - len).unwrap();
@@ -141,14 +137,9 @@ fn unpadded_subset_decode_equals_padded_full_decode() {
                     .unwrap()
                     .squeeze(0)
                     .unwrap();
-                let worst = max_abs_diff(&full, &expected);
-                worst_padded = worst_padded.max(worst);
-                assert!(
-                    worst <= LOGIT_TOLERANCE,
-                    "{}/{} row {row} padded to max: {worst:e}",
-                    dir.display(),
-                    case.name
-                );
+                worst_padded = worst_padded.max(within_tolerance(max_abs_diff(&full, &expected), || {
+                    format!("{}/{} row {row} padded to max", dir.display(), case.name)
+                }));
             }
         }
     }
