@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::{FillMask, FillMaskOutput, LoadOptions, MaskedText};
+use perceiver::{FillMask, FillMaskOutput, MaskedText};
+
+use crate::model::ModelArgs;
 
 #[derive(Args)]
 #[command(
@@ -18,14 +20,8 @@ pub struct FillMaskArgs {
     #[arg(required_unless_present = "input", conflicts_with = "input")]
     text: Option<String>,
 
-    /// A model directory (config.json + weights) or a Hugging Face hub id.
-    #[arg(
-        short,
-        long,
-        env = "PERCEIVER_MODEL",
-        default_value = "deepmind/language-perceiver"
-    )]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
 
     /// Mask the bytes START..END of the plain text (byte offsets, end exclusive).
     #[arg(long, value_name = "START..END", value_parser = parse_range)]
@@ -50,14 +46,6 @@ pub struct FillMaskArgs {
     /// Texts per forward pass with --input.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
-
-    /// Use only the local Hugging Face cache for hub ids (also HF_HUB_OFFLINE=1).
-    #[arg(long)]
-    offline: bool,
-
-    /// Hub revision (branch, tag or commit).
-    #[arg(long)]
-    revision: Option<String>,
 }
 
 fn parse_range(s: &str) -> Result<Range<usize>, String> {
@@ -125,13 +113,7 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
         .map(|(where_, text)| in_context(tokenize(text), where_))
         .collect::<Result<_>>()?;
 
-    let options = LoadOptions {
-        offline: args.offline,
-        revision: args.revision.clone(),
-    };
-    let model = perceiver::load_masked_lm_from(&args.model, &options, &perceiver::Device::Cpu)
-        .with_context(|| format!("cannot load model {}", args.model))?;
-    let fill = FillMask::new(model);
+    let fill = FillMask::new(args.model.load_masked_lm()?);
     for (input, (where_, _)) in inputs.iter().zip(&texts) {
         in_context(fill.check(input).map_err(anyhow::Error::from), where_)?;
     }

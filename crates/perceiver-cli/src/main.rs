@@ -7,6 +7,7 @@ use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 mod fill_mask;
+mod model;
 
 // candle allocates many short-lived buffers; glibc's allocator measured up to 35% slower here.
 #[global_allocator]
