@@ -7,10 +7,11 @@
 //! `SelfAttention` in `perceiver.py`. Checkpoint paths are transformers'.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::config::{Activation, AttentionSpec, LAYER_NORM_EPS};
 use crate::error::Result;
+use crate::ops;
 
 /// Additive attention bias from a padding mask: 0 where `mask` is 1 (a real key), the most
 /// negative f32 where it is 0 (padding), as transformers does with `finfo(float32).min`.
@@ -52,7 +53,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option
     if let Some(bias) = bias {
         scores = scores.broadcast_add(bias)?;
     }
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    let weights = ops::softmax_last_dim(&scores)?;
     let out = weights.matmul(&v)?; // [batch, heads, queries, d_v]
     Ok(out
         .transpose(1, 2)?
@@ -82,12 +83,29 @@ pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
     })
 }
 
+/// LayerNorm over the last dimension (eps as transformers'), through [`ops::layer_norm`] so that
+/// it trains: candle_nn's LayerNorm passes no gradient to its parameters.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, LAYER_NORM_EPS)
+    }
+}
+
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    let config = LayerNormConfig {
-        eps: LAYER_NORM_EPS,
-        ..Default::default()
-    };
-    Ok(candle_nn::layer_norm(dim, config, vb)?)
+    LayerNorm::new(dim, vb)
 }
 
 /// The Transformer MLP after each attention: `dense2(act(dense1(x)))`, hidden width

@@ -43,6 +43,7 @@ pub mod error;
 pub mod fill_mask;
 pub mod heads;
 pub mod loading;
+pub mod ops;
 pub mod position;
 pub mod tokenizer;
 
