@@ -137,7 +137,8 @@ class Stepper:
 
 
 def set_threads(n: int | None) -> int:
-    n = n or os.cpu_count() or 1
+    if not n:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
 

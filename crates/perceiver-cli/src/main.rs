@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fill_mask;
 mod model;
+mod train;
 
 // candle allocates many short-lived buffers; glibc's allocator measured up to 35% slower here.
 #[global_allocator]
@@ -20,6 +22,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Perceiver IO byte-level language models: fill masks, and more"
 )]
 struct Cli {
+    /// Worker threads for the tensor kernels (default: all cores).
+    #[arg(long, global = true, env = "PERCEIVER_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +34,15 @@ struct Cli {
 enum Command {
     /// Predict the masked bytes of texts.
     FillMask(fill_mask::FillMaskArgs),
+    /// Train a masked language model from scratch or fine-tune one.
+    Train(Box<train::TrainArgs>),
+    /// Masked-byte accuracy, loss and bits per byte of a model on text files.
+    Eval(train::EvalArgs),
+    /// Draw a training run's loss and accuracy curves (RUN_DIR/curves.svg).
+    Plot(train::PlotArgs),
+    /// Time our engine (JSON for the side-by-side scripts in scripts/).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -66,8 +81,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(threads) = cli.threads {
+        // candle and rayon read this when their thread pools start, which is after this point.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     let result = match cli.command {
         Command::FillMask(args) => fill_mask::run(args),
+        Command::Train(args) => train::run_train(*args),
+        Command::Eval(args) => train::run_eval(args),
+        Command::Plot(args) => train::run_plot(args),
+        Command::Bench(command) => bench::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -255,6 +255,15 @@ impl PerceiverConfig {
         })
     }
 
+    /// The layout of `deepmind/language-perceiver` (transformers' defaults with qk 256 / v 1280).
+    pub fn language_perceiver() -> Self {
+        Self {
+            qk_channels: Some(256),
+            v_channels: Some(1280),
+            ..Self::default()
+        }
+    }
+
     /// The config serialised as transformers writes it (with `model_type` and `architectures`).
     pub fn to_json_string(&self) -> String {
         let mut value = serde_json::to_value(self).expect("config serialises");

@@ -308,6 +308,24 @@ pub fn load_masked_lm(files: &ModelFiles, device: &Device) -> Result<PerceiverFo
     PerceiverForMaskedLM::new(&config, weights.into_var_builder(DType::F32, device))
 }
 
+/// Reads every tensor of a masked language model (checked against its config as
+/// [`load_masked_lm`] does), by transformers name: the starting point for fine-tuning.
+pub fn load_masked_lm_tensors(
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<(PerceiverConfig, BTreeMap<String, Tensor>)> {
+    let config = PerceiverConfig::from_file(&files.config)?;
+    let weights = OpenWeights::open(&files.weights)?;
+    check_tensors(&config, weights.shapes())?;
+    let vb = weights.into_var_builder(DType::F32, device);
+    let mut tensors = BTreeMap::new();
+    for (name, shape) in expected_tensors(&config)? {
+        let tensor = vb.get(shape, &name)?;
+        tensors.insert(name, tensor);
+    }
+    Ok((config, tensors))
+}
+
 /// [`ModelFiles::resolve`] then [`load_masked_lm`].
 pub fn load_masked_lm_from(
     model: &str,

@@ -41,7 +41,9 @@ fn softmax_rows<T: Float>(src: &[T], width: usize) -> Vec<T> {
     dst.par_chunks_mut(width)
         .zip(src.par_chunks(width))
         .for_each(|(dst, src)| {
-            let max = src.iter().fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v));
+            let max = src
+                .iter()
+                .fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v));
             let mut total = T::zero();
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = (s - max).exp();
@@ -75,8 +77,12 @@ impl CustomOp1 for SoftmaxLastDim {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let width = layout.dims().last().copied().unwrap_or(1).max(1);
         let out = match storage {
-            CpuStorage::F32(data) => CpuStorage::F32(softmax_rows(contiguous(data, layout, "softmax input")?, width)),
-            CpuStorage::F64(data) => CpuStorage::F64(softmax_rows(contiguous(data, layout, "softmax input")?, width)),
+            CpuStorage::F32(data) => {
+                CpuStorage::F32(softmax_rows(contiguous(data, layout, "softmax input")?, width))
+            }
+            CpuStorage::F64(data) => {
+                CpuStorage::F64(softmax_rows(contiguous(data, layout, "softmax input")?, width))
+            }
             other => candle_core::bail!("softmax: unsupported dtype {:?}", other.dtype()),
         };
         Ok((out, layout.shape().clone()))
@@ -87,11 +93,17 @@ impl CustomOp1 for SoftmaxLastDim {
         let grad = grad_res.contiguous()?;
         let dx = match res.dtype() {
             DType::F32 => {
-                let (y, g) = (res.flatten_all()?.to_vec1::<f32>()?, grad.flatten_all()?.to_vec1::<f32>()?);
+                let (y, g) = (
+                    res.flatten_all()?.to_vec1::<f32>()?,
+                    grad.flatten_all()?.to_vec1::<f32>()?,
+                );
                 Tensor::from_vec(softmax_backward_rows(&y, &g, width), res.shape(), res.device())?
             }
             DType::F64 => {
-                let (y, g) = (res.flatten_all()?.to_vec1::<f64>()?, grad.flatten_all()?.to_vec1::<f64>()?);
+                let (y, g) = (
+                    res.flatten_all()?.to_vec1::<f64>()?,
+                    grad.flatten_all()?.to_vec1::<f64>()?,
+                );
                 Tensor::from_vec(softmax_backward_rows(&y, &g, width), res.shape(), res.device())?
             }
             other => candle_core::bail!("softmax backward: unsupported dtype {other:?}"),
@@ -143,13 +155,20 @@ fn layer_norm_backward_rows<T: Float>(x: &[T], weight: &[T], grad: &[T], eps: T)
     let width = weight.len();
     let n = T::from(width).unwrap_or_else(T::one);
     let mut dx = vec![T::zero(); x.len()];
-    // Each rayon task sums its rows' parameter gradients; the partial sums are added at the end.
-    let (dweight, dbias) = dx
-        .par_chunks_mut(width)
-        .zip(x.par_chunks(width).zip(grad.par_chunks(width)))
-        .fold(
-            || (vec![T::zero(); width], vec![T::zero(); width]),
-            |(mut dw, mut db), (dx, (row, g))| {
+    // Rows are grouped in fixed-size chunks whose partial parameter gradients are summed in chunk
+    // order: the result does not depend on how rayon schedules the work, so training runs (and
+    // resumed runs) repeat bit for bit.
+    const ROWS_PER_CHUNK: usize = 32;
+    let chunk = width * ROWS_PER_CHUNK;
+    let partials: Vec<(Vec<T>, Vec<T>)> = dx
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+        .map(|(dx, (rows, grads))| {
+            let (mut dw, mut db) = (vec![T::zero(); width], vec![T::zero(); width]);
+            for (dx, (row, g)) in dx
+                .chunks_mut(width)
+                .zip(rows.chunks(width).zip(grads.chunks(width)))
+            {
                 let (mean, inv_std) = row_stats(row, eps);
                 let (mut sum_gw, mut sum_gw_xhat) = (T::zero(), T::zero());
                 for c in 0..width {
@@ -165,17 +184,15 @@ fn layer_norm_backward_rows<T: Float>(x: &[T], weight: &[T], grad: &[T], eps: T)
                     let xhat = (row[c] - mean) * inv_std;
                     dx[c] = inv_std * (g[c] * weight[c] - mean_gw - xhat * mean_gw_xhat);
                 }
-                (dw, db)
-            },
-        )
-        .reduce(
-            || (vec![T::zero(); width], vec![T::zero(); width]),
-            |(mut dw, mut db), (dw2, db2)| {
-                dw.iter_mut().zip(dw2).for_each(|(a, b)| *a = *a + b);
-                db.iter_mut().zip(db2).for_each(|(a, b)| *a = *a + b);
-                (dw, db)
-            },
-        );
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut dweight, mut dbias) = (vec![T::zero(); width], vec![T::zero(); width]);
+    for (dw, db) in partials {
+        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a = *a + b);
+        dbias.iter_mut().zip(db).for_each(|(a, b)| *a = *a + b);
+    }
     (dx, dweight, dbias)
 }
 
@@ -281,7 +298,11 @@ mod tests {
 
     fn assert_close(got: &Tensor, want: &[f64], what: &str) {
         let got = got.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
         assert!(worst < 1e-6, "{what}: worst |Δ| {worst:e}");
     }
 
@@ -297,7 +318,11 @@ mod tests {
         let plain = candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5)?;
         assert_close(&fused, &plain.flatten_all()?.to_vec1::<f64>()?, "forward");
 
-        let (xv, wv, bv) = (Var::from_tensor(&x)?, Var::from_tensor(&w)?, Var::from_tensor(&b)?);
+        let (xv, wv, bv) = (
+            Var::from_tensor(&x)?,
+            Var::from_tensor(&w)?,
+            Var::from_tensor(&b)?,
+        );
         let loss = (layer_norm(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5)? * &probe)?.sum_all()?;
         let grads = loss.backward()?;
         let scalar = |x: &Tensor, w: &Tensor, b: &Tensor| -> f64 {
@@ -308,9 +333,21 @@ mod tests {
                 .to_scalar::<f64>()
                 .unwrap()
         };
-        assert_close(grads.get(&xv).unwrap(), &numeric_grad(&x, |x| scalar(x, &w, &b)), "dx");
-        assert_close(grads.get(&wv).unwrap(), &numeric_grad(&w, |w| scalar(&x, w, &b)), "dweight");
-        assert_close(grads.get(&bv).unwrap(), &numeric_grad(&b, |b| scalar(&x, &w, b)), "dbias");
+        assert_close(
+            grads.get(&xv).unwrap(),
+            &numeric_grad(&x, |x| scalar(x, &w, &b)),
+            "dx",
+        );
+        assert_close(
+            grads.get(&wv).unwrap(),
+            &numeric_grad(&w, |w| scalar(&x, w, &b)),
+            "dweight",
+        );
+        assert_close(
+            grads.get(&bv).unwrap(),
+            &numeric_grad(&b, |b| scalar(&x, &w, b)),
+            "dbias",
+        );
         Ok(())
     }
 
@@ -320,9 +357,15 @@ mod tests {
         let x = Tensor::randn(0f64, 2.0, (3, 2, 5), &dev)?;
         let probe = Tensor::randn(0f64, 1.0, (3, 2, 5), &dev)?;
         let plain = candle_nn::ops::softmax(&x, D::Minus1)?;
-        assert_close(&softmax_last_dim(&x)?, &plain.flatten_all()?.to_vec1::<f64>()?, "forward");
+        assert_close(
+            &softmax_last_dim(&x)?,
+            &plain.flatten_all()?.to_vec1::<f64>()?,
+            "forward",
+        );
         let xv = Var::from_tensor(&x)?;
-        let grads = (softmax_last_dim(xv.as_tensor())? * &probe)?.sum_all()?.backward()?;
+        let grads = (softmax_last_dim(xv.as_tensor())? * &probe)?
+            .sum_all()?
+            .backward()?;
         let want = numeric_grad(&x, |x| {
             (softmax_last_dim(x).unwrap() * &probe)
                 .unwrap()
@@ -339,14 +382,20 @@ mod tests {
     fn f32_forward_equals_f64_to_rounding() -> Result<()> {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 3.0, (4, 33), &dev)?;
-        let (w, b) = (Tensor::randn(0f32, 1.0, 33, &dev)?, Tensor::randn(0f32, 1.0, 33, &dev)?);
+        let (w, b) = (
+            Tensor::randn(0f32, 1.0, 33, &dev)?,
+            Tensor::randn(0f32, 1.0, 33, &dev)?,
+        );
         let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let ln32 = layer_norm(&x, &w, &b, 1e-5)?.to_dtype(DType::F64)?;
         let ln64 = layer_norm(&f64_of(&x), &f64_of(&w), &f64_of(&b), 1e-5)?;
         let worst = (ln32 - ln64)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(worst < 1e-5, "layer norm f32 vs f64: {worst:e}");
         let sm32 = softmax_last_dim(&x)?.to_dtype(DType::F64)?;
-        let worst = (sm32 - softmax_last_dim(&f64_of(&x))?)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let worst = (sm32 - softmax_last_dim(&f64_of(&x))?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
         assert!(worst < 1e-6, "softmax f32 vs f64: {worst:e}");
         Ok(())
     }

@@ -1,0 +1,436 @@
+//! `perceiver train`, `perceiver eval` and `perceiver plot`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use perceiver::{LoadOptions, ModelFiles, PerceiverConfig};
+use perceiver_train::corpus::{self, Corpus, Part, Split};
+use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
+use perceiver_train::presets::{preset, PRESET_NAMES};
+use perceiver_train::trainer::mask_for_eval;
+use perceiver_train::{Event, Masking, MaskingStrategy, ModelInit, Outcome, TrainConfig, Trainer};
+
+use crate::model::ModelArgs;
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  perceiver train --preset tiny --corpus texts/ --out runs/tiny --steps 2000\n  \
+perceiver train --init-from deepmind/language-perceiver --corpus 'mine/*.txt' --out runs/ft --lr 1e-5\n  \
+perceiver train --resume runs/tiny --steps 4000"
+)]
+pub struct TrainArgs {
+    /// Training text: files, directories (recursive) or glob patterns.
+    #[arg(long, num_args = 1.., required_unless_present = "resume")]
+    corpus: Vec<String>,
+
+    /// Run directory: checkpoints, metrics.jsonl, curves.svg.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+
+    /// Continue a run (its directory, or one checkpoint) exactly where it stopped.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["corpus", "out", "preset", "config", "init_from"])]
+    resume: Option<PathBuf>,
+
+    /// Train from scratch with a named layout (tiny, small, base = the 201M layout).
+    #[arg(long, conflicts_with_all = ["config", "init_from"])]
+    preset: Option<String>,
+
+    /// Train from scratch with the layout of a transformers config.json.
+    #[arg(long, value_name = "FILE", conflicts_with = "init_from")]
+    config: Option<PathBuf>,
+
+    /// Fine-tune: start from a model directory or hub id.
+    #[arg(long, value_name = "MODEL")]
+    init_from: Option<String>,
+
+    /// Held-out text (files, directories, globs); otherwise --eval-fraction of the corpus.
+    #[arg(long, num_args = 1..)]
+    eval_corpus: Vec<String>,
+
+    /// Fraction of the corpus (in 64 KiB blocks) held out for evaluation.
+    #[arg(long, default_value_t = 0.01)]
+    eval_fraction: f64,
+
+    /// Held-out windows evaluated each time.
+    #[arg(long, default_value_t = 256)]
+    eval_windows: usize,
+
+    /// Window length in bytes (default: the model's max_position_embeddings).
+    #[arg(long)]
+    seq_len: Option<usize>,
+
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+
+    /// Micro-batches per optimizer update.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+
+    /// Optimizer updates (with --resume: the new total).
+    #[arg(long)]
+    steps: Option<u64>,
+
+    /// Which bytes to mask: bytes, whole-words, spans.
+    #[arg(long, default_value = "bytes")]
+    masking: MaskingStrategy,
+
+    #[arg(long, default_value_t = 0.15)]
+    mask_rate: f64,
+
+    /// Mean span length with --masking spans.
+    #[arg(long, default_value_t = 3.0)]
+    mean_span: f64,
+
+    /// BERT's 80/10/10: of the chosen bytes, 10% get a random byte and 10% stay unchanged.
+    #[arg(long)]
+    bert_replacement: bool,
+
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
+
+    /// Decay after warm-up: cosine, linear, constant.
+    #[arg(long, default_value = "cosine")]
+    schedule: Decay,
+
+    /// Final learning rate as a fraction of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    min_lr_ratio: f64,
+
+    /// Decoupled weight decay on linear weights (none on LayerNorms, biases, embeddings,
+    /// position tables, latents).
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+
+    #[arg(long, default_value_t = 0.999)]
+    beta2: f64,
+
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f64,
+
+    /// Clip gradients to this global L2 norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Checkpoint every N steps (and at the end, and on Ctrl-C).
+    #[arg(long, default_value_t = 500)]
+    save_every: u64,
+
+    /// Evaluate on the held-out windows every N steps.
+    #[arg(long, default_value_t = 250)]
+    eval_every: u64,
+
+    /// Append a metrics line every N steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+
+    /// Checkpoints kept (oldest deleted first).
+    #[arg(long, default_value_t = 3)]
+    keep_checkpoints: usize,
+
+    /// Windows in the shuffle buffer.
+    #[arg(long, default_value_t = 4096)]
+    shuffle_windows: usize,
+
+    /// Draw curves.svg when the run ends.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    plot: bool,
+}
+
+fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
+    if let Some(model) = &args.init_from {
+        let files = ModelFiles::resolve(model, &LoadOptions::default())
+            .with_context(|| format!("cannot load model {model}"))?;
+        let (config, tensors) = perceiver::loading::load_masked_lm_tensors(&files, &perceiver::Device::Cpu)
+            .with_context(|| format!("cannot load model {model}"))?;
+        if config.attention_probs_dropout_prob > 0.0 {
+            eprintln!(
+                "note: the model's config asks for attention dropout {}; this trainer applies no dropout",
+                config.attention_probs_dropout_prob
+            );
+        }
+        return Ok((
+            ModelInit::Pretrained { config, tensors },
+            format!("pretrained:{model}"),
+        ));
+    }
+    if let Some(path) = &args.config {
+        let config = PerceiverConfig::from_file(path)
+            .with_context(|| format!("cannot use config {}", path.display()))?;
+        return Ok((ModelInit::Scratch(config), format!("config:{}", path.display())));
+    }
+    let name = args.preset.as_deref().unwrap_or("small");
+    let config = preset(name)
+        .with_context(|| format!("unknown preset {name:?} (one of {})", PRESET_NAMES.join(", ")))?;
+    Ok((ModelInit::Scratch(config), format!("preset:{name}")))
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let mut trainer = match &args.resume {
+        Some(dir) => {
+            Trainer::resume(dir, args.steps).with_context(|| format!("cannot resume {}", dir.display()))?
+        }
+        None => {
+            let (init, model) = model_init(&args)?;
+            let config = match &init {
+                ModelInit::Scratch(c) | ModelInit::Pretrained { config: c, .. } => c.clone(),
+            };
+            let steps = args.steps.unwrap_or(1000);
+            let options = TrainConfig {
+                model,
+                corpus: args.corpus.clone(),
+                eval_corpus: args.eval_corpus.clone(),
+                eval_fraction: args.eval_fraction,
+                eval_windows: args.eval_windows,
+                seq_len: args.seq_len.unwrap_or(config.max_position_embeddings),
+                batch_size: args.batch_size,
+                grad_accum: args.grad_accum,
+                steps,
+                masking: Masking {
+                    strategy: args.masking,
+                    rate: args.mask_rate,
+                    bert_replacement: args.bert_replacement,
+                    mean_span: args.mean_span,
+                },
+                optimizer: AdamWConfig {
+                    beta1: args.beta1,
+                    beta2: args.beta2,
+                    eps: args.adam_eps,
+                    weight_decay: args.weight_decay,
+                },
+                schedule: Schedule {
+                    peak_lr: args.lr,
+                    warmup_steps: args.warmup_steps,
+                    total_steps: steps,
+                    decay: args.schedule,
+                    min_lr_ratio: args.min_lr_ratio,
+                },
+                clip_norm: (args.clip_norm > 0.0).then_some(args.clip_norm),
+                seed: args.seed,
+                save_every: args.save_every,
+                eval_every: args.eval_every,
+                log_every: args.log_every,
+                keep_checkpoints: args.keep_checkpoints,
+                shuffle_windows: args.shuffle_windows,
+            };
+            let out = args.out.clone().expect("clap requires --out without --resume");
+            Trainer::start(options, &out, init)?
+        }
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting without saving");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to abort)");
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+
+    let options = trainer.options().clone();
+    let progress = trainer.progress();
+    eprintln!(
+        "training {} ({:.2}M parameters) in {}: steps {}..{} of {} windows × {} bytes (×{} accumulation), {} held-out windows",
+        options.model,
+        trainer.num_parameters() as f64 / 1e6,
+        trainer.run_dir().display(),
+        progress.step,
+        options.steps,
+        options.batch_size,
+        options.seq_len,
+        options.grad_accum,
+        trainer.eval_windows(),
+    );
+    let bar = ProgressBar::new(options.steps).with_position(progress.step);
+    let interactive = std::io::stderr().is_terminal();
+    if interactive {
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut recent: Vec<(f64, f64, f64)> = Vec::new(); // loss, accuracy, bytes/s
+    let log_every = options.log_every.max(1);
+    let outcome = trainer.run(&stop, &mut |event| match event {
+        Event::Step(m) => {
+            recent.push((m.loss, m.accuracy, m.bytes as f64 / m.seconds.max(1e-9)));
+            if recent.len() > 20 {
+                recent.remove(0);
+            }
+            let n = recent.len() as f64;
+            let (loss, acc, speed) = recent.iter().fold((0.0, 0.0, 0.0), |a, r| {
+                (a.0 + r.0 / n, a.1 + r.1 / n, a.2 + r.2 / n)
+            });
+            let msg = format!(
+                "loss {loss:.4} acc {:.1}% {:.0} B/s lr {:.2e}",
+                100.0 * acc,
+                speed,
+                m.lr
+            );
+            bar.set_position(m.step);
+            bar.set_message(msg.clone());
+            if !interactive && m.step % log_every == 0 {
+                eprintln!("step {}/{} {msg}", m.step, options.steps);
+            }
+        }
+        Event::Eval { step, result } => bar.println(format!(
+            "step {step}: held-out loss {:.4} accuracy {:.2}% bits/byte {:.4} ({} masked bytes)",
+            result.loss,
+            100.0 * result.accuracy,
+            result.bits_per_byte,
+            result.masked_bytes
+        )),
+        Event::Saved(dir) => bar.println(format!("saved {}", dir.display())),
+    })?;
+    bar.finish_and_clear();
+    if args.plot {
+        match perceiver_train::plot::plot_run(trainer.run_dir()) {
+            Ok(path) => eprintln!("curves: {}", path.display()),
+            Err(e) => eprintln!("note: no curves drawn: {e}"),
+        }
+    }
+    match outcome {
+        Outcome::Finished(dir) => {
+            eprintln!("finished: {}", dir.display());
+            Ok(())
+        }
+        Outcome::Interrupted(dir) => {
+            eprintln!(
+                "stopped; resume with: perceiver train --resume {}",
+                trainer.run_dir().display()
+            );
+            eprintln!("last checkpoint: {}", dir.display());
+            std::process::exit(130);
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Text files, directories or globs to evaluate on.
+    #[arg(required = true, num_args = 1..)]
+    files: Vec<String>,
+
+    #[arg(long, default_value = "bytes")]
+    masking: MaskingStrategy,
+
+    #[arg(long, default_value_t = 0.15)]
+    mask_rate: f64,
+
+    #[arg(long, default_value_t = 3.0)]
+    mean_span: f64,
+
+    /// Masking seed (the same seed masks the same bytes).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Window length in bytes (default: the model's max_position_embeddings).
+    #[arg(long)]
+    seq_len: Option<usize>,
+
+    /// Evaluate at most this many windows.
+    #[arg(long, default_value_t = 100_000)]
+    max_windows: usize,
+
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let masking = Masking {
+        strategy: args.masking,
+        rate: args.mask_rate,
+        bert_replacement: false,
+        mean_span: args.mean_span,
+    };
+    masking.validate()?;
+    let corpus = Corpus::discover(&args.files)?;
+    let model = args.model.load_masked_lm()?;
+    let max_len = model.max_len();
+    let seq_len = args.seq_len.unwrap_or(max_len);
+    if seq_len == 0 || seq_len > max_len {
+        bail!("--seq-len {seq_len} must be in 1..={max_len} (the model's max_position_embeddings)");
+    }
+    let windows = corpus::windows(&corpus, Split::NONE, Part::All, seq_len, args.max_windows)?;
+    if windows.is_empty() {
+        bail!(
+            "no text to evaluate (files empty or shorter than {} bytes)",
+            corpus::min_window_len(seq_len)
+        );
+    }
+    let examples = mask_for_eval(&windows, &masking, args.seed);
+    let result = perceiver_train::evaluate(&model, &examples, args.batch_size)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model.model,
+                "files": corpus.files().len(),
+                "windows": result.windows,
+                "masked_bytes": result.masked_bytes,
+                "mask_rate": args.mask_rate,
+                "masking": args.masking,
+                "seed": args.seed,
+                "seq_len": seq_len,
+                "accuracy": result.accuracy,
+                "loss": result.loss,
+                "bits_per_byte": result.bits_per_byte,
+            })
+        );
+    } else {
+        println!(
+            "{}: {} windows of ≤{} bytes from {} files, {} masked bytes ({:?}, rate {}, seed {})",
+            args.model.model,
+            result.windows,
+            seq_len,
+            corpus.files().len(),
+            result.masked_bytes,
+            args.masking,
+            args.mask_rate,
+            args.seed
+        );
+        println!("accuracy (top-1)  {:.2}%", 100.0 * result.accuracy);
+        println!("loss              {:.4} nats", result.loss);
+        println!("bits per byte     {:.4}", result.bits_per_byte);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// A training run directory (with metrics.jsonl).
+    run_dir: PathBuf,
+}
+
+pub fn run_plot(args: PlotArgs) -> Result<()> {
+    let path = perceiver_train::plot::plot_run(&args.run_dir)?;
+    println!("{}", path.display());
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Checkpoint directories: transformers-compatible model files plus what resuming needs.
+//!
+//! `RUN_DIR/step-000100/` holds `config.json` and `model.safetensors` (so `perceiver fill-mask
+//! --model` and transformers' `PerceiverForMaskedLM.from_pretrained` load it), `training.json`
+//! (the training options and progress) and `optimizer.safetensors` (AdamW's moments). A checkpoint
+//! is written under a temporary name, synced, then renamed: a kill during a save leaves the
+//! previous checkpoints intact and no half-written one under a `step-` name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use perceiver::PerceiverConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_at, Error, Result};
+use crate::trainer::TrainConfig;
+
+pub const TRAINING_FILE: &str = "training.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STEP_PREFIX: &str = "step-";
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer updates done.
+    pub step: u64,
+    /// Training windows drawn from the stream.
+    pub windows: u64,
+    /// Real bytes trained on.
+    pub bytes: u64,
+    /// Training time so far, in seconds (excluding evaluation and saving).
+    pub train_seconds: f64,
+}
+
+/// `training.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainingFile {
+    pub options: TrainConfig,
+    pub progress: Progress,
+    /// `perceiver` version that wrote it.
+    pub version: String,
+}
+
+/// A checkpoint read back.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: PerceiverConfig,
+    pub training: TrainingFile,
+    pub weights: HashMap<String, Tensor>,
+    pub optimizer: HashMap<String, Tensor>,
+}
+
+/// The name of the checkpoint of `step`.
+pub fn step_dir_name(step: u64) -> String {
+    format!("{STEP_PREFIX}{step:06}")
+}
+
+fn checkpoint_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at(path))
+}
+
+/// Writes a checkpoint of `step` into `run_dir`, atomically; returns its directory.
+pub fn save(
+    run_dir: &Path,
+    config: &PerceiverConfig,
+    weights: &HashMap<String, Tensor>,
+    optimizer: &HashMap<String, Tensor>,
+    training: &TrainingFile,
+) -> Result<PathBuf> {
+    let name = step_dir_name(training.progress.step);
+    let partial = run_dir.join(format!(".partial-{name}"));
+    let target = run_dir.join(&name);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io_at(&partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(io_at(&partial))?;
+
+    let config_path = partial.join(perceiver::loading::CONFIG_FILE);
+    std::fs::write(&config_path, config.to_json_string()).map_err(io_at(&config_path))?;
+    let model_path = partial.join(perceiver::loading::SAFETENSORS_FILE);
+    candle_core::safetensors::save(weights, &model_path)?;
+    let optimizer_path = partial.join(OPTIMIZER_FILE);
+    candle_core::safetensors::save(optimizer, &optimizer_path)?;
+    let training_path = partial.join(TRAINING_FILE);
+    let json = serde_json::to_string_pretty(training).expect("training file serialises");
+    std::fs::write(&training_path, json).map_err(io_at(&training_path))?;
+    for path in [&config_path, &model_path, &optimizer_path, &training_path] {
+        sync_file(path)?;
+    }
+
+    if target.exists() {
+        // Re-saving a step (e.g. Ctrl-C right after a scheduled save): swap, then drop the old.
+        let old = run_dir.join(format!(".old-{name}"));
+        std::fs::rename(&target, &old).map_err(io_at(&target))?;
+        std::fs::rename(&partial, &target).map_err(io_at(&target))?;
+        std::fs::remove_dir_all(&old).map_err(io_at(&old))?;
+    } else {
+        std::fs::rename(&partial, &target).map_err(io_at(&target))?;
+    }
+    // Make the rename itself durable.
+    if let Ok(dir) = std::fs::File::open(run_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(target)
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir(run_dir).map_err(io_at(run_dir))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(step) = name.strip_prefix(STEP_PREFIX).and_then(|s| s.parse::<u64>().ok()) {
+            if entry.path().join(TRAINING_FILE).is_file() {
+                found.push((step, entry.path()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Deletes all but the newest `keep` checkpoints.
+pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    let all = list(run_dir)?;
+    for (_, dir) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        std::fs::remove_dir_all(dir).map_err(io_at(dir))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint directory, or a run directory (its newest checkpoint).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join(TRAINING_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.is_dir() {
+        return Err(checkpoint_error(path, "no such directory"));
+    }
+    list(path)?.pop().map(|(_, dir)| dir).ok_or_else(|| {
+        checkpoint_error(
+            path,
+            "neither a checkpoint (no training.json) nor a run directory with one",
+        )
+    })
+}
+
+/// Reads a checkpoint (weights and optimizer state onto `device`).
+pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
+    let training_path = dir.join(TRAINING_FILE);
+    let text = std::fs::read_to_string(&training_path).map_err(io_at(&training_path))?;
+    let training: TrainingFile = serde_json::from_str(&text)
+        .map_err(|e| checkpoint_error(&training_path, format!("unreadable: {e}")))?;
+    let config = PerceiverConfig::from_file(&dir.join(perceiver::loading::CONFIG_FILE))?;
+    let read = |file: &str| -> Result<HashMap<String, Tensor>> {
+        let path = dir.join(file);
+        if !path.is_file() {
+            return Err(checkpoint_error(dir, format!("{file} is missing")));
+        }
+        candle_core::safetensors::load(&path, device)
+            .map_err(|e| checkpoint_error(&path, format!("corrupt: {e}")))
+    };
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        config,
+        training,
+        weights: read(perceiver::loading::SAFETENSORS_FILE)?,
+        optimizer: read(OPTIMIZER_FILE)?,
+    })
+}

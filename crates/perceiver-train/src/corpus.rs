@@ -1,0 +1,483 @@
+//! Text corpora as streams of training windows.
+//!
+//! A corpus is a list of files (named directly, found in directories, or matched by globs). Files
+//! are read 64 KiB block at a time, so a corpus larger than memory streams. Each block is cut into
+//! windows of at most `seq_len` bytes that end on a UTF-8 character boundary.
+//!
+//! A held-out split (`eval_fraction`) assigns whole blocks to evaluation by a hash of the seed,
+//! the file's path and the block's index: the same blocks on every run, never seen in training.
+//! Training windows are shuffled through a buffer; from the second epoch on each block starts at
+//! a random offset, so the windows differ between epochs. Everything is a function of the seed.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_at, Error, Result};
+
+/// Bytes per block: the unit of the held-out split and of reading.
+pub const BLOCK_BYTES: usize = 64 * 1024;
+
+/// The files of a corpus, in a fixed (sorted) order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corpus {
+    files: Vec<PathBuf>,
+}
+
+impl Corpus {
+    /// Resolves files, directories (recursively; hidden entries skipped) and glob patterns.
+    pub fn discover<S: AsRef<str>>(specs: &[S]) -> Result<Self> {
+        let mut files = Vec::new();
+        for spec in specs {
+            let spec = spec.as_ref();
+            let path = Path::new(spec);
+            if path.is_file() {
+                files.push(path.to_path_buf());
+            } else if path.is_dir() {
+                collect_dir(path, &mut files)?;
+            } else if spec.contains(['*', '?', '[']) {
+                let matches =
+                    glob::glob(spec).map_err(|e| Error::Corpus(format!("bad pattern {spec:?}: {e}")))?;
+                let before = files.len();
+                for entry in matches {
+                    let entry = entry.map_err(|e| Error::Corpus(e.to_string()))?;
+                    if entry.is_file() {
+                        files.push(entry);
+                    }
+                }
+                if files.len() == before {
+                    return Err(Error::Corpus(format!("no file matches {spec:?}")));
+                }
+            } else {
+                return Err(Error::Corpus(format!("{spec}: no such file or directory")));
+            }
+        }
+        files.sort();
+        files.dedup();
+        if files.is_empty() {
+            return Err(Error::Corpus("no files".into()));
+        }
+        Ok(Self { files })
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Total size in bytes (from file metadata).
+    pub fn total_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+fn collect_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(io_at(dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_at(dir))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            collect_dir(&path, files)?;
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Which part of a corpus a stream reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Blocks not held out.
+    Train,
+    /// The held-out blocks.
+    Eval,
+    /// Everything (a corpus given only for evaluation).
+    All,
+}
+
+/// The deterministic held-out split of a corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    /// Fraction of blocks held out (0 = none).
+    pub eval_fraction: f64,
+    pub seed: u64,
+}
+
+impl Split {
+    pub const NONE: Split = Split {
+        eval_fraction: 0.0,
+        seed: 0,
+    };
+
+    fn is_eval(&self, path: &Path, block: u64) -> bool {
+        if self.eval_fraction <= 0.0 {
+            return false;
+        }
+        let mut h = self.seed ^ 0x9e37_79b9_7f4a_7c15;
+        for b in path.to_string_lossy().bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3); // FNV-1a step
+        }
+        let u = (splitmix64(h ^ splitmix64(block)) >> 11) as f64 / (1u64 << 53) as f64;
+        u < self.eval_fraction
+    }
+
+    fn wants(&self, part: Part, path: &Path, block: u64) -> bool {
+        match part {
+            Part::All => true,
+            Part::Train => !self.is_eval(path, block),
+            Part::Eval => self.is_eval(path, block),
+        }
+    }
+}
+
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d4_9bb4_6331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Reads a file block by block.
+struct BlockReader {
+    path: PathBuf,
+    file: File,
+    index: u64,
+    done: bool,
+}
+
+impl BlockReader {
+    fn open(path: &Path) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: File::open(path).map_err(io_at(path))?,
+            index: 0,
+            done: false,
+        })
+    }
+
+    /// The next block and its index; `None` at the end of the file.
+    fn next_block(&mut self, buf: &mut Vec<u8>) -> Result<Option<u64>> {
+        buf.clear();
+        if self.done {
+            return Ok(None);
+        }
+        buf.resize(BLOCK_BYTES, 0);
+        let mut filled = 0;
+        while filled < BLOCK_BYTES {
+            match self.file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        path: self.path.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        buf.truncate(filled);
+        if filled < BLOCK_BYTES {
+            self.done = true;
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        self.index += 1;
+        Ok(Some(self.index - 1))
+    }
+}
+
+/// Cuts `block[offset..]` into windows of at most `seq_len` bytes, each ending on a UTF-8
+/// character boundary; a remainder shorter than `min_len` is dropped.
+fn cut_windows(block: &[u8], offset: usize, seq_len: usize, min_len: usize, out: &mut Vec<Vec<u8>>) {
+    let mut start = offset.min(block.len());
+    // Do not start inside a character.
+    while start < block.len() && is_continuation(block[start]) {
+        start += 1;
+    }
+    while start < block.len() {
+        let mut end = (start + seq_len).min(block.len());
+        if end < block.len() {
+            let mut cut = end;
+            while cut > start && is_continuation(block[cut]) {
+                cut -= 1;
+            }
+            if cut > start {
+                end = cut;
+            }
+        }
+        if end - start >= min_len {
+            out.push(block[start..end].to_vec());
+        }
+        start = end;
+    }
+}
+
+fn is_continuation(b: u8) -> bool {
+    b & 0b1100_0000 == 0b1000_0000
+}
+
+/// Shortest window kept: shorter file tails carry too little context to learn from.
+pub fn min_window_len(seq_len: usize) -> usize {
+    (seq_len / 8).clamp(1, 32)
+}
+
+/// Every window of one part of a corpus, in file order, offset 0 (evaluation sets).
+pub fn windows(
+    corpus: &Corpus,
+    split: Split,
+    part: Part,
+    seq_len: usize,
+    max_windows: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut block = Vec::new();
+    'files: for path in corpus.files() {
+        let mut reader = BlockReader::open(path)?;
+        while let Some(index) = reader.next_block(&mut block)? {
+            if split.wants(part, path, index) {
+                cut_windows(&block, 0, seq_len, min_window_len(seq_len), &mut out);
+                if out.len() >= max_windows {
+                    out.truncate(max_windows);
+                    break 'files;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The endless, shuffled stream of training windows.
+pub struct TrainStream {
+    corpus: Corpus,
+    split: Split,
+    seq_len: usize,
+    seed: u64,
+    epoch: u64,
+    file_order: Vec<usize>,
+    next_file: usize,
+    reader: Option<BlockReader>,
+    block: Vec<u8>,
+    pending: Vec<Vec<u8>>,
+    buffer: Vec<Vec<u8>>,
+    buffer_size: usize,
+    rng: ChaCha8Rng,
+    /// Windows handed out so far (what a resumed run skips).
+    consumed: u64,
+    /// Windows produced in the current epoch, to detect an empty training part.
+    produced_this_epoch: u64,
+}
+
+impl TrainStream {
+    pub fn new(corpus: Corpus, split: Split, seq_len: usize, buffer_size: usize, seed: u64) -> Self {
+        let mut stream = Self {
+            corpus,
+            split,
+            seq_len,
+            seed,
+            epoch: 0,
+            file_order: Vec::new(),
+            next_file: 0,
+            reader: None,
+            block: Vec::new(),
+            pending: Vec::new(),
+            buffer: Vec::new(),
+            buffer_size: buffer_size.max(1),
+            rng: ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0x5eed)),
+            consumed: 0,
+            produced_this_epoch: 0,
+        };
+        stream.start_epoch(0);
+        stream
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    fn start_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.file_order = (0..self.corpus.files.len()).collect();
+        self.file_order.shuffle(&mut ChaCha8Rng::seed_from_u64(splitmix64(
+            self.seed ^ splitmix64(epoch),
+        )));
+        self.next_file = 0;
+        self.produced_this_epoch = 0;
+    }
+
+    /// Produces the next unshuffled window into `pending`; false when the epoch is over.
+    fn refill_pending(&mut self) -> Result<bool> {
+        while self.pending.is_empty() {
+            if self.reader.is_none() {
+                if self.next_file == self.file_order.len() {
+                    return Ok(false);
+                }
+                let path = &self.corpus.files[self.file_order[self.next_file]];
+                self.next_file += 1;
+                self.reader = Some(BlockReader::open(path)?);
+            }
+            let reader = self.reader.as_mut().expect("reader set above");
+            match reader.next_block(&mut self.block)? {
+                None => self.reader = None,
+                Some(index) => {
+                    if self.split.wants(Part::Train, &reader.path, index) {
+                        let offset = if self.epoch == 0 {
+                            0
+                        } else {
+                            self.rng.random_range(0..self.seq_len)
+                        };
+                        cut_windows(
+                            &self.block,
+                            offset,
+                            self.seq_len,
+                            min_window_len(self.seq_len),
+                            &mut self.pending,
+                        );
+                        self.pending.reverse(); // popped from the back in order
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The next training window.
+    pub fn next_window(&mut self) -> Result<Vec<u8>> {
+        while self.buffer.len() < self.buffer_size {
+            if self.refill_pending()? {
+                self.buffer.push(self.pending.pop().expect("refilled"));
+                self.produced_this_epoch += 1;
+            } else if self.produced_this_epoch == 0 {
+                return Err(Error::Corpus(format!(
+                    "no training text: every block is held out or shorter than {} bytes",
+                    min_window_len(self.seq_len)
+                )));
+            } else {
+                self.start_epoch(self.epoch + 1);
+            }
+        }
+        let pick = self.rng.random_range(0..self.buffer.len());
+        self.consumed += 1;
+        Ok(self.buffer.swap_remove(pick))
+    }
+
+    /// Skips `n` windows exactly as if they had been trained on (for `--resume`).
+    pub fn skip(&mut self, n: u64) -> Result<()> {
+        for _ in 0..n {
+            self.next_window()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn windows_end_on_character_boundaries_and_cover_the_text() {
+        let text = "héllo wörld — ünïcode ".repeat(50);
+        let mut out = Vec::new();
+        cut_windows(text.as_bytes(), 0, 16, 1, &mut out);
+        let joined: Vec<u8> = out.concat();
+        assert_eq!(joined, text.as_bytes());
+        for w in &out {
+            assert!(w.len() <= 16);
+            assert!(std::str::from_utf8(w).is_ok(), "window {w:?} splits a character");
+        }
+    }
+
+    #[test]
+    fn discover_finds_files_dirs_and_globs_and_rejects_nothing_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let a = write(dir.path(), "a.txt", "aaa");
+        let b = write(&dir.path().join("sub"), "b.txt", "bbb");
+        write(dir.path(), ".hidden", "x");
+        let c = Corpus::discover(&[dir.path().to_str().unwrap()]).unwrap();
+        assert_eq!(c.files(), &[a.clone(), b.clone()]);
+        let pattern = format!("{}/*.txt", dir.path().display());
+        assert_eq!(Corpus::discover(&[pattern]).unwrap().files(), &[a]);
+        assert!(Corpus::discover(&[format!("{}/*.md", dir.path().display())]).is_err());
+        assert!(Corpus::discover(&["/no/such/file"]).is_err());
+    }
+
+    #[test]
+    fn split_is_disjoint_deterministic_and_near_the_fraction() {
+        let split = Split {
+            eval_fraction: 0.1,
+            seed: 5,
+        };
+        let path = Path::new("corpus/a.txt");
+        let held: Vec<bool> = (0..10_000).map(|b| split.is_eval(path, b)).collect();
+        let again: Vec<bool> = (0..10_000).map(|b| split.is_eval(path, b)).collect();
+        assert_eq!(held, again);
+        let share = held.iter().filter(|&&h| h).count() as f64 / 10_000.0;
+        assert!((share - 0.1).abs() < 0.02, "{share}");
+        for b in 0..100 {
+            assert_ne!(
+                split.wants(Part::Train, path, b),
+                split.wants(Part::Eval, path, b)
+            );
+        }
+    }
+
+    #[test]
+    fn stream_is_deterministic_endless_and_skip_resumes_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", &"alpha beta gamma delta ".repeat(40));
+        write(dir.path(), "b.txt", &"one two three four five ".repeat(30));
+        let corpus = Corpus::discover(&[dir.path().to_str().unwrap()]).unwrap();
+        let make = || TrainStream::new(corpus.clone(), Split::NONE, 32, 8, 42);
+        let mut first = make();
+        let run: Vec<Vec<u8>> = (0..200).map(|_| first.next_window().unwrap()).collect();
+        assert!(first.epoch() >= 2, "200 windows of a ~1.7 KB corpus span epochs");
+        let mut second = make();
+        assert_eq!(
+            run,
+            (0..200)
+                .map(|_| second.next_window().unwrap())
+                .collect::<Vec<_>>()
+        );
+        let mut resumed = make();
+        resumed.skip(120).unwrap();
+        assert_eq!(
+            &run[120..],
+            (120..200)
+                .map(|_| resumed.next_window().unwrap())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_corpus_with_nothing_to_train_on_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", "ab");
+        let corpus = Corpus::discover(&[dir.path().to_str().unwrap()]).unwrap();
+        let mut stream = TrainStream::new(corpus, Split::NONE, 512, 8, 1);
+        assert!(matches!(stream.next_window(), Err(Error::Corpus(_))));
+    }
+}

@@ -1,0 +1,49 @@
+//! The training crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can stop training, evaluation or plotting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model-side failure (config, weights, tensors).
+    #[error(transparent)]
+    Model(#[from] perceiver::Error),
+
+    /// A file or directory that cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The corpus names nothing usable (no files, a bad glob, no text long enough).
+    #[error("corpus: {0}")]
+    Corpus(String),
+
+    /// Options that cannot work together or out of range.
+    #[error("invalid training options: {0}")]
+    Options(String),
+
+    /// A checkpoint directory that is incomplete, corrupt or from an incompatible run.
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint { path: PathBuf, reason: String },
+
+    /// Drawing the curves failed.
+    #[error("plot: {0}")]
+    Plot(String),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Model(perceiver::Error::from(e))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}

@@ -1,0 +1,24 @@
+//! Training byte-level Perceiver IO masked language models.
+//!
+//! Bottom up: [`corpus`] (files → shuffled windows, held-out split), [`masking`] (which bytes,
+//! what replaces them), [`init`] (DeepMind's initialisation), [`optim`] (AdamW, schedule,
+//! clipping), [`objective`] (batches, the masked-LM loss, evaluation), [`checkpoint`] (atomic,
+//! transformers-compatible directories), [`metrics`] and [`plot`] (progress on disk), and
+//! [`trainer`] (the loop). The model itself is `perceiver`'s: training and inference share it.
+
+pub mod checkpoint;
+pub mod corpus;
+pub mod error;
+pub mod init;
+pub mod masking;
+pub mod metrics;
+pub mod objective;
+pub mod optim;
+pub mod plot;
+pub mod presets;
+pub mod trainer;
+
+pub use error::{Error, Result};
+pub use masking::{Masking, MaskingStrategy};
+pub use objective::{evaluate, EvalResult};
+pub use trainer::{Event, ModelInit, Outcome, TrainConfig, Trainer};

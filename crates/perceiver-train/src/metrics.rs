@@ -1,0 +1,121 @@
+//! `metrics.jsonl`: one JSON object per line, `"kind": "train"` (averaged over the logging
+//! interval) or `"kind": "eval"`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_at, Error, Result};
+use crate::objective::EvalResult;
+use crate::trainer::{append_line, StepMetrics};
+
+/// One line of the metrics file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    Train {
+        step: u64,
+        loss: f64,
+        accuracy: f64,
+        lr: f64,
+        grad_norm: f64,
+        bytes_per_second: f64,
+    },
+    Eval {
+        step: u64,
+        loss: f64,
+        accuracy: f64,
+        bits_per_byte: f64,
+    },
+}
+
+impl Record {
+    /// The mean of consecutive steps (the last step names the record).
+    pub fn train(steps: &[StepMetrics]) -> Record {
+        let n = steps.len().max(1) as f64;
+        let mean = |f: fn(&StepMetrics) -> f64| steps.iter().map(f).sum::<f64>() / n;
+        let seconds: f64 = steps.iter().map(|s| s.seconds).sum();
+        let bytes: usize = steps.iter().map(|s| s.bytes).sum();
+        Record::Train {
+            step: steps.last().map(|s| s.step).unwrap_or(0),
+            loss: mean(|s| s.loss),
+            accuracy: mean(|s| s.accuracy),
+            lr: steps.last().map(|s| s.lr).unwrap_or(0.0),
+            grad_norm: mean(|s| s.grad_norm),
+            bytes_per_second: bytes as f64 / seconds.max(1e-9),
+        }
+    }
+
+    pub fn eval(step: u64, result: &EvalResult) -> Record {
+        Record::Eval {
+            step,
+            loss: result.loss,
+            accuracy: result.accuracy,
+            bits_per_byte: result.bits_per_byte,
+        }
+    }
+
+    pub fn step(&self) -> u64 {
+        match self {
+            Record::Train { step, .. } | Record::Eval { step, .. } => *step,
+        }
+    }
+}
+
+/// The metrics file of a run.
+pub struct MetricsLog {
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// A new, empty log.
+    pub fn create(path: &Path) -> Result<Self> {
+        std::fs::write(path, "").map_err(io_at(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Continues a log at `step`: records written after that step (by the interrupted run, past
+    /// its last checkpoint) are dropped so the curves show each step once.
+    pub fn resume(path: &Path, step: u64) -> Result<Self> {
+        let kept: Vec<Record> = read(path)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.step() <= step)
+            .collect();
+        let mut text = String::new();
+        for record in &kept {
+            text.push_str(&serde_json::to_string(record).expect("record serialises"));
+            text.push('\n');
+        }
+        let partial = path.with_extension("jsonl.partial");
+        std::fs::write(&partial, text).map_err(io_at(&partial))?;
+        std::fs::rename(&partial, path).map_err(io_at(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn append(&mut self, record: &Record) -> Result<()> {
+        append_line(
+            &self.path,
+            &serde_json::to_string(record).expect("record serialises"),
+        )
+    }
+}
+
+/// Reads a metrics file; a torn last line (a kill mid-write) is ignored.
+pub fn read(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(io_at(path))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut records = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(record) => records.push(record),
+            Err(_) if i + 1 == lines.len() => {}
+            Err(e) => return Err(Error::Plot(format!("{} line {}: {e}", path.display(), i + 1))),
+        }
+    }
+    Ok(records)
+}

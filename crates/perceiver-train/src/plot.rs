@@ -1,0 +1,106 @@
+//! Loss and accuracy curves from `metrics.jsonl`, drawn to SVG with plotters.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::metrics::{read, Record};
+use crate::trainer::METRICS_FILE;
+
+/// Draws `RUN_DIR/curves.svg` (loss and masked-byte accuracy, training and held-out) and returns
+/// its path.
+pub fn plot_run(run_dir: &Path) -> Result<PathBuf> {
+    let records = read(&run_dir.join(METRICS_FILE))?;
+    let series = |f: &dyn Fn(&Record) -> Option<(f64, f64)>| -> Vec<(f64, f64)> {
+        records.iter().filter_map(f).collect()
+    };
+    let train_loss = series(&|r| match r {
+        Record::Train { step, loss, .. } => Some((*step as f64, *loss)),
+        _ => None,
+    });
+    let eval_loss = series(&|r| match r {
+        Record::Eval { step, loss, .. } => Some((*step as f64, *loss)),
+        _ => None,
+    });
+    let train_acc = series(&|r| match r {
+        Record::Train { step, accuracy, .. } => Some((*step as f64, *accuracy)),
+        _ => None,
+    });
+    let eval_acc = series(&|r| match r {
+        Record::Eval { step, accuracy, .. } => Some((*step as f64, *accuracy)),
+        _ => None,
+    });
+    if train_loss.is_empty() && eval_loss.is_empty() {
+        return Err(Error::Plot(format!(
+            "{} has no records yet",
+            run_dir.join(METRICS_FILE).display()
+        )));
+    }
+    let out = run_dir.join("curves.svg");
+    draw_both(&out, &train_loss, &eval_loss, &train_acc, &eval_acc)?;
+    Ok(out)
+}
+
+fn draw_both(
+    out: &Path,
+    train_loss: &[(f64, f64)],
+    eval_loss: &[(f64, f64)],
+    train_acc: &[(f64, f64)],
+    eval_acc: &[(f64, f64)],
+) -> Result<()> {
+    let root = SVGBackend::new(&out, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let (left, right) = root.split_horizontally(500);
+    draw(&left, "loss (nats per masked byte)", train_loss, eval_loss)?;
+    draw(&right, "masked-byte accuracy (top-1)", train_acc, eval_acc)?;
+    root.present().map_err(plot_error)
+}
+
+fn plot_error(e: impl std::fmt::Display) -> Error {
+    Error::Plot(e.to_string())
+}
+
+fn draw(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    title: &str,
+    train: &[(f64, f64)],
+    eval: &[(f64, f64)],
+) -> Result<()> {
+    let all = train.iter().chain(eval);
+    let (mut x_max, mut y_min, mut y_max) = (1f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in all {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    if !y_min.is_finite() {
+        (y_min, y_max) = (0.0, 1.0);
+    }
+    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
+        .map_err(plot_error)?;
+    chart.configure_mesh().x_desc("step").draw().map_err(plot_error)?;
+    chart
+        .draw_series(LineSeries::new(train.iter().copied(), &BLUE))
+        .map_err(plot_error)?
+        .label("training")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(eval.iter().copied(), RED.stroke_width(2)))
+        .map_err(plot_error)?
+        .label("held out")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)?;
+    Ok(())
+}

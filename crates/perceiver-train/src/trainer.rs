@@ -1,0 +1,505 @@
+//! The training loop: windows → masks → loss → gradients → AdamW, with evaluation, metrics and
+//! checkpoints on schedule, and an exact resume.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use perceiver::{PerceiverConfig, PerceiverForMaskedLM};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Progress, TrainingFile};
+use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
+use crate::error::{io_at, Error, Result};
+use crate::init::deepmind_init;
+use crate::masking::{MaskedExample, Masking};
+use crate::metrics::{MetricsLog, Record};
+use crate::objective::{evaluate, masked_lm_loss, EvalResult, MaskedBatch};
+use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, Schedule};
+
+/// Everything that decides a run, saved in every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Where the model came from (`preset:small`, `config:FILE`, `pretrained:ID`), for the record.
+    pub model: String,
+    /// Training text: files, directories, globs.
+    pub corpus: Vec<String>,
+    /// Separate evaluation text; when empty, `eval_fraction` of the corpus is held out.
+    pub eval_corpus: Vec<String>,
+    pub eval_fraction: f64,
+    /// Windows evaluated each time (the first ones of the held-out text).
+    pub eval_windows: usize,
+    /// Window length in bytes (at most the model's `max_position_embeddings`).
+    pub seq_len: usize,
+    pub batch_size: usize,
+    /// Micro-batches per update.
+    pub grad_accum: usize,
+    /// Total optimizer updates.
+    pub steps: u64,
+    pub masking: Masking,
+    pub optimizer: AdamWConfig,
+    pub schedule: Schedule,
+    /// Clip gradients to this global norm.
+    pub clip_norm: Option<f64>,
+    pub seed: u64,
+    pub save_every: u64,
+    pub eval_every: u64,
+    pub log_every: u64,
+    pub keep_checkpoints: usize,
+    /// Windows in the shuffle buffer.
+    pub shuffle_windows: usize,
+}
+
+impl TrainConfig {
+    pub fn validate(&self, model: &PerceiverConfig) -> Result<()> {
+        let fail = |m: String| Err(Error::Options(m));
+        if self.corpus.is_empty() {
+            return fail("no training corpus".into());
+        }
+        if self.seq_len == 0 || self.seq_len > model.max_position_embeddings {
+            return fail(format!(
+                "--seq-len {} must be in 1..={} (the model's max_position_embeddings)",
+                self.seq_len, model.max_position_embeddings
+            ));
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 || self.steps == 0 {
+            return fail("batch size, gradient accumulation and steps must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return fail(format!(
+                "--eval-fraction must be in [0, 1), got {}",
+                self.eval_fraction
+            ));
+        }
+        if !(self.schedule.peak_lr > 0.0 && self.schedule.peak_lr.is_finite()) {
+            return fail(format!("--lr must be positive, got {}", self.schedule.peak_lr));
+        }
+        if self.clip_norm.is_some_and(|c| c <= 0.0 || c.is_nan()) {
+            return fail("--clip-norm must be positive".into());
+        }
+        self.masking.validate()
+    }
+}
+
+/// How the weights start.
+pub enum ModelInit {
+    /// From scratch with DeepMind's initialisation.
+    Scratch(PerceiverConfig),
+    /// From existing weights (fine-tuning), by transformers name.
+    Pretrained {
+        config: PerceiverConfig,
+        tensors: BTreeMap<String, Tensor>,
+    },
+}
+
+/// What one optimizer update did.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub bytes: usize,
+    pub seconds: f64,
+}
+
+/// What the loop reports as it goes.
+pub enum Event<'a> {
+    Step(&'a StepMetrics),
+    Eval { step: u64, result: &'a EvalResult },
+    Saved(&'a Path),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Finished(PathBuf),
+    /// Stopped early (Ctrl-C); the checkpoint written on the way out.
+    Interrupted(PathBuf),
+}
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// A training run.
+pub struct Trainer {
+    options: TrainConfig,
+    run_dir: PathBuf,
+    config: PerceiverConfig,
+    varmap: VarMap,
+    model: PerceiverForMaskedLM,
+    optimizer: AdamW,
+    stream: TrainStream,
+    eval_set: Vec<MaskedExample>,
+    progress: Progress,
+    metrics: MetricsLog,
+}
+
+/// The RNG that masks window number `index` of the stream: a pure function of the seed and the
+/// index, so a resumed run masks exactly as the uninterrupted one.
+fn window_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(splitmix64(seed ^ splitmix64(index.wrapping_add(1))))
+}
+
+const EVAL_SEED_SALT: u64 = 0xe7a1_0000_0000_0001;
+
+/// Masks evaluation windows the same way every time for a given seed: `masking` without BERT's
+/// replacement (accuracy is measured on `[MASK]` inputs).
+pub fn mask_for_eval(windows: &[Vec<u8>], masking: &Masking, seed: u64) -> Vec<MaskedExample> {
+    let masking = Masking {
+        bert_replacement: false,
+        ..*masking
+    };
+    windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| masking.apply(w, &mut window_rng(seed ^ EVAL_SEED_SALT, i as u64)))
+        .collect()
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir` (which must hold no checkpoint yet).
+    pub fn start(options: TrainConfig, run_dir: &Path, init: ModelInit) -> Result<Self> {
+        std::fs::create_dir_all(run_dir).map_err(io_at(run_dir))?;
+        if !checkpoint::list(run_dir)?.is_empty() {
+            return Err(Error::Options(format!(
+                "{} already holds checkpoints: resume it with --resume, or choose another --out",
+                run_dir.display()
+            )));
+        }
+        let device = Device::Cpu;
+        let varmap = VarMap::new();
+        let (config, weights) = match init {
+            ModelInit::Scratch(config) => (config, None),
+            ModelInit::Pretrained { config, tensors } => (config, Some(tensors)),
+        };
+        config.validate()?;
+        options.validate(&config)?;
+        let model =
+            PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+        match weights {
+            None => deepmind_init(&varmap, options.seed)?,
+            Some(tensors) => set_weights(&varmap, &tensors.into_iter().collect())?,
+        }
+        let metrics = MetricsLog::create(&run_dir.join(METRICS_FILE))?;
+        Self::assemble(
+            options,
+            run_dir,
+            config,
+            varmap,
+            model,
+            metrics,
+            Progress::default(),
+        )
+    }
+
+    /// Continues the run of a checkpoint (or the newest checkpoint of a run directory), exactly
+    /// where it stopped. `steps` may extend the run.
+    pub fn resume(path: &Path, steps: Option<u64>) -> Result<Self> {
+        let dir = checkpoint::resolve(path)?;
+        let run_dir = dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let device = Device::Cpu;
+        let saved = checkpoint::load(&dir, &device)?;
+        let mut options = saved.training.options.clone();
+        if let Some(steps) = steps {
+            options.steps = steps;
+            options.schedule.total_steps = steps;
+        }
+        let varmap = VarMap::new();
+        let model = PerceiverForMaskedLM::new(
+            &saved.config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        )?;
+        set_weights(&varmap, &saved.weights)?;
+        let progress = saved.training.progress;
+        let metrics = MetricsLog::resume(&run_dir.join(METRICS_FILE), progress.step)?;
+        let mut trainer = Self::assemble(options, &run_dir, saved.config, varmap, model, metrics, progress)?;
+        trainer.optimizer.load_state(&saved.optimizer, progress.step)?;
+        trainer.stream.skip(progress.windows)?;
+        Ok(trainer)
+    }
+
+    fn assemble(
+        options: TrainConfig,
+        run_dir: &Path,
+        config: PerceiverConfig,
+        varmap: VarMap,
+        model: PerceiverForMaskedLM,
+        metrics: MetricsLog,
+        progress: Progress,
+    ) -> Result<Self> {
+        options.validate(&config)?;
+        let corpus = Corpus::discover(&options.corpus)?;
+        let split = Split {
+            eval_fraction: if options.eval_corpus.is_empty() {
+                options.eval_fraction
+            } else {
+                0.0
+            },
+            seed: options.seed,
+        };
+        let eval_windows = if !options.eval_corpus.is_empty() {
+            corpus::windows(
+                &Corpus::discover(&options.eval_corpus)?,
+                Split::NONE,
+                Part::All,
+                options.seq_len,
+                options.eval_windows,
+            )?
+        } else if split.eval_fraction > 0.0 {
+            corpus::windows(&corpus, split, Part::Eval, options.seq_len, options.eval_windows)?
+        } else {
+            Vec::new()
+        };
+        let eval_set = mask_for_eval(&eval_windows, &options.masking, options.seed);
+        let stream = TrainStream::new(
+            corpus,
+            split,
+            options.seq_len,
+            options.shuffle_windows,
+            options.seed,
+        );
+        let optimizer = AdamW::new(&varmap, options.optimizer)?;
+        Ok(Self {
+            options,
+            run_dir: run_dir.to_path_buf(),
+            config,
+            varmap,
+            model,
+            optimizer,
+            stream,
+            eval_set,
+            progress,
+            metrics,
+        })
+    }
+
+    pub fn options(&self) -> &TrainConfig {
+        &self.options
+    }
+
+    pub fn config(&self) -> &PerceiverConfig {
+        &self.config
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    pub fn model(&self) -> &PerceiverForMaskedLM {
+        &self.model
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Number of parameters.
+    pub fn num_parameters(&self) -> usize {
+        self.optimizer.vars().map(|v| v.elem_count()).sum()
+    }
+
+    /// Windows held out for evaluation.
+    pub fn eval_windows(&self) -> usize {
+        self.eval_set.len()
+    }
+
+    /// One optimizer update over `grad_accum` micro-batches.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        let started = Instant::now();
+        let lr = self.options.schedule.lr(self.progress.step);
+        let accum = self.options.grad_accum;
+        let mut grads: Vec<Tensor> = Vec::new();
+        let (mut loss_sum, mut correct, mut targets, mut bytes) = (0f64, 0usize, 0usize, 0usize);
+        for _ in 0..accum {
+            let mut examples = Vec::with_capacity(self.options.batch_size);
+            for _ in 0..self.options.batch_size {
+                let window = self.stream.next_window()?;
+                let index = self.stream.consumed() - 1;
+                examples.push(
+                    self.options
+                        .masking
+                        .apply(&window, &mut window_rng(self.options.seed, index)),
+                );
+            }
+            let batch = MaskedBatch::new(&examples, self.model.device())?;
+            let out = masked_lm_loss(&self.model, &batch)?;
+            loss_sum += out.loss.to_scalar::<f32>()? as f64;
+            correct += out.correct;
+            targets += batch.num_targets;
+            bytes += batch.num_bytes;
+            let store = (out.loss / accum as f64)?.backward()?;
+            let micro = gradients(&self.optimizer, &store)?;
+            grads = if grads.is_empty() {
+                micro
+            } else {
+                grads
+                    .iter()
+                    .zip(&micro)
+                    .map(|(a, b)| a + b)
+                    .collect::<candle_core::Result<_>>()?
+            };
+        }
+        let grad_norm = match self.options.clip_norm {
+            Some(max) => clip_grad_norm(&mut grads, max)?,
+            None => global_norm(&grads)?,
+        };
+        if !grad_norm.is_finite() {
+            return Err(Error::Options(format!(
+                "the gradient norm is {grad_norm} at step {}: lower --lr or set --clip-norm",
+                self.progress.step + 1
+            )));
+        }
+        self.optimizer.step(&grads, lr)?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.progress.step += 1;
+        self.progress.windows = self.stream.consumed();
+        self.progress.bytes += bytes as u64;
+        self.progress.train_seconds += seconds;
+        Ok(StepMetrics {
+            step: self.progress.step,
+            loss: loss_sum / accum as f64,
+            accuracy: correct as f64 / targets.max(1) as f64,
+            lr,
+            grad_norm,
+            bytes,
+            seconds,
+        })
+    }
+
+    /// Masked-byte metrics on the held-out windows, if there are any.
+    pub fn evaluate(&self) -> Result<Option<EvalResult>> {
+        if self.eval_set.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(evaluate(
+            &self.model,
+            &self.eval_set,
+            self.options.batch_size,
+        )?))
+    }
+
+    /// The current weights by transformers name.
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        let vars = self.varmap.data().lock().expect("varmap lock");
+        vars.iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Writes a checkpoint of the current step and prunes old ones.
+    pub fn save(&self) -> Result<PathBuf> {
+        let training = TrainingFile {
+            options: self.options.clone(),
+            progress: self.progress,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let dir = checkpoint::save(
+            &self.run_dir,
+            &self.config,
+            &self.weights(),
+            &self.optimizer.state(),
+            &training,
+        )?;
+        checkpoint::prune(&self.run_dir, self.options.keep_checkpoints)?;
+        Ok(dir)
+    }
+
+    /// Trains until `options.steps` or until `stop` is raised; either way the last state is saved.
+    pub fn run(&mut self, stop: &AtomicBool, on_event: &mut dyn FnMut(Event)) -> Result<Outcome> {
+        let every = |n: u64, step: u64| n > 0 && step % n == 0;
+        let mut window: Vec<StepMetrics> = Vec::new();
+        while self.progress.step < self.options.steps {
+            if stop.load(Ordering::SeqCst) {
+                let dir = self.save()?;
+                on_event(Event::Saved(&dir));
+                return Ok(Outcome::Interrupted(dir));
+            }
+            let metrics = self.train_step()?;
+            on_event(Event::Step(&metrics));
+            window.push(metrics);
+            let step = metrics.step;
+            let last = step == self.options.steps;
+            if every(self.options.log_every, step) || last {
+                self.metrics.append(&Record::train(&window))?;
+                window.clear();
+            }
+            if every(self.options.eval_every, step) || last {
+                if let Some(result) = self.evaluate()? {
+                    self.metrics.append(&Record::eval(step, &result))?;
+                    on_event(Event::Eval {
+                        step,
+                        result: &result,
+                    });
+                }
+            }
+            if every(self.options.save_every, step) || last {
+                let dir = self.save()?;
+                on_event(Event::Saved(&dir));
+            }
+        }
+        let dir = checkpoint::resolve(&self.run_dir)?;
+        Ok(Outcome::Finished(dir))
+    }
+}
+
+/// The gradient of every parameter, in the optimizer's order. A parameter without one is an
+/// error: it would silently never train (as behind candle's fused LayerNorm).
+pub fn gradients(optimizer: &AdamW, store: &candle_core::backprop::GradStore) -> Result<Vec<Tensor>> {
+    optimizer
+        .names()
+        .zip(optimizer.vars())
+        .map(|(name, var)| {
+            store
+                .get(var.as_tensor())
+                .cloned()
+                .ok_or_else(|| Error::Options(format!("parameter {name} received no gradient")))
+        })
+        .collect()
+}
+
+/// Copies `tensors` into the variables of `varmap`; every variable must be present with its shape.
+pub fn set_weights(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    for (name, var) in vars.iter() {
+        let tensor = tensors
+            .get(name)
+            .ok_or_else(|| perceiver::Error::MissingTensor { name: name.clone() })?;
+        if tensor.dims() != var.dims() {
+            return Err(perceiver::Error::ShapeMismatch {
+                name: name.clone(),
+                expected: var.dims().to_vec(),
+                found: tensor.dims().to_vec(),
+            }
+            .into());
+        }
+        var.set(&tensor.to_dtype(var.dtype())?)?;
+    }
+    if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k)) {
+        return Err(perceiver::Error::UnexpectedTensor {
+            name: extra.clone(),
+            shape: tensors[extra].dims().to_vec(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Appends a line to a file (used by the metrics log).
+pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_at(path))?;
+    writeln!(file, "{line}").map_err(io_at(path))
+}

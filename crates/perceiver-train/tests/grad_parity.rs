@@ -1,0 +1,159 @@
+//! One training step equals transformers + torch.optim's: the loss, every parameter's gradient,
+//! and the parameters after gradient clipping and one AdamW update.
+//!
+//! Fixtures: `tests/fixtures/grad/*`, written by `scripts/make_grad_fixtures.py` (pinned
+//! transformers / torch, computed in float64 from the float32 weights). Tolerances: loss 1e-5
+//! relative; each gradient 1e-4 relative to its own norm; updated parameters 1e-5 absolute.
+//! Attention key biases get no gradient in exact arithmetic (the softmax ignores a constant
+//! added to every key), so theirs are compared absolutely (1e-6 × global norm) and their updates
+//! (driven by rounding noise through Adam's normalisation) to within the learning rate.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use perceiver::{ModelFiles, PerceiverForMaskedLM};
+use perceiver_train::masking::MaskedExample;
+use perceiver_train::objective::{masked_lm_loss, MaskedBatch};
+use perceiver_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use perceiver_train::trainer::{gradients, set_weights};
+
+fn fixture_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/grad")
+        .join(case)
+}
+
+fn scalar(step: &HashMap<String, Tensor>, name: &str) -> f64 {
+    step[name].flatten_all().unwrap().to_vec1::<f64>().unwrap()[0]
+}
+
+fn norm(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt()
+}
+
+fn check_case(case: &str) {
+    let dir = fixture_dir(case);
+    let device = Device::Cpu;
+    let step = candle_core::safetensors::load(dir.join("step.safetensors"), &device).unwrap();
+    let files = ModelFiles::from_dir(&dir).unwrap();
+    let (config, tensors) = perceiver::loading::load_masked_lm_tensors(&files, &device).unwrap();
+    let varmap = VarMap::new();
+    let model =
+        PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
+    set_weights(&varmap, &tensors.into_iter().collect()).unwrap();
+
+    // The batch, as our trainer builds it: unpadded windows with their masked targets.
+    let ids = step["input_ids"].to_vec2::<i64>().unwrap();
+    let mask = step["attention_mask"].to_vec2::<i64>().unwrap();
+    let labels = step["labels"].to_vec2::<i64>().unwrap();
+    let examples: Vec<MaskedExample> = (0..ids.len())
+        .map(|b| {
+            let len = mask[b].iter().filter(|&&m| m == 1).count();
+            MaskedExample {
+                input_ids: ids[b][..len].iter().map(|&i| i as u32).collect(),
+                targets: (0..len)
+                    .filter(|&i| labels[b][i] >= 0)
+                    .map(|i| (i, labels[b][i] as u32))
+                    .collect(),
+            }
+        })
+        .collect();
+    let batch = MaskedBatch::new(&examples, &device).unwrap();
+
+    let out = masked_lm_loss(&model, &batch).unwrap();
+    let loss = out.loss.to_scalar::<f32>().unwrap() as f64;
+    let want_loss = scalar(&step, "loss");
+    let loss_rel = (loss - want_loss).abs() / want_loss.abs();
+    println!("{case}: loss {loss:.8} vs {want_loss:.8} (relative {loss_rel:.2e}, tolerance 1e-5)");
+    assert!(loss_rel < 1e-5, "{case}: loss differs by {loss_rel:e} relative");
+
+    let mut optimizer = AdamW::new(
+        &varmap,
+        AdamWConfig {
+            beta1: scalar(&step, "beta1"),
+            beta2: scalar(&step, "beta2"),
+            eps: scalar(&step, "eps"),
+            weight_decay: scalar(&step, "weight_decay"),
+        },
+    )
+    .unwrap();
+    let store = out.loss.backward().unwrap();
+    let mut grads = gradients(&optimizer, &store).unwrap();
+    let names: Vec<String> = optimizer.names().map(String::from).collect();
+    let global = scalar(&step, "grad_norm");
+    let mut worst = (0f64, String::new());
+    for (name, grad) in names.iter().zip(&grads) {
+        let want = step
+            .get(&format!("grad.{name}"))
+            .unwrap_or_else(|| panic!("{case}: fixture has no grad.{name}"));
+        let diff = norm(&(grad.to_dtype(DType::F64).unwrap() - want).unwrap());
+        if name.ends_with("key.bias") {
+            assert!(
+                diff < 1e-6 * global,
+                "{case}: {name} gradient {diff:e} (should be ~0)"
+            );
+            continue;
+        }
+        let rel = diff / norm(want);
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+        assert!(
+            rel < 1e-4,
+            "{case}: gradient of {name} differs by {rel:e} of its norm"
+        );
+    }
+    println!(
+        "{case}: {} gradients, worst relative difference {:.2e} ({}), tolerance 1e-4",
+        names.len(),
+        worst.0,
+        worst.1
+    );
+
+    let norm_before = clip_grad_norm(&mut grads, scalar(&step, "clip_max_norm")).unwrap();
+    assert!(
+        (norm_before - global).abs() < 1e-5 * global,
+        "{case}: grad norm {norm_before} vs {global}"
+    );
+    optimizer.step(&grads, scalar(&step, "lr")).unwrap();
+    let lr = scalar(&step, "lr");
+    let mut worst = 0f64;
+    for (name, var) in names.iter().zip(optimizer.vars()) {
+        let want = &step[&format!("updated.{name}")];
+        let diff = (var.as_tensor().to_dtype(DType::F64).unwrap() - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        if name.ends_with("key.bias") {
+            assert!(diff <= 1.01 * lr, "{case}: {name} moved {diff:e}, more than lr");
+            continue;
+        }
+        worst = worst.max(diff);
+        assert!(diff < 1e-5, "{case}: {name} after AdamW differs by {diff:e}");
+    }
+    println!("{case}: parameters after clipping + AdamW, worst |Δ| {worst:.2e} (tolerance 1e-5)");
+}
+
+#[test]
+fn training_step_matches_transformers_erf_query_residual_shared_blocks() {
+    check_case("erf_residual");
+}
+
+#[test]
+fn training_step_matches_transformers_tanh_no_residual_padded() {
+    check_case("tanh_noresidual");
+}
