@@ -146,6 +146,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 4096)]
     shuffle_windows: usize,
 
+    /// Stop (with a checkpoint) once this step is reached, keeping the schedule of --steps: a
+    /// long run done in parts, each continued with --resume.
+    #[arg(long, value_name = "STEP")]
+    stop_at: Option<u64>,
+
     /// Draw curves.svg when the run ends.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     plot: bool,
@@ -271,7 +276,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     }
     let mut recent: Vec<(f64, f64, f64)> = Vec::new(); // loss, accuracy, bytes/s
     let log_every = options.log_every.max(1);
-    let outcome = trainer.run(&stop, &mut |event| match event {
+    let outcome = trainer.run(&stop, args.stop_at, &mut |event| match event {
         Event::Step(m) => {
             recent.push((m.loss, m.accuracy, m.bytes as f64 / m.seconds.max(1e-9)));
             if recent.len() > 20 {
@@ -316,11 +321,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         }
         Outcome::Interrupted(dir) => {
             eprintln!(
-                "stopped; resume with: perceiver train --resume {}",
+                "stopped at {}; continue with: perceiver train --resume {}",
+                dir.display(),
                 trainer.run_dir().display()
             );
-            eprintln!("last checkpoint: {}", dir.display());
-            std::process::exit(130);
+            if stop.load(Ordering::SeqCst) {
+                std::process::exit(130); // the conventional status of a Ctrl-C'd program
+            }
+            Ok(())
         }
     }
 }

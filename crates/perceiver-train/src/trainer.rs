@@ -261,6 +261,13 @@ impl Trainer {
             Vec::new()
         };
         let eval_set = mask_for_eval(&eval_windows, &options.masking, options.seed);
+        // Fail now, not after the banner, when nothing is left to train on.
+        if corpus::windows(&corpus, split, Part::Train, options.seq_len, 1)?.is_empty() {
+            return Err(Error::Corpus(format!(
+                "no training text: every block is held out or shorter than {} bytes",
+                corpus::min_window_len(options.seq_len)
+            )));
+        }
         let stream = TrainStream::new(
             corpus,
             split,
@@ -414,12 +421,18 @@ impl Trainer {
         Ok(dir)
     }
 
-    /// Trains until `options.steps` or until `stop` is raised; either way the last state is saved.
-    pub fn run(&mut self, stop: &AtomicBool, on_event: &mut dyn FnMut(Event)) -> Result<Outcome> {
+    /// Trains until `options.steps`, until `stop` is raised, or until step `stop_at` (a session's
+    /// share of a longer run: the schedule still spans `options.steps`); the last state is saved.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        stop_at: Option<u64>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Outcome> {
         let every = |n: u64, step: u64| n > 0 && step % n == 0;
         let mut window: Vec<StepMetrics> = Vec::new();
         while self.progress.step < self.options.steps {
-            if stop.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) || stop_at.is_some_and(|s| self.progress.step >= s) {
                 let dir = self.save()?;
                 on_event(Event::Saved(&dir));
                 return Ok(Outcome::Interrupted(dir));

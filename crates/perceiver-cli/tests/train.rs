@@ -1,0 +1,407 @@
+//! `perceiver train`, `eval` and `plot` end to end on a tiny model and a generated corpus: the loss
+//! falls, a run stopped and resumed equals an uninterrupted one bit for bit, Ctrl-C saves, the
+//! checkpoint fills masks, and bad input fails cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
+    cmd.args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
+        )
+        .env("RAYON_NUM_THREADS", "2");
+    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = command(args).output().expect("run perceiver");
+    assert!(
+        out.status.success(),
+        "perceiver {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn fails(args: &[&str], needle: &str) {
+    let out = command(args).output().expect("run perceiver");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line expected: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(needle), "{stderr:?} should mention {needle:?}");
+}
+
+/// A small corpus of varied sentences, generated (so nothing in the repository is trained on).
+fn write_corpus(dir: &Path) -> PathBuf {
+    let corpus = dir.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let subjects = [
+        "The cat",
+        "A dog",
+        "My friend",
+        "The old man",
+        "Our teacher",
+        "Her sister",
+    ];
+    let verbs = ["reads", "paints", "finds", "carries", "loves", "watches"];
+    let objects = [
+        "a red book",
+        "the garden",
+        "two apples",
+        "the blue sea",
+        "a quiet song",
+        "the map",
+    ];
+    for file in 0..3 {
+        let mut text = String::new();
+        for i in 0..400 {
+            let k = i * 7 + file * 13;
+            text.push_str(&format!(
+                "{} {} {} every day. ",
+                subjects[k % 6],
+                verbs[(k / 6) % 6],
+                objects[(k / 36) % 6]
+            ));
+        }
+        std::fs::write(corpus.join(format!("part{file}.txt")), text).unwrap();
+    }
+    let heldout: String = (0..40)
+        .map(|i| {
+            format!(
+                "{} {} {} at night. ",
+                subjects[i % 6],
+                verbs[(i / 2) % 6],
+                objects[(i / 3) % 6]
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("heldout.txt"), heldout).unwrap();
+    corpus
+}
+
+/// A model small enough for CI: 16-wide bytes, 8 latents of 32, one latent layer.
+fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("config.json");
+    let config = serde_json::json!({
+        "d_model": 16, "num_latents": 8, "d_latents": 32, "num_blocks": 1,
+        "num_self_attends_per_block": 1, "num_self_attention_heads": 2, "num_cross_attention_heads": 1,
+        "max_position_embeddings": 64, "attention_probs_dropout_prob": 0.0
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// Training flags for the tiny model; the held-out text is `corpus/../heldout`.
+fn train_args<'a>(corpus: &'a str, config: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--config",
+        config,
+        "--corpus",
+        corpus,
+        "--out",
+        out,
+        "--steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "64",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "10",
+        "--save-every",
+        "10",
+        "--eval-corpus",
+        heldout(corpus),
+        "--eval-windows",
+        "16",
+        "--seed",
+        "3",
+    ]
+}
+
+fn heldout(corpus: &str) -> &'static str {
+    let path = Path::new(corpus).parent().unwrap().join("heldout.txt");
+    Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
+}
+
+/// Sets `flag` to `value` in `args`.
+fn set<'a>(args: &mut Vec<&'a str>, flag: &'a str, value: &'a str) {
+    match args.iter().position(|a| *a == flag) {
+        Some(i) => args[i + 1] = value,
+        None => args.extend([flag, value]),
+    }
+}
+
+fn records(run_dir: &Path, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == kind)
+        .collect()
+}
+
+fn weights(checkpoint: &Path) -> Vec<u8> {
+    std::fs::read(checkpoint.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn loss_falls_checkpoint_fills_masks_evaluates_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let config = write_config(dir.path());
+    let out = dir.path().join("run");
+    let (c, f, o) = (
+        corpus.to_str().unwrap(),
+        config.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    run(&train_args(c, f, o, "60"));
+
+    let train = records(&out, "train");
+    assert_eq!(train.len(), 60);
+    let mean = |rs: &[Value]| rs.iter().map(|r| r["loss"].as_f64().unwrap()).sum::<f64>() / rs.len() as f64;
+    let (first, last) = (mean(&train[..5]), mean(&train[55..]));
+    println!("training loss: first 5 steps {first:.3}, last 5 steps {last:.3}");
+    assert!(last < 0.5 * first, "loss did not fall: {first} → {last}");
+    let eval = records(&out, "eval");
+    assert_eq!(eval.len(), 6, "held-out evaluation every 10 steps");
+    assert!(eval[5]["loss"].as_f64().unwrap() < eval[0]["loss"].as_f64().unwrap());
+
+    let checkpoint = out.join("step-000060");
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "training.json",
+    ] {
+        assert!(checkpoint.join(file).is_file(), "{file} missing");
+    }
+    assert!(out.join("curves.svg").is_file());
+    // Only the newest checkpoints are kept (default 3).
+    let kept: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .collect();
+    assert_eq!(kept.len(), 3);
+
+    let ckpt = checkpoint.to_str().unwrap();
+    let filled = run(&[
+        "fill-mask",
+        "--model",
+        ckpt,
+        "--json",
+        "The cat reads a red bo[MASK:2] every day.",
+    ]);
+    let answer: Value = serde_json::from_slice(&filled.stdout).unwrap();
+    assert_eq!(answer["masks"].as_array().unwrap().len(), 2);
+
+    let eval_out = run(&["eval", "--model", ckpt, c, "--json", "--seq-len", "64"]);
+    let result: Value = serde_json::from_slice(&eval_out.stdout).unwrap();
+    let accuracy = result["accuracy"].as_f64().unwrap();
+    let bpb = result["bits_per_byte"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    assert!((bpb - result["loss"].as_f64().unwrap() / std::f64::consts::LN_2).abs() < 1e-9);
+    // Same seed, same masks, same numbers.
+    let again = run(&["eval", "--model", ckpt, c, "--json", "--seq-len", "64"]);
+    assert_eq!(eval_out.stdout, again.stdout);
+
+    std::fs::remove_file(out.join("curves.svg")).unwrap();
+    let plotted = run(&["plot", o]);
+    assert!(String::from_utf8_lossy(&plotted.stdout).contains("curves.svg"));
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+}
+
+#[test]
+fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let config = write_config(dir.path());
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    let (c, f) = (corpus.to_str().unwrap(), config.to_str().unwrap());
+    run(&train_args(c, f, whole.to_str().unwrap(), "30"));
+
+    let mut first = train_args(c, f, parts.to_str().unwrap(), "30");
+    set(&mut first, "--stop-at", "13"); // between two scheduled checkpoints
+    run(&first);
+    assert!(parts.join("step-000013").is_dir());
+    run(&["train", "--resume", parts.to_str().unwrap()]);
+
+    // Everything but the timing.
+    let without_speed = |mut rs: Vec<Value>| {
+        rs.iter_mut().for_each(|r| {
+            r.as_object_mut().unwrap().remove("bytes_per_second");
+        });
+        rs
+    };
+    let (a, b) = (
+        without_speed(records(&whole, "train")),
+        without_speed(records(&parts, "train")),
+    );
+    assert_eq!(a.len(), 30);
+    assert_eq!(
+        a, b,
+        "per-step losses, accuracies, learning rates and gradient norms"
+    );
+    assert_eq!(records(&whole, "eval"), records(&parts, "eval"));
+    assert_eq!(
+        weights(&whole.join("step-000030")),
+        weights(&parts.join("step-000030")),
+        "final weights differ"
+    );
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let config = write_config(dir.path());
+    let out = dir.path().join("run");
+    let (c, f, o) = (
+        corpus.to_str().unwrap(),
+        config.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let mut args = train_args(c, f, o, "100000");
+    set(&mut args, "--save-every", "0");
+    set(&mut args, "--eval-every", "0");
+    let child = command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a few steps, then interrupt.
+    let started = Instant::now();
+    while records_or_empty(&out).len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "training never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let saved: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let step: u64 = saved[0].trim_start_matches("step-").parse().unwrap();
+    assert!(step >= 3);
+    run(&["train", "--resume", o, "--steps", &(step + 2).to_string()]);
+    assert!(out.join(format!("step-{:06}", step + 2)).is_dir());
+}
+
+fn records_or_empty(run_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .map(|t| t.lines().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn bad_training_input_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let config = write_config(dir.path());
+    let (c, f) = (corpus.to_str().unwrap(), config.to_str().unwrap());
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    fails(
+        &["train", "--config", f, "--corpus", "/no/such/corpus", "--out", o],
+        "no such file or directory",
+    );
+    fails(
+        &[
+            "train",
+            "--config",
+            f,
+            "--corpus",
+            c,
+            "--out",
+            o,
+            "--seq-len",
+            "65",
+        ],
+        "max_position_embeddings",
+    );
+    fails(
+        &["train", "--preset", "huge", "--corpus", c, "--out", o],
+        "unknown preset",
+    );
+    fails(
+        &[
+            "train",
+            "--config",
+            f,
+            "--corpus",
+            c,
+            "--out",
+            o,
+            "--mask-rate",
+            "1.5",
+        ],
+        "mask rate",
+    );
+    fails(&["train", "--resume", "/no/such/run"], "no such directory");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("tiny.txt"), "ab").unwrap();
+    fails(
+        &[
+            "train",
+            "--config",
+            f,
+            "--corpus",
+            empty.to_str().unwrap(),
+            "--out",
+            o,
+        ],
+        "no training text",
+    );
+
+    // A finished run refuses a fresh start over it, and a corrupt checkpoint is named.
+    let mut args = train_args(c, f, o, "2");
+    set(&mut args, "--save-every", "1");
+    run(&args);
+    fails(&args, "already holds checkpoints");
+    let model = out.join("step-000002/model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["train", "--resume", o, "--steps", "4"], "step-000002");
+    fails(
+        &["eval", "--model", out.join("step-000002").to_str().unwrap(), c],
+        "model.safetensors",
+    );
+}
