@@ -6,13 +6,9 @@ use perceiver::{LoadOptions, PerceiverForMaskedLM};
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A model directory (config.json + weights) or a Hugging Face hub id.
-    #[arg(
-        short,
-        long,
-        env = "PERCEIVER_MODEL",
-        default_value = "deepmind/language-perceiver"
-    )]
+    /// A model directory (config.json + weights), a Hugging Face hub id (e.g.
+    /// deepmind/language-perceiver), or `default`: the small model built into this binary.
+    #[arg(short, long, env = "PERCEIVER_MODEL", default_value = "default")]
     pub model: String,
 
     /// Use only the local Hugging Face cache for hub ids (also HF_HUB_OFFLINE=1).

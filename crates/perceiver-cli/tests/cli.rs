@@ -507,3 +507,24 @@ fn unreachable_hub_falls_back_to_the_cache() {
         "cannot get config.json of model someone/not-cached",
     );
 }
+
+#[test]
+fn without_model_the_built_in_default_model_fills_masks_offline() {
+    let out = perceiver(&["fill-mask", "--json", "-k", "3", "The cat sat on the m[MASK]t."]);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    let masks = lines[0]["masks"].as_array().unwrap();
+    assert_eq!(masks.len(), 1);
+    assert_eq!(masks[0]["candidates"].as_array().unwrap().len(), 3);
+    // `--model default` names the same model.
+    let named = perceiver(&[
+        "fill-mask",
+        "--json",
+        "-k",
+        "3",
+        "--model",
+        "default",
+        "The cat sat on the m[MASK]t.",
+    ]);
+    assert_eq!(out.stdout, named.stdout);
+}

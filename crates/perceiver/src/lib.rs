@@ -38,6 +38,8 @@
 pub mod attention;
 pub mod config;
 pub mod decoder;
+#[cfg(feature = "default-model")]
+pub mod default_model;
 pub mod encoder;
 pub mod error;
 pub mod fill_mask;

@@ -326,12 +326,38 @@ pub fn load_masked_lm_tensors(
     Ok((config, tensors))
 }
 
-/// [`ModelFiles::resolve`] then [`load_masked_lm`].
+/// Loads a masked language model from a config.json text and safetensors bytes in memory, with
+/// the same checks as [`load_masked_lm`].
+pub fn load_masked_lm_from_memory(
+    config_json: &str,
+    safetensors: &[u8],
+    device: &Device,
+) -> Result<PerceiverForMaskedLM> {
+    let config = PerceiverConfig::from_json_str(config_json)?;
+    let tensors =
+        candle_core::safetensors::load_buffer(safetensors, device).map_err(|e| Error::CorruptWeights {
+            path: PathBuf::from("<memory>"),
+            reason: crate::error::candle_message(&e),
+        })?;
+    let shapes = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+        .collect();
+    check_tensors(&config, shapes)?;
+    PerceiverForMaskedLM::new(&config, VarBuilder::from_tensors(tensors, DType::F32, device))
+}
+
+/// [`ModelFiles::resolve`] then [`load_masked_lm`]; the name `default` is the model built into
+/// this library (see [`crate::default_model`]).
 pub fn load_masked_lm_from(
     model: &str,
     options: &LoadOptions,
     device: &Device,
 ) -> Result<PerceiverForMaskedLM> {
+    #[cfg(feature = "default-model")]
+    if model == crate::default_model::NAME {
+        return crate::default_model::load(device);
+    }
     load_masked_lm(&ModelFiles::resolve(model, options)?, device)
 }
 
