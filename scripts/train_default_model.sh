@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS="${STEPS:-20000}"
+STEPS="${STEPS:-6000}"
 RUN=runs/default
 python3 scripts/fetch_corpus.py data/corpus
 
@@ -31,7 +31,7 @@ if ls -d "$RUN"/step-* >/dev/null 2>&1; then
 else
   ./target/release/perceiver train --preset small \
     --corpus data/mix/train --eval-corpus data/corpus/heldout \
-    --out "$RUN" --steps "$STEPS" --batch-size 8 --lr 1e-3 --warmup-steps 300 \
+    --out "$RUN" --steps "$STEPS" --seq-len 256 --batch-size 16 --lr 1e-3 --warmup-steps 200 \
     --schedule cosine --min-lr-ratio 0.05 --weight-decay 0.01 --clip-norm 1.0 --seed 0 \
     --save-every 100 --eval-every 200 --eval-windows 128 --keep-checkpoints 2
 fi

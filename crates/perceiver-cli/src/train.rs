@@ -10,6 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use perceiver::{LoadOptions, ModelFiles, PerceiverConfig};
 use perceiver_train::corpus::{self, Corpus, Part, Split};
+use perceiver_train::init::InitScheme;
 use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
 use perceiver_train::presets::{preset, PRESET_NAMES};
 use perceiver_train::trainer::mask_for_eval;
@@ -47,6 +48,11 @@ pub struct TrainArgs {
     /// Fine-tune: start from a model directory or hub id.
     #[arg(long, value_name = "MODEL")]
     init_from: Option<String>,
+
+    /// Initialisation from scratch: deepmind (truncated normals: 1/fan_in for linears, 1.0 for
+    /// the byte embedding, 0.02 for positions and latents) or transformers (normal 0.02).
+    #[arg(long, default_value = "deepmind")]
+    init: InitScheme,
 
     /// Held-out text (files, directories, globs); otherwise --eval-fraction of the corpus.
     #[arg(long, num_args = 1..)]
@@ -197,6 +203,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             let steps = args.steps.unwrap_or(1000);
             let options = TrainConfig {
                 model,
+                init: args.init,
                 corpus: args.corpus.clone(),
                 eval_corpus: args.eval_corpus.clone(),
                 eval_fraction: args.eval_fraction,
@@ -276,6 +283,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     }
     let mut recent: Vec<(f64, f64, f64)> = Vec::new(); // loss, accuracy, bytes/s
     let log_every = options.log_every.max(1);
+    // Without a terminal the bar is hidden, and so would be its println: write lines directly.
+    let say = |line: String| {
+        if interactive {
+            bar.println(line)
+        } else {
+            eprintln!("{line}")
+        }
+    };
     let outcome = trainer.run(&stop, args.stop_at, &mut |event| match event {
         Event::Step(m) => {
             recent.push((m.loss, m.accuracy, m.bytes as f64 / m.seconds.max(1e-9)));
@@ -298,14 +313,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 eprintln!("step {}/{} {msg}", m.step, options.steps);
             }
         }
-        Event::Eval { step, result } => bar.println(format!(
+        Event::Eval { step, result } => say(format!(
             "step {step}: held-out loss {:.4} accuracy {:.2}% bits/byte {:.4} ({} masked bytes)",
             result.loss,
             100.0 * result.accuracy,
             result.bits_per_byte,
             result.masked_bytes
         )),
-        Event::Saved(dir) => bar.println(format!("saved {}", dir.display())),
+        Event::Saved(dir) => say(format!("saved {}", dir.display())),
     })?;
     bar.finish_and_clear();
     if args.plot {

@@ -22,6 +22,8 @@ pub enum ParamInit {
     Constant(f64),
     /// Normal(0, std) truncated at ±2 std.
     TruncatedNormal(f64),
+    /// Normal(0, std).
+    Normal(f64),
 }
 
 /// Linear layers, by the last component of their transformers name.
@@ -50,30 +52,84 @@ pub fn param_init(name: &str, shape: &[usize]) -> ParamInit {
     }
 }
 
+/// Which initialisation a from-scratch run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitScheme {
+    /// DeepMind's (see the module docs).
+    DeepMind,
+    /// transformers' `_init_weights`: normal(0, initializer_range) for every weight matrix, table
+    /// and latent array; LayerNorm 1/0; biases 0.
+    Transformers,
+}
+
+impl Default for InitScheme {
+    fn default() -> Self {
+        Self::DeepMind
+    }
+}
+
+impl std::str::FromStr for InitScheme {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deepmind" => Ok(Self::DeepMind),
+            "transformers" | "hf" => Ok(Self::Transformers),
+            _ => Err(format!("unknown init {s:?} (deepmind, transformers)")),
+        }
+    }
+}
+
+/// The initialisation of `name` under transformers' scheme.
+pub fn transformers_param_init(name: &str, initializer_range: f64) -> ParamInit {
+    if name.contains("layernorm") {
+        ParamInit::Constant(if name.ends_with(".weight") { 1.0 } else { 0.0 })
+    } else if name.ends_with(".bias") {
+        ParamInit::Constant(0.0)
+    } else {
+        ParamInit::Normal(initializer_range)
+    }
+}
+
+/// Re-initialises every variable of `varmap` with `scheme` (see [`deepmind_init`]).
+pub fn initialize(varmap: &VarMap, scheme: InitScheme, initializer_range: f64, seed: u64) -> Result<()> {
+    match scheme {
+        InitScheme::DeepMind => fill(varmap, seed, |name, shape| param_init(name, shape)),
+        InitScheme::Transformers => fill(varmap, seed, |name, _| {
+            transformers_param_init(name, initializer_range)
+        }),
+    }
+}
+
 /// Re-initialises every variable of `varmap` as DeepMind does. Each parameter draws from its own
 /// stream seeded by `seed` and its name, so the result does not depend on iteration order.
 pub fn deepmind_init(varmap: &VarMap, seed: u64) -> Result<()> {
+    fill(varmap, seed, |name, shape| param_init(name, shape))
+}
+
+fn fill(varmap: &VarMap, seed: u64, init: impl Fn(&str, &[usize]) -> ParamInit) -> Result<()> {
     let vars = varmap.data().lock().expect("varmap lock");
     for (name, var) in vars.iter() {
         let shape = var.dims().to_vec();
         let count: usize = shape.iter().product();
-        let values: Vec<f32> = match param_init(name, &shape) {
+        let mut h = seed;
+        for b in name.bytes() {
+            h = splitmix64(h ^ b as u64);
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(h);
+        let values: Vec<f32> = match init(name, &shape) {
             ParamInit::Constant(c) => vec![c as f32; count],
-            ParamInit::TruncatedNormal(std) => {
-                let mut h = seed;
-                for b in name.bytes() {
-                    h = splitmix64(h ^ b as u64);
-                }
-                let mut rng = ChaCha8Rng::seed_from_u64(h);
-                (0..count)
-                    .map(|_| loop {
-                        let z: f64 = StandardNormal.sample(&mut rng);
-                        if z.abs() <= 2.0 {
-                            break (z * std) as f32;
-                        }
-                    })
-                    .collect()
-            }
+            ParamInit::Normal(std) => (0..count)
+                .map(|_| (Distribution::<f64>::sample(&StandardNormal, &mut rng) * std) as f32)
+                .collect::<Vec<f32>>(),
+            ParamInit::TruncatedNormal(std) => (0..count)
+                .map(|_| loop {
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    if z.abs() <= 2.0 {
+                        break (z * std) as f32;
+                    }
+                })
+                .collect(),
         };
         var.set(&Tensor::from_vec(values, shape, var.device())?.to_dtype(var.dtype())?)?;
     }

@@ -7,7 +7,7 @@ pub const PRESET_NAMES: [&str; 3] = ["tiny", "small", "base"];
 
 /// The config of a named preset:
 /// - `tiny`: ~0.3M parameters, 256 bytes, for tests and smoke runs.
-/// - `small`: ~4M parameters, 512 bytes: the shipped default model's layout.
+/// - `small`: ~4M parameters, 256 bytes: the shipped default model's layout.
 /// - `base`: the 201M layout of `deepmind/language-perceiver` (2048 bytes, 256×1280 latents,
 ///   26 latent layers).
 pub fn preset(name: &str) -> Option<PerceiverConfig> {
@@ -37,7 +37,7 @@ pub fn preset(name: &str) -> Option<PerceiverConfig> {
             num_cross_attention_heads: 8,
             self_attention_widening_factor: 4,
             cross_attention_widening_factor: 1,
-            max_position_embeddings: 512,
+            max_position_embeddings: 256,
             // Attention dropout is not implemented by our trainer; say so in the config.
             attention_probs_dropout_prob: 0.0,
             ..PerceiverConfig::default()

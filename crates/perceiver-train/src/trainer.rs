@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Progress, TrainingFile};
 use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
 use crate::error::{io_at, Error, Result};
-use crate::init::deepmind_init;
+use crate::init::{initialize, InitScheme};
 use crate::masking::{MaskedExample, Masking};
 use crate::metrics::{MetricsLog, Record};
 use crate::objective::{evaluate, masked_lm_loss, EvalResult, MaskedBatch};
@@ -28,6 +28,9 @@ use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, Schedule};
 pub struct TrainConfig {
     /// Where the model came from (`preset:small`, `config:FILE`, `pretrained:ID`), for the record.
     pub model: String,
+    /// Initialisation of a from-scratch run.
+    #[serde(default)]
+    pub init: InitScheme,
     /// Training text: files, directories, globs.
     pub corpus: Vec<String>,
     /// Separate evaluation text; when empty, `eval_fraction` of the corpus is held out.
@@ -184,7 +187,7 @@ impl Trainer {
         let model =
             PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
         match weights {
-            None => deepmind_init(&varmap, options.seed)?,
+            None => initialize(&varmap, options.init, config.initializer_range, options.seed)?,
             Some(tensors) => set_weights(&varmap, &tensors.into_iter().collect())?,
         }
         let metrics = MetricsLog::create(&run_dir.join(METRICS_FILE))?;

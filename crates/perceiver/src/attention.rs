@@ -6,8 +6,8 @@
 //! `PerceiverLayer`, and DeepMind's `attend`, `Attention`, `MLP`, `CrossAttention` and
 //! `SelfAttention` in `perceiver.py`. Checkpoint paths are transformers'.
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::{Init, VarBuilder};
 
 use crate::config::{Activation, AttentionSpec, LAYER_NORM_EPS};
 use crate::error::Result;
@@ -46,10 +46,11 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option
             .transpose(1, 2)?
             .contiguous()
     };
-    let q = split(q, num_queries, d_qk)?;
+    // Scaling q rather than the scores touches queries×d values instead of queries×keys.
+    let q = split(&(q * (1.0 / (d_qk as f64).sqrt()))?, num_queries, d_qk)?;
     let k = split(k, num_keys, d_qk)?;
     let v = split(v, num_keys, d_v)?;
-    let mut scores = (q.matmul(&k.t()?)? / (d_qk as f64).sqrt())?; // [batch, heads, queries, keys]
+    let mut scores = q.matmul(&k.t()?)?; // [batch, heads, queries, keys]
     if let Some(bias) = bias {
         scores = scores.broadcast_add(bias)?;
     }
@@ -108,6 +109,46 @@ fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     LayerNorm::new(dim, vb)
 }
 
+/// A dense layer `x·Wᵀ + b` over the last dimension (transformers' `nn.Linear`; W is [out, in]).
+///
+/// Leading dimensions are flattened into one matrix product. candle_nn's Linear broadcasts W over
+/// the batch instead, which in training makes candle copy W per batch element and sum the
+/// per-element gradients back.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(
+                (out_dim, in_dim),
+                "weight",
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            bias: vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?,
+        })
+    }
+
+    /// `x`: `[..., in]` → `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.weight.dims()[0];
+        }
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
 /// The Transformer MLP after each attention: `dense2(act(dense1(x)))`, hidden width
 /// `widening_factor × width`.
 #[derive(Debug, Clone)]
@@ -121,8 +162,8 @@ impl Mlp {
     pub fn new(width: usize, widening_factor: usize, activation: Activation, vb: VarBuilder) -> Result<Self> {
         let hidden = width * widening_factor;
         Ok(Self {
-            dense1: candle_nn::linear(width, hidden, vb.pp("dense1"))?,
-            dense2: candle_nn::linear(hidden, width, vb.pp("dense2"))?,
+            dense1: Linear::new(width, hidden, vb.pp("dense1"))?,
+            dense2: Linear::new(hidden, width, vb.pp("dense2"))?,
             activation,
         })
     }
@@ -161,10 +202,10 @@ impl MultiHeadAttention {
             } else {
                 None
             },
-            query: candle_nn::linear(spec.q_dim, spec.qk_channels, inner.pp("query"))?,
-            key: candle_nn::linear(spec.kv_dim, spec.qk_channels, inner.pp("key"))?,
-            value: candle_nn::linear(spec.kv_dim, spec.v_channels, inner.pp("value"))?,
-            output: candle_nn::linear(spec.v_channels, out_dim, vb.pp("output").pp("dense"))?,
+            query: Linear::new(spec.q_dim, spec.qk_channels, inner.pp("query"))?,
+            key: Linear::new(spec.kv_dim, spec.qk_channels, inner.pp("key"))?,
+            value: Linear::new(spec.kv_dim, spec.v_channels, inner.pp("value"))?,
+            output: Linear::new(spec.v_channels, out_dim, vb.pp("output").pp("dense"))?,
             num_heads: spec.num_heads,
         })
     }
