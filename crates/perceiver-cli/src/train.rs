@@ -18,6 +18,33 @@ use perceiver_train::{Event, Masking, MaskingStrategy, ModelInit, Outcome, Train
 
 use crate::model::ModelArgs;
 
+/// Which bytes are masked, for training and evaluation alike.
+#[derive(Args)]
+struct MaskingArgs {
+    /// Which bytes to mask: bytes (independently), whole-words, spans.
+    #[arg(long, default_value = "bytes")]
+    masking: MaskingStrategy,
+
+    /// Fraction of bytes masked.
+    #[arg(long, default_value_t = 0.15)]
+    mask_rate: f64,
+
+    /// Mean span length with --masking spans.
+    #[arg(long, default_value_t = 3.0)]
+    mean_span: f64,
+}
+
+impl MaskingArgs {
+    fn masking(&self, bert_replacement: bool) -> Masking {
+        Masking {
+            strategy: self.masking,
+            rate: self.mask_rate,
+            bert_replacement,
+            mean_span: self.mean_span,
+        }
+    }
+}
+
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  perceiver train --preset tiny --corpus texts/ --out runs/tiny --steps 2000\n  \
@@ -81,16 +108,8 @@ pub struct TrainArgs {
     #[arg(long)]
     steps: Option<u64>,
 
-    /// Which bytes to mask: bytes, whole-words, spans.
-    #[arg(long, default_value = "bytes")]
-    masking: MaskingStrategy,
-
-    #[arg(long, default_value_t = 0.15)]
-    mask_rate: f64,
-
-    /// Mean span length with --masking spans.
-    #[arg(long, default_value_t = 3.0)]
-    mean_span: f64,
+    #[command(flatten)]
+    masking: MaskingArgs,
 
     /// BERT's 80/10/10: of the chosen bytes, 10% get a random byte and 10% stay unchanged.
     #[arg(long)]
@@ -212,12 +231,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 batch_size: args.batch_size,
                 grad_accum: args.grad_accum,
                 steps,
-                masking: Masking {
-                    strategy: args.masking,
-                    rate: args.mask_rate,
-                    bert_replacement: args.bert_replacement,
-                    mean_span: args.mean_span,
-                },
+                masking: args.masking.masking(args.bert_replacement),
                 optimizer: AdamWConfig {
                     beta1: args.beta1,
                     beta2: args.beta2,
@@ -357,14 +371,8 @@ pub struct EvalArgs {
     #[arg(required = true, num_args = 1..)]
     files: Vec<String>,
 
-    #[arg(long, default_value = "bytes")]
-    masking: MaskingStrategy,
-
-    #[arg(long, default_value_t = 0.15)]
-    mask_rate: f64,
-
-    #[arg(long, default_value_t = 3.0)]
-    mean_span: f64,
+    #[command(flatten)]
+    masking: MaskingArgs,
 
     /// Masking seed (the same seed masks the same bytes).
     #[arg(long, default_value_t = 0)]
@@ -387,12 +395,7 @@ pub struct EvalArgs {
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
-    let masking = Masking {
-        strategy: args.masking,
-        rate: args.mask_rate,
-        bert_replacement: false,
-        mean_span: args.mean_span,
-    };
+    let masking = args.masking.masking(false);
     masking.validate()?;
     let corpus = Corpus::discover(&args.files)?;
     let model = args.model.load_masked_lm()?;
@@ -418,8 +421,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                 "files": corpus.files().len(),
                 "windows": result.windows,
                 "masked_bytes": result.masked_bytes,
-                "mask_rate": args.mask_rate,
-                "masking": args.masking,
+                "mask_rate": masking.rate,
+                "masking": masking.strategy,
                 "seed": args.seed,
                 "seq_len": seq_len,
                 "accuracy": result.accuracy,
@@ -435,8 +438,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             seq_len,
             corpus.files().len(),
             result.masked_bytes,
-            args.masking,
-            args.mask_rate,
+            masking.strategy,
+            masking.rate,
             args.seed
         );
         println!("accuracy (top-1)  {:.2}%", 100.0 * result.accuracy);

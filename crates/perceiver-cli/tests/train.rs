@@ -159,21 +159,24 @@ fn records(run_dir: &Path, kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A temporary directory with a corpus and a config; their paths as strings.
+fn setup() -> (tempfile::TempDir, &'static str, &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let leak = |p: PathBuf| -> &'static str { Box::leak(p.to_string_lossy().into_owned().into_boxed_str()) };
+    let corpus = leak(write_corpus(dir.path()));
+    let config = leak(write_config(dir.path()));
+    (dir, corpus, config)
+}
+
 fn weights(checkpoint: &Path) -> Vec<u8> {
     std::fs::read(checkpoint.join("model.safetensors")).unwrap()
 }
 
 #[test]
 fn loss_falls_checkpoint_fills_masks_evaluates_and_plots() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
-    let config = write_config(dir.path());
+    let (dir, c, f) = setup();
     let out = dir.path().join("run");
-    let (c, f, o) = (
-        corpus.to_str().unwrap(),
-        config.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let o = out.to_str().unwrap();
     run(&train_args(c, f, o, "60"));
 
     let train = records(&out, "train");
@@ -234,11 +237,8 @@ fn loss_falls_checkpoint_fills_masks_evaluates_and_plots() {
 
 #[test]
 fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
-    let config = write_config(dir.path());
+    let (dir, c, f) = setup();
     let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
-    let (c, f) = (corpus.to_str().unwrap(), config.to_str().unwrap());
     run(&train_args(c, f, whole.to_str().unwrap(), "30"));
 
     let mut first = train_args(c, f, parts.to_str().unwrap(), "30");
@@ -273,15 +273,9 @@ fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
 
 #[test]
 fn ctrl_c_saves_a_checkpoint_that_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
-    let config = write_config(dir.path());
+    let (dir, c, f) = setup();
     let out = dir.path().join("run");
-    let (c, f, o) = (
-        corpus.to_str().unwrap(),
-        config.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let o = out.to_str().unwrap();
     let mut args = train_args(c, f, o, "100000");
     set(&mut args, "--save-every", "0");
     set(&mut args, "--eval-every", "0");
@@ -332,10 +326,7 @@ fn records_or_empty(run_dir: &Path) -> Vec<String> {
 
 #[test]
 fn bad_training_input_fails_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
-    let config = write_config(dir.path());
-    let (c, f) = (corpus.to_str().unwrap(), config.to_str().unwrap());
+    let (dir, c, f) = setup();
     let out = dir.path().join("run");
     let o = out.to_str().unwrap();
     fails(
