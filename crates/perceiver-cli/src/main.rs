@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
+mod bench_serve;
 mod fill_mask;
 mod model;
+mod serve;
 
 // candle allocates many short-lived buffers; glibc's allocator measured up to 35% slower here.
 #[global_allocator]
@@ -28,6 +30,10 @@ struct Cli {
 enum Command {
     /// Predict the masked bytes of texts.
     FillMask(fill_mask::FillMaskArgs),
+    /// Serve fill-mask over HTTP, batching the requests of many clients.
+    Serve(serve::ServeArgs),
+    /// Measure a fill-mask service's throughput and latency on loopback.
+    BenchServe(bench_serve::BenchServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +74,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::FillMask(args) => fill_mask::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::BenchServe(args) => bench_serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
