@@ -33,28 +33,28 @@ pub struct ServiceArgs {
     pub port: u16,
 
     /// Most padded tokens (texts × longest text) in one forward pass.
-    #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384)]
-    pub max_batch_tokens: usize,
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: u32,
 
     /// Most texts in one forward pass (1: no batching).
-    #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32)]
-    pub max_batch_requests: usize,
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_requests: u32,
 
     /// Requests queued or running at once; beyond, 429 at once.
-    #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
-    pub max_concurrent_requests: usize,
+    #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
 
     /// Most texts in one request.
-    #[arg(long, env = "PERCEIVER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32)]
-    pub max_client_batch_size: usize,
+    #[arg(long, env = "PERCEIVER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_batch_size: u32,
 
     /// Most candidates (masks × top_k over its texts) in one request.
-    #[arg(long, env = "PERCEIVER_MAX_PREDICTIONS", default_value_t = 4096)]
-    pub max_predictions: usize,
+    #[arg(long, env = "PERCEIVER_MAX_PREDICTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_predictions: u32,
 
     /// Largest request body, in bytes.
-    #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20)]
-    pub payload_limit: usize,
+    #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub payload_limit: u32,
 
     /// Require `Authorization: Bearer <KEY>` on every route but /health.
     #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true)]
@@ -67,12 +67,12 @@ impl ServiceArgs {
             model_id: model_id.to_string(),
             hostname: self.hostname.clone(),
             port: self.port,
-            max_batch_tokens: self.max_batch_tokens,
-            max_batch_requests: self.max_batch_requests,
-            max_concurrent_requests: self.max_concurrent_requests,
-            max_client_batch_size: self.max_client_batch_size,
-            max_predictions: self.max_predictions,
-            payload_limit: self.payload_limit,
+            max_batch_tokens: self.max_batch_tokens as usize,
+            max_batch_requests: self.max_batch_requests as usize,
+            max_concurrent_requests: self.max_concurrent_requests as usize,
+            max_client_batch_size: self.max_client_batch_size as usize,
+            max_predictions: self.max_predictions as usize,
+            payload_limit: self.payload_limit as usize,
             api_key: self.api_key.clone(),
         }
     }
