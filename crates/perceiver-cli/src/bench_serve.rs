@@ -160,12 +160,17 @@ fn print_row(server: &str, r: &LevelReport) {
         .mean_batch_size
         .map(|b| format!("{b:.1}"))
         .unwrap_or_else(|| "-".into());
+    let throughput = r.throughput();
+    let throughput = if throughput < 10.0 {
+        format!("{throughput:.2}")
+    } else {
+        format!("{throughput:.1}")
+    };
     println!(
-        "| {server} | {} | {} | {} | {:.1} | {} | {} | {batch} |",
+        "| {server} | {} | {} | {} | {throughput} | {} | {} | {batch} |",
         r.concurrency,
         r.ok,
         r.errors,
-        r.throughput(),
         ms(0.5),
         ms(0.99),
     );

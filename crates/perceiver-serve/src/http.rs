@@ -136,13 +136,14 @@ async fn fill_mask(
     body: Result<JsonBody<FillMaskRequest>, ErrorResponse>,
 ) -> Response {
     let start = Instant::now();
+    // If the client leaves first, hyper drops this future: the guard counts it as cancelled.
+    let mut cancelled = CountOnDrop(Some(&state.metrics));
     let result = match body {
         Ok(JsonBody(request)) => state.fill_mask(request).await,
         Err(e) => Err(e),
     };
-    state
-        .metrics
-        .count(result.as_ref().map(|_| ()).map_err(|e| e.error_type));
+    cancelled.0 = None;
+    state.metrics.count_result(&result);
     match result {
         Ok(answer) => {
             let response = Json(answer).into_response();
@@ -233,6 +234,17 @@ impl AppState {
     }
 }
 
+/// Counts a fill-mask request as cancelled unless emptied first.
+struct CountOnDrop<'a>(Option<&'a Metrics>);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.count("cancelled");
+        }
+    }
+}
+
 fn infer_error(e: InferError) -> ErrorResponse {
     match e {
         InferError::Stopped => ErrorResponse::new(ErrorType::Unhealthy, "the service is stopping"),
@@ -240,8 +252,9 @@ fn infer_error(e: InferError) -> ErrorResponse {
     }
 }
 
-/// Liveness and readiness: a real forward pass through the queue (one masked byte), whose
-/// success is remembered for a few seconds; any successful batch counts as one.
+/// Liveness and readiness: a real forward pass (one masked byte) through the model thread,
+/// ahead of the queued work, whose success is remembered for a few seconds; any successful
+/// batch counts as one.
 #[utoipa::path(
     get,
     path = "/health",
@@ -264,12 +277,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Erro
         .fill
         .prepare("[MASK]", false)
         .map_err(|e| unhealthy(e.to_string()))?;
-    let receiver = state
-        .infer
-        .submit(vec![input], 1)
-        .map_err(|e| unhealthy(e.to_string()))?
-        .pop()
-        .expect("one input, one receiver");
+    let receiver = state.infer.probe(input).map_err(|e| unhealthy(e.to_string()))?;
     match tokio::time::timeout(HEALTH_TIMEOUT, receiver).await {
         Ok(Ok(Ok(_))) => Ok(ok()),
         Ok(Ok(Err(e))) => Err(unhealthy(e.to_string())),
@@ -335,11 +343,16 @@ async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, n
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(request).await,
-        _ => ErrorResponse::new(
-            ErrorType::Unauthorized,
-            "missing or wrong API key: send the header Authorization: Bearer <key>",
-        )
-        .into_response(),
+        _ => {
+            if request.uri().path() == "/fill-mask" {
+                state.metrics.count("unauthorized");
+            }
+            ErrorResponse::new(
+                ErrorType::Unauthorized,
+                "missing or wrong API key: send the header Authorization: Bearer <key>",
+            )
+            .into_response()
+        }
     }
 }
 

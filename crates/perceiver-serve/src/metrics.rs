@@ -6,14 +6,26 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::error::ErrorType;
+use crate::error::ErrorResponse;
+
+/// The outcomes of a fill-mask request: answered, the client left first, or an error kind.
+pub const OUTCOMES: [&str; 9] = [
+    "success",
+    "cancelled",
+    "invalid_json",
+    "validation",
+    "payload_too_large",
+    "unauthorized",
+    "overloaded",
+    "unhealthy",
+    "backend",
+];
 
 /// The service's metrics. Names follow Prometheus conventions (`_seconds`, `_total`).
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// `perceiver_requests_total{outcome}`: fill-mask requests by outcome (`success` or an
-    /// [`ErrorType`] name).
+    /// `perceiver_requests_total{outcome}`: fill-mask requests by outcome (one of [`OUTCOMES`]).
     pub(crate) requests: IntCounterVec,
     /// `perceiver_request_duration_seconds`: a successful fill-mask request, body parsed to
     /// answer formatted.
@@ -40,7 +52,7 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        for outcome in std::iter::once("success").chain(ErrorType::ALL.map(ErrorType::name)) {
+        for outcome in OUTCOMES {
             requests.with_label_values(&[outcome]);
         }
         // 0.5 ms .. ~4 min: a tiny model on a fast machine to the 201M model on a busy CPU.
@@ -103,13 +115,18 @@ impl Metrics {
         metrics
     }
 
-    /// Counts one fill-mask request's outcome.
-    pub(crate) fn count(&self, outcome: Result<(), ErrorType>) {
-        let label = match outcome {
-            Ok(()) => "success",
-            Err(kind) => kind.name(),
-        };
-        self.requests.with_label_values(&[label]).inc();
+    /// Counts one fill-mask request's outcome (one of [`OUTCOMES`]).
+    pub(crate) fn count(&self, outcome: &str) {
+        debug_assert!(OUTCOMES.contains(&outcome), "{outcome}");
+        self.requests.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a fill-mask request's result.
+    pub(crate) fn count_result<T>(&self, result: &Result<T, ErrorResponse>) {
+        self.count(match result {
+            Ok(_) => "success",
+            Err(e) => e.error_type.name(),
+        });
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
@@ -133,16 +150,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_fill_mask_error_kind_is_an_outcome() {
+        use crate::ErrorType;
+        for kind in ErrorType::ALL {
+            let route_level = matches!(kind, ErrorType::NotFound | ErrorType::MethodNotAllowed);
+            assert_eq!(OUTCOMES.contains(&kind.name()), !route_level, "{kind:?}");
+        }
+    }
+
+    #[test]
     fn every_metric_is_exposed() {
         let metrics = Metrics::new();
-        metrics.count(Ok(()));
-        metrics.count(Err(ErrorType::Overloaded));
+        metrics.count("success");
+        metrics.count_result::<()>(&Err(ErrorResponse::new(crate::ErrorType::Overloaded, "busy")));
         metrics.batch_size.observe(3.0);
         let text = metrics.render();
         for needle in [
             "perceiver_requests_total{outcome=\"success\"} 1",
             "perceiver_requests_total{outcome=\"overloaded\"} 1",
             "perceiver_requests_total{outcome=\"validation\"} 0",
+            "perceiver_requests_total{outcome=\"cancelled\"} 0",
             "perceiver_request_duration_seconds_bucket",
             "perceiver_queue_duration_seconds_count 0",
             "perceiver_inference_duration_seconds_sum",

@@ -57,6 +57,18 @@ pub enum InferError {
 
 type Reply = oneshot::Sender<Result<Answer, InferError>>;
 
+/// The answer to one queued input.
+pub type Pending = oneshot::Receiver<Result<Answer, InferError>>;
+
+/// What handlers send the model thread.
+enum Message {
+    /// The inputs of one request, queued at the back together.
+    Request(Vec<Job>),
+    /// A health probe, queued at the front: it waits for the batch running now, not for the
+    /// whole queue.
+    Probe(Job),
+}
+
 struct Job {
     input: MaskedText,
     top_k: usize,
@@ -64,10 +76,23 @@ struct Job {
     reply: Reply,
 }
 
+impl Job {
+    fn new(input: MaskedText, top_k: usize) -> (Job, Pending) {
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            input,
+            top_k,
+            enqueued: Instant::now(),
+            reply,
+        };
+        (job, receiver)
+    }
+}
+
 /// A handle on the model thread: submit inputs, ask when it last succeeded. Cheap to clone.
 #[derive(Clone)]
 pub struct Infer {
-    sender: Sender<Vec<Job>>,
+    sender: Sender<Message>,
     last_success: Arc<Mutex<Option<Instant>>>,
     metrics: Metrics,
 }
@@ -105,29 +130,25 @@ impl Infer {
     /// together, and returns where each answer will arrive, with at most `top_k` candidates
     /// per mask. Queuing happens now, not when a receiver is first polled, and the inputs reach
     /// the model thread at once, so they share batches.
-    pub fn submit(
-        &self,
-        inputs: Vec<MaskedText>,
-        top_k: usize,
-    ) -> Result<Vec<oneshot::Receiver<Result<Answer, InferError>>>, InferError> {
-        let enqueued = Instant::now();
-        let (jobs, receivers): (Vec<Job>, Vec<_>) = inputs
-            .into_iter()
-            .map(|input| {
-                let (reply, receiver) = oneshot::channel();
-                let job = Job {
-                    input,
-                    top_k,
-                    enqueued,
-                    reply,
-                };
-                (job, receiver)
-            })
-            .unzip();
+    pub fn submit(&self, inputs: Vec<MaskedText>, top_k: usize) -> Result<Vec<Pending>, InferError> {
+        let (jobs, receivers): (Vec<Job>, Vec<Pending>) =
+            inputs.into_iter().map(|input| Job::new(input, top_k)).unzip();
         let count = jobs.len() as i64;
-        self.sender.send(jobs).map_err(|_| InferError::Stopped)?;
+        self.sender
+            .send(Message::Request(jobs))
+            .map_err(|_| InferError::Stopped)?;
         self.metrics.queue_depth.add(count);
         Ok(receivers)
+    }
+
+    /// Queues a health probe ahead of every waiting input: it runs in the next batch.
+    pub fn probe(&self, input: MaskedText) -> Result<Pending, InferError> {
+        let (job, receiver) = Job::new(input, 1);
+        self.sender
+            .send(Message::Probe(job))
+            .map_err(|_| InferError::Stopped)?;
+        self.metrics.queue_depth.inc();
+        Ok(receiver)
     }
 
     /// Whether a forward pass succeeded within the last `window`.
@@ -145,19 +166,19 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, receiver: Receiver<Vec<Job>>) {
+    fn run(self, receiver: Receiver<Message>) {
         let mut pending = VecDeque::new();
         let mut open = true;
         while open || !pending.is_empty() {
             if pending.is_empty() {
                 match receiver.recv() {
-                    Ok(jobs) => pending.extend(jobs),
+                    Ok(message) => queue(&mut pending, message),
                     Err(_) => break,
                 }
             }
             loop {
                 match receiver.try_recv() {
-                    Ok(jobs) => pending.extend(jobs),
+                    Ok(message) => queue(&mut pending, message),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         open = false;
@@ -220,6 +241,13 @@ impl Worker {
     }
 }
 
+fn queue(pending: &mut VecDeque<Job>, message: Message) {
+    match message {
+        Message::Request(jobs) => pending.extend(jobs),
+        Message::Probe(job) => pending.push_front(job),
+    }
+}
+
 /// Takes the next batch off the front of `pending`: oldest first, skipping inputs whose client
 /// is gone, until the next input would exceed a limit. The first live input always fits (the
 /// token budget is at least the model's positions).
@@ -266,18 +294,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use super::*;
 
-    fn job(len: usize) -> (Job, oneshot::Receiver<Result<Answer, InferError>>) {
-        let (reply, receiver) = oneshot::channel();
-        let job = Job {
-            input: MaskedText {
-                ids: vec![3; len],
-                mask_positions: vec![0],
-            },
-            top_k: 1,
-            enqueued: Instant::now(),
-            reply,
+    fn job(len: usize) -> (Job, Pending) {
+        let input = MaskedText {
+            ids: vec![3; len],
+            mask_positions: vec![0],
         };
-        (job, receiver)
+        Job::new(input, 1)
     }
 
     fn lengths(batch: &[Job]) -> Vec<usize> {
@@ -309,6 +331,20 @@ mod tests {
         assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [5, 5, 5]);
         assert_eq!(metrics.queue_depth.get(), 0);
         assert!(next_batch(&mut pending, limits, &metrics).is_empty());
+    }
+
+    #[test]
+    fn probes_go_first_and_requests_stay_together() {
+        let mut pending = VecDeque::new();
+        let (a, _ra) = job(1);
+        let (b, _rb) = job(2);
+        let (c, _rc) = job(3);
+        let (probe, _rp) = job(9);
+        queue(&mut pending, Message::Request(vec![a, b]));
+        queue(&mut pending, Message::Request(vec![c]));
+        queue(&mut pending, Message::Probe(probe));
+        let order: Vec<usize> = pending.iter().map(|j| j.input.ids.len()).collect();
+        assert_eq!(order, [9, 1, 2, 3]);
     }
 
     #[test]

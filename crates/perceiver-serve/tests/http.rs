@@ -502,6 +502,20 @@ async fn api_key_guards_every_route_but_health() {
     };
     assert_eq!(fill(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
     assert_eq!(fill(Some("s3cret")).await.unwrap().status(), StatusCode::OK);
+    let metrics = get("/metrics", Some("s3cret"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("perceiver_requests_total{outcome=\"unauthorized\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("perceiver_requests_total{outcome=\"success\"} 1"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
