@@ -1,4 +1,4 @@
-//! `perceiver bench-serve`: load a service on loopback and report throughput and latency.
+//! `perceiver bench-serve`: load services on loopback and report throughput and latency.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +14,16 @@ use crate::model::ModelArgs;
 #[command(
     after_help = "Without --url, the model given by --model is served in this process on a \
 loopback port, once per --max-batch-requests value (1 = no batching), and each is measured.\n\
+Rounds interleave the servers, so that a machine's changing load spreads over all of them; the \
+summary gives the median over rounds.\n\
 Example: perceiver bench-serve --model tests/fixtures/parity/tiny_narrow_latents \\\n    \
---max-batch-requests 1,32 --concurrency 1,8,16,32 --requests 2000 --duration 20"
+--max-batch-requests 1,32 --concurrency 1,8,16,32 --requests 2000 --duration 10 --rounds 3"
 )]
 pub struct BenchServeArgs {
-    /// A running service to measure, e.g. http://127.0.0.1:8080 (default: start one per
-    /// --max-batch-requests value).
-    #[arg(long, env = "PERCEIVER_BENCH_URL")]
-    url: Option<String>,
+    /// Running services to measure, e.g. http://127.0.0.1:8080 (comma-separated to compare
+    /// several; default: start one per --max-batch-requests value).
+    #[arg(long, env = "PERCEIVER_BENCH_URL", value_delimiter = ',')]
+    url: Vec<String>,
 
     #[command(flatten)]
     model: ModelArgs,
@@ -42,6 +44,10 @@ pub struct BenchServeArgs {
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
 
+    /// Times each measurement is repeated (servers interleaved); the summary takes medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+
     /// Candidates per mask asked for.
     #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=262))]
     top_k: u32,
@@ -51,39 +57,48 @@ pub struct BenchServeArgs {
     #[arg(long, value_name = "FILE")]
     input: Option<std::path::PathBuf>,
 
-    /// Bearer key of the service at --url.
+    /// Bearer key of the services at --url.
     #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+}
+
+/// A service under test: its name in the report, a client, and, if started here, how to stop it.
+struct Target {
+    name: String,
+    client: BenchClient,
+    texts: Arc<Vec<String>>,
+    stop: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), perceiver_serve::ServeError>>,
+    )>,
 }
 
 pub fn run(args: BenchServeArgs) -> Result<()> {
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         bail!("--duration must be a positive number of seconds");
     }
-    let level = |concurrency: u32| Level {
-        concurrency: concurrency as usize,
-        requests: args.requests as usize,
-        duration: Duration::from_secs_f64(args.duration),
-        top_k: args.top_k as usize,
-    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    println!("| server | clients | requests | errors | req/s | p50 ms | p99 ms | texts per pass |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut rows: Vec<(String, LevelReport)> = Vec::new();
-    match &args.url {
-        Some(url) => runtime.block_on(async {
-            let client = BenchClient::new(url, args.api_key.clone())?;
-            let texts = texts(&args, &client).await?;
-            for &c in &args.concurrency {
-                let report = client.run_level(texts.clone(), level(c)).await?;
-                print_row(url, &report);
-                rows.push((url.clone(), report));
+    let model = if args.url.is_empty() {
+        Some(args.model.load_masked_lm()?)
+    } else {
+        None
+    };
+    runtime.block_on(async {
+        let mut targets = Vec::new();
+        match &model {
+            None => {
+                for url in &args.url {
+                    let client = BenchClient::new(url, args.api_key.clone())?;
+                    let texts = texts(&args, &client).await?;
+                    targets.push(Target {
+                        name: url.clone(),
+                        client,
+                        texts,
+                        stop: None,
+                    });
+                }
             }
-            anyhow::Ok(())
-        })?,
-        None => {
-            let model = args.model.load_masked_lm()?;
-            runtime.block_on(async {
+            Some(model) => {
                 for &cap in &args.max_batch_requests {
                     let config = ServeConfig {
                         port: 0,
@@ -92,43 +107,125 @@ pub fn run(args: BenchServeArgs) -> Result<()> {
                         ..ServeConfig::new(args.model.model.clone())
                     };
                     let server = Server::bind(config, model.clone()).await?;
-                    let url = format!("http://{}", server.local_addr());
+                    let client = BenchClient::new(&format!("http://{}", server.local_addr()), None)?;
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                     let running = tokio::spawn(server.run(async {
                         stopped.await.ok();
                     }));
-                    let client = BenchClient::new(&url, None)?;
                     let texts = texts(&args, &client).await?;
-                    let name = format!("batch ≤ {cap}");
-                    for &c in &args.concurrency {
-                        let report = client.run_level(texts.clone(), level(c)).await?;
-                        print_row(&name, &report);
-                        rows.push((name.clone(), report));
-                    }
-                    stop.send(()).ok();
-                    running.await??;
+                    targets.push(Target {
+                        name: format!("batch ≤ {cap}"),
+                        client,
+                        texts,
+                        stop: Some((stop, running)),
+                    });
                 }
-                anyhow::Ok(())
-            })?;
-        }
-    }
-    // Batching's gain: each server's throughput over the first one's, per concurrency.
-    if let Some((base_name, _)) = rows.first() {
-        let base_name = base_name.clone();
-        for (name, report) in rows.iter().filter(|(n, _)| *n != base_name) {
-            if let Some((_, base)) = rows
-                .iter()
-                .find(|(n, r)| *n == base_name && r.concurrency == report.concurrency)
-            {
-                println!(
-                    "{name} vs {base_name} at {} clients: {:.2}x the throughput",
-                    report.concurrency,
-                    report.throughput() / base.throughput().max(1e-9)
-                );
             }
         }
+        let reports = measure(&args, &targets).await?;
+        summarize(&args, &targets, &reports);
+        for target in targets {
+            if let Some((stop, running)) = target.stop {
+                stop.send(()).ok();
+                running.await??;
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Every (round, concurrency, target) measurement, in that nesting: `reports[round][c][t]`.
+async fn measure(args: &BenchServeArgs, targets: &[Target]) -> Result<Vec<Vec<Vec<LevelReport>>>> {
+    println!("| round | server | clients | requests | errors | req/s | p50 ms | p99 ms | texts per pass |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let mut by_concurrency = Vec::new();
+        for &c in &args.concurrency {
+            let level = Level {
+                concurrency: c as usize,
+                requests: args.requests as usize,
+                duration: Duration::from_secs_f64(args.duration),
+                top_k: args.top_k as usize,
+            };
+            let mut by_target = Vec::new();
+            for target in targets {
+                let report = target.client.run_level(target.texts.clone(), level).await?;
+                let batch = report
+                    .mean_batch_size
+                    .map(|b| format!("{b:.1}"))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "| {round} | {} | {c} | {} | {} | {} | {} | {} | {batch} |",
+                    target.name,
+                    report.ok,
+                    report.errors,
+                    rate(report.throughput()),
+                    millis(report.percentile(0.5)),
+                    millis(report.percentile(0.99)),
+                );
+                if let Some(e) = &report.first_error {
+                    eprintln!("first error of {} at {c} clients: {e}", target.name);
+                }
+                by_target.push(report);
+            }
+            by_concurrency.push(by_target);
+        }
+        rounds.push(by_concurrency);
     }
-    Ok(())
+    Ok(rounds)
+}
+
+/// Medians over rounds per (server, concurrency), and each server's throughput over the first's.
+fn summarize(args: &BenchServeArgs, targets: &[Target], reports: &[Vec<Vec<LevelReport>>]) {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        }
+    };
+    let stat = |c: usize, t: usize, f: &dyn Fn(&LevelReport) -> f64| {
+        median(reports.iter().map(|round| f(&round[c][t])).collect())
+    };
+    let seconds = |q: f64| move |r: &LevelReport| r.percentile(q).map_or(f64::NAN, |d| d.as_secs_f64());
+    println!();
+    println!("Median over {} round(s):", args.rounds);
+    println!();
+    println!(
+        "| server | clients | req/s | p50 ms | p99 ms | req/s vs {} |",
+        targets[0].name
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (c, &clients) in args.concurrency.iter().enumerate() {
+        let base = stat(c, 0, &LevelReport::throughput);
+        for (t, target) in targets.iter().enumerate() {
+            let throughput = stat(c, t, &LevelReport::throughput);
+            println!(
+                "| {} | {clients} | {} | {:.1} | {:.1} | {:.2}x |",
+                target.name,
+                rate(throughput),
+                stat(c, t, &seconds(0.5)) * 1e3,
+                stat(c, t, &seconds(0.99)) * 1e3,
+                throughput / base.max(1e-12),
+            );
+        }
+    }
+}
+
+fn rate(per_second: f64) -> String {
+    if per_second < 10.0 {
+        format!("{per_second:.2}")
+    } else {
+        format!("{per_second:.1}")
+    }
+}
+
+fn millis(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        .unwrap_or_else(|| "-".into())
 }
 
 async fn texts(args: &BenchServeArgs, client: &BenchClient) -> Result<Arc<Vec<String>>> {
@@ -148,33 +245,4 @@ async fn texts(args: &BenchServeArgs, client: &BenchClient) -> Result<Arc<Vec<St
         bail!("no texts to send");
     }
     Ok(Arc::new(texts))
-}
-
-fn print_row(server: &str, r: &LevelReport) {
-    let ms = |q: f64| {
-        r.percentile(q)
-            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
-            .unwrap_or_else(|| "-".into())
-    };
-    let batch = r
-        .mean_batch_size
-        .map(|b| format!("{b:.1}"))
-        .unwrap_or_else(|| "-".into());
-    let throughput = r.throughput();
-    let throughput = if throughput < 10.0 {
-        format!("{throughput:.2}")
-    } else {
-        format!("{throughput:.1}")
-    };
-    println!(
-        "| {server} | {} | {} | {} | {throughput} | {} | {} | {batch} |",
-        r.concurrency,
-        r.ok,
-        r.errors,
-        ms(0.5),
-        ms(0.99),
-    );
-    if let Some(e) = &r.first_error {
-        eprintln!("first error at {} clients: {e}", r.concurrency);
-    }
 }
