@@ -7,8 +7,10 @@ use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_serve;
 mod fill_mask;
 mod model;
+mod serve;
 mod train;
 
 // candle allocates many short-lived buffers; glibc's allocator measured up to 35% slower here.
@@ -43,6 +45,10 @@ enum Command {
     /// Time our engine (JSON for the side-by-side scripts in scripts/).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve fill-mask over HTTP, batching the requests of many clients.
+    Serve(serve::ServeArgs),
+    /// Measure a fill-mask service's throughput and latency on loopback.
+    BenchServe(bench_serve::BenchServeArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (mimalloc.h; libmimalloc-sys names no constant for it).
@@ -99,6 +105,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => train::run_eval(args),
         Command::Plot(args) => train::run_plot(args),
         Command::Bench(command) => bench::run(command),
+        Command::Serve(args) => serve::run(args),
+        Command::BenchServe(args) => bench_serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ pub struct ModelArgs {
     pub offline: bool,
 
     /// Hub revision (branch, tag or commit).
-    #[arg(long)]
+    #[arg(long, env = "PERCEIVER_REVISION")]
     pub revision: Option<String>,
 }
 

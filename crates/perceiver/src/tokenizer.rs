@@ -62,6 +62,20 @@ impl BytesTokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// Decodes ids to text keeping special ids as their names (`[CLS]`, `[MASK]`, …), invalid
+    /// UTF-8 replaced with U+FFFD: transformers' `decode(skip_special_tokens=False)`, which its
+    /// fill-mask pipeline uses for texts with several masks. Ids beyond the vocabulary are dropped.
+    pub fn decode_with_special_tokens(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match SPECIAL_TOKENS.get(id as usize) {
+                Some(name) => bytes.extend_from_slice(name.as_bytes()),
+                None => bytes.extend(byte_of(id)),
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// One id decoded alone, as transformers' `tokenizer.decode([id])` (and so its fill-mask
     /// pipeline's `token_str`) renders it: special ids by name, a lone non-ASCII byte as U+FFFD.
     pub fn token_str(&self, id: u32) -> String {
@@ -275,6 +289,22 @@ mod tests {
         assert_eq!(m.mask_positions, (52..61).collect::<Vec<_>>());
         assert!(TOK.encode_with_mask_range(text, 5..5, false).is_err());
         assert!(TOK.encode_with_mask_range(text, 50..61, false).is_err());
+    }
+
+    #[test]
+    fn decode_with_special_tokens_as_transformers() {
+        // transformers: PerceiverTokenizer().decode(ids) for "a , b . c [MASK] \xc3" with [CLS]/[SEP].
+        let ids = [4, 103, 38, 50, 38, 104, 38, 52, 38, 105, 38, 3, 38, 201, 137, 5];
+        assert_eq!(
+            TOK.decode_with_special_tokens(&ids),
+            "[CLS]a , b . c [MASK] \u{c3}[SEP]"
+        );
+        assert_eq!(TOK.decode(&ids), "a , b . c  \u{c3}");
+        // A lone lead byte before a special token is one U+FFFD, as Python's errors="replace".
+        assert_eq!(
+            TOK.decode_with_special_tokens(&[0xE6 + 6, 0x97 + 6, MASK_ID]),
+            "\u{FFFD}[MASK]"
+        );
     }
 
     #[test]

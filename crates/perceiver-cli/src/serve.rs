@@ -1,0 +1,107 @@
+//! `perceiver serve`: flags to a [`perceiver_serve::ServeConfig`], then the service.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use perceiver_serve::{ServeConfig, Server};
+
+use crate::model::ModelArgs;
+
+#[derive(Args)]
+#[command(
+    after_help = "Routes: POST /fill-mask, GET /health, GET /info, GET /metrics, \
+/docs (Swagger UI), /api-doc/openapi.json.\n\
+Example: curl -s localhost:8080/fill-mask -H 'Content-Type: application/json' \\\n    \
+-d '{\"inputs\": \"This is an incomplete sentence where some words are[MASK:9]\"}'"
+)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+/// The service's flags (shared with `bench-serve`, which starts its own servers).
+#[derive(Args, Clone)]
+pub struct ServiceArgs {
+    /// Address or host name to listen on (0.0.0.0: every interface).
+    #[arg(long, env = "PERCEIVER_HOSTNAME", default_value = "127.0.0.1")]
+    pub hostname: String,
+
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(short, long, env = "PERCEIVER_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Most padded tokens (texts × longest text) in one forward pass.
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: u32,
+
+    /// Most texts in one forward pass (1: no batching).
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_requests: u32,
+
+    /// Requests queued or running at once; beyond, 429 at once.
+    #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
+    /// Most texts in one request.
+    #[arg(long, env = "PERCEIVER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_batch_size: u32,
+
+    /// Most candidates (masks × top_k over its texts) in one request.
+    #[arg(long, env = "PERCEIVER_MAX_PREDICTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_predictions: u32,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub payload_limit: u32,
+
+    /// Require `Authorization: Bearer <KEY>` on every route but /health.
+    #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl ServiceArgs {
+    pub fn config(&self, model_id: &str) -> ServeConfig {
+        ServeConfig {
+            model_id: model_id.to_string(),
+            hostname: self.hostname.clone(),
+            port: self.port,
+            max_batch_tokens: self.max_batch_tokens as usize,
+            max_batch_requests: self.max_batch_requests as usize,
+            max_concurrent_requests: self.max_concurrent_requests as usize,
+            max_client_batch_size: self.max_client_batch_size as usize,
+            max_predictions: self.max_predictions as usize,
+            payload_limit: self.payload_limit as usize,
+            api_key: self.api_key.clone(),
+        }
+    }
+}
+
+/// Logs to stderr, `RUST_LOG` deciding what (default: the service's own messages at info).
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    init_logging();
+    let config = args.service.config(&args.model.model);
+    // The model loads before the port opens: a client never sees a service that cannot answer.
+    let model = args.model.load_masked_lm()?;
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(async {
+            let server = Server::bind(config, model).await?;
+            tracing::info!("listening on http://{}", server.local_addr());
+            server.run(perceiver_serve::shutdown_signal()).await?;
+            tracing::info!("stopped");
+            anyhow::Ok(())
+        })
+}

@@ -1,0 +1,243 @@
+//! `perceiver serve`: an HTTP fill-mask service for Perceiver IO language models, with dynamic
+//! batching.
+//!
+//! Layers, after Hugging Face's text-embeddings-inference: [`queue`] (the model on its own
+//! thread, fed by a queue that packs the inputs of many clients into one forward pass),
+//! [`http`] (routes that only validate, enqueue and format), [`types`] (the JSON: Hugging Face's
+//! Inference API fill-mask shape), [`metrics`] (Prometheus), [`error`] (one JSON error body,
+//! one place that maps its kind to a status), and [`bench`] (a load generator).
+//!
+//! Routes: `POST /fill-mask`, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
+//! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:
+//! nothing is downloaded at build time).
+//!
+//! # Example
+//! ```
+//! use candle_core::{DType, Device};
+//! use candle_nn::{VarBuilder, VarMap};
+//! use perceiver::{PerceiverConfig, PerceiverForMaskedLM};
+//! use perceiver_serve::{ServeConfig, Server};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = PerceiverConfig {
+//!     num_latents: 8, d_latents: 32, d_model: 16, num_self_attends_per_block: 1,
+//!     max_position_embeddings: 64, ..Default::default()
+//! };
+//! let model = PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu))?;
+//! // Port 0: any free port. The listener is open once `bind` returns.
+//! let server = Server::bind(ServeConfig { port: 0, ..ServeConfig::new("random-tiny") }, model).await?;
+//! let url = format!("http://{}/fill-mask", server.local_addr());
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let running = tokio::spawn(server.run(async { stopped.await.ok(); }));
+//!
+//! let answer: serde_json::Value = reqwest::Client::new()
+//!     .post(&url)
+//!     .json(&serde_json::json!({"inputs": "Hello [MASK]orld", "parameters": {"top_k": 2}}))
+//!     .send().await?
+//!     .json().await?;
+//! assert_eq!(answer.as_array().unwrap().len(), 2);
+//!
+//! stop.send(()).ok();
+//! running.await??;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod bench;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod queue;
+pub mod types;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use perceiver::{FillMask, PerceiverForMaskedLM};
+use tokio::net::TcpListener;
+
+pub use error::{ErrorResponse, ErrorType, ServeError};
+pub use metrics::Metrics;
+pub use queue::{BatchLimits, Infer};
+pub use types::{FillMaskRequest, FillMaskResponse, Info, Limits, Prediction, TextAnswer};
+
+/// How the service listens and what it accepts. Every field is a `perceiver serve` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// The model as the user named it (shown by `/info`).
+    pub model_id: String,
+    /// Address or host name to listen on (`127.0.0.1`: this machine only).
+    pub hostname: String,
+    /// Port (0: any free port; see [`Server::local_addr`]).
+    pub port: u16,
+    /// Most padded tokens (texts × longest text) in one forward pass; at least the model's
+    /// positions.
+    pub max_batch_tokens: usize,
+    /// Most texts in one forward pass.
+    pub max_batch_requests: usize,
+    /// Requests queued or running at once; one more is answered 429 at once.
+    pub max_concurrent_requests: usize,
+    /// Most texts in one request.
+    pub max_client_batch_size: usize,
+    /// Most candidates (masks × top_k, summed over the texts) one request may ask for: the
+    /// answer's size grows with it times the text length.
+    pub max_predictions: usize,
+    /// Largest request body in bytes.
+    pub payload_limit: usize,
+    /// If set, every route but `/health` requires `Authorization: Bearer <api_key>`.
+    pub api_key: Option<String>,
+}
+
+impl ServeConfig {
+    /// The defaults, for the model named `model_id`.
+    pub fn new(model_id: impl Into<String>) -> Self {
+        Self {
+            model_id: model_id.into(),
+            hostname: "127.0.0.1".into(),
+            port: 8080,
+            max_batch_tokens: 16384,
+            max_batch_requests: 32,
+            max_concurrent_requests: 512,
+            max_client_batch_size: 32,
+            max_predictions: 4096,
+            payload_limit: 1 << 20,
+            api_key: None,
+        }
+    }
+
+    fn check(&self, max_len: usize) -> Result<(), ServeError> {
+        for (name, value) in [
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("max_batch_requests", self.max_batch_requests),
+            ("max_concurrent_requests", self.max_concurrent_requests),
+            ("max_client_batch_size", self.max_client_batch_size),
+            ("max_predictions", self.max_predictions),
+            ("payload_limit", self.payload_limit),
+        ] {
+            if value == 0 {
+                return Err(ServeError::ZeroLimit { name });
+            }
+        }
+        if self.max_batch_tokens < max_len {
+            return Err(ServeError::BatchTokensBelowMaxLen {
+                max_batch_tokens: self.max_batch_tokens,
+                max_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A service whose model thread runs and whose socket listens (connections wait in the
+/// backlog until [`Server::run`]).
+pub struct Server {
+    listener: TcpListener,
+    router: axum::Router,
+    model_thread: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts the model thread and opens the listening socket. The model is loaded already, so
+    /// the port opens only once the service can answer.
+    pub async fn bind(config: ServeConfig, model: PerceiverForMaskedLM) -> Result<Self, ServeError> {
+        let max_len = model.max_len();
+        config.check(max_len)?;
+        let parameters = perceiver::loading::expected_tensors(model.config())
+            .map(|tensors| {
+                tensors
+                    .iter()
+                    .map(|(_, shape)| shape.iter().product::<usize>())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let info = Info {
+            model_id: config.model_id.clone(),
+            config: serde_json::to_value(model.config()).unwrap_or_default(),
+            parameters,
+            limits: Limits {
+                max_input_length: max_len,
+                max_client_batch_size: config.max_client_batch_size,
+                max_predictions: config.max_predictions,
+                payload_limit: config.payload_limit,
+                max_concurrent_requests: config.max_concurrent_requests,
+                max_batch_tokens: config.max_batch_tokens,
+                max_batch_requests: config.max_batch_requests,
+            },
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let fill = Arc::new(FillMask::new(model));
+        let metrics = Metrics::new();
+        let limits = BatchLimits {
+            max_batch_tokens: config.max_batch_tokens,
+            max_batch_requests: config.max_batch_requests,
+        };
+        let address = format!("{}:{}", config.hostname, config.port);
+        let listener = TcpListener::bind((config.hostname.as_str(), config.port))
+            .await
+            .map_err(|source| ServeError::Bind { address, source })?;
+        let (infer, model_thread) = Infer::start(fill.clone(), limits, metrics.clone())?;
+        let state = Arc::new(http::AppState {
+            infer,
+            fill,
+            info,
+            metrics,
+            permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+            health_probe: tokio::sync::Mutex::new(()),
+            api_key: config.api_key.clone(),
+        });
+        Ok(Self {
+            listener,
+            router: http::router(state, config.payload_limit),
+            model_thread,
+        })
+    }
+
+    /// The address the socket listens on (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections, finishes the
+    /// requests in flight, and waits for the model thread to finish its queue.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServeError::Server)?;
+        // The router, and with it every handle on the queue, is gone: the thread ends.
+        let thread = self.model_thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|_| ServeError::ModelThreadPanicked)?
+            .map_err(|_| ServeError::ModelThreadPanicked)
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT: finishing the requests in flight"),
+        _ = terminate => tracing::info!("SIGTERM: finishing the requests in flight"),
+    }
+}

@@ -1,0 +1,371 @@
+//! Dynamic batching: one model thread owns the forward pass; HTTP handlers put inputs on its
+//! queue and await a one-shot answer.
+//!
+//! The thread blocks until an input arrives, then takes everything queued since, and packs a
+//! batch oldest first until the next input would break the token budget (inputs × longest
+//! input, the padded size the forward pass pays) or the request cap. No timer holds a batch
+//! back: while one forward pass runs, the next batch fills up by itself, so a lone client gets
+//! batch-of-one latency and many clients share passes (text-embeddings-inference's design,
+//! with the queue and the model on one thread since there is one model and no prefetching to
+//! gain on a CPU).
+//!
+//! An input whose client went away (its receiver dropped: hyper drops the handler future of a
+//! closed connection) is skipped before it costs a forward pass. A batch that fails, or
+//! panics, answers each of its inputs with the error; the thread carries on. The thread ends
+//! when every [`Infer`] handle is gone and the queue is empty, so a graceful shutdown finishes
+//! what was accepted.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use perceiver::{FillMask, FillMaskOutput, MaskedText};
+use tokio::sync::oneshot;
+
+use crate::error::ServeError;
+use crate::metrics::Metrics;
+
+/// How large one forward pass may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most padded tokens (inputs × longest input) in one pass; at least the model's positions.
+    pub max_batch_tokens: usize,
+    /// Most inputs in one pass.
+    pub max_batch_requests: usize,
+}
+
+/// A filled input, handed back with the input it answers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub input: MaskedText,
+    pub output: FillMaskOutput,
+}
+
+/// Why an input got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferError {
+    /// The model thread is gone (the service is stopping).
+    #[error("the model is not running")]
+    Stopped,
+    /// The forward pass failed or panicked.
+    #[error("inference failed: {0}")]
+    Failed(String),
+}
+
+type Reply = oneshot::Sender<Result<Answer, InferError>>;
+
+/// The answer to one queued input.
+pub type Pending = oneshot::Receiver<Result<Answer, InferError>>;
+
+/// What handlers send the model thread.
+enum Message {
+    /// The inputs of one request, queued at the back together.
+    Request(Vec<Job>),
+    /// A health probe, queued at the front: it waits for the batch running now, not for the
+    /// whole queue.
+    Probe(Job),
+}
+
+struct Job {
+    input: MaskedText,
+    top_k: usize,
+    enqueued: Instant,
+    reply: Reply,
+}
+
+impl Job {
+    fn new(input: MaskedText, top_k: usize) -> (Job, Pending) {
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            input,
+            top_k,
+            enqueued: Instant::now(),
+            reply,
+        };
+        (job, receiver)
+    }
+}
+
+/// A handle on the model thread: submit inputs, ask when it last succeeded. Cheap to clone.
+#[derive(Clone)]
+pub struct Infer {
+    sender: Sender<Message>,
+    last_success: Arc<Mutex<Option<Instant>>>,
+    metrics: Metrics,
+}
+
+impl Infer {
+    /// Starts the model thread. It runs until every handle is dropped and its queue is empty.
+    pub fn start(
+        fill: Arc<FillMask>,
+        limits: BatchLimits,
+        metrics: Metrics,
+    ) -> Result<(Infer, JoinHandle<()>), ServeError> {
+        let (sender, receiver) = mpsc::channel();
+        let last_success = Arc::new(Mutex::new(None));
+        let worker = Worker {
+            fill,
+            limits,
+            metrics: metrics.clone(),
+            last_success: last_success.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("perceiver-model".into())
+            .spawn(move || worker.run(receiver))
+            .map_err(ServeError::ModelThread)?;
+        Ok((
+            Infer {
+                sender,
+                last_success,
+                metrics,
+            },
+            handle,
+        ))
+    }
+
+    /// Queues the inputs of one request (each already checked with [`FillMask::check`])
+    /// together, and returns where each answer will arrive, with at most `top_k` candidates
+    /// per mask. Queuing happens now, not when a receiver is first polled, and the inputs reach
+    /// the model thread at once, so they share batches.
+    pub fn submit(&self, inputs: Vec<MaskedText>, top_k: usize) -> Result<Vec<Pending>, InferError> {
+        let (jobs, receivers): (Vec<Job>, Vec<Pending>) =
+            inputs.into_iter().map(|input| Job::new(input, top_k)).unzip();
+        let count = jobs.len() as i64;
+        self.sender
+            .send(Message::Request(jobs))
+            .map_err(|_| InferError::Stopped)?;
+        self.metrics.queue_depth.add(count);
+        Ok(receivers)
+    }
+
+    /// Queues a health probe ahead of every waiting input: it runs in the next batch.
+    pub fn probe(&self, input: MaskedText) -> Result<Pending, InferError> {
+        let (job, receiver) = Job::new(input, 1);
+        self.sender
+            .send(Message::Probe(job))
+            .map_err(|_| InferError::Stopped)?;
+        self.metrics.queue_depth.inc();
+        Ok(receiver)
+    }
+
+    /// Whether a forward pass succeeded within the last `window`.
+    pub fn succeeded_within(&self, window: Duration) -> bool {
+        let last = *self.last_success.lock().unwrap_or_else(|e| e.into_inner());
+        last.is_some_and(|t| t.elapsed() <= window)
+    }
+}
+
+struct Worker {
+    fill: Arc<FillMask>,
+    limits: BatchLimits,
+    metrics: Metrics,
+    last_success: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Worker {
+    fn run(self, receiver: Receiver<Message>) {
+        let mut pending = VecDeque::new();
+        let mut open = true;
+        while open || !pending.is_empty() {
+            if pending.is_empty() {
+                match receiver.recv() {
+                    Ok(message) => queue(&mut pending, message),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match receiver.try_recv() {
+                    Ok(message) => queue(&mut pending, message),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            let batch = next_batch(&mut pending, self.limits, &self.metrics);
+            if !batch.is_empty() {
+                self.run_batch(batch);
+            }
+        }
+    }
+
+    fn run_batch(&self, batch: Vec<Job>) {
+        let started = Instant::now();
+        for job in &batch {
+            self.metrics
+                .queue_duration
+                .observe(started.duration_since(job.enqueued).as_secs_f64());
+        }
+        let longest = batch.iter().map(|j| j.input.ids.len()).max().unwrap_or(0);
+        self.metrics.batch_size.observe(batch.len() as f64);
+        self.metrics.batch_tokens.observe((longest * batch.len()) as f64);
+
+        let top_k = batch.iter().map(|j| j.top_k).max().unwrap_or(1);
+        let result = {
+            let inputs: Vec<&MaskedText> = batch.iter().map(|j| &j.input).collect();
+            catch_unwind(AssertUnwindSafe(|| self.fill.predict(&inputs, top_k)))
+        };
+        self.metrics
+            .inference_duration
+            .observe(started.elapsed().as_secs_f64());
+
+        let outputs = match result {
+            Ok(Ok(outputs)) if outputs.len() == batch.len() => outputs,
+            Ok(Ok(outputs)) => {
+                let reason = format!("{} answers for {} inputs", outputs.len(), batch.len());
+                return fail(batch, reason);
+            }
+            Ok(Err(e)) => return fail(batch, e.to_string()),
+            Err(panic) => {
+                return fail(
+                    batch,
+                    format!("the forward pass panicked: {}", panic_message(&*panic)),
+                )
+            }
+        };
+        *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        for (job, mut output) in batch.into_iter().zip(outputs) {
+            for mask in &mut output.masks {
+                mask.candidates.truncate(job.top_k);
+            }
+            // A client that left meanwhile simply gets nothing.
+            let _ = job.reply.send(Ok(Answer {
+                input: job.input,
+                output,
+            }));
+        }
+    }
+}
+
+fn queue(pending: &mut VecDeque<Job>, message: Message) {
+    match message {
+        Message::Request(jobs) => pending.extend(jobs),
+        Message::Probe(job) => pending.push_front(job),
+    }
+}
+
+/// Takes the next batch off the front of `pending`: oldest first, skipping inputs whose client
+/// is gone, until the next input would exceed a limit. The first live input always fits (the
+/// token budget is at least the model's positions).
+fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metrics) -> Vec<Job> {
+    let mut batch = Vec::new();
+    let mut longest = 0;
+    while let Some(job) = pending.front() {
+        if job.reply.is_closed() {
+            pending.pop_front();
+            metrics.queue_depth.dec();
+            metrics.inputs_dropped.inc();
+            continue;
+        }
+        let len = longest.max(job.input.ids.len());
+        if !batch.is_empty() && len * (batch.len() + 1) > limits.max_batch_tokens {
+            break;
+        }
+        longest = len;
+        batch.extend(pending.pop_front());
+        metrics.queue_depth.dec();
+        if batch.len() >= limits.max_batch_requests {
+            break;
+        }
+    }
+    batch
+}
+
+fn fail(batch: Vec<Job>, reason: String) {
+    tracing::error!("batch of {} failed: {reason}", batch.len());
+    for job in batch {
+        let _ = job.reply.send(Err(InferError::Failed(reason.clone())));
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(len: usize) -> (Job, Pending) {
+        let input = MaskedText {
+            ids: vec![3; len],
+            mask_positions: vec![0],
+        };
+        Job::new(input, 1)
+    }
+
+    fn lengths(batch: &[Job]) -> Vec<usize> {
+        batch.iter().map(|j| j.input.ids.len()).collect()
+    }
+
+    #[test]
+    fn batches_respect_the_padded_token_budget_and_the_request_cap() {
+        let metrics = Metrics::new();
+        let mut receivers = Vec::new();
+        let mut pending: VecDeque<Job> = [10, 10, 30, 5, 5, 5, 5]
+            .into_iter()
+            .map(|len| {
+                let (job, rx) = job(len);
+                receivers.push(rx);
+                job
+            })
+            .collect();
+        metrics.queue_depth.set(pending.len() as i64);
+        let limits = BatchLimits {
+            max_batch_tokens: 64,
+            max_batch_requests: 3,
+        };
+        // 10, 10 fit (2 × 10); adding 30 would pad all three to 90 > 64.
+        assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [10, 10]);
+        // 30 alone, then 30 + 5 = 2 × 30 = 60 fits, a third would be 90.
+        assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [30, 5]);
+        // The request cap.
+        assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [5, 5, 5]);
+        assert_eq!(metrics.queue_depth.get(), 0);
+        assert!(next_batch(&mut pending, limits, &metrics).is_empty());
+    }
+
+    #[test]
+    fn probes_go_first_and_requests_stay_together() {
+        let mut pending = VecDeque::new();
+        let (a, _ra) = job(1);
+        let (b, _rb) = job(2);
+        let (c, _rc) = job(3);
+        let (probe, _rp) = job(9);
+        queue(&mut pending, Message::Request(vec![a, b]));
+        queue(&mut pending, Message::Request(vec![c]));
+        queue(&mut pending, Message::Probe(probe));
+        let order: Vec<usize> = pending.iter().map(|j| j.input.ids.len()).collect();
+        assert_eq!(order, [9, 1, 2, 3]);
+    }
+
+    #[test]
+    fn inputs_of_departed_clients_are_skipped_before_running() {
+        let metrics = Metrics::new();
+        let (a, rx_a) = job(4);
+        let (b, rx_b) = job(4);
+        let (c, rx_c) = job(4);
+        let mut pending = VecDeque::from([a, b, c]);
+        metrics.queue_depth.set(3);
+        drop(rx_a);
+        drop(rx_c);
+        let limits = BatchLimits {
+            max_batch_tokens: 100,
+            max_batch_requests: 10,
+        };
+        let batch = next_batch(&mut pending, limits, &metrics);
+        assert_eq!(batch.len(), 1);
+        assert!(!batch[0].reply.is_closed());
+        assert_eq!(metrics.inputs_dropped.get(), 2);
+        assert_eq!(metrics.queue_depth.get(), 0);
+        drop(rx_b);
+    }
+}

@@ -1,0 +1,247 @@
+//! The JSON of the HTTP API: the Hugging Face Inference API's fill-mask shape, and `/info`.
+//!
+//! # Fill-mask answers, as transformers' `FillMaskPipeline` gives them
+//!
+//! Per masked position, the `top_k` candidates best first, each
+//! `{"score", "token", "token_str", "sequence"}`; one mask gives a flat list, several a list of
+//! such lists in position order. A candidate's `sequence` is the input with that candidate at
+//! that position and every other position as it was, `[PAD]` ids dropped, decoded:
+//!
+//! * one mask: special ids dropped (`decode(skip_special_tokens=True)`);
+//! * several masks: special ids kept by name, so the other masks still read `[MASK]` (and,
+//!   with `add_special_tokens`, the text reads `[CLS]…[SEP]`), as the pipeline does
+//!   (`decode(skip_special_tokens=False)`, "the other [MASK] would be removed otherwise").
+//!
+//! The pipeline always adds `[CLS]`/`[SEP]`; this service, like the CLI and DeepMind's
+//! notebook, does not unless `parameters.add_special_tokens` is true. With it, answers equal
+//! the pipeline's (checked against transformers' output in the tests).
+
+use perceiver::tokenizer::PAD_ID;
+use perceiver::BytesTokenizer;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::queue::Answer;
+
+/// `POST /fill-mask` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"inputs": "This is an incomplete sentence where some words are[MASK:9]", "parameters": {"top_k": 3}}))]
+pub struct FillMaskRequest {
+    /// One text or a list of texts; masked bytes are written `[MASK]` (one byte) or `[MASK:n]`
+    /// (n bytes).
+    pub inputs: Inputs,
+    /// Optional settings.
+    #[serde(default)]
+    pub parameters: Option<Parameters>,
+}
+
+/// One text or several.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged, expecting = "a string or a list of strings")]
+pub enum Inputs {
+    Single(String),
+    Batch(Vec<String>),
+}
+
+/// `parameters` of a fill-mask request.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Parameters {
+    /// Candidates per masked position (default 5, at most the vocabulary's 262).
+    #[schema(minimum = 1, maximum = 262, example = 5)]
+    pub top_k: Option<usize>,
+    /// Wrap each text in `[CLS] … [SEP]` as transformers' tokenizer and pipeline do (default
+    /// false, as DeepMind's notebook and `perceiver fill-mask`).
+    pub add_special_tokens: Option<bool>,
+}
+
+/// One candidate for one masked position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Prediction {
+    /// Softmax probability over the vocabulary.
+    pub score: f32,
+    /// Token id (byte + 6, or a special id).
+    pub token: u32,
+    /// The id decoded alone (a lone non-ASCII byte is U+FFFD).
+    pub token_str: String,
+    /// The text with this candidate in place (see the module docs for several masks).
+    pub sequence: String,
+}
+
+/// The answer for one text: candidates for its one mask, or a list per mask.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TextAnswer {
+    OneMask(Vec<Prediction>),
+    SeveralMasks(Vec<Vec<Prediction>>),
+}
+
+/// `POST /fill-mask` answer: one [`TextAnswer`] for a string input, a list for a list input.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum FillMaskResponse {
+    Single(TextAnswer),
+    Batch(Vec<TextAnswer>),
+}
+
+impl TextAnswer {
+    /// Formats a filled input as transformers' fill-mask pipeline does (module docs).
+    pub fn from_answer(tokenizer: &BytesTokenizer, answer: &Answer) -> Self {
+        let Answer { input, output } = answer;
+        let one_mask = output.masks.len() == 1;
+        let mut ids: Vec<u32> = input.ids.clone();
+        let mut rows: Vec<Vec<Prediction>> = output
+            .masks
+            .iter()
+            .map(|mask| {
+                let original = ids[mask.position];
+                let row = mask
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        ids[mask.position] = c.token;
+                        let sequence = if one_mask {
+                            tokenizer.decode(&ids)
+                        } else {
+                            let kept: Vec<u32> = ids.iter().copied().filter(|&id| id != PAD_ID).collect();
+                            tokenizer.decode_with_special_tokens(&kept)
+                        };
+                        Prediction {
+                            score: c.score,
+                            token: c.token,
+                            token_str: c.token_str.clone(),
+                            sequence,
+                        }
+                    })
+                    .collect();
+                ids[mask.position] = original;
+                row
+            })
+            .collect();
+        match rows.pop() {
+            Some(row) if rows.is_empty() => TextAnswer::OneMask(row),
+            Some(row) => {
+                rows.push(row);
+                TextAnswer::SeveralMasks(rows)
+            }
+            None => TextAnswer::SeveralMasks(Vec::new()),
+        }
+    }
+}
+
+/// The limits a client must respect (`/info`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Limits {
+    /// Longest text in tokens (masks expanded, special tokens included): the model's positions.
+    pub max_input_length: usize,
+    /// Most texts in one request.
+    pub max_client_batch_size: usize,
+    /// Most candidates one request may ask for: the sum over its texts of masks × top_k.
+    pub max_predictions: usize,
+    /// Largest request body in bytes.
+    pub payload_limit: usize,
+    /// Requests queued or running at once before 429.
+    pub max_concurrent_requests: usize,
+    /// Most padded tokens (texts × longest text) in one forward pass.
+    pub max_batch_tokens: usize,
+    /// Most texts in one forward pass.
+    pub max_batch_requests: usize,
+}
+
+/// `GET /info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Info {
+    /// The model as given to `--model` (a directory or a hub id).
+    pub model_id: String,
+    /// The model's `config.json` (transformers' `PerceiverConfig`).
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    /// The model's parameter count.
+    pub parameters: usize,
+    pub limits: Limits,
+    /// Version of this service.
+    pub version: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `"ok"` (failures answer 503 with an error body).
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perceiver::{Candidate, FillMaskOutput, MaskPrediction};
+
+    fn answer(text: &str, masks: &[(usize, &[u32])]) -> Answer {
+        let tokenizer = BytesTokenizer;
+        let input = tokenizer.encode_masked(text, true).unwrap();
+        let masks = masks
+            .iter()
+            .map(|&(position, tokens)| MaskPrediction {
+                position,
+                candidates: tokens
+                    .iter()
+                    .map(|&token| Candidate {
+                        token,
+                        token_str: tokenizer.token_str(token),
+                        score: 0.5,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Answer {
+            input,
+            output: FillMaskOutput {
+                sequence: String::new(),
+                masks,
+            },
+        }
+    }
+
+    #[test]
+    fn one_mask_is_a_flat_list_without_special_tokens() {
+        let x = u32::from(b'x') + 6;
+        let a = answer("a[MASK]c", &[(2, &[x])]);
+        let TextAnswer::OneMask(row) = TextAnswer::from_answer(&BytesTokenizer, &a) else {
+            panic!("one mask gives a flat list")
+        };
+        assert_eq!(row[0].sequence, "axc");
+    }
+
+    #[test]
+    fn several_masks_keep_the_others_and_special_tokens() {
+        let (x, y) = (u32::from(b'x') + 6, u32::from(b'y') + 6);
+        let a = answer("[MASK]b[MASK]", &[(1, &[x, y]), (3, &[y])]);
+        let TextAnswer::SeveralMasks(rows) = TextAnswer::from_answer(&BytesTokenizer, &a) else {
+            panic!("several masks give a list of lists")
+        };
+        let sequences: Vec<Vec<&str>> = rows
+            .iter()
+            .map(|r| r.iter().map(|p| p.sequence.as_str()).collect())
+            .collect();
+        assert_eq!(
+            sequences,
+            [
+                vec!["[CLS]xb[MASK][SEP]", "[CLS]yb[MASK][SEP]"],
+                vec!["[CLS][MASK]by[SEP]"]
+            ]
+        );
+    }
+
+    #[test]
+    fn request_shapes() {
+        let r: FillMaskRequest = serde_json::from_str(r#"{"inputs": "a[MASK]"}"#).unwrap();
+        assert!(matches!(r.inputs, Inputs::Single(_)) && r.parameters.is_none());
+        let r: FillMaskRequest =
+            serde_json::from_str(r#"{"inputs": ["a[MASK]"], "parameters": {"top_k": 2}}"#).unwrap();
+        assert!(matches!(r.inputs, Inputs::Batch(ref v) if v.len() == 1));
+        assert_eq!(r.parameters.unwrap().top_k, Some(2));
+        let err = serde_json::from_str::<FillMaskRequest>(r#"{"inputs": 3}"#).unwrap_err();
+        assert!(err.to_string().contains("a string or a list of strings"), "{err}");
+        assert!(serde_json::from_str::<FillMaskRequest>(r#"{"inputs": "x", "extra": 1}"#).is_err());
+    }
+}

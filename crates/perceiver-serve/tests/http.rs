@@ -1,0 +1,615 @@
+//! The service end to end on loopback, with the committed tiny fixture models: answers equal to
+//! transformers' fill-mask pipeline and to the library, many concurrent clients, every kind of
+//! bad request, the API key, and the side routes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use perceiver::{load_masked_lm, Device, FillMask, ModelFiles};
+use perceiver_serve::{ServeConfig, Server};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/parity")
+        .join(name)
+}
+
+/// 64 positions.
+const MODEL: &str = "tiny_qk_v_explicit";
+
+/// A server on a free loopback port; stops when dropped.
+struct TestServer {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<Result<(), perceiver_serve::ServeError>>>,
+    client: reqwest::Client,
+}
+
+impl TestServer {
+    async fn start(model: &str, configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = fixture(model);
+        let model = load_masked_lm(&ModelFiles::from_dir(&dir).unwrap(), &Device::Cpu).unwrap();
+        let mut config = ServeConfig::new(dir.to_string_lossy());
+        config.port = 0;
+        configure(&mut config);
+        let server = Server::bind(config, model).await.unwrap();
+        let url = format!("http://{}", server.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            stopped.await.ok();
+        }));
+        Self {
+            url,
+            stop: Some(stop),
+            running: Some(running),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/fill-mask", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Stops the server and checks it ended cleanly.
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).ok();
+        self.running.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+    }
+}
+
+/// Equal answers up to float noise: same shape, same strings, scores within `tol`; two
+/// candidates may trade places only if their scores tie within `tol`.
+fn assert_same_answer(a: &Value, b: &Value, tol: f64, context: &str) {
+    match (a, b) {
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{context}: lengths differ");
+            if a.first().is_some_and(Value::is_object) {
+                for (x, y) in a.iter().zip(b) {
+                    // Scores travel as the shortest decimal of an f32: compare them as f32.
+                    let score = |v: &Value| v["score"].as_f64().unwrap() as f32;
+                    let (sx, sy) = (score(x), score(y));
+                    assert!(f64::from((sx - sy).abs()) <= tol, "{context}: score {sx} vs {sy}");
+                    if x["token"] != y["token"] {
+                        let other = b.iter().find(|c| c["token"] == x["token"]);
+                        let tie = other.is_some_and(|c| f64::from((score(c) - sx).abs()) <= tol);
+                        assert!(tie, "{context}: {x} vs {y}");
+                    } else {
+                        assert_eq!(x["token_str"], y["token_str"], "{context}");
+                        if x.get("sequence").is_some() && y.get("sequence").is_some() {
+                            assert_eq!(x["sequence"], y["sequence"], "{context}");
+                        }
+                    }
+                }
+            } else {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert_same_answer(x, y, tol, &format!("{context}[{i}]"));
+                }
+            }
+        }
+        _ => panic!("{context}: not lists: {a} / {b}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_equal_transformers_fill_mask_pipeline() {
+    for model in [MODEL, "tiny_narrow_latents"] {
+        let server = TestServer::start(model, |_| {}).await;
+        let cases: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(fixture(model).join("fill_mask.json")).unwrap())
+                .unwrap();
+        let parameters = json!({"top_k": 5, "add_special_tokens": true});
+        for case in &cases {
+            let (status, got) = server
+                .post(&json!({"inputs": case["text"], "parameters": parameters}))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{got}");
+            // transformers' pipeline ran in float32; its scores are within 2e-5 of ours.
+            assert_same_answer(&got, &case["output"], 2e-5, &format!("{model} {}", case["text"]));
+        }
+        // The same texts as one list: one answer per text, in order.
+        let texts: Vec<&Value> = cases.iter().map(|c| &c["text"]).collect();
+        let (status, got) = server
+            .post(&json!({"inputs": texts, "parameters": parameters}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let expected: Vec<&Value> = cases.iter().map(|c| &c["output"]).collect();
+        assert_same_answer(&got, &json!(expected), 2e-5, model);
+        server.stop().await;
+    }
+}
+
+/// The library's answer for `text`, in the pipeline's shape (one mask: flat; several: nested).
+fn library_answer(fill: &FillMask, text: &str, top_k: usize) -> Value {
+    let input = fill.prepare(text, false).unwrap();
+    let output = &fill.predict(&[&input], top_k).unwrap()[0];
+    let rows: Vec<Value> = output
+        .masks
+        .iter()
+        .map(|m| {
+            json!(m
+                .candidates
+                .iter()
+                .map(|c| json!({"score": c.score, "token": c.token, "token_str": c.token_str}))
+                .collect::<Vec<_>>())
+        })
+        .collect();
+    if rows.len() == 1 {
+        rows[0].clone()
+    } else {
+        json!(rows)
+    }
+}
+
+const TEXTS: [&str; 8] = [
+    "Hello w[MASK:4]!",
+    "[MASK] at the start",
+    "a longer line with one [MASK] in the middle of it, and then some more",
+    "two [MASK:2] masks [MASK] here",
+    "unicode: naïve café [MASK]",
+    "[MASK:3]",
+    "short [MASK]",
+    "The quick brown fox jumps over the lazy d[MASK:2]",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_equal_the_library() {
+    let server = TestServer::start(MODEL, |_| {}).await;
+    let fill =
+        FillMask::new(load_masked_lm(&ModelFiles::from_dir(&fixture(MODEL)).unwrap(), &Device::Cpu).unwrap());
+    for text in TEXTS {
+        let (status, got) = server
+            .post(&json!({"inputs": text, "parameters": {"top_k": 3}}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{got}");
+        let expected = library_answer(&fill, text, 3);
+        // One request alone is a batch of one: the library's very numbers.
+        assert_same_answer(&got, &expected, 0.0, text);
+    }
+    // Default top_k is 5, and the sequence of a one-mask answer is the text with it filled.
+    let (_, got) = server.post(&json!({"inputs": "Hello [MASK]orld"})).await;
+    let got = got.as_array().unwrap();
+    assert_eq!(got.len(), 5);
+    let token_str = got[0]["token_str"].as_str().unwrap();
+    assert_eq!(got[0]["sequence"], format!("Hello {token_str}orld"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_get_the_answers_of_sequential_calls() {
+    let server = Arc::new(TestServer::start(MODEL, |_| {}).await);
+    let body = |text: &str| json!({"inputs": text, "parameters": {"top_k": 3}});
+    let mut sequential = Vec::new();
+    for text in TEXTS {
+        let (status, answer) = server.post(&body(text)).await;
+        assert_eq!(status, StatusCode::OK);
+        sequential.push(answer);
+    }
+    let sequential = Arc::new(sequential);
+    let clients: Vec<_> = (0..64)
+        .map(|client| {
+            let (server, sequential) = (server.clone(), sequential.clone());
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    let t = (client + i) % TEXTS.len();
+                    let (status, answer) = server.post(&body(TEXTS[t])).await;
+                    assert_eq!(status, StatusCode::OK, "{answer}");
+                    // Batched with other lengths, padded: float noise only.
+                    assert_same_answer(&answer, &sequential[t], 1e-5, TEXTS[t]);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let requests = 64.0 * 20.0 + TEXTS.len() as f64;
+    assert_eq!(value("perceiver_requests_total{outcome=\"success\"}"), requests);
+    assert_eq!(value("perceiver_batch_size_sum"), requests);
+    assert!(
+        value("perceiver_batch_size_count") < requests,
+        "64 clients at once must share forward passes"
+    );
+    assert_eq!(value("perceiver_queue_depth"), 0.0);
+    Arc::into_inner(server).unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_json_errors() {
+    let server = TestServer::start(MODEL, |c| c.payload_limit = 4096).await;
+    let long = format!("{}[MASK]", "x".repeat(64));
+    let hostile = "[MASK:1048576]".repeat(250);
+    let many: Vec<&str> = vec!["a[MASK]"; 33];
+    let costly: Vec<String> = vec!["[MASK:60]".to_string(); 20];
+    let oversized = json!({"inputs": "x".repeat(5000)}).to_string();
+    // (method, path, raw body, status, error_type)
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        ("POST", "/fill-mask", r#"{"inputs": "#.into(), 400, "invalid_json"),
+        ("POST", "/fill-mask", String::new(), 400, "invalid_json"),
+        ("POST", "/fill-mask", "hello".into(), 400, "invalid_json"),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": "a[MASK]"} trailing"#.into(),
+            400,
+            "invalid_json",
+        ),
+        ("POST", "/fill-mask", "{}".into(), 422, "validation"),
+        ("POST", "/fill-mask", "[]".into(), 422, "validation"),
+        ("POST", "/fill-mask", r#"{"inputs": 3}"#.into(), 422, "validation"),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": [1, 2]}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": "a[MASK]", "parameters": {"targets": ["b"]}}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": "a[MASK]", "parameters": {"top_k": 0}}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": "a[MASK]", "parameters": {"top_k": 263}}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": "a[MASK]", "parameters": {"top_k": -1}}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": "no mask here"}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": ["a[MASK]", "none"]}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": "bad [MASK:x] run"}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            json!({"inputs": long}).to_string(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            json!({"inputs": hostile}).to_string(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            r#"{"inputs": []}"#.into(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            json!({"inputs": many}).to_string(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            "/fill-mask",
+            json!({"inputs": costly}).to_string(),
+            422,
+            "validation",
+        ),
+        ("POST", "/fill-mask", oversized, 413, "payload_too_large"),
+        ("GET", "/fill-mask", String::new(), 405, "method_not_allowed"),
+        ("POST", "/health", String::new(), 405, "method_not_allowed"),
+        ("GET", "/no-such-route", String::new(), 404, "not_found"),
+    ];
+    for (method, path, body, status, error_type) in cases {
+        let response = server
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", server.url))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let context = format!("{method} {path} {:.80}", body);
+        assert_eq!(response.status().as_u16(), status, "{context}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{context}"
+        );
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error_type"], error_type, "{context}: {error}");
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            !message.is_empty() && !message.contains('\n'),
+            "{context}: {message:?}"
+        );
+    }
+    // Messages name what is wrong and where.
+    let (_, e) = server.post(&json!({"inputs": ["a[MASK]", "none"]})).await;
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("inputs[1]: the text has no mask"),
+        "{e}"
+    );
+    let (_, e) = server
+        .post(&json!({"inputs": "a[MASK]", "parameters": {"top_k": "x"}}))
+        .await;
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("parameters.top_k: invalid type"),
+        "{e}"
+    );
+    let (_, e) = server.post(&json!({"inputs": long})).await;
+    assert!(e["error"].as_str().unwrap().contains("at most 64"), "{e}");
+    // Invalid UTF-8 in the body, and no content type: still JSON errors, and the server lives on.
+    let response = server
+        .client
+        .post(format!("{}/fill-mask", server.url))
+        .body(b"{\"inputs\": \"\xff[MASK]\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = server
+        .client
+        .post(format!("{}/fill-mask", server.url))
+        .body(r#"{"inputs": "a[MASK]"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the content type is not required"
+    );
+    let health = server
+        .client
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_429_and_nothing_else() {
+    let server = Arc::new(TestServer::start(MODEL, |c| c.max_concurrent_requests = 2).await);
+    let body = json!({"inputs": vec!["a longer text [MASK:8] to keep the model busy a little"; 32]});
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (server, body) = (server.clone(), body.clone());
+            tokio::spawn(async move { server.post(&body).await })
+        })
+        .collect();
+    for task in tasks {
+        let (status, answer) = task.await.unwrap();
+        match status {
+            StatusCode::OK => assert_eq!(answer.as_array().unwrap().len(), 32),
+            StatusCode::TOO_MANY_REQUESTS => assert_eq!(answer["error_type"], "overloaded"),
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    Arc::into_inner(server).unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_guards_every_route_but_health() {
+    let server = TestServer::start(MODEL, |c| c.api_key = Some("s3cret".into())).await;
+    let get = |path: &str, key: Option<&str>| {
+        let mut request = server.client.get(format!("{}{path}", server.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    assert_eq!(get("/health", None).await.unwrap().status(), StatusCode::OK);
+    for path in ["/info", "/metrics", "/docs/", "/api-doc/openapi.json"] {
+        for key in [None, Some("wrong"), Some("s3cret2")] {
+            let response = get(path, key).await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path} {key:?}");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(error["error_type"], "unauthorized");
+        }
+        assert_eq!(
+            get(path, Some("s3cret")).await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let fill = |key: Option<&str>| {
+        let mut request = server
+            .client
+            .post(format!("{}/fill-mask", server.url))
+            .json(&json!({"inputs": "a[MASK]"}));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    assert_eq!(fill(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(fill(Some("s3cret")).await.unwrap().status(), StatusCode::OK);
+    let metrics = get("/metrics", Some("s3cret"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("perceiver_requests_total{outcome=\"unauthorized\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("perceiver_requests_total{outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_info_metrics_and_docs() {
+    let server = TestServer::start(MODEL, |c| c.max_batch_requests = 7).await;
+    let get = |path: &str| server.client.get(format!("{}{path}", server.url)).send();
+
+    let health = get("/health").await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+
+    let info: Value = get("/info").await.unwrap().json().await.unwrap();
+    assert!(info["model_id"].as_str().unwrap().ends_with(MODEL));
+    assert_eq!(info["config"]["d_latents"], 48);
+    assert_eq!(info["parameters"], 92470, "the count in the fixtures' README");
+    assert_eq!(info["limits"]["max_input_length"], 64);
+    assert_eq!(info["limits"]["max_batch_requests"], 7);
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+
+    let metrics = get("/metrics").await.unwrap();
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let metrics = metrics.text().await.unwrap();
+    for name in [
+        "perceiver_requests_total",
+        "perceiver_request_duration_seconds",
+        "perceiver_queue_duration_seconds",
+        "perceiver_inference_duration_seconds",
+        "perceiver_batch_size",
+        "perceiver_queue_depth",
+    ] {
+        assert!(metrics.contains(&format!("# TYPE {name}")), "{name}");
+    }
+    // The health check ran a real forward pass.
+    assert!(metrics.contains("perceiver_batch_size_count 1"), "{metrics}");
+
+    let doc: Value = get("/api-doc/openapi.json").await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/fill-mask"]["post"].is_object());
+    let docs = get("/docs/").await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("swagger-ui"));
+    let initializer = get("/docs/swagger-initializer.js")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(initializer.contains("/api-doc/openapi.json"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_cannot_work_are_refused_at_start() {
+    let model = load_masked_lm(&ModelFiles::from_dir(&fixture(MODEL)).unwrap(), &Device::Cpu).unwrap();
+    let config = |change: fn(&mut ServeConfig)| {
+        let mut c = ServeConfig::new("m");
+        c.port = 0;
+        change(&mut c);
+        c
+    };
+    let err = Server::bind(config(|c| c.max_batch_tokens = 63), model.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("below the model's 64 positions"),
+        "{err}"
+    );
+    let err = Server::bind(config(|c| c.max_batch_requests = 0), model.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("max_batch_requests must be at least 1"),
+        "{err}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = Server::bind(
+        ServeConfig {
+            port,
+            ..ServeConfig::new("m")
+        },
+        model,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().starts_with("cannot listen on 127.0.0.1:"),
+        "{err}"
+    );
+}
