@@ -98,9 +98,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {
+            // Signals are caught from here on, before the port is announced.
+            let shutdown = perceiver_serve::shutdown_signal().context("cannot listen for signals")?;
             let server = Server::bind(config, model).await?;
             tracing::info!("listening on http://{}", server.local_addr());
-            server.run(perceiver_serve::shutdown_signal()).await?;
+            server.run(shutdown).await?;
             tracing::info!("stopped");
             anyhow::Ok(())
         })
