@@ -14,9 +14,10 @@ echo "exported $latest"
 eval_json() { "$BIN" eval --model models/default "$@" --mask-rate 0.15 --seed 0 --json; }
 echo "| held-out text | bytes masked | top-1 accuracy | bits per byte |"
 echo "|---|---:|---:|---:|"
-row() {
-  python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print(f"| {sys.argv[1]} | {r[\"masked_bytes\"]:,} | {100*r[\"accuracy\"]:.1f}% | {r[\"bits_per_byte\"]:.3f} |")' "$1"
-}
+ROW_PY='import json, sys
+r = json.loads(sys.stdin.read())
+print("| %s | %d | %.1f%% | %.3f |" % (sys.argv[1], r["masked_bytes"], 100 * r["accuracy"], r["bits_per_byte"]))'
+row() { python3 -c "$ROW_PY" "$1"; }
 eval_json data/corpus/heldout | row "all held-out documents"
 for f in data/corpus/heldout/*.txt; do
   eval_json "$f" | row "$(basename "$f" .txt)"
