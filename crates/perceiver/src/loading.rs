@@ -302,10 +302,16 @@ fn check_tensors(config: &PerceiverConfig, found: BTreeMap<String, Vec<usize>>) 
 /// Loads a masked language model from its files: the config is validated and every tensor's
 /// name and shape checked against it before any weight is read into memory.
 pub fn load_masked_lm(files: &ModelFiles, device: &Device) -> Result<PerceiverForMaskedLM> {
+    let (config, weights) = open_checked(files)?;
+    PerceiverForMaskedLM::new(&config, weights.into_var_builder(DType::F32, device))
+}
+
+/// The config and the opened weights, every tensor name and shape checked against the config.
+fn open_checked(files: &ModelFiles) -> Result<(PerceiverConfig, OpenWeights)> {
     let config = PerceiverConfig::from_file(&files.config)?;
     let weights = OpenWeights::open(&files.weights)?;
     check_tensors(&config, weights.shapes())?;
-    PerceiverForMaskedLM::new(&config, weights.into_var_builder(DType::F32, device))
+    Ok((config, weights))
 }
 
 /// Reads every tensor of a masked language model (checked against its config as
@@ -314,9 +320,7 @@ pub fn load_masked_lm_tensors(
     files: &ModelFiles,
     device: &Device,
 ) -> Result<(PerceiverConfig, BTreeMap<String, Tensor>)> {
-    let config = PerceiverConfig::from_file(&files.config)?;
-    let weights = OpenWeights::open(&files.weights)?;
-    check_tensors(&config, weights.shapes())?;
+    let (config, weights) = open_checked(files)?;
     let vb = weights.into_var_builder(DType::F32, device);
     let mut tensors = BTreeMap::new();
     for (name, shape) in expected_tensors(&config)? {
