@@ -8,7 +8,7 @@ use clap::Args;
 use perceiver_serve::bench::{synthetic_texts, BenchClient, Level, LevelReport};
 use perceiver_serve::{ServeConfig, Server};
 
-use crate::model::ModelArgs;
+use crate::model::{EngineArgs, ModelArgs};
 
 #[derive(Args)]
 #[command(
@@ -27,6 +27,11 @@ pub struct BenchServeArgs {
 
     #[command(flatten)]
     model: ModelArgs,
+
+
+    #[command(flatten)]
+
+    engine: EngineArgs,
 
     /// Batch caps of the servers started here (without --url).
     #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = clap::value_parser!(u32).range(1..))]
@@ -79,7 +84,7 @@ pub fn run(args: BenchServeArgs) -> Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let model = if args.url.is_empty() {
-        Some(args.model.load_masked_lm()?)
+        Some(args.model.load_engine(args.engine.precision)?)
     } else {
         None
     };

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::{FillMask, FillMaskOutput, MaskedText};
 
-use crate::model::ModelArgs;
+use crate::model::{EngineArgs, ModelArgs};
 
 #[derive(Args)]
 #[command(
@@ -22,6 +22,11 @@ pub struct FillMaskArgs {
 
     #[command(flatten)]
     model: ModelArgs,
+
+
+    #[command(flatten)]
+
+    engine: EngineArgs,
 
     /// Mask the bytes START..END of the plain text (byte offsets, end exclusive).
     #[arg(long, value_name = "START..END", value_parser = parse_range)]
@@ -113,7 +118,7 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
         .map(|(where_, text)| in_context(tokenize(text), where_))
         .collect::<Result<_>>()?;
 
-    let fill = FillMask::new(args.model.load_masked_lm()?);
+    let fill = FillMask::new(args.model.load_engine(args.engine.precision)?);
     for (input, (where_, _)) in inputs.iter().zip(&texts) {
         in_context(fill.check(input).map_err(anyhow::Error::from), where_)?;
     }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver::{LoadOptions, PerceiverForMaskedLM};
+use perceiver::{LoadOptions, MaskedLmEngine, PerceiverForMaskedLM, Precision};
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -20,14 +20,34 @@ pub struct ModelArgs {
     pub revision: Option<String>,
 }
 
+/// How the inference engine runs the model (fill-mask, serve, bench-serve).
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Number type of the weight matrix products: f32 (transformers' numbers) or bf16 (faster
+    /// on CPUs with AVX-512 BF16; top-1 answers nearly always the same as f32).
+    #[arg(long, env = "PERCEIVER_PRECISION", default_value = "f32")]
+    pub precision: Precision,
+}
+
 impl ModelArgs {
-    /// Loads the masked language model these flags name, on the CPU.
-    pub fn load_masked_lm(&self) -> Result<PerceiverForMaskedLM> {
-        let options = LoadOptions {
+    fn options(&self) -> LoadOptions {
+        LoadOptions {
             offline: self.offline,
             revision: self.revision.clone(),
-        };
-        perceiver::load_masked_lm_from(&self.model, &options, &perceiver::Device::Cpu)
+        }
+    }
+
+    /// Loads the masked language model these flags name as a trainable candle model, on the CPU.
+    pub fn load_masked_lm(&self) -> Result<PerceiverForMaskedLM> {
+        perceiver::load_masked_lm_from(&self.model, &self.options(), &perceiver::Device::Cpu)
             .with_context(|| format!("cannot load model {}", self.model))
+    }
+
+    /// Loads the model these flags name into the inference engine (weights memory-mapped).
+    pub fn load_engine(&self, precision: Precision) -> Result<MaskedLmEngine> {
+        let mut engine = perceiver::load_engine_from(&self.model, &self.options())
+            .with_context(|| format!("cannot load model {}", self.model))?;
+        engine.set_precision(precision);
+        Ok(engine)
     }
 }

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use perceiver_serve::{ServeConfig, Server};
 
-use crate::model::ModelArgs;
+use crate::model::{EngineArgs, ModelArgs};
 
 #[derive(Args)]
 #[command(
@@ -16,6 +16,9 @@ Example: curl -s localhost:8080/fill-mask -H 'Content-Type: application/json' \\
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
+
+    #[command(flatten)]
+    engine: EngineArgs,
 
     #[command(flatten)]
     service: ServiceArgs,
@@ -94,7 +97,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     init_logging();
     let config = args.service.config(&args.model.model);
     // The model loads before the port opens: a client never sees a service that cannot answer.
-    let model = args.model.load_masked_lm()?;
+    let model = args.model.load_engine(args.engine.precision)?;
     tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use perceiver::{load_masked_lm, Device, FillMask, MaskedText, ModelFiles};
+use perceiver::{load_engine, FillMask, MaskedText, ModelFiles};
 use perceiver_serve::bench::synthetic_texts;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,10 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let fill = FillMask::new(load_masked_lm(
-        &ModelFiles::from_dir(dir.as_ref())?,
-        &Device::Cpu,
-    )?);
+    let fill = FillMask::new(load_engine(&ModelFiles::from_dir(dir.as_ref())?)?);
     let inputs: Vec<MaskedText> = synthetic_texts(count, fill.model().max_len(), 1)
         .iter()
         .map(|t| fill.prepare(t, false))

@@ -13,9 +13,7 @@
 //!
 //! # Example
 //! ```
-//! use candle_core::{DType, Device};
-//! use candle_nn::{VarBuilder, VarMap};
-//! use perceiver::{PerceiverConfig, PerceiverForMaskedLM};
+//! use perceiver::PerceiverConfig;
 //! use perceiver_serve::{ServeConfig, Server};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -24,7 +22,7 @@
 //!     num_latents: 8, d_latents: 32, d_model: 16, num_self_attends_per_block: 1,
 //!     max_position_embeddings: 64, ..Default::default()
 //! };
-//! let model = PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu))?;
+//! let model = perceiver::loading::random_engine(&config)?;
 //! // Port 0: any free port. The listener is open once `bind` returns.
 //! let server = Server::bind(ServeConfig { port: 0, ..ServeConfig::new("random-tiny") }, model).await?;
 //! let url = format!("http://{}/fill-mask", server.local_addr());
@@ -56,7 +54,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use perceiver::{FillMask, PerceiverForMaskedLM};
+use perceiver::{FillMask, MaskedLmEngine};
 use tokio::net::TcpListener;
 
 pub use error::{ErrorResponse, ErrorType, ServeError};
@@ -142,7 +140,7 @@ pub struct Server {
 impl Server {
     /// Starts the model thread and opens the listening socket. The model is loaded already, so
     /// the port opens only once the service can answer.
-    pub async fn bind(config: ServeConfig, model: PerceiverForMaskedLM) -> Result<Self, ServeError> {
+    pub async fn bind(config: ServeConfig, model: MaskedLmEngine) -> Result<Self, ServeError> {
         let max_len = model.max_len();
         config.check(max_len)?;
         let parameters = perceiver::loading::expected_tensors(model.config())

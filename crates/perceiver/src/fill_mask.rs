@@ -1,17 +1,16 @@
 //! Fill-mask: masked texts in, ranked candidates per masked byte out. Front ends (the CLI, and
 //! later the HTTP service) call this and differ only in where texts come from and answers go.
 //!
-//! Work is limited to what is asked: a batch is padded only to its own longest text (padding is
-//! masked out), and the decoder runs only for the masked positions.
+//! Work is limited to what is asked: no text is padded, and the decoder runs only for the masked
+//! positions. The model runs on the inference engine ([`crate::engine`]).
 
 use std::borrow::Borrow;
 
-use candle_core::{Tensor, D};
 use serde::Serialize;
 
+use crate::engine::{kernels, MaskedLmEngine};
 use crate::error::{Error, Result};
-use crate::heads::masked_lm::PerceiverForMaskedLM;
-use crate::tokenizer::{BytesTokenizer, MaskedText, PAD_ID};
+use crate::tokenizer::{BytesTokenizer, MaskedText};
 
 /// One candidate id for a masked position.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -45,19 +44,19 @@ pub struct FillMaskOutput {
 /// A masked language model ready to fill masks.
 #[derive(Debug, Clone)]
 pub struct FillMask {
-    model: PerceiverForMaskedLM,
+    model: MaskedLmEngine,
     tokenizer: BytesTokenizer,
 }
 
 impl FillMask {
-    pub fn new(model: PerceiverForMaskedLM) -> Self {
+    pub fn new(model: MaskedLmEngine) -> Self {
         Self {
             model,
             tokenizer: BytesTokenizer,
         }
     }
 
-    pub fn model(&self) -> &PerceiverForMaskedLM {
+    pub fn model(&self) -> &MaskedLmEngine {
         &self.model
     }
 
@@ -94,7 +93,8 @@ impl FillMask {
         Ok(())
     }
 
-    /// Fills the masks of `inputs` in one forward pass (one batch, padded to its longest text).
+    /// Fills the masks of `inputs` in one forward pass (each text at its own length, only the
+    /// masked positions decoded).
     pub fn predict<T: Borrow<MaskedText>>(&self, inputs: &[T], top_k: usize) -> Result<Vec<FillMaskOutput>> {
         if top_k == 0 {
             return Err(Error::InvalidInput("top-k must be at least 1".into()));
@@ -106,42 +106,18 @@ impl FillMask {
         for input in &inputs {
             self.check(input)?;
         }
-        let device = self.model.device();
-        let batch = inputs.len();
-        let len = inputs.iter().map(|i| i.ids.len()).max().unwrap_or(0);
-        let num_queries = inputs.iter().map(|i| i.mask_positions.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(batch * len);
-        let mut positions = Vec::with_capacity(batch * num_queries);
-        for input in &inputs {
-            ids.extend_from_slice(&input.ids);
-            ids.resize(ids.len() + len - input.ids.len(), PAD_ID);
-            // Short query lists are padded with a real query; its row is ignored.
-            let queries = input.mask_positions.iter().map(|&p| p as u32);
-            positions.extend(queries.clone());
-            positions.extend(std::iter::repeat_n(
-                input.mask_positions[0] as u32,
-                num_queries - queries.len(),
-            ));
-        }
-        // Only a batch that mixes lengths needs a padding mask.
-        let mask = if inputs.iter().any(|i| i.ids.len() != len) {
-            let mask: Vec<u8> = inputs
-                .iter()
-                .flat_map(|i| (0..len).map(move |p| u8::from(p < i.ids.len())))
-                .collect();
-            Some(Tensor::from_vec(mask, (batch, len), device)?)
-        } else {
-            None
-        };
-        let ids = Tensor::from_vec(ids, (batch, len), device)?;
-        let positions = Tensor::from_vec(positions, (batch, num_queries), device)?;
-        let latents = self.model.encode(&ids, mask.as_ref())?;
-        let logits = self.model.decode(&latents, &positions)?;
-        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec3::<f32>()?;
+        let texts: Vec<&[u32]> = inputs.iter().map(|i| i.ids.as_slice()).collect();
+        let positions: Vec<&[usize]> = inputs.iter().map(|i| i.mask_positions.as_slice()).collect();
+        let mut probs = self.model.logits_at(&texts, &positions)?;
+        let vocab = self.model.config().vocab_size;
+        kernels::softmax_rows(&mut probs, vocab);
+        let mut rows = probs.chunks_exact(vocab);
         Ok(inputs
             .iter()
-            .zip(probs)
-            .map(|(input, probs)| self.rank(input, &probs, top_k))
+            .map(|input| {
+                let mine: Vec<&[f32]> = rows.by_ref().take(input.mask_positions.len()).collect();
+                self.rank(input, &mine, top_k)
+            })
             .collect())
     }
 
@@ -169,7 +145,7 @@ impl FillMask {
             .collect())
     }
 
-    fn rank(&self, input: &MaskedText, probs: &[Vec<f32>], top_k: usize) -> FillMaskOutput {
+    fn rank(&self, input: &MaskedText, probs: &[&[f32]], top_k: usize) -> FillMaskOutput {
         let mut filled = input.ids.clone();
         let masks = input
             .mask_positions

@@ -8,25 +8,21 @@
 //!
 //! Layout, bottom up: [`config`] (transformers' `config.json`), [`tokenizer`] (bytes),
 //! [`attention`] (`attend`, cross- and self-attention layers), [`position`], [`encoder`],
-//! [`decoder`], [`heads`] (task models), [`loading`] (directories, hub ids, weight checks) and
-//! [`fill_mask`] (the API front ends call).
+//! [`decoder`], [`heads`] (task models), [`loading`] (directories, hub ids, weight checks),
+//! [`engine`] (the fast inference path: the same model on plain buffers and hand-written kernels)
+//! and [`fill_mask`] (the API front ends call, on the engine).
 //!
 //! # Example
 //! ```
-//! use candle_core::{DType, Device};
-//! use candle_nn::{VarBuilder, VarMap};
-//! use perceiver::{FillMask, PerceiverConfig, PerceiverForMaskedLM};
+//! use perceiver::{FillMask, PerceiverConfig};
 //!
 //! # fn main() -> perceiver::Result<()> {
-//! // A tiny randomly initialised model; `perceiver::loading::load_masked_lm_from` loads real ones.
+//! // A tiny randomly initialised model; `perceiver::load_engine_from` loads real ones.
 //! let config = PerceiverConfig {
 //!     num_latents: 8, d_latents: 32, d_model: 16, num_self_attends_per_block: 2,
 //!     max_position_embeddings: 64, ..Default::default()
 //! };
-//! config.validate()?;
-//! let weights = VarMap::new();
-//! let model = PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu))?;
-//! let fill = FillMask::new(model);
+//! let fill = FillMask::new(perceiver::loading::random_engine(&config)?);
 //! let input = fill.prepare("Hello [MASK:5]!", false)?;
 //! let out = &fill.predict(&[input], 3)?[0];
 //! assert_eq!(out.masks.len(), 5);
@@ -41,6 +37,7 @@ pub mod decoder;
 #[cfg(feature = "default-model")]
 pub mod default_model;
 pub mod encoder;
+pub mod engine;
 pub mod error;
 pub mod fill_mask;
 pub mod heads;
@@ -54,5 +51,6 @@ pub use config::{Activation, PerceiverConfig};
 pub use error::{Error, Result};
 pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
 pub use heads::masked_lm::PerceiverForMaskedLM;
-pub use loading::{load_masked_lm, load_masked_lm_from, LoadOptions, ModelFiles};
+pub use engine::{MaskedLmEngine, Precision};
+pub use loading::{load_engine, load_engine_from, load_masked_lm, load_masked_lm_from, LoadOptions, ModelFiles};
 pub use tokenizer::{BytesTokenizer, MaskedText};

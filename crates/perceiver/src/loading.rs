@@ -16,6 +16,8 @@ use candle_nn::VarBuilder;
 
 use crate::config::PerceiverConfig;
 use crate::error::{Error, Result};
+use crate::engine::weights::SafetensorsStore;
+use crate::engine::{MaskedLmEngine, Param};
 use crate::heads::masked_lm::PerceiverForMaskedLM;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -363,6 +365,72 @@ pub fn load_masked_lm_from(
         return crate::default_model::load(device);
     }
     load_masked_lm(&ModelFiles::resolve(model, options)?, device)
+}
+
+/// Loads a masked language model into the inference engine ([`MaskedLmEngine`]), with the same
+/// checks as [`load_masked_lm`]. Safetensors weights are memory-mapped and read in place;
+/// PyTorch `.bin` weights are read through candle and copied.
+pub fn load_engine(files: &ModelFiles) -> Result<MaskedLmEngine> {
+    let config = PerceiverConfig::from_file(&files.config)?;
+    match &files.weights {
+        WeightFiles::Safetensors(paths) => {
+            for path in paths {
+                check_readable(path)?;
+            }
+            let store = SafetensorsStore::open(paths)?;
+            check_tensors(&config, store.shapes())?;
+            MaskedLmEngine::from_params(&config, &mut |name| store.get(name))
+        }
+        WeightFiles::PyTorch(_) => {
+            let (config, tensors) = load_masked_lm_tensors(files, &Device::Cpu)?;
+            engine_from_tensors(&config, &tensors)
+        }
+    }
+}
+
+/// The engine from candle tensors by transformers name (a model being trained, for instance);
+/// the tensors are copied.
+pub fn engine_from_tensors(config: &PerceiverConfig, tensors: &BTreeMap<String, Tensor>) -> Result<MaskedLmEngine> {
+    check_tensors(config, tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect())?;
+    MaskedLmEngine::from_params(config, &mut |name| {
+        let tensor = tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Param::owned(values, tensor.dims().to_vec()))
+    })
+}
+
+/// An engine with randomly initialised weights (candle's initialisers, as
+/// [`PerceiverForMaskedLM::new`] on a fresh `VarMap` gives them): for examples and tests.
+pub fn random_engine(config: &PerceiverConfig) -> Result<MaskedLmEngine> {
+    config.validate()?;
+    let weights = candle_nn::VarMap::new();
+    PerceiverForMaskedLM::new(config, VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu))?;
+    let tensors: BTreeMap<String, Tensor> = weights
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    engine_from_tensors(config, &tensors)
+}
+
+/// The engine from a config.json text and safetensors bytes that live for the whole program
+/// (a model compiled in), read in place.
+pub fn load_engine_from_static(config_json: &str, safetensors: &'static [u8]) -> Result<MaskedLmEngine> {
+    let config = PerceiverConfig::from_json_str(config_json)?;
+    let store = SafetensorsStore::from_static(safetensors, "<built-in model>")?;
+    check_tensors(&config, store.shapes())?;
+    MaskedLmEngine::from_params(&config, &mut |name| store.get(name))
+}
+
+/// [`ModelFiles::resolve`] then [`load_engine`]; the name `default` is the built-in model.
+pub fn load_engine_from(model: &str, options: &LoadOptions) -> Result<MaskedLmEngine> {
+    #[cfg(feature = "default-model")]
+    if model == crate::default_model::NAME {
+        return crate::default_model::engine();
+    }
+    load_engine(&ModelFiles::resolve(model, options)?)
 }
 
 mod hub {

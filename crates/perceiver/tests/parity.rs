@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{load, max_abs_diff};
-use perceiver::FillMask;
+use common::{load, load_fast, max_abs_diff};
+use perceiver::{FillMask, Precision};
 
 mod common;
 
@@ -148,11 +148,102 @@ fn unpadded_subset_decode_equals_padded_full_decode() {
     );
 }
 
+/// The inference engine, f32: every row of every case as one unpadded batch of mixed lengths,
+/// each text decoded at every position; and alone, at a scattered subset of positions.
+#[test]
+fn engine_matches_transformers() {
+    let mut worst_all = 0f32;
+    for dir in fixture_dirs() {
+        let engine = load_fast(&dir);
+        let max_len = engine.max_len();
+        for case in cases(&dir) {
+            let (batch, _) = case.input_ids.dims2().unwrap();
+            let texts: Vec<Vec<u32>> = (0..batch)
+                .map(|row| {
+                    let len = case.attention_mask.i(row).unwrap().sum_all().unwrap().to_scalar::<u32>().unwrap();
+                    let ids = case.input_ids.i(row).unwrap().to_vec1::<u32>().unwrap();
+                    ids[..len as usize].to_vec()
+                })
+                .collect();
+            let all: Vec<usize> = (0..max_len).collect();
+            let subset: Vec<usize> = (0..max_len).filter(|p| p % 3 == 1 || *p == 0).collect();
+            let text_refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+            let logits = engine.logits_at(&text_refs, &vec![all.as_slice(); batch]).unwrap();
+            let got = Tensor::from_vec(logits, (batch, max_len, engine.config().vocab_size), &Device::Cpu).unwrap();
+            let worst = within_tolerance(max_abs_diff(&got, &case.logits), || format!("{}/{} engine batch", dir.display(), case.name));
+            for (row, text) in texts.iter().enumerate() {
+                let logits = engine.logits_at(&[text], &[&subset]).unwrap();
+                let got = Tensor::from_vec(logits, (subset.len(), engine.config().vocab_size), &Device::Cpu).unwrap();
+                let index = Tensor::new(subset.iter().map(|&p| p as u32).collect::<Vec<_>>().as_slice(), &Device::Cpu).unwrap();
+                let want = case.logits.i(row).unwrap().index_select(&index, 0).unwrap();
+                worst_all = worst_all.max(within_tolerance(max_abs_diff(&got, &want), || {
+                    format!("{}/{} row {row} engine subset", dir.display(), case.name)
+                }));
+            }
+            println!("{:<28} {:<12} engine max |Δ logit| = {worst:.2e}", dir.file_name().unwrap().to_string_lossy(), case.name);
+            worst_all = worst_all.max(worst);
+        }
+    }
+    println!("engine, every case: max |Δ logit| = {worst_all:.2e}");
+}
+
+/// The bf16 engine's top-1 prediction equals the f32 engine's at ≥ 99% of the masked positions
+/// of the fill-mask fixtures. Agreement at every output position of the logit cases is printed
+/// too: these random models have near-ties everywhere, the hardest case for bf16.
+#[test]
+fn bf16_top1_agrees_with_f32() {
+    let argmax = |r: &[f32]| (0..r.len()).max_by(|&x, &y| r[x].total_cmp(&r[y])).unwrap();
+    let agree = |a: &[f32], b: &[f32], vocab: usize| -> (usize, usize) {
+        let same = a.chunks_exact(vocab).zip(b.chunks_exact(vocab)).filter(|(x, y)| argmax(x) == argmax(y)).count();
+        (same, a.len() / vocab)
+    };
+    let (mut masked_same, mut masked_total, mut all_same, mut all_total) = (0, 0, 0, 0);
+    for dir in fixture_dirs() {
+        let f32_engine = load_fast(&dir);
+        let mut bf16_engine = f32_engine.clone();
+        bf16_engine.set_precision(Precision::Bf16);
+        let vocab = f32_engine.config().vocab_size;
+        let fill = FillMask::new(f32_engine.clone());
+        let expected: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("fill_mask.json")).unwrap()).unwrap();
+        for case in &expected {
+            let input = fill.prepare(case["text"].as_str().unwrap(), true).unwrap();
+            let (ids, positions) = (&input.ids[..], &input.mask_positions[..]);
+            let a = f32_engine.logits_at(&[ids], &[positions]).unwrap();
+            let b = bf16_engine.logits_at(&[ids], &[positions]).unwrap();
+            let (same, n) = agree(&a, &b, vocab);
+            masked_same += same;
+            masked_total += n;
+        }
+        for case in cases(&dir) {
+            let (batch, _) = case.input_ids.dims2().unwrap();
+            for row in 0..batch {
+                let len = case.attention_mask.i(row).unwrap().sum_all().unwrap().to_scalar::<u32>().unwrap() as usize;
+                let ids = case.input_ids.i(row).unwrap().to_vec1::<u32>().unwrap();
+                let positions: Vec<usize> = (0..len).collect();
+                let a = f32_engine.logits_at(&[&ids[..len]], &[&positions]).unwrap();
+                let b = bf16_engine.logits_at(&[&ids[..len]], &[&positions]).unwrap();
+                let (same, n) = agree(&a, &b, vocab);
+                all_same += same;
+                all_total += n;
+            }
+        }
+    }
+    let agreement = masked_same as f64 / masked_total as f64;
+    println!(
+        "bf16 vs f32 top-1: masked positions {masked_same}/{masked_total} = {:.2}%, every position of the logit cases {all_same}/{all_total} = {:.2}%",
+        100.0 * agreement,
+        100.0 * all_same as f64 / all_total as f64
+    );
+    assert!(masked_total >= 20, "too few masked positions to judge: {masked_total}");
+    assert!(agreement >= 0.99, "bf16 top-1 agrees with f32 on only {:.2}% of masked positions", 100.0 * agreement);
+}
+
 /// transformers' fill-mask pipeline on texts with `[MASK]` (its tokenizer adds [CLS]/[SEP]).
 #[test]
 fn fill_mask_matches_transformers_pipeline() {
     for dir in fixture_dirs() {
-        let fill = FillMask::new(load(&dir));
+        let fill = FillMask::new(load_fast(&dir));
         let expected: Vec<serde_json::Value> =
             serde_json::from_str(&std::fs::read_to_string(dir.join("fill_mask.json")).unwrap()).unwrap();
         let mut worst = 0f32;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use perceiver::{load_masked_lm, ModelFiles, PerceiverForMaskedLM};
+use perceiver::{load_engine, load_masked_lm, MaskedLmEngine, ModelFiles, PerceiverForMaskedLM};
 
 /// `tests/fixtures` at the workspace root.
 pub fn fixtures() -> PathBuf {
@@ -13,6 +13,11 @@ pub fn fixtures() -> PathBuf {
 
 pub fn load(dir: &Path) -> PerceiverForMaskedLM {
     load_masked_lm(&ModelFiles::from_dir(dir).unwrap(), &Device::Cpu).unwrap()
+}
+
+/// The same model in the inference engine (weights memory-mapped).
+pub fn load_fast(dir: &Path) -> MaskedLmEngine {
+    load_engine(&ModelFiles::from_dir(dir).unwrap()).unwrap()
 }
 
 /// Largest |a − b| over all elements (shapes must agree).

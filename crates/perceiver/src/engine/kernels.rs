@@ -1,0 +1,344 @@
+//! Row kernels for the inference engine: LayerNorm, softmax, activations, bias adds.
+//!
+//! Each kernel is written once as plain, branch-free Rust over slices and compiled twice: for the
+//! CPU the binary targets, and with AVX2+FMA (AVX-512 where present) enabled, picked at run time.
+//! LLVM vectorises the loops; `exp` and `erf` are polynomial versions it can vectorise (libm's are
+//! scalar calls, which made GELU the slowest op of a layer). Work is split over rows with rayon.
+
+use rayon::prelude::*;
+
+use crate::config::{Activation, LAYER_NORM_EPS};
+
+/// Rows per rayon task: enough work to pay for the task, few enough to balance two cores.
+const MIN_ELEMENTS_PER_TASK: usize = 16 * 1024;
+
+/// Compiles `$body` (a `#[inline(always)]` function) for the native baseline and with wider SIMD,
+/// and dispatches on what the CPU has.
+macro_rules! dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                unsafe fn wide512($($arg: $ty),*) { $body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide256($($arg: $ty),*) { $body($($arg),*) }
+                if simd_level() >= 2 {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { wide512($($arg),*) };
+                }
+                if simd_level() >= 1 {
+                    // SAFETY: as above.
+                    return unsafe { wide256($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// 0: baseline, 1: AVX2+FMA, 2: AVX-512 (F, BW, VL). Detected once.
+#[cfg(target_arch = "x86_64")]
+fn simd_level() -> u8 {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<u8> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let avx512 = avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl");
+        u8::from(avx2) + u8::from(avx512)
+    })
+}
+
+/// `eˣ` to about 2 ulp for x in [-87, 88] (Cephes' expf polynomial), 0 below, +∞-free above.
+/// Rounding by adding 1.5·2²³ keeps it branch-free so that loops over it vectorise.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // 2ⁿ from the exponent bits; n ∈ [-126, 128], so n + 127 > 0 except at the clamp floor.
+    let scale = f32::from_bits(((n as i32 + 127).max(0) as u32) << 23);
+    e * scale
+}
+
+/// The error function to about 5e-7 absolute (Abramowitz & Stegun 7.1.26, 1.5e-7, plus f32
+/// rounding).
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    // tanh(x) = 1 - 2/(e^{2x}+1), exact enough in f32 and saturating without branches.
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// One activation on one value, as [`crate::attention::activate`] defines it.
+#[inline(always)]
+fn activation(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // √(2/π)
+            0.5 * x * (1.0 + tanh(C * (x + 0.044_715 * x * x * x)))
+        }
+        Activation::QuickGelu => x * sigmoid(1.702 * x),
+        Activation::Relu => x.max(0.0),
+        Activation::ReluSquared => x.max(0.0) * x.max(0.0),
+        Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::LeakyRelu => {
+            if x >= 0.0 {
+                x
+            } else {
+                0.01 * x
+            }
+        }
+        Activation::Silu => x * sigmoid(x),
+        Activation::Mish => {
+            let softplus = x.max(0.0) + (1.0 + exp(-x.abs())).ln();
+            x * tanh(softplus)
+        }
+        Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Sigmoid => sigmoid(x),
+        Activation::Tanh => tanh(x),
+        Activation::Linear => x,
+    }
+}
+
+#[inline(always)]
+fn activate_body(x: &mut [f32], act: Activation) {
+    // One loop per activation so each is a straight vectorisable loop.
+    macro_rules! each {
+        ($($variant:ident),*) => {
+            match act {
+                $(Activation::$variant => x.iter_mut().for_each(|v| *v = activation(*v, Activation::$variant)),)*
+            }
+        };
+    }
+    each!(GeluErf, GeluTanh, QuickGelu, Relu, ReluSquared, Relu6, LeakyRelu, Silu, Mish, HardSwish, Sigmoid, Tanh, Linear);
+}
+
+dispatch!(fn activate_chunk(x: &mut [f32], act: Activation) => activate_body);
+
+/// Applies `act` to every element, in place.
+pub fn activate(x: &mut [f32], act: Activation) {
+    if act == Activation::Linear {
+        return;
+    }
+    x.par_chunks_mut(MIN_ELEMENTS_PER_TASK)
+        .for_each(|chunk| activate_chunk(chunk, act));
+}
+
+#[inline(always)]
+fn layer_norm_body(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32]) {
+    let n = weight.len();
+    for (x, y) in input.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        // Two passes (mean, then the centred variance), 16 partial sums each so the loop
+        // vectorises; the partial sums are added in a fixed order.
+        let mean = sum16(x) / n as f32;
+        let mut acc = [0f32; 16];
+        let (body, tail) = x.split_at(n - n % 16);
+        for c in body.chunks_exact(16) {
+            for i in 0..16 {
+                let d = c[i] - mean;
+                acc[i] += d * d;
+            }
+        }
+        let mut var: f32 = acc.iter().sum();
+        var += tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>();
+        let inv = 1.0 / (var / n as f32 + LAYER_NORM_EPS as f32).sqrt();
+        for i in 0..n {
+            y[i] = (x[i] - mean) * inv * weight[i] + bias[i];
+        }
+    }
+}
+
+#[inline(always)]
+fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (body, tail) = x.split_at(x.len() - x.len() % 16);
+    for c in body.chunks_exact(16) {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+dispatch!(fn layer_norm_rows(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32]) => layer_norm_body);
+
+/// LayerNorm of each row of `input` (`[rows, weight.len()]`) into a new buffer.
+pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let width = weight.len();
+    assert_eq!(input.len() % width, 0, "layer_norm: input is not whole rows");
+    let mut out = vec![0f32; input.len()];
+    let rows_per_task = (MIN_ELEMENTS_PER_TASK / width).max(1);
+    input
+        .par_chunks(rows_per_task * width)
+        .zip(out.par_chunks_mut(rows_per_task * width))
+        .for_each(|(x, y)| layer_norm_rows(x, y, weight, bias));
+    out
+}
+
+#[inline(always)]
+fn softmax_body(rows: &mut [f32], width: usize) {
+    for row in rows.chunks_exact_mut(width) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        row.iter_mut().for_each(|v| *v = exp(*v - max));
+        let inv = 1.0 / sum16(row);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+dispatch!(
+    /// Softmax over each row of `rows` (`[n, width]`), in place, on the calling thread.
+    pub fn softmax_rows(rows: &mut [f32], width: usize) => softmax_body
+);
+
+#[inline(always)]
+fn add_rows_body(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+dispatch!(fn add_rows_chunk(rows: &mut [f32], bias: &[f32]) => add_rows_body);
+
+/// Adds `bias` to every row of `rows` (`[n, bias.len()]`), in place.
+pub fn add_to_rows(rows: &mut [f32], bias: &[f32]) {
+    let width = bias.len();
+    let rows_per_task = (MIN_ELEMENTS_PER_TASK / width).max(1);
+    rows.par_chunks_mut(rows_per_task * width)
+        .for_each(|chunk| add_rows_chunk(chunk, bias));
+}
+
+/// `rows` (`[n, bias.len()]`) filled with copies of `bias`.
+pub fn repeat_rows(bias: &[f32], n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * bias.len());
+    for _ in 0..n {
+        out.extend_from_slice(bias);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+    }
+
+    #[test]
+    fn exp_and_erf_match_libm() {
+        let mut worst_exp = 0f64;
+        let mut worst_erf = 0f64;
+        for i in -90_000..=90_000 {
+            let x = i as f32 * 1e-3;
+            let want = (x as f64).exp();
+            if want > 1e-37 && want < 1e38 {
+                worst_exp = worst_exp.max(((exp(x) as f64 - want) / want).abs());
+            }
+            if x.abs() < 10.0 {
+                worst_erf = worst_erf.max((erf(x) as f64 - libm::erf(x as f64)).abs());
+            }
+        }
+        println!("exp worst relative error {worst_exp:.2e}, erf worst absolute error {worst_erf:.2e}");
+        assert!(worst_exp < 5e-7, "exp: {worst_exp}");
+        assert!(worst_erf < 1e-6, "erf: {worst_erf}");
+        assert_eq!(exp(-200.0), 0.0);
+        assert!(exp(200.0).is_finite());
+    }
+
+    #[test]
+    fn activations_match_their_definitions() {
+        let xs = random(1000, 8.0, 1);
+        for act in Activation::ALL {
+            let mut got = xs.clone();
+            activate(&mut got, act);
+            for (&x, &g) in xs.iter().zip(&got) {
+                let x64 = x as f64;
+                let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+                let want = match act {
+                    Activation::GeluErf => 0.5 * x64 * (1.0 + libm::erf(x64 / 2f64.sqrt())),
+                    Activation::GeluTanh => {
+                        0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3))).tanh())
+                    }
+                    Activation::QuickGelu => x64 * sig(1.702 * x64),
+                    Activation::Relu => x64.max(0.0),
+                    Activation::ReluSquared => x64.max(0.0).powi(2),
+                    Activation::Relu6 => x64.clamp(0.0, 6.0),
+                    Activation::LeakyRelu => if x64 >= 0.0 { x64 } else { 0.01 * x64 },
+                    Activation::Silu => x64 * sig(x64),
+                    Activation::Mish => x64 * (x64.exp().ln_1p()).tanh(),
+                    Activation::HardSwish => x64 * (x64 + 3.0).clamp(0.0, 6.0) / 6.0,
+                    Activation::Sigmoid => sig(x64),
+                    Activation::Tanh => x64.tanh(),
+                    Activation::Linear => x64,
+                };
+                let err = (g as f64 - want).abs() / want.abs().max(1.0);
+                assert!(err < 2e-6, "{act:?}({x}) = {g}, expected {want}");
+            }
+        }
+    }
+
+    /// LayerNorm and softmax against f64 loops, on widths that are and are not multiples of the
+    /// vector width, over enough rows to be split between threads.
+    #[test]
+    fn row_kernels_match_plain_loops() {
+        for (rows, width) in [(1, 1), (3, 7), (5, 16), (300, 33), (64, 1280), (2, 4099)] {
+            let x = random(rows * width, 3.0, width as u64);
+            let w = random(width, 1.0, 7);
+            let b = random(width, 1.0, 8);
+            let got = layer_norm(&x, &w, &b);
+            let mut soft = x.clone();
+            softmax_rows(&mut soft, width);
+            let mut shifted = x.clone();
+            add_to_rows(&mut shifted, &b);
+            for r in 0..rows {
+                let row: Vec<f64> = x[r * width..(r + 1) * width].iter().map(|&v| v as f64).collect();
+                let mean = row.iter().sum::<f64>() / width as f64;
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / width as f64;
+                let max = row.iter().cloned().fold(f64::MIN, f64::max);
+                let total: f64 = row.iter().map(|v| (v - max).exp()).sum();
+                for c in 0..width {
+                    let i = r * width + c;
+                    let ln = (row[c] - mean) / (var + LAYER_NORM_EPS).sqrt() * w[c] as f64 + b[c] as f64;
+                    assert!((got[i] as f64 - ln).abs() < 1e-4, "layer_norm {rows}x{width} [{r},{c}]");
+                    let sm = (row[c] - max).exp() / total;
+                    assert!((soft[i] as f64 - sm).abs() < 1e-6, "softmax {rows}x{width} [{r},{c}]");
+                    assert_eq!(shifted[i], x[i] + b[c]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Matrix products of the inference engine.
+//!
+//! f32 products go to the `gemm` crate (what candle uses inside), called directly on strided
+//! views so that no operand is copied or transposed first: per-head slices of q/k/v are read in
+//! place, weights are read as stored (`[out, in]`), and a bias or residual already in the output
+//! is accumulated into rather than added by a separate pass. bf16 products are in [`super::bf16`].
+
+/// A row-major matrix inside a slice: element `(r, c)` is `data[r * stride + c]`.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// A dense `[rows, cols]` matrix.
+    pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols)
+    }
+
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        let view = Self { data, rows, cols, stride };
+        assert!(view.fits(data.len()), "matrix view {rows}x{cols} (stride {stride}) exceeds its slice of {}", data.len());
+        view
+    }
+
+    /// `cols` columns starting at column `first`.
+    pub fn columns(&self, first: usize, cols: usize) -> View<'a> {
+        assert!(first + cols <= self.cols, "columns {first}..{} of {}", first + cols, self.cols);
+        View::strided(&self.data[first.min(self.data.len())..], self.rows, cols, self.stride)
+    }
+
+    /// `rows` rows starting at row `first`.
+    pub fn rows(&self, first: usize, rows: usize) -> View<'a> {
+        assert!(first + rows <= self.rows, "rows {first}..{} of {}", first + rows, self.rows);
+        View::strided(&self.data[(first * self.stride).min(self.data.len())..], rows, self.cols, self.stride)
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.stride + self.cols <= len
+    }
+}
+
+/// The right operand of a product.
+#[derive(Debug, Clone, Copy)]
+pub enum Rhs<'a> {
+    /// `B` itself, `[k, n]`.
+    Plain(View<'a>),
+    /// `B` stored transposed, `[n, k]`: a weight matrix as PyTorch stores it, or keys for `q·kᵀ`.
+    Transposed(View<'a>),
+}
+
+impl Rhs<'_> {
+    /// (k, n)
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Rhs::Plain(v) => (v.rows, v.cols),
+            Rhs::Transposed(v) => (v.cols, v.rows),
+        }
+    }
+}
+
+/// `dst ← scale · a · b (+ dst if accumulate)`, `dst` a `[a.rows, n]` matrix with row stride
+/// `dst_stride` inside `dst`. `threads` > 1 splits the product over rayon's pool.
+pub fn matmul(dst: &mut [f32], dst_stride: usize, a: View, b: Rhs, scale: f32, accumulate: bool, threads: usize) {
+    let (k, n) = b.dims();
+    let m = a.rows;
+    assert_eq!(a.cols, k, "matmul: inner dimensions {} and {k}", a.cols);
+    let out = View { data: dst, rows: m, cols: n, stride: dst_stride };
+    assert!(out.fits(dst.len()), "matmul: destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_stride..r * dst_stride + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let (b_data, b_cs, b_rs) = match b {
+        Rhs::Plain(v) => (v.data, 1isize, v.stride as isize),
+        Rhs::Transposed(v) => (v.data, v.stride as isize, 1isize),
+    };
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every view was checked to lie inside its slice (View::strided, `fits` above), and
+    // `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            1,
+            a.stride as isize,
+            b_data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    pub(crate) fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// The plain triple loop in f64.
+    pub(crate) fn reference(a: &View, b: &Rhs, scale: f32) -> Vec<f64> {
+        let (k, n) = b.dims();
+        let mut out = vec![0f64; a.rows * n];
+        for r in 0..a.rows {
+            for c in 0..n {
+                let mut s = 0f64;
+                for i in 0..k {
+                    let bv = match b {
+                        Rhs::Plain(v) => v.data[i * v.stride + c],
+                        Rhs::Transposed(v) => v.data[c * v.stride + i],
+                    };
+                    s += a.data[r * a.stride + i] as f64 * bv as f64;
+                }
+                out[r * n + c] = s * scale as f64;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn strided_products_match_the_triple_loop() {
+        for (m, n, k, threads) in [(1, 1, 1, 1), (7, 5, 3, 1), (33, 17, 65, 2), (256, 48, 160, 2), (3, 262, 96, 2)] {
+            // Operands sit at an offset inside wider matrices, as per-head slices do.
+            let a_all = random(m * (k + 3), 1);
+            let a = View::strided(&a_all[2..], m, k, k + 3);
+            let bt_all = random(n * (k + 5), 2);
+            let bt = View::strided(&bt_all[1..], n, k, k + 5);
+            let b_all = random(k * (n + 4), 3);
+            let b = View::strided(&b_all, k, n, n + 4);
+            for rhs in [Rhs::Transposed(bt), Rhs::Plain(b)] {
+                let want = reference(&a, &rhs, 0.5);
+                let stride = n + 2;
+                let mut dst = vec![1f32; m * stride];
+                matmul(&mut dst, stride, a, rhs, 0.5, true, threads);
+                for r in 0..m {
+                    for c in 0..n {
+                        let got = dst[r * stride + c] as f64;
+                        assert!((got - 1.0 - want[r * n + c]).abs() < 1e-4, "{m}x{n}x{k} at {r},{c}");
+                    }
+                }
+                matmul(&mut dst, stride, a, rhs, 0.5, false, threads);
+                assert!((dst[0] as f64 - want[0]).abs() < 1e-4);
+            }
+        }
+    }
+}

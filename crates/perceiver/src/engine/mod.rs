@@ -1,0 +1,485 @@
+//! The inference engine: the masked language model's forward pass on plain `f32` buffers, with
+//! fused row kernels ([`kernels`]), matrix products on strided views ([`matmul`]) and an
+//! optional bf16 path ([`bf16`]).
+//!
+//! It computes what [`crate::PerceiverForMaskedLM`] (candle, trainable) computes, and the
+//! parity tests hold both to transformers' numbers. It is faster because it does only the work
+//! the answer needs:
+//! - no padding: every text of a batch is encoded at its own length (the cross-attention runs per
+//!   text), and only the asked output positions are decoded;
+//! - no copies around the matrix products: heads are strided views into q/k/v, weights are read as
+//!   stored, and biases and residuals are accumulated into the product's output;
+//! - LayerNorm, softmax and GELU are single passes, vectorised for the CPU at hand;
+//! - weights are read in place from the memory-mapped file ([`weights`]).
+
+pub mod bf16;
+pub mod kernels;
+pub mod matmul;
+pub mod weights;
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::config::{AttentionSpec, PerceiverConfig};
+use crate::error::{Error, Result};
+use matmul::{matmul, Rhs, View};
+pub use weights::Param;
+
+/// Number type of the weight matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32: transformers' numbers.
+    #[default]
+    F32,
+    /// Weight matrix products with bf16 operands and f32 accumulation (AVX-512 BF16 where the CPU
+    /// has it); attention, norms and activations stay in f32.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(Error::InvalidInput(format!("unknown precision {other:?}: use f32 or bf16"))),
+        }
+    }
+}
+
+/// A dense layer `x·Wᵀ + b` (W stored `[out, in]` as transformers stores it).
+#[derive(Debug, Clone)]
+struct Dense {
+    weight: Param,
+    bias: Param,
+    /// W packed for the bf16 kernel, when the engine runs in bf16.
+    packed: Option<bf16::PackedMatrix>,
+}
+
+impl Dense {
+    fn load(get: &mut dyn FnMut(&str) -> Result<Param>, prefix: &str) -> Result<Self> {
+        Ok(Self {
+            weight: get(&format!("{prefix}.weight"))?,
+            bias: get(&format!("{prefix}.bias"))?,
+            packed: None,
+        })
+    }
+
+    fn out_dim(&self) -> usize {
+        self.weight.shape()[0]
+    }
+
+    fn in_dim(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    fn set_precision(&mut self, precision: Precision) {
+        self.packed = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(bf16::PackedMatrix::pack_transposed(
+                self.weight.data(),
+                self.out_dim(),
+                self.in_dim(),
+            )),
+        };
+    }
+
+    /// `x` (`[rows, in]`) → `[rows, out]`.
+    fn forward(&self, x: &[f32], threads: usize) -> Vec<f32> {
+        let rows = x.len() / self.in_dim();
+        let mut out = kernels::repeat_rows(self.bias.data(), rows);
+        self.accumulate(x, &mut out, threads);
+        out
+    }
+
+    /// `out += x·Wᵀ + b`: the residual stream takes the layer's output without another pass.
+    fn forward_into(&self, x: &[f32], out: &mut [f32], threads: usize) {
+        kernels::add_to_rows(out, self.bias.data());
+        self.accumulate(x, out, threads);
+    }
+
+    fn accumulate(&self, x: &[f32], out: &mut [f32], threads: usize) {
+        let (n, k) = (self.out_dim(), self.in_dim());
+        let rows = x.len() / k;
+        match &self.packed {
+            Some(packed) => packed.matmul_accumulate(x, rows, out, threads),
+            None => matmul(
+                out,
+                n,
+                View::dense(x, rows, k),
+                Rhs::Transposed(View::dense(self.weight.data(), n, k)),
+                1.0,
+                true,
+                threads,
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    weight: Param,
+    bias: Param,
+}
+
+impl Norm {
+    fn load(get: &mut dyn FnMut(&str) -> Result<Param>, prefix: &str) -> Result<Self> {
+        Ok(Self {
+            weight: get(&format!("{prefix}.weight"))?,
+            bias: get(&format!("{prefix}.bias"))?,
+        })
+    }
+
+    fn forward(&self, x: &[f32]) -> Vec<f32> {
+        kernels::layer_norm(x, self.weight.data(), self.bias.data())
+    }
+}
+
+/// Attention then MLP, each with a residual: transformers' `PerceiverLayer`.
+#[derive(Debug, Clone)]
+struct Layer {
+    spec: AttentionSpec,
+    q_norm: Norm,
+    /// Cross-attention only: the norm of the keys'/values' input.
+    kv_norm: Option<Norm>,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    output: Dense,
+    mlp_norm: Norm,
+    dense1: Dense,
+    dense2: Dense,
+}
+
+impl Layer {
+    fn load(spec: AttentionSpec, is_cross: bool, get: &mut dyn FnMut(&str) -> Result<Param>, prefix: &str) -> Result<Self> {
+        let inner = format!("{prefix}.attention.self");
+        Ok(Self {
+            spec,
+            q_norm: Norm::load(get, &format!("{inner}.layernorm1"))?,
+            kv_norm: if is_cross {
+                Some(Norm::load(get, &format!("{inner}.layernorm2"))?)
+            } else {
+                None
+            },
+            query: Dense::load(get, &format!("{inner}.query"))?,
+            key: Dense::load(get, &format!("{inner}.key"))?,
+            value: Dense::load(get, &format!("{inner}.value"))?,
+            output: Dense::load(get, &format!("{prefix}.attention.output.dense"))?,
+            mlp_norm: Norm::load(get, &format!("{prefix}.layernorm"))?,
+            dense1: Dense::load(get, &format!("{prefix}.mlp.dense1"))?,
+            dense2: Dense::load(get, &format!("{prefix}.mlp.dense2"))?,
+        })
+    }
+
+    fn dense_layers(&mut self) -> [&mut Dense; 6] {
+        [&mut self.query, &mut self.key, &mut self.value, &mut self.output, &mut self.dense1, &mut self.dense2]
+    }
+
+    /// `queries`: `[Σ query rows, q_dim]`, item `i`'s rows at `query_items[i]`; `inputs`: the
+    /// keys'/values' input `[Σ rows, kv_dim]` with its item ranges, `None` for self-attention.
+    fn forward(
+        &self,
+        queries: &[f32],
+        query_items: &[Range<usize>],
+        inputs: Option<(&[f32], &[Range<usize>])>,
+        threads: usize,
+    ) -> Vec<f32> {
+        let q_in = self.q_norm.forward(queries);
+        let kv_norm;
+        let (kv_in, kv_items) = match (inputs, &self.kv_norm) {
+            (Some((inputs, items)), Some(norm)) => {
+                kv_norm = norm.forward(inputs);
+                (&kv_norm[..], items)
+            }
+            _ => (&q_in[..], query_items),
+        };
+        let q = self.query.forward(&q_in, threads);
+        let k = self.key.forward(kv_in, threads);
+        let v = self.value.forward(kv_in, threads);
+        let heads = attend(&self.spec, &q, query_items, &k, &v, kv_items, threads);
+        let mut x = if self.spec.use_query_residual {
+            // The residual is the queries before their LayerNorm.
+            let mut x = queries.to_vec();
+            self.output.forward_into(&heads, &mut x, threads);
+            x
+        } else {
+            self.output.forward(&heads, threads)
+        };
+        let mut hidden = self.dense1.forward(&self.mlp_norm.forward(&x), threads);
+        kernels::activate(&mut hidden, self.spec.activation);
+        self.dense2.forward_into(&hidden, &mut x, threads);
+        x
+    }
+}
+
+/// Multi-head attention of each item's queries over that item's keys; heads concatenated.
+/// Work is split over (item, head) pairs.
+fn attend(
+    spec: &AttentionSpec,
+    q: &[f32],
+    query_items: &[Range<usize>],
+    k: &[f32],
+    v: &[f32],
+    kv_items: &[Range<usize>],
+    threads: usize,
+) -> Vec<f32> {
+    let heads = spec.num_heads;
+    let (qk, vc) = (spec.qk_channels, spec.v_channels);
+    let (d_qk, d_v) = (qk / heads, vc / heads);
+    let scale = 1.0 / (d_qk as f32).sqrt();
+    let total_queries = query_items.last().map_or(0, |r| r.end);
+    let tasks: Vec<(usize, usize)> = (0..query_items.len())
+        .flat_map(|item| (0..heads).map(move |head| (item, head)))
+        .collect();
+    // Few tasks (one text, one head) leave threads for the products themselves.
+    let inner_threads = (threads / tasks.len().max(1)).max(1);
+    let per_head: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(item, head)| {
+            let (qr, kr) = (&query_items[item], &kv_items[item]);
+            let (nq, nk) = (qr.len(), kr.len());
+            let q_h = View::strided(&q[qr.start * qk + head * d_qk..], nq, d_qk, qk);
+            let k_h = View::strided(&k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
+            let v_h = View::strided(&v[kr.start * vc + head * d_v..], nk, d_v, vc);
+            let mut scores = vec![0f32; nq * nk];
+            matmul(&mut scores, nk, q_h, Rhs::Transposed(k_h), scale, false, inner_threads);
+            kernels::softmax_rows(&mut scores, nk);
+            let mut out = vec![0f32; nq * d_v];
+            matmul(&mut out, d_v, View::dense(&scores, nq, nk), Rhs::Plain(v_h), 1.0, false, inner_threads);
+            out
+        })
+        .collect();
+    let mut out = vec![0f32; total_queries * vc];
+    for (&(item, head), block) in tasks.iter().zip(&per_head) {
+        for (row, values) in query_items[item].clone().zip(block.chunks_exact(d_v)) {
+            out[row * vc + head * d_v..row * vc + (head + 1) * d_v].copy_from_slice(values);
+        }
+    }
+    out
+}
+
+/// Row ranges of consecutive items with the given row counts.
+fn item_ranges(counts: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
+    let mut start = 0;
+    counts
+        .into_iter()
+        .map(|n| {
+            let range = start..start + n;
+            start += n;
+            range
+        })
+        .collect()
+}
+
+/// The byte-level masked language model on the engine (weights as transformers names them).
+#[derive(Debug, Clone)]
+pub struct MaskedLmEngine {
+    config: PerceiverConfig,
+    /// `[vocab, d_model]`, also the tied output projection.
+    embeddings: Param,
+    input_positions: Param,
+    latents: Param,
+    encoder_cross_attention: Layer,
+    self_attends: Vec<Layer>,
+    /// `[max_positions, d_model]`: the decoder's queries.
+    output_queries: Param,
+    decoder: Layer,
+    output_bias: Param,
+    precision: Precision,
+    threads: usize,
+}
+
+impl MaskedLmEngine {
+    /// Builds the engine from tensors by transformers name; `get` must return each with the shape
+    /// `config` implies (the loaders check every shape before calling this).
+    pub fn from_params(config: &PerceiverConfig, get: &mut dyn FnMut(&str) -> Result<Param>) -> Result<Self> {
+        config.validate()?;
+        let p = "perceiver";
+        let self_spec = config.self_attention_spec();
+        let self_attends = (0..config.num_self_attends_per_block)
+            .map(|i| Layer::load(self_spec.clone(), false, get, &format!("{p}.encoder.self_attends.{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config: config.clone(),
+            embeddings: get(&format!("{p}.input_preprocessor.embeddings.weight"))?,
+            input_positions: get(&format!("{p}.input_preprocessor.position_embeddings.weight"))?,
+            latents: get(&format!("{p}.embeddings.latents"))?,
+            encoder_cross_attention: Layer::load(
+                config.encoder_cross_attention_spec(),
+                true,
+                get,
+                &format!("{p}.encoder.cross_attention"),
+            )?,
+            self_attends,
+            output_queries: get(&format!("{p}.decoder.output_position_encodings.position_embeddings"))?,
+            decoder: Layer::load(
+                config.masked_lm_decoder_spec(),
+                true,
+                get,
+                &format!("{p}.decoder.decoding_cross_attention"),
+            )?,
+            output_bias: get("embedding_decoder.bias")?,
+            precision: Precision::F32,
+            threads: 0,
+        })
+    }
+
+    pub fn config(&self) -> &PerceiverConfig {
+        &self.config
+    }
+
+    /// The longest input (in ids, special tokens included) the model takes.
+    pub fn max_len(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Switches the weight products to `precision` (bf16 packs a bf16 copy of every weight
+    /// matrix: half the f32 size).
+    pub fn set_precision(&mut self, precision: Precision) {
+        if precision == self.precision {
+            return;
+        }
+        let layers = std::iter::once(&mut self.encoder_cross_attention)
+            .chain(self.self_attends.iter_mut())
+            .chain(std::iter::once(&mut self.decoder));
+        for layer in layers {
+            for dense in layer.dense_layers() {
+                dense.set_precision(precision);
+            }
+        }
+        self.precision = precision;
+    }
+
+    /// Threads for one forward pass; 0 (the default) means rayon's pool size.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads;
+    }
+
+    fn threads(&self) -> usize {
+        if self.threads == 0 {
+            rayon::current_num_threads()
+        } else {
+            self.threads
+        }
+    }
+
+    fn check_ids(&self, texts: &[&[u32]]) -> Result<()> {
+        let vocab = self.config.vocab_size as u32;
+        for text in texts {
+            if text.is_empty() {
+                return Err(Error::InvalidInput("the input is empty".into()));
+            }
+            if text.len() > self.max_len() {
+                return Err(Error::InvalidInput(format!(
+                    "input is {} tokens long, the model takes at most {}",
+                    text.len(),
+                    self.max_len()
+                )));
+            }
+            if let Some(id) = text.iter().find(|&&id| id >= vocab) {
+                return Err(Error::InvalidInput(format!("token id {id} is outside the vocabulary of {vocab}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes each text (ids, no padding) into latents: `[texts · num_latents, d_latents]`,
+    /// text `i`'s latents in rows `i·num_latents..`.
+    pub fn encode(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
+        self.check_ids(texts)?;
+        let threads = self.threads();
+        let d_model = self.config.d_model;
+        let positions = self.input_positions.data();
+        let table = self.embeddings.data();
+        let mut inputs = Vec::with_capacity(texts.iter().map(|t| t.len()).sum::<usize>() * d_model);
+        for text in texts {
+            for (p, &id) in text.iter().enumerate() {
+                let e = &table[id as usize * d_model..][..d_model];
+                let pos = &positions[p * d_model..][..d_model];
+                inputs.extend(e.iter().zip(pos).map(|(a, b)| a + b));
+            }
+        }
+        let input_items = item_ranges(texts.iter().map(|t| t.len()));
+        let n = self.config.num_latents;
+        let latent_items = item_ranges(std::iter::repeat_n(n, texts.len()));
+        // Every text's queries are the same learned latents.
+        let queries = kernels::repeat_rows(self.latents.data(), texts.len());
+        let mut z = self
+            .encoder_cross_attention
+            .forward(&queries, &latent_items, Some((&inputs, &input_items)), threads);
+        for _ in 0..self.config.num_blocks {
+            for layer in &self.self_attends {
+                z = layer.forward(&z, &latent_items, None, threads);
+            }
+        }
+        Ok(z)
+    }
+
+    /// Logits at the given output positions of each encoded text: `[Σ positions, vocab]`, text
+    /// `i`'s rows after those of texts before it.
+    pub fn decode(&self, latents: &[f32], positions: &[&[usize]]) -> Result<Vec<f32>> {
+        let (n, d_latents, d_model) = (self.config.num_latents, self.config.d_latents, self.config.d_model);
+        if latents.len() != positions.len() * n * d_latents {
+            return Err(Error::InvalidInput(format!(
+                "{} latent values for {} texts of {n}x{d_latents}",
+                latents.len(),
+                positions.len()
+            )));
+        }
+        let table = self.output_queries.data();
+        let mut queries = Vec::with_capacity(positions.iter().map(|p| p.len()).sum::<usize>() * d_model);
+        for &p in positions.iter().flat_map(|p| p.iter()) {
+            if p >= self.max_len() {
+                return Err(Error::InvalidInput(format!("output position {p} is outside the model's {}", self.max_len())));
+            }
+            queries.extend_from_slice(&table[p * d_model..][..d_model]);
+        }
+        let threads = self.threads();
+        let query_items = item_ranges(positions.iter().map(|p| p.len()));
+        let latent_items = item_ranges(std::iter::repeat_n(n, positions.len()));
+        let hidden = self
+            .decoder
+            .forward(&queries, &query_items, Some((latents, &latent_items)), threads);
+        Ok(self.logits(&hidden, threads))
+    }
+
+    /// Tied embedding decoder: `hidden · Eᵀ + bias`.
+    fn logits(&self, hidden: &[f32], threads: usize) -> Vec<f32> {
+        let (vocab, d_model) = (self.config.vocab_size, self.config.d_model);
+        let rows = hidden.len() / d_model;
+        let mut out = kernels::repeat_rows(self.output_bias.data(), rows);
+        matmul(
+            &mut out,
+            vocab,
+            View::dense(hidden, rows, d_model),
+            Rhs::Transposed(View::dense(self.embeddings.data(), vocab, d_model)),
+            1.0,
+            true,
+            threads,
+        );
+        out
+    }
+
+    /// Encodes the texts and decodes the given positions of each: logits `[Σ positions, vocab]`.
+    pub fn logits_at(&self, texts: &[&[u32]], positions: &[&[usize]]) -> Result<Vec<f32>> {
+        if texts.len() != positions.len() {
+            return Err(Error::InvalidInput(format!("{} texts but {} position lists", texts.len(), positions.len())));
+        }
+        let latents = self.encode(texts)?;
+        self.decode(&latents, positions)
+    }
+
+    /// What transformers' `PerceiverForMaskedLM` returns for one unpadded text: logits at every
+    /// output position, `[max_len, vocab]`.
+    pub fn logits_all(&self, text: &[u32]) -> Result<Vec<f32>> {
+        let all: Vec<usize> = (0..self.max_len()).collect();
+        self.logits_at(&[text], &[&all])
+    }
+}

@@ -1,0 +1,182 @@
+//! Where the engine's weights live: read in place from memory-mapped safetensors files (or from
+//! bytes compiled into the binary), copied only when they must be converted.
+//!
+//! The 201M model's f32 weights are 804 MB. Reading them in place keeps the process at about
+//! that size (the pages are the file's, shared with the page cache); candle's loader copies every
+//! tensor out of the mapping, which doubled the resident size.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// Bytes that hold one safetensors file.
+pub(crate) enum Backing {
+    Mapped(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(map) => map,
+            Backing::Static(bytes) => bytes,
+        }
+    }
+}
+
+/// One f32 tensor, borrowed from its file or owned.
+#[derive(Clone)]
+pub struct Param {
+    data: ParamData,
+    shape: Vec<usize>,
+}
+
+#[derive(Clone)]
+enum ParamData {
+    Shared { backing: Arc<Backing>, offset: usize, len: usize },
+    Owned(Arc<[f32]>),
+}
+
+impl Param {
+    pub fn owned(data: Vec<f32>, shape: Vec<usize>) -> Self {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        Self { data: ParamData::Owned(data.into()), shape }
+    }
+
+    pub fn data(&self) -> &[f32] {
+        match &self.data {
+            ParamData::Shared { backing, offset, len } => {
+                let bytes = &backing[*offset..*offset + *len * 4];
+                // SAFETY: `Param::shared` checked that the range is in bounds and 4-byte
+                // aligned, and the bytes are little-endian f32 on a little-endian target.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), *len) }
+            }
+            ParamData::Owned(data) => data,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Whether the data is read in place from a file mapping or static bytes.
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self.data, ParamData::Shared { .. })
+    }
+}
+
+impl std::fmt::Debug for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Param")
+            .field("shape", &self.shape)
+            .field("borrowed", &self.is_borrowed())
+            .finish()
+    }
+}
+
+/// Where a tensor is inside a file.
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Byte range within the file.
+    start: usize,
+    end: usize,
+}
+
+/// Tensors by name across one or more safetensors files.
+pub(crate) struct SafetensorsStore {
+    files: Vec<(Arc<Backing>, PathBuf)>,
+    entries: HashMap<String, Entry>,
+}
+
+impl SafetensorsStore {
+    /// Memory-maps each file and reads its header.
+    pub(crate) fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut backings = Vec::with_capacity(paths.len());
+        for path in paths {
+            let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            // SAFETY: the mapping is read-only; like every mmap-based loader (candle's,
+            // safetensors'), we rely on the file not being truncated while the model is loaded.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io { path: path.clone(), source })?;
+            backings.push((Backing::Mapped(map), path.clone()));
+        }
+        Self::from_backings(backings)
+    }
+
+    /// A store over bytes that live for the whole program (a model compiled in).
+    pub(crate) fn from_static(bytes: &'static [u8], name: &str) -> Result<Self> {
+        Self::from_backings(vec![(Backing::Static(bytes), PathBuf::from(name))])
+    }
+
+    fn from_backings(backings: Vec<(Backing, PathBuf)>) -> Result<Self> {
+        let mut files = Vec::with_capacity(backings.len());
+        let mut entries = HashMap::new();
+        for (index, (backing, path)) in backings.into_iter().enumerate() {
+            let corrupt = |reason: String| Error::CorruptWeights { path: path.clone(), reason };
+            let parsed = SafeTensors::deserialize(&backing).map_err(|e| corrupt(e.to_string()))?;
+            let base = backing.as_ptr() as usize;
+            for (name, view) in parsed.tensors() {
+                let start = view.data().as_ptr() as usize - base;
+                let entry = Entry {
+                    file: index,
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    start,
+                    end: start + view.data().len(),
+                };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(corrupt(format!("tensor {name} appears in more than one file")));
+                }
+            }
+            files.push((Arc::new(backing), path));
+        }
+        Ok(Self { files, entries })
+    }
+
+    /// Every tensor's name and shape, to check against a config.
+    pub(crate) fn shapes(&self) -> std::collections::BTreeMap<String, Vec<usize>> {
+        self.entries.iter().map(|(n, e)| (n.clone(), e.shape.clone())).collect()
+    }
+
+    /// The tensor `name` as f32: in place when it is stored as aligned little-endian f32,
+    /// converted (bf16, f16, f64) otherwise.
+    pub(crate) fn get(&self, name: &str) -> Result<Param> {
+        let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        let (backing, path) = &self.files[entry.file];
+        let bytes = &backing[entry.start..entry.end];
+        let count: usize = entry.shape.iter().product();
+        let corrupt = |reason: String| Error::CorruptWeights { path: path.clone(), reason };
+        let width = match entry.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::F64 => 8,
+            other => return Err(corrupt(format!("tensor {name} has dtype {other:?}; only floating-point weights are supported"))),
+        };
+        if bytes.len() != count * width {
+            return Err(corrupt(format!("tensor {name} holds {} bytes, its shape needs {}", bytes.len(), count * width)));
+        }
+        let shape = entry.shape.clone();
+        if entry.dtype == Dtype::F32 && cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 {
+            return Ok(Param {
+                data: ParamData::Shared { backing: backing.clone(), offset: entry.start, len: count },
+                shape,
+            });
+        }
+        let values: Vec<f32> = match entry.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ => bytes
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+        };
+        Ok(Param::owned(values, shape))
+    }
+}
