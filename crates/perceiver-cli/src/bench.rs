@@ -17,6 +17,8 @@ use rand_chacha::ChaCha8Rng;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Inference, ours and transformers' side by side on the same weights (workloads W1–W4).
+    Inference(crate::bench_inference::InferenceArgs),
     /// One training step (forward, backward over masked positions, clipping, AdamW).
     TrainStep(TrainStepArgs),
 }
@@ -45,6 +47,7 @@ pub struct TrainStepArgs {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::TrainStep(args) => train_step(args),
+        BenchCommand::Inference(args) => crate::bench_inference::run(args),
     }
 }
 

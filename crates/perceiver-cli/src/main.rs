@@ -7,6 +7,7 @@ use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_inference;
 mod bench_serve;
 mod fill_mask;
 mod model;

@@ -15,6 +15,7 @@
 pub mod bf16;
 pub mod kernels;
 pub mod matmul;
+pub mod sgemm;
 pub mod weights;
 
 use std::ops::Range;
@@ -105,6 +106,7 @@ impl Dense {
         let rows = x.len() / k;
         match &self.packed {
             Some(packed) => packed.matmul_accumulate(x, rows, out, threads),
+            None if sgemm::available() => sgemm::matmul_wt_accumulate(x, rows, self.weight.data(), n, k, out, threads),
             None => matmul(
                 out,
                 n,
@@ -465,6 +467,30 @@ impl MaskedLmEngine {
             threads,
         );
         out
+    }
+
+    /// Multiply-add work (2 FLOP each) of the matrix products of one forward pass over texts of
+    /// `input_lens` tokens with `output_counts` decoded positions each: what a speed in GFLOP/s
+    /// is measured against. transformers' pass over a padded batch is the same formula with every
+    /// length set to the padded length and every count to `max_len()`.
+    pub fn forward_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> f64 {
+        let c = &self.config;
+        let layer = |spec: &AttentionSpec, nq: usize, nk: usize| -> f64 {
+            let (nq, nk) = (nq as f64, nk as f64);
+            let (q, kv, qk, v) = (spec.q_dim as f64, spec.kv_dim as f64, spec.qk_channels as f64, spec.v_channels as f64);
+            let hidden = (spec.q_dim * spec.widening_factor) as f64;
+            2.0 * (nq * q * qk + nk * kv * (qk + v) + nq * nk * (qk + v) + nq * v * q + 2.0 * nq * q * hidden)
+        };
+        let latents = c.num_latents;
+        let mut total = 0.0;
+        for (&len, &outputs) in input_lens.iter().zip(output_counts) {
+            total += layer(&c.encoder_cross_attention_spec(), latents, len);
+            total += (c.num_blocks * c.num_self_attends_per_block) as f64
+                * layer(&c.self_attention_spec(), latents, latents);
+            total += layer(&c.masked_lm_decoder_spec(), outputs, latents);
+            total += 2.0 * (outputs * c.d_model * c.vocab_size) as f64;
+        }
+        total
     }
 
     /// Encodes the texts and decodes the given positions of each: logits `[Σ positions, vocab]`.

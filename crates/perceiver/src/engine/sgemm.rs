@@ -1,0 +1,163 @@
+//! f32 products with a weight matrix, `C += X·Wᵀ`, on AVX-512 (the `gemm` crate, on stable
+//! Rust, stops at AVX2: half the FMA width of CPUs with two 512-bit FMA units).
+//!
+//! W (`[n, k]`, as stored, read in place from the memory-mapped file) is never packed: the
+//! microkernel broadcasts `W[f][k]` for [`MR`] features `f` straight from their rows, and
+//! multiplies them with 32 rows of X, which are packed per call into panels `[k][32]` (X is the
+//! small operand: 256 latents). An `MR × 32` block of Cᵀ lives in 24 registers and is added to
+//! C transposed at the end of each `KC` slice of k.
+
+use rayon::prelude::*;
+
+/// Weight rows (output features) per microkernel call.
+const MR: usize = 12;
+/// X rows per panel (two 16-lane vectors).
+const NR: usize = 32;
+/// Slice of k per pass: a panel slice (`KC × NR` f32, 32 KB) stays in L1.
+const KC: usize = 256;
+
+/// Whether this CPU runs the AVX-512 kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A raw pointer that tasks writing disjoint columns of one buffer share.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `c[m, n] += x[m, k] · wᵀ`, `w` `[n, k]`; all dense row-major. Call only when [`available`].
+pub fn matmul_wt_accumulate(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, c: &mut [f32], threads: usize) {
+    assert!(available(), "sgemm: the CPU has no AVX-512");
+    assert_eq!(x.len(), m * k, "sgemm: X is not {m}x{k}");
+    assert_eq!(w.len(), n * k, "sgemm: W is not {n}x{k}");
+    assert_eq!(c.len(), m * n, "sgemm: C is not {m}x{n}");
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let panels = m.div_ceil(NR);
+    // X in panels of NR rows: [panel][k][NR], rows past m zero.
+    let mut packed = vec![0f32; panels * k * NR];
+    packed.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
+        for r in 0..NR.min(m - p * NR) {
+            let row = &x[(p * NR + r) * k..(p * NR + r + 1) * k];
+            for (i, &v) in row.iter().enumerate() {
+                panel[i * NR + r] = v;
+            }
+        }
+    });
+    // The last block of weight rows may be short: a zero-padded copy keeps the kernel in bounds.
+    let full_blocks = n / MR;
+    let tail_rows = n % MR;
+    let tail: Vec<f32> = if tail_rows > 0 {
+        let mut t = vec![0f32; MR * k];
+        t[..tail_rows * k].copy_from_slice(&w[full_blocks * MR * k..]);
+        t
+    } else {
+        Vec::new()
+    };
+    let blocks = n.div_ceil(MR);
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    // Each task owns a range of weight-row blocks (columns of C). Within it, one KC slice of
+    // one X panel (32 KB) stays in L1 while the range's weight rows stream past it.
+    let work = |range: std::ops::Range<usize>| {
+        let c_ptr = c_ptr;
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for p in 0..panels {
+                let panel = &packed[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
+                let first_row = p * NR;
+                for block in range.clone() {
+                    let (w_block, rows) = if block < full_blocks {
+                        (&w[block * MR * k..(block + 1) * MR * k], MR)
+                    } else {
+                        (&tail[..], tail_rows)
+                    };
+                    let mut tile = [[0f32; NR]; MR];
+                    // SAFETY: `available()` was checked; the kernel reads MR rows of `w_block`
+                    // at stride k from column k0 (kc values each) and kc·NR values of `panel`.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        avx512::kernel(w_block.as_ptr().add(k0), k, panel.as_ptr(), kc, &mut tile)
+                    };
+                    for lane in 0..NR.min(m - first_row) {
+                        // SAFETY: row < m and columns block·MR..+rows ≤ n: inside `c`; tasks own
+                        // disjoint column blocks.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(c_ptr.0.add((first_row + lane) * n + block * MR), rows)
+                        };
+                        for (f, d) in dst.iter_mut().enumerate() {
+                            *d += tile[f][lane];
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let tasks = if threads > 1 { (threads * 2).min(blocks) } else { 1 };
+    let per_task = blocks.div_ceil(tasks);
+    (0..tasks)
+        .into_par_iter()
+        .for_each(|t| work(t * per_task..((t + 1) * per_task).min(blocks)));
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// `tile[f][r] = Σ_{i<kc} w[f·ldw + i] · panel[i·NR + r]` for f < MR, r < NR.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel(w: *const f32, ldw: usize, panel: *const f32, kc: usize, tile: &mut [[f32; NR]; MR]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for i in 0..kc {
+            let x0 = _mm512_loadu_ps(panel.add(i * NR));
+            let x1 = _mm512_loadu_ps(panel.add(i * NR + 16));
+            for f in 0..MR {
+                let wv = _mm512_set1_ps(*w.add(f * ldw + i));
+                acc[f][0] = _mm512_fmadd_ps(wv, x0, acc[f][0]);
+                acc[f][1] = _mm512_fmadd_ps(wv, x1, acc[f][1]);
+            }
+        }
+        for f in 0..MR {
+            _mm512_storeu_ps(tile[f].as_mut_ptr(), acc[f][0]);
+            _mm512_storeu_ps(tile[f].as_mut_ptr().add(16), acc[f][1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::matmul::tests::random;
+
+    #[test]
+    fn products_match_the_triple_loop() {
+        if !available() {
+            println!("no AVX-512 on this CPU: the gemm crate does these products");
+            return;
+        }
+        for (m, n, k, threads) in [(1, 1, 1, 1), (5, 13, 3, 2), (33, 12, 257, 2), (70, 25, 600, 2), (256, 48, 31, 1)] {
+            let x = random(m * k, 21);
+            let w = random(n * k, 22);
+            let start = random(m * n, 23);
+            let mut c = start.clone();
+            matmul_wt_accumulate(&x, m, &w, n, k, &mut c, threads);
+            for r in 0..m {
+                for f in 0..n {
+                    let want = start[r * n + f] as f64
+                        + (0..k).map(|i| x[r * k + i] as f64 * w[f * k + i] as f64).sum::<f64>();
+                    assert!((c[r * n + f] as f64 - want).abs() < 1e-4, "{m}x{n}x{k} at {r},{f}");
+                }
+            }
+        }
+    }
+}
