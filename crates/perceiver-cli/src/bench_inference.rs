@@ -40,6 +40,9 @@ pub struct InferenceArgs {
     /// Timed runs per workload and side (after one warm-up run).
     #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// Batch sizes each side tries for W3 at warm-up (the fastest is timed).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    batch_sizes: Vec<usize>,
     /// Time our engine only.
     #[arg(long)]
     no_reference: bool,
@@ -72,14 +75,19 @@ struct Workload {
 
 fn sentence_text() -> MaskedText {
     let tokenizer = BytesTokenizer;
-    let start = SENTENCE.find(MASKED_WORD).expect("the masked word is in the sentence");
+    let start = SENTENCE
+        .find(MASKED_WORD)
+        .expect("the masked word is in the sentence");
     let mut ids = tokenizer.with_special_tokens(&tokenizer.encode(SENTENCE));
     // +1: the [CLS] id before the text.
     let positions: Vec<usize> = (start + 1..start + 1 + MASKED_WORD.len()).collect();
     for &p in &positions {
         ids[p] = MASK_ID;
     }
-    MaskedText { ids, mask_positions: positions }
+    MaskedText {
+        ids,
+        mask_positions: positions,
+    }
 }
 
 fn long_text(len: usize) -> MaskedText {
@@ -87,15 +95,51 @@ fn long_text(len: usize) -> MaskedText {
     let body: String = SENTENCE.repeat(len / SENTENCE.len() + 1);
     let mut ids = tokenizer.with_special_tokens(&tokenizer.encode(&body[..len - 2]));
     ids.truncate(len);
-    MaskedText { mask_positions: (0..len).collect(), ids }
+    MaskedText {
+        mask_positions: (0..len).collect(),
+        ids,
+    }
 }
 
 /// 64 texts of 40–200 bytes of English-looking words, 15% of the bytes masked.
 fn throughput_texts() -> Vec<MaskedText> {
     const WORDS: &[&str] = &[
-        "the", "of", "and", "to", "in", "is", "was", "that", "for", "on", "with", "as", "by", "at", "from",
-        "his", "her", "they", "which", "were", "been", "have", "their", "there", "would", "about", "into",
-        "river", "morning", "language", "perceiver", "attention", "between", "through", "mountain", "letter",
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "was",
+        "that",
+        "for",
+        "on",
+        "with",
+        "as",
+        "by",
+        "at",
+        "from",
+        "his",
+        "her",
+        "they",
+        "which",
+        "were",
+        "been",
+        "have",
+        "their",
+        "there",
+        "would",
+        "about",
+        "into",
+        "river",
+        "morning",
+        "language",
+        "perceiver",
+        "attention",
+        "between",
+        "through",
+        "mountain",
+        "letter",
     ];
     let tokenizer = BytesTokenizer;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -121,24 +165,68 @@ fn throughput_texts() -> Vec<MaskedText> {
             for &p in &positions {
                 ids[p] = MASK_ID;
             }
-            MaskedText { ids, mask_positions: positions }
+            MaskedText {
+                ids,
+                mask_positions: positions,
+            }
         })
         .collect()
 }
 
-fn workloads(names: &[String], max_len: usize) -> Result<Vec<Workload>> {
+fn workloads(names: &[String], max_len: usize, throughput_batch_sizes: &[usize]) -> Result<Vec<Workload>> {
+    if throughput_batch_sizes.is_empty() || throughput_batch_sizes.contains(&0) {
+        bail!("--batch-sizes must be positive numbers");
+    }
     names
         .iter()
         .map(|name| {
             let (name, what, precision, texts, batch_sizes) = match name.to_ascii_uppercase().as_str() {
-                "W1" => ("W1", "1 x 2048 tokens, all 2048 decoded", Precision::F32, vec![long_text(max_len)], vec![1]),
-                "W2" => ("W2", "60-byte fill-mask, 9 masked", Precision::F32, vec![sentence_text()], vec![1]),
-                "W3" => ("W3", "64 texts of 40-200 bytes, 15% masked", Precision::F32, throughput_texts(), vec![1, 8, 64]),
-                "W4" => ("W4", "W1 in bf16", Precision::Bf16, vec![long_text(max_len)], vec![1]),
-                "W4S" => ("W4s", "W2 in bf16", Precision::Bf16, vec![sentence_text()], vec![1]),
+                "W1" => (
+                    "W1",
+                    "1 x 2048 tokens, all 2048 decoded",
+                    Precision::F32,
+                    vec![long_text(max_len)],
+                    vec![1],
+                ),
+                "W2" => (
+                    "W2",
+                    "60-byte fill-mask, 9 masked",
+                    Precision::F32,
+                    vec![sentence_text()],
+                    vec![1],
+                ),
+                "W3" => (
+                    "W3",
+                    "64 texts of 40-200 bytes, 15% masked",
+                    Precision::F32,
+                    throughput_texts(),
+                    throughput_batch_sizes.to_vec(),
+                ),
+                "W4" => (
+                    "W4",
+                    "W1 in bf16",
+                    Precision::Bf16,
+                    vec![long_text(max_len)],
+                    vec![1],
+                ),
+                "W4S" => (
+                    "W4s",
+                    "W2 in bf16",
+                    Precision::Bf16,
+                    vec![sentence_text()],
+                    vec![1],
+                ),
                 other => bail!("unknown workload {other}: use W1, W2, W3, W4, W4s"),
             };
-            Ok(Workload { name, what, precision, texts, batch_sizes, our_batch_size: 1, reference_batch_size: None })
+            Ok(Workload {
+                name,
+                what,
+                precision,
+                texts,
+                batch_sizes,
+                our_batch_size: 1,
+                reference_batch_size: None,
+            })
         })
         .collect()
 }
@@ -175,7 +263,10 @@ impl Reference {
         let stdout = BufReader::new(child.stdout.take().context("reference stdout")?);
         let mut reference = Self { child, stdin, stdout };
         let ready = reference.read()?;
-        eprintln!("reference: torch {} on {} threads", ready["torch"], ready["threads"]);
+        eprintln!(
+            "reference: torch {} on {} threads",
+            ready["torch"], ready["threads"]
+        );
         Ok(reference)
     }
 
@@ -239,15 +330,25 @@ pub fn run(args: InferenceArgs) -> Result<()> {
     }
     let engine = perceiver::load_engine(&ModelFiles::from_dir(&args.model)?)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
-    let mut workloads = workloads(&args.workloads, engine.max_len())?;
-    let mut reference = if args.no_reference { None } else { Some(Reference::start(&args, threads)?) };
-    eprintln!("ours: {threads} threads, bf16 kernel: {:?}", perceiver::engine::bf16::Kernel::detect());
+    let mut workloads = workloads(&args.workloads, engine.max_len(), &args.batch_sizes)?;
+    let mut reference = if args.no_reference {
+        None
+    } else {
+        Some(Reference::start(&args, threads)?)
+    };
+    eprintln!(
+        "ours: {threads} threads, bf16 kernel: {:?}",
+        perceiver::engine::bf16::Kernel::detect()
+    );
 
     // f32 workloads first, so that the peak memory they report excludes the bf16 weight copy.
     let mut rows = Vec::new();
     let mut f32_peak = None;
     for precision in [Precision::F32, Precision::Bf16] {
-        let group: Vec<&mut Workload> = workloads.iter_mut().filter(|w| w.precision == precision).collect();
+        let group: Vec<&mut Workload> = workloads
+            .iter_mut()
+            .filter(|w| w.precision == precision)
+            .collect();
         if group.is_empty() {
             continue;
         }
@@ -279,7 +380,10 @@ pub fn run(args: InferenceArgs) -> Result<()> {
                 }))?;
                 w.reference_batch_size = answer["batch_size"].as_u64().map(|b| b as usize);
             }
-            eprintln!("{}: ours batch {}, pytorch batch {:?}", w.name, w.our_batch_size, w.reference_batch_size);
+            eprintln!(
+                "{}: ours batch {}, pytorch batch {:?}",
+                w.name, w.our_batch_size, w.reference_batch_size
+            );
             times.push((Vec::new(), Vec::new()));
         }
         for round in 0..args.rounds {
@@ -338,7 +442,15 @@ pub fn run(args: InferenceArgs) -> Result<()> {
 
     println!(
         "{:<4} {:<38} {:>9} {:>11} {:>6} {:>10} {:>12} {:>13} {:>15}",
-        "", "workload", "ours (s)", "pytorch (s)", "ratio", "ours GFLOP", "ours GFLOP/s", "pytorch GFLOP", "pytorch GFLOP/s"
+        "",
+        "workload",
+        "ours (s)",
+        "pytorch (s)",
+        "ratio",
+        "ours GFLOP",
+        "ours GFLOP/s",
+        "pytorch GFLOP",
+        "pytorch GFLOP/s"
     );
     for row in &rows {
         println!(
@@ -346,17 +458,29 @@ pub fn run(args: InferenceArgs) -> Result<()> {
             row["workload"].as_str().unwrap_or(""),
             row["what"].as_str().unwrap_or(""),
             row["ours_median"].as_f64().unwrap_or(f64::NAN),
-            row["pytorch_median"].as_f64().map_or("-".into(), |t| format!("{t:.3}")),
-            row["ratio_pytorch_over_ours"].as_f64().map_or("-".into(), |r| format!("{r:.2}")),
+            row["pytorch_median"]
+                .as_f64()
+                .map_or("-".into(), |t| format!("{t:.3}")),
+            row["ratio_pytorch_over_ours"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.2}")),
             row["ours_gflop"].as_f64().unwrap_or(f64::NAN),
             row["ours_gflops_per_s"].as_f64().unwrap_or(f64::NAN),
             row["pytorch_gflop"].as_f64().unwrap_or(f64::NAN),
-            row["pytorch_gflops_per_s"].as_f64().map_or("-".into(), |g| format!("{g:.0}")),
+            row["pytorch_gflops_per_s"]
+                .as_f64()
+                .map_or("-".into(), |g| format!("{g:.0}")),
         );
     }
-    println!("medians of {} rounds; ratio = pytorch / ours (above 1: ours faster)", args.rounds);
+    println!(
+        "medians of {} rounds; ratio = pytorch / ours (above 1: ours faster)",
+        args.rounds
+    );
     if let Some(peak) = f32_peak {
-        println!("peak resident memory of this process after the f32 workloads: {:.0} MB", peak as f64 / 1e6);
+        println!(
+            "peak resident memory of this process after the f32 workloads: {:.0} MB",
+            peak as f64 / 1e6
+        );
     }
     if let Some(path) = &args.json {
         let report = json!({"threads": threads, "rounds": args.rounds, "results": rows, "f32_peak_rss_bytes": f32_peak});

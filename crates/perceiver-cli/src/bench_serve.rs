@@ -28,9 +28,7 @@ pub struct BenchServeArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-
     #[command(flatten)]
-
     engine: EngineArgs,
 
     /// Batch caps of the servers started here (without --url).

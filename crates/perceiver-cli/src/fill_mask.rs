@@ -23,9 +23,7 @@ pub struct FillMaskArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-
     #[command(flatten)]
-
     engine: EngineArgs,
 
     /// Mask the bytes START..END of the plain text (byte offsets, end exclusive).

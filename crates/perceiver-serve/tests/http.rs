@@ -172,8 +172,7 @@ const TEXTS: [&str; 8] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_equal_the_library() {
     let server = TestServer::start(MODEL, |_| {}).await;
-    let fill =
-        FillMask::new(load_engine(&ModelFiles::from_dir(&fixture(MODEL)).unwrap()).unwrap());
+    let fill = FillMask::new(load_engine(&ModelFiles::from_dir(&fixture(MODEL)).unwrap()).unwrap());
     for text in TEXTS {
         let (status, got) = server
             .post(&json!({"inputs": text, "parameters": {"top_k": 3}}))

@@ -55,8 +55,15 @@ mod tests {
         let ids_t = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
         let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let pos_t = candle_core::Tensor::new(pos.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-        let slow = model.decode(&model.encode(&ids_t, None)?, &pos_t)?.flatten_all()?.to_vec1::<f32>()?;
-        let worst = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let slow = model
+            .decode(&model.encode(&ids_t, None)?, &pos_t)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let worst = fast
+            .iter()
+            .zip(&slow)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         println!("built-in model, engine vs candle: max |Δ logit| = {worst:.2e}");
         assert_eq!(fast.len(), slow.len());
         assert!(worst < 1e-4, "max |Δ logit| {worst}");

@@ -48,9 +48,11 @@ pub mod tokenizer;
 
 pub use candle_core::Device;
 pub use config::{Activation, PerceiverConfig};
+pub use engine::{MaskedLmEngine, Precision};
 pub use error::{Error, Result};
 pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
 pub use heads::masked_lm::PerceiverForMaskedLM;
-pub use engine::{MaskedLmEngine, Precision};
-pub use loading::{load_engine, load_engine_from, load_masked_lm, load_masked_lm_from, LoadOptions, ModelFiles};
+pub use loading::{
+    load_engine, load_engine_from, load_masked_lm, load_masked_lm_from, LoadOptions, ModelFiles,
+};
 pub use tokenizer::{BytesTokenizer, MaskedText};

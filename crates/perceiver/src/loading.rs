@@ -15,9 +15,9 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::config::PerceiverConfig;
-use crate::error::{Error, Result};
 use crate::engine::weights::SafetensorsStore;
 use crate::engine::{MaskedLmEngine, Param};
+use crate::error::{Error, Result};
 use crate::heads::masked_lm::PerceiverForMaskedLM;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -390,10 +390,21 @@ pub fn load_engine(files: &ModelFiles) -> Result<MaskedLmEngine> {
 
 /// The engine from candle tensors by transformers name (a model being trained, for instance);
 /// the tensors are copied.
-pub fn engine_from_tensors(config: &PerceiverConfig, tensors: &BTreeMap<String, Tensor>) -> Result<MaskedLmEngine> {
-    check_tensors(config, tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect())?;
+pub fn engine_from_tensors(
+    config: &PerceiverConfig,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<MaskedLmEngine> {
+    check_tensors(
+        config,
+        tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect(),
+    )?;
     MaskedLmEngine::from_params(config, &mut |name| {
-        let tensor = tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        let tensor = tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.into() })?;
         let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(Param::owned(values, tensor.dims().to_vec()))
     })
@@ -404,7 +415,10 @@ pub fn engine_from_tensors(config: &PerceiverConfig, tensors: &BTreeMap<String, 
 pub fn random_engine(config: &PerceiverConfig) -> Result<MaskedLmEngine> {
     config.validate()?;
     let weights = candle_nn::VarMap::new();
-    PerceiverForMaskedLM::new(config, VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu))?;
+    PerceiverForMaskedLM::new(
+        config,
+        VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu),
+    )?;
     let tensors: BTreeMap<String, Tensor> = weights
         .data()
         .lock()

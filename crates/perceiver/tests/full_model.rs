@@ -56,3 +56,58 @@ fn full_language_perceiver_layout_matches_transformers() {
     println!("  top-1 ids equal at {same} of {} positions", argmax_ours.len());
     assert_eq!(same, argmax_ours.len(), "top-1 ids differ");
 }
+
+/// The inference engine (f32 and bf16) on the same 201M fixture.
+#[test]
+#[ignore = "needs the 800 MB fixture written by scripts/make_parity_fixtures.py --full"]
+fn full_layout_on_the_engine_matches_transformers() {
+    let dir = std::env::var_os("PERCEIVER_FULL_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/full-random"));
+    let mut engine = perceiver::load_engine(&ModelFiles::from_dir(&dir).unwrap()).unwrap();
+    let cases = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    let ids = cases["single.input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let expected = cases["single.logits"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let vocab = engine.config().vocab_size;
+    let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();
+    let top1_same = |a: &[f32]| {
+        a.chunks_exact(vocab)
+            .zip(expected.chunks_exact(vocab))
+            .filter(|(x, y)| argmax(x) == argmax(y))
+            .count()
+    };
+    let logits = engine.logits_all(&ids).unwrap();
+    let worst = logits
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let same = top1_same(&logits);
+    println!(
+        "engine f32: max |Δ logit| vs transformers float32 = {worst:.2e}; top-1 equal at {same} of {}",
+        logits.len() / vocab
+    );
+    assert!(worst <= 1e-4, "max |Δ logit| {worst:e}");
+    engine.set_precision(perceiver::Precision::Bf16);
+    let bf16 = engine.logits_all(&ids).unwrap();
+    let worst_bf16 = bf16
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!(
+        "engine bf16: max |Δ logit| = {worst_bf16:.2e}; top-1 equal to transformers float32 at {} of {}",
+        top1_same(&bf16),
+        bf16.len() / vocab
+    );
+}

@@ -160,7 +160,14 @@ fn engine_matches_transformers() {
             let (batch, _) = case.input_ids.dims2().unwrap();
             let texts: Vec<Vec<u32>> = (0..batch)
                 .map(|row| {
-                    let len = case.attention_mask.i(row).unwrap().sum_all().unwrap().to_scalar::<u32>().unwrap();
+                    let len = case
+                        .attention_mask
+                        .i(row)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<u32>()
+                        .unwrap();
                     let ids = case.input_ids.i(row).unwrap().to_vec1::<u32>().unwrap();
                     ids[..len as usize].to_vec()
                 })
@@ -168,19 +175,33 @@ fn engine_matches_transformers() {
             let all: Vec<usize> = (0..max_len).collect();
             let subset: Vec<usize> = (0..max_len).filter(|p| p % 3 == 1 || *p == 0).collect();
             let text_refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
-            let logits = engine.logits_at(&text_refs, &vec![all.as_slice(); batch]).unwrap();
-            let got = Tensor::from_vec(logits, (batch, max_len, engine.config().vocab_size), &Device::Cpu).unwrap();
-            let worst = within_tolerance(max_abs_diff(&got, &case.logits), || format!("{}/{} engine batch", dir.display(), case.name));
+            let logits = engine
+                .logits_at(&text_refs, &vec![all.as_slice(); batch])
+                .unwrap();
+            let got =
+                Tensor::from_vec(logits, (batch, max_len, engine.config().vocab_size), &Device::Cpu).unwrap();
+            let worst = within_tolerance(max_abs_diff(&got, &case.logits), || {
+                format!("{}/{} engine batch", dir.display(), case.name)
+            });
             for (row, text) in texts.iter().enumerate() {
                 let logits = engine.logits_at(&[text], &[&subset]).unwrap();
-                let got = Tensor::from_vec(logits, (subset.len(), engine.config().vocab_size), &Device::Cpu).unwrap();
-                let index = Tensor::new(subset.iter().map(|&p| p as u32).collect::<Vec<_>>().as_slice(), &Device::Cpu).unwrap();
+                let got = Tensor::from_vec(logits, (subset.len(), engine.config().vocab_size), &Device::Cpu)
+                    .unwrap();
+                let index = Tensor::new(
+                    subset.iter().map(|&p| p as u32).collect::<Vec<_>>().as_slice(),
+                    &Device::Cpu,
+                )
+                .unwrap();
                 let want = case.logits.i(row).unwrap().index_select(&index, 0).unwrap();
                 worst_all = worst_all.max(within_tolerance(max_abs_diff(&got, &want), || {
                     format!("{}/{} row {row} engine subset", dir.display(), case.name)
                 }));
             }
-            println!("{:<28} {:<12} engine max |Δ logit| = {worst:.2e}", dir.file_name().unwrap().to_string_lossy(), case.name);
+            println!(
+                "{:<28} {:<12} engine max |Δ logit| = {worst:.2e}",
+                dir.file_name().unwrap().to_string_lossy(),
+                case.name
+            );
             worst_all = worst_all.max(worst);
         }
     }
@@ -194,7 +215,11 @@ fn engine_matches_transformers() {
 fn bf16_top1_agrees_with_f32() {
     let argmax = |r: &[f32]| (0..r.len()).max_by(|&x, &y| r[x].total_cmp(&r[y])).unwrap();
     let agree = |a: &[f32], b: &[f32], vocab: usize| -> (usize, usize) {
-        let same = a.chunks_exact(vocab).zip(b.chunks_exact(vocab)).filter(|(x, y)| argmax(x) == argmax(y)).count();
+        let same = a
+            .chunks_exact(vocab)
+            .zip(b.chunks_exact(vocab))
+            .filter(|(x, y)| argmax(x) == argmax(y))
+            .count();
         (same, a.len() / vocab)
     };
     let (mut masked_same, mut masked_total, mut all_same, mut all_total) = (0, 0, 0, 0);
@@ -218,7 +243,14 @@ fn bf16_top1_agrees_with_f32() {
         for case in cases(&dir) {
             let (batch, _) = case.input_ids.dims2().unwrap();
             for row in 0..batch {
-                let len = case.attention_mask.i(row).unwrap().sum_all().unwrap().to_scalar::<u32>().unwrap() as usize;
+                let len = case
+                    .attention_mask
+                    .i(row)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<u32>()
+                    .unwrap() as usize;
                 let ids = case.input_ids.i(row).unwrap().to_vec1::<u32>().unwrap();
                 let positions: Vec<usize> = (0..len).collect();
                 let a = f32_engine.logits_at(&[&ids[..len]], &[&positions]).unwrap();
@@ -235,8 +267,15 @@ fn bf16_top1_agrees_with_f32() {
         100.0 * agreement,
         100.0 * all_same as f64 / all_total as f64
     );
-    assert!(masked_total >= 20, "too few masked positions to judge: {masked_total}");
-    assert!(agreement >= 0.99, "bf16 top-1 agrees with f32 on only {:.2}% of masked positions", 100.0 * agreement);
+    assert!(
+        masked_total >= 20,
+        "too few masked positions to judge: {masked_total}"
+    );
+    assert!(
+        agreement >= 0.99,
+        "bf16 top-1 agrees with f32 on only {:.2}% of masked positions",
+        100.0 * agreement
+    );
 }
 
 /// transformers' fill-mask pipeline on texts with `[MASK]` (its tokenizer adds [CLS]/[SEP]).

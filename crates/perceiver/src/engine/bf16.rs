@@ -63,23 +63,30 @@ fn pair(lo: f32, hi: f32) -> u32 {
 impl PackedMatrix {
     /// Packs `w`, `[n, k]` row-major.
     pub fn pack_transposed(w: &[f32], n: usize, k: usize) -> Self {
-        assert_eq!(w.len(), n * k, "pack_transposed: {n}x{k} matrix from {} values", w.len());
+        assert_eq!(
+            w.len(),
+            n * k,
+            "pack_transposed: {n}x{k} matrix from {} values",
+            w.len()
+        );
         let pairs = k.div_ceil(2);
         let panels = n.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
-        data.par_chunks_mut(pairs * NR).enumerate().for_each(|(p, panel)| {
-            for lane in 0..NR {
-                let c = p * NR + lane;
-                if c >= n {
-                    continue;
+        data.par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for lane in 0..NR {
+                    let c = p * NR + lane;
+                    if c >= n {
+                        continue;
+                    }
+                    let row = &w[c * k..(c + 1) * k];
+                    for i in 0..pairs {
+                        let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
+                        panel[i * NR + lane] = pair(row[2 * i], hi);
+                    }
                 }
-                let row = &w[c * k..(c + 1) * k];
-                for i in 0..pairs {
-                    let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
-                    panel[i * NR + lane] = pair(row[2 * i], hi);
-                }
-            }
-        });
+            });
         Self { n, k, pairs, data }
     }
 
@@ -96,7 +103,12 @@ impl PackedMatrix {
         let out_ptr = SendPtr(out.as_mut_ptr());
         for first_row in (0..m).step_by(MC) {
             let rows = MC.min(m - first_row);
-            let packed_a = pack_a(&a[first_row * self.k..(first_row + rows) * self.k], rows, self.k, self.pairs);
+            let packed_a = pack_a(
+                &a[first_row * self.k..(first_row + rows) * self.k],
+                rows,
+                self.k,
+                self.pairs,
+            );
             let blocks = rows.div_ceil(MR);
             let work = |p: usize| {
                 let panel = &self.data[p * self.pairs * NR..(p + 1) * self.pairs * NR];
@@ -270,7 +282,14 @@ mod tests {
             println!("no AVX-512 BF16 on this CPU: testing the portable kernel only");
             vec![Kernel::Portable]
         };
-        for (m, n, k) in [(1, 1, 1), (5, 7, 3), (13, 33, 31), (12, 32, 64), (200, 70, 129), (MC + 5, 40, 17)] {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (5, 7, 3),
+            (13, 33, 31),
+            (12, 32, 64),
+            (200, 70, 129),
+            (MC + 5, 40, 17),
+        ] {
             let a = random(m * k, 11);
             let w = random(n * k, 12);
             let packed = PackedMatrix::pack_transposed(&w, n, k);
@@ -279,7 +298,9 @@ mod tests {
             for r in 0..m {
                 for c in 0..n {
                     want[r * n + c] = start[r * n + c] as f64
-                        + (0..k).map(|i| round_trip(a[r * k + i]) * round_trip(w[c * k + i])).sum::<f64>();
+                        + (0..k)
+                            .map(|i| round_trip(a[r * k + i]) * round_trip(w[c * k + i]))
+                            .sum::<f64>();
                 }
             }
             for &kernel in &kernels {
@@ -287,7 +308,11 @@ mod tests {
                 // a direct tile product, and the full path with the detected one.
                 let mut out = start.clone();
                 packed.matmul_accumulate(&a, m, &mut out, 2);
-                let worst = out.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0f64, f64::max);
+                let worst = out
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (*g as f64 - w).abs())
+                    .fold(0f64, f64::max);
                 assert!(worst < 1e-4 * (k as f64).sqrt(), "{m}x{n}x{k}: worst {worst}");
                 let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, packed.pairs);
                 let mut tile = [[0f32; NR]; MR];
@@ -295,7 +320,10 @@ mod tests {
                 for r in 0..MR.min(m) {
                     for c in 0..NR.min(n) {
                         let expect = want[r * n + c] - start[r * n + c] as f64;
-                        assert!((tile[r][c] as f64 - expect).abs() < 1e-4 * (k as f64).sqrt(), "{kernel:?} {m}x{n}x{k} tile {r},{c}");
+                        assert!(
+                            (tile[r][c] as f64 - expect).abs() < 1e-4 * (k as f64).sqrt(),
+                            "{kernel:?} {m}x{n}x{k} tile {r},{c}"
+                        );
                     }
                 }
             }

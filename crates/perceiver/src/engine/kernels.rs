@@ -83,7 +83,8 @@ pub(crate) fn exp(x: f32) -> f32 {
 pub(crate) fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let poly =
+        t * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
     let y = 1.0 - poly * exp(-a * a);
     y.copysign(x)
 }
@@ -141,7 +142,21 @@ fn activate_body(x: &mut [f32], act: Activation) {
             }
         };
     }
-    each!(GeluErf, GeluTanh, QuickGelu, Relu, ReluSquared, Relu6, LeakyRelu, Silu, Mish, HardSwish, Sigmoid, Tanh, Linear);
+    each!(
+        GeluErf,
+        GeluTanh,
+        QuickGelu,
+        Relu,
+        ReluSquared,
+        Relu6,
+        LeakyRelu,
+        Silu,
+        Mish,
+        HardSwish,
+        Sigmoid,
+        Tanh,
+        Linear
+    );
 }
 
 dispatch!(fn activate_chunk(x: &mut [f32], act: Activation) => activate_body);
@@ -292,13 +307,22 @@ mod tests {
                 let want = match act {
                     Activation::GeluErf => 0.5 * x64 * (1.0 + libm::erf(x64 / 2f64.sqrt())),
                     Activation::GeluTanh => {
-                        0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3))).tanh())
+                        0.5 * x64
+                            * (1.0
+                                + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3)))
+                                    .tanh())
                     }
                     Activation::QuickGelu => x64 * sig(1.702 * x64),
                     Activation::Relu => x64.max(0.0),
                     Activation::ReluSquared => x64.max(0.0).powi(2),
                     Activation::Relu6 => x64.clamp(0.0, 6.0),
-                    Activation::LeakyRelu => if x64 >= 0.0 { x64 } else { 0.01 * x64 },
+                    Activation::LeakyRelu => {
+                        if x64 >= 0.0 {
+                            x64
+                        } else {
+                            0.01 * x64
+                        }
+                    }
                     Activation::Silu => x64 * sig(x64),
                     Activation::Mish => x64 * (x64.exp().ln_1p()).tanh(),
                     Activation::HardSwish => x64 * (x64 + 3.0).clamp(0.0, 6.0) / 6.0,
@@ -334,9 +358,15 @@ mod tests {
                 for c in 0..width {
                     let i = r * width + c;
                     let ln = (row[c] - mean) / (var + LAYER_NORM_EPS).sqrt() * w[c] as f64 + b[c] as f64;
-                    assert!((got[i] as f64 - ln).abs() < 1e-4, "layer_norm {rows}x{width} [{r},{c}]");
+                    assert!(
+                        (got[i] as f64 - ln).abs() < 1e-4,
+                        "layer_norm {rows}x{width} [{r},{c}]"
+                    );
                     let sm = (row[c] - max).exp() / total;
-                    assert!((soft[i] as f64 - sm).abs() < 1e-6, "softmax {rows}x{width} [{r},{c}]");
+                    assert!(
+                        (soft[i] as f64 - sm).abs() < 1e-6,
+                        "softmax {rows}x{width} [{r},{c}]"
+                    );
                     assert_eq!(shifted[i], x[i] + b[c]);
                 }
             }

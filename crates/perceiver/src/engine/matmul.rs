@@ -21,21 +21,50 @@ impl<'a> View<'a> {
     }
 
     pub fn strided(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        let view = Self { data, rows, cols, stride };
-        assert!(view.fits(data.len()), "matrix view {rows}x{cols} (stride {stride}) exceeds its slice of {}", data.len());
+        let view = Self {
+            data,
+            rows,
+            cols,
+            stride,
+        };
+        assert!(
+            view.fits(data.len()),
+            "matrix view {rows}x{cols} (stride {stride}) exceeds its slice of {}",
+            data.len()
+        );
         view
     }
 
     /// `cols` columns starting at column `first`.
     pub fn columns(&self, first: usize, cols: usize) -> View<'a> {
-        assert!(first + cols <= self.cols, "columns {first}..{} of {}", first + cols, self.cols);
-        View::strided(&self.data[first.min(self.data.len())..], self.rows, cols, self.stride)
+        assert!(
+            first + cols <= self.cols,
+            "columns {first}..{} of {}",
+            first + cols,
+            self.cols
+        );
+        View::strided(
+            &self.data[first.min(self.data.len())..],
+            self.rows,
+            cols,
+            self.stride,
+        )
     }
 
     /// `rows` rows starting at row `first`.
     pub fn rows(&self, first: usize, rows: usize) -> View<'a> {
-        assert!(first + rows <= self.rows, "rows {first}..{} of {}", first + rows, self.rows);
-        View::strided(&self.data[(first * self.stride).min(self.data.len())..], rows, self.cols, self.stride)
+        assert!(
+            first + rows <= self.rows,
+            "rows {first}..{} of {}",
+            first + rows,
+            self.rows
+        );
+        View::strided(
+            &self.data[(first * self.stride).min(self.data.len())..],
+            rows,
+            self.cols,
+            self.stride,
+        )
     }
 
     fn fits(&self, len: usize) -> bool {
@@ -64,11 +93,24 @@ impl Rhs<'_> {
 
 /// `dst ← scale · a · b (+ dst if accumulate)`, `dst` a `[a.rows, n]` matrix with row stride
 /// `dst_stride` inside `dst`. `threads` > 1 splits the product over rayon's pool.
-pub fn matmul(dst: &mut [f32], dst_stride: usize, a: View, b: Rhs, scale: f32, accumulate: bool, threads: usize) {
+pub fn matmul(
+    dst: &mut [f32],
+    dst_stride: usize,
+    a: View,
+    b: Rhs,
+    scale: f32,
+    accumulate: bool,
+    threads: usize,
+) {
     let (k, n) = b.dims();
     let m = a.rows;
     assert_eq!(a.cols, k, "matmul: inner dimensions {} and {k}", a.cols);
-    let out = View { data: dst, rows: m, cols: n, stride: dst_stride };
+    let out = View {
+        data: dst,
+        rows: m,
+        cols: n,
+        stride: dst_stride,
+    };
     assert!(out.fits(dst.len()), "matmul: destination too small");
     if m == 0 || n == 0 {
         return;
@@ -149,7 +191,13 @@ pub(crate) mod tests {
 
     #[test]
     fn strided_products_match_the_triple_loop() {
-        for (m, n, k, threads) in [(1, 1, 1, 1), (7, 5, 3, 1), (33, 17, 65, 2), (256, 48, 160, 2), (3, 262, 96, 2)] {
+        for (m, n, k, threads) in [
+            (1, 1, 1, 1),
+            (7, 5, 3, 1),
+            (33, 17, 65, 2),
+            (256, 48, 160, 2),
+            (3, 262, 96, 2),
+        ] {
             // Operands sit at an offset inside wider matrices, as per-head slices do.
             let a_all = random(m * (k + 3), 1);
             let a = View::strided(&a_all[2..], m, k, k + 3);
@@ -165,7 +213,10 @@ pub(crate) mod tests {
                 for r in 0..m {
                     for c in 0..n {
                         let got = dst[r * stride + c] as f64;
-                        assert!((got - 1.0 - want[r * n + c]).abs() < 1e-4, "{m}x{n}x{k} at {r},{c}");
+                        assert!(
+                            (got - 1.0 - want[r * n + c]).abs() < 1e-4,
+                            "{m}x{n}x{k} at {r},{c}"
+                        );
                     }
                 }
                 matmul(&mut dst, stride, a, rhs, 0.5, false, threads);

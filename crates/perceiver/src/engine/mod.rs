@@ -45,7 +45,9 @@ impl std::str::FromStr for Precision {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(Error::InvalidInput(format!("unknown precision {other:?}: use f32 or bf16"))),
+            other => Err(Error::InvalidInput(format!(
+                "unknown precision {other:?}: use f32 or bf16"
+            ))),
         }
     }
 }
@@ -106,7 +108,9 @@ impl Dense {
         let rows = x.len() / k;
         match &self.packed {
             Some(packed) => packed.matmul_accumulate(x, rows, out, threads),
-            None if sgemm::available() => sgemm::matmul_wt_accumulate(x, rows, self.weight.data(), n, k, out, threads),
+            None if sgemm::available() => {
+                sgemm::matmul_wt_accumulate(x, rows, self.weight.data(), n, k, out, threads)
+            }
             None => matmul(
                 out,
                 n,
@@ -156,7 +160,12 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(spec: AttentionSpec, is_cross: bool, get: &mut dyn FnMut(&str) -> Result<Param>, prefix: &str) -> Result<Self> {
+    fn load(
+        spec: AttentionSpec,
+        is_cross: bool,
+        get: &mut dyn FnMut(&str) -> Result<Param>,
+        prefix: &str,
+    ) -> Result<Self> {
         let inner = format!("{prefix}.attention.self");
         Ok(Self {
             spec,
@@ -177,7 +186,14 @@ impl Layer {
     }
 
     fn dense_layers(&mut self) -> [&mut Dense; 6] {
-        [&mut self.query, &mut self.key, &mut self.value, &mut self.output, &mut self.dense1, &mut self.dense2]
+        [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.output,
+            &mut self.dense1,
+            &mut self.dense2,
+        ]
     }
 
     /// `queries`: `[Σ query rows, q_dim]`, item `i`'s rows at `query_items[i]`; `inputs`: the
@@ -247,10 +263,26 @@ fn attend(
             let k_h = View::strided(&k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
             let v_h = View::strided(&v[kr.start * vc + head * d_v..], nk, d_v, vc);
             let mut scores = vec![0f32; nq * nk];
-            matmul(&mut scores, nk, q_h, Rhs::Transposed(k_h), scale, false, inner_threads);
+            matmul(
+                &mut scores,
+                nk,
+                q_h,
+                Rhs::Transposed(k_h),
+                scale,
+                false,
+                inner_threads,
+            );
             kernels::softmax_rows(&mut scores, nk);
             let mut out = vec![0f32; nq * d_v];
-            matmul(&mut out, d_v, View::dense(&scores, nq, nk), Rhs::Plain(v_h), 1.0, false, inner_threads);
+            matmul(
+                &mut out,
+                d_v,
+                View::dense(&scores, nq, nk),
+                Rhs::Plain(v_h),
+                1.0,
+                false,
+                inner_threads,
+            );
             out
         })
         .collect();
@@ -302,7 +334,14 @@ impl MaskedLmEngine {
         let p = "perceiver";
         let self_spec = config.self_attention_spec();
         let self_attends = (0..config.num_self_attends_per_block)
-            .map(|i| Layer::load(self_spec.clone(), false, get, &format!("{p}.encoder.self_attends.{i}")))
+            .map(|i| {
+                Layer::load(
+                    self_spec.clone(),
+                    false,
+                    get,
+                    &format!("{p}.encoder.self_attends.{i}"),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config: config.clone(),
@@ -316,7 +355,9 @@ impl MaskedLmEngine {
                 &format!("{p}.encoder.cross_attention"),
             )?,
             self_attends,
-            output_queries: get(&format!("{p}.decoder.output_position_encodings.position_embeddings"))?,
+            output_queries: get(&format!(
+                "{p}.decoder.output_position_encodings.position_embeddings"
+            ))?,
             decoder: Layer::load(
                 config.masked_lm_decoder_spec(),
                 true,
@@ -386,7 +427,9 @@ impl MaskedLmEngine {
                 )));
             }
             if let Some(id) = text.iter().find(|&&id| id >= vocab) {
-                return Err(Error::InvalidInput(format!("token id {id} is outside the vocabulary of {vocab}")));
+                return Err(Error::InvalidInput(format!(
+                    "token id {id} is outside the vocabulary of {vocab}"
+                )));
             }
         }
         Ok(())
@@ -413,9 +456,12 @@ impl MaskedLmEngine {
         let latent_items = item_ranges(std::iter::repeat_n(n, texts.len()));
         // Every text's queries are the same learned latents.
         let queries = kernels::repeat_rows(self.latents.data(), texts.len());
-        let mut z = self
-            .encoder_cross_attention
-            .forward(&queries, &latent_items, Some((&inputs, &input_items)), threads);
+        let mut z = self.encoder_cross_attention.forward(
+            &queries,
+            &latent_items,
+            Some((&inputs, &input_items)),
+            threads,
+        );
         for _ in 0..self.config.num_blocks {
             for layer in &self.self_attends {
                 z = layer.forward(&z, &latent_items, None, threads);
@@ -427,7 +473,11 @@ impl MaskedLmEngine {
     /// Logits at the given output positions of each encoded text: `[Σ positions, vocab]`, text
     /// `i`'s rows after those of texts before it.
     pub fn decode(&self, latents: &[f32], positions: &[&[usize]]) -> Result<Vec<f32>> {
-        let (n, d_latents, d_model) = (self.config.num_latents, self.config.d_latents, self.config.d_model);
+        let (n, d_latents, d_model) = (
+            self.config.num_latents,
+            self.config.d_latents,
+            self.config.d_model,
+        );
         if latents.len() != positions.len() * n * d_latents {
             return Err(Error::InvalidInput(format!(
                 "{} latent values for {} texts of {n}x{d_latents}",
@@ -439,7 +489,10 @@ impl MaskedLmEngine {
         let mut queries = Vec::with_capacity(positions.iter().map(|p| p.len()).sum::<usize>() * d_model);
         for &p in positions.iter().flat_map(|p| p.iter()) {
             if p >= self.max_len() {
-                return Err(Error::InvalidInput(format!("output position {p} is outside the model's {}", self.max_len())));
+                return Err(Error::InvalidInput(format!(
+                    "output position {p} is outside the model's {}",
+                    self.max_len()
+                )));
             }
             queries.extend_from_slice(&table[p * d_model..][..d_model]);
         }
@@ -477,7 +530,12 @@ impl MaskedLmEngine {
         let c = &self.config;
         let layer = |spec: &AttentionSpec, nq: usize, nk: usize| -> f64 {
             let (nq, nk) = (nq as f64, nk as f64);
-            let (q, kv, qk, v) = (spec.q_dim as f64, spec.kv_dim as f64, spec.qk_channels as f64, spec.v_channels as f64);
+            let (q, kv, qk, v) = (
+                spec.q_dim as f64,
+                spec.kv_dim as f64,
+                spec.qk_channels as f64,
+                spec.v_channels as f64,
+            );
             let hidden = (spec.q_dim * spec.widening_factor) as f64;
             2.0 * (nq * q * qk + nk * kv * (qk + v) + nq * nk * (qk + v) + nq * v * q + 2.0 * nq * q * hidden)
         };
@@ -496,7 +554,11 @@ impl MaskedLmEngine {
     /// Encodes the texts and decodes the given positions of each: logits `[Σ positions, vocab]`.
     pub fn logits_at(&self, texts: &[&[u32]], positions: &[&[usize]]) -> Result<Vec<f32>> {
         if texts.len() != positions.len() {
-            return Err(Error::InvalidInput(format!("{} texts but {} position lists", texts.len(), positions.len())));
+            return Err(Error::InvalidInput(format!(
+                "{} texts but {} position lists",
+                texts.len(),
+                positions.len()
+            )));
         }
         let latents = self.encode(texts)?;
         self.decode(&latents, positions)

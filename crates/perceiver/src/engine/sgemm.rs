@@ -35,7 +35,15 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// `c[m, n] += x[m, k] · wᵀ`, `w` `[n, k]`; all dense row-major. Call only when [`available`].
-pub fn matmul_wt_accumulate(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, c: &mut [f32], threads: usize) {
+pub fn matmul_wt_accumulate(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    threads: usize,
+) {
     assert!(available(), "sgemm: the CPU has no AVX-512");
     assert_eq!(x.len(), m * k, "sgemm: X is not {m}x{k}");
     assert_eq!(w.len(), n * k, "sgemm: W is not {n}x{k}");
@@ -92,7 +100,10 @@ pub fn matmul_wt_accumulate(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, 
                         // SAFETY: row < m and columns block·MR..+rows ≤ n: inside `c`; tasks own
                         // disjoint column blocks.
                         let dst = unsafe {
-                            std::slice::from_raw_parts_mut(c_ptr.0.add((first_row + lane) * n + block * MR), rows)
+                            std::slice::from_raw_parts_mut(
+                                c_ptr.0.add((first_row + lane) * n + block * MR),
+                                rows,
+                            )
                         };
                         for (f, d) in dst.iter_mut().enumerate() {
                             *d += tile[f][lane];
@@ -116,7 +127,13 @@ mod avx512 {
 
     /// `tile[f][r] = Σ_{i<kc} w[f·ldw + i] · panel[i·NR + r]` for f < MR, r < NR.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel(w: *const f32, ldw: usize, panel: *const f32, kc: usize, tile: &mut [[f32; NR]; MR]) {
+    pub(super) unsafe fn kernel(
+        w: *const f32,
+        ldw: usize,
+        panel: *const f32,
+        kc: usize,
+        tile: &mut [[f32; NR]; MR],
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for i in 0..kc {
             let x0 = _mm512_loadu_ps(panel.add(i * NR));
@@ -145,7 +162,13 @@ mod tests {
             println!("no AVX-512 on this CPU: the gemm crate does these products");
             return;
         }
-        for (m, n, k, threads) in [(1, 1, 1, 1), (5, 13, 3, 2), (33, 12, 257, 2), (70, 25, 600, 2), (256, 48, 31, 1)] {
+        for (m, n, k, threads) in [
+            (1, 1, 1, 1),
+            (5, 13, 3, 2),
+            (33, 12, 257, 2),
+            (70, 25, 600, 2),
+            (256, 48, 31, 1),
+        ] {
             let x = random(m * k, 21);
             let w = random(n * k, 22);
             let start = random(m * n, 23);
@@ -154,8 +177,13 @@ mod tests {
             for r in 0..m {
                 for f in 0..n {
                     let want = start[r * n + f] as f64
-                        + (0..k).map(|i| x[r * k + i] as f64 * w[f * k + i] as f64).sum::<f64>();
-                    assert!((c[r * n + f] as f64 - want).abs() < 1e-4, "{m}x{n}x{k} at {r},{f}");
+                        + (0..k)
+                            .map(|i| x[r * k + i] as f64 * w[f * k + i] as f64)
+                            .sum::<f64>();
+                    assert!(
+                        (c[r * n + f] as f64 - want).abs() < 1e-4,
+                        "{m}x{n}x{k} at {r},{f}"
+                    );
                 }
             }
         }

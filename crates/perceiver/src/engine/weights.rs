@@ -38,14 +38,21 @@ pub struct Param {
 
 #[derive(Clone)]
 enum ParamData {
-    Shared { backing: Arc<Backing>, offset: usize, len: usize },
+    Shared {
+        backing: Arc<Backing>,
+        offset: usize,
+        len: usize,
+    },
     Owned(Arc<[f32]>),
 }
 
 impl Param {
     pub fn owned(data: Vec<f32>, shape: Vec<usize>) -> Self {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
-        Self { data: ParamData::Owned(data.into()), shape }
+        Self {
+            data: ParamData::Owned(data.into()),
+            shape,
+        }
     }
 
     pub fn data(&self) -> &[f32] {
@@ -100,10 +107,16 @@ impl SafetensorsStore {
     pub(crate) fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut backings = Vec::with_capacity(paths.len());
         for path in paths {
-            let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let file = std::fs::File::open(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
             // SAFETY: the mapping is read-only; like every mmap-based loader (candle's,
             // safetensors'), we rely on the file not being truncated while the model is loaded.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io { path: path.clone(), source })?;
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
             backings.push((Backing::Mapped(map), path.clone()));
         }
         Self::from_backings(backings)
@@ -118,7 +131,10 @@ impl SafetensorsStore {
         let mut files = Vec::with_capacity(backings.len());
         let mut entries = HashMap::new();
         for (index, (backing, path)) in backings.into_iter().enumerate() {
-            let corrupt = |reason: String| Error::CorruptWeights { path: path.clone(), reason };
+            let corrupt = |reason: String| Error::CorruptWeights {
+                path: path.clone(),
+                reason,
+            };
             let parsed = SafeTensors::deserialize(&backing).map_err(|e| corrupt(e.to_string()))?;
             let base = backing.as_ptr() as usize;
             for (name, view) in parsed.tensors() {
@@ -141,37 +157,67 @@ impl SafetensorsStore {
 
     /// Every tensor's name and shape, to check against a config.
     pub(crate) fn shapes(&self) -> std::collections::BTreeMap<String, Vec<usize>> {
-        self.entries.iter().map(|(n, e)| (n.clone(), e.shape.clone())).collect()
+        self.entries
+            .iter()
+            .map(|(n, e)| (n.clone(), e.shape.clone()))
+            .collect()
     }
 
     /// The tensor `name` as f32: in place when it is stored as aligned little-endian f32,
     /// converted (bf16, f16, f64) otherwise.
     pub(crate) fn get(&self, name: &str) -> Result<Param> {
-        let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.into() })?;
         let (backing, path) = &self.files[entry.file];
         let bytes = &backing[entry.start..entry.end];
         let count: usize = entry.shape.iter().product();
-        let corrupt = |reason: String| Error::CorruptWeights { path: path.clone(), reason };
+        let corrupt = |reason: String| Error::CorruptWeights {
+            path: path.clone(),
+            reason,
+        };
         let width = match entry.dtype {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
             Dtype::F64 => 8,
-            other => return Err(corrupt(format!("tensor {name} has dtype {other:?}; only floating-point weights are supported"))),
+            other => {
+                return Err(corrupt(format!(
+                    "tensor {name} has dtype {other:?}; only floating-point weights are supported"
+                )))
+            }
         };
         if bytes.len() != count * width {
-            return Err(corrupt(format!("tensor {name} holds {} bytes, its shape needs {}", bytes.len(), count * width)));
+            return Err(corrupt(format!(
+                "tensor {name} holds {} bytes, its shape needs {}",
+                bytes.len(),
+                count * width
+            )));
         }
         let shape = entry.shape.clone();
         if entry.dtype == Dtype::F32 && cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 {
             return Ok(Param {
-                data: ParamData::Shared { backing: backing.clone(), offset: entry.start, len: count },
+                data: ParamData::Shared {
+                    backing: backing.clone(),
+                    offset: entry.start,
+                    len: count,
+                },
                 shape,
             });
         }
         let values: Vec<f32> = match entry.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             _ => bytes
                 .chunks_exact(8)
                 .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
