@@ -47,14 +47,6 @@ fn main() {
                 perceiver::engine::sgemm::matmul_wt_accumulate(&a, m, &w, n, k, &mut out, threads)
             });
             println!("{m}x{n}x{k} f32 (ours, AVX-512): {:.0} GFLOP/s", flop / t / 1e9);
-            let pw = perceiver::engine::sgemm::pack_weights(&w, n, k);
-            let t = best_of(20, || {
-                perceiver::engine::sgemm::matmul_packed_accumulate(&a, m, &pw, n, k, &mut out, threads)
-            });
-            println!(
-                "{m}x{n}x{k} f32 (ours, AVX-512, packed W): {:.0} GFLOP/s",
-                flop / t / 1e9
-            );
         }
         let packed = PackedMatrix::pack_transposed(&w, n, k);
         let t = best_of(20, || packed.matmul_accumulate(&a, m, &mut out, threads));
