@@ -5,7 +5,8 @@
 //! microkernel broadcasts `W[f][k]` for [`MR`] features `f` straight from their rows, and
 //! multiplies them with 32 rows of X, which are packed per call into panels `[k][32]` (X is the
 //! small operand: 256 latents). An `MR × 32` block of Cᵀ lives in 24 registers and is added to
-//! C transposed at the end of each `KC` slice of k.
+//! C transposed at the end of each `KC` slice of k. Each block of weight rows is read from memory
+//! once and multiplied with every X panel while it is in L2.
 
 use rayon::prelude::*;
 
@@ -13,8 +14,9 @@ use rayon::prelude::*;
 const MR: usize = 12;
 /// X rows per panel (two 16-lane vectors).
 const NR: usize = 32;
-/// Slice of k per pass: a panel slice (`KC × NR` f32, 32 KB) stays in L1.
-const KC: usize = 256;
+/// Slice of k per pass. Large: each pass ends in a transposed add of the tile into C, which
+/// cost more than the panel slice falling out of L1 (measured: 128 and 256 were slower).
+const KC: usize = 4096;
 
 /// Whether this CPU runs the AVX-512 kernel.
 pub fn available() -> bool {
@@ -55,10 +57,12 @@ pub fn matmul_wt_accumulate(
     // X in panels of NR rows: [panel][k][NR], rows past m zero.
     let mut packed = vec![0f32; panels * k * NR];
     packed.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
-        for r in 0..NR.min(m - p * NR) {
-            let row = &x[(p * NR + r) * k..(p * NR + r + 1) * k];
-            for (i, &v) in row.iter().enumerate() {
-                panel[i * NR + r] = v;
+        let rows = NR.min(m - p * NR);
+        let x = &x[p * NR * k..(p * NR + rows) * k];
+        // Written in order (one 128-byte line per k), read from `rows` sequential streams.
+        for (i, out) in panel.chunks_exact_mut(NR).enumerate() {
+            for (r, o) in out.iter_mut().take(rows).enumerate() {
+                *o = x[r * k + i];
             }
         }
     });
@@ -74,21 +78,22 @@ pub fn matmul_wt_accumulate(
     };
     let blocks = n.div_ceil(MR);
     let c_ptr = SendPtr(c.as_mut_ptr());
-    // Each task owns a range of weight-row blocks (columns of C). Within it, one KC slice of
-    // one X panel (32 KB) stays in L1 while the range's weight rows stream past it.
+    // Each task owns a range of weight-row blocks (columns of C). A block of weight rows is read
+    // from memory once and multiplied with every X panel while it sits in L2 (the weights of a
+    // big model do not stay in cache between passes; the packed X, ~1 MB, does).
     let work = |range: std::ops::Range<usize>| {
         let c_ptr = c_ptr;
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            for p in 0..panels {
-                let panel = &packed[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
-                let first_row = p * NR;
-                for block in range.clone() {
-                    let (w_block, rows) = if block < full_blocks {
-                        (&w[block * MR * k..(block + 1) * MR * k], MR)
-                    } else {
-                        (&tail[..], tail_rows)
-                    };
+        for block in range {
+            let (w_block, rows) = if block < full_blocks {
+                (&w[block * MR * k..(block + 1) * MR * k], MR)
+            } else {
+                (&tail[..], tail_rows)
+            };
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                for p in 0..panels {
+                    let panel = &packed[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
+                    let first_row = p * NR;
                     let mut tile = [[0f32; NR]; MR];
                     // SAFETY: `available()` was checked; the kernel reads MR rows of `w_block`
                     // at stride k from column k0 (kc values each) and kc·NR values of `panel`.
@@ -136,6 +141,15 @@ mod avx512 {
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for i in 0..kc {
+            // Prefetch X 8 steps ahead and, once per cache line, the next line of each W row:
+            // the rows are 12 short streams the hardware prefetcher follows poorly.
+            _mm_prefetch::<_MM_HINT_T0>(panel.wrapping_add((i + 8) * NR).cast());
+            _mm_prefetch::<_MM_HINT_T0>(panel.wrapping_add((i + 8) * NR + 16).cast());
+            if i % 16 == 0 {
+                for f in 0..MR {
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(f * ldw + i + 128).cast());
+                }
+            }
             let x0 = _mm512_loadu_ps(panel.add(i * NR));
             let x1 = _mm512_loadu_ps(panel.add(i * NR + 16));
             for f in 0..MR {
