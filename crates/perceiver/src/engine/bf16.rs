@@ -41,12 +41,12 @@ fn from_bf16_bits(b: u16) -> f32 {
 /// A weight matrix `W` (`[n, k]`) packed for `C += A·Wᵀ` in bf16.
 #[derive(Clone)]
 pub struct PackedMatrix {
-    n: usize,
-    k: usize,
-    /// `ceil(k / 2)` input pairs.
-    pairs: usize,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    /// Input pairs, `ceil(k / 2)` rounded up to whole AMX tiles (16 pairs); the extra are zero.
+    pub(super) pairs: usize,
     /// `[panels][pairs][NR]` lanes of packed pairs (low half = even input, high = odd).
-    data: Vec<u32>,
+    pub(super) data: Vec<u32>,
 }
 
 impl std::fmt::Debug for PackedMatrix {
@@ -69,7 +69,7 @@ impl PackedMatrix {
             "pack_transposed: {n}x{k} matrix from {} values",
             w.len()
         );
-        let pairs = k.div_ceil(2);
+        let pairs = k.div_ceil(32) * 16;
         let panels = n.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
         data.par_chunks_mut(pairs * NR)
@@ -81,7 +81,7 @@ impl PackedMatrix {
                         continue;
                     }
                     let row = &w[c * k..(c + 1) * k];
-                    for i in 0..pairs {
+                    for i in 0..k.div_ceil(2) {
                         let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
                         panel[i * NR + lane] = pair(row[2 * i], hi);
                     }
@@ -98,6 +98,9 @@ impl PackedMatrix {
     pub fn matmul_accumulate(&self, a: &[f32], m: usize, out: &mut [f32], threads: usize) {
         assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
         assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
+        if Kernel::detect() == Kernel::Amx {
+            return super::amx::matmul_accumulate(self, a, m, out, threads);
+        }
         let panels = self.n.div_ceil(NR);
         let kernel = Kernel::detect();
         let out_ptr = SendPtr(out.as_mut_ptr());
@@ -158,41 +161,43 @@ fn pack_a(a: &[f32], rows: usize, k: usize, pairs: usize) -> Vec<u32> {
     for (b, block) in packed.chunks_mut(pairs * MR).enumerate() {
         for r in 0..MR.min(rows - b * MR) {
             let row = &a[(b * MR + r) * k..(b * MR + r + 1) * k];
-            pack_row(row, block, r, pairs);
+            pack_row(row, block, r);
         }
     }
     packed
 }
 
 #[inline(always)]
-fn pack_row_body(row: &[f32], block: &mut [u32], r: usize, pairs: usize) {
+fn pack_row_body(row: &[f32], block: &mut [u32], r: usize) {
     let k = row.len();
     for i in 0..k / 2 {
         block[i * MR + r] = pair(row[2 * i], row[2 * i + 1]);
     }
     if k % 2 == 1 {
-        block[(pairs - 1) * MR + r] = pair(row[k - 1], 0.0);
+        block[(k / 2) * MR + r] = pair(row[k - 1], 0.0);
     }
 }
 
-fn pack_row(row: &[f32], block: &mut [u32], r: usize, pairs: usize) {
+fn pack_row(row: &[f32], block: &mut [u32], r: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide(row: &[f32], block: &mut [u32], r: usize, pairs: usize) {
-            pack_row_body(row, block, r, pairs)
+        unsafe fn wide(row: &[f32], block: &mut [u32], r: usize) {
+            pack_row_body(row, block, r)
         }
         if is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
-            return unsafe { wide(row, block, r, pairs) };
+            return unsafe { wide(row, block, r) };
         }
     }
-    pack_row_body(row, block, r, pairs)
+    pack_row_body(row, block, r)
 }
 
 /// Which microkernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
+    /// AMX tiles (`tdpbf16ps`), through [`super::amx`].
+    Amx,
     /// AVX-512 BF16 `vdpbf16ps`.
     Avx512Bf16,
     /// Plain Rust on the same packed data.
@@ -201,6 +206,9 @@ pub enum Kernel {
 
 impl Kernel {
     pub fn detect() -> Self {
+        if super::amx::available() {
+            return Self::Amx;
+        }
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
@@ -210,13 +218,14 @@ impl Kernel {
         Self::Portable
     }
 
-    /// `tile = A_block · panel` over all `pairs`.
+    /// `tile = A_block · panel` over all `pairs` (the AMX path has its own loop; here it falls
+    /// back to the AVX-512 BF16 kernel).
     fn run(self, a: &[u32], b: &[u32], pairs: usize, tile: &mut [[f32; NR]; MR]) {
         assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: selected only when the CPU has AVX-512 F and BF16; lengths checked above.
-            Self::Avx512Bf16 => unsafe { avx512::kernel(a.as_ptr(), b.as_ptr(), pairs, tile) },
+            Self::Avx512Bf16 | Self::Amx => unsafe { avx512::kernel(a.as_ptr(), b.as_ptr(), pairs, tile) },
             _ => portable_kernel(a, b, pairs, tile),
         }
     }
@@ -276,7 +285,11 @@ mod tests {
     /// partial row blocks, partial panels, odd k and several row passes.
     #[test]
     fn products_match_the_triple_loop_on_rounded_operands() {
-        let kernels = if Kernel::detect() == Kernel::Avx512Bf16 {
+        let kernels = if matches!(Kernel::detect(), Kernel::Avx512Bf16 | Kernel::Amx) {
+            println!(
+                "full products on {:?}; tiles on AVX-512 BF16 and the portable kernel",
+                Kernel::detect()
+            );
             vec![Kernel::Avx512Bf16, Kernel::Portable]
         } else {
             println!("no AVX-512 BF16 on this CPU: testing the portable kernel only");

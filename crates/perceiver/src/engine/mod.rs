@@ -12,6 +12,7 @@
 //! - LayerNorm, softmax and GELU are single passes, vectorised for the CPU at hand;
 //! - weights are read in place from the memory-mapped file ([`weights`]).
 
+pub mod amx;
 pub mod bf16;
 pub mod kernels;
 pub mod matmul;
