@@ -60,6 +60,9 @@ struct Dense {
     bias: Param,
     /// W packed for the bf16 kernel, when the engine runs in bf16.
     packed: Option<bf16::PackedMatrix>,
+    /// W packed for the AVX-512 f32 kernel, when the engine runs in f32 on such a CPU (shared
+    /// by clones).
+    packed_f32: Option<std::sync::Arc<sgemm::PackedWeights>>,
 }
 
 impl Dense {
@@ -68,6 +71,7 @@ impl Dense {
             weight: get(&format!("{prefix}.weight"))?,
             bias: get(&format!("{prefix}.bias"))?,
             packed: None,
+            packed_f32: None,
         })
     }
 
@@ -80,14 +84,25 @@ impl Dense {
     }
 
     fn set_precision(&mut self, precision: Precision) {
-        self.packed = match precision {
-            Precision::F32 => None,
-            Precision::Bf16 => Some(bf16::PackedMatrix::pack_transposed(
-                self.weight.data(),
-                self.out_dim(),
-                self.in_dim(),
-            )),
-        };
+        let (n, k) = (self.out_dim(), self.in_dim());
+        match precision {
+            Precision::F32 => {
+                self.packed = None;
+                if sgemm::available() && self.packed_f32.is_none() {
+                    self.packed_f32 = Some(std::sync::Arc::new(sgemm::PackedWeights::pack(
+                        self.weight.data(),
+                        n,
+                        k,
+                    )));
+                    self.weight.release_pages();
+                }
+            }
+            Precision::Bf16 => {
+                self.packed = Some(bf16::PackedMatrix::pack_transposed(self.weight.data(), n, k));
+                self.packed_f32 = None;
+                self.weight.release_pages();
+            }
+        }
     }
 
     /// `x` (`[rows, in]`) → `[rows, out]`.
@@ -109,6 +124,11 @@ impl Dense {
         let rows = x.len() / k;
         match &self.packed {
             Some(packed) => packed.matmul_accumulate(x, rows, out, threads),
+            None if self.packed_f32.is_some() => self
+                .packed_f32
+                .as_ref()
+                .expect("checked")
+                .matmul_accumulate(x, rows, out, threads),
             None if sgemm::available() => {
                 sgemm::matmul_wt_accumulate(x, rows, self.weight.data(), n, k, out, threads)
             }
@@ -368,7 +388,13 @@ impl MaskedLmEngine {
             output_bias: get("embedding_decoder.bias")?,
             precision: Precision::F32,
             threads: 0,
-        })
+        }
+        .with_packed_weights())
+    }
+
+    fn with_packed_weights(mut self) -> Self {
+        self.apply_precision(Precision::F32);
+        self
     }
 
     pub fn config(&self) -> &PerceiverConfig {
@@ -387,9 +413,13 @@ impl MaskedLmEngine {
     /// Switches the weight products to `precision` (bf16 packs a bf16 copy of every weight
     /// matrix: half the f32 size).
     pub fn set_precision(&mut self, precision: Precision) {
-        if precision == self.precision {
-            return;
+        if precision != self.precision {
+            self.apply_precision(precision);
         }
+    }
+
+    /// Packs every weight matrix for `precision`'s kernel (also on construction, for f32).
+    fn apply_precision(&mut self, precision: Precision) {
         let layers = std::iter::once(&mut self.encoder_cross_attention)
             .chain(self.self_attends.iter_mut())
             .chain(std::iter::once(&mut self.decoder));

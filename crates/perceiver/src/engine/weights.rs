@@ -71,6 +71,28 @@ impl Param {
         &self.shape
     }
 
+    /// Drops this tensor's pages of a file mapping from the process's resident memory (the
+    /// kernel reads them back from the page cache if they are touched again). For weights that
+    /// were copied into a packed layout and are not read again. A no-op for other storage.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let ParamData::Shared { backing, offset, len } = &self.data {
+            if let Backing::Mapped(map) = &**backing {
+                const PAGE: usize = 4096;
+                // Only whole pages inside the tensor: its neighbours may still be in use.
+                let start = offset.next_multiple_of(PAGE);
+                let end = (offset + len * 4) / PAGE * PAGE;
+                if end > start {
+                    // SAFETY: the mapping is private and read-only; dropping its pages only
+                    // makes later reads fault them back in from the file.
+                    let _ = unsafe {
+                        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                    };
+                }
+            }
+        }
+    }
+
     /// Whether the data is read in place from a file mapping or static bytes.
     pub fn is_borrowed(&self) -> bool {
         matches!(self.data, ParamData::Shared { .. })
