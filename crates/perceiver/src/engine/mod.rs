@@ -284,26 +284,36 @@ fn attend(
             let k_h = View::strided(&k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
             let v_h = View::strided(&v[kr.start * vc + head * d_v..], nk, d_v, vc);
             let mut scores = vec![0f32; nq * nk];
-            matmul(
-                &mut scores,
-                nk,
-                q_h,
-                Rhs::Transposed(k_h),
-                scale,
-                false,
-                inner_threads,
-            );
-            kernels::softmax_rows(&mut scores, nk);
             let mut out = vec![0f32; nq * d_v];
-            matmul(
-                &mut out,
-                d_v,
-                View::dense(&scores, nq, nk),
-                Rhs::Plain(v_h),
-                1.0,
-                false,
-                inner_threads,
-            );
+            if sgemm::available() {
+                // Keys and values packed per head (they are small next to the products), the
+                // scale folded into the keys.
+                let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
+                keys.matmul_view(q_h, &mut scores, nk, inner_threads);
+                kernels::softmax_rows(&mut scores, nk);
+                let values = sgemm::PackedWeights::pack_view(v_h, false, 1.0, false);
+                values.matmul_view(View::dense(&scores, nq, nk), &mut out, d_v, inner_threads);
+            } else {
+                matmul(
+                    &mut scores,
+                    nk,
+                    q_h,
+                    Rhs::Transposed(k_h),
+                    scale,
+                    false,
+                    inner_threads,
+                );
+                kernels::softmax_rows(&mut scores, nk);
+                matmul(
+                    &mut out,
+                    d_v,
+                    View::dense(&scores, nq, nk),
+                    Rhs::Plain(v_h),
+                    1.0,
+                    false,
+                    inner_threads,
+                );
+            }
             out
         })
         .collect();

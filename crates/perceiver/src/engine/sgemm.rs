@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use super::matmul::View;
+
 /// Weight rows (output features) per microkernel call.
 const MR: usize = 12;
 /// X rows per panel (two 16-lane vectors).
@@ -158,46 +160,84 @@ impl PackedWeights {
     /// Packs `w`, `[n, k]` row-major.
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "sgemm: W is not {n}x{k}");
+        Self::pack_view(View::dense(w, n, k), true, 1.0, true)
+    }
+
+    /// Packs `scale · W` from a strided view: `transposed` views hold W itself (`[n, k]`, as
+    /// weights and attention keys are stored), others hold Wᵀ (`[k, n]`, as attention values
+    /// are). `parallel` splits the packing over rayon's pool.
+    pub fn pack_view(view: View, transposed: bool, scale: f32, parallel: bool) -> Self {
+        let (n, k) = if transposed {
+            (view.rows, view.cols)
+        } else {
+            (view.cols, view.rows)
+        };
         let panels = n.div_ceil(PANEL);
         let mut data = vec![0f32; panels * k * PANEL];
-        if k > 0 {
-            data.par_chunks_mut(k * PANEL).enumerate().for_each(|(p, panel)| {
-                let features = PANEL.min(n - p * PANEL);
+        let fill = |(p, panel): (usize, &mut [f32])| {
+            let features = PANEL.min(n - p * PANEL);
+            let first = p * PANEL;
+            if transposed {
                 for f in 0..features {
-                    let row = &w[(p * PANEL + f) * k..(p * PANEL + f + 1) * k];
+                    let row = &view.data[(first + f) * view.stride..][..k];
                     for (i, &v) in row.iter().enumerate() {
-                        panel[i * PANEL + f] = v;
+                        panel[i * PANEL + f] = v * scale;
                     }
                 }
-            });
+            } else {
+                for (i, out) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    let row = &view.data[i * view.stride + first..][..features];
+                    for (o, &v) in out.iter_mut().zip(row) {
+                        *o = v * scale;
+                    }
+                }
+            }
+        };
+        if k > 0 {
+            if parallel {
+                data.par_chunks_mut(k * PANEL).enumerate().for_each(fill);
+            } else {
+                data.chunks_mut(k * PANEL).enumerate().for_each(fill);
+            }
         }
         Self { n, k, data }
     }
 
     /// `c[m, n] += x[m, k] · Wᵀ`, dense row-major. Call only when [`available`].
     pub fn matmul_accumulate(&self, x: &[f32], m: usize, c: &mut [f32], threads: usize) {
-        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * self.k, "sgemm: X is not {m}x{}", self.k);
+        self.matmul_view(View::dense(x, m, self.k), c, self.n, threads)
+    }
+
+    /// `c += x · Wᵀ`, `x` a strided `[m, k]` view and `c` `[m, n]` with row stride `ldc`.
+    /// Call only when [`available`].
+    pub fn matmul_view(&self, x: View, c: &mut [f32], ldc: usize, threads: usize) {
+        let (n, k, m) = (self.n, self.k, x.rows);
         assert!(available(), "sgemm: the CPU has no AVX-512");
-        assert_eq!(x.len(), m * k, "sgemm: X is not {m}x{k}");
-        assert_eq!(c.len(), m * n, "sgemm: C is not {m}x{n}");
+        assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);
+        assert!(
+            ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
+            "sgemm: C is not {m}x{n}"
+        );
         if m == 0 || n == 0 || k == 0 {
             return;
         }
         // X in blocks of ROWS rows, [block][k][ROWS], rows past m zero.
         let blocks = m.div_ceil(ROWS);
         let mut packed = vec![0f32; blocks * k * ROWS];
-        packed
-            .par_chunks_mut(k * ROWS)
-            .enumerate()
-            .for_each(|(b, block)| {
-                let rows = ROWS.min(m - b * ROWS);
-                let x = &x[b * ROWS * k..(b * ROWS + rows) * k];
-                for (i, out) in block.chunks_exact_mut(ROWS).enumerate() {
-                    for (r, o) in out.iter_mut().take(rows).enumerate() {
-                        *o = x[r * k + i];
-                    }
+        let fill = |(b, block): (usize, &mut [f32])| {
+            let rows = ROWS.min(m - b * ROWS);
+            for (i, out) in block.chunks_exact_mut(ROWS).enumerate() {
+                for (r, o) in out.iter_mut().take(rows).enumerate() {
+                    *o = x.data[(b * ROWS + r) * x.stride + i];
                 }
-            });
+            }
+        };
+        if threads > 1 {
+            packed.par_chunks_mut(k * ROWS).enumerate().for_each(fill);
+        } else {
+            packed.chunks_mut(k * ROWS).enumerate().for_each(fill);
+        }
         let panels = n.div_ceil(PANEL);
         let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
         let per_task = panels.div_ceil(tasks);
@@ -221,8 +261,8 @@ impl PackedWeights {
                                 w.as_ptr(),
                                 xb.as_ptr(),
                                 kc,
-                                c_ptr.0.add(b * ROWS * n + p * PANEL),
-                                n,
+                                c_ptr.0.add(b * ROWS * ldc + p * PANEL),
+                                ldc,
                                 rows,
                                 cols,
                             )
