@@ -138,6 +138,9 @@ const ROWS: usize = 6;
 /// k per pass of the packed-weight kernel: a panel slice (128 × 64 f32, 32 KB) stays in L1
 /// while every block of X rows streams past it.
 const PANEL_KC: usize = 128;
+/// X row blocks per chunk of the packed-weight loop (288 rows: one chunk for one text's 256
+/// latents, C chunk 72 KB).
+const CHUNK_BLOCKS: usize = 48;
 
 /// A weight matrix `W` (`[n, k]`) packed once for `C += X·Wᵀ`: panels of 64 features,
 /// `[panel][k][64]`, features past n zero. The microkernel loads four vectors of W and
@@ -246,27 +249,31 @@ impl PackedWeights {
             let c_ptr = c_ptr;
             for p in t * per_task..((t + 1) * per_task).min(panels) {
                 let cols = PANEL.min(n - p * PANEL);
-                for k0 in (0..k).step_by(PANEL_KC) {
-                    let kc = PANEL_KC.min(k - k0);
-                    let w = &self.data[(p * k + k0) * PANEL..(p * k + k0 + kc) * PANEL];
-                    for b in 0..blocks {
-                        let xb = &packed[(b * k + k0) * ROWS..(b * k + k0 + kc) * ROWS];
-                        let rows = ROWS.min(m - b * ROWS);
-                        // SAFETY: AVX-512 is available; the kernel reads kc·64 values of `w` and
-                        // kc·6 of `xb`, and adds to rows b·6..+rows, columns p·64..+cols of `c`
-                        // (inside it; tasks own disjoint panels of columns).
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            avx512::packed_kernel(
-                                w.as_ptr(),
-                                xb.as_ptr(),
-                                kc,
-                                c_ptr.0.add(b * ROWS * ldc + p * PANEL),
-                                ldc,
-                                rows,
-                                cols,
-                            )
-                        };
+                // Row chunks keep their block of C (288 × 64 f32) in L2 across the k slices:
+                // without them a batch's C (10 MB at 8 texts) fell out of cache between slices.
+                for chunk in (0..blocks).step_by(CHUNK_BLOCKS) {
+                    for k0 in (0..k).step_by(PANEL_KC) {
+                        let kc = PANEL_KC.min(k - k0);
+                        let w = &self.data[(p * k + k0) * PANEL..(p * k + k0 + kc) * PANEL];
+                        for b in chunk..(chunk + CHUNK_BLOCKS).min(blocks) {
+                            let xb = &packed[(b * k + k0) * ROWS..(b * k + k0 + kc) * ROWS];
+                            let rows = ROWS.min(m - b * ROWS);
+                            // SAFETY: AVX-512 is available; the kernel reads kc·64 values of `w` and
+                            // kc·6 of `xb`, and adds to rows b·6..+rows, columns p·64..+cols of `c`
+                            // (inside it; tasks own disjoint panels of columns).
+                            #[cfg(target_arch = "x86_64")]
+                            unsafe {
+                                avx512::packed_kernel(
+                                    w.as_ptr(),
+                                    xb.as_ptr(),
+                                    kc,
+                                    c_ptr.0.add(b * ROWS * ldc + p * PANEL),
+                                    ldc,
+                                    rows,
+                                    cols,
+                                )
+                            };
+                        }
                     }
                 }
             }
