@@ -35,8 +35,8 @@ pub enum Precision {
     /// Everything in f32: transformers' numbers.
     #[default]
     F32,
-    /// Weight matrix products with bf16 operands and f32 accumulation (AVX-512 BF16 where the CPU
-    /// has it); attention, norms and activations stay in f32.
+    /// Weight matrix products with bf16 operands and f32 accumulation (on AMX tiles or AVX-512
+    /// BF16 where the CPU has them); attention, norms and activations stay in f32.
     Bf16,
 }
 
@@ -122,17 +122,13 @@ impl Dense {
     fn accumulate(&self, x: &[f32], out: &mut [f32], threads: usize) {
         let (n, k) = (self.out_dim(), self.in_dim());
         let rows = x.len() / k;
-        match &self.packed {
-            Some(packed) => packed.matmul_accumulate(x, rows, out, threads),
-            None if self.packed_f32.is_some() => self
-                .packed_f32
-                .as_ref()
-                .expect("checked")
-                .matmul_accumulate(x, rows, out, threads),
-            None if sgemm::available() => {
+        match (&self.packed, &self.packed_f32) {
+            (Some(bf16), _) => bf16.matmul_accumulate(x, rows, out, threads),
+            (None, Some(f32)) => f32.matmul_accumulate(x, rows, out, threads),
+            (None, None) if sgemm::available() => {
                 sgemm::matmul_wt_accumulate(x, rows, self.weight.data(), n, k, out, threads)
             }
-            None => matmul(
+            (None, None) => matmul(
                 out,
                 n,
                 View::dense(x, rows, k),
