@@ -43,16 +43,9 @@ fn main() {
         });
         println!("{m}x{n}x{k} f32 (gemm crate): {:.0} GFLOP/s", flop / t / 1e9);
         if perceiver::engine::sgemm::available() {
-            let t = best_of(20, || {
-                perceiver::engine::sgemm::matmul_wt_accumulate(&a, m, &w, n, k, &mut out, threads)
-            });
-            println!("{m}x{n}x{k} f32 (ours, AVX-512): {:.0} GFLOP/s", flop / t / 1e9);
             let packed = perceiver::engine::sgemm::PackedWeights::pack(&w, n, k);
             let t = best_of(20, || packed.matmul_accumulate(&a, m, &mut out, threads));
-            println!(
-                "{m}x{n}x{k} f32 (ours, AVX-512, packed weights): {:.0} GFLOP/s",
-                flop / t / 1e9
-            );
+            println!("{m}x{n}x{k} f32 (ours, AVX-512): {:.0} GFLOP/s", flop / t / 1e9);
         }
         let packed = PackedMatrix::pack_transposed(&w, n, k);
         let t = best_of(20, || packed.matmul_accumulate(&a, m, &mut out, threads));

@@ -15,12 +15,17 @@ use perceiver::{load_masked_lm, ModelFiles};
 
 mod common;
 
+/// `PERCEIVER_FULL_FIXTURE`, or `target/full-random` at the workspace root.
+fn fixture_dir() -> PathBuf {
+    std::env::var_os("PERCEIVER_FULL_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/full-random"))
+}
+
 #[test]
 #[ignore = "needs the 800 MB fixture written by scripts/make_parity_fixtures.py --full"]
 fn full_language_perceiver_layout_matches_transformers() {
-    let dir = std::env::var_os("PERCEIVER_FULL_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/full-random"));
+    let dir = fixture_dir();
     let model = load_masked_lm(&ModelFiles::from_dir(&dir).unwrap(), &Device::Cpu).unwrap();
     let cases = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
     let ids = cases["single.input_ids"].to_dtype(DType::U32).unwrap();
@@ -61,9 +66,7 @@ fn full_language_perceiver_layout_matches_transformers() {
 #[test]
 #[ignore = "needs the 800 MB fixture written by scripts/make_parity_fixtures.py --full"]
 fn full_layout_on_the_engine_matches_transformers() {
-    let dir = std::env::var_os("PERCEIVER_FULL_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/full-random"));
+    let dir = fixture_dir();
     let mut engine = perceiver::load_engine(&ModelFiles::from_dir(&dir).unwrap()).unwrap();
     let cases = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
     let ids = cases["single.input_ids"]

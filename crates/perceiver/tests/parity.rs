@@ -64,6 +64,27 @@ fn cases(dir: &Path) -> Vec<Case> {
         .collect()
 }
 
+impl Case {
+    /// Each row's ids without its padding.
+    fn unpadded_texts(&self) -> Vec<Vec<u32>> {
+        let (batch, _) = self.input_ids.dims2().unwrap();
+        (0..batch)
+            .map(|row| {
+                let len = self
+                    .attention_mask
+                    .i(row)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<u32>()
+                    .unwrap();
+                let ids = self.input_ids.i(row).unwrap().to_vec1::<u32>().unwrap();
+                ids[..len as usize].to_vec()
+            })
+            .collect()
+    }
+}
+
 /// Returns `worst` after asserting it is within [`LOGIT_TOLERANCE`]; `what` names the case.
 fn within_tolerance(worst: f32, what: impl Fn() -> String) -> f32 {
     assert!(worst <= LOGIT_TOLERANCE, "{}: max |Δ logit| {worst:e}", what());
@@ -158,20 +179,7 @@ fn engine_matches_transformers() {
         let max_len = engine.max_len();
         for case in cases(&dir) {
             let (batch, _) = case.input_ids.dims2().unwrap();
-            let texts: Vec<Vec<u32>> = (0..batch)
-                .map(|row| {
-                    let len = case
-                        .attention_mask
-                        .i(row)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<u32>()
-                        .unwrap();
-                    let ids = case.input_ids.i(row).unwrap().to_vec1::<u32>().unwrap();
-                    ids[..len as usize].to_vec()
-                })
-                .collect();
+            let texts = case.unpadded_texts();
             let all: Vec<usize> = (0..max_len).collect();
             let subset: Vec<usize> = (0..max_len).filter(|p| p % 3 == 1 || *p == 0).collect();
             let text_refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
@@ -241,20 +249,10 @@ fn bf16_top1_agrees_with_f32() {
             masked_total += n;
         }
         for case in cases(&dir) {
-            let (batch, _) = case.input_ids.dims2().unwrap();
-            for row in 0..batch {
-                let len = case
-                    .attention_mask
-                    .i(row)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<u32>()
-                    .unwrap() as usize;
-                let ids = case.input_ids.i(row).unwrap().to_vec1::<u32>().unwrap();
-                let positions: Vec<usize> = (0..len).collect();
-                let a = f32_engine.logits_at(&[&ids[..len]], &[&positions]).unwrap();
-                let b = bf16_engine.logits_at(&[&ids[..len]], &[&positions]).unwrap();
+            for ids in case.unpadded_texts() {
+                let positions: Vec<usize> = (0..ids.len()).collect();
+                let a = f32_engine.logits_at(&[&ids], &[&positions]).unwrap();
+                let b = bf16_engine.logits_at(&[&ids], &[&positions]).unwrap();
                 let (same, n) = agree(&a, &b, vocab);
                 all_same += same;
                 all_total += n;

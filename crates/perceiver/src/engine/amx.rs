@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 use super::bf16::{to_bf16_bits, PackedMatrix, NR};
 
 /// Rows of C per microkernel (two 16-row A tiles).
@@ -78,7 +80,6 @@ pub(super) fn matmul_accumulate(w: &PackedMatrix, a: &[f32], m: usize, out: &mut
     let per_task = panels.div_ceil(tasks);
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..tasks).into_par_iter().for_each(|t| {
-        let out_ptr = out_ptr;
         let config = TileConfig::new();
         // SAFETY: AMX is available and the config is valid; every tile operation below reads
         // and writes inside `x`, the packed weights, `out` or the local scratch (bounds noted).
@@ -93,11 +94,11 @@ pub(super) fn matmul_accumulate(w: &PackedMatrix, a: &[f32], m: usize, out: &mut
                     // C: in place when the 32×32 block is inside `out`, else through a scratch.
                     let mut scratch = [0f32; ROWS * NR];
                     let (c, c_stride) = if whole {
-                        (out_ptr.0.add(r0 * n + p * NR), n * 4)
+                        (out_ptr.get().add(r0 * n + p * NR), n * 4)
                     } else {
                         for r in 0..rows {
                             for j in 0..cols {
-                                scratch[r * NR + j] = *out_ptr.0.add((r0 + r) * n + p * NR + j);
+                                scratch[r * NR + j] = *out_ptr.get().add((r0 + r) * n + p * NR + j);
                             }
                         }
                         (scratch.as_mut_ptr(), NR * 4)
@@ -152,7 +153,7 @@ pub(super) fn matmul_accumulate(w: &PackedMatrix, a: &[f32], m: usize, out: &mut
                     if !whole {
                         for r in 0..rows {
                             for j in 0..cols {
-                                *out_ptr.0.add((r0 + r) * n + p * NR + j) = scratch[r * NR + j];
+                                *out_ptr.get().add((r0 + r) * n + p * NR + j) = scratch[r * NR + j];
                             }
                         }
                     }
@@ -170,23 +171,4 @@ fn convert_row_body(src: &[f32], dst: &mut [u16]) {
     }
 }
 
-fn convert_row(src: &[f32], dst: &mut [u16]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-        unsafe fn wide(src: &[f32], dst: &mut [u16]) {
-            convert_row_body(src, dst)
-        }
-        // AMX CPUs all have AVX-512.
-        if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") {
-            // SAFETY: the CPU has the features.
-            return unsafe { wide(src, dst) };
-        }
-    }
-    convert_row_body(src, dst)
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+super::kernels::dispatch!(fn convert_row(src: &[f32], dst: &mut [u16]) => convert_row_body);

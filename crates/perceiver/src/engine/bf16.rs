@@ -13,6 +13,8 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 /// Rows of C per microkernel call.
 pub const MR: usize = 12;
 /// Columns of C per panel (two 16-lane vectors).
@@ -143,17 +145,6 @@ impl PackedMatrix {
     }
 }
 
-/// A raw pointer that tasks writing disjoint parts of one buffer share.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `a` (`[rows, k]`) as bf16 pairs in blocks of [`MR`] rows: `[blocks][pairs][MR]`, zero-padded.
 fn pack_a(a: &[f32], rows: usize, k: usize, pairs: usize) -> Vec<u32> {
     let blocks = rows.div_ceil(MR);
@@ -178,20 +169,7 @@ fn pack_row_body(row: &[f32], block: &mut [u32], r: usize) {
     }
 }
 
-fn pack_row(row: &[f32], block: &mut [u32], r: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide(row: &[f32], block: &mut [u32], r: usize) {
-            pack_row_body(row, block, r)
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { wide(row, block, r) };
-        }
-    }
-    pack_row_body(row, block, r)
-}
+super::kernels::dispatch!(fn pack_row(row: &[f32], block: &mut [u32], r: usize) => pack_row_body);
 
 /// Which microkernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

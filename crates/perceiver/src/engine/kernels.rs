@@ -24,11 +24,11 @@ macro_rules! dispatch {
                 unsafe fn wide512($($arg: $ty),*) { $body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide256($($arg: $ty),*) { $body($($arg),*) }
-                if simd_level() >= 2 {
+                if $crate::engine::kernels::simd_level() >= 2 {
                     // SAFETY: the CPU has the features the function was compiled for.
                     return unsafe { wide512($($arg),*) };
                 }
-                if simd_level() >= 1 {
+                if $crate::engine::kernels::simd_level() >= 1 {
                     // SAFETY: as above.
                     return unsafe { wide256($($arg),*) };
                 }
@@ -38,9 +38,11 @@ macro_rules! dispatch {
     };
 }
 
+pub(crate) use dispatch;
+
 /// 0: baseline, 1: AVX2+FMA, 2: AVX-512 (F, BW, VL). Detected once.
 #[cfg(target_arch = "x86_64")]
-fn simd_level() -> u8 {
+pub(crate) fn simd_level() -> u8 {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<u8> = OnceLock::new();
     *LEVEL.get_or_init(|| {

@@ -35,38 +35,6 @@ impl<'a> View<'a> {
         view
     }
 
-    /// `cols` columns starting at column `first`.
-    pub fn columns(&self, first: usize, cols: usize) -> View<'a> {
-        assert!(
-            first + cols <= self.cols,
-            "columns {first}..{} of {}",
-            first + cols,
-            self.cols
-        );
-        View::strided(
-            &self.data[first.min(self.data.len())..],
-            self.rows,
-            cols,
-            self.stride,
-        )
-    }
-
-    /// `rows` rows starting at row `first`.
-    pub fn rows(&self, first: usize, rows: usize) -> View<'a> {
-        assert!(
-            first + rows <= self.rows,
-            "rows {first}..{} of {}",
-            first + rows,
-            self.rows
-        );
-        View::strided(
-            &self.data[(first * self.stride).min(self.data.len())..],
-            rows,
-            self.cols,
-            self.stride,
-        )
-    }
-
     fn fits(&self, len: usize) -> bool {
         self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.stride + self.cols <= len
     }

@@ -28,6 +28,22 @@ use crate::error::{Error, Result};
 use matmul::{matmul, Rhs, View};
 pub use weights::Param;
 
+/// A raw pointer that parallel tasks writing disjoint parts of one buffer share (each kernel
+/// states which part its tasks own).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: the pointer is only dereferenced by tasks that write disjoint elements, while the
+// buffer's owner waits for them (rayon scopes).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer; a method, so that closures capture the whole (Send) wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Number type of the weight matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,9 +141,6 @@ impl Dense {
         match (&self.packed, &self.packed_f32) {
             (Some(bf16), _) => bf16.matmul_accumulate(x, rows, out, threads),
             (None, Some(f32)) => f32.matmul_accumulate(x, rows, out, threads),
-            (None, None) if sgemm::available() => {
-                sgemm::matmul_wt_accumulate(x, rows, self.weight.data(), n, k, out, threads)
-            }
             (None, None) => matmul(
                 out,
                 n,

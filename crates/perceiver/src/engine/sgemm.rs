@@ -1,28 +1,16 @@
 //! f32 products with a weight matrix, `C += X·Wᵀ`, on AVX-512 (the `gemm` crate, on stable
 //! Rust, stops at AVX2: half the FMA width of CPUs with two 512-bit FMA units).
 //!
-//! The engine packs its weights once ([`PackedWeights`]: W panels stay in L1 while X streams,
-//! measured 15% faster end to end on the 201M model than reading W in place). The unpacked
-//! [`matmul_wt_accumulate`] serves callers with a W they use once.
-//!
-//! Unpacked: W (`[n, k]`, as stored) is never copied: the
-//! microkernel broadcasts `W[f][k]` for [`MR`] features `f` straight from their rows, and
-//! multiplies them with 32 rows of X, which are packed per call into panels `[k][32]` (X is the
-//! small operand: 256 latents). An `MR × 32` block of Cᵀ lives in 24 registers and is added to
-//! C transposed at the end of each `KC` slice of k. Each block of weight rows is read from memory
-//! once and multiplied with every X panel while it is in L2.
+//! Weights are packed once ([`PackedWeights`]): the microkernel keeps a 6×64 block of C in 24
+//! registers, loads four vectors of W and broadcasts six X values per step. (Reading W in place,
+//! with X packed and the tile added to C transposed, was tried first: 15% slower end to end on
+//! the 201M model.)
 
 use rayon::prelude::*;
 
-use super::matmul::View;
+use super::SendPtr;
 
-/// Weight rows (output features) per microkernel call.
-const MR: usize = 12;
-/// X rows per panel (two 16-lane vectors).
-const NR: usize = 32;
-/// Slice of k per pass. Large: each pass ends in a transposed add of the tile into C, which
-/// cost more than the panel slice falling out of L1 (measured: 128 and 256 were slower).
-const KC: usize = 4096;
+use super::matmul::View;
 
 /// Whether this CPU runs the AVX-512 kernel.
 pub fn available() -> bool {
@@ -34,101 +22,6 @@ pub fn available() -> bool {
     {
         false
     }
-}
-
-/// A raw pointer that tasks writing disjoint columns of one buffer share.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-/// `c[m, n] += x[m, k] · wᵀ`, `w` `[n, k]`; all dense row-major. Call only when [`available`].
-pub fn matmul_wt_accumulate(
-    x: &[f32],
-    m: usize,
-    w: &[f32],
-    n: usize,
-    k: usize,
-    c: &mut [f32],
-    threads: usize,
-) {
-    assert!(available(), "sgemm: the CPU has no AVX-512");
-    assert_eq!(x.len(), m * k, "sgemm: X is not {m}x{k}");
-    assert_eq!(w.len(), n * k, "sgemm: W is not {n}x{k}");
-    assert_eq!(c.len(), m * n, "sgemm: C is not {m}x{n}");
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    let panels = m.div_ceil(NR);
-    // X in panels of NR rows: [panel][k][NR], rows past m zero.
-    let mut packed = vec![0f32; panels * k * NR];
-    packed.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
-        let rows = NR.min(m - p * NR);
-        let x = &x[p * NR * k..(p * NR + rows) * k];
-        // Written in order (one 128-byte line per k), read from `rows` sequential streams.
-        for (i, out) in panel.chunks_exact_mut(NR).enumerate() {
-            for (r, o) in out.iter_mut().take(rows).enumerate() {
-                *o = x[r * k + i];
-            }
-        }
-    });
-    // The last block of weight rows may be short: a zero-padded copy keeps the kernel in bounds.
-    let full_blocks = n / MR;
-    let tail_rows = n % MR;
-    let tail: Vec<f32> = if tail_rows > 0 {
-        let mut t = vec![0f32; MR * k];
-        t[..tail_rows * k].copy_from_slice(&w[full_blocks * MR * k..]);
-        t
-    } else {
-        Vec::new()
-    };
-    let blocks = n.div_ceil(MR);
-    let c_ptr = SendPtr(c.as_mut_ptr());
-    // Each task owns a range of weight-row blocks (columns of C). A block of weight rows is read
-    // from memory once and multiplied with every X panel while it sits in L2 (the weights of a
-    // big model do not stay in cache between passes; the packed X, ~1 MB, does).
-    let work = |range: std::ops::Range<usize>| {
-        let c_ptr = c_ptr;
-        for block in range {
-            let (w_block, rows) = if block < full_blocks {
-                (&w[block * MR * k..(block + 1) * MR * k], MR)
-            } else {
-                (&tail[..], tail_rows)
-            };
-            for k0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - k0);
-                for p in 0..panels {
-                    let panel = &packed[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
-                    let first_row = p * NR;
-                    let mut tile = [[0f32; NR]; MR];
-                    // SAFETY: `available()` was checked; the kernel reads MR rows of `w_block`
-                    // at stride k from column k0 (kc values each) and kc·NR values of `panel`.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        avx512::kernel(w_block.as_ptr().add(k0), k, panel.as_ptr(), kc, &mut tile)
-                    };
-                    for lane in 0..NR.min(m - first_row) {
-                        // SAFETY: row < m and columns block·MR..+rows ≤ n: inside `c`; tasks own
-                        // disjoint column blocks.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                c_ptr.0.add((first_row + lane) * n + block * MR),
-                                rows,
-                            )
-                        };
-                        for (f, d) in dst.iter_mut().enumerate() {
-                            *d += tile[f][lane];
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let tasks = if threads > 1 { (threads * 2).min(blocks) } else { 1 };
-    let per_task = blocks.div_ceil(tasks);
-    (0..tasks)
-        .into_par_iter()
-        .for_each(|t| work(t * per_task..((t + 1) * per_task).min(blocks)));
 }
 
 /// Features per packed weight panel: four 16-lane vectors.
@@ -246,7 +139,6 @@ impl PackedWeights {
         let per_task = panels.div_ceil(tasks);
         let c_ptr = SendPtr(c.as_mut_ptr());
         (0..tasks).into_par_iter().for_each(|t| {
-            let c_ptr = c_ptr;
             for p in t * per_task..((t + 1) * per_task).min(panels) {
                 let cols = PANEL.min(n - p * PANEL);
                 // Row chunks keep their block of C (288 × 64 f32) in L2 across the k slices:
@@ -267,7 +159,7 @@ impl PackedWeights {
                                     w.as_ptr(),
                                     xb.as_ptr(),
                                     kc,
-                                    c_ptr.0.add(b * ROWS * ldc + p * PANEL),
+                                    c_ptr.get().add(b * ROWS * ldc + p * PANEL),
                                     ldc,
                                     rows,
                                     cols,
@@ -283,7 +175,7 @@ impl PackedWeights {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR, PANEL, ROWS};
+    use super::{PANEL, ROWS};
     use std::arch::x86_64::*;
 
     /// `c[r·ldc + j] += Σ_{i<kc} x[i·ROWS + r] · w[i·PANEL + j]` for r < rows, j < cols.
@@ -330,40 +222,6 @@ mod avx512 {
             }
         }
     }
-
-    /// `tile[f][r] = Σ_{i<kc} w[f·ldw + i] · panel[i·NR + r]` for f < MR, r < NR.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel(
-        w: *const f32,
-        ldw: usize,
-        panel: *const f32,
-        kc: usize,
-        tile: &mut [[f32; NR]; MR],
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        for i in 0..kc {
-            // Prefetch X 8 steps ahead and, once per cache line, the next line of each W row:
-            // the rows are 12 short streams the hardware prefetcher follows poorly.
-            _mm_prefetch::<_MM_HINT_T0>(panel.wrapping_add((i + 8) * NR).cast());
-            _mm_prefetch::<_MM_HINT_T0>(panel.wrapping_add((i + 8) * NR + 16).cast());
-            if i % 16 == 0 {
-                for f in 0..MR {
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(f * ldw + i + 128).cast());
-                }
-            }
-            let x0 = _mm512_loadu_ps(panel.add(i * NR));
-            let x1 = _mm512_loadu_ps(panel.add(i * NR + 16));
-            for f in 0..MR {
-                let wv = _mm512_set1_ps(*w.add(f * ldw + i));
-                acc[f][0] = _mm512_fmadd_ps(wv, x0, acc[f][0]);
-                acc[f][1] = _mm512_fmadd_ps(wv, x1, acc[f][1]);
-            }
-        }
-        for f in 0..MR {
-            _mm512_storeu_ps(tile[f].as_mut_ptr(), acc[f][0]);
-            _mm512_storeu_ps(tile[f].as_mut_ptr().add(16), acc[f][1]);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -388,15 +246,30 @@ mod tests {
             let w = random(n * k, 22);
             let start = random(m * n, 23);
             let mut c = start.clone();
-            matmul_wt_accumulate(&x, m, &w, n, k, &mut c, threads);
-            let mut c_packed = start.clone();
-            PackedWeights::pack(&w, n, k).matmul_accumulate(&x, m, &mut c_packed, threads);
-            for (a, b) in c.iter().zip(&c_packed) {
-                assert!(
-                    (a - b).abs() < 1e-4,
-                    "{m}x{n}x{k}: packed and unpacked W differ: {a} vs {b}"
-                );
-            }
+            PackedWeights::pack(&w, n, k).matmul_accumulate(&x, m, &mut c, threads);
+            // The attention path: W given transposed (`[k, n]`, strided) and scaled while packed,
+            // X strided; into a C with a wider row stride.
+            let wt: Vec<f32> = (0..k * (n + 3))
+                .map(|j| {
+                    if j % (n + 3) < n {
+                        w[(j % (n + 3)) * k + j / (n + 3)]
+                    } else {
+                        9.0
+                    }
+                })
+                .collect();
+            let from_wt = PackedWeights::pack_view(View::strided(&wt, k, n, n + 3), false, 0.5, false);
+            let x_wide: Vec<f32> = (0..m * (k + 2))
+                .map(|j| {
+                    if j % (k + 2) < k {
+                        x[(j / (k + 2)) * k + j % (k + 2)]
+                    } else {
+                        7.0
+                    }
+                })
+                .collect();
+            let mut c_half = vec![0f32; m * (n + 1)];
+            from_wt.matmul_view(View::strided(&x_wide, m, k, k + 2), &mut c_half, n + 1, threads);
             for r in 0..m {
                 for f in 0..n {
                     let want = start[r * n + f] as f64
@@ -406,6 +279,11 @@ mod tests {
                     assert!(
                         (c[r * n + f] as f64 - want).abs() < 1e-4,
                         "{m}x{n}x{k} at {r},{f}"
+                    );
+                    let half = 0.5 * (want - start[r * n + f] as f64);
+                    assert!(
+                        (c_half[r * (n + 1) + f] as f64 - half).abs() < 1e-4,
+                        "{m}x{n}x{k} transposed view at {r},{f}"
                     );
                 }
             }
