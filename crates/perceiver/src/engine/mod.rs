@@ -1,16 +1,18 @@
 //! The inference engine: the masked language model's forward pass on plain `f32` buffers, with
-//! fused row kernels ([`kernels`]), matrix products on strided views ([`matmul`]) and an
-//! optional bf16 path ([`bf16`]).
+//! vectorised row kernels ([`kernels`]), AVX-512 f32 products ([`sgemm`]; the `gemm` crate on
+//! strided views, [`matmul`], where AVX-512 is missing) and an optional bf16 path ([`bf16`],
+//! [`amx`]).
 //!
 //! It computes what [`crate::PerceiverForMaskedLM`] (candle, trainable) computes, and the
 //! parity tests hold both to transformers' numbers. It is faster because it does only the work
 //! the answer needs:
 //! - no padding: every text of a batch is encoded at its own length (the cross-attention runs per
 //!   text), and only the asked output positions are decoded;
-//! - no copies around the matrix products: heads are strided views into q/k/v, weights are read as
-//!   stored, and biases and residuals are accumulated into the product's output;
+//! - heads are strided views into q/k/v (no transposed copies), and biases and residuals are
+//!   accumulated into the product's output;
 //! - LayerNorm, softmax and GELU are single passes, vectorised for the CPU at hand;
-//! - weights are read in place from the memory-mapped file ([`weights`]).
+//! - weight matrices are packed once for their kernel, and their pages of the memory-mapped file
+//!   ([`weights`]) released, so the process holds one copy.
 
 pub mod amx;
 pub mod bf16;

@@ -3,7 +3,8 @@
 //!
 //! The 201M model's f32 weights are 804 MB. Reading them in place keeps the process at about
 //! that size (the pages are the file's, shared with the page cache); candle's loader copies every
-//! tensor out of the mapping, which doubled the resident size.
+//! tensor out of the mapping, which doubled the resident size. Matrices the engine packs for its
+//! kernels give their pages back ([`Param::release_pages`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
