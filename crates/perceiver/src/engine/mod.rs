@@ -1,6 +1,6 @@
 //! The inference engine: the masked language model's forward pass on plain `f32` buffers, with
 //! vectorised row kernels ([`kernels`]), AVX-512 f32 products ([`sgemm`]; the `gemm` crate on
-//! strided views, [`matmul`], where AVX-512 is missing) and an optional bf16 path ([`bf16`],
+//! strided views, [`matmul`](mod@matmul), where AVX-512 is missing) and an optional bf16 path ([`bf16`],
 //! [`amx`]).
 //!
 //! It computes what [`crate::PerceiverForMaskedLM`] (candle, trainable) computes, and the
