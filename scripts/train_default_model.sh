@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS="${STEPS:-2800}"
+STEPS="${STEPS:-4500}"
 RUN=runs/default
 python3 scripts/fetch_corpus.py data/corpus
 
@@ -29,7 +29,7 @@ cargo build --release --locked
 if ls -d "$RUN"/step-* >/dev/null 2>&1; then
   ./target/release/perceiver train --resume "$RUN" --steps "$STEPS"
 else
-  ./target/release/perceiver train --preset small \
+  ./target/release/perceiver train --preset small --init local \
     --corpus data/mix/train --eval-corpus data/corpus/heldout \
     --out "$RUN" --steps "$STEPS" --seq-len 256 --batch-size 16 --lr 1e-3 --warmup-steps 200 \
     --schedule cosine --min-lr-ratio 0.05 --weight-decay 0.01 --clip-norm 1.0 --seed 0 \

@@ -77,7 +77,8 @@ pub struct TrainArgs {
     init_from: Option<String>,
 
     /// Initialisation from scratch: deepmind (truncated normals: 1/fan_in for linears, 1.0 for
-    /// the byte embedding, 0.02 for positions and latents) or transformers (normal 0.02).
+    /// the byte embedding, 0.02 for positions and latents), transformers (normal 0.02), or local
+    /// (deepmind's, with both cross-attentions starting local; leaves the unigram plateau soonest).
     #[arg(long, default_value = "deepmind")]
     init: InitScheme,
 

@@ -187,7 +187,7 @@ impl Trainer {
         let model =
             PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
         match weights {
-            None => initialize(&varmap, options.init, config.initializer_range, options.seed)?,
+            None => initialize(&varmap, options.init, &config, options.seed)?,
             Some(tensors) => set_weights(&varmap, &tensors.into_iter().collect())?,
         }
         let metrics = MetricsLog::create(&run_dir.join(METRICS_FILE))?;
