@@ -1,10 +1,14 @@
-//! Speed of the engine's matrix products on the 201M model's latent-layer shapes:
-//! `cargo run --release -p perceiver --example kernel_speed`. Prints GFLOP/s (best of 20).
+//! Speed of the engine's matrix products on the 201M model's latent-layer shapes, and of its
+//! elementwise kernels (softmax, GELU, LayerNorm) on one thread:
+//! `cargo run --release -p perceiver --example kernel_speed`. Prints GFLOP/s and ns per element
+//! (best of 20, so a busy machine disturbs it less).
 
 use std::time::Instant;
 
 use perceiver::engine::bf16::PackedMatrix;
+use perceiver::engine::kernels;
 use perceiver::engine::matmul::{matmul, Rhs, View};
+use perceiver::Activation;
 
 fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -19,6 +23,35 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let threads = rayon::current_num_threads();
+    // One text's latent self-attention scores (8 heads of 256×256) and MLP hidden (256×1280).
+    let scores: Vec<f32> = (0..8 * 256 * 256)
+        .map(|i| ((i * 37) % 101) as f32 * 0.05 - 2.5)
+        .collect();
+    let mut work = scores.clone();
+    let t = best_of(20, || {
+        work.copy_from_slice(&scores);
+        kernels::softmax_rows(&mut work, 256);
+    });
+    println!(
+        "softmax rows of 256: {:.2} ns/element",
+        t * 1e9 / scores.len() as f64
+    );
+    let t = best_of(20, || {
+        work.copy_from_slice(&scores);
+        kernels::activate(&mut work[..256 * 1280], Activation::GeluErf);
+    });
+    println!(
+        "gelu (erf) 256x1280: {:.2} ns/element",
+        t * 1e9 / (256.0 * 1280.0)
+    );
+    let (w, b) = (vec![1.1f32; 1280], vec![0.1f32; 1280]);
+    let t = best_of(20, || {
+        std::hint::black_box(kernels::layer_norm(&scores[..256 * 1280], &w, &b));
+    });
+    println!(
+        "layer_norm 256x1280: {:.2} ns/element",
+        t * 1e9 / (256.0 * 1280.0)
+    );
     for (m, n, k) in [
         (256, 1280, 1280),
         (256, 256, 1280),

@@ -65,7 +65,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -74,8 +75,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    // 2ⁿ from the exponent bits; n ∈ [-126, 127] after the clamp.
-    let scale = f32::from_bits(((n as i32 + 127).max(0) as u32) << 23);
+    // 2ⁿ from the exponent bits; n ∈ [-126, 127] after the clamp. `shifted` lies in [2²³, 2²⁴),
+    // where one ulp is 1, so its bits are ROUND's plus n: integer arithmetic only, because an
+    // `as i32` (a saturating conversion) would keep the whole loop from vectorising.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     e * scale
 }
 
@@ -208,6 +212,23 @@ fn sum16(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
+/// The largest value of `x` (not NaN-aware). 16 running maxima, because a plain `fold` with
+/// `f32::max` does not vectorise (LLVM keeps `maxnum` reductions in order).
+#[inline(always)]
+fn max16(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let (body, tail) = x.split_at(x.len() - x.len() % 16);
+    for c in body.chunks_exact(16) {
+        for i in 0..16 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let head = acc
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    tail.iter().fold(head, |m, &v| if v > m { v } else { m })
+}
+
 dispatch!(fn layer_norm_rows(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32]) => layer_norm_body);
 
 /// LayerNorm of each row of `input` (`[rows, weight.len()]`) into a new buffer.
@@ -226,7 +247,7 @@ pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
 #[inline(always)]
 fn softmax_body(rows: &mut [f32], width: usize) {
     for row in rows.chunks_exact_mut(width) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let max = max16(row);
         row.iter_mut().for_each(|v| *v = exp(*v - max));
         let inv = 1.0 / sum16(row);
         row.iter_mut().for_each(|v| *v *= inv);
