@@ -286,54 +286,68 @@ fn attend(
         .collect();
     // Few tasks (one text, one head) leave threads for the products themselves.
     let inner_threads = (threads / tasks.len().max(1)).max(1);
-    let per_head: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(item, head)| {
-            let (qr, kr) = (&query_items[item], &kv_items[item]);
-            let (nq, nk) = (qr.len(), kr.len());
-            let q_h = View::strided(&q[qr.start * qk + head * d_qk..], nq, d_qk, qk);
-            let k_h = View::strided(&k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
-            let v_h = View::strided(&v[kr.start * vc + head * d_v..], nk, d_v, vc);
-            let mut scores = vec![0f32; nq * nk];
-            let mut out = vec![0f32; nq * d_v];
-            if sgemm::available() {
-                // Keys and values packed per head (they are small next to the products), the
-                // scale folded into the keys.
-                let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
-                keys.matmul_view(q_h, &mut scores, nk, inner_threads);
-                kernels::softmax_rows(&mut scores, nk);
-                let values = sgemm::PackedWeights::pack_view(v_h, false, 1.0, false);
-                values.matmul_view(View::dense(&scores, nq, nk), &mut out, d_v, inner_threads);
-            } else {
-                matmul(
-                    &mut scores,
-                    nk,
-                    q_h,
-                    Rhs::Transposed(k_h),
-                    scale,
-                    false,
-                    inner_threads,
-                );
-                kernels::softmax_rows(&mut scores, nk);
-                matmul(
-                    &mut out,
-                    d_v,
-                    View::dense(&scores, nq, nk),
-                    Rhs::Plain(v_h),
-                    1.0,
-                    false,
-                    inner_threads,
-                );
-            }
-            out
-        })
-        .collect();
     let mut out = vec![0f32; total_queries * vc];
-    for (&(item, head), block) in tasks.iter().zip(&per_head) {
-        for (row, values) in query_items[item].clone().zip(block.chunks_exact(d_v)) {
-            out[row * vc + head * d_v..row * vc + (head + 1) * d_v].copy_from_slice(values);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_len = out.len();
+    tasks.par_iter().for_each(|&(item, head)| {
+        let (qr, kr) = (&query_items[item], &kv_items[item]);
+        let (nq, nk) = (qr.len(), kr.len());
+        if nq == 0 {
+            return;
         }
-    }
+        let q_h = View::strided(&q[qr.start * qk + head * d_qk..], nq, d_qk, qk);
+        let k_h = View::strided(&k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
+        let v_h = View::strided(&v[kr.start * vc + head * d_v..], nk, d_v, vc);
+        let mut scores = vec![0f32; nq * nk];
+        // This head's block of `out`: the item's rows, the head's d_v columns (row stride vc).
+        let offset = qr.start * vc + head * d_v;
+        assert!(offset + (nq - 1) * vc + d_v <= out_len);
+        if sgemm::available() {
+            // Keys and values packed per head (they are small next to the products), the
+            // scale folded into the keys.
+            let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
+            keys.matmul_view(q_h, &mut scores, nk, inner_threads);
+            kernels::softmax_rows(&mut scores, nk);
+            let values = sgemm::PackedWeights::pack_view(v_h, false, 1.0, false);
+            // SAFETY: the block lies inside `out` (asserted above); tasks write disjoint
+            // blocks, and nothing reads `out` until every task is done.
+            unsafe {
+                values.matmul_view_raw(
+                    View::dense(&scores, nq, nk),
+                    out_ptr.get().add(offset),
+                    vc,
+                    inner_threads,
+                )
+            };
+        } else {
+            let mut head_out = vec![0f32; nq * d_v];
+            matmul(
+                &mut scores,
+                nk,
+                q_h,
+                Rhs::Transposed(k_h),
+                scale,
+                false,
+                inner_threads,
+            );
+            kernels::softmax_rows(&mut scores, nk);
+            matmul(
+                &mut head_out,
+                d_v,
+                View::dense(&scores, nq, nk),
+                Rhs::Plain(v_h),
+                1.0,
+                false,
+                inner_threads,
+            );
+            for (r, values) in head_out.chunks_exact(d_v).enumerate() {
+                // SAFETY: as above; row r of the block lies inside `out`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(values.as_ptr(), out_ptr.get().add(offset + r * vc), d_v)
+                };
+            }
+        }
+    });
     out
 }
 

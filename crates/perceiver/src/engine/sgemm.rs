@@ -16,7 +16,12 @@ use super::matmul::View;
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
+        // PERCEIVER_NO_AVX512 sends the f32 products to the portable path (to test it on
+        // machines that have AVX-512).
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && std::env::var_os("PERCEIVER_NO_AVX512").is_none()
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -115,6 +120,20 @@ impl PackedWeights {
             ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
             "sgemm: C is not {m}x{n}"
         );
+        // SAFETY: C's bounds were checked above and `c` is borrowed mutably.
+        unsafe { self.matmul_view_raw(x, c.as_mut_ptr(), ldc, threads) }
+    }
+
+    /// [`matmul_view`](Self::matmul_view) into C at a raw pointer, for callers whose tasks each
+    /// write their own block of one shared C.
+    ///
+    /// # Safety
+    /// `c` must be valid for writes of rows `0..x.rows` × columns `0..n` at row stride `ldc`, and
+    /// no one else may access that block during the call.
+    pub(crate) unsafe fn matmul_view_raw(&self, x: View, c: *mut f32, ldc: usize, threads: usize) {
+        let (n, k, m) = (self.n, self.k, x.rows);
+        assert!(available(), "sgemm: the CPU has no AVX-512");
+        assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);
         if m == 0 || n == 0 || k == 0 {
             return;
         }
@@ -131,7 +150,7 @@ impl PackedWeights {
         let panels = n.div_ceil(PANEL);
         let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
         let per_task = panels.div_ceil(tasks);
-        let c_ptr = SendPtr(c.as_mut_ptr());
+        let c_ptr = SendPtr(c);
         (0..tasks).into_par_iter().for_each(|t| {
             for p in t * per_task..((t + 1) * per_task).min(panels) {
                 let cols = PANEL.min(n - p * PANEL);
