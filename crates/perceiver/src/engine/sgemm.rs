@@ -148,43 +148,54 @@ impl PackedWeights {
         let x_ptr = x.data.as_ptr() as usize;
         let x_stride = x.stride;
         let panels = n.div_ceil(PANEL);
-        let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
-        let per_task = panels.div_ceil(tasks);
+        // Work is cut into row chunks × groups of panels. Within a task, a row chunk of X
+        // (288 rows) stays in L2 while every panel of the group passes over it, and its block of
+        // C (288 × 64) stays in L2 across the k slices. Chunks are the unit of parallelism when
+        // there are enough of them (a batch of texts); otherwise panels are (one text).
+        let mut chunks = blocks.div_ceil(CHUNK_BLOCKS);
+        let groups = if threads <= 1 {
+            1
+        } else if chunks >= threads {
+            // Equal chunks, a multiple of the threads in number, so that no thread idles.
+            chunks = chunks.next_multiple_of(threads).min(blocks);
+            1
+        } else {
+            (threads * 2).min(panels)
+        };
+        let chunk_blocks = blocks.div_ceil(chunks);
+        let per_group = panels.div_ceil(groups);
         let c_ptr = SendPtr(c);
-        (0..tasks).into_par_iter().for_each(|t| {
-            for p in t * per_task..((t + 1) * per_task).min(panels) {
+        (0..chunks * groups).into_par_iter().for_each(|task| {
+            let (chunk, group) = (task / groups * chunk_blocks, task % groups);
+            for p in group * per_group..((group + 1) * per_group).min(panels) {
                 let cols = PANEL.min(n - p * PANEL);
-                // Row chunks keep their block of C (288 × 64 f32) in L2 across the k slices:
-                // without them a batch's C (10 MB at 8 texts) fell out of cache between slices.
-                for chunk in (0..blocks).step_by(CHUNK_BLOCKS) {
-                    for k0 in (0..k).step_by(PANEL_KC) {
-                        let kc = PANEL_KC.min(k - k0);
-                        let w = &self.data[(p * k + k0) * PANEL..(p * k + k0 + kc) * PANEL];
-                        for b in chunk..(chunk + CHUNK_BLOCKS).min(blocks) {
-                            let rows = ROWS.min(m - b * ROWS);
-                            // Rows past m repeat the last row; their sums are not stored.
-                            let x_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
-                                let row = b * ROWS + r.min(rows - 1);
-                                (x_ptr as *const f32).wrapping_add(row * x_stride + k0)
-                            });
-                            // SAFETY: AVX-512 is available; the kernel reads kc·64 values of `w`,
-                            // kc values from each row pointer (rows < m, columns k0..k0+kc < k,
-                            // inside the view as asserted above), and adds to rows b·6..+rows,
-                            // columns p·64..+cols of `c` (inside it; tasks own disjoint panels of
-                            // columns).
-                            #[cfg(target_arch = "x86_64")]
-                            unsafe {
-                                avx512::packed_kernel(
-                                    w.as_ptr(),
-                                    x_rows,
-                                    kc,
-                                    c_ptr.get().add(b * ROWS * ldc + p * PANEL),
-                                    ldc,
-                                    rows,
-                                    cols,
-                                )
-                            };
-                        }
+                for k0 in (0..k).step_by(PANEL_KC) {
+                    let kc = PANEL_KC.min(k - k0);
+                    let w = &self.data[(p * k + k0) * PANEL..(p * k + k0 + kc) * PANEL];
+                    for b in chunk..(chunk + chunk_blocks).min(blocks) {
+                        let rows = ROWS.min(m - b * ROWS);
+                        // Rows past m repeat the last row; their sums are not stored.
+                        let x_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
+                            let row = b * ROWS + r.min(rows - 1);
+                            (x_ptr as *const f32).wrapping_add(row * x_stride + k0)
+                        });
+                        // SAFETY: AVX-512 is available; the kernel reads kc·64 values of `w`,
+                        // kc values from each row pointer (rows < m, columns k0..k0+kc < k,
+                        // inside the view as asserted above), and adds to rows b·6..+rows,
+                        // columns p·64..+cols of `c` (inside it; tasks own disjoint blocks:
+                        // their row chunk × their group's panels).
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            avx512::packed_kernel(
+                                w.as_ptr(),
+                                x_rows,
+                                kc,
+                                c_ptr.get().add(b * ROWS * ldc + p * PANEL),
+                                ldc,
+                                rows,
+                                cols,
+                            )
+                        };
                     }
                 }
             }
@@ -260,6 +271,9 @@ mod tests {
             (33, 12, 257, 2),
             (70, 25, 600, 2),
             (256, 48, 31, 1),
+            // Several row chunks, split over threads (one panel group), and over chunk × group.
+            (1000, 130, 70, 2),
+            (600, 200, 40, 4),
         ] {
             let x = random(m * k, 21);
             let w = random(n * k, 22);
