@@ -35,7 +35,7 @@ pub struct ServiceArgs {
     #[arg(short, long, env = "PERCEIVER_PORT", default_value_t = 8080)]
     pub port: u16,
 
-    /// Most padded tokens (texts × longest text) in one forward pass.
+    /// Most tokens (the texts' lengths summed; the engine does not pad) in one forward pass.
     #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
 

@@ -71,7 +71,7 @@ pub struct ServeConfig {
     pub hostname: String,
     /// Port (0: any free port; see [`Server::local_addr`]).
     pub port: u16,
-    /// Most padded tokens (texts × longest text) in one forward pass; at least the model's
+    /// Most tokens (the texts' lengths summed) in one forward pass; at least the model's
     /// positions.
     pub max_batch_tokens: usize,
     /// Most texts in one forward pass.

@@ -36,7 +36,7 @@ pub struct Metrics {
     pub(crate) inference_duration: Histogram,
     /// `perceiver_batch_size`: inputs per forward pass.
     pub(crate) batch_size: Histogram,
-    /// `perceiver_batch_tokens`: padded tokens (inputs × longest input) per forward pass.
+    /// `perceiver_batch_tokens`: tokens (the inputs' lengths summed) per forward pass.
     pub(crate) batch_tokens: Histogram,
     /// `perceiver_queue_depth`: inputs waiting for a batch.
     pub(crate) queue_depth: IntGauge,
@@ -84,7 +84,7 @@ impl Metrics {
             ),
             batch_tokens: histogram(
                 "perceiver_batch_tokens",
-                "Padded tokens (inputs x longest input) per forward pass",
+                "Tokens (input lengths summed) per forward pass",
                 exponential_buckets(16.0, 2.0, 14).expect("valid buckets"),
             ),
             queue_depth: IntGauge::new("perceiver_queue_depth", "Inputs waiting for a batch")

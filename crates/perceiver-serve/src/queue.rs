@@ -2,8 +2,8 @@
 //! queue and await a one-shot answer.
 //!
 //! The thread blocks until an input arrives, then takes everything queued since, and packs a
-//! batch oldest first until the next input would break the token budget (inputs × longest
-//! input, the padded size the forward pass pays) or the request cap. No timer holds a batch
+//! batch oldest first until the next input would break the token budget (the inputs' lengths
+//! summed: the engine pads nothing) or the request cap. No timer holds a batch
 //! back: while one forward pass runs, the next batch fills up by itself, so a lone client gets
 //! batch-of-one latency and many clients share passes (text-embeddings-inference's design,
 //! with the queue and the model on one thread since there is one model and no prefetching to
@@ -31,7 +31,8 @@ use crate::metrics::Metrics;
 /// How large one forward pass may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
-    /// Most padded tokens (inputs × longest input) in one pass; at least the model's positions.
+    /// Most tokens (the inputs' lengths summed: the engine does not pad) in one pass; at least
+    /// the model's positions.
     pub max_batch_tokens: usize,
     /// Most inputs in one pass.
     pub max_batch_requests: usize,
@@ -200,9 +201,9 @@ impl Worker {
                 .queue_duration
                 .observe(started.duration_since(job.enqueued).as_secs_f64());
         }
-        let longest = batch.iter().map(|j| j.input.ids.len()).max().unwrap_or(0);
+        let tokens: usize = batch.iter().map(|j| j.input.ids.len()).sum();
         self.metrics.batch_size.observe(batch.len() as f64);
-        self.metrics.batch_tokens.observe((longest * batch.len()) as f64);
+        self.metrics.batch_tokens.observe(tokens as f64);
 
         let top_k = batch.iter().map(|j| j.top_k).max().unwrap_or(1);
         let result = {
@@ -253,7 +254,7 @@ fn queue(pending: &mut VecDeque<Job>, message: Message) {
 /// token budget is at least the model's positions).
 fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metrics) -> Vec<Job> {
     let mut batch = Vec::new();
-    let mut longest = 0;
+    let mut tokens = 0;
     while let Some(job) = pending.front() {
         if job.reply.is_closed() {
             pending.pop_front();
@@ -261,11 +262,11 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
             metrics.inputs_dropped.inc();
             continue;
         }
-        let len = longest.max(job.input.ids.len());
-        if !batch.is_empty() && len * (batch.len() + 1) > limits.max_batch_tokens {
+        let len = job.input.ids.len();
+        if !batch.is_empty() && tokens + len > limits.max_batch_tokens {
             break;
         }
-        longest = len;
+        tokens += len;
         batch.extend(pending.pop_front());
         metrics.queue_depth.dec();
         if batch.len() >= limits.max_batch_requests {
@@ -307,10 +308,10 @@ mod tests {
     }
 
     #[test]
-    fn batches_respect_the_padded_token_budget_and_the_request_cap() {
+    fn batches_respect_the_token_budget_and_the_request_cap() {
         let metrics = Metrics::new();
         let mut receivers = Vec::new();
-        let mut pending: VecDeque<Job> = [10, 10, 30, 5, 5, 5, 5]
+        let mut pending: VecDeque<Job> = [10, 10, 50, 30, 20, 5, 5, 5, 5]
             .into_iter()
             .map(|len| {
                 let (job, rx) = job(len);
@@ -323,10 +324,12 @@ mod tests {
             max_batch_tokens: 64,
             max_batch_requests: 3,
         };
-        // 10, 10 fit (2 × 10); adding 30 would pad all three to 90 > 64.
+        // 10 + 10 fit; adding 50 would make 70 > 64.
         assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [10, 10]);
-        // 30 alone, then 30 + 5 = 2 × 30 = 60 fits, a third would be 90.
-        assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [30, 5]);
+        // 50 alone (+ 30 = 80); then 30 + 20 + 5 = 55 (unpadded; padded it would be 90), a fourth
+        // would hit the request cap.
+        assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [50]);
+        assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [30, 20, 5]);
         // The request cap.
         assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [5, 5, 5]);
         assert_eq!(metrics.queue_depth.get(), 0);

@@ -143,7 +143,7 @@ pub struct Limits {
     pub payload_limit: usize,
     /// Requests queued or running at once before 429.
     pub max_concurrent_requests: usize,
-    /// Most padded tokens (texts × longest text) in one forward pass.
+    /// Most tokens (the texts' lengths summed) in one forward pass.
     pub max_batch_tokens: usize,
     /// Most texts in one forward pass.
     pub max_batch_requests: usize,
