@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS="${STEPS:-4500}"
+STEPS="${STEPS:-4000}"
 RUN=runs/default
 python3 scripts/fetch_corpus.py data/corpus
 
