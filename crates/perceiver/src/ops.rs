@@ -78,7 +78,12 @@ impl CustomOp1 for SoftmaxLastDim {
         let width = layout.dims().last().copied().unwrap_or(1).max(1);
         let out = match storage {
             CpuStorage::F32(data) => {
-                CpuStorage::F32(softmax_rows(contiguous(data, layout, "softmax input")?, width))
+                // The engine's vectorised kernel (the generic one calls libm's expf per value).
+                let mut out = contiguous(data, layout, "softmax input")?.to_vec();
+                let rows_per_task = (16 * 1024 / width).max(1);
+                out.par_chunks_mut(rows_per_task * width)
+                    .for_each(|rows| crate::engine::kernels::softmax_rows(rows, width));
+                CpuStorage::F32(out)
             }
             CpuStorage::F64(data) => {
                 CpuStorage::F64(softmax_rows(contiguous(data, layout, "softmax input")?, width))
