@@ -362,6 +362,14 @@ mod tests {
         x.iter().map(|v| (v - mean) / (var + 1e-12).sqrt()).collect()
     }
 
+    /// `W · LayerNorm(row)` for each row (LayerNorm at its init: scale 1, offset 0).
+    fn normed_projections(vars: &Params, weight: &str, rows: &[impl AsRef<[f32]>]) -> Vec<Vec<f32>> {
+        let w = vars.get(weight).unwrap();
+        rows.iter()
+            .map(|row| project(w, &layer_norm(row.as_ref())))
+            .collect()
+    }
+
     fn project(w: &Matrix, x: &[f32]) -> Vec<f32> {
         (0..w.rows)
             .map(|r| {
@@ -421,30 +429,22 @@ mod tests {
             .get("perceiver.input_preprocessor.position_embeddings.weight")
             .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let keys: Vec<Vec<f32>> = (0..m)
+        let inputs: Vec<Vec<f32>> = (0..m)
             .map(|p| {
-                let byte = rand::Rng::gen_range(&mut rng, 6..embedding.rows);
-                let x: Vec<f32> = (0..embedding.cols)
-                    .map(|i| {
-                        embedding.data[byte * embedding.cols + i] + positions.data[p * positions.cols + i]
-                    })
-                    .collect();
-                project(
-                    vars.get("perceiver.encoder.cross_attention.attention.self.key.weight")
-                        .unwrap(),
-                    &layer_norm(&x),
-                )
+                let byte = rand::Rng::random_range(&mut rng, 6..embedding.rows);
+                embedding
+                    .row(byte)
+                    .iter()
+                    .zip(positions.row(p))
+                    .map(|(e, q)| e + q)
+                    .collect()
             })
             .collect();
         let latent_array = vars.get("perceiver.embeddings.latents").unwrap();
-        let queries: Vec<Vec<f32>> = (0..latent_array.rows)
-            .map(|j| {
-                let q = vars
-                    .get("perceiver.encoder.cross_attention.attention.self.query.weight")
-                    .unwrap();
-                project(q, &layer_norm(latent_array.row(j)))
-            })
-            .collect();
+        let latent_rows: Vec<&[f32]> = (0..latent_array.rows).map(|j| latent_array.row(j)).collect();
+        let enc = "perceiver.encoder.cross_attention.attention.self";
+        let keys = normed_projections(&vars, &format!("{enc}.key.weight"), &inputs);
+        let queries = normed_projections(&vars, &format!("{enc}.query.weight"), &latent_rows);
         let heads = config.num_cross_attention_heads;
         for (j, best) in argmax_keys(&queries, &keys, heads).iter().enumerate() {
             for (h, &p) in best.iter().enumerate() {
@@ -459,25 +459,13 @@ mod tests {
             }
         }
 
-        let latent_keys: Vec<Vec<f32>> = (0..latent_array.rows)
-            .map(|j| {
-                let k = vars
-                    .get("perceiver.decoder.decoding_cross_attention.attention.self.key.weight")
-                    .unwrap();
-                project(k, &layer_norm(latent_array.row(j)))
-            })
-            .collect();
         let outputs = vars
             .get("perceiver.decoder.output_position_encodings.position_embeddings")
             .unwrap();
-        let output_queries: Vec<Vec<f32>> = (0..m)
-            .map(|p| {
-                let q = vars
-                    .get("perceiver.decoder.decoding_cross_attention.attention.self.query.weight")
-                    .unwrap();
-                project(q, &layer_norm(outputs.row(p)))
-            })
-            .collect();
+        let output_rows: Vec<&[f32]> = (0..m).map(|p| outputs.row(p)).collect();
+        let dec = "perceiver.decoder.decoding_cross_attention.attention.self";
+        let latent_keys = normed_projections(&vars, &format!("{dec}.key.weight"), &latent_rows);
+        let output_queries = normed_projections(&vars, &format!("{dec}.query.weight"), &output_rows);
         for (p, best) in argmax_keys(&output_queries, &latent_keys, DECODER_HEADS)
             .iter()
             .enumerate()
