@@ -80,9 +80,7 @@ impl CustomOp1 for SoftmaxLastDim {
             CpuStorage::F32(data) => {
                 // The engine's vectorised kernel (the generic one calls libm's expf per value).
                 let mut out = contiguous(data, layout, "softmax input")?.to_vec();
-                let rows_per_task = (16 * 1024 / width).max(1);
-                out.par_chunks_mut(rows_per_task * width)
-                    .for_each(|rows| crate::engine::kernels::softmax_rows(rows, width));
+                crate::engine::kernels::softmax(&mut out, width);
                 CpuStorage::F32(out)
             }
             CpuStorage::F64(data) => {

@@ -259,6 +259,13 @@ dispatch!(
     pub fn softmax_rows(rows: &mut [f32], width: usize) => softmax_body
 );
 
+/// [`softmax_rows`] split over rayon's pool in chunks of whole rows.
+pub fn softmax(rows: &mut [f32], width: usize) {
+    let rows_per_task = (MIN_ELEMENTS_PER_TASK / width.max(1)).max(1);
+    rows.par_chunks_mut(rows_per_task * width.max(1))
+        .for_each(|chunk| softmax_rows(chunk, width));
+}
+
 #[inline(always)]
 fn add_rows_body(rows: &mut [f32], bias: &[f32]) {
     for row in rows.chunks_exact_mut(bias.len()) {
