@@ -11,7 +11,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::{Activation, AttentionSpec, LAYER_NORM_EPS};
 use crate::error::Result;
-use crate::ops;
+use crate::ops::{self, RightOperand};
 
 /// Additive attention bias from a padding mask: 0 where `mask` is 1 (a real key), the most
 /// negative f32 where it is 0 (padding), as transformers does with `finfo(float32).min`.
@@ -50,12 +50,12 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option
     let q = split(&(q * (1.0 / (d_qk as f64).sqrt()))?, num_queries, d_qk)?;
     let k = split(k, num_keys, d_qk)?;
     let v = split(v, num_keys, d_v)?;
-    let mut scores = q.matmul(&k.t()?)?; // [batch, heads, queries, keys]
+    let mut scores = ops::matmul(&q, &k, RightOperand::Transposed)?; // [batch, heads, queries, keys]
     if let Some(bias) = bias {
         scores = scores.broadcast_add(bias)?;
     }
     let weights = ops::softmax_last_dim(&scores)?;
-    let out = weights.matmul(&v)?; // [batch, heads, queries, d_v]
+    let out = ops::matmul(&weights, &v, RightOperand::Plain)?; // [batch, heads, queries, d_v]
     Ok(out
         .transpose(1, 2)?
         .reshape((batch, num_queries, num_heads * d_v))?)
@@ -137,10 +137,7 @@ impl Linear {
         let dims = x.dims();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
+        let y = ops::linear(&x.reshape((rows, in_dim))?, &self.weight, &self.bias)?;
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = self.weight.dims()[0];

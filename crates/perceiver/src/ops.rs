@@ -1,4 +1,5 @@
-//! Fused LayerNorm and softmax that also train.
+//! Fused LayerNorm and softmax that also train, and matrix products on the engine's kernels
+//! ([`matmul`]).
 //!
 //! candle's own fused `layer_norm` and `softmax_last_dim` have no backward pass: parameters behind
 //! them silently get no gradient. These are candle custom ops with a one-pass CPU forward (as fast
@@ -13,6 +14,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use crate::error::Result;
+
+mod products;
+pub use products::{linear, matmul, RightOperand};
 
 /// Scalar types the CPU kernels run in.
 trait Float: WithDType + num_traits::Float + Send + Sync {}

@@ -13,6 +13,7 @@ use crate::decoder::BasicDecoder;
 use crate::encoder::PerceiverEncoder;
 use crate::error::{Error, Result};
 use crate::position::TrainablePositionEncoding;
+use crate::ops;
 
 #[derive(Debug, Clone)]
 pub struct PerceiverForMaskedLM {
@@ -120,8 +121,7 @@ impl PerceiverForMaskedLM {
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let (batch, n, width) = hidden.dims3()?;
         let table = self.embeddings.embeddings();
-        let flat = hidden.reshape((batch * n, width))?.matmul(&table.t()?)?;
-        let logits = flat.broadcast_add(&self.output_bias)?;
+        let logits = ops::linear(&hidden.reshape((batch * n, width))?, table, &self.output_bias)?;
         Ok(logits.reshape((batch, n, self.config.vocab_size))?)
     }
 }

@@ -1,0 +1,433 @@
+//! Matrix products that train, on the engine's f32 kernels.
+//!
+//! candle's CPU matmul is the `gemm` crate, which on stable Rust stops at AVX2: on a CPU with
+//! AVX-512 it runs at half the FMA width, and the products are most of a training step. [`matmul`]
+//! is a candle custom op whose forward and backward products go to the engine's AVX-512 kernel
+//! ([`crate::engine::sgemm`]) when the CPU has it, and to `gemm` on strided views otherwise.
+//!
+//! Only f32 on the CPU takes this path; other dtypes and devices use candle's matmul (which
+//! candle differentiates), so the f64 gradient checks and GPU runs are unchanged.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous;
+use crate::engine::matmul::{self as engine_matmul, Rhs, View};
+use crate::engine::sgemm::{self, PackedWeights};
+use crate::error::Result;
+
+/// How the right operand of [`matmul`] is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RightOperand {
+    /// `b` is `[…, k, n]`: the product is `a·b`.
+    Plain,
+    /// `b` is `[…, n, k]`: the product is `a·bᵀ` (a weight as PyTorch stores it, or attention
+    /// keys for `q·kᵀ`).
+    Transposed,
+}
+
+/// `a·b` or `a·bᵀ` over the last two dimensions, leading dimensions equal (no broadcasting),
+/// with a backward pass for both operands.
+///
+/// # Shapes
+/// `a`: `[…, m, k]`; `b`: `[…, k, n]` ([`RightOperand::Plain`]) or `[…, n, k]`
+/// ([`RightOperand::Transposed`]). Returns `[…, m, n]`.
+pub fn matmul(a: &Tensor, b: &Tensor, right: RightOperand) -> Result<Tensor> {
+    if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return Ok(match right {
+            RightOperand::Plain => a.matmul(b)?,
+            RightOperand::Transposed => a.matmul(&b.t()?)?,
+        });
+    }
+    let op = Product {
+        a_transposed: false,
+        b_transposed: right == RightOperand::Transposed,
+    };
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, op)?)
+}
+
+/// `x·Wᵀ + b` (a dense layer, `W` stored `[out, in]` as PyTorch does), with a backward pass for
+/// all three. The bias is written into the output before the product accumulates onto it, and its
+/// gradient is one pass of column sums: no separate broadcast add and reduction.
+///
+/// # Shapes
+/// `x`: `[rows, in]`, `weight`: `[out, in]`, `bias`: `[out]`. Returns `[rows, out]`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let all_f32 = [x, weight, bias].iter().all(|t| t.dtype() == DType::F32);
+    if !x.device().is_cpu() || !all_f32 {
+        return Ok(x.matmul(&weight.t()?)?.broadcast_add(bias)?);
+    }
+    Ok(x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)?)
+}
+
+struct Linear;
+
+impl candle_core::CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "perceiver-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x_dims, w_dims, b_dims) = (l1.dims(), l2.dims(), l3.dims());
+        let (&[m, k], &[n, k_w], &[n_b]) = (x_dims, w_dims, b_dims) else {
+            candle_core::bail!("linear: input {x_dims:?}, weight {w_dims:?}, bias {b_dims:?}: need 2, 2 and 1 dimensions");
+        };
+        if k != k_w || n != n_b {
+            candle_core::bail!("linear: input {x_dims:?}, weight {w_dims:?} and bias {b_dims:?} do not fit");
+        }
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
+            candle_core::bail!("linear: f32 operands only");
+        };
+        let (x, w, b) = (
+            contiguous(x, l1, "linear input")?,
+            contiguous(w, l2, "linear weight")?,
+            contiguous(b, l3, "linear bias")?,
+        );
+        let mut y = crate::engine::kernels::repeat_rows(b, m);
+        if m > 0 && n > 0 && k > 0 {
+            let product = Product {
+                a_transposed: false,
+                b_transposed: true,
+            };
+            product.one(&mut y, x, w, m, k, n, rayon::current_num_threads());
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let plain = Product {
+            a_transposed: false,
+            b_transposed: false,
+        };
+        let g_transposed = Product {
+            a_transposed: true,
+            b_transposed: false,
+        };
+        let g = grad_res.contiguous()?;
+        let dx = plain.apply(&g, weight)?; // G·W
+        let dw = g_transposed.apply(&g, x)?; // Gᵀ·X
+        let (m, n) = g.dims2()?;
+        let column_sums = {
+            let (storage, layout) = g.storage_and_layout();
+            let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+                candle_core::bail!("linear backward: f32 CPU gradient expected");
+            };
+            let rows = contiguous(data, layout, "linear gradient")?;
+            let mut sums = vec![0f32; n];
+            for row in rows.chunks_exact(n.max(1)).take(m) {
+                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+            }
+            sums
+        };
+        let db = Tensor::from_vec(column_sums, n, g.device())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `op(a)·op(b)` per leading index, where `op` transposes the operands flagged. The differentiable
+/// op ([`matmul`]) never transposes `a`; its backward products do (`Aᵀ·G`).
+#[derive(Debug, Clone, Copy)]
+struct Product {
+    a_transposed: bool,
+    b_transposed: bool,
+}
+
+/// Leading count and the trailing two dimensions of a layout of rank ≥ 2.
+fn batched(layout: &Layout, what: &str) -> candle_core::Result<(Vec<usize>, usize, usize)> {
+    let dims = layout.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("matmul: {what} has shape {dims:?}, needs two dimensions at least");
+    }
+    let (lead, last2) = dims.split_at(dims.len() - 2);
+    Ok((lead.to_vec(), last2[0], last2[1]))
+}
+
+/// `src` (`rows × cols`, row-major) transposed, in tiles that stay in L1 (a plain double loop
+/// strides through memory on one side and was 7% of a training step). `parallel` splits the
+/// output's rows over rayon's pool.
+fn transpose(src: &[f32], rows: usize, cols: usize, parallel: bool) -> Vec<f32> {
+    const TILE: usize = 16;
+    assert_eq!(src.len(), rows * cols, "transpose: not {rows}x{cols}");
+    let mut dst = vec![0f32; src.len()];
+    if src.is_empty() {
+        return dst;
+    }
+    // One band: TILE rows of the output (= TILE columns of `src`), all of its columns.
+    let band = |(b, out): (usize, &mut [f32])| {
+        let c0 = b * TILE;
+        let width = out.len() / rows;
+        for r0 in (0..rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(rows);
+            for c in 0..width {
+                let column = &mut out[c * rows + r0..c * rows + r1];
+                for (r, o) in (r0..r1).zip(column) {
+                    *o = src[r * cols + c0 + c];
+                }
+            }
+        }
+    };
+    if parallel {
+        dst.par_chunks_mut(TILE * rows).enumerate().for_each(band);
+    } else {
+        dst.chunks_mut(TILE * rows).enumerate().for_each(band);
+    }
+    dst
+}
+
+impl Product {
+    /// `c += op(a)·op(b)` for one leading index: `op(a)` is `m × k`, `op(b)` is `k × n`, `c` is
+    /// `m × n`.
+    #[allow(clippy::too_many_arguments)]
+    fn one(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, threads: usize) {
+        let a_rows;
+        let a = if self.a_transposed {
+            a_rows = transpose(a, k, m, threads > 1);
+            &a_rows[..]
+        } else {
+            a
+        };
+        let b_view = if self.b_transposed {
+            View::dense(b, n, k)
+        } else {
+            View::dense(b, k, n)
+        };
+        if sgemm::available() {
+            // Packing B costs k·n copies against m·k·n multiply-adds.
+            let packed = PackedWeights::pack_view(b_view, self.b_transposed, 1.0, threads > 1);
+            packed.matmul_view(View::dense(a, m, k), c, n, threads);
+        } else {
+            let rhs = if self.b_transposed {
+                Rhs::Transposed(b_view)
+            } else {
+                Rhs::Plain(b_view)
+            };
+            engine_matmul::matmul(c, n, View::dense(a, m, k), rhs, 1.0, true, threads);
+        }
+    }
+
+    fn apply(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, self)
+    }
+}
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "perceiver-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (lead_a, a_r, a_c) = batched(l1, "the left operand")?;
+        let (lead_b, b_r, b_c) = batched(l2, "the right operand")?;
+        let (m, k) = if self.a_transposed { (a_c, a_r) } else { (a_r, a_c) };
+        let (k_b, n) = if self.b_transposed { (b_c, b_r) } else { (b_r, b_c) };
+        if lead_a != lead_b || k != k_b {
+            candle_core::bail!(
+                "matmul: operands {:?} and {:?} do not multiply (transposed: {}, {})",
+                l1.dims(),
+                l2.dims(),
+                self.a_transposed,
+                self.b_transposed
+            );
+        }
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("matmul: f32 operands only, not {:?} and {:?}", s1.dtype(), s2.dtype());
+        };
+        let a = contiguous(a, l1, "matmul left operand")?;
+        let b = contiguous(b, l2, "matmul right operand")?;
+        let count: usize = lead_a.iter().product();
+        let mut c = vec![0f32; count * m * n];
+        if m > 0 && n > 0 && k > 0 {
+            if count == 1 {
+                self.one(&mut c, a, b, m, k, n, rayon::current_num_threads());
+            } else {
+                // Many small products (batch × heads): one per task.
+                c.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| {
+                    self.one(c, &a[i * m * k..][..m * k], &b[i * k * n..][..k * n], m, k, n, 1)
+                });
+            }
+        }
+        let mut dims = lead_a;
+        dims.extend([m, n]);
+        Ok((CpuStorage::F32(c), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.a_transposed {
+            candle_core::bail!("matmul: the backward pass of a transposed left operand is not implemented");
+        }
+        let product = |a_transposed, b_transposed| Product {
+            a_transposed,
+            b_transposed,
+        };
+        let g = grad_res;
+        let (da, db) = if self.b_transposed {
+            // C = A·Bᵀ: dA = G·B, dB = Gᵀ·A.
+            (product(false, false).apply(g, b)?, product(true, false).apply(g, a)?)
+        } else {
+            // C = A·B: dA = G·Bᵀ, dB = Aᵀ·G.
+            (product(false, true).apply(g, b)?, product(true, false).apply(a, g)?)
+        };
+        Ok((Some(da), Some(db)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn worst_relative(got: &Tensor, want: &Tensor) -> f64 {
+        let diff = (got.to_dtype(DType::F64).unwrap() - want.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let scale = want
+            .to_dtype(DType::F64)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        diff / scale.max(1e-30)
+    }
+
+    /// Forward and both gradients against candle's own matmul in f64, on odd shapes (sizes that
+    /// are not multiples of the kernel's 6 rows or 64-feature panels), batched and not.
+    #[test]
+    fn products_and_gradients_match_candle_in_f64() -> Result<()> {
+        let dev = Device::Cpu;
+        for (lead, m, k, n) in [
+            (vec![], 1usize, 1usize, 1usize),
+            (vec![], 7, 13, 5),
+            (vec![], 67, 129, 70),
+            (vec![2, 3], 9, 17, 11),
+            (vec![4], 6, 64, 65),
+        ] {
+            for right in [RightOperand::Plain, RightOperand::Transposed] {
+                let shape = |r: usize, c: usize| {
+                    let mut d = lead.clone();
+                    d.extend([r, c]);
+                    d
+                };
+                let a = Tensor::randn(0f32, 1.0, shape(m, k), &dev)?;
+                let b_dims = match right {
+                    RightOperand::Plain => shape(k, n),
+                    RightOperand::Transposed => shape(n, k),
+                };
+                let b = Tensor::randn(0f32, 1.0, b_dims, &dev)?;
+                let probe = Tensor::randn(0f32, 1.0, shape(m, n), &dev)?;
+
+                let (av, bv) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
+                let out = matmul(av.as_tensor(), bv.as_tensor(), right)?;
+                let grads = (&out * &probe)?.sum_all()?.backward()?;
+
+                let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+                let (av64, bv64) = (Var::from_tensor(&f64_of(&a))?, Var::from_tensor(&f64_of(&b))?);
+                let want = matmul(av64.as_tensor(), bv64.as_tensor(), right)?; // candle's matmul
+                let want_grads = (&want * f64_of(&probe))?.sum_all()?.backward()?;
+
+                let case = format!("{lead:?} {m}x{k}x{n} {right:?}");
+                let tolerance = 1e-5;
+                for (what, got, want) in [
+                    ("forward", &out, &want),
+                    ("da", grads.get(&av).unwrap(), want_grads.get(&av64).unwrap()),
+                    ("db", grads.get(&bv).unwrap(), want_grads.get(&bv64).unwrap()),
+                ] {
+                    assert_eq!(got.dims(), want.dims(), "{case} {what}");
+                    let worst = worst_relative(got, want);
+                    assert!(worst < tolerance, "{case} {what}: worst relative |Δ| {worst:e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn linear_and_its_gradients_match_candle_in_f64() -> Result<()> {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(1usize, 1usize, 1usize), (13, 7, 5), (70, 33, 65), (300, 64, 262)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, n, &dev)?;
+            let probe = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
+            let vars = [&x, &w, &b].map(|t| Var::from_tensor(t).unwrap());
+            let out = linear(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor())?;
+            let grads = (&out * &probe)?.sum_all()?.backward()?;
+
+            let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let vars64 = [&x, &w, &b].map(|t| Var::from_tensor(&f64_of(t)).unwrap());
+            // f64 takes candle's composed ops.
+            let want = linear(vars64[0].as_tensor(), vars64[1].as_tensor(), vars64[2].as_tensor())?;
+            let want_grads = (&want * f64_of(&probe))?.sum_all()?.backward()?;
+            let worst = worst_relative(&out, &want);
+            assert!(worst < 1e-5, "{m}x{k}x{n} forward: {worst:e}");
+            for (i, what) in ["dx", "dweight", "dbias"].iter().enumerate() {
+                let (got, want) = (grads.get(&vars[i]).unwrap(), want_grads.get(&vars64[i]).unwrap());
+                assert_eq!(got.dims(), want.dims(), "{m}x{k}x{n} {what}");
+                let worst = worst_relative(got, want);
+                assert!(worst < 1e-5, "{m}x{k}x{n} {what}: worst relative |Δ| {worst:e}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn transpose_moves_every_element() {
+        for (rows, cols) in [(1, 1), (1, 40), (37, 19), (16, 32), (70, 3)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            for parallel in [false, true] {
+                let t = transpose(&src, rows, cols, parallel);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        assert_eq!(t[c * rows + r], src[r * cols + c], "{rows}x{cols} at {r},{c}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_operands_are_an_error() {
+        let dev = Device::Cpu;
+        let a = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros((5, 6), DType::F32, &dev).unwrap();
+        assert!(matmul(&a, &b, RightOperand::Plain).is_err());
+        let batched = Tensor::zeros((2, 4, 6), DType::F32, &dev).unwrap();
+        assert!(matmul(&a, &batched, RightOperand::Plain).is_err());
+    }
+}
