@@ -131,9 +131,58 @@ impl PackedWeights {
     /// `c` must be valid for writes of rows `0..x.rows` × columns `0..n` at row stride `ldc`, and
     /// no one else may access that block during the call.
     pub(crate) unsafe fn matmul_view_raw(&self, x: View, c: *mut f32, ldc: usize, threads: usize) {
-        let (n, k, m) = (self.n, self.k, x.rows);
+        let (k, m) = (self.k, x.rows);
         assert!(available(), "sgemm: the CPU has no AVX-512");
         assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);
+        if m == 0 || k == 0 {
+            return;
+        }
+        assert!(
+            x.data.len() >= (m - 1) * x.stride + k,
+            "sgemm: X view out of bounds"
+        );
+        // SAFETY: X's elements (r, i) lie at r·stride + i inside its slice (asserted); C as the
+        // caller promises.
+        unsafe { self.run(x.data.as_ptr(), m, x.stride, 1, c, ldc, threads) }
+    }
+
+    /// `c += aᵀ · Wᵀ` where `a` holds Xᵀ (`[k, m]`, row stride `a.stride`): the product of a
+    /// transposed left operand without a transposed copy (a weight's gradient `Gᵀ·X` in
+    /// training). The microkernel's six broadcasts per step then read six neighbours of one row
+    /// of `a`. Call only when [`available`].
+    pub fn matmul_transposed_x(&self, a: View, c: &mut [f32], ldc: usize, threads: usize) {
+        let (n, k, m) = (self.n, self.k, a.cols);
+        assert!(available(), "sgemm: the CPU has no AVX-512");
+        assert_eq!(a.rows, k, "sgemm: Xᵀ has {} rows, W {k} columns", a.rows);
+        assert!(
+            ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
+            "sgemm: C is not {m}x{n}"
+        );
+        if m == 0 || k == 0 {
+            return;
+        }
+        // SAFETY: X's element (r, i) is a's (i, r), at i·stride + r inside a's slice (View
+        // checked its bounds); C's bounds were checked above and it is borrowed mutably.
+        unsafe { self.run(a.data.as_ptr(), m, 1, a.stride, c.as_mut_ptr(), ldc, threads) }
+    }
+
+    /// The blocked product over X's element (r, i) at `x + r·row_step + i·k_step`.
+    ///
+    /// # Safety
+    /// Those addresses must be readable for r < m, i < k; C as in
+    /// [`matmul_view_raw`](Self::matmul_view_raw).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        &self,
+        x: *const f32,
+        m: usize,
+        row_step: usize,
+        k_step: usize,
+        c: *mut f32,
+        ldc: usize,
+        threads: usize,
+    ) {
+        let (n, k) = (self.n, self.k);
         if m == 0 || n == 0 || k == 0 {
             return;
         }
@@ -141,12 +190,7 @@ impl PackedWeights {
         // pointers, so no packed copy of X is made (that copy and its zeroing cost ~15% of a
         // small model's pass).
         let blocks = m.div_ceil(ROWS);
-        assert!(
-            x.data.len() >= (m - 1) * x.stride + k,
-            "sgemm: X view out of bounds"
-        );
-        let x_ptr = x.data.as_ptr() as usize;
-        let x_stride = x.stride;
+        let x_ptr = x as usize;
         let panels = n.div_ceil(PANEL);
         // Work is cut into row chunks × groups of panels. Within a task, a row chunk of X
         // (288 rows) stays in L2 while every panel of the group passes over it, and its block of
@@ -179,24 +223,30 @@ impl PackedWeights {
                         // Rows past m repeat the last row; their sums are not stored.
                         let x_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
                             let row = b * ROWS + r.min(rows - 1);
-                            (x_ptr as *const f32).wrapping_add(row * x_stride + k0)
+                            (x_ptr as *const f32).wrapping_add(row * row_step + k0 * k_step)
                         });
                         // SAFETY: AVX-512 is available; the kernel reads kc·64 values of `w`,
-                        // kc values from each row pointer (rows < m, columns k0..k0+kc < k,
-                        // inside the view as asserted above), and adds to rows b·6..+rows,
+                        // kc values from each row pointer, k_step apart (rows < m, columns
+                        // k0..k0+kc < k: readable, as `run` requires), and adds to rows b·6..+rows,
                         // columns p·64..+cols of `c` (inside it; tasks own disjoint blocks:
                         // their row chunk × their group's panels).
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            avx512::packed_kernel(
-                                w.as_ptr(),
-                                x_rows,
-                                kc,
-                                c_ptr.get().add(b * ROWS * ldc + p * PANEL),
-                                ldc,
-                                rows,
-                                cols,
-                            )
+                            let c = c_ptr.get().add(b * ROWS * ldc + p * PANEL);
+                            if k_step == 1 {
+                                avx512::packed_kernel::<true>(w.as_ptr(), x_rows, 1, kc, c, ldc, rows, cols)
+                            } else {
+                                avx512::packed_kernel::<false>(
+                                    w.as_ptr(),
+                                    x_rows,
+                                    k_step,
+                                    kc,
+                                    c,
+                                    ldc,
+                                    rows,
+                                    cols,
+                                )
+                            }
                         };
                     }
                 }
@@ -210,11 +260,14 @@ mod avx512 {
     use super::{PANEL, ROWS};
     use std::arch::x86_64::*;
 
-    /// `c[r·ldc + j] += Σ_{i<kc} x[r][i] · w[i·PANEL + j]` for r < rows, j < cols.
+    /// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·PANEL + j]` for r < rows, j < cols
+    /// (`UNIT_K`: k_step is 1, the common case, addressed without the multiply).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn packed_kernel(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn packed_kernel<const UNIT_K: bool>(
         w: *const f32,
         x: [*const f32; ROWS],
+        k_step: usize,
         kc: usize,
         c: *mut f32,
         ldc: usize,
@@ -230,7 +283,7 @@ mod avx512 {
                 _mm512_loadu_ps(w.add(i * PANEL + 48)),
             ];
             for r in 0..ROWS {
-                let xv = _mm512_set1_ps(*x[r].add(i));
+                let xv = _mm512_set1_ps(*x[r].add(if UNIT_K { i } else { i * k_step }));
                 for j in 0..4 {
                     acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
                 }
@@ -305,6 +358,23 @@ mod tests {
                 .collect();
             let mut c_half = vec![0f32; m * (n + 1)];
             from_wt.matmul_view(View::strided(&x_wide, m, k, k + 2), &mut c_half, n + 1, threads);
+            // X given transposed (`[k, m]`, strided), as a weight's gradient Gᵀ·X reads G.
+            let xt: Vec<f32> = (0..k * (m + 1))
+                .map(|j| {
+                    if j % (m + 1) < m {
+                        x[(j % (m + 1)) * k + j / (m + 1)]
+                    } else {
+                        5.0
+                    }
+                })
+                .collect();
+            let mut c_xt = vec![0f32; m * n];
+            PackedWeights::pack(&w, n, k).matmul_transposed_x(
+                View::strided(&xt, k, m, m + 1),
+                &mut c_xt,
+                n,
+                threads,
+            );
             for r in 0..m {
                 for f in 0..n {
                     let want = start[r * n + f] as f64
@@ -319,6 +389,10 @@ mod tests {
                     assert!(
                         (c_half[r * (n + 1) + f] as f64 - half).abs() < 1e-4,
                         "{m}x{n}x{k} transposed view at {r},{f}"
+                    );
+                    assert!(
+                        (c_xt[r * n + f] as f64 - 2.0 * half).abs() < 1e-4,
+                        "{m}x{n}x{k} transposed X at {r},{f}"
                     );
                 }
             }

@@ -12,8 +12,8 @@ use crate::config::PerceiverConfig;
 use crate::decoder::BasicDecoder;
 use crate::encoder::PerceiverEncoder;
 use crate::error::{Error, Result};
-use crate::position::TrainablePositionEncoding;
 use crate::ops;
+use crate::position::TrainablePositionEncoding;
 
 #[derive(Debug, Clone)]
 pub struct PerceiverForMaskedLM {

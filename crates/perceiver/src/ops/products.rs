@@ -80,7 +80,9 @@ impl candle_core::CustomOp3 for Linear {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x_dims, w_dims, b_dims) = (l1.dims(), l2.dims(), l3.dims());
         let (&[m, k], &[n, k_w], &[n_b]) = (x_dims, w_dims, b_dims) else {
-            candle_core::bail!("linear: input {x_dims:?}, weight {w_dims:?}, bias {b_dims:?}: need 2, 2 and 1 dimensions");
+            candle_core::bail!(
+                "linear: input {x_dims:?}, weight {w_dims:?}, bias {b_dims:?}: need 2, 2 and 1 dimensions"
+            );
         };
         if k != k_w || n != n_b {
             candle_core::bail!("linear: input {x_dims:?}, weight {w_dims:?} and bias {b_dims:?} do not fit");
@@ -159,9 +161,8 @@ fn batched(layout: &Layout, what: &str) -> candle_core::Result<(Vec<usize>, usiz
     Ok((lead.to_vec(), last2[0], last2[1]))
 }
 
-/// `src` (`rows × cols`, row-major) transposed, in tiles that stay in L1 (a plain double loop
-/// strides through memory on one side and was 7% of a training step). `parallel` splits the
-/// output's rows over rayon's pool.
+/// `src` (`rows × cols`, row-major) transposed, tile by tile so that both sides stay in L1.
+/// `parallel` splits the output's rows over rayon's pool.
 fn transpose(src: &[f32], rows: usize, cols: usize, parallel: bool) -> Vec<f32> {
     const TILE: usize = 16;
     assert_eq!(src.len(), rows * cols, "transpose: not {rows}x{cols}");
@@ -169,16 +170,17 @@ fn transpose(src: &[f32], rows: usize, cols: usize, parallel: bool) -> Vec<f32> 
     if src.is_empty() {
         return dst;
     }
-    // One band: TILE rows of the output (= TILE columns of `src`), all of its columns.
+    // One band: TILE rows of the output (TILE columns of `src`), all of its columns.
     let band = |(b, out): (usize, &mut [f32])| {
         let c0 = b * TILE;
         let width = out.len() / rows;
         for r0 in (0..rows).step_by(TILE) {
             let r1 = (r0 + TILE).min(rows);
-            for c in 0..width {
-                let column = &mut out[c * rows + r0..c * rows + r1];
-                for (r, o) in (r0..r1).zip(column) {
-                    *o = src[r * cols + c0 + c];
+            for r in r0..r1 {
+                let from = &src[r * cols + c0..][..width];
+                for (c, &v) in from.iter().enumerate() {
+                    // SAFETY: c < width and r < rows, so c·rows + r < width·rows = out.len().
+                    unsafe { *out.get_unchecked_mut(c * rows + r) = v };
                 }
             }
         }
@@ -196,23 +198,28 @@ impl Product {
     /// `m × n`.
     #[allow(clippy::too_many_arguments)]
     fn one(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, threads: usize) {
-        let a_rows;
-        let a = if self.a_transposed {
-            a_rows = transpose(a, k, m, threads > 1);
-            &a_rows[..]
-        } else {
-            a
-        };
         let b_view = if self.b_transposed {
             View::dense(b, n, k)
         } else {
             View::dense(b, k, n)
         };
         if sgemm::available() {
-            // Packing B costs k·n copies against m·k·n multiply-adds.
+            // Packing B costs k·n copies against m·k·n multiply-adds; a transposed A is read in
+            // place by the kernel.
             let packed = PackedWeights::pack_view(b_view, self.b_transposed, 1.0, threads > 1);
-            packed.matmul_view(View::dense(a, m, k), c, n, threads);
+            if self.a_transposed {
+                packed.matmul_transposed_x(View::dense(a, k, m), c, n, threads);
+            } else {
+                packed.matmul_view(View::dense(a, m, k), c, n, threads);
+            }
         } else {
+            let a_rows;
+            let a = if self.a_transposed {
+                a_rows = transpose(a, k, m, threads > 1);
+                &a_rows[..]
+            } else {
+                a
+            };
             let rhs = if self.b_transposed {
                 Rhs::Transposed(b_view)
             } else {
@@ -253,7 +260,11 @@ impl CustomOp2 for Product {
             );
         }
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("matmul: f32 operands only, not {:?} and {:?}", s1.dtype(), s2.dtype());
+            candle_core::bail!(
+                "matmul: f32 operands only, not {:?} and {:?}",
+                s1.dtype(),
+                s2.dtype()
+            );
         };
         let a = contiguous(a, l1, "matmul left operand")?;
         let b = contiguous(b, l2, "matmul right operand")?;
@@ -291,10 +302,16 @@ impl CustomOp2 for Product {
         let g = grad_res;
         let (da, db) = if self.b_transposed {
             // C = A·Bᵀ: dA = G·B, dB = Gᵀ·A.
-            (product(false, false).apply(g, b)?, product(true, false).apply(g, a)?)
+            (
+                product(false, false).apply(g, b)?,
+                product(true, false).apply(g, a)?,
+            )
         } else {
             // C = A·B: dA = G·Bᵀ, dB = Aᵀ·G.
-            (product(false, true).apply(g, b)?, product(true, false).apply(a, g)?)
+            (
+                product(false, true).apply(g, b)?,
+                product(true, false).apply(a, g)?,
+            )
         };
         Ok((Some(da), Some(db)))
     }
@@ -392,7 +409,11 @@ mod tests {
             let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
             let vars64 = [&x, &w, &b].map(|t| Var::from_tensor(&f64_of(t)).unwrap());
             // f64 takes candle's composed ops.
-            let want = linear(vars64[0].as_tensor(), vars64[1].as_tensor(), vars64[2].as_tensor())?;
+            let want = linear(
+                vars64[0].as_tensor(),
+                vars64[1].as_tensor(),
+                vars64[2].as_tensor(),
+            )?;
             let want_grads = (&want * f64_of(&probe))?.sum_all()?.backward()?;
             let worst = worst_relative(&out, &want);
             assert!(worst < 1e-5, "{m}x{k}x{n} forward: {worst:e}");
