@@ -13,6 +13,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 
+use crate::config::Activation;
+use crate::engine::kernels;
 use crate::error::Result;
 
 mod products;
@@ -116,6 +118,45 @@ impl CustomOp1 for SoftmaxLastDim {
             other => candle_core::bail!("softmax backward: unsupported dtype {other:?}"),
         };
         Ok(Some(dx))
+    }
+}
+
+/// A GELU (`act`: [`Activation::GeluErf`] or [`Activation::GeluTanh`]) with a one-pass
+/// backward: candle differentiates its GELUs with a dozen elementwise passes, each a fresh tensor.
+/// Other activations, dtypes and devices go to [`crate::attention::activate`]'s candle ops.
+pub fn gelu(x: &Tensor, act: Activation) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || !kernels::has_fused_gradient(act) {
+        return crate::attention::activate_composed(x, act);
+    }
+    Ok(x.contiguous()?.apply_op1(FusedActivation { act })?)
+}
+
+struct FusedActivation {
+    act: Activation,
+}
+
+impl CustomOp1 for FusedActivation {
+    fn name(&self) -> &'static str {
+        "perceiver-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("gelu: f32 only, not {:?}", storage.dtype());
+        };
+        let mut out = contiguous(data, layout, "gelu input")?.to_vec();
+        kernels::activate(&mut out, self.act);
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let mut dx = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            candle_core::bail!("gelu backward: f32 CPU input expected");
+        };
+        kernels::activation_gradient(contiguous(data, layout, "gelu input")?, &mut dx, self.act);
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -382,6 +423,37 @@ mod tests {
                 .unwrap()
         });
         assert_close(grads.get(&xv).unwrap(), &want, "dx");
+        Ok(())
+    }
+
+    /// The fused GELUs against candle's composed ops in f64: values and gradients.
+    #[test]
+    fn gelus_and_their_gradients_match_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = (Tensor::rand(-6f32, 6.0, (37, 41), &dev)?).to_dtype(DType::F32)?;
+        let probe = Tensor::randn(0f32, 1.0, (37, 41), &dev)?;
+        for act in [Activation::GeluErf, Activation::GeluTanh] {
+            let xv = Var::from_tensor(&x)?;
+            let fused = gelu(xv.as_tensor(), act)?;
+            let grads = (&fused * &probe)?.sum_all()?.backward()?;
+            let x64 = Var::from_tensor(&x.to_dtype(DType::F64)?)?;
+            let plain = crate::attention::activate_composed(x64.as_tensor(), act)?;
+            let want = (&plain * probe.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+            let worst = |a: &Tensor, b: &Tensor| -> f64 {
+                (a.to_dtype(DType::F64).unwrap() - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let forward = worst(&fused, &plain);
+            assert!(forward < 2e-6, "{act:?} forward: worst |Δ| {forward:e}");
+            let backward = worst(grads.get(&xv).unwrap(), want.get(&x64).unwrap());
+            assert!(backward < 1e-5, "{act:?} gradient: worst |Δ| {backward:e}");
+        }
         Ok(())
     }
 

@@ -176,6 +176,63 @@ pub fn activate(x: &mut [f32], act: Activation) {
         .for_each(|chunk| activate_chunk(chunk, act));
 }
 
+/// Whether [`activation_gradient`] covers `act` (the GELUs, which candle differentiates with a
+/// dozen elementwise passes).
+pub fn has_fused_gradient(act: Activation) -> bool {
+    matches!(act, Activation::GeluErf | Activation::GeluTanh)
+}
+
+/// d act / dx at x, for the activations of [`has_fused_gradient`] (1 for the others: unused).
+#[inline(always)]
+fn activation_derivative(x: f32, act: Activation) -> f32 {
+    match act {
+        // Φ(x) + x·φ(x)
+        Activation::GeluErf => {
+            const INV_SQRT_2PI: f32 = 0.398_942_3;
+            0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+        }
+        // With u = C(x + 0.044715x³) and t = tanh(u): ½(1 + t) + ½x(1 − t²)·C(1 + 3·0.044715x²).
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6;
+            let t = tanh(C * (x + 0.044_715 * x * x * x));
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * x * x)
+        }
+        _ => 1.0,
+    }
+}
+
+#[inline(always)]
+fn activation_gradient_body(x: &[f32], grad: &mut [f32], act: Activation) {
+    match act {
+        Activation::GeluErf => grad
+            .iter_mut()
+            .zip(x)
+            .for_each(|(g, &x)| *g *= activation_derivative(x, Activation::GeluErf)),
+        Activation::GeluTanh => grad
+            .iter_mut()
+            .zip(x)
+            .for_each(|(g, &x)| *g *= activation_derivative(x, Activation::GeluTanh)),
+        _ => {}
+    }
+}
+
+dispatch!(fn activation_gradient_chunk(x: &[f32], grad: &mut [f32], act: Activation) => activation_gradient_body);
+
+/// `grad ⊙ act'(x)` in place: the gradient through an activation of [`has_fused_gradient`].
+///
+/// # Panics
+/// If `x` and `grad` differ in length or `act` has no fused gradient.
+pub fn activation_gradient(x: &[f32], grad: &mut [f32], act: Activation) {
+    assert_eq!(x.len(), grad.len(), "activation gradient: lengths differ");
+    assert!(
+        has_fused_gradient(act),
+        "activation gradient: none fused for {act:?}"
+    );
+    grad.par_chunks_mut(MIN_ELEMENTS_PER_TASK)
+        .zip(x.par_chunks(MIN_ELEMENTS_PER_TASK))
+        .for_each(|(g, x)| activation_gradient_chunk(x, g, act));
+}
+
 #[inline(always)]
 fn layer_norm_body(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32]) {
     let n = weight.len();
