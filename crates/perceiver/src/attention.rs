@@ -36,6 +36,17 @@ pub fn attention_bias(mask: &Tensor) -> Result<Tensor> {
 /// `v`: `[batch, keys, heads·d_v]`, `bias`: `[batch, 1, 1, keys]`.
 /// Returns `[batch, queries, heads·d_v]`.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    ops::attention(q, k, v, num_heads, bias)
+}
+
+/// [`attend`] from candle's own ops, which candle differentiates.
+pub fn attend_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    num_heads: usize,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (batch, num_queries, qk_channels) = q.dims3()?;
     let (_, num_keys, v_channels) = v.dims3()?;
     let d_qk = qk_channels / num_heads;

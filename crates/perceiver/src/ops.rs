@@ -17,6 +17,7 @@ use crate::config::Activation;
 use crate::engine::kernels;
 use crate::error::Result;
 
+mod fused_attention;
 mod products;
 pub use products::{linear, matmul, RightOperand};
 
@@ -119,6 +120,28 @@ impl CustomOp1 for SoftmaxLastDim {
         };
         Ok(Some(dx))
     }
+}
+
+/// Multi-head attention ([`crate::attention::attend`]'s contract) as one op with a backward pass
+/// ([`fused_attention`]); f32 on a CPU with AVX-512. Elsewhere, candle's composed ops.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    num_heads: usize,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let all_f32 = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
+    if !q.device().is_cpu() || !all_f32 || !crate::engine::sgemm::available() {
+        return crate::attention::attend_composed(q, k, v, num_heads, bias);
+    }
+    let bias = match bias {
+        Some(bias) => Some(bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    let op = fused_attention::FusedAttention { num_heads, bias };
+    Ok(q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
 /// A GELU (`act`: [`Activation::GeluErf`] or [`Activation::GeluTanh`]) with a one-pass

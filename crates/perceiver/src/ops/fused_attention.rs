@@ -1,0 +1,364 @@
+//! Multi-head attention as one trainable op.
+//!
+//! Composed from candle ops, attention is a dozen graph nodes: the per-head split and merge
+//! (transposed copies), the scale, the bias, the softmax and two batched products, and candle's
+//! backward pass adds a zero-filled gradient buffer and a sum for every one of them, on one
+//! thread. Here the forward pass reads each head in place (strided views of q, k, v), and the
+//! backward pass recomputes the attention weights from q and k (one product per head, instead of
+//! keeping a `[batch, heads, queries, keys]` tensor) and writes dq, dk and dv directly.
+//!
+//! Only f32 on a CPU with the engine's AVX-512 kernel takes this path; elsewhere
+//! [`crate::attention::attend`] composes candle ops.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous;
+use crate::engine::kernels;
+use crate::engine::matmul::View;
+use crate::engine::sgemm::PackedWeights;
+use crate::engine::SendPtr;
+
+/// `softmax(q·kᵀ/√d + bias)·v` per head, heads concatenated.
+///
+/// `bias`: `[batch, keys]` additive (0 or a large negative number), not differentiated.
+pub(crate) struct FusedAttention {
+    pub(crate) num_heads: usize,
+    pub(crate) bias: Option<Vec<f32>>,
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    queries: usize,
+    keys: usize,
+    heads: usize,
+    d_qk: usize,
+    d_v: usize,
+}
+
+impl Dims {
+    fn qk(&self) -> usize {
+        self.heads * self.d_qk
+    }
+    fn vc(&self) -> usize {
+        self.heads * self.d_v
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.d_qk as f32).sqrt()
+    }
+}
+
+impl FusedAttention {
+    fn dims(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> candle_core::Result<Dims> {
+        let (&[batch, queries, qk], &[kb, keys, kc], &[vb, vk, vc]) = (lq.dims(), lk.dims(), lv.dims())
+        else {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?} must be [batch, tokens, channels]",
+                lq.dims(),
+                lk.dims(),
+                lv.dims()
+            );
+        };
+        let heads = self.num_heads;
+        if kb != batch
+            || vb != batch
+            || vk != keys
+            || kc != qk
+            || heads == 0
+            || qk % heads != 0
+            || vc % heads != 0
+        {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit {heads} heads",
+                lq.dims(),
+                lk.dims(),
+                lv.dims()
+            );
+        }
+        if let Some(bias) = &self.bias {
+            if bias.len() != batch * keys {
+                candle_core::bail!(
+                    "attention: a bias of {} values for {batch} × {keys} keys",
+                    bias.len()
+                );
+            }
+        }
+        Ok(Dims {
+            batch,
+            queries,
+            keys,
+            heads,
+            d_qk: qk / heads,
+            d_v: vc / heads,
+        })
+    }
+
+    /// The attention weights of item `b`, head `h`: `[queries, keys]`, rows summing to 1.
+    fn weights(&self, d: &Dims, q: &[f32], k: &[f32], b: usize, h: usize) -> Vec<f32> {
+        let (nq, nk) = (d.queries, d.keys);
+        let q_h = View::strided(&q[b * nq * d.qk() + h * d.d_qk..], nq, d.d_qk, d.qk());
+        let k_h = View::strided(&k[b * nk * d.qk() + h * d.d_qk..], nk, d.d_qk, d.qk());
+        let mut scores = vec![0f32; nq * nk];
+        // The scale is folded into the packed keys.
+        PackedWeights::pack_view(k_h, true, d.scale(), false).matmul_view(q_h, &mut scores, nk, 1);
+        if let Some(bias) = &self.bias {
+            kernels::add_to_rows(&mut scores, &bias[b * nk..(b + 1) * nk]);
+        }
+        kernels::softmax_rows(&mut scores, nk);
+        scores
+    }
+}
+
+/// Every (item, head) pair: the unit of parallel work.
+fn tasks(d: &Dims) -> Vec<(usize, usize)> {
+    (0..d.batch)
+        .flat_map(|b| (0..d.heads).map(move |h| (b, h)))
+        .collect()
+}
+
+fn cpu(s: &candle_core::Storage) -> candle_core::Result<&CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => candle_core::bail!("attention backward: CPU tensors expected"),
+    }
+}
+
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(data) => contiguous(data, l, what),
+        other => candle_core::bail!(
+            "attention: {what} is {:?}, not f32",
+            candle_core::backend::BackendStorage::dtype(other)
+        ),
+    }
+}
+
+/// Copies a dense `rows × width` block into `dst` at `offset`, rows `stride` apart.
+///
+/// # Safety
+/// The block must lie inside the buffer behind `dst`, and no one else may touch it meanwhile.
+unsafe fn scatter(dst: SendPtr, offset: usize, stride: usize, block: &[f32], width: usize) {
+    for (r, row) in block.chunks_exact(width).enumerate() {
+        // SAFETY: as the caller promises.
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add(offset + r * stride), width) };
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "perceiver-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.dims(lq, lk, lv)?;
+        let (q, k, v) = (
+            f32_data(sq, lq, "q")?,
+            f32_data(sk, lk, "k")?,
+            f32_data(sv, lv, "v")?,
+        );
+        let (nq, nk, vc) = (d.queries, d.keys, d.vc());
+        let mut out = vec![0f32; d.batch * nq * vc];
+        if nq > 0 && nk > 0 && d.d_v > 0 {
+            let out_ptr = SendPtr(out.as_mut_ptr());
+            tasks(&d).par_iter().for_each(|&(b, h)| {
+                let weights = self.weights(&d, q, k, b, h);
+                let v_h = View::strided(&v[b * nk * vc + h * d.d_v..], nk, d.d_v, vc);
+                let values = PackedWeights::pack_view(v_h, false, 1.0, false);
+                // SAFETY: the block (item b's rows, head h's d_v columns, row stride vc) lies
+                // inside `out`; tasks write disjoint blocks and nothing reads `out` meanwhile.
+                unsafe {
+                    values.matmul_view_raw(
+                        View::dense(&weights, nq, nk),
+                        out_ptr.get().add(b * nq * vc + h * d.d_v),
+                        vc,
+                        1,
+                    )
+                };
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((d.batch, nq, vc))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad_res.contiguous()?;
+        let shapes = [q, k, v].map(|t| t.shape().clone());
+        let (sq, lq) = q.storage_and_layout();
+        let (sk, lk) = k.storage_and_layout();
+        let (sv, lv) = v.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let (cq, ck, cv, cg) = (cpu(&sq)?, cpu(&sk)?, cpu(&sv)?, cpu(&sg)?);
+        let d = self.dims(lq, lk, lv)?;
+        let (q, k, v, g) = (
+            f32_data(cq, lq, "q")?,
+            f32_data(ck, lk, "k")?,
+            f32_data(cv, lv, "v")?,
+            f32_data(cg, lg, "gradient")?,
+        );
+        let (nq, nk, qk, vc) = (d.queries, d.keys, d.qk(), d.vc());
+        let mut dq = vec![0f32; d.batch * nq * qk];
+        let mut dk = vec![0f32; d.batch * nk * qk];
+        let mut dv = vec![0f32; d.batch * nk * vc];
+        if nq > 0 && nk > 0 && d.d_qk > 0 && d.d_v > 0 {
+            let (dq_ptr, dk_ptr, dv_ptr) = (
+                SendPtr(dq.as_mut_ptr()),
+                SendPtr(dk.as_mut_ptr()),
+                SendPtr(dv.as_mut_ptr()),
+            );
+            tasks(&d).par_iter().for_each(|&(b, h)| {
+                let p = self.weights(&d, q, k, b, h);
+                let q_h = View::strided(&q[b * nq * qk + h * d.d_qk..], nq, d.d_qk, qk);
+                let k_h = View::strided(&k[b * nk * qk + h * d.d_qk..], nk, d.d_qk, qk);
+                let v_h = View::strided(&v[b * nk * vc + h * d.d_v..], nk, d.d_v, vc);
+                let g_h = View::strided(&g[b * nq * vc + h * d.d_v..], nq, d.d_v, vc);
+                // dV = Pᵀ·dO
+                let mut dv_h = vec![0f32; nk * d.d_v];
+                PackedWeights::pack_view(g_h, false, 1.0, false).matmul_transposed_x(
+                    View::dense(&p, nq, nk),
+                    &mut dv_h,
+                    d.d_v,
+                    1,
+                );
+                // dP = dO·Vᵀ, then through the softmax: dS = P ⊙ (dP − Σ_row dP ⊙ P), times the
+                // scale of the scores.
+                let mut ds = vec![0f32; nq * nk];
+                PackedWeights::pack_view(v_h, true, 1.0, false).matmul_view(g_h, &mut ds, nk, 1);
+                for (ds_row, p_row) in ds.chunks_exact_mut(nk).zip(p.chunks_exact(nk)) {
+                    let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                    for (s, &p) in ds_row.iter_mut().zip(p_row) {
+                        *s = p * (*s - dot) * d.scale();
+                    }
+                }
+                // dQ = dS·K, dK = dSᵀ·Q
+                let mut dq_h = vec![0f32; nq * d.d_qk];
+                PackedWeights::pack_view(k_h, false, 1.0, false).matmul_view(
+                    View::dense(&ds, nq, nk),
+                    &mut dq_h,
+                    d.d_qk,
+                    1,
+                );
+                let mut dk_h = vec![0f32; nk * d.d_qk];
+                PackedWeights::pack_view(q_h, false, 1.0, false).matmul_transposed_x(
+                    View::dense(&ds, nq, nk),
+                    &mut dk_h,
+                    d.d_qk,
+                    1,
+                );
+                // SAFETY: each block (item b's rows, head h's columns) lies inside its buffer;
+                // tasks write disjoint blocks and nothing reads the buffers meanwhile.
+                unsafe {
+                    scatter(dq_ptr, b * nq * qk + h * d.d_qk, qk, &dq_h, d.d_qk);
+                    scatter(dk_ptr, b * nk * qk + h * d.d_qk, qk, &dk_h, d.d_qk);
+                    scatter(dv_ptr, b * nk * vc + h * d.d_v, vc, &dv_h, d.d_v);
+                }
+            });
+        }
+        let device = grad_res.device();
+        Ok((
+            Some(Tensor::from_vec(dq, shapes[0].clone(), device)?),
+            Some(Tensor::from_vec(dk, shapes[1].clone(), device)?),
+            Some(Tensor::from_vec(dv, shapes[2].clone(), device)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    use crate::attention::{attend_composed, attention_bias};
+    use crate::error::Result;
+
+    /// Values and the gradients of q, k and v against candle's composed ops in f64, with and
+    /// without a padding mask, on sizes that are not multiples of the kernel's blocks.
+    #[test]
+    fn fused_attention_matches_composed_ops() -> Result<()> {
+        if !crate::engine::sgemm::available() {
+            println!("no AVX-512: attention takes candle's ops, nothing to compare");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        for (batch, nq, nk, heads, d_qk, d_v, masked) in [
+            (1, 1, 1, 1, 1, 1, false),
+            (2, 7, 13, 3, 5, 4, true),
+            (3, 70, 33, 2, 16, 24, true),
+            (1, 19, 130, 4, 8, 8, false),
+        ] {
+            let q = Tensor::randn(0f32, 1.0, (batch, nq, heads * d_qk), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (batch, nk, heads * d_qk), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (batch, nk, heads * d_v), &dev)?;
+            let probe = Tensor::randn(0f32, 1.0, (batch, nq, heads * d_v), &dev)?;
+            // Item i keeps its first nk - 2i keys (at least one).
+            let mask: Vec<f32> = (0..batch)
+                .flat_map(|i| {
+                    (0..nk).map(move |j| {
+                        if !masked || j + 2 * i < nk.max(2 * i + 1) {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            let bias = attention_bias(&Tensor::from_vec(mask, (batch, nk), &dev)?)?;
+
+            let vars = [&q, &k, &v].map(|t| Var::from_tensor(t).unwrap());
+            let out = super::super::attention(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+                heads,
+                Some(&bias),
+            )?;
+            let grads = (&out * &probe)?.sum_all()?.backward()?;
+
+            let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let vars64 = [&q, &k, &v].map(|t| Var::from_tensor(&f64_of(t)).unwrap());
+            let bias64 = f64_of(&bias).clamp(-1e30, 0.0)?.to_dtype(DType::F64)?;
+            let want = attend_composed(
+                vars64[0].as_tensor(),
+                vars64[1].as_tensor(),
+                vars64[2].as_tensor(),
+                heads,
+                Some(&bias64),
+            )?;
+            let want_grads = (&want * f64_of(&probe))?.sum_all()?.backward()?;
+
+            let case = format!("batch {batch}, {nq}x{nk}, {heads} heads of {d_qk}/{d_v}, masked {masked}");
+            let worst = |a: &Tensor, b: &Tensor| -> f64 {
+                (f64_of(a) - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let forward = worst(&out, &want);
+            assert!(forward < 1e-5, "{case}: forward worst |Δ| {forward:e}");
+            for (i, what) in ["dq", "dk", "dv"].iter().enumerate() {
+                let (got, want) = (grads.get(&vars[i]).unwrap(), want_grads.get(&vars64[i]).unwrap());
+                let diff = worst(got, want);
+                assert!(diff < 1e-5, "{case}: {what} worst |Δ| {diff:e}");
+            }
+        }
+        Ok(())
+    }
+}
