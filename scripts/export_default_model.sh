@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Copies the newest checkpoint of runs/default into models/default (config.json + model.safetensors +
+# Copies the newest checkpoint of runs/default-mix (or of the run given) into models/default (config.json + model.safetensors +
 # training.json), then evaluates it on the held-out documents (never trained on) at 15% independent-byte
 # masking, seed 0: all of them together, then each source, as a markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN="${1:-runs/default}"
+RUN="${1:-runs/default-mix}"
 BIN=./target/release/perceiver
 latest=$(ls -d "$RUN"/step-* | sort | tail -1)
 mkdir -p models/default
