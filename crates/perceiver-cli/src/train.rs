@@ -168,9 +168,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     keep_checkpoints: usize,
 
-    /// Windows in the shuffle buffer.
-    #[arg(long, default_value_t = 4096)]
-    shuffle_windows: usize,
+    /// Windows in the shuffle buffer [default: 64 MiB of windows, e.g. 262,144 of 256 bytes]. Files
+    /// are read one after another, so a buffer much smaller than the corpus trains on one file at a
+    /// time and the model drifts with it (held-out accuracy fell 72% -> 69% with 1 MB over 26 MB).
+    #[arg(long)]
+    shuffle_windows: Option<usize>,
 
     /// Stop (with a checkpoint) once this step is reached, keeping the schedule of --steps: a
     /// long run done in parts, each continued with --resume.
@@ -210,6 +212,9 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
     Ok((ModelInit::Scratch(config), format!("preset:{name}")))
 }
 
+/// The shuffle buffer's size when --shuffle-windows is not given, in bytes of windows.
+const DEFAULT_SHUFFLE_BYTES: usize = 64 << 20;
+
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
@@ -221,6 +226,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 ModelInit::Scratch(c) | ModelInit::Pretrained { config: c, .. } => c.clone(),
             };
             let steps = args.steps.unwrap_or(1000);
+            let seq_len = args.seq_len.unwrap_or(config.max_position_embeddings);
             let options = TrainConfig {
                 model,
                 init: args.init,
@@ -228,7 +234,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 eval_corpus: args.eval_corpus.clone(),
                 eval_fraction: args.eval_fraction,
                 eval_windows: args.eval_windows,
-                seq_len: args.seq_len.unwrap_or(config.max_position_embeddings),
+                seq_len,
                 batch_size: args.batch_size,
                 grad_accum: args.grad_accum,
                 steps,
@@ -252,7 +258,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 eval_every: args.eval_every,
                 log_every: args.log_every,
                 keep_checkpoints: args.keep_checkpoints,
-                shuffle_windows: args.shuffle_windows,
+                shuffle_windows: args
+                    .shuffle_windows
+                    .unwrap_or(DEFAULT_SHUFFLE_BYTES / seq_len.max(1)),
             };
             let out = args.out.clone().expect("clap requires --out without --resume");
             Trainer::start(options, &out, init)?

@@ -370,6 +370,10 @@ impl TrainStream {
                     min_window_len(self.seq_len)
                 )));
             } else {
+                // A buffer larger than an epoch would read the corpus again and again to fill
+                // up: it holds one epoch's windows instead.
+                let epoch_windows = self.produced_this_epoch as usize;
+                self.buffer_size = self.buffer_size.min(epoch_windows.max(1));
                 self.start_epoch(self.epoch + 1);
             }
         }
@@ -469,6 +473,30 @@ mod tests {
             (120..200)
                 .map(|_| resumed.next_window().unwrap())
                 .collect::<Vec<_>>()
+        );
+    }
+
+    /// A buffer of a million windows over a ~1.7 KB corpus: the stream holds one epoch and serves
+    /// from it (instead of reading epoch after epoch to fill the buffer), and both files are mixed
+    /// from the first windows on.
+    #[test]
+    fn a_buffer_larger_than_the_corpus_serves_from_one_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", &"alpha beta gamma delta ".repeat(40));
+        write(dir.path(), "b.txt", &"one two three four five ".repeat(30));
+        let corpus = Corpus::discover(&[dir.path().to_str().unwrap()]).unwrap();
+        let mut stream = TrainStream::new(corpus, Split::NONE, 32, 1 << 20, 42);
+        let first: Vec<Vec<u8>> = (0..20).map(|_| stream.next_window().unwrap()).collect();
+        assert!(
+            stream.epoch() <= 2,
+            "read {} epochs to serve 20 windows",
+            stream.epoch()
+        );
+        // Only a.txt has an 'a'.
+        let from_a = first.iter().filter(|w| w.contains(&b'a')).count();
+        assert!(
+            from_a > 0 && from_a < first.len(),
+            "the first 20 windows come from one file"
         );
     }
 

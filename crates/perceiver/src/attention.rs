@@ -39,7 +39,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option
     ops::attention(q, k, v, num_heads, bias)
 }
 
-/// [`attend`] from candle's own ops, which candle differentiates.
+/// [`attend`] composed of separate ops (head split and merge, products, softmax), each with its own
+/// backward pass: the path for other dtypes and devices, and the reference the fused op is tested
+/// against.
 pub fn attend_composed(
     q: &Tensor,
     k: &Tensor,
