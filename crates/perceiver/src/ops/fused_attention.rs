@@ -8,7 +8,7 @@
 //! keeping a `[batch, heads, queries, keys]` tensor) and writes dq, dk and dv directly.
 //!
 //! Only f32 on a CPU with the engine's AVX-512 kernel takes this path; elsewhere
-//! [`crate::attention::attend`] composes candle ops.
+//! [`crate::attention::attend_composed`] composes candle ops.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
