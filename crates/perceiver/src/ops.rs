@@ -346,6 +346,20 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
+/// max |a − b| over all elements, in f64: the comparison the op tests make.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    (f64_of(a) - f64_of(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,19 +476,9 @@ mod tests {
             let x64 = Var::from_tensor(&x.to_dtype(DType::F64)?)?;
             let plain = crate::attention::activate_composed(x64.as_tensor(), act)?;
             let want = (&plain * probe.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
-            let worst = |a: &Tensor, b: &Tensor| -> f64 {
-                (a.to_dtype(DType::F64).unwrap() - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let forward = worst(&fused, &plain);
+            let forward = max_abs_diff(&fused, &plain);
             assert!(forward < 2e-6, "{act:?} forward: worst |Δ| {forward:e}");
-            let backward = worst(grads.get(&xv).unwrap(), want.get(&x64).unwrap());
+            let backward = max_abs_diff(grads.get(&xv).unwrap(), want.get(&x64).unwrap());
             assert!(backward < 1e-5, "{act:?} gradient: worst |Δ| {backward:e}");
         }
         Ok(())

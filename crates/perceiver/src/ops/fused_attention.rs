@@ -284,6 +284,7 @@ mod tests {
 
     use crate::attention::{attend_composed, attention_bias};
     use crate::error::Result;
+    use crate::ops::max_abs_diff;
 
     /// Values and the gradients of q, k and v against candle's composed ops in f64, with and
     /// without a padding mask, on sizes that are not multiples of the kernel's blocks.
@@ -341,21 +342,11 @@ mod tests {
             let want_grads = (&want * f64_of(&probe))?.sum_all()?.backward()?;
 
             let case = format!("batch {batch}, {nq}x{nk}, {heads} heads of {d_qk}/{d_v}, masked {masked}");
-            let worst = |a: &Tensor, b: &Tensor| -> f64 {
-                (f64_of(a) - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let forward = worst(&out, &want);
+            let forward = max_abs_diff(&out, &want);
             assert!(forward < 1e-5, "{case}: forward worst |Δ| {forward:e}");
             for (i, what) in ["dq", "dk", "dv"].iter().enumerate() {
                 let (got, want) = (grads.get(&vars[i]).unwrap(), want_grads.get(&vars64[i]).unwrap());
-                let diff = worst(got, want);
+                let diff = max_abs_diff(got, want);
                 assert!(diff < 1e-5, "{case}: {what} worst |Δ| {diff:e}");
             }
         }

@@ -322,25 +322,18 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    use crate::ops::max_abs_diff;
+
+    /// max |got − want| relative to max |want|.
     fn worst_relative(got: &Tensor, want: &Tensor) -> f64 {
-        let diff = (got.to_dtype(DType::F64).unwrap() - want.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
         let scale = want
             .to_dtype(DType::F64)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
             .unwrap();
-        diff / scale.max(1e-30)
+        max_abs_diff(got, want) / scale.to_scalar::<f64>().unwrap().max(1e-30)
     }
 
     /// Forward and both gradients against candle's own matmul in f64, on odd shapes (sizes that
