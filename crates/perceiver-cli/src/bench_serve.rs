@@ -35,6 +35,11 @@ pub struct BenchServeArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = clap::value_parser!(u32).range(1..))]
     max_batch_requests: Vec<u32>,
 
+    /// Batch waits of the servers started here, in microseconds (see `serve
+    /// --max-batch-wait-us`): one server per cap above 1 and wait.
+    #[arg(long, value_delimiter = ',', default_values_t = [perceiver_serve::DEFAULT_MAX_BATCH_WAIT.as_micros() as u64], value_parser = clap::value_parser!(u64).range(..=1_000_000))]
+    max_batch_wait_us: Vec<u64>,
+
     /// Clients sending at once, one measurement per value.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32", value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: Vec<u32>,
@@ -103,25 +108,39 @@ pub fn run(args: BenchServeArgs) -> Result<()> {
             }
             Some(model) => {
                 for &cap in &args.max_batch_requests {
-                    let config = ServeConfig {
-                        port: 0,
-                        max_batch_requests: cap as usize,
-                        max_batch_tokens: (cap as usize * model.max_len()).max(16384),
-                        ..ServeConfig::new(args.model.model.clone())
+                    // A cap of one never waits: every wait is the same server.
+                    let waits = if cap == 1 {
+                        &args.max_batch_wait_us[..1]
+                    } else {
+                        &args.max_batch_wait_us[..]
                     };
-                    let server = Server::bind(config, model.clone()).await?;
-                    let client = BenchClient::new(&format!("http://{}", server.local_addr()), None)?;
-                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    let running = tokio::spawn(server.run(async {
-                        stopped.await.ok();
-                    }));
-                    let texts = texts(&args, &client).await?;
-                    targets.push(Target {
-                        name: format!("batch ≤ {cap}"),
-                        client,
-                        texts,
-                        stop: Some((stop, running)),
-                    });
+                    for &wait in waits {
+                        let config = ServeConfig {
+                            port: 0,
+                            max_batch_requests: cap as usize,
+                            max_batch_tokens: (cap as usize * model.max_len()).max(16384),
+                            max_batch_wait: std::time::Duration::from_micros(wait),
+                            ..ServeConfig::new(args.model.model.clone())
+                        };
+                        let server = Server::bind(config, model.clone()).await?;
+                        let client = BenchClient::new(&format!("http://{}", server.local_addr()), None)?;
+                        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                        let running = tokio::spawn(server.run(async {
+                            stopped.await.ok();
+                        }));
+                        let texts = texts(&args, &client).await?;
+                        let name = if cap == 1 || args.max_batch_wait_us.len() == 1 {
+                            format!("batch ≤ {cap}")
+                        } else {
+                            format!("batch ≤ {cap}, wait {wait} µs")
+                        };
+                        targets.push(Target {
+                            name,
+                            client,
+                            texts,
+                            stop: Some((stop, running)),
+                        });
+                    }
                 }
             }
         }

@@ -43,6 +43,11 @@ pub struct ServiceArgs {
     #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_requests: u32,
 
+    /// Longest a batch is held back, in microseconds, for the clients the last forward pass
+    /// answered (busy clients come straight back; a lone client is never held). 0: never.
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_WAIT_US", default_value_t = perceiver_serve::DEFAULT_MAX_BATCH_WAIT.as_micros() as u64, value_parser = clap::value_parser!(u64).range(..=1_000_000))]
+    pub max_batch_wait_us: u64,
+
     /// Requests queued or running at once; beyond, 429 at once.
     #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
@@ -72,6 +77,7 @@ impl ServiceArgs {
             port: self.port,
             max_batch_tokens: self.max_batch_tokens as usize,
             max_batch_requests: self.max_batch_requests as usize,
+            max_batch_wait: std::time::Duration::from_micros(self.max_batch_wait_us),
             max_concurrent_requests: self.max_concurrent_requests as usize,
             max_client_batch_size: self.max_client_batch_size as usize,
             max_predictions: self.max_predictions as usize,

@@ -3,11 +3,17 @@
 //!
 //! The thread blocks until an input arrives, then takes everything queued since, and packs a
 //! batch oldest first until the next input would break the token budget (the inputs' lengths
-//! summed: the engine pads nothing) or the request cap. No timer holds a batch
-//! back: while one forward pass runs, the next batch fills up by itself, so a lone client gets
-//! batch-of-one latency and many clients share passes (text-embeddings-inference's design,
-//! with the queue and the model on one thread since there is one model and no prefetching to
-//! gain on a CPU).
+//! summed: the engine pads nothing) or the request cap. While one forward pass runs, the next
+//! batch fills up by itself (text-embeddings-inference's design, with the queue and the model on
+//! one thread since there is one model and no prefetching to gain on a CPU).
+//!
+//! That alone splits busy clients into cohorts: the clients answered by one pass send their next
+//! request while the following pass runs, so 16 clients settle into two alternating batches of
+//! about 8. So the thread may hold a batch back for a short while ([`BatchLimits::max_wait`]),
+//! but only until as many inputs wait as were waiting plus answered when the last pass ended:
+//! the clients just answered usually come straight back. A lone client is never held (one
+//! answered, one waiting), and a burst that does not come back costs one wait at most, since
+//! the expectation is reset after every pass.
 //!
 //! An input whose client went away (its receiver dropped: hyper drops the handler future of a
 //! closed connection) is skipped before it costs a forward pass. A batch that fails, or
@@ -17,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +42,8 @@ pub struct BatchLimits {
     pub max_batch_tokens: usize,
     /// Most inputs in one pass.
     pub max_batch_requests: usize,
+    /// Longest a batch is held back for the clients the last pass answered (zero: never).
+    pub max_wait: Duration,
 }
 
 /// A filled input, handed back with the input it answers.
@@ -170,6 +178,9 @@ impl Worker {
     fn run(self, receiver: Receiver<Message>) {
         let mut pending = VecDeque::new();
         let mut open = true;
+        // Inputs the next batch may wait for: those queued when the last pass ended plus those
+        // it answered.
+        let mut expected = 1;
         while open || !pending.is_empty() {
             if pending.is_empty() {
                 match receiver.recv() {
@@ -177,19 +188,16 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            loop {
-                match receiver.try_recv() {
-                    Ok(message) => queue(&mut pending, message),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
+            open &= drain(&receiver, &mut pending);
+            if open {
+                open = gather(&receiver, &mut pending, expected, self.limits);
             }
             let batch = next_batch(&mut pending, self.limits, &self.metrics);
             if !batch.is_empty() {
+                let answered = batch.len();
                 self.run_batch(batch);
+                open &= drain(&receiver, &mut pending);
+                expected = (pending.len() + answered).min(self.limits.max_batch_requests);
             }
         }
     }
@@ -240,6 +248,44 @@ impl Worker {
             }));
         }
     }
+}
+
+/// Moves everything sent so far into `pending`; false once every sender is gone.
+fn drain(receiver: &Receiver<Message>, pending: &mut VecDeque<Job>) -> bool {
+    loop {
+        match receiver.try_recv() {
+            Ok(message) => queue(pending, message),
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => return false,
+        }
+    }
+}
+
+/// Waits, at most `limits.max_wait`, until `expected` inputs are pending or they fill the
+/// token budget, moving arrivals into `pending`; false once every sender is gone.
+fn gather(
+    receiver: &Receiver<Message>,
+    pending: &mut VecDeque<Job>,
+    expected: usize,
+    limits: BatchLimits,
+) -> bool {
+    let deadline = Instant::now() + limits.max_wait;
+    let full = |pending: &VecDeque<Job>| {
+        pending.len() >= expected.min(limits.max_batch_requests)
+            || pending.iter().map(|j| j.input.ids.len()).sum::<usize>() >= limits.max_batch_tokens
+    };
+    while !full(pending) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match receiver.recv_timeout(left) {
+            Ok(message) => queue(pending, message),
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+    true
 }
 
 fn queue(pending: &mut VecDeque<Job>, message: Message) {
@@ -323,6 +369,7 @@ mod tests {
         let limits = BatchLimits {
             max_batch_tokens: 64,
             max_batch_requests: 3,
+            max_wait: Duration::ZERO,
         };
         // 10 + 10 fit; adding 50 would make 70 > 64.
         assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [10, 10]);
@@ -363,6 +410,7 @@ mod tests {
         let limits = BatchLimits {
             max_batch_tokens: 100,
             max_batch_requests: 10,
+            max_wait: Duration::ZERO,
         };
         let batch = next_batch(&mut pending, limits, &metrics);
         assert_eq!(batch.len(), 1);
@@ -370,5 +418,97 @@ mod tests {
         assert_eq!(metrics.inputs_dropped.get(), 2);
         assert_eq!(metrics.queue_depth.get(), 0);
         drop(rx_b);
+    }
+
+    fn request(len: usize) -> (Message, Pending) {
+        let (job, receiver) = job(len);
+        (Message::Request(vec![job]), receiver)
+    }
+
+    fn waiting(max_wait: Duration) -> BatchLimits {
+        BatchLimits {
+            max_batch_tokens: 1000,
+            max_batch_requests: 8,
+            max_wait,
+        }
+    }
+
+    #[test]
+    fn a_batch_waits_for_the_expected_inputs_and_no_longer() {
+        let (sender, receiver) = mpsc::channel();
+        let mut pending = VecDeque::new();
+        let (first, _r1) = request(4);
+        queue(&mut pending, first);
+        // Three inputs expected, two more arrive a little later: the wait ends when they are
+        // in, long before its limit.
+        let late = std::thread::spawn(move || {
+            let mut receivers = Vec::new();
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(20));
+                let (message, rx) = request(4);
+                sender.send(message).unwrap();
+                receivers.push(rx);
+            }
+            (sender, receivers)
+        });
+        let started = Instant::now();
+        assert!(gather(
+            &receiver,
+            &mut pending,
+            3,
+            waiting(Duration::from_secs(20))
+        ));
+        assert_eq!(pending.len(), 3);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let (sender, _receivers) = late.join().unwrap();
+
+        // Nothing more comes: the wait ends at its limit.
+        let started = Instant::now();
+        assert!(gather(
+            &receiver,
+            &mut pending,
+            5,
+            waiting(Duration::from_millis(50))
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(pending.len(), 3);
+
+        // As many waiting as expected, or the request cap reached: no wait at all, even with
+        // an input on its way.
+        let (message, _r) = request(4);
+        sender.send(message).unwrap();
+        assert!(gather(
+            &receiver,
+            &mut pending,
+            3,
+            waiting(Duration::from_secs(20))
+        ));
+        assert_eq!(pending.len(), 3);
+        let capped = BatchLimits {
+            max_batch_requests: 3,
+            ..waiting(Duration::from_secs(20))
+        };
+        assert!(gather(&receiver, &mut pending, 30, capped));
+        assert_eq!(pending.len(), 3);
+        let budget_full = BatchLimits {
+            max_batch_tokens: 12,
+            ..waiting(Duration::from_secs(20))
+        };
+        assert!(gather(&receiver, &mut pending, 30, budget_full));
+        assert_eq!(pending.len(), 3);
+
+        // The senders gone: the wait ends and says so.
+        drop(sender);
+        let mut empty = VecDeque::new();
+        assert!(!gather(
+            &receiver,
+            &mut empty,
+            2,
+            waiting(Duration::from_secs(20))
+        ));
     }
 }

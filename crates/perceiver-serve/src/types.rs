@@ -147,6 +147,8 @@ pub struct Limits {
     pub max_batch_tokens: usize,
     /// Most texts in one forward pass.
     pub max_batch_requests: usize,
+    /// Longest a batch is held back for more clients, in microseconds.
+    pub max_batch_wait_us: u64,
 }
 
 /// `GET /info`.

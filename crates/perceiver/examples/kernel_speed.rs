@@ -78,7 +78,11 @@ fn main() {
         if perceiver::engine::sgemm::available() {
             let packed = perceiver::engine::sgemm::PackedWeights::pack(&w, n, k);
             let t = best_of(20, || packed.matmul_accumulate(&a, m, &mut out, threads));
-            println!("{m}x{n}x{k} f32 (ours, AVX-512): {:.0} GFLOP/s", flop / t / 1e9);
+            println!(
+                "{m}x{n}x{k} f32 (ours, {:?}): {:.0} GFLOP/s",
+                perceiver::engine::sgemm::kernel(),
+                flop / t / 1e9
+            );
         }
         let packed = PackedMatrix::pack_transposed(&w, n, k);
         let t = best_of(20, || packed.matmul_accumulate(&a, m, &mut out, threads));

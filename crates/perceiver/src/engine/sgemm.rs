@@ -1,10 +1,13 @@
-//! f32 products with a weight matrix, `C += X·Wᵀ`, on AVX-512 (the `gemm` crate, on stable
-//! Rust, stops at AVX2: half the FMA width of CPUs with two 512-bit FMA units).
+//! f32 products with a weight matrix, `C += X·Wᵀ`, on AVX-512 or AVX2+FMA (the `gemm` crate
+//! stays the portable path: on stable Rust it stops at AVX2, and its products reach about half
+//! of what a packed-weight kernel does on the small, tall shapes of this model).
 //!
-//! Weights are packed once ([`PackedWeights`]): the microkernel keeps a 6×64 block of C in 24
-//! registers, loads four vectors of W and broadcasts six X values per step. (Reading W in place,
-//! with X packed and the tile added to C transposed, was tried first: 15% slower end to end on
-//! the 201M model.)
+//! Weights are packed once ([`PackedWeights`]) in panels of 64 features. The AVX-512
+//! microkernel keeps a 6×64 block of C in 24 registers, loads four vectors of W and broadcasts
+//! six X values per step; the AVX2 one has 16 registers and walks the same panel as four 6×16
+//! blocks (12 accumulators, two W vectors, one broadcast). (Reading W in place, with X packed
+//! and the tile added to C transposed, was tried first: 15% slower end to end on the 201M
+//! model.)
 
 use rayon::prelude::*;
 
@@ -12,21 +15,45 @@ use super::SendPtr;
 
 use super::matmul::View;
 
-/// Whether this CPU runs the AVX-512 kernel.
-pub fn available() -> bool {
+/// The microkernel the packed products run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// 512-bit registers (AVX-512 F).
+    Avx512,
+    /// 256-bit registers with fused multiply-add (AVX2 + FMA).
+    Avx2,
+}
+
+/// The best packed kernel this CPU runs, if any; detected once. `PERCEIVER_NO_AVX512` skips the
+/// AVX-512 kernel and `PERCEIVER_NO_AVX2` the AVX2 one (to test or time the others on one
+/// machine); with neither kernel the products go through the `gemm` crate.
+pub fn kernel() -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
-        // PERCEIVER_NO_AVX512 sends the f32 products to the portable path (to test it on
-        // machines that have AVX-512).
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            is_x86_feature_detected!("avx512f") && std::env::var_os("PERCEIVER_NO_AVX512").is_none()
+        static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            let off = |name: &str| std::env::var_os(name).is_some();
+            if is_x86_feature_detected!("avx512f") && !off("PERCEIVER_NO_AVX512") {
+                Some(Kernel::Avx512)
+            } else if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && !off("PERCEIVER_NO_AVX2")
+            {
+                Some(Kernel::Avx2)
+            } else {
+                None
+            }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        None
     }
+}
+
+/// Whether this CPU runs a packed kernel ([`kernel`]); otherwise callers use the `gemm` crate.
+pub fn available() -> bool {
+    kernel().is_some()
 }
 
 /// Features per packed weight panel: four 16-lane vectors.
@@ -49,6 +76,8 @@ pub struct PackedWeights {
     n: usize,
     k: usize,
     data: Vec<f32>,
+    /// [`kernel`] when packed (tests pick each kernel the CPU has).
+    kernel: Option<Kernel>,
 }
 
 impl std::fmt::Debug for PackedWeights {
@@ -101,7 +130,12 @@ impl PackedWeights {
                 data.chunks_mut(k * PANEL).enumerate().for_each(fill);
             }
         }
-        Self { n, k, data }
+        Self {
+            n,
+            k,
+            data,
+            kernel: kernel(),
+        }
     }
 
     /// `c[m, n] += x[m, k] · Wᵀ`, dense row-major. Call only when [`available`].
@@ -114,7 +148,10 @@ impl PackedWeights {
     /// Call only when [`available`].
     pub fn matmul_view(&self, x: View, c: &mut [f32], ldc: usize, threads: usize) {
         let (n, k, m) = (self.n, self.k, x.rows);
-        assert!(available(), "sgemm: the CPU has no AVX-512");
+        assert!(
+            self.kernel.is_some(),
+            "sgemm: the CPU has neither AVX-512 nor AVX2+FMA"
+        );
         assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);
         assert!(
             ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
@@ -132,7 +169,10 @@ impl PackedWeights {
     /// no one else may access that block during the call.
     pub(crate) unsafe fn matmul_view_raw(&self, x: View, c: *mut f32, ldc: usize, threads: usize) {
         let (k, m) = (self.k, x.rows);
-        assert!(available(), "sgemm: the CPU has no AVX-512");
+        assert!(
+            self.kernel.is_some(),
+            "sgemm: the CPU has neither AVX-512 nor AVX2+FMA"
+        );
         assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);
         if m == 0 || k == 0 {
             return;
@@ -152,7 +192,10 @@ impl PackedWeights {
     /// of `a`. Call only when [`available`].
     pub fn matmul_transposed_x(&self, a: View, c: &mut [f32], ldc: usize, threads: usize) {
         let (n, k, m) = (self.n, self.k, a.cols);
-        assert!(available(), "sgemm: the CPU has no AVX-512");
+        assert!(
+            self.kernel.is_some(),
+            "sgemm: the CPU has neither AVX-512 nor AVX2+FMA"
+        );
         assert_eq!(a.rows, k, "sgemm: Xᵀ has {} rows, W {k} columns", a.rows);
         assert!(
             ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
@@ -211,6 +254,10 @@ impl PackedWeights {
         let chunk_blocks = blocks.div_ceil(chunks);
         let per_group = panels.div_ceil(groups);
         let c_ptr = SendPtr(c);
+        let Some(kernel) = self.kernel else {
+            panic!("sgemm: the CPU has neither AVX-512 nor AVX2+FMA")
+        };
+        let micro = microkernel(kernel, k_step == 1);
         (0..chunks * groups).into_par_iter().for_each(|task| {
             let (chunk, group) = (task / groups * chunk_blocks, task % groups);
             for p in group * per_group..((group + 1) * per_group).min(panels) {
@@ -225,28 +272,14 @@ impl PackedWeights {
                             let row = b * ROWS + r.min(rows - 1);
                             (x_ptr as *const f32).wrapping_add(row * row_step + k0 * k_step)
                         });
-                        // SAFETY: AVX-512 is available; the kernel reads kc·64 values of `w`,
-                        // kc values from each row pointer, k_step apart (rows < m, columns
-                        // k0..k0+kc < k: readable, as `run` requires), and adds to rows b·6..+rows,
-                        // columns p·64..+cols of `c` (inside it; tasks own disjoint blocks:
-                        // their row chunk × their group's panels).
-                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the CPU has the kernel's features ([`microkernel`]); it reads
+                        // kc·64 values of `w`, kc values from each row pointer, k_step apart
+                        // (rows < m, columns k0..k0+kc < k: readable, as `run` requires), and
+                        // adds to rows b·6..+rows, columns p·64..+cols of `c` (inside it; tasks
+                        // own disjoint blocks: their row chunk × their group's panels).
                         unsafe {
                             let c = c_ptr.get().add(b * ROWS * ldc + p * PANEL);
-                            if k_step == 1 {
-                                avx512::packed_kernel::<true>(w.as_ptr(), x_rows, 1, kc, c, ldc, rows, cols)
-                            } else {
-                                avx512::packed_kernel::<false>(
-                                    w.as_ptr(),
-                                    x_rows,
-                                    k_step,
-                                    kc,
-                                    c,
-                                    ldc,
-                                    rows,
-                                    cols,
-                                )
-                            }
+                            micro(w.as_ptr(), x_rows, k_step, kc, c, ldc, rows, cols)
                         };
                     }
                 }
@@ -255,13 +288,32 @@ impl PackedWeights {
     }
 }
 
+/// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·PANEL + j]` for r < rows, j < cols.
+type Microkernel = unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, usize);
+
+/// `kernel`'s microkernel (`unit_k`: X's k step is 1, the common case, addressed without a
+/// multiply). Only for a kernel that [`kernel`] detected.
+fn microkernel(kernel: Kernel, unit_k: bool) -> Microkernel {
+    #[cfg(target_arch = "x86_64")]
+    match (kernel, unit_k) {
+        (Kernel::Avx512, true) => avx512::packed_kernel::<true>,
+        (Kernel::Avx512, false) => avx512::packed_kernel::<false>,
+        (Kernel::Avx2, true) => avx2::packed_kernel::<true>,
+        (Kernel::Avx2, false) => avx2::packed_kernel::<false>,
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kernel, unit_k);
+        unreachable!("no packed kernel off x86-64")
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{PANEL, ROWS};
     use std::arch::x86_64::*;
 
-    /// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·PANEL + j]` for r < rows, j < cols
-    /// (`UNIT_K`: k_step is 1, the common case, addressed without the multiply).
+    /// [`Microkernel`](super::Microkernel) on 512-bit registers: a 6×64 block of C in 24.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn packed_kernel<const UNIT_K: bool>(
@@ -309,17 +361,98 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{PANEL, ROWS};
+    use std::arch::x86_64::*;
+
+    /// 16 columns: two 8-lane vectors.
+    const SLICE: usize = 16;
+
+    /// [`Microkernel`](super::Microkernel) on 256-bit registers: the 6×64 block as four 6×16
+    /// blocks, each in 12 accumulators (of 16 registers: two more hold W, one the broadcast).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn packed_kernel<const UNIT_K: bool>(
+        w: *const f32,
+        x: [*const f32; ROWS],
+        k_step: usize,
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        for first in (0..cols).step_by(SLICE) {
+            let ws = w.add(first);
+            let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+            for i in 0..kc {
+                let w0 = _mm256_loadu_ps(ws.add(i * PANEL));
+                let w1 = _mm256_loadu_ps(ws.add(i * PANEL + 8));
+                for r in 0..ROWS {
+                    let xv = _mm256_broadcast_ss(&*x[r].add(if UNIT_K { i } else { i * k_step }));
+                    acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+                }
+            }
+            let width = SLICE.min(cols - first);
+            for (r, acc_row) in acc.iter().enumerate().take(rows) {
+                let row = c.add(r * ldc + first);
+                if width == SLICE {
+                    _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc_row[0]));
+                    let high = row.add(8);
+                    _mm256_storeu_ps(high, _mm256_add_ps(_mm256_loadu_ps(high), acc_row[1]));
+                } else {
+                    // The panel's last columns: lanes past `cols` belong to the next panel or
+                    // lie past C.
+                    let mut sums = [0f32; SLICE];
+                    _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
+                    _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
+                    for (j, sum) in sums.iter().enumerate().take(width) {
+                        *row.add(j) += sum;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::matmul::tests::random;
 
+    /// The kernels this CPU has, whatever the environment asks: each is tested.
+    fn kernels_here() -> Vec<Kernel> {
+        let mut kernels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernel::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                kernels.push(Kernel::Avx2);
+            }
+        }
+        kernels
+    }
+
     #[test]
     fn products_match_the_triple_loop() {
-        if !available() {
-            println!("no AVX-512 on this CPU: the gemm crate does these products");
-            return;
+        let kernels = kernels_here();
+        if kernels.is_empty() {
+            println!("neither AVX-512 nor AVX2+FMA on this CPU: the gemm crate does these products");
         }
+        for kernel in kernels {
+            products_match_the_triple_loop_on(kernel);
+        }
+    }
+
+    fn products_match_the_triple_loop_on(kernel: Kernel) {
+        let pack = |w: &[f32], n, k| PackedWeights {
+            kernel: Some(kernel),
+            ..PackedWeights::pack(w, n, k)
+        };
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
             (5, 13, 3, 2),
@@ -329,12 +462,14 @@ mod tests {
             // Several row chunks, split over threads (one panel group), and over chunk × group.
             (1000, 130, 70, 2),
             (600, 200, 40, 4),
+            // A panel that ends on a whole 16-column slice.
+            (9, 80, 17, 2),
         ] {
             let x = random(m * k, 21);
             let w = random(n * k, 22);
             let start = random(m * n, 23);
             let mut c = start.clone();
-            PackedWeights::pack(&w, n, k).matmul_accumulate(&x, m, &mut c, threads);
+            pack(&w, n, k).matmul_accumulate(&x, m, &mut c, threads);
             // The attention path: W given transposed (`[k, n]`, strided) and scaled while packed,
             // X strided; into a C with a wider row stride.
             let wt: Vec<f32> = (0..k * (n + 3))
@@ -346,7 +481,10 @@ mod tests {
                     }
                 })
                 .collect();
-            let from_wt = PackedWeights::pack_view(View::strided(&wt, k, n, n + 3), false, 0.5, false);
+            let from_wt = PackedWeights {
+                kernel: Some(kernel),
+                ..PackedWeights::pack_view(View::strided(&wt, k, n, n + 3), false, 0.5, false)
+            };
             let x_wide: Vec<f32> = (0..m * (k + 2))
                 .map(|j| {
                     if j % (k + 2) < k {
@@ -369,12 +507,7 @@ mod tests {
                 })
                 .collect();
             let mut c_xt = vec![0f32; m * n];
-            PackedWeights::pack(&w, n, k).matmul_transposed_x(
-                View::strided(&xt, k, m, m + 1),
-                &mut c_xt,
-                n,
-                threads,
-            );
+            pack(&w, n, k).matmul_transposed_x(View::strided(&xt, k, m, m + 1), &mut c_xt, n, threads);
             for r in 0..m {
                 for f in 0..n {
                     let want = start[r * n + f] as f64
@@ -383,16 +516,16 @@ mod tests {
                             .sum::<f64>();
                     assert!(
                         (c[r * n + f] as f64 - want).abs() < 1e-4,
-                        "{m}x{n}x{k} at {r},{f}"
+                        "{kernel:?} {m}x{n}x{k} at {r},{f}"
                     );
                     let half = 0.5 * (want - start[r * n + f] as f64);
                     assert!(
                         (c_half[r * (n + 1) + f] as f64 - half).abs() < 1e-4,
-                        "{m}x{n}x{k} transposed view at {r},{f}"
+                        "{kernel:?} {m}x{n}x{k} transposed view at {r},{f}"
                     );
                     assert!(
                         (c_xt[r * n + f] as f64 - 2.0 * half).abs() < 1e-4,
-                        "{m}x{n}x{k} transposed X at {r},{f}"
+                        "{kernel:?} {m}x{n}x{k} transposed X at {r},{f}"
                     );
                 }
             }
