@@ -7,9 +7,11 @@
 //! of [`MR`] rows. The microkernel keeps an `MR × 32` block of C in 24 registers; each step
 //! broadcasts one row's input pair and does two `vdpbf16ps`, 64 multiply-adds each.
 //!
-//! Where the CPU lacks AVX-512 BF16 the same packed data goes through a portable kernel with the
-//! same products (a product of two bf16 values is exact in f32), accumulated in the same order
-//! within each pair, so results agree with the AVX-512 kernel up to f32 rounding.
+//! Where the CPU lacks AVX-512 BF16 the same packed data goes through an AVX2+FMA kernel, which
+//! widens each bf16 to f32 with a shift or a mask (bf16 is the top half of an f32) and does the
+//! multiply-adds in f32, or else through a portable kernel. Both compute the same products (a
+//! product of two bf16 values is exact in f32), accumulated in the same order within each pair,
+//! so results agree with the AVX-512 kernel up to f32 rounding.
 
 use rayon::prelude::*;
 
@@ -178,6 +180,8 @@ pub enum Kernel {
     Amx,
     /// AVX-512 BF16 `vdpbf16ps`.
     Avx512Bf16,
+    /// AVX2 + FMA: bf16 widened to f32 in registers, f32 multiply-adds.
+    Avx2,
     /// Plain Rust on the same packed data.
     Portable,
 }
@@ -192,6 +196,12 @@ impl Kernel {
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
                 return Self::Avx512Bf16;
             }
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && std::env::var_os("PERCEIVER_NO_AVX2").is_none()
+            {
+                return Self::Avx2;
+            }
         }
         Self::Portable
     }
@@ -204,6 +214,9 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: selected only when the CPU has AVX-512 F and BF16; lengths checked above.
             Self::Avx512Bf16 | Self::Amx => unsafe { avx512::kernel(a.as_ptr(), b.as_ptr(), pairs, tile) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: selected only when the CPU has AVX2 and FMA; lengths checked above.
+            Self::Avx2 => unsafe { avx2::kernel(a.as_ptr(), b.as_ptr(), pairs, tile) },
             _ => portable_kernel(a, b, pairs, tile),
         }
     }
@@ -250,6 +263,53 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Rows per pass: 8 accumulators, 4 widened weight vectors, the input pair widened (2) and a
+    /// mask fill the 16 registers.
+    const ROWS: usize = 4;
+    const _: () = assert!(MR % ROWS == 0 && NR % 16 == 0);
+
+    /// The `MR × 32` tile as six `4 × 16` passes. A packed lane holds a pair of bf16 values: the
+    /// even input in the low half, the odd in the high half; `lane << 16` is the even one as an
+    /// f32, `lane & 0xFFFF0000` the odd one.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel(a: *const u32, b: *const u32, pairs: usize, tile: &mut [[f32; NR]; MR]) {
+        let odd_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        let even = |v: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
+        let odd = |v: __m256i| _mm256_castsi256_ps(_mm256_and_si256(v, odd_mask));
+        for half in 0..NR / 16 {
+            let b_half = b.add(16 * half);
+            for first in (0..MR).step_by(ROWS) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+                for i in 0..pairs {
+                    let w0 = _mm256_loadu_si256(b_half.add(i * NR).cast());
+                    let w1 = _mm256_loadu_si256(b_half.add(i * NR + 8).cast());
+                    let (w0_even, w0_odd, w1_even, w1_odd) = (even(w0), odd(w0), even(w1), odd(w1));
+                    let a_row = a.add(i * MR + first);
+                    for (r, acc_row) in acc.iter_mut().enumerate() {
+                        let x = _mm256_set1_epi32(*a_row.add(r) as i32);
+                        let (x_even, x_odd) = (even(x), odd(x));
+                        // Odd input first, as the portable kernel and vdpbf16ps order them.
+                        acc_row[0] = _mm256_fmadd_ps(x_odd, w0_odd, acc_row[0]);
+                        acc_row[0] = _mm256_fmadd_ps(x_even, w0_even, acc_row[0]);
+                        acc_row[1] = _mm256_fmadd_ps(x_odd, w1_odd, acc_row[1]);
+                        acc_row[1] = _mm256_fmadd_ps(x_even, w1_even, acc_row[1]);
+                    }
+                }
+                for (r, acc_row) in acc.iter().enumerate() {
+                    let out = tile[first + r].as_mut_ptr().add(16 * half);
+                    _mm256_storeu_ps(out, acc_row[0]);
+                    _mm256_storeu_ps(out.add(8), acc_row[1]);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,16 +323,18 @@ mod tests {
     /// partial row blocks, partial panels, odd k and several row passes.
     #[test]
     fn products_match_the_triple_loop_on_rounded_operands() {
-        let kernels = if matches!(Kernel::detect(), Kernel::Avx512Bf16 | Kernel::Amx) {
-            println!(
-                "full products on {:?}; tiles on AVX-512 BF16 and the portable kernel",
-                Kernel::detect()
-            );
-            vec![Kernel::Avx512Bf16, Kernel::Portable]
-        } else {
-            println!("no AVX-512 BF16 on this CPU: testing the portable kernel only");
-            vec![Kernel::Portable]
-        };
+        // Tiles on every kernel this CPU runs, full products on the detected one.
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+                kernels.push(Kernel::Avx512Bf16);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                kernels.push(Kernel::Avx2);
+            }
+        }
+        println!("full products on {:?}; tiles on {kernels:?}", Kernel::detect());
         for (m, n, k) in [
             (1, 1, 1),
             (5, 7, 3),
