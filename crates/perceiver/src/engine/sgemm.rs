@@ -51,6 +51,8 @@ pub fn kernel() -> Option<Kernel> {
     }
 }
 
+const NO_KERNEL: &str = "sgemm: the CPU has neither AVX-512 nor AVX2+FMA";
+
 /// Whether this CPU runs a packed kernel ([`kernel`]); otherwise callers use the `gemm` crate.
 pub fn available() -> bool {
     kernel().is_some()
@@ -148,10 +150,7 @@ impl PackedWeights {
     /// Call only when [`available`].
     pub fn matmul_view(&self, x: View, c: &mut [f32], ldc: usize, threads: usize) {
         let (n, k, m) = (self.n, self.k, x.rows);
-        assert!(
-            self.kernel.is_some(),
-            "sgemm: the CPU has neither AVX-512 nor AVX2+FMA"
-        );
+        assert!(self.kernel.is_some(), "{NO_KERNEL}");
         assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);
         assert!(
             ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
@@ -169,10 +168,7 @@ impl PackedWeights {
     /// no one else may access that block during the call.
     pub(crate) unsafe fn matmul_view_raw(&self, x: View, c: *mut f32, ldc: usize, threads: usize) {
         let (k, m) = (self.k, x.rows);
-        assert!(
-            self.kernel.is_some(),
-            "sgemm: the CPU has neither AVX-512 nor AVX2+FMA"
-        );
+        assert!(self.kernel.is_some(), "{NO_KERNEL}");
         assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);
         if m == 0 || k == 0 {
             return;
@@ -192,10 +188,7 @@ impl PackedWeights {
     /// of `a`. Call only when [`available`].
     pub fn matmul_transposed_x(&self, a: View, c: &mut [f32], ldc: usize, threads: usize) {
         let (n, k, m) = (self.n, self.k, a.cols);
-        assert!(
-            self.kernel.is_some(),
-            "sgemm: the CPU has neither AVX-512 nor AVX2+FMA"
-        );
+        assert!(self.kernel.is_some(), "{NO_KERNEL}");
         assert_eq!(a.rows, k, "sgemm: Xᵀ has {} rows, W {k} columns", a.rows);
         assert!(
             ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
@@ -254,9 +247,7 @@ impl PackedWeights {
         let chunk_blocks = blocks.div_ceil(chunks);
         let per_group = panels.div_ceil(groups);
         let c_ptr = SendPtr(c);
-        let Some(kernel) = self.kernel else {
-            panic!("sgemm: the CPU has neither AVX-512 nor AVX2+FMA")
-        };
+        let kernel = self.kernel.expect(NO_KERNEL);
         let micro = microkernel(kernel, k_step == 1);
         (0..chunks * groups).into_par_iter().for_each(|task| {
             let (chunk, group) = (task / groups * chunk_blocks, task % groups);
