@@ -187,7 +187,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// The best kernel this CPU runs; detected once.
     pub fn detect() -> Self {
+        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(Self::probe)
+    }
+
+    fn probe() -> Self {
         if super::amx::available() {
             return Self::Amx;
         }
@@ -196,10 +202,7 @@ impl Kernel {
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
                 return Self::Avx512Bf16;
             }
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && std::env::var_os("PERCEIVER_NO_AVX2").is_none()
-            {
+            if super::kernels::avx2_products() {
                 return Self::Avx2;
             }
         }
@@ -330,7 +333,7 @@ mod tests {
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
                 kernels.push(Kernel::Avx512Bf16);
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if crate::engine::kernels::simd_level() >= 1 {
                 kernels.push(Kernel::Avx2);
             }
         }

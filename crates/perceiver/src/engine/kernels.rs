@@ -55,6 +55,16 @@ pub(crate) fn simd_level() -> u8 {
     })
 }
 
+/// Whether the AVX2+FMA matrix-product kernels (f32 in `sgemm`, bf16 in `bf16`) may run: the CPU
+/// has AVX2 and FMA and `PERCEIVER_NO_AVX2` is unset (to test or time the portable paths on such
+/// a CPU). Read once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_products() -> bool {
+    use std::sync::OnceLock;
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| simd_level() >= 1 && std::env::var_os("PERCEIVER_NO_AVX2").is_none())
+}
+
 /// `eˣ` to about 2 ulp for x in [-87, 88] (Cephes' expf polynomial); inputs are clamped to that
 /// range, so it never returns 0 or ∞.
 /// Rounding by adding 1.5·2²³ keeps it branch-free so that loops over it vectorise.

@@ -32,13 +32,9 @@ pub fn kernel() -> Option<Kernel> {
     {
         static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
         *KERNEL.get_or_init(|| {
-            let off = |name: &str| std::env::var_os(name).is_some();
-            if is_x86_feature_detected!("avx512f") && !off("PERCEIVER_NO_AVX512") {
+            if is_x86_feature_detected!("avx512f") && std::env::var_os("PERCEIVER_NO_AVX512").is_none() {
                 Some(Kernel::Avx512)
-            } else if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && !off("PERCEIVER_NO_AVX2")
-            {
+            } else if super::kernels::avx2_products() {
                 Some(Kernel::Avx2)
             } else {
                 None
@@ -421,7 +417,7 @@ mod tests {
             if is_x86_feature_detected!("avx512f") {
                 kernels.push(Kernel::Avx512);
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if crate::engine::kernels::simd_level() >= 1 {
                 kernels.push(Kernel::Avx2);
             }
         }
@@ -440,9 +436,9 @@ mod tests {
     }
 
     fn products_match_the_triple_loop_on(kernel: Kernel) {
-        let pack = |w: &[f32], n, k| PackedWeights {
+        let on_kernel = |packed: PackedWeights| PackedWeights {
             kernel: Some(kernel),
-            ..PackedWeights::pack(w, n, k)
+            ..packed
         };
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
@@ -460,7 +456,7 @@ mod tests {
             let w = random(n * k, 22);
             let start = random(m * n, 23);
             let mut c = start.clone();
-            pack(&w, n, k).matmul_accumulate(&x, m, &mut c, threads);
+            on_kernel(PackedWeights::pack(&w, n, k)).matmul_accumulate(&x, m, &mut c, threads);
             // The attention path: W given transposed (`[k, n]`, strided) and scaled while packed,
             // X strided; into a C with a wider row stride.
             let wt: Vec<f32> = (0..k * (n + 3))
@@ -472,10 +468,12 @@ mod tests {
                     }
                 })
                 .collect();
-            let from_wt = PackedWeights {
-                kernel: Some(kernel),
-                ..PackedWeights::pack_view(View::strided(&wt, k, n, n + 3), false, 0.5, false)
-            };
+            let from_wt = on_kernel(PackedWeights::pack_view(
+                View::strided(&wt, k, n, n + 3),
+                false,
+                0.5,
+                false,
+            ));
             let x_wide: Vec<f32> = (0..m * (k + 2))
                 .map(|j| {
                     if j % (k + 2) < k {
@@ -498,7 +496,12 @@ mod tests {
                 })
                 .collect();
             let mut c_xt = vec![0f32; m * n];
-            pack(&w, n, k).matmul_transposed_x(View::strided(&xt, k, m, m + 1), &mut c_xt, n, threads);
+            on_kernel(PackedWeights::pack(&w, n, k)).matmul_transposed_x(
+                View::strided(&xt, k, m, m + 1),
+                &mut c_xt,
+                n,
+                threads,
+            );
             for r in 0..m {
                 for f in 0..n {
                     let want = start[r * n + f] as f64
