@@ -2,12 +2,14 @@
 //! stays the portable path: on stable Rust it stops at AVX2, and its products reach about half
 //! of what a packed-weight kernel does on the small, tall shapes of this model).
 //!
-//! Weights are packed once ([`PackedWeights`]) in panels of 64 features. The AVX-512
-//! microkernel keeps a 6×64 block of C in 24 registers, loads four vectors of W and broadcasts
-//! six X values per step; the AVX2 one has 16 registers and walks the same panel as four 6×16
-//! blocks (12 accumulators, two W vectors, one broadcast). (Reading W in place, with X packed
-//! and the tile added to C transposed, was tried first: 15% slower end to end on the 201M
-//! model.)
+//! Weights are packed once ([`PackedWeights`]) in panels of features. The AVX-512 microkernel
+//! keeps a 6×64 block of C in 24 registers, loads four vectors of W and broadcasts six X values
+//! per step; the AVX2 one has 16 registers and keeps a 6×16 block (12 accumulators, two W
+//! vectors, one broadcast) on panels 16 features wide, so that a step reads one cache line of W.
+//! X is read in place. (Reading W in place, with X packed and the tile added to C transposed,
+//! was tried first: 15% slower end to end on the 201M model. On AVX2, 64-wide panels walked as
+//! four 16-column slices took 15–25% more time on the products with k ≥ 1024, and packing X
+//! into interleaved row blocks 5–15% more.)
 
 use rayon::prelude::*;
 
@@ -47,6 +49,9 @@ pub fn kernel() -> Option<Kernel> {
     }
 }
 
+/// f32 values per 64-byte cache line.
+const LINE_FLOATS: usize = 16;
+
 const NO_KERNEL: &str = "sgemm: the CPU has neither AVX-512 nor AVX2+FMA";
 
 /// Whether this CPU runs a packed kernel ([`kernel`]); otherwise callers use the `gemm` crate.
@@ -54,26 +59,49 @@ pub fn available() -> bool {
     kernel().is_some()
 }
 
-/// Features per packed weight panel: four 16-lane vectors.
+/// Features per packed weight panel of the AVX-512 kernel: four 16-lane vectors.
 const PANEL: usize = 64;
+/// Features per packed weight panel of the AVX2 kernel: two 8-lane vectors, so that one step
+/// of its 6×16 block reads one contiguous 64-byte line of W.
+const PANEL_AVX2: usize = 16;
 /// X rows per call of the packed-weight microkernel (6 × 4 accumulators).
 const ROWS: usize = 6;
-/// k per pass of the packed-weight kernel: a panel slice (128 × 64 f32, 32 KB) stays in L1
-/// while every block of X rows streams past it.
+/// k per pass of the AVX-512 kernel: a panel slice (128 × 64 f32, 32 KB) stays in L1 while
+/// every block of X rows streams past it.
 const PANEL_KC: usize = 128;
+/// k per pass of the AVX2 kernel: its panel slice (256 × 16 f32) is 16 KB, half of L1.
+const PANEL_KC_AVX2: usize = 256;
+
+/// Features per panel and k per pass of `kernel`'s packed layout.
+fn panel_shape(kernel: Option<Kernel>) -> (usize, usize) {
+    match kernel {
+        Some(Kernel::Avx2) => (PANEL_AVX2, PANEL_KC_AVX2),
+        _ => (PANEL, PANEL_KC),
+    }
+}
+
 /// X row blocks per chunk of the packed-weight loop (288 rows: one chunk for one text's 256
 /// latents, C chunk 72 KB).
 const CHUNK_BLOCKS: usize = 48;
+/// X row blocks per chunk for the AVX2 kernel (144 rows: their k slice, 144 KB, stays in L2;
+/// 288 rows or a k slice of 128 took 3–10% more time on a Zen 3 core).
+const CHUNK_BLOCKS_AVX2: usize = 24;
 
-/// A weight matrix `W` (`[n, k]`) packed once for `C += X·Wᵀ`: panels of 64 features,
-/// `[panel][k][64]`, features past n zero. The microkernel loads four vectors of W and
-/// broadcasts six X values per step (10 loads for 24 FMAs), and adds its 6×64 block straight
-/// into C's rows. Costs a copy of W (the f32 model's 804 MB); the loaders release the mapped
+/// A weight matrix `W` (`[n, k]`) packed once for `C += X·Wᵀ`: panels of 64 features for the
+/// AVX-512 kernel and 16 for the AVX2 one, `[panel][k][width]`, features past n zero, the first
+/// panel on a cache line. The AVX-512 microkernel loads four vectors of W and broadcasts six X
+/// values per step (10 loads for 24 FMAs), and adds its 6×64 block straight into C's rows. Costs a copy of W (the f32 model's 804 MB); the loaders release the mapped
 /// file pages of each packed matrix so that the process stays at about one copy.
 pub struct PackedWeights {
     n: usize,
     k: usize,
     data: Vec<f32>,
+    /// Where the panels start in `data` (on a cache line).
+    offset: usize,
+    /// Features per panel ([`panel_shape`]).
+    width: usize,
+    /// k per pass of the kernel over a panel.
+    kc: usize,
     /// [`kernel`] when packed (tests pick each kernel the CPU has).
     kernel: Option<Kernel>,
 }
@@ -95,25 +123,34 @@ impl PackedWeights {
     /// weights and attention keys are stored), others hold Wᵀ (`[k, n]`, as attention values
     /// are). `parallel` splits the packing over rayon's pool.
     pub fn pack_view(view: View, transposed: bool, scale: f32, parallel: bool) -> Self {
+        Self::pack_for(kernel(), view, transposed, scale, parallel)
+    }
+
+    /// [`pack_view`](Self::pack_view) in `kernel`'s layout.
+    fn pack_for(kernel: Option<Kernel>, view: View, transposed: bool, scale: f32, parallel: bool) -> Self {
         let (n, k) = if transposed {
             (view.rows, view.cols)
         } else {
             (view.cols, view.rows)
         };
-        let panels = n.div_ceil(PANEL);
-        let mut data = vec![0f32; panels * k * PANEL];
+        let (width, kc) = panel_shape(kernel);
+        let panels = n.div_ceil(width);
+        // Over-allocated by one cache line so that the panels can start on a line boundary: a
+        // step of the AVX2 kernel then reads exactly one line of W.
+        let mut data = vec![0f32; panels * k * width + LINE_FLOATS];
+        let offset = data.as_ptr().align_offset(LINE_FLOATS * 4).min(LINE_FLOATS);
         let fill = |(p, panel): (usize, &mut [f32])| {
-            let features = PANEL.min(n - p * PANEL);
-            let first = p * PANEL;
+            let features = width.min(n - p * width);
+            let first = p * width;
             if transposed {
                 for f in 0..features {
                     let row = &view.data[(first + f) * view.stride..][..k];
                     for (i, &v) in row.iter().enumerate() {
-                        panel[i * PANEL + f] = v * scale;
+                        panel[i * width + f] = v * scale;
                     }
                 }
             } else {
-                for (i, out) in panel.chunks_exact_mut(PANEL).enumerate() {
+                for (i, out) in panel.chunks_exact_mut(width).enumerate() {
                     let row = &view.data[i * view.stride + first..][..features];
                     for (o, &v) in out.iter_mut().zip(row) {
                         *o = v * scale;
@@ -121,18 +158,22 @@ impl PackedWeights {
                 }
             }
         };
+        let panels_data = &mut data[offset..offset + panels * k * width];
         if k > 0 {
             if parallel {
-                data.par_chunks_mut(k * PANEL).enumerate().for_each(fill);
+                panels_data.par_chunks_mut(k * width).enumerate().for_each(fill);
             } else {
-                data.chunks_mut(k * PANEL).enumerate().for_each(fill);
+                panels_data.chunks_mut(k * width).enumerate().for_each(fill);
             }
         }
         Self {
             n,
             k,
             data,
-            kernel: kernel(),
+            offset,
+            width,
+            kc,
+            kernel,
         }
     }
 
@@ -218,40 +259,47 @@ impl PackedWeights {
         if m == 0 || n == 0 || k == 0 {
             return;
         }
+        let kernel = self.kernel.expect(NO_KERNEL);
+        let (width, kc_max) = (self.width, self.kc);
         // X is read in place, ROWS rows at a time: the microkernel broadcasts from six row
-        // pointers, so no packed copy of X is made (that copy and its zeroing cost ~15% of a
-        // small model's pass).
+        // pointers, so no packed copy of X is made (that copy cost ~15% of a small model's pass
+        // on AVX-512, and 5–15% of a product's time on AVX2).
         let blocks = m.div_ceil(ROWS);
         let x_ptr = x as usize;
-        let panels = n.div_ceil(PANEL);
+        let panels = n.div_ceil(width);
+        // Panels per 64 features: the splits below are reasoned in 64-feature groups.
+        let per_64 = PANEL / width;
         // Work is cut into row chunks × groups of panels. Within a task, a row chunk of X
-        // (288 rows) stays in L2 while every panel of the group passes over it, and its block of
-        // C (288 × 64) stays in L2 across the k slices. Chunks are the unit of parallelism when
-        // there are enough of them (a batch of texts); otherwise panels are (one text).
-        let mut chunks = blocks.div_ceil(CHUNK_BLOCKS);
+        // stays in L2 while every panel of the group passes over it, and its block of C stays
+        // in L2 across the k slices. Chunks are the unit of parallelism when there are enough of
+        // them (a batch of texts); otherwise panels are (one text).
+        let mut chunks = blocks.div_ceil(match kernel {
+            Kernel::Avx512 => CHUNK_BLOCKS,
+            Kernel::Avx2 => CHUNK_BLOCKS_AVX2,
+        });
         let groups = if threads <= 1 {
             1
-        } else if chunks >= threads || panels < 4 * threads {
+        } else if chunks >= threads || panels < 4 * threads * per_64 {
             // Equal chunks, a multiple of the threads in number, so that no thread idles. Also
             // for one text when there are few panels (N = 256: 4), where groups of one panel
             // would re-read the whole X for each (256×256×1280: 285 -> 335 GFLOP/s).
             chunks = chunks.max(2 * threads).next_multiple_of(threads).min(blocks);
             1
         } else {
-            (threads * 2).min(panels)
+            (threads * 2).min(panels.div_ceil(per_64))
         };
         let chunk_blocks = blocks.div_ceil(chunks);
         let per_group = panels.div_ceil(groups);
         let c_ptr = SendPtr(c);
-        let kernel = self.kernel.expect(NO_KERNEL);
+        let packed = &self.data[self.offset..];
         let micro = microkernel(kernel, k_step == 1);
         (0..chunks * groups).into_par_iter().for_each(|task| {
             let (chunk, group) = (task / groups * chunk_blocks, task % groups);
             for p in group * per_group..((group + 1) * per_group).min(panels) {
-                let cols = PANEL.min(n - p * PANEL);
-                for k0 in (0..k).step_by(PANEL_KC) {
-                    let kc = PANEL_KC.min(k - k0);
-                    let w = &self.data[(p * k + k0) * PANEL..(p * k + k0 + kc) * PANEL];
+                let cols = width.min(n - p * width);
+                for k0 in (0..k).step_by(kc_max) {
+                    let kc = kc_max.min(k - k0);
+                    let w = &packed[(p * k + k0) * width..(p * k + k0 + kc) * width];
                     for b in chunk..(chunk + chunk_blocks).min(blocks) {
                         let rows = ROWS.min(m - b * ROWS);
                         // Rows past m repeat the last row; their sums are not stored.
@@ -260,12 +308,12 @@ impl PackedWeights {
                             (x_ptr as *const f32).wrapping_add(row * row_step + k0 * k_step)
                         });
                         // SAFETY: the CPU has the kernel's features ([`microkernel`]); it reads
-                        // kc·64 values of `w`, kc values from each row pointer, k_step apart
+                        // kc·width values of `w`, kc values from each row pointer, k_step apart
                         // (rows < m, columns k0..k0+kc < k: readable, as `run` requires), and
-                        // adds to rows b·6..+rows, columns p·64..+cols of `c` (inside it; tasks
-                        // own disjoint blocks: their row chunk × their group's panels).
+                        // adds to rows b·6..+rows, columns p·width..+cols of `c` (inside it;
+                        // tasks own disjoint blocks: their row chunk × their group's panels).
                         unsafe {
-                            let c = c_ptr.get().add(b * ROWS * ldc + p * PANEL);
+                            let c = c_ptr.get().add(b * ROWS * ldc + p * width);
                             micro(w.as_ptr(), x_rows, k_step, kc, c, ldc, rows, cols)
                         };
                     }
@@ -275,7 +323,8 @@ impl PackedWeights {
     }
 }
 
-/// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·PANEL + j]` for r < rows, j < cols.
+/// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < rows, j < cols, `width`
+/// the kernel's panel width.
 type Microkernel = unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, usize);
 
 /// `kernel`'s microkernel (`unit_k`: X's k step is 1, the common case, addressed without a
@@ -350,14 +399,12 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{PANEL, ROWS};
+    use super::{PANEL_AVX2, ROWS};
     use std::arch::x86_64::*;
 
-    /// 16 columns: two 8-lane vectors.
-    const SLICE: usize = 16;
-
-    /// [`Microkernel`](super::Microkernel) on 256-bit registers: the 6×64 block as four 6×16
-    /// blocks, each in 12 accumulators (of 16 registers: two more hold W, one the broadcast).
+    /// [`Microkernel`](super::Microkernel) on 256-bit registers: a 6×16 block of C in 12
+    /// accumulators (of 16 registers: two more hold W, one the broadcast). A step reads one
+    /// 64-byte line of W.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn packed_kernel<const UNIT_K: bool>(
@@ -370,34 +417,36 @@ mod avx2 {
         rows: usize,
         cols: usize,
     ) {
-        for first in (0..cols).step_by(SLICE) {
-            let ws = w.add(first);
-            let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
-            for i in 0..kc {
-                let w0 = _mm256_loadu_ps(ws.add(i * PANEL));
-                let w1 = _mm256_loadu_ps(ws.add(i * PANEL + 8));
-                for r in 0..ROWS {
-                    let xv = _mm256_broadcast_ss(&*x[r].add(if UNIT_K { i } else { i * k_step }));
-                    acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-                }
+        // C's rows lie a row stride apart, out of the prefetchers' sight: ask for them now, to
+        // arrive while the k loop runs.
+        // (A product of 4096×768×256 on one Zen 3 core: 23% less time.)
+        for r in 0..rows {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + PANEL_AVX2 - 1) as *const i8);
+        }
+        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+        for i in 0..kc {
+            let w0 = _mm256_loadu_ps(w.add(i * PANEL_AVX2));
+            let w1 = _mm256_loadu_ps(w.add(i * PANEL_AVX2 + 8));
+            for r in 0..ROWS {
+                let xv = _mm256_broadcast_ss(&*x[r].add(if UNIT_K { i } else { i * k_step }));
+                acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
             }
-            let width = SLICE.min(cols - first);
-            for (r, acc_row) in acc.iter().enumerate().take(rows) {
-                let row = c.add(r * ldc + first);
-                if width == SLICE {
-                    _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc_row[0]));
-                    let high = row.add(8);
-                    _mm256_storeu_ps(high, _mm256_add_ps(_mm256_loadu_ps(high), acc_row[1]));
-                } else {
-                    // The panel's last columns: lanes past `cols` belong to the next panel or
-                    // lie past C.
-                    let mut sums = [0f32; SLICE];
-                    _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
-                    _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
-                    for (j, sum) in sums.iter().enumerate().take(width) {
-                        *row.add(j) += sum;
-                    }
+        }
+        for (r, acc_row) in acc.iter().enumerate().take(rows) {
+            let row = c.add(r * ldc);
+            if cols == PANEL_AVX2 {
+                _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc_row[0]));
+                let high = row.add(8);
+                _mm256_storeu_ps(high, _mm256_add_ps(_mm256_loadu_ps(high), acc_row[1]));
+            } else {
+                // The last panel's columns: lanes past `cols` lie past C (or in its padding).
+                let mut sums = [0f32; PANEL_AVX2];
+                _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
+                _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
+                for (j, sum) in sums.iter().enumerate().take(cols) {
+                    *row.add(j) += sum;
                 }
             }
         }
@@ -436,9 +485,8 @@ mod tests {
     }
 
     fn products_match_the_triple_loop_on(kernel: Kernel) {
-        let on_kernel = |packed: PackedWeights| PackedWeights {
-            kernel: Some(kernel),
-            ..packed
+        let pack = |view: View, transposed: bool, scale: f32| {
+            PackedWeights::pack_for(Some(kernel), view, transposed, scale, true)
         };
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
@@ -456,7 +504,7 @@ mod tests {
             let w = random(n * k, 22);
             let start = random(m * n, 23);
             let mut c = start.clone();
-            on_kernel(PackedWeights::pack(&w, n, k)).matmul_accumulate(&x, m, &mut c, threads);
+            pack(View::dense(&w, n, k), true, 1.0).matmul_accumulate(&x, m, &mut c, threads);
             // The attention path: W given transposed (`[k, n]`, strided) and scaled while packed,
             // X strided; into a C with a wider row stride.
             let wt: Vec<f32> = (0..k * (n + 3))
@@ -468,12 +516,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let from_wt = on_kernel(PackedWeights::pack_view(
-                View::strided(&wt, k, n, n + 3),
-                false,
-                0.5,
-                false,
-            ));
+            let from_wt = pack(View::strided(&wt, k, n, n + 3), false, 0.5);
             let x_wide: Vec<f32> = (0..m * (k + 2))
                 .map(|j| {
                     if j % (k + 2) < k {
@@ -496,7 +539,7 @@ mod tests {
                 })
                 .collect();
             let mut c_xt = vec![0f32; m * n];
-            on_kernel(PackedWeights::pack(&w, n, k)).matmul_transposed_x(
+            pack(View::dense(&w, n, k), true, 1.0).matmul_transposed_x(
                 View::strided(&xt, k, m, m + 1),
                 &mut c_xt,
                 n,
