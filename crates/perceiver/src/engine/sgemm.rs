@@ -143,10 +143,17 @@ impl PackedWeights {
             let features = width.min(n - p * width);
             let first = p * width;
             if transposed {
-                for f in 0..features {
-                    let row = &view.data[(first + f) * view.stride..][..k];
-                    for (i, &v) in row.iter().enumerate() {
-                        panel[i * width + f] = v * scale;
+                // Step by step along k, writing each step's features in order: the panel's rows
+                // of W are read side by side (many misses in flight on an attention head's keys,
+                // a strip of a large matrix), and the writes are sequential.
+                let mut rows: [&[f32]; PANEL] = [&[]; PANEL];
+                for (f, row) in rows.iter_mut().enumerate().take(features) {
+                    *row = &view.data[(first + f) * view.stride..][..k];
+                }
+                let rows = &rows[..features];
+                for (i, out) in panel.chunks_exact_mut(width).enumerate() {
+                    for (o, row) in out.iter_mut().zip(rows) {
+                        *o = row[i] * scale;
                     }
                 }
             } else {
