@@ -295,6 +295,10 @@ impl PackedWeights {
         } else {
             (threads * 2).min(panels.div_ceil(per_64))
         };
+        // On AVX2, each block's call also prefetches its share of the next W slice, which in a
+        // model comes cold from memory (products with a fresh W each time on a Zen 3: 5–9% less
+        // time at 128–256 rows, ±1.5% at 2048). Not measured with the AVX-512 kernel.
+        let prefetch_w = kernel == Kernel::Avx2;
         let chunk_blocks = blocks.div_ceil(chunks);
         let per_group = panels.div_ceil(groups);
         let c_ptr = SendPtr(c);
@@ -307,7 +311,23 @@ impl PackedWeights {
                 for k0 in (0..k).step_by(kc_max) {
                     let kc = kc_max.min(k - k0);
                     let w = &packed[(p * k + k0) * width..(p * k + k0 + kc) * width];
-                    for b in chunk..(chunk + chunk_blocks).min(blocks) {
+                    let task_blocks = chunk..(chunk + chunk_blocks).min(blocks);
+                    // The slice after this one in memory is the next one this loop reads (the
+                    // next k slice, or the next panel's first): its lines, cut in one share per
+                    // block.
+                    let next = &packed[((p * k + k0 + kc) * width).min(packed.len())..];
+                    let next = &next[..next.len().min(kc * width)];
+                    let share = next.len().div_ceil(LINE_FLOATS * task_blocks.len().max(1)) * LINE_FLOATS;
+                    for (j, b) in task_blocks.enumerate() {
+                        if prefetch_w {
+                            for line in next
+                                .chunks(LINE_FLOATS)
+                                .skip(j * share / LINE_FLOATS)
+                                .take(share / LINE_FLOATS)
+                            {
+                                prefetch(line.as_ptr());
+                            }
+                        }
                         let rows = ROWS.min(m - b * ROWS);
                         // Rows past m repeat the last row; their sums are not stored.
                         let x_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
@@ -328,6 +348,18 @@ impl PackedWeights {
             }
         });
     }
+}
+
+/// Asks for the cache line at `p` (a hint: no fault, no effect off x86-64).
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < rows, j < cols, `width`
