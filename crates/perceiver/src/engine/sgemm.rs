@@ -90,8 +90,9 @@ const CHUNK_BLOCKS_AVX2: usize = 24;
 /// A weight matrix `W` (`[n, k]`) packed once for `C += X·Wᵀ`: panels of 64 features for the
 /// AVX-512 kernel and 16 for the AVX2 one, `[panel][k][width]`, features past n zero, the first
 /// panel on a cache line. The AVX-512 microkernel loads four vectors of W and broadcasts six X
-/// values per step (10 loads for 24 FMAs), and adds its 6×64 block straight into C's rows. Costs a copy of W (the f32 model's 804 MB); the loaders release the mapped
-/// file pages of each packed matrix so that the process stays at about one copy.
+/// values per step (10 loads for 24 FMAs), and adds its 6×64 block straight into C's rows.
+/// Costs a copy of W (the f32 model's 804 MB); the loaders release the mapped file pages of
+/// each packed matrix so that the process stays at about one copy.
 pub struct PackedWeights {
     n: usize,
     k: usize,
@@ -136,7 +137,7 @@ impl PackedWeights {
         let (width, kc) = panel_shape(kernel);
         let panels = n.div_ceil(width);
         // Over-allocated by one cache line so that the panels can start on a line boundary: a
-        // step of the AVX2 kernel then reads exactly one line of W.
+        // step of the AVX2 kernel then reads exactly one line of W (and the AVX-512 one four).
         let mut data = vec![0f32; panels * k * width + LINE_FLOATS];
         let offset = data.as_ptr().align_offset(LINE_FLOATS * 4).min(LINE_FLOATS);
         let fill = |(p, panel): (usize, &mut [f32])| {
@@ -313,8 +314,8 @@ impl PackedWeights {
                     let w = &packed[(p * k + k0) * width..(p * k + k0 + kc) * width];
                     let task_blocks = chunk..(chunk + chunk_blocks).min(blocks);
                     // The slice after this one in memory is the next one this loop reads (the
-                    // next k slice, or the next panel's first): its lines, cut in one share per
-                    // block.
+                    // next k slice, or the next panel's first; past the group's last panel, a
+                    // neighbour's, which costs only the hint): its lines, one share per block.
                     let next = &packed[((p * k + k0 + kc) * width).min(packed.len())..];
                     let next = &next[..next.len().min(kc * width)];
                     let share = next.len().div_ceil(LINE_FLOATS * task_blocks.len().max(1)) * LINE_FLOATS;
