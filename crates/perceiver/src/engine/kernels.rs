@@ -175,7 +175,10 @@ fn activate_body(x: &mut [f32], act: Activation) {
     );
 }
 
-dispatch!(fn activate_chunk(x: &mut [f32], act: Activation) => activate_body);
+dispatch!(
+    /// [`activate`] on the calling thread.
+    pub(crate) fn activate_chunk(x: &mut [f32], act: Activation) => activate_body
+);
 
 /// Applies `act` to every element, in place.
 pub fn activate(x: &mut [f32], act: Activation) {

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::config::{AttentionSpec, PerceiverConfig};
+use crate::config::{Activation, AttentionSpec, PerceiverConfig};
 use crate::error::{Error, Result};
 use matmul::{matmul, Rhs, View};
 pub use weights::Param;
@@ -125,9 +125,21 @@ impl Dense {
 
     /// `x` (`[rows, in]`) → `[rows, out]`.
     fn forward(&self, x: &[f32], threads: usize) -> Vec<f32> {
+        self.forward_activated(x, None, threads)
+    }
+
+    /// `act(x·Wᵀ + b)`: on the f32 kernel the bias and the activation are applied by the
+    /// product's tasks on their blocks of the output ([`sgemm::PackedWeights::linear`]).
+    fn forward_activated(&self, x: &[f32], activation: Option<Activation>, threads: usize) -> Vec<f32> {
         let rows = x.len() / self.in_dim();
+        if let (None, Some(f32)) = (&self.packed, &self.packed_f32) {
+            return f32.linear(x, rows, self.bias.data(), activation, threads);
+        }
         let mut out = kernels::repeat_rows(self.bias.data(), rows);
         self.accumulate(x, &mut out, threads);
+        if let Some(act) = activation {
+            kernels::activate(&mut out, act);
+        }
         out
     }
 
@@ -258,8 +270,9 @@ impl Layer {
         } else {
             self.output.forward(&heads, threads)
         };
-        let mut hidden = self.dense1.forward(&self.mlp_norm.forward(&x), threads);
-        kernels::activate(&mut hidden, self.spec.activation);
+        let hidden =
+            self.dense1
+                .forward_activated(&self.mlp_norm.forward(&x), Some(self.spec.activation), threads);
         self.dense2.forward_into(&hidden, &mut x, threads);
         x
     }
