@@ -78,8 +78,8 @@ struct Dense {
     bias: Param,
     /// W packed for the bf16 kernel, when the engine runs in bf16.
     packed: Option<bf16::PackedMatrix>,
-    /// W packed for the f32 kernel (AVX-512 or AVX2), when the engine runs in f32 on such a CPU (shared
-    /// by clones).
+    /// W packed for the f32 kernel (AVX-512 or AVX2), when the engine runs in f32 on such a CPU
+    /// (shared by clones).
     packed_f32: Option<std::sync::Arc<sgemm::PackedWeights>>,
 }
 
