@@ -365,22 +365,21 @@ impl PackedWeights {
         let micro = microkernel(kernel, k_step == 1);
         (0..chunks * groups).into_par_iter().for_each(|task| {
             let (chunk, group) = (task / groups * chunk_blocks, task % groups);
+            let task_blocks = chunk..(chunk + chunk_blocks).min(blocks);
             // This task's block of C: its chunk's rows × its group's features.
-            let block_rows = (chunk * ROWS).min(m)..((chunk + chunk_blocks) * ROWS).min(m);
+            let block_rows = (task_blocks.start * ROWS).min(m)..(task_blocks.end * ROWS).min(m);
             let block_cols = (group * per_group * width).min(n)..((group + 1) * per_group * width).min(n);
-            let block_row = |r: usize| {
-                // SAFETY: r < m and the columns lie in 0..n: inside C, in this task's block.
-                unsafe {
-                    std::slice::from_raw_parts_mut(
-                        c_ptr.get().add(r * ldc + block_cols.start),
-                        block_cols.len(),
-                    )
-                }
-            };
             if let Some(bias) = edges.bias {
                 for r in block_rows.clone() {
-                    // `copy_from_slice` writes without reading: C may be uninitialised here.
-                    block_row(r).copy_from_slice(&bias[block_cols.clone()]);
+                    // SAFETY: row r < m, columns block_cols ⊂ 0..n: inside C, in this task's
+                    // block. A raw copy, since C may be uninitialised until this write.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bias[block_cols.clone()].as_ptr(),
+                            c_ptr.get().add(r * ldc + block_cols.start),
+                            block_cols.len(),
+                        )
+                    };
                 }
             }
             for p in group * per_group..((group + 1) * per_group).min(panels) {
@@ -388,21 +387,16 @@ impl PackedWeights {
                 for k0 in (0..k).step_by(kc_max) {
                     let kc = kc_max.min(k - k0);
                     let w = &packed[(p * k + k0) * width..(p * k + k0 + kc) * width];
-                    let task_blocks = chunk..(chunk + chunk_blocks).min(blocks);
                     // The slice after this one in memory is the next one this loop reads (the
                     // next k slice, or the next panel's first; past the group's last panel, a
-                    // neighbour's, which costs only the hint): its lines, one share per block.
+                    // neighbour's, which costs only the hint): one share of its lines per block.
                     let next = &packed[((p * k + k0 + kc) * width).min(packed.len())..];
                     let next = &next[..next.len().min(kc * width)];
                     let share = next.len().div_ceil(LINE_FLOATS * task_blocks.len().max(1)) * LINE_FLOATS;
-                    for (j, b) in task_blocks.enumerate() {
+                    for (j, b) in task_blocks.clone().enumerate() {
                         if prefetch_w {
-                            for line in next
-                                .chunks(LINE_FLOATS)
-                                .skip(j * share / LINE_FLOATS)
-                                .take(share / LINE_FLOATS)
-                            {
-                                prefetch(line.as_ptr());
+                            for at in (j * share..((j + 1) * share).min(next.len())).step_by(LINE_FLOATS) {
+                                prefetch(next[at..].as_ptr());
                             }
                         }
                         let rows = ROWS.min(m - b * ROWS);
@@ -425,7 +419,14 @@ impl PackedWeights {
             }
             if let Some(act) = edges.activation {
                 for r in block_rows {
-                    super::kernels::activate_chunk(block_row(r), act);
+                    // SAFETY: as for the bias; every element of the block is written by now.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            c_ptr.get().add(r * ldc + block_cols.start),
+                            block_cols.len(),
+                        )
+                    };
+                    super::kernels::activate_chunk(row, act);
                 }
             }
         });
