@@ -349,14 +349,25 @@ impl PackedWeights {
             // Equal chunks, a multiple of the threads in number, so that no thread idles. Also
             // for one text when there are few panels (N = 256: 4), where groups of one panel
             // would re-read the whole X for each (256×256×1280: 285 -> 335 GFLOP/s).
-            chunks = chunks.max(2 * threads).next_multiple_of(threads).min(blocks);
+            // Each chunk reads all of W, which in a model comes cold: on AVX2 one chunk per
+            // thread (a Zen 3, paired passes: the default model at batch 1 3–4% less time, the
+            // 201M one's W2 ~1%; products of 256 rows 2%); AVX-512 keeps two per thread, as
+            // measured on a Xeon.
+            let per_thread = match kernel {
+                Kernel::Avx512 => 2,
+                Kernel::Avx2 => 1,
+            };
+            chunks = chunks.max(per_thread * threads).next_multiple_of(threads).min(blocks);
             1
         } else {
             (threads * 2).min(panels.div_ceil(per_64))
         };
         // On AVX2, each block's call also prefetches its share of the next W slice, which in a
         // model comes cold from memory (products with a fresh W each time on a Zen 3: 5–9% less
-        // time at 128–256 rows, ±1.5% at 2048). Not measured with the AVX-512 kernel.
+        // time at 128–256 rows, ±1.5% at 2048). The kernel spreads its share over its k loop:
+        // issued in one burst before the call, the prefetches stalled on full miss buffers (a
+        // third of the loop's own profile samples; spread: 1–3% less time per pass). Not
+        // measured with the AVX-512 kernel.
         let prefetch_w = kernel == Kernel::Avx2;
         let chunk_blocks = blocks.div_ceil(chunks);
         let per_group = panels.div_ceil(groups);
@@ -394,11 +405,16 @@ impl PackedWeights {
                     let next = &next[..next.len().min(kc * width)];
                     let share = next.len().div_ceil(LINE_FLOATS * task_blocks.len().max(1)) * LINE_FLOATS;
                     for (j, b) in task_blocks.clone().enumerate() {
-                        if prefetch_w {
-                            for at in (j * share..((j + 1) * share).min(next.len())).step_by(LINE_FLOATS) {
-                                prefetch(next[at..].as_ptr());
+                        let ahead = if prefetch_w {
+                            let start = (j * share).min(next.len());
+                            let lines = (next.len() - start).min(share).div_ceil(LINE_FLOATS);
+                            Ahead {
+                                start: next[start..].as_ptr(),
+                                lines,
                             }
-                        }
+                        } else {
+                            Ahead::NONE
+                        };
                         let rows = ROWS.min(m - b * ROWS);
                         // Rows past m repeat the last row; their sums are not stored.
                         let x_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
@@ -406,13 +422,13 @@ impl PackedWeights {
                             (x_ptr as *const f32).wrapping_add(row * row_step + k0 * k_step)
                         });
                         // SAFETY: the CPU has the kernel's features ([`microkernel`]); it reads
-                        // kc·width values of `w`, kc values from each row pointer, k_step apart
+                        // kc·width values of `w` (and only hints at `ahead`'s lines), kc values from each row pointer, k_step apart
                         // (rows < m, columns k0..k0+kc < k: readable, as `run` requires), and
                         // adds to rows b·6..+rows, columns p·width..+cols of `c` (inside it;
                         // tasks own disjoint blocks: their row chunk × their group's panels).
                         unsafe {
                             let c = c_ptr.get().add(b * ROWS * ldc + p * width);
-                            micro(w.as_ptr(), x_rows, k_step, kc, c, ldc, rows, cols)
+                            micro(w.as_ptr(), x_rows, k_step, kc, c, ldc, rows, cols, ahead)
                         };
                     }
                 }
@@ -441,21 +457,25 @@ struct Edges<'a> {
     activation: Option<Activation>,
 }
 
-/// Asks for the cache line at `p` (a hint: no fault, no effect off x86-64).
-#[inline(always)]
-fn prefetch(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing architecturally and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+/// Cache lines for a microkernel to prefetch while it runs: `lines` of 64 bytes from `start`
+/// (hints only: never read, may lie past any buffer).
+#[derive(Clone, Copy)]
+struct Ahead {
+    start: *const f32,
+    lines: usize,
+}
+
+impl Ahead {
+    const NONE: Self = Self {
+        start: std::ptr::null(),
+        lines: 0,
     };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < rows, j < cols, `width`
-/// the kernel's panel width.
-type Microkernel = unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, usize);
+/// the kernel's panel width; the lines of `Ahead` are prefetched along the way (AVX2 only).
+type Microkernel =
+    unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, usize, Ahead);
 
 /// `kernel`'s microkernel (`unit_k`: X's k step is 1, the common case, addressed without a
 /// multiply). Only for a kernel that [`kernel`] detected.
@@ -491,6 +511,7 @@ mod avx512 {
         ldc: usize,
         rows: usize,
         cols: usize,
+        _ahead: super::Ahead,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 4]; ROWS];
         for i in 0..kc {
@@ -529,7 +550,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{PANEL_AVX2, ROWS};
+    use super::{LINE_FLOATS, PANEL_AVX2, ROWS};
     use std::arch::x86_64::*;
 
     /// [`Microkernel`](super::Microkernel) on 256-bit registers: a 6×16 block of C in 12
@@ -546,6 +567,7 @@ mod avx2 {
         ldc: usize,
         rows: usize,
         cols: usize,
+        ahead: super::Ahead,
     ) {
         // C's rows lie a row stride apart, out of the prefetchers' sight: ask for them now, to
         // arrive while the k loop runs.
@@ -555,7 +577,13 @@ mod avx2 {
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + PANEL_AVX2 - 1) as *const i8);
         }
         let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+        // One line of `ahead` every 8 steps (a predictable branch; the FMAs leave issue slots).
+        let mut line = 0;
         for i in 0..kc {
+            if i % 8 == 0 && line < ahead.lines {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.start.wrapping_add(line * LINE_FLOATS) as *const i8);
+                line += 1;
+            }
             let w0 = _mm256_loadu_ps(w.add(i * PANEL_AVX2));
             let w1 = _mm256_loadu_ps(w.add(i * PANEL_AVX2 + 8));
             for r in 0..ROWS {
@@ -563,6 +591,10 @@ mod avx2 {
                 acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
                 acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
             }
+        }
+        // A short k slice leaves lines over.
+        for line in line..ahead.lines {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.start.wrapping_add(line * LINE_FLOATS) as *const i8);
         }
         for (r, acc_row) in acc.iter().enumerate().take(rows) {
             let row = c.add(r * ldc);
