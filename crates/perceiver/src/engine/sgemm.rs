@@ -357,7 +357,10 @@ impl PackedWeights {
                 Kernel::Avx512 => 2,
                 Kernel::Avx2 => 1,
             };
-            chunks = chunks.max(per_thread * threads).next_multiple_of(threads).min(blocks);
+            chunks = chunks
+                .max(per_thread * threads)
+                .next_multiple_of(threads)
+                .min(blocks);
             1
         } else {
             (threads * 2).min(panels.div_ceil(per_64))
