@@ -187,6 +187,16 @@ impl Norm {
     }
 }
 
+/// A layer's queries.
+#[derive(Clone, Copy)]
+enum Queries<'a> {
+    /// Every item's own rows, `[Σ query rows, q_dim]`.
+    PerItem(&'a [f32]),
+    /// One item's rows, the same for every item (the encoder's learned latents): their
+    /// LayerNorm and projection are computed once for the batch (cross-attention only).
+    Shared(&'a [f32]),
+}
+
 /// Attention then MLP, each with a residual: transformers' `PerceiverLayer`.
 #[derive(Debug, Clone)]
 struct Layer {
@@ -244,27 +254,41 @@ impl Layer {
     /// keys'/values' input `[Σ rows, kv_dim]` with its item ranges, `None` for self-attention.
     fn forward(
         &self,
-        queries: &[f32],
+        queries: Queries<'_>,
         query_items: &[Range<usize>],
         inputs: Option<(&[f32], &[Range<usize>])>,
         threads: usize,
     ) -> Vec<f32> {
-        let q_in = self.q_norm.forward(queries);
+        let rows = match queries {
+            Queries::PerItem(rows) | Queries::Shared(rows) => rows,
+        };
+        // For shared queries, the LayerNorm and the projection run on one copy.
+        let q_in = self.q_norm.forward(rows);
         let kv_norm;
         let (kv_in, kv_items) = match (inputs, &self.kv_norm) {
             (Some((inputs, items)), Some(norm)) => {
                 kv_norm = norm.forward(inputs);
                 (&kv_norm[..], items)
             }
-            _ => (&q_in[..], query_items),
+            _ => {
+                assert!(
+                    matches!(queries, Queries::PerItem(_)),
+                    "self-attention needs every item's queries"
+                );
+                (&q_in[..], query_items)
+            }
         };
-        let q = self.query.forward(&q_in, threads);
+        let all_rows = |x: Vec<f32>| match queries {
+            Queries::PerItem(_) => x,
+            Queries::Shared(_) => x.repeat(query_items.len()),
+        };
+        let q = all_rows(self.query.forward(&q_in, threads));
         let k = self.key.forward(kv_in, threads);
         let v = self.value.forward(kv_in, threads);
         let heads = attend(&self.spec, &q, query_items, &k, &v, kv_items, threads);
         let mut x = if self.spec.use_query_residual {
             // The residual is the queries before their LayerNorm.
-            let mut x = queries.to_vec();
+            let mut x = all_rows(rows.to_vec());
             self.output.forward_into(&heads, &mut x, threads);
             x
         } else {
@@ -543,16 +567,15 @@ impl MaskedLmEngine {
         let n = self.config.num_latents;
         let latent_items = item_ranges(std::iter::repeat_n(n, texts.len()));
         // Every text's queries are the same learned latents.
-        let queries = kernels::repeat_rows(self.latents.data(), texts.len());
         let mut z = self.encoder_cross_attention.forward(
-            &queries,
+            Queries::Shared(self.latents.data()),
             &latent_items,
             Some((&inputs, &input_items)),
             threads,
         );
         for _ in 0..self.config.num_blocks {
             for layer in &self.self_attends {
-                z = layer.forward(&z, &latent_items, None, threads);
+                z = layer.forward(Queries::PerItem(&z), &latent_items, None, threads);
             }
         }
         Ok(z)
@@ -587,9 +610,12 @@ impl MaskedLmEngine {
         let threads = self.threads();
         let query_items = item_ranges(positions.iter().map(|p| p.len()));
         let latent_items = item_ranges(std::iter::repeat_n(n, positions.len()));
-        let hidden = self
-            .decoder
-            .forward(&queries, &query_items, Some((latents, &latent_items)), threads);
+        let hidden = self.decoder.forward(
+            Queries::PerItem(&queries),
+            &query_items,
+            Some((latents, &latent_items)),
+            threads,
+        );
         Ok(self.logits(&hidden, threads))
     }
 
