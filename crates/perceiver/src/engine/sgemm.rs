@@ -171,6 +171,20 @@ impl PackedWeights {
         if k > 0 {
             if parallel {
                 panels_data.par_chunks_mut(k * width).enumerate().for_each(fill);
+            } else if !transposed {
+                // Wᵀ row by row (an attention head's values, read out of the value projection,
+                // often from L3): each row's n values are contiguous, so the reads stream, and
+                // its panels' slices are written side by side. Panel by panel, each panel read
+                // a strided column of lines, one L3 latency after another (~6x slower).
+                for i in 0..k {
+                    let row = &view.data[i * view.stride..][..n];
+                    for (p, features) in row.chunks(width).enumerate() {
+                        let out = &mut panels_data[(p * k + i) * width..][..features.len()];
+                        for (o, &v) in out.iter_mut().zip(features) {
+                            *o = v * scale;
+                        }
+                    }
+                }
             } else {
                 panels_data.chunks_mut(k * width).enumerate().for_each(fill);
             }
@@ -666,8 +680,10 @@ mod tests {
     }
 
     fn products_match_the_triple_loop_on(kernel: Kernel) {
-        let pack = |view: View, transposed: bool, scale: f32| {
-            PackedWeights::pack_for(Some(kernel), view, transposed, scale, true)
+        // Packed over the pool (weights at load) or on the calling thread (attention's keys and
+        // values): the four layouts × pack modes are all used below.
+        let pack = |view: View, transposed: bool, scale: f32, parallel: bool| {
+            PackedWeights::pack_for(Some(kernel), view, transposed, scale, parallel)
         };
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
@@ -685,7 +701,7 @@ mod tests {
             let w = random(n * k, 22);
             let start = random(m * n, 23);
             let mut c = start.clone();
-            pack(View::dense(&w, n, k), true, 1.0).matmul_accumulate(&x, m, &mut c, threads);
+            pack(View::dense(&w, n, k), true, 1.0, true).matmul_accumulate(&x, m, &mut c, threads);
             // The attention path: W given transposed (`[k, n]`, strided) and scaled while packed,
             // X strided; into a C with a wider row stride.
             let wt: Vec<f32> = (0..k * (n + 3))
@@ -697,7 +713,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let from_wt = pack(View::strided(&wt, k, n, n + 3), false, 0.5);
+            let from_wt = pack(View::strided(&wt, k, n, n + 3), false, 0.5, false);
             let x_wide: Vec<f32> = (0..m * (k + 2))
                 .map(|j| {
                     if j % (k + 2) < k {
@@ -721,7 +737,7 @@ mod tests {
                 .collect();
             // A linear layer: bias and GELU applied by the tasks on their blocks.
             let bias = random(n, 24);
-            let layer = pack(View::dense(&w, n, k), true, 1.0).linear(
+            let layer = pack(View::dense(&w, n, k), true, 1.0, false).linear(
                 &x,
                 m,
                 &bias,
@@ -729,7 +745,7 @@ mod tests {
                 threads,
             );
             let mut c_xt = vec![0f32; m * n];
-            pack(View::dense(&w, n, k), true, 1.0).matmul_transposed_x(
+            pack(View::dense(&w, n, k), true, 1.0, true).matmul_transposed_x(
                 View::strided(&xt, k, m, m + 1),
                 &mut c_xt,
                 n,
