@@ -175,7 +175,8 @@ impl PackedWeights {
                 // Wᵀ row by row (an attention head's values, read out of the value projection,
                 // often from L3): each row's n values are contiguous, so the reads stream, and
                 // its panels' slices are written side by side. Panel by panel, each panel read
-                // a strided column of lines, one L3 latency after another (~6x slower).
+                // a strided column of lines, one L3 latency after another (~6x slower). The
+                // parallel pack keeps one task per panel (training's large Wᵀ; not measured).
                 for i in 0..k {
                     let row = &view.data[i * view.stride..][..n];
                     for (p, features) in row.chunks(width).enumerate() {
@@ -439,8 +440,9 @@ impl PackedWeights {
                             (x_ptr as *const f32).wrapping_add(row * row_step + k0 * k_step)
                         });
                         // SAFETY: the CPU has the kernel's features ([`microkernel`]); it reads
-                        // kc·width values of `w` (and only hints at `ahead`'s lines), kc values from each row pointer, k_step apart
-                        // (rows < m, columns k0..k0+kc < k: readable, as `run` requires), and
+                        // kc·width values of `w` (`ahead`'s lines are only hinted at), kc values
+                        // from each row pointer, k_step apart (rows < m, columns k0..k0+kc < k:
+                        // readable, as `run` requires), and
                         // adds to rows b·6..+rows, columns p·width..+cols of `c` (inside it;
                         // tasks own disjoint blocks: their row chunk × their group's panels).
                         unsafe {
@@ -681,7 +683,7 @@ mod tests {
 
     fn products_match_the_triple_loop_on(kernel: Kernel) {
         // Packed over the pool (weights at load) or on the calling thread (attention's keys and
-        // values): the four layouts × pack modes are all used below.
+        // values): W on the pool and on the calling thread, Wᵀ on the calling thread.
         let pack = |view: View, transposed: bool, scale: f32, parallel: bool| {
             PackedWeights::pack_for(Some(kernel), view, transposed, scale, parallel)
         };
