@@ -70,8 +70,12 @@ const ROWS: usize = 6;
 /// k per pass of the AVX-512 kernel: a panel slice (128 × 64 f32, 32 KB) stays in L1 while
 /// every block of X rows streams past it.
 const PANEL_KC: usize = 128;
-/// k per pass of the AVX2 kernel: its panel slice (256 × 16 f32) is 16 KB, half of L1.
-const PANEL_KC_AVX2: usize = 256;
+/// k per pass of the AVX2 kernel: in practice all of k (the models' k ≤ 1280: a panel of 80 KB,
+/// read from L2 by each block of rows). Each block then reads its six rows of X as six long
+/// streams; in slices of 256 (a 16 KB panel slice in L1) the 1 KB pieces of each row cost more
+/// (Zen 3, paired passes: the 201M model 0.93–0.96 of the time at batch 1, W1's 2048 tokens 0.94,
+/// the default model unchanged). Capped so that a panel slice stays well inside L2.
+const PANEL_KC_AVX2: usize = 2048;
 
 /// Features per panel and k per pass of `kernel`'s packed layout.
 fn panel_shape(kernel: Option<Kernel>) -> (usize, usize) {
@@ -84,8 +88,8 @@ fn panel_shape(kernel: Option<Kernel>) -> (usize, usize) {
 /// X row blocks per chunk of the packed-weight loop (288 rows: one chunk for one text's 256
 /// latents, C chunk 72 KB).
 const CHUNK_BLOCKS: usize = 48;
-/// X row blocks per chunk for the AVX2 kernel (144 rows: their k slice, 144 KB, stays in L2;
-/// 288 rows or a k slice of 128 took 3–10% more time on a Zen 3 core).
+/// X row blocks per chunk for the AVX2 kernel (144 rows; 288 took 3–10% more time on a Zen 3
+/// core when k was cut in slices of 256; with whole k, 72 or 216 rows measured the same).
 const CHUNK_BLOCKS_AVX2: usize = 24;
 
 /// A weight matrix `W` (`[n, k]`) packed once for `C += X·Wᵀ`: panels of 64 features for the
