@@ -354,10 +354,11 @@ impl PackedWeights {
         let panels = n.div_ceil(width);
         // Panels per 64 features: the splits below are reasoned in 64-feature groups.
         let per_64 = PANEL / width;
-        // Work is cut into row chunks × groups of panels. Within a task, a row chunk of X
-        // stays in L2 while every panel of the group passes over it, and its block of C stays
-        // in L2 across the k slices. Chunks are the unit of parallelism when there are enough of
-        // them (a batch of texts); otherwise panels are (one text).
+        // Work is cut into row chunks × groups of panels. Within a task, every panel of the group
+        // passes over the row chunk of X (in L2 when its k slice fits: AVX-512's; AVX2's whole-k
+        // rows stream from L3 as long runs), and each 6-row block of C stays in cache across the
+        // k slices. Chunks are the unit of parallelism when there are enough of them (a batch of
+        // texts); otherwise panels are (one text).
         let mut chunks = blocks.div_ceil(match kernel {
             Kernel::Avx512 => CHUNK_BLOCKS,
             Kernel::Avx2 => CHUNK_BLOCKS_AVX2,
