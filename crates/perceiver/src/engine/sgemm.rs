@@ -726,6 +726,8 @@ mod tests {
             (600, 200, 40, 4),
             // A panel that ends on a whole 16-column slice.
             (9, 80, 17, 2),
+            // Several k slices for both kernels (AVX-512: 128; AVX2: 2048).
+            (13, 20, 2100, 2),
         ] {
             let x = random(m * k, 21);
             let w = random(n * k, 22);
