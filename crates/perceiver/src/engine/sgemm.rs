@@ -610,8 +610,8 @@ mod avx2 {
                 acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
             }
         };
-        let mut line = 0;
-        if UNIT_K {
+        // Lines of `ahead` issued inside the k loop.
+        let issued = if UNIT_K {
             // One line of `ahead` per 8 steps, the 8 steps unrolled with no test between them.
             // (Tested at every step, the prefetch's bookkeeping took 5–15% more time on products
             // with W in cache, and 10–17% on whole passes of the default and 201M models, Zen 3:
@@ -628,9 +628,10 @@ mod avx2 {
             for i in groups * 8..kc {
                 step(i, &mut acc);
             }
-            line = groups;
+            groups.min(ahead.lines)
         } else {
             // With a k step (training's transposed X), the unrolled steps spilled accumulators.
+            let mut line = 0;
             for i in 0..kc {
                 if i % 8 == 0 && line < ahead.lines {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.start.wrapping_add(line * LINE_FLOATS) as *const i8);
@@ -638,9 +639,10 @@ mod avx2 {
                 }
                 step(i, &mut acc);
             }
-        }
+            line
+        };
         // A short k slice leaves lines over.
-        for line in line..ahead.lines {
+        for line in issued..ahead.lines {
             _mm_prefetch::<_MM_HINT_T0>(ahead.start.wrapping_add(line * LINE_FLOATS) as *const i8);
         }
         for (r, acc_row) in acc.iter().enumerate().take(rows) {
