@@ -388,6 +388,20 @@ fn attend(
     out
 }
 
+/// Runs a forward pass on a thread of rayon's pool (at once if this is one). Called from outside
+/// the pool, each of a pass's ~100 parallel ops would be injected into the pool and waited for
+/// on a futex by the calling thread, which sleeps and is woken per op; inside, the ops fork and
+/// join on the workers' own queues. (Paired passes on a 2-core Zen 3: the default model 0.92 of
+/// the time at batch 1, 0.98 at 16; the 201M model unchanged at batch 1, 0.95–0.99 on 1833
+/// tokens all decoded.)
+fn on_pool<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        pass()
+    } else {
+        rayon::scope(|_| pass())
+    }
+}
+
 /// Row ranges of consecutive items with the given row counts.
 fn item_ranges(counts: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
     let mut start = 0;
@@ -550,6 +564,10 @@ impl MaskedLmEngine {
     /// Encodes each text (ids, no padding) into latents: `[texts · num_latents, d_latents]`,
     /// text `i`'s latents in rows `i·num_latents..`.
     pub fn encode(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
+        on_pool(|| self.encode_here(texts))
+    }
+
+    fn encode_here(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
         self.check_ids(texts)?;
         let threads = self.threads();
         let d_model = self.config.d_model;
@@ -584,6 +602,10 @@ impl MaskedLmEngine {
     /// Logits at the given output positions of each encoded text: `[Σ positions, vocab]`, text
     /// `i`'s rows after those of texts before it.
     pub fn decode(&self, latents: &[f32], positions: &[&[usize]]) -> Result<Vec<f32>> {
+        on_pool(|| self.decode_here(latents, positions))
+    }
+
+    fn decode_here(&self, latents: &[f32], positions: &[&[usize]]) -> Result<Vec<f32>> {
         let (n, d_latents, d_model) = (
             self.config.num_latents,
             self.config.d_latents,
@@ -662,8 +684,10 @@ impl MaskedLmEngine {
                 positions.len()
             )));
         }
-        let latents = self.encode(texts)?;
-        self.decode(&latents, positions)
+        on_pool(|| {
+            let latents = self.encode_here(texts)?;
+            self.decode_here(&latents, positions)
+        })
     }
 
     /// What transformers' `PerceiverForMaskedLM` returns for one unpadded text: logits at every
