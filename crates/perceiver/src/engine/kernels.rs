@@ -224,7 +224,8 @@ fn activation_derivative<const FMA: bool>(x: f32, act: Activation) -> f32 {
         // Φ(x) + x·φ(x)
         Activation::GeluErf => {
             const INV_SQRT_2PI: f32 = 0.398_942_3;
-            0.5 * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp::<FMA>(-0.5 * x * x)
+            0.5 * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2))
+                + x * INV_SQRT_2PI * exp::<FMA>(-0.5 * x * x)
         }
         // With u = C(x + 0.044715x³) and t = tanh(u): ½(1 + t) + ½x(1 − t²)·C(1 + 3·0.044715x²).
         Activation::GeluTanh => {
