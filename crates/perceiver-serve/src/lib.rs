@@ -5,7 +5,7 @@
 //! thread, fed by a queue that packs the inputs of many clients into one forward pass),
 //! [`http`] (routes that only validate, enqueue and format), [`types`] (the JSON: Hugging Face's
 //! Inference API fill-mask shape), [`metrics`] (Prometheus), [`error`] (one JSON error body,
-//! one place that maps its kind to a status), and [`bench`] (a load generator).
+//! one place that maps its kind to a status), and [`bench`](mod@bench) (a load generator).
 //!
 //! Routes: `POST /fill-mask`, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
 //! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:

@@ -10,7 +10,7 @@
 //! * one mask: special ids dropped (`decode(skip_special_tokens=True)`);
 //! * several masks: special ids kept by name, so the other masks still read `[MASK]` (and,
 //!   with `add_special_tokens`, the text reads `[CLS]…[SEP]`), as the pipeline does
-//!   (`decode(skip_special_tokens=False)`, "the other [MASK] would be removed otherwise").
+//!   (`decode(skip_special_tokens=False)`, "the other \[MASK\] would be removed otherwise").
 //!
 //! The pipeline always adds `[CLS]`/`[SEP]`; this service, like the CLI and DeepMind's
 //! notebook, does not unless `parameters.add_special_tokens` is true. With it, answers equal

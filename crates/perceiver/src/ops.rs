@@ -6,7 +6,7 @@
 //! as candle's) and a backward pass, so the same model code serves inference and training. On
 //! devices other than the CPU they fall back to composed candle ops, which candle differentiates.
 //!
-//! LayerNorm uses a two-pass mean and variance (candle's fused op uses E[x²]−E[x]², which loses
+//! LayerNorm uses a two-pass mean and variance (candle's fused op uses E\[x²\]−E\[x\]², which loses
 //! digits when |mean| ≫ std).
 
 use candle_core::backend::BackendStorage;
@@ -123,7 +123,7 @@ impl CustomOp1 for SoftmaxLastDim {
 }
 
 /// Multi-head attention ([`crate::attention::attend`]'s contract) as one op with a backward pass
-/// ([`fused_attention`]); f32 on a CPU with AVX-512. Elsewhere, candle's composed ops.
+/// (`fused_attention`); f32 on a CPU with AVX-512. Elsewhere, candle's composed ops.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
