@@ -388,18 +388,14 @@ fn attend(
     out
 }
 
-/// Runs a forward pass on a thread of rayon's pool (at once if this is one). Called from outside
-/// the pool, each of a pass's ~100 parallel ops would be injected into the pool and waited for
-/// on a futex by the calling thread, which sleeps and is woken per op; inside, the ops fork and
-/// join on the workers' own queues. (Paired passes on a 2-core Zen 3: the default model 0.92 of
-/// the time at batch 1, 0.98 at 16; the 201M model unchanged at batch 1, 0.95–0.99 on 1833
-/// tokens all decoded.)
+/// Runs a forward pass on a thread of rayon's pool (`rayon::scope` runs it in place when called
+/// on one, so passes nest without another hop). Called from outside the pool, each of a pass's
+/// ~100 parallel ops would be injected into the pool and waited for on a futex by the calling
+/// thread, which sleeps and is woken per op; inside, the ops fork and join on the workers' own
+/// queues. (Paired passes on a 2-core Zen 3: the default model 0.92 of the time at batch 1,
+/// 0.98 at 16; the 201M model unchanged at batch 1, 0.95–0.99 on 1833 tokens all decoded.)
 fn on_pool<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        pass()
-    } else {
-        rayon::scope(|_| pass())
-    }
+    rayon::scope(|_| pass())
 }
 
 /// Row ranges of consecutive items with the given row counts.
@@ -684,9 +680,10 @@ impl MaskedLmEngine {
                 positions.len()
             )));
         }
+        // One hop onto the pool for both halves.
         on_pool(|| {
-            let latents = self.encode_here(texts)?;
-            self.decode_here(&latents, positions)
+            let latents = self.encode(texts)?;
+            self.decode(&latents, positions)
         })
     }
 
