@@ -216,6 +216,50 @@ fn engine_matches_transformers() {
     println!("engine, every case: max |Δ logit| = {worst_all:.2e}");
 }
 
+/// A text's logits do not depend on the texts batched with it, nor on the thread count: bit for
+/// bit, so that the server's dynamic batching never changes an answer. (Every reduction of the
+/// engine runs per row in a fixed order; a product that split a row's sum by its block or thread
+/// would break this.) Holds on the packed AVX2/AVX-512 products; the `gemm` crate, used without
+/// them, sums differently by shape.
+#[test]
+fn a_texts_logits_do_not_depend_on_its_batch_or_the_threads() {
+    if !perceiver::engine::sgemm::available() {
+        println!("no packed kernel on this CPU: the gemm crate's sums depend on the shape; skipped");
+        return;
+    }
+    for dir in fixture_dirs() {
+        let mut engine = load_fast(&dir);
+        let max_len = engine.max_len();
+        let positions: Vec<usize> = (0..max_len).filter(|p| p % 5 != 2).collect();
+        let mut texts: Vec<Vec<u32>> = cases(&dir).iter().flat_map(Case::unpadded_texts).collect();
+        // Odd lengths, so that texts start and end inside the products' blocks of rows.
+        texts.push((0..max_len.min(37) as u32).map(|i| 7 + i % 200).collect());
+        let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+        let batched = engine
+            .logits_at(&refs, &vec![positions.as_slice(); refs.len()])
+            .unwrap();
+        let per_text = batched.len() / refs.len();
+        for threads in [1, 2, 3] {
+            engine.set_threads(threads);
+            for (i, text) in refs.iter().enumerate() {
+                let alone = engine.logits_at(&[text], &[&positions]).unwrap();
+                let in_batch = &batched[i * per_text..(i + 1) * per_text];
+                let differ = alone
+                    .iter()
+                    .zip(in_batch)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    differ,
+                    0,
+                    "{}: text {i} alone on {threads} threads differs from the batch",
+                    dir.display()
+                );
+            }
+        }
+    }
+}
+
 /// The bf16 engine's top-1 prediction equals the f32 engine's at ≥ 99% of the masked positions
 /// of the fill-mask fixtures. Agreement at every output position of the logit cases is printed
 /// too: these random models have near-ties everywhere, the hardest case for bf16.

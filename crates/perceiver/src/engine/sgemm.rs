@@ -392,16 +392,27 @@ impl PackedWeights {
         // third of the loop's own profile samples; spread: 1–3% less time per pass). Not
         // measured with the AVX-512 kernel.
         let prefetch_w = kernel == Kernel::Avx2;
+        // Row ranges of the chunks. One chunk per thread (one text) is split evenly to the row,
+        // its last block narrower than six rows: 256 rows on two threads as 21 blocks and one of
+        // 2 rows each, not 22 and 21 blocks whose last computes six rows for four.
+        let even = chunks % threads == 0 && chunks <= 2 * threads;
         let chunk_blocks = blocks.div_ceil(chunks);
+        let chunk_rows = move |chunk: usize| {
+            if even {
+                chunk * m / chunks..(chunk + 1) * m / chunks
+            } else {
+                (chunk * chunk_blocks * ROWS).min(m)..((chunk + 1) * chunk_blocks * ROWS).min(m)
+            }
+        };
         let per_group = panels.div_ceil(groups);
         let c_ptr = SendPtr(c);
         let packed = &self.data[self.offset..];
-        let micro = microkernel(kernel, k_step == 1);
+        let micros = microkernels(kernel, k_step == 1);
         (0..chunks * groups).into_par_iter().for_each(|task| {
-            let (chunk, group) = (task / groups * chunk_blocks, task % groups);
-            let task_blocks = chunk..(chunk + chunk_blocks).min(blocks);
+            let (chunk, group) = (task / groups, task % groups);
             // This task's block of C: its chunk's rows × its group's features.
-            let block_rows = (task_blocks.start * ROWS).min(m)..(task_blocks.end * ROWS).min(m);
+            let block_rows = chunk_rows(chunk);
+            let task_blocks = block_rows.len().div_ceil(ROWS);
             let block_cols = (group * per_group * width).min(n)..((group + 1) * per_group * width).min(n);
             if let Some(bias) = edges.bias {
                 for r in block_rows.clone() {
@@ -426,8 +437,8 @@ impl PackedWeights {
                     // neighbour's, which costs only the hint): one share of its lines per block.
                     let next = &packed[((p * k + k0 + kc) * width).min(packed.len())..];
                     let next = &next[..next.len().min(kc * width)];
-                    let share = next.len().div_ceil(LINE_FLOATS * task_blocks.len().max(1)) * LINE_FLOATS;
-                    for (j, b) in task_blocks.clone().enumerate() {
+                    let share = next.len().div_ceil(LINE_FLOATS * task_blocks.max(1)) * LINE_FLOATS;
+                    for (j, first_row) in block_rows.clone().step_by(ROWS).enumerate() {
                         let ahead = if prefetch_w {
                             let start = (j * share).min(next.len());
                             let lines = (next.len() - start).min(share).div_ceil(LINE_FLOATS);
@@ -438,21 +449,20 @@ impl PackedWeights {
                         } else {
                             Ahead::NONE
                         };
-                        let rows = ROWS.min(m - b * ROWS);
-                        // Rows past m repeat the last row; their sums are not stored.
+                        let rows = ROWS.min(block_rows.end - first_row);
                         let x_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
-                            let row = b * ROWS + r.min(rows - 1);
+                            let row = first_row + r.min(rows - 1);
                             (x_ptr as *const f32).wrapping_add(row * row_step + k0 * k_step)
                         });
-                        // SAFETY: the CPU has the kernel's features ([`microkernel`]); it reads
+                        // SAFETY: the CPU has the kernel's features ([`microkernels`]); it reads
                         // kc·width values of `w` (`ahead`'s lines are only hinted at), kc values
-                        // from each row pointer, k_step apart (rows < m, columns k0..k0+kc < k:
-                        // readable, as `run` requires), and
-                        // adds to rows b·6..+rows, columns p·width..+cols of `c` (inside it;
-                        // tasks own disjoint blocks: their row chunk × their group's panels).
+                        // from each of its `rows` row pointers, k_step apart (rows < m, columns
+                        // k0..k0+kc < k: readable, as `run` requires), and adds to rows
+                        // first_row..+rows, columns p·width..+cols of `c` (inside it; tasks own
+                        // disjoint blocks: their row chunk × their group's panels).
                         unsafe {
-                            let c = c_ptr.get().add(b * ROWS * ldc + p * width);
-                            micro(w.as_ptr(), x_rows, k_step, kc, c, ldc, rows, cols, ahead)
+                            let c = c_ptr.get().add(first_row * ldc + p * width);
+                            micros[rows - 1](w.as_ptr(), x_rows, k_step, kc, c, ldc, cols, ahead)
                         };
                     }
                 }
@@ -496,20 +506,35 @@ impl Ahead {
     };
 }
 
-/// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < rows, j < cols, `width`
-/// the kernel's panel width; the lines of `Ahead` are prefetched along the way (AVX2 only).
-type Microkernel =
-    unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, usize, Ahead);
+/// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < R (the kernel's block
+/// height, 1 to [`ROWS`]; row pointers past R are not read), j < cols, `width` the kernel's
+/// panel width; the lines of `Ahead` are prefetched along the way (AVX2 only).
+type Microkernel = unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, Ahead);
 
-/// `kernel`'s microkernel (`unit_k`: X's k step is 1, the common case, addressed without a
-/// multiply). Only for a kernel that [`kernel`] detected.
-fn microkernel(kernel: Kernel, unit_k: bool) -> Microkernel {
+/// `kernel`'s microkernels for blocks of 1 to [`ROWS`] rows, in that order (`unit_k`: X's k
+/// step is 1, the common case, addressed without a multiply). Only for a kernel that [`kernel`]
+/// detected.
+fn microkernels(kernel: Kernel, unit_k: bool) -> [Microkernel; ROWS] {
     #[cfg(target_arch = "x86_64")]
-    match (kernel, unit_k) {
-        (Kernel::Avx512, true) => avx512::packed_kernel::<true>,
-        (Kernel::Avx512, false) => avx512::packed_kernel::<false>,
-        (Kernel::Avx2, true) => avx2::packed_kernel::<true>,
-        (Kernel::Avx2, false) => avx2::packed_kernel::<false>,
+    {
+        macro_rules! rows {
+            ($module:ident, $unit:literal) => {
+                [
+                    $module::packed_kernel::<$unit, 1>,
+                    $module::packed_kernel::<$unit, 2>,
+                    $module::packed_kernel::<$unit, 3>,
+                    $module::packed_kernel::<$unit, 4>,
+                    $module::packed_kernel::<$unit, 5>,
+                    $module::packed_kernel::<$unit, 6>,
+                ]
+            };
+        }
+        match (kernel, unit_k) {
+            (Kernel::Avx512, true) => rows!(avx512, true),
+            (Kernel::Avx512, false) => rows!(avx512, false),
+            (Kernel::Avx2, true) => rows!(avx2, true),
+            (Kernel::Avx2, false) => rows!(avx2, false),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -526,18 +551,17 @@ mod avx512 {
     /// [`Microkernel`](super::Microkernel) on 512-bit registers: a 6×64 block of C in 24.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn packed_kernel<const UNIT_K: bool>(
+    pub(super) unsafe fn packed_kernel<const UNIT_K: bool, const R: usize>(
         w: *const f32,
         x: [*const f32; ROWS],
         k_step: usize,
         kc: usize,
         c: *mut f32,
         ldc: usize,
-        rows: usize,
         cols: usize,
         _ahead: super::Ahead,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 4]; ROWS];
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
         for i in 0..kc {
             let wv = [
                 _mm512_loadu_ps(w.add(i * PANEL)),
@@ -545,14 +569,14 @@ mod avx512 {
                 _mm512_loadu_ps(w.add(i * PANEL + 32)),
                 _mm512_loadu_ps(w.add(i * PANEL + 48)),
             ];
-            for r in 0..ROWS {
+            for r in 0..R {
                 let xv = _mm512_set1_ps(*x[r].add(if UNIT_K { i } else { i * k_step }));
                 for j in 0..4 {
                     acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
                 }
             }
         }
-        for (r, acc_row) in acc.iter().enumerate().take(rows) {
+        for (r, acc_row) in acc.iter().enumerate() {
             let row = c.add(r * ldc);
             for (j, &v) in acc_row.iter().enumerate() {
                 let first = 16 * j;
@@ -582,29 +606,32 @@ mod avx2 {
     /// 64-byte line of W.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn packed_kernel<const UNIT_K: bool>(
+    pub(super) unsafe fn packed_kernel<const UNIT_K: bool, const R: usize>(
         w: *const f32,
         x: [*const f32; ROWS],
         k_step: usize,
         kc: usize,
         c: *mut f32,
         ldc: usize,
-        rows: usize,
         cols: usize,
         ahead: super::Ahead,
     ) {
         // C's rows lie a row stride apart, out of the prefetchers' sight: ask for them now, to
         // arrive while the k loop runs.
         // (A product of 4096×768×256 on one Zen 3 core: 23% less time.)
-        for r in 0..rows {
+        for r in 0..R {
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + PANEL_AVX2 - 1) as *const i8);
         }
-        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
-        let step = |i: usize, acc: &mut [[__m256; 2]; ROWS]| {
+        // Every row sums its products in k order, whatever its block's height, so that a row's
+        // result does not depend on the rows beside it (a text's on its batch, or the thread
+        // count). Blocks of up to three rows then wait on the FMA latency; two sets of
+        // accumulators for even and odd steps would save ~0.5% of a 256-row product.
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let step = |i: usize, acc: &mut [[__m256; 2]; R]| {
             let w0 = _mm256_loadu_ps(w.add(i * PANEL_AVX2));
             let w1 = _mm256_loadu_ps(w.add(i * PANEL_AVX2 + 8));
-            for r in 0..ROWS {
+            for r in 0..R {
                 let xv = _mm256_broadcast_ss(&*x[r].add(if UNIT_K { i } else { i * k_step }));
                 acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
                 acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
@@ -645,7 +672,7 @@ mod avx2 {
         for line in issued..ahead.lines {
             _mm_prefetch::<_MM_HINT_T0>(ahead.start.wrapping_add(line * LINE_FLOATS) as *const i8);
         }
-        for (r, acc_row) in acc.iter().enumerate().take(rows) {
+        for (r, acc_row) in acc.iter().enumerate() {
             let row = c.add(r * ldc);
             if cols == PANEL_AVX2 {
                 _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc_row[0]));
@@ -711,6 +738,31 @@ mod tests {
         }
     }
 
+    /// A row's sums do not depend on the block of rows it falls in, nor on the thread count:
+    /// each row of a product computed alone equals the same row in a larger product, bit for bit.
+    #[test]
+    fn a_rows_sums_do_not_depend_on_its_block() {
+        for kernel in kernels_here() {
+            let (n, k) = (37, 300);
+            let w = random(n * k, 31);
+            let packed = PackedWeights::pack_for(Some(kernel), View::dense(&w, n, k), true, 1.0, false);
+            for (m, threads) in [(256, 2), (131, 2), (131, 3), (20, 1)] {
+                let x = random(m * k, 32);
+                let mut all = vec![0f32; m * n];
+                packed.matmul_accumulate(&x, m, &mut all, threads);
+                for r in 0..m {
+                    let mut alone = vec![0f32; n];
+                    packed.matmul_accumulate(&x[r * k..(r + 1) * k], 1, &mut alone, 1);
+                    let row = &all[r * n..(r + 1) * n];
+                    assert!(
+                        row.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{kernel:?}: row {r} of {m} on {threads} threads differs from the row alone"
+                    );
+                }
+            }
+        }
+    }
+
     fn products_match_the_triple_loop_on(kernel: Kernel) {
         // Packed over the pool (weights at load) or on the calling thread (attention's keys and
         // values): W on the pool and on the calling thread, Wᵀ on the calling thread.
@@ -721,8 +773,9 @@ mod tests {
             (1, 1, 1, 1),
             (5, 13, 3, 2),
             (33, 12, 257, 2),
-            (70, 25, 600, 2),
             (256, 48, 31, 1),
+            // One chunk per thread, split evenly to the row: blocks of 6 and one of 5 rows.
+            (70, 25, 600, 2),
             // Several row chunks, split over threads (one panel group), and over chunk × group.
             (1000, 130, 70, 2),
             (600, 200, 40, 4),
