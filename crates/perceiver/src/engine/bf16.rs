@@ -16,13 +16,15 @@
 use rayon::prelude::*;
 
 use super::SendPtr;
+use crate::config::Activation;
 
 /// Rows of C per microkernel call.
 pub const MR: usize = 12;
 /// Columns of C per panel (two 16-lane vectors).
 pub const NR: usize = 32;
-/// Rows of A packed and multiplied per pass, so that the packed rows stay in L2.
-const MC: usize = 16 * MR;
+/// Rows of A per task at most when there are many (a batch, a long text's decode): their bf16
+/// pairs (192 × 1280 inputs: 480 KB) stay in L2 while the task's panels pass over them.
+const CHUNK_ROWS: usize = 16 * MR;
 
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN). Branch-free so packing
 /// loops vectorise.
@@ -105,46 +107,141 @@ impl PackedMatrix {
         if Kernel::detect() == Kernel::Amx {
             return super::amx::matmul_accumulate(self, a, m, out, threads);
         }
-        let panels = self.n.div_ceil(NR);
+        // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably.
+        unsafe { self.run(a, m, out.as_mut_ptr(), threads, Edges::default()) }
+    }
+
+    /// A linear layer, `act(a[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer: as
+    /// [`sgemm::PackedWeights::linear`](super::sgemm::PackedWeights::linear), each task writes
+    /// the bias into its block of C first and applies the activation to it last.
+    pub fn linear(
+        &self,
+        a: &[f32],
+        m: usize,
+        bias: &[f32],
+        activation: Option<Activation>,
+        threads: usize,
+    ) -> Vec<f32> {
+        assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
+        assert_eq!(
+            bias.len(),
+            self.n,
+            "bf16 matmul: the bias has {} values, W {} rows",
+            bias.len(),
+            self.n
+        );
+        if Kernel::detect() == Kernel::Amx || m == 0 || self.n == 0 || self.k == 0 {
+            let mut out = super::kernels::repeat_rows(bias, m);
+            self.matmul_accumulate(a, m, &mut out, threads);
+            if let Some(act) = activation {
+                super::kernels::activate(&mut out, act);
+            }
+            return out;
+        }
+        let mut out = Vec::with_capacity(m * self.n);
+        let edges = Edges {
+            bias: Some(bias),
+            activation,
+        };
+        // SAFETY: A is m×k (asserted); C is `out`'s m·n allocated values. With a bias, every
+        // task writes each element of its block before adding to it, and the tasks' blocks
+        // cover C (m, n, k > 0), so all m·n values are initialised when `run` returns.
+        unsafe {
+            self.run(a, m, out.as_mut_ptr(), threads, edges);
+            out.set_len(m * self.n);
+        }
+        out
+    }
+
+    /// The blocked product into C (`[m, n]`, dense, at `c`) with C's `edges`, on the AVX-512
+    /// BF16, AVX2 or portable microkernel. Work is cut into row chunks × groups of panels, as
+    /// the f32 products are; each task converts its own rows of A to bf16 pairs (in parallel,
+    /// and kept in L2 while every panel of its group passes over them), and the microkernel
+    /// adds its block straight into C.
+    ///
+    /// # Safety
+    /// `c` must be valid for writes of m·n values, and no one else may access them during the
+    /// call; with a bias they may be uninitialised.
+    unsafe fn run(&self, a: &[f32], m: usize, c: *mut f32, threads: usize, edges: Edges) {
+        let (n, k, pairs) = (self.n, self.k, self.pairs);
+        if m == 0 || n == 0 {
+            return;
+        }
         let kernel = Kernel::detect();
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        for first_row in (0..m).step_by(MC) {
-            let rows = MC.min(m - first_row);
-            let packed_a = pack_a(
-                &a[first_row * self.k..(first_row + rows) * self.k],
-                rows,
-                self.k,
-                self.pairs,
-            );
-            let blocks = rows.div_ceil(MR);
-            let work = |p: usize| {
-                let panel = &self.data[p * self.pairs * NR..(p + 1) * self.pairs * NR];
-                let cols = NR.min(self.n - p * NR);
-                for b in 0..blocks {
-                    let block_rows = MR.min(rows - b * MR);
-                    let a_block = &packed_a[b * self.pairs * MR..(b + 1) * self.pairs * MR];
-                    let mut tile = [[0f32; NR]; MR];
-                    kernel.run(a_block, panel, self.pairs, &mut tile);
-                    for (r, tile_row) in tile.iter().enumerate().take(block_rows) {
-                        let row = first_row + b * MR + r;
-                        // SAFETY: each task writes only columns of its own panel, inside `out`
-                        // (row < m, p·NR + cols ≤ n), which is borrowed mutably for the call.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(out_ptr.get().add(row * self.n + p * NR), cols)
-                        };
-                        for (d, t) in dst.iter_mut().zip(tile_row) {
-                            *d += t;
-                        }
+        let panels = n.div_ceil(NR);
+        let threads = threads.max(1);
+        // Rows are split over the tasks, each converting its own rows of A and reading all of
+        // W: one chunk per thread for one text, chunks of about CHUNK_ROWS for more. Fewer rows
+        // than a block per thread (a short decode) split the panels instead, each task
+        // converting the same few rows.
+        let (chunks, groups) = if threads == 1 || m >= threads * MR {
+            (m.div_ceil(CHUNK_ROWS).next_multiple_of(threads), 1)
+        } else {
+            (1, (2 * threads).min(panels))
+        };
+        // Split evenly to the row: the last block of a chunk may be narrower than MR rows, and
+        // costs about its share (a microkernel per block height).
+        let chunk_rows = move |chunk: usize| chunk * m / chunks..(chunk + 1) * m / chunks;
+        let per_group = panels.div_ceil(groups);
+        let c_ptr = SendPtr(c);
+        let task = |task: usize| {
+            let (chunk, group) = (task / groups, task % groups);
+            let rows = chunk_rows(chunk);
+            let cols = (group * per_group * NR).min(n)..((group + 1) * per_group * NR).min(n);
+            if rows.is_empty() || cols.is_empty() {
+                return;
+            }
+            if let Some(bias) = edges.bias {
+                for r in rows.clone() {
+                    // SAFETY: row r < m, columns `cols` ⊂ 0..n: inside C, in this task's block.
+                    // A raw copy, since C may be uninitialised until this write.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bias[cols.clone()].as_ptr(),
+                            c_ptr.get().add(r * n + cols.start),
+                            cols.len(),
+                        )
+                    };
+                }
+            }
+            let packed_a = pack_a(&a[rows.start * k..rows.end * k], rows.len(), k, pairs);
+            for p in group * per_group..((group + 1) * per_group).min(panels) {
+                let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
+                let panel_cols = NR.min(n - p * NR);
+                for (b, a_block) in packed_a.chunks_exact(pairs * MR).enumerate() {
+                    let block_rows = MR.min(rows.len() - b * MR);
+                    // SAFETY: rows rows.start + b·MR.. + block_rows < m and columns
+                    // p·NR.. + panel_cols ≤ n lie in C, in this task's block.
+                    unsafe {
+                        let c = c_ptr.get().add((rows.start + b * MR) * n + p * NR);
+                        kernel.run(a_block, panel, pairs, c, n, block_rows, panel_cols);
                     }
                 }
-            };
-            if threads > 1 && panels > 1 {
-                (0..panels).into_par_iter().for_each(work);
-            } else {
-                (0..panels).for_each(work);
             }
+            if let Some(act) = edges.activation {
+                for r in rows {
+                    // SAFETY: as for the bias; every element of the block is written by now.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(c_ptr.get().add(r * n + cols.start), cols.len())
+                    };
+                    super::kernels::activate_chunk(row, act);
+                }
+            }
+        };
+        if chunks * groups > 1 {
+            (0..chunks * groups).into_par_iter().for_each(task);
+        } else {
+            task(0);
         }
     }
+}
+
+/// What a product does to C besides adding A·Wᵀ: start from the bias instead of C's contents,
+/// and apply an activation once an element is complete.
+#[derive(Clone, Copy, Default)]
+struct Edges<'a> {
+    bias: Option<&'a [f32]>,
+    activation: Option<Activation>,
 }
 
 /// `a` (`[rows, k]`) as bf16 pairs in blocks of [`MR`] rows: `[blocks][pairs][MR]`, zero-padded.
@@ -209,33 +306,74 @@ impl Kernel {
         Self::Portable
     }
 
-    /// `tile = A_block · panel` over all `pairs` (the AMX path has its own loop; here it falls
-    /// back to the AVX-512 BF16 kernel).
-    fn run(self, a: &[u32], b: &[u32], pairs: usize, tile: &mut [[f32; NR]; MR]) {
-        assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+    /// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
+    /// the panel's first `cols` columns (≤ [`NR`]), C at `c` with row stride `ldc`. (The AMX path
+    /// has its own loop; here it falls back to the AVX-512 BF16 kernel.)
+    ///
+    /// # Safety
+    /// `c` must be valid for reads and writes of rows `0..rows` × columns `0..cols` at stride
+    /// `ldc`, and no one else may access them during the call.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        self,
+        a: &[u32],
+        b: &[u32],
+        pairs: usize,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        assert!(a.len() >= pairs * MR && b.len() >= pairs * NR && rows <= MR && cols <= NR);
+        if rows == 0 || cols == 0 {
+            return;
+        }
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: selected only when the CPU has AVX-512 F and BF16; lengths checked above.
-            Self::Avx512Bf16 | Self::Amx => unsafe { avx512::kernel(a.as_ptr(), b.as_ptr(), pairs, tile) },
+            // SAFETY: selected only when the CPU has AVX-512 F and BF16; A and the panel's
+            // lengths checked above, C as the caller promises.
+            Self::Avx512Bf16 | Self::Amx => unsafe {
+                avx512::KERNELS[rows - 1](a.as_ptr(), b.as_ptr(), pairs, c, ldc, cols)
+            },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: selected only when the CPU has AVX2 and FMA; lengths checked above.
-            Self::Avx2 => unsafe { avx2::kernel(a.as_ptr(), b.as_ptr(), pairs, tile) },
-            _ => portable_kernel(a, b, pairs, tile),
+            // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
+            Self::Avx2 => unsafe { avx2::kernel(a.as_ptr(), b.as_ptr(), pairs, c, ldc, rows, cols) },
+            // SAFETY: as above.
+            _ => unsafe { portable_kernel(a, b, pairs, c, ldc, rows, cols) },
         }
     }
 }
 
-fn portable_kernel(a: &[u32], b: &[u32], pairs: usize, tile: &mut [[f32; NR]; MR]) {
+/// [`Kernel::run`] in plain Rust.
+///
+/// # Safety
+/// As [`Kernel::run`].
+unsafe fn portable_kernel(
+    a: &[u32],
+    b: &[u32],
+    pairs: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut tile = [[0f32; NR]; MR];
     for i in 0..pairs {
         let b_row = &b[i * NR..(i + 1) * NR];
-        for r in 0..MR {
+        for (r, tile_row) in tile.iter_mut().enumerate().take(rows) {
             let x = a[i * MR + r];
             let (x0, x1) = (from_bf16_bits(x as u16), from_bf16_bits((x >> 16) as u16));
-            for (acc, &w) in tile[r].iter_mut().zip(b_row) {
+            for (acc, &w) in tile_row.iter_mut().zip(b_row) {
                 let (w0, w1) = (from_bf16_bits(w as u16), from_bf16_bits((w >> 16) as u16));
                 *acc += x1 * w1;
                 *acc += x0 * w0;
             }
+        }
+    }
+    for (r, tile_row) in tile.iter().enumerate().take(rows) {
+        for (j, sum) in tile_row.iter().enumerate().take(cols) {
+            // SAFETY: r < rows, j < cols: inside C's block, as the caller promises.
+            unsafe { *c.add(r * ldc + j) += sum };
         }
     }
 }
@@ -245,23 +383,64 @@ mod avx512 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// The `MR × 32` microkernel: 24 accumulators, two weight vectors per input pair.
+    /// A block of R rows: see [`Kernel::run`](super::Kernel::run).
+    type Microkernel = unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize);
+
+    /// The microkernels for blocks of 1 to [`MR`] rows.
+    pub(super) const KERNELS: [Microkernel; MR] = [
+        kernel::<1>,
+        kernel::<2>,
+        kernel::<3>,
+        kernel::<4>,
+        kernel::<5>,
+        kernel::<6>,
+        kernel::<7>,
+        kernel::<8>,
+        kernel::<9>,
+        kernel::<10>,
+        kernel::<11>,
+        kernel::<12>,
+    ];
+
+    /// The `R × 32` microkernel (R ≤ MR; 24 accumulators at most), two weight vectors per input
+    /// pair, its sums added into C's first `cols` columns.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn kernel(a: *const u32, b: *const u32, pairs: usize, tile: &mut [[f32; NR]; MR]) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    unsafe fn kernel<const R: usize>(
+        a: *const u32,
+        b: *const u32,
+        pairs: usize,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for i in 0..pairs {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR).cast()));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR + 16).cast()));
             let a_row = a.add(i * MR);
-            for r in 0..MR {
+            for (r, acc_row) in acc.iter_mut().enumerate() {
                 let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_row.add(r) as i32));
-                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
-                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+                acc_row[0] = _mm512_dpbf16_ps(acc_row[0], x, b0);
+                acc_row[1] = _mm512_dpbf16_ps(acc_row[1], x, b1);
             }
         }
-        for r in 0..MR {
-            _mm512_storeu_ps(tile[r].as_mut_ptr(), acc[r][0]);
-            _mm512_storeu_ps(tile[r].as_mut_ptr().add(16), acc[r][1]);
+        // Lanes past `cols` are masked off: they lie past C's row.
+        let mask = |first: usize| -> __mmask16 {
+            match cols.saturating_sub(first) {
+                0 => 0,
+                n if n >= 16 => 0xFFFF,
+                n => (1u16 << n) - 1,
+            }
+        };
+        let masks = [mask(0), mask(16)];
+        for (r, acc_row) in acc.iter().enumerate() {
+            let row = c.add(r * ldc);
+            for (half, (&sums, &mask)) in acc_row.iter().zip(&masks).enumerate() {
+                if mask != 0 {
+                    let old = _mm512_maskz_loadu_ps(mask, row.add(16 * half));
+                    _mm512_mask_storeu_ps(row.add(16 * half), mask, _mm512_add_ps(old, sums));
+                }
+            }
         }
     }
 }
@@ -276,17 +455,30 @@ mod avx2 {
     const ROWS: usize = 4;
     const _: () = assert!(MR % ROWS == 0 && NR % 16 == 0);
 
-    /// The `MR × 32` tile as six `4 × 16` passes. A packed lane holds a pair of bf16 values: the
-    /// even input in the low half, the odd in the high half; `lane << 16` is the even one as an
-    /// f32, `lane & 0xFFFF0000` the odd one.
+    /// The `rows × 32` block (rows ≤ MR) as passes of `4 × 16`, its sums added into C's first
+    /// `cols` columns. A packed lane holds a pair of bf16 values: the even input in the low
+    /// half, the odd in the high half; `lane << 16` is the even one as an f32,
+    /// `lane & 0xFFFF0000` the odd one.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn kernel(a: *const u32, b: *const u32, pairs: usize, tile: &mut [[f32; NR]; MR]) {
+    pub(super) unsafe fn kernel(
+        a: *const u32,
+        b: *const u32,
+        pairs: usize,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
         let odd_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
         let even = |v: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
         let odd = |v: __m256i| _mm256_castsi256_ps(_mm256_and_si256(v, odd_mask));
         for half in 0..NR / 16 {
+            if 16 * half >= cols {
+                break;
+            }
             let b_half = b.add(16 * half);
-            for first in (0..MR).step_by(ROWS) {
+            // A pass past `rows` (but inside the block's MR packed rows) is not stored.
+            for first in (0..rows).step_by(ROWS) {
                 let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
                 for i in 0..pairs {
                     let w0 = _mm256_loadu_si256(b_half.add(i * NR).cast());
@@ -303,10 +495,21 @@ mod avx2 {
                         acc_row[1] = _mm256_fmadd_ps(x_even, w1_even, acc_row[1]);
                     }
                 }
-                for (r, acc_row) in acc.iter().enumerate() {
-                    let out = tile[first + r].as_mut_ptr().add(16 * half);
-                    _mm256_storeu_ps(out, acc_row[0]);
-                    _mm256_storeu_ps(out.add(8), acc_row[1]);
+                let width = (cols - 16 * half).min(16);
+                for (r, acc_row) in acc.iter().enumerate().take(rows - first) {
+                    let out = c.add((first + r) * ldc + 16 * half);
+                    if width == 16 {
+                        _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), acc_row[0]));
+                        let high = out.add(8);
+                        _mm256_storeu_ps(high, _mm256_add_ps(_mm256_loadu_ps(high), acc_row[1]));
+                    } else {
+                        let mut sums = [0f32; 16];
+                        _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
+                        _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
+                        for (j, sum) in sums.iter().enumerate().take(width) {
+                            *out.add(j) += sum;
+                        }
+                    }
                 }
             }
         }
@@ -317,16 +520,18 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::engine::matmul::tests::random;
+    use crate::engine::sgemm::tests::libm_erf;
 
     fn round_trip(x: f32) -> f64 {
         from_bf16_bits(to_bf16_bits(x)) as f64
     }
 
-    /// Both kernels against an f64 triple loop on the bf16-rounded operands, on sizes with
-    /// partial row blocks, partial panels, odd k and several row passes.
+    /// Every kernel against an f64 triple loop on the bf16-rounded operands: blocks of every
+    /// height and partial panels kernel by kernel, and whole products (accumulated, and as a
+    /// linear layer with bias and GELU) on the detected one, on sizes with partial row blocks,
+    /// partial panels, odd k, several chunks and several thread counts.
     #[test]
     fn products_match_the_triple_loop_on_rounded_operands() {
-        // Tiles on every kernel this CPU runs, full products on the detected one.
         let mut kernels = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
@@ -337,14 +542,15 @@ mod tests {
                 kernels.push(Kernel::Avx2);
             }
         }
-        println!("full products on {:?}; tiles on {kernels:?}", Kernel::detect());
-        for (m, n, k) in [
-            (1, 1, 1),
-            (5, 7, 3),
-            (13, 33, 31),
-            (12, 32, 64),
-            (200, 70, 129),
-            (MC + 5, 40, 17),
+        println!("full products on {:?}; blocks on {kernels:?}", Kernel::detect());
+        for (m, n, k, threads) in [
+            (1, 1, 1, 1),
+            (5, 7, 3, 2),
+            (13, 33, 31, 2),
+            (12, 32, 64, 1),
+            (200, 70, 129, 2),
+            (131, 40, 17, 3),
+            (2 * CHUNK_ROWS + 5, 40, 17, 2),
         ] {
             let a = random(m * k, 11);
             let w = random(n * k, 12);
@@ -353,33 +559,65 @@ mod tests {
             let mut want = vec![0f64; m * n];
             for r in 0..m {
                 for c in 0..n {
-                    want[r * n + c] = start[r * n + c] as f64
-                        + (0..k)
-                            .map(|i| round_trip(a[r * k + i]) * round_trip(w[c * k + i]))
-                            .sum::<f64>();
+                    want[r * n + c] = (0..k)
+                        .map(|i| round_trip(a[r * k + i]) * round_trip(w[c * k + i]))
+                        .sum::<f64>();
                 }
             }
+            let tolerance = 1e-4 * (k as f64).sqrt();
+            let mut out = start.clone();
+            packed.matmul_accumulate(&a, m, &mut out, threads);
+            for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                let expect = start[i] as f64 + w;
+                assert!(
+                    (*g as f64 - expect).abs() < tolerance,
+                    "{m}x{n}x{k} at {i}: {g} vs {expect}"
+                );
+            }
+            let bias = random(n, 14);
+            let layer = packed.linear(&a, m, &bias, Some(Activation::GeluErf), threads);
+            for (i, (g, w)) in layer.iter().zip(&want).enumerate() {
+                let pre = bias[i % n] as f64 + w;
+                let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
+                assert!(
+                    (*g as f64 - gelu).abs() < tolerance,
+                    "{m}x{n}x{k} linear at {i}: {g} vs {gelu}"
+                );
+            }
+            // One block of each height on each kernel, into a C wider than the panel.
+            let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, packed.pairs);
+            let ldc = NR + 3;
             for &kernel in &kernels {
-                // The kernel is chosen inside matmul_accumulate; exercise the forced one through
-                // a direct tile product, and the full path with the detected one.
-                let mut out = start.clone();
-                packed.matmul_accumulate(&a, m, &mut out, 2);
-                let worst = out
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (*g as f64 - w).abs())
-                    .fold(0f64, f64::max);
-                assert!(worst < 1e-4 * (k as f64).sqrt(), "{m}x{n}x{k}: worst {worst}");
-                let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, packed.pairs);
-                let mut tile = [[0f32; NR]; MR];
-                kernel.run(&pa, &packed.data, packed.pairs, &mut tile);
-                for r in 0..MR.min(m) {
-                    for c in 0..NR.min(n) {
-                        let expect = want[r * n + c] - start[r * n + c] as f64;
-                        assert!(
-                            (tile[r][c] as f64 - expect).abs() < 1e-4 * (k as f64).sqrt(),
-                            "{kernel:?} {m}x{n}x{k} tile {r},{c}"
-                        );
+                for rows in 1..=MR.min(m) {
+                    let mut block = vec![1f32; MR * ldc];
+                    // SAFETY: `block` holds MR rows of ldc ≥ NR columns.
+                    unsafe {
+                        kernel.run(
+                            &pa,
+                            &packed.data,
+                            packed.pairs,
+                            block.as_mut_ptr(),
+                            ldc,
+                            rows,
+                            NR.min(n),
+                        )
+                    };
+                    for r in 0..MR {
+                        for c in 0..ldc {
+                            let got = block[r * ldc + c] as f64;
+                            if r < rows && c < NR.min(n) {
+                                let expect = 1.0 + want[r * n + c];
+                                assert!(
+                                    (got - expect).abs() < tolerance,
+                                    "{kernel:?} {rows} rows {m}x{n}x{k} at {r},{c}"
+                                );
+                            } else {
+                                assert_eq!(
+                                    got, 1.0,
+                                    "{kernel:?} {rows} rows: wrote outside its block at {r},{c}"
+                                );
+                            }
+                        }
                     }
                 }
             }

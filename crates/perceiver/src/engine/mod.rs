@@ -128,12 +128,15 @@ impl Dense {
         self.forward_activated(x, None, threads)
     }
 
-    /// `act(x·Wᵀ + b)`: on the f32 kernel the bias and the activation are applied by the
-    /// product's tasks on their blocks of the output ([`sgemm::PackedWeights::linear`]).
+    /// `act(x·Wᵀ + b)`: on the packed kernels the bias and the activation are applied by the
+    /// product's tasks on their blocks of the output ([`sgemm::PackedWeights::linear`],
+    /// [`bf16::PackedMatrix::linear`]).
     fn forward_activated(&self, x: &[f32], activation: Option<Activation>, threads: usize) -> Vec<f32> {
         let rows = x.len() / self.in_dim();
-        if let (None, Some(f32)) = (&self.packed, &self.packed_f32) {
-            return f32.linear(x, rows, self.bias.data(), activation, threads);
+        match (&self.packed, &self.packed_f32) {
+            (Some(bf16), _) => return bf16.linear(x, rows, self.bias.data(), activation, threads),
+            (None, Some(f32)) => return f32.linear(x, rows, self.bias.data(), activation, threads),
+            (None, None) => {}
         }
         let mut out = kernels::repeat_rows(self.bias.data(), rows);
         self.accumulate(x, &mut out, threads);

@@ -692,13 +692,13 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::matmul::tests::random;
 
     /// erf in f64 (Abramowitz & Stegun 7.1.26 is the f32 kernel's formula; this is a series
     /// good to ~1e-12 for |x| < 3 and the asymptote beyond).
-    fn libm_erf(x: f64) -> f64 {
+    pub(crate) fn libm_erf(x: f64) -> f64 {
         if x.abs() > 5.0 {
             return x.signum();
         }
