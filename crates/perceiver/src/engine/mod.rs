@@ -326,9 +326,16 @@ fn attend(
         .collect();
     // Few tasks (one text, one head) leave threads for the products themselves.
     let inner_threads = (threads / tasks.len().max(1)).max(1);
-    let mut out = vec![0f32; total_queries * vc];
+    // Every (item, head) task sets its block of `out` (the item's rows × the head's columns,
+    // which together cover it), so on the packed kernels it starts uninitialised.
+    let packed = sgemm::available();
+    let out_len = total_queries * vc;
+    let mut out: Vec<f32> = if packed {
+        Vec::with_capacity(out_len)
+    } else {
+        vec![0f32; out_len]
+    };
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let out_len = out.len();
     tasks.par_iter().for_each(|&(item, head)| {
         let (qr, kr) = (&query_items[item], &kv_items[item]);
         let (nq, nk) = (qr.len(), kr.len());
@@ -338,28 +345,36 @@ fn attend(
         let q_h = View::strided(&q[qr.start * qk + head * d_qk..], nq, d_qk, qk);
         let k_h = View::strided(&k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
         let v_h = View::strided(&v[kr.start * vc + head * d_v..], nk, d_v, vc);
-        let mut scores = vec![0f32; nq * nk];
         // This head's block of `out`: the item's rows, the head's d_v columns (row stride vc).
         let offset = qr.start * vc + head * d_v;
         assert!(offset + (nq - 1) * vc + d_v <= out_len);
-        if sgemm::available() {
+        if packed {
             // Keys and values packed per head (they are small next to the products), the
             // scale folded into the keys.
             let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
-            keys.matmul_view(q_h, &mut scores, nk, inner_threads);
+            let mut scores = Vec::with_capacity(nq * nk);
+            // SAFETY: `scores` has room for nq × nk values at row stride nk; the product sets
+            // every one of them (overwrite), so the length can then cover them.
+            unsafe {
+                keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, inner_threads, true);
+                scores.set_len(nq * nk);
+            }
             kernels::softmax_rows(&mut scores, nk);
             let values = sgemm::PackedWeights::pack_view(v_h, false, 1.0, false);
-            // SAFETY: the block lies inside `out` (asserted above); tasks write disjoint
-            // blocks, and nothing reads `out` until every task is done.
+            // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
+            // (overwrite) by the product; tasks write disjoint blocks, and nothing reads `out`
+            // until every task is done.
             unsafe {
                 values.matmul_view_raw(
                     View::dense(&scores, nq, nk),
                     out_ptr.get().add(offset),
                     vc,
                     inner_threads,
+                    true,
                 )
             };
         } else {
+            let mut scores = vec![0f32; nq * nk];
             let mut head_out = vec![0f32; nq * d_v];
             matmul(
                 &mut scores,
@@ -388,6 +403,11 @@ fn attend(
             }
         }
     });
+    if packed {
+        // SAFETY: the tasks have set every value of `out` (their blocks cover it; an item
+        // without queries has no rows).
+        unsafe { out.set_len(out_len) };
+    }
     out
 }
 

@@ -237,6 +237,7 @@ impl PackedWeights {
         let edges = Edges {
             bias: Some(bias),
             activation,
+            overwrite: false,
         };
         // SAFETY: X is m×k dense (asserted); C is `out`'s m·n allocated values at row stride n.
         // With a bias, every task writes each element of its block before adding to it, and the
@@ -266,20 +267,39 @@ impl PackedWeights {
             "sgemm: C is not {m}x{n}"
         );
         // SAFETY: C's bounds were checked above and `c` is borrowed mutably.
-        unsafe { self.matmul_view_raw(x, c.as_mut_ptr(), ldc, threads) }
+        unsafe { self.matmul_view_raw(x, c.as_mut_ptr(), ldc, threads, false) }
     }
 
     /// [`matmul_view`](Self::matmul_view) into C at a raw pointer, for callers whose tasks each
-    /// write their own block of one shared C.
+    /// write their own block of one shared C. With `overwrite`, C's block is set to `x · Wᵀ`
+    /// instead of added to: its contents are never read, so it may be uninitialised (no zeroing
+    /// pass before, no loads of C in the microkernel).
     ///
     /// # Safety
     /// `c` must be valid for writes of rows `0..x.rows` × columns `0..n` at row stride `ldc`, and
-    /// no one else may access that block during the call.
-    pub(crate) unsafe fn matmul_view_raw(&self, x: View, c: *mut f32, ldc: usize, threads: usize) {
+    /// no one else may access that block during the call; without `overwrite` it must be
+    /// initialised.
+    pub(crate) unsafe fn matmul_view_raw(
+        &self,
+        x: View,
+        c: *mut f32,
+        ldc: usize,
+        threads: usize,
+        overwrite: bool,
+    ) {
         let (k, m) = (self.k, x.rows);
         assert!(self.kernel.is_some(), "{NO_KERNEL}");
         assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);
-        if m == 0 || k == 0 {
+        if m == 0 {
+            return;
+        }
+        if k == 0 {
+            if overwrite {
+                for r in 0..m {
+                    // SAFETY: row r < m of the block, n values, as the caller promises.
+                    unsafe { std::ptr::write_bytes(c.add(r * ldc), 0, self.n) };
+                }
+            }
             return;
         }
         assert!(
@@ -288,7 +308,11 @@ impl PackedWeights {
         );
         // SAFETY: X's elements (r, i) lie at r·stride + i inside its slice (asserted); C as the
         // caller promises.
-        unsafe { self.run(x.data.as_ptr(), m, x.stride, 1, c, ldc, threads, Edges::default()) }
+        let edges = Edges {
+            overwrite,
+            ..Edges::default()
+        };
+        unsafe { self.run(x.data.as_ptr(), m, x.stride, 1, c, ldc, threads, edges) }
     }
 
     /// `c += aᵀ · Wᵀ` where `a` holds Xᵀ (`[k, m]`, row stride `a.stride`): the product of a
@@ -462,7 +486,8 @@ impl PackedWeights {
                         // disjoint blocks: their row chunk × their group's panels).
                         unsafe {
                             let c = c_ptr.get().add(first_row * ldc + p * width);
-                            micros[rows - 1](w.as_ptr(), x_rows, k_step, kc, c, ldc, cols, ahead)
+                            let store = edges.overwrite && k0 == 0;
+                            micros[rows - 1](w.as_ptr(), x_rows, k_step, kc, c, ldc, cols, store, ahead)
                         };
                     }
                 }
@@ -489,6 +514,8 @@ impl PackedWeights {
 struct Edges<'a> {
     bias: Option<&'a [f32]>,
     activation: Option<Activation>,
+    /// Store the product in C, ignoring its contents (set by the first k slice).
+    overwrite: bool,
 }
 
 /// Cache lines for a microkernel to prefetch while it runs: `lines` of 64 bytes from `start`
@@ -508,8 +535,10 @@ impl Ahead {
 
 /// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < R (the kernel's block
 /// height, 1 to [`ROWS`]; row pointers past R are not read), j < cols, `width` the kernel's
-/// panel width; the lines of `Ahead` are prefetched along the way (AVX2 only).
-type Microkernel = unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, Ahead);
+/// panel width (`=` instead of `+=` when `store`: C is not read); the lines of `Ahead` are
+/// prefetched along the way (AVX2 only).
+type Microkernel =
+    unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, bool, Ahead);
 
 /// `kernel`'s microkernels for blocks of 1 to [`ROWS`] rows, in that order (`unit_k`: X's k
 /// step is 1, the common case, addressed without a multiply). Only for a kernel that [`kernel`]
@@ -559,6 +588,7 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
         cols: usize,
+        store: bool,
         _ahead: super::Ahead,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
@@ -589,8 +619,12 @@ mod avx512 {
                 } else {
                     (1u16 << (cols - first)) - 1
                 };
-                let old = _mm512_maskz_loadu_ps(mask, row.add(first));
-                _mm512_mask_storeu_ps(row.add(first), mask, _mm512_add_ps(old, v));
+                let sum = if store {
+                    v
+                } else {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row.add(first)), v)
+                };
+                _mm512_mask_storeu_ps(row.add(first), mask, sum);
             }
         }
     }
@@ -614,14 +648,17 @@ mod avx2 {
         c: *mut f32,
         ldc: usize,
         cols: usize,
+        store: bool,
         ahead: super::Ahead,
     ) {
         // C's rows lie a row stride apart, out of the prefetchers' sight: ask for them now, to
         // arrive while the k loop runs.
         // (A product of 4096×768×256 on one Zen 3 core: 23% less time.)
-        for r in 0..R {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + PANEL_AVX2 - 1) as *const i8);
+        if !store {
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + PANEL_AVX2 - 1) as *const i8);
+            }
         }
         // Every row sums its products in k order, whatever its block's height, so that a row's
         // result does not depend on the rows beside it (a text's on its batch, or the thread
@@ -675,16 +712,25 @@ mod avx2 {
         for (r, acc_row) in acc.iter().enumerate() {
             let row = c.add(r * ldc);
             if cols == PANEL_AVX2 {
-                _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc_row[0]));
                 let high = row.add(8);
-                _mm256_storeu_ps(high, _mm256_add_ps(_mm256_loadu_ps(high), acc_row[1]));
+                if store {
+                    _mm256_storeu_ps(row, acc_row[0]);
+                    _mm256_storeu_ps(high, acc_row[1]);
+                } else {
+                    _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc_row[0]));
+                    _mm256_storeu_ps(high, _mm256_add_ps(_mm256_loadu_ps(high), acc_row[1]));
+                }
             } else {
                 // The last panel's columns: lanes past `cols` lie past C (or in its padding).
                 let mut sums = [0f32; PANEL_AVX2];
                 _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
                 _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
-                for (j, sum) in sums.iter().enumerate().take(cols) {
-                    *row.add(j) += sum;
+                for (j, &sum) in sums.iter().enumerate().take(cols) {
+                    if store {
+                        *row.add(j) = sum;
+                    } else {
+                        *row.add(j) += sum;
+                    }
                 }
             }
         }
@@ -812,6 +858,19 @@ pub(crate) mod tests {
                 .collect();
             let mut c_half = vec![0f32; m * (n + 1)];
             from_wt.matmul_view(View::strided(&x_wide, m, k, k + 2), &mut c_half, n + 1, threads);
+            // The same product set rather than added: C's old contents (NaN) never read, the
+            // column past n never written.
+            let mut c_set = vec![f32::NAN; m * (n + 1)];
+            // SAFETY: c_set holds m rows of n + 1 ≥ n columns.
+            unsafe {
+                from_wt.matmul_view_raw(
+                    View::strided(&x_wide, m, k, k + 2),
+                    c_set.as_mut_ptr(),
+                    n + 1,
+                    threads,
+                    true,
+                )
+            };
             // X given transposed (`[k, m]`, strided), as a weight's gradient Gᵀ·X reads G.
             let xt: Vec<f32> = (0..k * (m + 1))
                 .map(|j| {
@@ -853,6 +912,14 @@ pub(crate) mod tests {
                         (c_half[r * (n + 1) + f] as f64 - half).abs() < 1e-4,
                         "{kernel:?} {m}x{n}x{k} transposed view at {r},{f}"
                     );
+                    assert_eq!(
+                        c_set[r * (n + 1) + f].to_bits(),
+                        c_half[r * (n + 1) + f].to_bits(),
+                        "{kernel:?} {m}x{n}x{k} set at {r},{f}"
+                    );
+                    if f == 0 {
+                        assert!(c_set[r * (n + 1) + n].is_nan(), "{kernel:?} wrote past n");
+                    }
                     assert!(
                         (c_xt[r * n + f] as f64 - 2.0 * half).abs() < 1e-4,
                         "{kernel:?} {m}x{n}x{k} transposed X at {r},{f}"

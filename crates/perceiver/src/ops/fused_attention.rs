@@ -182,6 +182,7 @@ impl CustomOp3 for FusedAttention {
                         out_ptr.get().add(b * nq * vc + h * d.d_v),
                         vc,
                         1,
+                        false,
                     )
                 };
             });
