@@ -228,10 +228,10 @@ impl PackedMatrix {
                 }
             }
         };
-        if chunks * groups > 1 {
+        if threads > 1 && chunks * groups > 1 {
             (0..chunks * groups).into_par_iter().for_each(task);
         } else {
-            task(0);
+            (0..chunks * groups).for_each(task);
         }
     }
 }
