@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::sgemm::Edges;
 use super::SendPtr;
 use crate::config::Activation;
 
@@ -142,6 +143,7 @@ impl PackedMatrix {
         let edges = Edges {
             bias: Some(bias),
             activation,
+            overwrite: false,
         };
         // SAFETY: A is m×k (asserted); C is `out`'s m·n allocated values. With a bias, every
         // task writes each element of its block before adding to it, and the tasks' blocks
@@ -164,6 +166,7 @@ impl PackedMatrix {
     /// call; with a bias they may be uninitialised.
     unsafe fn run(&self, a: &[f32], m: usize, c: *mut f32, threads: usize, edges: Edges) {
         let (n, k, pairs) = (self.n, self.k, self.pairs);
+        assert!(!edges.overwrite, "bf16 products add to C");
         if m == 0 || n == 0 {
             return;
         }
@@ -191,19 +194,9 @@ impl PackedMatrix {
             if rows.is_empty() || cols.is_empty() {
                 return;
             }
-            if let Some(bias) = edges.bias {
-                for r in rows.clone() {
-                    // SAFETY: row r < m, columns `cols` ⊂ 0..n: inside C, in this task's block.
-                    // A raw copy, since C may be uninitialised until this write.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            bias[cols.clone()].as_ptr(),
-                            c_ptr.get().add(r * n + cols.start),
-                            cols.len(),
-                        )
-                    };
-                }
-            }
+            // SAFETY: rows `rows` < m × columns `cols` ⊂ 0..n lie in C, in this task's block
+            // (C as `run` requires).
+            unsafe { edges.begin(c_ptr.get(), n, rows.clone(), cols.clone()) };
             let packed_a = pack_a(&a[rows.start * k..rows.end * k], rows.len(), k, pairs);
             for p in group * per_group..((group + 1) * per_group).min(panels) {
                 let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
@@ -218,15 +211,8 @@ impl PackedMatrix {
                     }
                 }
             }
-            if let Some(act) = edges.activation {
-                for r in rows {
-                    // SAFETY: as for the bias; every element of the block is written by now.
-                    let row = unsafe {
-                        std::slice::from_raw_parts_mut(c_ptr.get().add(r * n + cols.start), cols.len())
-                    };
-                    super::kernels::activate_chunk(row, act);
-                }
-            }
+            // SAFETY: as above; every element of the block is written by now.
+            unsafe { edges.end(c_ptr.get(), n, rows, cols) };
         };
         if threads > 1 && chunks * groups > 1 {
             (0..chunks * groups).into_par_iter().for_each(task);
@@ -234,14 +220,6 @@ impl PackedMatrix {
             (0..chunks * groups).for_each(task);
         }
     }
-}
-
-/// What a product does to C besides adding A·Wᵀ: start from the bias instead of C's contents,
-/// and apply an activation once an element is complete.
-#[derive(Clone, Copy, Default)]
-struct Edges<'a> {
-    bias: Option<&'a [f32]>,
-    activation: Option<Activation>,
 }
 
 /// `a` (`[rows, k]`) as bf16 pairs in blocks of [`MR`] rows: `[blocks][pairs][MR]`, zero-padded.

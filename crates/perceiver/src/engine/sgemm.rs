@@ -11,6 +11,8 @@
 //! four 16-column slices took 15–25% more time on the products with k ≥ 1024, and packing X
 //! into interleaved row blocks 5–15% more.)
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::SendPtr;
@@ -438,19 +440,9 @@ impl PackedWeights {
             let block_rows = chunk_rows(chunk);
             let task_blocks = block_rows.len().div_ceil(ROWS);
             let block_cols = (group * per_group * width).min(n)..((group + 1) * per_group * width).min(n);
-            if let Some(bias) = edges.bias {
-                for r in block_rows.clone() {
-                    // SAFETY: row r < m, columns block_cols ⊂ 0..n: inside C, in this task's
-                    // block. A raw copy, since C may be uninitialised until this write.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            bias[block_cols.clone()].as_ptr(),
-                            c_ptr.get().add(r * ldc + block_cols.start),
-                            block_cols.len(),
-                        )
-                    };
-                }
-            }
+            // SAFETY: rows block_rows < m × columns block_cols ⊂ 0..n lie in C, in this task's
+            // block (C as `run` requires).
+            unsafe { edges.begin(c_ptr.get(), ldc, block_rows.clone(), block_cols.clone()) };
             for p in group * per_group..((group + 1) * per_group).min(panels) {
                 let cols = width.min(n - p * width);
                 for k0 in (0..k).step_by(kc_max) {
@@ -492,30 +484,59 @@ impl PackedWeights {
                     }
                 }
             }
-            if let Some(act) = edges.activation {
-                for r in block_rows {
-                    // SAFETY: as for the bias; every element of the block is written by now.
-                    let row = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            c_ptr.get().add(r * ldc + block_cols.start),
-                            block_cols.len(),
-                        )
-                    };
-                    super::kernels::activate_chunk(row, act);
-                }
-            }
+            // SAFETY: as above; every element of the block is written by now.
+            unsafe { edges.end(c_ptr.get(), ldc, block_rows, block_cols) };
         });
     }
 }
 
 /// What a product does to C besides adding X·Wᵀ: start each element from the bias of its
-/// column instead of C's contents, and apply an activation once the element is complete.
+/// column instead of C's contents, and apply an activation once the element is complete (for
+/// the f32 and the bf16 products alike, each task on its own block of C).
 #[derive(Clone, Copy, Default)]
-struct Edges<'a> {
-    bias: Option<&'a [f32]>,
-    activation: Option<Activation>,
-    /// Store the product in C, ignoring its contents (set by the first k slice).
-    overwrite: bool,
+pub(super) struct Edges<'a> {
+    pub(super) bias: Option<&'a [f32]>,
+    pub(super) activation: Option<Activation>,
+    /// Store the product in C, ignoring its contents (set by the first k slice; f32 only).
+    pub(super) overwrite: bool,
+}
+
+impl Edges<'_> {
+    /// Before a task's products: writes the bias into its block of C (rows × columns, row
+    /// stride `ldc`), while the block comes into cache anyway.
+    ///
+    /// # Safety
+    /// The block must lie in C, be valid for writes and belong to the calling task; it may be
+    /// uninitialised.
+    pub(super) unsafe fn begin(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
+        if let Some(bias) = self.bias {
+            for r in rows {
+                // SAFETY: row r, columns `cols` of the block, as the caller promises. A raw copy,
+                // since C may be uninitialised until this write.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bias[cols.clone()].as_ptr(),
+                        c.add(r * ldc + cols.start),
+                        cols.len(),
+                    )
+                };
+            }
+        }
+    }
+
+    /// After a task's products: applies the activation to its block, still in cache.
+    ///
+    /// # Safety
+    /// As [`begin`](Self::begin), and every element of the block must be initialised.
+    pub(super) unsafe fn end(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
+        if let Some(act) = self.activation {
+            for r in rows {
+                // SAFETY: row r, columns `cols` of the block, initialised, as the caller promises.
+                let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc + cols.start), cols.len()) };
+                super::kernels::activate_chunk(row, act);
+            }
+        }
+    }
 }
 
 /// Cache lines for a microkernel to prefetch while it runs: `lines` of 64 bytes from `start`
