@@ -327,14 +327,10 @@ fn attend(
     // Few tasks (one text, one head) leave threads for the products themselves.
     let inner_threads = (threads / tasks.len().max(1)).max(1);
     // Every (item, head) task sets its block of `out` (the item's rows × the head's columns,
-    // which together cover it), so on the packed kernels it starts uninitialised.
+    // which together cover it), so it starts uninitialised.
     let packed = sgemm::available();
     let out_len = total_queries * vc;
-    let mut out: Vec<f32> = if packed {
-        Vec::with_capacity(out_len)
-    } else {
-        vec![0f32; out_len]
-    };
+    let mut out: Vec<f32> = Vec::with_capacity(out_len);
     let out_ptr = SendPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&(item, head)| {
         let (qr, kr) = (&query_items[item], &kv_items[item]);
@@ -403,11 +399,9 @@ fn attend(
             }
         }
     });
-    if packed {
-        // SAFETY: the tasks have set every value of `out` (their blocks cover it; an item
-        // without queries has no rows).
-        unsafe { out.set_len(out_len) };
-    }
+    // SAFETY: the tasks have set every value of `out` (their blocks cover it; an item without
+    // queries has no rows).
+    unsafe { out.set_len(out_len) };
     out
 }
 

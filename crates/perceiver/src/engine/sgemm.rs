@@ -421,7 +421,7 @@ impl PackedWeights {
         // Row ranges of the chunks. One chunk per thread (one text) is split evenly to the row,
         // its last block narrower than six rows: 256 rows on two threads as 21 blocks and one of
         // 2 rows each, not 22 and 21 blocks whose last computes six rows for four.
-        let even = chunks % threads == 0 && chunks <= 2 * threads;
+        let even = chunks <= 2 * threads;
         let chunk_blocks = blocks.div_ceil(chunks);
         let chunk_rows = move |chunk: usize| {
             if even {
