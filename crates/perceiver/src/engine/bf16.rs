@@ -274,12 +274,15 @@ impl Kernel {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+            if avx512_bf16_here() {
                 return Self::Avx512Bf16;
             }
-            if super::kernels::avx2_products() {
+            if super::kernels::avx2_products() && !super::emulated512::requested() {
                 return Self::Avx2;
             }
+        }
+        if super::emulated512::requested() {
+            return Self::Avx512Bf16;
         }
         Self::Portable
     }
@@ -307,11 +310,10 @@ impl Kernel {
             return;
         }
         match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: selected only when the CPU has AVX-512 F and BF16; A and the panel's
-            // lengths checked above, C as the caller promises.
+            // SAFETY: the native kernels only where the CPU has AVX-512 F and BF16; A and the
+            // panel's lengths checked above, C as the caller promises.
             Self::Avx512Bf16 | Self::Amx => unsafe {
-                avx512::KERNELS[rows - 1](a.as_ptr(), b.as_ptr(), pairs, c, ldc, cols)
+                avx512_kernels()[rows - 1](a.as_ptr(), b.as_ptr(), pairs, c, ldc, cols)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
@@ -356,71 +358,111 @@ unsafe fn portable_kernel(
     }
 }
 
+/// Whether the CPU has AVX-512 F and BF16; where it does not, [`Kernel::Avx512Bf16`] runs
+/// emulated (tests, or `PERCEIVER_EMULATE_AVX512`: see [`super::emulated512`]).
+fn avx512_bf16_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AVX-512 BF16 microkernels for blocks of 1 to [`MR`] rows: native where the CPU has
+/// them, else emulated.
+fn avx512_kernels() -> &'static [unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize); MR] {
+    #[cfg(target_arch = "x86_64")]
+    if avx512_bf16_here() {
+        return &avx512::KERNELS;
+    }
+    &avx512_emulated::KERNELS
+}
+
+/// The AVX-512 BF16 microkernels, written once over the names of `std::arch`'s intrinsics and
+/// expanded twice: on the real ones (with `$feature` enabling AVX-512 BF16) and on
+/// [`emulated512`](super::emulated512)'s, which run the same source on any CPU for the tests.
+macro_rules! avx512_bf16_kernels {
+    ($(#[$feature:meta])*) => {
+        /// A block of R rows: see [`Kernel::run`](super::Kernel::run).
+        type Microkernel = unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize);
+
+        /// The microkernels for blocks of 1 to [`MR`] rows.
+        pub(super) const KERNELS: [Microkernel; MR] = [
+            kernel::<1>,
+            kernel::<2>,
+            kernel::<3>,
+            kernel::<4>,
+            kernel::<5>,
+            kernel::<6>,
+            kernel::<7>,
+            kernel::<8>,
+            kernel::<9>,
+            kernel::<10>,
+            kernel::<11>,
+            kernel::<12>,
+        ];
+
+        /// The `R × 32` microkernel (R ≤ MR; 24 accumulators at most), two weight vectors per input
+        /// pair, its sums added into C's first `cols` columns.
+        $(#[$feature])*
+        unsafe fn kernel<const R: usize>(
+            a: *const u32,
+            b: *const u32,
+            pairs: usize,
+            c: *mut f32,
+            ldc: usize,
+            cols: usize,
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for i in 0..pairs {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR + 16).cast()));
+                let a_row = a.add(i * MR);
+                for (r, acc_row) in acc.iter_mut().enumerate() {
+                    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_row.add(r) as i32));
+                    acc_row[0] = _mm512_dpbf16_ps(acc_row[0], x, b0);
+                    acc_row[1] = _mm512_dpbf16_ps(acc_row[1], x, b1);
+                }
+            }
+            // Lanes past `cols` are masked off: they lie past C's row.
+            let mask = |first: usize| -> __mmask16 {
+                match cols.saturating_sub(first) {
+                    0 => 0,
+                    n if n >= 16 => 0xFFFF,
+                    n => (1u16 << n) - 1,
+                }
+            };
+            let masks = [mask(0), mask(16)];
+            for (r, acc_row) in acc.iter().enumerate() {
+                let row = c.add(r * ldc);
+                for (half, (&sums, &mask)) in acc_row.iter().zip(&masks).enumerate() {
+                    if mask != 0 {
+                        let old = _mm512_maskz_loadu_ps(mask, row.add(16 * half));
+                        _mm512_mask_storeu_ps(row.add(16 * half), mask, _mm512_add_ps(old, sums));
+                    }
+                }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// A block of R rows: see [`Kernel::run`](super::Kernel::run).
-    type Microkernel = unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize);
+    avx512_bf16_kernels!(#[target_feature(enable = "avx512f,avx512bf16")]);
+}
 
-    /// The microkernels for blocks of 1 to [`MR`] rows.
-    pub(super) const KERNELS: [Microkernel; MR] = [
-        kernel::<1>,
-        kernel::<2>,
-        kernel::<3>,
-        kernel::<4>,
-        kernel::<5>,
-        kernel::<6>,
-        kernel::<7>,
-        kernel::<8>,
-        kernel::<9>,
-        kernel::<10>,
-        kernel::<11>,
-        kernel::<12>,
-    ];
+/// The AVX-512 BF16 microkernels on emulated registers.
+mod avx512_emulated {
+    use super::super::emulated512::*;
+    use super::{MR, NR};
 
-    /// The `R × 32` microkernel (R ≤ MR; 24 accumulators at most), two weight vectors per input
-    /// pair, its sums added into C's first `cols` columns.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn kernel<const R: usize>(
-        a: *const u32,
-        b: *const u32,
-        pairs: usize,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        for i in 0..pairs {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR).cast()));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR + 16).cast()));
-            let a_row = a.add(i * MR);
-            for (r, acc_row) in acc.iter_mut().enumerate() {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_row.add(r) as i32));
-                acc_row[0] = _mm512_dpbf16_ps(acc_row[0], x, b0);
-                acc_row[1] = _mm512_dpbf16_ps(acc_row[1], x, b1);
-            }
-        }
-        // Lanes past `cols` are masked off: they lie past C's row.
-        let mask = |first: usize| -> __mmask16 {
-            match cols.saturating_sub(first) {
-                0 => 0,
-                n if n >= 16 => 0xFFFF,
-                n => (1u16 << n) - 1,
-            }
-        };
-        let masks = [mask(0), mask(16)];
-        for (r, acc_row) in acc.iter().enumerate() {
-            let row = c.add(r * ldc);
-            for (half, (&sums, &mask)) in acc_row.iter().zip(&masks).enumerate() {
-                if mask != 0 {
-                    let old = _mm512_maskz_loadu_ps(mask, row.add(16 * half));
-                    _mm512_mask_storeu_ps(row.add(16 * half), mask, _mm512_add_ps(old, sums));
-                }
-            }
-        }
-    }
+    avx512_bf16_kernels!();
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -510,23 +552,25 @@ mod tests {
     /// partial panels, odd k, several chunks and several thread counts.
     #[test]
     fn products_match_the_triple_loop_on_rounded_operands() {
-        let mut kernels = vec![Kernel::Portable];
+        // AVX-512 BF16 natively or emulated.
+        let mut kernels = vec![Kernel::Portable, Kernel::Avx512Bf16];
         #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
-                kernels.push(Kernel::Avx512Bf16);
-            }
-            if crate::engine::kernels::simd_level() >= 1 {
-                kernels.push(Kernel::Avx2);
-            }
+        if crate::engine::kernels::simd_level() >= 1 {
+            kernels.push(Kernel::Avx2);
         }
-        println!("full products on {:?}; blocks on {kernels:?}", Kernel::detect());
+        println!(
+            "full products on {:?}; blocks on {kernels:?} (AVX-512 BF16 native: {})",
+            Kernel::detect(),
+            avx512_bf16_here()
+        );
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
             (5, 7, 3, 2),
             (13, 33, 31, 2),
             (12, 32, 64, 1),
             (200, 70, 129, 2),
+            // A last panel of 20 columns: part of its second 16-lane half.
+            (30, 52, 40, 2),
             (131, 40, 17, 3),
             (2 * CHUNK_ROWS + 5, 40, 17, 2),
         ] {
@@ -562,38 +606,41 @@ mod tests {
                     "{m}x{n}x{k} linear at {i}: {g} vs {gelu}"
                 );
             }
-            // One block of each height on each kernel, into a C wider than the panel.
+            // One block of each height on each kernel, for a whole panel and partial ones (in
+            // its first and its second 16-lane half), into a C wider than the panel.
             let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, packed.pairs);
             let ldc = NR + 3;
             for &kernel in &kernels {
-                for rows in 1..=MR.min(m) {
-                    let mut block = vec![1f32; MR * ldc];
-                    // SAFETY: `block` holds MR rows of ldc ≥ NR columns.
-                    unsafe {
-                        kernel.run(
-                            &pa,
-                            &packed.data,
-                            packed.pairs,
-                            block.as_mut_ptr(),
-                            ldc,
-                            rows,
-                            NR.min(n),
-                        )
-                    };
-                    for r in 0..MR {
-                        for c in 0..ldc {
-                            let got = block[r * ldc + c] as f64;
-                            if r < rows && c < NR.min(n) {
-                                let expect = 1.0 + want[r * n + c];
-                                assert!(
-                                    (got - expect).abs() < tolerance,
-                                    "{kernel:?} {rows} rows {m}x{n}x{k} at {r},{c}"
-                                );
-                            } else {
-                                assert_eq!(
-                                    got, 1.0,
-                                    "{kernel:?} {rows} rows: wrote outside its block at {r},{c}"
-                                );
+                for cols in [NR, NR / 2 + 5, 3].map(|cols| cols.min(n)) {
+                    for rows in 1..=MR.min(m) {
+                        let mut block = vec![1f32; MR * ldc];
+                        // SAFETY: `block` holds MR rows of ldc ≥ NR ≥ cols columns.
+                        unsafe {
+                            kernel.run(
+                                &pa,
+                                &packed.data,
+                                packed.pairs,
+                                block.as_mut_ptr(),
+                                ldc,
+                                rows,
+                                cols,
+                            )
+                        };
+                        for r in 0..MR {
+                            for c in 0..ldc {
+                                let got = block[r * ldc + c] as f64;
+                                if r < rows && c < cols {
+                                    let expect = 1.0 + want[r * n + c];
+                                    assert!(
+                                        (got - expect).abs() < tolerance,
+                                        "{kernel:?} {rows}x{cols} block {m}x{n}x{k} at {r},{c}"
+                                    );
+                                } else {
+                                    assert_eq!(
+                                        got, 1.0,
+                                        "{kernel:?} {rows}x{cols} block: wrote outside it at {r},{c}"
+                                    );
+                                }
                             }
                         }
                     }

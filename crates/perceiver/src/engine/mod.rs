@@ -16,6 +16,7 @@
 
 pub mod amx;
 pub mod bf16;
+pub mod emulated512;
 pub mod kernels;
 pub mod matmul;
 pub mod sgemm;

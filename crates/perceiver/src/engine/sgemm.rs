@@ -32,23 +32,32 @@ pub enum Kernel {
 /// The best packed kernel this CPU runs, if any; detected once. `PERCEIVER_NO_AVX512` skips the
 /// AVX-512 kernel and `PERCEIVER_NO_AVX2` the AVX2 one (to test or time the others on one
 /// machine); with neither kernel the products go through the `gemm` crate.
+/// `PERCEIVER_EMULATE_AVX512` runs the AVX-512 layout and kernel on emulated registers where the
+/// CPU lacks AVX-512 (slow: to test those paths on any machine; see [`super::emulated512`]).
 pub fn kernel() -> Option<Kernel> {
+    static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let native_avx512 = avx512_here() && std::env::var_os("PERCEIVER_NO_AVX512").is_none();
+        if native_avx512 || super::emulated512::requested() {
+            return Some(Kernel::Avx512);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::kernels::avx2_products() {
+            return Some(Kernel::Avx2);
+        }
+        None
+    })
+}
+
+/// Whether the CPU has AVX-512 F; where it does not, [`Kernel::Avx512`] runs emulated.
+fn avx512_here() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
-        *KERNEL.get_or_init(|| {
-            if is_x86_feature_detected!("avx512f") && std::env::var_os("PERCEIVER_NO_AVX512").is_none() {
-                Some(Kernel::Avx512)
-            } else if super::kernels::avx2_products() {
-                Some(Kernel::Avx2)
-            } else {
-                None
-            }
-        })
+        is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        None
+        false
     }
 }
 
@@ -565,32 +574,90 @@ type Microkernel =
 /// step is 1, the common case, addressed without a multiply). Only for a kernel that [`kernel`]
 /// detected.
 fn microkernels(kernel: Kernel, unit_k: bool) -> [Microkernel; ROWS] {
+    macro_rules! rows {
+        ($module:ident, $unit:literal) => {
+            [
+                $module::packed_kernel::<$unit, 1>,
+                $module::packed_kernel::<$unit, 2>,
+                $module::packed_kernel::<$unit, 3>,
+                $module::packed_kernel::<$unit, 4>,
+                $module::packed_kernel::<$unit, 5>,
+                $module::packed_kernel::<$unit, 6>,
+            ]
+        };
+    }
     #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! rows {
-            ($module:ident, $unit:literal) => {
-                [
-                    $module::packed_kernel::<$unit, 1>,
-                    $module::packed_kernel::<$unit, 2>,
-                    $module::packed_kernel::<$unit, 3>,
-                    $module::packed_kernel::<$unit, 4>,
-                    $module::packed_kernel::<$unit, 5>,
-                    $module::packed_kernel::<$unit, 6>,
-                ]
-            };
-        }
-        match (kernel, unit_k) {
-            (Kernel::Avx512, true) => rows!(avx512, true),
-            (Kernel::Avx512, false) => rows!(avx512, false),
-            (Kernel::Avx2, true) => rows!(avx2, true),
-            (Kernel::Avx2, false) => rows!(avx2, false),
-        }
+    match (kernel, unit_k) {
+        (Kernel::Avx512, true) if avx512_here() => return rows!(avx512, true),
+        (Kernel::Avx512, false) if avx512_here() => return rows!(avx512, false),
+        (Kernel::Avx2, true) => return rows!(avx2, true),
+        (Kernel::Avx2, false) => return rows!(avx2, false),
+        (Kernel::Avx512, _) => {}
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (kernel, unit_k);
-        unreachable!("no packed kernel off x86-64")
+    match (kernel, unit_k) {
+        (Kernel::Avx512, true) => rows!(avx512_emulated, true),
+        (Kernel::Avx512, false) => rows!(avx512_emulated, false),
+        (Kernel::Avx2, _) => unreachable!("no AVX2 kernel off x86-64"),
     }
+}
+
+/// The AVX-512 microkernel, written once over the names of `std::arch`'s intrinsics and
+/// expanded twice: on the real ones (with `$feature` enabling AVX-512) and on
+/// [`emulated512`](super::emulated512)'s, which run the same source on any CPU for the tests.
+macro_rules! avx512_packed_kernel {
+    ($(#[$feature:meta])*) => {
+        /// [`Microkernel`](super::Microkernel) on 512-bit registers: a 6×64 block of C in 24.
+        $(#[$feature])*
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn packed_kernel<const UNIT_K: bool, const R: usize>(
+            w: *const f32,
+            x: [*const f32; ROWS],
+            k_step: usize,
+            kc: usize,
+            c: *mut f32,
+            ldc: usize,
+            cols: usize,
+            store: bool,
+            _ahead: super::Ahead,
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            for i in 0..kc {
+                let wv = [
+                    _mm512_loadu_ps(w.add(i * PANEL)),
+                    _mm512_loadu_ps(w.add(i * PANEL + 16)),
+                    _mm512_loadu_ps(w.add(i * PANEL + 32)),
+                    _mm512_loadu_ps(w.add(i * PANEL + 48)),
+                ];
+                for r in 0..R {
+                    let xv = _mm512_set1_ps(*x[r].add(if UNIT_K { i } else { i * k_step }));
+                    for j in 0..4 {
+                        acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+                    }
+                }
+            }
+            for (r, acc_row) in acc.iter().enumerate() {
+                let row = c.add(r * ldc);
+                for (j, &v) in acc_row.iter().enumerate() {
+                    let first = 16 * j;
+                    if first >= cols {
+                        break;
+                    }
+                    // Lanes past `cols` are masked off: they belong to the next panel or lie past C.
+                    let mask: __mmask16 = if cols - first >= 16 {
+                        0xFFFF
+                    } else {
+                        (1u16 << (cols - first)) - 1
+                    };
+                    let sum = if store {
+                        v
+                    } else {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row.add(first)), v)
+                    };
+                    _mm512_mask_storeu_ps(row.add(first), mask, sum);
+                }
+            }
+        }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -598,57 +665,15 @@ mod avx512 {
     use super::{PANEL, ROWS};
     use std::arch::x86_64::*;
 
-    /// [`Microkernel`](super::Microkernel) on 512-bit registers: a 6×64 block of C in 24.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn packed_kernel<const UNIT_K: bool, const R: usize>(
-        w: *const f32,
-        x: [*const f32; ROWS],
-        k_step: usize,
-        kc: usize,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        store: bool,
-        _ahead: super::Ahead,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for i in 0..kc {
-            let wv = [
-                _mm512_loadu_ps(w.add(i * PANEL)),
-                _mm512_loadu_ps(w.add(i * PANEL + 16)),
-                _mm512_loadu_ps(w.add(i * PANEL + 32)),
-                _mm512_loadu_ps(w.add(i * PANEL + 48)),
-            ];
-            for r in 0..R {
-                let xv = _mm512_set1_ps(*x[r].add(if UNIT_K { i } else { i * k_step }));
-                for j in 0..4 {
-                    acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
-                }
-            }
-        }
-        for (r, acc_row) in acc.iter().enumerate() {
-            let row = c.add(r * ldc);
-            for (j, &v) in acc_row.iter().enumerate() {
-                let first = 16 * j;
-                if first >= cols {
-                    break;
-                }
-                // Lanes past `cols` are masked off: they belong to the next panel or lie past C.
-                let mask: __mmask16 = if cols - first >= 16 {
-                    0xFFFF
-                } else {
-                    (1u16 << (cols - first)) - 1
-                };
-                let sum = if store {
-                    v
-                } else {
-                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row.add(first)), v)
-                };
-                _mm512_mask_storeu_ps(row.add(first), mask, sum);
-            }
-        }
-    }
+    avx512_packed_kernel!(#[target_feature(enable = "avx512f")]);
+}
+
+/// The AVX-512 microkernel on emulated registers (tests, or `PERCEIVER_EMULATE_AVX512`).
+mod avx512_emulated {
+    use super::super::emulated512::*;
+    use super::{PANEL, ROWS};
+
+    avx512_packed_kernel!();
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -779,18 +804,15 @@ pub(crate) mod tests {
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
-    /// The kernels this CPU has, whatever the environment asks: each is tested.
+    /// The kernels this CPU has, whatever the environment asks, and the AVX-512 one emulated
+    /// where the CPU lacks it: each is tested.
     fn kernels_here() -> Vec<Kernel> {
-        let mut kernels = Vec::new();
+        let mut kernels = vec![Kernel::Avx512];
         #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                kernels.push(Kernel::Avx512);
-            }
-            if crate::engine::kernels::simd_level() >= 1 {
-                kernels.push(Kernel::Avx2);
-            }
+        if crate::engine::kernels::simd_level() >= 1 {
+            kernels.push(Kernel::Avx2);
         }
+        println!("AVX-512 kernel native: {}", avx512_here());
         kernels
     }
 
