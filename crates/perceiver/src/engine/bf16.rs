@@ -546,13 +546,8 @@ mod tests {
         from_bf16_bits(to_bf16_bits(x)) as f64
     }
 
-    /// Every kernel against an f64 triple loop on the bf16-rounded operands: blocks of every
-    /// height and partial panels kernel by kernel, and whole products (accumulated, and as a
-    /// linear layer with bias and GELU) on the detected one, on sizes with partial row blocks,
-    /// partial panels, odd k, several chunks and several thread counts.
-    #[test]
-    fn products_match_the_triple_loop_on_rounded_operands() {
-        // AVX-512 BF16 natively or emulated.
+    /// The block kernels to test: each this CPU has, and AVX-512 BF16 natively or emulated.
+    fn kernels_here() -> Vec<Kernel> {
         let mut kernels = vec![Kernel::Portable, Kernel::Avx512Bf16];
         #[cfg(target_arch = "x86_64")]
         if crate::engine::kernels::simd_level() >= 1 {
@@ -563,6 +558,14 @@ mod tests {
             Kernel::detect(),
             avx512_bf16_here()
         );
+        kernels
+    }
+
+    /// Every kernel against an f64 triple loop on the bf16-rounded operands, on sizes with
+    /// partial row blocks, partial panels, odd k, several chunks and several thread counts.
+    #[test]
+    fn products_match_the_triple_loop_on_rounded_operands() {
+        let kernels = kernels_here();
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
             (5, 7, 3, 2),
@@ -574,73 +577,94 @@ mod tests {
             (131, 40, 17, 3),
             (2 * CHUNK_ROWS + 5, 40, 17, 2),
         ] {
-            let a = random(m * k, 11);
-            let w = random(n * k, 12);
-            let packed = PackedMatrix::pack_transposed(&w, n, k);
-            let start = random(m * n, 13);
-            let mut want = vec![0f64; m * n];
-            for r in 0..m {
-                for c in 0..n {
-                    want[r * n + c] = (0..k)
-                        .map(|i| round_trip(a[r * k + i]) * round_trip(w[c * k + i]))
-                        .sum::<f64>();
-                }
+            products_match_the_triple_loop(&kernels, m, n, k, threads);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Random shapes, odd sizes included.
+        #[test]
+        fn random_shapes_match_the_triple_loop_on_rounded_operands(
+            m in 1usize..60,
+            n in 1usize..100,
+            k in 1usize..300,
+            threads in 1usize..4,
+        ) {
+            products_match_the_triple_loop(&kernels_here(), m, n, k, threads);
+        }
+    }
+
+    /// One shape: whole products (accumulated, and as a linear layer with bias and GELU) on the
+    /// detected kernel, and one block of every height, for a whole panel and partial ones, on
+    /// each of `kernels`.
+    fn products_match_the_triple_loop(kernels: &[Kernel], m: usize, n: usize, k: usize, threads: usize) {
+        let a = random(m * k, 11);
+        let w = random(n * k, 12);
+        let packed = PackedMatrix::pack_transposed(&w, n, k);
+        let start = random(m * n, 13);
+        let mut want = vec![0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                want[r * n + c] = (0..k)
+                    .map(|i| round_trip(a[r * k + i]) * round_trip(w[c * k + i]))
+                    .sum::<f64>();
             }
-            let tolerance = 1e-4 * (k as f64).sqrt();
-            let mut out = start.clone();
-            packed.matmul_accumulate(&a, m, &mut out, threads);
-            for (i, (g, w)) in out.iter().zip(&want).enumerate() {
-                let expect = start[i] as f64 + w;
-                assert!(
-                    (*g as f64 - expect).abs() < tolerance,
-                    "{m}x{n}x{k} at {i}: {g} vs {expect}"
-                );
-            }
-            let bias = random(n, 14);
-            let layer = packed.linear(&a, m, &bias, Some(Activation::GeluErf), threads);
-            for (i, (g, w)) in layer.iter().zip(&want).enumerate() {
-                let pre = bias[i % n] as f64 + w;
-                let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
-                assert!(
-                    (*g as f64 - gelu).abs() < tolerance,
-                    "{m}x{n}x{k} linear at {i}: {g} vs {gelu}"
-                );
-            }
-            // One block of each height on each kernel, for a whole panel and partial ones (in
-            // its first and its second 16-lane half), into a C wider than the panel.
-            let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, packed.pairs);
-            let ldc = NR + 3;
-            for &kernel in &kernels {
-                for cols in [NR, NR / 2 + 5, 3].map(|cols| cols.min(n)) {
-                    for rows in 1..=MR.min(m) {
-                        let mut block = vec![1f32; MR * ldc];
-                        // SAFETY: `block` holds MR rows of ldc ≥ NR ≥ cols columns.
-                        unsafe {
-                            kernel.run(
-                                &pa,
-                                &packed.data,
-                                packed.pairs,
-                                block.as_mut_ptr(),
-                                ldc,
-                                rows,
-                                cols,
-                            )
-                        };
-                        for r in 0..MR {
-                            for c in 0..ldc {
-                                let got = block[r * ldc + c] as f64;
-                                if r < rows && c < cols {
-                                    let expect = 1.0 + want[r * n + c];
-                                    assert!(
-                                        (got - expect).abs() < tolerance,
-                                        "{kernel:?} {rows}x{cols} block {m}x{n}x{k} at {r},{c}"
-                                    );
-                                } else {
-                                    assert_eq!(
-                                        got, 1.0,
-                                        "{kernel:?} {rows}x{cols} block: wrote outside it at {r},{c}"
-                                    );
-                                }
+        }
+        let tolerance = 1e-4 * (k as f64).sqrt();
+        let mut out = start.clone();
+        packed.matmul_accumulate(&a, m, &mut out, threads);
+        for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+            let expect = start[i] as f64 + w;
+            assert!(
+                (*g as f64 - expect).abs() < tolerance,
+                "{m}x{n}x{k} at {i}: {g} vs {expect}"
+            );
+        }
+        let bias = random(n, 14);
+        let layer = packed.linear(&a, m, &bias, Some(Activation::GeluErf), threads);
+        for (i, (g, w)) in layer.iter().zip(&want).enumerate() {
+            let pre = bias[i % n] as f64 + w;
+            let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
+            assert!(
+                (*g as f64 - gelu).abs() < tolerance,
+                "{m}x{n}x{k} linear at {i}: {g} vs {gelu}"
+            );
+        }
+        // One block of each height on each kernel, for a whole panel and partial ones (in
+        // its first and its second 16-lane half), into a C wider than the panel.
+        let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, packed.pairs);
+        let ldc = NR + 3;
+        for &kernel in kernels {
+            for cols in [NR, NR / 2 + 5, 3].map(|cols| cols.min(n)) {
+                for rows in 1..=MR.min(m) {
+                    let mut block = vec![1f32; MR * ldc];
+                    // SAFETY: `block` holds MR rows of ldc ≥ NR ≥ cols columns.
+                    unsafe {
+                        kernel.run(
+                            &pa,
+                            &packed.data,
+                            packed.pairs,
+                            block.as_mut_ptr(),
+                            ldc,
+                            rows,
+                            cols,
+                        )
+                    };
+                    for r in 0..MR {
+                        for c in 0..ldc {
+                            let got = block[r * ldc + c] as f64;
+                            if r < rows && c < cols {
+                                let expect = 1.0 + want[r * n + c];
+                                assert!(
+                                    (got - expect).abs() < tolerance,
+                                    "{kernel:?} {rows}x{cols} block {m}x{n}x{k} at {r},{c}"
+                                );
+                            } else {
+                                assert_eq!(
+                                    got, 1.0,
+                                    "{kernel:?} {rows}x{cols} block: wrote outside it at {r},{c}"
+                                );
                             }
                         }
                     }

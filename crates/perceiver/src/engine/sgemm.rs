@@ -852,12 +852,24 @@ pub(crate) mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Random shapes, odd sizes included, on every kernel (AVX-512 emulated where the CPU
+        /// lacks it).
+        #[test]
+        fn random_shapes_match_the_triple_loop(
+            m in 1usize..90,
+            n in 1usize..150,
+            k in 1usize..300,
+            threads in 1usize..4,
+            pick in 0usize..2,
+        ) {
+            let kernels = kernels_here();
+            product_matches_the_triple_loop(kernels[pick % kernels.len()], m, n, k, threads);
+        }
+    }
+
     fn products_match_the_triple_loop_on(kernel: Kernel) {
-        // Packed over the pool (weights at load) or on the calling thread (attention's keys and
-        // values): W on the pool and on the calling thread, Wᵀ on the calling thread.
-        let pack = |view: View, transposed: bool, scale: f32, parallel: bool| {
-            PackedWeights::pack_for(Some(kernel), view, transposed, scale, parallel)
-        };
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
             (5, 13, 3, 2),
@@ -873,107 +885,119 @@ pub(crate) mod tests {
             // Several k slices for both kernels (AVX-512: 128; AVX2: 2048).
             (13, 20, 2100, 2),
         ] {
-            let x = random(m * k, 21);
-            let w = random(n * k, 22);
-            let start = random(m * n, 23);
-            let mut c = start.clone();
-            pack(View::dense(&w, n, k), true, 1.0, true).matmul_accumulate(&x, m, &mut c, threads);
-            // The attention path: W given transposed (`[k, n]`, strided) and scaled while packed,
-            // X strided; into a C with a wider row stride.
-            let wt: Vec<f32> = (0..k * (n + 3))
-                .map(|j| {
-                    if j % (n + 3) < n {
-                        w[(j % (n + 3)) * k + j / (n + 3)]
-                    } else {
-                        9.0
-                    }
-                })
-                .collect();
-            let from_wt = pack(View::strided(&wt, k, n, n + 3), false, 0.5, false);
-            let x_wide: Vec<f32> = (0..m * (k + 2))
-                .map(|j| {
-                    if j % (k + 2) < k {
-                        x[(j / (k + 2)) * k + j % (k + 2)]
-                    } else {
-                        7.0
-                    }
-                })
-                .collect();
-            let mut c_half = vec![0f32; m * (n + 1)];
-            from_wt.matmul_view(View::strided(&x_wide, m, k, k + 2), &mut c_half, n + 1, threads);
-            // The same product set rather than added: C's old contents (NaN) never read, the
-            // column past n never written.
-            let mut c_set = vec![f32::NAN; m * (n + 1)];
-            // SAFETY: c_set holds m rows of n + 1 ≥ n columns.
-            unsafe {
-                from_wt.matmul_view_raw(
-                    View::strided(&x_wide, m, k, k + 2),
-                    c_set.as_mut_ptr(),
-                    n + 1,
-                    threads,
-                    true,
-                )
-            };
-            // X given transposed (`[k, m]`, strided), as a weight's gradient Gᵀ·X reads G.
-            let xt: Vec<f32> = (0..k * (m + 1))
-                .map(|j| {
-                    if j % (m + 1) < m {
-                        x[(j % (m + 1)) * k + j / (m + 1)]
-                    } else {
-                        5.0
-                    }
-                })
-                .collect();
-            // A linear layer: bias and GELU applied by the tasks on their blocks.
-            let bias = random(n, 24);
-            let layer = pack(View::dense(&w, n, k), true, 1.0, false).linear(
-                &x,
-                m,
-                &bias,
-                Some(crate::config::Activation::GeluErf),
-                threads,
-            );
-            let mut c_xt = vec![0f32; m * n];
-            pack(View::dense(&w, n, k), true, 1.0, true).matmul_transposed_x(
-                View::strided(&xt, k, m, m + 1),
-                &mut c_xt,
-                n,
-                threads,
-            );
-            for r in 0..m {
-                for f in 0..n {
-                    let want = start[r * n + f] as f64
-                        + (0..k)
-                            .map(|i| x[r * k + i] as f64 * w[f * k + i] as f64)
-                            .sum::<f64>();
-                    assert!(
-                        (c[r * n + f] as f64 - want).abs() < 1e-4,
-                        "{kernel:?} {m}x{n}x{k} at {r},{f}"
-                    );
-                    let half = 0.5 * (want - start[r * n + f] as f64);
-                    assert!(
-                        (c_half[r * (n + 1) + f] as f64 - half).abs() < 1e-4,
-                        "{kernel:?} {m}x{n}x{k} transposed view at {r},{f}"
-                    );
-                    assert_eq!(
-                        c_set[r * (n + 1) + f].to_bits(),
-                        c_half[r * (n + 1) + f].to_bits(),
-                        "{kernel:?} {m}x{n}x{k} set at {r},{f}"
-                    );
-                    if f == 0 {
-                        assert!(c_set[r * (n + 1) + n].is_nan(), "{kernel:?} wrote past n");
-                    }
-                    assert!(
-                        (c_xt[r * n + f] as f64 - 2.0 * half).abs() < 1e-4,
-                        "{kernel:?} {m}x{n}x{k} transposed X at {r},{f}"
-                    );
-                    let pre = bias[f] as f64 + 2.0 * half;
-                    let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
-                    assert!(
-                        (layer[r * n + f] as f64 - gelu).abs() < 1e-4,
-                        "{kernel:?} {m}x{n}x{k} linear layer at {r},{f}"
-                    );
+            product_matches_the_triple_loop(kernel, m, n, k, threads);
+        }
+    }
+
+    /// `kernel`'s products of one shape against an f64 triple loop: accumulated into C, from a
+    /// strided Wᵀ scaled while packed into a wider C (added, and set), with X transposed, and as
+    /// a linear layer with bias and GELU.
+    fn product_matches_the_triple_loop(kernel: Kernel, m: usize, n: usize, k: usize, threads: usize) {
+        // Packed over the pool (weights at load) or on the calling thread (attention's keys and
+        // values): W on the pool and on the calling thread, Wᵀ on the calling thread.
+        let pack = |view: View, transposed: bool, scale: f32, parallel: bool| {
+            PackedWeights::pack_for(Some(kernel), view, transposed, scale, parallel)
+        };
+        let x = random(m * k, 21);
+        let w = random(n * k, 22);
+        let start = random(m * n, 23);
+        let mut c = start.clone();
+        pack(View::dense(&w, n, k), true, 1.0, true).matmul_accumulate(&x, m, &mut c, threads);
+        // The attention path: W given transposed (`[k, n]`, strided) and scaled while packed,
+        // X strided; into a C with a wider row stride.
+        let wt: Vec<f32> = (0..k * (n + 3))
+            .map(|j| {
+                if j % (n + 3) < n {
+                    w[(j % (n + 3)) * k + j / (n + 3)]
+                } else {
+                    9.0
                 }
+            })
+            .collect();
+        let from_wt = pack(View::strided(&wt, k, n, n + 3), false, 0.5, false);
+        let x_wide: Vec<f32> = (0..m * (k + 2))
+            .map(|j| {
+                if j % (k + 2) < k {
+                    x[(j / (k + 2)) * k + j % (k + 2)]
+                } else {
+                    7.0
+                }
+            })
+            .collect();
+        let mut c_half = vec![0f32; m * (n + 1)];
+        from_wt.matmul_view(View::strided(&x_wide, m, k, k + 2), &mut c_half, n + 1, threads);
+        // The same product set rather than added: C's old contents (NaN) never read, the
+        // column past n never written.
+        let mut c_set = vec![f32::NAN; m * (n + 1)];
+        // SAFETY: c_set holds m rows of n + 1 ≥ n columns.
+        unsafe {
+            from_wt.matmul_view_raw(
+                View::strided(&x_wide, m, k, k + 2),
+                c_set.as_mut_ptr(),
+                n + 1,
+                threads,
+                true,
+            )
+        };
+        // X given transposed (`[k, m]`, strided), as a weight's gradient Gᵀ·X reads G.
+        let xt: Vec<f32> = (0..k * (m + 1))
+            .map(|j| {
+                if j % (m + 1) < m {
+                    x[(j % (m + 1)) * k + j / (m + 1)]
+                } else {
+                    5.0
+                }
+            })
+            .collect();
+        // A linear layer: bias and GELU applied by the tasks on their blocks.
+        let bias = random(n, 24);
+        let layer = pack(View::dense(&w, n, k), true, 1.0, false).linear(
+            &x,
+            m,
+            &bias,
+            Some(crate::config::Activation::GeluErf),
+            threads,
+        );
+        let mut c_xt = vec![0f32; m * n];
+        pack(View::dense(&w, n, k), true, 1.0, true).matmul_transposed_x(
+            View::strided(&xt, k, m, m + 1),
+            &mut c_xt,
+            n,
+            threads,
+        );
+        for r in 0..m {
+            for f in 0..n {
+                let want = start[r * n + f] as f64
+                    + (0..k)
+                        .map(|i| x[r * k + i] as f64 * w[f * k + i] as f64)
+                        .sum::<f64>();
+                assert!(
+                    (c[r * n + f] as f64 - want).abs() < 1e-4,
+                    "{kernel:?} {m}x{n}x{k} at {r},{f}"
+                );
+                let half = 0.5 * (want - start[r * n + f] as f64);
+                assert!(
+                    (c_half[r * (n + 1) + f] as f64 - half).abs() < 1e-4,
+                    "{kernel:?} {m}x{n}x{k} transposed view at {r},{f}"
+                );
+                assert_eq!(
+                    c_set[r * (n + 1) + f].to_bits(),
+                    c_half[r * (n + 1) + f].to_bits(),
+                    "{kernel:?} {m}x{n}x{k} set at {r},{f}"
+                );
+                if f == 0 {
+                    assert!(c_set[r * (n + 1) + n].is_nan(), "{kernel:?} wrote past n");
+                }
+                assert!(
+                    (c_xt[r * n + f] as f64 - 2.0 * half).abs() < 1e-4,
+                    "{kernel:?} {m}x{n}x{k} transposed X at {r},{f}"
+                );
+                let pre = bias[f] as f64 + 2.0 * half;
+                let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
+                assert!(
+                    (layer[r * n + f] as f64 - gelu).abs() < 1e-4,
+                    "{kernel:?} {m}x{n}x{k} linear layer at {r},{f}"
+                );
             }
         }
     }
