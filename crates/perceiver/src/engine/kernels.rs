@@ -7,6 +7,8 @@
 //! AVX2/AVX-512 builds (GELU 2.0 → 1.3 ns an element, softmax 1.2 → 0.9 on a Zen 3 core; the
 //! default model's pass 2.7% faster). Work is split over rows with rayon.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::config::{Activation, LAYER_NORM_EPS};
@@ -270,7 +272,7 @@ pub fn activation_gradient(x: &[f32], grad: &mut [f32], act: Activation) {
 }
 
 #[inline(always)]
-fn layer_norm_body(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32]) {
+fn layer_norm_body(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], bias: &[f32]) {
     let n = weight.len();
     for (x, y) in input.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         // Two passes (mean, then the centred variance), 16 partial sums each so the loop
@@ -288,7 +290,7 @@ fn layer_norm_body(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32])
         var += tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>();
         let inv = 1.0 / (var / n as f32 + LAYER_NORM_EPS as f32).sqrt();
         for i in 0..n {
-            y[i] = (x[i] - mean) * inv * weight[i] + bias[i];
+            y[i] = MaybeUninit::new((x[i] - mean) * inv * weight[i] + bias[i]);
         }
     }
 }
@@ -322,18 +324,25 @@ fn max16(x: &[f32]) -> f32 {
     tail.iter().fold(head, |m, &v| if v > m { v } else { m })
 }
 
-dispatch!(fn layer_norm_rows(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32]) => layer_norm_body);
+dispatch!(
+    /// LayerNorm of each row of `input` into the same rows of `out`, every element written.
+    fn layer_norm_rows(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], bias: &[f32]) => layer_norm_body
+);
 
-/// LayerNorm of each row of `input` (`[rows, weight.len()]`) into a new buffer.
+/// LayerNorm of each row of `input` (`[rows, weight.len()]`) into a new buffer (not zeroed
+/// first: the rows write every element).
 pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let width = weight.len();
     assert_eq!(input.len() % width, 0, "layer_norm: input is not whole rows");
-    let mut out = vec![0f32; input.len()];
+    let mut out = Vec::with_capacity(input.len());
     let rows_per_task = (MIN_ELEMENTS_PER_TASK / width).max(1);
     input
         .par_chunks(rows_per_task * width)
-        .zip(out.par_chunks_mut(rows_per_task * width))
+        .zip(out.spare_capacity_mut()[..input.len()].par_chunks_mut(rows_per_task * width))
         .for_each(|(x, y)| layer_norm_rows(x, y, weight, bias));
+    // SAFETY: the chunks of whole rows cover all input.len() elements (a multiple of the
+    // width, asserted), and each row writes all of its elements.
+    unsafe { out.set_len(input.len()) };
     out
 }
 
