@@ -199,6 +199,14 @@ enum Queries<'a> {
     /// One item's rows, the same for every item (the encoder's learned latents): their
     /// LayerNorm and projection are computed once for the batch (cross-attention only).
     Shared(&'a [f32]),
+    /// Every item's own rows with their LayerNorm and query projection already applied
+    /// (cross-attention only): the decoder's queries, projected once per position at load.
+    Projected {
+        /// `[Σ query rows, q_dim]`, for the residual (may be empty without one).
+        rows: &'a [f32],
+        /// `[Σ query rows, qk_channels]`.
+        projected: &'a [f32],
+    },
 }
 
 /// Attention then MLP, each with a residual: transformers' `PerceiverLayer`.
@@ -264,10 +272,13 @@ impl Layer {
         threads: usize,
     ) -> Vec<f32> {
         let rows = match queries {
-            Queries::PerItem(rows) | Queries::Shared(rows) => rows,
+            Queries::PerItem(rows) | Queries::Shared(rows) | Queries::Projected { rows, .. } => rows,
         };
         // For shared queries, the LayerNorm and the projection run on one copy.
-        let q_in = self.q_norm.forward(rows);
+        let q_in = match queries {
+            Queries::Projected { .. } => Vec::new(),
+            _ => self.q_norm.forward(rows),
+        };
         let kv_norm;
         let (kv_in, kv_items) = match (inputs, &self.kv_norm) {
             (Some((inputs, items)), Some(norm)) => {
@@ -283,13 +294,20 @@ impl Layer {
             }
         };
         let all_rows = |x: Vec<f32>| match queries {
-            Queries::PerItem(_) => x,
+            Queries::PerItem(_) | Queries::Projected { .. } => x,
             Queries::Shared(_) => x.repeat(query_items.len()),
         };
-        let q = all_rows(self.query.forward(&q_in, threads));
+        let q_projected;
+        let q = match queries {
+            Queries::Projected { projected, .. } => projected,
+            _ => {
+                q_projected = all_rows(self.query.forward(&q_in, threads));
+                &q_projected[..]
+            }
+        };
         let k = self.key.forward(kv_in, threads);
         let v = self.value.forward(kv_in, threads);
-        let heads = attend(&self.spec, &q, query_items, &k, &v, kv_items, threads);
+        let heads = attend(&self.spec, q, query_items, &k, &v, kv_items, threads);
         let mut x = if self.spec.use_query_residual {
             // The residual is the queries before their LayerNorm.
             let mut x = all_rows(rows.to_vec());
@@ -441,6 +459,12 @@ pub struct MaskedLmEngine {
     self_attends: Vec<Layer>,
     /// `[max_positions, d_model]`: the decoder's queries.
     output_queries: Param,
+    /// `[max_positions, qk_channels]`: the decoder's queries after its LayerNorm and query
+    /// projection, the same for every pass (computed whenever the weights are packed). On the
+    /// packed kernels a row's values do not depend on the rows computed with it, so gathering
+    /// them gives bit for bit what projecting the gathered rows would; on the `gemm` crate's
+    /// path, the same up to rounding.
+    projected_output_queries: Vec<f32>,
     decoder: Layer,
     /// The tied embedding decoder, `hidden · Eᵀ + bias` (E shared with `embeddings`). It stays
     /// f32 in bf16 mode: it is ~1% of the work and its rounding would reach every logit.
@@ -494,6 +518,7 @@ impl MaskedLmEngine {
                 get,
                 &format!("{p}.decoder.decoding_cross_attention"),
             )?,
+            projected_output_queries: Vec::new(),
             precision: Precision::F32,
             threads: 0,
         }
@@ -538,6 +563,11 @@ impl MaskedLmEngine {
         }
         self.output.set_precision(Precision::F32);
         self.precision = precision;
+        let threads = rayon::current_num_threads();
+        self.projected_output_queries = on_pool(|| {
+            let normed = self.decoder.q_norm.forward(self.output_queries.data());
+            self.decoder.query.forward(&normed, threads)
+        });
     }
 
     /// Threads for one forward pass; 0 (the default) means rayon's pool size.
@@ -633,7 +663,12 @@ impl MaskedLmEngine {
             )));
         }
         let table = self.output_queries.data();
-        let mut queries = Vec::with_capacity(positions.iter().map(|p| p.len()).sum::<usize>() * d_model);
+        let qk = self.decoder.spec.qk_channels;
+        let count = positions.iter().map(|p| p.len()).sum::<usize>();
+        // The queries themselves serve only as the residual.
+        let residual = self.decoder.spec.use_query_residual;
+        let mut queries = Vec::with_capacity(if residual { count * d_model } else { 0 });
+        let mut projected = Vec::with_capacity(count * qk);
         for &p in positions.iter().flat_map(|p| p.iter()) {
             if p >= self.max_len() {
                 return Err(Error::InvalidInput(format!(
@@ -641,13 +676,19 @@ impl MaskedLmEngine {
                     self.max_len()
                 )));
             }
-            queries.extend_from_slice(&table[p * d_model..][..d_model]);
+            if residual {
+                queries.extend_from_slice(&table[p * d_model..][..d_model]);
+            }
+            projected.extend_from_slice(&self.projected_output_queries[p * qk..][..qk]);
         }
         let threads = self.threads();
         let query_items = item_ranges(positions.iter().map(|p| p.len()));
         let latent_items = item_ranges(std::iter::repeat_n(n, positions.len()));
         let hidden = self.decoder.forward(
-            Queries::PerItem(&queries),
+            Queries::Projected {
+                rows: &queries,
+                projected: &projected,
+            },
             &query_items,
             Some((latents, &latent_items)),
             threads,
