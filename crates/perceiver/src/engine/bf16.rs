@@ -373,7 +373,7 @@ fn avx512_bf16_here() -> bool {
 
 /// The AVX-512 BF16 microkernels for blocks of 1 to [`MR`] rows: native where the CPU has
 /// them, else emulated.
-fn avx512_kernels() -> &'static [unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize); MR] {
+fn avx512_kernels() -> &'static [avx512_emulated::Microkernel; MR] {
     #[cfg(target_arch = "x86_64")]
     if avx512_bf16_here() {
         return &avx512::KERNELS;
@@ -387,7 +387,7 @@ fn avx512_kernels() -> &'static [unsafe fn(*const u32, *const u32, usize, *mut f
 macro_rules! avx512_bf16_kernels {
     ($(#[$feature:meta])*) => {
         /// A block of R rows: see [`Kernel::run`](super::Kernel::run).
-        type Microkernel = unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize);
+        pub(super) type Microkernel = unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize);
 
         /// The microkernels for blocks of 1 to [`MR`] rows.
         pub(super) const KERNELS: [Microkernel; MR] = [
