@@ -422,7 +422,7 @@ pub fn run(args: InferenceArgs) -> Result<()> {
                 .chunks(w.reference_batch_size.unwrap_or(1).max(1))
                 .map(|batch| {
                     let padded = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0);
-                    engine.forward_flops(&vec![padded; batch.len()], &vec![max_len; batch.len()])
+                    engine.reference_flops(&vec![padded; batch.len()], &vec![max_len; batch.len()])
                 })
                 .sum();
             let (m_ours, m_theirs) = (median(ours), median(theirs));

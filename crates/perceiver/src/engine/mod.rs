@@ -703,9 +703,19 @@ impl MaskedLmEngine {
 
     /// Multiply-add work (2 FLOP each) of the matrix products of one forward pass over texts of
     /// `input_lens` tokens with `output_counts` decoded positions each: what a speed in GFLOP/s
-    /// is measured against. transformers' pass over a padded batch is the same formula with every
-    /// length set to the padded length and every count to `max_len()`.
+    /// is measured against. The decoder's query projection is not part of it: it is computed
+    /// once at load ([`reference_flops`](Self::reference_flops) counts it).
     pub fn forward_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> f64 {
+        let decoder = self.config.masked_lm_decoder_spec();
+        let projection = (decoder.q_dim * decoder.qk_channels) as f64;
+        self.reference_flops(input_lens, output_counts)
+            - 2.0 * projection * output_counts.iter().sum::<usize>() as f64
+    }
+
+    /// [`forward_flops`](Self::forward_flops) for an implementation that projects the decoder's
+    /// queries in every pass, as transformers does: its pass over a padded batch is this with
+    /// every length set to the padded length and every count to `max_len()`.
+    pub fn reference_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> f64 {
         let c = &self.config;
         let layer = |spec: &AttentionSpec, nq: usize, nk: usize| -> f64 {
             let (nq, nk) = (nq as f64, nk as f64);
