@@ -272,17 +272,12 @@ impl Kernel {
         if super::amx::available() {
             return Self::Amx;
         }
-        #[cfg(target_arch = "x86_64")]
-        {
-            if avx512_bf16_here() {
-                return Self::Avx512Bf16;
-            }
-            if super::kernels::avx2_products() && !super::emulated512::requested() {
-                return Self::Avx2;
-            }
-        }
-        if super::emulated512::requested() {
+        if avx512_bf16_here() || super::emulated512::requested() {
             return Self::Avx512Bf16;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::kernels::avx2_products() {
+            return Self::Avx2;
         }
         Self::Portable
     }
@@ -553,11 +548,6 @@ mod tests {
         if crate::engine::kernels::simd_level() >= 1 {
             kernels.push(Kernel::Avx2);
         }
-        println!(
-            "full products on {:?}; blocks on {kernels:?} (AVX-512 BF16 native: {})",
-            Kernel::detect(),
-            avx512_bf16_here()
-        );
         kernels
     }
 
@@ -566,6 +556,11 @@ mod tests {
     #[test]
     fn products_match_the_triple_loop_on_rounded_operands() {
         let kernels = kernels_here();
+        println!(
+            "full products on {:?}; blocks on {kernels:?} (AVX-512 BF16 native: {})",
+            Kernel::detect(),
+            avx512_bf16_here()
+        );
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
             (5, 7, 3, 2),
