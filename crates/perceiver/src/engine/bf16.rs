@@ -7,11 +7,16 @@
 //! of [`MR`] rows. The microkernel keeps an `MR × 32` block of C in 24 registers; each step
 //! broadcasts one row's input pair and does two `vdpbf16ps`, 64 multiply-adds each.
 //!
-//! Where the CPU lacks AVX-512 BF16 the same packed data goes through an AVX2+FMA kernel, which
-//! widens each bf16 to f32 with a shift or a mask (bf16 is the top half of an f32) and does the
-//! multiply-adds in f32, or else through a portable kernel. Both compute the same products (a
-//! product of two bf16 values is exact in f32), accumulated in the same order within each pair,
-//! so results agree with the AVX-512 kernel up to f32 rounding.
+//! Where the CPU lacks AVX-512 BF16 the same packed data goes through AVX2+FMA, which widens
+//! each bf16 to f32 with a shift or a mask (bf16 is the top half of an f32) and does the
+//! multiply-adds in f32, or else through a portable kernel. On AVX2 a task of many rows widens
+//! each panel once into f32 and runs the f32 products' microkernel over it
+//! (`PackedMatrix::widened_pass`); a task of few rows widens in registers per block
+//! (`avx2::kernel`). All compute the same products (a product of two bf16 values is exact in
+//! f32), accumulated in the same order within each pair, so results agree with the AVX-512
+//! kernel up to f32 rounding, and the two AVX2 ways agree bit for bit.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -26,6 +31,9 @@ pub const NR: usize = 32;
 /// Rows of A per task at most when there are many (a batch, a long text's decode): their bf16
 /// pairs (192 × 1280 inputs: 480 KB) stay in L2 while the task's panels pass over them.
 const CHUNK_ROWS: usize = 16 * MR;
+
+/// Rows of a task from which the AVX2 kernel widens whole panels ([`Kernel::widens_panels`]).
+const WIDENED_MIN_ROWS: usize = 18;
 
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN). Branch-free so packing
 /// loops vectorise.
@@ -157,15 +165,15 @@ impl PackedMatrix {
 
     /// The blocked product into C (`[m, n]`, dense, at `c`) with C's `edges`, on the AVX-512
     /// BF16, AVX2 or portable microkernel. Work is cut into row chunks × groups of panels, as
-    /// the f32 products are; each task converts its own rows of A to bf16 pairs (in parallel,
-    /// and kept in L2 while every panel of its group passes over them), and the microkernel
-    /// adds its block straight into C.
+    /// the f32 products are; each task converts its own rows of A to bf16 (in parallel, and kept
+    /// in L2 while every panel of its group passes over them), and the microkernel adds its
+    /// block straight into C.
     ///
     /// # Safety
     /// `c` must be valid for writes of m·n values, and no one else may access them during the
     /// call; with a bias they may be uninitialised.
     unsafe fn run(&self, a: &[f32], m: usize, c: *mut f32, threads: usize, edges: Edges) {
-        let (n, k, pairs) = (self.n, self.k, self.pairs);
+        let (n, k) = (self.n, self.k);
         assert!(!edges.overwrite, "bf16 products add to C");
         if m == 0 || n == 0 {
             return;
@@ -197,18 +205,16 @@ impl PackedMatrix {
             // SAFETY: rows `rows` < m × columns `cols` ⊂ 0..n lie in C, in this task's block
             // (C as `run` requires).
             unsafe { edges.begin(c_ptr.get(), n, rows.clone(), cols.clone()) };
-            let packed_a = pack_a(&a[rows.start * k..rows.end * k], rows.len(), k, pairs);
-            for p in group * per_group..((group + 1) * per_group).min(panels) {
-                let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
-                let panel_cols = NR.min(n - p * NR);
-                for (b, a_block) in packed_a.chunks_exact(pairs * MR).enumerate() {
-                    let block_rows = MR.min(rows.len() - b * MR);
-                    // SAFETY: rows rows.start + b·MR.. + block_rows < m and columns
-                    // p·NR.. + panel_cols ≤ n lie in C, in this task's block.
-                    unsafe {
-                        let c = c_ptr.get().add((rows.start + b * MR) * n + p * NR);
-                        kernel.run(a_block, panel, pairs, c, n, block_rows, panel_cols);
-                    }
+            let a_rows = &a[rows.start * k..rows.end * k];
+            let task_panels = group * per_group..((group + 1) * per_group).min(panels);
+            // SAFETY: the task's rows start inside C; its panels' columns are its block's.
+            let c_rows = unsafe { c_ptr.get().add(rows.start * n) };
+            // SAFETY: C's rows `rows` × the panels' columns are this task's block (above).
+            unsafe {
+                if kernel.widens_panels(rows.len()) {
+                    self.widened_pass(a_rows, rows.len(), task_panels, c_rows)
+                } else {
+                    self.blocked_pass(kernel, a_rows, rows.len(), task_panels, c_rows)
                 }
             }
             // SAFETY: as above; every element of the block is written by now.
@@ -219,6 +225,91 @@ impl PackedMatrix {
         } else {
             (0..chunks * groups).for_each(task);
         }
+    }
+}
+
+impl PackedMatrix {
+    /// `C[..rows] += A · Wᵀ` over `panels`, A (`[rows, k]`) converted to bf16 pairs in blocks
+    /// of [`MR`] rows and `kernel` run per block and panel; C (`[rows, n]`) at `c`.
+    ///
+    /// # Safety
+    /// C's `rows` rows × the panels' columns must be readable and writable by the caller alone.
+    unsafe fn blocked_pass(&self, kernel: Kernel, a: &[f32], rows: usize, panels: Range<usize>, c: *mut f32) {
+        let (n, pairs) = (self.n, self.pairs);
+        let packed_a = pack_a(a, rows, self.k, pairs);
+        for p in panels {
+            let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
+            let panel_cols = NR.min(n - p * NR);
+            for (b, a_block) in packed_a.chunks_exact(pairs * MR).enumerate() {
+                let block_rows = MR.min(rows - b * MR);
+                // SAFETY: rows b·MR.. + block_rows < rows and columns p·NR.. + panel_cols ≤ n
+                // lie in the caller's block of C.
+                unsafe {
+                    kernel.run(
+                        a_block,
+                        panel,
+                        pairs,
+                        c.add(b * MR * n + p * NR),
+                        n,
+                        block_rows,
+                        panel_cols,
+                    )
+                };
+            }
+        }
+    }
+
+    /// [`Kernel::Avx2`]'s pass for many rows (see [`Kernel::widens_panels`]): A's rows are
+    /// rounded to bf16 once, each 16-column half of a panel is widened to f32 once, and sgemm's
+    /// AVX2 microkernel runs over it, six rows per call, while the next panel is prefetched. The
+    /// same multiply-adds in the same order as [`avx2::kernel`] (each pair's odd input first),
+    /// so a row's result does not depend on which pass its task took.
+    ///
+    /// # Safety
+    /// As [`blocked_pass`](Self::blocked_pass); the CPU must have AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn widened_pass(&self, a: &[f32], rows: usize, panels: Range<usize>, c: *mut f32) {
+        let (n, pairs) = (self.n, self.pairs);
+        // The padding pairs (zero) are skipped.
+        let used = self.k.div_ceil(2);
+        let steps = 2 * used;
+        let x = avx2::round_rows(a, rows, self.k);
+        let mut wide = vec![0f32; steps * 16];
+        for p in panels {
+            let panel = &self.data[p * pairs * NR..(p * pairs + used) * NR];
+            let panel_cols = NR.min(n - p * NR);
+            // The next panel's used pairs (two lines each), shared among the halves' passes.
+            let next = self.data.as_ptr().wrapping_add((p + 1) * pairs * NR).cast::<u8>();
+            let halves = panel_cols.div_ceil(16);
+            let lines = (2 * used).div_ceil(halves);
+            for half in 0..halves {
+                // SAFETY: the CPU has AVX2 (this pass's condition); the panel holds `used`
+                // pairs of NR lanes, `wide` steps·16 values.
+                unsafe { avx2::widen_half(panel, half, &mut wide) };
+                // SAFETY: `wide` holds steps·16 values and each of x's `rows` rows `steps`;
+                // C's rows × columns p·NR + 16·half.. + 16 (at most) are the caller's;
+                // `next`'s lines are only hinted at.
+                unsafe {
+                    super::sgemm::avx2_panel_pass(
+                        wide.as_ptr(),
+                        steps,
+                        x.as_ptr(),
+                        steps,
+                        rows,
+                        c.add(p * NR + 16 * half),
+                        n,
+                        (panel_cols - 16 * half).min(16),
+                        next.wrapping_add(half * lines * 64),
+                        lines,
+                    )
+                };
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn widened_pass(&self, _: &[f32], _: usize, _: Range<usize>, _: *mut f32) {
+        unreachable!("no AVX2 off x86-64")
     }
 }
 
@@ -255,7 +346,8 @@ pub enum Kernel {
     Amx,
     /// AVX-512 BF16 `vdpbf16ps`.
     Avx512Bf16,
-    /// AVX2 + FMA: bf16 widened to f32 in registers, f32 multiply-adds.
+    /// AVX2 + FMA: bf16 widened to f32 (per panel, or in registers for few rows), f32
+    /// multiply-adds.
     Avx2,
     /// Plain Rust on the same packed data.
     Portable,
@@ -280,6 +372,15 @@ impl Kernel {
             return Self::Avx2;
         }
         Self::Portable
+    }
+
+    /// Whether a task of `rows` rows takes [`PackedMatrix::widened_pass`]: on AVX2, from 18
+    /// rows. Widening a panel half costs two stores per input pair, against 2·rows/2 cycles of
+    /// multiply-adds; with fewer rows [`avx2::kernel`], which widens in registers, is faster.
+    /// (Zen 3, paired, 2 threads: 256×1280×1280 0.77 of the time, 2048×768×768 0.76,
+    /// 36×768×768 (18 rows a task) 0.90; 24×768×768 (12) 1.08, 6×768×768 1.19.)
+    fn widens_panels(self, rows: usize) -> bool {
+        cfg!(target_arch = "x86_64") && self == Self::Avx2 && rows >= WIDENED_MIN_ROWS
     }
 
     /// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
@@ -464,6 +565,78 @@ mod avx512_emulated {
 mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
+
+    /// A's rows (`[rows, k]`) rounded to bf16 and back to f32, with each pair's odd input
+    /// first: `[rows][2·ceil(k/2)]` (an odd k's last pair is `(0, a[k-1])`), as
+    /// [`widened_pass`](super::PackedMatrix::widened_pass) reads them.
+    pub(super) fn round_rows(a: &[f32], rows: usize, k: usize) -> Vec<f32> {
+        let steps = 2 * k.div_ceil(2);
+        let mut out = vec![0f32; rows * steps];
+        if k == 0 {
+            return out;
+        }
+        for (row, dst) in a.chunks_exact(k).zip(out.chunks_exact_mut(steps)).take(rows) {
+            // SAFETY: only called on the AVX2 path; the row and `dst` as their slices.
+            unsafe { round_row(row, dst) };
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn round_row(row: &[f32], dst: &mut [f32]) {
+        let k = row.len();
+        let one = _mm256_set1_epi32(1);
+        let half_ulp = _mm256_set1_epi32(0x7FFF);
+        let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        let nan = _mm256_set1_ps(f32::from_bits(0x7FC0_0000));
+        let vectors = k / 8;
+        for i in 0..vectors {
+            // SAFETY: 8(i + 1) ≤ k ≤ dst.len().
+            unsafe {
+                let v = _mm256_loadu_ps(row.as_ptr().add(8 * i));
+                // to_bf16_bits on eight lanes: add half an ulp (ties to even), keep the top half.
+                let bits = _mm256_castps_si256(v);
+                let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), one);
+                let rounded = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(bits, half_ulp), lsb), high);
+                let is_nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
+                let rounded = _mm256_blendv_ps(_mm256_castsi256_ps(rounded), nan, is_nan);
+                // Swap each pair's lanes: odd input first.
+                _mm256_storeu_ps(
+                    dst.as_mut_ptr().add(8 * i),
+                    _mm256_permute_ps::<0b10_11_00_01>(rounded),
+                );
+            }
+        }
+        let round = |x: f32| super::from_bf16_bits(super::to_bf16_bits(x));
+        for i in (8 * vectors..k).step_by(2) {
+            let odd = if i + 1 < k { round(row[i + 1]) } else { 0.0 };
+            dst[i] = odd;
+            dst[i + 1] = round(row[i]);
+        }
+    }
+
+    /// Half `half` of a panel (its columns 16·half..16·half + 16) widened to f32 in sgemm's AVX2
+    /// layout: `wide[2i·16 + j]` the odd input of pair i for column j, `wide[(2i+1)·16 + j]` the
+    /// even one, for the panel's `wide.len() / 32` pairs.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn widen_half(panel: &[u32], half: usize, wide: &mut [f32]) {
+        let odd_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        let pairs = wide.len() / 32;
+        assert!(panel.len() >= pairs * NR && half < NR / 16);
+        for i in 0..pairs {
+            for j in 0..2 {
+                // SAFETY: lane 16·half + 8j + 8 ≤ NR of pair i < pairs (asserted); the stores
+                // end at (2i + 1)·16 + 8j + 8 ≤ 32·pairs = wide.len().
+                unsafe {
+                    let lanes = _mm256_loadu_si256(panel.as_ptr().add(i * NR + 16 * half + 8 * j).cast());
+                    let odd = _mm256_castsi256_ps(_mm256_and_si256(lanes, odd_mask));
+                    let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(lanes));
+                    _mm256_storeu_ps(wide.as_mut_ptr().add(2 * i * 16 + 8 * j), odd);
+                    _mm256_storeu_ps(wide.as_mut_ptr().add((2 * i + 1) * 16 + 8 * j), even);
+                }
+            }
+        }
+    }
 
     /// Rows per pass: 8 accumulators, 4 widened weight vectors, the input pair widened (2) and a
     /// mask fill the 16 registers.
@@ -663,6 +836,82 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Each row of a product equals the same row computed alone, bit for bit: on AVX2 the
+    /// product's tasks take the widened-panel pass and the row alone the in-register kernel, so
+    /// a text's result would otherwise depend on its batch.
+    #[test]
+    fn a_rows_result_does_not_depend_on_its_product() {
+        for (m, n, k, threads) in [(40, 50, 77, 1), (64, 33, 130, 2), (WIDENED_MIN_ROWS, 20, 9, 1)] {
+            let a = random(m * k, 21);
+            let packed = PackedMatrix::pack_transposed(&random(n * k, 22), n, k);
+            let mut all = vec![0f32; m * n];
+            packed.matmul_accumulate(&a, m, &mut all, threads);
+            for r in 0..m {
+                let mut alone = vec![0f32; n];
+                packed.matmul_accumulate(&a[r * k..(r + 1) * k], 1, &mut alone, 1);
+                let same = all[r * n..(r + 1) * n]
+                    .iter()
+                    .zip(&alone)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{:?}, {m}x{n}x{k} on {threads} threads: row {r} differs from it alone",
+                    Kernel::detect()
+                );
+            }
+        }
+    }
+
+    /// The AVX2 pass's vector rounding of A equals [`to_bf16_bits`] on every lane (ties, NaN,
+    /// infinities, subnormals), with each pair's odd input first, for k past and short of a
+    /// vector.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn round_rows_round_as_to_bf16_bits() {
+        if crate::engine::kernels::simd_level() < 1 {
+            return;
+        }
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::from_bits(0x3F80_8000), // a tie, rounded to the even 1.0
+            f32::from_bits(0x3F81_8000), // a tie, rounded up
+            f32::from_bits(0x0000_0001),
+            -0.0,
+            1.0 / 3.0,
+        ];
+        for k in [1, 7, 8, 9, 16, 23] {
+            let rows = 3;
+            let a: Vec<f32> = (0..rows * k)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        specials[i % specials.len()]
+                    } else {
+                        random(1, i as u64)[0]
+                    }
+                })
+                .collect();
+            let got = avx2::round_rows(&a, rows, k);
+            let steps = 2 * k.div_ceil(2);
+            for r in 0..rows {
+                for i in 0..steps {
+                    // Position i holds input i + 1 (even i) or i - 1 (odd i); past k, zero.
+                    let input = if i % 2 == 0 { i + 1 } else { i - 1 };
+                    let want = if input < k {
+                        to_bf16_bits(a[r * k + input])
+                    } else {
+                        0
+                    };
+                    let got = got[r * steps + i].to_bits();
+                    assert_eq!(got, (want as u32) << 16, "k {k}, row {r}, position {i}");
                 }
             }
         }

@@ -676,6 +676,48 @@ mod avx512_emulated {
     avx512_packed_kernel!();
 }
 
+/// `C[r, j] += Σ_{i<kc} X[r, i] · w[i·16 + j]` for r < rows, j < cols (≤ 16): one panel in
+/// the AVX2 kernel's layout (`[kc][16]`, made by the caller) over X's rows, `ldx` apart, six rows
+/// per microkernel call, C's rows `ldc` apart. The `ahead_lines` cache lines from `ahead` (the
+/// caller's next panel) are prefetched along the way, a share per call. This is the
+/// [`bf16`](super::bf16) products' AVX2 path, on panels widened from bf16.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `w` readable for kc·16 values, each X row for kc values, and
+/// C's rows × `cols` columns readable and writable by this caller alone.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn avx2_panel_pass(
+    w: *const f32,
+    kc: usize,
+    x: *const f32,
+    ldx: usize,
+    rows: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    ahead: *const u8,
+    ahead_lines: usize,
+) {
+    debug_assert!(cols <= PANEL_AVX2);
+    let micros = microkernels(Kernel::Avx2, true);
+    let share = ahead_lines.div_ceil(rows.div_ceil(ROWS).max(1));
+    for (j, first) in (0..rows).step_by(ROWS).enumerate() {
+        let block = ROWS.min(rows - first);
+        let x_rows: [*const f32; ROWS] =
+            std::array::from_fn(|r| x.wrapping_add((first + r.min(block - 1)) * ldx));
+        let start = (j * share).min(ahead_lines);
+        let ahead = Ahead {
+            start: ahead.wrapping_add(start * LINE_FLOATS * 4).cast(),
+            lines: (ahead_lines - start).min(share),
+        };
+        // SAFETY: the CPU has AVX2 and FMA; the kernel reads kc·16 values of `w` and kc from
+        // each of its `block` rows of X, and adds to rows first..first + block < rows, columns
+        // < cols of C, as the caller promises (`ahead`'s lines are only hinted at).
+        unsafe { micros[block - 1](w, x_rows, 1, kc, c.add(first * ldc), ldc, cols, false, ahead) };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{LINE_FLOATS, PANEL_AVX2, ROWS};
