@@ -274,7 +274,9 @@ impl PackedMatrix {
         let used = self.k.div_ceil(2);
         let steps = 2 * used;
         let x = avx2::round_rows(a, rows, self.k);
-        let mut wide = vec![0f32; steps * 16];
+        // Each half's pass fills it before the kernel reads it.
+        let mut wide = Vec::<f32>::with_capacity(steps * 16);
+        let wide = &mut wide.spare_capacity_mut()[..steps * 16];
         for p in panels {
             let panel = &self.data[p * pairs * NR..(p * pairs + used) * NR];
             let panel_cols = NR.min(n - p * NR);
@@ -285,13 +287,13 @@ impl PackedMatrix {
             for half in 0..halves {
                 // SAFETY: the CPU has AVX2 (this pass's condition); the panel holds `used`
                 // pairs of NR lanes, `wide` steps·16 values.
-                unsafe { avx2::widen_half(panel, half, &mut wide) };
+                unsafe { avx2::widen_half(panel, half, wide) };
                 // SAFETY: `wide` holds steps·16 values and each of x's `rows` rows `steps`;
                 // C's rows × columns p·NR + 16·half.. + 16 (at most) are the caller's;
                 // `next`'s lines are only hinted at.
                 unsafe {
                     super::sgemm::avx2_panel_pass(
-                        wide.as_ptr(),
+                        wide.as_ptr().cast(),
                         steps,
                         x.as_ptr(),
                         steps,
@@ -565,25 +567,31 @@ mod avx512_emulated {
 mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// A's rows (`[rows, k]`) rounded to bf16 and back to f32, with each pair's odd input
     /// first: `[rows][2·ceil(k/2)]` (an odd k's last pair is `(0, a[k-1])`), as
     /// [`widened_pass`](super::PackedMatrix::widened_pass) reads them.
     pub(super) fn round_rows(a: &[f32], rows: usize, k: usize) -> Vec<f32> {
         let steps = 2 * k.div_ceil(2);
-        let mut out = vec![0f32; rows * steps];
+        // Not zeroed first: every value is written below.
+        let mut out = Vec::with_capacity(rows * steps);
         if k == 0 {
             return out;
         }
-        for (row, dst) in a.chunks_exact(k).zip(out.chunks_exact_mut(steps)).take(rows) {
+        let rows_out = out.spare_capacity_mut().chunks_exact_mut(steps);
+        for (row, dst) in a.chunks_exact(k).zip(rows_out).take(rows) {
             // SAFETY: only called on the AVX2 path; the row and `dst` as their slices.
             unsafe { round_row(row, dst) };
         }
+        // SAFETY: `round_row` wrote all `steps` values of each of the `rows` rows.
+        unsafe { out.set_len(rows * steps) };
         out
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn round_row(row: &[f32], dst: &mut [f32]) {
+    unsafe fn round_row(row: &[f32], dst: &mut [MaybeUninit<f32>]) {
+        assert!(dst.len() == 2 * row.len().div_ceil(2));
         let k = row.len();
         let one = _mm256_set1_epi32(1);
         let half_ulp = _mm256_set1_epi32(0x7FFF);
@@ -591,7 +599,7 @@ mod avx2 {
         let nan = _mm256_set1_ps(f32::from_bits(0x7FC0_0000));
         let vectors = k / 8;
         for i in 0..vectors {
-            // SAFETY: 8(i + 1) ≤ k ≤ dst.len().
+            // SAFETY: 8(i + 1) ≤ k ≤ dst.len() (asserted).
             unsafe {
                 let v = _mm256_loadu_ps(row.as_ptr().add(8 * i));
                 // to_bf16_bits on eight lanes: add half an ulp (ties to even), keep the top half.
@@ -602,7 +610,7 @@ mod avx2 {
                 let rounded = _mm256_blendv_ps(_mm256_castsi256_ps(rounded), nan, is_nan);
                 // Swap each pair's lanes: odd input first.
                 _mm256_storeu_ps(
-                    dst.as_mut_ptr().add(8 * i),
+                    dst.as_mut_ptr().add(8 * i).cast(),
                     _mm256_permute_ps::<0b10_11_00_01>(rounded),
                 );
             }
@@ -610,8 +618,8 @@ mod avx2 {
         let round = |x: f32| super::from_bf16_bits(super::to_bf16_bits(x));
         for i in (8 * vectors..k).step_by(2) {
             let odd = if i + 1 < k { round(row[i + 1]) } else { 0.0 };
-            dst[i] = odd;
-            dst[i + 1] = round(row[i]);
+            dst[i].write(odd);
+            dst[i + 1].write(round(row[i]));
         }
     }
 
@@ -619,7 +627,7 @@ mod avx2 {
     /// layout: `wide[2i·16 + j]` the odd input of pair i for column j, `wide[(2i+1)·16 + j]` the
     /// even one, for the panel's `wide.len() / 32` pairs.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn widen_half(panel: &[u32], half: usize, wide: &mut [f32]) {
+    pub(super) unsafe fn widen_half(panel: &[u32], half: usize, wide: &mut [MaybeUninit<f32>]) {
         let odd_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
         let pairs = wide.len() / 32;
         assert!(panel.len() >= pairs * NR && half < NR / 16);
@@ -631,8 +639,9 @@ mod avx2 {
                     let lanes = _mm256_loadu_si256(panel.as_ptr().add(i * NR + 16 * half + 8 * j).cast());
                     let odd = _mm256_castsi256_ps(_mm256_and_si256(lanes, odd_mask));
                     let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(lanes));
-                    _mm256_storeu_ps(wide.as_mut_ptr().add(2 * i * 16 + 8 * j), odd);
-                    _mm256_storeu_ps(wide.as_mut_ptr().add((2 * i + 1) * 16 + 8 * j), even);
+                    let wide = wide.as_mut_ptr().cast::<f32>();
+                    _mm256_storeu_ps(wide.add(2 * i * 16 + 8 * j), odd);
+                    _mm256_storeu_ps(wide.add((2 * i + 1) * 16 + 8 * j), even);
                 }
             }
         }
