@@ -43,11 +43,10 @@ impl ModelArgs {
             .with_context(|| format!("cannot load model {}", self.model))
     }
 
-    /// Loads the model these flags name into the inference engine (weights memory-mapped).
+    /// Loads the model these flags name into the inference engine (weights memory-mapped,
+    /// packed once for `precision`).
     pub fn load_engine(&self, precision: Precision) -> Result<MaskedLmEngine> {
-        let mut engine = perceiver::load_engine_from(&self.model, &self.options())
-            .with_context(|| format!("cannot load model {}", self.model))?;
-        engine.set_precision(precision);
-        Ok(engine)
+        perceiver::load_engine_from_as(&self.model, &self.options(), precision)
+            .with_context(|| format!("cannot load model {}", self.model))
     }
 }

@@ -24,9 +24,10 @@ pub fn load(device: &Device) -> Result<PerceiverForMaskedLM> {
     crate::loading::load_masked_lm_from_memory(CONFIG_JSON, WEIGHTS, device)
 }
 
-/// The built-in model in the inference engine, its weights read in place from the binary.
-pub fn engine() -> Result<crate::engine::MaskedLmEngine> {
-    crate::loading::load_engine_from_static(CONFIG_JSON, WEIGHTS)
+/// The built-in model in the inference engine, its weights read in place from the binary, its
+/// products in `precision`.
+pub fn engine(precision: crate::engine::Precision) -> Result<crate::engine::MaskedLmEngine> {
+    crate::loading::load_engine_from_static(CONFIG_JSON, WEIGHTS, precision)
 }
 
 #[cfg(test)]
@@ -35,7 +36,7 @@ mod tests {
 
     #[test]
     fn the_built_in_model_loads_and_fills_a_mask() -> Result<()> {
-        let fill = crate::FillMask::new(engine()?);
+        let fill = crate::FillMask::new(engine(crate::Precision::F32)?);
         let input = fill.prepare("Hello, w[MASK]rld!", false)?;
         let out = &fill.predict(&[input], 3)?[0];
         assert_eq!(out.masks.len(), 1);
@@ -50,7 +51,7 @@ mod tests {
         let text = "The quick brown fox jumps over the lazy dog, and then it runs back home.";
         let ids = crate::BytesTokenizer.encode(text);
         let positions: Vec<usize> = (0..ids.len()).step_by(3).collect();
-        let fast = engine()?.logits_at(&[&ids], &[&positions])?;
+        let fast = engine(crate::Precision::F32)?.logits_at(&[&ids], &[&positions])?;
         let model = load(&Device::Cpu)?;
         let ids_t = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
         let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();

@@ -53,6 +53,7 @@ pub use error::{Error, Result};
 pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
 pub use heads::masked_lm::PerceiverForMaskedLM;
 pub use loading::{
-    load_engine, load_engine_from, load_masked_lm, load_masked_lm_from, LoadOptions, ModelFiles,
+    load_engine, load_engine_as, load_engine_from, load_engine_from_as, load_masked_lm, load_masked_lm_from,
+    LoadOptions, ModelFiles,
 };
 pub use tokenizer::{BytesTokenizer, MaskedText};

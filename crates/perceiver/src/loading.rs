@@ -16,7 +16,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::PerceiverConfig;
 use crate::engine::weights::SafetensorsStore;
-use crate::engine::{MaskedLmEngine, Param};
+use crate::engine::{MaskedLmEngine, Param, Precision};
 use crate::error::{Error, Result};
 use crate::heads::masked_lm::PerceiverForMaskedLM;
 
@@ -368,9 +368,15 @@ pub fn load_masked_lm_from(
 }
 
 /// Loads a masked language model into the inference engine ([`MaskedLmEngine`]), with the same
-/// checks as [`load_masked_lm`]. Safetensors weights are memory-mapped and read in place;
-/// PyTorch `.bin` weights are read through candle and copied.
+/// checks as [`load_masked_lm`], its products in f32. Safetensors weights are memory-mapped and
+/// read in place; PyTorch `.bin` weights are read through candle and copied.
 pub fn load_engine(files: &ModelFiles) -> Result<MaskedLmEngine> {
+    load_engine_as(files, Precision::F32)
+}
+
+/// [`load_engine`] with the products in `precision` from the start (in bf16, without the f32
+/// copy of the weights on the way: see [`MaskedLmEngine::from_params_as`]).
+pub fn load_engine_as(files: &ModelFiles, precision: Precision) -> Result<MaskedLmEngine> {
     let config = PerceiverConfig::from_file(&files.config)?;
     match &files.weights {
         WeightFiles::Safetensors(paths) => {
@@ -379,11 +385,11 @@ pub fn load_engine(files: &ModelFiles) -> Result<MaskedLmEngine> {
             }
             let store = SafetensorsStore::open(paths)?;
             check_tensors(&config, store.shapes())?;
-            MaskedLmEngine::from_params(&config, &mut |name| store.get(name))
+            MaskedLmEngine::from_params_as(&config, &mut |name| store.get(name), precision)
         }
         WeightFiles::PyTorch(_) => {
             let (config, tensors) = load_masked_lm_tensors(files, &Device::Cpu)?;
-            engine_from_tensors(&config, &tensors)
+            engine_from_tensors_as(&config, &tensors, precision)
         }
     }
 }
@@ -394,6 +400,14 @@ pub fn engine_from_tensors(
     config: &PerceiverConfig,
     tensors: &BTreeMap<String, Tensor>,
 ) -> Result<MaskedLmEngine> {
+    engine_from_tensors_as(config, tensors, Precision::F32)
+}
+
+fn engine_from_tensors_as(
+    config: &PerceiverConfig,
+    tensors: &BTreeMap<String, Tensor>,
+    precision: Precision,
+) -> Result<MaskedLmEngine> {
     check_tensors(
         config,
         tensors
@@ -401,13 +415,14 @@ pub fn engine_from_tensors(
             .map(|(n, t)| (n.clone(), t.dims().to_vec()))
             .collect(),
     )?;
-    MaskedLmEngine::from_params(config, &mut |name| {
+    let mut get = |name: &str| {
         let tensor = tensors
             .get(name)
             .ok_or_else(|| Error::MissingTensor { name: name.into() })?;
         let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(Param::owned(values, tensor.dims().to_vec()))
-    })
+    };
+    MaskedLmEngine::from_params_as(config, &mut get, precision)
 }
 
 /// An engine with randomly initialised weights (candle's initialisers, as
@@ -430,21 +445,34 @@ pub fn random_engine(config: &PerceiverConfig) -> Result<MaskedLmEngine> {
 }
 
 /// The engine from a config.json text and safetensors bytes that live for the whole program
-/// (a model compiled in), read in place.
-pub fn load_engine_from_static(config_json: &str, safetensors: &'static [u8]) -> Result<MaskedLmEngine> {
+/// (a model compiled in), read in place, its products in `precision`.
+pub fn load_engine_from_static(
+    config_json: &str,
+    safetensors: &'static [u8],
+    precision: Precision,
+) -> Result<MaskedLmEngine> {
     let config = PerceiverConfig::from_json_str(config_json)?;
     let store = SafetensorsStore::from_static(safetensors, "<built-in model>")?;
     check_tensors(&config, store.shapes())?;
-    MaskedLmEngine::from_params(&config, &mut |name| store.get(name))
+    MaskedLmEngine::from_params_as(&config, &mut |name| store.get(name), precision)
 }
 
 /// [`ModelFiles::resolve`] then [`load_engine`]; the name `default` is the built-in model.
 pub fn load_engine_from(model: &str, options: &LoadOptions) -> Result<MaskedLmEngine> {
+    load_engine_from_as(model, options, Precision::F32)
+}
+
+/// [`load_engine_from`] with the products in `precision` from the start ([`load_engine_as`]).
+pub fn load_engine_from_as(
+    model: &str,
+    options: &LoadOptions,
+    precision: Precision,
+) -> Result<MaskedLmEngine> {
     #[cfg(feature = "default-model")]
     if model == crate::default_model::NAME {
-        return crate::default_model::engine();
+        return crate::default_model::engine(precision);
     }
-    load_engine(&ModelFiles::resolve(model, options)?)
+    load_engine_as(&ModelFiles::resolve(model, options)?, precision)
 }
 
 mod hub {

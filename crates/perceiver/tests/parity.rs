@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::{load, load_fast, max_abs_diff};
-use perceiver::{FillMask, Precision};
+use perceiver::{FillMask, ModelFiles, Precision};
 
 mod common;
 
@@ -318,6 +318,32 @@ fn bf16_top1_agrees_with_f32() {
         "bf16 top-1 agrees with f32 on only {:.2}% of masked positions",
         100.0 * agreement
     );
+}
+
+/// An engine loaded in bf16 (which never packs the f32 weights) gives bit for bit the logits of
+/// one loaded in f32 and switched to bf16.
+#[test]
+fn loading_in_bf16_equals_switching_to_bf16() {
+    for dir in fixture_dirs() {
+        let mut switched = load_fast(&dir);
+        switched.set_precision(Precision::Bf16);
+        let loaded =
+            perceiver::load_engine_as(&ModelFiles::from_dir(&dir).unwrap(), Precision::Bf16).unwrap();
+        assert_eq!(loaded.precision(), Precision::Bf16);
+        for case in cases(&dir) {
+            for ids in case.unpadded_texts() {
+                let positions: Vec<usize> = (0..ids.len()).collect();
+                let a = switched.logits_at(&[&ids], &[&positions]).unwrap();
+                let b = loaded.logits_at(&[&ids], &[&positions]).unwrap();
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same && a.len() == b.len(),
+                    "{}: loaded in bf16 differs",
+                    dir.display()
+                );
+            }
+        }
+    }
 }
 
 /// transformers' fill-mask pipeline on texts with `[MASK]` (its tokenizer adds [CLS]/[SEP]).

@@ -475,8 +475,21 @@ pub struct MaskedLmEngine {
 
 impl MaskedLmEngine {
     /// Builds the engine from tensors by transformers name; `get` must return each with the shape
-    /// `config` implies (the loaders check every shape before calling this).
+    /// `config` implies (the loaders check every shape before calling this). Its products run in
+    /// f32; see [`from_params_as`](Self::from_params_as).
     pub fn from_params(config: &PerceiverConfig, get: &mut dyn FnMut(&str) -> Result<Param>) -> Result<Self> {
+        Self::from_params_as(config, get, Precision::F32)
+    }
+
+    /// [`from_params`](Self::from_params) with the weight products in `precision` from the
+    /// start: in bf16 no f32 copy of the weights is packed on the way (the 201M model's peak
+    /// memory is then about its bf16 copy plus the mapped file, instead of the f32 copy plus
+    /// the bf16 one).
+    pub fn from_params_as(
+        config: &PerceiverConfig,
+        get: &mut dyn FnMut(&str) -> Result<Param>,
+        precision: Precision,
+    ) -> Result<Self> {
         config.validate()?;
         let p = "perceiver";
         let self_spec = config.self_attention_spec();
@@ -522,11 +535,11 @@ impl MaskedLmEngine {
             precision: Precision::F32,
             threads: 0,
         }
-        .with_packed_weights())
+        .with_packed_weights(precision))
     }
 
-    fn with_packed_weights(mut self) -> Self {
-        self.apply_precision(Precision::F32);
+    fn with_packed_weights(mut self, precision: Precision) -> Self {
+        self.apply_precision(precision);
         self
     }
 
