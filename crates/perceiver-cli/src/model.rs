@@ -23,8 +23,9 @@ pub struct ModelArgs {
 /// How the inference engine runs the model (fill-mask, serve, bench-serve).
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Number type of the weight matrix products: f32 (transformers' numbers) or bf16 (faster
-    /// on CPUs with AVX-512 BF16; top-1 answers nearly always the same as f32).
+    /// Number type of the weight matrix products: f32 (transformers' numbers) or bf16 (half the
+    /// weights' memory; faster on CPUs with AVX-512 BF16, about as fast as f32 on AVX2; top-1
+    /// answers nearly always the same as f32).
     #[arg(long, env = "PERCEIVER_PRECISION", default_value = "f32")]
     pub precision: Precision,
 }
