@@ -377,10 +377,12 @@ impl Kernel {
     }
 
     /// Whether a task of `rows` rows takes [`PackedMatrix::widened_pass`]: on AVX2, from 18
-    /// rows. Widening a panel half costs two stores per input pair, against 2·rows/2 cycles of
-    /// multiply-adds; with fewer rows [`avx2::kernel`], which widens in registers, is faster.
-    /// (Zen 3, paired, 2 threads: 256×1280×1280 0.77 of the time, 2048×768×768 0.76,
-    /// 36×768×768 (18 rows a task) 0.90; 24×768×768 (12) 1.08, 6×768×768 1.19.)
+    /// rows. Widening a panel half costs four vector stores per input pair, against 4·rows
+    /// multiply-adds (2·rows cycles); with fewer rows [`avx2::kernel`], which widens in
+    /// registers, is faster. (Zen 3, 2 threads, paired against the in-register kernel:
+    /// 256×1280×1280 0.75 of the time, 2048×768×768 0.73, 36×768×768 (18 rows a task)
+    /// 0.86–0.90; widening at every size, 24×768×768 (12 rows a task) took 1.08 and
+    /// 6×768×768 1.19.)
     fn widens_panels(self, rows: usize) -> bool {
         cfg!(target_arch = "x86_64") && self == Self::Avx2 && rows >= WIDENED_MIN_ROWS
     }
