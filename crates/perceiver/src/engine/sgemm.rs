@@ -931,6 +931,22 @@ pub(crate) mod tests {
     /// `kernel`'s products of one shape against an f64 triple loop: accumulated into C, from a
     /// strided Wᵀ scaled while packed into a wider C (added, and set), with X transposed, and as
     /// a linear layer with bias and GELU.
+    /// `a` (`[rows, cols]`, dense) copied with a row stride of `stride`, transposed (`[cols,
+    /// rows]`) or not, the padding past each row filled with `fill`.
+    fn laid_out(a: &[f32], rows: usize, cols: usize, transposed: bool, stride: usize, fill: f32) -> Vec<f32> {
+        let (out_rows, width) = if transposed { (cols, rows) } else { (rows, cols) };
+        (0..out_rows * stride)
+            .map(|j| {
+                let (row, col) = (j / stride, j % stride);
+                match (col < width, transposed) {
+                    (false, _) => fill,
+                    (true, true) => a[col * cols + row],
+                    (true, false) => a[row * cols + col],
+                }
+            })
+            .collect()
+    }
+
     fn product_matches_the_triple_loop(kernel: Kernel, m: usize, n: usize, k: usize, threads: usize) {
         // Packed over the pool (weights at load) or on the calling thread (attention's keys and
         // values): W on the pool and on the calling thread, Wᵀ on the calling thread.
@@ -944,25 +960,9 @@ pub(crate) mod tests {
         pack(View::dense(&w, n, k), true, 1.0, true).matmul_accumulate(&x, m, &mut c, threads);
         // The attention path: W given transposed (`[k, n]`, strided) and scaled while packed,
         // X strided; into a C with a wider row stride.
-        let wt: Vec<f32> = (0..k * (n + 3))
-            .map(|j| {
-                if j % (n + 3) < n {
-                    w[(j % (n + 3)) * k + j / (n + 3)]
-                } else {
-                    9.0
-                }
-            })
-            .collect();
+        let wt = laid_out(&w, n, k, true, n + 3, 9.0);
         let from_wt = pack(View::strided(&wt, k, n, n + 3), false, 0.5, false);
-        let x_wide: Vec<f32> = (0..m * (k + 2))
-            .map(|j| {
-                if j % (k + 2) < k {
-                    x[(j / (k + 2)) * k + j % (k + 2)]
-                } else {
-                    7.0
-                }
-            })
-            .collect();
+        let x_wide = laid_out(&x, m, k, false, k + 2, 7.0);
         let mut c_half = vec![0f32; m * (n + 1)];
         from_wt.matmul_view(View::strided(&x_wide, m, k, k + 2), &mut c_half, n + 1, threads);
         // The same product set rather than added: C's old contents (NaN) never read, the
@@ -979,15 +979,7 @@ pub(crate) mod tests {
             )
         };
         // X given transposed (`[k, m]`, strided), as a weight's gradient Gᵀ·X reads G.
-        let xt: Vec<f32> = (0..k * (m + 1))
-            .map(|j| {
-                if j % (m + 1) < m {
-                    x[(j % (m + 1)) * k + j / (m + 1)]
-                } else {
-                    5.0
-                }
-            })
-            .collect();
+        let xt = laid_out(&x, m, k, true, m + 1, 5.0);
         // A linear layer: bias and GELU applied by the tasks on their blocks.
         let bias = random(n, 24);
         let layer = pack(View::dense(&w, n, k), true, 1.0, false).linear(
