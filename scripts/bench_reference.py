@@ -18,6 +18,13 @@ Two modes:
       attention mask, as transformers users do), runs the workload once per candidate batch size
       and keeps the fastest ("batch sizes as each does best"); answers
       ``{"ok": true, "batch_size": n, "flops": f}``.
+    - ``{"cmd": "prepare_layer", "name": ..., "batch": b, "reps": r, "dtype": ...}`` (for
+      ``perceiver bench latent``): ``r`` passes of the model's first latent self-attention layer
+      (``perceiver.encoder.self_attends[0]``) over ``b`` texts' random latents; answers
+      ``{"ok": true}``.
+    - ``{"cmd": "prepare_linear", "name": ..., "m": m, "n": n, "k": k, "reps": r, "dtype": ...}``:
+      ``r`` calls of ``torch.nn.functional.linear`` on random ``[m, k]`` inputs, ``[n, k]``
+      weights and an ``[n]`` bias; answers ``{"ok": true}``.
     - ``{"cmd": "run", "name": ...}``: runs the workload once, answers ``{"seconds": t}`` (the
       forward passes only, under ``torch.inference_mode()``).
     - ``{"cmd": "quit"}``.
@@ -85,21 +92,65 @@ class Workload:
         return time.perf_counter() - t0
 
 
+class Repeated:
+    """``reps`` calls of ``call``, timed together."""
+
+    def __init__(self, call, reps: int):
+        self.call = call
+        self.reps = max(1, reps)
+
+    def run(self) -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(self.reps):
+                self.call()
+        return time.perf_counter() - t0
+
+
+def latent_layer(model, batch: int, reps: int) -> Repeated:
+    config = model.config
+    dtype = next(model.parameters()).dtype
+    generator = torch.Generator().manual_seed(batch)
+    hidden = torch.randn(batch, config.num_latents, config.d_latents, generator=generator).to(dtype)
+    layer = model.perceiver.encoder.self_attends[0]
+    return Repeated(lambda: layer(hidden), reps)
+
+
+def linear(m: int, n: int, k: int, dtype, reps: int) -> Repeated:
+    generator = torch.Generator().manual_seed(m * 31 + n * 7 + k)
+    x = torch.randn(m, k, generator=generator).to(dtype)
+    w = (torch.randn(n, k, generator=generator) / k**0.5).to(dtype)
+    b = torch.randn(n, generator=generator).to(dtype)
+    return Repeated(lambda: torch.nn.functional.linear(x, w, b), reps)
+
+
 def serve(model_dir: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     models = {"float32": PerceiverForMaskedLM.from_pretrained(str(model_dir)).float().eval()}
     reply({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()})
-    workloads: dict[str, Workload] = {}
+    workloads: dict[str, Workload | Repeated] = {}
+
+    def model_in(dtype: str):
+        if dtype not in models:
+            models[dtype] = PerceiverForMaskedLM.from_pretrained(str(model_dir)).to(getattr(torch, dtype)).eval()
+        return models[dtype]
+
     for line in sys.stdin:
         msg = json.loads(line)
         cmd = msg["cmd"]
         if cmd == "quit":
             return
-        if cmd == "prepare":
+        if cmd in ("prepare_layer", "prepare_linear"):
             dtype = msg.get("dtype", "float32")
-            if dtype not in models:
-                models[dtype] = PerceiverForMaskedLM.from_pretrained(str(model_dir)).to(getattr(torch, dtype)).eval()
-            model = models[dtype]
+            if cmd == "prepare_layer":
+                workload = latent_layer(model_in(dtype), msg["batch"], msg["reps"])
+            else:
+                workload = linear(msg["m"], msg["n"], msg["k"], getattr(torch, dtype), msg["reps"])
+            workload.run()  # warm-up
+            workloads[msg["name"]] = workload
+            reply({"ok": True})
+        elif cmd == "prepare":
+            model = model_in(msg.get("dtype", "float32"))
             best = None
             for batch_size in msg.get("batch_sizes", [1]):
                 workload = Workload(model, msg["texts"], batch_size)

@@ -19,6 +19,9 @@ use rand_chacha::ChaCha8Rng;
 pub enum BenchCommand {
     /// Inference, ours and transformers' side by side on the same weights (workloads W1–W4).
     Inference(crate::bench_inference::InferenceArgs),
+    /// One latent self-attention layer and its six weight products, ours and PyTorch's side by
+    /// side, against the CPU's f32 FMA peak measured in the same run.
+    Latent(crate::bench_latent::LatentArgs),
     /// One training step (forward, backward over masked positions, clipping, AdamW).
     TrainStep(TrainStepArgs),
 }
@@ -48,6 +51,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::TrainStep(args) => train_step(args),
         BenchCommand::Inference(args) => crate::bench_inference::run(args),
+        BenchCommand::Latent(args) => crate::bench_latent::run(args),
     }
 }
 

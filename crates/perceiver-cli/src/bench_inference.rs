@@ -16,7 +16,7 @@
 //! medians are over the rounds after one warm-up run each.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
@@ -231,19 +231,20 @@ fn workloads(names: &[String], max_len: usize, throughput_batch_sizes: &[usize])
         .collect()
 }
 
-/// The PyTorch worker.
-struct Reference {
+/// The PyTorch worker (`scripts/bench_reference.py --serve`), also driven by `bench latent`.
+pub(crate) struct Reference {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
 
 impl Reference {
-    fn start(args: &InferenceArgs, threads: usize) -> Result<Self> {
-        let mut child = Command::new(&args.python)
-            .arg(&args.reference_script)
+    /// Starts `python script --serve model --threads threads` and waits until it is ready.
+    pub(crate) fn start(python: &Path, script: &Path, model: &Path, threads: usize) -> Result<Self> {
+        let mut child = Command::new(python)
+            .arg(script)
             .arg("--serve")
-            .arg(&args.model)
+            .arg(model)
             .arg("--threads")
             .arg(threads.to_string())
             .stdin(Stdio::piped())
@@ -255,8 +256,8 @@ impl Reference {
                     "cannot start the reference {} {} (make the environment with \
                      `python3 -m venv .venv-ref && .venv-ref/bin/pip install -r scripts/requirements-reference.txt`, \
                      or pass --no-reference)",
-                    args.python.display(),
-                    args.reference_script.display()
+                    python.display(),
+                    script.display()
                 )
             })?;
         let stdin = child.stdin.take().context("reference stdin")?;
@@ -282,7 +283,7 @@ impl Reference {
         Ok(value)
     }
 
-    fn call(&mut self, message: Value) -> Result<Value> {
+    pub(crate) fn call(&mut self, message: Value) -> Result<Value> {
         writeln!(self.stdin, "{message}")?;
         self.stdin.flush()?;
         self.read()
@@ -304,7 +305,15 @@ fn run_ours(fill: &FillMask, texts: &[MaskedText], batch_size: usize) -> Result<
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn median(times: &[f64]) -> f64 {
+/// Waits before a timed run, so that the other side's threads have gone to sleep: PyTorch's
+/// OpenMP workers spin for a while after each parallel region (GNU libgomp's default), and
+/// sampling the worker's CPU time showed ~10 ms of it inside each of our runs started right
+/// after its reply. Both sides wait alike.
+pub(crate) fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(50));
+}
+
+pub(crate) fn median(times: &[f64]) -> f64 {
     let mut sorted = times.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
@@ -334,7 +343,12 @@ pub fn run(args: InferenceArgs) -> Result<()> {
     let mut reference = if args.no_reference {
         None
     } else {
-        Some(Reference::start(&args, threads)?)
+        Some(Reference::start(
+            &args.python,
+            &args.reference_script,
+            &args.model,
+            threads,
+        )?)
     };
     eprintln!(
         "ours: {threads} threads, bf16 kernel: {:?}",
@@ -395,14 +409,18 @@ pub fn run(args: InferenceArgs) -> Result<()> {
                 };
                 // Alternate who goes first, so neither always runs on a cache the other warmed.
                 if round % 2 == 0 {
+                    settle();
                     ours.push(time_ours()?);
                     if let Some(r) = reference.as_mut() {
+                        settle();
                         theirs.push(time_theirs(r)?);
                     }
                 } else {
                     if let Some(r) = reference.as_mut() {
+                        settle();
                         theirs.push(time_theirs(r)?);
                     }
+                    settle();
                     ours.push(time_ours()?);
                 }
             }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_inference;
+mod bench_latent;
 mod bench_serve;
 mod fill_mask;
 mod model;

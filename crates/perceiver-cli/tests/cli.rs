@@ -528,3 +528,76 @@ fn without_model_the_built_in_default_model_fills_masks_offline() {
     ]);
     assert_eq!(out.stdout, named.stdout);
 }
+
+/// `bench latent` without the reference: a row per product, the layer and the six products'
+/// sum, for each precision and batch size, in the table and the JSON.
+#[test]
+fn bench_latent_times_the_layer_and_its_products() {
+    let json = std::env::temp_dir().join(format!("perceiver-bench-latent-{}.json", std::process::id()));
+    let out = perceiver(&[
+        "bench",
+        "latent",
+        "--model",
+        &model_arg(MODEL),
+        "--no-reference",
+        "--rounds",
+        "2",
+        "--run-ms",
+        "2",
+        "--batch-sizes",
+        "1,3",
+        "--precisions",
+        "f32,bf16",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.matches("latent layer").count(), 4, "{table}");
+    assert_eq!(table.matches("the six products").count(), 4, "{table}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    let rows = report["results"].as_array().unwrap();
+    // 2 precisions × 2 batch sizes × (layer + 6 products + their sum).
+    assert_eq!(rows.len(), 32);
+    for group in rows.chunks(8) {
+        assert_eq!(group[0]["item"], "latent layer");
+        assert_eq!(group[7]["item"], "the six products");
+        let gflop = |row: &Value| row["gflop"].as_f64().unwrap();
+        let seconds = |row: &Value| row["ours_seconds"].as_f64().unwrap();
+        let products = &group[1..7];
+        assert!((products.iter().map(gflop).sum::<f64>() - gflop(&group[7])).abs() < 1e-12);
+        assert!((products.iter().map(seconds).sum::<f64>() - seconds(&group[7])).abs() < 1e-12);
+        // The layer does the products' work and its attention's.
+        assert!(gflop(&group[0]) > gflop(&group[7]));
+        assert!(group
+            .iter()
+            .all(|row| seconds(row) > 0.0 && row["pytorch_seconds"].is_null()));
+    }
+}
+
+#[test]
+fn bench_latent_rejects_bad_arguments() {
+    assert_clean_failure(
+        &perceiver(&[
+            "bench",
+            "latent",
+            "--model",
+            "/nonexistent/model",
+            "--no-reference",
+        ]),
+        "no model at /nonexistent/model",
+    );
+    assert_clean_failure(
+        &perceiver(&[
+            "bench",
+            "latent",
+            "--model",
+            &model_arg(MODEL),
+            "--no-reference",
+            "--batch-sizes",
+            "0",
+        ]),
+        "--batch-sizes must be positive",
+    );
+}

@@ -18,7 +18,9 @@ pub mod amx;
 pub mod bf16;
 pub mod emulated512;
 pub mod kernels;
+pub mod linear;
 pub mod matmul;
+pub mod peak;
 pub mod sgemm;
 pub mod weights;
 
@@ -28,6 +30,7 @@ use rayon::prelude::*;
 
 use crate::config::{Activation, AttentionSpec, PerceiverConfig};
 use crate::error::{Error, Result};
+pub use linear::Linear;
 use matmul::{matmul, Rhs, View};
 pub use weights::Param;
 
@@ -434,6 +437,20 @@ fn on_pool<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| pass())
 }
 
+/// Multiply-add work (2 FLOP each) of one layer of `spec` with `nq` queries over `nk` keys: the
+/// query, key, value, output and MLP products and the attention's scores and weighted sum.
+fn layer_flops(spec: &AttentionSpec, nq: usize, nk: usize) -> f64 {
+    let (nq, nk) = (nq as f64, nk as f64);
+    let (q, kv, qk, v) = (
+        spec.q_dim as f64,
+        spec.kv_dim as f64,
+        spec.qk_channels as f64,
+        spec.v_channels as f64,
+    );
+    let hidden = (spec.q_dim * spec.widening_factor) as f64;
+    2.0 * (nq * q * qk + nk * kv * (qk + v) + nq * nk * (qk + v) + nq * v * q + 2.0 * nq * q * hidden)
+}
+
 /// Row ranges of consecutive items with the given row counts.
 fn item_ranges(counts: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
     let mut start = 0;
@@ -730,27 +747,48 @@ impl MaskedLmEngine {
     /// every length set to the padded length and every count to `max_len()`.
     pub fn reference_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> f64 {
         let c = &self.config;
-        let layer = |spec: &AttentionSpec, nq: usize, nk: usize| -> f64 {
-            let (nq, nk) = (nq as f64, nk as f64);
-            let (q, kv, qk, v) = (
-                spec.q_dim as f64,
-                spec.kv_dim as f64,
-                spec.qk_channels as f64,
-                spec.v_channels as f64,
-            );
-            let hidden = (spec.q_dim * spec.widening_factor) as f64;
-            2.0 * (nq * q * qk + nk * kv * (qk + v) + nq * nk * (qk + v) + nq * v * q + 2.0 * nq * q * hidden)
-        };
         let latents = c.num_latents;
         let mut total = 0.0;
         for (&len, &outputs) in input_lens.iter().zip(output_counts) {
-            total += layer(&c.encoder_cross_attention_spec(), latents, len);
+            total += layer_flops(&c.encoder_cross_attention_spec(), latents, len);
             total += (c.num_blocks * c.num_self_attends_per_block) as f64
-                * layer(&c.self_attention_spec(), latents, latents);
-            total += layer(&c.masked_lm_decoder_spec(), outputs, latents);
+                * layer_flops(&c.self_attention_spec(), latents, latents);
+            total += layer_flops(&c.masked_lm_decoder_spec(), outputs, latents);
             total += 2.0 * (outputs * c.d_model * c.vocab_size) as f64;
         }
         total
+    }
+
+    /// Runs latent self-attention layer `index` (of `num_self_attends_per_block`; every block
+    /// repeats the same layers) over `latents`, `[texts · num_latents, d_latents]` as
+    /// [`encode`](Self::encode) returns them: what each step of the encoder's latent stack
+    /// does, exposed for timing one layer (`perceiver bench latent`) and for inspecting it.
+    pub fn latent_layer(&self, index: usize, latents: &[f32]) -> Result<Vec<f32>> {
+        let layers = self.self_attends.len();
+        if index >= layers {
+            return Err(Error::InvalidInput(format!(
+                "latent layer {index} does not exist: the model has {layers}"
+            )));
+        }
+        let (n, d) = (self.config.num_latents, self.config.d_latents);
+        if latents.is_empty() || latents.len() % (n * d) != 0 {
+            return Err(Error::InvalidInput(format!(
+                "{} latent values are not texts of {n}x{d}",
+                latents.len()
+            )));
+        }
+        let items = item_ranges(std::iter::repeat_n(n, latents.len() / (n * d)));
+        let threads = self.threads();
+        Ok(on_pool(|| {
+            self.self_attends[index].forward(Queries::PerItem(latents), &items, None, threads)
+        }))
+    }
+
+    /// The multiply-add work (2 FLOP each) of [`latent_layer`](Self::latent_layer) over `texts`
+    /// texts: its six weight products and the attention's two.
+    pub fn latent_layer_flops(&self, texts: usize) -> f64 {
+        let n = self.config.num_latents;
+        texts as f64 * layer_flops(&self.config.self_attention_spec(), n, n)
     }
 
     /// Encodes the texts and decodes the given positions of each: logits `[Σ positions, vocab]`.
@@ -774,5 +812,64 @@ impl MaskedLmEngine {
     pub fn logits_all(&self, text: &[u32]) -> Result<Vec<f32>> {
         let all: Vec<usize> = (0..self.max_len()).collect();
         self.logits_at(&[text], &[&all])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loading::{load_engine, ModelFiles};
+
+    fn fixture_engine(name: &str) -> MaskedLmEngine {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/parity")
+            .join(name);
+        load_engine(&ModelFiles::from_dir(&dir).unwrap()).unwrap()
+    }
+
+    /// The encoder's latents after its cross-attention, then each latent layer by
+    /// `latent_layer`, block after block, give `encode`'s latents bit for bit (two texts of
+    /// different lengths; a fixture with three blocks of two layers).
+    #[test]
+    fn latent_layers_in_turn_give_the_encoders_latents() {
+        let engine = fixture_engine("tiny_shared_blocks");
+        assert!(engine.config.num_blocks > 1 && engine.self_attends.len() > 1);
+        let texts: [&[u32]; 2] = [&[1, 70, 80, 90, 2], &[1, 100, 101, 2]];
+        let encoded = engine.encode(&texts).unwrap();
+        let mut z = on_pool(|| {
+            let d = engine.config.d_model;
+            let mut inputs = Vec::new();
+            for text in texts {
+                for (p, &id) in text.iter().enumerate() {
+                    let e = &engine.embeddings.data()[id as usize * d..][..d];
+                    let pos = &engine.input_positions.data()[p * d..][..d];
+                    inputs.extend(e.iter().zip(pos).map(|(a, b)| a + b));
+                }
+            }
+            let n = engine.config.num_latents;
+            engine.encoder_cross_attention.forward(
+                Queries::Shared(engine.latents.data()),
+                &item_ranges([n, n]),
+                Some((&inputs, &item_ranges(texts.iter().map(|t| t.len())))),
+                engine.threads(),
+            )
+        });
+        for _ in 0..engine.config.num_blocks {
+            for index in 0..engine.self_attends.len() {
+                z = engine.latent_layer(index, &z).unwrap();
+            }
+        }
+        assert_eq!(z, encoded);
+    }
+
+    #[test]
+    fn latent_layer_rejects_bad_input() {
+        let engine = fixture_engine("tiny_shared_blocks");
+        let (n, d) = (engine.config.num_latents, engine.config.d_latents);
+        let z = vec![0.5f32; n * d];
+        assert!(engine.latent_layer(0, &z).is_ok());
+        assert!(engine.latent_layer(engine.self_attends.len(), &z).is_err());
+        assert!(engine.latent_layer(0, &z[1..]).is_err());
+        assert!(engine.latent_layer(0, &[]).is_err());
     }
 }

@@ -1,0 +1,364 @@
+//! `perceiver bench latent`: one latent self-attention layer of a model, and its six weight
+//! products on their own, ours and PyTorch's side by side in one session, alternating, with the
+//! CPU's f32 FMA peak measured in the same run.
+//!
+//! The layer is where the language model spends its time (the 201M model runs 26 of them per
+//! text), and its products are most of the layer's work; so this says how close to the
+//! hardware each side gets, and what the rest of the layer (norms, attention, GELU, residuals)
+//! costs. Ours: [`MaskedLmEngine::latent_layer`] and the engine's [`Linear`] on random weights of
+//! the same shapes (speed does not depend on the values). PyTorch: the model's
+//! `perceiver.encoder.self_attends[0]` and `torch.nn.functional.linear`, through
+//! `scripts/bench_reference.py --serve`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use perceiver::engine::peak::fma_peak_gflops;
+use perceiver::engine::Linear;
+use perceiver::{MaskedLmEngine, ModelFiles, Precision};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::bench_inference::{median, settle, Reference};
+
+#[derive(Args)]
+pub struct LatentArgs {
+    /// The model whose latent layer is timed (a directory). Make the 201M random one with
+    /// `.venv-ref/bin/python scripts/bench_reference.py --export target/bench-model-201m`.
+    #[arg(long, default_value = "target/bench-model-201m")]
+    model: PathBuf,
+    /// Texts per pass, comma-separated (each text is num_latents rows of every product).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch_sizes: Vec<usize>,
+    /// Precisions of the weight products, comma-separated (f32, bf16).
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    precisions: Vec<Precision>,
+    /// Timed runs per item and side (after one warm-up run).
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// How long one timed run of an item lasts on our side, in milliseconds: it repeats the
+    /// item as often as that takes, and PyTorch's run repeats it as often.
+    #[arg(long, default_value_t = 200)]
+    run_ms: u64,
+    /// Time our engine only.
+    #[arg(long)]
+    no_reference: bool,
+    /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
+    #[arg(long, default_value = ".venv-ref/bin/python")]
+    python: PathBuf,
+    #[arg(long, default_value = "scripts/bench_reference.py")]
+    reference_script: PathBuf,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What one row times.
+enum Work {
+    /// The model's latent layer 0 over this many texts.
+    Layer { batch: usize },
+    /// One product `[m, k] · [n, k]ᵀ + bias`.
+    Product { m: usize, n: usize, k: usize },
+}
+
+struct Item {
+    name: String,
+    precision: Precision,
+    batch: usize,
+    work: Work,
+    flops: f64,
+    /// Calls per timed run, the same on both sides.
+    reps: usize,
+    ours: Vec<f64>,
+    theirs: Vec<f64>,
+}
+
+impl Item {
+    /// Median seconds per call.
+    fn per_call(times: &[f64], reps: usize) -> Option<f64> {
+        (!times.is_empty()).then(|| median(times) / reps as f64)
+    }
+}
+
+/// What our side runs for an item: a closure timing `reps` calls.
+type OurRun = Box<dyn Fn(usize) -> Result<f64>>;
+
+fn random(len: usize, scale: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+fn our_run(item: &Item, engine: &MaskedLmEngine, rng: &mut ChaCha8Rng) -> Result<OurRun> {
+    let config = engine.config();
+    Ok(match item.work {
+        Work::Layer { batch } => {
+            let latents = random(batch * config.num_latents * config.d_latents, 1.0, rng);
+            let engine = engine.clone();
+            Box::new(move |reps| {
+                let started = Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(engine.latent_layer(0, &latents)?);
+                }
+                Ok(started.elapsed().as_secs_f64())
+            })
+        }
+        Work::Product { m, n, k } => {
+            let scale = 1.0 / (k as f32).sqrt();
+            let linear = Linear::new(random(n * k, scale, rng), random(n, 1.0, rng), k, item.precision)?;
+            let x = random(m * k, 1.0, rng);
+            Box::new(move |reps| {
+                let started = Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(linear.forward(&x, 0)?);
+                }
+                Ok(started.elapsed().as_secs_f64())
+            })
+        }
+    })
+}
+
+fn dtype(precision: Precision) -> &'static str {
+    match precision {
+        Precision::F32 => "float32",
+        Precision::Bf16 => "bfloat16",
+    }
+}
+
+/// The layer and its six products, for each precision and batch size.
+fn items(engine: &MaskedLmEngine, args: &LatentArgs) -> Result<Vec<Item>> {
+    if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
+        bail!("--batch-sizes must be positive numbers");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let config = engine.config();
+    let spec = config.self_attention_spec();
+    let (d, qk, v) = (spec.q_dim, spec.qk_channels, spec.v_channels);
+    let hidden = d * spec.widening_factor;
+    // (name, n, k) of the layer's products, in the order the layer runs them.
+    let products = [
+        ("query", qk, d),
+        ("key", qk, d),
+        ("value", v, d),
+        ("output", d, v),
+        ("mlp dense1", hidden, d),
+        ("mlp dense2", d, hidden),
+    ];
+    let mut items = Vec::new();
+    for &precision in &args.precisions {
+        for &batch in &args.batch_sizes {
+            items.push(Item {
+                name: "latent layer".into(),
+                precision,
+                batch,
+                work: Work::Layer { batch },
+                flops: engine.latent_layer_flops(batch),
+                reps: 1,
+                ours: Vec::new(),
+                theirs: Vec::new(),
+            });
+            let m = batch * config.num_latents;
+            for (name, n, k) in products {
+                items.push(Item {
+                    name: format!("  {name} {m}x{n}x{k}"),
+                    precision,
+                    batch,
+                    work: Work::Product { m, n, k },
+                    flops: 2.0 * (m * n * k) as f64,
+                    reps: 1,
+                    ours: Vec::new(),
+                    theirs: Vec::new(),
+                });
+            }
+        }
+    }
+    Ok(items)
+}
+
+pub fn run(args: LatentArgs) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    if !args.model.join("config.json").is_file() {
+        bail!(
+            "no model at {}: make the 201M random one with \
+             `.venv-ref/bin/python scripts/bench_reference.py --export {}`",
+            args.model.display(),
+            args.model.display()
+        );
+    }
+    let f32_engine = perceiver::load_engine(&ModelFiles::from_dir(&args.model)?)
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let mut items = items(&f32_engine, &args)?;
+    let mut reference = if args.no_reference {
+        None
+    } else {
+        Some(Reference::start(
+            &args.python,
+            &args.reference_script,
+            &args.model,
+            threads,
+        )?)
+    };
+    eprintln!(
+        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}",
+        perceiver::engine::sgemm::kernel(),
+        perceiver::engine::bf16::Kernel::detect()
+    );
+    let peak_before = fma_peak_gflops(threads);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut runs = Vec::with_capacity(items.len());
+    for precision in [Precision::F32, Precision::Bf16] {
+        if !items.iter().any(|item| item.precision == precision) {
+            continue;
+        }
+        let mut engine = f32_engine.clone();
+        engine.set_precision(precision);
+        for item in items.iter_mut().filter(|item| item.precision == precision) {
+            let run = our_run(item, &engine, &mut rng)?;
+            // Warm-up, then as many calls per run as fill --run-ms.
+            let once = run(1)?;
+            let run_seconds = args.run_ms as f64 / 1e3;
+            item.reps = ((run_seconds / once.max(1e-6)).ceil() as usize).clamp(1, 10_000);
+            if let Some(r) = reference.as_mut() {
+                let name = format!("{} {} {}", item.name.trim(), dtype(precision), item.batch);
+                let message = match item.work {
+                    Work::Layer { batch } => json!({
+                        "cmd": "prepare_layer", "name": name, "batch": batch, "reps": item.reps,
+                        "dtype": dtype(precision),
+                    }),
+                    Work::Product { m, n, k } => json!({
+                        "cmd": "prepare_linear", "name": name, "m": m, "n": n, "k": k,
+                        "reps": item.reps, "dtype": dtype(precision),
+                    }),
+                };
+                r.call(message)?;
+            }
+            runs.push(run);
+        }
+    }
+    for round in 0..args.rounds {
+        for (item, run) in items.iter_mut().zip(&runs) {
+            let name = format!("{} {} {}", item.name.trim(), dtype(item.precision), item.batch);
+            let theirs = |r: &mut Reference| -> Result<f64> {
+                r.call(json!({"cmd": "run", "name": name}))?["seconds"]
+                    .as_f64()
+                    .context("reference time")
+            };
+            // Alternate who goes first, so neither always runs on a cache the other warmed.
+            if round % 2 == 0 {
+                settle();
+                item.ours.push(run(item.reps)?);
+                if let Some(r) = reference.as_mut() {
+                    settle();
+                    item.theirs.push(theirs(r)?);
+                }
+            } else {
+                if let Some(r) = reference.as_mut() {
+                    settle();
+                    item.theirs.push(theirs(r)?);
+                }
+                settle();
+                item.ours.push(run(item.reps)?);
+            }
+        }
+        eprintln!("round {} of {} done", round + 1, args.rounds);
+    }
+    drop(reference);
+    // A busy machine lowers either measurement: the higher one is the peak.
+    let peak = match (peak_before, fma_peak_gflops(threads)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    };
+    report(&items, peak, threads, &args)
+}
+
+fn report(items: &[Item], peak: Option<f64>, threads: usize, args: &LatentArgs) -> Result<()> {
+    println!(
+        "{:<30} {:<5} {:>10} {:>13} {:>6} {:>13} {:>16} {:>11} {:>15}",
+        "",
+        "",
+        "ours (ms)",
+        "pytorch (ms)",
+        "ratio",
+        "ours GFLOP/s",
+        "pytorch GFLOP/s",
+        "ours % peak",
+        "pytorch % peak"
+    );
+    let mut rows = Vec::new();
+    let mut print_row =
+        |name: &str, precision: Precision, flops: f64, ours: Option<f64>, theirs: Option<f64>| {
+            let gflops = |t: Option<f64>| t.map(|t| flops / t / 1e9);
+            // Shares of the f32 FMA peak: bf16 kernels have other peaks (vdpbf16ps: twice as many
+            // multiply-adds per instruction; AMX tiles), so their rows show none.
+            let share = |t: Option<f64>| match (precision, gflops(t), peak) {
+                (Precision::F32, Some(g), Some(p)) => Some(100.0 * g / p),
+                _ => None,
+            };
+            let cell = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+            println!(
+                "{:<30} {:<5} {:>10} {:>13} {:>6} {:>13} {:>16} {:>11} {:>15}",
+                name,
+                match precision {
+                    Precision::F32 => "f32",
+                    Precision::Bf16 => "bf16",
+                },
+                cell(ours.map(|t| t * 1e3), 2),
+                cell(theirs.map(|t| t * 1e3), 2),
+                cell(ours.zip(theirs).map(|(o, t)| t / o), 2),
+                cell(gflops(ours), 0),
+                cell(gflops(theirs), 0),
+                cell(share(ours), 0),
+                cell(share(theirs), 0),
+            );
+            rows.push(json!({
+                "item": name.trim(), "precision": dtype(precision), "gflop": flops / 1e9,
+                "ours_seconds": ours, "pytorch_seconds": theirs,
+                "ours_gflops_per_s": gflops(ours), "pytorch_gflops_per_s": gflops(theirs),
+                "ours_percent_of_f32_fma_peak": share(ours), "pytorch_percent_of_f32_fma_peak": share(theirs),
+            }));
+        };
+    for group in items.chunk_by(|a, b| a.precision == b.precision && a.batch == b.batch) {
+        let (layer, products) = group.split_first().expect("chunks are not empty");
+        println!("batch of {} text(s)", layer.batch);
+        let per_call = |item: &Item| {
+            (
+                Item::per_call(&item.ours, item.reps),
+                Item::per_call(&item.theirs, item.reps),
+            )
+        };
+        let (ours, theirs) = per_call(layer);
+        print_row(&layer.name, layer.precision, layer.flops, ours, theirs);
+        let mut sums = (Some(0.0), Some(0.0));
+        for item in products {
+            let (ours, theirs) = per_call(item);
+            print_row(&item.name, item.precision, item.flops, ours, theirs);
+            sums.0 = sums.0.zip(ours).map(|(s, t)| s + t);
+            sums.1 = sums.1.zip(theirs).map(|(s, t)| s + t);
+        }
+        let flops = products.iter().map(|item| item.flops).sum();
+        print_row("  the six products", layer.precision, flops, sums.0, sums.1);
+    }
+    match peak {
+        Some(p) => println!(
+            "f32 FMA peak on {threads} threads, measured before and after: {p:.0} GFLOP/s \
+             (shares are of it, f32 rows only)"
+        ),
+        None => println!("f32 FMA peak: no AVX2 or AVX-512 on this CPU"),
+    }
+    println!(
+        "medians of {} rounds; ms per call; ratio = pytorch / ours (above 1: ours faster); \
+         products on random weights of the layer's shapes",
+        args.rounds
+    );
+    if let Some(path) = &args.json {
+        let report =
+            json!({"threads": threads, "rounds": args.rounds, "f32_fma_peak_gflops": peak, "results": rows});
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
