@@ -643,6 +643,21 @@ impl MaskedLmEngine {
 
     fn encode_here(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
         self.check_ids(texts)?;
+        let mut z = self.cross_attend(texts);
+        let n = self.config.num_latents;
+        let latent_items = item_ranges(std::iter::repeat_n(n, texts.len()));
+        let threads = self.threads();
+        for _ in 0..self.config.num_blocks {
+            for layer in &self.self_attends {
+                z = layer.forward(Queries::PerItem(&z), &latent_items, None, threads);
+            }
+        }
+        Ok(z)
+    }
+
+    /// The encoder's cross-attention: each (checked) text's embedded bytes onto the learned
+    /// latents, `[texts · num_latents, d_latents]`.
+    fn cross_attend(&self, texts: &[&[u32]]) -> Vec<f32> {
         let threads = self.threads();
         let d_model = self.config.d_model;
         let positions = self.input_positions.data();
@@ -659,18 +674,12 @@ impl MaskedLmEngine {
         let n = self.config.num_latents;
         let latent_items = item_ranges(std::iter::repeat_n(n, texts.len()));
         // Every text's queries are the same learned latents.
-        let mut z = self.encoder_cross_attention.forward(
+        self.encoder_cross_attention.forward(
             Queries::Shared(self.latents.data()),
             &latent_items,
             Some((&inputs, &input_items)),
             threads,
-        );
-        for _ in 0..self.config.num_blocks {
-            for layer in &self.self_attends {
-                z = layer.forward(Queries::PerItem(&z), &latent_items, None, threads);
-            }
-        }
-        Ok(z)
+        )
     }
 
     /// Logits at the given output positions of each encoded text: `[Σ positions, vocab]`, text
@@ -836,24 +845,7 @@ mod tests {
         assert!(engine.config.num_blocks > 1 && engine.self_attends.len() > 1);
         let texts: [&[u32]; 2] = [&[1, 70, 80, 90, 2], &[1, 100, 101, 2]];
         let encoded = engine.encode(&texts).unwrap();
-        let mut z = on_pool(|| {
-            let d = engine.config.d_model;
-            let mut inputs = Vec::new();
-            for text in texts {
-                for (p, &id) in text.iter().enumerate() {
-                    let e = &engine.embeddings.data()[id as usize * d..][..d];
-                    let pos = &engine.input_positions.data()[p * d..][..d];
-                    inputs.extend(e.iter().zip(pos).map(|(a, b)| a + b));
-                }
-            }
-            let n = engine.config.num_latents;
-            engine.encoder_cross_attention.forward(
-                Queries::Shared(engine.latents.data()),
-                &item_ranges([n, n]),
-                Some((&inputs, &item_ranges(texts.iter().map(|t| t.len())))),
-                engine.threads(),
-            )
-        });
+        let mut z = on_pool(|| engine.cross_attend(&texts));
         for _ in 0..engine.config.num_blocks {
             for index in 0..engine.self_attends.len() {
                 z = engine.latent_layer(index, &z).unwrap();
