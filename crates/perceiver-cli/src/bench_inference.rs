@@ -43,6 +43,16 @@ pub struct InferenceArgs {
     /// Batch sizes each side tries for W3 at warm-up (the fastest is timed).
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     batch_sizes: Vec<usize>,
+    #[command(flatten)]
+    reference: ReferenceArgs,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Where the PyTorch side comes from (shared by the benches that run it).
+#[derive(Args)]
+pub(crate) struct ReferenceArgs {
     /// Time our engine only.
     #[arg(long)]
     no_reference: bool,
@@ -51,9 +61,16 @@ pub struct InferenceArgs {
     python: PathBuf,
     #[arg(long, default_value = "scripts/bench_reference.py")]
     reference_script: PathBuf,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+}
+
+impl ReferenceArgs {
+    /// The PyTorch worker on `model`, or `None` with `--no-reference`.
+    pub(crate) fn start(&self, model: &Path, threads: usize) -> Result<Option<Reference>> {
+        if self.no_reference {
+            return Ok(None);
+        }
+        Reference::start(&self.python, &self.reference_script, model, threads).map(Some)
+    }
 }
 
 /// The notebook's sentence and the bytes it masks.
@@ -327,29 +344,25 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-pub fn run(args: InferenceArgs) -> Result<()> {
-    let threads = rayon::current_num_threads();
-    if !args.model.join("config.json").is_file() {
+/// The benchmarks' model, in f32: a directory with config.json and weights.
+pub(crate) fn load_bench_model(model: &Path) -> Result<MaskedLmEngine> {
+    if !model.join("config.json").is_file() {
         bail!(
-            "no model at {}: make the 201M random model with \
+            "no model at {}: make the 201M random one with \
              `.venv-ref/bin/python scripts/bench_reference.py --export {}`",
-            args.model.display(),
-            args.model.display()
+            model.display(),
+            model.display()
         );
     }
-    let engine = perceiver::load_engine(&ModelFiles::from_dir(&args.model)?)
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    perceiver::load_engine(&ModelFiles::from_dir(model)?)
+        .with_context(|| format!("cannot load {}", model.display()))
+}
+
+pub fn run(args: InferenceArgs) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let engine = load_bench_model(&args.model)?;
     let mut workloads = workloads(&args.workloads, engine.max_len(), &args.batch_sizes)?;
-    let mut reference = if args.no_reference {
-        None
-    } else {
-        Some(Reference::start(
-            &args.python,
-            &args.reference_script,
-            &args.model,
-            threads,
-        )?)
-    };
+    let mut reference = args.reference.start(&args.model, threads)?;
     eprintln!(
         "ours: {threads} threads, bf16 kernel: {:?}",
         perceiver::engine::bf16::Kernel::detect()

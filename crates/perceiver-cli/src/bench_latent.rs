@@ -17,12 +17,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::engine::peak::fma_peak_gflops;
 use perceiver::engine::Linear;
-use perceiver::{MaskedLmEngine, ModelFiles, Precision};
+use perceiver::{MaskedLmEngine, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::bench_inference::{median, settle, Reference};
+use crate::bench_inference::{load_bench_model, median, settle, Reference, ReferenceArgs};
 
 #[derive(Args)]
 pub struct LatentArgs {
@@ -43,14 +43,8 @@ pub struct LatentArgs {
     /// item as often as that takes, and PyTorch's run repeats it as often.
     #[arg(long, default_value_t = 200)]
     run_ms: u64,
-    /// Time our engine only.
-    #[arg(long)]
-    no_reference: bool,
-    /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
-    #[arg(long, default_value = ".venv-ref/bin/python")]
-    python: PathBuf,
-    #[arg(long, default_value = "scripts/bench_reference.py")]
-    reference_script: PathBuf,
+    #[command(flatten)]
+    reference: ReferenceArgs,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -180,27 +174,9 @@ fn items(engine: &MaskedLmEngine, args: &LatentArgs) -> Result<Vec<Item>> {
 
 pub fn run(args: LatentArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
-    if !args.model.join("config.json").is_file() {
-        bail!(
-            "no model at {}: make the 201M random one with \
-             `.venv-ref/bin/python scripts/bench_reference.py --export {}`",
-            args.model.display(),
-            args.model.display()
-        );
-    }
-    let f32_engine = perceiver::load_engine(&ModelFiles::from_dir(&args.model)?)
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let f32_engine = load_bench_model(&args.model)?;
     let mut items = items(&f32_engine, &args)?;
-    let mut reference = if args.no_reference {
-        None
-    } else {
-        Some(Reference::start(
-            &args.python,
-            &args.reference_script,
-            &args.model,
-            threads,
-        )?)
-    };
+    let mut reference = args.reference.start(&args.model, threads)?;
     eprintln!(
         "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}",
         perceiver::engine::sgemm::kernel(),
