@@ -11,6 +11,7 @@
 //! `scripts/bench_reference.py --serve`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -84,12 +85,13 @@ fn random(len: usize, scale: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
-fn our_run(item: &Item, engine: &MaskedLmEngine, rng: &mut ChaCha8Rng) -> Result<OurRun> {
+/// `engine` is shared with the closure, not cloned: a clone would copy its bf16 weights.
+fn our_run(item: &Item, engine: &Arc<MaskedLmEngine>, rng: &mut ChaCha8Rng) -> Result<OurRun> {
     let config = engine.config();
     Ok(match item.work {
         Work::Layer { batch } => {
             let latents = random(batch * config.num_latents * config.d_latents, 1.0, rng);
-            let engine = engine.clone();
+            let engine = Arc::clone(engine);
             Box::new(move |reps| {
                 let started = Instant::now();
                 for _ in 0..reps {
@@ -192,6 +194,7 @@ pub fn run(args: LatentArgs) -> Result<()> {
         }
         let mut engine = f32_engine.clone();
         engine.set_precision(precision);
+        let engine = Arc::new(engine);
         for item in items.iter_mut().filter(|item| item.precision == precision) {
             let run = our_run(item, &engine, &mut rng)?;
             // Warm-up, then as many calls per run as fill --run-ms.
