@@ -326,8 +326,46 @@ fn run_ours(fill: &FillMask, texts: &[MaskedText], batch_size: usize) -> Result<
 /// OpenMP workers spin for a while after each parallel region (GNU libgomp's default), and
 /// sampling the worker's CPU time showed ~10 ms of it inside each of our runs started right
 /// after its reply. Both sides wait alike.
-pub(crate) fn settle() {
+fn settle() {
     std::thread::sleep(std::time::Duration::from_millis(50));
+}
+
+/// One round's timed runs of a workload the reference has prepared as `name`: ours, and
+/// PyTorch's when there is a reference, in an order that alternates by round (so that neither
+/// side always runs on a cache the other warmed), each after the other side has settled.
+/// Returns (ours, PyTorch's) seconds.
+pub(crate) fn time_round(
+    round: usize,
+    reference: Option<&mut Reference>,
+    name: &str,
+    ours: impl FnOnce() -> Result<f64>,
+) -> Result<(f64, Option<f64>)> {
+    let Some(reference) = reference else {
+        return Ok((ours()?, None));
+    };
+    let mut theirs = || -> Result<f64> {
+        settle();
+        reference.call(json!({"cmd": "run", "name": name}))?["seconds"]
+            .as_f64()
+            .context("reference time")
+    };
+    if round % 2 == 0 {
+        settle();
+        let ours = ours()?;
+        Ok((ours, Some(theirs()?)))
+    } else {
+        let theirs = theirs()?;
+        settle();
+        Ok((ours()?, Some(theirs)))
+    }
+}
+
+/// The name of `precision` in torch (`torch.float32`, `torch.bfloat16`).
+pub(crate) fn torch_dtype(precision: Precision) -> &'static str {
+    match precision {
+        Precision::F32 => "float32",
+        Precision::Bf16 => "bfloat16",
+    }
 }
 
 pub(crate) fn median(times: &[f64]) -> f64 {
@@ -382,10 +420,7 @@ pub fn run(args: InferenceArgs) -> Result<()> {
         let mut model: MaskedLmEngine = engine.clone();
         model.set_precision(precision);
         let fill = FillMask::new(model);
-        let dtype = match precision {
-            Precision::F32 => "float32",
-            Precision::Bf16 => "bfloat16",
-        };
+        let dtype = torch_dtype(precision);
         let mut times: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
         let mut group = group;
         for w in group.iter_mut() {
@@ -415,27 +450,11 @@ pub fn run(args: InferenceArgs) -> Result<()> {
         }
         for round in 0..args.rounds {
             for (w, (ours, theirs)) in group.iter().zip(times.iter_mut()) {
-                let time_ours = || run_ours(&fill, &w.texts, w.our_batch_size);
-                let time_theirs = |r: &mut Reference| -> Result<f64> {
-                    let answer = r.call(json!({"cmd": "run", "name": w.name}))?;
-                    answer["seconds"].as_f64().context("reference time")
-                };
-                // Alternate who goes first, so neither always runs on a cache the other warmed.
-                if round % 2 == 0 {
-                    settle();
-                    ours.push(time_ours()?);
-                    if let Some(r) = reference.as_mut() {
-                        settle();
-                        theirs.push(time_theirs(r)?);
-                    }
-                } else {
-                    if let Some(r) = reference.as_mut() {
-                        settle();
-                        theirs.push(time_theirs(r)?);
-                    }
-                    settle();
-                    ours.push(time_ours()?);
-                }
+                let (mine, pytorch) = time_round(round, reference.as_mut(), w.name, || {
+                    run_ours(&fill, &w.texts, w.our_batch_size)
+                })?;
+                ours.push(mine);
+                theirs.extend(pytorch);
             }
             eprintln!("round {} of {} done", round + 1, args.rounds);
         }

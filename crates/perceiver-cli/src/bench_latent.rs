@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::bench_inference::{load_bench_model, median, settle, Reference, ReferenceArgs};
+use crate::bench_inference::{load_bench_model, median, time_round, torch_dtype, ReferenceArgs};
 
 #[derive(Args)]
 pub struct LatentArgs {
@@ -115,13 +115,6 @@ fn our_run(item: &Item, engine: &Arc<MaskedLmEngine>, rng: &mut ChaCha8Rng) -> R
     })
 }
 
-fn dtype(precision: Precision) -> &'static str {
-    match precision {
-        Precision::F32 => "float32",
-        Precision::Bf16 => "bfloat16",
-    }
-}
-
 /// The layer and its six products, for each precision and batch size.
 fn items(engine: &MaskedLmEngine, args: &LatentArgs) -> Result<Vec<Item>> {
     if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
@@ -202,15 +195,15 @@ pub fn run(args: LatentArgs) -> Result<()> {
             let run_seconds = args.run_ms as f64 / 1e3;
             item.reps = ((run_seconds / once.max(1e-6)).ceil() as usize).clamp(1, 10_000);
             if let Some(r) = reference.as_mut() {
-                let name = format!("{} {} {}", item.name.trim(), dtype(precision), item.batch);
+                let name = format!("{} {} {}", item.name.trim(), torch_dtype(precision), item.batch);
                 let message = match item.work {
                     Work::Layer { batch } => json!({
                         "cmd": "prepare_layer", "name": name, "batch": batch, "reps": item.reps,
-                        "dtype": dtype(precision),
+                        "dtype": torch_dtype(precision),
                     }),
                     Work::Product { m, n, k } => json!({
                         "cmd": "prepare_linear", "name": name, "m": m, "n": n, "k": k,
-                        "reps": item.reps, "dtype": dtype(precision),
+                        "reps": item.reps, "dtype": torch_dtype(precision),
                     }),
                 };
                 r.call(message)?;
@@ -220,28 +213,15 @@ pub fn run(args: LatentArgs) -> Result<()> {
     }
     for round in 0..args.rounds {
         for (item, run) in items.iter_mut().zip(&runs) {
-            let name = format!("{} {} {}", item.name.trim(), dtype(item.precision), item.batch);
-            let theirs = |r: &mut Reference| -> Result<f64> {
-                r.call(json!({"cmd": "run", "name": name}))?["seconds"]
-                    .as_f64()
-                    .context("reference time")
-            };
-            // Alternate who goes first, so neither always runs on a cache the other warmed.
-            if round % 2 == 0 {
-                settle();
-                item.ours.push(run(item.reps)?);
-                if let Some(r) = reference.as_mut() {
-                    settle();
-                    item.theirs.push(theirs(r)?);
-                }
-            } else {
-                if let Some(r) = reference.as_mut() {
-                    settle();
-                    item.theirs.push(theirs(r)?);
-                }
-                settle();
-                item.ours.push(run(item.reps)?);
-            }
+            let name = format!(
+                "{} {} {}",
+                item.name.trim(),
+                torch_dtype(item.precision),
+                item.batch
+            );
+            let (ours, theirs) = time_round(round, reference.as_mut(), &name, || run(item.reps))?;
+            item.ours.push(ours);
+            item.theirs.extend(theirs);
         }
         eprintln!("round {} of {} done", round + 1, args.rounds);
     }
@@ -294,7 +274,7 @@ fn report(items: &[Item], peak: Option<f64>, threads: usize, args: &LatentArgs) 
                 cell(share(theirs), 0),
             );
             rows.push(json!({
-                "item": name.trim(), "precision": dtype(precision), "gflop": flops / 1e9,
+                "item": name.trim(), "precision": torch_dtype(precision), "gflop": flops / 1e9,
                 "ours_seconds": ours, "pytorch_seconds": theirs,
                 "ours_gflops_per_s": gflops(ours), "pytorch_gflops_per_s": gflops(theirs),
                 "ours_percent_of_f32_fma_peak": share(ours), "pytorch_percent_of_f32_fma_peak": share(theirs),
