@@ -48,8 +48,9 @@ pub fn to_bf16_bits(x: f32) -> u16 {
     }
 }
 
+/// bf16 bits → the f32 they stand for (exact).
 #[inline(always)]
-fn from_bf16_bits(b: u16) -> f32 {
+pub(crate) fn from_bf16_bits(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
