@@ -1,373 +1,266 @@
-//! Attention, the Perceiver's one operation: the pure [`attend`] function, and the layers built on
-//! it — [`CrossAttention`] (queries from one array, keys/values from another) and
-//! [`SelfAttention`] (on the latents), each an attention followed by an [`Mlp`].
+//! Multi-head attention and the Perceiver layer built on it (attention then MLP, each with a
+//! residual), on packed weights: the block every encoder, latent stack and decoder is made of.
 //!
-//! Mirrors transformers' `PerceiverSelfAttention`, `PerceiverAttention`, `PerceiverMLP` and
-//! `PerceiverLayer`, and DeepMind's `attend`, `Attention`, `MLP`, `CrossAttention` and
-//! `SelfAttention` in `perceiver.py`. Checkpoint paths are transformers'.
+//! Attention runs per batch item on that item's rows only (no padding, so no mask), with heads as
+//! strided views into the projected queries, keys and values (no transposed copies).
 
-use candle_core::{DType, Tensor};
-use candle_nn::{Init, VarBuilder};
+use std::ops::Range;
 
-use crate::config::{Activation, AttentionSpec, LAYER_NORM_EPS};
+use rayon::prelude::*;
+
+use crate::checkpoint::names::LayerNames;
+use crate::checkpoint::Param;
+use crate::config::AttentionSpec;
+use crate::engine::matmul::{matmul, Rhs, View};
+use crate::engine::{kernels, sgemm, SendPtr};
 use crate::error::Result;
-use crate::ops::{self, RightOperand};
+use crate::layers::{Dense, Norm};
 
-/// Additive attention bias from a padding mask: 0 where `mask` is 1 (a real key), the most
-/// negative f32 where it is 0 (padding), as transformers does with `finfo(float32).min`.
-///
-/// # Shapes
-/// `mask`: `[batch, keys]`, any dtype, 1 = attend, 0 = ignore. Returns `[batch, 1, 1, keys]` f32,
-/// broadcastable over heads and queries.
-pub fn attention_bias(mask: &Tensor) -> Result<Tensor> {
-    let (batch, keys) = mask.dims2()?;
-    let ignore = mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)?; // 1 where padded
-    let bias = (ignore * f32::MIN as f64)?;
-    Ok(bias.reshape((batch, 1, 1, keys))?)
+/// A layer's queries.
+#[derive(Clone, Copy)]
+pub(crate) enum Queries<'a> {
+    /// Every item's own rows, `[Σ query rows, q_dim]`.
+    PerItem(&'a [f32]),
+    /// One item's rows, the same for every item (the encoder's learned latents): their
+    /// LayerNorm and projection are computed once for the batch (cross-attention only).
+    Shared(&'a [f32]),
+    /// Every item's own rows with their LayerNorm and query projection already applied
+    /// (cross-attention only): the decoder's queries, projected once per position at load.
+    Projected {
+        /// `[Σ query rows, q_dim]`, for the residual (may be empty without one).
+        rows: &'a [f32],
+        /// `[Σ query rows, qk_channels]`.
+        projected: &'a [f32],
+    },
 }
 
-/// Multi-head scaled dot-product attention.
-///
-/// Scores are `q·kᵀ / √(channels per head)`, plus `bias` (from [`attention_bias`]) before the
-/// softmax over keys; heads are concatenated in the output.
-///
-/// # Shapes
-/// `q`: `[batch, queries, heads·d_qk]`, `k`: `[batch, keys, heads·d_qk]`,
-/// `v`: `[batch, keys, heads·d_v]`, `bias`: `[batch, 1, 1, keys]`.
-/// Returns `[batch, queries, heads·d_v]`.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
-    ops::attention(q, k, v, num_heads, bias)
-}
-
-/// [`attend`] composed of separate ops (head split and merge, products, softmax), each with its own
-/// backward pass: the path for other dtypes and devices, and the reference the fused op is tested
-/// against.
-pub fn attend_composed(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    num_heads: usize,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (batch, num_queries, qk_channels) = q.dims3()?;
-    let (_, num_keys, v_channels) = v.dims3()?;
-    let d_qk = qk_channels / num_heads;
-    let d_v = v_channels / num_heads;
-    // [batch, heads, tokens, per-head channels]
-    let split = |x: &Tensor, tokens: usize, per_head: usize| -> candle_core::Result<Tensor> {
-        x.reshape((batch, tokens, num_heads, per_head))?
-            .transpose(1, 2)?
-            .contiguous()
-    };
-    // Scaling q rather than the scores touches queries×d values instead of queries×keys.
-    let q = split(&(q * (1.0 / (d_qk as f64).sqrt()))?, num_queries, d_qk)?;
-    let k = split(k, num_keys, d_qk)?;
-    let v = split(v, num_keys, d_v)?;
-    let mut scores = ops::matmul(&q, &k, RightOperand::Transposed)?; // [batch, heads, queries, keys]
-    if let Some(bias) = bias {
-        scores = scores.broadcast_add(bias)?;
-    }
-    let weights = ops::softmax_last_dim(&scores)?;
-    let out = ops::matmul(&weights, &v, RightOperand::Plain)?; // [batch, heads, queries, d_v]
-    Ok(out
-        .transpose(1, 2)?
-        .reshape((batch, num_queries, num_heads * d_v))?)
-}
-
-/// Applies the configured nonlinearity (the GELUs through [`ops::gelu`], which trains faster).
-pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
-    ops::gelu(x, activation)
-}
-
-/// [`activate`] from candle's own ops, which candle differentiates.
-pub fn activate_composed(x: &Tensor, activation: Activation) -> Result<Tensor> {
-    Ok(match activation {
-        Activation::GeluErf => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
-        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
-        Activation::Relu => x.relu()?,
-        Activation::ReluSquared => x.relu()?.sqr()?,
-        Activation::Relu6 => x.clamp(0f32, 6f32)?,
-        Activation::LeakyRelu => candle_nn::ops::leaky_relu(x, 0.01)?,
-        Activation::Silu => x.silu()?,
-        // softplus(x) = ln(1 + eˣ), computed as max(x, 0) + ln(1 + e^-|x|) to avoid overflow.
-        Activation::Mish => {
-            let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-            (x * softplus.tanh()?)?
-        }
-        Activation::HardSwish => ((x * (x + 3.0)?.clamp(0f32, 6f32)?)? / 6.0)?,
-        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-        Activation::Tanh => x.tanh()?,
-        Activation::Linear => x.clone(),
-    })
-}
-
-/// LayerNorm over the last dimension (eps as transformers'), through [`ops::layer_norm`] so that
-/// it trains: candle_nn's LayerNorm passes no gradient to its parameters.
+/// Attention then MLP, each with a residual: transformers' `PerceiverLayer`, DeepMind's
+/// `CrossAttention` / `SelfAttention` modules.
 #[derive(Debug, Clone)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+pub(crate) struct AttentionLayer {
+    spec: AttentionSpec,
+    q_norm: Norm,
+    /// Cross-attention only: the norm of the keys'/values' input.
+    kv_norm: Option<Norm>,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    output: Dense,
+    mlp_norm: Norm,
+    dense1: Dense,
+    dense2: Dense,
 }
 
-impl LayerNorm {
-    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+impl AttentionLayer {
+    /// Reads the layer's weights under `names` (cross-attention when they name a key/value norm).
+    pub(crate) fn load(names: &LayerNames, get: &mut dyn FnMut(&str) -> Result<Param>) -> Result<Self> {
         Ok(Self {
-            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            spec: names.spec,
+            q_norm: Norm::load(get, &names.q_norm)?,
+            kv_norm: names.kv_norm.as_ref().map(|n| Norm::load(get, n)).transpose()?,
+            query: Dense::load(get, &names.query)?,
+            key: Dense::load(get, &names.key)?,
+            value: Dense::load(get, &names.value)?,
+            output: Dense::load(get, &names.output)?,
+            mlp_norm: Norm::load(get, &names.mlp_norm)?,
+            dense1: Dense::load(get, &names.dense1)?,
+            dense2: Dense::load(get, &names.dense2)?,
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, LAYER_NORM_EPS)
-    }
-}
-
-fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    LayerNorm::new(dim, vb)
-}
-
-/// A dense layer `x·Wᵀ + b` over the last dimension (transformers' `nn.Linear`; W is [out, in]).
-///
-/// Leading dimensions are flattened into one matrix product. candle_nn's Linear broadcasts W over
-/// the batch instead, which in training makes candle copy W per batch element and sum the
-/// per-element gradients back.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints(
-                (out_dim, in_dim),
-                "weight",
-                candle_nn::init::DEFAULT_KAIMING_NORMAL,
-            )?,
-            bias: vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?,
-        })
+    /// The widths of the layer.
+    pub(crate) fn spec(&self) -> &AttentionSpec {
+        &self.spec
     }
 
-    /// `x`: `[..., in]` → `[..., out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let in_dim = *dims.last().unwrap_or(&0);
-        let rows = x.elem_count() / in_dim.max(1);
-        let y = ops::linear(&x.reshape((rows, in_dim))?, &self.weight, &self.bias)?;
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.weight.dims()[0];
-        }
-        Ok(y.reshape(out_dims)?)
-    }
-}
-
-/// The Transformer MLP after each attention: `dense2(act(dense1(x)))`, hidden width
-/// `widening_factor × width`.
-#[derive(Debug, Clone)]
-pub struct Mlp {
-    dense1: Linear,
-    dense2: Linear,
-    activation: Activation,
-}
-
-impl Mlp {
-    pub fn new(width: usize, widening_factor: usize, activation: Activation, vb: VarBuilder) -> Result<Self> {
-        let hidden = width * widening_factor;
-        Ok(Self {
-            dense1: Linear::new(width, hidden, vb.pp("dense1"))?,
-            dense2: Linear::new(hidden, width, vb.pp("dense2"))?,
-            activation,
-        })
+    /// The LayerNorm and projection of the queries (for queries projected once, ahead of passes).
+    pub(crate) fn project_queries(&self, rows: &[f32], threads: usize) -> Vec<f32> {
+        self.query.forward(&self.q_norm.forward(rows), threads)
     }
 
-    /// `x`: `[batch, tokens, width]` → same shape.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hidden = activate(&self.dense1.forward(x)?, self.activation)?;
-        Ok(self.dense2.forward(&hidden)?)
-    }
-}
-
-/// Normalise, project to queries/keys/values, [`attend`], project the heads back
-/// (transformers' `PerceiverAttention`: `attention.self.*` and `attention.output.dense`).
-#[derive(Debug, Clone)]
-struct MultiHeadAttention {
-    q_norm: LayerNorm,
-    /// `None` for self-attention, where keys and values come from the normalised queries.
-    kv_norm: Option<LayerNorm>,
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
-    num_heads: usize,
-}
-
-impl MultiHeadAttention {
-    fn new(spec: &AttentionSpec, is_cross: bool, vb: VarBuilder) -> Result<Self> {
-        let inner = vb.pp("self");
-        // Cross-attention projects back to the queries' width; self-attention to v_channels
-        // (which the config check makes equal to the latents' width).
-        let out_dim = if is_cross { spec.q_dim } else { spec.v_channels };
-        Ok(Self {
-            q_norm: layer_norm(spec.q_dim, inner.pp("layernorm1"))?,
-            kv_norm: if is_cross {
-                Some(layer_norm(spec.kv_dim, inner.pp("layernorm2"))?)
-            } else {
-                None
-            },
-            query: Linear::new(spec.q_dim, spec.qk_channels, inner.pp("query"))?,
-            key: Linear::new(spec.kv_dim, spec.qk_channels, inner.pp("key"))?,
-            value: Linear::new(spec.kv_dim, spec.v_channels, inner.pp("value"))?,
-            output: Linear::new(spec.v_channels, out_dim, vb.pp("output").pp("dense"))?,
-            num_heads: spec.num_heads,
-        })
+    pub(crate) fn dense_layers(&mut self) -> [&mut Dense; 6] {
+        [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.output,
+            &mut self.dense1,
+            &mut self.dense2,
+        ]
     }
 
-    /// `queries`: `[batch, nq, q_dim]`; `inputs`: `[batch, nk, kv_dim]` for cross-attention,
-    /// `None` for self-attention. Returns `[batch, nq, out]`.
-    fn forward(&self, queries: &Tensor, inputs: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
-        let q_in = self.q_norm.forward(queries)?;
-        let kv_in = match (inputs, &self.kv_norm) {
-            (Some(inputs), Some(norm)) => norm.forward(inputs)?,
-            _ => q_in.clone(),
+    /// `queries`: `[Σ query rows, q_dim]`, item `i`'s rows at `query_items[i]`; `inputs`: the
+    /// keys'/values' input `[Σ rows, kv_dim]` with its item ranges, `None` for self-attention.
+    pub(crate) fn forward(
+        &self,
+        queries: Queries<'_>,
+        query_items: &[Range<usize>],
+        inputs: Option<(&[f32], &[Range<usize>])>,
+        threads: usize,
+    ) -> Vec<f32> {
+        let rows = match queries {
+            Queries::PerItem(rows) | Queries::Shared(rows) | Queries::Projected { rows, .. } => rows,
         };
-        let q = self.query.forward(&q_in)?;
-        let k = self.key.forward(&kv_in)?;
-        let v = self.value.forward(&kv_in)?;
-        let heads = attend(&q, &k, &v, self.num_heads, bias)?;
-        Ok(self.output.forward(&heads)?)
-    }
-}
-
-/// Attention then MLP, each with a residual (transformers' `PerceiverLayer`).
-#[derive(Debug, Clone)]
-struct Layer {
-    attention: MultiHeadAttention,
-    use_query_residual: bool,
-    mlp_norm: LayerNorm,
-    mlp: Mlp,
-}
-
-impl Layer {
-    fn new(spec: &AttentionSpec, is_cross: bool, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            attention: MultiHeadAttention::new(spec, is_cross, vb.pp("attention"))?,
-            use_query_residual: spec.use_query_residual,
-            mlp_norm: layer_norm(spec.q_dim, vb.pp("layernorm"))?,
-            mlp: Mlp::new(spec.q_dim, spec.widening_factor, spec.activation, vb.pp("mlp"))?,
-        })
-    }
-
-    fn forward(&self, queries: &Tensor, inputs: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
-        let mut x = self.attention.forward(queries, inputs, bias)?;
-        if self.use_query_residual {
+        // For shared queries, the LayerNorm and the projection run on one copy.
+        let q_in = match queries {
+            Queries::Projected { .. } => Vec::new(),
+            _ => self.q_norm.forward(rows),
+        };
+        let kv_norm;
+        let (kv_in, kv_items) = match (inputs, &self.kv_norm) {
+            (Some((inputs, items)), Some(norm)) => {
+                kv_norm = norm.forward(inputs);
+                (&kv_norm[..], items)
+            }
+            _ => {
+                assert!(
+                    matches!(queries, Queries::PerItem(_)),
+                    "self-attention needs every item's queries"
+                );
+                (&q_in[..], query_items)
+            }
+        };
+        let all_rows = |x: Vec<f32>| match queries {
+            Queries::PerItem(_) | Queries::Projected { .. } => x,
+            Queries::Shared(_) => x.repeat(query_items.len()),
+        };
+        let q_projected;
+        let q = match queries {
+            Queries::Projected { projected, .. } => projected,
+            _ => {
+                q_projected = all_rows(self.query.forward(&q_in, threads));
+                &q_projected[..]
+            }
+        };
+        let k = self.key.forward(kv_in, threads);
+        let v = self.value.forward(kv_in, threads);
+        let heads = attend(&self.spec, q, query_items, &k, &v, kv_items, threads);
+        let mut x = if self.spec.use_query_residual {
             // The residual is the queries before their LayerNorm.
-            x = (x + queries)?;
-        }
-        let mlp_out = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;
-        Ok((x + mlp_out)?)
-    }
-}
-
-/// Queries attend to a different array (encoder: latents ← inputs; decoder: outputs ← latents).
-#[derive(Debug, Clone)]
-pub struct CrossAttention(Layer);
-
-impl CrossAttention {
-    pub fn new(spec: &AttentionSpec, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(Layer::new(spec, true, vb)?))
-    }
-
-    /// # Shapes
-    /// `queries`: `[batch, nq, q_dim]`; `inputs`: `[batch, nk, kv_dim]`; `input_bias`: from
-    /// [`attention_bias`], `[batch, 1, 1, nk]`, masking padded inputs. Returns `[batch, nq, q_dim]`.
-    pub fn forward(&self, queries: &Tensor, inputs: &Tensor, input_bias: Option<&Tensor>) -> Result<Tensor> {
-        self.0.forward(queries, Some(inputs), input_bias)
-    }
-}
-
-/// The latents attend to themselves; no mask (every latent is real).
-#[derive(Debug, Clone)]
-pub struct SelfAttention(Layer);
-
-impl SelfAttention {
-    pub fn new(spec: &AttentionSpec, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(Layer::new(spec, false, vb)?))
-    }
-
-    /// `latents`: `[batch, num_latents, d_latents]` → same shape.
-    pub fn forward(&self, latents: &Tensor) -> Result<Tensor> {
-        self.0.forward(latents, None, None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    /// Single-head attention written out with loops, the plain definition.
-    fn naive_attention(q: &[Vec<f32>], k: &[Vec<f32>], v: &[Vec<f32>], keep: &[bool]) -> Vec<Vec<f32>> {
-        let d = q[0].len() as f32;
-        q.iter()
-            .map(|qi| {
-                let scores: Vec<f32> = k
-                    .iter()
-                    .zip(keep)
-                    .map(|(kj, &keep)| {
-                        let s: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() / d.sqrt();
-                        if keep {
-                            s
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let exp: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f32 = exp.iter().sum();
-                (0..v[0].len())
-                    .map(|c| exp.iter().zip(v).map(|(w, vj)| w / total * vj[c]).sum())
-                    .collect()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn attend_matches_the_definition_per_head_with_padding() -> Result<()> {
-        let dev = Device::Cpu;
-        let (heads, d_qk, d_v, nq, nk) = (3, 4, 2, 5, 7);
-        let q = Tensor::randn(0f32, 1.0, (1, nq, heads * d_qk), &dev)?;
-        let k = Tensor::randn(0f32, 1.0, (1, nk, heads * d_qk), &dev)?;
-        let v = Tensor::randn(0f32, 1.0, (1, nk, heads * d_v), &dev)?;
-        let keep = [true, true, false, true, true, false, true];
-        let mask = Tensor::new(&[keep.map(|b| b as u8)], &dev)?;
-        let out = attend(&q, &k, &v, heads, Some(&attention_bias(&mask)?))?
-            .squeeze(0)?
-            .to_vec2::<f32>()?;
-        let rows = |t: &Tensor, h: usize, d: usize| -> Vec<Vec<f32>> {
-            t.squeeze(0)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap()
-                .iter()
-                .map(|r| r[h * d..(h + 1) * d].to_vec())
-                .collect()
+            let mut x = all_rows(rows.to_vec());
+            self.output.forward_into(&heads, &mut x, threads);
+            x
+        } else {
+            self.output.forward(&heads, threads)
         };
-        for h in 0..heads {
-            let expected = naive_attention(&rows(&q, h, d_qk), &rows(&k, h, d_qk), &rows(&v, h, d_v), &keep);
-            for (i, row) in expected.iter().enumerate() {
-                for (c, e) in row.iter().enumerate() {
-                    let got = out[i][h * d_v + c];
-                    assert!(
-                        (got - e).abs() < 1e-5,
-                        "head {h} query {i} channel {c}: {got} vs {e}"
-                    );
-                }
+        let hidden =
+            self.dense1
+                .forward_activated(&self.mlp_norm.forward(&x), Some(self.spec.activation), threads);
+        self.dense2.forward_into(&hidden, &mut x, threads);
+        x
+    }
+}
+
+/// Multi-head attention of each item's queries over that item's keys; heads concatenated.
+/// Work is split over (item, head) pairs.
+fn attend(
+    spec: &AttentionSpec,
+    q: &[f32],
+    query_items: &[Range<usize>],
+    k: &[f32],
+    v: &[f32],
+    kv_items: &[Range<usize>],
+    threads: usize,
+) -> Vec<f32> {
+    let heads = spec.num_heads;
+    let (qk, vc) = (spec.qk_channels, spec.v_channels);
+    let (d_qk, d_v) = (qk / heads, vc / heads);
+    let scale = 1.0 / (d_qk as f32).sqrt();
+    let total_queries = query_items.last().map_or(0, |r| r.end);
+    let tasks: Vec<(usize, usize)> = (0..query_items.len())
+        .flat_map(|item| (0..heads).map(move |head| (item, head)))
+        .collect();
+    // Few tasks (one text, one head) leave threads for the products themselves.
+    let inner_threads = (threads / tasks.len().max(1)).max(1);
+    // Every (item, head) task sets its block of `out` (the item's rows × the head's columns,
+    // which together cover it), so it starts uninitialised.
+    let packed = sgemm::available();
+    let out_len = total_queries * vc;
+    let mut out: Vec<f32> = Vec::with_capacity(out_len);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    tasks.par_iter().for_each(|&(item, head)| {
+        let (qr, kr) = (&query_items[item], &kv_items[item]);
+        let (nq, nk) = (qr.len(), kr.len());
+        if nq == 0 {
+            return;
+        }
+        let q_h = View::strided(&q[qr.start * qk + head * d_qk..], nq, d_qk, qk);
+        let k_h = View::strided(&k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
+        let v_h = View::strided(&v[kr.start * vc + head * d_v..], nk, d_v, vc);
+        // This head's block of `out`: the item's rows, the head's d_v columns (row stride vc).
+        let offset = qr.start * vc + head * d_v;
+        assert!(offset + (nq - 1) * vc + d_v <= out_len);
+        if packed {
+            // Keys and values packed per head (they are small next to the products), the
+            // scale folded into the keys.
+            let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
+            let mut scores = Vec::with_capacity(nq * nk);
+            // SAFETY: `scores` has room for nq × nk values at row stride nk; the product sets
+            // every one of them (overwrite), so the length can then cover them.
+            unsafe {
+                keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, inner_threads, true);
+                scores.set_len(nq * nk);
+            }
+            kernels::softmax_rows(&mut scores, nk);
+            let values = sgemm::PackedWeights::pack_view(v_h, false, 1.0, false);
+            // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
+            // (overwrite) by the product; tasks write disjoint blocks, and nothing reads `out`
+            // until every task is done.
+            unsafe {
+                values.matmul_view_raw(
+                    View::dense(&scores, nq, nk),
+                    out_ptr.get().add(offset),
+                    vc,
+                    inner_threads,
+                    true,
+                )
+            };
+        } else {
+            let mut scores = vec![0f32; nq * nk];
+            let mut head_out = vec![0f32; nq * d_v];
+            matmul(
+                &mut scores,
+                nk,
+                q_h,
+                Rhs::Transposed(k_h),
+                scale,
+                false,
+                inner_threads,
+            );
+            kernels::softmax_rows(&mut scores, nk);
+            matmul(
+                &mut head_out,
+                d_v,
+                View::dense(&scores, nq, nk),
+                Rhs::Plain(v_h),
+                1.0,
+                false,
+                inner_threads,
+            );
+            for (r, values) in head_out.chunks_exact(d_v).enumerate() {
+                // SAFETY: as above; row r of the block lies inside `out`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(values.as_ptr(), out_ptr.get().add(offset + r * vc), d_v)
+                };
             }
         }
-        Ok(())
-    }
+    });
+    // SAFETY: the tasks have set every value of `out` (their blocks cover it; an item without
+    // queries has no rows).
+    unsafe { out.set_len(out_len) };
+    out
+}
+
+/// Multiply-add work (2 FLOP each) of one layer of `spec` with `nq` queries over `nk` keys: the
+/// query, key, value, output and MLP products and the attention's scores and weighted sum.
+pub(crate) fn layer_flops(spec: &AttentionSpec, nq: usize, nk: usize) -> f64 {
+    let (nq, nk) = (nq as f64, nk as f64);
+    let (q, kv, qk, v) = (
+        spec.q_dim as f64,
+        spec.kv_dim as f64,
+        spec.qk_channels as f64,
+        spec.v_channels as f64,
+    );
+    let hidden = (spec.q_dim * spec.widening_factor) as f64;
+    2.0 * (nq * q * qk + nk * kv * (qk + v) + nq * nk * (qk + v) + nq * v * q + 2.0 * nq * q * hidden)
 }

@@ -1,63 +1,58 @@
-//! The Perceiver encoder: a learned latent array cross-attends to the inputs once, then a block
-//! of self-attention layers is applied `num_blocks` times with shared weights.
-//! Mirrors transformers' `PerceiverEmbeddings` + `PerceiverEncoder` and DeepMind's
-//! `PerceiverEncoder`.
+//! The encoder: a cross-attention from the learned latent array onto the input array (transformers'
+//! `PerceiverEncoder.cross_attention` with `PerceiverEmbeddings`; DeepMind's `PerceiverEncoder`,
+//! first half). Its output, `num_latents` rows per item whatever the input's length, is what the
+//! latent stack ([`crate::process`]) works on.
 
-use candle_core::Tensor;
-use candle_nn::VarBuilder;
-
-use crate::attention::{attention_bias, CrossAttention, SelfAttention};
-use crate::config::PerceiverConfig;
+use crate::attention::{AttentionLayer, Queries};
+use crate::checkpoint::names::EncoderNames;
+use crate::checkpoint::Param;
 use crate::error::Result;
+use crate::layers::Precision;
+use crate::preprocess::InputArray;
+use crate::runtime::item_ranges;
 
+/// Learned latents attending to the input.
 #[derive(Debug, Clone)]
-pub struct PerceiverEncoder {
-    /// `[num_latents, d_latents]`, shared by every batch item.
-    latents: Tensor,
-    cross_attention: CrossAttention,
-    /// One block; applied `num_blocks` times.
-    self_attends: Vec<SelfAttention>,
-    num_blocks: usize,
+pub struct Encoder {
+    /// `[num_latents, d_latents]`, the same queries for every item.
+    latents: Param,
+    cross_attention: AttentionLayer,
 }
 
-impl PerceiverEncoder {
-    /// `vb` points at the model's `perceiver.` prefix: the latents live in `embeddings.latents`,
-    /// the layers under `encoder.`.
-    pub fn new(cfg: &PerceiverConfig, vb: VarBuilder) -> Result<Self> {
-        let latents = vb
-            .pp("embeddings")
-            .get((cfg.num_latents, cfg.d_latents), "latents")?;
-        let enc = vb.pp("encoder");
-        let cross_attention =
-            CrossAttention::new(&cfg.encoder_cross_attention_spec(), enc.pp("cross_attention"))?;
-        let spec = cfg.self_attention_spec();
-        let self_attends = (0..cfg.num_self_attends_per_block)
-            .map(|i| SelfAttention::new(&spec, enc.pp("self_attends").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
+impl Encoder {
+    pub(crate) fn load(get: &mut dyn FnMut(&str) -> Result<Param>, names: &EncoderNames) -> Result<Self> {
         Ok(Self {
-            latents,
-            cross_attention,
-            self_attends,
-            num_blocks: cfg.num_blocks,
+            latents: get(&names.latents.name)?,
+            cross_attention: AttentionLayer::load(&names.cross_attention, get)?,
         })
     }
 
-    /// Encodes inputs into latents.
-    ///
-    /// # Shapes
-    /// `inputs`: `[batch, len, d_model]`; `input_mask`: `[batch, len]`, 1 for real positions and
-    /// 0 for padding (padded positions contribute nothing); `None` means all real.
-    /// Returns `[batch, num_latents, d_latents]`.
-    pub fn forward(&self, inputs: &Tensor, input_mask: Option<&Tensor>) -> Result<Tensor> {
-        let (batch, _, _) = inputs.dims3()?;
-        let latents = self.latents.unsqueeze(0)?.repeat((batch, 1, 1))?;
-        let bias = input_mask.map(attention_bias).transpose()?;
-        let mut z = self.cross_attention.forward(&latents, inputs, bias.as_ref())?;
-        for _ in 0..self.num_blocks {
-            for layer in &self.self_attends {
-                z = layer.forward(&z)?;
-            }
+    /// Latent rows per item.
+    pub fn num_latents(&self) -> usize {
+        self.latents.shape()[0]
+    }
+
+    /// Channels per latent.
+    pub fn d_latents(&self) -> usize {
+        self.latents.shape()[1]
+    }
+
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        for dense in self.cross_attention.dense_layers() {
+            dense.set_precision(precision);
         }
-        Ok(z)
+    }
+
+    /// Each item's input rows onto the latents: `[items · num_latents, d_latents]`, item `i`'s
+    /// latents in rows `i·num_latents..`.
+    pub(crate) fn forward(&self, input: &InputArray, threads: usize) -> Vec<f32> {
+        let latent_items = item_ranges(std::iter::repeat_n(self.num_latents(), input.items.len()));
+        // Every item's queries are the same learned latents: normed and projected once.
+        self.cross_attention.forward(
+            Queries::Shared(self.latents.data()),
+            &latent_items,
+            Some((&input.values, &input.items)),
+            threads,
+        )
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong between a model id and a logit.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A config.json that does not parse, or values that cannot build a model.
     #[error("invalid config: {0}")]
@@ -49,7 +50,24 @@ pub enum Error {
         reason: String,
     },
 
-    /// A text the model cannot take: no mask, malformed mask syntax, too long, …
+    /// A config.json whose `architectures` names a model class this library does not build.
+    #[error("unsupported architecture {name}: this library builds PerceiverForMaskedLM")]
+    UnsupportedArchitecture {
+        /// The class named.
+        name: String,
+    },
+
+    /// A text longer than the model's positions (or than the tokenizer's bound, for a text whose
+    /// `[MASK:n]` runs expand beyond any model).
+    #[error("the text is {tokens} tokens long or more (special tokens included); the model takes at most {max}")]
+    TooLong {
+        /// Ids the text expands to (at least).
+        tokens: usize,
+        /// The most the model takes.
+        max: usize,
+    },
+
+    /// A text the model cannot take: no mask, malformed mask syntax, …
     #[error("{0}")]
     InvalidInput(String),
 

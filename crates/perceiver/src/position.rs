@@ -1,45 +1,46 @@
-//! Position encodings. The language model uses trainable tables, one row per position, added to
-//! the byte embeddings (inputs) or used as the decoder's queries (outputs).
-//! Mirrors transformers' `PerceiverTrainablePositionEncoding` and DeepMind's
-//! `TrainablePositionEncoding`.
+//! Position encodings. The language model's are trainable tables, one row per position, added to
+//! the byte embeddings (input) or used as the decoder's queries (output): transformers'
+//! `PerceiverTrainablePositionEncoding`, DeepMind's `TrainablePositionEncoding`.
 
-use candle_core::Tensor;
-use candle_nn::VarBuilder;
-
-use crate::error::Result;
+use crate::checkpoint::names::TensorName;
+use crate::checkpoint::Param;
+use crate::error::{Error, Result};
 
 /// A learned `[num_positions, channels]` table.
 #[derive(Debug, Clone)]
-pub struct TrainablePositionEncoding {
-    table: Tensor,
+pub struct TrainablePositions {
+    table: Param,
 }
 
-impl TrainablePositionEncoding {
-    /// Reads the table from `vb.get((num_positions, channels), name)`: transformers names it
-    /// `position_embeddings` in the decoder and `weight` (an `nn.Embedding`) in the text input.
-    pub fn new(num_positions: usize, channels: usize, name: &str, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            table: vb.get((num_positions, channels), name)?,
-        })
+impl TrainablePositions {
+    pub(crate) fn load(get: &mut dyn FnMut(&str) -> Result<Param>, name: &TensorName) -> Result<Self> {
+        Ok(Self { table: get(&name.name)? })
     }
 
+    /// How many positions the table has.
     pub fn num_positions(&self) -> usize {
-        self.table.dims()[0]
+        self.table.shape()[0]
     }
 
-    /// The encodings of positions `0..len`: `[len, channels]`.
-    pub fn first(&self, len: usize) -> Result<Tensor> {
-        Ok(self.table.narrow(0, 0, len)?)
+    /// Channels per position.
+    pub fn channels(&self) -> usize {
+        self.table.shape()[1]
     }
 
-    /// The encodings of arbitrary positions.
-    ///
-    /// # Shapes
-    /// `positions`: `[batch, n]` u32 indices below [`Self::num_positions`]. Returns
-    /// `[batch, n, channels]`.
-    pub fn select(&self, positions: &Tensor) -> Result<Tensor> {
-        let (batch, n) = positions.dims2()?;
-        let rows = self.table.index_select(&positions.flatten_all()?, 0)?;
-        Ok(rows.reshape((batch, n, self.table.dims()[1]))?)
+    /// The whole table, `[num_positions, channels]` row-major.
+    pub fn table(&self) -> &[f32] {
+        self.table.data()
+    }
+
+    /// The row of `position`; an error past the table.
+    pub fn row(&self, position: usize) -> Result<&[f32]> {
+        if position >= self.num_positions() {
+            return Err(Error::InvalidInput(format!(
+                "position {position} is outside the model's {}",
+                self.num_positions()
+            )));
+        }
+        let c = self.channels();
+        Ok(&self.table.data()[position * c..][..c])
     }
 }

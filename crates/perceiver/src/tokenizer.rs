@@ -96,6 +96,13 @@ impl BytesTokenizer {
     /// followed by a positive integer and `]` is an error naming its byte offset, and so is a
     /// text that expands to more than [`MAX_TOKENS`] ids.
     pub fn encode_masked(&self, text: &str, add_special_tokens: bool) -> Result<MaskedText> {
+        self.encode_masked_within(text, add_special_tokens, MAX_TOKENS)
+    }
+
+    /// [`encode_masked`](Self::encode_masked) for a model of `max` positions: a text that expands
+    /// to more ids is [`Error::TooLong`], found as soon as the expansion passes `max`.
+    pub fn encode_masked_within(&self, text: &str, add_special_tokens: bool, max: usize) -> Result<MaskedText> {
+        let max = max.min(MAX_TOKENS);
         const RUN_OPEN: &str = "[MASK:";
         let mut ids = Vec::with_capacity(text.len() + 2);
         let mut mask_positions = Vec::new();
@@ -111,7 +118,7 @@ impl BytesTokenizer {
             let token = if let Some(id) = SPECIAL_TOKENS.iter().position(|name| rest.starts_with(name)) {
                 Some((id as u32, 1, SPECIAL_TOKENS[id].len()))
             } else if let Some(spec) = rest.strip_prefix(RUN_OPEN) {
-                let (count, spec_len) = parse_mask_run(spec, at)?;
+                let (count, spec_len) = parse_mask_run(spec, at, max)?;
                 Some((MASK_ID, count, RUN_OPEN.len() + spec_len))
             } else {
                 None
@@ -121,8 +128,11 @@ impl BytesTokenizer {
                 continue;
             };
             ids.extend(self.encode(&text[literal_start..at]));
-            if ids.len() + count > MAX_TOKENS {
-                return Err(too_long(at));
+            if ids.len() + count > max {
+                return Err(Error::TooLong {
+                    tokens: ids.len() + count,
+                    max,
+                });
             }
             for _ in 0..count {
                 if id == MASK_ID {
@@ -137,8 +147,8 @@ impl BytesTokenizer {
         if add_special_tokens {
             ids.push(SEP_ID);
         }
-        if ids.len() > MAX_TOKENS {
-            return Err(too_long(text.len()));
+        if ids.len() > max {
+            return Err(Error::TooLong { tokens: ids.len(), max });
         }
         Ok(MaskedText { ids, mask_positions })
     }
@@ -173,7 +183,7 @@ impl BytesTokenizer {
 }
 
 /// Parses the `n]` after `[MASK:`; returns `n` and the bytes consumed (digits and `]`).
-fn parse_mask_run(spec: &str, offset: usize) -> Result<(usize, usize)> {
+fn parse_mask_run(spec: &str, offset: usize, max: usize) -> Result<(usize, usize)> {
     let malformed = || {
         Error::InvalidInput(format!(
             "malformed mask at byte {offset}: expected [MASK:n] with n a positive integer"
@@ -186,15 +196,13 @@ fn parse_mask_run(spec: &str, offset: usize) -> Result<(usize, usize)> {
     }
     match digits.parse::<usize>() {
         Ok(0) => Err(malformed()),
-        Ok(n) if n <= MAX_TOKENS => Ok((n, close + 1)),
-        _ => Err(too_long(offset)),
+        Ok(n) if n <= max => Ok((n, close + 1)),
+        // Too large for usize, or more than the model takes.
+        _ => Err(Error::TooLong {
+            tokens: digits.parse::<usize>().unwrap_or(usize::MAX),
+            max,
+        }),
     }
-}
-
-fn too_long(offset: usize) -> Error {
-    Error::InvalidInput(format!(
-        "the text expands to more than {MAX_TOKENS} tokens (at byte {offset}); models take far fewer"
-    ))
 }
 
 /// The byte an id stands for, or `None` for special and out-of-range ids.

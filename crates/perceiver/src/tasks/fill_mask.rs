@@ -1,16 +1,20 @@
-//! Fill-mask: masked texts in, ranked candidates per masked byte out. Front ends (the CLI, and
-//! later the HTTP service) call this and differ only in where texts come from and answers go.
+//! Fill-mask: masked texts in, ranked candidates per masked byte out. Front ends (the CLI, the
+//! HTTP service) call this and differ only in where texts come from and answers go: a text is
+//! validated here, once ([`FillMask::check`]), and the per-candidate sequence has one rule
+//! ([`FillMaskOutput::candidate_sequence`]).
 //!
 //! Work is limited to what is asked: no text is padded, and the decoder runs only for the masked
-//! positions. The model runs on the inference engine ([`crate::engine`]).
+//! positions.
 
 use std::borrow::Borrow;
+use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::engine::{kernels, MaskedLmEngine};
+use crate::engine::kernels;
 use crate::error::{Error, Result};
-use crate::tokenizer::{BytesTokenizer, MaskedText};
+use crate::model::{Architecture, PerceiverModel};
+use crate::tokenizer::{BytesTokenizer, MaskedText, PAD_ID};
 
 /// One candidate id for a masked position.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,49 +45,101 @@ pub struct FillMaskOutput {
     pub masks: Vec<MaskPrediction>,
 }
 
+impl FillMaskOutput {
+    /// The text as transformers' fill-mask pipeline shows it for candidate `candidate` of mask
+    /// `mask` (`input` is the text this answer is for): with one mask, the text with that
+    /// candidate in its place, special ids dropped; with several, the other masks stay `[MASK]`
+    /// and only padding is dropped.
+    pub fn candidate_sequence(&self, input: &MaskedText, mask: usize, candidate: usize) -> String {
+        let tokenizer = BytesTokenizer;
+        let mut ids = input.ids.clone();
+        let slot = &self.masks[mask];
+        ids[slot.position] = slot.candidates[candidate].token;
+        if self.masks.len() == 1 {
+            tokenizer.decode(&ids)
+        } else {
+            ids.retain(|&id| id != PAD_ID);
+            tokenizer.decode_with_special_tokens(&ids)
+        }
+    }
+}
+
 /// A masked language model ready to fill masks.
 #[derive(Debug, Clone)]
 pub struct FillMask {
-    model: MaskedLmEngine,
+    model: PerceiverModel,
     tokenizer: BytesTokenizer,
 }
 
 impl FillMask {
-    pub fn new(model: MaskedLmEngine) -> Self {
-        Self {
+    /// The task on a masked language model; an error for a model of another architecture.
+    pub fn new(model: PerceiverModel) -> Result<Self> {
+        if model.architecture() != Architecture::MaskedLm {
+            return Err(Error::InvalidInput(format!(
+                "fill-mask needs a PerceiverForMaskedLM, not a {}",
+                model.architecture().name()
+            )));
+        }
+        Ok(Self {
             model,
             tokenizer: BytesTokenizer,
-        }
+        })
     }
 
-    pub fn model(&self) -> &MaskedLmEngine {
+    /// The model it runs.
+    pub fn model(&self) -> &PerceiverModel {
         &self.model
     }
 
+    /// Its tokenizer.
     pub fn tokenizer(&self) -> &BytesTokenizer {
         &self.tokenizer
     }
 
+    /// The longest text, in ids with special tokens, the model takes.
+    pub fn max_len(&self) -> usize {
+        self.model.max_len()
+    }
+
     /// Tokenizes a text written with `[MASK]` / `[MASK:n]` and checks the model can take it.
     pub fn prepare(&self, text: &str, add_special_tokens: bool) -> Result<MaskedText> {
-        let input = self.tokenizer.encode_masked(text, add_special_tokens)?;
+        let input = self
+            .tokenizer
+            .encode_masked_within(text, add_special_tokens, self.max_len())?;
         self.check(&input)?;
         Ok(input)
     }
 
-    /// Errors unless `input` has at least one mask and fits the model's positions.
+    /// Tokenizes a plain text with the bytes in `range` masked (byte offsets, end exclusive) and
+    /// checks the model can take it; a text that also holds `[MASK]` markers is an error.
+    pub fn prepare_range(&self, text: &str, range: Range<usize>, add_special_tokens: bool) -> Result<MaskedText> {
+        let marked = self.tokenizer.encode_masked(text, false)?;
+        if !marked.mask_positions.is_empty() {
+            return Err(Error::InvalidInput(
+                "use either [MASK] markers or a mask range, not both".into(),
+            ));
+        }
+        let input = self
+            .tokenizer
+            .encode_with_mask_range(text, range, add_special_tokens)?;
+        self.check(&input)?;
+        Ok(input)
+    }
+
+    /// Errors unless `input` has at least one mask and fits the model's positions: the one check
+    /// every fill-mask input passes.
     pub fn check(&self, input: &MaskedText) -> Result<()> {
         if input.mask_positions.is_empty() {
             return Err(Error::InvalidInput(
                 "the text has no mask: mark masked bytes with [MASK] (one byte) or [MASK:n] (n bytes)".into(),
             ));
         }
-        let max = self.model.max_len();
+        let max = self.max_len();
         if input.ids.len() > max {
-            return Err(Error::InvalidInput(format!(
-                "the text is {} tokens long (special tokens included), the model takes at most {max}",
-                input.ids.len()
-            )));
+            return Err(Error::TooLong {
+                tokens: input.ids.len(),
+                max,
+            });
         }
         if let Some(&p) = input.mask_positions.iter().find(|&&p| p >= input.ids.len()) {
             return Err(Error::InvalidInput(format!(
@@ -174,7 +230,8 @@ impl FillMask {
 }
 
 /// The ids of the `k` highest values of `row`, highest first; ties keep the lower id first. Only
-/// the top k are sorted (sorting the whole vocabulary at every position was 2.6% of decoding 2048).
+/// the top k are sorted: a full sort of the vocabulary at every decoded position is a visible
+/// part of decoding long texts.
 fn top_ids(row: &[f32], k: usize) -> Vec<usize> {
     let by_rank = |&a: &usize, &b: &usize| row[b].total_cmp(&row[a]).then(a.cmp(&b));
     let mut order: Vec<usize> = (0..row.len()).collect();

@@ -8,12 +8,12 @@
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use crate::config::PerceiverConfig;
-use crate::decoder::BasicDecoder;
-use crate::encoder::PerceiverEncoder;
-use crate::error::{Error, Result};
-use crate::ops;
-use crate::position::TrainablePositionEncoding;
+use perceiver::config::PerceiverConfig;
+use crate::model::decoder::BasicDecoder;
+use crate::model::encoder::PerceiverEncoder;
+use perceiver::error::{Error, Result};
+use crate::model::ops;
+use crate::model::position::TrainablePositionEncoding;
 
 #[derive(Debug, Clone)]
 pub struct PerceiverForMaskedLM {

@@ -13,9 +13,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 
-use crate::config::Activation;
-use crate::engine::kernels;
-use crate::error::Result;
+use perceiver::config::Activation;
+use perceiver::engine::kernels;
+use perceiver::error::Result;
 
 mod fused_attention;
 mod products;
@@ -87,7 +87,7 @@ impl CustomOp1 for SoftmaxLastDim {
             CpuStorage::F32(data) => {
                 // The engine's vectorised kernel (the generic one calls libm's expf per value).
                 let mut out = contiguous(data, layout, "softmax input")?.to_vec();
-                crate::engine::kernels::softmax(&mut out, width);
+                perceiver::engine::kernels::softmax(&mut out, width);
                 CpuStorage::F32(out)
             }
             CpuStorage::F64(data) => {
@@ -122,7 +122,7 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
-/// Multi-head attention ([`crate::attention::attend`]'s contract) as one op with a backward pass
+/// Multi-head attention ([`crate::model::attention::attend`]'s contract) as one op with a backward pass
 /// (`fused_attention`); f32 on a CPU with AVX-512. Elsewhere, candle's composed ops.
 pub fn attention(
     q: &Tensor,
@@ -132,8 +132,8 @@ pub fn attention(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let all_f32 = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
-    if !q.device().is_cpu() || !all_f32 || !crate::engine::sgemm::available() {
-        return crate::attention::attend_composed(q, k, v, num_heads, bias);
+    if !q.device().is_cpu() || !all_f32 || !perceiver::engine::sgemm::available() {
+        return crate::model::attention::attend_composed(q, k, v, num_heads, bias);
     }
     let bias = match bias {
         Some(bias) => Some(bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
@@ -146,10 +146,10 @@ pub fn attention(
 
 /// A GELU (`act`: [`Activation::GeluErf`] or [`Activation::GeluTanh`]) with a one-pass
 /// backward: candle differentiates its GELUs with a dozen elementwise passes, each a fresh tensor.
-/// Other activations, dtypes and devices go to [`crate::attention::activate`]'s candle ops.
+/// Other activations, dtypes and devices go to [`crate::model::attention::activate`]'s candle ops.
 pub fn gelu(x: &Tensor, act: Activation) -> Result<Tensor> {
     if !x.device().is_cpu() || x.dtype() != DType::F32 || !kernels::has_fused_gradient(act) {
-        return crate::attention::activate_composed(x, act);
+        return crate::model::attention::activate_composed(x, act);
     }
     Ok(x.contiguous()?.apply_op1(FusedActivation { act })?)
 }
@@ -474,7 +474,7 @@ mod tests {
             let fused = gelu(xv.as_tensor(), act)?;
             let grads = (&fused * &probe)?.sum_all()?.backward()?;
             let x64 = Var::from_tensor(&x.to_dtype(DType::F64)?)?;
-            let plain = crate::attention::activate_composed(x64.as_tensor(), act)?;
+            let plain = crate::model::attention::activate_composed(x64.as_tensor(), act)?;
             let want = (&plain * probe.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
             let forward = max_abs_diff(&fused, &plain);
             assert!(forward < 2e-6, "{act:?} forward: worst |Δ| {forward:e}");

@@ -8,10 +8,10 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use crate::attention::CrossAttention;
-use crate::config::AttentionSpec;
-use crate::error::Result;
-use crate::position::TrainablePositionEncoding;
+use crate::model::attention::CrossAttention;
+use perceiver::config::AttentionSpec;
+use perceiver::error::Result;
+use crate::model::position::TrainablePositionEncoding;
 
 #[derive(Debug, Clone)]
 pub struct BasicDecoder {

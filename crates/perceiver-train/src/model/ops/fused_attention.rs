@@ -8,16 +8,16 @@
 //! keeping a `[batch, heads, queries, keys]` tensor) and writes dq, dk and dv directly.
 //!
 //! Only f32 on a CPU with the engine's AVX-512 kernel takes this path; elsewhere
-//! [`crate::attention::attend_composed`] composes candle ops.
+//! [`crate::model::attention::attend_composed`] composes candle ops.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous;
-use crate::engine::kernels;
-use crate::engine::matmul::View;
-use crate::engine::sgemm::PackedWeights;
-use crate::engine::SendPtr;
+use perceiver::engine::kernels;
+use perceiver::engine::matmul::View;
+use perceiver::engine::sgemm::PackedWeights;
+use perceiver::engine::SendPtr;
 
 /// `softmax(q·kᵀ/√d + bias)·v` per head, heads concatenated.
 ///
@@ -283,15 +283,15 @@ impl CustomOp3 for FusedAttention {
 mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
-    use crate::attention::{attend_composed, attention_bias};
-    use crate::error::Result;
-    use crate::ops::max_abs_diff;
+    use crate::model::attention::{attend_composed, attention_bias};
+    use perceiver::error::Result;
+    use crate::model::ops::max_abs_diff;
 
     /// Values and the gradients of q, k and v against candle's composed ops in f64, with and
     /// without a padding mask, on sizes that are not multiples of the kernel's blocks.
     #[test]
     fn fused_attention_matches_composed_ops() -> Result<()> {
-        if !crate::engine::sgemm::available() {
+        if !perceiver::engine::sgemm::available() {
             println!("no AVX-512: attention takes candle's ops, nothing to compare");
             return Ok(());
         }

@@ -1,0 +1,373 @@
+//! Attention, the Perceiver's one operation: the pure [`attend`] function, and the layers built on
+//! it — [`CrossAttention`] (queries from one array, keys/values from another) and
+//! [`SelfAttention`] (on the latents), each an attention followed by an [`Mlp`].
+//!
+//! Mirrors transformers' `PerceiverSelfAttention`, `PerceiverAttention`, `PerceiverMLP` and
+//! `PerceiverLayer`, and DeepMind's `attend`, `Attention`, `MLP`, `CrossAttention` and
+//! `SelfAttention` in `perceiver.py`. Checkpoint paths are transformers'.
+
+use candle_core::{DType, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use perceiver::config::{Activation, AttentionSpec, LAYER_NORM_EPS};
+use perceiver::error::Result;
+use crate::model::ops::{self, RightOperand};
+
+/// Additive attention bias from a padding mask: 0 where `mask` is 1 (a real key), the most
+/// negative f32 where it is 0 (padding), as transformers does with `finfo(float32).min`.
+///
+/// # Shapes
+/// `mask`: `[batch, keys]`, any dtype, 1 = attend, 0 = ignore. Returns `[batch, 1, 1, keys]` f32,
+/// broadcastable over heads and queries.
+pub fn attention_bias(mask: &Tensor) -> Result<Tensor> {
+    let (batch, keys) = mask.dims2()?;
+    let ignore = mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)?; // 1 where padded
+    let bias = (ignore * f32::MIN as f64)?;
+    Ok(bias.reshape((batch, 1, 1, keys))?)
+}
+
+/// Multi-head scaled dot-product attention.
+///
+/// Scores are `q·kᵀ / √(channels per head)`, plus `bias` (from [`attention_bias`]) before the
+/// softmax over keys; heads are concatenated in the output.
+///
+/// # Shapes
+/// `q`: `[batch, queries, heads·d_qk]`, `k`: `[batch, keys, heads·d_qk]`,
+/// `v`: `[batch, keys, heads·d_v]`, `bias`: `[batch, 1, 1, keys]`.
+/// Returns `[batch, queries, heads·d_v]`.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    ops::attention(q, k, v, num_heads, bias)
+}
+
+/// [`attend`] composed of separate ops (head split and merge, products, softmax), each with its own
+/// backward pass: the path for other dtypes and devices, and the reference the fused op is tested
+/// against.
+pub fn attend_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    num_heads: usize,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (batch, num_queries, qk_channels) = q.dims3()?;
+    let (_, num_keys, v_channels) = v.dims3()?;
+    let d_qk = qk_channels / num_heads;
+    let d_v = v_channels / num_heads;
+    // [batch, heads, tokens, per-head channels]
+    let split = |x: &Tensor, tokens: usize, per_head: usize| -> candle_core::Result<Tensor> {
+        x.reshape((batch, tokens, num_heads, per_head))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    // Scaling q rather than the scores touches queries×d values instead of queries×keys.
+    let q = split(&(q * (1.0 / (d_qk as f64).sqrt()))?, num_queries, d_qk)?;
+    let k = split(k, num_keys, d_qk)?;
+    let v = split(v, num_keys, d_v)?;
+    let mut scores = ops::matmul(&q, &k, RightOperand::Transposed)?; // [batch, heads, queries, keys]
+    if let Some(bias) = bias {
+        scores = scores.broadcast_add(bias)?;
+    }
+    let weights = ops::softmax_last_dim(&scores)?;
+    let out = ops::matmul(&weights, &v, RightOperand::Plain)?; // [batch, heads, queries, d_v]
+    Ok(out
+        .transpose(1, 2)?
+        .reshape((batch, num_queries, num_heads * d_v))?)
+}
+
+/// Applies the configured nonlinearity (the GELUs through [`ops::gelu`], which trains faster).
+pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
+    ops::gelu(x, activation)
+}
+
+/// [`activate`] from candle's own ops, which candle differentiates.
+pub fn activate_composed(x: &Tensor, activation: Activation) -> Result<Tensor> {
+    Ok(match activation {
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+        Activation::Relu => x.relu()?,
+        Activation::ReluSquared => x.relu()?.sqr()?,
+        Activation::Relu6 => x.clamp(0f32, 6f32)?,
+        Activation::LeakyRelu => candle_nn::ops::leaky_relu(x, 0.01)?,
+        Activation::Silu => x.silu()?,
+        // softplus(x) = ln(1 + eˣ), computed as max(x, 0) + ln(1 + e^-|x|) to avoid overflow.
+        Activation::Mish => {
+            let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+            (x * softplus.tanh()?)?
+        }
+        Activation::HardSwish => ((x * (x + 3.0)?.clamp(0f32, 6f32)?)? / 6.0)?,
+        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+        Activation::Tanh => x.tanh()?,
+        Activation::Linear => x.clone(),
+    })
+}
+
+/// LayerNorm over the last dimension (eps as transformers'), through [`ops::layer_norm`] so that
+/// it trains: candle_nn's LayerNorm passes no gradient to its parameters.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, LAYER_NORM_EPS)
+    }
+}
+
+fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    LayerNorm::new(dim, vb)
+}
+
+/// A dense layer `x·Wᵀ + b` over the last dimension (transformers' `nn.Linear`; W is [out, in]).
+///
+/// Leading dimensions are flattened into one matrix product. candle_nn's Linear broadcasts W over
+/// the batch instead, which in training makes candle copy W per batch element and sum the
+/// per-element gradients back.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(
+                (out_dim, in_dim),
+                "weight",
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            bias: vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?,
+        })
+    }
+
+    /// `x`: `[..., in]` → `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = ops::linear(&x.reshape((rows, in_dim))?, &self.weight, &self.bias)?;
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.weight.dims()[0];
+        }
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// The Transformer MLP after each attention: `dense2(act(dense1(x)))`, hidden width
+/// `widening_factor × width`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    dense1: Linear,
+    dense2: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    pub fn new(width: usize, widening_factor: usize, activation: Activation, vb: VarBuilder) -> Result<Self> {
+        let hidden = width * widening_factor;
+        Ok(Self {
+            dense1: Linear::new(width, hidden, vb.pp("dense1"))?,
+            dense2: Linear::new(hidden, width, vb.pp("dense2"))?,
+            activation,
+        })
+    }
+
+    /// `x`: `[batch, tokens, width]` → same shape.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hidden = activate(&self.dense1.forward(x)?, self.activation)?;
+        Ok(self.dense2.forward(&hidden)?)
+    }
+}
+
+/// Normalise, project to queries/keys/values, [`attend`], project the heads back
+/// (transformers' `PerceiverAttention`: `attention.self.*` and `attention.output.dense`).
+#[derive(Debug, Clone)]
+struct MultiHeadAttention {
+    q_norm: LayerNorm,
+    /// `None` for self-attention, where keys and values come from the normalised queries.
+    kv_norm: Option<LayerNorm>,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    num_heads: usize,
+}
+
+impl MultiHeadAttention {
+    fn new(spec: &AttentionSpec, is_cross: bool, vb: VarBuilder) -> Result<Self> {
+        let inner = vb.pp("self");
+        // Cross-attention projects back to the queries' width; self-attention to v_channels
+        // (which the config check makes equal to the latents' width).
+        let out_dim = if is_cross { spec.q_dim } else { spec.v_channels };
+        Ok(Self {
+            q_norm: layer_norm(spec.q_dim, inner.pp("layernorm1"))?,
+            kv_norm: if is_cross {
+                Some(layer_norm(spec.kv_dim, inner.pp("layernorm2"))?)
+            } else {
+                None
+            },
+            query: Linear::new(spec.q_dim, spec.qk_channels, inner.pp("query"))?,
+            key: Linear::new(spec.kv_dim, spec.qk_channels, inner.pp("key"))?,
+            value: Linear::new(spec.kv_dim, spec.v_channels, inner.pp("value"))?,
+            output: Linear::new(spec.v_channels, out_dim, vb.pp("output").pp("dense"))?,
+            num_heads: spec.num_heads,
+        })
+    }
+
+    /// `queries`: `[batch, nq, q_dim]`; `inputs`: `[batch, nk, kv_dim]` for cross-attention,
+    /// `None` for self-attention. Returns `[batch, nq, out]`.
+    fn forward(&self, queries: &Tensor, inputs: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
+        let q_in = self.q_norm.forward(queries)?;
+        let kv_in = match (inputs, &self.kv_norm) {
+            (Some(inputs), Some(norm)) => norm.forward(inputs)?,
+            _ => q_in.clone(),
+        };
+        let q = self.query.forward(&q_in)?;
+        let k = self.key.forward(&kv_in)?;
+        let v = self.value.forward(&kv_in)?;
+        let heads = attend(&q, &k, &v, self.num_heads, bias)?;
+        Ok(self.output.forward(&heads)?)
+    }
+}
+
+/// Attention then MLP, each with a residual (transformers' `PerceiverLayer`).
+#[derive(Debug, Clone)]
+struct Layer {
+    attention: MultiHeadAttention,
+    use_query_residual: bool,
+    mlp_norm: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Layer {
+    fn new(spec: &AttentionSpec, is_cross: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attention: MultiHeadAttention::new(spec, is_cross, vb.pp("attention"))?,
+            use_query_residual: spec.use_query_residual,
+            mlp_norm: layer_norm(spec.q_dim, vb.pp("layernorm"))?,
+            mlp: Mlp::new(spec.q_dim, spec.widening_factor, spec.activation, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, queries: &Tensor, inputs: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = self.attention.forward(queries, inputs, bias)?;
+        if self.use_query_residual {
+            // The residual is the queries before their LayerNorm.
+            x = (x + queries)?;
+        }
+        let mlp_out = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;
+        Ok((x + mlp_out)?)
+    }
+}
+
+/// Queries attend to a different array (encoder: latents ← inputs; decoder: outputs ← latents).
+#[derive(Debug, Clone)]
+pub struct CrossAttention(Layer);
+
+impl CrossAttention {
+    pub fn new(spec: &AttentionSpec, vb: VarBuilder) -> Result<Self> {
+        Ok(Self(Layer::new(spec, true, vb)?))
+    }
+
+    /// # Shapes
+    /// `queries`: `[batch, nq, q_dim]`; `inputs`: `[batch, nk, kv_dim]`; `input_bias`: from
+    /// [`attention_bias`], `[batch, 1, 1, nk]`, masking padded inputs. Returns `[batch, nq, q_dim]`.
+    pub fn forward(&self, queries: &Tensor, inputs: &Tensor, input_bias: Option<&Tensor>) -> Result<Tensor> {
+        self.0.forward(queries, Some(inputs), input_bias)
+    }
+}
+
+/// The latents attend to themselves; no mask (every latent is real).
+#[derive(Debug, Clone)]
+pub struct SelfAttention(Layer);
+
+impl SelfAttention {
+    pub fn new(spec: &AttentionSpec, vb: VarBuilder) -> Result<Self> {
+        Ok(Self(Layer::new(spec, false, vb)?))
+    }
+
+    /// `latents`: `[batch, num_latents, d_latents]` → same shape.
+    pub fn forward(&self, latents: &Tensor) -> Result<Tensor> {
+        self.0.forward(latents, None, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Single-head attention written out with loops, the plain definition.
+    fn naive_attention(q: &[Vec<f32>], k: &[Vec<f32>], v: &[Vec<f32>], keep: &[bool]) -> Vec<Vec<f32>> {
+        let d = q[0].len() as f32;
+        q.iter()
+            .map(|qi| {
+                let scores: Vec<f32> = k
+                    .iter()
+                    .zip(keep)
+                    .map(|(kj, &keep)| {
+                        let s: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() / d.sqrt();
+                        if keep {
+                            s
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let exp: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f32 = exp.iter().sum();
+                (0..v[0].len())
+                    .map(|c| exp.iter().zip(v).map(|(w, vj)| w / total * vj[c]).sum())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attend_matches_the_definition_per_head_with_padding() -> Result<()> {
+        let dev = Device::Cpu;
+        let (heads, d_qk, d_v, nq, nk) = (3, 4, 2, 5, 7);
+        let q = Tensor::randn(0f32, 1.0, (1, nq, heads * d_qk), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (1, nk, heads * d_qk), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (1, nk, heads * d_v), &dev)?;
+        let keep = [true, true, false, true, true, false, true];
+        let mask = Tensor::new(&[keep.map(|b| b as u8)], &dev)?;
+        let out = attend(&q, &k, &v, heads, Some(&attention_bias(&mask)?))?
+            .squeeze(0)?
+            .to_vec2::<f32>()?;
+        let rows = |t: &Tensor, h: usize, d: usize| -> Vec<Vec<f32>> {
+            t.squeeze(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+                .iter()
+                .map(|r| r[h * d..(h + 1) * d].to_vec())
+                .collect()
+        };
+        for h in 0..heads {
+            let expected = naive_attention(&rows(&q, h, d_qk), &rows(&k, h, d_qk), &rows(&v, h, d_v), &keep);
+            for (i, row) in expected.iter().enumerate() {
+                for (c, e) in row.iter().enumerate() {
+                    let got = out[i][h * d_v + c];
+                    assert!(
+                        (got - e).abs() < 1e-5,
+                        "head {h} query {i} channel {c}: {got} vs {e}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

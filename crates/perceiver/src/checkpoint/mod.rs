@@ -1,0 +1,432 @@
+//! Checkpoints: from a model reference (a local directory, a Hugging Face hub id, or the built-in
+//! model) to a model whose every tensor has been checked against its config, through one
+//! [`Loader`].
+//!
+//! [`names`] is the one tree of tensor names; [`Checkpoint`] is a config with its opened,
+//! checked weights (what training reads to start from); [`Loader::load`] packs them into a
+//! [`PerceiverModel`].
+//!
+//! A model directory holds transformers' `config.json` and its weights as `model.safetensors`
+//! (memory-mapped), sharded `model.safetensors.index.json` + shards, or `pytorch_model.bin`.
+//! Hub ids are fetched with `hf-hub` into the standard cache (`HF_HOME` honoured); offline
+//! (`LoadOptions::offline` or `HF_HUB_OFFLINE=1`) they resolve from the cache only.
+
+pub mod names;
+mod hub;
+mod weights;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+pub use weights::Param;
+use weights::SafetensorsStore;
+
+use crate::config::PerceiverConfig;
+use crate::error::{Error, Result};
+use crate::layers::Precision;
+use crate::model::PerceiverModel;
+use names::MaskedLmNames;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const PYTORCH_FILE: &str = "pytorch_model.bin";
+
+/// How to find a model on the hub.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Resolve hub ids from the local cache only (also set by `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+    /// Hub revision (branch, tag or commit); `main` when unset.
+    pub revision: Option<String>,
+}
+
+/// The weights of a model, in one of the layouts transformers writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightFiles {
+    /// One or more safetensors files (several = shards listed by an index).
+    Safetensors(Vec<PathBuf>),
+    /// A PyTorch pickle (`torch.save` zip format).
+    PyTorch(PathBuf),
+}
+
+/// The files that make a model, wherever they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// `config.json`.
+    pub config: PathBuf,
+    /// The weights it describes.
+    pub weights: WeightFiles,
+}
+
+impl ModelFiles {
+    /// Finds the config and weights in a model directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let config = dir.join(CONFIG_FILE);
+        if !config.is_file() {
+            return Err(Error::Io {
+                path: config,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no config.json in the model directory",
+                ),
+            });
+        }
+        let weights = if dir.join(SAFETENSORS_FILE).is_file() {
+            WeightFiles::Safetensors(vec![dir.join(SAFETENSORS_FILE)])
+        } else if dir.join(SAFETENSORS_INDEX_FILE).is_file() {
+            let shards = shard_names(&dir.join(SAFETENSORS_INDEX_FILE))?;
+            WeightFiles::Safetensors(shards.into_iter().map(|s| dir.join(s)).collect())
+        } else if dir.join(PYTORCH_FILE).is_file() {
+            WeightFiles::PyTorch(dir.join(PYTORCH_FILE))
+        } else {
+            return Err(Error::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        };
+        Ok(Self { config, weights })
+    }
+
+    /// Resolves `model`: an existing directory, else a hub id (`owner/name`).
+    pub fn resolve(model: &str, options: &LoadOptions) -> Result<Self> {
+        let path = Path::new(model);
+        if path.is_dir() {
+            return Self::from_dir(path);
+        }
+        if path.exists() {
+            return Err(Error::InvalidInput(format!(
+                "{model} is a file; --model takes a model directory or a hub id"
+            )));
+        }
+        if !looks_like_hub_id(model) {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            });
+        }
+        hub::fetch(model, options)
+    }
+}
+
+/// The name that selects the model built into the library wherever a model is accepted.
+pub const BUILT_IN: &str = "default";
+
+/// Loads a model: a directory, a hub id, or [`BUILT_IN`], with its precision and threads.
+///
+/// ```
+/// use perceiver::{Loader, Precision};
+/// # fn main() -> perceiver::Result<()> {
+/// let model = Loader::new("default").precision(Precision::F32).threads(1).load()?;
+/// assert_eq!(model.max_len(), 256);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Loader {
+    source: String,
+    options: LoadOptions,
+    precision: Precision,
+    threads: usize,
+}
+
+impl Loader {
+    /// A model directory (`config.json` + `model.safetensors`, sharded safetensors or
+    /// `pytorch_model.bin`), a hub id (`owner/name`), or `"default"` for the built-in model.
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            options: LoadOptions::default(),
+            precision: Precision::F32,
+            threads: 0,
+        }
+    }
+
+    /// Number type of the weight products (f32 by default: transformers' numbers).
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Threads for one forward pass (0, the default: rayon's pool size).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Resolve hub ids from the local cache only (also `HF_HUB_OFFLINE=1`).
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.options.offline = offline;
+        self
+    }
+
+    /// Hub revision: branch, tag or commit (`main` when unset).
+    pub fn revision(mut self, revision: impl Into<String>) -> Self {
+        self.options.revision = Some(revision.into());
+        self
+    }
+
+    /// The hub options in one value.
+    pub fn options(mut self, options: LoadOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The source as given.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The config and its checked weights, unpacked (what training starts from).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        #[cfg(feature = "default-model")]
+        if self.source == BUILT_IN {
+            return crate::default_model::checkpoint();
+        }
+        Checkpoint::open(&ModelFiles::resolve(&self.source, &self.options)?)
+    }
+
+    /// The model, packed for its precision.
+    pub fn load(&self) -> Result<PerceiverModel> {
+        let mut model = self.checkpoint()?.into_model(self.precision)?;
+        model.set_threads(self.threads);
+        Ok(model)
+    }
+}
+
+/// A config and its weights, every tensor name and shape checked against the config before any
+/// weight is read.
+pub struct Checkpoint {
+    config: PerceiverConfig,
+    weights: Weights,
+}
+
+enum Weights {
+    /// Read in place from memory-mapped (or compiled-in) safetensors.
+    Safetensors(SafetensorsStore),
+    /// Already in memory (a PyTorch pickle read through candle, or tensors handed over).
+    Params(BTreeMap<String, Param>),
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Checkpoint {
+    /// Opens a model's files: safetensors are memory-mapped, a PyTorch `.bin` is read through
+    /// candle's pickle reader (which only builds tensors; it runs no code from the file).
+    pub fn open(files: &ModelFiles) -> Result<Self> {
+        let config = PerceiverConfig::from_file(&files.config)?;
+        match &files.weights {
+            WeightFiles::Safetensors(paths) => {
+                for path in paths {
+                    check_readable(path)?;
+                }
+                Self::checked(config, Weights::Safetensors(SafetensorsStore::open(paths)?))
+            }
+            WeightFiles::PyTorch(path) => {
+                check_readable(path)?;
+                Self::checked(config, Weights::Params(read_pytorch(path)?))
+            }
+        }
+    }
+
+    /// A config.json text and safetensors bytes that live for the whole program (a model compiled
+    /// in), read in place.
+    pub fn from_static(config_json: &str, safetensors: &'static [u8], name: &str) -> Result<Self> {
+        let config = PerceiverConfig::from_json_str(config_json)?;
+        Self::checked(config, Weights::Safetensors(SafetensorsStore::from_static(safetensors, name)?))
+    }
+
+    /// Tensors already in memory, by transformers name (a model being trained, for instance).
+    pub fn from_params(config: PerceiverConfig, params: BTreeMap<String, Param>) -> Result<Self> {
+        Self::checked(config, Weights::Params(params))
+    }
+
+    fn checked(config: PerceiverConfig, weights: Weights) -> Result<Self> {
+        config.validate()?;
+        let found = match &weights {
+            Weights::Safetensors(store) => store.shapes(),
+            Weights::Params(params) => params.iter().map(|(n, p)| (n.clone(), p.shape().to_vec())).collect(),
+        };
+        check_tensors(&config, found)?;
+        Ok(Self { config, weights })
+    }
+
+    /// The (validated) config.
+    pub fn config(&self) -> &PerceiverConfig {
+        &self.config
+    }
+
+    /// The tensor `name` as f32 (in place when the file stores aligned f32).
+    pub fn get(&self, name: &str) -> Result<Param> {
+        match &self.weights {
+            Weights::Safetensors(store) => store.get(name),
+            Weights::Params(params) => params
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::MissingTensor { name: name.into() }),
+        }
+    }
+
+    /// Every tensor of the model, by name, in the order the model reads them.
+    pub fn tensors(&self) -> Result<Vec<(String, Param)>> {
+        MaskedLmNames::new(&self.config)
+            .tensors()
+            .into_iter()
+            .map(|t| Ok((t.name.clone(), self.get(&t.name)?)))
+            .collect()
+    }
+
+    /// Packs the weights into a model whose products run in `precision`.
+    pub fn into_model(self, precision: Precision) -> Result<PerceiverModel> {
+        PerceiverModel::from_params(&self.config, &mut |name| self.get(name), precision)
+    }
+}
+
+/// `name` or `owner/name`, made of the characters the hub allows, and not a path.
+fn looks_like_hub_id(model: &str) -> bool {
+    let parts: Vec<&str> = model.split('/').collect();
+    let part_ok = |p: &&str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    (1..=2).contains(&parts.len()) && parts.iter().all(part_ok)
+}
+
+/// The distinct shard file names of a `model.safetensors.index.json` (in tensor-name order).
+fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let corrupt = |reason: String| Error::CorruptWeights {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| corrupt("no \"weight_map\" object".into()))?;
+    let mut shards: Vec<String> = Vec::new();
+    for file in map.values() {
+        let file = file
+            .as_str()
+            .ok_or_else(|| corrupt("a weight_map value is not a file name".into()))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(corrupt(format!("shard name {file:?} is not a plain file name")));
+        }
+        if !shards.iter().any(|s| s == file) {
+            shards.push(file.to_string());
+        }
+    }
+    if shards.is_empty() {
+        return Err(corrupt("empty weight_map".into()));
+    }
+    Ok(shards)
+}
+
+
+fn check_readable(path: &Path) -> Result<()> {
+    std::fs::File::open(path).map(|_| ()).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads every tensor of a PyTorch `torch.save` file as f32.
+fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
+    let corrupt = |e: candle_core::Error| Error::CorruptWeights {
+        path: path.to_path_buf(),
+        reason: crate::error::candle_message(&e),
+    };
+    let pth = candle_core::pickle::PthTensors::new(path, None).map_err(corrupt)?;
+    let mut params = BTreeMap::new();
+    for name in pth.tensor_infos().keys() {
+        let tensor = pth
+            .get(name)
+            .map_err(corrupt)?
+            .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
+        let values = tensor
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(corrupt)?;
+        params.insert(name.clone(), Param::owned(values, tensor.dims().to_vec()));
+    }
+    Ok(params)
+}
+
+/// Tensor names with their shapes, in the order a model reads them.
+pub type TensorList = Vec<(String, Vec<usize>)>;
+
+/// Every tensor name and shape a model with this config reads, in the order it reads them.
+pub fn expected_tensors(config: &PerceiverConfig) -> Result<TensorList> {
+    config.validate()?;
+    crate::model::Architecture::of(config)?;
+    Ok(MaskedLmNames::new(config)
+        .tensors()
+        .into_iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect())
+}
+
+/// Checks the tensors in the files against those the config implies: the first missing or
+/// mis-shaped tensor (in model order) is the error, then any tensor the model has no place for.
+fn check_tensors(config: &PerceiverConfig, found: BTreeMap<String, Vec<usize>>) -> Result<()> {
+    // Layers share no tensor, so weights hold at least one tensor per layer: an absurd layer
+    // count fails here at once, before a name is built for each layer.
+    if config.num_self_attends_per_block > found.len() {
+        return Err(Error::InvalidConfig(format!(
+            "num_self_attends_per_block is {} but the weights hold only {} tensors",
+            config.num_self_attends_per_block,
+            found.len()
+        )));
+    }
+    let requested = expected_tensors(config)?;
+    for (name, expected) in &requested {
+        match found.get(name) {
+            None => return Err(Error::MissingTensor { name: name.clone() }),
+            Some(shape) if shape != expected => {
+                return Err(Error::ShapeMismatch {
+                    name: name.clone(),
+                    expected: expected.clone(),
+                    found: shape.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    let wanted: HashSet<&str> = requested.iter().map(|(n, _)| n.as_str()).collect();
+    match found.into_iter().find(|(n, _)| !wanted.contains(n.as_str())) {
+        Some((name, shape)) => Err(Error::UnexpectedTensor { name, shape }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_and_paths() {
+        assert!(looks_like_hub_id("deepmind/language-perceiver"));
+        assert!(looks_like_hub_id("gpt2"));
+        assert!(!looks_like_hub_id("./models/x"));
+        assert!(!looks_like_hub_id("/abs/path"));
+        assert!(!looks_like_hub_id("a/b/c"));
+        assert!(!looks_like_hub_id("../x"));
+    }
+
+    #[test]
+    fn expected_tensors_follow_the_name_tree() {
+        let config = PerceiverConfig::from_json_str(r#"{"qk_channels":256,"v_channels":1280}"#).unwrap();
+        let tensors = expected_tensors(&config).unwrap();
+        assert_eq!(tensors.len(), 457);
+        let params: usize = tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(params, 201_108_230);
+    }
+}

@@ -1,0 +1,285 @@
+//! The one tree of checkpoint tensor names: every tensor of a model, under transformers' name,
+//! with its shape (from the config) and its role.
+//!
+//! The inference parts read their weights through it, the differentiable model in
+//! `perceiver-train` builds its variables from it, initialisation picks each tensor's
+//! distribution by its [`Role`], and the optimiser decides weight decay by the same role. A name
+//! is spelled here and nowhere else.
+//!
+//! The tree mirrors transformers' module tree (`modeling_perceiver.py`): `perceiver.` holds the
+//! input preprocessor, the latents, the encoder and the decoder; the task head's own tensors sit
+//! beside it (`embedding_decoder.bias` for the masked LM).
+
+use crate::config::{AttentionSpec, PerceiverConfig};
+
+/// What a tensor is for: initialisation and weight decay are chosen by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Role {
+    /// The `[out, in]` matrix of a dense layer.
+    LinearWeight,
+    /// The bias of a dense layer (or of a tied output projection).
+    LinearBias,
+    /// A LayerNorm's scale.
+    NormWeight,
+    /// A LayerNorm's shift.
+    NormBias,
+    /// A token embedding table, `[vocab, channels]`.
+    Embedding,
+    /// A trainable position table, `[positions, channels]`.
+    PositionTable,
+    /// The learned latent array, `[num_latents, d_latents]`.
+    Latents,
+}
+
+/// One tensor of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorName {
+    /// transformers' state-dict key.
+    pub name: String,
+    /// The shape the config implies.
+    pub shape: Vec<usize>,
+    /// What the tensor is for.
+    pub role: Role,
+}
+
+impl TensorName {
+    fn new(name: String, shape: Vec<usize>, role: Role) -> Self {
+        Self { name, shape, role }
+    }
+}
+
+/// A dense layer `x·Wᵀ + b` (transformers' `nn.Linear`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinearNames {
+    /// `[out, in]`.
+    pub weight: TensorName,
+    /// `[out]`.
+    pub bias: TensorName,
+}
+
+impl LinearNames {
+    fn new(prefix: &str, inputs: usize, outputs: usize) -> Self {
+        Self {
+            weight: TensorName::new(format!("{prefix}.weight"), vec![outputs, inputs], Role::LinearWeight),
+            bias: TensorName::new(format!("{prefix}.bias"), vec![outputs], Role::LinearBias),
+        }
+    }
+}
+
+/// A LayerNorm (transformers' `nn.LayerNorm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormNames {
+    /// `[width]`.
+    pub weight: TensorName,
+    /// `[width]`.
+    pub bias: TensorName,
+}
+
+impl NormNames {
+    fn new(prefix: &str, width: usize) -> Self {
+        Self {
+            weight: TensorName::new(format!("{prefix}.weight"), vec![width], Role::NormWeight),
+            bias: TensorName::new(format!("{prefix}.bias"), vec![width], Role::NormBias),
+        }
+    }
+}
+
+/// One attention + MLP layer (transformers' `PerceiverLayer`): cross-attention when `kv_norm`
+/// is present, self-attention otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerNames {
+    /// The widths the names' shapes come from.
+    pub spec: AttentionSpec,
+    /// LayerNorm of the queries' input (`attention.self.layernorm1`).
+    pub q_norm: NormNames,
+    /// Cross-attention only: LayerNorm of the keys'/values' input (`attention.self.layernorm2`).
+    pub kv_norm: Option<NormNames>,
+    /// `q_dim → qk_channels`.
+    pub query: LinearNames,
+    /// `kv_dim → qk_channels`.
+    pub key: LinearNames,
+    /// `kv_dim → v_channels`.
+    pub value: LinearNames,
+    /// `v_channels → q_dim` (`attention.output.dense`).
+    pub output: LinearNames,
+    /// LayerNorm before the MLP (`layernorm`).
+    pub mlp_norm: NormNames,
+    /// `q_dim → widening_factor·q_dim`.
+    pub dense1: LinearNames,
+    /// `widening_factor·q_dim → q_dim`.
+    pub dense2: LinearNames,
+}
+
+impl LayerNames {
+    /// The layer at `prefix` with the widths of `spec`.
+    pub fn new(prefix: &str, spec: AttentionSpec, is_cross: bool) -> Self {
+        let inner = format!("{prefix}.attention.self");
+        let hidden = spec.widening_factor * spec.q_dim;
+        Self {
+            spec,
+            q_norm: NormNames::new(&format!("{inner}.layernorm1"), spec.q_dim),
+            kv_norm: is_cross.then(|| NormNames::new(&format!("{inner}.layernorm2"), spec.kv_dim)),
+            query: LinearNames::new(&format!("{inner}.query"), spec.q_dim, spec.qk_channels),
+            key: LinearNames::new(&format!("{inner}.key"), spec.kv_dim, spec.qk_channels),
+            value: LinearNames::new(&format!("{inner}.value"), spec.kv_dim, spec.v_channels),
+            output: LinearNames::new(
+                &format!("{prefix}.attention.output.dense"),
+                spec.v_channels,
+                spec.q_dim,
+            ),
+            mlp_norm: NormNames::new(&format!("{prefix}.layernorm"), spec.q_dim),
+            dense1: LinearNames::new(&format!("{prefix}.mlp.dense1"), spec.q_dim, hidden),
+            dense2: LinearNames::new(&format!("{prefix}.mlp.dense2"), hidden, spec.q_dim),
+        }
+    }
+
+    /// Every tensor of the layer, in the order transformers registers them.
+    pub fn tensors(&self) -> Vec<&TensorName> {
+        fn linear(l: &LinearNames) -> [&TensorName; 2] {
+            [&l.weight, &l.bias]
+        }
+        let mut all: Vec<&TensorName> = vec![&self.q_norm.weight, &self.q_norm.bias];
+        if let Some(kv) = &self.kv_norm {
+            all.extend([&kv.weight, &kv.bias]);
+        }
+        for l in [&self.query, &self.key, &self.value, &self.output] {
+            all.extend(linear(l));
+        }
+        all.extend([&self.mlp_norm.weight, &self.mlp_norm.bias]);
+        all.extend(linear(&self.dense1));
+        all.extend(linear(&self.dense2));
+        all
+    }
+}
+
+/// The byte preprocessor (transformers' `PerceiverTextPreprocessor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextPreprocessorNames {
+    /// `[vocab_size, d_model]`.
+    pub embeddings: TensorName,
+    /// `[max_position_embeddings, d_model]`, added to the embeddings.
+    pub positions: TensorName,
+}
+
+/// The encoder: the latent array, its cross-attention onto the input, and the latent
+/// self-attention layers of one block (every block repeats them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderNames {
+    /// `[num_latents, d_latents]` (`perceiver.embeddings.latents`).
+    pub latents: TensorName,
+    /// The latents attend to the input.
+    pub cross_attention: LayerNames,
+    /// `num_self_attends_per_block` layers.
+    pub self_attends: Vec<LayerNames>,
+}
+
+/// The basic decoder with trainable output-position queries (transformers'
+/// `PerceiverBasicDecoder` with `output_position_encodings`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicDecoderNames {
+    /// `[num_outputs, query channels]`.
+    pub queries: TensorName,
+    /// The queries attend to the latents.
+    pub cross_attention: LayerNames,
+}
+
+/// `PerceiverForMaskedLM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedLmNames {
+    /// Bytes + positions in.
+    pub preprocessor: TextPreprocessorNames,
+    /// Input onto latents, then the latent stack.
+    pub encoder: EncoderNames,
+    /// Output positions query the latents.
+    pub decoder: BasicDecoderNames,
+    /// `[vocab_size]`: the bias of the tied output projection (`embedding_decoder.bias`); its
+    /// matrix is [`TextPreprocessorNames::embeddings`].
+    pub output_bias: TensorName,
+}
+
+impl MaskedLmNames {
+    /// The masked LM's tensors for `config` (not validated here: shapes are whatever the
+    /// config's widths give).
+    pub fn new(config: &PerceiverConfig) -> Self {
+        let p = "perceiver";
+        let self_spec = config.self_attention_spec();
+        Self {
+            preprocessor: TextPreprocessorNames {
+                embeddings: TensorName::new(
+                    format!("{p}.input_preprocessor.embeddings.weight"),
+                    vec![config.vocab_size, config.d_model],
+                    Role::Embedding,
+                ),
+                positions: TensorName::new(
+                    format!("{p}.input_preprocessor.position_embeddings.weight"),
+                    vec![config.max_position_embeddings, config.d_model],
+                    Role::PositionTable,
+                ),
+            },
+            encoder: EncoderNames {
+                latents: TensorName::new(
+                    format!("{p}.embeddings.latents"),
+                    vec![config.num_latents, config.d_latents],
+                    Role::Latents,
+                ),
+                cross_attention: LayerNames::new(
+                    &format!("{p}.encoder.cross_attention"),
+                    config.encoder_cross_attention_spec(),
+                    true,
+                ),
+                self_attends: (0..config.num_self_attends_per_block)
+                    .map(|i| LayerNames::new(&format!("{p}.encoder.self_attends.{i}"), self_spec, false))
+                    .collect(),
+            },
+            decoder: BasicDecoderNames {
+                queries: TensorName::new(
+                    format!("{p}.decoder.output_position_encodings.position_embeddings"),
+                    vec![config.max_position_embeddings, config.d_model],
+                    Role::PositionTable,
+                ),
+                cross_attention: LayerNames::new(
+                    &format!("{p}.decoder.decoding_cross_attention"),
+                    config.masked_lm_decoder_spec(),
+                    true,
+                ),
+            },
+            output_bias: TensorName::new(
+                "embedding_decoder.bias".into(),
+                vec![config.vocab_size],
+                Role::LinearBias,
+            ),
+        }
+    }
+
+    /// Every tensor, in the order the model reads them.
+    pub fn tensors(&self) -> Vec<&TensorName> {
+        let mut all = vec![&self.preprocessor.embeddings, &self.preprocessor.positions];
+        all.push(&self.encoder.latents);
+        all.extend(self.encoder.cross_attention.tensors());
+        for layer in &self.encoder.self_attends {
+            all.extend(layer.tensors());
+        }
+        all.push(&self.decoder.queries);
+        all.extend(self.decoder.cross_attention.tensors());
+        all.push(&self.output_bias);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_perceiver_has_457_tensors_and_201m_parameters() {
+        let config = PerceiverConfig::from_json_str(r#"{"qk_channels":256,"v_channels":1280}"#).unwrap();
+        let names = MaskedLmNames::new(&config);
+        let tensors = names.tensors();
+        assert_eq!(tensors.len(), 457);
+        let params: usize = tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
+        assert_eq!(params, 201_108_230);
+        let unique: std::collections::HashSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(unique.len(), tensors.len(), "every name once");
+    }
+}

@@ -1,0 +1,289 @@
+//! The two parameterised building blocks every Perceiver IO part is made of: a dense layer and a
+//! LayerNorm, on the kernels of `perceiver-kernels`, plus [`Linear`], a dense layer usable outside
+//! a model (to time products of a given shape as the model runs them).
+//!
+//! A dense layer keeps its weights as read from the checkpoint and, once the model's
+//! [`Precision`] is set, packed for that precision's kernel; the packed copy is then the only one
+//! resident (the checkpoint's pages are released).
+
+use crate::checkpoint::names::{LinearNames, NormNames};
+use crate::checkpoint::Param;
+use crate::config::Activation;
+use crate::engine::matmul::{matmul, Rhs, View};
+use crate::engine::{bf16, kernels, sgemm};
+use crate::error::{Error, Result};
+use crate::runtime::on_pool;
+
+/// Number type of the weight matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32: transformers' numbers.
+    #[default]
+    F32,
+    /// Weight matrix products with bf16 operands and f32 accumulation (on AMX tiles or AVX-512
+    /// BF16 where the CPU has them); attention, norms and activations stay in f32.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(Error::InvalidInput(format!(
+                "unknown precision {other:?}: use f32 or bf16"
+            ))),
+        }
+    }
+}
+
+/// A dense layer `x·Wᵀ + b` (W stored `[out, in]` as transformers stores it).
+#[derive(Debug, Clone)]
+pub(crate) struct Dense {
+    weight: Param,
+    bias: Param,
+    /// W packed for the bf16 kernel, when the engine runs in bf16.
+    packed: Option<bf16::PackedMatrix>,
+    /// W packed for the f32 kernel (AVX-512 or AVX2), when the engine runs in f32 on such a CPU
+    /// (shared by clones).
+    packed_f32: Option<std::sync::Arc<sgemm::PackedWeights>>,
+}
+
+impl Dense {
+    pub(crate) fn load(get: &mut dyn FnMut(&str) -> Result<Param>, names: &LinearNames) -> Result<Self> {
+        Ok(Self::new(get(&names.weight.name)?, get(&names.bias.name)?))
+    }
+
+    /// A layer of `weight` (`[out, in]`) and `bias` (`[out]`), not yet packed.
+    pub(crate) fn new(weight: Param, bias: Param) -> Self {
+        Self {
+            weight,
+            bias,
+            packed: None,
+            packed_f32: None,
+        }
+    }
+
+    pub(crate) fn out_dim(&self) -> usize {
+        self.weight.shape()[0]
+    }
+
+    pub(crate) fn in_dim(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        let (n, k) = (self.out_dim(), self.in_dim());
+        match precision {
+            Precision::F32 => {
+                self.packed = None;
+                if sgemm::available() && self.packed_f32.is_none() {
+                    self.packed_f32 = Some(std::sync::Arc::new(sgemm::PackedWeights::pack(
+                        self.weight.data(),
+                        n,
+                        k,
+                    )));
+                    self.weight.release_pages();
+                }
+            }
+            Precision::Bf16 => {
+                self.packed = Some(bf16::PackedMatrix::pack_transposed(self.weight.data(), n, k));
+                self.packed_f32 = None;
+                self.weight.release_pages();
+            }
+        }
+    }
+
+    /// `x` (`[rows, in]`) → `[rows, out]`.
+    pub(crate) fn forward(&self, x: &[f32], threads: usize) -> Vec<f32> {
+        self.forward_activated(x, None, threads)
+    }
+
+    /// `act(x·Wᵀ + b)`: on the packed kernels the bias and the activation are applied by the
+    /// product's tasks on their blocks of the output ([`sgemm::PackedWeights::linear`],
+    /// [`bf16::PackedMatrix::linear`]).
+    pub(crate) fn forward_activated(&self, x: &[f32], activation: Option<Activation>, threads: usize) -> Vec<f32> {
+        let rows = x.len() / self.in_dim();
+        match (&self.packed, &self.packed_f32) {
+            (Some(bf16), _) => return bf16.linear(x, rows, self.bias.data(), activation, threads),
+            (None, Some(f32)) => return f32.linear(x, rows, self.bias.data(), activation, threads),
+            (None, None) => {}
+        }
+        let mut out = kernels::repeat_rows(self.bias.data(), rows);
+        self.accumulate(x, &mut out, threads);
+        if let Some(act) = activation {
+            kernels::activate(&mut out, act);
+        }
+        out
+    }
+
+    /// `out += x·Wᵀ + b`: the residual stream takes the layer's output without another pass.
+    pub(crate) fn forward_into(&self, x: &[f32], out: &mut [f32], threads: usize) {
+        kernels::add_to_rows(out, self.bias.data());
+        self.accumulate(x, out, threads);
+    }
+
+    pub(crate) fn accumulate(&self, x: &[f32], out: &mut [f32], threads: usize) {
+        let (n, k) = (self.out_dim(), self.in_dim());
+        let rows = x.len() / k;
+        match (&self.packed, &self.packed_f32) {
+            (Some(bf16), _) => bf16.matmul_accumulate(x, rows, out, threads),
+            (None, Some(f32)) => f32.matmul_accumulate(x, rows, out, threads),
+            (None, None) => matmul(
+                out,
+                n,
+                View::dense(x, rows, k),
+                Rhs::Transposed(View::dense(self.weight.data(), n, k)),
+                1.0,
+                true,
+                threads,
+            ),
+        }
+    }
+}
+
+/// A LayerNorm over the last dimension (eps 1e-5, as every Perceiver LayerNorm in transformers).
+#[derive(Debug, Clone)]
+pub(crate) struct Norm {
+    weight: Param,
+    bias: Param,
+}
+
+impl Norm {
+    pub(crate) fn load(get: &mut dyn FnMut(&str) -> Result<Param>, names: &NormNames) -> Result<Self> {
+        Ok(Self {
+            weight: get(&names.weight.name)?,
+            bias: get(&names.bias.name)?,
+        })
+    }
+
+    /// `x`: rows of the norm's width; each row normalised with transformers' eps.
+    pub(crate) fn forward(&self, x: &[f32]) -> Vec<f32> {
+        kernels::layer_norm(x, self.weight.data(), self.bias.data())
+    }
+}
+
+/// `x·Wᵀ + b`, with W stored `[out, in]` as transformers stores it, packed for `precision`'s
+/// kernel exactly as the engine packs its layers' weights.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    dense: Dense,
+}
+
+impl Linear {
+    /// `weight`: `[out_dim, in_dim]` row-major; `bias`: `[out_dim]` (its length sets `out_dim`).
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, in_dim: usize, precision: Precision) -> Result<Self> {
+        let out_dim = bias.len();
+        if in_dim == 0 || out_dim == 0 {
+            return Err(Error::InvalidInput(format!(
+                "a linear layer needs positive widths, got {out_dim}x{in_dim}"
+            )));
+        }
+        if weight.len() != out_dim * in_dim {
+            return Err(Error::InvalidInput(format!(
+                "the weight has {} values, not {out_dim}x{in_dim} (bias length x in_dim)",
+                weight.len()
+            )));
+        }
+        let mut dense = Dense::new(
+            Param::owned(weight, vec![out_dim, in_dim]),
+            Param::owned(bias, vec![out_dim]),
+        );
+        dense.set_precision(precision);
+        Ok(Self { dense })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.dense.in_dim()
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.dense.out_dim()
+    }
+
+    /// `x` (`[rows, in_dim]`, row-major) → `[rows, out_dim]`, on `threads` threads (0: rayon's
+    /// pool size).
+    pub fn forward(&self, x: &[f32], threads: usize) -> Result<Vec<f32>> {
+        if x.len() % self.in_dim() != 0 {
+            return Err(Error::InvalidInput(format!(
+                "{} input values are not rows of {}",
+                x.len(),
+                self.in_dim()
+            )));
+        }
+        let threads = if threads == 0 {
+            rayon::current_num_threads()
+        } else {
+            threads
+        };
+        Ok(on_pool(|| self.dense.forward(x, threads)))
+    }
+
+    /// The multiply-add work of [`forward`](Self::forward) over `rows` rows, 2 FLOP each.
+    pub fn flops(&self, rows: usize) -> f64 {
+        2.0 * (rows * self.in_dim() * self.out_dim()) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product of `x` and `w` plus `b` in f64, each operand first passed through `round`.
+    fn plain(x: &[f32], w: &[f32], b: &[f32], in_dim: usize, round: fn(f32) -> f32) -> Vec<f32> {
+        let (rows, out_dim) = (x.len() / in_dim, b.len());
+        let mut out = vec![0f32; rows * out_dim];
+        for r in 0..rows {
+            for o in 0..out_dim {
+                let dot: f64 = (0..in_dim)
+                    .map(|i| round(x[r * in_dim + i]) as f64 * round(w[o * in_dim + i]) as f64)
+                    .sum();
+                out[r * out_dim + o] = (dot + b[o] as f64) as f32;
+            }
+        }
+        out
+    }
+
+    /// Both precisions against a plain loop, on a shape with odd widths; for bf16 the loop's
+    /// operands are rounded to bf16 first, as the kernels round them.
+    #[test]
+    fn forward_matches_the_plain_product() {
+        let (rows, in_dim, out_dim) = (29, 37, 21);
+        let w: Vec<f32> = (0..out_dim * in_dim)
+            .map(|i| ((i * 7) % 19) as f32 * 0.113 - 0.9)
+            .collect();
+        let b: Vec<f32> = (0..out_dim).map(|i| i as f32 * 0.25 - 2.0).collect();
+        let x: Vec<f32> = (0..rows * in_dim)
+            .map(|i| ((i * 5) % 23) as f32 * 0.097 - 1.1)
+            .collect();
+        use crate::engine::bf16::{from_bf16_bits, to_bf16_bits};
+        let to_bf16 = |v: f32| from_bf16_bits(to_bf16_bits(v));
+        for (precision, round) in [
+            (Precision::F32, (|v| v) as fn(f32) -> f32),
+            (Precision::Bf16, to_bf16),
+        ] {
+            let expected = plain(&x, &w, &b, in_dim, round);
+            let linear = Linear::new(w.clone(), b.clone(), in_dim, precision).unwrap();
+            assert_eq!((linear.in_dim(), linear.out_dim()), (in_dim, out_dim));
+            let got = linear.forward(&x, 2).unwrap();
+            let worst = got
+                .iter()
+                .zip(&expected)
+                .map(|(g, e)| (g - e).abs())
+                .fold(0f32, f32::max);
+            println!("{precision:?}: worst difference {worst:e}");
+            assert!(worst <= 1e-4, "{precision:?}: worst difference {worst}");
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        assert!(Linear::new(vec![0.0; 6], vec![0.0; 4], 2, Precision::F32).is_err());
+        assert!(Linear::new(vec![], vec![], 3, Precision::F32).is_err());
+        let linear = Linear::new(vec![0.0; 6], vec![0.0; 3], 2, Precision::F32).unwrap();
+        assert!(linear.forward(&[1.0; 5], 1).is_err());
+        assert_eq!(linear.forward(&[1.0; 4], 1).unwrap().len(), 6);
+    }
+}

@@ -1,0 +1,347 @@
+//! A Perceiver IO model: the five parts in a row, the same for every task —
+//! preprocessor → encoder (cross-attend onto latents) → latent stack → decoder (queries
+//! cross-attend the latents) → postprocessor (transformers' `PerceiverModel(config,
+//! input_preprocessor, decoder, output_postprocessor)`; DeepMind's `PerceiverIO`).
+//!
+//! Which parts a checkpoint needs comes from its config's `architectures` ([`Architecture`]);
+//! tasks ([`crate::tasks`]) sit on top and turn inputs and answers into the parts' arrays.
+
+use crate::checkpoint::names::MaskedLmNames;
+use crate::checkpoint::Param;
+use crate::config::{AttentionSpec, PerceiverConfig};
+use crate::decoder::{BasicDecoder, Decoder};
+use crate::encoder::Encoder;
+use crate::error::{Error, Result};
+use crate::layers::Precision;
+use crate::postprocess::{EmbeddingDecoder, Postprocessor};
+use crate::preprocess::{Preprocessor, TextPreprocessor};
+use crate::process::LatentStack;
+use crate::runtime::on_pool;
+
+/// The model classes of transformers' Perceiver family this library builds, named as in a
+/// config.json's `architectures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Architecture {
+    /// `PerceiverForMaskedLM`: bytes in, logits over the 262 ids at any output positions.
+    MaskedLm,
+}
+
+impl Architecture {
+    /// transformers' class name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MaskedLm => "PerceiverForMaskedLM",
+        }
+    }
+
+    /// The architecture a config names (its first `architectures` entry); a config without one
+    /// is a masked LM, as the configs this library wrote before it recorded one.
+    pub fn of(config: &PerceiverConfig) -> Result<Self> {
+        let named = config
+            .extra
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str());
+        match named {
+            None | Some("PerceiverForMaskedLM") => Ok(Self::MaskedLm),
+            Some(other) => Err(Error::UnsupportedArchitecture {
+                name: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// A Perceiver IO model on packed weights, ready to run.
+#[derive(Debug, Clone)]
+pub struct PerceiverModel {
+    config: PerceiverConfig,
+    architecture: Architecture,
+    preprocessor: Preprocessor,
+    encoder: Encoder,
+    process: LatentStack,
+    decoder: Decoder,
+    postprocessor: Postprocessor,
+    precision: Precision,
+    threads: usize,
+}
+
+impl PerceiverModel {
+    /// Builds the model `config` describes from tensors by transformers name, its weight products
+    /// in `precision` from the start (in bf16 no f32 copy of the weights is packed on the way).
+    /// `get` must return each tensor with the shape the config implies: the loader
+    /// ([`crate::Loader`]) checks every name and shape before calling this.
+    pub fn from_params(
+        config: &PerceiverConfig,
+        get: &mut dyn FnMut(&str) -> Result<Param>,
+        precision: Precision,
+    ) -> Result<Self> {
+        config.validate()?;
+        let architecture = Architecture::of(config)?;
+        let model = match architecture {
+            Architecture::MaskedLm => {
+                let names = MaskedLmNames::new(config);
+                let text = TextPreprocessor::load(get, &names.preprocessor)?;
+                let embeddings = text.embeddings().clone();
+                Self {
+                    config: config.clone(),
+                    architecture,
+                    preprocessor: Preprocessor::Text(text),
+                    encoder: Encoder::load(get, &names.encoder)?,
+                    process: LatentStack::load(get, config.num_blocks, &names.encoder.self_attends)?,
+                    decoder: Decoder::Basic(BasicDecoder::load(get, &names.decoder)?),
+                    postprocessor: Postprocessor::Embedding(EmbeddingDecoder::load(
+                        get,
+                        embeddings,
+                        &names.output_bias,
+                    )?),
+                    precision,
+                    threads: 0,
+                }
+            }
+        };
+        Ok(model.with_precision(precision))
+    }
+
+    fn with_precision(mut self, precision: Precision) -> Self {
+        self.apply_precision(precision);
+        self
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &PerceiverConfig {
+        &self.config
+    }
+
+    /// The transformers class it implements.
+    pub fn architecture(&self) -> Architecture {
+        self.architecture
+    }
+
+    /// The input part.
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    /// The latent stack.
+    pub fn process(&self) -> &LatentStack {
+        &self.process
+    }
+
+    /// The output part.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// The longest input (in ids, special tokens included) the model takes.
+    pub fn max_len(&self) -> usize {
+        match &self.preprocessor {
+            Preprocessor::Text(text) => text.max_len(),
+        }
+    }
+
+    /// Number type of the weight products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Switches the weight products to `precision` (bf16 packs a bf16 copy of every weight
+    /// matrix: half the f32 size).
+    pub fn set_precision(&mut self, precision: Precision) {
+        if precision != self.precision {
+            self.apply_precision(precision);
+        }
+    }
+
+    /// Packs every weight matrix for `precision`'s kernel (also on construction).
+    fn apply_precision(&mut self, precision: Precision) {
+        self.preprocessor.set_precision(precision);
+        self.encoder.set_precision(precision);
+        self.process.set_precision(precision);
+        self.decoder.set_precision(precision);
+        self.postprocessor.set_precision(precision);
+        self.precision = precision;
+    }
+
+    /// Threads for one forward pass; 0 (the default) means rayon's pool size.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads;
+    }
+
+    fn threads(&self) -> usize {
+        if self.threads == 0 {
+            rayon::current_num_threads()
+        } else {
+            self.threads
+        }
+    }
+
+    /// Encodes each text (ids, no padding) into latents: `[texts · num_latents, d_latents]`,
+    /// text `i`'s latents in rows `i·num_latents..`.
+    pub fn encode(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
+        on_pool(|| {
+            let z = self.cross_attend(texts)?;
+            Ok(self.process.forward(z, self.encoder.num_latents(), self.threads()))
+        })
+    }
+
+    /// The preprocessor and the encoder's cross-attention: each text onto the learned latents,
+    /// before the latent stack.
+    fn cross_attend(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
+        let input = match &self.preprocessor {
+            Preprocessor::Text(text) => text.forward(texts)?,
+        };
+        Ok(self.encoder.forward(&input, self.threads()))
+    }
+
+    /// The model's outputs at the given output positions of each encoded text:
+    /// `[Σ positions, outputs]` (logits for the masked LM), text `i`'s rows after those of the
+    /// texts before it.
+    pub fn decode(&self, latents: &[f32], positions: &[&[usize]]) -> Result<Vec<f32>> {
+        let (n, d) = (self.encoder.num_latents(), self.encoder.d_latents());
+        if latents.len() != positions.len() * n * d {
+            return Err(Error::InvalidInput(format!(
+                "{} latent values for {} texts of {n}x{d}",
+                latents.len(),
+                positions.len()
+            )));
+        }
+        on_pool(|| {
+            let threads = self.threads();
+            let hidden = self.decoder.forward(latents, n, positions, threads)?;
+            Ok(self.postprocessor.forward(&hidden, threads))
+        })
+    }
+
+    /// Encodes the texts and decodes the given positions of each: `[Σ positions, outputs]`.
+    pub fn logits_at(&self, texts: &[&[u32]], positions: &[&[usize]]) -> Result<Vec<f32>> {
+        if texts.len() != positions.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} texts but {} position lists",
+                texts.len(),
+                positions.len()
+            )));
+        }
+        // One hop onto the pool for both halves.
+        on_pool(|| {
+            let latents = self.encode(texts)?;
+            self.decode(&latents, positions)
+        })
+    }
+
+    /// What transformers' `PerceiverForMaskedLM` returns for one unpadded text: outputs at every
+    /// output position, `[num_outputs, outputs]`.
+    pub fn logits_all(&self, text: &[u32]) -> Result<Vec<f32>> {
+        let all: Vec<usize> = (0..self.decoder.num_outputs()).collect();
+        self.logits_at(&[text], &[&all])
+    }
+
+    /// Runs latent self-attention layer `index` (of `num_self_attends_per_block`; every block
+    /// repeats the same layers) over `latents`, `[texts · num_latents, d_latents]` as
+    /// [`encode`](Self::encode) returns them: one step of the latent stack, for timing one layer
+    /// and for inspecting it.
+    pub fn latent_layer(&self, index: usize, latents: &[f32]) -> Result<Vec<f32>> {
+        let (n, d) = (self.encoder.num_latents(), self.encoder.d_latents());
+        if latents.is_empty() || latents.len() % (n * d) != 0 {
+            return Err(Error::InvalidInput(format!(
+                "{} latent values are not texts of {n}x{d}",
+                latents.len()
+            )));
+        }
+        on_pool(|| self.process.layer(index, latents, n, self.threads()))
+    }
+
+    /// Multiply-add work (2 FLOP each) of the matrix products of one forward pass over texts of
+    /// `input_lens` tokens with `output_counts` decoded positions each: what a speed in GFLOP/s
+    /// is measured against. The decoder's query projection is not part of it: it is computed
+    /// once at load ([`reference_flops`](Self::reference_flops) counts it).
+    pub fn forward_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> f64 {
+        let decoder = self.config.masked_lm_decoder_spec();
+        let projection = (decoder.q_dim * decoder.qk_channels) as f64;
+        self.reference_flops(input_lens, output_counts)
+            - 2.0 * projection * output_counts.iter().sum::<usize>() as f64
+    }
+
+    /// [`forward_flops`](Self::forward_flops) for an implementation that projects the decoder's
+    /// queries in every pass, as transformers does: its pass over a padded batch is this with
+    /// every length set to the padded length and every count to `max_len()`.
+    pub fn reference_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> f64 {
+        let c = &self.config;
+        let latents = c.num_latents;
+        let mut total = 0.0;
+        for (&len, &outputs) in input_lens.iter().zip(output_counts) {
+            total += layer_flops(&c.encoder_cross_attention_spec(), latents, len);
+            total += (c.num_blocks * c.num_self_attends_per_block) as f64
+                * layer_flops(&c.self_attention_spec(), latents, latents);
+            total += layer_flops(&c.masked_lm_decoder_spec(), outputs, latents);
+            total += 2.0 * (outputs * c.d_model * c.vocab_size) as f64;
+        }
+        total
+    }
+
+    /// The multiply-add work (2 FLOP each) of [`latent_layer`](Self::latent_layer) over `texts`
+    /// texts: its six weight products and the attention's two.
+    pub fn latent_layer_flops(&self, texts: usize) -> f64 {
+        let n = self.config.num_latents;
+        texts as f64 * layer_flops(&self.config.self_attention_spec(), n, n)
+    }
+}
+
+fn layer_flops(spec: &AttentionSpec, nq: usize, nk: usize) -> f64 {
+    crate::attention::layer_flops(spec, nq, nk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Loader;
+
+    fn fixture_model(name: &str) -> PerceiverModel {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/parity")
+            .join(name);
+        Loader::new(dir.to_str().unwrap()).load().unwrap()
+    }
+
+    /// The encoder's latents after its cross-attention, then each latent layer by
+    /// `latent_layer`, block after block, give `encode`'s latents bit for bit (two texts of
+    /// different lengths; a fixture with three blocks of two layers).
+    #[test]
+    fn latent_layers_in_turn_give_the_encoders_latents() {
+        let model = fixture_model("tiny_shared_blocks");
+        assert!(model.process.blocks() > 1 && model.process.layers_per_block() > 1);
+        let texts: [&[u32]; 2] = [&[1, 70, 80, 90, 2], &[1, 100, 101, 2]];
+        let encoded = model.encode(&texts).unwrap();
+        let mut z = on_pool(|| model.cross_attend(&texts)).unwrap();
+        for _ in 0..model.process.blocks() {
+            for index in 0..model.process.layers_per_block() {
+                z = model.latent_layer(index, &z).unwrap();
+            }
+        }
+        assert_eq!(z, encoded);
+    }
+
+    #[test]
+    fn latent_layer_rejects_bad_input() {
+        let model = fixture_model("tiny_shared_blocks");
+        let (n, d) = (model.config.num_latents, model.config.d_latents);
+        let z = vec![0.5f32; n * d];
+        assert!(model.latent_layer(0, &z).is_ok());
+        assert!(model.latent_layer(model.process.layers_per_block(), &z).is_err());
+        assert!(model.latent_layer(0, &z[1..]).is_err());
+        assert!(model.latent_layer(0, &[]).is_err());
+    }
+
+    #[test]
+    fn an_unknown_architecture_is_refused_by_name() {
+        let mut config = PerceiverConfig::default();
+        config
+            .extra
+            .insert("architectures".into(), serde_json::json!(["PerceiverForOpticalFlow"]));
+        match Architecture::of(&config) {
+            Err(Error::UnsupportedArchitecture { name }) => assert_eq!(name, "PerceiverForOpticalFlow"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

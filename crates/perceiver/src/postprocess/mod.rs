@@ -1,0 +1,40 @@
+//! Postprocessors: the decoder's rows → the task's numbers (transformers' `output_postprocessor`
+//! and the task heads' final projections).
+//!
+//! A new task adds a postprocessor here (a file and a [`Postprocessor`] variant).
+
+pub mod embedding;
+
+pub use embedding::EmbeddingDecoder;
+
+use crate::layers::Precision;
+
+/// The postprocessors the models are built from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Postprocessor {
+    /// The masked LM's tied projection onto the vocabulary: logits.
+    Embedding(EmbeddingDecoder),
+}
+
+impl Postprocessor {
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        match self {
+            Self::Embedding(e) => e.set_precision(precision),
+        }
+    }
+
+    /// Values per decoded row (the vocabulary size for logits).
+    pub fn outputs(&self) -> usize {
+        match self {
+            Self::Embedding(e) => e.vocab_size(),
+        }
+    }
+
+    /// `[rows, decoder channels]` → `[rows, outputs]`.
+    pub(crate) fn forward(&self, hidden: &[f32], threads: usize) -> Vec<f32> {
+        match self {
+            Self::Embedding(e) => e.forward(hidden, threads),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Preprocessors: a task's input → the array the encoder cross-attends, `[Σ rows, channels]`
+//! with each batch item's rows consecutive (no padding).
+//!
+//! A new modality adds a preprocessor here (a file and a [`Preprocessor`] variant); the encoder,
+//! the latent stack and the kernels do not change.
+
+pub mod text;
+
+pub use text::TextPreprocessor;
+
+use std::ops::Range;
+
+use crate::layers::Precision;
+
+/// The preprocessors the models are built from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Preprocessor {
+    /// UTF-8 bytes (token ids) + trainable positions.
+    Text(TextPreprocessor),
+}
+
+/// A preprocessor's output: the encoder's input array.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputArray {
+    /// `[Σ rows, channels]` row-major.
+    pub values: Vec<f32>,
+    /// Each item's rows.
+    pub items: Vec<Range<usize>>,
+}
+
+impl Preprocessor {
+    /// Channels of the array it makes.
+    pub fn channels(&self) -> usize {
+        match self {
+            Self::Text(text) => text.channels(),
+        }
+    }
+
+    pub(crate) fn set_precision(&mut self, _precision: Precision) {
+        match self {
+            // Table look-ups: no products to pack.
+            Self::Text(_) => {}
+        }
+    }
+}

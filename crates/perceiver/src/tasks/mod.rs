@@ -1,0 +1,7 @@
+//! Tasks: a user's inputs in, answers out, on a [`PerceiverModel`](crate::PerceiverModel). A task
+//! validates its inputs once, batches them, runs the model's parts and ranks or formats the
+//! result; front ends (the CLI, the HTTP service) only parse and print.
+
+pub mod fill_mask;
+
+pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
