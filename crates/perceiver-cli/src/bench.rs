@@ -7,11 +7,12 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, Subcommand};
-use perceiver::{LoadOptions, ModelFiles, PerceiverForMaskedLM};
+use perceiver::{LoadOptions, ModelFiles};
 use perceiver_train::masking::Masking;
 use perceiver_train::objective::{masked_lm_loss, MaskedBatch};
 use perceiver_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use perceiver_train::trainer::{gradients, set_weights};
+use perceiver_train::PerceiverForMaskedLM;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -58,12 +59,12 @@ pub fn run(command: BenchCommand) -> Result<()> {
 fn train_step(args: TrainStepArgs) -> Result<()> {
     let device = Device::Cpu;
     let files = ModelFiles::resolve(&args.model, &LoadOptions::default())?;
-    let (config, tensors) = perceiver::loading::load_masked_lm_tensors(&files, &device)
+    let (config, tensors) = perceiver_train::model::load_masked_lm_tensors(&files, &device)
         .with_context(|| format!("cannot load model {}", args.model))?;
     let varmap = VarMap::new();
     let model = PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     set_weights(&varmap, &tensors.into_iter().collect())?;
-    let mut optimizer = AdamW::new(&varmap, AdamWConfig::default())?;
+    let mut optimizer = AdamW::new(&varmap, &config, AdamWConfig::default())?;
     let seq_len = args.seq_len.unwrap_or(config.max_position_embeddings);
     let masking = Masking {
         rate: args.mask_rate,

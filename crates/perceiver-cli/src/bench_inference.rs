@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::tokenizer::MASK_ID;
-use perceiver::{BytesTokenizer, FillMask, MaskedLmEngine, MaskedText, ModelFiles, Precision};
+use perceiver::{BytesTokenizer, FillMask, MaskedText, PerceiverModel, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -383,7 +383,7 @@ fn peak_rss() -> Option<u64> {
 }
 
 /// The benchmarks' model, in f32: a directory with config.json and weights.
-pub(crate) fn load_bench_model(model: &Path) -> Result<MaskedLmEngine> {
+pub(crate) fn load_bench_model(model: &Path) -> Result<PerceiverModel> {
     if !model.join("config.json").is_file() {
         bail!(
             "no model at {}: make the 201M random one with \
@@ -392,7 +392,8 @@ pub(crate) fn load_bench_model(model: &Path) -> Result<MaskedLmEngine> {
             model.display()
         );
     }
-    perceiver::load_engine(&ModelFiles::from_dir(model)?)
+    perceiver::Loader::new(model.to_string_lossy())
+        .load()
         .with_context(|| format!("cannot load {}", model.display()))
 }
 
@@ -417,9 +418,9 @@ pub fn run(args: InferenceArgs) -> Result<()> {
         if group.is_empty() {
             continue;
         }
-        let mut model: MaskedLmEngine = engine.clone();
+        let mut model: PerceiverModel = engine.clone();
         model.set_precision(precision);
-        let fill = FillMask::new(model);
+        let fill = FillMask::new(model)?;
         let dtype = torch_dtype(precision);
         let mut times: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
         let mut group = group;

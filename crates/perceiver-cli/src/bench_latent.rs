@@ -5,7 +5,7 @@
 //! The layer is where the language model spends its time (the 201M model runs 26 of them per
 //! text), and its products are most of the layer's work; so this says how close to the
 //! hardware each side gets, and what the rest of the layer (norms, attention, GELU, residuals)
-//! costs. Ours: [`MaskedLmEngine::latent_layer`] and the engine's [`Linear`] on random weights of
+//! costs. Ours: [`PerceiverModel::latent_layer`] and the engine's [`Linear`] on random weights of
 //! the same shapes (speed does not depend on the values). PyTorch: the model's
 //! `perceiver.encoder.self_attends[0]` and `torch.nn.functional.linear`, through
 //! `scripts/bench_reference.py --serve`.
@@ -17,8 +17,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::engine::peak::fma_peak_gflops;
-use perceiver::engine::Linear;
-use perceiver::{MaskedLmEngine, Precision};
+use perceiver::Linear;
+use perceiver::{PerceiverModel, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -86,7 +86,7 @@ fn random(len: usize, scale: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
 }
 
 /// `engine` is shared with the closure, not cloned: a clone would copy its bf16 weights.
-fn our_run(item: &Item, engine: &Arc<MaskedLmEngine>, rng: &mut ChaCha8Rng) -> Result<OurRun> {
+fn our_run(item: &Item, engine: &Arc<PerceiverModel>, rng: &mut ChaCha8Rng) -> Result<OurRun> {
     let config = engine.config();
     Ok(match item.work {
         Work::Layer { batch } => {
@@ -116,7 +116,7 @@ fn our_run(item: &Item, engine: &Arc<MaskedLmEngine>, rng: &mut ChaCha8Rng) -> R
 }
 
 /// The layer and its six products, for each precision and batch size.
-fn items(engine: &MaskedLmEngine, args: &LatentArgs) -> Result<Vec<Item>> {
+fn items(engine: &PerceiverModel, args: &LatentArgs) -> Result<Vec<Item>> {
     if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
         bail!("--batch-sizes must be positive numbers");
     }

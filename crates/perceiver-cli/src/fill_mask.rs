@@ -68,7 +68,6 @@ fn parse_range(s: &str) -> Result<Range<usize>, String> {
 }
 
 pub fn run(args: FillMaskArgs) -> Result<()> {
-    // Read and check every text before loading the model: a typo costs no load time.
     let texts: Vec<(String, String)> = match (&args.text, &args.input) {
         (Some(text), _) => vec![(String::new(), text.clone())],
         (None, Some(path)) => {
@@ -99,24 +98,16 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("the input file has no lines");
     }
-    let tokenizer = perceiver::BytesTokenizer;
-    let tokenize = |text: &str| -> Result<MaskedText> {
-        Ok(match &args.mask_range {
-            Some(range) => {
-                if !tokenizer.encode_masked(text, false)?.mask_positions.is_empty() {
-                    bail!("use either [MASK] markers or --mask-range, not both");
-                }
-                tokenizer.encode_with_mask_range(text, range.clone(), args.add_special_tokens)?
-            }
-            None => tokenizer.encode_masked(text, args.add_special_tokens)?,
-        })
-    };
+    // Tokenize every text before loading the model (a typo costs no load or download time),
+    // then check each against the model: the task's one check, one message per error.
     let inputs: Vec<MaskedText> = texts
         .iter()
-        .map(|(where_, text)| in_context(tokenize(text), where_))
+        .map(|(where_, text)| {
+            let tokenized = FillMask::tokenize(text, args.mask_range.clone(), args.add_special_tokens);
+            in_context(tokenized.map_err(anyhow::Error::from), where_)
+        })
         .collect::<Result<_>>()?;
-
-    let fill = FillMask::new(args.model.load_engine(args.engine.precision)?);
+    let fill = FillMask::new(args.model.load_engine(args.engine.precision)?)?;
     for (input, (where_, _)) in inputs.iter().zip(&texts) {
         in_context(fill.check(input).map_err(anyhow::Error::from), where_)?;
     }

@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver::{LoadOptions, MaskedLmEngine, PerceiverForMaskedLM, Precision};
+use perceiver::{LoadOptions, Loader, PerceiverModel, Precision};
+use perceiver_train::PerceiverForMaskedLM;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -40,14 +41,17 @@ impl ModelArgs {
 
     /// Loads the masked language model these flags name as a trainable candle model, on the CPU.
     pub fn load_masked_lm(&self) -> Result<PerceiverForMaskedLM> {
-        perceiver::load_masked_lm_from(&self.model, &self.options(), &perceiver::Device::Cpu)
+        perceiver_train::model::load_masked_lm_from(&self.model, &self.options(), &candle_core::Device::Cpu)
             .with_context(|| format!("cannot load model {}", self.model))
     }
 
     /// Loads the model these flags name into the inference engine (weights memory-mapped,
     /// packed once for `precision`).
-    pub fn load_engine(&self, precision: Precision) -> Result<MaskedLmEngine> {
-        perceiver::load_engine_from_as(&self.model, &self.options(), precision)
+    pub fn load_engine(&self, precision: Precision) -> Result<PerceiverModel> {
+        Loader::new(self.model.as_str())
+            .options(self.options())
+            .precision(precision)
+            .load()
             .with_context(|| format!("cannot load model {}", self.model))
     }
 }

@@ -188,8 +188,9 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
     if let Some(model) = &args.init_from {
         let files = ModelFiles::resolve(model, &LoadOptions::default())
             .with_context(|| format!("cannot load model {model}"))?;
-        let (config, tensors) = perceiver::loading::load_masked_lm_tensors(&files, &perceiver::Device::Cpu)
-            .with_context(|| format!("cannot load model {model}"))?;
+        let (config, tensors) =
+            perceiver_train::model::load_masked_lm_tensors(&files, &candle_core::Device::Cpu)
+                .with_context(|| format!("cannot load model {model}"))?;
         if config.attention_probs_dropout_prob > 0.0 {
             eprintln!(
                 "note: the model's config asks for attention dropout {}; this trainer applies no dropout",

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use perceiver::{load_engine, FillMask, MaskedText, ModelFiles};
+use perceiver::{FillMask, Loader, MaskedText};
 use perceiver_serve::bench::synthetic_texts;
 
 // As in the `perceiver` binary: mimalloc, keeping freed pages (re-faulting the batch's buffers
@@ -34,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let fill = FillMask::new(load_engine(&ModelFiles::from_dir(dir.as_ref())?)?);
+    let fill = FillMask::new(Loader::new(dir.as_str()).load()?)?;
     let inputs: Vec<MaskedText> = synthetic_texts(count, fill.model().max_len(), 1)
         .iter()
         .map(|t| fill.prepare(t, false))

@@ -30,6 +30,10 @@ pub enum ServeError {
         source: std::io::Error,
     },
 
+    /// The model cannot be served (not a masked language model, for instance).
+    #[error("cannot serve the model: {0}")]
+    Model(#[from] perceiver::Error),
+
     /// The model thread could not be started.
     #[error("cannot start the model thread: {0}")]
     ModelThread(#[source] std::io::Error),

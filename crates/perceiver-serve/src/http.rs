@@ -212,7 +212,7 @@ impl AppState {
                 .await
                 .map_err(|_| infer_error(InferError::Stopped))?
                 .map_err(infer_error)?;
-            answers.push(TextAnswer::from_answer(self.fill.tokenizer(), &answer));
+            answers.push(TextAnswer::from_answer(&answer));
         }
         Ok(if single {
             FillMaskResponse::Single(answers.pop().expect("one input, one answer"))

@@ -13,16 +13,13 @@
 //!
 //! # Example
 //! ```
-//! use perceiver::PerceiverConfig;
+//! use perceiver::Loader;
 //! use perceiver_serve::{ServeConfig, Server};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = PerceiverConfig {
-//!     num_latents: 8, d_latents: 32, d_model: 16, num_self_attends_per_block: 1,
-//!     max_position_embeddings: 64, ..Default::default()
-//! };
-//! let model = perceiver::loading::random_engine(&config)?;
+//! // The small model built into the library; `Loader` also takes a directory or a hub id.
+//! let model = Loader::new("default").load()?;
 //! // Port 0: any free port. The listener is open once `bind` returns.
 //! let server = Server::bind(ServeConfig { port: 0, ..ServeConfig::new("random-tiny") }, model).await?;
 //! let url = format!("http://{}/fill-mask", server.local_addr());
@@ -55,7 +52,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use perceiver::{FillMask, MaskedLmEngine};
+use perceiver::{FillMask, PerceiverModel};
 use tokio::net::TcpListener;
 
 /// [`ServeConfig::max_batch_wait`]'s default. Measured with the default model on 2 cores: 8
@@ -151,10 +148,10 @@ pub struct Server {
 impl Server {
     /// Starts the model thread and opens the listening socket. The model is loaded already, so
     /// the port opens only once the service can answer.
-    pub async fn bind(config: ServeConfig, model: MaskedLmEngine) -> Result<Self, ServeError> {
+    pub async fn bind(config: ServeConfig, model: PerceiverModel) -> Result<Self, ServeError> {
         let max_len = model.max_len();
         config.check(max_len)?;
-        let parameters = perceiver::loading::expected_tensors(model.config())
+        let parameters = perceiver::checkpoint::expected_tensors(model.config())
             .map(|tensors| {
                 tensors
                     .iter()
@@ -178,7 +175,7 @@ impl Server {
             },
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let fill = Arc::new(FillMask::new(model));
+        let fill = Arc::new(FillMask::new(model)?);
         let metrics = Metrics::new();
         let limits = BatchLimits {
             max_batch_tokens: config.max_batch_tokens,

@@ -16,8 +16,6 @@
 //! notebook, does not unless `parameters.add_special_tokens` is true. With it, answers equal
 //! the pipeline's (checked against transformers' output in the tests).
 
-use perceiver::tokenizer::PAD_ID;
-use perceiver::BytesTokenizer;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -87,36 +85,23 @@ pub enum FillMaskResponse {
 
 impl TextAnswer {
     /// Formats a filled input as transformers' fill-mask pipeline does (module docs).
-    pub fn from_answer(tokenizer: &BytesTokenizer, answer: &Answer) -> Self {
+    pub fn from_answer(answer: &Answer) -> Self {
         let Answer { input, output } = answer;
-        let one_mask = output.masks.len() == 1;
-        let mut ids: Vec<u32> = input.ids.clone();
         let mut rows: Vec<Vec<Prediction>> = output
             .masks
             .iter()
-            .map(|mask| {
-                let original = ids[mask.position];
-                let row = mask
-                    .candidates
+            .enumerate()
+            .map(|(m, mask)| {
+                mask.candidates
                     .iter()
-                    .map(|c| {
-                        ids[mask.position] = c.token;
-                        let sequence = if one_mask {
-                            tokenizer.decode(&ids)
-                        } else {
-                            let kept: Vec<u32> = ids.iter().copied().filter(|&id| id != PAD_ID).collect();
-                            tokenizer.decode_with_special_tokens(&kept)
-                        };
-                        Prediction {
-                            score: c.score,
-                            token: c.token,
-                            token_str: c.token_str.clone(),
-                            sequence,
-                        }
+                    .enumerate()
+                    .map(|(c, candidate)| Prediction {
+                        score: candidate.score,
+                        token: candidate.token,
+                        token_str: candidate.token_str.clone(),
+                        sequence: output.candidate_sequence(input, m, c),
                     })
-                    .collect();
-                ids[mask.position] = original;
-                row
+                    .collect()
             })
             .collect();
         match rows.pop() {
@@ -176,7 +161,7 @@ pub struct Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use perceiver::{Candidate, FillMaskOutput, MaskPrediction};
+    use perceiver::{BytesTokenizer, Candidate, FillMaskOutput, MaskPrediction};
 
     fn answer(text: &str, masks: &[(usize, &[u32])]) -> Answer {
         let tokenizer = BytesTokenizer;
@@ -208,7 +193,7 @@ mod tests {
     fn one_mask_is_a_flat_list_without_special_tokens() {
         let x = u32::from(b'x') + 6;
         let a = answer("a[MASK]c", &[(2, &[x])]);
-        let TextAnswer::OneMask(row) = TextAnswer::from_answer(&BytesTokenizer, &a) else {
+        let TextAnswer::OneMask(row) = TextAnswer::from_answer(&a) else {
             panic!("one mask gives a flat list")
         };
         assert_eq!(row[0].sequence, "axc");
@@ -218,7 +203,7 @@ mod tests {
     fn several_masks_keep_the_others_and_special_tokens() {
         let (x, y) = (u32::from(b'x') + 6, u32::from(b'y') + 6);
         let a = answer("[MASK]b[MASK]", &[(1, &[x, y]), (3, &[y])]);
-        let TextAnswer::SeveralMasks(rows) = TextAnswer::from_answer(&BytesTokenizer, &a) else {
+        let TextAnswer::SeveralMasks(rows) = TextAnswer::from_answer(&a) else {
             panic!("several masks give a list of lists")
         };
         let sequences: Vec<Vec<&str>> = rows

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use perceiver::{load_engine, FillMask, ModelFiles};
+use perceiver::{FillMask, Loader};
 use perceiver_serve::{ServeConfig, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -30,7 +30,7 @@ struct TestServer {
 impl TestServer {
     async fn start(model: &str, configure: impl FnOnce(&mut ServeConfig)) -> Self {
         let dir = fixture(model);
-        let model = load_engine(&ModelFiles::from_dir(&dir).unwrap()).unwrap();
+        let model = Loader::new(dir.to_string_lossy()).load().unwrap();
         let mut config = ServeConfig::new(dir.to_string_lossy());
         config.port = 0;
         configure(&mut config);
@@ -172,7 +172,7 @@ const TEXTS: [&str; 8] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_equal_the_library() {
     let server = TestServer::start(MODEL, |_| {}).await;
-    let fill = FillMask::new(load_engine(&ModelFiles::from_dir(&fixture(MODEL)).unwrap()).unwrap());
+    let fill = FillMask::new(Loader::new(fixture(MODEL).to_string_lossy()).load().unwrap()).unwrap();
     for text in TEXTS {
         let (status, got) = server
             .post(&json!({"inputs": text, "parameters": {"top_k": 3}}))
@@ -572,7 +572,7 @@ async fn health_info_metrics_and_docs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_that_cannot_work_are_refused_at_start() {
-    let model = load_engine(&ModelFiles::from_dir(&fixture(MODEL)).unwrap()).unwrap();
+    let model = Loader::new(fixture(MODEL).to_string_lossy()).load().unwrap();
     let config = |change: fn(&mut ServeConfig)| {
         let mut c = ServeConfig::new("m");
         c.port = 0;

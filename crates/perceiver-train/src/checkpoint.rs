@@ -85,9 +85,9 @@ pub fn save(
     }
     std::fs::create_dir_all(&partial).map_err(io_at(&partial))?;
 
-    let config_path = partial.join(perceiver::loading::CONFIG_FILE);
+    let config_path = partial.join(perceiver::checkpoint::CONFIG_FILE);
     std::fs::write(&config_path, config.to_json_string()).map_err(io_at(&config_path))?;
-    let model_path = partial.join(perceiver::loading::SAFETENSORS_FILE);
+    let model_path = partial.join(perceiver::checkpoint::SAFETENSORS_FILE);
     candle_core::safetensors::save(weights, &model_path)?;
     let optimizer_path = partial.join(OPTIMIZER_FILE);
     candle_core::safetensors::save(optimizer, &optimizer_path)?;
@@ -161,7 +161,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let text = std::fs::read_to_string(&training_path).map_err(io_at(&training_path))?;
     let training: TrainingFile = serde_json::from_str(&text)
         .map_err(|e| checkpoint_error(&training_path, format!("unreadable: {e}")))?;
-    let config = PerceiverConfig::from_file(&dir.join(perceiver::loading::CONFIG_FILE))?;
+    let config = PerceiverConfig::from_file(&dir.join(perceiver::checkpoint::CONFIG_FILE))?;
     let read = |file: &str| -> Result<HashMap<String, Tensor>> {
         let path = dir.join(file);
         if !path.is_file() {
@@ -174,7 +174,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         dir: dir.to_path_buf(),
         config,
         training,
-        weights: read(perceiver::loading::SAFETENSORS_FILE)?,
+        weights: read(perceiver::checkpoint::SAFETENSORS_FILE)?,
         optimizer: read(OPTIMIZER_FILE)?,
     })
 }

@@ -6,6 +6,9 @@
 
 use candle_core::Tensor;
 use candle_nn::VarMap;
+use std::collections::HashMap;
+
+use perceiver::checkpoint::names::{MaskedLmNames, Role, TensorName};
 use perceiver::config::PerceiverConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -27,29 +30,27 @@ pub enum ParamInit {
     Normal(f64),
 }
 
-/// Linear layers, by the last component of their transformers name.
-pub fn is_linear_weight(name: &str) -> bool {
-    let Some(module) = name.strip_suffix(".weight") else {
-        return false;
-    };
-    let last = module.rsplit('.').next().unwrap_or("");
-    matches!(last, "query" | "key" | "value" | "dense" | "dense1" | "dense2")
+/// Every tensor of a masked LM with `config`, by name, from the one name tree.
+pub fn tensor_names(config: &PerceiverConfig) -> HashMap<String, TensorName> {
+    MaskedLmNames::new(config)
+        .tensors()
+        .into_iter()
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect()
 }
 
-/// The initialisation of the parameter `name` with `shape` (transformers names).
-pub fn param_init(name: &str, shape: &[usize]) -> ParamInit {
-    if name.contains("layernorm") {
-        ParamInit::Constant(if name.ends_with(".weight") { 1.0 } else { 0.0 })
-    } else if name.ends_with(".bias") {
-        ParamInit::Constant(0.0)
-    } else if is_linear_weight(name) {
-        let fan_in = shape.get(1).copied().unwrap_or(1) as f64;
-        ParamInit::TruncatedNormal((1.0 / fan_in).sqrt() / TRUNCATION_STD_CORRECTION)
-    } else if name.ends_with("input_preprocessor.embeddings.weight") {
-        ParamInit::TruncatedNormal(1.0)
-    } else {
+/// DeepMind's initialisation of a tensor, chosen by its role.
+pub fn param_init(tensor: &TensorName) -> ParamInit {
+    match tensor.role {
+        Role::NormWeight => ParamInit::Constant(1.0),
+        Role::NormBias | Role::LinearBias => ParamInit::Constant(0.0),
+        Role::LinearWeight => {
+            let fan_in = tensor.shape.get(1).copied().unwrap_or(1) as f64;
+            ParamInit::TruncatedNormal((1.0 / fan_in).sqrt() / TRUNCATION_STD_CORRECTION)
+        }
+        Role::Embedding => ParamInit::TruncatedNormal(1.0),
         // Latents, input and output position tables.
-        ParamInit::TruncatedNormal(0.02)
+        _ => ParamInit::TruncatedNormal(0.02),
     }
 }
 
@@ -86,26 +87,24 @@ impl std::str::FromStr for InitScheme {
     }
 }
 
-/// The initialisation of `name` under transformers' scheme.
-pub fn transformers_param_init(name: &str, initializer_range: f64) -> ParamInit {
-    if name.contains("layernorm") {
-        ParamInit::Constant(if name.ends_with(".weight") { 1.0 } else { 0.0 })
-    } else if name.ends_with(".bias") {
-        ParamInit::Constant(0.0)
-    } else {
-        ParamInit::Normal(initializer_range)
+/// The initialisation of a tensor under transformers' scheme.
+pub fn transformers_param_init(tensor: &TensorName, initializer_range: f64) -> ParamInit {
+    match tensor.role {
+        Role::NormWeight => ParamInit::Constant(1.0),
+        Role::NormBias | Role::LinearBias => ParamInit::Constant(0.0),
+        _ => ParamInit::Normal(initializer_range),
     }
 }
 
 /// Re-initialises every variable of `varmap` (a masked LM built from `config`) with `scheme`.
 pub fn initialize(varmap: &VarMap, scheme: InitScheme, config: &PerceiverConfig, seed: u64) -> Result<()> {
     match scheme {
-        InitScheme::DeepMind => fill(varmap, seed, |name, shape| param_init(name, shape)),
-        InitScheme::Transformers => fill(varmap, seed, |name, _| {
-            transformers_param_init(name, config.initializer_range)
+        InitScheme::DeepMind => fill(varmap, seed, config, param_init),
+        InitScheme::Transformers => fill(varmap, seed, config, |t| {
+            transformers_param_init(t, config.initializer_range)
         }),
         InitScheme::Local => {
-            fill(varmap, seed, |name, shape| param_init(name, shape))?;
+            fill(varmap, seed, config, param_init)?;
             local_attention_init(varmap, config)
         }
     }
@@ -149,10 +148,11 @@ pub fn local_attention_init(varmap: &VarMap, config: &PerceiverConfig) -> Result
     let positions = config.max_position_embeddings;
     let latents = config.num_latents;
     let mut vars = Params::read(varmap)?;
-    let enc_q_name = "perceiver.encoder.cross_attention.attention.self.query.weight";
-    let enc_k_name = "perceiver.encoder.cross_attention.attention.self.key.weight";
-    let dec_q_name = "perceiver.decoder.decoding_cross_attention.attention.self.query.weight";
-    let dec_k_name = "perceiver.decoder.decoding_cross_attention.attention.self.key.weight";
+    let names = MaskedLmNames::new(config);
+    let enc_q_name = names.encoder.cross_attention.query.weight.name.as_str();
+    let enc_k_name = names.encoder.cross_attention.key.weight.name.as_str();
+    let dec_q_name = names.decoder.cross_attention.query.weight.name.as_str();
+    let dec_k_name = names.decoder.cross_attention.key.weight.name.as_str();
     let enc_heads = config.num_cross_attention_heads;
     let enc_head_dim = vars.get(enc_q_name)?.rows / enc_heads;
     let dec_head_dim = vars.get(dec_q_name)?.rows / DECODER_HEADS;
@@ -190,12 +190,12 @@ pub fn local_attention_init(varmap: &VarMap, config: &PerceiverConfig) -> Result
         }
     };
 
-    let embedding = vars.get_mut("perceiver.input_preprocessor.embeddings.weight")?;
+    let embedding = vars.get_mut(&names.preprocessor.embeddings.name)?;
     let content_norm = ((embedding.cols - r) as f64).sqrt();
     for row in 0..embedding.rows {
         embedding.row_mut(row)[..r].fill(0.0);
     }
-    let input_positions = vars.get_mut("perceiver.input_preprocessor.position_embeddings.weight")?;
+    let input_positions = vars.get_mut(&names.preprocessor.positions.name)?;
     input_positions.data.fill(0.0);
     for p in 0..input_positions.rows {
         code(
@@ -204,7 +204,7 @@ pub fn local_attention_init(varmap: &VarMap, config: &PerceiverConfig) -> Result
             content_norm / (freqs as f64).sqrt(),
         );
     }
-    let latent_array = vars.get_mut("perceiver.embeddings.latents")?;
+    let latent_array = vars.get_mut(&names.encoder.latents.name)?;
     for j in 0..latent_array.rows {
         let centre = (j as f64 + 0.5) * positions as f64 / latents as f64 - 0.5;
         code(centre, &mut latent_array.row_mut(j)[..r], LOCAL_LATENT_SCALE);
@@ -220,14 +220,17 @@ pub fn local_attention_init(varmap: &VarMap, config: &PerceiverConfig) -> Result
     for h in 0..enc_heads {
         identity(enc_k, h * enc_head_dim, LOCAL_ENCODER_GAIN);
     }
+    // The encoder's layers that write into the latents' residual stream.
+    let encoder_layers = std::iter::once(&names.encoder.cross_attention).chain(&names.encoder.self_attends);
+    let writes_latents: std::collections::HashSet<&str> = encoder_layers
+        .flat_map(|l| [l.output.weight.name.as_str(), l.dense2.weight.name.as_str()])
+        .collect();
     for (name, w) in vars.tensors.iter_mut() {
-        let writes_latents = name.starts_with("perceiver.encoder.")
-            && (name.ends_with("output.dense.weight") || name.ends_with("mlp.dense2.weight"));
-        if writes_latents {
+        if writes_latents.contains(name.as_str()) {
             w.data[..r * w.cols].fill(0.0);
         }
     }
-    let output_positions = vars.get_mut("perceiver.decoder.output_position_encodings.position_embeddings")?;
+    let output_positions = vars.get_mut(&names.decoder.queries.name)?;
     output_positions.data.fill(0.0);
     for p in 0..output_positions.rows {
         code(p as f64, &mut output_positions.row_mut(p)[..r], 1.0);
@@ -315,13 +318,25 @@ fn missing(name: &str) -> crate::error::Error {
 
 /// Re-initialises every variable of `varmap` as DeepMind does. Each parameter draws from its own
 /// stream seeded by `seed` and its name, so the result does not depend on iteration order.
-pub fn deepmind_init(varmap: &VarMap, seed: u64) -> Result<()> {
-    fill(varmap, seed, |name, shape| param_init(name, shape))
+pub fn deepmind_init(varmap: &VarMap, config: &PerceiverConfig, seed: u64) -> Result<()> {
+    fill(varmap, seed, config, param_init)
 }
 
-fn fill(varmap: &VarMap, seed: u64, init: impl Fn(&str, &[usize]) -> ParamInit) -> Result<()> {
+fn fill(
+    varmap: &VarMap,
+    seed: u64,
+    config: &PerceiverConfig,
+    init: impl Fn(&TensorName) -> ParamInit,
+) -> Result<()> {
+    let names = tensor_names(config);
     let vars = varmap.data().lock().expect("varmap lock");
     for (name, var) in vars.iter() {
+        let tensor = names
+            .get(name)
+            .ok_or_else(|| perceiver::Error::UnexpectedTensor {
+                name: name.clone(),
+                shape: var.dims().to_vec(),
+            })?;
         let shape = var.dims().to_vec();
         let count: usize = shape.iter().product();
         let mut h = seed;
@@ -329,7 +344,7 @@ fn fill(varmap: &VarMap, seed: u64, init: impl Fn(&str, &[usize]) -> ParamInit) 
             h = splitmix64(h ^ b as u64);
         }
         let mut rng = ChaCha8Rng::seed_from_u64(h);
-        let values: Vec<f32> = match init(name, &shape) {
+        let values: Vec<f32> = match init(tensor) {
             ParamInit::Constant(c) => vec![c as f32; count],
             ParamInit::Normal(std) => (0..count)
                 .map(|_| (Distribution::<f64>::sample(&StandardNormal, &mut rng) * std) as f32)
@@ -351,9 +366,9 @@ fn fill(varmap: &VarMap, seed: u64, init: impl Fn(&str, &[usize]) -> ParamInit) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PerceiverForMaskedLM;
     use candle_core::{DType, Device};
     use candle_nn::VarBuilder;
-    use perceiver::PerceiverForMaskedLM;
 
     fn layer_norm(x: &[f32]) -> Vec<f32> {
         let n = x.len() as f32;
@@ -485,35 +500,43 @@ mod tests {
     }
 
     #[test]
-    fn names_map_to_deepmind_inits() {
-        let q = "perceiver.encoder.self_attends.0.attention.self.query.weight";
+    fn roles_map_to_deepmind_inits() {
+        let config = PerceiverConfig {
+            d_latents: 64,
+            d_model: 64,
+            qk_channels: Some(256),
+            num_latents: 8,
+            ..Default::default()
+        };
+        let names = MaskedLmNames::new(&config);
+        let q = &names.encoder.self_attends[0].query.weight;
+        assert_eq!(q.shape, vec![256, 64]);
         assert_eq!(
-            param_init(q, &[256, 64]),
+            param_init(q),
             ParamInit::TruncatedNormal(0.125 / TRUNCATION_STD_CORRECTION)
         );
-        let ln = "perceiver.encoder.self_attends.0.attention.self.layernorm1.weight";
-        assert_eq!(param_init(ln, &[64]), ParamInit::Constant(1.0));
+        let ln = &names.encoder.self_attends[0].q_norm;
+        assert_eq!(param_init(&ln.weight), ParamInit::Constant(1.0));
         assert_eq!(
-            param_init("perceiver.encoder.cross_attention.layernorm.bias", &[64]),
+            param_init(&names.encoder.cross_attention.mlp_norm.bias),
             ParamInit::Constant(0.0)
         );
+        assert_eq!(param_init(&names.output_bias), ParamInit::Constant(0.0));
         assert_eq!(
-            param_init("embedding_decoder.bias", &[262]),
-            ParamInit::Constant(0.0)
-        );
-        assert_eq!(
-            param_init("perceiver.embeddings.latents", &[8, 64]),
+            param_init(&names.encoder.latents),
             ParamInit::TruncatedNormal(0.02)
         );
         assert_eq!(
-            param_init("perceiver.input_preprocessor.embeddings.weight", &[262, 64]),
+            param_init(&names.preprocessor.embeddings),
             ParamInit::TruncatedNormal(1.0)
         );
-        assert!(!is_linear_weight(
-            "perceiver.input_preprocessor.position_embeddings.weight"
-        ));
-        assert!(is_linear_weight(
-            "perceiver.decoder.decoding_cross_attention.mlp.dense2.weight"
-        ));
+        assert_eq!(
+            param_init(&names.preprocessor.positions),
+            ParamInit::TruncatedNormal(0.02)
+        );
+        assert_eq!(
+            param_init(&names.decoder.queries),
+            ParamInit::TruncatedNormal(0.02)
+        );
     }
 }

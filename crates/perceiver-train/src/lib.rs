@@ -4,7 +4,8 @@
 //! what replaces them), [`init`] (DeepMind's initialisation), [`optim`] (AdamW, schedule,
 //! clipping), [`objective`] (batches, the masked-LM loss, evaluation), [`checkpoint`] (atomic,
 //! transformers-compatible directories), [`metrics`] and [`plot`] (progress on disk), and
-//! [`trainer`] (the loop). The model itself is `perceiver`'s: training and inference share it.
+//! [`trainer`] (the loop). [`model`] is the differentiable model (candle); it reads and writes the
+//! same tensor names as the inference library, so a run's checkpoints load anywhere a model does.
 
 pub mod checkpoint;
 pub mod corpus;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod init;
 pub mod masking;
 pub mod metrics;
+pub mod model;
 pub mod objective;
 pub mod optim;
 pub mod plot;
@@ -20,5 +22,6 @@ pub mod trainer;
 
 pub use error::{Error, Result};
 pub use masking::{Masking, MaskingStrategy};
+pub use model::PerceiverForMaskedLM;
 pub use objective::{evaluate, EvalResult};
 pub use trainer::{Event, ModelInit, Outcome, TrainConfig, Trainer};

@@ -5,9 +5,9 @@
 //! loss and its gradients equal transformers' (which decodes every position and ignores the
 //! unlabelled ones) at a fraction of the decoder's cost.
 
+use crate::model::PerceiverForMaskedLM;
 use candle_core::{DType, Device, Tensor, D};
 use perceiver::tokenizer::PAD_ID;
-use perceiver::PerceiverForMaskedLM;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};

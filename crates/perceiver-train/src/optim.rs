@@ -8,7 +8,9 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::init::is_linear_weight;
+use crate::init::tensor_names;
+use perceiver::checkpoint::names::Role;
+use perceiver::PerceiverConfig;
 
 /// AdamW's hyper-parameters (the learning rate comes from the [`Schedule`] each step).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -32,9 +34,9 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Whether weight decay applies to the parameter `name`.
-pub fn is_decayed(name: &str) -> bool {
-    is_linear_weight(name)
+/// Whether weight decay applies to a tensor of this role: linear weights only.
+pub fn is_decayed(role: Role) -> bool {
+    role == Role::LinearWeight
 }
 
 struct Param {
@@ -53,7 +55,10 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(varmap: &VarMap, config: AdamWConfig) -> Result<Self> {
+    /// AdamW over the variables of `varmap`, a masked LM built from `model` (whose name tree
+    /// says which tensors decay).
+    pub fn new(varmap: &VarMap, model: &PerceiverConfig, config: AdamWConfig) -> Result<Self> {
+        let tree = tensor_names(model);
         let vars = varmap.data().lock().expect("varmap lock");
         let mut names: Vec<&String> = vars.keys().collect();
         names.sort();
@@ -63,7 +68,7 @@ impl AdamW {
                 let var = vars[name].clone();
                 Ok(Param {
                     name: name.clone(),
-                    decayed: is_decayed(name),
+                    decayed: tree.get(name).is_some_and(|t| is_decayed(t.role)),
                     m: var.zeros_like()?,
                     v: var.zeros_like()?,
                     var,
@@ -266,9 +271,13 @@ mod tests {
 
     #[test]
     fn decay_applies_to_linear_weights_only() {
-        assert!(is_decayed(
-            "perceiver.encoder.cross_attention.attention.self.key.weight"
-        ));
+        let names = tensor_names(&PerceiverConfig::default());
+        let decayed: Vec<&str> = names
+            .values()
+            .filter(|t| is_decayed(t.role))
+            .map(|t| t.name.as_str())
+            .collect();
+        assert!(decayed.contains(&"perceiver.encoder.cross_attention.attention.self.key.weight"));
         for name in [
             "perceiver.encoder.cross_attention.attention.self.key.bias",
             "perceiver.encoder.cross_attention.layernorm.weight",
@@ -278,7 +287,8 @@ mod tests {
             "perceiver.embeddings.latents",
             "embedding_decoder.bias",
         ] {
-            assert!(!is_decayed(name), "{name}");
+            assert!(names.contains_key(name), "{name} is in the tree");
+            assert!(!decayed.contains(&name), "{name}");
         }
     }
 }

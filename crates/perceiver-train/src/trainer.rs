@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::model::PerceiverForMaskedLM;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use perceiver::{PerceiverConfig, PerceiverForMaskedLM};
+use perceiver::PerceiverConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -278,7 +279,7 @@ impl Trainer {
             options.shuffle_windows,
             options.seed,
         );
-        let optimizer = AdamW::new(&varmap, options.optimizer)?;
+        let optimizer = AdamW::new(&varmap, &config, options.optimizer)?;
         Ok(Self {
             options,
             run_dir: run_dir.to_path_buf(),

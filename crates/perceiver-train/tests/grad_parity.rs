@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use perceiver::{ModelFiles, PerceiverForMaskedLM};
+use perceiver::ModelFiles;
 use perceiver_train::masking::MaskedExample;
 use perceiver_train::objective::{masked_lm_loss, MaskedBatch};
 use perceiver_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use perceiver_train::trainer::{gradients, set_weights};
+use perceiver_train::PerceiverForMaskedLM;
 
 fn fixture_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,7 +47,7 @@ fn check_case(case: &str) {
     let device = Device::Cpu;
     let step = candle_core::safetensors::load(dir.join("step.safetensors"), &device).unwrap();
     let files = ModelFiles::from_dir(&dir).unwrap();
-    let (config, tensors) = perceiver::loading::load_masked_lm_tensors(&files, &device).unwrap();
+    let (config, tensors) = perceiver_train::model::load_masked_lm_tensors(&files, &device).unwrap();
     let varmap = VarMap::new();
     let model =
         PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
@@ -79,6 +80,7 @@ fn check_case(case: &str) {
 
     let mut optimizer = AdamW::new(
         &varmap,
+        &config,
         AdamWConfig {
             beta1: scalar(&step, "beta1"),
             beta2: scalar(&step, "beta2"),

@@ -59,7 +59,9 @@ pub enum Error {
 
     /// A text longer than the model's positions (or than the tokenizer's bound, for a text whose
     /// `[MASK:n]` runs expand beyond any model).
-    #[error("the text is {tokens} tokens long or more (special tokens included); the model takes at most {max}")]
+    #[error(
+        "the text is {tokens} tokens long or more (special tokens included); the model takes at most {max}"
+    )]
     TooLong {
         /// Ids the text expands to (at least).
         tokens: usize,

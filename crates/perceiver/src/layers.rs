@@ -104,7 +104,12 @@ impl Dense {
     /// `act(x·Wᵀ + b)`: on the packed kernels the bias and the activation are applied by the
     /// product's tasks on their blocks of the output ([`sgemm::PackedWeights::linear`],
     /// [`bf16::PackedMatrix::linear`]).
-    pub(crate) fn forward_activated(&self, x: &[f32], activation: Option<Activation>, threads: usize) -> Vec<f32> {
+    pub(crate) fn forward_activated(
+        &self,
+        x: &[f32],
+        activation: Option<Activation>,
+        threads: usize,
+    ) -> Vec<f32> {
         let rows = x.len() / self.in_dim();
         match (&self.packed, &self.packed_f32) {
             (Some(bf16), _) => return bf16.linear(x, rows, self.bias.data(), activation, threads),

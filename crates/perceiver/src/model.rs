@@ -182,7 +182,9 @@ impl PerceiverModel {
     pub fn encode(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
         on_pool(|| {
             let z = self.cross_attend(texts)?;
-            Ok(self.process.forward(z, self.encoder.num_latents(), self.threads()))
+            Ok(self
+                .process
+                .forward(z, self.encoder.num_latents(), self.threads()))
         })
     }
 
@@ -336,9 +338,10 @@ mod tests {
     #[test]
     fn an_unknown_architecture_is_refused_by_name() {
         let mut config = PerceiverConfig::default();
-        config
-            .extra
-            .insert("architectures".into(), serde_json::json!(["PerceiverForOpticalFlow"]));
+        config.extra.insert(
+            "architectures".into(),
+            serde_json::json!(["PerceiverForOpticalFlow"]),
+        );
         match Architecture::of(&config) {
             Err(Error::UnsupportedArchitecture { name }) => assert_eq!(name, "PerceiverForOpticalFlow"),
             other => panic!("{other:?}"),

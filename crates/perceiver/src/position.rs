@@ -14,7 +14,9 @@ pub struct TrainablePositions {
 
 impl TrainablePositions {
     pub(crate) fn load(get: &mut dyn FnMut(&str) -> Result<Param>, name: &TensorName) -> Result<Self> {
-        Ok(Self { table: get(&name.name)? })
+        Ok(Self {
+            table: get(&name.name)?,
+        })
     }
 
     /// How many positions the table has.

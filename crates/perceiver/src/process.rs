@@ -52,7 +52,10 @@ impl LatentStack {
 
     /// Every block's layers over `latents` (`[items · num_latents, d]`).
     pub(crate) fn forward(&self, mut latents: Vec<f32>, num_latents: usize, threads: usize) -> Vec<f32> {
-        let items = item_ranges(std::iter::repeat_n(num_latents, latents.len() / (num_latents.max(1))));
+        let items = item_ranges(std::iter::repeat_n(
+            num_latents,
+            latents.len() / (num_latents.max(1)),
+        ));
         for _ in 0..self.blocks {
             for layer in &self.layers {
                 latents = layer.forward(Queries::PerItem(&latents), &items, None, threads);
@@ -62,7 +65,13 @@ impl LatentStack {
     }
 
     /// Layer `index` of the block over `latents` (`[items · num_latents, d]`).
-    pub(crate) fn layer(&self, index: usize, latents: &[f32], num_latents: usize, threads: usize) -> Result<Vec<f32>> {
+    pub(crate) fn layer(
+        &self,
+        index: usize,
+        latents: &[f32],
+        num_latents: usize,
+        threads: usize,
+    ) -> Result<Vec<f32>> {
         let layer = self.layers.get(index).ok_or_else(|| {
             Error::InvalidInput(format!(
                 "latent layer {index} does not exist: the model has {}",

@@ -101,7 +101,12 @@ impl BytesTokenizer {
 
     /// [`encode_masked`](Self::encode_masked) for a model of `max` positions: a text that expands
     /// to more ids is [`Error::TooLong`], found as soon as the expansion passes `max`.
-    pub fn encode_masked_within(&self, text: &str, add_special_tokens: bool, max: usize) -> Result<MaskedText> {
+    pub fn encode_masked_within(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        max: usize,
+    ) -> Result<MaskedText> {
         let max = max.min(MAX_TOKENS);
         const RUN_OPEN: &str = "[MASK:";
         let mut ids = Vec::with_capacity(text.len() + 2);
@@ -148,7 +153,10 @@ impl BytesTokenizer {
             ids.push(SEP_ID);
         }
         if ids.len() > max {
-            return Err(Error::TooLong { tokens: ids.len(), max });
+            return Err(Error::TooLong {
+                tokens: ids.len(),
+                max,
+            });
         }
         Ok(MaskedText { ids, mask_positions })
     }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{load, load_fast, max_abs_diff};
-use perceiver::{FillMask, ModelFiles, Precision};
+use common::{load_fast, max_abs_diff};
+use perceiver::{FillMask, Loader, Precision};
 
 mod common;
 
@@ -89,84 +89,6 @@ impl Case {
 fn within_tolerance(worst: f32, what: impl Fn() -> String) -> f32 {
     assert!(worst <= LOGIT_TOLERANCE, "{}: max |Δ logit| {worst:e}", what());
     worst
-}
-
-/// transformers' way: the batch as given (padded to its longest row), every output decoded.
-#[test]
-fn full_decode_matches_transformers() {
-    for dir in fixture_dirs() {
-        let model = load(&dir);
-        for case in cases(&dir) {
-            let logits = model
-                .forward(&case.input_ids, Some(&case.attention_mask))
-                .unwrap();
-            let worst = max_abs_diff(&logits, &case.logits);
-            println!(
-                "{:<28} {:<12} max |Δ logit| = {worst:.2e}",
-                dir.file_name().unwrap().to_string_lossy(),
-                case.name
-            );
-            within_tolerance(worst, || format!("{}/{}", dir.display(), case.name));
-        }
-    }
-}
-
-/// Our way: each text unpadded, only some output positions decoded; and the notebook's way,
-/// padded to the maximum length. Both give transformers' logits for those rows.
-#[test]
-fn unpadded_subset_decode_equals_padded_full_decode() {
-    let (mut worst_unpadded, mut worst_padded) = (0f32, 0f32);
-    for dir in fixture_dirs() {
-        let model = load(&dir);
-        let max_len = model.max_len();
-        for case in cases(&dir) {
-            let (batch, _) = case.input_ids.dims2().unwrap();
-            for row in 0..batch {
-                let mask = case.attention_mask.i(row).unwrap();
-                let len = mask.sum_all().unwrap().to_scalar::<u32>().unwrap() as usize;
-                let ids = case
-                    .input_ids
-                    .i(row)
-                    .unwrap()
-                    .narrow(0, 0, len)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap();
-                let expected = case.logits.i(row).unwrap();
-
-                // Unpadded, decoding a scattered subset of positions (some past the text).
-                let subset: Vec<u32> = (0..max_len as u32).filter(|p| p % 3 == 1 || *p == 0).collect();
-                let positions = Tensor::new(subset.as_slice(), &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap();
-                let latents = model.encode(&ids, None).unwrap();
-                let got = model.decode(&latents, &positions).unwrap().squeeze(0).unwrap();
-                let want = expected.index_select(&positions.squeeze(0).unwrap(), 0).unwrap();
-                worst_unpadded = worst_unpadded.max(within_tolerance(max_abs_diff(&got, &want), || {
-                    format!("{}/{} row {row} unpadded subset", dir.display(), case.name)
-                }));
-
-                // Padded to the model's maximum length with a mask, every position decoded.
-                let padded = ids.pad_with_zeros(1, 0, max_len - len).unwrap();
-                let pad_mask = Tensor::ones((1, len), DType::U32, &Device::Cpu)
-                    .unwrap()
-                    .pad_with_zeros(1, 0, max_len - len)
-                    .unwrap();
-                let full = model
-                    .forward(&padded, Some(&pad_mask))
-                    .unwrap()
-                    .squeeze(0)
-                    .unwrap();
-                worst_padded = worst_padded.max(within_tolerance(max_abs_diff(&full, &expected), || {
-                    format!("{}/{} row {row} padded to max", dir.display(), case.name)
-                }));
-            }
-        }
-    }
-    println!(
-        "every row: unpadded subset decode max |Δ logit| = {worst_unpadded:.2e}, padded to max {worst_padded:.2e}"
-    );
 }
 
 /// The inference engine, f32: every row of every case as one unpadded batch of mixed lengths,
@@ -280,7 +202,7 @@ fn bf16_top1_agrees_with_f32() {
         let mut bf16_engine = f32_engine.clone();
         bf16_engine.set_precision(Precision::Bf16);
         let vocab = f32_engine.config().vocab_size;
-        let fill = FillMask::new(f32_engine.clone());
+        let fill = FillMask::new(f32_engine.clone()).unwrap();
         let expected: Vec<serde_json::Value> =
             serde_json::from_str(&std::fs::read_to_string(dir.join("fill_mask.json")).unwrap()).unwrap();
         for case in &expected {
@@ -327,8 +249,10 @@ fn loading_in_bf16_equals_switching_to_bf16() {
     for dir in fixture_dirs() {
         let mut switched = load_fast(&dir);
         switched.set_precision(Precision::Bf16);
-        let loaded =
-            perceiver::load_engine_as(&ModelFiles::from_dir(&dir).unwrap(), Precision::Bf16).unwrap();
+        let loaded = Loader::new(dir.to_string_lossy())
+            .precision(Precision::Bf16)
+            .load()
+            .unwrap();
         assert_eq!(loaded.precision(), Precision::Bf16);
         for case in cases(&dir) {
             for ids in case.unpadded_texts() {
@@ -350,7 +274,7 @@ fn loading_in_bf16_equals_switching_to_bf16() {
 #[test]
 fn fill_mask_matches_transformers_pipeline() {
     for dir in fixture_dirs() {
-        let fill = FillMask::new(load_fast(&dir));
+        let fill = FillMask::new(load_fast(&dir)).unwrap();
         let expected: Vec<serde_json::Value> =
             serde_json::from_str(&std::fs::read_to_string(dir.join("fill_mask.json")).unwrap()).unwrap();
         let mut worst = 0f32;

@@ -9,9 +9,10 @@
 use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use perceiver::config::{Activation, AttentionSpec, LAYER_NORM_EPS};
-use perceiver::error::Result;
 use crate::model::ops::{self, RightOperand};
+use perceiver::checkpoint::names::{LayerNames, LinearNames, NormNames, Role, TensorName};
+use perceiver::config::{Activation, LAYER_NORM_EPS};
+use perceiver::error::Result;
 
 /// Additive attention bias from a padding mask: 0 where `mask` is 1 (a real key), the most
 /// negative f32 where it is 0 (padding), as transformers does with `finfo(float32).min`.
@@ -111,10 +112,11 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    /// The norm named `names`, read from (or created in) `vb` at the root of the checkpoint.
+    pub fn new(names: &NormNames, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            weight: variable(vb, &names.weight)?,
+            bias: variable(vb, &names.bias)?,
         })
     }
 
@@ -123,8 +125,23 @@ impl LayerNorm {
     }
 }
 
-fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    LayerNorm::new(dim, vb)
+/// The tensor `t` from `vb` (rooted at the checkpoint's top level); a fresh variable gets
+/// candle's initialiser for its role (training then draws its own: `crate::init`).
+pub fn variable(vb: &VarBuilder, t: &TensorName) -> Result<Tensor> {
+    let init = match t.role {
+        Role::LinearWeight => candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        Role::NormWeight => Init::Const(1.0),
+        Role::Embedding => Init::Randn {
+            mean: 0.0,
+            stdev: 1.0,
+        },
+        Role::PositionTable | Role::Latents => Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+        _ => Init::Const(0.0),
+    };
+    Ok(vb.get_with_hints(t.shape.as_slice(), &t.name, init)?)
 }
 
 /// A dense layer `x·Wᵀ + b` over the last dimension (transformers' `nn.Linear`; W is [out, in]).
@@ -139,14 +156,11 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+    /// The layer named `names`, from `vb` at the checkpoint's root.
+    pub fn new(names: &LinearNames, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            weight: vb.get_with_hints(
-                (out_dim, in_dim),
-                "weight",
-                candle_nn::init::DEFAULT_KAIMING_NORMAL,
-            )?,
-            bias: vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?,
+            weight: variable(vb, &names.weight)?,
+            bias: variable(vb, &names.bias)?,
         })
     }
 
@@ -174,11 +188,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(width: usize, widening_factor: usize, activation: Activation, vb: VarBuilder) -> Result<Self> {
-        let hidden = width * widening_factor;
+    /// `dense1` then `dense2` of `names`, with `activation` between.
+    pub fn new(names: &LayerNames, activation: Activation, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            dense1: Linear::new(width, hidden, vb.pp("dense1"))?,
-            dense2: Linear::new(hidden, width, vb.pp("dense2"))?,
+            dense1: Linear::new(&names.dense1, vb)?,
+            dense2: Linear::new(&names.dense2, vb)?,
             activation,
         })
     }
@@ -205,23 +219,19 @@ struct MultiHeadAttention {
 }
 
 impl MultiHeadAttention {
-    fn new(spec: &AttentionSpec, is_cross: bool, vb: VarBuilder) -> Result<Self> {
-        let inner = vb.pp("self");
-        // Cross-attention projects back to the queries' width; self-attention to v_channels
-        // (which the config check makes equal to the latents' width).
-        let out_dim = if is_cross { spec.q_dim } else { spec.v_channels };
+    fn new(names: &LayerNames, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            q_norm: layer_norm(spec.q_dim, inner.pp("layernorm1"))?,
-            kv_norm: if is_cross {
-                Some(layer_norm(spec.kv_dim, inner.pp("layernorm2"))?)
-            } else {
-                None
-            },
-            query: Linear::new(spec.q_dim, spec.qk_channels, inner.pp("query"))?,
-            key: Linear::new(spec.kv_dim, spec.qk_channels, inner.pp("key"))?,
-            value: Linear::new(spec.kv_dim, spec.v_channels, inner.pp("value"))?,
-            output: Linear::new(spec.v_channels, out_dim, vb.pp("output").pp("dense"))?,
-            num_heads: spec.num_heads,
+            q_norm: LayerNorm::new(&names.q_norm, vb)?,
+            kv_norm: names
+                .kv_norm
+                .as_ref()
+                .map(|n| LayerNorm::new(n, vb))
+                .transpose()?,
+            query: Linear::new(&names.query, vb)?,
+            key: Linear::new(&names.key, vb)?,
+            value: Linear::new(&names.value, vb)?,
+            output: Linear::new(&names.output, vb)?,
+            num_heads: names.spec.num_heads,
         })
     }
 
@@ -251,12 +261,12 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(spec: &AttentionSpec, is_cross: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(names: &LayerNames, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            attention: MultiHeadAttention::new(spec, is_cross, vb.pp("attention"))?,
-            use_query_residual: spec.use_query_residual,
-            mlp_norm: layer_norm(spec.q_dim, vb.pp("layernorm"))?,
-            mlp: Mlp::new(spec.q_dim, spec.widening_factor, spec.activation, vb.pp("mlp"))?,
+            attention: MultiHeadAttention::new(names, vb)?,
+            use_query_residual: names.spec.use_query_residual,
+            mlp_norm: LayerNorm::new(&names.mlp_norm, vb)?,
+            mlp: Mlp::new(names, names.spec.activation, vb)?,
         })
     }
 
@@ -276,8 +286,9 @@ impl Layer {
 pub struct CrossAttention(Layer);
 
 impl CrossAttention {
-    pub fn new(spec: &AttentionSpec, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(Layer::new(spec, true, vb)?))
+    /// The layer named `names` (which name a key/value norm), from `vb` at the checkpoint's root.
+    pub fn new(names: &LayerNames, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self(Layer::new(names, vb)?))
     }
 
     /// # Shapes
@@ -293,8 +304,9 @@ impl CrossAttention {
 pub struct SelfAttention(Layer);
 
 impl SelfAttention {
-    pub fn new(spec: &AttentionSpec, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(Layer::new(spec, false, vb)?))
+    /// The layer named `names`, from `vb` at the checkpoint's root.
+    pub fn new(names: &LayerNames, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self(Layer::new(names, vb)?))
     }
 
     /// `latents`: `[batch, num_latents, d_latents]` → same shape.

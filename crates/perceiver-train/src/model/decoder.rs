@@ -9,9 +9,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use crate::model::attention::CrossAttention;
-use perceiver::config::AttentionSpec;
-use perceiver::error::Result;
 use crate::model::position::TrainablePositionEncoding;
+use perceiver::checkpoint::names::BasicDecoderNames;
+use perceiver::error::Result;
 
 #[derive(Debug, Clone)]
 pub struct BasicDecoder {
@@ -21,16 +21,11 @@ pub struct BasicDecoder {
 }
 
 impl BasicDecoder {
-    /// `vb` points at `perceiver.decoder`.
-    pub fn new(num_outputs: usize, spec: &AttentionSpec, vb: VarBuilder) -> Result<Self> {
+    /// The decoder named `names`, from `vb` at the checkpoint's root.
+    pub fn new(names: &BasicDecoderNames, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            output_positions: TrainablePositionEncoding::new(
-                num_outputs,
-                spec.q_dim,
-                "position_embeddings",
-                vb.pp("output_position_encodings"),
-            )?,
-            cross_attention: CrossAttention::new(spec, vb.pp("decoding_cross_attention"))?,
+            output_positions: TrainablePositionEncoding::new(&names.queries, vb)?,
+            cross_attention: CrossAttention::new(&names.cross_attention, vb)?,
         })
     }
 

@@ -6,8 +6,8 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use crate::model::attention::{attention_bias, CrossAttention, SelfAttention};
-use perceiver::config::PerceiverConfig;
+use crate::model::attention::{attention_bias, variable, CrossAttention, SelfAttention};
+use perceiver::checkpoint::names::EncoderNames;
 use perceiver::error::Result;
 
 #[derive(Debug, Clone)]
@@ -21,24 +21,21 @@ pub struct PerceiverEncoder {
 }
 
 impl PerceiverEncoder {
-    /// `vb` points at the model's `perceiver.` prefix: the latents live in `embeddings.latents`,
-    /// the layers under `encoder.`.
-    pub fn new(cfg: &PerceiverConfig, vb: VarBuilder) -> Result<Self> {
-        let latents = vb
-            .pp("embeddings")
-            .get((cfg.num_latents, cfg.d_latents), "latents")?;
-        let enc = vb.pp("encoder");
-        let cross_attention =
-            CrossAttention::new(&cfg.encoder_cross_attention_spec(), enc.pp("cross_attention"))?;
-        let spec = cfg.self_attention_spec();
-        let self_attends = (0..cfg.num_self_attends_per_block)
-            .map(|i| SelfAttention::new(&spec, enc.pp("self_attends").pp(i)))
+    /// The encoder named `names`, from `vb` at the checkpoint's root; its layers repeat
+    /// `num_blocks` times.
+    pub fn new(names: &EncoderNames, num_blocks: usize, vb: &VarBuilder) -> Result<Self> {
+        let latents = variable(vb, &names.latents)?;
+        let cross_attention = CrossAttention::new(&names.cross_attention, vb)?;
+        let self_attends = names
+            .self_attends
+            .iter()
+            .map(|layer| SelfAttention::new(layer, vb))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             latents,
             cross_attention,
             self_attends,
-            num_blocks: cfg.num_blocks,
+            num_blocks,
         })
     }
 

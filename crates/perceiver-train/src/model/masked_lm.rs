@@ -8,12 +8,14 @@
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use perceiver::config::PerceiverConfig;
+use crate::model::attention::variable;
 use crate::model::decoder::BasicDecoder;
 use crate::model::encoder::PerceiverEncoder;
-use perceiver::error::{Error, Result};
 use crate::model::ops;
 use crate::model::position::TrainablePositionEncoding;
+use perceiver::checkpoint::names::MaskedLmNames;
+use perceiver::config::PerceiverConfig;
+use perceiver::error::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct PerceiverForMaskedLM {
@@ -28,26 +30,16 @@ pub struct PerceiverForMaskedLM {
 }
 
 impl PerceiverForMaskedLM {
-    /// Builds the model from weights under transformers' names (`perceiver.…`,
-    /// `embedding_decoder.bias`). The config must already be validated.
+    /// Builds the model from weights under the names of [`MaskedLmNames`] (transformers' names).
+    /// The config must already be validated.
     pub fn new(cfg: &PerceiverConfig, vb: VarBuilder) -> Result<Self> {
-        let p = vb.pp("perceiver");
-        let input = p.pp("input_preprocessor");
+        let names = MaskedLmNames::new(cfg);
         Ok(Self {
-            embeddings: candle_nn::embedding(cfg.vocab_size, cfg.d_model, input.pp("embeddings"))?,
-            input_positions: TrainablePositionEncoding::new(
-                cfg.max_position_embeddings,
-                cfg.d_model,
-                "weight",
-                input.pp("position_embeddings"),
-            )?,
-            encoder: PerceiverEncoder::new(cfg, p.clone())?,
-            decoder: BasicDecoder::new(
-                cfg.max_position_embeddings,
-                &cfg.masked_lm_decoder_spec(),
-                p.pp("decoder"),
-            )?,
-            output_bias: vb.pp("embedding_decoder").get(cfg.vocab_size, "bias")?,
+            embeddings: Embedding::new(variable(&vb, &names.preprocessor.embeddings)?, cfg.d_model),
+            input_positions: TrainablePositionEncoding::new(&names.preprocessor.positions, &vb)?,
+            encoder: PerceiverEncoder::new(&names.encoder, cfg.num_blocks, &vb)?,
+            decoder: BasicDecoder::new(&names.decoder, &vb)?,
+            output_bias: variable(&vb, &names.output_bias)?,
             config: cfg.clone(),
         })
     }

@@ -6,6 +6,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use perceiver::checkpoint::names::TensorName;
 use perceiver::error::Result;
 
 /// A learned `[num_positions, channels]` table.
@@ -15,11 +16,10 @@ pub struct TrainablePositionEncoding {
 }
 
 impl TrainablePositionEncoding {
-    /// Reads the table from `vb.get((num_positions, channels), name)`: transformers names it
-    /// `position_embeddings` in the decoder and `weight` (an `nn.Embedding`) in the text input.
-    pub fn new(num_positions: usize, channels: usize, name: &str, vb: VarBuilder) -> Result<Self> {
+    /// The table named `name`, from `vb` at the checkpoint's root.
+    pub fn new(name: &TensorName, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            table: vb.get((num_positions, channels), name)?,
+            table: crate::model::attention::variable(vb, name)?,
         })
     }
 

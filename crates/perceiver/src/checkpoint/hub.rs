@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::{shard_names, LoadOptions, ModelFiles, WeightFiles, CONFIG_FILE, PYTORCH_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
+use super::{
+    shard_names, LoadOptions, ModelFiles, WeightFiles, CONFIG_FILE, PYTORCH_FILE, SAFETENSORS_FILE,
+    SAFETENSORS_INDEX_FILE,
+};
 use crate::error::{Error, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};

@@ -11,8 +11,8 @@
 //! Hub ids are fetched with `hf-hub` into the standard cache (`HF_HOME` honoured); offline
 //! (`LoadOptions::offline` or `HF_HUB_OFFLINE=1`) they resolve from the cache only.
 
-pub mod names;
 mod hub;
+pub mod names;
 mod weights;
 
 use std::collections::{BTreeMap, HashSet};
@@ -209,7 +209,9 @@ enum Weights {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Checkpoint")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -236,7 +238,10 @@ impl Checkpoint {
     /// in), read in place.
     pub fn from_static(config_json: &str, safetensors: &'static [u8], name: &str) -> Result<Self> {
         let config = PerceiverConfig::from_json_str(config_json)?;
-        Self::checked(config, Weights::Safetensors(SafetensorsStore::from_static(safetensors, name)?))
+        Self::checked(
+            config,
+            Weights::Safetensors(SafetensorsStore::from_static(safetensors, name)?),
+        )
     }
 
     /// Tensors already in memory, by transformers name (a model being trained, for instance).
@@ -248,7 +253,10 @@ impl Checkpoint {
         config.validate()?;
         let found = match &weights {
             Weights::Safetensors(store) => store.shapes(),
-            Weights::Params(params) => params.iter().map(|(n, p)| (n.clone(), p.shape().to_vec())).collect(),
+            Weights::Params(params) => params
+                .iter()
+                .map(|(n, p)| (n.clone(), p.shape().to_vec()))
+                .collect(),
         };
         check_tensors(&config, found)?;
         Ok(Self { config, weights })
@@ -328,7 +336,6 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
     }
     Ok(shards)
 }
-
 
 fn check_readable(path: &Path) -> Result<()> {
     std::fs::File::open(path).map(|_| ()).map_err(|source| Error::Io {

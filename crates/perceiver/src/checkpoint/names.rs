@@ -61,7 +61,11 @@ pub struct LinearNames {
 impl LinearNames {
     fn new(prefix: &str, inputs: usize, outputs: usize) -> Self {
         Self {
-            weight: TensorName::new(format!("{prefix}.weight"), vec![outputs, inputs], Role::LinearWeight),
+            weight: TensorName::new(
+                format!("{prefix}.weight"),
+                vec![outputs, inputs],
+                Role::LinearWeight,
+            ),
             bias: TensorName::new(format!("{prefix}.bias"), vec![outputs], Role::LinearBias),
         }
     }

@@ -28,7 +28,10 @@ pub struct BasicDecoder {
 }
 
 impl BasicDecoder {
-    pub(crate) fn load(get: &mut dyn FnMut(&str) -> Result<Param>, names: &BasicDecoderNames) -> Result<Self> {
+    pub(crate) fn load(
+        get: &mut dyn FnMut(&str) -> Result<Param>,
+        names: &BasicDecoderNames,
+    ) -> Result<Self> {
         Ok(Self {
             queries: TrainablePositions::load(get, &names.queries)?,
             projected: Vec::new(),
@@ -51,7 +54,10 @@ impl BasicDecoder {
             dense.set_precision(precision);
         }
         let threads = rayon::current_num_threads();
-        self.projected = on_pool(|| self.cross_attention.project_queries(self.queries.table(), threads));
+        self.projected = on_pool(|| {
+            self.cross_attention
+                .project_queries(self.queries.table(), threads)
+        });
     }
 
     /// `[Σ positions, channels]`, item `i`'s rows after those of the items before it.

@@ -290,14 +290,7 @@ impl PackedWeights {
     /// `c` must be valid for writes of rows `0..x.rows` × columns `0..n` at row stride `ldc`, and
     /// no one else may access that block during the call; without `overwrite` it must be
     /// initialised.
-    pub(crate) unsafe fn matmul_view_raw(
-        &self,
-        x: View,
-        c: *mut f32,
-        ldc: usize,
-        threads: usize,
-        overwrite: bool,
-    ) {
+    pub unsafe fn matmul_view_raw(&self, x: View, c: *mut f32, ldc: usize, threads: usize, overwrite: bool) {
         let (k, m) = (self.k, x.rows);
         assert!(self.kernel.is_some(), "{NO_KERNEL}");
         assert_eq!(x.cols, k, "sgemm: X has {} columns, W {k}", x.cols);

@@ -18,7 +18,10 @@ pub struct TextPreprocessor {
 }
 
 impl TextPreprocessor {
-    pub(crate) fn load(get: &mut dyn FnMut(&str) -> Result<Param>, names: &TextPreprocessorNames) -> Result<Self> {
+    pub(crate) fn load(
+        get: &mut dyn FnMut(&str) -> Result<Param>,
+        names: &TextPreprocessorNames,
+    ) -> Result<Self> {
         Ok(Self {
             embeddings: get(&names.embeddings.name)?,
             positions: TrainablePositions::load(get, &names.positions)?,

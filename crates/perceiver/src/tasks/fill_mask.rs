@@ -110,20 +110,26 @@ impl FillMask {
         Ok(input)
     }
 
-    /// Tokenizes a plain text with the bytes in `range` masked (byte offsets, end exclusive) and
-    /// checks the model can take it; a text that also holds `[MASK]` markers is an error.
-    pub fn prepare_range(&self, text: &str, range: Range<usize>, add_special_tokens: bool) -> Result<MaskedText> {
-        let marked = self.tokenizer.encode_masked(text, false)?;
+    /// Tokenizes a text without a model: with `[MASK]` / `[MASK:n]` markers, or plain with the
+    /// bytes in `mask_range` masked (byte offsets, end exclusive; a text that also holds markers
+    /// is then an error). [`check`](Self::check) then tells whether a model takes it; front ends
+    /// that read many texts tokenize them all before loading the model.
+    pub fn tokenize(
+        text: &str,
+        mask_range: Option<Range<usize>>,
+        add_special_tokens: bool,
+    ) -> Result<MaskedText> {
+        let tokenizer = BytesTokenizer;
+        let marked = tokenizer.encode_masked(text, add_special_tokens)?;
+        let Some(range) = mask_range else {
+            return Ok(marked);
+        };
         if !marked.mask_positions.is_empty() {
             return Err(Error::InvalidInput(
                 "use either [MASK] markers or a mask range, not both".into(),
             ));
         }
-        let input = self
-            .tokenizer
-            .encode_with_mask_range(text, range, add_special_tokens)?;
-        self.check(&input)?;
-        Ok(input)
+        tokenizer.encode_with_mask_range(text, range, add_special_tokens)
     }
 
     /// Errors unless `input` has at least one mask and fits the model's positions: the one check

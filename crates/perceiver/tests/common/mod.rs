@@ -3,21 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use perceiver::{load_engine, load_masked_lm, MaskedLmEngine, ModelFiles, PerceiverForMaskedLM};
+use candle_core::Tensor;
+use perceiver::{Loader, PerceiverModel};
 
 /// `tests/fixtures` at the workspace root.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-pub fn load(dir: &Path) -> PerceiverForMaskedLM {
-    load_masked_lm(&ModelFiles::from_dir(dir).unwrap(), &Device::Cpu).unwrap()
-}
-
-/// The same model in the inference engine (weights memory-mapped).
-pub fn load_fast(dir: &Path) -> MaskedLmEngine {
-    load_engine(&ModelFiles::from_dir(dir).unwrap()).unwrap()
+/// The model of a fixture directory (weights memory-mapped).
+pub fn load_fast(dir: &Path) -> PerceiverModel {
+    Loader::new(dir.to_string_lossy()).load().unwrap()
 }
 
 /// Largest |a − b| over all elements (shapes must agree).

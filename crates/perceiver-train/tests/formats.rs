@@ -6,7 +6,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixtures, max_abs_diff};
-use perceiver::{load_masked_lm, Error, ModelFiles, PerceiverForMaskedLM};
+use perceiver::{Error, ModelFiles};
+use perceiver_train::model::load_masked_lm;
+use perceiver_train::PerceiverForMaskedLM;
 
 mod common;
 
@@ -28,7 +30,7 @@ fn pytorch_bin_loads_the_same_model() {
     let files = ModelFiles::from_dir(&fixtures().join("pytorch_bin").join(MODEL)).unwrap();
     assert!(matches!(
         files.weights,
-        perceiver::loading::WeightFiles::PyTorch(_)
+        perceiver::checkpoint::WeightFiles::PyTorch(_)
     ));
     let model = load_masked_lm(&files, &Device::Cpu).unwrap();
     let worst = worst_difference(&model);
@@ -67,7 +69,7 @@ fn sharded_safetensors_load_the_same_model() {
     write_sharded(dir.path());
     let files = ModelFiles::from_dir(dir.path()).unwrap();
     match &files.weights {
-        perceiver::loading::WeightFiles::Safetensors(shards) => assert_eq!(shards.len(), 2),
+        perceiver::checkpoint::WeightFiles::Safetensors(shards) => assert_eq!(shards.len(), 2),
         other => panic!("{other:?}"),
     }
     let model = load_masked_lm(&files, &Device::Cpu).unwrap();

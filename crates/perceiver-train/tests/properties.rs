@@ -5,7 +5,7 @@
 
 use candle_core::{Device, IndexOp, Tensor};
 use common::max_abs_diff;
-use perceiver::PerceiverForMaskedLM;
+use perceiver_train::PerceiverForMaskedLM;
 
 mod common;
 use proptest::prelude::*;

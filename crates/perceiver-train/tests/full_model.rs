@@ -3,7 +3,7 @@
 //! Not run by default (the weights are 800 MB). Produce them once, then run:
 //! ```sh
 //! .venv-ref/bin/python scripts/make_parity_fixtures.py --full target/full-random
-//! cargo test --release -p perceiver --test full_model -- --ignored --nocapture
+//! cargo test --release -p perceiver-train --test full_model -- --ignored --nocapture
 //! ```
 //! `PERCEIVER_FULL_FIXTURE` overrides the directory.
 
@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use common::max_abs_diff;
-use perceiver::{load_masked_lm, ModelFiles};
+use perceiver::{Loader, ModelFiles};
+use perceiver_train::model::load_masked_lm;
 
 mod common;
 
@@ -67,7 +68,7 @@ fn full_language_perceiver_layout_matches_transformers() {
 #[ignore = "needs the 800 MB fixture written by scripts/make_parity_fixtures.py --full"]
 fn full_layout_on_the_engine_matches_transformers() {
     let dir = fixture_dir();
-    let mut engine = perceiver::load_engine(&ModelFiles::from_dir(&dir).unwrap()).unwrap();
+    let mut engine = Loader::new(dir.to_string_lossy()).load().unwrap();
     let cases = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
     let ids = cases["single.input_ids"]
         .to_dtype(DType::U32)

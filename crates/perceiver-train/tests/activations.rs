@@ -2,8 +2,8 @@
 //! on x ∈ [-12, 12] (values written by `scripts/make_parity_fixtures.py`, float64 in torch).
 
 use candle_core::Device;
-use perceiver::attention::activate;
 use perceiver::Activation;
+use perceiver_train::model::attention::activate;
 
 mod common;
 
