@@ -39,6 +39,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod error;
 pub mod http;
@@ -55,9 +57,9 @@ use std::time::Duration;
 use perceiver::{FillMask, PerceiverModel};
 use tokio::net::TcpListener;
 
-/// [`ServeConfig::max_batch_wait`]'s default. Measured with the default model on 2 cores: 8
-/// clients 1.17× → 1.35× the throughput of batch 1 (1.5 ms: 1.32×), 16 clients within noise
-/// (~10 texts a pass instead of 8; 1 ms gave 15), one client unchanged.
+/// [`ServeConfig::max_batch_wait`]'s default: long enough for concurrent clients' texts to share a
+/// pass, short next to a pass, so a lone client does not notice it (the figures behind it are in
+/// docs/BENCHMARKS.md).
 pub const DEFAULT_MAX_BATCH_WAIT: Duration = Duration::from_micros(500);
 
 pub use error::{ErrorResponse, ErrorType, ServeError};

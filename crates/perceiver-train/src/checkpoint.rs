@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 use perceiver::PerceiverConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
 use crate::error::{io_at, Error, Result};
-use crate::trainer::TrainConfig;
 
 pub const TRAINING_FILE: &str = "training.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";

@@ -7,7 +7,10 @@
 //! [`trainer`] (the loop). [`model`] is the differentiable model (candle); it reads and writes the
 //! same tensor names as the inference library, so a run's checkpoints load anywhere a model does.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
+pub mod config;
 pub mod corpus;
 pub mod error;
 pub mod init;
@@ -20,8 +23,10 @@ pub mod plot;
 pub mod presets;
 pub mod trainer;
 
+pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use masking::{Masking, MaskingStrategy};
+pub use metrics::StepMetrics;
 pub use model::PerceiverForMaskedLM;
 pub use objective::{evaluate, EvalResult};
-pub use trainer::{Event, ModelInit, Outcome, TrainConfig, Trainer};
+pub use trainer::{Event, ModelInit, Outcome, Trainer};

@@ -1,13 +1,13 @@
 //! `metrics.jsonl`: one JSON object per line, `"kind": "train"` (averaged over the logging
 //! interval) or `"kind": "eval"`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Error, Result};
 use crate::objective::EvalResult;
-use crate::trainer::{append_line, StepMetrics};
 
 /// One line of the metrics file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,4 +118,28 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
         }
     }
     Ok(records)
+}
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// What one optimizer update did.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub bytes: usize,
+    pub seconds: f64,
+}
+
+/// Appends a line to a file (used by the metrics log).
+pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_at(path))?;
+    writeln!(file, "{line}").map_err(io_at(path))
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::metrics::METRICS_FILE;
 use crate::metrics::{read, Record};
-use crate::trainer::METRICS_FILE;
 
 /// Draws `RUN_DIR/curves.svg` (loss and masked-byte accuracy, training and held-out) and returns
 /// its path.

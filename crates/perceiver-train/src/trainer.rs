@@ -16,80 +16,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Progress, TrainingFile};
+use crate::config::TrainConfig;
 use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
 use crate::error::{io_at, Error, Result};
 use crate::init::{initialize, InitScheme};
 use crate::masking::{MaskedExample, Masking};
-use crate::metrics::{MetricsLog, Record};
+use crate::metrics::{append_line, MetricsLog, Record, StepMetrics, METRICS_FILE};
 use crate::objective::{evaluate, masked_lm_loss, EvalResult, MaskedBatch};
 use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, Schedule};
-
-/// Everything that decides a run, saved in every checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Where the model came from (`preset:small`, `config:FILE`, `pretrained:ID`), for the record.
-    pub model: String,
-    /// Initialisation of a from-scratch run.
-    #[serde(default)]
-    pub init: InitScheme,
-    /// Training text: files, directories, globs.
-    pub corpus: Vec<String>,
-    /// Separate evaluation text; when empty, `eval_fraction` of the corpus is held out.
-    pub eval_corpus: Vec<String>,
-    pub eval_fraction: f64,
-    /// Windows evaluated each time (the first ones of the held-out text).
-    pub eval_windows: usize,
-    /// Window length in bytes (at most the model's `max_position_embeddings`).
-    pub seq_len: usize,
-    pub batch_size: usize,
-    /// Micro-batches per update.
-    pub grad_accum: usize,
-    /// Total optimizer updates.
-    pub steps: u64,
-    pub masking: Masking,
-    pub optimizer: AdamWConfig,
-    pub schedule: Schedule,
-    /// Clip gradients to this global norm.
-    pub clip_norm: Option<f64>,
-    pub seed: u64,
-    pub save_every: u64,
-    pub eval_every: u64,
-    pub log_every: u64,
-    pub keep_checkpoints: usize,
-    /// Windows in the shuffle buffer.
-    pub shuffle_windows: usize,
-}
-
-impl TrainConfig {
-    pub fn validate(&self, model: &PerceiverConfig) -> Result<()> {
-        let fail = |m: String| Err(Error::Options(m));
-        if self.corpus.is_empty() {
-            return fail("no training corpus".into());
-        }
-        if self.seq_len == 0 || self.seq_len > model.max_position_embeddings {
-            return fail(format!(
-                "--seq-len {} must be in 1..={} (the model's max_position_embeddings)",
-                self.seq_len, model.max_position_embeddings
-            ));
-        }
-        if self.batch_size == 0 || self.grad_accum == 0 || self.steps == 0 {
-            return fail("batch size, gradient accumulation and steps must be positive".into());
-        }
-        if !(0.0..1.0).contains(&self.eval_fraction) {
-            return fail(format!(
-                "--eval-fraction must be in [0, 1), got {}",
-                self.eval_fraction
-            ));
-        }
-        if !(self.schedule.peak_lr > 0.0 && self.schedule.peak_lr.is_finite()) {
-            return fail(format!("--lr must be positive, got {}", self.schedule.peak_lr));
-        }
-        if self.clip_norm.is_some_and(|c| c <= 0.0 || c.is_nan()) {
-            return fail("--clip-norm must be positive".into());
-        }
-        self.masking.validate()
-    }
-}
 
 /// How the weights start.
 pub enum ModelInit {
@@ -100,18 +34,6 @@ pub enum ModelInit {
         config: PerceiverConfig,
         tensors: BTreeMap<String, Tensor>,
     },
-}
-
-/// What one optimizer update did.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct StepMetrics {
-    pub step: u64,
-    pub loss: f64,
-    pub accuracy: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub bytes: usize,
-    pub seconds: f64,
 }
 
 /// What the loop reports as it goes.
@@ -128,8 +50,6 @@ pub enum Outcome {
     /// Stopped early (Ctrl-C); the checkpoint written on the way out.
     Interrupted(PathBuf),
 }
-
-pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// A training run.
 pub struct Trainer {
@@ -509,14 +429,4 @@ pub fn set_weights(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result
         .into());
     }
     Ok(())
-}
-
-/// Appends a line to a file (used by the metrics log).
-pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_at(path))?;
-    writeln!(file, "{line}").map_err(io_at(path))
 }

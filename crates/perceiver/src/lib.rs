@@ -29,6 +29,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod checkpoint;
 pub mod config;

@@ -182,9 +182,8 @@ impl PerceiverModel {
     pub fn encode(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
         on_pool(|| {
             let z = self.cross_attend(texts)?;
-            Ok(self
-                .process
-                .forward(z, self.encoder.num_latents(), self.threads()))
+            let n = self.encoder.num_latents();
+            Ok(self.process.forward(z, n, texts.len(), self.threads()))
         })
     }
 
@@ -251,7 +250,8 @@ impl PerceiverModel {
                 latents.len()
             )));
         }
-        on_pool(|| self.process.layer(index, latents, n, self.threads()))
+        let items = latents.len() / (n * d);
+        on_pool(|| self.process.layer(index, latents, n, items, self.threads()))
     }
 
     /// Multiply-add work (2 FLOP each) of the matrix products of one forward pass over texts of

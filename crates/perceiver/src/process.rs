@@ -51,11 +51,14 @@ impl LatentStack {
     }
 
     /// Every block's layers over `latents` (`[items · num_latents, d]`).
-    pub(crate) fn forward(&self, mut latents: Vec<f32>, num_latents: usize, threads: usize) -> Vec<f32> {
-        let items = item_ranges(std::iter::repeat_n(
-            num_latents,
-            latents.len() / (num_latents.max(1)),
-        ));
+    pub(crate) fn forward(
+        &self,
+        mut latents: Vec<f32>,
+        num_latents: usize,
+        items: usize,
+        threads: usize,
+    ) -> Vec<f32> {
+        let items = item_ranges(std::iter::repeat_n(num_latents, items));
         for _ in 0..self.blocks {
             for layer in &self.layers {
                 latents = layer.forward(Queries::PerItem(&latents), &items, None, threads);
@@ -70,6 +73,7 @@ impl LatentStack {
         index: usize,
         latents: &[f32],
         num_latents: usize,
+        items: usize,
         threads: usize,
     ) -> Result<Vec<f32>> {
         let layer = self.layers.get(index).ok_or_else(|| {
@@ -78,7 +82,7 @@ impl LatentStack {
                 self.layers.len()
             ))
         })?;
-        let items = item_ranges(std::iter::repeat_n(num_latents, latents.len() / num_latents));
+        let items = item_ranges(std::iter::repeat_n(num_latents, items));
         Ok(layer.forward(Queries::PerItem(latents), &items, None, threads))
     }
 }

@@ -14,18 +14,7 @@ use perceiver::checkpoint::names::{LayerNames, LinearNames, NormNames, Role, Ten
 use perceiver::config::{Activation, LAYER_NORM_EPS};
 use perceiver::error::Result;
 
-/// Additive attention bias from a padding mask: 0 where `mask` is 1 (a real key), the most
-/// negative f32 where it is 0 (padding), as transformers does with `finfo(float32).min`.
-///
-/// # Shapes
-/// `mask`: `[batch, keys]`, any dtype, 1 = attend, 0 = ignore. Returns `[batch, 1, 1, keys]` f32,
-/// broadcastable over heads and queries.
-pub fn attention_bias(mask: &Tensor) -> Result<Tensor> {
-    let (batch, keys) = mask.dims2()?;
-    let ignore = mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)?; // 1 where padded
-    let bias = (ignore * f32::MIN as f64)?;
-    Ok(bias.reshape((batch, 1, 1, keys))?)
-}
+pub use ops::attention_bias;
 
 /// Multi-head scaled dot-product attention.
 ///
@@ -40,67 +29,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, num_heads: usize, bias: Option
     ops::attention(q, k, v, num_heads, bias)
 }
 
-/// [`attend`] composed of separate ops (head split and merge, products, softmax), each with its own
-/// backward pass: the path for other dtypes and devices, and the reference the fused op is tested
-/// against.
-pub fn attend_composed(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    num_heads: usize,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (batch, num_queries, qk_channels) = q.dims3()?;
-    let (_, num_keys, v_channels) = v.dims3()?;
-    let d_qk = qk_channels / num_heads;
-    let d_v = v_channels / num_heads;
-    // [batch, heads, tokens, per-head channels]
-    let split = |x: &Tensor, tokens: usize, per_head: usize| -> candle_core::Result<Tensor> {
-        x.reshape((batch, tokens, num_heads, per_head))?
-            .transpose(1, 2)?
-            .contiguous()
-    };
-    // Scaling q rather than the scores touches queries×d values instead of queries×keys.
-    let q = split(&(q * (1.0 / (d_qk as f64).sqrt()))?, num_queries, d_qk)?;
-    let k = split(k, num_keys, d_qk)?;
-    let v = split(v, num_keys, d_v)?;
-    let mut scores = ops::matmul(&q, &k, RightOperand::Transposed)?; // [batch, heads, queries, keys]
-    if let Some(bias) = bias {
-        scores = scores.broadcast_add(bias)?;
-    }
-    let weights = ops::softmax_last_dim(&scores)?;
-    let out = ops::matmul(&weights, &v, RightOperand::Plain)?; // [batch, heads, queries, d_v]
-    Ok(out
-        .transpose(1, 2)?
-        .reshape((batch, num_queries, num_heads * d_v))?)
-}
-
 /// Applies the configured nonlinearity (the GELUs through [`ops::gelu`], which trains faster).
 pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
     ops::gelu(x, activation)
-}
-
-/// [`activate`] from candle's own ops, which candle differentiates.
-pub fn activate_composed(x: &Tensor, activation: Activation) -> Result<Tensor> {
-    Ok(match activation {
-        Activation::GeluErf => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
-        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
-        Activation::Relu => x.relu()?,
-        Activation::ReluSquared => x.relu()?.sqr()?,
-        Activation::Relu6 => x.clamp(0f32, 6f32)?,
-        Activation::LeakyRelu => candle_nn::ops::leaky_relu(x, 0.01)?,
-        Activation::Silu => x.silu()?,
-        // softplus(x) = ln(1 + eˣ), computed as max(x, 0) + ln(1 + e^-|x|) to avoid overflow.
-        Activation::Mish => {
-            let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-            (x * softplus.tanh()?)?
-        }
-        Activation::HardSwish => ((x * (x + 3.0)?.clamp(0f32, 6f32)?)? / 6.0)?,
-        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-        Activation::Tanh => x.tanh()?,
-        Activation::Linear => x.clone(),
-    })
 }
 
 /// LayerNorm over the last dimension (eps as transformers'), through [`ops::layer_norm`] so that

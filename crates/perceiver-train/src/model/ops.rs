@@ -17,8 +17,11 @@ use perceiver::config::Activation;
 use perceiver::engine::kernels;
 use perceiver::error::Result;
 
+mod composed;
 mod fused_attention;
 mod products;
+
+pub use composed::{activate_composed, attend_composed, attention_bias};
 pub use products::{linear, matmul, RightOperand};
 
 /// Scalar types the CPU kernels run in.
@@ -133,7 +136,7 @@ pub fn attention(
 ) -> Result<Tensor> {
     let all_f32 = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
     if !q.device().is_cpu() || !all_f32 || !perceiver::engine::sgemm::available() {
-        return crate::model::attention::attend_composed(q, k, v, num_heads, bias);
+        return composed::attend_composed(q, k, v, num_heads, bias);
     }
     let bias = match bias {
         Some(bias) => Some(bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
@@ -149,7 +152,7 @@ pub fn attention(
 /// Other activations, dtypes and devices go to [`crate::model::attention::activate`]'s candle ops.
 pub fn gelu(x: &Tensor, act: Activation) -> Result<Tensor> {
     if !x.device().is_cpu() || x.dtype() != DType::F32 || !kernels::has_fused_gradient(act) {
-        return crate::model::attention::activate_composed(x, act);
+        return composed::activate_composed(x, act);
     }
     Ok(x.contiguous()?.apply_op1(FusedActivation { act })?)
 }
@@ -474,7 +477,7 @@ mod tests {
             let fused = gelu(xv.as_tensor(), act)?;
             let grads = (&fused * &probe)?.sum_all()?.backward()?;
             let x64 = Var::from_tensor(&x.to_dtype(DType::F64)?)?;
-            let plain = crate::model::attention::activate_composed(x64.as_tensor(), act)?;
+            let plain = composed::activate_composed(x64.as_tensor(), act)?;
             let want = (&plain * probe.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
             let forward = max_abs_diff(&fused, &plain);
             assert!(forward < 2e-6, "{act:?} forward: worst |Δ| {forward:e}");

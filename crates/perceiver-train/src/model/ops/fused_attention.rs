@@ -8,7 +8,7 @@
 //! keeping a `[batch, heads, queries, keys]` tensor) and writes dq, dk and dv directly.
 //!
 //! Only f32 on a CPU with the engine's AVX-512 kernel takes this path; elsewhere
-//! [`crate::model::attention::attend_composed`] composes candle ops.
+//! [`super::composed::attend_composed`] composes candle ops.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -283,7 +283,7 @@ impl CustomOp3 for FusedAttention {
 mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
-    use crate::model::attention::{attend_composed, attention_bias};
+    use super::super::composed::{attend_composed, attention_bias};
     use crate::model::ops::max_abs_diff;
     use perceiver::error::Result;
 
