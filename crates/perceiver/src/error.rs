@@ -60,12 +60,12 @@ pub enum Error {
     /// A text longer than the model's positions (or than the tokenizer's bound, for a text whose
     /// `[MASK:n]` runs expand beyond any model).
     #[error(
-        "the text is {tokens} tokens long or more (special tokens included); the model takes at most {max}"
+        "the text is {tokens} tokens long or more (special tokens included), more than the {max} allowed"
     )]
     TooLong {
         /// Ids the text expands to (at least).
         tokens: usize,
-        /// The most the model takes.
+        /// The most allowed: the model's positions, or the tokenizer's bound before a model is known.
         max: usize,
     },
 

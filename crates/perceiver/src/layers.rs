@@ -193,17 +193,19 @@ impl Linear {
             )));
         }
         let mut dense = Dense::new(
-            Param::owned(weight, vec![out_dim, in_dim]),
-            Param::owned(bias, vec![out_dim]),
+            Param::owned(weight, vec![out_dim, in_dim])?,
+            Param::owned(bias, vec![out_dim])?,
         );
         dense.set_precision(precision);
         Ok(Self { dense })
     }
 
+    /// Input width.
     pub fn in_dim(&self) -> usize {
         self.dense.in_dim()
     }
 
+    /// Output width.
     pub fn out_dim(&self) -> usize {
         self.dense.out_dim()
     }

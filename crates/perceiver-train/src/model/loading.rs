@@ -67,7 +67,7 @@ pub fn inference_model(
         .iter()
         .map(|(name, tensor)| {
             let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            Ok((name.clone(), Param::owned(values, tensor.dims().to_vec())))
+            Ok((name.clone(), Param::owned(values, tensor.dims().to_vec())?))
         })
         .collect::<Result<BTreeMap<_, _>>>()?;
     Checkpoint::from_params(config.clone(), params)?.into_model(precision)

@@ -27,9 +27,13 @@ use crate::layers::Precision;
 use crate::model::PerceiverModel;
 use names::MaskedLmNames;
 
+/// A model directory's config, as transformers names it.
 pub const CONFIG_FILE: &str = "config.json";
+/// Single-file safetensors weights.
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// The index of sharded safetensors weights (`weight_map`: tensor name → shard file).
 pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// PyTorch `torch.save` weights.
 pub const PYTORCH_FILE: &str = "pytorch_model.bin";
 
 /// How to find a model on the hub.
@@ -366,7 +370,7 @@ fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(corrupt)?;
-        params.insert(name.clone(), Param::owned(values, tensor.dims().to_vec()));
+        params.insert(name.clone(), Param::owned(values, tensor.dims().to_vec())?);
     }
     Ok(params)
 }

@@ -48,14 +48,22 @@ enum ParamData {
 }
 
 impl Param {
-    pub fn owned(data: Vec<f32>, shape: Vec<usize>) -> Self {
-        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
-        Self {
+    /// A tensor that owns its values (row-major, `shape`'s product of them).
+    pub fn owned(data: Vec<f32>, shape: Vec<usize>) -> Result<Self> {
+        let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if expected != Some(data.len()) {
+            return Err(Error::InvalidInput(format!(
+                "{} values do not fill a tensor of shape {shape:?}",
+                data.len()
+            )));
+        }
+        Ok(Self {
             data: ParamData::Owned(data.into()),
             shape,
-        }
+        })
     }
 
+    /// The values, row-major.
     pub fn data(&self) -> &[f32] {
         match &self.data {
             ParamData::Shared { backing, offset, len } => {
@@ -68,6 +76,7 @@ impl Param {
         }
     }
 
+    /// The dimensions.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -246,6 +255,6 @@ impl SafetensorsStore {
                 .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
                 .collect(),
         };
-        Ok(Param::owned(values, shape))
+        Param::owned(values, shape)
     }
 }
