@@ -6,9 +6,10 @@
 
 use std::borrow::Borrow;
 
+use perceiver_kernels::rows;
 use serde::Serialize;
 
-use crate::engine::{kernels, MaskedLmEngine};
+use crate::engine::MaskedLmEngine;
 use crate::error::{Error, Result};
 use crate::tokenizer::{BytesTokenizer, MaskedText};
 
@@ -110,7 +111,7 @@ impl FillMask {
         let positions: Vec<&[usize]> = inputs.iter().map(|i| i.mask_positions.as_slice()).collect();
         let mut probs = self.model.logits_at(&texts, &positions)?;
         let vocab = self.model.config().vocab_size;
-        kernels::softmax_rows(&mut probs, vocab);
+        rows::softmax_rows(&mut probs, vocab);
         let mut rows = probs.chunks_exact(vocab);
         Ok(inputs
             .iter()

@@ -99,7 +99,7 @@ mod tests {
         let x: Vec<f32> = (0..rows * in_dim)
             .map(|i| ((i * 5) % 23) as f32 * 0.097 - 1.1)
             .collect();
-        use crate::engine::bf16::{from_bf16_bits, to_bf16_bits};
+        use perceiver_kernels::bf16::{from_bf16_bits, to_bf16_bits};
         let to_bf16 = |v: f32| from_bf16_bits(to_bf16_bits(v));
         for (precision, round) in [
             (Precision::F32, (|v| v) as fn(f32) -> f32),

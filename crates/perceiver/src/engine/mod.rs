@@ -1,7 +1,7 @@
-//! The inference engine: the masked language model's forward pass on plain `f32` buffers, with
-//! vectorised row kernels ([`kernels`]), AVX-512 f32 products ([`sgemm`]; the `gemm` crate on
-//! strided views, [`matmul`](mod@matmul), where AVX-512 is missing) and an optional bf16 path ([`bf16`],
-//! [`amx`]).
+//! The inference engine: the masked language model's forward pass on plain `f32` buffers, on
+//! the kernels of [`perceiver_kernels`]: vectorised row kernels ([`rows`]), AVX-512 f32 products
+//! ([`sgemm`]; the `gemm` crate on strided views, [`matmul`](mod@perceiver_kernels::matmul),
+//! where AVX-512 is missing) and an optional bf16 path ([`bf16`], [`perceiver_kernels::amx`]).
 //!
 //! It computes what [`crate::PerceiverForMaskedLM`] (candle, trainable) computes, and the
 //! parity tests hold both to transformers' numbers. It is faster because it does only the work
@@ -14,41 +14,19 @@
 //! - weight matrices are packed once for their kernel, and their pages of the memory-mapped file
 //!   ([`weights`]) released, so the process holds one copy.
 
-pub mod amx;
-pub mod bf16;
-pub mod emulated512;
-pub mod kernels;
 pub mod linear;
-pub mod matmul;
-pub mod peak;
-pub mod sgemm;
 pub mod weights;
 
 use std::ops::Range;
 
+use perceiver_kernels::matmul::{matmul, Rhs, View};
+use perceiver_kernels::{bf16, rows, sgemm, SendPtr};
 use rayon::prelude::*;
 
-use crate::config::{Activation, AttentionSpec, PerceiverConfig};
+use crate::config::{Activation, AttentionSpec, PerceiverConfig, LAYER_NORM_EPS};
 use crate::error::{Error, Result};
 pub use linear::Linear;
-use matmul::{matmul, Rhs, View};
 pub use weights::Param;
-
-/// A raw pointer that parallel tasks writing disjoint parts of one buffer share (each kernel
-/// states which part its tasks own).
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: the pointer is only dereferenced by tasks that write disjoint elements, while the
-// buffer's owner waits for them (rayon scopes).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer; a method, so that closures capture the whole (Send) wrapper.
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Number type of the weight matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -136,23 +114,24 @@ impl Dense {
     /// product's tasks on their blocks of the output ([`sgemm::PackedWeights::linear`],
     /// [`bf16::PackedMatrix::linear`]).
     fn forward_activated(&self, x: &[f32], activation: Option<Activation>, threads: usize) -> Vec<f32> {
+        let activation = activation.map(perceiver_kernels::Activation::from);
         let rows = x.len() / self.in_dim();
         match (&self.packed, &self.packed_f32) {
             (Some(bf16), _) => return bf16.linear(x, rows, self.bias.data(), activation, threads),
             (None, Some(f32)) => return f32.linear(x, rows, self.bias.data(), activation, threads),
             (None, None) => {}
         }
-        let mut out = kernels::repeat_rows(self.bias.data(), rows);
+        let mut out = rows::repeat_rows(self.bias.data(), rows);
         self.accumulate(x, &mut out, threads);
         if let Some(act) = activation {
-            kernels::activate(&mut out, act);
+            rows::activate(&mut out, act);
         }
         out
     }
 
     /// `out += x·Wᵀ + b`: the residual stream takes the layer's output without another pass.
     fn forward_into(&self, x: &[f32], out: &mut [f32], threads: usize) {
-        kernels::add_to_rows(out, self.bias.data());
+        rows::add_to_rows(out, self.bias.data());
         self.accumulate(x, out, threads);
     }
 
@@ -190,7 +169,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &[f32]) -> Vec<f32> {
-        kernels::layer_norm(x, self.weight.data(), self.bias.data())
+        rows::layer_norm(x, self.weight.data(), self.bias.data(), LAYER_NORM_EPS as f32)
     }
 }
 
@@ -377,7 +356,7 @@ fn attend(
                 keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, inner_threads, true);
                 scores.set_len(nq * nk);
             }
-            kernels::softmax_rows(&mut scores, nk);
+            rows::softmax_rows(&mut scores, nk);
             let values = sgemm::PackedWeights::pack_view(v_h, false, 1.0, false);
             // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
             // (overwrite) by the product; tasks write disjoint blocks, and nothing reads `out`
@@ -403,7 +382,7 @@ fn attend(
                 false,
                 inner_threads,
             );
-            kernels::softmax_rows(&mut scores, nk);
+            rows::softmax_rows(&mut scores, nk);
             matmul(
                 &mut head_out,
                 d_v,
