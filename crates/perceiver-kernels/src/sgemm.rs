@@ -293,8 +293,9 @@ impl PackedWeights {
         if m == 0 || k == 0 {
             return;
         }
-        // SAFETY: X's element (r, i) is a's (i, r), at i·stride + r inside a's slice (View
-        // checked its bounds); C's bounds were checked above and it is borrowed mutably.
+        assert!(a.fits(a.data.len()), "sgemm: Xᵀ view out of bounds");
+        // SAFETY: X's element (r, i) is a's (i, r), at i·stride + r inside a's slice (checked
+        // above); C's bounds were checked above and it is borrowed mutably.
         unsafe {
             self.run(
                 a.data.as_ptr(),
