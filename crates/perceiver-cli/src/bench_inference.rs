@@ -404,7 +404,7 @@ pub fn run(args: InferenceArgs) -> Result<()> {
     let mut reference = args.reference.start(&args.model, threads)?;
     eprintln!(
         "ours: {threads} threads, bf16 kernel: {:?}",
-        perceiver::engine::bf16::Kernel::detect()
+        perceiver_kernels::cpu::bf16_kernel()
     );
 
     // f32 workloads first, so that the peak memory they report excludes the bf16 weight copy.

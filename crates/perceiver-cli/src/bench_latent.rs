@@ -16,9 +16,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::engine::peak::fma_peak_gflops;
-use perceiver::Linear;
-use perceiver::{PerceiverModel, Precision};
+use perceiver::{Linear, PerceiverModel, Precision};
+use perceiver_kernels::peak::fma_peak_gflops;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -174,8 +173,8 @@ pub fn run(args: LatentArgs) -> Result<()> {
     let mut reference = args.reference.start(&args.model, threads)?;
     eprintln!(
         "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}",
-        perceiver::engine::sgemm::kernel(),
-        perceiver::engine::bf16::Kernel::detect()
+        perceiver_kernels::cpu::f32_kernel(),
+        perceiver_kernels::cpu::bf16_kernel()
     );
     let peak_before = fma_peak_gflops(threads);
 

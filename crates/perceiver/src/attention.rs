@@ -11,10 +11,10 @@ use rayon::prelude::*;
 use crate::checkpoint::names::LayerNames;
 use crate::checkpoint::Param;
 use crate::config::AttentionSpec;
-use crate::engine::matmul::{matmul, Rhs, View};
-use crate::engine::{kernels, sgemm, SendPtr};
 use crate::error::Result;
 use crate::layers::{Dense, Norm};
+use perceiver_kernels::matmul::{matmul, Rhs, View};
+use perceiver_kernels::{rows, sgemm, SendPtr};
 
 /// A layer's queries.
 #[derive(Clone, Copy)]
@@ -201,7 +201,7 @@ fn attend(
                 keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, inner_threads, true);
                 scores.set_len(nq * nk);
             }
-            kernels::softmax_rows(&mut scores, nk);
+            rows::softmax_rows(&mut scores, nk);
             let values = sgemm::PackedWeights::pack_view(v_h, false, 1.0, false);
             // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
             // (overwrite) by the product; tasks write disjoint blocks, and nothing reads `out`
@@ -227,7 +227,7 @@ fn attend(
                 false,
                 inner_threads,
             );
-            kernels::softmax_rows(&mut scores, nk);
+            rows::softmax_rows(&mut scores, nk);
             matmul(
                 &mut head_out,
                 d_v,

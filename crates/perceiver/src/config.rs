@@ -98,6 +98,29 @@ impl Activation {
     }
 }
 
+impl From<Activation> for perceiver_kernels::Activation {
+    /// The kernels' function of the same name: transformers' names and serde stay here, the
+    /// arithmetic is the kernels'.
+    fn from(activation: Activation) -> Self {
+        use perceiver_kernels::Activation as Kernel;
+        match activation {
+            Activation::GeluErf => Kernel::GeluErf,
+            Activation::GeluTanh => Kernel::GeluTanh,
+            Activation::QuickGelu => Kernel::QuickGelu,
+            Activation::Relu => Kernel::Relu,
+            Activation::ReluSquared => Kernel::ReluSquared,
+            Activation::Relu6 => Kernel::Relu6,
+            Activation::LeakyRelu => Kernel::LeakyRelu,
+            Activation::Silu => Kernel::Silu,
+            Activation::Mish => Kernel::Mish,
+            Activation::HardSwish => Kernel::HardSwish,
+            Activation::Sigmoid => Kernel::Sigmoid,
+            Activation::Tanh => Kernel::Tanh,
+            Activation::Linear => Kernel::Linear,
+        }
+    }
+}
+
 /// How the encoder cross-attention picks its query/key width when `qk_channels` is unset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CrossAttentionShape {

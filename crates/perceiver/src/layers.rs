@@ -8,11 +8,11 @@
 
 use crate::checkpoint::names::{LinearNames, NormNames};
 use crate::checkpoint::Param;
-use crate::config::Activation;
-use crate::engine::matmul::{matmul, Rhs, View};
-use crate::engine::{bf16, kernels, sgemm};
+use crate::config::{Activation, LAYER_NORM_EPS};
 use crate::error::{Error, Result};
 use crate::runtime::on_pool;
+use perceiver_kernels::matmul::{matmul, Rhs, View};
+use perceiver_kernels::{bf16, rows, sgemm};
 
 /// Number type of the weight matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -110,23 +110,24 @@ impl Dense {
         activation: Option<Activation>,
         threads: usize,
     ) -> Vec<f32> {
+        let activation = activation.map(perceiver_kernels::Activation::from);
         let rows = x.len() / self.in_dim();
         match (&self.packed, &self.packed_f32) {
             (Some(bf16), _) => return bf16.linear(x, rows, self.bias.data(), activation, threads),
             (None, Some(f32)) => return f32.linear(x, rows, self.bias.data(), activation, threads),
             (None, None) => {}
         }
-        let mut out = kernels::repeat_rows(self.bias.data(), rows);
+        let mut out = rows::repeat_rows(self.bias.data(), rows);
         self.accumulate(x, &mut out, threads);
         if let Some(act) = activation {
-            kernels::activate(&mut out, act);
+            rows::activate(&mut out, act);
         }
         out
     }
 
     /// `out += x·Wᵀ + b`: the residual stream takes the layer's output without another pass.
     pub(crate) fn forward_into(&self, x: &[f32], out: &mut [f32], threads: usize) {
-        kernels::add_to_rows(out, self.bias.data());
+        rows::add_to_rows(out, self.bias.data());
         self.accumulate(x, out, threads);
     }
 
@@ -166,7 +167,7 @@ impl Norm {
 
     /// `x`: rows of the norm's width; each row normalised with transformers' eps.
     pub(crate) fn forward(&self, x: &[f32]) -> Vec<f32> {
-        kernels::layer_norm(x, self.weight.data(), self.bias.data())
+        rows::layer_norm(x, self.weight.data(), self.bias.data(), LAYER_NORM_EPS as f32)
     }
 }
 
@@ -265,7 +266,7 @@ mod tests {
         let x: Vec<f32> = (0..rows * in_dim)
             .map(|i| ((i * 5) % 23) as f32 * 0.097 - 1.1)
             .collect();
-        use crate::engine::bf16::{from_bf16_bits, to_bf16_bits};
+        use perceiver_kernels::bf16::{from_bf16_bits, to_bf16_bits};
         let to_bf16 = |v: f32| from_bf16_bits(to_bf16_bits(v));
         for (precision, round) in [
             (Precision::F32, (|v| v) as fn(f32) -> f32),

@@ -38,7 +38,6 @@ pub mod decoder;
 #[cfg(feature = "default-model")]
 pub mod default_model;
 pub mod encoder;
-pub mod engine;
 pub mod error;
 pub mod layers;
 pub mod model;

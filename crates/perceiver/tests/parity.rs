@@ -145,7 +145,7 @@ fn engine_matches_transformers() {
 /// them, sums differently by shape.
 #[test]
 fn a_texts_logits_do_not_depend_on_its_batch_or_the_threads() {
-    if !perceiver::engine::sgemm::available() {
+    if !perceiver_kernels::sgemm::available() {
         println!("no packed kernel on this CPU: the gemm crate's sums depend on the shape; skipped");
         return;
     }

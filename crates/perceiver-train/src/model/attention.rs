@@ -6,10 +6,10 @@
 //! `PerceiverLayer`, and DeepMind's `attend`, `Attention`, `MLP`, `CrossAttention` and
 //! `SelfAttention` in `perceiver.py`. Checkpoint paths are transformers'.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use crate::model::ops::{self, RightOperand};
+use crate::model::ops;
 use perceiver::checkpoint::names::{LayerNames, LinearNames, NormNames, Role, TensorName};
 use perceiver::config::{Activation, LAYER_NORM_EPS};
 use perceiver::error::Result;

@@ -11,10 +11,10 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D};
+use perceiver_kernels::rows;
 use rayon::prelude::*;
 
 use perceiver::config::Activation;
-use perceiver::engine::kernels;
 use perceiver::error::Result;
 
 mod composed;
@@ -90,7 +90,7 @@ impl CustomOp1 for SoftmaxLastDim {
             CpuStorage::F32(data) => {
                 // The engine's vectorised kernel (the generic one calls libm's expf per value).
                 let mut out = contiguous(data, layout, "softmax input")?.to_vec();
-                perceiver::engine::kernels::softmax(&mut out, width);
+                rows::softmax(&mut out, width);
                 CpuStorage::F32(out)
             }
             CpuStorage::F64(data) => {
@@ -135,7 +135,7 @@ pub fn attention(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let all_f32 = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
-    if !q.device().is_cpu() || !all_f32 || !perceiver::engine::sgemm::available() {
+    if !q.device().is_cpu() || !all_f32 || !perceiver_kernels::sgemm::available() {
         return composed::attend_composed(q, k, v, num_heads, bias);
     }
     let bias = match bias {
@@ -151,14 +151,14 @@ pub fn attention(
 /// backward: candle differentiates its GELUs with a dozen elementwise passes, each a fresh tensor.
 /// Other activations, dtypes and devices go to [`crate::model::attention::activate`]'s candle ops.
 pub fn gelu(x: &Tensor, act: Activation) -> Result<Tensor> {
-    if !x.device().is_cpu() || x.dtype() != DType::F32 || !kernels::has_fused_gradient(act) {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || !rows::has_fused_gradient(act.into()) {
         return composed::activate_composed(x, act);
     }
-    Ok(x.contiguous()?.apply_op1(FusedActivation { act })?)
+    Ok(x.contiguous()?.apply_op1(FusedActivation { act: act.into() })?)
 }
 
 struct FusedActivation {
-    act: Activation,
+    act: perceiver_kernels::Activation,
 }
 
 impl CustomOp1 for FusedActivation {
@@ -171,7 +171,7 @@ impl CustomOp1 for FusedActivation {
             candle_core::bail!("gelu: f32 only, not {:?}", storage.dtype());
         };
         let mut out = contiguous(data, layout, "gelu input")?.to_vec();
-        kernels::activate(&mut out, self.act);
+        rows::activate(&mut out, self.act);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -181,7 +181,7 @@ impl CustomOp1 for FusedActivation {
         let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
             candle_core::bail!("gelu backward: f32 CPU input expected");
         };
-        kernels::activation_gradient(contiguous(data, layout, "gelu input")?, &mut dx, self.act);
+        rows::activation_gradient(contiguous(data, layout, "gelu input")?, &mut dx, self.act);
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }

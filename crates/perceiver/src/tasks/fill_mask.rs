@@ -9,9 +9,9 @@
 use std::borrow::Borrow;
 use std::ops::Range;
 
+use perceiver_kernels::rows;
 use serde::Serialize;
 
-use crate::engine::kernels;
 use crate::error::{Error, Result};
 use crate::model::{Architecture, PerceiverModel};
 use crate::tokenizer::{BytesTokenizer, MaskedText, PAD_ID};
@@ -172,7 +172,7 @@ impl FillMask {
         let positions: Vec<&[usize]> = inputs.iter().map(|i| i.mask_positions.as_slice()).collect();
         let mut probs = self.model.logits_at(&texts, &positions)?;
         let vocab = self.model.config().vocab_size;
-        kernels::softmax_rows(&mut probs, vocab);
+        rows::softmax_rows(&mut probs, vocab);
         let mut rows = probs.chunks_exact(vocab);
         Ok(inputs
             .iter()

@@ -11,13 +11,12 @@
 //! [`super::composed::attend_composed`] composes candle ops.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use perceiver_kernels::matmul::View;
+use perceiver_kernels::sgemm::PackedWeights;
+use perceiver_kernels::{rows, SendPtr};
 use rayon::prelude::*;
 
 use super::contiguous;
-use perceiver::engine::kernels;
-use perceiver::engine::matmul::View;
-use perceiver::engine::sgemm::PackedWeights;
-use perceiver::engine::SendPtr;
 
 /// `softmax(q·kᵀ/√d + bias)·v` per head, heads concatenated.
 ///
@@ -104,9 +103,9 @@ impl FusedAttention {
         // The scale is folded into the packed keys.
         PackedWeights::pack_view(k_h, true, d.scale(), false).matmul_view(q_h, &mut scores, nk, 1);
         if let Some(bias) = &self.bias {
-            kernels::add_to_rows(&mut scores, &bias[b * nk..(b + 1) * nk]);
+            rows::add_to_rows(&mut scores, &bias[b * nk..(b + 1) * nk]);
         }
-        kernels::softmax_rows(&mut scores, nk);
+        rows::softmax_rows(&mut scores, nk);
         scores
     }
 }
@@ -291,7 +290,7 @@ mod tests {
     /// without a padding mask, on sizes that are not multiples of the kernel's blocks.
     #[test]
     fn fused_attention_matches_composed_ops() -> Result<()> {
-        if !perceiver::engine::sgemm::available() {
+        if !perceiver_kernels::sgemm::available() {
             println!("no AVX-512: attention takes candle's ops, nothing to compare");
             return Ok(());
         }

@@ -3,18 +3,18 @@
 //! candle's CPU matmul is the `gemm` crate, which on stable Rust stops at AVX2: on a CPU with
 //! AVX-512 it runs at half the FMA width, and the products are most of a training step. [`matmul`]
 //! is a candle custom op whose forward and backward products go to the engine's AVX-512 kernel
-//! ([`perceiver::engine::sgemm`]) when the CPU has it, and to `gemm` on strided views otherwise.
+//! ([`perceiver_kernels::sgemm`]) when the CPU has it, and to `gemm` on strided views otherwise.
 //!
 //! Only f32 on the CPU takes this path; other dtypes and devices use candle's matmul (which
 //! candle differentiates), so the f64 gradient checks and GPU runs are unchanged.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use perceiver_kernels::matmul::{self as engine_matmul, Rhs, View};
+use perceiver_kernels::sgemm::{self, PackedWeights};
 use rayon::prelude::*;
 
 use super::contiguous;
-use perceiver::engine::matmul::{self as engine_matmul, Rhs, View};
-use perceiver::engine::sgemm::{self, PackedWeights};
 use perceiver::error::Result;
 
 /// How the right operand of [`matmul`] is stored.
@@ -95,7 +95,7 @@ impl candle_core::CustomOp3 for Linear {
             contiguous(w, l2, "linear weight")?,
             contiguous(b, l3, "linear bias")?,
         );
-        let mut y = perceiver::engine::kernels::repeat_rows(b, m);
+        let mut y = perceiver_kernels::rows::repeat_rows(b, m);
         if m > 0 && n > 0 && k > 0 {
             let product = Product {
                 a_transposed: false,

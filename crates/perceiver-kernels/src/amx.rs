@@ -2,49 +2,29 @@
 //! later): one instruction multiplies a 16×32 bf16 tile by a 32×16 one into 16×16 f32 sums.
 //!
 //! Rust has no stable AMX intrinsics, so the few instructions are inline assembly. The weights
-//! use [`super::bf16::PackedMatrix`]'s layout as they are: a panel's rows of 32 input pairs are
-//! 128 bytes, and 16 consecutive pair rows of 16 columns form one B tile (row stride 128). X is
-//! converted to row-major bf16 per call. Each microkernel step keeps a 32×32 block of C in four
-//! tiles. Linux must grant the process the AMX register state first (`arch_prctl`); [`available`]
-//! asks once and says no when it is refused.
+//! use [`crate::bf16::PackedMatrix`]'s layout as they are: a panel's rows of 32 input pairs are
+//! 128 bytes, and 16 consecutive pair rows of 16 columns form one B tile (row stride 128). X
+//! comes converted to row-major bf16 by the caller ([`crate::bf16`], per call). Each microkernel
+//! step keeps a 32×32 block of C in four tiles. Linux must grant the process the AMX register
+//! state first (`arch_prctl`); [`available`] asks once and says no when it is refused.
+//!
+//! This module only runs the tiles: [`crate::bf16::PackedMatrix`]'s products choose it (see
+//! [`crate::cpu::bf16_kernel`]).
 
 use rayon::prelude::*;
 
-use super::SendPtr;
+use crate::send_ptr::SendPtr;
 
-use super::bf16::{to_bf16_bits, PackedMatrix, NR};
+/// Rows of C per microkernel step (two 16-row A tiles); X comes padded to whole blocks of them.
+pub(crate) const ROWS: usize = 32;
+/// Columns of C per panel of W (two 16-column B tiles).
+pub(crate) const PANEL_COLS: usize = 32;
+/// Input pairs per B tile: the packed pairs come in whole multiples of it.
+pub(crate) const TILE_PAIRS: usize = 16;
 
-/// Rows of C per microkernel (two 16-row A tiles).
-const ROWS: usize = 32;
-
-/// Whether this CPU has AMX-BF16 and the OS lets this process use it.
+/// Whether the bf16 products may run on AMX tiles: [`crate::cpu::amx`].
 pub fn available() -> bool {
-    use std::sync::OnceLock;
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(detect)
-}
-
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn detect() -> bool {
-    // CPUID leaf 7: EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
-    // SAFETY: CPUID is available on every x86_64 CPU (the intrinsic is safe in newer Rust).
-    #[allow(unused_unsafe)]
-    let leaf7 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
-    if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
-        return false;
-    }
-    if std::env::var_os("PERCEIVER_NO_AMX").is_some() {
-        return false;
-    }
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
-    // SAFETY: a plain system call that only changes this process's permitted XSAVE features.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn detect() -> bool {
-    false
+    crate::cpu::amx()
 }
 
 /// The tile configuration: tmm0–3 C (16 rows × 64 bytes), tmm4–5 A, tmm6–7 B.
@@ -63,45 +43,63 @@ impl TileConfig {
     }
 }
 
-/// `out[m, n] += a[m, k] · Wᵀ` on AMX. Call only when [`available`].
-pub(super) fn matmul_accumulate(w: &PackedMatrix, a: &[f32], m: usize, out: &mut [f32], threads: usize) {
+/// `out[m, n] += X · Wᵀ` on AMX, with
+/// - `w`: W in [`PackedMatrix`](crate::bf16::PackedMatrix)'s layout, `[panels][pairs][32]`
+///   lanes, each lane a pair of bf16 values (the even input in the low half), `pairs` a
+///   multiple of [`TILE_PAIRS`];
+/// - `x`: X as row-major bf16 bits, `[m rounded up to ROWS][2·pairs]`, zero past its m rows and
+///   k columns.
+///
+/// Call only when [`available`].
+pub(crate) fn matmul_accumulate(
+    w: &[u32],
+    n: usize,
+    pairs: usize,
+    x: &[u16],
+    m: usize,
+    out: &mut [f32],
+    threads: usize,
+) {
     assert!(available(), "AMX is not available");
-    let (n, k, pairs) = (w.n, w.k, w.pairs);
-    debug_assert_eq!(pairs % 16, 0, "pairs are padded to whole tiles");
-    // X as row-major bf16, rows padded to whole 32-row blocks, k to the packed pairs.
-    let k_pad = 2 * pairs;
-    let m_pad = m.div_ceil(ROWS) * ROWS;
-    let mut x = vec![0u16; m_pad * k_pad];
-    x.par_chunks_mut(k_pad)
-        .zip(a.par_chunks(k))
-        .for_each(|(dst, src)| convert_row(src, dst));
-    let panels = n.div_ceil(NR);
+    assert_eq!(pairs % TILE_PAIRS, 0, "amx: pairs are padded to whole tiles");
+    let (k_pad, m_pad, panels) = (2 * pairs, m.div_ceil(ROWS) * ROWS, n.div_ceil(PANEL_COLS));
+    assert_eq!(x.len(), m_pad * k_pad, "amx: X is not {m_pad}x{k_pad}");
+    assert!(
+        w.len() >= panels * pairs * PANEL_COLS,
+        "amx: W has fewer than {n} columns"
+    );
+    assert_eq!(out.len(), m * n, "amx: C is not {m}x{n}");
+    if m == 0 || n == 0 {
+        return;
+    }
     let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
     let per_task = panels.div_ceil(tasks);
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..tasks).into_par_iter().for_each(|t| {
         let config = TileConfig::new();
         // SAFETY: AMX is available and the config is valid; every tile operation below reads
-        // and writes inside `x`, the packed weights, `out` or the local scratch (bounds noted).
+        // and writes inside `x`, the packed weights, `out` or the local scratch (their sizes
+        // asserted above).
         unsafe {
             std::arch::asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
             for p in t * per_task..((t + 1) * per_task).min(panels) {
-                let b = w.data.as_ptr().add(p * pairs * NR).cast::<u8>();
-                let cols = NR.min(n - p * NR);
+                let b = w.as_ptr().add(p * pairs * PANEL_COLS).cast::<u8>();
+                let cols = PANEL_COLS.min(n - p * PANEL_COLS);
                 for r0 in (0..m).step_by(ROWS) {
                     let rows = ROWS.min(m - r0);
-                    let whole = rows == ROWS && cols == NR;
+                    let whole = rows == ROWS && cols == PANEL_COLS;
                     // C: in place when the 32×32 block is inside `out`, else through a scratch.
-                    let mut scratch = [0f32; ROWS * NR];
+                    let mut scratch = [0f32; ROWS * PANEL_COLS];
                     let (c, c_stride) = if whole {
-                        (out_ptr.get().add(r0 * n + p * NR), n * 4)
+                        (out_ptr.get().add(r0 * n + p * PANEL_COLS), n * 4)
                     } else {
                         for r in 0..rows {
                             for j in 0..cols {
-                                scratch[r * NR + j] = *out_ptr.get().add((r0 + r) * n + p * NR + j);
+                                scratch[r * PANEL_COLS + j] =
+                                    *out_ptr.get().add((r0 + r) * n + p * PANEL_COLS + j);
                             }
                         }
-                        (scratch.as_mut_ptr(), NR * 4)
+                        (scratch.as_mut_ptr(), PANEL_COLS * 4)
                     };
                     let c = c.cast::<u8>();
                     std::arch::asm!(
@@ -118,8 +116,8 @@ pub(super) fn matmul_accumulate(w: &PackedMatrix, a: &[f32], m: usize, out: &mut
                     );
                     let a0 = x.as_ptr().add(r0 * k_pad).cast::<u8>();
                     let a1 = a0.add(16 * k_pad * 2);
-                    for kk in 0..pairs / 16 {
-                        let b_tile = b.add(kk * 16 * NR * 4);
+                    for kk in 0..pairs / TILE_PAIRS {
+                        let b_tile = b.add(kk * TILE_PAIRS * PANEL_COLS * 4);
                         std::arch::asm!(
                             "tileloadd tmm4, [{a0} + {sa}*1]",
                             "tileloadd tmm5, [{a1} + {sa}*1]",
@@ -134,7 +132,7 @@ pub(super) fn matmul_accumulate(w: &PackedMatrix, a: &[f32], m: usize, out: &mut
                             sa = in(reg) k_pad * 2,
                             b0 = in(reg) b_tile,
                             b1 = in(reg) b_tile.add(64),
-                            sb = in(reg) NR * 4,
+                            sb = in(reg) PANEL_COLS * 4,
                             options(nostack, readonly),
                         );
                     }
@@ -153,7 +151,8 @@ pub(super) fn matmul_accumulate(w: &PackedMatrix, a: &[f32], m: usize, out: &mut
                     if !whole {
                         for r in 0..rows {
                             for j in 0..cols {
-                                *out_ptr.get().add((r0 + r) * n + p * NR + j) = scratch[r * NR + j];
+                                *out_ptr.get().add((r0 + r) * n + p * PANEL_COLS + j) =
+                                    scratch[r * PANEL_COLS + j];
                             }
                         }
                     }
@@ -163,12 +162,3 @@ pub(super) fn matmul_accumulate(w: &PackedMatrix, a: &[f32], m: usize, out: &mut
         }
     });
 }
-
-#[inline(always)]
-fn convert_row_body(src: &[f32], dst: &mut [u16]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = to_bf16_bits(s);
-    }
-}
-
-super::kernels::dispatch!(fn convert_row(src: &[f32], dst: &mut [u16]) => convert_row_body);

@@ -1,5 +1,5 @@
 //! The CPU's f32 fused multiply-add peak, measured: what the products' GFLOP/s are judged
-//! against (`perceiver bench latent`, the `kernel_speed` example).
+//! against (the `kernel_speed` example, benchmarks).
 
 use std::time::Instant;
 
@@ -62,9 +62,9 @@ fn chains() -> Option<(unsafe fn() -> f32, usize)> {
         );
         lanes.iter().sum()
     }
-    if is_x86_feature_detected!("avx512f") {
+    if crate::cpu::avx512() {
         Some((chains512, 16))
-    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    } else if crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx2 {
         Some((chains256, 8))
     } else {
         None

@@ -1,74 +1,34 @@
-//! f32 products with a weight matrix, `C += X·Wᵀ`, on AVX-512 or AVX2+FMA (the `gemm` crate
-//! stays the portable path: on stable Rust it stops at AVX2, and its products reach about half
-//! of what a packed-weight kernel does on the small, tall shapes of this model).
+//! f32 products with a weight matrix, `C += X·Wᵀ`, on AVX-512 or AVX2+FMA (the `gemm` crate,
+//! [`crate::matmul`], stays the portable path: on stable Rust it stops at AVX2, and on small,
+//! tall shapes its products reach about half of what a packed-weight kernel does).
 //!
 //! Weights are packed once ([`PackedWeights`]) in panels of features. The AVX-512 microkernel
 //! keeps a 6×64 block of C in 24 registers, loads four vectors of W and broadcasts six X values
 //! per step; the AVX2 one has 16 registers and keeps a 6×16 block (12 accumulators, two W
 //! vectors, one broadcast) on panels 16 features wide, so that a step reads one cache line of W.
-//! X is read in place. (Reading W in place, with X packed and the tile added to C transposed,
-//! was tried first: 15% slower end to end on the 201M model. On AVX2, 64-wide panels walked as
-//! four 16-column slices took 15–25% more time on the products with k ≥ 1024, and packing X
-//! into interleaved row blocks 5–15% more.)
+//! X is read in place. (The alternatives timed slower: reading W in place, with X packed and the
+//! tile added to C transposed; on AVX2, 64-wide panels walked as four 16-column slices, or X
+//! packed into interleaved row blocks.) [`crate::cpu::f32_kernel`] chooses the kernel.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::SendPtr;
-
-use super::matmul::View;
-use crate::config::Activation;
-
-/// The microkernel the packed products run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    /// 512-bit registers (AVX-512 F).
-    Avx512,
-    /// 256-bit registers with fused multiply-add (AVX2 + FMA).
-    Avx2,
-}
-
-/// The best packed kernel this CPU runs, if any; detected once. `PERCEIVER_NO_AVX512` skips the
-/// AVX-512 kernel and `PERCEIVER_NO_AVX2` the AVX2 one (to test or time the others on one
-/// machine); with neither kernel the products go through the `gemm` crate.
-/// `PERCEIVER_EMULATE_AVX512` runs the AVX-512 layout and kernel on emulated registers where the
-/// CPU lacks AVX-512 (slow: to test those paths on any machine; see [`super::emulated512`]).
-pub fn kernel() -> Option<Kernel> {
-    static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
-    *KERNEL.get_or_init(|| {
-        let native_avx512 = avx512_here() && std::env::var_os("PERCEIVER_NO_AVX512").is_none();
-        if native_avx512 || super::emulated512::requested() {
-            return Some(Kernel::Avx512);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if super::kernels::avx2_products() {
-            return Some(Kernel::Avx2);
-        }
-        None
-    })
-}
-
-/// Whether the CPU has AVX-512 F; where it does not, [`Kernel::Avx512`] runs emulated.
-fn avx512_here() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+use crate::activation::Activation;
+use crate::cpu::{self, F32Kernel};
+use crate::matmul::View;
+use crate::rows;
+use crate::send_ptr::SendPtr;
 
 /// f32 values per 64-byte cache line.
 const LINE_FLOATS: usize = 16;
 
 const NO_KERNEL: &str = "sgemm: the CPU has neither AVX-512 nor AVX2+FMA";
 
-/// Whether this CPU runs a packed kernel ([`kernel`]); otherwise callers use the `gemm` crate.
+/// Whether this CPU runs a packed kernel ([`cpu::f32_kernel`]); otherwise callers use the
+/// `gemm` crate ([`crate::matmul`]).
 pub fn available() -> bool {
-    kernel().is_some()
+    cpu::f32_kernel().is_some()
 }
 
 /// Features per packed weight panel of the AVX-512 kernel: four 16-lane vectors.
@@ -81,34 +41,33 @@ const ROWS: usize = 6;
 /// k per pass of the AVX-512 kernel: a panel slice (128 × 64 f32, 32 KB) stays in L1 while
 /// every block of X rows streams past it.
 const PANEL_KC: usize = 128;
-/// k per pass of the AVX2 kernel: in practice all of k (the models' k ≤ 1280: a panel of 80 KB,
-/// read from L2 by each block of rows). Each block then reads its six rows of X as six long
-/// streams; in slices of 256 (a 16 KB panel slice in L1) the 1 KB pieces of each row cost more
-/// (Zen 3, paired passes: the 201M model 0.93–0.96 of the time at batch 1, W1's 2048 tokens 0.94,
-/// the default model unchanged). Capped so that a panel slice stays well inside L2.
+/// k per pass of the AVX2 kernel: in practice all of k (k = 1280 makes a panel of 80 KB, read
+/// from L2 by each block of rows). Each block then reads its six rows of X as six long streams;
+/// in slices of 256 (a 16 KB panel slice in L1) the 1 KB pieces of each row cost more. Capped
+/// so that a panel slice stays well inside L2.
 const PANEL_KC_AVX2: usize = 2048;
 
 /// Features per panel and k per pass of `kernel`'s packed layout.
-fn panel_shape(kernel: Option<Kernel>) -> (usize, usize) {
+fn panel_shape(kernel: Option<F32Kernel>) -> (usize, usize) {
     match kernel {
-        Some(Kernel::Avx2) => (PANEL_AVX2, PANEL_KC_AVX2),
+        Some(F32Kernel::Avx2) => (PANEL_AVX2, PANEL_KC_AVX2),
         _ => (PANEL, PANEL_KC),
     }
 }
 
-/// X row blocks per chunk of the packed-weight loop (288 rows: one chunk for one text's 256
-/// latents, C chunk 72 KB).
+/// X row blocks per chunk of the packed-weight loop (288 rows: a product of 256 rows is one
+/// chunk; a C chunk of 64 columns is 72 KB).
 const CHUNK_BLOCKS: usize = 48;
-/// X row blocks per chunk for the AVX2 kernel (144 rows; 288 took 3–10% more time on a Zen 3
-/// core when k was cut in slices of 256; with whole k, 72 or 216 rows measured the same).
+/// X row blocks per chunk for the AVX2 kernel (144 rows: 288 were slower when k was cut in
+/// slices; with whole k, the chunk height matters little).
 const CHUNK_BLOCKS_AVX2: usize = 24;
 
 /// A weight matrix `W` (`[n, k]`) packed once for `C += X·Wᵀ`: panels of 64 features for the
 /// AVX-512 kernel and 16 for the AVX2 one, `[panel][k][width]`, features past n zero, the first
 /// panel on a cache line. The AVX-512 microkernel loads four vectors of W and broadcasts six X
 /// values per step (10 loads for 24 FMAs), and adds its 6×64 block straight into C's rows.
-/// Costs a copy of W (the f32 model's 804 MB); the loaders release the mapped file pages of
-/// each packed matrix so that the process stays at about one copy.
+/// Costs a copy of W: a caller that reads W from a memory-mapped file can release its pages once
+/// W is packed, so that the process holds about one copy.
 pub struct PackedWeights {
     n: usize,
     k: usize,
@@ -119,8 +78,8 @@ pub struct PackedWeights {
     width: usize,
     /// k per pass of the kernel over a panel.
     kc: usize,
-    /// [`kernel`] when packed (tests pick each kernel the CPU has).
-    kernel: Option<Kernel>,
+    /// [`cpu::f32_kernel`] when packed (tests pick each kernel the CPU has).
+    kernel: Option<F32Kernel>,
 }
 
 impl std::fmt::Debug for PackedWeights {
@@ -140,11 +99,11 @@ impl PackedWeights {
     /// weights and attention keys are stored), others hold Wᵀ (`[k, n]`, as attention values
     /// are). `parallel` splits the packing over rayon's pool.
     pub fn pack_view(view: View, transposed: bool, scale: f32, parallel: bool) -> Self {
-        Self::pack_for(kernel(), view, transposed, scale, parallel)
+        Self::pack_for(cpu::f32_kernel(), view, transposed, scale, parallel)
     }
 
     /// [`pack_view`](Self::pack_view) in `kernel`'s layout.
-    fn pack_for(kernel: Option<Kernel>, view: View, transposed: bool, scale: f32, parallel: bool) -> Self {
+    fn pack_for(kernel: Option<F32Kernel>, view: View, transposed: bool, scale: f32, parallel: bool) -> Self {
         let (n, k) = if transposed {
             (view.rows, view.cols)
         } else {
@@ -190,8 +149,8 @@ impl PackedWeights {
                 // Wᵀ row by row (an attention head's values, read out of the value projection,
                 // often from L3): each row's n values are contiguous, so the reads stream, and
                 // its panels' slices are written side by side. Panel by panel, each panel read
-                // a strided column of lines, one L3 latency after another (~6x slower). The
-                // parallel pack keeps one task per panel (training's large Wᵀ; not measured).
+                // a strided column of lines, one L3 latency after another (several times
+                // slower). The parallel pack keeps one task per panel (training's large Wᵀ).
                 for i in 0..k {
                     let row = &view.data[i * view.stride..][..n];
                     for (p, features) in row.chunks(width).enumerate() {
@@ -218,8 +177,8 @@ impl PackedWeights {
 
     /// A linear layer, `act(x[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer. Each task writes
     /// the bias into its own block of C before its products and applies the activation once the
-    /// block is complete, while the block is still in cache: no separate passes over C (on the
-    /// default model in batches, those passes took ~8% of a layer). Call only when [`available`].
+    /// block is complete, while the block is still in cache: no separate passes over C, which
+    /// would read and write all of it again. Call only when [`available`].
     pub fn linear(
         &self,
         x: &[f32],
@@ -238,9 +197,9 @@ impl PackedWeights {
             bias.len()
         );
         if m == 0 || n == 0 || k == 0 {
-            let mut out = super::kernels::repeat_rows(bias, m);
+            let mut out = rows::repeat_rows(bias, m);
             if let Some(act) = activation {
-                super::kernels::activate(&mut out, act);
+                rows::activate(&mut out, act);
             }
             return out;
         }
@@ -334,8 +293,9 @@ impl PackedWeights {
         if m == 0 || k == 0 {
             return;
         }
-        // SAFETY: X's element (r, i) is a's (i, r), at i·stride + r inside a's slice (View
-        // checked its bounds); C's bounds were checked above and it is borrowed mutably.
+        assert!(a.fits(a.data.len()), "sgemm: Xᵀ view out of bounds");
+        // SAFETY: X's element (r, i) is a's (i, r), at i·stride + r inside a's slice (checked
+        // above); C's bounds were checked above and it is borrowed mutably.
         unsafe {
             self.run(
                 a.data.as_ptr(),
@@ -375,8 +335,8 @@ impl PackedWeights {
         let kernel = self.kernel.expect(NO_KERNEL);
         let (width, kc_max) = (self.width, self.kc);
         // X is read in place, ROWS rows at a time: the microkernel broadcasts from six row
-        // pointers, so no packed copy of X is made (that copy cost ~15% of a small model's pass
-        // on AVX-512, and 5–15% of a product's time on AVX2).
+        // pointers, so no packed copy of X is made (on these shapes the copy costs more than it
+        // saves).
         let blocks = m.div_ceil(ROWS);
         let x_ptr = x as usize;
         let panels = n.div_ceil(width);
@@ -388,22 +348,20 @@ impl PackedWeights {
         // k slices. Chunks are the unit of parallelism when there are enough of them (a batch of
         // texts); otherwise panels are (one text).
         let mut chunks = blocks.div_ceil(match kernel {
-            Kernel::Avx512 => CHUNK_BLOCKS,
-            Kernel::Avx2 => CHUNK_BLOCKS_AVX2,
+            F32Kernel::Avx512 => CHUNK_BLOCKS,
+            F32Kernel::Avx2 => CHUNK_BLOCKS_AVX2,
         });
         let groups = if threads <= 1 {
             1
         } else if chunks >= threads || panels < 4 * threads * per_64 {
             // Equal chunks, a multiple of the threads in number, so that no thread idles. Also
             // for one text when there are few panels (N = 256: 4), where groups of one panel
-            // would re-read the whole X for each (256×256×1280: 285 -> 335 GFLOP/s).
+            // would re-read the whole X for each.
             // Each chunk reads all of W, which in a model comes cold: on AVX2 one chunk per
-            // thread (a Zen 3, paired passes: the default model at batch 1 3–4% less time, the
-            // 201M one's W2 ~1%; products of 256 rows 2%); AVX-512 keeps two per thread, as
-            // measured on a Xeon.
+            // thread, on AVX-512 two (each the faster of the two when timed on its CPUs).
             let per_thread = match kernel {
-                Kernel::Avx512 => 2,
-                Kernel::Avx2 => 1,
+                F32Kernel::Avx512 => 2,
+                F32Kernel::Avx2 => 1,
             };
             chunks = chunks
                 .max(per_thread * threads)
@@ -414,12 +372,10 @@ impl PackedWeights {
             (threads * 2).min(panels.div_ceil(per_64))
         };
         // On AVX2, each block's call also prefetches its share of the next W slice, which in a
-        // model comes cold from memory (products with a fresh W each time on a Zen 3: 5–9% less
-        // time at 128–256 rows, ±1.5% at 2048). The kernel spreads its share over its k loop:
-        // issued in one burst before the call, the prefetches stalled on full miss buffers (a
-        // third of the loop's own profile samples; spread: 1–3% less time per pass). Not
-        // measured with the AVX-512 kernel.
-        let prefetch_w = kernel == Kernel::Avx2;
+        // model comes cold from memory. The kernel spreads its share over its k loop: issued in
+        // one burst before the call, the prefetches stalled on full miss buffers. (Not tried
+        // with the AVX-512 kernel.)
+        let prefetch_w = kernel == F32Kernel::Avx2;
         // Row ranges of the chunks. One chunk per thread (one text) is split evenly to the row,
         // its last block narrower than six rows: 256 rows on two threads as 21 blocks and one of
         // 2 rows each, not 22 and 21 blocks whose last computes six rows for four.
@@ -496,11 +452,11 @@ impl PackedWeights {
 /// column instead of C's contents, and apply an activation once the element is complete (for
 /// the f32 and the bf16 products alike, each task on its own block of C).
 #[derive(Clone, Copy, Default)]
-pub(super) struct Edges<'a> {
-    pub(super) bias: Option<&'a [f32]>,
-    pub(super) activation: Option<Activation>,
+pub(crate) struct Edges<'a> {
+    pub(crate) bias: Option<&'a [f32]>,
+    pub(crate) activation: Option<Activation>,
     /// Store the product in C, ignoring its contents (set by the first k slice; f32 only).
-    pub(super) overwrite: bool,
+    pub(crate) overwrite: bool,
 }
 
 impl Edges<'_> {
@@ -510,7 +466,7 @@ impl Edges<'_> {
     /// # Safety
     /// The block must lie in C, be valid for writes and belong to the calling task; it may be
     /// uninitialised.
-    pub(super) unsafe fn begin(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
+    pub(crate) unsafe fn begin(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
         if let Some(bias) = self.bias {
             for r in rows {
                 // SAFETY: row r, columns `cols` of the block, as the caller promises. A raw copy,
@@ -530,12 +486,12 @@ impl Edges<'_> {
     ///
     /// # Safety
     /// As [`begin`](Self::begin), and every element of the block must be initialised.
-    pub(super) unsafe fn end(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
+    pub(crate) unsafe fn end(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
         if let Some(act) = self.activation {
             for r in rows {
                 // SAFETY: row r, columns `cols` of the block, initialised, as the caller promises.
                 let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc + cols.start), cols.len()) };
-                super::kernels::activate_chunk(row, act);
+                rows::activate_chunk(row, act);
             }
         }
     }
@@ -566,7 +522,7 @@ type Microkernel =
 /// `kernel`'s microkernels for blocks of 1 to [`ROWS`] rows, in that order (`unit_k`: X's k
 /// step is 1, the common case, addressed without a multiply). Only for a kernel that [`kernel`]
 /// detected.
-fn microkernels(kernel: Kernel, unit_k: bool) -> [Microkernel; ROWS] {
+fn microkernels(kernel: F32Kernel, unit_k: bool) -> [Microkernel; ROWS] {
     macro_rules! rows {
         ($module:ident, $unit:literal) => {
             [
@@ -581,22 +537,22 @@ fn microkernels(kernel: Kernel, unit_k: bool) -> [Microkernel; ROWS] {
     }
     #[cfg(target_arch = "x86_64")]
     match (kernel, unit_k) {
-        (Kernel::Avx512, true) if avx512_here() => return rows!(avx512, true),
-        (Kernel::Avx512, false) if avx512_here() => return rows!(avx512, false),
-        (Kernel::Avx2, true) => return rows!(avx2, true),
-        (Kernel::Avx2, false) => return rows!(avx2, false),
-        (Kernel::Avx512, _) => {}
+        (F32Kernel::Avx512, true) if cpu::avx512() => return rows!(avx512, true),
+        (F32Kernel::Avx512, false) if cpu::avx512() => return rows!(avx512, false),
+        (F32Kernel::Avx2, true) => return rows!(avx2, true),
+        (F32Kernel::Avx2, false) => return rows!(avx2, false),
+        (F32Kernel::Avx512, _) => {}
     }
     match (kernel, unit_k) {
-        (Kernel::Avx512, true) => rows!(avx512_emulated, true),
-        (Kernel::Avx512, false) => rows!(avx512_emulated, false),
-        (Kernel::Avx2, _) => unreachable!("no AVX2 kernel off x86-64"),
+        (F32Kernel::Avx512, true) => rows!(avx512_emulated, true),
+        (F32Kernel::Avx512, false) => rows!(avx512_emulated, false),
+        (F32Kernel::Avx2, _) => unreachable!("no AVX2 kernel off x86-64"),
     }
 }
 
 /// The AVX-512 microkernel, written once over the names of `std::arch`'s intrinsics and
 /// expanded twice: on the real ones (with `$feature` enabling AVX-512) and on
-/// [`emulated512`](super::emulated512)'s, which run the same source on any CPU for the tests.
+/// [`emulated512`](crate::emulated512)'s, which run the same source on any CPU for the tests.
 macro_rules! avx512_packed_kernel {
     ($(#[$feature:meta])*) => {
         /// [`Microkernel`](super::Microkernel) on 512-bit registers: a 6×64 block of C in 24.
@@ -663,8 +619,8 @@ mod avx512 {
 
 /// The AVX-512 microkernel on emulated registers (tests, or `PERCEIVER_EMULATE_AVX512`).
 mod avx512_emulated {
-    use super::super::emulated512::*;
     use super::{PANEL, ROWS};
+    use crate::emulated512::*;
 
     avx512_packed_kernel!();
 }
@@ -673,14 +629,14 @@ mod avx512_emulated {
 /// the AVX2 kernel's layout (`[kc][16]`, made by the caller) over X's rows, `ldx` apart, six rows
 /// per microkernel call, C's rows `ldc` apart. The `ahead_lines` cache lines from `ahead` (the
 /// caller's next panel) are prefetched along the way, a share per call. This is the
-/// [`bf16`](super::bf16) products' AVX2 path, on panels widened from bf16.
+/// [`bf16`](crate::bf16) products' AVX2 path, on panels widened from bf16.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `w` readable for kc·16 values, each X row for kc values, and
 /// C's rows × `cols` columns readable and writable by this caller alone.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn avx2_panel_pass(
+pub(crate) unsafe fn avx2_panel_pass(
     w: *const f32,
     kc: usize,
     x: *const f32,
@@ -693,7 +649,7 @@ pub(super) unsafe fn avx2_panel_pass(
     ahead_lines: usize,
 ) {
     debug_assert!(cols <= PANEL_AVX2);
-    let micros = microkernels(Kernel::Avx2, true);
+    let micros = microkernels(F32Kernel::Avx2, true);
     let share = ahead_lines.div_ceil(rows.div_ceil(ROWS).max(1));
     for (j, first) in (0..rows).step_by(ROWS).enumerate() {
         let block = ROWS.min(rows - first);
@@ -734,7 +690,6 @@ mod avx2 {
     ) {
         // C's rows lie a row stride apart, out of the prefetchers' sight: ask for them now, to
         // arrive while the k loop runs.
-        // (A product of 4096×768×256 on one Zen 3 core: 23% less time.)
         if !store {
             for r in 0..R {
                 _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
@@ -744,7 +699,7 @@ mod avx2 {
         // Every row sums its products in k order, whatever its block's height, so that a row's
         // result does not depend on the rows beside it (a text's on its batch, or the thread
         // count). Blocks of up to three rows then wait on the FMA latency; two sets of
-        // accumulators for even and odd steps would save ~0.5% of a 256-row product.
+        // accumulators for even and odd steps would gain little, as most blocks have six rows.
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let step = |i: usize, acc: &mut [[__m256; 2]; R]| {
             let w0 = _mm256_loadu_ps(w.add(i * PANEL_AVX2));
@@ -758,9 +713,8 @@ mod avx2 {
         // Lines of `ahead` issued inside the k loop.
         let issued = if UNIT_K {
             // One line of `ahead` per 8 steps, the 8 steps unrolled with no test between them.
-            // (Tested at every step, the prefetch's bookkeeping took 5–15% more time on products
-            // with W in cache, and 10–17% on whole passes of the default and 201M models, Zen 3:
-            // the loop's integer work competed with the loads and FMAs for dispatch.)
+            // (Tested at every step, the prefetch's bookkeeping slowed the loop: its integer work
+            // competed with the loads and FMAs for dispatch.)
             let groups = kc / 8;
             for g in 0..groups {
                 if g < ahead.lines {
@@ -821,7 +775,8 @@ mod avx2 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::engine::matmul::tests::random;
+    use crate::cpu::SimdLevel;
+    use crate::matmul::tests::random;
 
     /// erf in f64 (Abramowitz & Stegun 7.1.26 is the f32 kernel's formula; this is a series
     /// good to ~1e-12 for |x| < 3 and the asymptote beyond).
@@ -841,11 +796,11 @@ pub(crate) mod tests {
 
     /// The kernels this CPU has, whatever the environment asks, and the AVX-512 one emulated
     /// where the CPU lacks it: each is tested.
-    fn kernels_here() -> Vec<Kernel> {
-        let mut kernels = vec![Kernel::Avx512];
+    fn kernels_here() -> Vec<F32Kernel> {
+        let mut kernels = vec![F32Kernel::Avx512];
         #[cfg(target_arch = "x86_64")]
-        if crate::engine::kernels::simd_level() >= 1 {
-            kernels.push(Kernel::Avx2);
+        if cpu::simd_level() >= SimdLevel::Avx2 {
+            kernels.push(F32Kernel::Avx2);
         }
         kernels
     }
@@ -853,7 +808,7 @@ pub(crate) mod tests {
     #[test]
     fn products_match_the_triple_loop() {
         let kernels = kernels_here();
-        println!("kernels {kernels:?}; AVX-512 native: {}", avx512_here());
+        println!("kernels {kernels:?}; AVX-512 native: {}", cpu::avx512());
         for kernel in kernels {
             products_match_the_triple_loop_on(kernel);
         }
@@ -901,7 +856,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn products_match_the_triple_loop_on(kernel: Kernel) {
+    fn products_match_the_triple_loop_on(kernel: F32Kernel) {
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
             (5, 13, 3, 2),
@@ -940,7 +895,7 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn product_matches_the_triple_loop(kernel: Kernel, m: usize, n: usize, k: usize, threads: usize) {
+    fn product_matches_the_triple_loop(kernel: F32Kernel, m: usize, n: usize, k: usize, threads: usize) {
         // Packed over the pool (weights at load) or on the calling thread (attention's keys and
         // values): W on the pool and on the calling thread, Wᵀ on the calling thread.
         let pack = |view: View, transposed: bool, scale: f32, parallel: bool| {
@@ -979,7 +934,7 @@ pub(crate) mod tests {
             &x,
             m,
             &bias,
-            Some(crate::config::Activation::GeluErf),
+            Some(Activation::GeluErf),
             threads,
         );
         let mut c_xt = vec![0f32; m * n];

@@ -1,81 +1,21 @@
-//! Row kernels for the inference engine: LayerNorm, softmax, activations, bias adds.
+//! Row kernels: LayerNorm, softmax, activations, bias adds.
 //!
-//! Each kernel is written once as plain, branch-free Rust over slices and compiled twice: for the
-//! CPU the binary targets, and with AVX2+FMA (AVX-512 where present) enabled, picked at run time.
-//! LLVM vectorises the loops; `exp` and `erf` are polynomial versions it can vectorise (libm's are
-//! scalar calls, which made GELU the slowest op of a layer), their multiply-adds fused in the
-//! AVX2/AVX-512 builds (GELU 2.0 → 1.3 ns an element, softmax 1.2 → 0.9 on a Zen 3 core; the
-//! default model's pass 2.7% faster). Work is split over rows with rayon.
+//! Each kernel is written once as plain, branch-free Rust over slices and compiled for each
+//! [`SimdLevel`](crate::cpu::SimdLevel) (the CPU the binary targets, AVX2+FMA, AVX-512), the one
+//! the CPU has picked at run time. LLVM vectorises the loops; `exp` and `erf` are polynomial
+//! versions it can vectorise (libm's are scalar calls, which would make GELU the slowest op of a
+//! transformer layer), their multiply-adds fused in the AVX2/AVX-512 builds. Work is split over
+//! rows with rayon.
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::config::{Activation, LAYER_NORM_EPS};
+use crate::activation::Activation;
+use crate::cpu::dispatch;
 
 /// Rows per rayon task: enough work to pay for the task, few enough to balance two cores.
 const MIN_ELEMENTS_PER_TASK: usize = 16 * 1024;
-
-/// Compiles `$body` (a `#[inline(always)]` function) for the native baseline and with wider SIMD,
-/// and dispatches on what the CPU has. A body written `$body::<FMA>` takes `const FMA: bool`:
-/// true in the AVX2/AVX-512 builds, which have fused multiply-adds, false in the baseline one
-/// (where `f32::mul_add` would be a call to a software `fmaf`).
-macro_rules! dispatch {
-    (@build $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => [$($wide:tt)*] [$($plain:tt)*]) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-                unsafe fn wide512($($arg: $ty),*) { $($wide)*($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide256($($arg: $ty),*) { $($wide)*($($arg),*) }
-                if $crate::engine::kernels::simd_level() >= 2 {
-                    // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { wide512($($arg),*) };
-                }
-                if $crate::engine::kernels::simd_level() >= 1 {
-                    // SAFETY: as above.
-                    return unsafe { wide256($($arg),*) };
-                }
-            }
-            $($plain)*($($arg),*)
-        }
-    };
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident::<FMA>) => {
-        $crate::engine::kernels::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) => [$body::<true>] [$body::<false>]);
-    };
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
-        $crate::engine::kernels::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) => [$body] [$body]);
-    };
-}
-
-pub(crate) use dispatch;
-
-/// 0: baseline, 1: AVX2+FMA, 2: AVX-512 (F, BW, VL). Detected once.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn simd_level() -> u8 {
-    use std::sync::OnceLock;
-    static LEVEL: OnceLock<u8> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        let avx512 = avx2
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl");
-        u8::from(avx2) + u8::from(avx512)
-    })
-}
-
-/// Whether the AVX2+FMA matrix-product kernels (f32 in `sgemm`, bf16 in `bf16`) may run: the CPU
-/// has AVX2 and FMA and `PERCEIVER_NO_AVX2` is unset (to test or time the portable paths on such
-/// a CPU). Read once.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn avx2_products() -> bool {
-    use std::sync::OnceLock;
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| simd_level() >= 1 && std::env::var_os("PERCEIVER_NO_AVX2").is_none())
-}
 
 /// `a·b + c`, fused (one rounding) when `FMA`: only where the CPU has FMA instructions.
 #[inline(always)]
@@ -140,7 +80,7 @@ fn sigmoid<const FMA: bool>(x: f32) -> f32 {
     1.0 / (1.0 + exp::<FMA>(-x))
 }
 
-/// One activation on one value, as [`crate::attention::activate`] defines it.
+/// One activation on one value, as [`Activation`] defines it.
 #[inline(always)]
 fn activation<const FMA: bool>(x: f32, act: Activation) -> f32 {
     match act {
@@ -213,8 +153,8 @@ pub fn activate(x: &mut [f32], act: Activation) {
         .for_each(|chunk| activate_chunk(chunk, act));
 }
 
-/// Whether [`activation_gradient`] covers `act` (the GELUs, which candle differentiates with a
-/// dozen elementwise passes).
+/// Whether [`activation_gradient`] covers `act` (the GELUs, whose gradient composed of
+/// elementwise tensor operations takes a dozen passes).
 pub fn has_fused_gradient(act: Activation) -> bool {
     matches!(act, Activation::GeluErf | Activation::GeluTanh)
 }
@@ -272,7 +212,7 @@ pub fn activation_gradient(x: &[f32], grad: &mut [f32], act: Activation) {
 }
 
 #[inline(always)]
-fn layer_norm_body(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], bias: &[f32]) {
+fn layer_norm_body(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], bias: &[f32], eps: f32) {
     let n = weight.len();
     for (x, y) in input.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         // Two passes (mean, then the centred variance), 16 partial sums each so the loop
@@ -288,7 +228,7 @@ fn layer_norm_body(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], 
         }
         let mut var: f32 = acc.iter().sum();
         var += tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>();
-        let inv = 1.0 / (var / n as f32 + LAYER_NORM_EPS as f32).sqrt();
+        let inv = 1.0 / (var / n as f32 + eps).sqrt();
         for i in 0..n {
             y[i] = MaybeUninit::new((x[i] - mean) * inv * weight[i] + bias[i]);
         }
@@ -326,12 +266,16 @@ fn max16(x: &[f32]) -> f32 {
 
 dispatch!(
     /// LayerNorm of each row of `input` into the same rows of `out`, every element written.
-    fn layer_norm_rows(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], bias: &[f32]) => layer_norm_body
+    fn layer_norm_rows(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], bias: &[f32], eps: f32) => layer_norm_body
 );
 
-/// LayerNorm of each row of `input` (`[rows, weight.len()]`) into a new buffer (not zeroed
-/// first: the rows write every element).
-pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+/// LayerNorm of each row of `input` (`[rows, weight.len()]`) into a new buffer:
+/// `(x − mean) / √(var + eps) · weight + bias`, with the mean and the (biased) variance of the
+/// row computed in two passes. The buffer is not zeroed first: the rows write every element.
+///
+/// # Panics
+/// If `input` is not whole rows of `weight.len()` values.
+pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     let width = weight.len();
     assert_eq!(input.len() % width, 0, "layer_norm: input is not whole rows");
     let mut out = Vec::with_capacity(input.len());
@@ -339,7 +283,7 @@ pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     input
         .par_chunks(rows_per_task * width)
         .zip(out.spare_capacity_mut()[..input.len()].par_chunks_mut(rows_per_task * width))
-        .for_each(|(x, y)| layer_norm_rows(x, y, weight, bias));
+        .for_each(|(x, y)| layer_norm_rows(x, y, weight, bias, eps));
     // SAFETY: the chunks of whole rows cover all input.len() elements (a multiple of the
     // width, asserted), and each row writes all of its elements.
     unsafe { out.set_len(input.len()) };
@@ -474,15 +418,20 @@ mod tests {
         }
     }
 
-    /// LayerNorm and softmax against f64 loops, on widths that are and are not multiples of the
-    /// vector width, over enough rows to be split between threads.
+    /// LayerNorm (with a small and a large epsilon) and softmax against f64 loops, on widths that
+    /// are and are not multiples of the vector width, over enough rows to be split between
+    /// threads.
     #[test]
     fn row_kernels_match_plain_loops() {
-        for (rows, width) in [(1, 1), (3, 7), (5, 16), (300, 33), (64, 1280), (2, 4099)] {
+        for (i, (rows, width)) in [(1, 1), (3, 7), (5, 16), (300, 33), (64, 1280), (2, 4099)]
+            .into_iter()
+            .enumerate()
+        {
+            let eps = if i % 2 == 0 { 1e-5f32 } else { 0.5 };
             let x = random(rows * width, 3.0, width as u64);
             let w = random(width, 1.0, 7);
             let b = random(width, 1.0, 8);
-            let got = layer_norm(&x, &w, &b);
+            let got = layer_norm(&x, &w, &b, eps);
             let mut soft = x.clone();
             softmax_rows(&mut soft, width);
             let mut shifted = x.clone();
@@ -495,7 +444,7 @@ mod tests {
                 let total: f64 = row.iter().map(|v| (v - max).exp()).sum();
                 for c in 0..width {
                     let i = r * width + c;
-                    let ln = (row[c] - mean) / (var + LAYER_NORM_EPS).sqrt() * w[c] as f64 + b[c] as f64;
+                    let ln = (row[c] - mean) / (var + eps as f64).sqrt() * w[c] as f64 + b[c] as f64;
                     assert!(
                         (got[i] as f64 - ln).abs() < 1e-4,
                         "layer_norm {rows}x{width} [{r},{c}]"

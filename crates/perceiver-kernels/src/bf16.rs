@@ -1,4 +1,4 @@
-//! bf16 matrix products `C += A·Wᵀ` with f32 accumulation, for the engine's weight matrices.
+//! bf16 matrix products `C += A·Wᵀ` with f32 accumulation, W a weight matrix packed once.
 //!
 //! W (`[n, k]`, f32 as stored) is packed once into bf16 column panels laid out for the
 //! `vdpbf16ps` instruction (AVX-512 BF16): panel `p` holds output columns `32p..32p+32`, and for
@@ -20,19 +20,24 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::sgemm::Edges;
-use super::SendPtr;
-use crate::config::Activation;
+use crate::activation::Activation;
+use crate::amx;
+use crate::cpu::{self, dispatch, Bf16Kernel};
+use crate::rows;
+use crate::send_ptr::SendPtr;
+use crate::sgemm::Edges;
 
 /// Rows of C per microkernel call.
 pub const MR: usize = 12;
 /// Columns of C per panel (two 16-lane vectors).
 pub const NR: usize = 32;
+// The panels are AMX's B tiles as they are (see [`amx`]).
+const _: () = assert!(NR == amx::PANEL_COLS);
 /// Rows of A per task at most when there are many (a batch, a long text's decode): their bf16
 /// pairs (192 × 1280 inputs: 480 KB) stay in L2 while the task's panels pass over them.
 const CHUNK_ROWS: usize = 16 * MR;
 
-/// Rows of a task from which the AVX2 kernel widens whole panels ([`Kernel::widens_panels`]).
+/// Rows of a task from which the AVX2 kernel widens whole panels ([`widens_panels`]).
 const WIDENED_MIN_ROWS: usize = 18;
 
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN). Branch-free so packing
@@ -50,19 +55,19 @@ pub fn to_bf16_bits(x: f32) -> u16 {
 
 /// bf16 bits → the f32 they stand for (exact).
 #[inline(always)]
-pub(crate) fn from_bf16_bits(b: u16) -> f32 {
+pub fn from_bf16_bits(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
 /// A weight matrix `W` (`[n, k]`) packed for `C += A·Wᵀ` in bf16.
 #[derive(Clone)]
 pub struct PackedMatrix {
-    pub(super) n: usize,
-    pub(super) k: usize,
+    n: usize,
+    k: usize,
     /// Input pairs, `ceil(k / 2)` rounded up to whole AMX tiles (16 pairs); the extra are zero.
-    pub(super) pairs: usize,
+    pairs: usize,
     /// `[panels][pairs][NR]` lanes of packed pairs (low half = even input, high = odd).
-    pub(super) data: Vec<u32>,
+    data: Vec<u32>,
 }
 
 impl std::fmt::Debug for PackedMatrix {
@@ -85,7 +90,7 @@ impl PackedMatrix {
             "pack_transposed: {n}x{k} matrix from {} values",
             w.len()
         );
-        let pairs = k.div_ceil(32) * 16;
+        let pairs = k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS;
         let panels = n.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
         data.par_chunks_mut(pairs * NR)
@@ -106,6 +111,7 @@ impl PackedMatrix {
         Self { n, k, pairs, data }
     }
 
+    /// Rows of W: the width of the products' output.
     pub fn rows(&self) -> usize {
         self.n
     }
@@ -114,15 +120,16 @@ impl PackedMatrix {
     pub fn matmul_accumulate(&self, a: &[f32], m: usize, out: &mut [f32], threads: usize) {
         assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
         assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
-        if Kernel::detect() == Kernel::Amx {
-            return super::amx::matmul_accumulate(self, a, m, out, threads);
+        if cpu::bf16_kernel() == Bf16Kernel::Amx {
+            let x = amx_rows(a, m, self.k, self.pairs);
+            return amx::matmul_accumulate(&self.data, self.n, self.pairs, &x, m, out, threads);
         }
         // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably.
         unsafe { self.run(a, m, out.as_mut_ptr(), threads, Edges::default()) }
     }
 
     /// A linear layer, `act(a[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer: as
-    /// [`sgemm::PackedWeights::linear`](super::sgemm::PackedWeights::linear), each task writes
+    /// [`sgemm::PackedWeights::linear`](crate::sgemm::PackedWeights::linear), each task writes
     /// the bias into its block of C first and applies the activation to it last.
     pub fn linear(
         &self,
@@ -140,11 +147,11 @@ impl PackedMatrix {
             bias.len(),
             self.n
         );
-        if Kernel::detect() == Kernel::Amx || m == 0 || self.n == 0 || self.k == 0 {
-            let mut out = super::kernels::repeat_rows(bias, m);
+        if cpu::bf16_kernel() == Bf16Kernel::Amx || m == 0 || self.n == 0 || self.k == 0 {
+            let mut out = rows::repeat_rows(bias, m);
             self.matmul_accumulate(a, m, &mut out, threads);
             if let Some(act) = activation {
-                super::kernels::activate(&mut out, act);
+                rows::activate(&mut out, act);
             }
             return out;
         }
@@ -179,7 +186,7 @@ impl PackedMatrix {
         if m == 0 || n == 0 {
             return;
         }
-        let kernel = Kernel::detect();
+        let kernel = cpu::bf16_kernel();
         let panels = n.div_ceil(NR);
         let threads = threads.max(1);
         // Rows are split over the tasks, each converting its own rows of A and reading all of
@@ -212,7 +219,7 @@ impl PackedMatrix {
             let c_rows = unsafe { c_ptr.get().add(rows.start * n) };
             // SAFETY: C's rows `rows` × the panels' columns are this task's block (above).
             unsafe {
-                if kernel.widens_panels(rows.len()) {
+                if widens_panels(kernel, rows.len()) {
                     self.widened_pass(a_rows, rows.len(), task_panels, c_rows)
                 } else {
                     self.blocked_pass(kernel, a_rows, rows.len(), task_panels, c_rows)
@@ -235,7 +242,14 @@ impl PackedMatrix {
     ///
     /// # Safety
     /// C's `rows` rows × the panels' columns must be readable and writable by the caller alone.
-    unsafe fn blocked_pass(&self, kernel: Kernel, a: &[f32], rows: usize, panels: Range<usize>, c: *mut f32) {
+    unsafe fn blocked_pass(
+        &self,
+        kernel: Bf16Kernel,
+        a: &[f32],
+        rows: usize,
+        panels: Range<usize>,
+        c: *mut f32,
+    ) {
         let (n, pairs) = (self.n, self.pairs);
         let packed_a = pack_a(a, rows, self.k, pairs);
         for p in panels {
@@ -246,7 +260,8 @@ impl PackedMatrix {
                 // SAFETY: rows b·MR.. + block_rows < rows and columns p·NR.. + panel_cols ≤ n
                 // lie in the caller's block of C.
                 unsafe {
-                    kernel.run(
+                    run_block(
+                        kernel,
                         a_block,
                         panel,
                         pairs,
@@ -260,7 +275,7 @@ impl PackedMatrix {
         }
     }
 
-    /// [`Kernel::Avx2`]'s pass for many rows (see [`Kernel::widens_panels`]): A's rows are
+    /// [`Bf16Kernel::Avx2`]'s pass for many rows (see [`widens_panels`]): A's rows are
     /// rounded to bf16 once, each 16-column half of a panel is widened to f32 once, and sgemm's
     /// AVX2 microkernel runs over it, six rows per call, while the next panel is prefetched. The
     /// same multiply-adds in the same order as [`avx2::kernel`] (each pair's odd input first),
@@ -293,7 +308,7 @@ impl PackedMatrix {
                 // C's rows × columns p·NR + 16·half.. + 16 (at most) are the caller's;
                 // `next`'s lines are only hinted at.
                 unsafe {
-                    super::sgemm::avx2_panel_pass(
+                    crate::sgemm::avx2_panel_pass(
                         wide.as_ptr().cast(),
                         steps,
                         x.as_ptr(),
@@ -340,95 +355,78 @@ fn pack_row_body(row: &[f32], block: &mut [u32], r: usize) {
     }
 }
 
-super::kernels::dispatch!(fn pack_row(row: &[f32], block: &mut [u32], r: usize) => pack_row_body);
+dispatch!(fn pack_row(row: &[f32], block: &mut [u32], r: usize) => pack_row_body);
 
-/// Which microkernel this CPU runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    /// AMX tiles (`tdpbf16ps`), through [`super::amx`].
-    Amx,
-    /// AVX-512 BF16 `vdpbf16ps`.
-    Avx512Bf16,
-    /// AVX2 + FMA: bf16 widened to f32 (per panel, or in registers for few rows), f32
-    /// multiply-adds.
-    Avx2,
-    /// Plain Rust on the same packed data.
-    Portable,
+/// A (`[m, k]`) as row-major bf16 bits for [`amx`]: `[m rounded up to amx::ROWS][2·pairs]`,
+/// zero past its rows and columns.
+fn amx_rows(a: &[f32], m: usize, k: usize, pairs: usize) -> Vec<u16> {
+    let k_pad = 2 * pairs;
+    let mut x = vec![0u16; m.div_ceil(amx::ROWS) * amx::ROWS * k_pad];
+    if k > 0 {
+        x.par_chunks_mut(k_pad)
+            .zip(a.par_chunks(k))
+            .for_each(|(dst, src)| convert_row(src, dst));
+    }
+    x
 }
 
-impl Kernel {
-    /// The best kernel this CPU runs; detected once.
-    pub fn detect() -> Self {
-        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *KERNEL.get_or_init(Self::probe)
-    }
-
-    fn probe() -> Self {
-        if super::amx::available() {
-            return Self::Amx;
-        }
-        if avx512_bf16_here() || super::emulated512::requested() {
-            return Self::Avx512Bf16;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if super::kernels::avx2_products() {
-            return Self::Avx2;
-        }
-        Self::Portable
-    }
-
-    /// Whether a task of `rows` rows takes [`PackedMatrix::widened_pass`]: on AVX2, from 18
-    /// rows. Widening a panel half costs four vector stores per input pair, against 4·rows
-    /// multiply-adds (2·rows cycles); with fewer rows [`avx2::kernel`], which widens in
-    /// registers, is faster. (Zen 3, 2 threads, paired against the in-register kernel:
-    /// 256×1280×1280 0.75 of the time, 2048×768×768 0.73, 36×768×768 (18 rows a task)
-    /// 0.86–0.90; widening at every size, 24×768×768 (12 rows a task) took 1.08 and
-    /// 6×768×768 1.19.)
-    fn widens_panels(self, rows: usize) -> bool {
-        cfg!(target_arch = "x86_64") && self == Self::Avx2 && rows >= WIDENED_MIN_ROWS
-    }
-
-    /// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
-    /// the panel's first `cols` columns (≤ [`NR`]), C at `c` with row stride `ldc`. (The AMX path
-    /// has its own loop; here it falls back to the AVX-512 BF16 kernel.)
-    ///
-    /// # Safety
-    /// `c` must be valid for reads and writes of rows `0..rows` × columns `0..cols` at stride
-    /// `ldc`, and no one else may access them during the call.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run(
-        self,
-        a: &[u32],
-        b: &[u32],
-        pairs: usize,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-    ) {
-        assert!(a.len() >= pairs * MR && b.len() >= pairs * NR && rows <= MR && cols <= NR);
-        if rows == 0 || cols == 0 {
-            return;
-        }
-        match self {
-            // SAFETY: the native kernels only where the CPU has AVX-512 F and BF16; A and the
-            // panel's lengths checked above, C as the caller promises.
-            Self::Avx512Bf16 | Self::Amx => unsafe {
-                avx512_kernels()[rows - 1](a.as_ptr(), b.as_ptr(), pairs, c, ldc, cols)
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
-            Self::Avx2 => unsafe { avx2::kernel(a.as_ptr(), b.as_ptr(), pairs, c, ldc, rows, cols) },
-            // SAFETY: as above.
-            _ => unsafe { portable_kernel(a, b, pairs, c, ldc, rows, cols) },
-        }
+#[inline(always)]
+fn convert_row_body(src: &[f32], dst: &mut [u16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = to_bf16_bits(s);
     }
 }
 
-/// [`Kernel::run`] in plain Rust.
+dispatch!(fn convert_row(src: &[f32], dst: &mut [u16]) => convert_row_body);
+
+/// Whether a task of `rows` rows on `kernel` takes [`PackedMatrix::widened_pass`]: on AVX2,
+/// from 18 rows. Widening a panel half costs four vector stores per input pair, against 4·rows
+/// multiply-adds (2·rows cycles); with fewer rows [`avx2::kernel`], which widens in registers,
+/// is faster (timed side by side, the two cross over between 12 and 18 rows a task).
+fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
+    cfg!(target_arch = "x86_64") && kernel == Bf16Kernel::Avx2 && rows >= WIDENED_MIN_ROWS
+}
+
+/// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
+/// the panel's first `cols` columns (≤ [`NR`]), C at `c` with row stride `ldc`. (The AMX path
+/// has its own loop; here it falls back to the AVX-512 BF16 kernel.)
 ///
 /// # Safety
-/// As [`Kernel::run`].
+/// `c` must be valid for reads and writes of rows `0..rows` × columns `0..cols` at stride
+/// `ldc`, and no one else may access them during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_block(
+    kernel: Bf16Kernel,
+    a: &[u32],
+    b: &[u32],
+    pairs: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    assert!(a.len() >= pairs * MR && b.len() >= pairs * NR && rows <= MR && cols <= NR);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    match kernel {
+        // SAFETY: the native kernels only where the CPU has AVX-512 F and BF16; A and the
+        // panel's lengths checked above, C as the caller promises.
+        Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx => unsafe {
+            avx512_kernels()[rows - 1](a.as_ptr(), b.as_ptr(), pairs, c, ldc, cols)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
+        Bf16Kernel::Avx2 => unsafe { avx2::kernel(a.as_ptr(), b.as_ptr(), pairs, c, ldc, rows, cols) },
+        // SAFETY: as above.
+        _ => unsafe { portable_kernel(a, b, pairs, c, ldc, rows, cols) },
+    }
+}
+
+/// [`run_block`] in plain Rust.
+///
+/// # Safety
+/// As [`run_block`].
 unsafe fn portable_kernel(
     a: &[u32],
     b: &[u32],
@@ -459,24 +457,11 @@ unsafe fn portable_kernel(
     }
 }
 
-/// Whether the CPU has AVX-512 F and BF16; where it does not, [`Kernel::Avx512Bf16`] runs
-/// emulated (tests, or `PERCEIVER_EMULATE_AVX512`: see [`super::emulated512`]).
-fn avx512_bf16_here() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// The AVX-512 BF16 microkernels for blocks of 1 to [`MR`] rows: native where the CPU has
 /// them, else emulated.
 fn avx512_kernels() -> &'static [avx512_emulated::Microkernel; MR] {
     #[cfg(target_arch = "x86_64")]
-    if avx512_bf16_here() {
+    if cpu::avx512_bf16() {
         return &avx512::KERNELS;
     }
     &avx512_emulated::KERNELS
@@ -484,10 +469,10 @@ fn avx512_kernels() -> &'static [avx512_emulated::Microkernel; MR] {
 
 /// The AVX-512 BF16 microkernels, written once over the names of `std::arch`'s intrinsics and
 /// expanded twice: on the real ones (with `$feature` enabling AVX-512 BF16) and on
-/// [`emulated512`](super::emulated512)'s, which run the same source on any CPU for the tests.
+/// [`emulated512`](crate::emulated512)'s, which run the same source on any CPU for the tests.
 macro_rules! avx512_bf16_kernels {
     ($(#[$feature:meta])*) => {
-        /// A block of R rows: see [`Kernel::run`](super::Kernel::run).
+        /// A block of R rows: see [`run_block`](super::run_block).
         pub(super) type Microkernel = unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize);
 
         /// The microkernels for blocks of 1 to [`MR`] rows.
@@ -560,8 +545,8 @@ mod avx512 {
 
 /// The AVX-512 BF16 microkernels on emulated registers.
 mod avx512_emulated {
-    use super::super::emulated512::*;
     use super::{MR, NR};
+    use crate::emulated512::*;
 
     avx512_bf16_kernels!();
 }
@@ -719,19 +704,20 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::matmul::tests::random;
-    use crate::engine::sgemm::tests::libm_erf;
+    use crate::cpu::SimdLevel;
+    use crate::matmul::tests::random;
+    use crate::sgemm::tests::libm_erf;
 
     fn round_trip(x: f32) -> f64 {
         from_bf16_bits(to_bf16_bits(x)) as f64
     }
 
     /// The block kernels to test: each this CPU has, and AVX-512 BF16 natively or emulated.
-    fn kernels_here() -> Vec<Kernel> {
-        let mut kernels = vec![Kernel::Portable, Kernel::Avx512Bf16];
+    fn kernels_here() -> Vec<Bf16Kernel> {
+        let mut kernels = vec![Bf16Kernel::Portable, Bf16Kernel::Avx512Bf16];
         #[cfg(target_arch = "x86_64")]
-        if crate::engine::kernels::simd_level() >= 1 {
-            kernels.push(Kernel::Avx2);
+        if cpu::simd_level() >= SimdLevel::Avx2 {
+            kernels.push(Bf16Kernel::Avx2);
         }
         kernels
     }
@@ -743,8 +729,8 @@ mod tests {
         let kernels = kernels_here();
         println!(
             "full products on {:?}; blocks on {kernels:?} (AVX-512 BF16 native: {})",
-            Kernel::detect(),
-            avx512_bf16_here()
+            cpu::bf16_kernel(),
+            cpu::avx512_bf16()
         );
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
@@ -778,7 +764,7 @@ mod tests {
     /// One shape: whole products (accumulated, and as a linear layer with bias and GELU) on the
     /// detected kernel, and one block of every height, for a whole panel and partial ones, on
     /// each of `kernels`.
-    fn products_match_the_triple_loop(kernels: &[Kernel], m: usize, n: usize, k: usize, threads: usize) {
+    fn products_match_the_triple_loop(kernels: &[Bf16Kernel], m: usize, n: usize, k: usize, threads: usize) {
         let a = random(m * k, 11);
         let w = random(n * k, 12);
         let packed = PackedMatrix::pack_transposed(&w, n, k);
@@ -821,7 +807,8 @@ mod tests {
                     let mut block = vec![1f32; MR * ldc];
                     // SAFETY: `block` holds MR rows of ldc ≥ NR ≥ cols columns.
                     unsafe {
-                        kernel.run(
+                        run_block(
+                            kernel,
                             &pa,
                             &packed.data,
                             packed.pairs,
@@ -873,7 +860,7 @@ mod tests {
                 assert!(
                     same,
                     "{:?}, {m}x{n}x{k} on {threads} threads: row {r} differs from it alone",
-                    Kernel::detect()
+                    cpu::bf16_kernel()
                 );
             }
         }
@@ -885,7 +872,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn round_rows_round_as_to_bf16_bits() {
-        if crate::engine::kernels::simd_level() < 1 {
+        if cpu::simd_level() < SimdLevel::Avx2 {
             return;
         }
         let specials = [

@@ -1,16 +1,21 @@
-//! Matrix products of the inference engine.
+//! f32 matrix products on strided views, through the `gemm` crate: the portable path, where no
+//! packed kernel ([`crate::sgemm`]) runs.
 //!
-//! f32 products go to the `gemm` crate (what candle uses inside), called directly on strided
-//! views so that no operand is copied or transposed first: per-head slices of q/k/v are read in
-//! place, weights are read as stored (`[out, in]`), and a bias or residual already in the output
-//! is accumulated into rather than added by a separate pass. bf16 products are in [`super::bf16`].
+//! The views let a caller multiply operands where they lie, with nothing copied or transposed
+//! first: per-head slices of q/k/v are read in place, weights are read as stored (`[out, in]`),
+//! and a bias or residual already in the output is accumulated into rather than added by a
+//! separate pass. bf16 products are in [`crate::bf16`].
 
 /// A row-major matrix inside a slice: element `(r, c)` is `data[r * stride + c]`.
 #[derive(Debug, Clone, Copy)]
 pub struct View<'a> {
+    /// The slice the matrix lies in.
     pub data: &'a [f32],
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Distance in `data` between the starts of two consecutive rows.
     pub stride: usize,
 }
 
@@ -20,6 +25,10 @@ impl<'a> View<'a> {
         Self::strided(data, rows, cols, cols)
     }
 
+    /// A `[rows, cols]` matrix whose rows start `stride` values apart.
+    ///
+    /// # Panics
+    /// If the matrix does not fit in `data`.
     pub fn strided(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
         let view = Self {
             data,
@@ -35,7 +44,8 @@ impl<'a> View<'a> {
         view
     }
 
-    fn fits(&self, len: usize) -> bool {
+    /// Whether the matrix lies inside the first `len` values of its slice.
+    pub(crate) fn fits(&self, len: usize) -> bool {
         self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.stride + self.cols <= len
     }
 }
@@ -61,6 +71,10 @@ impl Rhs<'_> {
 
 /// `dst ← scale · a · b (+ dst if accumulate)`, `dst` a `[a.rows, n]` matrix with row stride
 /// `dst_stride` inside `dst`. `threads` > 1 splits the product over rayon's pool.
+///
+/// # Panics
+/// If the inner dimensions differ, a view does not lie inside its slice, or `dst` is too small
+/// for the product or has rows that overlap (`dst_stride < n`).
 pub fn matmul(
     dst: &mut [f32],
     dst_stride: usize,
@@ -80,6 +94,14 @@ pub fn matmul(
         stride: dst_stride,
     };
     assert!(out.fits(dst.len()), "matmul: destination too small");
+    assert!(m <= 1 || dst_stride >= n, "matmul: destination rows overlap");
+    let b_view = match b {
+        Rhs::Plain(v) | Rhs::Transposed(v) => v,
+    };
+    assert!(
+        a.fits(a.data.len()) && b_view.fits(b_view.data.len()),
+        "matmul: an operand view exceeds its slice"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -100,8 +122,8 @@ pub fn matmul(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every view was checked to lie inside its slice (View::strided, `fits` above), and
-    // `dst` is borrowed mutably, so it aliases neither operand.
+    // SAFETY: every view was checked to lie inside its slice (`fits` above), the rows of `dst`
+    // do not overlap, and `dst` is borrowed mutably, so it aliases neither operand.
     unsafe {
         gemm::gemm(
             m,

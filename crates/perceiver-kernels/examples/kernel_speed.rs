@@ -1,17 +1,16 @@
-//! Speed of the engine's matrix products on the 201M model's latent-layer shapes, and of its
-//! elementwise kernels (softmax, GELU, LayerNorm) on one thread:
-//! `cargo run --release -p perceiver --example kernel_speed`. Prints GFLOP/s and ns per element
-//! (best of 20, so a busy machine disturbs it less), and the f32 products' share of the CPU's
-//! f32 FMA peak, measured in the same run ([`fma_peak_gflops`]). `perceiver bench latent` times
-//! a latent layer and its products side by side with PyTorch.
+//! Speed of the matrix products on the shapes of a transformer layer (256 rows of width 1280,
+//! attention over 256 positions, a 2048-row product of width 768, …), and of the row kernels
+//! (softmax, GELU, LayerNorm) on one thread:
+//! `cargo run --release -p perceiver-kernels --example kernel_speed`. Prints GFLOP/s and ns per
+//! element (best of 20, so a busy machine disturbs it less), and the f32 products' share of the
+//! CPU's f32 FMA peak, measured in the same run ([`fma_peak_gflops`]).
 
 use std::time::Instant;
 
-use perceiver::engine::bf16::PackedMatrix;
-use perceiver::engine::kernels;
-use perceiver::engine::matmul::{matmul, Rhs, View};
-use perceiver::engine::peak::fma_peak_gflops;
-use perceiver::Activation;
+use perceiver_kernels::bf16::PackedMatrix;
+use perceiver_kernels::matmul::{matmul, Rhs, View};
+use perceiver_kernels::peak::fma_peak_gflops;
+use perceiver_kernels::{cpu, rows, sgemm, Activation};
 
 fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -29,14 +28,15 @@ fn main() {
     let peak_before = fma_peak_gflops(threads);
     // Our f32 products' GFLOP/s, to compare with the peak at the end.
     let mut ours = Vec::new();
-    // One text's latent self-attention scores (8 heads of 256×256) and MLP hidden (256×1280).
+    // Attention scores of 8 heads over 256 positions (256×256 each), and an MLP's hidden
+    // layer (256×1280).
     let scores: Vec<f32> = (0..8 * 256 * 256)
         .map(|i| ((i * 37) % 101) as f32 * 0.05 - 2.5)
         .collect();
     let mut work = scores.clone();
     let t = best_of(20, || {
         work.copy_from_slice(&scores);
-        kernels::softmax_rows(&mut work, 256);
+        rows::softmax_rows(&mut work, 256);
     });
     println!(
         "softmax rows of 256: {:.2} ns/element",
@@ -44,7 +44,7 @@ fn main() {
     );
     let t = best_of(20, || {
         work.copy_from_slice(&scores);
-        kernels::activate(&mut work[..256 * 1280], Activation::GeluErf);
+        rows::activate(&mut work[..256 * 1280], Activation::GeluErf);
     });
     println!(
         "gelu (erf) 256x1280: {:.2} ns/element",
@@ -52,7 +52,7 @@ fn main() {
     );
     let (w, b) = (vec![1.1f32; 1280], vec![0.1f32; 1280]);
     let t = best_of(20, || {
-        std::hint::black_box(kernels::layer_norm(&scores[..256 * 1280], &w, &b));
+        std::hint::black_box(rows::layer_norm(&scores[..256 * 1280], &w, &b, 1e-5));
     });
     println!(
         "layer_norm 256x1280: {:.2} ns/element",
@@ -81,12 +81,12 @@ fn main() {
             )
         });
         println!("{m}x{n}x{k} f32 (gemm crate): {:.0} GFLOP/s", flop / t / 1e9);
-        if perceiver::engine::sgemm::available() {
-            let packed = perceiver::engine::sgemm::PackedWeights::pack(&w, n, k);
+        if sgemm::available() {
+            let packed = sgemm::PackedWeights::pack(&w, n, k);
             let t = best_of(20, || packed.matmul_accumulate(&a, m, &mut out, threads));
             println!(
                 "{m}x{n}x{k} f32 (ours, {:?}): {:.0} GFLOP/s",
-                perceiver::engine::sgemm::kernel(),
+                cpu::f32_kernel(),
                 flop / t / 1e9
             );
             ours.push((format!("{m}x{n}x{k}"), flop / t / 1e9));
@@ -95,7 +95,7 @@ fn main() {
         let t = best_of(20, || packed.matmul_accumulate(&a, m, &mut out, threads));
         println!(
             "{m}x{n}x{k} bf16 ({:?}): {:.0} GFLOP/s",
-            perceiver::engine::bf16::Kernel::detect(),
+            cpu::bf16_kernel(),
             flop / t / 1e9
         );
     }

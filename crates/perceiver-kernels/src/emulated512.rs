@@ -1,25 +1,18 @@
 //! The few AVX-512 intrinsics the packed microkernels use, emulated lane by lane in plain Rust
 //! under the same names and types, so that the very source of those kernels also compiles and
-//! runs on a CPU without AVX-512 (the AVX-512 kernels are written once, in macros expanded
-//! twice: over `std::arch` and over this module).
+//! runs on a CPU without AVX-512 (the AVX-512 kernels of [`crate::sgemm`] and [`crate::bf16`]
+//! are written once, in macros expanded twice: over `std::arch` and over this module).
 //!
 //! It is a test device, not a fallback: a CPU without AVX-512 runs the AVX2 kernels. The
-//! emulated kernels are picked for the AVX-512 layouts when the CPU lacks AVX-512: in the
-//! engine's unit tests always, and everywhere when `PERCEIVER_EMULATE_AVX512` is set (see
-//! [`requested`]), so that the whole test suite can check the AVX-512 paths (packing, splitting,
-//! block edges, masks) on any machine. Semantics follow Intel's definitions where results are
-//! checked: `fmadd` rounds once, `dpbf16` adds the odd pair's product and then the even one's
-//! (each product of two bf16 values is exact in f32), masked loads and stores touch only the
-//! lanes of their mask. (`dpbf16`'s flushing of denormals is not emulated.)
+//! emulated kernels are picked for the AVX-512 layouts when the CPU lacks AVX-512: in this
+//! crate's unit tests always, and everywhere when `PERCEIVER_EMULATE_AVX512` is set (see
+//! [`crate::cpu::emulate_avx512`]), so that a whole test suite can check the AVX-512 paths
+//! (packing, splitting, block edges, masks) on any machine. Semantics follow Intel's definitions
+//! where results are checked: `fmadd` rounds once, `dpbf16` adds the odd pair's product and then
+//! the even one's (each product of two bf16 values is exact in f32), masked loads and stores
+//! touch only the lanes of their mask. (`dpbf16`'s flushing of denormals is not emulated.)
 
 #![allow(non_camel_case_types)]
-
-/// Whether `PERCEIVER_EMULATE_AVX512` asks for the emulated AVX-512 kernels on a CPU without
-/// AVX-512 (read once). Slow: for tests only.
-pub fn requested() -> bool {
-    static REQUESTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REQUESTED.get_or_init(|| std::env::var_os("PERCEIVER_EMULATE_AVX512").is_some())
-}
 
 /// Sixteen f32 lanes.
 #[derive(Clone, Copy)]
@@ -39,18 +32,23 @@ pub struct __m512bh([u16; 32]);
 /// One bit per f32 lane, lane 0 in bit 0.
 pub type __mmask16 = u16;
 
+/// Sixteen zeros.
 pub fn _mm512_setzero_ps() -> __m512 {
     __m512([0.0; 16])
 }
 
+/// `x` in every lane.
 pub fn _mm512_set1_ps(x: f32) -> __m512 {
     __m512([x; 16])
 }
 
+/// `x` in every lane.
 pub fn _mm512_set1_epi32(x: i32) -> __m512i {
     __m512i([x; 16])
 }
 
+/// Sixteen f32 from `p`.
+///
 /// # Safety
 /// `p` must be valid for reads of 16 f32 (no alignment needed).
 pub unsafe fn _mm512_loadu_ps(p: *const f32) -> __m512 {
@@ -58,6 +56,8 @@ pub unsafe fn _mm512_loadu_ps(p: *const f32) -> __m512 {
     __m512(unsafe { p.cast::<[f32; 16]>().read_unaligned() })
 }
 
+/// Sixteen 32-bit integers from `p`.
+///
 /// # Safety
 /// `p` must be valid for reads of 64 bytes (no alignment needed).
 pub unsafe fn _mm512_loadu_si512(p: *const __m512i) -> __m512i {
@@ -93,6 +93,7 @@ pub unsafe fn _mm512_mask_storeu_ps(p: *mut f32, mask: __mmask16, v: __m512) {
     }
 }
 
+/// `a + b` in each lane.
 pub fn _mm512_add_ps(a: __m512, b: __m512) -> __m512 {
     __m512(std::array::from_fn(|lane| a.0[lane] + b.0[lane]))
 }

@@ -1,0 +1,219 @@
+//! What the CPU has, and the one place the kernels are chosen.
+//!
+//! Features are detected once per process. The products' kernels ([`f32_kernel`],
+//! [`bf16_kernel`]) are the best the CPU runs, unless one of these environment variables (read
+//! once; any value) says otherwise:
+//! - `PERCEIVER_NO_AVX512`: the f32 products skip their AVX-512 kernel;
+//! - `PERCEIVER_NO_AVX2`: the f32 and bf16 products skip their AVX2+FMA kernels (to test or
+//!   time the portable paths on such a CPU);
+//! - `PERCEIVER_NO_AMX`: the bf16 products skip AMX;
+//! - `PERCEIVER_EMULATE_AVX512` ([`emulate_avx512`]): where the CPU lacks AVX-512 (or AVX-512
+//!   BF16), the products run the AVX-512 layouts and microkernels on emulated registers
+//!   ([`crate::emulated512`]): slow, to test those paths on any machine.
+//!
+//! The row kernels ([`crate::rows`]) are compiled for each [`SimdLevel`] and pick the one the
+//! CPU has; the switches do not apply to them.
+
+use std::sync::OnceLock;
+
+/// The vector instructions the row kernels are compiled for, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// What the binary targets (SSE2 on x86-64), or a CPU that is not x86-64.
+    Baseline,
+    /// AVX2 with fused multiply-adds (FMA).
+    Avx2,
+    /// AVX-512 F, BW and VL, besides AVX2 and FMA.
+    Avx512,
+}
+
+/// The CPU's [`SimdLevel`]; detected once.
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let avx512 = avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl");
+            if avx512 {
+                return SimdLevel::Avx512;
+            }
+            if avx2 {
+                return SimdLevel::Avx2;
+            }
+        }
+        SimdLevel::Baseline
+    })
+}
+
+/// Whether the CPU has AVX-512 F natively (the f32 products' AVX-512 kernel; where it is
+/// missing, that kernel runs emulated).
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU has AVX-512 F and AVX-512 BF16 natively (the bf16 products' `vdpbf16ps`
+/// kernel; where they are missing, that kernel runs emulated).
+pub fn avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has AMX-BF16, `PERCEIVER_NO_AMX` is unset, and the OS lets this process use
+/// the tiles (Linux must grant the AMX register state first, through `arch_prctl`; this asks
+/// once and says no when it is refused).
+pub fn amx() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(detect_amx)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect_amx() -> bool {
+    // CPUID leaf 7: EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
+    // SAFETY: CPUID is available on every x86_64 CPU (the intrinsic is safe in newer Rust).
+    #[allow(unused_unsafe)]
+    let leaf7 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+    if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
+        return false;
+    }
+    if std::env::var_os("PERCEIVER_NO_AMX").is_some() {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call that only changes this process's permitted XSAVE features.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect_amx() -> bool {
+    false
+}
+
+/// Whether `PERCEIVER_EMULATE_AVX512` asks for the emulated AVX-512 kernels where the CPU lacks
+/// AVX-512 (read once). Slow: for tests only.
+pub fn emulate_avx512() -> bool {
+    static REQUESTED: OnceLock<bool> = OnceLock::new();
+    *REQUESTED.get_or_init(|| std::env::var_os("PERCEIVER_EMULATE_AVX512").is_some())
+}
+
+/// Whether the AVX2+FMA product kernels may run: the CPU has AVX2 and FMA and
+/// `PERCEIVER_NO_AVX2` is unset. Read once.
+fn avx2_products() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED
+        .get_or_init(|| simd_level() >= SimdLevel::Avx2 && std::env::var_os("PERCEIVER_NO_AVX2").is_none())
+}
+
+/// The microkernel of the packed f32 products ([`crate::sgemm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum F32Kernel {
+    /// 512-bit registers (AVX-512 F), native or emulated.
+    Avx512,
+    /// 256-bit registers with fused multiply-add (AVX2 + FMA).
+    Avx2,
+}
+
+/// The packed f32 kernel this process runs, if any; chosen once. AVX-512 where the CPU has it
+/// (unless `PERCEIVER_NO_AVX512`) or `PERCEIVER_EMULATE_AVX512` asks for it, else AVX2+FMA
+/// (unless `PERCEIVER_NO_AVX2`); with neither, the products go through the `gemm` crate
+/// ([`crate::matmul`]).
+pub fn f32_kernel() -> Option<F32Kernel> {
+    static KERNEL: OnceLock<Option<F32Kernel>> = OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let native_avx512 = avx512() && std::env::var_os("PERCEIVER_NO_AVX512").is_none();
+        if native_avx512 || emulate_avx512() {
+            return Some(F32Kernel::Avx512);
+        }
+        if avx2_products() {
+            return Some(F32Kernel::Avx2);
+        }
+        None
+    })
+}
+
+/// The microkernel of the bf16 products ([`crate::bf16`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// AMX tiles (`tdpbf16ps`), through [`crate::amx`].
+    Amx,
+    /// AVX-512 BF16 `vdpbf16ps`, native or emulated.
+    Avx512Bf16,
+    /// AVX2 + FMA: bf16 widened to f32 (per panel, or in registers for few rows), f32
+    /// multiply-adds.
+    Avx2,
+    /// Plain Rust on the same packed data.
+    Portable,
+}
+
+/// The bf16 kernel this process runs; chosen once. AMX where [`amx`] allows it, else AVX-512
+/// BF16 where the CPU has it or `PERCEIVER_EMULATE_AVX512` asks for it, else AVX2+FMA (unless
+/// `PERCEIVER_NO_AVX2`), else the portable kernel.
+pub fn bf16_kernel() -> Bf16Kernel {
+    static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        if amx() {
+            return Bf16Kernel::Amx;
+        }
+        if avx512_bf16() || emulate_avx512() {
+            return Bf16Kernel::Avx512Bf16;
+        }
+        if avx2_products() {
+            return Bf16Kernel::Avx2;
+        }
+        Bf16Kernel::Portable
+    })
+}
+
+/// Compiles `$body` (a `#[inline(always)]` function) for the native baseline and with wider SIMD,
+/// and dispatches on what the CPU has ([`simd_level`]). A body written `$body::<FMA>` takes
+/// `const FMA: bool`: true in the AVX2/AVX-512 builds, which have fused multiply-adds, false in
+/// the baseline one (where `f32::mul_add` would be a call to a software `fmaf`).
+macro_rules! dispatch {
+    (@build $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => [$($wide:tt)*] [$($plain:tt)*]) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                unsafe fn wide512($($arg: $ty),*) { $($wide)*($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide256($($arg: $ty),*) { $($wide)*($($arg),*) }
+                let level = $crate::cpu::simd_level();
+                if level >= $crate::cpu::SimdLevel::Avx512 {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { wide512($($arg),*) };
+                }
+                if level >= $crate::cpu::SimdLevel::Avx2 {
+                    // SAFETY: as above.
+                    return unsafe { wide256($($arg),*) };
+                }
+            }
+            $($plain)*($($arg),*)
+        }
+    };
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident::<FMA>) => {
+        $crate::cpu::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) => [$body::<true>] [$body::<false>]);
+    };
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $crate::cpu::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) => [$body] [$body]);
+    };
+}
+
+pub(crate) use dispatch;
