@@ -2,7 +2,6 @@
 //! checkpoints on schedule, and an exact resume.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -13,17 +12,16 @@ use candle_nn::{VarBuilder, VarMap};
 use perceiver::PerceiverConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Progress, TrainingFile};
 use crate::config::TrainConfig;
 use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
 use crate::error::{io_at, Error, Result};
-use crate::init::{initialize, InitScheme};
+use crate::init::initialize;
 use crate::masking::{MaskedExample, Masking};
-use crate::metrics::{append_line, MetricsLog, Record, StepMetrics, METRICS_FILE};
+use crate::metrics::{MetricsLog, Record, StepMetrics, METRICS_FILE};
 use crate::objective::{evaluate, masked_lm_loss, EvalResult, MaskedBatch};
-use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, Schedule};
+use crate::optim::{clip_grad_norm, global_norm, AdamW};
 
 /// How the weights start.
 pub enum ModelInit {
