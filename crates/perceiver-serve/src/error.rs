@@ -10,22 +10,33 @@ use utoipa::ToSchema;
 
 /// What can stop the service from starting or running.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// A limit of [`crate::ServeConfig`] set to zero.
     #[error("{name} must be at least 1")]
-    ZeroLimit { name: &'static str },
+    ZeroLimit {
+        /// The field of [`crate::ServeConfig`] that is zero.
+        name: &'static str,
+    },
 
     /// A batch token budget that the model's longest input would not fit.
     #[error(
         "max_batch_tokens ({max_batch_tokens}) is below the model's {max_len} positions: \
          the longest text would never fit a batch"
     )]
-    BatchTokensBelowMaxLen { max_batch_tokens: usize, max_len: usize },
+    BatchTokensBelowMaxLen {
+        /// The configured tokens per forward pass.
+        max_batch_tokens: usize,
+        /// The model's positions: the longest input, in tokens.
+        max_len: usize,
+    },
 
     /// The listening socket could not be opened.
     #[error("cannot listen on {address}: {source}")]
     Bind {
+        /// The `host:port` it tried.
         address: String,
+        /// Why the socket could not be opened.
         #[source]
         source: std::io::Error,
     },
@@ -54,6 +65,7 @@ pub enum ServeError {
 /// The kind of a failed request; each kind has one HTTP status ([`ErrorType::status`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ErrorType {
     /// 400: the body is not JSON (syntax error, empty body, trailing characters).
     InvalidJson,
@@ -133,6 +145,7 @@ pub struct ErrorResponse {
 }
 
 impl ErrorResponse {
+    /// An answer of kind `error_type` with the message `error`.
     pub fn new(error_type: ErrorType, error: impl Into<String>) -> Self {
         Self {
             error: error.into(),
@@ -140,6 +153,7 @@ impl ErrorResponse {
         }
     }
 
+    /// A 422 [`ErrorType::Validation`] answer with the message `error`.
     pub fn validation(error: impl Into<String>) -> Self {
         Self::new(ErrorType::Validation, error)
     }

@@ -45,6 +45,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A fresh registry with every metric registered (each outcome's count present at zero).
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(

@@ -49,12 +49,15 @@ pub struct BatchLimits {
 /// A filled input, handed back with the input it answers.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The tokenized input, as submitted.
     pub input: MaskedText,
+    /// Its masks' candidates, at most the submitted `top_k` each.
     pub output: FillMaskOutput,
 }
 
 /// Why an input got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InferError {
     /// The model thread is gone (the service is stopping).
     #[error("the model is not running")]

@@ -38,7 +38,9 @@ pub struct FillMaskRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged, expecting = "a string or a list of strings")]
 pub enum Inputs {
+    /// One text, answered with one [`TextAnswer`].
     Single(String),
+    /// A list of texts, answered with a list in the same order.
     Batch(Vec<String>),
 }
 
@@ -71,7 +73,9 @@ pub struct Prediction {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum TextAnswer {
+    /// The text has one mask: its candidates, best first.
     OneMask(Vec<Prediction>),
+    /// The text has several masks: one list of candidates per mask, in position order.
     SeveralMasks(Vec<Vec<Prediction>>),
 }
 
@@ -79,7 +83,9 @@ pub enum TextAnswer {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum FillMaskResponse {
+    /// The answer to a string input.
     Single(TextAnswer),
+    /// The answers to a list input, in its order.
     Batch(Vec<TextAnswer>),
 }
 
@@ -146,6 +152,7 @@ pub struct Info {
     pub config: serde_json::Value,
     /// The model's parameter count.
     pub parameters: usize,
+    /// The limits a client must respect.
     pub limits: Limits,
     /// Version of this service.
     pub version: String,

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::error::{io_at, Error, Result};
 
+/// A checkpoint's [`TrainingFile`] (JSON); a `step-` directory without it is not a checkpoint.
 pub const TRAINING_FILE: &str = "training.json";
+/// A checkpoint's AdamW moments (safetensors, named `m.<tensor>` and `v.<tensor>`).
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STEP_PREFIX: &str = "step-";
 
@@ -36,7 +38,9 @@ pub struct Progress {
 /// `training.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainingFile {
+    /// The run's options when the checkpoint was written (a resume with new `steps` changes them).
     pub options: TrainConfig,
+    /// How far the run had got.
     pub progress: Progress,
     /// `perceiver` version that wrote it.
     pub version: String,
@@ -44,10 +48,15 @@ pub struct TrainingFile {
 
 /// A checkpoint read back.
 pub struct Checkpoint {
+    /// The directory it was read from.
     pub dir: PathBuf,
+    /// The model's architecture (`config.json`).
     pub config: PerceiverConfig,
+    /// The options and progress to resume with (`training.json`).
     pub training: TrainingFile,
+    /// The model's tensors by transformers name (`model.safetensors`).
     pub weights: HashMap<String, Tensor>,
+    /// AdamW's moments (`optimizer.safetensors`), as [`crate::optim::AdamW::load_state`] takes them.
     pub optimizer: HashMap<String, Tensor>,
 }
 

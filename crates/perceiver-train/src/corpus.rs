@@ -65,6 +65,7 @@ impl Corpus {
         Ok(Self { files })
     }
 
+    /// The files, sorted and without duplicates.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
     }
@@ -112,10 +113,12 @@ pub enum Part {
 pub struct Split {
     /// Fraction of blocks held out (0 = none).
     pub eval_fraction: f64,
+    /// Seeds the hash that picks the held-out blocks.
     pub seed: u64,
 }
 
 impl Split {
+    /// Nothing held out.
     pub const NONE: Split = Split {
         eval_fraction: 0.0,
         seed: 0,
@@ -282,6 +285,9 @@ pub struct TrainStream {
 }
 
 impl TrainStream {
+    /// The training part of `corpus` under `split`, as windows of at most `seq_len` bytes
+    /// shuffled through a buffer of `buffer_size` windows (at least 1), every random choice drawn
+    /// from `seed`. Nothing is read until the first window.
     pub fn new(corpus: Corpus, split: Split, seq_len: usize, buffer_size: usize, seed: u64) -> Self {
         let mut stream = Self {
             corpus,
@@ -304,10 +310,14 @@ impl TrainStream {
         stream
     }
 
+    /// The pass over the training text being read, from 0 (reading runs ahead of the windows
+    /// handed out, by the shuffle buffer and the current block).
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
+    /// Windows handed out so far: what [`crate::checkpoint::Progress::windows`] records and a
+    /// resumed run skips.
     pub fn consumed(&self) -> u64 {
         self.consumed
     }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can stop training, evaluation or plotting.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A model-side failure (config, weights, tensors).
     #[error(transparent)]
@@ -12,7 +13,9 @@ pub enum Error {
     /// A file or directory that cannot be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -27,7 +30,12 @@ pub enum Error {
 
     /// A checkpoint directory that is incomplete, corrupt or from an incompatible run.
     #[error("checkpoint {}: {reason}", path.display())]
-    Checkpoint { path: PathBuf, reason: String },
+    Checkpoint {
+        /// The checkpoint directory, or the file in it that is at fault.
+        path: PathBuf,
+        /// What is wrong with it (e.g. `optimizer.safetensors is missing`).
+        reason: String,
+    },
 
     /// Drawing the curves failed.
     #[error("plot: {0}")]
@@ -40,6 +48,7 @@ impl From<candle_core::Error> for Error {
     }
 }
 
+/// The training crate's result type: [`Error`] unless another error type is named.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Attaches a path to an I/O error.

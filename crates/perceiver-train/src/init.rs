@@ -23,6 +23,7 @@ const TRUNCATION_STD_CORRECTION: f64 = 0.879_625_661_034_239_8;
 /// How one parameter starts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ParamInit {
+    /// Every element set to this value.
     Constant(f64),
     /// Normal(0, std) truncated at ±2 std.
     TruncatedNormal(f64),

@@ -38,6 +38,7 @@ impl std::str::FromStr for MaskingStrategy {
 /// How to mask: which positions, how many, and what replaces them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Masking {
+    /// What is chosen: single bytes, whole words or spans.
     pub strategy: MaskingStrategy,
     /// Fraction of the window's bytes to mask (0 < rate < 1).
     pub rate: f64,
@@ -69,6 +70,8 @@ pub struct MaskedExample {
 }
 
 impl Masking {
+    /// Checks that `rate` is in (0, 1) and, for spans, that `mean_span` is at least 1: an
+    /// [`Error::Options`] otherwise.
     pub fn validate(&self) -> Result<()> {
         if !(self.rate > 0.0 && self.rate < 1.0) {
             return Err(Error::Options(format!(

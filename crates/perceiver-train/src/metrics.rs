@@ -13,18 +13,30 @@ use crate::objective::EvalResult;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Record {
+    /// Training, over the updates since the previous train record.
     Train {
+        /// The interval's last update.
         step: u64,
+        /// Mean masked-byte cross-entropy over the interval, in nats.
         loss: f64,
+        /// Mean top-1 accuracy on the masked bytes over the interval (0 to 1).
         accuracy: f64,
+        /// The learning rate of the interval's last update.
         lr: f64,
+        /// Mean global gradient norm over the interval, before clipping.
         grad_norm: f64,
+        /// Real (unpadded) bytes trained on per second of update time over the interval.
         bytes_per_second: f64,
     },
+    /// An evaluation on the held-out windows.
     Eval {
+        /// The update after which it ran.
         step: u64,
+        /// Mean cross-entropy over the masked bytes, in nats.
         loss: f64,
+        /// Top-1 accuracy on the masked bytes (0 to 1).
         accuracy: f64,
+        /// `loss / ln 2`: bits per masked byte.
         bits_per_byte: f64,
     },
 }
@@ -46,6 +58,7 @@ impl Record {
         }
     }
 
+    /// The record of an evaluation run after update `step`.
     pub fn eval(step: u64, result: &EvalResult) -> Record {
         Record::Eval {
             step,
@@ -55,6 +68,7 @@ impl Record {
         }
     }
 
+    /// The update the record belongs to.
     pub fn step(&self) -> u64 {
         match self {
             Record::Train { step, .. } | Record::Eval { step, .. } => *step,
@@ -97,6 +111,7 @@ impl MetricsLog {
         })
     }
 
+    /// Appends `record` as one JSON line.
     pub fn append(&mut self, record: &Record) -> Result<()> {
         append_line(
             &self.path,
@@ -120,17 +135,25 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
     Ok(records)
 }
 
+/// The metrics file's name in a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// What one optimizer update did.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct StepMetrics {
+    /// Updates done, this one included (1 after the first).
     pub step: u64,
+    /// Masked-byte cross-entropy in nats, the mean over the update's micro-batches.
     pub loss: f64,
+    /// Fraction of the update's masked bytes whose top-1 prediction is the original byte.
     pub accuracy: f64,
+    /// The learning rate the update used.
     pub lr: f64,
+    /// Global L2 norm of the accumulated gradients, before clipping.
     pub grad_norm: f64,
+    /// Real (unpadded) bytes in the update's windows.
     pub bytes: usize,
+    /// Wall-clock time of the update in seconds (reading, masking, forward, backward, AdamW).
     pub seconds: f64,
 }
 

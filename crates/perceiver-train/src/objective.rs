@@ -32,6 +32,8 @@ pub struct MaskedBatch {
 }
 
 impl MaskedBatch {
+    /// Pads `examples` into one batch on `device`; an [`Error::Options`] when there is nothing to
+    /// predict (no window, or no masked byte in any).
     pub fn new(examples: &[MaskedExample], device: &Device) -> Result<Self> {
         let batch = examples.len();
         let len = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
@@ -110,7 +112,9 @@ pub struct EvalResult {
     pub accuracy: f64,
     /// `loss / ln 2`: bits per masked byte.
     pub bits_per_byte: f64,
+    /// Masked positions scored.
     pub masked_bytes: usize,
+    /// Windows evaluated.
     pub windows: usize,
 }
 

@@ -15,8 +15,11 @@ use perceiver::PerceiverConfig;
 /// AdamW's hyper-parameters (the learning rate comes from the [`Schedule`] each step).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
+    /// Decay rate of the first-moment (gradient mean) estimate.
     pub beta1: f64,
+    /// Decay rate of the second-moment (uncentred gradient variance) estimate.
     pub beta2: f64,
+    /// Added to the bias-corrected `√v` in the denominator, for numerical stability.
     pub eps: f64,
     /// Applied to linear weights only: never to LayerNorms, biases, embeddings, position tables or
     /// latents.
@@ -82,6 +85,7 @@ impl AdamW {
         })
     }
 
+    /// Updates applied so far (the `t` of the bias correction).
     pub fn steps(&self) -> u64 {
         self.steps
     }
@@ -186,8 +190,11 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decay {
+    /// Half a cosine from `peak_lr` down to the floor.
     Cosine,
+    /// A straight line from `peak_lr` down to the floor.
     Linear,
+    /// None: `peak_lr` to the end.
     Constant,
 }
 
@@ -206,10 +213,15 @@ impl std::str::FromStr for Decay {
 /// Linear warm-up from 0 to `peak_lr`, then decay to `min_lr_ratio × peak_lr` at `total_steps`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
+    /// The learning rate at the end of warm-up.
     pub peak_lr: f64,
+    /// Updates of warm-up: update `i < warmup_steps` uses `peak_lr × (i + 1) / warmup_steps`.
     pub warmup_steps: u64,
+    /// The update at which the decay reaches the floor; later updates stay there.
     pub total_steps: u64,
+    /// The shape of the decay after warm-up.
     pub decay: Decay,
+    /// The floor, as a fraction of `peak_lr` (unused by [`Decay::Constant`]).
     pub min_lr_ratio: f64,
 }
 

@@ -29,21 +29,33 @@ pub enum ModelInit {
     Scratch(PerceiverConfig),
     /// From existing weights (fine-tuning), by transformers name.
     Pretrained {
+        /// The architecture the tensors belong to.
         config: PerceiverConfig,
+        /// Every tensor of the masked LM by transformers name, with its shape; none may be
+        /// missing or extra.
         tensors: BTreeMap<String, Tensor>,
     },
 }
 
 /// What the loop reports as it goes.
 pub enum Event<'a> {
+    /// An update finished, with what it did.
     Step(&'a StepMetrics),
-    Eval { step: u64, result: &'a EvalResult },
+    /// An evaluation on the held-out windows finished.
+    Eval {
+        /// The update after which it ran.
+        step: u64,
+        /// Its loss, accuracy and bits per byte.
+        result: &'a EvalResult,
+    },
+    /// A checkpoint was written to this directory.
     Saved(&'a Path),
 }
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Every step done; the newest checkpoint (the last step's).
     Finished(PathBuf),
     /// Stopped early (Ctrl-C); the checkpoint written on the way out.
     Interrupted(PathBuf),
@@ -212,22 +224,27 @@ impl Trainer {
         })
     }
 
+    /// The run's options (with a resume's new `steps`).
     pub fn options(&self) -> &TrainConfig {
         &self.options
     }
 
+    /// The model's architecture.
     pub fn config(&self) -> &PerceiverConfig {
         &self.config
     }
 
+    /// Where the run stands now.
     pub fn progress(&self) -> Progress {
         self.progress
     }
 
+    /// The model being trained.
     pub fn model(&self) -> &PerceiverForMaskedLM {
         &self.model
     }
 
+    /// The directory of the run's checkpoints and `metrics.jsonl`.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }

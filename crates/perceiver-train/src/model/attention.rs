@@ -51,6 +51,7 @@ impl LayerNorm {
         })
     }
 
+    /// Normalises `x` over its last dimension, then scales by the weight and adds the bias.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias, LAYER_NORM_EPS)
     }

@@ -13,6 +13,8 @@ use crate::model::position::TrainablePositionEncoding;
 use perceiver::checkpoint::names::BasicDecoderNames;
 use perceiver::error::Result;
 
+/// The decoder: one learned query per output position cross-attends to the latents (no final
+/// projection).
 #[derive(Debug, Clone)]
 pub struct BasicDecoder {
     /// One learned query per output position: `[num_outputs, spec.q_dim]`.
@@ -29,6 +31,7 @@ impl BasicDecoder {
         })
     }
 
+    /// Output positions it can decode (the rows of its query table).
     pub fn num_outputs(&self) -> usize {
         self.output_positions.num_positions()
     }

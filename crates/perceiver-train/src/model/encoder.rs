@@ -10,6 +10,8 @@ use crate::model::attention::{attention_bias, variable, CrossAttention, SelfAtte
 use perceiver::checkpoint::names::EncoderNames;
 use perceiver::error::Result;
 
+/// The encoder: learned latents cross-attend to the inputs, then a block of self-attention layers
+/// runs `num_blocks` times with shared weights.
 #[derive(Debug, Clone)]
 pub struct PerceiverEncoder {
     /// `[num_latents, d_latents]`, shared by every batch item.

@@ -17,6 +17,8 @@ use perceiver::checkpoint::names::MaskedLmNames;
 use perceiver::config::PerceiverConfig;
 use perceiver::error::{Error, Result};
 
+/// The byte-level masked language model with trainable weights: embeddings and input positions,
+/// encoder, decoder and the output projection tied to the embeddings.
 #[derive(Debug, Clone)]
 pub struct PerceiverForMaskedLM {
     /// `[vocab_size, d_model]`; also the output projection (tied).
@@ -44,10 +46,12 @@ impl PerceiverForMaskedLM {
         })
     }
 
+    /// The model's architecture.
     pub fn config(&self) -> &PerceiverConfig {
         &self.config
     }
 
+    /// The device its weights are on.
     pub fn device(&self) -> &Device {
         self.output_bias.device()
     }

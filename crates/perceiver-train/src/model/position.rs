@@ -23,6 +23,7 @@ impl TrainablePositionEncoding {
         })
     }
 
+    /// Positions in the table (its rows).
     pub fn num_positions(&self) -> usize {
         self.table.dims()[0]
     }
