@@ -20,7 +20,7 @@ pub struct ModelArgs {
     pub revision: Option<String>,
 }
 
-/// How the inference engine runs the model (fill-mask, serve, bench-serve).
+/// How the inference engine runs the model (fill-mask, serve).
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// Number type of the weight matrix products: f32 (transformers' numbers) or bf16 (half the

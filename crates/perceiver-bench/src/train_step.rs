@@ -1,12 +1,12 @@
-//! `perceiver bench`: timings of our engine, printed as JSON for the side-by-side scripts in
-//! `scripts/` (which run the PyTorch reference in the same session).
+//! `perceiver-bench train-step`: the time of one training step, printed as JSON for
+//! `scripts/bench_train.py` (which runs the PyTorch reference in the same session).
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use clap::{Args, Subcommand};
+use clap::Args;
 use perceiver::{LoadOptions, ModelFiles, PerceiverForMaskedLM};
 use perceiver_train::masking::Masking;
 use perceiver_train::objective::{masked_lm_loss, MaskedBatch};
@@ -14,17 +14,6 @@ use perceiver_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use perceiver_train::trainer::{gradients, set_weights};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Inference, ours and transformers' side by side on the same weights (workloads W1–W4).
-    Inference(crate::bench_inference::InferenceArgs),
-    /// One latent self-attention layer and its six weight products, ours and PyTorch's side by
-    /// side, against the CPU's f32 FMA peak measured in the same run.
-    Latent(crate::bench_latent::LatentArgs),
-    /// One training step (forward, backward over masked positions, clipping, AdamW).
-    TrainStep(TrainStepArgs),
-}
 
 #[derive(Args)]
 pub struct TrainStepArgs {
@@ -47,15 +36,7 @@ pub struct TrainStepArgs {
     json: bool,
 }
 
-pub fn run(command: BenchCommand) -> Result<()> {
-    match command {
-        BenchCommand::TrainStep(args) => train_step(args),
-        BenchCommand::Inference(args) => crate::bench_inference::run(args),
-        BenchCommand::Latent(args) => crate::bench_latent::run(args),
-    }
-}
-
-fn train_step(args: TrainStepArgs) -> Result<()> {
+pub fn run(args: TrainStepArgs) -> Result<()> {
     let device = Device::Cpu;
     let files = ModelFiles::resolve(&args.model, &LoadOptions::default())?;
     let (config, tensors) = perceiver::loading::load_masked_lm_tensors(&files, &device)
