@@ -42,7 +42,8 @@ enum Command {
     /// One latent self-attention layer and its six weight products, ours and PyTorch's side by
     /// side, against the CPU's f32 FMA peak measured in the same run.
     Latent(latent::LatentArgs),
-    /// One training step (forward, backward over masked positions, clipping, AdamW).
+    /// One training step (the trainer's own: forward, backward over masked positions, clipping,
+    /// AdamW).
     TrainStep(train_step::TrainStepArgs),
     /// Measure a fill-mask service's throughput and latency on loopback.
     Serve(serve::ServeArgs),

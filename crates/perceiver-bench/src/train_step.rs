@@ -1,17 +1,20 @@
-//! `perceiver-bench train-step`: the time of one training step, printed as JSON for
-//! `scripts/bench_train.py` (which runs the PyTorch reference in the same session).
+//! `perceiver-bench train-step`: the time of one optimizer update of the trainer, printed as JSON
+//! for `scripts/bench_train.py` (which runs the PyTorch reference in the same session).
+//!
+//! What is timed is [`Trainer::train_step`] itself, so the bench can never drift from what
+//! `perceiver train` runs: the model's weights are loaded as a fine-tuning run would load them,
+//! and the trainer reads its windows from a throw-away corpus of random printable bytes in a
+//! temporary directory (random text is as fast to train on as real text).
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::{LoadOptions, ModelFiles, PerceiverForMaskedLM};
+use perceiver::{LoadOptions, ModelFiles};
+use perceiver_train::init::InitScheme;
 use perceiver_train::masking::Masking;
-use perceiver_train::objective::{masked_lm_loss, MaskedBatch};
-use perceiver_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use perceiver_train::trainer::{gradients, set_weights};
+use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
+use perceiver_train::trainer::{ModelInit, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -36,36 +39,82 @@ pub struct TrainStepArgs {
     json: bool,
 }
 
+/// The learning rate of every timed step (its value does not change the step's time).
+const LEARNING_RATE: f64 = 1e-4;
+/// The gradient clipping of every timed step: clipping is part of a step's work.
+const CLIP_NORM: f64 = 1.0;
+
 pub fn run(args: TrainStepArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let steps = args.warmup + args.repeats;
+    if args.batch_size == 0 || steps == 0 {
+        bail!("--batch-size and --warmup + --repeats must be at least 1");
+    }
     let files = ModelFiles::resolve(&args.model, &LoadOptions::default())?;
-    let (config, tensors) = perceiver::loading::load_masked_lm_tensors(&files, &device)
+    let (config, tensors) = perceiver::loading::load_masked_lm_tensors(&files, &perceiver::Device::Cpu)
         .with_context(|| format!("cannot load model {}", args.model))?;
-    let varmap = VarMap::new();
-    let model = PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-    set_weights(&varmap, &tensors.into_iter().collect())?;
-    let mut optimizer = AdamW::new(&varmap, AdamWConfig::default())?;
     let seq_len = args.seq_len.unwrap_or(config.max_position_embeddings);
-    let masking = Masking {
-        rate: args.mask_rate,
-        ..Masking::default()
-    };
+
+    // The corpus: exactly the windows the steps read, one file each (the trainer cuts files
+    // into blocks, and a block's remainder would make a shorter window), each `seq_len` random
+    // bytes of ' '..='z' (one byte each in UTF-8: no window is cut at a character boundary).
+    if seq_len > perceiver_train::corpus::BLOCK_BYTES {
+        bail!(
+            "--seq-len {seq_len} is longer than the trainer's read block ({} bytes)",
+            perceiver_train::corpus::BLOCK_BYTES
+        );
+    }
+    let scratch = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let corpus = scratch.path().join("corpus");
+    std::fs::create_dir(&corpus).with_context(|| format!("cannot make {}", corpus.display()))?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let examples: Vec<_> = (0..args.batch_size)
-        .map(|_| {
-            let bytes: Vec<u8> = (0..seq_len).map(|_| rng.random_range(b' '..=b'z')).collect();
-            masking.apply(&bytes, &mut rng)
-        })
-        .collect();
-    let batch = MaskedBatch::new(&examples, &device)?;
+    for window in 0..steps * args.batch_size {
+        let text: Vec<u8> = (0..seq_len).map(|_| rng.random_range(b' '..=b'z')).collect();
+        let path = corpus.join(format!("{window:06}.txt"));
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
+    let options = TrainConfig {
+        model: format!("bench:{}", args.model),
+        init: InitScheme::DeepMind,
+        corpus: vec![corpus.to_string_lossy().into_owned()],
+        eval_corpus: Vec::new(),
+        eval_fraction: 0.0,
+        eval_windows: 0,
+        seq_len,
+        batch_size: args.batch_size,
+        grad_accum: 1,
+        steps: steps as u64,
+        masking: Masking {
+            rate: args.mask_rate,
+            ..Masking::default()
+        },
+        optimizer: AdamWConfig::default(),
+        schedule: Schedule {
+            peak_lr: LEARNING_RATE,
+            warmup_steps: 0,
+            total_steps: steps as u64,
+            decay: Decay::Constant,
+            min_lr_ratio: 1.0,
+        },
+        clip_norm: Some(CLIP_NORM),
+        seed: 0,
+        // Never reached: the run is driven one step at a time and never saved.
+        save_every: 0,
+        eval_every: 0,
+        log_every: 0,
+        keep_checkpoints: 1,
+        // The corpus holds just the windows the steps read: nothing to shuffle them with.
+        shuffle_windows: 1,
+    };
+    let mut trainer = Trainer::start(
+        options,
+        &scratch.path().join("run"),
+        ModelInit::Pretrained { config, tensors },
+    )?;
     let mut times = Vec::new();
-    for i in 0..args.warmup + args.repeats {
+    for i in 0..steps {
         let started = Instant::now();
-        let out = masked_lm_loss(&model, &batch)?;
-        let store = out.loss.backward()?;
-        let mut grads = gradients(&optimizer, &store)?;
-        clip_grad_norm(&mut grads, 1.0)?;
-        optimizer.step(&grads, 1e-4)?;
+        trainer.train_step()?;
         if i >= args.warmup {
             times.push(started.elapsed().as_secs_f64());
         }

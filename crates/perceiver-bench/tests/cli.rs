@@ -228,6 +228,11 @@ fn train_step_prints_one_time_per_step() {
     assert_eq!(times.len(), 3);
     assert!(times.iter().all(|&t| t > 0.0));
     assert!(times.contains(&line["median"].as_f64().unwrap()));
+    // The model takes 64 bytes: a longer window is the trainer's own error.
+    assert_clean_failure(
+        &bench(&["train-step", "--model", &model_arg(MODEL), "--seq-len", "65"]),
+        "--seq-len 65",
+    );
 }
 
 /// `serve` starts one server per batch cap on loopback and measures each at every concurrency:
