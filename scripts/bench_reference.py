@@ -1,25 +1,18 @@
 #!/usr/bin/env python3
-"""The PyTorch side of ``perceiver bench inference``: transformers' PerceiverForMaskedLM on the CPU.
-
-Two modes:
-
-``--export DIR``
-    Writes DIR/config.json and DIR/model.safetensors: transformers' default PerceiverConfig (the
-    201M deepmind/language-perceiver layout) with random weights (seed ``--seed``), float32, as
-    ``save_pretrained`` writes them. Speed does not depend on the weights' values; both sides then
-    run the very same weights.
+"""The PyTorch side of ``perceiver-bench inference`` and ``perceiver-bench latent``:
+transformers' PerceiverForMaskedLM on the CPU.
 
 ``--serve DIR``
-    A worker that ``perceiver bench inference`` starts and drives over stdin/stdout, one JSON object
-    per line, so that both implementations run in one session, alternating:
+    A worker that ``perceiver-bench`` starts and drives over stdin/stdout, one JSON object per
+    line, so that both implementations run in one session, alternating:
 
     - ``{"cmd": "prepare", "name": ..., "texts": [[ids...], ...], "dtype": "float32"|"bfloat16",
       "batch_sizes": [...]}``: builds the inputs (each batch padded to its longest text, with an
       attention mask, as transformers users do), runs the workload once per candidate batch size
       and keeps the fastest ("batch sizes as each does best"); answers
-      ``{"ok": true, "batch_size": n, "flops": f}``.
+      ``{"ok": true, "batch_size": n}``.
     - ``{"cmd": "prepare_layer", "name": ..., "batch": b, "reps": r, "dtype": ...}`` (for
-      ``perceiver bench latent``): ``r`` passes of the model's first latent self-attention layer
+      ``perceiver-bench latent``): ``r`` passes of the model's first latent self-attention layer
       (``perceiver.encoder.self_attends[0]``) over ``b`` texts' random latents; answers
       ``{"ok": true}``.
     - ``{"cmd": "prepare_linear", "name": ..., "m": m, "n": n, "k": k, "reps": r, "dtype": ...}``:
@@ -32,10 +25,15 @@ Two modes:
     transformers always decodes every one of the 2048 output positions, whatever the input length;
     that is its way, and it is timed as such. bfloat16 is ``model.to(torch.bfloat16)``.
 
-Pinned environment: scripts/requirements-reference.txt (checked at import). Run from the
-repository root::
+The bench model (the released deepmind/language-perceiver layout, 201M parameters, random
+weights) is made by ``scripts/make_parity_fixtures.py --full DIR``; speed does not depend on the
+weights' values, and both sides run the very same weights. Pinned environment:
+scripts/requirements-reference.txt (checked at import). From the repository root::
 
-    .venv-ref/bin/python scripts/bench_reference.py --export target/bench-model-201m
+    .venv-ref/bin/python scripts/make_parity_fixtures.py --full target/full-random
+    cargo run --release -p perceiver-bench -- inference --model target/full-random
+
+(see crates/perceiver-bench/README.md).
 """
 
 from __future__ import annotations
@@ -51,18 +49,10 @@ SCRIPT_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPT_DIR))
 
 # Importing the parity script checks the pins and sets the offline environment.
-import make_parity_fixtures as parity  # noqa: E402
+import make_parity_fixtures  # noqa: E402,F401
 
 import torch  # noqa: E402
-from transformers import PerceiverConfig, PerceiverForMaskedLM  # noqa: E402
-
-
-def export(out_dir: Path, seed: int) -> None:
-    torch.manual_seed(seed)
-    model = PerceiverForMaskedLM(PerceiverConfig()).float().eval()
-    parity.save_model(model, out_dir)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out_dir} ({params / 1e6:.1f}M parameters)", file=sys.stderr)
+from transformers import PerceiverForMaskedLM  # noqa: E402
 
 
 def reply(obj: dict) -> None:
@@ -169,16 +159,10 @@ def serve(model_dir: Path, threads: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--export", type=Path, metavar="DIR")
-    mode.add_argument("--serve", type=Path, metavar="DIR")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--serve", type=Path, metavar="DIR", required=True, help="the model directory to time")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    if args.export:
-        export(args.export, args.seed)
-    else:
-        serve(args.serve, args.threads)
+    serve(args.serve, args.threads)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time a masked-LM training step of PyTorch (transformers) and of our Rust `perceiver` side by side.
+"""Time a masked-LM training step of PyTorch (transformers) and of our Rust trainer side by side.
 
 Both time the same model (``scripts/bench_train_reference.py``'s built-in "bench" config, or
 ``--config``), exported once to ``--model-dir`` (config.json + model.safetensors, float32), on
@@ -10,7 +10,7 @@ Both time the same model (``scripts/bench_train_reference.py``'s built-in "bench
   (forward with labels, backward, AdamW step, zero_grad; see bench_train_reference.py);
 * ours, one process per round::
 
-      target/release/perceiver bench train-step --model DIR --batch-size B --seq-len L \\
+      target/release/perceiver-bench train-step --model DIR --batch-size B --seq-len L \\
           --warmup W --repeats 1 --json
 
   which must print (its last stdout line) ``{"impl": "perceiver", "step_seconds": [t], "median": t, ...}``.
@@ -21,7 +21,7 @@ Threads: ``--threads N`` sets torch's thread count and, for the Rust process, ``
 Prints per-round times and a table: median PyTorch, median ours, ratio PyTorch / ours (> 1: ours is
 faster). ``--json`` also prints the summary as one JSON line.
 
-Run from the repository root, after ``cargo build --release``::
+Run from the repository root, after ``cargo build --release -p perceiver-bench``::
 
     .venv-ref/bin/python scripts/bench_train.py --threads 2 --rounds 7
 """
@@ -45,7 +45,7 @@ import bench_train_reference as ref  # noqa: E402  (checks the pinned reference 
 import torch  # noqa: E402
 
 REPO_ROOT = SCRIPT_DIR.parent
-DEFAULT_BINARY = REPO_ROOT / "target" / "release" / "perceiver"
+DEFAULT_BINARY = REPO_ROOT / "target" / "release" / "perceiver-bench"
 DEFAULT_MODEL_DIR = REPO_ROOT / "target" / "bench-train-model"
 
 
@@ -56,22 +56,22 @@ def die(msg: str) -> None:
 
 def check_binary(binary: Path, env: dict) -> None:
     if not binary.is_file() or not os.access(binary, os.X_OK):
-        die(f"{binary} not found (or not executable); build it with `cargo build --release -p perceiver-cli`")
+        die(f"{binary} not found (or not executable); build it with `cargo build --release -p perceiver-bench`")
     probe = subprocess.run(
-        [str(binary), "bench", "train-step", "--help"], capture_output=True, text=True, env=env, timeout=60
+        [str(binary), "train-step", "--help"], capture_output=True, text=True, env=env, timeout=60
     )
     if probe.returncode != 0:
         why = (probe.stderr or probe.stdout).strip().splitlines()
         die(
-            f"{binary} has no `bench train-step` subcommand (exit {probe.returncode}: "
+            f"{binary} has no `train-step` subcommand (exit {probe.returncode}: "
             f"{why[0] if why else 'no output'}); this driver expects "
-            "`perceiver bench train-step --model DIR --batch-size B --seq-len L --warmup W --repeats 1 --json`"
+            "`perceiver-bench train-step --model DIR --batch-size B --seq-len L --warmup W --repeats 1 --json`"
         )
 
 
 def run_ours(binary: Path, model_dir: Path, args, env: dict) -> float:
     cmd = [
-        str(binary), "bench", "train-step", "--model", str(model_dir), "--batch-size", str(args.batch_size),
+        str(binary), "train-step", "--model", str(model_dir), "--batch-size", str(args.batch_size),
         "--seq-len", str(args.seq_len), "--warmup", str(args.warmup), "--repeats", "1", "--json",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

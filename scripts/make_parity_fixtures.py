@@ -35,8 +35,10 @@ plus the two fields that transformers' conversion script
 (convert_perceiver_haiku_to_pytorch.py, architecture "MLM") sets for that
 checkpoint; 201,108,230 parameters. (A bare ``PerceiverConfig()`` has
 qk_channels=None, hence 1280-wide self-attention queries/keys and 269,319,430
-parameters, which is not the checkpoint's layout.) It is not used by the tests
-(the output is ~800 MB)::
+parameters, which is not the checkpoint's layout.) The output (~800 MB) is not
+committed: it is what crates/perceiver/tests/full_model.rs checks when present, and
+the bench model of ``perceiver-bench inference`` and ``perceiver-bench latent``
+(crates/perceiver-bench/README.md), both of which look for it at this path::
 
     .venv-ref/bin/python scripts/make_parity_fixtures.py --full target/full-random
 

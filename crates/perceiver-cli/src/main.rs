@@ -6,10 +6,6 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
-mod bench;
-mod bench_inference;
-mod bench_latent;
-mod bench_serve;
 mod fill_mask;
 mod model;
 mod serve;
@@ -45,13 +41,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Draw a training run's loss and accuracy curves (RUN_DIR/curves.svg).
     Plot(train::PlotArgs),
-    /// Time our engine (JSON for the side-by-side scripts in scripts/).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Serve fill-mask over HTTP, batching the requests of many clients.
     Serve(serve::ServeArgs),
-    /// Measure a fill-mask service's throughput and latency on loopback.
-    BenchServe(bench_serve::BenchServeArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (mimalloc.h; libmimalloc-sys names no constant for it).
@@ -107,9 +98,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run_train(*args),
         Command::Eval(args) => train::run_eval(args),
         Command::Plot(args) => train::run_plot(args),
-        Command::Bench(command) => bench::run(command),
         Command::Serve(args) => serve::run(args),
-        Command::BenchServe(args) => bench_serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

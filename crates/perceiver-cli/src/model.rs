@@ -21,7 +21,7 @@ pub struct ModelArgs {
     pub revision: Option<String>,
 }
 
-/// How the inference engine runs the model (fill-mask, serve, bench-serve).
+/// How the inference engine runs the model (fill-mask, serve).
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// Number type of the weight matrix products: f32 (transformers' numbers) or bf16 (half the
@@ -41,8 +41,12 @@ impl ModelArgs {
 
     /// Loads the masked language model these flags name as a trainable candle model, on the CPU.
     pub fn load_masked_lm(&self) -> Result<PerceiverForMaskedLM> {
-        perceiver_train::model::load_masked_lm_from(&self.model, &self.options(), &candle_core::Device::Cpu)
-            .with_context(|| format!("cannot load model {}", self.model))
+        perceiver_train::model::load_masked_lm_from(
+            &self.model,
+            &self.options(),
+            &perceiver_train::Device::Cpu,
+        )
+        .with_context(|| format!("cannot load model {}", self.model))
     }
 
     /// Loads the model these flags name into the inference engine (weights memory-mapped,

@@ -24,7 +24,7 @@ pub struct ServeArgs {
     service: ServiceArgs,
 }
 
-/// The service's flags (shared with `bench-serve`, which starts its own servers).
+/// The service's flags.
 #[derive(Args, Clone)]
 pub struct ServiceArgs {
     /// Address or host name to listen on (0.0.0.0: every interface).

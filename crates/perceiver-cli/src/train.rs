@@ -189,7 +189,7 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
         let files = ModelFiles::resolve(model, &LoadOptions::default())
             .with_context(|| format!("cannot load model {model}"))?;
         let (config, tensors) =
-            perceiver_train::model::load_masked_lm_tensors(&files, &candle_core::Device::Cpu)
+            perceiver_train::model::load_masked_lm_tensors(&files, &perceiver_train::Device::Cpu)
                 .with_context(|| format!("cannot load model {model}"))?;
         if config.attention_probs_dropout_prob > 0.0 {
             eprintln!(

@@ -56,10 +56,6 @@ pub enum ServeError {
     /// The HTTP server failed while running.
     #[error("the HTTP server failed: {0}")]
     Server(#[source] std::io::Error),
-
-    /// A request to a benchmarked server failed for a reason other than an HTTP status.
-    #[error("benchmark: {0}")]
-    Bench(String),
 }
 
 /// The kind of a failed request; each kind has one HTTP status ([`ErrorType::status`]).

@@ -4,8 +4,9 @@
 //! Layers, after Hugging Face's text-embeddings-inference: [`queue`] (the model on its own
 //! thread, fed by a queue that packs the inputs of many clients into one forward pass),
 //! [`http`] (routes that only validate, enqueue and format), [`types`] (the JSON: Hugging Face's
-//! Inference API fill-mask shape), [`metrics`] (Prometheus), [`error`] (one JSON error body,
-//! one place that maps its kind to a status), and [`bench`](mod@bench) (a load generator).
+//! Inference API fill-mask shape), [`metrics`] (Prometheus) and [`error`] (one JSON error body,
+//! one place that maps its kind to a status). Its load generator is the developer tool
+//! `perceiver-bench serve` (crates/perceiver-bench), so that this library needs no HTTP client.
 //!
 //! Routes: `POST /fill-mask`, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
 //! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:
@@ -41,7 +42,6 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -23,6 +23,8 @@ pub mod plot;
 pub mod presets;
 pub mod trainer;
 
+/// The device tensors live on (the CPU here), re-exported so callers need not name candle.
+pub use candle_core::Device;
 pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use masking::{Masking, MaskingStrategy};

@@ -1,4 +1,4 @@
-//! `perceiver bench latent`: one latent self-attention layer of a model, and its six weight
+//! `perceiver-bench latent`: one latent self-attention layer of a model, and its six weight
 //! products on their own, ours and PyTorch's side by side in one session, alternating, with the
 //! CPU's f32 FMA peak measured in the same run.
 //!
@@ -22,13 +22,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::bench_inference::{load_bench_model, median, time_round, torch_dtype, ReferenceArgs};
+use crate::inference::{load_bench_model, median, time_round, torch_dtype, ReferenceArgs};
 
 #[derive(Args)]
 pub struct LatentArgs {
     /// The model whose latent layer is timed (a directory). Make the 201M random one with
-    /// `.venv-ref/bin/python scripts/bench_reference.py --export target/bench-model-201m`.
-    #[arg(long, default_value = "target/bench-model-201m")]
+    /// `.venv-ref/bin/python scripts/make_parity_fixtures.py --full target/full-random`.
+    #[arg(long, default_value = "target/full-random")]
     model: PathBuf,
     /// Texts per pass, comma-separated (each text is num_latents rows of every product).
     #[arg(long, value_delimiter = ',', default_value = "1,8")]

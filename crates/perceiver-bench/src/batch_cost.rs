@@ -1,40 +1,40 @@
-//! Where could batching's throughput come from? The library's forward pass alone, no HTTP:
-//! milliseconds per text at several batch sizes, with batches taken in arrival order (mixed
-//! lengths, padded to the longest) and grouped by length (little padding).
+//! `perceiver-bench batch-cost`: where could batching's throughput come from? The library's
+//! forward pass alone, no HTTP: milliseconds per text at several batch sizes, with batches taken
+//! in arrival order (mixed lengths, padded to the longest) and grouped by length (little padding).
 //!
 //! ```sh
-//! cargo run --release -p perceiver-serve --example batch_cost -- MODEL_DIR [TEXTS] [BATCH,SIZES]
+//! perceiver-bench batch-cost MODEL_DIR [TEXTS] [BATCH,SIZES]
 //! ```
 //!
 //! A benchmark, not a test: the figures depend on the machine and its load.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::{bail, Result};
+use clap::Args;
 use perceiver::{FillMask, Loader, MaskedText};
-use perceiver_serve::bench::synthetic_texts;
 
-// As in the `perceiver` binary: mimalloc, keeping freed pages (re-faulting the batch's buffers
-// costs several percent of a pass).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-/// mimalloc's `mi_option_purge_delay` (mimalloc.h).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+use crate::load::synthetic_texts;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // SAFETY: sets a process-wide allocator option; mimalloc allows it at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    let mut args = std::env::args().skip(1);
-    let dir = args
-        .next()
-        .ok_or("usage: batch_cost MODEL_DIR [TEXTS] [BATCH,SIZES]")?;
-    let count: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(64);
-    let sizes: Vec<usize> = args
-        .next()
-        .unwrap_or_else(|| "1,4,16,32".into())
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let fill = FillMask::new(Loader::new(dir.as_str()).load()?)?;
+#[derive(Args)]
+pub struct BatchCostArgs {
+    /// The model (a directory: config.json + weights).
+    model_dir: PathBuf,
+    /// Texts (generated, 24-160 bytes, one masked word each).
+    #[arg(default_value_t = 64)]
+    texts: usize,
+    /// Batch sizes, comma-separated.
+    #[arg(value_delimiter = ',', default_value = "1,4,16,32")]
+    batch_sizes: Vec<usize>,
+}
+
+pub fn run(args: BatchCostArgs) -> Result<()> {
+    let (count, sizes) = (args.texts, args.batch_sizes);
+    if count == 0 || sizes.is_empty() || sizes.contains(&0) {
+        bail!("the number of texts and the batch sizes must be positive");
+    }
+    let fill = FillMask::new(Loader::new(args.model_dir.to_string_lossy()).load()?)?;
     let inputs: Vec<MaskedText> = synthetic_texts(count, fill.model().max_len(), 1)
         .iter()
         .map(|t| fill.prepare(t, false))

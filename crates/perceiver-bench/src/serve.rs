@@ -1,13 +1,13 @@
-//! `perceiver bench-serve`: load services on loopback and report throughput and latency.
+//! `perceiver-bench serve`: load services on loopback and report throughput and latency.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver_serve::bench::{synthetic_texts, BenchClient, Level, LevelReport};
 use perceiver_serve::{ServeConfig, Server};
 
+use crate::load::{synthetic_texts, BenchClient, Level, LevelReport};
 use crate::model::{EngineArgs, ModelArgs};
 
 #[derive(Args)]
@@ -16,10 +16,10 @@ use crate::model::{EngineArgs, ModelArgs};
 loopback port, once per --max-batch-requests value (1 = no batching), and each is measured.\n\
 Rounds interleave the servers, so that a machine's changing load spreads over all of them; the \
 summary gives the median over rounds.\n\
-Example: perceiver bench-serve --model tests/fixtures/parity/tiny_narrow_latents \\\n    \
+Example: perceiver-bench serve --model tests/fixtures/parity/tiny_narrow_latents \\\n    \
 --max-batch-requests 1,32 --concurrency 1,8,16,32 --requests 2000 --duration 10 --rounds 3"
 )]
-pub struct BenchServeArgs {
+pub struct ServeArgs {
     /// Running services to measure, e.g. http://127.0.0.1:8080 (comma-separated to compare
     /// several; default: start one per --max-batch-requests value).
     #[arg(long, env = "PERCEIVER_BENCH_URL", value_delimiter = ',')]
@@ -35,7 +35,7 @@ pub struct BenchServeArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = clap::value_parser!(u32).range(1..))]
     max_batch_requests: Vec<u32>,
 
-    /// Batch waits of the servers started here, in microseconds (see `serve
+    /// Batch waits of the servers started here, in microseconds (see `perceiver serve
     /// --max-batch-wait-us`): one server per cap above 1 and wait.
     #[arg(long, value_delimiter = ',', default_values_t = [perceiver_serve::DEFAULT_MAX_BATCH_WAIT.as_micros() as u64], value_parser = clap::value_parser!(u64).range(..=1_000_000))]
     max_batch_wait_us: Vec<u64>,
@@ -81,7 +81,7 @@ struct Target {
     )>,
 }
 
-pub fn run(args: BenchServeArgs) -> Result<()> {
+pub fn run(args: ServeArgs) -> Result<()> {
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         bail!("--duration must be a positive number of seconds");
     }
@@ -157,7 +157,7 @@ pub fn run(args: BenchServeArgs) -> Result<()> {
 }
 
 /// Every (round, concurrency, target) measurement, in that nesting: `reports[round][c][t]`.
-async fn measure(args: &BenchServeArgs, targets: &[Target]) -> Result<Vec<Vec<Vec<LevelReport>>>> {
+async fn measure(args: &ServeArgs, targets: &[Target]) -> Result<Vec<Vec<Vec<LevelReport>>>> {
     println!("| round | server | clients | requests | errors | req/s | p50 ms | p99 ms | texts per pass |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut rounds = Vec::new();
@@ -199,7 +199,7 @@ async fn measure(args: &BenchServeArgs, targets: &[Target]) -> Result<Vec<Vec<Ve
 }
 
 /// Medians over rounds per (server, concurrency), and each server's throughput over the first's.
-fn summarize(args: &BenchServeArgs, targets: &[Target], reports: &[Vec<Vec<LevelReport>>]) {
+fn summarize(args: &ServeArgs, targets: &[Target], reports: &[Vec<Vec<LevelReport>>]) {
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
         let n = values.len();
@@ -250,7 +250,7 @@ fn millis(d: Option<Duration>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-async fn texts(args: &BenchServeArgs, client: &BenchClient) -> Result<Arc<Vec<String>>> {
+async fn texts(args: &ServeArgs, client: &BenchClient) -> Result<Arc<Vec<String>>> {
     let texts = match &args.input {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?

@@ -2,15 +2,15 @@
 //! back until `requests` are done or `duration` has passed; throughput and latency percentiles
 //! come out, and the mean batch size the server formed (from its `/metrics`).
 //!
-//! Used by `perceiver bench-serve`. It is a benchmark, not a test: its numbers depend on the
+//! Used by `perceiver-bench serve`. It is a benchmark, not a test: its numbers depend on the
 //! machine and its load.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::ServeError;
-use crate::types::Info;
+use anyhow::{anyhow, bail, Context, Result};
+use perceiver_serve::Info;
 
 /// One load level.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +28,6 @@ pub struct Level {
 /// What one load level measured.
 #[derive(Debug, Clone)]
 pub struct LevelReport {
-    pub concurrency: usize,
     /// Requests answered 200.
     pub ok: usize,
     /// Requests answered otherwise, or that failed in transport.
@@ -68,11 +67,11 @@ pub struct BenchClient {
 
 impl BenchClient {
     /// `base_url` such as `http://127.0.0.1:8080`.
-    pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, ServeError> {
+    pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
             .build()
-            .map_err(|e| ServeError::Bench(format!("cannot build an HTTP client: {e}")))?;
+            .context("cannot build an HTTP client")?;
         Ok(Self {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
@@ -92,23 +91,13 @@ impl BenchClient {
     }
 
     /// The service's `/info`.
-    pub async fn info(&self) -> Result<Info, ServeError> {
-        let response = self
-            .get("/info")
-            .send()
-            .await
-            .map_err(|e| ServeError::Bench(format!("GET {}/info: {e}", self.base_url)))?;
+    pub async fn info(&self) -> Result<Info> {
+        let what = || format!("GET {}/info", self.base_url);
+        let response = self.get("/info").send().await.with_context(what)?;
         if !response.status().is_success() {
-            return Err(ServeError::Bench(format!(
-                "GET {}/info answered {}",
-                self.base_url,
-                response.status()
-            )));
+            bail!("{} answered {}", what(), response.status());
         }
-        response
-            .json()
-            .await
-            .map_err(|e| ServeError::Bench(format!("GET {}/info: {e}", self.base_url)))
+        response.json().await.with_context(what)
     }
 
     /// `(sum, count)` of the server's batch-size histogram, if it exposes one.
@@ -144,9 +133,9 @@ impl BenchClient {
 
     /// Runs one load level over `texts` (taken in turn). `concurrency` warm-up requests go
     /// first and are not counted.
-    pub async fn run_level(&self, texts: Arc<Vec<String>>, level: Level) -> Result<LevelReport, ServeError> {
+    pub async fn run_level(&self, texts: Arc<Vec<String>>, level: Level) -> Result<LevelReport> {
         if texts.is_empty() || level.concurrency == 0 {
-            return Err(ServeError::Bench("no texts or no clients".into()));
+            bail!("no texts or no clients");
         }
         let warm_up: Vec<_> = (0..level.concurrency)
             .map(|i| {
@@ -155,9 +144,7 @@ impl BenchClient {
             })
             .collect();
         for task in warm_up {
-            task.await
-                .map_err(|e| ServeError::Bench(e.to_string()))?
-                .map_err(|e| ServeError::Bench(format!("warm-up request failed: {e}")))?;
+            task.await?.map_err(|e| anyhow!("warm-up request failed: {e}"))?;
         }
 
         let before = self.batch_totals().await;
@@ -188,7 +175,7 @@ impl BenchClient {
         let mut latencies = Vec::new();
         let mut errors = Vec::new();
         for task in clients {
-            let (l, e) = task.await.map_err(|e| ServeError::Bench(e.to_string()))?;
+            let (l, e) = task.await?;
             latencies.extend(l);
             errors.extend(e);
         }
@@ -200,7 +187,6 @@ impl BenchClient {
             _ => None,
         };
         Ok(LevelReport {
-            concurrency: level.concurrency,
             ok: latencies.len(),
             errors: errors.len(),
             first_error: errors.into_iter().next(),
@@ -339,7 +325,6 @@ mod tests {
     #[test]
     fn percentiles_use_nearest_rank() {
         let report = LevelReport {
-            concurrency: 1,
             ok: 100,
             errors: 0,
             first_error: None,

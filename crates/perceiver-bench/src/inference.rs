@@ -1,4 +1,4 @@
-//! `perceiver bench inference`: our engine and transformers (PyTorch) side by side on the same
+//! `perceiver-bench inference`: our engine and transformers (PyTorch) side by side on the same
 //! weights, in one session, alternating, on the workloads of issue 5:
 //!
 //! - W1, the notebook's way: one text of 2048 tokens, every output position decoded (the
@@ -31,8 +31,8 @@ use serde_json::{json, Value};
 #[derive(Args)]
 pub struct InferenceArgs {
     /// The model to time (a directory). Make the 201M random one with
-    /// `.venv-ref/bin/python scripts/bench_reference.py --export target/bench-model-201m`.
-    #[arg(long, default_value = "target/bench-model-201m")]
+    /// `.venv-ref/bin/python scripts/make_parity_fixtures.py --full target/full-random`.
+    #[arg(long, default_value = "target/full-random")]
     model: PathBuf,
     /// Workloads to run, comma-separated (W1, W2, W3, W4, W4s).
     #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W4s")]
@@ -248,7 +248,7 @@ fn workloads(names: &[String], max_len: usize, throughput_batch_sizes: &[usize])
         .collect()
 }
 
-/// The PyTorch worker (`scripts/bench_reference.py --serve`), also driven by `bench latent`.
+/// The PyTorch worker (`scripts/bench_reference.py --serve`), also driven by `perceiver-bench latent`.
 pub(crate) struct Reference {
     child: Child,
     stdin: ChildStdin,
@@ -387,7 +387,7 @@ pub(crate) fn load_bench_model(model: &Path) -> Result<PerceiverModel> {
     if !model.join("config.json").is_file() {
         bail!(
             "no model at {}: make the 201M random one with \
-             `.venv-ref/bin/python scripts/bench_reference.py --export {}`",
+             `.venv-ref/bin/python scripts/make_parity_fixtures.py --full {}`",
             model.display(),
             model.display()
         );

@@ -1,0 +1,48 @@
+//! The `--model` and `--precision` flags of `perceiver-bench serve`, spelled as `perceiver serve`
+//! spells them, so that a service is benchmarked with the flags it is run with.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use perceiver::{LoadOptions, Loader, PerceiverModel, Precision};
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A model directory (config.json + weights), a Hugging Face hub id (e.g.
+    /// deepmind/language-perceiver), or `default`: the small model built into this binary.
+    #[arg(short, long, env = "PERCEIVER_MODEL", default_value = "default")]
+    pub model: String,
+
+    /// Use only the local Hugging Face cache for hub ids (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, env = "PERCEIVER_REVISION")]
+    pub revision: Option<String>,
+}
+
+/// How the inference engine runs the model.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Number type of the weight matrix products: f32 (transformers' numbers) or bf16 (half the
+    /// weights' memory; faster on CPUs with AVX-512 BF16, about as fast as f32 on AVX2; top-1
+    /// answers nearly always the same as f32).
+    #[arg(long, env = "PERCEIVER_PRECISION", default_value = "f32")]
+    pub precision: Precision,
+}
+
+impl ModelArgs {
+    /// Loads the model these flags name into the inference engine (weights memory-mapped,
+    /// packed once for `precision`).
+    pub fn load_engine(&self, precision: Precision) -> Result<PerceiverModel> {
+        let options = LoadOptions {
+            offline: self.offline,
+            revision: self.revision.clone(),
+        };
+        Loader::new(self.model.as_str())
+            .options(options)
+            .precision(precision)
+            .load()
+            .with_context(|| format!("cannot load model {}", self.model))
+    }
+}
