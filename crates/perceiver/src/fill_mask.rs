@@ -66,6 +66,8 @@ impl FillMask {
 
     /// Tokenizes a text written with `[MASK]` / `[MASK:n]` and checks the model can take it.
     pub fn prepare(&self, text: &str, add_special_tokens: bool) -> Result<MaskedText> {
+        // Counted before it is built: `[MASK:1000000]` is 14 bytes of request.
+        self.check_len(self.tokenizer.masked_len(text, add_special_tokens)?.ids)?;
         let input = self.tokenizer.encode_masked(text, add_special_tokens)?;
         self.check(&input)?;
         Ok(input)
@@ -78,16 +80,20 @@ impl FillMask {
                 "the text has no mask: mark masked bytes with [MASK] (one byte) or [MASK:n] (n bytes)".into(),
             ));
         }
-        let max = self.model.max_len();
-        if input.ids.len() > max {
-            return Err(Error::InvalidInput(format!(
-                "the text is {} tokens long (special tokens included), the model takes at most {max}",
-                input.ids.len()
-            )));
-        }
+        self.check_len(input.ids.len())?;
         if let Some(&p) = input.mask_positions.iter().find(|&&p| p >= input.ids.len()) {
             return Err(Error::InvalidInput(format!(
                 "mask position {p} is outside the text"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        let max = self.model.max_len();
+        if len > max {
+            return Err(Error::InvalidInput(format!(
+                "the text is {len} tokens long (special tokens included), the model takes at most {max}"
             )));
         }
         Ok(())

@@ -36,6 +36,15 @@ pub struct MaskedText {
     pub mask_positions: Vec<usize>,
 }
 
+/// The size of a tokenized masked text, without its ids ([`BytesTokenizer::masked_len`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskedLen {
+    /// Token ids, special tokens included.
+    pub ids: usize,
+    /// Masked positions among them.
+    pub masks: usize,
+}
+
 /// Byte-level tokenizer. Stateless; a unit struct so that call sites read as in other tokenizers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BytesTokenizer;
@@ -96,44 +105,28 @@ impl BytesTokenizer {
     /// followed by a positive integer and `]` is an error naming its byte offset, and so is a
     /// text that expands to more than [`MAX_TOKENS`] ids.
     pub fn encode_masked(&self, text: &str, add_special_tokens: bool) -> Result<MaskedText> {
-        const RUN_OPEN: &str = "[MASK:";
         let mut ids = Vec::with_capacity(text.len() + 2);
         let mut mask_positions = Vec::new();
         if add_special_tokens {
             ids.push(CLS_ID);
         }
-        let mut literal_start = 0;
-        let mut cursor = 0;
-        while let Some(found) = text[cursor..].find('[') {
-            let at = cursor + found;
-            let rest = &text[at..];
-            // (id, how many times, bytes of text consumed)
-            let token = if let Some(id) = SPECIAL_TOKENS.iter().position(|name| rest.starts_with(name)) {
-                Some((id as u32, 1, SPECIAL_TOKENS[id].len()))
-            } else if let Some(spec) = rest.strip_prefix(RUN_OPEN) {
-                let (count, spec_len) = parse_mask_run(spec, at)?;
-                Some((MASK_ID, count, RUN_OPEN.len() + spec_len))
-            } else {
-                None
-            };
-            let Some((id, count, consumed)) = token else {
-                cursor = at + 1;
-                continue;
-            };
-            ids.extend(self.encode(&text[literal_start..at]));
-            if ids.len() + count > MAX_TOKENS {
-                return Err(too_long(at));
-            }
-            for _ in 0..count {
-                if id == MASK_ID {
-                    mask_positions.push(ids.len());
+        scan_masked(text, |piece| {
+            match piece {
+                Piece::Literal(literal) => ids.extend(self.encode(literal)),
+                Piece::Special { id, count, at } => {
+                    if ids.len() + count > MAX_TOKENS {
+                        return Err(too_long(at));
+                    }
+                    for _ in 0..count {
+                        if id == MASK_ID {
+                            mask_positions.push(ids.len());
+                        }
+                        ids.push(id);
+                    }
                 }
-                ids.push(id);
             }
-            cursor = at + consumed;
-            literal_start = cursor;
-        }
-        ids.extend(self.encode(&text[literal_start..]));
+            Ok(())
+        })?;
         if add_special_tokens {
             ids.push(SEP_ID);
         }
@@ -141,6 +134,31 @@ impl BytesTokenizer {
             return Err(too_long(text.len()));
         }
         Ok(MaskedText { ids, mask_positions })
+    }
+
+    /// How many ids, and how many of them masks, [`encode_masked`](Self::encode_masked) would
+    /// give `text`, counted without building them: a front end compares the count with the
+    /// model's positions first, so that a short text such as `[MASK:1000000]` costs no memory
+    /// for its expansion. Errors for malformed masks as `encode_masked` does, but has no upper
+    /// limit (the counts saturate).
+    pub fn masked_len(&self, text: &str, add_special_tokens: bool) -> Result<MaskedLen> {
+        let mut len = MaskedLen {
+            ids: if add_special_tokens { 2 } else { 0 },
+            masks: 0,
+        };
+        scan_masked(text, |piece| {
+            match piece {
+                Piece::Literal(literal) => len.ids = len.ids.saturating_add(literal.len()),
+                Piece::Special { id, count, .. } => {
+                    len.ids = len.ids.saturating_add(count);
+                    if id == MASK_ID {
+                        len.masks = len.masks.saturating_add(count);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(len)
     }
 
     /// Tokenizes plain `text` and masks the bytes in `range` (byte offsets into the text, as
@@ -170,6 +188,43 @@ impl BytesTokenizer {
         }
         Ok(MaskedText { ids, mask_positions })
     }
+}
+
+/// A piece of a masked text: literal bytes, or a special id repeated `count` times (a
+/// special-token name, `[MASK]`, or a `[MASK:n]` run) written at byte `at`.
+enum Piece<'a> {
+    Literal(&'a str),
+    Special { id: u32, count: usize, at: usize },
+}
+
+/// Splits a text written with `[MASK]` / `[MASK:n]` and special-token names into its pieces, in
+/// order (the grammar of [`BytesTokenizer::encode_masked`]).
+fn scan_masked(text: &str, mut piece: impl FnMut(Piece) -> Result<()>) -> Result<()> {
+    const RUN_OPEN: &str = "[MASK:";
+    let mut literal_start = 0;
+    let mut cursor = 0;
+    while let Some(found) = text[cursor..].find('[') {
+        let at = cursor + found;
+        let rest = &text[at..];
+        // (id, how many times, bytes of text consumed)
+        let token = if let Some(id) = SPECIAL_TOKENS.iter().position(|name| rest.starts_with(name)) {
+            Some((id as u32, 1, SPECIAL_TOKENS[id].len()))
+        } else if let Some(spec) = rest.strip_prefix(RUN_OPEN) {
+            let (count, spec_len) = parse_mask_run(spec, at)?;
+            Some((MASK_ID, count, RUN_OPEN.len() + spec_len))
+        } else {
+            None
+        };
+        let Some((id, count, consumed)) = token else {
+            cursor = at + 1;
+            continue;
+        };
+        piece(Piece::Literal(&text[literal_start..at]))?;
+        piece(Piece::Special { id, count, at })?;
+        cursor = at + consumed;
+        literal_start = cursor;
+    }
+    piece(Piece::Literal(&text[literal_start..]))
 }
 
 /// Parses the `n]` after `[MASK:`; returns `n` and the bytes consumed (digits and `]`).
@@ -271,6 +326,30 @@ mod tests {
     }
 
     #[test]
+    fn masked_len_counts_what_encode_masked_builds() {
+        for text in [
+            "",
+            "plain",
+            "a[MASK]b[MASK:3]",
+            "[CLS]a[MASK][SEP][PAD]",
+            "[MASK [MASK:2] [MASKED]",
+            "é[MASK:7]ü",
+        ] {
+            for special in [false, true] {
+                let built = TOK.encode_masked(text, special).unwrap();
+                let counted = TOK.masked_len(text, special).unwrap();
+                assert_eq!(counted.ids, built.ids.len(), "{text:?}");
+                assert_eq!(counted.masks, built.mask_positions.len(), "{text:?}");
+            }
+        }
+        // Beyond what encode_masked builds: counted, not refused.
+        let hostile = "[MASK:1048576]".repeat(300);
+        assert_eq!(TOK.masked_len(&hostile, false).unwrap().ids, 300 * MAX_TOKENS);
+        assert!(TOK.masked_len("[MASK:x]", false).is_err());
+        assert!(TOK.masked_len("[MASK:1048577]", false).is_err());
+    }
+
+    #[test]
     fn special_token_names_become_ids_as_in_transformers() {
         let m = TOK
             .encode_masked("[CLS]a[MASK][SEP][PAD][BOS][EOS]", false)
@@ -319,6 +398,17 @@ mod tests {
         fn any_text_round_trips(text in "\\PC*") {
             prop_assert_eq!(TOK.decode(&TOK.encode(&text)), text.clone());
             prop_assert_eq!(TOK.decode(&TOK.with_special_tokens(&TOK.encode(&text))), text);
+        }
+
+        #[test]
+        fn masked_len_is_the_encoded_length(text in "(\\[MASK(:[0-9]{1,2})?\\]|\\[CLS\\]|[a-z\\[\\]:]){0,12}") {
+            match TOK.encode_masked(&text, true) {
+                Ok(m) => {
+                    let counted = TOK.masked_len(&text, true).unwrap();
+                    prop_assert_eq!((counted.ids, counted.masks), (m.ids.len(), m.mask_positions.len()));
+                }
+                Err(_) => prop_assert!(TOK.masked_len(&text, true).is_err()),
+            }
         }
 
         #[test]
