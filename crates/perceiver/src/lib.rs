@@ -43,6 +43,7 @@ pub mod fill_mask;
 pub mod heads;
 pub mod loading;
 pub mod ops;
+pub mod pickle_check;
 pub mod position;
 pub mod tokenizer;
 

@@ -174,6 +174,7 @@ impl OpenWeights {
             }
             WeightFiles::PyTorch(path) => {
                 check_readable(path)?;
+                crate::pickle_check::check(path)?;
                 let pth = candle_core::pickle::PthTensors::new(path, None).map_err(|e| corrupt(path, e))?;
                 Ok(Self::PyTorch(pth))
             }
