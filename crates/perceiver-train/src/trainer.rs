@@ -59,7 +59,22 @@ pub struct TrainConfig {
     pub shuffle_windows: usize,
 }
 
+/// The most windows in one micro-batch (`--batch-size`): a step's memory grows with it (the
+/// activations of every window are kept for the backward pass). DeepMind pretrained the
+/// language model on batches of 512 windows; larger effective batches come from
+/// [`MAX_GRAD_ACCUM`].
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// The most micro-batches per update (`--grad-accum`): each is a full forward and backward
+/// pass, so one update costs this many times a micro-batch.
+pub const MAX_GRAD_ACCUM: usize = 4096;
+/// The most optimizer updates (`--steps`): even at a millisecond a step, 10⁹ steps take eleven
+/// days; beyond, a count is a typo, not a plan.
+pub const MAX_STEPS: u64 = 1_000_000_000;
+
 impl TrainConfig {
+    /// Checks the options against each other and the model, and every count against its bound
+    /// ([`MAX_BATCH_SIZE`], [`MAX_GRAD_ACCUM`], [`MAX_STEPS`], the model's positions), so that
+    /// options read from a checkpoint's training.json are held to the flags' limits.
     pub fn validate(&self, model: &PerceiverConfig) -> Result<()> {
         let fail = |m: String| Err(Error::Options(m));
         if self.corpus.is_empty() {
@@ -73,6 +88,15 @@ impl TrainConfig {
         }
         if self.batch_size == 0 || self.grad_accum == 0 || self.steps == 0 {
             return fail("batch size, gradient accumulation and steps must be positive".into());
+        }
+        for (flag, value, max) in [
+            ("--batch-size", self.batch_size as u64, MAX_BATCH_SIZE as u64),
+            ("--grad-accum", self.grad_accum as u64, MAX_GRAD_ACCUM as u64),
+            ("--steps", self.steps, MAX_STEPS),
+        ] {
+            if value > max {
+                return fail(format!("{flag} is {value}, at most {max}"));
+            }
         }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             return fail(format!(
@@ -224,6 +248,23 @@ impl Trainer {
         )?;
         set_weights(&varmap, &saved.weights)?;
         let progress = saved.training.progress;
+        // `progress.windows` windows are replayed below to reach the stream's position: only as
+        // many as the run's own steps drew (a replay costs a small part of the training it
+        // repeats), never a count written into the file by hand.
+        let drawn = progress
+            .step
+            .checked_mul((options.batch_size as u64).saturating_mul(options.grad_accum as u64))
+            .filter(|_| progress.step <= MAX_STEPS);
+        if drawn != Some(progress.windows) {
+            return Err(Error::Checkpoint {
+                path: dir.join(checkpoint::TRAINING_FILE),
+                reason: format!(
+                    "progress.windows is {} and progress.step {}: a run of at most {MAX_STEPS} \
+                     steps draws {} windows × {} micro-batches a step, no other count",
+                    progress.windows, progress.step, options.batch_size, options.grad_accum,
+                ),
+            });
+        }
         let metrics = MetricsLog::resume(&run_dir.join(METRICS_FILE), progress.step)?;
         let mut trainer = Self::assemble(options, &run_dir, saved.config, varmap, model, metrics, progress)?;
         trainer.optimizer.load_state(&saved.optimizer, progress.step)?;
@@ -518,4 +559,77 @@ pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
         .open(path)
         .map_err(io_at(path))?;
     writeln!(file, "{line}").map_err(io_at(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::Decay;
+
+    fn options() -> TrainConfig {
+        TrainConfig {
+            model: "test".into(),
+            init: InitScheme::default(),
+            corpus: vec!["corpus".into()],
+            eval_corpus: Vec::new(),
+            eval_fraction: 0.0,
+            eval_windows: 1,
+            seq_len: 64,
+            batch_size: 2,
+            grad_accum: 1,
+            steps: 10,
+            masking: Masking::default(),
+            optimizer: AdamWConfig::default(),
+            schedule: Schedule {
+                peak_lr: 1e-3,
+                warmup_steps: 0,
+                total_steps: 10,
+                decay: Decay::Cosine,
+                min_lr_ratio: 0.1,
+            },
+            clip_norm: None,
+            seed: 0,
+            save_every: 5,
+            eval_every: 5,
+            log_every: 1,
+            keep_checkpoints: 1,
+            shuffle_windows: 16,
+        }
+    }
+
+    #[test]
+    fn counts_beyond_their_bounds_are_refused() {
+        let model = PerceiverConfig {
+            max_position_embeddings: 64,
+            ..PerceiverConfig::default()
+        };
+        options().validate(&model).unwrap();
+        let cases: [(fn(&mut TrainConfig), &str); 5] = [
+            (
+                |o| o.batch_size = MAX_BATCH_SIZE + 1,
+                "--batch-size is 4097, at most 4096",
+            ),
+            (
+                |o| o.grad_accum = MAX_GRAD_ACCUM + 1,
+                "--grad-accum is 4097, at most 4096",
+            ),
+            (
+                |o| o.steps = MAX_STEPS + 1,
+                "--steps is 1000000001, at most 1000000000",
+            ),
+            (|o| o.seq_len = 65, "--seq-len 65 must be in 1..=64"),
+            (|o| o.batch_size = 0, "must be positive"),
+        ];
+        for (change, needle) in cases {
+            let mut o = options();
+            change(&mut o);
+            let err = o.validate(&model).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+        let mut at_bounds = options();
+        at_bounds.batch_size = MAX_BATCH_SIZE;
+        at_bounds.grad_accum = MAX_GRAD_ACCUM;
+        at_bounds.steps = MAX_STEPS;
+        at_bounds.validate(&model).unwrap();
+    }
 }
