@@ -30,8 +30,8 @@ pub struct FillMaskArgs {
     #[arg(long, value_name = "START..END", value_parser = parse_range)]
     mask_range: Option<Range<usize>>,
 
-    /// Number of candidates shown per masked byte.
-    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Number of candidates shown per masked byte (at most the vocabulary's 262).
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=perceiver::tokenizer::VOCAB_SIZE as i64))]
     top_k: u32,
 
     /// Wrap the input in [CLS] … [SEP] as transformers' tokenizer does (DeepMind's does not).
@@ -46,10 +46,14 @@ pub struct FillMaskArgs {
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
 
-    /// Texts per forward pass with --input.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Texts per forward pass with --input (at most 1024).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE))]
     batch_size: u32,
 }
+
+/// The most texts in one forward pass, whose memory grows with the texts it holds: 128 times
+/// the default.
+const MAX_BATCH_SIZE: i64 = 1024;
 
 fn parse_range(s: &str) -> Result<Range<usize>, String> {
     let (start, end) = s
@@ -99,26 +103,45 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("the input file has no lines");
     }
+    // Texts are checked here, before the model loads, by counting their tokens (no text's
+    // `[MASK:n]` runs are expanded yet: a short line can stand for a million ids), then
+    // tokenized against the model's positions one at a time, and again a window at a time for
+    // the answers: memory holds one window of texts, whatever the file.
     let tokenizer = perceiver::BytesTokenizer;
+    for (where_, text) in &texts {
+        let check = || -> Result<()> {
+            let counted = tokenizer.masked_len(text, args.add_special_tokens)?;
+            let most = perceiver::config::bounds::MAX_POSITION_EMBEDDINGS.max;
+            if counted.ids as u64 > most {
+                bail!(
+                    "the text is {} tokens long (special tokens included), more than any model takes ({most})",
+                    counted.ids
+                );
+            }
+            if let Some(range) = &args.mask_range {
+                if counted.masks > 0 {
+                    bail!("use either [MASK] markers or --mask-range, not both");
+                }
+                tokenizer.encode_with_mask_range(text, range.clone(), args.add_special_tokens)?;
+            }
+            Ok(())
+        };
+        in_context(check(), where_)?;
+    }
+
+    let fill = FillMask::new(args.model.load_engine(args.engine.precision)?);
     let tokenize = |text: &str| -> Result<MaskedText> {
         Ok(match &args.mask_range {
             Some(range) => {
-                if !tokenizer.encode_masked(text, false)?.mask_positions.is_empty() {
-                    bail!("use either [MASK] markers or --mask-range, not both");
-                }
-                tokenizer.encode_with_mask_range(text, range.clone(), args.add_special_tokens)?
+                let input = tokenizer.encode_with_mask_range(text, range.clone(), args.add_special_tokens)?;
+                fill.check(&input)?;
+                input
             }
-            None => tokenizer.encode_masked(text, args.add_special_tokens)?,
+            None => fill.prepare(text, args.add_special_tokens)?,
         })
     };
-    let inputs: Vec<MaskedText> = texts
-        .iter()
-        .map(|(where_, text)| in_context(tokenize(text), where_))
-        .collect::<Result<_>>()?;
-
-    let fill = FillMask::new(args.model.load_engine(args.engine.precision)?);
-    for (input, (where_, _)) in inputs.iter().zip(&texts) {
-        in_context(fill.check(input).map_err(anyhow::Error::from), where_)?;
+    for (where_, text) in &texts {
+        in_context(tokenize(text), where_)?;
     }
 
     // Answers stream out a window at a time; within a window, texts of similar length share
@@ -126,8 +149,12 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
     let (top_k, batch_size) = (args.top_k as usize, args.batch_size as usize);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    for window in inputs.chunks(batch_size * 16) {
-        for output in fill.predict_many(window, top_k, batch_size)? {
+    for window in texts.chunks(batch_size * 16) {
+        let inputs: Vec<MaskedText> = window
+            .iter()
+            .map(|(_, text)| tokenize(text))
+            .collect::<Result<_>>()?;
+        for output in fill.predict_many(&inputs, top_k, batch_size)? {
             if args.json || args.input.is_some() {
                 serde_json::to_writer(&mut out, &output)?;
                 writeln!(out)?;
