@@ -30,8 +30,8 @@ pub struct FillMaskArgs {
     #[arg(long, value_name = "START..END", value_parser = parse_range)]
     mask_range: Option<Range<usize>>,
 
-    /// Number of candidates shown per masked byte.
-    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Number of candidates shown per masked byte (at most the vocabulary's 262).
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=perceiver::tokenizer::VOCAB_SIZE as i64))]
     top_k: u32,
 
     /// Wrap the input in [CLS] … [SEP] as transformers' tokenizer does (DeepMind's does not).
@@ -46,10 +46,14 @@ pub struct FillMaskArgs {
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
 
-    /// Texts per forward pass with --input.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Texts per forward pass with --input (at most 1024).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE))]
     batch_size: u32,
 }
+
+/// The most texts in one forward pass, whose memory grows with the texts it holds: 128 times
+/// the default.
+const MAX_BATCH_SIZE: i64 = 1024;
 
 fn parse_range(s: &str) -> Result<Range<usize>, String> {
     let (start, end) = s
@@ -98,18 +102,19 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("the input file has no lines");
     }
-    // Tokenize every text before loading the model (a typo costs no load or download time),
-    // then check each against the model: the task's one check, one message per error.
-    let inputs: Vec<MaskedText> = texts
-        .iter()
-        .map(|(where_, text)| {
-            let tokenized = FillMask::tokenize(text, args.mask_range.clone(), args.add_special_tokens);
-            in_context(tokenized.map_err(anyhow::Error::from), where_)
-        })
-        .collect::<Result<_>>()?;
+    // Every text is checked before the model loads (a typo costs no load or download time),
+    // without building its ids (a short line can stand for a million); each is then built
+    // against the model's positions a window at a time, so memory holds one window of texts.
+    for (where_, text) in &texts {
+        let checked = FillMask::precheck(text, args.mask_range.clone(), args.add_special_tokens);
+        in_context(checked.map_err(anyhow::Error::from), where_)?;
+    }
     let fill = FillMask::new(args.model.load_engine(args.engine.precision)?)?;
-    for (input, (where_, _)) in inputs.iter().zip(&texts) {
-        in_context(fill.check(input).map_err(anyhow::Error::from), where_)?;
+    let tokenize = |text: &str| -> Result<MaskedText> {
+        Ok(fill.prepare_with(text, args.mask_range.clone(), args.add_special_tokens)?)
+    };
+    for (where_, text) in &texts {
+        in_context(tokenize(text), where_)?;
     }
 
     // Answers stream out a window at a time; within a window, texts of similar length share
@@ -117,8 +122,12 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
     let (top_k, batch_size) = (args.top_k as usize, args.batch_size as usize);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    for window in inputs.chunks(batch_size * 16) {
-        for output in fill.predict_many(window, top_k, batch_size)? {
+    for window in texts.chunks(batch_size * 16) {
+        let inputs: Vec<MaskedText> = window
+            .iter()
+            .map(|(_, text)| tokenize(text))
+            .collect::<Result<_>>()?;
+        for output in fill.predict_many(&inputs, top_k, batch_size)? {
             if args.json || args.input.is_some() {
                 serde_json::to_writer(&mut out, &output)?;
                 writeln!(out)?;

@@ -16,6 +16,10 @@ mod train;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The most `--threads`: rayon starts them all at first use, and past the machine's cores
+/// they only add memory and switching. No machine this runs on has near 1024 cores.
+const MAX_THREADS: i64 = 1024;
+
 #[derive(Parser)]
 #[command(
     name = "perceiver",
@@ -23,8 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Perceiver IO byte-level language models: fill masks, and more"
 )]
 struct Cli {
-    /// Worker threads for the tensor kernels (default: all cores).
-    #[arg(long, global = true, env = "PERCEIVER_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Worker threads for the tensor kernels (default: all cores; at most 1024).
+    #[arg(long, global = true, env = "PERCEIVER_THREADS", value_parser = clap::value_parser!(u32).range(1..=MAX_THREADS))]
     threads: Option<u32>,
 
     #[command(subcommand)]

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver_serve::{ServeConfig, Server};
+use perceiver_serve::{caps, ServeConfig, Server};
 
 use crate::model::{EngineArgs, ModelArgs};
 
@@ -36,32 +36,32 @@ pub struct ServiceArgs {
     pub port: u16,
 
     /// Most tokens (the texts' lengths summed; the engine does not pad) in one forward pass.
-    #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_BATCH_TOKENS as i64))]
     pub max_batch_tokens: u32,
 
     /// Most texts in one forward pass (1: no batching).
-    #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_BATCH_REQUESTS as i64))]
     pub max_batch_requests: u32,
 
     /// Longest a batch is held back, in microseconds, for the clients the last forward pass
     /// answered (busy clients come straight back; a lone client is never held). 0: never.
-    #[arg(long, env = "PERCEIVER_MAX_BATCH_WAIT_US", default_value_t = perceiver_serve::DEFAULT_MAX_BATCH_WAIT.as_micros() as u64, value_parser = clap::value_parser!(u64).range(..=1_000_000))]
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_WAIT_US", default_value_t = perceiver_serve::DEFAULT_MAX_BATCH_WAIT.as_micros() as u64, value_parser = clap::value_parser!(u64).range(..=caps::MAX_BATCH_WAIT.as_micros() as u64))]
     pub max_batch_wait_us: u64,
 
     /// Requests queued or running at once; beyond, 429 at once.
-    #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_CONCURRENT_REQUESTS as i64))]
     pub max_concurrent_requests: u32,
 
     /// Most texts in one request.
-    #[arg(long, env = "PERCEIVER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PERCEIVER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_CLIENT_BATCH_SIZE as i64))]
     pub max_client_batch_size: u32,
 
     /// Most candidates (masks × top_k over its texts) in one request.
-    #[arg(long, env = "PERCEIVER_MAX_PREDICTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PERCEIVER_MAX_PREDICTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_PREDICTIONS as i64))]
     pub max_predictions: u32,
 
     /// Largest request body, in bytes.
-    #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=caps::PAYLOAD_LIMIT as i64))]
     pub payload_limit: u32,
 
     /// Require `Authorization: Bearer <KEY>` on every route but /health.

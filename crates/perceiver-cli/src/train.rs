@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::TypedValueParser;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use perceiver::{LoadOptions, ModelFiles, PerceiverConfig};
+use perceiver_train::config::{MAX_BATCH_SIZE, MAX_GRAD_ACCUM, MAX_STEPS};
 use perceiver_train::corpus::{self, Corpus, Part, Split};
 use perceiver_train::init::InitScheme;
 use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
@@ -95,18 +97,19 @@ pub struct TrainArgs {
     eval_windows: usize,
 
     /// Window length in bytes (default: the model's max_position_embeddings).
-    #[arg(long)]
+    #[arg(long, value_parser = count_parser(MAX_SEQ_LEN))]
     seq_len: Option<usize>,
 
-    #[arg(long, default_value_t = 16)]
+    /// Windows per micro-batch (at most 4096).
+    #[arg(long, default_value_t = 16, value_parser = count_parser(MAX_BATCH_SIZE as u64))]
     batch_size: usize,
 
-    /// Micro-batches per optimizer update.
-    #[arg(long, default_value_t = 1)]
+    /// Micro-batches per optimizer update (at most 4096).
+    #[arg(long, default_value_t = 1, value_parser = count_parser(MAX_GRAD_ACCUM as u64))]
     grad_accum: usize,
 
-    /// Optimizer updates (with --resume: the new total).
-    #[arg(long)]
+    /// Optimizer updates (with --resume: the new total; at most 10⁹).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_STEPS))]
     steps: Option<u64>,
 
     #[command(flatten)]
@@ -212,6 +215,15 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
         .with_context(|| format!("unknown preset {name:?} (one of {})", PRESET_NAMES.join(", ")))?;
     Ok((ModelInit::Scratch(config), format!("preset:{name}")))
 }
+
+/// A count flag in `1..=max`, as a `usize`.
+fn count_parser(max: u64) -> impl TypedValueParser<Value = usize> {
+    clap::value_parser!(u64).range(1..=max).map(|v| v as usize)
+}
+
+/// `--seq-len`: 1 to the most positions any config may have (the model's own
+/// max_position_embeddings is checked once it is loaded).
+const MAX_SEQ_LEN: u64 = perceiver::config::bounds::MAX_POSITION_EMBEDDINGS.max;
 
 /// The shuffle buffer's size when --shuffle-windows is not given, in bytes of windows.
 const DEFAULT_SHUFFLE_BYTES: usize = 64 << 20;
@@ -389,14 +401,15 @@ pub struct EvalArgs {
     seed: u64,
 
     /// Window length in bytes (default: the model's max_position_embeddings).
-    #[arg(long)]
+    #[arg(long, value_parser = count_parser(MAX_SEQ_LEN))]
     seq_len: Option<usize>,
 
     /// Evaluate at most this many windows.
     #[arg(long, default_value_t = 100_000)]
     max_windows: usize,
 
-    #[arg(long, default_value_t = 16)]
+    /// Windows per forward pass (at most 4096).
+    #[arg(long, default_value_t = 16, value_parser = count_parser(MAX_BATCH_SIZE as u64))]
     batch_size: usize,
 
     /// Print one JSON object.

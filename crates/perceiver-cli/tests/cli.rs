@@ -400,11 +400,16 @@ fn config_that_does_not_match_the_weights_names_the_tensor() {
     });
     assert_clean_failure(&run(&dir), "is missing");
 
-    // An absurd layer count fails at the first missing layer, without building millions.
+    // The most layers a config may have fail at the first missing layer, without building all.
+    let dir = edit(&|c| {
+        c.insert("num_self_attends_per_block".into(), 1024.into());
+    });
+    assert_clean_failure(&run(&dir), "is missing");
+    // An absurd layer count is refused by its range before any layer is built.
     let dir = edit(&|c| {
         c.insert("num_self_attends_per_block".into(), 26_000_000.into());
     });
-    assert_clean_failure(&run(&dir), "is missing");
+    assert_clean_failure(&run(&dir), "num_self_attends_per_block is 26000000");
 
     // Fewer layers than the weights hold.
     let dir = edit(&|c| {

@@ -19,6 +19,15 @@ pub enum ServeError {
         name: &'static str,
     },
 
+    /// A limit of [`crate::ServeConfig`] above its cap in [`crate::caps`].
+    #[error("{name} is {value}, at most {max} ({why})")]
+    LimitTooLarge {
+        name: &'static str,
+        value: u64,
+        max: u64,
+        why: &'static str,
+    },
+
     /// A batch token budget that the model's longest input would not fit.
     #[error(
         "max_batch_tokens ({max_batch_tokens}) is below the model's {max_len} positions: \

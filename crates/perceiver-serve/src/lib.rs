@@ -67,6 +67,34 @@ pub use metrics::Metrics;
 pub use queue::{BatchLimits, Infer};
 pub use types::{FillMaskRequest, FillMaskResponse, Info, Limits, Prediction, TextAnswer};
 
+/// The largest value each limit of [`ServeConfig`] may take (`perceiver serve` refuses larger
+/// flags, and [`Server::bind`] larger fields): far above any useful setting, low enough that no
+/// setting turns into unbounded memory or waiting. docs/DESIGN.md lists them with every other
+/// bound of the program.
+pub mod caps {
+    use std::time::Duration;
+
+    /// `max_batch_tokens`: a forward pass's memory grows with the tokens in it. 64 times the
+    /// default, and 16 of the longest texts any model may take.
+    pub const MAX_BATCH_TOKENS: usize = 1 << 20;
+    /// `max_batch_requests`: 32 times the default.
+    pub const MAX_BATCH_REQUESTS: usize = 1024;
+    /// `max_batch_wait`: how long a batch may be held back, so how long a request may wait
+    /// for nothing.
+    pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(1);
+    /// `max_concurrent_requests`: each holds its body (up to `payload_limit`) and its answer.
+    /// 128 times the default.
+    pub const MAX_CONCURRENT_REQUESTS: usize = 65536;
+    /// `max_client_batch_size`: 32 times the default.
+    pub const MAX_CLIENT_BATCH_SIZE: usize = 1024;
+    /// `max_predictions`: each candidate in the answer carries the whole text, so an answer's
+    /// size is about this times the text's length. 16 times the default.
+    pub const MAX_PREDICTIONS: usize = 65536;
+    /// `payload_limit`: 1 GiB, more than the largest useful request (1024 texts of 65536
+    /// bytes, JSON-escaped).
+    pub const PAYLOAD_LIMIT: usize = 1 << 30;
+}
+
 /// How the service listens and what it accepts. Every field is a `perceiver serve` flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeConfig {
@@ -128,6 +156,61 @@ impl ServeConfig {
             if value == 0 {
                 return Err(ServeError::ZeroLimit { name });
             }
+        }
+        for (name, value, max, why) in [
+            (
+                "max_batch_tokens",
+                self.max_batch_tokens,
+                caps::MAX_BATCH_TOKENS,
+                "a forward pass's memory grows with its tokens",
+            ),
+            (
+                "max_batch_requests",
+                self.max_batch_requests,
+                caps::MAX_BATCH_REQUESTS,
+                "a forward pass's memory grows with its texts",
+            ),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests,
+                caps::MAX_CONCURRENT_REQUESTS,
+                "each request holds its body and its answer",
+            ),
+            (
+                "max_client_batch_size",
+                self.max_client_batch_size,
+                caps::MAX_CLIENT_BATCH_SIZE,
+                "a request's work grows with its texts",
+            ),
+            (
+                "max_predictions",
+                self.max_predictions,
+                caps::MAX_PREDICTIONS,
+                "each candidate in an answer carries the whole text",
+            ),
+            (
+                "payload_limit",
+                self.payload_limit,
+                caps::PAYLOAD_LIMIT,
+                "larger than any useful request",
+            ),
+        ] {
+            if value > max {
+                return Err(ServeError::LimitTooLarge {
+                    name,
+                    value: value as u64,
+                    max: max as u64,
+                    why,
+                });
+            }
+        }
+        if self.max_batch_wait > caps::MAX_BATCH_WAIT {
+            return Err(ServeError::LimitTooLarge {
+                name: "max_batch_wait (microseconds)",
+                value: u64::try_from(self.max_batch_wait.as_micros()).unwrap_or(u64::MAX),
+                max: caps::MAX_BATCH_WAIT.as_micros() as u64,
+                why: "a batch held back keeps its requests waiting",
+            });
         }
         if self.max_batch_tokens < max_len {
             return Err(ServeError::BatchTokensBelowMaxLen {

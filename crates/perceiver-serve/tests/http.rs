@@ -612,3 +612,124 @@ async fn settings_that_cannot_work_are_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_above_their_caps_are_refused_at_start() {
+    use perceiver_serve::caps;
+    let model = Loader::new(fixture(MODEL).to_string_lossy()).load().unwrap();
+    let cases: [(fn(&mut ServeConfig), &str); 7] = [
+        (
+            |c| c.max_batch_tokens = caps::MAX_BATCH_TOKENS + 1,
+            "max_batch_tokens is 1048577, at most 1048576",
+        ),
+        (
+            |c| c.max_batch_requests = caps::MAX_BATCH_REQUESTS + 1,
+            "max_batch_requests is 1025, at most 1024",
+        ),
+        (
+            |c| c.max_concurrent_requests = usize::MAX,
+            "max_concurrent_requests is 18446744073709551615, at most 65536",
+        ),
+        (
+            |c| c.max_client_batch_size = caps::MAX_CLIENT_BATCH_SIZE + 1,
+            "max_client_batch_size is 1025, at most 1024",
+        ),
+        (
+            |c| c.max_predictions = caps::MAX_PREDICTIONS + 1,
+            "max_predictions is 65537, at most 65536",
+        ),
+        (
+            |c| c.payload_limit = caps::PAYLOAD_LIMIT + 1,
+            "payload_limit is 1073741825, at most 1073741824",
+        ),
+        (
+            |c| c.max_batch_wait = std::time::Duration::from_secs(3600),
+            "max_batch_wait (microseconds) is 3600000000, at most 1000000",
+        ),
+    ];
+    for (change, needle) in cases {
+        let mut config = ServeConfig::new("m");
+        config.port = 0;
+        change(&mut config);
+        let err = Server::bind(config, model.clone()).await.err().unwrap();
+        assert!(
+            matches!(err, perceiver_serve::ServeError::LimitTooLarge { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with(needle), "{err}");
+    }
+    // Every cap itself is accepted.
+    let config = ServeConfig {
+        port: 0,
+        max_batch_tokens: caps::MAX_BATCH_TOKENS,
+        max_batch_requests: caps::MAX_BATCH_REQUESTS,
+        max_batch_wait: caps::MAX_BATCH_WAIT,
+        max_concurrent_requests: caps::MAX_CONCURRENT_REQUESTS,
+        max_client_batch_size: caps::MAX_CLIENT_BATCH_SIZE,
+        max_predictions: caps::MAX_PREDICTIONS,
+        payload_limit: caps::PAYLOAD_LIMIT,
+        ..ServeConfig::new("m")
+    };
+    let server = Server::bind(config, model).await.unwrap();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_counts_in_requests_are_4xx_at_once() {
+    let server = TestServer::start(MODEL, |_| {}).await;
+    let started = std::time::Instant::now();
+    // A body of a few kilobytes standing for 300 million ids: refused by its count, which the
+    // message gives, without building them.
+    let (status, e) = server
+        .post(&json!({"inputs": "[MASK:1048576]".repeat(300)}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let message = e["error"].as_str().unwrap();
+    assert!(
+        message.contains("314572800 tokens long") && message.contains("at most 64"),
+        "{message}"
+    );
+    // The same in every text of a batch (the first one refuses the request).
+    let (status, e) = server.post(&json!({"inputs": vec!["[MASK:1000000]"; 32]})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e["error"].as_str().unwrap().starts_with("inputs[0]: "), "{e}");
+    // Numbers beyond every integer type, and nesting beyond the JSON reader's depth.
+    for (body, status) in [
+        (
+            r#"{"inputs": "a[MASK]", "parameters": {"top_k": 1e30}}"#.to_string(),
+            422,
+        ),
+        (
+            r#"{"inputs": "a[MASK]", "parameters": {"top_k": 99999999999999999999999}}"#.to_string(),
+            422,
+        ),
+        (
+            format!(
+                r#"{{"inputs": {}"a[MASK]"{}}}"#,
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            400,
+        ),
+    ] {
+        let response = server
+            .client
+            .post(format!("{}/fill-mask", server.url))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].as_str().is_some(), "{error}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // And the service carries on.
+    let (status, _) = server.post(&json!({"inputs": "a[MASK]c"})).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}

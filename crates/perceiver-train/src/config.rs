@@ -60,10 +60,22 @@ pub struct TrainConfig {
     pub shuffle_windows: usize,
 }
 
+/// The most windows in one micro-batch (`--batch-size`): a step's memory grows with it (the
+/// activations of every window are kept for the backward pass). DeepMind pretrained the
+/// language model on batches of 512 windows; larger effective batches come from
+/// [`MAX_GRAD_ACCUM`].
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// The most micro-batches per update (`--grad-accum`): each is a full forward and backward
+/// pass, so one update costs this many times a micro-batch.
+pub const MAX_GRAD_ACCUM: usize = 4096;
+/// The most optimizer updates (`--steps`): even at a millisecond a step, 10⁹ steps take eleven
+/// days; beyond, a count is a typo, not a plan.
+pub const MAX_STEPS: u64 = 1_000_000_000;
+
 impl TrainConfig {
-    /// Checks the options against each other and against `model` (a corpus given, `seq_len`
-    /// within the model's positions, positive sizes, learning rate and clip norm, fractions in
-    /// range, valid masking): an [`Error::Options`] naming the first problem.
+    /// Checks the options against each other and the model, and every count against its bound
+    /// ([`MAX_BATCH_SIZE`], [`MAX_GRAD_ACCUM`], [`MAX_STEPS`], the model's positions), so that
+    /// options read from a checkpoint's training.json are held to the flags' limits.
     pub fn validate(&self, model: &PerceiverConfig) -> Result<()> {
         let fail = |m: String| Err(Error::Options(m));
         if self.corpus.is_empty() {
@@ -78,6 +90,15 @@ impl TrainConfig {
         if self.batch_size == 0 || self.grad_accum == 0 || self.steps == 0 {
             return fail("batch size, gradient accumulation and steps must be positive".into());
         }
+        for (flag, value, max) in [
+            ("--batch-size", self.batch_size as u64, MAX_BATCH_SIZE as u64),
+            ("--grad-accum", self.grad_accum as u64, MAX_GRAD_ACCUM as u64),
+            ("--steps", self.steps, MAX_STEPS),
+        ] {
+            if value > max {
+                return fail(format!("{flag} is {value}, at most {max}"));
+            }
+        }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             return fail(format!(
                 "--eval-fraction must be in [0, 1), got {}",
@@ -91,5 +112,78 @@ impl TrainConfig {
             return fail("--clip-norm must be positive".into());
         }
         self.masking.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{AdamWConfig, Decay, Schedule};
+
+    fn options() -> TrainConfig {
+        TrainConfig {
+            model: "test".into(),
+            init: InitScheme::default(),
+            corpus: vec!["corpus".into()],
+            eval_corpus: Vec::new(),
+            eval_fraction: 0.0,
+            eval_windows: 1,
+            seq_len: 64,
+            batch_size: 2,
+            grad_accum: 1,
+            steps: 10,
+            masking: Masking::default(),
+            optimizer: AdamWConfig::default(),
+            schedule: Schedule {
+                peak_lr: 1e-3,
+                warmup_steps: 0,
+                total_steps: 10,
+                decay: Decay::Cosine,
+                min_lr_ratio: 0.1,
+            },
+            clip_norm: None,
+            seed: 0,
+            save_every: 5,
+            eval_every: 5,
+            log_every: 1,
+            keep_checkpoints: 1,
+            shuffle_windows: 16,
+        }
+    }
+
+    #[test]
+    fn counts_beyond_their_bounds_are_refused() {
+        let model = PerceiverConfig {
+            max_position_embeddings: 64,
+            ..PerceiverConfig::default()
+        };
+        options().validate(&model).unwrap();
+        let cases: [(fn(&mut TrainConfig), &str); 5] = [
+            (
+                |o| o.batch_size = MAX_BATCH_SIZE + 1,
+                "--batch-size is 4097, at most 4096",
+            ),
+            (
+                |o| o.grad_accum = MAX_GRAD_ACCUM + 1,
+                "--grad-accum is 4097, at most 4096",
+            ),
+            (
+                |o| o.steps = MAX_STEPS + 1,
+                "--steps is 1000000001, at most 1000000000",
+            ),
+            (|o| o.seq_len = 65, "--seq-len 65 must be in 1..=64"),
+            (|o| o.batch_size = 0, "must be positive"),
+        ];
+        for (change, needle) in cases {
+            let mut o = options();
+            change(&mut o);
+            let err = o.validate(&model).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+        let mut at_bounds = options();
+        at_bounds.batch_size = MAX_BATCH_SIZE;
+        at_bounds.grad_accum = MAX_GRAD_ACCUM;
+        at_bounds.steps = MAX_STEPS;
+        at_bounds.validate(&model).unwrap();
     }
 }

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{self, Progress, TrainingFile};
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, MAX_STEPS};
 use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
 use crate::error::{io_at, Error, Result};
 use crate::init::initialize;
@@ -155,6 +155,23 @@ impl Trainer {
         )?;
         set_weights(&varmap, &saved.weights)?;
         let progress = saved.training.progress;
+        // `progress.windows` windows are replayed below to reach the stream's position: only as
+        // many as the run's own steps drew (a replay costs a small part of the training it
+        // repeats), never a count written into the file by hand.
+        let drawn = progress
+            .step
+            .checked_mul((options.batch_size as u64).saturating_mul(options.grad_accum as u64))
+            .filter(|_| progress.step <= MAX_STEPS);
+        if drawn != Some(progress.windows) {
+            return Err(Error::Checkpoint {
+                path: dir.join(checkpoint::TRAINING_FILE),
+                reason: format!(
+                    "progress.windows is {} and progress.step {}: a run of at most {MAX_STEPS} \
+                     steps draws {} windows × {} micro-batches a step, no other count",
+                    progress.windows, progress.step, options.batch_size, options.grad_accum,
+                ),
+            });
+        }
         let metrics = MetricsLog::resume(&run_dir.join(METRICS_FILE), progress.step)?;
         let mut trainer = Self::assemble(options, &run_dir, saved.config, varmap, model, metrics, progress)?;
         trainer.optimizer.load_state(&saved.optimizer, progress.step)?;

@@ -9,6 +9,121 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The range of every count in a config, and why: checked by [`PerceiverConfig::validate`]
+/// before anything is built from the config.
+///
+/// Most counts are pinned by the shape of a tensor in the weights file (a config that disagrees
+/// with its weights fails on the first mismatched tensor), so for a loaded model their ranges
+/// only keep the arithmetic on them finite. Some are not: `num_blocks` (the latent blocks
+/// share one set of weights, so any value matches any weights file, and each block repeats the
+/// work of every latent layer), the head counts (they only have to divide the channels), and,
+/// for a model trained from scratch, all of them (there are no weights yet). Those ranges are
+/// what stop a config from asking for hours of work or terabytes of memory. docs/DESIGN.md
+/// lists them with every other bound of the program.
+pub mod bounds {
+    use crate::error::{Error, Result};
+
+    /// An inclusive range of a count, with the reason for its ends (shown in the error).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Range {
+        pub min: u64,
+        pub max: u64,
+        pub why: &'static str,
+    }
+
+    impl Range {
+        /// [`Error::ConfigOutOfRange`] naming `field` unless `value` is in the range.
+        pub fn check(&self, field: &'static str, value: u64) -> Result<()> {
+            if (self.min..=self.max).contains(&value) {
+                return Ok(());
+            }
+            Err(Error::ConfigOutOfRange {
+                field,
+                value,
+                min: self.min,
+                max: self.max,
+                why: self.why,
+            })
+        }
+    }
+
+    /// How many times the latent block runs. DeepMind's released models use 1 (language, 26
+    /// layers a block) and 8 (ImageNet, 6 layers a block). No tensor pins it, and each block
+    /// repeats the work of all the latent layers: at 32, four times the largest released
+    /// value, the 201M model's latent stack does 32 times its usual work, slow but finite.
+    pub const NUM_BLOCKS: Range = Range {
+        min: 1,
+        max: 32,
+        why: "DeepMind's released models use 1 and 8, and every block repeats the work of all the latent layers",
+    };
+
+    /// Latent layers in a block (26 in the language model, 6 in ImageNet's). Each has its own
+    /// weights, so a loaded model pins it; for a model from scratch [`PARAMETERS`] bounds it too.
+    pub const NUM_SELF_ATTENDS_PER_BLOCK: Range = Range {
+        min: 1,
+        max: 1024,
+        why: "DeepMind's released models use 6 and 26",
+    };
+
+    /// Latent vectors. Released models use 256 (language) to 2048 (optical flow); the latent
+    /// self-attention's scores grow with its square (4096² f32 scores are 64 MiB a head).
+    pub const NUM_LATENTS: Range = Range {
+        min: 1,
+        max: 4096,
+        why: "DeepMind's released models use 256 to 2048, and self-attention work grows with its square",
+    };
+
+    /// Channel widths: `d_latents`, `d_model`, and `qk_channels` / `v_channels` when set.
+    /// Released models use at most 1280; the bound keeps products of widths (matrix sizes) far
+    /// from overflow, and [`PARAMETERS`] bounds the model they build.
+    pub const WIDTH: Range = Range {
+        min: 1,
+        max: 16384,
+        why: "DeepMind's released models use at most 1280 channels",
+    };
+
+    /// Attention heads. They must divide the channel widths they split (checked after the
+    /// ranges), so they never exceed those widths; this range is the widths'.
+    pub const HEADS: Range = Range {
+        min: 1,
+        max: WIDTH.max,
+        why: "a head has at least one channel",
+    };
+
+    /// MLP widening factors (the MLP's hidden width is this times its input width). Pinned by
+    /// the MLP matrices of a loaded model.
+    pub const WIDENING_FACTOR: Range = Range {
+        min: 1,
+        max: 64,
+        why: "transformers' default and the released language model use 1",
+    };
+
+    /// Vocabulary: at least the bytes tokenizer's 262 ids. Ids beyond them are never input and
+    /// decode to nothing, yet every decoded position computes a logit for each.
+    pub const VOCAB_SIZE: Range = Range {
+        min: crate::tokenizer::VOCAB_SIZE as u64,
+        max: 4096,
+        why: "the bytes tokenizer has 262 ids, and larger vocabularies are only padding",
+    };
+
+    /// Input positions, and decoder queries (projected once at load: `positions × 256` f32).
+    /// The language model uses 2048.
+    pub const MAX_POSITION_EMBEDDINGS: Range = Range {
+        min: 1,
+        max: 65536,
+        why: "the released language model uses 2048, and the decoder's queries are projected for every position at load",
+    };
+
+    /// Parameters of the whole model, derived from the counts above: 2³¹ f32 parameters are
+    /// 8 GiB, ten times the released 201M model. This bounds what a config trained from
+    /// scratch allocates (the weights, then gradients and optimizer moments of the same size).
+    pub const PARAMETERS: Range = Range {
+        min: 1,
+        max: 1 << 31,
+        why: "8 GiB of f32 weights, ten times the released 201M-parameter model",
+    };
+}
+
 /// The MLP nonlinearity named by `hidden_act` in config.json: transformers' `ACT2FN` names that
 /// need no parameters of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -226,6 +341,36 @@ pub struct AttentionSpec {
 }
 
 impl AttentionSpec {
+    /// Parameters of one layer (transformers' `PerceiverLayer`): two or three LayerNorms, the
+    /// query/key/value/output projections and the MLP. Saturating, as
+    /// [`PerceiverConfig::num_parameters`].
+    fn num_parameters(&self, is_cross: bool) -> u64 {
+        let n = |v: usize| v as u64;
+        let dense = |inputs: u64, outputs: u64| inputs.saturating_mul(outputs).saturating_add(outputs);
+        let (q, kv, qk, v) = (
+            n(self.q_dim),
+            n(self.kv_dim),
+            n(self.qk_channels),
+            n(self.v_channels),
+        );
+        let hidden = q.saturating_mul(n(self.widening_factor));
+        // Cross-attention projects back to the queries' width, self-attention to v_channels.
+        let out = if is_cross { q } else { v };
+        let norms = q
+            .saturating_mul(4)
+            .saturating_add(if is_cross { kv.saturating_mul(2) } else { 0 });
+        [
+            dense(q, qk),
+            dense(kv, qk),
+            dense(kv, v),
+            dense(v, out),
+            dense(q, hidden),
+            dense(hidden, q),
+        ]
+        .into_iter()
+        .fold(norms, u64::saturating_add)
+    }
+
     fn check(&self, what: &'static str) -> Result<()> {
         let fields = [
             ("q_dim", self.q_dim),
@@ -252,6 +397,10 @@ impl AttentionSpec {
     }
 }
 
+/// The most bytes [`PerceiverConfig::from_file`] reads: transformers' config.json files are a
+/// few kilobytes, and a larger file (or a device that never ends) is not one.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// The decoder of `PerceiverForMaskedLM`: transformers hard-codes 8 heads of 32 query/key
 /// channels, values as wide as `d_model`, no query residual and an MLP widening factor of 1.
 pub const MASKED_LM_DECODER_HEADS: usize = 8;
@@ -266,12 +415,25 @@ impl PerceiverConfig {
         Ok(config)
     }
 
-    /// Reads and validates a `config.json` file.
+    /// Reads and validates a `config.json` file (at most [`MAX_CONFIG_BYTES`] of it).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        use std::io::Read;
+        let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(Error::InvalidConfig(format!(
+                "{}: larger than {MAX_CONFIG_BYTES} bytes (a config.json is a few kilobytes)",
+                path.display()
+            )));
+        }
         Self::from_json_str(&text).map_err(|e| match e {
             Error::InvalidConfig(msg) => Error::InvalidConfig(format!("{}: {msg}", path.display())),
             other => other,
@@ -298,23 +460,15 @@ impl PerceiverConfig {
     }
 
     /// Checks every value and every resolved layer shape; errors echo the offending values.
+    ///
+    /// Every count is checked against its range in [`bounds`] first, so that nothing below
+    /// (resolved widths, products of widths, tensor lists) can overflow or be proportional to
+    /// an absurd value.
     pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("num_latents", self.num_latents),
-            ("d_latents", self.d_latents),
-            ("d_model", self.d_model),
-            ("num_blocks", self.num_blocks),
-            ("num_self_attends_per_block", self.num_self_attends_per_block),
-            ("num_self_attention_heads", self.num_self_attention_heads),
-            ("num_cross_attention_heads", self.num_cross_attention_heads),
-            ("vocab_size", self.vocab_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(Error::InvalidConfig(format!("{name} must be positive")));
-            }
+        for (field, value, range) in self.counts() {
+            range.check(field, value)?;
         }
+        bounds::PARAMETERS.check("parameters (implied by the config)", self.num_parameters())?;
         if let Some(model_type) = self.extra.get("model_type").and_then(|v| v.as_str()) {
             if model_type != "perceiver" {
                 return Err(Error::InvalidConfig(format!(
@@ -334,14 +488,74 @@ impl PerceiverConfig {
             )));
         }
         self.masked_lm_decoder_spec().check("decoder cross-attention")?;
-        if self.vocab_size < crate::tokenizer::VOCAB_SIZE {
-            return Err(Error::InvalidConfig(format!(
-                "vocab_size ({}) is smaller than the bytes tokenizer's {} ids",
-                self.vocab_size,
-                crate::tokenizer::VOCAB_SIZE
-            )));
-        }
         Ok(())
+    }
+
+    /// Every count of the config with its range, in config.json order of importance. Unset
+    /// `qk_channels` / `v_channels` resolve to other widths, checked in their own right.
+    fn counts(&self) -> Vec<(&'static str, u64, bounds::Range)> {
+        use bounds::*;
+        let mut counts = vec![
+            ("num_blocks", self.num_blocks, NUM_BLOCKS),
+            (
+                "num_self_attends_per_block",
+                self.num_self_attends_per_block,
+                NUM_SELF_ATTENDS_PER_BLOCK,
+            ),
+            ("num_latents", self.num_latents, NUM_LATENTS),
+            ("d_latents", self.d_latents, WIDTH),
+            ("d_model", self.d_model, WIDTH),
+        ];
+        counts.extend(self.qk_channels.map(|v| ("qk_channels", v, WIDTH)));
+        counts.extend(self.v_channels.map(|v| ("v_channels", v, WIDTH)));
+        counts.extend([
+            ("num_self_attention_heads", self.num_self_attention_heads, HEADS),
+            ("num_cross_attention_heads", self.num_cross_attention_heads, HEADS),
+            (
+                "self_attention_widening_factor",
+                self.self_attention_widening_factor,
+                WIDENING_FACTOR,
+            ),
+            (
+                "cross_attention_widening_factor",
+                self.cross_attention_widening_factor,
+                WIDENING_FACTOR,
+            ),
+            ("vocab_size", self.vocab_size, VOCAB_SIZE),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITION_EMBEDDINGS,
+            ),
+        ]);
+        counts.into_iter().map(|(f, v, r)| (f, v as u64, r)).collect()
+    }
+
+    /// The number of parameters of the masked language model this config describes (every
+    /// tensor [`crate::loading::expected_tensors`] lists, summed). Saturates instead of
+    /// overflowing, so that it can be asked of any config, validated or not.
+    pub fn num_parameters(&self) -> u64 {
+        let n = |v: usize| v as u64;
+        let mul = |a: u64, b: u64| a.saturating_mul(b);
+        let (d_model, vocab, positions) = (
+            n(self.d_model),
+            n(self.vocab_size),
+            n(self.max_position_embeddings),
+        );
+        let fixed = [
+            mul(vocab, d_model),     // byte embedding (tied with the output projection)
+            vocab,                   // output bias
+            mul(positions, d_model), // input position table
+            mul(n(self.num_latents), n(self.d_latents)), // latents
+            mul(positions, d_model), // decoder query table
+            self.encoder_cross_attention_spec().num_parameters(true),
+            self.masked_lm_decoder_spec().num_parameters(true),
+        ];
+        let latent_stack = mul(
+            n(self.num_self_attends_per_block),
+            self.self_attention_spec().num_parameters(false),
+        );
+        fixed.into_iter().fold(latent_stack, u64::saturating_add)
     }
 
     /// The encoder cross-attention (latents attend to inputs), resolved as transformers'
@@ -457,5 +671,187 @@ mod tests {
         assert!(err.to_string().contains("swiglu"), "{err}");
         assert!(PerceiverConfig::from_json_str(r#"{"num_latents": 0}"#).is_err());
         assert!(PerceiverConfig::from_json_str("not json").is_err());
+    }
+
+    /// A small valid layout to change one field of at a time.
+    fn small() -> serde_json::Map<String, serde_json::Value> {
+        let json = serde_json::json!({
+            "num_latents": 8, "d_latents": 32, "d_model": 16, "num_self_attends_per_block": 2,
+            "num_self_attention_heads": 2, "num_cross_attention_heads": 2,
+            "max_position_embeddings": 64, "qk_channels": 16, "v_channels": 32
+        });
+        json.as_object().unwrap().clone()
+    }
+
+    fn with(field: &str, value: serde_json::Value) -> Result<PerceiverConfig> {
+        let mut json = small();
+        json.insert(field.into(), value);
+        PerceiverConfig::from_json_str(&serde_json::Value::Object(json).to_string())
+    }
+
+    /// The error names the field, its value and the bound, as data and in its message.
+    fn assert_out_of_range(result: Result<PerceiverConfig>, field: &str, value: u64, bound: u64) {
+        let err = result.unwrap_err();
+        let message = err.to_string();
+        match err {
+            Error::ConfigOutOfRange {
+                field: f,
+                value: v,
+                min,
+                max,
+                ..
+            } => {
+                assert_eq!((f, v), (field, value), "{message}");
+                assert!(bound == min || bound == max, "{message}");
+            }
+            other => panic!("{field} = {value}: expected ConfigOutOfRange, got {other}"),
+        }
+        for needle in [field.to_string(), value.to_string(), bound.to_string()] {
+            assert!(message.contains(&needle), "{message:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn num_blocks_is_bounded_though_no_tensor_pins_it() {
+        assert_eq!(bounds::NUM_BLOCKS.max, 32);
+        with("num_blocks", 32.into()).unwrap();
+        assert_out_of_range(with("num_blocks", 33.into()), "num_blocks", 33, 32);
+        assert_out_of_range(
+            with("num_blocks", 1_000_000_000_000u64.into()),
+            "num_blocks",
+            1_000_000_000_000,
+            32,
+        );
+        assert_out_of_range(with("num_blocks", 0.into()), "num_blocks", 0, 1);
+        let message = with("num_blocks", 33.into()).unwrap_err().to_string();
+        assert!(message.contains("1 and 8"), "the reason is given: {message}");
+    }
+
+    #[test]
+    fn every_count_is_refused_above_and_below_its_range() {
+        use bounds::*;
+        let fields = [
+            ("num_blocks", NUM_BLOCKS),
+            ("num_self_attends_per_block", NUM_SELF_ATTENDS_PER_BLOCK),
+            ("num_latents", NUM_LATENTS),
+            ("d_latents", WIDTH),
+            ("d_model", WIDTH),
+            ("qk_channels", WIDTH),
+            ("v_channels", WIDTH),
+            ("num_self_attention_heads", HEADS),
+            ("num_cross_attention_heads", HEADS),
+            ("self_attention_widening_factor", WIDENING_FACTOR),
+            ("cross_attention_widening_factor", WIDENING_FACTOR),
+            ("vocab_size", VOCAB_SIZE),
+            ("max_position_embeddings", MAX_POSITION_EMBEDDINGS),
+        ];
+        for (field, range) in fields {
+            assert_out_of_range(
+                with(field, (range.max + 1).into()),
+                field,
+                range.max + 1,
+                range.max,
+            );
+            assert_out_of_range(with(field, u64::MAX.into()), field, u64::MAX, range.max);
+            assert_out_of_range(
+                with(field, (range.min - 1).into()),
+                field,
+                range.min - 1,
+                range.min,
+            );
+        }
+        // Every count the config has is in the list above (the unset widths resolve to others).
+        let listed: Vec<&str> = PerceiverConfig::default().counts().iter().map(|c| c.0).collect();
+        for field in listed {
+            assert!(fields.iter().any(|f| f.0 == field), "{field} untested");
+        }
+    }
+
+    #[test]
+    fn counts_at_their_upper_bound_are_accepted_when_the_model_is_small() {
+        with("num_blocks", bounds::NUM_BLOCKS.max.into()).unwrap();
+        with("num_latents", bounds::NUM_LATENTS.max.into()).unwrap();
+        with("vocab_size", bounds::VOCAB_SIZE.max.into()).unwrap();
+        with(
+            "max_position_embeddings",
+            bounds::MAX_POSITION_EMBEDDINGS.max.into(),
+        )
+        .unwrap();
+        with(
+            "cross_attention_widening_factor",
+            bounds::WIDENING_FACTOR.max.into(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn wrong_types_and_negative_counts_are_refused() {
+        for value in [
+            serde_json::json!(-1),
+            serde_json::json!(1.5),
+            serde_json::json!("8"),
+            serde_json::json!(1e30),
+        ] {
+            let err = with("num_blocks", value.clone()).unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig(_)), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_parameter_count_is_the_tensors_sum() {
+        let mut configs = vec![PerceiverConfig::language_perceiver(), PerceiverConfig::default()];
+        for (shape, residual, widening) in [
+            (CrossAttentionShape::Query, false, 4),
+            (CrossAttentionShape::KeyValue, true, 2),
+        ] {
+            let mut c =
+                PerceiverConfig::from_json_str(&serde_json::Value::Object(small()).to_string()).unwrap();
+            c.cross_attention_shape_for_attention = shape;
+            c.use_query_residual = residual;
+            c.self_attention_widening_factor = widening;
+            c.cross_attention_widening_factor = widening + 1;
+            c.qk_channels = None;
+            c.v_channels = None;
+            configs.push(c);
+        }
+        for config in configs {
+            let tensors = crate::checkpoint::expected_tensors(&config).unwrap();
+            let sum: usize = tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+            assert_eq!(config.num_parameters(), sum as u64, "{config:?}");
+        }
+        assert_eq!(
+            PerceiverConfig::language_perceiver().num_parameters(),
+            201_108_230
+        );
+    }
+
+    #[test]
+    fn a_model_too_large_to_build_is_refused_by_its_parameter_count() {
+        // Every field in range, but 26 layers of six 16384² matrices: over 40G parameters.
+        let text = r#"{"d_latents": 16384, "qk_channels": 16384, "v_channels": 16384}"#;
+        let err = PerceiverConfig::from_json_str(text).unwrap_err();
+        assert!(
+            matches!(err, Error::ConfigOutOfRange { field, max, .. } if field.starts_with("parameters") && max == 1 << 31),
+            "{err}"
+        );
+        // Unvalidated extremes saturate instead of overflowing.
+        let huge = PerceiverConfig {
+            d_latents: usize::MAX,
+            num_self_attends_per_block: usize::MAX,
+            ..PerceiverConfig::default()
+        };
+        assert_eq!(huge.num_parameters(), u64::MAX);
+    }
+
+    #[test]
+    fn an_oversized_config_file_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let padding = " ".repeat(MAX_CONFIG_BYTES as usize);
+        std::fs::write(&path, format!("{{{padding}}}")).unwrap();
+        let err = PerceiverConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than 1048576 bytes"), "{err}");
+        std::fs::write(&path, "{}").unwrap();
+        PerceiverConfig::from_file(&path).unwrap();
     }
 }

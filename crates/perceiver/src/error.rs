@@ -10,6 +10,18 @@ pub enum Error {
     #[error("invalid config: {0}")]
     InvalidConfig(String),
 
+    /// A config count outside the range this library accepts: zero, or so large that loading
+    /// or running the model would be absurd (see [`crate::config::bounds`] for each bound and
+    /// why). `field` is the config.json field, or a quantity derived from several fields.
+    #[error("invalid config: {field} is {value}, it must be in {min}..={max} ({why})")]
+    ConfigOutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+        why: &'static str,
+    },
+
     /// A file that cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     Io {

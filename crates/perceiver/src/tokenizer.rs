@@ -36,6 +36,15 @@ pub struct MaskedText {
     pub mask_positions: Vec<usize>,
 }
 
+/// The size of a tokenized masked text, without its ids ([`BytesTokenizer::masked_len`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskedLen {
+    /// Token ids, special tokens included.
+    pub ids: usize,
+    /// Masked positions among them.
+    pub masks: usize,
+}
+
 /// Byte-level tokenizer. Stateless; a unit struct so that call sites read as in other tokenizers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BytesTokenizer;
@@ -93,72 +102,76 @@ impl BytesTokenizer {
     /// As in transformers' `PerceiverTokenizer`, the other special-token names (`[PAD]`,
     /// `[BOS]`, `[EOS]`, `[CLS]`, `[SEP]`) written in the text become their ids too. Any other
     /// text, including `[MASK` not followed by `]` or `:`, is literal. A `[MASK:` that is not
-    /// followed by a positive integer and `]` is an error naming its byte offset, and so is a
-    /// text that expands to more than [`MAX_TOKENS`] ids.
+    /// followed by a positive integer and `]` is an error naming its byte offset; a text that
+    /// expands to more than [`MAX_TOKENS`] ids is [`Error::TooLong`].
     pub fn encode_masked(&self, text: &str, add_special_tokens: bool) -> Result<MaskedText> {
-        self.encode_masked_within(text, add_special_tokens, MAX_TOKENS)
-    }
-
-    /// [`encode_masked`](Self::encode_masked) for a model of `max` positions: a text that expands
-    /// to more ids is [`Error::TooLong`], found as soon as the expansion passes `max`.
-    pub fn encode_masked_within(
-        &self,
-        text: &str,
-        add_special_tokens: bool,
-        max: usize,
-    ) -> Result<MaskedText> {
-        let max = max.min(MAX_TOKENS);
-        const RUN_OPEN: &str = "[MASK:";
         let mut ids = Vec::with_capacity(text.len() + 2);
         let mut mask_positions = Vec::new();
         if add_special_tokens {
             ids.push(CLS_ID);
         }
-        let mut literal_start = 0;
-        let mut cursor = 0;
-        while let Some(found) = text[cursor..].find('[') {
-            let at = cursor + found;
-            let rest = &text[at..];
-            // (id, how many times, bytes of text consumed)
-            let token = if let Some(id) = SPECIAL_TOKENS.iter().position(|name| rest.starts_with(name)) {
-                Some((id as u32, 1, SPECIAL_TOKENS[id].len()))
-            } else if let Some(spec) = rest.strip_prefix(RUN_OPEN) {
-                let (count, spec_len) = parse_mask_run(spec, at, max)?;
-                Some((MASK_ID, count, RUN_OPEN.len() + spec_len))
-            } else {
-                None
-            };
-            let Some((id, count, consumed)) = token else {
-                cursor = at + 1;
-                continue;
-            };
-            ids.extend(self.encode(&text[literal_start..at]));
-            if ids.len() + count > max {
-                return Err(Error::TooLong {
-                    tokens: ids.len() + count,
-                    max,
-                });
-            }
-            for _ in 0..count {
-                if id == MASK_ID {
-                    mask_positions.push(ids.len());
+        scan_masked(text, |piece| {
+            match piece {
+                Piece::Literal(literal) => ids.extend(self.encode(literal)),
+                Piece::Special { id, count } => {
+                    if ids.len() + count > MAX_TOKENS {
+                        return Err(too_long(ids.len() + count));
+                    }
+                    for _ in 0..count {
+                        if id == MASK_ID {
+                            mask_positions.push(ids.len());
+                        }
+                        ids.push(id);
+                    }
                 }
-                ids.push(id);
             }
-            cursor = at + consumed;
-            literal_start = cursor;
-        }
-        ids.extend(self.encode(&text[literal_start..]));
+            Ok(())
+        })?;
         if add_special_tokens {
             ids.push(SEP_ID);
         }
-        if ids.len() > max {
-            return Err(Error::TooLong {
-                tokens: ids.len(),
-                max,
-            });
+        if ids.len() > MAX_TOKENS {
+            return Err(too_long(ids.len()));
         }
         Ok(MaskedText { ids, mask_positions })
+    }
+
+    /// How many ids, and how many of them masks, [`encode_masked`](Self::encode_masked) would
+    /// give `text`, counted without building them: a front end compares the count with the
+    /// model's positions first, so that a short text such as `[MASK:1000000]` costs no memory
+    /// for its expansion. Errors for malformed masks as `encode_masked` does, but has no upper
+    /// limit (the counts saturate).
+    pub fn masked_len(&self, text: &str, add_special_tokens: bool) -> Result<MaskedLen> {
+        let mut len = MaskedLen {
+            ids: if add_special_tokens { 2 } else { 0 },
+            masks: 0,
+        };
+        scan_masked(text, |piece| {
+            match piece {
+                Piece::Literal(literal) => len.ids = len.ids.saturating_add(literal.len()),
+                Piece::Special { id, count } => {
+                    len.ids = len.ids.saturating_add(count);
+                    if id == MASK_ID {
+                        len.masks = len.masks.saturating_add(count);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(len)
+    }
+
+    /// Errors unless `range` is a non-empty range of `text`'s bytes.
+    pub fn check_mask_range(text: &str, range: &Range<usize>) -> Result<()> {
+        if range.start >= range.end || range.end > text.len() {
+            return Err(Error::InvalidInput(format!(
+                "mask range {}..{} is empty or outside the text's {} bytes",
+                range.start,
+                range.end,
+                text.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Tokenizes plain `text` and masks the bytes in `range` (byte offsets into the text, as
@@ -169,14 +182,7 @@ impl BytesTokenizer {
         range: Range<usize>,
         add_special_tokens: bool,
     ) -> Result<MaskedText> {
-        if range.start >= range.end || range.end > text.len() {
-            return Err(Error::InvalidInput(format!(
-                "mask range {}..{} is empty or outside the text's {} bytes",
-                range.start,
-                range.end,
-                text.len()
-            )));
-        }
+        Self::check_mask_range(text, &range)?;
         let mut ids = self.encode(text);
         if add_special_tokens {
             ids = self.with_special_tokens(&ids);
@@ -190,8 +196,45 @@ impl BytesTokenizer {
     }
 }
 
+/// A piece of a masked text: literal bytes, or a special id repeated `count` times (a
+/// special-token name, `[MASK]`, or a `[MASK:n]` run).
+enum Piece<'a> {
+    Literal(&'a str),
+    Special { id: u32, count: usize },
+}
+
+/// Splits a text written with `[MASK]` / `[MASK:n]` and special-token names into its pieces, in
+/// order (the grammar of [`BytesTokenizer::encode_masked`]).
+fn scan_masked(text: &str, mut piece: impl FnMut(Piece) -> Result<()>) -> Result<()> {
+    const RUN_OPEN: &str = "[MASK:";
+    let mut literal_start = 0;
+    let mut cursor = 0;
+    while let Some(found) = text[cursor..].find('[') {
+        let at = cursor + found;
+        let rest = &text[at..];
+        // (id, how many times, bytes of text consumed)
+        let token = if let Some(id) = SPECIAL_TOKENS.iter().position(|name| rest.starts_with(name)) {
+            Some((id as u32, 1, SPECIAL_TOKENS[id].len()))
+        } else if let Some(spec) = rest.strip_prefix(RUN_OPEN) {
+            let (count, spec_len) = parse_mask_run(spec, at)?;
+            Some((MASK_ID, count, RUN_OPEN.len() + spec_len))
+        } else {
+            None
+        };
+        let Some((id, count, consumed)) = token else {
+            cursor = at + 1;
+            continue;
+        };
+        piece(Piece::Literal(&text[literal_start..at]))?;
+        piece(Piece::Special { id, count })?;
+        cursor = at + consumed;
+        literal_start = cursor;
+    }
+    piece(Piece::Literal(&text[literal_start..]))
+}
+
 /// Parses the `n]` after `[MASK:`; returns `n` and the bytes consumed (digits and `]`).
-fn parse_mask_run(spec: &str, offset: usize, max: usize) -> Result<(usize, usize)> {
+fn parse_mask_run(spec: &str, offset: usize) -> Result<(usize, usize)> {
     let malformed = || {
         Error::InvalidInput(format!(
             "malformed mask at byte {offset}: expected [MASK:n] with n a positive integer"
@@ -204,12 +247,17 @@ fn parse_mask_run(spec: &str, offset: usize, max: usize) -> Result<(usize, usize
     }
     match digits.parse::<usize>() {
         Ok(0) => Err(malformed()),
-        Ok(n) if n <= max => Ok((n, close + 1)),
-        // Too large for usize, or more than the model takes.
-        _ => Err(Error::TooLong {
-            tokens: digits.parse::<usize>().unwrap_or(usize::MAX),
-            max,
-        }),
+        Ok(n) if n <= MAX_TOKENS => Ok((n, close + 1)),
+        // Too large for usize, or beyond the bound.
+        _ => Err(too_long(digits.parse::<usize>().unwrap_or(usize::MAX))),
+    }
+}
+
+/// The one too-long error ([`Error::TooLong`]), here against the tokenizer's own bound.
+fn too_long(tokens: usize) -> Error {
+    Error::TooLong {
+        tokens,
+        max: MAX_TOKENS,
     }
 }
 
@@ -279,14 +327,35 @@ mod tests {
     #[test]
     fn many_long_runs_are_refused_before_allocating() {
         let hostile = "[MASK:1048576]".repeat(300);
-        let err = TOK.encode_masked(&hostile, false).unwrap_err();
-        assert!(
-            matches!(err, Error::TooLong { tokens, max: MAX_TOKENS } if tokens > MAX_TOKENS),
-            "{err}"
-        );
+        let err = TOK.encode_masked(&hostile, false).unwrap_err().to_string();
+        assert!(err.contains("more than"), "{err}");
         let at_limit = format!("[MASK:{MAX_TOKENS}]");
         assert_eq!(TOK.encode_masked(&at_limit, false).unwrap().ids.len(), MAX_TOKENS);
         assert!(TOK.encode_masked(&at_limit, true).is_err());
+    }
+
+    #[test]
+    fn masked_len_counts_what_encode_masked_builds() {
+        for text in [
+            "",
+            "plain",
+            "a[MASK]b[MASK:3]",
+            "[CLS]a[MASK][SEP][PAD]",
+            "[MASK [MASK:2] [MASKED]",
+            "é[MASK:7]ü",
+        ] {
+            for special in [false, true] {
+                let built = TOK.encode_masked(text, special).unwrap();
+                let counted = TOK.masked_len(text, special).unwrap();
+                assert_eq!(counted.ids, built.ids.len(), "{text:?}");
+                assert_eq!(counted.masks, built.mask_positions.len(), "{text:?}");
+            }
+        }
+        // Beyond what encode_masked builds: counted, not refused.
+        let hostile = "[MASK:1048576]".repeat(300);
+        assert_eq!(TOK.masked_len(&hostile, false).unwrap().ids, 300 * MAX_TOKENS);
+        assert!(TOK.masked_len("[MASK:x]", false).is_err());
+        assert!(TOK.masked_len("[MASK:1048577]", false).is_err());
     }
 
     #[test]
@@ -338,6 +407,17 @@ mod tests {
         fn any_text_round_trips(text in "\\PC*") {
             prop_assert_eq!(TOK.decode(&TOK.encode(&text)), text.clone());
             prop_assert_eq!(TOK.decode(&TOK.with_special_tokens(&TOK.encode(&text))), text);
+        }
+
+        #[test]
+        fn masked_len_is_the_encoded_length(text in "(\\[MASK(:[0-9]{1,2})?\\]|\\[CLS\\]|[a-z\\[\\]:]){0,12}") {
+            match TOK.encode_masked(&text, true) {
+                Ok(m) => {
+                    let counted = TOK.masked_len(&text, true).unwrap();
+                    prop_assert_eq!((counted.ids, counted.masks), (m.ids.len(), m.mask_positions.len()));
+                }
+                Err(_) => prop_assert!(TOK.masked_len(&text, true).is_err()),
+            }
         }
 
         #[test]

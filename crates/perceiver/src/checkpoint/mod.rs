@@ -13,6 +13,7 @@
 
 mod hub;
 pub mod names;
+mod pickle_check;
 mod weights;
 
 use std::collections::{BTreeMap, HashSet};
@@ -237,6 +238,7 @@ impl Checkpoint {
             }
             WeightFiles::PyTorch(path) => {
                 check_readable(path)?;
+                pickle_check::check(path)?;
                 Self::checked(config, Weights::Params(read_pytorch(path)?))
             }
         }
@@ -328,6 +330,8 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         .and_then(|m| m.as_object())
         .ok_or_else(|| corrupt("no \"weight_map\" object".into()))?;
     let mut shards: Vec<String> = Vec::new();
+    // A set, not a search of `shards`: an index may list a distinct file for every tensor.
+    let mut seen = HashSet::new();
     for file in map.values() {
         let file = file
             .as_str()
@@ -335,7 +339,7 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
             return Err(corrupt(format!("shard name {file:?} is not a plain file name")));
         }
-        if !shards.iter().any(|s| s == file) {
+        if seen.insert(file) {
             shards.push(file.to_string());
         }
     }

@@ -103,33 +103,62 @@ impl FillMask {
 
     /// Tokenizes a text written with `[MASK]` / `[MASK:n]` and checks the model can take it.
     pub fn prepare(&self, text: &str, add_special_tokens: bool) -> Result<MaskedText> {
-        let input = self
-            .tokenizer
-            .encode_masked_within(text, add_special_tokens, self.max_len())?;
-        self.check(&input)?;
-        Ok(input)
+        self.prepare_with(text, None, add_special_tokens)
     }
 
-    /// Tokenizes a text without a model: with `[MASK]` / `[MASK:n]` markers, or plain with the
-    /// bytes in `mask_range` masked (byte offsets, end exclusive; a text that also holds markers
-    /// is then an error). [`check`](Self::check) then tells whether a model takes it; front ends
-    /// that read many texts tokenize them all before loading the model.
-    pub fn tokenize(
+    /// [`prepare`](Self::prepare), or with `mask_range` a plain text whose bytes in the range are
+    /// masked (byte offsets, end exclusive; a text that also holds `[MASK]` markers is then an
+    /// error). The text's ids are counted before they are built (`[MASK:1000000]` is 14 bytes of
+    /// input), then built and [`check`](Self::check)ed.
+    pub fn prepare_with(
+        &self,
         text: &str,
         mask_range: Option<Range<usize>>,
         add_special_tokens: bool,
     ) -> Result<MaskedText> {
-        let tokenizer = BytesTokenizer;
-        let marked = tokenizer.encode_masked(text, add_special_tokens)?;
-        let Some(range) = mask_range else {
-            return Ok(marked);
+        Self::counted(text, mask_range.as_ref(), add_special_tokens, self.max_len())?;
+        let input = match mask_range {
+            Some(range) => self
+                .tokenizer
+                .encode_with_mask_range(text, range, add_special_tokens)?,
+            None => self.tokenizer.encode_masked(text, add_special_tokens)?,
         };
-        if !marked.mask_positions.is_empty() {
-            return Err(Error::InvalidInput(
-                "use either [MASK] markers or a mask range, not both".into(),
-            ));
+        self.check(&input)?;
+        Ok(input)
+    }
+
+    /// The checks [`prepare_with`](Self::prepare_with) can make without a model (syntax, mask
+    /// range, and length against the longest any model may take), building nothing: front ends
+    /// that read many texts run it on all of them before loading a model, so a typo costs no
+    /// load or download.
+    pub fn precheck(text: &str, mask_range: Option<Range<usize>>, add_special_tokens: bool) -> Result<()> {
+        let most = crate::config::bounds::MAX_POSITION_EMBEDDINGS.max as usize;
+        Self::counted(text, mask_range.as_ref(), add_special_tokens, most)
+    }
+
+    /// Counts the text's ids (an error past `max`) and checks its mask range, if any.
+    fn counted(
+        text: &str,
+        mask_range: Option<&Range<usize>>,
+        add_special_tokens: bool,
+        max: usize,
+    ) -> Result<()> {
+        let counted = BytesTokenizer.masked_len(text, add_special_tokens)?;
+        if counted.ids > max {
+            return Err(Error::TooLong {
+                tokens: counted.ids,
+                max,
+            });
         }
-        tokenizer.encode_with_mask_range(text, range, add_special_tokens)
+        if let Some(range) = mask_range {
+            if counted.masks > 0 {
+                return Err(Error::InvalidInput(
+                    "use either [MASK] markers or a mask range, not both".into(),
+                ));
+            }
+            BytesTokenizer::check_mask_range(text, range)?;
+        }
+        Ok(())
     }
 
     /// Errors unless `input` has at least one mask and fits the model's positions: the one check
@@ -140,17 +169,20 @@ impl FillMask {
                 "the text has no mask: mark masked bytes with [MASK] (one byte) or [MASK:n] (n bytes)".into(),
             ));
         }
-        let max = self.max_len();
-        if input.ids.len() > max {
-            return Err(Error::TooLong {
-                tokens: input.ids.len(),
-                max,
-            });
-        }
+        self.check_len(input.ids.len())?;
         if let Some(&p) = input.mask_positions.iter().find(|&&p| p >= input.ids.len()) {
             return Err(Error::InvalidInput(format!(
                 "mask position {p} is outside the text"
             )));
+        }
+        Ok(())
+    }
+
+    /// The one too-long check, on a text's length in ids (counted or built).
+    fn check_len(&self, tokens: usize) -> Result<()> {
+        let max = self.max_len();
+        if tokens > max {
+            return Err(Error::TooLong { tokens, max });
         }
         Ok(())
     }
