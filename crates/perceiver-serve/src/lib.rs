@@ -9,7 +9,9 @@
 //!
 //! Routes: `POST /fill-mask`, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
 //! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:
-//! nothing is downloaded at build time).
+//! nothing is downloaded at build time). Requests refused before their body was read are
+//! answered after the rest of the body is discarded ([`linger`]), so that clients that write
+//! their whole body before reading see the answer.
 //!
 //! # Example
 //! ```
@@ -45,6 +47,7 @@
 pub mod bench;
 pub mod error;
 pub mod http;
+pub mod linger;
 pub mod metrics;
 pub mod queue;
 pub mod types;
