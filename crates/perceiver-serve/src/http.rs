@@ -106,6 +106,8 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
     }
     Router::new()
         .route("/health", get(health))
+        // The page holds no data (it asks /info, with the key the user types), so it is open.
+        .merge(crate::playground::routes())
         .merge(guarded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

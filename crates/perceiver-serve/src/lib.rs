@@ -9,7 +9,8 @@
 //!
 //! Routes: `POST /fill-mask`, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
 //! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:
-//! nothing is downloaded at build time). Requests refused before their body was read are
+//! nothing is downloaded at build time), and a [`playground`] page at `/` to try the model in a
+//! browser (its files are compiled in). Requests refused before their body was read are
 //! answered after the rest of the body is discarded ([`linger`]), so that clients that write
 //! their whole body before reading see the answer.
 //!
@@ -49,6 +50,7 @@ pub mod error;
 pub mod http;
 pub mod linger;
 pub mod metrics;
+pub mod playground;
 pub mod queue;
 pub mod types;
 
@@ -60,6 +62,9 @@ use std::time::Duration;
 
 use perceiver::{FillMask, MaskedLmEngine};
 use tokio::net::TcpListener;
+
+/// [`Info::task`] of a fill-mask service (the Hugging Face pipeline name).
+pub const FILL_MASK_TASK: &str = "fill-mask";
 
 /// [`ServeConfig::max_batch_wait`]'s default. Measured with the default model on 2 cores: 8
 /// clients 1.17× → 1.35× the throughput of batch 1 (1.5 ms: 1.32×), 16 clients within noise
@@ -165,8 +170,15 @@ impl Server {
                     .sum()
             })
             .unwrap_or(0);
+        // The names `--precision` takes, from the one serde spelling.
+        let precision = serde_json::to_value(model.precision())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         let info = Info {
             model_id: config.model_id.clone(),
+            task: FILL_MASK_TASK.into(),
+            precision,
             config: serde_json::to_value(model.config()).unwrap_or_default(),
             parameters,
             limits: Limits {
