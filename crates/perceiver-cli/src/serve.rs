@@ -8,8 +8,8 @@ use crate::model::{EngineArgs, ModelArgs};
 
 #[derive(Args)]
 #[command(
-    after_help = "Routes: POST /fill-mask, GET /health, GET /info, GET /metrics, \
-/docs (Swagger UI), /api-doc/openapi.json.\n\
+    after_help = "Routes: GET / (a playground page to try the model in a browser), POST /fill-mask, \
+GET /health, GET /info, GET /metrics, /docs (Swagger UI), /api-doc/openapi.json.\n\
 Example: curl -s localhost:8080/fill-mask -H 'Content-Type: application/json' \\\n    \
 -d '{\"inputs\": \"This is an incomplete sentence where some words are[MASK:9]\"}'"
 )]
@@ -110,7 +110,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
             // Signals are caught from here on, before the port is announced.
             let shutdown = perceiver_serve::shutdown_signal().context("cannot listen for signals")?;
             let server = Server::bind(config, model).await?;
-            tracing::info!("listening on http://{}", server.local_addr());
+            tracing::info!(
+                "listening on http://{} (open it in a browser to try the model)",
+                server.local_addr()
+            );
             server.run(shutdown).await?;
             tracing::info!("stopped");
             anyhow::Ok(())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -106,11 +106,15 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
     }
     Router::new()
         .route("/health", get(health))
+        // The page holds no data (it asks /info, with the key the user types), so it is open.
+        .merge(crate::playground::routes())
         .merge(guarded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(payload_limit))
         .layer(CatchPanicLayer::custom(panic_response))
+        // Outside every route, so that each early refusal (401, 404, 405, 413) drains the body.
+        .layer(axum::middleware::from_fn(crate::linger::lingering_close))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -366,16 +370,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// names the field at fault.
 pub(crate) struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ErrorResponse;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let too_large = || {
+            ErrorResponse::new(
+                ErrorType::PayloadTooLarge,
+                "the request body is larger than the service's payload limit (see /info)",
+            )
+        };
+        // Refused before a byte is read: a client that asked `Expect: 100-continue` is then
+        // never told to send its body (see crate::linger for those that send it anyway).
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > state.info.limits.payload_limit as u64) {
+            return Err(too_large());
+        }
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ErrorResponse::new(
-                    ErrorType::PayloadTooLarge,
-                    "the request body is larger than the service's payload limit (see /info)",
-                )
+                too_large()
             } else {
                 ErrorResponse::new(ErrorType::InvalidJson, rejection.body_text())
             }

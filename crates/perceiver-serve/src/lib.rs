@@ -10,7 +10,10 @@
 //!
 //! Routes: `POST /fill-mask`, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
 //! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:
-//! nothing is downloaded at build time).
+//! nothing is downloaded at build time), and a [`playground`] page at `/` to try the model in a
+//! browser (its files are compiled in). Requests refused before their body was read are
+//! answered after the rest of the body is discarded ([`linger`]), so that clients that write
+//! their whole body before reading see the answer.
 //!
 //! # Example
 //! ```
@@ -44,7 +47,9 @@
 
 pub mod error;
 pub mod http;
+pub mod linger;
 pub mod metrics;
+pub mod playground;
 pub mod queue;
 pub mod types;
 
@@ -56,6 +61,9 @@ use std::time::Duration;
 
 use perceiver::{FillMask, PerceiverModel};
 use tokio::net::TcpListener;
+
+/// [`Info::task`] of a fill-mask service (the Hugging Face pipeline name).
+pub const FILL_MASK_TASK: &str = "fill-mask";
 
 /// [`ServeConfig::max_batch_wait`]'s default: long enough for concurrent clients' texts to share a
 /// pass, short next to a pass, so a lone client does not notice it (the figures behind it are in
@@ -244,8 +252,15 @@ impl Server {
                     .sum()
             })
             .unwrap_or(0);
+        // The names `--precision` takes, from the one serde spelling.
+        let precision = serde_json::to_value(model.precision())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         let info = Info {
             model_id: config.model_id.clone(),
+            task: FILL_MASK_TASK.into(),
+            precision,
             config: serde_json::to_value(model.config()).unwrap_or_default(),
             parameters,
             limits: Limits {

@@ -147,6 +147,12 @@ pub struct Limits {
 pub struct Info {
     /// The model as given to `--model` (a directory or a hub id).
     pub model_id: String,
+    /// What the service does, as a Hugging Face pipeline name (`fill-mask`).
+    #[schema(example = "fill-mask")]
+    pub task: String,
+    /// Number type of the model's weight matrix products (`f32` or `bf16`, as `--precision`).
+    #[schema(example = "f32")]
+    pub precision: String,
     /// The model's `config.json` (transformers' `PerceiverConfig`).
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
