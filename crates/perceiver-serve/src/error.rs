@@ -22,9 +22,13 @@ pub enum ServeError {
     /// A limit of [`crate::ServeConfig`] above its cap in [`crate::caps`].
     #[error("{name} is {value}, at most {max} ({why})")]
     LimitTooLarge {
+        /// The flag or field.
         name: &'static str,
+        /// Its value.
         value: u64,
+        /// Its cap.
         max: u64,
+        /// Why the cap is where it is.
         why: &'static str,
     },
 

@@ -26,8 +26,11 @@ pub mod bounds {
     /// An inclusive range of a count, with the reason for its ends (shown in the error).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Range {
+        /// The least allowed.
         pub min: u64,
+        /// The most allowed.
         pub max: u64,
+        /// Why the ends are where they are.
         pub why: &'static str,
     }
 
@@ -146,6 +149,7 @@ pub enum Activation {
     /// `"quick_gelu"`: `x·σ(1.702·x)`.
     #[serde(rename = "quick_gelu")]
     QuickGelu,
+    /// `"relu"`: `max(x, 0)`.
     #[serde(rename = "relu")]
     Relu,
     /// `"relu2"`: `relu(x)²`.
@@ -166,8 +170,10 @@ pub enum Activation {
     /// `"hardswish"`: `x·relu6(x + 3)/6`.
     #[serde(rename = "hardswish")]
     HardSwish,
+    /// `"sigmoid"`: `σ(x)`.
     #[serde(rename = "sigmoid")]
     Sigmoid,
+    /// `"tanh"`: `tanh(x)`.
     #[serde(rename = "tanh")]
     Tanh,
     /// `"linear"`: the identity.
@@ -267,24 +273,32 @@ pub struct PerceiverConfig {
     pub num_blocks: usize,
     /// Self-attention layers in one block. DeepMind: `num_self_attends_per_block`.
     pub num_self_attends_per_block: usize,
+    /// Heads of each latent self-attention (DeepMind: `num_self_attend_heads`).
     pub num_self_attention_heads: usize,
+    /// Heads of the encoder's cross-attention (DeepMind: `num_cross_attend_heads`).
     pub num_cross_attention_heads: usize,
     /// Query/key width of the encoder's attentions; `None` resolves as transformers does.
     pub qk_channels: Option<usize>,
     /// Value width of the encoder's attentions; `None` resolves as transformers does.
     pub v_channels: Option<usize>,
+    /// Whose width the encoder's queries/keys take when `qk_channels` is unset.
     pub cross_attention_shape_for_attention: CrossAttentionShape,
+    /// MLP hidden width ÷ latent width in the latent layers.
     pub self_attention_widening_factor: usize,
+    /// MLP hidden width ÷ latent width in the encoder's cross-attention layer.
     pub cross_attention_widening_factor: usize,
+    /// The MLPs' activation (transformers' `ACT2FN` name).
     pub hidden_act: Activation,
     /// Dropout on attention probabilities during training (transformers' only dropout).
     pub attention_probs_dropout_prob: f64,
+    /// Standard deviation of transformers' initialisation (training from scratch with `--init transformers`).
     pub initializer_range: f64,
     /// Written by transformers but never used: its LayerNorms use PyTorch's default eps (1e-5),
     /// which is [`LAYER_NORM_EPS`].
     pub layer_norm_eps: f64,
     /// Residual from the latents around the encoder cross-attention.
     pub use_query_residual: bool,
+    /// Token ids: 262 for the bytes tokenizer.
     pub vocab_size: usize,
     /// Length of the input position table and number of decoder queries.
     pub max_position_embeddings: usize,
@@ -330,13 +344,17 @@ pub struct AttentionSpec {
     pub q_dim: usize,
     /// Width of the keys'/values' input (equal to `q_dim` for self-attention).
     pub kv_dim: usize,
+    /// Width of the queries and keys (all heads).
     pub qk_channels: usize,
+    /// Width of the values and of the heads' concatenated output.
     pub v_channels: usize,
+    /// Attention heads.
     pub num_heads: usize,
     /// MLP hidden width = `widening_factor * q_dim`.
     pub widening_factor: usize,
     /// Add the (un-normalised) queries to the attention output.
     pub use_query_residual: bool,
+    /// The MLP's activation.
     pub activation: Activation,
 }
 

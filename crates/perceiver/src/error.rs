@@ -15,50 +15,79 @@ pub enum Error {
     /// why). `field` is the config.json field, or a quantity derived from several fields.
     #[error("invalid config: {field} is {value}, it must be in {min}..={max} ({why})")]
     ConfigOutOfRange {
+        /// The field (or derived quantity).
         field: &'static str,
+        /// Its value.
         value: u64,
+        /// The least allowed.
         min: u64,
+        /// The most allowed.
         max: u64,
+        /// Why the bound is where it is.
         why: &'static str,
     },
 
     /// A file that cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
 
     /// No weights file in a model directory.
     #[error("no weights in {}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin", dir.display())]
-    NoWeights { dir: PathBuf },
+    NoWeights {
+        /// The model directory.
+        dir: PathBuf,
+    },
 
     /// A weights file whose header or contents cannot be decoded (truncated, corrupt, wrong format).
     #[error("corrupt or unreadable weights file {}: {reason}", path.display())]
-    CorruptWeights { path: PathBuf, reason: String },
+    CorruptWeights {
+        /// The file (or `<memory>`, `<built-in model>`).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// The config asks for a tensor the weights do not have.
     #[error("the weights do not match the config: tensor {name} is missing")]
-    MissingTensor { name: String },
+    MissingTensor {
+        /// The tensor's transformers name.
+        name: String,
+    },
 
     /// A tensor whose shape differs from what the config implies.
     #[error("the weights do not match the config: tensor {name} has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
+        /// The tensor's transformers name.
         name: String,
+        /// The shape the config implies.
         expected: Vec<usize>,
+        /// The shape in the weights.
         found: Vec<usize>,
     },
 
     /// A tensor the config has no place for (e.g. more layers than `num_self_attends_per_block`).
     #[error("the weights do not match the config: unexpected tensor {name} (shape {shape:?})")]
-    UnexpectedTensor { name: String, shape: Vec<usize> },
+    UnexpectedTensor {
+        /// The tensor's name in the weights.
+        name: String,
+        /// Its shape there.
+        shape: Vec<usize>,
+    },
 
     /// The model could not be fetched from, or found in the cache of, the Hugging Face hub.
     #[error("cannot get {file} of model {model_id}: {reason}")]
     Hub {
+        /// The hub id asked for.
         model_id: String,
+        /// The repository file that could not be had.
         file: String,
+        /// What the hub client (or the cache look-up) said.
         reason: String,
     },
 

@@ -9,11 +9,17 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 
+/// `[PAD]`: padding, attended to by nothing.
 pub const PAD_ID: u32 = 0;
+/// `[BOS]`: beginning of sequence.
 pub const BOS_ID: u32 = 1;
+/// `[EOS]`: end of sequence.
 pub const EOS_ID: u32 = 2;
+/// `[MASK]`: a byte for the model to predict.
 pub const MASK_ID: u32 = 3;
+/// `[CLS]`: what transformers' tokenizer puts first.
 pub const CLS_ID: u32 = 4;
+/// `[SEP]`: what transformers' tokenizer puts last.
 pub const SEP_ID: u32 = 5;
 /// Number of special ids before the first byte id.
 pub const NUM_SPECIAL_TOKENS: u32 = 6;
