@@ -305,7 +305,7 @@ async fn screenshot(client: &Client, width: u32, name: &str) -> PathBuf {
 /// facts the page shows from `/info`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_files_are_served_open_and_info_names_task_and_precision() {
-    let model = perceiver::Loader::new(perceiver::checkpoint::BUILT_IN)
+    let model = perceiver::Loader::new(perceiver::BUILT_IN)
         .precision(perceiver::Precision::Bf16)
         .load()
         .unwrap();
@@ -349,10 +349,8 @@ async fn playground_in_headless_chromium() {
             return;
         }
     };
-    let model = perceiver::Loader::new(perceiver::checkpoint::BUILT_IN)
-        .load()
-        .unwrap();
-    let server = TestServer::start(perceiver::checkpoint::BUILT_IN, model.clone(), |_| {}).await;
+    let model = perceiver::Loader::new(perceiver::BUILT_IN).load().unwrap();
+    let server = TestServer::start(perceiver::BUILT_IN, model.clone(), |_| {}).await;
     let driver = Driver::start(&chromedriver);
     let profile = tempfile::tempdir().unwrap();
     let client = open_browser(&driver, &chromium, profile.path()).await;
@@ -365,10 +363,7 @@ async fn playground_in_headless_chromium() {
 
     client.goto(&format!("{}/", server.url())).await.unwrap();
     wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
-    assert_eq!(
-        text_of(&client, "#model-id").await,
-        perceiver::checkpoint::BUILT_IN
-    );
+    assert_eq!(text_of(&client, "#model-id").await, perceiver::BUILT_IN);
     assert_eq!(text_of(&client, "#model-task").await, "fill-mask");
     assert_eq!(text_of(&client, "#model-precision").await, "f32");
     assert_eq!(

@@ -550,7 +550,7 @@ impl PerceiverConfig {
     }
 
     /// The number of parameters of the masked language model this config describes (every
-    /// tensor [`crate::loading::expected_tensors`] lists, summed). Saturates instead of
+    /// tensor [`crate::checkpoint::expected_tensors`] lists, summed). Saturates instead of
     /// overflowing, so that it can be asked of any config, validated or not.
     pub fn num_parameters(&self) -> u64 {
         let n = |v: usize| v as u64;
@@ -628,6 +628,41 @@ impl PerceiverConfig {
             widening_factor: 1,
             use_query_residual: false,
             activation: self.hidden_act,
+        }
+    }
+}
+
+/// The model classes of transformers' Perceiver family this library builds, named as in a
+/// config.json's `architectures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Architecture {
+    /// `PerceiverForMaskedLM`: bytes in, logits over the 262 ids at any output positions.
+    MaskedLm,
+}
+
+impl Architecture {
+    /// transformers' class name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MaskedLm => "PerceiverForMaskedLM",
+        }
+    }
+
+    /// The architecture a config names (its first `architectures` entry); a config without one
+    /// is a masked LM, as the configs this library wrote before it recorded one.
+    pub fn of(config: &PerceiverConfig) -> Result<Self> {
+        let named = config
+            .extra
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str());
+        match named {
+            None | Some("PerceiverForMaskedLM") => Ok(Self::MaskedLm),
+            Some(other) => Err(Error::UnsupportedArchitecture {
+                name: other.to_string(),
+            }),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The small byte-level masked language model built into the library, so that a fresh checkout
 //! fills masks offline: `perceiver fill-mask "..."` with no `--model`, or `--model default`
-//! ([`crate::checkpoint::BUILT_IN`]); [`crate::Loader`] reads these bytes in place.
+//! ([`crate::loader::BUILT_IN`]); [`crate::Loader`] reads these bytes in place.
 //!
 //! Trained with `perceiver train` by `scripts/train_default_model.sh` on public-domain and
 //! freely licensed English from package registries; its card, data sources and held-out scores

@@ -101,7 +101,7 @@ pub enum Error {
     /// A text longer than the model's positions (or than the tokenizer's bound, for a text whose
     /// `[MASK:n]` runs expand beyond any model).
     #[error(
-        "the text is {tokens} tokens long or more (special tokens included), more than the {max} allowed"
+        "the text is {tokens} tokens long or more (special tokens included), more than allowed: at most {max}"
     )]
     TooLong {
         /// Ids the text expands to (at least).

@@ -6,8 +6,8 @@
 //! ([`process`]), a decoder builds output queries and cross-attends the latents ([`decoder`]),
 //! and a postprocessor turns its rows into the answer ([`postprocess`]). [`attention`] is the
 //! block they share, on [`layers`]; [`model`] composes the parts from a transformers
-//! `config.json` ([`config`]); [`checkpoint`] loads them (one [`Loader`], one tree of tensor
-//! names); [`tasks`] turn inputs into answers ([`FillMask`]).
+//! `config.json` ([`config`]); [`checkpoint`] reads weights under one tree of tensor names and
+//! [`loader`] loads a model from any source ([`Loader`]); [`tasks`] turn inputs into answers ([`FillMask`]).
 //!
 //! The flagship model is DeepMind's byte-level masked language model
 //! (`deepmind/language-perceiver`), numerically equal to transformers' `PerceiverForMaskedLM`.
@@ -40,6 +40,7 @@ pub mod default_model;
 pub mod encoder;
 pub mod error;
 pub mod layers;
+pub mod loader;
 pub mod model;
 pub mod position;
 pub mod postprocess;
@@ -49,10 +50,11 @@ mod runtime;
 pub mod tasks;
 pub mod tokenizer;
 
-pub use checkpoint::{Checkpoint, LoadOptions, Loader, ModelFiles, Param};
-pub use config::{Activation, PerceiverConfig};
+pub use checkpoint::{Checkpoint, LoadOptions, ModelFiles, Param};
+pub use config::{Activation, Architecture, PerceiverConfig};
 pub use error::{Error, Result};
 pub use layers::{Linear, Precision};
-pub use model::{Architecture, PerceiverModel};
+pub use loader::{Loader, BUILT_IN};
+pub use model::PerceiverModel;
 pub use tasks::fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
 pub use tokenizer::{BytesTokenizer, MaskedText};

@@ -7,8 +7,9 @@
 //! tasks ([`crate::tasks`]) sit on top and turn inputs and answers into the parts' arrays.
 
 use crate::checkpoint::names::MaskedLmNames;
+use crate::checkpoint::Checkpoint;
 use crate::checkpoint::Param;
-use crate::config::{AttentionSpec, PerceiverConfig};
+use crate::config::{Architecture, AttentionSpec, PerceiverConfig};
 use crate::decoder::{BasicDecoder, Decoder};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
@@ -17,41 +18,6 @@ use crate::postprocess::{EmbeddingDecoder, Postprocessor};
 use crate::preprocess::{Preprocessor, TextPreprocessor};
 use crate::process::LatentStack;
 use crate::runtime::on_pool;
-
-/// The model classes of transformers' Perceiver family this library builds, named as in a
-/// config.json's `architectures`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Architecture {
-    /// `PerceiverForMaskedLM`: bytes in, logits over the 262 ids at any output positions.
-    MaskedLm,
-}
-
-impl Architecture {
-    /// transformers' class name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::MaskedLm => "PerceiverForMaskedLM",
-        }
-    }
-
-    /// The architecture a config names (its first `architectures` entry); a config without one
-    /// is a masked LM, as the configs this library wrote before it recorded one.
-    pub fn of(config: &PerceiverConfig) -> Result<Self> {
-        let named = config
-            .extra
-            .get("architectures")
-            .and_then(|a| a.as_array())
-            .and_then(|a| a.first())
-            .and_then(|a| a.as_str());
-        match named {
-            None | Some("PerceiverForMaskedLM") => Ok(Self::MaskedLm),
-            Some(other) => Err(Error::UnsupportedArchitecture {
-                name: other.to_string(),
-            }),
-        }
-    }
-}
 
 /// A Perceiver IO model on packed weights, ready to run.
 #[derive(Debug, Clone)]
@@ -102,6 +68,12 @@ impl PerceiverModel {
             }
         };
         Ok(model.with_precision(precision))
+    }
+
+    /// The model of a checked checkpoint, its weight products in `precision` (safetensors
+    /// weights are read in place until packed).
+    pub fn from_checkpoint(checkpoint: &Checkpoint, precision: Precision) -> Result<Self> {
+        Self::from_params(checkpoint.config(), &mut |name| checkpoint.get(name), precision)
     }
 
     fn with_precision(mut self, precision: Precision) -> Self {
@@ -297,6 +269,7 @@ fn layer_flops(spec: &AttentionSpec, nq: usize, nk: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Architecture;
     use crate::Loader;
 
     fn fixture_model(name: &str) -> PerceiverModel {

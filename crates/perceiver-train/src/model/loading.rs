@@ -70,5 +70,5 @@ pub fn inference_model(
             Ok((name.clone(), Param::owned(values, tensor.dims().to_vec())?))
         })
         .collect::<Result<BTreeMap<_, _>>>()?;
-    Checkpoint::from_params(config.clone(), params)?.into_model(precision)
+    PerceiverModel::from_checkpoint(&Checkpoint::from_params(config.clone(), params)?, precision)
 }

@@ -1,10 +1,10 @@
 //! Checkpoints: from a model reference (a local directory, a Hugging Face hub id, or the built-in
 //! model) to a model whose every tensor has been checked against its config, through one
-//! [`Loader`].
+//! [`crate::Loader`].
 //!
 //! [`names`] is the one tree of tensor names; [`Checkpoint`] is a config with its opened,
-//! checked weights (what training reads to start from); [`Loader::load`] packs them into a
-//! [`PerceiverModel`].
+//! checked weights (what training reads to start from); [`crate::Loader`] finds them and packs
+//! them into a [`crate::PerceiverModel`].
 //!
 //! A model directory holds transformers' `config.json` and its weights as `model.safetensors`
 //! (memory-mapped), sharded `model.safetensors.index.json` + shards, or `pytorch_model.bin`.
@@ -24,8 +24,6 @@ use weights::SafetensorsStore;
 
 use crate::config::PerceiverConfig;
 use crate::error::{Error, Result};
-use crate::layers::Precision;
-use crate::model::PerceiverModel;
 use names::MaskedLmNames;
 
 /// A model directory's config, as transformers names it.
@@ -110,95 +108,6 @@ impl ModelFiles {
             });
         }
         hub::fetch(model, options)
-    }
-}
-
-/// The name that selects the model built into the library wherever a model is accepted.
-pub const BUILT_IN: &str = "default";
-
-/// Loads a model: a directory, a hub id, or [`BUILT_IN`], with its precision and threads.
-///
-/// ```
-/// use perceiver::{Loader, Precision};
-/// # fn main() -> perceiver::Result<()> {
-/// let model = Loader::new("default").precision(Precision::F32).threads(1).load()?;
-/// assert_eq!(model.max_len(), 256);
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone)]
-pub struct Loader {
-    source: String,
-    options: LoadOptions,
-    precision: Precision,
-    threads: usize,
-}
-
-impl Loader {
-    /// A model directory (`config.json` + `model.safetensors`, sharded safetensors or
-    /// `pytorch_model.bin`), a hub id (`owner/name`), or `"default"` for the built-in model.
-    pub fn new(source: impl Into<String>) -> Self {
-        Self {
-            source: source.into(),
-            options: LoadOptions::default(),
-            precision: Precision::F32,
-            threads: 0,
-        }
-    }
-
-    /// Number type of the weight products (f32 by default: transformers' numbers).
-    pub fn precision(mut self, precision: Precision) -> Self {
-        self.precision = precision;
-        self
-    }
-
-    /// Threads for one forward pass (0, the default: rayon's pool size).
-    pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = threads;
-        self
-    }
-
-    /// Resolve hub ids from the local cache only (also `HF_HUB_OFFLINE=1`).
-    pub fn offline(mut self, offline: bool) -> Self {
-        self.options.offline = offline;
-        self
-    }
-
-    /// Hub revision: branch, tag or commit (`main` when unset).
-    pub fn revision(mut self, revision: impl Into<String>) -> Self {
-        self.options.revision = Some(revision.into());
-        self
-    }
-
-    /// The hub options in one value.
-    pub fn options(mut self, options: LoadOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// The source as given.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// The config and its checked weights, unpacked (what training starts from).
-    pub fn checkpoint(&self) -> Result<Checkpoint> {
-        #[cfg(feature = "default-model")]
-        if self.source == BUILT_IN {
-            return Checkpoint::from_static(
-                crate::default_model::CONFIG_JSON,
-                crate::default_model::WEIGHTS,
-                "<built-in model>",
-            );
-        }
-        Checkpoint::open(&ModelFiles::resolve(&self.source, &self.options)?)
-    }
-
-    /// The model, packed for its precision.
-    pub fn load(&self) -> Result<PerceiverModel> {
-        let mut model = self.checkpoint()?.into_model(self.precision)?;
-        model.set_threads(self.threads);
-        Ok(model)
     }
 }
 
@@ -296,11 +205,6 @@ impl Checkpoint {
             .map(|t| Ok((t.name.clone(), self.get(&t.name)?)))
             .collect()
     }
-
-    /// Packs the weights into a model whose products run in `precision`.
-    pub fn into_model(self, precision: Precision) -> Result<PerceiverModel> {
-        PerceiverModel::from_params(&self.config, &mut |name| self.get(name), precision)
-    }
 }
 
 /// `name` or `owner/name`, made of the characters the hub allows, and not a path.
@@ -385,7 +289,7 @@ pub type TensorList = Vec<(String, Vec<usize>)>;
 /// Every tensor name and shape a model with this config reads, in the order it reads them.
 pub fn expected_tensors(config: &PerceiverConfig) -> Result<TensorList> {
     config.validate()?;
-    crate::model::Architecture::of(config)?;
+    crate::config::Architecture::of(config)?;
     Ok(MaskedLmNames::new(config)
         .tensors()
         .into_iter()

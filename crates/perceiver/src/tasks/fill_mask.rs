@@ -12,8 +12,9 @@ use std::ops::Range;
 use perceiver_kernels::rows;
 use serde::Serialize;
 
+use crate::config::Architecture;
 use crate::error::{Error, Result};
-use crate::model::{Architecture, PerceiverModel};
+use crate::model::PerceiverModel;
 use crate::tokenizer::{BytesTokenizer, MaskedText, PAD_ID};
 
 /// One candidate id for a masked position.

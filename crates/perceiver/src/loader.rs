@@ -1,0 +1,96 @@
+//! One loader for every model source: a directory, a Hugging Face hub id, or the model built into
+//! the library, with the precision and threads it runs with.
+
+use crate::checkpoint::{Checkpoint, LoadOptions, ModelFiles};
+use crate::error::Result;
+use crate::layers::Precision;
+use crate::model::PerceiverModel;
+
+/// The name that selects the model built into the library wherever a model is accepted.
+pub const BUILT_IN: &str = "default";
+
+/// Loads a model: a directory, a hub id, or [`BUILT_IN`], with its precision and threads.
+///
+/// ```
+/// use perceiver::{Loader, Precision};
+/// # fn main() -> perceiver::Result<()> {
+/// let model = Loader::new("default").precision(Precision::F32).threads(1).load()?;
+/// assert_eq!(model.max_len(), 256);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Loader {
+    source: String,
+    options: LoadOptions,
+    precision: Precision,
+    threads: usize,
+}
+
+impl Loader {
+    /// A model directory (`config.json` + `model.safetensors`, sharded safetensors or
+    /// `pytorch_model.bin`), a hub id (`owner/name`), or `"default"` for the built-in model.
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            options: LoadOptions::default(),
+            precision: Precision::F32,
+            threads: 0,
+        }
+    }
+
+    /// Number type of the weight products (f32 by default: transformers' numbers).
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Threads for one forward pass (0, the default: rayon's pool size).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Resolve hub ids from the local cache only (also `HF_HUB_OFFLINE=1`).
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.options.offline = offline;
+        self
+    }
+
+    /// Hub revision: branch, tag or commit (`main` when unset).
+    pub fn revision(mut self, revision: impl Into<String>) -> Self {
+        self.options.revision = Some(revision.into());
+        self
+    }
+
+    /// The hub options in one value.
+    pub fn options(mut self, options: LoadOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The source as given.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The config and its checked weights, unpacked (what training starts from).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        #[cfg(feature = "default-model")]
+        if self.source == BUILT_IN {
+            return Checkpoint::from_static(
+                crate::default_model::CONFIG_JSON,
+                crate::default_model::WEIGHTS,
+                "<built-in model>",
+            );
+        }
+        Checkpoint::open(&ModelFiles::resolve(&self.source, &self.options)?)
+    }
+
+    /// The model, packed for its precision.
+    pub fn load(&self) -> Result<PerceiverModel> {
+        let mut model = PerceiverModel::from_checkpoint(&self.checkpoint()?, self.precision)?;
+        model.set_threads(self.threads);
+        Ok(model)
+    }
+}
