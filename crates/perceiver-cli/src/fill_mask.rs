@@ -110,12 +110,13 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
         in_context(checked.map_err(anyhow::Error::from), where_)?;
     }
     let fill = FillMask::new(args.model.load_engine(args.engine.precision)?)?;
+    for (where_, text) in &texts {
+        let checked = fill.check_text(text, args.mask_range.clone(), args.add_special_tokens);
+        in_context(checked.map_err(anyhow::Error::from), where_)?;
+    }
     let tokenize = |text: &str| -> Result<MaskedText> {
         Ok(fill.prepare_with(text, args.mask_range.clone(), args.add_special_tokens)?)
     };
-    for (where_, text) in &texts {
-        in_context(tokenize(text), where_)?;
-    }
 
     // Answers stream out a window at a time; within a window, texts of similar length share
     // batches. A window of 16 batches keeps that grouping useful and the wait for output short.

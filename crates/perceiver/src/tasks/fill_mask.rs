@@ -134,16 +134,34 @@ impl FillMask {
     /// load or download.
     pub fn precheck(text: &str, mask_range: Option<Range<usize>>, add_special_tokens: bool) -> Result<()> {
         let most = crate::config::bounds::MAX_POSITION_EMBEDDINGS.max as usize;
-        Self::counted(text, mask_range.as_ref(), add_special_tokens, most)
+        Self::counted(text, mask_range.as_ref(), add_special_tokens, most).map(|_| ())
     }
 
-    /// Counts the text's ids (an error past `max`) and checks its mask range, if any.
+    /// [`check`](Self::check) on a text not yet built: whether
+    /// [`prepare_with`](Self::prepare_with) would take it, answered by counting its ids (nothing
+    /// is built). Front ends that report every text's errors before any answer use it, then
+    /// build each text once.
+    pub fn check_text(
+        &self,
+        text: &str,
+        mask_range: Option<Range<usize>>,
+        add_special_tokens: bool,
+    ) -> Result<()> {
+        let masks = Self::counted(text, mask_range.as_ref(), add_special_tokens, self.max_len())?;
+        if masks == 0 {
+            return Err(no_mask());
+        }
+        Ok(())
+    }
+
+    /// Counts the text's ids (an error past `max`) and checks its mask range, if any; returns
+    /// how many bytes are masked.
     fn counted(
         text: &str,
         mask_range: Option<&Range<usize>>,
         add_special_tokens: bool,
         max: usize,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let counted = BytesTokenizer.masked_len(text, add_special_tokens)?;
         if counted.ids > max {
             return Err(Error::TooLong {
@@ -158,17 +176,16 @@ impl FillMask {
                 ));
             }
             BytesTokenizer::check_mask_range(text, range)?;
+            return Ok(range.len());
         }
-        Ok(())
+        Ok(counted.masks)
     }
 
     /// Errors unless `input` has at least one mask and fits the model's positions: the one check
     /// every fill-mask input passes.
     pub fn check(&self, input: &MaskedText) -> Result<()> {
         if input.mask_positions.is_empty() {
-            return Err(Error::InvalidInput(
-                "the text has no mask: mark masked bytes with [MASK] (one byte) or [MASK:n] (n bytes)".into(),
-            ));
+            return Err(no_mask());
         }
         self.check_len(input.ids.len())?;
         if let Some(&p) = input.mask_positions.iter().find(|&&p| p >= input.ids.len()) {
@@ -266,6 +283,12 @@ impl FillMask {
             masks,
         }
     }
+}
+
+fn no_mask() -> Error {
+    Error::InvalidInput(
+        "the text has no mask: mark masked bytes with [MASK] (one byte) or [MASK:n] (n bytes)".into(),
+    )
 }
 
 /// The ids of the `k` highest values of `row`, highest first; ties keep the lower id first. Only
