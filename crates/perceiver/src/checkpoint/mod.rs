@@ -170,6 +170,7 @@ impl Checkpoint {
 
     fn checked(config: PerceiverConfig, weights: Weights) -> Result<Self> {
         config.validate()?;
+        crate::config::Architecture::of(&config)?;
         let found = match &weights {
             Weights::Safetensors(store) => store.shapes(),
             Weights::Params(params) => params
@@ -199,10 +200,12 @@ impl Checkpoint {
 
     /// Every tensor of the model, by name, in the order the model reads them.
     pub fn tensors(&self) -> Result<Vec<(String, Param)>> {
-        MaskedLmNames::new(&self.config)
-            .tensors()
+        tensor_list(&self.config)
             .into_iter()
-            .map(|t| Ok((t.name.clone(), self.get(&t.name)?)))
+            .map(|(name, _)| {
+                let param = self.get(&name)?;
+                Ok((name, param))
+            })
             .collect()
     }
 }
@@ -290,15 +293,21 @@ pub type TensorList = Vec<(String, Vec<usize>)>;
 pub fn expected_tensors(config: &PerceiverConfig) -> Result<TensorList> {
     config.validate()?;
     crate::config::Architecture::of(config)?;
-    Ok(MaskedLmNames::new(config)
+    Ok(tensor_list(config))
+}
+
+/// [`expected_tensors`] of a config already validated.
+fn tensor_list(config: &PerceiverConfig) -> TensorList {
+    MaskedLmNames::new(config)
         .tensors()
         .into_iter()
         .map(|t| (t.name.clone(), t.shape.clone()))
-        .collect())
+        .collect()
 }
 
-/// Checks the tensors in the files against those the config implies: the first missing or
-/// mis-shaped tensor (in model order) is the error, then any tensor the model has no place for.
+/// Checks the tensors in the files against those the (validated) config implies: the first
+/// missing or mis-shaped tensor (in model order) is the error, then any tensor the model has no
+/// place for.
 fn check_tensors(config: &PerceiverConfig, found: BTreeMap<String, Vec<usize>>) -> Result<()> {
     // Layers share no tensor, so a checkpoint of `found.len()` tensors holds at most that many
     // layers: the names of one more layer are enough to find the first missing tensor, however
@@ -306,7 +315,7 @@ fn check_tensors(config: &PerceiverConfig, found: BTreeMap<String, Vec<usize>>) 
     let mut bounded = config.clone();
     bounded.num_self_attends_per_block = config.num_self_attends_per_block.min(found.len() + 1);
     let config = &bounded;
-    let requested = expected_tensors(config)?;
+    let requested = tensor_list(config);
     for (name, expected) in &requested {
         match found.get(name) {
             None => return Err(Error::MissingTensor { name: name.clone() }),
