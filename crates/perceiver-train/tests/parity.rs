@@ -4,68 +4,11 @@
 //! Logits must agree within [`LOGIT_TOLERANCE`]; the worst difference is printed per case
 //! (`cargo test -- --nocapture` shows it).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::parity_cases::{cases, fixture_dirs, within_tolerance};
 use common::{load, max_abs_diff};
 
 mod common;
-
-/// Largest accepted |Δ logit| against transformers (float32 on both sides).
-const LOGIT_TOLERANCE: f32 = 1e-4;
-
-fn fixture_dirs() -> Vec<PathBuf> {
-    let root = common::fixtures().join("parity");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
-    dirs.sort();
-    assert!(
-        dirs.len() >= 5,
-        "expected the parity fixtures in {}",
-        root.display()
-    );
-    dirs
-}
-
-struct Case {
-    name: String,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    logits: Tensor,
-}
-
-fn cases(dir: &Path) -> Vec<Case> {
-    let tensors: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
-    let mut names: Vec<String> = tensors
-        .keys()
-        .filter_map(|k| k.strip_suffix(".logits").map(str::to_string))
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| Case {
-            input_ids: tensors[&format!("{name}.input_ids")]
-                .to_dtype(DType::U32)
-                .unwrap(),
-            attention_mask: tensors[&format!("{name}.attention_mask")]
-                .to_dtype(DType::U32)
-                .unwrap(),
-            logits: tensors[&format!("{name}.logits")].clone(),
-            name,
-        })
-        .collect()
-}
-
-/// Returns `worst` after asserting it is within [`LOGIT_TOLERANCE`]; `what` names the case.
-fn within_tolerance(worst: f32, what: impl Fn() -> String) -> f32 {
-    assert!(worst <= LOGIT_TOLERANCE, "{}: max |Δ logit| {worst:e}", what());
-    worst
-}
 
 /// transformers' way: the batch as given (padded to its longest row), every output decoded.
 #[test]

@@ -4,92 +4,12 @@
 //! Logits must agree within [`LOGIT_TOLERANCE`]; the worst difference is printed per case
 //! (`cargo test -- --nocapture` shows it).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{Device, IndexOp, Tensor};
+use common::parity_cases::{cases, fixture_dirs, within_tolerance, Case, SCORE_TOLERANCE};
 use common::{load_fast, max_abs_diff};
 use perceiver::{FillMask, Loader, Precision};
 
 mod common;
-
-/// Largest accepted |Δ logit| against transformers (float32 on both sides).
-const LOGIT_TOLERANCE: f32 = 1e-4;
-/// Largest accepted |Δ probability| for fill-mask scores.
-const SCORE_TOLERANCE: f32 = 2e-5;
-
-fn fixture_dirs() -> Vec<PathBuf> {
-    let root = common::fixtures().join("parity");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
-    dirs.sort();
-    assert!(
-        dirs.len() >= 5,
-        "expected the parity fixtures in {}",
-        root.display()
-    );
-    dirs
-}
-
-struct Case {
-    name: String,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    logits: Tensor,
-}
-
-fn cases(dir: &Path) -> Vec<Case> {
-    let tensors: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
-    let mut names: Vec<String> = tensors
-        .keys()
-        .filter_map(|k| k.strip_suffix(".logits").map(str::to_string))
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| Case {
-            input_ids: tensors[&format!("{name}.input_ids")]
-                .to_dtype(DType::U32)
-                .unwrap(),
-            attention_mask: tensors[&format!("{name}.attention_mask")]
-                .to_dtype(DType::U32)
-                .unwrap(),
-            logits: tensors[&format!("{name}.logits")].clone(),
-            name,
-        })
-        .collect()
-}
-
-impl Case {
-    /// Each row's ids without its padding.
-    fn unpadded_texts(&self) -> Vec<Vec<u32>> {
-        let (batch, _) = self.input_ids.dims2().unwrap();
-        (0..batch)
-            .map(|row| {
-                let len = self
-                    .attention_mask
-                    .i(row)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<u32>()
-                    .unwrap();
-                let ids = self.input_ids.i(row).unwrap().to_vec1::<u32>().unwrap();
-                ids[..len as usize].to_vec()
-            })
-            .collect()
-    }
-}
-
-/// Returns `worst` after asserting it is within [`LOGIT_TOLERANCE`]; `what` names the case.
-fn within_tolerance(worst: f32, what: impl Fn() -> String) -> f32 {
-    assert!(worst <= LOGIT_TOLERANCE, "{}: max |Δ logit| {worst:e}", what());
-    worst
-}
 
 /// The inference engine, f32: every row of every case as one unpadded batch of mixed lengths,
 /// each text decoded at every position; and alone, at a scattered subset of positions.

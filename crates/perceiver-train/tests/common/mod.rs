@@ -1,9 +1,16 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+/// The parity fixtures and their comparison, shared with the inference crate's tests.
+#[path = "../../../perceiver/tests/common/parity_cases.rs"]
+pub mod parity_cases;
+
+#[allow(unused_imports)] // not every test binary compares tensors
+pub use parity_cases::max_abs_diff;
+
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use perceiver::ModelFiles;
 use perceiver_train::model::load_masked_lm;
 use perceiver_train::PerceiverForMaskedLM;
@@ -16,19 +23,4 @@ pub fn fixtures() -> PathBuf {
 /// The differentiable model of a fixture directory.
 pub fn load(dir: &Path) -> PerceiverForMaskedLM {
     load_masked_lm(&ModelFiles::from_dir(dir).unwrap(), &Device::Cpu).unwrap()
-}
-
-/// Largest |a − b| over all elements (shapes must agree).
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
