@@ -6,10 +6,11 @@
 //! Which parts a checkpoint needs comes from its config's `architectures` ([`Architecture`]);
 //! tasks ([`crate::tasks`]) sit on top and turn inputs and answers into the parts' arrays.
 
+use crate::attention::layer_flops;
 use crate::checkpoint::names::MaskedLmNames;
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::Param;
-use crate::config::{Architecture, AttentionSpec, PerceiverConfig};
+use crate::config::{Architecture, PerceiverConfig};
 use crate::decoder::{BasicDecoder, Decoder};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
@@ -260,10 +261,6 @@ impl PerceiverModel {
         let n = self.config.num_latents;
         texts as f64 * layer_flops(&self.config.self_attention_spec(), n, n)
     }
-}
-
-fn layer_flops(spec: &AttentionSpec, nq: usize, nk: usize) -> f64 {
-    crate::attention::layer_flops(spec, nq, nk)
 }
 
 #[cfg(test)]
