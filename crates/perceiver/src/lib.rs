@@ -34,6 +34,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod conv;
 pub mod decoder;
 #[cfg(feature = "default-model")]
 pub mod default_model;
@@ -55,6 +56,8 @@ pub use config::{Activation, Architecture, PerceiverConfig};
 pub use error::{Error, Result};
 pub use layers::{Linear, Precision};
 pub use loader::{Loader, BUILT_IN};
-pub use model::PerceiverModel;
+pub use model::{ModelInput, PerceiverModel};
+pub use preprocess::Pixels;
+pub use tasks::classify::{Classifier, LabelScore};
 pub use tasks::fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
 pub use tokenizer::{BytesTokenizer, MaskedText};
