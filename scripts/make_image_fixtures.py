@@ -226,6 +226,11 @@ def build_images() -> list[tuple[str, bytes, str]]:
     out.append(("orient6.jpg", encode(o6, "JPEG", quality=95, subsampling=0, exif=exif_with_orientation(6)),
                 "RGB JPEG, 40x24, 4:4:4, EXIF orientation 6 (rotate 90 clockwise)"))
 
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="3"/></rdf:RDF></x:xmpmeta>')
+    out.append(("xmp3.jpg", encode(Image.fromarray(pattern(15, 22, 25)), "JPEG", quality=90, xmp=xmp),
+                "RGB JPEG, 22x15, no EXIF, XMP tiff:Orientation 3 (Pillow falls back to XMP)"))
+
     wl = Image.fromarray(pattern(27, 18, 17))
     out.append(("orient8.webp", encode(wl, "WEBP", lossless=True, exif=exif_with_orientation(8)),
                 "lossless WebP, 18x27, EXIF orientation 8 (rotate 90 counter-clockwise)"))
@@ -353,6 +358,7 @@ def main() -> None:
     assert rgb_of("orient5_png").shape[:2] == (21, 14)
     assert rgb_of("orient8_webp").shape[:2] == (18, 27)
     assert rgb_of("orient7_tif").shape[:2] == (19, 23)
+    assert (rgb_of("xmp3_jpg") != np.array(Image.open(out / "xmp3.jpg").convert("RGB"))).any()
     assert rgb_of("grey16_png").max() == 255 and (rgb_of("grey16_png") < 255).any()
     partial = rgb_of("partial_gif")
     assert partial.shape[:2] == (16, 20) and tuple(partial[0, 0]) == (255, 255, 255), partial[0, 0]

@@ -3,12 +3,12 @@
 //! README.md for what each image and config covers).
 //!
 //! Tolerances:
-//! * decoding (`np.array(load_image(path))`): exact for PNG, BMP, GIF, TIFF and lossless WebP;
-//!   JPEG and lossy WebP within [`LOSSY_LEVELS`] (other decoders than Pillow's libjpeg-turbo
-//!   and libwebp, which round differently);
+//! * decoding (`np.array(load_image(path))`): exact for PNG, BMP, GIF, TIFF and WebP (lossy
+//!   too: image-webp rounds as libwebp does); JPEG within [`LOSSY_LEVELS`] (zune-jpeg, not
+//!   Pillow's libjpeg-turbo), and within [`LOSSY_INTERIOR_LEVELS`] away from the image's border;
 //! * the processor from Pillow's decoded pixels (centre crop, resize, rescale, normalise): exact
 //!   (tolerance 0);
-//! * from file bytes: exact where decoding is; for JPEG and lossy WebP, [`LOSSY_LEVELS`] decoded
+//! * from file bytes: exact where decoding is; for JPEG, [`LOSSY_LEVELS`] decoded
 //!   levels carried through resize (whose weights sum to 1 with lobes up to ~1.3 in absolute
 //!   sum, plus one level of rounding) and scaled to the config's units.
 //!
@@ -27,8 +27,14 @@ use perceiver::Error;
 use proptest::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
-/// Largest accepted |Δ sample| between our decoding of a lossy file (JPEG, lossy WebP) and Pillow's.
-const LOSSY_LEVELS: u8 = 6;
+/// Largest accepted |Δ sample| between our decoding of a JPEG and Pillow's. Inside the image
+/// the two decoders differ by their IDCT and colour-conversion rounding (2 levels at most in the
+/// fixtures). On the last column (row) of a 4:2:0 JPEG of even width (height) that is not a
+/// multiple of 16, libjpeg-turbo's "fancy" chroma upsampling replicates the last chroma sample
+/// where zune-jpeg reads the encoder's padding sample: up to 9 levels in the fixtures.
+const LOSSY_LEVELS: u8 = 10;
+/// [`LOSSY_LEVELS`] for the pixels off the image's border.
+const LOSSY_INTERIOR_LEVELS: u8 = 3;
 
 fn dir() -> PathBuf {
     common::fixtures().join("images")
@@ -119,9 +125,16 @@ fn configs() -> Vec<(String, ImageProcessor)> {
     v
 }
 
-fn is_lossy(path: &Path) -> bool {
-    let name = path.file_name().unwrap().to_str().unwrap();
-    name.ends_with(".jpg") || name == "lossy.webp"
+fn is_jpeg(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "jpg")
+}
+
+/// The image without its outermost rows and columns.
+fn interior(img: &RgbImage) -> Vec<u8> {
+    let (w, h) = (img.width(), img.height());
+    (1..h.saturating_sub(1))
+        .flat_map(|y| (1..w.saturating_sub(1)).flat_map(move |x| img.pixel(x, y)))
+        .collect()
 }
 
 fn max_level_diff(a: &[u8], b: &[u8]) -> u8 {
@@ -137,7 +150,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn decoding_matches_pillow() {
     let expected = Expected::load();
-    let mut worst_lossy = 0u8;
+    let (mut worst_lossy, mut worst_interior) = (0u8, 0u8);
     for (stem, path) in images() {
         let bytes = std::fs::read(&path).unwrap();
         let ours = decode_image(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -149,24 +162,34 @@ fn decoding_matches_pillow() {
             path.display()
         );
         let d = max_level_diff(ours.pixels(), pil.pixels());
+        let inner = max_level_diff(&interior(&ours), &interior(&pil));
         println!(
-            "{:<16} {:>3} x {:<3} max |Δ level| {d}",
+            "{:<16} {:>3} x {:<3} max |Δ level| {d} ({inner} off the border)",
             stem,
             ours.width(),
             ours.height()
         );
-        if is_lossy(&path) {
+        if is_jpeg(&path) {
             worst_lossy = worst_lossy.max(d);
+            worst_interior = worst_interior.max(inner);
             assert!(
                 d <= LOSSY_LEVELS,
                 "{}: max |Δ level| {d} > {LOSSY_LEVELS}",
+                path.display()
+            );
+            assert!(
+                inner <= LOSSY_INTERIOR_LEVELS,
+                "{}: max |Δ level| off the border {inner} > {LOSSY_INTERIOR_LEVELS}",
                 path.display()
             );
         } else {
             assert_eq!(d, 0, "{}: decoded samples differ from Pillow's", path.display());
         }
     }
-    println!("worst |Δ level|: 0 lossless, {worst_lossy} JPEG / lossy WebP (tolerance {LOSSY_LEVELS})");
+    println!(
+        "worst |Δ level|: 0 for PNG, BMP, GIF, TIFF, WebP; JPEG {worst_lossy} (tolerance {LOSSY_LEVELS}), \
+         {worst_interior} off the border (tolerance {LOSSY_INTERIOR_LEVELS})"
+    );
 }
 
 #[test]
@@ -213,7 +236,7 @@ fn end_to_end_from_file_bytes() {
                 } else {
                     1.0
                 });
-            if is_lossy(&path) {
+            if is_jpeg(&path) {
                 // Resize weights sum to 1 with |lobes| summing to at most ~1.3, plus one level of rounding.
                 let tol_levels = (1.3 * f64::from(LOSSY_LEVELS)).ceil() + 1.0;
                 let levels = (f64::from(d) / level) as f32;
@@ -230,7 +253,7 @@ fn end_to_end_from_file_bytes() {
     }
     println!(
         "from file bytes: worst max |Δ| {worst_exact:e} for lossless formats (tolerance 0); \
-         {worst_lossy_levels:.2} decoded levels for JPEG / lossy WebP (tolerance {})",
+         {worst_lossy_levels:.2} decoded levels for JPEG (tolerance {})",
         (1.3 * f64::from(LOSSY_LEVELS)).ceil() + 1.0
     );
 }
@@ -615,14 +638,13 @@ fn processor_output_size_follows_the_config() {
         ("deepmind_style", (12, 12)),
         ("nonsquare_pad", (14, 10)),
         ("no_crop_bilinear", (24, 7)),
+        // int(8 / 16 x 29) = 14, no resize.
+        ("crop_only", (14, 14)),
     ]
     .into();
     for (name, proc) in configs() {
         let p = proc.preprocess(&img).unwrap();
-        let want = sizes.get(name.as_str()).copied().unwrap_or_else(|| {
-            // crop_only: int(8 / 16 x 29) = 14, no resize.
-            (14, 14)
-        });
+        let want = sizes[name.as_str()];
         assert_eq!((p.height, p.width), want, "{name}");
         assert_eq!(p.values.len(), 3 * want.0 * want.1);
     }

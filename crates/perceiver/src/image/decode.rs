@@ -21,8 +21,13 @@
 //!   transparent index, or index 0 without one; indices past the end of the palette are black.
 //!   GIFs are read here with the `gif` crate's palette indices, because a decoder that
 //!   composites the frame onto transparent black gives other colours outside the frame.
-//! * **JPEG** is decoded by `zune-jpeg`, not libjpeg-turbo: samples may differ by a few levels
-//!   (their IDCT and chroma upsampling round differently). The image tests measure and bound it.
+//! * **JPEG** is decoded by `zune-jpeg`, not libjpeg-turbo: samples differ by up to 2 levels
+//!   inside the image (IDCT and colour-conversion rounding), and by up to ~10 on the last column
+//!   (row) of a chroma-subsampled JPEG whose even width (height) is not a multiple of the block
+//!   size, where libjpeg-turbo's upsampling repeats the last chroma sample and zune-jpeg reads
+//!   the encoder's padding. The image tests bound both. A JPEG cut short is refused, as
+//!   Pillow refuses it, although zune-jpeg would fill the missing part with grey.
+//! * **WebP**, lossy or lossless, decodes to Pillow's (libwebp's) samples exactly.
 //!
 //! Not reproduced (not met by the fixtures; documented so nobody relies on them): CMYK JPEGs,
 //! 16-bit greyscale PNGs with a `tRNS` chunk (decoded here as grey+alpha, high byte), PNG EXIF in
@@ -45,8 +50,8 @@ pub struct DecodeLimits {
 }
 
 impl DecodeLimits {
-    /// Pillow refuses an image of more than `2 × Image.MAX_IMAGE_PIXELS` = 178,956,970 pixels
-    /// (`DecompressionBombError`; 2^31 bytes of RGBA over 2 × 4 × 3), so transformers cannot
+    /// Pillow refuses an image of more than twice `Image.MAX_IMAGE_PIXELS` (1024³ / 4 / 3 =
+    /// 89,478,485), 178,956,970 pixels, with a `DecompressionBombError`, so transformers cannot
     /// read anything larger either. At that size an RGB image is 537 MB.
     pub const PIL_MAX_PIXELS: u64 = 178_956_970;
 
