@@ -11,6 +11,11 @@
 //!   EXIF orientation applied; grey, alpha, palette and 16-bit samples made 8-bit RGB as
 //!   Pillow's `convert("RGB")` does (alpha dropped, not composited; see [`decode`]). The size in
 //!   the header is checked against [`DecodeLimits`] before any pixel is decoded.
+//!   The processor itself applies no orientation and converts no mode: given a PIL image
+//!   straight from `Image.open`, transformers would skip the EXIF rotation, and fail on grey or
+//!   RGBA (a mean of 3 values for 1 or 4 channels). `load_image`, which the pipelines call on a
+//!   path, URL or base64 string, is what makes the image upright RGB, so that is what is
+//!   matched.
 //! * [`ImageProcessor`] is `PerceiverImageProcessorPil`, with its settings read from the
 //!   model's `preprocessor_config.json` ([`ImageProcessorConfig`]) and its resize equal to
 //!   Pillow's to the last bit ([`resize()`]).
