@@ -8,6 +8,7 @@
 //! block they share, on [`layers`]; [`model`] composes the parts from a transformers
 //! `config.json` ([`config`]); [`checkpoint`] reads weights under one tree of tensor names and
 //! [`loader`] loads a model from any source ([`Loader`]); [`tasks`] turn inputs into answers ([`FillMask`]).
+//! [`image`] decodes image files and prepares them as transformers' Perceiver image processor does.
 //!
 //! The flagship model is DeepMind's byte-level masked language model
 //! (`deepmind/language-perceiver`), numerically equal to transformers' `PerceiverForMaskedLM`.
@@ -40,6 +41,7 @@ pub mod decoder;
 pub mod default_model;
 pub mod encoder;
 pub mod error;
+pub mod image;
 pub mod layers;
 pub mod loader;
 pub mod model;
