@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
+mod classify;
 mod fill_mask;
 mod model;
 mod serve;
@@ -24,7 +25,7 @@ const MAX_THREADS: i64 = 1024;
 #[command(
     name = "perceiver",
     version,
-    about = "Perceiver IO byte-level language models: fill masks, and more"
+    about = "Perceiver IO: fill masks with byte-level language models, classify images and texts, and more"
 )]
 struct Cli {
     /// Worker threads for the tensor kernels (default: all cores; at most 1024).
@@ -39,6 +40,8 @@ struct Cli {
 enum Command {
     /// Predict the masked bytes of texts.
     FillMask(fill_mask::FillMaskArgs),
+    /// Classify images (ImageNet Perceivers) or texts (a sequence-classification model).
+    Classify(classify::ClassifyArgs),
     /// Train a masked language model from scratch or fine-tune one.
     Train(Box<train::TrainArgs>),
     /// Masked-byte accuracy, loss and bits per byte of a model on text files.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::FillMask(args) => fill_mask::run(args),
+        Command::Classify(args) => classify::run(args),
         Command::Train(args) => train::run_train(*args),
         Command::Eval(args) => train::run_eval(args),
         Command::Plot(args) => train::run_plot(args),

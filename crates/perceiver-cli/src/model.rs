@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver::{LoadOptions, Loader, PerceiverModel, Precision};
+use perceiver::{Classifier, LoadOptions, Loader, PerceiverModel, Precision};
 use perceiver_train::PerceiverForMaskedLM;
 
 #[derive(Args, Debug, Clone)]
@@ -56,6 +56,15 @@ impl ModelArgs {
             .options(self.options())
             .precision(precision)
             .load()
+            .with_context(|| format!("cannot load model {}", self.model))
+    }
+
+    /// Loads the classifier these flags name, with its image processor for an image model.
+    pub fn load_classifier(&self, precision: Precision) -> Result<Classifier> {
+        Loader::new(self.model.as_str())
+            .options(self.options())
+            .precision(precision)
+            .classifier()
             .with_context(|| format!("cannot load model {}", self.model))
     }
 }

@@ -1,10 +1,14 @@
 //! One loader for every model source: a directory, a Hugging Face hub id, or the model built into
 //! the library, with the precision and threads it runs with.
 
+use std::path::PathBuf;
+
 use crate::checkpoint::{Checkpoint, LoadOptions, ModelFiles};
 use crate::error::Result;
+use crate::image::ImageProcessor;
 use crate::layers::Precision;
 use crate::model::PerceiverModel;
+use crate::tasks::classify::Classifier;
 
 /// The name that selects the model built into the library wherever a model is accepted.
 pub const BUILT_IN: &str = "default";
@@ -76,21 +80,45 @@ impl Loader {
 
     /// The config and its checked weights, unpacked (what training starts from).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
+        Ok(self.resolve()?.0)
+    }
+
+    /// The checkpoint and the model's `preprocessor_config.json`, if it has one.
+    fn resolve(&self) -> Result<(Checkpoint, Option<PathBuf>)> {
         #[cfg(feature = "default-model")]
         if self.source == BUILT_IN {
-            return Checkpoint::from_static(
+            let checkpoint = Checkpoint::from_static(
                 crate::default_model::CONFIG_JSON,
                 crate::default_model::WEIGHTS,
                 "<built-in model>",
-            );
+            )?;
+            return Ok((checkpoint, None));
         }
-        Checkpoint::open(&ModelFiles::resolve(&self.source, &self.options)?)
+        let files = ModelFiles::resolve(&self.source, &self.options)?;
+        Ok((Checkpoint::open(&files)?, files.preprocessor_config))
+    }
+
+    fn model_of(&self, checkpoint: &Checkpoint) -> Result<PerceiverModel> {
+        let mut model = PerceiverModel::from_checkpoint(checkpoint, self.precision)?;
+        model.set_threads(self.threads);
+        Ok(model)
     }
 
     /// The model, packed for its precision.
     pub fn load(&self) -> Result<PerceiverModel> {
-        let mut model = PerceiverModel::from_checkpoint(&self.checkpoint()?, self.precision)?;
-        model.set_threads(self.threads);
-        Ok(model)
+        self.model_of(&self.checkpoint()?)
+    }
+
+    /// A classifier ready to classify: the model, and for an image model its image processor
+    /// (the model's `preprocessor_config.json`, else transformers' default settings).
+    pub fn classifier(&self) -> Result<Classifier> {
+        let (checkpoint, processor_config) = self.resolve()?;
+        let classifier = Classifier::new(self.model_of(&checkpoint)?)?;
+        match processor_config {
+            Some(path) if classifier.reads_images() => {
+                classifier.with_image_processor(ImageProcessor::from_file(&path)?)
+            }
+            _ => Ok(classifier),
+        }
     }
 }

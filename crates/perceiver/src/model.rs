@@ -173,6 +173,15 @@ impl PerceiverModel {
         }
     }
 
+    /// The one image size (height, width) an image model takes, if it has one (the learned
+    /// positions cover a fixed grid; the Fourier models take any size).
+    pub fn image_size(&self) -> Option<(usize, usize)> {
+        match &self.preprocessor {
+            Preprocessor::Image(image) => image.required_size(),
+            Preprocessor::Text(_) => None,
+        }
+    }
+
     /// The postprocessor's values per decoded row: the vocabulary of the masked LM, the labels
     /// of a classifier.
     pub fn num_outputs(&self) -> usize {

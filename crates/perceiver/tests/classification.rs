@@ -162,6 +162,29 @@ fn text_classification_matches_the_pipeline() {
     }
 }
 
+/// From the image files through the model's own `preprocessor_config.json` (loaded with the
+/// model) to the pipeline's labels and scores.
+#[test]
+fn image_classification_matches_the_pipeline() {
+    for name in ["tiny_image_fourier", "tiny_image_conv", "tiny_image_learned"] {
+        let dir = root().join(name);
+        let classifier = Loader::new(dir.to_str().unwrap()).classifier().unwrap();
+        for case in pipeline_cases(name) {
+            let bytes = std::fs::read(dir.join(&case.input)).unwrap();
+            let top_k = case.top_k.unwrap_or(usize::MAX);
+            let ours = &classifier.classify_images(&[&bytes], top_k).unwrap()[0];
+            assert_eq!(ours.len(), case.output.len());
+            let mut worst = 0f32;
+            for (a, b) in ours.iter().zip(&case.output) {
+                assert_eq!(a.label, b.label, "{name}/{}", case.input);
+                worst = worst.max((a.score - b.score).abs());
+            }
+            println!("{name}/{}: max |Δ score| = {worst:.3e}", case.input);
+            assert!(worst <= SCORE_TOLERANCE, "{name}/{}: {worst}", case.input);
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Layout {
     class: String,

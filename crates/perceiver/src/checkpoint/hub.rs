@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::{
-    shard_names, LoadOptions, ModelFiles, WeightFiles, CONFIG_FILE, PYTORCH_FILE, SAFETENSORS_FILE,
-    SAFETENSORS_INDEX_FILE,
+    shard_names, LoadOptions, ModelFiles, WeightFiles, CONFIG_FILE, PREPROCESSOR_CONFIG_FILE, PYTORCH_FILE,
+    SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE,
 };
 use crate::error::{Error, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiRepo};
@@ -139,5 +139,10 @@ fn files_from(source: &Source, model_id: &str) -> Result<ModelFiles> {
     } else {
         return Err(source.missing(model_id, SAFETENSORS_FILE));
     };
-    Ok(ModelFiles { config, weights })
+    let preprocessor_config = get(PREPROCESSOR_CONFIG_FILE)?;
+    Ok(ModelFiles {
+        config,
+        weights,
+        preprocessor_config,
+    })
 }

@@ -35,6 +35,8 @@ pub const SAFETENSORS_FILE: &str = "model.safetensors";
 pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
 /// PyTorch `torch.save` weights.
 pub const PYTORCH_FILE: &str = "pytorch_model.bin";
+/// An image model's image processor settings (transformers' `PerceiverImageProcessor`).
+pub const PREPROCESSOR_CONFIG_FILE: &str = "preprocessor_config.json";
 
 /// How to find a model on the hub.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +63,8 @@ pub struct ModelFiles {
     pub config: PathBuf,
     /// The weights it describes.
     pub weights: WeightFiles,
+    /// `preprocessor_config.json`, when the model has one (image models).
+    pub preprocessor_config: Option<PathBuf>,
 }
 
 impl ModelFiles {
@@ -88,7 +92,12 @@ impl ModelFiles {
                 dir: dir.to_path_buf(),
             });
         };
-        Ok(Self { config, weights })
+        let preprocessor_config = Some(dir.join(PREPROCESSOR_CONFIG_FILE)).filter(|p| p.is_file());
+        Ok(Self {
+            config,
+            weights,
+            preprocessor_config,
+        })
     }
 
     /// Resolves `model`: an existing directory, else a hub id (`owner/name`).

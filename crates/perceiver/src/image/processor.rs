@@ -333,6 +333,24 @@ pub struct Pixels {
     pub values: Vec<f32>,
 }
 
+impl Pixels {
+    /// Checks that `values` holds 3 × `height` × `width` values (for pixels made elsewhere,
+    /// e.g. by transformers' processor).
+    pub fn new(height: usize, width: usize, values: Vec<f32>) -> Result<Self> {
+        if height == 0 || width == 0 || values.len() != 3 * height * width {
+            return Err(Error::InvalidInput(format!(
+                "{} values are not a 3x{height}x{width} image",
+                values.len()
+            )));
+        }
+        Ok(Self {
+            height,
+            width,
+            values,
+        })
+    }
+}
+
 /// transformers' `PerceiverImageProcessorPil` (see the [module docs](self) for its steps).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageProcessor {

@@ -19,38 +19,10 @@ use crate::checkpoint::Param;
 use crate::config::{FourierSpec, ImageInputSpec, IMAGE_CHANNELS};
 use crate::conv::{max_pool, relu, Conv2d};
 use crate::error::{Error, Result};
+pub use crate::image::Pixels;
 use crate::layers::{Dense, Precision};
 use crate::position::{fourier_features, TrainablePositions};
 use crate::runtime::{item_ranges, on_pool};
-
-/// A normalised image, channels-first `[3, height, width]` f32: what transformers' image
-/// processor returns as one `pixel_values` item.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pixels {
-    /// Rows.
-    pub height: usize,
-    /// Columns.
-    pub width: usize,
-    /// `[3, height, width]`, row-major within each channel.
-    pub values: Vec<f32>,
-}
-
-impl Pixels {
-    /// Checks that `values` holds 3 × `height` × `width` values.
-    pub fn new(height: usize, width: usize, values: Vec<f32>) -> Result<Self> {
-        if height == 0 || width == 0 || values.len() != IMAGE_CHANNELS * height * width {
-            return Err(Error::InvalidInput(format!(
-                "{} values are not a 3x{height}x{width} image",
-                values.len()
-            )));
-        }
-        Ok(Self {
-            height,
-            width,
-            values,
-        })
-    }
-}
 
 /// Fourier features, cached for the last image size seen (a model sees one size in practice).
 #[derive(Debug, Clone)]

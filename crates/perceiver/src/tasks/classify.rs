@@ -3,6 +3,7 @@
 //! `image-classification` pipelines return).
 
 use crate::error::{Error, Result};
+use crate::image::ImageProcessor;
 use crate::model::{ModelInput, PerceiverModel};
 use crate::preprocess::Pixels;
 use crate::tokenizer::BytesTokenizer;
@@ -24,6 +25,8 @@ pub struct Classifier {
     model: PerceiverModel,
     labels: Vec<String>,
     tokenizer: BytesTokenizer,
+    /// Image models: files → pixels.
+    image_processor: Option<ImageProcessor>,
 }
 
 impl Classifier {
@@ -37,11 +40,63 @@ impl Classifier {
             )));
         }
         let labels = model.config().labels(model.num_outputs())?;
+        // transformers' defaults until the model's own settings are given.
+        let image_processor = model.architecture().reads_images().then(ImageProcessor::default);
         Ok(Self {
             model,
             labels,
             tokenizer: BytesTokenizer,
+            image_processor,
         })
+    }
+
+    /// Prepares images with `processor` (the model's `preprocessor_config.json`); an error for
+    /// a text model, or when the processor's output size is not one the model takes.
+    pub fn with_image_processor(mut self, processor: ImageProcessor) -> Result<Self> {
+        if !self.reads_images() {
+            return Err(Error::InvalidInput(format!(
+                "{} classifies text: it has no image processor",
+                self.model.architecture().name()
+            )));
+        }
+        let config = processor.config();
+        if let (Some((h, w)), true) = (self.model.image_size(), config.do_resize) {
+            if (config.size.height, config.size.width) != (h, w) {
+                return Err(Error::InvalidConfig(format!(
+                    "the image processor resizes to {}x{}, but the model takes {h}x{w} images",
+                    config.size.height, config.size.width
+                )));
+            }
+        }
+        self.image_processor = Some(processor);
+        Ok(self)
+    }
+
+    /// The image processor of an image model.
+    pub fn image_processor(&self) -> Option<&ImageProcessor> {
+        self.image_processor.as_ref()
+    }
+
+    /// Decodes an image file's bytes (JPEG, PNG, WebP, BMP, GIF, TIFF) as transformers'
+    /// `load_image` does and prepares it as the model's image processor does.
+    pub fn prepare_image(&self, bytes: &[u8]) -> Result<Pixels> {
+        match &self.image_processor {
+            Some(processor) => processor.preprocess_file_bytes(bytes),
+            None => Err(Error::InvalidInput(format!(
+                "{} classifies text, not images",
+                self.model.architecture().name()
+            ))),
+        }
+    }
+
+    /// The `top_k` best labels of each image file (its bytes).
+    pub fn classify_images(&self, files: &[&[u8]], top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
+        let pixels = files
+            .iter()
+            .map(|bytes| self.prepare_image(bytes))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Pixels> = pixels.iter().collect();
+        self.classify_pixels(&refs, top_k)
     }
 
     /// The model it runs.

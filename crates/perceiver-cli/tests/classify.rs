@@ -1,0 +1,185 @@
+//! `perceiver classify` end to end on the committed tiny classifiers
+//! (`tests/fixtures/classification/`): `--json` lines equal to transformers' classification
+//! pipelines, directories, batching, and every bad input ending in one line and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/classification")
+        .join(name)
+}
+
+fn perceiver(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
+    cmd.args(args).env("HF_HUB_OFFLINE", "1").env(
+        "HF_HOME",
+        std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
+    );
+    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
+        cmd.env_remove(var);
+    }
+    cmd.output().expect("run perceiver")
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// One line on stderr and a non-zero exit, the line containing `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
+
+/// Our line against the pipeline's list: same labels in the same order, scores within 1e-4.
+fn same_as_pipeline(ours: &Value, theirs: &Value) {
+    let (ours, theirs) = (ours.as_array().unwrap(), theirs.as_array().unwrap());
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(theirs) {
+        assert_eq!(a["label"], b["label"]);
+        let diff = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs();
+        assert!(diff <= 1e-4, "{a} vs {b}");
+    }
+}
+
+fn pipeline(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixture(name).join("pipeline.json")).unwrap();
+    serde_json::from_str::<Vec<Value>>(&text).unwrap()
+}
+
+#[test]
+fn images_as_the_pipeline_classifies_them_one_line_each_in_order() {
+    for name in ["tiny_image_conv", "tiny_image_fourier", "tiny_image_learned"] {
+        let dir = fixture(name);
+        let cases = pipeline(name);
+        let files: Vec<String> = cases
+            .iter()
+            .map(|c| path(&dir.join(c["input"].as_str().unwrap())))
+            .collect();
+        let mut args = vec!["classify", "--json", "-k", "3", "--batch-size", "1", "--model"];
+        let model = path(&dir);
+        args.push(&model);
+        args.extend(files.iter().map(String::as_str));
+        let lines = json_lines(&perceiver(&args));
+        assert_eq!(lines.len(), cases.len());
+        for (line, case) in lines.iter().zip(&cases) {
+            same_as_pipeline(line, &case["output"]);
+        }
+    }
+}
+
+#[test]
+fn a_directory_means_its_images_sorted_by_name() {
+    let dir = fixture("tiny_image_fourier");
+    let model = path(&dir);
+    let out = perceiver(&["classify", "--json", "-k", "3", "--model", &model, &model]);
+    let lines = json_lines(&out);
+    // tall_grey.png, then wide.png; config.json and the rest are not images.
+    let cases = pipeline("tiny_image_fourier");
+    let by_name = |n: &str| cases.iter().find(|c| c["input"] == n).unwrap()["output"].clone();
+    assert_eq!(lines.len(), 2);
+    same_as_pipeline(&lines[0], &by_name("tall_grey.png"));
+    same_as_pipeline(&lines[1], &by_name("wide.png"));
+    // The human-readable form names each input.
+    let out = perceiver(&["classify", "--model", &model, &model]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tall_grey.png") && text.contains('%'), "{text}");
+}
+
+#[test]
+fn texts_as_the_pipeline_classifies_them() {
+    let model = path(&fixture("tiny_text_classifier"));
+    let cases = pipeline("tiny_text_classifier");
+    let mut args = vec!["classify", "--text", "--json", "-k", "3", "--model", &model];
+    let texts: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
+    args.extend(&texts);
+    let lines = json_lines(&perceiver(&args));
+    assert_eq!(lines.len(), cases.len());
+    for (line, case) in lines.iter().zip(&cases) {
+        same_as_pipeline(line, &case["output"]);
+    }
+    // --input FILE: one text a line, same answers.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), texts.join("\n")).unwrap();
+    let input = path(file.path());
+    let again = json_lines(&perceiver(&[
+        "classify", "--text", "--json", "-k", "3", "--model", &model, "--input", &input,
+    ]));
+    assert_eq!(again, lines);
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors() {
+    let image_model = path(&fixture("tiny_image_conv"));
+    let text_model = path(&fixture("tiny_text_classifier"));
+    let image = path(&fixture("tiny_image_conv").join("wide.png"));
+    // A missing file, a text file passed as an image, an empty file.
+    fails_with(
+        &perceiver(&["classify", "--model", &image_model, "/no/such/image.png"]),
+        "/no/such/image.png",
+    );
+    let config = path(&fixture("tiny_image_conv").join("config.json"));
+    fails_with(
+        &perceiver(&["classify", "--model", &image_model, &config]),
+        "config.json",
+    );
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    fails_with(
+        &perceiver(&["classify", "--model", &image_model, &path(empty.path())]),
+        "image",
+    );
+    // A directory without images.
+    let dir = tempfile::tempdir().unwrap();
+    fails_with(
+        &perceiver(&["classify", "--model", &image_model, &path(dir.path())]),
+        "no image files",
+    );
+    // Texts for an image model, images for a text model.
+    fails_with(
+        &perceiver(&["classify", "--text", "--model", &image_model, "hello"]),
+        "classifies images",
+    );
+    fails_with(
+        &perceiver(&["classify", "--model", &text_model, &image]),
+        "--text",
+    );
+    // A text longer than the model's positions.
+    let long = "x".repeat(100);
+    fails_with(
+        &perceiver(&["classify", "--text", "--model", &text_model, &long]),
+        "64",
+    );
+    // A masked LM is not a classifier, and a classifier cannot fill masks.
+    fails_with(
+        &perceiver(&["classify", "--text", "--model", "default", "hello"]),
+        "classifier",
+    );
+    fails_with(
+        &perceiver(&["fill-mask", "--model", &text_model, "a[MASK]c"]),
+        "PerceiverForMaskedLM",
+    );
+    fails_with(
+        &perceiver(&["fill-mask", "--model", &image_model, "a[MASK]c"]),
+        "PerceiverForMaskedLM",
+    );
+}
