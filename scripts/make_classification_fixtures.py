@@ -24,6 +24,12 @@ of a model built from it (random weights, nothing saved but the names and shapes
 How to run (from the repository root; the environment of scripts/requirements-reference.txt)::
 
     .venv-ref/bin/python scripts/make_classification_fixtures.py
+
+A second mode writes the released ``deepmind/vision-perceiver-fourier`` layout (48.4M parameters,
+transformers' own random initialisation, seeded) with transformers' default image processor, the
+model ``perceiver-bench classify`` times (not committed; ~194 MB)::
+
+    .venv-ref/bin/python scripts/make_classification_fixtures.py --full-fourier target/fourier-random
 """
 
 from __future__ import annotations
@@ -308,7 +314,26 @@ def released_layouts() -> list[dict]:
     return out
 
 
+def write_full_fourier(out: Path) -> None:
+    base = dict(
+        num_latents=512, d_latents=1024, d_model=261, num_blocks=8, num_self_attends_per_block=6,
+        num_cross_attention_heads=1, num_self_attention_heads=8, qk_channels=None, v_channels=None,
+        id2label=labels(1000, "imagenet class"),
+    )
+    torch.manual_seed(0)
+    model = PerceiverForImageClassificationFourier(PerceiverConfig(**base)).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    PerceiverImageProcessorPil().save_pretrained(out)
+    print(f"{out}: {sum(p.numel() for p in model.parameters())} parameters")
+
+
 def main() -> None:
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--full-fourier":
+        write_full_fourier(Path(sys.argv[2]))
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(MODELS):
         write_model(name, 1000 + 100 * i)

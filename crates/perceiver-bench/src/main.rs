@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
+mod classify;
 mod batch_cost;
 mod inference;
 mod latent;
@@ -38,6 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// An image classifier, ours and transformers' side by side on the same weights and pixels.
+    Classify(classify::ClassifyArgs),
     /// Inference, ours and transformers' side by side on the same weights (workloads W1–W4).
     Inference(inference::InferenceArgs),
     /// One latent self-attention layer and its six weight products, ours and PyTorch's side by
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
     let result = match cli.command {
+        Command::Classify(args) => classify::run(args),
         Command::Inference(args) => inference::run(args),
         Command::Latent(args) => latent::run(args),
         Command::TrainStep(args) => train_step::run(args),

@@ -1,0 +1,183 @@
+//! `perceiver-bench classify`: an image classifier, ours and transformers' (PyTorch) on the same
+//! weights and the same pixels, batch sizes 1 and 8, f32 and bf16, in one run: ours first, then
+//! `scripts/bench_classify_reference.py` as a child process. Medians over rounds after one
+//! warm-up; the top-1 label of every image on both sides, and our peak memory against the
+//! weights' size.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use perceiver::{Classifier, Loader, ModelInput, Pixels, Precision};
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// The model to time (a directory). Make the released Fourier layout with random weights with
+    /// `.venv-ref/bin/python scripts/make_classification_fixtures.py --full-fourier target/fourier-random`.
+    #[arg(long, default_value = "target/fourier-random")]
+    model: PathBuf,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batches: Vec<usize>,
+    /// Timed runs per (precision, batch) and side, after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Time our engine only.
+    #[arg(long)]
+    no_reference: bool,
+    /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
+    #[arg(long, default_value = ".venv-ref/bin/python")]
+    python: PathBuf,
+}
+
+/// The bench's images: image `b`'s value at flat (channel-first) index `i` is
+/// `((i·2654435761 + b·40503) mod 2000) / 1000 − 1`, as `scripts/bench_classify_reference.py`
+/// computes it.
+fn synthetic_pixels(batch: usize, side: usize) -> Vec<Pixels> {
+    (0..batch as u64)
+        .map(|b| {
+            let values = (0..(3 * side * side) as u64)
+                .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(b * 40503)) % 2000) as f64 / 1000.0 - 1.0)
+                .map(|v| v as f32)
+                .collect();
+            Pixels::new(side, side, values).expect("3 × side² values")
+        })
+        .collect()
+}
+
+struct Row {
+    precision: &'static str,
+    batch: usize,
+    median_s: f64,
+    top1: Vec<usize>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub fn run(args: ClassifyArgs) -> Result<()> {
+    if args.rounds == 0 || args.batches.is_empty() {
+        bail!("need at least one round and one batch size");
+    }
+    let threads = rayon::current_num_threads();
+    let weights_mib = std::fs::metadata(args.model.join("model.safetensors"))
+        .map(|m| m.len() as f64 / (1024.0 * 1024.0))
+        .unwrap_or(f64::NAN);
+    eprintln!(
+        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}",
+        perceiver_kernels::cpu::f32_kernel(),
+        perceiver_kernels::cpu::bf16_kernel()
+    );
+    let mut ours = Vec::new();
+    let mut f32_peak = None;
+    for (precision, name) in [(Precision::F32, "f32"), (Precision::Bf16, "bf16")] {
+        let classifier: Classifier = Loader::new(args.model.to_string_lossy())
+            .precision(precision)
+            .classifier()
+            .with_context(|| format!("cannot load {}", args.model.display()))?;
+        for &batch in &args.batches {
+            let images = synthetic_pixels(batch, args.size);
+            let refs: Vec<&Pixels> = images.iter().collect();
+            let mut times = Vec::new();
+            let mut logits = Vec::new();
+            for round in 0..=args.rounds {
+                let start = Instant::now();
+                logits = classifier.logits(ModelInput::Images(&refs))?;
+                if round > 0 {
+                    times.push(start.elapsed().as_secs_f64());
+                }
+            }
+            let labels = classifier.labels().len();
+            let top1 = logits
+                .chunks_exact(labels)
+                .map(|row| (0..labels).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0))
+                .collect();
+            let median_s = median(times);
+            eprintln!("ours {name} batch {batch}: {median_s:.3} s");
+            ours.push(Row {
+                precision: name,
+                batch,
+                median_s,
+                top1,
+            });
+        }
+        if precision == Precision::F32 {
+            f32_peak = peak_rss_mib();
+        }
+    }
+
+    let theirs: Vec<Value> = if args.no_reference {
+        Vec::new()
+    } else {
+        let batches: Vec<String> = args.batches.iter().map(|b| b.to_string()).collect();
+        let output = Command::new(&args.python)
+            .arg("scripts/bench_classify_reference.py")
+            .args(["--model", &args.model.to_string_lossy()])
+            .args(["--batches", &batches.join(",")])
+            .args(["--rounds", &args.rounds.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .args(["--size", &args.size.to_string()])
+            .output()
+            .with_context(|| format!("cannot run {}", args.python.display()))?;
+        if !output.status.success() {
+            bail!(
+                "the reference failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let reply: Value = serde_json::from_slice(&output.stdout).context("the reference's reply")?;
+        eprintln!("reference: torch {} transformers {}", reply["torch"], reply["transformers"]);
+        reply["results"].as_array().cloned().unwrap_or_default()
+    };
+
+    println!("| precision | batch | ours (s/image) | PyTorch (s/image) | PyTorch / ours | top-1 equal to PyTorch f32 |");
+    println!("|---|---|---|---|---|---|");
+    let reference_top1 = |batch: usize| {
+        theirs
+            .iter()
+            .find(|r| r["precision"] == "f32" && r["batch"] == batch)
+            .and_then(|r| serde_json::from_value::<Vec<usize>>(r["top1"].clone()).ok())
+    };
+    for row in &ours {
+        let theirs_s = theirs
+            .iter()
+            .find(|r| r["precision"] == row.precision && r["batch"] == row.batch)
+            .and_then(|r| r["median_s"].as_f64());
+        let per = |s: f64| s / row.batch as f64;
+        let same = reference_top1(row.batch).map(|t| {
+            let equal = t.iter().zip(&row.top1).filter(|(a, b)| a == b).count();
+            format!("{equal}/{}", row.top1.len())
+        });
+        println!(
+            "| {} | {} | {:.3} | {} | {} | {} |",
+            row.precision,
+            row.batch,
+            per(row.median_s),
+            theirs_s.map_or("–".into(), |s| format!("{:.3}", per(s))),
+            theirs_s.map_or("–".into(), |s| format!("{:.2}", s / row.median_s)),
+            same.unwrap_or_else(|| "–".into()),
+        );
+    }
+    if let Some(peak) = f32_peak {
+        println!(
+            "\nour peak memory after the f32 runs: {peak:.0} MiB; weights file {weights_mib:.0} MiB ({:.2}×)",
+            peak / weights_mib
+        );
+    }
+    Ok(())
+}
