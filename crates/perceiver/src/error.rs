@@ -114,6 +114,18 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// A pickle (a DeepMind Haiku checkpoint) that cannot be read safely: a global or call this
+    /// reader does not allow, a malformed or truncated stream, or sizes beyond its bounds.
+    #[error("cannot read the pickle{}: at byte {offset}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Pickle {
+        /// The file, when the pickle came from one.
+        path: Option<PathBuf>,
+        /// Where in the pickle the reader stopped (the opcode's offset).
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A failure inside the tensor library.
     #[error("tensor error: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),

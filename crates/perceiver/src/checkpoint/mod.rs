@@ -11,6 +11,7 @@
 //! Hub ids are fetched with `hf-hub` into the standard cache (`HF_HOME` honoured); offline
 //! (`LoadOptions::offline` or `HF_HUB_OFFLINE=1`) they resolve from the cache only.
 
+pub mod haiku;
 mod hub;
 pub mod names;
 mod pickle_check;
