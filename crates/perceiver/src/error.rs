@@ -129,6 +129,17 @@ pub enum Error {
     /// A failure inside the tensor library.
     #[error("tensor error: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
+
+    /// A DeepMind checkpoint (Haiku params) whose modules or shapes are not those of a model this
+    /// library builds: a module or parameter missing, one the model has no place for, a shape
+    /// that disagrees, or widths no transformers config can express.
+    #[error("{}: not a DeepMind checkpoint this library reads: {reason}", path.display())]
+    DeepMindCheckpoint {
+        /// The `.pickle` / `.pystate` file (or `<memory>`).
+        path: PathBuf,
+        /// What is wrong, naming DeepMind's module and parameter.
+        reason: String,
+    },
 }
 
 /// The message of a candle error without the layers candle wraps around it (file path,
