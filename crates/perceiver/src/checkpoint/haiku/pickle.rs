@@ -35,7 +35,8 @@ use crate::error::{Error, Result};
 pub struct Limits {
     /// The most bytes of pickle read.
     pub max_input_bytes: u64,
-    /// The deepest nesting of containers in the result (also the most open MARKs).
+    /// The deepest nesting of containers in the result (also the most open MARKs). Keep it in
+    /// the hundreds: a [`Value`] is built, compared and dropped recursively.
     pub max_depth: usize,
     /// The most memo entries.
     pub max_memo: usize,
@@ -58,8 +59,9 @@ impl Default for Limits {
             // A checkpoint memoises some twenty objects an array.
             max_memo: 1 << 22,
             max_array_elements: 1 << 32,
-            // Some hundred objects an array: millions of arrays.
-            max_objects: 1 << 28,
+            // A checkpoint makes some thirty objects an array: this is two million arrays, and
+            // bounds the time a pickle that refers to references can take to be refused.
+            max_objects: 1 << 26,
         }
     }
 }
@@ -1222,42 +1224,54 @@ impl<'a, 'l> Machine<'a, 'l> {
     fn into_value(mut self, root: Id) -> Result<Value> {
         self.at = self.input.len();
         let mut uses = vec![0u64; self.arena.len()];
-        self.count(root, 0, &mut uses)?;
+        self.count(root, &mut uses)?;
         Ok(self.convert(root, &mut uses))
     }
 
-    fn count(&mut self, id: Id, depth: usize, uses: &mut [u64]) -> Result<()> {
-        if depth > self.limits.max_depth {
-            return Err(self.error(format!(
-                "the pickle nests more than {} deep (or refers to itself)",
-                self.limits.max_depth
-            )));
-        }
-        uses[id] = uses[id].saturating_add(1);
-        self.spend(1)?;
-        // Data held more than once in the result is copied.
-        if uses[id] > 1 {
-            let bytes = match &self.arena[id] {
-                Obj::Str(s) => s.len(),
-                Obj::Bytes(b) => b.len(),
-                Obj::Array(a) => a.data.len(),
+    /// Walks the tree under `root` (without recursion: the walk is bounded by the limits, not
+    /// by the thread's stack), counting its nodes and each object's uses.
+    fn count(&mut self, root: Id, uses: &mut [u64]) -> Result<()> {
+        let max_depth = self.limits.max_depth;
+        let max_objects = self.limits.max_objects;
+        let mut units = self.units;
+        let mut todo = vec![(root, 0usize)];
+        while let Some((id, depth)) = todo.pop() {
+            if depth > max_depth {
+                return Err(self.error(format!(
+                    "the pickle nests more than {max_depth} deep (or refers to itself)"
+                )));
+            }
+            uses[id] += 1;
+            let obj = &self.arena[id];
+            // Data held more than once in the result is copied.
+            let copied = match obj {
+                Obj::Str(s) if uses[id] > 1 => s.len(),
+                Obj::Bytes(b) if uses[id] > 1 => b.len(),
+                Obj::Array(a) if uses[id] > 1 => a.data.len(),
                 _ => 0,
             };
-            self.spend(bytes as u64)?;
-        }
-        let children: Vec<Id> = match &self.arena[id] {
-            Obj::List(items) | Obj::Tuple(items) => items.clone(),
-            Obj::Dict(pairs) => pairs.iter().flat_map(|&(k, v)| [k, v]).collect(),
-            Obj::Global(g) => {
-                return Err(self.error(format!("the result holds {} itself; {ONLY_ARRAYS}", g.describe())));
+            units = units.saturating_add(1 + copied as u64);
+            if units > max_objects {
+                return Err(self.error(format!("the pickle makes more than {max_objects} objects")));
             }
-            Obj::EmptyArray => return Err(self.error("an array that was never filled (no BUILD)")),
-            Obj::Moved => return Err(self.error("bytes that were already used as an array's data")),
-            _ => return Ok(()),
-        };
-        for child in children {
-            self.count(child, depth + 1, uses)?;
+            match obj {
+                Obj::List(items) | Obj::Tuple(items) => {
+                    todo.extend(items.iter().map(|&child| (child, depth + 1)));
+                }
+                Obj::Dict(pairs) => {
+                    todo.extend(pairs.iter().flat_map(|&(k, v)| [(k, depth + 1), (v, depth + 1)]));
+                }
+                Obj::Global(g) => {
+                    return Err(
+                        self.error(format!("the result holds {} itself; {ONLY_ARRAYS}", g.describe()))
+                    );
+                }
+                Obj::EmptyArray => return Err(self.error("an array that was never filled (no BUILD)")),
+                Obj::Moved => return Err(self.error("bytes that were already used as an array's data")),
+                _ => {}
+            }
         }
+        self.units = units;
         Ok(())
     }
 
