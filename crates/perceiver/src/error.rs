@@ -115,13 +115,19 @@ pub enum Error {
     InvalidInput(String),
 
     /// A pickle (a DeepMind Haiku checkpoint) that cannot be read safely: a global or call this
-    /// reader does not allow, a malformed or truncated stream, or sizes beyond its bounds.
-    #[error("cannot read the pickle{}: at byte {offset}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    /// reader does not allow, a malformed or truncated stream, sizes beyond its bounds, or
+    /// contents that are not the layout of Haiku parameters.
+    #[error(
+        "cannot read the pickle{}{}: {reason}",
+        path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default(),
+        offset.map(|o| format!(" (at byte {o})")).unwrap_or_default()
+    )]
     Pickle {
         /// The file, when the pickle came from one.
         path: Option<PathBuf>,
-        /// Where in the pickle the reader stopped (the opcode's offset).
-        offset: u64,
+        /// Where in the pickle the reader stopped (the start of the opcode it refused), when the
+        /// error is about the stream rather than what it holds.
+        offset: Option<u64>,
         /// What is wrong.
         reason: String,
     },
