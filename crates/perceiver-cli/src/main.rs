@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
+mod convert;
 mod fill_mask;
 mod model;
 mod serve;
@@ -47,6 +48,8 @@ enum Command {
     Plot(train::PlotArgs),
     /// Serve fill-mask over HTTP, batching the requests of many clients.
     Serve(serve::ServeArgs),
+    /// Write a model (above all a DeepMind .pickle / .pystate) as a transformers model directory.
+    Convert(convert::ConvertArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (mimalloc.h; libmimalloc-sys names no constant for it).
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => train::run_eval(args),
         Command::Plot(args) => train::run_plot(args),
         Command::Serve(args) => serve::run(args),
+        Command::Convert(args) => convert::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
