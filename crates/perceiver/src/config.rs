@@ -117,6 +117,22 @@ pub mod bounds {
         why: "the released language model uses 2048, and the decoder's queries are projected for every position at load",
     };
 
+    /// Class labels of a classifier (`id2label`, else `num_labels`). ImageNet's 1000 labels are
+    /// the most a released model has; each label is a row of the final projection.
+    pub const NUM_LABELS: Range = Range {
+        min: 1,
+        max: 1 << 20,
+        why: "every label is a row of the classifier's final projection",
+    };
+
+    /// Side of the square image of `PerceiverForImageClassificationLearned`, whose trainable
+    /// position table has one row per pixel (224 in the released model: 50,176 rows).
+    pub const IMAGE_SIZE: Range = Range {
+        min: 1,
+        max: 2048,
+        why: "the released learned-position model uses 224, and its position table has a row per pixel",
+    };
+
     /// Parameters of the whole model, derived from the counts above: 2³¹ f32 parameters are
     /// 8 GiB, ten times the released 201M model. This bounds what a config trained from
     /// scratch allocates (the weights, then gradients and optimizer moments of the same size).
@@ -505,7 +521,16 @@ impl PerceiverConfig {
                 self_attention.v_channels, self.d_latents
             )));
         }
-        self.masked_lm_decoder_spec().check("decoder cross-attention")?;
+        match Architecture::of(self)? {
+            Architecture::MaskedLm => self.masked_lm_decoder_spec().check("decoder cross-attention")?,
+            _ => {
+                self.classification_decoder_spec()
+                    .check("decoder cross-attention")?;
+                if let Some(labels) = self.num_labels()? {
+                    bounds::NUM_LABELS.check("num_labels", labels as u64)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -546,10 +571,13 @@ impl PerceiverConfig {
                 MAX_POSITION_EMBEDDINGS,
             ),
         ]);
+        if Architecture::of(self).ok() == Some(Architecture::ImageClassificationLearned) {
+            counts.push(("image_size", self.image_size(), IMAGE_SIZE));
+        }
         counts.into_iter().map(|(f, v, r)| (f, v as u64, r)).collect()
     }
 
-    /// The number of parameters of the masked language model this config describes (every
+    /// The number of parameters of the model this config describes (every
     /// tensor [`crate::checkpoint::expected_tensors`] lists, summed). Saturates instead of
     /// overflowing, so that it can be asked of any config, validated or not.
     pub fn num_parameters(&self) -> u64 {
@@ -560,15 +588,44 @@ impl PerceiverConfig {
             n(self.vocab_size),
             n(self.max_position_embeddings),
         );
-        let fixed = [
-            mul(vocab, d_model),     // byte embedding (tied with the output projection)
-            vocab,                   // output bias
+        let text = [
+            mul(vocab, d_model),     // byte embedding (tied with the MLM's output projection)
             mul(positions, d_model), // input position table
-            mul(n(self.num_latents), n(self.d_latents)), // latents
-            mul(positions, d_model), // decoder query table
-            self.encoder_cross_attention_spec().num_parameters(true),
-            self.masked_lm_decoder_spec().num_parameters(true),
         ];
+        let mut fixed = vec![
+            mul(n(self.num_latents), n(self.d_latents)), // latents
+            self.encoder_cross_attention_spec().num_parameters(true),
+        ];
+        let classifier = || {
+            let labels = n(self.num_labels().ok().flatten().unwrap_or(1));
+            let d = n(self.d_latents);
+            [
+                d, // the one query
+                self.classification_decoder_spec().num_parameters(true),
+                mul(d, labels).saturating_add(labels), // final projection
+            ]
+        };
+        match Architecture::of(self) {
+            Ok(Architecture::MaskedLm) | Err(_) => {
+                fixed.extend(text);
+                fixed.extend([
+                    vocab,                   // output bias
+                    mul(positions, d_model), // decoder query table
+                    self.masked_lm_decoder_spec().num_parameters(true),
+                ]);
+            }
+            Ok(Architecture::SequenceClassification) => {
+                fixed.extend(text);
+                fixed.extend(classifier());
+            }
+            Ok(_) => {
+                fixed.push(
+                    self.image_input()
+                        .map_or(0, |input| input.num_parameters(self.image_size())),
+                );
+                fixed.extend(classifier());
+            }
+        }
         let latent_stack = mul(
             n(self.num_self_attends_per_block),
             self.self_attention_spec().num_parameters(false),
@@ -576,15 +633,88 @@ impl PerceiverConfig {
         fixed.into_iter().fold(latent_stack, u64::saturating_add)
     }
 
+    /// Class labels from `id2label` (keys `"0"`, `"1"`, …, all present), else `num_labels`;
+    /// `None` when the config has neither (the loader then counts the final projection's rows).
+    pub fn num_labels(&self) -> Result<Option<usize>> {
+        if let Some(map) = self.extra.get("id2label").filter(|v| !v.is_null()) {
+            let map = map
+                .as_object()
+                .ok_or_else(|| Error::InvalidConfig("id2label must map label ids to names".into()))?;
+            return Ok(Some(map.len()));
+        }
+        match self.extra.get("num_labels").filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|v| Some(v as usize))
+                .ok_or_else(|| Error::InvalidConfig(format!("num_labels must be a count, found {v}"))),
+        }
+    }
+
+    /// The label of every class, in id order: `id2label`'s names, else transformers' fallback
+    /// `LABEL_0`, `LABEL_1`, … for `count` classes.
+    pub fn labels(&self, count: usize) -> Result<Vec<String>> {
+        let Some(map) = self.extra.get("id2label").and_then(|v| v.as_object()) else {
+            return Ok((0..count).map(|i| format!("LABEL_{i}")).collect());
+        };
+        let mut labels = vec![None; map.len()];
+        for (key, name) in map {
+            let id = key
+                .parse::<usize>()
+                .ok()
+                .filter(|&id| id < labels.len())
+                .ok_or_else(|| {
+                    Error::InvalidConfig(format!(
+                        "id2label has key {key:?}; its keys must be the ids 0..{}",
+                        map.len()
+                    ))
+                })?;
+            let name = name
+                .as_str()
+                .ok_or_else(|| Error::InvalidConfig(format!("id2label[{key}] is not a string")))?;
+            labels[id] = Some(name.to_string());
+        }
+        let labels: Vec<String> = labels.into_iter().flatten().collect();
+        if labels.len() != count {
+            return Err(Error::InvalidConfig(format!(
+                "id2label names {} labels but the classifier has {count}",
+                labels.len()
+            )));
+        }
+        Ok(labels)
+    }
+
+    /// `image_size` (transformers' default 56): the side of the square image the
+    /// learned-position classifier's position table covers.
+    pub fn image_size(&self) -> usize {
+        self.extra
+            .get("image_size")
+            .and_then(|v| v.as_u64())
+            .map_or(DEFAULT_IMAGE_SIZE, |v| v as usize)
+    }
+
+    /// How an image classifier turns pixels into the encoder's input (fixed by its
+    /// transformers class, not by config.json); `None` for text models.
+    pub fn image_input(&self) -> Option<ImageInputSpec> {
+        ImageInputSpec::of(Architecture::of(self).ok()?)
+    }
+
+    /// Channels of the encoder's input array: the byte embeddings' `d_model` for text, the
+    /// image preprocessor's output for images (transformers sizes the encoder by
+    /// `input_preprocessor.num_channels`, whatever `d_model` says).
+    pub fn input_channels(&self) -> usize {
+        self.image_input().map_or(self.d_model, |input| input.channels())
+    }
+
     /// The encoder cross-attention (latents attend to inputs), resolved as transformers'
-    /// `PerceiverAttention(is_cross_attention=True, …)`.
+    /// `PerceiverAttention(is_cross_attention=True, …)`, its key/value width the input's.
     pub fn encoder_cross_attention_spec(&self) -> AttentionSpec {
         let (qk_channels, v_channels) = match self.qk_channels {
             // Unset: the width follows `cross_attention_shape_for_attention`, and values take it too.
             None => {
                 let qk = match self.cross_attention_shape_for_attention {
                     CrossAttentionShape::Query => self.d_latents,
-                    CrossAttentionShape::KeyValue => self.d_model,
+                    CrossAttentionShape::KeyValue => self.input_channels(),
                 };
                 (qk, self.v_channels.unwrap_or(qk))
             }
@@ -592,7 +722,7 @@ impl PerceiverConfig {
         };
         AttentionSpec {
             q_dim: self.d_latents,
-            kv_dim: self.d_model,
+            kv_dim: self.input_channels(),
             qk_channels,
             v_channels,
             num_heads: self.num_cross_attention_heads,
@@ -630,6 +760,128 @@ impl PerceiverConfig {
             activation: self.hidden_act,
         }
     }
+
+    /// The classifiers' decoder cross-attention (transformers' `PerceiverClassificationDecoder`):
+    /// one trainable query of `d_latents` channels attends to the latents with one head, its
+    /// widths left for `PerceiverAttention` to resolve (both shape rules give `d_latents`), with
+    /// the query residual.
+    pub fn classification_decoder_spec(&self) -> AttentionSpec {
+        AttentionSpec {
+            q_dim: self.d_latents,
+            kv_dim: self.d_latents,
+            qk_channels: self.d_latents,
+            v_channels: self.d_latents,
+            num_heads: 1,
+            widening_factor: 1,
+            use_query_residual: true,
+            activation: self.hidden_act,
+        }
+    }
+}
+
+/// transformers' `PerceiverConfig.image_size` default.
+pub const DEFAULT_IMAGE_SIZE: usize = 56;
+
+/// Fourier position features (transformers' `PerceiverFourierPositionEncoding`, DeepMind's
+/// `FourierPositionEncoding`): for each of `max_resolution.len()` dimensions, `num_bands`
+/// frequencies spaced linearly from 1 to half the resolution, their sines and cosines, and the
+/// raw positions in front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FourierSpec {
+    /// Frequency bands per dimension.
+    pub num_bands: usize,
+    /// The resolution each dimension's top frequency is the Nyquist frequency of.
+    pub max_resolution: [usize; 2],
+    /// Put the positions themselves in front of the features.
+    pub concat_pos: bool,
+    /// Sines only (no cosines).
+    pub sine_only: bool,
+}
+
+impl FourierSpec {
+    /// Channels per position.
+    pub fn channels(&self) -> usize {
+        let dims = self.max_resolution.len();
+        let phases = if self.sine_only { 1 } else { 2 };
+        dims * self.num_bands * phases + if self.concat_pos { dims } else { 0 }
+    }
+}
+
+/// How an image classifier's preprocessor turns pixels into the encoder's input: fixed by the
+/// transformers class (its constructor's arguments), not read from config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageInputSpec {
+    /// `PerceiverForImageClassificationLearned`: a 1×1 convolution to `channels`, concatenated
+    /// with a trainable position per pixel (`image_size²` rows) projected by a linear layer.
+    Conv1x1 {
+        /// Output channels of the convolution, and of the position projection.
+        channels: usize,
+    },
+    /// `PerceiverForImageClassificationFourier`: the pixels themselves with Fourier features.
+    Pixels {
+        /// The features concatenated to each pixel.
+        fourier: FourierSpec,
+    },
+    /// `PerceiverForImageClassificationConvProcessing`: a 7×7 stride-2 convolution, BatchNorm,
+    /// ReLU and a 3×3 stride-2 max-pool (4× smaller per side), with Fourier features.
+    Conv {
+        /// Output channels of the convolution.
+        channels: usize,
+        /// The features concatenated to each position.
+        fourier: FourierSpec,
+    },
+}
+
+/// Colour channels of an image.
+pub const IMAGE_CHANNELS: usize = 3;
+
+impl ImageInputSpec {
+    /// The preprocessor of an image classifier's class; `None` for other classes.
+    pub fn of(architecture: Architecture) -> Option<Self> {
+        let fourier = |resolution| FourierSpec {
+            num_bands: 64,
+            max_resolution: [resolution; 2],
+            concat_pos: true,
+            sine_only: false,
+        };
+        match architecture {
+            Architecture::ImageClassificationLearned => Some(Self::Conv1x1 { channels: 256 }),
+            Architecture::ImageClassificationFourier => Some(Self::Pixels {
+                fourier: fourier(224),
+            }),
+            Architecture::ImageClassificationConvProcessing => Some(Self::Conv {
+                channels: 64,
+                fourier: fourier(56),
+            }),
+            Architecture::MaskedLm | Architecture::SequenceClassification => None,
+        }
+    }
+
+    /// Channels of each row of the encoder's input.
+    pub fn channels(&self) -> usize {
+        match self {
+            Self::Conv1x1 { channels } => 2 * channels,
+            Self::Pixels { fourier } => IMAGE_CHANNELS + fourier.channels(),
+            Self::Conv { channels, fourier } => channels + fourier.channels(),
+        }
+    }
+
+    /// Parameters of the preprocessor (BatchNorm statistics included).
+    fn num_parameters(&self, image_size: usize) -> u64 {
+        let n = |v: usize| v as u64;
+        match *self {
+            Self::Conv1x1 { channels } => {
+                let c = n(channels);
+                let conv = n(IMAGE_CHANNELS) * c + c;
+                let table = n(image_size).saturating_mul(n(image_size)).saturating_mul(c);
+                let projection = c * c + c;
+                conv.saturating_add(table).saturating_add(projection)
+            }
+            Self::Pixels { .. } => 0,
+            // Kernel, then BatchNorm's weight, bias, mean and variance.
+            Self::Conv { channels, .. } => n(channels) * n(IMAGE_CHANNELS) * 49 + 4 * n(channels),
+        }
+    }
 }
 
 /// The model classes of transformers' Perceiver family this library builds, named as in a
@@ -637,20 +889,54 @@ impl PerceiverConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Architecture {
-    /// `PerceiverForMaskedLM`: bytes in, logits over the 262 ids at any output positions.
+    /// `PerceiverForMaskedLM`: bytes in, a logit per vocabulary id at every position out.
     MaskedLm,
+    /// `PerceiverForSequenceClassification`: bytes in, one logit per label out.
+    SequenceClassification,
+    /// `PerceiverForImageClassificationLearned`: pixels through a 1×1 convolution, with
+    /// trainable positions.
+    ImageClassificationLearned,
+    /// `PerceiverForImageClassificationFourier`: raw pixels with Fourier position features.
+    ImageClassificationFourier,
+    /// `PerceiverForImageClassificationConvProcessing`: a convolutional stem, then Fourier
+    /// position features.
+    ImageClassificationConvProcessing,
 }
 
 impl Architecture {
-    /// transformers' class name.
+    /// Every architecture, for tests and documentation.
+    pub const ALL: [Architecture; 5] = [
+        Self::MaskedLm,
+        Self::SequenceClassification,
+        Self::ImageClassificationLearned,
+        Self::ImageClassificationFourier,
+        Self::ImageClassificationConvProcessing,
+    ];
+
+    /// transformers' class name, as config.json's `architectures` lists it.
     pub fn name(self) -> &'static str {
         match self {
             Self::MaskedLm => "PerceiverForMaskedLM",
+            Self::SequenceClassification => "PerceiverForSequenceClassification",
+            Self::ImageClassificationLearned => "PerceiverForImageClassificationLearned",
+            Self::ImageClassificationFourier => "PerceiverForImageClassificationFourier",
+            Self::ImageClassificationConvProcessing => "PerceiverForImageClassificationConvProcessing",
         }
     }
 
-    /// The architecture a config names (its first `architectures` entry); a config without one
-    /// is a masked LM, as the configs this library wrote before it recorded one.
+    /// Whether the model answers with one set of label logits per input.
+    pub fn is_classifier(self) -> bool {
+        self != Self::MaskedLm
+    }
+
+    /// Whether the model reads images (else token ids).
+    pub fn reads_images(self) -> bool {
+        ImageInputSpec::of(self).is_some()
+    }
+
+    /// The architecture config.json's `architectures` names (its first entry, as transformers'
+    /// auto classes read it); a config without one is the masked LM, the layout this crate
+    /// started with.
     pub fn of(config: &PerceiverConfig) -> Result<Self> {
         let named = config
             .extra
@@ -658,12 +944,15 @@ impl Architecture {
             .and_then(|a| a.as_array())
             .and_then(|a| a.first())
             .and_then(|a| a.as_str());
-        match named {
-            None | Some("PerceiverForMaskedLM") => Ok(Self::MaskedLm),
-            Some(other) => Err(Error::UnsupportedArchitecture {
-                name: other.to_string(),
-            }),
-        }
+        let Some(named) = named else {
+            return Ok(Self::MaskedLm);
+        };
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == named)
+            .ok_or_else(|| Error::UnsupportedArchitecture {
+                name: named.to_string(),
+            })
     }
 }
 

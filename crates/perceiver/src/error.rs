@@ -132,6 +132,33 @@ pub enum Error {
         reason: String,
     },
 
+    /// Bytes that are not an image this library decodes: empty, another kind of file, a format
+    /// outside JPEG, PNG, WebP, BMP, GIF and TIFF, or a truncated or corrupt file.
+    #[error("cannot decode the image{}: {reason}", format.map(|f| format!(" ({f})")).unwrap_or_default())]
+    InvalidImage {
+        /// The format its first bytes announce, when they announce one.
+        format: Option<&'static str>,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An image (as its header states it, before any pixel is decoded) or an intermediate image
+    /// (a centre crop) with more pixels than a limit allows.
+    #[error(
+        "the image is {width} x {height} pixels ({}), more than the limit {limit} = {max_pixels} pixels",
+        width.saturating_mul(*height)
+    )]
+    ImageTooLarge {
+        /// Its width in pixels.
+        width: u64,
+        /// Its height in pixels.
+        height: u64,
+        /// The most pixels allowed.
+        max_pixels: u64,
+        /// The limit's name, e.g. `DecodeLimits::max_pixels`.
+        limit: &'static str,
+    },
+
     /// A failure inside the tensor library.
     #[error("tensor error: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),

@@ -70,6 +70,11 @@ impl Dense {
         self.weight.shape()[0]
     }
 
+    /// The weight (`[out, in]`) and bias as read.
+    pub(crate) fn parts(&self) -> (&Param, &Param) {
+        (&self.weight, &self.bias)
+    }
+
     pub(crate) fn in_dim(&self) -> usize {
         self.weight.shape()[1]
     }

@@ -8,6 +8,7 @@
 //! block they share, on [`layers`]; [`model`] composes the parts from a transformers
 //! `config.json` ([`config`]); [`checkpoint`] reads weights under one tree of tensor names and
 //! [`loader`] loads a model from any source ([`Loader`]); [`tasks`] turn inputs into answers ([`FillMask`]).
+//! [`image`] decodes image files and prepares them as transformers' Perceiver image processor does.
 //!
 //! The flagship model is DeepMind's byte-level masked language model
 //! (`deepmind/language-perceiver`), numerically equal to transformers' `PerceiverForMaskedLM`.
@@ -34,11 +35,13 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod conv;
 pub mod decoder;
 #[cfg(feature = "default-model")]
 pub mod default_model;
 pub mod encoder;
 pub mod error;
+pub mod image;
 pub mod layers;
 pub mod loader;
 pub mod model;
@@ -55,6 +58,8 @@ pub use config::{Activation, Architecture, PerceiverConfig};
 pub use error::{Error, Result};
 pub use layers::{Linear, Precision};
 pub use loader::{Loader, BUILT_IN};
-pub use model::PerceiverModel;
+pub use model::{ModelInput, PerceiverModel};
+pub use preprocess::Pixels;
+pub use tasks::classify::{Classifier, LabelScore};
 pub use tasks::fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
 pub use tokenizer::{BytesTokenizer, MaskedText};

@@ -7,7 +7,7 @@
 //! tasks ([`crate::tasks`]) sit on top and turn inputs and answers into the parts' arrays.
 
 use crate::attention::layer_flops;
-use crate::checkpoint::names::MaskedLmNames;
+use crate::checkpoint::names::{ClassifierNames, InputNames, MaskedLmNames};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::Param;
 use crate::config::{Architecture, PerceiverConfig};
@@ -15,10 +15,34 @@ use crate::decoder::{BasicDecoder, Decoder};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::layers::Precision;
-use crate::postprocess::{EmbeddingDecoder, Postprocessor};
-use crate::preprocess::{Preprocessor, TextPreprocessor};
+use crate::postprocess::{ClassifierHead, EmbeddingDecoder, Postprocessor};
+use crate::preprocess::{ImagePreprocessor, Pixels, Preprocessor, TextPreprocessor};
 use crate::process::LatentStack;
 use crate::runtime::on_pool;
+
+/// What a model reads: token ids (text models) or images (image models), a batch of them.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelInput<'a> {
+    /// Each text's ids, unpadded.
+    Tokens(&'a [&'a [u32]]),
+    /// Each image's normalised pixels.
+    Images(&'a [&'a Pixels]),
+}
+
+impl ModelInput<'_> {
+    /// Inputs in the batch.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Tokens(texts) => texts.len(),
+            Self::Images(images) => images.len(),
+        }
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A Perceiver IO model on packed weights, ready to run.
 #[derive(Debug, Clone)]
@@ -67,6 +91,39 @@ impl PerceiverModel {
                     threads: 0,
                 }
             }
+            classifier => {
+                let labels = config.num_labels()?.ok_or_else(|| {
+                    Error::InvalidConfig(
+                        "a classifier's config names its labels (id2label or num_labels)".into(),
+                    )
+                })?;
+                let names = ClassifierNames::new(config, labels);
+                let preprocessor = match (&names.preprocessor, config.image_input()) {
+                    (InputNames::Text(text), _) => Preprocessor::Text(TextPreprocessor::load(get, text)?),
+                    (InputNames::Image(image), Some(spec)) => {
+                        Preprocessor::Image(ImagePreprocessor::load(get, spec, image, config.image_size())?)
+                    }
+                    (InputNames::Image(_), None) => {
+                        return Err(Error::UnsupportedArchitecture {
+                            name: classifier.name().into(),
+                        })
+                    }
+                };
+                Self {
+                    config: config.clone(),
+                    architecture,
+                    preprocessor,
+                    encoder: Encoder::load(get, &names.encoder)?,
+                    process: LatentStack::load(get, config.num_blocks, &names.encoder.self_attends)?,
+                    decoder: Decoder::Basic(BasicDecoder::load(get, &names.decoder.decoder)?),
+                    postprocessor: Postprocessor::Classifier(ClassifierHead::load(
+                        get,
+                        &names.decoder.final_layer,
+                    )?),
+                    precision,
+                    threads: 0,
+                }
+            }
         };
         Ok(model.with_precision(precision))
     }
@@ -107,11 +164,19 @@ impl PerceiverModel {
         &self.decoder
     }
 
-    /// The longest input (in ids, special tokens included) the model takes.
+    /// The longest input (in ids, special tokens included) a text model takes; 0 for an image
+    /// model.
     pub fn max_len(&self) -> usize {
         match &self.preprocessor {
             Preprocessor::Text(text) => text.max_len(),
+            Preprocessor::Image(_) => 0,
         }
+    }
+
+    /// The postprocessor's values per decoded row: the vocabulary of the masked LM, the labels
+    /// of a classifier.
+    pub fn num_outputs(&self) -> usize {
+        self.postprocessor.outputs()
     }
 
     /// Number type of the weight products.
@@ -153,20 +218,57 @@ impl PerceiverModel {
     /// Encodes each text (ids, no padding) into latents: `[texts · num_latents, d_latents]`,
     /// text `i`'s latents in rows `i·num_latents..`.
     pub fn encode(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
+        self.encode_input(ModelInput::Tokens(texts))
+    }
+
+    /// Encodes each input into latents: `[inputs · num_latents, d_latents]`, input `i`'s
+    /// latents in rows `i·num_latents..`.
+    pub fn encode_input(&self, input: ModelInput<'_>) -> Result<Vec<f32>> {
         on_pool(|| {
-            let z = self.cross_attend(texts)?;
+            let z = self.cross_attend(input)?;
             let n = self.encoder.num_latents();
-            Ok(self.process.forward(z, n, texts.len(), self.threads()))
+            Ok(self.process.forward(z, n, input.len(), self.threads()))
         })
     }
 
-    /// The preprocessor and the encoder's cross-attention: each text onto the learned latents,
-    /// before the latent stack.
-    fn cross_attend(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
-        let input = match &self.preprocessor {
-            Preprocessor::Text(text) => text.forward(texts)?,
+    /// The preprocessor and the encoder's cross-attention: each input onto the learned
+    /// latents, before the latent stack.
+    fn cross_attend(&self, input: ModelInput<'_>) -> Result<Vec<f32>> {
+        let threads = self.threads();
+        let array = match (&self.preprocessor, input) {
+            (Preprocessor::Text(text), ModelInput::Tokens(texts)) => text.forward(texts)?,
+            (Preprocessor::Image(image), ModelInput::Images(images)) => image.forward(images, threads)?,
+            (Preprocessor::Text(_), ModelInput::Images(_)) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} reads text, not images",
+                    self.architecture.name()
+                )))
+            }
+            (Preprocessor::Image(_), ModelInput::Tokens(_)) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} reads images, not text",
+                    self.architecture.name()
+                )))
+            }
         };
-        Ok(self.encoder.forward(&input, self.threads()))
+        Ok(self.encoder.forward(&array, threads))
+    }
+
+    /// A classifier's label logits for each input: `[inputs, num_labels]` (transformers'
+    /// `PerceiverClassifierOutput.logits`).
+    pub fn classify(&self, input: ModelInput<'_>) -> Result<Vec<f32>> {
+        if !self.architecture.is_classifier() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a classifier",
+                self.architecture.name()
+            )));
+        }
+        on_pool(|| {
+            let latents = self.encode_input(input)?;
+            // One query per input: the decoder's only output position.
+            let positions = vec![&[0usize][..]; input.len()];
+            self.decode(&latents, &positions)
+        })
     }
 
     /// The model's outputs at the given output positions of each encoded text:
@@ -285,7 +387,7 @@ mod tests {
         assert!(model.process.blocks() > 1 && model.process.layers_per_block() > 1);
         let texts: [&[u32]; 2] = [&[1, 70, 80, 90, 2], &[1, 100, 101, 2]];
         let encoded = model.encode(&texts).unwrap();
-        let mut z = on_pool(|| model.cross_attend(&texts)).unwrap();
+        let mut z = on_pool(|| model.cross_attend(ModelInput::Tokens(&texts))).unwrap();
         for _ in 0..model.process.blocks() {
             for index in 0..model.process.layers_per_block() {
                 z = model.latent_layer(index, &z).unwrap();

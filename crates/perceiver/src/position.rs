@@ -1,9 +1,11 @@
-//! Position encodings. The language model's are trainable tables, one row per position, added to
-//! the byte embeddings (input) or used as the decoder's queries (output): transformers'
-//! `PerceiverTrainablePositionEncoding`, DeepMind's `TrainablePositionEncoding`.
+//! Position encodings: trainable tables, one row per position, added to the byte embeddings
+//! (input), concatenated to image features, or used as the decoder's queries (output)
+//! (transformers' `PerceiverTrainablePositionEncoding`, DeepMind's `TrainablePositionEncoding`);
+//! and Fourier features of a grid's coordinates ([`fourier_features`]).
 
 use crate::checkpoint::names::TensorName;
 use crate::checkpoint::Param;
+use crate::config::FourierSpec;
 use crate::error::{Error, Result};
 
 /// A learned `[num_positions, channels]` table.
@@ -44,5 +46,99 @@ impl TrainablePositions {
         }
         let c = self.channels();
         Ok(&self.table.data()[position * c..][..c])
+    }
+}
+
+/// Fourier position features of every position of a `dims[0] × dims[1]` grid, row-major:
+/// `[dims[0]·dims[1], spec.channels()]` (transformers' `generate_fourier_features` on
+/// `build_linear_positions`; DeepMind's `generate_fourier_features`).
+///
+/// Each position `(y, x)` on `[-1, 1]²` gives `y, x` (with `concat_pos`), then
+/// `sin(π·f·y)` for every band `f`, the same for `x`, then the cosines in the same order.
+/// The arithmetic is transformers' in f32 — the same linspaces, products and rounding — so that
+/// the features agree to the last bits of the sine.
+pub fn fourier_features(spec: &FourierSpec, dims: [usize; 2]) -> Vec<f32> {
+    let bands: Vec<Vec<f32>> = spec
+        .max_resolution
+        .iter()
+        .map(|&resolution| linspace(1.0, resolution as f32 / 2.0, spec.num_bands))
+        .collect();
+    let axes = [linspace(-1.0, 1.0, dims[0]), linspace(-1.0, 1.0, dims[1])];
+    let channels = spec.channels();
+    let pi = std::f32::consts::PI;
+    let mut out = Vec::with_capacity(dims[0] * dims[1] * channels);
+    let mut phases = Vec::with_capacity(2 * spec.num_bands);
+    for &y in &axes[0] {
+        for &x in &axes[1] {
+            let pos = [y, x];
+            if spec.concat_pos {
+                out.extend_from_slice(&pos);
+            }
+            phases.clear();
+            for (p, freqs) in pos.iter().zip(&bands) {
+                phases.extend(freqs.iter().map(|&f| pi * (p * f)));
+            }
+            out.extend(phases.iter().map(|&a| (a as f64).sin() as f32));
+            if !spec.sine_only {
+                out.extend(phases.iter().map(|&a| (a as f64).cos() as f32));
+            }
+        }
+    }
+    out
+}
+
+/// `torch.linspace` in f32: from both ends towards the middle, as PyTorch computes it, so the
+/// values match bit for bit.
+fn linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linspace_hits_both_ends_and_the_steps() {
+        assert_eq!(linspace(-1.0, 1.0, 1), vec![-1.0]);
+        assert_eq!(linspace(-1.0, 1.0, 2), vec![-1.0, 1.0]);
+        assert_eq!(linspace(-1.0, 1.0, 5), vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
+        let bands = linspace(1.0, 112.0, 64);
+        assert_eq!((bands[0], bands[63]), (1.0, 112.0));
+    }
+
+    #[test]
+    fn fourier_features_lay_out_positions_sines_then_cosines() {
+        let spec = FourierSpec {
+            num_bands: 3,
+            max_resolution: [8, 6],
+            concat_pos: true,
+            sine_only: false,
+        };
+        assert_eq!(spec.channels(), 2 + 2 * 2 * 3);
+        let f = fourier_features(&spec, [2, 3]);
+        assert_eq!(f.len(), 6 * spec.channels());
+        // Position (row 1, column 0) = (y, x) = (1, -1): bands 1, 2.5, 4 for y and 1, 2, 3 for x.
+        let row = &f[3 * spec.channels()..][..spec.channels()];
+        assert_eq!(&row[..2], &[1.0, -1.0]);
+        let expect = |a: f64| a as f32;
+        let pi = std::f64::consts::PI;
+        assert!((row[2] - expect(pi.sin())).abs() < 1e-6);
+        assert!((row[4] - expect((pi * 4.0).sin())).abs() < 1e-5);
+        assert!((row[5] - expect((-pi * 1.0).sin())).abs() < 1e-6);
+        assert!((row[8] - expect((pi * 1.0).cos())).abs() < 1e-6);
+        assert!((row[13] - expect((-pi * 3.0).cos())).abs() < 1e-5);
     }
 }

@@ -29,9 +29,10 @@ use std::path::{Path, PathBuf};
 pub use weights::Param;
 use weights::SafetensorsStore;
 
+use crate::config::Architecture;
 use crate::config::PerceiverConfig;
 use crate::error::{Error, Result};
-use names::MaskedLmNames;
+use names::{ModelNames, Role};
 
 /// A model directory's config, as transformers names it.
 pub const CONFIG_FILE: &str = "config.json";
@@ -176,16 +177,38 @@ impl Checkpoint {
         Self::checked(config, Weights::Params(params))
     }
 
-    fn checked(config: PerceiverConfig, weights: Weights) -> Result<Self> {
+    fn checked(mut config: PerceiverConfig, weights: Weights) -> Result<Self> {
         config.validate()?;
-        crate::config::Architecture::of(&config)?;
-        let found = match &weights {
+        let found: BTreeMap<String, Vec<usize>> = match &weights {
             Weights::Safetensors(store) => store.shapes(),
             Weights::Params(params) => params
                 .iter()
                 .map(|(n, p)| (n.clone(), p.shape().to_vec()))
                 .collect(),
         };
+        if Architecture::of(&config)?.is_classifier() && config.num_labels()?.is_none() {
+            // transformers names unnamed labels LABEL_0, LABEL_1, …; their count is the final
+            // projection's rows.
+            let count = match found.get(names::CLASSIFIER_FINAL_WEIGHT).map(|s| s.as_slice()) {
+                Some(&[rows, _]) => rows,
+                _ => {
+                    return Err(Error::MissingTensor {
+                        name: names::CLASSIFIER_FINAL_WEIGHT.into(),
+                    })
+                }
+            };
+            crate::config::bounds::NUM_LABELS
+                .check("num_labels (rows of the final projection)", count as u64)?;
+            let labels = config.labels(count)?;
+            let id2label = labels
+                .into_iter()
+                .enumerate()
+                .map(|(i, label)| (i.to_string(), serde_json::Value::String(label)))
+                .collect();
+            config
+                .extra
+                .insert("id2label".into(), serde_json::Value::Object(id2label));
+        }
         check_tensors(&config, found)?;
         Ok(Self { config, weights })
     }
@@ -207,12 +230,15 @@ impl Checkpoint {
     }
 
     /// Every tensor of the model, by name, in the order the model reads them.
+    /// (BatchNorm's batch counters, which no model reads, are left out.)
     pub fn tensors(&self) -> Result<Vec<(String, Param)>> {
-        tensor_list(&self.config)
+        ModelNames::new(&self.config, 0)?
+            .tensors()
             .into_iter()
-            .map(|(name, _)| {
-                let param = self.get(&name)?;
-                Ok((name, param))
+            .filter(|t| t.role != Role::Counter)
+            .map(|t| {
+                let param = self.get(&t.name)?;
+                Ok((t.name.clone(), param))
             })
             .collect()
     }
@@ -298,19 +324,19 @@ fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
 pub type TensorList = Vec<(String, Vec<usize>)>;
 
 /// Every tensor name and shape a model with this config reads, in the order it reads them.
+/// (A classifier whose config names no labels is listed with one.)
 pub fn expected_tensors(config: &PerceiverConfig) -> Result<TensorList> {
     config.validate()?;
-    crate::config::Architecture::of(config)?;
-    Ok(tensor_list(config))
+    tensor_list(config)
 }
 
 /// [`expected_tensors`] of a config already validated.
-fn tensor_list(config: &PerceiverConfig) -> TensorList {
-    MaskedLmNames::new(config)
+fn tensor_list(config: &PerceiverConfig) -> Result<TensorList> {
+    Ok(ModelNames::new(config, 1)?
         .tensors()
         .into_iter()
         .map(|t| (t.name.clone(), t.shape.clone()))
-        .collect()
+        .collect())
 }
 
 /// Checks the tensors in the files against those the (validated) config implies: the first
@@ -323,7 +349,7 @@ fn check_tensors(config: &PerceiverConfig, found: BTreeMap<String, Vec<usize>>) 
     let mut bounded = config.clone();
     bounded.num_self_attends_per_block = config.num_self_attends_per_block.min(found.len() + 1);
     let config = &bounded;
-    let requested = tensor_list(config);
+    let requested = tensor_list(config)?;
     for (name, expected) in &requested {
         match found.get(name) {
             None => return Err(Error::MissingTensor { name: name.clone() }),

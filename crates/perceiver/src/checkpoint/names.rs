@@ -10,7 +10,8 @@
 //! input preprocessor, the latents, the encoder and the decoder; the task head's own tensors sit
 //! beside it (`embedding_decoder.bias` for the masked LM).
 
-use crate::config::{AttentionSpec, PerceiverConfig};
+use crate::config::{Architecture, AttentionSpec, ImageInputSpec, PerceiverConfig, IMAGE_CHANNELS};
+use crate::error::Result;
 
 /// What a tensor is for: initialisation and weight decay are chosen by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +31,12 @@ pub enum Role {
     PositionTable,
     /// The learned latent array, `[num_latents, d_latents]`.
     Latents,
+    /// A convolution kernel, `[out, in, height, width]`.
+    ConvWeight,
+    /// A BatchNorm running mean or variance: statistics, not trained by gradients.
+    NormStatistic,
+    /// BatchNorm's count of batches seen (an integer PyTorch keeps; never read).
+    Counter,
 }
 
 /// One tensor of a checkpoint.
@@ -166,6 +173,142 @@ pub struct TextPreprocessorNames {
     pub positions: TensorName,
 }
 
+/// A 2-D convolution (PyTorch's `nn.Conv2d`): `[out, in, k, k]` kernel, optional bias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvNames {
+    /// `[out, in, k, k]`.
+    pub weight: TensorName,
+    /// `[out]`, when the convolution has one.
+    pub bias: Option<TensorName>,
+}
+
+impl ConvNames {
+    fn new(prefix: &str, inputs: usize, outputs: usize, kernel: usize, bias: bool) -> Self {
+        Self {
+            weight: TensorName::new(
+                format!("{prefix}.weight"),
+                vec![outputs, inputs, kernel, kernel],
+                Role::ConvWeight,
+            ),
+            bias: bias.then(|| TensorName::new(format!("{prefix}.bias"), vec![outputs], Role::LinearBias)),
+        }
+    }
+}
+
+/// A BatchNorm over channels (PyTorch's `nn.BatchNorm2d`), read in its inference form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchNormNames {
+    /// `[channels]` scale.
+    pub weight: TensorName,
+    /// `[channels]` shift.
+    pub bias: TensorName,
+    /// `[channels]`.
+    pub running_mean: TensorName,
+    /// `[channels]`.
+    pub running_var: TensorName,
+    /// `[]`, an integer: listed so that a checkpoint holding it is complete; never read.
+    pub num_batches_tracked: TensorName,
+}
+
+impl BatchNormNames {
+    fn new(prefix: &str, channels: usize) -> Self {
+        let t =
+            |name: &str, shape: Vec<usize>, role| TensorName::new(format!("{prefix}.{name}"), shape, role);
+        Self {
+            weight: t("weight", vec![channels], Role::NormWeight),
+            bias: t("bias", vec![channels], Role::NormBias),
+            running_mean: t("running_mean", vec![channels], Role::NormStatistic),
+            running_var: t("running_var", vec![channels], Role::NormStatistic),
+            num_batches_tracked: t("num_batches_tracked", vec![], Role::Counter),
+        }
+    }
+}
+
+/// The image preprocessors (transformers' `PerceiverImagePreprocessor` as each ImageNet class
+/// builds it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImagePreprocessorNames {
+    /// 1×1 convolution + trainable positions, projected.
+    Conv1x1 {
+        /// `convnet_1x1`: 3 → channels.
+        conv: ConvNames,
+        /// `[image_size², channels]`.
+        positions: TensorName,
+        /// `positions_projection`: channels → channels.
+        projection: LinearNames,
+    },
+    /// Raw pixels: no tensors.
+    Pixels,
+    /// The convolutional stem (`convnet.conv`, `convnet.batchnorm`).
+    Conv {
+        /// 7×7, stride 2, no bias.
+        conv: ConvNames,
+        /// After the convolution.
+        batchnorm: BatchNormNames,
+    },
+}
+
+impl ImagePreprocessorNames {
+    fn new(prefix: &str, input: ImageInputSpec, image_size: usize) -> Self {
+        match input {
+            ImageInputSpec::Conv1x1 { channels } => Self::Conv1x1 {
+                conv: ConvNames::new(
+                    &format!("{prefix}.convnet_1x1"),
+                    IMAGE_CHANNELS,
+                    channels,
+                    1,
+                    true,
+                ),
+                positions: TensorName::new(
+                    format!("{prefix}.position_embeddings.position_embeddings"),
+                    vec![image_size * image_size, channels],
+                    Role::PositionTable,
+                ),
+                projection: LinearNames::new(&format!("{prefix}.positions_projection"), channels, channels),
+            },
+            ImageInputSpec::Pixels { .. } => Self::Pixels,
+            ImageInputSpec::Conv { channels, .. } => Self::Conv {
+                conv: ConvNames::new(
+                    &format!("{prefix}.convnet.conv"),
+                    IMAGE_CHANNELS,
+                    channels,
+                    7,
+                    false,
+                ),
+                batchnorm: BatchNormNames::new(&format!("{prefix}.convnet.batchnorm"), channels),
+            },
+        }
+    }
+
+    fn tensors(&self) -> Vec<&TensorName> {
+        match self {
+            Self::Conv1x1 {
+                conv,
+                positions,
+                projection,
+            } => {
+                let mut all = vec![&conv.weight];
+                all.extend(&conv.bias);
+                all.extend([positions, &projection.weight, &projection.bias]);
+                all
+            }
+            Self::Pixels => Vec::new(),
+            Self::Conv { conv, batchnorm } => {
+                let mut all = vec![&conv.weight];
+                all.extend(&conv.bias);
+                all.extend([
+                    &batchnorm.weight,
+                    &batchnorm.bias,
+                    &batchnorm.running_mean,
+                    &batchnorm.running_var,
+                    &batchnorm.num_batches_tracked,
+                ]);
+                all
+            }
+        }
+    }
+}
+
 /// The encoder: the latent array, its cross-attention onto the input, and the latent
 /// self-attention layers of one block (every block repeats them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,35 +350,9 @@ impl MaskedLmNames {
     /// config's widths give).
     pub fn new(config: &PerceiverConfig) -> Self {
         let p = "perceiver";
-        let self_spec = config.self_attention_spec();
         Self {
-            preprocessor: TextPreprocessorNames {
-                embeddings: TensorName::new(
-                    format!("{p}.input_preprocessor.embeddings.weight"),
-                    vec![config.vocab_size, config.d_model],
-                    Role::Embedding,
-                ),
-                positions: TensorName::new(
-                    format!("{p}.input_preprocessor.position_embeddings.weight"),
-                    vec![config.max_position_embeddings, config.d_model],
-                    Role::PositionTable,
-                ),
-            },
-            encoder: EncoderNames {
-                latents: TensorName::new(
-                    format!("{p}.embeddings.latents"),
-                    vec![config.num_latents, config.d_latents],
-                    Role::Latents,
-                ),
-                cross_attention: LayerNames::new(
-                    &format!("{p}.encoder.cross_attention"),
-                    config.encoder_cross_attention_spec(),
-                    true,
-                ),
-                self_attends: (0..config.num_self_attends_per_block)
-                    .map(|i| LayerNames::new(&format!("{p}.encoder.self_attends.{i}"), self_spec, false))
-                    .collect(),
-            },
+            preprocessor: TextPreprocessorNames::new(config),
+            encoder: EncoderNames::new(config),
             decoder: BasicDecoderNames {
                 queries: TensorName::new(
                     format!("{p}.decoder.output_position_encodings.position_embeddings"),
@@ -259,17 +376,173 @@ impl MaskedLmNames {
     /// Every tensor, in the order the model reads them.
     pub fn tensors(&self) -> Vec<&TensorName> {
         let mut all = vec![&self.preprocessor.embeddings, &self.preprocessor.positions];
-        all.push(&self.encoder.latents);
-        all.extend(self.encoder.cross_attention.tensors());
-        for layer in &self.encoder.self_attends {
-            all.extend(layer.tensors());
-        }
+        all.extend(self.encoder.tensors());
         all.push(&self.decoder.queries);
         all.extend(self.decoder.cross_attention.tensors());
         all.push(&self.output_bias);
         all
     }
 }
+
+impl EncoderNames {
+    fn new(config: &PerceiverConfig) -> Self {
+        let p = "perceiver";
+        let self_spec = config.self_attention_spec();
+        Self {
+            latents: TensorName::new(
+                format!("{p}.embeddings.latents"),
+                vec![config.num_latents, config.d_latents],
+                Role::Latents,
+            ),
+            cross_attention: LayerNames::new(
+                &format!("{p}.encoder.cross_attention"),
+                config.encoder_cross_attention_spec(),
+                true,
+            ),
+            self_attends: (0..config.num_self_attends_per_block)
+                .map(|i| LayerNames::new(&format!("{p}.encoder.self_attends.{i}"), self_spec, false))
+                .collect(),
+        }
+    }
+
+    fn tensors(&self) -> Vec<&TensorName> {
+        let mut all = vec![&self.latents];
+        all.extend(self.cross_attention.tensors());
+        for layer in &self.self_attends {
+            all.extend(layer.tensors());
+        }
+        all
+    }
+}
+
+impl TextPreprocessorNames {
+    fn new(config: &PerceiverConfig) -> Self {
+        let p = "perceiver.input_preprocessor";
+        Self {
+            embeddings: TensorName::new(
+                format!("{p}.embeddings.weight"),
+                vec![config.vocab_size, config.d_model],
+                Role::Embedding,
+            ),
+            positions: TensorName::new(
+                format!("{p}.position_embeddings.weight"),
+                vec![config.max_position_embeddings, config.d_model],
+                Role::PositionTable,
+            ),
+        }
+    }
+}
+
+/// A classifier's input part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputNames {
+    /// Bytes (`PerceiverForSequenceClassification`).
+    Text(TextPreprocessorNames),
+    /// Pixels (the ImageNet classes).
+    Image(ImagePreprocessorNames),
+}
+
+/// The classification decoder (transformers' `PerceiverClassificationDecoder`, a
+/// `PerceiverBasicDecoder` with one trainable query and a final projection onto the labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassificationDecoderNames {
+    /// One query (`[1, d_latents]`) attending to the latents.
+    pub decoder: BasicDecoderNames,
+    /// `final_layer`: `d_latents → num_labels`.
+    pub final_layer: LinearNames,
+}
+
+/// A classifier: `PerceiverForSequenceClassification` or one of the ImageNet classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassifierNames {
+    /// Bytes or pixels in.
+    pub preprocessor: InputNames,
+    /// Input onto latents, then the latent stack.
+    pub encoder: EncoderNames,
+    /// One query, then the labels.
+    pub decoder: ClassificationDecoderNames,
+}
+
+impl ClassifierNames {
+    /// The tensors of the classifier `config` describes with `num_labels` labels.
+    pub fn new(config: &PerceiverConfig, num_labels: usize) -> Self {
+        let p = "perceiver.decoder.decoder";
+        let preprocessor = match config.image_input() {
+            None => InputNames::Text(TextPreprocessorNames::new(config)),
+            Some(input) => InputNames::Image(ImagePreprocessorNames::new(
+                "perceiver.input_preprocessor",
+                input,
+                config.image_size(),
+            )),
+        };
+        Self {
+            preprocessor,
+            encoder: EncoderNames::new(config),
+            decoder: ClassificationDecoderNames {
+                decoder: BasicDecoderNames {
+                    queries: TensorName::new(
+                        format!("{p}.output_position_encodings.position_embeddings"),
+                        vec![1, config.d_latents],
+                        Role::PositionTable,
+                    ),
+                    cross_attention: LayerNames::new(
+                        &format!("{p}.decoding_cross_attention"),
+                        config.classification_decoder_spec(),
+                        true,
+                    ),
+                },
+                final_layer: LinearNames::new(&format!("{p}.final_layer"), config.d_latents, num_labels),
+            },
+        }
+    }
+
+    /// Every tensor, in the order the model reads them.
+    pub fn tensors(&self) -> Vec<&TensorName> {
+        let mut all = match &self.preprocessor {
+            InputNames::Text(text) => vec![&text.embeddings, &text.positions],
+            InputNames::Image(image) => image.tensors(),
+        };
+        all.extend(self.encoder.tensors());
+        all.push(&self.decoder.decoder.queries);
+        all.extend(self.decoder.decoder.cross_attention.tensors());
+        all.extend([&self.decoder.final_layer.weight, &self.decoder.final_layer.bias]);
+        all
+    }
+}
+
+/// The tensors of any model this library builds, by its config's architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelNames {
+    /// `PerceiverForMaskedLM`.
+    MaskedLm(MaskedLmNames),
+    /// A classifier.
+    Classifier(ClassifierNames),
+}
+
+impl ModelNames {
+    /// The names of the model `config` describes; a classifier whose config names no labels
+    /// count gets `labels_if_unnamed` (the loader reads it from the weights).
+    pub fn new(config: &PerceiverConfig, labels_if_unnamed: usize) -> Result<Self> {
+        Ok(match Architecture::of(config)? {
+            Architecture::MaskedLm => Self::MaskedLm(MaskedLmNames::new(config)),
+            _ => {
+                let labels = config.num_labels()?.unwrap_or(labels_if_unnamed);
+                Self::Classifier(ClassifierNames::new(config, labels))
+            }
+        })
+    }
+
+    /// Every tensor, in the order the model reads them.
+    pub fn tensors(&self) -> Vec<&TensorName> {
+        match self {
+            Self::MaskedLm(names) => names.tensors(),
+            Self::Classifier(names) => names.tensors(),
+        }
+    }
+}
+
+/// The name of a classifier's final projection, whose rows count its labels.
+pub const CLASSIFIER_FINAL_WEIGHT: &str = "perceiver.decoder.decoder.final_layer.weight";
 
 #[cfg(test)]
 mod tests {

@@ -212,10 +212,11 @@ impl SafetensorsStore {
         let width = match entry.dtype {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::F64 => 8,
+            // BatchNorm's batch counter is an int64 scalar.
+            Dtype::F64 | Dtype::I64 => 8,
             other => {
                 return Err(corrupt(format!(
-                    "tensor {name} has dtype {other:?}; only floating-point weights are supported"
+                    "tensor {name} has dtype {other:?}; only floating-point weights (and int64 counters) are supported"
                 )))
             }
         };
@@ -249,6 +250,10 @@ impl SafetensorsStore {
             Dtype::BF16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::I64 => bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
                 .collect(),
             _ => bytes
                 .chunks_exact(8)

@@ -3,8 +3,10 @@
 //!
 //! A new task adds a postprocessor here (a file and a [`Postprocessor`] variant).
 
+pub mod classifier;
 pub mod embedding;
 
+pub use classifier::ClassifierHead;
 pub use embedding::EmbeddingDecoder;
 
 use crate::layers::Precision;
@@ -15,19 +17,24 @@ use crate::layers::Precision;
 pub enum Postprocessor {
     /// The masked LM's tied projection onto the vocabulary: logits.
     Embedding(EmbeddingDecoder),
+    /// A classifier's projection onto its labels: logits.
+    Classifier(ClassifierHead),
 }
 
 impl Postprocessor {
     pub(crate) fn set_precision(&mut self, precision: Precision) {
         match self {
             Self::Embedding(e) => e.set_precision(precision),
+            Self::Classifier(c) => c.set_precision(precision),
         }
     }
 
-    /// Values per decoded row (the vocabulary size for logits).
+    /// Values per decoded row (the vocabulary size for the masked LM, the labels for a
+    /// classifier).
     pub fn outputs(&self) -> usize {
         match self {
             Self::Embedding(e) => e.vocab_size(),
+            Self::Classifier(c) => c.num_labels(),
         }
     }
 
@@ -35,6 +42,7 @@ impl Postprocessor {
     pub(crate) fn forward(&self, hidden: &[f32], threads: usize) -> Vec<f32> {
         match self {
             Self::Embedding(e) => e.forward(hidden, threads),
+            Self::Classifier(c) => c.forward(hidden, threads),
         }
     }
 }

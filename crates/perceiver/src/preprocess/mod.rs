@@ -4,8 +4,10 @@
 //! A new modality adds a preprocessor here (a file and a [`Preprocessor`] variant); the encoder,
 //! the latent stack and the kernels do not change.
 
+pub mod image;
 pub mod text;
 
+pub use image::{ImagePreprocessor, Pixels};
 pub use text::TextPreprocessor;
 
 use std::ops::Range;
@@ -18,6 +20,8 @@ use crate::layers::Precision;
 pub enum Preprocessor {
     /// UTF-8 bytes (token ids) + trainable positions.
     Text(TextPreprocessor),
+    /// Pixels through a convolution or as they are, with trainable or Fourier positions.
+    Image(ImagePreprocessor),
 }
 
 /// A preprocessor's output: the encoder's input array.
@@ -34,13 +38,15 @@ impl Preprocessor {
     pub fn channels(&self) -> usize {
         match self {
             Self::Text(text) => text.channels(),
+            Self::Image(image) => image.channels(),
         }
     }
 
-    pub(crate) fn set_precision(&mut self, _precision: Precision) {
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
         match self {
             // Table look-ups: no products to pack.
             Self::Text(_) => {}
+            Self::Image(image) => image.set_precision(precision),
         }
     }
 }

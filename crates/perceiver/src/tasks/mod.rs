@@ -2,6 +2,7 @@
 //! validates its inputs once, batches them, runs the model's parts and ranks or formats the
 //! result; front ends (the CLI, the HTTP service) only parse and print.
 
+pub mod classify;
 pub mod fill_mask;
 
 pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};

@@ -1,0 +1,284 @@
+//! The image preprocessors of DeepMind's three ImageNet classifiers (transformers'
+//! `PerceiverImagePreprocessor` as each `PerceiverForImageClassification*` class builds it;
+//! DeepMind's `ImagePreprocessor`): pixels → one row per position, features then position
+//! encoding, concatenated.
+//!
+//! - learned: a 1×1 convolution to 256 channels, and a trainable position per pixel projected
+//!   by a linear layer (constant, so projected once when the weights are packed);
+//! - Fourier: the pixels themselves, with Fourier features of their coordinates;
+//! - conv: a 7×7 stride-2 convolution with BatchNorm (folded into it) and ReLU, a 3×3 stride-2
+//!   max-pool, then Fourier features.
+//!
+//! Fourier features depend only on the image size, so they are computed once per size.
+
+use std::sync::{Arc, Mutex};
+
+use super::InputArray;
+use crate::checkpoint::names::ImagePreprocessorNames;
+use crate::checkpoint::Param;
+use crate::config::{FourierSpec, ImageInputSpec, IMAGE_CHANNELS};
+use crate::conv::{max_pool, relu, Conv2d};
+use crate::error::{Error, Result};
+use crate::layers::{Dense, Precision};
+use crate::position::{fourier_features, TrainablePositions};
+use crate::runtime::{item_ranges, on_pool};
+
+/// A normalised image, channels-first `[3, height, width]` f32: what transformers' image
+/// processor returns as one `pixel_values` item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pixels {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// `[3, height, width]`, row-major within each channel.
+    pub values: Vec<f32>,
+}
+
+impl Pixels {
+    /// Checks that `values` holds 3 × `height` × `width` values.
+    pub fn new(height: usize, width: usize, values: Vec<f32>) -> Result<Self> {
+        if height == 0 || width == 0 || values.len() != IMAGE_CHANNELS * height * width {
+            return Err(Error::InvalidInput(format!(
+                "{} values are not a 3x{height}x{width} image",
+                values.len()
+            )));
+        }
+        Ok(Self {
+            height,
+            width,
+            values,
+        })
+    }
+}
+
+/// Fourier features, cached for the last image size seen (a model sees one size in practice).
+#[derive(Debug, Clone)]
+struct FourierCache {
+    spec: FourierSpec,
+    last: Arc<Mutex<Option<([usize; 2], Arc<Vec<f32>>)>>>,
+}
+
+impl FourierCache {
+    fn new(spec: FourierSpec) -> Self {
+        Self {
+            spec,
+            last: Arc::default(),
+        }
+    }
+
+    fn get(&self, dims: [usize; 2]) -> Arc<Vec<f32>> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((d, features)) if *d == dims => features.clone(),
+            _ => {
+                let features = Arc::new(fourier_features(&self.spec, dims));
+                *last = Some((dims, features.clone()));
+                features
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Conv1x1 {
+        conv: Conv2d,
+        positions: TrainablePositions,
+        projection: Dense,
+        /// `[image_size², channels]`: the positions after their projection.
+        projected: Vec<f32>,
+        image_size: usize,
+    },
+    Pixels {
+        fourier: FourierCache,
+    },
+    Conv {
+        conv: Conv2d,
+        fourier: FourierCache,
+    },
+}
+
+/// Pixels → the encoder's input rows.
+#[derive(Debug, Clone)]
+pub struct ImagePreprocessor {
+    kind: Kind,
+    spec: ImageInputSpec,
+}
+
+/// The conv stem's max-pool: 3×3 windows every 2 pixels.
+const POOL_WINDOW: usize = 3;
+const POOL_STRIDE: usize = 2;
+/// The conv stem's convolution stride.
+const STEM_STRIDE: usize = 2;
+
+impl ImagePreprocessor {
+    pub(crate) fn load(
+        get: &mut dyn FnMut(&str) -> Result<Param>,
+        spec: ImageInputSpec,
+        names: &ImagePreprocessorNames,
+        image_size: usize,
+    ) -> Result<Self> {
+        let kind = match (spec, names) {
+            (
+                ImageInputSpec::Conv1x1 { .. },
+                ImagePreprocessorNames::Conv1x1 {
+                    conv,
+                    positions,
+                    projection,
+                },
+            ) => Kind::Conv1x1 {
+                conv: Conv2d::load(get, conv, 1, 0, 0)?,
+                positions: TrainablePositions::load(get, positions)?,
+                projection: Dense::load(get, projection)?,
+                projected: Vec::new(),
+                image_size,
+            },
+            (ImageInputSpec::Pixels { fourier }, ImagePreprocessorNames::Pixels) => Kind::Pixels {
+                fourier: FourierCache::new(fourier),
+            },
+            (ImageInputSpec::Conv { fourier, .. }, ImagePreprocessorNames::Conv { conv, batchnorm }) => {
+                let (before, after) = Conv2d::same_padding(conv.weight.shape[2]);
+                let mut stem = Conv2d::load(get, conv, STEM_STRIDE, before, after)?;
+                stem.fold_batch_norm(get, batchnorm)?;
+                Kind::Conv {
+                    conv: stem,
+                    fourier: FourierCache::new(fourier),
+                }
+            }
+            _ => {
+                return Err(Error::InvalidConfig(
+                    "the image preprocessor's tensor names do not match its kind".into(),
+                ))
+            }
+        };
+        Ok(Self { kind, spec })
+    }
+
+    /// Channels of each row it makes.
+    pub fn channels(&self) -> usize {
+        self.spec.channels()
+    }
+
+    /// The one image size the model takes, if it has one (the learned positions cover
+    /// `image_size × image_size` pixels); the Fourier models take any size.
+    pub fn required_size(&self) -> Option<(usize, usize)> {
+        match &self.kind {
+            Kind::Conv1x1 { image_size, .. } => Some((*image_size, *image_size)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set_precision(&mut self, _precision: Precision) {
+        // The convolutions stay f32: they are a small part of the work and come first.
+        match &mut self.kind {
+            Kind::Conv1x1 {
+                conv,
+                positions,
+                projection,
+                projected,
+                ..
+            } => {
+                conv.set_precision(Precision::F32);
+                projection.set_precision(Precision::F32);
+                let threads = rayon::current_num_threads();
+                *projected = on_pool(|| projection.forward(positions.table(), threads));
+            }
+            Kind::Pixels { .. } => {}
+            Kind::Conv { conv, .. } => conv.set_precision(Precision::F32),
+        }
+    }
+
+    /// Checks each image's size against what the model takes.
+    pub fn check(&self, images: &[&Pixels]) -> Result<()> {
+        for image in images {
+            if image.values.len() != IMAGE_CHANNELS * image.height * image.width || image.height == 0 {
+                return Err(Error::InvalidInput(format!(
+                    "{} values are not a 3x{}x{} image",
+                    image.values.len(),
+                    image.height,
+                    image.width
+                )));
+            }
+            if let Some((h, w)) = self.required_size() {
+                if (image.height, image.width) != (h, w) {
+                    return Err(Error::InvalidInput(format!(
+                        "the model takes {h}x{w} images (its position table has a row per pixel), not {}x{}",
+                        image.height, image.width
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The encoder's input for each (checked) image.
+    pub fn forward(&self, images: &[&Pixels], threads: usize) -> Result<InputArray> {
+        self.check(images)?;
+        let channels = self.channels();
+        let mut values = Vec::new();
+        let mut rows_per_item = Vec::with_capacity(images.len());
+        for image in images {
+            let (h, w) = (image.height, image.width);
+            let (features, fh, fw, positions) = match &self.kind {
+                Kind::Conv1x1 { conv, projected, .. } => {
+                    let (features, fh, fw) = conv.forward(&image.values, h, w, threads)?;
+                    (features, fh, fw, Positions::Table(projected))
+                }
+                Kind::Pixels { fourier } => (
+                    channels_last(&image.values, h * w),
+                    h,
+                    w,
+                    Positions::Fourier(fourier.get([h, w])),
+                ),
+                Kind::Conv { conv, fourier } => {
+                    let (mut features, ch, cw) = conv.forward(&image.values, h, w, threads)?;
+                    relu(&mut features);
+                    let (pooled, ph, pw) =
+                        max_pool(&features, ch, cw, conv.out_channels(), POOL_WINDOW, POOL_STRIDE)?;
+                    (pooled, ph, pw, Positions::Fourier(fourier.get([ph, pw])))
+                }
+            };
+            let rows = fh * fw;
+            let feature_channels = features.len() / rows;
+            let positions = positions.values();
+            let position_channels = channels - feature_channels;
+            values.reserve(rows * channels);
+            for r in 0..rows {
+                values.extend_from_slice(&features[r * feature_channels..][..feature_channels]);
+                values.extend_from_slice(&positions[r * position_channels..][..position_channels]);
+            }
+            rows_per_item.push(rows);
+        }
+        Ok(InputArray {
+            values,
+            items: item_ranges(rows_per_item),
+        })
+    }
+}
+
+enum Positions<'a> {
+    Table(&'a [f32]),
+    Fourier(Arc<Vec<f32>>),
+}
+
+impl Positions<'_> {
+    fn values(&self) -> &[f32] {
+        match self {
+            Self::Table(table) => table,
+            Self::Fourier(features) => features,
+        }
+    }
+}
+
+/// `[channels, n]` → `[n, channels]`.
+fn channels_last(planes: &[f32], n: usize) -> Vec<f32> {
+    let channels = planes.len() / n;
+    let mut out = vec![0f32; planes.len()];
+    for (c, plane) in planes.chunks_exact(n).enumerate() {
+        for (i, &v) in plane.iter().enumerate() {
+            out[i * channels + c] = v;
+        }
+    }
+    out
+}

@@ -1,0 +1,164 @@
+//! Classification: texts or images in, the labels of config.json's `id2label` with their
+//! probabilities out, best first (what transformers' `text-classification` and
+//! `image-classification` pipelines return).
+
+use crate::error::{Error, Result};
+use crate::model::{ModelInput, PerceiverModel};
+use crate::preprocess::Pixels;
+use crate::tokenizer::BytesTokenizer;
+
+/// One label and its probability.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LabelScore {
+    /// The label's name (`id2label`, or `LABEL_i` when the config names none).
+    pub label: String,
+    /// Its probability: softmax over the labels (sigmoid for a one-label model, as the
+    /// pipelines do).
+    pub score: f32,
+}
+
+/// A classifier ready to classify: `PerceiverForSequenceClassification` or one of the ImageNet
+/// classes.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    model: PerceiverModel,
+    labels: Vec<String>,
+    tokenizer: BytesTokenizer,
+}
+
+impl Classifier {
+    /// The task on a classifier; an error for a model of another architecture.
+    pub fn new(model: PerceiverModel) -> Result<Self> {
+        if !model.architecture().is_classifier() {
+            return Err(Error::InvalidInput(format!(
+                "classification needs a classifier (PerceiverForSequenceClassification or \
+                 PerceiverForImageClassification*), not a {}",
+                model.architecture().name()
+            )));
+        }
+        let labels = model.config().labels(model.num_outputs())?;
+        Ok(Self {
+            model,
+            labels,
+            tokenizer: BytesTokenizer,
+        })
+    }
+
+    /// The model it runs.
+    pub fn model(&self) -> &PerceiverModel {
+        &self.model
+    }
+
+    /// Every label, in id order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Whether it classifies images (else texts).
+    pub fn reads_images(&self) -> bool {
+        self.model.architecture().reads_images()
+    }
+
+    /// The ids of a text as transformers' `PerceiverTokenizer` makes them for classification:
+    /// `[CLS]`, the UTF-8 bytes, `[SEP]`; an error when the model's positions do not cover it.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        if self.reads_images() {
+            return Err(Error::InvalidInput(format!(
+                "{} classifies images, not text",
+                self.model.architecture().name()
+            )));
+        }
+        let ids = self.tokenizer.with_special_tokens(&self.tokenizer.encode(text));
+        if ids.len() > self.model.max_len() {
+            return Err(Error::TooLong {
+                tokens: ids.len(),
+                max: self.model.max_len(),
+            });
+        }
+        Ok(ids)
+    }
+
+    /// The label logits of each input, `[inputs, labels]`.
+    pub fn logits(&self, input: ModelInput<'_>) -> Result<Vec<f32>> {
+        self.model.classify(input)
+    }
+
+    /// The `top_k` best labels of each text (all of them when `top_k` is larger).
+    pub fn classify_texts(&self, texts: &[&str], top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
+        let ids = texts
+            .iter()
+            .map(|t| self.tokenize(t))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&[u32]> = ids.iter().map(|i| i.as_slice()).collect();
+        self.ranked(ModelInput::Tokens(&refs), top_k)
+    }
+
+    /// The `top_k` best labels of each image (normalised pixels, as the model's image
+    /// processor makes them).
+    pub fn classify_pixels(&self, images: &[&Pixels], top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
+        self.ranked(ModelInput::Images(images), top_k)
+    }
+
+    fn ranked(&self, input: ModelInput<'_>, top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
+        if input.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.logits(input)?;
+        Ok(logits
+            .chunks_exact(self.labels.len())
+            .map(|row| top_labels(&self.labels, &probabilities(row), top_k))
+            .collect())
+    }
+}
+
+/// Softmax over the labels, or a sigmoid for a single label (the pipelines' default
+/// `function_to_apply`), computed in f64.
+pub fn probabilities(logits: &[f32]) -> Vec<f32> {
+    if logits.len() == 1 {
+        return vec![(1.0 / (1.0 + (-(logits[0] as f64)).exp())) as f32];
+    }
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.iter().map(|&e| (e / sum) as f32).collect()
+}
+
+/// The `top_k` best labels, best first; equal scores keep id order (the pipelines' stable
+/// sort).
+pub fn top_labels(labels: &[String], scores: &[f32], top_k: usize) -> Vec<LabelScore> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+        .into_iter()
+        .take(top_k)
+        .map(|i| LabelScore {
+            label: labels[i].clone(),
+            score: scores[i],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_is_best_first_and_stable() {
+        let labels: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let top = top_labels(&labels, &[0.1, 0.4, 0.1, 0.4], 3);
+        let names: Vec<&str> = top.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(names, ["b", "d", "a"]);
+        assert_eq!(top_labels(&labels, &[0.1, 0.2, 0.3, 0.4], 10).len(), 4);
+    }
+
+    #[test]
+    fn probabilities_sum_to_one_or_use_a_sigmoid() {
+        let p = probabilities(&[1.0, 2.0, 3.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[2] > p[1] && p[1] > p[0]);
+        assert!((probabilities(&[0.0])[0] - 0.5).abs() < 1e-7);
+        // Large logits do not overflow.
+        let p = probabilities(&[1000.0, 0.0]);
+        assert!((p[0] - 1.0).abs() < 1e-6);
+    }
+}
