@@ -7,6 +7,7 @@ use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 mod classify;
+mod convert;
 mod fill_mask;
 mod model;
 mod serve;
@@ -50,6 +51,8 @@ enum Command {
     Plot(train::PlotArgs),
     /// Serve fill-mask over HTTP, batching the requests of many clients.
     Serve(serve::ServeArgs),
+    /// Write a model (above all a DeepMind .pickle / .pystate) as a transformers model directory.
+    Convert(convert::ConvertArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (mimalloc.h; libmimalloc-sys names no constant for it).
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => train::run_eval(args),
         Command::Plot(args) => train::run_plot(args),
         Command::Serve(args) => serve::run(args),
+        Command::Convert(args) => convert::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,16 +1,25 @@
 //! The `--model` flags every subcommand that runs a model shares, and loading from them.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver::{Classifier, LoadOptions, Loader, PerceiverModel, Precision};
+use perceiver::{Checkpoint, Classifier, LoadOptions, Loader, PerceiverModel, Precision};
 use perceiver_train::PerceiverForMaskedLM;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A model directory (config.json + weights), a Hugging Face hub id (e.g.
-    /// deepmind/language-perceiver), or `default`: the small model built into this binary.
+    /// deepmind/language-perceiver), a DeepMind checkpoint (.pickle, .pystate), or `default`:
+    /// the small model built into this binary.
     #[arg(short, long, env = "PERCEIVER_MODEL", default_value = "default")]
     pub model: String,
+
+    /// With a DeepMind checkpoint: a transformers config.json for what its shapes cannot tell
+    /// (heads, blocks, query residual, activation). Default: DeepMind's Colab values, with
+    /// DeepMind's tanh GELU.
+    #[arg(long, value_name = "FILE", env = "PERCEIVER_MODEL_CONFIG")]
+    pub model_config: Option<PathBuf>,
 
     /// Use only the local Hugging Face cache for hub ids (also HF_HUB_OFFLINE=1).
     #[arg(long)]
@@ -39,21 +48,32 @@ impl ModelArgs {
         }
     }
 
+    /// The library's loader for these flags (every subcommand loads through it).
+    pub fn loader(&self) -> Loader {
+        let loader = Loader::new(self.model.as_str()).options(self.options());
+        match &self.model_config {
+            Some(config) => loader.model_config(config),
+            None => loader,
+        }
+    }
+
+    /// The config and checked weights these flags name, unpacked.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        self.loader()
+            .checkpoint()
+            .with_context(|| format!("cannot load model {}", self.model))
+    }
+
     /// Loads the masked language model these flags name as a trainable candle model, on the CPU.
     pub fn load_masked_lm(&self) -> Result<PerceiverForMaskedLM> {
-        perceiver_train::model::load_masked_lm_from(
-            &self.model,
-            &self.options(),
-            &perceiver_train::Device::Cpu,
-        )
-        .with_context(|| format!("cannot load model {}", self.model))
+        perceiver_train::model::loading::masked_lm_of(&self.checkpoint()?, &perceiver_train::Device::Cpu)
+            .with_context(|| format!("cannot load model {}", self.model))
     }
 
     /// Loads the model these flags name into the inference engine (weights memory-mapped,
     /// packed once for `precision`).
     pub fn load_engine(&self, precision: Precision) -> Result<PerceiverModel> {
-        Loader::new(self.model.as_str())
-            .options(self.options())
+        self.loader()
             .precision(precision)
             .load()
             .with_context(|| format!("cannot load model {}", self.model))
@@ -61,8 +81,7 @@ impl ModelArgs {
 
     /// Loads the classifier these flags name, with its image processor for an image model.
     pub fn load_classifier(&self, precision: Precision) -> Result<Classifier> {
-        Loader::new(self.model.as_str())
-            .options(self.options())
+        self.loader()
             .precision(precision)
             .classifier()
             .with_context(|| format!("cannot load model {}", self.model))

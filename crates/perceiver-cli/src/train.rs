@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::builder::TypedValueParser;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use perceiver::{LoadOptions, ModelFiles, PerceiverConfig};
+use perceiver::{Loader, PerceiverConfig};
 use perceiver_train::config::{MAX_BATCH_SIZE, MAX_GRAD_ACCUM, MAX_STEPS};
 use perceiver_train::corpus::{self, Corpus, Part, Split};
 use perceiver_train::init::InitScheme;
@@ -74,9 +74,14 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "init_from")]
     config: Option<PathBuf>,
 
-    /// Fine-tune: start from a model directory or hub id.
+    /// Fine-tune: start from a model directory, a hub id or a DeepMind checkpoint (.pickle).
     #[arg(long, value_name = "MODEL")]
     init_from: Option<String>,
+
+    /// With --init-from a DeepMind checkpoint: a transformers config.json for what its shapes
+    /// cannot tell (heads, blocks, query residual, activation); default: DeepMind's Colab values.
+    #[arg(long, value_name = "FILE", requires = "init_from")]
+    model_config: Option<PathBuf>,
 
     /// Initialisation from scratch: deepmind (truncated normals: 1/fan_in for linears, 1.0 for
     /// the byte embedding, 0.02 for positions and latents), transformers (normal 0.02), or local
@@ -189,11 +194,18 @@ pub struct TrainArgs {
 
 fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
     if let Some(model) = &args.init_from {
-        let files = ModelFiles::resolve(model, &LoadOptions::default())
+        // The loader every other subcommand uses: a directory, a hub id or a DeepMind file.
+        let mut loader = Loader::new(model.as_str());
+        if let Some(config) = &args.model_config {
+            loader = loader.model_config(config);
+        }
+        let checkpoint = loader
+            .checkpoint()
             .with_context(|| format!("cannot load model {model}"))?;
-        let (config, tensors) =
-            perceiver_train::model::load_masked_lm_tensors(&files, &perceiver_train::Device::Cpu)
+        let tensors =
+            perceiver_train::model::loading::checkpoint_tensors(&checkpoint, &perceiver_train::Device::Cpu)
                 .with_context(|| format!("cannot load model {model}"))?;
+        let config = checkpoint.config().clone();
         if config.attention_probs_dropout_prob > 0.0 {
             eprintln!(
                 "note: the model's config asks for attention dropout {}; this trainer applies no dropout",

@@ -270,3 +270,42 @@ fn serve_fails_cleanly_before_listening() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A DeepMind checkpoint (one of the tiny pickles made by DeepMind's code, with the config.json
+/// it needs) serves as `fill-mask` answers from it.
+#[test]
+fn serve_takes_a_deepmind_pickle() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/deepmind/mlm_config_json");
+    let pickle = dir.join("params.p3.pickle").to_string_lossy().into_owned();
+    let config = dir.join("config.json").to_string_lossy().into_owned();
+    let flags = ["-m", pickle.as_str(), "--model-config", config.as_str()];
+    let served = Served::start(&[&flags[..], &["--port", "0"]].concat(), &[]);
+    let text = "Hello w[MASK:4]!";
+    let cli = json_line(
+        &command(&[&["fill-mask", "--json", "-k", "3"], &flags[..], &[text]].concat())
+            .output()
+            .unwrap(),
+    );
+    let (status, answer) = served.request(
+        "POST",
+        "/fill-mask",
+        Some(&json!({"inputs": text, "parameters": {"top_k": 3}})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let masks = cli["masks"].as_array().unwrap();
+    let rows = answer.as_array().unwrap();
+    assert_eq!(rows.len(), masks.len());
+    for (row, mask) in rows.iter().zip(masks) {
+        for (got, want) in row
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(mask["candidates"].as_array().unwrap())
+        {
+            assert_eq!(got["token"], want["token"]);
+            assert_eq!(got["score"].as_f64(), want["score"].as_f64());
+        }
+    }
+    served.signal("TERM");
+    assert!(served.wait().success());
+}

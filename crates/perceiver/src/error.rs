@@ -114,6 +114,24 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// A pickle (a DeepMind Haiku checkpoint) that cannot be read safely: a global or call this
+    /// reader does not allow, a malformed or truncated stream, sizes beyond its bounds, or
+    /// contents that are not the layout of Haiku parameters.
+    #[error(
+        "cannot read the pickle{}{}: {reason}",
+        path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default(),
+        offset.map(|o| format!(" (at byte {o})")).unwrap_or_default()
+    )]
+    Pickle {
+        /// The file, when the pickle came from one.
+        path: Option<PathBuf>,
+        /// Where in the pickle the reader stopped (the start of the opcode it refused), when the
+        /// error is about the stream rather than what it holds.
+        offset: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Bytes that are not an image this library decodes: empty, another kind of file, a format
     /// outside JPEG, PNG, WebP, BMP, GIF and TIFF, or a truncated or corrupt file.
     #[error("cannot decode the image{}: {reason}", format.map(|f| format!(" ({f})")).unwrap_or_default())]
@@ -144,6 +162,17 @@ pub enum Error {
     /// A failure inside the tensor library.
     #[error("tensor error: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
+
+    /// A DeepMind checkpoint (Haiku params) whose modules or shapes are not those of a model this
+    /// library builds: a module or parameter missing, one the model has no place for, a shape
+    /// that disagrees, or widths no transformers config can express.
+    #[error("{}: not a DeepMind checkpoint this library reads: {reason}", path.display())]
+    DeepMindCheckpoint {
+        /// The `.pickle` / `.pystate` file (or `<memory>`).
+        path: PathBuf,
+        /// What is wrong, naming DeepMind's module and parameter.
+        reason: String,
+    },
 }
 
 /// The message of a candle error without the layers candle wraps around it (file path,

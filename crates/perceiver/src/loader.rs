@@ -1,10 +1,10 @@
-//! One loader for every model source: a directory, a Hugging Face hub id, or the model built into
-//! the library, with the precision and threads it runs with.
+//! One loader for every model source: a directory, a Hugging Face hub id, a DeepMind checkpoint
+//! file, or the model built into the library, with the precision and threads it runs with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{Checkpoint, LoadOptions, ModelFiles};
-use crate::error::Result;
+use crate::checkpoint::{deepmind, Checkpoint, LoadOptions, ModelFiles};
+use crate::error::{Error, Result};
 use crate::image::ImageProcessor;
 use crate::layers::Precision;
 use crate::model::PerceiverModel;
@@ -13,7 +13,8 @@ use crate::tasks::classify::Classifier;
 /// The name that selects the model built into the library wherever a model is accepted.
 pub const BUILT_IN: &str = "default";
 
-/// Loads a model: a directory, a hub id, or [`BUILT_IN`], with its precision and threads.
+/// Loads a model: a directory, a hub id, a DeepMind checkpoint, or [`BUILT_IN`], with its
+/// precision and threads.
 ///
 /// ```
 /// use perceiver::{Loader, Precision};
@@ -29,18 +30,30 @@ pub struct Loader {
     options: LoadOptions,
     precision: Precision,
     threads: usize,
+    model_config: Option<PathBuf>,
 }
 
 impl Loader {
     /// A model directory (`config.json` + `model.safetensors`, sharded safetensors or
-    /// `pytorch_model.bin`), a hub id (`owner/name`), or `"default"` for the built-in model.
+    /// `pytorch_model.bin`), a hub id (`owner/name`), a DeepMind checkpoint file (`.pickle`,
+    /// `.pystate`: see [`deepmind`]), or `"default"` for the built-in model.
     pub fn new(source: impl Into<String>) -> Self {
         Self {
             source: source.into(),
             options: LoadOptions::default(),
             precision: Precision::F32,
             threads: 0,
+            model_config: None,
         }
+    }
+
+    /// For a DeepMind checkpoint: a transformers `config.json` that describes it, for what its
+    /// shapes cannot tell (heads, blocks, the query residual, the activation). Without one, those
+    /// are the values of DeepMind's Colab for the file ([`deepmind::language_colab`]), with
+    /// DeepMind's tanh GELU. Refused with any other source, whose config is its own.
+    pub fn model_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.model_config = Some(path.into());
+        self
     }
 
     /// Number type of the weight products (f32 by default: transformers' numbers).
@@ -85,6 +98,18 @@ impl Loader {
 
     /// The checkpoint and the model's `preprocessor_config.json`, if it has one.
     fn resolve(&self) -> Result<(Checkpoint, Option<PathBuf>)> {
+        let path = Path::new(&self.source);
+        if deepmind::is_deepmind_file(path) {
+            return Ok((deepmind::open(path, self.model_config.as_deref())?, None));
+        }
+        if let Some(config) = &self.model_config {
+            return Err(Error::InvalidInput(format!(
+                "{} names a config.json for a DeepMind checkpoint (.pickle, .pystate), but {} is \
+                 not one: a model directory, hub id or the built-in model has its own config",
+                config.display(),
+                self.source
+            )));
+        }
         #[cfg(feature = "default-model")]
         if self.source == BUILT_IN {
             let checkpoint = Checkpoint::from_static(

@@ -10,7 +10,14 @@
 //! (memory-mapped), sharded `model.safetensors.index.json` + shards, or `pytorch_model.bin`.
 //! Hub ids are fetched with `hf-hub` into the standard cache (`HF_HOME` honoured); offline
 //! (`LoadOptions::offline` or `HF_HUB_OFFLINE=1`) they resolve from the cache only.
+//!
+//! DeepMind's own checkpoints (`.pickle` / `.pystate`: pickled Haiku params) are read without
+//! running their code ([`haiku`]) and renamed onto the same tree ([`deepmind`]); [`export`] writes
+//! any checkpoint as a transformers model directory.
 
+pub mod deepmind;
+pub mod export;
+pub mod haiku;
 mod hub;
 pub mod names;
 mod pickle_check;
@@ -108,7 +115,8 @@ impl ModelFiles {
         }
         if path.exists() {
             return Err(Error::InvalidInput(format!(
-                "{model} is a file; --model takes a model directory or a hub id"
+                "{model} is a file; a model is a directory, a hub id, or a DeepMind checkpoint \
+                 (.pickle, .pystate)"
             )));
         }
         if !looks_like_hub_id(model) {

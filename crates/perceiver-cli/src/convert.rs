@@ -1,0 +1,75 @@
+//! `perceiver convert`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::Args;
+use perceiver::checkpoint::export::{write_model_dir, ExportOptions};
+use perceiver::{Activation, Loader};
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  perceiver convert language_perceiver_io_bytes.pickle --out language-perceiver\n  \
+perceiver fill-mask --model language-perceiver \"This is an incomplete sentence where some words are[MASK:9]\"\n\n\
+The directory holds config.json (with \"architectures\") and model.safetensors under transformers' \
+names: transformers' PerceiverForMaskedLM.from_pretrained loads it."
+)]
+pub struct ConvertArgs {
+    /// The model to convert: a DeepMind checkpoint (.pickle, .pystate) above all; any model
+    /// --model takes (a directory, a hub id, `default`) is written the same way.
+    source: String,
+
+    /// The directory to write config.json and model.safetensors into (created if needed).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// With a DeepMind checkpoint: a transformers config.json for what its shapes cannot tell
+    /// (heads, blocks, query residual, activation). Default: DeepMind's Colab values.
+    #[arg(long, value_name = "FILE")]
+    model_config: Option<PathBuf>,
+
+    /// The GELU the written config.json names: gelu_new (the tanh approximation DeepMind's
+    /// code computes and the weights were trained with: the directory gives DeepMind's numbers)
+    /// or gelu (exact, as the config.json of deepmind/language-perceiver on the hub says: the
+    /// hub's numbers, up to ~1e-3 away). Default: the source's own, which for a DeepMind
+    /// checkpoint without --model-config is gelu_new.
+    #[arg(
+        long,
+        value_parser = PossibleValuesParser::new(["gelu_new", "gelu"]).map(|name| {
+            if name == "gelu" { Activation::GeluErf } else { Activation::GeluTanh }
+        })
+    )]
+    activation: Option<Activation>,
+
+    /// Write into a directory that already holds files (its config.json and model.safetensors
+    /// are replaced, other files left).
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: ConvertArgs) -> Result<()> {
+    let mut loader = Loader::new(args.source.as_str());
+    if let Some(config) = &args.model_config {
+        loader = loader.model_config(config);
+    }
+    let checkpoint = loader
+        .checkpoint()
+        .with_context(|| format!("cannot load model {}", args.source))?;
+    let options = ExportOptions {
+        activation: args.activation,
+        overwrite: args.force,
+    };
+    let [config, weights] = write_model_dir(&checkpoint, &args.out, &options)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let c = checkpoint.config();
+    let activation = args.activation.unwrap_or(c.hidden_act);
+    println!(
+        "wrote {} and {} ({} parameters; hidden_act {})",
+        config.display(),
+        weights.display(),
+        c.num_parameters(),
+        activation.name()
+    );
+    Ok(())
+}

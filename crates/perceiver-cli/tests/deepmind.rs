@@ -1,0 +1,231 @@
+//! DeepMind checkpoints wherever the `perceiver` binary takes a model, and `perceiver convert`:
+//! on the tiny pickles of `tests/fixtures/deepmind/` (made by DeepMind's own code; the library's
+//! tests hold their logits to DeepMind's), a pickle and the directory converted from it must
+//! give the same answers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/deepmind")
+        .join(name)
+}
+
+/// Needs no config.json (the Colab's heads and blocks).
+fn colab_pickle() -> String {
+    path(fixture("mlm_colab_constants").join("params.p2.pickle"))
+}
+
+/// Needs the config.json beside it.
+fn config_json_pickle() -> (String, String) {
+    let dir = fixture("mlm_config_json");
+    (path(dir.join("params.p3.pickle")), path(dir.join("config.json")))
+}
+
+fn path(p: PathBuf) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
+    cmd.args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
+        )
+        .env("RAYON_NUM_THREADS", "2");
+    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = command(args).output().expect("run perceiver");
+    assert!(
+        out.status.success(),
+        "perceiver {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn fails(args: &[&str], needle: &str) {
+    let out = command(args).output().expect("run perceiver");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line expected: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(needle), "{stderr:?} should mention {needle:?}");
+}
+
+fn stdout_json(out: &Output) -> Vec<Value> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const TEXTS: [&str; 3] = [
+    "This is an incomplete sentence where some words are[MASK:9]",
+    "Hello w[MASK:4]!",
+    "[MASK:2] x [MASK]",
+];
+
+fn fill_mask(model_flags: &[&str]) -> Vec<Value> {
+    TEXTS
+        .iter()
+        .flat_map(|text| {
+            let mut args = vec!["fill-mask", "--json", "-k", "3"];
+            args.extend(model_flags);
+            args.push(text);
+            stdout_json(&run(&args))
+        })
+        .collect()
+}
+
+#[test]
+fn a_converted_pickle_answers_as_the_pickle_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b_pickle, b_config) = config_json_pickle();
+    for (pickle, config) in [(colab_pickle(), None), (b_pickle, Some(b_config.as_str()))] {
+        let out = dir
+            .path()
+            .join(Path::new(&pickle).parent().unwrap().file_name().unwrap());
+        let out = path(out);
+        let mut flags = vec![pickle.as_str()];
+        if let Some(config) = config {
+            flags.extend(["--model-config", config]);
+        }
+        let mut convert = vec!["convert", "--out", out.as_str()];
+        convert.extend(&flags);
+        let printed = String::from_utf8(run(&convert).stdout).unwrap();
+        assert!(printed.contains("hidden_act gelu_new"), "{printed}");
+
+        let mut from_pickle = vec!["--model"];
+        from_pickle.extend(&flags);
+        let direct = fill_mask(&from_pickle);
+        let converted = fill_mask(&["--model", out.as_str()]);
+        assert_eq!(direct, converted, "{pickle}");
+        assert_eq!(direct.len(), TEXTS.len());
+
+        // eval reads the pickle through the same loader.
+        let corpus = dir.path().join("text.txt");
+        std::fs::write(&corpus, "The cat sat on the mat. ".repeat(40)).unwrap();
+        let corpus = path(corpus);
+        let eval = |model: &[&str]| {
+            let mut args = vec!["eval", "--json", "--seq-len", "32", corpus.as_str()];
+            args.extend(model);
+            let mut result = stdout_json(&run(&args));
+            // Everything but the model's name.
+            result[0].as_object_mut().unwrap().remove("model");
+            result
+        };
+        assert_eq!(eval(&from_pickle), eval(&["--model", out.as_str()]), "{pickle}");
+    }
+}
+
+#[test]
+fn convert_refuses_a_directory_with_files_unless_forced_and_writes_the_chosen_gelu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = path(dir.path().join("model"));
+    let pickle = colab_pickle();
+    run(&["convert", &pickle, "--out", &out]);
+    fails(&["convert", &pickle, "--out", &out], "not empty");
+    run(&[
+        "convert",
+        &pickle,
+        "--out",
+        &out,
+        "--force",
+        "--activation",
+        "gelu",
+    ]);
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&out).join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["hidden_act"], "gelu");
+    assert_eq!(config["architectures"][0], "PerceiverForMaskedLM");
+    let out = command(&["convert", &pickle, "--out", &out, "--activation", "relu"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a bad flag value is a usage error");
+}
+
+#[test]
+fn bad_deepmind_input_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a pickle at all.
+    let junk = dir.path().join("junk.pickle");
+    std::fs::write(&junk, b"not a pickle").unwrap();
+    fails(&["fill-mask", "--model", &path(junk), "a[MASK]"], "junk.pickle");
+    // A config.json whose shapes disagree with the file: the parameter is named.
+    let (pickle, _) = config_json_pickle();
+    let wrong = fixture("../parity/tiny_qk_v_explicit/config.json");
+    fails(
+        &[
+            "fill-mask",
+            "--model",
+            &pickle,
+            "--model-config",
+            &path(wrong),
+            "a[MASK]",
+        ],
+        "has shape",
+    );
+    // A config.json for a model that has its own.
+    let (_, config) = config_json_pickle();
+    fails(
+        &["fill-mask", "--model-config", &config, "a[MASK]"],
+        "names a config.json for a DeepMind checkpoint",
+    );
+}
+
+#[test]
+fn training_starts_from_a_pickle() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "Our teacher reads a red book in the garden. ".repeat(200),
+    )
+    .unwrap();
+    let (corpus, run_dir) = (path(corpus), path(dir.path().join("run")));
+    let (pickle, config) = config_json_pickle();
+    run(&[
+        "train",
+        "--init-from",
+        &pickle,
+        "--model-config",
+        &config,
+        "--corpus",
+        &corpus,
+        "--eval-corpus",
+        &corpus,
+        "--out",
+        &run_dir,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--eval-windows",
+        "2",
+        "--plot",
+        "false",
+    ]);
+    let checkpoint = Path::new(&run_dir).join("step-000002");
+    let training = std::fs::read_to_string(checkpoint.join("training.json")).unwrap();
+    assert!(training.contains(&format!("pretrained:{pickle}")), "{training}");
+    // The fine-tuned model keeps the named config (heads, blocks) and fills masks.
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_self_attention_heads"], 4);
+    assert_eq!(config["num_blocks"], 2);
+    run(&["fill-mask", "--model", &path(checkpoint), "a red b[MASK]k"]);
+}

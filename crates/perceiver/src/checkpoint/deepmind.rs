@@ -1,0 +1,768 @@
+//! DeepMind's own checkpoints, read as transformers checkpoints.
+//!
+//! DeepMind released its Perceiver IO models as pickled Haiku parameters (read without running
+//! any of their code by [`super::haiku`]): module path → parameter → array, e.g.
+//! `perceiver_encoder/~/self_attention_3/attention/linear_2` → `w`. This module gives each of them
+//! its transformers name (the mapping of transformers' `convert_perceiver_haiku_to_pytorch.py`,
+//! written here from the module tree of DeepMind's `perceiver.py` and the names of
+//! [`super::names`]) and transformers' layout: a Haiku `Linear`'s `w` is `[in, out]` and is
+//! transposed to `[out, in]`; a LayerNorm's `scale` / `offset` are its `weight` / `bias`.
+//!
+//! The config comes from two places. Every width and count a tensor pins (vocabulary, `d_model`,
+//! latents, the attentions' query/key and value widths, MLP widening, the number of latent
+//! layers, positions) is read from the parameters' shapes. What no shape tells — the heads, how
+//! many times the latent block runs (its weights are shared), whether the encoder adds its query
+//! back — comes from the Colab DeepMind published with the file ([`language_colab`]), or from a
+//! transformers `config.json` the caller names, which then decides everything and is checked
+//! against every shape. A config taken from the Colab runs DeepMind's activation, the tanh GELU
+//! (`jax.nn.gelu`), so the numbers are DeepMind's; transformers' own config for the released
+//! model says `"gelu"` (exact), which moves the logits by up to ~1e-3.
+//!
+//! Only the byte-level masked language model (`language_perceiver_io_bytes.pickle`) is mapped so
+//! far; the image and flow `.pystate` files are refused by name.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::haiku::{read_haiku_file, HaikuCheckpoint, HaikuParams, NdArray};
+use super::names::{LayerNames, LinearNames, MaskedLmNames, NormNames, Role, TensorName};
+use super::{Checkpoint, Param};
+use crate::config::{Architecture, CrossAttentionShape, PerceiverConfig};
+use crate::error::{Error, Result};
+
+/// File extensions taken as DeepMind checkpoints wherever a model is accepted: DeepMind's
+/// `.pickle` (the language model) and `.pystate` (the others), and the common `.pkl`.
+pub const EXTENSIONS: [&str; 3] = ["pickle", "pystate", "pkl"];
+
+/// Whether `path` is a file named as a DeepMind checkpoint ([`EXTENSIONS`], any case).
+pub fn is_deepmind_file(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// What DeepMind's masked_language_modelling Colab sets for `language_perceiver_io_bytes.pickle`
+/// that the parameters' shapes cannot tell (its `encoder_config` and `decoder_config`).
+///
+/// The decoder's other settings (8 heads of 32 query/key channels, values as wide as `d_model`,
+/// no query residual, no final projection) are those transformers' `PerceiverForMaskedLM`
+/// hard-codes; the shapes confirm its widths.
+pub mod language_colab {
+    /// `num_self_attend_heads`.
+    pub const NUM_SELF_ATTENTION_HEADS: usize = 8;
+    /// `num_cross_attend_heads`.
+    pub const NUM_CROSS_ATTENTION_HEADS: usize = 8;
+    /// `num_blocks`: the latent layers run once.
+    pub const NUM_BLOCKS: usize = 1;
+    /// `use_query_residual` of the encoder's cross-attention.
+    pub const USE_QUERY_RESIDUAL: bool = true;
+    /// `jax.nn.gelu`'s default: the tanh approximation.
+    pub const ACTIVATION: crate::config::Activation = crate::config::Activation::GeluTanh;
+}
+
+/// Haiku's module paths in DeepMind's masked language model (the Colab's `apply_perceiver`):
+/// each spelled once, here.
+mod haiku_names {
+    /// `hk.Embed`: the byte embedding, `[vocab, d_model]`.
+    pub const EMBED: (&str, &str) = ("embed", "embeddings");
+    /// The input's trainable positions, `[positions, d_model]`.
+    pub const INPUT_POSITIONS: (&str, &str) = ("trainable_position_encoding", "pos_embs");
+    /// The latent array, `[num_latents, d_latents]`.
+    pub const LATENTS: (&str, &str) = ("perceiver_encoder/~/trainable_position_encoding", "pos_embs");
+    /// The encoder's cross-attention layer.
+    pub const ENCODER_CROSS: &str = "perceiver_encoder/~/cross_attention";
+    /// Latent layer `i`: this, then `_{i}` for `i > 0`.
+    pub const SELF_ATTENTION: &str = "perceiver_encoder/~/self_attention";
+    /// The decoder's queries, `[positions, d_model]`.
+    pub const DECODER_QUERIES: (&str, &str) = ("basic_decoder/~/trainable_position_encoding", "pos_embs");
+    /// The decoder's cross-attention layer.
+    pub const DECODER_CROSS: &str = "basic_decoder/cross_attention";
+    /// The bias of the tied output projection, `[vocab]`.
+    pub const OUTPUT_BIAS: (&str, &str) = ("embedding_decoder", "bias");
+
+    /// Module path of latent layer `index`.
+    pub fn self_attention(index: usize) -> String {
+        if index == 0 {
+            SELF_ATTENTION.to_string()
+        } else {
+            format!("{SELF_ATTENTION}_{index}")
+        }
+    }
+}
+
+/// One Haiku parameter and the transformers tensor it becomes.
+struct Pair<'a> {
+    module: String,
+    param: &'static str,
+    tensor: &'a TensorName,
+}
+
+impl Pair<'_> {
+    fn haiku_name(&self) -> String {
+        format!("{}/{}", self.module, self.param)
+    }
+}
+
+fn norm_pairs<'a>(module: String, norm: &'a NormNames, out: &mut Vec<Pair<'a>>) {
+    out.push(Pair {
+        module: module.clone(),
+        param: "scale",
+        tensor: &norm.weight,
+    });
+    out.push(Pair {
+        module,
+        param: "offset",
+        tensor: &norm.bias,
+    });
+}
+
+fn linear_pairs<'a>(module: String, linear: &'a LinearNames, out: &mut Vec<Pair<'a>>) {
+    out.push(Pair {
+        module: module.clone(),
+        param: "w",
+        tensor: &linear.weight,
+    });
+    out.push(Pair {
+        module,
+        param: "b",
+        tensor: &linear.bias,
+    });
+}
+
+/// A layer of DeepMind's `CrossAttention` / `SelfAttention`: Haiku numbers its LayerNorms and
+/// Linears in the order the module creates them. Cross-attention: `layer_norm` (queries),
+/// `layer_norm_1` (keys/values), the attention, `layer_norm_2` (before the MLP); self-attention
+/// has no second input, so its MLP's LayerNorm is `layer_norm_1`. In `attention`, `linear` to
+/// `linear_3` are the query, key, value and output projections; in `mlp`, `linear` and
+/// `linear_1` are its two layers.
+fn layer_pairs<'a>(prefix: &str, layer: &'a LayerNames, out: &mut Vec<Pair<'a>>) {
+    norm_pairs(format!("{prefix}/layer_norm"), &layer.q_norm, out);
+    let mlp_norm = match &layer.kv_norm {
+        Some(kv) => {
+            norm_pairs(format!("{prefix}/layer_norm_1"), kv, out);
+            "layer_norm_2"
+        }
+        None => "layer_norm_1",
+    };
+    linear_pairs(format!("{prefix}/attention/linear"), &layer.query, out);
+    linear_pairs(format!("{prefix}/attention/linear_1"), &layer.key, out);
+    linear_pairs(format!("{prefix}/attention/linear_2"), &layer.value, out);
+    linear_pairs(format!("{prefix}/attention/linear_3"), &layer.output, out);
+    norm_pairs(format!("{prefix}/{mlp_norm}"), &layer.mlp_norm, out);
+    linear_pairs(format!("{prefix}/mlp/linear"), &layer.dense1, out);
+    linear_pairs(format!("{prefix}/mlp/linear_1"), &layer.dense2, out);
+}
+
+/// Every Haiku parameter of the masked language model with its transformers tensor, in the
+/// order the model reads them.
+fn masked_lm_pairs(names: &MaskedLmNames) -> Vec<Pair<'_>> {
+    use haiku_names::*;
+    let single = |(module, param): (&str, &'static str), tensor| Pair {
+        module: module.to_string(),
+        param,
+        tensor,
+    };
+    let mut out = vec![
+        single(EMBED, &names.preprocessor.embeddings),
+        single(INPUT_POSITIONS, &names.preprocessor.positions),
+        single(LATENTS, &names.encoder.latents),
+    ];
+    layer_pairs(ENCODER_CROSS, &names.encoder.cross_attention, &mut out);
+    for (index, layer) in names.encoder.self_attends.iter().enumerate() {
+        layer_pairs(&self_attention(index), layer, &mut out);
+    }
+    out.push(single(DECODER_QUERIES, &names.decoder.queries));
+    layer_pairs(DECODER_CROSS, &names.decoder.cross_attention, &mut out);
+    out.push(single(OUTPUT_BIAS, &names.output_bias));
+    out
+}
+
+/// An error about the checkpoint at `source`.
+fn layout(source: &Path, reason: impl Into<String>) -> Error {
+    Error::DeepMindCheckpoint {
+        path: source.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Opens a DeepMind checkpoint file as a checked transformers checkpoint: its config inferred
+/// (shapes + [`language_colab`]) unless `config` names a transformers `config.json`.
+pub fn open(path: &Path, config: Option<&Path>) -> Result<Checkpoint> {
+    // The (small) config first: a bad one should not cost reading a large pickle.
+    let config = config.map(PerceiverConfig::from_file).transpose()?;
+    from_haiku(read_haiku_file(path)?, config, path)
+}
+
+/// [`open`] on parameters already read; `source` names them in errors.
+pub fn from_haiku(
+    checkpoint: HaikuCheckpoint,
+    config: Option<PerceiverConfig>,
+    source: &Path,
+) -> Result<Checkpoint> {
+    let HaikuCheckpoint { params, state } = checkpoint;
+    if !looks_like_masked_lm(&params) {
+        let modules: Vec<&str> = params
+            .keys()
+            .map(|m| m.split('/').next().unwrap_or(m))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .take(8)
+            .collect();
+        return Err(layout(
+            source,
+            format!(
+                "its top-level modules ({}) are not those of DeepMind's byte-level masked language \
+                 model (embed, trainable_position_encoding, perceiver_encoder, basic_decoder, \
+                 embedding_decoder); DeepMind's image and optical-flow checkpoints are not read yet",
+                modules.join(", ")
+            ),
+        ));
+    }
+    if let Some((module, param)) = state.as_ref().and_then(first_param) {
+        return Err(layout(
+            source,
+            format!("unexpected state {module}/{param}: the masked language model keeps no Haiku state"),
+        ));
+    }
+    let config = match config {
+        Some(config) => {
+            config.validate()?;
+            if Architecture::of(&config)? != Architecture::MaskedLm {
+                return Err(layout(
+                    source,
+                    "the config.json named is not a PerceiverForMaskedLM's",
+                ));
+            }
+            config
+        }
+        None => infer_masked_lm_config(&params, source)?,
+    };
+    let tensors = masked_lm_tensors(params, &config, source)?;
+    Checkpoint::from_params(config, tensors)
+}
+
+fn looks_like_masked_lm(params: &HaikuParams) -> bool {
+    params.contains_key(haiku_names::EMBED.0) && params.contains_key(haiku_names::OUTPUT_BIAS.0)
+}
+
+fn first_param(params: &HaikuParams) -> Option<(&str, &str)> {
+    params
+        .iter()
+        .find_map(|(module, p)| p.keys().next().map(|name| (module.as_str(), name.as_str())))
+}
+
+/// The config of a DeepMind masked language model: widths and counts from the parameters'
+/// shapes, the rest from [`language_colab`]; `architectures` is `PerceiverForMaskedLM` and the
+/// activation DeepMind's tanh GELU.
+pub fn infer_masked_lm_config(params: &HaikuParams, source: &Path) -> Result<PerceiverConfig> {
+    use haiku_names::*;
+    let matrix = |(module, param): (&str, &str)| -> Result<(usize, usize)> {
+        let array = params
+            .get(module)
+            .and_then(|p| p.get(param))
+            .ok_or_else(|| layout(source, format!("{module}/{param} is missing")))?;
+        match array.shape[..] {
+            [rows, columns] => Ok((rows, columns)),
+            _ => Err(layout(
+                source,
+                format!(
+                    "{module}/{param} has shape {:?}, expected 2 dimensions",
+                    array.shape
+                ),
+            )),
+        }
+    };
+    let linear_w = |module: String| {
+        let (inputs, outputs) = matrix((&module, "w"))?;
+        Ok::<_, Error>((module, inputs, outputs))
+    };
+    let (vocab_size, d_model) = matrix(EMBED)?;
+    let (max_position_embeddings, _) = matrix(INPUT_POSITIONS)?;
+    let (num_latents, d_latents) = matrix(LATENTS)?;
+    let layers = count_self_attention_layers(params);
+    if layers == 0 {
+        return Err(layout(
+            source,
+            format!("{SELF_ATTENTION} is missing: the model has no latent self-attention layer"),
+        ));
+    }
+    let first = self_attention(0);
+    let (_, _, cross_qk) = linear_w(format!("{ENCODER_CROSS}/attention/linear"))?;
+    let (_, _, cross_v) = linear_w(format!("{ENCODER_CROSS}/attention/linear_2"))?;
+    let (_, _, self_qk) = linear_w(format!("{first}/attention/linear"))?;
+    let (_, _, self_v) = linear_w(format!("{first}/attention/linear_2"))?;
+    let widening = |module: String, width: usize| -> Result<usize> {
+        let (module, _, hidden) = linear_w(module)?;
+        if width == 0 || hidden % width != 0 {
+            return Err(layout(
+                source,
+                format!("{module}/w widens {width} channels to {hidden}, not a whole multiple"),
+            ));
+        }
+        Ok(hidden / width)
+    };
+    let base = PerceiverConfig {
+        num_latents,
+        d_latents,
+        d_model,
+        num_blocks: language_colab::NUM_BLOCKS,
+        num_self_attends_per_block: layers,
+        num_self_attention_heads: language_colab::NUM_SELF_ATTENTION_HEADS,
+        num_cross_attention_heads: language_colab::NUM_CROSS_ATTENTION_HEADS,
+        self_attention_widening_factor: widening(format!("{first}/mlp/linear"), d_latents)?,
+        cross_attention_widening_factor: widening(format!("{ENCODER_CROSS}/mlp/linear"), d_latents)?,
+        hidden_act: language_colab::ACTIVATION,
+        use_query_residual: language_colab::USE_QUERY_RESIDUAL,
+        vocab_size,
+        max_position_embeddings,
+        extra: serde_json::Map::from_iter([
+            (
+                "architectures".to_string(),
+                serde_json::json!([Architecture::MaskedLm.name()]),
+            ),
+            ("model_type".to_string(), serde_json::json!("perceiver")),
+        ]),
+        ..PerceiverConfig::default()
+    };
+    // transformers has one qk_channels / v_channels for the encoder's cross-attention and its
+    // latent layers, each resolved from the other widths when unset (DeepMind's encoder passes
+    // its own two values to both, resolved the same way): the first setting that reproduces the
+    // four widths found is the config's.
+    let found = (cross_qk, cross_v, self_qk, self_v);
+    let mut candidates = Vec::new();
+    for qk in [Some(cross_qk), None] {
+        for v in [Some(cross_v), None] {
+            for shape in [CrossAttentionShape::KeyValue, CrossAttentionShape::Query] {
+                candidates.push((qk, v, shape));
+            }
+        }
+    }
+    let config = candidates
+        .into_iter()
+        .map(|(qk_channels, v_channels, shape)| PerceiverConfig {
+            qk_channels,
+            v_channels,
+            cross_attention_shape_for_attention: shape,
+            ..base.clone()
+        })
+        .find(|c| {
+            let (cross, latent) = (c.encoder_cross_attention_spec(), c.self_attention_spec());
+            (
+                cross.qk_channels,
+                cross.v_channels,
+                latent.qk_channels,
+                latent.v_channels,
+            ) == found
+        })
+        .ok_or_else(|| {
+            layout(
+                source,
+                format!(
+                    "the encoder's widths (cross-attention query/key {cross_qk}, value {cross_v}; \
+                     latent self-attention query/key {self_qk}, value {self_v}) cannot be written \
+                     as one transformers config (qk_channels, v_channels)"
+                ),
+            )
+        })?;
+    config.validate().map_err(|e| match e {
+        e @ (Error::InvalidConfig(_) | Error::ConfigOutOfRange { .. }) => layout(
+            source,
+            format!(
+                "the config DeepMind's Colab implies for these shapes is not valid ({e}); name the \
+                 model's transformers config.json"
+            ),
+        ),
+        other => other,
+    })?;
+    Ok(config)
+}
+
+/// Latent layers named in the parameters: one more than the highest index of a
+/// `perceiver_encoder/~/self_attention[_i]` module (a gap shows later as a missing layer).
+fn count_self_attention_layers(params: &HaikuParams) -> usize {
+    let mut count = 0;
+    for module in params.keys() {
+        let Some(rest) = module.strip_prefix(haiku_names::SELF_ATTENTION) else {
+            continue;
+        };
+        let index = if rest.starts_with('/') {
+            Some(0)
+        } else {
+            rest.strip_prefix('_')
+                .and_then(|r| r.split('/').next())
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        if let Some(index) = index {
+            // A name with an absurd index must not become an absurd count: no more layers
+            // than modules can be present, and one more than that is already a missing layer.
+            count = count.max(index.saturating_add(1).min(params.len() + 1));
+        }
+    }
+    count
+}
+
+/// The masked language model's tensors under transformers' names, laid out as transformers
+/// lays them out, for `config` (validated): the first missing parameter (in model order) or
+/// mis-shaped one is the error, then any parameter the model has no place for, each named as
+/// DeepMind's file names it.
+pub fn masked_lm_tensors(
+    mut params: HaikuParams,
+    config: &PerceiverConfig,
+    source: &Path,
+) -> Result<BTreeMap<String, Param>> {
+    config.validate()?;
+    let names = MaskedLmNames::new(config);
+    let mut tensors = BTreeMap::new();
+    for pair in masked_lm_pairs(&names) {
+        let array = params
+            .get_mut(&pair.module)
+            .and_then(|p| p.remove(pair.param))
+            .ok_or_else(|| {
+                layout(
+                    source,
+                    format!(
+                        "{} is missing (transformers' {})",
+                        pair.haiku_name(),
+                        pair.tensor.name
+                    ),
+                )
+            })?;
+        let param = to_transformers(array, pair.tensor).map_err(|found| {
+            layout(
+                source,
+                format!(
+                    "{} has shape {found:?}, expected {:?} for transformers' {} {:?}",
+                    pair.haiku_name(),
+                    haiku_shape(pair.tensor),
+                    pair.tensor.name,
+                    pair.tensor.shape,
+                ),
+            )
+        })?;
+        tensors.insert(pair.tensor.name.clone(), param);
+    }
+    if let Some((module, param)) = first_param(&params) {
+        return Err(layout(
+            source,
+            format!(
+                "unexpected {module}/{param}: the masked language model this config describes has \
+                 no place for it"
+            ),
+        ));
+    }
+    Ok(tensors)
+}
+
+/// The shape Haiku stores `tensor` in: a Linear's matrix is `[in, out]`.
+fn haiku_shape(tensor: &TensorName) -> Vec<usize> {
+    match (tensor.role, &tensor.shape[..]) {
+        (Role::LinearWeight, [outputs, inputs]) => vec![*inputs, *outputs],
+        _ => tensor.shape.clone(),
+    }
+}
+
+/// The array in transformers' layout, or its shape when it is not the one `tensor` needs.
+fn to_transformers(array: NdArray, tensor: &TensorName) -> std::result::Result<Param, Vec<usize>> {
+    if array.shape != haiku_shape(tensor) || array.data.len() != array.shape.iter().product::<usize>() {
+        return Err(array.shape);
+    }
+    let data = match (tensor.role, &array.shape[..]) {
+        (Role::LinearWeight, &[inputs, outputs]) => {
+            let mut transposed = vec![0f32; array.data.len()];
+            for (i, row) in array.data.chunks_exact(outputs).enumerate() {
+                for (o, &value) in row.iter().enumerate() {
+                    transposed[o * inputs + i] = value;
+                }
+            }
+            transposed
+        }
+        _ => array.data,
+    };
+    Param::owned(data, tensor.shape.clone()).map_err(|_| tensor.shape.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Activation;
+
+    fn tiny_config() -> PerceiverConfig {
+        PerceiverConfig {
+            num_latents: 4,
+            d_latents: 16,
+            d_model: 8,
+            num_self_attends_per_block: 2,
+            qk_channels: Some(8),
+            v_channels: Some(16),
+            max_position_embeddings: 6,
+            ..PerceiverConfig::default()
+        }
+    }
+
+    /// The Haiku params of `config`'s masked LM, every value its index in the tensor, so that
+    /// a transposition or a swapped name shows.
+    fn haiku_params(config: &PerceiverConfig) -> HaikuParams {
+        let names = MaskedLmNames::new(config);
+        let mut params = HaikuParams::new();
+        for pair in masked_lm_pairs(&names) {
+            let shape = haiku_shape(pair.tensor);
+            let count: usize = shape.iter().product();
+            let data = (0..count).map(|i| i as f32).collect();
+            params
+                .entry(pair.module.clone())
+                .or_default()
+                .insert(pair.param.to_string(), NdArray { shape, data });
+        }
+        params
+    }
+
+    fn source() -> &'static Path {
+        Path::new("test.pickle")
+    }
+
+    fn reason_of(e: Error) -> String {
+        match e {
+            Error::DeepMindCheckpoint { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_config_is_read_from_the_shapes_and_the_colab() {
+        let params = haiku_params(&tiny_config());
+        let config = infer_masked_lm_config(&params, source()).unwrap();
+        assert_eq!((config.num_latents, config.d_latents, config.d_model), (4, 16, 8));
+        assert_eq!(config.num_self_attends_per_block, 2);
+        assert_eq!((config.qk_channels, config.v_channels), (Some(8), Some(16)));
+        assert_eq!(config.max_position_embeddings, 6);
+        assert_eq!(config.vocab_size, 262);
+        assert_eq!(
+            config.num_self_attention_heads,
+            language_colab::NUM_SELF_ATTENTION_HEADS
+        );
+        assert_eq!(config.num_blocks, 1);
+        assert_eq!(config.hidden_act, Activation::GeluTanh);
+        assert_eq!(Architecture::of(&config).unwrap(), Architecture::MaskedLm);
+    }
+
+    #[test]
+    fn unset_widths_are_found_as_unset() {
+        let config = PerceiverConfig {
+            qk_channels: None,
+            v_channels: None,
+            self_attention_widening_factor: 3,
+            cross_attention_widening_factor: 2,
+            ..tiny_config()
+        };
+        let found = infer_masked_lm_config(&haiku_params(&config), source()).unwrap();
+        assert_eq!((found.qk_channels, found.v_channels), (None, None));
+        let (want, got) = (
+            config.encoder_cross_attention_spec(),
+            found.encoder_cross_attention_spec(),
+        );
+        assert_eq!(
+            (got.qk_channels, got.v_channels),
+            (want.qk_channels, want.v_channels)
+        );
+        assert_eq!(
+            (
+                found.self_attention_widening_factor,
+                found.cross_attention_widening_factor
+            ),
+            (3, 2)
+        );
+    }
+
+    #[test]
+    fn linear_weights_are_transposed_and_names_follow_transformers() {
+        let config = tiny_config();
+        let params = haiku_params(&config);
+        let inferred = infer_masked_lm_config(&params, source()).unwrap();
+        let checkpoint = from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap();
+        assert_eq!(checkpoint.config(), &inferred);
+        // query: Haiku [in 16, out 8] holds i*8 + o at (i, o); transformers [8, 16] at (o, i).
+        let query = checkpoint
+            .get("perceiver.encoder.self_attends.1.attention.self.query.weight")
+            .unwrap();
+        assert_eq!(query.shape(), &[8, 16]);
+        assert_eq!(query.data()[3 * 16 + 5], (5 * 8 + 3) as f32);
+        let embeddings = checkpoint
+            .get("perceiver.input_preprocessor.embeddings.weight")
+            .unwrap();
+        assert_eq!(embeddings.shape(), &[262, 8]);
+        assert_eq!(embeddings.data()[9], 9.0);
+    }
+
+    #[test]
+    fn a_missing_parameter_is_named_as_deepmind_names_it() {
+        let mut params = haiku_params(&tiny_config());
+        params
+            .get_mut("perceiver_encoder/~/self_attention_1/mlp/linear_1")
+            .unwrap()
+            .remove("b");
+        let e = from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap_err();
+        let reason = reason_of(e);
+        assert!(
+            reason.contains("perceiver_encoder/~/self_attention_1/mlp/linear_1/b is missing"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("perceiver.encoder.self_attends.1.mlp.dense2.bias"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_missing_layer_in_the_middle_is_named() {
+        let mut params = haiku_params(&PerceiverConfig {
+            num_self_attends_per_block: 3,
+            ..tiny_config()
+        });
+        params.retain(|module, _| !module.starts_with("perceiver_encoder/~/self_attention_1/"));
+        let reason =
+            reason_of(from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap_err());
+        assert!(
+            reason.contains("perceiver_encoder/~/self_attention_1/layer_norm/scale is missing"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn an_unexpected_parameter_is_named() {
+        let mut params = haiku_params(&tiny_config());
+        params.entry("basic_decoder/output".into()).or_default().insert(
+            "w".into(),
+            NdArray {
+                shape: vec![8, 16],
+                data: vec![0.0; 128],
+            },
+        );
+        let reason =
+            reason_of(from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap_err());
+        assert!(reason.contains("unexpected basic_decoder/output/w"), "{reason}");
+    }
+
+    #[test]
+    fn a_wrong_shape_is_named_with_both_layouts() {
+        let mut params = haiku_params(&tiny_config());
+        let decoder_query = params
+            .get_mut("basic_decoder/cross_attention/attention/linear")
+            .unwrap()
+            .get_mut("w")
+            .unwrap();
+        // A decoder with 128 query/key channels: transformers' masked LM hard-codes 256.
+        *decoder_query = NdArray {
+            shape: vec![8, 128],
+            data: vec![0.0; 8 * 128],
+        };
+        let reason =
+            reason_of(from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap_err());
+        assert!(
+            reason.contains(
+                "basic_decoder/cross_attention/attention/linear/w has shape [8, 128], expected [8, 256]"
+            ),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_named_config_decides_what_shapes_cannot_tell() {
+        let config = PerceiverConfig {
+            num_self_attention_heads: 2,
+            num_cross_attention_heads: 1,
+            num_blocks: 3,
+            use_query_residual: false,
+            ..tiny_config()
+        };
+        let params = haiku_params(&config);
+        let checkpoint = from_haiku(
+            HaikuCheckpoint {
+                params: params.clone(),
+                state: None,
+            },
+            Some(config.clone()),
+            source(),
+        )
+        .unwrap();
+        assert_eq!(checkpoint.config(), &config);
+        // A config whose shapes disagree with the file is refused, naming the parameter.
+        let wrong = PerceiverConfig {
+            d_latents: 32,
+            v_channels: Some(32),
+            ..config
+        };
+        let reason = reason_of(
+            from_haiku(HaikuCheckpoint { params, state: None }, Some(wrong), source()).unwrap_err(),
+        );
+        assert!(
+            reason.contains("perceiver_encoder/~/trainable_position_encoding/pos_embs has shape [4, 16]"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn other_models_and_state_are_refused() {
+        let mut params = HaikuParams::new();
+        params
+            .entry("classification_decoder/~/basic_decoder/output".into())
+            .or_default();
+        params.entry("image_preprocessor/~/conv2_d".into()).or_default();
+        let reason =
+            reason_of(from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap_err());
+        assert!(
+            reason.contains("classification_decoder, image_preprocessor"),
+            "{reason}"
+        );
+
+        let params = haiku_params(&tiny_config());
+        let mut state = HaikuParams::new();
+        state.entry("counter".into()).or_default().insert(
+            "count".into(),
+            NdArray {
+                shape: vec![],
+                data: vec![0.0],
+            },
+        );
+        let reason = reason_of(
+            from_haiku(
+                HaikuCheckpoint {
+                    params,
+                    state: Some(state),
+                },
+                None,
+                source(),
+            )
+            .unwrap_err(),
+        );
+        assert!(reason.contains("unexpected state counter/count"), "{reason}");
+    }
+
+    #[test]
+    fn heads_that_do_not_divide_the_widths_ask_for_a_config() {
+        // 12 query/key channels cannot be split into the Colab's 8 heads.
+        let config = PerceiverConfig {
+            qk_channels: Some(12),
+            num_self_attention_heads: 4,
+            num_cross_attention_heads: 4,
+            ..tiny_config()
+        };
+        let params = haiku_params(&config);
+        let reason = reason_of(infer_masked_lm_config(&params, source()).unwrap_err());
+        assert!(
+            reason.contains("name the model's transformers config.json"),
+            "{reason}"
+        );
+        assert!(from_haiku(HaikuCheckpoint { params, state: None }, Some(config), source()).is_ok());
+    }
+
+    #[test]
+    fn absurd_layer_indices_stay_bounded() {
+        let mut params = haiku_params(&tiny_config());
+        params
+            .entry("perceiver_encoder/~/self_attention_18446744073709551615/x".into())
+            .or_default();
+        assert!(count_self_attention_layers(&params) <= params.len() + 1);
+    }
+}

@@ -1,0 +1,445 @@
+#!/usr/bin/env python3
+"""Fixtures made by DeepMind's own Perceiver IO code: Haiku checkpoints and the logits of its `apply`.
+
+The Rust loader reads DeepMind's released checkpoints (`language_perceiver_io_bytes.pickle`, the
+`*.pystate` files) and maps their Haiku parameters onto transformers' names. This script holds it
+to DeepMind's numbers: it builds the byte-level masked language model exactly as DeepMind's
+masked_language_modelling Colab builds it (`apply_perceiver`: `hk.Embed`, a trainable input
+position encoding, `perceiver.Perceiver(PerceiverEncoder, BasicDecoder)`, `EmbeddingDecoder`), but
+with tiny configs unlike the released one, draws random parameters with
+`hk.transform(...).init` (fixed seed), pickles them as DeepMind's files are pickled, and records
+what DeepMind's own `apply` returns for a few inputs. Nothing is fetched while it runs.
+
+    tests/fixtures/deepmind/<name>/
+        params.p<N>.pickle         pickle.dumps(params, protocol=N): 2 and 5 for the first
+                                   model, 3 for the second
+        params.flatmapping.pickle  (first model only) the same params wrapped as 2021's Haiku
+                                   pickled them: every mapping a `haiku._src.data_structures.
+                                   FlatMapping` built from a dict, protocol 4
+        config.json                (second model only) the transformers config.json a user names
+                                   for what the shapes cannot tell (heads, blocks, query residual)
+        cases.safetensors          for each case c: c.input_ids (int64 [B, L], L = max_seq_len,
+                                   padded with 0), c.input_mask (int64 [B, L], 1 = token),
+                                   c.logits (float32 [B, L, 262]): DeepMind's apply, run in
+                                   float64 and rounded to float32
+    tests/fixtures/deepmind/README.md
+
+How DeepMind's files were pickled, and what this script pickles instead:
+
+* In 2021 `hk.transform(...).init` returned Haiku `FlatMapping`s of JAX `DeviceArray`s.
+  A DeviceArray pickled as the NumPy array it held (`__reduce__` forwarded to its value) and a
+  FlatMapping as `FlatMapping(dict)`. The current Haiku (0.0.17) returns plain dicts of
+  `jax.Array`, and a `jax.Array` now pickles through `jax._src.array._reconstruct_array`, which
+  DeepMind's files never contain; so the arrays are turned into NumPy arrays first (as a
+  DeviceArray pickled), and the plain-dict params are pickled as they are. The `flatmapping`
+  variant re-creates the 2021 layout: the current Haiku still defines
+  `haiku._src.data_structures.FlatMapping` ("only called from old checkpoints"), so the pickle
+  names the same global the released files do. NumPy 2 pickles its arrays through
+  `numpy._core.multiarray._reconstruct` (protocols 2-4) or `numpy._core.numeric._frombuffer`
+  (protocol 5), where NumPy 1 wrote `numpy.core...`; a reader must take both.
+
+How to run (from the repository root):
+
+    python3.11 -m venv .venv-deepmind
+    .venv-deepmind/bin/pip install -r scripts/requirements-deepmind.txt
+    # DeepMind's code, at the pinned commit, into the ignored third_party/deepmind_perceiver/:
+    # from a local clone (or bare mirror) of github.com/google-deepmind/deepmind-research
+    .venv-deepmind/bin/python scripts/make_deepmind_fixtures.py --copy-from /path/to/deepmind-research
+    .venv-deepmind/bin/python scripts/make_deepmind_fixtures.py     # writes tests/fixtures/deepmind/
+
+DeepMind's files are Apache-2.0; they are still kept out of this repository (third_party/ is
+ignored), and the script checks them by SHA-256 before importing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT_DIR = Path(__file__).resolve().parent
+REPO_ROOT = SCRIPT_DIR.parent
+REQUIREMENTS = SCRIPT_DIR / "requirements-deepmind.txt"
+DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "deepmind"
+DEEPMIND_DIR = REPO_ROOT / "third_party" / "deepmind_perceiver"
+
+# google-deepmind/deepmind-research: the last commit that touched perceiver/ (2023-06-02).
+DEEPMIND_COMMIT = "9176a9f23ced8e3d6024718d757be8d67cfb6927"
+DEEPMIND_FILES = {
+    "perceiver.py": "b68017bf5fd20f0de77b2068a2fee2548eb0b6f24c938bf21fcf35f56aa7b6ef",
+    "io_processors.py": "785a6051ab4c873208276883d90b4aa0689b23eabd281954f5cbb35c32cae5dd",
+    "position_encoding.py": "09e7f90a6c6bca67cdd58ecb8c84cf3a726dae711213692ea426635bc493a4aa",
+    "bytes_tokenizer.py": "aeff20cb5a2d7118e9b29c7ea6acba4e56c725db10a93902a64f11b8afa9b9c3",
+}
+
+
+def check_pins() -> None:
+    """Assert that every package pinned in requirements-deepmind.txt is installed at that version."""
+    bad = []
+    for line in REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+        assert m, f"unpinned requirement line in {REQUIREMENTS}: {line!r}"
+        name, want = m.groups()
+        try:
+            have = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            have = None
+        if have != want:
+            bad.append(f"{name}: installed {have}, pinned {want}")
+    assert not bad, "environment does not match the pins:\n  " + "\n  ".join(bad)
+
+
+def copy_deepmind_files(repo: Path) -> None:
+    """Copies perceiver/*.py at DEEPMIND_COMMIT out of a local git clone or mirror (no network)."""
+    git_dir = repo / ".git" if (repo / ".git").exists() else repo
+    target = DEEPMIND_DIR / "perceiver"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in DEEPMIND_FILES:
+        text = subprocess.run(
+            ["git", f"--git-dir={git_dir}", "show", f"{DEEPMIND_COMMIT}:perceiver/{name}"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        (target / name).write_bytes(text)
+    print(f"copied DeepMind's perceiver/*.py at {DEEPMIND_COMMIT} to {target}")
+
+
+def check_deepmind_files() -> None:
+    """Asserts that third_party/deepmind_perceiver/perceiver/ holds the pinned files."""
+    folder = DEEPMIND_DIR / "perceiver"
+    for name, want in DEEPMIND_FILES.items():
+        path = folder / name
+        assert path.is_file(), (
+            f"{path} is missing: run this script with --copy-from <clone of deepmind-research>"
+        )
+        have = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert have == want, f"{path}: sha256 {have}, expected {want} (commit {DEEPMIND_COMMIT})"
+
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--copy-from", type=Path, metavar="GIT_REPO",
+                    help="copy DeepMind's files at the pinned commit from this local clone, then exit")
+parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+ARGS = parser.parse_args()
+
+check_pins()
+if ARGS.copy_from is not None:
+    copy_deepmind_files(ARGS.copy_from)
+    check_deepmind_files()
+    sys.exit(0)
+check_deepmind_files()
+sys.path.insert(0, str(DEEPMIND_DIR))
+
+import haiku as hk  # noqa: E402
+import jax  # noqa: E402
+
+# float64 runs give the exact answer of these weights; the params are still created in float32.
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_platforms", "cpu")
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from haiku._src.data_structures import FlatMapping  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+from perceiver import bytes_tokenizer, io_processors, perceiver, position_encoding  # noqa: E402
+
+TOKENIZER = bytes_tokenizer.BytesTokenizer()
+VOCAB = TOKENIZER.vocab_size  # 262
+MASK_ID = TOKENIZER.mask_token  # 3
+PAD_ID = TOKENIZER.pad_token  # 0
+SEED = 20261202
+
+# The Colab's encoder_config / decoder_config, with tiny sizes. The decoder keeps the Colab's
+# qk_channels=8*32, num_heads=8, v_channels=D_MODEL, no query residual and no final projection:
+# transformers' PerceiverForMaskedLM hard-codes that decoder, so a checkpoint with any other
+# decoder could not be converted for it.
+MODELS = [
+    {
+        "name": "mlm_colab_constants",
+        "covers": "what shapes cannot tell is the Colab's (8 heads everywhere, 1 block, query "
+        "residual), so no config.json is needed; qk_channels=16 (2 a head) differs from "
+        "d_latents=32 and d_model=48; v_channels=32=d_latents; 3 self-attends; widening 1/1. "
+        "Pickled three ways (protocol 2, protocol 5, 2021's FlatMapping).",
+        "d_model": 48,
+        "max_seq_len": 80,
+        "encoder": dict(
+            num_self_attends_per_block=3, num_blocks=1, z_index_dim=24, num_z_channels=32,
+            num_self_attend_heads=8, num_cross_attend_heads=8, qk_channels=16, v_channels=32,
+            use_query_residual=True, cross_attend_widening_factor=1, self_attend_widening_factor=1,
+        ),
+        "transformers_config": None,
+        "pickles": {"params.p2.pickle": 2, "params.p5.pickle": 5},
+        "flatmapping": True,
+    },
+    {
+        "name": "mlm_config_json",
+        "covers": "heads (4 self, 1 cross), num_blocks=2 and use_query_residual=False differ from "
+        "the Colab's, so the model needs the config.json beside it; qk_channels=None and "
+        "v_channels=None (cross-attention qk=v=d_model=40, self-attention qk=v=d_latents=32); "
+        "widening self 2 / cross 3; 2 self-attends shared by 2 blocks.",
+        "d_model": 40,
+        "max_seq_len": 64,
+        "encoder": dict(
+            num_self_attends_per_block=2, num_blocks=2, z_index_dim=16, num_z_channels=32,
+            num_self_attend_heads=4, num_cross_attend_heads=1, qk_channels=None, v_channels=None,
+            use_query_residual=False, cross_attend_widening_factor=3, self_attend_widening_factor=2,
+        ),
+        "transformers_config": dict(
+            architectures=["PerceiverForMaskedLM"], model_type="perceiver",
+            d_model=40, d_latents=32, num_latents=16, num_blocks=2, num_self_attends_per_block=2,
+            num_self_attention_heads=4, num_cross_attention_heads=1, qk_channels=None, v_channels=None,
+            cross_attention_shape_for_attention="kv", self_attention_widening_factor=2,
+            cross_attention_widening_factor=3, use_query_residual=False, hidden_act="gelu_new",
+            vocab_size=VOCAB, max_position_embeddings=64, attention_probs_dropout_prob=0.1,
+            initializer_range=0.02, layer_norm_eps=1e-12,
+        ),
+        "pickles": {"params.p3.pickle": 3},
+        "flatmapping": False,
+    },
+]
+
+
+def forward_fn(model):
+    """The Colab's `apply_perceiver` with the model's sizes."""
+    d_model, max_seq_len = model["d_model"], model["max_seq_len"]
+    encoder_config = dict(model["encoder"])
+    d_latents = encoder_config["num_z_channels"]
+    decoder_config = dict(
+        output_num_channels=d_latents,
+        position_encoding_type="trainable",
+        output_index_dims=max_seq_len,
+        num_z_channels=d_latents,
+        qk_channels=8 * 32,
+        v_channels=d_model,
+        num_heads=8,
+        final_project=False,
+        use_query_residual=False,
+        trainable_position_encoding_kwargs=dict(num_channels=d_model),
+    )
+
+    def apply_perceiver(inputs, input_mask):
+        assert inputs.shape[1] == max_seq_len
+        embedding_layer = hk.Embed(vocab_size=VOCAB, embed_dim=d_model)
+        embedded_inputs = embedding_layer(inputs)
+        batch_size = embedded_inputs.shape[0]
+        input_pos_encoding = position_encoding.TrainablePositionEncoding(
+            index_dim=max_seq_len, num_channels=d_model)
+        embedded_inputs = embedded_inputs + input_pos_encoding(batch_size)
+        perceiver_mod = perceiver.Perceiver(
+            encoder=perceiver.PerceiverEncoder(**encoder_config),
+            decoder=perceiver.BasicDecoder(**decoder_config))
+        output_embeddings = perceiver_mod(
+            embedded_inputs, is_training=False, input_mask=input_mask, query_mask=input_mask)
+        return io_processors.EmbeddingDecoder(embedding_matrix=embedding_layer.embeddings)(output_embeddings)
+
+    return hk.transform(apply_perceiver)
+
+
+def scale_up(params, rng: np.random.Generator):
+    """Init's params at a scale that makes the logits informative, every LayerNorm and bias non-trivial.
+
+    `init` gives linear weights of std ~1/sqrt(fan_in) (kept; x1.5 for the attention queries and
+    keys, `linear` / `linear_1` under `attention`, for sharper attention), zero biases and
+    LayerNorm offsets and unit scales (which would hide a swapped scale/offset or a lost bias:
+    drawn instead, biases N(0, 0.2^2), scales U(0.7, 1.3), offsets U(-0.3, 0.3)), the byte
+    embedding at std 1 (x0.5: it is also the output projection) and position tables at std 0.02
+    (input positions x25, latents and decoder queries x50, so that position matters).
+    """
+    out = {}
+    for module in sorted(params):
+        out[module] = {}
+        for name in sorted(params[module]):
+            value = np.asarray(params[module][name], dtype=np.float32)
+            shape = value.shape
+            if name == "b" or module == "embedding_decoder":
+                std = 0.5 if module == "embedding_decoder" else 0.2
+                value = rng.normal(0.0, std, shape)
+            elif name == "scale":
+                value = rng.uniform(0.7, 1.3, shape)
+            elif name == "offset":
+                value = rng.uniform(-0.3, 0.3, shape)
+            elif name == "w":
+                if re.search(r"/attention/linear(_1)?$", module):
+                    value = value * 1.5
+            elif name == "embeddings":
+                value = value * 0.5
+            elif name == "pos_embs":
+                value = value * (25.0 if module == "trainable_position_encoding" else 50.0)
+            else:
+                raise AssertionError(f"unexpected parameter {module}/{name}")
+            out[module][name] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+class _FlatMappingPickle:
+    """Pickles as 2021's Haiku did: `FlatMapping(dict)` (the current Haiku's class of that name)."""
+
+    def __init__(self, mapping):
+        self.mapping = mapping
+
+    def __reduce__(self):
+        return FlatMapping, (self.mapping,)
+
+
+def as_flatmapping(params):
+    return _FlatMappingPickle({m: _FlatMappingPickle(dict(p)) for m, p in params.items()})
+
+
+def cases_for(model, rng: np.random.Generator):
+    """`full`: one text of max_seq_len ids, no mask (input_mask=None, as a full batch is run);
+    `padded`: two shorter texts padded to max_seq_len, with input_mask = query_mask."""
+    n = model["max_seq_len"]
+
+    def text(length):
+        ids = rng.integers(6, VOCAB, size=length)
+        ids[rng.random(length) < 0.15] = MASK_ID
+        return ids
+
+    full = text(n)[None, :]
+    lengths = [n * 5 // 8, 7]
+    rows = [text(k) for k in lengths]
+    if model["name"] == "mlm_colab_constants":
+        # The Colab's own example: " missing." (bytes 51..60) masked.
+        colab = np.asarray(TOKENIZER.to_int("This is an incomplete sentence where some words are missing."))
+        colab[51:60] = MASK_ID
+        rows[0] = colab
+    padded = np.full((len(rows), n), PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(rows), n), dtype=np.int64)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return {
+        "full": (full.astype(np.int64), np.ones_like(full, dtype=np.int64), False),
+        "padded": (padded, mask, True),
+    }
+
+
+def run(transformed, params, ids, mask, use_mask, dtype):
+    cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
+    out = transformed.apply(
+        cast, jax.random.PRNGKey(1), inputs=jnp.asarray(ids),
+        input_mask=jnp.asarray(mask) if use_mask else None)
+    return np.asarray(out, dtype=np.float64)
+
+
+def make(model, out_dir: Path, rng: np.random.Generator):
+    transformed = forward_fn(model)
+    n = model["max_seq_len"]
+    init_params = transformed.init(
+        jax.random.PRNGKey(SEED), jnp.zeros((1, n), jnp.int32), jnp.ones((1, n), jnp.int32))
+    assert all(np.asarray(a).dtype == np.float32 for p in init_params.values() for a in p.values())
+    params = scale_up(init_params, rng)
+
+    target = out_dir / model["name"]
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    pickles = {name: pickle.dumps(params, protocol=p) for name, p in model["pickles"].items()}
+    if model["flatmapping"]:
+        pickles["params.flatmapping.pickle"] = pickle.dumps(as_flatmapping(params), protocol=4)
+    for name, data in pickles.items():
+        (target / name).write_bytes(data)
+        back = pickle.loads(data)
+        assert sorted(back) == sorted(params), name
+        for module in params:
+            assert sorted(back[module]) == sorted(params[module]), (name, module)
+            for p in params[module]:
+                np.testing.assert_array_equal(np.asarray(back[module][p]), params[module][p])
+    if model["transformers_config"] is not None:
+        (target / "config.json").write_text(json.dumps(model["transformers_config"], indent=2) + "\n")
+
+    tensors = {}
+    stats = {"f32_vs_f64": 0.0}
+    for case, (ids, mask, use_mask) in cases_for(model, rng).items():
+        exact = run(transformed, params, ids, mask, use_mask, jnp.float64)
+        single = run(transformed, params, ids, mask, use_mask, jnp.float32)
+        real = mask.astype(bool)
+        stats["f32_vs_f64"] = max(stats["f32_vs_f64"], float(np.abs(exact - single)[real].max()))
+        if case == "full":
+            stats["std"] = float(exact[0].std())
+            probs = np.exp(exact[0] - exact[0].max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            stats["top1"] = float(probs.max(-1).mean())
+        tensors[f"{case}.input_ids"] = ids
+        tensors[f"{case}.input_mask"] = mask
+        tensors[f"{case}.logits"] = exact.astype(np.float32)
+    # The logits are those of DeepMind's float32 code to well within the Rust tests' 1e-4.
+    assert stats["f32_vs_f64"] < 2.5e-5, stats
+    save_file(tensors, str(target / "cases.safetensors"))
+    stats["params"] = int(sum(a.size for p in params.values() for a in p.values()))
+    stats["modules"] = len(params)
+    return stats
+
+
+def write_readme(out_dir: Path, all_stats) -> None:
+    rows = []
+    for model, stats in zip(MODELS, all_stats):
+        enc = ", ".join(f"{k}={v}" for k, v in model["encoder"].items())
+        rows.append(
+            f"| `{model['name']}` | {model['covers']} | d_model={model['d_model']}, "
+            f"max_seq_len={model['max_seq_len']}, {enc} | {stats['params']} | {stats['std']:.2f} | "
+            f"{stats['top1']:.3f} | {stats['f32_vs_f64']:.1e} |"
+        )
+    table = "\n".join(rows)
+    (out_dir / "README.md").write_text(f"""# DeepMind fixtures (DeepMind's JAX/Haiku code as the reference)
+
+Generated by `scripts/make_deepmind_fixtures.py` with the environment pinned in
+`scripts/requirements-deepmind.txt` (jax 0.10.2, dm-haiku 0.0.17, CPU) and DeepMind's
+`perceiver/*.py` at google-deepmind/deepmind-research commit `{DEEPMIND_COMMIT}` (checked by
+SHA-256; kept in the ignored `third_party/deepmind_perceiver/`). The script's docstring says how
+to run it. The output is deterministic (seeded). Do not edit these files by hand.
+
+Each directory is one tiny byte-level masked language model built as DeepMind's
+masked_language_modelling Colab builds it (`apply_perceiver`), its parameters from
+`hk.transform(...).init` (then scaled, see `scale_up` in the script), and:
+
+* `params.p<N>.pickle`: `pickle.dumps(params, protocol=N)` (2 and 5 for the first model, 3 for
+  the second), params as the
+  current Haiku returns them (a dict of dicts) with NumPy float32 arrays (2021's `DeviceArray`s
+  pickled as NumPy arrays; a current `jax.Array` would pickle through a JAX global instead).
+* `params.flatmapping.pickle` (first model): the same params as 2021's Haiku pickled them, every
+  mapping a `haiku._src.data_structures.FlatMapping` built from a dict (protocol 4).
+* `config.json` (second model): the transformers config.json a user names for what the shapes
+  cannot tell: its heads, blocks and query residual are not the Colab's.
+* `cases.safetensors`: for each case `c`: `c.input_ids` (int64 [B, L], L = max_seq_len, padded
+  with 0), `c.input_mask` (int64 [B, L], 1 = token) and `c.logits` (float32 [B, L, 262]):
+  DeepMind's `apply` run in float64, rounded to float32. `full` is one text of L ids run without
+  a mask; `padded` is two shorter texts (in the first model the first is the
+  Colab's "This is an incomplete sentence where some words are missing." with bytes 51..60
+  masked) run with `input_mask` and `query_mask` both the mask, as the Colab does.
+
+DeepMind's decoder masks padded *queries* (their attention output is zeroed), which transformers
+and this library do not: logits at padded positions differ by design and are not compared. At
+real positions the query mask changes nothing.
+
+| model | covers | config | params | logits std | mean top-1 prob | max abs JAX f32 vs f64 |
+|---|---|---|---|---|---|---|
+{table}
+""")
+
+
+def main() -> None:
+    out_dir = ARGS.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    all_stats = []
+    for model in MODELS:
+        stats = make(model, out_dir, rng)
+        print(model["name"], stats)
+        all_stats.append(stats)
+    write_readme(out_dir, all_stats)
+
+
+if __name__ == "__main__":
+    main()
