@@ -8,14 +8,21 @@ use perceiver::FillMask;
 
 fuzz_target!(|data: &[u8]| {
     // First byte: flags; next four: a mask range; the rest: the text.
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let (range, text) = if rest.len() >= 4 {
         let (r, t) = rest.split_at(4);
-        (u16::from_le_bytes([r[0], r[1]]) as usize..u16::from_le_bytes([r[2], r[3]]) as usize, t)
+        (
+            u16::from_le_bytes([r[0], r[1]]) as usize..u16::from_le_bytes([r[2], r[3]]) as usize,
+            t,
+        )
     } else {
         (0..0, rest)
     };
-    let Ok(text) = std::str::from_utf8(text) else { return };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
     let special = flags & 1 != 0;
     let tokenizer = BytesTokenizer;
 
@@ -33,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => {
             // Only a malformed mask (which masked_len reports too) or too many ids.
             if let Ok(len) = counted {
-                assert!(len.ids > MAX_TOKENS, "encode_masked refused a text masked_len counted");
+                assert!(
+                    len.ids > MAX_TOKENS,
+                    "encode_masked refused a text masked_len counted"
+                );
             }
         }
     }

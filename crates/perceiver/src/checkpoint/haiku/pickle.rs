@@ -1073,6 +1073,9 @@ impl<'a, 'l> Machine<'a, 'l> {
         if !(8..=9).contains(&items.len()) {
             return Err(bad("has an unexpected length (a structured or old dtype?)"));
         }
+        if !matches!(self.arena[items[0]], Obj::Int(3 | 4)) {
+            return Err(bad("has a version other than 3 or 4"));
+        }
         let order = match &self.arena[items[1]] {
             Obj::Str(order) => order.as_ref(),
             _ => return Err(bad("has no byte order")),
@@ -1362,4 +1365,55 @@ fn fortran_to_c(data: &[u8], shape: &[usize], size: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(bytes: &[u8]) -> Result<i64> {
+        Machine::new(&[], &Limits::default()).long(bytes)
+    }
+
+    #[test]
+    fn long_integers_are_twos_complement_and_bounded() {
+        assert_eq!(int(&[]).unwrap(), 0);
+        assert_eq!(int(&[0xff]).unwrap(), -1);
+        assert_eq!(int(&[0x80]).unwrap(), -128);
+        assert_eq!(int(&[0xff, 0x00]).unwrap(), 255);
+        assert_eq!(int(&[0, 0, 0, 0, 0, 0, 0, 0x80]).unwrap(), i64::MIN);
+        // Sign extension past eight bytes is allowed, more magnitude is not.
+        assert_eq!(
+            int(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap(),
+            -2
+        );
+        assert_eq!(
+            int(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00]).unwrap(),
+            i64::MAX
+        );
+        assert!(int(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0x00]).is_err()); // 2^63
+        assert!(int(&[0, 0, 0, 0, 0, 0, 0, 0, 1]).is_err()); // 2^64
+        assert!(int(&[0, 0, 0, 0, 0, 0, 0, 0x7f, 0xff]).is_err()); // -2^63 - 2^56·…
+    }
+
+    #[test]
+    fn fortran_order_becomes_row_major() {
+        // A 2×3 array [[0, 1, 2], [3, 4, 5]] stored column by column: 0 3 1 4 2 5.
+        let column_major = [0u8, 3, 1, 4, 2, 5];
+        assert_eq!(fortran_to_c(&column_major, &[2, 3], 1), vec![0, 1, 2, 3, 4, 5]);
+        // Two-byte elements move whole.
+        let wide: Vec<u8> = column_major.iter().flat_map(|&b| [b, 0xa0 + b]).collect();
+        let expected: Vec<u8> = (0..6u8).flat_map(|b| [b, 0xa0 + b]).collect();
+        assert_eq!(fortran_to_c(&wide, &[2, 3], 2), expected);
+        // 2×2×2: element (i, j, k) at i + 2j + 4k.
+        let data: Vec<u8> = (0..8).collect();
+        let c = fortran_to_c(&data, &[2, 2, 2], 1);
+        for i in 0..2 {
+            for j in 0..2 {
+                for k in 0..2 {
+                    assert_eq!(c[i * 4 + j * 2 + k] as usize, i + 2 * j + 4 * k);
+                }
+            }
+        }
+    }
 }
