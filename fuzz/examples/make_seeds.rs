@@ -5,22 +5,22 @@
 
 use std::path::Path;
 
-use perceiver::checkpoint::expected_tensors;
-use perceiver::PerceiverConfig;
+use perceiver::checkpoint::{expected_tensors, ModelFiles};
+use perceiver::{Checkpoint, PerceiverConfig};
 
 /// The smallest model the config bounds allow, nearly: every count 1 or 2 where it can be.
 const TINY_CONFIG: &str = r#"{
   "architectures": ["PerceiverForMaskedLM"],
   "model_type": "perceiver",
-  "d_latents": 4,
-  "d_model": 4,
+  "d_latents": 8,
+  "d_model": 8,
   "num_latents": 2,
   "num_blocks": 1,
   "num_self_attends_per_block": 1,
   "num_self_attention_heads": 1,
   "num_cross_attention_heads": 1,
-  "qk_channels": 4,
-  "v_channels": 4,
+  "qk_channels": 8,
+  "v_channels": 8,
   "cross_attention_widening_factor": 1,
   "self_attention_widening_factor": 1,
   "max_position_embeddings": 4,
@@ -79,7 +79,21 @@ fn main() {
         input.extend(weights);
         let path = dir.join(format!("tiny_{}.bin", dtype.to_lowercase()));
         std::fs::write(&path, &input).unwrap();
-        println!("{}: {} bytes, {} tensors", path.display(), input.len(), tensors.len());
+        // The seed must open, or the fuzzer starts from nothing past the config check.
+        let model = std::env::temp_dir().join(format!("perceiver-seed-{}", std::process::id()));
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("config.json"), TINY_CONFIG).unwrap();
+        std::fs::write(model.join("model.safetensors"), safetensors(&tensors, dtype)).unwrap();
+        let checkpoint =
+            Checkpoint::open(&ModelFiles::from_dir(&model).unwrap()).expect("the seed model opens");
+        assert_eq!(checkpoint.tensors().unwrap().len(), tensors.len());
+        std::fs::remove_dir_all(&model).unwrap();
+        println!(
+            "{}: {} bytes, {} tensors",
+            path.display(),
+            input.len(),
+            tensors.len()
+        );
     }
 
     let dir = root.join("fill_mask_text");

@@ -28,7 +28,9 @@ fn dir() -> &'static PathBuf {
 
 fuzz_target!(|data: &[u8]| {
     // The first two bytes: the config's length; then the config; the rest: the safetensors.
-    let Some((len, rest)) = data.split_first_chunk::<2>() else { return };
+    let Some((len, rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
     let len = (u16::from_le_bytes(*len) as usize).min(rest.len());
     let (config, weights) = rest.split_at(len);
 
@@ -44,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(dir.join("config.json"), config).unwrap();
     std::fs::write(dir.join("model.safetensors"), weights).unwrap();
     let files = ModelFiles::from_dir(dir).expect("both files are there");
-    let Ok(checkpoint) = Checkpoint::open(&files) else { return };
+    let Ok(checkpoint) = Checkpoint::open(&files) else {
+        return;
+    };
     let expected = expected_tensors(checkpoint.config()).expect("an opened checkpoint's config is valid");
     // Reading can still fail (a dtype it does not convert), never panic.
     if let Ok(tensors) = checkpoint.tensors() {

@@ -41,7 +41,11 @@ fuzz_target!(|data: &[u8]| {
         check(&value, 0);
     }
     if let Ok(checkpoint) = read_haiku_bytes_with(data, &limits) {
-        for arrays in checkpoint.params.values().chain(checkpoint.state.iter().flat_map(|s| s.values())) {
+        for arrays in checkpoint
+            .params
+            .values()
+            .chain(checkpoint.state.iter().flat_map(|s| s.values()))
+        {
             for array in arrays.values() {
                 assert_eq!(array.data.len(), array.shape.iter().product::<usize>());
             }

@@ -17,7 +17,10 @@ fn fixtures() -> PathBuf {
 /// The file the hostile pickles would create if anything ran them.
 const MARKER: &str = "/tmp/perceiver-haiku-pwned";
 
-fn expected_params(json: &serde_json::Value) -> BTreeMap<String, BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+/// module → parameter → (shape, values).
+type Expected = BTreeMap<String, BTreeMap<String, (Vec<usize>, Vec<f32>)>>;
+
+fn expected_params(json: &serde_json::Value) -> Expected {
     let mut out = BTreeMap::new();
     for (module, names) in json.as_object().unwrap() {
         let mut arrays = BTreeMap::new();

@@ -578,10 +578,9 @@ impl<'a, 'l> Machine<'a, 'l> {
                     let obj = match line {
                         "00" => Obj::Bool(false),
                         "01" => Obj::Bool(true),
-                        _ => Obj::Int(
-                            line.parse()
-                                .map_err(|_| self.error(format!("INT {line:?} is not a 64-bit integer")))?,
-                        ),
+                        _ => Obj::Int(line.parse().map_err(|_| {
+                            self.error(format!("INT {} is not a 64-bit integer", shown(line)))
+                        })?),
                     };
                     self.push(obj)?;
                 }
@@ -591,7 +590,7 @@ impl<'a, 'l> Machine<'a, 'l> {
                     let digits = line.strip_suffix('L').unwrap_or(line);
                     let v = digits
                         .parse()
-                        .map_err(|_| self.error(format!("LONG {line:?} is not a 64-bit integer")))?;
+                        .map_err(|_| self.error(format!("LONG {} is not a 64-bit integer", shown(line))))?;
                     self.push(Obj::Int(v))?;
                 }
                 // BINFLOAT (big-endian)
@@ -604,7 +603,7 @@ impl<'a, 'l> Machine<'a, 'l> {
                     let line = self.line()?;
                     let v = line
                         .parse()
-                        .map_err(|_| self.error(format!("FLOAT {line:?} is not a number")))?;
+                        .map_err(|_| self.error(format!("FLOAT {} is not a number", shown(line))))?;
                     self.push(Obj::Float(v))?;
                 }
 
@@ -691,7 +690,7 @@ impl<'a, 'l> Machine<'a, 'l> {
                     self.extend_dict(dict, pairs)?;
                 }
                 // EMPTY_SET, ADDITEMS, FROZENSET
-                0x8f | 0x90 | 0x91 => {
+                0x8f..=0x91 => {
                     return Err(self.error("sets are not part of a checkpoint"));
                 }
 
@@ -712,7 +711,7 @@ impl<'a, 'l> Machine<'a, 'l> {
                     let line = self.line()?;
                     let key = line
                         .parse()
-                        .map_err(|_| self.error(format!("PUT {line:?} is not a memo index")))?;
+                        .map_err(|_| self.error(format!("PUT {} is not a memo index", shown(line))))?;
                     self.memo_put(key)?;
                 }
                 b'h' => {
@@ -727,7 +726,7 @@ impl<'a, 'l> Machine<'a, 'l> {
                     let line = self.line()?;
                     let key = line
                         .parse()
-                        .map_err(|_| self.error(format!("GET {line:?} is not a memo index")))?;
+                        .map_err(|_| self.error(format!("GET {} is not a memo index", shown(line))))?;
                     self.memo_get(key)?;
                 }
 
@@ -821,7 +820,7 @@ impl<'a, 'l> Machine<'a, 'l> {
     }
 
     fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>> {
-        if items.len() % 2 != 0 {
+        if items.len() & 1 == 1 {
             return Err(self.error("an odd number of items for a dict"));
         }
         Ok(items.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect())
@@ -850,7 +849,11 @@ impl<'a, 'l> Machine<'a, 'l> {
     }
 
     fn refused(&self, module: &str, name: &str) -> Error {
-        self.error(format!("refused global {module}.{name}: {ONLY_ARRAYS}"))
+        self.error(format!(
+            "refused global {}.{}: {ONLY_ARRAYS}",
+            shown_bare(module),
+            shown_bare(name)
+        ))
     }
 
     fn push_global(&mut self, module: &str, name: &str) -> Result<()> {
@@ -931,7 +934,7 @@ impl<'a, 'l> Machine<'a, 'l> {
                     Obj::Str(order) if order == "C" => false,
                     Obj::Str(order) if order == "F" => true,
                     Obj::Str(order) => {
-                        return Err(self.error(format!("array order {order:?}; expected C or F")))
+                        return Err(self.error(format!("array order {}; expected C or F", shown(order))))
                     }
                     _ => return Err(bad(self, "order 'C' or 'F'")),
                 };
@@ -1051,7 +1054,8 @@ impl<'a, 'l> Machine<'a, 'l> {
                 match Element::from_numpy(bare) {
                     Some(element) => Ok(Dtype { element, big_endian }),
                     None => Err(self.error(format!(
-                        "numpy dtype {name:?} is not supported (numbers and bools only)"
+                        "numpy dtype {} is not supported (numbers and bools only)",
+                        shown(name)
                     ))),
                 }
             }
@@ -1073,6 +1077,9 @@ impl<'a, 'l> Machine<'a, 'l> {
         if !(8..=9).contains(&items.len()) {
             return Err(bad("has an unexpected length (a structured or old dtype?)"));
         }
+        if !matches!(self.arena[items[0]], Obj::Int(3 | 4)) {
+            return Err(bad("has a version other than 3 or 4"));
+        }
         let order = match &self.arena[items[1]] {
             Obj::Str(order) => order.as_ref(),
             _ => return Err(bad("has no byte order")),
@@ -1080,7 +1087,7 @@ impl<'a, 'l> Machine<'a, 'l> {
         let big_endian = match order {
             ">" => true,
             "<" | "|" | "=" => false,
-            _ => return Err(bad(&format!("has byte order {order:?}"))),
+            _ => return Err(bad(&format!("has byte order {}", shown(order)))),
         };
         for &i in &items[2..5] {
             if self.arena[i] != Obj::None {
@@ -1339,6 +1346,21 @@ impl PartialEq for Obj<'_> {
     }
 }
 
+/// Text from the pickle, quoted, escaped and cut short, for an error message.
+fn shown(text: &str) -> String {
+    format!("\"{}\"", shown_bare(text))
+}
+
+/// [`shown`] without the quotes (a global's module and name read as Python spells them).
+fn shown_bare(text: &str) -> String {
+    const MOST: usize = 80;
+    let mut out: String = text.chars().take(MOST).flat_map(char::escape_debug).collect();
+    if text.chars().nth(MOST).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Reorders a column-major array's elements into row-major order.
 fn fortran_to_c(data: &[u8], shape: &[usize], size: usize) -> Vec<u8> {
     let count: usize = shape.iter().product();
@@ -1362,4 +1384,63 @@ fn fortran_to_c(data: &[u8], shape: &[usize], size: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(bytes: &[u8]) -> Result<i64> {
+        Machine::new(&[], &Limits::default()).long(bytes)
+    }
+
+    #[test]
+    fn long_integers_are_twos_complement_and_bounded() {
+        assert_eq!(int(&[]).unwrap(), 0);
+        assert_eq!(int(&[0xff]).unwrap(), -1);
+        assert_eq!(int(&[0x80]).unwrap(), -128);
+        assert_eq!(int(&[0xff, 0x00]).unwrap(), 255);
+        assert_eq!(int(&[0, 0, 0, 0, 0, 0, 0, 0x80]).unwrap(), i64::MIN);
+        // Sign extension past eight bytes is allowed, more magnitude is not.
+        assert_eq!(
+            int(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap(),
+            -2
+        );
+        assert_eq!(
+            int(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00]).unwrap(),
+            i64::MAX
+        );
+        assert!(int(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0x00]).is_err()); // 2^63
+        assert!(int(&[0, 0, 0, 0, 0, 0, 0, 0, 1]).is_err()); // 2^64
+        assert!(int(&[0, 0, 0, 0, 0, 0, 0, 0x7f, 0xff]).is_err()); // -2^63 - 2^56·…
+    }
+
+    #[test]
+    fn text_in_messages_is_escaped_and_short() {
+        assert_eq!(shown("f4"), "\"f4\"");
+        assert_eq!(shown_bare("os\nsystem"), "os\\nsystem");
+        let long = "x".repeat(1000);
+        assert_eq!(shown_bare(&long).chars().count(), 81);
+    }
+
+    #[test]
+    fn fortran_order_becomes_row_major() {
+        // A 2×3 array [[0, 1, 2], [3, 4, 5]] stored column by column: 0 3 1 4 2 5.
+        let column_major = [0u8, 3, 1, 4, 2, 5];
+        assert_eq!(fortran_to_c(&column_major, &[2, 3], 1), vec![0, 1, 2, 3, 4, 5]);
+        // Two-byte elements move whole.
+        let wide: Vec<u8> = column_major.iter().flat_map(|&b| [b, 0xa0 + b]).collect();
+        let expected: Vec<u8> = (0..6u8).flat_map(|b| [b, 0xa0 + b]).collect();
+        assert_eq!(fortran_to_c(&wide, &[2, 3], 2), expected);
+        // 2×2×2: element (i, j, k) at i + 2j + 4k.
+        let data: Vec<u8> = (0..8).collect();
+        let c = fortran_to_c(&data, &[2, 2, 2], 1);
+        for i in 0..2 {
+            for j in 0..2 {
+                for k in 0..2 {
+                    assert_eq!(c[i * 4 + j * 2 + k] as usize, i + 2 * j + 4 * k);
+                }
+            }
+        }
+    }
 }
