@@ -3,7 +3,6 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use perceiver::{LoadOptions, Loader, PerceiverModel, Precision};
-use perceiver_train::PerceiverForMaskedLM;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -39,14 +38,12 @@ impl ModelArgs {
         }
     }
 
-    /// Loads the masked language model these flags name as a trainable candle model, on the CPU.
-    pub fn load_masked_lm(&self) -> Result<PerceiverForMaskedLM> {
-        perceiver_train::model::load_masked_lm_from(
-            &self.model,
-            &self.options(),
-            &perceiver_train::Device::Cpu,
-        )
-        .with_context(|| format!("cannot load model {}", self.model))
+    /// The config and checked weights these flags name, unpacked.
+    pub fn checkpoint(&self) -> Result<perceiver::Checkpoint> {
+        Loader::new(self.model.as_str())
+            .options(self.options())
+            .checkpoint()
+            .with_context(|| format!("cannot load model {}", self.model))
     }
 
     /// Loads the model these flags name into the inference engine (weights memory-mapped,
