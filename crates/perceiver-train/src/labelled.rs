@@ -103,14 +103,15 @@ fn row(path: &Path, line: u64, text: &str, label: &str) -> Result<LabelledText> 
 }
 
 fn read_csv(path: &Path) -> Result<Vec<LabelledText>> {
-    let file = std::fs::File::open(path).map_err(io_at(path))?;
+    // In memory whole: the rows are kept anyway, and line numbers are counted on the bytes.
+    let content = std::fs::read(path).map_err(io_at(path))?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
-        .from_reader(std::io::BufReader::new(file));
+        .from_reader(content.as_slice());
     let header = reader
         .headers()
-        .map_err(|e| csv_error(path, &e))?
+        .map_err(|e| csv_error(path, &content, &e))?
         .iter()
         // A spreadsheet's UTF-8 byte-order mark sits before the first name.
         .map(|name| name.trim_start_matches('\u{feff}').trim().to_string())
@@ -141,17 +142,29 @@ fn read_csv(path: &Path) -> Result<Vec<LabelledText>> {
     let (text_column, label_column) = (column("text")?, column("label")?);
     let mut rows = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, &e))?;
-        let line = record.position().map_or(0, |p| p.line());
+        let record = record.map_err(|e| csv_error(path, &content, &e))?;
+        let line = record.position().map_or(0, |p| line_of(&content, p));
         // `flexible(false)` has already refused rows whose field count differs from the header's.
         rows.push(row(path, line, &record[text_column], &record[label_column])?);
     }
     Ok(rows)
 }
 
+/// The line a record starts on. The reader places a record after the previous one's line end,
+/// before any blank lines it then skips; those are counted here.
+fn line_of(content: &[u8], position: &csv::Position) -> u64 {
+    let start = (position.byte() as usize).min(content.len());
+    let blank = content[start..]
+        .iter()
+        .take_while(|&&b| b == b'\n' || b == b'\r')
+        .filter(|&&b| b == b'\n')
+        .count();
+    position.line() + blank as u64
+}
+
 /// A CSV reading error as one line naming the file and the line.
-fn csv_error(path: &Path, error: &csv::Error) -> Error {
-    let line = error.position().map(|p| p.line());
+fn csv_error(path: &Path, content: &[u8], error: &csv::Error) -> Error {
+    let line = error.position().map(|p| line_of(content, p));
     let reason = match error.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
@@ -286,6 +299,10 @@ mod tests {
             (
                 "text,label\nhi,a\nho,b,c\n",
                 "line 3: 3 fields where the header has 2",
+            ),
+            (
+                "text,label\r\nhi,a\r\n\r\n\r\nho,b,c\r\n",
+                "line 5: 3 fields where the header has 2",
             ),
             ("text,label\n", "no labelled texts"),
             ("", "no header"),
