@@ -75,6 +75,7 @@ pub fn run(args: TrainStepArgs) -> Result<()> {
     }
 
     let options = TrainConfig {
+        task: perceiver_train::config::Task::MaskedLm,
         model: format!("bench:{}", args.model),
         init: InitScheme::DeepMind,
         corpus: vec![corpus.to_string_lossy().into_owned()],

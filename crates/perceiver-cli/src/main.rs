@@ -43,9 +43,11 @@ enum Command {
     FillMask(fill_mask::FillMaskArgs),
     /// Classify images (ImageNet Perceivers) or texts (a sequence-classification model).
     Classify(classify::ClassifyArgs),
-    /// Train a masked language model from scratch or fine-tune one.
+    /// Train a masked language model from scratch or fine-tune one (or a text classifier:
+    /// --task classify).
     Train(Box<train::TrainArgs>),
-    /// Masked-byte accuracy, loss and bits per byte of a model on text files.
+    /// Masked-byte accuracy, loss and bits per byte of a model on text files (a classifier's
+    /// accuracy and confusion table on labelled files).
     Eval(train::EvalArgs),
     /// Draw a training run's loss and accuracy curves (RUN_DIR/curves.svg).
     Plot(train::PlotArgs),

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use perceiver::{Checkpoint, Classifier, LoadOptions, Loader, PerceiverModel, Precision};
-use perceiver_train::PerceiverForMaskedLM;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -61,12 +60,6 @@ impl ModelArgs {
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         self.loader()
             .checkpoint()
-            .with_context(|| format!("cannot load model {}", self.model))
-    }
-
-    /// Loads the masked language model these flags name as a trainable candle model, on the CPU.
-    pub fn load_masked_lm(&self) -> Result<PerceiverForMaskedLM> {
-        perceiver_train::model::loading::masked_lm_of(&self.checkpoint()?, &perceiver_train::Device::Cpu)
             .with_context(|| format!("cannot load model {}", self.model))
     }
 

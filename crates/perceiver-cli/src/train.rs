@@ -9,14 +9,17 @@ use anyhow::{bail, Context, Result};
 use clap::builder::TypedValueParser;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use perceiver::{Loader, PerceiverConfig};
-use perceiver_train::config::{MAX_BATCH_SIZE, MAX_GRAD_ACCUM, MAX_STEPS};
+use perceiver::{Architecture, Loader, PerceiverConfig};
+use perceiver_train::classification::{self, ClassifierEval, EVAL_FILE};
+use perceiver_train::config::{Task, MAX_BATCH_SIZE, MAX_GRAD_ACCUM, MAX_STEPS};
 use perceiver_train::corpus::{self, Corpus, Part, Split};
 use perceiver_train::init::InitScheme;
 use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
 use perceiver_train::presets::{preset, PRESET_NAMES};
 use perceiver_train::trainer::mask_for_eval;
-use perceiver_train::{Event, Masking, MaskingStrategy, ModelInit, Outcome, TrainConfig, Trainer};
+use perceiver_train::{
+    Evaluation, Event, Masking, MaskingStrategy, ModelInit, Outcome, TrainConfig, Trainer,
+};
 
 use crate::model::ModelArgs;
 
@@ -51,11 +54,18 @@ impl MaskingArgs {
 #[command(
     after_help = "Examples:\n  perceiver train --preset tiny --corpus texts/ --out runs/tiny --steps 2000\n  \
 perceiver train --init-from deepmind/language-perceiver --corpus 'mine/*.txt' --out runs/ft --lr 1e-5\n  \
-perceiver train --resume runs/tiny --steps 4000"
+perceiver train --resume runs/tiny --steps 4000\n  \
+perceiver train --task classify --init-from default --train reviews.csv --out runs/cls --steps 300 --lr 3e-4"
 )]
 pub struct TrainArgs {
-    /// Training text: files, directories (recursive) or glob patterns.
-    #[arg(long, num_args = 1.., required_unless_present = "resume")]
+    /// What to train: mlm (a byte masked language model on text) or classify (a text
+    /// classifier on labelled texts: CSV with the columns text and label, or JSON lines).
+    #[arg(long, default_value = "mlm", conflicts_with = "resume")]
+    task: Task,
+
+    /// Training text: files, directories (recursive) or glob patterns; with --task classify,
+    /// labelled .csv / .jsonl files.
+    #[arg(long, visible_alias = "train", num_args = 1.., required_unless_present = "resume")]
     corpus: Vec<String>,
 
     /// Run directory: checkpoints, metrics.jsonl, curves.svg.
@@ -74,7 +84,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "init_from")]
     config: Option<PathBuf>,
 
-    /// Fine-tune: start from a model directory, a hub id or a DeepMind checkpoint (.pickle).
+    /// Fine-tune: start from a model directory, a hub id, a DeepMind checkpoint (.pickle) or
+    /// `default` (the built-in model). With --task classify, a byte masked LM (its decoder is
+    /// replaced) or a text classifier.
     #[arg(long, value_name = "MODEL")]
     init_from: Option<String>,
 
@@ -90,22 +102,24 @@ pub struct TrainArgs {
     init: InitScheme,
 
     /// Held-out text (files, directories, globs); otherwise --eval-fraction of the corpus.
-    #[arg(long, num_args = 1..)]
+    #[arg(long, visible_alias = "eval", num_args = 1..)]
     eval_corpus: Vec<String>,
 
-    /// Fraction of the corpus (in 64 KiB blocks) held out for evaluation.
-    #[arg(long, default_value_t = 0.01)]
-    eval_fraction: f64,
+    /// Fraction of the corpus held out for evaluation [default: 0.01 in 64 KiB blocks; with
+    /// --task classify 0.1 of each label's texts].
+    #[arg(long)]
+    eval_fraction: Option<f64>,
 
     /// Held-out windows evaluated each time.
     #[arg(long, default_value_t = 256)]
     eval_windows: usize,
 
-    /// Window length in bytes (default: the model's max_position_embeddings).
+    /// Window length in bytes (default: the model's max_position_embeddings); with --task
+    /// classify, the most ids of a text ([CLS] and [SEP] included): longer texts are cut.
     #[arg(long, value_parser = count_parser(MAX_SEQ_LEN))]
     seq_len: Option<usize>,
 
-    /// Windows per micro-batch (at most 4096).
+    /// Windows (texts) per micro-batch (at most 4096).
     #[arg(long, default_value_t = 16, value_parser = count_parser(MAX_BATCH_SIZE as u64))]
     batch_size: usize,
 
@@ -203,7 +217,7 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
             .checkpoint()
             .with_context(|| format!("cannot load model {model}"))?;
         let tensors =
-            perceiver_train::model::loading::checkpoint_tensors(&checkpoint, &perceiver_train::Device::Cpu)
+            perceiver_train::model::checkpoint_tensors(&checkpoint, &perceiver_train::Device::Cpu)
                 .with_context(|| format!("cannot load model {model}"))?;
         let config = checkpoint.config().clone();
         if config.attention_probs_dropout_prob > 0.0 {
@@ -252,12 +266,17 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             };
             let steps = args.steps.unwrap_or(1000);
             let seq_len = args.seq_len.unwrap_or(config.max_position_embeddings);
+            let eval_fraction = args.eval_fraction.unwrap_or(match args.task {
+                Task::MaskedLm => 0.01,
+                Task::Classify => 0.1,
+            });
             let options = TrainConfig {
+                task: args.task,
                 model,
                 init: args.init,
                 corpus: args.corpus.clone(),
                 eval_corpus: args.eval_corpus.clone(),
-                eval_fraction: args.eval_fraction,
+                eval_fraction,
                 eval_windows: args.eval_windows,
                 seq_len,
                 batch_size: args.batch_size,
@@ -307,18 +326,47 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 
     let options = trainer.options().clone();
     let progress = trainer.progress();
-    eprintln!(
-        "training {} ({:.2}M parameters) in {}: steps {}..{} of {} windows × {} bytes (×{} accumulation), {} held-out windows",
-        options.model,
-        trainer.num_parameters() as f64 / 1e6,
-        trainer.run_dir().display(),
-        progress.step,
-        options.steps,
-        options.batch_size,
-        options.seq_len,
-        options.grad_accum,
-        trainer.eval_windows(),
-    );
+    match trainer.classifier_data() {
+        None => eprintln!(
+            "training {} ({:.2}M parameters) in {}: steps {}..{} of {} windows × {} bytes (×{} accumulation), {} held-out windows",
+            options.model,
+            trainer.num_parameters() as f64 / 1e6,
+            trainer.run_dir().display(),
+            progress.step,
+            options.steps,
+            options.batch_size,
+            options.seq_len,
+            options.grad_accum,
+            trainer.eval_windows(),
+        ),
+        Some(data) => {
+            eprintln!(
+                "training a classifier from {} ({:.2}M parameters) in {}: steps {}..{} of {} texts (×{} accumulation); \
+                 labels {}; {} training texts, {} held out",
+                options.model,
+                trainer.num_parameters() as f64 / 1e6,
+                trainer.run_dir().display(),
+                progress.step,
+                options.steps,
+                options.batch_size,
+                options.grad_accum,
+                data.labels.join(", "),
+                data.train.len(),
+                data.eval.len(),
+            );
+            if data.truncated > 0 {
+                eprintln!(
+                    "note: {} texts are longer than {} ids: each was cut to its first {} bytes",
+                    data.truncated,
+                    options.seq_len,
+                    options.seq_len - 2
+                );
+            }
+            if data.eval.is_empty() {
+                eprintln!("note: no held-out texts (--eval-fraction 0 and no --eval): no accuracy will be measured");
+            }
+        }
+    }
     let bar = ProgressBar::new(options.steps).with_position(progress.step);
     let interactive = std::io::stderr().is_terminal();
     if interactive {
@@ -330,6 +378,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut recent: Vec<(f64, f64, f64)> = Vec::new(); // loss, accuracy, bytes/s
+    let mut final_eval: Option<ClassifierEval> = None;
     let log_every = options.log_every.max(1);
     // Without a terminal the bar is hidden, and so would be its println: write lines directly.
     let say = |line: String| {
@@ -361,13 +410,26 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 eprintln!("step {}/{} {msg}", m.step, options.steps);
             }
         }
-        Event::Eval { step, result } => say(format!(
-            "step {step}: held-out loss {:.4} accuracy {:.2}% bits/byte {:.4} ({} masked bytes)",
-            result.loss,
-            100.0 * result.accuracy,
-            result.bits_per_byte,
-            result.masked_bytes
-        )),
+        Event::Eval { step, result, last } => match result {
+            Evaluation::MaskedLm(result) => say(format!(
+                "step {step}: held-out loss {:.4} accuracy {:.2}% bits/byte {:.4} ({} masked bytes)",
+                result.loss,
+                100.0 * result.accuracy,
+                result.bits_per_byte,
+                result.masked_bytes
+            )),
+            Evaluation::Classify(result) => {
+                say(format!(
+                    "step {step}: held-out loss {:.4} accuracy {:.2}% ({} texts)",
+                    result.loss,
+                    100.0 * result.accuracy,
+                    result.examples
+                ));
+                if last {
+                    final_eval = Some(result.clone());
+                }
+            }
+        },
         Event::Saved(dir) => say(format!("saved {}", dir.display())),
     })?;
     bar.finish_and_clear();
@@ -380,6 +442,10 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     match outcome {
         Outcome::Finished(dir) => {
             eprintln!("finished: {}", dir.display());
+            if let Some(result) = final_eval {
+                print_classifier_eval(&result);
+                println!("(also in {})", trainer.run_dir().join(EVAL_FILE).display());
+            }
             Ok(())
         }
         Outcome::Interrupted(dir) => {
@@ -401,7 +467,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-    /// Text files, directories or globs to evaluate on.
+    /// Text files, directories or globs to evaluate on (for a text classifier: labelled .csv /
+    /// .jsonl files, as `train --task classify` reads).
     #[arg(required = true, num_args = 1..)]
     files: Vec<String>,
 
@@ -429,11 +496,28 @@ pub struct EvalArgs {
     json: bool,
 }
 
+/// A classifier's held-out accuracy and its confusion table, on standard output.
+fn print_classifier_eval(result: &ClassifierEval) {
+    println!(
+        "held-out accuracy {:.2}% ({} texts), loss {:.4}",
+        100.0 * result.accuracy,
+        result.examples,
+        result.loss
+    );
+    print!("{}", result.table());
+}
+
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let masking = args.masking.masking(false);
     masking.validate()?;
+    // The files exist before a model is loaded (or downloaded).
     let corpus = Corpus::discover(&args.files)?;
-    let model = args.model.load_masked_lm()?;
+    let checkpoint = args.model.checkpoint()?;
+    if Architecture::of(checkpoint.config())? == Architecture::SequenceClassification {
+        return run_classifier_eval(&args, &checkpoint);
+    }
+    let model = perceiver_train::model::loading::masked_lm_of(&checkpoint, &perceiver_train::Device::Cpu)
+        .with_context(|| format!("cannot load model {}", args.model.model))?;
     let max_len = model.max_len();
     let seq_len = args.seq_len.unwrap_or(max_len);
     if seq_len == 0 || seq_len > max_len {
@@ -480,6 +564,43 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         println!("accuracy (top-1)  {:.2}%", 100.0 * result.accuracy);
         println!("loss              {:.4} nats", result.loss);
         println!("bits per byte     {:.4}", result.bits_per_byte);
+    }
+    Ok(())
+}
+
+/// `perceiver eval` of a text classifier: accuracy, loss and the confusion table on labelled
+/// files.
+fn run_classifier_eval(args: &EvalArgs, checkpoint: &perceiver::Checkpoint) -> Result<()> {
+    let rows = perceiver_train::labelled::read_all(&args.files)?;
+    let labels = classification::config_labels(checkpoint.config())?;
+    let model = perceiver_train::model::loading::classifier_of(checkpoint, &perceiver_train::Device::Cpu)
+        .with_context(|| format!("cannot load model {}", args.model.model))?;
+    let max_len = model.max_len();
+    let seq_len = args.seq_len.unwrap_or(max_len);
+    if !(3..=max_len).contains(&seq_len) {
+        bail!("--seq-len {seq_len} must be in 3..={max_len} (the model's max_position_embeddings)");
+    }
+    let (examples, truncated) = classification::examples(&rows, &labels, seq_len)?;
+    let result = classification::evaluate_classifier(&model, &examples, args.batch_size, &labels)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model.model,
+                "texts": result.examples,
+                "truncated": truncated,
+                "accuracy": result.accuracy,
+                "loss": result.loss,
+                "labels": result.labels,
+                "confusion": result.confusion,
+            })
+        );
+    } else {
+        if truncated > 0 {
+            eprintln!("note: {truncated} texts longer than {seq_len} ids were cut");
+        }
+        println!("{}: {} labelled texts", args.model.model, result.examples);
+        print_classifier_eval(&result);
     }
     Ok(())
 }

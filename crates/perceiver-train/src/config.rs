@@ -9,24 +9,56 @@ use crate::init::InitScheme;
 use crate::masking::Masking;
 use crate::optim::{AdamWConfig, Schedule};
 
+/// What a run trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Task {
+    /// A byte masked language model on text files (`mlm`).
+    #[default]
+    #[serde(rename = "mlm")]
+    MaskedLm,
+    /// A sequence classifier on labelled texts (`classify`): CSV or JSON lines with `text` and
+    /// `label` ([`crate::labelled`]).
+    #[serde(rename = "classify")]
+    Classify,
+}
+
+impl std::str::FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mlm" => Ok(Self::MaskedLm),
+            "classify" => Ok(Self::Classify),
+            _ => Err(format!("unknown task {s:?} (mlm, classify)")),
+        }
+    }
+}
+
 /// Everything that decides a run, saved in every checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// What is trained (a masked LM unless the checkpoint says otherwise).
+    #[serde(default)]
+    pub task: Task,
     /// Where the model came from (`preset:small`, `config:FILE`, `pretrained:ID`), for the record.
     pub model: String,
     /// Initialisation of a from-scratch run.
     #[serde(default)]
     pub init: InitScheme,
-    /// Training text: files, directories, globs.
+    /// Training text: files, directories, globs (for [`Task::Classify`]: labelled CSV or JSON
+    /// lines files).
     pub corpus: Vec<String>,
     /// Separate evaluation text; when empty, `eval_fraction` of the corpus is held out.
     pub eval_corpus: Vec<String>,
     /// Chance of each 64 KiB block of the corpus being held out for evaluation, in [0, 1)
-    /// (0: none); unused when `eval_corpus` is given.
+    /// (0: none); unused when `eval_corpus` is given. For [`Task::Classify`]: the fraction of
+    /// each label's texts held out.
     pub eval_fraction: f64,
-    /// Windows evaluated each time (the first ones of the held-out text).
+    /// Windows evaluated each time (the first ones of the held-out text); a classifier is
+    /// evaluated on every held-out text.
     pub eval_windows: usize,
-    /// Window length in bytes (at most the model's `max_position_embeddings`).
+    /// Window length in bytes (at most the model's `max_position_embeddings`); for
+    /// [`Task::Classify`], the most ids of a text, `[CLS]` and `[SEP]` included (longer texts
+    /// are cut).
     pub seq_len: usize,
     /// Windows per micro-batch (an update sees `batch_size × grad_accum`); also the batch size
     /// of evaluation.
@@ -87,6 +119,12 @@ impl TrainConfig {
                 self.seq_len, model.max_position_embeddings
             ));
         }
+        if self.task == Task::Classify && self.seq_len < 3 {
+            return fail(format!(
+                "--seq-len {} leaves no room for a byte between [CLS] and [SEP]: at least 3",
+                self.seq_len
+            ));
+        }
         if self.batch_size == 0 || self.grad_accum == 0 || self.steps == 0 {
             return fail("batch size, gradient accumulation and steps must be positive".into());
         }
@@ -122,6 +160,7 @@ mod tests {
 
     fn options() -> TrainConfig {
         TrainConfig {
+            task: Task::MaskedLm,
             model: "test".into(),
             init: InitScheme::default(),
             corpus: vec!["corpus".into()],

@@ -24,6 +24,18 @@ pub enum Error {
     #[error("corpus: {0}")]
     Corpus(String),
 
+    /// A labelled-data file (CSV or JSON lines) with a missing column, an empty label or text, or
+    /// a malformed line.
+    #[error("{}", data_message(path, *line, reason))]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// The line at fault (1-based), when one is.
+        line: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Options that cannot work together or out of range.
     #[error("invalid training options: {0}")]
     Options(String),
@@ -40,6 +52,13 @@ pub enum Error {
     /// Drawing the curves failed.
     #[error("plot: {0}")]
     Plot(String),
+}
+
+fn data_message(path: &std::path::Path, line: Option<u64>, reason: &str) -> String {
+    match line {
+        Some(line) => format!("{} line {line}: {reason}", path.display()),
+        None => format!("{}: {reason}", path.display()),
+    }
 }
 
 impl From<candle_core::Error> for Error {

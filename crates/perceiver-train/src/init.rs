@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use candle_nn::VarMap;
 use std::collections::HashMap;
 
-use perceiver::checkpoint::names::{MaskedLmNames, Role, TensorName};
+use perceiver::checkpoint::names::{MaskedLmNames, ModelNames, Role, TensorName};
 use perceiver::config::PerceiverConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -31,13 +31,14 @@ pub enum ParamInit {
     Normal(f64),
 }
 
-/// Every tensor of a masked LM with `config`, by name, from the one name tree.
-pub fn tensor_names(config: &PerceiverConfig) -> HashMap<String, TensorName> {
-    MaskedLmNames::new(config)
+/// Every tensor of the model `config` describes (its `architectures`: the masked LM or a
+/// classifier), by name, from the one name tree.
+pub fn tensor_names(config: &PerceiverConfig) -> Result<HashMap<String, TensorName>> {
+    Ok(ModelNames::new(config, 1)?
         .tensors()
         .into_iter()
         .map(|t| (t.name.clone(), t.clone()))
-        .collect()
+        .collect())
 }
 
 /// DeepMind's initialisation of a tensor, chosen by its role.
@@ -97,8 +98,16 @@ pub fn transformers_param_init(tensor: &TensorName, initializer_range: f64) -> P
     }
 }
 
-/// Re-initialises every variable of `varmap` (a masked LM built from `config`) with `scheme`.
+/// Re-initialises every variable of `varmap` (the model `config` describes) with `scheme`.
 pub fn initialize(varmap: &VarMap, scheme: InitScheme, config: &PerceiverConfig, seed: u64) -> Result<()> {
+    if scheme == InitScheme::Local
+        && perceiver::Architecture::of(config)? != perceiver::Architecture::MaskedLm
+    {
+        return Err(crate::error::Error::Options(
+            "--init local shapes a masked LM's attention; use deepmind or transformers for a classifier"
+                .into(),
+        ));
+    }
     match scheme {
         InitScheme::DeepMind => fill(varmap, seed, config, param_init),
         InitScheme::Transformers => fill(varmap, seed, config, |t| {
@@ -329,7 +338,7 @@ fn fill(
     config: &PerceiverConfig,
     init: impl Fn(&TensorName) -> ParamInit,
 ) -> Result<()> {
-    let names = tensor_names(config);
+    let names = tensor_names(config)?;
     let vars = varmap.data().lock().expect("varmap lock");
     for (name, var) in vars.iter() {
         let tensor = names
@@ -338,30 +347,43 @@ fn fill(
                 name: name.clone(),
                 shape: var.dims().to_vec(),
             })?;
-        let shape = var.dims().to_vec();
-        let count: usize = shape.iter().product();
-        let mut h = seed;
-        for b in name.bytes() {
-            h = splitmix64(h ^ b as u64);
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(h);
-        let values: Vec<f32> = match init(tensor) {
-            ParamInit::Constant(c) => vec![c as f32; count],
-            ParamInit::Normal(std) => (0..count)
-                .map(|_| (Distribution::<f64>::sample(&StandardNormal, &mut rng) * std) as f32)
-                .collect::<Vec<f32>>(),
-            ParamInit::TruncatedNormal(std) => (0..count)
-                .map(|_| loop {
-                    let z: f64 = StandardNormal.sample(&mut rng);
-                    if z.abs() <= 2.0 {
-                        break (z * std) as f32;
-                    }
-                })
-                .collect(),
-        };
-        var.set(&Tensor::from_vec(values, shape, var.device())?.to_dtype(var.dtype())?)?;
+        let values = draw(tensor, var.dims(), init(tensor), seed, var.device())?;
+        var.set(&values.to_dtype(var.dtype())?)?;
     }
     Ok(())
+}
+
+/// The starting values of `tensor` (of `shape`) under `init`, f32. Each tensor draws from its own
+/// stream seeded by `seed` and its name, so the result does not depend on the order tensors are
+/// drawn in.
+pub fn draw(
+    tensor: &TensorName,
+    shape: &[usize],
+    init: ParamInit,
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let count: usize = shape.iter().product();
+    let mut h = seed;
+    for b in tensor.name.bytes() {
+        h = splitmix64(h ^ b as u64);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(h);
+    let values: Vec<f32> = match init {
+        ParamInit::Constant(c) => vec![c as f32; count],
+        ParamInit::Normal(std) => (0..count)
+            .map(|_| (Distribution::<f64>::sample(&StandardNormal, &mut rng) * std) as f32)
+            .collect::<Vec<f32>>(),
+        ParamInit::TruncatedNormal(std) => (0..count)
+            .map(|_| loop {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                if z.abs() <= 2.0 {
+                    break (z * std) as f32;
+                }
+            })
+            .collect(),
+    };
+    Ok(Tensor::from_vec(values, shape, device)?)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `metrics.jsonl`: one JSON object per line, `"kind": "train"` (averaged over the logging
-//! interval) or `"kind": "eval"`.
+//! interval) or `"kind": "eval"`. A classifier's run writes the same records, its loss and
+//! accuracy per text instead of per masked byte (and no bits per byte).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_at, Error, Result};
-use crate::objective::EvalResult;
+use crate::trainer::Evaluation;
 
 /// One line of the metrics file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,16 +29,17 @@ pub enum Record {
         /// Real (unpadded) bytes trained on per second of update time over the interval.
         bytes_per_second: f64,
     },
-    /// An evaluation on the held-out windows.
+    /// An evaluation on the held-out windows (or texts).
     Eval {
         /// The update after which it ran.
         step: u64,
-        /// Mean cross-entropy over the masked bytes, in nats.
+        /// Mean cross-entropy over the masked bytes (or texts), in nats.
         loss: f64,
-        /// Top-1 accuracy on the masked bytes (0 to 1).
+        /// Top-1 accuracy on the masked bytes (or texts) (0 to 1).
         accuracy: f64,
-        /// `loss / ln 2`: bits per masked byte.
-        bits_per_byte: f64,
+        /// `loss / ln 2`: bits per masked byte (a masked LM's only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bits_per_byte: Option<f64>,
     },
 }
 
@@ -59,12 +61,15 @@ impl Record {
     }
 
     /// The record of an evaluation run after update `step`.
-    pub fn eval(step: u64, result: &EvalResult) -> Record {
+    pub fn eval(step: u64, result: &Evaluation) -> Record {
         Record::Eval {
             step,
-            loss: result.loss,
-            accuracy: result.accuracy,
-            bits_per_byte: result.bits_per_byte,
+            loss: result.loss(),
+            accuracy: result.accuracy(),
+            bits_per_byte: match result {
+                Evaluation::MaskedLm(r) => Some(r.bits_per_byte),
+                Evaluation::Classify(_) => None,
+            },
         }
     }
 
@@ -143,9 +148,10 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub struct StepMetrics {
     /// Updates done, this one included (1 after the first).
     pub step: u64,
-    /// Masked-byte cross-entropy in nats, the mean over the update's micro-batches.
+    /// Masked-byte (or per-text) cross-entropy in nats, the mean over the update's micro-batches.
     pub loss: f64,
-    /// Fraction of the update's masked bytes whose top-1 prediction is the original byte.
+    /// Fraction of the update's masked bytes whose top-1 prediction is the original byte (of
+    /// its texts whose top label is theirs, for a classifier).
     pub accuracy: f64,
     /// The learning rate the update used.
     pub lr: f64,

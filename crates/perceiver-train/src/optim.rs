@@ -58,10 +58,10 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// AdamW over the variables of `varmap`, a masked LM built from `model` (whose name tree
-    /// says which tensors decay).
+    /// AdamW over the variables of `varmap`, the model `model` describes (whose name tree says
+    /// which tensors decay).
     pub fn new(varmap: &VarMap, model: &PerceiverConfig, config: AdamWConfig) -> Result<Self> {
-        let tree = tensor_names(model);
+        let tree = tensor_names(model)?;
         let vars = varmap.data().lock().expect("varmap lock");
         let mut names: Vec<&String> = vars.keys().collect();
         names.sort();
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn decay_applies_to_linear_weights_only() {
-        let names = tensor_names(&PerceiverConfig::default());
+        let names = tensor_names(&PerceiverConfig::default()).unwrap();
         let decayed: Vec<&str> = names
             .values()
             .filter(|t| is_decayed(t.role))
@@ -302,5 +302,19 @@ mod tests {
             assert!(names.contains_key(name), "{name} is in the tree");
             assert!(!decayed.contains(&name), "{name}");
         }
+        // A classifier's tree: its final layer decays, its query does not.
+        let mut classifier = PerceiverConfig::default();
+        classifier.extra.insert(
+            "architectures".into(),
+            serde_json::json!(["PerceiverForSequenceClassification"]),
+        );
+        classifier.extra.insert("num_labels".into(), 3.into());
+        let names = tensor_names(&classifier).unwrap();
+        let decoder = "perceiver.decoder.decoder";
+        assert!(is_decayed(names[&format!("{decoder}.final_layer.weight")].role));
+        assert!(!is_decayed(
+            names[&format!("{decoder}.output_position_encodings.position_embeddings")].role
+        ));
+        assert!(!names.contains_key("embedding_decoder.bias"));
     }
 }

@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
+use crate::config::Task;
 use crate::error::{Error, Result};
 use crate::metrics::METRICS_FILE;
 use crate::metrics::{read, Record};
 
-/// Draws `RUN_DIR/curves.svg` (loss and masked-byte accuracy, training and held-out) and returns
-/// its path.
+/// Draws `RUN_DIR/curves.svg` (loss and masked-byte accuracy, or a classifier's loss and accuracy
+/// per text, training and held-out) and returns its path.
 pub fn plot_run(run_dir: &Path) -> Result<PathBuf> {
     let records = read(&run_dir.join(METRICS_FILE))?;
     let series = |f: &dyn Fn(&Record) -> Option<(f64, f64)>| -> Vec<(f64, f64)> {
@@ -38,12 +39,23 @@ pub fn plot_run(run_dir: &Path) -> Result<PathBuf> {
         )));
     }
     let out = run_dir.join("curves.svg");
-    draw_both(&out, &train_loss, &eval_loss, &train_acc, &eval_acc)?;
+    // The newest checkpoint says what the run trains; without one, a masked LM.
+    let task = crate::checkpoint::resolve(run_dir)
+        .ok()
+        .and_then(|dir| std::fs::read_to_string(dir.join(crate::checkpoint::TRAINING_FILE)).ok())
+        .and_then(|text| serde_json::from_str::<crate::checkpoint::TrainingFile>(&text).ok())
+        .map_or(Task::MaskedLm, |t| t.options.task);
+    let titles = match task {
+        Task::MaskedLm => ["loss (nats per masked byte)", "masked-byte accuracy (top-1)"],
+        Task::Classify => ["loss (nats per text)", "accuracy (texts)"],
+    };
+    draw_both(&out, titles, &train_loss, &eval_loss, &train_acc, &eval_acc)?;
     Ok(out)
 }
 
 fn draw_both(
     out: &Path,
+    titles: [&str; 2],
     train_loss: &[(f64, f64)],
     eval_loss: &[(f64, f64)],
     train_acc: &[(f64, f64)],
@@ -52,8 +64,8 @@ fn draw_both(
     let root = SVGBackend::new(&out, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let (left, right) = root.split_horizontally(500);
-    draw(&left, "loss (nats per masked byte)", train_loss, eval_loss)?;
-    draw(&right, "masked-byte accuracy (top-1)", train_acc, eval_acc)?;
+    draw(&left, titles[0], train_loss, eval_loss)?;
+    draw(&right, titles[1], train_acc, eval_acc)?;
     root.present().map_err(plot_error)
 }
 

@@ -1,26 +1,32 @@
-//! The training loop: windows → masks → loss → gradients → AdamW, with evaluation, metrics and
-//! checkpoints on schedule, and an exact resume.
+//! The training loop: a batch → loss → gradients → AdamW, with evaluation, metrics and
+//! checkpoints on schedule, and an exact resume. One loop for both tasks: the masked LM (windows
+//! of text, masked) and the sequence classifier (labelled texts); only drawing a batch, its loss
+//! and the evaluation differ ([`Task`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::model::PerceiverForMaskedLM;
+use crate::model::{PerceiverForMaskedLM, PerceiverForSequenceClassification};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use perceiver::PerceiverConfig;
+use perceiver::{Architecture, PerceiverConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{self, Progress, TrainingFile};
-use crate::config::{TrainConfig, MAX_STEPS};
+use crate::classification::{
+    classification_loss, classifier_config, classifier_start, config_labels, evaluate_classifier, write_eval,
+    ClassBatch, ClassifierData, ClassifierEval, Example, ExampleStream,
+};
+use crate::config::{Task, TrainConfig, MAX_STEPS};
 use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
 use crate::error::{io_at, Error, Result};
 use crate::init::initialize;
 use crate::masking::{MaskedExample, Masking};
 use crate::metrics::{MetricsLog, Record, StepMetrics, METRICS_FILE};
-use crate::objective::{evaluate, masked_lm_loss, EvalResult, MaskedBatch};
+use crate::objective::{evaluate, masked_lm_loss, BatchLoss, EvalResult, MaskedBatch};
 use crate::optim::{clip_grad_norm, global_norm, AdamW};
 
 /// How the weights start.
@@ -31,22 +37,75 @@ pub enum ModelInit {
     Pretrained {
         /// The architecture the tensors belong to.
         config: PerceiverConfig,
-        /// Every tensor of the masked LM by transformers name, with its shape; none may be
-        /// missing or extra.
+        /// Every tensor of the model by transformers name, with its shape; none may be missing
+        /// or extra. A classifier run may start from a masked LM's: its body is kept and a
+        /// fresh decoder drawn ([`crate::classification::classifier_start`]).
         tensors: BTreeMap<String, Tensor>,
     },
+}
+
+/// What an evaluation measured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Evaluation {
+    /// Masked-byte metrics of a masked LM on held-out windows.
+    MaskedLm(EvalResult),
+    /// A classifier on the held-out texts: accuracy, loss, confusion table.
+    Classify(ClassifierEval),
+}
+
+impl Evaluation {
+    /// Mean cross-entropy, in nats (per masked byte, or per text).
+    pub fn loss(&self) -> f64 {
+        match self {
+            Self::MaskedLm(r) => r.loss,
+            Self::Classify(r) => r.loss,
+        }
+    }
+
+    /// Top-1 accuracy (of masked bytes, or of texts).
+    pub fn accuracy(&self) -> f64 {
+        match self {
+            Self::MaskedLm(r) => r.accuracy,
+            Self::Classify(r) => r.accuracy,
+        }
+    }
+}
+
+/// The model a run trains, with the data it draws from.
+enum TaskState {
+    MaskedLm {
+        model: PerceiverForMaskedLM,
+        stream: TrainStream,
+        eval_set: Vec<MaskedExample>,
+    },
+    Classify {
+        model: PerceiverForSequenceClassification,
+        data: ClassifierData,
+        stream: ExampleStream,
+    },
+}
+
+impl TaskState {
+    fn consumed(&self) -> u64 {
+        match self {
+            Self::MaskedLm { stream, .. } => stream.consumed(),
+            Self::Classify { stream, .. } => stream.consumed(),
+        }
+    }
 }
 
 /// What the loop reports as it goes.
 pub enum Event<'a> {
     /// An update finished, with what it did.
     Step(&'a StepMetrics),
-    /// An evaluation on the held-out windows finished.
+    /// An evaluation on the held-out windows (or texts) finished.
     Eval {
         /// The update after which it ran.
         step: u64,
-        /// Its loss, accuracy and bits per byte.
-        result: &'a EvalResult,
+        /// What it measured.
+        result: &'a Evaluation,
+        /// Whether it is the run's last (after the final update).
+        last: bool,
     },
     /// A checkpoint was written to this directory.
     Saved(&'a Path),
@@ -67,10 +126,8 @@ pub struct Trainer {
     run_dir: PathBuf,
     config: PerceiverConfig,
     varmap: VarMap,
-    model: PerceiverForMaskedLM,
+    task: TaskState,
     optimizer: AdamW,
-    stream: TrainStream,
-    eval_set: Vec<MaskedExample>,
     progress: Progress,
     metrics: MetricsLog,
 }
@@ -115,19 +172,63 @@ impl Trainer {
         };
         config.validate()?;
         options.validate(&config)?;
-        let model =
-            PerceiverForMaskedLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-        match weights {
-            None => initialize(&varmap, options.init, &config, options.seed)?,
-            Some(tensors) => set_weights(&varmap, &tensors.into_iter().collect())?,
-        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let architecture = Architecture::of(&config)?;
+        let (config, task) = match options.task {
+            Task::MaskedLm => {
+                if architecture != Architecture::MaskedLm {
+                    return Err(Error::Options(format!(
+                        "the model is a {}: train it with the classify task",
+                        architecture.name()
+                    )));
+                }
+                let model = PerceiverForMaskedLM::new(&config, vb)?;
+                match weights {
+                    None => initialize(&varmap, options.init, &config, options.seed)?,
+                    Some(tensors) => set_weights(&varmap, &tensors.into_iter().collect())?,
+                }
+                let task = masked_lm_task(&options, model)?;
+                (config, task)
+            }
+            Task::Classify => {
+                // A classifier keeps its labels; a masked LM (or a fresh layout) takes the data's.
+                let is_classifier = architecture == Architecture::SequenceClassification;
+                let known = is_classifier.then(|| config_labels(&config)).transpose()?;
+                let data = ClassifierData::load(&options, known)?;
+                let (config, weights) = match weights {
+                    Some(tensors) if is_classifier => (config, Some(tensors)),
+                    Some(tensors) => {
+                        let (config, tensors) =
+                            classifier_start(&config, &tensors, &data.labels, options.seed)?;
+                        (config, Some(tensors))
+                    }
+                    None if is_classifier => (config, None),
+                    None if architecture == Architecture::MaskedLm => {
+                        (classifier_config(&config, &data.labels)?, None)
+                    }
+                    None => {
+                        return Err(Error::Options(format!(
+                            "a {} does not classify text",
+                            architecture.name()
+                        )))
+                    }
+                };
+                let model = PerceiverForSequenceClassification::new(&config, vb)?;
+                match weights {
+                    None => initialize(&varmap, options.init, &config, options.seed)?,
+                    Some(tensors) => set_weights(&varmap, &tensors.into_iter().collect())?,
+                }
+                let stream = ExampleStream::new(data.train.len(), options.seed);
+                (config, TaskState::Classify { model, data, stream })
+            }
+        };
         let metrics = MetricsLog::create(&run_dir.join(METRICS_FILE))?;
         Self::assemble(
             options,
             run_dir,
             config,
             varmap,
-            model,
+            task,
             metrics,
             Progress::default(),
         )
@@ -149,10 +250,16 @@ impl Trainer {
             options.schedule.total_steps = steps;
         }
         let varmap = VarMap::new();
-        let model = PerceiverForMaskedLM::new(
-            &saved.config,
-            VarBuilder::from_varmap(&varmap, DType::F32, &device),
-        )?;
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let task = match options.task {
+            Task::MaskedLm => masked_lm_task(&options, PerceiverForMaskedLM::new(&saved.config, vb)?)?,
+            Task::Classify => {
+                let model = PerceiverForSequenceClassification::new(&saved.config, vb)?;
+                let data = ClassifierData::load(&options, Some(config_labels(&saved.config)?))?;
+                let stream = ExampleStream::new(data.train.len(), options.seed);
+                TaskState::Classify { model, data, stream }
+            }
+        };
         set_weights(&varmap, &saved.weights)?;
         let progress = saved.training.progress;
         // `progress.windows` windows are replayed below to reach the stream's position: only as
@@ -173,9 +280,12 @@ impl Trainer {
             });
         }
         let metrics = MetricsLog::resume(&run_dir.join(METRICS_FILE), progress.step)?;
-        let mut trainer = Self::assemble(options, &run_dir, saved.config, varmap, model, metrics, progress)?;
+        let mut trainer = Self::assemble(options, &run_dir, saved.config, varmap, task, metrics, progress)?;
         trainer.optimizer.load_state(&saved.optimizer, progress.step)?;
-        trainer.stream.skip(progress.windows)?;
+        match &mut trainer.task {
+            TaskState::MaskedLm { stream, .. } => stream.skip(progress.windows)?,
+            TaskState::Classify { stream, .. } => stream.skip(progress.windows),
+        }
         Ok(trainer)
     }
 
@@ -184,58 +294,19 @@ impl Trainer {
         run_dir: &Path,
         config: PerceiverConfig,
         varmap: VarMap,
-        model: PerceiverForMaskedLM,
+        task: TaskState,
         metrics: MetricsLog,
         progress: Progress,
     ) -> Result<Self> {
         options.validate(&config)?;
-        let corpus = Corpus::discover(&options.corpus)?;
-        let split = Split {
-            eval_fraction: if options.eval_corpus.is_empty() {
-                options.eval_fraction
-            } else {
-                0.0
-            },
-            seed: options.seed,
-        };
-        let eval_windows = if !options.eval_corpus.is_empty() {
-            corpus::windows(
-                &Corpus::discover(&options.eval_corpus)?,
-                Split::NONE,
-                Part::All,
-                options.seq_len,
-                options.eval_windows,
-            )?
-        } else if split.eval_fraction > 0.0 {
-            corpus::windows(&corpus, split, Part::Eval, options.seq_len, options.eval_windows)?
-        } else {
-            Vec::new()
-        };
-        let eval_set = mask_for_eval(&eval_windows, &options.masking, options.seed);
-        // Fail now, not after the banner, when nothing is left to train on.
-        if corpus::windows(&corpus, split, Part::Train, options.seq_len, 1)?.is_empty() {
-            return Err(Error::Corpus(format!(
-                "no training text: every block is held out or shorter than {} bytes",
-                corpus::min_window_len(options.seq_len)
-            )));
-        }
-        let stream = TrainStream::new(
-            corpus,
-            split,
-            options.seq_len,
-            options.shuffle_windows,
-            options.seed,
-        );
         let optimizer = AdamW::new(&varmap, &config, options.optimizer)?;
         Ok(Self {
             options,
             run_dir: run_dir.to_path_buf(),
             config,
             varmap,
-            model,
+            task,
             optimizer,
-            stream,
-            eval_set,
             progress,
             metrics,
         })
@@ -256,9 +327,28 @@ impl Trainer {
         self.progress
     }
 
-    /// The model being trained.
-    pub fn model(&self) -> &PerceiverForMaskedLM {
-        &self.model
+    /// The masked LM being trained (`None` for a classifier run).
+    pub fn masked_lm(&self) -> Option<&PerceiverForMaskedLM> {
+        match &self.task {
+            TaskState::MaskedLm { model, .. } => Some(model),
+            TaskState::Classify { .. } => None,
+        }
+    }
+
+    /// The classifier being trained (`None` for a masked-LM run).
+    pub fn classifier(&self) -> Option<&PerceiverForSequenceClassification> {
+        match &self.task {
+            TaskState::Classify { model, .. } => Some(model),
+            TaskState::MaskedLm { .. } => None,
+        }
+    }
+
+    /// A classifier run's data: labels, training and held-out texts (`None` for a masked LM).
+    pub fn classifier_data(&self) -> Option<&ClassifierData> {
+        match &self.task {
+            TaskState::Classify { data, .. } => Some(data),
+            TaskState::MaskedLm { .. } => None,
+        }
     }
 
     /// The directory of the run's checkpoints and `metrics.jsonl`.
@@ -271,9 +361,12 @@ impl Trainer {
         self.optimizer.vars().map(|v| v.elem_count()).sum()
     }
 
-    /// Windows held out for evaluation.
+    /// Windows (texts, for a classifier) held out for evaluation.
     pub fn eval_windows(&self) -> usize {
-        self.eval_set.len()
+        match &self.task {
+            TaskState::MaskedLm { eval_set, .. } => eval_set.len(),
+            TaskState::Classify { data, .. } => data.eval.len(),
+        }
     }
 
     /// One optimizer update over `grad_accum` micro-batches.
@@ -284,22 +377,11 @@ impl Trainer {
         let mut grads: Vec<Tensor> = Vec::new();
         let (mut loss_sum, mut correct, mut targets, mut bytes) = (0f64, 0usize, 0usize, 0usize);
         for _ in 0..accum {
-            let mut examples = Vec::with_capacity(self.options.batch_size);
-            for _ in 0..self.options.batch_size {
-                let window = self.stream.next_window()?;
-                let index = self.stream.consumed() - 1;
-                examples.push(
-                    self.options
-                        .masking
-                        .apply(&window, &mut window_rng(self.options.seed, index)),
-                );
-            }
-            let batch = MaskedBatch::new(&examples, self.model.device())?;
-            let out = masked_lm_loss(&self.model, &batch)?;
+            let (out, batch_targets, batch_bytes) = self.micro_batch_loss()?;
             loss_sum += out.loss.to_scalar::<f32>()? as f64;
             correct += out.correct;
-            targets += batch.num_targets;
-            bytes += batch.num_bytes;
+            targets += batch_targets;
+            bytes += batch_bytes;
             let store = (out.loss / accum as f64)?.backward()?;
             let micro = gradients(&self.optimizer, &store)?;
             grads = if grads.is_empty() {
@@ -325,7 +407,7 @@ impl Trainer {
         self.optimizer.step(&grads, lr)?;
         let seconds = started.elapsed().as_secs_f64();
         self.progress.step += 1;
-        self.progress.windows = self.stream.consumed();
+        self.progress.windows = self.task.consumed();
         self.progress.bytes += bytes as u64;
         self.progress.train_seconds += seconds;
         Ok(StepMetrics {
@@ -339,16 +421,52 @@ impl Trainer {
         })
     }
 
-    /// Masked-byte metrics on the held-out windows, if there are any.
-    pub fn evaluate(&self) -> Result<Option<EvalResult>> {
-        if self.eval_set.is_empty() {
-            return Ok(None);
+    /// The next micro-batch's loss, with its targets (masked bytes, or texts) and real bytes.
+    fn micro_batch_loss(&mut self) -> Result<(BatchLoss, usize, usize)> {
+        let batch_size = self.options.batch_size;
+        match &mut self.task {
+            TaskState::MaskedLm { model, stream, .. } => {
+                let mut examples = Vec::with_capacity(batch_size);
+                for _ in 0..batch_size {
+                    let window = stream.next_window()?;
+                    let index = stream.consumed() - 1;
+                    examples.push(
+                        self.options
+                            .masking
+                            .apply(&window, &mut window_rng(self.options.seed, index)),
+                    );
+                }
+                let batch = MaskedBatch::new(&examples, model.device())?;
+                let out = masked_lm_loss(model, &batch)?;
+                Ok((out, batch.num_targets, batch.num_bytes))
+            }
+            TaskState::Classify { model, data, stream } => {
+                let examples: Vec<&Example> = (0..batch_size)
+                    .map(|_| &data.train[stream.next_index()])
+                    .collect();
+                let batch = ClassBatch::new(&examples, model.device())?;
+                let out = classification_loss(model, &batch)?;
+                Ok((out, batch.size, batch.num_bytes))
+            }
         }
-        Ok(Some(evaluate(
-            &self.model,
-            &self.eval_set,
-            self.options.batch_size,
-        )?))
+    }
+
+    /// Metrics on the held-out windows or texts, if there are any.
+    pub fn evaluate(&self) -> Result<Option<Evaluation>> {
+        let batch_size = self.options.batch_size;
+        Ok(match &self.task {
+            TaskState::MaskedLm { eval_set, .. } if eval_set.is_empty() => None,
+            TaskState::MaskedLm { model, eval_set, .. } => {
+                Some(Evaluation::MaskedLm(evaluate(model, eval_set, batch_size)?))
+            }
+            TaskState::Classify { data, .. } if data.eval.is_empty() => None,
+            TaskState::Classify { model, data, .. } => Some(Evaluation::Classify(evaluate_classifier(
+                model,
+                &data.eval,
+                batch_size,
+                &data.labels,
+            )?)),
+        })
     }
 
     /// The current weights by transformers name.
@@ -405,9 +523,13 @@ impl Trainer {
             if every(self.options.eval_every, step) || last {
                 if let Some(result) = self.evaluate()? {
                     self.metrics.append(&Record::eval(step, &result))?;
+                    if let (Evaluation::Classify(result), true) = (&result, last) {
+                        write_eval(&self.run_dir, step, result)?;
+                    }
                     on_event(Event::Eval {
                         step,
                         result: &result,
+                        last,
                     });
                 }
             }
@@ -419,6 +541,52 @@ impl Trainer {
         let dir = checkpoint::resolve(&self.run_dir)?;
         Ok(Outcome::Finished(dir))
     }
+}
+
+/// A masked-LM run's data: the training stream and the masked held-out windows.
+fn masked_lm_task(options: &TrainConfig, model: PerceiverForMaskedLM) -> Result<TaskState> {
+    let corpus = Corpus::discover(&options.corpus)?;
+    let split = Split {
+        eval_fraction: if options.eval_corpus.is_empty() {
+            options.eval_fraction
+        } else {
+            0.0
+        },
+        seed: options.seed,
+    };
+    let eval_windows = if !options.eval_corpus.is_empty() {
+        corpus::windows(
+            &Corpus::discover(&options.eval_corpus)?,
+            Split::NONE,
+            Part::All,
+            options.seq_len,
+            options.eval_windows,
+        )?
+    } else if split.eval_fraction > 0.0 {
+        corpus::windows(&corpus, split, Part::Eval, options.seq_len, options.eval_windows)?
+    } else {
+        Vec::new()
+    };
+    let eval_set = mask_for_eval(&eval_windows, &options.masking, options.seed);
+    // Fail now, not after the banner, when nothing is left to train on.
+    if corpus::windows(&corpus, split, Part::Train, options.seq_len, 1)?.is_empty() {
+        return Err(Error::Corpus(format!(
+            "no training text: every block is held out or shorter than {} bytes",
+            corpus::min_window_len(options.seq_len)
+        )));
+    }
+    let stream = TrainStream::new(
+        corpus,
+        split,
+        options.seq_len,
+        options.shuffle_windows,
+        options.seed,
+    );
+    Ok(TaskState::MaskedLm {
+        model,
+        stream,
+        eval_set,
+    })
 }
 
 /// The gradient of every parameter, in the optimizer's order. A parameter without one is an

@@ -10,7 +10,7 @@ use perceiver::{
     Checkpoint, LoadOptions, Loader, ModelFiles, Param, PerceiverConfig, PerceiverModel, Precision,
 };
 
-use super::PerceiverForMaskedLM;
+use super::{PerceiverForMaskedLM, PerceiverForSequenceClassification};
 use perceiver::error::Result;
 
 /// Every tensor of a checkpoint as a candle tensor on `device`, by transformers name: the
@@ -40,6 +40,25 @@ pub fn masked_lm_of(checkpoint: &Checkpoint, device: &Device) -> Result<Perceive
         checkpoint.config(),
         VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, device),
     )
+}
+
+/// The differentiable sequence classifier of a checkpoint.
+pub fn classifier_of(checkpoint: &Checkpoint, device: &Device) -> Result<PerceiverForSequenceClassification> {
+    let tensors = checkpoint_tensors(checkpoint, device)?;
+    PerceiverForSequenceClassification::new(
+        checkpoint.config(),
+        VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, device),
+    )
+}
+
+/// The differentiable sequence classifier of a directory, a hub id (as [`Loader`] resolves
+/// them).
+pub fn load_classifier_from(
+    model: &str,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<PerceiverForSequenceClassification> {
+    classifier_of(&Loader::new(model).options(options.clone()).checkpoint()?, device)
 }
 
 /// The differentiable model of the files in `files`.

@@ -5,25 +5,24 @@
 //! `masked_language_modelling.ipynb`. Inputs are byte ids plus a learned position per index;
 //! outputs are logits over the 262 ids, from the decoder's output tied to the input embedding.
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::model::attention::variable;
 use crate::model::decoder::BasicDecoder;
 use crate::model::encoder::PerceiverEncoder;
 use crate::model::ops;
-use crate::model::position::TrainablePositionEncoding;
+use crate::model::text::TextPreprocessor;
 use perceiver::checkpoint::names::MaskedLmNames;
 use perceiver::config::PerceiverConfig;
-use perceiver::error::{Error, Result};
+use perceiver::error::Result;
 
 /// The byte-level masked language model with trainable weights: embeddings and input positions,
 /// encoder, decoder and the output projection tied to the embeddings.
 #[derive(Debug, Clone)]
 pub struct PerceiverForMaskedLM {
-    /// `[vocab_size, d_model]`; also the output projection (tied).
-    embeddings: Embedding,
-    input_positions: TrainablePositionEncoding,
+    /// Byte embeddings (also the tied output projection) and input positions.
+    preprocessor: TextPreprocessor,
     encoder: PerceiverEncoder,
     decoder: BasicDecoder,
     /// `[vocab_size]`, added to the tied projection.
@@ -37,8 +36,7 @@ impl PerceiverForMaskedLM {
     pub fn new(cfg: &PerceiverConfig, vb: VarBuilder) -> Result<Self> {
         let names = MaskedLmNames::new(cfg);
         Ok(Self {
-            embeddings: Embedding::new(variable(&vb, &names.preprocessor.embeddings)?, cfg.d_model),
-            input_positions: TrainablePositionEncoding::new(&names.preprocessor.positions, &vb)?,
+            preprocessor: TextPreprocessor::new(&names.preprocessor, &vb)?,
             encoder: PerceiverEncoder::new(&names.encoder, cfg.num_blocks, &vb)?,
             decoder: BasicDecoder::new(&names.decoder, &vb)?,
             output_bias: variable(&vb, &names.output_bias)?,
@@ -67,18 +65,7 @@ impl PerceiverForMaskedLM {
     /// # Shapes
     /// `input_ids`: `[batch, len]` u32 with `len ≤ max_len()`. Returns `[batch, len, d_model]`.
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let (_, len) = input_ids.dims2()?;
-        if len == 0 {
-            return Err(Error::InvalidInput("the input is empty".into()));
-        }
-        if len > self.max_len() {
-            return Err(Error::InvalidInput(format!(
-                "input is {len} tokens long, the model takes at most {}",
-                self.max_len()
-            )));
-        }
-        let embedded = self.embeddings.forward(input_ids)?;
-        Ok(embedded.broadcast_add(&self.input_positions.first(len)?)?)
+        self.preprocessor.forward(input_ids)
     }
 
     /// The encoder (latents, cross-attention, self-attention blocks).
@@ -116,7 +103,7 @@ impl PerceiverForMaskedLM {
     /// Tied embedding decoder: `hidden · Eᵀ + bias`.
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let (batch, n, width) = hidden.dims3()?;
-        let table = self.embeddings.embeddings();
+        let table = self.preprocessor.table();
         let logits = ops::linear(&hidden.reshape((batch * n, width))?, table, &self.output_bias)?;
         Ok(logits.reshape((batch, n, self.config.vocab_size))?)
     }

@@ -1,0 +1,604 @@
+//! The sequence-classification objective: labels from the data, the classifier's config and
+//! starting weights (a masked LM's parts and a fresh decoder), texts as ids, the held-out split,
+//! the order texts are drawn in, batches, the cross-entropy loss and the evaluation (accuracy,
+//! confusion table).
+//!
+//! Choices, each the same wherever a run is started or resumed:
+//! - **Label ids** are the labels sorted by their UTF-8 bytes, so the order of the rows does not
+//!   change them; they become `id2label` / `label2id` in config.json.
+//! - **Texts** become ids as transformers' `PerceiverTokenizer` makes them for classification
+//!   (`[CLS]`, the UTF-8 bytes, `[SEP]`), as [`perceiver::Classifier::tokenize`] does. A text
+//!   longer than the run's `seq_len` is cut to its first `seq_len − 2` bytes (then `[SEP]`), and
+//!   the number cut is reported, rather than refused: real data has the odd long review.
+//! - **The held-out split** (`eval_fraction`) is stratified: of each label's `n` texts,
+//!   `round(fraction × n)` are held out, at least one when `n ≥ 2` and at least one is left for
+//!   training, chosen by the seed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use perceiver::checkpoint::names::ClassifierNames;
+use perceiver::config::Architecture;
+use perceiver::tokenizer::{BytesTokenizer, PAD_ID};
+use perceiver::PerceiverConfig;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::corpus::splitmix64;
+use crate::error::{io_at, Error, Result};
+use crate::init::{draw, transformers_param_init};
+use crate::labelled::{self, LabelledText};
+use crate::model::PerceiverForSequenceClassification;
+use crate::objective::BatchLoss;
+
+/// The run directory's file with the last evaluation of a classifier ([`EvalFile`]).
+pub const EVAL_FILE: &str = "eval.json";
+
+/// One text as ids, with its label's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// `[CLS]`, the bytes, `[SEP]`.
+    pub ids: Vec<u32>,
+    /// Index into the labels.
+    pub label: u32,
+}
+
+/// The ids of `text` for a classifier taking at most `max_len` ids (`max_len ≥ 3`), and
+/// whether the text had to be cut to fit.
+pub fn tokenize(text: &str, max_len: usize) -> (Vec<u32>, bool) {
+    let tokenizer = BytesTokenizer;
+    let mut bytes = tokenizer.encode(text);
+    let room = max_len.saturating_sub(2);
+    let cut = bytes.len() > room;
+    bytes.truncate(room);
+    (tokenizer.with_special_tokens(&bytes), cut)
+}
+
+/// The distinct labels of `rows`, sorted by their bytes: label `i` is the `i`-th.
+pub fn labels_of<'a>(rows: impl IntoIterator<Item = &'a LabelledText>) -> Vec<String> {
+    let mut labels: Vec<String> = rows.into_iter().map(|r| r.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+/// The config of a `PerceiverForSequenceClassification` with the body of `base` (a masked LM's
+/// config) and `labels` (`id2label`, `label2id`).
+pub fn classifier_config(base: &PerceiverConfig, labels: &[String]) -> Result<PerceiverConfig> {
+    let mut config = base.clone();
+    let extra = &mut config.extra;
+    extra.insert(
+        "architectures".into(),
+        serde_json::json!([Architecture::SequenceClassification.name()]),
+    );
+    extra.insert("model_type".into(), "perceiver".into());
+    extra.insert(
+        "id2label".into(),
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), serde_json::Value::from(l.as_str())))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    );
+    extra.insert(
+        "label2id".into(),
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), serde_json::Value::from(i)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    );
+    // transformers counts the labels from id2label; a stale count would contradict it.
+    extra.remove("num_labels");
+    extra.insert("problem_type".into(), "single_label_classification".into());
+    config.validate()?;
+    Ok(config)
+}
+
+/// The labels of a classifier's config, in id order.
+pub fn config_labels(config: &PerceiverConfig) -> Result<Vec<String>> {
+    let count = config.num_labels()?.ok_or_else(|| {
+        perceiver::Error::InvalidConfig(
+            "a classifier's config names its labels (id2label or num_labels)".into(),
+        )
+    })?;
+    Ok(config.labels(count)?)
+}
+
+/// The starting point of fine-tuning a classifier from `base` (a masked LM's config and every
+/// tensor by name): the classifier's config with `labels`, the preprocessor, latents, encoder and
+/// latent stack copied by name, and the new decoder (its query, cross-attention and final layer)
+/// drawn as transformers' `_init_weights` draws them: normal(0, `initializer_range`) weights and
+/// query, zero biases, LayerNorms 1 and 0. The masked LM's own decoder is left behind.
+pub fn classifier_start(
+    base_config: &PerceiverConfig,
+    base: &BTreeMap<String, Tensor>,
+    labels: &[String],
+    seed: u64,
+) -> Result<(PerceiverConfig, BTreeMap<String, Tensor>)> {
+    let architecture = Architecture::of(base_config)?;
+    if architecture != Architecture::MaskedLm {
+        return Err(Error::Options(format!(
+            "a classifier starts from a byte masked LM (PerceiverForMaskedLM), not a {}",
+            architecture.name()
+        )));
+    }
+    let config = classifier_config(base_config, labels)?;
+    let names = ClassifierNames::new(&config, labels.len());
+    let decoder = &names.decoder;
+    let mut fresh = vec![&decoder.decoder.queries];
+    fresh.extend(decoder.decoder.cross_attention.tensors());
+    fresh.extend([&decoder.final_layer.weight, &decoder.final_layer.bias]);
+    let device = base.values().next().map_or(Device::Cpu, |t| t.device().clone());
+    let mut tensors = BTreeMap::new();
+    for t in names.tensors() {
+        let tensor = if fresh.contains(&t) {
+            let init = transformers_param_init(t, config.initializer_range);
+            draw(t, &t.shape, init, seed, &device)?
+        } else {
+            let tensor = base
+                .get(&t.name)
+                .ok_or_else(|| perceiver::Error::MissingTensor { name: t.name.clone() })?;
+            if tensor.dims() != t.shape.as_slice() {
+                return Err(perceiver::Error::ShapeMismatch {
+                    name: t.name.clone(),
+                    expected: t.shape.clone(),
+                    found: tensor.dims().to_vec(),
+                }
+                .into());
+            }
+            tensor.clone()
+        };
+        tensors.insert(t.name.clone(), tensor);
+    }
+    Ok((config, tensors))
+}
+
+/// A classifier run's texts: the labels, the training and held-out examples.
+#[derive(Debug, Clone)]
+pub struct ClassifierData {
+    /// Label names in id order.
+    pub labels: Vec<String>,
+    /// The texts trained on.
+    pub train: Vec<Example>,
+    /// The held-out texts (every one is evaluated).
+    pub eval: Vec<Example>,
+    /// Texts (of both parts) cut to the run's `seq_len`.
+    pub truncated: usize,
+}
+
+impl ClassifierData {
+    /// Reads the run's labelled files (`corpus`, and `eval_corpus` or `eval_fraction` for the
+    /// held-out part). With `known` (a classifier's labels, when fine-tuning or resuming one),
+    /// every label of the data must be one of them; otherwise the training texts' labels are
+    /// the labels, and there must be at least two.
+    pub fn load(options: &TrainConfig, known: Option<Vec<String>>) -> Result<Self> {
+        let rows = labelled::read_all(&options.corpus)?;
+        let (train_rows, eval_rows) = if options.eval_corpus.is_empty() {
+            split(rows, options.eval_fraction, options.seed)
+        } else {
+            (rows, labelled::read_all(&options.eval_corpus)?)
+        };
+        let labels = match known {
+            Some(labels) => labels,
+            None => labels_of(&train_rows),
+        };
+        if labels.len() < 2 {
+            return Err(Error::Options(format!(
+                "the training texts have one label ({}): a classifier needs at least two",
+                labels.first().map_or("none", |l| l.as_str())
+            )));
+        }
+        let (train, cut_train) = examples(&train_rows, &labels, options.seq_len)?;
+        let (eval, cut_eval) = examples(&eval_rows, &labels, options.seq_len)?;
+        if train.is_empty() {
+            return Err(Error::Options("no training texts: every one is held out".into()));
+        }
+        Ok(Self {
+            labels,
+            train,
+            eval,
+            truncated: cut_train + cut_eval,
+        })
+    }
+}
+
+/// `rows` as examples for a classifier with `labels` taking at most `max_len` ids, and how
+/// many texts were cut to fit; a row whose label is not one of `labels` is an [`Error::Data`].
+pub fn examples(rows: &[LabelledText], labels: &[String], max_len: usize) -> Result<(Vec<Example>, usize)> {
+    let ids: HashMap<&str, u32> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i as u32))
+        .collect();
+    let mut truncated = 0;
+    let examples = rows
+        .iter()
+        .map(|row| {
+            let label = *ids.get(row.label.as_str()).ok_or_else(|| Error::Data {
+                path: row.path.clone(),
+                line: Some(row.line),
+                reason: format!(
+                    "the label `{}` is not one of the classifier's labels ({})",
+                    row.label,
+                    labels.join(", ")
+                ),
+            })?;
+            let (ids, cut) = tokenize(&row.text, max_len);
+            truncated += cut as usize;
+            Ok(Example { ids, label })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((examples, truncated))
+}
+
+/// The stratified held-out split of `rows` (see the module docs); both parts keep file order.
+pub fn split(rows: Vec<LabelledText>, fraction: f64, seed: u64) -> (Vec<LabelledText>, Vec<LabelledText>) {
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        by_label.entry(row.label.as_str()).or_default().push(i);
+    }
+    let mut held_out = vec![false; rows.len()];
+    if fraction > 0.0 {
+        for (index, (_, mut members)) in by_label.into_iter().enumerate() {
+            let n = members.len();
+            if n < 2 {
+                continue;
+            }
+            let k = ((fraction * n as f64).round() as usize).clamp(1, n - 1);
+            let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ SPLIT_SALT ^ splitmix64(index as u64)));
+            members.shuffle(&mut rng);
+            for &i in &members[..k] {
+                held_out[i] = true;
+            }
+        }
+    }
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for (row, out) in rows.into_iter().zip(held_out) {
+        if out {
+            eval.push(row)
+        } else {
+            train.push(row)
+        }
+    }
+    (train, eval)
+}
+
+const SPLIT_SALT: u64 = 0x5b11_7000_0000_0001;
+const ORDER_SALT: u64 = 0x0bde_2000_0000_0001;
+
+/// The order training texts are drawn in: every epoch a fresh permutation of them, a pure
+/// function of the seed and the epoch, so a resumed run draws exactly what the uninterrupted
+/// one would (skipping is free).
+#[derive(Debug, Clone)]
+pub struct ExampleStream {
+    len: usize,
+    seed: u64,
+    consumed: u64,
+    order: Option<(u64, Vec<usize>)>,
+}
+
+impl ExampleStream {
+    /// A stream over `len` (≥ 1) texts.
+    pub fn new(len: usize, seed: u64) -> Self {
+        Self {
+            len: len.max(1),
+            seed,
+            consumed: 0,
+            order: None,
+        }
+    }
+
+    /// Texts drawn so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Passes over the texts so far (the current one included once it has started).
+    pub fn epoch(&self) -> u64 {
+        self.consumed / self.len as u64
+    }
+
+    /// Skips `n` texts (a resume's position).
+    pub fn skip(&mut self, n: u64) {
+        self.consumed += n;
+    }
+
+    /// The index of the next text.
+    pub fn next_index(&mut self) -> usize {
+        let epoch = self.consumed / self.len as u64;
+        let position = (self.consumed % self.len as u64) as usize;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut order: Vec<usize> = (0..self.len).collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(self.seed ^ ORDER_SALT ^ splitmix64(epoch)));
+            order.shuffle(&mut rng);
+            self.order = Some((epoch, order));
+        }
+        self.consumed += 1;
+        self.order.as_ref().map_or(position, |(_, order)| order[position])
+    }
+}
+
+/// Texts as tensors, padded to the batch's longest.
+pub struct ClassBatch {
+    /// `[batch, len]` u32.
+    pub input_ids: Tensor,
+    /// `[batch, len]` f32, 1 = real id; `None` when no text is padded.
+    pub attention_mask: Option<Tensor>,
+    /// `[batch]` u32 label ids.
+    pub labels: Tensor,
+    /// Texts in the batch.
+    pub size: usize,
+    /// Real (unpadded) ids in the batch.
+    pub num_bytes: usize,
+}
+
+impl ClassBatch {
+    /// Pads `examples` into one batch on `device`.
+    pub fn new(examples: &[&Example], device: &Device) -> Result<Self> {
+        let batch = examples.len();
+        let len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        if batch == 0 || len == 0 {
+            return Err(Error::Options("a batch needs at least one text".into()));
+        }
+        let mut ids = vec![PAD_ID; batch * len];
+        let mut mask = vec![0f32; batch * len];
+        for (b, e) in examples.iter().enumerate() {
+            ids[b * len..b * len + e.ids.len()].copy_from_slice(&e.ids);
+            mask[b * len..b * len + e.ids.len()].fill(1.0);
+        }
+        let padded = examples.iter().any(|e| e.ids.len() < len);
+        let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
+        Ok(Self {
+            input_ids: Tensor::from_vec(ids, (batch, len), device)?,
+            attention_mask: if padded {
+                Some(Tensor::from_vec(mask, (batch, len), device)?)
+            } else {
+                None
+            },
+            labels: Tensor::from_vec(labels, batch, device)?,
+            size: batch,
+            num_bytes: examples.iter().map(|e| e.ids.len()).sum(),
+        })
+    }
+}
+
+/// The logits, the mean cross-entropy (a scalar to differentiate) and the predictions of a batch.
+fn scored(model: &PerceiverForSequenceClassification, batch: &ClassBatch) -> Result<(Tensor, Vec<u32>)> {
+    let logits = model.forward(&batch.input_ids, batch.attention_mask.as_ref())?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = log_probs.gather(&batch.labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let loss = (picked.mean_all()? * -1.0)?;
+    let predicted = PerceiverForSequenceClassification::predictions(&logits)?;
+    Ok((loss, predicted))
+}
+
+/// Cross-entropy of the batch's labels (transformers' `PerceiverForSequenceClassification` loss
+/// for `single_label_classification`: the mean over the texts).
+pub fn classification_loss(
+    model: &PerceiverForSequenceClassification,
+    batch: &ClassBatch,
+) -> Result<BatchLoss> {
+    let (loss, predicted) = scored(model, batch)?;
+    let labels = batch.labels.to_vec1::<u32>()?;
+    let correct = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    Ok(BatchLoss { loss, correct })
+}
+
+/// A classifier's metrics on labelled texts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierEval {
+    /// Mean cross-entropy over the texts, in nats.
+    pub loss: f64,
+    /// Fraction of texts whose most likely label is theirs.
+    pub accuracy: f64,
+    /// Texts evaluated.
+    pub examples: usize,
+    /// Label names in id order.
+    pub labels: Vec<String>,
+    /// `confusion[true][predicted]`: texts of each label by the label predicted.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Evaluates `examples` in batches of `batch_size` (no update).
+pub fn evaluate_classifier(
+    model: &PerceiverForSequenceClassification,
+    examples: &[Example],
+    batch_size: usize,
+    labels: &[String],
+) -> Result<ClassifierEval> {
+    if examples.is_empty() {
+        return Err(Error::Options("nothing to evaluate".into()));
+    }
+    let n = labels.len();
+    let mut confusion = vec![vec![0u64; n]; n];
+    let mut total_loss = 0f64;
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = ClassBatch::new(&refs, model.device())?;
+        let (loss, predicted) = scored(model, &batch)?;
+        total_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
+        for (example, &p) in chunk.iter().zip(&predicted) {
+            if let Some(cell) = confusion
+                .get_mut(example.label as usize)
+                .and_then(|row| row.get_mut(p as usize))
+            {
+                *cell += 1;
+            }
+        }
+    }
+    let correct: u64 = (0..n).map(|i| confusion[i][i]).sum();
+    Ok(ClassifierEval {
+        loss: total_loss / examples.len() as f64,
+        accuracy: correct as f64 / examples.len() as f64,
+        examples: examples.len(),
+        labels: labels.to_vec(),
+        confusion,
+    })
+}
+
+impl ClassifierEval {
+    /// The confusion table as text: a row per true label, a column per predicted label, and
+    /// each label's recall.
+    pub fn table(&self) -> String {
+        let header = "true \\ predicted";
+        let first = self
+            .labels
+            .iter()
+            .map(|l| l.chars().count())
+            .chain([header.chars().count()])
+            .max()
+            .unwrap_or(0);
+        let widths: Vec<usize> = self
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(j, l)| {
+                let most = self.confusion.iter().map(|row| row[j]).max().unwrap_or(0);
+                l.chars().count().max(most.to_string().len())
+            })
+            .collect();
+        let mut out = format!("{header:<first$}");
+        for (label, width) in self.labels.iter().zip(&widths) {
+            out.push_str(&format!("  {label:>width$}"));
+        }
+        out.push_str("  recall\n");
+        for (i, label) in self.labels.iter().enumerate() {
+            out.push_str(&format!("{label:<first$}"));
+            for (count, width) in self.confusion[i].iter().zip(&widths) {
+                out.push_str(&format!("  {count:>width$}"));
+            }
+            let total: u64 = self.confusion[i].iter().sum();
+            let recall = match total {
+                0 => "-".to_string(),
+                _ => format!("{:.1}%", 100.0 * self.confusion[i][i] as f64 / total as f64),
+            };
+            out.push_str(&format!("  {recall:>6}\n"));
+        }
+        out
+    }
+}
+
+/// `eval.json`: a classifier's last evaluation in a run directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalFile {
+    /// The update after which it ran.
+    pub step: u64,
+    /// Its metrics and confusion table.
+    #[serde(flatten)]
+    pub result: ClassifierEval,
+}
+
+/// Writes `run_dir/eval.json`.
+pub fn write_eval(run_dir: &Path, step: u64, result: &ClassifierEval) -> Result<()> {
+    let path = run_dir.join(EVAL_FILE);
+    let file = EvalFile {
+        step,
+        result: result.clone(),
+    };
+    let json = serde_json::to_string_pretty(&file).expect("evaluation serialises");
+    std::fs::write(&path, json).map_err(io_at(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn rows(labels: &[&str]) -> Vec<LabelledText> {
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LabelledText {
+                text: format!("text {i}"),
+                label: l.to_string(),
+                path: PathBuf::from("d.csv"),
+                line: i as u64 + 2,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn texts_become_cls_bytes_sep_and_long_ones_are_cut() {
+        assert_eq!(tokenize("ab", 10), (vec![4, 97 + 6, 98 + 6, 5], false));
+        assert_eq!(tokenize("abcdef", 5), (vec![4, 97 + 6, 98 + 6, 99 + 6, 5], true));
+        assert_eq!(tokenize("abc", 5), (vec![4, 103, 104, 105, 5], false));
+    }
+
+    #[test]
+    fn labels_are_sorted_whatever_the_row_order() {
+        assert_eq!(labels_of(&rows(&["fr", "en", "fr", "de"])), ["de", "en", "fr"]);
+    }
+
+    #[test]
+    fn the_split_is_stratified_deterministic_and_keeps_order() {
+        let data = rows(&["a", "a", "a", "a", "a", "a", "a", "a", "a", "a", "b", "b", "c"]);
+        let (train, eval) = split(data.clone(), 0.2, 7);
+        let count = |rows: &[LabelledText], l: &str| rows.iter().filter(|r| r.label == l).count();
+        assert_eq!(
+            (count(&eval, "a"), count(&eval, "b"), count(&eval, "c")),
+            (2, 1, 0)
+        );
+        assert_eq!(train.len() + eval.len(), data.len());
+        assert!(eval.windows(2).all(|w| w[0].line < w[1].line));
+        let (_, again) = split(data.clone(), 0.2, 7);
+        assert_eq!(eval, again);
+        let (_, other) = split(data.clone(), 0.2, 8);
+        assert_ne!(eval, other, "the seed chooses");
+        assert!(split(data, 0.0, 7).1.is_empty());
+    }
+
+    #[test]
+    fn the_stream_permutes_each_epoch_and_resumes_exactly() {
+        let mut stream = ExampleStream::new(5, 3);
+        let drawn: Vec<usize> = (0..15).map(|_| stream.next_index()).collect();
+        for epoch in drawn.chunks(5) {
+            let mut sorted = epoch.to_vec();
+            sorted.sort();
+            assert_eq!(sorted, [0, 1, 2, 3, 4]);
+        }
+        assert_ne!(drawn[..5], drawn[5..10]);
+        let mut resumed = ExampleStream::new(5, 3);
+        resumed.skip(7);
+        let rest: Vec<usize> = (7..15).map(|_| resumed.next_index()).collect();
+        assert_eq!(rest, drawn[7..]);
+    }
+
+    #[test]
+    fn the_config_names_the_labels_both_ways() {
+        let labels = vec!["de".to_string(), "en".to_string()];
+        let config = classifier_config(&PerceiverConfig::default(), &labels).unwrap();
+        assert_eq!(
+            Architecture::of(&config).unwrap(),
+            Architecture::SequenceClassification
+        );
+        assert_eq!(config_labels(&config).unwrap(), labels);
+        assert_eq!(config.extra["label2id"], serde_json::json!({"de": 0, "en": 1}));
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_true_label() {
+        let eval = ClassifierEval {
+            loss: 0.5,
+            accuracy: 0.75,
+            examples: 8,
+            labels: vec!["de".into(), "english".into()],
+            confusion: vec![vec![3, 1], vec![1, 3]],
+        };
+        let table = eval.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("true \\ predicted") && lines[0].ends_with("recall"));
+        assert!(
+            lines[1].starts_with("de ") && lines[1].ends_with("75.0%"),
+            "{table}"
+        );
+        assert!(lines[2].contains("english"));
+    }
+}
