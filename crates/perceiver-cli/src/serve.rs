@@ -2,16 +2,18 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver_serve::{caps, ServeConfig, Server};
+use perceiver_serve::{caps, ServeConfig, ServeModel, Server};
 
 use crate::model::{EngineArgs, ModelArgs};
 
 #[derive(Args)]
 #[command(
-    after_help = "Routes: GET / (a playground page to try the model in a browser), POST /fill-mask, \
-GET /health, GET /info, GET /metrics, /docs (Swagger UI), /api-doc/openapi.json.\n\
-Example: curl -s localhost:8080/fill-mask -H 'Content-Type: application/json' \\\n    \
--d '{\"inputs\": \"This is an incomplete sentence where some words are[MASK:9]\"}'"
+    after_help = "Routes: GET / (a playground page to try a fill-mask model in a browser), POST /fill-mask \
+(masked language models) or POST /classify (classifiers), GET /health, GET /info, GET /metrics, \
+/docs (Swagger UI), /api-doc/openapi.json.\n\
+Examples:\n  curl -s localhost:8080/fill-mask -H 'Content-Type: application/json' \\\n    \
+-d '{\"inputs\": \"This is an incomplete sentence where some words are[MASK:9]\"}'\n  \
+curl -s 'localhost:8080/classify?top_k=3' -H 'Content-Type: image/jpeg' --data-binary @cat.jpg"
 )]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -104,6 +106,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let config = args.service.config(&args.model.model);
     // The model loads before the port opens: a client never sees a service that cannot answer.
     let model = args.model.load_engine(args.engine.precision)?;
+    let model: ServeModel = if model.architecture().is_classifier() {
+        // Loaded again with its image processor (preprocessor_config.json); the weights are
+        // memory-mapped, so the second load reads little.
+        drop(model);
+        args.model.load_classifier(args.engine.precision)?.into()
+    } else {
+        model.into()
+    };
     tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")?
         .block_on(async {

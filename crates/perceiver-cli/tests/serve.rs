@@ -309,3 +309,80 @@ fn serve_takes_a_deepmind_pickle() {
     served.signal("TERM");
     assert!(served.wait().success());
 }
+
+/// Standard base64 with padding (the test's own, so the CLI needs no base64 crate).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn serve_classifies_what_classify_json_answers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classification");
+    for (model, inputs) in [
+        ("tiny_image_conv", vec!["wide.png", "tall_grey.png"]),
+        (
+            "tiny_text_classifier",
+            vec!["This is great!", "Terrible, awful, bad."],
+        ),
+    ] {
+        let model = dir.join(model).to_string_lossy().into_owned();
+        let images = !model.ends_with("tiny_text_classifier");
+        let served = Served::start(&["-m", &model, "--port", "0"], &[]);
+        let (status, info) = served.request("GET", "/info", None);
+        assert_eq!(status, 200);
+        let task = if images {
+            "image-classification"
+        } else {
+            "text-classification"
+        };
+        assert_eq!(info["task"], task);
+        for input in inputs {
+            let (cli_args, body) = if images {
+                let path = format!("{model}/{input}");
+                let bytes = std::fs::read(&path).unwrap();
+                (
+                    vec![path],
+                    json!({"inputs": base64(&bytes), "parameters": {"top_k": 3}}),
+                )
+            } else {
+                (
+                    vec!["--text".to_string(), input.to_string()],
+                    json!({"inputs": input, "parameters": {"top_k": 3}}),
+                )
+            };
+            let mut args = vec!["classify", "-m", &model, "--json", "-k", "3"];
+            args.extend(cli_args.iter().map(String::as_str));
+            let cli = json_line(&command(&args).output().unwrap());
+            let (status, answer) = served.request("POST", "/classify", Some(&body));
+            assert_eq!(status, 200, "{answer}");
+            let (got, want) = (answer.as_array().unwrap(), cli.as_array().unwrap());
+            assert_eq!(got.len(), 3);
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(g["label"], w["label"], "{model} {input}");
+                // The same preprocessing and a batch of one: the same f32.
+                let score = |v: &Value| v["score"].as_f64().unwrap() as f32;
+                assert_eq!(score(g), score(w), "{model} {input}");
+            }
+        }
+        // The other task's route names the model's task.
+        let (status, answer) = served.request("POST", "/fill-mask", Some(&json!({"inputs": "[MASK]"})));
+        assert_eq!(status, 404);
+        assert!(answer["error"].as_str().unwrap().contains(task), "{answer}");
+        served.signal("TERM");
+        assert!(served.wait().success());
+    }
+}

@@ -15,8 +15,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use perceiver::tokenizer::VOCAB_SIZE;
-use perceiver::{FillMask, MaskedText};
+use perceiver::{Classifier, LabelScore};
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -26,12 +27,14 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{ErrorResponse, ErrorType};
 use crate::metrics::Metrics;
-use crate::queue::{Infer, InferError};
+use crate::queue::{Infer, InferError, Input, Output, Pending, Task};
 use crate::types::{
-    FillMaskRequest, FillMaskResponse, Health, Info, Inputs, Limits, Parameters, Prediction, TextAnswer,
+    ClassifyParameters, ClassifyRequest, ClassifyResponse, FillMaskRequest, FillMaskResponse, Health, Info,
+    Inputs, LabelPrediction, Limits, Parameters, Prediction, TextAnswer,
 };
 
-/// Candidates per mask when the request does not say (transformers' pipeline default).
+/// Candidates per mask when the request does not say (transformers' pipeline default); also
+/// the labels per image.
 pub const DEFAULT_TOP_K: usize = 5;
 /// How long a successful forward pass vouches for `/health`.
 pub const HEALTH_CACHE: Duration = Duration::from_secs(5);
@@ -41,8 +44,10 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// What every handler shares.
 pub(crate) struct AppState {
     pub infer: Infer,
-    /// Used here only to tokenize and check inputs; the model thread has its own handle.
-    pub fill: Arc<FillMask>,
+    /// Used here only to prepare and check inputs; the model thread has its own handle.
+    pub task: Arc<Task>,
+    /// The health check's input.
+    pub probe: Input,
     pub info: Info,
     pub metrics: Metrics,
     pub permits: Arc<Semaphore>,
@@ -55,12 +60,16 @@ pub(crate) struct AppState {
 #[openapi(
     info(
         title = "perceiver serve",
-        description = "Fill-mask with Perceiver IO byte-level language models (Hugging Face Inference API shape)",
+        description = "Fill-mask with Perceiver IO byte-level language models, text and image classification with Perceiver IO classifiers (Hugging Face Inference API shapes). A service runs its model's one task (GET /info names it): POST /fill-mask or POST /classify.",
         license(name = "Apache-2.0")
     ),
-    paths(fill_mask, health, info, metrics),
+    paths(fill_mask, classify, health, info, metrics),
     components(schemas(
         FillMaskRequest,
+        ClassifyRequest,
+        ClassifyParameters,
+        ClassifyResponse,
+        LabelPrediction,
         Inputs,
         Parameters,
         FillMaskResponse,
@@ -93,8 +102,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
+    // Only the model's task has a route; the other's falls to `not_found`, which names it.
+    let task_route = match *state.task {
+        Task::FillMask(_) => post(fill_mask),
+        Task::Classifier(_) => post(classify),
+    };
     let mut guarded = Router::new()
-        .route("/fill-mask", post(fill_mask))
+        .route(state.task.route(), task_route)
         .route("/info", get(info))
         .route("/metrics", get(metrics))
         .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", openapi()));
@@ -139,13 +153,58 @@ async fn fill_mask(
     State(state): State<Arc<AppState>>,
     body: Result<JsonBody<FillMaskRequest>, ErrorResponse>,
 ) -> Response {
+    counted(&state, async {
+        match body {
+            Ok(JsonBody(request)) => state.fill_mask(request).await,
+            Err(e) => Err(e),
+        }
+    })
+    .await
+}
+
+/// Classify images or texts: the model's labels, best first.
+///
+/// An image classifier takes one image file's bytes as the body (`Content-Type: image/…` or
+/// `application/octet-stream`; `?top_k=` in the query), or JSON with a base64 image or a list
+/// of them; a text classifier takes JSON with a text or a list of texts. Only a service whose
+/// model is a classifier has this route (see `/info`'s `task`).
+#[utoipa::path(
+    post,
+    path = "/classify",
+    request_body(
+        description = "JSON (texts, or base64 images), or an image file's bytes (JPEG, PNG, WebP, BMP, GIF, TIFF)",
+        content(
+            (ClassifyRequest = "application/json"),
+            (Vec<u8> = "image/*"),
+            (Vec<u8> = "application/octet-stream"),
+        )
+    ),
+    params(("top_k" = Option<usize>, Query, description = "Labels per input for an image body (JSON bodies use parameters.top_k)")),
+    responses(
+        (status = 200, description = "The labels of each input, best first, as transformers' classification pipelines give them", body = ClassifyResponse),
+        (status = 400, description = "The body is not JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "The model is not a classifier (see /info's task)", body = ErrorResponse),
+        (status = 413, description = "The body is too large", body = ErrorResponse),
+        (status = 422, description = "Not a valid request (not an image, image too large, bad base64, text too long, too many inputs, ...)", body = ErrorResponse),
+        (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
+        (status = 500, description = "The model failed", body = ErrorResponse),
+    ),
+    security((), ("api_key" = []))
+)]
+async fn classify(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    counted(&state, state.classify(request)).await
+}
+
+/// Runs a request to the task's route: counts its outcome (`cancelled` if the client leaves
+/// first: hyper then drops this future) and times a success.
+async fn counted<T: serde::Serialize>(
+    state: &AppState,
+    work: impl std::future::Future<Output = Result<T, ErrorResponse>>,
+) -> Response {
     let start = Instant::now();
-    // If the client leaves first, hyper drops this future: the guard counts it as cancelled.
     let mut cancelled = CountOnDrop(Some(&state.metrics));
-    let result = match body {
-        Ok(JsonBody(request)) => state.fill_mask(request).await,
-        Err(e) => Err(e),
-    };
+    let result = work.await;
     cancelled.0 = None;
     state.metrics.count_result(&result);
     match result {
@@ -161,23 +220,58 @@ async fn fill_mask(
     }
 }
 
+/// The answer for a route of a task this service's model does not have.
+fn wrong_task(task: &Task, path: &str) -> ErrorResponse {
+    ErrorResponse::new(
+        ErrorType::NotFound,
+        format!(
+            "{path} is not served: the model is a {} model, served at POST {} (see /info)",
+            task.name(),
+            task.route()
+        ),
+    )
+}
+
+/// A request's inputs, checked against the per-request limits: the list, and whether it was a
+/// single input (answered without the outer list).
+fn checked_inputs(inputs: Inputs, limits: &Limits) -> Result<(Vec<String>, bool), ErrorResponse> {
+    let (inputs, single) = match inputs {
+        Inputs::Single(input) => (vec![input], true),
+        Inputs::Batch(inputs) => (inputs, false),
+    };
+    if inputs.is_empty() {
+        return Err(ErrorResponse::validation("inputs is an empty list"));
+    }
+    check_count(inputs.len(), limits)?;
+    Ok((inputs, single))
+}
+
+fn check_count(count: usize, limits: &Limits) -> Result<(), ErrorResponse> {
+    if count > limits.max_client_batch_size {
+        return Err(ErrorResponse::validation(format!(
+            "{count} inputs in one request, at most {}",
+            limits.max_client_batch_size
+        )));
+    }
+    Ok(())
+}
+
+/// `inputs[i]: ` for an input of a list, nothing for a single input.
+fn place(single: bool, i: usize) -> String {
+    if single {
+        String::new()
+    } else {
+        format!("inputs[{i}]: ")
+    }
+}
+
 impl AppState {
     async fn fill_mask(&self, request: FillMaskRequest) -> Result<FillMaskResponse, ErrorResponse> {
-        let (texts, single) = match request.inputs {
-            Inputs::Single(text) => (vec![text], true),
-            Inputs::Batch(texts) => (texts, false),
+        let Task::FillMask(fill) = &*self.task else {
+            return Err(wrong_task(&self.task, "/fill-mask"));
         };
         let limits = &self.info.limits;
-        if texts.is_empty() {
-            return Err(ErrorResponse::validation("inputs is an empty list"));
-        }
-        if texts.len() > limits.max_client_batch_size {
-            return Err(ErrorResponse::validation(format!(
-                "{} inputs in one request, at most {}",
-                texts.len(),
-                limits.max_client_batch_size
-            )));
-        }
+        let (texts, single) = checked_inputs(request.inputs, limits)?;
         let parameters = request.parameters.unwrap_or_default();
         let top_k = parameters.top_k.unwrap_or(DEFAULT_TOP_K);
         if top_k == 0 || top_k > VOCAB_SIZE {
@@ -186,18 +280,12 @@ impl AppState {
             )));
         }
         let add_special_tokens = parameters.add_special_tokens.unwrap_or(false);
-        let inputs: Vec<MaskedText> = texts
+        let inputs: Vec<_> = texts
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                self.fill.prepare(text, add_special_tokens).map_err(|e| {
-                    let place = if single {
-                        String::new()
-                    } else {
-                        format!("inputs[{i}]: ")
-                    };
-                    ErrorResponse::validation(format!("{place}{e}"))
-                })
+                fill.prepare(text, add_special_tokens)
+                    .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i))))
             })
             .collect::<Result<_, _>>()?;
         let predictions: usize = inputs.iter().map(|i| i.mask_positions.len() * top_k).sum();
@@ -209,19 +297,123 @@ impl AppState {
         }
 
         let _permit = self.permit()?;
+        let inputs = inputs.into_iter().map(Input::Masked).collect();
         let receivers = self.infer.submit(inputs, top_k).map_err(infer_error)?;
         let mut answers = Vec::with_capacity(receivers.len());
-        for receiver in receivers {
-            let answer = receiver
-                .await
-                .map_err(|_| infer_error(InferError::Stopped))?
-                .map_err(infer_error)?;
-            answers.push(TextAnswer::from_answer(&answer));
+        for output in answers_of(receivers).await? {
+            match output {
+                Output::Filled(answer) => answers.push(TextAnswer::from_answer(&answer)),
+                Output::Labels(_) => return Err(unexpected_output()),
+            }
         }
         Ok(if single {
             FillMaskResponse::Single(answers.pop().expect("one input, one answer"))
         } else {
             FillMaskResponse::Batch(answers)
+        })
+    }
+
+    async fn classify(&self, request: Request) -> Result<ClassifyResponse, ErrorResponse> {
+        let Task::Classifier(classifier) = &*self.task else {
+            return Err(wrong_task(&self.task, "/classify"));
+        };
+        let images = classifier.reads_images();
+        let query_top_k = query_top_k(request.uri().query())?;
+        let media_type = media_type(&request);
+        let raw_declared = media_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("image/") || t == "application/octet-stream");
+        if raw_declared && !images {
+            return Err(ErrorResponse::validation(format!(
+                "the model classifies text, not images: send JSON {{\"inputs\": \"a text\"}} \
+                 (Content-Type {})",
+                media_type.as_deref().unwrap_or_default()
+            )));
+        }
+        let body = read_body(request, self).await?;
+        // An image model takes a raw image unless the body is declared or looks like JSON
+        // (Inference API clients do not always set the content type).
+        let raw = images
+            && (raw_declared
+                || (media_type.as_deref() != Some("application/json") && !looks_like_json(&body)));
+        let limits = &self.info.limits;
+        let (inputs, single, top_k) = if raw {
+            if body.is_empty() {
+                return Err(ErrorResponse::validation(
+                    "the body is empty: send an image file's bytes, or JSON {\"inputs\": \"<base64>\"}",
+                ));
+            }
+            (RawInputs::Files(vec![body.to_vec()]), true, query_top_k)
+        } else {
+            let request: ClassifyRequest = parse_json(&body)?;
+            let (inputs, single) = checked_inputs(request.inputs, limits)?;
+            let top_k = request.parameters.and_then(|p| p.top_k).or(query_top_k);
+            let inputs = if images {
+                RawInputs::Files(
+                    inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, text)| {
+                            decode_base64(text)
+                                .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i))))
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            } else {
+                RawInputs::Texts(inputs)
+            };
+            (inputs, single, top_k)
+        };
+
+        let labels = classifier.labels().len();
+        let default_top_k = if images { DEFAULT_TOP_K } else { labels };
+        let top_k = top_k.unwrap_or(default_top_k);
+        if top_k == 0 {
+            return Err(ErrorResponse::validation("top_k is 0, it must be at least 1"));
+        }
+        // More than the labels gives them all, as the pipelines do.
+        let top_k = top_k.min(labels);
+        let predictions = inputs.len().saturating_mul(top_k);
+        if predictions > limits.max_predictions {
+            return Err(ErrorResponse::validation(format!(
+                "the request asks for {predictions} labels (inputs × top_k), at most {}",
+                limits.max_predictions
+            )));
+        }
+
+        let _permit = self.permit()?;
+        let inputs = match inputs {
+            RawInputs::Texts(texts) => texts
+                .iter()
+                .enumerate()
+                .map(|(i, text)| {
+                    classifier
+                        .tokenize(text)
+                        .map(Input::Tokens)
+                        .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i))))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            // Decoding and resizing take a while: off the async threads, and counted by the
+            // permit held meanwhile.
+            RawInputs::Files(files) => {
+                let task = self.task.clone();
+                tokio::task::spawn_blocking(move || prepare_images(&task, &files, single))
+                    .await
+                    .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))??
+            }
+        };
+        let receivers = self.infer.submit(inputs, top_k).map_err(infer_error)?;
+        let mut answers = Vec::with_capacity(receivers.len());
+        for output in answers_of(receivers).await? {
+            match output {
+                Output::Labels(labels) => answers.push(labels.into_iter().map(label_prediction).collect()),
+                Output::Filled(_) => return Err(unexpected_output()),
+            }
+        }
+        Ok(if single {
+            ClassifyResponse::Single(answers.pop().expect("one input, one answer"))
+        } else {
+            ClassifyResponse::Batch(answers)
         })
     }
 
@@ -238,7 +430,144 @@ impl AppState {
     }
 }
 
-/// Counts a fill-mask request as cancelled unless emptied first.
+/// A classification request's inputs before they are prepared.
+enum RawInputs {
+    Texts(Vec<String>),
+    Files(Vec<Vec<u8>>),
+}
+
+impl RawInputs {
+    fn len(&self) -> usize {
+        match self {
+            RawInputs::Texts(t) => t.len(),
+            RawInputs::Files(f) => f.len(),
+        }
+    }
+}
+
+/// Decodes and preprocesses image files as the model's processor does; an error names the
+/// input at fault.
+fn prepare_images(task: &Task, files: &[Vec<u8>], single: bool) -> Result<Vec<Input>, ErrorResponse> {
+    let Task::Classifier(classifier) = task else {
+        return Err(wrong_task(task, "/classify"));
+    };
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            classifier
+                .prepare_image(bytes)
+                .map(Input::Pixels)
+                .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i))))
+        })
+        .collect()
+}
+
+/// A base64 image of a JSON body: standard alphabet, padding optional, an optional
+/// `data:…;base64,` prefix (what browsers' `FileReader.readAsDataURL` gives).
+fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let data = match text.strip_prefix("data:") {
+        Some(url) => match url.split_once(";base64,") {
+            Some((_, data)) => data,
+            None => return Err("a data URL must be base64 (data:<type>;base64,<data>)".into()),
+        },
+        None => text,
+    };
+    let bytes = ENGINE
+        .decode(data.trim())
+        .map_err(|e| format!("the image is not valid base64: {e}"))?;
+    if bytes.is_empty() {
+        return Err("the image is empty".into());
+    }
+    Ok(bytes)
+}
+
+/// The body's media type, lower case, without parameters.
+fn media_type(request: &Request) -> Option<String> {
+    let value = request.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+/// Whether a body of unstated type is JSON: its first non-blank byte opens an object. No image
+/// format starts with `{`.
+fn looks_like_json(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// `top_k` of the query string, if given.
+fn query_top_k(query: Option<&str>) -> Result<Option<usize>, ErrorResponse> {
+    let mut top_k = None;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == "top_k" {
+            let parsed = value.parse::<usize>().map_err(|_| {
+                ErrorResponse::validation(format!("top_k={value} in the query is not a count"))
+            })?;
+            top_k = Some(parsed);
+        } else {
+            return Err(ErrorResponse::validation(format!(
+                "unknown query parameter {name:?} (only top_k)"
+            )));
+        }
+    }
+    Ok(top_k)
+}
+
+fn label_prediction(l: LabelScore) -> LabelPrediction {
+    LabelPrediction {
+        label: l.label,
+        score: l.score,
+    }
+}
+
+/// Waits for each queued input's answer, in order.
+async fn answers_of(receivers: Vec<Pending>) -> Result<Vec<Output>, ErrorResponse> {
+    let mut outputs = Vec::with_capacity(receivers.len());
+    for receiver in receivers {
+        outputs.push(
+            receiver
+                .await
+                .map_err(|_| infer_error(InferError::Stopped))?
+                .map_err(infer_error)?,
+        );
+    }
+    Ok(outputs)
+}
+
+fn unexpected_output() -> ErrorResponse {
+    ErrorResponse::new(
+        ErrorType::Backend,
+        "the model answered another task (please report)",
+    )
+}
+
+/// The health check's input for `task`: one masked byte, an empty text, or a grey image
+/// prepared as any image is.
+pub(crate) fn probe_input(task: &Task) -> Result<Input, perceiver::Error> {
+    match task {
+        Task::FillMask(fill) => Ok(Input::Masked(fill.prepare("[MASK]", false)?)),
+        Task::Classifier(classifier) => probe_classifier(classifier),
+    }
+}
+
+fn probe_classifier(classifier: &Classifier) -> Result<Input, perceiver::Error> {
+    match classifier.image_processor() {
+        Some(processor) => {
+            let (width, height) = (32, 32);
+            let grey = perceiver::image::RgbImage::new(width, height, vec![128; width * height * 3])?;
+            Ok(Input::Pixels(processor.preprocess(&grey)?))
+        }
+        None => Ok(Input::Tokens(classifier.tokenize("")?)),
+    }
+}
+
+/// Counts a request as cancelled unless emptied first.
 struct CountOnDrop<'a>(Option<&'a Metrics>);
 
 impl Drop for CountOnDrop<'_> {
@@ -256,7 +585,8 @@ fn infer_error(e: InferError) -> ErrorResponse {
     }
 }
 
-/// Liveness and readiness: a real forward pass (one masked byte) through the model thread,
+/// Liveness and readiness: a real forward pass (one masked byte, an empty text or a grey image)
+/// through the model thread,
 /// ahead of the queued work, whose success is remembered for a few seconds; any successful
 /// batch counts as one.
 #[utoipa::path(
@@ -277,11 +607,10 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Erro
         return Ok(ok());
     }
     let unhealthy = |why: String| ErrorResponse::new(ErrorType::Unhealthy, why);
-    let input = state
-        .fill
-        .prepare("[MASK]", false)
+    let receiver = state
+        .infer
+        .probe(state.probe.clone())
         .map_err(|e| unhealthy(e.to_string()))?;
-    let receiver = state.infer.probe(input).map_err(|e| unhealthy(e.to_string()))?;
     match tokio::time::timeout(HEALTH_TIMEOUT, receiver).await {
         Ok(Ok(Ok(_))) => Ok(ok()),
         Ok(Ok(Err(e))) => Err(unhealthy(e.to_string())),
@@ -322,8 +651,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn not_found(request: Request) -> ErrorResponse {
-    ErrorResponse::new(ErrorType::NotFound, format!("no route {}", request.uri().path()))
+async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> ErrorResponse {
+    let path = request.uri().path();
+    if ["/fill-mask", "/classify"].contains(&path) {
+        return wrong_task(&state.task, path);
+    }
+    ErrorResponse::new(ErrorType::NotFound, format!("no route {path}"))
 }
 
 async fn method_not_allowed(request: Request) -> ErrorResponse {
@@ -348,7 +681,7 @@ async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, n
     match given {
         Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(request).await,
         _ => {
-            if request.uri().path() == "/fill-mask" {
+            if request.uri().path() == state.task.route() {
                 state.metrics.count("unauthorized");
             }
             ErrorResponse::new(
@@ -374,51 +707,61 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ErrorResponse;
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let too_large = || {
-            ErrorResponse::new(
-                ErrorType::PayloadTooLarge,
-                "the request body is larger than the service's payload limit (see /info)",
-            )
-        };
-        // Refused before a byte is read: a client that asked `Expect: 100-continue` is then
-        // never told to send its body (see crate::linger for those that send it anyway).
-        let declared = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > state.info.limits.payload_limit as u64) {
-            return Err(too_large());
-        }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                ErrorResponse::new(ErrorType::InvalidJson, rejection.body_text())
-            }
-        })?;
-        let not_json = |e: serde_json::Error| {
-            ErrorResponse::new(ErrorType::InvalidJson, format!("the body is not valid JSON: {e}"))
-        };
-        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            match inner.classify() {
-                serde_json::error::Category::Data => {
-                    let place = if path == "." {
-                        String::new()
-                    } else {
-                        format!("{path}: ")
-                    };
-                    ErrorResponse::validation(format!("{place}{inner}"))
-                }
-                _ => not_json(inner),
-            }
-        })?;
-        deserializer.end().map_err(not_json)?;
-        Ok(JsonBody(value))
+        let bytes = read_body(request, state).await?;
+        Ok(JsonBody(parse_json(&bytes)?))
     }
+}
+
+/// The body, within the payload limit.
+async fn read_body(request: Request, state: &AppState) -> Result<Bytes, ErrorResponse> {
+    let too_large = || {
+        ErrorResponse::new(
+            ErrorType::PayloadTooLarge,
+            "the request body is larger than the service's payload limit (see /info)",
+        )
+    };
+    // Refused before a byte is read: a client that asked `Expect: 100-continue` is then
+    // never told to send its body (see crate::linger for those that send it anyway).
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.info.limits.payload_limit as u64) {
+        return Err(too_large());
+    }
+    Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ErrorResponse::new(ErrorType::InvalidJson, rejection.body_text())
+        }
+    })
+}
+
+/// A JSON request, every failure an [`ErrorResponse`] naming the field at fault.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ErrorResponse> {
+    let not_json = |e: serde_json::Error| {
+        ErrorResponse::new(ErrorType::InvalidJson, format!("the body is not valid JSON: {e}"))
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let place = if path == "." {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
+                ErrorResponse::validation(format!("{place}{inner}"))
+            }
+            _ => not_json(inner),
+        }
+    })?;
+    deserializer.end().map_err(not_json)?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -436,9 +779,31 @@ mod tests {
     #[test]
     fn openapi_documents_every_route() {
         let doc = serde_json::to_value(openapi()).unwrap();
-        for path in ["/fill-mask", "/health", "/info", "/metrics"] {
+        for path in ["/fill-mask", "/classify", "/health", "/info", "/metrics"] {
             assert!(doc["paths"].get(path).is_some(), "{path} undocumented");
         }
-        assert!(doc["components"]["schemas"].get("FillMaskRequest").is_some());
+        for schema in ["FillMaskRequest", "ClassifyRequest", "ClassifyResponse"] {
+            assert!(doc["components"]["schemas"].get(schema).is_some(), "{schema}");
+        }
+        let body = &doc["paths"]["/classify"]["post"]["requestBody"]["content"];
+        for media in ["application/json", "image/*", "application/octet-stream"] {
+            assert!(body.get(media).is_some(), "{media} undocumented");
+        }
+    }
+
+    #[test]
+    fn base64_images_and_query_parameters() {
+        assert_eq!(decode_base64("aGk=").unwrap(), b"hi");
+        assert_eq!(decode_base64("aGk").unwrap(), b"hi");
+        assert_eq!(decode_base64("data:image/png;base64,aGk=").unwrap(), b"hi");
+        assert!(decode_base64("a$b").unwrap_err().contains("not valid base64"));
+        assert!(decode_base64("").unwrap_err().contains("empty"));
+        assert!(decode_base64("data:text/plain,hi").is_err());
+        assert_eq!(query_top_k(None).unwrap(), None);
+        assert_eq!(query_top_k(Some("top_k=3")).unwrap(), Some(3));
+        assert!(query_top_k(Some("top_k=x")).is_err());
+        assert!(query_top_k(Some("k=3")).is_err());
+        assert!(looks_like_json(b" \n{\"inputs\": 1}"));
+        assert!(!looks_like_json(b"\x89PNG"));
     }
 }

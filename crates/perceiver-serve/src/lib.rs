@@ -1,14 +1,19 @@
-//! `perceiver serve`: an HTTP fill-mask service for Perceiver IO language models, with dynamic
-//! batching.
+//! `perceiver serve`: an HTTP service for Perceiver IO models, with dynamic batching:
+//! fill-mask for the language models, text or image classification for the classifiers.
 //!
 //! Layers, after Hugging Face's text-embeddings-inference: [`queue`] (the model on its own
 //! thread, fed by a queue that packs the inputs of many clients into one forward pass),
 //! [`http`] (routes that only validate, enqueue and format), [`types`] (the JSON: Hugging Face's
-//! Inference API fill-mask shape), [`metrics`] (Prometheus) and [`error`] (one JSON error body,
+//! Inference API shapes), [`metrics`] (Prometheus) and [`error`] (one JSON error body,
 //! one place that maps its kind to a status). Its load generator is the developer tool
 //! `perceiver-bench serve` (crates/perceiver-bench), so that this library needs no HTTP client.
 //!
-//! Routes: `POST /fill-mask`, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
+//! A service runs the one task its model has ([`ServeModel`]; `/info` names it): `POST
+//! /fill-mask` for a masked language model, `POST /classify` for a classifier (an image's
+//! bytes, or JSON with base64 images or texts); the other task's route answers 404 naming the
+//! model's task.
+//!
+//! Routes: the task's route, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
 //! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:
 //! nothing is downloaded at build time), and a [`playground`] page at `/` to try the model in a
 //! browser (its files are compiled in). Requests refused before their body was read are
@@ -59,11 +64,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use perceiver::{FillMask, PerceiverModel};
+use perceiver::{Classifier, FillMask, PerceiverModel};
 use tokio::net::TcpListener;
 
 /// [`Info::task`] of a fill-mask service (the Hugging Face pipeline name).
 pub const FILL_MASK_TASK: &str = "fill-mask";
+/// [`Info::task`] of a text classifier's service.
+pub const TEXT_CLASSIFICATION_TASK: &str = "text-classification";
+/// [`Info::task`] of an image classifier's service.
+pub const IMAGE_CLASSIFICATION_TASK: &str = "image-classification";
 
 /// [`ServeConfig::max_batch_wait`]'s default: long enough for concurrent clients' texts to share a
 /// pass, short next to a pass, so a lone client does not notice it (the figures behind it are in
@@ -72,8 +81,56 @@ pub const DEFAULT_MAX_BATCH_WAIT: Duration = Duration::from_micros(500);
 
 pub use error::{ErrorResponse, ErrorType, ServeError};
 pub use metrics::Metrics;
-pub use queue::{BatchLimits, Infer};
-pub use types::{FillMaskRequest, FillMaskResponse, Info, Limits, Prediction, TextAnswer};
+pub use queue::{BatchLimits, Infer, Task};
+pub use types::{
+    ClassifyRequest, ClassifyResponse, FillMaskRequest, FillMaskResponse, Info, LabelPrediction, Limits,
+    Prediction, TextAnswer,
+};
+
+/// What [`Server::bind`] serves: a model (a classifier is served as one, with transformers'
+/// default image settings for an image model; any other as fill-mask), or a task ready to run
+/// (a [`Classifier`] from [`perceiver::Loader::classifier`] carries the model's own
+/// `preprocessor_config.json`).
+#[derive(Debug)]
+pub enum ServeModel {
+    /// A loaded model: its architecture decides the task.
+    Model(PerceiverModel),
+    /// A fill-mask task.
+    FillMask(FillMask),
+    /// A classifier.
+    Classifier(Classifier),
+}
+
+impl From<PerceiverModel> for ServeModel {
+    fn from(model: PerceiverModel) -> Self {
+        ServeModel::Model(model)
+    }
+}
+
+impl From<FillMask> for ServeModel {
+    fn from(fill: FillMask) -> Self {
+        ServeModel::FillMask(fill)
+    }
+}
+
+impl From<Classifier> for ServeModel {
+    fn from(classifier: Classifier) -> Self {
+        ServeModel::Classifier(classifier)
+    }
+}
+
+impl ServeModel {
+    fn into_task(self) -> Result<Task, ServeError> {
+        Ok(match self {
+            ServeModel::Model(model) if model.architecture().is_classifier() => {
+                Task::Classifier(Classifier::new(model)?)
+            }
+            ServeModel::Model(model) => Task::FillMask(FillMask::new(model)?),
+            ServeModel::FillMask(fill) => Task::FillMask(fill),
+            ServeModel::Classifier(classifier) => Task::Classifier(classifier),
+        })
+    }
+}
 
 /// The largest value each limit of [`ServeConfig`] may take (`perceiver serve` refuses larger
 /// flags, and [`Server::bind`] larger fields): far above any useful setting, low enough that no
@@ -113,9 +170,9 @@ pub struct ServeConfig {
     /// Port (0: any free port; see [`Server::local_addr`]).
     pub port: u16,
     /// Most tokens (the texts' lengths summed) in one forward pass; at least the model's
-    /// positions.
+    /// positions. Images count none: their passes are bounded by `max_batch_requests`.
     pub max_batch_tokens: usize,
-    /// Most texts in one forward pass.
+    /// Most inputs (texts or images) in one forward pass.
     pub max_batch_requests: usize,
     /// Longest a batch is held back for the clients the last forward pass answered, who
     /// usually send again at once (zero: never held). A lone client is never held; see
@@ -123,10 +180,11 @@ pub struct ServeConfig {
     pub max_batch_wait: Duration,
     /// Requests queued or running at once; one more is answered 429 at once.
     pub max_concurrent_requests: usize,
-    /// Most texts in one request.
+    /// Most inputs (texts or images) in one request.
     pub max_client_batch_size: usize,
     /// Most candidates (masks × top_k, summed over the texts) one request may ask for: the
-    /// answer's size grows with it times the text length.
+    /// answer's size grows with it times the text length. Classification: inputs × labels
+    /// answered.
     pub max_predictions: usize,
     /// Largest request body in bytes.
     pub payload_limit: usize,
@@ -240,8 +298,14 @@ pub struct Server {
 
 impl Server {
     /// Starts the model thread and opens the listening socket. The model is loaded already, so
-    /// the port opens only once the service can answer.
-    pub async fn bind(config: ServeConfig, model: PerceiverModel) -> Result<Self, ServeError> {
+    /// the port opens only once the service can answer. `model`: a [`PerceiverModel`], or a
+    /// task ready to run ([`ServeModel`]).
+    pub async fn bind(config: ServeConfig, model: impl Into<ServeModel>) -> Result<Self, ServeError> {
+        let task = model.into().into_task()?;
+        let model = match &task {
+            Task::FillMask(fill) => fill.model(),
+            Task::Classifier(classifier) => classifier.model(),
+        };
         let max_len = model.max_len();
         config.check(max_len)?;
         let parameters = perceiver::checkpoint::expected_tensors(model.config())
@@ -259,7 +323,11 @@ impl Server {
             .unwrap_or_default();
         let info = Info {
             model_id: config.model_id.clone(),
-            task: FILL_MASK_TASK.into(),
+            task: task.name().into(),
+            labels: match &task {
+                Task::Classifier(classifier) => Some(classifier.labels().to_vec()),
+                Task::FillMask(_) => None,
+            },
             precision,
             config: serde_json::to_value(model.config()).unwrap_or_default(),
             parameters,
@@ -275,8 +343,10 @@ impl Server {
             },
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let fill = Arc::new(FillMask::new(model)?);
-        let metrics = Metrics::new();
+        // The health check's input, made once (an image probe is preprocessed like any image).
+        let probe = http::probe_input(&task)?;
+        let task = Arc::new(task);
+        let metrics = Metrics::for_task(task.name());
         let limits = BatchLimits {
             max_batch_tokens: config.max_batch_tokens,
             max_batch_requests: config.max_batch_requests,
@@ -286,10 +356,11 @@ impl Server {
         let listener = TcpListener::bind((config.hostname.as_str(), config.port))
             .await
             .map_err(|source| ServeError::Bind { address, source })?;
-        let (infer, model_thread) = Infer::start(fill.clone(), limits, metrics.clone())?;
+        let (infer, model_thread) = Infer::start(task.clone(), limits, metrics.clone())?;
         let state = Arc::new(http::AppState {
             infer,
-            fill,
+            task,
+            probe,
             info,
             metrics,
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),

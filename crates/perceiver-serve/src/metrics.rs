@@ -8,7 +8,8 @@ use prometheus::{
 
 use crate::error::ErrorResponse;
 
-/// The outcomes of a fill-mask request: answered, the client left first, or an error kind.
+/// The outcomes of a request to the task's route (`/fill-mask` or `/classify`): answered, the
+/// client left first, or an error kind.
 pub const OUTCOMES: [&str; 9] = [
     "success",
     "cancelled",
@@ -22,13 +23,18 @@ pub const OUTCOMES: [&str; 9] = [
 ];
 
 /// The service's metrics. Names follow Prometheus conventions (`_seconds`, `_total`).
+///
+/// A service runs one task, so only the request counter names it (`task`, as `/info` does):
+/// the batch and duration families are the one task's.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// `perceiver_requests_total{outcome}`: fill-mask requests by outcome (one of [`OUTCOMES`]).
+    task: &'static str,
+    /// `perceiver_requests_total{outcome,task}`: requests to the task's route by outcome (one
+    /// of [`OUTCOMES`]).
     pub(crate) requests: IntCounterVec,
-    /// `perceiver_request_duration_seconds`: a successful fill-mask request, body parsed to
-    /// answer formatted.
+    /// `perceiver_request_duration_seconds`: a successful request to the task's route, body
+    /// read to answer formatted.
     pub(crate) request_duration: Histogram,
     /// `perceiver_queue_duration_seconds`: one input, from enqueued to its batch starting.
     pub(crate) queue_duration: Histogram,
@@ -36,7 +42,8 @@ pub struct Metrics {
     pub(crate) inference_duration: Histogram,
     /// `perceiver_batch_size`: inputs per forward pass.
     pub(crate) batch_size: Histogram,
-    /// `perceiver_batch_tokens`: tokens (the inputs' lengths summed) per forward pass.
+    /// `perceiver_batch_tokens`: tokens (the inputs' lengths summed) per forward pass of texts
+    /// (passes of images are not observed: they count no tokens).
     pub(crate) batch_tokens: Histogram,
     /// `perceiver_queue_depth`: inputs waiting for a batch.
     pub(crate) queue_depth: IntGauge,
@@ -45,16 +52,25 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry with every metric registered (each outcome's count present at zero).
+    /// A fresh registry for a fill-mask service.
     pub fn new() -> Self {
+        Self::for_task(crate::FILL_MASK_TASK)
+    }
+
+    /// A fresh registry with every metric registered (each outcome's count present at zero),
+    /// for a service of `task` (the Hugging Face pipeline name, as `/info` gives it).
+    pub fn for_task(task: &'static str) -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("perceiver_requests_total", "Fill-mask requests by outcome"),
-            &["outcome"],
+            Opts::new(
+                "perceiver_requests_total",
+                "Requests to the task's route by outcome",
+            ),
+            &["outcome", "task"],
         )
         .expect("valid metric");
         for outcome in OUTCOMES {
-            requests.with_label_values(&[outcome]);
+            requests.with_label_values(&[outcome, task]);
         }
         // 0.5 ms .. ~4 min: a tiny model on a fast machine to the 201M model on a busy CPU.
         let seconds = || exponential_buckets(0.0005, 2.0, 20).expect("valid buckets");
@@ -65,7 +81,7 @@ impl Metrics {
             requests,
             request_duration: histogram(
                 "perceiver_request_duration_seconds",
-                "Successful fill-mask requests, end to end",
+                "Successful requests to the task's route, end to end",
                 seconds(),
             ),
             queue_duration: histogram(
@@ -96,6 +112,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            task,
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
             Box::new(metrics.requests.clone()),
@@ -116,13 +133,13 @@ impl Metrics {
         metrics
     }
 
-    /// Counts one fill-mask request's outcome (one of [`OUTCOMES`]).
+    /// Counts one request's outcome (one of [`OUTCOMES`]).
     pub(crate) fn count(&self, outcome: &str) {
         debug_assert!(OUTCOMES.contains(&outcome), "{outcome}");
-        self.requests.with_label_values(&[outcome]).inc();
+        self.requests.with_label_values(&[outcome, self.task]).inc();
     }
 
-    /// Counts a fill-mask request's result.
+    /// Counts a request's result.
     pub(crate) fn count_result<T>(&self, result: &Result<T, ErrorResponse>) {
         self.count(match result {
             Ok(_) => "success",
@@ -167,10 +184,10 @@ mod tests {
         metrics.batch_size.observe(3.0);
         let text = metrics.render();
         for needle in [
-            "perceiver_requests_total{outcome=\"success\"} 1",
-            "perceiver_requests_total{outcome=\"overloaded\"} 1",
-            "perceiver_requests_total{outcome=\"validation\"} 0",
-            "perceiver_requests_total{outcome=\"cancelled\"} 0",
+            "perceiver_requests_total{outcome=\"success\",task=\"fill-mask\"} 1",
+            "perceiver_requests_total{outcome=\"overloaded\",task=\"fill-mask\"} 1",
+            "perceiver_requests_total{outcome=\"validation\",task=\"fill-mask\"} 0",
+            "perceiver_requests_total{outcome=\"cancelled\",task=\"fill-mask\"} 0",
             "perceiver_request_duration_seconds_bucket",
             "perceiver_queue_duration_seconds_count 0",
             "perceiver_inference_duration_seconds_sum",

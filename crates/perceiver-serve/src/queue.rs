@@ -1,9 +1,16 @@
 //! Dynamic batching: one model thread owns the forward pass; HTTP handlers put inputs on its
 //! queue and await a one-shot answer.
 //!
+//! One engine serves every task: an input is a fill-mask text, a text classifier's ids or an
+//! image classifier's pixels ([`Input`]), prepared (tokenized, decoded, resized) by the handler
+//! before it is queued, so the model thread only runs forward passes.
+//!
 //! The thread blocks until an input arrives, then takes everything queued since, and packs a
 //! batch oldest first until the next input would break the token budget (the inputs' lengths
-//! summed: the engine pads nothing) or the request cap. While one forward pass runs, the next
+//! summed: the engine pads nothing) or the request cap. Images count no tokens: every image of
+//! a model is preprocessed to the same size, so `max_batch_requests` alone bounds a pass of
+//! images (an ImageNet Perceiver's image is 50,176 encoder rows, far above the token budget's
+//! default, which would otherwise run each image alone). A batch holds inputs of one kind. While one forward pass runs, the next
 //! batch fills up by itself (text-embeddings-inference's design, with the queue and the model on
 //! one thread since there is one model and no prefetching to gain on a CPU).
 //!
@@ -28,7 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use perceiver::{FillMask, FillMaskOutput, MaskedText};
+use perceiver::tasks::classify::{probabilities, top_labels};
+use perceiver::{Classifier, FillMask, FillMaskOutput, LabelScore, MaskedText, ModelInput, Pixels};
 use tokio::sync::oneshot;
 
 use crate::error::ServeError;
@@ -44,6 +52,137 @@ pub struct BatchLimits {
     pub max_batch_requests: usize,
     /// Longest a batch is held back for the clients the last pass answered (zero: never).
     pub max_wait: Duration,
+}
+
+/// The task a service runs: what its model is for.
+#[derive(Debug)]
+pub enum Task {
+    /// A masked language model: `POST /fill-mask`.
+    FillMask(FillMask),
+    /// A text or image classifier: `POST /classify`.
+    Classifier(Classifier),
+}
+
+impl Task {
+    /// The Hugging Face pipeline name: `fill-mask`, `text-classification` or
+    /// `image-classification`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::FillMask(_) => crate::FILL_MASK_TASK,
+            Task::Classifier(c) if c.reads_images() => crate::IMAGE_CLASSIFICATION_TASK,
+            Task::Classifier(_) => crate::TEXT_CLASSIFICATION_TASK,
+        }
+    }
+
+    /// The route that answers this task.
+    pub fn route(&self) -> &'static str {
+        match self {
+            Task::FillMask(_) => "/fill-mask",
+            Task::Classifier(_) => "/classify",
+        }
+    }
+
+    /// One forward pass over inputs of one kind, the kind this task takes; at most `top_k`
+    /// candidates per mask or labels per input.
+    fn run(&self, inputs: &[&Input], top_k: usize) -> Result<Vec<Raw>, String> {
+        let wrong = |input: &Input| {
+            Err(format!(
+                "a {} model cannot take {}",
+                self.name(),
+                input.describe()
+            ))
+        };
+        match (self, inputs.first()) {
+            (_, None) => Ok(Vec::new()),
+            (Task::FillMask(fill), Some(_)) => {
+                let mut texts = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    match input {
+                        Input::Masked(text) => texts.push(text),
+                        other => return wrong(other),
+                    }
+                }
+                let outputs = fill.predict(&texts, top_k).map_err(|e| e.to_string())?;
+                Ok(outputs.into_iter().map(Raw::Masks).collect())
+            }
+            (Task::Classifier(classifier), Some(Input::Tokens(_))) => {
+                let mut ids = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    match input {
+                        Input::Tokens(i) => ids.push(i.as_slice()),
+                        other => return wrong(other),
+                    }
+                }
+                let logits = classifier
+                    .logits(ModelInput::Tokens(&ids))
+                    .map_err(|e| e.to_string())?;
+                let labels = classifier.labels();
+                Ok(logits
+                    .chunks_exact(labels.len())
+                    .map(|row| Raw::Labels(top_labels(labels, &probabilities(row), top_k)))
+                    .collect())
+            }
+            (Task::Classifier(classifier), Some(Input::Pixels(_))) => {
+                let mut images = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    match input {
+                        Input::Pixels(p) => images.push(p),
+                        other => return wrong(other),
+                    }
+                }
+                let ranked = classifier
+                    .classify_pixels(&images, top_k)
+                    .map_err(|e| e.to_string())?;
+                Ok(ranked.into_iter().map(Raw::Labels).collect())
+            }
+            (Task::Classifier(_), Some(other)) => wrong(other),
+        }
+    }
+}
+
+/// One input, prepared by the handler for the model thread.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A fill-mask text, tokenized, with its masks.
+    Masked(MaskedText),
+    /// A text classifier's input: the text's ids, `[CLS]` … `[SEP]`.
+    Tokens(Vec<u32>),
+    /// An image classifier's input: the image as its processor prepares it.
+    Pixels(Pixels),
+}
+
+impl Input {
+    /// Its share of the token budget: a text's ids; nothing for an image (see the module docs).
+    fn tokens(&self) -> usize {
+        match self {
+            Input::Masked(text) => text.ids.len(),
+            Input::Tokens(ids) => ids.len(),
+            Input::Pixels(_) => 0,
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Input::Masked(_) => "a masked text",
+            Input::Tokens(_) => "a text to classify",
+            Input::Pixels(_) => "an image",
+        }
+    }
+}
+
+/// What a forward pass gives one input, before it is paired with its job.
+enum Raw {
+    Masks(FillMaskOutput),
+    Labels(Vec<LabelScore>),
+}
+
+/// The answer to one input.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A fill-mask text's candidates.
+    Filled(Answer),
+    /// A classified input's labels, best first, at most the submitted `top_k`.
+    Labels(Vec<LabelScore>),
 }
 
 /// A filled input, handed back with the input it answers.
@@ -67,10 +206,10 @@ pub enum InferError {
     Failed(String),
 }
 
-type Reply = oneshot::Sender<Result<Answer, InferError>>;
+type Reply = oneshot::Sender<Result<Output, InferError>>;
 
 /// The answer to one queued input.
-pub type Pending = oneshot::Receiver<Result<Answer, InferError>>;
+pub type Pending = oneshot::Receiver<Result<Output, InferError>>;
 
 /// What handlers send the model thread.
 enum Message {
@@ -82,14 +221,14 @@ enum Message {
 }
 
 struct Job {
-    input: MaskedText,
+    input: Input,
     top_k: usize,
     enqueued: Instant,
     reply: Reply,
 }
 
 impl Job {
-    fn new(input: MaskedText, top_k: usize) -> (Job, Pending) {
+    fn new(input: Input, top_k: usize) -> (Job, Pending) {
         let (reply, receiver) = oneshot::channel();
         let job = Job {
             input,
@@ -112,14 +251,14 @@ pub struct Infer {
 impl Infer {
     /// Starts the model thread. It runs until every handle is dropped and its queue is empty.
     pub fn start(
-        fill: Arc<FillMask>,
+        task: Arc<Task>,
         limits: BatchLimits,
         metrics: Metrics,
     ) -> Result<(Infer, JoinHandle<()>), ServeError> {
         let (sender, receiver) = mpsc::channel();
         let last_success = Arc::new(Mutex::new(None));
         let worker = Worker {
-            fill,
+            task,
             limits,
             metrics: metrics.clone(),
             last_success: last_success.clone(),
@@ -138,11 +277,12 @@ impl Infer {
         ))
     }
 
-    /// Queues the inputs of one request (each already checked with [`FillMask::check`])
-    /// together, and returns where each answer will arrive, with at most `top_k` candidates
-    /// per mask. Queuing happens now, not when a receiver is first polled, and the inputs reach
-    /// the model thread at once, so they share batches.
-    pub fn submit(&self, inputs: Vec<MaskedText>, top_k: usize) -> Result<Vec<Pending>, InferError> {
+    /// Queues the inputs of one request (each already checked: [`FillMask::prepare`],
+    /// [`Classifier::tokenize`], [`Classifier::prepare_image`]) together, and returns where each
+    /// answer will arrive, with at most `top_k` candidates per mask or labels per input.
+    /// Queuing happens now, not when a receiver is first polled, and the inputs reach the model
+    /// thread at once, so they share batches.
+    pub fn submit(&self, inputs: Vec<Input>, top_k: usize) -> Result<Vec<Pending>, InferError> {
         let (jobs, receivers): (Vec<Job>, Vec<Pending>) =
             inputs.into_iter().map(|input| Job::new(input, top_k)).unzip();
         let count = jobs.len() as i64;
@@ -154,7 +294,7 @@ impl Infer {
     }
 
     /// Queues a health probe ahead of every waiting input: it runs in the next batch.
-    pub fn probe(&self, input: MaskedText) -> Result<Pending, InferError> {
+    pub fn probe(&self, input: Input) -> Result<Pending, InferError> {
         let (job, receiver) = Job::new(input, 1);
         self.sender
             .send(Message::Probe(job))
@@ -171,7 +311,7 @@ impl Infer {
 }
 
 struct Worker {
-    fill: Arc<FillMask>,
+    task: Arc<Task>,
     limits: BatchLimits,
     metrics: Metrics,
     last_success: Arc<Mutex<Option<Instant>>>,
@@ -212,14 +352,17 @@ impl Worker {
                 .queue_duration
                 .observe(started.duration_since(job.enqueued).as_secs_f64());
         }
-        let tokens: usize = batch.iter().map(|j| j.input.ids.len()).sum();
         self.metrics.batch_size.observe(batch.len() as f64);
-        self.metrics.batch_tokens.observe(tokens as f64);
+        // Images count no tokens: their batches are measured in images alone.
+        if !matches!(batch[0].input, Input::Pixels(_)) {
+            let tokens: usize = batch.iter().map(|j| j.input.tokens()).sum();
+            self.metrics.batch_tokens.observe(tokens as f64);
+        }
 
         let top_k = batch.iter().map(|j| j.top_k).max().unwrap_or(1);
         let result = {
-            let inputs: Vec<&MaskedText> = batch.iter().map(|j| &j.input).collect();
-            catch_unwind(AssertUnwindSafe(|| self.fill.predict(&inputs, top_k)))
+            let inputs: Vec<&Input> = batch.iter().map(|j| &j.input).collect();
+            catch_unwind(AssertUnwindSafe(|| self.task.run(&inputs, top_k)))
         };
         self.metrics
             .inference_duration
@@ -231,7 +374,7 @@ impl Worker {
                 let reason = format!("{} answers for {} inputs", outputs.len(), batch.len());
                 return fail(batch, reason);
             }
-            Ok(Err(e)) => return fail(batch, e.to_string()),
+            Ok(Err(e)) => return fail(batch, e),
             Err(panic) => {
                 return fail(
                     batch,
@@ -240,15 +383,22 @@ impl Worker {
             }
         };
         *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        for (job, mut output) in batch.into_iter().zip(outputs) {
-            for mask in &mut output.masks {
-                mask.candidates.truncate(job.top_k);
-            }
+        for (job, raw) in batch.into_iter().zip(outputs) {
+            let answer = match (raw, job.input) {
+                (Raw::Masks(mut output), Input::Masked(input)) => {
+                    for mask in &mut output.masks {
+                        mask.candidates.truncate(job.top_k);
+                    }
+                    Ok(Output::Filled(Answer { input, output }))
+                }
+                (Raw::Labels(mut labels), _) => {
+                    labels.truncate(job.top_k);
+                    Ok(Output::Labels(labels))
+                }
+                (Raw::Masks(_), _) => Err(InferError::Failed("candidates for an input without masks".into())),
+            };
             // A client that left meanwhile simply gets nothing.
-            let _ = job.reply.send(Ok(Answer {
-                input: job.input,
-                output,
-            }));
+            let _ = job.reply.send(answer);
         }
     }
 }
@@ -275,7 +425,7 @@ fn gather(
     let deadline = Instant::now() + limits.max_wait;
     let full = |pending: &VecDeque<Job>| {
         pending.len() >= expected.min(limits.max_batch_requests)
-            || pending.iter().map(|j| j.input.ids.len()).sum::<usize>() >= limits.max_batch_tokens
+            || pending.iter().map(|j| j.input.tokens()).sum::<usize>() >= limits.max_batch_tokens
     };
     while !full(pending) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -299,10 +449,10 @@ fn queue(pending: &mut VecDeque<Job>, message: Message) {
 }
 
 /// Takes the next batch off the front of `pending`: oldest first, skipping inputs whose client
-/// is gone, until the next input would exceed a limit. The first live input always fits (the
-/// token budget is at least the model's positions).
+/// is gone, until the next input would exceed a limit or is of another kind. The first live
+/// input always fits (the token budget is at least the model's positions).
 fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metrics) -> Vec<Job> {
-    let mut batch = Vec::new();
+    let mut batch: Vec<Job> = Vec::new();
     let mut tokens = 0;
     while let Some(job) = pending.front() {
         if job.reply.is_closed() {
@@ -311,9 +461,12 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
             metrics.inputs_dropped.inc();
             continue;
         }
-        let len = job.input.ids.len();
-        if !batch.is_empty() && tokens + len > limits.max_batch_tokens {
-            break;
+        let len = job.input.tokens();
+        if let Some(first) = batch.first() {
+            let other_kind = std::mem::discriminant(&first.input) != std::mem::discriminant(&job.input);
+            if other_kind || tokens + len > limits.max_batch_tokens {
+                break;
+            }
         }
         tokens += len;
         batch.extend(pending.pop_front());
@@ -349,11 +502,11 @@ mod tests {
             ids: vec![3; len],
             mask_positions: vec![0],
         };
-        Job::new(input, 1)
+        Job::new(Input::Masked(input), 1)
     }
 
     fn lengths(batch: &[Job]) -> Vec<usize> {
-        batch.iter().map(|j| j.input.ids.len()).collect()
+        batch.iter().map(|j| j.input.tokens()).collect()
     }
 
     #[test]
@@ -396,7 +549,7 @@ mod tests {
         queue(&mut pending, Message::Request(vec![a, b]));
         queue(&mut pending, Message::Request(vec![c]));
         queue(&mut pending, Message::Probe(probe));
-        let order: Vec<usize> = pending.iter().map(|j| j.input.ids.len()).collect();
+        let order: Vec<usize> = pending.iter().map(|j| j.input.tokens()).collect();
         assert_eq!(order, [9, 1, 2, 3]);
     }
 
@@ -421,6 +574,41 @@ mod tests {
         assert_eq!(metrics.inputs_dropped.get(), 2);
         assert_eq!(metrics.queue_depth.get(), 0);
         drop(rx_b);
+    }
+
+    #[test]
+    fn images_count_no_tokens_and_kinds_do_not_mix() {
+        let metrics = Metrics::new();
+        let image = || Job::new(Input::Pixels(Pixels::new(2, 2, vec![0.0; 12]).unwrap()), 1);
+        let text = || Job::new(Input::Tokens(vec![4; 10]), 1);
+        let (jobs, _receivers): (Vec<Job>, Vec<Pending>) =
+            [image(), image(), image(), text(), text(), image()]
+                .into_iter()
+                .unzip();
+        let mut pending = VecDeque::from(jobs);
+        metrics.queue_depth.set(pending.len() as i64);
+        let limits = BatchLimits {
+            max_batch_tokens: 10,
+            max_batch_requests: 8,
+            max_wait: Duration::ZERO,
+        };
+        let kinds =
+            |batch: &[Job]| -> Vec<&'static str> { batch.iter().map(|j| j.input.describe()).collect() };
+        // Three images fit a budget of 10 tokens; the text that follows starts the next batch.
+        assert_eq!(
+            kinds(&next_batch(&mut pending, limits, &metrics)),
+            ["an image"; 3]
+        );
+        // Two texts of 10 tokens exceed the budget.
+        assert_eq!(
+            kinds(&next_batch(&mut pending, limits, &metrics)),
+            ["a text to classify"]
+        );
+        assert_eq!(
+            kinds(&next_batch(&mut pending, limits, &metrics)),
+            ["a text to classify"]
+        );
+        assert_eq!(kinds(&next_batch(&mut pending, limits, &metrics)), ["an image"]);
     }
 
     fn request(len: usize) -> (Message, Pending) {

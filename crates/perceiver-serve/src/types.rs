@@ -1,4 +1,14 @@
-//! The JSON of the HTTP API: the Hugging Face Inference API's fill-mask shape, and `/info`.
+//! The JSON of the HTTP API: the Hugging Face Inference API's fill-mask, text-classification
+//! and image-classification shapes, and `/info`.
+//!
+//! # Classification answers
+//!
+//! Per input, the `top_k` best labels, best first, each `{"label", "score"}` (softmax over the
+//! labels; a sigmoid for a one-label model), as transformers' `text-classification` and
+//! `image-classification` pipelines give them: one list for one input, a list of such lists
+//! for a list of inputs. `top_k` defaults to 5 for images (the image pipeline's default) and to
+//! every label for texts (the Inference API's text-classification answer); a larger `top_k`
+//! gives every label, as the pipelines do.
 //!
 //! # Fill-mask answers, as transformers' `FillMaskPipeline` gives them
 //!
@@ -34,13 +44,13 @@ pub struct FillMaskRequest {
     pub parameters: Option<Parameters>,
 }
 
-/// One text or several.
+/// One input or several: texts, or base64 images for an image classifier.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged, expecting = "a string or a list of strings")]
 pub enum Inputs {
-    /// One text, answered with one [`TextAnswer`].
+    /// One input, answered with one answer ([`TextAnswer`], or a list of labels).
     Single(String),
-    /// A list of texts, answered with a list in the same order.
+    /// A list of inputs, answered with a list in the same order.
     Batch(Vec<String>),
 }
 
@@ -54,6 +64,49 @@ pub struct Parameters {
     /// Wrap each text in `[CLS] … [SEP]` as transformers' tokenizer and pipeline do (default
     /// false, as DeepMind's notebook and `perceiver fill-mask`).
     pub add_special_tokens: Option<bool>,
+}
+
+/// `POST /classify` body, when it is JSON (an image model also takes the image's bytes as the
+/// body).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"inputs": "What a lovely day", "parameters": {"top_k": 2}}))]
+pub struct ClassifyRequest {
+    /// A text classifier: one text or a list of texts. An image classifier: one image file's
+    /// bytes in base64 (a `data:image/…;base64,` prefix is allowed), or a list of them.
+    pub inputs: Inputs,
+    /// Optional settings.
+    #[serde(default)]
+    pub parameters: Option<ClassifyParameters>,
+}
+
+/// `parameters` of a classification request.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyParameters {
+    /// Labels per input, best first (default: 5 for images, every label for texts; more than
+    /// the model's labels gives them all). A raw image body takes it as the query `?top_k=`.
+    #[schema(minimum = 1, example = 5)]
+    pub top_k: Option<usize>,
+}
+
+/// One label of a classified input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LabelPrediction {
+    /// The label's name (`id2label` of the model's config.json).
+    pub label: String,
+    /// Its probability.
+    pub score: f32,
+}
+
+/// `POST /classify` answer: one list of labels for one input, a list of lists for a list.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ClassifyResponse {
+    /// The labels of a single input (a string, or an image body), best first.
+    Single(Vec<LabelPrediction>),
+    /// The labels of each input of a list, in its order.
+    Batch(Vec<Vec<LabelPrediction>>),
 }
 
 /// One candidate for one masked position.
@@ -124,19 +177,21 @@ impl TextAnswer {
 /// The limits a client must respect (`/info`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Limits {
-    /// Longest text in tokens (masks expanded, special tokens included): the model's positions.
+    /// Longest text in tokens (masks expanded, special tokens included): the model's positions
+    /// (0 for an image model).
     pub max_input_length: usize,
     /// Most texts in one request.
     pub max_client_batch_size: usize,
-    /// Most candidates one request may ask for: the sum over its texts of masks × top_k.
+    /// Most candidates one request may ask for: the sum over its texts of masks × top_k
+    /// (classification: inputs × labels answered).
     pub max_predictions: usize,
     /// Largest request body in bytes.
     pub payload_limit: usize,
     /// Requests queued or running at once before 429.
     pub max_concurrent_requests: usize,
-    /// Most tokens (the texts' lengths summed) in one forward pass.
+    /// Most tokens (the texts' lengths summed) in one forward pass (images count none).
     pub max_batch_tokens: usize,
-    /// Most texts in one forward pass.
+    /// Most inputs (texts or images) in one forward pass.
     pub max_batch_requests: usize,
     /// Longest a batch is held back for more clients, in microseconds.
     pub max_batch_wait_us: u64,
@@ -147,9 +202,13 @@ pub struct Limits {
 pub struct Info {
     /// The model as given to `--model` (a directory or a hub id).
     pub model_id: String,
-    /// What the service does, as a Hugging Face pipeline name (`fill-mask`).
+    /// What the service does, as a Hugging Face pipeline name: `fill-mask` (`POST /fill-mask`),
+    /// `text-classification` or `image-classification` (`POST /classify`).
     #[schema(example = "fill-mask")]
     pub task: String,
+    /// A classifier's labels, in id order (absent for fill-mask).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     /// Number type of the model's weight matrix products (`f32` or `bf16`, as `--precision`).
     #[schema(example = "f32")]
     pub precision: String,

@@ -238,7 +238,10 @@ async fn concurrent_clients_get_the_answers_of_sequential_calls() {
             .unwrap()
     };
     let requests = 64.0 * 20.0 + TEXTS.len() as f64;
-    assert_eq!(value("perceiver_requests_total{outcome=\"success\"}"), requests);
+    assert_eq!(
+        value("perceiver_requests_total{outcome=\"success\",task=\"fill-mask\"}"),
+        requests
+    );
     assert_eq!(value("perceiver_batch_size_sum"), requests);
     assert!(
         value("perceiver_batch_size_count") < requests,
@@ -508,11 +511,11 @@ async fn api_key_guards_every_route_but_health() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("perceiver_requests_total{outcome=\"unauthorized\"} 1"),
+        metrics.contains("perceiver_requests_total{outcome=\"unauthorized\",task=\"fill-mask\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("perceiver_requests_total{outcome=\"success\"} 1"),
+        metrics.contains("perceiver_requests_total{outcome=\"success\",task=\"fill-mask\"} 1"),
         "{metrics}"
     );
     server.stop().await;
