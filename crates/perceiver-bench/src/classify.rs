@@ -105,7 +105,11 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             let labels = classifier.labels().len();
             let top1 = logits
                 .chunks_exact(labels)
-                .map(|row| (0..labels).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0))
+                .map(|row| {
+                    (0..labels)
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .unwrap_or(0)
+                })
                 .collect();
             let median_s = median(times);
             eprintln!("ours {name} batch {batch}: {median_s:.3} s");
@@ -141,7 +145,10 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             );
         }
         let reply: Value = serde_json::from_slice(&output.stdout).context("the reference's reply")?;
-        eprintln!("reference: torch {} transformers {}", reply["torch"], reply["transformers"]);
+        eprintln!(
+            "reference: torch {} transformers {}",
+            reply["torch"], reply["transformers"]
+        );
         reply["results"].as_array().cloned().unwrap_or_default()
     };
 

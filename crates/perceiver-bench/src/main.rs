@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
-mod classify;
 mod batch_cost;
+mod classify;
 mod inference;
 mod latent;
 mod load;

@@ -216,9 +216,8 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
         let checkpoint = loader
             .checkpoint()
             .with_context(|| format!("cannot load model {model}"))?;
-        let tensors =
-            perceiver_train::model::checkpoint_tensors(&checkpoint, &perceiver_train::Device::Cpu)
-                .with_context(|| format!("cannot load model {model}"))?;
+        let tensors = perceiver_train::model::checkpoint_tensors(&checkpoint, &perceiver_train::Device::Cpu)
+            .with_context(|| format!("cannot load model {model}"))?;
         let config = checkpoint.config().clone();
         if config.attention_probs_dropout_prob > 0.0 {
             eprintln!(
