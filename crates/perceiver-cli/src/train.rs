@@ -340,7 +340,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         ),
         Some(data) => {
             eprintln!(
-                "training a classifier from {} ({:.2}M parameters) in {}: steps {}..{} of {} texts (×{} accumulation); \
+                "training a classifier from {} ({:.2}M parameters) in {}: steps {}..{}, {} texts a batch (×{} accumulation); \
                  labels {}; {} training texts, {} held out",
                 options.model,
                 trainer.num_parameters() as f64 / 1e6,
@@ -442,7 +442,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         Outcome::Finished(dir) => {
             eprintln!("finished: {}", dir.display());
             if let Some(result) = final_eval {
-                print_classifier_eval(&result);
+                print_classifier_eval("held-out accuracy", &result);
                 println!("(also in {})", trainer.run_dir().join(EVAL_FILE).display());
             }
             Ok(())
@@ -495,10 +495,10 @@ pub struct EvalArgs {
     json: bool,
 }
 
-/// A classifier's held-out accuracy and its confusion table, on standard output.
-fn print_classifier_eval(result: &ClassifierEval) {
+/// A classifier's accuracy (`what`: held-out or not) and its confusion table, on standard output.
+fn print_classifier_eval(what: &str, result: &ClassifierEval) {
     println!(
-        "held-out accuracy {:.2}% ({} texts), loss {:.4}",
+        "{what} {:.2}% ({} texts), loss {:.4}",
         100.0 * result.accuracy,
         result.examples,
         result.loss
@@ -599,7 +599,7 @@ fn run_classifier_eval(args: &EvalArgs, checkpoint: &perceiver::Checkpoint) -> R
             eprintln!("note: {truncated} texts longer than {seq_len} ids were cut");
         }
         println!("{}: {} labelled texts", args.model.model, result.examples);
-        print_classifier_eval(&result);
+        print_classifier_eval("accuracy", &result);
     }
     Ok(())
 }

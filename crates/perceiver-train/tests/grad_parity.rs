@@ -159,3 +159,91 @@ fn training_step_matches_transformers_erf_query_residual_shared_blocks() {
 fn training_step_matches_transformers_tanh_no_residual_padded() {
     check_case("tanh_noresidual");
 }
+
+/// The sequence classifier's loss and every gradient equal transformers'
+/// `PerceiverForSequenceClassification` (`scripts/make_classifier_grad_fixture.py`: a padded batch
+/// of three texts, float64 there): the classification decoder (one query, one head, query
+/// residual), the final layer and everything below them. The optimizer step after it is the
+/// masked LM's, checked above.
+#[test]
+fn classifier_gradients_match_transformers() {
+    use perceiver_train::classification::{classification_loss, ClassBatch, Example};
+    use perceiver_train::PerceiverForSequenceClassification;
+
+    let dir = fixture_dir("classifier");
+    let device = Device::Cpu;
+    let step = candle_core::safetensors::load(dir.join("step.safetensors"), &device).unwrap();
+    let files = ModelFiles::from_dir(&dir).unwrap();
+    let (config, tensors) = perceiver_train::model::load_masked_lm_tensors(&files, &device).unwrap();
+    let varmap = VarMap::new();
+    let model = PerceiverForSequenceClassification::new(
+        &config,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )
+    .unwrap();
+    set_weights(&varmap, &tensors.into_iter().collect()).unwrap();
+
+    let ids = step["input_ids"].to_vec2::<i64>().unwrap();
+    let mask = step["attention_mask"].to_vec2::<i64>().unwrap();
+    let labels = step["labels"].to_vec1::<i64>().unwrap();
+    let examples: Vec<Example> = ids
+        .iter()
+        .zip(&mask)
+        .zip(&labels)
+        .map(|((row, m), &label)| Example {
+            ids: row
+                .iter()
+                .zip(m)
+                .filter(|&(_, &m)| m == 1)
+                .map(|(&i, _)| i as u32)
+                .collect(),
+            label: label as u32,
+        })
+        .collect();
+    let refs: Vec<&Example> = examples.iter().collect();
+    let batch = ClassBatch::new(&refs, &device).unwrap();
+    let out = classification_loss(&model, &batch).unwrap();
+    let loss = out.loss.to_scalar::<f32>().unwrap() as f64;
+    let want_loss = scalar(&step, "loss");
+    let loss_rel = (loss - want_loss).abs() / want_loss.abs();
+    println!("classifier: loss {loss:.8} vs {want_loss:.8} (relative {loss_rel:.2e}, tolerance 1e-5)");
+    assert!(
+        loss_rel < 1e-5,
+        "classifier: loss differs by {loss_rel:e} relative"
+    );
+
+    let optimizer = AdamW::new(&varmap, &config, AdamWConfig::default()).unwrap();
+    let store = out.loss.backward().unwrap();
+    let grads = gradients(&optimizer, &store).unwrap();
+    let global = scalar(&step, "grad_norm");
+    let mut worst = (0f64, String::new());
+    let names: Vec<String> = optimizer.names().map(String::from).collect();
+    assert_eq!(names.len(), 74, "every tensor of the fixture is a parameter");
+    for (name, grad) in names.iter().zip(&grads) {
+        let want = step
+            .get(&format!("grad.{name}"))
+            .unwrap_or_else(|| panic!("classifier: fixture has no grad.{name}"));
+        let diff = norm(&(grad.to_dtype(DType::F64).unwrap() - want).unwrap());
+        if name.ends_with("key.bias") {
+            assert!(
+                diff < 1e-6 * global,
+                "classifier: {name} gradient {diff:e} (should be ~0)"
+            );
+            continue;
+        }
+        let rel = diff / norm(want);
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+        assert!(
+            rel < 1e-4,
+            "classifier: gradient of {name} differs by {rel:e} of its norm"
+        );
+    }
+    println!(
+        "classifier: {} gradients, worst relative difference {:.2e} ({}), tolerance 1e-4",
+        names.len(),
+        worst.0,
+        worst.1
+    );
+}

@@ -1,0 +1,276 @@
+//! `perceiver train --task classify` and `perceiver eval` of a classifier end to end, on a tiny
+//! layout from scratch (the fine-tuning of the built-in model is `perceiver-train`'s
+//! `tests/classify.rs`): the accuracy and confusion table at the end, `eval.json`, a checkpoint
+//! that `eval` reads back to the same numbers, resuming, and bad labelled files refused in one
+//! line with a non-zero exit.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
+    cmd.args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
+        )
+        .env("RAYON_NUM_THREADS", "2");
+    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = command(args).output().expect("run perceiver");
+    assert!(
+        out.status.success(),
+        "perceiver {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Fails with exit status 1 and one line on stderr that contains every needle.
+fn fails(args: &[&str], needles: &[&str]) {
+    let out = command(args).output().expect("run perceiver");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line expected: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{stderr:?} should mention {needle:?}");
+    }
+}
+
+/// Short texts about two topics, as JSON lines (training) and CSV (held out).
+fn write_data(dir: &Path) -> (String, String) {
+    let weather = ["rain", "snow", "wind", "sun", "fog", "storm"];
+    let food = ["bread", "cheese", "soup", "apples", "rice", "cake"];
+    let mut train = String::new();
+    let mut held_out = String::from("text,label\n");
+    for i in 0..24 {
+        let (w, f) = (weather[i % 6], food[(i * 5) % 6]);
+        let rows = [
+            (format!("Today there is {w} again"), "weather"),
+            (format!("We ate {f} for dinner"), "food"),
+        ];
+        for (text, label) in rows {
+            if i < 18 {
+                train.push_str(&serde_json::json!({"text": text, "label": label}).to_string());
+                train.push('\n');
+            } else {
+                held_out.push_str(&format!("{text},{label}\n"));
+            }
+        }
+    }
+    let (t, e) = (dir.join("train.jsonl"), dir.join("heldout.csv"));
+    std::fs::write(&t, train).unwrap();
+    std::fs::write(&e, held_out).unwrap();
+    (t.to_string_lossy().into_owned(), e.to_string_lossy().into_owned())
+}
+
+fn train_args<'a>(train: &'a str, held_out: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--task",
+        "classify",
+        "--preset",
+        "tiny",
+        "--train",
+        train,
+        "--eval",
+        held_out,
+        "--out",
+        out,
+        "--steps",
+        steps,
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "2",
+        "--eval-every",
+        "2",
+        "--save-every",
+        "2",
+        "--plot",
+        "false",
+    ]
+}
+
+#[test]
+fn a_classifier_trains_reports_its_confusion_table_and_evaluates_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held_out) = write_data(dir.path());
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let done = run(&train_args(&train, &held_out, o, "4"));
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    println!("{stderr}{stdout}");
+    assert!(
+        stderr.contains("labels food, weather; 36 training texts, 12 held out"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("held-out accuracy"), "{stdout}");
+    assert!(stdout.contains("true \\ predicted"), "{stdout}");
+    let table: Vec<&str> = stdout.lines().skip_while(|l| !l.starts_with("true")).collect();
+    assert!(
+        table[1].starts_with("food ") && table[2].starts_with("weather "),
+        "{stdout}"
+    );
+
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(saved["step"], 4);
+    assert_eq!(saved["labels"], serde_json::json!(["food", "weather"]));
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(saved["confusion"].clone()).unwrap();
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 12);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let evals: Vec<Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 2);
+    assert!(evals[1].get("bits_per_byte").is_none(), "{:?}", evals[1]);
+
+    // The checkpoint: a transformers classifier that `eval` reads back to the same numbers.
+    let checkpoint = out.join("step-000004");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "PerceiverForSequenceClassification");
+    assert_eq!(
+        config["id2label"],
+        serde_json::json!({"0": "food", "1": "weather"})
+    );
+    let again = run(&[
+        "eval",
+        "--model",
+        checkpoint.to_str().unwrap(),
+        &held_out,
+        "--json",
+    ]);
+    let result: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(result["texts"], 12);
+    assert_eq!(result["confusion"], saved["confusion"]);
+    assert!((result["accuracy"].as_f64().unwrap() - saved["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    let text = run(&["eval", "--model", checkpoint.to_str().unwrap(), &held_out]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("recall"));
+
+    // Resumed for two more steps, with the run's own data and labels.
+    run(&["train", "--resume", o, "--steps", "6", "--plot", "false"]);
+    assert!(out.join("step-000006").is_dir());
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(saved["step"], 6);
+    let plotted = run(&["plot", o]);
+    assert!(String::from_utf8_lossy(&plotted.stdout).contains("curves.svg"));
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    assert!(svg.contains("accuracy (texts)"));
+}
+
+#[test]
+fn bad_labelled_files_fail_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held_out) = write_data(dir.path());
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let write = |name: &str, content: &str| -> String {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let cases = [
+        (
+            write("no_label.csv", "text,category\nhello,a\n"),
+            vec!["no_label.csv line 1", "no column `label`"],
+        ),
+        (
+            write("no_text.csv", "label,content\na,hello\n"),
+            vec!["no_text.csv line 1", "no column `text`"],
+        ),
+        (
+            write("empty_label.csv", "text,label\nhello,a\nbye,\n"),
+            vec!["empty_label.csv line 3", "the label is empty"],
+        ),
+        (
+            write("empty_text.csv", "text,label\nhello,a\n\"\",b\n"),
+            vec!["empty_text.csv line 3", "the text is empty"],
+        ),
+        (
+            write("ragged.csv", "text,label\nhello,a,extra\n"),
+            vec!["ragged.csv line 2", "3 fields"],
+        ),
+        (
+            write(
+                "broken.jsonl",
+                "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \n",
+            ),
+            vec!["broken.jsonl line 2", "not JSON"],
+        ),
+        (
+            write("one.csv", "text,label\nhello,a\nbye,a\n"),
+            vec!["one label (a)", "at least two"],
+        ),
+        (write("notes.txt", "hello\n"), vec!["notes.txt", ".csv"]),
+    ];
+    for (file, needles) in &cases {
+        let mut args = train_args(file, &held_out, o, "2");
+        args.retain(|a| *a != "--eval" && *a != held_out.as_str());
+        fails(&args, needles);
+    }
+    assert!(!out.join("step-000002").exists(), "nothing trained");
+    // A held-out label the training texts lack.
+    let other = write("other.csv", "text,label\nhi,greeting\n");
+    fails(
+        &train_args(&train, &other, o, "2"),
+        &[
+            "other.csv line 2",
+            "`greeting` is not one of the classifier's labels (food, weather)",
+        ],
+    );
+    // The same reader for the built-in model's fine-tuning and for `eval` of a classifier.
+    fails(
+        &[
+            "train",
+            "--task",
+            "classify",
+            "--init-from",
+            "default",
+            "--train",
+            &cases[2].0,
+            "--out",
+            o,
+        ],
+        &["empty_label.csv line 3"],
+    );
+    run(&train_args(&train, &held_out, o, "2"));
+    let checkpoint = out.join("step-000002");
+    fails(
+        &["eval", "--model", checkpoint.to_str().unwrap(), &cases[0].0],
+        &["no_label.csv line 1"],
+    );
+    // --init local shapes a masked LM's attention only.
+    fails(
+        &[
+            "train",
+            "--task",
+            "classify",
+            "--preset",
+            "tiny",
+            "--init",
+            "local",
+            "--train",
+            &train,
+            "--out",
+            &format!("{o}2"),
+        ],
+        &["--init local"],
+    );
+}
