@@ -34,11 +34,9 @@ model ``perceiver-bench classify`` times (not committed; ~194 MB)::
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -47,27 +45,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPT_DIR.parent
-REQUIREMENTS = SCRIPT_DIR / "requirements-reference.txt"
 OUT = REPO_ROOT / "tests" / "fixtures" / "classification"
 
 
-def check_pins() -> None:
-    """Every package pinned in requirements-reference.txt is installed at that version."""
-    bad = []
-    for line in REQUIREMENTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        assert m, f"unpinned requirement line: {line!r}"
-        try:
-            have = importlib.metadata.version(m.group(1))
-        except importlib.metadata.PackageNotFoundError:
-            have = None
-        if have is None or have.split("+", 1)[0] != m.group(2):
-            bad.append(f"{m.group(1)}: installed {have}, pinned {m.group(2)}")
-    assert not bad, "environment does not match the pins:\n  " + "\n  ".join(bad)
-
+from reference_env import check_pins  # noqa: E402
 
 check_pins()
 

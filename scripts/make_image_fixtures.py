@@ -34,12 +34,10 @@ torchvision must be absent so that transformers uses the PIL backend)::
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import io
 import json
 import os
-import re
 import shutil
 import struct
 import sys
@@ -52,7 +50,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPT_DIR.parent
-REQUIREMENTS = SCRIPT_DIR / "requirements-reference.txt"
+import reference_env  # noqa: E402
+
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "images"
 
 PINNED_TRANSFORMERS = "5.24.0"
@@ -60,29 +59,10 @@ PINNED_PILLOW = "12.0.0"
 
 
 def check_pins() -> None:
-    """Assert that every package pinned in requirements-reference.txt is installed at that version."""
-    pins = {}
-    for line in REQUIREMENTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        assert m, f"unpinned requirement line in {REQUIREMENTS}: {line!r}"
-        pins[m.group(1)] = m.group(2)
-    assert pins.get("transformers") == PINNED_TRANSFORMERS, pins
-    assert pins.get("pillow") == PINNED_PILLOW, pins
-    bad = []
-    for name, want in pins.items():
-        try:
-            have = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            have = None
-        if have is None or have.split("+", 1)[0] != want:
-            bad.append(f"{name}: installed {have}, pinned {want}")
-    assert not bad, "reference environment does not match the pins:\n  " + "\n  ".join(bad)
-    # With torchvision, transformers would pick the torchvision backend (other resampling).
+    """The pinned environment, and without torchvision: with it, transformers would pick the
+    torchvision backend (other resampling), and the PIL backend is the reference."""
+    reference_env.check_pins(transformers=PINNED_TRANSFORMERS, pillow=PINNED_PILLOW)
     assert importlib.util.find_spec("torchvision") is None, "uninstall torchvision: the PIL backend is the reference"
-
 
 check_pins()
 

@@ -53,11 +53,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -70,35 +68,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPT_DIR.parent
-REQUIREMENTS = SCRIPT_DIR / "requirements-reference.txt"
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "parity"
+
+import reference_env  # noqa: E402
 
 PINNED_TRANSFORMERS = "5.24.0"
 PINNED_TORCH = "2.15.0"
 
 
 def check_pins() -> None:
-    """Assert that every package pinned in requirements-reference.txt is installed at that version."""
-    pins = {}
-    for line in REQUIREMENTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        assert m, f"unpinned requirement line in {REQUIREMENTS}: {line!r}"
-        pins[m.group(1)] = m.group(2)
-    assert pins.get("transformers") == PINNED_TRANSFORMERS, pins
-    assert pins.get("torch") == PINNED_TORCH, pins
-    bad = []
-    for name, want in pins.items():
-        try:
-            have = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            have = None
-        if have is None or have.split("+", 1)[0] != want:
-            bad.append(f"{name}: installed {have}, pinned {want}")
-    assert not bad, "reference environment does not match the pins:\n  " + "\n  ".join(bad)
-
+    reference_env.check_pins(transformers=PINNED_TRANSFORMERS, torch=PINNED_TORCH)
 
 check_pins()
 
