@@ -3,8 +3,11 @@
 //! tests hold their logits to DeepMind's), a pickle and the directory converted from it must
 //! give the same answers.
 
+mod common;
+
+use common::{command, run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -27,31 +30,6 @@ fn config_json_pickle() -> (String, String) {
 
 fn path(p: PathBuf) -> String {
     p.to_string_lossy().into_owned()
-}
-
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
-    cmd.args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env(
-            "HF_HOME",
-            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
-        )
-        .env("RAYON_NUM_THREADS", "2");
-    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = command(args).output().expect("run perceiver");
-    assert!(
-        out.status.success(),
-        "perceiver {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn fails(args: &[&str], needle: &str) {

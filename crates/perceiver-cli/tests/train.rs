@@ -2,36 +2,14 @@
 //! falls, a run stopped and resumed equals an uninterrupted one bit for bit, Ctrl-C saves, the
 //! checkpoint fills masks, and bad input fails cleanly.
 
+mod common;
+
+use common::{command, run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
-    cmd.args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env(
-            "HF_HOME",
-            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
-        )
-        .env("RAYON_NUM_THREADS", "2");
-    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = command(args).output().expect("run perceiver");
-    assert!(
-        out.status.success(),
-        "perceiver {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn fails(args: &[&str], needle: &str) {
     let out = command(args).output().expect("run perceiver");

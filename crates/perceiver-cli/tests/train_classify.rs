@@ -4,35 +4,12 @@
 //! that `eval` reads back to the same numbers, resuming, and bad labelled files refused in one
 //! line with a non-zero exit.
 
+mod common;
+
+use common::{command, run};
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::Value;
-
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
-    cmd.args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env(
-            "HF_HOME",
-            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
-        )
-        .env("RAYON_NUM_THREADS", "2");
-    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = command(args).output().expect("run perceiver");
-    assert!(
-        out.status.success(),
-        "perceiver {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Fails with exit status 1 and one line on stderr that contains every needle.
 fn fails(args: &[&str], needles: &[&str]) {

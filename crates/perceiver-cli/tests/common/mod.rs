@@ -1,0 +1,32 @@
+//! How the CLI tests run the `perceiver` binary: offline, with an empty Hugging Face home and
+//! none of the variables that could point it at a developer's cache, token, endpoint or model.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::process::{Command, Output};
+
+/// The binary with a clean environment and two kernel threads.
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
+    cmd.args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
+        )
+        .env("RAYON_NUM_THREADS", "2");
+    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs it and asserts success.
+pub fn run(args: &[&str]) -> Output {
+    let out = command(args).output().expect("run perceiver");
+    assert!(
+        out.status.success(),
+        "perceiver {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
