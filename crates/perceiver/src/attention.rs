@@ -151,8 +151,15 @@ impl AttentionLayer {
     }
 }
 
+/// Scores one attention task holds at a time (64 MiB of f32): longer inputs are attended a
+/// block of query rows at a time, so no `queries × keys` matrix is ever whole (the flow model's
+/// would be 2,048 × 182,528). Each query row's softmax is its own, so blocking changes nothing.
+const SCORE_BLOCK_VALUES: usize = 1 << 24;
+
 /// Multi-head attention of each item's queries over that item's keys; heads concatenated.
-/// Work is split over (item, head) pairs.
+///
+/// Work is split over (item, head) pairs; when there are fewer pairs than threads (one image,
+/// one head), over blocks of query rows within each pair instead.
 fn attend(
     spec: &AttentionSpec,
     q: &[f32],
@@ -163,92 +170,162 @@ fn attend(
     threads: usize,
 ) -> Vec<f32> {
     let heads = spec.num_heads;
-    let (qk, vc) = (spec.qk_channels, spec.v_channels);
-    let (d_qk, d_v) = (qk / heads, vc / heads);
-    let scale = 1.0 / (d_qk as f32).sqrt();
     let total_queries = query_items.last().map_or(0, |r| r.end);
     let tasks: Vec<(usize, usize)> = (0..query_items.len())
         .flat_map(|item| (0..heads).map(move |head| (item, head)))
         .collect();
-    // Few tasks (one text, one head) leave threads for the products themselves.
-    let inner_threads = (threads / tasks.len().max(1)).max(1);
     // Every (item, head) task sets its block of `out` (the item's rows × the head's columns,
     // which together cover it), so it starts uninitialised.
-    let packed = sgemm::available();
-    let out_len = total_queries * vc;
+    let out_len = total_queries * spec.v_channels;
     let mut out: Vec<f32> = Vec::with_capacity(out_len);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    tasks.par_iter().for_each(|&(item, head)| {
-        let (qr, kr) = (&query_items[item], &kv_items[item]);
-        let (nq, nk) = (qr.len(), kr.len());
-        if nq == 0 {
-            return;
-        }
-        let q_h = View::strided(&q[qr.start * qk + head * d_qk..], nq, d_qk, qk);
-        let k_h = View::strided(&k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
-        let v_h = View::strided(&v[kr.start * vc + head * d_v..], nk, d_v, vc);
-        // This head's block of `out`: the item's rows, the head's d_v columns (row stride vc).
-        let offset = qr.start * vc + head * d_v;
-        assert!(offset + (nq - 1) * vc + d_v <= out_len);
-        if packed {
-            // Keys and values packed per head (they are small next to the products), the
-            // scale folded into the keys.
-            let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
-            let mut scores = Vec::with_capacity(nq * nk);
-            // SAFETY: `scores` has room for nq × nk values at row stride nk; the product sets
-            // every one of them (overwrite), so the length can then cover them.
-            unsafe {
-                keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, inner_threads, true);
-                scores.set_len(nq * nk);
+    let head = HeadAttention {
+        spec,
+        q,
+        k,
+        v,
+        out: SendPtr(out.as_mut_ptr()),
+        out_len,
+    };
+    if tasks.len() >= threads {
+        tasks.par_iter().for_each(|&(item, h)| {
+            let (qr, kr) = (&query_items[item], &kv_items[item]);
+            let packed = head.pack(h, kr);
+            for rows in row_blocks(qr, kr.len()) {
+                head.run(h, rows, kr, packed.as_ref(), 1);
             }
-            rows::softmax_rows(&mut scores, nk);
-            let values = sgemm::PackedWeights::pack_view(v_h, false, 1.0, false);
-            // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
-            // (overwrite) by the product; tasks write disjoint blocks, and nothing reads `out`
-            // until every task is done.
-            unsafe {
-                values.matmul_view_raw(
-                    View::dense(&scores, nq, nk),
-                    out_ptr.get().add(offset),
-                    vc,
-                    inner_threads,
-                    true,
-                )
-            };
-        } else {
-            let mut scores = vec![0f32; nq * nk];
-            let mut head_out = vec![0f32; nq * d_v];
-            matmul(
-                &mut scores,
-                nk,
-                q_h,
-                Rhs::Transposed(k_h),
-                scale,
-                false,
-                inner_threads,
-            );
-            rows::softmax_rows(&mut scores, nk);
-            matmul(
-                &mut head_out,
-                d_v,
-                View::dense(&scores, nq, nk),
-                Rhs::Plain(v_h),
-                1.0,
-                false,
-                inner_threads,
-            );
-            for (r, values) in head_out.chunks_exact(d_v).enumerate() {
-                // SAFETY: as above; row r of the block lies inside `out`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(values.as_ptr(), out_ptr.get().add(offset + r * vc), d_v)
-                };
-            }
+        });
+    } else {
+        for &(item, h) in &tasks {
+            let (qr, kr) = (&query_items[item], &kv_items[item]);
+            let packed = head.pack(h, kr);
+            let blocks = row_blocks(qr, kr.len());
+            // Few tasks (one text, one head) leave threads for the products themselves.
+            let inner_threads = (threads / blocks.len()).max(1);
+            blocks
+                .into_par_iter()
+                .for_each(|rows| head.run(h, rows, kr, packed.as_ref(), inner_threads));
         }
-    });
+    }
     // SAFETY: the tasks have set every value of `out` (their blocks cover it; an item without
     // queries has no rows).
     unsafe { out.set_len(out_len) };
     out
+}
+
+/// The query rows of `rows` in blocks whose scores over `keys` keys fit
+/// [`SCORE_BLOCK_VALUES`].
+fn row_blocks(rows: &Range<usize>, keys: usize) -> Vec<Range<usize>> {
+    let size = (SCORE_BLOCK_VALUES / keys.max(1)).max(1);
+    (rows.start..rows.end)
+        .step_by(size)
+        .map(|start| start..(start + size).min(rows.end))
+        .collect()
+}
+
+/// One attention's operands, shared by the tasks that each compute a block of its output.
+struct HeadAttention<'a> {
+    spec: &'a AttentionSpec,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    out: SendPtr,
+    out_len: usize,
+}
+
+impl HeadAttention<'_> {
+    fn widths(&self) -> (usize, usize, usize, usize) {
+        let (qk, vc) = (self.spec.qk_channels, self.spec.v_channels);
+        (qk, vc, qk / self.spec.num_heads, vc / self.spec.num_heads)
+    }
+
+    /// Head `head`'s keys (scale folded in) and values over the key rows `kr`, packed for the
+    /// f32 kernel, when the CPU has one: they are small next to the products.
+    fn pack(&self, head: usize, kr: &Range<usize>) -> Option<(sgemm::PackedWeights, sgemm::PackedWeights)> {
+        if !sgemm::available() || kr.is_empty() {
+            return None;
+        }
+        let (qk, vc, d_qk, d_v) = self.widths();
+        let scale = 1.0 / (d_qk as f32).sqrt();
+        let nk = kr.len();
+        let k_h = View::strided(&self.k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
+        let v_h = View::strided(&self.v[kr.start * vc + head * d_v..], nk, d_v, vc);
+        Some((
+            sgemm::PackedWeights::pack_view(k_h, true, scale, false),
+            sgemm::PackedWeights::pack_view(v_h, false, 1.0, false),
+        ))
+    }
+
+    /// Attention of head `head` for the query rows `rows` over the key rows `kr`: sets that
+    /// block of `out` (those rows × the head's `d_v` columns).
+    fn run(
+        &self,
+        head: usize,
+        rows: Range<usize>,
+        kr: &Range<usize>,
+        packed: Option<&(sgemm::PackedWeights, sgemm::PackedWeights)>,
+        threads: usize,
+    ) {
+        let (qk, vc, d_qk, d_v) = self.widths();
+        let (nq, nk) = (rows.len(), kr.len());
+        if nq == 0 {
+            return;
+        }
+        let q_h = View::strided(&self.q[rows.start * qk + head * d_qk..], nq, d_qk, qk);
+        let offset = rows.start * vc + head * d_v;
+        assert!(offset + (nq - 1) * vc + d_v <= self.out_len);
+        let mut scores = Vec::with_capacity(nq * nk);
+        match packed {
+            Some((keys, values)) => {
+                // SAFETY: `scores` has room for nq × nk values at row stride nk; the product sets
+                // every one of them (overwrite), so the length can then cover them.
+                unsafe {
+                    keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, threads, true);
+                    scores.set_len(nq * nk);
+                }
+                rows::softmax_rows(&mut scores, nk);
+                // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
+                // (overwrite) by the product; blocks are disjoint, and nothing reads `out` until
+                // every task is done.
+                unsafe {
+                    values.matmul_view_raw(
+                        View::dense(&scores, nq, nk),
+                        self.out.get().add(offset),
+                        vc,
+                        threads,
+                        true,
+                    )
+                };
+            }
+            None => {
+                let scale = 1.0 / (d_qk as f32).sqrt();
+                let k_h = View::strided(&self.k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
+                let v_h = View::strided(&self.v[kr.start * vc + head * d_v..], nk, d_v, vc);
+                scores.resize(nq * nk, 0.0);
+                let mut head_out = vec![0f32; nq * d_v];
+                matmul(&mut scores, nk, q_h, Rhs::Transposed(k_h), scale, false, threads);
+                rows::softmax_rows(&mut scores, nk);
+                matmul(
+                    &mut head_out,
+                    d_v,
+                    View::dense(&scores, nq, nk),
+                    Rhs::Plain(v_h),
+                    1.0,
+                    false,
+                    threads,
+                );
+                for (r, values) in head_out.chunks_exact(d_v).enumerate() {
+                    // SAFETY: as above; row r of the block lies inside `out`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            values.as_ptr(),
+                            self.out.get().add(offset + r * vc),
+                            d_v,
+                        )
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// Multiply-add work (2 FLOP each) of one layer of `spec` with `nq` queries over `nk` keys: the

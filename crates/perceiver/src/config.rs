@@ -133,6 +133,14 @@ pub mod bounds {
         why: "the released learned-position model uses 224, and its position table has a row per pixel",
     };
 
+    /// Each side of the optical-flow model's `train_size` (368 × 496 released): one tile of
+    /// that size is one pass, its pixels the rows the encoder and the decoder attend over.
+    pub const TRAIN_SIZE: Range = Range {
+        min: 1,
+        max: 2048,
+        why: "the released flow model uses 368x496, and every pixel of a tile is a row of its input and of its output",
+    };
+
     /// Parameters of the whole model, derived from the counts above: 2³¹ f32 parameters are
     /// 8 GiB, ten times the released 201M model. This bounds what a config trained from
     /// scratch allocates (the weights, then gradients and optimizer moments of the same size).
@@ -523,6 +531,12 @@ impl PerceiverConfig {
         }
         match Architecture::of(self)? {
             Architecture::MaskedLm => self.masked_lm_decoder_spec().check("decoder cross-attention")?,
+            Architecture::OpticalFlow => {
+                for side in self.train_size()? {
+                    bounds::TRAIN_SIZE.check("train_size", side as u64)?;
+                }
+                self.flow_decoder_spec().check("decoder cross-attention")?;
+            }
             _ => {
                 self.classification_decoder_spec()
                     .check("decoder cross-attention")?;
@@ -618,6 +632,15 @@ impl PerceiverConfig {
                 fixed.extend(text);
                 fixed.extend(classifier());
             }
+            Ok(Architecture::OpticalFlow) => {
+                let (patches, features) = (n(FLOW_PATCH_CHANNELS), n(FLOW_FEATURES));
+                let q = n(self.input_channels());
+                fixed.extend([
+                    patches * features + features, // conv_after_patches
+                    self.flow_decoder_spec().num_parameters(true),
+                    q * 2 + 2, // final layer: two flow channels
+                ]);
+            }
             Ok(_) => {
                 fixed.push(
                     self.image_input()
@@ -703,7 +726,40 @@ impl PerceiverConfig {
     /// image preprocessor's output for images (transformers sizes the encoder by
     /// `input_preprocessor.num_channels`, whatever `d_model` says).
     pub fn input_channels(&self) -> usize {
+        if Architecture::of(self).ok() == Some(Architecture::OpticalFlow) {
+            return self.flow_input().channels();
+        }
         self.image_input().map_or(self.d_model, |input| input.channels())
+    }
+
+    /// `train_size` (transformers' default `[368, 496]`): the frame size, height then width,
+    /// the optical-flow model was trained on and runs on (the Colab tiles larger frames).
+    pub fn train_size(&self) -> Result<[usize; 2]> {
+        let Some(value) = self.extra.get("train_size").filter(|v| !v.is_null()) else {
+            return Ok(DEFAULT_TRAIN_SIZE);
+        };
+        let sides: Option<Vec<usize>> = value
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect())
+            .unwrap_or(None);
+        match sides.as_deref() {
+            Some(&[height, width]) => Ok([height, width]),
+            _ => Err(Error::InvalidConfig(format!(
+                "train_size must be [height, width], found {value}"
+            ))),
+        }
+    }
+
+    /// The optical-flow model's input part, its Fourier features over `train_size`.
+    pub fn flow_input(&self) -> FlowInputSpec {
+        FlowInputSpec {
+            fourier: FourierSpec {
+                num_bands: 64,
+                max_resolution: self.train_size().unwrap_or(DEFAULT_TRAIN_SIZE),
+                concat_pos: true,
+                sine_only: false,
+            },
+        }
     }
 
     /// The encoder cross-attention (latents attend to inputs), resolved as transformers'
@@ -776,6 +832,60 @@ impl PerceiverConfig {
             use_query_residual: true,
             activation: self.hidden_act,
         }
+    }
+}
+
+impl PerceiverConfig {
+    /// The optical-flow decoder's cross-attention (transformers' `PerceiverOpticalFlowDecoder`):
+    /// every input row queries the latents with one head and no query residual. Its widths are
+    /// left for `PerceiverAttention` to resolve: as a cross-attention with `qk_channels` unset,
+    /// queries and keys take the width `cross_attention_shape_for_attention` names (the latents'
+    /// for `"kv"`), and values the same.
+    pub fn flow_decoder_spec(&self) -> AttentionSpec {
+        let q_dim = self.input_channels();
+        let qk = match self.cross_attention_shape_for_attention {
+            CrossAttentionShape::Query => q_dim,
+            CrossAttentionShape::KeyValue => self.d_latents,
+        };
+        AttentionSpec {
+            q_dim,
+            kv_dim: self.d_latents,
+            qk_channels: qk,
+            v_channels: qk,
+            num_heads: 1,
+            widening_factor: 1,
+            use_query_residual: false,
+            activation: self.hidden_act,
+        }
+    }
+}
+
+/// transformers' `PerceiverConfig.train_size` default (the optical-flow model's frame size).
+pub const DEFAULT_TRAIN_SIZE: [usize; 2] = [368, 496];
+
+/// The optical-flow model's input part (transformers' `PerceiverImagePreprocessor` as
+/// `PerceiverForOpticalFlow` builds it, DeepMind's `ImagePreprocessor(prep_type='patches')`):
+/// each pixel's 3×3 neighbourhood in both frames (54 values), a linear layer to
+/// [`FLOW_FEATURES`] channels, then Fourier features of the pixel's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowInputSpec {
+    /// The position features, their top frequencies set by `train_size`.
+    pub fourier: FourierSpec,
+}
+
+/// Frames of a flow input.
+pub const FLOW_FRAMES: usize = 2;
+/// The side of each pixel's patch in a flow input.
+pub const FLOW_PATCH: usize = 3;
+/// Channels of a pixel's patches in both frames: 2 × 3 × 3 × RGB.
+pub const FLOW_PATCH_CHANNELS: usize = FLOW_FRAMES * FLOW_PATCH * FLOW_PATCH * IMAGE_CHANNELS;
+/// The width the patches are projected to (`conv_after_patches`).
+pub const FLOW_FEATURES: usize = 64;
+
+impl FlowInputSpec {
+    /// Channels of each row of the encoder's input (322 for the released model).
+    pub fn channels(&self) -> usize {
+        FLOW_FEATURES + self.fourier.channels()
     }
 }
 
@@ -853,7 +963,7 @@ impl ImageInputSpec {
                 channels: 64,
                 fourier: fourier(56),
             }),
-            Architecture::MaskedLm | Architecture::SequenceClassification => None,
+            Architecture::MaskedLm | Architecture::SequenceClassification | Architecture::OpticalFlow => None,
         }
     }
 
@@ -901,16 +1011,20 @@ pub enum Architecture {
     /// `PerceiverForImageClassificationConvProcessing`: a convolutional stem, then Fourier
     /// position features.
     ImageClassificationConvProcessing,
+    /// `PerceiverForOpticalFlow`: two frames' 3×3 patches with Fourier position features in, a
+    /// flow vector per pixel out, the input's own rows as the decoder's queries.
+    OpticalFlow,
 }
 
 impl Architecture {
     /// Every architecture, for tests and documentation.
-    pub const ALL: [Architecture; 5] = [
+    pub const ALL: [Architecture; 6] = [
         Self::MaskedLm,
         Self::SequenceClassification,
         Self::ImageClassificationLearned,
         Self::ImageClassificationFourier,
         Self::ImageClassificationConvProcessing,
+        Self::OpticalFlow,
     ];
 
     /// transformers' class name, as config.json's `architectures` lists it.
@@ -921,15 +1035,16 @@ impl Architecture {
             Self::ImageClassificationLearned => "PerceiverForImageClassificationLearned",
             Self::ImageClassificationFourier => "PerceiverForImageClassificationFourier",
             Self::ImageClassificationConvProcessing => "PerceiverForImageClassificationConvProcessing",
+            Self::OpticalFlow => "PerceiverForOpticalFlow",
         }
     }
 
     /// Whether the model answers with one set of label logits per input.
     pub fn is_classifier(self) -> bool {
-        self != Self::MaskedLm
+        !matches!(self, Self::MaskedLm | Self::OpticalFlow)
     }
 
-    /// Whether the model reads images (else token ids).
+    /// Whether the model reads single images (else token ids, or frame pairs for flow).
     pub fn reads_images(self) -> bool {
         ImageInputSpec::of(self).is_some()
     }

@@ -92,7 +92,11 @@ pub enum Error {
     },
 
     /// A config.json whose `architectures` names a model class this library does not build.
-    #[error("unsupported architecture {name}: this library builds PerceiverForMaskedLM")]
+    #[error(
+        "unsupported architecture {name}: this library builds PerceiverForMaskedLM, \
+         PerceiverForSequenceClassification, PerceiverForImageClassification{{Learned,Fourier,ConvProcessing}} \
+         and PerceiverForOpticalFlow"
+    )]
     UnsupportedArchitecture {
         /// The class named.
         name: String,

@@ -7,26 +7,31 @@
 //! tasks ([`crate::tasks`]) sit on top and turn inputs and answers into the parts' arrays.
 
 use crate::attention::layer_flops;
-use crate::checkpoint::names::{ClassifierNames, InputNames, MaskedLmNames};
+use crate::checkpoint::names::{ClassifierNames, FlowNames, InputNames, MaskedLmNames};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::Param;
 use crate::config::{Architecture, PerceiverConfig};
-use crate::decoder::{BasicDecoder, Decoder};
+use crate::decoder::{BasicDecoder, Decoder, FlowDecoder};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::layers::Precision;
-use crate::postprocess::{ClassifierHead, EmbeddingDecoder, Postprocessor};
-use crate::preprocess::{ImagePreprocessor, Pixels, Preprocessor, TextPreprocessor};
+use crate::postprocess::{ClassifierHead, EmbeddingDecoder, FlowHead, Postprocessor};
+use crate::preprocess::{
+    FlowPreprocessor, FramePair, ImagePreprocessor, InputArray, Pixels, Preprocessor, TextPreprocessor,
+};
 use crate::process::LatentStack;
 use crate::runtime::on_pool;
 
-/// What a model reads: token ids (text models) or images (image models), a batch of them.
+/// What a model reads: token ids (text models), images (image models) or frame pairs (optical
+/// flow), a batch of them.
 #[derive(Debug, Clone, Copy)]
 pub enum ModelInput<'a> {
     /// Each text's ids, unpadded.
     Tokens(&'a [&'a [u32]]),
     /// Each image's normalised pixels.
     Images(&'a [&'a Pixels]),
+    /// Pairs of frames of the flow model's tile size.
+    FramePairs(&'a [&'a FramePair]),
 }
 
 impl ModelInput<'_> {
@@ -35,6 +40,7 @@ impl ModelInput<'_> {
         match self {
             Self::Tokens(texts) => texts.len(),
             Self::Images(images) => images.len(),
+            Self::FramePairs(pairs) => pairs.len(),
         }
     }
 
@@ -87,6 +93,24 @@ impl PerceiverModel {
                         embeddings,
                         &names.output_bias,
                     )?),
+                    precision,
+                    threads: 0,
+                }
+            }
+            Architecture::OpticalFlow => {
+                let names = FlowNames::new(config);
+                Self {
+                    config: config.clone(),
+                    architecture,
+                    preprocessor: Preprocessor::Flow(FlowPreprocessor::load(
+                        get,
+                        config.flow_input(),
+                        &names.patch_projection,
+                    )?),
+                    encoder: Encoder::load(get, &names.encoder)?,
+                    process: LatentStack::load(get, config.num_blocks, &names.encoder.self_attends)?,
+                    decoder: Decoder::Flow(FlowDecoder::load(get, &names.cross_attention)?),
+                    postprocessor: Postprocessor::Flow(FlowHead::load(get, &names.final_layer)?),
                     precision,
                     threads: 0,
                 }
@@ -169,7 +193,7 @@ impl PerceiverModel {
     pub fn max_len(&self) -> usize {
         match &self.preprocessor {
             Preprocessor::Text(text) => text.max_len(),
-            Preprocessor::Image(_) => 0,
+            Preprocessor::Image(_) | Preprocessor::Flow(_) => 0,
         }
     }
 
@@ -178,6 +202,7 @@ impl PerceiverModel {
     pub fn image_size(&self) -> Option<(usize, usize)> {
         match &self.preprocessor {
             Preprocessor::Image(image) => image.required_size(),
+            Preprocessor::Flow(flow) => Some(flow.frame_size()),
             Preprocessor::Text(_) => None,
         }
     }
@@ -243,24 +268,59 @@ impl PerceiverModel {
     /// The preprocessor and the encoder's cross-attention: each input onto the learned
     /// latents, before the latent stack.
     fn cross_attend(&self, input: ModelInput<'_>) -> Result<Vec<f32>> {
+        let array = self.preprocess(input)?;
+        Ok(self.encoder.forward(&array, self.threads()))
+    }
+
+    /// The preprocessor: each input → its rows of the encoder's input array.
+    fn preprocess(&self, input: ModelInput<'_>) -> Result<InputArray> {
         let threads = self.threads();
-        let array = match (&self.preprocessor, input) {
-            (Preprocessor::Text(text), ModelInput::Tokens(texts)) => text.forward(texts)?,
-            (Preprocessor::Image(image), ModelInput::Images(images)) => image.forward(images, threads)?,
-            (Preprocessor::Text(_), ModelInput::Images(_)) => {
-                return Err(Error::InvalidInput(format!(
-                    "{} reads text, not images",
-                    self.architecture.name()
-                )))
-            }
-            (Preprocessor::Image(_), ModelInput::Tokens(_)) => {
-                return Err(Error::InvalidInput(format!(
-                    "{} reads images, not text",
-                    self.architecture.name()
-                )))
-            }
+        let reads = match &self.preprocessor {
+            Preprocessor::Text(text) => match input {
+                ModelInput::Tokens(texts) => return text.forward(texts),
+                _ => "text",
+            },
+            Preprocessor::Image(image) => match input {
+                ModelInput::Images(images) => return image.forward(images, threads),
+                _ => "images",
+            },
+            Preprocessor::Flow(flow) => match input {
+                ModelInput::FramePairs(pairs) => return flow.forward(pairs, threads),
+                _ => "pairs of frames",
+            },
         };
-        Ok(self.encoder.forward(&array, threads))
+        let given = match input {
+            ModelInput::Tokens(_) => "text",
+            ModelInput::Images(_) => "images",
+            ModelInput::FramePairs(_) => "pairs of frames",
+        };
+        Err(Error::InvalidInput(format!(
+            "{} reads {reads}, not {given}",
+            self.architecture.name()
+        )))
+    }
+
+    /// The optical-flow model's output for each pair of frames of its tile size
+    /// ([`image_size`](Self::image_size)): `[pairs, height · width, 2]`, (u, v) per pixel, as
+    /// transformers' `PerceiverForOpticalFlow` logits (already divided by its
+    /// `rescale_factor`; DeepMind's Colab multiplies them by 20 for pixels).
+    pub fn optical_flow(&self, pairs: &[&FramePair]) -> Result<Vec<f32>> {
+        let Decoder::Flow(decoder) = &self.decoder else {
+            return Err(Error::InvalidInput(format!(
+                "{} is not an optical-flow model",
+                self.architecture.name()
+            )));
+        };
+        on_pool(|| {
+            let threads = self.threads();
+            let array = self.preprocess(ModelInput::FramePairs(pairs))?;
+            let z = self.encoder.forward(&array, threads);
+            let n = self.encoder.num_latents();
+            let latents = self.process.forward(z, n, pairs.len(), threads);
+            let hidden = decoder.forward(&latents, n, &array, threads)?;
+            drop(array);
+            Ok(self.postprocessor.forward(&hidden, threads))
+        })
     }
 
     /// A classifier's label logits for each input: `[inputs, num_labels]` (transformers'
@@ -366,6 +426,22 @@ impl PerceiverModel {
         total
     }
 
+    /// The multiply-add work (2 FLOP each) of one [`optical_flow`](Self::optical_flow) pass
+    /// over one pair: the patch projection, the encoder over every pixel, the latent stack, the
+    /// decoder from every pixel and the final projection.
+    pub fn optical_flow_flops(&self) -> f64 {
+        let c = &self.config;
+        let [h, w] = c.train_size().unwrap_or(crate::config::DEFAULT_TRAIN_SIZE);
+        let (pixels, latents) = (h * w, c.num_latents);
+        let channels = c.input_channels();
+        2.0 * (pixels * crate::config::FLOW_PATCH_CHANNELS * crate::config::FLOW_FEATURES) as f64
+            + layer_flops(&c.encoder_cross_attention_spec(), latents, pixels)
+            + (c.num_blocks * c.num_self_attends_per_block) as f64
+                * layer_flops(&c.self_attention_spec(), latents, latents)
+            + layer_flops(&c.flow_decoder_spec(), pixels, latents)
+            + 2.0 * (pixels * channels * 2) as f64
+    }
+
     /// The multiply-add work (2 FLOP each) of [`latent_layer`](Self::latent_layer) over `texts`
     /// texts: its six weight products and the attention's two.
     pub fn latent_layer_flops(&self, texts: usize) -> f64 {
@@ -421,10 +497,12 @@ mod tests {
         let mut config = PerceiverConfig::default();
         config.extra.insert(
             "architectures".into(),
-            serde_json::json!(["PerceiverForOpticalFlow"]),
+            serde_json::json!(["PerceiverForMultimodalAutoencoding"]),
         );
         match Architecture::of(&config) {
-            Err(Error::UnsupportedArchitecture { name }) => assert_eq!(name, "PerceiverForOpticalFlow"),
+            Err(Error::UnsupportedArchitecture { name }) => {
+                assert_eq!(name, "PerceiverForMultimodalAutoencoding")
+            }
             other => panic!("{other:?}"),
         }
     }

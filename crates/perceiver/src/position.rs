@@ -3,6 +3,8 @@
 //! (transformers' `PerceiverTrainablePositionEncoding`, DeepMind's `TrainablePositionEncoding`);
 //! and Fourier features of a grid's coordinates ([`fourier_features`]).
 
+use std::sync::{Arc, Mutex};
+
 use crate::checkpoint::names::TensorName;
 use crate::checkpoint::Param;
 use crate::config::FourierSpec;
@@ -85,6 +87,34 @@ pub fn fourier_features(spec: &FourierSpec, dims: [usize; 2]) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Fourier features, cached for the last image size seen (a model sees one size in practice).
+#[derive(Debug, Clone)]
+pub(crate) struct FourierCache {
+    spec: FourierSpec,
+    last: Arc<Mutex<Option<([usize; 2], Arc<Vec<f32>>)>>>,
+}
+
+impl FourierCache {
+    pub(crate) fn new(spec: FourierSpec) -> Self {
+        Self {
+            spec,
+            last: Arc::default(),
+        }
+    }
+
+    pub(crate) fn get(&self, dims: [usize; 2]) -> Arc<Vec<f32>> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((d, features)) if *d == dims => features.clone(),
+            _ => {
+                let features = Arc::new(fourier_features(&self.spec, dims));
+                *last = Some((dims, features.clone()));
+                features
+            }
+        }
+    }
 }
 
 /// `torch.linspace` in f32: from both ends towards the middle, as PyTorch computes it, so the

@@ -10,7 +10,10 @@
 //! input preprocessor, the latents, the encoder and the decoder; the task head's own tensors sit
 //! beside it (`embedding_decoder.bias` for the masked LM).
 
-use crate::config::{Architecture, AttentionSpec, ImageInputSpec, PerceiverConfig, IMAGE_CHANNELS};
+use crate::config::{
+    Architecture, AttentionSpec, ImageInputSpec, PerceiverConfig, FLOW_FEATURES, FLOW_PATCH_CHANNELS,
+    IMAGE_CHANNELS,
+};
 use crate::error::Result;
 
 /// What a tensor is for: initialisation and weight decay are chosen by it.
@@ -510,6 +513,49 @@ impl ClassifierNames {
     }
 }
 
+/// `PerceiverForOpticalFlow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowNames {
+    /// `conv_after_patches`: a pixel's patches in both frames (54 values) → 64 channels.
+    pub patch_projection: LinearNames,
+    /// Input onto latents, then the latent stack.
+    pub encoder: EncoderNames,
+    /// Every input row queries the latents (`decoder.decoder.decoding_cross_attention`).
+    pub cross_attention: LayerNames,
+    /// `decoder.decoder.final_layer`: the queries' width → the two flow channels.
+    pub final_layer: LinearNames,
+}
+
+impl FlowNames {
+    /// The optical-flow model's tensors for `config`.
+    pub fn new(config: &PerceiverConfig) -> Self {
+        let p = "perceiver.decoder.decoder";
+        Self {
+            patch_projection: LinearNames::new(
+                "perceiver.input_preprocessor.conv_after_patches",
+                FLOW_PATCH_CHANNELS,
+                FLOW_FEATURES,
+            ),
+            encoder: EncoderNames::new(config),
+            cross_attention: LayerNames::new(
+                &format!("{p}.decoding_cross_attention"),
+                config.flow_decoder_spec(),
+                true,
+            ),
+            final_layer: LinearNames::new(&format!("{p}.final_layer"), config.input_channels(), 2),
+        }
+    }
+
+    /// Every tensor, in the order the model reads them.
+    pub fn tensors(&self) -> Vec<&TensorName> {
+        let mut all = vec![&self.patch_projection.weight, &self.patch_projection.bias];
+        all.extend(self.encoder.tensors());
+        all.extend(self.cross_attention.tensors());
+        all.extend([&self.final_layer.weight, &self.final_layer.bias]);
+        all
+    }
+}
+
 /// The tensors of any model this library builds, by its config's architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelNames {
@@ -517,6 +563,8 @@ pub enum ModelNames {
     MaskedLm(MaskedLmNames),
     /// A classifier.
     Classifier(ClassifierNames),
+    /// `PerceiverForOpticalFlow`.
+    OpticalFlow(FlowNames),
 }
 
 impl ModelNames {
@@ -525,6 +573,7 @@ impl ModelNames {
     pub fn new(config: &PerceiverConfig, labels_if_unnamed: usize) -> Result<Self> {
         Ok(match Architecture::of(config)? {
             Architecture::MaskedLm => Self::MaskedLm(MaskedLmNames::new(config)),
+            Architecture::OpticalFlow => Self::OpticalFlow(FlowNames::new(config)),
             _ => {
                 let labels = config.num_labels()?.unwrap_or(labels_if_unnamed);
                 Self::Classifier(ClassifierNames::new(config, labels))
@@ -537,6 +586,7 @@ impl ModelNames {
         match self {
             Self::MaskedLm(names) => names.tensors(),
             Self::Classifier(names) => names.tensors(),
+            Self::OpticalFlow(names) => names.tensors(),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! flow); the attention layer and the kernels are shared.
 
 pub mod basic;
+pub mod flow;
 
 pub use basic::BasicDecoder;
+pub use flow::FlowDecoder;
 
 use crate::error::Result;
 use crate::layers::Precision;
@@ -19,19 +21,24 @@ use crate::layers::Precision;
 pub enum Decoder {
     /// Trainable output-position queries, any subset of them decoded.
     Basic(BasicDecoder),
+    /// The input's own rows as queries (optical flow).
+    Flow(FlowDecoder),
 }
 
 impl Decoder {
     pub(crate) fn set_precision(&mut self, precision: Precision) {
         match self {
             Self::Basic(basic) => basic.set_precision(precision),
+            Self::Flow(flow) => flow.set_precision(precision),
         }
     }
 
-    /// Output positions the decoder has queries for.
+    /// Output positions the decoder has queries for (the flow decoder's queries are its
+    /// input's rows: 0).
     pub fn num_outputs(&self) -> usize {
         match self {
             Self::Basic(basic) => basic.num_outputs(),
+            Self::Flow(_) => 0,
         }
     }
 
@@ -39,6 +46,7 @@ impl Decoder {
     pub fn channels(&self) -> usize {
         match self {
             Self::Basic(basic) => basic.channels(),
+            Self::Flow(flow) => flow.channels(),
         }
     }
 
@@ -52,6 +60,9 @@ impl Decoder {
     ) -> Result<Vec<f32>> {
         match self {
             Self::Basic(basic) => basic.forward(latents, num_latents, positions, threads),
+            Self::Flow(_) => Err(crate::error::Error::InvalidInput(
+                "the optical-flow decoder's queries are its input's rows, not output positions".into(),
+            )),
         }
     }
 }

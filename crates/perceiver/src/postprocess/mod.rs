@@ -5,9 +5,11 @@
 
 pub mod classifier;
 pub mod embedding;
+pub mod flow;
 
 pub use classifier::ClassifierHead;
 pub use embedding::EmbeddingDecoder;
+pub use flow::FlowHead;
 
 use crate::layers::Precision;
 
@@ -19,6 +21,8 @@ pub enum Postprocessor {
     Embedding(EmbeddingDecoder),
     /// A classifier's projection onto its labels: logits.
     Classifier(ClassifierHead),
+    /// The optical-flow model's two channels per pixel.
+    Flow(FlowHead),
 }
 
 impl Postprocessor {
@@ -26,15 +30,17 @@ impl Postprocessor {
         match self {
             Self::Embedding(e) => e.set_precision(precision),
             Self::Classifier(c) => c.set_precision(precision),
+            Self::Flow(f) => f.set_precision(precision),
         }
     }
 
     /// Values per decoded row (the vocabulary size for the masked LM, the labels for a
-    /// classifier).
+    /// classifier, 2 for flow).
     pub fn outputs(&self) -> usize {
         match self {
             Self::Embedding(e) => e.vocab_size(),
             Self::Classifier(c) => c.num_labels(),
+            Self::Flow(f) => f.channels(),
         }
     }
 
@@ -43,6 +49,7 @@ impl Postprocessor {
         match self {
             Self::Embedding(e) => e.forward(hidden, threads),
             Self::Classifier(c) => c.forward(hidden, threads),
+            Self::Flow(f) => f.forward(hidden, threads),
         }
     }
 }

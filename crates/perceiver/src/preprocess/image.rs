@@ -11,46 +11,18 @@
 //!
 //! Fourier features depend only on the image size, so they are computed once per size.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::InputArray;
 use crate::checkpoint::names::ImagePreprocessorNames;
 use crate::checkpoint::Param;
-use crate::config::{FourierSpec, ImageInputSpec, IMAGE_CHANNELS};
+use crate::config::{ImageInputSpec, IMAGE_CHANNELS};
 use crate::conv::{max_pool, relu, Conv2d};
 use crate::error::{Error, Result};
 pub use crate::image::Pixels;
 use crate::layers::{Dense, Precision};
-use crate::position::{fourier_features, TrainablePositions};
+use crate::position::{FourierCache, TrainablePositions};
 use crate::runtime::{item_ranges, on_pool};
-
-/// Fourier features, cached for the last image size seen (a model sees one size in practice).
-#[derive(Debug, Clone)]
-struct FourierCache {
-    spec: FourierSpec,
-    last: Arc<Mutex<Option<([usize; 2], Arc<Vec<f32>>)>>>,
-}
-
-impl FourierCache {
-    fn new(spec: FourierSpec) -> Self {
-        Self {
-            spec,
-            last: Arc::default(),
-        }
-    }
-
-    fn get(&self, dims: [usize; 2]) -> Arc<Vec<f32>> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match &*last {
-            Some((d, features)) if *d == dims => features.clone(),
-            _ => {
-                let features = Arc::new(fourier_features(&self.spec, dims));
-                *last = Some((dims, features.clone()));
-                features
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Kind {

@@ -4,9 +4,11 @@
 //! A new modality adds a preprocessor here (a file and a [`Preprocessor`] variant); the encoder,
 //! the latent stack and the kernels do not change.
 
+pub mod flow;
 pub mod image;
 pub mod text;
 
+pub use flow::{FlowPreprocessor, FramePair};
 pub use image::{ImagePreprocessor, Pixels};
 pub use text::TextPreprocessor;
 
@@ -22,6 +24,8 @@ pub enum Preprocessor {
     Text(TextPreprocessor),
     /// Pixels through a convolution or as they are, with trainable or Fourier positions.
     Image(ImagePreprocessor),
+    /// Two frames' 3×3 patches, projected, with Fourier positions.
+    Flow(FlowPreprocessor),
 }
 
 /// A preprocessor's output: the encoder's input array.
@@ -39,6 +43,7 @@ impl Preprocessor {
         match self {
             Self::Text(text) => text.channels(),
             Self::Image(image) => image.channels(),
+            Self::Flow(flow) => flow.channels(),
         }
     }
 
@@ -47,6 +52,7 @@ impl Preprocessor {
             // Table look-ups: no products to pack.
             Self::Text(_) => {}
             Self::Image(image) => image.set_precision(precision),
+            Self::Flow(flow) => flow.set_precision(precision),
         }
     }
 }

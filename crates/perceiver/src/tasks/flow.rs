@@ -1,0 +1,154 @@
+//! Optical flow between two frames of any size at least the model's tile size, as DeepMind's
+//! optical-flow Colab computes it: the frames scaled to [-1, 1], cut into overlapping tiles of
+//! the training size (`compute_grid_indices`: at least 20 pixels of overlap, the last tile flush
+//! with the border), each tile's flow weighted by its distance to the tile's edge, the weighted
+//! sum divided by the summed weights.
+//!
+//! Flow is in pixels: the model's output × 20 (the Colab's `FLOW_SCALE_FACTOR`; transformers'
+//! logits are the model's output before it). u is the motion to the right, v downwards.
+
+use serde::Serialize;
+
+use crate::config::Architecture;
+use crate::error::{Error, Result};
+use crate::flow::FlowField;
+use crate::image::RgbImage;
+use crate::model::PerceiverModel;
+use crate::preprocess::FramePair;
+
+/// The Colab's `FLOW_SCALE_FACTOR`: the model's output × this is flow in pixels.
+pub const FLOW_SCALE_FACTOR: f32 = 20.0;
+
+/// The Colab's `min_overlap`: neighbouring tiles share at least this many rows or columns.
+pub const MIN_OVERLAP: usize = 20;
+
+/// One tile of a flow computation: its top-left pixel (its size is the model's tile size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tile {
+    /// First row.
+    pub top: usize,
+    /// First column.
+    pub left: usize,
+}
+
+/// A flow field and the tiles it was computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowOutput {
+    /// Flow in pixels, `[height, width, 2]`.
+    pub field: FlowField,
+    /// The tiles, in the order they ran (rows of tiles top to bottom, each left to right).
+    pub tiles: Vec<Tile>,
+    /// Each tile's height and width.
+    pub tile_size: (usize, usize),
+}
+
+/// Optical flow on `PerceiverForOpticalFlow`.
+#[derive(Debug, Clone)]
+pub struct OpticalFlow {
+    model: PerceiverModel,
+    min_overlap: usize,
+}
+
+impl OpticalFlow {
+    /// The task on an optical-flow model; an error for a model of another architecture, or one
+    /// whose tile is too small for the Colab's 20-pixel overlap.
+    pub fn new(model: PerceiverModel) -> Result<Self> {
+        if model.architecture() != Architecture::OpticalFlow {
+            return Err(Error::InvalidInput(format!(
+                "optical flow needs a PerceiverForOpticalFlow model, not a {}",
+                model.architecture().name()
+            )));
+        }
+        Self { model, min_overlap: 0 }.with_min_overlap(MIN_OVERLAP)
+    }
+
+    /// Sets the least overlap of neighbouring tiles (the Colab's 20 by default); it must be
+    /// smaller than both sides of the tile.
+    pub fn with_min_overlap(mut self, min_overlap: usize) -> Result<Self> {
+        let (h, w) = self.tile_size();
+        if min_overlap >= h || min_overlap >= w {
+            return Err(Error::InvalidInput(format!(
+                "the tiles must overlap by less than their size: overlap {min_overlap}, tile {h}x{w}"
+            )));
+        }
+        self.min_overlap = min_overlap;
+        Ok(self)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &PerceiverModel {
+        &self.model
+    }
+
+    /// The tile (height, width): the model's `train_size`.
+    pub fn tile_size(&self) -> (usize, usize) {
+        self.model
+            .image_size()
+            .expect("an optical-flow model has a frame size")
+    }
+
+    /// The tiles covering a `height × width` frame: the Colab's `compute_grid_indices` (starts
+    /// every `tile − min_overlap` pixels, the last moved flush with the border), with every
+    /// start clamped to the border where the Colab's would run off the frame (for a few sizes
+    /// its second-to-last start lies past the last); equal to the Colab's wherever it works.
+    pub fn grid(&self, height: usize, width: usize) -> Result<Vec<Tile>> {
+        let (th, tw) = self.tile_size();
+        if height < th || width < tw {
+            return Err(Error::InvalidInput(format!(
+                "the frames are {height}x{width}, smaller than the model's {th}x{tw} tile \
+                 (height x width): resize or pad them to at least that size"
+            )));
+        }
+        let starts = |size: usize, tile: usize| {
+            let mut starts: Vec<usize> = (0..size).step_by(tile - self.min_overlap).collect();
+            let last = size - tile;
+            *starts.last_mut().expect("size > 0") = last;
+            starts.into_iter().map(|s| s.min(last)).collect::<Vec<_>>()
+        };
+        let (ys, xs) = (starts(height, th), starts(width, tw));
+        Ok(ys
+            .iter()
+            .flat_map(|&top| xs.iter().map(move |&left| Tile { top, left }))
+            .collect())
+    }
+
+    /// The flow from `first` to `second` (decoded images of one size).
+    pub fn flow_images(&self, first: &RgbImage, second: &RgbImage) -> Result<FlowOutput> {
+        self.flow(&FramePair::from_images(first, second)?)
+    }
+
+    /// The flow of a pair of prepared frames (scaled to [-1, 1]), tile by tile.
+    pub fn flow(&self, frames: &FramePair) -> Result<FlowOutput> {
+        let (height, width) = (frames.height(), frames.width());
+        let tiles = self.grid(height, width)?;
+        let (th, tw) = self.tile_size();
+        let mut sum = vec![0f32; height * width * 2];
+        let mut count = vec![0u32; height * width];
+        for tile in &tiles {
+            let pair = frames.crop(tile.top, tile.left, th, tw)?;
+            let flow = self.model.optical_flow(&[&pair])?;
+            for y in 0..th {
+                for x in 0..tw {
+                    // The Colab's weights: the distance (from 1) to the nearest tile edge.
+                    let weight = (x + 1).min(tw - x).min((y + 1).min(th - y));
+                    let pixel = (tile.top + y) * width + tile.left + x;
+                    for c in 0..2 {
+                        let value = flow[(y * tw + x) * 2 + c] * FLOW_SCALE_FACTOR;
+                        sum[pixel * 2 + c] += value * weight as f32;
+                    }
+                    count[pixel] += weight as u32;
+                }
+            }
+        }
+        for (pair, &weight) in sum.chunks_exact_mut(2).zip(&count) {
+            for value in pair {
+                *value /= weight as f32;
+            }
+        }
+        Ok(FlowOutput {
+            field: FlowField::new(height, width, sum)?,
+            tiles,
+            tile_size: (th, tw),
+        })
+    }
+}
