@@ -92,7 +92,8 @@ fn wheel_color(u: f64, v: f64, rad: f64) -> [u8; 3] {
     for (b, channel) in out.iter_mut().enumerate() {
         let col0 = f64::from(WHEEL[k0][b]) / 255.0;
         let col1 = f64::from(WHEEL[k1][b]) / 255.0;
-        let col = (1.0 - f) * col0 + f * col1;
+        // (1 - f) col0 + f col1, written so that equal ends stay exact (a full channel is 255).
+        let col = col0 + f * (col1 - col0);
         let col = if rad <= 1.0 { 1.0 - rad * (1.0 - col) } else { col * 0.75 };
         // `as u8` floors and saturates (NaN cannot reach here: rad and f are finite).
         *channel = (255.0 * col) as u8;
