@@ -54,7 +54,11 @@ fn expected_colour(u: f64, v: f64, rad: f64) -> [f64; 3] {
         let a = wheel[k][c] as f64 / 255.0;
         let b = wheel[(k + 1) % n][c] as f64 / 255.0;
         let col = (1.0 - f) * a + f * b;
-        let col = if rad <= 1.0 { 1.0 - rad * (1.0 - col) } else { 0.75 * col };
+        let col = if rad <= 1.0 {
+            1.0 - rad * (1.0 - col)
+        } else {
+            0.75 * col
+        };
         (255.0 * col).floor()
     })
 }
@@ -62,7 +66,10 @@ fn expected_colour(u: f64, v: f64, rad: f64) -> [f64; 3] {
 /// Within one step of the expected colour (the floor can tip either way on rounding).
 fn assert_close(got: [u8; 3], want: [f64; 3], what: &str) {
     for c in 0..3 {
-        assert!((got[c] as f64 - want[c]).abs() <= 1.0, "{what}: got {got:?}, expected {want:?}");
+        assert!(
+            (got[c] as f64 - want[c]).abs() <= 1.0,
+            "{what}: got {got:?}, expected {want:?}"
+        );
     }
 }
 
@@ -108,7 +115,11 @@ fn a_uniform_shift_is_one_colour_everywhere() {
             assert!(image.pixels().all(|p| p.0 == first), "({u}, {v}) {max_flow:?}");
             let mag = (u as f64).hypot(v as f64);
             let rad = max_flow.map_or(1.0, |m| mag / m as f64);
-            assert_close(first, expected_colour(u as f64, v as f64, rad), &format!("({u}, {v}) {max_flow:?}"));
+            assert_close(
+                first,
+                expected_colour(u as f64, v as f64, rad),
+                &format!("({u}, {v}) {max_flow:?}"),
+            );
         }
     }
 }
@@ -120,7 +131,11 @@ fn right_is_the_wheels_colour_at_angle_pi_and_left_its_middle() {
     // zeros of v to colour 0.
     for v in [0.0f32, -0.0] {
         let field = FlowField::new(1, 1, vec![3.0, v]).unwrap();
-        assert_eq!(flow_to_rgb(&field, None).unwrap().get_pixel(0, 0).0, wheel[0], "v = {v:?}");
+        assert_eq!(
+            flow_to_rgb(&field, None).unwrap().get_pixel(0, 0).0,
+            wheel[0],
+            "v = {v:?}"
+        );
     }
     assert_eq!(wheel[0], [255, 0, 0]);
     // Left: angle 0, the middle of the wheel, (0 + 1) / 2 * 54 = 27.
@@ -154,11 +169,19 @@ fn a_rotation_at_constant_radius_shows_the_whole_wheel() {
     let wheel = reference_wheel();
     let wheel_hues: Vec<f64> = wheel.iter().map(|&w| hue(w).unwrap()).collect();
     for (k, &h) in wheel_hues.iter().enumerate() {
-        let nearest = hues.iter().map(|&p| circular_distance(p, h)).fold(f64::INFINITY, f64::min);
-        assert!(nearest <= 1.5, "wheel colour {k} {:?} (hue {h:.1}): nearest pixel hue {nearest:.2} away", wheel[k]);
+        let nearest = hues
+            .iter()
+            .map(|&p| circular_distance(p, h))
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            nearest <= 1.5,
+            "wheel colour {k} {:?} (hue {h:.1}): nearest pixel hue {nearest:.2} away",
+            wheel[k]
+        );
     }
     // No hue sector is missing: the only gap is the wheel's own, from colour 54 back to 0,
-    // which Middlebury's coding never interpolates.
+    // which Middlebury's coding never interpolates, widened by the spacing of the pixels'
+    // directions (about 0.01 rad at radius 100, under 1 degree of hue) on either side.
     hues.sort_by(f64::total_cmp);
     let mut largest_gap = 360.0 - hues[hues.len() - 1] + hues[0];
     for pair in hues.windows(2) {
@@ -166,7 +189,10 @@ fn a_rotation_at_constant_radius_shows_the_whole_wheel() {
     }
     let wheel_jump = circular_distance(wheel_hues[54], wheel_hues[0]);
     assert!(wheel_jump > 5.0);
-    assert!(largest_gap <= wheel_jump + 0.5, "largest hue gap {largest_gap:.2} (the wheel's jump: {wheel_jump:.2})");
+    assert!(
+        largest_gap <= wheel_jump + 1.5,
+        "largest hue gap {largest_gap:.2} (the wheel's jump: {wheel_jump:.2})"
+    );
 }
 
 #[test]
@@ -202,7 +228,11 @@ fn beyond_max_flow_is_darkened_zero_is_white() {
             assert_eq!(top, 255, "{flow:?} within max_flow: {:?}", p.0);
             inside += 1;
         }
-        assert_close(p.0, expected_colour(flow[0] as f64, flow[1] as f64, mag / max_flow as f64), "random");
+        assert_close(
+            p.0,
+            expected_colour(flow[0] as f64, flow[1] as f64, mag / max_flow as f64),
+            "random",
+        );
     }
     assert!(inside > 100 && outside > 100);
 }
@@ -218,7 +248,12 @@ fn a_zero_field_is_white_and_unknown_pixels_black() {
     values[5] = f32::INFINITY;
     values[8] = 1e10;
     let image = flow_to_rgb(&FlowField::new(3, 4, values).unwrap(), None).unwrap();
-    let black: Vec<usize> = image.pixels().enumerate().filter(|(_, p)| p.0 == [0, 0, 0]).map(|(i, _)| i).collect();
+    let black: Vec<usize> = image
+        .pixels()
+        .enumerate()
+        .filter(|(_, p)| p.0 == [0, 0, 0])
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(black, [1, 2, 4]);
     assert_eq!(image.pixels().filter(|p| p.0 == [255, 255, 255]).count(), 12 - 3);
 
@@ -234,7 +269,10 @@ fn a_zero_field_is_white_and_unknown_pixels_black() {
 fn max_flow_must_be_positive_and_finite() {
     let field = FlowField::new(1, 1, vec![1.0, 1.0]).unwrap();
     for m in [0.0, -0.0, -1.0, f32::NAN, f32::INFINITY] {
-        assert!(matches!(flow_to_rgb(&field, Some(m)), Err(Error::InvalidInput(_))), "{m}");
+        assert!(
+            matches!(flow_to_rgb(&field, Some(m)), Err(Error::InvalidInput(_))),
+            "{m}"
+        );
     }
 }
 
@@ -268,7 +306,10 @@ fn the_png_decodes_to_the_same_pixels() {
         Err(Error::Io { path, .. }) => assert_eq!(path, missing),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(write_flow_png(&field, Some(-1.0), dir.path().join("x.png")), Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        write_flow_png(&field, Some(-1.0), dir.path().join("x.png")),
+        Err(Error::InvalidInput(_))
+    ));
 }
 
 /// Values whose bits must survive the file: both zeros, subnormals, infinities, NaNs with
@@ -310,10 +351,17 @@ fn flo_round_trips_bit_for_bit() {
     assert_eq!(bytes.len(), 12 + 8 * 4 * 2);
     assert_eq!(&bytes[..4], b"PIEH");
     assert_eq!(f32::from_le_bytes(bytes[..4].try_into().unwrap()), 202021.25);
-    assert_eq!(i32::from_le_bytes(bytes[4..8].try_into().unwrap()), 4, "width first");
+    assert_eq!(
+        i32::from_le_bytes(bytes[4..8].try_into().unwrap()),
+        4,
+        "width first"
+    );
     assert_eq!(i32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
     // Payload: u, v of each pixel, row by row, little-endian.
-    let payload: Vec<u32> = bytes[12..].chunks(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+    let payload: Vec<u32> = bytes[12..]
+        .chunks(4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     assert_eq!(payload, bits(&special_values()));
 
     let back = read_flo(bytes.as_slice()).unwrap();
@@ -362,15 +410,29 @@ fn hostile_flo_headers_are_errors() {
     assert!(flo_error(b"").contains("PIEH"));
     assert!(flo_error(b"PIEH\x02\0").contains("header"));
     for (w, h) in [(-1, 3), (2, -3), (0, 3), (2, 0), (i32::MIN, i32::MIN)] {
-        assert!(flo_error(&[header(b"PIEH", w, h), payload(48)].concat()).contains("not positive"), "{w} x {h}");
+        assert!(
+            flo_error(&[header(b"PIEH", w, h), payload(48)].concat()).contains("not positive"),
+            "{w} x {h}"
+        );
     }
-    for (w, h) in [(100_000, 100_000), (i32::MAX, i32::MAX), (MAX_FLO_PIXELS as i32 + 1, 1), (1 << 14, 1 << 14)] {
-        assert!(flo_error(&header(b"PIEH", w, h)).contains("more than"), "{w} x {h}");
+    for (w, h) in [
+        (100_000, 100_000),
+        (i32::MAX, i32::MAX),
+        (MAX_FLO_PIXELS as i32 + 1, 1),
+        (1 << 14, 1 << 14),
+    ] {
+        assert!(
+            flo_error(&header(b"PIEH", w, h)).contains("more than"),
+            "{w} x {h}"
+        );
     }
     // At the bound the header is accepted, and the missing payload is reported, not allocated.
     assert!(flo_error(&header(b"PIEH", 1 << 14, 1 << 13)).contains("truncated"));
     let truncated = flo_error(&[header(b"PIEH", 2, 3), payload(47)].concat());
-    assert!(truncated.contains("truncated") && truncated.contains("48") && truncated.contains("47"), "{truncated}");
+    assert!(
+        truncated.contains("truncated") && truncated.contains("48") && truncated.contains("47"),
+        "{truncated}"
+    );
     assert!(flo_error(&header(b"PIEH", 2, 3)).contains("truncated"));
     assert!(flo_error(&[header(b"PIEH", 2, 3), payload(49)].concat()).contains("follow"));
     assert!(flo_error(&[header(b"PIEH", 3, 2), payload(96)].concat()).contains("follow"));

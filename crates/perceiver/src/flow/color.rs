@@ -94,7 +94,11 @@ fn wheel_color(u: f64, v: f64, rad: f64) -> [u8; 3] {
         let col1 = f64::from(WHEEL[k1][b]) / 255.0;
         // (1 - f) col0 + f col1, written so that equal ends stay exact (a full channel is 255).
         let col = col0 + f * (col1 - col0);
-        let col = if rad <= 1.0 { 1.0 - rad * (1.0 - col) } else { col * 0.75 };
+        let col = if rad <= 1.0 {
+            1.0 - rad * (1.0 - col)
+        } else {
+            col * 0.75
+        };
         // `as u8` floors and saturates (NaN cannot reach here: rad and f are finite).
         *channel = (255.0 * col) as u8;
     }
@@ -122,7 +126,11 @@ pub fn flow_to_rgb(field: &FlowField, max_flow: Option<f32>) -> Result<RgbImage>
             )))
         }
         // In f64, as the radii below: the longest vector's radius is exactly 1.
-        None => field.pixels().filter(|&p| is_known(p)).map(magnitude64).fold(0.0, f64::max),
+        None => field
+            .pixels()
+            .filter(|&p| is_known(p))
+            .map(magnitude64)
+            .fold(0.0, f64::max),
     };
     // The sizes are at most i32::MAX (FlowField's bound), so they fit u32.
     let mut image = RgbImage::new(field.width() as u32, field.height() as u32);
@@ -133,7 +141,11 @@ pub fn flow_to_rgb(field: &FlowField, max_flow: Option<f32>) -> Result<RgbImage>
             // Every known vector is zero: white, without dividing by zero.
             [255, 255, 255]
         } else {
-            wheel_color(f64::from(flow[0]), f64::from(flow[1]), magnitude64(flow) / max_rad)
+            wheel_color(
+                f64::from(flow[0]),
+                f64::from(flow[1]),
+                magnitude64(flow) / max_rad,
+            )
         };
     }
     Ok(image)
@@ -169,13 +181,18 @@ pub fn color_wheel(size: usize) -> Result<RgbImage> {
 pub fn write_flow_png(field: &FlowField, max_flow: Option<f32>, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let image = flow_to_rgb(field, max_flow)?;
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut out = BufWriter::new(File::create(path).map_err(io)?);
-    image.write_with_encoder(PngEncoder::new(&mut out)).map_err(|e| match e {
-        ImageError::IoError(source) => io(source),
-        // An RGB8 image always encodes; whatever else the encoder says is reported as I/O.
-        other => io(std::io::Error::other(other)),
-    })?;
+    image
+        .write_with_encoder(PngEncoder::new(&mut out))
+        .map_err(|e| match e {
+            ImageError::IoError(source) => io(source),
+            // An RGB8 image always encodes; whatever else the encoder says is reported as I/O.
+            other => io(std::io::Error::other(other)),
+        })?;
     // BufWriter's drop would swallow a failure of the last write.
     out.flush().map_err(io)
 }
@@ -186,12 +203,22 @@ mod tests {
 
     #[test]
     fn wheel_segments_start_at_the_primary_and_secondary_colours() {
-        let starts: Vec<usize> = SEGMENTS.iter().scan(0, |k, n| Some(std::mem::replace(k, *k + n))).collect();
+        let starts: Vec<usize> = SEGMENTS
+            .iter()
+            .scan(0, |k, n| Some(std::mem::replace(k, *k + n)))
+            .collect();
         assert_eq!(starts, [0, 15, 21, 25, 36, 49]);
         let colours: Vec<[u8; 3]> = starts.iter().map(|&k| WHEEL[k]).collect();
         assert_eq!(
             colours,
-            [[255, 0, 0], [255, 255, 0], [0, 255, 0], [0, 255, 255], [0, 0, 255], [255, 0, 255]]
+            [
+                [255, 0, 0],
+                [255, 255, 0],
+                [0, 255, 0],
+                [0, 255, 255],
+                [0, 0, 255],
+                [255, 0, 255]
+            ]
         );
         assert_eq!(SEGMENTS.iter().sum::<usize>(), WHEEL_LEN);
         // Last colour of the red-yellow ramp: floor(255 * 14 / 15) = 238.
@@ -207,7 +234,10 @@ mod tests {
     #[test]
     fn legend_sizes() {
         assert!(matches!(color_wheel(0), Err(Error::InvalidInput(_))));
-        assert!(matches!(color_wheel(MAX_WHEEL_SIZE + 1), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            color_wheel(MAX_WHEEL_SIZE + 1),
+            Err(Error::InvalidInput(_))
+        ));
         assert_eq!(color_wheel(1).unwrap().as_raw(), &[255, 255, 255]);
         let legend = color_wheel(5).unwrap();
         assert_eq!(legend.get_pixel(2, 2).0, [255, 255, 255]);

@@ -54,7 +54,10 @@ pub fn write_flo(field: &FlowField, writer: impl Write) -> Result<()> {
 /// As [`write_flo`]; [`Error::Io`] names `path`.
 pub fn save_flo(field: &FlowField, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let file = File::create(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let file = File::create(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     write_to(field, BufWriter::new(file), Some(path))
 }
 
@@ -73,12 +76,18 @@ pub fn read_flo(reader: impl Read) -> Result<FlowField> {
 /// As [`read_flo`]; both errors name `path`.
 pub fn load_flo(path: impl AsRef<Path>) -> Result<FlowField> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     read_from(BufReader::new(file), Some(path))
 }
 
 fn io_error(path: Option<&Path>, stream: &str, source: std::io::Error) -> Error {
-    Error::Io { path: path.map_or_else(|| PathBuf::from(stream), Path::to_path_buf), source }
+    Error::Io {
+        path: path.map_or_else(|| PathBuf::from(stream), Path::to_path_buf),
+        source,
+    }
 }
 
 fn write_to(field: &FlowField, mut writer: impl Write, path: Option<&Path>) -> Result<()> {
@@ -123,7 +132,10 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 fn read_from(mut reader: impl Read, path: Option<&Path>) -> Result<FlowField> {
-    let invalid = |reason: String| Error::InvalidFlo { path: path.map(Path::to_path_buf), reason };
+    let invalid = |reason: String| Error::InvalidFlo {
+        path: path.map(Path::to_path_buf),
+        reason,
+    };
     let io = |source| io_error(path, "<reader>", source);
 
     let mut header = [0u8; 12];
@@ -143,7 +155,9 @@ fn read_from(mut reader: impl Read, path: Option<&Path>) -> Result<FlowField> {
     let width = i32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     let height = i32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if width <= 0 || height <= 0 {
-        return Err(invalid(format!("the header's size {width} x {height} (width x height) is not positive")));
+        return Err(invalid(format!(
+            "the header's size {width} x {height} (width x height) is not positive"
+        )));
     }
     // Both are below 2^31: the product fits u64, and usize once below the bound.
     let pixels = width as u64 * height as u64;
@@ -161,7 +175,11 @@ fn read_from(mut reader: impl Read, path: Option<&Path>) -> Result<FlowField> {
     while values.len() < total {
         let want = (4 * (total - values.len())).min(CHUNK_BYTES);
         let got = read_full(&mut reader, &mut buf[..want]).map_err(io)?;
-        values.extend(buf[..got - got % 4].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))));
+        values.extend(
+            buf[..got - got % 4]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        );
         if got < want {
             let bytes = 4 * values.len() + got % 4;
             return Err(invalid(format!(
@@ -193,7 +211,10 @@ mod tests {
     #[test]
     fn empty_and_short_inputs_are_errors() {
         for bytes in [&b""[..], b"PI", b"PIEH", b"PIEH\x01\0\0\0\x01\0"] {
-            assert!(matches!(read_flo(bytes), Err(Error::InvalidFlo { path: None, .. })), "{bytes:?}");
+            assert!(
+                matches!(read_flo(bytes), Err(Error::InvalidFlo { path: None, .. })),
+                "{bytes:?}"
+            );
         }
     }
 

@@ -93,14 +93,22 @@ impl FlowField {
                 values.len()
             )));
         }
-        Ok(Self { height, width, values })
+        Ok(Self {
+            height,
+            width,
+            values,
+        })
     }
 
     /// A field whose flow at row `y`, column `x` is `flow(y, x)`.
     ///
     /// # Errors
     /// As [`new`](Self::new), for the sizes.
-    pub fn from_fn(height: usize, width: usize, mut flow: impl FnMut(usize, usize) -> [f32; 2]) -> Result<Self> {
+    pub fn from_fn(
+        height: usize,
+        width: usize,
+        mut flow: impl FnMut(usize, usize) -> [f32; 2],
+    ) -> Result<Self> {
         let len = checked_len(height, width)?;
         let mut values = Vec::with_capacity(len);
         for y in 0..height {
@@ -108,7 +116,11 @@ impl FlowField {
                 values.extend_from_slice(&flow(y, x));
             }
         }
-        Ok(Self { height, width, values })
+        Ok(Self {
+            height,
+            width,
+            values,
+        })
     }
 
     /// Rows.
@@ -136,8 +148,12 @@ impl FlowField {
     /// # Panics
     /// When `y >= height` or `x >= width`, as slice indexing does; [`get`](Self::get) does not.
     pub fn at(&self, y: usize, x: usize) -> [f32; 2] {
-        self.get(y, x)
-            .unwrap_or_else(|| panic!("pixel ({y}, {x}) outside a {} x {} flow field", self.height, self.width))
+        self.get(y, x).unwrap_or_else(|| {
+            panic!(
+                "pixel ({y}, {x}) outside a {} x {} flow field",
+                self.height, self.width
+            )
+        })
     }
 
     /// The flow `[u, v]` at row `y`, column `x`, or `None` outside the field.
@@ -166,7 +182,11 @@ impl FlowField {
             known += 1;
         }
         FlowStats {
-            mean_magnitude: if known == 0 { 0.0 } else { (sum / known as f64) as f32 },
+            mean_magnitude: if known == 0 {
+                0.0
+            } else {
+                (sum / known as f64) as f32
+            },
             max_magnitude: max,
             unknown_pixels: self.height * self.width - known,
         }
@@ -204,11 +224,26 @@ mod tests {
     #[test]
     fn new_checks_sizes() {
         assert!(FlowField::new(2, 3, vec![0.0; 12]).is_ok());
-        assert!(matches!(FlowField::new(2, 3, vec![0.0; 11]), Err(Error::InvalidInput(_))));
-        assert!(matches!(FlowField::new(0, 3, vec![]), Err(Error::InvalidInput(_))));
-        assert!(matches!(FlowField::new(3, 0, vec![]), Err(Error::InvalidInput(_))));
-        assert!(matches!(FlowField::new(MAX_SIDE + 1, 1, vec![]), Err(Error::InvalidInput(_))));
-        assert!(matches!(FlowField::from_fn(usize::MAX, 1, |_, _| [0.0; 2]), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            FlowField::new(2, 3, vec![0.0; 11]),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            FlowField::new(0, 3, vec![]),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            FlowField::new(3, 0, vec![]),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            FlowField::new(MAX_SIDE + 1, 1, vec![]),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            FlowField::from_fn(usize::MAX, 1, |_, _| [0.0; 2]),
+            Err(Error::InvalidInput(_))
+        ));
     }
 
     #[test]
@@ -222,10 +257,37 @@ mod tests {
 
     #[test]
     fn stats_leave_unknown_pixels_out() {
-        let values = vec![3.0, 4.0, 0.0, 0.0, f32::NAN, 1.0, 1e10, 0.0, 0.0, f32::INFINITY, 6.0, 8.0];
+        let values = vec![
+            3.0,
+            4.0,
+            0.0,
+            0.0,
+            f32::NAN,
+            1.0,
+            1e10,
+            0.0,
+            0.0,
+            f32::INFINITY,
+            6.0,
+            8.0,
+        ];
         let stats = FlowField::new(2, 3, values).unwrap().stats();
-        assert_eq!(stats, FlowStats { mean_magnitude: 5.0, max_magnitude: 10.0, unknown_pixels: 3 });
+        assert_eq!(
+            stats,
+            FlowStats {
+                mean_magnitude: 5.0,
+                max_magnitude: 10.0,
+                unknown_pixels: 3
+            }
+        );
         let none = FlowField::new(1, 1, vec![f32::NAN, 0.0]).unwrap().stats();
-        assert_eq!(none, FlowStats { mean_magnitude: 0.0, max_magnitude: 0.0, unknown_pixels: 1 });
+        assert_eq!(
+            none,
+            FlowStats {
+                mean_magnitude: 0.0,
+                max_magnitude: 0.0,
+                unknown_pixels: 1
+            }
+        );
     }
 }
