@@ -192,7 +192,8 @@ fn read_from(mut reader: impl Read, path: Option<&Path>) -> Result<FlowField> {
     let trailing = read_full(&mut reader, &mut buf[..1]).map_err(io)?;
     if trailing != 0 {
         return Err(invalid(format!(
-            "bytes follow the {} of a {width} x {height} field: the header and the size disagree",
+            "bytes follow the {} payload bytes of a {width} x {height} field: the header's size and the \
+             file's length disagree",
             4 * total
         )));
     }
