@@ -163,6 +163,20 @@ pub enum Error {
         limit: &'static str,
     },
 
+    /// Bytes that are not a Middlebury `.flo` optical flow file this library reads: a wrong tag,
+    /// sizes that are not positive or beyond [`crate::flow::flo::MAX_FLO_PIXELS`], a payload
+    /// shorter than the header promises, or bytes after it.
+    #[error(
+        "not a valid .flo file{}: {reason}",
+        path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default()
+    )]
+    InvalidFlo {
+        /// The file, when the bytes came from one.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A failure inside the tensor library.
     #[error("tensor error: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),

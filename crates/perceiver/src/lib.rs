@@ -8,7 +8,8 @@
 //! block they share, on [`layers`]; [`model`] composes the parts from a transformers
 //! `config.json` ([`config`]); [`checkpoint`] reads weights under one tree of tensor names and
 //! [`loader`] loads a model from any source ([`Loader`]); [`tasks`] turn inputs into answers ([`FillMask`]).
-//! [`image`] decodes image files and prepares them as transformers' Perceiver image processor does.
+//! [`image`] decodes image files and prepares them as transformers' Perceiver image processor does;
+//! [`flow`] holds optical flow fields, draws them in the standard colours and reads and writes `.flo` files.
 //!
 //! The flagship model is DeepMind's byte-level masked language model
 //! (`deepmind/language-perceiver`), numerically equal to transformers' `PerceiverForMaskedLM`.
@@ -41,6 +42,7 @@ pub mod decoder;
 pub mod default_model;
 pub mod encoder;
 pub mod error;
+pub mod flow;
 pub mod image;
 pub mod layers;
 pub mod loader;
@@ -56,6 +58,7 @@ pub mod tokenizer;
 pub use checkpoint::{Checkpoint, LoadOptions, ModelFiles, Param};
 pub use config::{Activation, Architecture, PerceiverConfig};
 pub use error::{Error, Result};
+pub use flow::{FlowField, FlowStats};
 pub use layers::{Linear, Precision};
 pub use loader::{Loader, BUILT_IN};
 pub use model::{ModelInput, PerceiverModel};
