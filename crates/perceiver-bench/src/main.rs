@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod batch_cost;
 mod classify;
+mod flow;
 mod inference;
 mod latent;
 mod load;
@@ -41,6 +42,8 @@ struct Cli {
 enum Command {
     /// An image classifier, ours and transformers' side by side on the same weights and pixels.
     Classify(classify::ClassifyArgs),
+    /// The optical-flow model on one tile, ours and transformers' side by side on the same weights.
+    Flow(flow::FlowArgs),
     /// Inference, ours and transformers' side by side on the same weights (workloads W1–W4).
     Inference(inference::InferenceArgs),
     /// One latent self-attention layer and its six weight products, ours and PyTorch's side by
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),
+        Command::Flow(args) => flow::run(args),
         Command::Inference(args) => inference::run(args),
         Command::Latent(args) => latent::run(args),
         Command::TrainStep(args) => train_step::run(args),

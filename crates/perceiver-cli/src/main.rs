@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod classify;
 mod convert;
 mod fill_mask;
+mod flow;
 mod model;
 mod serve;
 mod train;
@@ -43,6 +44,8 @@ enum Command {
     FillMask(fill_mask::FillMaskArgs),
     /// Classify images (ImageNet Perceivers) or texts (a sequence-classification model).
     Classify(classify::ClassifyArgs),
+    /// Optical flow between two frames (PerceiverForOpticalFlow): a picture, a .flo file, a summary.
+    Flow(flow::FlowArgs),
     /// Train a masked language model from scratch or fine-tune one (or a text classifier:
     /// --task classify).
     Train(Box<train::TrainArgs>),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::FillMask(args) => fill_mask::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Flow(args) => flow::run(args),
         Command::Train(args) => train::run_train(*args),
         Command::Eval(args) => train::run_eval(args),
         Command::Plot(args) => train::run_plot(args),

@@ -37,6 +37,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A file that cannot be created or written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// No weights file in a model directory.
     #[error("no weights in {}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin", dir.display())]
     NoWeights {

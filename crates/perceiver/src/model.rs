@@ -305,6 +305,12 @@ impl PerceiverModel {
     /// transformers' `PerceiverForOpticalFlow` logits (already divided by its
     /// `rescale_factor`; DeepMind's Colab multiplies them by 20 for pixels).
     pub fn optical_flow(&self, pairs: &[&FramePair]) -> Result<Vec<f32>> {
+        self.optical_flow_timed(pairs).map(|(flow, _)| flow)
+    }
+
+    /// [`optical_flow`](Self::optical_flow), with the seconds each part of the pass took, in
+    /// order: where the time goes (the bench prints it).
+    pub fn optical_flow_timed(&self, pairs: &[&FramePair]) -> Result<(Vec<f32>, Vec<(&'static str, f64)>)> {
         let Decoder::Flow(decoder) = &self.decoder else {
             return Err(Error::InvalidInput(format!(
                 "{} is not an optical-flow model",
@@ -313,13 +319,25 @@ impl PerceiverModel {
         };
         on_pool(|| {
             let threads = self.threads();
+            let mut phases = Vec::with_capacity(5);
+            let mut clock = std::time::Instant::now();
+            let mut lap = |phase: &'static str| {
+                phases.push((phase, clock.elapsed().as_secs_f64()));
+                clock = std::time::Instant::now();
+            };
             let array = self.preprocess(ModelInput::FramePairs(pairs))?;
+            lap("preprocess (patches, projection, Fourier features)");
             let z = self.encoder.forward(&array, threads);
+            lap("encoder cross-attention (latents over pixels)");
             let n = self.encoder.num_latents();
             let latents = self.process.forward(z, n, pairs.len(), threads);
+            lap("latent self-attention stack");
             let hidden = decoder.forward(&latents, n, &array, threads)?;
             drop(array);
-            Ok(self.postprocessor.forward(&hidden, threads))
+            lap("decoder cross-attention (pixels over latents)");
+            let flow = self.postprocessor.forward(&hidden, threads);
+            lap("final projection");
+            Ok((flow, phases))
         })
     }
 

@@ -303,7 +303,7 @@ fn the_png_decodes_to_the_same_pixels() {
 
     let missing = dir.path().join("no/such/dir/flow.png");
     match write_flow_png(&field, None, &missing) {
-        Err(Error::Io { path, .. }) => assert_eq!(path, missing),
+        Err(Error::Write { path, .. }) => assert_eq!(path, missing),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
@@ -457,7 +457,7 @@ fn load_flo_names_the_file() {
     }
     let unwritable: PathBuf = dir.path().join("no/dir/x.flo");
     let field = FlowField::new(1, 1, vec![0.0, 0.0]).unwrap();
-    assert!(matches!(save_flo(&field, &unwritable), Err(Error::Io { path, .. }) if path == unwritable));
+    assert!(matches!(save_flo(&field, &unwritable), Err(Error::Write { path, .. }) if path == unwritable));
 }
 
 proptest! {

@@ -52,7 +52,7 @@ impl View for F32View<'_> {
 pub fn write_model_dir(checkpoint: &Checkpoint, dir: &Path, options: &ExportOptions) -> Result<[PathBuf; 2]> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
+        move |source| Error::Write { path, source }
     };
     if dir.exists() {
         if !dir.is_dir() {

@@ -177,11 +177,11 @@ pub fn color_wheel(size: usize) -> Result<RgbImage> {
 /// Writes [`flow_to_rgb`]'s picture of `field` as a PNG file at `path`.
 ///
 /// # Errors
-/// As [`flow_to_rgb`], and [`Error::Io`] with `path` when the file cannot be created or written.
+/// As [`flow_to_rgb`], and [`Error::Write`] with `path` when the file cannot be created or written.
 pub fn write_flow_png(field: &FlowField, max_flow: Option<f32>, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let image = flow_to_rgb(field, max_flow)?;
-    let io = |source| Error::Io {
+    let io = |source| Error::Write {
         path: path.to_path_buf(),
         source,
     };

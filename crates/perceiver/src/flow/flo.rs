@@ -43,7 +43,7 @@ const CHUNK_BYTES: usize = 1 << 16;
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when the field has more than [`MAX_FLO_PIXELS`] pixels;
-/// [`Error::Io`] (with the path `<writer>`) when writing fails.
+/// [`Error::Write`] (with the path `<writer>`) when writing fails.
 pub fn write_flo(field: &FlowField, writer: impl Write) -> Result<()> {
     write_to(field, writer, None)
 }
@@ -51,10 +51,10 @@ pub fn write_flo(field: &FlowField, writer: impl Write) -> Result<()> {
 /// Writes `field` as a `.flo` file at `path`.
 ///
 /// # Errors
-/// As [`write_flo`]; [`Error::Io`] names `path`.
+/// As [`write_flo`]; [`Error::Write`] names `path`.
 pub fn save_flo(field: &FlowField, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let file = File::create(path).map_err(|source| Error::Io {
+    let file = File::create(path).map_err(|source| Error::Write {
         path: path.to_path_buf(),
         source,
     })?;
@@ -99,7 +99,10 @@ fn write_to(field: &FlowField, mut writer: impl Write, path: Option<&Path>) -> R
             field.width()
         )));
     }
-    let io = |source| io_error(path, "<writer>", source);
+    let io = |source| Error::Write {
+        path: path.map_or_else(|| PathBuf::from("<writer>"), Path::to_path_buf),
+        source,
+    };
     // FlowField's sides are at most i32::MAX.
     let (width, height) = (field.width() as i32, field.height() as i32);
     let mut header = [0u8; 12];

@@ -59,7 +59,11 @@ impl OpticalFlow {
                 model.architecture().name()
             )));
         }
-        Self { model, min_overlap: 0 }.with_min_overlap(MIN_OVERLAP)
+        Self {
+            model,
+            min_overlap: 0,
+        }
+        .with_min_overlap(MIN_OVERLAP)
     }
 
     /// Sets the least overlap of neighbouring tiles (the Colab's 20 by default); it must be

@@ -4,5 +4,7 @@
 
 pub mod classify;
 pub mod fill_mask;
+pub mod flow;
 
 pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
+pub use flow::{FlowOutput, OpticalFlow};

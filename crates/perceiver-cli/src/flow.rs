@@ -1,0 +1,127 @@
+//! `perceiver flow`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use perceiver::flow::{save_flo, write_flow_png};
+use perceiver::image::{decode_image, RgbImage};
+use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
+
+use crate::model::{EngineArgs, ModelArgs};
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  perceiver flow --model deepmind/optical-flow-perceiver frame1.png frame2.png --out flow.png --flo flow.flo"
+)]
+pub struct FlowArgs {
+    /// The earlier frame (PNG, JPEG, WebP, BMP, GIF or TIFF).
+    frame1: PathBuf,
+
+    /// The later frame, the same size as the first; at least the model's tile (368x496 for
+    /// the released model).
+    frame2: PathBuf,
+
+    #[command(flatten)]
+    model: ModelArgs,
+
+    #[command(flatten)]
+    engine: EngineArgs,
+
+    /// Write the flow as a picture (PNG): the Middlebury colour wheel, hue the direction,
+    /// saturation the magnitude.
+    #[arg(long, value_name = "PNG")]
+    out: Option<PathBuf>,
+
+    /// Write the flow as a Middlebury .flo file (u, v as float32 per pixel).
+    #[arg(long, value_name = "FILE")]
+    flo: Option<PathBuf>,
+
+    /// Print one JSON line: the size, the mean and largest flow magnitude and the tile grid.
+    #[arg(long)]
+    json: bool,
+
+    /// The magnitude (pixels) at which the picture's colours saturate; default the largest
+    /// magnitude in the field.
+    #[arg(long, value_name = "PIXELS")]
+    max_flow: Option<f32>,
+}
+
+pub fn run(args: FlowArgs) -> Result<()> {
+    if args.out.is_none() && args.flo.is_none() && !args.json {
+        bail!("nothing to write: give --out flow.png, --flo flow.flo or --json");
+    }
+    if let Some(max) = args.max_flow {
+        if !(max.is_finite() && max > 0.0) {
+            bail!("--max-flow must be a positive number of pixels, not {max}");
+        }
+    }
+    let first = read_frame(&args.frame1)?;
+    let second = read_frame(&args.frame2)?;
+    if (first.height(), first.width()) != (second.height(), second.width()) {
+        bail!(
+            "the frames differ in size: {} is {}x{}, {} is {}x{} (height x width)",
+            args.frame1.display(),
+            first.height(),
+            first.width(),
+            args.frame2.display(),
+            second.height(),
+            second.width()
+        );
+    }
+    let model = args.model.load_engine(args.engine.precision)?;
+    let task = OpticalFlow::new(model)?;
+    // Checked before the model runs: a frame smaller than the tile is refused here.
+    task.grid(first.height(), first.width())?;
+    let output = task.flow_images(&first, &second)?;
+
+    if let Some(path) = &args.out {
+        write_flow_png(&output.field, args.max_flow, path)?;
+    }
+    if let Some(path) = &args.flo {
+        save_flo(&output.field, path)?;
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &summary(&output))?;
+        writeln!(out)?;
+    } else {
+        let stats = output.field.stats();
+        let (th, tw) = output.tile_size;
+        writeln!(
+            out,
+            "flow {}x{}: mean {:.3} px, max {:.3} px, {} tile(s) of {th}x{tw}",
+            output.field.height(),
+            output.field.width(),
+            stats.mean_magnitude,
+            stats.max_magnitude,
+            output.tiles.len()
+        )?;
+        for (what, path) in [("picture", &args.out), ("flow", &args.flo)] {
+            if let Some(path) = path {
+                writeln!(out, "wrote {what} {}", path.display())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_frame(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    decode_image(&bytes).with_context(|| format!("frame {}", path.display()))
+}
+
+fn summary(output: &FlowOutput) -> serde_json::Value {
+    let stats = output.field.stats();
+    let (th, tw) = output.tile_size;
+    serde_json::json!({
+        "height": output.field.height(),
+        "width": output.field.width(),
+        "mean_magnitude": stats.mean_magnitude,
+        "max_magnitude": stats.max_magnitude,
+        "tile": {"height": th, "width": tw},
+        "tiles": output.tiles,
+    })
+}
