@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::flow::{save_flo, write_flow_png};
+use perceiver::flow::{color_wheel, save_flo, write_flow_png};
 use perceiver::image::{decode_image, RgbImage};
 use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 
@@ -46,11 +46,26 @@ pub struct FlowArgs {
     /// magnitude in the field.
     #[arg(long, value_name = "PIXELS")]
     max_flow: Option<f32>,
+
+    /// Also write the colour key (PNG): the colour of each motion, saturating at the circle.
+    #[arg(long, value_name = "PNG")]
+    legend: Option<PathBuf>,
 }
+
+/// Side of the colour key picture.
+const LEGEND_SIZE: usize = 256;
 
 pub fn run(args: FlowArgs) -> Result<()> {
     if args.out.is_none() && args.flo.is_none() && !args.json {
         bail!("nothing to write: give --out flow.png, --flo flow.flo or --json");
+    }
+    for (flag, path) in [("--out", &args.out), ("--legend", &args.legend)] {
+        if let Some(path) = path {
+            let png = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+            if !png {
+                bail!("{flag} writes a PNG: name it *.png, not {}", path.display());
+            }
+        }
     }
     if let Some(max) = args.max_flow {
         if !(max.is_finite() && max > 0.0) {
@@ -82,6 +97,11 @@ pub fn run(args: FlowArgs) -> Result<()> {
     if let Some(path) = &args.flo {
         save_flo(&output.field, path)?;
     }
+    if let Some(path) = &args.legend {
+        let key = color_wheel(LEGEND_SIZE)?;
+        key.save(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
@@ -99,7 +119,11 @@ pub fn run(args: FlowArgs) -> Result<()> {
             stats.max_magnitude,
             output.tiles.len()
         )?;
-        for (what, path) in [("picture", &args.out), ("flow", &args.flo)] {
+        for (what, path) in [
+            ("picture", &args.out),
+            ("flow", &args.flo),
+            ("colour key", &args.legend),
+        ] {
             if let Some(path) = path {
                 writeln!(out, "wrote {what} {}", path.display())?;
             }

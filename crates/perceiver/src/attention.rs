@@ -91,6 +91,9 @@ impl AttentionLayer {
 
     /// `queries`: `[Σ query rows, q_dim]`, item `i`'s rows at `query_items[i]`; `inputs`: the
     /// keys'/values' input `[Σ rows, kv_dim]` with its item ranges, `None` for self-attention.
+    ///
+    /// Each intermediate is dropped as soon as the next one is made, so that a long input
+    /// (the flow model's 182,528 rows) holds as few of its copies at once as it can.
     pub(crate) fn forward(
         &self,
         queries: Queries<'_>,
@@ -101,48 +104,98 @@ impl AttentionLayer {
         let rows = match queries {
             Queries::PerItem(rows) | Queries::Shared(rows) | Queries::Projected { rows, .. } => rows,
         };
-        // For shared queries, the LayerNorm and the projection run on one copy.
-        let q_in = match queries {
-            Queries::Projected { .. } => Vec::new(),
-            _ => self.q_norm.forward(rows),
-        };
-        let kv_norm;
-        let (kv_in, kv_items) = match (inputs, &self.kv_norm) {
-            (Some((inputs, items)), Some(norm)) => {
-                kv_norm = norm.forward(inputs);
-                (&kv_norm[..], items)
-            }
-            _ => {
-                assert!(
-                    matches!(queries, Queries::PerItem(_)),
-                    "self-attention needs every item's queries"
-                );
-                (&q_in[..], query_items)
-            }
-        };
         let all_rows = |x: Vec<f32>| match queries {
             Queries::PerItem(_) | Queries::Projected { .. } => x,
             Queries::Shared(_) => x.repeat(query_items.len()),
         };
-        let q_projected;
-        let q = match queries {
-            Queries::Projected { projected, .. } => projected,
-            _ => {
-                q_projected = all_rows(self.query.forward(&q_in, threads));
-                &q_projected[..]
+        // For shared queries, the LayerNorm and the projection run on one copy.
+        let (q_projected, (k, v), kv_items) = match (inputs, queries) {
+            (Some((inputs, items)), Queries::Projected { .. }) => {
+                (None, self.keys_values(inputs, threads), items)
+            }
+            (Some((inputs, items)), _) => {
+                let q = all_rows(self.project_queries(rows, threads));
+                (Some(q), self.keys_values(inputs, threads), items)
+            }
+            (None, _) => {
+                assert!(
+                    matches!(queries, Queries::PerItem(_)),
+                    "self-attention needs every item's queries"
+                );
+                let normed = self.q_norm.forward(rows);
+                let q = self.query.forward(&normed, threads);
+                let kv = (
+                    self.key.forward(&normed, threads),
+                    self.value.forward(&normed, threads),
+                );
+                (Some(q), kv, query_items)
             }
         };
-        let k = self.key.forward(kv_in, threads);
-        let v = self.value.forward(kv_in, threads);
-        let heads = attend(&self.spec, q, query_items, &k, &v, kv_items, threads);
-        let mut x = if self.spec.use_query_residual {
-            // The residual is the queries before their LayerNorm.
-            let mut x = all_rows(rows.to_vec());
-            self.output.forward_into(&heads, &mut x, threads);
-            x
-        } else {
-            self.output.forward(&heads, threads)
+        let q = match (&q_projected, queries) {
+            (Some(q), _) => &q[..],
+            (None, Queries::Projected { projected, .. }) => projected,
+            (None, _) => unreachable!("queries are projected above unless given projected"),
         };
+        let heads = attend(&self.spec, q, query_items, &k, &v, kv_items, threads);
+        drop((q_projected, k, v));
+        let residual = self.spec.use_query_residual.then(|| all_rows(rows.to_vec()));
+        self.finish(heads, residual, threads)
+    }
+
+    /// A cross-attention of many per-item queries, `chunk_rows` query rows at a time: the keys
+    /// and values are projected once, and each chunk's queries go through the whole layer
+    /// before the next chunk's, so the layer's intermediates never exceed a chunk (what the
+    /// flow decoder needs for its 182,528 queries). Rows are independent, so the output is the
+    /// same as [`forward`](Self::forward)'s.
+    pub(crate) fn forward_in_chunks(
+        &self,
+        rows: &[f32],
+        query_items: &[Range<usize>],
+        (inputs, kv_items): (&[f32], &[Range<usize>]),
+        chunk_rows: usize,
+        threads: usize,
+    ) -> Vec<f32> {
+        let q_dim = self.spec.q_dim;
+        let (k, v) = self.keys_values(inputs, threads);
+        let mut out = Vec::with_capacity(rows.len());
+        for (qr, kr) in query_items.iter().zip(kv_items) {
+            for start in (qr.start..qr.end).step_by(chunk_rows.max(1)) {
+                let end = (start + chunk_rows.max(1)).min(qr.end);
+                let chunk = &rows[start * q_dim..end * q_dim];
+                let q = self.project_queries(chunk, threads);
+                let heads = attend(&self.spec, &q, &[0..end - start], &k, &v, &[kr.clone()], threads);
+                drop(q);
+                let residual = self.spec.use_query_residual.then(|| chunk.to_vec());
+                out.extend(self.finish(heads, residual, threads));
+            }
+        }
+        out
+    }
+
+    /// The cross-attention's keys and values of `inputs` (their LayerNorm dropped once used).
+    fn keys_values(&self, inputs: &[f32], threads: usize) -> (Vec<f32>, Vec<f32>) {
+        let norm = self
+            .kv_norm
+            .as_ref()
+            .expect("a cross-attention layer has a key/value LayerNorm");
+        let normed = norm.forward(inputs);
+        (
+            self.key.forward(&normed, threads),
+            self.value.forward(&normed, threads),
+        )
+    }
+
+    /// The attention's output projection (onto `residual`, the queries before their LayerNorm,
+    /// when the layer has one), then the MLP with its residual.
+    fn finish(&self, heads: Vec<f32>, residual: Option<Vec<f32>>, threads: usize) -> Vec<f32> {
+        let mut x = match residual {
+            Some(mut x) => {
+                self.output.forward_into(&heads, &mut x, threads);
+                x
+            }
+            None => self.output.forward(&heads, threads),
+        };
+        drop(heads);
         let hidden =
             self.dense1
                 .forward_activated(&self.mlp_norm.forward(&x), Some(self.spec.activation), threads);

@@ -1,0 +1,210 @@
+//! `perceiver flow` end to end on the committed tiny optical-flow model
+//! (`tests/fixtures/flow/`): the `.flo` it writes is the library's flow bit for bit and close
+//! to the Colab's tiling around transformers, the picture and the JSON summary, and every bad
+//! input ending in one line and a non-zero exit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use perceiver::flow::load_flo;
+use perceiver::image::decode_image;
+use perceiver::tasks::flow::OpticalFlow;
+use perceiver::Loader;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flow")
+}
+
+fn model() -> String {
+    path(&fixtures().join("tiny_flow"))
+}
+
+fn frame(name: &str) -> String {
+    path(&fixtures().join("frames").join(name))
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn perceiver(args: &[&str]) -> Output {
+    common::command(args).output().expect("run perceiver")
+}
+
+/// One line on stderr and a non-zero exit, the line containing `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
+
+#[test]
+fn writes_the_flow_the_picture_the_key_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (png, flo, key) = (
+        dir.path().join("flow.png"),
+        dir.path().join("flow.flo"),
+        dir.path().join("key.png"),
+    );
+    let (first, second) = (frame("tiny_flow-grid2x3-1.png"), frame("tiny_flow-grid2x3-2.png"));
+    let model = model();
+    let out = common::run(&[
+        "flow",
+        "--model",
+        &model,
+        &first,
+        &second,
+        "--out",
+        &path(&png),
+        "--flo",
+        &path(&flo),
+        "--legend",
+        &path(&key),
+        "--json",
+    ]);
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["height"].as_u64(), summary["width"].as_u64()),
+        (Some(52), Some(100))
+    );
+    assert_eq!(summary["tile"], serde_json::json!({"height": 48, "width": 56}));
+    let tiles: Vec<(u64, u64)> = summary["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["top"].as_u64().unwrap(), t["left"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(tiles, vec![(0, 0), (0, 36), (0, 44), (4, 0), (4, 36), (4, 44)]);
+
+    // The .flo holds the library's flow, bit for bit.
+    let written = load_flo(&flo).unwrap();
+    let task = OpticalFlow::new(Loader::new(model.as_str()).load().unwrap()).unwrap();
+    let decode = |p: &str| decode_image(&std::fs::read(p).unwrap()).unwrap();
+    let ours = task.flow_images(&decode(&first), &decode(&second)).unwrap();
+    assert_eq!(written, ours.field);
+    let stats = ours.field.stats();
+    assert_eq!(
+        summary["max_magnitude"].as_f64().unwrap() as f32,
+        stats.max_magnitude
+    );
+    assert!(stats.max_magnitude > 0.5, "an informative flow: {stats:?}");
+
+    // The picture has the frames' size, the key is square.
+    let picture = decode_image(&std::fs::read(&png).unwrap()).unwrap();
+    assert_eq!((picture.height(), picture.width()), (52, 100));
+    let key = decode_image(&std::fs::read(&key).unwrap()).unwrap();
+    assert_eq!(key.height(), key.width());
+}
+
+#[test]
+fn prints_a_summary_line_without_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("flow.png");
+    let out = common::run(&[
+        "flow",
+        "--model",
+        &model(),
+        &frame("tiny_flow-exact-1.png"),
+        &frame("tiny_flow-exact-2.png"),
+        "--out",
+        &path(&png),
+        "--max-flow",
+        "3",
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("flow 48x56: mean "), "{stdout}");
+    assert!(stdout.contains("4 tile(s) of 48x56"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("wrote picture {}", png.display())),
+        "{stdout}"
+    );
+    assert!(png.exists());
+}
+
+#[test]
+fn bad_inputs_end_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_png = path(&dir.path().join("f.png"));
+    let model = model();
+    let (a, b) = (frame("tiny_flow-grid2x2-1.png"), frame("tiny_flow-grid2x2-2.png"));
+    let other_size = frame("tiny_flow-exact-1.png");
+    // Frames of different sizes.
+    fails_with(
+        &perceiver(&["flow", "--model", &model, &a, &other_size, "--out", &out_png]),
+        "differ in size",
+    );
+    // A frame smaller than the tile.
+    let small = dir.path().join("small.png");
+    image::RgbImage::new(30, 20).save(&small).unwrap();
+    fails_with(
+        &perceiver(&[
+            "flow",
+            "--model",
+            &model,
+            &path(&small),
+            &path(&small),
+            "--out",
+            &out_png,
+        ]),
+        "smaller than the model's 48x56 tile",
+    );
+    // Not an image.
+    let text = dir.path().join("frame.png");
+    std::fs::write(&text, "not a picture").unwrap();
+    fails_with(
+        &perceiver(&["flow", "--model", &model, &path(&text), &b, "--out", &out_png]),
+        "frame.png",
+    );
+    // A missing file.
+    fails_with(
+        &perceiver(&[
+            "flow",
+            "--model",
+            &model,
+            "/nonexistent/a.png",
+            &b,
+            "--out",
+            &out_png,
+        ]),
+        "/nonexistent/a.png",
+    );
+    // Nothing to write, a bad --max-flow, a picture not named .png.
+    fails_with(
+        &perceiver(&["flow", "--model", &model, &a, &b]),
+        "nothing to write",
+    );
+    fails_with(
+        &perceiver(&["flow", "--model", &model, &a, &b, "--json", "--max-flow", "0"]),
+        "--max-flow",
+    );
+    fails_with(
+        &perceiver(&["flow", "--model", &model, &a, &b, "--out", "flow.jpg"]),
+        "PNG",
+    );
+    // Not a flow model.
+    fails_with(
+        &perceiver(&["flow", "--model", "default", &a, &b, "--json"]),
+        "PerceiverForOpticalFlow",
+    );
+    // An output that cannot be written.
+    fails_with(
+        &perceiver(&[
+            "flow",
+            "--model",
+            &model,
+            &a,
+            &b,
+            "--flo",
+            "/nonexistent/dir/f.flo",
+        ]),
+        "cannot write /nonexistent/dir/f.flo",
+    );
+}
