@@ -180,7 +180,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
     };
 
     println!("CPU: {}", cpu_model().unwrap_or_else(|| "unknown".into()));
-    println!("| precision | ours s/tile | ours GFLOP/s | ours peak MiB | transformers s/tile | transformers peak MB | transformers / ours |");
+    println!("| precision | ours s/tile | ours GFLOP/s | ours peak MiB | transformers s/tile | transformers peak MiB | transformers / ours |");
     println!("|---|---|---|---|---|---|---|");
     for result in &ours {
         let precision = result["precision"].as_str().unwrap_or("?");
