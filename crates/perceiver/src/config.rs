@@ -1619,6 +1619,16 @@ mod tests {
             c.v_channels = None;
             configs.push(c);
         }
+        // The multimodal autoencoder with transformers' defaults (the released sizes but for the
+        // labels), and a small one with the "q" shape rule.
+        for (shape, labels) in [("kv", 700), ("q", 3)] {
+            let text = format!(
+                r#"{{"architectures": ["PerceiverForMultimodalAutoencoding"], "num_latents": 16,
+                "d_latents": 64, "num_cross_attention_heads": 1, "num_self_attends_per_block": 2,
+                "cross_attention_shape_for_attention": "{shape}", "num_labels": {labels}}}"#
+            );
+            configs.push(PerceiverConfig::from_json_str(&text).unwrap());
+        }
         for config in configs {
             let tensors = crate::checkpoint::expected_tensors(&config).unwrap();
             let sum: usize = tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum();

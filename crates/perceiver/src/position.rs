@@ -223,4 +223,60 @@ mod tests {
         assert!((row[8] - expect((pi * 1.0).cos())).abs() < 1e-6);
         assert!((row[13] - expect((-pi * 3.0).cos())).abs() < 1e-5);
     }
+
+    #[test]
+    fn a_grid_of_any_dimension_is_its_positions_features() {
+        let spec = FourierSpec {
+            num_bands: 4,
+            max_resolution: [3, 16, 12],
+            concat_pos: true,
+            sine_only: false,
+        };
+        assert_eq!(spec.channels(), 3 + 2 * 3 * 4);
+        let dims = [2, 3, 5];
+        let grid = fourier_features(&spec, dims);
+        let axes = dims.map(|n| linspace(-1.0, 1.0, n));
+        let mut positions = Vec::new();
+        for &t in &axes[0] {
+            for &y in &axes[1] {
+                for &x in &axes[2] {
+                    positions.push([t, y, x]);
+                }
+            }
+        }
+        assert_eq!(grid, fourier_features_at(&spec, &positions));
+        // Row (1, 2, 4) = the last: (1, 1, 1); its first sine is of band 1 of the frames.
+        let last = &grid[29 * spec.channels()..];
+        assert_eq!(&last[..3], &[1.0, 1.0, 1.0]);
+        assert!((last[3] - std::f32::consts::PI.sin()).abs() < 1e-6);
+        // One dimension, and the 2-D layout unchanged.
+        let audio = FourierSpec {
+            num_bands: 3,
+            max_resolution: [96],
+            concat_pos: false,
+            sine_only: true,
+        };
+        assert_eq!(fourier_features(&audio, [7]).len(), 7 * 3);
+        let flat = FourierSpec {
+            num_bands: 3,
+            max_resolution: [8, 6],
+            concat_pos: true,
+            sine_only: false,
+        };
+        let at: Vec<[f32; 2]> = [-1.0f32, 1.0]
+            .iter()
+            .flat_map(|&y| [-1.0f32, 0.0, 1.0].map(|x| [y, x]))
+            .collect();
+        assert_eq!(fourier_features(&flat, [2, 3]), fourier_features_at(&flat, &at));
+    }
+
+    #[test]
+    fn subsampled_positions_step_two_over_the_size() {
+        // Index 5 of a 2 x 3 grid is (1, 2): -1 + 2/2 and -1 + 4/3, in f32.
+        assert_eq!(subsampled_position(5, [2, 3]), [0.0, -1.0 + 4.0f32 / 3.0]);
+        assert_eq!(subsampled_position(0, [4]), [-1.0]);
+        // The last query stops short of 1, unlike the input grid's linspace.
+        assert_eq!(subsampled_position(3, [4]), [0.5]);
+        assert_eq!(subsampled_position(7, [2, 2, 2]), [0.0, 0.0, 0.0]);
+    }
 }
