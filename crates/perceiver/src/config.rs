@@ -1144,12 +1144,12 @@ impl MultimodalSpec {
         WIDTH.check("_label_trainable_num_channels", self.label_query_channels as u64)?;
         NUM_LABELS.check("num_labels", self.num_labels as u64)?;
         let (h, w) = self.frame_size();
-        if h % VIDEO_PATCH != 0 || w % VIDEO_PATCH != 0 {
+        if !h.is_multiple_of(VIDEO_PATCH) || !w.is_multiple_of(VIDEO_PATCH) {
             return Err(Error::InvalidConfig(format!(
                 "output_shape's frames ({h}x{w}) must be multiples of {VIDEO_PATCH} a side: the frames in, of that size, are cut into {VIDEO_PATCH}x{VIDEO_PATCH} patches"
             )));
         }
-        if self.audio_samples() % self.samples_per_patch != 0 {
+        if !self.audio_samples().is_multiple_of(self.samples_per_patch) {
             return Err(Error::InvalidConfig(format!(
                 "samples_per_patch ({}) must divide the audio's num_frames x audio_samples_per_frame = {} samples",
                 self.samples_per_patch,

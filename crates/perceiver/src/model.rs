@@ -162,8 +162,11 @@ impl PerceiverModel {
                     preprocessor: Preprocessor::Multimodal(MultimodalPreprocessor::load(get, spec, &names)?),
                     encoder: Encoder::load(get, &names.encoder)?,
                     process: LatentStack::load(get, config.num_blocks, &names.encoder.self_attends)?,
-                    decoder: Decoder::Multimodal(MultimodalDecoder::load(get, spec, &names)?),
-                    postprocessor: Postprocessor::Multimodal(MultimodalHeads::load(get, &names.heads)?),
+                    decoder: Decoder::Multimodal(Box::new(MultimodalDecoder::load(get, spec, &names)?)),
+                    postprocessor: Postprocessor::Multimodal(Box::new(MultimodalHeads::load(
+                        get,
+                        &names.heads,
+                    )?)),
                     precision,
                     threads: 0,
                 }

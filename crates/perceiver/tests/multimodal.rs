@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use perceiver::checkpoint::expected_tensors;
 use perceiver::decoder::MultimodalQueries;
 use perceiver::preprocess::MultimodalInput;
+use perceiver::tasks::autoencode::Autoencoder;
 use perceiver::{Architecture, Loader, PerceiverConfig, PerceiverModel, Pixels, Precision};
 
 /// Largest accepted |Δ| against the reference, relative to the largest |value| of each of the
@@ -406,4 +407,160 @@ fn the_tiny_models_tensors_and_parameter_count_match_its_file() {
     assert_eq!(config.num_parameters() as usize, sum);
     let model = load(Precision::F32);
     assert_eq!(model.config().num_parameters() as usize, sum);
+}
+
+/// Writes the fixture's video as 8-bit PNG files and its audio as a WAV file at `rate`, in
+/// `format`; the values the files hold, as the task reads them.
+fn write_files(
+    cases: &HashMap<String, Tensor>,
+    dir: &Path,
+    rate: u32,
+    format: hound::SampleFormat,
+) -> (Vec<Pixels>, Vec<f32>) {
+    let input = input(cases);
+    let mut frames = Vec::new();
+    for (t, frame) in input.frames().iter().enumerate() {
+        let (h, w) = (frame.height, frame.width);
+        let mut bytes = vec![0u8; 3 * h * w];
+        for c in 0..3 {
+            for i in 0..h * w {
+                bytes[i * 3 + c] = (frame.values[c * h * w + i] * 255.0).round() as u8;
+            }
+        }
+        let values = (0..3 * h * w)
+            .map(|j| (bytes[(j % (h * w)) * 3 + j / (h * w)] as f64 / 255.0) as f32)
+            .collect();
+        frames.push(Pixels::new(h, w, values).unwrap());
+        image::RgbImage::from_raw(w as u32, h as u32, bytes)
+            .unwrap()
+            .save(dir.join(format!("f{t:02}.png")))
+            .unwrap();
+    }
+    let bits = if format == hound::SampleFormat::Float {
+        32
+    } else {
+        16
+    };
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: rate,
+        bits_per_sample: bits,
+        sample_format: format,
+    };
+    let mut writer = hound::WavWriter::create(dir.join("audio.wav"), spec).unwrap();
+    let mut audio = Vec::new();
+    // Two more samples than the model takes; the second channel is noise the task drops.
+    for (i, &s) in input.audio().iter().chain([0.25, -0.25].iter()).enumerate() {
+        if format == hound::SampleFormat::Float {
+            writer.write_sample(s).unwrap();
+            writer
+                .write_sample(if i % 2 == 0 { 0.9f32 } else { -0.9 })
+                .unwrap();
+            audio.push(s);
+        } else {
+            let q = (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
+            writer.write_sample(q).unwrap();
+            writer.write_sample(1000i16).unwrap();
+            audio.push((q as f64 / 32768.0) as f32);
+        }
+    }
+    writer.finalize().unwrap();
+    audio.truncate(input.audio().len());
+    (frames, audio)
+}
+
+#[test]
+fn the_task_reads_frames_and_wav_and_writes_the_reconstruction() {
+    let task = Autoencoder::new(load(Precision::F32))
+        .unwrap()
+        .with_chunks(5)
+        .unwrap();
+    // 48 samples a frame at 25 frames a second.
+    assert_eq!(task.sample_rate(), 1200);
+    let cases = cases();
+    for format in [hound::SampleFormat::Int, hound::SampleFormat::Float] {
+        let dir = tempfile::tempdir().unwrap();
+        let (frames, audio) = write_files(&cases, dir.path(), 1200, format);
+        // A file that is not a frame is skipped.
+        std::fs::write(dir.path().join("notes.txt"), "not a frame").unwrap();
+        let read_frames = task.frames_from_dir(dir.path()).unwrap();
+        assert_eq!(read_frames, frames);
+        let read_audio = task.audio_from_wav(&dir.path().join("audio.wav")).unwrap();
+        assert_eq!(read_audio, audio);
+        let out = task.autoencode(read_frames, read_audio, 3).unwrap();
+        // The model's own answer on the same values.
+        let expected = task
+            .model()
+            .autoencode(&MultimodalInput::new(frames, audio).unwrap(), 1)
+            .unwrap();
+        assert_eq!(out.reconstruction, expected);
+        assert_eq!(out.labels.len(), 3);
+        assert!(out.labels[0].score >= out.labels[1].score && out.labels[1].score >= out.labels[2].score);
+        assert!(out.labels.iter().all(|l| l.label.starts_with("class_")));
+        let written = task
+            .write_frames(&out.reconstruction, &dir.path().join("out"))
+            .unwrap();
+        assert_eq!(written.len(), 2);
+        let png = image::open(&written[1]).unwrap().to_rgb8();
+        assert_eq!(png.dimensions(), (16, 16));
+        let v = out.reconstruction.image[16 * 16 * 3 + 5];
+        assert_eq!(png.as_raw()[5], (v.clamp(0.0, 1.0) * 255.0).round() as u8);
+        task.write_wav(&out.reconstruction, &dir.path().join("out.wav"))
+            .unwrap();
+        let mut back = hound::WavReader::open(dir.path().join("out.wav")).unwrap();
+        assert_eq!((back.spec().sample_rate, back.spec().channels), (1200, 1));
+        let samples: Vec<f32> = back.samples::<f32>().map(|s| s.unwrap()).collect();
+        assert_eq!(samples, out.reconstruction.audio);
+    }
+}
+
+#[test]
+fn the_task_names_what_a_file_lacks() {
+    let task = Autoencoder::new(load(Precision::F32)).unwrap();
+    let cases = cases();
+    let dir = tempfile::tempdir().unwrap();
+    write_files(&cases, dir.path(), 44100, hound::SampleFormat::Int);
+    let err = task
+        .audio_from_wav(&dir.path().join("audio.wav"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1200 Hz") && err.contains("44100 Hz"), "{err}");
+    // Too short.
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 1200,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let short = dir.path().join("short.wav");
+    let mut writer = hound::WavWriter::create(&short, spec).unwrap();
+    for _ in 0..50 {
+        writer.write_sample(0i16).unwrap();
+    }
+    writer.finalize().unwrap();
+    let err = task.audio_from_wav(&short).unwrap_err().to_string();
+    assert!(err.contains("96 samples") && err.contains("has 50"), "{err}");
+    // Not a WAV file, no file.
+    std::fs::write(dir.path().join("bad.wav"), b"RIFF....not a wave").unwrap();
+    assert!(task.audio_from_wav(&dir.path().join("bad.wav")).is_err());
+    assert!(task.audio_from_wav(&dir.path().join("missing.wav")).is_err());
+    // Too few frames, frames of the wrong size.
+    std::fs::remove_file(dir.path().join("f01.png")).unwrap();
+    let err = task.frames_from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("2 frames") && err.contains("found 1"), "{err}");
+    image::RgbImage::new(20, 16)
+        .save(dir.path().join("f01.png"))
+        .unwrap();
+    let err = task.frames_from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("16x16 frames") && err.contains("not 16x20"), "{err}");
+    assert!(task.frames_from_dir(&dir.path().join("nowhere")).is_err());
+    // Zero chunks, another model.
+    assert!(Autoencoder::new(load(Precision::F32))
+        .unwrap()
+        .with_chunks(0)
+        .is_err());
+    let flow = Loader::new(root().join("../flow/tiny_flow").to_str().unwrap())
+        .load()
+        .unwrap();
+    assert!(Autoencoder::new(flow).is_err());
 }

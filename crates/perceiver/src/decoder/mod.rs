@@ -26,7 +26,7 @@ pub enum Decoder {
     /// The input's own rows as queries (optical flow).
     Flow(FlowDecoder),
     /// Per-modality position queries, padded and decoded together (multimodal autoencoding).
-    Multimodal(MultimodalDecoder),
+    Multimodal(Box<MultimodalDecoder>),
 }
 
 impl Decoder {

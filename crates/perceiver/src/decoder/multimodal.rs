@@ -19,6 +19,7 @@ use crate::config::MultimodalSpec;
 use crate::error::{Error, Result};
 use crate::layers::{Dense, Precision};
 use crate::position::{fourier_features_at, subsampled_position};
+use crate::runtime::item_ranges;
 
 /// Which output queries of the multimodal autoencoder to decode: indices into each modality's
 /// queries (audio patches; video pixels, row-major over `(frame, row, column)` of
@@ -173,10 +174,12 @@ impl MultimodalDecoder {
         threads: usize,
     ) -> Vec<f32> {
         let n = queries.len() / self.query_channels();
+        // One item: the queries' rows, the latents' rows.
+        let (query_items, latent_items) = (item_ranges([n]), item_ranges([num_latents]));
         let hidden = self.cross_attention.forward(
             Queries::PerItem(queries),
-            &[0..n],
-            Some((latents, &[0..num_latents])),
+            &query_items,
+            Some((latents, &latent_items)),
             threads,
         );
         self.final_layer.forward(&hidden, threads)

@@ -27,7 +27,7 @@ pub enum Postprocessor {
     Flow(FlowHead),
     /// The multimodal autoencoder's projection per modality (its rows are split by modality in
     /// [`crate::PerceiverModel::decode_multimodal`]).
-    Multimodal(MultimodalHeads),
+    Multimodal(Box<MultimodalHeads>),
 }
 
 impl Postprocessor {
