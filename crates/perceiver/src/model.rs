@@ -57,8 +57,9 @@ impl ModelInput<'_> {
 }
 
 /// Queries the multimodal decoder runs at once: its memory beyond the answer is bounded by this
-/// many queries (about 50 MB for the released model), however many are asked.
-pub const QUERY_BLOCK: usize = 2048;
+/// many queries (about 100 MB for the released model), however many are asked. Each block
+/// projects the latents' keys and values again: 2% of a block's work for the released model.
+pub const QUERY_BLOCK: usize = 4096;
 
 /// Some decoded queries of the multimodal autoencoder, in the order asked.
 #[derive(Debug, Clone, PartialEq)]
