@@ -27,6 +27,11 @@ makes every output informative:
                 scattered.{image_points,audio_points}   int64: unsorted query indices of one call
                 scattered.{image,audio,label}   its outputs ([1, n, 3], [1, n * samples_per_patch],
                                      [1, num_labels])
+                variant.image, variant.audio, variant.full.{image,audio,label}   the same weights
+                                     under the sizes of ``variant.json`` (no tensor depends on
+                                     them): image_size 8 for 16x12 frames, 3 frames out for 2 in;
+                                     every query in one call
+            variant.json             those config fields
 
 What transformers does, and these fixtures pin (modeling_perceiver.py, 5.24):
 - Inputs: audio cut into patches of ``samples_per_patch`` samples + 1-D Fourier features (192
@@ -95,6 +100,9 @@ CONFIG = dict(
 )
 # Contiguous ranges of (image, audio) queries, one call each: uneven on purpose.
 CHUNKS = 3
+# The same weights under other sizes no tensor depends on: the video positions' top frequency in
+# space (image_size) unlike the frames' size, non-square frames, and more frames out than in.
+VARIANT = dict(image_size=8, output_shape=[1, 3, 16, 12])
 
 
 def reinit_(model: nn.Module, seed: int) -> None:
@@ -133,11 +141,12 @@ def reinit_(model: nn.Module, seed: int) -> None:
 
 
 def make_inputs(seed: int, config: PerceiverConfig) -> dict[str, torch.Tensor]:
-    """A smooth moving colour pattern with noise in [0, 1] (as the Colab's frames / 255), two tones
-    with noise in [-1, 1], and a random label vector."""
+    """A smooth moving colour pattern with noise in [0, 1] (as the Colab's frames / 255) of the
+    reconstruction's frame size, two tones with noise in [-1, 1], and a random label vector."""
     rng = np.random.default_rng(seed)
-    t, s = config.num_frames, config.image_size
-    tt, y, x = np.meshgrid(np.arange(t), np.arange(s), np.arange(s), indexing="ij")
+    t, (h, w) = config.num_frames, config.output_shape[2:]
+    s = max(h, w)
+    tt, y, x = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
     channels = []
     for c in range(3):
         f = rng.uniform(0.5, 2.0, 2)
@@ -235,6 +244,20 @@ def write_model(seed: int) -> None:
     other = dict(inputs, label=torch.zeros_like(inputs["label"]))
     again = run(model, other, np.arange(8), np.arange(2))
     assert np.array_equal(again["label"], full["label"]) and np.array_equal(again["image"][0], full["image"][0, :8])
+
+    # The variant sizes on the same weights (every query in one call).
+    variant_config = PerceiverConfig(**dict(CONFIG, **VARIANT))
+    variant = PerceiverForMultimodalAutoencoding(variant_config).eval().to(torch.float64)
+    variant.load_state_dict(model.state_dict())
+    variant_inputs = make_inputs(seed + 3, variant_config)
+    n_variant = math.prod(variant_config.output_shape[1:])
+    variant_out = run(variant, variant_inputs, np.arange(n_variant), np.arange(n_audio))
+    cases["variant.image"] = variant_inputs["image"]
+    cases["variant.audio"] = variant_inputs["audio"]
+    for k, v in variant_out.items():
+        cases[f"variant.full.{k}"] = torch.from_numpy(v)
+    (out / "variant.json").write_text(json.dumps(VARIANT) + "\n")
+    print(f"variant {VARIANT}: image {list(variant_out['image'].shape)}, std {variant_out['image'].std():.4f}")
 
     # How far transformers' own float32 run lies from the float64 reference.
     full32 = run(model.to(torch.float32), inputs, np.arange(n_image), np.arange(n_audio))

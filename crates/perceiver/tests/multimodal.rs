@@ -631,3 +631,55 @@ fn an_exported_checkpoint_loads_as_the_same_model() {
         source.load().unwrap().autoencode(&input, 2).unwrap()
     );
 }
+
+/// The same weights under sizes no tensor depends on (`variant.json`: the video positions' top
+/// frequency in space unlike the frames' size, non-square frames, more frames out than in): the
+/// sizes are read from the config as transformers reads them.
+#[test]
+fn a_variant_config_on_the_same_weights_matches_transformers() {
+    let dir = root().join("tiny_multimodal");
+    let checkpoint = Loader::new(dir.to_str().unwrap()).checkpoint().unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let variant: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("variant.json")).unwrap()).unwrap();
+    for (key, value) in variant.as_object().unwrap() {
+        config[key] = value.clone();
+    }
+    let config = PerceiverConfig::from_json_str(&config.to_string()).unwrap();
+    let model =
+        PerceiverModel::from_params(&config, &mut |name| checkpoint.get(name), Precision::F32).unwrap();
+    let spec = *model.multimodal_spec().unwrap();
+    assert_eq!(
+        (spec.image_size, spec.frame_size(), spec.output_dims),
+        (8, (16, 12), [3, 16, 12])
+    );
+    let cases = cases();
+    let image = &cases["variant.image"];
+    assert_eq!(image.dims(), &[1, 2, 3, 16, 12]);
+    let frames = values(image)
+        .chunks_exact(3 * 16 * 12)
+        .map(|f| Pixels::new(16, 12, f.to_vec()).unwrap())
+        .collect();
+    let input = MultimodalInput::new(frames, values(&cases["variant.audio"])).unwrap();
+    let out = model.autoencode(&input, 3).unwrap();
+    assert_eq!((out.frames, out.height, out.width), (3, 16, 12));
+    compare(
+        "variant image",
+        &out.image,
+        &values(&cases["variant.full.image"]),
+        RELATIVE_TOLERANCE,
+    );
+    compare(
+        "variant audio",
+        &out.audio,
+        &values(&cases["variant.full.audio"]),
+        RELATIVE_TOLERANCE,
+    );
+    compare(
+        "variant label",
+        &out.label,
+        &values(&cases["variant.full.label"]),
+        RELATIVE_TOLERANCE,
+    );
+}
