@@ -141,6 +141,47 @@ pub mod bounds {
         why: "the released flow model uses 368x496, and every pixel of a tile is a row of its input and of its output",
     };
 
+    /// Video frames of the multimodal autoencoder (`num_frames`, 16 released). transformers'
+    /// image preprocessor drops a time axis of one frame, after which its three-dimensional
+    /// position features no longer fit, so a single frame is refused.
+    pub const NUM_FRAMES: Range = Range {
+        min: 2,
+        max: 64,
+        why: "the released multimodal model uses 16 frames, and transformers fails on a single frame",
+    };
+
+    /// Audio samples per video frame of the multimodal autoencoder (1920 released: 48 kHz at
+    /// 25 frames a second).
+    pub const AUDIO_SAMPLES_PER_FRAME: Range = Range {
+        min: 1,
+        max: 48_000,
+        why: "the released multimodal model uses 1920 (48 kHz at 25 frames a second); at most a second of 48 kHz audio a frame",
+    };
+
+    /// Audio samples in one patch (one input row and one output query) of the multimodal
+    /// autoencoder (16 released).
+    pub const SAMPLES_PER_PATCH: Range = Range {
+        min: 1,
+        max: 4096,
+        why: "the released multimodal model uses 16 samples a patch",
+    };
+
+    /// Rows of the multimodal autoencoder's input (derived: audio patches + video patches + the
+    /// label): the encoder attends all of them at once (52,097 released).
+    pub const MULTIMODAL_INPUT_ROWS: Range = Range {
+        min: 1,
+        max: 1 << 20,
+        why: "the released multimodal model has 52,097 input rows, and the encoder attends them all at once",
+    };
+
+    /// Output queries of the multimodal autoencoder (derived: `output_shape`'s pixels + audio
+    /// patches; 804,736 released): its reconstruction holds a value per pixel and channel.
+    pub const MULTIMODAL_OUTPUT_QUERIES: Range = Range {
+        min: 1,
+        max: 1 << 24,
+        why: "the released multimodal model decodes 804,736 queries, and the reconstruction holds them all",
+    };
+
     /// Parameters of the whole model, derived from the counts above: 2³¹ f32 parameters are
     /// 8 GiB, ten times the released 201M model. This bounds what a config trained from
     /// scratch allocates (the weights, then gradients and optimizer moments of the same size).
@@ -510,6 +551,10 @@ impl PerceiverConfig {
         for (field, value, range) in self.counts() {
             range.check(field, value)?;
         }
+        if Architecture::of(self).ok() == Some(Architecture::MultimodalAutoencoding) {
+            // Its own counts first: the parameter count below is derived from them.
+            self.multimodal()?;
+        }
         bounds::PARAMETERS.check("parameters (implied by the config)", self.num_parameters())?;
         if let Some(model_type) = self.extra.get("model_type").and_then(|v| v.as_str()) {
             if model_type != "perceiver" {
@@ -536,6 +581,9 @@ impl PerceiverConfig {
                     bounds::TRAIN_SIZE.check("train_size", side as u64)?;
                 }
                 self.flow_decoder_spec().check("decoder cross-attention")?;
+            }
+            Architecture::MultimodalAutoencoding => {
+                self.multimodal_decoder_spec().check("decoder cross-attention")?;
             }
             _ => {
                 self.classification_decoder_spec()
@@ -641,6 +689,11 @@ impl PerceiverConfig {
                     q * 2 + 2, // final layer: two flow channels
                 ]);
             }
+            // An invalid multimodal config has no parameter count (validate names the field).
+            Ok(Architecture::MultimodalAutoencoding) => match self.multimodal() {
+                Ok(spec) => fixed.extend(spec.num_parameters(&self.multimodal_decoder_spec())),
+                Err(_) => return u64::MAX,
+            },
             Ok(_) => {
                 fixed.push(
                     self.image_input()
@@ -726,8 +779,14 @@ impl PerceiverConfig {
     /// image preprocessor's output for images (transformers sizes the encoder by
     /// `input_preprocessor.num_channels`, whatever `d_model` says).
     pub fn input_channels(&self) -> usize {
-        if Architecture::of(self).ok() == Some(Architecture::OpticalFlow) {
-            return self.flow_input().channels();
+        match Architecture::of(self).ok() {
+            Some(Architecture::OpticalFlow) => return self.flow_input().channels(),
+            Some(Architecture::MultimodalAutoencoding) => {
+                if let Ok(spec) = self.multimodal() {
+                    return spec.input_channels();
+                }
+            }
+            _ => {}
         }
         self.image_input().map_or(self.d_model, |input| input.channels())
     }
@@ -860,6 +919,283 @@ impl PerceiverConfig {
     }
 }
 
+impl PerceiverConfig {
+    /// The multimodal autoencoder's sizes (transformers' `PerceiverForMultimodalAutoencoding`
+    /// constructor reads them from these config fields, with these defaults: `num_frames` 16,
+    /// `image_size` 56, `audio_samples_per_frame` 1920, `samples_per_patch` 16, `output_shape`
+    /// `[1, 16, 224, 224]`, `output_num_channels` 512, `_label_trainable_num_channels` 1024, and
+    /// the labels of `id2label` / `num_labels`, else 2), checked against their bounds.
+    pub fn multimodal(&self) -> Result<MultimodalSpec> {
+        let count = |key: &'static str, default: usize| -> Result<usize> {
+            match self.extra.get(key).filter(|v| !v.is_null()) {
+                None => Ok(default),
+                Some(v) => v
+                    .as_u64()
+                    .map(|v| v as usize)
+                    .ok_or_else(|| Error::InvalidConfig(format!("{key} must be a count, found {v}"))),
+            }
+        };
+        let output_shape = match self.extra.get("output_shape").filter(|v| !v.is_null()) {
+            None => DEFAULT_OUTPUT_SHAPE,
+            Some(value) => {
+                let sides: Option<Vec<usize>> = value
+                    .as_array()
+                    .map(|a| a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect())
+                    .unwrap_or(None);
+                match sides.as_deref() {
+                    Some(&[batch, frames, height, width]) => [batch, frames, height, width],
+                    _ => {
+                        return Err(Error::InvalidConfig(format!(
+                            "output_shape must be [batch, frames, height, width], found {value}"
+                        )))
+                    }
+                }
+            }
+        };
+        let spec = MultimodalSpec {
+            num_frames: count("num_frames", 16)?,
+            image_size: self.image_size(),
+            audio_samples_per_frame: count("audio_samples_per_frame", 1920)?,
+            samples_per_patch: count("samples_per_patch", 16)?,
+            output_dims: [output_shape[1], output_shape[2], output_shape[3]],
+            output_num_channels: count("output_num_channels", 512)?,
+            label_query_channels: count("_label_trainable_num_channels", 1024)?,
+            num_labels: self.num_labels()?.unwrap_or(DEFAULT_NUM_LABELS),
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// The multimodal autoencoder's decoder cross-attention (transformers'
+    /// `PerceiverMultimodalDecoder`'s inner `PerceiverBasicDecoder`): every query, padded to the
+    /// common query width, attends the latents with one head and no query residual; its widths
+    /// resolved by `cross_attention_shape_for_attention` as for the flow decoder.
+    pub fn multimodal_decoder_spec(&self) -> AttentionSpec {
+        let q_dim = self
+            .multimodal()
+            .map_or(self.d_latents, |spec| spec.query_channels());
+        let qk = match self.cross_attention_shape_for_attention {
+            CrossAttentionShape::Query => q_dim,
+            CrossAttentionShape::KeyValue => self.d_latents,
+        };
+        AttentionSpec {
+            q_dim,
+            kv_dim: self.d_latents,
+            qk_channels: qk,
+            v_channels: qk,
+            num_heads: 1,
+            widening_factor: 1,
+            use_query_residual: false,
+            activation: self.hidden_act,
+        }
+    }
+}
+
+/// transformers' `PerceiverConfig.output_shape` default: the multimodal model's reconstruction,
+/// `[batch, frames, height, width]`.
+pub const DEFAULT_OUTPUT_SHAPE: [usize; 4] = [1, 16, 224, 224];
+
+/// The labels transformers gives a config that names none (`PretrainedConfig`'s default).
+pub const DEFAULT_NUM_LABELS: usize = 2;
+
+/// Pixels a side of one video patch of the multimodal model (`spatial_downsample`).
+pub const VIDEO_PATCH: usize = 4;
+/// Values of one video patch: 4 × 4 pixels × RGB, in `space_to_depth`'s order (row, column,
+/// colour).
+pub const VIDEO_PATCH_CHANNELS: usize = VIDEO_PATCH * VIDEO_PATCH * IMAGE_CHANNELS;
+/// Fourier bands of the multimodal model's audio positions.
+pub const AUDIO_FOURIER_BANDS: usize = 192;
+/// Fourier bands of the multimodal model's video positions (each of time, rows, columns).
+pub const VIDEO_FOURIER_BANDS: usize = 32;
+/// Channels the multimodal preprocessor pads every modality's rows beyond the widest
+/// (`min_padding_size`).
+pub const MULTIMODAL_INPUT_PADDING: usize = 4;
+/// Channels the multimodal decoder pads every modality's queries beyond the widest
+/// (`PerceiverMultimodalDecoder`'s default `min_padding_size`, which the model keeps).
+pub const MULTIMODAL_QUERY_PADDING: usize = 2;
+
+/// The sizes of `PerceiverForMultimodalAutoencoding` (video + audio + label), from its config
+/// ([`PerceiverConfig::multimodal`]). The modalities are always handled in transformers' sorted
+/// order: audio, image (the video), label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MultimodalSpec {
+    /// Video frames in (`num_frames`); also the video positions' top frequency in time.
+    pub num_frames: usize,
+    /// The video positions' top frequencies in space (`image_size`, in both directions). Only
+    /// that: transformers cuts frames of any size into patches, and the frames this library
+    /// takes are the reconstruction's ([`frame_size`](Self::frame_size)). transformers'
+    /// conversion script leaves it at its default 56 for `deepmind/multimodal-perceiver`, where
+    /// DeepMind's Colab uses 224.
+    pub image_size: usize,
+    /// Audio samples per frame (`audio_samples_per_frame`).
+    pub audio_samples_per_frame: usize,
+    /// Audio samples per patch (`samples_per_patch`), dividing the audio's length.
+    pub samples_per_patch: usize,
+    /// The video queries' grid: frames, rows, columns (`output_shape[1..4]`); rows and columns
+    /// are also the size of the frames in.
+    pub output_dims: [usize; 3],
+    /// Width of every decoded row before the per-modality projections (`output_num_channels`).
+    pub output_num_channels: usize,
+    /// Width of the label's trainable query (`_label_trainable_num_channels`).
+    pub label_query_channels: usize,
+    /// Labels (one-hot input width and logits out).
+    pub num_labels: usize,
+}
+
+impl MultimodalSpec {
+    /// Audio samples in: `num_frames · audio_samples_per_frame`.
+    pub fn audio_samples(&self) -> usize {
+        self.num_frames * self.audio_samples_per_frame
+    }
+
+    /// Audio patches: input rows and output queries of the audio.
+    pub fn audio_patches(&self) -> usize {
+        self.audio_samples() / self.samples_per_patch
+    }
+
+    /// The size (height, width) of the frames in: the reconstruction's (`output_shape[2..4]`),
+    /// as an autoencoder's input and output share one size.
+    pub fn frame_size(&self) -> (usize, usize) {
+        (self.output_dims[1], self.output_dims[2])
+    }
+
+    /// The grid of video patches: frames, patch rows, patch columns.
+    pub fn patch_grid(&self) -> [usize; 3] {
+        let (h, w) = self.frame_size();
+        [self.num_frames, h / VIDEO_PATCH, w / VIDEO_PATCH]
+    }
+
+    /// Video input rows: a row per 4 × 4 patch of every frame.
+    pub fn video_rows(&self) -> usize {
+        self.patch_grid().iter().product()
+    }
+
+    /// Input rows: audio patches, video patches, the label.
+    pub fn input_rows(&self) -> usize {
+        self.audio_patches() + self.video_rows() + 1
+    }
+
+    /// Video queries: one per pixel of [`output_dims`](Self::output_dims).
+    pub fn image_queries(&self) -> usize {
+        self.output_dims.iter().product()
+    }
+
+    /// The audio positions' Fourier features (input rows and queries): 192 bands over the
+    /// audio's length.
+    pub fn audio_fourier(&self) -> FourierSpec<1> {
+        FourierSpec {
+            num_bands: AUDIO_FOURIER_BANDS,
+            max_resolution: [self.audio_samples()],
+            concat_pos: true,
+            sine_only: false,
+        }
+    }
+
+    /// The video positions' Fourier features (input rows and queries): 32 bands over
+    /// `(num_frames, image_size, image_size)`.
+    pub fn video_fourier(&self) -> FourierSpec<3> {
+        FourierSpec {
+            num_bands: VIDEO_FOURIER_BANDS,
+            max_resolution: [self.num_frames, self.image_size, self.image_size],
+            concat_pos: true,
+            sine_only: false,
+        }
+    }
+
+    /// Channels of each modality's preprocessed rows before padding: audio, image, label.
+    pub fn modality_channels(&self) -> [usize; 3] {
+        [
+            self.samples_per_patch + self.audio_fourier().channels(),
+            VIDEO_PATCH_CHANNELS + self.video_fourier().channels(),
+            self.num_labels,
+        ]
+    }
+
+    /// Channels of every input row: the widest modality + 4 (the encoder's key/value width).
+    pub fn input_channels(&self) -> usize {
+        self.modality_channels().into_iter().max().unwrap_or(0) + MULTIMODAL_INPUT_PADDING
+    }
+
+    /// Channels of each modality's queries before padding: audio, image, label.
+    pub fn modality_query_channels(&self) -> [usize; 3] {
+        [
+            self.audio_fourier().channels(),
+            self.video_fourier().channels(),
+            self.label_query_channels,
+        ]
+    }
+
+    /// Channels of every query: the widest modality's + 2.
+    pub fn query_channels(&self) -> usize {
+        self.modality_query_channels().into_iter().max().unwrap_or(0) + MULTIMODAL_QUERY_PADDING
+    }
+
+    /// Checks every count against its bound, and the divisibility the reshapes need.
+    fn check(&self) -> Result<()> {
+        use bounds::*;
+        NUM_FRAMES.check("num_frames", self.num_frames as u64)?;
+        IMAGE_SIZE.check("image_size", self.image_size as u64)?;
+        AUDIO_SAMPLES_PER_FRAME.check("audio_samples_per_frame", self.audio_samples_per_frame as u64)?;
+        SAMPLES_PER_PATCH.check("samples_per_patch", self.samples_per_patch as u64)?;
+        NUM_FRAMES.check("output_shape[1] (frames)", self.output_dims[0] as u64)?;
+        IMAGE_SIZE.check("output_shape[2] (height)", self.output_dims[1] as u64)?;
+        IMAGE_SIZE.check("output_shape[3] (width)", self.output_dims[2] as u64)?;
+        WIDTH.check("output_num_channels", self.output_num_channels as u64)?;
+        WIDTH.check("_label_trainable_num_channels", self.label_query_channels as u64)?;
+        NUM_LABELS.check("num_labels", self.num_labels as u64)?;
+        let (h, w) = self.frame_size();
+        if !h.is_multiple_of(VIDEO_PATCH) || !w.is_multiple_of(VIDEO_PATCH) {
+            return Err(Error::InvalidConfig(format!(
+                "output_shape's frames ({h}x{w}) must be multiples of {VIDEO_PATCH} a side: the frames in, of that size, are cut into {VIDEO_PATCH}x{VIDEO_PATCH} patches"
+            )));
+        }
+        if !self.audio_samples().is_multiple_of(self.samples_per_patch) {
+            return Err(Error::InvalidConfig(format!(
+                "samples_per_patch ({}) must divide the audio's num_frames x audio_samples_per_frame = {} samples",
+                self.samples_per_patch,
+                self.audio_samples()
+            )));
+        }
+        MULTIMODAL_INPUT_ROWS.check(
+            "input rows (audio patches + video patches + 1)",
+            self.input_rows() as u64,
+        )?;
+        MULTIMODAL_OUTPUT_QUERIES.check(
+            "output queries (output_shape pixels + audio patches)",
+            (self.image_queries() + self.audio_patches()) as u64,
+        )?;
+        WIDTH.check(
+            "input channels (widest modality + 4)",
+            self.input_channels() as u64,
+        )?;
+        WIDTH.check("query channels (widest query + 2)", self.query_channels() as u64)?;
+        Ok(())
+    }
+
+    /// Parameters outside the encoder and latent stack: paddings, mask tokens, the label query,
+    /// the decoder (`decoder`: its cross-attention) and the projections.
+    fn num_parameters(&self, decoder: &AttentionSpec) -> [u64; 7] {
+        let n = |v: usize| v as u64;
+        let (input, query) = (n(self.input_channels()), n(self.query_channels()));
+        let padding: u64 = self.modality_channels().iter().map(|&c| input - n(c)).sum();
+        let query_padding: u64 = self.modality_query_channels().iter().map(|&c| query - n(c)).sum();
+        let out = n(self.output_num_channels);
+        let heads = [n(self.samples_per_patch), n(IMAGE_CHANNELS), n(self.num_labels)]
+            .iter()
+            .map(|&k| out * k + k)
+            .sum();
+        [
+            padding,
+            3 * input, // a mask token per modality
+            n(self.label_query_channels),
+            query_padding,
+            decoder.num_parameters(true),
+            query * out + out, // final layer
+            heads,
+        ]
+    }
+}
+
 /// transformers' `PerceiverConfig.train_size` default (the optical-flow model's frame size).
 pub const DEFAULT_TRAIN_SIZE: [usize; 2] = [368, 496];
 
@@ -893,25 +1229,26 @@ impl FlowInputSpec {
 pub const DEFAULT_IMAGE_SIZE: usize = 56;
 
 /// Fourier position features (transformers' `PerceiverFourierPositionEncoding`, DeepMind's
-/// `FourierPositionEncoding`): for each of `max_resolution.len()` dimensions, `num_bands`
+/// `FourierPositionEncoding`): for each of the `N` dimensions, `num_bands`
 /// frequencies spaced linearly from 1 to half the resolution, their sines and cosines, and the
 /// raw positions in front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FourierSpec {
+pub struct FourierSpec<const N: usize = 2> {
     /// Frequency bands per dimension.
     pub num_bands: usize,
-    /// The resolution each dimension's top frequency is the Nyquist frequency of.
-    pub max_resolution: [usize; 2],
+    /// The resolution each dimension's top frequency is the Nyquist frequency of (one per
+    /// dimension: 2 for images, 3 for video, 1 for audio).
+    pub max_resolution: [usize; N],
     /// Put the positions themselves in front of the features.
     pub concat_pos: bool,
     /// Sines only (no cosines).
     pub sine_only: bool,
 }
 
-impl FourierSpec {
+impl<const N: usize> FourierSpec<N> {
     /// Channels per position.
     pub fn channels(&self) -> usize {
-        let dims = self.max_resolution.len();
+        let dims = N;
         let phases = if self.sine_only { 1 } else { 2 };
         dims * self.num_bands * phases + if self.concat_pos { dims } else { 0 }
     }
@@ -963,7 +1300,10 @@ impl ImageInputSpec {
                 channels: 64,
                 fourier: fourier(56),
             }),
-            Architecture::MaskedLm | Architecture::SequenceClassification | Architecture::OpticalFlow => None,
+            Architecture::MaskedLm
+            | Architecture::SequenceClassification
+            | Architecture::OpticalFlow
+            | Architecture::MultimodalAutoencoding => None,
         }
     }
 
@@ -1014,17 +1354,21 @@ pub enum Architecture {
     /// `PerceiverForOpticalFlow`: two frames' 3×3 patches with Fourier position features in, a
     /// flow vector per pixel out, the input's own rows as the decoder's queries.
     OpticalFlow,
+    /// `PerceiverForMultimodalAutoencoding`: video, audio and a (masked) label in, any subset
+    /// of the video's pixels, the audio's patches and the label's logits out.
+    MultimodalAutoencoding,
 }
 
 impl Architecture {
     /// Every architecture, for tests and documentation.
-    pub const ALL: [Architecture; 6] = [
+    pub const ALL: [Architecture; 7] = [
         Self::MaskedLm,
         Self::SequenceClassification,
         Self::ImageClassificationLearned,
         Self::ImageClassificationFourier,
         Self::ImageClassificationConvProcessing,
         Self::OpticalFlow,
+        Self::MultimodalAutoencoding,
     ];
 
     /// transformers' class name, as config.json's `architectures` lists it.
@@ -1036,12 +1380,16 @@ impl Architecture {
             Self::ImageClassificationFourier => "PerceiverForImageClassificationFourier",
             Self::ImageClassificationConvProcessing => "PerceiverForImageClassificationConvProcessing",
             Self::OpticalFlow => "PerceiverForOpticalFlow",
+            Self::MultimodalAutoencoding => "PerceiverForMultimodalAutoencoding",
         }
     }
 
     /// Whether the model answers with one set of label logits per input.
     pub fn is_classifier(self) -> bool {
-        !matches!(self, Self::MaskedLm | Self::OpticalFlow)
+        !matches!(
+            self,
+            Self::MaskedLm | Self::OpticalFlow | Self::MultimodalAutoencoding
+        )
     }
 
     /// Whether the model reads single images (else token ids, or frame pairs for flow).
@@ -1270,6 +1618,16 @@ mod tests {
             c.qk_channels = None;
             c.v_channels = None;
             configs.push(c);
+        }
+        // The multimodal autoencoder with transformers' defaults (the released sizes but for the
+        // labels), and a small one with the "q" shape rule.
+        for (shape, labels) in [("kv", 700), ("q", 3)] {
+            let text = format!(
+                r#"{{"architectures": ["PerceiverForMultimodalAutoencoding"], "num_latents": 16,
+                "d_latents": 64, "num_cross_attention_heads": 1, "num_self_attends_per_block": 2,
+                "cross_attention_shape_for_attention": "{shape}", "num_labels": {labels}}}"#
+            );
+            configs.push(PerceiverConfig::from_json_str(&text).unwrap());
         }
         for config in configs {
             let tensors = crate::checkpoint::expected_tensors(&config).unwrap();

@@ -104,8 +104,8 @@ pub enum Error {
     /// A config.json whose `architectures` names a model class this library does not build.
     #[error(
         "unsupported architecture {name}: this library builds PerceiverForMaskedLM, \
-         PerceiverForSequenceClassification, PerceiverForImageClassification{{Learned,Fourier,ConvProcessing}} \
-         and PerceiverForOpticalFlow"
+         PerceiverForSequenceClassification, PerceiverForImageClassification{{Learned,Fourier,ConvProcessing}}, \
+         PerceiverForOpticalFlow and PerceiverForMultimodalAutoencoding"
     )]
     UnsupportedArchitecture {
         /// The class named.

@@ -7,23 +7,26 @@
 //! tasks ([`crate::tasks`]) sit on top and turn inputs and answers into the parts' arrays.
 
 use crate::attention::layer_flops;
-use crate::checkpoint::names::{ClassifierNames, FlowNames, InputNames, MaskedLmNames};
+use crate::checkpoint::names::{
+    ClassifierNames, FlowNames, InputNames, MaskedLmNames, Modality, MultimodalNames,
+};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::Param;
-use crate::config::{Architecture, PerceiverConfig};
-use crate::decoder::{BasicDecoder, Decoder, FlowDecoder};
+use crate::config::{Architecture, MultimodalSpec, PerceiverConfig};
+use crate::decoder::{BasicDecoder, Decoder, FlowDecoder, MultimodalDecoder, MultimodalQueries};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::layers::Precision;
-use crate::postprocess::{ClassifierHead, EmbeddingDecoder, FlowHead, Postprocessor};
+use crate::postprocess::{ClassifierHead, EmbeddingDecoder, FlowHead, MultimodalHeads, Postprocessor};
 use crate::preprocess::{
-    FlowPreprocessor, FramePair, ImagePreprocessor, InputArray, Pixels, Preprocessor, TextPreprocessor,
+    FlowPreprocessor, FramePair, ImagePreprocessor, InputArray, MultimodalInput, MultimodalPreprocessor,
+    Pixels, Preprocessor, TextPreprocessor,
 };
 use crate::process::LatentStack;
 use crate::runtime::on_pool;
 
-/// What a model reads: token ids (text models), images (image models) or frame pairs (optical
-/// flow), a batch of them.
+/// What a model reads: token ids (text models), images (image models), frame pairs (optical
+/// flow) or videos with audio (multimodal autoencoding), a batch of them.
 #[derive(Debug, Clone, Copy)]
 pub enum ModelInput<'a> {
     /// Each text's ids, unpadded.
@@ -32,6 +35,8 @@ pub enum ModelInput<'a> {
     Images(&'a [&'a Pixels]),
     /// Pairs of frames of the flow model's tile size.
     FramePairs(&'a [&'a FramePair]),
+    /// Videos with their audio, of the multimodal model's sizes.
+    Videos(&'a [&'a MultimodalInput]),
 }
 
 impl ModelInput<'_> {
@@ -41,6 +46,7 @@ impl ModelInput<'_> {
             Self::Tokens(texts) => texts.len(),
             Self::Images(images) => images.len(),
             Self::FramePairs(pairs) => pairs.len(),
+            Self::Videos(videos) => videos.len(),
         }
     }
 
@@ -48,6 +54,39 @@ impl ModelInput<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Queries the multimodal decoder runs at once: its memory beyond the answer is bounded by this
+/// many queries (about 100 MB for the released model), however many are asked. Each block
+/// projects the latents' keys and values again: 2% of a block's work for the released model.
+pub const QUERY_BLOCK: usize = 4096;
+
+/// Some decoded queries of the multimodal autoencoder, in the order asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedQueries {
+    /// `samples_per_patch` samples per audio query.
+    pub audio: Vec<f32>,
+    /// RGB per pixel query.
+    pub image: Vec<f32>,
+    /// The label's logits, when asked.
+    pub label: Option<Vec<f32>>,
+}
+
+/// The multimodal autoencoder's whole reconstruction of one video with its audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultimodalOutput {
+    /// Frames of the reconstructed video (`output_shape[1]`).
+    pub frames: usize,
+    /// Rows of each frame (`output_shape[2]`).
+    pub height: usize,
+    /// Columns of each frame (`output_shape[3]`).
+    pub width: usize,
+    /// `[frames, height, width, 3]` RGB (in the Colab's scale: about [0, 1]).
+    pub image: Vec<f32>,
+    /// The audio samples.
+    pub audio: Vec<f32>,
+    /// The label's logits (`num_labels`).
+    pub label: Vec<f32>,
 }
 
 /// A Perceiver IO model on packed weights, ready to run.
@@ -111,6 +150,24 @@ impl PerceiverModel {
                     process: LatentStack::load(get, config.num_blocks, &names.encoder.self_attends)?,
                     decoder: Decoder::Flow(FlowDecoder::load(get, &names.cross_attention)?),
                     postprocessor: Postprocessor::Flow(FlowHead::load(get, &names.final_layer)?),
+                    precision,
+                    threads: 0,
+                }
+            }
+            Architecture::MultimodalAutoencoding => {
+                let names = MultimodalNames::new(config)?;
+                let spec = config.multimodal()?;
+                Self {
+                    config: config.clone(),
+                    architecture,
+                    preprocessor: Preprocessor::Multimodal(MultimodalPreprocessor::load(get, spec, &names)?),
+                    encoder: Encoder::load(get, &names.encoder)?,
+                    process: LatentStack::load(get, config.num_blocks, &names.encoder.self_attends)?,
+                    decoder: Decoder::Multimodal(Box::new(MultimodalDecoder::load(get, spec, &names)?)),
+                    postprocessor: Postprocessor::Multimodal(Box::new(MultimodalHeads::load(
+                        get,
+                        &names.heads,
+                    )?)),
                     precision,
                     threads: 0,
                 }
@@ -193,7 +250,7 @@ impl PerceiverModel {
     pub fn max_len(&self) -> usize {
         match &self.preprocessor {
             Preprocessor::Text(text) => text.max_len(),
-            Preprocessor::Image(_) | Preprocessor::Flow(_) => 0,
+            Preprocessor::Image(_) | Preprocessor::Flow(_) | Preprocessor::Multimodal(_) => 0,
         }
     }
 
@@ -203,6 +260,7 @@ impl PerceiverModel {
         match &self.preprocessor {
             Preprocessor::Image(image) => image.required_size(),
             Preprocessor::Flow(flow) => Some(flow.frame_size()),
+            Preprocessor::Multimodal(m) => Some((m.spec().image_size, m.spec().image_size)),
             Preprocessor::Text(_) => None,
         }
     }
@@ -288,11 +346,16 @@ impl PerceiverModel {
                 ModelInput::FramePairs(pairs) => return flow.forward(pairs, threads),
                 _ => "pairs of frames",
             },
+            Preprocessor::Multimodal(m) => match input {
+                ModelInput::Videos(videos) => return m.forward(videos),
+                _ => "videos with audio",
+            },
         };
         let given = match input {
             ModelInput::Tokens(_) => "text",
             ModelInput::Images(_) => "images",
             ModelInput::FramePairs(_) => "pairs of frames",
+            ModelInput::Videos(_) => "videos with audio",
         };
         Err(Error::InvalidInput(format!(
             "{} reads {reads}, not {given}",
@@ -338,6 +401,110 @@ impl PerceiverModel {
             let flow = self.postprocessor.forward(&hidden, threads);
             lap("final projection");
             Ok((flow, phases))
+        })
+    }
+
+    /// The multimodal autoencoder's sizes; an error for other models.
+    pub fn multimodal_spec(&self) -> Result<&MultimodalSpec> {
+        self.multimodal_parts()
+            .map(|(preprocessor, _, _)| preprocessor.spec())
+    }
+
+    fn multimodal_parts(&self) -> Result<(&MultimodalPreprocessor, &MultimodalDecoder, &MultimodalHeads)> {
+        match (&self.preprocessor, &self.decoder, &self.postprocessor) {
+            (Preprocessor::Multimodal(p), Decoder::Multimodal(d), Postprocessor::Multimodal(h)) => {
+                Ok((p, d, h))
+            }
+            _ => Err(Error::InvalidInput(format!(
+                "{} is not a multimodal autoencoder",
+                self.architecture.name()
+            ))),
+        }
+    }
+
+    /// Encodes one video with its audio into latents, `[num_latents, d_latents]`: what
+    /// [`decode_multimodal`](Self::decode_multimodal) decodes any queries from. The label row
+    /// is the model's mask token (its `mask_probs` mask the label always), so no label is taken.
+    pub fn encode_multimodal(&self, input: &MultimodalInput) -> Result<Vec<f32>> {
+        self.multimodal_parts()?;
+        self.encode_input(ModelInput::Videos(&[input]))
+    }
+
+    /// Decodes `queries` from one video's latents (as [`encode_multimodal`](Self::encode_multimodal)
+    /// returns them): transformers' `PerceiverForMultimodalAutoencoding` logits with those
+    /// `subsampled_output_points`. Each query is independent of the others, so decoding a set in
+    /// pieces gives the same values as decoding it at once; the work runs in blocks of
+    /// [`QUERY_BLOCK`] queries, so that memory beyond the answer itself does not grow with the
+    /// number of queries.
+    pub fn decode_multimodal(&self, latents: &[f32], queries: &MultimodalQueries) -> Result<DecodedQueries> {
+        let (preprocessor, decoder, heads) = self.multimodal_parts()?;
+        let spec = preprocessor.spec();
+        let (n, d) = (self.encoder.num_latents(), self.encoder.d_latents());
+        if latents.len() != n * d {
+            return Err(Error::InvalidInput(format!(
+                "{} latent values are not one video's {n}x{d}",
+                latents.len()
+            )));
+        }
+        queries.check(spec)?;
+        on_pool(|| {
+            let threads = self.threads();
+            let decode = |modality: Modality, audio: &[usize], image: &[usize], label: bool| {
+                let rows = decoder.queries(audio, image, label);
+                let hidden = decoder.forward(latents, n, &rows, threads);
+                heads.forward(modality, &hidden, threads)
+            };
+            let mut out = DecodedQueries {
+                audio: Vec::with_capacity(queries.audio.len() * spec.samples_per_patch),
+                image: Vec::with_capacity(queries.image.len() * crate::config::IMAGE_CHANNELS),
+                label: None,
+            };
+            for block in queries.audio.chunks(QUERY_BLOCK) {
+                out.audio.extend(decode(Modality::Audio, block, &[], false));
+            }
+            for block in queries.image.chunks(QUERY_BLOCK) {
+                out.image.extend(decode(Modality::Image, &[], block, false));
+            }
+            if queries.label {
+                out.label = Some(decode(Modality::Label, &[], &[], true));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Autoencodes one video with its audio, as DeepMind's Colab does: encodes once, then
+    /// decodes every query in `chunks` chunks ([`MultimodalQueries::chunk`]; the Colab uses 128).
+    /// Memory beyond the answer does not grow with the number of queries (see
+    /// [`decode_multimodal`](Self::decode_multimodal)); `chunks` only sets how the work is cut.
+    pub fn autoencode(&self, input: &MultimodalInput, chunks: usize) -> Result<MultimodalOutput> {
+        let spec = *self.multimodal_spec()?;
+        if chunks == 0 {
+            return Err(Error::InvalidInput(
+                "autoencoding needs at least one chunk".into(),
+            ));
+        }
+        on_pool(|| {
+            let latents = self.encode_multimodal(input)?;
+            let [frames, height, width] = spec.output_dims;
+            let mut out = MultimodalOutput {
+                frames,
+                height,
+                width,
+                image: Vec::with_capacity(spec.image_queries() * crate::config::IMAGE_CHANNELS),
+                audio: Vec::with_capacity(spec.audio_samples()),
+                label: Vec::new(),
+            };
+            // The chunks are consecutive ranges: their outputs follow each other.
+            for index in 0..chunks {
+                let queries = MultimodalQueries::chunk(&spec, index, chunks);
+                let decoded = self.decode_multimodal(&latents, &queries)?;
+                out.image.extend(decoded.image);
+                out.audio.extend(decoded.audio);
+                if let Some(label) = decoded.label {
+                    out.label = label;
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -515,11 +682,11 @@ mod tests {
         let mut config = PerceiverConfig::default();
         config.extra.insert(
             "architectures".into(),
-            serde_json::json!(["PerceiverForMultimodalAutoencoding"]),
+            serde_json::json!(["PerceiverForImageClassificationLearnedXL"]),
         );
         match Architecture::of(&config) {
             Err(Error::UnsupportedArchitecture { name }) => {
-                assert_eq!(name, "PerceiverForMultimodalAutoencoding")
+                assert_eq!(name, "PerceiverForImageClassificationLearnedXL")
             }
             other => panic!("{other:?}"),
         }

@@ -51,60 +51,112 @@ impl TrainablePositions {
     }
 }
 
-/// Fourier position features of every position of a `dims[0] × dims[1]` grid, row-major:
-/// `[dims[0]·dims[1], spec.channels()]` (transformers' `generate_fourier_features` on
-/// `build_linear_positions`; DeepMind's `generate_fourier_features`).
+/// Fourier position features of every position of a `dims[0] × … × dims[N-1]` grid, row-major
+/// (the last dimension fastest): `[Π dims, spec.channels()]` (transformers'
+/// `generate_fourier_features` on `build_linear_positions`; DeepMind's
+/// `generate_fourier_features`). Each dimension's positions are `linspace(-1, 1, dims[i])`.
 ///
-/// Each position `(y, x)` on `[-1, 1]²` gives `y, x` (with `concat_pos`), then
-/// `sin(π·f·y)` for every band `f`, the same for `x`, then the cosines in the same order.
-/// The arithmetic is transformers' in f32 — the same linspaces, products and rounding — so that
-/// the features agree to the last bits of the sine.
-pub fn fourier_features(spec: &FourierSpec, dims: [usize; 2]) -> Vec<f32> {
-    let bands: Vec<Vec<f32>> = spec
-        .max_resolution
-        .iter()
-        .map(|&resolution| linspace(1.0, resolution as f32 / 2.0, spec.num_bands))
-        .collect();
-    let axes = [linspace(-1.0, 1.0, dims[0]), linspace(-1.0, 1.0, dims[1])];
-    let channels = spec.channels();
-    let pi = std::f32::consts::PI;
-    let mut out = Vec::with_capacity(dims[0] * dims[1] * channels);
-    let mut phases = Vec::with_capacity(2 * spec.num_bands);
-    for &y in &axes[0] {
-        for &x in &axes[1] {
-            let pos = [y, x];
-            if spec.concat_pos {
-                out.extend_from_slice(&pos);
-            }
-            phases.clear();
-            for (p, freqs) in pos.iter().zip(&bands) {
-                phases.extend(freqs.iter().map(|&f| pi * (p * f)));
-            }
-            out.extend(phases.iter().map(|&a| (a as f64).sin() as f32));
-            if !spec.sine_only {
-                out.extend(phases.iter().map(|&a| (a as f64).cos() as f32));
-            }
+/// Each position `(p₀, …)` on `[-1, 1]ᴺ` gives the `pᵢ` themselves (with `concat_pos`), then
+/// `sin(π·f·p₀)` for every band `f` of dimension 0, the same for dimension 1, …, then the cosines
+/// in the same order. The arithmetic is transformers' in f32 — the same linspaces, products and
+/// rounding — so that the features agree to the last bits of the sine.
+pub fn fourier_features<const N: usize>(spec: &FourierSpec<N>, dims: [usize; N]) -> Vec<f32> {
+    let axes: Vec<Vec<f32>> = dims.iter().map(|&n| linspace(-1.0, 1.0, n)).collect();
+    let count: usize = dims.iter().product();
+    let encoder = FourierEncoder::new(spec);
+    let mut out = Vec::with_capacity(count * spec.channels());
+    let mut pos = [0f32; N];
+    let mut phases = Vec::with_capacity(N * spec.num_bands);
+    for flat in 0..count {
+        // Unravel row-major: the last dimension varies fastest (meshgrid "ij").
+        let mut rest = flat;
+        for d in (0..N).rev() {
+            pos[d] = axes[d][rest % dims[d]];
+            rest /= dims[d];
         }
+        encoder.push(&pos, &mut phases, &mut out);
     }
     out
 }
 
-/// Fourier features, cached for the last image size seen (a model sees one size in practice).
-#[derive(Debug, Clone)]
-pub(crate) struct FourierCache {
-    spec: FourierSpec,
-    last: Arc<Mutex<Option<([usize; 2], Arc<Vec<f32>>)>>>,
+/// Fourier position features at the given positions (each on `[-1, 1]ᴺ`), in their order:
+/// `[positions, spec.channels()]`, each row as [`fourier_features`] computes it.
+pub fn fourier_features_at<const N: usize>(spec: &FourierSpec<N>, positions: &[[f32; N]]) -> Vec<f32> {
+    let encoder = FourierEncoder::new(spec);
+    let mut out = Vec::with_capacity(positions.len() * spec.channels());
+    let mut phases = Vec::with_capacity(N * spec.num_bands);
+    for pos in positions {
+        encoder.push(pos, &mut phases, &mut out);
+    }
+    out
 }
 
-impl FourierCache {
-    pub(crate) fn new(spec: FourierSpec) -> Self {
+/// The position of output query `index` of a `dims` grid (row-major) as transformers'
+/// `PerceiverBasicDecoder.decoder_query` and DeepMind's `BasicDecoder` compute it for
+/// `subsampled_output_points`: `-1 + 2·i/dims[d]` per dimension, in f32 (`2·i` an integer, then
+/// one f32 division and one f32 addition). Note the step `2/n`, not the input grid's
+/// `2/(n − 1)`: the last query lies at `1 − 2/n`, not at 1.
+pub fn subsampled_position<const N: usize>(index: usize, dims: [usize; N]) -> [f32; N] {
+    let mut pos = [0f32; N];
+    let mut rest = index;
+    for d in (0..N).rev() {
+        let i = rest % dims[d];
+        rest /= dims[d];
+        pos[d] = -1.0 + (2 * i) as f32 / dims[d] as f32;
+    }
+    pos
+}
+
+/// One spec's frequency bands, for computing many positions' features.
+struct FourierEncoder<'a, const N: usize> {
+    spec: &'a FourierSpec<N>,
+    /// `num_bands` frequencies per dimension: `linspace(1, resolution / 2, num_bands)` in f32.
+    bands: Vec<Vec<f32>>,
+}
+
+impl<'a, const N: usize> FourierEncoder<'a, N> {
+    fn new(spec: &'a FourierSpec<N>) -> Self {
+        let bands = spec
+            .max_resolution
+            .iter()
+            .map(|&resolution| linspace(1.0, resolution as f32 / 2.0, spec.num_bands))
+            .collect();
+        Self { spec, bands }
+    }
+
+    /// Appends the features of `pos` to `out`; `phases` is scratch space.
+    fn push(&self, pos: &[f32; N], phases: &mut Vec<f32>, out: &mut Vec<f32>) {
+        let pi = std::f32::consts::PI;
+        if self.spec.concat_pos {
+            out.extend_from_slice(pos);
+        }
+        phases.clear();
+        for (&p, freqs) in pos.iter().zip(&self.bands) {
+            phases.extend(freqs.iter().map(|&f| pi * (p * f)));
+        }
+        out.extend(phases.iter().map(|&a| (a as f64).sin() as f32));
+        if !self.spec.sine_only {
+            out.extend(phases.iter().map(|&a| (a as f64).cos() as f32));
+        }
+    }
+}
+
+/// Fourier features, cached for the last grid size seen (a model sees one size in practice).
+#[derive(Debug, Clone)]
+pub(crate) struct FourierCache<const N: usize = 2> {
+    spec: FourierSpec<N>,
+    last: Arc<Mutex<Option<([usize; N], Arc<Vec<f32>>)>>>,
+}
+
+impl<const N: usize> FourierCache<N> {
+    pub(crate) fn new(spec: FourierSpec<N>) -> Self {
         Self {
             spec,
             last: Arc::default(),
         }
     }
 
-    pub(crate) fn get(&self, dims: [usize; 2]) -> Arc<Vec<f32>> {
+    pub(crate) fn get(&self, dims: [usize; N]) -> Arc<Vec<f32>> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         match &*last {
             Some((d, features)) if *d == dims => features.clone(),
@@ -170,5 +222,61 @@ mod tests {
         assert!((row[5] - expect((-pi * 1.0).sin())).abs() < 1e-6);
         assert!((row[8] - expect((pi * 1.0).cos())).abs() < 1e-6);
         assert!((row[13] - expect((-pi * 3.0).cos())).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_grid_of_any_dimension_is_its_positions_features() {
+        let spec = FourierSpec {
+            num_bands: 4,
+            max_resolution: [3, 16, 12],
+            concat_pos: true,
+            sine_only: false,
+        };
+        assert_eq!(spec.channels(), 3 + 2 * 3 * 4);
+        let dims = [2, 3, 5];
+        let grid = fourier_features(&spec, dims);
+        let axes = dims.map(|n| linspace(-1.0, 1.0, n));
+        let mut positions = Vec::new();
+        for &t in &axes[0] {
+            for &y in &axes[1] {
+                for &x in &axes[2] {
+                    positions.push([t, y, x]);
+                }
+            }
+        }
+        assert_eq!(grid, fourier_features_at(&spec, &positions));
+        // Row (1, 2, 4) = the last: (1, 1, 1); its first sine is of band 1 of the frames.
+        let last = &grid[29 * spec.channels()..];
+        assert_eq!(&last[..3], &[1.0, 1.0, 1.0]);
+        assert!((last[3] - std::f32::consts::PI.sin()).abs() < 1e-6);
+        // One dimension, and the 2-D layout unchanged.
+        let audio = FourierSpec {
+            num_bands: 3,
+            max_resolution: [96],
+            concat_pos: false,
+            sine_only: true,
+        };
+        assert_eq!(fourier_features(&audio, [7]).len(), 7 * 3);
+        let flat = FourierSpec {
+            num_bands: 3,
+            max_resolution: [8, 6],
+            concat_pos: true,
+            sine_only: false,
+        };
+        let at: Vec<[f32; 2]> = [-1.0f32, 1.0]
+            .iter()
+            .flat_map(|&y| [-1.0f32, 0.0, 1.0].map(|x| [y, x]))
+            .collect();
+        assert_eq!(fourier_features(&flat, [2, 3]), fourier_features_at(&flat, &at));
+    }
+
+    #[test]
+    fn subsampled_positions_step_two_over_the_size() {
+        // Index 5 of a 2 x 3 grid is (1, 2): -1 + 2/2 and -1 + 4/3, in f32.
+        assert_eq!(subsampled_position(5, [2, 3]), [0.0, -1.0 + 4.0f32 / 3.0]);
+        assert_eq!(subsampled_position(0, [4]), [-1.0]);
+        // The last query stops short of 1, unlike the input grid's linspace.
+        assert_eq!(subsampled_position(3, [4]), [0.5]);
+        assert_eq!(subsampled_position(7, [2, 2, 2]), [0.0, 0.0, 0.0]);
     }
 }

@@ -556,6 +556,121 @@ impl FlowNames {
     }
 }
 
+/// The modalities of `PerceiverForMultimodalAutoencoding`, in transformers' sorted order (the
+/// order of the input's rows and of the decoded queries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Modality {
+    /// Audio patches.
+    Audio,
+    /// Video patches in, pixels out.
+    Image,
+    /// The class label (one row in, logits out).
+    Label,
+}
+
+impl Modality {
+    /// All three, in order.
+    pub const ALL: [Modality; 3] = [Self::Audio, Self::Image, Self::Label];
+
+    /// transformers' key for it (`ModuleDict` / `ParameterDict` names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Image => "image",
+            Self::Label => "label",
+        }
+    }
+}
+
+/// `PerceiverForMultimodalAutoencoding`. Per-modality arrays are in [`Modality::ALL`]'s order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultimodalNames {
+    /// `input_preprocessor.padding.<m>`: `[1, input channels − the modality's]`, appended to
+    /// each of its rows.
+    pub input_padding: [TensorName; 3],
+    /// `input_preprocessor.mask.<m>`: `[1, input channels]`, the token that replaces a masked
+    /// row (only the label's is ever used: its rows are always masked).
+    pub mask: [TensorName; 3],
+    /// Input onto latents, then the latent stack.
+    pub encoder: EncoderNames,
+    /// `decoder.modalities.label.decoder.output_position_encodings.position_embeddings`: the
+    /// label's one query, `[1, _label_trainable_num_channels]`.
+    pub label_query: TensorName,
+    /// `decoder.padding.<m>`: `[1, query channels − the modality's]`, appended to its queries.
+    pub query_padding: [TensorName; 3],
+    /// Every query attends to the latents (`decoder.decoder.decoding_cross_attention`).
+    pub cross_attention: LayerNames,
+    /// `decoder.decoder.final_layer`: query channels → `output_num_channels`.
+    pub final_layer: LinearNames,
+    /// `output_postprocessor.modalities.<m>.classifier`: `output_num_channels` → samples per
+    /// patch (audio), RGB (image), labels (label).
+    pub heads: [LinearNames; 3],
+}
+
+impl MultimodalNames {
+    /// The multimodal autoencoder's tensors for `config`; an error when its sizes are invalid.
+    pub fn new(config: &PerceiverConfig) -> Result<Self> {
+        let spec = config.multimodal()?;
+        let p = "perceiver";
+        let (input, query) = (spec.input_channels(), spec.query_channels());
+        let row = |name: String, width: usize| TensorName::new(name, vec![1, width], Role::PositionTable);
+        let channels = spec.modality_channels();
+        let query_channels = spec.modality_query_channels();
+        let outputs = [spec.samples_per_patch, IMAGE_CHANNELS, spec.num_labels];
+        Ok(Self {
+            input_padding: Modality::ALL.map(|m| {
+                row(
+                    format!("{p}.input_preprocessor.padding.{}", m.name()),
+                    input - channels[m as usize],
+                )
+            }),
+            mask: Modality::ALL.map(|m| row(format!("{p}.input_preprocessor.mask.{}", m.name()), input)),
+            encoder: EncoderNames::new(config),
+            label_query: row(
+                format!("{p}.decoder.modalities.label.decoder.output_position_encodings.position_embeddings"),
+                spec.label_query_channels,
+            ),
+            query_padding: Modality::ALL.map(|m| {
+                row(
+                    format!("{p}.decoder.padding.{}", m.name()),
+                    query - query_channels[m as usize],
+                )
+            }),
+            cross_attention: LayerNames::new(
+                &format!("{p}.decoder.decoder.decoding_cross_attention"),
+                config.multimodal_decoder_spec(),
+                true,
+            ),
+            final_layer: LinearNames::new(
+                &format!("{p}.decoder.decoder.final_layer"),
+                query,
+                spec.output_num_channels,
+            ),
+            heads: Modality::ALL.map(|m| {
+                LinearNames::new(
+                    &format!("{p}.output_postprocessor.modalities.{}.classifier", m.name()),
+                    spec.output_num_channels,
+                    outputs[m as usize],
+                )
+            }),
+        })
+    }
+
+    /// Every tensor, in the order the model reads them.
+    pub fn tensors(&self) -> Vec<&TensorName> {
+        let mut all: Vec<&TensorName> = self.input_padding.iter().chain(&self.mask).collect();
+        all.extend(self.encoder.tensors());
+        all.push(&self.label_query);
+        all.extend(&self.query_padding);
+        all.extend(self.cross_attention.tensors());
+        all.extend([&self.final_layer.weight, &self.final_layer.bias]);
+        for head in &self.heads {
+            all.extend([&head.weight, &head.bias]);
+        }
+        all
+    }
+}
+
 /// The tensors of any model this library builds, by its config's architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelNames {
@@ -565,6 +680,8 @@ pub enum ModelNames {
     Classifier(ClassifierNames),
     /// `PerceiverForOpticalFlow`.
     OpticalFlow(FlowNames),
+    /// `PerceiverForMultimodalAutoencoding`.
+    MultimodalAutoencoding(MultimodalNames),
 }
 
 impl ModelNames {
@@ -574,6 +691,9 @@ impl ModelNames {
         Ok(match Architecture::of(config)? {
             Architecture::MaskedLm => Self::MaskedLm(MaskedLmNames::new(config)),
             Architecture::OpticalFlow => Self::OpticalFlow(FlowNames::new(config)),
+            Architecture::MultimodalAutoencoding => {
+                Self::MultimodalAutoencoding(MultimodalNames::new(config)?)
+            }
             _ => {
                 let labels = config.num_labels()?.unwrap_or(labels_if_unnamed);
                 Self::Classifier(ClassifierNames::new(config, labels))
@@ -587,6 +707,7 @@ impl ModelNames {
             Self::MaskedLm(names) => names.tensors(),
             Self::Classifier(names) => names.tensors(),
             Self::OpticalFlow(names) => names.tensors(),
+            Self::MultimodalAutoencoding(names) => names.tensors(),
         }
     }
 }

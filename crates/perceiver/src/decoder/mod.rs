@@ -8,9 +8,11 @@
 
 pub mod basic;
 pub mod flow;
+pub mod multimodal;
 
 pub use basic::BasicDecoder;
 pub use flow::FlowDecoder;
+pub use multimodal::{MultimodalDecoder, MultimodalQueries};
 
 use crate::error::Result;
 use crate::layers::Precision;
@@ -23,6 +25,8 @@ pub enum Decoder {
     Basic(BasicDecoder),
     /// The input's own rows as queries (optical flow).
     Flow(FlowDecoder),
+    /// Per-modality position queries, padded and decoded together (multimodal autoencoding).
+    Multimodal(Box<MultimodalDecoder>),
 }
 
 impl Decoder {
@@ -30,15 +34,16 @@ impl Decoder {
         match self {
             Self::Basic(basic) => basic.set_precision(precision),
             Self::Flow(flow) => flow.set_precision(precision),
+            Self::Multimodal(m) => m.set_precision(precision),
         }
     }
 
     /// Output positions the decoder has queries for (the flow decoder's queries are its
-    /// input's rows: 0).
+    /// input's rows, and the multimodal decoder's are per modality: 0).
     pub fn num_outputs(&self) -> usize {
         match self {
             Self::Basic(basic) => basic.num_outputs(),
-            Self::Flow(_) => 0,
+            Self::Flow(_) | Self::Multimodal(_) => 0,
         }
     }
 
@@ -47,6 +52,7 @@ impl Decoder {
         match self {
             Self::Basic(basic) => basic.channels(),
             Self::Flow(flow) => flow.channels(),
+            Self::Multimodal(m) => m.channels(),
         }
     }
 
@@ -62,6 +68,10 @@ impl Decoder {
             Self::Basic(basic) => basic.forward(latents, num_latents, positions, threads),
             Self::Flow(_) => Err(crate::error::Error::InvalidInput(
                 "the optical-flow decoder's queries are its input's rows, not output positions".into(),
+            )),
+            Self::Multimodal(_) => Err(crate::error::Error::InvalidInput(
+                "the multimodal decoder's queries are per modality: use PerceiverModel::decode_multimodal"
+                    .into(),
             )),
         }
     }

@@ -6,10 +6,12 @@
 
 pub mod flow;
 pub mod image;
+pub mod multimodal;
 pub mod text;
 
 pub use flow::{FlowPreprocessor, FramePair};
 pub use image::{ImagePreprocessor, Pixels};
+pub use multimodal::{MultimodalInput, MultimodalPreprocessor};
 pub use text::TextPreprocessor;
 
 use std::ops::Range;
@@ -26,6 +28,8 @@ pub enum Preprocessor {
     Image(ImagePreprocessor),
     /// Two frames' 3×3 patches, projected, with Fourier positions.
     Flow(FlowPreprocessor),
+    /// Audio patches and video patches with Fourier positions, and a masked label row.
+    Multimodal(MultimodalPreprocessor),
 }
 
 /// A preprocessor's output: the encoder's input array.
@@ -44,13 +48,14 @@ impl Preprocessor {
             Self::Text(text) => text.channels(),
             Self::Image(image) => image.channels(),
             Self::Flow(flow) => flow.channels(),
+            Self::Multimodal(m) => m.channels(),
         }
     }
 
     pub(crate) fn set_precision(&mut self, precision: Precision) {
         match self {
             // Table look-ups: no products to pack.
-            Self::Text(_) => {}
+            Self::Text(_) | Self::Multimodal(_) => {}
             Self::Image(image) => image.set_precision(precision),
             Self::Flow(flow) => flow.set_precision(precision),
         }

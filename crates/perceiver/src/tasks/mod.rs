@@ -2,9 +2,11 @@
 //! validates its inputs once, batches them, runs the model's parts and ranks or formats the
 //! result; front ends (the CLI, the HTTP service) only parse and print.
 
+pub mod autoencode;
 pub mod classify;
 pub mod fill_mask;
 pub mod flow;
 
+pub use autoencode::{AutoencodeOutput, Autoencoder};
 pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
 pub use flow::{FlowOutput, OpticalFlow};

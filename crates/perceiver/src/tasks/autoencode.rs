@@ -1,0 +1,284 @@
+//! Video autoencoding, as DeepMind's video-autoencoding Colab runs `PerceiverForMultimodalAutoencoding`:
+//! the model's number of frames (image files, 8-bit RGB scaled to [0, 1]) and the audio of those
+//! frames (a WAV file, its first channel, in [-1, 1]) in; the reconstructed frames, the
+//! reconstructed audio and the best labels out. The model encodes once and decodes its queries in
+//! chunks (the Colab's 128), so memory beyond the reconstruction stays bounded.
+//!
+//! The Colab's video (UCF101) runs at 25 frames a second with 48 kHz audio: 1920 samples a frame,
+//! the released `audio_samples_per_frame`. A WAV file must have `audio_samples_per_frame × 25`
+//! samples a second.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
+use crate::error::{Error, Result};
+use crate::image::decode_image;
+use crate::model::{MultimodalOutput, PerceiverModel};
+use crate::preprocess::{MultimodalInput, Pixels};
+use crate::tasks::classify::{probabilities, top_labels, LabelScore};
+
+/// Frames a second of the Colab's video; with `audio_samples_per_frame` it gives the audio's rate.
+pub const FRAMES_PER_SECOND: u32 = 25;
+
+/// DeepMind's Colab: queries decoded in 128 chunks.
+pub const DEFAULT_CHUNKS: usize = 128;
+
+/// The file extensions read as frames (compared without case).
+pub const FRAME_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// A reconstruction and the best labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoencodeOutput {
+    /// The frames, audio and label logits.
+    pub reconstruction: MultimodalOutput,
+    /// The best labels, best first, with their softmax probabilities.
+    pub labels: Vec<LabelScore>,
+}
+
+/// Video autoencoding on `PerceiverForMultimodalAutoencoding`.
+#[derive(Debug, Clone)]
+pub struct Autoencoder {
+    model: PerceiverModel,
+    spec: MultimodalSpec,
+    labels: Vec<String>,
+    chunks: usize,
+}
+
+impl Autoencoder {
+    /// The task on a multimodal autoencoder; an error for a model of another architecture.
+    pub fn new(model: PerceiverModel) -> Result<Self> {
+        if model.architecture() != Architecture::MultimodalAutoencoding {
+            return Err(Error::InvalidInput(format!(
+                "autoencoding needs a PerceiverForMultimodalAutoencoding model, not a {}",
+                model.architecture().name()
+            )));
+        }
+        let spec = *model.multimodal_spec()?;
+        let labels = model.config().labels(spec.num_labels)?;
+        Ok(Self {
+            model,
+            spec,
+            labels,
+            chunks: DEFAULT_CHUNKS,
+        })
+    }
+
+    /// Decodes the queries in `chunks` chunks (at least 1; the Colab's 128 by default).
+    pub fn with_chunks(mut self, chunks: usize) -> Result<Self> {
+        if chunks == 0 {
+            return Err(Error::InvalidInput(
+                "autoencoding needs at least one chunk".into(),
+            ));
+        }
+        self.chunks = chunks;
+        Ok(self)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &PerceiverModel {
+        &self.model
+    }
+
+    /// The model's sizes.
+    pub fn spec(&self) -> &MultimodalSpec {
+        &self.spec
+    }
+
+    /// The audio's sample rate: `audio_samples_per_frame` × [`FRAMES_PER_SECOND`] (48 kHz for the
+    /// released model).
+    pub fn sample_rate(&self) -> u32 {
+        (self.spec.audio_samples_per_frame as u64 * FRAMES_PER_SECOND as u64).min(u32::MAX as u64) as u32
+    }
+
+    /// The first `num_frames` image files of `dir` (PNG or JPEG, by name order), each of the
+    /// model's frame size, scaled to [0, 1] (`v / 255` in f64, then f32, as the Colab).
+    pub fn frames_from_dir(&self, dir: &Path) -> Result<Vec<Pixels>> {
+        let io = |source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .map(|entry| entry.map(|e| e.path()).map_err(io))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| FRAME_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+            })
+            .collect();
+        files.sort();
+        let wanted = self.spec.num_frames;
+        if files.len() < wanted {
+            return Err(Error::InvalidInput(format!(
+                "{}: the model takes {wanted} frames (num_frames), found {} PNG/JPEG files",
+                dir.display(),
+                files.len()
+            )));
+        }
+        files
+            .iter()
+            .take(wanted)
+            .map(|path| self.frame_from_file(path))
+            .collect()
+    }
+
+    /// One frame from an image file: of the model's frame size, scaled to [0, 1].
+    pub fn frame_from_file(&self, path: &Path) -> Result<Pixels> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let image =
+            decode_image(&bytes).map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        let (h, w) = self.spec.frame_size();
+        if (image.height(), image.width()) != (h, w) {
+            return Err(Error::InvalidInput(format!(
+                "{}: the model takes {h}x{w} frames (output_shape), not {}x{} (height x width)",
+                path.display(),
+                image.height(),
+                image.width()
+            )));
+        }
+        let plane = h * w;
+        let mut values = vec![0f32; IMAGE_CHANNELS * plane];
+        for (i, rgb) in image.pixels().chunks_exact(IMAGE_CHANNELS).enumerate() {
+            for (c, &v) in rgb.iter().enumerate() {
+                values[c * plane + i] = (v as f64 / 255.0) as f32;
+            }
+        }
+        Pixels::new(h, w, values)
+    }
+
+    /// The model's length of audio from a WAV file: its first channel (as the Colab), the first
+    /// `num_frames × audio_samples_per_frame` samples, at [`sample_rate`](Self::sample_rate);
+    /// integer samples scaled to [-1, 1] (16-bit ÷ 2¹⁵, as the Colab), float samples as they are.
+    pub fn audio_from_wav(&self, path: &Path) -> Result<Vec<f32>> {
+        let wav_error = |e: hound::Error| match e {
+            hound::Error::IoError(source) => Error::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => Error::InvalidInput(format!("{}: not a WAV file we read: {other}", path.display())),
+        };
+        let mut reader = hound::WavReader::open(path).map_err(wav_error)?;
+        let spec = reader.spec();
+        let rate = self.sample_rate();
+        if spec.sample_rate != rate {
+            return Err(Error::InvalidInput(format!(
+                "{}: the model takes audio at {rate} Hz (audio_samples_per_frame {} x {FRAMES_PER_SECOND} frames a second), not {} Hz: resample it",
+                path.display(),
+                self.spec.audio_samples_per_frame,
+                spec.sample_rate
+            )));
+        }
+        let wanted = self.spec.audio_samples();
+        let have = reader.duration() as usize;
+        if have < wanted {
+            return Err(Error::InvalidInput(format!(
+                "{}: the model takes {wanted} samples a channel (num_frames {} x audio_samples_per_frame {}), the file has {have}",
+                path.display(),
+                self.spec.num_frames,
+                self.spec.audio_samples_per_frame
+            )));
+        }
+        let channels = spec.channels.max(1) as usize;
+        // Only what the model takes is read, whatever the header claims.
+        let take = wanted * channels;
+        let samples: Vec<f32> = match spec.sample_format {
+            hound::SampleFormat::Float => reader
+                .samples::<f32>()
+                .take(take)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(wav_error)?,
+            hound::SampleFormat::Int => {
+                let scale = (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f64;
+                reader
+                    .samples::<i32>()
+                    .take(take)
+                    .map(|s| s.map(|s| (s as f64 / scale) as f32))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(wav_error)?
+            }
+        };
+        if samples.len() != take {
+            return Err(Error::InvalidInput(format!(
+                "{}: the file ends after {} of its {have} samples a channel",
+                path.display(),
+                samples.len() / channels
+            )));
+        }
+        Ok(samples.into_iter().step_by(channels).collect())
+    }
+
+    /// Autoencodes the frames and audio; the `top_k` best labels.
+    pub fn autoencode(&self, frames: Vec<Pixels>, audio: Vec<f32>, top_k: usize) -> Result<AutoencodeOutput> {
+        let input = MultimodalInput::new(frames, audio)?;
+        let reconstruction = self.model.autoencode(&input, self.chunks)?;
+        let labels = top_labels(&self.labels, &probabilities(&reconstruction.label), top_k);
+        Ok(AutoencodeOutput {
+            reconstruction,
+            labels,
+        })
+    }
+
+    /// Writes the reconstructed frames as PNG files `frame_000.png`, … into `dir` (created if
+    /// missing), values clamped to [0, 1] and rounded to 8 bits; their paths.
+    pub fn write_frames(&self, output: &MultimodalOutput, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let plane = output.height * output.width * IMAGE_CHANNELS;
+        let mut paths = Vec::with_capacity(output.frames);
+        for (t, frame) in output.image.chunks_exact(plane).enumerate() {
+            let path = dir.join(format!("frame_{t:03}.png"));
+            let bytes: Vec<u8> = frame
+                .iter()
+                .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect();
+            let image = ::image::RgbImage::from_raw(output.width as u32, output.height as u32, bytes)
+                .ok_or_else(|| Error::InvalidInput("a frame of the wrong size".into()))?;
+            let io = |source| Error::Write {
+                path: path.clone(),
+                source,
+            };
+            let mut out = BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+            image
+                .write_with_encoder(::image::codecs::png::PngEncoder::new(&mut out))
+                .map_err(|e| match e {
+                    ::image::ImageError::IoError(source) => io(source),
+                    other => io(std::io::Error::other(other)),
+                })?;
+            out.flush().map_err(io)?;
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
+    /// Writes the reconstructed audio as a mono 32-bit float WAV file at
+    /// [`sample_rate`](Self::sample_rate) (as the Colab's `scipy.io.wavfile.write` of float32).
+    pub fn write_wav(&self, output: &MultimodalOutput, path: &Path) -> Result<()> {
+        let io = |e: hound::Error| Error::Write {
+            path: path.to_path_buf(),
+            source: match e {
+                hound::Error::IoError(source) => source,
+                other => std::io::Error::other(other),
+            },
+        };
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: self.sample_rate(),
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        let mut writer = hound::WavWriter::create(path, spec).map_err(io)?;
+        for &sample in &output.audio {
+            writer.write_sample(sample).map_err(io)?;
+        }
+        writer.finalize().map_err(io)
+    }
+}
