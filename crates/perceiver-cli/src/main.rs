@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
+mod autoencode;
 mod classify;
 mod convert;
 mod fill_mask;
@@ -44,6 +45,9 @@ enum Command {
     FillMask(fill_mask::FillMaskArgs),
     /// Classify images (ImageNet Perceivers) or texts (a sequence-classification model).
     Classify(classify::ClassifyArgs),
+    /// Reconstruct a video's frames and audio and name its Kinetics labels
+    /// (PerceiverForMultimodalAutoencoding).
+    Autoencode(autoencode::AutoencodeArgs),
     /// Optical flow between two frames (PerceiverForOpticalFlow): a picture, a .flo file, a summary.
     Flow(flow::FlowArgs),
     /// Train a masked language model from scratch or fine-tune one (or a text classifier:
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Command::FillMask(args) => fill_mask::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Flow(args) => flow::run(args),
+        Command::Autoencode(args) => autoencode::run(args),
         Command::Train(args) => train::run_train(*args),
         Command::Eval(args) => train::run_eval(args),
         Command::Plot(args) => train::run_plot(args),

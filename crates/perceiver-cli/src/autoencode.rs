@@ -1,0 +1,107 @@
+//! `perceiver autoencode`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use perceiver::tasks::autoencode::{Autoencoder, DEFAULT_CHUNKS};
+use perceiver::LabelScore;
+
+use crate::model::{EngineArgs, ModelArgs};
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  perceiver autoencode --model deepmind/multimodal-perceiver --frames clip/ --audio clip.wav --out reconstruction/"
+)]
+pub struct AutoencodeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    #[command(flatten)]
+    engine: EngineArgs,
+
+    /// A directory of the video's frames (PNG or JPEG, taken in name order): the model's number
+    /// of frames, each of its frame size (16 of 224x224 for the released model).
+    #[arg(long, value_name = "DIR")]
+    frames: PathBuf,
+
+    /// The frames' audio: a WAV file at the model's rate (48 kHz for the released model), at
+    /// least the frames' length; its first channel is used.
+    #[arg(long, value_name = "WAV")]
+    audio: PathBuf,
+
+    /// Where to write the reconstruction: frames/frame_000.png…, audio.wav, labels.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Decode the output queries in this many chunks (DeepMind's Colab uses 128); memory beyond
+    /// the reconstruction does not grow with the queries a chunk decodes.
+    #[arg(long, default_value_t = DEFAULT_CHUNKS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    chunks: u32,
+
+    /// Labels reported, best first.
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    top_k: u32,
+
+    /// Print one JSON line: the files written and the labels.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: AutoencodeArgs) -> Result<()> {
+    if args.out.is_file() {
+        bail!("--out {} is a file; give a directory", args.out.display());
+    }
+    let model = args.model.load_engine(args.engine.precision)?;
+    let task = Autoencoder::new(model)?.with_chunks(args.chunks as usize)?;
+    // Every input is read and checked before the model runs.
+    let frames = task.frames_from_dir(&args.frames)?;
+    let audio = task.audio_from_wav(&args.audio)?;
+    let output = task.autoencode(frames, audio, args.top_k as usize)?;
+
+    let frame_paths = task.write_frames(&output.reconstruction, &args.out.join("frames"))?;
+    let wav = args.out.join("audio.wav");
+    task.write_wav(&output.reconstruction, &wav)?;
+    let labels_path = args.out.join("labels.json");
+    let labels = serde_json::to_string(&output.labels)?;
+    std::fs::write(&labels_path, format!("{labels}\n"))
+        .with_context(|| format!("cannot write {}", labels_path.display()))?;
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        // A struct, not a `json!` value: the scores keep their f32 spelling, as in labels.json.
+        #[derive(serde::Serialize)]
+        struct Summary<'a> {
+            frames: &'a [PathBuf],
+            audio: &'a Path,
+            labels_file: &'a Path,
+            labels: &'a [LabelScore],
+        }
+        let summary = Summary {
+            frames: &frame_paths,
+            audio: &wav,
+            labels_file: &labels_path,
+            labels: &output.labels,
+        };
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        let r = &output.reconstruction;
+        writeln!(
+            out,
+            "reconstructed {} frames of {}x{} and {} audio samples in {} chunk(s) into {}",
+            r.frames,
+            r.height,
+            r.width,
+            r.audio.len(),
+            args.chunks,
+            args.out.display()
+        )?;
+        for label in &output.labels {
+            writeln!(out, "{:>7.4}  {}", label.score, label.label)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! `perceiver autoencode` end to end on the committed tiny multimodal autoencoder
+//! (`tests/fixtures/multimodal/tiny_multimodal`: 2 frames of 16x16, 96 audio samples at
+//! 48 × 25 = 1,200 Hz, 5 labels): the files it writes hold the library's reconstruction, the
+//! chunk count does not change it, and every bad input ends in one line and a non-zero exit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use perceiver::tasks::autoencode::Autoencoder;
+use perceiver::Loader;
+use serde_json::Value;
+
+fn model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/multimodal/tiny_multimodal")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// `count` frames of `size`² pixels (smooth colours) as PNG files in `dir`.
+fn write_frames(dir: &Path, count: usize, size: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for t in 0..count {
+        let frame = image::RgbImage::from_fn(size, size, |x, y| {
+            image::Rgb([
+                (x * 13 + t as u32 * 40) as u8,
+                (y * 11) as u8,
+                ((x + y) * 7) as u8,
+            ])
+        });
+        frame.save(dir.join(format!("f{t}.png"))).unwrap();
+    }
+}
+
+/// A mono 16-bit WAV of `samples` samples at `rate` Hz.
+fn write_wav(path: &Path, rate: u32, samples: usize) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..samples {
+        writer
+            .write_sample(((i as f32 * 0.3).sin() * 12000.0) as i16)
+            .unwrap();
+    }
+    writer.finalize().unwrap();
+}
+
+struct Inputs {
+    _dir: tempfile::TempDir,
+    frames: PathBuf,
+    wav: PathBuf,
+    root: PathBuf,
+}
+
+fn inputs() -> Inputs {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let frames = root.join("frames");
+    write_frames(&frames, 2, 16);
+    let wav = root.join("clip.wav");
+    write_wav(&wav, 1200, 96);
+    Inputs {
+        _dir: dir,
+        frames,
+        wav,
+        root,
+    }
+}
+
+fn perceiver(args: &[&str]) -> Output {
+    common::command(args).output().expect("run perceiver")
+}
+
+/// One line on stderr and a non-zero exit, the line containing `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
+
+#[test]
+fn writes_the_librarys_reconstruction_whatever_the_chunks() {
+    let inputs = inputs();
+    let model = model();
+    let mut written = Vec::new();
+    for chunks in ["1", "7"] {
+        let out_dir = inputs.root.join(format!("out{chunks}"));
+        let out = common::run(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &path(&inputs.frames),
+            "--audio",
+            &path(&inputs.wav),
+            "--out",
+            &path(&out_dir),
+            "--chunks",
+            chunks,
+            "-k",
+            "3",
+            "--json",
+        ]);
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["frames"].as_array().unwrap().len(), 2);
+        assert_eq!(summary["labels"].as_array().unwrap().len(), 3);
+        let labels: Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("labels.json")).unwrap()).unwrap();
+        assert_eq!(labels, summary["labels"]);
+        let audio: Vec<f32> = hound::WavReader::open(out_dir.join("audio.wav"))
+            .unwrap()
+            .samples::<f32>()
+            .map(|s| s.unwrap())
+            .collect();
+        let frame0 = std::fs::read(out_dir.join("frames/frame_000.png")).unwrap();
+        written.push((audio, frame0, labels));
+    }
+    assert_eq!(
+        written[0], written[1],
+        "1 chunk and 7 chunks write the same files"
+    );
+
+    // The WAV holds the library's reconstruction.
+    let task = Autoencoder::new(Loader::new(model.as_str()).load().unwrap()).unwrap();
+    let frames = task.frames_from_dir(&inputs.frames).unwrap();
+    let audio = task.audio_from_wav(&inputs.wav).unwrap();
+    let ours = task.autoencode(frames, audio, 3).unwrap();
+    assert_eq!(written[0].0, ours.reconstruction.audio);
+    assert_eq!(written[0].0.len(), 96);
+}
+
+#[test]
+fn bad_inputs_end_in_one_line() {
+    let inputs = inputs();
+    let model = model();
+    let (frames, wav) = (path(&inputs.frames), path(&inputs.wav));
+    let out = path(&inputs.root.join("out"));
+    // Too few frames.
+    let one = inputs.root.join("one");
+    write_frames(&one, 1, 16);
+    fails_with(
+        &perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &path(&one),
+            "--audio",
+            &wav,
+            "--out",
+            &out,
+        ]),
+        "takes 2 frames",
+    );
+    // Frames of the wrong size.
+    let big = inputs.root.join("big");
+    write_frames(&big, 2, 20);
+    fails_with(
+        &perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &path(&big),
+            "--audio",
+            &wav,
+            "--out",
+            &out,
+        ]),
+        "16x16 frames",
+    );
+    // Audio at the wrong rate, too short, not a WAV.
+    let fast = inputs.root.join("fast.wav");
+    write_wav(&fast, 44100, 96);
+    fails_with(
+        &perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &frames,
+            "--audio",
+            &path(&fast),
+            "--out",
+            &out,
+        ]),
+        "1200 Hz",
+    );
+    let short = inputs.root.join("short.wav");
+    write_wav(&short, 1200, 50);
+    fails_with(
+        &perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &frames,
+            "--audio",
+            &path(&short),
+            "--out",
+            &out,
+        ]),
+        "96 samples",
+    );
+    let text = inputs.root.join("text.wav");
+    std::fs::write(&text, "not audio").unwrap();
+    fails_with(
+        &perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &frames,
+            "--audio",
+            &path(&text),
+            "--out",
+            &out,
+        ]),
+        "not a WAV file",
+    );
+    // --chunks 0, a missing frames directory, another kind of model.
+    fails_with(
+        &perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &frames,
+            "--audio",
+            &wav,
+            "--out",
+            &out,
+            "--chunks",
+            "0",
+        ]),
+        "--chunks",
+    );
+    fails_with(
+        &perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            "/nonexistent/frames",
+            "--audio",
+            &wav,
+            "--out",
+            &out,
+        ]),
+        "/nonexistent/frames",
+    );
+    fails_with(
+        &perceiver(&[
+            "autoencode",
+            "--model",
+            "default",
+            "--frames",
+            &frames,
+            "--audio",
+            &wav,
+            "--out",
+            &out,
+        ]),
+        "PerceiverForMultimodalAutoencoding",
+    );
+}
