@@ -522,10 +522,13 @@ def flow_frames(rng: np.random.Generator, height: int, width: int):
 
 def run_flow(transformed, params, frames_u8, dtype):
     """The Colab's `normalize` (`im / 255 * 2 - 1`, float64), then DeepMind's apply on the tile as
-    `[1, 2, H, W, 3]`; both outputs as float64 `[H, W, 2]`."""
+    `[1, 2, H, W, 3]`; both outputs as float64 `[H, W, 2]`. float32 runs as the Colab runs, with
+    jax_enable_x64 off: with it on, the Fourier features (`jnp.linspace`) would be float64."""
     images = frames_u8.astype(np.float64) / 255.0 * 2 - 1
-    cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
-    raw, flow = transformed.apply(cast, jax.random.PRNGKey(42), jnp.asarray(images[None], dtype=dtype))
+    with jax.enable_x64(dtype == jnp.float64):
+        cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
+        raw, flow = transformed.apply(cast, jax.random.PRNGKey(42), jnp.asarray(images[None], dtype=dtype))
+        assert raw.dtype == dtype, raw.dtype
     return np.asarray(raw, np.float64)[0], np.asarray(flow, np.float64)[0]
 
 
@@ -587,8 +590,10 @@ def make_flow(out_dir: Path, rng: np.random.Generator):
         take = lambda a: a.reshape(h * w, 2)[pixels].astype(np.float32)
         tensors[f"{run}.output"] = take(raw)
         tensors[f"{run}.flow"] = take(flow)
-        # DeepMind's float32 code is within the Rust tests' 1e-4 (relative) of its float64 run.
-        assert stats[run]["f32_vs_f64"] < 2e-5, stats
+        # DeepMind's own float32 code, relative to its float64 run: ~6e-6 on the 48x56 tile, ~1.4e-4
+        # on the 368x496 one (float32 Fourier phases reach ~780 rad there, each off by up to
+        # ~3e-5); the Rust tests' tolerances are set from these.
+        assert stats[run]["f32_vs_f64"] < 2e-4, stats
     save_file(tensors, str(target / "cases.safetensors"))
     stats["params"] = int(sum(a.size for p in params.values() for a in p.values()))
     stats["modules"] = len(params)
@@ -670,7 +675,7 @@ as `scale_up_flow` says, rounded to bfloat16 precision, pickled as float32), and
 
   The tile goes in as the Colab's `normalize(im)` (`im / 255 * 2 - 1`), `[1, 2, H, W, 3]`.
 
-| run | largest abs output | output std | largest abs flow (px) | max abs JAX f32 vs f64, relative to the largest output |
+| run | largest abs output | output std | largest abs flow (px) | max abs JAX f32 (x64 off, as the Colab runs) vs f64, relative to the largest output |
 |---|---|---|---|---|
 {flow_table}
 """)
