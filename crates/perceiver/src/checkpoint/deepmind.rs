@@ -12,7 +12,8 @@
 //! latents, the attentions' query/key and value widths, MLP widening, the number of latent
 //! layers, positions) is read from the parameters' shapes. What no shape tells — the heads, how
 //! many times the latent block runs (its weights are shared), whether the encoder adds its query
-//! back — comes from the Colab DeepMind published with the file ([`language_colab`]), or from a
+//! back, the flow model's tile size (`train_size`, which scales its Fourier features) — comes
+//! from the Colab DeepMind published with the file ([`language_colab`], [`flow_colab`]), or from a
 //! transformers `config.json` the caller names, which then decides everything and is checked
 //! against every shape. A config taken from the Colab runs DeepMind's activation, the tanh GELU
 //! (`jax.nn.gelu`), so the numbers are DeepMind's; transformers' own config for the released
@@ -280,7 +281,8 @@ fn layout(source: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// Opens a DeepMind checkpoint file as a checked transformers checkpoint: its config inferred
-/// (shapes + [`language_colab`]) unless `config` names a transformers `config.json`.
+/// (shapes + [`language_colab`] or [`flow_colab`]) unless `config` names a transformers
+/// `config.json`.
 pub fn open(path: &Path, config: Option<&Path>) -> Result<Checkpoint> {
     // The (small) config first: a bad one should not cost reading a large pickle.
     let config = config.map(PerceiverConfig::from_file).transpose()?;
