@@ -8,6 +8,13 @@ the recorded inputs with their attention masks, and compares the logits at every
 position with DeepMind's `apply` (the recorded float64 run). DeepMind's decoder masks padded
 queries and transformers' does not, so padded positions are not compared.
 
+The optical-flow fixture (tests/fixtures/deepmind/flow/, bare params as
+optical_flow_checkpoint.pystate) the same way: converted without and with its config.json, loaded
+with PerceiverForOpticalFlow.from_pretrained, run on each recorded tile (transformers' input: each
+pixel's 3x3 patches in both frames, `[1, 2, 27, H, W]`), its logits compared with DeepMind's model
+output at the recorded pixels, relative to the largest (tolerances as in
+crates/perceiver/tests/deepmind.rs: 3e-4 on the Colab's 368x496 tile, 1e-4 on the 48x56 one).
+
 Pins: scripts/requirements-reference.txt (run with .venv-ref/bin/python), from the repository root:
 
     cargo build -p perceiver-cli
@@ -25,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 import transformers
-from transformers import PerceiverForMaskedLM
+from transformers import PerceiverForMaskedLM, PerceiverForOpticalFlow
 
 transformers.utils.logging.disable_progress_bar()
 
@@ -58,6 +65,44 @@ def worst_difference(model_dir: Path, fixture: Path) -> float:
     return worst
 
 
+# (run, config.json it needs or None, tolerance relative to the largest output)
+FLOW_RUNS = [("colab", None, 3e-4), ("config_json", "config.json", 1e-4)]
+
+
+def flow_patches(frames_u8: np.ndarray) -> np.ndarray:
+    """transformers' input `[1, 2, 27, H, W]` for frames `[2, H, W, 3]` (uint8): the Colab's
+    normalize (float64, then float32), each pixel's 3x3 neighbourhood, zero outside the tile,
+    channel (i*3 + j)*3 + c."""
+    frames = (frames_u8.astype(np.float64) / 255.0 * 2 - 1).astype(np.float32)
+    _, h, w, _ = frames.shape
+    padded = np.pad(frames, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.empty((2, 27, h, w), np.float32)
+    for i in range(3):
+        for j in range(3):
+            for c in range(3):
+                out[:, (i * 3 + j) * 3 + c] = padded[:, i : i + h, j : j + w, c]
+    return out[None]
+
+
+def flow_worst(model_dir: Path, run: str) -> float:
+    model, info = PerceiverForOpticalFlow.from_pretrained(model_dir, output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v}
+    assert not problems, f"{model_dir}: {problems}"
+    model.eval()
+    cases = load_file(str(FIXTURES / "flow" / "cases.safetensors"))
+    if f"{run}.frames_small" in cases:
+        frames = cases[f"{run}.frames_small"].repeat(8, axis=1).repeat(8, axis=2)
+        pixels = cases[f"{run}.pixels"]
+    else:
+        frames = cases[f"{run}.frames"]
+        pixels = np.arange(frames.shape[1] * frames.shape[2])
+    with torch.no_grad():
+        logits = model(inputs=torch.from_numpy(flow_patches(frames))).logits.numpy()
+    ours = logits.reshape(-1, 2)[pixels]
+    theirs = cases[f"{run}.output"]
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=str(REPO_ROOT / "target" / "debug" / "perceiver"))
@@ -81,6 +126,18 @@ def main() -> int:
                 if activation is None and worst > TOLERANCE:
                     print(f"  FAILED: above {TOLERANCE}")
                     failed = True
+        fixture = FIXTURES / "flow"
+        for run, config_name, tolerance in FLOW_RUNS:
+            out = Path(tmp) / f"flow-{run}"
+            command = [args.binary, "convert", str(fixture / "params.pystate"), "--out", str(out)]
+            if config_name:
+                command += ["--model-config", str(fixture / config_name)]
+            subprocess.run(command, check=True, capture_output=True)
+            worst = flow_worst(out, run)
+            print(f"flow/{run:<17} transformers vs DeepMind: max |Δ output| / largest = {worst:.2e}")
+            if worst > tolerance:
+                print(f"  FAILED: above {tolerance}")
+                failed = True
     return 1 if failed else 0
 
 

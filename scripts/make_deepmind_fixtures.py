@@ -10,6 +10,17 @@ with tiny configs unlike the released one, draws random parameters with
 `hk.transform(...).init` (fixed seed), pickles them as DeepMind's files are pickled, and records
 what DeepMind's own `apply` returns for a few inputs. Nothing is fetched while it runs.
 
+It does the same for the optical-flow model (`optical_flow_checkpoint.pystate`): a tiny model built
+as the optical_flow Colab's `optical_flow` builds it, its bare params pickled as that file is, and
+DeepMind's output for one tile under two settings of what no shape tells (the Colab's, with its
+368x496 TRAIN_SIZE, and a config.json's); see `make_flow` and tests/fixtures/deepmind/README.md:
+
+    tests/fixtures/deepmind/flow/
+        params.pystate             the bare params (2021's FlatMapping layout, protocol 4)
+        config.json                the transformers config.json of the `config_json` run
+        cases.safetensors          per run: the frames (uint8), DeepMind's model output and the
+                                   Colab's flow (x 20), float64 rounded to float32
+
     tests/fixtures/deepmind/<name>/
         params.p<N>.pickle         pickle.dumps(params, protocol=N): 2 and 5 for the first
                                    model, 3 for the second
@@ -382,7 +393,214 @@ def make(model, out_dir: Path, rng: np.random.Generator):
     return stats
 
 
-def write_readme(out_dir: Path, all_stats) -> None:
+# ------------------------------------------------------------------------------------------------
+# Optical flow: DeepMind's optical_flow Colab (`optical_flow_checkpoint.pystate`).
+
+# The Colab's constants.
+FLOW_SCALE_FACTOR = 20
+COLAB_TRAIN_SIZE = (368, 496)
+FLOW_NAME = "flow"
+# The encoder's sizes (tiny): what the parameters' shapes pin. qk_channels is set (16) where the
+# Colab leaves it unset (the cross-attention would take the input's 322 channels) to keep the
+# pickle small; v_channels unset gives 16 everywhere. Widening 3 / 2 where the Colab has 1 / 1.
+FLOW_ENCODER = dict(
+    num_self_attends_per_block=2, z_index_dim=12, num_z_channels=16, qk_channels=16,
+    cross_attend_widening_factor=3, self_attend_widening_factor=2,
+)
+# What no shape tells, two ways. `colab`: the Colab's heads (16 self, 1 cross), one block, the
+# query residual, TRAIN_SIZE (368, 496): what a reader must assume for the released file, so the
+# fixture runs DeepMind's model on a whole 368x496 tile (outputs kept at FLOW_SAMPLES pixels).
+# `config_json`: heads 4 / 2, two blocks, no query residual and TRAIN_SIZE (48, 56), told by the
+# transformers config.json beside the pickle. The parameters are the same for both: none of
+# these settings shapes a parameter.
+FLOW_RUNS = {
+    "colab": dict(train_size=COLAB_TRAIN_SIZE, num_self_attend_heads=16, num_cross_attend_heads=1,
+                  num_blocks=1, use_query_residual=True),
+    "config_json": dict(train_size=(48, 56), num_self_attend_heads=4, num_cross_attend_heads=2,
+                        num_blocks=2, use_query_residual=False),
+}
+FLOW_SAMPLES = 4096
+# The `colab` frames are a small random image scaled up by this (nearest neighbour).
+FLOW_COLAB_UPSCALE = 8
+
+
+def flow_transformers_config(run):
+    s = FLOW_RUNS[run]
+    e = FLOW_ENCODER
+    return dict(
+        architectures=["PerceiverForOpticalFlow"], model_type="perceiver",
+        d_model=322, d_latents=e["num_z_channels"], num_latents=e["z_index_dim"],
+        num_blocks=s["num_blocks"], num_self_attends_per_block=e["num_self_attends_per_block"],
+        num_self_attention_heads=s["num_self_attend_heads"],
+        num_cross_attention_heads=s["num_cross_attend_heads"],
+        qk_channels=e["qk_channels"], v_channels=None, cross_attention_shape_for_attention="kv",
+        self_attention_widening_factor=e["self_attend_widening_factor"],
+        cross_attention_widening_factor=e["cross_attend_widening_factor"],
+        use_query_residual=s["use_query_residual"], hidden_act="gelu_new",
+        train_size=list(s["train_size"]), attention_probs_dropout_prob=0.1,
+        initializer_range=0.02, layer_norm_eps=1e-12,
+    )
+
+
+def flow_forward_fn(run):
+    """The Colab's `optical_flow` with FLOW_ENCODER's sizes and the run's settings; returns the
+    model's output and the Colab's (that times FLOW_SCALE_FACTOR)."""
+    s = FLOW_RUNS[run]
+    train_size = s["train_size"]
+
+    def optical_flow(images):
+        input_preprocessor = io_processors.ImagePreprocessor(
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=dict(
+                num_bands=64, max_resolution=train_size, sine_only=False, concat_pos=True),
+            n_extra_pos_mlp=0, prep_type="patches", spatial_downsample=1,
+            conv_after_patching=True, temporal_downsample=2)
+        encoder = perceiver.PerceiverEncoder(
+            **FLOW_ENCODER,
+            num_blocks=s["num_blocks"],
+            num_cross_attend_heads=s["num_cross_attend_heads"],
+            num_self_attend_heads=s["num_self_attend_heads"],
+            use_query_residual=s["use_query_residual"],
+            dropout_prob=0.0, z_pos_enc_init_scale=0.02, cross_attention_shape_for_attn="kv",
+            name="perceiver_encoder")
+        decoder = perceiver.FlowDecoder(
+            train_size, rescale_factor=100.0, use_query_residual=False, output_num_channels=2,
+            output_w_init=jnp.zeros, position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=dict(
+                concat_pos=True, max_resolution=train_size, num_bands=64, sine_only=False))
+        model = perceiver.Perceiver(
+            input_preprocessor=input_preprocessor, encoder=encoder, decoder=decoder,
+            output_postprocessor=None)
+        output = model(io_processors.patches_for_flow(images), is_training=False)
+        return output, output * FLOW_SCALE_FACTOR
+
+    return hk.transform(optical_flow)
+
+
+def scale_up_flow(params, rng: np.random.Generator):
+    """As `scale_up`, for the flow model: init's linear weights kept (attention queries and keys
+    x1.5), biases N(0, 0.2^2), LayerNorm scales U(0.7, 1.3) and offsets U(-0.3, 0.3), the latents
+    x50; the final layer, which the Colab initialises to zeros, drawn N(0, (3/sqrt(fan_in))^2) so
+    that the flow is not 0. Every value is then rounded to bfloat16's precision (still pickled as
+    float32, as DeepMind's are) so that git stores the ~1 MB pickle compressed."""
+    import ml_dtypes
+
+    out = {}
+    for module in sorted(params):
+        out[module] = {}
+        for name in sorted(params[module]):
+            value = np.asarray(params[module][name], dtype=np.float32)
+            shape = value.shape
+            if name == "b":
+                value = rng.normal(0.0, 0.2, shape)
+            elif name == "scale":
+                value = rng.uniform(0.7, 1.3, shape)
+            elif name == "offset":
+                value = rng.uniform(-0.3, 0.3, shape)
+            elif name == "w" and module.endswith("basic_decoder/output"):
+                value = rng.normal(0.0, 3.0 / np.sqrt(shape[0]), shape)
+            elif name == "w":
+                if re.search(r"/attention/linear(_1)?$", module):
+                    value = value * 1.5
+            elif name == "pos_embs":
+                value = value * 50.0
+            else:
+                raise AssertionError(f"unexpected parameter {module}/{name}")
+            value = np.asarray(value, dtype=np.float32).astype(ml_dtypes.bfloat16)
+            out[module][name] = value.astype(np.float32)
+    return out
+
+
+def flow_frames(rng: np.random.Generator, height: int, width: int):
+    """Two uint8 RGB frames [2, H, W, 3]: random pixels, the second the first moved 2 rows down
+    and 3 columns right (new random pixels where it uncovers)."""
+    first = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    second = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    second[2:, 3:] = first[:-2, :-3]
+    return np.stack([first, second])
+
+
+def run_flow(transformed, params, frames_u8, dtype):
+    """The Colab's `normalize` (`im / 255 * 2 - 1`, float64), then DeepMind's apply on the tile as
+    `[1, 2, H, W, 3]`; both outputs as float64 `[H, W, 2]`. float32 runs as the Colab runs, with
+    jax_enable_x64 off: with it on, the Fourier features (`jnp.linspace`) would be float64."""
+    images = frames_u8.astype(np.float64) / 255.0 * 2 - 1
+    with jax.enable_x64(dtype == jnp.float64):
+        cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), params)
+        raw, flow = transformed.apply(cast, jax.random.PRNGKey(42), jnp.asarray(images[None], dtype=dtype))
+        assert raw.dtype == dtype, raw.dtype
+    return np.asarray(raw, np.float64)[0], np.asarray(flow, np.float64)[0]
+
+
+def make_flow(out_dir: Path, rng: np.random.Generator):
+    shapes = None
+    for run, settings in FLOW_RUNS.items():
+        h, w = settings["train_size"]
+        init = flow_forward_fn(run).init(
+            jax.random.PRNGKey(SEED), jnp.zeros((1, 2, h, w, 3), jnp.float32))
+        layout = {m: {p: np.shape(a) for p, a in ps.items()} for m, ps in init.items()}
+        assert shapes is None or layout == shapes, "the runs' parameters differ in shape"
+        shapes = layout
+        if run == "colab":
+            init_params = init
+    # Under jax_enable_x64 the Fourier features are float64, and so are the parameters Haiku
+    # creates after them; the Colab's (x64 off) are float32, as are these once scaled.
+    params = scale_up_flow(init_params, rng)
+
+    target = out_dir / FLOW_NAME
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    # Bare params, as the Colab reads optical_flow_checkpoint.pystate (`params =
+    # pickle.loads(...)`, straight into `apply`), in 2021's FlatMapping layout.
+    data = pickle.dumps(as_flatmapping(params), protocol=4)
+    (target / "params.pystate").write_bytes(data)
+    back = pickle.loads(data)
+    assert sorted(back) == sorted(params)
+    for module in params:
+        for p in params[module]:
+            np.testing.assert_array_equal(np.asarray(back[module][p]), params[module][p])
+    (target / "config.json").write_text(json.dumps(flow_transformers_config("config_json"), indent=2) + "\n")
+
+    tensors = {}
+    stats = {}
+    for run, settings in FLOW_RUNS.items():
+        h, w = settings["train_size"]
+        transformed = flow_forward_fn(run)
+        if run == "colab":
+            k = FLOW_COLAB_UPSCALE
+            assert h % k == 0 and w % k == 0
+            small = flow_frames(rng, h // k, w // k)
+            frames = small.repeat(k, axis=1).repeat(k, axis=2)
+            tensors[f"{run}.frames_small"] = small
+            pixels = np.sort(rng.choice(h * w, size=FLOW_SAMPLES, replace=False)).astype(np.int64)
+            tensors[f"{run}.pixels"] = pixels
+        else:
+            frames = flow_frames(rng, h, w)
+            tensors[f"{run}.frames"] = frames
+            pixels = np.arange(h * w, dtype=np.int64)
+        raw, flow = run_flow(transformed, params, frames, jnp.float64)
+        raw32, flow32 = run_flow(transformed, params, frames, jnp.float32)
+        scale = float(np.abs(raw).max())
+        stats[run] = dict(
+            raw_max=scale, raw_std=float(raw.std()), flow_max=float(np.abs(flow).max()),
+            f32_vs_f64=float(np.abs(raw - raw32).max()) / scale,
+            scale_check=float(np.abs(flow - raw * FLOW_SCALE_FACTOR).max()),
+        )
+        take = lambda a: a.reshape(h * w, 2)[pixels].astype(np.float32)
+        tensors[f"{run}.output"] = take(raw)
+        tensors[f"{run}.flow"] = take(flow)
+        # DeepMind's own float32 code, relative to its float64 run: ~6e-6 on the 48x56 tile, ~1.4e-4
+        # on the 368x496 one (float32 Fourier phases reach ~780 rad there, each off by up to
+        # ~3e-5); the Rust tests' tolerances are set from these.
+        assert stats[run]["f32_vs_f64"] < 2e-4, stats
+    save_file(tensors, str(target / "cases.safetensors"))
+    stats["params"] = int(sum(a.size for p in params.values() for a in p.values()))
+    stats["modules"] = len(params)
+    return stats
+
+
+def write_readme(out_dir: Path, all_stats, flow_stats) -> None:
     rows = []
     for model, stats in zip(MODELS, all_stats):
         enc = ", ".join(f"{k}={v}" for k, v in model["encoder"].items())
@@ -392,6 +610,12 @@ def write_readme(out_dir: Path, all_stats) -> None:
             f"{stats['top1']:.3f} | {stats['f32_vs_f64']:.1e} |"
         )
     table = "\n".join(rows)
+    enc_flow = ", ".join(f"{k}={v}" for k, v in FLOW_ENCODER.items())
+    flow_table = "\n".join(
+        f"| `{run}` | {flow_stats[run]['raw_max']:.3f} | {flow_stats[run]['raw_std']:.3f} | "
+        f"{flow_stats[run]['flow_max']:.2f} | {flow_stats[run]['f32_vs_f64']:.1e} |"
+        for run in FLOW_RUNS
+    )
     (out_dir / "README.md").write_text(f"""# DeepMind fixtures (DeepMind's JAX/Haiku code as the reference)
 
 Generated by `scripts/make_deepmind_fixtures.py` with the environment pinned in
@@ -400,7 +624,7 @@ Generated by `scripts/make_deepmind_fixtures.py` with the environment pinned in
 SHA-256; kept in the ignored `third_party/deepmind_perceiver/`). The script's docstring says how
 to run it. The output is deterministic (seeded). Do not edit these files by hand.
 
-Each directory is one tiny byte-level masked language model built as DeepMind's
+Each `mlm_*` directory is one tiny byte-level masked language model built as DeepMind's
 masked_language_modelling Colab builds it (`apply_perceiver`), its parameters from
 `hk.transform(...).init` (then scaled, see `scale_up` in the script), and:
 
@@ -426,6 +650,34 @@ real positions the query mask changes nothing.
 | model | covers | config | params | logits std | mean top-1 prob | max abs JAX f32 vs f64 |
 |---|---|---|---|---|---|---|
 {table}
+
+## `{FLOW_NAME}/`: optical flow
+
+A tiny optical-flow model built as DeepMind's optical_flow Colab builds it (`optical_flow`:
+`ImagePreprocessor(prep_type='patches', conv_after_patching=True)` with 64-band Fourier features,
+`PerceiverEncoder`, `FlowDecoder(rescale_factor=100)`, the output times `FLOW_SCALE_FACTOR` = 20),
+encoder {enc_flow}, {flow_stats['params']} parameters in {flow_stats['modules']} modules (drawn
+as `scale_up_flow` says, rounded to bfloat16 precision, pickled as float32), and:
+
+* `params.pystate`: the bare params, as the Colab reads `optical_flow_checkpoint.pystate`
+  (`params = pickle.loads(...)`, straight into `apply`), in 2021's FlatMapping layout (protocol 4).
+* `config.json`: the transformers config.json for the `config_json` run.
+* `cases.safetensors`, per run `r`: `r.output` (float32 `[pixels, 2]`): DeepMind's model output
+  (the decoder's, already divided by 100; transformers' logits), run in float64 and rounded;
+  `r.flow`: the Colab's flow, that output x 20 (in float64, then rounded); `r.pixels` (int64, row-major
+  `y * W + x`, `colab` only): where those pixels are.
+  * `colab`: what shapes cannot tell is the Colab's: 16 self-attention heads, 1 cross-attention
+    head, 1 block, the query residual, TRAIN_SIZE (368, 496). `colab.frames_small` (uint8
+    `[2, 46, 62, 3]`) scaled up {FLOW_COLAB_UPSCALE}x by repeating pixels is the 368x496 tile;
+    {FLOW_SAMPLES} random pixels of its output are kept.
+  * `config_json`: heads 4 / 2, 2 blocks, no query residual, TRAIN_SIZE (48, 56), as the
+    config.json says; `config_json.frames` (uint8 `[2, 48, 56, 3]`) is the tile; every pixel kept.
+
+  The tile goes in as the Colab's `normalize(im)` (`im / 255 * 2 - 1`), `[1, 2, H, W, 3]`.
+
+| run | largest abs output | output std | largest abs flow (px) | max abs JAX f32 (x64 off, as the Colab runs) vs f64, relative to the largest output |
+|---|---|---|---|---|
+{flow_table}
 """)
 
 
@@ -438,7 +690,10 @@ def main() -> None:
         stats = make(model, out_dir, rng)
         print(model["name"], stats)
         all_stats.append(stats)
-    write_readme(out_dir, all_stats)
+    # Its own generator: the masked language models' fixtures do not move when the flow's change.
+    flow_stats = make_flow(out_dir, np.random.default_rng(SEED + 1))
+    print(FLOW_NAME, flow_stats)
+    write_readme(out_dir, all_stats, flow_stats)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,10 @@ impl Loader {
     }
 
     /// For a DeepMind checkpoint: a transformers `config.json` that describes it, for what its
-    /// shapes cannot tell (heads, blocks, the query residual, the activation). Without one, those
-    /// are the values of DeepMind's Colab for the file ([`deepmind::language_colab`]), with
-    /// DeepMind's tanh GELU. Refused with any other source, whose config is its own.
+    /// shapes cannot tell (heads, blocks, the query residual, the activation, and for the
+    /// optical-flow model `train_size`). Without one, those are the values of DeepMind's Colab
+    /// for the file ([`deepmind::language_colab`], [`deepmind::flow_colab`]), with DeepMind's
+    /// tanh GELU. Refused with any other source, whose config is its own.
     pub fn model_config(mut self, path: impl Into<PathBuf>) -> Self {
         self.model_config = Some(path.into());
         self

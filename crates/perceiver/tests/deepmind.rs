@@ -4,6 +4,11 @@
 //! see its README). Our logits on those pickles must equal DeepMind's within [`TOLERANCE`], and so
 //! must the logits of the transformers directory `export` writes from them. The worst difference
 //! is printed (`cargo test -- --nocapture` shows it).
+//!
+//! The same for the optical-flow model (`tests/fixtures/deepmind/flow/`): a tiny model built as
+//! DeepMind's optical_flow Colab builds it, its bare params pickled as
+//! `optical_flow_checkpoint.pystate`, and DeepMind's output for one tile, once with what no shape
+//! tells taken from the Colab (a 368×496 tile) and once from a config.json (a 48×56 tile).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use perceiver::checkpoint::deepmind;
 use perceiver::checkpoint::export::{write_model_dir, ExportOptions};
-use perceiver::{Activation, Error, Loader, PerceiverModel};
+use perceiver::checkpoint::haiku::{read_haiku_file, NdArray};
+use perceiver::image::RgbImage;
+use perceiver::preprocess::FramePair;
+use perceiver::tasks::flow::FLOW_SCALE_FACTOR;
+use perceiver::{Activation, Architecture, Error, Loader, PerceiverModel};
 
 /// Largest accepted |Δ logit| against DeepMind (its float64 run; we compute in float32).
 const TOLERANCE: f32 = 1e-4;
@@ -284,4 +293,302 @@ fn a_pickle_of_something_else_is_refused_by_name() {
         message.contains("linear") && message.contains("masked language model"),
         "{message}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optical flow.
+
+const FLOW: &str = "flow";
+/// Largest accepted |Δ| against DeepMind's float64 run, relative to its largest |value|, on the
+/// 48×56 tile (DeepMind's own float32 code is 6e-6 off there).
+const FLOW_RELATIVE_TOLERANCE: f32 = 1e-4;
+/// The same on the Colab's 368×496 tile, where float32 Fourier features are coarser: their
+/// phases reach ~780 rad, each off by up to ~3e-5 in float32 (we compute them as transformers
+/// does, in float32), and DeepMind's own float32 code (as the Colab runs it) is 1.4e-4 off its
+/// float64 run there (tests/fixtures/deepmind/README.md).
+const FLOW_RELATIVE_TOLERANCE_COLAB_TILE: f32 = 3e-4;
+
+fn flow_tolerance(run: &str) -> f32 {
+    match run {
+        "colab" => FLOW_RELATIVE_TOLERANCE_COLAB_TILE,
+        _ => FLOW_RELATIVE_TOLERANCE,
+    }
+}
+
+/// One recorded run: the tile, the pixels kept and DeepMind's numbers there.
+struct FlowRun {
+    tile: FramePair,
+    /// Row-major `y · width + x` of each kept pixel.
+    pixels: Vec<usize>,
+    /// DeepMind's model output (transformers' logits), `[pixels, 2]`.
+    output: Vec<f32>,
+    /// The Colab's flow in pixels (the output × 20), `[pixels, 2]`.
+    flow: Vec<f32>,
+}
+
+fn flow_pystate() -> PathBuf {
+    fixture(FLOW).join("params.pystate")
+}
+
+/// Two uint8 frames `[2, h, w, 3]`, each pixel repeated `scale` times down and across.
+fn frame_pair(frames: &Tensor, scale: usize) -> FramePair {
+    let (_, h, w, _) = frames.dims4().unwrap();
+    let bytes = frames.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let image = |t: usize| {
+        let (height, width) = (h * scale, w * scale);
+        let mut pixels = Vec::with_capacity(height * width * 3);
+        for y in 0..height {
+            for x in 0..width {
+                let at = ((t * h + y / scale) * w + x / scale) * 3;
+                pixels.extend_from_slice(&bytes[at..at + 3]);
+            }
+        }
+        RgbImage::new(width, height, pixels).unwrap()
+    };
+    FramePair::from_images(&image(0), &image(1)).unwrap()
+}
+
+fn flow_run(run: &str) -> FlowRun {
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(FLOW).join("cases.safetensors"), &Device::Cpu).unwrap();
+    let floats = |name: &str| {
+        tensors[&format!("{run}.{name}")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (tile, pixels) = match tensors.get(&format!("{run}.frames_small")) {
+        // The Colab's 368×496 tile, stored at an eighth of its size.
+        Some(small) => {
+            let pixels = tensors[&format!("{run}.pixels")].to_vec1::<i64>().unwrap();
+            (
+                frame_pair(small, 8),
+                pixels.into_iter().map(|p| p as usize).collect(),
+            )
+        }
+        None => {
+            let tile = frame_pair(&tensors[&format!("{run}.frames")], 1);
+            let all: Vec<usize> = (0..tile.height() * tile.width()).collect();
+            (tile, all)
+        }
+    };
+    let (output, flow) = (floats("output"), floats("flow"));
+    assert_eq!(output.len(), pixels.len() * 2);
+    FlowRun {
+        tile,
+        pixels,
+        output,
+        flow,
+    }
+}
+
+/// Our output and flow (output × 20) at the run's pixels against DeepMind's: the worst |Δ| of
+/// each relative to DeepMind's largest |value|.
+fn flow_differences(model: &PerceiverModel, run: &FlowRun) -> (f32, f32) {
+    let ours = model.optical_flow(&[&run.tile]).unwrap();
+    assert_eq!(ours.len(), run.tile.height() * run.tile.width() * 2);
+    let relative = |theirs: &[f32], scale: f32| {
+        let largest = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = run
+            .pixels
+            .iter()
+            .enumerate()
+            .flat_map(|(k, &p)| (0..2).map(move |c| (k * 2 + c, p * 2 + c)))
+            .map(|(k, p)| (ours[p] * scale - theirs[k]).abs())
+            .fold(0f32, f32::max);
+        worst / largest
+    };
+    (relative(&run.output, 1.0), relative(&run.flow, FLOW_SCALE_FACTOR))
+}
+
+fn flow_loader(run: &str) -> Loader {
+    let loader = Loader::new(flow_pystate().to_str().unwrap());
+    match run {
+        "colab" => loader,
+        _ => loader.model_config(fixture(FLOW).join("config.json")),
+    }
+}
+
+const FLOW_RUNS: [&str; 2] = ["colab", "config_json"];
+
+/// Our optical flow on DeepMind's pickle: `optical_flow` returns DeepMind's model output (the
+/// decoder's, already divided by 100, as transformers' logits); × 20 it is the Colab's flow.
+#[test]
+fn the_flow_pystate_gives_deepminds_output() {
+    for run in FLOW_RUNS {
+        let model = flow_loader(run).load().unwrap();
+        let case = flow_run(run);
+        let (output, flow) = flow_differences(&model, &case);
+        println!(
+            "flow/{run:<12} {}x{} tile: max |Δ output| / largest = {output:.2e}, max |Δ flow| / largest = {flow:.2e}",
+            case.tile.height(),
+            case.tile.width()
+        );
+        assert!(output <= flow_tolerance(run), "{run}: {output:e}");
+        assert!(flow <= flow_tolerance(run), "{run}: {flow:e}");
+    }
+}
+
+/// Without a config.json the flow model is the Colab's (16 / 1 heads, one block, TRAIN_SIZE
+/// 368×496); with one, that config decides.
+#[test]
+fn the_flow_config_is_the_colabs_where_shapes_cannot_tell() {
+    let colab = flow_loader("colab").checkpoint().unwrap();
+    let c = colab.config();
+    assert_eq!(Architecture::of(c).unwrap(), Architecture::OpticalFlow);
+    assert_eq!((c.num_latents, c.d_latents, c.d_model), (12, 16, 322));
+    assert_eq!(c.num_self_attends_per_block, 2);
+    assert_eq!(
+        (
+            c.num_self_attention_heads,
+            c.num_cross_attention_heads,
+            c.num_blocks,
+            c.use_query_residual
+        ),
+        (16, 1, 1, true)
+    );
+    assert_eq!(
+        (
+            c.self_attention_widening_factor,
+            c.cross_attention_widening_factor
+        ),
+        (2, 3)
+    );
+    assert_eq!(c.train_size().unwrap(), deepmind::flow_colab::TRAIN_SIZE);
+    assert_eq!(c.hidden_act, Activation::GeluTanh);
+
+    let named = flow_loader("config_json").checkpoint().unwrap();
+    let n = named.config();
+    assert_eq!(n.train_size().unwrap(), [48, 56]);
+    assert_eq!(
+        (
+            n.num_self_attention_heads,
+            n.num_cross_attention_heads,
+            n.num_blocks,
+            n.use_query_residual
+        ),
+        (4, 2, 2, false)
+    );
+    // The same parameters either way.
+    let (a, b) = (colab.tensors().unwrap(), named.tensors().unwrap());
+    assert_eq!(a.len(), b.len());
+    for ((x, p), (y, q)) in a.iter().zip(b.iter()) {
+        assert_eq!((x, p.shape()), (y, q.shape()));
+        assert!(p.data() == q.data(), "{x}");
+    }
+
+    // The Colab's settings on the config_json tile's model: other numbers (its heads, blocks and
+    // residual differ; the tile is run at the config's size, so only those show).
+    let mut wrong = n.clone();
+    wrong.num_self_attention_heads = c.num_self_attention_heads;
+    wrong.num_cross_attention_heads = c.num_cross_attention_heads;
+    wrong.num_blocks = c.num_blocks;
+    wrong.use_query_residual = c.use_query_residual;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_string(&wrong).unwrap()).unwrap();
+    let model = Loader::new(flow_pystate().to_str().unwrap())
+        .model_config(&path)
+        .load()
+        .unwrap();
+    let (output, _) = flow_differences(&model, &flow_run("config_json"));
+    assert!(output > 0.01, "with the Colab's heads and blocks: {output:e}");
+}
+
+/// `perceiver convert` on the flow pickle: a PerceiverForOpticalFlow directory that loads and
+/// gives DeepMind's numbers, its tensors bit for bit the pickle's.
+#[test]
+fn the_converted_flow_directory_gives_deepminds_output() {
+    for run in FLOW_RUNS {
+        let checkpoint = flow_loader(run).checkpoint().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let written = write_model_dir(&checkpoint, out.path(), &ExportOptions::default()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&written[0]).unwrap()).unwrap();
+        assert_eq!(json["architectures"][0], "PerceiverForOpticalFlow");
+        assert_eq!(json["hidden_act"], "gelu_new");
+        let size = checkpoint.config().train_size().unwrap();
+        assert_eq!(json["train_size"], serde_json::json!(size));
+
+        let converted = Loader::new(out.path().to_str().unwrap()).load().unwrap();
+        let (output, flow) = flow_differences(&converted, &flow_run(run));
+        println!(
+            "flow/{run:<12} converted directory: max |Δ output| / largest = {output:.2e}, max |Δ flow| / largest = {flow:.2e}"
+        );
+        assert!(
+            output <= flow_tolerance(run) && flow <= flow_tolerance(run),
+            "{run}"
+        );
+        let again = Loader::new(out.path().to_str().unwrap()).checkpoint().unwrap();
+        assert_eq!(again.config(), converted.config());
+        let (a, b) = (checkpoint.tensors().unwrap(), again.tensors().unwrap());
+        assert_eq!(a.len(), b.len());
+        for ((x, p), (y, q)) in a.iter().zip(b.iter()) {
+            assert_eq!(x, y);
+            assert_eq!(p.shape(), q.shape());
+            assert!(p.data() == q.data(), "{x}");
+        }
+    }
+}
+
+/// A flow pickle with a parameter missing, or one the model has no place for, is refused with
+/// DeepMind's name for it.
+#[test]
+fn flow_params_missing_or_extra_are_refused_by_name() {
+    let path = flow_pystate();
+    let read = read_haiku_file(&path).unwrap();
+    assert!(read.state.is_none(), "bare params, as the Colab reads them");
+
+    let mut missing = read.clone();
+    missing
+        .params
+        .get_mut("perceiver_encoder/~/self_attention_1/attention/linear_3")
+        .unwrap()
+        .remove("w");
+    let e = deepmind::from_haiku(missing, None, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("perceiver_encoder/~/self_attention_1/attention/linear_3/w is missing")
+            && e.contains("perceiver.encoder.self_attends.1.attention.output.dense.weight"),
+        "{e}"
+    );
+
+    let mut extra = read.clone();
+    extra
+        .params
+        .entry("flow_decoder/~/basic_decoder/~/trainable_position_encoding".into())
+        .or_default()
+        .insert(
+            "pos_embs".into(),
+            NdArray {
+                shape: vec![4, 322],
+                data: vec![0.0; 4 * 322],
+            },
+        );
+    let e = deepmind::from_haiku(extra, None, &path).unwrap_err().to_string();
+    assert!(
+        e.contains("unexpected flow_decoder/~/basic_decoder/~/trainable_position_encoding/pos_embs"),
+        "{e}"
+    );
+
+    // A `{"params", "state"}` file with state in it is refused: the flow model keeps none.
+    let mut state = read;
+    state.state = Some(
+        [(
+            "counter".to_string(),
+            [(
+                "count".to_string(),
+                NdArray {
+                    shape: vec![],
+                    data: vec![0.0],
+                },
+            )]
+            .into(),
+        )]
+        .into(),
+    );
+    let e = deepmind::from_haiku(state, None, &path).unwrap_err().to_string();
+    assert!(e.contains("unexpected state counter/count"), "{e}");
 }

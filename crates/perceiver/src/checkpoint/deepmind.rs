@@ -12,20 +12,23 @@
 //! latents, the attentions' query/key and value widths, MLP widening, the number of latent
 //! layers, positions) is read from the parameters' shapes. What no shape tells — the heads, how
 //! many times the latent block runs (its weights are shared), whether the encoder adds its query
-//! back — comes from the Colab DeepMind published with the file ([`language_colab`]), or from a
+//! back, the flow model's tile size (`train_size`, which scales its Fourier features) — comes
+//! from the Colab DeepMind published with the file ([`language_colab`], [`flow_colab`]), or from a
 //! transformers `config.json` the caller names, which then decides everything and is checked
 //! against every shape. A config taken from the Colab runs DeepMind's activation, the tanh GELU
 //! (`jax.nn.gelu`), so the numbers are DeepMind's; transformers' own config for the released
 //! model says `"gelu"` (exact), which moves the logits by up to ~1e-3.
 //!
-//! Only the byte-level masked language model (`language_perceiver_io_bytes.pickle`) is mapped so
-//! far; the image and flow `.pystate` files are refused by name.
+//! Two of DeepMind's models are mapped: the byte-level masked language model
+//! (`language_perceiver_io_bytes.pickle`, [`language_colab`]) and the optical-flow model
+//! (`optical_flow_checkpoint.pystate`, [`flow_colab`]), told apart by their module names. The
+//! ImageNet `.pystate` files are refused by name.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::haiku::{read_haiku_file, HaikuCheckpoint, HaikuParams, NdArray};
-use super::names::{LayerNames, LinearNames, MaskedLmNames, NormNames, Role, TensorName};
+use super::names::{FlowNames, LayerNames, LinearNames, MaskedLmNames, NormNames, Role, TensorName};
 use super::{Checkpoint, Param};
 use crate::config::{Architecture, CrossAttentionShape, PerceiverConfig};
 use crate::error::{Error, Result};
@@ -62,8 +65,33 @@ pub mod language_colab {
     pub const ACTIVATION: crate::config::Activation = crate::config::Activation::GeluTanh;
 }
 
-/// Haiku's module paths in DeepMind's masked language model (the Colab's `apply_perceiver`):
-/// each spelled once, here.
+/// What DeepMind's optical_flow Colab sets for `optical_flow_checkpoint.pystate` that the
+/// parameters' shapes cannot tell (its `optical_flow`: the `PerceiverEncoder`'s heads, blocks and
+/// query residual, and `TRAIN_SIZE`, the tile the Fourier features are scaled to).
+///
+/// The rest is transformers' `PerceiverForOpticalFlow`'s, and DeepMind's too: 3×3 patches of both
+/// frames projected to 64 channels, 64 Fourier bands, a decoder of one head whose queries and
+/// keys take the latents' width (`shape_for_attn='kv'`), no query residual, 2 output channels;
+/// the shapes confirm every width. The model's output is the decoder's, already divided by its
+/// `rescale_factor` of 100 (transformers' logits); the Colab multiplies it by
+/// [`FLOW_SCALE_FACTOR`](crate::tasks::flow::FLOW_SCALE_FACTOR) for pixels.
+pub mod flow_colab {
+    /// `num_self_attend_heads`.
+    pub const NUM_SELF_ATTENTION_HEADS: usize = 16;
+    /// `num_cross_attend_heads`.
+    pub const NUM_CROSS_ATTENTION_HEADS: usize = 1;
+    /// `num_blocks`: the latent layers run once.
+    pub const NUM_BLOCKS: usize = 1;
+    /// `use_query_residual` of the encoder's cross-attention (`PerceiverEncoder`'s default).
+    pub const USE_QUERY_RESIDUAL: bool = true;
+    /// `TRAIN_SIZE`, height then width: no parameter depends on it.
+    pub const TRAIN_SIZE: [usize; 2] = [368, 496];
+    /// `jax.nn.gelu`'s default: the tanh approximation.
+    pub const ACTIVATION: crate::config::Activation = crate::config::Activation::GeluTanh;
+}
+
+/// Haiku's module paths in DeepMind's masked language model (the Colab's `apply_perceiver`) and
+/// optical-flow model (the Colab's `optical_flow`): each spelled once, here.
 mod haiku_names {
     /// `hk.Embed`: the byte embedding, `[vocab, d_model]`.
     pub const EMBED: (&str, &str) = ("embed", "embeddings");
@@ -81,6 +109,16 @@ mod haiku_names {
     pub const DECODER_CROSS: &str = "basic_decoder/cross_attention";
     /// The bias of the tied output projection, `[vocab]`.
     pub const OUTPUT_BIAS: (&str, &str) = ("embedding_decoder", "bias");
+
+    /// Flow: `ImagePreprocessor`'s `patches_linear`, both frames' 3×3 patches (54) → 64.
+    pub const PATCHES: &str = "image_preprocessor/patches_linear";
+    /// Flow: the `FlowDecoder`, whose `BasicDecoder` is made in its constructor (`/~/`) and
+    /// makes its layers when called (`/`).
+    pub const FLOW_DECODER: &str = "flow_decoder/";
+    /// Flow: the decoder's cross-attention layer (each pixel's input row queries the latents).
+    pub const FLOW_DECODER_CROSS: &str = "flow_decoder/~/basic_decoder/cross_attention";
+    /// Flow: the decoder's final `hk.Linear` onto the two flow channels.
+    pub const FLOW_OUTPUT: &str = "flow_decoder/~/basic_decoder/output";
 
     /// Module path of latent layer `index`.
     pub fn self_attention(index: usize) -> String {
@@ -179,6 +217,61 @@ fn masked_lm_pairs(names: &MaskedLmNames) -> Vec<Pair<'_>> {
     out
 }
 
+/// Every Haiku parameter of the optical-flow model with its transformers tensor, in the order
+/// the model reads them.
+fn flow_pairs(names: &FlowNames) -> Vec<Pair<'_>> {
+    use haiku_names::*;
+    let mut out = Vec::new();
+    linear_pairs(PATCHES.to_string(), &names.patch_projection, &mut out);
+    out.push(Pair {
+        module: LATENTS.0.to_string(),
+        param: LATENTS.1,
+        tensor: &names.encoder.latents,
+    });
+    layer_pairs(ENCODER_CROSS, &names.encoder.cross_attention, &mut out);
+    for (index, layer) in names.encoder.self_attends.iter().enumerate() {
+        layer_pairs(&self_attention(index), layer, &mut out);
+    }
+    layer_pairs(FLOW_DECODER_CROSS, &names.cross_attention, &mut out);
+    linear_pairs(FLOW_OUTPUT.to_string(), &names.final_layer, &mut out);
+    out
+}
+
+/// The DeepMind models this module maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    MaskedLm,
+    OpticalFlow,
+}
+
+impl Kind {
+    /// Which model `params` are, by their module names.
+    fn of(params: &HaikuParams) -> Option<Self> {
+        use haiku_names::*;
+        if params.contains_key(EMBED.0) && params.contains_key(OUTPUT_BIAS.0) {
+            Some(Self::MaskedLm)
+        } else if params.contains_key(PATCHES) || params.keys().any(|m| m.starts_with(FLOW_DECODER)) {
+            Some(Self::OpticalFlow)
+        } else {
+            None
+        }
+    }
+
+    fn architecture(self) -> Architecture {
+        match self {
+            Self::MaskedLm => Architecture::MaskedLm,
+            Self::OpticalFlow => Architecture::OpticalFlow,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::MaskedLm => "the masked language model",
+            Self::OpticalFlow => "the optical-flow model",
+        }
+    }
+}
+
 /// An error about the checkpoint at `source`.
 fn layout(source: &Path, reason: impl Into<String>) -> Error {
     Error::DeepMindCheckpoint {
@@ -188,7 +281,8 @@ fn layout(source: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// Opens a DeepMind checkpoint file as a checked transformers checkpoint: its config inferred
-/// (shapes + [`language_colab`]) unless `config` names a transformers `config.json`.
+/// (shapes + [`language_colab`] or [`flow_colab`]) unless `config` names a transformers
+/// `config.json`.
 pub fn open(path: &Path, config: Option<&Path>) -> Result<Checkpoint> {
     // The (small) config first: a bad one should not cost reading a large pickle.
     let config = config.map(PerceiverConfig::from_file).transpose()?;
@@ -202,7 +296,7 @@ pub fn from_haiku(
     source: &Path,
 ) -> Result<Checkpoint> {
     let HaikuCheckpoint { params, state } = checkpoint;
-    if !looks_like_masked_lm(&params) {
+    let Some(kind) = Kind::of(&params) else {
         let modules: Vec<&str> = params
             .keys()
             .map(|m| m.split('/').next().unwrap_or(m))
@@ -215,36 +309,49 @@ pub fn from_haiku(
             format!(
                 "its top-level modules ({}) are not those of DeepMind's byte-level masked language \
                  model (embed, trainable_position_encoding, perceiver_encoder, basic_decoder, \
-                 embedding_decoder); DeepMind's image and optical-flow checkpoints are not read yet",
+                 embedding_decoder) nor of its optical-flow model (image_preprocessor, \
+                 perceiver_encoder, flow_decoder); DeepMind's ImageNet checkpoints are not read yet",
                 modules.join(", ")
             ),
         ));
-    }
+    };
+    // Neither model has batch norm or counters: a `.pystate`'s `state` is empty.
     if let Some((module, param)) = state.as_ref().and_then(first_param) {
         return Err(layout(
             source,
-            format!("unexpected state {module}/{param}: the masked language model keeps no Haiku state"),
+            format!(
+                "unexpected state {module}/{param}: {} keeps no Haiku state",
+                kind.describe()
+            ),
         ));
     }
     let config = match config {
         Some(config) => {
             config.validate()?;
-            if Architecture::of(&config)? != Architecture::MaskedLm {
+            let named = Architecture::of(&config)?;
+            if named != kind.architecture() {
                 return Err(layout(
                     source,
-                    "the config.json named is not a PerceiverForMaskedLM's",
+                    format!(
+                        "the file holds {}, and the config.json named is a {}'s, not a {}'s",
+                        kind.describe(),
+                        named.name(),
+                        kind.architecture().name()
+                    ),
                 ));
             }
             config
         }
-        None => infer_masked_lm_config(&params, source)?,
+        None => match kind {
+            Kind::MaskedLm => infer_masked_lm_config(&params, source)?,
+            Kind::OpticalFlow => infer_flow_config(&params, source)?,
+        },
     };
-    let tensors = masked_lm_tensors(params, &config, source)?;
+    let tensors = match kind {
+        Kind::MaskedLm => masked_lm_tensors(params, &config, source)?,
+        Kind::OpticalFlow => flow_tensors(params, &config, source)?,
+    };
     Checkpoint::from_params(config, tensors)
-}
-
-fn looks_like_masked_lm(params: &HaikuParams) -> bool {
-    params.contains_key(haiku_names::EMBED.0) && params.contains_key(haiku_names::OUTPUT_BIAS.0)
 }
 
 fn first_param(params: &HaikuParams) -> Option<(&str, &str)> {
@@ -258,61 +365,14 @@ fn first_param(params: &HaikuParams) -> Option<(&str, &str)> {
 /// activation DeepMind's tanh GELU.
 pub fn infer_masked_lm_config(params: &HaikuParams, source: &Path) -> Result<PerceiverConfig> {
     use haiku_names::*;
-    let matrix = |(module, param): (&str, &str)| -> Result<(usize, usize)> {
-        let array = params
-            .get(module)
-            .and_then(|p| p.get(param))
-            .ok_or_else(|| layout(source, format!("{module}/{param} is missing")))?;
-        match array.shape[..] {
-            [rows, columns] => Ok((rows, columns)),
-            _ => Err(layout(
-                source,
-                format!(
-                    "{module}/{param} has shape {:?}, expected 2 dimensions",
-                    array.shape
-                ),
-            )),
-        }
-    };
-    let linear_w = |module: String| {
-        let (inputs, outputs) = matrix((&module, "w"))?;
-        Ok::<_, Error>((module, inputs, outputs))
-    };
-    let (vocab_size, d_model) = matrix(EMBED)?;
-    let (max_position_embeddings, _) = matrix(INPUT_POSITIONS)?;
-    let (num_latents, d_latents) = matrix(LATENTS)?;
-    let layers = count_self_attention_layers(params);
-    if layers == 0 {
-        return Err(layout(
-            source,
-            format!("{SELF_ATTENTION} is missing: the model has no latent self-attention layer"),
-        ));
-    }
-    let first = self_attention(0);
-    let (_, _, cross_qk) = linear_w(format!("{ENCODER_CROSS}/attention/linear"))?;
-    let (_, _, cross_v) = linear_w(format!("{ENCODER_CROSS}/attention/linear_2"))?;
-    let (_, _, self_qk) = linear_w(format!("{first}/attention/linear"))?;
-    let (_, _, self_v) = linear_w(format!("{first}/attention/linear_2"))?;
-    let widening = |module: String, width: usize| -> Result<usize> {
-        let (module, _, hidden) = linear_w(module)?;
-        if width == 0 || hidden % width != 0 {
-            return Err(layout(
-                source,
-                format!("{module}/w widens {width} channels to {hidden}, not a whole multiple"),
-            ));
-        }
-        Ok(hidden / width)
-    };
+    let (vocab_size, d_model) = matrix(params, EMBED, source)?;
+    let (max_position_embeddings, _) = matrix(params, INPUT_POSITIONS, source)?;
+    let encoder = EncoderShapes::read(params, source)?;
     let base = PerceiverConfig {
-        num_latents,
-        d_latents,
         d_model,
         num_blocks: language_colab::NUM_BLOCKS,
-        num_self_attends_per_block: layers,
         num_self_attention_heads: language_colab::NUM_SELF_ATTENTION_HEADS,
         num_cross_attention_heads: language_colab::NUM_CROSS_ATTENTION_HEADS,
-        self_attention_widening_factor: widening(format!("{first}/mlp/linear"), d_latents)?,
-        cross_attention_widening_factor: widening(format!("{ENCODER_CROSS}/mlp/linear"), d_latents)?,
         hidden_act: language_colab::ACTIVATION,
         use_query_residual: language_colab::USE_QUERY_RESIDUAL,
         vocab_size,
@@ -324,48 +384,176 @@ pub fn infer_masked_lm_config(params: &HaikuParams, source: &Path) -> Result<Per
             ),
             ("model_type".to_string(), serde_json::json!("perceiver")),
         ]),
-        ..PerceiverConfig::default()
+        ..encoder.config()
     };
-    // transformers has one qk_channels / v_channels for the encoder's cross-attention and its
-    // latent layers, each resolved from the other widths when unset (DeepMind's encoder passes
-    // its own two values to both, resolved the same way): the first setting that reproduces the
-    // four widths found is the config's.
-    let found = (cross_qk, cross_v, self_qk, self_v);
-    let mut candidates = Vec::new();
-    for qk in [Some(cross_qk), None] {
-        for v in [Some(cross_v), None] {
-            for shape in [CrossAttentionShape::KeyValue, CrossAttentionShape::Query] {
-                candidates.push((qk, v, shape));
+    let shapes = [CrossAttentionShape::KeyValue, CrossAttentionShape::Query];
+    checked(encoder.widths(base, &shapes, source)?, source)
+}
+
+/// The config of a DeepMind optical-flow model: widths and counts from the parameters' shapes,
+/// the rest from [`flow_colab`] (its `TRAIN_SIZE` too: no parameter depends on it);
+/// `architectures` is `PerceiverForOpticalFlow`, `d_model` the input's width (as transformers'
+/// config for the released model says) and the activation DeepMind's tanh GELU.
+pub fn infer_flow_config(params: &HaikuParams, source: &Path) -> Result<PerceiverConfig> {
+    let encoder = EncoderShapes::read(params, source)?;
+    let mut base = PerceiverConfig {
+        num_blocks: flow_colab::NUM_BLOCKS,
+        num_self_attention_heads: flow_colab::NUM_SELF_ATTENTION_HEADS,
+        num_cross_attention_heads: flow_colab::NUM_CROSS_ATTENTION_HEADS,
+        hidden_act: flow_colab::ACTIVATION,
+        use_query_residual: flow_colab::USE_QUERY_RESIDUAL,
+        extra: serde_json::Map::from_iter([
+            (
+                "architectures".to_string(),
+                serde_json::json!([Architecture::OpticalFlow.name()]),
+            ),
+            ("model_type".to_string(), serde_json::json!("perceiver")),
+            (
+                "train_size".to_string(),
+                serde_json::json!(flow_colab::TRAIN_SIZE),
+            ),
+        ]),
+        ..encoder.config()
+    };
+    base.d_model = base.input_channels();
+    // DeepMind's flow decoder always sizes its queries and keys by the latents ('kv');
+    // transformers' reads the config's shape for it, so only "kv" describes the file.
+    checked(
+        encoder.widths(base, &[CrossAttentionShape::KeyValue], source)?,
+        source,
+    )
+}
+
+/// The 2-D shape of `module/param`.
+fn matrix(params: &HaikuParams, (module, param): (&str, &str), source: &Path) -> Result<(usize, usize)> {
+    let array = params
+        .get(module)
+        .and_then(|p| p.get(param))
+        .ok_or_else(|| layout(source, format!("{module}/{param} is missing")))?;
+    match array.shape[..] {
+        [rows, columns] => Ok((rows, columns)),
+        _ => Err(layout(
+            source,
+            format!(
+                "{module}/{param} has shape {:?}, expected 2 dimensions",
+                array.shape
+            ),
+        )),
+    }
+}
+
+/// What the shapes of DeepMind's `PerceiverEncoder` (the same in every model) tell.
+struct EncoderShapes {
+    num_latents: usize,
+    d_latents: usize,
+    layers: usize,
+    /// The cross-attention's query/key and value widths, then the latent layers'.
+    widths: (usize, usize, usize, usize),
+    self_widening: usize,
+    cross_widening: usize,
+}
+
+impl EncoderShapes {
+    fn read(params: &HaikuParams, source: &Path) -> Result<Self> {
+        use haiku_names::*;
+        let outputs = |module: String| Ok::<_, Error>(matrix(params, (&module, "w"), source)?.1);
+        let (num_latents, d_latents) = matrix(params, LATENTS, source)?;
+        let layers = count_self_attention_layers(params);
+        if layers == 0 {
+            return Err(layout(
+                source,
+                format!("{SELF_ATTENTION} is missing: the model has no latent self-attention layer"),
+            ));
+        }
+        let first = self_attention(0);
+        let widening = |module: String| -> Result<usize> {
+            let hidden = outputs(module.clone())?;
+            if d_latents == 0 || hidden % d_latents != 0 {
+                return Err(layout(
+                    source,
+                    format!("{module}/w widens {d_latents} channels to {hidden}, not a whole multiple"),
+                ));
             }
+            Ok(hidden / d_latents)
+        };
+        Ok(Self {
+            num_latents,
+            d_latents,
+            layers,
+            widths: (
+                outputs(format!("{ENCODER_CROSS}/attention/linear"))?,
+                outputs(format!("{ENCODER_CROSS}/attention/linear_2"))?,
+                outputs(format!("{first}/attention/linear"))?,
+                outputs(format!("{first}/attention/linear_2"))?,
+            ),
+            self_widening: widening(format!("{first}/mlp/linear"))?,
+            cross_widening: widening(format!("{ENCODER_CROSS}/mlp/linear"))?,
+        })
+    }
+
+    /// The defaults with the encoder's counts.
+    fn config(&self) -> PerceiverConfig {
+        PerceiverConfig {
+            num_latents: self.num_latents,
+            d_latents: self.d_latents,
+            num_self_attends_per_block: self.layers,
+            self_attention_widening_factor: self.self_widening,
+            cross_attention_widening_factor: self.cross_widening,
+            ..PerceiverConfig::default()
         }
     }
-    let config = candidates
-        .into_iter()
-        .map(|(qk_channels, v_channels, shape)| PerceiverConfig {
-            qk_channels,
-            v_channels,
-            cross_attention_shape_for_attention: shape,
-            ..base.clone()
-        })
-        .find(|c| {
-            let (cross, latent) = (c.encoder_cross_attention_spec(), c.self_attention_spec());
-            (
-                cross.qk_channels,
-                cross.v_channels,
-                latent.qk_channels,
-                latent.v_channels,
-            ) == found
-        })
-        .ok_or_else(|| {
-            layout(
-                source,
-                format!(
-                    "the encoder's widths (cross-attention query/key {cross_qk}, value {cross_v}; \
-                     latent self-attention query/key {self_qk}, value {self_v}) cannot be written \
-                     as one transformers config (qk_channels, v_channels)"
-                ),
-            )
-        })?;
+
+    /// `base` with the attention widths found. transformers has one qk_channels / v_channels
+    /// for the encoder's cross-attention and its latent layers, each resolved from the other
+    /// widths when unset (DeepMind's encoder passes its own two values to both, resolved the
+    /// same way): the first setting (among `shapes`) that reproduces the four widths found.
+    fn widths(
+        &self,
+        base: PerceiverConfig,
+        shapes: &[CrossAttentionShape],
+        source: &Path,
+    ) -> Result<PerceiverConfig> {
+        let (cross_qk, cross_v, self_qk, self_v) = self.widths;
+        let mut candidates = Vec::new();
+        for qk in [Some(cross_qk), None] {
+            for v in [Some(cross_v), None] {
+                for &shape in shapes {
+                    candidates.push((qk, v, shape));
+                }
+            }
+        }
+        candidates
+            .into_iter()
+            .map(|(qk_channels, v_channels, shape)| PerceiverConfig {
+                qk_channels,
+                v_channels,
+                cross_attention_shape_for_attention: shape,
+                ..base.clone()
+            })
+            .find(|c| {
+                let (cross, latent) = (c.encoder_cross_attention_spec(), c.self_attention_spec());
+                (
+                    cross.qk_channels,
+                    cross.v_channels,
+                    latent.qk_channels,
+                    latent.v_channels,
+                ) == self.widths
+            })
+            .ok_or_else(|| {
+                layout(
+                    source,
+                    format!(
+                        "the encoder's widths (cross-attention query/key {cross_qk}, value {cross_v}; \
+                         latent self-attention query/key {self_qk}, value {self_v}) cannot be written \
+                         as one transformers config (qk_channels, v_channels)"
+                    ),
+                )
+            })
+    }
+}
+
+/// `config` validated; an invalid one asks for the model's config.json.
+fn checked(config: PerceiverConfig, source: &Path) -> Result<PerceiverConfig> {
     config.validate().map_err(|e| match e {
         e @ (Error::InvalidConfig(_) | Error::ConfigOutOfRange { .. }) => layout(
             source,
@@ -408,14 +596,42 @@ fn count_self_attention_layers(params: &HaikuParams) -> usize {
 /// mis-shaped one is the error, then any parameter the model has no place for, each named as
 /// DeepMind's file names it.
 pub fn masked_lm_tensors(
-    mut params: HaikuParams,
+    params: HaikuParams,
     config: &PerceiverConfig,
     source: &Path,
 ) -> Result<BTreeMap<String, Param>> {
     config.validate()?;
     let names = MaskedLmNames::new(config);
+    take_tensors(params, masked_lm_pairs(&names), Kind::MaskedLm, source)
+}
+
+/// [`masked_lm_tensors`] for the optical-flow model (`config` a `PerceiverForOpticalFlow`'s).
+pub fn flow_tensors(
+    params: HaikuParams,
+    config: &PerceiverConfig,
+    source: &Path,
+) -> Result<BTreeMap<String, Param>> {
+    config.validate()?;
+    if Architecture::of(config)? != Architecture::OpticalFlow {
+        return Err(Error::InvalidConfig(format!(
+            "{} is not the optical-flow model",
+            Architecture::of(config)?.name()
+        )));
+    }
+    let names = FlowNames::new(config);
+    take_tensors(params, flow_pairs(&names), Kind::OpticalFlow, source)
+}
+
+/// Each pair's parameter, taken out of `params` and laid out as transformers' tensor; then
+/// any parameter left over is an error.
+fn take_tensors(
+    mut params: HaikuParams,
+    pairs: Vec<Pair<'_>>,
+    kind: Kind,
+    source: &Path,
+) -> Result<BTreeMap<String, Param>> {
     let mut tensors = BTreeMap::new();
-    for pair in masked_lm_pairs(&names) {
+    for pair in pairs {
         let array = params
             .get_mut(&pair.module)
             .and_then(|p| p.remove(pair.param))
@@ -447,8 +663,8 @@ pub fn masked_lm_tensors(
         return Err(layout(
             source,
             format!(
-                "unexpected {module}/{param}: the masked language model this config describes has \
-                 no place for it"
+                "unexpected {module}/{param}: {} this config describes has no place for it",
+                kind.describe()
             ),
         ));
     }
@@ -764,5 +980,173 @@ mod tests {
             .entry("perceiver_encoder/~/self_attention_18446744073709551615/x".into())
             .or_default();
         assert!(count_self_attention_layers(&params) <= params.len() + 1);
+    }
+
+    fn tiny_flow_config() -> PerceiverConfig {
+        PerceiverConfig::from_json_str(
+            r#"{"architectures": ["PerceiverForOpticalFlow"], "num_latents": 4, "d_latents": 16,
+                "num_self_attends_per_block": 2, "qk_channels": 16, "train_size": [24, 32],
+                "num_self_attention_heads": 2, "num_cross_attention_heads": 2,
+                "self_attention_widening_factor": 2}"#,
+        )
+        .unwrap()
+    }
+
+    /// The Haiku params of `config`'s flow model, every value its index in the tensor.
+    fn flow_haiku_params(config: &PerceiverConfig) -> HaikuParams {
+        let names = FlowNames::new(config);
+        let mut params = HaikuParams::new();
+        for pair in flow_pairs(&names) {
+            let shape = haiku_shape(pair.tensor);
+            let count: usize = shape.iter().product();
+            let data = (0..count).map(|i| i as f32).collect();
+            params
+                .entry(pair.module.clone())
+                .or_default()
+                .insert(pair.param.to_string(), NdArray { shape, data });
+        }
+        params
+    }
+
+    #[test]
+    fn a_flow_config_is_read_from_the_shapes_and_the_flow_colab() {
+        let params = flow_haiku_params(&tiny_flow_config());
+        let config = infer_flow_config(&params, source()).unwrap();
+        assert_eq!(Architecture::of(&config).unwrap(), Architecture::OpticalFlow);
+        assert_eq!((config.num_latents, config.d_latents), (4, 16));
+        assert_eq!(config.num_self_attends_per_block, 2);
+        assert_eq!(config.self_attention_widening_factor, 2);
+        assert_eq!(config.cross_attention_widening_factor, 1);
+        let cross = config.encoder_cross_attention_spec();
+        assert_eq!((cross.qk_channels, cross.v_channels, cross.kv_dim), (16, 16, 322));
+        assert_eq!(
+            (
+                config.num_self_attention_heads,
+                config.num_cross_attention_heads,
+                config.num_blocks,
+                config.use_query_residual
+            ),
+            (16, 1, 1, true)
+        );
+        // No parameter depends on the tile size: the Colab's.
+        assert_eq!(config.train_size().unwrap(), flow_colab::TRAIN_SIZE);
+        assert_eq!(config.d_model, 322);
+        assert_eq!(config.hidden_act, Activation::GeluTanh);
+        assert_eq!(
+            config.cross_attention_shape_for_attention,
+            CrossAttentionShape::KeyValue
+        );
+    }
+
+    #[test]
+    fn flow_weights_are_transposed_and_named_as_transformers() {
+        let config = tiny_flow_config();
+        let params = flow_haiku_params(&config);
+        // A `.pystate` of `{"params", "state"}` with an empty state reads as bare params.
+        let checkpoint = from_haiku(
+            HaikuCheckpoint {
+                params,
+                state: Some(HaikuParams::new()),
+            },
+            Some(config),
+            source(),
+        )
+        .unwrap();
+        // patches_linear: Haiku [54, 64] holds i*64 + o at (i, o); transformers [64, 54].
+        let patches = checkpoint
+            .get("perceiver.input_preprocessor.conv_after_patches.weight")
+            .unwrap();
+        assert_eq!(patches.shape(), &[64, 54]);
+        assert_eq!(patches.data()[7 * 54 + 11], (11 * 64 + 7) as f32);
+        let output = checkpoint
+            .get("perceiver.decoder.decoder.final_layer.weight")
+            .unwrap();
+        assert_eq!(output.shape(), &[2, 322]);
+        assert_eq!(output.data()[322 + 5], (5 * 2 + 1) as f32);
+        let dense = checkpoint
+            .get("perceiver.decoder.decoder.decoding_cross_attention.mlp.dense2.bias")
+            .unwrap();
+        assert_eq!(dense.shape(), &[322]);
+    }
+
+    #[test]
+    fn flow_params_missing_or_extra_are_named() {
+        let mut params = flow_haiku_params(&tiny_flow_config());
+        params
+            .get_mut("flow_decoder/~/basic_decoder/cross_attention/layer_norm_2")
+            .unwrap()
+            .remove("offset");
+        let reason = reason_of(
+            from_haiku(
+                HaikuCheckpoint { params, state: None },
+                Some(tiny_flow_config()),
+                source(),
+            )
+            .unwrap_err(),
+        );
+        assert!(
+            reason.contains("flow_decoder/~/basic_decoder/cross_attention/layer_norm_2/offset is missing"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("perceiver.decoder.decoder.decoding_cross_attention.layernorm.bias"),
+            "{reason}"
+        );
+
+        let mut params = flow_haiku_params(&tiny_flow_config());
+        params
+            .entry("image_preprocessor/~_build_network_inputs/linear".into())
+            .or_default()
+            .insert(
+                "w".into(),
+                NdArray {
+                    shape: vec![258, 258],
+                    data: vec![0.0; 258 * 258],
+                },
+            );
+        let reason =
+            reason_of(from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap_err());
+        assert!(
+            reason.contains("unexpected image_preprocessor/~_build_network_inputs/linear/w")
+                && reason.contains("optical-flow model"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_flow_file_with_another_models_config_is_refused() {
+        let params = flow_haiku_params(&tiny_flow_config());
+        let reason = reason_of(
+            from_haiku(
+                HaikuCheckpoint { params, state: None },
+                Some(tiny_config()),
+                source(),
+            )
+            .unwrap_err(),
+        );
+        assert!(
+            reason.contains("optical-flow model") && reason.contains("PerceiverForMaskedLM"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn flow_patches_of_another_width_are_refused_by_name() {
+        // A model whose patches are projected to 32 channels, not transformers' fixed 64.
+        let mut params = flow_haiku_params(&tiny_flow_config());
+        *params
+            .get_mut("image_preprocessor/patches_linear")
+            .unwrap()
+            .get_mut("w")
+            .unwrap() = NdArray {
+            shape: vec![54, 32],
+            data: vec![0.0; 54 * 32],
+        };
+        let reason =
+            reason_of(from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap_err());
+        assert!(
+            reason.contains("image_preprocessor/patches_linear/w has shape [54, 32], expected [54, 64]"),
+            "{reason}"
+        );
     }
 }
