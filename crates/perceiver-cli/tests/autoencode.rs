@@ -81,18 +81,6 @@ fn perceiver(args: &[&str]) -> Output {
     common::command(args).output().expect("run perceiver")
 }
 
-/// One line on stderr and a non-zero exit, the line containing `needle`.
-fn fails_with(out: &Output, needle: &str) {
-    assert!(
-        !out.status.success(),
-        "succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
-}
-
 #[test]
 fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     let inputs = inputs();
@@ -150,132 +138,45 @@ fn bad_inputs_end_in_one_line() {
     let model = model();
     let (frames, wav) = (path(&inputs.frames), path(&inputs.wav));
     let out = path(&inputs.root.join("out"));
-    // Too few frames.
+    let run = |model: &str, frames: &str, audio: &str, extra: &[&str]| {
+        let mut args = vec![
+            "autoencode",
+            "--model",
+            model,
+            "--frames",
+            frames,
+            "--audio",
+            audio,
+        ];
+        args.extend(["--out", &out]);
+        args.extend(extra);
+        perceiver(&args)
+    };
+    // Too few frames; frames of the wrong size.
     let one = inputs.root.join("one");
     write_frames(&one, 1, 16);
-    fails_with(
-        &perceiver(&[
-            "autoencode",
-            "--model",
-            &model,
-            "--frames",
-            &path(&one),
-            "--audio",
-            &wav,
-            "--out",
-            &out,
-        ]),
-        "takes 2 frames",
-    );
-    // Frames of the wrong size.
+    common::fails_with(&run(&model, &path(&one), &wav, &[]), "takes 2 frames");
     let big = inputs.root.join("big");
     write_frames(&big, 2, 20);
-    fails_with(
-        &perceiver(&[
-            "autoencode",
-            "--model",
-            &model,
-            "--frames",
-            &path(&big),
-            "--audio",
-            &wav,
-            "--out",
-            &out,
-        ]),
-        "16x16 frames",
-    );
+    common::fails_with(&run(&model, &path(&big), &wav, &[]), "16x16 frames");
     // Audio at the wrong rate, too short, not a WAV.
     let fast = inputs.root.join("fast.wav");
     write_wav(&fast, 44100, 96);
-    fails_with(
-        &perceiver(&[
-            "autoencode",
-            "--model",
-            &model,
-            "--frames",
-            &frames,
-            "--audio",
-            &path(&fast),
-            "--out",
-            &out,
-        ]),
-        "1200 Hz",
-    );
+    common::fails_with(&run(&model, &frames, &path(&fast), &[]), "1200 Hz");
     let short = inputs.root.join("short.wav");
     write_wav(&short, 1200, 50);
-    fails_with(
-        &perceiver(&[
-            "autoencode",
-            "--model",
-            &model,
-            "--frames",
-            &frames,
-            "--audio",
-            &path(&short),
-            "--out",
-            &out,
-        ]),
-        "96 samples",
-    );
+    common::fails_with(&run(&model, &frames, &path(&short), &[]), "96 samples");
     let text = inputs.root.join("text.wav");
     std::fs::write(&text, "not audio").unwrap();
-    fails_with(
-        &perceiver(&[
-            "autoencode",
-            "--model",
-            &model,
-            "--frames",
-            &frames,
-            "--audio",
-            &path(&text),
-            "--out",
-            &out,
-        ]),
-        "not a WAV file",
-    );
+    common::fails_with(&run(&model, &frames, &path(&text), &[]), "not a WAV file");
     // --chunks 0, a missing frames directory, another kind of model.
-    fails_with(
-        &perceiver(&[
-            "autoencode",
-            "--model",
-            &model,
-            "--frames",
-            &frames,
-            "--audio",
-            &wav,
-            "--out",
-            &out,
-            "--chunks",
-            "0",
-        ]),
-        "--chunks",
-    );
-    fails_with(
-        &perceiver(&[
-            "autoencode",
-            "--model",
-            &model,
-            "--frames",
-            "/nonexistent/frames",
-            "--audio",
-            &wav,
-            "--out",
-            &out,
-        ]),
+    common::fails_with(&run(&model, &frames, &wav, &["--chunks", "0"]), "--chunks");
+    common::fails_with(
+        &run(&model, "/nonexistent/frames", &wav, &[]),
         "/nonexistent/frames",
     );
-    fails_with(
-        &perceiver(&[
-            "autoencode",
-            "--model",
-            "default",
-            "--frames",
-            &frames,
-            "--audio",
-            &wav,
-            "--out",
-            &out,
-        ]),
+    common::fails_with(
+        &run("default", &frames, &wav, &[]),
         "PerceiverForMultimodalAutoencoding",
     );
 }

@@ -34,18 +34,6 @@ fn perceiver(args: &[&str]) -> Output {
     common::command(args).output().expect("run perceiver")
 }
 
-/// One line on stderr and a non-zero exit, the line containing `needle`.
-fn fails_with(out: &Output, needle: &str) {
-    assert!(
-        !out.status.success(),
-        "succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
-}
-
 #[test]
 fn writes_the_flow_the_picture_the_key_and_a_summary() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,14 +125,14 @@ fn bad_inputs_end_in_one_line() {
     let (a, b) = (frame("tiny_flow-grid2x2-1.png"), frame("tiny_flow-grid2x2-2.png"));
     let other_size = frame("tiny_flow-exact-1.png");
     // Frames of different sizes.
-    fails_with(
+    common::fails_with(
         &perceiver(&["flow", "--model", &model, &a, &other_size, "--out", &out_png]),
         "differ in size",
     );
     // A frame smaller than the tile.
     let small = dir.path().join("small.png");
     image::RgbImage::new(30, 20).save(&small).unwrap();
-    fails_with(
+    common::fails_with(
         &perceiver(&[
             "flow",
             "--model",
@@ -159,12 +147,12 @@ fn bad_inputs_end_in_one_line() {
     // Not an image.
     let text = dir.path().join("frame.png");
     std::fs::write(&text, "not a picture").unwrap();
-    fails_with(
+    common::fails_with(
         &perceiver(&["flow", "--model", &model, &path(&text), &b, "--out", &out_png]),
         "frame.png",
     );
     // A missing file.
-    fails_with(
+    common::fails_with(
         &perceiver(&[
             "flow",
             "--model",
@@ -177,25 +165,25 @@ fn bad_inputs_end_in_one_line() {
         "/nonexistent/a.png",
     );
     // Nothing to write, a bad --max-flow, a picture not named .png.
-    fails_with(
+    common::fails_with(
         &perceiver(&["flow", "--model", &model, &a, &b]),
         "nothing to write",
     );
-    fails_with(
+    common::fails_with(
         &perceiver(&["flow", "--model", &model, &a, &b, "--json", "--max-flow", "0"]),
         "--max-flow",
     );
-    fails_with(
+    common::fails_with(
         &perceiver(&["flow", "--model", &model, &a, &b, "--out", "flow.jpg"]),
         "PNG",
     );
     // Not a flow model.
-    fails_with(
+    common::fails_with(
         &perceiver(&["flow", "--model", "default", &a, &b, "--json"]),
         "PerceiverForOpticalFlow",
     );
     // An output that cannot be written.
-    fails_with(
+    common::fails_with(
         &perceiver(&[
             "flow",
             "--model",

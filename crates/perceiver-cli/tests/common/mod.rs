@@ -30,3 +30,15 @@ pub fn run(args: &[&str]) -> Output {
     );
     out
 }
+
+/// Asserts that a run failed with one line on stderr containing `needle` (and a non-zero exit).
+pub fn fails_with(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
