@@ -21,9 +21,10 @@ pub struct AutoencodeArgs {
     #[command(flatten)]
     engine: EngineArgs,
 
-    /// A directory of the video's frames (PNG or JPEG, taken in name order): the model's number
-    /// of frames, each of its frame size (16 of 224x224 for the released model).
-    #[arg(long, value_name = "DIR")]
+    /// The video: a directory of exactly the model's number of frames (PNG or JPEG, in name
+    /// order), or a .y4m file (its first frames); each of the model's frame size (16 of 224x224
+    /// for the released model).
+    #[arg(long, value_name = "DIR|Y4M")]
     frames: PathBuf,
 
     /// The frames' audio: a WAV file at the model's rate (48 kHz for the released model), at
@@ -56,7 +57,7 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
     let model = args.model.load_engine(args.engine.precision)?;
     let task = Autoencoder::new(model)?.with_chunks(args.chunks as usize)?;
     // Every input is read and checked before the model runs.
-    let frames = task.frames_from_dir(&args.frames)?;
+    let frames = task.frames_from(&args.frames)?;
     let audio = task.audio_from_wav(&args.audio)?;
     let output = task.autoencode(frames, audio, args.top_k as usize)?;
 

@@ -169,6 +169,13 @@ fn bad_inputs_end_in_one_line() {
     let text = inputs.root.join("text.wav");
     std::fs::write(&text, "not audio").unwrap();
     common::fails_with(&run(&model, &frames, &path(&text), &[]), "not a WAV file");
+    // A video in a colour space that is not read, a directory of three frames.
+    let y4m = inputs.root.join("clip.y4m");
+    std::fs::write(&y4m, "YUV4MPEG2 W16 H16 F25:1 C420p10\n").unwrap();
+    common::fails_with(&run(&model, &path(&y4m), &wav, &[]), "C420p10 is not read");
+    let three = inputs.root.join("three");
+    write_frames(&three, 3, 16);
+    common::fails_with(&run(&model, &path(&three), &wav, &[]), "found 3");
     // --chunks 0, a missing frames directory, another kind of model.
     common::fails_with(&run(&model, &frames, &wav, &["--chunks", "0"]), "--chunks");
     common::fails_with(

@@ -683,3 +683,64 @@ fn a_variant_config_on_the_same_weights_matches_transformers() {
         RELATIVE_TOLERANCE,
     );
 }
+
+/// A `.y4m` video gives the model its first frames (BT.601 colours back to within rounding of
+/// the RGB they were made from); a directory must hold exactly the model's frames.
+#[test]
+fn the_task_reads_y4m_video_and_wants_exactly_its_frames_in_a_directory() {
+    let task = Autoencoder::new(load(Precision::F32)).unwrap();
+    let (h, w) = (16usize, 16usize);
+    let rgb =
+        |t: usize, x: usize, y: usize| [(x * 15 + t * 30) as f64, (y * 15) as f64, ((x + y) * 7) as f64];
+    let video = |frames: usize| {
+        let mut bytes = format!("YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();
+        for t in 0..frames {
+            bytes.extend_from_slice(b"FRAME\n");
+            let mut planes = [Vec::new(), Vec::new(), Vec::new()];
+            for y in 0..h {
+                for x in 0..w {
+                    let [r, g, b] = rgb(t, x, y);
+                    let luma = 0.299 * r + 0.587 * g + 0.114 * b;
+                    let cb = 128.0 + (b - luma) / 1.772;
+                    let cr = 128.0 + (r - luma) / 1.402;
+                    for (plane, v) in planes.iter_mut().zip([luma, cb, cr]) {
+                        plane.push(v.round().clamp(0.0, 255.0) as u8);
+                    }
+                }
+            }
+            bytes.extend(planes.concat());
+        }
+        bytes
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.y4m");
+    std::fs::write(&path, video(3)).unwrap();
+    let frames = task.frames_from(&path).unwrap();
+    assert_eq!(frames.len(), 2);
+    let mut worst = 0f64;
+    for (t, frame) in frames.iter().enumerate() {
+        for y in 0..h {
+            for x in 0..w {
+                for (c, &expected) in rgb(t, x, y).iter().enumerate() {
+                    let got = frame.values[c * h * w + y * w + x] as f64 * 255.0;
+                    worst = worst.max((got - expected).abs());
+                }
+            }
+        }
+    }
+    assert!(worst <= 2.0, "worst {worst} levels");
+    // Too few frames in the video.
+    std::fs::write(&path, video(1)).unwrap();
+    let err = task.frames_from(&path).unwrap_err().to_string();
+    assert!(err.contains("takes 2 frames") && err.contains("has 1"), "{err}");
+    // Three frames in a directory for a two-frame model.
+    let frames_dir = dir.path().join("frames");
+    std::fs::create_dir(&frames_dir).unwrap();
+    for t in 0..3 {
+        image::RgbImage::new(16, 16)
+            .save(frames_dir.join(format!("f{t}.png")))
+            .unwrap();
+    }
+    let err = task.frames_from(&frames_dir).unwrap_err().to_string();
+    assert!(err.contains("2 frames") && err.contains("found 3"), "{err}");
+}

@@ -61,7 +61,7 @@ impl DecodeLimits {
         self.max_pixels.saturating_mul(8).saturating_add(64 << 20)
     }
 
-    fn check(&self, width: u64, height: u64) -> Result<()> {
+    pub(crate) fn check(&self, width: u64, height: u64) -> Result<()> {
         if width == 0 || height == 0 {
             return Err(Error::InvalidImage {
                 format: None,

@@ -1,5 +1,5 @@
 //! Video autoencoding, as DeepMind's video-autoencoding Colab runs `PerceiverForMultimodalAutoencoding`:
-//! the model's number of frames (image files, 8-bit RGB scaled to [0, 1]) and the audio of those
+//! the model's number of frames (image files or a `.y4m` video, 8-bit RGB scaled to [0, 1]) and the audio of those
 //! frames (a WAV file, its first channel, in [-1, 1]) in; the reconstructed frames, the
 //! reconstructed audio and the best labels out. The model encodes once and decodes its queries in
 //! chunks (the Colab's 128), so memory beyond the reconstruction stays bounded.
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
-use crate::image::decode_image;
+use crate::image::{decode_image, read_y4m, DecodeLimits, RgbImage};
 use crate::model::{MultimodalOutput, PerceiverModel};
 use crate::preprocess::{MultimodalInput, Pixels};
 use crate::tasks::classify::{probabilities, top_labels, LabelScore};
@@ -91,8 +91,18 @@ impl Autoencoder {
         (self.spec.audio_samples_per_frame as u64 * FRAMES_PER_SECOND as u64).min(u32::MAX as u64) as u32
     }
 
-    /// The first `num_frames` image files of `dir` (PNG or JPEG, by name order), each of the
+    /// The model's frames from `path`: a directory of exactly `num_frames` image files (PNG or
+    /// JPEG, in name order), or a `.y4m` video (its first `num_frames` frames); each of the
     /// model's frame size, scaled to [0, 1] (`v / 255` in f64, then f32, as the Colab).
+    pub fn frames_from(&self, path: &Path) -> Result<Vec<Pixels>> {
+        if path.is_dir() {
+            self.frames_from_dir(path)
+        } else {
+            self.frames_from_y4m(path)
+        }
+    }
+
+    /// The `num_frames` image files of `dir` (PNG or JPEG, by name order): exactly that many.
     pub fn frames_from_dir(&self, dir: &Path) -> Result<Vec<Pixels>> {
         let io = |source| Error::Io {
             path: dir.to_path_buf(),
@@ -112,17 +122,35 @@ impl Autoencoder {
             .collect();
         files.sort();
         let wanted = self.spec.num_frames;
-        if files.len() < wanted {
+        if files.len() != wanted {
             return Err(Error::InvalidInput(format!(
                 "{}: the model takes {wanted} frames (num_frames), found {} PNG/JPEG files",
                 dir.display(),
                 files.len()
             )));
         }
-        files
+        files.iter().map(|path| self.frame_from_file(path)).collect()
+    }
+
+    /// The first `num_frames` frames of a `.y4m` video (see [`crate::image::y4m`]).
+    pub fn frames_from_y4m(&self, path: &Path) -> Result<Vec<Pixels>> {
+        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let wanted = self.spec.num_frames;
+        let frames = read_y4m(std::io::BufReader::new(file), wanted, &DecodeLimits::default())
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        if frames.len() < wanted {
+            return Err(Error::InvalidInput(format!(
+                "{}: the model takes {wanted} frames (num_frames), the video has {}",
+                path.display(),
+                frames.len()
+            )));
+        }
+        frames
             .iter()
-            .take(wanted)
-            .map(|path| self.frame_from_file(path))
+            .map(|image| self.frame_pixels(image, path))
             .collect()
     }
 
@@ -134,11 +162,15 @@ impl Autoencoder {
         })?;
         let image =
             decode_image(&bytes).map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        self.frame_pixels(&image, path)
+    }
+
+    fn frame_pixels(&self, image: &RgbImage, source: &Path) -> Result<Pixels> {
         let (h, w) = self.spec.frame_size();
         if (image.height(), image.width()) != (h, w) {
             return Err(Error::InvalidInput(format!(
                 "{}: the model takes {h}x{w} frames (output_shape), not {}x{} (height x width)",
-                path.display(),
+                source.display(),
                 image.height(),
                 image.width()
             )));
