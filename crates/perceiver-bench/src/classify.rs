@@ -1,8 +1,8 @@
 //! `perceiver-bench classify`: an image classifier, ours and transformers' (PyTorch) on the same
 //! weights and the same pixels, batch sizes 1 and 8, f32 and bf16, in one run: ours first, then
 //! `scripts/bench_classify_reference.py` as a child process. Medians over rounds after one
-//! warm-up; the top-1 label of every image on both sides, and our peak memory against the
-//! weights' size.
+//! warm-up; the top-1 label of every image on both sides. Each (precision, batch) of ours runs
+//! in its own process, so that its peak memory (against the weights' size) is its own.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,6 +34,10 @@ pub struct ClassifyArgs {
     /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
     #[arg(long, default_value = ".venv-ref/bin/python")]
     python: PathBuf,
+    /// Run one precision at one batch size (`--batches N`) in this process and print its result
+    /// as JSON (what the bench spawns).
+    #[arg(long, hide = true)]
+    worker: Option<Precision>,
 }
 
 /// The bench's images: image `b`'s value at flat (channel-first) index `i` is
@@ -52,10 +56,55 @@ fn synthetic_pixels(batch: usize, side: usize) -> Vec<Pixels> {
 }
 
 struct Row {
-    precision: &'static str,
+    precision: String,
     batch: usize,
     median_s: f64,
     top1: Vec<usize>,
+    peak_rss_mib: f64,
+}
+
+fn precision_name(precision: Precision) -> &'static str {
+    match precision {
+        Precision::F32 => "f32",
+        Precision::Bf16 => "bf16",
+    }
+}
+
+/// Our side for one precision and batch size: load, warm up, time `rounds` passes.
+fn worker(args: &ClassifyArgs, precision: Precision, batch: usize) -> Result<Value> {
+    let classifier: Classifier = Loader::new(args.model.to_string_lossy())
+        .precision(precision)
+        .classifier()
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let loaded_rss = peak_rss_mib();
+    let images = synthetic_pixels(batch, args.size);
+    let refs: Vec<&Pixels> = images.iter().collect();
+    let mut times = Vec::new();
+    let mut logits = Vec::new();
+    for round in 0..=args.rounds {
+        let start = Instant::now();
+        logits = classifier.logits(ModelInput::Images(&refs))?;
+        if round > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let labels = classifier.labels().len();
+    let top1: Vec<usize> = logits
+        .chunks_exact(labels)
+        .map(|row| {
+            (0..labels)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0)
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "precision": precision_name(precision),
+        "batch": batch,
+        "median_s": median(times),
+        "top1": top1,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_after_load_mib": loaded_rss,
+    }))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -74,6 +123,13 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     if args.rounds == 0 || args.batches.is_empty() {
         bail!("need at least one round and one batch size");
     }
+    if let Some(precision) = args.worker {
+        let [batch] = args.batches[..] else {
+            bail!("a worker runs one batch size");
+        };
+        println!("{}", worker(&args, precision, batch)?);
+        return Ok(());
+    }
     let threads = rayon::current_num_threads();
     let weights_mib = std::fs::metadata(args.model.join("model.safetensors"))
         .map(|m| m.len() as f64 / (1024.0 * 1024.0))
@@ -83,45 +139,38 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         perceiver_kernels::cpu::f32_kernel(),
         perceiver_kernels::cpu::bf16_kernel()
     );
+    let exe = std::env::current_exe().context("cannot find this bench's executable")?;
     let mut ours = Vec::new();
-    let mut f32_peak = None;
-    for (precision, name) in [(Precision::F32, "f32"), (Precision::Bf16, "bf16")] {
-        let classifier: Classifier = Loader::new(args.model.to_string_lossy())
-            .precision(precision)
-            .classifier()
-            .with_context(|| format!("cannot load {}", args.model.display()))?;
+    for precision in [Precision::F32, Precision::Bf16] {
         for &batch in &args.batches {
-            let images = synthetic_pixels(batch, args.size);
-            let refs: Vec<&Pixels> = images.iter().collect();
-            let mut times = Vec::new();
-            let mut logits = Vec::new();
-            for round in 0..=args.rounds {
-                let start = Instant::now();
-                logits = classifier.logits(ModelInput::Images(&refs))?;
-                if round > 0 {
-                    times.push(start.elapsed().as_secs_f64());
-                }
+            let output = Command::new(&exe)
+                .args(["--threads", &threads.to_string(), "classify"])
+                .args(["--model", &args.model.to_string_lossy()])
+                .args(["--rounds", &args.rounds.to_string()])
+                .args(["--size", &args.size.to_string()])
+                .args(["--batches", &batch.to_string()])
+                .args(["--worker", precision_name(precision)])
+                .output()
+                .context("cannot run the bench's worker")?;
+            if !output.status.success() {
+                bail!("our worker failed: {}", String::from_utf8_lossy(&output.stderr));
             }
-            let labels = classifier.labels().len();
-            let top1 = logits
-                .chunks_exact(labels)
-                .map(|row| {
-                    (0..labels)
-                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                        .unwrap_or(0)
-                })
-                .collect();
-            let median_s = median(times);
-            eprintln!("ours {name} batch {batch}: {median_s:.3} s");
-            ours.push(Row {
-                precision: name,
+            let result: Value = serde_json::from_slice(&output.stdout).context("our worker's reply")?;
+            let row = Row {
+                precision: precision_name(precision).to_string(),
                 batch,
-                median_s,
-                top1,
-            });
-        }
-        if precision == Precision::F32 {
-            f32_peak = peak_rss_mib();
+                median_s: result["median_s"].as_f64().unwrap_or(f64::NAN),
+                top1: serde_json::from_value(result["top1"].clone()).unwrap_or_default(),
+                peak_rss_mib: result["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+            };
+            eprintln!(
+                "ours {} batch {batch}: {:.3} s, peak {:.0} MiB ({:.0} MiB after loading)",
+                row.precision,
+                row.median_s,
+                row.peak_rss_mib,
+                result["peak_rss_after_load_mib"].as_f64().unwrap_or(f64::NAN)
+            );
+            ours.push(row);
         }
     }
 
@@ -152,8 +201,10 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         reply["results"].as_array().cloned().unwrap_or_default()
     };
 
-    println!("| precision | batch | ours (s/image) | PyTorch (s/image) | PyTorch / ours | top-1 equal to PyTorch f32 |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| precision | batch | ours (s/image) | PyTorch (s/image) | PyTorch / ours | top-1 equal to PyTorch f32 | our peak RSS (× the {weights_mib:.0} MiB weights) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     let reference_top1 = |batch: usize| {
         theirs
             .iter()
@@ -171,19 +222,15 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             format!("{equal}/{}", row.top1.len())
         });
         println!(
-            "| {} | {} | {:.3} | {} | {} | {} |",
+            "| {} | {} | {:.3} | {} | {} | {} | {:.0} MiB ({:.2}×) |",
             row.precision,
             row.batch,
             per(row.median_s),
             theirs_s.map_or("–".into(), |s| format!("{:.3}", per(s))),
             theirs_s.map_or("–".into(), |s| format!("{:.2}", s / row.median_s)),
             same.unwrap_or_else(|| "–".into()),
-        );
-    }
-    if let Some(peak) = f32_peak {
-        println!(
-            "\nour peak memory after the f32 runs: {peak:.0} MiB; weights file {weights_mib:.0} MiB ({:.2}×)",
-            peak / weights_mib
+            row.peak_rss_mib,
+            row.peak_rss_mib / weights_mib,
         );
     }
     Ok(())

@@ -313,6 +313,82 @@ pub fn softmax(rows: &mut [f32], width: usize) {
 }
 
 #[inline(always)]
+fn online_softmax_body<const FMA: bool>(
+    scores: &mut [f32],
+    width: usize,
+    max: &mut [f32],
+    sum: &mut [f32],
+    acc: &mut [f32],
+    acc_width: usize,
+) {
+    let rows = scores
+        .chunks_exact_mut(width)
+        .zip(max.iter_mut().zip(sum.iter_mut()))
+        .zip(acc.chunks_exact_mut(acc_width));
+    for ((row, (max, sum)), acc) in rows {
+        let new_max = max16(row).max(*max);
+        // The first block's running max is -∞: exp clamps its argument, so the factor is a
+        // tiny number times a zero sum and a zero accumulator, never a NaN.
+        let factor = exp::<FMA>(*max - new_max);
+        row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - new_max));
+        *sum = *sum * factor + sum16(row);
+        acc.iter_mut().for_each(|v| *v *= factor);
+        *max = new_max;
+    }
+}
+
+dispatch!(
+    /// One block of keys of a softmax computed a block at a time (the running-maximum form of
+    /// attention): for each row of `scores` (`[n, width]`, that block's scores), with `max` and
+    /// `sum` the row's running maximum and sum of exponentials over the blocks before (`-∞` and
+    /// 0 before the first), sets the scores to `exp(score − new max)`, rescales the running sum
+    /// and the row of `acc` (`[n, acc_width]`, the weighted sum of the blocks before) to the new
+    /// maximum, and adds the block's exponentials to the sum. After the last block,
+    /// `acc / sum` is the softmax-weighted sum over all of them. On the calling thread.
+    pub fn online_softmax_rows(
+        scores: &mut [f32],
+        width: usize,
+        max: &mut [f32],
+        sum: &mut [f32],
+        acc: &mut [f32],
+        acc_width: usize
+    ) => online_softmax_body::<FMA>
+);
+
+/// [`online_softmax_rows`] split over rayon's pool in chunks of whole rows.
+///
+/// # Panics
+/// If the slices do not hold the same number of rows.
+pub fn online_softmax(
+    scores: &mut [f32],
+    width: usize,
+    max: &mut [f32],
+    sum: &mut [f32],
+    acc: &mut [f32],
+    acc_width: usize,
+) {
+    let n = max.len();
+    assert!(
+        width > 0
+            && acc_width > 0
+            && scores.len() == n * width
+            && sum.len() == n
+            && acc.len() == n * acc_width,
+        "online_softmax: {} scores, {} sums and {} accumulated values are not {n} rows",
+        scores.len(),
+        sum.len(),
+        acc.len()
+    );
+    let rows_per_task = (MIN_ELEMENTS_PER_TASK / width).max(1);
+    scores
+        .par_chunks_mut(rows_per_task * width)
+        .zip(max.par_chunks_mut(rows_per_task))
+        .zip(sum.par_chunks_mut(rows_per_task))
+        .zip(acc.par_chunks_mut(rows_per_task * acc_width))
+        .for_each(|(((s, m), l), a)| online_softmax_rows(s, width, m, l, a, acc_width));
+}
+
+#[inline(always)]
 fn add_rows_body(rows: &mut [f32], bias: &[f32]) {
     for row in rows.chunks_exact_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
@@ -375,6 +451,40 @@ mod tests {
         }
         check::<false>();
         check::<true>();
+    }
+
+    /// Blocks of keys one after another give the softmax-weighted sum of them all at once.
+    #[test]
+    fn a_softmax_in_blocks_equals_the_whole_one() {
+        let (n, keys, d) = (5, 70, 3);
+        let scores = random(n * keys, 12.0, 7);
+        let values = random(keys * d, 1.0, 8);
+        let mut whole = scores.clone();
+        softmax_rows(&mut whole, keys);
+        let (mut max, mut sum, mut acc) = (vec![f32::NEG_INFINITY; n], vec![0f32; n], vec![0f32; n * d]);
+        for block in [0..16, 16..17, 17..50, 50..70] {
+            let w = block.len();
+            let mut s: Vec<f32> = (0..n)
+                .flat_map(|r| scores[r * keys + block.start..r * keys + block.end].to_vec())
+                .collect();
+            online_softmax(&mut s, w, &mut max, &mut sum, &mut acc, d);
+            for r in 0..n {
+                for c in 0..d {
+                    acc[r * d + c] += (0..w)
+                        .map(|j| s[r * w + j] * values[(block.start + j) * d + c])
+                        .sum::<f32>();
+                }
+            }
+        }
+        let mut worst = 0f32;
+        for r in 0..n {
+            for c in 0..d {
+                let want: f32 = (0..keys).map(|j| whole[r * keys + j] * values[j * d + c]).sum();
+                worst = worst.max((acc[r * d + c] / sum[r] - want).abs());
+            }
+        }
+        println!("blockwise softmax: worst difference {worst:.2e}");
+        assert!(worst < 1e-6, "{worst}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::checkpoint::Param;
 use crate::config::AttentionSpec;
 use crate::error::Result;
 use crate::layers::{Dense, Norm};
+use crate::preprocess::RowSource;
 use perceiver_kernels::matmul::{matmul, Rhs, View};
 use perceiver_kernels::{rows, sgemm, SendPtr};
 
@@ -172,6 +173,97 @@ impl AttentionLayer {
         out
     }
 
+    /// A cross-attention of one item's queries over input rows made `block_rows` at a time
+    /// ([`STREAM_BLOCK_ROWS`] in use), so that neither the input, nor its keys and values, nor
+    /// the scores are ever whole: each block is normed and projected, and each head's softmax is
+    /// carried from block to block by its running maximum and sum
+    /// ([`rows::online_softmax`]). `rows` are the queries before their LayerNorm (for the
+    /// residual), `projected` after it and the query projection. The same as
+    /// [`forward`](Self::forward) up to rounding.
+    pub(crate) fn forward_streamed(
+        &self,
+        rows: &[f32],
+        projected: &[f32],
+        input: &dyn RowSource,
+        block_rows: usize,
+        threads: usize,
+    ) -> Vec<f32> {
+        let block_rows = block_rows.max(1);
+        let spec = &self.spec;
+        let (qk, vc, heads) = (spec.qk_channels, spec.v_channels, spec.num_heads);
+        let (d_qk, d_v) = (qk / heads, vc / heads);
+        let nq = projected.len() / qk;
+        let scale = 1.0 / (d_qk as f32).sqrt();
+        let norm = self
+            .kv_norm
+            .as_ref()
+            .expect("a cross-attention layer has a key/value LayerNorm");
+        // Per head: each query row's running maximum and sum, and its weighted sum, `[nq, d_v]`.
+        let mut max = vec![f32::NEG_INFINITY; heads * nq];
+        let mut sum = vec![0f32; heads * nq];
+        let mut acc = vec![0f32; heads * nq * d_v];
+        let channels = input.channels();
+        let mut block = vec![0f32; block_rows.min(input.len()) * channels];
+        let mut scores = Vec::new();
+        for start in (0..input.len()).step_by(block_rows) {
+            let end = (start + block_rows).min(input.len());
+            let nk = end - start;
+            let block = &mut block[..nk * channels];
+            input.fill(start..end, block);
+            let normed = norm.forward(block);
+            let (k, v) = (
+                self.key.forward(&normed, threads),
+                self.value.forward(&normed, threads),
+            );
+            drop(normed);
+            scores.resize(nq * nk, 0.0);
+            for h in 0..heads {
+                let q_h = View::strided(&projected[h * d_qk..], nq, d_qk, qk);
+                let k_h = View::strided(&k[h * d_qk..], nk, d_qk, qk);
+                let v_h = View::strided(&v[h * d_v..], nk, d_v, vc);
+                let acc_h = &mut acc[h * nq * d_v..][..nq * d_v];
+                let fast = sgemm::available();
+                if fast {
+                    let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
+                    // SAFETY: `scores` holds nq × nk values at row stride nk and is borrowed
+                    // mutably; the product sets every one of them (overwrite).
+                    unsafe { keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, threads, true) };
+                } else {
+                    matmul(&mut scores, nk, q_h, Rhs::Transposed(k_h), scale, false, threads);
+                }
+                rows::online_softmax(
+                    &mut scores,
+                    nk,
+                    &mut max[h * nq..][..nq],
+                    &mut sum[h * nq..][..nq],
+                    acc_h,
+                    d_v,
+                );
+                let weights = View::dense(&scores, nq, nk);
+                if fast {
+                    sgemm::PackedWeights::pack_view(v_h, false, 1.0, false)
+                        .matmul_view(weights, acc_h, d_v, threads);
+                } else {
+                    matmul(acc_h, d_v, weights, Rhs::Plain(v_h), 1.0, true, threads);
+                }
+            }
+        }
+        // Heads side by side, each row divided by its sum.
+        let mut out = vec![0f32; nq * vc];
+        for h in 0..heads {
+            for r in 0..nq {
+                let inv = 1.0 / sum[h * nq + r];
+                let from = &acc[(h * nq + r) * d_v..][..d_v];
+                for (o, &a) in out[r * vc + h * d_v..][..d_v].iter_mut().zip(from) {
+                    *o = a * inv;
+                }
+            }
+        }
+        drop((acc, scores));
+        let residual = self.spec.use_query_residual.then(|| rows.to_vec());
+        self.finish(out, residual, threads)
+    }
+
     /// The cross-attention's keys and values of `inputs` (their LayerNorm dropped once used).
     fn keys_values(&self, inputs: &[f32], threads: usize) -> (Vec<f32>, Vec<f32>) {
         let norm = self
@@ -203,6 +295,11 @@ impl AttentionLayer {
         x
     }
 }
+
+/// Input rows a streamed cross-attention ([`AttentionLayer::forward_streamed`]) makes, norms
+/// and projects at a time: large enough for efficient products, small enough that the block,
+/// its keys and values and its scores stay a few MiB.
+pub(crate) const STREAM_BLOCK_ROWS: usize = 1024;
 
 /// Scores one attention task holds at a time (64 MiB of f32): longer inputs are attended a
 /// block of query rows at a time, so no `queries × keys` matrix is ever whole (the flow model's

@@ -8,7 +8,7 @@ use crate::checkpoint::names::EncoderNames;
 use crate::checkpoint::Param;
 use crate::error::Result;
 use crate::layers::Precision;
-use crate::preprocess::InputArray;
+use crate::preprocess::{InputArray, RowSource};
 use crate::runtime::item_ranges;
 
 /// Learned latents attending to the input.
@@ -54,5 +54,29 @@ impl Encoder {
             Some((&input.values, &input.items)),
             threads,
         )
+    }
+
+    /// Each item's input rows onto the latents as [`forward`](Self::forward) does, with each
+    /// item's rows made `block_rows` at a time by `sources(i)` and cross-attended block by
+    /// block (for inputs too long to hold whole with their keys and values). Items run one after
+    /// another; the latents are normed and projected once.
+    pub(crate) fn forward_streamed<'a>(
+        &self,
+        items: usize,
+        sources: &mut dyn FnMut(usize) -> Result<Box<dyn RowSource + 'a>>,
+        block_rows: usize,
+        threads: usize,
+    ) -> Result<Vec<f32>> {
+        let latents = self.latents.data();
+        let projected = self.cross_attention.project_queries(latents, threads);
+        let mut out = Vec::with_capacity(items * latents.len());
+        for item in 0..items {
+            let source = sources(item)?;
+            out.extend(
+                self.cross_attention
+                    .forward_streamed(latents, &projected, &*source, block_rows, threads),
+            );
+        }
+        Ok(out)
     }
 }

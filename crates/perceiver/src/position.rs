@@ -141,6 +141,93 @@ impl<'a, const N: usize> FourierEncoder<'a, N> {
     }
 }
 
+/// The Fourier features of one grid a row at a time, without the `[Π dims, channels]` array:
+/// each feature depends on one coordinate only, so a table per dimension (its positions, and
+/// their sines and cosines per band) gives every row. Rows equal [`fourier_features`]' bit for
+/// bit; the tables hold `Σ dims × bands` values where the array holds `Π dims × channels`.
+#[derive(Debug, Clone)]
+pub(crate) struct FourierGrid<const N: usize> {
+    dims: [usize; N],
+    spec: FourierSpec<N>,
+    /// Per dimension, its positions: `linspace(-1, 1, dims[d])`.
+    axes: Vec<Vec<f32>>,
+    /// Per dimension, `[dims[d], num_bands]`: the sines of each position's phases.
+    sines: Vec<Vec<f32>>,
+    /// The same for the cosines (empty for sine-only specs).
+    cosines: Vec<Vec<f32>>,
+}
+
+impl<const N: usize> FourierGrid<N> {
+    pub(crate) fn new(spec: &FourierSpec<N>, dims: [usize; N]) -> Self {
+        let encoder = FourierEncoder::new(spec);
+        let pi = std::f32::consts::PI;
+        let axes: Vec<Vec<f32>> = dims.iter().map(|&n| linspace(-1.0, 1.0, n)).collect();
+        let phases = |d: usize| -> Vec<f32> {
+            axes[d]
+                .iter()
+                .flat_map(|&p| encoder.bands[d].iter().map(move |&f| pi * (p * f)))
+                .collect()
+        };
+        let sines = (0..N)
+            .map(|d| phases(d).iter().map(|&a| (a as f64).sin() as f32).collect())
+            .collect();
+        let cosines = (0..N)
+            .map(|d| match spec.sine_only {
+                true => Vec::new(),
+                false => phases(d).iter().map(|&a| (a as f64).cos() as f32).collect(),
+            })
+            .collect();
+        Self {
+            dims,
+            spec: *spec,
+            axes,
+            sines,
+            cosines,
+        }
+    }
+
+    /// Positions in the grid.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Channels per position.
+    pub(crate) fn channels(&self) -> usize {
+        self.spec.channels()
+    }
+
+    /// Writes the features of position `flat` (row-major) into `out`, [`channels`](Self::channels)
+    /// values.
+    pub(crate) fn row_into(&self, flat: usize, out: &mut [f32]) {
+        let bands = self.spec.num_bands;
+        let mut index = [0usize; N];
+        let mut rest = flat;
+        for d in (0..N).rev() {
+            index[d] = rest % self.dims[d];
+            rest /= self.dims[d];
+        }
+        let mut at = 0;
+        if self.spec.concat_pos {
+            for d in 0..N {
+                out[at] = self.axes[d][index[d]];
+                at += 1;
+            }
+        }
+        let tables = match self.spec.sine_only {
+            true => &[&self.sines][..],
+            false => &[&self.sines, &self.cosines][..],
+        };
+        for table in tables {
+            for d in 0..N {
+                out[at..at + bands].copy_from_slice(&table[d][index[d] * bands..][..bands]);
+                at += bands;
+            }
+        }
+        debug_assert_eq!(at, out.len());
+    }
+}
+
 /// Fourier features, cached for the last grid size seen (a model sees one size in practice).
 #[derive(Debug, Clone)]
 pub(crate) struct FourierCache<const N: usize = 2> {
@@ -268,6 +355,48 @@ mod tests {
             .flat_map(|&y| [-1.0f32, 0.0, 1.0].map(|x| [y, x]))
             .collect();
         assert_eq!(fourier_features(&flat, [2, 3]), fourier_features_at(&flat, &at));
+    }
+
+    #[test]
+    fn a_grid_row_by_row_is_the_whole_array() {
+        let check = |spec: FourierSpec<2>, dims: [usize; 2]| {
+            let whole = fourier_features(&spec, dims);
+            let grid = FourierGrid::new(&spec, dims);
+            assert_eq!(grid.len(), dims[0] * dims[1]);
+            let mut rows = vec![0f32; grid.len() * grid.channels()];
+            for (flat, row) in rows.chunks_exact_mut(grid.channels()).enumerate() {
+                grid.row_into(flat, row);
+            }
+            assert_eq!(rows, whole, "{spec:?} {dims:?}");
+        };
+        let spec = FourierSpec {
+            num_bands: 5,
+            max_resolution: [7, 9],
+            concat_pos: true,
+            sine_only: false,
+        };
+        check(spec, [3, 4]);
+        check(spec, [1, 6]);
+        check(
+            FourierSpec {
+                concat_pos: false,
+                sine_only: true,
+                ..spec
+            },
+            [4, 3],
+        );
+        let video = FourierSpec {
+            num_bands: 2,
+            max_resolution: [3, 5, 4],
+            concat_pos: true,
+            sine_only: false,
+        };
+        let grid = FourierGrid::new(&video, [2, 3, 2]);
+        let mut rows = vec![0f32; 12 * video.channels()];
+        for (flat, row) in rows.chunks_exact_mut(video.channels()).enumerate() {
+            grid.row_into(flat, row);
+        }
+        assert_eq!(rows, fourier_features(&video, [2, 3, 2]));
     }
 
     #[test]

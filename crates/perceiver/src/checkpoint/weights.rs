@@ -128,6 +128,10 @@ struct Entry {
     end: usize,
 }
 
+/// Tensors smaller than this are copied out of a mapped file when read (see
+/// [`SafetensorsStore::get`]).
+const SMALL_TENSOR_BYTES: usize = 1 << 20;
+
 /// Tensors by name across one or more safetensors files.
 pub(crate) struct SafetensorsStore {
     files: Vec<(Arc<Backing>, PathBuf)>,
@@ -228,7 +232,15 @@ impl SafetensorsStore {
             )));
         }
         let shape = entry.shape.clone();
-        if entry.dtype == Dtype::F32 && cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 {
+        // Small tensors (biases, norms) are copied out of a file mapping: they are read in every
+        // pass, and a read of a mapped page can bring in a large folio of its neighbours too
+        // (2 MiB with transparent huge pages), pages of matrices that were packed and released.
+        let small = count * 4 < SMALL_TENSOR_BYTES && matches!(**backing, Backing::Mapped(_));
+        if entry.dtype == Dtype::F32
+            && cfg!(target_endian = "little")
+            && (bytes.as_ptr() as usize) % 4 == 0
+            && !small
+        {
             return Ok(Param {
                 data: ParamData::Shared {
                     backing: backing.clone(),

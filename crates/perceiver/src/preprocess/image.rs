@@ -9,19 +9,23 @@
 //! - conv: a 7×7 stride-2 convolution with BatchNorm (folded into it) and ReLU, a 3×3 stride-2
 //!   max-pool, then Fourier features.
 //!
-//! Fourier features depend only on the image size, so they are computed once per size.
+//! The rows are made on demand ([`ImageRows`]), a block at a time: an image's 50,176 rows of
+//! 261 or 512 channels are never held whole while the encoder cross-attends them. Fourier
+//! features come from per-axis tables ([`FourierGrid`]).
 
-use std::sync::Arc;
+use std::ops::Range;
 
-use super::InputArray;
+use rayon::prelude::*;
+
+use super::{InputArray, RowSource};
 use crate::checkpoint::names::ImagePreprocessorNames;
 use crate::checkpoint::Param;
-use crate::config::{ImageInputSpec, IMAGE_CHANNELS};
+use crate::config::{FourierSpec, ImageInputSpec, IMAGE_CHANNELS};
 use crate::conv::{max_pool, relu, Conv2d};
 use crate::error::{Error, Result};
 pub use crate::image::Pixels;
 use crate::layers::{Dense, Precision};
-use crate::position::{FourierCache, TrainablePositions};
+use crate::position::{FourierGrid, TrainablePositions};
 use crate::runtime::{item_ranges, on_pool};
 
 #[derive(Debug, Clone)]
@@ -35,11 +39,11 @@ enum Kind {
         image_size: usize,
     },
     Pixels {
-        fourier: FourierCache,
+        fourier: FourierSpec,
     },
     Conv {
         conv: Conv2d,
-        fourier: FourierCache,
+        fourier: FourierSpec,
     },
 }
 
@@ -78,17 +82,12 @@ impl ImagePreprocessor {
                 projected: Vec::new(),
                 image_size,
             },
-            (ImageInputSpec::Pixels { fourier }, ImagePreprocessorNames::Pixels) => Kind::Pixels {
-                fourier: FourierCache::new(fourier),
-            },
+            (ImageInputSpec::Pixels { fourier }, ImagePreprocessorNames::Pixels) => Kind::Pixels { fourier },
             (ImageInputSpec::Conv { fourier, .. }, ImagePreprocessorNames::Conv { conv, batchnorm }) => {
                 let (before, after) = Conv2d::same_padding(conv.weight.shape[2]);
                 let mut stem = Conv2d::load(get, conv, STEM_STRIDE, before, after)?;
                 stem.fold_batch_norm(get, batchnorm)?;
-                Kind::Conv {
-                    conv: stem,
-                    fourier: FourierCache::new(fourier),
-                }
+                Kind::Conv { conv: stem, fourier }
             }
             _ => {
                 return Err(Error::InvalidConfig(
@@ -156,43 +155,68 @@ impl ImagePreprocessor {
         Ok(())
     }
 
-    /// The encoder's input for each (checked) image.
+    /// One checked image's rows of the encoder's input, made on demand (the convolutions run
+    /// here; the Fourier variant keeps the pixels as they are).
+    pub(crate) fn rows<'a>(&'a self, image: &'a Pixels, threads: usize) -> Result<ImageRows<'a>> {
+        self.check(&[image])?;
+        let (h, w) = (image.height, image.width);
+        let (features, rows, positions) = match &self.kind {
+            Kind::Conv1x1 { conv, projected, .. } => {
+                let (features, fh, fw) = conv.forward(&image.values, h, w, threads)?;
+                (Features::Rows(features), fh * fw, Positions::Table(projected))
+            }
+            Kind::Pixels { fourier } => (
+                Features::Planes(&image.values),
+                h * w,
+                Positions::Fourier(FourierGrid::new(fourier, [h, w])),
+            ),
+            Kind::Conv { conv, fourier } => {
+                let (mut features, ch, cw) = conv.forward(&image.values, h, w, threads)?;
+                relu(&mut features);
+                let (pooled, ph, pw) =
+                    max_pool(&features, ch, cw, conv.out_channels(), POOL_WINDOW, POOL_STRIDE)?;
+                (
+                    Features::Rows(pooled),
+                    ph * pw,
+                    Positions::Fourier(FourierGrid::new(fourier, [ph, pw])),
+                )
+            }
+        };
+        let channels = self.channels();
+        let feature_channels = match &features {
+            Features::Planes(planes) => planes.len() / rows.max(1),
+            Features::Rows(values) => values.len() / rows.max(1),
+        };
+        let position_channels = match &positions {
+            Positions::Table(table) => table.len() / rows.max(1),
+            Positions::Fourier(grid) => grid.channels(),
+        };
+        if feature_channels + position_channels != channels {
+            return Err(Error::InvalidConfig(format!(
+                "the image preprocessor makes {feature_channels} + {position_channels} channels per \
+                 position, the encoder takes {channels}"
+            )));
+        }
+        Ok(ImageRows {
+            features,
+            feature_channels,
+            positions,
+            rows,
+            channels,
+        })
+    }
+
+    /// The encoder's input for each (checked) image, whole.
     pub fn forward(&self, images: &[&Pixels], threads: usize) -> Result<InputArray> {
         self.check(images)?;
-        let channels = self.channels();
         let mut values = Vec::new();
         let mut rows_per_item = Vec::with_capacity(images.len());
         for image in images {
-            let (h, w) = (image.height, image.width);
-            let (features, fh, fw, positions) = match &self.kind {
-                Kind::Conv1x1 { conv, projected, .. } => {
-                    let (features, fh, fw) = conv.forward(&image.values, h, w, threads)?;
-                    (features, fh, fw, Positions::Table(projected))
-                }
-                Kind::Pixels { fourier } => (
-                    channels_last(&image.values, h * w),
-                    h,
-                    w,
-                    Positions::Fourier(fourier.get([h, w])),
-                ),
-                Kind::Conv { conv, fourier } => {
-                    let (mut features, ch, cw) = conv.forward(&image.values, h, w, threads)?;
-                    relu(&mut features);
-                    let (pooled, ph, pw) =
-                        max_pool(&features, ch, cw, conv.out_channels(), POOL_WINDOW, POOL_STRIDE)?;
-                    (pooled, ph, pw, Positions::Fourier(fourier.get([ph, pw])))
-                }
-            };
-            let rows = fh * fw;
-            let feature_channels = features.len() / rows;
-            let positions = positions.values();
-            let position_channels = channels - feature_channels;
-            values.reserve(rows * channels);
-            for r in 0..rows {
-                values.extend_from_slice(&features[r * feature_channels..][..feature_channels]);
-                values.extend_from_slice(&positions[r * position_channels..][..position_channels]);
-            }
-            rows_per_item.push(rows);
+            let rows = self.rows(image, threads)?;
+            let start = values.len();
+            values.resize(start + rows.len() * rows.channels(), 0.0);
+            rows.fill(0..rows.len(), &mut values[start..]);
+            rows_per_item.push(rows.len());
         }
         Ok(InputArray {
             values,
@@ -201,28 +225,67 @@ impl ImagePreprocessor {
     }
 }
 
+/// What an image's features are before the positions are appended.
+enum Features<'a> {
+    /// The pixels themselves, `[channels, rows]` (channels first, as given).
+    Planes(&'a [f32]),
+    /// A convolution's output, `[rows, channels]`.
+    Rows(Vec<f32>),
+}
+
+/// The positions appended to each row's features.
 enum Positions<'a> {
+    /// The learned positions after their projection, `[rows, channels]`.
     Table(&'a [f32]),
-    Fourier(Arc<Vec<f32>>),
+    Fourier(FourierGrid<2>),
 }
 
-impl Positions<'_> {
-    fn values(&self) -> &[f32] {
-        match self {
-            Self::Table(table) => table,
-            Self::Fourier(features) => features,
-        }
-    }
+/// One image's rows of the encoder's input, made a block at a time.
+pub(crate) struct ImageRows<'a> {
+    features: Features<'a>,
+    feature_channels: usize,
+    positions: Positions<'a>,
+    rows: usize,
+    channels: usize,
 }
 
-/// `[channels, n]` → `[n, channels]`.
-fn channels_last(planes: &[f32], n: usize) -> Vec<f32> {
-    let channels = planes.len() / n;
-    let mut out = vec![0f32; planes.len()];
-    for (c, plane) in planes.chunks_exact(n).enumerate() {
-        for (i, &v) in plane.iter().enumerate() {
-            out[i * channels + c] = v;
-        }
+/// Rows a rayon task fills: enough to pay for the task.
+const FILL_ROWS_PER_TASK: usize = 256;
+
+impl RowSource for ImageRows<'_> {
+    fn len(&self) -> usize {
+        self.rows
     }
-    out
+
+    fn channels(&self) -> usize {
+        self.channels
+    }
+
+    fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
+        let (channels, fc) = (self.channels, self.feature_channels);
+        assert!(rows.end <= self.rows && out.len() == rows.len() * channels);
+        out.par_chunks_mut(FILL_ROWS_PER_TASK * channels)
+            .enumerate()
+            .for_each(|(task, block)| {
+                let first = rows.start + task * FILL_ROWS_PER_TASK;
+                for (r, row) in (first..).zip(block.chunks_exact_mut(channels)) {
+                    let (features, positions) = row.split_at_mut(fc);
+                    match &self.features {
+                        Features::Planes(planes) => {
+                            for (c, v) in features.iter_mut().enumerate() {
+                                *v = planes[c * self.rows + r];
+                            }
+                        }
+                        Features::Rows(values) => features.copy_from_slice(&values[r * fc..][..fc]),
+                    }
+                    match &self.positions {
+                        Positions::Table(table) => {
+                            let pc = channels - fc;
+                            positions.copy_from_slice(&table[r * pc..][..pc]);
+                        }
+                        Positions::Fourier(grid) => grid.row_into(r, positions),
+                    }
+                }
+            });
+    }
 }

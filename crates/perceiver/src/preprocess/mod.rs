@@ -41,6 +41,20 @@ pub struct InputArray {
     pub items: Vec<Range<usize>>,
 }
 
+/// One item's rows of the encoder's input made on demand, a block at a time: an input too long
+/// to hold whole with its keys and values (an image's 50,176 pixels) is cross-attended block by
+/// block ([`crate::encoder::Encoder::forward_streamed`]).
+pub(crate) trait RowSource: Sync {
+    /// Rows of the item.
+    fn len(&self) -> usize;
+
+    /// Channels per row.
+    fn channels(&self) -> usize;
+
+    /// Writes rows `rows` into `out`, `rows.len() × channels()` values.
+    fn fill(&self, rows: Range<usize>, out: &mut [f32]);
+}
+
 impl Preprocessor {
     /// Channels of the array it makes.
     pub fn channels(&self) -> usize {
