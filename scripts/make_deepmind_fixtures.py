@@ -141,6 +141,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--copy-from", type=Path, metavar="GIT_REPO",
                     help="copy DeepMind's files at the pinned commit from this local clone, then exit")
 parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+parser.add_argument("--only", choices=["imagenet"],
+                    help="write only these fixtures (and not the README): for development")
 ARGS = parser.parse_args()
 
 check_pins()
@@ -600,6 +602,246 @@ def make_flow(out_dir: Path, rng: np.random.Generator):
     return stats
 
 
+# ------------------------------------------------------------------------------------------------
+# ImageNet: DeepMind's imagenet_classification Colab (`imagenet_*.pystate`).
+
+# The Colab's `normalize`: ImageNet's mean and std on the 0..255 scale.
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+IMAGENET_LABELS = 7
+# The encoder's sizes (tiny, what the shapes pin): qk_channels / v_channels set to 16 where the
+# Colab leaves them unset (the cross-attention's would be the input's 512 / 261 / 322 channels),
+# to keep the pickles small; self-attention widening 2 where the Colab has 1.
+IMAGENET_ENCODER = dict(
+    num_self_attends_per_block=2, z_index_dim=8, num_z_channels=16, qk_channels=16, v_channels=16,
+    cross_attend_widening_factor=1, self_attend_widening_factor=2, cross_attention_shape_for_attn="kv",
+    dropout_prob=0, z_pos_enc_init_scale=0.02,
+)
+# What no shape tells, as the Colab sets it (its three configs agree on the encoder).
+IMAGENET_COLAB = dict(num_blocks=8, num_cross_attend_heads=1, num_self_attend_heads=8, use_query_residual=True)
+# `config_json` (Fourier model only): heads, blocks and both query residuals unlike the Colab's,
+# told by a transformers config.json beside the pystate.
+IMAGENET_CONFIG_JSON = dict(num_blocks=2, num_cross_attend_heads=2, num_self_attend_heads=4,
+                            use_query_residual=False)
+
+# Per model: the Colab's preprocessor config, its decoder's query residual, the image sizes of its
+# cases (the learned model takes only its own size) and the runs made.
+IMAGENET_MODELS = {
+    "imagenet_learned": dict(
+        architecture="PerceiverForImageClassificationLearned",
+        preprocessor=dict(
+            position_encoding_type="trainable",
+            trainable_position_encoding_kwargs=dict(init_scale=0.02, num_channels=256),
+            prep_type="conv1x1", project_pos_dim=256, num_channels=256, spatial_downsample=1,
+            concat_or_add_pos="concat"),
+        decoder_query_residual=False, image_size=12, sizes=[(12, 12), (12, 12)],
+        runs=["colab"]),
+    "imagenet_fourier": dict(
+        architecture="PerceiverForImageClassificationFourier",
+        preprocessor=dict(
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=dict(
+                concat_pos=True, max_resolution=(224, 224), num_bands=64, sine_only=False),
+            prep_type="pixels", spatial_downsample=1),
+        decoder_query_residual=True, image_size=None, sizes=[(20, 16), (15, 17)],
+        runs=["colab", "config_json"]),
+    "imagenet_conv": dict(
+        architecture="PerceiverForImageClassificationConvProcessing",
+        preprocessor=dict(
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=dict(
+                concat_pos=True, max_resolution=(56, 56), num_bands=64, sine_only=False),
+            prep_type="conv"),
+        decoder_query_residual=True, image_size=None, sizes=[(32, 32), (29, 23)],
+        runs=["colab"]),
+}
+
+
+def imagenet_settings(name, run):
+    """What no shape tells for `run`: the Colab's, or the config.json's."""
+    model = IMAGENET_MODELS[name]
+    if run == "colab":
+        return dict(IMAGENET_COLAB, decoder_query_residual=model["decoder_query_residual"])
+    return dict(IMAGENET_CONFIG_JSON, decoder_query_residual=False)
+
+
+def imagenet_forward_fn(name, run):
+    """The Colab's `imagenet_classifier` (hk.transform_with_state) with IMAGENET_ENCODER's sizes."""
+    model = IMAGENET_MODELS[name]
+    s = imagenet_settings(name, run)
+    d_latents = IMAGENET_ENCODER["num_z_channels"]
+
+    def imagenet_classifier(images, is_training):
+        input_preprocessor = io_processors.ImagePreprocessor(**model["preprocessor"])
+        encoder = perceiver.PerceiverEncoder(
+            **IMAGENET_ENCODER, num_blocks=s["num_blocks"],
+            num_cross_attend_heads=s["num_cross_attend_heads"],
+            num_self_attend_heads=s["num_self_attend_heads"],
+            use_query_residual=s["use_query_residual"])
+        decoder = perceiver.ClassificationDecoder(
+            IMAGENET_LABELS, num_z_channels=d_latents, position_encoding_type="trainable",
+            trainable_position_encoding_kwargs=dict(init_scale=0.02, num_channels=d_latents),
+            use_query_residual=s["decoder_query_residual"])
+        model_ = perceiver.Perceiver(encoder=encoder, decoder=decoder, input_preprocessor=input_preprocessor)
+        return model_(images, is_training=is_training)
+
+    return hk.transform_with_state(imagenet_classifier)
+
+
+def imagenet_transformers_config(name, run):
+    s = imagenet_settings(name, run)
+    e = IMAGENET_ENCODER
+    config = dict(
+        architectures=[IMAGENET_MODELS[name]["architecture"]], model_type="perceiver",
+        d_latents=e["num_z_channels"], num_latents=e["z_index_dim"], num_blocks=s["num_blocks"],
+        num_self_attends_per_block=e["num_self_attends_per_block"],
+        num_self_attention_heads=s["num_self_attend_heads"],
+        num_cross_attention_heads=s["num_cross_attend_heads"],
+        qk_channels=e["qk_channels"], v_channels=e["v_channels"],
+        cross_attention_shape_for_attention="kv",
+        self_attention_widening_factor=e["self_attend_widening_factor"],
+        cross_attention_widening_factor=e["cross_attend_widening_factor"],
+        use_query_residual=s["use_query_residual"], hidden_act="gelu_new",
+        num_labels=IMAGENET_LABELS, attention_probs_dropout_prob=0.1, initializer_range=0.02,
+        layer_norm_eps=1e-12,
+        # This library's key for DeepMind's decoder (transformers' always adds the query back).
+        decoder_use_query_residual=s["decoder_query_residual"],
+    )
+    return config
+
+
+def scale_up_imagenet(params, state, rng: np.random.Generator):
+    """As `scale_up_flow`: init's linear and convolution weights kept (attention queries and keys
+    x1.5), biases N(0, 0.2^2), LayerNorm and BatchNorm scales U(0.7, 1.3) and offsets
+    U(-0.3, 0.3), position tables (latents, the decoder's query, the learned model's pixel
+    positions) x50, the final layer N(0, 1/fan_in) (logits of std ~2: larger ones would carry
+    more of float32's rounding of the Fourier phases, up to ~350 rad at 224's top band); the
+    BatchNorm's moving mean N(0, 0.3^2) and variance U(0.5, 2) (`hidden` as `average`, counters
+    1234). Every float rounded to bfloat16's precision, kept as float32 (git stores the pickles
+    compressed)."""
+    import ml_dtypes
+
+    def rounded(value):
+        return np.asarray(value, dtype=np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+    out = {}
+    for module in sorted(params):
+        out[module] = {}
+        for name in sorted(params[module]):
+            value = np.asarray(params[module][name], dtype=np.float32)
+            shape = value.shape
+            if name == "b":
+                value = rng.normal(0.0, 0.2, shape)
+            elif name == "scale":
+                value = rng.uniform(0.7, 1.3, shape)
+            elif name == "offset":
+                value = rng.uniform(-0.3, 0.3, shape)
+            elif name == "w" and module.endswith("basic_decoder/output"):
+                value = rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
+            elif name == "w":
+                if re.search(r"/attention/linear(_1)?$", module):
+                    value = value * 1.5
+            elif name == "pos_embs":
+                value = value * 50.0
+            else:
+                raise AssertionError(f"unexpected parameter {module}/{name}")
+            out[module][name] = rounded(value)
+    new_state = {}
+    for module in sorted(state):
+        shape = np.shape(state[module]["average"])
+        if module.endswith("mean_ema"):
+            average = rounded(rng.normal(0.0, 0.3, shape))
+        else:
+            assert module.endswith("var_ema"), module
+            average = rounded(rng.uniform(0.5, 2.0, shape))
+        new_state[module] = dict(
+            average=average, hidden=average.copy(), counter=np.asarray(1234, dtype=np.int32))
+    return out, new_state
+
+
+def imagenet_images(rng: np.random.Generator, height: int, width: int):
+    """A uint8 RGB image [H, W, 3]: smooth colour gradients plus noise."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack([
+        128 + 100 * np.sin(x / width * np.pi * rng.uniform(1, 3) + rng.uniform(0, 6)),
+        128 + 100 * np.cos(y / height * np.pi * rng.uniform(1, 3) + rng.uniform(0, 6)),
+        128 + 80 * np.sin((x + y) / (width + height) * np.pi * 4),
+    ], axis=-1)
+    noisy = base + rng.normal(0, 25, base.shape)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+def run_imagenet(transformed, params, state, pixels, dtype):
+    """DeepMind's apply (`is_training=False`) on normalised pixels `[B, H, W, 3]`: the logits as
+    float64 `[B, labels]`. float32 runs with jax_enable_x64 off, as the Colab runs."""
+    with jax.enable_x64(dtype == jnp.float64):
+        cast = lambda tree: jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, dtype=dtype) if np.asarray(a).dtype.kind == "f" else jnp.asarray(a),
+            tree)
+        logits, _ = transformed.apply(
+            cast(params), cast(state), jax.random.PRNGKey(42), jnp.asarray(pixels, dtype=dtype), False)
+        assert logits.dtype == dtype, logits.dtype
+    return np.asarray(logits, np.float64)
+
+
+def make_imagenet(out_dir: Path, rng: np.random.Generator):
+    all_stats = {}
+    for name, model in IMAGENET_MODELS.items():
+        transformed = imagenet_forward_fn(name, "colab")
+        h, w = model["sizes"][0]
+        params, state = transformed.init(
+            jax.random.PRNGKey(SEED), jnp.zeros((1, h, w, 3), jnp.float32), True)
+        params, state = scale_up_imagenet(params, state, rng)
+        target = out_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        # {"params", "state"} as the Colab reads `imagenet_*.pystate` (`ckpt['params']`,
+        # `ckpt['state']`), each in 2021's FlatMapping layout (protocol 4).
+        checkpoint = {"params": as_flatmapping(params), "state": as_flatmapping(state)}
+        data = pickle.dumps(checkpoint, protocol=4)
+        (target / "params.pystate").write_bytes(data)
+        back = pickle.loads(data)
+        for key, tree in [("params", params), ("state", state)]:
+            assert sorted(back[key]) == sorted(tree)
+            for module in tree:
+                for p in tree[module]:
+                    np.testing.assert_array_equal(np.asarray(back[key][module][p]), tree[module][p])
+        if "config_json" in model["runs"]:
+            (target / "config.json").write_text(
+                json.dumps(imagenet_transformers_config(name, "config_json"), indent=2) + "\n")
+        tensors = {}
+        stats = {"params": int(sum(np.size(a) for p in params.values() for a in p.values())),
+                 "modules": len(params), "state": len(state)}
+        # Case 0 is two images, case 1 one (of another size where the model takes any); the
+        # pixels are the Colab's `normalize` of uint8 images, rounded to float32.
+        cases = []
+        for c, (h, w) in enumerate(model["sizes"]):
+            images = np.stack([imagenet_images(rng, h, w) for _ in range(2 if c == 0 else 1)])
+            cases.append(((images.astype(np.float64) - np.array(MEAN_RGB)) / np.array(STDDEV_RGB)).astype(np.float32))
+        for run in model["runs"]:
+            transformed = imagenet_forward_fn(name, run)
+            worst_f32 = 0.0
+            largest = 0.0
+            for c, pixels in enumerate(cases):
+                exact = run_imagenet(transformed, params, state, pixels, jnp.float64)
+                single = run_imagenet(transformed, params, state, pixels, jnp.float32)
+                worst_f32 = max(worst_f32, float(np.abs(exact - single).max()))
+                largest = max(largest, float(np.abs(exact).max()))
+                if run == "colab":
+                    tensors[f"case{c}.pixels"] = pixels
+                tensors[f"{run}.case{c}.logits"] = exact.astype(np.float32)
+            stats[run] = dict(largest=largest, f32_vs_f64=worst_f32,
+                              std=float(np.std([tensors[k] for k in tensors if k.startswith(run + ".")][0])))
+            # DeepMind's own float32 code is this close to its float64 run; the Rust tests' 1e-4
+            # holds with room.
+            assert worst_f32 < 5e-5, (name, run, stats)
+        save_file(tensors, str(target / "cases.safetensors"))
+        all_stats[name] = stats
+        print(name, stats)
+    return all_stats
+
+
 def write_readme(out_dir: Path, all_stats, flow_stats) -> None:
     rows = []
     for model, stats in zip(MODELS, all_stats):
@@ -684,6 +926,9 @@ as `scale_up_flow` says, rounded to bfloat16 precision, pickled as float32), and
 def main() -> None:
     out_dir = ARGS.out
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ARGS.only == "imagenet":
+        make_imagenet(out_dir, np.random.default_rng(SEED + 2))
+        return
     rng = np.random.default_rng(SEED)
     all_stats = []
     for model in MODELS:
