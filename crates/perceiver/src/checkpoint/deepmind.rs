@@ -19,10 +19,16 @@
 //! (`jax.nn.gelu`), so the numbers are DeepMind's; transformers' own config for the released
 //! model says `"gelu"` (exact), which moves the logits by up to ~1e-3.
 //!
-//! Two of DeepMind's models are mapped: the byte-level masked language model
-//! (`language_perceiver_io_bytes.pickle`, [`language_colab`]) and the optical-flow model
-//! (`optical_flow_checkpoint.pystate`, [`flow_colab`]), told apart by their module names. The
-//! ImageNet `.pystate` files are refused by name.
+//! Five of DeepMind's models are mapped, told apart by their module names: the byte-level masked
+//! language model (`language_perceiver_io_bytes.pickle`, [`language_colab`]), the optical-flow
+//! model (`optical_flow_checkpoint.pystate`, [`flow_colab`]) and the three ImageNet classifiers
+//! (`imagenet_*.pystate`, [`imagenet_colab`]), whose `.pystate` is `{"params", "state"}`: the conv
+//! stem's BatchNorm statistics are Haiku state (`mean_ema` / `var_ema`). A Haiku convolution's
+//! kernel (`[kh, kw, in, out]`) becomes PyTorch's `[out, in, kh, kw]`; a BatchNorm's
+//! `[1, 1, 1, channels]` arrays its `[channels]` ones. Where DeepMind's ImageNet code does what
+//! transformers' classes do not (the stem's `'SAME'` padding, the learned model's decoder without
+//! a query residual), the config says so under this library's own keys, which the model follows
+//! and transformers ignores.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -445,8 +451,8 @@ fn layout(source: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// Opens a DeepMind checkpoint file as a checked transformers checkpoint: its config inferred
-/// (shapes + [`language_colab`] or [`flow_colab`]) unless `config` names a transformers
-/// `config.json`.
+/// (shapes + [`language_colab`], [`flow_colab`] or [`imagenet_colab`]) unless `config` names a
+/// transformers `config.json`.
 pub fn open(path: &Path, config: Option<&Path>) -> Result<Checkpoint> {
     // The (small) config first: a bad one should not cost reading a large pickle.
     let config = config.map(PerceiverConfig::from_file).transpose()?;
