@@ -152,7 +152,7 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--copy-from", type=Path, metavar="GIT_REPO",
                     help="copy DeepMind's files at the pinned commit from this local clone, then exit")
 parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-parser.add_argument("--only", choices=["imagenet"],
+parser.add_argument("--only", choices=["imagenet", "video"],
                     help="write only these fixtures (and not the README): for development")
 ARGS = parser.parse_args()
 
@@ -853,6 +853,211 @@ def make_imagenet(out_dir: Path, rng: np.random.Generator):
     return all_stats
 
 
+# ------------------------------------------------------------------------------------------------
+# Video autoencoding: DeepMind's video_autoencoding Colab (`video_autoencoding_checkpoint.pystate`).
+
+VIDEO_NAME = "video"
+# Sizes unlike the Colab's (16 frames of 224x224, 1920 audio samples a frame, 16 a patch, 700
+# labels), so the model needs its config.json; none of them shapes a parameter except the
+# samples per patch and the labels.
+VIDEO = dict(num_frames=4, height=16, width=16, img_sz=6, audio_samples_per_frame=24,
+             samples_per_patch=8, num_labels=5, output_num_channels=12, label_channels=20)
+VIDEO_ENCODER = dict(
+    num_self_attends_per_block=2, num_blocks=2, z_index_dim=8, num_z_channels=16, qk_channels=16,
+    num_cross_attend_heads=2, num_self_attend_heads=4, cross_attend_widening_factor=2,
+    self_attend_widening_factor=1, dropout_prob=0.0, z_pos_enc_init_scale=0.02,
+    cross_attention_shape_for_attn="kv",
+)
+# The subsamplings recorded: every query at once, and the Colab's chunk 1 of 4.
+VIDEO_CHUNKS = {"all": (0, 1), "chunk1of4": (1, 4)}
+
+
+def video_forward_fn():
+    """The Colab's `video_autoencoder` (hk.transform_with_state) with VIDEO's sizes."""
+    v = VIDEO
+    n_audio_samples = v["num_frames"] * v["audio_samples_per_frame"]
+    max_resolution = (v["num_frames"], v["img_sz"], v["img_sz"])
+
+    def video_autoencoder(images, audio, subsampling):
+        input_preprocessor = io_processors.MultimodalPreprocessor(
+            min_padding_size=4,
+            modalities={
+                "audio": io_processors.AudioPreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=dict(
+                        num_bands=192, max_resolution=(n_audio_samples,), sine_only=False, concat_pos=True),
+                    n_extra_pos_mlp=0, prep_type="patches", samples_per_patch=v["samples_per_patch"]),
+                "image": io_processors.ImagePreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=dict(
+                        num_bands=32, max_resolution=max_resolution, sine_only=False, concat_pos=True),
+                    n_extra_pos_mlp=0, prep_type="patches", spatial_downsample=4, temporal_downsample=1),
+                "label": io_processors.OneHotPreprocessor(),
+            },
+            mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
+        )
+        output_postprocessor = io_processors.MultimodalPostprocessor(modalities={
+            "audio": io_processors.AudioPostprocessor(samples_per_patch=v["samples_per_patch"]),
+            "image": io_processors.ProjectionPostprocessor(num_outputs=3),
+            "label": io_processors.ClassificationPostprocessor(num_classes=v["num_labels"]),
+        })
+        encoder = perceiver.PerceiverEncoder(**VIDEO_ENCODER, name="encoder")
+        d_latents = VIDEO_ENCODER["num_z_channels"]
+        subsampled_index_dims = {
+            "audio": subsampling["audio"].shape[0], "image": subsampling["image"].shape[0], "label": 1}
+        image_decoder = perceiver.BasicVideoAutoencodingDecoder(
+            concat_preprocessed_input=False, subsampled_index_dims=subsampling["image"],
+            output_shape=images.shape[:4], num_z_channels=d_latents,
+            output_num_channels=v["output_num_channels"], use_query_residual=False,
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=dict(
+                num_bands=32, max_resolution=max_resolution, sine_only=False, concat_pos=True))
+        decoder = perceiver.MultimodalDecoder(
+            concat_preprocessed_input=False, subsampled_index_dims=subsampled_index_dims,
+            modalities={
+                "audio": perceiver.BasicDecoder(
+                    concat_preprocessed_input=False, subsampled_index_dims=subsampling["audio"],
+                    output_index_dims=(n_audio_samples // v["samples_per_patch"],),
+                    num_z_channels=d_latents, output_num_channels=v["output_num_channels"],
+                    use_query_residual=False, position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=dict(
+                        num_bands=192, max_resolution=(n_audio_samples,), sine_only=False, concat_pos=True)),
+                "image": image_decoder,
+                "label": perceiver.ClassificationDecoder(
+                    concat_preprocessed_input=False, num_classes=v["num_labels"], num_z_channels=d_latents,
+                    use_query_residual=False, position_encoding_type="trainable",
+                    trainable_position_encoding_kwargs=dict(num_channels=v["label_channels"], init_scale=0.02)),
+            },
+            num_outputs=None, output_num_channels=v["output_num_channels"], use_query_residual=False)
+        model = perceiver.Perceiver(
+            input_preprocessor=input_preprocessor, encoder=encoder, decoder=decoder,
+            output_postprocessor=output_postprocessor)
+        return model({"image": images, "audio": audio, "label": np.zeros((images.shape[0], v["num_labels"]))},
+                     is_training=False, subsampled_output_points=subsampling)
+
+    return hk.transform_with_state(video_autoencoder)
+
+
+def video_transformers_config():
+    v, e = VIDEO, VIDEO_ENCODER
+    return dict(
+        architectures=["PerceiverForMultimodalAutoencoding"], model_type="perceiver",
+        d_latents=e["num_z_channels"], num_latents=e["z_index_dim"], num_blocks=e["num_blocks"],
+        num_self_attends_per_block=e["num_self_attends_per_block"],
+        num_self_attention_heads=e["num_self_attend_heads"],
+        num_cross_attention_heads=e["num_cross_attend_heads"], qk_channels=e["qk_channels"],
+        v_channels=None, cross_attention_shape_for_attention="kv",
+        self_attention_widening_factor=e["self_attend_widening_factor"],
+        cross_attention_widening_factor=e["cross_attend_widening_factor"], use_query_residual=True,
+        hidden_act="gelu_new", num_frames=v["num_frames"], image_size=v["img_sz"],
+        audio_samples_per_frame=v["audio_samples_per_frame"], samples_per_patch=v["samples_per_patch"],
+        output_shape=[1, v["num_frames"], v["height"], v["width"]],
+        output_num_channels=v["output_num_channels"], _label_trainable_num_channels=v["label_channels"],
+        num_labels=v["num_labels"], attention_probs_dropout_prob=0.1, initializer_range=0.02,
+        layer_norm_eps=1e-12,
+    )
+
+
+def scale_up_video(params, rng: np.random.Generator):
+    """As `scale_up_flow`: linear weights kept (attention queries and keys x1.5), biases
+    N(0, 0.2^2), LayerNorm scales U(0.7, 1.3) and offsets U(-0.3, 0.3), the latents, paddings,
+    mask tokens and the label query x50; then every value rounded to float16 (kept so in the
+    pickle: the decoder's 387-wide MLP alone is 300k values, and float16 halves the file;
+    DeepMind's file is float32, which the reader takes the same way)."""
+    out = {}
+    for module in sorted(params):
+        out[module] = {}
+        for name in sorted(params[module]):
+            value = np.asarray(params[module][name], dtype=np.float32)
+            shape = value.shape
+            if name == "b":
+                value = rng.normal(0.0, 0.2, shape)
+            elif name == "scale":
+                value = rng.uniform(0.7, 1.3, shape)
+            elif name == "offset":
+                value = rng.uniform(-0.3, 0.3, shape)
+            elif name == "w":
+                if re.search(r"/attention/linear(_1)?$", module):
+                    value = value * 1.5
+            elif name == "pos_embs":
+                value = value * 50.0
+            else:
+                raise AssertionError(f"unexpected parameter {module}/{name}")
+            out[module][name] = np.asarray(value, dtype=np.float32).astype(np.float16)
+    return out
+
+
+def video_inputs(rng: np.random.Generator):
+    """Frames in [0, 1] `[1, T, H, W, 3]` (smooth, moving, noisy) and mono audio in [-1, 1]
+    `[1, samples, 1]`, both float32 (the Colab's `load_video` / 2**15 scaling)."""
+    v = VIDEO
+    t, y, x = np.mgrid[0:v["num_frames"], 0:v["height"], 0:v["width"]].astype(np.float64)
+    frames = np.stack([
+        0.5 + 0.4 * np.sin((x + 2 * t) / v["width"] * 2 * np.pi),
+        0.5 + 0.4 * np.cos((y - t) / v["height"] * 2 * np.pi),
+        0.5 + 0.3 * np.sin((x + y) / 8.0),
+    ], axis=-1) + rng.normal(0, 0.05, (v["num_frames"], v["height"], v["width"], 3))
+    frames = np.clip(frames, 0, 1)
+    n = v["num_frames"] * v["audio_samples_per_frame"]
+    audio = 0.6 * np.sin(np.arange(n) * 0.3) + rng.normal(0, 0.1, n)
+    return (frames[None].astype(np.float32), np.clip(audio, -1, 1)[None, :, None].astype(np.float32))
+
+
+def make_video(out_dir: Path, rng: np.random.Generator):
+    v = VIDEO
+    transformed = video_forward_fn()
+    frames, audio = video_inputs(rng)
+    n_pixels = v["num_frames"] * v["height"] * v["width"]
+    n_patches = v["num_frames"] * v["audio_samples_per_frame"] // v["samples_per_patch"]
+
+    def subsampling(chunk):
+        index, chunks = VIDEO_CHUNKS[chunk]
+        return {
+            "image": jnp.arange(n_pixels // chunks * index, n_pixels // chunks * (index + 1)),
+            "audio": jnp.arange(n_patches // chunks * index, n_patches // chunks * (index + 1)),
+            "label": None,
+        }
+
+    params, state = transformed.init(jax.random.PRNGKey(SEED), frames, audio, subsampling("all"))
+    assert not state, state
+    params = scale_up_video(params, rng)
+    target = out_dir / VIDEO_NAME
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    # Bare params, as the Colab reads video_autoencoding_checkpoint.pystate (`params =
+    # pickle.loads(...)`, `state = {}`), in 2021's FlatMapping layout.
+    data = pickle.dumps(as_flatmapping(params), protocol=4)
+    (target / "params.pystate").write_bytes(data)
+    back = pickle.loads(data)
+    for module in params:
+        for p in params[module]:
+            np.testing.assert_array_equal(np.asarray(back[module][p]), params[module][p])
+    (target / "config.json").write_text(json.dumps(video_transformers_config(), indent=2) + "\n")
+    tensors = {"frames": frames[0], "audio": audio[0, :, 0]}
+    stats = {"params": int(sum(np.size(a) for p in params.values() for a in p.values())),
+             "modules": len(params)}
+    for chunk in VIDEO_CHUNKS:
+        sub = subsampling(chunk)
+        outputs = {}
+        for dtype in (jnp.float64, jnp.float32):
+            with jax.enable_x64(dtype == jnp.float64):
+                cast = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float64), dtype=dtype), params)
+                out, _ = transformed.apply(
+                    cast, {}, jax.random.PRNGKey(42), jnp.asarray(frames, dtype), jnp.asarray(audio, dtype), sub)
+                outputs[dtype] = {k: np.asarray(o, np.float64)[0] for k, o in out.items()}
+        exact, single = outputs[jnp.float64], outputs[jnp.float32]
+        for k in ("audio", "image", "label"):
+            tensors[f"{chunk}.{k}"] = exact[k].astype(np.float32)
+            stats[f"{chunk}.{k}"] = dict(largest=float(np.abs(exact[k]).max()),
+                                         f32_vs_f64=float(np.abs(exact[k] - single[k]).max()))
+        tensors[f"{chunk}.image_points"] = np.asarray(sub["image"], np.int64)
+        tensors[f"{chunk}.audio_points"] = np.asarray(sub["audio"], np.int64)
+    save_file(tensors, str(target / "cases.safetensors"))
+    print(VIDEO_NAME, stats)
+    return stats
+
+
 def write_readme(out_dir: Path, all_stats, flow_stats, imagenet_stats) -> None:
     rows = []
     for model, stats in zip(MODELS, all_stats):
@@ -982,6 +1187,9 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if ARGS.only == "imagenet":
         make_imagenet(out_dir, np.random.default_rng(SEED + 2))
+        return
+    if ARGS.only == "video":
+        make_video(out_dir, np.random.default_rng(SEED + 3))
         return
     rng = np.random.default_rng(SEED)
     all_stats = []

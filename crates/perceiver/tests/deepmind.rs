@@ -17,7 +17,9 @@ use candle_core::{DType, Device, Tensor};
 use perceiver::checkpoint::deepmind;
 use perceiver::checkpoint::export::{write_model_dir, ExportOptions};
 use perceiver::checkpoint::haiku::{read_haiku_file, NdArray};
+use perceiver::decoder::MultimodalQueries;
 use perceiver::image::RgbImage;
+use perceiver::preprocess::multimodal::MultimodalInput;
 use perceiver::preprocess::FramePair;
 use perceiver::tasks::flow::FLOW_SCALE_FACTOR;
 use perceiver::{Activation, Architecture, Error, Loader, ModelInput, PerceiverModel, Pixels};
@@ -891,4 +893,231 @@ fn bad_imagenet_pystates_are_refused_by_name() {
         e.contains("Fourier positions") && e.contains("PerceiverForImageClassificationLearned"),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Video autoencoding.
+
+const VIDEO: &str = "video";
+
+/// The fixture's video (frames in [0, 1], channels first) and mono audio.
+fn video_input() -> MultimodalInput {
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(VIDEO).join("cases.safetensors"), &Device::Cpu).unwrap();
+    let frames = &tensors["frames"];
+    let (t, h, w, _) = frames.dims4().unwrap();
+    let values = frames.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let frames = (0..t)
+        .map(|f| {
+            let mut planes = vec![0f32; 3 * h * w];
+            for (i, rgb) in values[f * h * w * 3..][..h * w * 3].chunks_exact(3).enumerate() {
+                for (c, &v) in rgb.iter().enumerate() {
+                    planes[c * h * w + i] = v;
+                }
+            }
+            Pixels::new(h, w, planes).unwrap()
+        })
+        .collect();
+    let audio = tensors["audio"].to_vec1::<f32>().unwrap();
+    MultimodalInput::new(frames, audio).unwrap()
+}
+
+/// DeepMind's outputs for one subsampling: the queries and the audio, image and label outputs.
+fn video_case(chunk: &str) -> (MultimodalQueries, [Vec<f32>; 3]) {
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(VIDEO).join("cases.safetensors"), &Device::Cpu).unwrap();
+    let indices = |name: &str| -> Vec<usize> {
+        tensors[&format!("{chunk}.{name}")]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|i| i as usize)
+            .collect()
+    };
+    let floats = |name: &str| {
+        tensors[&format!("{chunk}.{name}")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let queries = MultimodalQueries {
+        audio: indices("audio_points"),
+        image: indices("image_points"),
+        label: true,
+    };
+    (queries, [floats("audio"), floats("image"), floats("label")])
+}
+
+const VIDEO_CHUNKS: [&str; 2] = ["all", "chunk1of4"];
+
+/// The worst |Δ| of the audio, image and label outputs against DeepMind's, over both
+/// subsamplings.
+fn video_worst(model: &PerceiverModel) -> [f32; 3] {
+    let latents = model.encode_multimodal(&video_input()).unwrap();
+    let mut worst = [0f32; 3];
+    for chunk in VIDEO_CHUNKS {
+        let (queries, theirs) = video_case(chunk);
+        let ours = model.decode_multimodal(&latents, &queries).unwrap();
+        let label = ours.label.unwrap();
+        for (k, ours) in [&ours.audio, &ours.image, &label].into_iter().enumerate() {
+            assert_eq!(ours.len(), theirs[k].len(), "{chunk} output {k}");
+            let diff = ours
+                .iter()
+                .zip(&theirs[k])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            worst[k] = worst[k].max(diff);
+        }
+    }
+    worst
+}
+
+fn video_loader() -> Loader {
+    Loader::new(fixture(VIDEO).join("params.pystate").to_str().unwrap())
+        .model_config(fixture(VIDEO).join("config.json"))
+}
+
+/// Our reconstruction on DeepMind's video pystate (bare params, as the Colab reads it) equals
+/// DeepMind's `apply` for every query and for the Colab's chunk 1 of 4: audio samples, pixels
+/// and label logits each within [`TOLERANCE`]; and so does the converted directory.
+#[test]
+fn the_video_pystate_gives_deepminds_reconstruction() {
+    let model = video_loader().load().unwrap();
+    let [audio, image, label] = video_worst(&model);
+    println!("video max |Δ| vs DeepMind: audio {audio:.2e}, image {image:.2e}, label {label:.2e}");
+    for worst in [audio, image, label] {
+        assert!(worst <= TOLERANCE, "{worst:e}");
+    }
+
+    let checkpoint = video_loader().checkpoint().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let written = write_model_dir(&checkpoint, out.path(), &ExportOptions::default()).unwrap();
+    assert_eq!(written.len(), 2);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&written[0]).unwrap()).unwrap();
+    assert_eq!(json["architectures"][0], "PerceiverForMultimodalAutoencoding");
+    assert_eq!(json["hidden_act"], "gelu_new");
+    let converted = Loader::new(out.path().to_str().unwrap()).load().unwrap();
+    let [audio, image, label] = video_worst(&converted);
+    println!("video converted directory max |Δ| vs DeepMind: audio {audio:.2e}, image {image:.2e}, label {label:.2e}");
+    for worst in [audio, image, label] {
+        assert!(worst <= TOLERANCE, "{worst:e}");
+    }
+    let again = Loader::new(out.path().to_str().unwrap()).checkpoint().unwrap();
+    let (a, b) = (checkpoint.tensors().unwrap(), again.tensors().unwrap());
+    assert_eq!(a.len(), b.len());
+    for ((x, p), (y, q)) in a.iter().zip(b.iter()) {
+        assert_eq!((x, p.shape()), (y, q.shape()));
+        assert!(p.data() == q.data(), "{x}");
+    }
+}
+
+/// Without a config.json the video model's sizes and settings are the Colab's (16 frames of
+/// 224×224, 1920 samples a frame, Fourier features over 16×56×56, 8 / 1 heads, one block); the
+/// samples per patch, labels, output channels and label query width come from the shapes.
+#[test]
+fn the_video_config_is_the_colabs_where_shapes_cannot_tell() {
+    let checkpoint = Loader::new(fixture(VIDEO).join("params.pystate").to_str().unwrap())
+        .checkpoint()
+        .unwrap();
+    let c = checkpoint.config();
+    assert_eq!(Architecture::of(c).unwrap(), Architecture::MultimodalAutoencoding);
+    let spec = c.multimodal().unwrap();
+    assert_eq!(
+        (
+            spec.num_frames,
+            spec.image_size,
+            spec.audio_samples_per_frame,
+            spec.output_dims
+        ),
+        (16, 56, 1920, [16, 224, 224])
+    );
+    assert_eq!(
+        (
+            spec.samples_per_patch,
+            spec.num_labels,
+            spec.output_num_channels,
+            spec.label_query_channels
+        ),
+        (8, 5, 12, 20)
+    );
+    assert_eq!(
+        (
+            c.num_self_attention_heads,
+            c.num_cross_attention_heads,
+            c.num_blocks,
+            c.use_query_residual
+        ),
+        (8, 1, 1, true)
+    );
+    assert_eq!((c.num_latents, c.d_latents), (8, 16));
+    assert_eq!(c.cross_attention_widening_factor, 2);
+    assert_eq!(c.hidden_act, Activation::GeluTanh);
+
+    // The config.json's sizes and heads instead: the same tensors.
+    let named = video_loader().checkpoint().unwrap();
+    let n = named.config().multimodal().unwrap();
+    assert_eq!((n.num_frames, n.image_size, n.output_dims), (4, 6, [4, 16, 16]));
+    let (a, b) = (checkpoint.tensors().unwrap(), named.tensors().unwrap());
+    assert_eq!(a.len(), b.len());
+    for ((x, p), (y, q)) in a.iter().zip(b.iter()) {
+        assert_eq!((x, p.shape()), (y, q.shape()));
+        assert!(p.data() == q.data(), "{x}");
+    }
+}
+
+/// A video pystate with a parameter missing or one the model has no place for is refused with
+/// DeepMind's name for it; so is a config.json whose sizes disagree with the shapes.
+#[test]
+fn bad_video_pystates_are_refused_by_name() {
+    let path = fixture(VIDEO).join("params.pystate");
+    let read = read_haiku_file(&path).unwrap();
+    assert!(read.state.is_none(), "bare params, as the Colab reads them");
+
+    let mut missing = read.clone();
+    missing
+        .params
+        .get_mut("multimodal_decoder/~decoder_query/image_padding")
+        .unwrap()
+        .remove("pos_embs");
+    let e = deepmind::from_haiku(missing, None, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("multimodal_decoder/~decoder_query/image_padding/pos_embs is missing")
+            && e.contains("perceiver.decoder.padding.image"),
+        "{e}"
+    );
+
+    let mut extra = read.clone();
+    extra
+        .params
+        .entry("multimodal_preprocessor/video_padding".into())
+        .or_default()
+        .insert(
+            "pos_embs".into(),
+            NdArray {
+                shape: vec![1, 4],
+                data: vec![0.0; 4],
+            },
+        );
+    let e = deepmind::from_haiku(extra, None, &path).unwrap_err().to_string();
+    assert!(
+        e.contains("unexpected multimodal_preprocessor/video_padding/pos_embs")
+            && e.contains("video autoencoder"),
+        "{e}"
+    );
+
+    // 7 samples per patch: the audio rows (and so every padding) would be narrower.
+    let mut config = video_loader().checkpoint().unwrap().config().clone();
+    config
+        .extra
+        .insert("samples_per_patch".into(), serde_json::json!(7));
+    config
+        .extra
+        .insert("audio_samples_per_frame".into(), serde_json::json!(21));
+    let e = deepmind::from_haiku(read, Some(config), &path).unwrap_err();
+    assert!(matches!(e, Error::DeepMindCheckpoint { .. }), "{e}");
+    assert!(e.to_string().contains("has shape"), "{e}");
 }

@@ -36,7 +36,7 @@ use std::path::Path;
 use super::haiku::{read_haiku_file, HaikuCheckpoint, HaikuParams, NdArray};
 use super::names::{
     ClassifierNames, FlowNames, ImagePreprocessorNames, InputNames, LayerNames, LinearNames, MaskedLmNames,
-    NormNames, Role, TensorName,
+    Modality, MultimodalNames, NormNames, Role, TensorName,
 };
 use super::{Checkpoint, Param};
 use crate::config::{
@@ -138,6 +138,40 @@ pub mod imagenet_colab {
     pub const ACTIVATION: crate::config::Activation = crate::config::Activation::GeluTanh;
 }
 
+/// What DeepMind's video_autoencoding Colab sets for `video_autoencoding_checkpoint.pystate`
+/// that the parameters' shapes cannot tell: the `PerceiverEncoder`'s heads, blocks and query
+/// residual (its default), and the sizes of the video and audio it was built for (no parameter
+/// depends on them: the Fourier features are computed). The shapes tell the samples per audio
+/// patch (the audio head's outputs), the labels, the decoder's output channels and the label
+/// query's width.
+///
+/// The rest is transformers' `PerceiverForMultimodalAutoencoding`'s and DeepMind's alike: 4×4
+/// video patches with 32 Fourier bands over `(NUM_FRAMES, IMG_SZ, IMG_SZ)`, audio patches with
+/// 192 bands over the audio's length, input rows padded to the widest modality + 4 and query rows
+/// to the widest + 2, the label always masked (its row is the mask token), one decoder head whose
+/// queries and keys take the latents' width, no query residual.
+pub mod video_colab {
+    /// `num_self_attend_heads`.
+    pub const NUM_SELF_ATTENTION_HEADS: usize = 8;
+    /// `num_cross_attend_heads`.
+    pub const NUM_CROSS_ATTENTION_HEADS: usize = 1;
+    /// `num_blocks`: the 8 latent layers run once.
+    pub const NUM_BLOCKS: usize = 1;
+    /// `use_query_residual` of the encoder's cross-attention (`PerceiverEncoder`'s default).
+    pub const USE_QUERY_RESIDUAL: bool = true;
+    /// `NUM_FRAMES`.
+    pub const NUM_FRAMES: usize = 16;
+    /// `AUDIO_SAMPLES_PER_FRAME` (48 kHz at 25 frames a second).
+    pub const AUDIO_SAMPLES_PER_FRAME: usize = 48000 / 25;
+    /// `IMG_SZ`: the video's Fourier features' top frequency in space (transformers'
+    /// `image_size`); the patches of a 224×224 frame are 56×56.
+    pub const IMAGE_SIZE: usize = 56;
+    /// The decoded video, `[batch, frames, height, width]` (transformers' `output_shape`).
+    pub const OUTPUT_SHAPE: [usize; 4] = [1, 16, 224, 224];
+    /// `jax.nn.gelu`'s default: the tanh approximation.
+    pub const ACTIVATION: crate::config::Activation = crate::config::Activation::GeluTanh;
+}
+
 /// Haiku's module paths in DeepMind's masked language model (the Colab's `apply_perceiver`) and
 /// optical-flow model (the Colab's `optical_flow`): each spelled once, here.
 mod haiku_names {
@@ -149,8 +183,6 @@ mod haiku_names {
     pub const LATENTS: (&str, &str) = ("perceiver_encoder/~/trainable_position_encoding", "pos_embs");
     /// The encoder's cross-attention layer.
     pub const ENCODER_CROSS: &str = "perceiver_encoder/~/cross_attention";
-    /// Latent layer `i`: this, then `_{i}` for `i > 0`.
-    pub const SELF_ATTENTION: &str = "perceiver_encoder/~/self_attention";
     /// The decoder's queries, `[positions, d_model]`.
     pub const DECODER_QUERIES: (&str, &str) = ("basic_decoder/~/trainable_position_encoding", "pos_embs");
     /// The decoder's cross-attention layer.
@@ -204,14 +236,52 @@ mod haiku_names {
     /// Conv, in `state`: the moving variance, as [`STEM_MEAN`].
     pub const STEM_VAR: &str = "image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/var_ema";
 
+    /// The `PerceiverEncoder`'s name in every model but the video autoencoder.
+    pub const ENCODER: &str = "perceiver_encoder";
+    /// The video autoencoder's `PerceiverEncoder` (the Colab names it `encoder`).
+    pub const VIDEO_ENCODER: &str = "encoder";
+
     /// Module path of latent layer `index`.
     pub fn self_attention(index: usize) -> String {
+        self_attention_in(ENCODER, index)
+    }
+
+    /// Module path of latent layer `index` of the encoder named `encoder`.
+    pub fn self_attention_in(encoder: &str, index: usize) -> String {
         if index == 0 {
-            SELF_ATTENTION.to_string()
+            format!("{encoder}/~/self_attention")
         } else {
-            format!("{SELF_ATTENTION}_{index}")
+            format!("{encoder}/~/self_attention_{index}")
         }
     }
+
+    /// The latent array of the encoder named `encoder`.
+    pub fn latents_in(encoder: &str) -> (String, &'static str) {
+        (format!("{encoder}/~/trainable_position_encoding"), "pos_embs")
+    }
+
+    /// The cross-attention of the encoder named `encoder`.
+    pub fn encoder_cross_in(encoder: &str) -> String {
+        format!("{encoder}/~/cross_attention")
+    }
+
+    /// Video: the `MultimodalPreprocessor`'s trainable rows: `{modality}_padding` (appended to
+    /// each of the modality's rows) and `{modality}_mask_token`.
+    pub const MULTIMODAL_PREPROCESSOR: &str = "multimodal_preprocessor";
+    /// Video: the `MultimodalDecoder`; its query paddings are made in `decoder_query`.
+    pub const MULTIMODAL_DECODER: &str = "multimodal_decoder";
+    /// Video: the decoder's `{modality}_padding` rows.
+    pub const MULTIMODAL_QUERY_PADDING: &str = "multimodal_decoder/~decoder_query";
+    /// Video: the shared decoder's cross-attention.
+    pub const MULTIMODAL_CROSS: &str = "multimodal_decoder/~/basic_decoder/cross_attention";
+    /// Video: the shared decoder's final `hk.Linear`.
+    pub const MULTIMODAL_OUTPUT: &str = "multimodal_decoder/~/basic_decoder/output";
+    /// Video: each modality's postprocessor `hk.Linear` (audio, image, label).
+    pub const MULTIMODAL_HEADS: [&str; 3] = [
+        "audio_postprocessor/linear",
+        "projection_postprocessor/linear",
+        "classification_postprocessor/linear",
+    ];
 }
 
 /// One Haiku parameter and the transformers tensor it becomes.
@@ -322,11 +392,17 @@ fn masked_lm_pairs(names: &MaskedLmNames) -> Vec<Pair<'_>> {
 
 /// The `PerceiverEncoder`'s parameters (the latents, the cross-attention, the latent layers).
 fn encoder_pairs<'a>(encoder: &'a super::names::EncoderNames, out: &mut Vec<Pair<'a>>) {
+    encoder_pairs_in(haiku_names::ENCODER, encoder, out);
+}
+
+/// [`encoder_pairs`] of the encoder named `name`.
+fn encoder_pairs_in<'a>(name: &str, encoder: &'a super::names::EncoderNames, out: &mut Vec<Pair<'a>>) {
     use haiku_names::*;
-    out.push(Pair::new(LATENTS.0, LATENTS.1, &encoder.latents));
-    layer_pairs(ENCODER_CROSS, &encoder.cross_attention, out);
+    let (module, param) = latents_in(name);
+    out.push(Pair::new(module, param, &encoder.latents));
+    layer_pairs(&encoder_cross_in(name), &encoder.cross_attention, out);
     for (index, layer) in encoder.self_attends.iter().enumerate() {
-        layer_pairs(&self_attention(index), layer, out);
+        layer_pairs(&self_attention_in(name, index), layer, out);
     }
 }
 
@@ -371,6 +447,48 @@ fn classifier_pairs(names: &ClassifierNames) -> (Vec<Pair<'_>>, Vec<Pair<'_>>) {
     (params, state)
 }
 
+/// Every Haiku parameter of the video autoencoder with its transformers tensor, in the order
+/// the model reads them.
+fn multimodal_pairs(names: &MultimodalNames) -> Vec<Pair<'_>> {
+    use haiku_names::*;
+    let mut out = Vec::new();
+    for m in Modality::ALL {
+        let i = m as usize;
+        let name = m.name();
+        out.push(Pair::new(
+            format!("{MULTIMODAL_PREPROCESSOR}/{name}_padding"),
+            "pos_embs",
+            &names.input_padding[i],
+        ));
+        out.push(Pair::new(
+            format!("{MULTIMODAL_PREPROCESSOR}/{name}_mask_token"),
+            "pos_embs",
+            &names.mask[i],
+        ));
+    }
+    encoder_pairs_in(VIDEO_ENCODER, &names.encoder, &mut out);
+    // The label's `ClassificationDecoder` is built outside the multimodal decoder, only for its
+    // query.
+    out.push(Pair::new(
+        CLASSIFIER_QUERY.0,
+        CLASSIFIER_QUERY.1,
+        &names.label_query,
+    ));
+    for m in Modality::ALL {
+        out.push(Pair::new(
+            format!("{MULTIMODAL_QUERY_PADDING}/{}_padding", m.name()),
+            "pos_embs",
+            &names.query_padding[m as usize],
+        ));
+    }
+    layer_pairs(MULTIMODAL_CROSS, &names.cross_attention, &mut out);
+    linear_pairs(MULTIMODAL_OUTPUT.to_string(), &names.final_layer, &mut out);
+    for (module, head) in MULTIMODAL_HEADS.iter().zip(&names.heads) {
+        linear_pairs(module.to_string(), head, &mut out);
+    }
+    out
+}
+
 /// Every Haiku parameter of the optical-flow model with its transformers tensor, in the order
 /// the model reads them.
 fn flow_pairs(names: &FlowNames) -> Vec<Pair<'_>> {
@@ -391,6 +509,7 @@ enum Kind {
     ImageLearned,
     ImageFourier,
     ImageConv,
+    Multimodal,
 }
 
 impl Kind {
@@ -401,6 +520,12 @@ impl Kind {
             Some(Self::MaskedLm)
         } else if params.contains_key(PATCHES) || params.keys().any(|m| m.starts_with(FLOW_DECODER)) {
             Some(Self::OpticalFlow)
+        } else if params.keys().any(|m| {
+            m.starts_with(&format!("{MULTIMODAL_PREPROCESSOR}/"))
+                || m.starts_with(&format!("{MULTIMODAL_DECODER}/"))
+        }) {
+            // Before the classifiers: the video model's label query is a ClassificationDecoder's.
+            Some(Self::Multimodal)
         } else if params.keys().any(|m| m.starts_with(CLASSIFIER)) {
             // The preprocessor tells the three apart: the Fourier model's has no parameters.
             let has = |prefix: &str| params.keys().any(|m| m.starts_with(prefix));
@@ -423,6 +548,7 @@ impl Kind {
             Self::ImageLearned => Architecture::ImageClassificationLearned,
             Self::ImageFourier => Architecture::ImageClassificationFourier,
             Self::ImageConv => Architecture::ImageClassificationConvProcessing,
+            Self::Multimodal => Architecture::MultimodalAutoencoding,
         }
     }
 
@@ -433,6 +559,7 @@ impl Kind {
             Self::ImageLearned => "the ImageNet classifier with learned positions",
             Self::ImageFourier => "the ImageNet classifier with Fourier positions",
             Self::ImageConv => "the ImageNet classifier with a conv stem",
+            Self::Multimodal => "the video autoencoder",
         }
     }
 
@@ -480,8 +607,9 @@ pub fn from_haiku(
                 "its top-level modules ({}) are not those of DeepMind's byte-level masked language \
                  model (embed, trainable_position_encoding, perceiver_encoder, basic_decoder, \
                  embedding_decoder), of its optical-flow model (image_preprocessor, \
-                 perceiver_encoder, flow_decoder) nor of its ImageNet classifiers ([image_preprocessor,] \
-                 perceiver_encoder, classification_decoder)",
+                 perceiver_encoder, flow_decoder), of its ImageNet classifiers ([image_preprocessor,] \
+                 perceiver_encoder, classification_decoder) nor of its video autoencoder \
+                 (multimodal_preprocessor, encoder, multimodal_decoder, *_postprocessor)",
                 modules.join(", ")
             ),
         ));
@@ -521,6 +649,7 @@ pub fn from_haiku(
             Kind::ImageLearned | Kind::ImageFourier | Kind::ImageConv => {
                 infer_image_config(&params, kind.architecture(), source)?
             }
+            Kind::Multimodal => infer_multimodal_config(&params, source)?,
         },
     };
     let tensors = match kind {
@@ -529,6 +658,7 @@ pub fn from_haiku(
         Kind::ImageLearned | Kind::ImageFourier | Kind::ImageConv => {
             classifier_tensors(params, state, &config, source)?
         }
+        Kind::Multimodal => multimodal_tensors(params, &config, source)?,
     };
     Checkpoint::from_params(config, tensors)
 }
@@ -684,6 +814,85 @@ pub fn infer_image_config(
     )
 }
 
+/// The config of DeepMind's video autoencoder: widths and counts from the parameters' shapes
+/// (the encoder's, the samples per audio patch, the labels, the decoder's output channels, the
+/// label query's width), the rest from [`video_colab`]; `d_model` the input's width and the
+/// activation DeepMind's tanh GELU.
+pub fn infer_multimodal_config(params: &HaikuParams, source: &Path) -> Result<PerceiverConfig> {
+    use haiku_names::*;
+    let encoder = EncoderShapes::read_in(params, VIDEO_ENCODER, source)?;
+    let outputs = |module: &str| Ok::<_, Error>(matrix(params, (module, "w"), source)?.1);
+    let [audio_head, _, label_head] = MULTIMODAL_HEADS;
+    let extra = serde_json::Map::from_iter([
+        (
+            "architectures".to_string(),
+            serde_json::json!([Architecture::MultimodalAutoencoding.name()]),
+        ),
+        ("model_type".to_string(), serde_json::json!("perceiver")),
+        (
+            "num_frames".to_string(),
+            serde_json::json!(video_colab::NUM_FRAMES),
+        ),
+        (
+            "audio_samples_per_frame".to_string(),
+            serde_json::json!(video_colab::AUDIO_SAMPLES_PER_FRAME),
+        ),
+        (
+            "samples_per_patch".to_string(),
+            serde_json::json!(outputs(audio_head)?),
+        ),
+        (
+            "image_size".to_string(),
+            serde_json::json!(video_colab::IMAGE_SIZE),
+        ),
+        (
+            "output_shape".to_string(),
+            serde_json::json!(video_colab::OUTPUT_SHAPE),
+        ),
+        (
+            "output_num_channels".to_string(),
+            serde_json::json!(outputs(MULTIMODAL_OUTPUT)?),
+        ),
+        (
+            "_label_trainable_num_channels".to_string(),
+            serde_json::json!(matrix(params, CLASSIFIER_QUERY, source)?.1),
+        ),
+        ("num_labels".to_string(), serde_json::json!(outputs(label_head)?)),
+    ]);
+    let mut base = PerceiverConfig {
+        num_blocks: video_colab::NUM_BLOCKS,
+        num_self_attention_heads: video_colab::NUM_SELF_ATTENTION_HEADS,
+        num_cross_attention_heads: video_colab::NUM_CROSS_ATTENTION_HEADS,
+        hidden_act: video_colab::ACTIVATION,
+        use_query_residual: video_colab::USE_QUERY_RESIDUAL,
+        extra,
+        ..encoder.config()
+    };
+    base.d_model = base.input_channels();
+    checked(
+        encoder.widths(base, &[CrossAttentionShape::KeyValue], source)?,
+        source,
+    )
+}
+
+/// [`masked_lm_tensors`] for the video autoencoder (`config` a
+/// `PerceiverForMultimodalAutoencoding`'s).
+pub fn multimodal_tensors(
+    params: HaikuParams,
+    config: &PerceiverConfig,
+    source: &Path,
+) -> Result<BTreeMap<String, Param>> {
+    config.validate()?;
+    if Architecture::of(config)? != Architecture::MultimodalAutoencoding {
+        return Err(Error::InvalidConfig(format!(
+            "{} is not the multimodal autoencoder",
+            Architecture::of(config)?.name()
+        )));
+    }
+    let names = MultimodalNames::new(config)?;
+    take_tensors(params, multimodal_pairs(&names), Kind::Multimodal, source)
+}
+
 /// The 2-D shape of `module/param`.
 fn matrix(params: &HaikuParams, (module, param): (&str, &str), source: &Path) -> Result<(usize, usize)> {
     let array = params
@@ -715,17 +924,24 @@ struct EncoderShapes {
 
 impl EncoderShapes {
     fn read(params: &HaikuParams, source: &Path) -> Result<Self> {
+        Self::read_in(params, haiku_names::ENCODER, source)
+    }
+
+    /// The shapes of the encoder named `name`.
+    fn read_in(params: &HaikuParams, name: &str, source: &Path) -> Result<Self> {
         use haiku_names::*;
         let outputs = |module: String| Ok::<_, Error>(matrix(params, (&module, "w"), source)?.1);
-        let (num_latents, d_latents) = matrix(params, LATENTS, source)?;
-        let layers = count_self_attention_layers(params);
+        let (latents_module, latents_param) = latents_in(name);
+        let (num_latents, d_latents) = matrix(params, (&latents_module, latents_param), source)?;
+        let layers = count_self_attention_layers_in(params, name);
+        let first = self_attention_in(name, 0);
         if layers == 0 {
             return Err(layout(
                 source,
-                format!("{SELF_ATTENTION} is missing: the model has no latent self-attention layer"),
+                format!("{first} is missing: the model has no latent self-attention layer"),
             ));
         }
-        let first = self_attention(0);
+        let cross = encoder_cross_in(name);
         let widening = |module: String| -> Result<usize> {
             let hidden = outputs(module.clone())?;
             if d_latents == 0 || hidden % d_latents != 0 {
@@ -741,13 +957,13 @@ impl EncoderShapes {
             d_latents,
             layers,
             widths: (
-                outputs(format!("{ENCODER_CROSS}/attention/linear"))?,
-                outputs(format!("{ENCODER_CROSS}/attention/linear_2"))?,
+                outputs(format!("{cross}/attention/linear"))?,
+                outputs(format!("{cross}/attention/linear_2"))?,
                 outputs(format!("{first}/attention/linear"))?,
                 outputs(format!("{first}/attention/linear_2"))?,
             ),
             self_widening: widening(format!("{first}/mlp/linear"))?,
-            cross_widening: widening(format!("{ENCODER_CROSS}/mlp/linear"))?,
+            cross_widening: widening(format!("{cross}/mlp/linear"))?,
         })
     }
 
@@ -829,10 +1045,17 @@ fn checked(config: PerceiverConfig, source: &Path) -> Result<PerceiverConfig> {
 
 /// Latent layers named in the parameters: one more than the highest index of a
 /// `perceiver_encoder/~/self_attention[_i]` module (a gap shows later as a missing layer).
+#[cfg(test)]
 fn count_self_attention_layers(params: &HaikuParams) -> usize {
+    count_self_attention_layers_in(params, haiku_names::ENCODER)
+}
+
+/// [`count_self_attention_layers`] of the encoder named `name`.
+fn count_self_attention_layers_in(params: &HaikuParams, name: &str) -> usize {
+    let prefix = format!("{name}/~/self_attention");
     let mut count = 0;
     for module in params.keys() {
-        let Some(rest) = module.strip_prefix(haiku_names::SELF_ATTENTION) else {
+        let Some(rest) = module.strip_prefix(prefix.as_str()) else {
             continue;
         };
         let index = if rest.starts_with('/') {
