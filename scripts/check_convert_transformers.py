@@ -28,6 +28,12 @@ script reports transformers as it is (expected to differ), then asserts agreemen
 transformers' modules to DeepMind's behaviour (the decoder attention's `use_query_residual`;
 'SAME' padding in the stem's convolution and max-pool).
 
+The video fixture (tests/fixtures/deepmind/video/, bare params as
+video_autoencoding_checkpoint.pystate): converted with its config.json, loaded with
+PerceiverForMultimodalAutoencoding.from_pretrained, run on the recorded video (`[1, T, 3, H, W]`),
+audio (`[1, samples, 1]`) and an all-zero label with each recorded `subsampled_output_points`,
+its audio, image and label logits compared with DeepMind's (absolute, 1e-4).
+
 Pins: scripts/requirements-reference.txt (run with .venv-ref/bin/python), from the repository root:
 
     cargo build -p perceiver-cli
@@ -207,16 +213,54 @@ def check_imagenet(binary: str, tmp: str) -> bool:
     return failed
 
 
+def check_video(binary: str, tmp: str) -> bool:
+    fixture = FIXTURES / "video"
+    out = Path(tmp) / "video"
+    command = [binary, "convert", str(fixture / "params.pystate"), "--out", str(out),
+               "--model-config", str(fixture / "config.json")]
+    subprocess.run(command, check=True, capture_output=True)
+    model, info = transformers.PerceiverForMultimodalAutoencoding.from_pretrained(out, output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v}
+    assert not problems, f"{out}: {problems}"
+    model.eval()
+    cases = load_file(str(fixture / "cases.safetensors"))
+    inputs = dict(
+        image=torch.from_numpy(cases["frames"]).permute(0, 3, 1, 2)[None].contiguous(),
+        audio=torch.from_numpy(cases["audio"])[None, :, None],
+        label=torch.zeros(1, model.config.num_labels),
+    )
+    failed = False
+    for chunk in ["all", "chunk1of4"]:
+        points = dict(
+            image=torch.from_numpy(cases[f"{chunk}.image_points"]),
+            audio=torch.from_numpy(cases[f"{chunk}.audio_points"]),
+            label=None,
+        )
+        with torch.no_grad():
+            logits = model(inputs=inputs, subsampled_output_points=points).logits
+        worst = {k: float(np.abs(logits[k][0].numpy().reshape(-1) - cases[f"{chunk}.{k}"].reshape(-1)).max())
+                 for k in ("audio", "image", "label")}
+        print(f"video/{chunk:<24} transformers vs DeepMind: max |Δ| "
+              + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+        if max(worst.values()) > TOLERANCE:
+            print(f"  FAILED: above {TOLERANCE}")
+            failed = True
+    return failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=str(REPO_ROOT / "target" / "debug" / "perceiver"))
-    parser.add_argument("--only", choices=["imagenet"], help="check only these fixtures")
+    parser.add_argument("--only", choices=["imagenet", "video"], help="check only these fixtures")
     args = parser.parse_args()
 
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
-        failed |= check_imagenet(args.binary, tmp)
-        if args.only == "imagenet":
+        if args.only in (None, "video"):
+            failed |= check_video(args.binary, tmp)
+        if args.only in (None, "imagenet"):
+            failed |= check_imagenet(args.binary, tmp)
+        if args.only is not None:
             return 1 if failed else 0
         for fixture_name, pickle_name, config_name in MODELS:
             fixture = FIXTURES / fixture_name

@@ -260,3 +260,28 @@ fn an_imagenet_pystate_converts_with_its_preprocessor_config() {
         "learned positions",
     );
 }
+
+/// The video pystate converts (with its config.json: its sizes are not the Colab's) to a
+/// PerceiverForMultimodalAutoencoding directory; without one its config is the Colab's.
+#[test]
+fn the_video_pystate_converts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pystate = path(fixture("video").join("params.pystate"));
+    let config = path(fixture("video").join("config.json"));
+    for (name, flags) in [
+        ("named", vec!["--model-config", config.as_str()]),
+        ("colab", vec![]),
+    ] {
+        let out = path(dir.path().join(name));
+        let mut args = vec!["convert", pystate.as_str(), "--out", out.as_str()];
+        args.extend(&flags);
+        let printed = String::from_utf8(run(&args).stdout).unwrap();
+        assert!(printed.contains("hidden_act gelu_new"), "{printed}");
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(Path::new(&out).join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(written["architectures"][0], "PerceiverForMultimodalAutoencoding");
+        let frames = if name == "colab" { 16 } else { 4 };
+        assert_eq!(written["num_frames"], frames, "{written}");
+    }
+}

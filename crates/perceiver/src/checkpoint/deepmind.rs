@@ -19,9 +19,11 @@
 //! (`jax.nn.gelu`), so the numbers are DeepMind's; transformers' own config for the released
 //! model says `"gelu"` (exact), which moves the logits by up to ~1e-3.
 //!
-//! Five of DeepMind's models are mapped, told apart by their module names: the byte-level masked
+//! Six of DeepMind's models are mapped, told apart by their module names: the byte-level masked
 //! language model (`language_perceiver_io_bytes.pickle`, [`language_colab`]), the optical-flow
-//! model (`optical_flow_checkpoint.pystate`, [`flow_colab`]) and the three ImageNet classifiers
+//! model (`optical_flow_checkpoint.pystate`, [`flow_colab`]), the video autoencoder
+//! (`video_autoencoding_checkpoint.pystate`, [`video_colab`]; its encoder is named `encoder`, not
+//! `perceiver_encoder`) and the three ImageNet classifiers
 //! (`imagenet_*.pystate`, [`imagenet_colab`]), whose `.pystate` is `{"params", "state"}`: the conv
 //! stem's BatchNorm statistics are Haiku state (`mean_ema` / `var_ema`). A Haiku convolution's
 //! kernel (`[kh, kw, in, out]`) becomes PyTorch's `[out, in, kh, kw]`; a BatchNorm's
@@ -578,8 +580,8 @@ fn layout(source: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// Opens a DeepMind checkpoint file as a checked transformers checkpoint: its config inferred
-/// (shapes + [`language_colab`], [`flow_colab`] or [`imagenet_colab`]) unless `config` names a
-/// transformers `config.json`.
+/// (shapes + [`language_colab`], [`flow_colab`], [`imagenet_colab`] or [`video_colab`]) unless
+/// `config` names a transformers `config.json`.
 pub fn open(path: &Path, config: Option<&Path>) -> Result<Checkpoint> {
     // The (small) config first: a bad one should not cost reading a large pickle.
     let config = config.map(PerceiverConfig::from_file).transpose()?;
@@ -1519,6 +1521,50 @@ mod tests {
             "{reason}"
         );
         assert!(from_haiku(HaikuCheckpoint { params, state: None }, Some(config), source()).is_ok());
+    }
+
+    /// A Haiku kernel `[kh, kw, in, out]` becomes PyTorch's `[out, in, kh, kw]`, and a
+    /// BatchNorm's `[1, 1, 1, c]` array its `[c]` one: every value its Haiku index, so that a
+    /// wrong axis shows.
+    #[test]
+    fn conv_kernels_and_batchnorm_arrays_take_pytorchs_layout() {
+        let kernel = TensorName {
+            name: "conv.weight".into(),
+            shape: vec![4, 3, 2, 5],
+            role: Role::ConvWeight,
+        };
+        let pair = Pair::new("image_preprocessor/~/conv2_d", "w", &kernel);
+        assert_eq!(pair.haiku_shape(), vec![2, 5, 3, 4]);
+        let data: Vec<f32> = (0..120).map(|i| i as f32).collect();
+        let param = to_transformers(
+            NdArray {
+                shape: vec![2, 5, 3, 4],
+                data,
+            },
+            &pair,
+        )
+        .unwrap();
+        assert_eq!(param.shape(), &[4, 3, 2, 5]);
+        for (o, i, y, x) in [(0, 0, 0, 0), (3, 2, 1, 4), (1, 2, 0, 3), (2, 0, 1, 1)] {
+            let haiku = ((y * 5 + x) * 3 + i) * 4 + o;
+            assert_eq!(param.data()[((o * 3 + i) * 2 + y) * 5 + x], haiku as f32);
+        }
+        let scale = TensorName {
+            name: "bn.weight".into(),
+            shape: vec![6],
+            role: Role::NormWeight,
+        };
+        let pair = Pair::channels("batchnorm", "scale", &scale);
+        let wrong = NdArray {
+            shape: vec![6],
+            data: vec![0.0; 6],
+        };
+        assert_eq!(to_transformers(wrong, &pair).unwrap_err(), vec![6]);
+        let right = NdArray {
+            shape: vec![1, 1, 1, 6],
+            data: (0..6).map(|i| i as f32).collect(),
+        };
+        assert_eq!(to_transformers(right, &pair).unwrap().data()[5], 5.0);
     }
 
     #[test]
