@@ -1087,9 +1087,9 @@ pub struct MultimodalSpec {
     pub num_frames: usize,
     /// The video positions' top frequencies in space (`image_size`, in both directions). Only
     /// that: transformers cuts frames of any size into patches, and the frames this library
-    /// takes are the reconstruction's ([`frame_size`](Self::frame_size)). transformers'
-    /// conversion script leaves it at its default 56 for `deepmind/multimodal-perceiver`, where
-    /// DeepMind's Colab uses 224.
+    /// takes are the reconstruction's ([`frame_size`](Self::frame_size)). DeepMind's
+    /// video_autoencoding Colab uses 56 (`IMG_SZ`, the patch grid of its 224×224 frames) for
+    /// both the input's and the queries' features, as transformers' default does.
     pub image_size: usize,
     /// Audio samples per frame (`audio_samples_per_frame`).
     pub audio_samples_per_frame: usize,
