@@ -1121,3 +1121,28 @@ fn bad_video_pystates_are_refused_by_name() {
     assert!(matches!(e, Error::DeepMindCheckpoint { .. }), "{e}");
     assert!(e.to_string().contains("has shape"), "{e}");
 }
+
+/// A named config.json that says nothing of the stem's padding or the decoder's query residual
+/// (as transformers' own config.json files never do) gets DeepMind's for a DeepMind file.
+#[test]
+fn a_named_imagenet_config_without_the_switches_gets_deepminds() {
+    for (name, key) in [
+        ("imagenet_conv", "stem_padding"),
+        ("imagenet_learned", "decoder_use_query_residual"),
+    ] {
+        let mut config = imagenet_loader(name, "colab")
+            .checkpoint()
+            .unwrap()
+            .config()
+            .clone();
+        assert!(config.extra.remove(key).is_some(), "{name}: {key}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+        let loader = Loader::new(imagenet_pystate(name).to_str().unwrap()).model_config(&path);
+        let model = loader.load().unwrap();
+        let worst = imagenet_worst(&model, name, "colab");
+        assert!(worst <= TOLERANCE, "{name}: {worst:e}");
+        assert!(model.config().extra.contains_key(key), "{name}: {key}");
+    }
+}
