@@ -35,6 +35,28 @@ DeepMind's output for one tile under two settings of what no shape tells (the Co
                                    float64 and rounded to float32
     tests/fixtures/deepmind/README.md
 
+And for the three ImageNet classifiers (`imagenet_*.pystate`): tiny models built as the
+imagenet_classification Colab's `imagenet_classifier` builds them (`hk.transform_with_state`; the
+conv model's BatchNorm statistics are Haiku state), pickled as `{"params", "state"}`, with
+DeepMind's logits for a few images; see `make_imagenet` and tests/fixtures/deepmind/README.md:
+
+    tests/fixtures/deepmind/imagenet_{learned,fourier,conv}/
+        params.pystate             {"params": ..., "state": ...} (FlatMapping layout, protocol 4)
+        config.json                (Fourier only) the transformers config.json of its second run
+        cases.safetensors          case<c>.pixels (normalised, float32 [B, H, W, 3]) and per run
+                                   <run>.case<c>.logits, float64 rounded to float32
+
+And for the video autoencoder (`video_autoencoding_checkpoint.pystate`): a tiny model built as
+the video_autoencoding Colab's `video_autoencoder` builds it, its bare params pickled (float16),
+DeepMind's audio, image and label outputs for every query and for one of the Colab's chunks; see
+`make_video`:
+
+    tests/fixtures/deepmind/video/
+        params.pystate             the bare params (FlatMapping layout, float16, protocol 4)
+        config.json                the transformers config.json of its (non-Colab) sizes
+        cases.safetensors          frames, audio, and per subsampling the query indices and
+                                   DeepMind's outputs, float64 rounded to float32
+
 How DeepMind's files were pickled, and what this script pickles instead:
 
 * In 2021 `hk.transform(...).init` returned Haiku `FlatMapping`s of JAX `DeviceArray`s.
@@ -141,6 +163,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--copy-from", type=Path, metavar="GIT_REPO",
                     help="copy DeepMind's files at the pinned commit from this local clone, then exit")
 parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+parser.add_argument("--only", choices=["imagenet", "video"],
+                    help="write only these fixtures (and not the README): for development")
 ARGS = parser.parse_args()
 
 check_pins()
@@ -600,7 +624,452 @@ def make_flow(out_dir: Path, rng: np.random.Generator):
     return stats
 
 
-def write_readme(out_dir: Path, all_stats, flow_stats) -> None:
+# ------------------------------------------------------------------------------------------------
+# ImageNet: DeepMind's imagenet_classification Colab (`imagenet_*.pystate`).
+
+# The Colab's `normalize`: ImageNet's mean and std on the 0..255 scale.
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+IMAGENET_LABELS = 7
+# The encoder's sizes (tiny, what the shapes pin): qk_channels / v_channels set to 16 where the
+# Colab leaves them unset (the cross-attention's would be the input's 512 / 261 / 322 channels),
+# to keep the pickles small; self-attention widening 2 where the Colab has 1.
+IMAGENET_ENCODER = dict(
+    num_self_attends_per_block=2, z_index_dim=8, num_z_channels=16, qk_channels=16, v_channels=16,
+    cross_attend_widening_factor=1, self_attend_widening_factor=2, cross_attention_shape_for_attn="kv",
+    dropout_prob=0, z_pos_enc_init_scale=0.02,
+)
+# What no shape tells, as the Colab sets it (its three configs agree on the encoder).
+IMAGENET_COLAB = dict(num_blocks=8, num_cross_attend_heads=1, num_self_attend_heads=8, use_query_residual=True)
+# `config_json` (Fourier model only): heads, blocks and both query residuals unlike the Colab's,
+# told by a transformers config.json beside the pystate.
+IMAGENET_CONFIG_JSON = dict(num_blocks=2, num_cross_attend_heads=2, num_self_attend_heads=4,
+                            use_query_residual=False)
+
+# Per model: the Colab's preprocessor config, its decoder's query residual, the image sizes of its
+# cases (the learned model takes only its own size) and the runs made.
+IMAGENET_MODELS = {
+    "imagenet_learned": dict(
+        architecture="PerceiverForImageClassificationLearned",
+        preprocessor=dict(
+            position_encoding_type="trainable",
+            trainable_position_encoding_kwargs=dict(init_scale=0.02, num_channels=256),
+            prep_type="conv1x1", project_pos_dim=256, num_channels=256, spatial_downsample=1,
+            concat_or_add_pos="concat"),
+        decoder_query_residual=False, image_size=12, sizes=[(12, 12), (12, 12)],
+        runs=["colab"]),
+    "imagenet_fourier": dict(
+        architecture="PerceiverForImageClassificationFourier",
+        preprocessor=dict(
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=dict(
+                concat_pos=True, max_resolution=(224, 224), num_bands=64, sine_only=False),
+            prep_type="pixels", spatial_downsample=1),
+        decoder_query_residual=True, image_size=None, sizes=[(20, 16), (15, 17)],
+        runs=["colab", "config_json"]),
+    "imagenet_conv": dict(
+        architecture="PerceiverForImageClassificationConvProcessing",
+        preprocessor=dict(
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=dict(
+                concat_pos=True, max_resolution=(56, 56), num_bands=64, sine_only=False),
+            prep_type="conv"),
+        decoder_query_residual=True, image_size=None, sizes=[(32, 32), (29, 23)],
+        runs=["colab"]),
+}
+
+
+def imagenet_settings(name, run):
+    """What no shape tells for `run`: the Colab's, or the config.json's."""
+    model = IMAGENET_MODELS[name]
+    if run == "colab":
+        return dict(IMAGENET_COLAB, decoder_query_residual=model["decoder_query_residual"])
+    return dict(IMAGENET_CONFIG_JSON, decoder_query_residual=False)
+
+
+def imagenet_forward_fn(name, run):
+    """The Colab's `imagenet_classifier` (hk.transform_with_state) with IMAGENET_ENCODER's sizes."""
+    model = IMAGENET_MODELS[name]
+    s = imagenet_settings(name, run)
+    d_latents = IMAGENET_ENCODER["num_z_channels"]
+
+    def imagenet_classifier(images, is_training):
+        input_preprocessor = io_processors.ImagePreprocessor(**model["preprocessor"])
+        encoder = perceiver.PerceiverEncoder(
+            **IMAGENET_ENCODER, num_blocks=s["num_blocks"],
+            num_cross_attend_heads=s["num_cross_attend_heads"],
+            num_self_attend_heads=s["num_self_attend_heads"],
+            use_query_residual=s["use_query_residual"])
+        decoder = perceiver.ClassificationDecoder(
+            IMAGENET_LABELS, num_z_channels=d_latents, position_encoding_type="trainable",
+            trainable_position_encoding_kwargs=dict(init_scale=0.02, num_channels=d_latents),
+            use_query_residual=s["decoder_query_residual"])
+        model_ = perceiver.Perceiver(encoder=encoder, decoder=decoder, input_preprocessor=input_preprocessor)
+        return model_(images, is_training=is_training)
+
+    return hk.transform_with_state(imagenet_classifier)
+
+
+def imagenet_transformers_config(name, run):
+    s = imagenet_settings(name, run)
+    e = IMAGENET_ENCODER
+    config = dict(
+        architectures=[IMAGENET_MODELS[name]["architecture"]], model_type="perceiver",
+        d_latents=e["num_z_channels"], num_latents=e["z_index_dim"], num_blocks=s["num_blocks"],
+        num_self_attends_per_block=e["num_self_attends_per_block"],
+        num_self_attention_heads=s["num_self_attend_heads"],
+        num_cross_attention_heads=s["num_cross_attend_heads"],
+        qk_channels=e["qk_channels"], v_channels=e["v_channels"],
+        cross_attention_shape_for_attention="kv",
+        self_attention_widening_factor=e["self_attend_widening_factor"],
+        cross_attention_widening_factor=e["cross_attend_widening_factor"],
+        use_query_residual=s["use_query_residual"], hidden_act="gelu_new",
+        num_labels=IMAGENET_LABELS, attention_probs_dropout_prob=0.1, initializer_range=0.02,
+        layer_norm_eps=1e-12,
+        # This library's key for DeepMind's decoder (transformers' always adds the query back).
+        decoder_use_query_residual=s["decoder_query_residual"],
+    )
+    return config
+
+
+def scale_up_imagenet(params, state, rng: np.random.Generator):
+    """As `scale_up_flow`: init's linear and convolution weights kept (attention queries and keys
+    x1.5), biases N(0, 0.2^2), LayerNorm and BatchNorm scales U(0.7, 1.3) and offsets
+    U(-0.3, 0.3), position tables (latents, the decoder's query, the learned model's pixel
+    positions) x50, the final layer N(0, 1/fan_in) (logits of std ~2: larger ones would carry
+    more of float32's rounding of the Fourier phases, up to ~350 rad at 224's top band); the
+    BatchNorm's moving mean N(0, 0.3^2) and variance U(0.5, 2) (`hidden` as `average`, counters
+    1234). Every float rounded to bfloat16's precision, kept as float32 (git stores the pickles
+    compressed)."""
+    import ml_dtypes
+
+    def rounded(value):
+        return np.asarray(value, dtype=np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+    out = {}
+    for module in sorted(params):
+        out[module] = {}
+        for name in sorted(params[module]):
+            value = np.asarray(params[module][name], dtype=np.float32)
+            shape = value.shape
+            if name == "b":
+                value = rng.normal(0.0, 0.2, shape)
+            elif name == "scale":
+                value = rng.uniform(0.7, 1.3, shape)
+            elif name == "offset":
+                value = rng.uniform(-0.3, 0.3, shape)
+            elif name == "w" and module.endswith("basic_decoder/output"):
+                value = rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
+            elif name == "w":
+                if re.search(r"/attention/linear(_1)?$", module):
+                    value = value * 1.5
+            elif name == "pos_embs":
+                value = value * 50.0
+            else:
+                raise AssertionError(f"unexpected parameter {module}/{name}")
+            out[module][name] = rounded(value)
+    new_state = {}
+    for module in sorted(state):
+        shape = np.shape(state[module]["average"])
+        if module.endswith("mean_ema"):
+            average = rounded(rng.normal(0.0, 0.3, shape))
+        else:
+            assert module.endswith("var_ema"), module
+            average = rounded(rng.uniform(0.5, 2.0, shape))
+        new_state[module] = dict(
+            average=average, hidden=average.copy(), counter=np.asarray(1234, dtype=np.int32))
+    return out, new_state
+
+
+def imagenet_images(rng: np.random.Generator, height: int, width: int):
+    """A uint8 RGB image [H, W, 3]: smooth colour gradients plus noise."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack([
+        128 + 100 * np.sin(x / width * np.pi * rng.uniform(1, 3) + rng.uniform(0, 6)),
+        128 + 100 * np.cos(y / height * np.pi * rng.uniform(1, 3) + rng.uniform(0, 6)),
+        128 + 80 * np.sin((x + y) / (width + height) * np.pi * 4),
+    ], axis=-1)
+    noisy = base + rng.normal(0, 25, base.shape)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+def run_imagenet(transformed, params, state, pixels, dtype):
+    """DeepMind's apply (`is_training=False`) on normalised pixels `[B, H, W, 3]`: the logits as
+    float64 `[B, labels]`. float32 runs with jax_enable_x64 off, as the Colab runs."""
+    with jax.enable_x64(dtype == jnp.float64):
+        cast = lambda tree: jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, dtype=dtype) if np.asarray(a).dtype.kind == "f" else jnp.asarray(a),
+            tree)
+        logits, _ = transformed.apply(
+            cast(params), cast(state), jax.random.PRNGKey(42), jnp.asarray(pixels, dtype=dtype), False)
+        assert logits.dtype == dtype, logits.dtype
+    return np.asarray(logits, np.float64)
+
+
+def make_imagenet(out_dir: Path, rng: np.random.Generator):
+    all_stats = {}
+    for name, model in IMAGENET_MODELS.items():
+        transformed = imagenet_forward_fn(name, "colab")
+        h, w = model["sizes"][0]
+        params, state = transformed.init(
+            jax.random.PRNGKey(SEED), jnp.zeros((1, h, w, 3), jnp.float32), True)
+        params, state = scale_up_imagenet(params, state, rng)
+        target = out_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        # {"params", "state"} as the Colab reads `imagenet_*.pystate` (`ckpt['params']`,
+        # `ckpt['state']`), each in 2021's FlatMapping layout (protocol 4).
+        checkpoint = {"params": as_flatmapping(params), "state": as_flatmapping(state)}
+        data = pickle.dumps(checkpoint, protocol=4)
+        (target / "params.pystate").write_bytes(data)
+        back = pickle.loads(data)
+        for key, tree in [("params", params), ("state", state)]:
+            assert sorted(back[key]) == sorted(tree)
+            for module in tree:
+                for p in tree[module]:
+                    np.testing.assert_array_equal(np.asarray(back[key][module][p]), tree[module][p])
+        if "config_json" in model["runs"]:
+            (target / "config.json").write_text(
+                json.dumps(imagenet_transformers_config(name, "config_json"), indent=2) + "\n")
+        tensors = {}
+        stats = {"params": int(sum(np.size(a) for p in params.values() for a in p.values())),
+                 "modules": len(params), "state": len(state)}
+        # Case 0 is two images, case 1 one (of another size where the model takes any); the
+        # pixels are the Colab's `normalize` of uint8 images, rounded to float32.
+        cases = []
+        for c, (h, w) in enumerate(model["sizes"]):
+            images = np.stack([imagenet_images(rng, h, w) for _ in range(2 if c == 0 else 1)])
+            cases.append(((images.astype(np.float64) - np.array(MEAN_RGB)) / np.array(STDDEV_RGB)).astype(np.float32))
+        for run in model["runs"]:
+            transformed = imagenet_forward_fn(name, run)
+            worst_f32 = 0.0
+            largest = 0.0
+            for c, pixels in enumerate(cases):
+                exact = run_imagenet(transformed, params, state, pixels, jnp.float64)
+                single = run_imagenet(transformed, params, state, pixels, jnp.float32)
+                worst_f32 = max(worst_f32, float(np.abs(exact - single).max()))
+                largest = max(largest, float(np.abs(exact).max()))
+                if run == "colab":
+                    tensors[f"case{c}.pixels"] = pixels
+                tensors[f"{run}.case{c}.logits"] = exact.astype(np.float32)
+            stats[run] = dict(largest=largest, f32_vs_f64=worst_f32,
+                              std=float(np.std([tensors[k] for k in tensors if k.startswith(run + ".")][0])))
+            # DeepMind's own float32 code is this close to its float64 run; the Rust tests' 1e-4
+            # holds with room.
+            assert worst_f32 < 5e-5, (name, run, stats)
+        save_file(tensors, str(target / "cases.safetensors"))
+        all_stats[name] = stats
+        print(name, stats)
+    return all_stats
+
+
+# ------------------------------------------------------------------------------------------------
+# Video autoencoding: DeepMind's video_autoencoding Colab (`video_autoencoding_checkpoint.pystate`).
+
+VIDEO_NAME = "video"
+# Sizes unlike the Colab's (16 frames of 224x224, 1920 audio samples a frame, 16 a patch, 700
+# labels), so the model needs its config.json; none of them shapes a parameter except the
+# samples per patch and the labels.
+VIDEO = dict(num_frames=4, height=16, width=16, img_sz=6, audio_samples_per_frame=24,
+             samples_per_patch=8, num_labels=5, output_num_channels=12, label_channels=20)
+VIDEO_ENCODER = dict(
+    num_self_attends_per_block=2, num_blocks=2, z_index_dim=8, num_z_channels=16, qk_channels=16,
+    num_cross_attend_heads=2, num_self_attend_heads=4, cross_attend_widening_factor=2,
+    self_attend_widening_factor=1, dropout_prob=0.0, z_pos_enc_init_scale=0.02,
+    cross_attention_shape_for_attn="kv",
+)
+# The subsamplings recorded: every query at once, and the Colab's chunk 1 of 4.
+VIDEO_CHUNKS = {"all": (0, 1), "chunk1of4": (1, 4)}
+
+
+def video_forward_fn():
+    """The Colab's `video_autoencoder` (hk.transform_with_state) with VIDEO's sizes."""
+    v = VIDEO
+    n_audio_samples = v["num_frames"] * v["audio_samples_per_frame"]
+    max_resolution = (v["num_frames"], v["img_sz"], v["img_sz"])
+
+    def video_autoencoder(images, audio, subsampling):
+        input_preprocessor = io_processors.MultimodalPreprocessor(
+            min_padding_size=4,
+            modalities={
+                "audio": io_processors.AudioPreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=dict(
+                        num_bands=192, max_resolution=(n_audio_samples,), sine_only=False, concat_pos=True),
+                    n_extra_pos_mlp=0, prep_type="patches", samples_per_patch=v["samples_per_patch"]),
+                "image": io_processors.ImagePreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=dict(
+                        num_bands=32, max_resolution=max_resolution, sine_only=False, concat_pos=True),
+                    n_extra_pos_mlp=0, prep_type="patches", spatial_downsample=4, temporal_downsample=1),
+                "label": io_processors.OneHotPreprocessor(),
+            },
+            mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
+        )
+        output_postprocessor = io_processors.MultimodalPostprocessor(modalities={
+            "audio": io_processors.AudioPostprocessor(samples_per_patch=v["samples_per_patch"]),
+            "image": io_processors.ProjectionPostprocessor(num_outputs=3),
+            "label": io_processors.ClassificationPostprocessor(num_classes=v["num_labels"]),
+        })
+        encoder = perceiver.PerceiverEncoder(**VIDEO_ENCODER, name="encoder")
+        d_latents = VIDEO_ENCODER["num_z_channels"]
+        subsampled_index_dims = {
+            "audio": subsampling["audio"].shape[0], "image": subsampling["image"].shape[0], "label": 1}
+        image_decoder = perceiver.BasicVideoAutoencodingDecoder(
+            concat_preprocessed_input=False, subsampled_index_dims=subsampling["image"],
+            output_shape=images.shape[:4], num_z_channels=d_latents,
+            output_num_channels=v["output_num_channels"], use_query_residual=False,
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=dict(
+                num_bands=32, max_resolution=max_resolution, sine_only=False, concat_pos=True))
+        decoder = perceiver.MultimodalDecoder(
+            concat_preprocessed_input=False, subsampled_index_dims=subsampled_index_dims,
+            modalities={
+                "audio": perceiver.BasicDecoder(
+                    concat_preprocessed_input=False, subsampled_index_dims=subsampling["audio"],
+                    output_index_dims=(n_audio_samples // v["samples_per_patch"],),
+                    num_z_channels=d_latents, output_num_channels=v["output_num_channels"],
+                    use_query_residual=False, position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=dict(
+                        num_bands=192, max_resolution=(n_audio_samples,), sine_only=False, concat_pos=True)),
+                "image": image_decoder,
+                "label": perceiver.ClassificationDecoder(
+                    concat_preprocessed_input=False, num_classes=v["num_labels"], num_z_channels=d_latents,
+                    use_query_residual=False, position_encoding_type="trainable",
+                    trainable_position_encoding_kwargs=dict(num_channels=v["label_channels"], init_scale=0.02)),
+            },
+            num_outputs=None, output_num_channels=v["output_num_channels"], use_query_residual=False)
+        model = perceiver.Perceiver(
+            input_preprocessor=input_preprocessor, encoder=encoder, decoder=decoder,
+            output_postprocessor=output_postprocessor)
+        return model({"image": images, "audio": audio, "label": np.zeros((images.shape[0], v["num_labels"]))},
+                     is_training=False, subsampled_output_points=subsampling)
+
+    return hk.transform_with_state(video_autoencoder)
+
+
+def video_transformers_config():
+    v, e = VIDEO, VIDEO_ENCODER
+    return dict(
+        architectures=["PerceiverForMultimodalAutoencoding"], model_type="perceiver",
+        d_latents=e["num_z_channels"], num_latents=e["z_index_dim"], num_blocks=e["num_blocks"],
+        num_self_attends_per_block=e["num_self_attends_per_block"],
+        num_self_attention_heads=e["num_self_attend_heads"],
+        num_cross_attention_heads=e["num_cross_attend_heads"], qk_channels=e["qk_channels"],
+        v_channels=None, cross_attention_shape_for_attention="kv",
+        self_attention_widening_factor=e["self_attend_widening_factor"],
+        cross_attention_widening_factor=e["cross_attend_widening_factor"], use_query_residual=True,
+        hidden_act="gelu_new", num_frames=v["num_frames"], image_size=v["img_sz"],
+        audio_samples_per_frame=v["audio_samples_per_frame"], samples_per_patch=v["samples_per_patch"],
+        output_shape=[1, v["num_frames"], v["height"], v["width"]],
+        output_num_channels=v["output_num_channels"], _label_trainable_num_channels=v["label_channels"],
+        num_labels=v["num_labels"], attention_probs_dropout_prob=0.1, initializer_range=0.02,
+        layer_norm_eps=1e-12,
+    )
+
+
+def scale_up_video(params, rng: np.random.Generator):
+    """As `scale_up_flow`: linear weights kept (attention queries and keys x1.5), biases
+    N(0, 0.2^2), LayerNorm scales U(0.7, 1.3) and offsets U(-0.3, 0.3), the latents, paddings,
+    mask tokens and the label query x50; then every value rounded to float16 (kept so in the
+    pickle: the decoder's 387-wide MLP alone is 300k values, and float16 halves the file;
+    DeepMind's file is float32, which the reader takes the same way)."""
+    out = {}
+    for module in sorted(params):
+        out[module] = {}
+        for name in sorted(params[module]):
+            value = np.asarray(params[module][name], dtype=np.float32)
+            shape = value.shape
+            if name == "b":
+                value = rng.normal(0.0, 0.2, shape)
+            elif name == "scale":
+                value = rng.uniform(0.7, 1.3, shape)
+            elif name == "offset":
+                value = rng.uniform(-0.3, 0.3, shape)
+            elif name == "w":
+                if re.search(r"/attention/linear(_1)?$", module):
+                    value = value * 1.5
+            elif name == "pos_embs":
+                value = value * 50.0
+            else:
+                raise AssertionError(f"unexpected parameter {module}/{name}")
+            out[module][name] = np.asarray(value, dtype=np.float32).astype(np.float16)
+    return out
+
+
+def video_inputs(rng: np.random.Generator):
+    """Frames in [0, 1] `[1, T, H, W, 3]` (smooth, moving, noisy) and mono audio in [-1, 1]
+    `[1, samples, 1]`, both float32 (the Colab's `load_video` / 2**15 scaling)."""
+    v = VIDEO
+    t, y, x = np.mgrid[0:v["num_frames"], 0:v["height"], 0:v["width"]].astype(np.float64)
+    frames = np.stack([
+        0.5 + 0.4 * np.sin((x + 2 * t) / v["width"] * 2 * np.pi),
+        0.5 + 0.4 * np.cos((y - t) / v["height"] * 2 * np.pi),
+        0.5 + 0.3 * np.sin((x + y) / 8.0),
+    ], axis=-1) + rng.normal(0, 0.05, (v["num_frames"], v["height"], v["width"], 3))
+    frames = np.clip(frames, 0, 1)
+    n = v["num_frames"] * v["audio_samples_per_frame"]
+    audio = 0.6 * np.sin(np.arange(n) * 0.3) + rng.normal(0, 0.1, n)
+    return (frames[None].astype(np.float32), np.clip(audio, -1, 1)[None, :, None].astype(np.float32))
+
+
+def make_video(out_dir: Path, rng: np.random.Generator):
+    v = VIDEO
+    transformed = video_forward_fn()
+    frames, audio = video_inputs(rng)
+    n_pixels = v["num_frames"] * v["height"] * v["width"]
+    n_patches = v["num_frames"] * v["audio_samples_per_frame"] // v["samples_per_patch"]
+
+    def subsampling(chunk):
+        index, chunks = VIDEO_CHUNKS[chunk]
+        return {
+            "image": jnp.arange(n_pixels // chunks * index, n_pixels // chunks * (index + 1)),
+            "audio": jnp.arange(n_patches // chunks * index, n_patches // chunks * (index + 1)),
+            "label": None,
+        }
+
+    params, state = transformed.init(jax.random.PRNGKey(SEED), frames, audio, subsampling("all"))
+    assert not state, state
+    params = scale_up_video(params, rng)
+    target = out_dir / VIDEO_NAME
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    # Bare params, as the Colab reads video_autoencoding_checkpoint.pystate (`params =
+    # pickle.loads(...)`, `state = {}`), in 2021's FlatMapping layout.
+    data = pickle.dumps(as_flatmapping(params), protocol=4)
+    (target / "params.pystate").write_bytes(data)
+    back = pickle.loads(data)
+    for module in params:
+        for p in params[module]:
+            np.testing.assert_array_equal(np.asarray(back[module][p]), params[module][p])
+    (target / "config.json").write_text(json.dumps(video_transformers_config(), indent=2) + "\n")
+    tensors = {"frames": frames[0], "audio": audio[0, :, 0]}
+    stats = {"params": int(sum(np.size(a) for p in params.values() for a in p.values())),
+             "modules": len(params)}
+    for chunk in VIDEO_CHUNKS:
+        sub = subsampling(chunk)
+        outputs = {}
+        for dtype in (jnp.float64, jnp.float32):
+            with jax.enable_x64(dtype == jnp.float64):
+                cast = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float64), dtype=dtype), params)
+                out, _ = transformed.apply(
+                    cast, {}, jax.random.PRNGKey(42), jnp.asarray(frames, dtype), jnp.asarray(audio, dtype), sub)
+                outputs[dtype] = {k: np.asarray(o, np.float64)[0] for k, o in out.items()}
+        exact, single = outputs[jnp.float64], outputs[jnp.float32]
+        for k in ("audio", "image", "label"):
+            tensors[f"{chunk}.{k}"] = exact[k].astype(np.float32)
+            stats[f"{chunk}.{k}"] = dict(largest=float(np.abs(exact[k]).max()),
+                                         f32_vs_f64=float(np.abs(exact[k] - single[k]).max()))
+        tensors[f"{chunk}.image_points"] = np.asarray(sub["image"], np.int64)
+        tensors[f"{chunk}.audio_points"] = np.asarray(sub["audio"], np.int64)
+    save_file(tensors, str(target / "cases.safetensors"))
+    print(VIDEO_NAME, stats)
+    return stats
+
+
+def write_readme(out_dir: Path, all_stats, flow_stats, imagenet_stats, video_stats) -> None:
     rows = []
     for model, stats in zip(MODELS, all_stats):
         enc = ", ".join(f"{k}={v}" for k, v in model["encoder"].items())
@@ -615,6 +1084,20 @@ def write_readme(out_dir: Path, all_stats, flow_stats) -> None:
         f"| `{run}` | {flow_stats[run]['raw_max']:.3f} | {flow_stats[run]['raw_std']:.3f} | "
         f"{flow_stats[run]['flow_max']:.2f} | {flow_stats[run]['f32_vs_f64']:.1e} |"
         for run in FLOW_RUNS
+    )
+    imagenet_table = "\n".join(
+        f"| `{name}` | {run} | {stats['params']} | {stats['state']} | {stats[run]['largest']:.2f} | "
+        f"{stats[run]['std']:.2f} | {stats[run]['f32_vs_f64']:.1e} |"
+        for name, stats in imagenet_stats.items()
+        for run in IMAGENET_MODELS[name]["runs"]
+    )
+    enc_imagenet = ", ".join(f"{k}={v}" for k, v in IMAGENET_ENCODER.items())
+    enc_video = ", ".join(f"{k}={v}" for k, v in VIDEO_ENCODER.items())
+    video_sizes = ", ".join(f"{k}={v}" for k, v in VIDEO.items())
+    video_table = "\n".join(
+        f"| {chunk} | {k} | {video_stats[f'{chunk}.{k}']['largest']:.2f} | "
+        f"{video_stats[f'{chunk}.{k}']['f32_vs_f64']:.1e} |"
+        for chunk in VIDEO_CHUNKS for k in ("audio", "image", "label")
     )
     (out_dir / "README.md").write_text(f"""# DeepMind fixtures (DeepMind's JAX/Haiku code as the reference)
 
@@ -678,12 +1161,81 @@ as `scale_up_flow` says, rounded to bfloat16 precision, pickled as float32), and
 | run | largest abs output | output std | largest abs flow (px) | max abs JAX f32 (x64 off, as the Colab runs) vs f64, relative to the largest output |
 |---|---|---|---|---|
 {flow_table}
+
+## `imagenet_*/`: the three ImageNet classifiers
+
+Tiny models built as DeepMind's imagenet_classification Colab builds them
+(`imagenet_classifier`, `hk.transform_with_state`: `ImagePreprocessor` with the Colab's
+`learned_pos_configs` / `fourier_pos_configs` / `conv_maxpool_configs` preprocessor settings,
+`PerceiverEncoder`, `ClassificationDecoder` of {IMAGENET_LABELS} labels), encoder
+{enc_imagenet}, their params and state from `init` (with `is_training=True`, which creates the
+conv stem's BatchNorm state), drawn as `scale_up_imagenet` says (rounded to bfloat16 precision,
+pickled as float32), and:
+
+* `params.pystate`: `pickle.dumps({{"params": params, "state": state}}, protocol=4)`, as the Colab
+  reads `imagenet_*.pystate` (`ckpt['params']`, `ckpt['state']`), each mapping in 2021's
+  FlatMapping layout. Only the conv model has state: its BatchNorm's `mean_ema` / `var_ema`
+  (`average`, `hidden`, an int32 `counter`).
+* `config.json` (`imagenet_fourier` only): the transformers config.json of its `config_json` run.
+* `cases.safetensors`: `case<c>.pixels` (float32 `[B, H, W, 3]`): the Colab's `normalize` of
+  uint8 images, rounded to float32 (case 0 two 12x12 / 20x16 / 32x32 images, case 1 one image:
+  12x12 / 15x17 / 29x23, the conv one odd-sized so that 'SAME' pads differently); and per run
+  `r`, `r.case<c>.logits` (float32 `[B, {IMAGENET_LABELS}]`): DeepMind's `apply(...,
+  is_training=False)` in float64, rounded.
+  * `colab`: what shapes cannot tell is the Colab's: 8 self-attention heads, 1 cross-attention
+    head, 8 blocks, the encoder's query residual; the decoder's query residual off for the
+    learned model (`learned_pos_configs`), on for the others.
+  * `config_json` (Fourier): heads 4 / 2, 2 blocks, no query residual in the encoder nor the
+    decoder, as its config.json says.
+
+DeepMind's code differs from transformers' classes in two places that matter here: the conv
+stem pads as Haiku's `'SAME'` (the 7x7 stride-2 convolution 2 before / 3 after on even sides,
+the 3x3 stride-2 max-pool up to `ceil(n / 2)`: 224 -> 112 -> 56, transformers 55), and the
+learned model's decoder adds no query residual (transformers' always does). The Rust loader
+records both in the config (`stem_padding`, `decoder_use_query_residual`).
+
+| model | run | params | state modules | largest abs logit | logit std | max abs JAX f32 (x64 off) vs f64 |
+|---|---|---|---|---|---|---|
+{imagenet_table}
+
+## `{VIDEO_NAME}/`: the video autoencoder
+
+A tiny audio-video-label autoencoder built as DeepMind's video_autoencoding Colab builds it
+(`video_autoencoder`, `hk.transform_with_state`: `MultimodalPreprocessor` of audio patches with
+192 Fourier bands, 4x4 video patches with 32 bands and the label always masked;
+`PerceiverEncoder` named `encoder`; `MultimodalDecoder` over an audio `BasicDecoder`, a
+`BasicVideoAutoencodingDecoder` and a `ClassificationDecoder`; `MultimodalPostprocessor`), with
+sizes unlike the Colab's ({video_sizes}; encoder {enc_video}), {video_stats['params']} parameters
+in {video_stats['modules']} modules (drawn as `scale_up_video` says), and:
+
+* `params.pystate`: the bare params, as the Colab reads `video_autoencoding_checkpoint.pystate`
+  (`params = pickle.loads(...)`, `state = {{}}`), in 2021's FlatMapping layout (protocol 4),
+  every array **float16** (the decoder's 387-wide MLP alone is 300k values; DeepMind's file is
+  float32, which the reader takes the same way).
+* `config.json`: the transformers config.json for these sizes (the Colab's 16 frames of
+  224x224 would make the inputs megabytes), heads 4 / 2 and 2 blocks.
+* `cases.safetensors`: `frames` (float32 `[T, H, W, 3]`, in [0, 1] as the Colab's
+  `load_video`), `audio` (float32 `[samples]`, mono in [-1, 1]); per subsampling `s` (`all`: every
+  query; `chunk1of4`: the Colab's chunk 1 of 4), `s.image_points` / `s.audio_points` (int64: the
+  `subsampled_output_points`) and DeepMind's outputs `s.audio` (`[patches x samples_per_patch]`),
+  `s.image` (`[pixels, 3]`), `s.label` (`[labels]`), run in float64 and rounded to float32. The
+  label goes in as zeros (masked anyway), as in the Colab.
+
+| subsampling | output | largest abs value | max abs JAX f32 (x64 off) vs f64 |
+|---|---|---|---|
+{video_table}
 """)
 
 
 def main() -> None:
     out_dir = ARGS.out
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ARGS.only == "imagenet":
+        make_imagenet(out_dir, np.random.default_rng(SEED + 2))
+        return
+    if ARGS.only == "video":
+        make_video(out_dir, np.random.default_rng(SEED + 3))
+        return
     rng = np.random.default_rng(SEED)
     all_stats = []
     for model in MODELS:
@@ -693,7 +1245,9 @@ def main() -> None:
     # Its own generator: the masked language models' fixtures do not move when the flow's change.
     flow_stats = make_flow(out_dir, np.random.default_rng(SEED + 1))
     print(FLOW_NAME, flow_stats)
-    write_readme(out_dir, all_stats, flow_stats)
+    imagenet_stats = make_imagenet(out_dir, np.random.default_rng(SEED + 2))
+    video_stats = make_video(out_dir, np.random.default_rng(SEED + 3))
+    write_readme(out_dir, all_stats, flow_stats, imagenet_stats, video_stats)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use perceiver::checkpoint::export::{write_model_dir, ExportOptions};
-use perceiver::{Activation, Loader};
+use perceiver::{Activation, Architecture, Loader};
 
 #[derive(Args)]
 #[command(
@@ -60,14 +60,22 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         activation: args.activation,
         overwrite: args.force,
     };
-    let [config, weights] = write_model_dir(&checkpoint, &args.out, &options)
+    let written = write_model_dir(&checkpoint, &args.out, &options)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     let c = checkpoint.config();
     let activation = args.activation.unwrap_or(c.hidden_act);
+    let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    // What the written config carries that transformers' classes do not follow.
+    let mut notes = String::new();
+    if c.stem_padding().ok() == Some(perceiver::config::StemPadding::Same) {
+        notes.push_str("; stem_padding \"same\" (DeepMind's; transformers' stem pads otherwise)");
+    }
+    if Architecture::of(c).is_ok_and(|a| a.is_classifier()) && !c.classifier_query_residual() {
+        notes.push_str("; decoder_use_query_residual false (DeepMind's; transformers' decoder adds it)");
+    }
     println!(
-        "wrote {} and {} ({} parameters; hidden_act {})",
-        config.display(),
-        weights.display(),
+        "wrote {} ({} parameters; hidden_act {}{notes})",
+        files.join(", "),
         c.num_parameters(),
         activation.name()
     );

@@ -207,3 +207,81 @@ fn training_starts_from_a_pickle() {
     assert_eq!(config["num_blocks"], 2);
     run(&["fill-mask", "--model", &path(checkpoint), "a red b[MASK]k"]);
 }
+
+/// An ImageNet pystate converts to a directory with preprocessor_config.json, and `convert`
+/// says which GELU and which of DeepMind's settings transformers' class does not follow.
+#[test]
+fn an_imagenet_pystate_converts_with_its_preprocessor_config() {
+    for (name, note) in [
+        ("imagenet_conv", "stem_padding \"same\""),
+        ("imagenet_learned", "decoder_use_query_residual false"),
+        ("imagenet_fourier", "hidden_act gelu_new"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = path(dir.path().join("model"));
+        let pystate = path(fixture(name).join("params.pystate"));
+        let printed = String::from_utf8(run(&["convert", &pystate, "--out", &out]).stdout).unwrap();
+        assert!(
+            printed.contains("hidden_act gelu_new") && printed.contains(note),
+            "{printed}"
+        );
+        assert!(Path::new(&out).join("preprocessor_config.json").is_file());
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(Path::new(&out).join("config.json")).unwrap())
+                .unwrap();
+        assert!(
+            config["architectures"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("PerceiverForImageClassification"),
+            "{config}"
+        );
+    }
+    // The conv model without the rest of its pystate (a learned model's config) is refused.
+    let learned = path(fixture("imagenet_learned").join("params.pystate"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"architectures": ["PerceiverForImageClassificationConvProcessing"], "d_latents": 16,
+            "num_latents": 8, "qk_channels": 16, "v_channels": 16}"#,
+    )
+    .unwrap();
+    let out = path(dir.path().join("model"));
+    fails(
+        &[
+            "convert",
+            &learned,
+            "--out",
+            &out,
+            "--model-config",
+            &path(config),
+        ],
+        "learned positions",
+    );
+}
+
+/// The video pystate converts (with its config.json: its sizes are not the Colab's) to a
+/// PerceiverForMultimodalAutoencoding directory; without one its config is the Colab's.
+#[test]
+fn the_video_pystate_converts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pystate = path(fixture("video").join("params.pystate"));
+    let config = path(fixture("video").join("config.json"));
+    for (name, flags) in [
+        ("named", vec!["--model-config", config.as_str()]),
+        ("colab", vec![]),
+    ] {
+        let out = path(dir.path().join(name));
+        let mut args = vec!["convert", pystate.as_str(), "--out", out.as_str()];
+        args.extend(&flags);
+        let printed = String::from_utf8(run(&args).stdout).unwrap();
+        assert!(printed.contains("hidden_act gelu_new"), "{printed}");
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(Path::new(&out).join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(written["architectures"][0], "PerceiverForMultimodalAutoencoding");
+        let frames = if name == "colab" { 16 } else { 4 };
+        assert_eq!(written["num_frames"], frames, "{written}");
+    }
+}

@@ -588,6 +588,14 @@ impl PerceiverConfig {
             _ => {
                 self.classification_decoder_spec()
                     .check("decoder cross-attention")?;
+                self.stem_padding()?;
+                if let Some(v) = self.extra.get(CLASSIFIER_QUERY_RESIDUAL_KEY) {
+                    if !v.is_boolean() {
+                        return Err(Error::InvalidConfig(format!(
+                            "{CLASSIFIER_QUERY_RESIDUAL_KEY} must be true or false, found {v}"
+                        )));
+                    }
+                }
                 if let Some(labels) = self.num_labels()? {
                     bounds::NUM_LABELS.check("num_labels", labels as u64)?;
                 }
@@ -772,7 +780,17 @@ impl PerceiverConfig {
     /// How an image classifier turns pixels into the encoder's input (fixed by its
     /// transformers class, not by config.json); `None` for text models.
     pub fn image_input(&self) -> Option<ImageInputSpec> {
-        ImageInputSpec::of(Architecture::of(self).ok()?)
+        let spec = ImageInputSpec::of(Architecture::of(self).ok()?)?;
+        Some(match spec {
+            ImageInputSpec::Conv {
+                channels, fourier, ..
+            } => ImageInputSpec::Conv {
+                channels,
+                fourier,
+                padding: self.stem_padding().unwrap_or(StemPadding::Transformers),
+            },
+            other => other,
+        })
     }
 
     /// Channels of the encoder's input array: the byte embeddings' `d_model` for text, the
@@ -888,10 +906,56 @@ impl PerceiverConfig {
             v_channels: self.d_latents,
             num_heads: 1,
             widening_factor: 1,
-            use_query_residual: true,
+            use_query_residual: self.classifier_query_residual(),
             activation: self.hidden_act,
         }
     }
+
+    /// Whether the classifiers' decoder adds its query back after attending
+    /// ([`CLASSIFIER_QUERY_RESIDUAL_KEY`]; transformers' classes always do, and so does
+    /// DeepMind's ImageNet Colab for the Fourier and conv models, but not for the learned one).
+    /// A value that is not a boolean is refused by [`validate`](Self::validate).
+    pub fn classifier_query_residual(&self) -> bool {
+        self.extra
+            .get(CLASSIFIER_QUERY_RESIDUAL_KEY)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true)
+    }
+
+    /// How the conv stem pads ([`STEM_PADDING_KEY`]): transformers' (absent) or DeepMind's
+    /// (`"same"`). An unknown value is an error.
+    pub fn stem_padding(&self) -> Result<StemPadding> {
+        match self.extra.get(STEM_PADDING_KEY).filter(|v| !v.is_null()) {
+            None => Ok(StemPadding::Transformers),
+            Some(serde_json::Value::String(s)) if s == "same" => Ok(StemPadding::Same),
+            Some(serde_json::Value::String(s)) if s == "transformers" => Ok(StemPadding::Transformers),
+            Some(other) => Err(Error::InvalidConfig(format!(
+                "{STEM_PADDING_KEY} must be \"same\" (DeepMind's) or \"transformers\", found {other}"
+            ))),
+        }
+    }
+}
+
+/// config.json key (this library's; transformers keeps it as an unused attribute): whether a
+/// classifier's decoder adds its query back (default `true`, transformers' fixed choice).
+/// DeepMind's ImageNet Colab builds the learned-position model's decoder without it, so a
+/// config read from that checkpoint says `false`.
+pub const CLASSIFIER_QUERY_RESIDUAL_KEY: &str = "decoder_use_query_residual";
+
+/// config.json key (this library's; transformers ignores it): how the conv-stem classifier
+/// pads its 7×7 stride-2 convolution and 3×3 stride-2 max-pool. See [`StemPadding`].
+pub const STEM_PADDING_KEY: &str = "stem_padding";
+
+/// How `PerceiverForImageClassificationConvProcessing`'s stem pads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StemPadding {
+    /// transformers': the convolution pads 3 on every side whatever the size, and the max-pool
+    /// does not pad (224 → 112 → 55).
+    Transformers,
+    /// DeepMind's (Haiku's `padding='SAME'`, TensorFlow's rule) for both: the output has
+    /// `ceil(n / stride)` rows, the `max(0, (out − 1)·stride + window − n)` padding split with
+    /// the extra one after (224 → 112 → 56; the convolution pads 2 before and 3 after).
+    Same,
 }
 
 impl PerceiverConfig {
@@ -1023,9 +1087,9 @@ pub struct MultimodalSpec {
     pub num_frames: usize,
     /// The video positions' top frequencies in space (`image_size`, in both directions). Only
     /// that: transformers cuts frames of any size into patches, and the frames this library
-    /// takes are the reconstruction's ([`frame_size`](Self::frame_size)). transformers'
-    /// conversion script leaves it at its default 56 for `deepmind/multimodal-perceiver`, where
-    /// DeepMind's Colab uses 224.
+    /// takes are the reconstruction's ([`frame_size`](Self::frame_size)). DeepMind's
+    /// video_autoencoding Colab uses 56 (`IMG_SZ`, the patch grid of its 224×224 frames) for
+    /// both the input's and the queries' features, as transformers' default does.
     pub image_size: usize,
     /// Audio samples per frame (`audio_samples_per_frame`).
     pub audio_samples_per_frame: usize,
@@ -1276,6 +1340,8 @@ pub enum ImageInputSpec {
         channels: usize,
         /// The features concatenated to each position.
         fourier: FourierSpec,
+        /// How the convolution and the max-pool pad (config.json's [`STEM_PADDING_KEY`]).
+        padding: StemPadding,
     },
 }
 
@@ -1299,6 +1365,7 @@ impl ImageInputSpec {
             Architecture::ImageClassificationConvProcessing => Some(Self::Conv {
                 channels: 64,
                 fourier: fourier(56),
+                padding: StemPadding::Transformers,
             }),
             Architecture::MaskedLm
             | Architecture::SequenceClassification
@@ -1312,7 +1379,9 @@ impl ImageInputSpec {
         match self {
             Self::Conv1x1 { channels } => 2 * channels,
             Self::Pixels { fourier } => IMAGE_CHANNELS + fourier.channels(),
-            Self::Conv { channels, fourier } => channels + fourier.channels(),
+            Self::Conv {
+                channels, fourier, ..
+            } => channels + fourier.channels(),
         }
     }
 

@@ -17,10 +17,12 @@ use candle_core::{DType, Device, Tensor};
 use perceiver::checkpoint::deepmind;
 use perceiver::checkpoint::export::{write_model_dir, ExportOptions};
 use perceiver::checkpoint::haiku::{read_haiku_file, NdArray};
+use perceiver::decoder::MultimodalQueries;
 use perceiver::image::RgbImage;
+use perceiver::preprocess::multimodal::MultimodalInput;
 use perceiver::preprocess::FramePair;
 use perceiver::tasks::flow::FLOW_SCALE_FACTOR;
-use perceiver::{Activation, Architecture, Error, Loader, PerceiverModel};
+use perceiver::{Activation, Architecture, Error, Loader, ModelInput, PerceiverModel, Pixels};
 
 /// Largest accepted |Δ logit| against DeepMind (its float64 run; we compute in float32).
 const TOLERANCE: f32 = 1e-4;
@@ -591,4 +593,556 @@ fn flow_params_missing_or_extra_are_refused_by_name() {
     );
     let e = deepmind::from_haiku(state, None, &path).unwrap_err().to_string();
     assert!(e.contains("unexpected state counter/count"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// ImageNet classifiers.
+
+/// Each tiny ImageNet model and its runs: `colab` takes what no shape tells from the Colab,
+/// `config_json` from the config.json beside the pystate.
+const IMAGENET: [(&str, &[&str]); 3] = [
+    ("imagenet_learned", &["colab"]),
+    ("imagenet_fourier", &["colab", "config_json"]),
+    ("imagenet_conv", &["colab"]),
+];
+
+/// One batch of images (of one size) and DeepMind's logits for it, `[images × labels]`.
+struct ImageCase {
+    images: Vec<Pixels>,
+    logits: Vec<f32>,
+}
+
+fn imagenet_cases(name: &str, run: &str) -> Vec<ImageCase> {
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(name).join("cases.safetensors"), &Device::Cpu).unwrap();
+    let mut cases = Vec::new();
+    for c in 0.. {
+        let Some(pixels) = tensors.get(&format!("case{c}.pixels")) else {
+            break;
+        };
+        // [B, H, W, 3] (DeepMind's layout) → channels first, as transformers' pixel_values.
+        let (batch, h, w, _) = pixels.dims4().unwrap();
+        let values = pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let images = (0..batch)
+            .map(|b| {
+                let mut planes = vec![0f32; 3 * h * w];
+                for (i, rgb) in values[b * h * w * 3..][..h * w * 3].chunks_exact(3).enumerate() {
+                    for (channel, &v) in rgb.iter().enumerate() {
+                        planes[channel * h * w + i] = v;
+                    }
+                }
+                Pixels::new(h, w, planes).unwrap()
+            })
+            .collect();
+        let logits = tensors[&format!("{run}.case{c}.logits")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        cases.push(ImageCase { images, logits });
+    }
+    assert!(cases.len() >= 2, "{name}: cases");
+    cases
+}
+
+fn imagenet_pystate(name: &str) -> PathBuf {
+    fixture(name).join("params.pystate")
+}
+
+fn imagenet_loader(name: &str, run: &str) -> Loader {
+    let loader = Loader::new(imagenet_pystate(name).to_str().unwrap());
+    match run {
+        "colab" => loader,
+        _ => loader.model_config(fixture(name).join("config.json")),
+    }
+}
+
+/// The worst |Δ logit| between `model` and DeepMind over every case of `run`.
+fn imagenet_worst(model: &PerceiverModel, name: &str, run: &str) -> f32 {
+    let mut worst = 0f32;
+    for case in imagenet_cases(name, run) {
+        let images: Vec<&Pixels> = case.images.iter().collect();
+        let ours = model.classify(ModelInput::Images(&images)).unwrap();
+        assert_eq!(ours.len(), case.logits.len(), "{name}/{run}");
+        let diff = ours
+            .iter()
+            .zip(&case.logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        worst = worst.max(diff);
+    }
+    worst
+}
+
+/// Our logits on DeepMind's three ImageNet pystates (params + the conv stem's BatchNorm state)
+/// equal DeepMind's `apply` within [`TOLERANCE`] (DeepMind's own float32 code is up to 3e-5 off
+/// its float64 run on the Fourier model: tests/fixtures/deepmind/README.md).
+#[test]
+fn every_imagenet_pystate_gives_deepminds_logits() {
+    for (name, runs) in IMAGENET {
+        for &run in runs {
+            let model = imagenet_loader(name, run).load().unwrap();
+            let worst = imagenet_worst(&model, name, run);
+            println!("{name}/{run:<12} max |Δ logit| vs DeepMind = {worst:.2e}");
+            assert!(worst <= TOLERANCE, "{name}/{run}: {worst:e}");
+        }
+    }
+}
+
+/// Without a config.json the config is the Colab's: 8 self-attention heads, 1 cross-attention
+/// head, 8 blocks, DeepMind's GELU; the learned model's image size from its position table and
+/// its decoder without the query residual; the conv stem padded as Haiku's `'SAME'`.
+#[test]
+fn the_imagenet_config_is_the_colabs_where_shapes_cannot_tell() {
+    use perceiver::config::StemPadding;
+    for (name, architecture) in [
+        ("imagenet_learned", Architecture::ImageClassificationLearned),
+        ("imagenet_fourier", Architecture::ImageClassificationFourier),
+        ("imagenet_conv", Architecture::ImageClassificationConvProcessing),
+    ] {
+        let checkpoint = imagenet_loader(name, "colab").checkpoint().unwrap();
+        let c = checkpoint.config();
+        assert_eq!(Architecture::of(c).unwrap(), architecture);
+        assert_eq!((c.num_latents, c.d_latents), (8, 16));
+        assert_eq!((c.qk_channels, c.v_channels), (Some(16), Some(16)));
+        assert_eq!(
+            (
+                c.num_self_attention_heads,
+                c.num_cross_attention_heads,
+                c.num_blocks,
+                c.use_query_residual
+            ),
+            (8, 1, 8, true)
+        );
+        assert_eq!(
+            (
+                c.self_attention_widening_factor,
+                c.cross_attention_widening_factor
+            ),
+            (2, 1)
+        );
+        assert_eq!(c.hidden_act, Activation::GeluTanh);
+        assert_eq!(c.num_labels().unwrap(), Some(7));
+        assert_eq!(
+            c.classifier_query_residual(),
+            architecture != Architecture::ImageClassificationLearned
+        );
+        let padding = c.stem_padding().unwrap();
+        assert_eq!(
+            padding == StemPadding::Same,
+            architecture == Architecture::ImageClassificationConvProcessing
+        );
+        assert_eq!(c.input_channels(), c.d_model);
+    }
+    let learned = imagenet_loader("imagenet_learned", "colab").checkpoint().unwrap();
+    assert_eq!(learned.config().image_size(), 12);
+
+    // The Fourier model's config.json decides instead (its heads, blocks and residuals).
+    let named = imagenet_loader("imagenet_fourier", "config_json")
+        .checkpoint()
+        .unwrap();
+    let n = named.config();
+    assert_eq!(
+        (
+            n.num_self_attention_heads,
+            n.num_cross_attention_heads,
+            n.num_blocks,
+            n.use_query_residual,
+            n.classifier_query_residual()
+        ),
+        (4, 2, 2, false, false)
+    );
+}
+
+/// Where transformers' classes differ from DeepMind's code, the numbers differ too: the
+/// switches the DeepMind loader sets are what make them equal.
+#[test]
+fn transformers_stem_padding_and_decoder_residual_give_other_numbers() {
+    for (name, key, value) in [
+        ("imagenet_conv", "stem_padding", serde_json::json!("transformers")),
+        (
+            "imagenet_learned",
+            "decoder_use_query_residual",
+            serde_json::json!(true),
+        ),
+    ] {
+        let mut config = imagenet_loader(name, "colab")
+            .checkpoint()
+            .unwrap()
+            .config()
+            .clone();
+        config.extra.insert(key.into(), value);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+        let model = Loader::new(imagenet_pystate(name).to_str().unwrap())
+            .model_config(&path)
+            .load()
+            .unwrap();
+        let worst = imagenet_worst(&model, name, "colab");
+        println!("{name:<18} with transformers' {key}: max |Δ logit| vs DeepMind = {worst:.2e}");
+        assert!(worst > 1e-2, "{name}: {worst:e}");
+    }
+}
+
+/// `perceiver convert`'s library half on the ImageNet pystates: the directory (config.json,
+/// model.safetensors with the BatchNorm statistics and counter, preprocessor_config.json) loads
+/// through the ordinary loader with DeepMind's logits and the pystate's tensors bit for bit.
+#[test]
+fn the_converted_imagenet_directories_give_deepminds_logits() {
+    use perceiver::image::ImageProcessorConfig;
+    for (name, runs) in IMAGENET {
+        for &run in runs {
+            let checkpoint = imagenet_loader(name, run).checkpoint().unwrap();
+            let out = tempfile::tempdir().unwrap();
+            let written = write_model_dir(&checkpoint, out.path(), &ExportOptions::default()).unwrap();
+            assert_eq!(written.len(), 3, "config, weights, preprocessor config");
+            let json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&written[0]).unwrap()).unwrap();
+            assert_eq!(json["hidden_act"], "gelu_new");
+            assert_eq!(
+                json["architectures"][0],
+                Architecture::of(checkpoint.config()).unwrap().name()
+            );
+            let mut processor = ImageProcessorConfig::from_file(&written[2]).unwrap();
+            processor.extra.clear();
+            assert_eq!(processor, ImageProcessorConfig::default());
+
+            let converted = Loader::new(out.path().to_str().unwrap()).load().unwrap();
+            let worst = imagenet_worst(&converted, name, run);
+            println!("{name}/{run:<12} converted directory: max |Δ logit| vs DeepMind = {worst:.2e}");
+            assert!(worst <= TOLERANCE, "{name}/{run}: {worst:e}");
+            let again = Loader::new(out.path().to_str().unwrap()).checkpoint().unwrap();
+            assert_eq!(again.config(), checkpoint.config());
+            let (a, b) = (checkpoint.tensors().unwrap(), again.tensors().unwrap());
+            assert_eq!(a.len(), b.len());
+            for ((x, p), (y, q)) in a.iter().zip(b.iter()) {
+                assert_eq!((x, p.shape()), (y, q.shape()));
+                assert!(p.data() == q.data(), "{x}");
+            }
+        }
+    }
+    // The BatchNorm counter is written, as PyTorch's int64.
+    let checkpoint = imagenet_loader("imagenet_conv", "colab").checkpoint().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    write_model_dir(&checkpoint, out.path(), &ExportOptions::default()).unwrap();
+    let tensors = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let counter = &tensors["perceiver.input_preprocessor.convnet.batchnorm.num_batches_tracked"];
+    assert_eq!(counter.dtype(), DType::I64);
+    assert_eq!(counter.to_scalar::<i64>().unwrap(), 1234);
+}
+
+/// ImageNet pystates that match no model are refused with DeepMind's names: the conv model
+/// without its BatchNorm state, a learned position table of no square image, a parameter
+/// missing, and a config.json of another model.
+#[test]
+fn bad_imagenet_pystates_are_refused_by_name() {
+    let conv = imagenet_pystate("imagenet_conv");
+    let read = read_haiku_file(&conv).unwrap();
+    assert!(read.state.as_ref().is_some_and(|s| !s.is_empty()));
+    let mut stateless = read.clone();
+    stateless.state = None;
+    let e = deepmind::from_haiku(stateless, None, &conv).unwrap_err();
+    assert!(matches!(e, Error::DeepMindCheckpoint { .. }), "{e}");
+    assert!(e.to_string().contains("mean_ema"), "{e}");
+
+    let mut missing = read;
+    missing
+        .state
+        .as_mut()
+        .unwrap()
+        .get_mut("image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/var_ema")
+        .unwrap()
+        .remove("average");
+    let e = deepmind::from_haiku(missing, None, &conv)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("var_ema/average is missing") && e.contains("running_var"),
+        "{e}"
+    );
+
+    let learned = imagenet_pystate("imagenet_learned");
+    let mut read = read_haiku_file(&learned).unwrap();
+    let table = read
+        .params
+        .get_mut("image_preprocessor/~_build_network_inputs/trainable_position_encoding")
+        .unwrap()
+        .get_mut("pos_embs")
+        .unwrap();
+    *table = NdArray {
+        shape: vec![140, 256],
+        data: vec![0.0; 140 * 256],
+    };
+    let e = deepmind::from_haiku(read, None, &learned)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not one per pixel of a square image"), "{e}");
+
+    // The Fourier file with the learned model's config: refused, naming both.
+    let config = imagenet_loader("imagenet_learned", "colab")
+        .checkpoint()
+        .unwrap()
+        .config()
+        .clone();
+    let fourier = imagenet_pystate("imagenet_fourier");
+    let e = deepmind::from_haiku(read_haiku_file(&fourier).unwrap(), Some(config), &fourier)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Fourier positions") && e.contains("PerceiverForImageClassificationLearned"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Video autoencoding.
+
+const VIDEO: &str = "video";
+
+/// The fixture's video (frames in [0, 1], channels first) and mono audio.
+fn video_input() -> MultimodalInput {
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(VIDEO).join("cases.safetensors"), &Device::Cpu).unwrap();
+    let frames = &tensors["frames"];
+    let (t, h, w, _) = frames.dims4().unwrap();
+    let values = frames.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let frames = (0..t)
+        .map(|f| {
+            let mut planes = vec![0f32; 3 * h * w];
+            for (i, rgb) in values[f * h * w * 3..][..h * w * 3].chunks_exact(3).enumerate() {
+                for (c, &v) in rgb.iter().enumerate() {
+                    planes[c * h * w + i] = v;
+                }
+            }
+            Pixels::new(h, w, planes).unwrap()
+        })
+        .collect();
+    let audio = tensors["audio"].to_vec1::<f32>().unwrap();
+    MultimodalInput::new(frames, audio).unwrap()
+}
+
+/// DeepMind's outputs for one subsampling: the queries and the audio, image and label outputs.
+fn video_case(chunk: &str) -> (MultimodalQueries, [Vec<f32>; 3]) {
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(VIDEO).join("cases.safetensors"), &Device::Cpu).unwrap();
+    let indices = |name: &str| -> Vec<usize> {
+        tensors[&format!("{chunk}.{name}")]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|i| i as usize)
+            .collect()
+    };
+    let floats = |name: &str| {
+        tensors[&format!("{chunk}.{name}")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let queries = MultimodalQueries {
+        audio: indices("audio_points"),
+        image: indices("image_points"),
+        label: true,
+    };
+    (queries, [floats("audio"), floats("image"), floats("label")])
+}
+
+const VIDEO_CHUNKS: [&str; 2] = ["all", "chunk1of4"];
+
+/// The worst |Δ| of the audio, image and label outputs against DeepMind's, over both
+/// subsamplings.
+fn video_worst(model: &PerceiverModel) -> [f32; 3] {
+    let latents = model.encode_multimodal(&video_input()).unwrap();
+    let mut worst = [0f32; 3];
+    for chunk in VIDEO_CHUNKS {
+        let (queries, theirs) = video_case(chunk);
+        let ours = model.decode_multimodal(&latents, &queries).unwrap();
+        let label = ours.label.unwrap();
+        for (k, ours) in [&ours.audio, &ours.image, &label].into_iter().enumerate() {
+            assert_eq!(ours.len(), theirs[k].len(), "{chunk} output {k}");
+            let diff = ours
+                .iter()
+                .zip(&theirs[k])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            worst[k] = worst[k].max(diff);
+        }
+    }
+    worst
+}
+
+fn video_loader() -> Loader {
+    Loader::new(fixture(VIDEO).join("params.pystate").to_str().unwrap())
+        .model_config(fixture(VIDEO).join("config.json"))
+}
+
+/// Our reconstruction on DeepMind's video pystate (bare params, as the Colab reads it) equals
+/// DeepMind's `apply` for every query and for the Colab's chunk 1 of 4: audio samples, pixels
+/// and label logits each within [`TOLERANCE`]; and so does the converted directory.
+#[test]
+fn the_video_pystate_gives_deepminds_reconstruction() {
+    let model = video_loader().load().unwrap();
+    let [audio, image, label] = video_worst(&model);
+    println!("video max |Δ| vs DeepMind: audio {audio:.2e}, image {image:.2e}, label {label:.2e}");
+    for worst in [audio, image, label] {
+        assert!(worst <= TOLERANCE, "{worst:e}");
+    }
+
+    let checkpoint = video_loader().checkpoint().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let written = write_model_dir(&checkpoint, out.path(), &ExportOptions::default()).unwrap();
+    assert_eq!(written.len(), 2);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&written[0]).unwrap()).unwrap();
+    assert_eq!(json["architectures"][0], "PerceiverForMultimodalAutoencoding");
+    assert_eq!(json["hidden_act"], "gelu_new");
+    let converted = Loader::new(out.path().to_str().unwrap()).load().unwrap();
+    let [audio, image, label] = video_worst(&converted);
+    println!("video converted directory max |Δ| vs DeepMind: audio {audio:.2e}, image {image:.2e}, label {label:.2e}");
+    for worst in [audio, image, label] {
+        assert!(worst <= TOLERANCE, "{worst:e}");
+    }
+    let again = Loader::new(out.path().to_str().unwrap()).checkpoint().unwrap();
+    let (a, b) = (checkpoint.tensors().unwrap(), again.tensors().unwrap());
+    assert_eq!(a.len(), b.len());
+    for ((x, p), (y, q)) in a.iter().zip(b.iter()) {
+        assert_eq!((x, p.shape()), (y, q.shape()));
+        assert!(p.data() == q.data(), "{x}");
+    }
+}
+
+/// Without a config.json the video model's sizes and settings are the Colab's (16 frames of
+/// 224×224, 1920 samples a frame, Fourier features over 16×56×56, 8 / 1 heads, one block); the
+/// samples per patch, labels, output channels and label query width come from the shapes.
+#[test]
+fn the_video_config_is_the_colabs_where_shapes_cannot_tell() {
+    let checkpoint = Loader::new(fixture(VIDEO).join("params.pystate").to_str().unwrap())
+        .checkpoint()
+        .unwrap();
+    let c = checkpoint.config();
+    assert_eq!(Architecture::of(c).unwrap(), Architecture::MultimodalAutoencoding);
+    let spec = c.multimodal().unwrap();
+    assert_eq!(
+        (
+            spec.num_frames,
+            spec.image_size,
+            spec.audio_samples_per_frame,
+            spec.output_dims
+        ),
+        (16, 56, 1920, [16, 224, 224])
+    );
+    assert_eq!(
+        (
+            spec.samples_per_patch,
+            spec.num_labels,
+            spec.output_num_channels,
+            spec.label_query_channels
+        ),
+        (8, 5, 12, 20)
+    );
+    assert_eq!(
+        (
+            c.num_self_attention_heads,
+            c.num_cross_attention_heads,
+            c.num_blocks,
+            c.use_query_residual
+        ),
+        (8, 1, 1, true)
+    );
+    assert_eq!((c.num_latents, c.d_latents), (8, 16));
+    assert_eq!(c.cross_attention_widening_factor, 2);
+    assert_eq!(c.hidden_act, Activation::GeluTanh);
+
+    // The config.json's sizes and heads instead: the same tensors.
+    let named = video_loader().checkpoint().unwrap();
+    let n = named.config().multimodal().unwrap();
+    assert_eq!((n.num_frames, n.image_size, n.output_dims), (4, 6, [4, 16, 16]));
+    let (a, b) = (checkpoint.tensors().unwrap(), named.tensors().unwrap());
+    assert_eq!(a.len(), b.len());
+    for ((x, p), (y, q)) in a.iter().zip(b.iter()) {
+        assert_eq!((x, p.shape()), (y, q.shape()));
+        assert!(p.data() == q.data(), "{x}");
+    }
+}
+
+/// A video pystate with a parameter missing or one the model has no place for is refused with
+/// DeepMind's name for it; so is a config.json whose sizes disagree with the shapes.
+#[test]
+fn bad_video_pystates_are_refused_by_name() {
+    let path = fixture(VIDEO).join("params.pystate");
+    let read = read_haiku_file(&path).unwrap();
+    assert!(read.state.is_none(), "bare params, as the Colab reads them");
+
+    let mut missing = read.clone();
+    missing
+        .params
+        .get_mut("multimodal_decoder/~decoder_query/image_padding")
+        .unwrap()
+        .remove("pos_embs");
+    let e = deepmind::from_haiku(missing, None, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("multimodal_decoder/~decoder_query/image_padding/pos_embs is missing")
+            && e.contains("perceiver.decoder.padding.image"),
+        "{e}"
+    );
+
+    let mut extra = read.clone();
+    extra
+        .params
+        .entry("multimodal_preprocessor/video_padding".into())
+        .or_default()
+        .insert(
+            "pos_embs".into(),
+            NdArray {
+                shape: vec![1, 4],
+                data: vec![0.0; 4],
+            },
+        );
+    let e = deepmind::from_haiku(extra, None, &path).unwrap_err().to_string();
+    assert!(
+        e.contains("unexpected multimodal_preprocessor/video_padding/pos_embs")
+            && e.contains("video autoencoder"),
+        "{e}"
+    );
+
+    // 7 samples per patch: the audio rows (and so every padding) would be narrower.
+    let mut config = video_loader().checkpoint().unwrap().config().clone();
+    config
+        .extra
+        .insert("samples_per_patch".into(), serde_json::json!(7));
+    config
+        .extra
+        .insert("audio_samples_per_frame".into(), serde_json::json!(21));
+    let e = deepmind::from_haiku(read, Some(config), &path).unwrap_err();
+    assert!(matches!(e, Error::DeepMindCheckpoint { .. }), "{e}");
+    assert!(e.to_string().contains("has shape"), "{e}");
+}
+
+/// A named config.json that says nothing of the stem's padding or the decoder's query residual
+/// (as transformers' own config.json files never do) gets DeepMind's for a DeepMind file.
+#[test]
+fn a_named_imagenet_config_without_the_switches_gets_deepminds() {
+    for (name, key) in [
+        ("imagenet_conv", "stem_padding"),
+        ("imagenet_learned", "decoder_use_query_residual"),
+    ] {
+        let mut config = imagenet_loader(name, "colab")
+            .checkpoint()
+            .unwrap()
+            .config()
+            .clone();
+        assert!(config.extra.remove(key).is_some(), "{name}: {key}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+        let loader = Loader::new(imagenet_pystate(name).to_str().unwrap()).model_config(&path);
+        let model = loader.load().unwrap();
+        let worst = imagenet_worst(&model, name, "colab");
+        assert!(worst <= TOLERANCE, "{name}: {worst:e}");
+        assert!(model.config().extra.contains_key(key), "{name}: {key}");
+    }
 }

@@ -19,18 +19,31 @@
 //! (`jax.nn.gelu`), so the numbers are DeepMind's; transformers' own config for the released
 //! model says `"gelu"` (exact), which moves the logits by up to ~1e-3.
 //!
-//! Two of DeepMind's models are mapped: the byte-level masked language model
-//! (`language_perceiver_io_bytes.pickle`, [`language_colab`]) and the optical-flow model
-//! (`optical_flow_checkpoint.pystate`, [`flow_colab`]), told apart by their module names. The
-//! ImageNet `.pystate` files are refused by name.
+//! Six of DeepMind's models are mapped, told apart by their module names: the byte-level masked
+//! language model (`language_perceiver_io_bytes.pickle`, [`language_colab`]), the optical-flow
+//! model (`optical_flow_checkpoint.pystate`, [`flow_colab`]), the video autoencoder
+//! (`video_autoencoding_checkpoint.pystate`, [`video_colab`]; its encoder is named `encoder`, not
+//! `perceiver_encoder`) and the three ImageNet classifiers
+//! (`imagenet_*.pystate`, [`imagenet_colab`]), whose `.pystate` is `{"params", "state"}`: the conv
+//! stem's BatchNorm statistics are Haiku state (`mean_ema` / `var_ema`). A Haiku convolution's
+//! kernel (`[kh, kw, in, out]`) becomes PyTorch's `[out, in, kh, kw]`; a BatchNorm's
+//! `[1, 1, 1, channels]` arrays its `[channels]` ones. Where DeepMind's ImageNet code does what
+//! transformers' classes do not (the stem's `'SAME'` padding, the learned model's decoder without
+//! a query residual), the config says so under this library's own keys, which the model follows
+//! and transformers ignores.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::haiku::{read_haiku_file, HaikuCheckpoint, HaikuParams, NdArray};
-use super::names::{FlowNames, LayerNames, LinearNames, MaskedLmNames, NormNames, Role, TensorName};
+use super::names::{
+    ClassifierNames, FlowNames, ImagePreprocessorNames, InputNames, LayerNames, LinearNames, MaskedLmNames,
+    Modality, MultimodalNames, NormNames, Role, TensorName,
+};
 use super::{Checkpoint, Param};
-use crate::config::{Architecture, CrossAttentionShape, PerceiverConfig};
+use crate::config::{
+    Architecture, CrossAttentionShape, PerceiverConfig, CLASSIFIER_QUERY_RESIDUAL_KEY, STEM_PADDING_KEY,
+};
 use crate::error::{Error, Result};
 
 /// File extensions taken as DeepMind checkpoints wherever a model is accepted: DeepMind's
@@ -90,6 +103,77 @@ pub mod flow_colab {
     pub const ACTIVATION: crate::config::Activation = crate::config::Activation::GeluTanh;
 }
 
+/// What DeepMind's imagenet_classification Colab sets for its three checkpoints
+/// (`imagenet_learned_position_encoding.pystate`, `imagenet_fourier_position_encoding.pystate`,
+/// `imagenet_conv_preprocessing.pystate`) that the parameters' shapes cannot tell: the
+/// `PerceiverEncoder`'s heads, blocks and query residual (the same in its three configs), and the
+/// `ClassificationDecoder`'s query residual (not the same).
+///
+/// The rest is transformers' and DeepMind's alike: one decoder query of `d_latents` channels,
+/// one head whose queries and keys take the latents' width, a final projection onto the labels;
+/// a 1×1 convolution to 256 channels with 256 trainable positions per pixel projected by a
+/// linear layer (learned), raw pixels with 64 Fourier bands over 224×224 (Fourier), a 7×7
+/// stride-2 convolution to 64 channels with BatchNorm, ReLU and a 3×3 stride-2 max-pool, with 64
+/// Fourier bands over 56×56 (conv). The shapes confirm every width.
+///
+/// Two things DeepMind's code fixes that transformers' classes do differently are written into
+/// the config as this library's own keys (transformers keeps them as unused attributes):
+/// the learned model's decoder has no query residual
+/// ([`CLASSIFIER_QUERY_RESIDUAL_KEY`](crate::config::CLASSIFIER_QUERY_RESIDUAL_KEY) `false`;
+/// transformers always adds it), and the conv stem pads as Haiku's `'SAME'` does
+/// ([`STEM_PADDING_KEY`](crate::config::STEM_PADDING_KEY) `"same"`: 224 → 112 → 56, where
+/// transformers' stem gives 55). A named config.json that leaves them out gets DeepMind's.
+pub mod imagenet_colab {
+    /// `num_self_attend_heads`.
+    pub const NUM_SELF_ATTENTION_HEADS: usize = 8;
+    /// `num_cross_attend_heads`.
+    pub const NUM_CROSS_ATTENTION_HEADS: usize = 1;
+    /// `num_blocks`: the 6 latent layers run 8 times (weights shared).
+    pub const NUM_BLOCKS: usize = 8;
+    /// `use_query_residual` of the encoder's cross-attention.
+    pub const USE_QUERY_RESIDUAL: bool = true;
+    /// The decoder's `use_query_residual` in `learned_pos_configs`.
+    pub const LEARNED_DECODER_QUERY_RESIDUAL: bool = false;
+    /// The decoder's `use_query_residual` in `fourier_pos_configs` and `conv_maxpool_configs`.
+    pub const FOURIER_AND_CONV_DECODER_QUERY_RESIDUAL: bool = true;
+    /// `jax.nn.gelu`'s default: the tanh approximation.
+    pub const ACTIVATION: crate::config::Activation = crate::config::Activation::GeluTanh;
+}
+
+/// What DeepMind's video_autoencoding Colab sets for `video_autoencoding_checkpoint.pystate`
+/// that the parameters' shapes cannot tell: the `PerceiverEncoder`'s heads, blocks and query
+/// residual (its default), and the sizes of the video and audio it was built for (no parameter
+/// depends on them: the Fourier features are computed). The shapes tell the samples per audio
+/// patch (the audio head's outputs), the labels, the decoder's output channels and the label
+/// query's width.
+///
+/// The rest is transformers' `PerceiverForMultimodalAutoencoding`'s and DeepMind's alike: 4×4
+/// video patches with 32 Fourier bands over `(NUM_FRAMES, IMG_SZ, IMG_SZ)`, audio patches with
+/// 192 bands over the audio's length, input rows padded to the widest modality + 4 and query rows
+/// to the widest + 2, the label always masked (its row is the mask token), one decoder head whose
+/// queries and keys take the latents' width, no query residual.
+pub mod video_colab {
+    /// `num_self_attend_heads`.
+    pub const NUM_SELF_ATTENTION_HEADS: usize = 8;
+    /// `num_cross_attend_heads`.
+    pub const NUM_CROSS_ATTENTION_HEADS: usize = 1;
+    /// `num_blocks`: the 8 latent layers run once.
+    pub const NUM_BLOCKS: usize = 1;
+    /// `use_query_residual` of the encoder's cross-attention (`PerceiverEncoder`'s default).
+    pub const USE_QUERY_RESIDUAL: bool = true;
+    /// `NUM_FRAMES`.
+    pub const NUM_FRAMES: usize = 16;
+    /// `AUDIO_SAMPLES_PER_FRAME` (48 kHz at 25 frames a second).
+    pub const AUDIO_SAMPLES_PER_FRAME: usize = 48000 / 25;
+    /// `IMG_SZ`: the video's Fourier features' top frequency in space (transformers'
+    /// `image_size`); the patches of a 224×224 frame are 56×56.
+    pub const IMAGE_SIZE: usize = 56;
+    /// The decoded video, `[batch, frames, height, width]` (transformers' `output_shape`).
+    pub const OUTPUT_SHAPE: [usize; 4] = [1, 16, 224, 224];
+    /// `jax.nn.gelu`'s default: the tanh approximation.
+    pub const ACTIVATION: crate::config::Activation = crate::config::Activation::GeluTanh;
+}
+
 /// Haiku's module paths in DeepMind's masked language model (the Colab's `apply_perceiver`) and
 /// optical-flow model (the Colab's `optical_flow`): each spelled once, here.
 mod haiku_names {
@@ -101,8 +185,6 @@ mod haiku_names {
     pub const LATENTS: (&str, &str) = ("perceiver_encoder/~/trainable_position_encoding", "pos_embs");
     /// The encoder's cross-attention layer.
     pub const ENCODER_CROSS: &str = "perceiver_encoder/~/cross_attention";
-    /// Latent layer `i`: this, then `_{i}` for `i > 0`.
-    pub const SELF_ATTENTION: &str = "perceiver_encoder/~/self_attention";
     /// The decoder's queries, `[positions, d_model]`.
     pub const DECODER_QUERIES: (&str, &str) = ("basic_decoder/~/trainable_position_encoding", "pos_embs");
     /// The decoder's cross-attention layer.
@@ -120,14 +202,88 @@ mod haiku_names {
     /// Flow: the decoder's final `hk.Linear` onto the two flow channels.
     pub const FLOW_OUTPUT: &str = "flow_decoder/~/basic_decoder/output";
 
+    /// ImageNet: the `ClassificationDecoder` (its `BasicDecoder` is made in its constructor).
+    pub const CLASSIFIER: &str = "classification_decoder/";
+    /// ImageNet: the decoder's one query, `[1, d_latents]`.
+    pub const CLASSIFIER_QUERY: (&str, &str) = (
+        "classification_decoder/~/basic_decoder/~/trainable_position_encoding",
+        "pos_embs",
+    );
+    /// ImageNet: the decoder's cross-attention layer.
+    pub const CLASSIFIER_CROSS: &str = "classification_decoder/~/basic_decoder/cross_attention";
+    /// ImageNet: the decoder's final `hk.Linear` onto the labels.
+    pub const CLASSIFIER_OUTPUT: &str = "classification_decoder/~/basic_decoder/output";
+    /// ImageNet: every module of the `ImagePreprocessor` starts so.
+    pub const IMAGE_PREPROCESSOR: &str = "image_preprocessor/";
+    /// Learned: the 1×1 `hk.Conv2D` (`w` `[1, 1, 3, 256]`, `b`).
+    pub const CONV1X1: &str = "image_preprocessor/~/conv2_d";
+    /// Learned: the trainable positions, `[image_size², 256]` (made when the preprocessor is
+    /// called, in `_build_network_inputs`).
+    pub const IMAGE_POSITIONS: (&str, &str) = (
+        "image_preprocessor/~_build_network_inputs/trainable_position_encoding",
+        "pos_embs",
+    );
+    /// Learned: the `PositionEncodingProjector`'s `hk.Linear`.
+    pub const POSITIONS_PROJECTION: &str =
+        "image_preprocessor/~_build_network_inputs/position_encoding_projector/linear";
+    /// Conv: the `Conv2DDownsample` stem.
+    pub const STEM: &str = "image_preprocessor/~/conv2_d_downsample";
+    /// Conv: the stem's 7×7 `hk.Conv2D` (`w` `[7, 7, 3, 64]`, no bias).
+    pub const STEM_CONV: &str = "image_preprocessor/~/conv2_d_downsample/~/conv";
+    /// Conv: the stem's `hk.BatchNorm` (`scale`, `offset`, each `[1, 1, 1, 64]`).
+    pub const STEM_BATCHNORM: &str = "image_preprocessor/~/conv2_d_downsample/~/batchnorm";
+    /// Conv, in the `.pystate`'s `state`: the BatchNorm's moving mean (`average`, `hidden`,
+    /// `counter`); `average` is what inference reads.
+    pub const STEM_MEAN: &str = "image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/mean_ema";
+    /// Conv, in `state`: the moving variance, as [`STEM_MEAN`].
+    pub const STEM_VAR: &str = "image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/var_ema";
+
+    /// The `PerceiverEncoder`'s name in every model but the video autoencoder.
+    pub const ENCODER: &str = "perceiver_encoder";
+    /// The video autoencoder's `PerceiverEncoder` (the Colab names it `encoder`).
+    pub const VIDEO_ENCODER: &str = "encoder";
+
     /// Module path of latent layer `index`.
     pub fn self_attention(index: usize) -> String {
+        self_attention_in(ENCODER, index)
+    }
+
+    /// Module path of latent layer `index` of the encoder named `encoder`.
+    pub fn self_attention_in(encoder: &str, index: usize) -> String {
         if index == 0 {
-            SELF_ATTENTION.to_string()
+            format!("{encoder}/~/self_attention")
         } else {
-            format!("{SELF_ATTENTION}_{index}")
+            format!("{encoder}/~/self_attention_{index}")
         }
     }
+
+    /// The latent array of the encoder named `encoder`.
+    pub fn latents_in(encoder: &str) -> (String, &'static str) {
+        (format!("{encoder}/~/trainable_position_encoding"), "pos_embs")
+    }
+
+    /// The cross-attention of the encoder named `encoder`.
+    pub fn encoder_cross_in(encoder: &str) -> String {
+        format!("{encoder}/~/cross_attention")
+    }
+
+    /// Video: the `MultimodalPreprocessor`'s trainable rows: `{modality}_padding` (appended to
+    /// each of the modality's rows) and `{modality}_mask_token`.
+    pub const MULTIMODAL_PREPROCESSOR: &str = "multimodal_preprocessor";
+    /// Video: the `MultimodalDecoder`; its query paddings are made in `decoder_query`.
+    pub const MULTIMODAL_DECODER: &str = "multimodal_decoder";
+    /// Video: the decoder's `{modality}_padding` rows.
+    pub const MULTIMODAL_QUERY_PADDING: &str = "multimodal_decoder/~decoder_query";
+    /// Video: the shared decoder's cross-attention.
+    pub const MULTIMODAL_CROSS: &str = "multimodal_decoder/~/basic_decoder/cross_attention";
+    /// Video: the shared decoder's final `hk.Linear`.
+    pub const MULTIMODAL_OUTPUT: &str = "multimodal_decoder/~/basic_decoder/output";
+    /// Video: each modality's postprocessor `hk.Linear` (audio, image, label).
+    pub const MULTIMODAL_HEADS: [&str; 3] = [
+        "audio_postprocessor/linear",
+        "projection_postprocessor/linear",
+        "classification_postprocessor/linear",
+    ];
 }
 
 /// One Haiku parameter and the transformers tensor it becomes.
@@ -135,38 +291,61 @@ struct Pair<'a> {
     module: String,
     param: &'static str,
     tensor: &'a TensorName,
+    layout: Layout,
 }
 
-impl Pair<'_> {
+/// How a Haiku array is laid out against its transformers tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// By the tensor's role ([`haiku_shape`]): a Linear's `w` is `[in, out]`, a convolution's
+    /// `[kh, kw, in, out]`, everything else as transformers has it.
+    ByRole,
+    /// A BatchNorm's per-channel array, which Haiku keeps as `[1, 1, 1, channels]`.
+    Channels,
+}
+
+impl<'a> Pair<'a> {
+    fn new(module: impl Into<String>, param: &'static str, tensor: &'a TensorName) -> Self {
+        Self {
+            module: module.into(),
+            param,
+            tensor,
+            layout: Layout::ByRole,
+        }
+    }
+
+    fn channels(module: impl Into<String>, param: &'static str, tensor: &'a TensorName) -> Self {
+        Self {
+            layout: Layout::Channels,
+            ..Self::new(module, param, tensor)
+        }
+    }
+
     fn haiku_name(&self) -> String {
         format!("{}/{}", self.module, self.param)
+    }
+
+    /// The shape Haiku stores the tensor in.
+    fn haiku_shape(&self) -> Vec<usize> {
+        match self.layout {
+            Layout::ByRole => haiku_shape(self.tensor),
+            Layout::Channels => {
+                let mut shape = vec![1; 3];
+                shape.extend(&self.tensor.shape);
+                shape
+            }
+        }
     }
 }
 
 fn norm_pairs<'a>(module: String, norm: &'a NormNames, out: &mut Vec<Pair<'a>>) {
-    out.push(Pair {
-        module: module.clone(),
-        param: "scale",
-        tensor: &norm.weight,
-    });
-    out.push(Pair {
-        module,
-        param: "offset",
-        tensor: &norm.bias,
-    });
+    out.push(Pair::new(module.clone(), "scale", &norm.weight));
+    out.push(Pair::new(module, "offset", &norm.bias));
 }
 
 fn linear_pairs<'a>(module: String, linear: &'a LinearNames, out: &mut Vec<Pair<'a>>) {
-    out.push(Pair {
-        module: module.clone(),
-        param: "w",
-        tensor: &linear.weight,
-    });
-    out.push(Pair {
-        module,
-        param: "b",
-        tensor: &linear.bias,
-    });
+    out.push(Pair::new(module.clone(), "w", &linear.weight));
+    out.push(Pair::new(module, "b", &linear.bias));
 }
 
 /// A layer of DeepMind's `CrossAttention` / `SelfAttention`: Haiku numbers its LayerNorms and
@@ -197,11 +376,7 @@ fn layer_pairs<'a>(prefix: &str, layer: &'a LayerNames, out: &mut Vec<Pair<'a>>)
 /// order the model reads them.
 fn masked_lm_pairs(names: &MaskedLmNames) -> Vec<Pair<'_>> {
     use haiku_names::*;
-    let single = |(module, param): (&str, &'static str), tensor| Pair {
-        module: module.to_string(),
-        param,
-        tensor,
-    };
+    let single = |(module, param): (&str, &'static str), tensor| Pair::new(module, param, tensor);
     let mut out = vec![
         single(EMBED, &names.preprocessor.embeddings),
         single(INPUT_POSITIONS, &names.preprocessor.positions),
@@ -217,21 +392,112 @@ fn masked_lm_pairs(names: &MaskedLmNames) -> Vec<Pair<'_>> {
     out
 }
 
+/// The `PerceiverEncoder`'s parameters (the latents, the cross-attention, the latent layers).
+fn encoder_pairs<'a>(encoder: &'a super::names::EncoderNames, out: &mut Vec<Pair<'a>>) {
+    encoder_pairs_in(haiku_names::ENCODER, encoder, out);
+}
+
+/// [`encoder_pairs`] of the encoder named `name`.
+fn encoder_pairs_in<'a>(name: &str, encoder: &'a super::names::EncoderNames, out: &mut Vec<Pair<'a>>) {
+    use haiku_names::*;
+    let (module, param) = latents_in(name);
+    out.push(Pair::new(module, param, &encoder.latents));
+    layer_pairs(&encoder_cross_in(name), &encoder.cross_attention, out);
+    for (index, layer) in encoder.self_attends.iter().enumerate() {
+        layer_pairs(&self_attention_in(name, index), layer, out);
+    }
+}
+
+/// Every Haiku parameter of an ImageNet classifier with its transformers tensor, in the order
+/// the model reads them, then its state's (the conv stem's BatchNorm statistics).
+fn classifier_pairs(names: &ClassifierNames) -> (Vec<Pair<'_>>, Vec<Pair<'_>>) {
+    use haiku_names::*;
+    let mut params = Vec::new();
+    let mut state = Vec::new();
+    match &names.preprocessor {
+        // Not an image model: the pairs below find the first parameter missing.
+        InputNames::Text(_) | InputNames::Image(ImagePreprocessorNames::Pixels) => {}
+        InputNames::Image(ImagePreprocessorNames::Conv1x1 {
+            conv,
+            positions,
+            projection,
+        }) => {
+            params.push(Pair::new(CONV1X1, "w", &conv.weight));
+            params.extend(conv.bias.as_ref().map(|b| Pair::new(CONV1X1, "b", b)));
+            params.push(Pair::new(IMAGE_POSITIONS.0, IMAGE_POSITIONS.1, positions));
+            linear_pairs(POSITIONS_PROJECTION.to_string(), projection, &mut params);
+        }
+        InputNames::Image(ImagePreprocessorNames::Conv { conv, batchnorm }) => {
+            params.push(Pair::new(STEM_CONV, "w", &conv.weight));
+            params.extend(conv.bias.as_ref().map(|b| Pair::new(STEM_CONV, "b", b)));
+            params.push(Pair::channels(STEM_BATCHNORM, "scale", &batchnorm.weight));
+            params.push(Pair::channels(STEM_BATCHNORM, "offset", &batchnorm.bias));
+            state.push(Pair::channels(STEM_MEAN, "average", &batchnorm.running_mean));
+            state.push(Pair::channels(STEM_VAR, "average", &batchnorm.running_var));
+            state.push(Pair::new(STEM_MEAN, "counter", &batchnorm.num_batches_tracked));
+        }
+    }
+    encoder_pairs(&names.encoder, &mut params);
+    let decoder = &names.decoder;
+    params.push(Pair::new(
+        CLASSIFIER_QUERY.0,
+        CLASSIFIER_QUERY.1,
+        &decoder.decoder.queries,
+    ));
+    layer_pairs(CLASSIFIER_CROSS, &decoder.decoder.cross_attention, &mut params);
+    linear_pairs(CLASSIFIER_OUTPUT.to_string(), &decoder.final_layer, &mut params);
+    (params, state)
+}
+
+/// Every Haiku parameter of the video autoencoder with its transformers tensor, in the order
+/// the model reads them.
+fn multimodal_pairs(names: &MultimodalNames) -> Vec<Pair<'_>> {
+    use haiku_names::*;
+    let mut out = Vec::new();
+    for m in Modality::ALL {
+        let i = m as usize;
+        let name = m.name();
+        out.push(Pair::new(
+            format!("{MULTIMODAL_PREPROCESSOR}/{name}_padding"),
+            "pos_embs",
+            &names.input_padding[i],
+        ));
+        out.push(Pair::new(
+            format!("{MULTIMODAL_PREPROCESSOR}/{name}_mask_token"),
+            "pos_embs",
+            &names.mask[i],
+        ));
+    }
+    encoder_pairs_in(VIDEO_ENCODER, &names.encoder, &mut out);
+    // The label's `ClassificationDecoder` is built outside the multimodal decoder, only for its
+    // query.
+    out.push(Pair::new(
+        CLASSIFIER_QUERY.0,
+        CLASSIFIER_QUERY.1,
+        &names.label_query,
+    ));
+    for m in Modality::ALL {
+        out.push(Pair::new(
+            format!("{MULTIMODAL_QUERY_PADDING}/{}_padding", m.name()),
+            "pos_embs",
+            &names.query_padding[m as usize],
+        ));
+    }
+    layer_pairs(MULTIMODAL_CROSS, &names.cross_attention, &mut out);
+    linear_pairs(MULTIMODAL_OUTPUT.to_string(), &names.final_layer, &mut out);
+    for (module, head) in MULTIMODAL_HEADS.iter().zip(&names.heads) {
+        linear_pairs(module.to_string(), head, &mut out);
+    }
+    out
+}
+
 /// Every Haiku parameter of the optical-flow model with its transformers tensor, in the order
 /// the model reads them.
 fn flow_pairs(names: &FlowNames) -> Vec<Pair<'_>> {
     use haiku_names::*;
     let mut out = Vec::new();
     linear_pairs(PATCHES.to_string(), &names.patch_projection, &mut out);
-    out.push(Pair {
-        module: LATENTS.0.to_string(),
-        param: LATENTS.1,
-        tensor: &names.encoder.latents,
-    });
-    layer_pairs(ENCODER_CROSS, &names.encoder.cross_attention, &mut out);
-    for (index, layer) in names.encoder.self_attends.iter().enumerate() {
-        layer_pairs(&self_attention(index), layer, &mut out);
-    }
+    encoder_pairs(&names.encoder, &mut out);
     layer_pairs(FLOW_DECODER_CROSS, &names.cross_attention, &mut out);
     linear_pairs(FLOW_OUTPUT.to_string(), &names.final_layer, &mut out);
     out
@@ -242,6 +508,10 @@ fn flow_pairs(names: &FlowNames) -> Vec<Pair<'_>> {
 enum Kind {
     MaskedLm,
     OpticalFlow,
+    ImageLearned,
+    ImageFourier,
+    ImageConv,
+    Multimodal,
 }
 
 impl Kind {
@@ -252,6 +522,22 @@ impl Kind {
             Some(Self::MaskedLm)
         } else if params.contains_key(PATCHES) || params.keys().any(|m| m.starts_with(FLOW_DECODER)) {
             Some(Self::OpticalFlow)
+        } else if params.keys().any(|m| {
+            m.starts_with(&format!("{MULTIMODAL_PREPROCESSOR}/"))
+                || m.starts_with(&format!("{MULTIMODAL_DECODER}/"))
+        }) {
+            // Before the classifiers: the video model's label query is a ClassificationDecoder's.
+            Some(Self::Multimodal)
+        } else if params.keys().any(|m| m.starts_with(CLASSIFIER)) {
+            // The preprocessor tells the three apart: the Fourier model's has no parameters.
+            let has = |prefix: &str| params.keys().any(|m| m.starts_with(prefix));
+            Some(if has(STEM) {
+                Self::ImageConv
+            } else if has(IMAGE_PREPROCESSOR) {
+                Self::ImageLearned
+            } else {
+                Self::ImageFourier
+            })
         } else {
             None
         }
@@ -261,6 +547,10 @@ impl Kind {
         match self {
             Self::MaskedLm => Architecture::MaskedLm,
             Self::OpticalFlow => Architecture::OpticalFlow,
+            Self::ImageLearned => Architecture::ImageClassificationLearned,
+            Self::ImageFourier => Architecture::ImageClassificationFourier,
+            Self::ImageConv => Architecture::ImageClassificationConvProcessing,
+            Self::Multimodal => Architecture::MultimodalAutoencoding,
         }
     }
 
@@ -268,7 +558,16 @@ impl Kind {
         match self {
             Self::MaskedLm => "the masked language model",
             Self::OpticalFlow => "the optical-flow model",
+            Self::ImageLearned => "the ImageNet classifier with learned positions",
+            Self::ImageFourier => "the ImageNet classifier with Fourier positions",
+            Self::ImageConv => "the ImageNet classifier with a conv stem",
+            Self::Multimodal => "the video autoencoder",
         }
+    }
+
+    /// Whether the model keeps Haiku state (the conv stem's BatchNorm statistics).
+    fn has_state(self) -> bool {
+        self == Self::ImageConv
     }
 }
 
@@ -281,8 +580,8 @@ fn layout(source: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// Opens a DeepMind checkpoint file as a checked transformers checkpoint: its config inferred
-/// (shapes + [`language_colab`] or [`flow_colab`]) unless `config` names a transformers
-/// `config.json`.
+/// (shapes + [`language_colab`], [`flow_colab`], [`imagenet_colab`] or [`video_colab`]) unless
+/// `config` names a transformers `config.json`.
 pub fn open(path: &Path, config: Option<&Path>) -> Result<Checkpoint> {
     // The (small) config first: a bad one should not cost reading a large pickle.
     let config = config.map(PerceiverConfig::from_file).transpose()?;
@@ -309,21 +608,25 @@ pub fn from_haiku(
             format!(
                 "its top-level modules ({}) are not those of DeepMind's byte-level masked language \
                  model (embed, trainable_position_encoding, perceiver_encoder, basic_decoder, \
-                 embedding_decoder) nor of its optical-flow model (image_preprocessor, \
-                 perceiver_encoder, flow_decoder); DeepMind's ImageNet checkpoints are not read yet",
+                 embedding_decoder), of its optical-flow model (image_preprocessor, \
+                 perceiver_encoder, flow_decoder), of its ImageNet classifiers ([image_preprocessor,] \
+                 perceiver_encoder, classification_decoder) nor of its video autoencoder \
+                 (multimodal_preprocessor, encoder, multimodal_decoder, *_postprocessor)",
                 modules.join(", ")
             ),
         ));
     };
-    // Neither model has batch norm or counters: a `.pystate`'s `state` is empty.
-    if let Some((module, param)) = state.as_ref().and_then(first_param) {
-        return Err(layout(
-            source,
-            format!(
-                "unexpected state {module}/{param}: {} keeps no Haiku state",
-                kind.describe()
-            ),
-        ));
+    // Only the conv stem has batch norm; the other models' `.pystate` `state` is empty.
+    if !kind.has_state() {
+        if let Some((module, param)) = state.as_ref().and_then(first_param) {
+            return Err(layout(
+                source,
+                format!(
+                    "unexpected state {module}/{param}: {} keeps no Haiku state",
+                    kind.describe()
+                ),
+            ));
+        }
     }
     let config = match config {
         Some(config) => {
@@ -340,18 +643,47 @@ pub fn from_haiku(
                     ),
                 ));
             }
-            config
+            with_deepmind_image_defaults(config, kind)
         }
         None => match kind {
             Kind::MaskedLm => infer_masked_lm_config(&params, source)?,
             Kind::OpticalFlow => infer_flow_config(&params, source)?,
+            Kind::ImageLearned | Kind::ImageFourier | Kind::ImageConv => {
+                infer_image_config(&params, kind.architecture(), source)?
+            }
+            Kind::Multimodal => infer_multimodal_config(&params, source)?,
         },
     };
     let tensors = match kind {
         Kind::MaskedLm => masked_lm_tensors(params, &config, source)?,
         Kind::OpticalFlow => flow_tensors(params, &config, source)?,
+        Kind::ImageLearned | Kind::ImageFourier | Kind::ImageConv => {
+            classifier_tensors(params, state, &config, source)?
+        }
+        Kind::Multimodal => multimodal_tensors(params, &config, source)?,
     };
     Checkpoint::from_params(config, tensors)
+}
+
+/// A named config.json for an ImageNet file, with what DeepMind's code fixes filled in where
+/// it says nothing: the conv stem's `'SAME'` padding and (the Colab's) no query residual in the
+/// learned model's decoder. transformers' config.json files never say either.
+fn with_deepmind_image_defaults(mut config: PerceiverConfig, kind: Kind) -> PerceiverConfig {
+    let set = |config: &mut PerceiverConfig, key: &str, value: serde_json::Value| {
+        if config.extra.get(key).is_none_or(|v| v.is_null()) {
+            config.extra.insert(key.to_string(), value);
+        }
+    };
+    match kind {
+        Kind::ImageConv => set(&mut config, STEM_PADDING_KEY, serde_json::json!("same")),
+        Kind::ImageLearned => set(
+            &mut config,
+            CLASSIFIER_QUERY_RESIDUAL_KEY,
+            serde_json::json!(imagenet_colab::LEARNED_DECODER_QUERY_RESIDUAL),
+        ),
+        _ => {}
+    }
+    config
 }
 
 fn first_param(params: &HaikuParams) -> Option<(&str, &str)> {
@@ -424,6 +756,145 @@ pub fn infer_flow_config(params: &HaikuParams, source: &Path) -> Result<Perceive
     )
 }
 
+/// The config of one of DeepMind's ImageNet classifiers (`architecture`): widths and counts
+/// from the parameters' shapes (the learned model's image size from its position table), the
+/// rest from [`imagenet_colab`]; `d_model` the input's width and the activation DeepMind's tanh
+/// GELU. The labels are counted from the final layer when the checkpoint is built.
+pub fn infer_image_config(
+    params: &HaikuParams,
+    architecture: Architecture,
+    source: &Path,
+) -> Result<PerceiverConfig> {
+    use haiku_names::*;
+    let encoder = EncoderShapes::read(params, source)?;
+    let mut extra = serde_json::Map::from_iter([
+        (
+            "architectures".to_string(),
+            serde_json::json!([architecture.name()]),
+        ),
+        ("model_type".to_string(), serde_json::json!("perceiver")),
+    ]);
+    let decoder_residual = match architecture {
+        Architecture::ImageClassificationLearned => {
+            let (rows, _) = matrix(params, IMAGE_POSITIONS, source)?;
+            let side = rows.isqrt();
+            if side * side != rows {
+                return Err(layout(
+                    source,
+                    format!(
+                        "{}/{} has {rows} rows, not one per pixel of a square image",
+                        IMAGE_POSITIONS.0, IMAGE_POSITIONS.1
+                    ),
+                ));
+            }
+            extra.insert("image_size".to_string(), serde_json::json!(side));
+            imagenet_colab::LEARNED_DECODER_QUERY_RESIDUAL
+        }
+        _ => imagenet_colab::FOURIER_AND_CONV_DECODER_QUERY_RESIDUAL,
+    };
+    extra.insert(
+        CLASSIFIER_QUERY_RESIDUAL_KEY.to_string(),
+        serde_json::json!(decoder_residual),
+    );
+    if architecture == Architecture::ImageClassificationConvProcessing {
+        extra.insert(STEM_PADDING_KEY.to_string(), serde_json::json!("same"));
+    }
+    let mut base = PerceiverConfig {
+        num_blocks: imagenet_colab::NUM_BLOCKS,
+        num_self_attention_heads: imagenet_colab::NUM_SELF_ATTENTION_HEADS,
+        num_cross_attention_heads: imagenet_colab::NUM_CROSS_ATTENTION_HEADS,
+        hidden_act: imagenet_colab::ACTIVATION,
+        use_query_residual: imagenet_colab::USE_QUERY_RESIDUAL,
+        extra,
+        ..encoder.config()
+    };
+    base.d_model = base.input_channels();
+    // The Colab's encoders size unset query/key widths by the input ('kv').
+    checked(
+        encoder.widths(base, &[CrossAttentionShape::KeyValue], source)?,
+        source,
+    )
+}
+
+/// The config of DeepMind's video autoencoder: widths and counts from the parameters' shapes
+/// (the encoder's, the samples per audio patch, the labels, the decoder's output channels, the
+/// label query's width), the rest from [`video_colab`]; `d_model` the input's width and the
+/// activation DeepMind's tanh GELU.
+pub fn infer_multimodal_config(params: &HaikuParams, source: &Path) -> Result<PerceiverConfig> {
+    use haiku_names::*;
+    let encoder = EncoderShapes::read_in(params, VIDEO_ENCODER, source)?;
+    let outputs = |module: &str| Ok::<_, Error>(matrix(params, (module, "w"), source)?.1);
+    let [audio_head, _, label_head] = MULTIMODAL_HEADS;
+    let extra = serde_json::Map::from_iter([
+        (
+            "architectures".to_string(),
+            serde_json::json!([Architecture::MultimodalAutoencoding.name()]),
+        ),
+        ("model_type".to_string(), serde_json::json!("perceiver")),
+        (
+            "num_frames".to_string(),
+            serde_json::json!(video_colab::NUM_FRAMES),
+        ),
+        (
+            "audio_samples_per_frame".to_string(),
+            serde_json::json!(video_colab::AUDIO_SAMPLES_PER_FRAME),
+        ),
+        (
+            "samples_per_patch".to_string(),
+            serde_json::json!(outputs(audio_head)?),
+        ),
+        (
+            "image_size".to_string(),
+            serde_json::json!(video_colab::IMAGE_SIZE),
+        ),
+        (
+            "output_shape".to_string(),
+            serde_json::json!(video_colab::OUTPUT_SHAPE),
+        ),
+        (
+            "output_num_channels".to_string(),
+            serde_json::json!(outputs(MULTIMODAL_OUTPUT)?),
+        ),
+        (
+            "_label_trainable_num_channels".to_string(),
+            serde_json::json!(matrix(params, CLASSIFIER_QUERY, source)?.1),
+        ),
+        ("num_labels".to_string(), serde_json::json!(outputs(label_head)?)),
+    ]);
+    let mut base = PerceiverConfig {
+        num_blocks: video_colab::NUM_BLOCKS,
+        num_self_attention_heads: video_colab::NUM_SELF_ATTENTION_HEADS,
+        num_cross_attention_heads: video_colab::NUM_CROSS_ATTENTION_HEADS,
+        hidden_act: video_colab::ACTIVATION,
+        use_query_residual: video_colab::USE_QUERY_RESIDUAL,
+        extra,
+        ..encoder.config()
+    };
+    base.d_model = base.input_channels();
+    checked(
+        encoder.widths(base, &[CrossAttentionShape::KeyValue], source)?,
+        source,
+    )
+}
+
+/// [`masked_lm_tensors`] for the video autoencoder (`config` a
+/// `PerceiverForMultimodalAutoencoding`'s).
+pub fn multimodal_tensors(
+    params: HaikuParams,
+    config: &PerceiverConfig,
+    source: &Path,
+) -> Result<BTreeMap<String, Param>> {
+    config.validate()?;
+    if Architecture::of(config)? != Architecture::MultimodalAutoencoding {
+        return Err(Error::InvalidConfig(format!(
+            "{} is not the multimodal autoencoder",
+            Architecture::of(config)?.name()
+        )));
+    }
+    let names = MultimodalNames::new(config)?;
+    take_tensors(params, multimodal_pairs(&names), Kind::Multimodal, source)
+}
+
 /// The 2-D shape of `module/param`.
 fn matrix(params: &HaikuParams, (module, param): (&str, &str), source: &Path) -> Result<(usize, usize)> {
     let array = params
@@ -455,17 +926,24 @@ struct EncoderShapes {
 
 impl EncoderShapes {
     fn read(params: &HaikuParams, source: &Path) -> Result<Self> {
+        Self::read_in(params, haiku_names::ENCODER, source)
+    }
+
+    /// The shapes of the encoder named `name`.
+    fn read_in(params: &HaikuParams, name: &str, source: &Path) -> Result<Self> {
         use haiku_names::*;
         let outputs = |module: String| Ok::<_, Error>(matrix(params, (&module, "w"), source)?.1);
-        let (num_latents, d_latents) = matrix(params, LATENTS, source)?;
-        let layers = count_self_attention_layers(params);
+        let (latents_module, latents_param) = latents_in(name);
+        let (num_latents, d_latents) = matrix(params, (&latents_module, latents_param), source)?;
+        let layers = count_self_attention_layers_in(params, name);
+        let first = self_attention_in(name, 0);
         if layers == 0 {
             return Err(layout(
                 source,
-                format!("{SELF_ATTENTION} is missing: the model has no latent self-attention layer"),
+                format!("{first} is missing: the model has no latent self-attention layer"),
             ));
         }
-        let first = self_attention(0);
+        let cross = encoder_cross_in(name);
         let widening = |module: String| -> Result<usize> {
             let hidden = outputs(module.clone())?;
             if d_latents == 0 || hidden % d_latents != 0 {
@@ -481,13 +959,13 @@ impl EncoderShapes {
             d_latents,
             layers,
             widths: (
-                outputs(format!("{ENCODER_CROSS}/attention/linear"))?,
-                outputs(format!("{ENCODER_CROSS}/attention/linear_2"))?,
+                outputs(format!("{cross}/attention/linear"))?,
+                outputs(format!("{cross}/attention/linear_2"))?,
                 outputs(format!("{first}/attention/linear"))?,
                 outputs(format!("{first}/attention/linear_2"))?,
             ),
             self_widening: widening(format!("{first}/mlp/linear"))?,
-            cross_widening: widening(format!("{ENCODER_CROSS}/mlp/linear"))?,
+            cross_widening: widening(format!("{cross}/mlp/linear"))?,
         })
     }
 
@@ -569,10 +1047,17 @@ fn checked(config: PerceiverConfig, source: &Path) -> Result<PerceiverConfig> {
 
 /// Latent layers named in the parameters: one more than the highest index of a
 /// `perceiver_encoder/~/self_attention[_i]` module (a gap shows later as a missing layer).
+#[cfg(test)]
 fn count_self_attention_layers(params: &HaikuParams) -> usize {
+    count_self_attention_layers_in(params, haiku_names::ENCODER)
+}
+
+/// [`count_self_attention_layers`] of the encoder named `name`.
+fn count_self_attention_layers_in(params: &HaikuParams, name: &str) -> usize {
+    let prefix = format!("{name}/~/self_attention");
     let mut count = 0;
     for module in params.keys() {
-        let Some(rest) = module.strip_prefix(haiku_names::SELF_ATTENTION) else {
+        let Some(rest) = module.strip_prefix(prefix.as_str()) else {
             continue;
         };
         let index = if rest.starts_with('/') {
@@ -622,6 +1107,61 @@ pub fn flow_tensors(
     take_tensors(params, flow_pairs(&names), Kind::OpticalFlow, source)
 }
 
+/// [`masked_lm_tensors`] for an ImageNet classifier (`config` one of the three
+/// `PerceiverForImageClassification*`), its `state` the conv stem's BatchNorm statistics
+/// (the moving averages' `average`; their `hidden` values and the variance's counter are not
+/// read, the mean's counter becomes `num_batches_tracked`).
+pub fn classifier_tensors(
+    params: HaikuParams,
+    state: Option<HaikuParams>,
+    config: &PerceiverConfig,
+    source: &Path,
+) -> Result<BTreeMap<String, Param>> {
+    use haiku_names::*;
+    config.validate()?;
+    let architecture = Architecture::of(config)?;
+    let kind = match architecture {
+        Architecture::ImageClassificationLearned => Kind::ImageLearned,
+        Architecture::ImageClassificationFourier => Kind::ImageFourier,
+        Architecture::ImageClassificationConvProcessing => Kind::ImageConv,
+        other => {
+            return Err(Error::InvalidConfig(format!(
+                "{} is not an ImageNet classifier",
+                other.name()
+            )))
+        }
+    };
+    // The labels are the final layer's outputs (a named config.json's are checked later).
+    let labels = match config.num_labels()? {
+        Some(labels) => labels,
+        None => matrix(&params, (CLASSIFIER_OUTPUT, "w"), source)?.1,
+    };
+    let names = ClassifierNames::new(config, labels);
+    let (param_pairs, state_pairs) = classifier_pairs(&names);
+    let mut tensors = take_tensors(params, param_pairs, kind, source)?;
+    if !state_pairs.is_empty() {
+        let mut state = state.ok_or_else(|| {
+            layout(
+                source,
+                format!(
+                    "it has no state: {} needs its BatchNorm statistics ({STEM_MEAN}, {STEM_VAR}), \
+                     which a .pystate keeps beside its params",
+                    kind.describe()
+                ),
+            )
+        })?;
+        // What the moving averages keep and inference does not read.
+        for (module, param) in [(STEM_MEAN, "hidden"), (STEM_VAR, "hidden"), (STEM_VAR, "counter")] {
+            if let Some(p) = state.get_mut(module) {
+                p.remove(param);
+            }
+        }
+        state.retain(|_, p| !p.is_empty());
+        tensors.extend(take_tensors(state, state_pairs, kind, source)?);
+    }
+    Ok(tensors)
+}
+
 /// Each pair's parameter, taken out of `params` and laid out as transformers' tensor; then
 /// any parameter left over is an error.
 fn take_tensors(
@@ -645,13 +1185,13 @@ fn take_tensors(
                     ),
                 )
             })?;
-        let param = to_transformers(array, pair.tensor).map_err(|found| {
+        let param = to_transformers(array, &pair).map_err(|found| {
             layout(
                 source,
                 format!(
                     "{} has shape {found:?}, expected {:?} for transformers' {} {:?}",
                     pair.haiku_name(),
-                    haiku_shape(pair.tensor),
+                    pair.haiku_shape(),
                     pair.tensor.name,
                     pair.tensor.shape,
                 ),
@@ -671,21 +1211,24 @@ fn take_tensors(
     Ok(tensors)
 }
 
-/// The shape Haiku stores `tensor` in: a Linear's matrix is `[in, out]`.
+/// The shape Haiku stores `tensor` in: a Linear's matrix is `[in, out]`, a convolution's
+/// kernel `[kh, kw, in, out]` (transformers' `[out, in, kh, kw]`).
 fn haiku_shape(tensor: &TensorName) -> Vec<usize> {
     match (tensor.role, &tensor.shape[..]) {
         (Role::LinearWeight, [outputs, inputs]) => vec![*inputs, *outputs],
+        (Role::ConvWeight, [outputs, inputs, kh, kw]) => vec![*kh, *kw, *inputs, *outputs],
         _ => tensor.shape.clone(),
     }
 }
 
-/// The array in transformers' layout, or its shape when it is not the one `tensor` needs.
-fn to_transformers(array: NdArray, tensor: &TensorName) -> std::result::Result<Param, Vec<usize>> {
-    if array.shape != haiku_shape(tensor) || array.data.len() != array.shape.iter().product::<usize>() {
+/// The array in transformers' layout, or its shape when it is not the one the pair needs.
+fn to_transformers(array: NdArray, pair: &Pair<'_>) -> std::result::Result<Param, Vec<usize>> {
+    let tensor = pair.tensor;
+    if array.shape != pair.haiku_shape() || array.data.len() != array.shape.iter().product::<usize>() {
         return Err(array.shape);
     }
-    let data = match (tensor.role, &array.shape[..]) {
-        (Role::LinearWeight, &[inputs, outputs]) => {
+    let data = match (pair.layout, tensor.role, &array.shape[..]) {
+        (Layout::ByRole, Role::LinearWeight, &[inputs, outputs]) => {
             let mut transposed = vec![0f32; array.data.len()];
             for (i, row) in array.data.chunks_exact(outputs).enumerate() {
                 for (o, &value) in row.iter().enumerate() {
@@ -693,6 +1236,18 @@ fn to_transformers(array: NdArray, tensor: &TensorName) -> std::result::Result<P
                 }
             }
             transposed
+        }
+        (Layout::ByRole, Role::ConvWeight, &[kh, kw, inputs, outputs]) => {
+            // [kh, kw, in, out] → [out, in, kh, kw].
+            let mut out = vec![0f32; array.data.len()];
+            for (at, &value) in array.data.iter().enumerate() {
+                let o = at % outputs;
+                let i = (at / outputs) % inputs;
+                let x = (at / (outputs * inputs)) % kw;
+                let y = at / (outputs * inputs * kw);
+                out[((o * inputs + i) * kh + y) * kw + x] = value;
+            }
+            out
         }
         _ => array.data,
     };
@@ -921,16 +1476,11 @@ mod tests {
     #[test]
     fn other_models_and_state_are_refused() {
         let mut params = HaikuParams::new();
-        params
-            .entry("classification_decoder/~/basic_decoder/output".into())
-            .or_default();
-        params.entry("image_preprocessor/~/conv2_d".into()).or_default();
+        params.entry("audio_decoder/~/output".into()).or_default();
+        params.entry("some_preprocessor/~/conv2_d".into()).or_default();
         let reason =
             reason_of(from_haiku(HaikuCheckpoint { params, state: None }, None, source()).unwrap_err());
-        assert!(
-            reason.contains("classification_decoder, image_preprocessor"),
-            "{reason}"
-        );
+        assert!(reason.contains("audio_decoder, some_preprocessor"), "{reason}");
 
         let params = haiku_params(&tiny_config());
         let mut state = HaikuParams::new();
@@ -971,6 +1521,50 @@ mod tests {
             "{reason}"
         );
         assert!(from_haiku(HaikuCheckpoint { params, state: None }, Some(config), source()).is_ok());
+    }
+
+    /// A Haiku kernel `[kh, kw, in, out]` becomes PyTorch's `[out, in, kh, kw]`, and a
+    /// BatchNorm's `[1, 1, 1, c]` array its `[c]` one: every value its Haiku index, so that a
+    /// wrong axis shows.
+    #[test]
+    fn conv_kernels_and_batchnorm_arrays_take_pytorchs_layout() {
+        let kernel = TensorName {
+            name: "conv.weight".into(),
+            shape: vec![4, 3, 2, 5],
+            role: Role::ConvWeight,
+        };
+        let pair = Pair::new("image_preprocessor/~/conv2_d", "w", &kernel);
+        assert_eq!(pair.haiku_shape(), vec![2, 5, 3, 4]);
+        let data: Vec<f32> = (0..120).map(|i| i as f32).collect();
+        let param = to_transformers(
+            NdArray {
+                shape: vec![2, 5, 3, 4],
+                data,
+            },
+            &pair,
+        )
+        .unwrap();
+        assert_eq!(param.shape(), &[4, 3, 2, 5]);
+        for (o, i, y, x) in [(0, 0, 0, 0), (3, 2, 1, 4), (1, 2, 0, 3), (2, 0, 1, 1)] {
+            let haiku = ((y * 5 + x) * 3 + i) * 4 + o;
+            assert_eq!(param.data()[((o * 3 + i) * 2 + y) * 5 + x], haiku as f32);
+        }
+        let scale = TensorName {
+            name: "bn.weight".into(),
+            shape: vec![6],
+            role: Role::NormWeight,
+        };
+        let pair = Pair::channels("batchnorm", "scale", &scale);
+        let wrong = NdArray {
+            shape: vec![6],
+            data: vec![0.0; 6],
+        };
+        assert_eq!(to_transformers(wrong, &pair).unwrap_err(), vec![6]);
+        let right = NdArray {
+            shape: vec![1, 1, 1, 6],
+            data: (0..6).map(|i| i as f32).collect(),
+        };
+        assert_eq!(to_transformers(right, &pair).unwrap().data()[5], 5.0);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   by a linear layer (constant, so projected once when the weights are packed);
 //! - Fourier: the pixels themselves, with Fourier features of their coordinates;
 //! - conv: a 7×7 stride-2 convolution with BatchNorm (folded into it) and ReLU, a 3×3 stride-2
-//!   max-pool, then Fourier features.
+//!   max-pool, then Fourier features. Padded as transformers pads (224 → 55) or, when the config
+//!   says so ([`StemPadding::Same`]), as DeepMind's Haiku stem does (224 → 56).
 //!
 //! The rows are made on demand ([`ImageRows`]), a block at a time: an image's 50,176 rows of
 //! 261 or 512 channels are never held whole while the encoder cross-attends them. Fourier
@@ -20,8 +21,8 @@ use rayon::prelude::*;
 use super::{InputArray, RowSource};
 use crate::checkpoint::names::ImagePreprocessorNames;
 use crate::checkpoint::Param;
-use crate::config::{FourierSpec, ImageInputSpec, IMAGE_CHANNELS};
-use crate::conv::{max_pool, relu, Conv2d};
+use crate::config::{FourierSpec, ImageInputSpec, StemPadding, IMAGE_CHANNELS};
+use crate::conv::{max_pool_padded, relu, Conv2d, Padding};
 use crate::error::{Error, Result};
 pub use crate::image::Pixels;
 use crate::layers::{Dense, Precision};
@@ -44,6 +45,8 @@ enum Kind {
     Conv {
         conv: Conv2d,
         fourier: FourierSpec,
+        /// The max-pool's padding (the convolution holds its own).
+        pool_padding: Padding,
     },
 }
 
@@ -76,18 +79,33 @@ impl ImagePreprocessor {
                     projection,
                 },
             ) => Kind::Conv1x1 {
-                conv: Conv2d::load(get, conv, 1, 0, 0)?,
+                conv: Conv2d::load(get, conv, 1, Padding::Fixed { before: 0, after: 0 })?,
                 positions: TrainablePositions::load(get, positions)?,
                 projection: Dense::load(get, projection)?,
                 projected: Vec::new(),
                 image_size,
             },
             (ImageInputSpec::Pixels { fourier }, ImagePreprocessorNames::Pixels) => Kind::Pixels { fourier },
-            (ImageInputSpec::Conv { fourier, .. }, ImagePreprocessorNames::Conv { conv, batchnorm }) => {
-                let (before, after) = Conv2d::same_padding(conv.weight.shape[2]);
-                let mut stem = Conv2d::load(get, conv, STEM_STRIDE, before, after)?;
+            (
+                ImageInputSpec::Conv { fourier, padding, .. },
+                ImagePreprocessorNames::Conv { conv, batchnorm },
+            ) => {
+                // transformers pads the convolution by a fixed k − 1 and the pool not at all;
+                // DeepMind's stem (Haiku, `'SAME'`) pads both by the input's size.
+                let (conv_padding, pool_padding) = match padding {
+                    StemPadding::Transformers => (
+                        Conv2d::same_padding(conv.weight.shape[2]),
+                        Padding::Fixed { before: 0, after: 0 },
+                    ),
+                    StemPadding::Same => (Padding::Same, Padding::Same),
+                };
+                let mut stem = Conv2d::load(get, conv, STEM_STRIDE, conv_padding)?;
                 stem.fold_batch_norm(get, batchnorm)?;
-                Kind::Conv { conv: stem, fourier }
+                Kind::Conv {
+                    conv: stem,
+                    fourier,
+                    pool_padding,
+                }
             }
             _ => {
                 return Err(Error::InvalidConfig(
@@ -170,11 +188,22 @@ impl ImagePreprocessor {
                 h * w,
                 Positions::Fourier(FourierGrid::new(fourier, [h, w])),
             ),
-            Kind::Conv { conv, fourier } => {
+            Kind::Conv {
+                conv,
+                fourier,
+                pool_padding,
+            } => {
                 let (mut features, ch, cw) = conv.forward(&image.values, h, w, threads)?;
                 relu(&mut features);
-                let (pooled, ph, pw) =
-                    max_pool(&features, ch, cw, conv.out_channels(), POOL_WINDOW, POOL_STRIDE)?;
+                let (pooled, ph, pw) = max_pool_padded(
+                    &features,
+                    ch,
+                    cw,
+                    conv.out_channels(),
+                    POOL_WINDOW,
+                    POOL_STRIDE,
+                    *pool_padding,
+                )?;
                 (
                     Features::Rows(pooled),
                     ph * pw,
