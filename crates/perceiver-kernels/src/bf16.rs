@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use crate::activation::Activation;
 use crate::amx;
 use crate::cpu::{self, dispatch, Bf16Kernel};
+use crate::matmul::View;
 use crate::rows;
 use crate::send_ptr::SendPtr;
 use crate::sgemm::Edges;
@@ -90,21 +91,53 @@ impl PackedMatrix {
             "pack_transposed: {n}x{k} matrix from {} values",
             w.len()
         );
+        Self::pack_view(View::dense(w, n, k), true)
+    }
+
+    /// Packs W from a strided view: W itself (`[n, k]`) when `transposed`, as the weights of a
+    /// linear layer and attention's keys are stored; else Wᵀ (`[k, n]`), as attention's values
+    /// are (the weighted sum `P · V` is `P · Wᵀ` with `W = Vᵀ`). No transposed copy is made.
+    pub fn pack_view(view: View, transposed: bool) -> Self {
+        let (n, k) = match transposed {
+            true => (view.rows, view.cols),
+            false => (view.cols, view.rows),
+        };
+        assert!(
+            view.rows == 0 || view.data.len() >= (view.rows - 1) * view.stride + view.cols,
+            "pack_view: the view does not lie inside its slice"
+        );
         let pairs = k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS;
         let panels = n.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
+        let (w, stride) = (view.data, view.stride);
         data.par_chunks_mut(pairs * NR)
             .enumerate()
             .for_each(|(p, panel)| {
-                for lane in 0..NR {
-                    let c = p * NR + lane;
-                    if c >= n {
-                        continue;
+                let lanes = NR.min(n - p * NR);
+                if transposed {
+                    // Each output column's inputs are one row of the view.
+                    for lane in 0..lanes {
+                        let row = &w[(p * NR + lane) * stride..][..k];
+                        for i in 0..k.div_ceil(2) {
+                            let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
+                            panel[i * NR + lane] = pair(row[2 * i], hi);
+                        }
                     }
-                    let row = &w[c * k..(c + 1) * k];
+                } else {
+                    // Each pair of inputs is two rows of the view, the panel's columns side by side.
                     for i in 0..k.div_ceil(2) {
-                        let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
-                        panel[i * NR + lane] = pair(row[2 * i], hi);
+                        let lo = &w[2 * i * stride + p * NR..][..lanes];
+                        let out = &mut panel[i * NR..][..lanes];
+                        if 2 * i + 1 < k {
+                            let hi = &w[(2 * i + 1) * stride + p * NR..][..lanes];
+                            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                                *o = pair(l, h);
+                            }
+                        } else {
+                            for (o, &l) in out.iter_mut().zip(lo) {
+                                *o = pair(l, 0.0);
+                            }
+                        }
                     }
                 }
             });
@@ -847,6 +880,46 @@ mod tests {
     /// Each row of a product equals the same row computed alone, bit for bit: on AVX2 the
     /// product's tasks take the widened-panel pass and the row alone the in-register kernel, so
     /// a text's result would otherwise depend on its batch.
+    /// A strided view packed as W or as Wᵀ gives the same product as a dense copy of W.
+    #[test]
+    fn views_pack_as_their_dense_copies() {
+        let (n, k, stride, m) = (45, 37, 50, 9);
+        let base = random(k.max(n) * stride, 31);
+        let a = random(m * k, 32);
+        // W itself, [n, k] at stride `stride`: rows of the view are W's rows.
+        let w: Vec<f32> = (0..n).flat_map(|c| base[c * stride..][..k].to_vec()).collect();
+        // Wᵀ, [k, n] at stride `stride`: W[c][i] = view[i][c].
+        let wt: Vec<f32> = (0..n)
+            .flat_map(|c| (0..k).map(|i| base[i * stride + c]).collect::<Vec<_>>())
+            .collect();
+        for (view, dense) in [
+            (View::strided(&base, n, k, stride), (true, &w)),
+            (View::strided(&base, k, n, stride), (false, &wt)),
+        ] {
+            let (transposed, dense) = dense;
+            let packed = PackedMatrix::pack_view(view, transposed);
+            let reference = PackedMatrix::pack_transposed(dense, n, k);
+            assert_eq!(packed.data, reference.data, "transposed {transposed}");
+            let mut out = vec![0f32; m * n];
+            packed.matmul_accumulate(&a, m, &mut out, 2);
+            let mut want = vec![0f32; m * n];
+            for r in 0..m {
+                for c in 0..n {
+                    let dot: f64 = (0..k)
+                        .map(|i| round_trip(a[r * k + i]) * round_trip(dense[c * k + i]))
+                        .sum();
+                    want[r * n + c] = dot as f32;
+                }
+            }
+            let worst = out
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "transposed {transposed}: {worst}");
+        }
+    }
+
     #[test]
     fn a_rows_result_does_not_depend_on_its_product() {
         for (m, n, k, threads) in [(40, 50, 77, 1), (64, 33, 130, 2), (WIDENED_MIN_ROWS, 20, 9, 1)] {
