@@ -12,10 +12,10 @@ use crate::checkpoint::names::LayerNames;
 use crate::checkpoint::Param;
 use crate::config::AttentionSpec;
 use crate::error::Result;
-use crate::layers::{Dense, Norm};
+use crate::layers::{Dense, Norm, Precision};
 use crate::preprocess::RowSource;
 use perceiver_kernels::matmul::{matmul, Rhs, View};
-use perceiver_kernels::{rows, sgemm, SendPtr};
+use perceiver_kernels::{bf16, rows, sgemm, SendPtr};
 
 /// A layer's queries.
 #[derive(Clone, Copy)]
@@ -50,6 +50,9 @@ pub(crate) struct AttentionLayer {
     mlp_norm: Norm,
     dense1: Dense,
     dense2: Dense,
+    /// The number type of the weight products, and of a streamed cross-attention's scores and
+    /// weighted sums ([`forward_streamed`](Self::forward_streamed)).
+    precision: Precision,
 }
 
 impl AttentionLayer {
@@ -66,7 +69,16 @@ impl AttentionLayer {
             mlp_norm: Norm::load(get, &names.mlp_norm)?,
             dense1: Dense::load(get, &names.dense1)?,
             dense2: Dense::load(get, &names.dense2)?,
+            precision: Precision::F32,
         })
+    }
+
+    /// Packs the weights for `precision`'s kernels.
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        for dense in self.dense_layers() {
+            dense.set_precision(precision);
+        }
+        self.precision = precision;
     }
 
     /// The widths of the layer.
@@ -79,7 +91,7 @@ impl AttentionLayer {
         self.query.forward(&self.q_norm.forward(rows), threads)
     }
 
-    pub(crate) fn dense_layers(&mut self) -> [&mut Dense; 6] {
+    fn dense_layers(&mut self) -> [&mut Dense; 6] {
         [
             &mut self.query,
             &mut self.key,
@@ -137,7 +149,16 @@ impl AttentionLayer {
             (None, Queries::Projected { projected, .. }) => projected,
             (None, _) => unreachable!("queries are projected above unless given projected"),
         };
-        let heads = attend(&self.spec, q, query_items, &k, &v, kv_items, threads);
+        let heads = attend(
+            &self.spec,
+            self.precision,
+            q,
+            query_items,
+            &k,
+            &v,
+            kv_items,
+            threads,
+        );
         drop((q_projected, k, v));
         let residual = self.spec.use_query_residual.then(|| all_rows(rows.to_vec()));
         self.finish(heads, residual, threads)
@@ -164,7 +185,16 @@ impl AttentionLayer {
                 let end = (start + chunk_rows.max(1)).min(qr.end);
                 let chunk = &rows[start * q_dim..end * q_dim];
                 let q = self.project_queries(chunk, threads);
-                let heads = attend(&self.spec, &q, &[0..end - start], &k, &v, &[kr.clone()], threads);
+                let heads = attend(
+                    &self.spec,
+                    self.precision,
+                    &q,
+                    &[0..end - start],
+                    &k,
+                    &v,
+                    &[kr.clone()],
+                    threads,
+                );
                 drop(q);
                 let residual = self.spec.use_query_residual.then(|| chunk.to_vec());
                 out.extend(self.finish(heads, residual, threads));
@@ -205,6 +235,17 @@ impl AttentionLayer {
         let channels = input.channels();
         let mut block = vec![0f32; block_rows.min(input.len()) * channels];
         let mut scores = Vec::new();
+        // In bf16, scores and weighted sums run on the bf16 kernel too (they are most of the
+        // work over a long input): each head's queries, scaled, as a dense left operand.
+        let bf16_queries: Option<Vec<Vec<f32>>> = (self.precision == Precision::Bf16).then(|| {
+            (0..heads)
+                .map(|h| {
+                    (0..nq)
+                        .flat_map(|r| projected[r * qk + h * d_qk..][..d_qk].iter().map(|&x| x * scale))
+                        .collect()
+                })
+                .collect()
+        });
         for start in (0..input.len()).step_by(block_rows) {
             let end = (start + block_rows).min(input.len());
             let nk = end - start;
@@ -222,6 +263,25 @@ impl AttentionLayer {
                 let k_h = View::strided(&k[h * d_qk..], nk, d_qk, qk);
                 let v_h = View::strided(&v[h * d_v..], nk, d_v, vc);
                 let acc_h = &mut acc[h * nq * d_v..][..nq * d_v];
+                if let Some(queries) = &bf16_queries {
+                    scores.fill(0.0);
+                    bf16::PackedMatrix::pack_view(k_h, true).matmul_accumulate(
+                        &queries[h],
+                        nq,
+                        &mut scores,
+                        threads,
+                    );
+                    rows::online_softmax(
+                        &mut scores,
+                        nk,
+                        &mut max[h * nq..][..nq],
+                        &mut sum[h * nq..][..nq],
+                        acc_h,
+                        d_v,
+                    );
+                    bf16::PackedMatrix::pack_view(v_h, false).matmul_accumulate(&scores, nq, acc_h, threads);
+                    continue;
+                }
                 let fast = sgemm::available();
                 if fast {
                     let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
@@ -306,12 +366,15 @@ pub(crate) const STREAM_BLOCK_ROWS: usize = 1024;
 /// would be 2,048 × 182,528). Each query row's softmax is its own, so blocking changes nothing.
 const SCORE_BLOCK_VALUES: usize = 1 << 24;
 
-/// Multi-head attention of each item's queries over that item's keys; heads concatenated.
+/// Multi-head attention of each item's queries over that item's keys; heads concatenated. In
+/// bf16, the scores and the weighted sum run on the bf16 kernel.
 ///
 /// Work is split over (item, head) pairs; when there are fewer pairs than threads (one image,
 /// one head), over blocks of query rows within each pair instead.
+#[allow(clippy::too_many_arguments)]
 fn attend(
     spec: &AttentionSpec,
+    precision: Precision,
     q: &[f32],
     query_items: &[Range<usize>],
     k: &[f32],
@@ -330,6 +393,7 @@ fn attend(
     let mut out: Vec<f32> = Vec::with_capacity(out_len);
     let head = HeadAttention {
         spec,
+        precision,
         q,
         k,
         v,
@@ -375,6 +439,7 @@ fn row_blocks(rows: &Range<usize>, keys: usize) -> Vec<Range<usize>> {
 /// One attention's operands, shared by the tasks that each compute a block of its output.
 struct HeadAttention<'a> {
     spec: &'a AttentionSpec,
+    precision: Precision,
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
@@ -388,10 +453,11 @@ impl HeadAttention<'_> {
         (qk, vc, qk / self.spec.num_heads, vc / self.spec.num_heads)
     }
 
-    /// Head `head`'s keys (scale folded in) and values over the key rows `kr`, packed for the
-    /// f32 kernel, when the CPU has one: they are small next to the products.
-    fn pack(&self, head: usize, kr: &Range<usize>) -> Option<(sgemm::PackedWeights, sgemm::PackedWeights)> {
-        if !sgemm::available() || kr.is_empty() {
+    /// Head `head`'s keys and values over the key rows `kr`, packed for the bf16 kernel in bf16,
+    /// else for the f32 kernel (the scale folded into the keys) when the CPU has one: they are
+    /// small next to the products.
+    fn pack(&self, head: usize, kr: &Range<usize>) -> Option<PackedHead> {
+        if kr.is_empty() {
             return None;
         }
         let (qk, vc, d_qk, d_v) = self.widths();
@@ -399,7 +465,16 @@ impl HeadAttention<'_> {
         let nk = kr.len();
         let k_h = View::strided(&self.k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
         let v_h = View::strided(&self.v[kr.start * vc + head * d_v..], nk, d_v, vc);
-        Some((
+        if self.precision == Precision::Bf16 {
+            return Some(PackedHead::Bf16(
+                bf16::PackedMatrix::pack_view(k_h, true),
+                bf16::PackedMatrix::pack_view(v_h, false),
+            ));
+        }
+        if !sgemm::available() {
+            return None;
+        }
+        Some(PackedHead::F32(
             sgemm::PackedWeights::pack_view(k_h, true, scale, false),
             sgemm::PackedWeights::pack_view(v_h, false, 1.0, false),
         ))
@@ -412,7 +487,7 @@ impl HeadAttention<'_> {
         head: usize,
         rows: Range<usize>,
         kr: &Range<usize>,
-        packed: Option<&(sgemm::PackedWeights, sgemm::PackedWeights)>,
+        packed: Option<&PackedHead>,
         threads: usize,
     ) {
         let (qk, vc, d_qk, d_v) = self.widths();
@@ -425,7 +500,21 @@ impl HeadAttention<'_> {
         assert!(offset + (nq - 1) * vc + d_v <= self.out_len);
         let mut scores = Vec::with_capacity(nq * nk);
         match packed {
-            Some((keys, values)) => {
+            Some(PackedHead::Bf16(keys, values)) => {
+                // The bf16 kernel takes a dense left operand: the head's queries, scaled.
+                let scale = 1.0 / (d_qk as f32).sqrt();
+                let queries: Vec<f32> = (0..nq)
+                    .flat_map(|r| q_h.data[r * qk..][..d_qk].iter().map(|&x| x * scale))
+                    .collect();
+                scores.resize(nq * nk, 0.0);
+                keys.matmul_accumulate(&queries, nq, &mut scores, threads);
+                drop(queries);
+                rows::softmax_rows(&mut scores, nk);
+                let mut head_out = vec![0f32; nq * d_v];
+                values.matmul_accumulate(&scores, nq, &mut head_out, threads);
+                self.write_rows(&head_out, offset, d_v, vc);
+            }
+            Some(PackedHead::F32(keys, values)) => {
                 // SAFETY: `scores` has room for nq × nk values at row stride nk; the product sets
                 // every one of them (overwrite), so the length can then cover them.
                 unsafe {
@@ -463,19 +552,30 @@ impl HeadAttention<'_> {
                     false,
                     threads,
                 );
-                for (r, values) in head_out.chunks_exact(d_v).enumerate() {
-                    // SAFETY: as above; row r of the block lies inside `out`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            values.as_ptr(),
-                            self.out.get().add(offset + r * vc),
-                            d_v,
-                        )
-                    };
-                }
+                self.write_rows(&head_out, offset, d_v, vc);
             }
         }
     }
+
+    /// Writes a head's `[rows, d_v]` output into its block of `out` (row stride `vc`, from
+    /// `offset`), which [`run`](Self::run) has checked lies inside `out`.
+    fn write_rows(&self, head_out: &[f32], offset: usize, d_v: usize, vc: usize) {
+        for (r, values) in head_out.chunks_exact(d_v).enumerate() {
+            // SAFETY: row r of the block lies inside `out` (asserted by `run`); blocks are
+            // disjoint, and nothing reads `out` until every task is done.
+            unsafe {
+                std::ptr::copy_nonoverlapping(values.as_ptr(), self.out.get().add(offset + r * vc), d_v)
+            };
+        }
+    }
+}
+
+/// One head's keys and values, packed for the kernel of the engine's precision.
+enum PackedHead {
+    /// For the f32 kernel, the keys scaled.
+    F32(sgemm::PackedWeights, sgemm::PackedWeights),
+    /// For the bf16 kernel (the scale goes on the queries).
+    Bf16(bf16::PackedMatrix, bf16::PackedMatrix),
 }
 
 /// Multiply-add work (2 FLOP each) of one layer of `spec` with `nq` queries over `nk` keys: the

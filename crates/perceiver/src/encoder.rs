@@ -38,9 +38,7 @@ impl Encoder {
     }
 
     pub(crate) fn set_precision(&mut self, precision: Precision) {
-        for dense in self.cross_attention.dense_layers() {
-            dense.set_precision(precision);
-        }
+        self.cross_attention.set_precision(precision);
     }
 
     /// Each item's input rows onto the latents: `[items · num_latents, d_latents]`, item `i`'s

@@ -44,9 +44,7 @@ impl LatentStack {
 
     pub(crate) fn set_precision(&mut self, precision: Precision) {
         for layer in &mut self.layers {
-            for dense in layer.dense_layers() {
-                dense.set_precision(precision);
-            }
+            layer.set_precision(precision);
         }
     }
 

@@ -50,9 +50,7 @@ impl BasicDecoder {
     }
 
     pub(crate) fn set_precision(&mut self, precision: Precision) {
-        for dense in self.cross_attention.dense_layers() {
-            dense.set_precision(precision);
-        }
+        self.cross_attention.set_precision(precision);
         let threads = rayon::current_num_threads();
         self.projected = on_pool(|| {
             self.cross_attention

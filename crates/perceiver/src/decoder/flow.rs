@@ -35,9 +35,7 @@ impl FlowDecoder {
     }
 
     pub(crate) fn set_precision(&mut self, precision: Precision) {
-        for dense in self.cross_attention.dense_layers() {
-            dense.set_precision(precision);
-        }
+        self.cross_attention.set_precision(precision);
     }
 
     /// `[Σ input rows, channels]`: every row of `queries` (the encoder's input) decoded from

@@ -127,9 +127,7 @@ impl MultimodalDecoder {
     }
 
     pub(crate) fn set_precision(&mut self, precision: Precision) {
-        for dense in self.cross_attention.dense_layers() {
-            dense.set_precision(precision);
-        }
+        self.cross_attention.set_precision(precision);
         self.final_layer.set_precision(precision);
     }
 
