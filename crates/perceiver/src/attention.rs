@@ -50,9 +50,26 @@ pub(crate) struct AttentionLayer {
     mlp_norm: Norm,
     dense1: Dense,
     dense2: Dense,
-    /// The number type of the weight products, and of a streamed cross-attention's scores and
-    /// weighted sums ([`forward_streamed`](Self::forward_streamed)).
+    /// The kernels of attention's scores and weighted sums (the weight products' are the
+    /// [`Dense`] layers' own).
+    kernels: AttentionKernels,
+}
+
+/// Which kernel attention's two products per head run on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttentionKernels {
     precision: Precision,
+    /// In bf16, the narrowest head side that runs on the bf16 kernel
+    /// ([`BF16_MIN_HEAD_WIDTH`]).
+    bf16_min_head_width: usize,
+}
+
+impl AttentionKernels {
+    /// Whether a product over a head side `width` wide (`d_qk` for the scores, `d_v` for the
+    /// weighted sum) runs on the bf16 kernel.
+    fn bf16(&self, width: usize) -> bool {
+        self.precision == Precision::Bf16 && width >= self.bf16_min_head_width
+    }
 }
 
 impl AttentionLayer {
@@ -69,7 +86,10 @@ impl AttentionLayer {
             mlp_norm: Norm::load(get, &names.mlp_norm)?,
             dense1: Dense::load(get, &names.dense1)?,
             dense2: Dense::load(get, &names.dense2)?,
-            precision: Precision::F32,
+            kernels: AttentionKernels {
+                precision: Precision::F32,
+                bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
+            },
         })
     }
 
@@ -78,7 +98,13 @@ impl AttentionLayer {
         for dense in self.dense_layers() {
             dense.set_precision(precision);
         }
-        self.precision = precision;
+        self.kernels.precision = precision;
+    }
+
+    /// Lets narrower heads run on the bf16 kernel (for tests on small models).
+    #[cfg(test)]
+    pub(crate) fn set_bf16_min_head_width(&mut self, width: usize) {
+        self.kernels.bf16_min_head_width = width;
     }
 
     /// The widths of the layer.
@@ -151,7 +177,7 @@ impl AttentionLayer {
         };
         let heads = attend(
             &self.spec,
-            self.precision,
+            self.kernels,
             q,
             query_items,
             &k,
@@ -187,7 +213,7 @@ impl AttentionLayer {
                 let q = self.project_queries(chunk, threads);
                 let heads = attend(
                     &self.spec,
-                    self.precision,
+                    self.kernels,
                     &q,
                     &[0..end - start],
                     &k,
@@ -236,8 +262,10 @@ impl AttentionLayer {
         let mut block = vec![0f32; block_rows.min(input.len()) * channels];
         let mut scores = Vec::new();
         // In bf16, scores and weighted sums run on the bf16 kernel too (they are most of the
-        // work over a long input): each head's queries, scaled, as a dense left operand.
-        let bf16_queries: Option<Vec<Vec<f32>>> = (self.precision == Precision::Bf16).then(|| {
+        // work over a long input), for heads wide enough (as in `attend`): each head's queries,
+        // scaled, as a dense left operand.
+        let bf16 = self.kernels.bf16(d_qk) && self.kernels.bf16(d_v);
+        let bf16_queries: Option<Vec<Vec<f32>>> = bf16.then(|| {
             (0..heads)
                 .map(|h| {
                     (0..nq)
@@ -374,7 +402,7 @@ const SCORE_BLOCK_VALUES: usize = 1 << 24;
 #[allow(clippy::too_many_arguments)]
 fn attend(
     spec: &AttentionSpec,
-    precision: Precision,
+    kernels: AttentionKernels,
     q: &[f32],
     query_items: &[Range<usize>],
     k: &[f32],
@@ -393,7 +421,7 @@ fn attend(
     let mut out: Vec<f32> = Vec::with_capacity(out_len);
     let head = HeadAttention {
         spec,
-        precision,
+        kernels,
         q,
         k,
         v,
@@ -439,7 +467,7 @@ fn row_blocks(rows: &Range<usize>, keys: usize) -> Vec<Range<usize>> {
 /// One attention's operands, shared by the tasks that each compute a block of its output.
 struct HeadAttention<'a> {
     spec: &'a AttentionSpec,
-    precision: Precision,
+    kernels: AttentionKernels,
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
@@ -453,31 +481,32 @@ impl HeadAttention<'_> {
         (qk, vc, qk / self.spec.num_heads, vc / self.spec.num_heads)
     }
 
-    /// Head `head`'s keys and values over the key rows `kr`, packed for the bf16 kernel in bf16,
-    /// else for the f32 kernel (the scale folded into the keys) when the CPU has one: they are
-    /// small next to the products.
-    fn pack(&self, head: usize, kr: &Range<usize>) -> Option<PackedHead> {
+    /// Head `head`'s keys and values over the key rows `kr`, packed for their kernels: they are
+    /// small next to the products. In bf16 a product runs on the bf16 kernel when the head is at
+    /// least [`AttentionKernels::bf16_min_head_width`] wide on its side (keys: `d_qk`, values: `d_v`), else on the
+    /// f32 kernel (the keys scaled there). `None` without an f32 kernel where one is needed.
+    fn pack(&self, head: usize, kr: &Range<usize>) -> Option<(Packed, Packed)> {
         if kr.is_empty() {
             return None;
         }
         let (qk, vc, d_qk, d_v) = self.widths();
+        let (keys_bf16, values_bf16) = (self.kernels.bf16(d_qk), self.kernels.bf16(d_v));
+        if !(keys_bf16 && values_bf16) && !sgemm::available() {
+            return None;
+        }
         let scale = 1.0 / (d_qk as f32).sqrt();
         let nk = kr.len();
         let k_h = View::strided(&self.k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
         let v_h = View::strided(&self.v[kr.start * vc + head * d_v..], nk, d_v, vc);
-        if self.precision == Precision::Bf16 {
-            return Some(PackedHead::Bf16(
-                bf16::PackedMatrix::pack_view(k_h, true),
-                bf16::PackedMatrix::pack_view(v_h, false),
-            ));
-        }
-        if !sgemm::available() {
-            return None;
-        }
-        Some(PackedHead::F32(
-            sgemm::PackedWeights::pack_view(k_h, true, scale, false),
-            sgemm::PackedWeights::pack_view(v_h, false, 1.0, false),
-        ))
+        let keys = match keys_bf16 {
+            true => Packed::Bf16(bf16::PackedMatrix::pack_view(k_h, true)),
+            false => Packed::F32(sgemm::PackedWeights::pack_view(k_h, true, scale, false)),
+        };
+        let values = match values_bf16 {
+            true => Packed::Bf16(bf16::PackedMatrix::pack_view(v_h, false)),
+            false => Packed::F32(sgemm::PackedWeights::pack_view(v_h, false, 1.0, false)),
+        };
+        Some((keys, values))
     }
 
     /// Attention of head `head` for the query rows `rows` over the key rows `kr`: sets that
@@ -487,7 +516,7 @@ impl HeadAttention<'_> {
         head: usize,
         rows: Range<usize>,
         kr: &Range<usize>,
-        packed: Option<&PackedHead>,
+        packed: Option<&(Packed, Packed)>,
         threads: usize,
     ) {
         let (qk, vc, d_qk, d_v) = self.widths();
@@ -500,40 +529,44 @@ impl HeadAttention<'_> {
         assert!(offset + (nq - 1) * vc + d_v <= self.out_len);
         let mut scores = Vec::with_capacity(nq * nk);
         match packed {
-            Some(PackedHead::Bf16(keys, values)) => {
-                // The bf16 kernel takes a dense left operand: the head's queries, scaled.
-                let scale = 1.0 / (d_qk as f32).sqrt();
-                let queries: Vec<f32> = (0..nq)
-                    .flat_map(|r| q_h.data[r * qk..][..d_qk].iter().map(|&x| x * scale))
-                    .collect();
-                scores.resize(nq * nk, 0.0);
-                keys.matmul_accumulate(&queries, nq, &mut scores, threads);
-                drop(queries);
-                rows::softmax_rows(&mut scores, nk);
-                let mut head_out = vec![0f32; nq * d_v];
-                values.matmul_accumulate(&scores, nq, &mut head_out, threads);
-                self.write_rows(&head_out, offset, d_v, vc);
-            }
-            Some(PackedHead::F32(keys, values)) => {
-                // SAFETY: `scores` has room for nq × nk values at row stride nk; the product sets
-                // every one of them (overwrite), so the length can then cover them.
-                unsafe {
-                    keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, threads, true);
-                    scores.set_len(nq * nk);
+            Some((keys, values)) => {
+                match keys {
+                    Packed::Bf16(keys) => {
+                        // The bf16 kernel takes a dense left operand: the head's queries, scaled.
+                        let scale = 1.0 / (d_qk as f32).sqrt();
+                        let queries: Vec<f32> = (0..nq)
+                            .flat_map(|r| q_h.data[r * qk..][..d_qk].iter().map(|&x| x * scale))
+                            .collect();
+                        scores.resize(nq * nk, 0.0);
+                        keys.matmul_accumulate(&queries, nq, &mut scores, threads);
+                    }
+                    // SAFETY: `scores` has room for nq × nk values at row stride nk; the product
+                    // sets every one of them (overwrite), so the length can then cover them.
+                    Packed::F32(keys) => unsafe {
+                        keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, threads, true);
+                        scores.set_len(nq * nk);
+                    },
                 }
                 rows::softmax_rows(&mut scores, nk);
-                // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
-                // (overwrite) by the product; blocks are disjoint, and nothing reads `out` until
-                // every task is done.
-                unsafe {
-                    values.matmul_view_raw(
-                        View::dense(&scores, nq, nk),
-                        self.out.get().add(offset),
-                        vc,
-                        threads,
-                        true,
-                    )
-                };
+                match values {
+                    Packed::Bf16(values) => {
+                        let mut head_out = vec![0f32; nq * d_v];
+                        values.matmul_accumulate(&scores, nq, &mut head_out, threads);
+                        self.write_rows(&head_out, offset, d_v, vc);
+                    }
+                    // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
+                    // (overwrite) by the product; blocks are disjoint, and nothing reads `out`
+                    // until every task is done.
+                    Packed::F32(values) => unsafe {
+                        values.matmul_view_raw(
+                            View::dense(&scores, nq, nk),
+                            self.out.get().add(offset),
+                            vc,
+                            threads,
+                            true,
+                        )
+                    },
+                }
             }
             None => {
                 let scale = 1.0 / (d_qk as f32).sqrt();
@@ -570,13 +603,18 @@ impl HeadAttention<'_> {
     }
 }
 
-/// One head's keys and values, packed for the kernel of the engine's precision.
-enum PackedHead {
-    /// For the f32 kernel, the keys scaled.
-    F32(sgemm::PackedWeights, sgemm::PackedWeights),
+/// One head's keys or values, packed for the kernel that multiplies them.
+enum Packed {
+    /// For the f32 kernel (keys with the scale folded in).
+    F32(sgemm::PackedWeights),
     /// For the bf16 kernel (the scale goes on the queries).
-    Bf16(bf16::PackedMatrix, bf16::PackedMatrix),
+    Bf16(bf16::PackedMatrix),
 }
+
+/// The narrowest head side (`d_qk` for the scores, `d_v` for the weighted sum) whose product
+/// runs on the bf16 kernel in bf16: narrower ones (the flow model's 32-wide heads) are faster
+/// on the f32 kernel.
+const BF16_MIN_HEAD_WIDTH: usize = 64;
 
 /// Multiply-add work (2 FLOP each) of one layer of `spec` with `nq` queries over `nk` keys: the
 /// query, key, value, output and MLP products and the attention's scores and weighted sum.
@@ -590,4 +628,65 @@ pub(crate) fn layer_flops(spec: &AttentionSpec, nq: usize, nk: usize) -> f64 {
     );
     let hidden = (spec.q_dim * spec.widening_factor) as f64;
     2.0 * (nq * q * qk + nk * kv * (qk + v) + nq * nk * (qk + v) + nq * v * q + 2.0 * nq * q * hidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Activation;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Attention in bf16 (each product on the bf16 kernel where its head side is wide enough,
+    /// else f32) against f32, for heads of both kinds and two items of different lengths.
+    #[test]
+    fn bf16_attention_is_f32_attention_rounded() {
+        // (qk_channels, v_channels, heads): both sides bf16; keys f32 and values bf16; both f32.
+        for (qk, vc, heads) in [(256, 192, 2), (64, 160, 2), (64, 64, 2)] {
+            let spec = AttentionSpec {
+                q_dim: 8,
+                kv_dim: 8,
+                qk_channels: qk,
+                v_channels: vc,
+                num_heads: heads,
+                widening_factor: 1,
+                use_query_residual: false,
+                activation: Activation::GeluErf,
+            };
+            let (query_items, kv_items) = (vec![0..37, 37..50], vec![0..70, 70..75]);
+            let q = random(50 * qk, 1);
+            let k = random(75 * qk, 2);
+            let v = random(75 * vc, 3);
+            let run = |precision| {
+                let kernels = AttentionKernels {
+                    precision,
+                    bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
+                };
+                attend(&spec, kernels, &q, &query_items, &k, &v, &kv_items, 2)
+            };
+            let (exact, rounded) = (run(Precision::F32), run(Precision::Bf16));
+            let worst = exact
+                .iter()
+                .zip(&rounded)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            println!("qk {qk}, v {vc}, {heads} heads: bf16 against f32, worst {worst:.2e}");
+            assert!(worst < 2e-2, "qk {qk}, v {vc}: {worst}");
+            if qk / heads < BF16_MIN_HEAD_WIDTH && vc / heads < BF16_MIN_HEAD_WIDTH {
+                assert_eq!(exact, rounded, "narrow heads stay f32");
+            } else {
+                assert!(worst > 0.0, "wide heads run in bf16");
+            }
+        }
+    }
 }

@@ -37,6 +37,13 @@ impl Encoder {
         self.latents.shape()[1]
     }
 
+    /// Lets narrower heads of the cross-attention run on the bf16 kernel (for tests on small
+    /// models).
+    #[cfg(test)]
+    pub(crate) fn set_bf16_min_head_width(&mut self, width: usize) {
+        self.cross_attention.set_bf16_min_head_width(width);
+    }
+
     pub(crate) fn set_precision(&mut self, precision: Precision) {
         self.cross_attention.set_precision(precision);
     }
