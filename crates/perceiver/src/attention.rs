@@ -291,33 +291,23 @@ impl AttentionLayer {
                 let k_h = View::strided(&k[h * d_qk..], nk, d_qk, qk);
                 let v_h = View::strided(&v[h * d_v..], nk, d_v, vc);
                 let acc_h = &mut acc[h * nq * d_v..][..nq * d_v];
-                if let Some(queries) = &bf16_queries {
-                    scores.fill(0.0);
-                    bf16::PackedMatrix::pack_view(k_h, true).matmul_accumulate(
-                        &queries[h],
-                        nq,
-                        &mut scores,
-                        threads,
-                    );
-                    rows::online_softmax(
-                        &mut scores,
-                        nk,
-                        &mut max[h * nq..][..nq],
-                        &mut sum[h * nq..][..nq],
-                        acc_h,
-                        d_v,
-                    );
-                    bf16::PackedMatrix::pack_view(v_h, false).matmul_accumulate(&scores, nq, acc_h, threads);
-                    continue;
-                }
-                let fast = sgemm::available();
-                if fast {
-                    let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
-                    // SAFETY: `scores` holds nq × nk values at row stride nk and is borrowed
-                    // mutably; the product sets every one of them (overwrite).
-                    unsafe { keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, threads, true) };
-                } else {
-                    matmul(&mut scores, nk, q_h, Rhs::Transposed(k_h), scale, false, threads);
+                match &bf16_queries {
+                    Some(queries) => {
+                        scores.fill(0.0);
+                        bf16::PackedMatrix::pack_view(k_h, true).matmul_accumulate(
+                            &queries[h],
+                            nq,
+                            &mut scores,
+                            threads,
+                        );
+                    }
+                    None if sgemm::available() => {
+                        let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
+                        // SAFETY: `scores` holds nq × nk values at row stride nk and is borrowed
+                        // mutably; the product sets every one of them (overwrite).
+                        unsafe { keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, threads, true) };
+                    }
+                    None => matmul(&mut scores, nk, q_h, Rhs::Transposed(k_h), scale, false, threads),
                 }
                 rows::online_softmax(
                     &mut scores,
@@ -328,11 +318,12 @@ impl AttentionLayer {
                     d_v,
                 );
                 let weights = View::dense(&scores, nq, nk);
-                if fast {
-                    sgemm::PackedWeights::pack_view(v_h, false, 1.0, false)
-                        .matmul_view(weights, acc_h, d_v, threads);
-                } else {
-                    matmul(acc_h, d_v, weights, Rhs::Plain(v_h), 1.0, true, threads);
+                match &bf16_queries {
+                    Some(_) => bf16::PackedMatrix::pack_view(v_h, false)
+                        .matmul_accumulate(&scores, nq, acc_h, threads),
+                    None if sgemm::available() => sgemm::PackedWeights::pack_view(v_h, false, 1.0, false)
+                        .matmul_view(weights, acc_h, d_v, threads),
+                    None => matmul(acc_h, d_v, weights, Rhs::Plain(v_h), 1.0, true, threads),
                 }
             }
         }

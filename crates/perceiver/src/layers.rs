@@ -22,9 +22,8 @@ pub enum Precision {
     #[default]
     F32,
     /// Weight matrix products with bf16 operands and f32 accumulation (on AMX tiles or AVX-512
-    /// BF16 where the CPU has them), and so are the scores and weighted sums of a cross-attention
-    /// over an input taken a block at a time (an image's pixels); softmax, norms, activations
-    /// and the other attentions stay in f32.
+    /// BF16 where the CPU has them), and so are attention's scores and weighted sums for heads
+    /// at least 64 wide on that side; softmax, norms and activations stay in f32.
     Bf16,
 }
 

@@ -10,9 +10,9 @@
 //!   max-pool, then Fourier features. Padded as transformers pads (224 → 55) or, when the config
 //!   says so ([`StemPadding::Same`]), as DeepMind's Haiku stem does (224 → 56).
 //!
-//! The rows are made on demand ([`ImageRows`]), a block at a time: an image's 50,176 rows of
-//! 261 or 512 channels are never held whole while the encoder cross-attends them. Fourier
-//! features come from per-axis tables ([`FourierGrid`]).
+//! The rows are made on demand, a block at a time: an image's 50,176 rows of 261 or 512
+//! channels are never held whole while the encoder cross-attends them. Fourier features come
+//! from per-axis tables.
 
 use std::ops::Range;
 
