@@ -118,11 +118,10 @@ pub mod flow_colab {
 ///
 /// Two things DeepMind's code fixes that transformers' classes do differently are written into
 /// the config as this library's own keys (transformers keeps them as unused attributes):
-/// the learned model's decoder has no query residual
-/// ([`CLASSIFIER_QUERY_RESIDUAL_KEY`] `false`;
+/// the learned model's decoder has no query residual ([`CLASSIFIER_QUERY_RESIDUAL_KEY`] `false`;
 /// transformers always adds it), and the conv stem pads as Haiku's `'SAME'` does
-/// ([`STEM_PADDING_KEY`] `"same"`: 224 → 112 → 56, where
-/// transformers' stem gives 55). A named config.json that leaves them out gets DeepMind's.
+/// ([`STEM_PADDING_KEY`] `"same"`: 224 → 112 → 56, where transformers' stem gives 55). A named
+/// config.json that leaves them out gets DeepMind's.
 pub mod imagenet_colab {
     /// `num_self_attend_heads`.
     pub const NUM_SELF_ATTENTION_HEADS: usize = 8;
