@@ -260,6 +260,14 @@ fn wrong_inputs_are_errors() {
     let tiny = Pixels::new(3, 3, vec![0.0; 27]).unwrap();
     assert!(conv.classify_pixels(&[&tiny], 1).is_err());
     assert!(Pixels::new(2, 2, vec![0.0; 5]).is_err());
+    // Pixels built field by field bypass `new`: an image without columns is still refused.
+    let fourier = load("tiny_image_fourier", Precision::F32);
+    let empty = Pixels {
+        values: Vec::new(),
+        height: 5,
+        width: 0,
+    };
+    assert!(fourier.classify_pixels(&[&empty], 1).is_err());
 
     // A classifier is not a masked LM, and the other way round.
     assert!(perceiver::FillMask::new(text.model().clone()).is_err());

@@ -153,7 +153,10 @@ impl ImagePreprocessor {
     /// Checks each image's size against what the model takes.
     pub fn check(&self, images: &[&Pixels]) -> Result<()> {
         for image in images {
-            if image.values.len() != IMAGE_CHANNELS * image.height * image.width || image.height == 0 {
+            if image.values.len() != IMAGE_CHANNELS * image.height * image.width
+                || image.height == 0
+                || image.width == 0
+            {
                 return Err(Error::InvalidInput(format!(
                     "{} values are not a 3x{}x{} image",
                     image.values.len(),
