@@ -531,9 +531,15 @@ impl PerceiverModel {
         }
         on_pool(|| {
             let latents = self.encode_input(input)?;
-            // One query per input: the decoder's only output position.
-            let positions = vec![&[0usize][..]; input.len()];
-            self.decode(&latents, &positions)
+            // One query per input, its only output position, decoded input by input: the
+            // decoder's keys and values of a whole batch's latents would be much of the batch's
+            // peak memory for one query each.
+            let (n, d) = (self.encoder.num_latents(), self.encoder.d_latents());
+            let mut logits = Vec::new();
+            for item in latents.chunks(n * d) {
+                logits.extend(self.decode(item, &[&[0usize][..]])?);
+            }
+            Ok(logits)
         })
     }
 
@@ -774,6 +780,42 @@ mod tests {
                     "{name} {precision:?}, blocks of {block_rows}: {worst}"
                 );
             }
+        }
+    }
+
+    /// The latent stack over a batch in groups of items (one, two, or all at once) gives every
+    /// item's latents as the whole batch does.
+    #[test]
+    fn the_latent_stack_in_groups_equals_the_whole_batch() {
+        let model = fixture_model("tiny_shared_blocks");
+        let texts: [&[u32]; 5] = [
+            &[1, 70, 80, 90, 2],
+            &[1, 100, 2],
+            &[1, 5, 6, 7, 8, 9, 2],
+            &[1, 2],
+            &[1, 50, 60, 2],
+        ];
+        let z = on_pool(|| model.cross_attend(ModelInput::Tokens(&texts))).unwrap();
+        let n = model.encoder.num_latents();
+        let run = |group_rows| {
+            on_pool(|| {
+                model
+                    .process
+                    .forward_in_groups(z.clone(), n, texts.len(), group_rows, 2)
+            })
+        };
+        let whole = run(usize::MAX);
+        for group_rows in [1, n, 2 * n, 3 * n + 1] {
+            let grouped = run(group_rows);
+            let worst = whole
+                .iter()
+                .zip(&grouped)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                grouped.len() == whole.len() && worst <= 1e-6,
+                "groups of {group_rows} rows: {worst}"
+            );
         }
     }
 
