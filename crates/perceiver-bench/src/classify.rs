@@ -13,6 +13,8 @@ use clap::Args;
 use perceiver::{Classifier, Loader, ModelInput, Pixels, Precision};
 use serde_json::Value;
 
+use crate::stats::{median, peak_rss_mib, precision_name};
+
 #[derive(Args)]
 pub struct ClassifyArgs {
     /// The model to time (a directory). Make the released Fourier layout with random weights with
@@ -63,13 +65,6 @@ struct Row {
     peak_rss_mib: f64,
 }
 
-fn precision_name(precision: Precision) -> &'static str {
-    match precision {
-        Precision::F32 => "f32",
-        Precision::Bf16 => "bf16",
-    }
-}
-
 /// Our side for one precision and batch size: load, warm up, time `rounds` passes.
 fn worker(args: &ClassifyArgs, precision: Precision, batch: usize) -> Result<Value> {
     let classifier: Classifier = Loader::new(args.model.to_string_lossy())
@@ -100,23 +95,11 @@ fn worker(args: &ClassifyArgs, precision: Precision, batch: usize) -> Result<Val
     Ok(serde_json::json!({
         "precision": precision_name(precision),
         "batch": batch,
-        "median_s": median(times),
+        "median_s": median(&times),
         "top1": top1,
         "peak_rss_mib": peak_rss_mib(),
         "peak_rss_after_load_mib": loaded_rss,
     }))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 pub fn run(args: ClassifyArgs) -> Result<()> {

@@ -15,6 +15,8 @@ use perceiver::preprocess::FramePair;
 use perceiver::{Loader, Precision};
 use serde_json::{json, Value};
 
+use crate::stats::{median, peak_rss_mib, precision_name};
+
 #[derive(Args)]
 pub struct FlowArgs {
     /// The model to time (a directory). Make the released layout with random weights with
@@ -46,25 +48,6 @@ fn synthetic_frame(t: u64, height: usize, width: usize) -> Pixels {
         .map(|v| v as f32)
         .collect();
     Pixels::new(height, width, values).expect("3 × height × width values")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-fn precision_name(precision: Precision) -> &'static str {
-    match precision {
-        Precision::F32 => "f32",
-        Precision::Bf16 => "bf16",
-    }
 }
 
 /// Our side for one precision: load, warm up, time `rounds` passes.
@@ -103,11 +86,11 @@ fn worker(args: &FlowArgs, precision: Precision) -> Result<Value> {
     Ok(json!({
         "precision": precision_name(precision),
         "tile": [height, width],
-        "median_s": median(times.clone()),
+        "median_s": median(&times),
         "times_s": times,
         "phases": phase_times
             .into_iter()
-            .map(|(name, t)| json!({"phase": name, "median_s": median(t)}))
+            .map(|(name, t)| json!({"phase": name, "median_s": median(&t)}))
             .collect::<Vec<_>>(),
         "gflop": model.optical_flow_flops() / 1e9,
         "peak_rss_mib": peak_rss_mib(),

@@ -28,6 +28,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
+use crate::stats::median;
+
 #[derive(Args)]
 pub struct InferenceArgs {
     /// The model to time (a directory). Make the 201M random one with
@@ -366,12 +368,6 @@ pub(crate) fn torch_dtype(precision: Precision) -> &'static str {
         Precision::F32 => "float32",
         Precision::Bf16 => "bfloat16",
     }
-}
-
-pub(crate) fn median(times: &[f64]) -> f64 {
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Peak resident memory of this process so far (Linux), in bytes.

@@ -22,7 +22,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::inference::{load_bench_model, median, time_round, torch_dtype, ReferenceArgs};
+use crate::inference::{load_bench_model, time_round, torch_dtype, ReferenceArgs};
+use crate::stats::median;
 
 #[derive(Args)]
 pub struct LatentArgs {

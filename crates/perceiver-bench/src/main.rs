@@ -15,6 +15,7 @@ mod latent;
 mod load;
 mod model;
 mod serve;
+mod stats;
 mod train_step;
 
 // The same allocator set-up as the `perceiver` binary, so that the timings are the product's:

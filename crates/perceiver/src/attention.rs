@@ -267,11 +267,7 @@ impl AttentionLayer {
         let bf16 = self.kernels.bf16(d_qk) && self.kernels.bf16(d_v);
         let bf16_queries: Option<Vec<Vec<f32>>> = bf16.then(|| {
             (0..heads)
-                .map(|h| {
-                    (0..nq)
-                        .flat_map(|r| projected[r * qk + h * d_qk..][..d_qk].iter().map(|&x| x * scale))
-                        .collect()
-                })
+                .map(|h| scaled_head(View::strided(&projected[h * d_qk..], nq, d_qk, qk), scale))
                 .collect()
         });
         for start in (0..input.len()).step_by(block_rows) {
@@ -524,10 +520,7 @@ impl HeadAttention<'_> {
                 match keys {
                     Packed::Bf16(keys) => {
                         // The bf16 kernel takes a dense left operand: the head's queries, scaled.
-                        let scale = 1.0 / (d_qk as f32).sqrt();
-                        let queries: Vec<f32> = (0..nq)
-                            .flat_map(|r| q_h.data[r * qk..][..d_qk].iter().map(|&x| x * scale))
-                            .collect();
+                        let queries = scaled_head(q_h, 1.0 / (d_qk as f32).sqrt());
                         scores.resize(nq * nk, 0.0);
                         keys.matmul_accumulate(&queries, nq, &mut scores, threads);
                     }
@@ -592,6 +585,18 @@ impl HeadAttention<'_> {
             };
         }
     }
+}
+
+/// A head's queries (a strided view) as a dense `[rows, d_qk]` matrix times `scale`: the left
+/// operand the bf16 kernel takes, with attention's scale folded in.
+fn scaled_head(q_h: View, scale: f32) -> Vec<f32> {
+    (0..q_h.rows)
+        .flat_map(|r| {
+            q_h.data[r * q_h.stride..][..q_h.cols]
+                .iter()
+                .map(move |&x| x * scale)
+        })
+        .collect()
 }
 
 /// One head's keys or values, packed for the kernel that multiplies them.
