@@ -48,7 +48,7 @@ enum Command {
     /// Inference, ours and transformers' side by side on the same weights (workloads W1–W4).
     Inference(inference::InferenceArgs),
     /// One latent self-attention layer and its six weight products, ours and PyTorch's side by
-    /// side, against the CPU's f32 FMA peak measured in the same run.
+    /// side, against the CPU's f32 FMA and `vdpbf16ps` peaks measured in the same run.
     Latent(latent::LatentArgs),
     /// One training step (the trainer's own: forward, backward over masked positions, clipping,
     /// AdamW).
