@@ -178,7 +178,8 @@ pub fn run(args: LatentArgs) -> Result<()> {
         perceiver_kernels::cpu::f32_kernel(),
         perceiver_kernels::cpu::bf16_kernel()
     );
-    let peaks_before = Peaks::measure(threads);
+    let bf16_rows = items.iter().any(|item| item.precision == Precision::Bf16);
+    let peaks_before = Peaks::measure(threads, bf16_rows);
 
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut runs = Vec::with_capacity(items.len());
@@ -228,7 +229,7 @@ pub fn run(args: LatentArgs) -> Result<()> {
     }
     drop(reference);
     // A busy machine lowers either measurement: the higher one is the peak.
-    let peaks = peaks_before.max(Peaks::measure(threads));
+    let peaks = peaks_before.max(Peaks::measure(threads, bf16_rows));
     report(&items, peaks, threads, &args)
 }
 
@@ -242,8 +243,10 @@ struct Peaks {
 }
 
 impl Peaks {
-    fn measure(threads: usize) -> Self {
-        let bf16_on_dot_products = perceiver_kernels::cpu::bf16_kernel() == Bf16Kernel::Avx512Bf16;
+    /// The f32 peak, and the bf16 one when there are `bf16_rows` to judge.
+    fn measure(threads: usize, bf16_rows: bool) -> Self {
+        let bf16_on_dot_products =
+            bf16_rows && perceiver_kernels::cpu::bf16_kernel() == Bf16Kernel::Avx512Bf16;
         Peaks {
             f32: fma_peak_gflops(threads),
             bf16: bf16_on_dot_products

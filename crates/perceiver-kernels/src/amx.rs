@@ -8,6 +8,10 @@
 //! step keeps a 32×32 block of C in four tiles. Linux must grant the process the AMX register
 //! state first (`arch_prctl`); [`available`] asks once and says no when it is refused.
 //!
+//! The loop is written once over a small set of tile operations ([`Tiles`]): the instructions
+//! themselves, and in the tests their emulation in plain Rust, so that the blocking, addresses
+//! and strides are checked on every CPU, not only where there is AMX.
+//!
 //! This module only runs the tiles: [`crate::bf16::PackedMatrix`]'s products choose it (see
 //! [`crate::cpu::bf16_kernel`]).
 
@@ -63,6 +67,27 @@ pub(crate) fn matmul_accumulate(
     threads: usize,
 ) {
     assert!(available(), "AMX is not available");
+    run::<Native>(w, n, pairs, x, m, out, threads);
+}
+
+/// [`matmul_accumulate`] with the tile instructions emulated in plain Rust ([`Emulated`]):
+/// the same blocking, addresses and strides on any CPU, so that the tests check the AMX path
+/// where there is no AMX.
+#[cfg(test)]
+pub(crate) fn matmul_accumulate_emulated(
+    w: &[u32],
+    n: usize,
+    pairs: usize,
+    x: &[u16],
+    m: usize,
+    out: &mut [f32],
+    threads: usize,
+) {
+    run::<Emulated>(w, n, pairs, x, m, out, threads);
+}
+
+/// The loop of [`matmul_accumulate`] over the tile operations `T`.
+fn run<T: Tiles>(w: &[u32], n: usize, pairs: usize, x: &[u16], m: usize, out: &mut [f32], threads: usize) {
     assert_eq!(pairs % TILE_PAIRS, 0, "amx: pairs are padded to whole tiles");
     let (k_pad, m_pad, panels) = (2 * pairs, m.div_ceil(ROWS) * ROWS, n.div_ceil(PANEL_COLS));
     assert_eq!(x.len(), m_pad * k_pad, "amx: X is not {m_pad}x{k_pad}");
@@ -81,12 +106,11 @@ pub(crate) fn matmul_accumulate(
     let per_task = panels.div_ceil(tasks);
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..tasks).into_par_iter().for_each(|t| {
-        let config = TileConfig::new();
-        // SAFETY: AMX is available and the config is valid; every tile operation below reads
-        // and writes inside `x`, the packed weights, `out` or the local scratch (their sizes
-        // asserted above).
+        // SAFETY: `run`'s callers choose `Native` only where AMX is available.
+        let mut tiles = unsafe { T::begin() };
+        // SAFETY: every tile operation below reads and writes inside `x`, the packed weights,
+        // `out` or the local scratch (their sizes asserted above).
         unsafe {
-            std::arch::asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
             // Rows of X are taken a block at a time, and every panel of the task runs over the
             // block before the next: the block stays in the core's L2 across panels instead of
             // X being streamed from memory once per panel.
@@ -111,52 +135,19 @@ pub(crate) fn matmul_accumulate(
                             (scratch.as_mut_ptr(), PANEL_COLS * 4)
                         };
                         let c = c.cast::<u8>();
-                        std::arch::asm!(
-                            "tileloadd tmm0, [{c} + {s}*1]",
-                            "tileloadd tmm1, [{c1} + {s}*1]",
-                            "tileloadd tmm2, [{c2} + {s}*1]",
-                            "tileloadd tmm3, [{c3} + {s}*1]",
-                            c = in(reg) c,
-                            c1 = in(reg) c.add(64),
-                            c2 = in(reg) c.add(16 * c_stride),
-                            c3 = in(reg) c.add(16 * c_stride + 64),
-                            s = in(reg) c_stride,
-                            options(nostack, readonly),
-                        );
+                        tiles.load_c(c, c_stride);
                         let a0 = x.as_ptr().add(r0 * k_pad).cast::<u8>();
                         let a1 = a0.add(16 * k_pad * 2);
                         for kk in 0..pairs / TILE_PAIRS {
                             let b_tile = b.add(kk * TILE_PAIRS * PANEL_COLS * 4);
-                            std::arch::asm!(
-                                "tileloadd tmm4, [{a0} + {sa}*1]",
-                                "tileloadd tmm5, [{a1} + {sa}*1]",
-                                "tileloadd tmm6, [{b0} + {sb}*1]",
-                                "tileloadd tmm7, [{b1} + {sb}*1]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                "tdpbf16ps tmm2, tmm5, tmm6",
-                                "tdpbf16ps tmm3, tmm5, tmm7",
-                                a0 = in(reg) a0.add(kk * 64),
-                                a1 = in(reg) a1.add(kk * 64),
-                                sa = in(reg) k_pad * 2,
-                                b0 = in(reg) b_tile,
-                                b1 = in(reg) b_tile.add(64),
-                                sb = in(reg) PANEL_COLS * 4,
-                                options(nostack, readonly),
+                            tiles.step(
+                                [a0.add(kk * 64), a1.add(kk * 64)],
+                                k_pad * 2,
+                                [b_tile, b_tile.add(64)],
+                                PANEL_COLS * 4,
                             );
                         }
-                        std::arch::asm!(
-                            "tilestored [{c} + {s}*1], tmm0",
-                            "tilestored [{c1} + {s}*1], tmm1",
-                            "tilestored [{c2} + {s}*1], tmm2",
-                            "tilestored [{c3} + {s}*1], tmm3",
-                            c = in(reg) c,
-                            c1 = in(reg) c.add(64),
-                            c2 = in(reg) c.add(16 * c_stride),
-                            c3 = in(reg) c.add(16 * c_stride + 64),
-                            s = in(reg) c_stride,
-                            options(nostack),
-                        );
+                        tiles.store_c(c, c_stride);
                         if !whole {
                             for r in 0..rows {
                                 for j in 0..cols {
@@ -168,7 +159,188 @@ pub(crate) fn matmul_accumulate(
                     }
                 }
             }
-            std::arch::asm!("tilerelease", options(nostack, nomem));
         }
+        tiles.end();
     });
+}
+
+/// The tile operations [`run`]'s loop is made of. C's 32×32 block is four 16×16 f32 tiles:
+/// at `c`, `c + 64` bytes, 16 rows down, and 16 rows down `+ 64`.
+trait Tiles {
+    /// A thread's tiles, configured.
+    ///
+    /// # Safety
+    /// The CPU must have what the implementation runs on.
+    unsafe fn begin() -> Self;
+    /// Loads C's four tiles from `c` (row stride `stride` bytes).
+    ///
+    /// # Safety
+    /// The 32 rows of 128 bytes at `c` must be readable.
+    unsafe fn load_c(&mut self, c: *const u8, stride: usize);
+    /// One step over 16 input pairs: C's tile (i, j) += A tile i · B tile j, the A tiles 16
+    /// rows of 64 bytes (16 pairs of bf16) at `a` (row stride `sa`), the B tiles 16 pair rows of
+    /// 16 lanes at `b` (row stride `sb`).
+    ///
+    /// # Safety
+    /// The tiles' 16 rows of 64 bytes must be readable.
+    unsafe fn step(&mut self, a: [*const u8; 2], sa: usize, b: [*const u8; 2], sb: usize);
+    /// Stores C's four tiles to `c`.
+    ///
+    /// # Safety
+    /// As [`load_c`](Self::load_c), writable by this thread alone.
+    unsafe fn store_c(&mut self, c: *mut u8, stride: usize);
+    /// Releases the tiles.
+    fn end(self);
+}
+
+/// The AMX instructions: C in tmm0–3, A in tmm4–5, B in tmm6–7.
+struct Native;
+
+impl Tiles for Native {
+    unsafe fn begin() -> Self {
+        let config = TileConfig::new();
+        // SAFETY: AMX is available (the caller's promise) and the config is valid.
+        unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+        Native
+    }
+
+    unsafe fn load_c(&mut self, c: *const u8, stride: usize) {
+        // SAFETY: the tiles' rows are readable (the caller's promise).
+        unsafe {
+            std::arch::asm!(
+                "tileloadd tmm0, [{c} + {s}*1]",
+                "tileloadd tmm1, [{c1} + {s}*1]",
+                "tileloadd tmm2, [{c2} + {s}*1]",
+                "tileloadd tmm3, [{c3} + {s}*1]",
+                c = in(reg) c,
+                c1 = in(reg) c.add(64),
+                c2 = in(reg) c.add(16 * stride),
+                c3 = in(reg) c.add(16 * stride + 64),
+                s = in(reg) stride,
+                options(nostack, readonly),
+            )
+        };
+    }
+
+    unsafe fn step(&mut self, a: [*const u8; 2], sa: usize, b: [*const u8; 2], sb: usize) {
+        // SAFETY: as `load_c`.
+        unsafe {
+            std::arch::asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a[0],
+                a1 = in(reg) a[1],
+                sa = in(reg) sa,
+                b0 = in(reg) b[0],
+                b1 = in(reg) b[1],
+                sb = in(reg) sb,
+                options(nostack, readonly),
+            )
+        };
+    }
+
+    unsafe fn store_c(&mut self, c: *mut u8, stride: usize) {
+        // SAFETY: the tiles' rows are writable by this thread alone (the caller's promise).
+        unsafe {
+            std::arch::asm!(
+                "tilestored [{c} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c = in(reg) c,
+                c1 = in(reg) c.add(64),
+                c2 = in(reg) c.add(16 * stride),
+                c3 = in(reg) c.add(16 * stride + 64),
+                s = in(reg) stride,
+                options(nostack),
+            )
+        };
+    }
+
+    fn end(self) {
+        // SAFETY: releases this thread's tiles, configured in `begin`.
+        unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// The tile instructions in plain Rust, as Intel's pseudocode for `tdpbf16ps` has them: for
+/// each pair, the even product then the odd one added to the f32 sum (products of two bf16
+/// values are exact in f32).
+#[cfg(test)]
+struct Emulated {
+    /// C's tiles, in `Tiles`' order: `c[tile][row][column]`.
+    c: [[[f32; 16]; 16]; 4],
+}
+
+#[cfg(test)]
+impl Emulated {
+    /// Where tile `tile`'s first row starts, from C's block at `c`.
+    fn tile_offset(tile: usize, stride: usize) -> usize {
+        (tile / 2) * 16 * stride + (tile % 2) * 64
+    }
+}
+
+#[cfg(test)]
+impl Tiles for Emulated {
+    unsafe fn begin() -> Self {
+        Emulated {
+            c: [[[0.0; 16]; 16]; 4],
+        }
+    }
+
+    unsafe fn load_c(&mut self, c: *const u8, stride: usize) {
+        for (tile, rows) in self.c.iter_mut().enumerate() {
+            for (r, row) in rows.iter_mut().enumerate() {
+                // SAFETY: inside C's block (the caller's promise).
+                let src = unsafe { c.add(Self::tile_offset(tile, stride) + r * stride) };
+                for (j, v) in row.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    *v = unsafe { src.cast::<f32>().add(j).read_unaligned() };
+                }
+            }
+        }
+    }
+
+    unsafe fn step(&mut self, a: [*const u8; 2], sa: usize, b: [*const u8; 2], sb: usize) {
+        let bf16 = |p: *const u8, i: usize| {
+            // SAFETY: inside a tile's rows (the caller's promise).
+            crate::bf16::from_bf16_bits(unsafe { p.cast::<u16>().add(i).read_unaligned() })
+        };
+        for (tile, rows) in self.c.iter_mut().enumerate() {
+            let (a_tile, b_tile) = (a[tile / 2], b[tile % 2]);
+            for (r, row) in rows.iter_mut().enumerate() {
+                // SAFETY: row r < 16 of the A tile.
+                let a_row = unsafe { a_tile.add(r * sa) };
+                for pair in 0..16 {
+                    // SAFETY: pair row < 16 of the B tile.
+                    let b_row = unsafe { b_tile.add(pair * sb) };
+                    for (j, sum) in row.iter_mut().enumerate() {
+                        *sum += bf16(a_row, 2 * pair) * bf16(b_row, 2 * j);
+                        *sum += bf16(a_row, 2 * pair + 1) * bf16(b_row, 2 * j + 1);
+                    }
+                }
+            }
+        }
+    }
+
+    unsafe fn store_c(&mut self, c: *mut u8, stride: usize) {
+        for (tile, rows) in self.c.iter().enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                // SAFETY: inside C's block (the caller's promise).
+                let dst = unsafe { c.add(Self::tile_offset(tile, stride) + r * stride) };
+                for (j, &v) in row.iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe { dst.cast::<f32>().add(j).write_unaligned(v) };
+                }
+            }
+        }
+    }
+
+    fn end(self) {}
 }

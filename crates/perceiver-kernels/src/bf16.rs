@@ -834,6 +834,18 @@ mod tests {
                 "{m}x{n}x{k} linear at {i}: {g} vs {gelu}"
             );
         }
+        // The AMX path with its tile instructions emulated: its blocks, addresses and strides
+        // on any CPU.
+        let mut out = start.clone();
+        let x = amx_rows(&a, m, k, packed.pairs);
+        amx::matmul_accumulate_emulated(&packed.data, n, packed.pairs, &x, m, &mut out, threads);
+        for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+            let expect = start[i] as f64 + w;
+            assert!(
+                (*g as f64 - expect).abs() < tolerance,
+                "{m}x{n}x{k} on emulated AMX at {i}: {g} vs {expect}"
+            );
+        }
         // One block of each height on each kernel, for a whole panel and partial ones (in
         // its first and its second 16-lane half), into a C wider than the panel.
         let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, packed.pairs);
