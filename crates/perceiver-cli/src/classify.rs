@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use perceiver::image::DecodeLimits;
 use perceiver::{Classifier, LabelScore, Pixels};
 use rayon::prelude::*;
 
@@ -47,6 +48,11 @@ pub struct ClassifyArgs {
     /// Inputs per forward pass (at most 256).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE))]
     batch_size: u32,
+
+    /// Largest image, in pixels (width × height, read from the file's header before
+    /// decoding); larger ones are an error. Default: Pillow's limit, as transformers.
+    #[arg(long, default_value_t = DecodeLimits::PIL_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=DecodeLimits::PIL_MAX_PIXELS))]
+    max_image_pixels: u64,
 }
 
 /// The most inputs in one forward pass: a 224×224 image's encoder input is 50,176 rows.
@@ -72,7 +78,12 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     if inputs.is_empty() {
         bail!("no inputs to classify");
     }
-    let classifier = args.model.load_classifier(args.engine.precision)?;
+    let classifier = args
+        .model
+        .load_classifier(args.engine.precision)?
+        .with_decode_limits(DecodeLimits {
+            max_pixels: args.max_image_pixels,
+        });
     match (args.text, classifier.reads_images()) {
         (true, true) => bail!(
             "{} classifies images; leave out --text and give image files",

@@ -66,6 +66,11 @@ pub struct ServiceArgs {
     #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=caps::PAYLOAD_LIMIT as i64))]
     pub payload_limit: u32,
 
+    /// Largest image a classifier takes, in pixels (width × height, read from the file's
+    /// header before decoding); larger ones are answered 422. Default: Pillow's limit.
+    #[arg(long, env = "PERCEIVER_MAX_IMAGE_PIXELS", default_value_t = caps::MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..=caps::MAX_IMAGE_PIXELS))]
+    pub max_image_pixels: u64,
+
     /// Require `Authorization: Bearer <KEY>` on every route but /health.
     #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -84,6 +89,7 @@ impl ServiceArgs {
             max_client_batch_size: self.max_client_batch_size as usize,
             max_predictions: self.max_predictions as usize,
             payload_limit: self.payload_limit as usize,
+            max_image_pixels: self.max_image_pixels,
             api_key: self.api_key.clone(),
         }
     }

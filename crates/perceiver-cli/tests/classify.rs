@@ -154,6 +154,32 @@ fn bad_inputs_are_one_line_errors() {
         &perceiver(&["classify", "--model", &image_model, &path(dir.path())]),
         "no image files",
     );
+    // An image larger than --max-image-pixels (wide.png is 37 x 23 = 851 pixels); one within it runs.
+    fails_with(
+        &perceiver(&[
+            "classify",
+            "--model",
+            &image_model,
+            "--max-image-pixels",
+            "800",
+            &image,
+        ]),
+        "37 x 23 pixels (851), more than the limit",
+    );
+    let tall = path(&fixture("tiny_image_conv").join("tall_grey.png"));
+    let within = perceiver(&[
+        "classify",
+        "--model",
+        &image_model,
+        "--max-image-pixels",
+        "800",
+        &tall,
+    ]);
+    assert!(
+        within.status.success(),
+        "{}",
+        String::from_utf8_lossy(&within.stderr)
+    );
     // Texts for an image model, images for a text model.
     fails_with(
         &perceiver(&["classify", "--text", "--model", &image_model, "hello"]),

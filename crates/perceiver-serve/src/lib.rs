@@ -158,6 +158,9 @@ pub mod caps {
     /// `payload_limit`: 1 GiB, more than the largest useful request (1024 texts of 65536
     /// bytes, JSON-escaped).
     pub const PAYLOAD_LIMIT: usize = 1 << 30;
+    /// `max_image_pixels`: Pillow's limit, above which transformers cannot read an image either
+    /// ([`perceiver::image::DecodeLimits::PIL_MAX_PIXELS`]).
+    pub const MAX_IMAGE_PIXELS: u64 = perceiver::image::DecodeLimits::PIL_MAX_PIXELS;
 }
 
 /// How the service listens and what it accepts. Every field is a `perceiver serve` flag.
@@ -188,6 +191,10 @@ pub struct ServeConfig {
     pub max_predictions: usize,
     /// Largest request body in bytes.
     pub payload_limit: usize,
+    /// Largest image (width × height, read from the file's header before any pixel is
+    /// decoded) a classifier takes; a decoded image needs 3 bytes a pixel, and several times
+    /// that while it is decoded.
+    pub max_image_pixels: u64,
     /// If set, every route but `/health` requires `Authorization: Bearer <api_key>`.
     pub api_key: Option<String>,
 }
@@ -206,6 +213,7 @@ impl ServeConfig {
             max_client_batch_size: 32,
             max_predictions: 4096,
             payload_limit: 1 << 20,
+            max_image_pixels: caps::MAX_IMAGE_PIXELS,
             api_key: None,
         }
     }
@@ -218,6 +226,7 @@ impl ServeConfig {
             ("max_client_batch_size", self.max_client_batch_size),
             ("max_predictions", self.max_predictions),
             ("payload_limit", self.payload_limit),
+            ("max_image_pixels", self.max_image_pixels as usize),
         ] {
             if value == 0 {
                 return Err(ServeError::ZeroLimit { name });
@@ -270,6 +279,14 @@ impl ServeConfig {
                 });
             }
         }
+        if self.max_image_pixels > caps::MAX_IMAGE_PIXELS {
+            return Err(ServeError::LimitTooLarge {
+                name: "max_image_pixels",
+                value: self.max_image_pixels,
+                max: caps::MAX_IMAGE_PIXELS,
+                why: "Pillow, and so transformers, refuses larger images",
+            });
+        }
         if self.max_batch_wait > caps::MAX_BATCH_WAIT {
             return Err(ServeError::LimitTooLarge {
                 name: "max_batch_wait (microseconds)",
@@ -301,7 +318,14 @@ impl Server {
     /// the port opens only once the service can answer. `model`: a [`PerceiverModel`], or a
     /// task ready to run ([`ServeModel`]).
     pub async fn bind(config: ServeConfig, model: impl Into<ServeModel>) -> Result<Self, ServeError> {
-        let task = model.into().into_task()?;
+        let task = match model.into().into_task()? {
+            Task::Classifier(classifier) => {
+                Task::Classifier(classifier.with_decode_limits(perceiver::image::DecodeLimits {
+                    max_pixels: config.max_image_pixels,
+                }))
+            }
+            task => task,
+        };
         let model = match &task {
             Task::FillMask(fill) => fill.model(),
             Task::Classifier(classifier) => classifier.model(),
@@ -340,6 +364,7 @@ impl Server {
                 max_batch_tokens: config.max_batch_tokens,
                 max_batch_requests: config.max_batch_requests,
                 max_batch_wait_us: config.max_batch_wait.as_micros() as u64,
+                max_image_pixels: config.max_image_pixels,
             },
             version: env!("CARGO_PKG_VERSION").into(),
         };

@@ -195,6 +195,8 @@ pub struct Limits {
     pub max_batch_requests: usize,
     /// Longest a batch is held back for more clients, in microseconds.
     pub max_batch_wait_us: u64,
+    /// Largest image (width × height) a classifier takes.
+    pub max_image_pixels: u64,
 }
 
 /// `GET /info`.

@@ -387,6 +387,53 @@ fn assert_error(
     );
 }
 
+/// `max_image_pixels` refuses larger images from their header (422), takes those within it, shows
+/// in `/info`, and cannot be zero or above Pillow's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_size_limit_refuses_larger_images() {
+    let model = "tiny_image_conv";
+    // wide.png is 37 x 23 = 851 pixels, tall_grey.png 19 x 41 = 779.
+    let server = TestServer::classifier(model, |c| c.max_image_pixels = 800).await;
+    let info: Value = serde_json::from_str(&server.get("/info").await).unwrap();
+    assert_eq!(info["limits"]["max_image_pixels"], 800);
+    let (status, got) = server
+        .post_raw("/classify", Some("image/png"), image(model, "wide.png"))
+        .await;
+    assert_error(
+        status,
+        &got,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "37 x 23 pixels (851), more than the limit",
+        "wide.png over 800 pixels",
+    );
+    let (status, got) = server
+        .post_json("/classify", &json!({"inputs": base64(&image(model, "wide.png"))}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{got}");
+    let (status, got) = server
+        .post_raw("/classify", Some("image/png"), image(model, "tall_grey.png"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    server.stop().await;
+
+    for (pixels, needle) in [
+        (0, "max_image_pixels"),
+        (perceiver_serve::caps::MAX_IMAGE_PIXELS + 1, "Pillow"),
+    ] {
+        let config = ServeConfig {
+            port: 0,
+            max_image_pixels: pixels,
+            ..ServeConfig::new("test-model")
+        };
+        let error = match Server::bind(config, classifier(model)).await {
+            Ok(_) => panic!("max_image_pixels {pixels} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains(needle), "{pixels}: {error}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_4xx_json_errors() {
     let model = "tiny_image_conv";

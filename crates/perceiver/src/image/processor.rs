@@ -462,7 +462,17 @@ impl ImageProcessor {
     /// # Errors
     /// As the two steps.
     pub fn preprocess_file_bytes(&self, bytes: &[u8]) -> Result<Pixels> {
-        self.preprocess(&super::decode_image(bytes)?)
+        self.preprocess_file_bytes_with_limits(bytes, &super::DecodeLimits::default())
+    }
+
+    /// [`preprocess_file_bytes`](Self::preprocess_file_bytes) with an image refused, before any
+    /// pixel is decoded, when its header says it is larger than `limits` allow.
+    pub fn preprocess_file_bytes_with_limits(
+        &self,
+        bytes: &[u8],
+        limits: &super::DecodeLimits,
+    ) -> Result<Pixels> {
+        self.preprocess(&super::decode_image_with_limits(bytes, limits)?)
     }
 }
 

@@ -3,7 +3,7 @@
 //! `image-classification` pipelines return).
 
 use crate::error::{Error, Result};
-use crate::image::ImageProcessor;
+use crate::image::{DecodeLimits, ImageProcessor};
 use crate::model::{ModelInput, PerceiverModel};
 use crate::preprocess::Pixels;
 use crate::tokenizer::BytesTokenizer;
@@ -27,6 +27,8 @@ pub struct Classifier {
     tokenizer: BytesTokenizer,
     /// Image models: files → pixels.
     image_processor: Option<ImageProcessor>,
+    /// The largest image file [`prepare_image`](Self::prepare_image) decodes.
+    decode_limits: DecodeLimits,
 }
 
 impl Classifier {
@@ -47,6 +49,7 @@ impl Classifier {
             labels,
             tokenizer: BytesTokenizer,
             image_processor,
+            decode_limits: DecodeLimits::default(),
         })
     }
 
@@ -72,16 +75,30 @@ impl Classifier {
         Ok(self)
     }
 
+    /// Refuses image files larger than `limits` (checked on the file's header, before any pixel
+    /// is decoded) instead of the default, Pillow's limit: what a service that takes images
+    /// from anyone sets to bound the memory one request may take.
+    pub fn with_decode_limits(mut self, limits: DecodeLimits) -> Self {
+        self.decode_limits = limits;
+        self
+    }
+
+    /// The largest image files [`prepare_image`](Self::prepare_image) decodes.
+    pub fn decode_limits(&self) -> DecodeLimits {
+        self.decode_limits
+    }
+
     /// The image processor of an image model.
     pub fn image_processor(&self) -> Option<&ImageProcessor> {
         self.image_processor.as_ref()
     }
 
     /// Decodes an image file's bytes (JPEG, PNG, WebP, BMP, GIF, TIFF) as transformers'
-    /// `load_image` does and prepares it as the model's image processor does.
+    /// `load_image` does and prepares it as the model's image processor does; an image larger
+    /// than the [decode limits](Self::with_decode_limits) is refused.
     pub fn prepare_image(&self, bytes: &[u8]) -> Result<Pixels> {
         match &self.image_processor {
-            Some(processor) => processor.preprocess_file_bytes(bytes),
+            Some(processor) => processor.preprocess_file_bytes_with_limits(bytes, &self.decode_limits),
             None => Err(Error::InvalidInput(format!(
                 "{} classifies text, not images",
                 self.model.architecture().name()
