@@ -38,6 +38,9 @@ const _: () = assert!(NR == amx::PANEL_COLS);
 /// pairs (192 × 1280 inputs: 480 KB) stay in L2 while the task's panels pass over them.
 const CHUNK_ROWS: usize = 16 * MR;
 
+/// Values of W from which [`PackedMatrix::pack_view`] packs its panels in parallel.
+const PARALLEL_PACK_VALUES: usize = 1 << 20;
+
 /// Rows of a task from which the AVX2 kernel widens whole panels ([`widens_panels`]).
 const WIDENED_MIN_ROWS: usize = 18;
 
@@ -110,37 +113,42 @@ impl PackedMatrix {
         let panels = n.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
         let (w, stride) = (view.data, view.stride);
-        data.par_chunks_mut(pairs * NR)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                let lanes = NR.min(n - p * NR);
-                if transposed {
-                    // Each output column's inputs are one row of the view.
-                    for lane in 0..lanes {
-                        let row = &w[(p * NR + lane) * stride..][..k];
-                        for i in 0..k.div_ceil(2) {
-                            let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
-                            panel[i * NR + lane] = pair(row[2 * i], hi);
-                        }
-                    }
-                } else {
-                    // Each pair of inputs is two rows of the view, the panel's columns side by side.
+        let fill = |(p, panel): (usize, &mut [u32])| {
+            let lanes = NR.min(n - p * NR);
+            if transposed {
+                // Each output column's inputs are one row of the view.
+                for lane in 0..lanes {
+                    let row = &w[(p * NR + lane) * stride..][..k];
                     for i in 0..k.div_ceil(2) {
-                        let lo = &w[2 * i * stride + p * NR..][..lanes];
-                        let out = &mut panel[i * NR..][..lanes];
-                        if 2 * i + 1 < k {
-                            let hi = &w[(2 * i + 1) * stride + p * NR..][..lanes];
-                            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                                *o = pair(l, h);
-                            }
-                        } else {
-                            for (o, &l) in out.iter_mut().zip(lo) {
-                                *o = pair(l, 0.0);
-                            }
+                        let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
+                        panel[i * NR + lane] = pair(row[2 * i], hi);
+                    }
+                }
+            } else {
+                // Each pair of inputs is two rows of the view, the panel's columns side by side.
+                for i in 0..k.div_ceil(2) {
+                    let lo = &w[2 * i * stride + p * NR..][..lanes];
+                    let out = &mut panel[i * NR..][..lanes];
+                    if 2 * i + 1 < k {
+                        let hi = &w[(2 * i + 1) * stride + p * NR..][..lanes];
+                        for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                            *o = pair(l, h);
+                        }
+                    } else {
+                        for (o, &l) in out.iter_mut().zip(lo) {
+                            *o = pair(l, 0.0);
                         }
                     }
                 }
-            });
+            }
+        };
+        // A weight matrix is packed in parallel; an attention head's keys or values, packed per
+        // call inside a task that already has its thread, are too small to share out.
+        if n * k >= PARALLEL_PACK_VALUES {
+            data.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
+        } else {
+            data.chunks_mut(pairs * NR).enumerate().for_each(fill);
+        }
         Self { n, k, pairs, data }
     }
 
