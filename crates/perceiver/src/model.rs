@@ -402,7 +402,14 @@ impl PerceiverModel {
             };
             let array = self.preprocess(ModelInput::FramePairs(pairs))?;
             lap("preprocess (patches, projection, Fourier features)");
-            let z = self.encoder.forward(&array, threads);
+            // The array stays whole for the decoder (its rows are the queries there), but its
+            // normed copy, keys and values (three times its size) are made a block at a time.
+            let z = self.encoder.forward_streamed(
+                pairs.len(),
+                &mut |i| Ok(Box::new(array.item_rows(i))),
+                STREAM_BLOCK_ROWS,
+                threads,
+            )?;
             lap("encoder cross-attention (latents over pixels)");
             let n = self.encoder.num_latents();
             let latents = self.process.forward(z, n, pairs.len(), threads);

@@ -55,6 +55,43 @@ pub(crate) trait RowSource: Sync {
     fn fill(&self, rows: Range<usize>, out: &mut [f32]);
 }
 
+impl InputArray {
+    /// Item `item`'s rows as a [`RowSource`]: an array already made, cross-attended block by
+    /// block so that its keys and values are never whole (the optical-flow model's 182,528
+    /// rows, which its decoder needs again as queries).
+    pub(crate) fn item_rows(&self, item: usize) -> ArrayRows<'_> {
+        let total = self.items.last().map_or(0, |r| r.end);
+        ArrayRows {
+            values: &self.values,
+            channels: self.values.len().checked_div(total).unwrap_or(0),
+            rows: self.items[item].clone(),
+        }
+    }
+}
+
+/// One item's rows of an [`InputArray`] ([`InputArray::item_rows`]).
+pub(crate) struct ArrayRows<'a> {
+    values: &'a [f32],
+    channels: usize,
+    rows: Range<usize>,
+}
+
+impl RowSource for ArrayRows<'_> {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn channels(&self) -> usize {
+        self.channels
+    }
+
+    fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
+        let c = self.channels;
+        let first = self.rows.start + rows.start;
+        out.copy_from_slice(&self.values[first * c..(first + rows.len()) * c]);
+    }
+}
+
 impl Preprocessor {
     /// Channels of the array it makes.
     pub fn channels(&self) -> usize {
