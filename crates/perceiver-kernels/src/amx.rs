@@ -8,7 +8,7 @@
 //! step keeps a 32×32 block of C in four tiles. Linux must grant the process the AMX register
 //! state first (`arch_prctl`); [`available`] asks once and says no when it is refused.
 //!
-//! The loop is written once over a small set of tile operations ([`Tiles`]): the instructions
+//! The loop is written once over a small set of tile operations (`Tiles`): the instructions
 //! themselves, and in the tests their emulation in plain Rust, so that the blocking, addresses
 //! and strides are checked on every CPU, not only where there is AMX.
 //!
