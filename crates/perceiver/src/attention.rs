@@ -194,7 +194,9 @@ impl AttentionLayer {
     /// and values are projected once, and each chunk's queries go through the whole layer
     /// before the next chunk's, so the layer's intermediates never exceed a chunk (what the
     /// flow decoder needs for its 182,528 queries). Rows are independent, so the output is the
-    /// same as [`forward`](Self::forward)'s.
+    /// same as [`forward`](Self::forward)'s. Each chunk's output goes through `each_chunk` (the
+    /// model's final projection) before the next chunk runs, so that only its result is kept
+    /// for every row.
     pub(crate) fn forward_in_chunks(
         &self,
         rows: &[f32],
@@ -202,10 +204,11 @@ impl AttentionLayer {
         (inputs, kv_items): (&[f32], &[Range<usize>]),
         chunk_rows: usize,
         threads: usize,
+        each_chunk: &dyn Fn(Vec<f32>) -> Vec<f32>,
     ) -> Vec<f32> {
         let q_dim = self.spec.q_dim;
         let (k, v) = self.keys_values(inputs, threads);
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = Vec::new();
         for (qr, kr) in query_items.iter().zip(kv_items) {
             for start in (qr.start..qr.end).step_by(chunk_rows.max(1)) {
                 let end = (start + chunk_rows.max(1)).min(qr.end);
@@ -223,7 +226,7 @@ impl AttentionLayer {
                 );
                 drop(q);
                 let residual = self.spec.use_query_residual.then(|| chunk.to_vec());
-                out.extend(self.finish(heads, residual, threads));
+                out.extend(each_chunk(self.finish(heads, residual, threads)));
             }
         }
         out

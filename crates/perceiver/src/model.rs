@@ -394,7 +394,7 @@ impl PerceiverModel {
         };
         on_pool(|| {
             let threads = self.threads();
-            let mut phases = Vec::with_capacity(5);
+            let mut phases = Vec::with_capacity(4);
             let mut clock = std::time::Instant::now();
             let mut lap = |phase: &'static str| {
                 phases.push((phase, clock.elapsed().as_secs_f64()));
@@ -414,11 +414,11 @@ impl PerceiverModel {
             let n = self.encoder.num_latents();
             let latents = self.process.forward(z, n, pairs.len(), threads);
             lap("latent self-attention stack");
-            let hidden = decoder.forward(&latents, n, &array, threads)?;
+            // Each chunk of decoded rows is projected onto (u, v) as soon as it is made.
+            let project = |hidden: Vec<f32>| self.postprocessor.forward(&hidden, threads);
+            let flow = decoder.forward(&latents, n, &array, threads, &project)?;
             drop(array);
-            lap("decoder cross-attention (pixels over latents)");
-            let flow = self.postprocessor.forward(&hidden, threads);
-            lap("final projection");
+            lap("decoder cross-attention and final projection (pixels over latents)");
             Ok((flow, phases))
         })
     }

@@ -38,14 +38,16 @@ impl FlowDecoder {
         self.cross_attention.set_precision(precision);
     }
 
-    /// `[Σ input rows, channels]`: every row of `queries` (the encoder's input) decoded from
-    /// its item's latents.
+    /// Every row of `queries` (the encoder's input) decoded from its item's latents, each chunk
+    /// of decoded rows (`[rows, channels]`) through `project` (the final projection) as soon as
+    /// it is made: the projected rows, in order.
     pub(crate) fn forward(
         &self,
         latents: &[f32],
         num_latents: usize,
         queries: &InputArray,
         threads: usize,
+        project: &dyn Fn(Vec<f32>) -> Vec<f32>,
     ) -> Result<Vec<f32>> {
         let items = queries.items.len();
         if latents.len() != items * num_latents * self.cross_attention.spec().kv_dim {
@@ -61,6 +63,7 @@ impl FlowDecoder {
             (latents, &latent_items),
             QUERY_CHUNK_ROWS,
             threads,
+            project,
         ))
     }
 }
@@ -97,7 +100,10 @@ mod tests {
             2,
         );
         for chunk in [1, 64, 250, 700, 5000] {
-            let chunked = layer.forward_in_chunks(&queries, &query_items, (&z, &latent_items), chunk, 2);
+            let chunked =
+                layer.forward_in_chunks(&queries, &query_items, (&z, &latent_items), chunk, 2, &|rows| {
+                    rows
+                });
             assert_eq!(chunked.len(), whole.len());
             let worst = chunked
                 .iter()
