@@ -15,7 +15,7 @@ use crate::config::{FlowInputSpec, FLOW_FEATURES, FLOW_PATCH, FLOW_PATCH_CHANNEL
 use crate::error::{Error, Result};
 use crate::image::{Pixels, RgbImage};
 use crate::layers::{Dense, Precision};
-use crate::position::FourierCache;
+use crate::position::FourierGrid;
 use crate::runtime::item_ranges;
 
 /// Two frames of one size, each channels first (`[3, height, width]`), scaled to [-1, 1] as
@@ -147,7 +147,6 @@ fn scaled(image: &RgbImage) -> Result<Pixels> {
 pub struct FlowPreprocessor {
     spec: FlowInputSpec,
     patch_projection: Dense,
-    fourier: FourierCache,
 }
 
 impl FlowPreprocessor {
@@ -159,7 +158,6 @@ impl FlowPreprocessor {
         Ok(Self {
             spec,
             patch_projection: Dense::load(get, patch_projection)?,
-            fourier: FourierCache::new(spec.fourier),
         })
     }
 
@@ -184,7 +182,11 @@ impl FlowPreprocessor {
     pub fn forward(&self, pairs: &[&FramePair], threads: usize) -> Result<InputArray> {
         let (h, w) = self.frame_size();
         let channels = self.channels();
-        let mut values = Vec::with_capacity(pairs.len() * h * w * channels);
+        // Each row's Fourier features from per-axis tables, straight into the array: a table
+        // of every pixel's would be most of the array's size again.
+        let grid = FourierGrid::new(&self.spec.fourier, [h, w]);
+        let mut values = vec![0f32; pairs.len() * h * w * channels];
+        let mut rows = values.chunks_exact_mut(channels);
         for pair in pairs {
             if (pair.height(), pair.width()) != (h, w) {
                 return Err(Error::InvalidInput(format!(
@@ -194,16 +196,13 @@ impl FlowPreprocessor {
                 )));
             }
             let features = self.patch_projection.forward(&pair.patches(), threads);
-            let positions = self.fourier.get([h, w]);
-            let position_channels = channels - FLOW_FEATURES;
-            for (feature, position) in features
-                .chunks_exact(FLOW_FEATURES)
-                .zip(positions.chunks_exact(position_channels))
-            {
-                values.extend_from_slice(feature);
-                values.extend_from_slice(position);
+            for (pixel, (feature, row)) in features.chunks_exact(FLOW_FEATURES).zip(&mut rows).enumerate() {
+                let (row_features, row_positions) = row.split_at_mut(FLOW_FEATURES);
+                row_features.copy_from_slice(feature);
+                grid.row_into(pixel, row_positions);
             }
         }
+        drop(rows);
         Ok(InputArray {
             values,
             items: item_ranges(std::iter::repeat_n(h * w, pairs.len())),
