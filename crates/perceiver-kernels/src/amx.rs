@@ -193,6 +193,12 @@ trait Tiles {
     fn end(self);
 }
 
+/// Where C's four tiles start, from its 32×32 block at `c` (row stride `stride` bytes), in
+/// [`Tiles`]' order.
+fn c_tiles(c: *const u8, stride: usize) -> [*const u8; 4] {
+    [0, 64, 16 * stride, 16 * stride + 64].map(|offset| c.wrapping_add(offset))
+}
+
 /// The AMX instructions: C in tmm0–3, A in tmm4–5, B in tmm6–7.
 struct Native;
 
@@ -205,17 +211,15 @@ impl Tiles for Native {
     }
 
     unsafe fn load_c(&mut self, c: *const u8, stride: usize) {
+        let [c0, c1, c2, c3] = c_tiles(c, stride);
         // SAFETY: the tiles' rows are readable (the caller's promise).
         unsafe {
             std::arch::asm!(
-                "tileloadd tmm0, [{c} + {s}*1]",
+                "tileloadd tmm0, [{c0} + {s}*1]",
                 "tileloadd tmm1, [{c1} + {s}*1]",
                 "tileloadd tmm2, [{c2} + {s}*1]",
                 "tileloadd tmm3, [{c3} + {s}*1]",
-                c = in(reg) c,
-                c1 = in(reg) c.add(64),
-                c2 = in(reg) c.add(16 * stride),
-                c3 = in(reg) c.add(16 * stride + 64),
+                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
                 s = in(reg) stride,
                 options(nostack, readonly),
             )
@@ -246,17 +250,15 @@ impl Tiles for Native {
     }
 
     unsafe fn store_c(&mut self, c: *mut u8, stride: usize) {
+        let [c0, c1, c2, c3] = c_tiles(c, stride);
         // SAFETY: the tiles' rows are writable by this thread alone (the caller's promise).
         unsafe {
             std::arch::asm!(
-                "tilestored [{c} + {s}*1], tmm0",
+                "tilestored [{c0} + {s}*1], tmm0",
                 "tilestored [{c1} + {s}*1], tmm1",
                 "tilestored [{c2} + {s}*1], tmm2",
                 "tilestored [{c3} + {s}*1], tmm3",
-                c = in(reg) c,
-                c1 = in(reg) c.add(64),
-                c2 = in(reg) c.add(16 * stride),
-                c3 = in(reg) c.add(16 * stride + 64),
+                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
                 s = in(reg) stride,
                 options(nostack),
             )
@@ -279,14 +281,6 @@ struct Emulated {
 }
 
 #[cfg(test)]
-impl Emulated {
-    /// Where tile `tile`'s first row starts, from C's block at `c`.
-    fn tile_offset(tile: usize, stride: usize) -> usize {
-        (tile / 2) * 16 * stride + (tile % 2) * 64
-    }
-}
-
-#[cfg(test)]
 impl Tiles for Emulated {
     unsafe fn begin() -> Self {
         Emulated {
@@ -295,10 +289,10 @@ impl Tiles for Emulated {
     }
 
     unsafe fn load_c(&mut self, c: *const u8, stride: usize) {
-        for (tile, rows) in self.c.iter_mut().enumerate() {
+        for (rows, start) in self.c.iter_mut().zip(c_tiles(c, stride)) {
             for (r, row) in rows.iter_mut().enumerate() {
                 // SAFETY: inside C's block (the caller's promise).
-                let src = unsafe { c.add(Self::tile_offset(tile, stride) + r * stride) };
+                let src = unsafe { start.add(r * stride) };
                 for (j, v) in row.iter_mut().enumerate() {
                     // SAFETY: as above.
                     *v = unsafe { src.cast::<f32>().add(j).read_unaligned() };
@@ -330,10 +324,10 @@ impl Tiles for Emulated {
     }
 
     unsafe fn store_c(&mut self, c: *mut u8, stride: usize) {
-        for (tile, rows) in self.c.iter().enumerate() {
+        for (rows, start) in self.c.iter().zip(c_tiles(c, stride)) {
             for (r, row) in rows.iter().enumerate() {
                 // SAFETY: inside C's block (the caller's promise).
-                let dst = unsafe { c.add(Self::tile_offset(tile, stride) + r * stride) };
+                let dst = unsafe { start.cast_mut().add(r * stride) };
                 for (j, &v) in row.iter().enumerate() {
                     // SAFETY: as above.
                     unsafe { dst.cast::<f32>().add(j).write_unaligned(v) };
