@@ -38,9 +38,6 @@ const _: () = assert!(NR == amx::PANEL_COLS);
 /// pairs (192 × 1280 inputs: 480 KB) stay in L2 while the task's panels pass over them.
 const CHUNK_ROWS: usize = 16 * MR;
 
-/// Values of W from which [`PackedMatrix::pack_view`] packs its panels in parallel.
-const PARALLEL_PACK_VALUES: usize = 1 << 20;
-
 /// Rows of a task from which the AVX2 kernel widens whole panels ([`widens_panels`]).
 const WIDENED_MIN_ROWS: usize = 18;
 
@@ -94,13 +91,16 @@ impl PackedMatrix {
             "pack_transposed: {n}x{k} matrix from {} values",
             w.len()
         );
-        Self::pack_view(View::dense(w, n, k), true)
+        Self::pack_view(View::dense(w, n, k), true, true)
     }
 
     /// Packs W from a strided view: W itself (`[n, k]`) when `transposed`, as the weights of a
     /// linear layer and attention's keys are stored; else Wᵀ (`[k, n]`), as attention's values
     /// are (the weighted sum `P · V` is `P · Wᵀ` with `W = Vᵀ`). No transposed copy is made.
-    pub fn pack_view(view: View, transposed: bool) -> Self {
+    /// `parallel` shares the panels out over the pool (a weight matrix; attention's keys over a
+    /// block of a long input); a caller already running as one of the pool's tasks (a head's
+    /// keys or values) packs on its own thread.
+    pub fn pack_view(view: View, transposed: bool, parallel: bool) -> Self {
         let (n, k) = match transposed {
             true => (view.rows, view.cols),
             false => (view.cols, view.rows),
@@ -142,9 +142,7 @@ impl PackedMatrix {
                 }
             }
         };
-        // A weight matrix is packed in parallel; an attention head's keys or values, packed per
-        // call inside a task that already has its thread, are too small to share out.
-        if n * k >= PARALLEL_PACK_VALUES {
+        if parallel {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
         } else {
             data.chunks_mut(pairs * NR).enumerate().for_each(fill);
@@ -917,7 +915,7 @@ mod tests {
             (View::strided(&base, k, n, stride), (false, &wt)),
         ] {
             let (transposed, dense) = dense;
-            let packed = PackedMatrix::pack_view(view, transposed);
+            let packed = PackedMatrix::pack_view(view, transposed, true);
             let reference = PackedMatrix::pack_transposed(dense, n, k);
             assert_eq!(packed.data, reference.data, "transposed {transposed}");
             let mut out = vec![0f32; m * n];

@@ -293,7 +293,7 @@ impl AttentionLayer {
                 match &bf16_queries {
                     Some(queries) => {
                         scores.fill(0.0);
-                        bf16::PackedMatrix::pack_view(k_h, true).matmul_accumulate(
+                        bf16::PackedMatrix::pack_view(k_h, true, true).matmul_accumulate(
                             &queries[h],
                             nq,
                             &mut scores,
@@ -318,7 +318,7 @@ impl AttentionLayer {
                 );
                 let weights = View::dense(&scores, nq, nk);
                 match &bf16_queries {
-                    Some(_) => bf16::PackedMatrix::pack_view(v_h, false)
+                    Some(_) => bf16::PackedMatrix::pack_view(v_h, false, true)
                         .matmul_accumulate(&scores, nq, acc_h, threads),
                     None if sgemm::available() => sgemm::PackedWeights::pack_view(v_h, false, 1.0, false)
                         .matmul_view(weights, acc_h, d_v, threads),
@@ -489,11 +489,11 @@ impl HeadAttention<'_> {
         let k_h = View::strided(&self.k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
         let v_h = View::strided(&self.v[kr.start * vc + head * d_v..], nk, d_v, vc);
         let keys = match keys_bf16 {
-            true => Packed::Bf16(bf16::PackedMatrix::pack_view(k_h, true)),
+            true => Packed::Bf16(bf16::PackedMatrix::pack_view(k_h, true, false)),
             false => Packed::F32(sgemm::PackedWeights::pack_view(k_h, true, scale, false)),
         };
         let values = match values_bf16 {
-            true => Packed::Bf16(bf16::PackedMatrix::pack_view(v_h, false)),
+            true => Packed::Bf16(bf16::PackedMatrix::pack_view(v_h, false, false)),
             false => Packed::F32(sgemm::PackedWeights::pack_view(v_h, false, 1.0, false)),
         };
         Some((keys, values))
