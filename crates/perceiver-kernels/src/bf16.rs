@@ -3,8 +3,8 @@
 //! W (`[n, k]`, f32 as stored) is packed once into bf16 column panels laid out for the
 //! `vdpbf16ps` instruction (AVX-512 BF16): panel `p` holds output columns `32p..32p+32`, and for
 //! each pair of inputs `(2i, 2i+1)` two 64-byte vectors whose 32-bit lanes are the pairs
-//! `(W[c][2i], W[c][2i+1])`. A is converted to bf16 pairs while it is packed per call, in blocks
-//! of [`MR`] rows. The microkernel keeps an `MR × 32` block of C in 24 registers; each step
+//! `(W[c][2i], W[c][2i+1])`. A is converted to bf16 per call, row by row (a row of bf16 read as
+//! 32-bit lanes is its pairs). The microkernel keeps an `MR × 32` block of C in 24 registers; each step
 //! broadcasts one row's input pair and does two `vdpbf16ps`, 64 multiply-adds each.
 //!
 //! Where the CPU lacks AVX-512 BF16 the same packed data goes through AVX2+FMA, which widens
@@ -276,8 +276,8 @@ impl PackedMatrix {
 }
 
 impl PackedMatrix {
-    /// `C[..rows] += A · Wᵀ` over `panels`, A (`[rows, k]`) converted to bf16 pairs in blocks
-    /// of [`MR`] rows and `kernel` run per block and panel; C (`[rows, n]`) at `c`.
+    /// `C[..rows] += A · Wᵀ` over `panels`, A (`[rows, k]`) converted to bf16 pairs once
+    /// ([`pack_a`]) and `kernel` run per block of [`MR`] rows and panel; C (`[rows, n]`) at `c`.
     ///
     /// # Safety
     /// C's `rows` rows × the panels' columns must be readable and writable by the caller alone.
@@ -290,11 +290,12 @@ impl PackedMatrix {
         c: *mut f32,
     ) {
         let (n, pairs) = (self.n, self.pairs);
-        let packed_a = pack_a(a, rows, self.k, pairs);
+        let lda = a_stride(pairs);
+        let packed_a = pack_a(a, rows, self.k, lda);
         for p in panels {
             let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
             let panel_cols = NR.min(n - p * NR);
-            for (b, a_block) in packed_a.chunks_exact(pairs * MR).enumerate() {
+            for (b, a_block) in packed_a.chunks(lda * MR).enumerate() {
                 let block_rows = MR.min(rows - b * MR);
                 // SAFETY: rows b·MR.. + block_rows < rows and columns p·NR.. + panel_cols ≤ n
                 // lie in the caller's block of C.
@@ -302,6 +303,7 @@ impl PackedMatrix {
                     run_block(
                         kernel,
                         a_block,
+                        lda,
                         panel,
                         pairs,
                         c.add(b * MR * n + p * NR),
@@ -370,31 +372,34 @@ impl PackedMatrix {
     }
 }
 
-/// `a` (`[rows, k]`) as bf16 pairs in blocks of [`MR`] rows: `[blocks][pairs][MR]`, zero-padded.
-fn pack_a(a: &[f32], rows: usize, k: usize, pairs: usize) -> Vec<u32> {
-    let blocks = rows.div_ceil(MR);
-    let mut packed = vec![0u32; blocks * pairs * MR];
-    for (b, block) in packed.chunks_mut(pairs * MR).enumerate() {
-        for r in 0..MR.min(rows - b * MR) {
-            let row = &a[(b * MR + r) * k..(b * MR + r + 1) * k];
-            pack_row(row, block, r);
+/// The row stride, in pairs, of A converted for the block kernels ([`pack_a`]): its `pairs`,
+/// or one cache line more when that would be an even number of lines, so that the rows a
+/// microkernel reads side by side fall in different L1 sets (at a stride of a power of two
+/// lines, 12 rows would share one set).
+fn a_stride(pairs: usize) -> usize {
+    const LINE_PAIRS: usize = 16;
+    match pairs.div_ceil(LINE_PAIRS) % 2 {
+        0 => pairs.div_ceil(LINE_PAIRS) * LINE_PAIRS + LINE_PAIRS,
+        _ => pairs.div_ceil(LINE_PAIRS) * LINE_PAIRS,
+    }
+}
+
+/// `a` (`[rows, k]`) as bf16 pairs for the block kernels, row by row: `[rows][lda]` (row-major
+/// bf16 read as 32-bit pairs: the even input in the low half), zero past `k`. A contiguous
+/// conversion per row, where a layout interleaving the rows would need scattered stores.
+fn pack_a(a: &[f32], rows: usize, k: usize, lda: usize) -> Vec<u32> {
+    assert!(2 * lda >= k, "pack_a: {lda} pairs a row cannot hold {k} inputs");
+    let mut packed = vec![0u32; rows * lda];
+    if k > 0 {
+        for (dst, src) in packed.chunks_exact_mut(lda).zip(a.chunks_exact(k)).take(rows) {
+            // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
+            // borrowed; little-endian, so each pair's first input is its low half.
+            let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), 2 * lda) };
+            convert_row(src, &mut halves[..k]);
         }
     }
     packed
 }
-
-#[inline(always)]
-fn pack_row_body(row: &[f32], block: &mut [u32], r: usize) {
-    let k = row.len();
-    for i in 0..k / 2 {
-        block[i * MR + r] = pair(row[2 * i], row[2 * i + 1]);
-    }
-    if k % 2 == 1 {
-        block[(k / 2) * MR + r] = pair(row[k - 1], 0.0);
-    }
-}
-
-dispatch!(fn pack_row(row: &[f32], block: &mut [u32], r: usize) => pack_row_body);
 
 /// A (`[m, k]`) as row-major bf16 bits for [`amx`]: `[m rounded up to amx::ROWS][2·pairs]`,
 /// zero past its rows and columns.
@@ -427,8 +432,9 @@ fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
 }
 
 /// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
-/// the panel's first `cols` columns (≤ [`NR`]), C at `c` with row stride `ldc`. (The AMX path
-/// has its own loop; here it falls back to the AVX-512 BF16 kernel.)
+/// the panel's first `cols` columns (≤ [`NR`]), C at `c` with row stride `ldc`; A's rows
+/// ([`pack_a`]'s) `lda` pairs apart. (The AMX path has its own loop; here it falls back to the
+/// AVX-512 BF16 kernel.)
 ///
 /// # Safety
 /// `c` must be valid for reads and writes of rows `0..rows` × columns `0..cols` at stride
@@ -437,6 +443,7 @@ fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
 unsafe fn run_block(
     kernel: Bf16Kernel,
     a: &[u32],
+    lda: usize,
     b: &[u32],
     pairs: usize,
     c: *mut f32,
@@ -444,21 +451,22 @@ unsafe fn run_block(
     rows: usize,
     cols: usize,
 ) {
-    assert!(a.len() >= pairs * MR && b.len() >= pairs * NR && rows <= MR && cols <= NR);
+    assert!(rows <= MR && cols <= NR && b.len() >= pairs * NR && lda >= pairs);
     if rows == 0 || cols == 0 {
         return;
     }
+    assert!(a.len() >= (rows - 1) * lda + pairs);
     match kernel {
         // SAFETY: the native kernels only where the CPU has AVX-512 F and BF16; A and the
         // panel's lengths checked above, C as the caller promises.
         Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx => unsafe {
-            avx512_kernels()[rows - 1](a.as_ptr(), b.as_ptr(), pairs, c, ldc, cols)
+            avx512_kernels()[rows - 1](a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, cols)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
-        Bf16Kernel::Avx2 => unsafe { avx2::kernel(a.as_ptr(), b.as_ptr(), pairs, c, ldc, rows, cols) },
+        Bf16Kernel::Avx2 => unsafe { avx2::kernel(a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, rows, cols) },
         // SAFETY: as above.
-        _ => unsafe { portable_kernel(a, b, pairs, c, ldc, rows, cols) },
+        _ => unsafe { portable_kernel(a, lda, b, pairs, c, ldc, rows, cols) },
     }
 }
 
@@ -466,8 +474,10 @@ unsafe fn run_block(
 ///
 /// # Safety
 /// As [`run_block`].
+#[allow(clippy::too_many_arguments)]
 unsafe fn portable_kernel(
     a: &[u32],
+    lda: usize,
     b: &[u32],
     pairs: usize,
     c: *mut f32,
@@ -479,7 +489,7 @@ unsafe fn portable_kernel(
     for i in 0..pairs {
         let b_row = &b[i * NR..(i + 1) * NR];
         for (r, tile_row) in tile.iter_mut().enumerate().take(rows) {
-            let x = a[i * MR + r];
+            let x = a[r * lda + i];
             let (x0, x1) = (from_bf16_bits(x as u16), from_bf16_bits((x >> 16) as u16));
             for (acc, &w) in tile_row.iter_mut().zip(b_row) {
                 let (w0, w1) = (from_bf16_bits(w as u16), from_bf16_bits((w >> 16) as u16));
@@ -512,7 +522,7 @@ fn avx512_kernels() -> &'static [avx512_emulated::Microkernel; MR] {
 macro_rules! avx512_bf16_kernels {
     ($(#[$feature:meta])*) => {
         /// A block of R rows: see [`run_block`](super::run_block).
-        pub(super) type Microkernel = unsafe fn(*const u32, *const u32, usize, *mut f32, usize, usize);
+        pub(super) type Microkernel = unsafe fn(*const u32, usize, *const u32, usize, *mut f32, usize, usize);
 
         /// The microkernels for blocks of 1 to [`MR`] rows.
         pub(super) const KERNELS: [Microkernel; MR] = [
@@ -531,10 +541,11 @@ macro_rules! avx512_bf16_kernels {
         ];
 
         /// The `R × 32` microkernel (R ≤ MR; 24 accumulators at most), two weight vectors per input
-        /// pair, its sums added into C's first `cols` columns.
+        /// pair, its sums added into C's first `cols` columns; A's rows `lda` pairs apart.
         $(#[$feature])*
         unsafe fn kernel<const R: usize>(
             a: *const u32,
+            lda: usize,
             b: *const u32,
             pairs: usize,
             c: *mut f32,
@@ -545,9 +556,9 @@ macro_rules! avx512_bf16_kernels {
             for i in 0..pairs {
                 let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR).cast()));
                 let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR + 16).cast()));
-                let a_row = a.add(i * MR);
+                let a_pair = a.add(i);
                 for (r, acc_row) in acc.iter_mut().enumerate() {
-                    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_row.add(r) as i32));
+                    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_pair.add(r * lda) as i32));
                     acc_row[0] = _mm512_dpbf16_ps(acc_row[0], x, b0);
                     acc_row[1] = _mm512_dpbf16_ps(acc_row[1], x, b1);
                 }
@@ -592,7 +603,7 @@ mod avx512_emulated {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MR, NR};
+    use super::NR;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -677,15 +688,17 @@ mod avx2 {
     /// Rows per pass: 8 accumulators, 4 widened weight vectors, the input pair widened (2) and a
     /// mask fill the 16 registers.
     const ROWS: usize = 4;
-    const _: () = assert!(MR % ROWS == 0 && NR % 16 == 0);
+    const _: () = assert!(NR.is_multiple_of(16));
 
     /// The `rows × 32` block (rows ≤ MR) as passes of `4 × 16`, its sums added into C's first
     /// `cols` columns. A packed lane holds a pair of bf16 values: the even input in the low
     /// half, the odd in the high half; `lane << 16` is the even one as an f32,
     /// `lane & 0xFFFF0000` the odd one.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel(
         a: *const u32,
+        lda: usize,
         b: *const u32,
         pairs: usize,
         c: *mut f32,
@@ -701,16 +714,17 @@ mod avx2 {
                 break;
             }
             let b_half = b.add(16 * half);
-            // A pass past `rows` (but inside the block's MR packed rows) is not stored.
             for first in (0..rows).step_by(ROWS) {
+                // A pass's rows past `rows` read the last row again; they are not stored.
+                let offsets: [usize; ROWS] = std::array::from_fn(|r| (first + r).min(rows - 1) * lda);
                 let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
                 for i in 0..pairs {
                     let w0 = _mm256_loadu_si256(b_half.add(i * NR).cast());
                     let w1 = _mm256_loadu_si256(b_half.add(i * NR + 8).cast());
                     let (w0_even, w0_odd, w1_even, w1_odd) = (even(w0), odd(w0), even(w1), odd(w1));
-                    let a_row = a.add(i * MR + first);
-                    for (r, acc_row) in acc.iter_mut().enumerate() {
-                        let x = _mm256_set1_epi32(*a_row.add(r) as i32);
+                    let a_pair = a.add(i);
+                    for (acc_row, &offset) in acc.iter_mut().zip(&offsets) {
+                        let x = _mm256_set1_epi32(*a_pair.add(offset) as i32);
                         let (x_even, x_odd) = (even(x), odd(x));
                         // Odd input first, as the portable kernel and vdpbf16ps order them.
                         acc_row[0] = _mm256_fmadd_ps(x_odd, w0_odd, acc_row[0]);
@@ -854,7 +868,8 @@ mod tests {
         }
         // One block of each height on each kernel, for a whole panel and partial ones (in
         // its first and its second 16-lane half), into a C wider than the panel.
-        let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, packed.pairs);
+        let lda = a_stride(packed.pairs);
+        let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, lda);
         let ldc = NR + 3;
         for &kernel in kernels {
             for cols in [NR, NR / 2 + 5, 3].map(|cols| cols.min(n)) {
@@ -865,6 +880,7 @@ mod tests {
                         run_block(
                             kernel,
                             &pa,
+                            lda,
                             &packed.data,
                             packed.pairs,
                             block.as_mut_ptr(),
