@@ -112,36 +112,7 @@ impl PackedMatrix {
         let pairs = k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS;
         let panels = n.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
-        let (w, stride) = (view.data, view.stride);
-        let fill = |(p, panel): (usize, &mut [u32])| {
-            let lanes = NR.min(n - p * NR);
-            if transposed {
-                // Each output column's inputs are one row of the view.
-                for lane in 0..lanes {
-                    let row = &w[(p * NR + lane) * stride..][..k];
-                    for i in 0..k.div_ceil(2) {
-                        let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
-                        panel[i * NR + lane] = pair(row[2 * i], hi);
-                    }
-                }
-            } else {
-                // Each pair of inputs is two rows of the view, the panel's columns side by side.
-                for i in 0..k.div_ceil(2) {
-                    let lo = &w[2 * i * stride + p * NR..][..lanes];
-                    let out = &mut panel[i * NR..][..lanes];
-                    if 2 * i + 1 < k {
-                        let hi = &w[(2 * i + 1) * stride + p * NR..][..lanes];
-                        for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                            *o = pair(l, h);
-                        }
-                    } else {
-                        for (o, &l) in out.iter_mut().zip(lo) {
-                            *o = pair(l, 0.0);
-                        }
-                    }
-                }
-            }
-        };
+        let fill = |(p, panel): (usize, &mut [u32])| pack_panel(view, transposed, k, p, panel);
         if parallel {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
         } else {
@@ -371,6 +342,42 @@ impl PackedMatrix {
         unreachable!("no AVX2 off x86-64")
     }
 }
+
+/// Panel `p` of [`PackedMatrix::pack_view`]'s W (`k` inputs a column) into `panel`.
+#[inline(always)]
+fn pack_panel_body(view: View, transposed: bool, k: usize, p: usize, panel: &mut [u32]) {
+    let n = if transposed { view.rows } else { view.cols };
+    let (w, stride) = (view.data, view.stride);
+    let lanes = NR.min(n - p * NR);
+    if transposed {
+        // Each output column's inputs are one row of the view.
+        for lane in 0..lanes {
+            let row = &w[(p * NR + lane) * stride..][..k];
+            for i in 0..k.div_ceil(2) {
+                let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
+                panel[i * NR + lane] = pair(row[2 * i], hi);
+            }
+        }
+    } else {
+        // Each pair of inputs is two rows of the view, the panel's columns side by side.
+        for i in 0..k.div_ceil(2) {
+            let lo = &w[2 * i * stride + p * NR..][..lanes];
+            let out = &mut panel[i * NR..][..lanes];
+            if 2 * i + 1 < k {
+                let hi = &w[(2 * i + 1) * stride + p * NR..][..lanes];
+                for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                    *o = pair(l, h);
+                }
+            } else {
+                for (o, &l) in out.iter_mut().zip(lo) {
+                    *o = pair(l, 0.0);
+                }
+            }
+        }
+    }
+}
+
+dispatch!(fn pack_panel(view: View, transposed: bool, k: usize, p: usize, panel: &mut [u32]) => pack_panel_body);
 
 /// The row stride, in pairs, of A converted for the block kernels ([`pack_a`]): its `pairs`,
 /// or one cache line more when that would be an even number of lines, so that the rows a
