@@ -46,6 +46,11 @@ pub(crate) struct AttentionLayer {
     query: Dense,
     key: Dense,
     value: Dense,
+    /// The projections that read the same rows, run as one product ([`Dense::stacked`]): key
+    /// and value in a cross-attention, query, key and value in a self-attention. Built by
+    /// [`set_precision`](Self::set_precision) (which the model runs on construction); the
+    /// parts above keep their weights as read, unpacked.
+    stacked: Option<Dense>,
     output: Dense,
     mlp_norm: Norm,
     dense1: Dense,
@@ -82,6 +87,7 @@ impl AttentionLayer {
             query: Dense::load(get, &names.query)?,
             key: Dense::load(get, &names.key)?,
             value: Dense::load(get, &names.value)?,
+            stacked: None,
             output: Dense::load(get, &names.output)?,
             mlp_norm: Norm::load(get, &names.mlp_norm)?,
             dense1: Dense::load(get, &names.dense1)?,
@@ -95,10 +101,25 @@ impl AttentionLayer {
 
     /// Packs the weights for `precision`'s kernels.
     pub(crate) fn set_precision(&mut self, precision: Precision) {
-        for dense in self.dense_layers() {
+        let stacked = match self.kv_norm {
+            Some(_) => {
+                self.query.set_precision(precision);
+                Dense::stacked(&[&self.key, &self.value], precision)
+            }
+            None => Dense::stacked(&[&self.query, &self.key, &self.value], precision),
+        };
+        self.stacked = Some(stacked);
+        for dense in [&mut self.output, &mut self.dense1, &mut self.dense2] {
             dense.set_precision(precision);
         }
         self.kernels.precision = precision;
+    }
+
+    /// The stacked projections ([`stacked`](Self::stacked)'s field).
+    fn stacked(&self) -> &Dense {
+        self.stacked
+            .as_ref()
+            .expect("the model packs every layer on construction")
     }
 
     /// Lets narrower heads run on the bf16 kernel (for tests on small models).
@@ -115,17 +136,6 @@ impl AttentionLayer {
     /// The LayerNorm and projection of the queries (for queries projected once, ahead of passes).
     pub(crate) fn project_queries(&self, rows: &[f32], threads: usize) -> Vec<f32> {
         self.query.forward(&self.q_norm.forward(rows), threads)
-    }
-
-    fn dense_layers(&mut self) -> [&mut Dense; 6] {
-        [
-            &mut self.query,
-            &mut self.key,
-            &mut self.value,
-            &mut self.output,
-            &mut self.dense1,
-            &mut self.dense2,
-        ]
     }
 
     /// `queries`: `[Σ query rows, q_dim]`, item `i`'s rows at `query_items[i]`; `inputs`: the
@@ -147,8 +157,9 @@ impl AttentionLayer {
             Queries::PerItem(_) | Queries::Projected { .. } => x,
             Queries::Shared(_) => x.repeat(query_items.len()),
         };
+        let (qk, vc) = (self.spec.qk_channels, self.spec.v_channels);
         // For shared queries, the LayerNorm and the projection run on one copy.
-        let (q_projected, (k, v), kv_items) = match (inputs, queries) {
+        let (q_projected, kv, kv_items) = match (inputs, queries) {
             (Some((inputs, items)), Queries::Projected { .. }) => {
                 (None, self.keys_values(inputs, threads), items)
             }
@@ -161,31 +172,36 @@ impl AttentionLayer {
                     matches!(queries, Queries::PerItem(_)),
                     "self-attention needs every item's queries"
                 );
-                let normed = self.q_norm.forward(rows);
-                let q = self.query.forward(&normed, threads);
-                let kv = (
-                    self.key.forward(&normed, threads),
-                    self.value.forward(&normed, threads),
-                );
-                (Some(q), kv, query_items)
+                // Queries, keys and values from one product: each row `[q | k | v]`.
+                let qkv = self.stacked().forward(&self.q_norm.forward(rows), threads);
+                (None, qkv, query_items)
             }
         };
-        let q = match (&q_projected, queries) {
-            (Some(q), _) => &q[..],
-            (None, Queries::Projected { projected, .. }) => projected,
-            (None, _) => unreachable!("queries are projected above unless given projected"),
+        let (q, k, v) = match (&q_projected, queries, inputs) {
+            (Some(q), _, _) => (
+                HeadRows::new(q, 0, qk),
+                HeadRows::new(&kv, 0, qk + vc),
+                HeadRows::new(&kv, qk, qk + vc),
+            ),
+            (None, Queries::Projected { projected, .. }, _) => (
+                HeadRows::new(projected, 0, qk),
+                HeadRows::new(&kv, 0, qk + vc),
+                HeadRows::new(&kv, qk, qk + vc),
+            ),
+            (None, _, None) => {
+                let stride = 2 * qk + vc;
+                (
+                    HeadRows::new(&kv, 0, stride),
+                    HeadRows::new(&kv, qk, stride),
+                    HeadRows::new(&kv, 2 * qk, stride),
+                )
+            }
+            (None, _, Some(_)) => {
+                unreachable!("cross-attention queries are projected above unless given projected")
+            }
         };
-        let heads = attend(
-            &self.spec,
-            self.kernels,
-            q,
-            query_items,
-            &k,
-            &v,
-            kv_items,
-            threads,
-        );
-        drop((q_projected, k, v));
+        let heads = attend(&self.spec, self.kernels, q, query_items, k, v, kv_items, threads);
+        drop((q_projected, kv));
         let residual = self.spec.use_query_residual.then(|| all_rows(rows.to_vec()));
         self.finish(heads, residual, threads)
     }
@@ -206,8 +222,9 @@ impl AttentionLayer {
         threads: usize,
         each_chunk: &dyn Fn(Vec<f32>) -> Vec<f32>,
     ) -> Vec<f32> {
-        let q_dim = self.spec.q_dim;
-        let (k, v) = self.keys_values(inputs, threads);
+        let (q_dim, qk, vc) = (self.spec.q_dim, self.spec.qk_channels, self.spec.v_channels);
+        let kv = self.keys_values(inputs, threads);
+        let (k, v) = (HeadRows::new(&kv, 0, qk + vc), HeadRows::new(&kv, qk, qk + vc));
         let mut out = Vec::new();
         for (qr, kr) in query_items.iter().zip(kv_items) {
             for start in (qr.start..qr.end).step_by(chunk_rows.max(1)) {
@@ -217,10 +234,10 @@ impl AttentionLayer {
                 let heads = attend(
                     &self.spec,
                     self.kernels,
-                    &q,
+                    HeadRows::new(&q, 0, qk),
                     &[0..end - start],
-                    &k,
-                    &v,
+                    k,
+                    v,
                     &[kr.clone()],
                     threads,
                 );
@@ -278,17 +295,12 @@ impl AttentionLayer {
             let nk = end - start;
             let block = &mut block[..nk * channels];
             input.fill(start..end, block);
-            let normed = norm.forward(block);
-            let (k, v) = (
-                self.key.forward(&normed, threads),
-                self.value.forward(&normed, threads),
-            );
-            drop(normed);
+            let kv = self.stacked().forward(&norm.forward(block), threads);
             scores.resize(nq * nk, 0.0);
             for h in 0..heads {
                 let q_h = View::strided(&projected[h * d_qk..], nq, d_qk, qk);
-                let k_h = View::strided(&k[h * d_qk..], nk, d_qk, qk);
-                let v_h = View::strided(&v[h * d_v..], nk, d_v, vc);
+                let k_h = View::strided(&kv[h * d_qk..], nk, d_qk, qk + vc);
+                let v_h = View::strided(&kv[qk + h * d_v..], nk, d_v, qk + vc);
                 let acc_h = &mut acc[h * nq * d_v..][..nq * d_v];
                 match &bf16_queries {
                     Some(queries) => {
@@ -342,17 +354,14 @@ impl AttentionLayer {
         self.finish(out, residual, threads)
     }
 
-    /// The cross-attention's keys and values of `inputs` (their LayerNorm dropped once used).
-    fn keys_values(&self, inputs: &[f32], threads: usize) -> (Vec<f32>, Vec<f32>) {
+    /// The cross-attention's keys and values of `inputs`, each row `[k | v]` (their LayerNorm
+    /// dropped once used).
+    fn keys_values(&self, inputs: &[f32], threads: usize) -> Vec<f32> {
         let norm = self
             .kv_norm
             .as_ref()
             .expect("a cross-attention layer has a key/value LayerNorm");
-        let normed = norm.forward(inputs);
-        (
-            self.key.forward(&normed, threads),
-            self.value.forward(&normed, threads),
-        )
+        self.stacked().forward(&norm.forward(inputs), threads)
     }
 
     /// The attention's output projection (onto `residual`, the queries before their LayerNorm,
@@ -393,10 +402,10 @@ const SCORE_BLOCK_VALUES: usize = 1 << 24;
 fn attend(
     spec: &AttentionSpec,
     kernels: AttentionKernels,
-    q: &[f32],
+    q: HeadRows,
     query_items: &[Range<usize>],
-    k: &[f32],
-    v: &[f32],
+    k: HeadRows,
+    v: HeadRows,
     kv_items: &[Range<usize>],
     threads: usize,
 ) -> Vec<f32> {
@@ -454,21 +463,49 @@ fn row_blocks(rows: &Range<usize>, keys: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// Rows of a projection's heads side by side, `stride` values apart: a product's output of its
+/// own, or its part of a stacked product's rows (`offset` values into each).
+#[derive(Clone, Copy)]
+struct HeadRows<'a> {
+    data: &'a [f32],
+    stride: usize,
+}
+
+impl<'a> HeadRows<'a> {
+    fn new(rows: &'a [f32], offset: usize, stride: usize) -> Self {
+        Self {
+            data: rows.get(offset..).unwrap_or_default(),
+            stride,
+        }
+    }
+
+    /// Head `head` (`width` wide) of rows `first..first + rows`.
+    fn head(&self, first: usize, rows: usize, head: usize, width: usize) -> View<'a> {
+        View::strided(
+            &self.data[first * self.stride + head * width..],
+            rows,
+            width,
+            self.stride,
+        )
+    }
+}
+
 /// One attention's operands, shared by the tasks that each compute a block of its output.
 struct HeadAttention<'a> {
     spec: &'a AttentionSpec,
     kernels: AttentionKernels,
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    q: HeadRows<'a>,
+    k: HeadRows<'a>,
+    v: HeadRows<'a>,
     out: SendPtr,
     out_len: usize,
 }
 
 impl HeadAttention<'_> {
-    fn widths(&self) -> (usize, usize, usize, usize) {
+    /// The output's width (`v_channels`) and a head's on each side (`d_qk`, `d_v`).
+    fn widths(&self) -> (usize, usize, usize) {
         let (qk, vc) = (self.spec.qk_channels, self.spec.v_channels);
-        (qk, vc, qk / self.spec.num_heads, vc / self.spec.num_heads)
+        (vc, qk / self.spec.num_heads, vc / self.spec.num_heads)
     }
 
     /// Head `head`'s keys and values over the key rows `kr`, packed for their kernels: they are
@@ -479,15 +516,15 @@ impl HeadAttention<'_> {
         if kr.is_empty() {
             return None;
         }
-        let (qk, vc, d_qk, d_v) = self.widths();
+        let (_, d_qk, d_v) = self.widths();
         let (keys_bf16, values_bf16) = (self.kernels.bf16(d_qk), self.kernels.bf16(d_v));
         if !(keys_bf16 && values_bf16) && !sgemm::available() {
             return None;
         }
         let scale = 1.0 / (d_qk as f32).sqrt();
         let nk = kr.len();
-        let k_h = View::strided(&self.k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
-        let v_h = View::strided(&self.v[kr.start * vc + head * d_v..], nk, d_v, vc);
+        let k_h = self.k.head(kr.start, nk, head, d_qk);
+        let v_h = self.v.head(kr.start, nk, head, d_v);
         let keys = match keys_bf16 {
             true => Packed::Bf16(bf16::PackedMatrix::pack_view(k_h, true, false)),
             false => Packed::F32(sgemm::PackedWeights::pack_view(k_h, true, scale, false)),
@@ -509,12 +546,12 @@ impl HeadAttention<'_> {
         packed: Option<&(Packed, Packed)>,
         threads: usize,
     ) {
-        let (qk, vc, d_qk, d_v) = self.widths();
+        let (vc, d_qk, d_v) = self.widths();
         let (nq, nk) = (rows.len(), kr.len());
         if nq == 0 {
             return;
         }
-        let q_h = View::strided(&self.q[rows.start * qk + head * d_qk..], nq, d_qk, qk);
+        let q_h = self.q.head(rows.start, nq, head, d_qk);
         let offset = rows.start * vc + head * d_v;
         assert!(offset + (nq - 1) * vc + d_v <= self.out_len);
         let mut scores = Vec::with_capacity(nq * nk);
@@ -557,8 +594,8 @@ impl HeadAttention<'_> {
             }
             None => {
                 let scale = 1.0 / (d_qk as f32).sqrt();
-                let k_h = View::strided(&self.k[kr.start * qk + head * d_qk..], nk, d_qk, qk);
-                let v_h = View::strided(&self.v[kr.start * vc + head * d_v..], nk, d_v, vc);
+                let k_h = self.k.head(kr.start, nk, head, d_qk);
+                let v_h = self.v.head(kr.start, nk, head, d_v);
                 scores.resize(nq * nk, 0.0);
                 let mut head_out = vec![0f32; nq * d_v];
                 matmul(&mut scores, nk, q_h, Rhs::Transposed(k_h), scale, false, threads);
@@ -671,7 +708,17 @@ mod tests {
                     precision,
                     bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
                 };
-                attend(&spec, kernels, &q, &query_items, &k, &v, &kv_items, 2)
+                let rows = |data, width| HeadRows::new(data, 0, width);
+                attend(
+                    &spec,
+                    kernels,
+                    rows(&q, qk),
+                    &query_items,
+                    rows(&k, qk),
+                    rows(&v, vc),
+                    &kv_items,
+                    2,
+                )
             };
             let (exact, rounded) = (run(Precision::F32), run(Precision::Bf16));
             let worst = exact

@@ -146,7 +146,10 @@ impl Conv2d {
     ) -> Result<()> {
         let (gamma, beta) = (get(&names.weight.name)?, get(&names.bias.name)?);
         let (mean, var) = (get(&names.running_mean.name)?, get(&names.running_var.name)?);
-        let (weight, bias) = self.product.parts();
+        let (weight, bias) = self
+            .product
+            .parts()
+            .expect("a convolution's product is never stacked");
         let cols = weight.shape()[1];
         let mut w = weight.data().to_vec();
         let mut b = bias.data().to_vec();

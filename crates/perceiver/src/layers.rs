@@ -43,7 +43,12 @@ impl std::str::FromStr for Precision {
 /// A dense layer `x·Wᵀ + b` (W stored `[out, in]` as transformers stores it).
 #[derive(Debug, Clone)]
 pub(crate) struct Dense {
-    weight: Param,
+    /// Rows of W (outputs) and its columns (inputs).
+    n: usize,
+    k: usize,
+    /// W as read; `None` in a stack of layers ([`Dense::stacked`]) once packed, which keeps
+    /// only its packed copy.
+    weight: Option<Param>,
     bias: Param,
     /// W packed for the bf16 kernel, when the engine runs in bf16.
     packed: Option<bf16::PackedMatrix>,
@@ -60,7 +65,9 @@ impl Dense {
     /// A layer of `weight` (`[out, in]`) and `bias` (`[out]`), not yet packed.
     pub(crate) fn new(weight: Param, bias: Param) -> Self {
         Self {
-            weight,
+            n: weight.shape()[0],
+            k: weight.shape()[1],
+            weight: Some(weight),
             bias,
             packed: None,
             packed_f32: None,
@@ -68,38 +75,81 @@ impl Dense {
     }
 
     pub(crate) fn out_dim(&self) -> usize {
-        self.weight.shape()[0]
+        self.n
     }
 
-    /// The weight (`[out, in]`) and bias as read.
-    pub(crate) fn parts(&self) -> (&Param, &Param) {
-        (&self.weight, &self.bias)
+    /// The weight (`[out, in]`) and bias as read (`None` for a packed stack of layers).
+    pub(crate) fn parts(&self) -> Option<(&Param, &Param)> {
+        Some((self.weight.as_ref()?, &self.bias))
     }
 
     pub(crate) fn in_dim(&self) -> usize {
-        self.weight.shape()[1]
+        self.k
     }
 
+    /// Packs W for `precision`'s kernel. A packed stack of layers ([`Dense::stacked`]) has no
+    /// W left to pack: it is stacked again from its parts instead.
     pub(crate) fn set_precision(&mut self, precision: Precision) {
-        let (n, k) = (self.out_dim(), self.in_dim());
+        let (n, k) = (self.n, self.k);
+        let Some(weight) = &self.weight else {
+            debug_assert!(false, "a packed stack of layers is stacked again, not repacked");
+            return;
+        };
         match precision {
             Precision::F32 => {
                 self.packed = None;
                 if sgemm::available() && self.packed_f32.is_none() {
                     self.packed_f32 = Some(std::sync::Arc::new(sgemm::PackedWeights::pack(
-                        self.weight.data(),
+                        weight.data(),
                         n,
                         k,
                     )));
-                    self.weight.release_pages();
+                    weight.release_pages();
                 }
             }
             Precision::Bf16 => {
-                self.packed = Some(bf16::PackedMatrix::pack_transposed(self.weight.data(), n, k));
+                self.packed = Some(bf16::PackedMatrix::pack_transposed(weight.data(), n, k));
                 self.packed_f32 = None;
-                self.weight.release_pages();
+                weight.release_pages();
             }
         }
+    }
+
+    /// Layers that read the same input as one layer, packed for `precision`: their weights
+    /// stacked (`[Σ out, in]`), so each output row holds theirs side by side, in order
+    /// (attention's key and value projections, and in self-attention its query's: one product
+    /// and one conversion of the input instead of three). The stack keeps no f32 copy where a
+    /// packed kernel runs it; the parts are not packed, and their mapped pages are released.
+    ///
+    /// The parts' input widths agree in any model that loaded: the checkpoint's shapes are
+    /// checked against the config, which gives the parts of a layer one input.
+    pub(crate) fn stacked(parts: &[&Dense], precision: Precision) -> Self {
+        let k = parts.first().map_or(0, |part| part.k);
+        assert!(
+            parts.iter().all(|part| part.k == k && part.weight.is_some()),
+            "stacked layers read one input and have their weights"
+        );
+        let n = parts.iter().map(|part| part.n).sum();
+        let mut weight = Vec::with_capacity(n * k);
+        let mut bias = Vec::with_capacity(n);
+        for part in parts {
+            weight.extend_from_slice(part.weight.as_ref().map_or(&[][..], Param::data));
+            bias.extend_from_slice(part.bias.data());
+        }
+        let mut stack = Dense::new(
+            Param::owned(weight, vec![n, k]).expect("n·k values"),
+            Param::owned(bias, vec![n]).expect("n values"),
+        );
+        stack.set_precision(precision);
+        if stack.packed.is_some() || stack.packed_f32.is_some() {
+            stack.weight = None;
+        }
+        for part in parts {
+            if let Some(weight) = &part.weight {
+                weight.release_pages();
+            }
+        }
+        stack
     }
 
     /// `x` (`[rows, in]`) → `[rows, out]`.
@@ -138,20 +188,21 @@ impl Dense {
     }
 
     pub(crate) fn accumulate(&self, x: &[f32], out: &mut [f32], threads: usize) {
-        let (n, k) = (self.out_dim(), self.in_dim());
+        let (n, k) = (self.n, self.k);
         let rows = x.len() / k;
-        match (&self.packed, &self.packed_f32) {
-            (Some(bf16), _) => bf16.matmul_accumulate(x, rows, out, threads),
-            (None, Some(f32)) => f32.matmul_accumulate(x, rows, out, threads),
-            (None, None) => matmul(
+        match (&self.packed, &self.packed_f32, &self.weight) {
+            (Some(bf16), _, _) => bf16.matmul_accumulate(x, rows, out, threads),
+            (None, Some(f32), _) => f32.matmul_accumulate(x, rows, out, threads),
+            (None, None, Some(weight)) => matmul(
                 out,
                 n,
                 View::dense(x, rows, k),
-                Rhs::Transposed(View::dense(self.weight.data(), n, k)),
+                Rhs::Transposed(View::dense(weight.data(), n, k)),
                 1.0,
                 true,
                 threads,
             ),
+            (None, None, None) => unreachable!("a stack keeps its weight until it is packed"),
         }
     }
 }
