@@ -150,6 +150,32 @@ impl AttentionLayer {
         inputs: Option<(&[f32], &[Range<usize>])>,
         threads: usize,
     ) -> Vec<f32> {
+        let heads = self.attention(queries, query_items, inputs, threads);
+        let residual = self.spec.use_query_residual.then(|| match queries {
+            Queries::PerItem(rows) | Queries::Projected { rows, .. } => rows.to_vec(),
+            Queries::Shared(rows) => rows.repeat(query_items.len()),
+        });
+        self.finish(heads, residual, threads)
+    }
+
+    /// A self-attention layer over `latents` (`[Σ rows, q_dim]`, item `i`'s rows at
+    /// `items[i]`): [`forward`](Self::forward), with `latents` themselves taking the residuals
+    /// instead of a copy of them.
+    pub(crate) fn self_attend(&self, latents: Vec<f32>, items: &[Range<usize>], threads: usize) -> Vec<f32> {
+        let heads = self.attention(Queries::PerItem(&latents), items, None, threads);
+        let residual = self.spec.use_query_residual.then_some(latents);
+        self.finish(heads, residual, threads)
+    }
+
+    /// The attention's heads side by side, `[Σ query rows, v_channels]`, before its output
+    /// projection (see [`forward`](Self::forward)).
+    fn attention(
+        &self,
+        queries: Queries<'_>,
+        query_items: &[Range<usize>],
+        inputs: Option<(&[f32], &[Range<usize>])>,
+        threads: usize,
+    ) -> Vec<f32> {
         let rows = match queries {
             Queries::PerItem(rows) | Queries::Shared(rows) | Queries::Projected { rows, .. } => rows,
         };
@@ -200,10 +226,7 @@ impl AttentionLayer {
                 unreachable!("cross-attention queries are projected above unless given projected")
             }
         };
-        let heads = attend(&self.spec, self.kernels, q, query_items, k, v, kv_items, threads);
-        drop((q_projected, kv));
-        let residual = self.spec.use_query_residual.then(|| all_rows(rows.to_vec()));
-        self.finish(heads, residual, threads)
+        attend(&self.spec, self.kernels, q, query_items, k, v, kv_items, threads)
     }
 
     /// A cross-attention of many per-item queries, `chunk_rows` query rows at a time: the keys

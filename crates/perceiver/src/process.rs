@@ -102,7 +102,7 @@ impl LatentStack {
         let items = item_ranges(std::iter::repeat_n(num_latents, items));
         for _ in 0..self.blocks {
             for layer in &self.layers {
-                latents = layer.forward(Queries::PerItem(&latents), &items, None, threads);
+                latents = layer.self_attend(latents, &items, threads);
             }
         }
         latents
