@@ -115,7 +115,8 @@ impl AttentionLayer {
         self.kernels.precision = precision;
     }
 
-    /// The stacked projections ([`stacked`](Self::stacked)'s field).
+    /// The stacked projections (the `stacked` field, built by
+    /// [`set_precision`](Self::set_precision)).
     fn stacked(&self) -> &Dense {
         self.stacked
             .as_ref()
