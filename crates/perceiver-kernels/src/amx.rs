@@ -53,15 +53,15 @@ impl TileConfig {
 /// - `w`: W in [`PackedMatrix`](crate::bf16::PackedMatrix)'s layout, `[panels][pairs][32]`
 ///   lanes, each lane a pair of bf16 values (the even input in the low half), `pairs` a
 ///   multiple of [`TILE_PAIRS`];
-/// - `x`: X as row-major bf16 bits, `[m rounded up to ROWS][2·pairs]`, zero past its m rows and
-///   k columns.
+/// - `x`: X as row-major bf16, read as pairs: `[m rounded up to ROWS][pairs]` lanes, zero past
+///   its m rows and k columns.
 ///
 /// Call only when [`available`].
 pub(crate) fn matmul_accumulate(
     w: &[u32],
     n: usize,
     pairs: usize,
-    x: &[u16],
+    x: &[u32],
     m: usize,
     out: &mut [f32],
     threads: usize,
@@ -78,7 +78,7 @@ pub(crate) fn matmul_accumulate_emulated(
     w: &[u32],
     n: usize,
     pairs: usize,
-    x: &[u16],
+    x: &[u32],
     m: usize,
     out: &mut [f32],
     threads: usize,
@@ -87,10 +87,10 @@ pub(crate) fn matmul_accumulate_emulated(
 }
 
 /// The loop of [`matmul_accumulate`] over the tile operations `T`.
-fn run<T: Tiles>(w: &[u32], n: usize, pairs: usize, x: &[u16], m: usize, out: &mut [f32], threads: usize) {
+fn run<T: Tiles>(w: &[u32], n: usize, pairs: usize, x: &[u32], m: usize, out: &mut [f32], threads: usize) {
     assert_eq!(pairs % TILE_PAIRS, 0, "amx: pairs are padded to whole tiles");
     let (k_pad, m_pad, panels) = (2 * pairs, m.div_ceil(ROWS) * ROWS, n.div_ceil(PANEL_COLS));
-    assert_eq!(x.len(), m_pad * k_pad, "amx: X is not {m_pad}x{k_pad}");
+    assert_eq!(x.len(), m_pad * pairs, "amx: X is not {m_pad}x{k_pad}");
     assert!(
         w.len() >= panels * pairs * PANEL_COLS,
         "amx: W has fewer than {n} columns"
@@ -136,7 +136,7 @@ fn run<T: Tiles>(w: &[u32], n: usize, pairs: usize, x: &[u16], m: usize, out: &m
                         };
                         let c = c.cast::<u8>();
                         tiles.load_c(c, c_stride);
-                        let a0 = x.as_ptr().add(r0 * k_pad).cast::<u8>();
+                        let a0 = x.as_ptr().add(r0 * pairs).cast::<u8>();
                         let a1 = a0.add(16 * k_pad * 2);
                         for kk in 0..pairs / TILE_PAIRS {
                             let b_tile = b.add(kk * TILE_PAIRS * PANEL_COLS * 4);

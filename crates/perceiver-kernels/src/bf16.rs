@@ -131,7 +131,7 @@ impl PackedMatrix {
         assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
         assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
         if cpu::bf16_kernel() == Bf16Kernel::Amx {
-            let x = amx_rows(a, m, self.k, self.pairs);
+            let x = bf16_rows(a, m, self.k, self.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
             return amx::matmul_accumulate(&self.data, self.n, self.pairs, &x, m, out, threads);
         }
         // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably.
@@ -248,7 +248,7 @@ impl PackedMatrix {
 
 impl PackedMatrix {
     /// `C[..rows] += A · Wᵀ` over `panels`, A (`[rows, k]`) converted to bf16 pairs once
-    /// ([`pack_a`]) and `kernel` run per block of [`MR`] rows and panel; C (`[rows, n]`) at `c`.
+    /// ([`bf16_rows`]) and `kernel` run per block of [`MR`] rows and panel; C (`[rows, n]`) at `c`.
     ///
     /// # Safety
     /// C's `rows` rows × the panels' columns must be readable and writable by the caller alone.
@@ -262,7 +262,7 @@ impl PackedMatrix {
     ) {
         let (n, pairs) = (self.n, self.pairs);
         let lda = a_stride(pairs);
-        let packed_a = pack_a(a, rows, self.k, lda);
+        let packed_a = bf16_rows(a, rows, self.k, lda, rows, false);
         for p in panels {
             let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
             let panel_cols = NR.min(n - p * NR);
@@ -379,7 +379,7 @@ fn pack_panel_body(view: View, transposed: bool, k: usize, p: usize, panel: &mut
 
 dispatch!(fn pack_panel(view: View, transposed: bool, k: usize, p: usize, panel: &mut [u32]) => pack_panel_body);
 
-/// The row stride, in pairs, of A converted for the block kernels ([`pack_a`]): its `pairs`,
+/// The row stride, in pairs, of A converted for the block kernels ([`bf16_rows`]): its `pairs`,
 /// or one cache line more when that would be an even number of lines, so that the rows a
 /// microkernel reads side by side fall in different L1 sets (at a stride of a power of two
 /// lines, 12 rows would share one set).
@@ -391,32 +391,39 @@ fn a_stride(pairs: usize) -> usize {
     }
 }
 
-/// `a` (`[rows, k]`) as bf16 pairs for the block kernels, row by row: `[rows][lda]` (row-major
-/// bf16 read as 32-bit pairs: the even input in the low half), zero past `k`. A contiguous
-/// conversion per row, where a layout interleaving the rows would need scattered stores.
-fn pack_a(a: &[f32], rows: usize, k: usize, lda: usize) -> Vec<u32> {
-    assert!(2 * lda >= k, "pack_a: {lda} pairs a row cannot hold {k} inputs");
-    let mut packed = vec![0u32; rows * lda];
-    if k > 0 {
-        for (dst, src) in packed.chunks_exact_mut(lda).zip(a.chunks_exact(k)).take(rows) {
-            // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
-            // borrowed; little-endian, so each pair's first input is its low half.
-            let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), 2 * lda) };
-            convert_row(src, &mut halves[..k]);
-        }
+/// `a` (`[rows, k]`) converted to bf16 row by row, the layout both the block kernels
+/// ([`run_block`]) and AMX's tiles read: `[padded_rows][lda]` lanes of pairs (a row of bf16 read
+/// as 32-bit lanes: the even input in the low half), zero past `k` and in the rows after `rows`.
+/// A contiguous conversion per row, where a layout interleaving the rows would need scattered
+/// stores. `parallel` converts the rows on the pool (a whole product's A); a product's task
+/// converting its own rows does it on its thread.
+fn bf16_rows(a: &[f32], rows: usize, k: usize, lda: usize, padded_rows: usize, parallel: bool) -> Vec<u32> {
+    assert!(
+        2 * lda >= k,
+        "bf16_rows: {lda} pairs a row cannot hold {k} inputs"
+    );
+    assert!(
+        padded_rows >= rows && a.len() >= rows * k,
+        "bf16_rows: A has fewer than {rows} rows"
+    );
+    let mut x = vec![0u32; padded_rows * lda];
+    if k == 0 || lda == 0 {
+        return x;
     }
-    packed
-}
-
-/// A (`[m, k]`) as row-major bf16 bits for [`amx`]: `[m rounded up to amx::ROWS][2·pairs]`,
-/// zero past its rows and columns.
-fn amx_rows(a: &[f32], m: usize, k: usize, pairs: usize) -> Vec<u16> {
-    let k_pad = 2 * pairs;
-    let mut x = vec![0u16; m.div_ceil(amx::ROWS) * amx::ROWS * k_pad];
-    if k > 0 {
-        x.par_chunks_mut(k_pad)
-            .zip(a.par_chunks(k))
-            .for_each(|(dst, src)| convert_row(src, dst));
+    let convert = |(dst, src): (&mut [u32], &[f32])| {
+        // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
+        // borrowed; little-endian, so each pair's first input is its low half.
+        let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), 2 * lda) };
+        convert_row(src, &mut halves[..k]);
+    };
+    let (x_rows, a_rows) = (&mut x[..rows * lda], &a[..rows * k]);
+    if parallel {
+        x_rows
+            .par_chunks_mut(lda)
+            .zip(a_rows.par_chunks(k))
+            .for_each(convert);
+    } else {
+        x_rows.chunks_mut(lda).zip(a_rows.chunks(k)).for_each(convert);
     }
     x
 }
@@ -440,7 +447,7 @@ fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
 
 /// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
 /// the panel's first `cols` columns (≤ [`NR`]), C at `c` with row stride `ldc`; A's rows
-/// ([`pack_a`]'s) `lda` pairs apart. (The AMX path has its own loop; here it falls back to the
+/// ([`bf16_rows`]') `lda` pairs apart. (The AMX path has its own loop; here it falls back to the
 /// AVX-512 BF16 kernel.)
 ///
 /// # Safety
@@ -864,7 +871,7 @@ mod tests {
         // The AMX path with its tile instructions emulated: its blocks, addresses and strides
         // on any CPU.
         let mut out = start.clone();
-        let x = amx_rows(&a, m, k, packed.pairs);
+        let x = bf16_rows(&a, m, k, packed.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
         amx::matmul_accumulate_emulated(&packed.data, n, packed.pairs, &x, m, &mut out, threads);
         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
             let expect = start[i] as f64 + w;
@@ -876,7 +883,7 @@ mod tests {
         // One block of each height on each kernel, for a whole panel and partial ones (in
         // its first and its second 16-lane half), into a C wider than the panel.
         let lda = a_stride(packed.pairs);
-        let pa = pack_a(&a[..MR.min(m) * k], MR.min(m), k, lda);
+        let pa = bf16_rows(&a, MR.min(m), k, lda, MR.min(m), false);
         let ldc = NR + 3;
         for &kernel in kernels {
             for cols in [NR, NR / 2 + 5, 3].map(|cols| cols.min(n)) {

@@ -204,29 +204,20 @@ impl AttentionLayer {
                 (None, qkv, query_items)
             }
         };
-        let (q, k, v) = match (&q_projected, queries, inputs) {
-            (Some(q), _, _) => (
-                HeadRows::new(q, 0, qk),
-                HeadRows::new(&kv, 0, qk + vc),
-                HeadRows::new(&kv, qk, qk + vc),
-            ),
-            (None, Queries::Projected { projected, .. }, _) => (
-                HeadRows::new(projected, 0, qk),
-                HeadRows::new(&kv, 0, qk + vc),
-                HeadRows::new(&kv, qk, qk + vc),
-            ),
-            (None, _, None) => {
-                let stride = 2 * qk + vc;
-                (
-                    HeadRows::new(&kv, 0, stride),
-                    HeadRows::new(&kv, qk, stride),
-                    HeadRows::new(&kv, 2 * qk, stride),
-                )
-            }
+        // Each row of `kv` is `[k | v]`, or `[q | k | v]` in a self-attention.
+        let (q, keys_at) = match (&q_projected, queries, inputs) {
+            (Some(q), _, _) => (HeadRows::new(q, 0, qk), 0),
+            (None, Queries::Projected { projected, .. }, _) => (HeadRows::new(projected, 0, qk), 0),
+            (None, _, None) => (HeadRows::new(&kv, 0, 2 * qk + vc), qk),
             (None, _, Some(_)) => {
                 unreachable!("cross-attention queries are projected above unless given projected")
             }
         };
+        let stride = keys_at + qk + vc;
+        let (k, v) = (
+            HeadRows::new(&kv, keys_at, stride),
+            HeadRows::new(&kv, keys_at + qk, stride),
+        );
         attend(&self.spec, self.kernels, q, query_items, k, v, kv_items, threads)
     }
 
