@@ -38,6 +38,9 @@ const _: () = assert!(NR == amx::PANEL_COLS);
 /// pairs (192 × 1280 inputs: 480 KB) stay in L2 while the task's panels pass over them.
 const CHUNK_ROWS: usize = 16 * MR;
 
+/// Input pairs (u32) per 64-byte cache line.
+const LINE_PAIRS: usize = 16;
+
 /// Rows of a task from which the AVX2 kernel widens whole panels ([`widens_panels`]).
 const WIDENED_MIN_ROWS: usize = 18;
 
@@ -263,11 +266,18 @@ impl PackedMatrix {
         let (n, pairs) = (self.n, self.pairs);
         let lda = a_stride(pairs);
         let packed_a = bf16_rows(a, rows, self.k, lda, rows, false);
+        let blocks = rows.div_ceil(MR);
         for p in panels {
             let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
             let panel_cols = NR.min(n - p * NR);
+            // The next panel in memory (the next this loop reads, but for the task's last),
+            // which comes cold from L3 or memory: each block prefetches its share.
+            let next = &self.data[((p + 1) * pairs * NR).min(self.data.len())..];
+            let next = &next[..next.len().min(pairs * NR)];
+            let share = next.len().div_ceil(blocks * LINE_PAIRS) * LINE_PAIRS;
             for (b, a_block) in packed_a.chunks(lda * MR).enumerate() {
                 let block_rows = MR.min(rows - b * MR);
+                let ahead = &next[(b * share).min(next.len())..((b + 1) * share).min(next.len())];
                 // SAFETY: rows b·MR.. + block_rows < rows and columns p·NR.. + panel_cols ≤ n
                 // lie in the caller's block of C.
                 unsafe {
@@ -281,6 +291,7 @@ impl PackedMatrix {
                         n,
                         block_rows,
                         panel_cols,
+                        ahead,
                     )
                 };
             }
@@ -464,6 +475,7 @@ unsafe fn run_block(
     ldc: usize,
     rows: usize,
     cols: usize,
+    ahead: &[u32],
 ) {
     assert!(rows <= MR && cols <= NR && b.len() >= pairs * NR && lda >= pairs);
     if rows == 0 || cols == 0 {
@@ -474,7 +486,17 @@ unsafe fn run_block(
         // SAFETY: the native kernels only where the CPU has AVX-512 F and BF16; A and the
         // panel's lengths checked above, C as the caller promises.
         Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx => unsafe {
-            avx512_kernels()[rows - 1](a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, cols)
+            avx512_kernels()[rows - 1](
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                pairs,
+                c,
+                ldc,
+                cols,
+                ahead.as_ptr(),
+                ahead.len().div_ceil(LINE_PAIRS),
+            )
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
@@ -536,7 +558,8 @@ fn avx512_kernels() -> &'static [avx512_emulated::Microkernel; MR] {
 macro_rules! avx512_bf16_kernels {
     ($(#[$feature:meta])*) => {
         /// A block of R rows: see [`run_block`](super::run_block).
-        pub(super) type Microkernel = unsafe fn(*const u32, usize, *const u32, usize, *mut f32, usize, usize);
+        pub(super) type Microkernel =
+            unsafe fn(*const u32, usize, *const u32, usize, *mut f32, usize, usize, *const u32, usize);
 
         /// The microkernels for blocks of 1 to [`MR`] rows.
         pub(super) const KERNELS: [Microkernel; MR] = [
@@ -555,8 +578,11 @@ macro_rules! avx512_bf16_kernels {
         ];
 
         /// The `R × 32` microkernel (R ≤ MR; 24 accumulators at most), two weight vectors per input
-        /// pair, its sums added into C's first `cols` columns; A's rows `lda` pairs apart.
+        /// pair, its sums added into C's first `cols` columns; A's rows `lda` pairs apart. The
+        /// `ahead_lines` cache lines from `ahead` are prefetched into L2 along the way (hints
+        /// only: never read).
         $(#[$feature])*
+        #[allow(clippy::too_many_arguments)]
         unsafe fn kernel<const R: usize>(
             a: *const u32,
             lda: usize,
@@ -565,9 +591,11 @@ macro_rules! avx512_bf16_kernels {
             c: *mut f32,
             ldc: usize,
             cols: usize,
+            ahead: *const u32,
+            ahead_lines: usize,
         ) {
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
-            for i in 0..pairs {
+            let step = |i: usize, acc: &mut [[__m512; 2]; R]| {
                 let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR).cast()));
                 let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR + 16).cast()));
                 let a_pair = a.add(i);
@@ -576,6 +604,19 @@ macro_rules! avx512_bf16_kernels {
                     acc_row[0] = _mm512_dpbf16_ps(acc_row[0], x, b0);
                     acc_row[1] = _mm512_dpbf16_ps(acc_row[1], x, b1);
                 }
+            };
+            // One line of `ahead` per pair until they are all asked for. (Unrolled in groups with
+            // one prefetch each, the loop's loads were hoisted and its accumulators spilled.)
+            let prefetched = ahead_lines.min(pairs);
+            for i in 0..prefetched {
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(i * LINE_PAIRS) as *const i8);
+                step(i, &mut acc);
+            }
+            for i in prefetched..pairs {
+                step(i, &mut acc);
+            }
+            for l in prefetched..ahead_lines {
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(l * LINE_PAIRS) as *const i8);
             }
             // Lanes past `cols` are masked off: they lie past C's row.
             let mask = |first: usize| -> __mmask16 {
@@ -601,7 +642,7 @@ macro_rules! avx512_bf16_kernels {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR};
+    use super::{LINE_PAIRS, MR, NR};
     use std::arch::x86_64::*;
 
     avx512_bf16_kernels!(#[target_feature(enable = "avx512f,avx512bf16")]);
@@ -609,7 +650,7 @@ mod avx512 {
 
 /// The AVX-512 BF16 microkernels on emulated registers.
 mod avx512_emulated {
-    use super::{MR, NR};
+    use super::{LINE_PAIRS, MR, NR};
     use crate::emulated512::*;
 
     avx512_bf16_kernels!();
@@ -901,6 +942,7 @@ mod tests {
                             ldc,
                             rows,
                             cols,
+                            &[],
                         )
                     };
                     for r in 0..MR {

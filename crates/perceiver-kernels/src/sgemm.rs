@@ -371,11 +371,10 @@ impl PackedWeights {
         } else {
             (threads * 2).min(panels.div_ceil(per_64))
         };
-        // On AVX2, each block's call also prefetches its share of the next W slice, which in a
-        // model comes cold from memory. The kernel spreads its share over its k loop: issued in
-        // one burst before the call, the prefetches stalled on full miss buffers. (Not tried
-        // with the AVX-512 kernel.)
-        let prefetch_w = kernel == F32Kernel::Avx2;
+        // Each block's call also prefetches its share of the next W slice, which in a model
+        // comes cold from L3 or memory (its weights are larger than L2). The kernel spreads its
+        // share over its k loop: issued in one burst before the call, the prefetches stalled on
+        // full miss buffers.
         // Row ranges of the chunks. One chunk per thread (one text) is split evenly to the row,
         // its last block narrower than six rows: 256 rows on two threads as 21 blocks and one of
         // 2 rows each, not 22 and 21 blocks whose last computes six rows for four.
@@ -413,15 +412,10 @@ impl PackedWeights {
                     let next = &next[..next.len().min(kc * width)];
                     let share = next.len().div_ceil(LINE_FLOATS * task_blocks.max(1)) * LINE_FLOATS;
                     for (j, first_row) in block_rows.clone().step_by(ROWS).enumerate() {
-                        let ahead = if prefetch_w {
-                            let start = (j * share).min(next.len());
-                            let lines = (next.len() - start).min(share).div_ceil(LINE_FLOATS);
-                            Ahead {
-                                start: next[start..].as_ptr(),
-                                lines,
-                            }
-                        } else {
-                            Ahead::NONE
+                        let start = (j * share).min(next.len());
+                        let ahead = Ahead {
+                            start: next[start..].as_ptr(),
+                            lines: (next.len() - start).min(share).div_ceil(LINE_FLOATS),
                         };
                         let rows = ROWS.min(block_rows.end - first_row);
                         let x_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
@@ -505,17 +499,10 @@ struct Ahead {
     lines: usize,
 }
 
-impl Ahead {
-    const NONE: Self = Self {
-        start: std::ptr::null(),
-        lines: 0,
-    };
-}
-
 /// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < R (the kernel's block
 /// height, 1 to [`ROWS`]; row pointers past R are not read), j < cols, `width` the kernel's
 /// panel width (`=` instead of `+=` when `store`: C is not read); the lines of `Ahead` are
-/// prefetched along the way (AVX2 only).
+/// prefetched along the way.
 type Microkernel =
     unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, bool, Ahead);
 
@@ -567,10 +554,10 @@ macro_rules! avx512_packed_kernel {
             ldc: usize,
             cols: usize,
             store: bool,
-            _ahead: super::Ahead,
+            ahead: super::Ahead,
         ) {
             let mut acc = [[_mm512_setzero_ps(); 4]; R];
-            for i in 0..kc {
+            let step = |i: usize, acc: &mut [[__m512; 4]; R]| {
                 let wv = [
                     _mm512_loadu_ps(w.add(i * PANEL)),
                     _mm512_loadu_ps(w.add(i * PANEL + 16)),
@@ -583,6 +570,20 @@ macro_rules! avx512_packed_kernel {
                         acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
                     }
                 }
+            };
+            // One line of `ahead` per step until they are all asked for, into L2: the slice in
+            // use fills most of L1.
+            let prefetched = ahead.lines.min(kc);
+            let line = |l: usize| ahead.start.wrapping_add(l * super::LINE_FLOATS) as *const i8;
+            for i in 0..prefetched {
+                _mm_prefetch::<_MM_HINT_T1>(line(i));
+                step(i, &mut acc);
+            }
+            for i in prefetched..kc {
+                step(i, &mut acc);
+            }
+            for l in prefetched..ahead.lines {
+                _mm_prefetch::<_MM_HINT_T1>(line(l));
             }
             for (r, acc_row) in acc.iter().enumerate() {
                 let row = c.add(r * ldc);
