@@ -30,6 +30,20 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Speed
+//! A pass allocates large buffers that live for one layer. glibc's allocator hands many of them
+//! back to the kernel when they are freed, so that the next pass faults and zeroes their pages
+//! again: with it, a batch of texts runs markedly slower than with
+//! [mimalloc](https://crates.io/crates/mimalloc), which keeps them (figures in the repository's
+//! `docs/BENCHMARKS.md`; a pass over one text is hardly affected). A program that calls this library gets the `perceiver` tool's speed by
+//! making mimalloc its global allocator:
+//! ```ignore
+//! #[global_allocator]
+//! static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! ```
+//! Passes run on rayon's global pool (one thread per core unless the program builds it
+//! otherwise); [`PerceiverModel::set_threads`] splits a model's work over fewer.
 
 #![warn(missing_docs)]
 
