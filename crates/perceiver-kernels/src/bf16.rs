@@ -458,7 +458,8 @@ fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
 
 /// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
 /// the panel's first `cols` columns (≤ [`NR`]), C at `c` with row stride `ldc`; A's rows
-/// ([`bf16_rows`]') `lda` pairs apart. (The AMX path has its own loop; here it falls back to the
+/// ([`bf16_rows`]') `lda` pairs apart; the AVX-512 BF16 kernel prefetches `ahead` into L2 on
+/// the way (the others ignore it). (The AMX path has its own loop; here it falls back to the
 /// AVX-512 BF16 kernel.)
 ///
 /// # Safety
