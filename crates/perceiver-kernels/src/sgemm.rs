@@ -507,8 +507,8 @@ type Microkernel =
     unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, bool, Ahead);
 
 /// `kernel`'s microkernels for blocks of 1 to [`ROWS`] rows, in that order (`unit_k`: X's k
-/// step is 1, the common case, addressed without a multiply). Only for a kernel that [`kernel`]
-/// detected.
+/// step is 1, the common case, addressed without a multiply). Only for a kernel that
+/// [`cpu::f32_kernel`] detected.
 fn microkernels(kernel: F32Kernel, unit_k: bool) -> [Microkernel; ROWS] {
     macro_rules! rows {
         ($module:ident, $unit:literal) => {

@@ -1051,7 +1051,8 @@ fn count_self_attention_layers(params: &HaikuParams) -> usize {
     count_self_attention_layers_in(params, haiku_names::ENCODER)
 }
 
-/// [`count_self_attention_layers`] of the encoder named `name`.
+/// The latent layers named in the parameters of the encoder named `name` (see
+/// `count_self_attention_layers`, the tests' name for the usual encoder).
 fn count_self_attention_layers_in(params: &HaikuParams, name: &str) -> usize {
     let prefix = format!("{name}/~/self_attention");
     let mut count = 0;
