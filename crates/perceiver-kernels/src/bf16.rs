@@ -26,7 +26,7 @@ use crate::cpu::{self, dispatch, Bf16Kernel};
 use crate::matmul::View;
 use crate::rows;
 use crate::send_ptr::SendPtr;
-use crate::sgemm::Edges;
+use crate::sgemm::{Ahead, Edges};
 
 /// Rows of C per microkernel call.
 pub const MR: usize = 12;
@@ -37,9 +37,6 @@ const _: () = assert!(NR == amx::PANEL_COLS);
 /// Rows of A per task at most when there are many (a batch, a long text's decode): their bf16
 /// pairs (192 × 1280 inputs: 480 KB) stay in L2 while the task's panels pass over them.
 const CHUNK_ROWS: usize = 16 * MR;
-
-/// Input pairs (u32) per 64-byte cache line.
-const LINE_PAIRS: usize = 16;
 
 /// Rows of a task from which the AVX2 kernel widens whole panels ([`widens_panels`]).
 const WIDENED_MIN_ROWS: usize = 18;
@@ -274,10 +271,9 @@ impl PackedMatrix {
             // which comes cold from L3 or memory: each block prefetches its share.
             let next = &self.data[((p + 1) * pairs * NR).min(self.data.len())..];
             let next = &next[..next.len().min(pairs * NR)];
-            let share = next.len().div_ceil(blocks * LINE_PAIRS) * LINE_PAIRS;
             for (b, a_block) in packed_a.chunks(lda * MR).enumerate() {
                 let block_rows = MR.min(rows - b * MR);
-                let ahead = &next[(b * share).min(next.len())..((b + 1) * share).min(next.len())];
+                let ahead = Ahead::share(next, blocks, b);
                 // SAFETY: rows b·MR.. + block_rows < rows and columns p·NR.. + panel_cols ≤ n
                 // lie in the caller's block of C.
                 unsafe {
@@ -476,7 +472,7 @@ unsafe fn run_block(
     ldc: usize,
     rows: usize,
     cols: usize,
-    ahead: &[u32],
+    ahead: Ahead,
 ) {
     assert!(rows <= MR && cols <= NR && b.len() >= pairs * NR && lda >= pairs);
     if rows == 0 || cols == 0 {
@@ -487,17 +483,7 @@ unsafe fn run_block(
         // SAFETY: the native kernels only where the CPU has AVX-512 F and BF16; A and the
         // panel's lengths checked above, C as the caller promises.
         Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx => unsafe {
-            avx512_kernels()[rows - 1](
-                a.as_ptr(),
-                lda,
-                b.as_ptr(),
-                pairs,
-                c,
-                ldc,
-                cols,
-                ahead.as_ptr(),
-                ahead.len().div_ceil(LINE_PAIRS),
-            )
+            avx512_kernels()[rows - 1](a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, cols, ahead)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
@@ -560,7 +546,7 @@ macro_rules! avx512_bf16_kernels {
     ($(#[$feature:meta])*) => {
         /// A block of R rows: see [`run_block`](super::run_block).
         pub(super) type Microkernel =
-            unsafe fn(*const u32, usize, *const u32, usize, *mut f32, usize, usize, *const u32, usize);
+            unsafe fn(*const u32, usize, *const u32, usize, *mut f32, usize, usize, Ahead);
 
         /// The microkernels for blocks of 1 to [`MR`] rows.
         pub(super) const KERNELS: [Microkernel; MR] = [
@@ -580,8 +566,7 @@ macro_rules! avx512_bf16_kernels {
 
         /// The `R × 32` microkernel (R ≤ MR; 24 accumulators at most), two weight vectors per input
         /// pair, its sums added into C's first `cols` columns; A's rows `lda` pairs apart. The
-        /// `ahead_lines` cache lines from `ahead` are prefetched into L2 along the way (hints
-        /// only: never read).
+        /// lines of `ahead` are prefetched into L2 along the way.
         $(#[$feature])*
         #[allow(clippy::too_many_arguments)]
         unsafe fn kernel<const R: usize>(
@@ -592,8 +577,7 @@ macro_rules! avx512_bf16_kernels {
             c: *mut f32,
             ldc: usize,
             cols: usize,
-            ahead: *const u32,
-            ahead_lines: usize,
+            ahead: Ahead,
         ) {
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
             let step = |i: usize, acc: &mut [[__m512; 2]; R]| {
@@ -606,19 +590,7 @@ macro_rules! avx512_bf16_kernels {
                     acc_row[1] = _mm512_dpbf16_ps(acc_row[1], x, b1);
                 }
             };
-            // One line of `ahead` per pair until they are all asked for. (Unrolled in groups with
-            // one prefetch each, the loop's loads were hoisted and its accumulators spilled.)
-            let prefetched = ahead_lines.min(pairs);
-            for i in 0..prefetched {
-                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(i * LINE_PAIRS) as *const i8);
-                step(i, &mut acc);
-            }
-            for i in prefetched..pairs {
-                step(i, &mut acc);
-            }
-            for l in prefetched..ahead_lines {
-                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(l * LINE_PAIRS) as *const i8);
-            }
+            ahead.spread_into_l2(pairs, |i| step(i, &mut acc));
             // Lanes past `cols` are masked off: they lie past C's row.
             let mask = |first: usize| -> __mmask16 {
                 match cols.saturating_sub(first) {
@@ -643,7 +615,7 @@ macro_rules! avx512_bf16_kernels {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{LINE_PAIRS, MR, NR};
+    use super::{Ahead, MR, NR};
     use std::arch::x86_64::*;
 
     avx512_bf16_kernels!(#[target_feature(enable = "avx512f,avx512bf16")]);
@@ -651,7 +623,7 @@ mod avx512 {
 
 /// The AVX-512 BF16 microkernels on emulated registers.
 mod avx512_emulated {
-    use super::{LINE_PAIRS, MR, NR};
+    use super::{Ahead, MR, NR};
     use crate::emulated512::*;
 
     avx512_bf16_kernels!();
@@ -943,7 +915,7 @@ mod tests {
                             ldc,
                             rows,
                             cols,
-                            &[],
+                            Ahead::NONE,
                         )
                     };
                     for r in 0..MR {

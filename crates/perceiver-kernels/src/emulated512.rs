@@ -146,9 +146,3 @@ mod tests {
         assert_eq!(&row[..4], &[1.0, 5.0, 1.0, 5.0]);
     }
 }
-
-/// The hint level of [`_mm_prefetch`] (ignored).
-pub const _MM_HINT_T1: i32 = 2;
-
-/// A prefetch hint: nothing to do without a cache to fill.
-pub fn _mm_prefetch<const STRATEGY: i32>(_p: *const i8) {}

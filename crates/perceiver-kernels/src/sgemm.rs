@@ -20,8 +20,10 @@ use crate::matmul::View;
 use crate::rows;
 use crate::send_ptr::SendPtr;
 
+/// Bytes per cache line.
+const LINE_BYTES: usize = 64;
 /// f32 values per 64-byte cache line.
-const LINE_FLOATS: usize = 16;
+const LINE_FLOATS: usize = LINE_BYTES / 4;
 
 const NO_KERNEL: &str = "sgemm: the CPU has neither AVX-512 nor AVX2+FMA";
 
@@ -410,13 +412,8 @@ impl PackedWeights {
                     // neighbour's, which costs only the hint): one share of its lines per block.
                     let next = &packed[((p * k + k0 + kc) * width).min(packed.len())..];
                     let next = &next[..next.len().min(kc * width)];
-                    let share = next.len().div_ceil(LINE_FLOATS * task_blocks.max(1)) * LINE_FLOATS;
                     for (j, first_row) in block_rows.clone().step_by(ROWS).enumerate() {
-                        let start = (j * share).min(next.len());
-                        let ahead = Ahead {
-                            start: next[start..].as_ptr(),
-                            lines: (next.len() - start).min(share).div_ceil(LINE_FLOATS),
-                        };
+                        let ahead = Ahead::share(next, task_blocks, j);
                         let rows = ROWS.min(block_rows.end - first_row);
                         let x_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
                             let row = first_row + r.min(rows - 1);
@@ -492,11 +489,71 @@ impl Edges<'_> {
 }
 
 /// Cache lines for a microkernel to prefetch while it runs: `lines` of 64 bytes from `start`
-/// (hints only: never read, may lie past any buffer).
+/// (hints only: never read, may lie past any buffer). The f32 and bf16 kernels' callers give
+/// each block of rows its share of the weights they read next, which come cold from L3 or
+/// memory in a model (its weight matrices are larger than L2).
 #[derive(Clone, Copy)]
-struct Ahead {
-    start: *const f32,
+pub(crate) struct Ahead {
+    start: *const u8,
     lines: usize,
+}
+
+impl Ahead {
+    /// Nothing to prefetch.
+    #[cfg(test)]
+    pub(crate) const NONE: Self = Self {
+        start: std::ptr::null(),
+        lines: 0,
+    };
+
+    /// Block `block`'s share of `lines` cache lines from `start`, split evenly among `blocks`.
+    fn split(start: *const u8, lines: usize, blocks: usize, block: usize) -> Self {
+        let share = lines.div_ceil(blocks.max(1));
+        let first = (block * share).min(lines);
+        Self {
+            start: start.wrapping_add(first * LINE_BYTES),
+            lines: (lines - first).min(share),
+        }
+    }
+
+    /// Block `block`'s share of the lines of `next`, split evenly among `blocks`.
+    pub(crate) fn share<T>(next: &[T], blocks: usize, block: usize) -> Self {
+        let lines = std::mem::size_of_val(next).div_ceil(LINE_BYTES);
+        Self::split(next.as_ptr().cast(), lines, blocks, block)
+    }
+
+    /// The address of line `l`.
+    fn line(self, l: usize) -> *const i8 {
+        self.start.wrapping_add(l * LINE_BYTES).cast()
+    }
+
+    /// `step(i)` for i < steps, asking for one of the lines (into L2) per step until all are
+    /// asked for: the AVX-512 kernels' k loops. (Unrolled in groups with one prefetch each, the
+    /// loop's loads were hoisted and its accumulators spilled.)
+    #[inline(always)]
+    pub(crate) fn spread_into_l2(self, steps: usize, mut step: impl FnMut(usize)) {
+        let prefetch = |l: usize| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint on any address (SSE, part of x86-64).
+            #[allow(unused_unsafe)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(self.line(l))
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = l;
+        };
+        let prefetched = self.lines.min(steps);
+        for i in 0..prefetched {
+            prefetch(i);
+            step(i);
+        }
+        for i in prefetched..steps {
+            step(i);
+        }
+        for l in prefetched..self.lines {
+            prefetch(l);
+        }
+    }
 }
 
 /// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < R (the kernel's block
@@ -571,20 +628,8 @@ macro_rules! avx512_packed_kernel {
                     }
                 }
             };
-            // One line of `ahead` per step until they are all asked for, into L2: the slice in
-            // use fills most of L1.
-            let prefetched = ahead.lines.min(kc);
-            let line = |l: usize| ahead.start.wrapping_add(l * super::LINE_FLOATS) as *const i8;
-            for i in 0..prefetched {
-                _mm_prefetch::<_MM_HINT_T1>(line(i));
-                step(i, &mut acc);
-            }
-            for i in prefetched..kc {
-                step(i, &mut acc);
-            }
-            for l in prefetched..ahead.lines {
-                _mm_prefetch::<_MM_HINT_T1>(line(l));
-            }
+            // Into L2: the slice in use fills most of L1.
+            ahead.spread_into_l2(kc, |i| step(i, &mut acc));
             for (r, acc_row) in acc.iter().enumerate() {
                 let row = c.add(r * ldc);
                 for (j, &v) in acc_row.iter().enumerate() {
@@ -651,16 +696,11 @@ pub(crate) unsafe fn avx2_panel_pass(
 ) {
     debug_assert!(cols <= PANEL_AVX2);
     let micros = microkernels(F32Kernel::Avx2, true);
-    let share = ahead_lines.div_ceil(rows.div_ceil(ROWS).max(1));
     for (j, first) in (0..rows).step_by(ROWS).enumerate() {
         let block = ROWS.min(rows - first);
         let x_rows: [*const f32; ROWS] =
             std::array::from_fn(|r| x.wrapping_add((first + r.min(block - 1)) * ldx));
-        let start = (j * share).min(ahead_lines);
-        let ahead = Ahead {
-            start: ahead.wrapping_add(start * LINE_FLOATS * 4).cast(),
-            lines: (ahead_lines - start).min(share),
-        };
+        let ahead = Ahead::split(ahead, ahead_lines, rows.div_ceil(ROWS), j);
         // SAFETY: the CPU has AVX2 and FMA; the kernel reads kc·16 values of `w` and kc from
         // each of its `block` rows of X, and adds to rows first..first + block < rows, columns
         // < cols of C, as the caller promises (`ahead`'s lines are only hinted at).
@@ -670,7 +710,7 @@ pub(crate) unsafe fn avx2_panel_pass(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{LINE_FLOATS, PANEL_AVX2, ROWS};
+    use super::{PANEL_AVX2, ROWS};
     use std::arch::x86_64::*;
 
     /// [`Microkernel`](super::Microkernel) on 256-bit registers: a 6×16 block of C in 12
@@ -719,7 +759,7 @@ mod avx2 {
             let groups = kc / 8;
             for g in 0..groups {
                 if g < ahead.lines {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.start.wrapping_add(g * LINE_FLOATS) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.line(g));
                 }
                 for s in 0..8 {
                     step(g * 8 + s, &mut acc);
@@ -734,7 +774,7 @@ mod avx2 {
             let mut line = 0;
             for i in 0..kc {
                 if i % 8 == 0 && line < ahead.lines {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.start.wrapping_add(line * LINE_FLOATS) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.line(line));
                     line += 1;
                 }
                 step(i, &mut acc);
@@ -743,7 +783,7 @@ mod avx2 {
         };
         // A short k slice leaves lines over.
         for line in issued..ahead.lines {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.start.wrapping_add(line * LINE_FLOATS) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.line(line));
         }
         for (r, acc_row) in acc.iter().enumerate() {
             let row = c.add(r * ldc);
