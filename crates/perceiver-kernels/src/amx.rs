@@ -17,6 +17,8 @@
 
 use rayon::prelude::*;
 
+use crate::activation::Activation;
+use crate::rows;
 use crate::send_ptr::SendPtr;
 
 /// Rows of C per microkernel step (two 16-row A tiles); X comes padded to whole blocks of them.
@@ -56,38 +58,68 @@ impl TileConfig {
 /// - `x`: X as row-major bf16, read as pairs: `[m rounded up to ROWS][pairs]` lanes, zero past
 ///   its m rows and k columns.
 ///
+/// C starts from `out` as it is ([`Start::Accumulate`]) or from the bias in every row
+/// ([`Start::Bias`], `out`'s values ignored); `activation` is applied to each block of C as it
+/// is finished, while it is still in cache.
+///
 /// Call only when [`available`].
-pub(crate) fn matmul_accumulate(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
     w: &[u32],
     n: usize,
     pairs: usize,
     x: &[u32],
     m: usize,
     out: &mut [f32],
+    start: Start,
+    activation: Option<Activation>,
     threads: usize,
 ) {
     assert!(available(), "AMX is not available");
-    run::<Native>(w, n, pairs, x, m, out, threads);
+    run::<Native>(w, n, pairs, x, m, out, start, activation, threads);
 }
 
-/// [`matmul_accumulate`] with the tile instructions emulated in plain Rust ([`Emulated`]):
+/// What C's tiles start from in [`matmul`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Start<'a> {
+    /// `out`'s values: the product is added to them.
+    Accumulate,
+    /// This bias (`n` values) in every row: `out` is overwritten.
+    Bias(&'a [f32]),
+}
+
+/// [`matmul`] with the tile instructions emulated in plain Rust ([`Emulated`]):
 /// the same blocking, addresses and strides on any CPU, so that the tests check the AMX path
 /// where there is no AMX.
 #[cfg(test)]
-pub(crate) fn matmul_accumulate_emulated(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_emulated(
     w: &[u32],
     n: usize,
     pairs: usize,
     x: &[u32],
     m: usize,
     out: &mut [f32],
+    start: Start,
+    activation: Option<Activation>,
     threads: usize,
 ) {
-    run::<Emulated>(w, n, pairs, x, m, out, threads);
+    run::<Emulated>(w, n, pairs, x, m, out, start, activation, threads);
 }
 
-/// The loop of [`matmul_accumulate`] over the tile operations `T`.
-fn run<T: Tiles>(w: &[u32], n: usize, pairs: usize, x: &[u32], m: usize, out: &mut [f32], threads: usize) {
+/// The loop of [`matmul`] over the tile operations `T`.
+#[allow(clippy::too_many_arguments)]
+fn run<T: Tiles>(
+    w: &[u32],
+    n: usize,
+    pairs: usize,
+    x: &[u32],
+    m: usize,
+    out: &mut [f32],
+    start: Start,
+    activation: Option<Activation>,
+    threads: usize,
+) {
     assert_eq!(pairs % TILE_PAIRS, 0, "amx: pairs are padded to whole tiles");
     let (k_pad, m_pad, panels) = (2 * pairs, m.div_ceil(ROWS) * ROWS, n.div_ceil(PANEL_COLS));
     assert_eq!(x.len(), m_pad * pairs, "amx: X is not {m_pad}x{k_pad}");
@@ -96,6 +128,9 @@ fn run<T: Tiles>(w: &[u32], n: usize, pairs: usize, x: &[u32], m: usize, out: &m
         "amx: W has fewer than {n} columns"
     );
     assert_eq!(out.len(), m * n, "amx: C is not {m}x{n}");
+    if let Start::Bias(bias) = start {
+        assert_eq!(bias.len(), n, "amx: the bias is not {n} values");
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -122,20 +157,32 @@ fn run<T: Tiles>(w: &[u32], n: usize, pairs: usize, x: &[u32], m: usize, out: &m
                         let rows = ROWS.min(m - r0);
                         let whole = rows == ROWS && cols == PANEL_COLS;
                         // C: in place when the 32×32 block is inside `out`, else through a scratch.
+                        // The bias tiles are its 16 columns read 16 times (row stride 0).
                         let mut scratch = [0f32; ROWS * PANEL_COLS];
+                        let c_at = |r: usize| out_ptr.get().add((r0 + r) * n + p * PANEL_COLS);
                         let (c, c_stride) = if whole {
-                            (out_ptr.get().add(r0 * n + p * PANEL_COLS), n * 4)
+                            (c_at(0), n * 4)
                         } else {
                             for r in 0..rows {
-                                for j in 0..cols {
-                                    scratch[r * PANEL_COLS + j] =
-                                        *out_ptr.get().add((r0 + r) * n + p * PANEL_COLS + j);
-                                }
+                                let from = match start {
+                                    Start::Accumulate => c_at(r).cast_const(),
+                                    Start::Bias(bias) => bias.as_ptr().add(p * PANEL_COLS),
+                                };
+                                std::ptr::copy_nonoverlapping(
+                                    from,
+                                    scratch.as_mut_ptr().add(r * PANEL_COLS),
+                                    cols,
+                                );
                             }
                             (scratch.as_mut_ptr(), PANEL_COLS * 4)
                         };
                         let c = c.cast::<u8>();
-                        tiles.load_c(c, c_stride);
+                        match start {
+                            Start::Bias(bias) if whole => {
+                                tiles.load_c(bias.as_ptr().add(p * PANEL_COLS).cast(), 0)
+                            }
+                            _ => tiles.load_c(c, c_stride),
+                        }
                         let a0 = x.as_ptr().add(r0 * pairs).cast::<u8>();
                         let a1 = a0.add(16 * k_pad * 2);
                         for kk in 0..pairs / TILE_PAIRS {
@@ -148,12 +195,16 @@ fn run<T: Tiles>(w: &[u32], n: usize, pairs: usize, x: &[u32], m: usize, out: &m
                             );
                         }
                         tiles.store_c(c, c_stride);
-                        if !whole {
-                            for r in 0..rows {
-                                for j in 0..cols {
-                                    *out_ptr.get().add((r0 + r) * n + p * PANEL_COLS + j) =
-                                        scratch[r * PANEL_COLS + j];
-                                }
+                        for r in 0..rows {
+                            if !whole {
+                                std::ptr::copy_nonoverlapping(
+                                    scratch.as_ptr().add(r * PANEL_COLS),
+                                    c_at(r),
+                                    cols,
+                                );
+                            }
+                            if let Some(act) = activation {
+                                rows::activate(std::slice::from_raw_parts_mut(c_at(r), cols), act);
                             }
                         }
                     }
@@ -172,7 +223,7 @@ trait Tiles {
     /// # Safety
     /// The CPU must have what the implementation runs on.
     unsafe fn begin() -> Self;
-    /// Loads C's four tiles from `c` (row stride `stride` bytes).
+    /// Loads C's four tiles from `c` (row stride `stride` bytes; 0 repeats the first row).
     ///
     /// # Safety
     /// The 32 rows of 128 bytes at `c` must be readable.
@@ -230,12 +281,14 @@ impl Tiles for Native {
         // SAFETY: as `load_c`.
         unsafe {
             std::arch::asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
+                // Each product as soon as its tiles are loaded: the tile registers are not
+                // renamed, so a load waits for the products still reading the old tile.
                 "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tileloadd tmm4, [{a0} + {sa}*1]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 a0 = in(reg) a[0],

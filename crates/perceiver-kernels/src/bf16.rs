@@ -21,6 +21,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::activation::Activation;
+use crate::aligned::Lines;
 use crate::amx;
 use crate::cpu::{self, dispatch, Bf16Kernel};
 use crate::matmul::View;
@@ -67,8 +68,9 @@ pub struct PackedMatrix {
     k: usize,
     /// Input pairs, `ceil(k / 2)` rounded up to whole AMX tiles (16 pairs); the extra are zero.
     pairs: usize,
-    /// `[panels][pairs][NR]` lanes of packed pairs (low half = even input, high = odd).
-    data: Vec<u32>,
+    /// `[panels][pairs][NR]` lanes of packed pairs (low half = even input, high = odd), each
+    /// panel on a cache line.
+    data: Lines,
 }
 
 impl std::fmt::Debug for PackedMatrix {
@@ -111,7 +113,7 @@ impl PackedMatrix {
         );
         let pairs = k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS;
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
+        let mut data = Lines::zeroed(panels * pairs * NR);
         let fill = |(p, panel): (usize, &mut [u32])| pack_panel(view, transposed, k, p, panel);
         if parallel {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
@@ -131,8 +133,7 @@ impl PackedMatrix {
         assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
         assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
         if cpu::bf16_kernel() == Bf16Kernel::Amx {
-            let x = bf16_rows(a, m, self.k, self.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
-            return amx::matmul_accumulate(&self.data, self.n, self.pairs, &x, m, out, threads);
+            return self.amx(a, m, out, amx::Start::Accumulate, None, threads);
         }
         // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably.
         unsafe { self.run(a, m, out.as_mut_ptr(), threads, Edges::default()) }
@@ -157,7 +158,13 @@ impl PackedMatrix {
             bias.len(),
             self.n
         );
-        if cpu::bf16_kernel() == Bf16Kernel::Amx || m == 0 || self.n == 0 || self.k == 0 {
+        if cpu::bf16_kernel() == Bf16Kernel::Amx {
+            // The tiles start from the bias and the activation is applied block by block.
+            let mut out = vec![0f32; m * self.n];
+            self.amx(a, m, &mut out, amx::Start::Bias(bias), activation, threads);
+            return out;
+        }
+        if m == 0 || self.n == 0 || self.k == 0 {
             let mut out = rows::repeat_rows(bias, m);
             self.matmul_accumulate(a, m, &mut out, threads);
             if let Some(act) = activation {
@@ -179,6 +186,21 @@ impl PackedMatrix {
             out.set_len(m * self.n);
         }
         out
+    }
+
+    /// The product on AMX tiles: A converted to bf16 rows, C (`[m, n]`) from `start`.
+    fn amx(
+        &self,
+        a: &[f32],
+        m: usize,
+        out: &mut [f32],
+        start: amx::Start,
+        activation: Option<Activation>,
+        threads: usize,
+    ) {
+        let x = bf16_rows(a, m, self.k, self.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
+        let (n, pairs) = (self.n, self.pairs);
+        amx::matmul(&self.data, n, pairs, &x, m, out, start, activation, threads);
     }
 
     /// The blocked product into C (`[m, n]`, dense, at `c`) with C's `edges`, on the AVX-512
@@ -399,12 +421,12 @@ fn a_stride(pairs: usize) -> usize {
 }
 
 /// `a` (`[rows, k]`) converted to bf16 row by row, the layout both the block kernels
-/// ([`run_block`]) and AMX's tiles read: `[padded_rows][lda]` lanes of pairs (a row of bf16 read
+/// ([`run_block`]) and AMX's tiles read: `[padded_rows][lda]` lanes of pairs, from a cache line, (a row of bf16 read
 /// as 32-bit lanes: the even input in the low half), zero past `k` and in the rows after `rows`.
 /// A contiguous conversion per row, where a layout interleaving the rows would need scattered
 /// stores. `parallel` converts the rows on the pool (a whole product's A); a product's task
 /// converting its own rows does it on its thread.
-fn bf16_rows(a: &[f32], rows: usize, k: usize, lda: usize, padded_rows: usize, parallel: bool) -> Vec<u32> {
+fn bf16_rows(a: &[f32], rows: usize, k: usize, lda: usize, padded_rows: usize, parallel: bool) -> Lines {
     assert!(
         2 * lda >= k,
         "bf16_rows: {lda} pairs a row cannot hold {k} inputs"
@@ -413,7 +435,7 @@ fn bf16_rows(a: &[f32], rows: usize, k: usize, lda: usize, padded_rows: usize, p
         padded_rows >= rows && a.len() >= rows * k,
         "bf16_rows: A has fewer than {rows} rows"
     );
-    let mut x = vec![0u32; padded_rows * lda];
+    let mut x = Lines::zeroed(padded_rows * lda);
     if k == 0 || lda == 0 {
         return x;
     }
@@ -886,12 +908,35 @@ mod tests {
         // on any CPU.
         let mut out = start.clone();
         let x = bf16_rows(&a, m, k, packed.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
-        amx::matmul_accumulate_emulated(&packed.data, n, packed.pairs, &x, m, &mut out, threads);
+        let (w_packed, pairs) = (&packed.data, packed.pairs);
+        amx::matmul_emulated(
+            w_packed,
+            n,
+            pairs,
+            &x,
+            m,
+            &mut out,
+            amx::Start::Accumulate,
+            None,
+            threads,
+        );
         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
             let expect = start[i] as f64 + w;
             assert!(
                 (*g as f64 - expect).abs() < tolerance,
                 "{m}x{n}x{k} on emulated AMX at {i}: {g} vs {expect}"
+            );
+        }
+        // ... and starting from the bias (what was in C is overwritten), with the activation.
+        let mut out = start.clone();
+        let (from_bias, gelu) = (amx::Start::Bias(&bias), Some(Activation::GeluErf));
+        amx::matmul_emulated(w_packed, n, pairs, &x, m, &mut out, from_bias, gelu, threads);
+        for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+            let pre = bias[i % n] as f64 + w;
+            let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
+            assert!(
+                (*g as f64 - gelu).abs() < tolerance,
+                "{m}x{n}x{k} linear on emulated AMX at {i}: {g} vs {gelu}"
             );
         }
         // One block of each height on each kernel, for a whole panel and partial ones (in
@@ -962,7 +1007,7 @@ mod tests {
             let (transposed, dense) = dense;
             let packed = PackedMatrix::pack_view(view, transposed, true);
             let reference = PackedMatrix::pack_transposed(dense, n, k);
-            assert_eq!(packed.data, reference.data, "transposed {transposed}");
+            assert_eq!(*packed.data, *reference.data, "transposed {transposed}");
             let mut out = vec![0f32; m * n];
             packed.matmul_accumulate(&a, m, &mut out, 2);
             let mut want = vec![0f32; m * n];

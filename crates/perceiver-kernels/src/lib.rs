@@ -48,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod activation;
+mod aligned;
 pub mod amx;
 pub mod bf16;
 pub mod cpu;
