@@ -1,5 +1,9 @@
 //! [`Lines`]: a buffer of 32-bit lanes that starts on a cache line.
 
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
 /// Lanes in a 64-byte cache line.
 const LINE_LANES: usize = 16;
 
@@ -21,6 +25,49 @@ impl Lines {
             offset if offset < LINE_LANES => offset,
             _ => 0,
         };
+        Self { buf, offset, len }
+    }
+
+    /// `rows` rows of `lda` lanes, each zeroed and then handed to `fill` with its index, on
+    /// the pool when `parallel`. Each row is zeroed just before it is filled, while it is in
+    /// cache, where a zeroed buffer would cost a whole pass over memory first.
+    pub(crate) fn from_rows(
+        rows: usize,
+        lda: usize,
+        parallel: bool,
+        fill: impl Fn(usize, &mut [u32]) + Sync,
+    ) -> Self {
+        let len = rows * lda;
+        if len == 0 {
+            return Self::zeroed(0);
+        }
+        let mut buf: Vec<u32> = Vec::with_capacity(len + LINE_LANES - 1);
+        let offset = match buf.as_ptr().align_offset(4 * LINE_LANES) {
+            offset if offset < LINE_LANES => offset,
+            _ => 0,
+        };
+        let spare = &mut buf.spare_capacity_mut()[..len + LINE_LANES - 1];
+        let (head, rest) = spare.split_at_mut(offset);
+        let (body, tail) = rest.split_at_mut(len);
+        head.iter_mut().chain(tail.iter_mut()).for_each(|lane| {
+            lane.write(0);
+        });
+        let row = |(r, lanes): (usize, &mut [MaybeUninit<u32>])| {
+            lanes.iter_mut().for_each(|lane| {
+                lane.write(0);
+            });
+            // SAFETY: every lane of the row was just written.
+            fill(r, unsafe {
+                &mut *(lanes as *mut [MaybeUninit<u32>] as *mut [u32])
+            });
+        };
+        if parallel {
+            body.par_chunks_mut(lda).enumerate().for_each(row);
+        } else {
+            body.chunks_mut(lda).enumerate().for_each(row);
+        }
+        // SAFETY: the head, every row and the tail were written: all len + 15 lanes.
+        unsafe { buf.set_len(len + LINE_LANES - 1) };
         Self { buf, offset, len }
     }
 }
@@ -63,6 +110,32 @@ mod tests {
             let copy = lines.clone();
             assert_eq!(copy.as_ptr() as usize % 64, 0);
             assert_eq!(*copy, *lines);
+        }
+    }
+
+    #[test]
+    fn rows_are_zeroed_then_filled() {
+        for (rows, lda, parallel) in [
+            (0, 5, true),
+            (3, 0, false),
+            (1, 1, false),
+            (7, 19, true),
+            (40, 16, false),
+        ] {
+            let lines = Lines::from_rows(rows, lda, parallel, |r, row| {
+                assert!(row.iter().all(|&v| v == 0), "row {r} handed out unzeroed");
+                row[..lda / 2].iter_mut().for_each(|v| *v = r as u32 + 1);
+            });
+            assert_eq!(lines.len(), rows * lda);
+            assert_eq!(lines.as_ptr() as usize % 64, 0);
+            for (i, &v) in lines.iter().enumerate() {
+                let (r, lane) = (i / lda, i % lda);
+                assert_eq!(
+                    v,
+                    if lane < lda / 2 { r as u32 + 1 } else { 0 },
+                    "{rows}x{lda} at {r},{lane}"
+                );
+            }
         }
     }
 }

@@ -58,25 +58,28 @@ impl TileConfig {
 /// - `x`: X as row-major bf16, read as pairs: `[m rounded up to ROWS][pairs]` lanes, zero past
 ///   its m rows and k columns.
 ///
-/// C starts from `out` as it is ([`Start::Accumulate`]) or from the bias in every row
-/// ([`Start::Bias`], `out`'s values ignored); `activation` is applied to each block of C as it
-/// is finished, while it is still in cache.
+/// C (`[m, n]` at `out`) starts from its values ([`Start::Accumulate`]) or from the bias in
+/// every row ([`Start::Bias`]: `out` is only written); `activation` is applied to each block of
+/// C as it is finished, while it is still in cache.
 ///
-/// Call only when [`available`].
+/// # Safety
+/// `out` must be valid for writes of m·n values, initialised for [`Start::Accumulate`], and
+/// no one else may access them during the call. Call only when [`available`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
+pub(crate) unsafe fn matmul(
     w: &[u32],
     n: usize,
     pairs: usize,
     x: &[u32],
     m: usize,
-    out: &mut [f32],
+    out: *mut f32,
     start: Start,
     activation: Option<Activation>,
     threads: usize,
 ) {
     assert!(available(), "AMX is not available");
-    run::<Native>(w, n, pairs, x, m, out, start, activation, threads);
+    // SAFETY: the caller's promises.
+    unsafe { run::<Native>(w, n, pairs, x, m, out, start, activation, threads) };
 }
 
 /// What C's tiles start from in [`matmul`].
@@ -104,18 +107,23 @@ pub(crate) fn matmul_emulated(
     activation: Option<Activation>,
     threads: usize,
 ) {
-    run::<Emulated>(w, n, pairs, x, m, out, start, activation, threads);
+    assert_eq!(out.len(), m * n, "amx: C is not {m}x{n}");
+    // SAFETY: `out` is C, borrowed mutably.
+    unsafe { run::<Emulated>(w, n, pairs, x, m, out.as_mut_ptr(), start, activation, threads) };
 }
 
 /// The loop of [`matmul`] over the tile operations `T`.
+///
+/// # Safety
+/// As [`matmul`]'s, and `T` must run on this CPU.
 #[allow(clippy::too_many_arguments)]
-fn run<T: Tiles>(
+unsafe fn run<T: Tiles>(
     w: &[u32],
     n: usize,
     pairs: usize,
     x: &[u32],
     m: usize,
-    out: &mut [f32],
+    out: *mut f32,
     start: Start,
     activation: Option<Activation>,
     threads: usize,
@@ -127,7 +135,6 @@ fn run<T: Tiles>(
         w.len() >= panels * pairs * PANEL_COLS,
         "amx: W has fewer than {n} columns"
     );
-    assert_eq!(out.len(), m * n, "amx: C is not {m}x{n}");
     if let Start::Bias(bias) = start {
         assert_eq!(bias.len(), n, "amx: the bias is not {n} values");
     }
@@ -139,12 +146,14 @@ fn run<T: Tiles>(
     let block_rows = ((X_BLOCK_BYTES / (2 * k_pad)) / ROWS).max(1) * ROWS;
     let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
     let per_task = panels.div_ceil(tasks);
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SendPtr(out);
     (0..tasks).into_par_iter().for_each(|t| {
-        // SAFETY: `run`'s callers choose `Native` only where AMX is available.
+        // SAFETY: `T` runs on this CPU (the caller's promise).
         let mut tiles = unsafe { T::begin() };
         // SAFETY: every tile operation below reads and writes inside `x`, the packed weights,
-        // `out` or the local scratch (their sizes asserted above).
+        // the bias or the local scratch (their sizes asserted above) or C's m·n values (the
+        // caller's promise), each task its own panels' columns; C is read only when it
+        // accumulates.
         unsafe {
             // Rows of X are taken a block at a time, and every panel of the task runs over the
             // block before the next: the block stays in the core's L2 across panels instead of

@@ -133,7 +133,8 @@ impl PackedMatrix {
         assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
         assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
         if cpu::bf16_kernel() == Bf16Kernel::Amx {
-            return self.amx(a, m, out, amx::Start::Accumulate, None, threads);
+            // SAFETY: C is m×n (asserted), borrowed mutably.
+            return unsafe { self.amx(a, m, out.as_mut_ptr(), amx::Start::Accumulate, None, threads) };
         }
         // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably.
         unsafe { self.run(a, m, out.as_mut_ptr(), threads, Edges::default()) }
@@ -160,8 +161,19 @@ impl PackedMatrix {
         );
         if cpu::bf16_kernel() == Bf16Kernel::Amx {
             // The tiles start from the bias and the activation is applied block by block.
-            let mut out = vec![0f32; m * self.n];
-            self.amx(a, m, &mut out, amx::Start::Bias(bias), activation, threads);
+            let mut out = Vec::with_capacity(m * self.n);
+            // SAFETY: `out` has room for m·n values, which the tiles write from the bias.
+            unsafe {
+                self.amx(
+                    a,
+                    m,
+                    out.as_mut_ptr(),
+                    amx::Start::Bias(bias),
+                    activation,
+                    threads,
+                );
+                out.set_len(m * self.n);
+            }
             return out;
         }
         if m == 0 || self.n == 0 || self.k == 0 {
@@ -188,19 +200,23 @@ impl PackedMatrix {
         out
     }
 
-    /// The product on AMX tiles: A converted to bf16 rows, C (`[m, n]`) from `start`.
-    fn amx(
+    /// The product on AMX tiles: A converted to bf16 rows, C (`[m, n]` at `out`) from `start`.
+    ///
+    /// # Safety
+    /// As [`amx::matmul`]'s for `out`.
+    unsafe fn amx(
         &self,
         a: &[f32],
         m: usize,
-        out: &mut [f32],
+        out: *mut f32,
         start: amx::Start,
         activation: Option<Activation>,
         threads: usize,
     ) {
         let x = bf16_rows(a, m, self.k, self.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
         let (n, pairs) = (self.n, self.pairs);
-        amx::matmul(&self.data, n, pairs, &x, m, out, start, activation, threads);
+        // SAFETY: the caller's promises; the kernel is AMX only where it is available.
+        unsafe { amx::matmul(&self.data, n, pairs, &x, m, out, start, activation, threads) };
     }
 
     /// The blocked product into C (`[m, n]`, dense, at `c`) with C's `edges`, on the AVX-512
@@ -421,8 +437,9 @@ fn a_stride(pairs: usize) -> usize {
 }
 
 /// `a` (`[rows, k]`) converted to bf16 row by row, the layout both the block kernels
-/// ([`run_block`]) and AMX's tiles read: `[padded_rows][lda]` lanes of pairs, from a cache line, (a row of bf16 read
-/// as 32-bit lanes: the even input in the low half), zero past `k` and in the rows after `rows`.
+/// ([`run_block`]) and AMX's tiles read: `[padded_rows][lda]` lanes of pairs from a cache line (a
+/// row of bf16 read as 32-bit lanes: the even input in the low half), zero past `k` and in the
+/// rows after `rows`.
 /// A contiguous conversion per row, where a layout interleaving the rows would need scattered
 /// stores. `parallel` converts the rows on the pool (a whole product's A); a product's task
 /// converting its own rows does it on its thread.
@@ -435,26 +452,14 @@ fn bf16_rows(a: &[f32], rows: usize, k: usize, lda: usize, padded_rows: usize, p
         padded_rows >= rows && a.len() >= rows * k,
         "bf16_rows: A has fewer than {rows} rows"
     );
-    let mut x = Lines::zeroed(padded_rows * lda);
-    if k == 0 || lda == 0 {
-        return x;
-    }
-    let convert = |(dst, src): (&mut [u32], &[f32])| {
-        // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
-        // borrowed; little-endian, so each pair's first input is its low half.
-        let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), 2 * lda) };
-        convert_row(src, &mut halves[..k]);
-    };
-    let (x_rows, a_rows) = (&mut x[..rows * lda], &a[..rows * k]);
-    if parallel {
-        x_rows
-            .par_chunks_mut(lda)
-            .zip(a_rows.par_chunks(k))
-            .for_each(convert);
-    } else {
-        x_rows.chunks_mut(lda).zip(a_rows.chunks(k)).for_each(convert);
-    }
-    x
+    Lines::from_rows(padded_rows, lda, parallel, |r, dst| {
+        if r < rows && k > 0 {
+            // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
+            // borrowed; little-endian, so each pair's first input is its low half.
+            let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), 2 * lda) };
+            convert_row(&a[r * k..(r + 1) * k], &mut halves[..k]);
+        }
+    })
 }
 
 #[inline(always)]
