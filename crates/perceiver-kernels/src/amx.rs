@@ -27,8 +27,9 @@ pub(crate) const ROWS: usize = 32;
 pub(crate) const PANEL_COLS: usize = 32;
 /// Input pairs per B tile: the packed pairs come in whole multiples of it.
 pub(crate) const TILE_PAIRS: usize = 16;
-/// Bytes of X's bf16 rows that one pass over the task's panels works on (see `block_rows`).
-const X_BLOCK_BYTES: usize = 512 * 1024;
+/// Bytes of X's bf16 rows that one pass over the task's panels works on (see `block_rows`):
+/// 256 rows of the language model's 1280-wide latents, one text's whole X in one block.
+const X_BLOCK_BYTES: usize = 640 * 1024;
 
 /// Whether the bf16 products may run on AMX tiles: [`crate::cpu::amx`].
 pub fn available() -> bool {
@@ -141,8 +142,8 @@ unsafe fn run<T: Tiles>(
     if m == 0 || n == 0 {
         return;
     }
-    // A block of X's rows (bf16, 2 bytes a value) of about half a megabyte: it stays in L2
-    // (2 MB a core on Sapphire Rapids) next to the panel of W being read.
+    // A block of X's rows (bf16, 2 bytes a value) of 640 KiB: it stays in L2 (2 MB a core on
+    // Sapphire Rapids) next to the panel of W being read.
     let block_rows = ((X_BLOCK_BYTES / (2 * k_pad)) / ROWS).max(1) * ROWS;
     let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
     let per_task = panels.div_ceil(tasks);

@@ -850,8 +850,8 @@ mod tests {
             (30, 52, 40, 2),
             (131, 40, 17, 3),
             (2 * CHUNK_ROWS + 5, 40, 17, 2),
-            // Long rows: on AMX, X's rows are taken in blocks of about half a megabyte (64
-            // rows at k = 4096), so these cross blocks, the last one partial.
+            // Long rows: on AMX, X's rows are taken in blocks of 640 KiB (64 rows at
+            // k = 4096), so these cross blocks, the last one partial.
             (100, 40, 4096, 2),
             (70, 33, 4000, 1),
         ] {
