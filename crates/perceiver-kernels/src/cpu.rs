@@ -75,6 +75,32 @@ pub fn avx512_bf16() -> bool {
     }
 }
 
+/// A core's L2 cache in KiB, as CPUID reports it (leaf 0x8000_0006, which AMD and Intel both
+/// fill in); `None` off x86-64 or where the leaf is missing.
+pub fn l2_kib() -> Option<usize> {
+    static L2: OnceLock<Option<usize>> = OnceLock::new();
+    *L2.get_or_init(detect_l2_kib)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_l2_kib() -> Option<usize> {
+    // SAFETY: CPUID is available on every x86_64 CPU (the intrinsic is safe in newer Rust).
+    #[allow(unused_unsafe)]
+    let max_extended = unsafe { std::arch::x86_64::__cpuid(0x8000_0000) }.eax;
+    if max_extended < 0x8000_0006 {
+        return None;
+    }
+    // SAFETY: as above; the leaf exists (checked).
+    #[allow(unused_unsafe)]
+    let kib = (unsafe { std::arch::x86_64::__cpuid(0x8000_0006) }.ecx >> 16) as usize;
+    (kib > 0).then_some(kib)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_l2_kib() -> Option<usize> {
+    None
+}
+
 /// Whether this CPU has AMX-BF16, `PERCEIVER_NO_AMX` is unset, and the OS lets this process use
 /// the tiles (Linux must grant the AMX register state first, through `arch_prctl`; this asks
 /// once and says no when it is refused).
