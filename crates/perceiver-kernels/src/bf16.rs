@@ -113,13 +113,10 @@ impl PackedMatrix {
         );
         let pairs = k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS;
         let panels = n.div_ceil(NR);
-        let mut data = Lines::zeroed(panels * pairs * NR);
-        let fill = |(p, panel): (usize, &mut [u32])| pack_panel(view, transposed, k, p, panel);
-        if parallel {
-            data.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
-        } else {
-            data.chunks_mut(pairs * NR).enumerate().for_each(fill);
-        }
+        // Each panel zeroed (its padding) just before it is packed.
+        let data = Lines::from_rows(panels, pairs * NR, parallel, |p, panel| {
+            pack_panel(view, transposed, k, p, panel)
+        });
         Self { n, k, pairs, data }
     }
 
