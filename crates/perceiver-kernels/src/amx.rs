@@ -156,6 +156,16 @@ unsafe fn run<T: Tiles>(
         // caller's promise), each task its own panels' columns; C is read only when it
         // accumulates.
         unsafe {
+            // The finished block of C that still needs its activation: its rows (at their
+            // first column, `cols` wide) are activated one per step of the next block, so that
+            // the vector units work while the tiles multiply.
+            let mut unactivated: Vec<*mut f32> = Vec::with_capacity(ROWS);
+            let mut unactivated_cols = 0;
+            let activate_one = |pending: &mut Vec<*mut f32>, cols: usize| {
+                if let (Some(act), Some(row)) = (activation, pending.pop()) {
+                    rows::activate(std::slice::from_raw_parts_mut(row, cols), act);
+                }
+            };
             // Rows of X are taken a block at a time, and every panel of the task runs over the
             // block before the next: the block stays in the core's L2 across panels instead of
             // X being streamed from memory once per panel.
@@ -203,6 +213,10 @@ unsafe fn run<T: Tiles>(
                                 [b_tile, b_tile.add(64)],
                                 PANEL_COLS * 4,
                             );
+                            activate_one(&mut unactivated, unactivated_cols);
+                        }
+                        while !unactivated.is_empty() {
+                            activate_one(&mut unactivated, unactivated_cols);
                         }
                         tiles.store_c(c, c_stride);
                         for r in 0..rows {
@@ -213,12 +227,16 @@ unsafe fn run<T: Tiles>(
                                     cols,
                                 );
                             }
-                            if let Some(act) = activation {
-                                rows::activate(std::slice::from_raw_parts_mut(c_at(r), cols), act);
-                            }
+                        }
+                        if activation.is_some() {
+                            unactivated.extend((0..rows).map(c_at));
+                            unactivated_cols = cols;
                         }
                     }
                 }
+            }
+            while !unactivated.is_empty() {
+                activate_one(&mut unactivated, unactivated_cols);
             }
         }
         tiles.end();
