@@ -52,27 +52,32 @@ impl TileConfig {
     }
 }
 
-/// `out[m, n] += X · Wᵀ` on AMX, with
-/// - `w`: W in [`PackedMatrix`](crate::bf16::PackedMatrix)'s layout, `[panels][pairs][32]`
-///   lanes, each lane a pair of bf16 values (the even input in the low half), `pairs` a
-///   multiple of [`TILE_PAIRS`];
-/// - `x`: X as row-major bf16, read as pairs: `[m rounded up to ROWS][pairs]` lanes, zero past
-///   its m rows and k columns.
-///
-/// C (`[m, n]` at `out`) starts from its values ([`Start::Accumulate`]) or from the bias in
-/// every row ([`Start::Bias`]: `out` is only written); `activation` is applied to each block of
-/// C as it is finished, while it is still in cache.
+/// A product's operands for [`matmul`]: C is `[m, n]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Operands<'a> {
+    /// W in [`PackedMatrix`](crate::bf16::PackedMatrix)'s layout, `[panels][pairs][32]` lanes,
+    /// each lane a pair of bf16 values (the even input in the low half), from a cache line.
+    pub(crate) w: &'a [u32],
+    /// Columns of C (rows of W).
+    pub(crate) n: usize,
+    /// Input pairs of a row, a multiple of [`TILE_PAIRS`].
+    pub(crate) pairs: usize,
+    /// X as row-major bf16 read as pairs, from a cache line: `[m rounded up to ROWS][pairs]`
+    /// lanes, zero past its m rows and k columns.
+    pub(crate) x: &'a [u32],
+    /// Rows of X and C.
+    pub(crate) m: usize,
+}
+
+/// `C = start + X · Wᵀ` on AMX tiles, C at `out`: C starts from its values
+/// ([`Start::Accumulate`]) or from the bias in every row ([`Start::Bias`]: `out` is only
+/// written); `activation` is applied to each block of C once it is finished.
 ///
 /// # Safety
 /// `out` must be valid for writes of m·n values, initialised for [`Start::Accumulate`], and
 /// no one else may access them during the call. Call only when [`available`].
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul(
-    w: &[u32],
-    n: usize,
-    pairs: usize,
-    x: &[u32],
-    m: usize,
+    operands: Operands,
     out: *mut f32,
     start: Start,
     activation: Option<Activation>,
@@ -80,7 +85,7 @@ pub(crate) unsafe fn matmul(
 ) {
     assert!(available(), "AMX is not available");
     // SAFETY: the caller's promises.
-    unsafe { run::<Native>(w, n, pairs, x, m, out, start, activation, threads) };
+    unsafe { run::<Native>(operands, out, start, activation, threads) };
 }
 
 /// What C's tiles start from in [`matmul`].
@@ -96,39 +101,31 @@ pub(crate) enum Start<'a> {
 /// the same blocking, addresses and strides on any CPU, so that the tests check the AMX path
 /// where there is no AMX.
 #[cfg(test)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_emulated(
-    w: &[u32],
-    n: usize,
-    pairs: usize,
-    x: &[u32],
-    m: usize,
+    operands: Operands,
     out: &mut [f32],
     start: Start,
     activation: Option<Activation>,
     threads: usize,
 ) {
+    let (m, n) = (operands.m, operands.n);
     assert_eq!(out.len(), m * n, "amx: C is not {m}x{n}");
     // SAFETY: `out` is C, borrowed mutably.
-    unsafe { run::<Emulated>(w, n, pairs, x, m, out.as_mut_ptr(), start, activation, threads) };
+    unsafe { run::<Emulated>(operands, out.as_mut_ptr(), start, activation, threads) };
 }
 
 /// The loop of [`matmul`] over the tile operations `T`.
 ///
 /// # Safety
 /// As [`matmul`]'s, and `T` must run on this CPU.
-#[allow(clippy::too_many_arguments)]
 unsafe fn run<T: Tiles>(
-    w: &[u32],
-    n: usize,
-    pairs: usize,
-    x: &[u32],
-    m: usize,
+    operands: Operands,
     out: *mut f32,
     start: Start,
     activation: Option<Activation>,
     threads: usize,
 ) {
+    let Operands { w, n, pairs, x, m } = operands;
     assert_eq!(pairs % TILE_PAIRS, 0, "amx: pairs are padded to whole tiles");
     let (k_pad, m_pad, panels) = (2 * pairs, m.div_ceil(ROWS) * ROWS, n.div_ceil(PANEL_COLS));
     assert_eq!(x.len(), m_pad * pairs, "amx: X is not {m_pad}x{k_pad}");

@@ -211,9 +211,19 @@ impl PackedMatrix {
         threads: usize,
     ) {
         let x = bf16_rows(a, m, self.k, self.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
-        let (n, pairs) = (self.n, self.pairs);
         // SAFETY: the caller's promises; the kernel is AMX only where it is available.
-        unsafe { amx::matmul(&self.data, n, pairs, &x, m, out, start, activation, threads) };
+        unsafe { amx::matmul(self.amx_operands(&x, m), out, start, activation, threads) };
+    }
+
+    /// This matrix and `x` (A's bf16 rows, [`bf16_rows`]) as [`amx::matmul`]'s operands.
+    fn amx_operands<'a>(&'a self, x: &'a [u32], m: usize) -> amx::Operands<'a> {
+        amx::Operands {
+            w: &self.data,
+            n: self.n,
+            pairs: self.pairs,
+            x,
+            m,
+        }
     }
 
     /// The blocked product into C (`[m, n]`, dense, at `c`) with C's `edges`, on the AVX-512
@@ -896,32 +906,28 @@ mod tests {
                 "{m}x{n}x{k} at {i}: {g} vs {expect}"
             );
         }
+        // A linear layer with GELU, on the CPU's kernel and on the emulated AMX path.
         let bias = random(n, 14);
-        let layer = packed.linear(&a, m, &bias, Some(Activation::GeluErf), threads);
-        for (i, (g, w)) in layer.iter().zip(&want).enumerate() {
-            let pre = bias[i % n] as f64 + w;
-            let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
-            assert!(
-                (*g as f64 - gelu).abs() < tolerance,
-                "{m}x{n}x{k} linear at {i}: {g} vs {gelu}"
-            );
-        }
+        let check_layer = |layer: &[f32], path: &str| {
+            for (i, (g, w)) in layer.iter().zip(&want).enumerate() {
+                let pre = bias[i % n] as f64 + w;
+                let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
+                assert!(
+                    (*g as f64 - gelu).abs() < tolerance,
+                    "{m}x{n}x{k} linear {path} at {i}: {g} vs {gelu}"
+                );
+            }
+        };
+        check_layer(
+            &packed.linear(&a, m, &bias, Some(Activation::GeluErf), threads),
+            "",
+        );
         // The AMX path with its tile instructions emulated: its blocks, addresses and strides
         // on any CPU.
         let mut out = start.clone();
         let x = bf16_rows(&a, m, k, packed.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
-        let (w_packed, pairs) = (&packed.data, packed.pairs);
-        amx::matmul_emulated(
-            w_packed,
-            n,
-            pairs,
-            &x,
-            m,
-            &mut out,
-            amx::Start::Accumulate,
-            None,
-            threads,
-        );
+        let operands = packed.amx_operands(&x, m);
+        amx::matmul_emulated(operands, &mut out, amx::Start::Accumulate, None, threads);
         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
             let expect = start[i] as f64 + w;
             assert!(
@@ -932,15 +938,8 @@ mod tests {
         // ... and starting from the bias (what was in C is overwritten), with the activation.
         let mut out = start.clone();
         let (from_bias, gelu) = (amx::Start::Bias(&bias), Some(Activation::GeluErf));
-        amx::matmul_emulated(w_packed, n, pairs, &x, m, &mut out, from_bias, gelu, threads);
-        for (i, (g, w)) in out.iter().zip(&want).enumerate() {
-            let pre = bias[i % n] as f64 + w;
-            let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
-            assert!(
-                (*g as f64 - gelu).abs() < tolerance,
-                "{m}x{n}x{k} linear on emulated AMX at {i}: {g} vs {gelu}"
-            );
-        }
+        amx::matmul_emulated(operands, &mut out, from_bias, gelu, threads);
+        check_layer(&out, "on emulated AMX");
         // One block of each height on each kernel, for a whole panel and partial ones (in
         // its first and its second 16-lane half), into a C wider than the panel.
         let lda = a_stride(packed.pairs);
