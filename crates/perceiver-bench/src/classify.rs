@@ -117,11 +117,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     let weights_mib = std::fs::metadata(args.model.join("model.safetensors"))
         .map(|m| m.len() as f64 / (1024.0 * 1024.0))
         .unwrap_or(f64::NAN);
-    eprintln!(
-        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}",
-        perceiver_kernels::cpu::f32_kernel(),
-        perceiver_kernels::cpu::bf16_kernel()
-    );
+    crate::machine::describe(threads);
     let exe = std::env::current_exe().context("cannot find this bench's executable")?;
     let mut ours = Vec::new();
     for precision in [Precision::F32, Precision::Bf16] {

@@ -108,11 +108,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
         return Ok(());
     }
     let threads = rayon::current_num_threads();
-    eprintln!(
-        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}",
-        perceiver_kernels::cpu::f32_kernel(),
-        perceiver_kernels::cpu::bf16_kernel()
-    );
+    crate::machine::describe(threads);
     let exe = std::env::current_exe().context("cannot find this bench's executable")?;
     let mut ours = Vec::new();
     for &precision in &args.precisions {
@@ -162,7 +158,6 @@ pub fn run(args: FlowArgs) -> Result<()> {
         reply["results"].as_array().cloned().unwrap_or_default()
     };
 
-    println!("CPU: {}", cpu_model().unwrap_or_else(|| "unknown".into()));
     println!("| precision | ours s/tile | ours GFLOP/s | ours peak MiB | transformers s/tile | transformers peak MiB | transformers / ours |");
     println!("|---|---|---|---|---|---|---|");
     for result in &ours {
@@ -197,10 +192,4 @@ pub fn run(args: FlowArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("model name"))?;
-    Some(line.split_once(':')?.1.trim().to_string())
 }

@@ -398,10 +398,7 @@ pub fn run(args: InferenceArgs) -> Result<()> {
     let engine = load_bench_model(&args.model)?;
     let mut workloads = workloads(&args.workloads, engine.max_len(), &args.batch_sizes)?;
     let mut reference = args.reference.start(&args.model, threads)?;
-    eprintln!(
-        "ours: {threads} threads, bf16 kernel: {:?}",
-        perceiver_kernels::cpu::bf16_kernel()
-    );
+    crate::machine::describe(threads);
 
     // f32 workloads first, so that the peak memory they report excludes the bf16 weight copy.
     let mut rows = Vec::new();

@@ -173,11 +173,7 @@ pub fn run(args: LatentArgs) -> Result<()> {
     let f32_engine = load_bench_model(&args.model)?;
     let mut items = items(&f32_engine, &args)?;
     let mut reference = args.reference.start(&args.model, threads)?;
-    eprintln!(
-        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}",
-        perceiver_kernels::cpu::f32_kernel(),
-        perceiver_kernels::cpu::bf16_kernel()
-    );
+    crate::machine::describe(threads);
     let bf16_rows = items.iter().any(|item| item.precision == Precision::Bf16);
     let peaks_before = Peaks::measure(threads, bf16_rows);
 

@@ -13,6 +13,7 @@ mod flow;
 mod inference;
 mod latent;
 mod load;
+mod machine;
 mod model;
 mod serve;
 mod stats;
