@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::{Linear, PerceiverModel, Precision};
 use perceiver_kernels::cpu::Bf16Kernel;
-use perceiver_kernels::peak::{bf16_dot_peak_gflops, fma_peak_gflops};
+use perceiver_kernels::peak::{amx_peak_gflops, bf16_dot_peak_gflops, fma_peak_gflops};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -230,8 +230,9 @@ pub fn run(args: LatentArgs) -> Result<()> {
 }
 
 /// The peaks the products are judged against, in GFLOP/s: f32 rows against the FMA peak, bf16
-/// rows against the `vdpbf16ps` peak where the bf16 products run on AVX-512 BF16 (AMX tiles
-/// and the widened AVX2 path have other ceilings, so their rows show no share).
+/// rows against the `vdpbf16ps` peak where the bf16 products run on AVX-512 BF16 and against
+/// the `tdpbf16ps` one on AMX (the widened AVX2 path has no peak of its own, so its rows show no
+/// share).
 #[derive(Clone, Copy)]
 struct Peaks {
     f32: Option<f64>,
@@ -241,13 +242,15 @@ struct Peaks {
 impl Peaks {
     /// The f32 peak, and the bf16 one when there are `bf16_rows` to judge.
     fn measure(threads: usize, bf16_rows: bool) -> Self {
-        let bf16_on_dot_products =
-            bf16_rows && perceiver_kernels::cpu::bf16_kernel() == Bf16Kernel::Avx512Bf16;
+        let bf16 = match perceiver_kernels::cpu::bf16_kernel() {
+            _ if !bf16_rows => None,
+            Bf16Kernel::Avx512Bf16 => bf16_dot_peak_gflops(threads),
+            Bf16Kernel::Amx => amx_peak_gflops(threads),
+            _ => None,
+        };
         Peaks {
             f32: fma_peak_gflops(threads),
-            bf16: bf16_on_dot_products
-                .then(|| bf16_dot_peak_gflops(threads))
-                .flatten(),
+            bf16,
         }
     }
 
@@ -340,12 +343,16 @@ fn report(items: &[Item], peaks: Peaks, threads: usize, args: &LatentArgs) -> Re
         ),
         None => println!("f32 FMA peak: no AVX2 or AVX-512 on this CPU"),
     }
+    let bf16_instruction = match perceiver_kernels::cpu::bf16_kernel() {
+        Bf16Kernel::Amx => "AMX tdpbf16ps (random tiles)",
+        _ => "vdpbf16ps",
+    };
     match peaks.bf16 {
         Some(p) => println!(
-            "vdpbf16ps peak on {threads} threads, measured before and after: {p:.0} GFLOP/s \
-             (the bf16 rows' shares are of it)"
+            "{bf16_instruction} peak on {threads} threads, measured before and after: {p:.0} \
+             GFLOP/s (the bf16 rows' shares are of it)"
         ),
-        None => println!("bf16 rows: no share (their products do not run on AVX-512 BF16 here)"),
+        None => println!("bf16 rows: no share (their products run on neither AVX-512 BF16 nor AMX here)"),
     }
     println!(
         "medians of {} rounds; ms per call; ratio = pytorch / ours (above 1: ours faster); \
@@ -354,7 +361,8 @@ fn report(items: &[Item], peaks: Peaks, threads: usize, args: &LatentArgs) -> Re
     );
     if let Some(path) = &args.json {
         let report = json!({"threads": threads, "rounds": args.rounds, "f32_fma_peak_gflops": peaks.f32,
-                "bf16_dot_peak_gflops": peaks.bf16, "results": rows});
+                "bf16_peak_gflops": peaks.bf16, "bf16_kernel": format!("{:?}", perceiver_kernels::cpu::bf16_kernel()),
+                "results": rows});
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }

@@ -88,6 +88,53 @@ pub(crate) unsafe fn matmul(
     unsafe { run::<Native>(operands, out, start, activation, threads) };
 }
 
+/// `rounds` rounds of four independent `tdpbf16ps` on register tiles (C in tmm0–3 from A in
+/// tmm4–5 and B in tmm6–7, loaded once from random bf16 values: the unit is slower on such data
+/// than on zeros, which would flatter it). The loop of [`crate::peak::amx_peak_gflops`].
+///
+/// # Safety
+/// AMX must be [`available`].
+pub(crate) unsafe fn peak_rounds(rounds: usize) {
+    let mut state = 0x2545_f491_u32;
+    let values: Vec<u16> = (0..4 * 512)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            // A sign, an exponent near 1.0 and a random mantissa.
+            (0x3f00 | (state & 0x807f)) as u16
+        })
+        .collect();
+    let tiles = values.as_ptr().cast::<u8>();
+    // SAFETY: AMX is available (the caller's promise); the four tiles lie in `values`.
+    unsafe {
+        let native = Native::begin();
+        std::arch::asm!(
+            "tileloadd tmm4, [{t} + {s}*1]",
+            "tileloadd tmm5, [{t1} + {s}*1]",
+            "tileloadd tmm6, [{t2} + {s}*1]",
+            "tileloadd tmm7, [{t3} + {s}*1]",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            t = in(reg) tiles, t1 = in(reg) tiles.add(1024), t2 = in(reg) tiles.add(2048),
+            t3 = in(reg) tiles.add(3072), s = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+        for _ in 0..rounds {
+            std::arch::asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem),
+            );
+        }
+        native.end();
+    }
+}
+
 /// What C's tiles start from in [`matmul`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Start<'a> {

@@ -11,7 +11,7 @@
 //!   portable path where no packed kernel runs;
 //! - [`rows`]: LayerNorm, softmax, element-wise [`Activation`]s and bias adds, vectorised for
 //!   the CPU at hand;
-//! - [`peak`]: the CPU's f32 fused multiply-add and bf16 dot-product peaks, to judge the products against;
+//! - [`peak`]: the CPU's f32 fused multiply-add, bf16 dot-product and AMX peaks, to judge the products against;
 //! - [`emulated512`]: the AVX-512 intrinsics the microkernels use, emulated, so that tests
 //!   check the AVX-512 code on any CPU.
 //!

@@ -1,6 +1,6 @@
 //! The CPU's peaks, measured: what the products' GFLOP/s are judged against (the
 //! `kernel_speed` example, benchmarks). f32 products against the fused multiply-add peak, bf16
-//! products on AVX-512 BF16 against the `vdpbf16ps` peak.
+//! products on AVX-512 BF16 against the `vdpbf16ps` peak, on AMX against the `tdpbf16ps` one.
 
 use std::time::Instant;
 
@@ -31,24 +31,43 @@ pub fn bf16_dot_peak_gflops(threads: usize) -> Option<f64> {
     Some(measure(threads, bf16_chains()?, 64.0))
 }
 
+/// GFLOP/s of `threads` threads each running `tdpbf16ps` on four independent AMX register tiles
+/// of random bf16 values (16 × 16 × 32 products, 16,384 FLOP an instruction); best of 7. `None`
+/// where AMX is not available. The ceiling of the AMX products; measure it as
+/// [`fma_peak_gflops`]: before and after, the higher figure.
+pub fn amx_peak_gflops(threads: usize) -> Option<f64> {
+    /// Rounds of four instructions per thread (~0.05 s at 16 cycles an instruction).
+    const ROUNDS: usize = 2_000_000;
+    let run = || {
+        // SAFETY: AMX is available (checked below, before any run).
+        unsafe { crate::amx::peak_rounds(ROUNDS) };
+        0.0
+    };
+    crate::amx::available().then(|| best_of_7(threads, run, (4 * ROUNDS) as f64 * 16384.0))
+}
+
 /// Best of 7 runs of `chains` on `threads` threads, in GFLOP/s.
 fn measure(threads: usize, chains: unsafe fn() -> f32, flop_per_instruction: f64) -> f64 {
+    // SAFETY: the `*_chains` functions only return loops whose features the CPU has.
+    let run = || unsafe { chains() };
+    best_of_7(threads, run, (ITERS * CHAINS) as f64 * flop_per_instruction)
+}
+
+/// Best of 7 runs of `run` on `threads` threads at once, `flop_per_run` each, in GFLOP/s.
+fn best_of_7(threads: usize, run: impl Fn() -> f32 + Sync, flop_per_run: f64) -> f64 {
     let threads = threads.max(1);
-    let flop = (threads * ITERS * CHAINS) as f64 * flop_per_instruction;
     let best = (0..7)
         .map(|_| {
             let t = Instant::now();
             std::thread::scope(|s| {
                 for _ in 0..threads {
-                    // SAFETY: the `*_chains` functions only return loops whose features the
-                    // CPU has.
-                    s.spawn(|| std::hint::black_box(unsafe { chains() }));
+                    s.spawn(|| std::hint::black_box(run()));
                 }
             });
             t.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);
-    flop / best / 1e9
+    threads as f64 * flop_per_run / best / 1e9
 }
 
 /// The FMA loop for this CPU and its f32 lanes.
