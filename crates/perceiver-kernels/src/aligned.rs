@@ -20,12 +20,7 @@ pub(crate) struct Lines {
 impl Lines {
     /// `len` zero lanes.
     pub(crate) fn zeroed(len: usize) -> Self {
-        let buf = vec![0u32; len + LINE_LANES - 1];
-        let offset = match buf.as_ptr().align_offset(4 * LINE_LANES) {
-            offset if offset < LINE_LANES => offset,
-            _ => 0,
-        };
-        Self { buf, offset, len }
+        Self::from_rows(1, len, false, |_, _| {})
     }
 
     /// `rows` rows of `lda` lanes, each zeroed and then handed to `fill` with its index, on
@@ -38,9 +33,6 @@ impl Lines {
         fill: impl Fn(usize, &mut [u32]) + Sync,
     ) -> Self {
         let len = rows * lda;
-        if len == 0 {
-            return Self::zeroed(0);
-        }
         let mut buf: Vec<u32> = Vec::with_capacity(len + LINE_LANES - 1);
         let offset = match buf.as_ptr().align_offset(4 * LINE_LANES) {
             offset if offset < LINE_LANES => offset,
@@ -61,10 +53,12 @@ impl Lines {
                 &mut *(lanes as *mut [MaybeUninit<u32>] as *mut [u32])
             });
         };
-        if parallel {
-            body.par_chunks_mut(lda).enumerate().for_each(row);
-        } else {
-            body.chunks_mut(lda).enumerate().for_each(row);
+        if len > 0 {
+            if parallel {
+                body.par_chunks_mut(lda).enumerate().for_each(row);
+            } else {
+                body.chunks_mut(lda).enumerate().for_each(row);
+            }
         }
         // SAFETY: the head, every row and the tail were written: all len + 15 lanes.
         unsafe { buf.set_len(len + LINE_LANES - 1) };

@@ -200,13 +200,12 @@ unsafe fn run<T: Tiles>(
         // caller's promise), each task its own panels' columns; C is read only when it
         // accumulates.
         unsafe {
-            // The finished block of C that still needs its activation: its rows (at their
-            // first column, `cols` wide) are activated one per step of the next block, so that
+            // The finished block of C that still needs its activation: its rows (where they
+            // start, and their width) are activated one per step of the next block, so that
             // the vector units work while the tiles multiply.
-            let mut unactivated: Vec<*mut f32> = Vec::with_capacity(ROWS);
-            let mut unactivated_cols = 0;
-            let activate_one = |pending: &mut Vec<*mut f32>, cols: usize| {
-                if let (Some(act), Some(row)) = (activation, pending.pop()) {
+            let mut unactivated: Vec<(*mut f32, usize)> = Vec::with_capacity(ROWS);
+            let activate = |(row, cols): (*mut f32, usize)| {
+                if let Some(act) = activation {
                     rows::activate(std::slice::from_raw_parts_mut(row, cols), act);
                 }
             };
@@ -257,14 +256,14 @@ unsafe fn run<T: Tiles>(
                                 [b_tile, b_tile.add(64)],
                                 PANEL_COLS * 4,
                             );
-                            activate_one(&mut unactivated, unactivated_cols);
+                            if let Some(row) = unactivated.pop() {
+                                activate(row);
+                            }
                         }
-                        while !unactivated.is_empty() {
-                            activate_one(&mut unactivated, unactivated_cols);
-                        }
+                        unactivated.drain(..).for_each(activate);
                         tiles.store_c(c, c_stride);
-                        for r in 0..rows {
-                            if !whole {
+                        if !whole {
+                            for r in 0..rows {
                                 std::ptr::copy_nonoverlapping(
                                     scratch.as_ptr().add(r * PANEL_COLS),
                                     c_at(r),
@@ -273,15 +272,12 @@ unsafe fn run<T: Tiles>(
                             }
                         }
                         if activation.is_some() {
-                            unactivated.extend((0..rows).map(c_at));
-                            unactivated_cols = cols;
+                            unactivated.extend((0..rows).map(|r| (c_at(r), cols)));
                         }
                     }
                 }
             }
-            while !unactivated.is_empty() {
-                activate_one(&mut unactivated, unactivated_cols);
-            }
+            unactivated.drain(..).for_each(activate);
         }
         tiles.end();
     });
