@@ -32,6 +32,32 @@ impl Lines {
         parallel: bool,
         fill: impl Fn(usize, &mut [u32]) + Sync,
     ) -> Self {
+        let zero_then_fill = |_: &mut (), r: usize, lanes: &mut [MaybeUninit<u32>]| {
+            lanes.iter_mut().for_each(|lane| {
+                lane.write(0);
+            });
+            // SAFETY: every lane of the row was just written.
+            fill(r, unsafe {
+                &mut *(lanes as *mut [MaybeUninit<u32>] as *mut [u32])
+            });
+        };
+        // SAFETY: `zero_then_fill` writes every lane of its row.
+        unsafe { Self::from_uninit_rows(rows, lda, parallel, || (), zero_then_fill) }
+    }
+
+    /// `rows` rows of `lda` lanes, each handed to `fill` unwritten, with its index and a
+    /// scratch value made by `init` (once per task of the pool when `parallel`): for rows that
+    /// are written whole anyway, where zeroing them first is a pass of stores for nothing.
+    ///
+    /// # Safety
+    /// `fill` must write every lane of the row it is handed.
+    pub(crate) unsafe fn from_uninit_rows<S>(
+        rows: usize,
+        lda: usize,
+        parallel: bool,
+        init: impl Fn() -> S + Sync + Send,
+        fill: impl Fn(&mut S, usize, &mut [MaybeUninit<u32>]) + Sync,
+    ) -> Self {
         let len = rows * lda;
         let mut buf: Vec<u32> = Vec::with_capacity(len + LINE_LANES - 1);
         let offset = match buf.as_ptr().align_offset(4 * LINE_LANES) {
@@ -44,23 +70,20 @@ impl Lines {
         head.iter_mut().chain(tail.iter_mut()).for_each(|lane| {
             lane.write(0);
         });
-        let row = |(r, lanes): (usize, &mut [MaybeUninit<u32>])| {
-            lanes.iter_mut().for_each(|lane| {
-                lane.write(0);
-            });
-            // SAFETY: every lane of the row was just written.
-            fill(r, unsafe {
-                &mut *(lanes as *mut [MaybeUninit<u32>] as *mut [u32])
-            });
-        };
         if len > 0 {
             if parallel {
-                body.par_chunks_mut(lda).enumerate().for_each(row);
+                body.par_chunks_mut(lda)
+                    .enumerate()
+                    .for_each_init(init, |scratch, (r, lanes)| fill(scratch, r, lanes));
             } else {
-                body.chunks_mut(lda).enumerate().for_each(row);
+                let mut scratch = init();
+                for (r, lanes) in body.chunks_mut(lda).enumerate() {
+                    fill(&mut scratch, r, lanes);
+                }
             }
         }
-        // SAFETY: the head, every row and the tail were written: all len + 15 lanes.
+        // SAFETY: the head and the tail were written, and every row by `fill` (the caller's
+        // promise): all len + 15 lanes.
         unsafe { buf.set_len(len + LINE_LANES - 1) };
         Self { buf, offset, len }
     }

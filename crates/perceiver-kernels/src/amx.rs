@@ -204,6 +204,10 @@ unsafe fn run<T: Tiles>(
             // start, and their width) are activated one per step of the next block, so that
             // the vector units work while the tiles multiply.
             let mut unactivated: Vec<(*mut f32, usize)> = Vec::with_capacity(ROWS);
+            // C's block where it reaches past `out` (its last rows or columns), made once per
+            // task: zeroing 4 KB for every block cost as much as a few of its tile steps. What
+            // lies outside the block's rows and columns is computed on and never copied out.
+            let mut scratch = [0f32; ROWS * PANEL_COLS];
             let activate = |(row, cols): (*mut f32, usize)| {
                 if let Some(act) = activation {
                     rows::activate(std::slice::from_raw_parts_mut(row, cols), act);
@@ -219,9 +223,8 @@ unsafe fn run<T: Tiles>(
                     for r0 in (block..(block + block_rows).min(m)).step_by(ROWS) {
                         let rows = ROWS.min(m - r0);
                         let whole = rows == ROWS && cols == PANEL_COLS;
-                        // C: in place when the 32×32 block is inside `out`, else through a scratch.
-                        // The bias tiles are its 16 columns read 16 times (row stride 0).
-                        let mut scratch = [0f32; ROWS * PANEL_COLS];
+                        // C: in place when the 32×32 block is inside `out`, else through the
+                        // scratch. The bias tiles are its 16 columns read 16 times (row stride 0).
                         let c_at = |r: usize| out_ptr.get().add((r0 + r) * n + p * PANEL_COLS);
                         let (c, c_stride) = if whole {
                             (c_at(0), n * 4)

@@ -16,6 +16,7 @@
 //! f32), accumulated in the same order within each pair, so results agree with the AVX-512
 //! kernel up to f32 rounding, and the two AVX2 ways agree bit for bit.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -59,6 +60,24 @@ pub fn to_bf16_bits(x: f32) -> u16 {
 #[inline(always)]
 pub fn from_bf16_bits(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
+}
+
+/// The rows of a bf16 product's input A (`[m, k]`).
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    /// A itself, row-major f32.
+    Dense(&'a [f32]),
+    /// A made row by row: `make(r, row)` writes all k values of row `r` (a LayerNorm of another
+    /// array's row, say). On AMX each row goes from a scratch row in L1 straight into bf16, so
+    /// A is never stored whole in f32; the other kernels make A whole first.
+    Made(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+}
+
+/// Whether [`PackedMatrix::linear_rows`] takes [`Rows::Made`] one row at a time on this CPU
+/// (AMX); elsewhere it makes A whole first, which costs a caller that has a whole-array way to
+/// make A (a parallel LayerNorm) a zeroed buffer more.
+pub fn makes_rows_alone() -> bool {
+    cpu::bf16_kernel() == Bf16Kernel::Amx
 }
 
 /// A weight matrix `W` (`[n, k]`) packed for `C += A·Wᵀ` in bf16.
@@ -131,7 +150,7 @@ impl PackedMatrix {
         assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
         if cpu::bf16_kernel() == Bf16Kernel::Amx {
             // SAFETY: C is m×n (asserted), borrowed mutably.
-            return unsafe { self.amx(a, m, out.as_mut_ptr(), amx::Start::Accumulate, None, threads) };
+            return unsafe { self.amx(Rows::Dense(a), m, out.as_mut_ptr(), amx::Start::Accumulate, None, threads) };
         }
         // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably.
         unsafe { self.run(a, m, out.as_mut_ptr(), threads, Edges::default()) }
@@ -148,7 +167,21 @@ impl PackedMatrix {
         activation: Option<Activation>,
         threads: usize,
     ) -> Vec<f32> {
-        assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
+        self.linear_rows(Rows::Dense(a), m, bias, activation, threads)
+    }
+
+    /// [`linear`](Self::linear) of `m` rows of A given as [`Rows`].
+    pub fn linear_rows(
+        &self,
+        a: Rows,
+        m: usize,
+        bias: &[f32],
+        activation: Option<Activation>,
+        threads: usize,
+    ) -> Vec<f32> {
+        if let Rows::Dense(a) = a {
+            assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
+        }
         assert_eq!(
             bias.len(),
             self.n,
@@ -156,7 +189,7 @@ impl PackedMatrix {
             bias.len(),
             self.n
         );
-        if cpu::bf16_kernel() == Bf16Kernel::Amx {
+        if makes_rows_alone() {
             // The tiles start from the bias and the activation is applied block by block.
             let mut out = Vec::with_capacity(m * self.n);
             // SAFETY: `out` has room for m·n values, which the tiles write from the bias.
@@ -173,6 +206,19 @@ impl PackedMatrix {
             }
             return out;
         }
+        let a = match a {
+            Rows::Dense(a) => a,
+            Rows::Made(make) => {
+                // The block kernels convert each task's rows of a whole A.
+                let k = self.k.max(1);
+                let mut whole = vec![0f32; m * self.k];
+                whole
+                    .par_chunks_mut(k)
+                    .enumerate()
+                    .for_each(|(r, row)| make(r, row));
+                return self.linear_rows(Rows::Dense(&whole), m, bias, activation, threads);
+            }
+        };
         if m == 0 || self.n == 0 || self.k == 0 {
             let mut out = rows::repeat_rows(bias, m);
             self.matmul_accumulate(a, m, &mut out, threads);
@@ -203,7 +249,7 @@ impl PackedMatrix {
     /// As [`amx::matmul`]'s for `out`.
     unsafe fn amx(
         &self,
-        a: &[f32],
+        a: Rows,
         m: usize,
         out: *mut f32,
         start: amx::Start,
@@ -307,7 +353,7 @@ impl PackedMatrix {
     ) {
         let (n, pairs) = (self.n, self.pairs);
         let lda = a_stride(pairs);
-        let packed_a = bf16_rows(a, rows, self.k, lda, rows, false);
+        let packed_a = bf16_rows(Rows::Dense(a), rows, self.k, lda, rows, false);
         let blocks = rows.div_ceil(MR);
         for p in panels {
             let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
@@ -443,40 +489,56 @@ fn a_stride(pairs: usize) -> usize {
     }
 }
 
-/// `a` (`[rows, k]`) converted to bf16 row by row, the layout both the block kernels
+/// A's rows (`[rows, k]`) converted to bf16 row by row, the layout both the block kernels
 /// ([`run_block`]) and AMX's tiles read: `[padded_rows][lda]` lanes of pairs from a cache line (a
 /// row of bf16 read as 32-bit lanes: the even input in the low half), zero past `k` and in the
 /// rows after `rows`.
 /// A contiguous conversion per row, where a layout interleaving the rows would need scattered
-/// stores. `parallel` converts the rows on the pool (a whole product's A); a product's task
-/// converting its own rows does it on its thread.
-fn bf16_rows(a: &[f32], rows: usize, k: usize, lda: usize, padded_rows: usize, parallel: bool) -> Lines {
+/// stores; each lane written once (the zeros only where nothing else goes). `parallel` converts
+/// the rows on the pool (a whole product's A); a product's task converting its own rows does it
+/// on its thread.
+fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, parallel: bool) -> Lines {
     assert!(
         2 * lda >= k,
         "bf16_rows: {lda} pairs a row cannot hold {k} inputs"
     );
-    assert!(
-        padded_rows >= rows && a.len() >= rows * k,
-        "bf16_rows: A has fewer than {rows} rows"
-    );
-    Lines::from_rows(padded_rows, lda, parallel, |r, dst| {
-        if r < rows && k > 0 {
-            // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
-            // borrowed; little-endian, so each pair's first input is its low half.
-            let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), 2 * lda) };
-            convert_row(&a[r * k..(r + 1) * k], &mut halves[..k]);
+    assert!(padded_rows >= rows, "bf16_rows: fewer padded rows than rows");
+    if let Rows::Dense(a) = a {
+        assert!(a.len() >= rows * k, "bf16_rows: A has fewer than {rows} rows");
+    }
+    let convert = |scratch: &mut Vec<f32>, r: usize, lanes: &mut [MaybeUninit<u32>]| {
+        // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
+        // borrowed; little-endian, so each pair's first input is its low half.
+        let halves = unsafe {
+            std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lda)
+        };
+        let (values, zeros) = halves.split_at_mut(if r < rows { k } else { 0 });
+        match a {
+            _ if values.is_empty() => {}
+            Rows::Dense(a) => convert_row(&a[r * k..(r + 1) * k], values),
+            Rows::Made(make) => {
+                scratch.resize(k, 0.0);
+                make(r, scratch);
+                convert_row(scratch, values);
+            }
         }
-    })
+        zeros.iter_mut().for_each(|half| {
+            half.write(0);
+        });
+    };
+    // SAFETY: `convert` writes each of a row's 2·lda halves: its first k converted (none past
+    // `rows`), the rest zero.
+    unsafe { Lines::from_uninit_rows(padded_rows, lda, parallel, Vec::new, convert) }
 }
 
 #[inline(always)]
-fn convert_row_body(src: &[f32], dst: &mut [u16]) {
+fn convert_row_body(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = to_bf16_bits(s);
+        d.write(to_bf16_bits(s));
     }
 }
 
-dispatch!(fn convert_row(src: &[f32], dst: &mut [u16]) => convert_row_body);
+dispatch!(fn convert_row(src: &[f32], dst: &mut [MaybeUninit<u16>]) => convert_row_body);
 
 /// Whether a task of `rows` rows on `kernel` takes [`PackedMatrix::widened_pass`]: on AVX2,
 /// from 18 rows. Widening a panel half costs four vector stores per input pair, against 4·rows
@@ -925,7 +987,7 @@ mod tests {
         // The AMX path with its tile instructions emulated: its blocks, addresses and strides
         // on any CPU.
         let mut out = start.clone();
-        let x = bf16_rows(&a, m, k, packed.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
+        let x = bf16_rows(Rows::Dense(&a), m, k, packed.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
         let operands = packed.amx_operands(&x, m);
         amx::matmul_emulated(operands, &mut out, amx::Start::Accumulate, None, threads);
         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
@@ -943,7 +1005,7 @@ mod tests {
         // One block of each height on each kernel, for a whole panel and partial ones (in
         // its first and its second 16-lane half), into a C wider than the panel.
         let lda = a_stride(packed.pairs);
-        let pa = bf16_rows(&a, MR.min(m), k, lda, MR.min(m), false);
+        let pa = bf16_rows(Rows::Dense(&a), MR.min(m), k, lda, MR.min(m), false);
         let ldc = NR + 3;
         for &kernel in kernels {
             for cols in [NR, NR / 2 + 5, 3].map(|cols| cols.min(n)) {
@@ -1049,6 +1111,36 @@ mod tests {
                     cpu::bf16_kernel()
                 );
             }
+        }
+    }
+
+    /// A made row by row ([`Rows::Made`]) is the same A as given whole: the same bf16 lanes
+    /// (zero past k and in the padding rows, for an odd k and rows short of the padding), and
+    /// the same layer, bit for bit, on this CPU's kernel.
+    #[test]
+    fn rows_made_one_at_a_time_are_the_dense_rows() {
+        for (m, n, k, padded, threads) in [(5, 7, 37, 32, 1), (70, 40, 130, 96, 2), (1, 3, 1, 1, 1)] {
+            let a = random(m * k, 41);
+            let make = |r: usize, row: &mut [f32]| row.copy_from_slice(&a[r * k..(r + 1) * k]);
+            for parallel in [false, true] {
+                let pairs = k.div_ceil(2) + 3;
+                let dense = bf16_rows(Rows::Dense(&a), m, k, pairs, padded, parallel);
+                let made = bf16_rows(Rows::Made(&make), m, k, pairs, padded, parallel);
+                assert_eq!(*dense, *made, "{m}x{k} in {padded} rows");
+                let halves: Vec<u16> = dense.iter().flat_map(|&l| [l as u16, (l >> 16) as u16]).collect();
+                for (i, &h) in halves.iter().enumerate() {
+                    let (r, c) = (i / (2 * pairs), i % (2 * pairs));
+                    let want = if r < m && c < k { to_bf16_bits(a[r * k + c]) } else { 0 };
+                    assert_eq!(h, want, "{m}x{k} at row {r}, half {c}");
+                }
+            }
+            let packed = PackedMatrix::pack_transposed(&random(n * k, 42), n, k);
+            let bias = random(n, 43);
+            let gelu = Some(Activation::GeluErf);
+            let whole = packed.linear(&a, m, &bias, gelu, threads);
+            let one_by_one = packed.linear_rows(Rows::Made(&make), m, &bias, gelu, threads);
+            let same = whole.iter().zip(&one_by_one).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{:?}, {m}x{n}x{k}: made rows differ", cpu::bf16_kernel());
         }
     }
 

@@ -290,6 +290,24 @@ pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<
     out
 }
 
+/// LayerNorm of whole rows of `input` into `out` (the same length) on the calling thread, as
+/// [`layer_norm`] computes each row: for a caller that makes rows one at a time (a bf16
+/// product's input, [`crate::bf16::Rows::Made`]).
+///
+/// # Panics
+/// If `input` is not whole rows of `weight.len()` values or `out` differs in length.
+pub fn layer_norm_into(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    assert!(
+        !weight.is_empty() && input.len() % weight.len() == 0,
+        "layer_norm: input is not whole rows"
+    );
+    assert_eq!(input.len(), out.len(), "layer_norm: output length differs");
+    // SAFETY: f32s viewed as possibly uninitialised f32s (same layout); only values are
+    // written through the view.
+    let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    layer_norm_rows(input, out, weight, bias, eps);
+}
+
 #[inline(always)]
 fn softmax_body<const FMA: bool>(rows: &mut [f32], width: usize) {
     for row in rows.chunks_exact_mut(width) {
@@ -542,6 +560,11 @@ mod tests {
             let w = random(width, 1.0, 7);
             let b = random(width, 1.0, 8);
             let got = layer_norm(&x, &w, &b, eps);
+            let mut by_rows = vec![f32::NAN; x.len()];
+            for (x, out) in x.chunks(width).zip(by_rows.chunks_mut(width)) {
+                layer_norm_into(x, out, &w, &b, eps);
+            }
+            assert!(got.iter().zip(&by_rows).all(|(a, b)| a.to_bits() == b.to_bits()));
             let mut soft = x.clone();
             softmax_rows(&mut soft, width);
             let mut shifted = x.clone();

@@ -136,7 +136,7 @@ impl AttentionLayer {
 
     /// The LayerNorm and projection of the queries (for queries projected once, ahead of passes).
     pub(crate) fn project_queries(&self, rows: &[f32], threads: usize) -> Vec<f32> {
-        self.query.forward(&self.q_norm.forward(rows), threads)
+        self.query.forward_normed(&self.q_norm, rows, None, threads)
     }
 
     /// `queries`: `[Σ query rows, q_dim]`, item `i`'s rows at `query_items[i]`; `inputs`: the
@@ -200,7 +200,7 @@ impl AttentionLayer {
                     "self-attention needs every item's queries"
                 );
                 // Queries, keys and values from one product: each row `[q | k | v]`.
-                let qkv = self.stacked().forward(&self.q_norm.forward(rows), threads);
+                let qkv = self.stacked().forward_normed(&self.q_norm, rows, None, threads);
                 (None, qkv, query_items)
             }
         };
@@ -310,7 +310,7 @@ impl AttentionLayer {
             let nk = end - start;
             let block = &mut block[..nk * channels];
             input.fill(start..end, block);
-            let kv = self.stacked().forward(&norm.forward(block), threads);
+            let kv = self.stacked().forward_normed(norm, block, None, threads);
             scores.resize(nq * nk, 0.0);
             for h in 0..heads {
                 let q_h = View::strided(&projected[h * d_qk..], nq, d_qk, qk);
@@ -376,7 +376,7 @@ impl AttentionLayer {
             .kv_norm
             .as_ref()
             .expect("a cross-attention layer has a key/value LayerNorm");
-        self.stacked().forward(&norm.forward(inputs), threads)
+        self.stacked().forward_normed(norm, inputs, None, threads)
     }
 
     /// The attention's output projection (onto `residual`, the queries before their LayerNorm,
@@ -390,9 +390,9 @@ impl AttentionLayer {
             None => self.output.forward(&heads, threads),
         };
         drop(heads);
-        let hidden =
-            self.dense1
-                .forward_activated(&self.mlp_norm.forward(&x), Some(self.spec.activation), threads);
+        let hidden = self
+            .dense1
+            .forward_normed(&self.mlp_norm, &x, Some(self.spec.activation), threads);
         self.dense2.forward_into(&hidden, &mut x, threads);
         x
     }

@@ -181,6 +181,28 @@ impl Dense {
         out
     }
 
+    /// `act(norm(x)·Wᵀ + b)`. Where the bf16 kernel takes its input a row at a time
+    /// ([`bf16::makes_rows_alone`]: AMX), each row is normed into a scratch row and converted
+    /// to bf16 from there, so the normed rows are never stored whole in f32.
+    pub(crate) fn forward_normed(
+        &self,
+        norm: &Norm,
+        x: &[f32],
+        activation: Option<Activation>,
+        threads: usize,
+    ) -> Vec<f32> {
+        match &self.packed {
+            Some(packed) if bf16::makes_rows_alone() => {
+                let k = self.k;
+                let make = |r: usize, row: &mut [f32]| norm.forward_row(&x[r * k..(r + 1) * k], row);
+                let activation = activation.map(perceiver_kernels::Activation::from);
+                let rows = x.len() / k;
+                packed.linear_rows(bf16::Rows::Made(&make), rows, self.bias.data(), activation, threads)
+            }
+            _ => self.forward_activated(&norm.forward(x), activation, threads),
+        }
+    }
+
     /// `out += x·Wᵀ + b`: the residual stream takes the layer's output without another pass.
     pub(crate) fn forward_into(&self, x: &[f32], out: &mut [f32], threads: usize) {
         rows::add_to_rows(out, self.bias.data());
@@ -225,6 +247,12 @@ impl Norm {
     /// `x`: rows of the norm's width; each row normalised with transformers' eps.
     pub(crate) fn forward(&self, x: &[f32]) -> Vec<f32> {
         rows::layer_norm(x, self.weight.data(), self.bias.data(), LAYER_NORM_EPS as f32)
+    }
+
+    /// [`forward`](Self::forward) of one row into `out`, on the calling thread.
+    pub(crate) fn forward_row(&self, x: &[f32], out: &mut [f32]) {
+        let (weight, bias) = (self.weight.data(), self.bias.data());
+        rows::layer_norm_into(x, out, weight, bias, LAYER_NORM_EPS as f32);
     }
 }
 
