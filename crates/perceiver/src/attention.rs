@@ -586,25 +586,40 @@ impl HeadAttention<'_> {
                         scores.set_len(nq * nk);
                     },
                 }
-                rows::softmax_rows(&mut scores, nk);
                 match values {
+                    Packed::Bf16(values) if bf16::makes_rows_alone() => {
+                        // Each row's softmax is taken in a scratch row and converted to bf16
+                        // from there: the weights are never written back in f32.
+                        let weights = |r: usize, row: &mut [f32]| {
+                            row.copy_from_slice(&scores[r * nk..(r + 1) * nk]);
+                            rows::softmax_rows(row, nk);
+                        };
+                        let zero_bias = vec![0f32; d_v];
+                        let head_out =
+                            values.linear_rows(bf16::Rows::Made(&weights), nq, &zero_bias, None, threads);
+                        self.write_rows(&head_out, offset, d_v, vc);
+                    }
                     Packed::Bf16(values) => {
+                        rows::softmax_rows(&mut scores, nk);
                         let mut head_out = vec![0f32; nq * d_v];
                         values.matmul_accumulate(&scores, nq, &mut head_out, threads);
                         self.write_rows(&head_out, offset, d_v, vc);
                     }
-                    // SAFETY: the block lies inside `out`'s allocation (asserted above) and is set
-                    // (overwrite) by the product; blocks are disjoint, and nothing reads `out`
-                    // until every task is done.
-                    Packed::F32(values) => unsafe {
-                        values.matmul_view_raw(
-                            View::dense(&scores, nq, nk),
-                            self.out.get().add(offset),
-                            vc,
-                            threads,
-                            true,
-                        )
-                    },
+                    Packed::F32(values) => {
+                        rows::softmax_rows(&mut scores, nk);
+                        // SAFETY: the block lies inside `out`'s allocation (asserted above) and
+                        // is set (overwrite) by the product; blocks are disjoint, and nothing
+                        // reads `out` until every task is done.
+                        unsafe {
+                            values.matmul_view_raw(
+                                View::dense(&scores, nq, nk),
+                                self.out.get().add(offset),
+                                vc,
+                                threads,
+                                true,
+                            )
+                        }
+                    }
                 }
             }
             None => {
