@@ -68,16 +68,11 @@ pub enum Rows<'a> {
     /// A itself, row-major f32.
     Dense(&'a [f32]),
     /// A made row by row: `make(r, row)` writes all k values of row `r` (a LayerNorm of another
-    /// array's row, say). On AMX each row goes from a scratch row in L1 straight into bf16, so
-    /// A is never stored whole in f32; the other kernels make A whole first.
+    /// array's row, say). Each row goes from a scratch row in L1 straight into the product's
+    /// bf16 rows, so A is never stored whole in f32 (but on AVX2's widened pass, per task).
+    /// Where the panels are split over tasks (fewer rows than a block a thread), each task
+    /// makes the same rows.
     Made(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
-}
-
-/// Whether [`PackedMatrix::linear_rows`] takes [`Rows::Made`] one row at a time on this CPU
-/// (AMX); elsewhere it makes A whole first, which costs a caller that has a whole-array way to
-/// make A (a parallel LayerNorm) a zeroed buffer more.
-pub fn makes_rows_alone() -> bool {
-    cpu::bf16_kernel() == Bf16Kernel::Amx
 }
 
 /// A weight matrix `W` (`[n, k]`) packed for `C += A·Wᵀ` in bf16.
@@ -150,10 +145,28 @@ impl PackedMatrix {
         assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
         if cpu::bf16_kernel() == Bf16Kernel::Amx {
             // SAFETY: C is m×n (asserted), borrowed mutably.
-            return unsafe { self.amx(Rows::Dense(a), m, out.as_mut_ptr(), amx::Start::Accumulate, None, threads) };
+            return unsafe {
+                self.amx(
+                    Rows::Dense(a),
+                    m,
+                    out.as_mut_ptr(),
+                    amx::Start::Accumulate,
+                    None,
+                    threads,
+                )
+            };
         }
         // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably.
-        unsafe { self.run(a, m, out.as_mut_ptr(), threads, Edges::default()) }
+        unsafe {
+            self.run(
+                cpu::bf16_kernel(),
+                Rows::Dense(a),
+                m,
+                out.as_mut_ptr(),
+                threads,
+                Edges::default(),
+            )
+        }
     }
 
     /// A linear layer, `act(a[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer: as
@@ -189,7 +202,7 @@ impl PackedMatrix {
             bias.len(),
             self.n
         );
-        if makes_rows_alone() {
+        if cpu::bf16_kernel() == Bf16Kernel::Amx {
             // The tiles start from the bias and the activation is applied block by block.
             let mut out = Vec::with_capacity(m * self.n);
             // SAFETY: `out` has room for m·n values, which the tiles write from the bias.
@@ -206,22 +219,9 @@ impl PackedMatrix {
             }
             return out;
         }
-        let a = match a {
-            Rows::Dense(a) => a,
-            Rows::Made(make) => {
-                // The block kernels convert each task's rows of a whole A.
-                let k = self.k.max(1);
-                let mut whole = vec![0f32; m * self.k];
-                whole
-                    .par_chunks_mut(k)
-                    .enumerate()
-                    .for_each(|(r, row)| make(r, row));
-                return self.linear_rows(Rows::Dense(&whole), m, bias, activation, threads);
-            }
-        };
         if m == 0 || self.n == 0 || self.k == 0 {
+            // Nothing to multiply (no rows, outputs or inputs): the bias, activated.
             let mut out = rows::repeat_rows(bias, m);
-            self.matmul_accumulate(a, m, &mut out, threads);
             if let Some(act) = activation {
                 rows::activate(&mut out, act);
             }
@@ -233,11 +233,11 @@ impl PackedMatrix {
             activation,
             overwrite: false,
         };
-        // SAFETY: A is m×k (asserted); C is `out`'s m·n allocated values. With a bias, every
+        // SAFETY: A is m×k (asserted, or made row by row); C is `out`'s m·n allocated values. With a bias, every
         // task writes each element of its block before adding to it, and the tasks' blocks
         // cover C (m, n, k > 0), so all m·n values are initialised when `run` returns.
         unsafe {
-            self.run(a, m, out.as_mut_ptr(), threads, edges);
+            self.run(cpu::bf16_kernel(), a, m, out.as_mut_ptr(), threads, edges);
             out.set_len(m * self.n);
         }
         out
@@ -281,13 +281,13 @@ impl PackedMatrix {
     /// # Safety
     /// `c` must be valid for writes of m·n values, and no one else may access them during the
     /// call; with a bias they may be uninitialised.
-    unsafe fn run(&self, a: &[f32], m: usize, c: *mut f32, threads: usize, edges: Edges) {
+    unsafe fn run(&self, kernel: Bf16Kernel, a: Rows, m: usize, c: *mut f32, threads: usize, edges: Edges) {
         let (n, k) = (self.n, self.k);
         assert!(!edges.overwrite, "bf16 products add to C");
+        assert!(kernel != Bf16Kernel::Amx, "AMX runs its own loop");
         if m == 0 || n == 0 {
             return;
         }
-        let kernel = cpu::bf16_kernel();
         let panels = n.div_ceil(NR);
         let threads = threads.max(1);
         // Rows are split over the tasks, each converting its own rows of A and reading all of
@@ -314,7 +314,16 @@ impl PackedMatrix {
             // SAFETY: rows `rows` < m × columns `cols` ⊂ 0..n lie in C, in this task's block
             // (C as `run` requires).
             unsafe { edges.begin(c_ptr.get(), n, rows.clone(), cols.clone()) };
-            let a_rows = &a[rows.start * k..rows.end * k];
+            let first = rows.start;
+            let make_task_row = |r: usize, row: &mut [f32]| {
+                if let Rows::Made(make) = a {
+                    make(first + r, row)
+                }
+            };
+            let a_rows = match a {
+                Rows::Dense(a) => Rows::Dense(&a[rows.start * k..rows.end * k]),
+                Rows::Made(_) => Rows::Made(&make_task_row),
+            };
             let task_panels = group * per_group..((group + 1) * per_group).min(panels);
             // SAFETY: the task's rows start inside C; its panels' columns are its block's.
             let c_rows = unsafe { c_ptr.get().add(rows.start * n) };
@@ -346,14 +355,14 @@ impl PackedMatrix {
     unsafe fn blocked_pass(
         &self,
         kernel: Bf16Kernel,
-        a: &[f32],
+        a: Rows,
         rows: usize,
         panels: Range<usize>,
         c: *mut f32,
     ) {
         let (n, pairs) = (self.n, self.pairs);
         let lda = a_stride(pairs);
-        let packed_a = bf16_rows(Rows::Dense(a), rows, self.k, lda, rows, false);
+        let packed_a = bf16_rows(a, rows, self.k, lda, rows, false);
         let blocks = rows.div_ceil(MR);
         for p in panels {
             let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
@@ -394,8 +403,20 @@ impl PackedMatrix {
     /// # Safety
     /// As [`blocked_pass`](Self::blocked_pass); the CPU must have AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn widened_pass(&self, a: &[f32], rows: usize, panels: Range<usize>, c: *mut f32) {
+    unsafe fn widened_pass(&self, a: Rows, rows: usize, panels: Range<usize>, c: *mut f32) {
         let (n, pairs) = (self.n, self.pairs);
+        let mut made = Vec::new();
+        let a = match a {
+            Rows::Dense(a) => a,
+            Rows::Made(make) => {
+                // The vector rounding below reads the task's rows whole, in f32.
+                made.resize(rows * self.k, 0.0);
+                for (r, row) in made.chunks_exact_mut(self.k).enumerate() {
+                    make(r, row);
+                }
+                &made
+            }
+        };
         // The padding pairs (zero) are skipped.
         let used = self.k.div_ceil(2);
         let steps = 2 * used;
@@ -509,9 +530,8 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, par
     let convert = |scratch: &mut Vec<f32>, r: usize, lanes: &mut [MaybeUninit<u32>]| {
         // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
         // borrowed; little-endian, so each pair's first input is its low half.
-        let halves = unsafe {
-            std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lda)
-        };
+        let halves =
+            unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lda) };
         let (values, zeros) = halves.split_at_mut(if r < rows { k } else { 0 });
         match a {
             _ if values.is_empty() => {}
@@ -987,7 +1007,14 @@ mod tests {
         // The AMX path with its tile instructions emulated: its blocks, addresses and strides
         // on any CPU.
         let mut out = start.clone();
-        let x = bf16_rows(Rows::Dense(&a), m, k, packed.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
+        let x = bf16_rows(
+            Rows::Dense(&a),
+            m,
+            k,
+            packed.pairs,
+            m.div_ceil(amx::ROWS) * amx::ROWS,
+            true,
+        );
         let operands = packed.amx_operands(&x, m);
         amx::matmul_emulated(operands, &mut out, amx::Start::Accumulate, None, threads);
         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
@@ -1130,7 +1157,11 @@ mod tests {
                 let halves: Vec<u16> = dense.iter().flat_map(|&l| [l as u16, (l >> 16) as u16]).collect();
                 for (i, &h) in halves.iter().enumerate() {
                     let (r, c) = (i / (2 * pairs), i % (2 * pairs));
-                    let want = if r < m && c < k { to_bf16_bits(a[r * k + c]) } else { 0 };
+                    let want = if r < m && c < k {
+                        to_bf16_bits(a[r * k + c])
+                    } else {
+                        0
+                    };
                     assert_eq!(h, want, "{m}x{k} at row {r}, half {c}");
                 }
             }
@@ -1139,8 +1170,24 @@ mod tests {
             let gelu = Some(Activation::GeluErf);
             let whole = packed.linear(&a, m, &bias, gelu, threads);
             let one_by_one = packed.linear_rows(Rows::Made(&make), m, &bias, gelu, threads);
-            let same = whole.iter().zip(&one_by_one).all(|(x, y)| x.to_bits() == y.to_bits());
+            let same = whole
+                .iter()
+                .zip(&one_by_one)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{:?}, {m}x{n}x{k}: made rows differ", cpu::bf16_kernel());
+            // Each block kernel's loop, whichever this CPU would pick: its row chunks, its
+            // panel groups (m = 5 on 2 threads) and AVX2's widened pass (from 18 rows).
+            for kernel in kernels_here() {
+                let product = |a: Rows| {
+                    let mut out = vec![0.5f32; m * n];
+                    // SAFETY: `out` is C (m×n), borrowed mutably; the kernel runs here.
+                    unsafe { packed.run(kernel, a, m, out.as_mut_ptr(), 2, Edges::default()) };
+                    out
+                };
+                let (dense, made) = (product(Rows::Dense(&a)), product(Rows::Made(&make)));
+                let same = dense.iter().zip(&made).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{kernel:?}, {m}x{n}x{k}: made rows differ");
+            }
         }
     }
 

@@ -587,7 +587,7 @@ impl HeadAttention<'_> {
                     },
                 }
                 match values {
-                    Packed::Bf16(values) if bf16::makes_rows_alone() => {
+                    Packed::Bf16(values) => {
                         // Each row's softmax is taken in a scratch row and converted to bf16
                         // from there: the weights are never written back in f32.
                         let weights = |r: usize, row: &mut [f32]| {
@@ -597,12 +597,6 @@ impl HeadAttention<'_> {
                         let zero_bias = vec![0f32; d_v];
                         let head_out =
                             values.linear_rows(bf16::Rows::Made(&weights), nq, &zero_bias, None, threads);
-                        self.write_rows(&head_out, offset, d_v, vc);
-                    }
-                    Packed::Bf16(values) => {
-                        rows::softmax_rows(&mut scores, nk);
-                        let mut head_out = vec![0f32; nq * d_v];
-                        values.matmul_accumulate(&scores, nq, &mut head_out, threads);
                         self.write_rows(&head_out, offset, d_v, vc);
                     }
                     Packed::F32(values) => {

@@ -181,9 +181,8 @@ impl Dense {
         out
     }
 
-    /// `act(norm(x)·Wᵀ + b)`. Where the bf16 kernel takes its input a row at a time
-    /// ([`bf16::makes_rows_alone`]: AMX), each row is normed into a scratch row and converted
-    /// to bf16 from there, so the normed rows are never stored whole in f32.
+    /// `act(norm(x)·Wᵀ + b)`. In bf16 each row is normed into a scratch row and converted to
+    /// bf16 from there ([`bf16::Rows::Made`]), so the normed rows are never stored whole in f32.
     pub(crate) fn forward_normed(
         &self,
         norm: &Norm,
@@ -191,16 +190,20 @@ impl Dense {
         activation: Option<Activation>,
         threads: usize,
     ) -> Vec<f32> {
-        match &self.packed {
-            Some(packed) if bf16::makes_rows_alone() => {
-                let k = self.k;
-                let make = |r: usize, row: &mut [f32]| norm.forward_row(&x[r * k..(r + 1) * k], row);
-                let activation = activation.map(perceiver_kernels::Activation::from);
-                let rows = x.len() / k;
-                packed.linear_rows(bf16::Rows::Made(&make), rows, self.bias.data(), activation, threads)
-            }
-            _ => self.forward_activated(&norm.forward(x), activation, threads),
-        }
+        let Some(packed) = &self.packed else {
+            return self.forward_activated(&norm.forward(x), activation, threads);
+        };
+        let k = self.k;
+        let make = |r: usize, row: &mut [f32]| norm.forward_row(&x[r * k..(r + 1) * k], row);
+        let activation = activation.map(perceiver_kernels::Activation::from);
+        let rows = x.len() / k;
+        packed.linear_rows(
+            bf16::Rows::Made(&make),
+            rows,
+            self.bias.data(),
+            activation,
+            threads,
+        )
     }
 
     /// `out += x·Wᵀ + b`: the residual stream takes the layer's output without another pass.
