@@ -215,19 +215,12 @@ pub fn activation_gradient(x: &[f32], grad: &mut [f32], act: Activation) {
 fn layer_norm_body(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], bias: &[f32], eps: f32) {
     let n = weight.len();
     for (x, y) in input.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        // Two passes (mean, then the centred variance), 16 partial sums each so the loop
-        // vectorises; the partial sums are added in a fixed order.
-        let mean = sum16(x) / n as f32;
-        let mut acc = [0f32; 16];
-        let (body, tail) = x.split_at(n - n % 16);
-        for c in body.chunks_exact(16) {
-            for i in 0..16 {
-                let d = c[i] - mean;
-                acc[i] += d * d;
-            }
-        }
-        let mut var: f32 = acc.iter().sum();
-        var += tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>();
+        // Two passes (mean, then the centred variance), each over independent partial sums
+        // (see `PARTIALS`), added up in a fixed order.
+        let mean = sum_of(x) / n as f32;
+        let (partials, tail) = fold_partials(x, 0.0, |acc, v| acc + (v - mean) * (v - mean));
+        let var =
+            fold_tree(partials, |a, b| a + b) + tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>();
         let inv = 1.0 / (var / n as f32 + eps).sqrt();
         for i in 0..n {
             y[i] = MaybeUninit::new((x[i] - mean) * inv * weight[i] + bias[i]);
@@ -235,33 +228,60 @@ fn layer_norm_body(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], 
     }
 }
 
+/// Running sums or maxima kept side by side in the row reductions: four 16-lane vectors (eight
+/// of 8 lanes on AVX2), so that each add or max waits on the one four vectors back, not on
+/// the one before it (with a single vector of partials, a 1,280-wide row's sum is 80 adds in
+/// a chain of their latency).
+const PARTIALS: usize = 64;
+
+/// `x` folded into [`PARTIALS`] lanes by `op` (lane `i` takes the values at `i` mod 64, then
+/// the values past the last whole 64 go 16 at a time into the first 16 lanes), and the last
+/// `x.len() % 16` values, left to the caller.
 #[inline(always)]
-fn sum16(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (body, tail) = x.split_at(x.len() - x.len() % 16);
-    for c in body.chunks_exact(16) {
-        for i in 0..16 {
-            acc[i] += c[i];
+fn fold_partials(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> ([f32; PARTIALS], &[f32]) {
+    let mut acc = [init; PARTIALS];
+    let mut wide = x.chunks_exact(PARTIALS);
+    for c in &mut wide {
+        for i in 0..PARTIALS {
+            acc[i] = op(acc[i], c[i]);
         }
     }
-    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+    let mut narrow = wide.remainder().chunks_exact(16);
+    for c in &mut narrow {
+        for i in 0..16 {
+            acc[i] = op(acc[i], c[i]);
+        }
+    }
+    (acc, narrow.remainder())
 }
 
-/// The largest value of `x` (not NaN-aware). 16 running maxima, because a plain `fold` with
-/// `f32::max` does not vectorise (LLVM keeps `maxnum` reductions in order).
+/// The partials folded pairwise by `op` (a tree of six levels, not a chain of 64).
 #[inline(always)]
-fn max16(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let (body, tail) = x.split_at(x.len() - x.len() % 16);
-    for c in body.chunks_exact(16) {
-        for i in 0..16 {
-            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+fn fold_tree(mut acc: [f32; PARTIALS], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = PARTIALS / 2;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] = op(acc[i], acc[i + width]);
         }
+        width /= 2;
     }
-    let head = acc
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    tail.iter().fold(head, |m, &v| if v > m { v } else { m })
+    acc[0]
+}
+
+#[inline(always)]
+fn sum_of(x: &[f32]) -> f32 {
+    let (partials, tail) = fold_partials(x, 0.0, |acc, v| acc + v);
+    fold_tree(partials, |a, b| a + b) + tail.iter().sum::<f32>()
+}
+
+/// The largest value of `x` (not NaN-aware), over [`PARTIALS`] running maxima: a plain `fold`
+/// with `f32::max` does not vectorise (LLVM keeps `maxnum` reductions in order).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
+    let (partials, tail) = fold_partials(x, f32::NEG_INFINITY, larger);
+    let head = fold_tree(partials, larger);
+    tail.iter().copied().fold(head, larger)
 }
 
 dispatch!(
@@ -311,9 +331,9 @@ pub fn layer_norm_into(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f
 #[inline(always)]
 fn softmax_body<const FMA: bool>(rows: &mut [f32], width: usize) {
     for row in rows.chunks_exact_mut(width) {
-        let max = max16(row);
+        let max = max_of(row);
         row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - max));
-        let inv = 1.0 / sum16(row);
+        let inv = 1.0 / sum_of(row);
         row.iter_mut().for_each(|v| *v *= inv);
     }
 }
@@ -344,12 +364,12 @@ fn online_softmax_body<const FMA: bool>(
         .zip(max.iter_mut().zip(sum.iter_mut()))
         .zip(acc.chunks_exact_mut(acc_width));
     for ((row, (max, sum)), acc) in rows {
-        let new_max = max16(row).max(*max);
+        let new_max = max_of(row).max(*max);
         // The first block's running max is -∞: exp clamps its argument, so the factor is a
         // tiny number times a zero sum and a zero accumulator, never a NaN.
         let factor = exp::<FMA>(*max - new_max);
         row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - new_max));
-        *sum = *sum * factor + sum16(row);
+        *sum = *sum * factor + sum_of(row);
         acc.iter_mut().for_each(|v| *v *= factor);
         *max = new_max;
     }
