@@ -233,9 +233,10 @@ impl PackedMatrix {
             activation,
             overwrite: false,
         };
-        // SAFETY: A is m×k (asserted, or made row by row); C is `out`'s m·n allocated values. With a bias, every
-        // task writes each element of its block before adding to it, and the tasks' blocks
-        // cover C (m, n, k > 0), so all m·n values are initialised when `run` returns.
+        // SAFETY: A is m×k (asserted, or made row by row); C is `out`'s m·n allocated values.
+        // With a bias, every task writes each element of its block before adding to it, and the
+        // tasks' blocks cover C (m, n, k > 0), so all m·n values are initialised when `run`
+        // returns.
         unsafe {
             self.run(cpu::bf16_kernel(), a, m, out.as_mut_ptr(), threads, edges);
             out.set_len(m * self.n);
@@ -315,14 +316,13 @@ impl PackedMatrix {
             // (C as `run` requires).
             unsafe { edges.begin(c_ptr.get(), n, rows.clone(), cols.clone()) };
             let first = rows.start;
-            let make_task_row = |r: usize, row: &mut [f32]| {
-                if let Rows::Made(make) = a {
-                    make(first + r, row)
-                }
-            };
+            let make_task_row;
             let a_rows = match a {
-                Rows::Dense(a) => Rows::Dense(&a[rows.start * k..rows.end * k]),
-                Rows::Made(_) => Rows::Made(&make_task_row),
+                Rows::Dense(a) => Rows::Dense(&a[first * k..rows.end * k]),
+                Rows::Made(make) => {
+                    make_task_row = move |r: usize, row: &mut [f32]| make(first + r, row);
+                    Rows::Made(&make_task_row)
+                }
             };
             let task_panels = group * per_group..((group + 1) * per_group).min(panels);
             // SAFETY: the task's rows start inside C; its panels' columns are its block's.
