@@ -217,10 +217,8 @@ fn layer_norm_body(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], 
     for (x, y) in input.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         // Two passes (mean, then the centred variance), each over independent partial sums
         // (see `PARTIALS`), added up in a fixed order.
-        let mean = sum_of(x) / n as f32;
-        let (partials, tail) = fold_partials(x, 0.0, |acc, v| acc + (v - mean) * (v - mean));
-        let var =
-            fold_tree(partials, |a, b| a + b) + tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>();
+        let mean = sum_by(x, |v| v) / n as f32;
+        let var = sum_by(x, |v| (v - mean) * (v - mean));
         let inv = 1.0 / (var / n as f32 + eps).sqrt();
         for i in 0..n {
             y[i] = MaybeUninit::new((x[i] - mean) * inv * weight[i] + bias[i]);
@@ -268,10 +266,11 @@ fn fold_tree(mut acc: [f32; PARTIALS], op: impl Fn(f32, f32) -> f32) -> f32 {
     acc[0]
 }
 
+/// `Σ f(v)` over `x`: over [`PARTIALS`] running sums, added up as a tree, then the tail.
 #[inline(always)]
-fn sum_of(x: &[f32]) -> f32 {
-    let (partials, tail) = fold_partials(x, 0.0, |acc, v| acc + v);
-    fold_tree(partials, |a, b| a + b) + tail.iter().sum::<f32>()
+fn sum_by(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let (partials, tail) = fold_partials(x, 0.0, |acc, v| acc + f(v));
+    fold_tree(partials, |a, b| a + b) + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
 /// The largest value of `x` (not NaN-aware), over [`PARTIALS`] running maxima: a plain `fold`
@@ -333,7 +332,7 @@ fn softmax_body<const FMA: bool>(rows: &mut [f32], width: usize) {
     for row in rows.chunks_exact_mut(width) {
         let max = max_of(row);
         row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - max));
-        let inv = 1.0 / sum_of(row);
+        let inv = 1.0 / sum_by(row, |v| v);
         row.iter_mut().for_each(|v| *v *= inv);
     }
 }
@@ -369,7 +368,7 @@ fn online_softmax_body<const FMA: bool>(
         // tiny number times a zero sum and a zero accumulator, never a NaN.
         let factor = exp::<FMA>(*max - new_max);
         row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - new_max));
-        *sum = *sum * factor + sum_of(row);
+        *sum = *sum * factor + sum_by(row, |v| v);
         acc.iter_mut().for_each(|v| *v *= factor);
         *max = new_max;
     }
