@@ -2,6 +2,8 @@
 //! row ranges of one buffer: no padding).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Runs a forward pass on a thread of rayon's pool (`rayon::scope` runs it in place when called
 /// on one, so passes nest without another hop). Called from outside the pool, each of a pass's
@@ -10,6 +12,36 @@ use std::ops::Range;
 /// queues.
 pub(crate) fn on_pool<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| pass())
+}
+
+/// `pass(i)` for every i < `count`, at most `threads` at a time on the pool, each worker taking
+/// the next i as it finishes one (so that items of unequal cost still share the work); the
+/// results in order of i.
+pub(crate) fn side_by_side<T: Send>(
+    count: usize,
+    threads: usize,
+    pass: impl Fn(usize) -> T + Sync,
+) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<T>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    rayon::scope(|scope| {
+        for _ in 0..threads.clamp(1, count.max(1)) {
+            scope.spawn(|_| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(slot) = results.get(i) else { break };
+                let result = pass(i);
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .expect("every item was taken by a worker")
+        })
+        .collect()
 }
 
 /// Row ranges of consecutive items with the given row counts.

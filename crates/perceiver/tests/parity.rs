@@ -69,32 +69,53 @@ fn a_texts_logits_do_not_depend_on_its_batch_or_the_threads() {
         println!("no packed kernel on this CPU: the gemm crate's sums depend on the shape; skipped");
         return;
     }
-    for dir in fixture_dirs() {
+    for (dir, precision) in fixture_dirs()
+        .into_iter()
+        .flat_map(|dir| [(dir.clone(), Precision::F32), (dir, Precision::Bf16)])
+    {
         let mut engine = load_fast(&dir);
+        engine.set_precision(precision);
         let max_len = engine.max_len();
         let positions: Vec<usize> = (0..max_len).filter(|p| p % 5 != 2).collect();
         let mut texts: Vec<Vec<u32>> = cases(&dir).iter().flat_map(Case::unpadded_texts).collect();
         // Odd lengths, so that texts start and end inside the products' blocks of rows.
         texts.push((0..max_len.min(37) as u32).map(|i| 7 + i % 200).collect());
+        // An odd count: on two threads, a batch runs its texts side by side, one thread each,
+        // and the one left over as a pass of its own on both.
+        if texts.len().is_multiple_of(2) {
+            texts.push((0..max_len.min(11) as u32).map(|i| 9 + i % 100).collect());
+        }
         let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
-        let batched = engine
-            .logits_at(&refs, &vec![positions.as_slice(); refs.len()])
-            .unwrap();
-        let per_text = batched.len() / refs.len();
+        engine.set_threads(1);
+        let reference: Vec<Vec<f32>> = refs
+            .iter()
+            .map(|text| engine.logits_at(&[text], &[&positions]).unwrap())
+            .collect();
+        let differ = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count()
+        };
         for threads in [1, 2, 3] {
             engine.set_threads(threads);
+            let batched = engine
+                .logits_at(&refs, &vec![positions.as_slice(); refs.len()])
+                .unwrap();
+            let per_text = batched.len() / refs.len();
             for (i, text) in refs.iter().enumerate() {
                 let alone = engine.logits_at(&[text], &[&positions]).unwrap();
                 let in_batch = &batched[i * per_text..(i + 1) * per_text];
-                let differ = alone
-                    .iter()
-                    .zip(in_batch)
-                    .filter(|(a, b)| a.to_bits() != b.to_bits())
-                    .count();
                 assert_eq!(
-                    differ,
+                    differ(&reference[i], in_batch),
                     0,
-                    "{}: text {i} alone on {threads} threads differs from the batch",
+                    "{} ({precision:?}): text {i} in a batch on {threads} threads differs from it alone on one",
+                    dir.display()
+                );
+                assert_eq!(
+                    differ(&reference[i], &alone),
+                    0,
+                    "{} ({precision:?}): text {i} alone on {threads} threads differs from it alone on one",
                     dir.display()
                 );
             }
