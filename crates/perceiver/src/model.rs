@@ -594,7 +594,7 @@ impl PerceiverModel {
             // work, is the same for every text, so the threads finish together). What is left
             // over, fewer texts than threads, runs as one pass on all of them. Each text's
             // result is the same either way, bit for bit.
-            let alone = if threads > 1 {
+            let one_per_thread = if threads > 1 {
                 texts.len() - texts.len() % threads
             } else {
                 0
@@ -604,11 +604,11 @@ impl PerceiverModel {
                 self.decode_on(&latents, &positions[range], threads)
             };
             let mut logits = Vec::new();
-            for text in side_by_side(alone, threads, |i| pass(i..i + 1, 1)) {
+            for text in side_by_side(one_per_thread, threads, |i| pass(i..i + 1, 1)) {
                 logits.extend(text?);
             }
-            if alone < texts.len() {
-                logits.extend(pass(alone..texts.len(), threads)?);
+            if one_per_thread < texts.len() {
+                logits.extend(pass(one_per_thread..texts.len(), threads)?);
             }
             Ok(logits)
         })
