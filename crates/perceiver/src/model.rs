@@ -56,6 +56,16 @@ impl ModelInput<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The inputs `range` of the batch.
+    fn slice(&self, range: Range<usize>) -> Self {
+        match *self {
+            Self::Tokens(texts) => Self::Tokens(&texts[range]),
+            Self::Images(images) => Self::Images(&images[range]),
+            Self::FramePairs(pairs) => Self::FramePairs(&pairs[range]),
+            Self::Videos(videos) => Self::Videos(&videos[range]),
+        }
+    }
 }
 
 /// Queries the multimodal decoder runs at once: its memory beyond the answer is bounded by this
@@ -318,7 +328,36 @@ impl PerceiverModel {
     /// Encodes each input into latents: `[inputs · num_latents, d_latents]`, input `i`'s
     /// latents in rows `i·num_latents..`.
     pub fn encode_input(&self, input: ModelInput<'_>) -> Result<Vec<f32>> {
-        on_pool(|| self.encode_on(input, self.threads()))
+        on_pool(|| {
+            self.batched(input.len(), |items, threads| {
+                self.encode_on(input.slice(items), threads)
+            })
+        })
+    }
+
+    /// `pass(items, threads)` over a batch of `count` inputs, on the pool, the results
+    /// concatenated in input order. Whole rounds of inputs run side by side, each input's pass
+    /// alone on one thread: a pass on one thread needs no fork, join or wait between its ops,
+    /// and its products keep their operands in their own core's caches, which makes it faster
+    /// per input than one pass over a batch on all of them (the latent stack, most of an
+    /// input's work, is the same for every input, so the threads finish together). What is
+    /// left over, fewer inputs than threads, runs as one pass on all of them. Each input's
+    /// result is the same either way, bit for bit.
+    fn batched(
+        &self,
+        count: usize,
+        pass: impl Fn(Range<usize>, usize) -> Result<Vec<f32>> + Sync,
+    ) -> Result<Vec<f32>> {
+        let threads = self.threads();
+        let one_per_thread = if threads > 1 { count - count % threads } else { 0 };
+        let mut out = Vec::new();
+        for item in side_by_side(one_per_thread, threads, |i| pass(i..i + 1, 1)) {
+            out.extend(item?);
+        }
+        if one_per_thread < count {
+            out.extend(pass(one_per_thread..count, threads)?);
+        }
+        Ok(out)
     }
 
     /// [`encode_input`](Self::encode_input) on `threads` threads, already on the pool.
@@ -584,33 +623,12 @@ impl PerceiverModel {
                 positions.len()
             )));
         }
-        // One hop onto the pool for all of it.
+        // One hop onto the pool for all of it; each text's pass encodes and decodes it.
         on_pool(|| {
-            let threads = self.threads();
-            // Whole rounds of texts run side by side, each text's pass alone on one thread: a
-            // pass on one thread needs no fork, join or wait between its ops, and its products
-            // keep their operands in their own core's caches, which makes it faster per text
-            // than one pass over a batch on all of them (the latent stack, most of a text's
-            // work, is the same for every text, so the threads finish together). What is left
-            // over, fewer texts than threads, runs as one pass on all of them. Each text's
-            // result is the same either way, bit for bit.
-            let one_per_thread = if threads > 1 {
-                texts.len() - texts.len() % threads
-            } else {
-                0
-            };
-            let pass = |range: Range<usize>, threads: usize| {
-                let latents = self.encode_on(ModelInput::Tokens(&texts[range.clone()]), threads)?;
-                self.decode_on(&latents, &positions[range], threads)
-            };
-            let mut logits = Vec::new();
-            for text in side_by_side(one_per_thread, threads, |i| pass(i..i + 1, 1)) {
-                logits.extend(text?);
-            }
-            if one_per_thread < texts.len() {
-                logits.extend(pass(one_per_thread..texts.len(), threads)?);
-            }
-            Ok(logits)
+            self.batched(texts.len(), |items, threads| {
+                let latents = self.encode_on(ModelInput::Tokens(&texts[items.clone()]), threads)?;
+                self.decode_on(&latents, &positions[items], threads)
+            })
         })
     }
 
