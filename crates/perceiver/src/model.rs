@@ -341,8 +341,8 @@ impl PerceiverModel {
     /// and its products keep their operands in their own core's caches, which makes it faster
     /// per input than one pass over a batch on all of them (the latent stack, most of an
     /// input's work, is the same for every input, so the threads finish together). What is
-    /// left over, fewer inputs than threads, runs as one pass on all of them. Each input's
-    /// result is the same either way, bit for bit.
+    /// left over, fewer inputs than threads, runs as one pass on all of them. On the packed
+    /// kernels a text's result is the same either way, bit for bit (the parity tests check it).
     fn batched(
         &self,
         count: usize,
