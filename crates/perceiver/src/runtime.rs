@@ -22,10 +22,14 @@ pub(crate) fn side_by_side<T: Send>(
     threads: usize,
     pass: impl Fn(usize) -> T + Sync,
 ) -> Vec<T> {
+    // A single pass (no whole round of inputs) asks for nothing: no workers are spawned.
+    if count == 0 {
+        return Vec::new();
+    }
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<T>>> = (0..count).map(|_| Mutex::new(None)).collect();
     rayon::scope(|scope| {
-        for _ in 0..threads.clamp(1, count.max(1)) {
+        for _ in 0..threads.clamp(1, count) {
             scope.spawn(|_| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(slot) = results.get(i) else { break };

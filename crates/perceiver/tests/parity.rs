@@ -59,10 +59,10 @@ fn engine_matches_transformers() {
 }
 
 /// A text's logits do not depend on the texts batched with it, nor on the thread count, in f32
-/// and bf16: bit for bit, so that the server's dynamic batching never changes an answer. (Every reduction of the
-/// engine runs per row in a fixed order; a product that split a row's sum by its block or thread
-/// would break this.) Holds on the packed AVX2/AVX-512 products; the `gemm` crate, used without
-/// them, sums differently by shape.
+/// and bf16: bit for bit, so that the server's dynamic batching never changes an answer. (Every
+/// reduction of the engine runs per row in a fixed order; a product that split a row's sum by its
+/// block or thread would break this.) Holds on the packed AVX2/AVX-512/AMX products; the `gemm`
+/// crate, used without them, sums differently by shape.
 #[test]
 fn a_texts_logits_do_not_depend_on_its_batch_or_the_threads() {
     if !perceiver_kernels::sgemm::available() {
