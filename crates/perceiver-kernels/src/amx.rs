@@ -4,9 +4,12 @@
 //! Rust has no stable AMX intrinsics, so the few instructions are inline assembly. The weights
 //! use [`crate::bf16::PackedMatrix`]'s layout as they are: a panel's rows of 32 input pairs are
 //! 128 bytes, and 16 consecutive pair rows of 16 columns form one B tile (row stride 128). X
-//! comes converted to row-major bf16 by the caller ([`crate::bf16`], per call). Each microkernel
-//! step keeps a 32×32 block of C in four tiles. Linux must grant the process the AMX register
-//! state first (`arch_prctl`); [`available`] asks once and says no when it is refused.
+//! comes converted to bf16 by the caller ([`crate::bf16`], per call), in the order the tiles
+//! read it (a 32-row block at a time, one step's two A tiles side by side). Each microkernel
+//! step keeps a 32×32 block of C in four tiles; a panel's k slices are taken in turn by a group
+//! of row blocks, so that the slice of W is read from L1 (see `run`). Linux must grant the
+//! process the AMX register state first (`arch_prctl`); [`available`] asks once and says no
+//! when it is refused.
 //!
 //! The loop is written once over a small set of tile operations (`Tiles`): the instructions
 //! themselves, and in the tests their emulation in plain Rust, so that the blocking, addresses
@@ -30,6 +33,19 @@ pub(crate) const TILE_PAIRS: usize = 16;
 /// Bytes of X's bf16 rows that one pass over the task's panels works on (see `block_rows`):
 /// 256 rows of the language model's 1280-wide latents, one text's whole X in one block.
 const X_BLOCK_BYTES: usize = 640 * 1024;
+/// Steps (of [`TILE_PAIRS`] input pairs) in a k slice: a panel's slice of W is 16 KB, which
+/// stays in L1 while the row blocks of a group pass over it.
+const SLICE_STEPS: usize = 8;
+/// Row blocks that pass over a k slice of W in turn. Between slices their C (4 KB a block)
+/// waits in a scratch that stays in L1 next to the slice.
+const GROUP_BLOCKS: usize = 8;
+
+/// Where lane `step · TILE_PAIRS + j` of row `r` of a block of [`ROWS`] rows lies in [`Operands`]'
+/// X, from the block's start: the 16-pair slices of the block's 32 rows for one step side by
+/// side (its two A tiles, 1 KB each), one step after another.
+pub(crate) fn x_lane(r: usize, step: usize) -> usize {
+    (step * ROWS + r) * TILE_PAIRS
+}
 
 /// Whether the bf16 products may run on AMX tiles: [`crate::cpu::amx`].
 pub fn available() -> bool {
@@ -62,8 +78,9 @@ pub(crate) struct Operands<'a> {
     pub(crate) n: usize,
     /// Input pairs of a row, a multiple of [`TILE_PAIRS`].
     pub(crate) pairs: usize,
-    /// X as row-major bf16 read as pairs, from a cache line: `[m rounded up to ROWS][pairs]`
-    /// lanes, zero past its m rows and k columns.
+    /// X as bf16 read as pairs, from a cache line, in tile order: `[m / ROWS rounded up]`
+    /// blocks of `ROWS · pairs` lanes, each laid out by [`x_lane`]; zero past its m rows and k
+    /// columns.
     pub(crate) x: &'a [u32],
     /// Rows of X and C.
     pub(crate) m: usize,
@@ -189,6 +206,7 @@ unsafe fn run<T: Tiles>(
     // A block of X's rows (bf16, 2 bytes a value) of 640 KiB: it stays in L2 (2 MB a core on
     // Sapphire Rapids) next to the panel of W being read.
     let block_rows = ((X_BLOCK_BYTES / (2 * k_pad)) / ROWS).max(1) * ROWS;
+    let steps = pairs / TILE_PAIRS;
     let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
     let per_task = panels.div_ceil(tasks);
     let out_ptr = SendPtr(out);
@@ -200,14 +218,14 @@ unsafe fn run<T: Tiles>(
         // caller's promise), each task its own panels' columns; C is read only when it
         // accumulates.
         unsafe {
-            // The finished block of C that still needs its activation: its rows (where they
-            // start, and their width) are activated one per step of the next block, so that
-            // the vector units work while the tiles multiply.
+            // The finished blocks of C that still need their activation: their rows (where
+            // they start, and their width) are activated a few per step of the next blocks, so
+            // that the vector units work while the tiles multiply.
             let mut unactivated: Vec<(*mut f32, usize)> = Vec::with_capacity(ROWS);
-            // C's block where it reaches past `out` (its last rows or columns), made once per
-            // task: zeroing 4 KB for every block cost as much as a few of its tile steps. What
-            // lies outside the block's rows and columns is computed on and never copied out.
-            let mut scratch = [0f32; ROWS * PANEL_COLS];
+            // C's blocks of a group between k slices, and where a block reaches past `out`
+            // (its last rows or columns); made once per task. What lies outside a block's rows
+            // and columns is computed on and never copied out.
+            let mut scratch = vec![Block([0.0; ROWS * PANEL_COLS]); GROUP_BLOCKS];
             let activate = |(row, cols): (*mut f32, usize)| {
                 if let Some(act) = activation {
                     rows::activate(std::slice::from_raw_parts_mut(row, cols), act);
@@ -215,67 +233,96 @@ unsafe fn run<T: Tiles>(
             };
             // Rows of X are taken a block at a time, and every panel of the task runs over the
             // block before the next: the block stays in the core's L2 across panels instead of
-            // X being streamed from memory once per panel.
+            // X being streamed from memory once per panel. Within a panel, its k slices are
+            // taken in turn by a group of row blocks: the slice of W is read from L1 by all but
+            // the first (reading both A and B tiles from L2 leaves the tiles waiting).
             for block in (0..m).step_by(block_rows) {
-                for p in t * per_task..((t + 1) * per_task).min(panels) {
+                let block_end = (block + block_rows).min(m);
+                let task_panels = t * per_task..((t + 1) * per_task).min(panels);
+                for p in task_panels.clone() {
                     let b = w.as_ptr().add(p * pairs * PANEL_COLS).cast::<u8>();
                     let cols = PANEL_COLS.min(n - p * PANEL_COLS);
-                    for r0 in (block..(block + block_rows).min(m)).step_by(ROWS) {
-                        let rows = ROWS.min(m - r0);
-                        let whole = rows == ROWS && cols == PANEL_COLS;
-                        // C: in place when the 32×32 block is inside `out`, else through the
-                        // scratch. The bias tiles are its 16 columns read 16 times (row stride 0).
-                        let c_at = |r: usize| out_ptr.get().add((r0 + r) * n + p * PANEL_COLS);
-                        let (c, c_stride) = if whole {
-                            (c_at(0), n * 4)
-                        } else {
-                            for r in 0..rows {
-                                let from = match start {
-                                    Start::Accumulate => c_at(r).cast_const(),
-                                    Start::Bias(bias) => bias.as_ptr().add(p * PANEL_COLS),
-                                };
-                                std::ptr::copy_nonoverlapping(
-                                    from,
-                                    scratch.as_mut_ptr().add(r * PANEL_COLS),
-                                    cols,
-                                );
+                    let block_steps = (block_end - block).div_ceil(ROWS) * steps.max(1);
+                    let mut ahead = Ahead::new(
+                        task_panels
+                            .contains(&(p + 1))
+                            .then(|| b.add(pairs * PANEL_COLS * 4)),
+                        pairs * PANEL_COLS * 4,
+                        block_steps,
+                    );
+                    for group in (block..block_end).step_by(ROWS * GROUP_BLOCKS) {
+                        let group_end = (group + ROWS * GROUP_BLOCKS).min(block_end);
+                        for s0 in (0..steps.max(1)).step_by(SLICE_STEPS) {
+                            let s1 = (s0 + SLICE_STEPS).min(steps);
+                            let (first, last) = (s0 == 0, s1 == steps);
+                            // Pending rows activated per step: a block's 32 over the slice.
+                            let per_step = ROWS.div_ceil((s1 - s0).max(1));
+                            for (slot, r0) in (group..group_end).step_by(ROWS).enumerate() {
+                                let rows = ROWS.min(m - r0);
+                                let whole = rows == ROWS && cols == PANEL_COLS;
+                                let c_at = |r: usize| out_ptr.get().add((r0 + r) * n + p * PANEL_COLS);
+                                let kept = scratch[slot].0.as_mut_ptr();
+                                let kept_bytes = kept.cast::<u8>();
+                                const KEPT_STRIDE: usize = PANEL_COLS * 4;
+                                // C's tiles start from the bias (its 16 columns read 16 times,
+                                // row stride 0) or from `out`, in place when the 32×32 block is
+                                // inside it, else through the scratch; after the first slice,
+                                // from the scratch.
+                                if !first {
+                                    tiles.load_c(kept_bytes, KEPT_STRIDE);
+                                } else if whole {
+                                    match start {
+                                        Start::Bias(bias) => {
+                                            tiles.load_c(bias.as_ptr().add(p * PANEL_COLS).cast(), 0)
+                                        }
+                                        Start::Accumulate => tiles.load_c(c_at(0).cast(), n * 4),
+                                    }
+                                } else {
+                                    for r in 0..rows {
+                                        let from = match start {
+                                            Start::Accumulate => c_at(r).cast_const(),
+                                            Start::Bias(bias) => bias.as_ptr().add(p * PANEL_COLS),
+                                        };
+                                        std::ptr::copy_nonoverlapping(from, kept.add(r * PANEL_COLS), cols);
+                                    }
+                                    tiles.load_c(kept_bytes, KEPT_STRIDE);
+                                }
+                                let a = x.as_ptr().add(r0 * pairs).cast::<u8>();
+                                for step in s0..s1 {
+                                    let a0 = a.add(x_lane(0, step) * 4);
+                                    let b_tile = b.add(step * TILE_PAIRS * PANEL_COLS * 4);
+                                    tiles.step(
+                                        [a0, a0.add(16 * TILE_PAIRS * 4)],
+                                        TILE_PAIRS * 4,
+                                        [b_tile, b_tile.add(64)],
+                                        PANEL_COLS * 4,
+                                    );
+                                    ahead.step();
+                                    for _ in 0..per_step {
+                                        if let Some(row) = unactivated.pop() {
+                                            activate(row);
+                                        }
+                                    }
+                                }
+                                unactivated.drain(..).for_each(activate);
+                                if last && whole {
+                                    tiles.store_c(c_at(0).cast(), n * 4);
+                                } else {
+                                    tiles.store_c(kept_bytes, KEPT_STRIDE);
+                                    if last {
+                                        for r in 0..rows {
+                                            std::ptr::copy_nonoverlapping(
+                                                kept.add(r * PANEL_COLS),
+                                                c_at(r),
+                                                cols,
+                                            );
+                                        }
+                                    }
+                                }
+                                if last && activation.is_some() {
+                                    unactivated.extend((0..rows).map(|r| (c_at(r), cols)));
+                                }
                             }
-                            (scratch.as_mut_ptr(), PANEL_COLS * 4)
-                        };
-                        let c = c.cast::<u8>();
-                        match start {
-                            Start::Bias(bias) if whole => {
-                                tiles.load_c(bias.as_ptr().add(p * PANEL_COLS).cast(), 0)
-                            }
-                            _ => tiles.load_c(c, c_stride),
-                        }
-                        let a0 = x.as_ptr().add(r0 * pairs).cast::<u8>();
-                        let a1 = a0.add(16 * k_pad * 2);
-                        for kk in 0..pairs / TILE_PAIRS {
-                            let b_tile = b.add(kk * TILE_PAIRS * PANEL_COLS * 4);
-                            tiles.step(
-                                [a0.add(kk * 64), a1.add(kk * 64)],
-                                k_pad * 2,
-                                [b_tile, b_tile.add(64)],
-                                PANEL_COLS * 4,
-                            );
-                            if let Some(row) = unactivated.pop() {
-                                activate(row);
-                            }
-                        }
-                        unactivated.drain(..).for_each(activate);
-                        tiles.store_c(c, c_stride);
-                        if !whole {
-                            for r in 0..rows {
-                                std::ptr::copy_nonoverlapping(
-                                    scratch.as_ptr().add(r * PANEL_COLS),
-                                    c_at(r),
-                                    cols,
-                                );
-                            }
-                        }
-                        if activation.is_some() {
-                            unactivated.extend((0..rows).map(|r| (c_at(r), cols)));
                         }
                     }
                 }
@@ -285,6 +332,48 @@ unsafe fn run<T: Tiles>(
         tiles.end();
     });
 }
+
+/// The next panel of W, brought into L2 a few lines per step while the tiles work on this one:
+/// in a model the weights come from memory (they are far larger than the caches), and the k
+/// slices would otherwise wait on them slice by slice.
+struct Ahead {
+    next: *const u8,
+    lines: usize,
+    issued: usize,
+    per_step: usize,
+}
+
+impl Ahead {
+    /// `bytes` of the panel at `next` (none: nothing to fetch), over `steps` steps.
+    fn new(next: Option<*const u8>, bytes: usize, steps: usize) -> Self {
+        let lines = if next.is_some() { bytes.div_ceil(64) } else { 0 };
+        Self {
+            next: next.unwrap_or(std::ptr::null()),
+            lines,
+            issued: 0,
+            per_step: lines.div_ceil(steps.max(1)),
+        }
+    }
+
+    /// Hints this step's share of the lines.
+    fn step(&mut self) {
+        let end = (self.issued + self.per_step).min(self.lines);
+        for line in self.issued..end {
+            // SAFETY: a prefetch is only a hint; the line lies in the next panel of W.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                    self.next.wrapping_add(64 * line).cast(),
+                )
+            };
+        }
+        self.issued = end;
+    }
+}
+
+/// A 32×32 block of C kept between k slices, on a cache line (its tile rows are whole lines).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Block([f32; ROWS * PANEL_COLS]);
 
 /// The tile operations [`run`]'s loop is made of. C's 32×32 block is four 16×16 f32 tiles:
 /// at `c`, `c + 64` bytes, 16 rows down, and 16 rows down `+ 64`.

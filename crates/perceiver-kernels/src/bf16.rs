@@ -244,7 +244,7 @@ impl PackedMatrix {
         out
     }
 
-    /// The product on AMX tiles: A converted to bf16 rows, C (`[m, n]` at `out`) from `start`.
+    /// The product on AMX tiles: A converted to bf16 in tile order, C (`[m, n]` at `out`) from `start`.
     ///
     /// # Safety
     /// As [`amx::matmul`]'s for `out`.
@@ -257,12 +257,12 @@ impl PackedMatrix {
         activation: Option<Activation>,
         threads: usize,
     ) {
-        let x = bf16_rows(a, m, self.k, self.pairs, m.div_ceil(amx::ROWS) * amx::ROWS, true);
+        let x = amx_rows(a, m, self.k, self.pairs);
         // SAFETY: the caller's promises; the kernel is AMX only where it is available.
         unsafe { amx::matmul(self.amx_operands(&x, m), out, start, activation, threads) };
     }
 
-    /// This matrix and `x` (A's bf16 rows, [`bf16_rows`]) as [`amx::matmul`]'s operands.
+    /// This matrix and `x` (A in tile order, [`amx_rows`]) as [`amx::matmul`]'s operands.
     fn amx_operands<'a>(&'a self, x: &'a [u32], m: usize) -> amx::Operands<'a> {
         amx::Operands {
             w: &self.data,
@@ -510,10 +510,10 @@ fn a_stride(pairs: usize) -> usize {
     }
 }
 
-/// A's rows (`[rows, k]`) converted to bf16 row by row, the layout both the block kernels
-/// ([`run_block`]) and AMX's tiles read: `[padded_rows][lda]` lanes of pairs from a cache line (a
-/// row of bf16 read as 32-bit lanes: the even input in the low half), zero past `k` and in the
-/// rows after `rows`.
+/// A's rows (`[rows, k]`) converted to bf16 row by row, the layout the block kernels
+/// ([`run_block`]) read: `[padded_rows][lda]` lanes of pairs from a cache line (a row of bf16
+/// read as 32-bit lanes: the even input in the low half), zero past `k` and in the rows after
+/// `rows`.
 /// A contiguous conversion per row, where a layout interleaving the rows would need scattered
 /// stores; each lane written once (the zeros only where nothing else goes). `parallel` converts
 /// the rows on the pool (a whole product's A); a product's task converting its own rows does it
@@ -528,27 +528,78 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, par
         assert!(a.len() >= rows * k, "bf16_rows: A has fewer than {rows} rows");
     }
     let convert = |scratch: &mut Vec<f32>, r: usize, lanes: &mut [MaybeUninit<u32>]| {
-        // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
-        // borrowed; little-endian, so each pair's first input is its low half.
-        let halves =
-            unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lda) };
-        let (values, zeros) = halves.split_at_mut(if r < rows { k } else { 0 });
-        match a {
-            _ if values.is_empty() => {}
-            Rows::Dense(a) => convert_row(&a[r * k..(r + 1) * k], values),
-            Rows::Made(make) => {
-                scratch.resize(k, 0.0);
-                make(r, scratch);
-                convert_row(scratch, values);
+        convert_into(a, rows, k, scratch, r, lanes)
+    };
+    // SAFETY: `convert_into` writes each of a row's lda lanes.
+    unsafe { Lines::from_uninit_rows(padded_rows, lda, parallel, Vec::new, convert) }
+}
+
+/// A's rows (`[rows, k]`) converted to bf16 in the order AMX's tiles read them
+/// ([`amx::Operands`]' `x`): each 32-row block's 16-pair slices of its rows, the slices of one
+/// step of the tile loop (two 16 × 16-lane tiles) side by side, so that the loop reads each
+/// block as one run of memory. `pairs` (a multiple of [`amx::TILE_PAIRS`]) lanes a row, zero
+/// past `k` and in the rows after `rows` (up to a whole block). Each row is converted into a
+/// scratch row in L1 and copied into place a slice at a time; the blocks on the pool.
+fn amx_rows(a: Rows, rows: usize, k: usize, pairs: usize) -> Lines {
+    assert!(
+        2 * pairs >= k,
+        "amx_rows: {pairs} pairs a row cannot hold {k} inputs"
+    );
+    assert_eq!(pairs % amx::TILE_PAIRS, 0, "amx_rows: pairs are whole tiles");
+    if let Rows::Dense(a) = a {
+        assert!(a.len() >= rows * k, "amx_rows: A has fewer than {rows} rows");
+    }
+    let fill = |(scratch, row): &mut (Vec<f32>, Vec<MaybeUninit<u32>>),
+                block: usize,
+                lanes: &mut [MaybeUninit<u32>]| {
+        row.resize(pairs, MaybeUninit::new(0));
+        for r in 0..amx::ROWS {
+            convert_into(a, rows, k, scratch, block * amx::ROWS + r, row);
+            for (step, slice) in row.chunks_exact(amx::TILE_PAIRS).enumerate() {
+                // Whole 64-byte slices, so that each is copied inline, not by a call.
+                let slice: &[MaybeUninit<u32>; amx::TILE_PAIRS] = slice.try_into().expect("a whole slice");
+                let at = amx::x_lane(r, step);
+                let to: &mut [MaybeUninit<u32>; amx::TILE_PAIRS] = (&mut lanes[at..at + amx::TILE_PAIRS])
+                    .try_into()
+                    .expect("a whole slice");
+                *to = *slice;
             }
         }
-        zeros.iter_mut().for_each(|half| {
-            half.write(0);
-        });
     };
-    // SAFETY: `convert` writes each of a row's 2·lda halves: its first k converted (none past
-    // `rows`), the rest zero.
-    unsafe { Lines::from_uninit_rows(padded_rows, lda, parallel, Vec::new, convert) }
+    let blocks = rows.div_ceil(amx::ROWS);
+    // SAFETY: each block's 32 rows of `pairs` lanes are written whole: every 16-lane slice of
+    // every row lands on its own place of the block's 32·pairs lanes (`amx::x_lane`).
+    unsafe { Lines::from_uninit_rows(blocks, amx::ROWS * pairs, true, || (Vec::new(), Vec::new()), fill) }
+}
+
+/// Row `r` of A (`[rows, k]`) converted to bf16 pairs into `lanes` (all of them written: the
+/// first k inputs converted, or none past `rows`, the rest zero); `scratch` holds a made row.
+fn convert_into(
+    a: Rows,
+    rows: usize,
+    k: usize,
+    scratch: &mut Vec<f32>,
+    r: usize,
+    lanes: &mut [MaybeUninit<u32>],
+) {
+    // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively borrowed;
+    // little-endian, so each pair's first input is its low half.
+    let halves = unsafe {
+        std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lanes.len())
+    };
+    let (values, zeros) = halves.split_at_mut(if r < rows { k } else { 0 });
+    match a {
+        _ if values.is_empty() => {}
+        Rows::Dense(a) => convert_row(&a[r * k..(r + 1) * k], values),
+        Rows::Made(make) => {
+            scratch.resize(k, 0.0);
+            make(r, scratch);
+            convert_row(scratch, values);
+        }
+    }
+    zeros.iter_mut().for_each(|half| {
+        half.write(0);
+    });
 }
 
 #[inline(always)]
@@ -943,6 +994,9 @@ mod tests {
             // k = 4096), so these cross blocks, the last one partial.
             (100, 40, 4096, 2),
             (70, 33, 4000, 1),
+            // On AMX, two groups of row blocks (256 rows, then 44 in a partial block) over
+            // two k slices, the second partial.
+            (300, 40, 300, 2),
         ] {
             products_match_the_triple_loop(&kernels, m, n, k, threads);
         }
@@ -1007,14 +1061,7 @@ mod tests {
         // The AMX path with its tile instructions emulated: its blocks, addresses and strides
         // on any CPU.
         let mut out = start.clone();
-        let x = bf16_rows(
-            Rows::Dense(&a),
-            m,
-            k,
-            packed.pairs,
-            m.div_ceil(amx::ROWS) * amx::ROWS,
-            true,
-        );
+        let x = amx_rows(Rows::Dense(&a), m, k, packed.pairs);
         let operands = packed.amx_operands(&x, m);
         amx::matmul_emulated(operands, &mut out, amx::Start::Accumulate, None, threads);
         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
