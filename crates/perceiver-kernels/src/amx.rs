@@ -213,19 +213,19 @@ unsafe fn run<T: Tiles>(
     (0..tasks).into_par_iter().for_each(|t| {
         // SAFETY: `T` runs on this CPU (the caller's promise).
         let mut tiles = unsafe { T::begin() };
+        // C's blocks of a group wait between k slices in `kept`, as does a block that reaches
+        // past `out` (its last rows or columns): the thread's own, made once (zeroing 32 KB for
+        // every task cost as much as a few tile steps). What lies outside a block's rows and
+        // columns is computed on and never copied out.
         // SAFETY: every tile operation below reads and writes inside `x`, the packed weights,
-        // the bias or the local scratch (their sizes asserted above) or C's m·n values (the
+        // the bias or the thread's scratch (their sizes asserted above) or C's m·n values (the
         // caller's promise), each task its own panels' columns; C is read only when it
         // accumulates.
-        unsafe {
+        KEPT.with_borrow_mut(|kept| unsafe {
             // The finished blocks of C that still need their activation: their rows (where
             // they start, and their width) are activated a few per step of the next blocks, so
             // that the vector units work while the tiles multiply.
             let mut unactivated: Vec<(*mut f32, usize)> = Vec::with_capacity(ROWS);
-            // C's blocks of a group between k slices, and where a block reaches past `out`
-            // (its last rows or columns); made once per task. What lies outside a block's rows
-            // and columns is computed on and never copied out.
-            let mut scratch = vec![Block([0.0; ROWS * PANEL_COLS]); GROUP_BLOCKS];
             let activate = |(row, cols): (*mut f32, usize)| {
                 if let Some(act) = activation {
                     rows::activate(std::slice::from_raw_parts_mut(row, cols), act);
@@ -261,7 +261,7 @@ unsafe fn run<T: Tiles>(
                                 let rows = ROWS.min(m - r0);
                                 let whole = rows == ROWS && cols == PANEL_COLS;
                                 let c_at = |r: usize| out_ptr.get().add((r0 + r) * n + p * PANEL_COLS);
-                                let kept = scratch[slot].0.as_mut_ptr();
+                                let kept = kept[slot].0.as_mut_ptr();
                                 let kept_bytes = kept.cast::<u8>();
                                 const KEPT_STRIDE: usize = PANEL_COLS * 4;
                                 // C's tiles start from the bias (its 16 columns read 16 times,
@@ -328,7 +328,7 @@ unsafe fn run<T: Tiles>(
                 }
             }
             unactivated.drain(..).for_each(activate);
-        }
+        });
         tiles.end();
     });
 }
@@ -368,6 +368,13 @@ impl Ahead {
         }
         self.issued = end;
     }
+}
+
+thread_local! {
+    /// Each thread's blocks of C kept between k slices ([`run`]): a task borrows them for its
+    /// whole run, and a thread runs one task at a time.
+    static KEPT: std::cell::RefCell<[Block; GROUP_BLOCKS]> =
+        const { std::cell::RefCell::new([Block([0.0; ROWS * PANEL_COLS]); GROUP_BLOCKS]) };
 }
 
 /// A 32×32 block of C kept between k slices, on a cache line (its tile rows are whole lines).

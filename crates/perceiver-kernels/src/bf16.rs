@@ -549,27 +549,33 @@ fn amx_rows(a: Rows, rows: usize, k: usize, pairs: usize) -> Lines {
     if let Rows::Dense(a) = a {
         assert!(a.len() >= rows * k, "amx_rows: A has fewer than {rows} rows");
     }
-    let fill = |(scratch, row): &mut (Vec<f32>, Vec<MaybeUninit<u32>>),
-                block: usize,
-                lanes: &mut [MaybeUninit<u32>]| {
-        row.resize(pairs, MaybeUninit::new(0));
+    // A row's 16-pair slices lie one step (32 rows of 16 lanes) apart, in halves.
+    let stride = 2 * amx::x_lane(0, 1);
+    let fill = |scratch: &mut Vec<f32>, block: usize, lanes: &mut [MaybeUninit<u32>]| {
+        // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
+        // borrowed; little-endian, so each pair's first input is its low half.
+        let halves = unsafe {
+            std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lanes.len())
+        };
         for r in 0..amx::ROWS {
-            convert_into(a, rows, k, scratch, block * amx::ROWS + r, row);
-            for (step, slice) in row.chunks_exact(amx::TILE_PAIRS).enumerate() {
-                // Whole 64-byte slices, so that each is copied inline, not by a call.
-                let slice: &[MaybeUninit<u32>; amx::TILE_PAIRS] = slice.try_into().expect("a whole slice");
-                let at = amx::x_lane(r, step);
-                let to: &mut [MaybeUninit<u32>; amx::TILE_PAIRS] = (&mut lanes[at..at + amx::TILE_PAIRS])
-                    .try_into()
-                    .expect("a whole slice");
-                *to = *slice;
-            }
+            let row = block * amx::ROWS + r;
+            let src: &[f32] = match a {
+                _ if row >= rows => &[],
+                Rows::Dense(a) => &a[row * k..(row + 1) * k],
+                Rows::Made(make) => {
+                    scratch.resize(k, 0.0);
+                    make(row, scratch);
+                    scratch
+                }
+            };
+            convert_slices(src, &mut halves[2 * amx::x_lane(r, 0)..], stride, 2 * pairs);
         }
     };
     let blocks = rows.div_ceil(amx::ROWS);
-    // SAFETY: each block's 32 rows of `pairs` lanes are written whole: every 16-lane slice of
-    // every row lands on its own place of the block's 32·pairs lanes (`amx::x_lane`).
-    unsafe { Lines::from_uninit_rows(blocks, amx::ROWS * pairs, true, || (Vec::new(), Vec::new()), fill) }
+    // SAFETY: each block's 32 rows of `pairs` lanes are written whole: every 32-half slice of
+    // every row (`convert_slices` writes all `2·pairs` halves of one) lands on its own place of
+    // the block's lanes (`amx::x_lane`).
+    unsafe { Lines::from_uninit_rows(blocks, amx::ROWS * pairs, true, Vec::new, fill) }
 }
 
 /// Row `r` of A (`[rows, k]`) converted to bf16 pairs into `lanes` (all of them written: the
@@ -601,6 +607,36 @@ fn convert_into(
         half.write(0);
     });
 }
+
+/// `src` converted to bf16 into `len` halves of `dst` laid out in slices of 32 (a tile row's 16
+/// pairs), `stride` halves apart: the first `src.len()` values, zero after them.
+#[inline(always)]
+fn convert_slices_body(src: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) {
+    const SLICE: usize = 2 * amx::TILE_PAIRS;
+    // Whole slices of src as fixed-size arrays: the compiler converts each in two vectors.
+    let whole = (src.len() / SLICE).min(len / SLICE);
+    for slice in 0..whole {
+        let from: &[f32; SLICE] = src[slice * SLICE..][..SLICE].try_into().expect("a whole slice");
+        let to: &mut [MaybeUninit<u16>; SLICE] = (&mut dst[slice * stride..][..SLICE])
+            .try_into()
+            .expect("a whole slice");
+        for (d, &s) in to.iter_mut().zip(from) {
+            d.write(to_bf16_bits(s));
+        }
+    }
+    for slice in whole..len.div_ceil(SLICE) {
+        let to = &mut dst[slice * stride..][..SLICE];
+        let from = &src[(slice * SLICE).min(src.len())..((slice + 1) * SLICE).min(src.len())];
+        for (d, &s) in to.iter_mut().zip(from) {
+            d.write(to_bf16_bits(s));
+        }
+        to[from.len()..].iter_mut().for_each(|d| {
+            d.write(0);
+        });
+    }
+}
+
+dispatch!(fn convert_slices(src: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) => convert_slices_body);
 
 #[inline(always)]
 fn convert_row_body(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
