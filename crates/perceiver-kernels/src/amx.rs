@@ -230,16 +230,17 @@ unsafe fn run<T: Tiles>(
             // they start, and their width) are activated a few per step of the next blocks, so
             // that the vector units work while the tiles multiply.
             let mut unactivated: Vec<(*mut f32, usize)> = Vec::with_capacity(ROWS);
+            // On this thread: the task holds its thread's `kept` blocks, and a row is short.
             let activate = |(row, cols): (*mut f32, usize)| {
                 if let Some(act) = activation {
-                    rows::activate(std::slice::from_raw_parts_mut(row, cols), act);
+                    rows::activate_chunk(std::slice::from_raw_parts_mut(row, cols), act);
                 }
             };
             // Rows of X are taken a block at a time, and every panel of the task runs over the
             // block before the next: the block stays in the core's L2 across panels instead of
-            // X being streamed from memory once per panel. Within a panel, its k slices are
-            // taken in turn by a group of row blocks: the slice of W is read from L1 by all but
-            // the first (reading both A and B tiles from L2 leaves the tiles waiting).
+            // X being streamed from memory once per panel. Within a panel on one thread, its k
+            // slices are taken in turn by a group of row blocks: the slice of W is read from L1
+            // by all but the first (reading both A and B tiles from L2 leaves the tiles waiting).
             for block in (0..m).step_by(block_rows) {
                 let block_end = (block + block_rows).min(m);
                 let task_panels = t * per_task..((t + 1) * per_task).min(panels);
@@ -338,8 +339,8 @@ unsafe fn run<T: Tiles>(
 }
 
 /// The next panel of W, brought into L2 a few lines per step while the tiles work on this one:
-/// in a model the weights come from memory (they are far larger than the caches), and the k
-/// slices would otherwise wait on them slice by slice.
+/// in a model the weights come from memory (they are far larger than the caches), and the
+/// panel's first row block (each k slice's, on one thread) would otherwise wait on them.
 struct Ahead {
     next: *const u8,
     lines: usize,

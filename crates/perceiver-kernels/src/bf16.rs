@@ -528,9 +528,26 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, par
         assert!(a.len() >= rows * k, "bf16_rows: A has fewer than {rows} rows");
     }
     let convert = |scratch: &mut Vec<f32>, r: usize, lanes: &mut [MaybeUninit<u32>]| {
-        convert_into(a, rows, k, scratch, r, lanes)
+        // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
+        // borrowed; little-endian, so each pair's first input is its low half.
+        let halves =
+            unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lda) };
+        let (values, zeros) = halves.split_at_mut(if r < rows { k } else { 0 });
+        match a {
+            _ if values.is_empty() => {}
+            Rows::Dense(a) => convert_row(&a[r * k..(r + 1) * k], values),
+            Rows::Made(make) => {
+                scratch.resize(k, 0.0);
+                make(r, scratch);
+                convert_row(scratch, values);
+            }
+        }
+        zeros.iter_mut().for_each(|half| {
+            half.write(0);
+        });
     };
-    // SAFETY: `convert_into` writes each of a row's lda lanes.
+    // SAFETY: `convert` writes each of a row's 2·lda halves: its first k converted (none past
+    // `rows`), the rest zero.
     unsafe { Lines::from_uninit_rows(padded_rows, lda, parallel, Vec::new, convert) }
 }
 
@@ -538,8 +555,9 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, par
 /// ([`amx::Operands`]' `x`): each 32-row block's 16-pair slices of its rows, the slices of one
 /// step of the tile loop (two 16 × 16-lane tiles) side by side, so that the loop reads each
 /// block as one run of memory. `pairs` (a multiple of [`amx::TILE_PAIRS`]) lanes a row, zero
-/// past `k` and in the rows after `rows` (up to a whole block). Each row is converted into a
-/// scratch row in L1 and copied into place a slice at a time; the blocks on the pool.
+/// past `k` and in the rows after `rows` (up to a whole block). Each row is converted straight
+/// into its places, a slice at a time (a made row from a scratch row in L1); the blocks on the
+/// pool.
 fn amx_rows(a: Rows, rows: usize, k: usize, pairs: usize) -> Lines {
     assert!(
         2 * pairs >= k,
@@ -576,36 +594,6 @@ fn amx_rows(a: Rows, rows: usize, k: usize, pairs: usize) -> Lines {
     // every row (`convert_slices` writes all `2·pairs` halves of one) lands on its own place of
     // the block's lanes (`amx::x_lane`).
     unsafe { Lines::from_uninit_rows(blocks, amx::ROWS * pairs, true, Vec::new, fill) }
-}
-
-/// Row `r` of A (`[rows, k]`) converted to bf16 pairs into `lanes` (all of them written: the
-/// first k inputs converted, or none past `rows`, the rest zero); `scratch` holds a made row.
-fn convert_into(
-    a: Rows,
-    rows: usize,
-    k: usize,
-    scratch: &mut Vec<f32>,
-    r: usize,
-    lanes: &mut [MaybeUninit<u32>],
-) {
-    // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively borrowed;
-    // little-endian, so each pair's first input is its low half.
-    let halves = unsafe {
-        std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lanes.len())
-    };
-    let (values, zeros) = halves.split_at_mut(if r < rows { k } else { 0 });
-    match a {
-        _ if values.is_empty() => {}
-        Rows::Dense(a) => convert_row(&a[r * k..(r + 1) * k], values),
-        Rows::Made(make) => {
-            scratch.resize(k, 0.0);
-            make(r, scratch);
-            convert_row(scratch, values);
-        }
-    }
-    zeros.iter_mut().for_each(|half| {
-        half.write(0);
-    });
 }
 
 /// `src` converted to bf16 into `len` halves of `dst` laid out in slices of 32 (a tile row's 16
@@ -1246,6 +1234,30 @@ mod tests {
                         0
                     };
                     assert_eq!(h, want, "{m}x{k} at row {r}, half {c}");
+                }
+            }
+            // AMX's tile order: a whole slice of zeros past k, and whole 32-row blocks.
+            let pairs = k.div_ceil(2).next_multiple_of(amx::TILE_PAIRS) + amx::TILE_PAIRS;
+            let dense = amx_rows(Rows::Dense(&a), m, k, pairs);
+            let made = amx_rows(Rows::Made(&make), m, k, pairs);
+            assert_eq!(*dense, *made, "{m}x{k} in tile order");
+            assert_eq!(dense.len(), m.div_ceil(amx::ROWS) * amx::ROWS * pairs);
+            for r in 0..m.div_ceil(amx::ROWS) * amx::ROWS {
+                for c in 0..2 * pairs {
+                    let (block, row) = (r / amx::ROWS, r % amx::ROWS);
+                    let (step, j) = (c / (2 * amx::TILE_PAIRS), c % (2 * amx::TILE_PAIRS));
+                    let lane = dense[block * amx::ROWS * pairs + amx::x_lane(row, step) + j / 2];
+                    let h = if j % 2 == 0 {
+                        lane as u16
+                    } else {
+                        (lane >> 16) as u16
+                    };
+                    let want = if r < m && c < k {
+                        to_bf16_bits(a[r * k + c])
+                    } else {
+                        0
+                    };
+                    assert_eq!(h, want, "{m}x{k} in tile order at row {r}, half {c}");
                 }
             }
             let packed = PackedMatrix::pack_transposed(&random(n * k, 42), n, k);
