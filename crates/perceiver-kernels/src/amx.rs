@@ -208,8 +208,9 @@ unsafe fn run<T: Tiles>(
     let block_rows = ((X_BLOCK_BYTES / (2 * k_pad)) / ROWS).max(1) * ROWS;
     let steps = pairs / TILE_PAIRS;
     // k slices pay on one thread (a text's pass when a batch runs side by side); a product
-    // shared by two threads ran faster with all of k at once (timed both ways on a Xeon: the
-    // one-text bf16 workload 3-5% faster, where one thread's was 2-3% slower).
+    // shared by two threads ran faster with all of k at once (timed both ways on a Xeon:
+    // without slices, the one-text bf16 workload ran 3-5% faster on two threads and 2-3%
+    // slower on one).
     let slice_steps = if threads > 1 { steps.max(1) } else { SLICE_STEPS };
     let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
     let per_task = panels.div_ceil(tasks);
