@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use crate::activation::Activation;
 use crate::rows;
 use crate::send_ptr::SendPtr;
+use crate::sgemm::Ahead;
 
 /// Rows of C per microkernel step (two 16-row A tiles); X comes padded to whole blocks of them.
 pub(crate) const ROWS: usize = 32;
@@ -248,21 +249,25 @@ unsafe fn run<T: Tiles>(
                 for p in task_panels.clone() {
                     let b = w.as_ptr().add(p * pairs * PANEL_COLS).cast::<u8>();
                     let cols = PANEL_COLS.min(n - p * PANEL_COLS);
+                    // The task's next panel of W, brought into L2 a few lines per step while
+                    // the tiles work on this one: in a model the weights come from memory
+                    // (they are far larger than the caches), and the panel's first row block
+                    // (each k slice's, on one thread) would otherwise wait on them.
+                    let panel_lanes = pairs * PANEL_COLS;
+                    let next = match task_panels.contains(&(p + 1)) {
+                        true => &w[(p + 1) * panel_lanes..(p + 2) * panel_lanes],
+                        false => &[],
+                    };
+                    let mut ahead = Ahead::share(next, 1, 0);
                     let block_steps = (block_end - block).div_ceil(ROWS) * steps.max(1);
-                    let mut ahead = Ahead::new(
-                        task_panels
-                            .contains(&(p + 1))
-                            .then(|| b.add(pairs * PANEL_COLS * 4)),
-                        pairs * PANEL_COLS * 4,
-                        block_steps,
-                    );
+                    let lines_per_step = ahead.lines().div_ceil(block_steps);
                     for group in (block..block_end).step_by(ROWS * GROUP_BLOCKS) {
                         let group_end = (group + ROWS * GROUP_BLOCKS).min(block_end);
                         for s0 in (0..steps.max(1)).step_by(slice_steps) {
                             let s1 = (s0 + slice_steps).min(steps);
                             let (first, last) = (s0 == 0, s1 == steps);
                             // Pending rows activated per step: a block's 32 over the slice.
-                            let per_step = ROWS.div_ceil((s1 - s0).max(1));
+                            let rows_per_step = ROWS.div_ceil((s1 - s0).max(1));
                             for (slot, r0) in (group..group_end).step_by(ROWS).enumerate() {
                                 let rows = ROWS.min(m - r0);
                                 let whole = rows == ROWS && cols == PANEL_COLS;
@@ -303,8 +308,8 @@ unsafe fn run<T: Tiles>(
                                         [b_tile, b_tile.add(64)],
                                         PANEL_COLS * 4,
                                     );
-                                    ahead.step();
-                                    for _ in 0..per_step {
+                                    ahead.prefetch_next(lines_per_step);
+                                    for _ in 0..rows_per_step {
                                         if let Some(row) = unactivated.pop() {
                                             activate(row);
                                         }
@@ -337,43 +342,6 @@ unsafe fn run<T: Tiles>(
         });
         tiles.end();
     });
-}
-
-/// The next panel of W, brought into L2 a few lines per step while the tiles work on this one:
-/// in a model the weights come from memory (they are far larger than the caches), and the
-/// panel's first row block (each k slice's, on one thread) would otherwise wait on them.
-struct Ahead {
-    next: *const u8,
-    lines: usize,
-    issued: usize,
-    per_step: usize,
-}
-
-impl Ahead {
-    /// `bytes` of the panel at `next` (none: nothing to fetch), over `steps` steps.
-    fn new(next: Option<*const u8>, bytes: usize, steps: usize) -> Self {
-        let lines = if next.is_some() { bytes.div_ceil(64) } else { 0 };
-        Self {
-            next: next.unwrap_or(std::ptr::null()),
-            lines,
-            issued: 0,
-            per_step: lines.div_ceil(steps.max(1)),
-        }
-    }
-
-    /// Hints this step's share of the lines.
-    fn step(&mut self) {
-        let end = (self.issued + self.per_step).min(self.lines);
-        for line in self.issued..end {
-            // SAFETY: a prefetch is only a hint; the line lies in the next panel of W.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                    self.next.wrapping_add(64 * line).cast(),
-                )
-            };
-        }
-        self.issued = end;
-    }
 }
 
 thread_local! {

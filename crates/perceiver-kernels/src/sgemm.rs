@@ -535,21 +535,40 @@ impl Ahead {
         self.start.wrapping_add(l * LINE_BYTES).cast()
     }
 
+    /// The cache lines still to be asked for.
+    pub(crate) fn lines(self) -> usize {
+        self.lines
+    }
+
+    /// Asks for line `l` (into L2).
+    #[inline(always)]
+    fn prefetch(self, l: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint on any address (SSE, part of x86-64).
+        #[allow(unused_unsafe)]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(self.line(l))
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = l;
+    }
+
+    /// Asks for the next `n` of the lines (into L2) and leaves the rest: for loops that spread
+    /// their share by hand over steps that are few and long (AMX's).
+    #[inline(always)]
+    pub(crate) fn prefetch_next(&mut self, n: usize) {
+        let n = n.min(self.lines);
+        (0..n).for_each(|l| self.prefetch(l));
+        self.start = self.start.wrapping_add(n * LINE_BYTES);
+        self.lines -= n;
+    }
+
     /// `step(i)` for i < steps, asking for one of the lines (into L2) per step until all are
     /// asked for: the AVX-512 kernels' k loops. (Unrolled in groups with one prefetch each, the
     /// loop's loads were hoisted and its accumulators spilled.)
     #[inline(always)]
     pub(crate) fn spread_into_l2(self, steps: usize, mut step: impl FnMut(usize)) {
-        let prefetch = |l: usize| {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch is a hint on any address (SSE, part of x86-64).
-            #[allow(unused_unsafe)]
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(self.line(l))
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = l;
-        };
+        let prefetch = |l: usize| self.prefetch(l);
         let prefetched = self.lines.min(steps);
         for i in 0..prefetched {
             prefetch(i);
