@@ -80,7 +80,7 @@ impl Item {
 }
 
 /// What our side runs for an item: a closure timing `reps` calls.
-type OurRun = Box<dyn Fn(usize) -> Result<f64>>;
+type OurRun = Box<dyn FnMut(usize) -> Result<f64>>;
 
 fn random(len: usize, scale: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..scale)).collect()
@@ -91,12 +91,15 @@ fn our_run(item: &Item, engine: &Arc<PerceiverModel>, rng: &mut ChaCha8Rng) -> R
     let config = engine.config();
     Ok(match item.work {
         Work::Layer { batch } => {
-            let latents = random(batch * config.num_latents * config.d_latents, 1.0, rng);
+            // Each call's output is the next call's input, as in the stack: the layer adds its
+            // residuals onto the latents it is given, so a copy of fixed input latents per
+            // call would be timed with it.
+            let mut latents = random(batch * config.num_latents * config.d_latents, 1.0, rng);
             let engine = Arc::clone(engine);
             Box::new(move |reps| {
                 let started = Instant::now();
                 for _ in 0..reps {
-                    std::hint::black_box(engine.latent_layer(0, &latents)?);
+                    latents = engine.latent_layer(0, std::mem::take(&mut latents))?;
                 }
                 Ok(started.elapsed().as_secs_f64())
             })
@@ -187,7 +190,7 @@ pub fn run(args: LatentArgs) -> Result<()> {
         engine.set_precision(precision);
         let engine = Arc::new(engine);
         for item in items.iter_mut().filter(|item| item.precision == precision) {
-            let run = our_run(item, &engine, &mut rng)?;
+            let mut run = our_run(item, &engine, &mut rng)?;
             // Warm-up, then as many calls per run as fill --run-ms.
             let once = run(1)?;
             let run_seconds = args.run_ms as f64 / 1e3;
@@ -210,7 +213,7 @@ pub fn run(args: LatentArgs) -> Result<()> {
         }
     }
     for round in 0..args.rounds {
-        for (item, run) in items.iter_mut().zip(&runs) {
+        for (item, run) in items.iter_mut().zip(&mut runs) {
             let name = format!(
                 "{} {} {}",
                 item.name.trim(),

@@ -88,12 +88,14 @@ pub(crate) struct Operands<'a> {
 }
 
 /// `C = start + X · Wᵀ` on AMX tiles, C at `out`: C starts from its values
-/// ([`Start::Accumulate`]) or from the bias in every row ([`Start::Bias`]: `out` is only
-/// written); `activation` is applied to each block of C once it is finished.
+/// ([`Start::Accumulate`]), from them plus the bias ([`Start::BiasOnto`]) or from the bias in
+/// every row ([`Start::Bias`]: `out` is only written); `activation` is applied to each block of
+/// C once it is finished.
 ///
 /// # Safety
-/// `out` must be valid for writes of m·n values, initialised for [`Start::Accumulate`], and
-/// no one else may access them during the call. Call only when [`available`].
+/// `out` must be valid for writes of m·n values, initialised unless C starts from
+/// [`Start::Bias`], and no one else may access them during the call. Call only when
+/// [`available`].
 pub(crate) unsafe fn matmul(
     operands: Operands,
     out: *mut f32,
@@ -160,6 +162,8 @@ pub(crate) enum Start<'a> {
     Accumulate,
     /// This bias (`n` values) in every row: `out` is overwritten.
     Bias(&'a [f32]),
+    /// `out`'s values plus this bias in every row (a residual stream and a layer's bias).
+    BiasOnto(&'a [f32]),
 }
 
 /// [`matmul`] with the tile instructions emulated in plain Rust ([`Emulated`]):
@@ -198,7 +202,7 @@ unsafe fn run<T: Tiles>(
         w.len() >= panels * pairs * PANEL_COLS,
         "amx: W has fewer than {n} columns"
     );
-    if let Start::Bias(bias) = start {
+    if let Start::Bias(bias) | Start::BiasOnto(bias) = start {
         assert_eq!(bias.len(), n, "amx: the bias is not {n} values");
     }
     if m == 0 || n == 0 {
@@ -287,14 +291,28 @@ unsafe fn run<T: Tiles>(
                                             tiles.load_c(bias.as_ptr().add(p * PANEL_COLS).cast(), 0)
                                         }
                                         Start::Accumulate => tiles.load_c(c_at(0).cast(), n * 4),
+                                        Start::BiasOnto(bias) => {
+                                            // The bias goes onto C's rows as they come into cache.
+                                            let bias = &bias[p * PANEL_COLS..][..cols];
+                                            for r in 0..rows {
+                                                let row = std::slice::from_raw_parts_mut(c_at(r), cols);
+                                                rows::add_rows_chunk(row, bias);
+                                            }
+                                            tiles.load_c(c_at(0).cast(), n * 4)
+                                        }
                                     }
                                 } else {
                                     for r in 0..rows {
+                                        let to = kept.add(r * PANEL_COLS);
                                         let from = match start {
-                                            Start::Accumulate => c_at(r).cast_const(),
+                                            Start::Accumulate | Start::BiasOnto(_) => c_at(r).cast_const(),
                                             Start::Bias(bias) => bias.as_ptr().add(p * PANEL_COLS),
                                         };
-                                        std::ptr::copy_nonoverlapping(from, kept.add(r * PANEL_COLS), cols);
+                                        std::ptr::copy_nonoverlapping(from, to, cols);
+                                        if let Start::BiasOnto(bias) = start {
+                                            let row = std::slice::from_raw_parts_mut(to, cols);
+                                            rows::add_rows_chunk(row, &bias[p * PANEL_COLS..][..cols]);
+                                        }
                                     }
                                     tiles.load_c(kept_bytes, KEPT_STRIDE);
                                 }

@@ -169,6 +169,54 @@ impl PackedMatrix {
         }
     }
 
+    /// `out[m, n] += a[m, k] · Wᵀ + bias`, both row-major and dense: a layer's output added to
+    /// its residual stream, the bias added to each block of C as it comes into cache (as
+    /// [`sgemm::PackedWeights::linear_into`](crate::sgemm::PackedWeights::linear_into)).
+    pub fn linear_into(&self, a: &[f32], m: usize, bias: &[f32], out: &mut [f32], threads: usize) {
+        assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
+        assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
+        assert_eq!(
+            bias.len(),
+            self.n,
+            "bf16 matmul: the bias has {} values, W {} rows",
+            bias.len(),
+            self.n
+        );
+        if cpu::bf16_kernel() == Bf16Kernel::Amx {
+            // SAFETY: C is m×n (asserted), borrowed mutably.
+            return unsafe {
+                self.amx(
+                    Rows::Dense(a),
+                    m,
+                    out.as_mut_ptr(),
+                    amx::Start::BiasOnto(bias),
+                    None,
+                    threads,
+                )
+            };
+        }
+        if self.k == 0 {
+            rows::add_to_rows(out, bias);
+            return;
+        }
+        let edges = Edges {
+            bias: Some(bias),
+            bias_onto_c: true,
+            ..Edges::default()
+        };
+        // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably and initialised.
+        unsafe {
+            self.run(
+                cpu::bf16_kernel(),
+                Rows::Dense(a),
+                m,
+                out.as_mut_ptr(),
+                threads,
+                edges,
+            )
+        }
+    }
+
     /// A linear layer, `act(a[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer: as
     /// [`sgemm::PackedWeights::linear`](crate::sgemm::PackedWeights::linear), each task writes
     /// the bias into its block of C first and applies the activation to it last.
@@ -231,7 +279,7 @@ impl PackedMatrix {
         let edges = Edges {
             bias: Some(bias),
             activation,
-            overwrite: false,
+            ..Edges::default()
         };
         // SAFETY: A is m×k (asserted, or made row by row); C is `out`'s m·n allocated values.
         // With a bias, every task writes each element of its block before adding to it, and the
@@ -1100,6 +1148,53 @@ mod tests {
         let (from_bias, gelu) = (amx::Start::Bias(&bias), Some(Activation::GeluErf));
         amx::matmul_emulated(operands, &mut out, from_bias, gelu, threads);
         check_layer(&out, "on emulated AMX");
+        // A bias onto C's values (a residual) equals the bias added first, bit for bit: on the
+        // CPU's kernel and on emulated AMX.
+        let mut bias_first = start.clone();
+        rows::add_to_rows(&mut bias_first, &bias);
+        let mut emulated_first = bias_first.clone();
+        packed.matmul_accumulate(&a, m, &mut bias_first, threads);
+        let mut onto = start.clone();
+        packed.linear_into(&a, m, &bias, &mut onto, threads);
+        let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same(&onto, &bias_first), "{m}x{n}x{k} linear_into");
+        amx::matmul_emulated(
+            operands,
+            &mut emulated_first,
+            amx::Start::Accumulate,
+            None,
+            threads,
+        );
+        let mut onto = start.clone();
+        amx::matmul_emulated(operands, &mut onto, amx::Start::BiasOnto(&bias), None, threads);
+        assert!(
+            same(&onto, &emulated_first),
+            "{m}x{n}x{k} bias onto C on emulated AMX"
+        );
+        // ... and on each block kernel (the CPU's own may be AMX).
+        let onto_c = Edges {
+            bias: Some(&bias),
+            bias_onto_c: true,
+            ..Edges::default()
+        };
+        for &kernel in kernels {
+            let mut first = start.clone();
+            rows::add_to_rows(&mut first, &bias);
+            let mut onto = start.clone();
+            // SAFETY: A is m×k, C m×n and initialised.
+            unsafe {
+                packed.run(
+                    kernel,
+                    Rows::Dense(&a),
+                    m,
+                    first.as_mut_ptr(),
+                    threads,
+                    Edges::default(),
+                );
+                packed.run(kernel, Rows::Dense(&a), m, onto.as_mut_ptr(), threads, onto_c);
+            }
+            assert!(same(&onto, &first), "{kernel:?} {m}x{n}x{k} bias onto C");
+        }
         // One block of each height on each kernel, for a whole panel and partial ones (in
         // its first and its second 16-lane half), into a C wider than the panel.
         let lda = a_stride(packed.pairs);

@@ -434,7 +434,11 @@ fn add_rows_body(rows: &mut [f32], bias: &[f32]) {
     }
 }
 
-dispatch!(fn add_rows_chunk(rows: &mut [f32], bias: &[f32]) => add_rows_body);
+dispatch!(
+    /// Adds `bias` to every row of `rows` (`[n, bias.len()]`) on the calling thread: a block of
+    /// C as a product's task takes it.
+    pub(crate) fn add_rows_chunk(rows: &mut [f32], bias: &[f32]) => add_rows_body
+);
 
 /// Adds `bias` to every row of `rows` (`[n, bias.len()]`), in place.
 pub fn add_to_rows(rows: &mut [f32], bias: &[f32]) {

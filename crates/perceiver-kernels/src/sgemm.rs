@@ -217,7 +217,7 @@ impl PackedWeights {
         let edges = Edges {
             bias: Some(bias),
             activation,
-            overwrite: false,
+            ..Edges::default()
         };
         // SAFETY: X is m×k dense (asserted); C is `out`'s m·n allocated values at row stride n.
         // With a bias, every task writes each element of its block before adding to it, and the
@@ -228,6 +228,33 @@ impl PackedWeights {
             out.set_len(m * n);
         }
         out
+    }
+
+    /// `c[m, n] += x[m, k] · Wᵀ + bias`, dense row-major: a layer's output added to its
+    /// residual stream, the bias added by each task to its block of C as the block comes into
+    /// cache (no pass of its own over C). Call only when [`available`].
+    pub fn linear_into(&self, x: &[f32], m: usize, bias: &[f32], c: &mut [f32], threads: usize) {
+        let (n, k) = (self.n, self.k);
+        assert!(self.kernel.is_some(), "{NO_KERNEL}");
+        assert_eq!(x.len(), m * k, "sgemm: X is not {m}x{k}");
+        assert_eq!(c.len(), m * n, "sgemm: C is not {m}x{n}");
+        assert_eq!(
+            bias.len(),
+            n,
+            "sgemm: the bias has {} values, W {n} rows",
+            bias.len()
+        );
+        if k == 0 {
+            rows::add_to_rows(c, bias);
+            return;
+        }
+        let edges = Edges {
+            bias: Some(bias),
+            bias_onto_c: true,
+            ..Edges::default()
+        };
+        // SAFETY: X is m×k and C m×n, dense (asserted), C borrowed mutably.
+        unsafe { self.run(x.as_ptr(), m, k, 1, c.as_mut_ptr(), n, threads, edges) }
     }
 
     /// `c[m, n] += x[m, k] · Wᵀ`, dense row-major. Call only when [`available`].
@@ -448,11 +475,14 @@ impl PackedWeights {
 }
 
 /// What a product does to C besides adding X·Wᵀ: start each element from the bias of its
-/// column instead of C's contents, and apply an activation once the element is complete (for
-/// the f32 and the bf16 products alike, each task on its own block of C).
+/// column instead of C's contents (or add the bias onto them), and apply an activation once the
+/// element is complete (for the f32 and the bf16 products alike, each task on its own block of
+/// C).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Edges<'a> {
     pub(crate) bias: Option<&'a [f32]>,
+    /// The bias is added onto C's values (a residual stream) instead of replacing them.
+    pub(crate) bias_onto_c: bool,
     pub(crate) activation: Option<Activation>,
     /// Store the product in C, ignoring its contents (set by the first k slice; f32 only).
     pub(crate) overwrite: bool,
@@ -460,13 +490,20 @@ pub(crate) struct Edges<'a> {
 
 impl Edges<'_> {
     /// Before a task's products: writes the bias into its block of C (rows × columns, row
-    /// stride `ldc`), while the block comes into cache anyway.
+    /// stride `ldc`), or adds it there with [`bias_onto_c`](Self::bias_onto_c), while the block
+    /// comes into cache anyway.
     ///
     /// # Safety
     /// The block must lie in C, be valid for writes and belong to the calling task; it may be
-    /// uninitialised.
+    /// uninitialised unless the bias goes onto its values.
     pub(crate) unsafe fn begin(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
-        if let Some(bias) = self.bias {
+        if let (Some(bias), true) = (self.bias, self.bias_onto_c) {
+            for r in rows {
+                // SAFETY: row r, columns `cols` of the block, initialised, as the caller promises.
+                let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc + cols.start), cols.len()) };
+                rows::add_rows_chunk(row, &bias[cols.clone()]);
+            }
+        } else if let Some(bias) = self.bias {
             for r in rows {
                 // SAFETY: row r, columns `cols` of the block, as the caller promises. A raw copy,
                 // since C may be uninitialised until this write.
@@ -946,7 +983,7 @@ pub(crate) mod tests {
 
     /// `kernel`'s products of one shape against an f64 triple loop: accumulated into C, from a
     /// strided Wᵀ scaled while packed into a wider C (added, and set), with X transposed, and as
-    /// a linear layer with bias and GELU.
+    /// a linear layer with bias and GELU (and with a bias onto C, against the bias added first).
     /// `a` (`[rows, cols]`, dense) copied with a row stride of `stride`, transposed (`[cols,
     /// rows]`) or not, the padding past each row filled with `fill`.
     fn laid_out(a: &[f32], rows: usize, cols: usize, transposed: bool, stride: usize, fill: f32) -> Vec<f32> {
@@ -1004,6 +1041,19 @@ pub(crate) mod tests {
             &bias,
             Some(Activation::GeluErf),
             threads,
+        );
+        // Onto a residual: the bias added by the tasks equals it added first, bit for bit.
+        let packed = pack(View::dense(&w, n, k), true, 1.0, true);
+        let mut onto = start.clone();
+        packed.linear_into(&x, m, &bias, &mut onto, threads);
+        let mut bias_first = start.clone();
+        rows::add_to_rows(&mut bias_first, &bias);
+        packed.matmul_accumulate(&x, m, &mut bias_first, threads);
+        assert!(
+            onto.iter()
+                .zip(&bias_first)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{kernel:?} {m}x{n}x{k} linear_into"
         );
         let mut c_xt = vec![0f32; m * n];
         pack(View::dense(&w, n, k), true, 1.0, true).matmul_transposed_x(

@@ -207,9 +207,17 @@ impl Dense {
     }
 
     /// `out += x·Wᵀ + b`: the residual stream takes the layer's output without another pass.
+    /// On the packed kernels each task adds the bias to its block of `out` as it takes it.
     pub(crate) fn forward_into(&self, x: &[f32], out: &mut [f32], threads: usize) {
-        rows::add_to_rows(out, self.bias.data());
-        self.accumulate(x, out, threads);
+        let rows = x.len() / self.k;
+        match (&self.packed, &self.packed_f32) {
+            (Some(bf16), _) => bf16.linear_into(x, rows, self.bias.data(), out, threads),
+            (None, Some(f32)) => f32.linear_into(x, rows, self.bias.data(), out, threads),
+            (None, None) => {
+                rows::add_to_rows(out, self.bias.data());
+                self.accumulate(x, out, threads);
+            }
+        }
     }
 
     pub(crate) fn accumulate(&self, x: &[f32], out: &mut [f32], threads: usize) {

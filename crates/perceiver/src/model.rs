@@ -642,8 +642,9 @@ impl PerceiverModel {
     /// Runs latent self-attention layer `index` (of `num_self_attends_per_block`; every block
     /// repeats the same layers) over `latents`, `[texts · num_latents, d_latents]` as
     /// [`encode`](Self::encode) returns them: one step of the latent stack, for timing one layer
-    /// and for inspecting it.
-    pub fn latent_layer(&self, index: usize, latents: &[f32]) -> Result<Vec<f32>> {
+    /// and for inspecting it. As in the stack, the layer's residuals are added onto `latents`
+    /// themselves, which it returns.
+    pub fn latent_layer(&self, index: usize, latents: Vec<f32>) -> Result<Vec<f32>> {
         let (n, d) = (self.encoder.num_latents(), self.encoder.d_latents());
         if latents.is_empty() || latents.len() % (n * d) != 0 {
             return Err(Error::InvalidInput(format!(
@@ -734,7 +735,7 @@ mod tests {
         let mut z = on_pool(|| model.cross_attend(ModelInput::Tokens(&texts), model.threads())).unwrap();
         for _ in 0..model.process.blocks() {
             for index in 0..model.process.layers_per_block() {
-                z = model.latent_layer(index, &z).unwrap();
+                z = model.latent_layer(index, z).unwrap();
             }
         }
         assert_eq!(z, encoded);
@@ -878,10 +879,12 @@ mod tests {
         let model = fixture_model("tiny_shared_blocks");
         let (n, d) = (model.config.num_latents, model.config.d_latents);
         let z = vec![0.5f32; n * d];
-        assert!(model.latent_layer(0, &z).is_ok());
-        assert!(model.latent_layer(model.process.layers_per_block(), &z).is_err());
-        assert!(model.latent_layer(0, &z[1..]).is_err());
-        assert!(model.latent_layer(0, &[]).is_err());
+        assert!(model.latent_layer(0, z.clone()).is_ok());
+        assert!(model
+            .latent_layer(model.process.layers_per_block(), z.clone())
+            .is_err());
+        assert!(model.latent_layer(0, z[1..].to_vec()).is_err());
+        assert!(model.latent_layer(0, Vec::new()).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! DeepMind's `PerceiverEncoder`, second half). Most of a pass's work, and independent of the
 //! input's and the output's sizes.
 
-use crate::attention::{AttentionLayer, Queries};
+use crate::attention::AttentionLayer;
 use crate::checkpoint::names::LayerNames;
 use crate::checkpoint::Param;
 use crate::error::{Error, Result};
@@ -108,11 +108,12 @@ impl LatentStack {
         latents
     }
 
-    /// Layer `index` of the block over `latents` (`[items · num_latents, d]`).
+    /// Layer `index` of the block over `latents` (`[items · num_latents, d]`), its residuals
+    /// added onto them.
     pub(crate) fn layer(
         &self,
         index: usize,
-        latents: &[f32],
+        latents: Vec<f32>,
         num_latents: usize,
         items: usize,
         threads: usize,
@@ -124,6 +125,6 @@ impl LatentStack {
             ))
         })?;
         let items = item_ranges(std::iter::repeat_n(num_latents, items));
-        Ok(layer.forward(Queries::PerItem(latents), &items, None, threads))
+        Ok(layer.self_attend(latents, &items, threads))
     }
 }
