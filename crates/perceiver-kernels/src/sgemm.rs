@@ -428,6 +428,8 @@ impl PackedWeights {
         let c_ptr = SendPtr(c);
         let packed = &self.data[self.offset..];
         let micros = microkernels(kernel, k_step == 1);
+        // The last panel's, when n ends part-way into it.
+        let narrow = microkernels_of_width(kernel, k_step == 1, (n % width).div_ceil(16).max(1));
         (0..chunks * groups).into_par_iter().for_each(|task| {
             let (chunk, group) = (task / groups, task % groups);
             // This task's block of C: its chunk's rows × its group's features.
@@ -463,7 +465,11 @@ impl PackedWeights {
                         unsafe {
                             let c = c_ptr.get().add(first_row * ldc + p * width);
                             let store = edges.overwrite && k0 == 0;
-                            micros[rows - 1](w.as_ptr(), x_rows, k_step, kc, c, ldc, cols, store, ahead)
+                            let micro = match cols < width {
+                                true => narrow[rows - 1],
+                                false => micros[rows - 1],
+                            };
+                            micro(w.as_ptr(), x_rows, k_step, kc, c, ldc, cols, store, ahead)
                         };
                     }
                 }
@@ -631,29 +637,50 @@ type Microkernel =
 /// step is 1, the common case, addressed without a multiply). Only for a kernel that
 /// [`cpu::f32_kernel`] detected.
 fn microkernels(kernel: F32Kernel, unit_k: bool) -> [Microkernel; ROWS] {
+    microkernels_of_width(kernel, unit_k, VECTORS)
+}
+
+/// Vectors of W in an AVX-512 panel.
+const VECTORS: usize = PANEL / 16;
+
+/// [`microkernels`] for a panel of which only `vectors` 16-lane vectors hold columns (1 to
+/// [`VECTORS`]; the AVX-512 kernel's last panel when n is not a multiple of 64, such as a 160-wide
+/// attention head's 32 values past its two whole panels): they load and multiply only those, not
+/// four with the rest masked off at the store. The AVX2 kernel has one width.
+fn microkernels_of_width(kernel: F32Kernel, unit_k: bool, vectors: usize) -> [Microkernel; ROWS] {
     macro_rules! rows {
-        ($module:ident, $unit:literal) => {
+        ($module:ident, $unit:literal $(, $v:literal)?) => {
             [
-                $module::packed_kernel::<$unit, 1>,
-                $module::packed_kernel::<$unit, 2>,
-                $module::packed_kernel::<$unit, 3>,
-                $module::packed_kernel::<$unit, 4>,
-                $module::packed_kernel::<$unit, 5>,
-                $module::packed_kernel::<$unit, 6>,
+                $module::packed_kernel::<$unit, 1 $(, $v)?>,
+                $module::packed_kernel::<$unit, 2 $(, $v)?>,
+                $module::packed_kernel::<$unit, 3 $(, $v)?>,
+                $module::packed_kernel::<$unit, 4 $(, $v)?>,
+                $module::packed_kernel::<$unit, 5 $(, $v)?>,
+                $module::packed_kernel::<$unit, 6 $(, $v)?>,
             ]
+        };
+    }
+    macro_rules! widths {
+        ($module:ident, $unit:literal) => {
+            match vectors {
+                1 => rows!($module, $unit, 1),
+                2 => rows!($module, $unit, 2),
+                3 => rows!($module, $unit, 3),
+                _ => rows!($module, $unit, 4),
+            }
         };
     }
     #[cfg(target_arch = "x86_64")]
     match (kernel, unit_k) {
-        (F32Kernel::Avx512, true) if cpu::avx512() => return rows!(avx512, true),
-        (F32Kernel::Avx512, false) if cpu::avx512() => return rows!(avx512, false),
+        (F32Kernel::Avx512, true) if cpu::avx512() => return widths!(avx512, true),
+        (F32Kernel::Avx512, false) if cpu::avx512() => return widths!(avx512, false),
         (F32Kernel::Avx2, true) => return rows!(avx2, true),
         (F32Kernel::Avx2, false) => return rows!(avx2, false),
         (F32Kernel::Avx512, _) => {}
     }
     match (kernel, unit_k) {
-        (F32Kernel::Avx512, true) => rows!(avx512_emulated, true),
-        (F32Kernel::Avx512, false) => rows!(avx512_emulated, false),
+        (F32Kernel::Avx512, true) => widths!(avx512_emulated, true),
+        (F32Kernel::Avx512, false) => widths!(avx512_emulated, false),
         (F32Kernel::Avx2, _) => unreachable!("no AVX2 kernel off x86-64"),
     }
 }
@@ -663,10 +690,11 @@ fn microkernels(kernel: F32Kernel, unit_k: bool) -> [Microkernel; ROWS] {
 /// [`emulated512`](crate::emulated512)'s, which run the same source on any CPU for the tests.
 macro_rules! avx512_packed_kernel {
     ($(#[$feature:meta])*) => {
-        /// [`Microkernel`](super::Microkernel) on 512-bit registers: a 6×64 block of C in 24.
+        /// [`Microkernel`](super::Microkernel) on 512-bit registers: a 6×64 block of C in 24
+        /// (`V` = 4 vectors of W a step; a narrower last panel's block in 6·V).
         $(#[$feature])*
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn packed_kernel<const UNIT_K: bool, const R: usize>(
+        pub(super) unsafe fn packed_kernel<const UNIT_K: bool, const R: usize, const V: usize>(
             w: *const f32,
             x: [*const f32; ROWS],
             k_step: usize,
@@ -677,17 +705,15 @@ macro_rules! avx512_packed_kernel {
             store: bool,
             ahead: super::Ahead,
         ) {
-            let mut acc = [[_mm512_setzero_ps(); 4]; R];
-            let step = |i: usize, acc: &mut [[__m512; 4]; R]| {
-                let wv = [
-                    _mm512_loadu_ps(w.add(i * PANEL)),
-                    _mm512_loadu_ps(w.add(i * PANEL + 16)),
-                    _mm512_loadu_ps(w.add(i * PANEL + 32)),
-                    _mm512_loadu_ps(w.add(i * PANEL + 48)),
-                ];
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            let step = |i: usize, acc: &mut [[__m512; V]; R]| {
+                let mut wv = [_mm512_setzero_ps(); V];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(w.add(i * PANEL + 16 * j));
+                }
                 for r in 0..R {
                     let xv = _mm512_set1_ps(*x[r].add(if UNIT_K { i } else { i * k_step }));
-                    for j in 0..4 {
+                    for j in 0..V {
                         acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
                     }
                 }
