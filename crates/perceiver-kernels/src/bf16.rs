@@ -141,40 +141,19 @@ impl PackedMatrix {
 
     /// `out[m, n] += a[m, k] · Wᵀ`, both row-major and dense.
     pub fn matmul_accumulate(&self, a: &[f32], m: usize, out: &mut [f32], threads: usize) {
-        assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
-        assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
-        if cpu::bf16_kernel() == Bf16Kernel::Amx {
-            // SAFETY: C is m×n (asserted), borrowed mutably.
-            return unsafe {
-                self.amx(
-                    Rows::Dense(a),
-                    m,
-                    out.as_mut_ptr(),
-                    amx::Start::Accumulate,
-                    None,
-                    threads,
-                )
-            };
-        }
-        // SAFETY: A is m×k and C m×n, dense (asserted), C borrowed mutably.
-        unsafe {
-            self.run(
-                cpu::bf16_kernel(),
-                Rows::Dense(a),
-                m,
-                out.as_mut_ptr(),
-                threads,
-                Edges::default(),
-            )
-        }
+        self.accumulate(a, m, None, out, threads)
     }
 
     /// `out[m, n] += a[m, k] · Wᵀ + bias`, both row-major and dense: a layer's output added to
     /// its residual stream, the bias added to each block of C as it comes into cache (as
     /// [`sgemm::PackedWeights::linear_into`](crate::sgemm::PackedWeights::linear_into)).
     pub fn linear_into(&self, a: &[f32], m: usize, bias: &[f32], out: &mut [f32], threads: usize) {
-        assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
-        assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
+        self.assert_bias(bias);
+        self.accumulate(a, m, Some(bias), out, threads)
+    }
+
+    /// Panics unless `bias` has a value for each of W's rows.
+    fn assert_bias(&self, bias: &[f32]) {
         assert_eq!(
             bias.len(),
             self.n,
@@ -182,25 +161,28 @@ impl PackedMatrix {
             bias.len(),
             self.n
         );
-        if cpu::bf16_kernel() == Bf16Kernel::Amx {
-            // SAFETY: C is m×n (asserted), borrowed mutably.
-            return unsafe {
-                self.amx(
-                    Rows::Dense(a),
-                    m,
-                    out.as_mut_ptr(),
-                    amx::Start::BiasOnto(bias),
-                    None,
-                    threads,
-                )
-            };
-        }
+    }
+
+    /// `out += a · Wᵀ`, plus `bias` in every row when given.
+    fn accumulate(&self, a: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32], threads: usize) {
+        assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
+        assert_eq!(out.len(), m * self.n, "bf16 matmul: C is not {m}x{}", self.n);
         if self.k == 0 {
-            rows::add_to_rows(out, bias);
+            if let Some(bias) = bias {
+                rows::add_to_rows(out, bias);
+            }
             return;
         }
+        if cpu::bf16_kernel() == Bf16Kernel::Amx {
+            let start = match bias {
+                Some(bias) => amx::Start::BiasOnto(bias),
+                None => amx::Start::Accumulate,
+            };
+            // SAFETY: C is m×n (asserted), borrowed mutably, initialised.
+            return unsafe { self.amx(Rows::Dense(a), m, out.as_mut_ptr(), start, None, threads) };
+        }
         let edges = Edges {
-            bias: Some(bias),
+            bias,
             bias_onto_c: true,
             ..Edges::default()
         };
@@ -243,13 +225,7 @@ impl PackedMatrix {
         if let Rows::Dense(a) = a {
             assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
         }
-        assert_eq!(
-            bias.len(),
-            self.n,
-            "bf16 matmul: the bias has {} values, W {} rows",
-            bias.len(),
-            self.n
-        );
+        self.assert_bias(bias);
         if cpu::bf16_kernel() == Bf16Kernel::Amx {
             // The tiles start from the bias and the activation is applied block by block.
             let mut out = Vec::with_capacity(m * self.n);
