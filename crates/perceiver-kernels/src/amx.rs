@@ -253,6 +253,11 @@ unsafe fn run<T: Tiles>(
                 for p in task_panels.clone() {
                     let b = w.as_ptr().add(p * pairs * PANEL_COLS).cast::<u8>();
                     let cols = PANEL_COLS.min(n - p * PANEL_COLS);
+                    // The panel's columns of a bias that goes onto C's values.
+                    let bias_onto = match start {
+                        Start::BiasOnto(bias) => Some(&bias[p * PANEL_COLS..][..cols]),
+                        Start::Accumulate | Start::Bias(_) => None,
+                    };
                     // The task's next panel of W, brought into L2 a few lines per step while
                     // the tiles work on this one: in a model the weights come from memory
                     // (they are far larger than the caches), and the panel's first row block
@@ -290,13 +295,13 @@ unsafe fn run<T: Tiles>(
                                         Start::Bias(bias) => {
                                             tiles.load_c(bias.as_ptr().add(p * PANEL_COLS).cast(), 0)
                                         }
-                                        Start::Accumulate => tiles.load_c(c_at(0).cast(), n * 4),
-                                        Start::BiasOnto(bias) => {
-                                            // The bias goes onto C's rows as they come into cache.
-                                            let bias = &bias[p * PANEL_COLS..][..cols];
-                                            for r in 0..rows {
-                                                let row = std::slice::from_raw_parts_mut(c_at(r), cols);
-                                                rows::add_rows_chunk(row, bias);
+                                        Start::Accumulate | Start::BiasOnto(_) => {
+                                            // A bias goes onto C's rows as they come into cache.
+                                            if let Some(bias) = bias_onto {
+                                                for r in 0..rows {
+                                                    let row = std::slice::from_raw_parts_mut(c_at(r), cols);
+                                                    rows::add_rows_chunk(row, bias);
+                                                }
                                             }
                                             tiles.load_c(c_at(0).cast(), n * 4)
                                         }
@@ -309,9 +314,11 @@ unsafe fn run<T: Tiles>(
                                             Start::Bias(bias) => bias.as_ptr().add(p * PANEL_COLS),
                                         };
                                         std::ptr::copy_nonoverlapping(from, to, cols);
-                                        if let Start::BiasOnto(bias) = start {
-                                            let row = std::slice::from_raw_parts_mut(to, cols);
-                                            rows::add_rows_chunk(row, &bias[p * PANEL_COLS..][..cols]);
+                                        if let Some(bias) = bias_onto {
+                                            rows::add_rows_chunk(
+                                                std::slice::from_raw_parts_mut(to, cols),
+                                                bias,
+                                            );
                                         }
                                     }
                                     tiles.load_c(kept_bytes, KEPT_STRIDE);

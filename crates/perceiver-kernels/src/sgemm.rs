@@ -503,23 +503,17 @@ impl Edges<'_> {
     /// The block must lie in C, be valid for writes and belong to the calling task; it may be
     /// uninitialised unless the bias goes onto its values.
     pub(crate) unsafe fn begin(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
-        if let (Some(bias), true) = (self.bias, self.bias_onto_c) {
-            for r in rows {
+        let Some(bias) = self.bias else { return };
+        let bias = &bias[cols.clone()];
+        for r in rows {
+            let row = c.wrapping_add(r * ldc + cols.start);
+            if self.bias_onto_c {
                 // SAFETY: row r, columns `cols` of the block, initialised, as the caller promises.
-                let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc + cols.start), cols.len()) };
-                rows::add_rows_chunk(row, &bias[cols.clone()]);
-            }
-        } else if let Some(bias) = self.bias {
-            for r in rows {
+                rows::add_rows_chunk(unsafe { std::slice::from_raw_parts_mut(row, cols.len()) }, bias);
+            } else {
                 // SAFETY: row r, columns `cols` of the block, as the caller promises. A raw copy,
                 // since C may be uninitialised until this write.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        bias[cols.clone()].as_ptr(),
-                        c.add(r * ldc + cols.start),
-                        cols.len(),
-                    )
-                };
+                unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr(), row, cols.len()) };
             }
         }
     }
