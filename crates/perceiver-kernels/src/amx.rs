@@ -20,10 +20,9 @@
 
 use rayon::prelude::*;
 
-use crate::activation::Activation;
 use crate::rows;
 use crate::send_ptr::SendPtr;
-use crate::sgemm::Ahead;
+use crate::sgemm::{Ahead, Edges};
 
 /// Rows of C per microkernel step (two 16-row A tiles); X comes padded to whole blocks of them.
 pub(crate) const ROWS: usize = 32;
@@ -87,25 +86,19 @@ pub(crate) struct Operands<'a> {
     pub(crate) m: usize,
 }
 
-/// `C = start + X · Wᵀ` on AMX tiles, C at `out`: C starts from its values
-/// ([`Start::Accumulate`]), from them plus the bias ([`Start::BiasOnto`]) or from the bias in
-/// every row ([`Start::Bias`]: `out` is only written); `activation` is applied to each block of
-/// C once it is finished.
+/// `C = X · Wᵀ` on AMX tiles, C at `out`, with C's `edges` as the f32 and bf16 block kernels
+/// take them: C's tiles start from its values, from them plus the bias, or from the bias alone
+/// (`out` is then only written), and the activation is applied to each block of C once it is
+/// finished.
 ///
 /// # Safety
-/// `out` must be valid for writes of m·n values, initialised unless C starts from
-/// [`Start::Bias`], and no one else may access them during the call. Call only when
-/// [`available`].
-pub(crate) unsafe fn matmul(
-    operands: Operands,
-    out: *mut f32,
-    start: Start,
-    activation: Option<Activation>,
-    threads: usize,
-) {
+/// `out` must be valid for writes of m·n values, initialised unless C starts from the bias
+/// alone ([`Edges::bias_instead_of_c`]), and no one else may access them during the call. Call
+/// only when [`available`].
+pub(crate) unsafe fn matmul(operands: Operands, out: *mut f32, edges: Edges, threads: usize) {
     assert!(available(), "AMX is not available");
     // SAFETY: the caller's promises.
-    unsafe { run::<Native>(operands, out, start, activation, threads) };
+    unsafe { run::<Native>(operands, out, edges, threads) };
 }
 
 /// `rounds` rounds of four independent `tdpbf16ps` on register tiles (C in tmm0–3 from A in
@@ -155,45 +148,22 @@ pub(crate) unsafe fn peak_rounds(rounds: usize) {
     }
 }
 
-/// What C's tiles start from in [`matmul`].
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Start<'a> {
-    /// `out`'s values: the product is added to them.
-    Accumulate,
-    /// This bias (`n` values) in every row: `out` is overwritten.
-    Bias(&'a [f32]),
-    /// `out`'s values plus this bias in every row (a residual stream and a layer's bias).
-    BiasOnto(&'a [f32]),
-}
-
 /// [`matmul`] with the tile instructions emulated in plain Rust ([`Emulated`]):
 /// the same blocking, addresses and strides on any CPU, so that the tests check the AMX path
 /// where there is no AMX.
 #[cfg(test)]
-pub(crate) fn matmul_emulated(
-    operands: Operands,
-    out: &mut [f32],
-    start: Start,
-    activation: Option<Activation>,
-    threads: usize,
-) {
+pub(crate) fn matmul_emulated(operands: Operands, out: &mut [f32], edges: Edges, threads: usize) {
     let (m, n) = (operands.m, operands.n);
     assert_eq!(out.len(), m * n, "amx: C is not {m}x{n}");
     // SAFETY: `out` is C, borrowed mutably.
-    unsafe { run::<Emulated>(operands, out.as_mut_ptr(), start, activation, threads) };
+    unsafe { run::<Emulated>(operands, out.as_mut_ptr(), edges, threads) };
 }
 
 /// The loop of [`matmul`] over the tile operations `T`.
 ///
 /// # Safety
 /// As [`matmul`]'s, and `T` must run on this CPU.
-unsafe fn run<T: Tiles>(
-    operands: Operands,
-    out: *mut f32,
-    start: Start,
-    activation: Option<Activation>,
-    threads: usize,
-) {
+unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads: usize) {
     let Operands { w, n, pairs, x, m } = operands;
     assert_eq!(pairs % TILE_PAIRS, 0, "amx: pairs are padded to whole tiles");
     let (k_pad, m_pad, panels) = (2 * pairs, m.div_ceil(ROWS) * ROWS, n.div_ceil(PANEL_COLS));
@@ -202,9 +172,11 @@ unsafe fn run<T: Tiles>(
         w.len() >= panels * pairs * PANEL_COLS,
         "amx: W has fewer than {n} columns"
     );
-    if let Start::Bias(bias) | Start::BiasOnto(bias) = start {
+    assert!(!edges.overwrite, "amx: the tiles start from C or the bias");
+    if let Some(bias) = edges.bias {
         assert_eq!(bias.len(), n, "amx: the bias is not {n} values");
     }
+    let (activation, bias_instead_of_c) = (edges.activation, edges.bias_instead_of_c());
     if m == 0 || n == 0 {
         return;
     }
@@ -254,10 +226,7 @@ unsafe fn run<T: Tiles>(
                     let b = w.as_ptr().add(p * pairs * PANEL_COLS).cast::<u8>();
                     let cols = PANEL_COLS.min(n - p * PANEL_COLS);
                     // The panel's columns of a bias that goes onto C's values.
-                    let bias_onto = match start {
-                        Start::BiasOnto(bias) => Some(&bias[p * PANEL_COLS..][..cols]),
-                        Start::Accumulate | Start::Bias(_) => None,
-                    };
+                    let bias_onto = edges.bias_onto_c().map(|bias| &bias[p * PANEL_COLS..][..cols]);
                     // The task's next panel of W, brought into L2 a few lines per step while
                     // the tiles work on this one: in a model the weights come from memory
                     // (they are far larger than the caches), and the panel's first row block
@@ -291,11 +260,11 @@ unsafe fn run<T: Tiles>(
                                 if !first {
                                     tiles.load_c(kept_bytes, KEPT_STRIDE);
                                 } else if whole {
-                                    match start {
-                                        Start::Bias(bias) => {
+                                    match bias_instead_of_c {
+                                        Some(bias) => {
                                             tiles.load_c(bias.as_ptr().add(p * PANEL_COLS).cast(), 0)
                                         }
-                                        Start::Accumulate | Start::BiasOnto(_) => {
+                                        None => {
                                             // A bias goes onto C's rows as they come into cache.
                                             if let Some(bias) = bias_onto {
                                                 for r in 0..rows {
@@ -309,9 +278,9 @@ unsafe fn run<T: Tiles>(
                                 } else {
                                     for r in 0..rows {
                                         let to = kept.add(r * PANEL_COLS);
-                                        let from = match start {
-                                            Start::Accumulate | Start::BiasOnto(_) => c_at(r).cast_const(),
-                                            Start::Bias(bias) => bias.as_ptr().add(p * PANEL_COLS),
+                                        let from = match bias_instead_of_c {
+                                            None => c_at(r).cast_const(),
+                                            Some(bias) => bias.as_ptr().add(p * PANEL_COLS),
                                         };
                                         std::ptr::copy_nonoverlapping(from, to, cols);
                                         if let Some(bias) = bias_onto {

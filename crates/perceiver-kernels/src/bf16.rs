@@ -173,14 +173,6 @@ impl PackedMatrix {
             }
             return;
         }
-        if cpu::bf16_kernel() == Bf16Kernel::Amx {
-            let start = match bias {
-                Some(bias) => amx::Start::BiasOnto(bias),
-                None => amx::Start::Accumulate,
-            };
-            // SAFETY: C is m×n (asserted), borrowed mutably, initialised.
-            return unsafe { self.amx(Rows::Dense(a), m, out.as_mut_ptr(), start, None, threads) };
-        }
         let edges = Edges {
             bias,
             bias_onto_c: true,
@@ -226,23 +218,6 @@ impl PackedMatrix {
             assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
         }
         self.assert_bias(bias);
-        if cpu::bf16_kernel() == Bf16Kernel::Amx {
-            // The tiles start from the bias and the activation is applied block by block.
-            let mut out = Vec::with_capacity(m * self.n);
-            // SAFETY: `out` has room for m·n values, which the tiles write from the bias.
-            unsafe {
-                self.amx(
-                    a,
-                    m,
-                    out.as_mut_ptr(),
-                    amx::Start::Bias(bias),
-                    activation,
-                    threads,
-                );
-                out.set_len(m * self.n);
-            }
-            return out;
-        }
         if m == 0 || self.n == 0 || self.k == 0 {
             // Nothing to multiply (no rows, outputs or inputs): the bias, activated.
             let mut out = rows::repeat_rows(bias, m);
@@ -268,22 +243,15 @@ impl PackedMatrix {
         out
     }
 
-    /// The product on AMX tiles: A converted to bf16 in tile order, C (`[m, n]` at `out`) from `start`.
+    /// The product on AMX tiles: A converted to bf16 in tile order, C (`[m, n]` at `out`) with
+    /// C's `edges`.
     ///
     /// # Safety
     /// As [`amx::matmul`]'s for `out`.
-    unsafe fn amx(
-        &self,
-        a: Rows,
-        m: usize,
-        out: *mut f32,
-        start: amx::Start,
-        activation: Option<Activation>,
-        threads: usize,
-    ) {
+    unsafe fn amx(&self, a: Rows, m: usize, out: *mut f32, edges: Edges, threads: usize) {
         let x = amx_rows(a, m, self.k, self.pairs);
         // SAFETY: the caller's promises; the kernel is AMX only where it is available.
-        unsafe { amx::matmul(self.amx_operands(&x, m), out, start, activation, threads) };
+        unsafe { amx::matmul(self.amx_operands(&x, m), out, edges, threads) };
     }
 
     /// This matrix and `x` (A in tile order, [`amx_rows`]) as [`amx::matmul`]'s operands.
@@ -297,19 +265,23 @@ impl PackedMatrix {
         }
     }
 
-    /// The blocked product into C (`[m, n]`, dense, at `c`) with C's `edges`, on the AVX-512
-    /// BF16, AVX2 or portable microkernel. Work is cut into row chunks × groups of panels, as
-    /// the f32 products are; each task converts its own rows of A to bf16 (in parallel, and kept
-    /// in L2 while every panel of its group passes over them), and the microkernel adds its
-    /// block straight into C.
+    /// The product into C (`[m, n]`, dense, at `c`) with C's `edges`, on `kernel`: AMX tiles
+    /// run their own loop ([`amx::matmul`]); the AVX-512 BF16, AVX2 and portable microkernels
+    /// the blocked one below. Work is cut into row chunks × groups of panels, as the f32 products
+    /// are; each task converts its own rows of A to bf16 (in parallel, and kept in L2 while every
+    /// panel of its group passes over them), and the microkernel adds its block straight into C.
     ///
     /// # Safety
     /// `c` must be valid for writes of m·n values, and no one else may access them during the
-    /// call; with a bias they may be uninitialised.
+    /// call; with a bias that C starts from instead of its values, they may be uninitialised.
+    /// `kernel` must run on this CPU.
     unsafe fn run(&self, kernel: Bf16Kernel, a: Rows, m: usize, c: *mut f32, threads: usize, edges: Edges) {
         let (n, k) = (self.n, self.k);
         assert!(!edges.overwrite, "bf16 products add to C");
-        assert!(kernel != Bf16Kernel::Amx, "AMX runs its own loop");
+        if kernel == Bf16Kernel::Amx {
+            // SAFETY: the caller's promises, which are `amx::matmul`'s.
+            return unsafe { self.amx(a, m, c, edges, threads) };
+        }
         if m == 0 || n == 0 {
             return;
         }
@@ -1111,7 +1083,7 @@ mod tests {
         let mut out = start.clone();
         let x = amx_rows(Rows::Dense(&a), m, k, packed.pairs);
         let operands = packed.amx_operands(&x, m);
-        amx::matmul_emulated(operands, &mut out, amx::Start::Accumulate, None, threads);
+        amx::matmul_emulated(operands, &mut out, Edges::default(), threads);
         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
             let expect = start[i] as f64 + w;
             assert!(
@@ -1121,8 +1093,12 @@ mod tests {
         }
         // ... and starting from the bias (what was in C is overwritten), with the activation.
         let mut out = start.clone();
-        let (from_bias, gelu) = (amx::Start::Bias(&bias), Some(Activation::GeluErf));
-        amx::matmul_emulated(operands, &mut out, from_bias, gelu, threads);
+        let from_bias = Edges {
+            bias: Some(&bias),
+            activation: Some(Activation::GeluErf),
+            ..Edges::default()
+        };
+        amx::matmul_emulated(operands, &mut out, from_bias, threads);
         check_layer(&out, "on emulated AMX");
         // A bias onto C's values (a residual) equals the bias added first, bit for bit: on the
         // CPU's kernel and on emulated AMX.
@@ -1134,25 +1110,19 @@ mod tests {
         packed.linear_into(&a, m, &bias, &mut onto, threads);
         let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same(&onto, &bias_first), "{m}x{n}x{k} linear_into");
-        amx::matmul_emulated(
-            operands,
-            &mut emulated_first,
-            amx::Start::Accumulate,
-            None,
-            threads,
-        );
-        let mut onto = start.clone();
-        amx::matmul_emulated(operands, &mut onto, amx::Start::BiasOnto(&bias), None, threads);
-        assert!(
-            same(&onto, &emulated_first),
-            "{m}x{n}x{k} bias onto C on emulated AMX"
-        );
-        // ... and on each block kernel (the CPU's own may be AMX).
+        amx::matmul_emulated(operands, &mut emulated_first, Edges::default(), threads);
         let onto_c = Edges {
             bias: Some(&bias),
             bias_onto_c: true,
             ..Edges::default()
         };
+        let mut onto = start.clone();
+        amx::matmul_emulated(operands, &mut onto, onto_c, threads);
+        assert!(
+            same(&onto, &emulated_first),
+            "{m}x{n}x{k} bias onto C on emulated AMX"
+        );
+        // ... and on each block kernel (the CPU's own may be AMX).
         for &kernel in kernels {
             let mut first = start.clone();
             rows::add_to_rows(&mut first, &bias);

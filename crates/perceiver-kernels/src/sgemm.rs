@@ -483,7 +483,7 @@ impl PackedWeights {
 /// What a product does to C besides adding X·Wᵀ: start each element from the bias of its
 /// column instead of C's contents (or add the bias onto them), and apply an activation once the
 /// element is complete (for the f32 and the bf16 products alike, each task on its own block of
-/// C).
+/// C; the AMX loop takes them too, [`crate::amx::matmul`]).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Edges<'a> {
     pub(crate) bias: Option<&'a [f32]>,
@@ -494,7 +494,17 @@ pub(crate) struct Edges<'a> {
     pub(crate) overwrite: bool,
 }
 
-impl Edges<'_> {
+impl<'a> Edges<'a> {
+    /// The bias that C starts from in place of its values (which may then be uninitialised).
+    pub(crate) fn bias_instead_of_c(&self) -> Option<&'a [f32]> {
+        self.bias.filter(|_| !self.bias_onto_c)
+    }
+
+    /// The bias that goes onto C's values.
+    pub(crate) fn bias_onto_c(&self) -> Option<&'a [f32]> {
+        self.bias.filter(|_| self.bias_onto_c)
+    }
+
     /// Before a task's products: writes the bias into its block of C (rows × columns, row
     /// stride `ldc`), or adds it there with [`bias_onto_c`](Self::bias_onto_c), while the block
     /// comes into cache anyway.
