@@ -501,7 +501,7 @@ impl<'a> Edges<'a> {
     }
 
     /// The bias that goes onto C's values.
-    pub(crate) fn bias_onto_c(&self) -> Option<&'a [f32]> {
+    pub(crate) fn bias_added_to_c(&self) -> Option<&'a [f32]> {
         self.bias.filter(|_| self.bias_onto_c)
     }
 
