@@ -226,7 +226,9 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
                     let b = w.as_ptr().add(p * pairs * PANEL_COLS).cast::<u8>();
                     let cols = PANEL_COLS.min(n - p * PANEL_COLS);
                     // The panel's columns of a bias that goes onto C's values.
-                    let bias_onto = edges.bias_added_to_c().map(|bias| &bias[p * PANEL_COLS..][..cols]);
+                    let bias_onto = edges
+                        .bias_added_to_c()
+                        .map(|bias| &bias[p * PANEL_COLS..][..cols]);
                     // The task's next panel of W, brought into L2 a few lines per step while
                     // the tiles work on this one: in a model the weights come from memory
                     // (they are far larger than the caches), and the panel's first row block
