@@ -222,13 +222,22 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
             for block in (0..m).step_by(block_rows) {
                 let block_end = (block + block_rows).min(m);
                 let task_panels = t * per_task..((t + 1) * per_task).min(panels);
+                // A bias that goes onto C's values is added to the block's rows in the task's
+                // columns before any tile loads them, all of a row's columns per call (added
+                // per 32×32 block, it took a call per 32 values, each waiting on C's lines).
+                if let (Some(bias), false) = (edges.bias_added_to_c(), task_panels.is_empty()) {
+                    let cols = task_panels.start * PANEL_COLS..(task_panels.end * PANEL_COLS).min(n);
+                    for r in block..block_end {
+                        let row = out_ptr.get().add(r * n + cols.start);
+                        rows::add_rows_chunk(
+                            std::slice::from_raw_parts_mut(row, cols.len()),
+                            &bias[cols.clone()],
+                        );
+                    }
+                }
                 for p in task_panels.clone() {
                     let b = w.as_ptr().add(p * pairs * PANEL_COLS).cast::<u8>();
                     let cols = PANEL_COLS.min(n - p * PANEL_COLS);
-                    // The panel's columns of a bias that goes onto C's values.
-                    let bias_onto = edges
-                        .bias_added_to_c()
-                        .map(|bias| &bias[p * PANEL_COLS..][..cols]);
                     // The task's next panel of W, brought into L2 a few lines per step while
                     // the tiles work on this one: in a model the weights come from memory
                     // (they are far larger than the caches), and the panel's first row block
@@ -266,16 +275,7 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
                                         Some(bias) => {
                                             tiles.load_c(bias.as_ptr().add(p * PANEL_COLS).cast(), 0)
                                         }
-                                        None => {
-                                            // A bias goes onto C's rows as they come into cache.
-                                            if let Some(bias) = bias_onto {
-                                                for r in 0..rows {
-                                                    let row = std::slice::from_raw_parts_mut(c_at(r), cols);
-                                                    rows::add_rows_chunk(row, bias);
-                                                }
-                                            }
-                                            tiles.load_c(c_at(0).cast(), n * 4)
-                                        }
+                                        None => tiles.load_c(c_at(0).cast(), n * 4),
                                     }
                                 } else {
                                     for r in 0..rows {
@@ -285,12 +285,6 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
                                             Some(bias) => bias.as_ptr().add(p * PANEL_COLS),
                                         };
                                         std::ptr::copy_nonoverlapping(from, to, cols);
-                                        if let Some(bias) = bias_onto {
-                                            rows::add_rows_chunk(
-                                                std::slice::from_raw_parts_mut(to, cols),
-                                                bias,
-                                            );
-                                        }
                                     }
                                     tiles.load_c(kept_bytes, KEPT_STRIDE);
                                 }
