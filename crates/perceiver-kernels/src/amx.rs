@@ -225,15 +225,9 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
                 // A bias that goes onto C's values is added to the block's rows in the task's
                 // columns before any tile loads them, all of a row's columns per call (added
                 // per 32×32 block, it took a call per 32 values, each waiting on C's lines).
-                if let (Some(bias), false) = (edges.bias_added_to_c(), task_panels.is_empty()) {
+                if edges.bias_added_to_c().is_some() && !task_panels.is_empty() {
                     let cols = task_panels.start * PANEL_COLS..(task_panels.end * PANEL_COLS).min(n);
-                    for r in block..block_end {
-                        let row = out_ptr.get().add(r * n + cols.start);
-                        rows::add_rows_chunk(
-                            std::slice::from_raw_parts_mut(row, cols.len()),
-                            &bias[cols.clone()],
-                        );
-                    }
+                    edges.begin(out_ptr.get(), n, block..block_end, cols);
                 }
                 for p in task_panels.clone() {
                     let b = w.as_ptr().add(p * pairs * PANEL_COLS).cast::<u8>();
