@@ -18,6 +18,8 @@
 //! This module only runs the tiles: [`crate::bf16::PackedMatrix`]'s products choose it (see
 //! [`crate::cpu::bf16_kernel`]).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::rows;
@@ -184,15 +186,17 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
     // Sapphire Rapids) next to the panel of W being read.
     let block_rows = ((X_BLOCK_BYTES / (2 * k_pad)) / ROWS).max(1) * ROWS;
     let steps = pairs / TILE_PAIRS;
-    // k slices pay on one thread (a text's pass when a batch runs side by side); a product
-    // shared by two threads ran faster with all of k at once (timed both ways on a Xeon:
-    // without slices, the one-text bf16 workload ran 3-5% faster on two threads and 2-3%
-    // slower on one).
-    let slice_steps = if threads > 1 { steps.max(1) } else { SLICE_STEPS };
-    let tasks = if threads > 1 { (threads * 2).min(panels) } else { 1 };
-    let per_task = panels.div_ceil(tasks);
+    let share = Share::choose(m, panels, block_rows, threads);
+    // k slices pay when a task runs all the panels over its rows; a product whose panels are
+    // shared out ran faster with all of k at once (timed both ways on a Xeon: without slices,
+    // the one-text bf16 workload ran 3-5% faster on two threads).
+    let slice_steps = if share.panel_tasks == 1 {
+        SLICE_STEPS
+    } else {
+        steps.max(1)
+    };
     let out_ptr = SendPtr(out);
-    (0..tasks).into_par_iter().for_each(|t| {
+    (0..share.tasks()).into_par_iter().for_each(|t| {
         // SAFETY: `T` runs on this CPU (the caller's promise).
         let mut tiles = unsafe { T::begin() };
         // C's blocks of a group wait between k slices in `kept`, as does a block that reaches
@@ -216,12 +220,13 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
             };
             // Rows of X are taken a block at a time, and every panel of the task runs over the
             // block before the next: the block stays in the core's L2 across panels instead of
-            // X being streamed from memory once per panel. Within a panel on one thread, its k
-            // slices are taken in turn by a group of row blocks: the slice of W is read from L1
+            // X being streamed from memory once per panel. Within a panel, when the task runs
+            // all the panels over its rows, its k slices are taken in turn by a group of row
+            // blocks: the slice of W is read from L1
             // by all but the first (reading both A and B tiles from L2 leaves the tiles waiting).
-            for block in (0..m).step_by(block_rows) {
-                let block_end = (block + block_rows).min(m);
-                let task_panels = t * per_task..((t + 1) * per_task).min(panels);
+            let (task_rows, task_panels) = share.task(t, m, panels);
+            for block in task_rows.clone().step_by(block_rows) {
+                let block_end = (block + block_rows).min(task_rows.end);
                 // A bias that goes onto C's values is added to the block's rows in the task's
                 // columns before any tile loads them, all of a row's columns per call (added
                 // per 32×32 block, it took a call per 32 values, each waiting on C's lines).
@@ -326,6 +331,57 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
         });
         tiles.end();
     });
+}
+
+/// How [`run`] shares a product out: a task for each of `row_tasks` runs of `rows` rows
+/// (whole [`ROWS`] blocks) by each of `panel_tasks` runs of `panels` panels of W.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Share {
+    row_tasks: usize,
+    rows: usize,
+    panel_tasks: usize,
+    panels: usize,
+}
+
+impl Share {
+    /// One thread takes all of C. Threads take rows when each gets at least a whole X block
+    /// (`block_rows`): each runs the one-thread loop over its own rows, W streamed past its X
+    /// block in its own L2 (sharing panels instead, every task read all of X, each X block
+    /// brought into a core's L2 once per task: a 2048×1280×1280 product ran 12-19% slower on
+    /// a Xeon). With fewer rows (a text's pass) they take panels, two tasks a thread so that a
+    /// thread held up by the host does not hold up the whole product.
+    fn choose(m: usize, panels: usize, block_rows: usize, threads: usize) -> Self {
+        let (blocks, panels) = (m.div_ceil(ROWS).max(1), panels.max(1));
+        if threads <= 1 || m >= threads * block_rows {
+            let rows = blocks.div_ceil(threads.max(1)) * ROWS;
+            Self {
+                row_tasks: m.div_ceil(rows).max(1),
+                rows,
+                panel_tasks: 1,
+                panels,
+            }
+        } else {
+            let per_task = panels.div_ceil(threads * 2);
+            Self {
+                row_tasks: 1,
+                rows: blocks * ROWS,
+                panel_tasks: panels.div_ceil(per_task),
+                panels: per_task,
+            }
+        }
+    }
+
+    fn tasks(self) -> usize {
+        self.row_tasks * self.panel_tasks
+    }
+
+    /// Task `t`'s rows and panels, of a product of m rows and `panels` panels.
+    fn task(self, t: usize, m: usize, panels: usize) -> (Range<usize>, Range<usize>) {
+        let (row_task, panel_task) = (t / self.panel_tasks, t % self.panel_tasks);
+        let rows = (row_task * self.rows).min(m)..((row_task + 1) * self.rows).min(m);
+        let first = (panel_task * self.panels).min(panels);
+        (rows, first..(first + self.panels).min(panels))
+    }
 }
 
 thread_local! {
@@ -515,4 +571,42 @@ impl Tiles for Emulated {
     }
 
     fn end(self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However a product is shared out, its tasks take each row of each panel exactly once,
+    /// and threads take rows only when each gets a whole X block.
+    #[test]
+    fn shares_cover_each_row_of_each_panel_once() {
+        for m in [1, 31, 32, 33, 255, 256, 257, 511, 512, 700, 2048] {
+            for panels in [1, 2, 3, 7, 8, 40] {
+                for threads in [1, 2, 3, 4] {
+                    for block_rows in [32, 64, 256] {
+                        let share = Share::choose(m, panels, block_rows, threads);
+                        let mut taken = vec![0u8; m * panels];
+                        for t in 0..share.tasks() {
+                            let (rows, task_panels) = share.task(t, m, panels);
+                            for r in rows {
+                                for p in task_panels.clone() {
+                                    taken[r * panels + p] += 1;
+                                }
+                            }
+                        }
+                        assert!(
+                            taken.iter().all(|&n| n == 1),
+                            "m {m}, {panels} panels, {threads} threads, blocks of {block_rows}: {share:?}"
+                        );
+                        assert!(share.rows % ROWS == 0, "{share:?}");
+                        if share.row_tasks > 1 {
+                            assert!(share.rows >= block_rows, "{share:?} for blocks of {block_rows}");
+                        }
+                        assert!(share.tasks() <= 2 * threads, "{share:?} on {threads} threads");
+                    }
+                }
+            }
+        }
+    }
 }

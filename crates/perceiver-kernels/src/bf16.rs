@@ -1014,6 +1014,10 @@ mod tests {
             // k = 4096), so these cross blocks, the last one partial.
             (100, 40, 4096, 2),
             (70, 33, 4000, 1),
+            // ... and on AMX with at least an X block a thread, the threads take rows: 128 and
+            // 72 rows on two, 96, 96 and 8 on three, over k slices.
+            (200, 40, 4096, 2),
+            (200, 33, 4096, 3),
             // On AMX (on one thread), two groups of row blocks (256 rows, then 44 in a partial
             // block) over two k slices, the second partial.
             (300, 40, 300, 1),
