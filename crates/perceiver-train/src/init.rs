@@ -57,10 +57,11 @@ pub fn param_init(tensor: &TensorName) -> ParamInit {
 }
 
 /// Which initialisation a from-scratch run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InitScheme {
     /// DeepMind's (see the module docs).
+    #[default]
     DeepMind,
     /// transformers' `_init_weights`: normal(0, initializer_range) for every weight matrix, table
     /// and latent array; LayerNorm 1/0; biases 0.
@@ -69,12 +70,6 @@ pub enum InitScheme {
     /// its own span and every output position to the latents around it. From-scratch byte MLMs
     /// otherwise sit for thousands of steps at the unigram plateau (see the function's docs).
     Local,
-}
-
-impl Default for InitScheme {
-    fn default() -> Self {
-        Self::DeepMind
-    }
 }
 
 impl std::str::FromStr for InitScheme {

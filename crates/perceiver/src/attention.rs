@@ -253,7 +253,7 @@ impl AttentionLayer {
                     &[0..end - start],
                     k,
                     v,
-                    &[kr.clone()],
+                    std::slice::from_ref(&kr),
                     threads,
                 );
                 drop(q);

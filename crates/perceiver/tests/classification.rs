@@ -227,9 +227,8 @@ fn released_image_layouts_match_transformers_state_dicts() {
 fn missing_labels_fall_back_to_label_i() {
     let dir = tempfile::tempdir().unwrap();
     let source = root().join("tiny_text_classifier");
-    for file in ["model.safetensors"] {
-        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
-    }
+    let file = "model.safetensors";
+    std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap()).unwrap();
     let map = config.as_object_mut().unwrap();

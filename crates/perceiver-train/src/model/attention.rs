@@ -132,7 +132,7 @@ impl Mlp {
     /// `x`: `[batch, tokens, width]` → same shape.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let hidden = activate(&self.dense1.forward(x)?, self.activation)?;
-        Ok(self.dense2.forward(&hidden)?)
+        self.dense2.forward(&hidden)
     }
 }
 
@@ -179,7 +179,7 @@ impl MultiHeadAttention {
         let k = self.key.forward(&kv_in)?;
         let v = self.value.forward(&kv_in)?;
         let heads = attend(&q, &k, &v, self.num_heads, bias)?;
-        Ok(self.output.forward(&heads)?)
+        self.output.forward(&heads)
     }
 }
 

@@ -57,10 +57,10 @@ fn softmax_rows<T: Float>(src: &[T], width: usize) -> Vec<T> {
             let mut total = T::zero();
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = (s - max).exp();
-                total = total + *d;
+                total += *d;
             }
             let inv = total.recip();
-            dst.iter_mut().for_each(|d| *d = *d * inv);
+            dst.iter_mut().for_each(|d| *d *= inv);
         });
     dst
 }
@@ -248,10 +248,10 @@ fn layer_norm_backward_rows<T: Float>(x: &[T], weight: &[T], grad: &[T], eps: T)
                 for c in 0..width {
                     let xhat = (row[c] - mean) * inv_std;
                     let gw = g[c] * weight[c];
-                    sum_gw = sum_gw + gw;
-                    sum_gw_xhat = sum_gw_xhat + gw * xhat;
-                    dw[c] = dw[c] + g[c] * xhat;
-                    db[c] = db[c] + g[c];
+                    sum_gw += gw;
+                    sum_gw_xhat += gw * xhat;
+                    dw[c] += g[c] * xhat;
+                    db[c] += g[c];
                 }
                 let (mean_gw, mean_gw_xhat) = (sum_gw / n, sum_gw_xhat / n);
                 for c in 0..width {
@@ -264,8 +264,8 @@ fn layer_norm_backward_rows<T: Float>(x: &[T], weight: &[T], grad: &[T], eps: T)
         .collect();
     let (mut dweight, mut dbias) = (vec![T::zero(); width], vec![T::zero(); width]);
     for (dw, db) in partials {
-        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a = *a + b);
-        dbias.iter_mut().zip(db).for_each(|(a, b)| *a = *a + b);
+        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+        dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
     }
     (dx, dweight, dbias)
 }
