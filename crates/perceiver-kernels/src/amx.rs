@@ -222,8 +222,8 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
             // block before the next: the block stays in the core's L2 across panels instead of
             // X being streamed from memory once per panel. Within a panel, when the task runs
             // all the panels over its rows, its k slices are taken in turn by a group of row
-            // blocks: the slice of W is read from L1
-            // by all but the first (reading both A and B tiles from L2 leaves the tiles waiting).
+            // blocks: the slice of W is read from L1 by all but the first (reading both A and B
+            // tiles from L2 leaves the tiles waiting).
             let (task_rows, task_panels) = share.task(t, m, panels);
             for block in task_rows.clone().step_by(block_rows) {
                 let block_end = (block + block_rows).min(task_rows.end);
@@ -346,10 +346,11 @@ struct Share {
 impl Share {
     /// One thread takes all of C. Threads take rows when each gets at least a whole X block
     /// (`block_rows`): each runs the one-thread loop over its own rows, W streamed past its X
-    /// block in its own L2 (sharing panels instead, every task read all of X, each X block
-    /// brought into a core's L2 once per task: a 2048×1280×1280 product ran 12-19% slower on
-    /// a Xeon). With fewer rows (a text's pass) they take panels, two tasks a thread so that a
-    /// thread held up by the host does not hold up the whole product.
+    /// block in its own L2. (Sharing panels instead, every task read all of X, each X block
+    /// brought into a core's L2 once per task: on a Xeon a 2048×1280×1280 product took 12%
+    /// longer than with rows shared, and 19% longer than with rows shared and k slices, which
+    /// pay only then.) With fewer rows (a text's pass) they take panels, two tasks a thread so
+    /// that a thread held up by the host does not hold up the whole product.
     fn choose(m: usize, panels: usize, block_rows: usize, threads: usize) -> Self {
         let (blocks, panels) = (m.div_ceil(ROWS).max(1), panels.max(1));
         if threads <= 1 || m >= threads * block_rows {
