@@ -236,9 +236,9 @@ pub fn run(args: LatentArgs) -> Result<()> {
 }
 
 /// The peaks the products are judged against, in GFLOP/s: f32 rows against the FMA peak, bf16
-/// rows against the `vdpbf16ps` peak where the bf16 products run on AVX-512 BF16 and against
-/// the `tdpbf16ps` one on AMX (the widened AVX2 path has no peak of its own, so its rows show no
-/// share).
+/// rows against the `vdpbf16ps` peak where the bf16 products run on AVX-512 BF16, against the
+/// `tdpbf16ps` one on AMX, and against the FMA peak where they widen to f32 on AVX-512 (the
+/// widened AVX2 path has no peak of its own, so its rows show no share).
 #[derive(Clone, Copy)]
 struct Peaks {
     f32: Option<f64>,
@@ -252,6 +252,7 @@ impl Peaks {
             _ if !bf16_rows => None,
             Bf16Kernel::Avx512Bf16 => bf16_dot_peak_gflops(threads),
             Bf16Kernel::Amx => amx_peak_gflops(threads),
+            Bf16Kernel::Avx512Widened => fma_peak_gflops(threads),
             _ => None,
         };
         Peaks {
@@ -351,6 +352,7 @@ fn report(items: &[Item], peaks: Peaks, threads: usize, args: &LatentArgs) -> Re
     }
     let bf16_instruction = match perceiver_kernels::cpu::bf16_kernel() {
         Bf16Kernel::Amx => "AMX tdpbf16ps (random tiles)",
+        Bf16Kernel::Avx512Widened => "f32 FMA (bf16 widened to f32)",
         _ => "vdpbf16ps",
     };
     match peaks.bf16 {

@@ -7,14 +7,14 @@
 //! 32-bit lanes is its pairs). The microkernel keeps an `MR × 32` block of C in 24 registers; each step
 //! broadcasts one row's input pair and does two `vdpbf16ps`, 64 multiply-adds each.
 //!
-//! Where the CPU lacks AVX-512 BF16 the same packed data goes through AVX2+FMA, which widens
-//! each bf16 to f32 with a shift or a mask (bf16 is the top half of an f32) and does the
-//! multiply-adds in f32, or else through a portable kernel. On AVX2 a task of many rows widens
-//! each panel once into f32 and runs the f32 products' microkernel over it
-//! (`PackedMatrix::widened_pass`); a task of few rows widens in registers per block
-//! (`avx2::kernel`). All compute the same products (a product of two bf16 values is exact in
-//! f32), accumulated in the same order within each pair, so results agree with the AVX-512
-//! kernel up to f32 rounding, and the two AVX2 ways agree bit for bit.
+//! Where the CPU lacks AVX-512 BF16 (or has Intel's, which does half the multiply-adds of its
+//! FMA units) the same packed data goes through f32 multiply-adds on bf16 widened to f32 with a
+//! shift or a mask (bf16 is the top half of an f32), or else through a portable kernel. A task
+//! of many rows widens each panel once into f32 and runs the f32 products' AVX-512 or AVX2
+//! microkernel over it (`PackedMatrix::widened_pass`); a task of few rows widens in registers
+//! per block (`avx2::kernel`). All compute the same products (a product of two bf16 values is
+//! exact in f32), accumulated in the same order within each pair, so results agree with the
+//! AVX-512 BF16 kernel up to f32 rounding, and the widening ways agree bit for bit.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -69,7 +69,7 @@ pub enum Rows<'a> {
     Dense(&'a [f32]),
     /// A made row by row: `make(r, row)` writes all k values of row `r` (a LayerNorm of another
     /// array's row, say). Each row goes from a scratch row in L1 straight into the product's
-    /// bf16 rows, so A is never stored whole in f32 (but on AVX2's widened pass, per task).
+    /// bf16 rows, so A is never stored whole in f32 (but on the widened passes, per task).
     /// Where the panels are split over tasks (fewer rows than a block a thread), each task
     /// makes the same rows.
     Made(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
@@ -326,7 +326,7 @@ impl PackedMatrix {
             // SAFETY: C's rows `rows` × the panels' columns are this task's block (above).
             unsafe {
                 if widens_panels(kernel, rows.len()) {
-                    self.widened_pass(a_rows, rows.len(), task_panels, c_rows)
+                    self.widened_pass(kernel, a_rows, rows.len(), task_panels, c_rows)
                 } else {
                     self.blocked_pass(kernel, a_rows, rows.len(), task_panels, c_rows)
                 }
@@ -390,16 +390,25 @@ impl PackedMatrix {
         }
     }
 
-    /// [`Bf16Kernel::Avx2`]'s pass for many rows (see [`widens_panels`]): A's rows are
-    /// rounded to bf16 once, each 16-column half of a panel is widened to f32 once, and sgemm's
-    /// AVX2 microkernel runs over it, six rows per call, while the next panel is prefetched. The
-    /// same multiply-adds in the same order as [`avx2::kernel`] (each pair's odd input first),
-    /// so a row's result does not depend on which pass its task took.
+    /// The pass of [`Bf16Kernel::Avx2`] and [`Bf16Kernel::Avx512Widened`] for many rows (see
+    /// [`widens_panels`]): A's rows are rounded to bf16 once, W is widened to f32 once per
+    /// task in the layout of sgemm's microkernel (each 16-column half of a panel for AVX2's,
+    /// two panels side by side for AVX-512's 64 columns), and that microkernel runs over it, six
+    /// rows per call, while the next panel is prefetched. The same multiply-adds in the same
+    /// order as [`avx2::kernel`] (each pair's odd input first, C added to once), so a row's
+    /// result does not depend on which pass its task took.
     ///
     /// # Safety
     /// As [`blocked_pass`](Self::blocked_pass); the CPU must have AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn widened_pass(&self, a: Rows, rows: usize, panels: Range<usize>, c: *mut f32) {
+    unsafe fn widened_pass(
+        &self,
+        kernel: Bf16Kernel,
+        a: Rows,
+        rows: usize,
+        panels: Range<usize>,
+        c: *mut f32,
+    ) {
         let (n, pairs) = (self.n, self.pairs);
         let mut made = Vec::new();
         let a = match a {
@@ -417,46 +426,91 @@ impl PackedMatrix {
         let used = self.k.div_ceil(2);
         let steps = 2 * used;
         let x = avx2::round_rows(a, rows, self.k);
-        // Each half's pass fills it before the kernel reads it.
-        let mut wide = Vec::<f32>::with_capacity(steps * 16);
-        let wide = &mut wide.spare_capacity_mut()[..steps * 16];
-        for p in panels {
-            let panel = &self.data[p * pairs * NR..(p * pairs + used) * NR];
-            let panel_cols = NR.min(n - p * NR);
-            // The next panel's used pairs (two lines each), shared among the halves' passes.
-            let next = self.data.as_ptr().wrapping_add((p + 1) * pairs * NR).cast::<u8>();
-            let halves = panel_cols.div_ceil(16);
-            let lines = (2 * used).div_ceil(halves);
-            for half in 0..halves {
+        let (f32_kernel, width) = match kernel {
+            Bf16Kernel::Avx512Widened => (cpu::F32Kernel::Avx512, 2 * NR),
+            _ => (cpu::F32Kernel::Avx2, 16),
+        };
+        // Each slice's pass fills it before the kernel reads it (the columns that it reads).
+        let mut wide = Vec::<f32>::with_capacity(steps * width);
+        let wide = &mut wide.spare_capacity_mut()[..steps * width];
+        // Slices of `width` columns: a half panel, or two panels.
+        let panel_at = |p: usize| &self.data[p * pairs * NR..(p * pairs + used) * NR];
+        let end = (panels.end * NR).min(n);
+        for start in (panels.start * NR..end).step_by(width) {
+            let (p, cols) = (start / NR, width.min(end - start));
+            // The panels after the slice's (two lines a pair each), prefetched by its row
+            // blocks' calls: a half panel's pass takes its share of the next panel's used
+            // pairs, a two-panel pass the next two panels.
+            let (next_panel, lines, skip) = match width {
+                16 => {
+                    let lines = (2 * used).div_ceil(NR.min(n - p * NR).div_ceil(16));
+                    (p + 1, lines, start % NR / 16 * lines)
+                }
+                _ => (p + 2, 4 * pairs, 0),
+            };
+            let next = self
+                .data
+                .as_ptr()
+                .wrapping_add(next_panel * pairs * NR)
+                .cast::<u8>();
+            let next = next.wrapping_add(skip * 64);
+            if width == 16 {
                 // SAFETY: the CPU has AVX2 (this pass's condition); the panel holds `used`
                 // pairs of NR lanes, `wide` steps·16 values.
-                unsafe { avx2::widen_half(panel, half, wide) };
-                // SAFETY: `wide` holds steps·16 values and each of x's `rows` rows `steps`;
-                // C's rows × columns p·NR + 16·half.. + 16 (at most) are the caller's;
-                // `next`'s lines are only hinted at.
-                unsafe {
-                    crate::sgemm::avx2_panel_pass(
-                        wide.as_ptr().cast(),
-                        steps,
-                        x.as_ptr(),
-                        steps,
-                        rows,
-                        c.add(p * NR + 16 * half),
-                        n,
-                        (panel_cols - 16 * half).min(16),
-                        next.wrapping_add(half * lines * 64),
-                        lines,
-                    )
-                };
+                unsafe { avx2::widen_half(panel_at(p), start % NR / 16, wide) };
+            } else {
+                for (half, panel) in (p..(start + cols).div_ceil(NR)).enumerate() {
+                    widen_panel(panel_at(panel), wide, width, half * NR);
+                }
             }
+            // SAFETY: `wide` holds steps·width values (the slice's columns written) and each
+            // of x's `rows` rows `steps`; C's rows × columns start..start + cols are the
+            // caller's; `next`'s lines are only hinted at.
+            unsafe {
+                crate::sgemm::panel_pass(
+                    f32_kernel,
+                    wide.as_ptr().cast(),
+                    steps,
+                    x.as_ptr(),
+                    steps,
+                    rows,
+                    c.add(start),
+                    n,
+                    cols,
+                    next,
+                    lines,
+                )
+            };
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn widened_pass(&self, _: &[f32], _: usize, _: Range<usize>, _: *mut f32) {
+    unsafe fn widened_pass(&self, _: Bf16Kernel, _: Rows, _: usize, _: Range<usize>, _: *mut f32) {
         unreachable!("no AVX2 off x86-64")
     }
 }
+
+/// A panel's pairs widened to f32 into columns `offset..offset + NR` of `wide` (`width`
+/// columns a row): row `2i` the odd inputs of pair i, row `2i + 1` the even ones, for the
+/// `wide.len() / (2 · width)` pairs.
+#[inline(always)]
+fn widen_panel_body(panel: &[u32], wide: &mut [MaybeUninit<f32>], width: usize, offset: usize) {
+    let pairs = wide.len() / (2 * width);
+    assert!(panel.len() >= pairs * NR && offset + NR <= width);
+    for (i, lanes) in panel.chunks_exact(NR).take(pairs).enumerate() {
+        let (odd, even) = wide[2 * i * width..(2 * i + 2) * width].split_at_mut(width);
+        for ((o, e), &lane) in odd[offset..offset + NR]
+            .iter_mut()
+            .zip(&mut even[offset..offset + NR])
+            .zip(lanes)
+        {
+            o.write(f32::from_bits(lane & 0xFFFF_0000));
+            e.write(f32::from_bits(lane << 16));
+        }
+    }
+}
+
+dispatch!(fn widen_panel(panel: &[u32], wide: &mut [MaybeUninit<f32>], width: usize, offset: usize) => widen_panel_body);
 
 /// Panel `p` of [`PackedMatrix::pack_view`]'s W (`k` inputs a column) into `panel`.
 #[inline(always)]
@@ -631,12 +685,14 @@ fn convert_row_body(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
 
 dispatch!(fn convert_row(src: &[f32], dst: &mut [MaybeUninit<u16>]) => convert_row_body);
 
-/// Whether a task of `rows` rows on `kernel` takes [`PackedMatrix::widened_pass`]: on AVX2,
-/// from 18 rows. Widening a panel half costs four vector stores per input pair, against 4·rows
-/// multiply-adds (2·rows cycles); with fewer rows [`avx2::kernel`], which widens in registers,
-/// is faster (timed side by side, the two cross over between 12 and 18 rows a task).
+/// Whether a task of `rows` rows on `kernel` takes [`PackedMatrix::widened_pass`]: on AVX2
+/// and widened AVX-512, from 18 rows. Widening a panel half costs four vector stores per input
+/// pair, against 4·rows multiply-adds (2·rows cycles); with fewer rows [`avx2::kernel`], which
+/// widens in registers, is faster (timed side by side on AVX2, the two cross over between 12
+/// and 18 rows a task).
 fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
-    cfg!(target_arch = "x86_64") && kernel == Bf16Kernel::Avx2 && rows >= WIDENED_MIN_ROWS
+    let widens = matches!(kernel, Bf16Kernel::Avx2 | Bf16Kernel::Avx512Widened);
+    cfg!(target_arch = "x86_64") && widens && rows >= WIDENED_MIN_ROWS
 }
 
 /// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
@@ -674,7 +730,9 @@ unsafe fn run_block(
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
-        Bf16Kernel::Avx2 => unsafe { avx2::kernel(a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, rows, cols) },
+        Bf16Kernel::Avx2 | Bf16Kernel::Avx512Widened => unsafe {
+            avx2::kernel(a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, rows, cols)
+        },
         // SAFETY: as above.
         _ => unsafe { portable_kernel(a, lda, b, pairs, c, ldc, rows, cols) },
     }
@@ -983,11 +1041,89 @@ mod tests {
     /// The block kernels to test: each this CPU has, and AVX-512 BF16 natively or emulated.
     fn kernels_here() -> Vec<Bf16Kernel> {
         let mut kernels = vec![Bf16Kernel::Portable, Bf16Kernel::Avx512Bf16];
+        kernels.extend(widening_kernels());
+        kernels
+    }
+
+    /// The kernels that widen panels to f32 for tasks of many rows: both need AVX2 (the
+    /// AVX-512 one's microkernel runs emulated where the CPU lacks AVX-512).
+    fn widening_kernels() -> Vec<Bf16Kernel> {
         #[cfg(target_arch = "x86_64")]
         if cpu::simd_level() >= SimdLevel::Avx2 {
-            kernels.push(Bf16Kernel::Avx2);
+            return vec![Bf16Kernel::Avx2, Bf16Kernel::Avx512Widened];
         }
-        kernels
+        Vec::new()
+    }
+
+    /// Whole products on the widening kernels, their tasks of many rows widening panels (for
+    /// AVX-512 two panels side by side, the last one alone or partial), against the triple
+    /// loop; and each row, computed alone on the in-register kernel, equal to its row of the
+    /// product bit for bit.
+    #[test]
+    fn widened_passes_match_the_triple_loop_and_rows_alone() {
+        for kernel in widening_kernels() {
+            for (m, n, k, threads) in [
+                (40, 40, 77, 1),
+                (64, 70, 130, 2),
+                (WIDENED_MIN_ROWS, 130, 9, 1),
+                (50, 64, 1, 2),
+                (3 * CHUNK_ROWS + 7, 96, 33, 2),
+            ] {
+                let a = random(m * k, 51);
+                let packed = PackedMatrix::pack_transposed(&random(n * k, 52), n, k);
+                let start = random(m * n, 53);
+                let product = |a: &[f32], m: usize, start: &[f32], threads: usize| {
+                    let mut out = start.to_vec();
+                    // SAFETY: `out` is C (m×n), borrowed mutably; the kernel runs here (AVX2,
+                    // and AVX-512 natively or emulated).
+                    unsafe {
+                        packed.run(
+                            kernel,
+                            Rows::Dense(a),
+                            m,
+                            out.as_mut_ptr(),
+                            threads,
+                            Edges::default(),
+                        )
+                    };
+                    out
+                };
+                let all = product(&a, m, &start, threads);
+                let tolerance = 1e-4 * (k as f64).sqrt();
+                let mut worst = 0f64;
+                for r in 0..m {
+                    for c in 0..n {
+                        let dot: f64 = (0..k)
+                            .map(|i| round_trip(a[r * k + i]) * round_trip(packed_w(&packed, c, i)))
+                            .sum();
+                        let want = start[r * n + c] as f64 + dot;
+                        worst = worst.max((all[r * n + c] as f64 - want).abs());
+                    }
+                    let alone = product(&a[r * k..(r + 1) * k], 1, &start[r * n..(r + 1) * n], 1);
+                    let same = all[r * n..(r + 1) * n]
+                        .iter()
+                        .zip(&alone)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{kernel:?}, {m}x{n}x{k}: row {r} differs from it alone");
+                }
+                println!("{kernel:?} {m}x{n}x{k}: worst difference {worst:e} (tolerance {tolerance:e})");
+                assert!(
+                    worst < tolerance,
+                    "{kernel:?} {m}x{n}x{k}: {worst} from the triple loop"
+                );
+            }
+        }
+    }
+
+    /// W[c][i] as packed (bf16), as an f32.
+    fn packed_w(packed: &PackedMatrix, c: usize, i: usize) -> f32 {
+        let lane = packed.data[(c / NR) * packed.pairs * NR + (i / 2) * NR + c % NR];
+        let half = if i % 2 == 0 {
+            lane as u16
+        } else {
+            (lane >> 16) as u16
+        };
+        from_bf16_bits(half)
     }
 
     /// Every kernel against an f64 triple loop on the bf16-rounded operands, on sizes with

@@ -7,6 +7,8 @@
 //! - `PERCEIVER_NO_AVX2`: the f32 and bf16 products skip their AVX2+FMA kernels (to test or
 //!   time the portable paths on such a CPU);
 //! - `PERCEIVER_NO_AMX`: the bf16 products skip AMX;
+//! - `PERCEIVER_VDPBF16PS`: on an Intel CPU with AVX-512 BF16 (and no AMX), the bf16 products
+//!   run on `vdpbf16ps` instead of widening to f32 ([`Bf16Kernel::Avx512Widened`]);
 //! - `PERCEIVER_EMULATE_AVX512` ([`emulate_avx512`]): where the CPU lacks AVX-512 (or AVX-512
 //!   BF16), the products run the AVX-512 layouts and microkernels on emulated registers
 //!   ([`crate::emulated512`]): slow, to test those paths on any machine.
@@ -68,6 +70,22 @@ pub fn avx512_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU is Intel's (CPUID's vendor string).
+pub fn intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: CPUID is available on every x86_64 CPU (the intrinsic is safe in newer Rust).
+        #[allow(unused_unsafe)]
+        let leaf0 = unsafe { std::arch::x86_64::__cpuid(0) };
+        // "GenuineIntel" in EBX, EDX, ECX.
+        (leaf0.ebx, leaf0.edx, leaf0.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -181,6 +199,12 @@ pub enum Bf16Kernel {
     Amx,
     /// AVX-512 BF16 `vdpbf16ps`, native or emulated.
     Avx512Bf16,
+    /// AVX-512 F multiply-adds on bf16 widened to f32: a task of many rows widens each panel
+    /// once and runs the f32 products' AVX-512 microkernel over it; a task of few rows runs the
+    /// AVX2 kernel, which widens in registers. For AVX-512 CPUs without AVX-512 BF16, and for
+    /// Intel's with it but without AMX: their `vdpbf16ps` did half the multiply-adds of their
+    /// two FMA units (a Xeon with AMX turned off, both measured in one process).
+    Avx512Widened,
     /// AVX2 + FMA: bf16 widened to f32 (per panel, or in registers for few rows), f32
     /// multiply-adds.
     Avx2,
@@ -189,13 +213,23 @@ pub enum Bf16Kernel {
 }
 
 /// The bf16 kernel this process runs; chosen once. AMX where [`amx`] allows it, else AVX-512
-/// BF16 where the CPU has it or `PERCEIVER_EMULATE_AVX512` asks for it, else AVX2+FMA (unless
-/// `PERCEIVER_NO_AVX2`), else the portable kernel.
+/// BF16 where the CPU has it and its `vdpbf16ps` is fast (not Intel's, unless
+/// `PERCEIVER_VDPBF16PS`), else widened AVX-512 multiply-adds where the CPU has AVX-512 (and
+/// AVX2, unless `PERCEIVER_NO_AVX2`), else emulated AVX-512 BF16 where
+/// `PERCEIVER_EMULATE_AVX512` asks for it, else AVX2+FMA (unless `PERCEIVER_NO_AVX2`), else the
+/// portable kernel.
 pub fn bf16_kernel() -> Bf16Kernel {
     static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
     *KERNEL.get_or_init(|| {
         if amx() {
             return Bf16Kernel::Amx;
+        }
+        let fast_dot = !intel() || std::env::var_os("PERCEIVER_VDPBF16PS").is_some();
+        if avx512_bf16() && fast_dot {
+            return Bf16Kernel::Avx512Bf16;
+        }
+        if avx512() && avx2_products() {
+            return Bf16Kernel::Avx512Widened;
         }
         if avx512_bf16() || emulate_avx512() {
             return Bf16Kernel::Avx512Bf16;

@@ -765,18 +765,20 @@ mod avx512_emulated {
     avx512_packed_kernel!();
 }
 
-/// `C[r, j] += Σ_{i<kc} X[r, i] · w[i·16 + j]` for r < rows, j < cols (≤ 16): one panel in
-/// the AVX2 kernel's layout (`[kc][16]`, made by the caller) over X's rows, `ldx` apart, six rows
-/// per microkernel call, C's rows `ldc` apart. The `ahead_lines` cache lines from `ahead` (the
-/// caller's next panel) are prefetched along the way, a share per call. This is the
-/// [`bf16`](crate::bf16) products' AVX2 path, on panels widened from bf16.
+/// `C[r, j] += Σ_{i<kc} X[r, i] · w[i·width + j]` for r < rows, j < cols: one panel in
+/// `kernel`'s layout (`[kc][width]`, made by the caller; width 16 for AVX2, 64 for AVX-512,
+/// `cols` at most that) over X's rows, `ldx` apart, six rows per microkernel call, C's rows
+/// `ldc` apart. The `ahead_lines` cache lines from `ahead` (the caller's next panel) are
+/// prefetched along the way, a share per call. This is the [`bf16`](crate::bf16) products'
+/// widened path, on panels widened from bf16.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `w` readable for kc·16 values, each X row for kc values, and
-/// C's rows × `cols` columns readable and writable by this caller alone.
-#[cfg(target_arch = "x86_64")]
+/// The CPU must have what `kernel` runs on (AVX-512 runs emulated where it is missing); `w`
+/// readable for the kc rows' first `cols` values, each X row for kc values, and C's rows ×
+/// `cols` columns readable and writable by this caller alone.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn avx2_panel_pass(
+pub(crate) unsafe fn panel_pass(
+    kernel: F32Kernel,
     w: *const f32,
     kc: usize,
     x: *const f32,
@@ -788,16 +790,25 @@ pub(crate) unsafe fn avx2_panel_pass(
     ahead: *const u8,
     ahead_lines: usize,
 ) {
-    debug_assert!(cols <= PANEL_AVX2);
-    let micros = microkernels(F32Kernel::Avx2, true);
+    let micros = match kernel {
+        F32Kernel::Avx512 => {
+            assert!(cols <= PANEL, "sgemm: a panel pass of {cols} columns");
+            microkernels_of_width(kernel, true, cols.div_ceil(16).max(1))
+        }
+        F32Kernel::Avx2 => {
+            assert!(cols <= PANEL_AVX2, "sgemm: a panel pass of {cols} columns");
+            microkernels(kernel, true)
+        }
+    };
     for (j, first) in (0..rows).step_by(ROWS).enumerate() {
         let block = ROWS.min(rows - first);
         let x_rows: [*const f32; ROWS] =
             std::array::from_fn(|r| x.wrapping_add((first + r.min(block - 1)) * ldx));
         let ahead = Ahead::split(ahead, ahead_lines, rows.div_ceil(ROWS), j);
-        // SAFETY: the CPU has AVX2 and FMA; the kernel reads kc·16 values of `w` and kc from
-        // each of its `block` rows of X, and adds to rows first..first + block < rows, columns
-        // < cols of C, as the caller promises (`ahead`'s lines are only hinted at).
+        // SAFETY: the CPU runs `kernel`; the microkernel reads kc rows of `w`'s first `cols`
+        // values and kc from each of its `block` rows of X, and adds to rows first..first +
+        // block < rows, columns < cols of C, as the caller promises (`ahead`'s lines are only
+        // hinted at).
         unsafe { micros[block - 1](w, x_rows, 1, kc, c.add(first * ldc), ldc, cols, false, ahead) };
     }
 }

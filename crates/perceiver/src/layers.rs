@@ -21,8 +21,9 @@ pub enum Precision {
     /// Everything in f32: transformers' numbers.
     #[default]
     F32,
-    /// Weight matrix products with bf16 operands and f32 accumulation (on AMX tiles or AVX-512
-    /// BF16 where the CPU has them), and so are attention's scores and weighted sums for heads
+    /// Weight matrix products with bf16 operands and f32 accumulation (on AMX tiles, AVX-512
+    /// BF16 or AVX-512 on bf16 widened to f32, whichever is fastest on the CPU), and so are
+    /// attention's scores and weighted sums for heads
     /// at least 64 wide on that side; softmax, norms and activations stay in f32.
     Bf16,
 }
