@@ -34,13 +34,15 @@ use crate::sgemm::{Ahead, Edges};
 pub const MR: usize = 12;
 /// Columns of C per panel (two 16-lane vectors).
 pub const NR: usize = 32;
-// The panels are AMX's B tiles as they are (see [`amx`]).
-const _: () = assert!(NR == amx::PANEL_COLS);
+// The panels are AMX's B tiles as they are (see [`amx`]), and two of them side by side the
+// f32 AVX-512 microkernel's panel (the widened pass).
+const _: () = assert!(NR == amx::PANEL_COLS && 2 * NR == crate::sgemm::PANEL);
 /// Rows of A per task at most when there are many (a batch, a long text's decode): their bf16
 /// pairs (192 × 1280 inputs: 480 KB) stay in L2 while the task's panels pass over them.
 const CHUNK_ROWS: usize = 16 * MR;
 
-/// Rows of a task from which the AVX2 kernel widens whole panels ([`widens_panels`]).
+/// Rows of a task from which the widening kernels (AVX2, widened AVX-512) widen whole panels
+/// ([`widens_panels`]).
 const WIDENED_MIN_ROWS: usize = 18;
 
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN). Branch-free so packing
@@ -267,7 +269,8 @@ impl PackedMatrix {
 
     /// The product into C (`[m, n]`, dense, at `c`) with C's `edges`, on `kernel`: AMX tiles
     /// run their own loop ([`amx::matmul`]); the AVX-512 BF16, AVX2 and portable microkernels
-    /// the blocked one below. Work is cut into row chunks × groups of panels, as the f32 products
+    /// the blocked one below, where the widening kernels' tasks of many rows take the widened
+    /// pass instead. Work is cut into row chunks × groups of panels, as the f32 products
     /// are; each task converts its own rows of A to bf16 (in parallel, and kept in L2 while every
     /// panel of its group passes over them), and the microkernel adds its block straight into C.
     ///
@@ -459,8 +462,8 @@ impl PackedMatrix {
                 // pairs of NR lanes, `wide` steps·16 values.
                 unsafe { avx2::widen_half(panel_at(p), start % NR / 16, wide) };
             } else {
-                for (half, panel) in (p..(start + cols).div_ceil(NR)).enumerate() {
-                    widen_panel(panel_at(panel), wide, width, half * NR);
+                for (i, panel) in (p..(start + cols).div_ceil(NR)).enumerate() {
+                    widen_panel(panel_at(panel), wide, width, i * NR);
                 }
             }
             // SAFETY: `wide` holds steps·width values (the slice's columns written) and each
@@ -493,6 +496,7 @@ impl PackedMatrix {
 /// A panel's pairs widened to f32 into columns `offset..offset + NR` of `wide` (`width`
 /// columns a row): row `2i` the odd inputs of pair i, row `2i + 1` the even ones, for the
 /// `wide.len() / (2 · width)` pairs.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn widen_panel_body(panel: &[u32], wide: &mut [MaybeUninit<f32>], width: usize, offset: usize) {
     let pairs = wide.len() / (2 * width);
@@ -510,7 +514,10 @@ fn widen_panel_body(panel: &[u32], wide: &mut [MaybeUninit<f32>], width: usize, 
     }
 }
 
-dispatch!(fn widen_panel(panel: &[u32], wide: &mut [MaybeUninit<f32>], width: usize, offset: usize) => widen_panel_body);
+dispatch!(
+    #[cfg(target_arch = "x86_64")]
+    fn widen_panel(panel: &[u32], wide: &mut [MaybeUninit<f32>], width: usize, offset: usize) => widen_panel_body
+);
 
 /// Panel `p` of [`PackedMatrix::pack_view`]'s W (`k` inputs a column) into `panel`.
 #[inline(always)]
@@ -686,10 +693,11 @@ fn convert_row_body(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
 dispatch!(fn convert_row(src: &[f32], dst: &mut [MaybeUninit<u16>]) => convert_row_body);
 
 /// Whether a task of `rows` rows on `kernel` takes [`PackedMatrix::widened_pass`]: on AVX2
-/// and widened AVX-512, from 18 rows. Widening a panel half costs four vector stores per input
-/// pair, against 4·rows multiply-adds (2·rows cycles); with fewer rows [`avx2::kernel`], which
-/// widens in registers, is faster (timed side by side on AVX2, the two cross over between 12
-/// and 18 rows a task).
+/// and widened AVX-512, from 18 rows. On AVX2, widening a panel half costs four vector stores
+/// per input pair, against 4·rows multiply-adds (2·rows cycles); with fewer rows
+/// [`avx2::kernel`], which widens in registers, is faster (timed side by side on AVX2, the two
+/// cross over between 12 and 18 rows a task; the widened AVX-512 pass takes the same
+/// threshold, not timed apart).
 fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
     let widens = matches!(kernel, Bf16Kernel::Avx2 | Bf16Kernel::Avx512Widened);
     cfg!(target_arch = "x86_64") && widens && rows >= WIDENED_MIN_ROWS

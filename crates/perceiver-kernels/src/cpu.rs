@@ -3,15 +3,17 @@
 //! Features are detected once per process. The products' kernels ([`f32_kernel`],
 //! [`bf16_kernel`]) are the best the CPU runs, unless one of these environment variables (read
 //! once; any value) says otherwise:
-//! - `PERCEIVER_NO_AVX512`: the f32 products skip their AVX-512 kernel;
+//! - `PERCEIVER_NO_AVX512`: the f32 products skip their AVX-512 kernel, and the bf16 products
+//!   the widened AVX-512 one ([`Bf16Kernel::Avx512Widened`]; `vdpbf16ps` or AVX2 instead);
 //! - `PERCEIVER_NO_AVX2`: the f32 and bf16 products skip their AVX2+FMA kernels (to test or
 //!   time the portable paths on such a CPU);
 //! - `PERCEIVER_NO_AMX`: the bf16 products skip AMX;
 //! - `PERCEIVER_VDPBF16PS`: on an Intel CPU with AVX-512 BF16 (and no AMX), the bf16 products
 //!   run on `vdpbf16ps` instead of widening to f32 ([`Bf16Kernel::Avx512Widened`]);
-//! - `PERCEIVER_EMULATE_AVX512` ([`emulate_avx512`]): where the CPU lacks AVX-512 (or AVX-512
-//!   BF16), the products run the AVX-512 layouts and microkernels on emulated registers
-//!   ([`crate::emulated512`]): slow, to test those paths on any machine.
+//! - `PERCEIVER_EMULATE_AVX512` ([`emulate_avx512`]): where the CPU lacks AVX-512, the f32
+//!   products run the AVX-512 layouts and microkernels on emulated registers
+//!   ([`crate::emulated512`]), and so do the bf16 products `vdpbf16ps`'s (also where AVX-512 F
+//!   is there without BF16 and AVX2 is turned off): slow, to test those paths on any machine.
 //!
 //! The row kernels ([`crate::rows`]) are compiled for each [`SimdLevel`] and pick the one the
 //! CPU has; the switches do not apply to them.
@@ -213,9 +215,10 @@ pub enum Bf16Kernel {
 }
 
 /// The bf16 kernel this process runs; chosen once. AMX where [`amx`] allows it, else AVX-512
-/// BF16 where the CPU has it and its `vdpbf16ps` is fast (not Intel's, unless
-/// `PERCEIVER_VDPBF16PS`), else widened AVX-512 multiply-adds where the CPU has AVX-512 (and
-/// AVX2, unless `PERCEIVER_NO_AVX2`), else emulated AVX-512 BF16 where
+/// BF16 where the CPU has it and its `vdpbf16ps` is fast (any vendor's but Intel's, unless
+/// `PERCEIVER_VDPBF16PS`), else widened AVX-512 multiply-adds where the CPU has AVX-512 and
+/// AVX2 (unless `PERCEIVER_NO_AVX512` or `PERCEIVER_NO_AVX2`), else AVX-512 BF16, native where
+/// the CPU has it (an Intel CPU that took none of the above) or emulated where
 /// `PERCEIVER_EMULATE_AVX512` asks for it, else AVX2+FMA (unless `PERCEIVER_NO_AVX2`), else the
 /// portable kernel.
 pub fn bf16_kernel() -> Bf16Kernel {
@@ -228,7 +231,7 @@ pub fn bf16_kernel() -> Bf16Kernel {
         if avx512_bf16() && fast_dot {
             return Bf16Kernel::Avx512Bf16;
         }
-        if avx512() && avx2_products() {
+        if avx512() && avx2_products() && std::env::var_os("PERCEIVER_NO_AVX512").is_none() {
             return Bf16Kernel::Avx512Widened;
         }
         if avx512_bf16() || emulate_avx512() {

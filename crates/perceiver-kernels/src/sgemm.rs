@@ -34,7 +34,7 @@ pub fn available() -> bool {
 }
 
 /// Features per packed weight panel of the AVX-512 kernel: four 16-lane vectors.
-const PANEL: usize = 64;
+pub(crate) const PANEL: usize = 64;
 /// Features per packed weight panel of the AVX2 kernel: two 8-lane vectors, so that one step
 /// of its 6×16 block reads one contiguous 64-byte line of W.
 const PANEL_AVX2: usize = 16;
@@ -774,8 +774,10 @@ mod avx512_emulated {
 ///
 /// # Safety
 /// The CPU must have what `kernel` runs on (AVX-512 runs emulated where it is missing); `w`
-/// readable for the kc rows' first `cols` values, each X row for kc values, and C's rows ×
-/// `cols` columns readable and writable by this caller alone.
+/// readable, and initialised, for kc rows of `width` values, of which the microkernel reads the
+/// first 16·⌈cols/16⌉ (AVX-512) or all 16 (AVX2); each X row readable for kc values; and C's
+/// rows × `cols` columns readable and writable by this caller alone.
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn panel_pass(
     kernel: F32Kernel,
@@ -838,8 +840,9 @@ mod avx2 {
         // arrive while the k loop runs.
         if !store {
             for r in 0..R {
-                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + PANEL_AVX2 - 1) as *const i8);
+                // Hints only: the block's last row may end before a whole panel's width.
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * ldc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * ldc + PANEL_AVX2 - 1) as *const i8);
             }
         }
         // Every row sums its products in k order, whatever its block's height, so that a row's

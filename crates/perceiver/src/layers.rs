@@ -21,10 +21,11 @@ pub enum Precision {
     /// Everything in f32: transformers' numbers.
     #[default]
     F32,
-    /// Weight matrix products with bf16 operands and f32 accumulation (on AMX tiles, AVX-512
-    /// BF16 or AVX-512 on bf16 widened to f32, whichever is fastest on the CPU), and so are
-    /// attention's scores and weighted sums for heads
-    /// at least 64 wide on that side; softmax, norms and activations stay in f32.
+    /// Weight matrix products with bf16 operands and f32 accumulation: on AMX tiles where the
+    /// CPU has them, on `vdpbf16ps` where it has a fast one (AMD's AVX-512 BF16), else as f32
+    /// multiply-adds over bf16 widened to f32 (AVX-512 or AVX2). With AMX or `vdpbf16ps`, so are
+    /// attention's scores and weighted sums for heads at least 64 wide on that side. Softmax,
+    /// norms and activations stay in f32.
     Bf16,
 }
 
