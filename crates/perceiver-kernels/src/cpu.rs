@@ -12,8 +12,9 @@
 //!   run on `vdpbf16ps` instead of widening to f32 ([`Bf16Kernel::Avx512Widened`]);
 //! - `PERCEIVER_EMULATE_AVX512` ([`emulate_avx512`]): where the CPU lacks AVX-512, the f32
 //!   products run the AVX-512 layouts and microkernels on emulated registers
-//!   ([`crate::emulated512`]), and so do the bf16 products `vdpbf16ps`'s (also where AVX-512 F
-//!   is there without BF16 and AVX2 is turned off): slow, to test those paths on any machine.
+//!   ([`crate::emulated512`]), and the bf16 products the `vdpbf16ps` kernel (likewise where
+//!   AVX-512 F is there without BF16 but its widened kernel is turned off): slow, to test those
+//!   paths on any machine.
 //!
 //! The row kernels ([`crate::rows`]) are compiled for each [`SimdLevel`] and pick the one the
 //! CPU has; the switches do not apply to them.
