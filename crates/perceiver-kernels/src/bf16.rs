@@ -441,31 +441,23 @@ impl PackedMatrix {
         let end = (panels.end * NR).min(n);
         for start in (panels.start * NR..end).step_by(width) {
             let (p, cols) = (start / NR, width.min(end - start));
-            // The panels after the slice's (two lines a pair each), prefetched by its row
-            // blocks' calls: a half panel's pass takes its share of the next panel's used
-            // pairs, a two-panel pass the next two panels.
-            let (next_panel, lines, skip) = match width {
-                16 => {
-                    let lines = (2 * used).div_ceil(NR.min(n - p * NR).div_ceil(16));
-                    (p + 1, lines, start % NR / 16 * lines)
-                }
-                _ => (p + 2, 4 * pairs, 0),
-            };
-            let next = self
-                .data
-                .as_ptr()
-                .wrapping_add(next_panel * pairs * NR)
-                .cast::<u8>();
-            let next = next.wrapping_add(skip * 64);
-            if width == 16 {
+            // The slice widened, and the panels after it (two lines a pair each) to prefetch,
+            // by its row blocks' calls: a half panel's pass takes its share of the next panel's
+            // used pairs (from line `skip`), a two-panel pass the next two panels.
+            let (next_panel, lines, skip) = if width == 16 {
                 // SAFETY: the CPU has AVX2 (this pass's condition); the panel holds `used`
                 // pairs of NR lanes, `wide` steps·16 values.
                 unsafe { avx2::widen_half(panel_at(p), start % NR / 16, wide) };
+                let lines = (2 * used).div_ceil(NR.min(n - p * NR).div_ceil(16));
+                (p + 1, lines, start % NR / 16 * lines)
             } else {
                 for (i, panel) in (p..(start + cols).div_ceil(NR)).enumerate() {
                     widen_panel(panel_at(panel), wide, width, i * NR);
                 }
-            }
+                (p + 2, 4 * pairs, 0)
+            };
+            let next = self.data.as_ptr().wrapping_add(next_panel * pairs * NR);
+            let next = next.cast::<u8>().wrapping_add(skip * 64);
             // SAFETY: `wide` holds steps·width values (the slice's columns written) and each
             // of x's `rows` rows `steps`; C's rows × columns start..start + cols are the
             // caller's; `next`'s lines are only hinted at.
@@ -1077,9 +1069,10 @@ mod tests {
                 (50, 64, 1, 2),
                 (3 * CHUNK_ROWS + 7, 96, 33, 2),
             ] {
-                let a = random(m * k, 51);
-                let packed = PackedMatrix::pack_transposed(&random(n * k, 52), n, k);
+                let (a, w) = (random(m * k, 51), random(n * k, 52));
+                let packed = PackedMatrix::pack_transposed(&w, n, k);
                 let start = random(m * n, 53);
+                let want = rounded_products(&a, &w, m, n, k);
                 let product = |a: &[f32], m: usize, start: &[f32], threads: usize| {
                     let mut out = start.to_vec();
                     // SAFETY: `out` is C (m×n), borrowed mutably; the kernel runs here (AVX2,
@@ -1101,10 +1094,7 @@ mod tests {
                 let mut worst = 0f64;
                 for r in 0..m {
                     for c in 0..n {
-                        let dot: f64 = (0..k)
-                            .map(|i| round_trip(a[r * k + i]) * round_trip(packed_w(&packed, c, i)))
-                            .sum();
-                        let want = start[r * n + c] as f64 + dot;
+                        let want = start[r * n + c] as f64 + want[r * n + c];
                         worst = worst.max((all[r * n + c] as f64 - want).abs());
                     }
                     let alone = product(&a[r * k..(r + 1) * k], 1, &start[r * n..(r + 1) * n], 1);
@@ -1123,15 +1113,17 @@ mod tests {
         }
     }
 
-    /// W[c][i] as packed (bf16), as an f32.
-    fn packed_w(packed: &PackedMatrix, c: usize, i: usize) -> f32 {
-        let lane = packed.data[(c / NR) * packed.pairs * NR + (i / 2) * NR + c % NR];
-        let half = if i % 2 == 0 {
-            lane as u16
-        } else {
-            (lane >> 16) as u16
-        };
-        from_bf16_bits(half)
+    /// `A · Wᵀ` (A `[m, k]`, W `[n, k]`) on the bf16-rounded operands, in f64.
+    fn rounded_products(a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                out[r * n + c] = (0..k)
+                    .map(|i| round_trip(a[r * k + i]) * round_trip(w[c * k + i]))
+                    .sum();
+            }
+        }
+        out
     }
 
     /// Every kernel against an f64 triple loop on the bf16-rounded operands, on sizes with
@@ -1192,14 +1184,7 @@ mod tests {
         let w = random(n * k, 12);
         let packed = PackedMatrix::pack_transposed(&w, n, k);
         let start = random(m * n, 13);
-        let mut want = vec![0f64; m * n];
-        for r in 0..m {
-            for c in 0..n {
-                want[r * n + c] = (0..k)
-                    .map(|i| round_trip(a[r * k + i]) * round_trip(w[c * k + i]))
-                    .sum::<f64>();
-            }
-        }
+        let want = rounded_products(&a, &w, m, n, k);
         let tolerance = 1e-4 * (k as f64).sqrt();
         let mut out = start.clone();
         packed.matmul_accumulate(&a, m, &mut out, threads);
@@ -1360,15 +1345,10 @@ mod tests {
             assert_eq!(*packed.data, *reference.data, "transposed {transposed}");
             let mut out = vec![0f32; m * n];
             packed.matmul_accumulate(&a, m, &mut out, 2);
-            let mut want = vec![0f32; m * n];
-            for r in 0..m {
-                for c in 0..n {
-                    let dot: f64 = (0..k)
-                        .map(|i| round_trip(a[r * k + i]) * round_trip(dense[c * k + i]))
-                        .sum();
-                    want[r * n + c] = dot as f32;
-                }
-            }
+            let want: Vec<f32> = rounded_products(&a, dense, m, n, k)
+                .into_iter()
+                .map(|dot| dot as f32)
+                .collect();
             let worst = out
                 .iter()
                 .zip(&want)
