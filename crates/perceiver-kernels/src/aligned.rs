@@ -87,6 +87,15 @@ impl Lines {
         unsafe { buf.set_len(len + LINE_LANES - 1) };
         Self { buf, offset, len }
     }
+
+    /// The lanes as twice as many 16-bit halves, a lane's low half first (little-endian), to
+    /// write bf16 values into.
+    pub(crate) fn halves_mut(&mut self) -> &mut [MaybeUninit<u16>] {
+        let lanes: &mut [u32] = self;
+        // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
+        // borrowed; any bits written are valid lanes.
+        unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast(), 2 * lanes.len()) }
+    }
 }
 
 impl std::ops::Deref for Lines {

@@ -16,12 +16,14 @@
 //! and strides are checked on every CPU, not only where there is AMX.
 //!
 //! This module only runs the tiles: [`crate::bf16::PackedMatrix`]'s products choose it (see
-//! [`crate::cpu::bf16_kernel`]).
+//! [`crate::cpu::bf16_kernel`]), as does [`crate::bf16::attention_head`] for one attention head
+//! whose scores, softmax and weighted sum run as one loop here.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::aligned::Lines;
 use crate::rows;
 use crate::send_ptr::SendPtr;
 use crate::sgemm::{Ahead, Edges};
@@ -333,6 +335,189 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
     });
 }
 
+/// One attention head's operands for [`attention_head`]: `out = softmax(Q · Kᵀ) · V`, Q's
+/// `nq` rows over `nk` keys, `d_v` values a key.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadOperands<'a> {
+    /// The queries, scaled, in tile order as [`Operands::x`] (`q_pairs` input pairs a row).
+    pub(crate) q: &'a [u32],
+    /// Input pairs of a query or key row, a multiple of [`TILE_PAIRS`].
+    pub(crate) q_pairs: usize,
+    /// The keys as [`Operands::w`] (`nk` columns of `q_pairs` pairs).
+    pub(crate) keys: &'a [u32],
+    /// The values as [`Operands::w`] (`d_v` columns of `key_pairs` pairs: the pairs of keys).
+    pub(crate) values: &'a [u32],
+    /// Pairs of keys, a multiple of [`TILE_PAIRS`].
+    pub(crate) key_pairs: usize,
+    /// Query rows.
+    pub(crate) nq: usize,
+    /// Keys.
+    pub(crate) nk: usize,
+    /// Values a key: the output's width.
+    pub(crate) d_v: usize,
+}
+
+/// One attention head on AMX tiles, on the calling thread: for each query row r, row r of
+/// `out` (`d_v` values, rows `ldo` values apart) is `softmax(q_r · Kᵀ) · V`. The queries are
+/// taken a [`ROWS`]-row strip at a time, and all of a strip's work stays in L1 and L2: its
+/// scores (`ROWS × nk` f32, from the tiles), their softmax, converted into the strip's bf16
+/// weights in tile order, and the weighted sum, whose blocks go from the tiles straight into
+/// `out`. Neither the scores nor the weights of the whole head are ever stored, and the query
+/// tiles of a strip serve all its panels of keys.
+///
+/// # Safety
+/// `out` must be valid for writes of rows `0..nq` × columns `0..d_v` at row stride `ldo`, and
+/// no one else may access them during the call. Call only when [`available`].
+pub(crate) unsafe fn attention_head(operands: HeadOperands, out: *mut f32, ldo: usize) {
+    assert!(available(), "AMX is not available");
+    // SAFETY: the caller's promises.
+    unsafe { head::<Native>(operands, out, ldo) };
+}
+
+/// [`attention_head`] with the tile instructions emulated ([`Emulated`]).
+#[cfg(test)]
+pub(crate) fn attention_head_emulated(operands: HeadOperands, out: &mut [f32], ldo: usize) {
+    let HeadOperands { nq, d_v, .. } = operands;
+    assert!(
+        nq == 0 || out.len() >= (nq - 1) * ldo + d_v,
+        "amx: out is too short"
+    );
+    // SAFETY: `out` holds the rows × columns written, borrowed mutably.
+    unsafe { head::<Emulated>(operands, out.as_mut_ptr(), ldo) };
+}
+
+/// The loop of [`attention_head`] over the tile operations `T`.
+///
+/// # Safety
+/// As [`attention_head`]'s, and `T` must run on this CPU.
+unsafe fn head<T: Tiles>(operands: HeadOperands, out: *mut f32, ldo: usize) {
+    let HeadOperands {
+        q,
+        q_pairs,
+        keys,
+        values,
+        key_pairs,
+        nq,
+        nk,
+        d_v,
+    } = operands;
+    assert!(
+        q_pairs % TILE_PAIRS == 0 && key_pairs % TILE_PAIRS == 0,
+        "amx: pairs are whole tiles"
+    );
+    assert!(
+        2 * key_pairs >= nk,
+        "amx: {key_pairs} pairs of keys cannot hold {nk}"
+    );
+    let (key_panels, value_panels) = (nk.div_ceil(PANEL_COLS), d_v.div_ceil(PANEL_COLS));
+    assert_eq!(
+        q.len(),
+        nq.div_ceil(ROWS) * ROWS * q_pairs,
+        "amx: Q is not {nq} rows in tile order"
+    );
+    assert!(
+        keys.len() >= key_panels * q_pairs * PANEL_COLS,
+        "amx: fewer than {nk} keys"
+    );
+    assert!(
+        values.len() >= value_panels * key_pairs * PANEL_COLS,
+        "amx: V is not {d_v} wide"
+    );
+    if nq == 0 || d_v == 0 {
+        return;
+    }
+    // The strip's scores, a row of whole panels of keys (f32), and its weights in tile order.
+    let scores_stride = key_panels * PANEL_COLS;
+    let mut scores = Lines::zeroed(ROWS * scores_stride);
+    let mut weights = Lines::zeroed(ROWS * key_pairs);
+    let mut edge = Block([0.0; ROWS * PANEL_COLS]);
+    let step_tiles = |a: *const u8, b: *const u8, step: usize| {
+        let (a0, b0) = (
+            a.wrapping_add(x_lane(0, step) * 4),
+            b.wrapping_add(step * TILE_PAIRS * PANEL_COLS * 4),
+        );
+        (
+            [a0, a0.wrapping_add(16 * TILE_PAIRS * 4)],
+            [b0, b0.wrapping_add(64)],
+        )
+    };
+    // SAFETY: AMX (or its emulation) runs here (the caller's promise).
+    let mut tiles = unsafe { T::begin() };
+    for strip in (0..nq).step_by(ROWS) {
+        let rows = ROWS.min(nq - strip);
+        // SAFETY: every tile below reads inside Q's strip, the keys' and values' panels (their
+        // sizes asserted above) or the scratch, and writes the scratch or `out`'s rows of the
+        // strip × a panel's columns inside 0..d_v (the caller's promise).
+        unsafe {
+            let a = q.as_ptr().add(strip * q_pairs).cast::<u8>();
+            let scores_at = scores.as_mut_ptr().cast::<f32>();
+            for panel in 0..key_panels {
+                let b = keys.as_ptr().add(panel * q_pairs * PANEL_COLS).cast::<u8>();
+                tiles.zero_c();
+                for step in 0..q_pairs / TILE_PAIRS {
+                    let (a_tiles, b_tiles) = step_tiles(a, b, step);
+                    tiles.step(a_tiles, TILE_PAIRS * 4, b_tiles, PANEL_COLS * 4);
+                }
+                tiles.store_c(scores_at.add(panel * PANEL_COLS).cast(), scores_stride * 4);
+            }
+        }
+        // Each row's exponentials over its nk scores, converted into the weights' tile order
+        // (zero past nk, and in the rows past the strip's); each row of the weighted sum is
+        // divided by its row's sum once stored.
+        let halves = weights.halves_mut();
+        let mut inverse_sums = [0f32; ROWS];
+        for (r, inverse) in inverse_sums.iter_mut().enumerate() {
+            let (to, stride) = (&mut halves[2 * x_lane(r, 0)..], 2 * x_lane(0, 1));
+            match r < rows {
+                true => {
+                    let row = u32_as_f32(&mut scores[r * scores_stride..][..nk]);
+                    *inverse = 1.0 / rows::exp_to_bf16_slices(row, to, stride, 2 * key_pairs);
+                }
+                false => crate::bf16::convert_slices(&[], to, stride, 2 * key_pairs),
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            let a = weights.as_ptr().cast::<u8>();
+            for panel in 0..value_panels {
+                let b = values.as_ptr().add(panel * key_pairs * PANEL_COLS).cast::<u8>();
+                let cols = PANEL_COLS.min(d_v - panel * PANEL_COLS);
+                tiles.zero_c();
+                for step in 0..key_pairs / TILE_PAIRS {
+                    let (a_tiles, b_tiles) = step_tiles(a, b, step);
+                    tiles.step(a_tiles, TILE_PAIRS * 4, b_tiles, PANEL_COLS * 4);
+                }
+                let c = out.add(strip * ldo + panel * PANEL_COLS);
+                if rows == ROWS && cols == PANEL_COLS {
+                    tiles.store_c(c.cast(), ldo * 4);
+                } else {
+                    tiles.store_c(edge.0.as_mut_ptr().cast(), PANEL_COLS * 4);
+                    for r in 0..rows {
+                        std::ptr::copy_nonoverlapping(
+                            edge.0.as_ptr().add(r * PANEL_COLS),
+                            c.add(r * ldo),
+                            cols,
+                        );
+                    }
+                }
+            }
+            for (r, &inverse) in inverse_sums.iter().enumerate().take(rows) {
+                rows::scale_row(
+                    std::slice::from_raw_parts_mut(out.add((strip + r) * ldo), d_v),
+                    inverse,
+                );
+            }
+        }
+    }
+    tiles.end();
+}
+
+/// f32 values stored as their bits in 32-bit lanes, read as f32.
+fn u32_as_f32(lanes: &mut [u32]) -> &mut [f32] {
+    // SAFETY: u32 and f32 have one size and alignment, and every bit pattern is an f32.
+    unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast(), lanes.len()) }
+}
+
 /// How [`run`] shares a product out: a task for each of `row_tasks` runs of `rows` rows
 /// (whole [`ROWS`] blocks) by each of `panel_tasks` runs of `panels` panels of W.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -410,6 +595,8 @@ trait Tiles {
     /// # Safety
     /// The 32 rows of 128 bytes at `c` must be readable.
     unsafe fn load_c(&mut self, c: *const u8, stride: usize);
+    /// Sets C's four tiles to zero.
+    fn zero_c(&mut self);
     /// One step over 16 input pairs: C's tile (i, j) += A tile i · B tile j, the A tiles 16
     /// rows of 64 bytes (16 pairs of bf16) at `a` (row stride `sa`), the B tiles 16 pair rows of
     /// 16 lanes at `b` (row stride `sb`).
@@ -455,6 +642,19 @@ impl Tiles for Native {
                 c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
                 s = in(reg) stride,
                 options(nostack, readonly),
+            )
+        };
+    }
+
+    fn zero_c(&mut self) {
+        // SAFETY: the tiles are configured (`begin`); no memory is touched.
+        unsafe {
+            std::arch::asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem),
             )
         };
     }
@@ -534,6 +734,10 @@ impl Tiles for Emulated {
                 }
             }
         }
+    }
+
+    fn zero_c(&mut self) {
+        self.c = [[[0.0; 16]; 16]; 4];
     }
 
     unsafe fn step(&mut self, a: [*const u8; 2], sa: usize, b: [*const u8; 2], sb: usize) {

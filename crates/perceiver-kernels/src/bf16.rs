@@ -251,7 +251,7 @@ impl PackedMatrix {
     /// # Safety
     /// As [`amx::matmul`]'s for `out`.
     unsafe fn amx(&self, a: Rows, m: usize, out: *mut f32, edges: Edges, threads: usize) {
-        let x = amx_rows(a, m, self.k, self.pairs);
+        let x = amx_rows(a, m, self.k, self.pairs, true);
         // SAFETY: the caller's promises; the kernel is AMX only where it is available.
         unsafe { amx::matmul(self.amx_operands(&x, m), out, edges, threads) };
     }
@@ -600,6 +600,98 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, par
     unsafe { Lines::from_uninit_rows(padded_rows, lda, parallel, Vec::new, convert) }
 }
 
+/// Keys an attention head may have for [`attention_head`]: a strip of 32 query rows holds its
+/// scores (f32) and weights (bf16) over all of them, 192 bytes a key, which stay in L2.
+pub const ATTENTION_HEAD_MAX_KEYS: usize = 2048;
+
+/// Query rows [`attention_head`] takes at a time: a caller sharing a head's rows out gives
+/// each share whole strips of them.
+pub const ATTENTION_HEAD_STRIP_ROWS: usize = amx::ROWS;
+
+/// Whether [`attention_head`] runs on this CPU: where the bf16 products run on AMX tiles.
+pub fn attention_head_available() -> bool {
+    cpu::bf16_kernel() == Bf16Kernel::Amx
+}
+
+/// One attention head in bf16 on AMX tiles, on the calling thread: for each query row r of
+/// `q` (`[nq, d_qk]`), row r of `out` (`d_v` values, rows `ldo` apart) is
+/// `softmax(scale · q_r · kᵀ) · v`, with `k` `[nk, d_qk]` and `v` `[nk, d_v]`. The scaled
+/// queries, the keys, the values and the softmax weights are rounded to bf16; scores, softmax
+/// and sums are f32. Queries are taken 32 rows at a time, whose scores and weights stay in
+/// cache (the loop is in [`amx`]): neither is ever stored for the whole head.
+///
+/// # Safety
+/// `out` must be valid for writes of rows `0..nq` × columns `0..d_v` at row stride `ldo`, and
+/// no one else may access them during the call.
+///
+/// # Panics
+/// Unless [`attention_head_available`], the queries and keys are as wide, the keys and values
+/// as many, and there are at most [`ATTENTION_HEAD_MAX_KEYS`] keys.
+pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f32, ldo: usize) {
+    assert!(
+        attention_head_available(),
+        "attention_head: the bf16 products do not run on AMX"
+    );
+    let (q_tiles, keys, values) = head_operands(q, k, v, scale, ldo);
+    // SAFETY: the caller's promises; AMX is available (asserted).
+    unsafe { amx::attention_head(head_tiles(&q_tiles, &keys, &values, q.rows), out, ldo) };
+}
+
+/// [`attention_head`]'s operands packed: the scaled queries in tile order, the keys and the
+/// values as packed matrices (the keys transposed, as a linear layer's weights).
+fn head_operands(q: View, k: View, v: View, scale: f32, ldo: usize) -> (Lines, PackedMatrix, PackedMatrix) {
+    assert_eq!(q.cols, k.cols, "attention_head: queries and keys differ in width");
+    assert_eq!(
+        k.rows, v.rows,
+        "attention_head: {} keys but {} values",
+        k.rows, v.rows
+    );
+    assert!(
+        k.rows <= ATTENTION_HEAD_MAX_KEYS,
+        "attention_head: {} keys",
+        k.rows
+    );
+    assert!(
+        ldo >= v.cols,
+        "attention_head: output rows {ldo} apart hold no {} values",
+        v.cols
+    );
+    let view_ok = |view: View| view.rows == 0 || view.data.len() >= (view.rows - 1) * view.stride + view.cols;
+    assert!(
+        view_ok(q),
+        "attention_head: the queries do not lie inside their slice"
+    );
+    let keys = PackedMatrix::pack_view(k, true, false);
+    let values = PackedMatrix::pack_view(v, false, false);
+    let d_qk = q.cols;
+    let scaled = |r: usize, row: &mut [f32]| {
+        for (o, &x) in row.iter_mut().zip(&q.data[r * q.stride..][..d_qk]) {
+            *o = x * scale;
+        }
+    };
+    let q_tiles = amx_rows(Rows::Made(&scaled), q.rows, d_qk, keys.pairs, false);
+    (q_tiles, keys, values)
+}
+
+/// The packed operands of [`head_operands`] as [`amx::attention_head`] takes them.
+fn head_tiles<'a>(
+    q: &'a Lines,
+    keys: &'a PackedMatrix,
+    values: &'a PackedMatrix,
+    nq: usize,
+) -> amx::HeadOperands<'a> {
+    amx::HeadOperands {
+        q,
+        q_pairs: keys.pairs,
+        keys: &keys.data,
+        values: &values.data,
+        key_pairs: values.pairs,
+        nq,
+        nk: keys.n,
+        d_v: values.n,
+    }
+}
+
 /// A's rows (`[rows, k]`) converted to bf16 in the order AMX's tiles read them
 /// ([`amx::Operands`]' `x`): each 32-row block's 16-pair slices of its rows, the slices of one
 /// step of the tile loop (two 16 × 16-lane tiles) side by side, so that the loop reads each
@@ -607,7 +699,7 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, par
 /// past `k` and in the rows after `rows` (up to a whole block). Each row is converted straight
 /// into its places, a slice at a time (a made row from a scratch row in L1); the blocks on the
 /// pool.
-fn amx_rows(a: Rows, rows: usize, k: usize, pairs: usize) -> Lines {
+fn amx_rows(a: Rows, rows: usize, k: usize, pairs: usize, parallel: bool) -> Lines {
     assert!(
         2 * pairs >= k,
         "amx_rows: {pairs} pairs a row cannot hold {k} inputs"
@@ -642,7 +734,7 @@ fn amx_rows(a: Rows, rows: usize, k: usize, pairs: usize) -> Lines {
     // SAFETY: each block's 32 rows of `pairs` lanes are written whole: every 32-half slice of
     // every row (`convert_slices` writes all `2·pairs` halves of one) lands on its own place of
     // the block's lanes (`amx::x_lane`).
-    unsafe { Lines::from_uninit_rows(blocks, amx::ROWS * pairs, true, Vec::new, fill) }
+    unsafe { Lines::from_uninit_rows(blocks, amx::ROWS * pairs, parallel, Vec::new, fill) }
 }
 
 /// `src` converted to bf16 into `len` halves of `dst` laid out in slices of 32 (a tile row's 16
@@ -673,7 +765,7 @@ fn convert_slices_body(src: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize,
     }
 }
 
-dispatch!(fn convert_slices(src: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) => convert_slices_body);
+dispatch!(pub(crate) fn convert_slices(src: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) => convert_slices_body);
 
 #[inline(always)]
 fn convert_row_body(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
@@ -1162,6 +1254,87 @@ mod tests {
         }
     }
 
+    /// One attention head on AMX tiles (emulated everywhere, and natively where AMX runs)
+    /// against softmax in f64 over the bf16-rounded scaled queries, keys and values: the only
+    /// other rounding is the softmax weights' to bf16 (2⁻⁹ of each), so each output is within
+    /// 2⁻⁸ of the largest value's size. Queries, keys and values are strided views into one
+    /// array, as a self-attention's stacked projections are, and the head's block of `out`
+    /// (row stride wider than the head) is the only part written.
+    #[test]
+    fn attention_heads_match_softmax_in_f64() {
+        // (query rows, keys, d_qk, d_v): the language model's latent heads; partial strips,
+        // key panels and value panels with odd widths; one key; keys over several tiles.
+        for (nq, nk, d_qk, d_v) in [
+            (256, 256, 32, 160),
+            (33, 70, 20, 50),
+            (5, 1, 3, 7),
+            (40, 300, 64, 96),
+            (64, 33, 40, 32),
+        ] {
+            let stride = 2 * d_qk + d_v + 3;
+            let rows = nq.max(nk);
+            let qkv: Vec<f32> = random(rows * stride, 21).iter().map(|x| 3.0 * x).collect();
+            let q = View::strided(&qkv, nq, d_qk, stride);
+            let k = View::strided(&qkv[d_qk..], nk, d_qk, stride);
+            let v = View::strided(&qkv[2 * d_qk..], nk, d_v, stride);
+            let scale = 1.0 / (d_qk as f32).sqrt();
+            let at = |view: View, r: usize, c: usize| view.data[r * view.stride + c];
+            let (ldo, offset) = (d_v + 11, 5);
+            let mut want = vec![0f64; nq * d_v];
+            let mut biggest = 0f64;
+            for r in 0..nq {
+                let scores: Vec<f64> = (0..nk)
+                    .map(|j| {
+                        (0..d_qk)
+                            .map(|d| round_trip(at(q, r, d) * scale) * round_trip(at(k, j, d)))
+                            .sum()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = exps.iter().sum();
+                for c in 0..d_v {
+                    let value = |j: usize| round_trip(at(v, j, c));
+                    want[r * d_v + c] = (0..nk).map(|j| exps[j] / sum * value(j)).sum();
+                    biggest = (0..nk).map(|j| value(j).abs()).fold(biggest, f64::max);
+                }
+            }
+            let tolerance = biggest / 256.0 + 1e-6;
+            let check = |out: &[f32], path: &str| {
+                let mut worst = 0f64;
+                for (i, &o) in out.iter().enumerate() {
+                    let (r, c) = ((i.max(offset) - offset) / ldo, (i.max(offset) - offset) % ldo);
+                    if i < offset || r >= nq || c >= d_v {
+                        assert_eq!(
+                            o, -7.0,
+                            "{path} {nq}x{nk} ({d_qk}, {d_v}): wrote outside the head at {i}"
+                        );
+                        continue;
+                    }
+                    let diff = (o as f64 - want[r * d_v + c]).abs();
+                    worst = worst.max(diff);
+                    assert!(
+                        diff < tolerance,
+                        "{path} {nq}x{nk} ({d_qk}, {d_v}) at ({r}, {c}): {o} vs {}",
+                        want[r * d_v + c]
+                    );
+                }
+                println!("{path} {nq}x{nk} ({d_qk}, {d_v}): worst difference {worst:.2e} (tolerance {tolerance:.2e})");
+            };
+            let len = offset + nq * ldo + 7;
+            let (q_tiles, keys, values) = head_operands(q, k, v, scale, ldo);
+            let mut out = vec![-7f32; len];
+            amx::attention_head_emulated(head_tiles(&q_tiles, &keys, &values, nq), &mut out[offset..], ldo);
+            check(&out, "emulated AMX");
+            if attention_head_available() {
+                let mut out = vec![-7f32; len];
+                // SAFETY: `out` holds the head's rows from `offset`, borrowed mutably.
+                unsafe { attention_head(q, k, v, scale, out.as_mut_ptr().add(offset), ldo) };
+                check(&out, "AMX");
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
         /// Random shapes, odd sizes included.
@@ -1214,7 +1387,7 @@ mod tests {
         // The AMX path with its tile instructions emulated: its blocks, addresses and strides
         // on any CPU.
         let mut out = start.clone();
-        let x = amx_rows(Rows::Dense(&a), m, k, packed.pairs);
+        let x = amx_rows(Rows::Dense(&a), m, k, packed.pairs, true);
         let operands = packed.amx_operands(&x, m);
         amx::matmul_emulated(operands, &mut out, Edges::default(), threads);
         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
@@ -1407,8 +1580,8 @@ mod tests {
             }
             // AMX's tile order: a whole slice of zeros past k, and whole 32-row blocks.
             let pairs = k.div_ceil(2).next_multiple_of(amx::TILE_PAIRS) + amx::TILE_PAIRS;
-            let dense = amx_rows(Rows::Dense(&a), m, k, pairs);
-            let made = amx_rows(Rows::Made(&make), m, k, pairs);
+            let dense = amx_rows(Rows::Dense(&a), m, k, pairs, true);
+            let made = amx_rows(Rows::Made(&make), m, k, pairs, false);
             assert_eq!(*dense, *made, "{m}x{k} in tile order");
             assert_eq!(dense.len(), m.div_ceil(amx::ROWS) * amx::ROWS * pairs);
             for r in 0..m.div_ceil(amx::ROWS) * amx::ROWS {

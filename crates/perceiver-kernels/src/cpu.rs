@@ -250,15 +250,15 @@ pub fn bf16_kernel() -> Bf16Kernel {
 /// `const FMA: bool`: true in the AVX2/AVX-512 builds, which have fused multiply-adds, false in
 /// the baseline one (where `f32::mul_add` would be a call to a software `fmaf`).
 macro_rules! dispatch {
-    (@build $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => [$($wide:tt)*] [$($plain:tt)*]) => {
+    (@build $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => [$($wide:tt)*] [$($plain:tt)*]) => {
         $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-                unsafe fn wide512($($arg: $ty),*) { $($wide)*($($arg),*) }
+                unsafe fn wide512($($arg: $ty),*) $(-> $ret)? { $($wide)*($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide256($($arg: $ty),*) { $($wide)*($($arg),*) }
+                unsafe fn wide256($($arg: $ty),*) $(-> $ret)? { $($wide)*($($arg),*) }
                 let level = $crate::cpu::simd_level();
                 if level >= $crate::cpu::SimdLevel::Avx512 {
                     // SAFETY: the CPU has the features the function was compiled for.
@@ -272,11 +272,11 @@ macro_rules! dispatch {
             $($plain)*($($arg),*)
         }
     };
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident::<FMA>) => {
-        $crate::cpu::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) => [$body::<true>] [$body::<false>]);
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident::<FMA>) => {
+        $crate::cpu::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? => [$body::<true>] [$body::<false>]);
     };
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
-        $crate::cpu::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) => [$body] [$body]);
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+        $crate::cpu::dispatch!(@build $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? => [$body] [$body]);
     };
 }
 

@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::activation::Activation;
+use crate::bf16::to_bf16_bits;
 use crate::cpu::dispatch;
 
 /// Rows per rayon task: enough work to pay for the task, few enough to balance two cores.
@@ -340,6 +341,71 @@ fn softmax_body<const FMA: bool>(rows: &mut [f32], width: usize) {
 dispatch!(
     /// Softmax over each row of `rows` (`[n, width]`), in place, on the calling thread.
     pub fn softmax_rows(rows: &mut [f32], width: usize) => softmax_body::<FMA>
+);
+
+#[inline(always)]
+fn exp_to_bf16_body<const FMA: bool>(
+    row: &[f32],
+    dst: &mut [MaybeUninit<u16>],
+    stride: usize,
+    len: usize,
+) -> f32 {
+    const SLICE: usize = 32;
+    let max = max_of(row);
+    // Each slice's exponentials rounded as they are made, summed over 32 running sums.
+    let mut sums = [0f32; SLICE];
+    let whole = (row.len() / SLICE).min(len / SLICE);
+    for slice in 0..whole {
+        let from: &[f32; SLICE] = row[slice * SLICE..][..SLICE].try_into().expect("a whole slice");
+        let to: &mut [MaybeUninit<u16>; SLICE] = (&mut dst[slice * stride..][..SLICE])
+            .try_into()
+            .expect("a whole slice");
+        for ((d, &x), sum) in to.iter_mut().zip(from).zip(sums.iter_mut()) {
+            let e = exp::<FMA>(x - max);
+            *sum += e;
+            d.write(to_bf16_bits(e));
+        }
+    }
+    for slice in whole..len.div_ceil(SLICE) {
+        let to = &mut dst[slice * stride..][..SLICE];
+        let from = &row[(slice * SLICE).min(row.len())..((slice + 1) * SLICE).min(row.len())];
+        for ((d, &x), sum) in to.iter_mut().zip(from).zip(sums.iter_mut()) {
+            let e = exp::<FMA>(x - max);
+            *sum += e;
+            d.write(to_bf16_bits(e));
+        }
+        to[from.len()..].iter_mut().for_each(|d| {
+            d.write(0);
+        });
+    }
+    // Halved pairwise (a plain sum is a chain of 32 dependent additions).
+    let mut width = SLICE / 2;
+    while width > 0 {
+        for i in 0..width {
+            sums[i] += sums[i + width];
+        }
+        width /= 2;
+    }
+    sums[0]
+}
+
+dispatch!(
+    /// `exp(x − max)` of each value x of `row` (max: the row's largest), rounded to bf16, into
+    /// `len` halves of `dst` laid out in slices of 32 (an AMX tile row's 16 pairs) `stride`
+    /// halves apart, zero past the row; returns their sum in f32 (of the values before
+    /// rounding). The softmax of the row is these over the sum: attention's weights as
+    /// [`crate::amx`]'s tiles read them, the division left to the weighted sum's rows.
+    pub(crate) fn exp_to_bf16_slices(row: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) -> f32 => exp_to_bf16_body::<FMA>
+);
+
+#[inline(always)]
+fn scale_row_body(row: &mut [f32], factor: f32) {
+    row.iter_mut().for_each(|v| *v *= factor);
+}
+
+dispatch!(
+    /// Every value of `row` times `factor`, on the calling thread.
+    pub(crate) fn scale_row(row: &mut [f32], factor: f32) => scale_row_body
 );
 
 /// [`softmax_rows`] split over rayon's pool in chunks of whole rows.

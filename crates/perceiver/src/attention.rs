@@ -68,6 +68,9 @@ pub(crate) struct AttentionKernels {
     /// In bf16, the narrowest head side that runs on the bf16 kernel
     /// ([`bf16_min_head_width`]).
     bf16_min_head_width: usize,
+    /// In bf16 where the bf16 products run on AMX tiles: a head's scores, softmax and weighted
+    /// sum run as one ([`bf16::attention_head`]), whatever its widths.
+    fused_heads: bool,
 }
 
 impl AttentionKernels {
@@ -75,6 +78,11 @@ impl AttentionKernels {
     /// weighted sum) runs on the bf16 kernel.
     fn bf16(&self, width: usize) -> bool {
         self.precision == Precision::Bf16 && width >= self.bf16_min_head_width
+    }
+
+    /// Whether a head over `keys` keys runs as one on [`bf16::attention_head`].
+    fn fused(&self, keys: usize) -> bool {
+        self.fused_heads && keys > 0 && keys <= bf16::ATTENTION_HEAD_MAX_KEYS
     }
 }
 
@@ -96,6 +104,7 @@ impl AttentionLayer {
             kernels: AttentionKernels {
                 precision: Precision::F32,
                 bf16_min_head_width: bf16_min_head_width(),
+                fused_heads: false,
             },
         })
     }
@@ -114,6 +123,7 @@ impl AttentionLayer {
             dense.set_precision(precision);
         }
         self.kernels.precision = precision;
+        self.kernels.fused_heads = precision == Precision::Bf16 && bf16::attention_head_available();
     }
 
     /// The stacked projections (the `stacked` field, built by
@@ -410,7 +420,8 @@ pub(crate) const STREAM_BLOCK_ROWS: usize = 1024;
 const SCORE_BLOCK_VALUES: usize = 1 << 24;
 
 /// Multi-head attention of each item's queries over that item's keys; heads concatenated. In
-/// bf16, the scores and the weighted sum run on the bf16 kernel.
+/// bf16, the scores and the weighted sum run on the bf16 kernel; where that kernel is AMX, each
+/// head's scores, softmax and weighted sum run as one ([`bf16::attention_head`]).
 ///
 /// Work is split over (item, head) pairs; when there are fewer pairs than threads (one image,
 /// one head), over blocks of query rows within each pair instead.
@@ -446,6 +457,9 @@ fn attend(
     if tasks.len() >= threads {
         tasks.par_iter().for_each(|&(item, h)| {
             let (qr, kr) = (&query_items[item], &kv_items[item]);
+            if kernels.fused(kr.len()) {
+                return head.run_fused(h, qr.clone(), kr);
+            }
             let packed = head.pack(h, kr);
             for rows in row_blocks(qr, kr.len()) {
                 head.run(h, rows, kr, packed.as_ref(), 1);
@@ -454,6 +468,22 @@ fn attend(
     } else {
         for &(item, h) in &tasks {
             let (qr, kr) = (&query_items[item], &kv_items[item]);
+            if kernels.fused(kr.len()) {
+                // The head's query rows in whole strips over the threads, each packing the
+                // head's keys and values: a row's output does not depend on its strip.
+                let per_thread = qr
+                    .len()
+                    .div_ceil(threads)
+                    .next_multiple_of(bf16::ATTENTION_HEAD_STRIP_ROWS);
+                let strips: Vec<Range<usize>> = (qr.start..qr.end)
+                    .step_by(per_thread.max(1))
+                    .map(|start| start..(start + per_thread).min(qr.end))
+                    .collect();
+                strips
+                    .into_par_iter()
+                    .for_each(|rows| head.run_fused(h, rows, kr));
+                continue;
+            }
             let packed = head.pack(h, kr);
             let blocks = row_blocks(qr, kr.len());
             // Few tasks (one text, one head) leave threads for the products themselves.
@@ -639,6 +669,35 @@ impl HeadAttention<'_> {
         }
     }
 
+    /// [`run`](Self::run) as one kernel on AMX tiles ([`bf16::attention_head`]), on this
+    /// thread: the head's keys and values are packed there, and its output goes straight into
+    /// its block of `out`.
+    fn run_fused(&self, head: usize, rows: Range<usize>, kr: &Range<usize>) {
+        let (vc, d_qk, d_v) = self.widths();
+        let (nq, nk) = (rows.len(), kr.len());
+        if nq == 0 {
+            return;
+        }
+        let q_h = self.q.head(rows.start, nq, head, d_qk);
+        let k_h = self.k.head(kr.start, nk, head, d_qk);
+        let v_h = self.v.head(kr.start, nk, head, d_v);
+        let offset = rows.start * vc + head * d_v;
+        assert!(offset + (nq - 1) * vc + d_v <= self.out_len);
+        // SAFETY: the block (nq rows × d_v at row stride vc from `offset`) lies inside `out`'s
+        // allocation (asserted above) and is set by the kernel; blocks are disjoint, and nothing
+        // reads `out` until every task is done.
+        unsafe {
+            bf16::attention_head(
+                q_h,
+                k_h,
+                v_h,
+                1.0 / (d_qk as f32).sqrt(),
+                self.out.get().add(offset),
+                vc,
+            )
+        };
+    }
+
     /// Writes a head's `[rows, d_v]` output into its block of `out` (row stride `vc`, from
     /// `offset`), which [`run`](Self::run) has checked lies inside `out`.
     fn write_rows(&self, head_out: &[f32], offset: usize, d_v: usize, vc: usize) {
@@ -720,7 +779,8 @@ mod tests {
     }
 
     /// Attention in bf16 (each product on the bf16 kernel where its head side is wide enough,
-    /// else f32) against f32, for heads of both kinds and two items of different lengths.
+    /// else f32; and where AMX runs, each head as one on its tiles) against f32, for heads of
+    /// both kinds and two items of different lengths.
     #[test]
     fn bf16_attention_is_f32_attention_rounded() {
         // (qk_channels, v_channels, heads): both sides bf16; keys f32 and values bf16; both f32.
@@ -739,12 +799,13 @@ mod tests {
             let q = random(50 * qk, 1);
             let k = random(75 * qk, 2);
             let v = random(75 * vc, 3);
-            let run = |precision| {
+            let run = |precision, fused_heads| {
                 // The bf16 kernel's products whatever the CPU's kernel (a widening one keeps
                 // attention in f32 in the model).
                 let kernels = AttentionKernels {
                     precision,
                     bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
+                    fused_heads,
                 };
                 let rows = |data, width| HeadRows::new(data, 0, width);
                 attend(
@@ -758,18 +819,27 @@ mod tests {
                     2,
                 )
             };
-            let (exact, rounded) = (run(Precision::F32), run(Precision::Bf16));
-            let worst = exact
-                .iter()
-                .zip(&rounded)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            println!("qk {qk}, v {vc}, {heads} heads: bf16 against f32, worst {worst:.2e}");
-            assert!(worst < 2e-2, "qk {qk}, v {vc}: {worst}");
+            let exact = run(Precision::F32, false);
+            let worst = |rounded: &[f32]| {
+                exact
+                    .iter()
+                    .zip(rounded)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max)
+            };
+            let rounded = run(Precision::Bf16, false);
+            let products = worst(&rounded);
+            println!("qk {qk}, v {vc}, {heads} heads: bf16 against f32, worst {products:.2e}");
+            assert!(products < 2e-2, "qk {qk}, v {vc}: {products}");
             if qk / heads < BF16_MIN_HEAD_WIDTH && vc / heads < BF16_MIN_HEAD_WIDTH {
                 assert_eq!(exact, rounded, "narrow heads stay f32");
             } else {
-                assert!(worst > 0.0, "wide heads run in bf16");
+                assert!(products > 0.0, "wide heads run in bf16");
+            }
+            if bf16::attention_head_available() {
+                let fused = worst(&run(Precision::Bf16, true));
+                println!("qk {qk}, v {vc}, {heads} heads: heads on AMX against f32, worst {fused:.2e}");
+                assert!(fused < 2e-2 && fused > 0.0, "qk {qk}, v {vc} on AMX: {fused}");
             }
         }
     }
