@@ -51,9 +51,10 @@ pub(crate) fn x_lane(r: usize, step: usize) -> usize {
     (step * ROWS + r) * TILE_PAIRS
 }
 
-/// Whether the bf16 products may run on AMX tiles: [`crate::cpu::amx`].
+/// Whether the bf16 products may run on AMX tiles: [`crate::cpu::amx`], or with the tile
+/// instructions emulated where [`crate::cpu::emulate_amx`] asks for it.
 pub fn available() -> bool {
-    crate::cpu::amx()
+    crate::cpu::amx() || crate::cpu::emulate_amx()
 }
 
 /// The tile configuration: tmm0–3 C (16 rows × 64 bytes), tmm4–5 A, tmm6–7 B.
@@ -101,8 +102,13 @@ pub(crate) struct Operands<'a> {
 /// only when [`available`].
 pub(crate) unsafe fn matmul(operands: Operands, out: *mut f32, edges: Edges, threads: usize) {
     assert!(available(), "AMX is not available");
-    // SAFETY: the caller's promises.
-    unsafe { run::<Native>(operands, out, edges, threads) };
+    // SAFETY: the caller's promises; the native tiles only where the CPU has them.
+    unsafe {
+        match crate::cpu::amx() {
+            true => run::<Native>(operands, out, edges, threads),
+            false => run::<Emulated>(operands, out, edges, threads),
+        }
+    }
 }
 
 /// `rounds` rounds of four independent `tdpbf16ps` on register tiles (C in tmm0–3 from A in
@@ -370,8 +376,13 @@ pub(crate) struct HeadOperands<'a> {
 /// no one else may access them during the call. Call only when [`available`].
 pub(crate) unsafe fn attention_head(operands: HeadOperands, out: *mut f32, ldo: usize) {
     assert!(available(), "AMX is not available");
-    // SAFETY: the caller's promises.
-    unsafe { head::<Native>(operands, out, ldo) };
+    // SAFETY: the caller's promises; the native tiles only where the CPU has them.
+    unsafe {
+        match crate::cpu::amx() {
+            true => head::<Native>(operands, out, ldo),
+            false => head::<Emulated>(operands, out, ldo),
+        }
+    }
 }
 
 /// [`attention_head`] with the tile instructions emulated ([`Emulated`]).
@@ -708,14 +719,13 @@ impl Tiles for Native {
 
 /// The tile instructions in plain Rust, as Intel's pseudocode for `tdpbf16ps` has them: for
 /// each pair, the even product then the odd one added to the f32 sum (products of two bf16
-/// values are exact in f32).
-#[cfg(test)]
+/// values are exact in f32). The tests' way to run the AMX loops anywhere, and
+/// [`crate::cpu::emulate_amx`]'s.
 struct Emulated {
     /// C's tiles, in `Tiles`' order: `c[tile][row][column]`.
     c: [[[f32; 16]; 16]; 4],
 }
 
-#[cfg(test)]
 impl Tiles for Emulated {
     unsafe fn begin() -> Self {
         Emulated {

@@ -616,8 +616,9 @@ pub fn attention_head_available() -> bool {
 /// One attention head in bf16 on AMX tiles, on the calling thread: for each query row r of
 /// `q` (`[nq, d_qk]`), row r of `out` (`d_v` values, rows `ldo` apart) is
 /// `softmax(scale · q_r · kᵀ) · v`, with `k` `[nk, d_qk]` and `v` `[nk, d_v]`. The scaled
-/// queries, the keys, the values and the softmax weights are rounded to bf16; scores, softmax
-/// and sums are f32. Queries are taken 32 rows at a time, whose scores and weights stay in
+/// queries, the keys, the values and the softmax's exponentials are rounded to bf16 (the
+/// weighted sum is divided by the exponentials' sum after); scores, sums and the division are
+/// f32. Queries are taken 32 rows at a time, whose scores and weights stay in
 /// cache (the loop is in [`amx`]): neither is ever stored for the whole head.
 ///
 /// # Safety

@@ -160,6 +160,14 @@ pub fn emulate_avx512() -> bool {
     *REQUESTED.get_or_init(|| std::env::var_os("PERCEIVER_EMULATE_AVX512").is_some())
 }
 
+/// Whether `PERCEIVER_EMULATE_AMX` asks for the AMX path with its tile instructions emulated
+/// where the CPU has no AMX (read once): the bf16 products and attention heads then take
+/// [`crate::amx`]'s loops, blocking, addresses and strides as on AMX. Slow: for tests only.
+pub fn emulate_amx() -> bool {
+    static REQUESTED: OnceLock<bool> = OnceLock::new();
+    *REQUESTED.get_or_init(|| std::env::var_os("PERCEIVER_EMULATE_AMX").is_some())
+}
+
 /// Whether the AVX2+FMA product kernels may run: the CPU has AVX2 and FMA and
 /// `PERCEIVER_NO_AVX2` is unset. Read once.
 fn avx2_products() -> bool {
@@ -198,7 +206,7 @@ pub fn f32_kernel() -> Option<F32Kernel> {
 /// The microkernel of the bf16 products ([`crate::bf16`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
-    /// AMX tiles (`tdpbf16ps`), through [`crate::amx`].
+    /// AMX tiles (`tdpbf16ps`), through [`crate::amx`] (emulated where [`emulate_amx`] asks).
     Amx,
     /// AVX-512 BF16 `vdpbf16ps`, native or emulated.
     Avx512Bf16,
@@ -215,7 +223,8 @@ pub enum Bf16Kernel {
     Portable,
 }
 
-/// The bf16 kernel this process runs; chosen once. AMX where [`amx`] allows it, else AVX-512
+/// The bf16 kernel this process runs; chosen once. AMX where [`amx`] allows it (or emulated,
+/// [`emulate_amx`]), else AVX-512
 /// BF16 where the CPU has it and its `vdpbf16ps` is fast (any vendor's but Intel's, unless
 /// `PERCEIVER_VDPBF16PS`), else widened AVX-512 multiply-adds where the CPU has AVX-512 and
 /// AVX2 (unless `PERCEIVER_NO_AVX512` or `PERCEIVER_NO_AVX2`), else AVX-512 BF16, native where
@@ -225,7 +234,7 @@ pub enum Bf16Kernel {
 pub fn bf16_kernel() -> Bf16Kernel {
     static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
     *KERNEL.get_or_init(|| {
-        if amx() {
+        if amx() || emulate_amx() {
             return Bf16Kernel::Amx;
         }
         let fast_dot = !intel() || std::env::var_os("PERCEIVER_VDPBF16PS").is_some();

@@ -43,7 +43,7 @@ pub fn amx_peak_gflops(threads: usize) -> Option<f64> {
         unsafe { crate::amx::peak_rounds(ROUNDS) };
         0.0
     };
-    crate::amx::available().then(|| best_of_7(threads, run, (4 * ROUNDS) as f64 * 16384.0))
+    crate::cpu::amx().then(|| best_of_7(threads, run, (4 * ROUNDS) as f64 * 16384.0))
 }
 
 /// Best of 7 runs of `chains` on `threads` threads, in GFLOP/s.
