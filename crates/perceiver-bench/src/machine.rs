@@ -23,8 +23,12 @@ fn cpu_line() -> String {
 /// and our thread count and kernels.
 pub(crate) fn describe(threads: usize) {
     eprintln!("CPU: {}", cpu_line());
+    let emulated = match cpu::bf16_kernel() == cpu::Bf16Kernel::Amx && !cpu::amx() {
+        true => " (tiles emulated: PERCEIVER_EMULATE_AMX)",
+        false => "",
+    };
     eprintln!(
-        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}",
+        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}{emulated}",
         cpu::f32_kernel(),
         cpu::bf16_kernel()
     );

@@ -90,10 +90,13 @@ impl Lines {
 
     /// The lanes as twice as many 16-bit halves, a lane's low half first (little-endian), to
     /// write bf16 values into.
-    pub(crate) fn halves_mut(&mut self) -> &mut [MaybeUninit<u16>] {
+    ///
+    /// # Safety
+    /// Every half written must be initialised (the lanes are read as `u32` after).
+    pub(crate) unsafe fn halves_mut(&mut self) -> &mut [MaybeUninit<u16>] {
         let lanes: &mut [u32] = self;
         // SAFETY: a u32 slice read as twice as many u16 (alignment 4 ≥ 2), exclusively
-        // borrowed; any bits written are valid lanes.
+        // borrowed; the caller writes only initialised halves.
         unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast(), 2 * lanes.len()) }
     }
 }

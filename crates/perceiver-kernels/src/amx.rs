@@ -8,12 +8,13 @@
 //! read it (a 32-row block at a time, one step's two A tiles side by side). Each microkernel
 //! step keeps a 32×32 block of C in four tiles; a panel's k slices are taken in turn by a group
 //! of row blocks, so that the slice of W is read from L1 (see `run`). Linux must grant the
-//! process the AMX register state first (`arch_prctl`); [`available`] asks once and says no
-//! when it is refused.
+//! process the AMX register state first (`arch_prctl`); [`crate::cpu::amx`] asks once and says
+//! no when it is refused.
 //!
-//! The loop is written once over a small set of tile operations (`Tiles`): the instructions
-//! themselves, and in the tests their emulation in plain Rust, so that the blocking, addresses
-//! and strides are checked on every CPU, not only where there is AMX.
+//! The loops are written once over a small set of tile operations (`Tiles`): the instructions
+//! themselves, and their emulation in plain Rust (in the tests, and wherever
+//! [`crate::cpu::emulate_amx`] asks for it on a CPU without AMX), so that the blocking,
+//! addresses and strides are checked on every CPU, not only where there is AMX.
 //!
 //! This module only runs the tiles: [`crate::bf16::PackedMatrix`]'s products choose it (see
 //! [`crate::cpu::bf16_kernel`]), as does [`crate::bf16::attention_head`] for one attention head
@@ -117,7 +118,7 @@ pub(crate) unsafe fn matmul(operands: Operands, out: *mut f32, edges: Edges, thr
 /// than on zeros, which would flatter it). The loop of [`crate::peak::amx_peak_gflops`].
 ///
 /// # Safety
-/// AMX must be [`available`].
+/// The CPU must have AMX, granted to the process ([`crate::cpu::amx`]; not its emulation).
 pub(crate) unsafe fn peak_rounds(rounds: usize) {
     let mut state = 0x2545_f491_u32;
     let values: Vec<u16> = (0..4 * 512)
@@ -476,7 +477,8 @@ unsafe fn head<T: Tiles>(operands: HeadOperands, out: *mut f32, ldo: usize) {
         // Each row's exponentials over its nk scores, converted into the weights' tile order
         // (zero past nk, and in the rows past the strip's); each row of the weighted sum is
         // divided by its row's sum once stored.
-        let halves = weights.halves_mut();
+        // SAFETY: the halves below are written only with values (bf16 bits or zeros).
+        let halves = unsafe { weights.halves_mut() };
         let mut inverse_sums = [0f32; ROWS];
         for (r, inverse) in inverse_sums.iter_mut().enumerate() {
             let (to, stride) = (&mut halves[2 * x_lane(r, 0)..], 2 * x_lane(0, 1));
@@ -628,7 +630,7 @@ trait Tiles {
     /// `exp(x − max)` of `row`'s values x, rounded to bf16 into `len` halves at `dst` in slices
     /// of 32, `stride` halves apart, zero past the row; returns their sum
     /// ([`rows::exp_to_bf16_slices`]). Not a tile operation, but what runs next to them: the
-    /// CPUs with AMX all have AVX-512 BF16, which rounds 32 values in one instruction.
+    /// CPUs with AMX have AVX-512 BF16, which rounds 32 values in one instruction.
     ///
     /// # Safety
     /// `dst` must be valid for writes of the `len / 32` slices.
@@ -728,7 +730,13 @@ impl Tiles for Native {
     }
 
     unsafe fn exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
-        // SAFETY: a CPU with AMX has AVX-512 BF16; `dst` as the caller promises.
+        // Every CPU with AMX has AVX-512 BF16, but a virtual machine might pass on one and not
+        // the other.
+        if !crate::cpu::avx512_bf16() {
+            // SAFETY: as the caller promises.
+            return unsafe { Emulated::exp_to_bf16(row, dst, stride, len) };
+        }
+        // SAFETY: the CPU has AVX-512 F and BF16 (checked); `dst` as the caller promises.
         unsafe { exp_to_bf16_avx512(row, dst, stride, len) }
     }
 }

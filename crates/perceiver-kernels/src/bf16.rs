@@ -627,7 +627,7 @@ pub fn attention_head_available() -> bool {
 ///
 /// # Panics
 /// Unless [`attention_head_available`], the queries and keys are as wide, the keys and values
-/// as many, and there are at most [`ATTENTION_HEAD_MAX_KEYS`] keys.
+/// as many, and there are 1 to [`ATTENTION_HEAD_MAX_KEYS`] keys.
 pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f32, ldo: usize) {
     assert!(
         attention_head_available(),
@@ -648,7 +648,7 @@ fn head_operands(q: View, k: View, v: View, scale: f32, ldo: usize) -> (Lines, P
         k.rows, v.rows
     );
     assert!(
-        k.rows <= ATTENTION_HEAD_MAX_KEYS,
+        (1..=ATTENTION_HEAD_MAX_KEYS).contains(&k.rows),
         "attention_head: {} keys",
         k.rows
     );

@@ -66,7 +66,7 @@ pub(crate) struct AttentionLayer {
 pub(crate) struct AttentionKernels {
     precision: Precision,
     /// In bf16, the narrowest head side that runs on the bf16 kernel
-    /// ([`bf16_min_head_width`]).
+    /// ([`bf16_min_head_width`]), for heads that do not run fused.
     bf16_min_head_width: usize,
     /// In bf16 where the bf16 products run on AMX tiles: a head's scores, softmax and weighted
     /// sum run as one ([`bf16::attention_head`]), whatever its widths.
@@ -732,8 +732,9 @@ enum Packed {
 }
 
 /// The narrowest head side (`d_qk` for the scores, `d_v` for the weighted sum) whose product
-/// runs on the bf16 kernel in bf16: narrower ones (the flow model's 32-wide heads) are faster
-/// on the f32 kernel.
+/// runs on the bf16 kernel in bf16: narrower ones (the flow model's 32-wide heads) were faster
+/// on the f32 kernel, product by product. (Where the heads run fused on AMX,
+/// [`AttentionKernels::fused`], this does not apply.)
 const BF16_MIN_HEAD_WIDTH: usize = 64;
 
 /// The narrowest head side whose product runs on the bf16 kernel in bf16: [`BF16_MIN_HEAD_WIDTH`],
@@ -776,6 +777,50 @@ mod tests {
                 (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// A head run fused on AMX (natively, or under `PERCEIVER_EMULATE_AMX`): one item's one head
+    /// with its 100 query rows in strips over three threads (0..64, 64..100) gives the rows of the
+    /// whole head on one thread bit for bit, within bf16's rounding of f32 attention.
+    #[test]
+    fn fused_heads_shared_out_over_threads_equal_one_thread() {
+        if !bf16::attention_head_available() {
+            println!("skipped: the bf16 products do not run on AMX (set PERCEIVER_EMULATE_AMX=1)");
+            return;
+        }
+        let (qk, vc) = (40, 72);
+        let spec = AttentionSpec {
+            q_dim: 8,
+            kv_dim: 8,
+            qk_channels: qk,
+            v_channels: vc,
+            num_heads: 1,
+            widening_factor: 1,
+            use_query_residual: false,
+            activation: Activation::GeluErf,
+        };
+        let (query_items, kv_items) = (vec![0..100], vec![0..70]);
+        let (q, k, v) = (random(100 * qk, 4), random(70 * qk, 5), random(70 * vc, 6));
+        let run = |precision, fused_heads, threads| {
+            let kernels = AttentionKernels {
+                precision,
+                bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
+                fused_heads,
+            };
+            let rows = |data, width| HeadRows::new(data, 0, width);
+            let (q, k, v) = (rows(&q, qk), rows(&k, qk), rows(&v, vc));
+            attend(&spec, kernels, q, &query_items, k, v, &kv_items, threads)
+        };
+        let alone = run(Precision::Bf16, true, 1);
+        assert_eq!(run(Precision::Bf16, true, 3), alone, "strips over three threads");
+        let exact = run(Precision::F32, false, 1);
+        let worst = exact
+            .iter()
+            .zip(&alone)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("one head fused on AMX against f32: worst {worst:.2e}");
+        assert!(worst < 2e-2 && worst > 0.0, "{worst}");
     }
 
     /// Attention in bf16 (each product on the bf16 kernel where its head side is wide enough,
