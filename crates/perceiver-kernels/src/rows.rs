@@ -12,7 +12,6 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::activation::Activation;
-use crate::bf16::to_bf16_bits;
 use crate::cpu::dispatch;
 
 /// Rows per rayon task: enough work to pay for the task, few enough to balance two cores.
@@ -350,43 +349,10 @@ fn exp_to_bf16_body<const FMA: bool>(
     stride: usize,
     len: usize,
 ) -> f32 {
-    const SLICE: usize = 32;
     let max = max_of(row);
-    // Each slice's exponentials rounded as they are made, summed over 32 running sums.
-    let mut sums = [0f32; SLICE];
-    let whole = (row.len() / SLICE).min(len / SLICE);
-    for slice in 0..whole {
-        let from: &[f32; SLICE] = row[slice * SLICE..][..SLICE].try_into().expect("a whole slice");
-        let to: &mut [MaybeUninit<u16>; SLICE] = (&mut dst[slice * stride..][..SLICE])
-            .try_into()
-            .expect("a whole slice");
-        for ((d, &x), sum) in to.iter_mut().zip(from).zip(sums.iter_mut()) {
-            let e = exp::<FMA>(x - max);
-            *sum += e;
-            d.write(to_bf16_bits(e));
-        }
-    }
-    for slice in whole..len.div_ceil(SLICE) {
-        let to = &mut dst[slice * stride..][..SLICE];
-        let from = &row[(slice * SLICE).min(row.len())..((slice + 1) * SLICE).min(row.len())];
-        for ((d, &x), sum) in to.iter_mut().zip(from).zip(sums.iter_mut()) {
-            let e = exp::<FMA>(x - max);
-            *sum += e;
-            d.write(to_bf16_bits(e));
-        }
-        to[from.len()..].iter_mut().for_each(|d| {
-            d.write(0);
-        });
-    }
-    // Halved pairwise (a plain sum is a chain of 32 dependent additions).
-    let mut width = SLICE / 2;
-    while width > 0 {
-        for i in 0..width {
-            sums[i] += sums[i + width];
-        }
-        width /= 2;
-    }
-    sums[0]
+    let exps: Vec<f32> = row.iter().map(|&x| exp::<FMA>(x - max)).collect();
+    crate::bf16::convert_slices(&exps, dst, stride, len);
+    sum_by(&exps, |e| e)
 }
 
 dispatch!(
@@ -394,7 +360,8 @@ dispatch!(
     /// `len` halves of `dst` laid out in slices of 32 (an AMX tile row's 16 pairs) `stride`
     /// halves apart, zero past the row; returns their sum in f32 (of the values before
     /// rounding). The softmax of the row is these over the sum: attention's weights as
-    /// [`crate::amx`]'s tiles read them, the division left to the weighted sum's rows.
+    /// [`crate::amx`]'s tiles read them, the division left to the weighted sum's rows. The
+    /// portable form, which the emulated tiles run (AMX CPUs run an AVX-512 BF16 one).
     pub(crate) fn exp_to_bf16_slices(row: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) -> f32 => exp_to_bf16_body::<FMA>
 );
 
