@@ -368,10 +368,10 @@ pub(crate) struct HeadOperands<'a> {
 /// One attention head on AMX tiles, on the calling thread: for each query row r, row r of
 /// `out` (`d_v` values, rows `ldo` values apart) is `softmax(q_r · Kᵀ) · V`. The queries are
 /// taken a [`ROWS`]-row strip at a time, and all of a strip's work stays in L1 and L2: its
-/// scores (`ROWS × nk` f32, from the tiles), their softmax, converted into the strip's bf16
-/// weights in tile order, and the weighted sum, whose blocks go from the tiles straight into
-/// `out`. Neither the scores nor the weights of the whole head are ever stored, and the query
-/// tiles of a strip serve all its panels of keys.
+/// scores (`ROWS × nk` f32, from the tiles), their softmax's exponentials, rounded into the
+/// strip's bf16 weights in tile order, and the weighted sum, whose blocks go from the tiles
+/// straight into `out`, each row then divided by its sum. Neither the scores nor the weights of
+/// the whole head are ever stored, and the query tiles of a strip serve all its panels of keys.
 ///
 /// # Safety
 /// `out` must be valid for writes of rows `0..nq` × columns `0..d_v` at row stride `ldo`, and
