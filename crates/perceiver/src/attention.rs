@@ -779,6 +779,25 @@ mod tests {
             .collect()
     }
 
+    /// An attention of 8-wide queries and inputs, `qk` and `vc` channels over `heads` heads.
+    fn spec(qk: usize, vc: usize, heads: usize) -> AttentionSpec {
+        AttentionSpec {
+            q_dim: 8,
+            kv_dim: 8,
+            qk_channels: qk,
+            v_channels: vc,
+            num_heads: heads,
+            widening_factor: 1,
+            use_query_residual: false,
+            activation: Activation::GeluErf,
+        }
+    }
+
+    /// The largest absolute difference between two outputs.
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    }
+
     /// A head run fused on AMX (natively, or under `PERCEIVER_EMULATE_AMX`): one item's one head
     /// with its 100 query rows in strips over three threads (0..64, 64..100) gives the rows of the
     /// whole head on one thread bit for bit, within bf16's rounding of f32 attention.
@@ -789,16 +808,7 @@ mod tests {
             return;
         }
         let (qk, vc) = (40, 72);
-        let spec = AttentionSpec {
-            q_dim: 8,
-            kv_dim: 8,
-            qk_channels: qk,
-            v_channels: vc,
-            num_heads: 1,
-            widening_factor: 1,
-            use_query_residual: false,
-            activation: Activation::GeluErf,
-        };
+        let spec = spec(qk, vc, 1);
         let (query_items, kv_items) = (vec![0..100], vec![0..70]);
         let (q, k, v) = (random(100 * qk, 4), random(70 * qk, 5), random(70 * vc, 6));
         let run = |precision, fused_heads, threads| {
@@ -814,11 +824,7 @@ mod tests {
         let alone = run(Precision::Bf16, true, 1);
         assert_eq!(run(Precision::Bf16, true, 3), alone, "strips over three threads");
         let exact = run(Precision::F32, false, 1);
-        let worst = exact
-            .iter()
-            .zip(&alone)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_difference(&exact, &alone);
         println!("one head fused on AMX against f32: worst {worst:.2e}");
         assert!(worst < 2e-2 && worst > 0.0, "{worst}");
     }
@@ -830,16 +836,7 @@ mod tests {
     fn bf16_attention_is_f32_attention_rounded() {
         // (qk_channels, v_channels, heads): both sides bf16; keys f32 and values bf16; both f32.
         for (qk, vc, heads) in [(256, 192, 2), (64, 160, 2), (64, 64, 2)] {
-            let spec = AttentionSpec {
-                q_dim: 8,
-                kv_dim: 8,
-                qk_channels: qk,
-                v_channels: vc,
-                num_heads: heads,
-                widening_factor: 1,
-                use_query_residual: false,
-                activation: Activation::GeluErf,
-            };
+            let spec = spec(qk, vc, heads);
             let (query_items, kv_items) = (vec![0..37, 37..50], vec![0..70, 70..75]);
             let q = random(50 * qk, 1);
             let k = random(75 * qk, 2);
@@ -865,13 +862,7 @@ mod tests {
                 )
             };
             let exact = run(Precision::F32, false);
-            let worst = |rounded: &[f32]| {
-                exact
-                    .iter()
-                    .zip(rounded)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max)
-            };
+            let worst = |rounded: &[f32]| max_difference(&exact, rounded);
             let rounded = run(Precision::Bf16, false);
             let products = worst(&rounded);
             println!("qk {qk}, v {vc}, {heads} heads: bf16 against f32, worst {products:.2e}");
