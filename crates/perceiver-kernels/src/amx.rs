@@ -773,7 +773,7 @@ unsafe fn exp_to_bf16_avx512(row: &[f32], dst: *mut u16, stride: usize, len: usi
         let (floor, log2e) = (_mm512_set1_ps(-100.0), _mm512_set1_ps(std::f32::consts::LOG2_E));
         let c = [
             1.0,
-            0.693_147_2,
+            std::f32::consts::LN_2,
             0.240_226_5,
             0.055_504_11,
             0.009_618_129,
