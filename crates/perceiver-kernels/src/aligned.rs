@@ -58,7 +58,30 @@ impl Lines {
         init: impl Fn() -> S + Sync + Send,
         fill: impl Fn(&mut S, usize, &mut [MaybeUninit<u32>]) + Sync,
     ) -> Self {
-        let len = rows * lda;
+        let write = |body: &mut [MaybeUninit<u32>]| {
+            if body.is_empty() {
+                return;
+            }
+            if parallel {
+                body.par_chunks_mut(lda)
+                    .enumerate()
+                    .for_each_init(&init, |scratch, (r, lanes)| fill(scratch, r, lanes));
+            } else {
+                let mut scratch = init();
+                for (r, lanes) in body.chunks_mut(lda).enumerate() {
+                    fill(&mut scratch, r, lanes);
+                }
+            }
+        };
+        // SAFETY: `fill` writes every lane of every row (the caller's promise).
+        unsafe { Self::from_writes(rows * lda, write) }
+    }
+
+    /// `len` lanes, handed to `write` unwritten.
+    ///
+    /// # Safety
+    /// `write` must write every lane it is handed.
+    pub(crate) unsafe fn from_writes(len: usize, write: impl FnOnce(&mut [MaybeUninit<u32>])) -> Self {
         let mut buf: Vec<u32> = Vec::with_capacity(len + LINE_LANES - 1);
         let offset = match buf.as_ptr().align_offset(4 * LINE_LANES) {
             offset if offset < LINE_LANES => offset,
@@ -70,19 +93,8 @@ impl Lines {
         head.iter_mut().chain(tail.iter_mut()).for_each(|lane| {
             lane.write(0);
         });
-        if len > 0 {
-            if parallel {
-                body.par_chunks_mut(lda)
-                    .enumerate()
-                    .for_each_init(init, |scratch, (r, lanes)| fill(scratch, r, lanes));
-            } else {
-                let mut scratch = init();
-                for (r, lanes) in body.chunks_mut(lda).enumerate() {
-                    fill(&mut scratch, r, lanes);
-                }
-            }
-        }
-        // SAFETY: the head and the tail were written, and every row by `fill` (the caller's
+        write(body);
+        // SAFETY: the head and the tail were written, and the body by `write` (the caller's
         // promise): all len + 15 lanes.
         unsafe { buf.set_len(len + LINE_LANES - 1) };
         Self { buf, offset, len }

@@ -93,16 +93,34 @@ pub(crate) struct Operands<'a> {
     pub(crate) m: usize,
 }
 
+/// Where [`matmul`] puts C.
+#[derive(Clone, Copy)]
+pub(crate) enum Out {
+    /// f32 rows, `[m, n]`.
+    Rows(*mut f32),
+    /// bf16 in tile order, as the X of a product with C's `n / 2` input pairs ([`Operands`]'
+    /// `x`): `[m / ROWS rounded up]` blocks of `ROWS · n / 2` lanes, rows past m zero. C's
+    /// columns are whole panels, its tiles start from the bias, and each block is rounded
+    /// once finished and activated: the next product's input without its f32 rows ever being
+    /// stored, read back and converted.
+    Tiles(*mut u32),
+}
+
+// SAFETY: the tasks of `run` write disjoint blocks of C through it, while its owner waits.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
 /// `C = X · Wᵀ` on AMX tiles, C at `out`, with C's `edges` as the f32 and bf16 block kernels
 /// take them: C's tiles start from its values, from them plus the bias, or from the bias alone
 /// (`out` is then only written), and the activation is applied to each block of C once it is
 /// finished.
 ///
 /// # Safety
-/// `out` must be valid for writes of m·n values, initialised unless C starts from the bias
-/// alone ([`Edges::bias_instead_of_c`]), and no one else may access them during the call. Call
-/// only when [`available`].
-pub(crate) unsafe fn matmul(operands: Operands, out: *mut f32, edges: Edges, threads: usize) {
+/// `out` must be valid for writes of m·n values ([`Out::Rows`]) or of the next product's X
+/// ([`Out::Tiles`]: `ROWS · n / 2` lanes a started block of ROWS rows), initialised unless C
+/// starts from the bias alone ([`Edges::bias_instead_of_c`]), and no one else may access them
+/// during the call. Call only when [`available`].
+pub(crate) unsafe fn matmul(operands: Operands, out: Out, edges: Edges, threads: usize) {
     assert!(available(), "AMX is not available");
     // SAFETY: the caller's promises; the native tiles only where the CPU has them.
     unsafe {
@@ -168,14 +186,23 @@ pub(crate) fn matmul_emulated(operands: Operands, out: &mut [f32], edges: Edges,
     let (m, n) = (operands.m, operands.n);
     assert_eq!(out.len(), m * n, "amx: C is not {m}x{n}");
     // SAFETY: `out` is C, borrowed mutably.
-    unsafe { run::<Emulated>(operands, out.as_mut_ptr(), edges, threads) };
+    unsafe { run::<Emulated>(operands, Out::Rows(out.as_mut_ptr()), edges, threads) };
+}
+
+/// [`matmul`] into the next product's X ([`Out::Tiles`]) with the tile instructions emulated.
+#[cfg(test)]
+pub(crate) fn matmul_emulated_to_tiles(operands: Operands, out: &mut [u32], edges: Edges, threads: usize) {
+    let lanes = operands.m.div_ceil(ROWS) * ROWS * operands.n / 2;
+    assert_eq!(out.len(), lanes, "amx: the next X is not {lanes} lanes");
+    // SAFETY: `out` is the next X, borrowed mutably.
+    unsafe { run::<Emulated>(operands, Out::Tiles(out.as_mut_ptr()), edges, threads) };
 }
 
 /// The loop of [`matmul`] over the tile operations `T`.
 ///
 /// # Safety
 /// As [`matmul`]'s, and `T` must run on this CPU.
-unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads: usize) {
+unsafe fn run<T: Tiles>(operands: Operands, out: Out, edges: Edges, threads: usize) {
     let Operands { w, n, pairs, x, m } = operands;
     assert_eq!(pairs % TILE_PAIRS, 0, "amx: pairs are padded to whole tiles");
     let (k_pad, m_pad, panels) = (2 * pairs, m.div_ceil(ROWS) * ROWS, n.div_ceil(PANEL_COLS));
@@ -189,6 +216,17 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
         assert_eq!(bias.len(), n, "amx: the bias is not {n} values");
     }
     let (activation, bias_instead_of_c) = (edges.activation, edges.bias_instead_of_c());
+    let (c_rows, to_tiles) = match out {
+        Out::Rows(c) => (c, false),
+        Out::Tiles(_) => {
+            assert_eq!(n % PANEL_COLS, 0, "amx: C to tiles is whole panels");
+            assert!(
+                bias_instead_of_c.is_some(),
+                "amx: C to tiles starts from the bias"
+            );
+            (std::ptr::null_mut(), true)
+        }
+    };
     if m == 0 || n == 0 {
         return;
     }
@@ -205,7 +243,13 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
     } else {
         steps.max(1)
     };
-    let out_ptr = SendPtr(out);
+    let out_ptr = SendPtr(c_rows);
+    // Where row `r` (of a block starting at row `r0`) of panel `p` of C goes in the next X, in
+    // halves: the panel's 32 columns are one step of that X's 16 pairs.
+    let tiles_at = move |r0: usize, r: usize, p: usize| match out {
+        Out::Tiles(x) => x.cast::<u16>().wrapping_add(2 * (r0 * n / 2 + x_lane(r, p))),
+        Out::Rows(_) => unreachable!("C goes to rows"),
+    };
     (0..share.tasks()).into_par_iter().for_each(|t| {
         // SAFETY: `T` runs on this CPU (the caller's promise).
         let mut tiles = unsafe { T::begin() };
@@ -218,14 +262,20 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
         // caller's promise), each task its own panels' columns; C is read only when it
         // accumulates.
         KEPT.with_borrow_mut(|kept| unsafe {
-            // The finished blocks of C that still need their activation: their rows (where
-            // they start, and their width) are activated a few per step of the next blocks, so
-            // that the vector units work while the tiles multiply.
-            let mut unactivated: Vec<(*mut f32, usize)> = Vec::with_capacity(ROWS);
+            // The finished blocks of C that still need their activation (or, to tiles, their
+            // rounding into the next X): their rows (where they start, their width, and where
+            // their bf16 goes) are finished a few per step of the next blocks, so that the
+            // vector units work while the tiles multiply.
+            let mut unactivated: Vec<(*mut f32, usize, Option<*mut u16>)> = Vec::with_capacity(ROWS);
             // On this thread: the task holds its thread's `kept` blocks, and a row is short.
-            let activate = |(row, cols): (*mut f32, usize)| {
+            let activate = |(row, cols, to): (*mut f32, usize, Option<*mut u16>)| {
+                let row = std::slice::from_raw_parts_mut(row, cols);
                 if let Some(act) = activation {
-                    rows::activate_chunk(std::slice::from_raw_parts_mut(row, cols), act);
+                    rows::activate_chunk(row, act);
+                }
+                if let Some(to) = to {
+                    let halves = std::slice::from_raw_parts_mut(to.cast(), PANEL_COLS);
+                    crate::bf16::convert_slices(row, halves, PANEL_COLS, PANEL_COLS);
                 }
             };
             // Rows of X are taken a block at a time, and every panel of the task runs over the
@@ -287,6 +337,11 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
                                         None => tiles.load_c(c_at(0).cast(), n * 4),
                                     }
                                 } else {
+                                    // A block to tiles waiting for its rounding may be in
+                                    // this scratch.
+                                    if to_tiles {
+                                        unactivated.drain(..).for_each(activate);
+                                    }
                                     for r in 0..rows {
                                         let to = kept.add(r * PANEL_COLS);
                                         let from = match bias_instead_of_c {
@@ -315,8 +370,19 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
                                     }
                                 }
                                 unactivated.drain(..).for_each(activate);
-                                if last && whole {
+                                if last && whole && !to_tiles {
                                     tiles.store_c(c_at(0).cast(), n * 4);
+                                } else if last && to_tiles {
+                                    // Finished in the scratch, rounded from there into the
+                                    // next X while the next block multiplies; rows past C's
+                                    // are zero there.
+                                    tiles.store_c(kept_bytes, KEPT_STRIDE);
+                                    let row_at = |r: usize| kept.add(r * PANEL_COLS);
+                                    let to = |r: usize| tiles_at(r0, r, p);
+                                    unactivated.extend((0..rows).map(|r| (row_at(r), cols, Some(to(r)))));
+                                    for r in rows..ROWS {
+                                        std::ptr::write_bytes(to(r), 0, PANEL_COLS);
+                                    }
                                 } else {
                                     tiles.store_c(kept_bytes, KEPT_STRIDE);
                                     if last {
@@ -329,8 +395,8 @@ unsafe fn run<T: Tiles>(operands: Operands, out: *mut f32, edges: Edges, threads
                                         }
                                     }
                                 }
-                                if last && activation.is_some() {
-                                    unactivated.extend((0..rows).map(|r| (c_at(r), cols)));
+                                if last && activation.is_some() && !to_tiles {
+                                    unactivated.extend((0..rows).map(|r| (c_at(r), cols, None)));
                                 }
                             }
                         }

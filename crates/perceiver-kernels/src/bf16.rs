@@ -245,6 +245,81 @@ impl PackedMatrix {
         out
     }
 
+    /// [`linear_rows`](Self::linear_rows) with its output kept as the bf16 input of the next
+    /// product on AMX tiles ([`linear_into_from_tiles`](Self::linear_into_from_tiles) of a
+    /// matrix taking this one's n outputs), where the products run on AMX and n is whole panels
+    /// of 32; `None` elsewhere, or with nothing to multiply. Its values are `linear_rows`'
+    /// rounded to bf16 as the next product would round them, bit for bit; but each block goes
+    /// from the tiles through L1 into the next product's tile order, where `linear_rows` would
+    /// store the f32 rows for the next product to read back and convert.
+    pub fn linear_rows_to_tiles(
+        &self,
+        a: Rows,
+        m: usize,
+        bias: &[f32],
+        activation: Option<Activation>,
+        threads: usize,
+    ) -> Option<TileRows> {
+        let whole_panels = self.n % amx::PANEL_COLS == 0;
+        if cpu::bf16_kernel() != Bf16Kernel::Amx || !whole_panels || m == 0 || self.n == 0 || self.k == 0 {
+            return None;
+        }
+        if let Rows::Dense(a) = a {
+            assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
+        }
+        self.assert_bias(bias);
+        let x = amx_rows(a, m, self.k, self.pairs, true);
+        let pairs = self.n / 2;
+        let edges = Edges {
+            bias: Some(bias),
+            activation,
+            ..Edges::default()
+        };
+        let out = |lanes: &mut [MaybeUninit<u32>]| {
+            let to = amx::Out::Tiles(lanes.as_mut_ptr().cast());
+            // SAFETY: `lanes` are the next X's, exclusively borrowed; the kernel is AMX.
+            unsafe { amx::matmul(self.amx_operands(&x, m), to, edges, threads) }
+        };
+        // SAFETY: the product writes every lane: each panel of C is one step of the next X's
+        // pairs, and each of its blocks writes its 32 rows there (rows past m as zeros).
+        let x = unsafe { Lines::from_writes(m.div_ceil(amx::ROWS) * amx::ROWS * pairs, out) };
+        Some(TileRows { x, m, pairs })
+    }
+
+    /// `out[m, n] += x · Wᵀ + bias` (a residual stream, as [`linear_into`](Self::linear_into)),
+    /// X given by [`linear_rows_to_tiles`](Self::linear_rows_to_tiles) of a matrix with this
+    /// one's k outputs.
+    pub fn linear_into_from_tiles(&self, x: &TileRows, bias: &[f32], out: &mut [f32], threads: usize) {
+        assert_eq!(
+            x.pairs, self.pairs,
+            "bf16 matmul: X's tiles are not {} inputs",
+            self.k
+        );
+        assert_eq!(
+            out.len(),
+            x.m * self.n,
+            "bf16 matmul: C is not {}x{}",
+            x.m,
+            self.n
+        );
+        self.assert_bias(bias);
+        let edges = Edges {
+            bias: Some(bias),
+            bias_onto_c: true,
+            ..Edges::default()
+        };
+        // SAFETY: C is `out`, m×n (asserted), borrowed mutably and initialised; X's tiles were
+        // made where the products run on AMX.
+        unsafe {
+            amx::matmul(
+                self.amx_operands(&x.x, x.m),
+                amx::Out::Rows(out.as_mut_ptr()),
+                edges,
+                threads,
+            )
+        };
+    }
+
     /// The product on AMX tiles: A converted to bf16 in tile order, C (`[m, n]` at `out`) with
     /// C's `edges`.
     ///
@@ -253,7 +328,7 @@ impl PackedMatrix {
     unsafe fn amx(&self, a: Rows, m: usize, out: *mut f32, edges: Edges, threads: usize) {
         let x = amx_rows(a, m, self.k, self.pairs, true);
         // SAFETY: the caller's promises; the kernel is AMX only where it is available.
-        unsafe { amx::matmul(self.amx_operands(&x, m), out, edges, threads) };
+        unsafe { amx::matmul(self.amx_operands(&x, m), amx::Out::Rows(out), edges, threads) };
     }
 
     /// This matrix and `x` (A in tile order, [`amx_rows`]) as [`amx::matmul`]'s operands.
@@ -556,6 +631,33 @@ fn a_stride(pairs: usize) -> usize {
     match pairs.div_ceil(LINE_PAIRS) % 2 {
         0 => pairs.div_ceil(LINE_PAIRS) * LINE_PAIRS + LINE_PAIRS,
         _ => pairs.div_ceil(LINE_PAIRS) * LINE_PAIRS,
+    }
+}
+
+/// A product's output kept as the next product's input on AMX tiles
+/// ([`PackedMatrix::linear_rows_to_tiles`]): `m` rows of bf16 in the order the tiles read them,
+/// `2 · pairs` values a row.
+pub struct TileRows {
+    x: Lines,
+    m: usize,
+    pairs: usize,
+}
+
+impl TileRows {
+    /// Rows of the output.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+}
+
+impl std::fmt::Debug for TileRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TileRows {{ m: {}, values a row: {} }}",
+            self.m,
+            2 * self.pairs
+        )
     }
 }
 
@@ -1331,6 +1433,53 @@ mod tests {
                 // SAFETY: `out` holds the head's rows from `offset`, borrowed mutably.
                 unsafe { attention_head(q, k, v, scale, out.as_mut_ptr().add(offset), ldo) };
                 check(&out, "AMX");
+            }
+        }
+    }
+
+    /// A product's output made straight into the next product's tiles is its f32 output
+    /// converted as the next product converts it, bit for bit: on the emulated tiles (the
+    /// blocks, panels and rows past m, threads sharing rows or panels), and through the public
+    /// pair of calls where the products run on AMX (native, or emulated on request).
+    #[test]
+    fn outputs_to_tiles_are_the_f32_outputs_converted() {
+        let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
+        for (m, n, k, threads) in [
+            (1, 32, 40, 1),
+            (20, 96, 64, 1),
+            (31, 64, 64, 2),
+            (33, 96, 100, 3),
+            (300, 160, 70, 2),
+            (2100, 64, 48, 2),
+        ] {
+            let (a, w, bias) = (random(m * k, 21), random(n * k, 22), random(n, 23));
+            let packed = PackedMatrix::pack_transposed(&w, n, k);
+            let edges = Edges {
+                bias: Some(&bias),
+                activation: Some(Activation::GeluErf),
+                ..Edges::default()
+            };
+            let x = amx_rows(Rows::Dense(&a), m, k, packed.pairs, true);
+            let operands = packed.amx_operands(&x, m);
+            let mut rows_out = vec![0f32; m * n];
+            amx::matmul_emulated(operands, &mut rows_out, edges, threads);
+            let want = amx_rows(Rows::Dense(&rows_out), m, n, n / 2, true);
+            let mut tiles_out = vec![7u32; want.len()];
+            amx::matmul_emulated_to_tiles(operands, &mut tiles_out, edges, threads);
+            assert!(*want == *tiles_out, "{m}x{n}x{k} on {threads} threads");
+            // The public pair: a next product from the tiles, as from the f32 rows.
+            let next = PackedMatrix::pack_transposed(&random(24 * n, 24), 24, n);
+            let (next_bias, start) = (random(24, 25), random(m * 24, 26));
+            match packed.linear_rows_to_tiles(Rows::Dense(&a), m, &bias, Some(Activation::GeluErf), threads) {
+                Some(tiles) => {
+                    let mut from_tiles = start.clone();
+                    next.linear_into_from_tiles(&tiles, &next_bias, &mut from_tiles, threads);
+                    let hidden = packed.linear(&a, m, &bias, Some(Activation::GeluErf), threads);
+                    let mut from_rows = start.clone();
+                    next.linear_into(&hidden, m, &next_bias, &mut from_rows, threads);
+                    assert!(same(&from_tiles, &from_rows), "{m}x{n}x{k}: next product");
+                }
+                None => assert_ne!(cpu::bf16_kernel(), Bf16Kernel::Amx, "no tiles where AMX runs"),
             }
         }
     }

@@ -401,10 +401,19 @@ impl AttentionLayer {
             None => self.output.forward(&heads, threads),
         };
         drop(heads);
-        let hidden = self
+        let (norm, activation) = (&self.mlp_norm, Some(self.spec.activation));
+        // On AMX the MLP's hidden rows go from the first product's tiles to the second's
+        // input as bf16, never stored in f32.
+        match self
             .dense1
-            .forward_normed(&self.mlp_norm, &x, Some(self.spec.activation), threads);
-        self.dense2.forward_into(&hidden, &mut x, threads);
+            .forward_normed_to_tiles(norm, &x, activation, &self.dense2, threads)
+        {
+            Some(hidden) => self.dense2.forward_into_from_tiles(&hidden, &mut x, threads),
+            None => {
+                let hidden = self.dense1.forward_normed(norm, &x, activation, threads);
+                self.dense2.forward_into(&hidden, &mut x, threads);
+            }
+        }
         x
     }
 }

@@ -208,6 +208,40 @@ impl Dense {
         )
     }
 
+    /// [`forward_normed`](Self::forward_normed) kept as `next`'s bf16 input where both run on
+    /// AMX tiles ([`bf16::PackedMatrix::linear_rows_to_tiles`]), for
+    /// [`forward_into_from_tiles`](Self::forward_into_from_tiles); `None` elsewhere.
+    pub(crate) fn forward_normed_to_tiles(
+        &self,
+        norm: &Norm,
+        x: &[f32],
+        activation: Option<Activation>,
+        next: &Dense,
+        threads: usize,
+    ) -> Option<bf16::TileRows> {
+        let (packed, _) = (self.packed.as_ref()?, next.packed.as_ref()?);
+        let k = self.k;
+        let make = |r: usize, row: &mut [f32]| norm.forward_row(&x[r * k..(r + 1) * k], row);
+        let activation = activation.map(perceiver_kernels::Activation::from);
+        packed.linear_rows_to_tiles(
+            bf16::Rows::Made(&make),
+            x.len() / k,
+            self.bias.data(),
+            activation,
+            threads,
+        )
+    }
+
+    /// [`forward_into`](Self::forward_into) from the bf16 input that the layer before made
+    /// ([`forward_normed_to_tiles`](Self::forward_normed_to_tiles) with this as `next`).
+    pub(crate) fn forward_into_from_tiles(&self, x: &bf16::TileRows, out: &mut [f32], threads: usize) {
+        let packed = self
+            .packed
+            .as_ref()
+            .expect("tiles are made only for a layer in bf16");
+        packed.linear_into_from_tiles(x, self.bias.data(), out, threads);
+    }
+
     /// `out += x·Wᵀ + b`: the residual stream takes the layer's output without another pass.
     /// On the packed kernels each task adds the bias to its block of `out` as it takes it.
     pub(crate) fn forward_into(&self, x: &[f32], out: &mut [f32], threads: usize) {
