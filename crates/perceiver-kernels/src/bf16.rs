@@ -1437,13 +1437,17 @@ mod tests {
         }
     }
 
+    /// Whether two runs of values are the same bit for bit.
+    fn same_bits(x: &[f32], y: &[f32]) -> bool {
+        x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+
     /// A product's output made straight into the next product's tiles is its f32 output
     /// converted as the next product converts it, bit for bit: on the emulated tiles (the
     /// blocks, panels and rows past m, threads sharing rows or panels), and through the public
     /// pair of calls where the products run on AMX (native, or emulated on request).
     #[test]
     fn outputs_to_tiles_are_the_f32_outputs_converted() {
-        let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
         for (m, n, k, threads) in [
             (1, 32, 40, 1),
             (20, 96, 64, 1),
@@ -1477,7 +1481,7 @@ mod tests {
                     let hidden = packed.linear(&a, m, &bias, Some(Activation::GeluErf), threads);
                     let mut from_rows = start.clone();
                     next.linear_into(&hidden, m, &next_bias, &mut from_rows, threads);
-                    assert!(same(&from_tiles, &from_rows), "{m}x{n}x{k}: next product");
+                    assert!(same_bits(&from_tiles, &from_rows), "{m}x{n}x{k}: next product");
                 }
                 None => assert_ne!(cpu::bf16_kernel(), Bf16Kernel::Amx, "no tiles where AMX runs"),
             }
@@ -1563,8 +1567,7 @@ mod tests {
         packed.matmul_accumulate(&a, m, &mut bias_first, threads);
         let mut onto = start.clone();
         packed.linear_into(&a, m, &bias, &mut onto, threads);
-        let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same(&onto, &bias_first), "{m}x{n}x{k} linear_into");
+        assert!(same_bits(&onto, &bias_first), "{m}x{n}x{k} linear_into");
         amx::matmul_emulated(operands, &mut emulated_first, Edges::default(), threads);
         let onto_c = Edges {
             bias: Some(&bias),
@@ -1574,7 +1577,7 @@ mod tests {
         let mut onto = start.clone();
         amx::matmul_emulated(operands, &mut onto, onto_c, threads);
         assert!(
-            same(&onto, &emulated_first),
+            same_bits(&onto, &emulated_first),
             "{m}x{n}x{k} bias onto C on emulated AMX"
         );
         // ... and on each block kernel (the CPU's own may be AMX).
@@ -1594,7 +1597,7 @@ mod tests {
                 );
                 packed.run(kernel, Rows::Dense(&a), m, onto.as_mut_ptr(), threads, onto_c);
             }
-            assert!(same(&onto, &first), "{kernel:?} {m}x{n}x{k} bias onto C");
+            assert!(same_bits(&onto, &first), "{kernel:?} {m}x{n}x{k} bias onto C");
         }
         // One block of each height on each kernel, for a whole panel and partial ones (in
         // its first and its second 16-lane half), into a C wider than the panel.
