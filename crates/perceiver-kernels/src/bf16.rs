@@ -260,7 +260,7 @@ impl PackedMatrix {
         activation: Option<Activation>,
         threads: usize,
     ) -> Option<TileRows> {
-        let whole_panels = self.n % amx::PANEL_COLS == 0;
+        let whole_panels = self.n.is_multiple_of(amx::PANEL_COLS);
         if cpu::bf16_kernel() != Bf16Kernel::Amx || !whole_panels || m == 0 || self.n == 0 || self.k == 0 {
             return None;
         }
