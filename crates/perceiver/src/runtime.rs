@@ -12,8 +12,8 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 /// on the workers' own queues. While it runs, the pool's other workers it uses stay awake
 /// ([`KeepAwake`]).
 pub(crate) fn on_pool<R: Send>(threads: usize, pass: impl FnOnce() -> R + Send) -> R {
-    static AWAKE: KeepAwake = KeepAwake::new();
-    rayon::scope(|_| AWAKE.run(threads, pass))
+    static PASSES: KeepAwake = KeepAwake::new();
+    rayon::scope(|_| PASSES.run(threads, pass))
 }
 
 /// While any of its passes runs, `threads - 1` of the pool's workers look for the pass's work
@@ -25,7 +25,7 @@ pub(crate) fn on_pool<R: Send>(threads: usize, pass: impl FnOnce() -> R + Send) 
 pub(crate) struct KeepAwake {
     /// Passes running now, nested ones included.
     passes: AtomicUsize,
-    /// Spinners started for them and not yet ended (the tests wait for none).
+    /// Workers now spinning for them.
     spinning: AtomicUsize,
 }
 
