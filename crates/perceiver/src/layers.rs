@@ -358,7 +358,7 @@ impl Linear {
         } else {
             threads
         };
-        Ok(on_pool(threads, || self.dense.forward(x, threads)))
+        Ok(on_pool(|| self.dense.forward(x, threads)))
     }
 
     /// The multiply-add work of [`forward`](Self::forward) over `rows` rows, 2 FLOP each.

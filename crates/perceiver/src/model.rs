@@ -328,7 +328,7 @@ impl PerceiverModel {
     /// Encodes each input into latents: `[inputs · num_latents, d_latents]`, input `i`'s
     /// latents in rows `i·num_latents..`.
     pub fn encode_input(&self, input: ModelInput<'_>) -> Result<Vec<f32>> {
-        on_pool(self.threads(), || {
+        on_pool(|| {
             self.batched(input.len(), |items, threads| {
                 self.encode_on(input.slice(items), threads)
             })
@@ -434,8 +434,8 @@ impl PerceiverModel {
                 self.architecture.name()
             )));
         };
-        let threads = self.threads();
-        on_pool(threads, || {
+        on_pool(|| {
+            let threads = self.threads();
             let mut phases = Vec::with_capacity(4);
             let mut clock = std::time::Instant::now();
             let mut lap = |phase: &'static str| {
@@ -508,8 +508,8 @@ impl PerceiverModel {
             )));
         }
         queries.check(spec)?;
-        let threads = self.threads();
-        on_pool(threads, || {
+        on_pool(|| {
+            let threads = self.threads();
             let decode = |modality: Modality, audio: &[usize], image: &[usize], label: bool| {
                 let rows = decoder.queries(audio, image, label);
                 let hidden = decoder.forward(latents, n, &rows, threads);
@@ -544,7 +544,7 @@ impl PerceiverModel {
                 "autoencoding needs at least one chunk".into(),
             ));
         }
-        on_pool(self.threads(), || {
+        on_pool(|| {
             let latents = self.encode_multimodal(input)?;
             let [frames, height, width] = spec.output_dims;
             let mut out = MultimodalOutput {
@@ -578,7 +578,7 @@ impl PerceiverModel {
                 self.architecture.name()
             )));
         }
-        on_pool(self.threads(), || {
+        on_pool(|| {
             let latents = self.encode_input(input)?;
             // One query per input, its only output position, decoded input by input: the
             // decoder's keys and values of a whole batch's latents would be much of the batch's
@@ -604,8 +604,7 @@ impl PerceiverModel {
                 positions.len()
             )));
         }
-        let threads = self.threads();
-        on_pool(threads, || self.decode_on(latents, positions, threads))
+        on_pool(|| self.decode_on(latents, positions, self.threads()))
     }
 
     /// [`decode`](Self::decode) on `threads` threads, already on the pool.
@@ -625,7 +624,7 @@ impl PerceiverModel {
             )));
         }
         // One hop onto the pool for all of it; each text's pass encodes and decodes it.
-        on_pool(self.threads(), || {
+        on_pool(|| {
             self.batched(texts.len(), |items, threads| {
                 let latents = self.encode_on(ModelInput::Tokens(&texts[items.clone()]), threads)?;
                 self.decode_on(&latents, &positions[items], threads)
@@ -654,8 +653,7 @@ impl PerceiverModel {
             )));
         }
         let items = latents.len() / (n * d);
-        let threads = self.threads();
-        on_pool(threads, || self.process.layer(index, latents, n, items, threads))
+        on_pool(|| self.process.layer(index, latents, n, items, self.threads()))
     }
 
     /// Multiply-add work (2 FLOP each) of the matrix products of one forward pass over texts of
@@ -734,10 +732,7 @@ mod tests {
         assert!(model.process.blocks() > 1 && model.process.layers_per_block() > 1);
         let texts: [&[u32]; 2] = [&[1, 70, 80, 90, 2], &[1, 100, 101, 2]];
         let encoded = model.encode(&texts).unwrap();
-        let mut z = on_pool(model.threads(), || {
-            model.cross_attend(ModelInput::Tokens(&texts), model.threads())
-        })
-        .unwrap();
+        let mut z = on_pool(|| model.cross_attend(ModelInput::Tokens(&texts), model.threads())).unwrap();
         for _ in 0..model.process.blocks() {
             for index in 0..model.process.layers_per_block() {
                 z = model.latent_layer(index, z).unwrap();
@@ -811,9 +806,9 @@ mod tests {
             };
             let array = model.preprocess(input, model.threads()).unwrap();
             let channels = model.preprocessor.channels();
-            let whole = on_pool(2, || model.encoder.forward(&array, 2));
+            let whole = on_pool(|| model.encoder.forward(&array, 2));
             for block_rows in [1, 7, 64, 100_000] {
-                let streamed = on_pool(2, || {
+                let streamed = on_pool(|| {
                     model.encoder.forward_streamed(
                         array.items.len(),
                         &mut |i| {
@@ -855,13 +850,10 @@ mod tests {
             &[1, 2],
             &[1, 50, 60, 2],
         ];
-        let z = on_pool(model.threads(), || {
-            model.cross_attend(ModelInput::Tokens(&texts), model.threads())
-        })
-        .unwrap();
+        let z = on_pool(|| model.cross_attend(ModelInput::Tokens(&texts), model.threads())).unwrap();
         let n = model.encoder.num_latents();
         let run = |group_rows| {
-            on_pool(2, || {
+            on_pool(|| {
                 model
                     .process
                     .forward_in_groups(z.clone(), n, texts.len(), group_rows, 2)

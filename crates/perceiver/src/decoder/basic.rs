@@ -52,7 +52,7 @@ impl BasicDecoder {
     pub(crate) fn set_precision(&mut self, precision: Precision) {
         self.cross_attention.set_precision(precision);
         let threads = rayon::current_num_threads();
-        self.projected = on_pool(threads, || {
+        self.projected = on_pool(|| {
             self.cross_attention
                 .project_queries(self.queries.table(), threads)
         });

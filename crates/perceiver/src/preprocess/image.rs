@@ -143,7 +143,7 @@ impl ImagePreprocessor {
                 conv.set_precision(Precision::F32);
                 projection.set_precision(Precision::F32);
                 let threads = rayon::current_num_threads();
-                *projected = on_pool(threads, || projection.forward(positions.table(), threads));
+                *projected = on_pool(|| projection.forward(positions.table(), threads));
             }
             Kind::Pixels { .. } => {}
             Kind::Conv { conv, .. } => conv.set_precision(Precision::F32),
