@@ -268,7 +268,6 @@ impl PackedMatrix {
             assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
         }
         self.assert_bias(bias);
-        let x = amx_rows(a, m, self.k, self.pairs, true);
         let pairs = self.n / 2;
         let edges = Edges {
             bias: Some(bias),
@@ -278,7 +277,7 @@ impl PackedMatrix {
         let out = |lanes: &mut [MaybeUninit<u32>]| {
             let to = amx::Out::Tiles(lanes.as_mut_ptr().cast());
             // SAFETY: `lanes` are the next X's, exclusively borrowed; the kernel is AMX.
-            unsafe { amx::matmul(self.amx_operands(&x, m), to, edges, threads) }
+            unsafe { self.amx(a, m, to, edges, threads) }
         };
         // SAFETY: the product writes every lane: each panel of C is one step of the next X's
         // pairs, and each of its blocks writes its 32 rows there (rows past m as zeros).
@@ -320,15 +319,15 @@ impl PackedMatrix {
         };
     }
 
-    /// The product on AMX tiles: A converted to bf16 in tile order, C (`[m, n]` at `out`) with
-    /// C's `edges`.
+    /// The product on AMX tiles: A converted to bf16 in tile order, C at `out` (its f32 rows,
+    /// or the next product's input) with C's `edges`.
     ///
     /// # Safety
     /// As [`amx::matmul`]'s for `out`.
-    unsafe fn amx(&self, a: Rows, m: usize, out: *mut f32, edges: Edges, threads: usize) {
+    unsafe fn amx(&self, a: Rows, m: usize, out: amx::Out, edges: Edges, threads: usize) {
         let x = amx_rows(a, m, self.k, self.pairs, true);
         // SAFETY: the caller's promises; the kernel is AMX only where it is available.
-        unsafe { amx::matmul(self.amx_operands(&x, m), amx::Out::Rows(out), edges, threads) };
+        unsafe { amx::matmul(self.amx_operands(&x, m), out, edges, threads) };
     }
 
     /// This matrix and `x` (A in tile order, [`amx_rows`]) as [`amx::matmul`]'s operands.
@@ -358,7 +357,7 @@ impl PackedMatrix {
         assert!(!edges.overwrite, "bf16 products add to C");
         if kernel == Bf16Kernel::Amx {
             // SAFETY: the caller's promises, which are `amx::matmul`'s.
-            return unsafe { self.amx(a, m, c, edges, threads) };
+            return unsafe { self.amx(a, m, amx::Out::Rows(c), edges, threads) };
         }
         if m == 0 || n == 0 {
             return;
