@@ -3,7 +3,8 @@
 
 use perceiver_kernels::cpu;
 
-/// `/proc/cpuinfo`'s model name with its family and model numbers, and the L2 size a core.
+/// `/proc/cpuinfo`'s model name with its family and model numbers, and a core's L1D (where
+/// CPUID tells it) and L2 sizes.
 fn cpu_line() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
@@ -16,7 +17,9 @@ fn cpu_line() -> String {
     let family = field("cpu family").unwrap_or_else(|| "?".into());
     let number = field("model").unwrap_or_else(|| "?".into());
     let l2 = cpu::l2_kib().map_or("unknown".into(), |kib| format!("{kib} KiB"));
-    format!("{model} (family {family}, model {number}; L2 {l2} a core)")
+    // The f32 kernel's slices of k follow both caches' sizes.
+    let l1d = cpu::l1d_kib().map_or(String::new(), |kib| format!("L1D {kib} KiB, "));
+    format!("{model} (family {family}, model {number}; {l1d}L2 {l2} a core)")
 }
 
 /// The lines every side-by-side bench prints first (to stderr, beside its progress): the CPU,

@@ -122,6 +122,32 @@ fn detect_l2_kib() -> Option<usize> {
     None
 }
 
+/// A core's L1 data cache in KiB, as CPUID leaf 0x8000_0005 reports it: AMD fills it in, Intel
+/// leaves it zero (`None`, as off x86-64 or where the leaf is missing).
+pub fn l1d_kib() -> Option<usize> {
+    static L1D: OnceLock<Option<usize>> = OnceLock::new();
+    *L1D.get_or_init(detect_l1d_kib)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_l1d_kib() -> Option<usize> {
+    // SAFETY: CPUID is available on every x86_64 CPU (the intrinsic is safe in newer Rust).
+    #[allow(unused_unsafe)]
+    let max_extended = unsafe { std::arch::x86_64::__cpuid(0x8000_0000) }.eax;
+    if max_extended < 0x8000_0005 {
+        return None;
+    }
+    // SAFETY: as above; the leaf exists (checked).
+    #[allow(unused_unsafe)]
+    let kib = (unsafe { std::arch::x86_64::__cpuid(0x8000_0005) }.ecx >> 24) as usize;
+    (kib > 0).then_some(kib)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_l1d_kib() -> Option<usize> {
+    None
+}
+
 /// Whether this CPU has AMX-BF16, `PERCEIVER_NO_AMX` is unset, and the OS lets this process use
 /// the tiles (Linux must grant the AMX register state first, through `arch_prctl`; this asks
 /// once and says no when it is refused).

@@ -41,15 +41,22 @@ const PANEL_AVX2: usize = 16;
 /// X rows per call of the packed-weight microkernel (6 × 4 accumulators).
 const ROWS: usize = 6;
 /// k per pass of the AVX-512 kernel: a panel slice (128 × 64 f32, 32 KB) stays in L1 while
-/// every block of X rows streams past it.
+/// every block of X rows streams past it (tuned on Zen 5: 48 KB L1, 1 MB L2).
 const PANEL_KC: usize = 128;
 /// k per pass of the AVX-512 kernel where a core has at least [`LARGE_L2_KIB`] of L2 (Intel's
 /// server cores): slices of 64 KB, read from L2, and half as many passes over each block of C,
-/// were faster there than slices that fit L1 (timed on a 2 MB-L2 Xeon; the 1 MB-L2 AMD cores
-/// were tuned at [`PANEL_KC`]).
+/// were faster there than slices that fit L1 (timed on a 2 MB-L2 Xeon).
 const PANEL_KC_LARGE_L2: usize = 256;
 /// See [`PANEL_KC_LARGE_L2`].
 const LARGE_L2_KIB: usize = 2048;
+/// k per pass of the AVX-512 kernel where a core's L1 data cache is smaller than
+/// [`SMALL_L1_KIB`] (AMD Zen 4's 32 KB): a 128-deep slice fills all of it, so it is read from L2
+/// whatever its depth, and slices as deep as the model's k (1,280: 320 KB, in the 1 MB L2 with
+/// a block of X) were faster there than 128 or 256 deep ones (fewer passes over each block of
+/// C, fewer microkernel calls).
+const PANEL_KC_SMALL_L1: usize = 1280;
+/// See [`PANEL_KC_SMALL_L1`]: [`PANEL_KC`]'s 32 KB slice stays in L1 from 48 KB up.
+const SMALL_L1_KIB: usize = 48;
 /// k per pass of the AVX2 kernel: in practice all of k (k = 1280 makes a panel of 80 KB, read
 /// from L2 by each block of rows). Each block then reads its six rows of X as six long streams;
 /// in slices of 256 (a 16 KB panel slice in L1) the 1 KB pieces of each row cost more. Capped
@@ -61,6 +68,7 @@ fn panel_shape(kernel: Option<F32Kernel>) -> (usize, usize) {
     match kernel {
         Some(F32Kernel::Avx2) => (PANEL_AVX2, PANEL_KC_AVX2),
         _ if cpu::l2_kib().is_some_and(|kib| kib >= LARGE_L2_KIB) => (PANEL, PANEL_KC_LARGE_L2),
+        _ if cpu::l1d_kib().is_some_and(|kib| kib < SMALL_L1_KIB) => (PANEL, PANEL_KC_SMALL_L1),
         _ => (PANEL, PANEL_KC),
     }
 }
@@ -1018,7 +1026,7 @@ pub(crate) mod tests {
             (600, 200, 40, 4),
             // A panel that ends on a whole 16-column slice.
             (9, 80, 17, 2),
-            // Several k slices for both kernels (AVX-512: 128; AVX2: 2048).
+            // Several k slices for both kernels (AVX-512: 128, 256 or 1280; AVX2: 2048).
             (13, 20, 2100, 2),
         ] {
             product_matches_the_triple_loop(kernel, m, n, k, threads);
