@@ -343,6 +343,24 @@ dispatch!(
 );
 
 #[inline(always)]
+fn softmax_into_body<const FMA: bool>(row: &[f32], out: &mut [f32]) {
+    assert_eq!(row.len(), out.len(), "softmax: the output row's length differs");
+    let max = max_of(row);
+    out.iter_mut()
+        .zip(row)
+        .for_each(|(o, &v)| *o = exp::<FMA>(v - max));
+    let inv = 1.0 / sum_by(out, |v| v);
+    out.iter_mut().for_each(|v| *v *= inv);
+}
+
+dispatch!(
+    /// The softmax of one row into `out` (the same length), as [`softmax_rows`] computes it
+    /// in place (the same bits), on the calling thread: for a caller that makes a product's rows
+    /// one at a time from scores it keeps ([`crate::bf16::Rows::Made`]), with no copy first.
+    pub fn softmax_row_into(row: &[f32], out: &mut [f32]) => softmax_into_body::<FMA>
+);
+
+#[inline(always)]
 fn exp_to_bf16_body<const FMA: bool>(
     row: &[f32],
     dst: &mut [MaybeUninit<u16>],
@@ -525,6 +543,26 @@ mod tests {
         }
         check::<false>();
         check::<true>();
+    }
+
+    /// A row's softmax into another buffer has the bits of the same softmax in place (the bf16
+    /// attention's rows are made with the one, the f32 attention's with the other).
+    #[test]
+    fn a_softmax_into_a_row_equals_the_one_in_place() {
+        for (width, seed) in [(1, 1), (15, 2), (16, 3), (17, 4), (256, 5), (2048, 6)] {
+            let row = random(width, 12.0, seed);
+            let mut in_place = row.clone();
+            softmax_rows(&mut in_place, width);
+            let mut into = vec![f32::NAN; width];
+            softmax_row_into(&row, &mut into);
+            assert!(
+                in_place
+                    .iter()
+                    .zip(&into)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "width {width}: the softmax into a row differs from the one in place"
+            );
+        }
     }
 
     /// Blocks of keys one after another give the softmax-weighted sum of them all at once.

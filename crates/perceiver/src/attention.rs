@@ -631,8 +631,7 @@ impl HeadAttention<'_> {
                         // Each row's softmax is taken in a scratch row and converted to bf16
                         // from there: the weights are never written back in f32.
                         let weights = |r: usize, row: &mut [f32]| {
-                            row.copy_from_slice(&scores[r * nk..(r + 1) * nk]);
-                            rows::softmax_rows(row, nk);
+                            rows::softmax_row_into(&scores[r * nk..(r + 1) * nk], row)
                         };
                         let zero_bias = vec![0f32; d_v];
                         let head_out =
