@@ -100,51 +100,34 @@ pub fn intel() -> bool {
 /// fill in); `None` off x86-64 or where the leaf is missing.
 pub fn l2_kib() -> Option<usize> {
     static L2: OnceLock<Option<usize>> = OnceLock::new();
-    *L2.get_or_init(detect_l2_kib)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detect_l2_kib() -> Option<usize> {
-    // SAFETY: CPUID is available on every x86_64 CPU (the intrinsic is safe in newer Rust).
-    #[allow(unused_unsafe)]
-    let max_extended = unsafe { std::arch::x86_64::__cpuid(0x8000_0000) }.eax;
-    if max_extended < 0x8000_0006 {
-        return None;
-    }
-    // SAFETY: as above; the leaf exists (checked).
-    #[allow(unused_unsafe)]
-    let kib = (unsafe { std::arch::x86_64::__cpuid(0x8000_0006) }.ecx >> 16) as usize;
-    (kib > 0).then_some(kib)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detect_l2_kib() -> Option<usize> {
-    None
+    *L2.get_or_init(|| extended_cache_kib(0x8000_0006, 16))
 }
 
 /// A core's L1 data cache in KiB, as CPUID leaf 0x8000_0005 reports it: AMD fills it in, Intel
 /// leaves it zero (`None`, as off x86-64 or where the leaf is missing).
 pub fn l1d_kib() -> Option<usize> {
     static L1D: OnceLock<Option<usize>> = OnceLock::new();
-    *L1D.get_or_init(detect_l1d_kib)
+    *L1D.get_or_init(|| extended_cache_kib(0x8000_0005, 24))
 }
 
+/// A cache size in KiB from ECX of an extended CPUID leaf, from bit `shift` up; `None` where
+/// the leaf is missing or reports zero.
 #[cfg(target_arch = "x86_64")]
-fn detect_l1d_kib() -> Option<usize> {
+fn extended_cache_kib(leaf: u32, shift: u32) -> Option<usize> {
     // SAFETY: CPUID is available on every x86_64 CPU (the intrinsic is safe in newer Rust).
     #[allow(unused_unsafe)]
     let max_extended = unsafe { std::arch::x86_64::__cpuid(0x8000_0000) }.eax;
-    if max_extended < 0x8000_0005 {
+    if max_extended < leaf {
         return None;
     }
     // SAFETY: as above; the leaf exists (checked).
     #[allow(unused_unsafe)]
-    let kib = (unsafe { std::arch::x86_64::__cpuid(0x8000_0005) }.ecx >> 24) as usize;
+    let kib = (unsafe { std::arch::x86_64::__cpuid(leaf) }.ecx >> shift) as usize;
     (kib > 0).then_some(kib)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect_l1d_kib() -> Option<usize> {
+fn extended_cache_kib(_leaf: u32, _shift: u32) -> Option<usize> {
     None
 }
 
