@@ -28,7 +28,7 @@ use crate::cpu::{self, dispatch, Bf16Kernel};
 use crate::matmul::View;
 use crate::rows;
 use crate::send_ptr::SendPtr;
-use crate::sgemm::{Ahead, Edges};
+use crate::sgemm::{Ahead, Edges, Start};
 
 /// Rows of C per microkernel call.
 pub const MR: usize = 12;
@@ -147,7 +147,7 @@ impl PackedMatrix {
     }
 
     /// `out[m, n] += a[m, k] · Wᵀ + bias`, both row-major and dense: a layer's output added to
-    /// its residual stream, the bias added to each block of C as it comes into cache (as
+    /// its residual stream, the bias added by the microkernels as they store their sums (as
     /// [`sgemm::PackedWeights::linear_into`](crate::sgemm::PackedWeights::linear_into)).
     pub fn linear_into(&self, a: &[f32], m: usize, bias: &[f32], out: &mut [f32], threads: usize) {
         self.assert_bias(bias);
@@ -187,6 +187,7 @@ impl PackedMatrix {
                 Rows::Dense(a),
                 m,
                 out.as_mut_ptr(),
+                self.n,
                 threads,
                 edges,
             )
@@ -194,8 +195,8 @@ impl PackedMatrix {
     }
 
     /// A linear layer, `act(a[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer: as
-    /// [`sgemm::PackedWeights::linear`](crate::sgemm::PackedWeights::linear), each task writes
-    /// the bias into its block of C first and applies the activation to it last.
+    /// [`sgemm::PackedWeights::linear`](crate::sgemm::PackedWeights::linear), the microkernels
+    /// start C from the bias, and each task applies the activation to its block last.
     pub fn linear(
         &self,
         a: &[f32],
@@ -235,14 +236,50 @@ impl PackedMatrix {
             ..Edges::default()
         };
         // SAFETY: A is m×k (asserted, or made row by row); C is `out`'s m·n allocated values.
-        // With a bias, every task writes each element of its block before adding to it, and the
-        // tasks' blocks cover C (m, n, k > 0), so all m·n values are initialised when `run`
-        // returns.
+        // From the bias, every task writes each element of its block without reading it first,
+        // and the tasks' blocks cover C (m, n, k > 0), so all m·n values are initialised when
+        // `run` returns.
         unsafe {
-            self.run(cpu::bf16_kernel(), a, m, out.as_mut_ptr(), threads, edges);
+            self.run(cpu::bf16_kernel(), a, m, out.as_mut_ptr(), self.n, threads, edges);
             out.set_len(m * self.n);
         }
         out
+    }
+
+    /// `A · Wᵀ` of `m` rows of A given as [`Rows`], set into C's `m` rows of `n` values, `ldc`
+    /// apart from `c`: never read, so they may be uninitialised. An attention head's weighted
+    /// sum goes this way straight into its columns of the heads' rows, with no output of its
+    /// own to copy there. (On AMX, whose loop writes dense rows, the product is made apart and
+    /// copied.)
+    ///
+    /// # Safety
+    /// `c` must be valid for writes of rows `0..m` × columns `0..n` at row stride `ldc`, and no
+    /// one else may access them during the call.
+    pub unsafe fn matmul_rows_raw(&self, a: Rows, m: usize, c: *mut f32, ldc: usize, threads: usize) {
+        let n = self.n;
+        assert!(
+            ldc >= n,
+            "bf16 matmul: C's rows ({ldc} apart) are narrower than {n}"
+        );
+        if let Rows::Dense(a) = a {
+            assert_eq!(a.len(), m * self.k, "bf16 matmul: A is not {m}x{}", self.k);
+        }
+        let kernel = cpu::bf16_kernel();
+        if kernel == Bf16Kernel::Amx || self.k == 0 {
+            let rows = self.linear_rows(a, m, &vec![0.0; n], None, threads);
+            for (r, row) in rows.chunks_exact(n).enumerate() {
+                // SAFETY: row r < m of C, n values, as the caller promises.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), n) };
+            }
+            return;
+        }
+        let edges = Edges {
+            overwrite: true,
+            ..Edges::default()
+        };
+        // SAFETY: A is m×k (asserted, or made row by row); C as the caller promises, each
+        // element set without being read.
+        unsafe { self.run(kernel, a, m, c, ldc, threads, edges) };
     }
 
     /// [`linear_rows`](Self::linear_rows) with its output kept as the bf16 input of the next
@@ -341,7 +378,8 @@ impl PackedMatrix {
         }
     }
 
-    /// The product into C (`[m, n]`, dense, at `c`) with C's `edges`, on `kernel`: AMX tiles
+    /// The product into C (`[m, n]`, rows `ldc` apart, at `c`; dense on AMX) with C's `edges`,
+    /// on `kernel`: AMX tiles
     /// run their own loop ([`amx::matmul`]); the AVX-512 BF16, AVX2 and portable microkernels
     /// the blocked one below, where the widening kernels' tasks of many rows take the widened
     /// pass instead. Work is cut into row chunks × groups of panels, as the f32 products
@@ -349,13 +387,23 @@ impl PackedMatrix {
     /// panel of its group passes over them), and the microkernel adds its block straight into C.
     ///
     /// # Safety
-    /// `c` must be valid for writes of m·n values, and no one else may access them during the
-    /// call; with a bias that C starts from instead of its values, they may be uninitialised.
-    /// `kernel` must run on this CPU.
-    unsafe fn run(&self, kernel: Bf16Kernel, a: Rows, m: usize, c: *mut f32, threads: usize, edges: Edges) {
+    /// `c` must be valid for writes of rows `0..m` × columns `0..n` at row stride `ldc`, and no
+    /// one else may access them during the call; with a bias that C starts from instead of its
+    /// values, or with `overwrite`, they may be uninitialised. `kernel` must run on this CPU.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        &self,
+        kernel: Bf16Kernel,
+        a: Rows,
+        m: usize,
+        c: *mut f32,
+        ldc: usize,
+        threads: usize,
+        edges: Edges,
+    ) {
         let (n, k) = (self.n, self.k);
-        assert!(!edges.overwrite, "bf16 products add to C");
         if kernel == Bf16Kernel::Amx {
+            assert!(ldc == n, "bf16 matmul: AMX writes dense rows of C");
             // SAFETY: the caller's promises, which are `amx::matmul`'s.
             return unsafe { self.amx(a, m, amx::Out::Rows(c), edges, threads) };
         }
@@ -385,9 +433,12 @@ impl PackedMatrix {
             if rows.is_empty() || cols.is_empty() {
                 return;
             }
-            // SAFETY: rows `rows` < m × columns `cols` ⊂ 0..n lie in C, in this task's block
-            // (C as `run` requires).
-            unsafe { edges.begin(c_ptr.get(), n, rows.clone(), cols.clone()) };
+            let widened = widens_panels(kernel, rows.len());
+            if widened {
+                // SAFETY: rows `rows` < m × columns `cols` ⊂ 0..n lie in C, in this task's block
+                // (C as `run` requires).
+                unsafe { edges.begin(c_ptr.get(), ldc, rows.clone(), cols.clone()) };
+            }
             let first = rows.start;
             let make_task_row;
             let a_rows = match a {
@@ -399,17 +450,17 @@ impl PackedMatrix {
             };
             let task_panels = group * per_group..((group + 1) * per_group).min(panels);
             // SAFETY: the task's rows start inside C; its panels' columns are its block's.
-            let c_rows = unsafe { c_ptr.get().add(rows.start * n) };
+            let c_rows = unsafe { c_ptr.get().add(rows.start * ldc) };
             // SAFETY: C's rows `rows` × the panels' columns are this task's block (above).
             unsafe {
-                if widens_panels(kernel, rows.len()) {
-                    self.widened_pass(kernel, a_rows, rows.len(), task_panels, c_rows)
+                if widened {
+                    self.widened_pass(kernel, a_rows, rows.len(), task_panels, c_rows, ldc)
                 } else {
-                    self.blocked_pass(kernel, a_rows, rows.len(), task_panels, c_rows)
+                    self.blocked_pass(kernel, a_rows, rows.len(), task_panels, c_rows, ldc, edges)
                 }
             }
             // SAFETY: as above; every element of the block is written by now.
-            unsafe { edges.end(c_ptr.get(), n, rows, cols) };
+            unsafe { edges.end(c_ptr.get(), ldc, rows, cols) };
         };
         if threads > 1 && chunks * groups > 1 {
             (0..chunks * groups).into_par_iter().for_each(task);
@@ -421,10 +472,13 @@ impl PackedMatrix {
 
 impl PackedMatrix {
     /// `C[..rows] += A · Wᵀ` over `panels`, A (`[rows, k]`) converted to bf16 pairs once
-    /// ([`bf16_rows`]) and `kernel` run per block of [`MR`] rows and panel; C (`[rows, n]`) at `c`.
+    /// ([`bf16_rows`]) and `kernel` run per block of [`MR`] rows and panel; C (`[rows, n]`, rows
+    /// `ldc` apart) at `c`. The kernel starts C from `edges`' bias, or sets it
+    /// ([`Edges::start`]); the activation is the caller's.
     ///
     /// # Safety
     /// C's `rows` rows × the panels' columns must be readable and writable by the caller alone.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn blocked_pass(
         &self,
         kernel: Bf16Kernel,
@@ -432,6 +486,8 @@ impl PackedMatrix {
         rows: usize,
         panels: Range<usize>,
         c: *mut f32,
+        ldc: usize,
+        edges: Edges,
     ) {
         let (n, pairs) = (self.n, self.pairs);
         let lda = a_stride(pairs);
@@ -444,6 +500,7 @@ impl PackedMatrix {
             // which comes cold from L3 or memory: each block prefetches its share.
             let next = &self.data[((p + 1) * pairs * NR).min(self.data.len())..];
             let next = &next[..next.len().min(pairs * NR)];
+            let start = edges.start(p * NR);
             for (b, a_block) in packed_a.chunks(lda * MR).enumerate() {
                 let block_rows = MR.min(rows - b * MR);
                 let ahead = Ahead::share(next, blocks, b);
@@ -456,10 +513,11 @@ impl PackedMatrix {
                         lda,
                         panel,
                         pairs,
-                        c.add(b * MR * n + p * NR),
-                        n,
+                        c.add(b * MR * ldc + p * NR),
+                        ldc,
                         block_rows,
                         panel_cols,
+                        start,
                         ahead,
                     )
                 };
@@ -485,6 +543,7 @@ impl PackedMatrix {
         rows: usize,
         panels: Range<usize>,
         c: *mut f32,
+        ldc: usize,
     ) {
         let (n, pairs) = (self.n, self.pairs);
         let mut made = Vec::new();
@@ -544,7 +603,7 @@ impl PackedMatrix {
                     steps,
                     rows,
                     c.add(start),
-                    n,
+                    ldc,
                     cols,
                     next,
                     lines,
@@ -554,7 +613,7 @@ impl PackedMatrix {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn widened_pass(&self, _: Bf16Kernel, _: Rows, _: usize, _: Range<usize>, _: *mut f32) {
+    unsafe fn widened_pass(&self, _: Bf16Kernel, _: Rows, _: usize, _: Range<usize>, _: *mut f32, _: usize) {
         unreachable!("no AVX2 off x86-64")
     }
 }
@@ -888,15 +947,17 @@ fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
     cfg!(target_arch = "x86_64") && widens && rows >= WIDENED_MIN_ROWS
 }
 
-/// `C += A_block · panel` over all `pairs`, for the block's first `rows` rows (≤ [`MR`]) and
-/// the panel's first `cols` columns (≤ [`NR`]), C at `c` with row stride `ldc`; A's rows
+/// `C += A_block · panel` over all `pairs` (the sums meeting C as `start` says), for the
+/// block's first `rows` rows (≤ [`MR`]) and the panel's first `cols` columns (≤ [`NR`]), C at
+/// `c` with row stride `ldc`; A's rows
 /// ([`bf16_rows`]') `lda` pairs apart; the AVX-512 BF16 kernel prefetches `ahead` into L2 on
 /// the way (the others ignore it). (The AMX path has its own loop; here it falls back to the
 /// AVX-512 BF16 kernel.)
 ///
 /// # Safety
 /// `c` must be valid for reads and writes of rows `0..rows` × columns `0..cols` at stride
-/// `ldc`, and no one else may access them during the call.
+/// `ldc`, and no one else may access them during the call; `start`'s bias, where it has one,
+/// valid for reads of `cols` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_block(
     kernel: Bf16Kernel,
@@ -908,6 +969,7 @@ unsafe fn run_block(
     ldc: usize,
     rows: usize,
     cols: usize,
+    start: Start,
     ahead: Ahead,
 ) {
     assert!(rows <= MR && cols <= NR && b.len() >= pairs * NR && lda >= pairs);
@@ -919,15 +981,15 @@ unsafe fn run_block(
         // SAFETY: the native kernels only where the CPU has AVX-512 F and BF16; A and the
         // panel's lengths checked above, C as the caller promises.
         Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx => unsafe {
-            avx512_kernels()[rows - 1](a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, cols, ahead)
+            avx512_kernels()[rows - 1](a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, cols, start, ahead)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: selected only when the CPU has AVX2 and FMA; as above.
         Bf16Kernel::Avx2 | Bf16Kernel::Avx512Widened => unsafe {
-            avx2::kernel(a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, rows, cols)
+            avx2::kernel(a.as_ptr(), lda, b.as_ptr(), pairs, c, ldc, rows, cols, start)
         },
         // SAFETY: as above.
-        _ => unsafe { portable_kernel(a, lda, b, pairs, c, ldc, rows, cols) },
+        _ => unsafe { portable_kernel(a, lda, b, pairs, c, ldc, rows, cols, start) },
     }
 }
 
@@ -945,6 +1007,7 @@ unsafe fn portable_kernel(
     ldc: usize,
     rows: usize,
     cols: usize,
+    start: Start,
 ) {
     let mut tile = [[0f32; NR]; MR];
     for i in 0..pairs {
@@ -960,9 +1023,10 @@ unsafe fn portable_kernel(
         }
     }
     for (r, tile_row) in tile.iter().enumerate().take(rows) {
-        for (j, sum) in tile_row.iter().enumerate().take(cols) {
-            // SAFETY: r < rows, j < cols: inside C's block, as the caller promises.
-            unsafe { *c.add(r * ldc + j) += sum };
+        for (j, &sum) in tile_row.iter().enumerate().take(cols) {
+            // SAFETY: r < rows, j < cols: inside C's block, and the bias's `cols`, as the
+            // caller promises.
+            unsafe { start.set(c.add(r * ldc), j, sum) };
         }
     }
 }
@@ -984,7 +1048,7 @@ macro_rules! avx512_bf16_kernels {
     ($(#[$feature:meta])*) => {
         /// A block of R rows: see [`run_block`](super::run_block).
         pub(super) type Microkernel =
-            unsafe fn(*const u32, usize, *const u32, usize, *mut f32, usize, usize, Ahead);
+            unsafe fn(*const u32, usize, *const u32, usize, *mut f32, usize, usize, Start, Ahead);
 
         /// The microkernels for blocks of 1 to [`MR`] rows.
         pub(super) const KERNELS: [Microkernel; MR] = [
@@ -1003,8 +1067,8 @@ macro_rules! avx512_bf16_kernels {
         ];
 
         /// The `R × 32` microkernel (R ≤ MR; 24 accumulators at most), two weight vectors per input
-        /// pair, its sums added into C's first `cols` columns; A's rows `lda` pairs apart. The
-        /// lines of `ahead` are prefetched into L2 along the way.
+        /// pair, its sums meeting C's first `cols` columns as `start` says; A's rows `lda` pairs
+        /// apart. The lines of `ahead` are prefetched into L2 along the way.
         $(#[$feature])*
         #[allow(clippy::too_many_arguments)]
         unsafe fn kernel<const R: usize>(
@@ -1015,8 +1079,10 @@ macro_rules! avx512_bf16_kernels {
             c: *mut f32,
             ldc: usize,
             cols: usize,
+            start: Start,
             ahead: Ahead,
         ) {
+            crate::sgemm::prefetch_c_block(c, ldc, R, 2);
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
             let step = |i: usize, acc: &mut [[__m512; 2]; R]| {
                 let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(i * NR).cast()));
@@ -1042,8 +1108,16 @@ macro_rules! avx512_bf16_kernels {
                 let row = c.add(r * ldc);
                 for (half, (&sums, &mask)) in acc_row.iter().zip(&masks).enumerate() {
                     if mask != 0 {
-                        let old = _mm512_maskz_loadu_ps(mask, row.add(16 * half));
-                        _mm512_mask_storeu_ps(row.add(16 * half), mask, _mm512_add_ps(old, sums));
+                        let at = row.add(16 * half);
+                        let c_then = |to: __m512| _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), to);
+                        let bias = |bias: *const f32| _mm512_maskz_loadu_ps(mask, bias.add(16 * half));
+                        let sum = match start {
+                            Start::AddToC => c_then(sums),
+                            Start::Overwrite => sums,
+                            Start::Bias(b) => _mm512_add_ps(bias(b), sums),
+                            Start::BiasOntoC(b) => _mm512_add_ps(c_then(bias(b)), sums),
+                        };
+                        _mm512_mask_storeu_ps(at, mask, sum);
                     }
                 }
             }
@@ -1053,7 +1127,7 @@ macro_rules! avx512_bf16_kernels {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Ahead, MR, NR};
+    use super::{Ahead, Start, MR, NR};
     use std::arch::x86_64::*;
 
     avx512_bf16_kernels!(#[target_feature(enable = "avx512f,avx512bf16")]);
@@ -1061,7 +1135,7 @@ mod avx512 {
 
 /// The AVX-512 BF16 microkernels on emulated registers.
 mod avx512_emulated {
-    use super::{Ahead, MR, NR};
+    use super::{Ahead, Start, MR, NR};
     use crate::emulated512::*;
 
     avx512_bf16_kernels!();
@@ -1069,7 +1143,7 @@ mod avx512_emulated {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::NR;
+    use super::{Start, NR};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -1171,6 +1245,7 @@ mod avx2 {
         ldc: usize,
         rows: usize,
         cols: usize,
+        start: Start,
     ) {
         let odd_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
         let even = |v: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
@@ -1202,17 +1277,17 @@ mod avx2 {
                 let width = (cols - 16 * half).min(16);
                 for (r, acc_row) in acc.iter().enumerate().take(rows - first) {
                     let out = c.add((first + r) * ldc + 16 * half);
-                    if width == 16 {
-                        _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), acc_row[0]));
-                        let high = out.add(8);
-                        _mm256_storeu_ps(high, _mm256_add_ps(_mm256_loadu_ps(high), acc_row[1]));
-                    } else {
-                        let mut sums = [0f32; 16];
-                        _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
-                        _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
-                        for (j, sum) in sums.iter().enumerate().take(width) {
-                            *out.add(j) += sum;
-                        }
+                    // The bias (if any) of this half's columns.
+                    let start = match start {
+                        Start::Bias(b) => Start::Bias(b.add(16 * half)),
+                        Start::BiasOntoC(b) => Start::BiasOntoC(b.add(16 * half)),
+                        other => other,
+                    };
+                    let mut sums = [0f32; 16];
+                    _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
+                    _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
+                    for (j, &sum) in sums.iter().enumerate().take(width) {
+                        start.set(out, j, sum);
                     }
                 }
             }
@@ -1276,6 +1351,7 @@ mod tests {
                             Rows::Dense(a),
                             m,
                             out.as_mut_ptr(),
+                            n,
                             threads,
                             Edges::default(),
                         )
@@ -1591,51 +1667,96 @@ mod tests {
                     Rows::Dense(&a),
                     m,
                     first.as_mut_ptr(),
+                    n,
                     threads,
                     Edges::default(),
                 );
-                packed.run(kernel, Rows::Dense(&a), m, onto.as_mut_ptr(), threads, onto_c);
+                packed.run(kernel, Rows::Dense(&a), m, onto.as_mut_ptr(), n, threads, onto_c);
             }
             assert!(same_bits(&onto, &first), "{kernel:?} {m}x{n}x{k} bias onto C");
+            // A bias in place of C equals C set to the bias first, bit for bit.
+            let mut first = rows::repeat_rows(&bias, m);
+            let mut from_bias = vec![f32::NAN; m * n];
+            let bias_only = Edges {
+                bias: Some(&bias),
+                ..Edges::default()
+            };
+            // SAFETY: A is m×k, C m×n (initialised, though the bias overwrites it).
+            unsafe {
+                packed.run(
+                    kernel,
+                    Rows::Dense(&a),
+                    m,
+                    first.as_mut_ptr(),
+                    n,
+                    threads,
+                    Edges::default(),
+                );
+                packed.run(
+                    kernel,
+                    Rows::Dense(&a),
+                    m,
+                    from_bias.as_mut_ptr(),
+                    n,
+                    threads,
+                    bias_only,
+                );
+            }
+            assert!(
+                same_bits(&from_bias, &first),
+                "{kernel:?} {m}x{n}x{k} from the bias"
+            );
         }
         // One block of each height on each kernel, for a whole panel and partial ones (in
-        // its first and its second 16-lane half), into a C wider than the panel.
+        // its first and its second 16-lane half), into a C wider than the panel, the sums
+        // meeting C in each way a block can start.
         let lda = a_stride(packed.pairs);
         let pa = bf16_rows(Rows::Dense(&a), MR.min(m), k, lda, MR.min(m), false);
         let ldc = NR + 3;
+        let block_bias: Vec<f32> = (0..NR).map(|j| bias[j % n]).collect();
+        let starts = [
+            (Start::AddToC, 1.0, 0.0),
+            (Start::Overwrite, 0.0, 0.0),
+            (Start::Bias(block_bias.as_ptr()), 0.0, 1.0),
+            (Start::BiasOntoC(block_bias.as_ptr()), 1.0, 1.0),
+        ];
         for &kernel in kernels {
-            for cols in [NR, NR / 2 + 5, 3].map(|cols| cols.min(n)) {
-                for rows in 1..=MR.min(m) {
-                    let mut block = vec![1f32; MR * ldc];
-                    // SAFETY: `block` holds MR rows of ldc ≥ NR ≥ cols columns.
-                    unsafe {
-                        run_block(
-                            kernel,
-                            &pa,
-                            lda,
-                            &packed.data,
-                            packed.pairs,
-                            block.as_mut_ptr(),
-                            ldc,
-                            rows,
-                            cols,
-                            Ahead::NONE,
-                        )
-                    };
-                    for r in 0..MR {
-                        for c in 0..ldc {
-                            let got = block[r * ldc + c] as f64;
-                            if r < rows && c < cols {
-                                let expect = 1.0 + want[r * n + c];
-                                assert!(
-                                    (got - expect).abs() < tolerance,
-                                    "{kernel:?} {rows}x{cols} block {m}x{n}x{k} at {r},{c}"
-                                );
-                            } else {
-                                assert_eq!(
-                                    got, 1.0,
-                                    "{kernel:?} {rows}x{cols} block: wrote outside it at {r},{c}"
-                                );
+            for (start, c_weight, bias_weight) in starts {
+                for cols in [NR, NR / 2 + 5, 3].map(|cols| cols.min(n)) {
+                    for rows in 1..=MR.min(m) {
+                        let mut block = vec![1f32; MR * ldc];
+                        // SAFETY: `block` holds MR rows of ldc ≥ NR ≥ cols columns, the bias NR.
+                        unsafe {
+                            run_block(
+                                kernel,
+                                &pa,
+                                lda,
+                                &packed.data,
+                                packed.pairs,
+                                block.as_mut_ptr(),
+                                ldc,
+                                rows,
+                                cols,
+                                start,
+                                Ahead::NONE,
+                            )
+                        };
+                        for r in 0..MR {
+                            for c in 0..ldc {
+                                let got = block[r * ldc + c] as f64;
+                                if r < rows && c < cols {
+                                    let expect =
+                                        c_weight + bias_weight * block_bias[c] as f64 + want[r * n + c];
+                                    assert!(
+                                        (got - expect).abs() < tolerance,
+                                        "{kernel:?} {start:?} {rows}x{cols} block {m}x{n}x{k} at {r},{c}"
+                                    );
+                                } else {
+                                    assert_eq!(
+                                        got, 1.0,
+                                        "{kernel:?} {rows}x{cols} block: wrote outside it at {r},{c}"
+                                    );
+                                }
                             }
                         }
                     }
@@ -1644,9 +1765,63 @@ mod tests {
         }
     }
 
-    /// Each row of a product equals the same row computed alone, bit for bit: on AVX2 the
-    /// product's tasks take the widened-panel pass and the row alone the in-register kernel, so
-    /// a text's result would otherwise depend on its batch.
+    /// A product set into a C wider than it (an attention head's columns of the heads' rows):
+    /// C's old values (NaN) never read, the columns past n never written, and the values those
+    /// of the product added to zeros; on each kernel (its blocked and widened passes, row
+    /// chunks and panel groups) and through `matmul_rows_raw` on this CPU's.
+    #[test]
+    fn products_set_into_a_wider_c() {
+        for (m, n, k, threads) in [
+            (5, 70, 33, 2),
+            (40, 96, 64, 2),
+            (130, 45, 17, 1),
+            (256, 160, 96, 2),
+        ] {
+            let (a, w) = (random(m * k, 61), random(n * k, 62));
+            let packed = PackedMatrix::pack_transposed(&w, n, k);
+            let ldc = n + 5;
+            let mut want = vec![0f32; m * n];
+            packed.matmul_accumulate(&a, m, &mut want, threads);
+            let check = |c: &[f32], path: &str| {
+                for r in 0..m {
+                    for j in 0..ldc {
+                        let got = c[r * ldc + j];
+                        if j < n {
+                            assert_eq!(got, want[r * n + j], "{path} {m}x{n}x{k} at {r},{j}");
+                        } else {
+                            assert!(got.is_nan(), "{path} {m}x{n}x{k}: wrote past n at {r},{j}");
+                        }
+                    }
+                }
+            };
+            let overwrite = Edges {
+                overwrite: true,
+                ..Edges::default()
+            };
+            for kernel in kernels_here() {
+                let mut c = vec![f32::NAN; m * ldc];
+                // SAFETY: `c` holds m rows of ldc ≥ n values, borrowed mutably; the kernel runs
+                // here (natively or emulated).
+                unsafe {
+                    packed.run(
+                        kernel,
+                        Rows::Dense(&a),
+                        m,
+                        c.as_mut_ptr(),
+                        ldc,
+                        threads,
+                        overwrite,
+                    )
+                };
+                check(&c, &format!("{kernel:?}"));
+            }
+            let mut c = vec![f32::NAN; m * ldc];
+            // SAFETY: as above.
+            unsafe { packed.matmul_rows_raw(Rows::Dense(&a), m, c.as_mut_ptr(), ldc, threads) };
+            check(&c, "matmul_rows_raw");
+        }
+    }
+
     /// A strided view packed as W or as Wᵀ gives the same product as a dense copy of W.
     #[test]
     fn views_pack_as_their_dense_copies() {
@@ -1769,7 +1944,7 @@ mod tests {
                 let product = |a: Rows| {
                     let mut out = vec![0.5f32; m * n];
                     // SAFETY: `out` is C (m×n), borrowed mutably; the kernel runs here.
-                    unsafe { packed.run(kernel, a, m, out.as_mut_ptr(), 2, Edges::default()) };
+                    unsafe { packed.run(kernel, a, m, out.as_mut_ptr(), n, 2, Edges::default()) };
                     out
                 };
                 let (dense, made) = (product(Rows::Dense(&a)), product(Rows::Made(&make)));

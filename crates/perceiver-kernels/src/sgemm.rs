@@ -193,8 +193,8 @@ impl PackedWeights {
         }
     }
 
-    /// A linear layer, `act(x[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer. Each task writes
-    /// the bias into its own block of C before its products and applies the activation once the
+    /// A linear layer, `act(x[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer. The microkernels
+    /// start C from the bias ([`Start::Bias`]), and each task applies the activation once its
     /// block is complete, while the block is still in cache: no separate passes over C, which
     /// would read and write all of it again. Call only when [`available`].
     pub fn linear(
@@ -228,9 +228,9 @@ impl PackedWeights {
             ..Edges::default()
         };
         // SAFETY: X is m×k dense (asserted); C is `out`'s m·n allocated values at row stride n.
-        // With a bias, every task writes each element of its block before adding to it, and the
-        // tasks' blocks cover C (m, n, k > 0), so all m·n values are initialised when `run`
-        // returns.
+        // From the bias, the first k slice writes each element of its block without reading it,
+        // and the tasks' blocks cover C (m, n, k > 0), so all m·n values are initialised when
+        // `run` returns.
         unsafe {
             self.run(x.as_ptr(), m, k, 1, out.as_mut_ptr(), n, threads, edges);
             out.set_len(m * n);
@@ -239,8 +239,8 @@ impl PackedWeights {
     }
 
     /// `c[m, n] += x[m, k] · Wᵀ + bias`, dense row-major: a layer's output added to its
-    /// residual stream, the bias added by each task to its block of C as the block comes into
-    /// cache (no pass of its own over C). Call only when [`available`].
+    /// residual stream, the bias added by the microkernels as they store their sums
+    /// ([`Start::BiasOntoC`]; no pass of its own over C). Call only when [`available`].
     pub fn linear_into(&self, x: &[f32], m: usize, bias: &[f32], c: &mut [f32], threads: usize) {
         let (n, k) = (self.n, self.k);
         assert!(self.kernel.is_some(), "{NO_KERNEL}");
@@ -444,9 +444,6 @@ impl PackedWeights {
             let block_rows = chunk_rows(chunk);
             let task_blocks = block_rows.len().div_ceil(ROWS);
             let block_cols = (group * per_group * width).min(n)..((group + 1) * per_group * width).min(n);
-            // SAFETY: rows block_rows < m × columns block_cols ⊂ 0..n lie in C, in this task's
-            // block (C as `run` requires).
-            unsafe { edges.begin(c_ptr.get(), ldc, block_rows.clone(), block_cols.clone()) };
             for p in group * per_group..((group + 1) * per_group).min(panels) {
                 let cols = width.min(n - p * width);
                 for k0 in (0..k).step_by(kc_max) {
@@ -472,12 +469,17 @@ impl PackedWeights {
                         // disjoint blocks: their row chunk × their group's panels).
                         unsafe {
                             let c = c_ptr.get().add(first_row * ldc + p * width);
-                            let store = edges.overwrite && k0 == 0;
+                            // The first k slice starts C from the bias (or stores over it); the
+                            // others add to it.
+                            let start = match k0 {
+                                0 => edges.start(p * width),
+                                _ => Start::AddToC,
+                            };
                             let micro = match cols < width {
                                 true => narrow[rows - 1],
                                 false => micros[rows - 1],
                             };
-                            micro(w.as_ptr(), x_rows, k_step, kc, c, ldc, cols, store, ahead)
+                            micro(w.as_ptr(), x_rows, k_step, kc, c, ldc, cols, start, ahead)
                         };
                     }
                 }
@@ -498,7 +500,7 @@ pub(crate) struct Edges<'a> {
     /// The bias is added onto C's values (a residual stream) instead of replacing them.
     pub(crate) bias_onto_c: bool,
     pub(crate) activation: Option<Activation>,
-    /// Store the product in C, ignoring its contents (set by the first k slice; f32 only).
+    /// Store the product in C, ignoring its contents (set by the first k slice; not on AMX).
     pub(crate) overwrite: bool,
 }
 
@@ -513,15 +515,36 @@ impl<'a> Edges<'a> {
         self.bias.filter(|_| self.bias_onto_c)
     }
 
-    /// Before a task's products: writes the bias into its block of C (rows × columns, row
+    /// How the microkernels' first k slice over the columns from `col` meets C ([`Start`]):
+    /// from the bias, the bias onto C, over C, or onto it. The bias is then never a pass of its
+    /// own over C.
+    pub(crate) fn start(&self, col: usize) -> Start {
+        match self.bias {
+            Some(bias) if self.bias_onto_c => Start::BiasOntoC(bias[col..].as_ptr()),
+            Some(bias) => Start::Bias(bias[col..].as_ptr()),
+            None if self.overwrite => Start::Overwrite,
+            None => Start::AddToC,
+        }
+    }
+
+    /// Before a task's products, for the passes whose kernels do not start from the bias
+    /// ([`start`](Self::start)): writes the bias into its block of C (rows × columns, row
     /// stride `ldc`), or adds it there with [`bias_onto_c`](Self::bias_onto_c), while the block
-    /// comes into cache anyway.
+    /// comes into cache anyway; with [`overwrite`](Self::overwrite) and no bias, zeros.
     ///
     /// # Safety
     /// The block must lie in C, be valid for writes and belong to the calling task; it may be
     /// uninitialised unless the bias goes onto its values.
     pub(crate) unsafe fn begin(&self, c: *mut f32, ldc: usize, rows: Range<usize>, cols: Range<usize>) {
-        let Some(bias) = self.bias else { return };
+        let Some(bias) = self.bias else {
+            if self.overwrite {
+                for r in rows {
+                    // SAFETY: row r, columns `cols` of the block, as the caller promises.
+                    unsafe { std::ptr::write_bytes(c.wrapping_add(r * ldc + cols.start), 0, cols.len()) };
+                }
+            }
+            return;
+        };
         let bias = &bias[cols.clone()];
         for r in rows {
             let row = c.wrapping_add(r * ldc + cols.start);
@@ -547,6 +570,71 @@ impl<'a> Edges<'a> {
                 let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc + cols.start), cols.len()) };
                 rows::activate_chunk(row, act);
             }
+        }
+    }
+}
+
+/// How a microkernel's sums meet C's block: the bias of the block's columns, where there is
+/// one, comes in here rather than in a pass of its own over C. The pointers are to the bias of
+/// the block's first column (the bias of its `cols` columns is read).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Start {
+    /// `C += sums`.
+    AddToC,
+    /// `C = sums`: C is not read (it may be uninitialised).
+    Overwrite,
+    /// `C = bias + sums`: C is not read (it may be uninitialised).
+    Bias(*const f32),
+    /// `C = (C + bias) + sums`: a layer's output onto its residual stream (the same sums, in
+    /// the same order, as adding the bias to C first).
+    BiasOntoC(*const f32),
+}
+
+impl Start {
+    /// Whether C's contents are read.
+    pub(crate) fn reads_c(self) -> bool {
+        matches!(self, Self::AddToC | Self::BiasOntoC(_))
+    }
+
+    /// Sets the element `j` columns into a row of the block at `row` from its `sum`, as
+    /// the vector epilogues do lane by lane (for the columns past a panel's last whole vector).
+    ///
+    /// # Safety
+    /// `row + j` must be valid for writes (and reads where C is read); the bias, where there is
+    /// one, valid for reads at `j`.
+    #[inline(always)]
+    pub(crate) unsafe fn set(self, row: *mut f32, j: usize, sum: f32) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let c = row.add(j);
+            *c = match self {
+                Self::AddToC => *c + sum,
+                Self::Overwrite => sum,
+                Self::Bias(bias) => *bias.add(j) + sum,
+                Self::BiasOntoC(bias) => (*c + *bias.add(j)) + sum,
+            };
+        }
+    }
+}
+
+/// Asks for the `lines` cache lines from each of `rows` rows of C (`ldc` values apart, from
+/// `c`) in the state a write needs, into L1: a microkernel's block of C, asked for when the
+/// kernel starts so that its stores at the end do not wait on misses (C's rows lie a row stride
+/// apart, out of the hardware prefetchers' sight; the whole block's stores would fill the store
+/// buffer). Hints only: never read, may lie past any buffer.
+#[inline(always)]
+pub(crate) fn prefetch_c_block(c: *const f32, ldc: usize, rows: usize, lines: usize) {
+    for r in 0..rows {
+        for l in 0..lines {
+            let line = c.wrapping_add(r * ldc + l * LINE_FLOATS);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint on any address (SSE, part of x86-64).
+            #[allow(unused_unsafe)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(line.cast())
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = line;
         }
     }
 }
@@ -640,10 +728,10 @@ impl Ahead {
 
 /// `c[r·ldc + j] += Σ_{i<kc} x[r][i·k_step] · w[i·width + j]` for r < R (the kernel's block
 /// height, 1 to [`ROWS`]; row pointers past R are not read), j < cols, `width` the kernel's
-/// panel width (`=` instead of `+=` when `store`: C is not read); the lines of `Ahead` are
-/// prefetched along the way.
+/// panel width, the sums meeting C as `Start` says (the bias, when there is one, of C's `cols`
+/// columns); the lines of `Ahead` are prefetched along the way.
 type Microkernel =
-    unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, bool, Ahead);
+    unsafe fn(*const f32, [*const f32; ROWS], usize, usize, *mut f32, usize, usize, Start, Ahead);
 
 /// `kernel`'s microkernels for blocks of 1 to [`ROWS`] rows, in that order (`unit_k`: X's k
 /// step is 1, the common case, addressed without a multiply). Only for a kernel that
@@ -714,9 +802,10 @@ macro_rules! avx512_packed_kernel {
             c: *mut f32,
             ldc: usize,
             cols: usize,
-            store: bool,
+            start: super::Start,
             ahead: super::Ahead,
         ) {
+            super::prefetch_c_block(c, ldc, R, V);
             let mut acc = [[_mm512_setzero_ps(); V]; R];
             let step = |i: usize, acc: &mut [[__m512; V]; R]| {
                 let mut wv = [_mm512_setzero_ps(); V];
@@ -745,10 +834,14 @@ macro_rules! avx512_packed_kernel {
                     } else {
                         (1u16 << (cols - first)) - 1
                     };
-                    let sum = if store {
-                        v
-                    } else {
-                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row.add(first)), v)
+                    let c_then = |to: __m512| _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row.add(first)), to);
+                    let sum = match start {
+                        super::Start::AddToC => c_then(v),
+                        super::Start::Overwrite => v,
+                        super::Start::Bias(bias) => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, bias.add(first)), v),
+                        super::Start::BiasOntoC(bias) => {
+                            _mm512_add_ps(c_then(_mm512_maskz_loadu_ps(mask, bias.add(first))), v)
+                        }
                     };
                     _mm512_mask_storeu_ps(row.add(first), mask, sum);
                 }
@@ -819,13 +912,25 @@ pub(crate) unsafe fn panel_pass(
         // values and kc from each of its `block` rows of X, and adds to rows first..first +
         // block < rows, columns < cols of C, as the caller promises (`ahead`'s lines are only
         // hinted at).
-        unsafe { micros[block - 1](w, x_rows, 1, kc, c.add(first * ldc), ldc, cols, false, ahead) };
+        unsafe {
+            micros[block - 1](
+                w,
+                x_rows,
+                1,
+                kc,
+                c.add(first * ldc),
+                ldc,
+                cols,
+                Start::AddToC,
+                ahead,
+            )
+        };
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{PANEL_AVX2, ROWS};
+    use super::{Start, PANEL_AVX2, ROWS};
     use std::arch::x86_64::*;
 
     /// [`Microkernel`](super::Microkernel) on 256-bit registers: a 6×16 block of C in 12
@@ -841,12 +946,12 @@ mod avx2 {
         c: *mut f32,
         ldc: usize,
         cols: usize,
-        store: bool,
+        start: super::Start,
         ahead: super::Ahead,
     ) {
         // C's rows lie a row stride apart, out of the prefetchers' sight: ask for them now, to
         // arrive while the k loop runs.
-        if !store {
+        if start.reads_c() {
             for r in 0..R {
                 // Hints only: the block's last row may end before a whole panel's width.
                 _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * ldc) as *const i8);
@@ -904,13 +1009,18 @@ mod avx2 {
         for (r, acc_row) in acc.iter().enumerate() {
             let row = c.add(r * ldc);
             if cols == PANEL_AVX2 {
-                let high = row.add(8);
-                if store {
-                    _mm256_storeu_ps(row, acc_row[0]);
-                    _mm256_storeu_ps(high, acc_row[1]);
-                } else {
-                    _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc_row[0]));
-                    _mm256_storeu_ps(high, _mm256_add_ps(_mm256_loadu_ps(high), acc_row[1]));
+                for (half, &sums) in acc_row.iter().enumerate() {
+                    let at = row.add(8 * half);
+                    let c = || _mm256_loadu_ps(at);
+                    let sum = match start {
+                        Start::AddToC => _mm256_add_ps(c(), sums),
+                        Start::Overwrite => sums,
+                        Start::Bias(bias) => _mm256_add_ps(_mm256_loadu_ps(bias.add(8 * half)), sums),
+                        Start::BiasOntoC(bias) => {
+                            _mm256_add_ps(_mm256_add_ps(c(), _mm256_loadu_ps(bias.add(8 * half))), sums)
+                        }
+                    };
+                    _mm256_storeu_ps(at, sum);
                 }
             } else {
                 // The last panel's columns: lanes past `cols` lie past C (or in its padding).
@@ -918,11 +1028,7 @@ mod avx2 {
                 _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
                 _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
                 for (j, &sum) in sums.iter().enumerate().take(cols) {
-                    if store {
-                        *row.add(j) = sum;
-                    } else {
-                        *row.add(j) += sum;
-                    }
+                    start.set(row, j, sum);
                 }
             }
         }
@@ -1106,6 +1212,17 @@ pub(crate) mod tests {
                 .zip(&bias_first)
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{kernel:?} {m}x{n}x{k} linear_into"
+        );
+        // From the bias: the same bits as C set to the bias first.
+        let from_bias = packed.linear(&x, m, &bias, None, threads);
+        let mut bias_rows = rows::repeat_rows(&bias, m);
+        packed.matmul_accumulate(&x, m, &mut bias_rows, threads);
+        assert!(
+            from_bias
+                .iter()
+                .zip(&bias_rows)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{kernel:?} {m}x{n}x{k} linear from the bias"
         );
         let mut c_xt = vec![0f32; m * n];
         pack(View::dense(&w, n, k), true, 1.0, true).matmul_transposed_x(

@@ -633,10 +633,17 @@ impl HeadAttention<'_> {
                         let weights = |r: usize, row: &mut [f32]| {
                             rows::softmax_row_into(&scores[r * nk..(r + 1) * nk], row)
                         };
-                        let zero_bias = vec![0f32; d_v];
-                        let head_out =
-                            values.linear_rows(bf16::Rows::Made(&weights), nq, &zero_bias, None, threads);
-                        self.write_rows(&head_out, offset, d_v, vc);
+                        // SAFETY: as for the f32 kernel below; the product sets the block
+                        // without reading it.
+                        unsafe {
+                            values.matmul_rows_raw(
+                                bf16::Rows::Made(&weights),
+                                nq,
+                                self.out.get().add(offset),
+                                vc,
+                                threads,
+                            )
+                        }
                     }
                     Packed::F32(values) => {
                         rows::softmax_rows(&mut scores, nk);
