@@ -1104,18 +1104,29 @@ macro_rules! avx512_bf16_kernels {
                 }
             };
             let masks = [mask(0), mask(16)];
+            // Decided once, out of the loop below: with the decision inside it, the loop was
+            // left rolled and the accumulators went through the stack.
+            let (reads_c, bias) = match start {
+                Start::AddToC => (true, None),
+                Start::Overwrite => (false, None),
+                Start::Bias(bias) => (false, Some(bias)),
+                Start::BiasOntoC(bias) => (true, Some(bias)),
+            };
+            let bias = bias.map(|b| [0, 1].map(|half| _mm512_maskz_loadu_ps(masks[half], b.add(16 * half))));
             for (r, acc_row) in acc.iter().enumerate() {
                 let row = c.add(r * ldc);
                 for (half, (&sums, &mask)) in acc_row.iter().zip(&masks).enumerate() {
                     if mask != 0 {
                         let at = row.add(16 * half);
-                        let c_then = |to: __m512| _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), to);
-                        let bias = |bias: *const f32| _mm512_maskz_loadu_ps(mask, bias.add(16 * half));
-                        let sum = match start {
-                            Start::AddToC => c_then(sums),
-                            Start::Overwrite => sums,
-                            Start::Bias(b) => _mm512_add_ps(bias(b), sums),
-                            Start::BiasOntoC(b) => _mm512_add_ps(c_then(bias(b)), sums),
+                        // (C + bias) + sums, each part where it takes part.
+                        let sum = match (reads_c, bias) {
+                            (true, Some(bias)) => {
+                                let old = _mm512_maskz_loadu_ps(mask, at);
+                                _mm512_add_ps(_mm512_add_ps(old, bias[half]), sums)
+                            }
+                            (true, None) => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), sums),
+                            (false, Some(bias)) => _mm512_add_ps(bias[half], sums),
+                            (false, None) => sums,
                         };
                         _mm512_mask_storeu_ps(at, mask, sum);
                     }
