@@ -379,12 +379,12 @@ impl PackedMatrix {
     }
 
     /// The product into C (`[m, n]`, rows `ldc` apart, at `c`; dense on AMX) with C's `edges`,
-    /// on `kernel`: AMX tiles
-    /// run their own loop ([`amx::matmul`]); the AVX-512 BF16, AVX2 and portable microkernels
-    /// the blocked one below, where the widening kernels' tasks of many rows take the widened
-    /// pass instead. Work is cut into row chunks × groups of panels, as the f32 products
-    /// are; each task converts its own rows of A to bf16 (in parallel, and kept in L2 while every
-    /// panel of its group passes over them), and the microkernel adds its block straight into C.
+    /// on `kernel`: AMX tiles run their own loop ([`amx::matmul`]); the AVX-512 BF16, AVX2 and
+    /// portable microkernels the blocked one below, where the widening kernels' tasks of many
+    /// rows take the widened pass instead. Work is cut into row chunks × groups of panels, as
+    /// the f32 products are; each task converts its own rows of A to bf16 (in parallel, and kept
+    /// in L2 while every panel of its group passes over them), and the microkernel adds its
+    /// block straight into C.
     ///
     /// # Safety
     /// `c` must be valid for writes of rows `0..m` × columns `0..n` at row stride `ldc`, and no
@@ -949,9 +949,8 @@ fn widens_panels(kernel: Bf16Kernel, rows: usize) -> bool {
 
 /// `C += A_block · panel` over all `pairs` (the sums meeting C as `start` says), for the
 /// block's first `rows` rows (≤ [`MR`]) and the panel's first `cols` columns (≤ [`NR`]), C at
-/// `c` with row stride `ldc`; A's rows
-/// ([`bf16_rows`]') `lda` pairs apart; the AVX-512 BF16 kernel prefetches `ahead` into L2 on
-/// the way (the others ignore it). (The AMX path has its own loop; here it falls back to the
+/// `c` with row stride `ldc`; A's rows ([`bf16_rows`]') `lda` pairs apart; the AVX-512 BF16
+/// kernel prefetches `ahead` into L2 on the way (the others ignore it). (The AMX path has its own loop; here it falls back to the
 /// AVX-512 BF16 kernel.)
 ///
 /// # Safety

@@ -618,10 +618,11 @@ impl Start {
 }
 
 /// Asks for the `lines` cache lines from each of `rows` rows of C (`ldc` values apart, from
-/// `c`) in the state a write needs, into L1: a microkernel's block of C, asked for when the
-/// kernel starts so that its stores at the end do not wait on misses (C's rows lie a row stride
-/// apart, out of the hardware prefetchers' sight; the whole block's stores would fill the store
-/// buffer). Hints only: never read, may lie past any buffer.
+/// `c`) into L1: a microkernel's block of C, asked for when the kernel starts so that its
+/// stores at the end do not wait on misses (C's rows lie a row stride apart, out of the hardware
+/// prefetchers' sight, and a block's stores to missing lines filled the store buffer: without
+/// this, starting C from the bias in the kernel was slower than a pass writing it first). Hints
+/// only: never read, may lie past any buffer.
 #[inline(always)]
 pub(crate) fn prefetch_c_block(c: *const f32, ldc: usize, rows: usize, lines: usize) {
     for r in 0..rows {
@@ -631,7 +632,7 @@ pub(crate) fn prefetch_c_block(c: *const f32, ldc: usize, rows: usize, lines: us
             // SAFETY: a prefetch is a hint on any address (SSE, part of x86-64).
             #[allow(unused_unsafe)]
             unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(line.cast())
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast())
             };
             #[cfg(not(target_arch = "x86_64"))]
             let _ = line;
