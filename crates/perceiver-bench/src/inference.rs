@@ -351,7 +351,7 @@ pub(crate) fn time_round(
             .as_f64()
             .context("reference time")
     };
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         settle();
         let ours = ours()?;
         Ok((ours, Some(theirs()?)))

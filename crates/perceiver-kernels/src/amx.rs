@@ -988,7 +988,7 @@ mod tests {
                             taken.iter().all(|&n| n == 1),
                             "m {m}, {panels} panels, {threads} threads, blocks of {block_rows}: {share:?}"
                         );
-                        assert!(share.rows % ROWS == 0, "{share:?}");
+                        assert!(share.rows.is_multiple_of(ROWS), "{share:?}");
                         if share.row_tasks > 1 {
                             assert!(share.rows >= block_rows, "{share:?} for blocks of {block_rows}");
                         }

@@ -317,7 +317,7 @@ pub fn layer_norm(input: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<
 /// If `input` is not whole rows of `weight.len()` values or `out` differs in length.
 pub fn layer_norm_into(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     assert!(
-        !weight.is_empty() && input.len() % weight.len() == 0,
+        !weight.is_empty() && input.len().is_multiple_of(weight.len()),
         "layer_norm: input is not whole rows"
     );
     assert_eq!(input.len(), out.len(), "layer_norm: output length differs");

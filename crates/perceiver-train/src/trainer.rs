@@ -503,7 +503,7 @@ impl Trainer {
         stop_at: Option<u64>,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Outcome> {
-        let every = |n: u64, step: u64| n > 0 && step % n == 0;
+        let every = |n: u64, step: u64| n > 0 && step.is_multiple_of(n);
         let mut window: Vec<StepMetrics> = Vec::new();
         while self.progress.step < self.options.steps {
             if stop.load(Ordering::SeqCst) || stop_at.is_some_and(|s| self.progress.step >= s) {

@@ -346,7 +346,7 @@ impl Linear {
     /// `x` (`[rows, in_dim]`, row-major) → `[rows, out_dim]`, on `threads` threads (0: rayon's
     /// pool size).
     pub fn forward(&self, x: &[f32], threads: usize) -> Result<Vec<f32>> {
-        if x.len() % self.in_dim() != 0 {
+        if !x.len().is_multiple_of(self.in_dim()) {
             return Err(Error::InvalidInput(format!(
                 "{} input values are not rows of {}",
                 x.len(),

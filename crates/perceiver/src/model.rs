@@ -646,7 +646,7 @@ impl PerceiverModel {
     /// themselves, which it returns.
     pub fn latent_layer(&self, index: usize, latents: Vec<f32>) -> Result<Vec<f32>> {
         let (n, d) = (self.encoder.num_latents(), self.encoder.d_latents());
-        if latents.is_empty() || latents.len() % (n * d) != 0 {
+        if latents.is_empty() || !latents.len().is_multiple_of(n * d) {
             return Err(Error::InvalidInput(format!(
                 "{} latent values are not texts of {n}x{d}",
                 latents.len()

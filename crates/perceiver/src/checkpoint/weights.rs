@@ -238,7 +238,7 @@ impl SafetensorsStore {
         let small = count * 4 < SMALL_TENSOR_BYTES && matches!(**backing, Backing::Mapped(_));
         if entry.dtype == Dtype::F32
             && cfg!(target_endian = "little")
-            && (bytes.as_ptr() as usize) % 4 == 0
+            && (bytes.as_ptr() as usize).is_multiple_of(4)
             && !small
         {
             return Ok(Param {
