@@ -1666,52 +1666,27 @@ mod tests {
             "{m}x{n}x{k} bias onto C on emulated AMX"
         );
         // ... and on each block kernel (the CPU's own may be AMX).
+        let bias_only = Edges {
+            bias: Some(&bias),
+            ..Edges::default()
+        };
         for &kernel in kernels {
+            let product = |c: &mut [f32], edges: Edges| {
+                // SAFETY: A is m×k and C m×n, borrowed mutably, initialised (its values are
+                // read unless the bias replaces them).
+                unsafe { packed.run(kernel, Rows::Dense(&a), m, c.as_mut_ptr(), n, threads, edges) }
+            };
             let mut first = start.clone();
             rows::add_to_rows(&mut first, &bias);
+            product(&mut first, Edges::default());
             let mut onto = start.clone();
-            // SAFETY: A is m×k, C m×n and initialised.
-            unsafe {
-                packed.run(
-                    kernel,
-                    Rows::Dense(&a),
-                    m,
-                    first.as_mut_ptr(),
-                    n,
-                    threads,
-                    Edges::default(),
-                );
-                packed.run(kernel, Rows::Dense(&a), m, onto.as_mut_ptr(), n, threads, onto_c);
-            }
+            product(&mut onto, onto_c);
             assert!(same_bits(&onto, &first), "{kernel:?} {m}x{n}x{k} bias onto C");
             // A bias in place of C equals C set to the bias first, bit for bit.
             let mut first = rows::repeat_rows(&bias, m);
+            product(&mut first, Edges::default());
             let mut from_bias = vec![f32::NAN; m * n];
-            let bias_only = Edges {
-                bias: Some(&bias),
-                ..Edges::default()
-            };
-            // SAFETY: A is m×k, C m×n (initialised, though the bias overwrites it).
-            unsafe {
-                packed.run(
-                    kernel,
-                    Rows::Dense(&a),
-                    m,
-                    first.as_mut_ptr(),
-                    n,
-                    threads,
-                    Edges::default(),
-                );
-                packed.run(
-                    kernel,
-                    Rows::Dense(&a),
-                    m,
-                    from_bias.as_mut_ptr(),
-                    n,
-                    threads,
-                    bias_only,
-                );
-            }
+            product(&mut from_bias, bias_only);
             assert!(
                 same_bits(&from_bias, &first),
                 "{kernel:?} {m}x{n}x{k} from the bias"
