@@ -194,7 +194,7 @@ impl PackedWeights {
     }
 
     /// A linear layer, `act(x[m, k] · Wᵀ + bias)`, into a new `[m, n]` buffer. The microkernels
-    /// start C from the bias ([`Start::Bias`]), and each task applies the activation once its
+    /// start C from the bias (`Start::Bias`), and each task applies the activation once its
     /// block is complete, while the block is still in cache: no separate passes over C, which
     /// would read and write all of it again. Call only when [`available`].
     pub fn linear(
@@ -240,7 +240,7 @@ impl PackedWeights {
 
     /// `c[m, n] += x[m, k] · Wᵀ + bias`, dense row-major: a layer's output added to its
     /// residual stream, the bias added by the microkernels as they store their sums
-    /// ([`Start::BiasOntoC`]; no pass of its own over C). Call only when [`available`].
+    /// (`Start::BiasOntoC`; no pass of its own over C). Call only when [`available`].
     pub fn linear_into(&self, x: &[f32], m: usize, bias: &[f32], c: &mut [f32], threads: usize) {
         let (n, k) = (self.n, self.k);
         assert!(self.kernel.is_some(), "{NO_KERNEL}");
