@@ -620,9 +620,9 @@ impl Start {
 /// Asks for the `lines` cache lines from each of `rows` rows of C (`ldc` values apart, from
 /// `c`) into L1: a microkernel's block of C, asked for when the kernel starts so that its
 /// stores at the end do not wait on misses (C's rows lie a row stride apart, out of the hardware
-/// prefetchers' sight, and a block's stores to missing lines filled the store buffer: without
-/// this, starting C from the bias in the kernel was slower than a pass writing it first). Hints
-/// only: never read, may lie past any buffer.
+/// prefetchers' sight). Without it, starting C from the bias in the bf16 kernel was slower than a
+/// pass writing the bias first, likely because a block's stores to missing lines filled the store
+/// buffer. Hints only: never read, may lie past any buffer.
 #[inline(always)]
 pub(crate) fn prefetch_c_block(c: *const f32, ldc: usize, rows: usize, lines: usize) {
     for r in 0..rows {
