@@ -1293,11 +1293,27 @@ mod avx2 {
                         Start::BiasOntoC(b) => Start::BiasOntoC(b.add(16 * half)),
                         other => other,
                     };
-                    let mut sums = [0f32; 16];
-                    _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
-                    _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
-                    for (j, &sum) in sums.iter().enumerate().take(width) {
-                        start.set(out, j, sum);
+                    if width == 16 {
+                        for (eighth, &sums) in acc_row.iter().enumerate() {
+                            let at = out.add(8 * eighth);
+                            let sum = match start {
+                                Start::AddToC => _mm256_add_ps(_mm256_loadu_ps(at), sums),
+                                Start::Overwrite => sums,
+                                Start::Bias(b) => _mm256_add_ps(_mm256_loadu_ps(b.add(8 * eighth)), sums),
+                                Start::BiasOntoC(b) => {
+                                    let bias = _mm256_loadu_ps(b.add(8 * eighth));
+                                    _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(at), bias), sums)
+                                }
+                            };
+                            _mm256_storeu_ps(at, sum);
+                        }
+                    } else {
+                        let mut sums = [0f32; 16];
+                        _mm256_storeu_ps(sums.as_mut_ptr(), acc_row[0]);
+                        _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_row[1]);
+                        for (j, &sum) in sums.iter().enumerate().take(width) {
+                            start.set(out, j, sum);
+                        }
                     }
                 }
             }
