@@ -70,15 +70,18 @@ pub struct ServeArgs {
     api_key: Option<String>,
 }
 
+/// A server started here: the sender that stops it, and its task, to await once stopped.
+type RunningServer = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), perceiver_serve::ServeError>>,
+);
+
 /// A service under test: its name in the report, a client, and, if started here, how to stop it.
 struct Target {
     name: String,
     client: BenchClient,
     texts: Arc<Vec<String>>,
-    stop: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), perceiver_serve::ServeError>>,
-    )>,
+    stop: Option<RunningServer>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {

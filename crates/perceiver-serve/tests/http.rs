@@ -620,7 +620,9 @@ async fn settings_that_cannot_work_are_refused_at_start() {
 async fn limits_above_their_caps_are_refused_at_start() {
     use perceiver_serve::caps;
     let model = Loader::new(fixture(MODEL).to_string_lossy()).load().unwrap();
-    let cases: [(fn(&mut ServeConfig), &str); 7] = [
+    /// A change to a valid config, and part of the error it must cause.
+    type Case = (fn(&mut ServeConfig), &'static str);
+    let cases: [Case; 7] = [
         (
             |c| c.max_batch_tokens = caps::MAX_BATCH_TOKENS + 1,
             "max_batch_tokens is 1048577, at most 1048576",

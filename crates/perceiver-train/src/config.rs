@@ -197,7 +197,9 @@ mod tests {
             ..PerceiverConfig::default()
         };
         options().validate(&model).unwrap();
-        let cases: [(fn(&mut TrainConfig), &str); 5] = [
+        /// A change to valid options, and part of the error it must cause.
+        type Case = (fn(&mut TrainConfig), &'static str);
+        let cases: [Case; 5] = [
             (
                 |o| o.batch_size = MAX_BATCH_SIZE + 1,
                 "--batch-size is 4097, at most 4096",

@@ -79,7 +79,8 @@ impl Masking {
                 self.rate
             )));
         }
-        if self.strategy == MaskingStrategy::Spans && !(self.mean_span >= 1.0) {
+        // NaN is refused too (it would make the span lengths meaningless).
+        if self.strategy == MaskingStrategy::Spans && (self.mean_span.is_nan() || self.mean_span < 1.0) {
             return Err(Error::Options(format!(
                 "mean span must be ≥ 1, got {}",
                 self.mean_span

@@ -72,6 +72,8 @@ impl Evaluation {
 }
 
 /// The model a run trains, with the data it draws from.
+// One per run, held in place by the trainer: boxing would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 enum TaskState {
     MaskedLm {
         model: PerceiverForMaskedLM,

@@ -75,7 +75,7 @@ pub use error::{Error, Result};
 pub use flow::{FlowField, FlowStats};
 pub use layers::{Linear, Precision};
 pub use loader::{Loader, BUILT_IN};
-pub use model::{DecodedQueries, ModelInput, MultimodalOutput, PerceiverModel};
+pub use model::{DecodedQueries, ModelInput, MultimodalOutput, PerceiverModel, PhaseTimes};
 pub use preprocess::Pixels;
 pub use tasks::classify::{Classifier, LabelScore};
 pub use tasks::fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};

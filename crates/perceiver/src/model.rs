@@ -27,6 +27,10 @@ use crate::preprocess::{
 use crate::process::LatentStack;
 use crate::runtime::{on_pool, side_by_side};
 
+/// Seconds each part of a forward pass took, in order, each with the part's name (see
+/// [`PerceiverModel::optical_flow_timed`]).
+pub type PhaseTimes = Vec<(&'static str, f64)>;
+
 /// What a model reads: token ids (text models), images (image models), frame pairs (optical
 /// flow) or videos with audio (multimodal autoencoding), a batch of them.
 #[derive(Debug, Clone, Copy)]
@@ -427,7 +431,7 @@ impl PerceiverModel {
 
     /// [`optical_flow`](Self::optical_flow), with the seconds each part of the pass took, in
     /// order: where the time goes (the bench prints it).
-    pub fn optical_flow_timed(&self, pairs: &[&FramePair]) -> Result<(Vec<f32>, Vec<(&'static str, f64)>)> {
+    pub fn optical_flow_timed(&self, pairs: &[&FramePair]) -> Result<(Vec<f32>, PhaseTimes)> {
         let Decoder::Flow(decoder) = &self.decoder else {
             return Err(Error::InvalidInput(format!(
                 "{} is not an optical-flow model",

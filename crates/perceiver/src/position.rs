@@ -209,8 +209,8 @@ impl<const N: usize> FourierGrid<N> {
         }
         let mut at = 0;
         if self.spec.concat_pos {
-            for d in 0..N {
-                out[at] = self.axes[d][index[d]];
+            for (axis, &i) in self.axes.iter().zip(&index) {
+                out[at] = axis[i];
                 at += 1;
             }
         }
@@ -228,11 +228,14 @@ impl<const N: usize> FourierGrid<N> {
     }
 }
 
+/// The last grid size a [`FourierCache`] saw, with its features.
+type CachedFeatures<const N: usize> = Option<([usize; N], Arc<Vec<f32>>)>;
+
 /// Fourier features, cached for the last grid size seen (a model sees one size in practice).
 #[derive(Debug, Clone)]
 pub(crate) struct FourierCache<const N: usize = 2> {
     spec: FourierSpec<N>,
-    last: Arc<Mutex<Option<([usize; N], Arc<Vec<f32>>)>>>,
+    last: Arc<Mutex<CachedFeatures<N>>>,
 }
 
 impl<const N: usize> FourierCache<N> {

@@ -437,6 +437,8 @@ impl TextPreprocessorNames {
 }
 
 /// A classifier's input part.
+// One per model, built once at load; boxing would also break matching on the variants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputNames {
     /// Bytes (`PerceiverForSequenceClassification`).
@@ -672,6 +674,8 @@ impl MultimodalNames {
 }
 
 /// The tensors of any model this library builds, by its config's architecture.
+// One per model, built once at load; boxing would also break matching on the variants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelNames {
     /// `PerceiverForMaskedLM`.

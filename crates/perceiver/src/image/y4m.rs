@@ -139,7 +139,7 @@ impl Y4mHeader {
     }
 
     /// One frame's planes as RGB.
-    fn to_rgb(&self, planes: &[u8]) -> RgbImage {
+    fn to_rgb(self, planes: &[u8]) -> RgbImage {
         let (w, h) = (self.width, self.height);
         let (cw, ch) = self.chroma_size();
         let (luma, chroma) = planes.split_at(w * h);

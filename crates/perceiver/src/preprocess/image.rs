@@ -29,6 +29,8 @@ use crate::layers::{Dense, Precision};
 use crate::position::{FourierGrid, TrainablePositions};
 use crate::runtime::{item_ranges, on_pool};
 
+// One per model, built once at load: boxing the large variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Kind {
     Conv1x1 {
