@@ -257,14 +257,15 @@ impl AttentionLayer {
                 let end = (start + chunk_rows.max(1)).min(qr.end);
                 let chunk = &rows[start * q_dim..end * q_dim];
                 let q = self.project_queries(chunk, threads);
+                let chunk_queries = 0..end - start;
                 let heads = attend(
                     &self.spec,
                     self.kernels,
                     HeadRows::new(&q, 0, qk),
-                    &[0..end - start],
+                    std::slice::from_ref(&chunk_queries),
                     k,
                     v,
-                    std::slice::from_ref(&kr),
+                    std::slice::from_ref(kr),
                     threads,
                 );
                 drop(q);
@@ -573,7 +574,7 @@ impl HeadAttention<'_> {
         }
         let (_, d_qk, d_v) = self.widths();
         let (keys_bf16, values_bf16) = (self.kernels.bf16(d_qk), self.kernels.bf16(d_v));
-        if !(keys_bf16 && values_bf16) && !sgemm::available() {
+        if (!keys_bf16 || !values_bf16) && !sgemm::available() {
             return None;
         }
         let scale = 1.0 / (d_qk as f32).sqrt();
@@ -824,7 +825,7 @@ mod tests {
         }
         let (qk, vc) = (40, 72);
         let spec = spec(qk, vc, 1);
-        let (query_items, kv_items) = (vec![0..100], vec![0..70]);
+        let (queries, keys) = (0..100, 0..70);
         let (q, k, v) = (random(100 * qk, 4), random(70 * qk, 5), random(70 * vc, 6));
         let run = |precision, fused_heads, threads| {
             let kernels = AttentionKernels {
@@ -834,7 +835,16 @@ mod tests {
             };
             let rows = |data, width| HeadRows::new(data, 0, width);
             let (q, k, v) = (rows(&q, qk), rows(&k, qk), rows(&v, vc));
-            attend(&spec, kernels, q, &query_items, k, v, &kv_items, threads)
+            attend(
+                &spec,
+                kernels,
+                q,
+                std::slice::from_ref(&queries),
+                k,
+                v,
+                std::slice::from_ref(&keys),
+                threads,
+            )
         };
         let alone = run(Precision::Bf16, true, 1);
         assert_eq!(run(Precision::Bf16, true, 3), alone, "strips over three threads");
