@@ -4,8 +4,8 @@
 //! Rust has no stable AMX intrinsics, so the few instructions are inline assembly. The weights
 //! use [`crate::bf16::PackedMatrix`]'s layout as they are: a panel's rows of 32 input pairs are
 //! 128 bytes, and 16 consecutive pair rows of 16 columns form one B tile (row stride 128). X
-//! comes converted to bf16 by the caller ([`crate::bf16`], per call), in the order the tiles
-//! read it (a 32-row block at a time, one step's two A tiles side by side). Each microkernel
+//! comes in bf16 from the caller ([`crate::bf16`]: converted per call, or left in tiles by the
+//! product before), in the order the tiles read it (a 32-row block at a time, one step's two A tiles side by side). Each microkernel
 //! step keeps a 32×32 block of C in four tiles; a panel's k slices are taken in turn by a group
 //! of row blocks, so that the slice of W is read from L1 (see `run`). Linux must grant the
 //! process the AMX register state first (`arch_prctl`); [`crate::cpu::amx`] asks once and says
@@ -110,7 +110,7 @@ pub(crate) enum Out {
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// `C = X · Wᵀ` on AMX tiles, C at `out`, with C's `edges` as the f32 and bf16 block kernels
+/// `C += X · Wᵀ` on AMX tiles, C at `out`, with C's `edges` as the f32 and bf16 block kernels
 /// take them: C's tiles start from its values, from them plus the bias, or from the bias alone
 /// (`out` is then only written), and the activation is applied to each block of C once it is
 /// finished.
@@ -236,8 +236,7 @@ unsafe fn run<T: Tiles>(operands: Operands, out: Out, edges: Edges, threads: usi
     let steps = pairs / TILE_PAIRS;
     let share = Share::choose(m, panels, block_rows, threads);
     // k slices pay when a task runs all the panels over its rows; a product whose panels are
-    // shared out ran faster with all of k at once (timed both ways on a Xeon: without slices,
-    // the one-text bf16 workload ran 3-5% faster on two threads).
+    // shared out ran faster with all of k at once (timed both ways on a Xeon, cbea03f).
     let slice_steps = if share.panel_tasks == 1 {
         SLICE_STEPS
     } else {
@@ -614,9 +613,9 @@ impl Share {
     /// One thread takes all of C. Threads take rows when each gets at least a whole X block
     /// (`block_rows`): each runs the one-thread loop over its own rows, W streamed past its X
     /// block in its own L2. (Sharing panels instead, every task read all of X, each X block
-    /// brought into a core's L2 once per task: on a Xeon a 2048×1280×1280 product took 12%
-    /// longer than with rows shared, and 19% longer than with rows shared and k slices, which
-    /// pay only then.) With fewer rows (a text's pass) they take panels, two tasks a thread so
+    /// brought into a core's L2 once per task: slower on a Xeon than rows shared, and slower
+    /// still than rows shared with k slices, which pay only then; docs/BENCHMARKS.md, 37358ff.)
+    /// With fewer rows (a text's pass) they take panels, two tasks a thread so
     /// that a thread held up by the host does not hold up the whole product.
     fn choose(m: usize, panels: usize, block_rows: usize, threads: usize) -> Self {
         let (blocks, panels) = (m.div_ceil(ROWS).max(1), panels.max(1));

@@ -383,8 +383,8 @@ impl PackedMatrix {
     /// portable microkernels the blocked one below, where the widening kernels' tasks of many
     /// rows take the widened pass instead. Work is cut into row chunks × groups of panels, as
     /// the f32 products are; each task converts its own rows of A to bf16 (in parallel, and kept
-    /// in L2 while every panel of its group passes over them), and the microkernel adds its
-    /// block straight into C.
+    /// in L2 while every panel of its group passes over them), and the microkernel stores its
+    /// block straight into C as its `Start` says.
     ///
     /// # Safety
     /// `c` must be valid for writes of rows `0..m` × columns `0..n` at row stride `ldc`, and no
@@ -491,7 +491,7 @@ impl PackedMatrix {
     ) {
         let (n, pairs) = (self.n, self.pairs);
         let lda = a_stride(pairs);
-        let packed_a = bf16_rows(a, rows, self.k, lda, rows, false);
+        let packed_a = bf16_rows(a, rows, self.k, lda);
         let blocks = rows.div_ceil(MR);
         for p in panels {
             let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
@@ -721,18 +721,15 @@ impl std::fmt::Debug for TileRows {
 
 /// A's rows (`[rows, k]`) converted to bf16 row by row, the layout the block kernels
 /// ([`run_block`]) read: `[padded_rows][lda]` lanes of pairs from a cache line (a row of bf16
-/// read as 32-bit lanes: the even input in the low half), zero past `k` and in the rows after
-/// `rows`.
-/// A contiguous conversion per row, where a layout interleaving the rows would need scattered
-/// stores; each lane written once (the zeros only where nothing else goes). `parallel` converts
-/// the rows on the pool (a whole product's A); a product's task converting its own rows does it
-/// on its thread.
-fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, parallel: bool) -> Lines {
+/// read as 32-bit lanes: the even input in the low half), zero past `k`. A contiguous
+/// conversion per row, where a layout interleaving the rows would need scattered stores; each
+/// lane written once (the zeros only where nothing else goes), on the calling thread (a
+/// product's task converts its own rows).
+fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize) -> Lines {
     assert!(
         2 * lda >= k,
         "bf16_rows: {lda} pairs a row cannot hold {k} inputs"
     );
-    assert!(padded_rows >= rows, "bf16_rows: fewer padded rows than rows");
     if let Rows::Dense(a) = a {
         assert!(a.len() >= rows * k, "bf16_rows: A has fewer than {rows} rows");
     }
@@ -741,7 +738,7 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, par
         // borrowed; little-endian, so each pair's first input is its low half.
         let halves =
             unsafe { std::slice::from_raw_parts_mut(lanes.as_mut_ptr().cast::<MaybeUninit<u16>>(), 2 * lda) };
-        let (values, zeros) = halves.split_at_mut(if r < rows { k } else { 0 });
+        let (values, zeros) = halves.split_at_mut(k);
         match a {
             _ if values.is_empty() => {}
             Rows::Dense(a) => convert_row(&a[r * k..(r + 1) * k], values),
@@ -755,9 +752,9 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize, padded_rows: usize, par
             half.write(0);
         });
     };
-    // SAFETY: `convert` writes each of a row's 2·lda halves: its first k converted (none past
-    // `rows`), the rest zero.
-    unsafe { Lines::from_uninit_rows(padded_rows, lda, parallel, Vec::new, convert) }
+    // SAFETY: `convert` writes each of a row's 2·lda halves: its first k converted, the rest
+    // zero.
+    unsafe { Lines::from_uninit_rows(rows, lda, false, Vec::new, convert) }
 }
 
 /// Keys an attention head may have for [`attention_head`]: a strip of 32 query rows holds its
@@ -1240,8 +1237,8 @@ mod avx2 {
     const ROWS: usize = 4;
     const _: () = assert!(NR.is_multiple_of(16));
 
-    /// The `rows × 32` block (rows ≤ MR) as passes of `4 × 16`, its sums added into C's first
-    /// `cols` columns. A packed lane holds a pair of bf16 values: the even input in the low
+    /// The `rows × 32` block (rows ≤ MR) as passes of `4 × 16`, its sums meeting C's first
+    /// `cols` columns as `start` says. A packed lane holds a pair of bf16 values: the even input in the low
     /// half, the odd in the high half; `lane << 16` is the even one as an f32,
     /// `lane & 0xFFFF0000` the odd one.
     #[target_feature(enable = "avx2,fma")]
@@ -1326,7 +1323,6 @@ mod tests {
     use super::*;
     use crate::cpu::SimdLevel;
     use crate::matmul::tests::random;
-    use crate::sgemm::tests::libm_erf;
 
     fn round_trip(x: f32) -> f64 {
         from_bf16_bits(to_bf16_bits(x)) as f64
@@ -1627,7 +1623,7 @@ mod tests {
         let check_layer = |layer: &[f32], path: &str| {
             for (i, (g, w)) in layer.iter().zip(&want).enumerate() {
                 let pre = bias[i % n] as f64 + w;
-                let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
+                let gelu = 0.5 * pre * (1.0 + libm::erf(pre / std::f64::consts::SQRT_2));
                 assert!(
                     (*g as f64 - gelu).abs() < tolerance,
                     "{m}x{n}x{k} linear {path} at {i}: {g} vs {gelu}"
@@ -1712,7 +1708,7 @@ mod tests {
         // its first and its second 16-lane half), into a C wider than the panel, the sums
         // meeting C in each way a block can start.
         let lda = a_stride(packed.pairs);
-        let pa = bf16_rows(Rows::Dense(&a), MR.min(m), k, lda, MR.min(m), false);
+        let pa = bf16_rows(Rows::Dense(&a), MR.min(m), k, lda);
         let ldc = NR + 3;
         let block_bias: Vec<f32> = (0..NR).map(|j| bias[j % n]).collect();
         let starts = [
@@ -1768,8 +1764,9 @@ mod tests {
 
     /// A product set into a C wider than it (an attention head's columns of the heads' rows):
     /// C's old values (NaN) never read, the columns past n never written, and the values those
-    /// of the product added to zeros; on each kernel (its blocked and widened passes, row
-    /// chunks and panel groups) and through `matmul_rows_raw` on this CPU's.
+    /// of the same kernel's product added to zeros (kernels sum in different orders); on each
+    /// kernel (its blocked and widened passes, row chunks and panel groups) and through
+    /// `matmul_rows_raw` on this CPU's.
     #[test]
     fn products_set_into_a_wider_c() {
         for (m, n, k, threads) in [
@@ -1781,9 +1778,7 @@ mod tests {
             let (a, w) = (random(m * k, 61), random(n * k, 62));
             let packed = PackedMatrix::pack_transposed(&w, n, k);
             let ldc = n + 5;
-            let mut want = vec![0f32; m * n];
-            packed.matmul_accumulate(&a, m, &mut want, threads);
-            let check = |c: &[f32], path: &str| {
+            let check = |c: &[f32], want: &[f32], path: &str| {
                 for r in 0..m {
                     for j in 0..ldc {
                         let got = c[r * ldc + j];
@@ -1800,9 +1795,9 @@ mod tests {
                 ..Edges::default()
             };
             for kernel in kernels_here() {
-                let mut c = vec![f32::NAN; m * ldc];
-                // SAFETY: `c` holds m rows of ldc ≥ n values, borrowed mutably; the kernel runs
-                // here (natively or emulated).
+                let (mut c, mut want) = (vec![f32::NAN; m * ldc], vec![0f32; m * n]);
+                // SAFETY: `c` holds m rows of ldc ≥ n values and `want` m rows of n, each
+                // borrowed mutably; the kernel runs here (natively or emulated).
                 unsafe {
                     packed.run(
                         kernel,
@@ -1812,14 +1807,25 @@ mod tests {
                         ldc,
                         threads,
                         overwrite,
-                    )
+                    );
+                    let onto_zeros = Edges::default();
+                    packed.run(
+                        kernel,
+                        Rows::Dense(&a),
+                        m,
+                        want.as_mut_ptr(),
+                        n,
+                        threads,
+                        onto_zeros,
+                    );
                 };
-                check(&c, &format!("{kernel:?}"));
+                check(&c, &want, &format!("{kernel:?}"));
             }
-            let mut c = vec![f32::NAN; m * ldc];
+            let (mut c, mut want) = (vec![f32::NAN; m * ldc], vec![0f32; m * n]);
+            packed.matmul_accumulate(&a, m, &mut want, threads);
             // SAFETY: as above.
             unsafe { packed.matmul_rows_raw(Rows::Dense(&a), m, c.as_mut_ptr(), ldc, threads) };
-            check(&c, "matmul_rows_raw");
+            check(&c, &want, "matmul_rows_raw");
         }
     }
 
@@ -1882,28 +1888,23 @@ mod tests {
     }
 
     /// A made row by row ([`Rows::Made`]) is the same A as given whole: the same bf16 lanes
-    /// (zero past k and in the padding rows, for an odd k and rows short of the padding), and
+    /// (zero past k, for an odd k; in tile order, also in the rows short of a whole block), and
     /// the same layer, bit for bit, on this CPU's kernel.
     #[test]
     fn rows_made_one_at_a_time_are_the_dense_rows() {
-        for (m, n, k, padded, threads) in [(5, 7, 37, 32, 1), (70, 40, 130, 96, 2), (1, 3, 1, 1, 1)] {
+        for (m, n, k, threads) in [(5, 7, 37, 1), (70, 40, 130, 2), (1, 3, 1, 1)] {
             let a = random(m * k, 41);
             let make = |r: usize, row: &mut [f32]| row.copy_from_slice(&a[r * k..(r + 1) * k]);
-            for parallel in [false, true] {
-                let pairs = k.div_ceil(2) + 3;
-                let dense = bf16_rows(Rows::Dense(&a), m, k, pairs, padded, parallel);
-                let made = bf16_rows(Rows::Made(&make), m, k, pairs, padded, parallel);
-                assert_eq!(*dense, *made, "{m}x{k} in {padded} rows");
-                let halves: Vec<u16> = dense.iter().flat_map(|&l| [l as u16, (l >> 16) as u16]).collect();
-                for (i, &h) in halves.iter().enumerate() {
-                    let (r, c) = (i / (2 * pairs), i % (2 * pairs));
-                    let want = if r < m && c < k {
-                        to_bf16_bits(a[r * k + c])
-                    } else {
-                        0
-                    };
-                    assert_eq!(h, want, "{m}x{k} at row {r}, half {c}");
-                }
+            let pairs = k.div_ceil(2) + 3;
+            let dense = bf16_rows(Rows::Dense(&a), m, k, pairs);
+            let made = bf16_rows(Rows::Made(&make), m, k, pairs);
+            assert_eq!(*dense, *made, "{m}x{k}");
+            assert_eq!(dense.len(), m * pairs);
+            let halves: Vec<u16> = dense.iter().flat_map(|&l| [l as u16, (l >> 16) as u16]).collect();
+            for (i, &h) in halves.iter().enumerate() {
+                let (r, c) = (i / (2 * pairs), i % (2 * pairs));
+                let want = if c < k { to_bf16_bits(a[r * k + c]) } else { 0 };
+                assert_eq!(h, want, "{m}x{k} at row {r}, half {c}");
             }
             // AMX's tile order: a whole slice of zeros past k, and whole 32-row blocks.
             let pairs = k.div_ceil(2).next_multiple_of(amx::TILE_PAIRS) + amx::TILE_PAIRS;

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::activation::Activation;
 use crate::cpu::dispatch;
 
-/// Rows per rayon task: enough work to pay for the task, few enough to balance two cores.
+/// Elements per rayon task: enough work to pay for the task, few enough to balance two cores.
 const MIN_ELEMENTS_PER_TASK: usize = 16 * 1024;
 
 /// `a·b + c`, fused (one rounding) when `FMA`: only where the CPU has FMA instructions.
@@ -227,9 +227,9 @@ fn layer_norm_body(input: &[f32], out: &mut [MaybeUninit<f32>], weight: &[f32], 
 }
 
 /// Running sums or maxima kept side by side in the row reductions: four 16-lane vectors (eight
-/// of 8 lanes on AVX2), so that each add or max waits on the one four vectors back, not on
-/// the one before it (with a single vector of partials, a 1,280-wide row's sum is 80 adds in
-/// a chain of their latency).
+/// of 8 lanes on AVX2), so that each add or max waits on the one four (AVX2: eight) vectors
+/// back, not on the one before it (with a single vector of partials, a 1,280-wide row's sum is
+/// 80 adds in a chain of their latency).
 const PARTIALS: usize = 64;
 
 /// `x` folded into [`PARTIALS`] lanes by `op` (lane `i` takes the values at `i` mod 64, then

@@ -83,7 +83,8 @@ const CHUNK_BLOCKS_AVX2: usize = 24;
 /// A weight matrix `W` (`[n, k]`) packed once for `C += X·Wᵀ`: panels of 64 features for the
 /// AVX-512 kernel and 16 for the AVX2 one, `[panel][k][width]`, features past n zero, the first
 /// panel on a cache line. The AVX-512 microkernel loads four vectors of W and broadcasts six X
-/// values per step (10 loads for 24 FMAs), and adds its 6×64 block straight into C's rows.
+/// values per step (10 loads for 24 FMAs), and stores its 6×64 block straight into C's rows as its
+/// `Start` says (added to C, setting C, or from the bias).
 /// Costs a copy of W: a caller that reads W from a memory-mapped file can release its pages once
 /// W is packed, so that the process holds about one copy.
 pub struct PackedWeights {
@@ -314,12 +315,12 @@ impl PackedWeights {
             x.data.len() >= (m - 1) * x.stride + k,
             "sgemm: X view out of bounds"
         );
-        // SAFETY: X's elements (r, i) lie at r·stride + i inside its slice (asserted); C as the
-        // caller promises.
         let edges = Edges {
             overwrite,
             ..Edges::default()
         };
+        // SAFETY: X's elements (r, i) lie at r·stride + i inside its slice (asserted); C as the
+        // caller promises.
         unsafe { self.run(x.data.as_ptr(), m, x.stride, 1, c, ldc, threads, edges) }
     }
 
@@ -360,7 +361,8 @@ impl PackedWeights {
     ///
     /// # Safety
     /// Those addresses must be readable for r < m, i < k; C as in
-    /// [`matmul_view_raw`](Self::matmul_view_raw) (with a bias, it may be uninitialised).
+    /// [`matmul_view_raw`](Self::matmul_view_raw) (with a bias in place of C's values, or with
+    /// `overwrite`, it may be uninitialised; a bias onto C reads it).
     #[allow(clippy::too_many_arguments)]
     unsafe fn run(
         &self,
@@ -464,9 +466,9 @@ impl PackedWeights {
                         // SAFETY: the CPU has the kernel's features ([`microkernels`]); it reads
                         // kc·width values of `w` (`ahead`'s lines are only hinted at), kc values
                         // from each of its `rows` row pointers, k_step apart (rows < m, columns
-                        // k0..k0+kc < k: readable, as `run` requires), and adds to rows
-                        // first_row..+rows, columns p·width..+cols of `c` (inside it; tasks own
-                        // disjoint blocks: their row chunk × their group's panels).
+                        // k0..k0+kc < k: readable, as `run` requires), and writes (as `start`
+                        // says) rows first_row..+rows, columns p·width..+cols of `c` (inside it;
+                        // tasks own disjoint blocks: their row chunk × their group's panels).
                         unsafe {
                             let c = c_ptr.get().add(first_row * ldc + p * width);
                             // The first k slice starts C from the bias (or stores over it); the
@@ -1042,22 +1044,6 @@ pub(crate) mod tests {
     use crate::cpu::SimdLevel;
     use crate::matmul::tests::random;
 
-    /// erf in f64 (Abramowitz & Stegun 7.1.26 is the f32 kernel's formula; this is a series
-    /// good to ~1e-12 for |x| < 3 and the asymptote beyond).
-    pub(crate) fn libm_erf(x: f64) -> f64 {
-        if x.abs() > 5.0 {
-            return x.signum();
-        }
-        // Maclaurin series: erf x = 2/√π Σ (-1)ⁿ x^(2n+1) / (n! (2n+1)).
-        let mut term = x;
-        let mut sum = x;
-        for n in 1..200 {
-            term *= -x * x / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
     /// The kernels this CPU has, whatever the environment asks, and the AVX-512 one emulated
     /// where the CPU lacks it: each is tested.
     fn kernels_here() -> Vec<F32Kernel> {
@@ -1140,9 +1126,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// `kernel`'s products of one shape against an f64 triple loop: accumulated into C, from a
-    /// strided Wᵀ scaled while packed into a wider C (added, and set), with X transposed, and as
-    /// a linear layer with bias and GELU (and with a bias onto C, against the bias added first).
     /// `a` (`[rows, cols]`, dense) copied with a row stride of `stride`, transposed (`[cols,
     /// rows]`) or not, the padding past each row filled with `fill`.
     fn laid_out(a: &[f32], rows: usize, cols: usize, transposed: bool, stride: usize, fill: f32) -> Vec<f32> {
@@ -1159,6 +1142,9 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// `kernel`'s products of one shape against an f64 triple loop: accumulated into C, from a
+    /// strided Wᵀ scaled while packed into a wider C (added, and set), with X transposed, and as
+    /// a linear layer with bias and GELU (and with a bias onto C, against the bias added first).
     fn product_matches_the_triple_loop(kernel: F32Kernel, m: usize, n: usize, k: usize, threads: usize) {
         // Packed over the pool (weights at load) or on the calling thread (attention's keys and
         // values): W on the pool and on the calling thread, Wᵀ on the calling thread.
@@ -1260,7 +1246,7 @@ pub(crate) mod tests {
                     "{kernel:?} {m}x{n}x{k} transposed X at {r},{f}"
                 );
                 let pre = bias[f] as f64 + 2.0 * half;
-                let gelu = 0.5 * pre * (1.0 + libm_erf(pre / std::f64::consts::SQRT_2));
+                let gelu = 0.5 * pre * (1.0 + libm::erf(pre / std::f64::consts::SQRT_2));
                 assert!(
                     (layer[r * n + f] as f64 - gelu).abs() < 1e-4,
                     "{kernel:?} {m}x{n}x{k} linear layer at {r},{f}"
