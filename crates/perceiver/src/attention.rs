@@ -50,7 +50,8 @@ pub(crate) struct AttentionLayer {
     /// The projections that read the same rows, run as one product ([`Dense::stacked`]): key
     /// and value in a cross-attention, query, key and value in a self-attention. Built by
     /// [`set_precision`](Self::set_precision) (which the model runs on construction); the
-    /// parts above keep their weights as read, unpacked.
+    /// stacked parts keep their weights as read, unpacked (a cross-attention's `query`, which
+    /// reads other rows, is packed on its own for [`project_queries`](Self::project_queries)).
     stacked: Option<Dense>,
     output: Dense,
     mlp_norm: Norm,
@@ -310,7 +311,7 @@ impl AttentionLayer {
         let mut scores = Vec::new();
         // In bf16, scores and weighted sums run on the bf16 kernel too (they are most of the
         // work over a long input), for heads wide enough (as in `attend`): each head's queries,
-        // scaled, as a dense left operand.
+        // scaled, kept dense for `matmul_accumulate` block after block.
         let bf16 = self.kernels.bf16(d_qk) && self.kernels.bf16(d_v);
         let bf16_queries: Option<Vec<Vec<f32>>> = bf16.then(|| {
             (0..heads)
@@ -403,8 +404,8 @@ impl AttentionLayer {
         };
         drop(heads);
         let (norm, activation) = (&self.mlp_norm, Some(self.spec.activation));
-        // On AMX the MLP's hidden rows go from the first product's tiles to the second's
-        // input as bf16, never stored in f32.
+        // On AMX, where the hidden width is whole 32-column panels, the MLP's hidden rows go
+        // from the first product's tiles to the second's input as bf16, never stored in f32.
         match self
             .dense1
             .forward_normed_to_tiles(norm, &x, activation, &self.dense2, threads)
@@ -430,8 +431,10 @@ pub(crate) const STREAM_BLOCK_ROWS: usize = 1024;
 const SCORE_BLOCK_VALUES: usize = 1 << 24;
 
 /// Multi-head attention of each item's queries over that item's keys; heads concatenated. In
-/// bf16, the scores and the weighted sum run on the bf16 kernel; where that kernel is AMX, each
-/// head's scores, softmax and weighted sum run as one ([`bf16::attention_head`]).
+/// bf16, the scores and the weighted sum run on the bf16 kernel where their head side is at
+/// least [`AttentionKernels::bf16_min_head_width`] (never where bf16 widens to f32); where that
+/// kernel is AMX, each head's scores, softmax and weighted sum run as one
+/// ([`bf16::attention_head`]).
 ///
 /// Work is split over (item, head) pairs; when there are fewer pairs than threads (one image,
 /// one head), over blocks of query rows within each pair instead.
@@ -615,7 +618,7 @@ impl HeadAttention<'_> {
             Some((keys, values)) => {
                 match keys {
                     Packed::Bf16(keys) => {
-                        // The bf16 kernel takes a dense left operand: the head's queries, scaled.
+                        // `matmul_accumulate` takes a dense A: the head's queries, scaled.
                         let queries = scaled_head(q_h, 1.0 / (d_qk as f32).sqrt());
                         scores.resize(nq * nk, 0.0);
                         keys.matmul_accumulate(&queries, nq, &mut scores, threads);
@@ -727,8 +730,8 @@ impl HeadAttention<'_> {
     }
 }
 
-/// A head's queries (a strided view) as a dense `[rows, d_qk]` matrix times `scale`: the left
-/// operand the bf16 kernel takes, with attention's scale folded in.
+/// A head's queries (a strided view) as a dense `[rows, d_qk]` matrix times `scale`: the dense
+/// left operand of `bf16::PackedMatrix::matmul_accumulate`, with attention's scale folded in.
 fn scaled_head(q_h: View, scale: f32) -> Vec<f32> {
     (0..q_h.rows)
         .flat_map(|r| {

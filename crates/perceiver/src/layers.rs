@@ -23,9 +23,10 @@ pub enum Precision {
     F32,
     /// Weight matrix products with bf16 operands and f32 accumulation: on AMX tiles where the
     /// CPU has them, on `vdpbf16ps` where it has a fast one (AMD's AVX-512 BF16), else as f32
-    /// multiply-adds over bf16 widened to f32 (AVX-512 or AVX2). With AMX or `vdpbf16ps`, so are
-    /// attention's scores and weighted sums for heads at least 64 wide on that side. Softmax,
-    /// norms and activations stay in f32.
+    /// multiply-adds over bf16 widened to f32 (AVX-512 or AVX2). Where the bf16 products do not
+    /// widen, so are attention's scores and weighted sums for heads at least 64 wide on that
+    /// side (both sides in a streamed cross-attention), and on AMX every head of up to 2,048 keys,
+    /// as one tile loop. Softmax, norms and activations stay in f32.
     Bf16,
 }
 

@@ -122,8 +122,9 @@ pub struct PerceiverModel {
 impl PerceiverModel {
     /// Builds the model `config` describes from tensors by transformers name, its weight products
     /// in `precision` from the start (in bf16 no f32 copy of the weights is packed on the way).
-    /// `get` must return each tensor with the shape the config implies: the loader
-    /// ([`crate::Loader`]) checks every name and shape before calling this.
+    /// Each tensor `get` returns must have the shape the config implies, else
+    /// [`Error::ShapeMismatch`] (the loader, [`crate::Loader`], checks every name and shape
+    /// before calling this; other callers' tensors are checked as they are read).
     pub fn from_params(
         config: &PerceiverConfig,
         get: &mut dyn FnMut(&str) -> Result<Param>,
@@ -131,6 +132,20 @@ impl PerceiverModel {
     ) -> Result<Self> {
         config.validate()?;
         let architecture = Architecture::of(config)?;
+        let expected: std::collections::HashMap<String, Vec<usize>> =
+            crate::checkpoint::expected_tensors(config)?.into_iter().collect();
+        let mut checked_get = |name: &str| -> Result<Param> {
+            let param = get(name)?;
+            match expected.get(name) {
+                Some(shape) if shape.as_slice() != param.shape() => Err(Error::ShapeMismatch {
+                    name: name.into(),
+                    expected: shape.clone(),
+                    found: param.shape().to_vec(),
+                }),
+                _ => Ok(param),
+            }
+        };
+        let get: &mut dyn FnMut(&str) -> Result<Param> = &mut checked_get;
         let model = match architecture {
             Architecture::MaskedLm => {
                 let names = MaskedLmNames::new(config);
@@ -716,9 +731,7 @@ impl PerceiverModel {
 mod tests {
     use super::*;
     use crate::config::Architecture;
-    use crate::preprocess::RowSource;
     use crate::Loader;
-    use std::ops::Range;
 
     fn fixture_model(name: &str) -> PerceiverModel {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -743,24 +756,6 @@ mod tests {
             }
         }
         assert_eq!(z, encoded);
-    }
-
-    /// One item's rows of a whole input array, as a row source.
-    struct ArrayRows<'a> {
-        values: &'a [f32],
-        channels: usize,
-    }
-
-    impl RowSource for ArrayRows<'_> {
-        fn len(&self) -> usize {
-            self.values.len() / self.channels
-        }
-        fn channels(&self) -> usize {
-            self.channels
-        }
-        fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
-            out.copy_from_slice(&self.values[rows.start * self.channels..rows.end * self.channels]);
-        }
     }
 
     /// The encoder's cross-attention a block of rows at a time (any block size, several heads
@@ -809,19 +804,12 @@ mod tests {
                 _ => ModelInput::Images(&images),
             };
             let array = model.preprocess(input, model.threads()).unwrap();
-            let channels = model.preprocessor.channels();
             let whole = on_pool(|| model.encoder.forward(&array, 2));
             for block_rows in [1, 7, 64, 100_000] {
                 let streamed = on_pool(|| {
                     model.encoder.forward_streamed(
                         array.items.len(),
-                        &mut |i| {
-                            let rows = array.items[i].clone();
-                            Ok(Box::new(ArrayRows {
-                                values: &array.values[rows.start * channels..rows.end * channels],
-                                channels,
-                            }))
-                        },
+                        &mut |i| Ok(Box::new(array.item_rows(i))),
                         block_rows,
                         2,
                     )
@@ -874,6 +862,38 @@ mod tests {
             assert!(
                 grouped.len() == whole.len() && worst <= 1e-6,
                 "groups of {group_rows} rows: {worst}"
+            );
+        }
+    }
+
+    /// Tensors handed to `from_params` with shapes other than the config's are an error, not a
+    /// panic in the layer that reads them: a weight of one dimension, one of another width, a
+    /// bias of the wrong length.
+    #[test]
+    fn from_params_refuses_tensors_of_other_shapes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/parity/tiny_shared_blocks");
+        let checkpoint = Loader::new(dir.to_str().unwrap()).checkpoint().unwrap();
+        let config = checkpoint.config().clone();
+        assert!(
+            PerceiverModel::from_params(&config, &mut |name| checkpoint.get(name), Precision::F32).is_ok()
+        );
+        let tensors = crate::checkpoint::expected_tensors(&config).unwrap();
+        let weight = tensors
+            .iter()
+            .find(|(name, shape)| name.ends_with(".weight") && shape.len() == 2);
+        let bias = tensors.iter().find(|(name, _)| name.ends_with("query.bias"));
+        let (weight, bias) = (&weight.unwrap().0, &bias.unwrap().0);
+        for (target, shape) in [(weight, vec![6]), (weight, vec![2, 3]), (bias, vec![5])] {
+            let mut get = |name: &str| match name == target.as_str() {
+                true => Param::owned(vec![0.5; shape.iter().product()], shape.clone()),
+                false => checkpoint.get(name),
+            };
+            let result = PerceiverModel::from_params(&config, &mut get, Precision::F32);
+            assert!(
+                matches!(&result, Err(Error::ShapeMismatch { name, found, .. }) if name == target && *found == shape),
+                "{target} as {shape:?}: {:?}",
+                result.map(|_| ())
             );
         }
     }
