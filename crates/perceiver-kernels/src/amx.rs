@@ -5,8 +5,9 @@
 //! use [`crate::bf16::PackedMatrix`]'s layout as they are: a panel's rows of 32 input pairs are
 //! 128 bytes, and 16 consecutive pair rows of 16 columns form one B tile (row stride 128). X
 //! comes in bf16 from the caller ([`crate::bf16`]: converted per call, or left in tiles by the
-//! product before), in the order the tiles read it (a 32-row block at a time, one step's two A tiles side by side). Each microkernel
-//! step keeps a 32×32 block of C in four tiles; a panel's k slices are taken in turn by a group
+//! product before), in the order the tiles read it (a 32-row block at a time, one step's two A
+//! tiles side by side). Each microkernel step keeps a 32×32 block of C in four tiles; a panel's
+//! k slices are taken in turn by a group
 //! of row blocks, so that the slice of W is read from L1 (see `run`). Linux must grant the
 //! process the AMX register state first (`arch_prctl`); [`crate::cpu::amx`] asks once and says
 //! no when it is refused.
@@ -615,8 +616,8 @@ impl Share {
     /// block in its own L2. (Sharing panels instead, every task read all of X, each X block
     /// brought into a core's L2 once per task: slower on a Xeon than rows shared, and slower
     /// still than rows shared with k slices, which pay only then; docs/BENCHMARKS.md, 37358ff.)
-    /// With fewer rows (a text's pass) they take panels, two tasks a thread so
-    /// that a thread held up by the host does not hold up the whole product.
+    /// With fewer rows (a text's pass) they take panels, two tasks a thread so that a thread
+    /// held up by the host does not hold up the whole product.
     fn choose(m: usize, panels: usize, block_rows: usize, threads: usize) -> Self {
         let (blocks, panels) = (m.div_ceil(ROWS).max(1), panels.max(1));
         if threads <= 1 || m >= threads * block_rows {

@@ -720,7 +720,7 @@ impl std::fmt::Debug for TileRows {
 }
 
 /// A's rows (`[rows, k]`) converted to bf16 row by row, the layout the block kernels
-/// ([`run_block`]) read: `[padded_rows][lda]` lanes of pairs from a cache line (a row of bf16
+/// ([`run_block`]) read: `[rows][lda]` lanes of pairs from a cache line (a row of bf16
 /// read as 32-bit lanes: the even input in the low half), zero past `k`. A contiguous
 /// conversion per row, where a layout interleaving the rows would need scattered stores; each
 /// lane written once (the zeros only where nothing else goes), on the calling thread (a
@@ -1238,8 +1238,8 @@ mod avx2 {
     const _: () = assert!(NR.is_multiple_of(16));
 
     /// The `rows × 32` block (rows ≤ MR) as passes of `4 × 16`, its sums meeting C's first
-    /// `cols` columns as `start` says. A packed lane holds a pair of bf16 values: the even input in the low
-    /// half, the odd in the high half; `lane << 16` is the even one as an f32,
+    /// `cols` columns as `start` says. A packed lane holds a pair of bf16 values: the even input
+    /// in the low half, the odd in the high half; `lane << 16` is the even one as an f32,
     /// `lane & 0xFFFF0000` the odd one.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]

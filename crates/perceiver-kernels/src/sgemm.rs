@@ -83,8 +83,8 @@ const CHUNK_BLOCKS_AVX2: usize = 24;
 /// A weight matrix `W` (`[n, k]`) packed once for `C += X·Wᵀ`: panels of 64 features for the
 /// AVX-512 kernel and 16 for the AVX2 one, `[panel][k][width]`, features past n zero, the first
 /// panel on a cache line. The AVX-512 microkernel loads four vectors of W and broadcasts six X
-/// values per step (10 loads for 24 FMAs), and stores its 6×64 block straight into C's rows as its
-/// `Start` says (added to C, setting C, or from the bias).
+/// values per step (10 loads for 24 FMAs), and stores its 6×64 block straight into C's rows as
+/// its `Start` says (added to C, setting C, or from the bias).
 /// Costs a copy of W: a caller that reads W from a memory-mapped file can release its pages once
 /// W is packed, so that the process holds about one copy.
 pub struct PackedWeights {

@@ -133,7 +133,7 @@ impl PerceiverModel {
         config.validate()?;
         let architecture = Architecture::of(config)?;
         let expected: std::collections::HashMap<String, Vec<usize>> =
-            crate::checkpoint::expected_tensors(config)?.into_iter().collect();
+            crate::checkpoint::tensor_list(config)?.into_iter().collect();
         let mut checked_get = |name: &str| -> Result<Param> {
             let param = get(name)?;
             match expected.get(name) {

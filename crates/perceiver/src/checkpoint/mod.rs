@@ -340,7 +340,7 @@ pub fn expected_tensors(config: &PerceiverConfig) -> Result<TensorList> {
 }
 
 /// [`expected_tensors`] of a config already validated.
-fn tensor_list(config: &PerceiverConfig) -> Result<TensorList> {
+pub(crate) fn tensor_list(config: &PerceiverConfig) -> Result<TensorList> {
     Ok(ModelNames::new(config, 1)?
         .tensors()
         .into_iter()
