@@ -128,9 +128,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
-    /// A pickle (a DeepMind Haiku checkpoint) that cannot be read safely: a global or call this
-    /// reader does not allow, a malformed or truncated stream, sizes beyond its bounds, or
-    /// contents that are not the layout of Haiku parameters.
+    /// A pickle (a DeepMind Haiku checkpoint, or a `pytorch_model.bin`'s `data.pkl`) that cannot
+    /// be read safely: a global or call this reader does not allow, a malformed or truncated
+    /// stream, sizes beyond its bounds, a tensor outside its storage, or contents that are not
+    /// the layout of Haiku parameters.
     #[error(
         "cannot read the pickle{}{}: {reason}",
         path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default(),

@@ -517,6 +517,9 @@ fn references_to_references_cannot_blow_up() {
     };
     let (_, reason) = pickle_error(pickle::load(&bytes, &limits));
     assert!(reason.contains("more than 1000 objects"));
+    // The same bound holds for a pytorch_model.bin's pickle.
+    let (_, reason) = pickle_error(pickle::load_torch(&bytes, &limits));
+    assert!(reason.contains("more than 1000 objects"));
     // The pickle of tests/fixtures/hostile/pickle_bomb (which leaves every pair on the stack).
     let mut bomb = b"\x80\x02]q\x00".to_vec();
     for _ in 0..64 {

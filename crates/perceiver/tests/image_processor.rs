@@ -492,6 +492,11 @@ fn bad_preprocessor_configs_are_refused() {
         (r#"{"size": 224.0}"#, "size.height must be a positive integer"),
         (r#"{"size": {"shortest_edge": 224}}"#, "size must be {\"height\""),
         (r#"{"do_resize": "yes"}"#, "do_resize must be true or false"),
+        // A long value is cut short for the message, on a character boundary.
+        (
+            r#"{"do_resize": "a€€€€€€€€€€€€€€€€€€€€€€€€"}"#,
+            "got \"a€€€€€€€€€€€€€€€€€€...",
+        ),
         (r#"{"resample": 7}"#, "resample is 7"),
         (r#"{"resample": "bicubic"}"#, "resample must be"),
         (r#"{"image_mean": [0.5, 0.5]}"#, "image_mean must be"),

@@ -692,7 +692,7 @@ fn the_task_reads_y4m_video_and_wants_exactly_its_frames_in_a_directory() {
     let (h, w) = (16usize, 16usize);
     let rgb =
         |t: usize, x: usize, y: usize| [(x * 15 + t * 30) as f64, (y * 15) as f64, ((x + y) * 7) as f64];
-    let video = |frames: usize| {
+    let sized_video = |frames: usize, h: usize, w: usize| {
         let mut bytes = format!("YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();
         for t in 0..frames {
             bytes.extend_from_slice(b"FRAME\n");
@@ -712,6 +712,7 @@ fn the_task_reads_y4m_video_and_wants_exactly_its_frames_in_a_directory() {
         }
         bytes
     };
+    let video = |frames: usize| sized_video(frames, h, w);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clip.y4m");
     std::fs::write(&path, video(3)).unwrap();
@@ -733,6 +734,16 @@ fn the_task_reads_y4m_video_and_wants_exactly_its_frames_in_a_directory() {
     std::fs::write(&path, video(1)).unwrap();
     let err = task.frames_from(&path).unwrap_err().to_string();
     assert!(err.contains("takes 2 frames") && err.contains("has 1"), "{err}");
+    // Frames of another size: larger ones are refused from the header alone (the stream ends
+    // before its frames would), smaller ones once read.
+    for (fh, fw, frames) in [(4096, 4096, 0), (16, 15, 2)] {
+        std::fs::write(&path, sized_video(frames, fh, fw)).unwrap();
+        let err = task.frames_from(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("takes 16x16 frames (output_shape), not {fh}x{fw}")),
+            "{err}"
+        );
+    }
     // Three frames in a directory for a two-frame model.
     let frames_dir = dir.path().join("frames");
     std::fs::create_dir(&frames_dir).unwrap();

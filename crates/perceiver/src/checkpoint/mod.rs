@@ -20,7 +20,7 @@ pub mod export;
 pub mod haiku;
 mod hub;
 pub mod names;
-mod pickle_check;
+mod pytorch;
 mod weights;
 
 use std::collections::{BTreeMap, HashSet};
@@ -139,7 +139,7 @@ pub struct Checkpoint {
 enum Weights {
     /// Read in place from memory-mapped (or compiled-in) safetensors.
     Safetensors(SafetensorsStore),
-    /// Already in memory (a PyTorch pickle read through candle, or tensors handed over).
+    /// Already in memory (a `pytorch_model.bin` read, or tensors handed over).
     Params(BTreeMap<String, Param>),
 }
 
@@ -152,8 +152,8 @@ impl std::fmt::Debug for Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a model's files: safetensors are memory-mapped, a PyTorch `.bin` is read through
-    /// candle's pickle reader (which only builds tensors; it runs no code from the file).
+    /// Opens a model's files: safetensors are memory-mapped, a PyTorch `.bin` is read by a
+    /// pickle reader that builds tensors only and runs no code from the file ([`haiku::pickle`]).
     pub fn open(files: &ModelFiles) -> Result<Self> {
         let config = PerceiverConfig::from_file(&files.config)?;
         match &files.weights {
@@ -165,8 +165,7 @@ impl Checkpoint {
             }
             WeightFiles::PyTorch(path) => {
                 check_readable(path)?;
-                pickle_check::check(path)?;
-                Self::checked(config, Weights::Params(read_pytorch(path)?))
+                Self::checked(config, Weights::Params(pytorch::read_pytorch(path)?))
             }
         }
     }
@@ -304,29 +303,6 @@ fn check_readable(path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Reads every tensor of a PyTorch `torch.save` file as f32.
-fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
-    let corrupt = |e: candle_core::Error| Error::CorruptWeights {
-        path: path.to_path_buf(),
-        reason: crate::error::candle_message(&e),
-    };
-    let pth = candle_core::pickle::PthTensors::new(path, None).map_err(corrupt)?;
-    let mut params = BTreeMap::new();
-    for name in pth.tensor_infos().keys() {
-        let tensor = pth
-            .get(name)
-            .map_err(corrupt)?
-            .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
-        let values = tensor
-            .to_dtype(candle_core::DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(corrupt)?;
-        params.insert(name.clone(), Param::owned(values, tensor.dims().to_vec())?);
-    }
-    Ok(params)
 }
 
 /// Tensor names with their shapes, in the order a model reads them.

@@ -130,7 +130,12 @@ impl Default for ImageProcessorConfig {
 fn bad(field: &str, want: &str, got: &Value) -> Error {
     let mut got = got.to_string();
     if got.len() > 60 {
-        got.truncate(57);
+        // JSON text keeps non-ASCII characters as they are: cut on a character's boundary.
+        let mut end = 57;
+        while !got.is_char_boundary(end) {
+            end -= 1;
+        }
+        got.truncate(end);
         got.push_str("...");
     }
     Error::InvalidConfig(format!(

@@ -79,6 +79,12 @@ impl Y4mHeader {
         let mut chroma = Chroma::Half;
         let mut full_range = false;
         for field in fields.filter(|f| !f.is_empty()) {
+            // Every tag is one ASCII letter; anything else is not a header field.
+            if !field.as_bytes()[0].is_ascii() {
+                return Err(invalid(format!(
+                    "the header field {field:?} does not start with a one-letter tag"
+                )));
+            }
             let (tag, value) = field.split_at(1);
             match tag {
                 "W" => width = value.parse::<u64>().ok(),
@@ -271,7 +277,7 @@ mod tests {
 
     #[test]
     fn bad_streams_are_refused_by_what_is_wrong() {
-        let cases: [(Vec<u8>, &str); 9] = [
+        let cases: [(Vec<u8>, &str); 10] = [
             (Vec::new(), "empty"),
             (b"RIFF1234\n".to_vec(), "no YUV4MPEG2 signature"),
             (b"YUV4MPEG2 W2\n".to_vec(), "no W<width> and H<height>"),
@@ -281,6 +287,11 @@ mod tests {
             (stream("YUV4MPEG2 W2 H2", &[vec![0; 3]]), "ends inside frame 0"),
             (b"YUV4MPEG2 W2 H2\nFRAMX\n".to_vec(), "FRAME line"),
             (vec![b'Y'; 10_000], "longer than"),
+            // A tag is one byte; a field may start with a character of several.
+            (
+                stream("YUV4MPEG2 W2 H2 \u{e9}t\u{e9}", &[]),
+                "field \"\u{e9}t\u{e9}\"",
+            ),
         ];
         for (bytes, needle) in cases {
             let message = read(&bytes, 4).unwrap_err().to_string();

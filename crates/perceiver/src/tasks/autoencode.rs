@@ -139,8 +139,18 @@ impl Autoencoder {
             source,
         })?;
         let wanted = self.spec.num_frames;
-        let frames = read_y4m(std::io::BufReader::new(file), wanted, &DecodeLimits::default())
-            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        let (h, w) = self.spec.frame_size();
+        // Frames larger than the model's are refused from the header, before any is read.
+        let limits = DecodeLimits {
+            max_pixels: (h * w) as u64,
+        };
+        let frames = read_y4m(std::io::BufReader::new(file), wanted, &limits).map_err(|e| match e {
+            Error::ImageTooLarge { width, height, .. } => Error::InvalidInput(format!(
+                "{}: the model takes {h}x{w} frames (output_shape), not {height}x{width} (height x width)",
+                path.display()
+            )),
+            e => Error::InvalidInput(format!("{}: {e}", path.display())),
+        })?;
         if frames.len() < wanted {
             return Err(Error::InvalidInput(format!(
                 "{}: the model takes {wanted} frames (num_frames), the video has {}",

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-pub use pickle::{Array, Dtype, Element, Limits, Value};
+pub use pickle::{Array, Dtype, Element, Limits, TorchTensor, Value};
 
 /// An n-dimensional array read from a pickle, converted to f32 (f16/bf16/f64/int arrays
 /// converted; others refused). `data` is in C (row-major) order, `shape.iter().product()` long.
@@ -190,6 +190,7 @@ fn kind(value: &Value) -> &'static str {
         Value::Dict(_) => "a mapping",
         Value::Array(_) => "an array",
         Value::Dtype(_) => "a dtype",
+        Value::Tensor(_) => "a torch tensor",
     }
 }
 

@@ -23,6 +23,13 @@
 //! | `haiku._src.data_structures.FlatMapping` / `FlatMap` / `frozendict` | Haiku ≤ 0.0.9 params | a mapping |
 //! | `collections.OrderedDict` | — | a mapping |
 //! | `jax._src.device_array.reconstruct_device_array`, `jax._src.array._reconstruct_array` | JAX arrays | an array |
+//!
+//! [`load_torch`] reads the pickle of a `torch.save` archive (`pytorch_model.bin`) instead. There
+//! the NumPy globals are refused, and a state dict's own are allowed: `collections.OrderedDict`,
+//! the storage classes (`torch.FloatStorage`, …) inside a persistent id (`BINPERSID`, which
+//! names a storage in the archive), and `torch._utils._rebuild_tensor_v2` /
+//! `_rebuild_parameter`, which become a [`TorchTensor`]: a view of a storage, checked to lie
+//! inside it. Reading the storages is the archive reader's job (`checkpoint::pytorch`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -175,10 +182,41 @@ pub enum Value {
     Array(Array),
     /// A NumPy dtype on its own.
     Dtype(Dtype),
+    /// A tensor of a `torch.save` archive ([`load_torch`] only).
+    Tensor(TorchTensor),
+}
+
+/// A tensor as `torch.save` pickles it: a strided view of a storage that the archive holds as
+/// the file `data/<storage>`. [`load_torch`] has checked that every element the view reaches
+/// lies inside the storage's `storage_len` elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchTensor {
+    /// The storage's key: its file in the archive's `data/` folder.
+    pub storage: String,
+    /// The storage's element type.
+    pub element: Element,
+    /// Elements in the storage.
+    pub storage_len: usize,
+    /// The view's first element, in elements from the storage's start.
+    pub offset: usize,
+    /// Extent of each axis.
+    pub shape: Vec<usize>,
+    /// Elements between neighbours along each axis.
+    pub strides: Vec<usize>,
 }
 
 /// Reads one pickle from `bytes`; bytes after its STOP are refused.
 pub fn load(bytes: &[u8], limits: &Limits) -> Result<Value> {
+    load_as(bytes, limits, false)
+}
+
+/// Reads the pickle of a `torch.save` archive (its `data.pkl`): plain data, mappings and
+/// tensors ([`Value::Tensor`]); bytes after its STOP are refused.
+pub fn load_torch(bytes: &[u8], limits: &Limits) -> Result<Value> {
+    load_as(bytes, limits, true)
+}
+
+fn load_as(bytes: &[u8], limits: &Limits, torch: bool) -> Result<Value> {
     if bytes.len() as u64 > limits.max_input_bytes {
         return Err(pickle_error(
             0,
@@ -190,6 +228,7 @@ pub fn load(bytes: &[u8], limits: &Limits) -> Result<Value> {
         ));
     }
     let mut machine = Machine::new(bytes, limits);
+    machine.torch = torch;
     let root = machine.run()?;
     machine.into_value(root)
 }
@@ -204,6 +243,8 @@ fn pickle_error(offset: usize, reason: String) -> Error {
 
 /// Why a global is refused, in every such message.
 const ONLY_ARRAYS: &str = "a DeepMind checkpoint only needs numpy arrays and mappings";
+/// The same for [`load_torch`].
+const ONLY_TENSORS: &str = "a PyTorch state dict only needs tensors and mappings";
 
 /// The callables and classes a pickle may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,10 +270,39 @@ enum Global {
     /// `reconstruct_device_array(fun, args, state, aval_state)`: a JAX array as the NumPy array
     /// `fun(*args)` with `state` set.
     JaxArray,
+    /// `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[,
+    /// metadata])`.
+    TorchTensor,
+    /// `torch._utils._rebuild_parameter(tensor, requires_grad, hooks)`: the tensor.
+    TorchParameter,
+    /// A storage class such as `torch.FloatStorage`: only inside a persistent id.
+    TorchStorage(Element),
 }
 
 impl Global {
-    fn find(module: &str, name: &str) -> Option<Self> {
+    /// The global a pickle names, among those a checkpoint of its kind uses.
+    fn find(module: &str, name: &str, torch: bool) -> Option<Self> {
+        if torch {
+            return Some(match (module, name) {
+                ("collections", "OrderedDict") => Global::Mapping,
+                ("torch._utils", "_rebuild_tensor_v2") => Global::TorchTensor,
+                ("torch._utils", "_rebuild_parameter") => Global::TorchParameter,
+                ("torch", storage) => Global::TorchStorage(match storage {
+                    "FloatStorage" => Element::F32,
+                    "DoubleStorage" => Element::F64,
+                    "HalfStorage" => Element::F16,
+                    "BFloat16Storage" => Element::BF16,
+                    "LongStorage" => Element::I64,
+                    "IntStorage" => Element::I32,
+                    "ShortStorage" => Element::I16,
+                    "CharStorage" => Element::I8,
+                    "ByteStorage" => Element::U8,
+                    "BoolStorage" => Element::Bool,
+                    _ => return None,
+                }),
+                _ => return None,
+            });
+        }
         Some(match (module, name) {
             ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => Global::Reconstruct,
             ("numpy", "ndarray") => Global::NdArray,
@@ -262,6 +332,9 @@ impl Global {
             Global::BytesClass => "bytes",
             Global::Mapping => "a mapping class",
             Global::JaxArray => "jax's array reconstructor",
+            Global::TorchTensor => "torch's _rebuild_tensor_v2",
+            Global::TorchParameter => "torch's _rebuild_parameter",
+            Global::TorchStorage(_) => "a torch storage class",
         }
     }
 }
@@ -299,6 +372,14 @@ enum Obj<'a> {
     /// Bytes whose owned buffer became an array's data (protocol 2 writes each array's data as
     /// a fresh object, so nothing refers to them again).
     Moved,
+    /// A storage named by a persistent id ([`load_torch`] only): waits for `_rebuild_tensor_v2`.
+    Storage {
+        element: Element,
+        key: Cow<'a, str>,
+        len: usize,
+    },
+    /// A tensor ([`load_torch`] only).
+    Tensor(TorchTensor),
 }
 
 impl Obj<'_> {
@@ -318,6 +399,8 @@ impl Obj<'_> {
             Obj::Array(_) => "an array",
             Obj::Dtype(_) => "a dtype",
             Obj::Moved => "bytes already used as an array's data",
+            Obj::Storage { .. } => "a torch storage",
+            Obj::Tensor(_) => "a tensor",
         }
     }
 }
@@ -335,6 +418,8 @@ struct Machine<'a, 'l> {
     memo: HashMap<u64, Id>,
     /// Objects made or pushed so far (see [`Limits::max_objects`]).
     units: u64,
+    /// Reading a `torch.save` pickle ([`load_torch`]) rather than a Haiku one.
+    torch: bool,
 }
 
 impl<'a, 'l> Machine<'a, 'l> {
@@ -349,6 +434,16 @@ impl<'a, 'l> Machine<'a, 'l> {
             marks: Vec::new(),
             memo: HashMap::new(),
             units: 0,
+            torch: false,
+        }
+    }
+
+    /// Why a global or opcode is refused, for the kind of checkpoint being read.
+    fn only(&self) -> &'static str {
+        if self.torch {
+            ONLY_TENSORS
+        } else {
+            ONLY_ARRAYS
         }
     }
 
@@ -763,22 +858,36 @@ impl<'a, 'l> Machine<'a, 'l> {
                 }
                 b'o' | 0x81 | 0x92 => {
                     return Err(self.error(format!(
-                        "{} makes an instance of a class; {ONLY_ARRAYS}",
+                        "{} makes an instance of a class; {}",
                         match op {
                             b'o' => "OBJ",
                             0x81 => "NEWOBJ",
                             _ => "NEWOBJ_EX",
-                        }
+                        },
+                        self.only()
                     )));
                 }
+                // BINPERSID: in a torch.save pickle, a storage of the archive.
+                b'Q' if self.torch => {
+                    let pid = self.pop()?;
+                    let storage = self.persistent_load(pid)?;
+                    self.push(storage)?;
+                }
                 b'P' | b'Q' => {
-                    return Err(
-                        self.error(format!("a persistent id (what torch.save writes); {ONLY_ARRAYS}"))
-                    );
+                    return Err(self.error(format!(
+                        "a persistent id{}; {}",
+                        if self.torch {
+                            " as text"
+                        } else {
+                            " (what torch.save writes)"
+                        },
+                        self.only()
+                    )));
                 }
                 0x82..=0x84 => {
                     return Err(self.error(format!(
-                        "an extension-registry global (EXT opcode); {ONLY_ARRAYS}"
+                        "an extension-registry global (EXT opcode); {}",
+                        self.only()
                     )));
                 }
                 // NEXT_BUFFER
@@ -850,14 +959,15 @@ impl<'a, 'l> Machine<'a, 'l> {
 
     fn refused(&self, module: &str, name: &str) -> Error {
         self.error(format!(
-            "refused global {}.{}: {ONLY_ARRAYS}",
+            "refused global {}.{}: {}",
             shown_bare(module),
-            shown_bare(name)
+            shown_bare(name),
+            self.only()
         ))
     }
 
     fn push_global(&mut self, module: &str, name: &str) -> Result<()> {
-        match Global::find(module, name) {
+        match Global::find(module, name, self.torch) {
             Some(global) => self.push(Obj::Global(global)),
             None => Err(self.refused(module, name)),
         }
@@ -1017,10 +1127,157 @@ impl<'a, 'l> Machine<'a, 'l> {
                 }
                 Ok(Obj::Array(self.array_from_state(state)?))
             }
-            Global::NdArray | Global::BFloat16 => Err(self.error(format!(
-                "REDUCE calls {what}, which only appears as an argument; {ONLY_ARRAYS}"
+            Global::TorchTensor => {
+                // _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata]);
+                // the metadata (tensor attributes such as names) changes no value.
+                let expected = "storage, offset, size, stride, requires_grad, hooks";
+                if args.len() > 7 {
+                    return Err(bad(self, expected));
+                }
+                let [storage, offset, shape, strides, requires_grad, hooks] = args[..args.len().min(6)]
+                else {
+                    return Err(bad(self, expected));
+                };
+                if !matches!(self.arena[requires_grad], Obj::Bool(_))
+                    || !matches!(self.arena[hooks], Obj::Dict(_))
+                {
+                    return Err(bad(self, "requires_grad a bool and hooks a mapping"));
+                }
+                Ok(Obj::Tensor(self.torch_tensor(storage, offset, shape, strides)?))
+            }
+            Global::TorchParameter => {
+                // _rebuild_parameter(tensor, requires_grad, hooks)
+                let [tensor, requires_grad, hooks] = args[..] else {
+                    return Err(bad(self, "tensor, requires_grad, hooks"));
+                };
+                if !matches!(self.arena[requires_grad], Obj::Bool(_))
+                    || !matches!(self.arena[hooks], Obj::Dict(_))
+                {
+                    return Err(bad(self, "requires_grad a bool and hooks a mapping"));
+                }
+                match &self.arena[tensor] {
+                    Obj::Tensor(tensor) => Ok(Obj::Tensor(tensor.clone())),
+                    _ => Err(bad(self, "a tensor")),
+                }
+            }
+            Global::NdArray | Global::BFloat16 | Global::TorchStorage(_) => Err(self.error(format!(
+                "REDUCE calls {what}, which only appears as an argument; {}",
+                self.only()
             ))),
         }
+    }
+
+    // --- torch ---
+
+    /// A `torch.save` persistent id: `('storage', storage class, key, location, elements)`.
+    fn persistent_load(&mut self, pid: Id) -> Result<Obj<'a>> {
+        let expected = "a persistent id that is not ('storage', class, key, location, size)";
+        let Obj::Tuple(items) = &self.arena[pid] else {
+            return Err(self.error(expected));
+        };
+        let [tag, class, key, location, len] = items[..] else {
+            return Err(self.error(expected));
+        };
+        if !matches!(&self.arena[tag], Obj::Str(tag) if tag == "storage")
+            || !matches!(self.arena[location], Obj::Str(_))
+        {
+            return Err(self.error(expected));
+        }
+        let Obj::Global(Global::TorchStorage(element)) = self.arena[class] else {
+            return Err(self.error(format!(
+                "a storage of class {}, not a torch storage class",
+                self.arena[class].kind()
+            )));
+        };
+        let key = match &self.arena[key] {
+            // The key is a file name in the archive's data folder.
+            Obj::Str(key)
+                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                key.clone()
+            }
+            Obj::Str(key) => return Err(self.error(format!("a storage key {}", shown(key)))),
+            _ => return Err(self.error(expected)),
+        };
+        let len = match self.arena[len] {
+            Obj::Int(n) if n >= 0 && (n as u64) <= self.limits.max_array_elements => n as usize,
+            Obj::Int(n) => {
+                return Err(self.error(format!(
+                    "a storage of {n} elements (at most {} allowed)",
+                    self.limits.max_array_elements
+                )))
+            }
+            _ => return Err(self.error(expected)),
+        };
+        Ok(Obj::Storage { element, key, len })
+    }
+
+    /// `_rebuild_tensor_v2`'s view of a storage, checked to stay inside it.
+    fn torch_tensor(&self, storage: Id, offset: Id, shape: Id, strides: Id) -> Result<TorchTensor> {
+        let Obj::Storage { element, key, len } = &self.arena[storage] else {
+            return Err(self.error(format!(
+                "_rebuild_tensor_v2 of {}, not a storage",
+                self.arena[storage].kind()
+            )));
+        };
+        let offset = match self.arena[offset] {
+            Obj::Int(n) if n >= 0 && n as u64 <= *len as u64 => n as u64,
+            _ => {
+                return Err(self.error(format!(
+                    "a tensor's offset is not an element of its storage of {len}"
+                )))
+            }
+        };
+        let shape = self.shape_of(shape)?;
+        let strides = self.shape_of_strides(strides)?;
+        if strides.len() != shape.len() {
+            return Err(self.error(format!(
+                "a tensor of {} dimensions with {} strides",
+                shape.len(),
+                strides.len()
+            )));
+        }
+        // The last element the view reaches; a view of no elements reaches none.
+        if !shape.contains(&0) {
+            let last = shape.iter().zip(&strides).try_fold(offset, |at, (&d, &s)| {
+                at.checked_add((d as u64 - 1).checked_mul(s as u64)?)
+            });
+            if last.is_none_or(|last| last >= *len as u64) {
+                return Err(self.error(format!(
+                    "a tensor of shape {shape:?}, strides {strides:?} from element {offset} reaches past \
+                     its storage's {len} elements"
+                )));
+            }
+        }
+        Ok(TorchTensor {
+            storage: key.to_string(),
+            element: *element,
+            storage_len: *len,
+            // At most the storage's length, which is a usize.
+            offset: offset as usize,
+            shape,
+            strides,
+        })
+    }
+
+    /// A tuple of strides: non-negative integers, as many as an array may have dimensions.
+    fn shape_of_strides(&self, id: Id) -> Result<Vec<usize>> {
+        let Obj::Tuple(items) = &self.arena[id] else {
+            return Err(self.error(format!(
+                "{} where a tensor's strides belong",
+                self.arena[id].kind()
+            )));
+        };
+        if items.len() > 64 {
+            return Err(self.error(format!("a tensor of {} strides", items.len())));
+        }
+        items
+            .iter()
+            .map(|&item| match self.arena[item] {
+                Obj::Int(n) if n >= 0 && (n as u64) <= self.limits.max_array_elements => Ok(n as usize),
+                _ => Err(self.error("a tensor's strides are not integers within the storage")),
+            })
+            .collect()
     }
 
     fn build(&mut self, target: Id, state: Id) -> Result<()> {
@@ -1035,7 +1292,9 @@ impl<'a, 'l> Machine<'a, 'l> {
                 self.arena[target] = Obj::Dtype(dtype);
                 Ok(())
             }
-            other => Err(self.error(format!("BUILD of {}; {ONLY_ARRAYS}", other.kind()))),
+            // An OrderedDict's attributes: a state dict's `_metadata` (module versions).
+            Obj::Dict(_) if self.torch && matches!(self.arena[state], Obj::Dict(_)) => Ok(()),
+            other => Err(self.error(format!("BUILD of {}; {}", other.kind(), self.only()))),
         }
     }
 
@@ -1269,12 +1528,15 @@ impl<'a, 'l> Machine<'a, 'l> {
                     todo.extend(pairs.iter().flat_map(|&(k, v)| [(k, depth + 1), (v, depth + 1)]));
                 }
                 Obj::Global(g) => {
-                    return Err(
-                        self.error(format!("the result holds {} itself; {ONLY_ARRAYS}", g.describe()))
-                    );
+                    return Err(self.error(format!(
+                        "the result holds {} itself; {}",
+                        g.describe(),
+                        self.only()
+                    )));
                 }
                 Obj::EmptyArray => return Err(self.error("an array that was never filled (no BUILD)")),
                 Obj::Moved => return Err(self.error("bytes that were already used as an array's data")),
+                Obj::Storage { .. } => return Err(self.error("a torch storage outside a tensor")),
                 _ => {}
             }
         }
@@ -1305,7 +1567,10 @@ impl<'a, 'l> Machine<'a, 'l> {
                 Obj::Int(i) => Obj::Int(*i),
                 Obj::Float(f) => Obj::Float(*f),
                 Obj::Dtype(d) => Obj::Dtype(*d),
-                Obj::Global(_) | Obj::EmptyArray | Obj::Moved => unreachable!("refused by count"),
+                Obj::Tensor(t) => Obj::Tensor(t.clone()),
+                Obj::Global(_) | Obj::EmptyArray | Obj::Moved | Obj::Storage { .. } => {
+                    unreachable!("refused by count")
+                }
             }
         };
         match obj {
@@ -1329,7 +1594,10 @@ impl<'a, 'l> Machine<'a, 'l> {
                 data: a.data.into_owned(),
             }),
             Obj::Dtype(d) => Value::Dtype(d),
-            Obj::Global(_) | Obj::EmptyArray | Obj::Moved => unreachable!("refused by count"),
+            Obj::Tensor(t) => Value::Tensor(t),
+            Obj::Global(_) | Obj::EmptyArray | Obj::Moved | Obj::Storage { .. } => {
+                unreachable!("refused by count")
+            }
         }
     }
 }
