@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::flow::{color_wheel, save_flo, write_flow_png};
-use perceiver::image::{decode_image, RgbImage};
+use perceiver::image::{decode_image_with_limits, DecodeLimits, RgbImage};
 use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 
 use crate::model::{EngineArgs, ModelArgs};
@@ -50,6 +50,12 @@ pub struct FlowArgs {
     /// Also write the colour key (PNG): the colour of each motion, saturating at the circle.
     #[arg(long, value_name = "PNG")]
     legend: Option<PathBuf>,
+
+    /// Largest frame, in pixels (width × height, read from the file's header before decoding);
+    /// larger ones are an error. A frame costs some 40 bytes a pixel and one model pass per
+    /// tile. Default: Pillow's limit, as transformers.
+    #[arg(long, default_value_t = DecodeLimits::PIL_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=DecodeLimits::PIL_MAX_PIXELS))]
+    max_image_pixels: u64,
 }
 
 /// Side of the colour key picture.
@@ -72,8 +78,11 @@ pub fn run(args: FlowArgs) -> Result<()> {
             bail!("--max-flow must be a positive number of pixels, not {max}");
         }
     }
-    let first = read_frame(&args.frame1)?;
-    let second = read_frame(&args.frame2)?;
+    let limits = DecodeLimits {
+        max_pixels: args.max_image_pixels,
+    };
+    let first = read_frame(&args.frame1, &limits)?;
+    let second = read_frame(&args.frame2, &limits)?;
     if (first.height(), first.width()) != (second.height(), second.width()) {
         bail!(
             "the frames differ in size: {} is {}x{}, {} is {}x{} (height x width)",
@@ -132,9 +141,9 @@ pub fn run(args: FlowArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_frame(path: &Path) -> Result<RgbImage> {
+fn read_frame(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_image(&bytes).with_context(|| format!("frame {}", path.display()))
+    decode_image_with_limits(&bytes, limits).with_context(|| format!("frame {}", path.display()))
 }
 
 fn summary(output: &FlowOutput) -> serde_json::Value {

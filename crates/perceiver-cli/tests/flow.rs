@@ -144,6 +144,20 @@ fn bad_inputs_end_in_one_line() {
         ]),
         "smaller than the model's 48x56 tile",
     );
+    // A frame over --max-image-pixels (these are 48x56 and more).
+    common::fails_with(
+        &perceiver(&[
+            "flow",
+            "--model",
+            &model,
+            &a,
+            &b,
+            "--json",
+            "--max-image-pixels",
+            "1000",
+        ]),
+        "1000",
+    );
     // Not an image.
     let text = dir.path().join("frame.png");
     std::fs::write(&text, "not a picture").unwrap();
