@@ -156,7 +156,7 @@ fn bad_inputs_end_in_one_line() {
             "--max-image-pixels",
             "1000",
         ]),
-        "1000",
+        "more than the limit DecodeLimits::max_pixels = 1000 pixels",
     );
     // Not an image.
     let text = dir.path().join("frame.png");

@@ -520,7 +520,7 @@ fn references_to_references_cannot_blow_up() {
     // The same bound holds for a pytorch_model.bin's pickle.
     let (_, reason) = pickle_error(pickle::load_torch(&bytes, &limits));
     assert!(reason.contains("more than 1000 objects"));
-    // The pickle of tests/fixtures/hostile/pickle_bomb (which leaves every pair on the stack).
+    // The same pairs left on the stack instead of popped.
     let mut bomb = b"\x80\x02]q\x00".to_vec();
     for _ in 0..64 {
         bomb.extend(b"h\x00h\x00\x86q\x00");

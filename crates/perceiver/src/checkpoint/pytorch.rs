@@ -3,11 +3,13 @@
 //! The archive is a zip (`torch.save`'s format since PyTorch 1.6) holding `<name>/data.pkl`, the
 //! pickled state dict, and each tensor storage as `<name>/data/<key>`, raw and uncompressed,
 //! in the byte order `<name>/byteorder` names (little-endian when absent). The pickle is read by
-//! the same code-free machine as DeepMind's checkpoints ([`haiku::pickle::load_torch`]), which
-//! allows only a state dict's globals and checks every tensor's view against its storage's
-//! declared size; each storage is then read here, and must hold exactly that many bytes. So
-//! a hostile file is refused with an error, and what it makes us read or allocate is bounded by
-//! its own size (entries must be stored, not compressed) and by the pickle [`Limits`].
+//! the same code-free machine as DeepMind's checkpoints ([`pickle::load_torch`]), which allows
+//! only a state dict's globals and checks every tensor's view against its storage's declared
+//! size; each storage is then read here, once, and must hold exactly that many bytes. So a
+//! hostile file is refused with an error, and what it makes us read or allocate is bounded by
+//! its own size (entries must be stored, not compressed; storages may not add up to more than
+//! the file, nor tensors to more than twice its bytes in elements) and by the pickle
+//! [`Limits`].
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -81,7 +83,7 @@ pub(crate) fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
         )));
     };
 
-    let mut params = BTreeMap::new();
+    let mut tensors = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         let Value::Str(name) = name else {
             return Err(corrupt(format!(
@@ -91,18 +93,52 @@ pub(crate) fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
         let Value::Tensor(tensor) = value else {
             return Err(corrupt(format!("{pickle_name}: {name} is not a tensor")));
         };
-        let entry = format!("{folder}data/{}", tensor.storage);
-        let size = tensor.element.size() as u64;
-        // Bounded by Limits::max_array_elements (2^32) times 8 bytes.
-        let storage_bytes = tensor.storage_len as u64 * size;
-        let storage =
-            read_entry(&mut zip, &entry, storage_bytes, file_len).map_err(|e| corrupt(e.describe(&entry)))?;
-        if storage.len() as u64 != storage_bytes {
+        tensors.push((name, tensor));
+    }
+    // Each storage is read once, for all the tensors that view it (tied weights share one).
+    tensors.sort_by(|(_, a), (_, b)| a.storage.cmp(&b.storage));
+
+    // What a file makes us read and hold is bounded by its size: the storages read are distinct
+    // entries of it (zip entries could overlap), and the tensors' elements take at least a
+    // byte of it each, twice over for weights tied to another name.
+    let mut bytes_read = 0u64;
+    let mut elements = 0u64;
+    let mut params = BTreeMap::new();
+    let mut storage: (Option<&str>, Vec<u8>) = (None, Vec::new());
+    for (name, tensor) in &tensors {
+        elements += tensor.shape.iter().product::<usize>() as u64;
+        if elements > 2 * file_len {
             return Err(corrupt(format!(
-                "{entry} holds {} bytes; {name}'s storage is {} elements of {:?}, {storage_bytes} bytes",
-                storage.len(),
-                tensor.storage_len,
-                tensor.element
+                "its tensors hold more than {} elements, twice its size in bytes: they view \
+                 their storages over and over",
+                2 * file_len
+            )));
+        }
+        if storage.0 != Some(tensor.storage.as_str()) {
+            let entry = format!("{folder}data/{}", tensor.storage);
+            // Bounded by Limits::max_array_elements (2^32) times 8 bytes.
+            let storage_bytes = tensor.storage_len as u64 * tensor.element.size() as u64;
+            bytes_read += storage_bytes;
+            if bytes_read > file_len {
+                return Err(corrupt(format!(
+                    "its storages add up to more than its {file_len} bytes: its entries overlap"
+                )));
+            }
+            let bytes = read_entry(&mut zip, &entry, storage_bytes, file_len)
+                .map_err(|e| corrupt(e.describe(&entry)))?;
+            if bytes.len() as u64 != storage_bytes {
+                return Err(corrupt(format!(
+                    "{entry} holds {} bytes; {name}'s storage is {} elements of {:?}, {storage_bytes} bytes",
+                    bytes.len(),
+                    tensor.storage_len,
+                    tensor.element
+                )));
+            }
+            storage = (Some(tensor.storage.as_str()), bytes);
+        } else if storage.1.len() != tensor.storage_len * tensor.element.size() {
+            return Err(corrupt(format!(
+                "{name} and another tensor disagree on the size of storage {}",
+                tensor.storage
             )));
         }
         let array = Array {
@@ -111,7 +147,7 @@ pub(crate) fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
                 big_endian,
             },
             shape: tensor.shape.clone(),
-            data: view(&tensor, &storage),
+            data: view(tensor, &storage.1),
         };
         let values = NdArray::from_array(&array).map_err(|reason| corrupt(format!("{name}: {reason}")))?;
         if params
@@ -259,6 +295,19 @@ mod tests {
     /// `_rebuild_tensor_v2` of a view of storage `key` (`len` elements of `class`) with these
     /// arguments.
     fn tensor(class: &str, key: &str, len: i32, offset: i32, shape: &[i32], strides: &[i32]) -> Vec<u8> {
+        tensor_with(class, key, len, offset, shape, strides, &[])
+    }
+
+    /// The same with `extra` arguments after the hooks (torch writes its metadata there).
+    fn tensor_with(
+        class: &str,
+        key: &str,
+        len: i32,
+        offset: i32,
+        shape: &[i32],
+        strides: &[i32],
+        extra: &[u8],
+    ) -> Vec<u8> {
         let storage = [
             b"(".to_vec(),
             text("storage"),
@@ -277,6 +326,20 @@ mod tests {
             tuple(shape),
             tuple(strides),
             vec![0x89],
+            ordered_dict(),
+            extra.to_vec(),
+            b"tR".to_vec(),
+        ]
+        .concat()
+    }
+
+    /// `_rebuild_parameter(tensor, True, OrderedDict())`, as a `torch.nn.Parameter` is saved.
+    fn parameter(tensor: Vec<u8>) -> Vec<u8> {
+        [
+            global("torch._utils", "_rebuild_parameter"),
+            b"(".to_vec(),
+            tensor,
+            vec![0x88],
             ordered_dict(),
             b"tR".to_vec(),
         ]
@@ -340,7 +403,11 @@ mod tests {
             // The transpose of the same storage, and a slice of it from its third element.
             ("transposed", tensor("FloatStorage", "0", 6, 0, &[3, 2], &[1, 3])),
             ("slice", tensor("FloatStorage", "0", 6, 2, &[2], &[1])),
-            ("half", tensor("HalfStorage", "1", 2, 0, &[2], &[1])),
+            // A parameter, with the metadata argument torch adds for tensors that have some.
+            (
+                "half",
+                parameter(tensor_with("HalfStorage", "1", 2, 0, &[2], &[1], &ordered_dict())),
+            ),
         ]);
         let halves = [half::f16::from_f32(1.5), half::f16::from_f32(-2.0)]
             .iter()
@@ -368,7 +435,45 @@ mod tests {
     #[test]
     fn hostile_archives_are_refused_with_what_is_wrong() {
         let six = || floats([0.0; 6]);
-        let cases: [(Vec<u8>, Vec<Storage>, &str); 8] = [
+        // A tensor memoised once (BINPUT 7) and named 100 times (BINGET 7): 100 views of one
+        // 1,000-element storage, from a few bytes each.
+        let mut repeated = [b"\x80\x02".to_vec(), ordered_dict(), b"(".to_vec()].concat();
+        repeated.extend(text("t0"));
+        repeated.extend(tensor("FloatStorage", "0", 1000, 0, &[1000], &[1]));
+        repeated.extend(b"q\x07");
+        for i in 1..100 {
+            repeated.extend(text(&format!("t{i}")));
+            repeated.extend(b"h\x07");
+        }
+        repeated.extend(b"u.");
+        let cases: [(Vec<u8>, Vec<Storage>, &str); 12] = [
+            (
+                repeated,
+                vec![("0", floats([0.0; 1000]))],
+                "view their storages over and over",
+            ),
+            // An expanded view: one element standing for 2^30.
+            (
+                state_dict(&[("w", tensor("FloatStorage", "0", 1, 0, &[1 << 30], &[0]))]),
+                vec![("0", floats([0.0]))],
+                "more elements than its storage's 1",
+            ),
+            (
+                state_dict(&[(
+                    "w",
+                    tensor_with(
+                        "FloatStorage",
+                        "0",
+                        6,
+                        0,
+                        &[6],
+                        &[1],
+                        &[ordered_dict(), ordered_dict()].concat(),
+                    ),
+                )]),
+                vec![("0", six())],
+                "unexpected arguments",
+            ),
             // candle's reader panicked on a rebuild call without its arguments.
             (
                 state_dict(&[(
@@ -382,12 +487,18 @@ mod tests {
             (
                 state_dict(&[("w", tensor("FloatStorage", "0", 6, 0, &[1 << 30], &[1]))]),
                 vec![("0", six())],
-                "reaches past its storage's 6 elements",
+                "more elements than its storage's 6",
             ),
             (
                 state_dict(&[("w", tensor("FloatStorage", "0", 6, 5, &[2], &[1]))]),
                 vec![("0", six())],
                 "reaches past",
+            ),
+            // As many elements as the storage, but strided past its end.
+            (
+                state_dict(&[("w", tensor("FloatStorage", "0", 6, 0, &[2, 3], &[4, 1]))]),
+                vec![("0", six())],
+                "reaches past its storage's 6 elements",
             ),
             // An empty view cannot start past its storage either.
             (
@@ -411,7 +522,7 @@ mod tests {
                 vec![("0", six())],
                 "the archive has no archive/data/1",
             ),
-            // What Python would run; a NumPy array is not a state dict's either.
+            // What Python would run.
             (
                 state_dict(&[(
                     "w",

@@ -205,6 +205,13 @@ pub struct TorchTensor {
     pub strides: Vec<usize>,
 }
 
+impl TorchTensor {
+    /// About the bytes it holds, for the reader's count of what a pickle makes.
+    fn bytes(&self) -> u64 {
+        (self.storage.len() + 8 * (self.shape.len() + self.strides.len())) as u64
+    }
+}
+
 /// Reads one pickle from `bytes`; bytes after its STOP are refused.
 pub fn load(bytes: &[u8], limits: &Limits) -> Result<Value> {
     load_as(bytes, limits, false)
@@ -245,6 +252,8 @@ fn pickle_error(offset: usize, reason: String) -> Error {
 const ONLY_ARRAYS: &str = "a DeepMind checkpoint only needs numpy arrays and mappings";
 /// The same for [`load_torch`].
 const ONLY_TENSORS: &str = "a PyTorch state dict only needs tensors and mappings";
+/// The longest storage key [`load_torch`] takes; `torch.save` numbers its storages.
+const MAX_STORAGE_KEY: usize = 32;
 
 /// The callables and classes a pickle may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1155,10 +1164,12 @@ impl<'a, 'l> Machine<'a, 'l> {
                 {
                     return Err(bad(self, "requires_grad a bool and hooks a mapping"));
                 }
-                match &self.arena[tensor] {
-                    Obj::Tensor(tensor) => Ok(Obj::Tensor(tensor.clone())),
-                    _ => Err(bad(self, "a tensor")),
-                }
+                let Obj::Tensor(tensor) = &self.arena[tensor] else {
+                    return Err(bad(self, "a tensor"));
+                };
+                let tensor = tensor.clone();
+                self.spend(tensor.bytes())?;
+                Ok(Obj::Tensor(tensor))
             }
             Global::NdArray | Global::BFloat16 | Global::TorchStorage(_) => Err(self.error(format!(
                 "REDUCE calls {what}, which only appears as an argument; {}",
@@ -1190,9 +1201,10 @@ impl<'a, 'l> Machine<'a, 'l> {
             )));
         };
         let key = match &self.arena[key] {
-            // The key is a file name in the archive's data folder.
+            // The key is a file name in the archive's data folder (torch numbers them).
             Obj::Str(key)
-                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                if (1..=MAX_STORAGE_KEY).contains(&key.len())
+                    && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
             {
                 key.clone()
             }
@@ -1212,16 +1224,16 @@ impl<'a, 'l> Machine<'a, 'l> {
         Ok(Obj::Storage { element, key, len })
     }
 
-    /// `_rebuild_tensor_v2`'s view of a storage, checked to stay inside it.
-    fn torch_tensor(&self, storage: Id, offset: Id, shape: Id, strides: Id) -> Result<TorchTensor> {
-        let Obj::Storage { element, key, len } = &self.arena[storage] else {
-            return Err(self.error(format!(
-                "_rebuild_tensor_v2 of {}, not a storage",
-                self.arena[storage].kind()
-            )));
+    /// `_rebuild_tensor_v2`'s view of a storage, checked to stay inside it and to hold no more
+    /// elements than it (an expanded view, stride 0, would let a small storage stand for a huge
+    /// tensor).
+    fn torch_tensor(&mut self, storage: Id, offset: Id, shape: Id, strides: Id) -> Result<TorchTensor> {
+        let (element, key, len) = match &self.arena[storage] {
+            Obj::Storage { element, key, len } => (*element, key.to_string(), *len),
+            other => return Err(self.error(format!("_rebuild_tensor_v2 of {}, not a storage", other.kind()))),
         };
         let offset = match self.arena[offset] {
-            Obj::Int(n) if n >= 0 && n as u64 <= *len as u64 => n as u64,
+            Obj::Int(n) if n >= 0 && n as u64 <= len as u64 => n as usize,
             _ => {
                 return Err(self.error(format!(
                     "a tensor's offset is not an element of its storage of {len}"
@@ -1229,7 +1241,8 @@ impl<'a, 'l> Machine<'a, 'l> {
             }
         };
         let shape = self.shape_of(shape)?;
-        let strides = self.shape_of_strides(strides)?;
+        let strides = self.strides_of(strides)?;
+        self.spend(key.len() as u64)?;
         if strides.len() != shape.len() {
             return Err(self.error(format!(
                 "a tensor of {} dimensions with {} strides",
@@ -1237,12 +1250,20 @@ impl<'a, 'l> Machine<'a, 'l> {
                 strides.len()
             )));
         }
+        // shape_of bounded the count by max_array_elements.
+        let count: usize = shape.iter().product();
+        if count > len {
+            return Err(self.error(format!(
+                "a tensor of shape {shape:?} has more elements than its storage's {len}"
+            )));
+        }
         // The last element the view reaches; a view of no elements reaches none.
-        if !shape.contains(&0) {
-            let last = shape.iter().zip(&strides).try_fold(offset, |at, (&d, &s)| {
-                at.checked_add((d as u64 - 1).checked_mul(s as u64)?)
-            });
-            if last.is_none_or(|last| last >= *len as u64) {
+        if count > 0 {
+            let last = shape
+                .iter()
+                .zip(&strides)
+                .try_fold(offset, |at, (&d, &s)| at.checked_add((d - 1).checked_mul(s)?));
+            if last.is_none_or(|last| last >= len) {
                 return Err(self.error(format!(
                     "a tensor of shape {shape:?}, strides {strides:?} from element {offset} reaches past \
                      its storage's {len} elements"
@@ -1250,18 +1271,18 @@ impl<'a, 'l> Machine<'a, 'l> {
             }
         }
         Ok(TorchTensor {
-            storage: key.to_string(),
-            element: *element,
-            storage_len: *len,
-            // At most the storage's length, which is a usize.
-            offset: offset as usize,
+            storage: key,
+            element,
+            storage_len: len,
+            offset,
             shape,
             strides,
         })
     }
 
-    /// A tuple of strides: non-negative integers, as many as an array may have dimensions.
-    fn shape_of_strides(&self, id: Id) -> Result<Vec<usize>> {
+    /// A tensor's strides: non-negative integers, as many as an array may have dimensions, paid
+    /// for as [`Self::shape_of`] pays for a shape.
+    fn strides_of(&mut self, id: Id) -> Result<Vec<usize>> {
         let Obj::Tuple(items) = &self.arena[id] else {
             return Err(self.error(format!(
                 "{} where a tensor's strides belong",
@@ -1271,13 +1292,15 @@ impl<'a, 'l> Machine<'a, 'l> {
         if items.len() > 64 {
             return Err(self.error(format!("a tensor of {} strides", items.len())));
         }
-        items
+        let strides = items
             .iter()
             .map(|&item| match self.arena[item] {
                 Obj::Int(n) if n >= 0 && (n as u64) <= self.limits.max_array_elements => Ok(n as usize),
                 _ => Err(self.error("a tensor's strides are not integers within the storage")),
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.spend(8 * strides.len() as u64)?;
+        Ok(strides)
     }
 
     fn build(&mut self, target: Id, state: Id) -> Result<()> {
@@ -1372,7 +1395,10 @@ impl<'a, 'l> Machine<'a, 'l> {
         }
     }
 
-    fn shape_of(&self, id: Id) -> Result<Vec<usize>> {
+    /// An array's shape; its dimensions are paid for like a string's bytes, so that a pickle
+    /// calling a constructor over and over with one memoised shape cannot make shapes without
+    /// bound.
+    fn shape_of(&mut self, id: Id) -> Result<Vec<usize>> {
         let Obj::Tuple(items) = &self.arena[id] else {
             return Err(self.error(format!(
                 "{} where an array's shape belongs",
@@ -1397,6 +1423,7 @@ impl<'a, 'l> Machine<'a, 'l> {
                 self.limits.max_array_elements
             )));
         }
+        self.spend(8 * dims.len() as u64)?;
         // Each dimension is at most the count, which fits in memory's bounds checked later.
         dims.into_iter()
             .map(|d| usize::try_from(d).map_err(|_| self.error(format!("an array dimension of {d}"))))
@@ -1511,12 +1538,13 @@ impl<'a, 'l> Machine<'a, 'l> {
             let obj = &self.arena[id];
             // Data held more than once in the result is copied.
             let copied = match obj {
-                Obj::Str(s) if uses[id] > 1 => s.len(),
-                Obj::Bytes(b) if uses[id] > 1 => b.len(),
-                Obj::Array(a) if uses[id] > 1 => a.data.len(),
+                Obj::Str(s) if uses[id] > 1 => s.len() as u64,
+                Obj::Bytes(b) if uses[id] > 1 => b.len() as u64,
+                Obj::Array(a) if uses[id] > 1 => (a.data.len() + 8 * a.shape.len()) as u64,
+                Obj::Tensor(t) if uses[id] > 1 => t.bytes(),
                 _ => 0,
             };
-            units = units.saturating_add(1 + copied as u64);
+            units = units.saturating_add(1 + copied);
             if units > max_objects {
                 return Err(self.error(format!("the pickle makes more than {max_objects} objects")));
             }
