@@ -30,7 +30,7 @@ fi
 if [[ $# -gt 0 ]]; then
     targets=("$@")
 else
-    targets=(haiku_pickle config_safetensors fill_mask_text)
+    targets=(haiku_pickle config_safetensors fill_mask_text media)
 fi
 
 seed() {
@@ -38,7 +38,18 @@ seed() {
     mkdir -p "$corpus"
     case $target in
         haiku_pickle)
-            cp -n "$root"/tests/fixtures/haiku/*.pickle "$root"/tests/fixtures/hostile/haiku/*.pickle "$corpus"/
+            cp -n "$root"/tests/fixtures/haiku/*.pickle "$root"/tests/fixtures/hostile/haiku/*.pickle \
+                "$root"/fuzz/seeds/haiku_pickle/* "$corpus"/
+            ;;
+        media)
+            # The first byte picks the reader (2: pictures): the test pictures behind it.
+            cp -n "$root"/fuzz/seeds/media/* "$corpus"/
+            shopt -s nullglob
+            for picture in "$root"/tests/fixtures/images/*.{png,jpg,webp,bmp,gif,tif}; do
+                [[ -e $corpus/picture_${picture##*/}.bin ]] ||
+                    { printf '\x02'; cat "$picture"; } >"$corpus/picture_${picture##*/}.bin"
+            done
+            shopt -u nullglob
             ;;
         *)
             cp -n "$root"/fuzz/seeds/"$target"/* "$corpus"/
@@ -52,6 +63,8 @@ args() {
         # The seed model is some 20 KB; room to grow it.
         config_safetensors) echo "-max_len=65536" ;;
         fill_mask_text) echo "-max_len=4096" ;;
+        # Room for the test pictures and a few y4m frames.
+        media) echo "-max_len=16384" ;;
     esac
 }
 

@@ -1,5 +1,6 @@
-//! The Haiku pickle reader on arbitrary bytes: it must return (a value or an error) without
-//! panicking, within its limits, and what it returns must hold together.
+//! The pickle reader on arbitrary bytes, as a Haiku checkpoint and as a `torch.save` state dict:
+//! it must return (a value or an error) without panicking, within its limits, and what it
+//! returns must hold together.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -31,6 +32,23 @@ fn check(value: &Value, depth: usize) {
             assert!(count as u64 <= 1 << 16);
             assert_eq!(array.data.len(), count * array.dtype.element.size());
         }
+        // A tensor's view stays inside its storage and has no more elements than it.
+        Value::Tensor(tensor) => {
+            assert!(tensor.storage_len as u64 <= 1 << 16);
+            assert_eq!(tensor.shape.len(), tensor.strides.len());
+            assert!(tensor.shape.iter().product::<usize>() <= tensor.storage_len);
+            assert!(tensor.offset <= tensor.storage_len);
+            if !tensor.shape.contains(&0) {
+                let last: usize = tensor.offset
+                    + tensor
+                        .shape
+                        .iter()
+                        .zip(&tensor.strides)
+                        .map(|(d, s)| (d - 1) * s)
+                        .sum::<usize>();
+                assert!(last < tensor.storage_len);
+            }
+        }
         _ => {}
     }
 }
@@ -38,6 +56,9 @@ fn check(value: &Value, depth: usize) {
 fuzz_target!(|data: &[u8]| {
     let limits = limits();
     if let Ok(value) = pickle::load(data, &limits) {
+        check(&value, 0);
+    }
+    if let Ok(value) = pickle::load_torch(data, &limits) {
         check(&value, 0);
     }
     if let Ok(checkpoint) = read_haiku_bytes_with(data, &limits) {
