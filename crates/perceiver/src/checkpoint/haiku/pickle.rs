@@ -1280,27 +1280,16 @@ impl<'a, 'l> Machine<'a, 'l> {
         })
     }
 
-    /// A tensor's strides: non-negative integers, as many as an array may have dimensions, paid
-    /// for as [`Self::shape_of`] pays for a shape.
+    /// A tensor's strides: at most the storage's elements each.
     fn strides_of(&mut self, id: Id) -> Result<Vec<usize>> {
-        let Obj::Tuple(items) = &self.arena[id] else {
-            return Err(self.error(format!(
-                "{} where a tensor's strides belong",
-                self.arena[id].kind()
-            )));
-        };
-        if items.len() > 64 {
-            return Err(self.error(format!("a tensor of {} strides", items.len())));
-        }
-        let strides = items
-            .iter()
-            .map(|&item| match self.arena[item] {
-                Obj::Int(n) if n >= 0 && (n as u64) <= self.limits.max_array_elements => Ok(n as usize),
-                _ => Err(self.error("a tensor's strides are not integers within the storage")),
+        let strides = self.small_ints(id, "a tensor's strides", "a tensor stride")?;
+        strides
+            .into_iter()
+            .map(|s| match usize::try_from(s) {
+                Ok(s) if s as u64 <= self.limits.max_array_elements => Ok(s),
+                _ => Err(self.error(format!("a tensor stride of {s}, beyond any storage"))),
             })
-            .collect::<Result<Vec<_>>>()?;
-        self.spend(8 * strides.len() as u64)?;
-        Ok(strides)
+            .collect()
     }
 
     fn build(&mut self, target: Id, state: Id) -> Result<()> {
@@ -1395,27 +1384,31 @@ impl<'a, 'l> Machine<'a, 'l> {
         }
     }
 
-    /// An array's shape; its dimensions are paid for like a string's bytes, so that a pickle
-    /// calling a constructor over and over with one memoised shape cannot make shapes without
-    /// bound.
-    fn shape_of(&mut self, id: Id) -> Result<Vec<usize>> {
+    /// A tuple of at most 64 non-negative integers (`what`, each an `item`): an array's shape or
+    /// a tensor's strides. They are paid for like a string's bytes, so that a pickle calling a
+    /// constructor over and over with one memoised tuple cannot make them without bound.
+    fn small_ints(&mut self, id: Id, what: &str, item: &str) -> Result<Vec<u64>> {
         let Obj::Tuple(items) = &self.arena[id] else {
-            return Err(self.error(format!(
-                "{} where an array's shape belongs",
-                self.arena[id].kind()
-            )));
+            return Err(self.error(format!("{} where {what} belongs", self.arena[id].kind())));
         };
         if items.len() > 64 {
-            return Err(self.error(format!("an array of {} dimensions", items.len())));
+            return Err(self.error(format!("{what} of {} entries (at most 64)", items.len())));
         }
-        let mut dims = Vec::with_capacity(items.len());
-        for &item in items {
-            match self.arena[item] {
-                Obj::Int(n) if n >= 0 => dims.push(n as u64),
-                Obj::Int(n) => return Err(self.error(format!("an array dimension of {n}"))),
-                _ => return Err(self.error("an array shape holds something other than integers")),
-            }
-        }
+        let ints = items
+            .iter()
+            .map(|&i| match self.arena[i] {
+                Obj::Int(n) if n >= 0 => Ok(n as u64),
+                Obj::Int(n) => Err(self.error(format!("{item} of {n}"))),
+                _ => Err(self.error(format!("{what} holds something other than integers"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.spend(8 * ints.len() as u64)?;
+        Ok(ints)
+    }
+
+    /// An array's shape, of at most [`Limits::max_array_elements`] elements.
+    fn shape_of(&mut self, id: Id) -> Result<Vec<usize>> {
+        let dims = self.small_ints(id, "an array's shape", "an array dimension")?;
         let count = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
         if count.is_none_or(|c| c > self.limits.max_array_elements) {
             return Err(self.error(format!(
@@ -1423,7 +1416,6 @@ impl<'a, 'l> Machine<'a, 'l> {
                 self.limits.max_array_elements
             )));
         }
-        self.spend(8 * dims.len() as u64)?;
         // Each dimension is at most the count, which fits in memory's bounds checked later.
         dims.into_iter()
             .map(|d| usize::try_from(d).map_err(|_| self.error(format!("an array dimension of {d}"))))
