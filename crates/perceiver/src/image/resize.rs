@@ -180,66 +180,117 @@ impl fmt::Display for Resample {
 /// overshoot of filters with negative lobes (Pillow's `PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// The weights of one pass: for output sample `i`, `len[i]` input samples from `start[i]`,
-/// weighted by `weights[offset[i]..offset[i] + len[i]]`.
-struct Taps {
+/// One pass's filter over its input, as Pillow's `precompute_coeffs` lays it out: output sample
+/// `i` reads `len[i]` input samples from `start[i]`, whose weights sum to `norm[i]` before
+/// normalising. The fixed-point weights are made from these on demand ([`Windows::weight`]), or
+/// stored by [`Taps`] where a pass reads each many times. Either way the same bits as
+/// `normalize_coeffs_8bpc`: each weight is computed by the same operations in the same order.
+struct Windows {
+    filter: Resample,
+    scale: f64,
+    /// 1 / (the filter's stretch): input positions to filter positions.
+    ss: f64,
     start: Vec<usize>,
     len: Vec<usize>,
+    norm: Vec<f64>,
+}
+
+impl Windows {
+    /// For the whole input (Pillow's `box` = 0..in_size).
+    fn new(in_size: usize, out_size: usize, filter: Resample) -> Windows {
+        // Pillow's box is `float`: the input extent goes through f32 before the division.
+        let scale = f64::from(in_size as f32) / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let support = filter.support() * filterscale;
+        let mut windows = Windows {
+            filter,
+            scale,
+            ss: 1.0 / filterscale,
+            start: Vec::with_capacity(out_size),
+            len: Vec::with_capacity(out_size),
+            norm: Vec::with_capacity(out_size),
+        };
+        for xx in 0..out_size {
+            let center = windows.center(xx);
+            // C's (int) truncates toward zero, as `as` does; the clamps follow.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
+            let n = (xmax - xmin as i64).max(0) as usize;
+            let mut ww = 0.0;
+            for x in xmin..xmin + n {
+                ww += windows.raw_weight(center, x);
+            }
+            windows.start.push(xmin);
+            windows.len.push(n);
+            windows.norm.push(ww);
+        }
+        windows
+    }
+
+    fn center(&self, i: usize) -> f64 {
+        (i as f64 + 0.5) * self.scale
+    }
+
+    fn raw_weight(&self, center: f64, x: usize) -> f64 {
+        self.filter.weight((x as f64 - center + 0.5) * self.ss)
+    }
+
+    /// The fixed-point weight of input sample `x` (in `start[i]..start[i] + len[i]`) in output
+    /// sample `i`.
+    fn weight(&self, i: usize, x: usize) -> i32 {
+        let w = self.raw_weight(self.center(i), x);
+        let ww = self.norm[i];
+        let w = if ww != 0.0 { w / ww } else { w };
+        let fixed = w * f64::from(1u32 << PRECISION_BITS);
+        if w < 0.0 {
+            (-0.5 + fixed) as i32
+        } else {
+            (0.5 + fixed) as i32
+        }
+    }
+
+    /// How many weights the pass has in all: 4 bytes each when stored.
+    fn count(&self) -> usize {
+        self.len.iter().sum()
+    }
+}
+
+/// A pass's fixed-point weights, stored: output sample `i`'s are `weights[offset[i]..][..len[i]]`.
+/// Only the used ones are stored, so a reduction costs memory in proportion to the input
+/// (about `2 × support` weights an input sample), not to output × (filter width).
+struct Taps {
+    windows: Windows,
     offset: Vec<usize>,
     weights: Vec<i32>,
 }
 
 impl Taps {
-    /// Pillow's `precompute_coeffs` then `normalize_coeffs_8bpc`, for the whole input
-    /// (`box` = 0..in_size). Only the taps that are used are stored, so a large reduction costs
-    /// memory in proportion to the input, not output × (filter width).
     fn new(in_size: usize, out_size: usize, filter: Resample) -> Taps {
-        // Pillow's box is `float`: the input extent goes through f32 before the division.
-        let scale = f64::from(in_size as f32) / out_size as f64;
-        let filterscale = scale.max(1.0);
-        let support = filter.support() * filterscale;
-        let ss = 1.0 / filterscale;
-        let mut taps = Taps {
-            start: Vec::with_capacity(out_size),
-            len: Vec::with_capacity(out_size),
-            offset: Vec::with_capacity(out_size),
-            weights: Vec::new(),
-        };
-        let mut k = Vec::new();
-        for xx in 0..out_size {
-            let center = (xx as f64 + 0.5) * scale;
-            // C's (int) truncates toward zero, as `as` does; the clamps follow.
-            let xmin = ((center - support + 0.5) as i64).max(0);
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
-            let n = (xmax - xmin).max(0) as usize;
-            k.clear();
-            let mut ww = 0.0;
-            for x in 0..n {
-                let w = filter.weight(((x as i64 + xmin) as f64 - center + 0.5) * ss);
-                k.push(w);
-                ww += w;
-            }
-            taps.start.push(xmin as usize);
-            taps.len.push(n);
-            taps.offset.push(taps.weights.len());
-            for &w in &k {
-                let w = if ww != 0.0 { w / ww } else { w };
-                let fixed = w * f64::from(1u32 << PRECISION_BITS);
-                taps.weights.push(if w < 0.0 {
-                    (-0.5 + fixed) as i32
-                } else {
-                    (0.5 + fixed) as i32
-                });
-            }
-        }
-        taps
+        Taps::from(Windows::new(in_size, out_size, filter))
     }
 
     fn of(&self, i: usize) -> (usize, &[i32]) {
+        let start = self.windows.start[i];
         (
-            self.start[i],
-            &self.weights[self.offset[i]..self.offset[i] + self.len[i]],
+            start,
+            &self.weights[self.offset[i]..self.offset[i] + self.windows.len[i]],
         )
+    }
+}
+
+impl From<Windows> for Taps {
+    fn from(windows: Windows) -> Taps {
+        let mut offset = Vec::with_capacity(windows.len.len());
+        let mut weights = Vec::with_capacity(windows.count());
+        for (i, (&start, &n)) in windows.start.iter().zip(&windows.len).enumerate() {
+            offset.push(weights.len());
+            weights.extend((start..start + n).map(|x| windows.weight(i, x)));
+        }
+        Taps {
+            windows,
+            offset,
+            weights,
+        }
     }
 }
 
@@ -255,8 +306,9 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 /// `image` resized to `width` × `height` with `filter`, as Pillow's `Image.resize((width,
 /// height), resample=filter)` computes it on an RGB image.
 ///
-/// The memory used is the output (as 32-bit sums) plus one row, whatever the input: the
-/// vertical pass gathers each horizontally resampled row into the output rows that use it.
+/// The memory used is the output (as 32-bit sums), one row, and the horizontal pass's weights
+/// where they take no more than the input rows they are used on: the vertical pass gathers each
+/// horizontally resampled row into the output rows that use it.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a zero target size; [`Error::ImageTooLarge`] for a target of more
@@ -319,43 +371,76 @@ fn nearest(image: &RgbImage, width: usize, height: usize) -> RgbImage {
     RgbImage::from_raw_unchecked(width, height, out)
 }
 
+/// How the horizontal pass gets its weights.
+enum Horizontal {
+    Stored(Taps),
+    OnDemand(Windows),
+}
+
 /// The two convolution passes (Pillow's `ImagingResampleInner` with the 8-bit passes).
 fn convolve(image: &RgbImage, width: usize, height: usize, filter: Resample) -> RgbImage {
     let (in_w, in_h) = (image.width(), image.height());
     let need_horizontal = width != in_w;
     let need_vertical = height != in_h;
-    let vert = Taps::new(in_h, height, filter);
-    let horiz = need_horizontal.then(|| Taps::new(in_w, width, filter));
+    // The vertical pass uses each weight once (on a whole row), so it makes them as it goes.
+    let vert = Windows::new(in_h, height, filter);
     // The rows the vertical pass reads; Pillow runs the horizontal pass on those only.
-    let first_row = vert.start[0];
-    let last_row = vert.start[height - 1] + vert.len[height - 1];
+    let (first_row, last_row) = if need_vertical {
+        (vert.start[0], vert.start[height - 1] + vert.len[height - 1])
+    } else {
+        (0, in_h)
+    };
     let src = image.pixels();
     let in_row = in_w * 3;
     let out_row = width * 3;
+    // The horizontal pass uses each weight once a row: stored, unless they would take more
+    // memory than the rows they are used on (a picture a few rows high and very wide), where
+    // making them again for each row costs less than holding them.
+    let horiz = need_horizontal.then(|| {
+        let windows = Windows::new(in_w, width, filter);
+        let stored_bytes = windows.count().saturating_mul(std::mem::size_of::<i32>());
+        if stored_bytes <= (last_row - first_row).saturating_mul(in_row) {
+            Horizontal::Stored(Taps::from(windows))
+        } else {
+            Horizontal::OnDemand(windows)
+        }
+    });
 
     let mut row_buf = vec![0u8; out_row];
     // One input row through the horizontal pass (or as is, when the width does not change).
     let horizontal = |y: usize, buf: &mut [u8]| {
         let row = &src[y * in_row..(y + 1) * in_row];
-        match &horiz {
-            None => buf.copy_from_slice(row),
-            Some(taps) => {
-                for xx in 0..width {
+        // Products and sums stay below 2^31: |Σ w| ≈ 2^22, and Σ |w| ≤ 2^23 for every filter,
+        // times 255.
+        let tap = |s: &mut [i32; 3], x: usize, w: i32| {
+            let p = &row[x * 3..x * 3 + 3];
+            s[0] = s[0].wrapping_add(i32::from(p[0]).wrapping_mul(w));
+            s[1] = s[1].wrapping_add(i32::from(p[1]).wrapping_mul(w));
+            s[2] = s[2].wrapping_add(i32::from(p[2]).wrapping_mul(w));
+        };
+        let Some(horiz) = &horiz else {
+            buf.copy_from_slice(row);
+            return;
+        };
+        for xx in 0..width {
+            let mut s = [HALF; 3];
+            match horiz {
+                Horizontal::Stored(taps) => {
                     let (start, k) = taps.of(xx);
-                    let mut s = [HALF; 3];
                     for (i, &w) in k.iter().enumerate() {
-                        let p = &row[(start + i) * 3..(start + i) * 3 + 3];
-                        // Products and sums stay below 2^31: |Σ w| ≈ 2^22, and Σ |w| ≤ 2^23 for
-                        // every filter, times 255.
-                        s[0] = s[0].wrapping_add(i32::from(p[0]).wrapping_mul(w));
-                        s[1] = s[1].wrapping_add(i32::from(p[1]).wrapping_mul(w));
-                        s[2] = s[2].wrapping_add(i32::from(p[2]).wrapping_mul(w));
+                        tap(&mut s, start + i, w);
                     }
-                    buf[xx * 3] = clip8(s[0]);
-                    buf[xx * 3 + 1] = clip8(s[1]);
-                    buf[xx * 3 + 2] = clip8(s[2]);
+                }
+                Horizontal::OnDemand(windows) => {
+                    let start = windows.start[xx];
+                    for x in start..start + windows.len[xx] {
+                        tap(&mut s, x, windows.weight(xx, x));
+                    }
                 }
             }
+            buf[xx * 3] = clip8(s[0]);
+            buf[xx * 3 + 1] = clip8(s[1]);
+            buf[xx * 3 + 2] = clip8(s[2]);
         }
     };
 
@@ -384,8 +469,7 @@ fn convolve(image: &RgbImage, width: usize, height: usize, filter: Resample) -> 
         }
         horizontal(y, &mut row_buf);
         for yy in lo..hi {
-            let (start, k) = vert.of(yy);
-            let w = k[y - start];
+            let w = vert.weight(yy, y);
             let acc = &mut sums[yy * out_row..(yy + 1) * out_row];
             for (a, &p) in acc.iter_mut().zip(&row_buf) {
                 *a = a.wrapping_add(i32::from(p).wrapping_mul(w));

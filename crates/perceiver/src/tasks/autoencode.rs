@@ -145,10 +145,7 @@ impl Autoencoder {
             max_pixels: (h * w) as u64,
         };
         let frames = read_y4m(std::io::BufReader::new(file), wanted, &limits).map_err(|e| match e {
-            Error::ImageTooLarge { width, height, .. } => Error::InvalidInput(format!(
-                "{}: the model takes {h}x{w} frames (output_shape), not {height}x{width} (height x width)",
-                path.display()
-            )),
+            Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(path, height, width),
             e => Error::InvalidInput(format!("{}: {e}", path.display())),
         })?;
         if frames.len() < wanted {
@@ -175,15 +172,18 @@ impl Autoencoder {
         self.frame_pixels(&image, path)
     }
 
+    fn wrong_frame_size(&self, source: &Path, height: u64, width: u64) -> Error {
+        let (h, w) = self.spec.frame_size();
+        Error::InvalidInput(format!(
+            "{}: the model takes {h}x{w} frames (output_shape), not {height}x{width} (height x width)",
+            source.display()
+        ))
+    }
+
     fn frame_pixels(&self, image: &RgbImage, source: &Path) -> Result<Pixels> {
         let (h, w) = self.spec.frame_size();
         if (image.height(), image.width()) != (h, w) {
-            return Err(Error::InvalidInput(format!(
-                "{}: the model takes {h}x{w} frames (output_shape), not {}x{} (height x width)",
-                source.display(),
-                image.height(),
-                image.width()
-            )));
+            return Err(self.wrong_frame_size(source, image.height() as u64, image.width() as u64));
         }
         let plane = h * w;
         let mut values = vec![0f32; IMAGE_CHANNELS * plane];
