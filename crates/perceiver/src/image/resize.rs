@@ -265,10 +265,6 @@ struct Taps {
 }
 
 impl Taps {
-    fn new(in_size: usize, out_size: usize, filter: Resample) -> Taps {
-        Taps::from(Windows::new(in_size, out_size, filter))
-    }
-
     fn of(&self, i: usize) -> (usize, &[i32]) {
         let start = self.windows.start[i];
         (
@@ -493,7 +489,7 @@ mod tests {
     fn weights_sum_to_one_in_fixed_point() {
         for filter in Resample::ALL.into_iter().filter(|f| *f != Resample::Nearest) {
             for (i, o) in [(1, 1), (1, 7), (7, 1), (17, 5), (5, 17), (224, 224), (1000, 3)] {
-                let taps = Taps::new(i, o, filter);
+                let taps = Taps::from(Windows::new(i, o, filter));
                 for xx in 0..o {
                     let (_, k) = taps.of(xx);
                     let sum: i64 = k.iter().map(|&w| i64::from(w)).sum();
