@@ -54,11 +54,17 @@ fn fails_with(out: &Output, needle: &str) {
 fn same_as_pipeline(ours: &Value, theirs: &Value) {
     let (ours, theirs) = (ours.as_array().unwrap(), theirs.as_array().unwrap());
     assert_eq!(ours.len(), theirs.len());
+    let mut worst = 0f64;
     for (a, b) in ours.iter().zip(theirs) {
         assert_eq!(a["label"], b["label"]);
         let diff = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs();
-        assert!(diff <= 1e-4, "{a} vs {b}");
+        assert!(diff <= 1e-4, "{a} vs {b}: |Δ score| {diff:.2e} > 1e-4");
+        worst = worst.max(diff);
     }
+    println!(
+        "{} labels as the pipeline's; max |Δ score| = {worst:.2e} (tolerance 1e-4)",
+        ours.len()
+    );
 }
 
 fn pipeline(name: &str) -> Vec<Value> {

@@ -25,6 +25,13 @@ fn worst_difference(model: &PerceiverForMaskedLM) -> f32 {
     max_abs_diff(&model.forward(&ids, None).unwrap(), &cases["single.logits"])
 }
 
+/// The model's logits equal transformers' within 1e-4 (the f32 parity tolerance).
+fn assert_matches_transformers(weights: &str, model: &PerceiverForMaskedLM) {
+    let worst = worst_difference(model);
+    println!("{weights}: max |Δ logit| = {worst:.2e} (tolerance 1e-4)");
+    assert!(worst <= 1e-4, "{weights}: max |Δ logit| {worst:.2e} > 1e-4");
+}
+
 #[test]
 fn pytorch_bin_loads_the_same_model() {
     let files = ModelFiles::from_dir(&fixtures().join("pytorch_bin").join(MODEL)).unwrap();
@@ -33,9 +40,7 @@ fn pytorch_bin_loads_the_same_model() {
         perceiver::checkpoint::WeightFiles::PyTorch(_)
     ));
     let model = load_masked_lm(&files, &Device::Cpu).unwrap();
-    let worst = worst_difference(&model);
-    println!("pytorch_model.bin: max |Δ logit| = {worst:.2e}");
-    assert!(worst <= 1e-4);
+    assert_matches_transformers("pytorch_model.bin", &model);
 }
 
 /// Splits the fixture's safetensors into two shards with an index, as transformers does for
@@ -73,7 +78,7 @@ fn sharded_safetensors_load_the_same_model() {
         other => panic!("{other:?}"),
     }
     let model = load_masked_lm(&files, &Device::Cpu).unwrap();
-    assert!(worst_difference(&model) <= 1e-4);
+    assert_matches_transformers("two safetensors shards", &model);
 }
 
 #[test]
