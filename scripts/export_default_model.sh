@@ -11,6 +11,7 @@ mkdir -p models/default
 cp "$latest/config.json" "$latest/model.safetensors" "$latest/training.json" models/default/
 cp "$RUN/curves.svg" models/default/curves.svg 2>/dev/null || true
 echo "exported $latest"
+echo "now rerun: .venv-ref/bin/python scripts/make_built_in_fixture.py (built_in.rs checks the new weights against it)"
 eval_json() { "$BIN" eval --model models/default "$@" --mask-rate 0.15 --seed 0 --json; }
 echo "| held-out text | bytes masked | top-1 accuracy | bits per byte |"
 echo "|---|---:|---:|---:|"
