@@ -126,9 +126,61 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, whatever the layers below put in their messages.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', "; "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, "outer: cause: …", whatever the layers below put in
+/// their messages. A cause whose text its outer message already quotes (an error type that
+/// prints its source itself) is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', "; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// An error that quotes its source in its own message, as many do.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read x.bin: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_is_written_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoted = anyhow::Error::new(Quoting(io())).context("loading the model");
+        assert_eq!(
+            one_line(&quoted),
+            "loading the model: cannot read x.bin: no such file"
+        );
+        let plain = anyhow::Error::new(io()).context("loading the model");
+        assert_eq!(one_line(&plain), "loading the model: no such file");
+        let lines = anyhow::anyhow!("first\nsecond");
+        assert_eq!(one_line(&lines), "first; second");
     }
 }

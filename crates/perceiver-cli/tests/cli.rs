@@ -328,6 +328,17 @@ fn bad_input_files_fail_cleanly() {
         &perceiver(&["fill-mask", "-m", &model, "--input", file.to_str().unwrap()]),
         "line 2",
     );
+    // Checked before the model loads: a model that cannot load is not what is reported.
+    assert_clean_failure(
+        &perceiver(&[
+            "fill-mask",
+            "-m",
+            "/nonexistent/model",
+            "--input",
+            file.to_str().unwrap(),
+        ]),
+        "line 2: the text has no mask",
+    );
     std::fs::write(&file, b"ok [MASK]\n\xff\xfe\n").unwrap();
     assert_clean_failure(
         &perceiver(&["fill-mask", "-m", &model, "--input", file.to_str().unwrap()]),

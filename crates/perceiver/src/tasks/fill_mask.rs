@@ -128,13 +128,16 @@ impl FillMask {
         Ok(input)
     }
 
-    /// The checks [`prepare_with`](Self::prepare_with) can make without a model (syntax, mask
-    /// range, and length against the longest any model may take), building nothing: front ends
-    /// that read many texts run it on all of them before loading a model, so a typo costs no
-    /// load or download.
+    /// The checks [`prepare_with`](Self::prepare_with) can make without a model (syntax, a mask
+    /// at least, the mask range, and length against the longest any model may take), building
+    /// nothing: front ends that read many texts run it on all of them before loading a model, so
+    /// a typo costs no load or download.
     pub fn precheck(text: &str, mask_range: Option<Range<usize>>, add_special_tokens: bool) -> Result<()> {
         let most = crate::config::bounds::MAX_POSITION_EMBEDDINGS.max as usize;
-        Self::counted(text, mask_range.as_ref(), add_special_tokens, most).map(|_| ())
+        if Self::counted(text, mask_range.as_ref(), add_special_tokens, most)? == 0 {
+            return Err(no_mask());
+        }
+        Ok(())
     }
 
     /// [`check`](Self::check) on a text not yet built: whether
