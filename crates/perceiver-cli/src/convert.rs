@@ -26,7 +26,7 @@ pub struct ConvertArgs {
 
     /// With a DeepMind checkpoint: a transformers config.json for what its shapes cannot tell
     /// (heads, blocks, query residual, activation). Default: DeepMind's Colab values.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "PERCEIVER_MODEL_CONFIG")]
     model_config: Option<PathBuf>,
 
     /// The GELU the written config.json names: gelu_new (the tanh approximation DeepMind's

@@ -109,6 +109,22 @@ fn a_converted_pickle_answers_as_the_pickle_does() {
 }
 
 #[test]
+fn convert_reads_the_model_config_from_the_environment_as_the_other_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pickle, config) = config_json_pickle();
+    let by_flag = path(dir.path().join("by_flag"));
+    let by_env = path(dir.path().join("by_env"));
+    run(&["convert", &pickle, "--out", &by_flag, "--model-config", &config]);
+    let out = command(&["convert", &pickle, "--out", &by_env])
+        .env("PERCEIVER_MODEL_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |dir: &str| std::fs::read_to_string(Path::new(dir).join("config.json")).unwrap();
+    assert_eq!(read(&by_env), read(&by_flag));
+}
+
+#[test]
 fn convert_refuses_a_directory_with_files_unless_forced_and_writes_the_chosen_gelu() {
     let dir = tempfile::tempdir().unwrap();
     let out = path(dir.path().join("model"));
