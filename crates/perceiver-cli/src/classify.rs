@@ -62,15 +62,28 @@ const MAX_BATCH_SIZE: i64 = 256;
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
 pub fn run(args: ClassifyArgs) -> Result<()> {
-    let lines = match &args.input {
-        Some(path) => read_lines(path)?,
-        None => args.inputs.clone(),
+    // Each input with where it came from, for error messages (a text may be long).
+    let lines: Vec<(String, String)> = match &args.input {
+        Some(path) => read_lines(path)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, line)| (format!("{} line {}", path.display(), i + 1), line))
+            .collect(),
+        None => args
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| (format!("input {}", i + 1), input.clone()))
+            .collect(),
     };
-    let inputs = if args.text {
-        lines
+    let inputs: Vec<String> = if args.text {
+        lines.iter().map(|(_, text)| text.clone()).collect()
     } else {
         let mut paths = Vec::new();
-        for line in &lines {
+        for (where_, line) in &lines {
+            if line.is_empty() {
+                bail!("{where_} is empty: give an image file or a directory of them");
+            }
             paths.extend(image_paths(Path::new(line))?);
         }
         paths
@@ -97,10 +110,8 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     }
     // Every text is checked before any runs.
     if args.text {
-        for text in &inputs {
-            classifier
-                .tokenize(text)
-                .with_context(|| format!("text {text:?}"))?;
+        for (where_, text) in &lines {
+            classifier.tokenize(text).with_context(|| where_.clone())?;
         }
     }
 

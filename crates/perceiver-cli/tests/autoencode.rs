@@ -156,6 +156,10 @@ fn bad_inputs_end_in_one_line() {
     let one = inputs.root.join("one");
     write_frames(&one, 1, 16);
     common::fails_with(&run(&model, &path(&one), &wav, &[]), "takes 2 frames");
+    common::fails_with(
+        &run(&model, &path(&one.join("f0.png")), &wav, &[]),
+        "one image; the model takes 2 frames",
+    );
     let big = inputs.root.join("big");
     write_frames(&big, 2, 20);
     common::fails_with(&run(&model, &path(&big), &wav, &[]), "16x16 frames");

@@ -195,11 +195,17 @@ fn bad_inputs_are_one_line_errors() {
         &perceiver(&["classify", "--model", &text_model, &image]),
         "--text",
     );
-    // A text longer than the model's positions.
+    // A text longer than the model's positions: named by its place, not quoted whole.
     let long = "x".repeat(100);
+    let out = perceiver(&["classify", "--text", "--model", &text_model, "fine", &long]);
+    fails_with(&out, "input 2: the text is 102 tokens long");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&long));
+    // A blank line where an image's path belongs.
+    let list = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(list.path(), format!("{image}\n\n")).unwrap();
     fails_with(
-        &perceiver(&["classify", "--text", "--model", &text_model, &long]),
-        "64",
+        &perceiver(&["classify", "--model", &image_model, "--input", &path(list.path())]),
+        "line 2 is empty",
     );
     // A masked LM is not a classifier, and a classifier cannot fill masks.
     fails_with(

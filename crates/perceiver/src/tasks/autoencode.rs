@@ -27,6 +27,12 @@ pub const DEFAULT_CHUNKS: usize = 128;
 /// The file extensions read as frames (compared without case).
 pub const FRAME_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
+fn has_frame_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| FRAME_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// A reconstruction and the best labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoencodeOutput {
@@ -96,10 +102,16 @@ impl Autoencoder {
     /// model's frame size, scaled to [0, 1] (`v / 255` in f64, then f32, as the Colab).
     pub fn frames_from(&self, path: &Path) -> Result<Vec<Pixels>> {
         if path.is_dir() {
-            self.frames_from_dir(path)
-        } else {
-            self.frames_from_y4m(path)
+            return self.frames_from_dir(path);
         }
+        if has_frame_extension(path) {
+            return Err(Error::InvalidInput(format!(
+                "{}: one image; the model takes {} frames: give a directory of them (PNG or JPEG, in name order) or a .y4m video",
+                path.display(),
+                self.spec.num_frames
+            )));
+        }
+        self.frames_from_y4m(path)
     }
 
     /// The `num_frames` image files of `dir` (PNG or JPEG, by name order): exactly that many.
@@ -113,12 +125,7 @@ impl Autoencoder {
             .map(|entry| entry.map(|e| e.path()).map_err(io))
             .collect::<Result<Vec<_>>>()?
             .into_iter()
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| FRAME_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-            })
+            .filter(|p| p.is_file() && has_frame_extension(p))
             .collect();
         files.sort();
         let wanted = self.spec.num_frames;
