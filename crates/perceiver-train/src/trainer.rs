@@ -286,6 +286,26 @@ impl Trainer {
             .validate(&saved.config)
             .map_err(|e| bad_file(e.to_string()))?;
         let progress = saved.training.progress;
+        // `progress.windows` windows are replayed below to reach the stream's position: only as
+        // many as the run's own steps drew (at most MAX_WINDOWS, by validate), never a count
+        // written into the file by hand.
+        let drawn = progress
+            .step
+            .checked_mul(
+                (saved.training.options.batch_size as u64)
+                    .saturating_mul(saved.training.options.grad_accum as u64),
+            )
+            .filter(|_| progress.step <= MAX_STEPS);
+        if drawn != Some(progress.windows) {
+            return Err(bad_file(format!(
+                "progress.windows is {} and progress.step {}: a run of at most {MAX_STEPS} \
+                 steps draws {} windows × {} micro-batches a step, no other count",
+                progress.windows,
+                progress.step,
+                saved.training.options.batch_size,
+                saved.training.options.grad_accum,
+            )));
+        }
         if progress.step > saved.training.options.steps {
             return Err(bad_file(format!(
                 "progress.step {} is past the run's {} steps",
@@ -317,20 +337,6 @@ impl Trainer {
             options.steps = steps;
             options.schedule.total_steps = steps;
             options.validate(&saved.config)?;
-        }
-        // `progress.windows` windows are replayed below to reach the stream's position: only as
-        // many as the run's own steps drew (at most MAX_WINDOWS, by validate), never a count
-        // written into the file by hand.
-        let drawn = progress
-            .step
-            .checked_mul((options.batch_size as u64).saturating_mul(options.grad_accum as u64))
-            .filter(|_| progress.step <= MAX_STEPS);
-        if drawn != Some(progress.windows) {
-            return Err(bad_file(format!(
-                "progress.windows is {} and progress.step {}: a run of at most {MAX_STEPS} \
-                 steps draws {} windows × {} micro-batches a step, no other count",
-                progress.windows, progress.step, options.batch_size, options.grad_accum,
-            )));
         }
         let pending = saved.training.pending;
         let window_fits = if pending.is_empty() {
