@@ -130,7 +130,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1, value_parser = count_parser(MAX_GRAD_ACCUM as u64))]
     grad_accum: usize,
 
-    /// Optimizer updates (with --resume: the new total; at most 10⁹).
+    /// Optimizer updates (with --resume: the new total, not below the step reached; at most 10⁹,
+    /// and at most 2³² windows: steps × batch size × accumulation).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_STEPS))]
     steps: Option<u64>,
 

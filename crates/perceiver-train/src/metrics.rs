@@ -280,3 +280,55 @@ pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
         .map_err(io_at(path))?;
     writeln!(file, "{line}").map_err(io_at(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: u64, loss: f64) -> StepMetrics {
+        StepMetrics {
+            step,
+            loss,
+            accuracy: 0.25,
+            lr: 1e-3,
+            grad_norm: 0.1 * step as f64,
+            bytes: 100,
+            seconds: 0.01,
+        }
+    }
+
+    #[test]
+    fn a_nan_loss_round_trips_and_a_bad_line_is_refused_not_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let mut log = MetricsLog::create(&path).unwrap();
+        log.append(&Record::train(&[step(1, f64::NAN)])).unwrap();
+        log.append(&Record::train(&[step(2, 1.5)])).unwrap();
+        MetricsLog::resume(&path, 2).unwrap();
+        let records = read(&path).unwrap();
+        assert_eq!(records.len(), 2);
+        assert!(matches!(records[0], Record::Train { loss, .. } if loss.is_nan()));
+        // Never truncated by a fresh log.
+        assert!(MetricsLog::create(&path).is_err());
+        assert_eq!(read(&path).unwrap().len(), 2);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let broken = format!("{{\"kind\": \"train\"}}\n{text}");
+        std::fs::write(&path, &broken).unwrap();
+        let err = MetricsLog::resume(&path, 2).err().unwrap().to_string();
+        assert!(err.contains("metrics.jsonl line 1"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+    }
+
+    #[test]
+    fn a_window_survives_json_bit_for_bit() {
+        let mut window = Window::default();
+        for (i, loss) in [0.1 + 0.2, 1.0 / 3.0, f64::NAN].into_iter().enumerate() {
+            window.push(&step(i as u64 + 1, loss));
+        }
+        let back: Window = serde_json::from_str(&serde_json::to_string(&window).unwrap()).unwrap();
+        assert_eq!(back.loss.to_bits(), window.loss.to_bits());
+        assert_eq!((back.grad_norm, back.seconds), (window.grad_norm, window.seconds));
+        assert_eq!(back.steps, 3);
+    }
+}
