@@ -493,16 +493,22 @@ fn resume_refuses_what_it_cannot_do_and_keeps_the_users_files() {
     // A checkpoint named relative to its run directory resumes and saves there.
     run_in(&out, &["train", "--resume", "step-000004", "--steps", "6"]);
     assert!(out.join("step-000006/training.json").is_file());
+    // So does `.` inside it.
+    run_in(
+        &out.join("step-000006"),
+        &["train", "--resume", ".", "--steps", "7"],
+    );
+    assert!(out.join("step-000007/training.json").is_file());
 
     // Values a flag could not have are refused from training.json too.
-    edit_json(&out.join("step-000006/training.json"), |t| {
+    edit_json(&out.join("step-000007/training.json"), |t| {
         t["options"]["optimizer"]["beta1"] = 1.0.into();
     });
     fails(
         &["train", "--resume", o, "--steps", "8"],
         "--beta1 must be in [0, 1)",
     );
-    edit_json(&out.join("step-000006/training.json"), |t| {
+    edit_json(&out.join("step-000007/training.json"), |t| {
         t["options"]["optimizer"]["beta1"] = 0.9.into();
         // A replay of 8 × 10⁹ windows would take days: refused at once.
         t["options"]["steps"] = 1_000_000_000u64.into();

@@ -266,7 +266,11 @@ impl Trainer {
     /// Continues the run of a checkpoint (or the newest checkpoint of a run directory), exactly
     /// where it stopped. `steps` may extend the run.
     pub fn resume(path: &Path, steps: Option<u64>) -> Result<Self> {
-        let dir = checkpoint::resolve(path)?;
+        let mut dir = checkpoint::resolve(path)?;
+        if dir.file_name().is_none() {
+            // `.` or `..`: their parent is not the run directory; the real names tell it.
+            dir = dir.canonicalize().map_err(io_at(&dir))?;
+        }
         // `step-000004` has the parent "", which is no directory to save into.
         let run_dir = dir
             .parent()
