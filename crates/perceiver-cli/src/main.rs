@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod autoencode;
 mod classify;
@@ -90,8 +90,12 @@ fn main() -> ExitCode {
             message.replace('\n', "; ")
         );
     }));
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // The matches too: `train --resume` asks which flags were typed rather than defaulted.
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         // Help, version, and a bare `perceiver`: clap's own output.
         Err(e) if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             e.exit()
@@ -117,7 +121,13 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Flow(args) => flow::run(args),
         Command::Autoencode(args) => autoencode::run(args),
-        Command::Train(args) => train::run_train(*args),
+        Command::Train(args) => {
+            let typed = matches
+                .subcommand_matches("train")
+                .map(train::typed_flags)
+                .unwrap_or_default();
+            train::run_train(*args, &typed)
+        }
         Command::Eval(args) => train::run_eval(args),
         Command::Plot(args) => train::run_plot(args),
         Command::Serve(args) => serve::run(args),

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::builder::TypedValueParser;
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use perceiver::{Architecture, Loader, PerceiverConfig};
 use perceiver_train::classification::{self, ClassifierEval, EVAL_FILE};
@@ -72,7 +73,9 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
 
-    /// Continue a run (its directory, or one checkpoint) exactly where it stopped.
+    /// Continue a run (its directory, or its newest checkpoint) exactly where it stopped, with
+    /// the options it was started with: only --steps (a new total), --stop-at and --plot may be
+    /// given with it.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["corpus", "out", "preset", "config", "init_from"])]
     resume: Option<PathBuf>,
 
@@ -127,7 +130,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1, value_parser = count_parser(MAX_GRAD_ACCUM as u64))]
     grad_accum: usize,
 
-    /// Optimizer updates (with --resume: the new total; at most 10⁹).
+    /// Optimizer updates (with --resume: the new total, not below the step reached; at most 10⁹,
+    /// and at most 2³² windows: steps × batch size × accumulation).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_STEPS))]
     steps: Option<u64>,
 
@@ -186,8 +190,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     log_every: u64,
 
-    /// Checkpoints kept (oldest deleted first).
-    #[arg(long, default_value_t = 3)]
+    /// Checkpoints kept (oldest deleted first; at least 1).
+    #[arg(long, default_value_t = 3, value_parser = count_parser(u64::MAX))]
     keep_checkpoints: usize,
 
     /// Windows in the shuffle buffer [default: 64 MiB of windows, e.g. 262,144 of 256 bytes]. Files
@@ -253,9 +257,35 @@ const MAX_SEQ_LEN: u64 = perceiver::config::bounds::MAX_POSITION_EMBEDDINGS.max;
 /// The shuffle buffer's size when --shuffle-windows is not given, in bytes of windows.
 const DEFAULT_SHUFFLE_BYTES: usize = 64 << 20;
 
-pub fn run_train(args: TrainArgs) -> Result<()> {
+/// The flags of `train` given on the command line (not defaulted), as `--name`.
+pub fn typed_flags(matches: &ArgMatches) -> Vec<String> {
+    TrainArgs::augment_args(clap::Command::new("train"))
+        .get_arguments()
+        .filter(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .filter_map(|a| a.get_long().map(|long| format!("--{long}")))
+        .collect()
+}
+
+/// The flags a resume obeys; every other option is the checkpoint's.
+const RESUME_FLAGS: [&str; 4] = ["--resume", "--steps", "--stop-at", "--plot"];
+
+/// `typed`: the flags given on the command line ([`typed_flags`]).
+pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
+            let ignored: Vec<&str> = typed
+                .iter()
+                .map(String::as_str)
+                .filter(|f| !RESUME_FLAGS.contains(f))
+                .collect();
+            if !ignored.is_empty() {
+                bail!(
+                    "{} cannot change a resumed run, which keeps the options in its checkpoint's \
+                     training.json: leave them out, or start a new run from the checkpoint with \
+                     --init-from",
+                    ignored.join(", ")
+                );
+            }
             Trainer::resume(dir, args.steps).with_context(|| format!("cannot resume {}", dir.display()))?
         }
         None => {
@@ -482,8 +512,8 @@ pub struct EvalArgs {
     #[arg(long, value_parser = count_parser(MAX_SEQ_LEN))]
     seq_len: Option<usize>,
 
-    /// Evaluate at most this many windows.
-    #[arg(long, default_value_t = 100_000)]
+    /// Evaluate at most this many windows (at least 1).
+    #[arg(long, default_value_t = 100_000, value_parser = count_parser(u64::MAX))]
     max_windows: usize,
 
     /// Windows per forward pass (at most 4096).

@@ -4,7 +4,8 @@
 //! --model` and transformers' `PerceiverForMaskedLM.from_pretrained` load it), `training.json`
 //! (the training options and progress) and `optimizer.safetensors` (AdamW's moments). A checkpoint
 //! is written under a temporary name, synced, then renamed: a kill during a save leaves the
-//! previous checkpoints intact and no half-written one under a `step-` name.
+//! previous checkpoints intact and no half-written one under a `step-` name. A complete checkpoint
+//! is never rewritten: saving a step that is already saved replaces only its `training.json`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::error::{io_at, Error, Result};
+use crate::metrics::Window;
 
 /// A checkpoint's [`TrainingFile`] (JSON); a `step-` directory without it is not a checkpoint.
 pub const TRAINING_FILE: &str = "training.json";
@@ -42,6 +44,9 @@ pub struct TrainingFile {
     pub options: TrainConfig,
     /// How far the run had got.
     pub progress: Progress,
+    /// The updates since the last train record in `metrics.jsonl` (older files: none).
+    #[serde(default)]
+    pub pending: Window,
     /// `perceiver` version that wrote it.
     pub version: String,
 }
@@ -89,6 +94,15 @@ pub fn save(
     let name = step_dir_name(training.progress.step);
     let partial = run_dir.join(format!(".partial-{name}"));
     let target = run_dir.join(&name);
+    let json = serde_json::to_string_pretty(training).expect("training file serialises");
+    tidy(run_dir)?;
+    if target.join(TRAINING_FILE).is_file() {
+        // This step is saved already (Ctrl-C or --stop-at right after a scheduled save): its
+        // weights and moments are this state's, since a run dir only ever holds one history.
+        // Only training.json can differ (a resume's new --steps); it alone is replaced, whole.
+        crate::atomic::write(&target.join(TRAINING_FILE), json.as_bytes())?;
+        return Ok(target);
+    }
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(io_at(&partial))?;
     }
@@ -101,26 +115,46 @@ pub fn save(
     let optimizer_path = partial.join(OPTIMIZER_FILE);
     candle_core::safetensors::save(optimizer, &optimizer_path)?;
     let training_path = partial.join(TRAINING_FILE);
-    let json = serde_json::to_string_pretty(training).expect("training file serialises");
     std::fs::write(&training_path, json).map_err(io_at(&training_path))?;
     for path in [&config_path, &model_path, &optimizer_path, &training_path] {
         sync_file(path)?;
     }
-
     if target.exists() {
-        // Re-saving a step (e.g. Ctrl-C right after a scheduled save): swap, then drop the old.
-        let old = run_dir.join(format!(".old-{name}"));
-        std::fs::rename(&target, &old).map_err(io_at(&target))?;
-        std::fs::rename(&partial, &target).map_err(io_at(&target))?;
-        std::fs::remove_dir_all(&old).map_err(io_at(&old))?;
-    } else {
-        std::fs::rename(&partial, &target).map_err(io_at(&target))?;
+        // A `step-` directory without training.json is no checkpoint (list skips it): a
+        // leftover, replaced.
+        std::fs::remove_dir_all(&target).map_err(io_at(&target))?;
     }
+    std::fs::rename(&partial, &target).map_err(io_at(&target))?;
     // Make the rename itself durable.
     if let Ok(dir) = std::fs::File::open(run_dir) {
         let _ = dir.sync_all();
     }
     Ok(target)
+}
+
+/// Clears what an interrupted save leaves: `.partial-step-N` (incomplete) is deleted; an
+/// `.old-step-N` (the moved-away checkpoint of an earlier version's swap) is deleted when
+/// `step-N` is complete, else put back, since it is then the only copy.
+fn tidy(run_dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(run_dir).map_err(io_at(run_dir))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        if name.starts_with(".partial-step-") {
+            std::fs::remove_dir_all(&path).map_err(io_at(&path))?;
+        } else if let Some(step_name) = name.strip_prefix(".old-") {
+            let target = run_dir.join(step_name);
+            if target.join(TRAINING_FILE).is_file() {
+                std::fs::remove_dir_all(&path).map_err(io_at(&path))?;
+            } else if path.join(TRAINING_FILE).is_file() {
+                if target.exists() {
+                    std::fs::remove_dir_all(&target).map_err(io_at(&target))?;
+                }
+                std::fs::rename(&path, &target).map_err(io_at(&target))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Complete checkpoints of a run, oldest first.

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::corpus::splitmix64;
-use crate::error::{io_at, Error, Result};
+use crate::error::{Error, Result};
 use crate::init::{draw, transformers_param_init};
 use crate::labelled::{self, LabelledText};
 use crate::model::PerceiverForSequenceClassification;
@@ -503,7 +503,7 @@ pub fn write_eval(run_dir: &Path, step: u64, result: &ClassifierEval) -> Result<
         result: result.clone(),
     };
     let json = serde_json::to_string_pretty(&file).expect("evaluation serialises");
-    std::fs::write(&path, json).map_err(io_at(&path))
+    crate::atomic::write(&path, json.as_bytes())
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ pub struct TrainConfig {
     /// updates (0: one record, after the last update).
     pub log_every: u64,
     /// Newest checkpoints kept in the run directory; older ones are deleted after each save
-    /// (0 counts as 1).
+    /// (0, which `--keep-checkpoints` refuses, counts as 1: the newest is always kept).
     pub keep_checkpoints: usize,
     /// Windows in the shuffle buffer.
     pub shuffle_windows: usize,
@@ -103,6 +103,10 @@ pub const MAX_GRAD_ACCUM: usize = 4096;
 /// The most optimizer updates (`--steps`): even at a millisecond a step, 10⁹ steps take eleven
 /// days; beyond, a count is a typo, not a plan.
 pub const MAX_STEPS: u64 = 1_000_000_000;
+/// The most training windows a run may draw (`--steps × --batch-size × --grad-accum`): a resume
+/// replays every window drawn so far to find its place in the shuffled stream, so this bounds the
+/// cost of a resume (and of a training.json edited by hand). DeepMind's pretraining drew 2.6 × 10⁸.
+pub const MAX_WINDOWS: u64 = 1 << 32;
 
 impl TrainConfig {
     /// Checks the options against each other and the model, and every count against its bound
@@ -143,13 +147,79 @@ impl TrainConfig {
                 self.eval_fraction
             ));
         }
-        if !(self.schedule.peak_lr > 0.0 && self.schedule.peak_lr.is_finite()) {
-            return fail(format!("--lr must be positive, got {}", self.schedule.peak_lr));
+        let windows = self
+            .steps
+            .saturating_mul(self.batch_size as u64 * self.grad_accum as u64);
+        if windows > MAX_WINDOWS {
+            return fail(format!(
+                "--steps × --batch-size × --grad-accum is {windows} windows, at most {MAX_WINDOWS} \
+                 (a resume replays them to find its place in the data)"
+            ));
         }
-        if self.clip_norm.is_some_and(|c| c <= 0.0 || c.is_nan()) {
-            return fail("--clip-norm must be positive".into());
+        self.optimizer_and_schedule()?;
+        if self.clip_norm.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            return fail("--clip-norm must be positive and finite".into());
         }
         self.masking.validate()
+    }
+
+    /// AdamW's and the schedule's values: each outside its range trains to NaN, a negative or
+    /// rising learning rate, or silently no decay.
+    fn optimizer_and_schedule(&self) -> Result<()> {
+        let (o, s) = (&self.optimizer, &self.schedule);
+        let checks = [
+            (
+                "--lr",
+                s.peak_lr,
+                s.peak_lr > 0.0 && s.peak_lr.is_finite(),
+                "positive and finite",
+            ),
+            ("--beta1", o.beta1, (0.0..1.0).contains(&o.beta1), "in [0, 1)"),
+            ("--beta2", o.beta2, (0.0..1.0).contains(&o.beta2), "in [0, 1)"),
+            (
+                "--adam-eps",
+                o.eps,
+                o.eps > 0.0 && o.eps.is_finite(),
+                "positive and finite",
+            ),
+            (
+                "--weight-decay",
+                o.weight_decay,
+                o.weight_decay >= 0.0 && o.weight_decay.is_finite(),
+                "at least 0 and finite",
+            ),
+            (
+                "--min-lr-ratio",
+                s.min_lr_ratio,
+                (0.0..=1.0).contains(&s.min_lr_ratio),
+                "in [0, 1]",
+            ),
+        ];
+        for (flag, value, ok, range) in checks {
+            if !ok {
+                return Err(Error::Options(format!("{flag} must be {range}, got {value}")));
+            }
+        }
+        // Decoupled decay multiplies the weights by 1 − lr × decay: past 1 it flips their sign.
+        if s.peak_lr * o.weight_decay > 1.0 {
+            return Err(Error::Options(format!(
+                "--lr × --weight-decay is {}: above 1 the decay flips the weights' sign",
+                s.peak_lr * o.weight_decay
+            )));
+        }
+        if s.total_steps != self.steps {
+            return Err(Error::Options(format!(
+                "the schedule spans {} steps, the run {}",
+                s.total_steps, self.steps
+            )));
+        }
+        if s.warmup_steps > MAX_STEPS {
+            return Err(Error::Options(format!(
+                "--warmup-steps is {}, at most {MAX_STEPS}",
+                s.warmup_steps
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -225,6 +295,55 @@ mod tests {
         at_bounds.batch_size = MAX_BATCH_SIZE;
         at_bounds.grad_accum = MAX_GRAD_ACCUM;
         at_bounds.steps = MAX_STEPS;
+        at_bounds.schedule.total_steps = MAX_STEPS;
+        let err = at_bounds.validate(&model).unwrap_err().to_string();
+        assert!(err.contains("at most 4294967296"), "{err}");
+        at_bounds.batch_size = 1;
+        at_bounds.grad_accum = 1;
         at_bounds.validate(&model).unwrap();
+    }
+
+    #[test]
+    fn optimizer_and_schedule_values_out_of_range_are_refused() {
+        let model = PerceiverConfig {
+            max_position_embeddings: 64,
+            ..PerceiverConfig::default()
+        };
+        type Case = (fn(&mut TrainConfig), &'static str);
+        let cases: [Case; 14] = [
+            (|o| o.optimizer.beta1 = 1.0, "--beta1 must be in [0, 1), got 1"),
+            (|o| o.optimizer.beta1 = -0.1, "--beta1"),
+            (|o| o.optimizer.beta2 = 1.0, "--beta2"),
+            (|o| o.optimizer.beta2 = f64::NAN, "--beta2"),
+            (|o| o.optimizer.eps = -1e-8, "--adam-eps must be positive"),
+            (|o| o.optimizer.eps = 0.0, "--adam-eps"),
+            (|o| o.optimizer.weight_decay = f64::NAN, "--weight-decay"),
+            (|o| o.optimizer.weight_decay = -0.01, "--weight-decay"),
+            (
+                |o| o.schedule.min_lr_ratio = -5.0,
+                "--min-lr-ratio must be in [0, 1]",
+            ),
+            (|o| o.schedule.min_lr_ratio = 2.0, "--min-lr-ratio"),
+            (|o| o.schedule.peak_lr = f64::INFINITY, "--lr"),
+            (|o| o.schedule.peak_lr = 0.0, "--lr"),
+            (
+                |o| o.schedule.total_steps = 11,
+                "the schedule spans 11 steps, the run 10",
+            ),
+            (|o| o.clip_norm = Some(f64::INFINITY), "--clip-norm"),
+        ];
+        for (change, needle) in cases {
+            let mut o = options();
+            change(&mut o);
+            let err = o.validate(&model).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+        let mut edges = options();
+        edges.optimizer.beta1 = 0.0;
+        edges.optimizer.weight_decay = 0.0;
+        edges.schedule.min_lr_ratio = 1.0;
+        edges.validate(&model).unwrap();
+        edges.schedule.min_lr_ratio = 0.0;
+        edges.validate(&model).unwrap();
     }
 }

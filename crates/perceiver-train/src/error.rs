@@ -49,6 +49,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A line of `metrics.jsonl` that is not a record.
+    #[error("{} line {line}: {reason}", path.display())]
+    Metrics {
+        /// The metrics file.
+        path: PathBuf,
+        /// The line at fault (1-based).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The gradients stopped being finite: training diverged.
+    #[error("training diverged: {0}")]
+    Diverged(String),
+
     /// Drawing the curves failed.
     #[error("plot: {0}")]
     Plot(String),

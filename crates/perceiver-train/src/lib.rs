@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod atomic;
 pub mod checkpoint;
 pub mod classification;
 pub mod config;

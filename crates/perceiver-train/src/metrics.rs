@@ -19,26 +19,40 @@ pub enum Record {
         /// The interval's last update.
         step: u64,
         /// Mean masked-byte cross-entropy over the interval, in nats.
+        #[serde(deserialize_with = "nullable_f64::deserialize")]
         loss: f64,
         /// Mean top-1 accuracy on the masked bytes over the interval (0 to 1).
+        #[serde(deserialize_with = "nullable_f64::deserialize")]
         accuracy: f64,
         /// The learning rate of the interval's last update.
         lr: f64,
         /// Mean global gradient norm over the interval, before clipping.
+        #[serde(deserialize_with = "nullable_f64::deserialize")]
         grad_norm: f64,
         /// Real (unpadded) bytes trained on per second of update time over the interval.
+        #[serde(deserialize_with = "nullable_f64::deserialize")]
         bytes_per_second: f64,
+        /// Written when a run stopped before the interval's end, so its curves reach the last
+        /// step; a resume drops it and writes the whole interval's record in its place.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
     },
     /// An evaluation on the held-out windows (or texts).
     Eval {
         /// The update after which it ran.
         step: u64,
         /// Mean cross-entropy over the masked bytes (or texts), in nats.
+        #[serde(deserialize_with = "nullable_f64::deserialize")]
         loss: f64,
         /// Top-1 accuracy on the masked bytes (or texts) (0 to 1).
+        #[serde(deserialize_with = "nullable_f64::deserialize")]
         accuracy: f64,
         /// `loss / ln 2`: bits per masked byte (a masked LM's only).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "nullable_bits"
+        )]
         bits_per_byte: Option<f64>,
     },
 }
@@ -46,18 +60,9 @@ pub enum Record {
 impl Record {
     /// The mean of consecutive steps (the last step names the record).
     pub fn train(steps: &[StepMetrics]) -> Record {
-        let n = steps.len().max(1) as f64;
-        let mean = |f: fn(&StepMetrics) -> f64| steps.iter().map(f).sum::<f64>() / n;
-        let seconds: f64 = steps.iter().map(|s| s.seconds).sum();
-        let bytes: usize = steps.iter().map(|s| s.bytes).sum();
-        Record::Train {
-            step: steps.last().map(|s| s.step).unwrap_or(0),
-            loss: mean(|s| s.loss),
-            accuracy: mean(|s| s.accuracy),
-            lr: steps.last().map(|s| s.lr).unwrap_or(0.0),
-            grad_norm: mean(|s| s.grad_norm),
-            bytes_per_second: bytes as f64 / seconds.max(1e-9),
-        }
+        let mut window = Window::default();
+        steps.iter().for_each(|s| window.push(s));
+        window.record()
     }
 
     /// The record of an evaluation run after update `step`.
@@ -81,27 +86,119 @@ impl Record {
     }
 }
 
+/// The updates since the last train record, summed as they come: what the next record averages.
+/// A checkpoint keeps it (in `training.json`), so a run stopped between two records and resumed
+/// writes the record an uninterrupted run would. The sums are stored as their bits: a decimal
+/// round trip could change the last bit, and a NaN loss has no JSON number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// Updates summed (0: none since the last record).
+    pub steps: u64,
+    /// The newest update's number.
+    pub last_step: u64,
+    /// Σ loss.
+    #[serde(with = "f64_bits")]
+    pub loss: f64,
+    /// Σ accuracy.
+    #[serde(with = "f64_bits")]
+    pub accuracy: f64,
+    /// Σ gradient norm.
+    #[serde(with = "f64_bits")]
+    pub grad_norm: f64,
+    /// The newest update's learning rate.
+    #[serde(with = "f64_bits")]
+    pub lr: f64,
+    /// Σ real bytes.
+    pub bytes: u64,
+    /// Σ update seconds.
+    #[serde(with = "f64_bits")]
+    pub seconds: f64,
+}
+
+impl Window {
+    /// Adds one update.
+    pub fn push(&mut self, m: &StepMetrics) {
+        self.steps += 1;
+        self.last_step = m.step;
+        self.loss += m.loss;
+        self.accuracy += m.accuracy;
+        self.grad_norm += m.grad_norm;
+        self.lr = m.lr;
+        self.bytes += m.bytes as u64;
+        self.seconds += m.seconds;
+    }
+
+    /// Whether no update is pending.
+    pub fn is_empty(&self) -> bool {
+        self.steps == 0
+    }
+
+    /// The train record of the window: the means over its updates.
+    pub fn record(&self) -> Record {
+        let n = self.steps.max(1) as f64;
+        Record::Train {
+            step: self.last_step,
+            loss: self.loss / n,
+            accuracy: self.accuracy / n,
+            lr: self.lr,
+            grad_norm: self.grad_norm / n,
+            bytes_per_second: self.bytes as f64 / self.seconds.max(1e-9),
+            partial: false,
+        }
+    }
+}
+
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
+}
+
+/// A record's number as written: a NaN or infinite loss has no JSON number and is written as
+/// `null`, read back as NaN.
+mod nullable_f64 {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Option::<f64>::deserialize(d).map(|v| v.unwrap_or(f64::NAN))
+    }
+}
+
 /// The metrics file of a run.
 pub struct MetricsLog {
     path: PathBuf,
 }
 
 impl MetricsLog {
-    /// A new, empty log.
+    /// A new, empty log; an existing file is an error (it is another run's history).
     pub fn create(path: &Path) -> Result<Self> {
-        std::fs::write(path, "").map_err(io_at(path))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_at(path))?;
         Ok(Self {
             path: path.to_path_buf(),
         })
     }
 
     /// Continues a log at `step`: records written after that step (by the interrupted run, past
-    /// its last checkpoint) are dropped so the curves show each step once.
+    /// its last checkpoint) are dropped so the curves show each step once. A missing file starts
+    /// empty (a checkpoint copied to a new directory); an unreadable one is an error, never wiped.
     pub fn resume(path: &Path, step: u64) -> Result<Self> {
-        let kept: Vec<Record> = read(path)
-            .unwrap_or_default()
+        let records = match read(path) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other?,
+        };
+        let kept: Vec<Record> = records
             .into_iter()
-            .filter(|r| r.step() <= step)
+            .filter(|r| r.step() <= step && !matches!(r, Record::Train { partial: true, .. }))
             .collect();
         let mut text = String::new();
         for record in &kept {
@@ -134,10 +231,21 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
         match serde_json::from_str(line) {
             Ok(record) => records.push(record),
             Err(_) if i + 1 == lines.len() => {}
-            Err(e) => return Err(Error::Plot(format!("{} line {}: {e}", path.display(), i + 1))),
+            Err(e) => {
+                return Err(Error::Metrics {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    reason: e.to_string(),
+                })
+            }
         }
     }
     Ok(records)
+}
+
+fn nullable_bits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    // Present but null: a non-finite value written as null.
+    Option::<f64>::deserialize(d).map(|v| Some(v.unwrap_or(f64::NAN)))
 }
 
 /// The metrics file's name in a run directory.
@@ -171,4 +279,56 @@ pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
         .open(path)
         .map_err(io_at(path))?;
     writeln!(file, "{line}").map_err(io_at(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: u64, loss: f64) -> StepMetrics {
+        StepMetrics {
+            step,
+            loss,
+            accuracy: 0.25,
+            lr: 1e-3,
+            grad_norm: 0.1 * step as f64,
+            bytes: 100,
+            seconds: 0.01,
+        }
+    }
+
+    #[test]
+    fn a_nan_loss_round_trips_and_a_bad_line_is_refused_not_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let mut log = MetricsLog::create(&path).unwrap();
+        log.append(&Record::train(&[step(1, f64::NAN)])).unwrap();
+        log.append(&Record::train(&[step(2, 1.5)])).unwrap();
+        MetricsLog::resume(&path, 2).unwrap();
+        let records = read(&path).unwrap();
+        assert_eq!(records.len(), 2);
+        assert!(matches!(records[0], Record::Train { loss, .. } if loss.is_nan()));
+        // Never truncated by a fresh log.
+        assert!(MetricsLog::create(&path).is_err());
+        assert_eq!(read(&path).unwrap().len(), 2);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let broken = format!("{{\"kind\": \"train\"}}\n{text}");
+        std::fs::write(&path, &broken).unwrap();
+        let err = MetricsLog::resume(&path, 2).err().unwrap().to_string();
+        assert!(err.contains("metrics.jsonl line 1"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+    }
+
+    #[test]
+    fn a_window_survives_json_bit_for_bit() {
+        let mut window = Window::default();
+        for (i, loss) in [0.1 + 0.2, 1.0 / 3.0, f64::NAN].into_iter().enumerate() {
+            window.push(&step(i as u64 + 1, loss));
+        }
+        let back: Window = serde_json::from_str(&serde_json::to_string(&window).unwrap()).unwrap();
+        assert_eq!(back.loss.to_bits(), window.loss.to_bits());
+        assert_eq!((back.grad_norm, back.seconds), (window.grad_norm, window.seconds));
+        assert_eq!(back.steps, 3);
+    }
 }

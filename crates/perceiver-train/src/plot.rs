@@ -9,12 +9,20 @@ use crate::error::{Error, Result};
 use crate::metrics::METRICS_FILE;
 use crate::metrics::{read, Record};
 
+/// The curves' file name in a run directory.
+pub const CURVES_FILE: &str = "curves.svg";
+
 /// Draws `RUN_DIR/curves.svg` (loss and masked-byte accuracy, or a classifier's loss and accuracy
 /// per text, training and held-out) and returns its path.
 pub fn plot_run(run_dir: &Path) -> Result<PathBuf> {
     let records = read(&run_dir.join(METRICS_FILE))?;
+    // A NaN or infinite value (a diverged step) has no place on an axis: left out.
     let series = |f: &dyn Fn(&Record) -> Option<(f64, f64)>| -> Vec<(f64, f64)> {
-        records.iter().filter_map(f).collect()
+        records
+            .iter()
+            .filter_map(f)
+            .filter(|(_, y)| y.is_finite())
+            .collect()
     };
     let train_loss = series(&|r| match r {
         Record::Train { step, loss, .. } => Some((*step as f64, *loss)),
@@ -38,7 +46,7 @@ pub fn plot_run(run_dir: &Path) -> Result<PathBuf> {
             run_dir.join(METRICS_FILE).display()
         )));
     }
-    let out = run_dir.join("curves.svg");
+    let out = run_dir.join(CURVES_FILE);
     // The newest checkpoint says what the run trains; without one, a masked LM.
     let task = crate::checkpoint::resolve(run_dir)
         .ok()
@@ -61,12 +69,17 @@ fn draw_both(
     train_acc: &[(f64, f64)],
     eval_acc: &[(f64, f64)],
 ) -> Result<()> {
-    let root = SVGBackend::new(&out, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_error)?;
-    let (left, right) = root.split_horizontally(500);
-    draw(&left, titles[0], train_loss, eval_loss)?;
-    draw(&right, titles[1], train_acc, eval_acc)?;
-    root.present().map_err(plot_error)
+    // Drawn in memory, then written whole: an existing curves.svg is replaced, never truncated.
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let (left, right) = root.split_horizontally(500);
+        draw(&left, titles[0], train_loss, eval_loss)?;
+        draw(&right, titles[1], train_acc, eval_acc)?;
+        root.present().map_err(plot_error)?;
+    }
+    crate::atomic::write(out, svg.as_bytes())
 }
 
 fn plot_error(e: impl std::fmt::Display) -> Error {
@@ -74,7 +87,7 @@ fn plot_error(e: impl std::fmt::Display) -> Error {
 }
 
 fn draw(
-    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     title: &str,
     train: &[(f64, f64)],
     eval: &[(f64, f64)],
@@ -89,7 +102,16 @@ fn draw(
     if !y_min.is_finite() {
         (y_min, y_max) = (0.0, 1.0);
     }
-    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    // Relative to the values too: 1e300 ± 1e-3 is 1e300, an empty range.
+    let pad = ((y_max - y_min) * 0.05)
+        .max(y_min.abs().max(y_max.abs()) * 1e-6)
+        .max(1e-3);
+    // Beyond ±f64::MAX the range is infinite, and plotters would loop over its ticks forever.
+    if !(y_max - y_min + 2.0 * pad).is_finite() || x_max > 1e15 {
+        return Err(Error::Plot(format!(
+            "{title}: values from {y_min:e} to {y_max:e} (steps to {x_max}) are too far apart to draw"
+        )));
+    }
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(10)
@@ -115,4 +137,46 @@ fn draw(
         .draw()
         .map_err(plot_error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(lines: &[&str]) -> (tempfile::TempDir, Result<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(METRICS_FILE), lines.join("\n")).unwrap();
+        let result = plot_run(dir.path());
+        (dir, result)
+    }
+
+    #[test]
+    fn extreme_values_are_refused_not_drawn_forever() {
+        let (_dir, result) = run_with(&[
+            r#"{"kind":"train","step":1,"loss":1e308,"accuracy":0.1,"lr":0.001,"grad_norm":1,"bytes_per_second":1}"#,
+            r#"{"kind":"train","step":2,"loss":-1e308,"accuracy":0.1,"lr":0.001,"grad_norm":1,"bytes_per_second":1}"#,
+            "",
+        ]);
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("too far apart"), "{err}");
+    }
+
+    #[test]
+    fn huge_equal_values_and_nan_losses_still_draw() {
+        let (dir, result) = run_with(&[
+            r#"{"kind":"train","step":1,"loss":1e300,"accuracy":0.1,"lr":0.001,"grad_norm":1,"bytes_per_second":1}"#,
+            r#"{"kind":"train","step":2,"loss":null,"accuracy":0.1,"lr":0.001,"grad_norm":null,"bytes_per_second":1}"#,
+            r#"{"kind":"train","step":3,"loss":1e300,"accuracy":0.2,"lr":0.001,"grad_norm":1,"bytes_per_second":1}"#,
+            "",
+        ]);
+        let path = result.unwrap();
+        let svg = std::fs::read_to_string(path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        // Nothing but the run's files is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
 }

@@ -25,7 +25,7 @@ use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
 use crate::error::{io_at, Error, Result};
 use crate::init::initialize;
 use crate::masking::{MaskedExample, Masking};
-use crate::metrics::{MetricsLog, Record, StepMetrics, METRICS_FILE};
+use crate::metrics::{MetricsLog, Record, StepMetrics, Window, METRICS_FILE};
 use crate::objective::{evaluate, masked_lm_loss, BatchLoss, EvalResult, MaskedBatch};
 use crate::optim::{clip_grad_norm, global_norm, AdamW};
 
@@ -132,7 +132,17 @@ pub struct Trainer {
     optimizer: AdamW,
     progress: Progress,
     metrics: MetricsLog,
+    /// The updates since the last train record (saved with each checkpoint).
+    pending: Window,
 }
+
+/// Files a run writes into its directory besides checkpoints: a directory holding any of them
+/// holds another run, which a fresh start would overwrite.
+const RUN_FILES: [&str; 3] = [
+    METRICS_FILE,
+    crate::classification::EVAL_FILE,
+    crate::plot::CURVES_FILE,
+];
 
 /// The RNG that masks window number `index` of the stream: a pure function of the seed and the
 /// index, so a resumed run masks exactly as the uninterrupted one.
@@ -157,12 +167,29 @@ pub fn mask_for_eval(windows: &[Vec<u8>], masking: &Masking, seed: u64) -> Vec<M
 }
 
 impl Trainer {
-    /// Starts a new run in `run_dir` (which must hold no checkpoint yet).
+    /// Starts a new run in `run_dir` (which must hold no checkpoint, metrics, evaluation or
+    /// curves yet). A directory it creates is removed again if the start fails.
     pub fn start(options: TrainConfig, run_dir: &Path, init: ModelInit) -> Result<Self> {
+        let created = !run_dir.exists();
         std::fs::create_dir_all(run_dir).map_err(io_at(run_dir))?;
+        let started = Self::start_in(options, run_dir, init);
+        if started.is_err() && created {
+            // Only if still empty: nothing of the user's is ever deleted.
+            let _ = std::fs::remove_dir(run_dir);
+        }
+        started
+    }
+
+    fn start_in(options: TrainConfig, run_dir: &Path, init: ModelInit) -> Result<Self> {
         if !checkpoint::list(run_dir)?.is_empty() {
             return Err(Error::Options(format!(
                 "{} already holds checkpoints: resume it with --resume, or choose another --out",
+                run_dir.display()
+            )));
+        }
+        if let Some(file) = RUN_FILES.iter().find(|f| run_dir.join(f).exists()) {
+            return Err(Error::Options(format!(
+                "{} already holds a run's {file}: choose another --out (or move it away)",
                 run_dir.display()
             )));
         }
@@ -239,17 +266,96 @@ impl Trainer {
     /// Continues the run of a checkpoint (or the newest checkpoint of a run directory), exactly
     /// where it stopped. `steps` may extend the run.
     pub fn resume(path: &Path, steps: Option<u64>) -> Result<Self> {
-        let dir = checkpoint::resolve(path)?;
+        let mut dir = checkpoint::resolve(path)?;
+        if dir.file_name().is_none() {
+            // `.` or `..`: their parent is not the run directory; the real names tell it.
+            dir = dir.canonicalize().map_err(io_at(&dir))?;
+        }
+        // `step-000004` has the parent "", which is no directory to save into.
         let run_dir = dir
             .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let device = Device::Cpu;
         let saved = checkpoint::load(&dir, &device)?;
+        let training_path = dir.join(checkpoint::TRAINING_FILE);
+        let bad_file = |reason: String| Error::Checkpoint {
+            path: training_path.clone(),
+            reason,
+        };
+        // The file's own options first: a hand-edited training.json is held to the flags' limits.
+        saved
+            .training
+            .options
+            .validate(&saved.config)
+            .map_err(|e| bad_file(e.to_string()))?;
+        let progress = saved.training.progress;
+        // `progress.windows` windows are replayed below to reach the stream's position: only as
+        // many as the run's own steps drew (at most MAX_WINDOWS, by validate), never a count
+        // written into the file by hand.
+        let drawn = progress
+            .step
+            .checked_mul(
+                (saved.training.options.batch_size as u64)
+                    .saturating_mul(saved.training.options.grad_accum as u64),
+            )
+            .filter(|_| progress.step <= MAX_STEPS);
+        if drawn != Some(progress.windows) {
+            return Err(bad_file(format!(
+                "progress.windows is {} and progress.step {}: a run of at most {MAX_STEPS} \
+                 steps draws {} windows × {} micro-batches a step, no other count",
+                progress.windows,
+                progress.step,
+                saved.training.options.batch_size,
+                saved.training.options.grad_accum,
+            )));
+        }
+        if progress.step > saved.training.options.steps {
+            return Err(bad_file(format!(
+                "progress.step {} is past the run's {} steps",
+                progress.step, saved.training.options.steps
+            )));
+        }
+        // Saving here continues the history of the run dir's newest checkpoint; an older one
+        // would fork it (and a later --resume of the directory would pick the wrong branch).
+        if let Some((newest, newest_dir)) = checkpoint::list(&run_dir)?.pop() {
+            if newest_dir.file_name() != dir.file_name() {
+                return Err(Error::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!(
+                        "not the newest checkpoint of {} (step {newest} is): to continue from it, \
+                         copy it into a new directory and resume that",
+                        run_dir.display()
+                    ),
+                });
+            }
+        }
         let mut options = saved.training.options.clone();
         if let Some(steps) = steps {
+            if steps < progress.step {
+                return Err(Error::Options(format!(
+                    "--steps {steps} is below the checkpoint's step {}: a resumed run can only go on",
+                    progress.step
+                )));
+            }
             options.steps = steps;
             options.schedule.total_steps = steps;
+            options.validate(&saved.config)?;
+        }
+        let pending = saved.training.pending;
+        let window_fits = if pending.is_empty() {
+            true
+        } else {
+            pending.last_step == progress.step
+                && pending.steps <= progress.step
+                && (options.log_every == 0 || pending.steps < options.log_every)
+        };
+        if !window_fits {
+            return Err(bad_file(format!(
+                "pending holds {} updates up to step {}, which do not end at step {} inside one \
+                 --log-every {} interval",
+                pending.steps, pending.last_step, progress.step, options.log_every
+            )));
         }
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
@@ -263,26 +369,9 @@ impl Trainer {
             }
         };
         set_weights(&varmap, &saved.weights)?;
-        let progress = saved.training.progress;
-        // `progress.windows` windows are replayed below to reach the stream's position: only as
-        // many as the run's own steps drew (a replay costs a small part of the training it
-        // repeats), never a count written into the file by hand.
-        let drawn = progress
-            .step
-            .checked_mul((options.batch_size as u64).saturating_mul(options.grad_accum as u64))
-            .filter(|_| progress.step <= MAX_STEPS);
-        if drawn != Some(progress.windows) {
-            return Err(Error::Checkpoint {
-                path: dir.join(checkpoint::TRAINING_FILE),
-                reason: format!(
-                    "progress.windows is {} and progress.step {}: a run of at most {MAX_STEPS} \
-                     steps draws {} windows × {} micro-batches a step, no other count",
-                    progress.windows, progress.step, options.batch_size, options.grad_accum,
-                ),
-            });
-        }
         let metrics = MetricsLog::resume(&run_dir.join(METRICS_FILE), progress.step)?;
         let mut trainer = Self::assemble(options, &run_dir, saved.config, varmap, task, metrics, progress)?;
+        trainer.pending = pending;
         trainer.optimizer.load_state(&saved.optimizer, progress.step)?;
         match &mut trainer.task {
             TaskState::MaskedLm { stream, .. } => stream.skip(progress.windows)?,
@@ -311,6 +400,7 @@ impl Trainer {
             optimizer,
             progress,
             metrics,
+            pending: Window::default(),
         })
     }
 
@@ -401,8 +491,9 @@ impl Trainer {
             None => global_norm(&grads)?,
         };
         if !grad_norm.is_finite() {
-            return Err(Error::Options(format!(
-                "the gradient norm is {grad_norm} at step {}: lower --lr or set --clip-norm",
+            // Before the update: the weights are still the last good ones (`run` saves them).
+            return Err(Error::Diverged(format!(
+                "the gradient norm is {grad_norm} at step {}",
                 self.progress.step + 1
             )));
         }
@@ -484,6 +575,7 @@ impl Trainer {
         let training = TrainingFile {
             options: self.options.clone(),
             progress: self.progress,
+            pending: self.pending,
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let dir = checkpoint::save(
@@ -506,21 +598,24 @@ impl Trainer {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Outcome> {
         let every = |n: u64, step: u64| n > 0 && step.is_multiple_of(n);
-        let mut window: Vec<StepMetrics> = Vec::new();
         while self.progress.step < self.options.steps {
             if stop.load(Ordering::SeqCst) || stop_at.is_some_and(|s| self.progress.step >= s) {
+                self.log_partial()?;
                 let dir = self.save()?;
                 on_event(Event::Saved(&dir));
                 return Ok(Outcome::Interrupted(dir));
             }
-            let metrics = self.train_step()?;
+            let metrics = match self.train_step() {
+                Err(Error::Diverged(what)) => return Err(self.diverged(what, on_event)),
+                other => other?,
+            };
             on_event(Event::Step(&metrics));
-            window.push(metrics);
+            self.pending.push(&metrics);
             let step = metrics.step;
             let last = step == self.options.steps;
             if every(self.options.log_every, step) || last {
-                self.metrics.append(&Record::train(&window))?;
-                window.clear();
+                self.metrics.append(&self.pending.record())?;
+                self.pending = Window::default();
             }
             if every(self.options.eval_every, step) || last {
                 if let Some(result) = self.evaluate()? {
@@ -542,6 +637,42 @@ impl Trainer {
         }
         let dir = checkpoint::resolve(&self.run_dir)?;
         Ok(Outcome::Finished(dir))
+    }
+}
+
+impl Trainer {
+    /// Logs the updates since the last train record as a partial record (a resume replaces it).
+    fn log_partial(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut record = self.pending.record();
+        if let Record::Train { partial, .. } = &mut record {
+            *partial = true;
+        }
+        self.metrics.append(&record)
+    }
+
+    /// The error of a step whose gradients were not finite, after saving the weights before it
+    /// (up to `save_every − 1` steps would be lost otherwise). A resume keeps the run's
+    /// options, so the way on is a new run from those weights.
+    fn diverged(&mut self, what: String, on_event: &mut dyn FnMut(Event)) -> Error {
+        if self.progress.step == 0 {
+            return Error::Diverged(format!("{what}: start again with a lower --lr or a --clip-norm"));
+        }
+        match self.log_partial().and_then(|()| self.save()) {
+            Ok(dir) => {
+                on_event(Event::Saved(&dir));
+                Error::Diverged(format!(
+                    "{what}; the weights before it are saved in {}: train on from them in a new \
+                     run with a lower --lr or a --clip-norm (perceiver train --init-from {} --out \
+                     NEW_DIR ...), since --resume keeps a run's options",
+                    dir.display(),
+                    dir.display()
+                ))
+            }
+            Err(e) => Error::Diverged(format!("{what}; saving the weights before it failed: {e}")),
+        }
     }
 }
 
