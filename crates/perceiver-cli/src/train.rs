@@ -542,8 +542,13 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     // The files exist before a model is loaded (or downloaded).
     let corpus = Corpus::discover(&args.files)?;
     let checkpoint = args.model.checkpoint()?;
-    if Architecture::of(checkpoint.config())? == Architecture::SequenceClassification {
-        return run_classifier_eval(&args, &checkpoint);
+    match Architecture::of(checkpoint.config())? {
+        Architecture::SequenceClassification => return run_classifier_eval(&args, &checkpoint),
+        Architecture::MaskedLm => {}
+        other => bail!(
+            "eval needs a PerceiverForMaskedLM or a PerceiverForSequenceClassification, not a {}",
+            other.name()
+        ),
     }
     let model = perceiver_train::model::loading::masked_lm_of(&checkpoint, &perceiver_train::Device::Cpu)
         .with_context(|| format!("cannot load model {}", args.model.model))?;

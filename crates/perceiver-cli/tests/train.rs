@@ -395,6 +395,12 @@ fn bad_training_input_fails_cleanly() {
         &["eval", "--model", out.join("step-000002").to_str().unwrap(), c],
         "model.safetensors",
     );
+    // A model of another task is named as such (not a missing tensor).
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flow/tiny_flow");
+    fails(
+        &["eval", "--model", flow.to_str().unwrap(), c],
+        "eval needs a PerceiverForMaskedLM or a PerceiverForSequenceClassification, not a PerceiverForOpticalFlow",
+    );
 }
 
 /// `train` with `args`, run in `cwd`.
