@@ -499,7 +499,50 @@ async fn api_key_guards_every_route_but_health() {
         }
         request.send()
     };
-    assert_eq!(get("/health", None).await.unwrap().status(), StatusCode::OK);
+    // Open: the health check, and the playground page (it asks the user for the key).
+    for path in ["/health", "/", "/playground.css", "/playground.js"] {
+        assert_eq!(get(path, None).await.unwrap().status(), StatusCode::OK, "{path}");
+    }
+    // Everything else needs the key, even to learn that a route or a method does not exist.
+    let send = |method: reqwest::Method, path: &str, key: Option<&str>| {
+        let mut request = server.client.request(method, format!("{}{path}", server.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    for (method, path, with_key) in [
+        (reqwest::Method::GET, "/no-such-route", StatusCode::NOT_FOUND),
+        (reqwest::Method::POST, "/health", StatusCode::METHOD_NOT_ALLOWED),
+        (reqwest::Method::POST, "/", StatusCode::METHOD_NOT_ALLOWED),
+        (reqwest::Method::DELETE, "/info", StatusCode::METHOD_NOT_ALLOWED),
+        (reqwest::Method::GET, "/fill-mask", StatusCode::METHOD_NOT_ALLOWED),
+        (reqwest::Method::POST, "/classify", StatusCode::NOT_FOUND),
+    ] {
+        let response = send(method.clone(), path, None).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error_type"], "unauthorized", "{method} {path}");
+        let response = send(method.clone(), path, Some("s3cret")).await.unwrap();
+        assert_eq!(response.status(), with_key, "{method} {path} with the key");
+    }
+    // The scheme's name is case-insensitive (RFC 7235); the key is not.
+    for (header, status) in [
+        ("bearer s3cret", StatusCode::OK),
+        ("BEARER s3cret", StatusCode::OK),
+        ("Bearer S3CRET", StatusCode::UNAUTHORIZED),
+        ("Basic s3cret", StatusCode::UNAUTHORIZED),
+        ("Bearers3cret", StatusCode::UNAUTHORIZED),
+    ] {
+        let response = server
+            .client
+            .get(format!("{}/info", server.url))
+            .header("Authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{header}");
+    }
     for path in ["/info", "/metrics", "/docs/", "/api-doc/openapi.json"] {
         for key in [None, Some("wrong"), Some("s3cret2")] {
             let response = get(path, key).await.unwrap();
@@ -644,7 +687,7 @@ async fn limits_above_their_caps_are_refused_at_start() {
     let model = Loader::new(fixture(MODEL).to_string_lossy()).load().unwrap();
     /// A change to a valid config, and part of the error it must cause.
     type Case = (fn(&mut ServeConfig), &'static str);
-    let cases: [Case; 7] = [
+    let cases: [Case; 9] = [
         (
             |c| c.max_batch_tokens = caps::MAX_BATCH_TOKENS + 1,
             "max_batch_tokens is 1048577, at most 1048576",
@@ -673,6 +716,14 @@ async fn limits_above_their_caps_are_refused_at_start() {
             |c| c.max_batch_wait = std::time::Duration::from_secs(3600),
             "max_batch_wait (microseconds) is 3600000000, at most 1000000",
         ),
+        (
+            |c| c.max_connections = caps::MAX_CONNECTIONS + 1,
+            "max_connections is 65537, at most 65536",
+        ),
+        (
+            |c| c.body_timeout = std::time::Duration::from_secs(3601),
+            "body_timeout (seconds) is 3601, at most 3600",
+        ),
     ];
     for (change, needle) in cases {
         let mut config = ServeConfig::new("m");
@@ -695,6 +746,10 @@ async fn limits_above_their_caps_are_refused_at_start() {
         max_client_batch_size: caps::MAX_CLIENT_BATCH_SIZE,
         max_predictions: caps::MAX_PREDICTIONS,
         payload_limit: caps::PAYLOAD_LIMIT,
+        max_connections: caps::MAX_CONNECTIONS,
+        header_timeout: caps::MAX_TIMEOUT,
+        body_timeout: caps::MAX_TIMEOUT,
+        shutdown_timeout: caps::MAX_TIMEOUT,
         ..ServeConfig::new("m")
     };
     let server = Server::bind(config, model).await.unwrap();
