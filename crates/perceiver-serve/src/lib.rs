@@ -85,6 +85,8 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`ServeConfig::shutdown_timeout`]'s default: within the 30 s a container runtime waits
 /// between SIGTERM and SIGKILL.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most bytes of a request's line and headers a connection buffers (hyper's read buffer).
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
 /// How long, once the last computed answer of a shutdown is handed over, its connection has to
 /// write it before it is dropped.
 pub const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(1);
@@ -160,8 +162,8 @@ pub mod caps {
     /// `max_concurrent_requests`: each holds its body (up to `payload_limit`) and its answer.
     /// 128 times the default.
     pub const MAX_CONCURRENT_REQUESTS: usize = 65536;
-    /// `max_connections`: each holds a socket and hyper's buffers (the headers, up to about
-    /// 400 KiB). 64 times the default.
+    /// `max_connections`: each holds a socket and hyper's buffers (the headers, up to
+    /// [`MAX_HEADER_BYTES`](crate::MAX_HEADER_BYTES)). 64 times the default.
     pub const MAX_CONNECTIONS: usize = 65536;
     /// `header_timeout`, `body_timeout` and `shutdown_timeout`: how long a silent client may
     /// hold a connection, or a stopping service wait.
@@ -501,6 +503,9 @@ impl Server {
         // The timer makes the header timeout work; hyper starts it whenever the connection
         // waits for a request, so it also closes idle keep-alive connections.
         http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        // hyper's default (~400 KiB) times --max-connections would be the memory of clients
+        // that send headers and nothing more; 64 KiB of headers is plenty (beyond: 431).
+        http.max_buf_size(MAX_HEADER_BYTES);
         let service = TowerToHyperService::new(router);
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
