@@ -78,7 +78,8 @@ async fn slow_and_silent_connections_are_closed_in_time() {
             idle.closed_within(limit),
             "an idle keep-alive connection stays open"
         );
-        // Headers that promise 100 bytes, and 5 of them.
+        // Headers that promise 100 bytes, and 5 of them: 408 once the body timeout is past.
+        let started = Instant::now();
         let mut short = Connection::open(addr).unwrap();
         short
             .send(
@@ -89,6 +90,8 @@ async fn slow_and_silent_connections_are_closed_in_time() {
         short.stream().set_read_timeout(Some(limit)).unwrap();
         let answer = short.read_answer().unwrap();
         assert_eq!(answer.status, 408, "{:?}", String::from_utf8_lossy(&answer.body));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "the 408 took {took:?}");
         assert_eq!(answer.json()["error_type"], "request_timeout");
         assert!(
             short.closed_within(limit),
