@@ -73,7 +73,7 @@ pub(crate) struct Computing {
 
 impl Computing {
     /// Counts a request as computing until the guard is dropped.
-    fn start(self: &Arc<Self>) -> ComputingGuard {
+    pub(crate) fn start(self: &Arc<Self>) -> ComputingGuard {
         self.count.fetch_add(1, Ordering::SeqCst);
         ComputingGuard(self.clone())
     }

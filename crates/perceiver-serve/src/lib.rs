@@ -546,14 +546,9 @@ impl Server {
         if open > 0 {
             tracing::info!("waiting for {open} connections to finish their requests");
         }
-        let deadline = async {
-            tokio::time::sleep(shutdown_timeout).await;
-            computing.idle().await;
-            tokio::time::sleep(SHUTDOWN_WRITE_GRACE).await;
-        };
         tokio::select! {
             () = graceful.shutdown() => {}
-            () = deadline => {
+            () = shutdown_deadline(shutdown_timeout, &computing, SHUTDOWN_WRITE_GRACE) => {
                 tracing::warn!(
                     "dropping {} connections still open {} s after the shutdown began",
                     connections.len(),
@@ -570,6 +565,14 @@ impl Server {
             .map_err(|_| ServeError::ModelThreadPanicked)?
             .map_err(|_| ServeError::ModelThreadPanicked)
     }
+}
+
+/// Completes when a shutdown stops waiting for its connections: `timeout` after it began, but
+/// not before the requests being computed are answered, with `grace` to write their answers.
+async fn shutdown_deadline(timeout: Duration, computing: &http::Computing, grace: Duration) {
+    tokio::time::sleep(timeout).await;
+    computing.idle().await;
+    tokio::time::sleep(grace).await;
 }
 
 /// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called, and returns a future that
@@ -598,5 +601,36 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
                 std::future::pending::<()>().await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_shutdown_deadline_waits_for_requests_being_computed() {
+        let computing = Arc::new(http::Computing::default());
+        let short = Duration::from_millis(20);
+        // Nothing computing: the deadline is the timeout (and the grace).
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            shutdown_deadline(short, &computing, short),
+        )
+        .await
+        .expect("an idle shutdown ends at its deadline");
+        // A request being computed holds the deadline past the timeout, until it is answered.
+        let request = computing.start();
+        let mut deadline = std::pin::pin!(shutdown_deadline(short, &computing, short));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), deadline.as_mut())
+                .await
+                .is_err(),
+            "the deadline dropped a request being computed"
+        );
+        drop(request);
+        tokio::time::timeout(Duration::from_secs(5), deadline)
+            .await
+            .expect("the deadline comes once the request is answered");
     }
 }
