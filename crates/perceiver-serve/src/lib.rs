@@ -504,8 +504,10 @@ impl Server {
         // waits for a request, so it also closes idle keep-alive connections.
         http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
         // hyper's default (~400 KiB) times --max-connections would be the memory of clients
-        // that send headers and nothing more; 64 KiB of headers is plenty (beyond: 431).
-        http.max_buf_size(MAX_HEADER_BYTES);
+        // that send headers and nothing more; 64 KiB of headers is plenty (beyond: 431). The
+        // buffer's cap alone is checked only while headers are incomplete, so both.
+        http.max_buf_size(MAX_HEADER_BYTES)
+            .max_header_size(MAX_HEADER_BYTES);
         let service = TowerToHyperService::new(router);
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));

@@ -232,3 +232,20 @@ async fn shutdown_answers_requests_in_flight_and_drops_silent_clients_at_its_dea
         "{took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_past_the_buffer_are_431() {
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        let within = "a".repeat(perceiver_serve::MAX_HEADER_BYTES - 1024);
+        let answer = common::request(addr, "GET", "/health", &[("X-Big", &within)], b"").unwrap();
+        assert_eq!(answer.status, 200);
+        let beyond = "a".repeat(perceiver_serve::MAX_HEADER_BYTES + 1024);
+        let answer = common::request(addr, "GET", "/health", &[("X-Big", &beyond)], b"").unwrap();
+        assert_eq!(answer.status, 431);
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
