@@ -58,7 +58,7 @@ enum Command {
     Eval(train::EvalArgs),
     /// Draw a training run's loss and accuracy curves (RUN_DIR/curves.svg).
     Plot(train::PlotArgs),
-    /// Serve fill-mask over HTTP, batching the requests of many clients.
+    /// Serve fill-mask or classification over HTTP, batching the requests of many clients.
     Serve(serve::ServeArgs),
     /// Write a model (above all a DeepMind .pickle / .pystate) as a transformers model directory.
     Convert(convert::ConvertArgs),

@@ -41,7 +41,7 @@ pub struct ServiceArgs {
     #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_BATCH_TOKENS as i64))]
     pub max_batch_tokens: u32,
 
-    /// Most texts in one forward pass (1: no batching).
+    /// Most inputs (texts or images) in one forward pass (1: no batching).
     #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_BATCH_REQUESTS as i64))]
     pub max_batch_requests: u32,
 
@@ -50,11 +50,31 @@ pub struct ServiceArgs {
     #[arg(long, env = "PERCEIVER_MAX_BATCH_WAIT_US", default_value_t = perceiver_serve::DEFAULT_MAX_BATCH_WAIT.as_micros() as u64, value_parser = clap::value_parser!(u64).range(..=caps::MAX_BATCH_WAIT.as_micros() as u64))]
     pub max_batch_wait_us: u64,
 
-    /// Requests queued or running at once; beyond, 429 at once.
+    /// Requests admitted at once, from the start of their body to their answer (so bodies in
+    /// memory stay under this times --payload-limit); beyond, 429 at once.
     #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_CONCURRENT_REQUESTS as i64))]
     pub max_concurrent_requests: u32,
 
-    /// Most texts in one request.
+    /// Open connections at once; beyond, new ones wait in the listen backlog.
+    #[arg(long, env = "PERCEIVER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_CONNECTIONS as i64))]
+    pub max_connections: u32,
+
+    /// Seconds a connection may take to send a request's headers, from its opening or its
+    /// previous answer (so also how long an idle keep-alive connection stays open); then it is
+    /// closed.
+    #[arg(long, env = "PERCEIVER_HEADER_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=caps::MAX_TIMEOUT.as_secs()))]
+    pub header_timeout_s: u64,
+
+    /// Seconds a request's body may take to arrive in full; then 408 and the connection is closed.
+    #[arg(long, env = "PERCEIVER_BODY_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=caps::MAX_TIMEOUT.as_secs()))]
+    pub body_timeout_s: u64,
+
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for open connections; then those waiting on
+    /// their client are dropped (requests being computed are still answered).
+    #[arg(long, env = "PERCEIVER_SHUTDOWN_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_SHUTDOWN_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(0..=caps::MAX_TIMEOUT.as_secs()))]
+    pub shutdown_timeout_s: u64,
+
+    /// Most inputs (texts or images) in one request.
     #[arg(long, env = "PERCEIVER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_CLIENT_BATCH_SIZE as i64))]
     pub max_client_batch_size: u32,
 
@@ -67,11 +87,13 @@ pub struct ServiceArgs {
     pub payload_limit: u32,
 
     /// Largest image a classifier takes, in pixels (width × height, read from the file's
-    /// header before decoding); larger ones are answered 422. Default: Pillow's limit.
+    /// header before decoding); larger ones are answered 422. Also the pixels decoded at once
+    /// over all requests (an image waits for others to finish). Default: Pillow's limit.
     #[arg(long, env = "PERCEIVER_MAX_IMAGE_PIXELS", default_value_t = caps::MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..=caps::MAX_IMAGE_PIXELS))]
     pub max_image_pixels: u64,
 
-    /// Require `Authorization: Bearer <KEY>` on every route but /health.
+    /// Require `Authorization: Bearer <KEY>` on every request but GET /health and the playground
+    /// page (GET /, /playground.css, /playground.js), unknown routes included.
     #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 }
@@ -86,6 +108,10 @@ impl ServiceArgs {
             max_batch_requests: self.max_batch_requests as usize,
             max_batch_wait: std::time::Duration::from_micros(self.max_batch_wait_us),
             max_concurrent_requests: self.max_concurrent_requests as usize,
+            max_connections: self.max_connections as usize,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_s),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_s),
+            shutdown_timeout: std::time::Duration::from_secs(self.shutdown_timeout_s),
             max_client_batch_size: self.max_client_batch_size as usize,
             max_predictions: self.max_predictions as usize,
             payload_limit: self.payload_limit as usize,

@@ -89,6 +89,8 @@ pub enum ErrorType {
     NotFound,
     /// 405: the route exists for another method.
     MethodNotAllowed,
+    /// 408: the body did not arrive in full within the service's body timeout.
+    RequestTimeout,
     /// 429: `max_concurrent_requests` requests are already queued or running.
     Overloaded,
     /// 503: the health check's forward pass failed or timed out, or the service is stopping.
@@ -108,6 +110,7 @@ impl ErrorType {
             ErrorType::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorType::NotFound => StatusCode::NOT_FOUND,
             ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorType::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorType::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorType::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorType::Backend => StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,6 +126,7 @@ impl ErrorType {
             ErrorType::Unauthorized => "unauthorized",
             ErrorType::NotFound => "not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
+            ErrorType::RequestTimeout => "request_timeout",
             ErrorType::Overloaded => "overloaded",
             ErrorType::Unhealthy => "unhealthy",
             ErrorType::Backend => "backend",
@@ -130,13 +134,14 @@ impl ErrorType {
     }
 
     /// Every kind, for pre-registering metric labels.
-    pub const ALL: [ErrorType; 9] = [
+    pub const ALL: [ErrorType; 10] = [
         ErrorType::InvalidJson,
         ErrorType::Validation,
         ErrorType::PayloadTooLarge,
         ErrorType::Unauthorized,
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
+        ErrorType::RequestTimeout,
         ErrorType::Overloaded,
         ErrorType::Unhealthy,
         ErrorType::Backend,
@@ -171,12 +176,18 @@ impl ErrorResponse {
 impl IntoResponse for ErrorResponse {
     fn into_response(self) -> Response {
         let status = self.error_type.status();
-        let unauthorized = self.error_type == ErrorType::Unauthorized;
+        let kind = self.error_type;
         let mut response = (status, Json(self)).into_response();
-        if unauthorized {
+        if kind == ErrorType::Unauthorized {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if kind == ErrorType::RequestTimeout {
+            // The rest of a body that came too slowly is not waited for: hyper closes.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -4,12 +4,14 @@
 //! ones axum would answer in plain text (malformed JSON, oversized bodies, unknown routes, wrong
 //! methods); a handler that panics answers a JSON 500 and the service carries on.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::Method;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +21,7 @@ use base64::Engine as _;
 use perceiver::tokenizer::VOCAB_SIZE;
 use perceiver::{Classifier, LabelScore};
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -50,10 +52,107 @@ pub(crate) struct AppState {
     pub probe: Input,
     pub info: Info,
     pub metrics: Metrics,
+    /// Requests admitted (taken before the body is read, so bodies in memory are bounded).
     pub permits: Arc<Semaphore>,
+    /// Pixels of the images being decoded, over all requests.
+    pub decode_budget: PixelBudget,
     /// One health probe at a time; the others wait for its verdict.
     pub health_probe: tokio::sync::Mutex<()>,
     pub api_key: Option<String>,
+    pub body_timeout: Duration,
+    pub computing: Arc<Computing>,
+}
+
+/// Requests whose body has been read and that are not answered yet: what a shutdown waits for
+/// past its deadline, so that work the model has taken on is not thrown away.
+#[derive(Default)]
+pub(crate) struct Computing {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Computing {
+    /// Counts a request as computing until the guard is dropped.
+    pub(crate) fn start(self: &Arc<Self>) -> ComputingGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        ComputingGuard(self.clone())
+    }
+
+    /// Completes once no request is computing.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            // Registered before the count is read, so a guard dropped in between is not missed.
+            idle.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+pub(crate) struct ComputingGuard(Arc<Computing>);
+
+impl Drop for ComputingGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A budget of pixels for the images decoded at once: decoding needs several bytes a pixel, so
+/// without it memory grows with the requests admitted times the largest image allowed.
+/// Waiters are served in order, so a large image is not starved by small ones.
+pub(crate) struct PixelBudget {
+    pixels: Arc<Semaphore>,
+    total: u32,
+}
+
+impl PixelBudget {
+    pub(crate) fn new(total: u32) -> Self {
+        Self {
+            pixels: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until `pixels` (at most the whole budget) are free, and holds them until the
+    /// permit is dropped.
+    async fn take(&self, pixels: u64) -> OwnedSemaphorePermit {
+        let pixels = u32::try_from(pixels).unwrap_or(u32::MAX).min(self.total);
+        self.pixels
+            .clone()
+            .acquire_many_owned(pixels)
+            .await
+            .expect("the semaphore is never closed")
+    }
+}
+
+/// What decoding `bytes` is charged: the pixels its header states; the whole budget if the header
+/// cannot be read (the decoder then refuses it at once, or it is a format whose size only
+/// decoding tells).
+fn decode_cost(bytes: &[u8]) -> u64 {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|reader| reader.into_dimensions().ok())
+        .map_or(u64::MAX, |(w, h)| u64::from(w) * u64::from(h))
+}
+
+/// A request to the task's route that got no answer of its own: an error to answer, or a
+/// client that left before its body was in.
+pub(crate) enum Failure {
+    Answer(ErrorResponse),
+    ClientLeft,
+}
+
+impl From<ErrorResponse> for Failure {
+    fn from(e: ErrorResponse) -> Self {
+        Failure::Answer(e)
+    }
 }
 
 #[derive(OpenApi)]
@@ -107,25 +206,24 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
         Task::FillMask(_) => post(fill_mask),
         Task::Classifier(_) => post(classify),
     };
-    let mut guarded = Router::new()
+    let mut router = Router::new()
         .route(state.task.route(), task_route)
         .route("/info", get(info))
         .route("/metrics", get(metrics))
-        .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", openapi()));
+        .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", openapi()))
+        .route("/health", get(health))
+        .merge(crate::playground::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(payload_limit));
     if state.api_key.is_some() {
-        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(
+        // Around the fallbacks too: without the key, no answer tells which routes exist.
+        router = router.layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
         ));
     }
-    Router::new()
-        .route("/health", get(health))
-        // The page holds no data (it asks /info, with the key the user types), so it is open.
-        .merge(crate::playground::routes())
-        .merge(guarded)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(payload_limit))
+    router
         .layer(CatchPanicLayer::custom(panic_response))
         // Outside every route, so that each early refusal (401, 404, 405, 413) drains the body.
         .layer(axum::middleware::from_fn(crate::linger::lingering_close))
@@ -142,6 +240,7 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
         (status = 200, description = "Candidates per mask, as transformers' fill-mask pipeline gives them", body = FillMaskResponse),
         (status = 400, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within the body timeout", body = ErrorResponse),
         (status = 413, description = "The body is too large", body = ErrorResponse),
         (status = 422, description = "Not a valid request (no mask, too long, too many inputs, ...)", body = ErrorResponse),
         (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
@@ -149,15 +248,14 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
     ),
     security((), ("api_key" = []))
 )]
-async fn fill_mask(
-    State(state): State<Arc<AppState>>,
-    body: Result<JsonBody<FillMaskRequest>, ErrorResponse>,
-) -> Response {
+async fn fill_mask(State(state): State<Arc<AppState>>, request: Request) -> Response {
     counted(&state, async {
-        match body {
-            Ok(JsonBody(request)) => state.fill_mask(request).await,
-            Err(e) => Err(e),
-        }
+        // Admitted before the body is read, so that bodies in memory are bounded by the slots.
+        let _permit = state.permit()?;
+        let body = read_body(request, &state).await?;
+        let _computing = state.computing.start();
+        let request: FillMaskRequest = parse_json(&body)?;
+        Ok(state.fill_mask(request).await?)
     })
     .await
 }
@@ -185,6 +283,7 @@ async fn fill_mask(
         (status = 400, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 404, description = "The model is not a classifier (see /info's task)", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within the body timeout", body = ErrorResponse),
         (status = 413, description = "The body is too large", body = ErrorResponse),
         (status = 422, description = "Not a valid request (not an image, image too large, bad base64, text too long, too many inputs, ...)", body = ErrorResponse),
         (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
@@ -197,15 +296,25 @@ async fn classify(State(state): State<Arc<AppState>>, request: Request) -> Respo
 }
 
 /// Runs a request to the task's route: counts its outcome (`cancelled` if the client leaves
-/// first: hyper then drops this future) and times a success.
+/// first: hyper then drops this future, or the body ends early) and times a success.
 async fn counted<T: serde::Serialize>(
     state: &AppState,
-    work: impl std::future::Future<Output = Result<T, ErrorResponse>>,
+    work: impl std::future::Future<Output = Result<T, Failure>>,
 ) -> Response {
     let start = Instant::now();
     let mut cancelled = CountOnDrop(Some(&state.metrics));
     let result = work.await;
     cancelled.0 = None;
+    let result = match result {
+        Ok(answer) => Ok(answer),
+        Err(Failure::Answer(e)) => Err(e),
+        Err(Failure::ClientLeft) => {
+            state.metrics.count("cancelled");
+            // Nobody reads it: the connection is gone.
+            return ErrorResponse::new(ErrorType::InvalidJson, "the body ended before its length")
+                .into_response();
+        }
+    };
     state.metrics.count_result(&result);
     match result {
         Ok(answer) => {
@@ -296,7 +405,6 @@ impl AppState {
             )));
         }
 
-        let _permit = self.permit()?;
         let inputs = inputs.into_iter().map(Input::Masked).collect();
         let receivers = self.infer.submit(inputs, top_k).map_err(infer_error)?;
         let mut answers = Vec::with_capacity(receivers.len());
@@ -313,9 +421,9 @@ impl AppState {
         })
     }
 
-    async fn classify(&self, request: Request) -> Result<ClassifyResponse, ErrorResponse> {
+    async fn classify(&self, request: Request) -> Result<ClassifyResponse, Failure> {
         let Task::Classifier(classifier) = &*self.task else {
-            return Err(wrong_task(&self.task, "/classify"));
+            return Err(wrong_task(&self.task, "/classify").into());
         };
         let images = classifier.reads_images();
         let query_top_k = query_top_k(request.uri().query())?;
@@ -328,9 +436,13 @@ impl AppState {
                 "the model classifies text, not images: send JSON {{\"inputs\": \"a text\"}} \
                  (Content-Type {})",
                 media_type.as_deref().unwrap_or_default()
-            )));
+            ))
+            .into());
         }
+        // Admitted before the body is read, so that bodies in memory are bounded by the slots.
+        let _permit = self.permit()?;
         let body = read_body(request, self).await?;
+        let _computing = self.computing.start();
         // An image model takes a raw image unless the body is declared or looks like JSON
         // (Inference API clients do not always set the content type).
         let raw = images
@@ -341,11 +453,13 @@ impl AppState {
             if body.is_empty() {
                 return Err(ErrorResponse::validation(
                     "the body is empty: send an image file's bytes, or JSON {\"inputs\": \"<base64>\"}",
-                ));
+                )
+                .into());
             }
             (RawInputs::Files(vec![body.to_vec()]), true, query_top_k)
         } else {
             let request: ClassifyRequest = parse_json(&body)?;
+            drop(body);
             let (inputs, single) = checked_inputs(request.inputs, limits)?;
             let top_k = request.parameters.and_then(|p| p.top_k).or(query_top_k);
             let inputs = if images {
@@ -369,7 +483,7 @@ impl AppState {
         let default_top_k = if images { DEFAULT_TOP_K } else { labels };
         let top_k = top_k.unwrap_or(default_top_k);
         if top_k == 0 {
-            return Err(ErrorResponse::validation("top_k is 0, it must be at least 1"));
+            return Err(ErrorResponse::validation("top_k is 0, it must be at least 1").into());
         }
         // More than the labels gives them all, as the pipelines do.
         let top_k = top_k.min(labels);
@@ -378,10 +492,10 @@ impl AppState {
             return Err(ErrorResponse::validation(format!(
                 "the request asks for {predictions} labels (inputs × top_k), at most {}",
                 limits.max_predictions
-            )));
+            ))
+            .into());
         }
 
-        let _permit = self.permit()?;
         let inputs = match inputs {
             RawInputs::Texts(texts) => texts
                 .iter()
@@ -393,13 +507,12 @@ impl AppState {
                         .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i))))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            // Decoding and resizing take a while: off the async threads, and counted by the
-            // permit held meanwhile.
             RawInputs::Files(files) => {
-                let task = self.task.clone();
-                tokio::task::spawn_blocking(move || prepare_images(&task, &files, single))
-                    .await
-                    .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))??
+                let mut prepared = Vec::with_capacity(files.len());
+                for (i, file) in files.into_iter().enumerate() {
+                    prepared.push(self.prepare_image(file, single, i).await?);
+                }
+                prepared
             }
         };
         let receivers = self.infer.submit(inputs, top_k).map_err(infer_error)?;
@@ -407,7 +520,7 @@ impl AppState {
         for output in answers_of(receivers).await? {
             match output {
                 Output::Labels(labels) => answers.push(labels.into_iter().map(label_prediction).collect()),
-                Output::Filled(_) => return Err(unexpected_output()),
+                Output::Filled(_) => return Err(unexpected_output().into()),
             }
         }
         Ok(if single {
@@ -415,6 +528,23 @@ impl AppState {
         } else {
             ClassifyResponse::Batch(answers)
         })
+    }
+
+    /// Decodes and preprocesses an image file as the model's processor does, within the pixel
+    /// budget; an error names the input at fault.
+    async fn prepare_image(&self, file: Vec<u8>, single: bool, i: usize) -> Result<Input, ErrorResponse> {
+        let _pixels = self.decode_budget.take(decode_cost(&file)).await;
+        // Decoding and resizing take a while: off the async threads.
+        let task = self.task.clone();
+        tokio::task::spawn_blocking(move || match &*task {
+            Task::Classifier(classifier) => classifier
+                .prepare_image(&file)
+                .map(Input::Pixels)
+                .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i)))),
+            Task::FillMask(_) => Err(wrong_task(&task, "/classify")),
+        })
+        .await
+        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))?
     }
 
     fn permit(&self) -> Result<OwnedSemaphorePermit, ErrorResponse> {
@@ -443,24 +573,6 @@ impl RawInputs {
             RawInputs::Files(f) => f.len(),
         }
     }
-}
-
-/// Decodes and preprocesses image files as the model's processor does; an error names the
-/// input at fault.
-fn prepare_images(task: &Task, files: &[Vec<u8>], single: bool) -> Result<Vec<Input>, ErrorResponse> {
-    let Task::Classifier(classifier) = task else {
-        return Err(wrong_task(task, "/classify"));
-    };
-    files
-        .iter()
-        .enumerate()
-        .map(|(i, bytes)| {
-            classifier
-                .prepare_image(bytes)
-                .map(Input::Pixels)
-                .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i))))
-        })
-        .collect()
 }
 
 /// A base64 image of a JSON body: standard alphabet, padding optional, an optional
@@ -671,17 +783,25 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ErrorResponse::new(ErrorType::Backend, "internal error (please report)").into_response()
 }
 
+/// The requests open without the API key: the health check (for probes that hold no secret) and
+/// the playground page, which holds no data and asks for the key itself.
+const OPEN: [&str; 4] = ["/health", "/", "/playground.css", "/playground.js"];
+
 async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let method = request.method();
+    if (method == Method::GET || method == Method::HEAD) && OPEN.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
     let expected = state.api_key.as_deref().unwrap_or_default();
     let given = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match given {
         Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(request).await,
         _ => {
-            if request.uri().path() == state.task.route() {
+            if request.method() == Method::POST && request.uri().path() == state.task.route() {
                 state.metrics.count("unauthorized");
             }
             ErrorResponse::new(
@@ -693,27 +813,22 @@ async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, n
     }
 }
 
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme's case does not
+/// matter (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 /// Compares without an early exit, so the time taken does not tell how much of a guess matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A JSON body whose every failure is an [`ErrorResponse`]: unlike axum's `Json`, it answers
-/// in JSON, ignores the content type (clients of the Inference API do not always set it), and
-/// names the field at fault.
-pub(crate) struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
-    type Rejection = ErrorResponse;
-
-    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(request, state).await?;
-        Ok(JsonBody(parse_json(&bytes)?))
-    }
-}
-
-/// The body, within the payload limit.
-async fn read_body(request: Request, state: &AppState) -> Result<Bytes, ErrorResponse> {
+/// The body, within the payload limit and the body timeout.
+async fn read_body(request: Request, state: &AppState) -> Result<Bytes, Failure> {
     let too_large = || {
         ErrorResponse::new(
             ErrorType::PayloadTooLarge,
@@ -728,15 +843,48 @@ async fn read_body(request: Request, state: &AppState) -> Result<Bytes, ErrorRes
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.info.limits.payload_limit as u64) {
-        return Err(too_large());
+        return Err(too_large().into());
     }
-    Bytes::from_request(request, &()).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            ErrorResponse::new(ErrorType::InvalidJson, rejection.body_text())
+    let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await;
+    match read {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large().into()),
+        Ok(Err(rejection)) if client_left(&rejection) => Err(Failure::ClientLeft),
+        Ok(Err(rejection)) => Err(ErrorResponse::new(ErrorType::InvalidJson, rejection.body_text()).into()),
+        Err(_) => Err(ErrorResponse::new(
+            ErrorType::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s",
+                state.body_timeout.as_secs_f64()
+            ),
+        )
+        .into()),
+    }
+}
+
+/// Whether a body failed because the client closed or reset its connection (rather than, say,
+/// sending malformed chunks).
+fn client_left(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            );
         }
-    })
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message())
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A JSON request, every failure an [`ErrorResponse`] naming the field at fault.
@@ -774,6 +922,54 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    /// A BMP file's header (no pixels) stating `width` × `height`.
+    fn bmp_header(width: i32, height: i32) -> Vec<u8> {
+        let mut bmp = b"BM".to_vec();
+        bmp.extend_from_slice(&54u32.to_le_bytes()); // file size (unchecked)
+        bmp.extend_from_slice(&0u32.to_le_bytes());
+        bmp.extend_from_slice(&54u32.to_le_bytes()); // pixel data offset
+        bmp.extend_from_slice(&40u32.to_le_bytes()); // BITMAPINFOHEADER
+        bmp.extend_from_slice(&width.to_le_bytes());
+        bmp.extend_from_slice(&height.to_le_bytes());
+        bmp.extend_from_slice(&1u16.to_le_bytes());
+        bmp.extend_from_slice(&24u16.to_le_bytes());
+        bmp.extend_from_slice(&[0; 24]);
+        bmp
+    }
+
+    #[test]
+    fn a_decode_costs_the_pixels_its_header_states() {
+        assert_eq!(decode_cost(&bmp_header(10_000, 10_000)), 100_000_000);
+        assert_eq!(decode_cost(&bmp_header(3, 2)), 6);
+        assert_eq!(decode_cost(b"not an image"), u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn decodes_wait_for_the_pixel_budget() {
+        let budget = PixelBudget::new(100);
+        let first = budget.take(60).await;
+        let short = Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(short, budget.take(60)).await.is_err(),
+            "two images over the budget decoded at once"
+        );
+        let small = tokio::time::timeout(short, budget.take(40)).await;
+        assert!(small.is_ok(), "an image within what is left waits");
+        drop((first, small));
+        // More than the whole budget is charged the whole budget, and so is not refused forever.
+        let all = tokio::time::timeout(short, budget.take(u64::MAX)).await;
+        assert!(all.is_ok());
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer k"), Some("k"));
+        assert_eq!(bearer_token("bearer k"), Some("k"));
+        assert_eq!(bearer_token("BEARER  k"), Some("k"));
+        assert_eq!(bearer_token("Basic k"), None);
+        assert_eq!(bearer_token("Bearerk"), None);
     }
 
     #[test]

@@ -78,6 +78,18 @@ pub const IMAGE_CLASSIFICATION_TASK: &str = "image-classification";
 /// pass, short next to a pass, so a lone client does not notice it (the figures behind it are in
 /// docs/BENCHMARKS.md).
 pub const DEFAULT_MAX_BATCH_WAIT: Duration = Duration::from_micros(500);
+/// [`ServeConfig::header_timeout`]'s default (hyper's own).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// [`ServeConfig::body_timeout`]'s default: a 1 MiB body at 20 kB/s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// [`ServeConfig::shutdown_timeout`]'s default: within the 30 s a container runtime waits
+/// between SIGTERM and SIGKILL.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most bytes of a request's line and headers a connection buffers (hyper's read buffer).
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// How long, once the last computed answer of a shutdown is handed over, its connection has to
+/// write it before it is dropped.
+pub const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(1);
 
 pub use error::{ErrorResponse, ErrorType, ServeError};
 pub use metrics::Metrics;
@@ -150,6 +162,12 @@ pub mod caps {
     /// `max_concurrent_requests`: each holds its body (up to `payload_limit`) and its answer.
     /// 128 times the default.
     pub const MAX_CONCURRENT_REQUESTS: usize = 65536;
+    /// `max_connections`: each holds a socket and hyper's buffers (the headers, up to
+    /// [`MAX_HEADER_BYTES`](crate::MAX_HEADER_BYTES)). 64 times the default.
+    pub const MAX_CONNECTIONS: usize = 65536;
+    /// `header_timeout`, `body_timeout` and `shutdown_timeout`: how long a silent client may
+    /// hold a connection, or a stopping service wait.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
     /// `max_client_batch_size`: 32 times the default.
     pub const MAX_CLIENT_BATCH_SIZE: usize = 1024;
     /// `max_predictions`: each candidate in the answer carries the whole text, so an answer's
@@ -181,8 +199,23 @@ pub struct ServeConfig {
     /// usually send again at once (zero: never held). A lone client is never held; see
     /// [`BatchLimits::max_wait`].
     pub max_batch_wait: Duration,
-    /// Requests queued or running at once; one more is answered 429 at once.
+    /// Requests admitted at once, from the moment their body starts to be read until they are
+    /// answered; one more is answered 429 at once, before its body is read. Bodies in memory
+    /// are so bounded by this times `payload_limit`.
     pub max_concurrent_requests: usize,
+    /// Open connections; past it, new ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's line and headers, counted from its
+    /// opening or from its previous answer (so also how long a keep-alive connection may stay
+    /// idle); past it the connection is closed.
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive in full; past it, 408 and the connection
+    /// is closed.
+    pub body_timeout: Duration,
+    /// On shutdown, how long connections are waited for: past it those that wait on their
+    /// client (idle, slow to send or to read) are dropped; requests being computed are still
+    /// answered.
+    pub shutdown_timeout: Duration,
     /// Most inputs (texts or images) in one request.
     pub max_client_batch_size: usize,
     /// Most candidates (masks × top_k, summed over the texts) one request may ask for: the
@@ -193,9 +226,11 @@ pub struct ServeConfig {
     pub payload_limit: usize,
     /// Largest image (width × height, read from the file's header before any pixel is
     /// decoded) a classifier takes; a decoded image needs 3 bytes a pixel, and several times
-    /// that while it is decoded.
+    /// that while it is decoded. Also the pixels decoded at once over all requests: an image
+    /// waits for earlier ones to be decoded if it would take the sum past it.
     pub max_image_pixels: u64,
-    /// If set, every route but `/health` requires `Authorization: Bearer <api_key>`.
+    /// If set, every request but `GET /health` and the playground page's (`GET /`,
+    /// `/playground.css`, `/playground.js`) requires `Authorization: Bearer <api_key>`.
     pub api_key: Option<String>,
 }
 
@@ -210,6 +245,10 @@ impl ServeConfig {
             max_batch_requests: 32,
             max_batch_wait: DEFAULT_MAX_BATCH_WAIT,
             max_concurrent_requests: 512,
+            max_connections: 1024,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_client_batch_size: 32,
             max_predictions: 4096,
             payload_limit: 1 << 20,
@@ -223,6 +262,9 @@ impl ServeConfig {
             ("max_batch_tokens", self.max_batch_tokens),
             ("max_batch_requests", self.max_batch_requests),
             ("max_concurrent_requests", self.max_concurrent_requests),
+            ("max_connections", self.max_connections),
+            ("header_timeout", self.header_timeout.as_millis().min(1) as usize),
+            ("body_timeout", self.body_timeout.as_millis().min(1) as usize),
             ("max_client_batch_size", self.max_client_batch_size),
             ("max_predictions", self.max_predictions),
             ("payload_limit", self.payload_limit),
@@ -250,6 +292,12 @@ impl ServeConfig {
                 self.max_concurrent_requests,
                 caps::MAX_CONCURRENT_REQUESTS,
                 "each request holds its body and its answer",
+            ),
+            (
+                "max_connections",
+                self.max_connections,
+                caps::MAX_CONNECTIONS,
+                "each connection holds a socket and buffers",
             ),
             (
                 "max_client_batch_size",
@@ -295,6 +343,20 @@ impl ServeConfig {
                 why: "a batch held back keeps its requests waiting",
             });
         }
+        for (name, value) in [
+            ("header_timeout (seconds)", self.header_timeout),
+            ("body_timeout (seconds)", self.body_timeout),
+            ("shutdown_timeout (seconds)", self.shutdown_timeout),
+        ] {
+            if value > caps::MAX_TIMEOUT {
+                return Err(ServeError::LimitTooLarge {
+                    name,
+                    value: value.as_secs(),
+                    max: caps::MAX_TIMEOUT.as_secs(),
+                    why: "a silent client would hold its connection that long",
+                });
+            }
+        }
         if self.max_batch_tokens < max_len {
             return Err(ServeError::BatchTokensBelowMaxLen {
                 max_batch_tokens: self.max_batch_tokens,
@@ -311,6 +373,10 @@ pub struct Server {
     listener: TcpListener,
     router: axum::Router,
     model_thread: JoinHandle<()>,
+    computing: Arc<http::Computing>,
+    max_connections: usize,
+    header_timeout: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl Server {
@@ -382,6 +448,7 @@ impl Server {
             .await
             .map_err(|source| ServeError::Bind { address, source })?;
         let (infer, model_thread) = Infer::start(task.clone(), limits, metrics.clone())?;
+        let computing = Arc::new(http::Computing::default());
         let state = Arc::new(http::AppState {
             infer,
             task,
@@ -389,13 +456,21 @@ impl Server {
             info,
             metrics,
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+            // max_image_pixels is at most Pillow's limit, which fits a u32.
+            decode_budget: http::PixelBudget::new(u32::try_from(config.max_image_pixels).unwrap_or(u32::MAX)),
             health_probe: tokio::sync::Mutex::new(()),
             api_key: config.api_key.clone(),
+            body_timeout: config.body_timeout,
+            computing: computing.clone(),
         });
         Ok(Self {
             listener,
             router: http::router(state, config.payload_limit),
             model_thread,
+            computing,
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            shutdown_timeout: config.shutdown_timeout,
         })
     }
 
@@ -406,20 +481,100 @@ impl Server {
             .expect("a bound TCP listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then stops accepting connections, finishes the
-    /// requests in flight, and waits for the model thread to finish its queue.
+    /// Serves until `shutdown` completes, then stops accepting connections, closes the idle
+    /// ones, lets the others finish their current request, and waits for the model thread to
+    /// finish its queue. Connections still open [`ServeConfig::shutdown_timeout`] later are
+    /// dropped, except that requests then being computed are answered first.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServeError::Server)?;
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::server::graceful::GracefulShutdown;
+        use hyper_util::service::TowerToHyperService;
+
+        let Server {
+            listener,
+            router,
+            model_thread,
+            computing,
+            max_connections,
+            header_timeout,
+            shutdown_timeout,
+        } = self;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // The timer makes the header timeout work; hyper starts it whenever the connection
+        // waits for a request, so it also closes idle keep-alive connections.
+        http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        // hyper's default (~400 KiB) times --max-connections would be the memory of clients
+        // that send headers and nothing more; 64 KiB of headers is plenty (beyond: 431). The
+        // buffer's cap alone is checked only while headers are incomplete, so both.
+        http.max_buf_size(MAX_HEADER_BYTES)
+            .max_header_size(MAX_HEADER_BYTES);
+        let service = TowerToHyperService::new(router);
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        let mut connections = tokio::task::JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            // A slot before accepting: past the limit, connections wait in the backlog.
+            let slot = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
+            let stream = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, for instance: wait for some to close
+                        // rather than spin (as axum::serve does).
+                        tracing::warn!("accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            while connections.try_join_next().is_some() {}
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+            connections.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("connection ended: {e}");
+                }
+                drop(slot);
+            });
+        }
+        drop(listener);
+        let open = connections.len();
+        if open > 0 {
+            tracing::info!("waiting for {open} connections to finish their requests");
+        }
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = shutdown_deadline(shutdown_timeout, &computing, SHUTDOWN_WRITE_GRACE) => {
+                tracing::warn!(
+                    "dropping {} connections still open {} s after the shutdown began",
+                    connections.len(),
+                    shutdown_timeout.as_secs_f64()
+                );
+            }
+        }
+        connections.shutdown().await;
         // The router, and with it every handle on the queue, is gone: the thread ends.
-        let thread = self.model_thread;
+        drop(service);
+        let thread = model_thread;
         tokio::task::spawn_blocking(move || thread.join())
             .await
             .map_err(|_| ServeError::ModelThreadPanicked)?
             .map_err(|_| ServeError::ModelThreadPanicked)
     }
+}
+
+/// Completes when a shutdown stops waiting for its connections: `timeout` after it began, but
+/// not before the requests being computed are answered, with `grace` to write their answers.
+async fn shutdown_deadline(timeout: Duration, computing: &http::Computing, grace: Duration) {
+    tokio::time::sleep(timeout).await;
+    computing.idle().await;
+    tokio::time::sleep(grace).await;
 }
 
 /// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called, and returns a future that
@@ -448,5 +603,36 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
                 std::future::pending::<()>().await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_shutdown_deadline_waits_for_requests_being_computed() {
+        let computing = Arc::new(http::Computing::default());
+        let short = Duration::from_millis(20);
+        // Nothing computing: the deadline is the timeout (and the grace).
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            shutdown_deadline(short, &computing, short),
+        )
+        .await
+        .expect("an idle shutdown ends at its deadline");
+        // A request being computed holds the deadline past the timeout, until it is answered.
+        let request = computing.start();
+        let mut deadline = std::pin::pin!(shutdown_deadline(short, &computing, short));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), deadline.as_mut())
+                .await
+                .is_err(),
+            "the deadline dropped a request being computed"
+        );
+        drop(request);
+        tokio::time::timeout(Duration::from_secs(5), deadline)
+            .await
+            .expect("the deadline comes once the request is answered");
     }
 }

@@ -51,6 +51,10 @@ pub(crate) async fn lingering_close(request: Request, next: Next) -> Response {
         give_back: Some(give_back),
     };
     let response = next.run(Request::from_parts(parts, Body::new(watched))).await;
+    // A body that already outlasted the body timeout is not waited for again (the 408 closes).
+    if response.status() == axum::http::StatusCode::REQUEST_TIMEOUT {
+        return response;
+    }
     // The request, and with it the body, is dropped once the handler has answered.
     if let Ok(Leftover { body, polled }) = returned.try_recv() {
         if polled || !expects_continue {

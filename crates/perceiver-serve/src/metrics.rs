@@ -10,12 +10,13 @@ use crate::error::ErrorResponse;
 
 /// The outcomes of a request to the task's route (`/fill-mask` or `/classify`): answered, the
 /// client left first, or an error kind.
-pub const OUTCOMES: [&str; 9] = [
+pub const OUTCOMES: [&str; 10] = [
     "success",
     "cancelled",
     "invalid_json",
     "validation",
     "payload_too_large",
+    "request_timeout",
     "unauthorized",
     "overloaded",
     "unhealthy",
@@ -47,7 +48,8 @@ pub struct Metrics {
     pub(crate) batch_tokens: Histogram,
     /// `perceiver_queue_depth`: inputs waiting for a batch.
     pub(crate) queue_depth: IntGauge,
-    /// `perceiver_inputs_dropped_total`: queued inputs skipped because the client went away.
+    /// `perceiver_inputs_dropped_total`: queued inputs skipped because the client went away
+    /// (a health check that timed out has gone away too, and counts).
     pub(crate) inputs_dropped: IntCounter,
 }
 
@@ -108,7 +110,7 @@ impl Metrics {
                 .expect("valid metric"),
             inputs_dropped: IntCounter::new(
                 "perceiver_inputs_dropped_total",
-                "Queued inputs skipped because their client went away",
+                "Queued inputs skipped because their client went away (timed-out health checks included)",
             )
             .expect("valid metric"),
             registry,

@@ -286,20 +286,24 @@ impl Infer {
         let (jobs, receivers): (Vec<Job>, Vec<Pending>) =
             inputs.into_iter().map(|input| Job::new(input, top_k)).unzip();
         let count = jobs.len() as i64;
-        self.sender
-            .send(Message::Request(jobs))
-            .map_err(|_| InferError::Stopped)?;
+        // Counted before sending: the model thread may take them off the gauge at once.
         self.metrics.queue_depth.add(count);
+        if self.sender.send(Message::Request(jobs)).is_err() {
+            self.metrics.queue_depth.sub(count);
+            return Err(InferError::Stopped);
+        }
         Ok(receivers)
     }
 
     /// Queues a health probe ahead of every waiting input: it runs in the next batch.
     pub fn probe(&self, input: Input) -> Result<Pending, InferError> {
         let (job, receiver) = Job::new(input, 1);
-        self.sender
-            .send(Message::Probe(job))
-            .map_err(|_| InferError::Stopped)?;
+        // Counted before sending: the model thread may take it off the gauge at once.
         self.metrics.queue_depth.inc();
+        if self.sender.send(Message::Probe(job)).is_err() {
+            self.metrics.queue_depth.dec();
+            return Err(InferError::Stopped);
+        }
         Ok(receiver)
     }
 

@@ -70,7 +70,7 @@ async fn refused_bodies_are_answered_to_clients_that_write_first() {
                 "unauthorized",
             ),
             (
-                format!("POST /no-such-route HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {LARGE}"),
+                format!("POST /no-such-route HTTP/1.1\r\nHost: {addr}\r\n{key}\r\nContent-Length: {LARGE}"),
                 404,
                 "not_found",
             ),

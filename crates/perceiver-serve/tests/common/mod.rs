@@ -45,6 +45,19 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// Starts a graceful shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+    }
+
+    /// Waits for the server to stop (after [`TestServer::begin_stop`]) and checks it ended
+    /// cleanly.
+    pub async fn stopped(mut self) {
+        self.running.take().unwrap().await.unwrap().unwrap();
+    }
+
     /// Stops the server and checks it ended cleanly.
     pub async fn stop(mut self) {
         self.stop.take().unwrap().send(()).ok();
@@ -101,6 +114,33 @@ impl Connection {
 
     pub fn stream(&mut self) -> &mut TcpStream {
         self.reader.get_mut()
+    }
+
+    /// Whether the server closes the connection (end of stream or reset) within `limit`,
+    /// reading and dropping anything it sends first.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut buffer = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
+            match self.reader.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
     }
 
     /// Writes `head` (the request line and headers, without the blank line) and `body`, all

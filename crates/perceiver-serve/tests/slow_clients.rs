@@ -1,0 +1,251 @@
+//! Clients that are slow, silent or gone: every connection they hold is closed or answered
+//! within the service's timeouts, a body being read holds a request slot, and a shutdown ends
+//! whatever they do.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{post_json, Connection, TestServer};
+use perceiver::Loader;
+use serde_json::json;
+
+async fn start(configure: impl FnOnce(&mut perceiver_serve::ServeConfig)) -> TestServer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity/tiny_qk_v_explicit");
+    let model = Loader::new(dir.to_string_lossy()).load().unwrap();
+    TestServer::start("tiny", model, configure).await
+}
+
+/// A valid fill-mask request padded with spaces to `len` bytes.
+fn padded_request(len: usize) -> Vec<u8> {
+    let mut body = br#"{"inputs": "a[MASK]c"}"#.to_vec();
+    body.resize(len, b' ');
+    body
+}
+
+/// The value of one `perceiver_requests_total` outcome.
+async fn outcome(server: &TestServer, outcome: &str) -> u64 {
+    let addr = server.addr;
+    let metrics = tokio::task::spawn_blocking(move || common::request(addr, "GET", "/metrics", &[], b""))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(metrics.body).unwrap();
+    let needle = format!("perceiver_requests_total{{outcome=\"{outcome}\",task=\"fill-mask\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .unwrap_or_else(|| panic!("no {needle} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_connections_are_closed_in_time() {
+    let server = start(|c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        let limit = Duration::from_secs(10);
+        // Nothing at all.
+        let started = Instant::now();
+        let mut silent = Connection::open(addr).unwrap();
+        assert!(silent.closed_within(limit), "a silent connection stays open");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        // Part of the headers.
+        let mut partial = Connection::open(addr).unwrap();
+        partial
+            .stream()
+            .write_all(format!("POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+            .unwrap();
+        assert!(
+            partial.closed_within(limit),
+            "a connection with half its headers stays open"
+        );
+        // Idle after an answer (keep-alive).
+        let mut idle = Connection::open(addr).unwrap();
+        idle.send(&format!("GET /health HTTP/1.1\r\nHost: {addr}"), b"")
+            .unwrap();
+        assert_eq!(idle.read_answer().unwrap().status, 200);
+        assert!(
+            idle.closed_within(limit),
+            "an idle keep-alive connection stays open"
+        );
+        // Headers that promise 100 bytes, and 5 of them: 408 once the body timeout is past.
+        let started = Instant::now();
+        let mut short = Connection::open(addr).unwrap();
+        short
+            .send(
+                &format!("POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100"),
+                b"{\"inp",
+            )
+            .unwrap();
+        short.stream().set_read_timeout(Some(limit)).unwrap();
+        let answer = short.read_answer().unwrap();
+        assert_eq!(answer.status, 408, "{:?}", String::from_utf8_lossy(&answer.body));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "the 408 took {took:?}");
+        assert_eq!(answer.json()["error_type"], "request_timeout");
+        assert!(
+            short.closed_within(limit),
+            "a timed-out body's connection stays open"
+        );
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome(&server, "request_timeout").await, 1);
+    server.stop().await;
+}
+
+use std::io::Write as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_being_read_holds_a_request_slot() {
+    let server = start(|c| c.max_concurrent_requests = 1).await;
+    let addr = server.addr;
+    let body = padded_request(1000);
+    // A request whose body is on its way: it holds the one slot.
+    let mut slow = Connection::open(addr).unwrap();
+    slow.send(
+        &format!(
+            "POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}",
+            body.len()
+        ),
+        &body[..10],
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = post_json(addr, "/fill-mask", &json!({"inputs": "a[MASK]c"})).await;
+    assert_eq!(
+        refused.status,
+        429,
+        "{:?}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.json()["error_type"], "overloaded");
+    // The rest of the body: the slow request is answered, and the slot is free again.
+    let answer = tokio::task::spawn_blocking(move || {
+        slow.stream().write_all(&body[10..]).unwrap();
+        slow.read_answer().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200, "{:?}", String::from_utf8_lossy(&answer.body));
+    let again = post_json(addr, "/fill-mask", &json!({"inputs": "a[MASK]c"})).await;
+    assert_eq!(again.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_body_is_cancelled_not_invalid() {
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut leaving = Connection::open(addr).unwrap();
+    leaving
+        .send(
+            &format!("POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100"),
+            b"{\"inp",
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(leaving);
+    let started = Instant::now();
+    while outcome(&server, "cancelled").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never counted as cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(outcome(&server, "cancelled").await, 1);
+    assert_eq!(outcome(&server, "invalid_json").await, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_requests_in_flight_and_drops_silent_clients_at_its_deadline() {
+    let mut server = start(|c| {
+        c.shutdown_timeout = Duration::from_secs(1);
+        // Longer than the test: only the shutdown's deadline can end these connections.
+        c.header_timeout = Duration::from_secs(600);
+        c.body_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let addr = server.addr;
+    let mut silent = Connection::open(addr).unwrap();
+    let mut partial = Connection::open(addr).unwrap();
+    partial
+        .stream()
+        .write_all(format!("POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+        .unwrap();
+    let mut idle = Connection::open(addr).unwrap();
+    idle.send(&format!("GET /health HTTP/1.1\r\nHost: {addr}"), b"")
+        .unwrap();
+    assert_eq!(idle.read_answer().unwrap().status, 200);
+    let body = padded_request(1000);
+    let mut in_flight = Connection::open(addr).unwrap();
+    in_flight
+        .send(
+            &format!(
+                "POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}",
+                body.len()
+            ),
+            &body[..10],
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    server.begin_stop();
+    let clients = tokio::task::spawn_blocking(move || {
+        assert!(
+            idle.closed_within(Duration::from_secs(5)),
+            "an idle connection outlived the shutdown"
+        );
+        // A request under way is finished and answered.
+        in_flight.stream().write_all(&body[10..]).unwrap();
+        let answer = in_flight.read_answer().unwrap();
+        assert_eq!(answer.status, 200, "{:?}", String::from_utf8_lossy(&answer.body));
+        assert!(
+            silent.closed_within(Duration::from_secs(10)),
+            "a silent client outlived the shutdown"
+        );
+        assert!(
+            partial.closed_within(Duration::from_secs(10)),
+            "a slow client outlived the shutdown"
+        );
+    });
+    tokio::time::timeout(Duration::from_secs(20), server.stopped())
+        .await
+        .expect("the shutdown waits for silent clients");
+    clients.await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_past_the_buffer_are_431() {
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        let within = "a".repeat(perceiver_serve::MAX_HEADER_BYTES - 1024);
+        let answer = common::request(addr, "GET", "/health", &[("X-Big", &within)], b"").unwrap();
+        assert_eq!(answer.status, 200);
+        let beyond = "a".repeat(perceiver_serve::MAX_HEADER_BYTES + 1024);
+        let answer = common::request(addr, "GET", "/health", &[("X-Big", &beyond)], b"").unwrap();
+        assert_eq!(answer.status, 431);
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
