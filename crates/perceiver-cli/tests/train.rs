@@ -489,6 +489,11 @@ fn resume_refuses_what_it_cannot_do_and_keeps_the_users_files() {
         std::fs::read_to_string(other.join("metrics.jsonl")).unwrap(),
         kept
     );
+    // An empty one (left by a start that failed or diverged at its first step) is nobody's
+    // history: a new start takes the directory.
+    std::fs::write(other.join("metrics.jsonl"), "").unwrap();
+    run(&train_args(c, f, other.to_str().unwrap(), "2"));
+    assert!(other.join("step-000002").is_dir());
     // Bad input leaves no empty --out behind.
     let fresh = dir.path().join("fresh");
     let mut bad = train_args(c, f, fresh.to_str().unwrap(), "2");

@@ -175,14 +175,24 @@ pub struct MetricsLog {
     path: PathBuf,
 }
 
+/// Whether `path` is a file holding nothing.
+pub(crate) fn is_empty_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
+}
+
 impl MetricsLog {
-    /// A new, empty log; an existing file is an error (it is another run's history).
+    /// A new, empty log; an existing file is an error (it is another run's history) unless it
+    /// is empty (a start that failed or diverged before its first record left it).
     pub fn create(path: &Path) -> Result<Self> {
-        std::fs::OpenOptions::new()
+        let created = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(path)
-            .map_err(io_at(path))?;
+            .open(path);
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && is_empty_file(path) => {}
+            Err(e) => return Err(io_at(path)(e)),
+        }
         Ok(Self {
             path: path.to_path_buf(),
         })

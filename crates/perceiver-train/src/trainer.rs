@@ -174,7 +174,12 @@ impl Trainer {
         std::fs::create_dir_all(run_dir).map_err(io_at(run_dir))?;
         let started = Self::start_in(options, run_dir, init);
         if started.is_err() && created {
-            // Only if still empty: nothing of the user's is ever deleted.
+            // Only what this start wrote, and the directory only if then empty: nothing of the
+            // user's is ever deleted.
+            let metrics = run_dir.join(METRICS_FILE);
+            if crate::metrics::is_empty_file(&metrics) {
+                let _ = std::fs::remove_file(metrics);
+            }
             let _ = std::fs::remove_dir(run_dir);
         }
         started
@@ -187,7 +192,13 @@ impl Trainer {
                 run_dir.display()
             )));
         }
-        if let Some(file) = RUN_FILES.iter().find(|f| run_dir.join(f).exists()) {
+        // An empty metrics file is no run's history: a start that failed or diverged at its
+        // first step leaves one, and starting again must work.
+        let holds = |file: &str| {
+            let path = run_dir.join(file);
+            path.exists() && !(file == METRICS_FILE && crate::metrics::is_empty_file(&path))
+        };
+        if let Some(file) = RUN_FILES.into_iter().find(|file| holds(file)) {
             return Err(Error::Options(format!(
                 "{} already holds a run's {file}: choose another --out (or move it away)",
                 run_dir.display()
