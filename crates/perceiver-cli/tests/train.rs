@@ -137,6 +137,15 @@ fn records(run_dir: &Path, kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A run's train records, everything in them but the timing.
+fn train_records_but_speed(run_dir: &Path) -> Vec<Value> {
+    let mut rs = records(run_dir, "train");
+    for r in &mut rs {
+        r.as_object_mut().unwrap().remove("bytes_per_second");
+    }
+    rs
+}
+
 /// A temporary directory with a corpus and a config; their paths as strings.
 fn setup() -> (tempfile::TempDir, &'static str, &'static str) {
     let dir = tempfile::tempdir().unwrap();
@@ -247,17 +256,7 @@ fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     assert!(parts.join("step-000013").is_dir());
     run(&["train", "--resume", parts.to_str().unwrap()]);
 
-    // Everything but the timing.
-    let without_speed = |mut rs: Vec<Value>| {
-        rs.iter_mut().for_each(|r| {
-            r.as_object_mut().unwrap().remove("bytes_per_second");
-        });
-        rs
-    };
-    let (a, b) = (
-        without_speed(records(&whole, "train")),
-        without_speed(records(&parts, "train")),
-    );
+    let (a, b) = (train_records_but_speed(&whole), train_records_but_speed(&parts));
     assert_eq!(a.len(), 30);
     assert_eq!(
         a, b,
@@ -569,16 +568,7 @@ fn a_run_stopped_mid_log_interval_writes_the_records_of_an_uninterrupted_one() {
     );
     run(&["train", "--resume", p]);
 
-    let without_speed = |mut rs: Vec<Value>| {
-        rs.iter_mut().for_each(|r| {
-            r.as_object_mut().unwrap().remove("bytes_per_second");
-        });
-        rs
-    };
-    let (a, b) = (
-        without_speed(records(&whole, "train")),
-        without_speed(records(&parts, "train")),
-    );
+    let (a, b) = (train_records_but_speed(&whole), train_records_but_speed(&parts));
     assert_eq!(a.len(), 3, "steps 4, 8 and 10");
     assert_eq!(a, b);
 }
