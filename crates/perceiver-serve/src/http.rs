@@ -129,6 +129,23 @@ impl PixelBudget {
             .await
             .expect("the semaphore is never closed")
     }
+
+    /// Runs `work` on the blocking threads once `pixels` are free. The pixels, and `held` (the
+    /// request's slot), are given back when `work` returns, not when the caller stops waiting:
+    /// a client that leaves does not stop a decode under way, nor the memory it takes.
+    async fn run<T: Send + 'static>(
+        &self,
+        pixels: u64,
+        held: impl Send + 'static,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let permit = self.take(pixels).await;
+        tokio::task::spawn_blocking(move || {
+            let _held = (permit, held);
+            work()
+        })
+        .await
+    }
 }
 
 /// What decoding `bytes` is charged: the pixels its header states; the whole budget if the header
@@ -439,8 +456,9 @@ impl AppState {
             ))
             .into());
         }
-        // Admitted before the body is read, so that bodies in memory are bounded by the slots.
-        let _permit = self.permit()?;
+        // Admitted before the body is read, so that bodies in memory are bounded by the slots;
+        // shared with the image decodes, which may outlive this future (see PixelBudget::run).
+        let permit = Arc::new(self.permit()?);
         let body = read_body(request, self).await?;
         let _computing = self.computing.start();
         // An image model takes a raw image unless the body is declared or looks like JSON
@@ -510,7 +528,7 @@ impl AppState {
             RawInputs::Files(files) => {
                 let mut prepared = Vec::with_capacity(files.len());
                 for (i, file) in files.into_iter().enumerate() {
-                    prepared.push(self.prepare_image(file, single, i).await?);
+                    prepared.push(self.prepare_image(file, single, i, permit.clone()).await?);
                 }
                 prepared
             }
@@ -532,19 +550,26 @@ impl AppState {
 
     /// Decodes and preprocesses an image file as the model's processor does, within the pixel
     /// budget; an error names the input at fault.
-    async fn prepare_image(&self, file: Vec<u8>, single: bool, i: usize) -> Result<Input, ErrorResponse> {
-        let _pixels = self.decode_budget.take(decode_cost(&file)).await;
+    async fn prepare_image(
+        &self,
+        file: Vec<u8>,
+        single: bool,
+        i: usize,
+        slot: Arc<OwnedSemaphorePermit>,
+    ) -> Result<Input, ErrorResponse> {
+        let pixels = decode_cost(&file);
         // Decoding and resizing take a while: off the async threads.
         let task = self.task.clone();
-        tokio::task::spawn_blocking(move || match &*task {
-            Task::Classifier(classifier) => classifier
-                .prepare_image(&file)
-                .map(Input::Pixels)
-                .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i)))),
-            Task::FillMask(_) => Err(wrong_task(&task, "/classify")),
-        })
-        .await
-        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))?
+        self.decode_budget
+            .run(pixels, slot, move || match &*task {
+                Task::Classifier(classifier) => classifier
+                    .prepare_image(&file)
+                    .map(Input::Pixels)
+                    .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i)))),
+                Task::FillMask(_) => Err(wrong_task(&task, "/classify")),
+            })
+            .await
+            .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))?
     }
 
     fn permit(&self) -> Result<OwnedSemaphorePermit, ErrorResponse> {
@@ -961,6 +986,44 @@ mod tests {
         // More than the whole budget is charged the whole budget, and so is not refused forever.
         let all = tokio::time::timeout(short, budget.take(u64::MAX)).await;
         assert!(all.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_decode_holds_its_pixels_and_slot_until_it_ends_though_its_client_left() {
+        let budget = PixelBudget::new(100);
+        let slots = Arc::new(Semaphore::new(1));
+        let slot = Arc::new(slots.clone().try_acquire_owned().unwrap());
+        let (started, decoding) = tokio::sync::oneshot::channel();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let mut decode = Box::pin(budget.run(100, slot, move || {
+            started.send(()).unwrap();
+            finished.recv().ok();
+        }));
+        tokio::select! {
+            _ = &mut decode => panic!("the decode ended before it was told to"),
+            started = decoding => started.unwrap(),
+        }
+        // The client leaves: hyper drops the handler's future, the decode goes on.
+        drop(decode);
+        assert_eq!(
+            budget.pixels.available_permits(),
+            0,
+            "a running decode's pixels were freed"
+        );
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "a running decode's request slot was freed"
+        );
+        finish.send(()).unwrap();
+        let freed = async {
+            while budget.pixels.available_permits() < 100 || slots.available_permits() < 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), freed)
+            .await
+            .expect("the pixels and the slot are given back once the decode ends");
     }
 
     #[test]
