@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use perceiver::image::DecodeLimits;
 use perceiver::tokenizer::VOCAB_SIZE;
 use perceiver::{Classifier, LabelScore};
 use serde::de::DeserializeOwned;
@@ -148,15 +149,41 @@ impl PixelBudget {
     }
 }
 
-/// What decoding `bytes` is charged: the pixels its header states; the whole budget if the header
-/// cannot be read (the decoder then refuses it at once, or it is a format whose size only
-/// decoding tells).
-fn decode_cost(bytes: &[u8]) -> u64 {
-    image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|reader| reader.into_dimensions().ok())
-        .map_or(u64::MAX, |(w, h)| u64::from(w) * u64::from(h))
+/// What decoding `bytes` is charged: the pixels it decodes to, read from its headers by the
+/// decoder's own code (a GIF's canvas, grown to hold its first frame, not its stated screen). An
+/// image whose headers cannot be read or state more than `limits` allow is an error here, to be
+/// refused before it waits for the budget (the decoder would refuse it at once).
+fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<u64, perceiver::Error> {
+    let (width, height) = perceiver::image::decoded_size(bytes, limits)?;
+    Ok(width.saturating_mul(height))
+}
+
+/// Decodes and preprocesses an image file as `task`'s processor does, within `budget`, holding
+/// `slot` until the decode ends; an error begins with `place`, the input at fault.
+async fn prepare_image(
+    task: &Arc<Task>,
+    budget: &PixelBudget,
+    file: Vec<u8>,
+    place: String,
+    slot: impl Send + 'static,
+) -> Result<Input, ErrorResponse> {
+    let Task::Classifier(classifier) = &**task else {
+        return Err(wrong_task(task, "/classify"));
+    };
+    let invalid = move |e: perceiver::Error| ErrorResponse::validation(format!("{place}{e}"));
+    let pixels = decode_cost(&file, &classifier.decode_limits()).map_err(invalid.clone())?;
+    // Decoding and resizing take a while: off the async threads.
+    let task = task.clone();
+    budget
+        .run(pixels, slot, move || match &*task {
+            Task::Classifier(classifier) => classifier
+                .prepare_image(&file)
+                .map(Input::Pixels)
+                .map_err(invalid),
+            Task::FillMask(_) => Err(wrong_task(&task, "/classify")),
+        })
+        .await
+        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))?
 }
 
 /// A request to the task's route that got no answer of its own: an error to answer, or a
@@ -528,7 +555,10 @@ impl AppState {
             RawInputs::Files(files) => {
                 let mut prepared = Vec::with_capacity(files.len());
                 for (i, file) in files.into_iter().enumerate() {
-                    prepared.push(self.prepare_image(file, single, i, permit.clone()).await?);
+                    let place = place(single, i);
+                    prepared.push(
+                        prepare_image(&self.task, &self.decode_budget, file, place, permit.clone()).await?,
+                    );
                 }
                 prepared
             }
@@ -546,30 +576,6 @@ impl AppState {
         } else {
             ClassifyResponse::Batch(answers)
         })
-    }
-
-    /// Decodes and preprocesses an image file as the model's processor does, within the pixel
-    /// budget; an error names the input at fault.
-    async fn prepare_image(
-        &self,
-        file: Vec<u8>,
-        single: bool,
-        i: usize,
-        slot: Arc<OwnedSemaphorePermit>,
-    ) -> Result<Input, ErrorResponse> {
-        let pixels = decode_cost(&file);
-        // Decoding and resizing take a while: off the async threads.
-        let task = self.task.clone();
-        self.decode_budget
-            .run(pixels, slot, move || match &*task {
-                Task::Classifier(classifier) => classifier
-                    .prepare_image(&file)
-                    .map(Input::Pixels)
-                    .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i)))),
-                Task::FillMask(_) => Err(wrong_task(&task, "/classify")),
-            })
-            .await
-            .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))?
     }
 
     fn permit(&self) -> Result<OwnedSemaphorePermit, ErrorResponse> {
@@ -964,11 +970,69 @@ mod tests {
         bmp
     }
 
+    /// A GIF whose logical screen is 1 x 1 and whose one frame is `width` x `height` (its pixel
+    /// data holds a clear code and the end code only: enough for its headers).
+    fn gif_bomb(width: u16, height: u16) -> Vec<u8> {
+        let mut gif =
+            b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x2c\x00\x00\x00\x00".to_vec();
+        gif.extend_from_slice(&width.to_le_bytes());
+        gif.extend_from_slice(&height.to_le_bytes());
+        gif.extend_from_slice(&[0, 2, 2, 0x44, 0x01, 0, 0x3b]);
+        gif
+    }
+
     #[test]
-    fn a_decode_costs_the_pixels_its_header_states() {
-        assert_eq!(decode_cost(&bmp_header(10_000, 10_000)), 100_000_000);
-        assert_eq!(decode_cost(&bmp_header(3, 2)), 6);
-        assert_eq!(decode_cost(b"not an image"), u64::MAX);
+    fn a_decode_costs_the_pixels_it_decodes_to() {
+        let limits = DecodeLimits::default();
+        assert_eq!(
+            decode_cost(&bmp_header(10_000, 10_000), &limits).unwrap(),
+            100_000_000
+        );
+        assert_eq!(decode_cost(&bmp_header(3, 2), &limits).unwrap(), 6);
+        // The canvas the frame is decoded into, not the 1 x 1 screen its header states.
+        assert_eq!(
+            decode_cost(&gif_bomb(13_000, 13_000), &limits).unwrap(),
+            169_000_000
+        );
+        assert!(decode_cost(b"not an image", &limits).is_err());
+        let small = DecodeLimits { max_pixels: 100 };
+        assert!(decode_cost(&bmp_header(11, 10), &small).is_err());
+        assert!(decode_cost(&gif_bomb(11, 10), &small).is_err());
+    }
+
+    #[tokio::test]
+    async fn images_refused_from_their_headers_do_not_wait_for_the_budget() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/classification/tiny_image_conv");
+        let classifier = perceiver::Loader::new(dir.to_string_lossy())
+            .classifier()
+            .unwrap()
+            .with_decode_limits(DecodeLimits { max_pixels: 100 });
+        let task = Arc::new(Task::Classifier(classifier));
+        let budget = PixelBudget::new(100);
+        // A decode in flight holds the whole budget.
+        let _busy = budget.take(100).await;
+        for (file, why) in [
+            (b"not an image".to_vec(), "not a JPEG"),
+            (bmp_header(11, 10), "max_pixels"),
+            (gif_bomb(11, 10), "max_pixels"),
+        ] {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                prepare_image(&task, &budget, file, "inputs[0]: ".into(), ()),
+            )
+            .await
+            .expect("an image its headers refuse waited for the budget");
+            let Err(e) = answer else {
+                panic!("an image over the limits was decoded")
+            };
+            assert_eq!(e.error_type, ErrorType::Validation);
+            assert!(
+                e.error.starts_with("inputs[0]: ") && e.error.contains(why),
+                "{}",
+                e.error
+            );
+        }
     }
 
     #[tokio::test]
