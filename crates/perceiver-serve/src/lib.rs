@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod playground;
 pub mod queue;
 pub mod types;
+mod write_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -210,7 +211,8 @@ pub struct ServeConfig {
     /// idle); past it the connection is closed.
     pub header_timeout: Duration,
     /// How long a request's body may take to arrive in full; past it, 408 and the connection
-    /// is closed.
+    /// is closed. Also how long an answer's write may make no progress (a client that does not
+    /// read its answer); past it the connection is closed.
     pub body_timeout: Duration,
     /// On shutdown, how long connections are waited for: past it those that wait on their
     /// client (idle, slow to send or to read) are dropped; requests being computed are still
@@ -376,6 +378,7 @@ pub struct Server {
     computing: Arc<http::Computing>,
     max_connections: usize,
     header_timeout: Duration,
+    write_timeout: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -470,6 +473,7 @@ impl Server {
             computing,
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
+            write_timeout: config.body_timeout,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -497,6 +501,7 @@ impl Server {
             computing,
             max_connections,
             header_timeout,
+            write_timeout,
             shutdown_timeout,
         } = self;
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -535,6 +540,8 @@ impl Server {
                 },
             };
             while connections.try_join_next().is_some() {}
+            // hyper bounds the wait for a request, not for the client to read its answer.
+            let stream = write_timeout::WriteTimeout::new(stream, write_timeout);
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
             connections.spawn(async move {
                 if let Err(e) = connection.await {

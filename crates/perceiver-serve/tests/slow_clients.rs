@@ -249,3 +249,45 @@ async fn headers_past_the_buffer_are_431() {
     .unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_loses_its_connection() {
+    let server = start(|c| {
+        c.max_connections = 1;
+        c.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        // The largest file served; enough copies of it that the socket buffers cannot hold them.
+        let path = "/docs/swagger-ui-bundle.js";
+        let file = common::request(addr, "GET", path, &[], b"").unwrap();
+        assert_eq!(file.status, 200);
+        assert!(file.body.len() > 100_000, "{} bytes", file.body.len());
+        let copies = (64 << 20) / file.body.len() + 1;
+        let mut stalled = Connection::open(addr).unwrap();
+        let requests = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat(copies);
+        stalled.stream().write_all(requests.as_bytes()).unwrap();
+        // It holds the one connection; another client is served only once it is closed.
+        let started = Instant::now();
+        let mut next = Connection::open(addr).unwrap();
+        next.stream()
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        next.send(&format!("GET /health HTTP/1.1\r\nHost: {addr}"), b"")
+            .unwrap();
+        let answer = next
+            .read_answer()
+            .expect("a client that reads nothing holds its connection forever");
+        assert_eq!(answer.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(stalled);
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
