@@ -9,15 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::HeaderValue;
 use axum::http::Method;
-use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use http_body::Body as _;
 use perceiver::image::DecodeLimits;
 use perceiver::tokenizer::VOCAB_SIZE;
 use perceiver::{Classifier, LabelScore};
@@ -41,6 +42,11 @@ use crate::types::{
 pub const DEFAULT_TOP_K: usize = 5;
 /// How long a successful forward pass vouches for `/health`.
 pub const HEALTH_CACHE: Duration = Duration::from_secs(5);
+/// The least rate, in bytes a second, a request's body must arrive at on average once its body
+/// timeout has passed: a body of n bytes has the timeout plus n / this to arrive (a 1 MiB body,
+/// 64 s more), so a large body sent steadily is not cut off, while a trickle holds its request
+/// slot for a bounded time.
+pub const MIN_BODY_RATE: u64 = 16 << 10;
 /// How long `/health` waits for its own forward pass.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -284,7 +290,7 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
         (status = 200, description = "Candidates per mask, as transformers' fill-mask pipeline gives them", body = FillMaskResponse),
         (status = 400, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within the body timeout", body = ErrorResponse),
+        (status = 408, description = "The body went silent for the body timeout, or arrived too slowly on average", body = ErrorResponse),
         (status = 413, description = "The body is too large", body = ErrorResponse),
         (status = 422, description = "Not a valid request (no mask, too long, too many inputs, ...)", body = ErrorResponse),
         (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
@@ -327,7 +333,7 @@ async fn fill_mask(State(state): State<Arc<AppState>>, request: Request) -> Resp
         (status = 400, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 404, description = "The model is not a classifier (see /info's task)", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within the body timeout", body = ErrorResponse),
+        (status = 408, description = "The body went silent for the body timeout, or arrived too slowly on average", body = ErrorResponse),
         (status = 413, description = "The body is too large", body = ErrorResponse),
         (status = 422, description = "Not a valid request (not an image, image too large, bad base64, text too long, too many inputs, ...)", body = ErrorResponse),
         (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
@@ -858,7 +864,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The body, within the payload limit and the body timeout.
+/// The body, within the payload limit and the body timeout: a body may be silent for at most the
+/// timeout, and past its first timeout must have arrived at [`MIN_BODY_RATE`] on average.
 async fn read_body(request: Request, state: &AppState) -> Result<Bytes, Failure> {
     let too_large = || {
         ErrorResponse::new(
@@ -876,21 +883,58 @@ async fn read_body(request: Request, state: &AppState) -> Result<Bytes, Failure>
     if declared.is_some_and(|n| n > state.info.limits.payload_limit as u64) {
         return Err(too_large().into());
     }
-    let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await;
-    match read {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large().into()),
-        Ok(Err(rejection)) if client_left(&rejection) => Err(Failure::ClientLeft),
-        Ok(Err(rejection)) => Err(ErrorResponse::new(ErrorType::InvalidJson, rejection.body_text()).into()),
-        Err(_) => Err(ErrorResponse::new(
-            ErrorType::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} s",
-                state.body_timeout.as_secs_f64()
-            ),
-        )
-        .into()),
+    // Read frame by frame: the timeout is for silence, and for a body slower on average than
+    // MIN_BODY_RATE past its first timeout, so that a large body sent steadily is not cut off.
+    let limit = state.info.limits.payload_limit;
+    let timeout = state.body_timeout;
+    let started = tokio::time::Instant::now();
+    let mut body = request.into_body();
+    let mut chunks = Vec::new();
+    let mut received = 0usize;
+    loop {
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        let idle = tokio::time::Instant::now() + timeout;
+        let slow = started + timeout + Duration::from_secs_f64(received as f64 / MIN_BODY_RATE as f64);
+        match tokio::time::timeout_at(idle.min(slow), next).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len();
+                    if received > limit {
+                        return Err(too_large().into());
+                    }
+                    chunks.push(data);
+                }
+            }
+            Ok(Some(Err(e))) if client_left(&e) => return Err(Failure::ClientLeft),
+            Ok(Some(Err(e))) => {
+                return Err(ErrorResponse::new(
+                    ErrorType::InvalidJson,
+                    format!("the body could not be read: {e}"),
+                )
+                .into())
+            }
+            Err(_) => {
+                let why = if idle <= slow {
+                    format!(
+                        "nothing of the request body arrived for {} s",
+                        timeout.as_secs_f64()
+                    )
+                } else {
+                    format!(
+                        "the request body arrived at less than {} KiB/s on average past its first {} s",
+                        MIN_BODY_RATE >> 10,
+                        timeout.as_secs_f64()
+                    )
+                };
+                return Err(ErrorResponse::new(ErrorType::RequestTimeout, why).into());
+            }
+        }
     }
+    Ok(match chunks.len() {
+        1 => chunks.pop().expect("one chunk"),
+        _ => chunks.concat().into(),
+    })
 }
 
 /// Whether a body failed because the client closed or reset its connection (rather than, say,

@@ -81,7 +81,8 @@ pub const IMAGE_CLASSIFICATION_TASK: &str = "image-classification";
 pub const DEFAULT_MAX_BATCH_WAIT: Duration = Duration::from_micros(500);
 /// [`ServeConfig::header_timeout`]'s default (hyper's own).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// [`ServeConfig::body_timeout`]'s default: a 1 MiB body at 20 kB/s.
+/// [`ServeConfig::body_timeout`]'s default: a minute of silence; a body also has this long plus
+/// a second per [`http::MIN_BODY_RATE`] bytes to arrive in full.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`ServeConfig::shutdown_timeout`]'s default: within the 30 s a container runtime waits
 /// between SIGTERM and SIGKILL.
@@ -210,8 +211,10 @@ pub struct ServeConfig {
     /// opening or from its previous answer (so also how long a keep-alive connection may stay
     /// idle); past it the connection is closed.
     pub header_timeout: Duration,
-    /// How long a request's body may take to arrive in full; past it, 408 and the connection
-    /// is closed. Also how long an answer's write may make no progress (a client that does not
+    /// How long a request's body may go without sending a byte; past it, 408 and the connection
+    /// is closed. A body must also arrive in full within this plus a second per
+    /// [`http::MIN_BODY_RATE`] bytes (a least average rate), so that a large body sent steadily
+    /// is never cut off and a trickle is. Also how long an answer's write may make no progress (a client that does not
     /// read its answer); past it the connection is closed.
     pub body_timeout: Duration,
     /// On shutdown, how long connections are waited for: past it those that wait on their
