@@ -4,7 +4,7 @@
 //! ones axum would answer in plain text (malformed JSON, oversized bodies, unknown routes, wrong
 //! methods); a handler that panics answers a JSON 500 and the service carries on.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,13 +76,25 @@ pub(crate) struct AppState {
 pub(crate) struct Computing {
     count: AtomicUsize,
     idle: Notify,
+    /// Set at the shutdown's deadline: no request starts computing after it.
+    closed: AtomicBool,
 }
 
 impl Computing {
-    /// Counts a request as computing until the guard is dropped.
-    pub(crate) fn start(self: &Arc<Self>) -> ComputingGuard {
+    /// Counts a request as computing until the guard is dropped; `None` once [`Self::close`]d,
+    /// and the request is to be answered 503: past the shutdown's deadline a request that
+    /// starts is not waited for, so its answer would be lost.
+    pub(crate) fn start(self: &Arc<Self>) -> Option<ComputingGuard> {
+        // Counted before `closed` is read (and `close` sets it before it reads the count), so
+        // a request either is refused or is waited for.
         self.count.fetch_add(1, Ordering::SeqCst);
-        ComputingGuard(self.clone())
+        let guard = ComputingGuard(self.clone());
+        (!self.closed.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// Refuses the requests that would start computing from now on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     /// Completes once no request is computing.
@@ -303,7 +315,7 @@ async fn fill_mask(State(state): State<Arc<AppState>>, request: Request) -> Resp
         // Admitted before the body is read, so that bodies in memory are bounded by the slots.
         let _permit = state.permit()?;
         let body = read_body(request, &state).await?;
-        let _computing = state.computing.start();
+        let _computing = state.computing.start().ok_or_else(stopping)?;
         let request: FillMaskRequest = parse_json(&body)?;
         Ok(state.fill_mask(request).await?)
     })
@@ -493,7 +505,7 @@ impl AppState {
         // shared with the image decodes, which may outlive this future (see PixelBudget::run).
         let permit = Arc::new(self.permit()?);
         let body = read_body(request, self).await?;
-        let _computing = self.computing.start();
+        let _computing = self.computing.start().ok_or_else(stopping)?;
         // An image model takes a raw image unless the body is declared or looks like JSON
         // (Inference API clients do not always set the content type).
         let raw = images
@@ -687,6 +699,11 @@ async fn answers_of(receivers: Vec<Pending>) -> Result<Vec<Output>, ErrorRespons
         );
     }
     Ok(outputs)
+}
+
+/// The answer to a request whose body arrives once the shutdown's deadline has passed.
+fn stopping() -> ErrorResponse {
+    infer_error(InferError::Stopped)
 }
 
 fn unexpected_output() -> ErrorResponse {

@@ -219,7 +219,7 @@ pub struct ServeConfig {
     pub body_timeout: Duration,
     /// On shutdown, how long connections are waited for: past it those that wait on their
     /// client (idle, slow to send or to read) are dropped; requests being computed are still
-    /// answered.
+    /// answered, and those whose body arrives in full past it are answered 503.
     pub shutdown_timeout: Duration,
     /// Most inputs (texts or images) in one request.
     pub max_client_batch_size: usize,
@@ -581,8 +581,11 @@ impl Server {
 
 /// Completes when a shutdown stops waiting for its connections: `timeout` after it began, but
 /// not before the requests being computed are answered, with `grace` to write their answers.
+/// Requests whose body arrives after `timeout` are answered 503 rather than computed.
 async fn shutdown_deadline(timeout: Duration, computing: &http::Computing, grace: Duration) {
     tokio::time::sleep(timeout).await;
+    // Else a body that arrives during the grace starts a computation nobody waits for.
+    computing.close();
     computing.idle().await;
     tokio::time::sleep(grace).await;
 }
@@ -631,7 +634,12 @@ mod tests {
         )
         .await
         .expect("an idle shutdown ends at its deadline");
+        assert!(
+            computing.start().is_none(),
+            "a request starts computing past the deadline, when nobody waits for it"
+        );
         // A request being computed holds the deadline past the timeout, until it is answered.
+        let computing = Arc::new(http::Computing::default());
         let request = computing.start();
         let mut deadline = std::pin::pin!(shutdown_deadline(short, &computing, short));
         assert!(
