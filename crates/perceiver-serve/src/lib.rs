@@ -533,9 +533,13 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
+                    Err(e) if connection_error(&e) => {
+                        tracing::debug!("a connection failed before it was accepted: {e}");
+                        continue;
+                    }
                     Err(e) => {
-                        // Out of file descriptors, for instance: wait for some to close
-                        // rather than spin (as axum::serve does).
+                        // Out of file descriptors or memory: wait for some to be freed rather
+                        // than spin (as axum::serve does).
                         tracing::warn!("accepting a connection failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
@@ -577,6 +581,20 @@ impl Server {
             .map_err(|_| ServeError::ModelThreadPanicked)?
             .map_err(|_| ServeError::ModelThreadPanicked)
     }
+}
+
+/// Whether an accept failed for that one connection (its client reset or gave up on it while it
+/// waited in the backlog), so the next can be accepted at once, as axum::serve does; other errors
+/// (EMFILE, ENFILE, ENOMEM, ENOBUFS) are the process's or the system's resources running out.
+fn connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::Interrupted
+    )
 }
 
 /// Completes when a shutdown stops waiting for its connections: `timeout` after it began, but
@@ -622,6 +640,21 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_failed_connection_is_accepted_past_at_once() {
+        use std::io::{Error, ErrorKind};
+        assert!(connection_error(&Error::from(ErrorKind::ConnectionAborted)));
+        assert!(connection_error(&Error::from(ErrorKind::ConnectionReset)));
+        #[cfg(target_os = "linux")]
+        for resource in [24, 23, 12, 105] {
+            // EMFILE, ENFILE, ENOMEM, ENOBUFS: wait for resources to be freed.
+            assert!(
+                !connection_error(&Error::from_raw_os_error(resource)),
+                "{resource}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn the_shutdown_deadline_waits_for_requests_being_computed() {
