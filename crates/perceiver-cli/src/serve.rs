@@ -65,7 +65,10 @@ pub struct ServiceArgs {
     #[arg(long, env = "PERCEIVER_HEADER_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=caps::MAX_TIMEOUT.as_secs()))]
     pub header_timeout_s: u64,
 
-    /// Seconds a request's body may take to arrive in full; then 408 and the connection is closed.
+    /// Seconds a request's body may go without sending a byte; then 408 and the connection is
+    /// closed. A body must also arrive within this plus 1 s per 16 KiB (a least average rate).
+    /// Also how long an answer may wait for its client to read any of it; then the connection is
+    /// closed.
     #[arg(long, env = "PERCEIVER_BODY_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=caps::MAX_TIMEOUT.as_secs()))]
     pub body_timeout_s: u64,
 

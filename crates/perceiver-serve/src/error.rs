@@ -89,7 +89,7 @@ pub enum ErrorType {
     NotFound,
     /// 405: the route exists for another method.
     MethodNotAllowed,
-    /// 408: the body did not arrive in full within the service's body timeout.
+    /// 408: the body went silent for the service's body timeout, or arrived too slowly on average.
     RequestTimeout,
     /// 429: `max_concurrent_requests` requests are already queued or running.
     Overloaded,

@@ -4,20 +4,22 @@
 //! ones axum would answer in plain text (malformed JSON, oversized bodies, unknown routes, wrong
 //! methods); a handler that panics answers a JSON 500 and the service carries on.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::HeaderValue;
 use axum::http::Method;
-use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use http_body::Body as _;
+use perceiver::image::DecodeLimits;
 use perceiver::tokenizer::VOCAB_SIZE;
 use perceiver::{Classifier, LabelScore};
 use serde::de::DeserializeOwned;
@@ -40,6 +42,11 @@ use crate::types::{
 pub const DEFAULT_TOP_K: usize = 5;
 /// How long a successful forward pass vouches for `/health`.
 pub const HEALTH_CACHE: Duration = Duration::from_secs(5);
+/// The least rate, in bytes a second, a request's body must arrive at on average once its body
+/// timeout has passed: a body of n bytes has the timeout plus n / this to arrive (a 1 MiB body,
+/// 64 s more), so a large body sent steadily is not cut off, while a trickle holds its request
+/// slot for a bounded time.
+pub const MIN_BODY_RATE: u64 = 16 << 10;
 /// How long `/health` waits for its own forward pass.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -69,13 +76,25 @@ pub(crate) struct AppState {
 pub(crate) struct Computing {
     count: AtomicUsize,
     idle: Notify,
+    /// Set at the shutdown's deadline: no request starts computing after it.
+    closed: AtomicBool,
 }
 
 impl Computing {
-    /// Counts a request as computing until the guard is dropped.
-    pub(crate) fn start(self: &Arc<Self>) -> ComputingGuard {
+    /// Counts a request as computing until the guard is dropped; `None` once [`Self::close`]d,
+    /// and the request is to be answered 503: past the shutdown's deadline a request that
+    /// starts is not waited for, so its answer would be lost.
+    pub(crate) fn start(self: &Arc<Self>) -> Option<ComputingGuard> {
+        // Counted before `closed` is read (and `close` sets it before it reads the count), so
+        // a request either is refused or is waited for.
         self.count.fetch_add(1, Ordering::SeqCst);
-        ComputingGuard(self.clone())
+        let guard = ComputingGuard(self.clone());
+        (!self.closed.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// Refuses the requests that would start computing from now on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     /// Completes once no request is computing.
@@ -129,17 +148,60 @@ impl PixelBudget {
             .await
             .expect("the semaphore is never closed")
     }
+
+    /// Runs `work` on the blocking threads once `pixels` are free. The pixels, and `held` (the
+    /// request's slot), are given back when `work` returns, not when the caller stops waiting:
+    /// a client that leaves does not stop a decode under way, nor the memory it takes.
+    async fn run<T: Send + 'static>(
+        &self,
+        pixels: u64,
+        held: impl Send + 'static,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let permit = self.take(pixels).await;
+        tokio::task::spawn_blocking(move || {
+            let _held = (permit, held);
+            work()
+        })
+        .await
+    }
 }
 
-/// What decoding `bytes` is charged: the pixels its header states; the whole budget if the header
-/// cannot be read (the decoder then refuses it at once, or it is a format whose size only
-/// decoding tells).
-fn decode_cost(bytes: &[u8]) -> u64 {
-    image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|reader| reader.into_dimensions().ok())
-        .map_or(u64::MAX, |(w, h)| u64::from(w) * u64::from(h))
+/// What decoding `bytes` is charged: the pixels it decodes to, read from its headers by the
+/// decoder's own code (a GIF's canvas, grown to hold its first frame, not its stated screen). An
+/// image whose headers cannot be read or state more than `limits` allow is an error here, to be
+/// refused before it waits for the budget (the decoder would refuse it at once).
+fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<u64, perceiver::Error> {
+    let (width, height) = perceiver::image::decoded_size(bytes, limits)?;
+    Ok(width.saturating_mul(height))
+}
+
+/// Decodes and preprocesses an image file as `task`'s processor does, within `budget`, holding
+/// `slot` until the decode ends; an error begins with `place`, the input at fault.
+async fn prepare_image(
+    task: &Arc<Task>,
+    budget: &PixelBudget,
+    file: Vec<u8>,
+    place: String,
+    slot: impl Send + 'static,
+) -> Result<Input, ErrorResponse> {
+    let Task::Classifier(classifier) = &**task else {
+        return Err(wrong_task(task, "/classify"));
+    };
+    let invalid = move |e: perceiver::Error| ErrorResponse::validation(format!("{place}{e}"));
+    let pixels = decode_cost(&file, &classifier.decode_limits()).map_err(invalid.clone())?;
+    // Decoding and resizing take a while: off the async threads.
+    let task = task.clone();
+    budget
+        .run(pixels, slot, move || match &*task {
+            Task::Classifier(classifier) => classifier
+                .prepare_image(&file)
+                .map(Input::Pixels)
+                .map_err(invalid),
+            Task::FillMask(_) => Err(wrong_task(&task, "/classify")),
+        })
+        .await
+        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))?
 }
 
 /// A request to the task's route that got no answer of its own: an error to answer, or a
@@ -240,7 +302,7 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
         (status = 200, description = "Candidates per mask, as transformers' fill-mask pipeline gives them", body = FillMaskResponse),
         (status = 400, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within the body timeout", body = ErrorResponse),
+        (status = 408, description = "The body went silent for the body timeout, or arrived too slowly on average", body = ErrorResponse),
         (status = 413, description = "The body is too large", body = ErrorResponse),
         (status = 422, description = "Not a valid request (no mask, too long, too many inputs, ...)", body = ErrorResponse),
         (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
@@ -253,7 +315,7 @@ async fn fill_mask(State(state): State<Arc<AppState>>, request: Request) -> Resp
         // Admitted before the body is read, so that bodies in memory are bounded by the slots.
         let _permit = state.permit()?;
         let body = read_body(request, &state).await?;
-        let _computing = state.computing.start();
+        let _computing = state.computing.start().ok_or_else(stopping)?;
         let request: FillMaskRequest = parse_json(&body)?;
         Ok(state.fill_mask(request).await?)
     })
@@ -283,7 +345,7 @@ async fn fill_mask(State(state): State<Arc<AppState>>, request: Request) -> Resp
         (status = 400, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 404, description = "The model is not a classifier (see /info's task)", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within the body timeout", body = ErrorResponse),
+        (status = 408, description = "The body went silent for the body timeout, or arrived too slowly on average", body = ErrorResponse),
         (status = 413, description = "The body is too large", body = ErrorResponse),
         (status = 422, description = "Not a valid request (not an image, image too large, bad base64, text too long, too many inputs, ...)", body = ErrorResponse),
         (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
@@ -439,10 +501,11 @@ impl AppState {
             ))
             .into());
         }
-        // Admitted before the body is read, so that bodies in memory are bounded by the slots.
-        let _permit = self.permit()?;
+        // Admitted before the body is read, so that bodies in memory are bounded by the slots;
+        // shared with the image decodes, which may outlive this future (see PixelBudget::run).
+        let permit = Arc::new(self.permit()?);
         let body = read_body(request, self).await?;
-        let _computing = self.computing.start();
+        let _computing = self.computing.start().ok_or_else(stopping)?;
         // An image model takes a raw image unless the body is declared or looks like JSON
         // (Inference API clients do not always set the content type).
         let raw = images
@@ -510,7 +573,10 @@ impl AppState {
             RawInputs::Files(files) => {
                 let mut prepared = Vec::with_capacity(files.len());
                 for (i, file) in files.into_iter().enumerate() {
-                    prepared.push(self.prepare_image(file, single, i).await?);
+                    let place = place(single, i);
+                    prepared.push(
+                        prepare_image(&self.task, &self.decode_budget, file, place, permit.clone()).await?,
+                    );
                 }
                 prepared
             }
@@ -528,23 +594,6 @@ impl AppState {
         } else {
             ClassifyResponse::Batch(answers)
         })
-    }
-
-    /// Decodes and preprocesses an image file as the model's processor does, within the pixel
-    /// budget; an error names the input at fault.
-    async fn prepare_image(&self, file: Vec<u8>, single: bool, i: usize) -> Result<Input, ErrorResponse> {
-        let _pixels = self.decode_budget.take(decode_cost(&file)).await;
-        // Decoding and resizing take a while: off the async threads.
-        let task = self.task.clone();
-        tokio::task::spawn_blocking(move || match &*task {
-            Task::Classifier(classifier) => classifier
-                .prepare_image(&file)
-                .map(Input::Pixels)
-                .map_err(|e| ErrorResponse::validation(format!("{}{e}", place(single, i)))),
-            Task::FillMask(_) => Err(wrong_task(&task, "/classify")),
-        })
-        .await
-        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))?
     }
 
     fn permit(&self) -> Result<OwnedSemaphorePermit, ErrorResponse> {
@@ -650,6 +699,11 @@ async fn answers_of(receivers: Vec<Pending>) -> Result<Vec<Output>, ErrorRespons
         );
     }
     Ok(outputs)
+}
+
+/// The answer to a request whose body arrives once the shutdown's deadline has passed.
+fn stopping() -> ErrorResponse {
+    infer_error(InferError::Stopped)
 }
 
 fn unexpected_output() -> ErrorResponse {
@@ -827,7 +881,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The body, within the payload limit and the body timeout.
+/// The body, within the payload limit and the body timeout: a body may be silent for at most the
+/// timeout, and past its first timeout must have arrived at [`MIN_BODY_RATE`] on average.
 async fn read_body(request: Request, state: &AppState) -> Result<Bytes, Failure> {
     let too_large = || {
         ErrorResponse::new(
@@ -845,21 +900,58 @@ async fn read_body(request: Request, state: &AppState) -> Result<Bytes, Failure>
     if declared.is_some_and(|n| n > state.info.limits.payload_limit as u64) {
         return Err(too_large().into());
     }
-    let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await;
-    match read {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large().into()),
-        Ok(Err(rejection)) if client_left(&rejection) => Err(Failure::ClientLeft),
-        Ok(Err(rejection)) => Err(ErrorResponse::new(ErrorType::InvalidJson, rejection.body_text()).into()),
-        Err(_) => Err(ErrorResponse::new(
-            ErrorType::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} s",
-                state.body_timeout.as_secs_f64()
-            ),
-        )
-        .into()),
+    // Read frame by frame: the timeout is for silence, and for a body slower on average than
+    // MIN_BODY_RATE past its first timeout, so that a large body sent steadily is not cut off.
+    let limit = state.info.limits.payload_limit;
+    let timeout = state.body_timeout;
+    let started = tokio::time::Instant::now();
+    let mut body = request.into_body();
+    let mut chunks = Vec::new();
+    let mut received = 0usize;
+    loop {
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        let idle = tokio::time::Instant::now() + timeout;
+        let slow = started + timeout + Duration::from_secs_f64(received as f64 / MIN_BODY_RATE as f64);
+        match tokio::time::timeout_at(idle.min(slow), next).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len();
+                    if received > limit {
+                        return Err(too_large().into());
+                    }
+                    chunks.push(data);
+                }
+            }
+            Ok(Some(Err(e))) if client_left(&e) => return Err(Failure::ClientLeft),
+            Ok(Some(Err(e))) => {
+                return Err(ErrorResponse::new(
+                    ErrorType::InvalidJson,
+                    format!("the body could not be read: {e}"),
+                )
+                .into())
+            }
+            Err(_) => {
+                let why = if idle <= slow {
+                    format!(
+                        "nothing of the request body arrived for {} s",
+                        timeout.as_secs_f64()
+                    )
+                } else {
+                    format!(
+                        "the request body arrived at less than {} KiB/s on average past its first {} s",
+                        MIN_BODY_RATE >> 10,
+                        timeout.as_secs_f64()
+                    )
+                };
+                return Err(ErrorResponse::new(ErrorType::RequestTimeout, why).into());
+            }
+        }
     }
+    Ok(match chunks.len() {
+        1 => chunks.pop().expect("one chunk"),
+        _ => chunks.concat().into(),
+    })
 }
 
 /// Whether a body failed because the client closed or reset its connection (rather than, say,
@@ -939,11 +1031,69 @@ mod tests {
         bmp
     }
 
+    /// A GIF whose logical screen is 1 x 1 and whose one frame is `width` x `height` (its pixel
+    /// data holds a clear code and the end code only: enough for its headers).
+    fn gif_bomb(width: u16, height: u16) -> Vec<u8> {
+        let mut gif =
+            b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x2c\x00\x00\x00\x00".to_vec();
+        gif.extend_from_slice(&width.to_le_bytes());
+        gif.extend_from_slice(&height.to_le_bytes());
+        gif.extend_from_slice(&[0, 2, 2, 0x44, 0x01, 0, 0x3b]);
+        gif
+    }
+
     #[test]
-    fn a_decode_costs_the_pixels_its_header_states() {
-        assert_eq!(decode_cost(&bmp_header(10_000, 10_000)), 100_000_000);
-        assert_eq!(decode_cost(&bmp_header(3, 2)), 6);
-        assert_eq!(decode_cost(b"not an image"), u64::MAX);
+    fn a_decode_costs_the_pixels_it_decodes_to() {
+        let limits = DecodeLimits::default();
+        assert_eq!(
+            decode_cost(&bmp_header(10_000, 10_000), &limits).unwrap(),
+            100_000_000
+        );
+        assert_eq!(decode_cost(&bmp_header(3, 2), &limits).unwrap(), 6);
+        // The canvas the frame is decoded into, not the 1 x 1 screen its header states.
+        assert_eq!(
+            decode_cost(&gif_bomb(13_000, 13_000), &limits).unwrap(),
+            169_000_000
+        );
+        assert!(decode_cost(b"not an image", &limits).is_err());
+        let small = DecodeLimits { max_pixels: 100 };
+        assert!(decode_cost(&bmp_header(11, 10), &small).is_err());
+        assert!(decode_cost(&gif_bomb(11, 10), &small).is_err());
+    }
+
+    #[tokio::test]
+    async fn images_refused_from_their_headers_do_not_wait_for_the_budget() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/classification/tiny_image_conv");
+        let classifier = perceiver::Loader::new(dir.to_string_lossy())
+            .classifier()
+            .unwrap()
+            .with_decode_limits(DecodeLimits { max_pixels: 100 });
+        let task = Arc::new(Task::Classifier(classifier));
+        let budget = PixelBudget::new(100);
+        // A decode in flight holds the whole budget.
+        let _busy = budget.take(100).await;
+        for (file, why) in [
+            (b"not an image".to_vec(), "not a JPEG"),
+            (bmp_header(11, 10), "max_pixels"),
+            (gif_bomb(11, 10), "max_pixels"),
+        ] {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                prepare_image(&task, &budget, file, "inputs[0]: ".into(), ()),
+            )
+            .await
+            .expect("an image its headers refuse waited for the budget");
+            let Err(e) = answer else {
+                panic!("an image over the limits was decoded")
+            };
+            assert_eq!(e.error_type, ErrorType::Validation);
+            assert!(
+                e.error.starts_with("inputs[0]: ") && e.error.contains(why),
+                "{}",
+                e.error
+            );
+        }
     }
 
     #[tokio::test]
@@ -961,6 +1111,44 @@ mod tests {
         // More than the whole budget is charged the whole budget, and so is not refused forever.
         let all = tokio::time::timeout(short, budget.take(u64::MAX)).await;
         assert!(all.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_decode_holds_its_pixels_and_slot_until_it_ends_though_its_client_left() {
+        let budget = PixelBudget::new(100);
+        let slots = Arc::new(Semaphore::new(1));
+        let slot = Arc::new(slots.clone().try_acquire_owned().unwrap());
+        let (started, decoding) = tokio::sync::oneshot::channel();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let mut decode = Box::pin(budget.run(100, slot, move || {
+            started.send(()).unwrap();
+            finished.recv().ok();
+        }));
+        tokio::select! {
+            _ = &mut decode => panic!("the decode ended before it was told to"),
+            started = decoding => started.unwrap(),
+        }
+        // The client leaves: hyper drops the handler's future, the decode goes on.
+        drop(decode);
+        assert_eq!(
+            budget.pixels.available_permits(),
+            0,
+            "a running decode's pixels were freed"
+        );
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "a running decode's request slot was freed"
+        );
+        finish.send(()).unwrap();
+        let freed = async {
+            while budget.pixels.available_permits() < 100 || slots.available_permits() < 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), freed)
+            .await
+            .expect("the pixels and the slot are given back once the decode ends");
     }
 
     #[test]

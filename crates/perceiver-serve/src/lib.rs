@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod playground;
 pub mod queue;
 pub mod types;
+mod write_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -80,7 +81,8 @@ pub const IMAGE_CLASSIFICATION_TASK: &str = "image-classification";
 pub const DEFAULT_MAX_BATCH_WAIT: Duration = Duration::from_micros(500);
 /// [`ServeConfig::header_timeout`]'s default (hyper's own).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// [`ServeConfig::body_timeout`]'s default: a 1 MiB body at 20 kB/s.
+/// [`ServeConfig::body_timeout`]'s default: a minute of silence; a body also has this long plus
+/// a second per [`http::MIN_BODY_RATE`] bytes to arrive in full.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`ServeConfig::shutdown_timeout`]'s default: within the 30 s a container runtime waits
 /// between SIGTERM and SIGKILL.
@@ -209,12 +211,15 @@ pub struct ServeConfig {
     /// opening or from its previous answer (so also how long a keep-alive connection may stay
     /// idle); past it the connection is closed.
     pub header_timeout: Duration,
-    /// How long a request's body may take to arrive in full; past it, 408 and the connection
-    /// is closed.
+    /// How long a request's body may go without sending a byte; past it, 408 and the connection
+    /// is closed. A body must also arrive in full within this plus a second per
+    /// [`http::MIN_BODY_RATE`] bytes (a least average rate), so that a large body sent steadily
+    /// is never cut off and a trickle is. Also how long an answer's write may make no progress (a client that does not
+    /// read its answer); past it the connection is closed.
     pub body_timeout: Duration,
     /// On shutdown, how long connections are waited for: past it those that wait on their
     /// client (idle, slow to send or to read) are dropped; requests being computed are still
-    /// answered.
+    /// answered, and those whose body arrives in full past it are answered 503.
     pub shutdown_timeout: Duration,
     /// Most inputs (texts or images) in one request.
     pub max_client_batch_size: usize,
@@ -376,6 +381,7 @@ pub struct Server {
     computing: Arc<http::Computing>,
     max_connections: usize,
     header_timeout: Duration,
+    write_timeout: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -470,6 +476,7 @@ impl Server {
             computing,
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
+            write_timeout: config.body_timeout,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -497,6 +504,7 @@ impl Server {
             computing,
             max_connections,
             header_timeout,
+            write_timeout,
             shutdown_timeout,
         } = self;
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -525,9 +533,13 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
+                    Err(e) if connection_error(&e) => {
+                        tracing::debug!("a connection failed before it was accepted: {e}");
+                        continue;
+                    }
                     Err(e) => {
-                        // Out of file descriptors, for instance: wait for some to close
-                        // rather than spin (as axum::serve does).
+                        // Out of file descriptors or memory: wait for some to be freed rather
+                        // than spin (as axum::serve does).
                         tracing::warn!("accepting a connection failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
@@ -535,6 +547,8 @@ impl Server {
                 },
             };
             while connections.try_join_next().is_some() {}
+            // hyper bounds the wait for a request, not for the client to read its answer.
+            let stream = write_timeout::WriteTimeout::new(stream, write_timeout);
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
             connections.spawn(async move {
                 if let Err(e) = connection.await {
@@ -569,10 +583,27 @@ impl Server {
     }
 }
 
+/// Whether an accept failed for that one connection (its client reset or gave up on it while it
+/// waited in the backlog), so the next can be accepted at once, as axum::serve does; other errors
+/// (EMFILE, ENFILE, ENOMEM, ENOBUFS) are the process's or the system's resources running out.
+fn connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::Interrupted
+    )
+}
+
 /// Completes when a shutdown stops waiting for its connections: `timeout` after it began, but
 /// not before the requests being computed are answered, with `grace` to write their answers.
+/// Requests whose body arrives after `timeout` are answered 503 rather than computed.
 async fn shutdown_deadline(timeout: Duration, computing: &http::Computing, grace: Duration) {
     tokio::time::sleep(timeout).await;
+    // Else a body that arrives during the grace starts a computation nobody waits for.
+    computing.close();
     computing.idle().await;
     tokio::time::sleep(grace).await;
 }
@@ -610,6 +641,21 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_a_failed_connection_is_accepted_past_at_once() {
+        use std::io::{Error, ErrorKind};
+        assert!(connection_error(&Error::from(ErrorKind::ConnectionAborted)));
+        assert!(connection_error(&Error::from(ErrorKind::ConnectionReset)));
+        #[cfg(target_os = "linux")]
+        for resource in [24, 23, 12, 105] {
+            // EMFILE, ENFILE, ENOMEM, ENOBUFS: wait for resources to be freed.
+            assert!(
+                !connection_error(&Error::from_raw_os_error(resource)),
+                "{resource}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn the_shutdown_deadline_waits_for_requests_being_computed() {
         let computing = Arc::new(http::Computing::default());
@@ -621,7 +667,12 @@ mod tests {
         )
         .await
         .expect("an idle shutdown ends at its deadline");
+        assert!(
+            computing.start().is_none(),
+            "a request starts computing past the deadline, when nobody waits for it"
+        );
         // A request being computed holds the deadline past the timeout, until it is answered.
+        let computing = Arc::new(http::Computing::default());
         let request = computing.start();
         let mut deadline = std::pin::pin!(shutdown_deadline(short, &computing, short));
         assert!(

@@ -249,3 +249,81 @@ async fn headers_past_the_buffer_are_431() {
     .unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_loses_its_connection() {
+    let server = start(|c| {
+        c.max_connections = 1;
+        c.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        // The largest file served; enough copies of it that the socket buffers cannot hold them.
+        let path = "/docs/swagger-ui-bundle.js";
+        let file = common::request(addr, "GET", path, &[], b"").unwrap();
+        assert_eq!(file.status, 200);
+        assert!(file.body.len() > 100_000, "{} bytes", file.body.len());
+        let copies = (64 << 20) / file.body.len() + 1;
+        let mut stalled = Connection::open(addr).unwrap();
+        let requests = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat(copies);
+        stalled.stream().write_all(requests.as_bytes()).unwrap();
+        // It holds the one connection; another client is served only once it is closed.
+        let started = Instant::now();
+        let mut next = Connection::open(addr).unwrap();
+        next.stream()
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        next.send(&format!("GET /health HTTP/1.1\r\nHost: {addr}"), b"")
+            .unwrap();
+        let answer = next
+            .read_answer()
+            .expect("a client that reads nothing holds its connection forever");
+        assert_eq!(answer.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(stalled);
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_timeout_cuts_silence_and_trickles_not_a_steady_body() {
+    let server = start(|c| c.body_timeout = Duration::from_secs(1)).await;
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        let send_slowly = |body: &[u8], chunk: usize, pause: Duration| {
+            let mut connection = Connection::open(addr).unwrap();
+            let head = format!(
+                "POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            connection.stream().write_all(head.as_bytes()).unwrap();
+            for part in body.chunks(chunk) {
+                std::thread::sleep(pause);
+                if connection.stream().write_all(part).is_err() {
+                    break; // answered 408 and closed
+                }
+            }
+            let started = Instant::now();
+            let answer = connection.read_answer().unwrap();
+            (answer, started.elapsed())
+        };
+        // 64 KiB in 4 parts over 2 s, never silent for the timeout: longer than the timeout
+        // in all, and answered.
+        let (answer, _) = send_slowly(&padded_request(64 << 10), 16 << 10, Duration::from_millis(500));
+        assert_eq!(answer.status, 200, "{:?}", String::from_utf8_lossy(&answer.body));
+        // 100 bytes, 10 every 300 ms: never silent for the timeout, but far below the least rate.
+        let (answer, _) = send_slowly(&padded_request(100), 10, Duration::from_millis(300));
+        assert_eq!(answer.status, 408, "{:?}", String::from_utf8_lossy(&answer.body));
+        assert!(answer.json()["error"].as_str().unwrap().contains("on average"));
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}

@@ -105,6 +105,46 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
 /// # Errors
 /// As [`decode_image`].
 pub fn decode_image_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
+    let (format, name) = format_of(bytes)?;
+    if format == ImageFormat::Gif {
+        return decode_gif(open_gif(bytes, limits)?);
+    }
+    let mut decoder = open_decoder(bytes, format, name, limits)?;
+    if format == ImageFormat::Jpeg && !jpeg_reaches_eoi(bytes) {
+        return Err(Error::InvalidImage {
+            format: Some(name),
+            reason: "the file is truncated (no end-of-image marker after the last scan)".into(),
+        });
+    }
+    let orientation = orientation(&mut decoder, format);
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(name, limits, e))?;
+    let rgb = to_rgb(image).map_err(|e| with_format(e, name))?;
+    Ok(orient(rgb, orientation))
+}
+
+/// The width and height of what [`decode_image_with_limits`] decodes `bytes` to (before the EXIF
+/// orientation may swap them), read from the file's headers without decoding a pixel, by the
+/// decoder's own code: for a GIF, the logical screen grown to hold the first frame. This is the
+/// size the limits are checked against, and what decoding allocates, a few bytes a pixel; a
+/// service can so budget its decodes before it starts them.
+///
+/// # Errors
+/// As [`decode_image_with_limits`] for a file whose headers cannot be read or state more pixels
+/// than `limits` allow. A file whose pixel data is corrupt or truncated passes: only decoding
+/// tells.
+pub fn decoded_size(bytes: &[u8], limits: &DecodeLimits) -> Result<(u64, u64)> {
+    let (format, name) = format_of(bytes)?;
+    if format == ImageFormat::Gif {
+        let gif = open_gif(bytes, limits)?;
+        return Ok((gif.width as u64, gif.height as u64));
+    }
+    let (width, height) = open_decoder(bytes, format, name, limits)?.dimensions();
+    Ok((u64::from(width), u64::from(height)))
+}
+
+/// The format of an image file and its name in errors; an empty file, another kind of file or
+/// another image format is refused.
+fn format_of(bytes: &[u8]) -> Result<(ImageFormat, &'static str)> {
     if bytes.is_empty() {
         return Err(Error::InvalidImage {
             format: None,
@@ -132,30 +172,27 @@ pub fn decode_image_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Result<R
             })
         }
     };
-    if format == ImageFormat::Gif {
-        return decode_gif(bytes, limits);
-    }
-    let invalid = |e: ImageError| image_error(name, limits, e);
+    Ok((format, name))
+}
 
+/// The `image` crate's decoder of a file in `format` (not GIF), its header read and its size
+/// checked against `limits`.
+fn open_decoder<'a>(
+    bytes: &'a [u8],
+    format: ImageFormat,
+    name: &'static str,
+    limits: &DecodeLimits,
+) -> Result<impl ImageDecoder + 'a> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(limits.max_alloc());
     reader.limits(image_limits);
-    let mut decoder = reader.into_decoder().map_err(invalid)?;
+    let decoder = reader.into_decoder().map_err(|e| image_error(name, limits, e))?;
     let (width, height) = decoder.dimensions();
     limits
         .check(u64::from(width), u64::from(height))
         .map_err(|e| with_format(e, name))?;
-    if format == ImageFormat::Jpeg && !jpeg_reaches_eoi(bytes) {
-        return Err(Error::InvalidImage {
-            format: Some(name),
-            reason: "the file is truncated (no end-of-image marker after the last scan)".into(),
-        });
-    }
-    let orientation = orientation(&mut decoder, format);
-    let image = DynamicImage::from_decoder(decoder).map_err(invalid)?;
-    let rgb = to_rgb(image).map_err(|e| with_format(e, name))?;
-    Ok(orient(rgb, orientation))
+    Ok(decoder)
 }
 
 /// The start of a file that is not an image, for the error: text as text, anything else as bytes.
@@ -374,9 +411,22 @@ fn orient(image: RgbImage, o: u8) -> RgbImage {
     RgbImage::from_raw_unchecked(ow, oh, out)
 }
 
-/// The first frame of a GIF as Pillow's `GifImageFile` builds it (see the module docs).
-fn decode_gif(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
-    let invalid = |e: gif::DecodingError| Error::InvalidImage {
+/// A GIF decoder positioned at its first frame's pixels, with what the frame's descriptor says.
+struct GifFrame<'a> {
+    decoder: gif::Decoder<Cursor<&'a [u8]>>,
+    left: usize,
+    top: usize,
+    frame_width: usize,
+    frame_height: usize,
+    fill: u8,
+    palette: Vec<u8>,
+    /// The canvas: the logical screen, grown to hold the frame.
+    width: usize,
+    height: usize,
+}
+
+fn gif_error(e: gif::DecodingError) -> Error {
+    Error::InvalidImage {
         format: Some("GIF"),
         reason: match e {
             gif::DecodingError::UnexpectedEof => "the file is truncated".to_string(),
@@ -385,35 +435,64 @@ fn decode_gif(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
             }
             other => one_line(&other.to_string()),
         },
-    };
+    }
+}
+
+/// Reads a GIF's headers up to its first frame's pixels; the canvas is checked against `limits`.
+fn open_gif<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<GifFrame<'a>> {
     let mut options = gif::DecodeOptions::new();
     options.set_color_output(gif::ColorOutput::Indexed);
     if let Some(bytes) = std::num::NonZeroU64::new(limits.max_alloc()) {
         options.set_memory_limit(gif::MemoryLimit::Bytes(bytes));
     }
-    let mut decoder = options.read_info(Cursor::new(bytes)).map_err(invalid)?;
+    let mut decoder = options.read_info(Cursor::new(bytes)).map_err(gif_error)?;
     let (screen_w, screen_h) = (usize::from(decoder.width()), usize::from(decoder.height()));
     let global = decoder.global_palette().map(<[u8]>::to_vec);
     let frame = decoder
         .next_frame_info()
-        .map_err(invalid)?
+        .map_err(gif_error)?
         .ok_or_else(|| Error::InvalidImage {
             format: Some("GIF"),
             reason: "it has no frame".into(),
         })?;
     let (left, top) = (usize::from(frame.left), usize::from(frame.top));
-    let (fw, fh) = (usize::from(frame.width), usize::from(frame.height));
+    let (frame_width, frame_height) = (usize::from(frame.width), usize::from(frame.height));
     let fill = frame.transparent.unwrap_or(0);
     let palette = frame.palette.clone().or(global).unwrap_or_default();
     // Pillow grows the image to hold a frame that extends past the screen.
-    let (w, h) = (screen_w.max(left + fw), screen_h.max(top + fh));
+    let (width, height) = (screen_w.max(left + frame_width), screen_h.max(top + frame_height));
     limits
-        .check(w as u64, h as u64)
+        .check(width as u64, height as u64)
         .map_err(|e| with_format(e, "GIF"))?;
+    Ok(GifFrame {
+        decoder,
+        left,
+        top,
+        frame_width,
+        frame_height,
+        fill,
+        palette,
+        width,
+        height,
+    })
+}
 
+/// The first frame of a GIF as Pillow's `GifImageFile` builds it (see the module docs).
+fn decode_gif(gif: GifFrame<'_>) -> Result<RgbImage> {
+    let GifFrame {
+        mut decoder,
+        left,
+        top,
+        frame_width: fw,
+        frame_height: fh,
+        fill,
+        palette,
+        width: w,
+        height: h,
+    } = gif;
     let mut indices = vec![0u8; fw * fh];
     if !indices.is_empty() {
-        decoder.read_into_buffer(&mut indices).map_err(invalid)?;
+        decoder.read_into_buffer(&mut indices).map_err(gif_error)?;
     }
     let mut canvas = vec![fill; w * h];
     for (row, line) in indices.chunks_exact(fw.max(1)).enumerate().take(fh) {
@@ -472,6 +551,52 @@ mod tests {
         );
         assert_eq!(xmp_orientation(b"tiff:Orientation"), None);
         assert_eq!(xmp_orientation(b""), None);
+    }
+
+    /// A GIF whose logical screen is `screen` and whose one frame, at `at`, is `frame` large
+    /// (its pixel data holds a clear code and the end code only: enough for its headers).
+    fn gif(screen: (u16, u16), at: (u16, u16), frame: (u16, u16)) -> Vec<u8> {
+        let mut gif = b"GIF89a".to_vec();
+        for v in [screen.0, screen.1] {
+            gif.extend_from_slice(&v.to_le_bytes());
+        }
+        gif.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 255, 255, 255]); // a 2-colour global palette
+        gif.push(0x2c);
+        for v in [at.0, at.1, frame.0, frame.1] {
+            gif.extend_from_slice(&v.to_le_bytes());
+        }
+        gif.extend_from_slice(&[0, 2, 2, 0x44, 0x01, 0, 0x3b]);
+        gif
+    }
+
+    #[test]
+    fn a_gifs_size_is_its_canvas_grown_to_hold_its_frame() {
+        let limits = DecodeLimits::default();
+        // A 1 x 1 screen holding a 13000 x 13000 frame decodes to 13000 x 13000, not 1 x 1.
+        let bomb = gif((1, 1), (0, 0), (13_000, 13_000));
+        assert_eq!(decoded_size(&bomb, &limits).unwrap(), (13_000, 13_000));
+        assert_eq!(
+            decoded_size(&gif((4, 3), (2, 2), (5, 1)), &limits).unwrap(),
+            (7, 3)
+        );
+        let small = DecodeLimits { max_pixels: 1000 };
+        for e in [
+            decoded_size(&bomb, &small).unwrap_err(),
+            decode_image_with_limits(&bomb, &small).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    e,
+                    Error::ImageTooLarge {
+                        width: 13_000,
+                        height: 13_000,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        assert!(decoded_size(b"not an image", &limits).is_err());
     }
 
     #[test]
