@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,20 @@ fn padded_request(len: usize) -> Vec<u8> {
     let mut body = br#"{"inputs": "a[MASK]c"}"#.to_vec();
     body.resize(len, b' ');
     body
+}
+
+/// The first bytes sent by this many, the rest of a body held back.
+const SENT_FIRST: usize = 10;
+
+/// A fill-mask request whose `body` is on its way: its headers and first bytes sent.
+fn request_under_way(addr: SocketAddr, body: &[u8]) -> Connection {
+    let mut connection = Connection::open(addr).unwrap();
+    let head = format!(
+        "POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}",
+        body.len()
+    );
+    connection.send(&head, &body[..SENT_FIRST]).unwrap();
+    connection
 }
 
 /// The value of one `perceiver_requests_total` outcome.
@@ -104,23 +120,13 @@ async fn slow_and_silent_connections_are_closed_in_time() {
     server.stop().await;
 }
 
-use std::io::Write as _;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_being_read_holds_a_request_slot() {
     let server = start(|c| c.max_concurrent_requests = 1).await;
     let addr = server.addr;
     let body = padded_request(1000);
     // A request whose body is on its way: it holds the one slot.
-    let mut slow = Connection::open(addr).unwrap();
-    slow.send(
-        &format!(
-            "POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}",
-            body.len()
-        ),
-        &body[..10],
-    )
-    .unwrap();
+    let mut slow = request_under_way(addr, &body);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let refused = post_json(addr, "/fill-mask", &json!({"inputs": "a[MASK]c"})).await;
     assert_eq!(
@@ -132,7 +138,7 @@ async fn a_body_being_read_holds_a_request_slot() {
     assert_eq!(refused.json()["error_type"], "overloaded");
     // The rest of the body: the slow request is answered, and the slot is free again.
     let answer = tokio::task::spawn_blocking(move || {
-        slow.stream().write_all(&body[10..]).unwrap();
+        slow.stream().write_all(&body[SENT_FIRST..]).unwrap();
         slow.read_answer().unwrap()
     })
     .await
@@ -190,16 +196,7 @@ async fn shutdown_answers_requests_in_flight_and_drops_silent_clients_at_its_dea
         .unwrap();
     assert_eq!(idle.read_answer().unwrap().status, 200);
     let body = padded_request(1000);
-    let mut in_flight = Connection::open(addr).unwrap();
-    in_flight
-        .send(
-            &format!(
-                "POST /fill-mask HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}",
-                body.len()
-            ),
-            &body[..10],
-        )
-        .unwrap();
+    let mut in_flight = request_under_way(addr, &body);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = Instant::now();
@@ -210,7 +207,7 @@ async fn shutdown_answers_requests_in_flight_and_drops_silent_clients_at_its_dea
             "an idle connection outlived the shutdown"
         );
         // A request under way is finished and answered.
-        in_flight.stream().write_all(&body[10..]).unwrap();
+        in_flight.stream().write_all(&body[SENT_FIRST..]).unwrap();
         let answer = in_flight.read_answer().unwrap();
         assert_eq!(answer.status, 200, "{:?}", String::from_utf8_lossy(&answer.body));
         assert!(
