@@ -57,7 +57,6 @@ pub mod metrics;
 pub mod playground;
 pub mod queue;
 pub mod types;
-mod write_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -547,8 +546,12 @@ impl Server {
                 },
             };
             while connections.try_join_next().is_some() {}
-            // hyper bounds the wait for a request, not for the client to read its answer.
-            let stream = write_timeout::WriteTimeout::new(stream, write_timeout);
+            // hyper bounds the wait for a request, not for the client to read its answer: a
+            // write that makes no progress for the timeout fails, which ends the connection (one
+            // that progresses, however slowly, is never cut).
+            let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(write_timeout));
+            let stream = Box::pin(stream);
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
             connections.spawn(async move {
                 if let Err(e) = connection.await {
