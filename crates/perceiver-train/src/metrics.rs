@@ -215,9 +215,7 @@ impl MetricsLog {
             text.push_str(&serde_json::to_string(record).expect("record serialises"));
             text.push('\n');
         }
-        let partial = path.with_extension("jsonl.partial");
-        std::fs::write(&partial, text).map_err(io_at(&partial))?;
-        std::fs::rename(&partial, path).map_err(io_at(path))?;
+        crate::atomic::write(path, text.as_bytes())?;
         Ok(Self {
             path: path.to_path_buf(),
         })
