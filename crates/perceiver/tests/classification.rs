@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use perceiver::checkpoint::expected_tensors;
-use perceiver::{Architecture, Classifier, Loader, ModelInput, PerceiverConfig, Pixels, Precision};
+use perceiver::{Architecture, Classifier, Error, Loader, ModelInput, PerceiverConfig, Pixels, Precision};
 
 /// Largest accepted |Δ logit| against transformers (run in float64 there, f32 here).
 const LOGIT_TOLERANCE: f32 = 1e-4;
@@ -267,6 +267,25 @@ fn wrong_inputs_are_errors() {
         width: 0,
     };
     assert!(fourier.classify_pixels(&[&empty], 1).is_err());
+    // Sizes whose product overflows (it panicked, or wrapped in release) and values that are
+    // not finite (NaN scores) are refused too.
+    let huge = Pixels {
+        values: Vec::new(),
+        height: 1 << 62,
+        width: 4,
+    };
+    assert!(matches!(
+        fourier.classify_pixels(&[&huge], 1),
+        Err(Error::InvalidInput(_))
+    ));
+    let mut nan = Pixels::new(5, 6, vec![0.5; 90]).unwrap();
+    assert!(fourier.classify_pixels(&[&nan], 1).is_ok());
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        nan.values[40] = bad;
+        let e = fourier.classify_pixels(&[&nan], 1).unwrap_err();
+        assert!(e.to_string().contains("not a finite number"), "{e}");
+        assert!(Pixels::new(5, 6, nan.values.clone()).is_err());
+    }
 
     // A classifier is not a masked LM, and the other way round.
     assert!(perceiver::FillMask::new(text.model().clone()).is_err());

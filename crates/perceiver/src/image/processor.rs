@@ -339,20 +339,47 @@ pub struct Pixels {
 }
 
 impl Pixels {
-    /// Checks that `values` holds 3 × `height` × `width` values (for pixels made elsewhere,
-    /// e.g. by transformers' processor).
+    /// Pixels made elsewhere (e.g. by transformers' processor), [checked](Self::check).
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
     pub fn new(height: usize, width: usize, values: Vec<f32>) -> Result<Self> {
-        if height == 0 || width == 0 || values.len() != 3 * height * width {
-            return Err(Error::InvalidInput(format!(
-                "{} values are not a 3x{height}x{width} image",
-                values.len()
-            )));
-        }
-        Ok(Self {
+        let pixels = Self {
             height,
             width,
             values,
-        })
+        };
+        pixels.check()?;
+        Ok(pixels)
+    }
+
+    /// Checks that `values` holds 3 × `height` × `width` values, every one finite. The fields
+    /// are public, so every task and preprocessor that takes pixels checks them again.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a zero side, sizes whose product overflows or differs from
+    /// `values.len()`, or a NaN or infinite value (the model would answer NaN scores).
+    pub fn check(&self) -> Result<()> {
+        let (height, width) = (self.height, self.width);
+        let expected = height.checked_mul(width).and_then(|n| n.checked_mul(3));
+        if height == 0 || width == 0 || expected != Some(self.values.len()) {
+            return Err(Error::InvalidInput(format!(
+                "{} values are not a 3x{height}x{width} image",
+                self.values.len()
+            )));
+        }
+        check_finite(&self.values, "pixel")
+    }
+}
+
+/// An error naming the first value of `values` that is NaN or infinite.
+pub(crate) fn check_finite(values: &[f32], what: &str) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::InvalidInput(format!(
+            "{what} value {i} is {}, not a finite number",
+            values[i]
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -582,6 +609,14 @@ mod tests {
         .preprocess(&numbered(2, 1))
         .unwrap_err();
         assert!(e.to_string().contains("larger than pad_size"), "{e}");
+    }
+
+    #[test]
+    fn pixel_sizes_that_overflow_are_refused() {
+        // 3 × height × width overflows: an error, not a panic (or a wrapped product).
+        assert!(Pixels::new(usize::MAX / 2, 3, vec![]).is_err());
+        assert!(Pixels::new(1 << 62, 1 << 2, vec![]).is_err());
+        assert!(Pixels::new(1, 1, vec![0.0; 3]).is_ok());
     }
 
     #[test]

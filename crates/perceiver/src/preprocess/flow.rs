@@ -19,38 +19,49 @@ use crate::position::FourierGrid;
 use crate::runtime::item_ranges;
 
 /// Two frames of one size, each channels first (`[3, height, width]`), scaled to [-1, 1] as
-/// DeepMind's optical-flow Colab scales them (`im / 255 · 2 − 1`).
+/// DeepMind's optical-flow Colab scales them (`im / 255 · 2 − 1`). Made by [`new`](Self::new)
+/// or [`from_images`](Self::from_images), which check the frames, so a pair always holds two
+/// whole frames of one size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FramePair {
-    /// The earlier frame: flow is the motion from it to `second`.
-    pub first: Pixels,
-    /// The later frame.
-    pub second: Pixels,
+    first: Pixels,
+    second: Pixels,
 }
 
 impl FramePair {
-    /// A pair of prepared frames; an error when their sizes differ.
+    /// A pair of prepared frames.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when a frame's values do not fill its size or are not finite
+    /// ([`Pixels::check`]), or when the frames differ in size.
     pub fn new(first: Pixels, second: Pixels) -> Result<Self> {
+        for (name, frame) in [("first", &first), ("second", &second)] {
+            frame
+                .check()
+                .map_err(|e| Error::InvalidInput(format!("the {name} frame: {e}")))?;
+        }
         if (first.height, first.width) != (second.height, second.width) {
             return Err(Error::InvalidInput(format!(
                 "the frames differ in size: {}x{} and {}x{} (height x width)",
                 first.height, first.width, second.height, second.width
             )));
         }
-        for frame in [&first, &second] {
-            if frame.height == 0
-                || frame.width == 0
-                || frame.values.len() != IMAGE_CHANNELS * frame.height * frame.width
-            {
-                return Err(Error::InvalidInput(format!(
-                    "{} values are not a 3x{}x{} frame",
-                    frame.values.len(),
-                    frame.height,
-                    frame.width
-                )));
-            }
-        }
         Ok(Self { first, second })
+    }
+
+    /// The earlier frame: flow is the motion from it to [`second`](Self::second).
+    pub fn first(&self) -> &Pixels {
+        &self.first
+    }
+
+    /// The later frame.
+    pub fn second(&self) -> &Pixels {
+        &self.second
+    }
+
+    /// The two frames, taken out of the pair.
+    pub fn into_frames(self) -> (Pixels, Pixels) {
+        (self.first, self.second)
     }
 
     /// Two decoded frames scaled to [-1, 1]: each value `v / 255 · 2 − 1`, computed in f64 and
@@ -71,7 +82,10 @@ impl FramePair {
 
     /// The `height × width` window whose top-left pixel is `(top, left)`, of both frames.
     pub fn crop(&self, top: usize, left: usize, height: usize, width: usize) -> Result<Self> {
-        if top + height > self.height() || left + width > self.width() || height == 0 || width == 0 {
+        let fits =
+            |start: usize, len: usize, side: usize| start.checked_add(len).is_some_and(|end| end <= side);
+        if !fits(top, height, self.height()) || !fits(left, width, self.width()) || height == 0 || width == 0
+        {
             return Err(Error::InvalidInput(format!(
                 "a {height}x{width} window at ({top}, {left}) does not fit {}x{} frames",
                 self.height(),
@@ -264,8 +278,8 @@ mod tests {
         let p = pair(5, 6);
         let c = p.crop(1, 2, 3, 4).unwrap();
         assert_eq!((c.height(), c.width()), (3, 4));
-        assert_eq!(c.first.values[0], p.first.values[6 + 2]);
-        assert_eq!(c.second.values[3 * 4 + 1], p.second.values[5 * 6 + 6 + 3]);
+        assert_eq!(c.first().values[0], p.first().values[6 + 2]);
+        assert_eq!(c.second().values[3 * 4 + 1], p.second().values[5 * 6 + 6 + 3]);
         assert!(p.crop(3, 0, 3, 6).is_err());
         assert!(p.crop(0, 0, 0, 6).is_err());
     }
@@ -275,6 +289,37 @@ mod tests {
         let a = Pixels::new(2, 2, vec![0.0; 12]).unwrap();
         let b = Pixels::new(2, 3, vec![0.0; 18]).unwrap();
         assert!(FramePair::new(a, b).is_err());
+    }
+
+    /// Pixels are public literals: a frame whose values do not fill its size, or hold NaN, is
+    /// refused when the pair is made, so no pair reaches the patches or a crop with too few
+    /// values (it panicked there).
+    #[test]
+    fn frames_that_are_not_whole_or_finite_are_refused() {
+        let good = Pixels::new(48, 56, vec![0.0; 3 * 48 * 56]).unwrap();
+        let short = Pixels {
+            height: 48,
+            width: 56,
+            values: vec![0.0; 10],
+        };
+        let e = FramePair::new(good.clone(), short.clone()).unwrap_err();
+        assert!(e.to_string().contains("second frame"), "{e}");
+        assert!(FramePair::new(short, good.clone()).is_err());
+        let mut nan = good.clone();
+        nan.values[7] = f32::NAN;
+        let e = FramePair::new(good.clone(), nan).unwrap_err();
+        assert!(
+            e.to_string().contains("not") && e.to_string().contains("NaN"),
+            "{e}"
+        );
+        let huge = Pixels {
+            height: 1 << 62,
+            width: 4,
+            values: vec![],
+        };
+        assert!(FramePair::new(huge.clone(), huge).is_err());
+        let pair = FramePair::new(good.clone(), good).unwrap();
+        assert!(pair.crop(usize::MAX, 0, 2, 2).is_err());
     }
 
     #[test]

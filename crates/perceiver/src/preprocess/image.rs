@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::{InputArray, RowSource};
 use crate::checkpoint::names::ImagePreprocessorNames;
 use crate::checkpoint::Param;
-use crate::config::{FourierSpec, ImageInputSpec, StemPadding, IMAGE_CHANNELS};
+use crate::config::{FourierSpec, ImageInputSpec, StemPadding};
 use crate::conv::{max_pool_padded, relu, Conv2d, Padding};
 use crate::error::{Error, Result};
 pub use crate::image::Pixels;
@@ -152,20 +152,11 @@ impl ImagePreprocessor {
         }
     }
 
-    /// Checks each image's size against what the model takes.
+    /// Checks each image ([`Pixels::check`]: its values fill its size and are finite) and its
+    /// size against what the model takes.
     pub fn check(&self, images: &[&Pixels]) -> Result<()> {
         for image in images {
-            if image.values.len() != IMAGE_CHANNELS * image.height * image.width
-                || image.height == 0
-                || image.width == 0
-            {
-                return Err(Error::InvalidInput(format!(
-                    "{} values are not a 3x{}x{} image",
-                    image.values.len(),
-                    image.height,
-                    image.width
-                )));
-            }
+            image.check()?;
             if let Some((h, w)) = self.required_size() {
                 if (image.height, image.width) != (h, w) {
                     return Err(Error::InvalidInput(format!(

@@ -20,6 +20,7 @@ use crate::checkpoint::names::{Modality, MultimodalNames};
 use crate::checkpoint::Param;
 use crate::config::{MultimodalSpec, IMAGE_CHANNELS, VIDEO_PATCH};
 use crate::error::{Error, Result};
+use crate::image::processor::check_finite;
 use crate::image::Pixels;
 use crate::position::FourierCache;
 use crate::runtime::item_ranges;
@@ -34,8 +35,8 @@ pub struct MultimodalInput {
 }
 
 impl MultimodalInput {
-    /// The frames (at least one, all of one size) and the audio samples; the model checks
-    /// their counts against its config.
+    /// The frames (at least one, all of one size, each [checked](Pixels::check)) and the audio
+    /// samples (finite); the model checks their counts against its config.
     pub fn new(frames: Vec<Pixels>, audio: Vec<f32>) -> Result<Self> {
         let Some(first) = frames.first() else {
             return Err(Error::InvalidInput("a video needs at least one frame".into()));
@@ -48,13 +49,11 @@ impl MultimodalInput {
                     frame.height, frame.width
                 )));
             }
-            if frame.height == 0 || frame.width == 0 || frame.values.len() != IMAGE_CHANNELS * h * w {
-                return Err(Error::InvalidInput(format!(
-                    "frame {i}: {} values are not a 3x{h}x{w} frame",
-                    frame.values.len()
-                )));
-            }
+            frame
+                .check()
+                .map_err(|e| Error::InvalidInput(format!("frame {i}: {e}")))?;
         }
+        check_finite(&audio, "audio sample")?;
         Ok(Self { frames, audio })
     }
 
