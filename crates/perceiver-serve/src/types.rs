@@ -158,7 +158,9 @@ impl TextAnswer {
                         score: candidate.score,
                         token: candidate.token,
                         token_str: candidate.token_str.clone(),
-                        sequence: output.candidate_sequence(input, m, c),
+                        // The answer's own masks and candidates, for its own input: always
+                        // there.
+                        sequence: output.candidate_sequence(input, m, c).unwrap_or_default(),
                     })
                     .collect()
             })

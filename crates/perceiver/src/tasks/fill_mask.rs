@@ -50,18 +50,24 @@ impl FillMaskOutput {
     /// The text as transformers' fill-mask pipeline shows it for candidate `candidate` of mask
     /// `mask` (`input` is the text this answer is for): with one mask, the text with that
     /// candidate in its place, special ids dropped; with several, the other masks stay `[MASK]`
-    /// and only padding is dropped.
-    pub fn candidate_sequence(&self, input: &MaskedText, mask: usize, candidate: usize) -> String {
+    /// and only padding is dropped. `None` when there is no such mask or candidate, or when
+    /// `input` is not the text of this answer (its mask positions differ).
+    pub fn candidate_sequence(&self, input: &MaskedText, mask: usize, candidate: usize) -> Option<String> {
+        let same_masks = input
+            .mask_positions
+            .iter()
+            .eq(self.masks.iter().map(|m| &m.position));
+        let slot = self.masks.get(mask).filter(|_| same_masks)?;
+        let token = slot.candidates.get(candidate)?.token;
         let tokenizer = BytesTokenizer;
         let mut ids = input.ids.clone();
-        let slot = &self.masks[mask];
-        ids[slot.position] = slot.candidates[candidate].token;
-        if self.masks.len() == 1 {
+        *ids.get_mut(slot.position)? = token;
+        Some(if self.masks.len() == 1 {
             tokenizer.decode(&ids)
         } else {
             ids.retain(|&id| id != PAD_ID);
             tokenizer.decode_with_special_tokens(&ids)
-        }
+        })
     }
 }
 
@@ -108,9 +114,11 @@ impl FillMask {
     }
 
     /// [`prepare`](Self::prepare), or with `mask_range` a plain text whose bytes in the range are
-    /// masked (byte offsets, end exclusive; a text that also holds `[MASK]` markers is then an
-    /// error). The text's ids are counted before they are built (`[MASK:1000000]` is 14 bytes of
-    /// input), then built and [`check`](Self::check)ed.
+    /// masked (byte offsets, end exclusive). A plain text is its bytes, one id each: special-token
+    /// names such as `[PAD]` are not read as ids there, and a text that holds a mask marker
+    /// (`[MASK]` or `[MASK:`) is an error, since the range and the markers would disagree. The
+    /// text's ids are counted before they are built (`[MASK:1000000]` is 14 bytes of input),
+    /// then built and [`check`](Self::check)ed.
     pub fn prepare_with(
         &self,
         text: &str,
@@ -157,31 +165,38 @@ impl FillMask {
         Ok(())
     }
 
-    /// Counts the text's ids (an error past `max`) and checks its mask range, if any; returns
-    /// how many bytes are masked.
+    /// Counts the text's ids as they will be built (an error past `max`) and checks its mask
+    /// range, if any; returns how many bytes are masked.
     fn counted(
         text: &str,
         mask_range: Option<&Range<usize>>,
         add_special_tokens: bool,
         max: usize,
     ) -> Result<usize> {
-        let counted = BytesTokenizer.masked_len(text, add_special_tokens)?;
-        if counted.ids > max {
-            return Err(Error::TooLong {
-                tokens: counted.ids,
-                max,
-            });
-        }
-        if let Some(range) = mask_range {
-            if counted.masks > 0 {
-                return Err(Error::InvalidInput(
-                    "use either [MASK] markers or a mask range, not both".into(),
-                ));
+        let specials = if add_special_tokens { 2 } else { 0 };
+        let (ids, masks) = match mask_range {
+            // A plain text: one id per byte, as `encode_with_mask_range` builds it; the marker
+            // grammar is not read, only a marker refused.
+            Some(range) => {
+                if text.contains("[MASK]") || text.contains("[MASK:") {
+                    return Err(Error::InvalidInput(
+                        "use either [MASK] markers or a mask range, not both: with a mask range \
+                         the text is plain bytes"
+                            .into(),
+                    ));
+                }
+                BytesTokenizer::check_mask_range(text, range)?;
+                (text.len().saturating_add(specials), range.len())
             }
-            BytesTokenizer::check_mask_range(text, range)?;
-            return Ok(range.len());
+            None => {
+                let counted = BytesTokenizer.masked_len(text, add_special_tokens)?;
+                (counted.ids, counted.masks)
+            }
+        };
+        if ids > max {
+            return Err(Error::TooLong { tokens: ids, max });
         }
-        Ok(counted.masks)
+        Ok(masks)
     }
 
     /// Errors unless `input` has at least one mask and fits the model's positions: the one check
@@ -212,7 +227,7 @@ impl FillMask {
     /// masked positions decoded).
     pub fn predict<T: Borrow<MaskedText>>(&self, inputs: &[T], top_k: usize) -> Result<Vec<FillMaskOutput>> {
         if top_k == 0 {
-            return Err(Error::InvalidInput("top-k must be at least 1".into()));
+            return Err(top_k_zero());
         }
         if inputs.is_empty() {
             return Ok(Vec::new());
@@ -238,13 +253,22 @@ impl FillMask {
 
     /// Fills many texts, `batch_size` at a time, grouping texts of similar length so that
     /// batches carry little padding. Answers come back in input order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a `batch_size` or `top_k` of 0; otherwise as
+    /// [`predict`](Self::predict).
     pub fn predict_many(
         &self,
         inputs: &[MaskedText],
         top_k: usize,
         batch_size: usize,
     ) -> Result<Vec<FillMaskOutput>> {
-        let batch_size = batch_size.max(1);
+        if batch_size == 0 {
+            return Err(Error::InvalidInput("the batch size must be at least 1".into()));
+        }
+        if top_k == 0 {
+            return Err(top_k_zero());
+        }
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| inputs[i].ids.len());
         let mut outputs: Vec<Option<FillMaskOutput>> = vec![None; inputs.len()];
@@ -288,6 +312,11 @@ impl FillMask {
     }
 }
 
+/// The one error for `top_k = 0`, which every task refuses: an answer of no candidates.
+pub(crate) fn top_k_zero() -> Error {
+    Error::InvalidInput("top-k must be at least 1".into())
+}
+
 fn no_mask() -> Error {
     Error::InvalidInput(
         "the text has no mask: mark masked bytes with [MASK] (one byte) or [MASK:n] (n bytes)".into(),
@@ -311,7 +340,88 @@ fn top_ids(row: &[f32], k: usize) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::top_ids;
+    use super::*;
+    use crate::Loader;
+
+    fn fill() -> FillMask {
+        FillMask::new(Loader::new("default").load().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn candidate_sequence_is_none_for_a_mask_candidate_or_text_it_does_not_have() {
+        let fill = fill();
+        let input = fill.prepare("ab[MASK]d", false).unwrap();
+        let out = &fill.predict(&[&input], 2).unwrap()[0];
+        let top = out.masks[0].candidates[0].token_str.clone();
+        assert_eq!(out.candidate_sequence(&input, 0, 0), Some(format!("ab{top}d")));
+        assert!(out.candidate_sequence(&input, 0, 1).is_some());
+        assert_eq!(out.candidate_sequence(&input, 1, 0), None);
+        assert_eq!(out.candidate_sequence(&input, 0, 2), None);
+        // Another text: its mask is elsewhere, or beyond this answer's positions.
+        let other = fill.prepare("[MASK]bcd", false).unwrap();
+        assert_eq!(out.candidate_sequence(&other, 0, 0), None);
+        let short = MaskedText {
+            ids: vec![],
+            mask_positions: vec![2],
+        };
+        assert_eq!(out.candidate_sequence(&short, 0, 0), None);
+    }
+
+    /// With a mask range the text is plain bytes: the checks count its bytes as the build does
+    /// (`[PAD]` is five ids, not one), and a mask marker is refused by every check alike.
+    #[test]
+    fn range_checks_count_plain_bytes_as_the_build_does() {
+        let fill = fill();
+        let pads = "[PAD]".repeat(60);
+        let range = Some(0..1);
+        for result in [
+            fill.check_text(&pads, range.clone(), false),
+            fill.prepare_with(&pads, range.clone(), false).map(|_| ()),
+        ] {
+            assert!(
+                matches!(
+                    result,
+                    Err(Error::TooLong {
+                        tokens: 300,
+                        max: 256
+                    })
+                ),
+                "{result:?}"
+            );
+        }
+        assert!(FillMask::precheck(&pads, range.clone(), false).is_ok());
+        let fits = "[PAD] and [CLS]";
+        let built = fill.prepare_with(fits, range.clone(), true).unwrap();
+        assert_eq!(built.ids.len(), fits.len() + 2);
+        assert!(fill.check_text(fits, range.clone(), true).is_ok());
+        for text in ["a [MASK:x] b", "a [MASK] b", "a [MASK:3] b"] {
+            let errors = [
+                FillMask::precheck(text, range.clone(), false),
+                fill.check_text(text, range.clone(), false),
+                fill.prepare_with(text, range.clone(), false).map(|_| ()),
+            ];
+            for e in errors {
+                let e = e.unwrap_err().to_string();
+                assert!(e.contains("not both"), "{text}: {e}");
+            }
+        }
+        // `[MASK` not followed by `]` or `:` is no marker, in either mode.
+        assert!(fill.prepare_with("a [MASK b", range, false).is_ok());
+    }
+
+    #[test]
+    fn predict_many_refuses_a_batch_size_or_top_k_of_zero() {
+        let fill = fill();
+        let input = fill.prepare("a[MASK]c", false).unwrap();
+        let inputs = [input];
+        assert!(fill.predict_many(&inputs, 1, 1).is_ok());
+        for (top_k, batch_size) in [(1, 0), (0, 1)] {
+            assert!(matches!(
+                fill.predict_many(&inputs, top_k, batch_size),
+                Err(Error::InvalidInput(_))
+            ));
+        }
+    }
 
     #[test]
     fn top_ids_equal_a_full_sort_with_ties_in_id_order() {
