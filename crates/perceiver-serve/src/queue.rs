@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use perceiver::tasks::classify::{probabilities, top_labels};
 use perceiver::{Classifier, FillMask, FillMaskOutput, LabelScore, MaskedText, ModelInput, Pixels};
 use tokio::sync::oneshot;
 
@@ -113,14 +112,10 @@ impl Task {
                         other => return wrong(other),
                     }
                 }
-                let logits = classifier
-                    .logits(ModelInput::Tokens(&ids))
+                let ranked = classifier
+                    .classify(ModelInput::Tokens(&ids), top_k)
                     .map_err(|e| e.to_string())?;
-                let labels = classifier.labels();
-                Ok(logits
-                    .chunks_exact(labels.len())
-                    .map(|row| Raw::Labels(top_labels(labels, &probabilities(row), top_k)))
-                    .collect())
+                Ok(ranked.into_iter().map(Raw::Labels).collect())
             }
             (Task::Classifier(classifier), Some(Input::Pixels(_))) => {
                 let mut images = Vec::with_capacity(inputs.len());

@@ -136,7 +136,8 @@ impl Loader {
     }
 
     /// A classifier ready to classify: the model, and for an image model its image processor
-    /// (the model's `preprocessor_config.json`, else transformers' default settings).
+    /// (the model's `preprocessor_config.json`, else transformers' default settings, sized to
+    /// the model as [`Classifier::new`] sizes them).
     pub fn classifier(&self) -> Result<Classifier> {
         let (checkpoint, processor_config) = self.resolve()?;
         let classifier = Classifier::new(self.model_of(&checkpoint)?)?;

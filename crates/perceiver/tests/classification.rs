@@ -239,6 +239,52 @@ fn missing_labels_fall_back_to_label_i() {
     assert_eq!(classifier.labels(), ["LABEL_0", "LABEL_1", "LABEL_2"]);
 }
 
+/// `Classifier::new` alone (no `preprocessor_config.json`) prepares images of the size a
+/// fixed-size model takes: the 12 × 12 learned model classifies an image file (transformers'
+/// 224 × 224 defaults were refused by it), and the Fourier model keeps those defaults.
+#[test]
+fn a_classifier_without_its_processor_config_sizes_images_for_its_model() {
+    let picture = std::fs::read(root().join("tiny_image_learned").join("wide.png")).unwrap();
+    let learned = load("tiny_image_learned", Precision::F32);
+    let size = learned.image_processor().unwrap().config().size;
+    assert_eq!((size.height, size.width), (12, 12));
+    let ranked = learned.classify_images(&[&picture], 2).unwrap();
+    assert_eq!(ranked[0].len(), 2);
+    let fourier = load("tiny_image_fourier", Precision::F32);
+    assert_eq!(
+        fourier.image_processor().unwrap().config(),
+        &perceiver::image::ImageProcessorConfig::default()
+    );
+}
+
+/// `top_k = 0` asks for no answer: every task refuses it, as fill-mask does.
+#[test]
+fn top_k_zero_is_refused() {
+    let text = load("tiny_text_classifier", Precision::F32);
+    assert!(text.classify_texts(&["hello"], 1).is_ok());
+    assert!(matches!(
+        text.classify_texts(&["hello"], 0),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(text.classify_texts(&[], 0), Err(Error::InvalidInput(_))));
+    let ids = text.tokenize("hello").unwrap();
+    assert!(matches!(
+        text.classify(ModelInput::Tokens(&[&ids]), 0),
+        Err(Error::InvalidInput(_))
+    ));
+    let learned = load("tiny_image_learned", Precision::F32);
+    let image = Pixels::new(12, 12, vec![0.0; 3 * 12 * 12]).unwrap();
+    assert!(matches!(
+        learned.classify_pixels(&[&image], 0),
+        Err(Error::InvalidInput(_))
+    ));
+    let picture = std::fs::read(root().join("tiny_image_learned").join("wide.png")).unwrap();
+    assert!(matches!(
+        learned.classify_images(&[&picture], 0),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
 #[test]
 fn wrong_inputs_are_errors() {
     let text = load("tiny_text_classifier", Precision::F32);

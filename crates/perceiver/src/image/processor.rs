@@ -265,6 +265,27 @@ impl TryFrom<Map<String, Value>> for ImageProcessorConfig {
 }
 
 impl ImageProcessorConfig {
+    /// transformers' defaults for a model that takes `size` images: resized to `size`, after a
+    /// centre crop whose `crop_size` is scaled with it (`size · 256 / 224`, rounded) so that the
+    /// crop keeps about the defaults' 224/256 of the shorter side. For 224 × 224 these are
+    /// exactly the defaults. A size outside [`SIDE`] is refused by [`validate`](Self::validate)
+    /// (and so by [`ImageProcessor::new`]).
+    pub fn for_size(size: Size) -> Self {
+        let defaults = Self::default();
+        let scale = |side: usize, default_crop: usize, default_size: usize| {
+            // usize::MAX / 256 and above are refused by SIDE anyway; saturate on the way there.
+            (side.saturating_mul(default_crop) + default_size / 2) / default_size
+        };
+        Self {
+            crop_size: Size {
+                height: scale(size.height, defaults.crop_size.height, defaults.size.height),
+                width: scale(size.width, defaults.crop_size.width, defaults.size.width),
+            },
+            size,
+            ..defaults
+        }
+    }
+
     /// The config in a `preprocessor_config.json` text.
     ///
     /// # Errors
@@ -609,6 +630,40 @@ mod tests {
         .preprocess(&numbered(2, 1))
         .unwrap_err();
         assert!(e.to_string().contains("larger than pad_size"), "{e}");
+    }
+
+    #[test]
+    fn a_config_for_a_size_scales_the_crop_with_it() {
+        assert_eq!(
+            ImageProcessorConfig::for_size(Size::square(224)),
+            ImageProcessorConfig::default()
+        );
+        let c = ImageProcessorConfig::for_size(Size {
+            height: 12,
+            width: 448,
+        });
+        assert_eq!(
+            c.size,
+            Size {
+                height: 12,
+                width: 448
+            }
+        );
+        assert_eq!(
+            c.crop_size,
+            Size {
+                height: 14,
+                width: 512
+            }
+        );
+        assert!(ImageProcessor::new(c).is_ok());
+        assert!(ImageProcessor::new(ImageProcessorConfig::for_size(Size::square(1 << 40))).is_err());
+        // A 12 × 12 model's processor makes 12 × 12 pixels from any picture.
+        let p = ImageProcessor::new(ImageProcessorConfig::for_size(Size::square(12)))
+            .unwrap()
+            .preprocess(&numbered(40, 30))
+            .unwrap();
+        assert_eq!((p.height, p.width), (12, 12));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! `image-classification` pipelines return).
 
 use crate::error::{Error, Result};
-use crate::image::{DecodeLimits, ImageProcessor};
+use crate::image::{DecodeLimits, ImageProcessor, ImageProcessorConfig, Size};
 use crate::model::{ModelInput, PerceiverModel};
 use crate::preprocess::Pixels;
+use crate::tasks::fill_mask::top_k_zero;
 use crate::tokenizer::BytesTokenizer;
 
 /// One label and its probability.
@@ -32,7 +33,12 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// The task on a classifier; an error for a model of another architecture.
+    /// The task on a classifier; an error for a model of another architecture. An image
+    /// model's images are prepared with transformers' default settings
+    /// ([`ImageProcessorConfig::default`]: crop, then resize to 224 × 224), or for a model that
+    /// takes one size of image only (learned positions) with those settings sized to it
+    /// ([`ImageProcessorConfig::for_size`]), until
+    /// [`with_image_processor`](Self::with_image_processor) gives the model's own.
     pub fn new(model: PerceiverModel) -> Result<Self> {
         if !model.architecture().is_classifier() {
             return Err(Error::InvalidInput(format!(
@@ -42,8 +48,18 @@ impl Classifier {
             )));
         }
         let labels = model.config().labels(model.num_outputs())?;
-        // transformers' defaults until the model's own settings are given.
-        let image_processor = model.architecture().reads_images().then(ImageProcessor::default);
+        // transformers' defaults until the model's own settings are given; their 224 × 224
+        // would be refused by a model of another fixed size.
+        let image_processor = match (model.architecture().reads_images(), model.image_size()) {
+            (false, _) => None,
+            (true, None) => Some(ImageProcessor::default()),
+            (true, Some((height, width))) => {
+                Some(ImageProcessor::new(ImageProcessorConfig::for_size(Size {
+                    height,
+                    width,
+                }))?)
+            }
+        };
         Ok(Self {
             model,
             labels,
@@ -106,8 +122,11 @@ impl Classifier {
         }
     }
 
-    /// The `top_k` best labels of each image file (its bytes).
+    /// The `top_k` best labels of each image file (its bytes); `top_k` at least 1.
     pub fn classify_images(&self, files: &[&[u8]], top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
+        if top_k == 0 {
+            return Err(top_k_zero());
+        }
         let pixels = files
             .iter()
             .map(|bytes| self.prepare_image(bytes))
@@ -155,23 +174,35 @@ impl Classifier {
         self.model.classify(input)
     }
 
-    /// The `top_k` best labels of each text (all of them when `top_k` is larger).
+    /// The `top_k` best labels of each text (all of them when `top_k` is larger; at least 1).
     pub fn classify_texts(&self, texts: &[&str], top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
+        if top_k == 0 {
+            return Err(top_k_zero());
+        }
         let ids = texts
             .iter()
             .map(|t| self.tokenize(t))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&[u32]> = ids.iter().map(|i| i.as_slice()).collect();
-        self.ranked(ModelInput::Tokens(&refs), top_k)
+        self.classify(ModelInput::Tokens(&refs), top_k)
     }
 
     /// The `top_k` best labels of each image (normalised pixels, as the model's image
-    /// processor makes them).
+    /// processor makes them; at least 1 label).
     pub fn classify_pixels(&self, images: &[&Pixels], top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
-        self.ranked(ModelInput::Images(images), top_k)
+        self.classify(ModelInput::Images(images), top_k)
     }
 
-    fn ranked(&self, input: ModelInput<'_>, top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
+    /// The `top_k` best labels of each input (token ids as [`tokenize`](Self::tokenize) makes
+    /// them, or pixels), best first, with their probabilities (softmax over the labels; a
+    /// sigmoid for a one-label model, as the pipelines do).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a `top_k` of 0; otherwise as [`logits`](Self::logits).
+    pub fn classify(&self, input: ModelInput<'_>, top_k: usize) -> Result<Vec<Vec<LabelScore>>> {
+        if top_k == 0 {
+            return Err(top_k_zero());
+        }
         if input.is_empty() {
             return Ok(Vec::new());
         }
@@ -185,7 +216,7 @@ impl Classifier {
 
 /// Softmax over the labels, or a sigmoid for a single label (the pipelines' default
 /// `function_to_apply`), computed in f64.
-pub fn probabilities(logits: &[f32]) -> Vec<f32> {
+pub(crate) fn probabilities(logits: &[f32]) -> Vec<f32> {
     if logits.len() == 1 {
         return vec![(1.0 / (1.0 + (-(logits[0] as f64)).exp())) as f32];
     }
@@ -196,9 +227,11 @@ pub fn probabilities(logits: &[f32]) -> Vec<f32> {
 }
 
 /// The `top_k` best labels, best first; equal scores keep id order (the pipelines' stable
-/// sort).
-pub fn top_labels(labels: &[String], scores: &[f32], top_k: usize) -> Vec<LabelScore> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
+/// sort). Callers pass a score per label (the model's outputs and its config's labels); a score
+/// without a label is left out rather than a panic.
+pub(crate) fn top_labels(labels: &[String], scores: &[f32], top_k: usize) -> Vec<LabelScore> {
+    debug_assert_eq!(labels.len(), scores.len());
+    let mut order: Vec<usize> = (0..scores.len().min(labels.len())).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     order
         .into_iter()
