@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::tasks::autoencode::{Autoencoder, DEFAULT_CHUNKS};
+use perceiver::tasks::autoencode::{Autoencoder, DEFAULT_CHUNKS, MAX_CHUNKS};
 use perceiver::LabelScore;
 
 use crate::model::{EngineArgs, ModelArgs};
@@ -38,7 +38,7 @@ pub struct AutoencodeArgs {
 
     /// Decode the output queries in this many chunks (DeepMind's Colab uses 128); memory beyond
     /// the reconstruction does not grow with the queries a chunk decodes.
-    #[arg(long, default_value_t = DEFAULT_CHUNKS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, default_value_t = DEFAULT_CHUNKS as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNKS as i64))]
     chunks: u32,
 
     /// Labels reported, best first.

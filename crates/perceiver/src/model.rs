@@ -77,6 +77,11 @@ impl ModelInput<'_> {
 /// projects the latents' keys and values again: 2% of a block's work for the released model.
 pub const QUERY_BLOCK: usize = 4096;
 
+/// The most chunks [`PerceiverModel::autoencode`] cuts its queries into (the `perceiver` tool's
+/// `--chunks` bound): each chunk is a pass of the decoder, so a count of 10¹⁸ would never end;
+/// past the queries' count (804,736 for the released model) chunks are only empty.
+pub const MAX_CHUNKS: usize = 1_000_000;
+
 /// Some decoded queries of the multimodal autoencoder, in the order asked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedQueries {
@@ -553,16 +558,13 @@ impl PerceiverModel {
     }
 
     /// Autoencodes one video with its audio, as DeepMind's Colab does: encodes once, then
-    /// decodes every query in `chunks` chunks ([`MultimodalQueries::chunk`]; the Colab uses 128).
-    /// Memory beyond the answer does not grow with the number of queries (see
-    /// [`decode_multimodal`](Self::decode_multimodal)); `chunks` only sets how the work is cut.
+    /// decodes every query in `chunks` chunks ([`MultimodalQueries::chunk`]; the Colab uses 128),
+    /// 1 to [`MAX_CHUNKS`]. Memory beyond the answer does not grow with the number of queries
+    /// (see [`decode_multimodal`](Self::decode_multimodal)); `chunks` only sets how the work is
+    /// cut.
     pub fn autoencode(&self, input: &MultimodalInput, chunks: usize) -> Result<MultimodalOutput> {
         let spec = *self.multimodal_spec()?;
-        if chunks == 0 {
-            return Err(Error::InvalidInput(
-                "autoencoding needs at least one chunk".into(),
-            ));
-        }
+        check_chunks(chunks)?;
         on_pool(|| {
             let latents = self.encode_multimodal(input)?;
             let [frames, height, width] = spec.output_dims;
@@ -725,6 +727,16 @@ impl PerceiverModel {
         let n = self.config.num_latents;
         texts as f64 * layer_flops(&self.config.self_attention_spec(), n, n)
     }
+}
+
+/// Errors unless `chunks` is 1 to [`MAX_CHUNKS`].
+pub(crate) fn check_chunks(chunks: usize) -> Result<()> {
+    if !(1..=MAX_CHUNKS).contains(&chunks) {
+        return Err(Error::InvalidInput(format!(
+            "autoencoding needs at least one chunk and at most {MAX_CHUNKS}, not {chunks}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

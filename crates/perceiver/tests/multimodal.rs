@@ -284,6 +284,7 @@ fn bad_inputs_are_errors() {
     let short = MultimodalInput::new(good.frames().to_vec(), vec![0.0; 95]).unwrap();
     expect_err(model.autoencode(&short, 1), "96 audio samples");
     expect_err(model.autoencode(&good, 0), "at least one chunk");
+    expect_err(model.autoencode(&good, usize::MAX), "at most 1000000");
     // Frames of different sizes, none, or with the wrong number of values.
     assert!(MultimodalInput::new(
         vec![frame.clone(), Pixels::new(8, 8, vec![0.0; 192]).unwrap()],
@@ -571,15 +572,97 @@ fn the_task_names_what_a_file_lacks() {
     let err = task.frames_from_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("16x16 frames") && err.contains("not 16x20"), "{err}");
     assert!(task.frames_from_dir(&dir.path().join("nowhere")).is_err());
-    // Zero chunks, another model.
-    assert!(Autoencoder::new(load(Precision::F32))
-        .unwrap()
-        .with_chunks(0)
-        .is_err());
+    // Zero chunks, more chunks than any run needs (each a decoder pass: 2⁶⁴ would never
+    // end), top_k 0, another model.
+    for chunks in [0, perceiver::model::MAX_CHUNKS + 1, usize::MAX] {
+        assert!(Autoencoder::new(load(Precision::F32))
+            .unwrap()
+            .with_chunks(chunks)
+            .is_err());
+    }
+    let (frames, audio) = (input(&cases).frames().to_vec(), input(&cases).audio().to_vec());
+    assert!(matches!(
+        task.autoencode(frames, audio, 0),
+        Err(perceiver::Error::InvalidInput(_))
+    ));
     let flow = Loader::new(root().join("../flow/tiny_flow").to_str().unwrap())
         .load()
         .unwrap();
     assert!(Autoencoder::new(flow).is_err());
+}
+
+/// A reconstruction whose public fields disagree (no frames, sides of zero, too few values) is
+/// refused before anything is written; it panicked on a zero-sized frame.
+#[test]
+fn write_frames_refuses_a_reconstruction_whose_sizes_disagree() {
+    let task = Autoencoder::new(load(Precision::F32)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let good = perceiver::MultimodalOutput {
+        frames: 2,
+        height: 2,
+        width: 3,
+        image: vec![0.5; 2 * 2 * 3 * 3],
+        audio: vec![],
+        label: vec![],
+    };
+    let broken = [
+        perceiver::MultimodalOutput {
+            height: 0,
+            ..good.clone()
+        },
+        perceiver::MultimodalOutput {
+            width: 0,
+            image: vec![],
+            ..good.clone()
+        },
+        perceiver::MultimodalOutput {
+            frames: 0,
+            image: vec![],
+            ..good.clone()
+        },
+        perceiver::MultimodalOutput {
+            image: vec![0.5; 35],
+            ..good.clone()
+        },
+        perceiver::MultimodalOutput {
+            height: 1 << 40,
+            width: 1 << 40,
+            ..good.clone()
+        },
+    ];
+    for output in &broken {
+        let result = task.write_frames(output, &out);
+        assert!(
+            matches!(result, Err(perceiver::Error::InvalidInput(_))),
+            "{result:?}"
+        );
+        assert!(!out.exists());
+    }
+    assert_eq!(task.write_frames(&good, &out).unwrap().len(), 2);
+}
+
+/// Chunk indices and counts near `usize::MAX` give empty or bounded ranges, not an overflow,
+/// and any chunk count covers every query exactly once.
+#[test]
+fn chunks_of_any_count_cover_the_queries_without_overflow() {
+    let spec = *load(Precision::F32).multimodal_spec().unwrap();
+    let last = MultimodalQueries::chunk(&spec, usize::MAX - 1, usize::MAX);
+    assert!(last.label);
+    assert!(last.audio.len() <= 1 && last.image.len() <= 1);
+    assert!(MultimodalQueries::chunk(&spec, usize::MAX, usize::MAX).is_empty());
+    assert!(MultimodalQueries::chunk(&spec, 0, usize::MAX).image.is_empty());
+    for chunks in [1, 3, 7, spec.image_queries() + 5] {
+        let mut image = Vec::new();
+        let mut audio = Vec::new();
+        for index in 0..chunks {
+            let q = MultimodalQueries::chunk(&spec, index, chunks);
+            image.extend(q.image);
+            audio.extend(q.audio);
+        }
+        assert_eq!(image, (0..spec.image_queries()).collect::<Vec<_>>());
+        assert_eq!(audio, (0..spec.audio_patches()).collect::<Vec<_>>());
+    }
 }
 
 /// More queries than the decoder runs at once (repeated pixels and patches, in any order): the

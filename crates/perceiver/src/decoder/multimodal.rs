@@ -48,7 +48,10 @@ impl MultimodalQueries {
         if index >= chunks {
             return Self::default();
         }
-        let range = |n: usize| (n * index / chunks)..(n * (index + 1) / chunks);
+        // In u128: n · (index + 1) overflows usize for large chunk counts; the quotient is at
+        // most n.
+        let bound = |n: usize, i: usize| (n as u128 * i as u128 / chunks as u128) as usize;
+        let range = |n: usize| bound(n, index)..bound(n, index + 1);
         Self {
             audio: range(spec.audio_patches()).collect(),
             image: range(spec.image_queries()).collect(),

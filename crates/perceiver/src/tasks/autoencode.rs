@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
 use crate::image::{decode_image, read_y4m, DecodeLimits, RgbImage};
-use crate::model::{MultimodalOutput, PerceiverModel};
+pub use crate::model::MAX_CHUNKS;
+use crate::model::{check_chunks, MultimodalOutput, PerceiverModel};
 use crate::preprocess::{MultimodalInput, Pixels};
 use crate::tasks::classify::{probabilities, top_labels, LabelScore};
+use crate::tasks::fill_mask::top_k_zero;
 
 /// Frames a second of the Colab's video; with `audio_samples_per_frame` it gives the audio's rate.
 pub const FRAMES_PER_SECOND: u32 = 25;
@@ -70,13 +72,9 @@ impl Autoencoder {
         })
     }
 
-    /// Decodes the queries in `chunks` chunks (at least 1; the Colab's 128 by default).
+    /// Decodes the queries in `chunks` chunks (1 to [`MAX_CHUNKS`]; the Colab's 128 by default).
     pub fn with_chunks(mut self, chunks: usize) -> Result<Self> {
-        if chunks == 0 {
-            return Err(Error::InvalidInput(
-                "autoencoding needs at least one chunk".into(),
-            ));
-        }
+        check_chunks(chunks)?;
         self.chunks = chunks;
         Ok(self)
     }
@@ -263,8 +261,11 @@ impl Autoencoder {
         Ok(samples.into_iter().step_by(channels).collect())
     }
 
-    /// Autoencodes the frames and audio; the `top_k` best labels.
+    /// Autoencodes the frames and audio; the `top_k` best labels (at least 1).
     pub fn autoencode(&self, frames: Vec<Pixels>, audio: Vec<f32>, top_k: usize) -> Result<AutoencodeOutput> {
+        if top_k == 0 {
+            return Err(top_k_zero());
+        }
         let input = MultimodalInput::new(frames, audio)?;
         let reconstruction = self.model.autoencode(&input, self.chunks)?;
         let labels = top_labels(&self.labels, &probabilities(&reconstruction.label), top_k);
@@ -276,12 +277,33 @@ impl Autoencoder {
 
     /// Writes the reconstructed frames as PNG files `frame_000.png`, … into `dir` (created if
     /// missing), values clamped to [0, 1] and rounded to 8 bits; their paths.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (before anything is written) when `output`'s fields disagree: a
+    /// size of zero, sides beyond a PNG's, or image values that are not `frames × height ×
+    /// width × 3`; [`Error::Write`] when a file cannot be written.
     pub fn write_frames(&self, output: &MultimodalOutput, dir: &Path) -> Result<Vec<PathBuf>> {
+        // The fields are public: check them before they size anything.
+        let plane = output
+            .height
+            .checked_mul(output.width)
+            .and_then(|n| n.checked_mul(IMAGE_CHANNELS));
+        let whole = plane.and_then(|p| p.checked_mul(output.frames));
+        let fits_png = |side: usize| side > 0 && u32::try_from(side).is_ok();
+        let (Some(plane), Some(whole)) = (plane, whole) else {
+            return Err(frames_mismatch(output));
+        };
+        if output.frames == 0
+            || !fits_png(output.height)
+            || !fits_png(output.width)
+            || whole != output.image.len()
+        {
+            return Err(frames_mismatch(output));
+        }
         std::fs::create_dir_all(dir).map_err(|source| Error::Write {
             path: dir.to_path_buf(),
             source,
         })?;
-        let plane = output.height * output.width * IMAGE_CHANNELS;
         let mut paths = Vec::with_capacity(output.frames);
         for (t, frame) in output.image.chunks_exact(plane).enumerate() {
             let path = dir.join(format!("frame_{t:03}.png"));
@@ -330,4 +352,14 @@ impl Autoencoder {
         }
         writer.finalize().map_err(io)
     }
+}
+
+fn frames_mismatch(output: &MultimodalOutput) -> Error {
+    Error::InvalidInput(format!(
+        "{} image values are not {} frames of {}x{} RGB pixels",
+        output.image.len(),
+        output.frames,
+        output.height,
+        output.width
+    ))
 }
