@@ -255,6 +255,10 @@ fn bad_frames_are_refused() {
     let frames = frames(&pair);
     let err = task.model().optical_flow(&[&frames]).unwrap_err().to_string();
     assert!(err.contains("runs on 48x56 frames"), "{err}");
+    // Frames whose flow field would exceed its bound: refused by the grid, before any tile runs.
+    let err = task.grid(1 << 14, 1 << 14).unwrap_err().to_string();
+    assert!(err.contains("pixels a flow field holds"), "{err}");
+    assert!(task.grid(usize::MAX, usize::MAX).is_err());
 }
 
 #[test]

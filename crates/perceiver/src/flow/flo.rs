@@ -32,8 +32,8 @@ pub const FLO_TAG: f32 = 202021.25;
 
 /// The most pixels (`width * height`) [`read_flo`] accepts: 2^27, i.e. 2^28 values and 1 GiB
 /// of f32, so that a 12-byte header cannot make the reader hold more than that. Sintel's frames
-/// are 436 x 1024 = 446,464 pixels; the bound allows about 11585 x 11585. [`write_flo`]
-/// refuses larger fields, so that every file it writes reads back.
+/// are 436 x 1024 = 446,464 pixels; the bound allows about 11585 x 11585. A [`FlowField`]
+/// holds no more ([`super::MAX_PIXELS`]), so every field is written and reads back.
 pub const MAX_FLO_PIXELS: usize = 1 << 27;
 
 /// Bytes read or converted at a time.
@@ -42,7 +42,6 @@ const CHUNK_BYTES: usize = 1 << 16;
 /// Writes `field` in `.flo` format to `writer`.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when the field has more than [`MAX_FLO_PIXELS`] pixels;
 /// [`Error::Write`] (with the path `<writer>`) when writing fails.
 pub fn write_flo(field: &FlowField, writer: impl Write) -> Result<()> {
     write_to(field, writer, None)
@@ -91,14 +90,8 @@ fn io_error(path: Option<&Path>, stream: &str, source: std::io::Error) -> Error 
 }
 
 fn write_to(field: &FlowField, mut writer: impl Write, path: Option<&Path>) -> Result<()> {
-    let pixels = field.height() * field.width();
-    if pixels > MAX_FLO_PIXELS {
-        return Err(Error::InvalidInput(format!(
-            "a {} x {} flow field has more than the {MAX_FLO_PIXELS} pixels a .flo file may hold here",
-            field.height(),
-            field.width()
-        )));
-    }
+    // A FlowField holds at most MAX_FLO_PIXELS pixels (flow::MAX_PIXELS): every one fits.
+    debug_assert!(field.height() * field.width() <= MAX_FLO_PIXELS);
     let io = |source| Error::Write {
         path: path.map_or_else(|| PathBuf::from("<writer>"), Path::to_path_buf),
         source,

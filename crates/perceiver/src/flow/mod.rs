@@ -51,6 +51,11 @@ pub const UNKNOWN_FLOW_THRESHOLD: f32 = 1e9;
 /// `.flo` header (signed 32-bit sizes) and an image's `u32` sizes.
 pub const MAX_SIDE: usize = i32::MAX as usize;
 
+/// The most pixels (`height * width`) of a [`FlowField`]: the `.flo` reader's bound
+/// ([`flo::MAX_FLO_PIXELS`], 2^27 pixels, 1 GiB of values), so that every field can be written
+/// to a `.flo` file and read back, and no size asks for an allocation beyond it.
+pub const MAX_PIXELS: usize = flo::MAX_FLO_PIXELS;
+
 /// Whether a flow vector `[u, v]` is known: both components finite and at most
 /// [`UNKNOWN_FLOW_THRESHOLD`] in absolute value.
 pub fn is_known(flow: [f32; 2]) -> bool {
@@ -83,8 +88,8 @@ impl FlowField {
     /// A field from its values, `[u, v]` per pixel, rows top to bottom.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when a size is zero or more than [`MAX_SIDE`], or when
-    /// `values.len()` is not `height * width * 2`.
+    /// [`Error::InvalidInput`] when a size is zero or more than [`MAX_SIDE`], when there are
+    /// more than [`MAX_PIXELS`] pixels, or when `values.len()` is not `height * width * 2`.
     pub fn new(height: usize, width: usize, values: Vec<f32>) -> Result<Self> {
         let expected = checked_len(height, width)?;
         if values.len() != expected {
@@ -211,10 +216,12 @@ fn checked_len(height: usize, width: usize) -> Result<usize> {
             "a flow field is at most {MAX_SIDE} pixels on a side, got {height} x {width}"
         )));
     }
-    height
-        .checked_mul(width)
-        .and_then(|n| n.checked_mul(2))
-        .ok_or_else(|| Error::InvalidInput(format!("a {height} x {width} flow field is too large")))
+    match height.checked_mul(width) {
+        Some(pixels) if pixels <= MAX_PIXELS => Ok(pixels * 2),
+        _ => Err(Error::InvalidInput(format!(
+            "a {height} x {width} flow field has more than the {MAX_PIXELS} pixels a field may hold"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +251,18 @@ mod tests {
             FlowField::from_fn(usize::MAX, 1, |_, _| [0.0; 2]),
             Err(Error::InvalidInput(_))
         ));
+        // Sides within MAX_SIDE whose product is beyond MAX_PIXELS: an error, not a "capacity
+        // overflow" panic (or an allocation of exabytes).
+        for (h, w) in [(MAX_SIDE, MAX_SIDE), (MAX_PIXELS + 1, 1), (1 << 14, 1 << 14)] {
+            assert!(matches!(
+                FlowField::from_fn(h, w, |_, _| [0.0; 2]),
+                Err(Error::InvalidInput(_))
+            ));
+            assert!(matches!(
+                FlowField::new(h, w, vec![]),
+                Err(Error::InvalidInput(_))
+            ));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::Architecture;
 use crate::error::{Error, Result};
-use crate::flow::FlowField;
+use crate::flow::{FlowField, MAX_PIXELS};
 use crate::image::RgbImage;
 use crate::model::PerceiverModel;
 use crate::preprocess::FramePair;
@@ -95,12 +95,19 @@ impl OpticalFlow {
     /// every `tile − min_overlap` pixels, the last moved flush with the border), with every
     /// start clamped to the border where the Colab's would run off the frame (for a few sizes
     /// its second-to-last start lies past the last); equal to the Colab's wherever it works.
+    /// Frames smaller than a tile, or of more than [`MAX_PIXELS`] pixels, are an error.
     pub fn grid(&self, height: usize, width: usize) -> Result<Vec<Tile>> {
         let (th, tw) = self.tile_size();
         if height < th || width < tw {
             return Err(Error::InvalidInput(format!(
                 "the frames are {height}x{width}, smaller than the model's {th}x{tw} tile \
                  (height x width): resize or pad them to at least that size"
+            )));
+        }
+        // Refused before any tile runs: the answer could not be held as a FlowField.
+        if height.checked_mul(width).is_none_or(|pixels| pixels > MAX_PIXELS) {
+            return Err(Error::InvalidInput(format!(
+                "the frames are {height}x{width}, more than the {MAX_PIXELS} pixels a flow field holds"
             )));
         }
         let starts = |size: usize, tile: usize| {
