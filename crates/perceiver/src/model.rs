@@ -535,9 +535,9 @@ impl PerceiverModel {
         on_pool(|| {
             let threads = self.threads();
             let decode = |modality: Modality, audio: &[usize], image: &[usize], label: bool| {
-                let rows = decoder.queries(audio, image, label);
+                let rows = decoder.queries(audio, image, label)?;
                 let hidden = decoder.forward(latents, n, &rows, threads);
-                heads.forward(modality, &hidden, threads)
+                Ok::<_, Error>(heads.forward(modality, &hidden, threads))
             };
             let mut out = DecodedQueries {
                 audio: Vec::with_capacity(queries.audio.len() * spec.samples_per_patch),
@@ -545,13 +545,13 @@ impl PerceiverModel {
                 label: None,
             };
             for block in queries.audio.chunks(QUERY_BLOCK) {
-                out.audio.extend(decode(Modality::Audio, block, &[], false));
+                out.audio.extend(decode(Modality::Audio, block, &[], false)?);
             }
             for block in queries.image.chunks(QUERY_BLOCK) {
-                out.image.extend(decode(Modality::Image, &[], block, false));
+                out.image.extend(decode(Modality::Image, &[], block, false)?);
             }
             if queries.label {
-                out.label = Some(decode(Modality::Label, &[], &[], true));
+                out.label = Some(decode(Modality::Label, &[], &[], true)?);
             }
             Ok(out)
         })

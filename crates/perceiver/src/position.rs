@@ -96,15 +96,25 @@ pub fn fourier_features_at<const N: usize>(spec: &FourierSpec<N>, positions: &[[
 /// `subsampled_output_points`: `-1 + 2·i/dims[d]` per dimension, in f32 (`2·i` an integer, then
 /// one f32 division and one f32 addition). Note the step `2/n`, not the input grid's
 /// `2/(n − 1)`: the last query lies at `1 − 2/n`, not at 1.
-pub fn subsampled_position<const N: usize>(index: usize, dims: [usize; N]) -> [f32; N] {
+///
+/// # Errors
+/// [`Error::InvalidInput`] when a dimension is 0 or `index` is not inside the grid.
+pub fn subsampled_position<const N: usize>(index: usize, dims: [usize; N]) -> Result<[f32; N]> {
+    let count = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if dims.contains(&0) || count.is_some_and(|count| index >= count) {
+        return Err(Error::InvalidInput(format!(
+            "query {index} is outside a grid of {dims:?}"
+        )));
+    }
     let mut pos = [0f32; N];
     let mut rest = index;
     for d in (0..N).rev() {
         let i = rest % dims[d];
         rest /= dims[d];
-        pos[d] = -1.0 + (2 * i) as f32 / dims[d] as f32;
+        // 2·i in u128: i may be above usize::MAX / 2 (rounding to f32 is the same).
+        pos[d] = -1.0 + (2 * i as u128) as f32 / dims[d] as f32;
     }
-    pos
+    Ok(pos)
 }
 
 /// One spec's frequency bands, for computing many positions' features.
@@ -405,10 +415,27 @@ mod tests {
     #[test]
     fn subsampled_positions_step_two_over_the_size() {
         // Index 5 of a 2 x 3 grid is (1, 2): -1 + 2/2 and -1 + 4/3, in f32.
-        assert_eq!(subsampled_position(5, [2, 3]), [0.0, -1.0 + 4.0f32 / 3.0]);
-        assert_eq!(subsampled_position(0, [4]), [-1.0]);
+        assert_eq!(
+            subsampled_position(5, [2, 3]).unwrap(),
+            [0.0, -1.0 + 4.0f32 / 3.0]
+        );
+        assert_eq!(subsampled_position(0, [4]).unwrap(), [-1.0]);
         // The last query stops short of 1, unlike the input grid's linspace.
-        assert_eq!(subsampled_position(3, [4]), [0.5]);
-        assert_eq!(subsampled_position(7, [2, 2, 2]), [0.0, 0.0, 0.0]);
+        assert_eq!(subsampled_position(3, [4]).unwrap(), [0.5]);
+        assert_eq!(subsampled_position(7, [2, 2, 2]).unwrap(), [0.0, 0.0, 0.0]);
+        // A side past usize::MAX / 2: 2·i does not overflow.
+        let big = usize::MAX - 1;
+        assert_eq!(subsampled_position(big - 1, [big]).unwrap(), [1.0]);
+    }
+
+    /// A dimension of 0 divided by zero; an index past the grid wrapped around to another query.
+    #[test]
+    fn subsampled_positions_outside_the_grid_are_errors() {
+        assert!(matches!(subsampled_position(3, [0]), Err(Error::InvalidInput(_))));
+        assert!(subsampled_position(0, [3, 0]).is_err());
+        assert!(subsampled_position(4, [4]).is_err());
+        assert!(subsampled_position(6, [2, 3]).is_err());
+        // A grid larger than usize: every index is inside it.
+        assert!(subsampled_position(usize::MAX, [usize::MAX, 2]).is_ok());
     }
 }

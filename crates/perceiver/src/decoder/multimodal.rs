@@ -135,8 +135,8 @@ impl MultimodalDecoder {
     }
 
     /// The padded queries of `audio` patches, then `image` pixels, then the label if asked:
-    /// `[queries, query_channels]`.
-    pub(crate) fn queries(&self, audio: &[usize], image: &[usize], label: bool) -> Vec<f32> {
+    /// `[queries, query_channels]`; an error for an index outside its modality's queries.
+    pub(crate) fn queries(&self, audio: &[usize], image: &[usize], label: bool) -> Result<Vec<f32>> {
         let s = &self.spec;
         let width = self.query_channels();
         let mut out = Vec::with_capacity((audio.len() + image.len() + usize::from(label)) * width);
@@ -144,7 +144,7 @@ impl MultimodalDecoder {
         let positions: Vec<[f32; 1]> = audio
             .iter()
             .map(|&i| subsampled_position(i, [s.audio_patches()]))
-            .collect();
+            .collect::<Result<_>>()?;
         let features = fourier_features_at(&s.audio_fourier(), &positions);
         for row in features.chunks_exact(s.audio_fourier().channels()) {
             out.extend_from_slice(row);
@@ -153,7 +153,7 @@ impl MultimodalDecoder {
         let positions: Vec<[f32; 3]> = image
             .iter()
             .map(|&i| subsampled_position(i, s.output_dims))
-            .collect();
+            .collect::<Result<_>>()?;
         let features = fourier_features_at(&s.video_fourier(), &positions);
         for row in features.chunks_exact(s.video_fourier().channels()) {
             out.extend_from_slice(row);
@@ -163,7 +163,7 @@ impl MultimodalDecoder {
             out.extend_from_slice(self.label_query.data());
             out.extend_from_slice(label_padding.data());
         }
-        out
+        Ok(out)
     }
 
     /// `queries` (`[n, query_channels]`) decoded from one input's latents: `[n, channels]`.
