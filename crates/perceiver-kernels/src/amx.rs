@@ -204,6 +204,7 @@ pub(crate) fn matmul_emulated_to_tiles(operands: Operands, out: &mut [u32], edge
 /// # Safety
 /// As [`matmul`]'s, and `T` must run on this CPU.
 unsafe fn run<T: Tiles>(operands: Operands, out: Out, edges: Edges, threads: usize) {
+    let threads = crate::clamp_threads(threads);
     let Operands { w, n, pairs, x, m } = operands;
     assert_eq!(pairs % TILE_PAIRS, 0, "amx: pairs are padded to whole tiles");
     let (k_pad, m_pad, panels) = (2 * pairs, m.div_ceil(ROWS) * ROWS, n.div_ceil(PANEL_COLS));

@@ -402,6 +402,7 @@ impl PackedMatrix {
         edges: Edges,
     ) {
         let (n, k) = (self.n, self.k);
+        let threads = crate::clamp_threads(threads);
         if kernel == Bf16Kernel::Amx {
             assert!(ldc == n, "bf16 matmul: AMX writes dense rows of C");
             // SAFETY: the caller's promises, which are `amx::matmul`'s.
@@ -411,7 +412,6 @@ impl PackedMatrix {
             return;
         }
         let panels = n.div_ceil(NR);
-        let threads = threads.max(1);
         // Rows are split over the tasks, each converting its own rows of A and reading all of
         // W: one chunk per thread for one text, chunks of about CHUNK_ROWS for more. Fewer rows
         // than a block per thread (a short decode) split the panels instead, each task
@@ -1451,6 +1451,9 @@ mod tests {
             // On AMX (on one thread), two groups of row blocks (256 rows, then 44 in a partial
             // block) over two k slices, the second partial.
             (300, 40, 300, 1),
+            // Any thread count: past MAX_THREADS it is MAX_THREADS (the splits overflowed).
+            (131, 40, 17, usize::MAX),
+            (200, 40, 4096, usize::MAX),
         ] {
             products_match_the_triple_loop(&kernels, m, n, k, threads);
         }

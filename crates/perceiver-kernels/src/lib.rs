@@ -16,7 +16,7 @@
 //!   check the AVX-512 code on any CPU.
 //!
 //! Work is split over rayon's current pool; the products take a `threads` count that sets how
-//! many tasks they cut the work into.
+//! many tasks they cut the work into (at most [`MAX_THREADS`]).
 //!
 //! ```
 //! use perceiver_kernels::matmul::{matmul, Rhs, View};
@@ -58,6 +58,16 @@ pub mod peak;
 pub mod rows;
 mod send_ptr;
 pub mod sgemm;
+
+/// The most threads a product cuts its work for: a larger `threads` count is taken as this
+/// many. Past the cores more tasks only add overhead, and the splits' arithmetic (tasks ×
+/// panels, rows per thread) stays far from overflow.
+pub const MAX_THREADS: usize = 1024;
+
+/// `threads` as the products use it: 1 to [`MAX_THREADS`] (0 is one thread).
+pub(crate) fn clamp_threads(threads: usize) -> usize {
+    threads.clamp(1, MAX_THREADS)
+}
 
 pub use activation::Activation;
 pub use send_ptr::SendPtr;

@@ -118,7 +118,7 @@ pub fn matmul(
         Rhs::Transposed(v) => (v.data, v.stride as isize, 1isize),
     };
     let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
+        gemm::Parallelism::Rayon(threads.min(crate::MAX_THREADS))
     } else {
         gemm::Parallelism::None
     };

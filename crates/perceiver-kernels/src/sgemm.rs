@@ -379,6 +379,7 @@ impl PackedWeights {
         if m == 0 || n == 0 || k == 0 {
             return;
         }
+        let threads = crate::clamp_threads(threads);
         let kernel = self.kernel.expect(NO_KERNEL);
         let (width, kc_max) = (self.width, self.kc);
         // X is read in place, ROWS rows at a time: the microkernel broadcasts from six row
@@ -1121,6 +1122,9 @@ pub(crate) mod tests {
             (9, 80, 17, 2),
             // Several k slices for both kernels (AVX-512: 128, 256 or 1280; AVX2: 2048).
             (13, 20, 2100, 2),
+            // Any thread count: past MAX_THREADS it is MAX_THREADS (the splits overflowed).
+            (600, 200, 40, usize::MAX),
+            (9, 80, 17, usize::MAX),
         ] {
             product_matches_the_triple_loop(kernel, m, n, k, threads);
         }

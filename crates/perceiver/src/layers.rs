@@ -320,7 +320,7 @@ impl Linear {
                 "a linear layer needs positive widths, got {out_dim}x{in_dim}"
             )));
         }
-        if weight.len() != out_dim * in_dim {
+        if out_dim.checked_mul(in_dim) != Some(weight.len()) {
             return Err(Error::InvalidInput(format!(
                 "the weight has {} values, not {out_dim}x{in_dim} (bias length x in_dim)",
                 weight.len()
@@ -345,7 +345,7 @@ impl Linear {
     }
 
     /// `x` (`[rows, in_dim]`, row-major) → `[rows, out_dim]`, on `threads` threads (0: rayon's
-    /// pool size).
+    /// pool size; at most [`MAX_THREADS`](crate::model::MAX_THREADS)).
     pub fn forward(&self, x: &[f32], threads: usize) -> Result<Vec<f32>> {
         if !x.len().is_multiple_of(self.in_dim()) {
             return Err(Error::InvalidInput(format!(
@@ -357,14 +357,15 @@ impl Linear {
         let threads = if threads == 0 {
             rayon::current_num_threads()
         } else {
-            threads
+            threads.min(crate::model::MAX_THREADS)
         };
         Ok(on_pool(|| self.dense.forward(x, threads)))
     }
 
     /// The multiply-add work of [`forward`](Self::forward) over `rows` rows, 2 FLOP each.
     pub fn flops(&self, rows: usize) -> f64 {
-        2.0 * (rows * self.in_dim() * self.out_dim()) as f64
+        // In f64: the product of the counts may overflow usize.
+        2.0 * rows as f64 * self.in_dim() as f64 * self.out_dim() as f64
     }
 }
 
@@ -426,5 +427,11 @@ mod tests {
         let linear = Linear::new(vec![0.0; 6], vec![0.0; 3], 2, Precision::F32).unwrap();
         assert!(linear.forward(&[1.0; 5], 1).is_err());
         assert_eq!(linear.forward(&[1.0; 4], 1).unwrap().len(), 6);
+        // out_dim × in_dim overflows: an error, not a panic (or a wrapped product that matched).
+        assert!(Linear::new(vec![], vec![0.0; 2], usize::MAX, Precision::F32).is_err());
+        assert!(Linear::new(vec![], vec![0.0; 2], 1 << 63, Precision::F32).is_err());
+        // Any thread count runs; the work of any row count is a finite number.
+        assert_eq!(linear.forward(&[1.0; 4], usize::MAX).unwrap().len(), 6);
+        assert!(linear.flops(usize::MAX).is_finite());
     }
 }

@@ -63,7 +63,8 @@ impl Loader {
         self
     }
 
-    /// Threads for one forward pass (0, the default: rayon's pool size).
+    /// Threads for one forward pass (0, the default: rayon's pool size; at most
+    /// [`MAX_THREADS`](crate::model::MAX_THREADS), as [`PerceiverModel::set_threads`] takes them).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
         self

@@ -77,6 +77,10 @@ impl ModelInput<'_> {
 /// projects the latents' keys and values again: 2% of a block's work for the released model.
 pub const QUERY_BLOCK: usize = 4096;
 
+/// The most threads a pass splits its work for ([`PerceiverModel::set_threads`]; the kernels'
+/// own bound): past the cores more only add overhead.
+pub use perceiver_kernels::MAX_THREADS;
+
 /// The most chunks [`PerceiverModel::autoencode`] cuts its queries into (the `perceiver` tool's
 /// `--chunks` bound): each chunk is a pass of the decoder, so a count of 10¹⁸ would never end;
 /// past the queries' count (804,736 for the released model) chunks are only empty.
@@ -330,9 +334,10 @@ impl PerceiverModel {
         self.precision = precision;
     }
 
-    /// Threads for one forward pass; 0 (the default) means rayon's pool size.
+    /// Threads for one forward pass; 0 (the default) means rayon's pool size. More than
+    /// [`MAX_THREADS`] (1024, the `perceiver` tool's `--threads` bound) is taken as that many.
     pub fn set_threads(&mut self, threads: usize) {
-        self.threads = threads;
+        self.threads = threads.min(MAX_THREADS);
     }
 
     fn threads(&self) -> usize {
@@ -908,6 +913,20 @@ mod tests {
                 result.map(|_| ())
             );
         }
+    }
+
+    /// A thread count beyond any machine (it overflowed the kernels' work splits) is taken as
+    /// `MAX_THREADS`, and the answer is the one-thread answer.
+    #[test]
+    fn any_thread_count_runs() {
+        let mut model = fixture_model("tiny_shared_blocks");
+        let texts: [&[u32]; 3] = [&[1, 70, 80, 90, 2], &[1, 100, 2], &[1, 5, 6, 2]];
+        model.set_threads(1);
+        let one = model.logits_at(&texts, &[&[1], &[0, 2], &[3]]).unwrap();
+        model.set_threads(usize::MAX);
+        assert_eq!(model.threads(), MAX_THREADS);
+        let many = model.logits_at(&texts, &[&[1], &[0, 2], &[3]]).unwrap();
+        assert_eq!(one, many);
     }
 
     #[test]
