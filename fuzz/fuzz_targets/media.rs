@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(field.values().len(), 2 * field.width() * field.height());
                 // The colour picture takes any value, NaN and infinities included.
                 let picture = flow_to_rgb(&field, None).expect("a field read is drawn");
-                let size = (picture.width() as usize, picture.height() as usize);
+                let size = (picture.width(), picture.height());
                 assert_eq!(size, (field.width(), field.height()));
             }
         }

@@ -107,9 +107,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
         save_flo(&output.field, path)?;
     }
     if let Some(path) = &args.legend {
-        let key = color_wheel(LEGEND_SIZE)?;
-        key.save(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        color_wheel(LEGEND_SIZE)?.save_png(path)?;
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -7,9 +7,13 @@
 //! and a postprocessor turns its rows into the answer ([`postprocess`]). [`attention`] is the
 //! block they share, on [`layers`]; [`model`] composes the parts from a transformers
 //! `config.json` ([`config`]); [`checkpoint`] reads weights under one tree of tensor names and
-//! [`loader`] loads a model from any source ([`Loader`]); [`tasks`] turn inputs into answers ([`FillMask`]).
+//! [`loader`] loads a model from any source ([`Loader`]); [`tasks`] turn inputs into answers
+//! ([`FillMask`], [`Classifier`], [`OpticalFlow`], [`Autoencoder`]; each with its answer types,
+//! re-exported here and in [`tasks`]).
 //! [`image`] decodes image files and prepares them as transformers' Perceiver image processor does;
-//! [`flow`] holds optical flow fields, draws them in the standard colours and reads and writes `.flo` files.
+//! [`flow`] holds optical flow fields, draws them in the standard colours (as the library's own
+//! [`image::RgbImage`], so no other crate's version is part of the API) and reads and writes
+//! `.flo` files.
 //!
 //! The flagship model is DeepMind's byte-level masked language model
 //! (`deepmind/language-perceiver`), numerically equal to transformers' `PerceiverForMaskedLM`.
@@ -77,6 +81,8 @@ pub use layers::{Linear, Precision};
 pub use loader::{Loader, BUILT_IN};
 pub use model::{DecodedQueries, ModelInput, MultimodalOutput, PerceiverModel, PhaseTimes};
 pub use preprocess::Pixels;
-pub use tasks::classify::{Classifier, LabelScore};
-pub use tasks::fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
+pub use tasks::{
+    AutoencodeOutput, Autoencoder, Candidate, Classifier, FillMask, FillMaskOutput, FlowOutput, LabelScore,
+    MaskPrediction, OpticalFlow, Tile,
+};
 pub use tokenizer::{BytesTokenizer, MaskedText};

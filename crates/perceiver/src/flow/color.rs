@@ -24,15 +24,11 @@
 //!   field's largest motion) the colour is darkened, `0.75 * colour`, to mark the saturation.
 //! * Channels are `floor(255 * colour)`. Unknown pixels ([`super::is_known`]) are black.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
-
-use ::image::codecs::png::PngEncoder;
-use ::image::{ImageError, RgbImage};
 
 use super::{is_known, FlowField};
 use crate::error::{Error, Result};
+use crate::image::RgbImage;
 
 /// The wheel's segments: red–yellow, yellow–green, green–cyan, cyan–blue, blue–magenta,
 /// magenta–red, in colours each.
@@ -110,7 +106,9 @@ fn magnitude64([u, v]: [f32; 2]) -> f64 {
     f64::from(u).hypot(f64::from(v))
 }
 
-/// The colour picture of `field`, one pixel per flow vector (`width x height`).
+/// The colour picture of `field`, one pixel per flow vector (`width x height`), as the library's
+/// own [`RgbImage`] (no other crate's type: [`RgbImage::save_png`] writes it, and its
+/// [`pixels`](RgbImage::pixels) go into any image library).
 ///
 /// The radius is normalised by `max_flow` when given, otherwise by the largest magnitude among
 /// the known pixels; a field without motion is all white (unknown pixels black).
@@ -132,10 +130,9 @@ pub fn flow_to_rgb(field: &FlowField, max_flow: Option<f32>) -> Result<RgbImage>
             .map(magnitude64)
             .fold(0.0, f64::max),
     };
-    // The sizes are at most i32::MAX (FlowField's bound), so they fit u32.
-    let mut image = RgbImage::new(field.width() as u32, field.height() as u32);
-    for (pixel, flow) in image.pixels_mut().zip(field.pixels()) {
-        pixel.0 = if !is_known(flow) {
+    let mut pixels = vec![0u8; field.values().len() / 2 * 3];
+    for (pixel, flow) in pixels.chunks_exact_mut(3).zip(field.pixels()) {
+        let colour = if !is_known(flow) {
             [0, 0, 0]
         } else if max_rad == 0.0 {
             // Every known vector is zero: white, without dividing by zero.
@@ -147,8 +144,14 @@ pub fn flow_to_rgb(field: &FlowField, max_flow: Option<f32>) -> Result<RgbImage>
                 magnitude64(flow) / max_rad,
             )
         };
+        pixel.copy_from_slice(&colour);
     }
-    Ok(image)
+    // A FlowField has at least one pixel: the sizes are an image's.
+    Ok(RgbImage::from_raw_unchecked(
+        field.width(),
+        field.height(),
+        pixels,
+    ))
 }
 
 /// A legend for [`flow_to_rgb`]'s pictures: a `size x size` square whose pixel `(x, y)` has the
@@ -167,11 +170,14 @@ pub fn color_wheel(size: usize) -> Result<RgbImage> {
     let c = (size - 1) as f64 / 2.0;
     // size 1: c = 0 and the only flow is zero; any positive radius draws it white.
     let radius = if c > 0.0 { c } else { 1.0 };
-    let side = size as u32;
-    Ok(RgbImage::from_fn(side, side, |x, y| {
-        let (u, v) = (f64::from(x) - c, f64::from(y) - c);
-        ::image::Rgb(wheel_color(u, v, u.hypot(v) / radius))
-    }))
+    let mut pixels = Vec::with_capacity(size * size * 3);
+    for y in 0..size {
+        for x in 0..size {
+            let (u, v) = (x as f64 - c, y as f64 - c);
+            pixels.extend_from_slice(&wheel_color(u, v, u.hypot(v) / radius));
+        }
+    }
+    Ok(RgbImage::from_raw_unchecked(size, size, pixels))
 }
 
 /// Writes [`flow_to_rgb`]'s picture of `field` as a PNG file at `path`.
@@ -179,22 +185,7 @@ pub fn color_wheel(size: usize) -> Result<RgbImage> {
 /// # Errors
 /// As [`flow_to_rgb`], and [`Error::Write`] with `path` when the file cannot be created or written.
 pub fn write_flow_png(field: &FlowField, max_flow: Option<f32>, path: impl AsRef<Path>) -> Result<()> {
-    let path = path.as_ref();
-    let image = flow_to_rgb(field, max_flow)?;
-    let io = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut out = BufWriter::new(File::create(path).map_err(io)?);
-    image
-        .write_with_encoder(PngEncoder::new(&mut out))
-        .map_err(|e| match e {
-            ImageError::IoError(source) => io(source),
-            // An RGB8 image always encodes; whatever else the encoder says is reported as I/O.
-            other => io(std::io::Error::other(other)),
-        })?;
-    // BufWriter's drop would swallow a failure of the last write.
-    out.flush().map_err(io)
+    flow_to_rgb(field, max_flow)?.save_png(path)
 }
 
 #[cfg(test)]
@@ -238,10 +229,10 @@ mod tests {
             color_wheel(MAX_WHEEL_SIZE + 1),
             Err(Error::InvalidInput(_))
         ));
-        assert_eq!(color_wheel(1).unwrap().as_raw(), &[255, 255, 255]);
+        assert_eq!(color_wheel(1).unwrap().pixels(), &[255, 255, 255]);
         let legend = color_wheel(5).unwrap();
-        assert_eq!(legend.get_pixel(2, 2).0, [255, 255, 255]);
+        assert_eq!(legend.pixel(2, 2), [255, 255, 255]);
         // The right edge's middle is flow (2, 0) at radius 1: pure red.
-        assert_eq!(legend.get_pixel(4, 2).0, WHEEL[0]);
+        assert_eq!(legend.pixel(4, 2), WHEEL[0]);
     }
 }

@@ -25,7 +25,7 @@
 //! assert_eq!(field.stats().max_magnitude, 5.0);
 //!
 //! let picture = color::flow_to_rgb(&field, None)?;
-//! assert_eq!(picture.dimensions(), (3, 2));
+//! assert_eq!((picture.width(), picture.height()), (3, 2));
 //!
 //! let mut bytes = Vec::new();
 //! perceiver::flow::flo::write_flo(&field, &mut bytes)?;

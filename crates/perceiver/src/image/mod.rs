@@ -55,6 +55,10 @@ pub use processor::{ImageProcessor, ImageProcessorConfig, Pixels, Size};
 pub use resize::{resize, Resample};
 pub use y4m::read_y4m;
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
 use crate::error::{Error, Result};
 
 /// An 8-bit RGB image: rows top to bottom, pixels left to right, `[r, g, b]` each (the layout of
@@ -120,6 +124,36 @@ impl RgbImage {
     /// The samples, taken.
     pub fn into_pixels(self) -> Vec<u8> {
         self.pixels
+    }
+
+    /// Writes the image as an 8-bit RGB PNG file at `path`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a side beyond PNG's (`u32`); [`Error::Write`] with `path`
+    /// when the file cannot be created or written.
+    pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
+        use ::image::ImageEncoder;
+        let path = path.as_ref();
+        let (Ok(width), Ok(height)) = (u32::try_from(self.width), u32::try_from(self.height)) else {
+            return Err(Error::InvalidInput(format!(
+                "a {} x {} image is larger than a PNG file holds",
+                self.width, self.height
+            )));
+        };
+        let io = |source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut out = BufWriter::new(File::create(path).map_err(io)?);
+        ::image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(&self.pixels, width, height, ::image::ExtendedColorType::Rgb8)
+            .map_err(|e| match e {
+                ::image::ImageError::IoError(source) => io(source),
+                // An RGB8 image of PNG's sizes always encodes: anything else is reported as I/O.
+                other => io(std::io::Error::other(other)),
+            })?;
+        // BufWriter's drop would swallow a failure of the last write.
+        out.flush().map_err(io)
     }
 
     /// The pixel at column `x`, row `y`.

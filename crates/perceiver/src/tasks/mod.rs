@@ -7,6 +7,8 @@ pub mod classify;
 pub mod fill_mask;
 pub mod flow;
 
+// Every task and its answer types, here and (the same list) at the crate root.
 pub use autoencode::{AutoencodeOutput, Autoencoder};
+pub use classify::{Classifier, LabelScore};
 pub use fill_mask::{Candidate, FillMask, FillMaskOutput, MaskPrediction};
-pub use flow::{FlowOutput, OpticalFlow};
+pub use flow::{FlowOutput, OpticalFlow, Tile};
