@@ -67,18 +67,28 @@ pub enum Error {
     /// Drawing the curves failed.
     #[error("plot: {0}")]
     Plot(String),
+
+    /// A failure inside the tensor library (candle) that the differentiable model runs on.
+    #[error("tensor error: {}", candle_message(.0))]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// The message of a candle error without the layers candle wraps around it (file path,
+/// context, and a multi-line backtrace when `RUST_BACKTRACE` is set): one line a user can read.
+fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithPath { inner, .. } | candle_core::Error::WithBacktrace { inner, .. } => {
+            candle_message(inner)
+        }
+        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        other => other.to_string().replace('\n', "; "),
+    }
 }
 
 fn data_message(path: &std::path::Path, line: Option<u64>, reason: &str) -> String {
     match line {
         Some(line) => format!("{} line {line}: {reason}", path.display()),
         None => format!("{}: {reason}", path.display()),
-    }
-}
-
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Model(perceiver::Error::from(e))
     }
 }
 

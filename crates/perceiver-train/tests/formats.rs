@@ -87,7 +87,10 @@ fn a_missing_shard_is_an_error_naming_it() {
     write_sharded(dir.path());
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
     let err = load_masked_lm(&ModelFiles::from_dir(dir.path()).unwrap(), &Device::Cpu).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(
+        matches!(err, perceiver_train::Error::Model(Error::Io { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("model-00002-of-00002.safetensors"),
         "{err}"
@@ -102,5 +105,8 @@ fn a_corrupt_pytorch_bin_is_an_error() {
     let bytes = std::fs::read(source.join("pytorch_model.bin")).unwrap();
     std::fs::write(dir.path().join("pytorch_model.bin"), &bytes[..bytes.len() / 3]).unwrap();
     let err = load_masked_lm(&ModelFiles::from_dir(dir.path()).unwrap(), &Device::Cpu).unwrap_err();
-    assert!(matches!(err, Error::CorruptWeights { .. }), "{err}");
+    assert!(
+        matches!(err, perceiver_train::Error::Model(Error::CorruptWeights { .. })),
+        "{err}"
+    );
 }

@@ -188,10 +188,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// A failure inside the tensor library.
-    #[error("tensor error: {}", candle_message(.0))]
-    Candle(#[from] candle_core::Error),
-
     /// A DeepMind checkpoint (Haiku params) whose modules or shapes are not those of a model this
     /// library builds: a module or parameter missing, one the model has no place for, a shape
     /// that disagrees, or widths no transformers config can express.
@@ -202,18 +198,6 @@ pub enum Error {
         /// What is wrong, naming DeepMind's module and parameter.
         reason: String,
     },
-}
-
-/// The message of a candle error without the layers candle wraps around it (file path,
-/// context, and a multi-line backtrace when `RUST_BACKTRACE` is set): one line a user can read.
-pub(crate) fn candle_message(e: &candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithPath { inner, .. } | candle_core::Error::WithBacktrace { inner, .. } => {
-            candle_message(inner)
-        }
-        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
-        other => other.to_string().replace('\n', "; "),
-    }
 }
 
 /// `Result` with the library's [`enum@Error`].

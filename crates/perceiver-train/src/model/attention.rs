@@ -9,10 +9,10 @@
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
+use crate::error::Result;
 use crate::model::ops;
 use perceiver::checkpoint::names::{LayerNames, LinearNames, NormNames, Role, TensorName};
 use perceiver::config::{Activation, LAYER_NORM_EPS};
-use perceiver::error::Result;
 
 pub use ops::attention_bias;
 

@@ -9,13 +9,14 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::error::Result;
 use crate::model::attention::Linear;
 use crate::model::decoder::BasicDecoder;
 use crate::model::encoder::PerceiverEncoder;
 use crate::model::text::TextPreprocessor;
 use perceiver::checkpoint::names::{ClassifierNames, InputNames};
 use perceiver::config::{Architecture, PerceiverConfig};
-use perceiver::error::{Error, Result};
+use perceiver::error::Error;
 
 /// The sequence classifier with trainable weights.
 #[derive(Debug, Clone)]
@@ -41,14 +42,15 @@ impl PerceiverForSequenceClassification {
                 "a sequence classifier needs architectures [\"PerceiverForSequenceClassification\"], \
                  not {}",
                 architecture.name()
-            )));
+            ))
+            .into());
         }
         let num_labels = cfg.num_labels()?.ok_or_else(|| {
             Error::InvalidConfig("a classifier's config names its labels (id2label or num_labels)".into())
         })?;
         let names = ClassifierNames::new(cfg, num_labels);
         let InputNames::Text(text) = &names.preprocessor else {
-            return Err(Error::InvalidInput("a sequence classifier reads text".into()));
+            return Err(Error::InvalidInput("a sequence classifier reads text".into()).into());
         };
         Ok(Self {
             preprocessor: TextPreprocessor::new(text, &vb)?,

@@ -8,10 +8,10 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use crate::error::Result;
 use crate::model::attention::CrossAttention;
 use crate::model::position::TrainablePositionEncoding;
 use perceiver::checkpoint::names::BasicDecoderNames;
-use perceiver::error::Result;
 
 /// The decoder: one learned query per output position cross-attends to the latents (no final
 /// projection).

@@ -6,9 +6,9 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use crate::error::Result;
 use crate::model::attention::{attention_bias, variable, CrossAttention, SelfAttention};
 use perceiver::checkpoint::names::EncoderNames;
-use perceiver::error::Result;
 
 /// The encoder: learned latents cross-attend to the inputs, then a block of self-attention layers
 /// runs `num_blocks` times with shared weights.

@@ -11,7 +11,7 @@ use perceiver::{
 };
 
 use super::{PerceiverForMaskedLM, PerceiverForSequenceClassification};
-use perceiver::error::Result;
+use crate::error::Result;
 
 /// Every tensor of a checkpoint as a candle tensor on `device`, by transformers name: the
 /// starting point for fine-tuning.
@@ -89,5 +89,8 @@ pub fn inference_model(
             Ok((name.clone(), Param::owned(values, tensor.dims().to_vec())?))
         })
         .collect::<Result<BTreeMap<_, _>>>()?;
-    PerceiverModel::from_checkpoint(&Checkpoint::from_params(config.clone(), params)?, precision)
+    Ok(PerceiverModel::from_checkpoint(
+        &Checkpoint::from_params(config.clone(), params)?,
+        precision,
+    )?)
 }

@@ -8,6 +8,7 @@
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::error::Result;
 use crate::model::attention::variable;
 use crate::model::decoder::BasicDecoder;
 use crate::model::encoder::PerceiverEncoder;
@@ -15,7 +16,6 @@ use crate::model::ops;
 use crate::model::text::TextPreprocessor;
 use perceiver::checkpoint::names::MaskedLmNames;
 use perceiver::config::PerceiverConfig;
-use perceiver::error::Result;
 
 /// The byte-level masked language model with trainable weights: embeddings and input positions,
 /// encoder, decoder and the output projection tied to the embeddings.

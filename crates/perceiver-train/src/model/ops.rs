@@ -14,8 +14,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor
 use perceiver_kernels::rows;
 use rayon::prelude::*;
 
+use crate::error::Result;
 use perceiver::config::Activation;
-use perceiver::error::Result;
 
 mod composed;
 mod fused_attention;

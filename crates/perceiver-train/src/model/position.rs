@@ -6,8 +6,8 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use crate::error::Result;
 use perceiver::checkpoint::names::TensorName;
-use perceiver::error::Result;
 
 /// A learned `[num_positions, channels]` table.
 #[derive(Debug, Clone)]

@@ -5,10 +5,11 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
+use crate::error::Result;
 use crate::model::attention::variable;
 use crate::model::position::TrainablePositionEncoding;
 use perceiver::checkpoint::names::TextPreprocessorNames;
-use perceiver::error::{Error, Result};
+use perceiver::error::Error;
 
 /// Byte embeddings `[vocab_size, d_model]` plus learned positions `[max_len, d_model]`.
 #[derive(Debug, Clone)]
@@ -45,13 +46,14 @@ impl TextPreprocessor {
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (_, len) = input_ids.dims2()?;
         if len == 0 {
-            return Err(Error::InvalidInput("the input is empty".into()));
+            return Err(Error::InvalidInput("the input is empty".into()).into());
         }
         if len > self.max_len() {
             return Err(Error::InvalidInput(format!(
                 "input is {len} tokens long, the model takes at most {}",
                 self.max_len()
-            )));
+            ))
+            .into());
         }
         let embedded = self.embeddings.forward(input_ids)?;
         Ok(embedded.broadcast_add(&self.positions.first(len)?)?)

@@ -2,9 +2,9 @@
 //! each differentiated by candle. They are the path for other dtypes and devices, and the
 //! reference the fused ops are tested against.
 
+use crate::error::Result;
 use candle_core::{DType, Tensor};
 use perceiver::config::Activation;
-use perceiver::error::Result;
 
 use super::{matmul, softmax_last_dim, RightOperand};
 

@@ -283,8 +283,8 @@ mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
     use super::super::composed::{attend_composed, attention_bias};
+    use crate::error::Result;
     use crate::model::ops::max_abs_diff;
-    use perceiver::error::Result;
 
     /// Values and the gradients of q, k and v against candle's composed ops in f64, with and
     /// without a padding mask, on sizes that are not multiples of the kernel's blocks.

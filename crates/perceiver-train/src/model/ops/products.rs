@@ -15,7 +15,7 @@ use perceiver_kernels::sgemm::{self, PackedWeights};
 use rayon::prelude::*;
 
 use super::contiguous;
-use perceiver::error::Result;
+use crate::error::Result;
 
 /// How the right operand of [`matmul`] is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
