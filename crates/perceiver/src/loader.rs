@@ -10,7 +10,10 @@ use crate::layers::Precision;
 use crate::model::PerceiverModel;
 use crate::tasks::classify::Classifier;
 
-/// The name that selects the model built into the library wherever a model is accepted.
+/// The name that selects the model built into the library wherever a model is accepted. It is
+/// that model even where a directory of that name exists (as the `perceiver` tool's
+/// `--model default` promises): load such a directory as `./default`. Without the
+/// `default-model` feature the name is refused, not looked up on the hub.
 pub const BUILT_IN: &str = "default";
 
 /// Loads a model: a directory, a hub id, a DeepMind checkpoint, or [`BUILT_IN`], with its
@@ -36,7 +39,8 @@ pub struct Loader {
 impl Loader {
     /// A model directory (`config.json` + `model.safetensors`, sharded safetensors or
     /// `pytorch_model.bin`), a hub id (`owner/name`), a DeepMind checkpoint file (`.pickle`,
-    /// `.pystate`: see [`deepmind`]), or `"default"` for the built-in model.
+    /// `.pystate`: see [`deepmind`]), or `"default"` ([`BUILT_IN`]) for the built-in model,
+    /// which a directory named `default` does not shadow (give that as `./default`).
     pub fn new(source: impl Into<String>) -> Self {
         Self {
             source: source.into(),
@@ -112,14 +116,23 @@ impl Loader {
                 self.source
             )));
         }
-        #[cfg(feature = "default-model")]
         if self.source == BUILT_IN {
-            let checkpoint = Checkpoint::from_static(
-                crate::default_model::CONFIG_JSON,
-                crate::default_model::WEIGHTS,
-                "<built-in model>",
-            )?;
-            return Ok((checkpoint, None));
+            #[cfg(feature = "default-model")]
+            return Ok((
+                Checkpoint::from_static(
+                    crate::default_model::CONFIG_JSON,
+                    crate::default_model::WEIGHTS,
+                    "<built-in model>",
+                )?,
+                None,
+            ));
+            // Not a hub id to look up: the name means the built-in model, which is not here.
+            #[cfg(not(feature = "default-model"))]
+            return Err(Error::InvalidInput(format!(
+                "\"{BUILT_IN}\" names the model built into the library, and this build has none \
+                 (the default-model feature is off): give a model directory (a directory named \
+                 {BUILT_IN}: ./{BUILT_IN}) or a hub id"
+            )));
         }
         let files = ModelFiles::resolve(&self.source, &self.options)?;
         Ok((Checkpoint::open(&files)?, files.preprocessor_config))
@@ -148,5 +161,29 @@ impl Loader {
             }
             _ => Ok(classifier),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the built-in model "default" is a clear error, not a hub look-up of a repository
+    /// named "default" (run with `--no-default-features`).
+    #[cfg(not(feature = "default-model"))]
+    #[test]
+    fn default_without_the_built_in_model_is_refused_by_name() {
+        let e = Loader::new(BUILT_IN).offline(true).load().unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidInput(m) if m.contains("default-model feature is off")),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "default-model")]
+    #[test]
+    fn default_is_the_built_in_model() {
+        let model = Loader::new(BUILT_IN).load().unwrap();
+        assert_eq!(model.max_len(), 256);
     }
 }
