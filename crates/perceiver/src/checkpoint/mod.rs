@@ -180,6 +180,17 @@ impl Checkpoint {
         )
     }
 
+    /// A config.json text and safetensors bytes already in memory (a file fetched or unpacked
+    /// by the caller), read in place: the bytes live as long as the checkpoint or any tensor
+    /// read from it. `name` stands for the file in errors.
+    pub fn from_bytes(config_json: &str, safetensors: Vec<u8>, name: &str) -> Result<Self> {
+        let config = PerceiverConfig::from_json_str(config_json)?;
+        Self::checked(
+            config,
+            Weights::Safetensors(SafetensorsStore::from_bytes(safetensors, name)?),
+        )
+    }
+
     /// Tensors already in memory, by transformers name (a model being trained, for instance).
     pub fn from_params(config: PerceiverConfig, params: BTreeMap<String, Param>) -> Result<Self> {
         Self::checked(config, Weights::Params(params))
@@ -376,5 +387,28 @@ mod tests {
         assert_eq!(tensors.len(), 457);
         let params: usize = tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         assert_eq!(params, 201_108_230);
+    }
+
+    /// Safetensors bytes handed over in a Vec give the model the files give, tensors read in
+    /// place; bytes that are not safetensors are an error naming `name`.
+    #[test]
+    fn a_checkpoint_from_owned_bytes_is_the_files_model() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity/tiny_shared_blocks");
+        let config = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+        let bytes = std::fs::read(dir.join(SAFETENSORS_FILE)).unwrap();
+        let from_bytes = Checkpoint::from_bytes(&config, bytes, "<fetched>").unwrap();
+        let from_files = Checkpoint::open(&ModelFiles::from_dir(&dir).unwrap()).unwrap();
+        let precision = crate::Precision::F32;
+        let text: [&[u32]; 1] = [&[1, 70, 80, 90, 2]];
+        let logits = |c: &Checkpoint| {
+            crate::PerceiverModel::from_checkpoint(c, precision)
+                .unwrap()
+                .logits_at(&text, &[&[1, 3]])
+                .unwrap()
+        };
+        assert_eq!(logits(&from_bytes), logits(&from_files));
+        let e = Checkpoint::from_bytes(&config, b"not safetensors".to_vec(), "<fetched>").unwrap_err();
+        assert!(e.to_string().contains("<fetched>"), "{e}");
     }
 }

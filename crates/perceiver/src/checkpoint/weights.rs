@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 pub(crate) enum Backing {
     Mapped(memmap2::Mmap),
     Static(&'static [u8]),
+    /// Bytes handed over by the caller; their heap buffer does not move with the value.
+    Owned(Vec<u8>),
 }
 
 impl std::ops::Deref for Backing {
@@ -26,6 +28,7 @@ impl std::ops::Deref for Backing {
         match self {
             Backing::Mapped(map) => map,
             Backing::Static(bytes) => bytes,
+            Backing::Owned(bytes) => bytes,
         }
     }
 }
@@ -103,7 +106,7 @@ impl Param {
         }
     }
 
-    /// Whether the data is read in place from a file mapping or static bytes.
+    /// Whether the data is read in place from a file mapping or bytes in memory.
     pub fn is_borrowed(&self) -> bool {
         matches!(self.data, ParamData::Shared { .. })
     }
@@ -161,6 +164,11 @@ impl SafetensorsStore {
     /// A store over bytes that live for the whole program (a model compiled in).
     pub(crate) fn from_static(bytes: &'static [u8], name: &str) -> Result<Self> {
         Self::from_backings(vec![(Backing::Static(bytes), PathBuf::from(name))])
+    }
+
+    /// A store over bytes it keeps (a file read into memory).
+    pub(crate) fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self> {
+        Self::from_backings(vec![(Backing::Owned(bytes), PathBuf::from(name))])
     }
 
     fn from_backings(backings: Vec<(Backing, PathBuf)>) -> Result<Self> {
