@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::{FillMask, Loader, MaskedText};
 
@@ -46,7 +46,11 @@ pub fn run(args: BatchCostArgs) -> Result<()> {
     // The products' work without padding: what GFLOP/s are counted against.
     let lens: Vec<usize> = inputs.iter().map(|i| i.ids.len()).collect();
     let counts: Vec<usize> = inputs.iter().map(|i| i.mask_positions.len()).collect();
-    let gflop = fill.model().forward_flops(&lens, &counts) / 1e9;
+    let gflop = fill
+        .model()
+        .forward_flops(&lens, &counts)
+        .context("not a masked LM")?
+        / 1e9;
     println!("{count} texts of 24-160 bytes, one masked word each ({gflop:.1} GFLOP unpadded); ms per text");
     println!(
         "| batch | arrival order | grouped by length | GFLOP/s grouped | padded tokens, arrival / grouped |"

@@ -92,7 +92,7 @@ fn worker(args: &FlowArgs, precision: Precision) -> Result<Value> {
             .into_iter()
             .map(|(name, t)| json!({"phase": name, "median_s": median(&t)}))
             .collect::<Vec<_>>(),
-        "gflop": model.optical_flow_flops() / 1e9,
+        "gflop": model.optical_flow_flops().context("not an optical-flow model")? / 1e9,
         "peak_rss_mib": peak_rss_mib(),
         "peak_rss_after_load_mib": loaded_rss,
         "mean_abs_logit": mean_abs,

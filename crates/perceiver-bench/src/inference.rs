@@ -459,14 +459,17 @@ pub fn run(args: InferenceArgs) -> Result<()> {
             let max_len = engine.max_len();
             let lens: Vec<usize> = w.texts.iter().map(|t| t.ids.len()).collect();
             let counts: Vec<usize> = w.texts.iter().map(|t| t.mask_positions.len()).collect();
-            let our_flops = engine.forward_flops(&lens, &counts);
+            // A FillMask's model is a masked LM: both counts are there.
+            let our_flops = engine.forward_flops(&lens, &counts).unwrap_or(f64::NAN);
             // transformers: each batch padded to its longest text, all positions decoded.
             let their_flops: f64 = w
                 .texts
                 .chunks(w.reference_batch_size.unwrap_or(1).max(1))
                 .map(|batch| {
                     let padded = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0);
-                    engine.reference_flops(&vec![padded; batch.len()], &vec![max_len; batch.len()])
+                    engine
+                        .reference_flops(&vec![padded; batch.len()], &vec![max_len; batch.len()])
+                        .unwrap_or(f64::NAN)
                 })
                 .sum();
             let (m_ours, m_theirs) = (median(ours), median(theirs));

@@ -285,8 +285,8 @@ impl PerceiverModel {
         &self.decoder
     }
 
-    /// The longest input (in ids, special tokens included) a text model takes; 0 for an image
-    /// model.
+    /// The longest input (in ids, special tokens included) a text model (masked LM or text
+    /// classifier) takes; 0 for every other model (images, frame pairs, video).
     pub fn max_len(&self) -> usize {
         match &self.preprocessor {
             Preprocessor::Text(text) => text.max_len(),
@@ -294,13 +294,17 @@ impl PerceiverModel {
         }
     }
 
-    /// The one image size (height, width) an image model takes, if it has one (the learned
-    /// positions cover a fixed grid; the Fourier models take any size).
+    /// The one size (height, width) of image a model takes, if it takes only one: the
+    /// learned-position image classifier's `image_size` square (its positions cover a fixed
+    /// grid), the optical-flow model's tile (`train_size`), the multimodal autoencoder's frames
+    /// (`output_shape`'s sides; not its `image_size`, which is only the positions' top
+    /// frequency). `None` for the Fourier and conv image classifiers, which take any size, and
+    /// for text models.
     pub fn image_size(&self) -> Option<(usize, usize)> {
         match &self.preprocessor {
             Preprocessor::Image(image) => image.required_size(),
             Preprocessor::Flow(flow) => Some(flow.frame_size()),
-            Preprocessor::Multimodal(m) => Some((m.spec().image_size, m.spec().image_size)),
+            Preprocessor::Multimodal(m) => Some(m.spec().frame_size()),
             Preprocessor::Text(_) => None,
         }
     }
@@ -682,21 +686,26 @@ impl PerceiverModel {
         on_pool(|| self.process.layer(index, latents, n, items, self.threads()))
     }
 
-    /// Multiply-add work (2 FLOP each) of the matrix products of one forward pass over texts of
-    /// `input_lens` tokens with `output_counts` decoded positions each: what a speed in GFLOP/s
-    /// is measured against. The decoder's query projection is not part of it: it is computed
-    /// once at load ([`reference_flops`](Self::reference_flops) counts it).
-    pub fn forward_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> f64 {
+    /// Multiply-add work (2 FLOP each) of the matrix products of one masked-LM forward pass over
+    /// texts of `input_lens` tokens with `output_counts` decoded positions each: what a speed in
+    /// GFLOP/s is measured against. The decoder's query projection is not part of it: it is
+    /// computed once at load ([`reference_flops`](Self::reference_flops) counts it). `None` for
+    /// a model that is not a masked LM (its decoder and output are not the vocabulary's).
+    pub fn forward_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> Option<f64> {
         let decoder = self.config.masked_lm_decoder_spec();
-        let projection = (decoder.q_dim * decoder.qk_channels) as f64;
-        self.reference_flops(input_lens, output_counts)
-            - 2.0 * projection * output_counts.iter().sum::<usize>() as f64
+        let projection = decoder.q_dim as f64 * decoder.qk_channels as f64;
+        let outputs: f64 = output_counts.iter().map(|&n| n as f64).sum();
+        Some(self.reference_flops(input_lens, output_counts)? - 2.0 * projection * outputs)
     }
 
     /// [`forward_flops`](Self::forward_flops) for an implementation that projects the decoder's
     /// queries in every pass, as transformers does: its pass over a padded batch is this with
-    /// every length set to the padded length and every count to `max_len()`.
-    pub fn reference_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> f64 {
+    /// every length set to the padded length and every count to `max_len()`. `None` for a model
+    /// that is not a masked LM.
+    pub fn reference_flops(&self, input_lens: &[usize], output_counts: &[usize]) -> Option<f64> {
+        if self.architecture != Architecture::MaskedLm {
+            return None;
+        }
         let c = &self.config;
         let latents = c.num_latents;
         let mut total = 0.0;
@@ -705,29 +714,37 @@ impl PerceiverModel {
             total += (c.num_blocks * c.num_self_attends_per_block) as f64
                 * layer_flops(&c.self_attention_spec(), latents, latents);
             total += layer_flops(&c.masked_lm_decoder_spec(), outputs, latents);
-            total += 2.0 * (outputs * c.d_model * c.vocab_size) as f64;
+            // In f64: `outputs` is the caller's, its product with the widths may overflow usize.
+            total += 2.0 * outputs as f64 * (c.d_model * c.vocab_size) as f64;
         }
-        total
+        Some(total)
     }
 
     /// The multiply-add work (2 FLOP each) of one [`optical_flow`](Self::optical_flow) pass
     /// over one pair: the patch projection, the encoder over every pixel, the latent stack, the
-    /// decoder from every pixel and the final projection.
-    pub fn optical_flow_flops(&self) -> f64 {
+    /// decoder from every pixel and the final projection. `None` for a model that is not an
+    /// optical-flow model.
+    pub fn optical_flow_flops(&self) -> Option<f64> {
+        if self.architecture != Architecture::OpticalFlow {
+            return None;
+        }
         let c = &self.config;
         let [h, w] = c.train_size().unwrap_or(crate::config::DEFAULT_TRAIN_SIZE);
         let (pixels, latents) = (h * w, c.num_latents);
         let channels = c.input_channels();
-        2.0 * (pixels * crate::config::FLOW_PATCH_CHANNELS * crate::config::FLOW_FEATURES) as f64
-            + layer_flops(&c.encoder_cross_attention_spec(), latents, pixels)
-            + (c.num_blocks * c.num_self_attends_per_block) as f64
-                * layer_flops(&c.self_attention_spec(), latents, latents)
-            + layer_flops(&c.flow_decoder_spec(), pixels, latents)
-            + 2.0 * (pixels * channels * 2) as f64
+        Some(
+            2.0 * (pixels * crate::config::FLOW_PATCH_CHANNELS * crate::config::FLOW_FEATURES) as f64
+                + layer_flops(&c.encoder_cross_attention_spec(), latents, pixels)
+                + (c.num_blocks * c.num_self_attends_per_block) as f64
+                    * layer_flops(&c.self_attention_spec(), latents, latents)
+                + layer_flops(&c.flow_decoder_spec(), pixels, latents)
+                + 2.0 * (pixels * channels * 2) as f64,
+        )
     }
 
     /// The multiply-add work (2 FLOP each) of [`latent_layer`](Self::latent_layer) over `texts`
-    /// texts: its six weight products and the attention's two.
+    /// inputs (of any model: every architecture's latent layers are alike): its six weight
+    /// products and the attention's two.
     pub fn latent_layer_flops(&self, texts: usize) -> f64 {
         let n = self.config.num_latents;
         texts as f64 * layer_flops(&self.config.self_attention_spec(), n, n)
@@ -927,6 +944,36 @@ mod tests {
         assert_eq!(model.threads(), MAX_THREADS);
         let many = model.logits_at(&texts, &[&[1], &[0, 2], &[3]]).unwrap();
         assert_eq!(one, many);
+    }
+
+    /// The flop counts are a masked LM's (or a flow model's) formula: other models get `None`,
+    /// not a number from a formula that is not theirs.
+    #[test]
+    fn flop_counts_are_only_for_the_models_they_describe() {
+        let mlm = fixture_model("tiny_shared_blocks");
+        let forward = mlm.forward_flops(&[10, 20], &[1, 2]).unwrap();
+        let reference = mlm.reference_flops(&[10, 20], &[1, 2]).unwrap();
+        assert!(forward > 0.0 && reference > forward);
+        assert_eq!(mlm.optical_flow_flops(), None);
+        assert!(mlm.reference_flops(&[1], &[usize::MAX]).unwrap().is_finite());
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let classifier = Loader::new(
+            fixtures
+                .join("classification/tiny_text_classifier")
+                .to_str()
+                .unwrap(),
+        )
+        .load()
+        .unwrap();
+        assert_eq!(classifier.forward_flops(&[10], &[1]), None);
+        assert_eq!(classifier.reference_flops(&[10], &[1]), None);
+        assert_eq!(classifier.image_size(), None);
+        let flow = Loader::new(fixtures.join("flow/tiny_flow").to_str().unwrap())
+            .load()
+            .unwrap();
+        assert!(flow.optical_flow_flops().unwrap() > 0.0);
+        assert_eq!(flow.forward_flops(&[10], &[1]), None);
+        assert_eq!((flow.max_len(), flow.image_size()), (0, Some((48, 56))));
     }
 
     #[test]

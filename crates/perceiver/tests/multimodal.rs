@@ -737,6 +737,9 @@ fn a_variant_config_on_the_same_weights_matches_transformers() {
         (spec.image_size, spec.frame_size(), spec.output_dims),
         (8, (16, 12), [3, 16, 12])
     );
+    // The frames it takes, not its positions' top frequency (image_size).
+    assert_eq!(model.image_size(), Some((16, 12)));
+    assert_eq!(model.max_len(), 0);
     let cases = cases();
     let image = &cases["variant.image"];
     assert_eq!(image.dims(), &[1, 2, 3, 16, 12]);
