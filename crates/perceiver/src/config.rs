@@ -1026,7 +1026,7 @@ impl PerceiverConfig {
             label_query_channels: count("_label_trainable_num_channels", 1024)?,
             num_labels: self.num_labels()?.unwrap_or(DEFAULT_NUM_LABELS),
         };
-        spec.check()?;
+        spec.validate()?;
         Ok(spec)
     }
 
@@ -1109,12 +1109,15 @@ pub struct MultimodalSpec {
 impl MultimodalSpec {
     /// Audio samples in: `num_frames · audio_samples_per_frame`.
     pub fn audio_samples(&self) -> usize {
-        self.num_frames * self.audio_samples_per_frame
+        self.num_frames.saturating_mul(self.audio_samples_per_frame)
     }
 
-    /// Audio patches: input rows and output queries of the audio.
+    /// Audio patches: input rows and output queries of the audio (0 for a `samples_per_patch`
+    /// of 0, which [`validate`](Self::validate) refuses).
     pub fn audio_patches(&self) -> usize {
-        self.audio_samples() / self.samples_per_patch
+        self.audio_samples()
+            .checked_div(self.samples_per_patch)
+            .unwrap_or(0)
     }
 
     /// The size (height, width) of the frames in: the reconstruction's (`output_shape[2..4]`),
@@ -1131,17 +1134,19 @@ impl MultimodalSpec {
 
     /// Video input rows: a row per 4 × 4 patch of every frame.
     pub fn video_rows(&self) -> usize {
-        self.patch_grid().iter().product()
+        self.patch_grid().into_iter().fold(1, usize::saturating_mul)
     }
 
     /// Input rows: audio patches, video patches, the label.
     pub fn input_rows(&self) -> usize {
-        self.audio_patches() + self.video_rows() + 1
+        self.audio_patches()
+            .saturating_add(self.video_rows())
+            .saturating_add(1)
     }
 
     /// Video queries: one per pixel of [`output_dims`](Self::output_dims).
     pub fn image_queries(&self) -> usize {
-        self.output_dims.iter().product()
+        self.output_dims.into_iter().fold(1, usize::saturating_mul)
     }
 
     /// The audio positions' Fourier features (input rows and queries): 192 bands over the
@@ -1169,7 +1174,8 @@ impl MultimodalSpec {
     /// Channels of each modality's preprocessed rows before padding: audio, image, label.
     pub fn modality_channels(&self) -> [usize; 3] {
         [
-            self.samples_per_patch + self.audio_fourier().channels(),
+            self.samples_per_patch
+                .saturating_add(self.audio_fourier().channels()),
             VIDEO_PATCH_CHANNELS + self.video_fourier().channels(),
             self.num_labels,
         ]
@@ -1177,7 +1183,8 @@ impl MultimodalSpec {
 
     /// Channels of every input row: the widest modality + 4 (the encoder's key/value width).
     pub fn input_channels(&self) -> usize {
-        self.modality_channels().into_iter().max().unwrap_or(0) + MULTIMODAL_INPUT_PADDING
+        let widest = self.modality_channels().into_iter().max().unwrap_or(0);
+        widest.saturating_add(MULTIMODAL_INPUT_PADDING)
     }
 
     /// Channels of each modality's queries before padding: audio, image, label.
@@ -1191,11 +1198,14 @@ impl MultimodalSpec {
 
     /// Channels of every query: the widest modality's + 2.
     pub fn query_channels(&self) -> usize {
-        self.modality_query_channels().into_iter().max().unwrap_or(0) + MULTIMODAL_QUERY_PADDING
+        let widest = self.modality_query_channels().into_iter().max().unwrap_or(0);
+        widest.saturating_add(MULTIMODAL_QUERY_PADDING)
     }
 
-    /// Checks every count against its bound, and the divisibility the reshapes need.
-    fn check(&self) -> Result<()> {
+    /// Checks every count against its bound, and the divisibility the reshapes need (what
+    /// [`PerceiverConfig::multimodal`] checks). The fields are public, so a spec built by hand
+    /// may be absurd: the counts above saturate rather than overflow, and this refuses them.
+    pub fn validate(&self) -> Result<()> {
         use bounds::*;
         NUM_FRAMES.check("num_frames", self.num_frames as u64)?;
         IMAGE_SIZE.check("image_size", self.image_size as u64)?;
@@ -1737,5 +1747,43 @@ mod tests {
         assert!(err.contains("larger than 1048576 bytes"), "{err}");
         std::fs::write(&path, "{}").unwrap();
         PerceiverConfig::from_file(&path).unwrap();
+    }
+
+    /// A spec built by hand (its fields are public) with absurd counts: its derived counts
+    /// saturate instead of overflowing (a panic in debug builds, a wrapped count in release),
+    /// and `validate` refuses it.
+    #[test]
+    fn a_hand_built_multimodal_spec_never_overflows() {
+        let released = PerceiverConfig::from_json_str(
+            r#"{"architectures":["PerceiverForMultimodalAutoencoding"],"num_labels":700}"#,
+        )
+        .unwrap()
+        .multimodal()
+        .unwrap();
+        released.validate().unwrap();
+        let absurd = MultimodalSpec {
+            num_frames: usize::MAX,
+            audio_samples_per_frame: 2,
+            samples_per_patch: 0,
+            output_dims: [usize::MAX, 8, 8],
+            output_num_channels: usize::MAX,
+            label_query_channels: usize::MAX,
+            num_labels: usize::MAX,
+            ..released
+        };
+        assert_eq!(absurd.audio_samples(), usize::MAX);
+        assert_eq!(absurd.audio_patches(), 0);
+        assert_eq!(absurd.image_queries(), usize::MAX);
+        assert_eq!(absurd.video_rows(), usize::MAX);
+        assert_eq!(absurd.input_rows(), usize::MAX);
+        assert_eq!(absurd.input_channels(), usize::MAX);
+        assert_eq!(absurd.query_channels(), usize::MAX);
+        assert!(absurd.validate().is_err());
+        let patches = MultimodalSpec {
+            samples_per_patch: usize::MAX,
+            ..released
+        };
+        assert_eq!(patches.modality_channels()[0], usize::MAX);
+        assert!(patches.validate().is_err());
     }
 }
