@@ -661,6 +661,13 @@ pub fn from_haiku(
         }
         Kind::Multimodal => multimodal_tensors(params, &config, source)?,
     };
+    // BatchNorm's counter is kept as a float here, and is finite too.
+    for (name, param) in &tensors {
+        super::weights::check_finite(name, param.data()).map_err(|reason| Error::CorruptWeights {
+            path: source.to_path_buf(),
+            reason,
+        })?;
+    }
     Checkpoint::from_params(config, tensors)
 }
 

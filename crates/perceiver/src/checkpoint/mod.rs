@@ -229,6 +229,16 @@ impl Checkpoint {
                 .insert("id2label".into(), serde_json::Value::Object(id2label));
         }
         check_tensors(&config, found)?;
+        if let Weights::Safetensors(store) = &weights {
+            // The names were checked above, so the config's layers are no more than the file's.
+            let counters: HashSet<String> = ModelNames::new(&config, 0)?
+                .tensors()
+                .into_iter()
+                .filter(|t| t.role == Role::Counter)
+                .map(|t| t.name.clone())
+                .collect();
+            store.check_dtypes(|name| counters.contains(name))?;
+        }
         Ok(Self { config, weights })
     }
 
@@ -410,5 +420,88 @@ mod tests {
         assert_eq!(logits(&from_bytes), logits(&from_files));
         let e = Checkpoint::from_bytes(&config, b"not safetensors".to_vec(), "<fetched>").unwrap_err();
         assert!(e.to_string().contains("<fetched>"), "{e}");
+    }
+
+    /// The tiny fixture's safetensors bytes with `edit` applied to each tensor's dtype and
+    /// little-endian bytes.
+    fn edited_fixture(
+        edit: impl Fn(&str, safetensors::Dtype, Vec<u8>) -> (safetensors::Dtype, Vec<u8>),
+    ) -> (std::path::PathBuf, Vec<u8>) {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity/tiny_shared_blocks");
+        let bytes = std::fs::read(dir.join(SAFETENSORS_FILE)).unwrap();
+        let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = parsed
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let (dtype, data) = edit(&name, view.dtype(), view.data().to_vec());
+                (name, dtype, view.shape().to_vec(), data)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(name, dtype, shape, data)| {
+                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+                (name.clone(), view)
+            })
+            .collect();
+        (dir, safetensors::serialize(views, None).unwrap())
+    }
+
+    const EDITED: &str = "perceiver.decoder.decoding_cross_attention.attention.output.dense.weight";
+
+    /// An integer tensor other than BatchNorm's counter is refused by name, in int64 (which
+    /// counters may be) as in int32, instead of being read as floats.
+    #[test]
+    fn integer_weights_are_refused_by_name() {
+        for dtype in [safetensors::Dtype::I64, safetensors::Dtype::I32] {
+            let (dir, bytes) = edited_fixture(|name, old, data| {
+                if name != EDITED {
+                    return (old, data);
+                }
+                let width = if dtype == safetensors::Dtype::I64 { 8 } else { 4 };
+                (dtype, vec![0; data.len() / 4 * width])
+            });
+            let config = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+            let e = Checkpoint::from_bytes(&config, bytes, "<edited>").unwrap_err();
+            assert!(
+                matches!(&e, Error::CorruptWeights { reason, .. } if reason.contains(EDITED) && reason.contains("floating-point")),
+                "{e}"
+            );
+        }
+    }
+
+    /// A NaN or an infinity in a weight is refused by the tensor's name, whether the tensor is
+    /// read in place (bytes in memory) or copied out of a mapped file (a small tensor).
+    #[test]
+    fn weights_that_are_not_finite_are_refused_by_name() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let (dir, bytes) = edited_fixture(|name, dtype, mut data| {
+                if name == EDITED {
+                    data[20..24].copy_from_slice(&bad.to_le_bytes());
+                }
+                (dtype, data)
+            });
+            let config = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+            let check = |e: Error| {
+                assert!(
+                    matches!(&e, Error::CorruptWeights { reason, .. } if reason.contains(EDITED) && reason.contains("index 5")),
+                    "{e}"
+                )
+            };
+            let in_place = Checkpoint::from_bytes(&config, bytes.clone(), "<edited>").unwrap();
+            check(in_place.get(EDITED).unwrap_err());
+            let out = tempfile::tempdir().unwrap();
+            std::fs::write(out.path().join(CONFIG_FILE), &config).unwrap();
+            std::fs::write(out.path().join(SAFETENSORS_FILE), &bytes).unwrap();
+            let files = ModelFiles::from_dir(out.path()).unwrap();
+            check(
+                crate::Loader::new(out.path().to_str().unwrap())
+                    .load()
+                    .unwrap_err(),
+            );
+            check(Checkpoint::open(&files).unwrap().get(EDITED).unwrap_err());
+        }
     }
 }

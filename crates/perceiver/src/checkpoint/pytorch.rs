@@ -20,6 +20,7 @@ use zip::{CompressionMethod, ZipArchive};
 
 use super::haiku::pickle::{self, Limits, TorchTensor, Value};
 use super::haiku::{Array, Dtype, NdArray};
+use super::weights::check_finite;
 use super::Param;
 use crate::error::{Error, Result};
 
@@ -150,6 +151,17 @@ pub(crate) fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
             data: view(tensor, &storage.1),
         };
         let values = NdArray::from_array(&array).map_err(|reason| corrupt(format!("{name}: {reason}")))?;
+        // As for safetensors: integers only for BatchNorm's batch counter (PyTorch's name for
+        // it), and no NaN or infinity in a weight.
+        if tensor.element.is_float() {
+            check_finite(name, &values.data).map_err(corrupt)?;
+        } else if !name.ends_with(".num_batches_tracked") {
+            return Err(corrupt(format!(
+                "tensor {name} has dtype {:?}; only floating-point weights (and int64 BatchNorm \
+                 counters, num_batches_tracked) are supported",
+                tensor.element
+            )));
+        }
         if params
             .insert(name.clone(), Param::owned(values.data, values.shape)?)
             .is_some()
@@ -422,6 +434,28 @@ mod tests {
         );
         assert_eq!(got("slice"), (vec![2], vec![2.0, 3.0]));
         assert_eq!(got("half"), (vec![2], vec![1.5, -2.0]));
+    }
+
+    /// Integers only for BatchNorm's batch counter, and finite weights, as for safetensors.
+    #[test]
+    fn integer_and_non_finite_weights_are_refused_by_name() {
+        let long = |v: i64| v.to_le_bytes().to_vec();
+        let pickle = state_dict(&[(
+            "bn.num_batches_tracked",
+            tensor("LongStorage", "0", 1, 0, &[], &[]),
+        )]);
+        assert_eq!(
+            read(&pickle, &[("0", long(7))]).unwrap()["bn.num_batches_tracked"].data(),
+            &[7.0]
+        );
+        let pickle = state_dict(&[("w", tensor("LongStorage", "0", 1, 0, &[1], &[1]))]);
+        let e = read(&pickle, &[("0", long(7))]).unwrap_err().to_string();
+        assert!(e.contains("tensor w has dtype I64"), "{e}");
+        let pickle = state_dict(&[("w", tensor("FloatStorage", "0", 2, 0, &[2], &[1]))]);
+        let e = read(&pickle, &[("0", floats([1.0, f32::NAN]))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tensor w holds NaN (at flat index 1)"), "{e}");
     }
 
     #[test]

@@ -199,6 +199,30 @@ impl SafetensorsStore {
         Ok(Self { files, entries })
     }
 
+    /// Refuses integer tensors other than those `counter` accepts (BatchNorm's batch counters,
+    /// int64 as PyTorch keeps them): an integer weight would otherwise be read as floats
+    /// silently.
+    pub(crate) fn check_dtypes(&self, counter: impl Fn(&str) -> bool) -> Result<()> {
+        for (name, entry) in &self.entries {
+            let accepted = match entry.dtype {
+                Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => true,
+                Dtype::I64 => counter(name),
+                _ => false,
+            };
+            if !accepted {
+                return Err(Error::CorruptWeights {
+                    path: self.files[entry.file].1.clone(),
+                    reason: format!(
+                        "tensor {name} has dtype {:?}; only floating-point weights (and int64 \
+                         BatchNorm counters, num_batches_tracked) are supported",
+                        entry.dtype
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Every tensor's name and shape, to check against a config.
     pub(crate) fn shapes(&self) -> std::collections::BTreeMap<String, Vec<usize>> {
         self.entries
@@ -224,7 +248,8 @@ impl SafetensorsStore {
         let width = match entry.dtype {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
-            // BatchNorm's batch counter is an int64 scalar.
+            // BatchNorm's batch counter is an int64 scalar (check_dtypes refused any other
+            // integer tensor when the checkpoint was opened).
             Dtype::F64 | Dtype::I64 => 8,
             other => {
                 return Err(corrupt(format!(
@@ -249,14 +274,16 @@ impl SafetensorsStore {
             && (bytes.as_ptr() as usize).is_multiple_of(4)
             && !small
         {
-            return Ok(Param {
+            let param = Param {
                 data: ParamData::Shared {
                     backing: backing.clone(),
                     offset: entry.start,
                     len: count,
                 },
                 shape,
-            });
+            };
+            check_finite(name, param.data()).map_err(corrupt)?;
+            return Ok(param);
         }
         let values: Vec<f32> = match entry.dtype {
             Dtype::F32 => bytes
@@ -280,6 +307,23 @@ impl SafetensorsStore {
                 .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
                 .collect(),
         };
+        if entry.dtype != Dtype::I64 {
+            check_finite(name, &values).map_err(corrupt)?;
+        }
         Param::owned(values, shape)
     }
+}
+
+/// Why the weight `name` cannot be used, if one of its values is a NaN or an infinity: a
+/// model with one answers NaN for every input, which is better refused when it loads, by name.
+pub(crate) fn check_finite(name: &str, values: &[f32]) -> std::result::Result<(), String> {
+    // A branch-free pass first (it vectorises); the position only when there is one to report.
+    if values.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        return Ok(());
+    }
+    let index = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(format!(
+        "tensor {name} holds {} (at flat index {index}): weights must be finite numbers",
+        values[index]
+    ))
 }

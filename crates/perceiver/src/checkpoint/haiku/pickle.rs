@@ -115,6 +115,11 @@ impl Element {
         }
     }
 
+    /// Whether it is a floating-point type.
+    pub fn is_float(self) -> bool {
+        matches!(self, Element::F16 | Element::BF16 | Element::F32 | Element::F64)
+    }
+
     /// From a NumPy type string without byte order (`f4`, `i8`, `b1`, …).
     fn from_numpy(name: &str) -> Option<Self> {
         Some(match name {
