@@ -527,6 +527,18 @@ fn unreachable_hub_falls_back_to_the_cache() {
     );
 }
 
+/// A DeepMind file that is not there is reported as such, not looked up on the hub (whose
+/// closed endpoint would answer with a connection error).
+#[test]
+fn a_missing_deepmind_file_is_no_such_file_not_a_hub_look_up() {
+    let out = command(&["fill-mask", "-m", "nonexist.pickle", "a [MASK]"])
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, "nonexist.pickle: no such file");
+}
+
 #[test]
 fn without_model_the_built_in_default_model_fills_masks_offline() {
     let out = perceiver(&["fill-mask", "--json", "-k", "3", "The cat sat on the m[MASK]t."]);

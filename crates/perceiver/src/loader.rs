@@ -108,6 +108,15 @@ impl Loader {
         if deepmind::is_deepmind_file(path) {
             return Ok((deepmind::open(path, self.model_config.as_deref())?, None));
         }
+        if deepmind::has_deepmind_extension(path) && !path.exists() && !may_be_hub_id(&self.source) {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file (a DeepMind checkpoint: .pickle, .pystate, .pkl)",
+                ),
+            });
+        }
         if let Some(config) = &self.model_config {
             return Err(Error::InvalidInput(format!(
                 "{} names a config.json for a DeepMind checkpoint (.pickle, .pystate), but {} is \
@@ -164,6 +173,17 @@ impl Loader {
     }
 }
 
+/// Whether a name that ends like a DeepMind file but is none may still be a hub id. Hub ids
+/// may hold dots, so `owner/name.pkl` can be a repository; but not a name without an owner
+/// (the hub's only such ids are its old canonical models, none named so), nor one whose
+/// "owner" is a local directory: that is a path to a file that is not there.
+fn may_be_hub_id(source: &str) -> bool {
+    crate::checkpoint::looks_like_hub_id(source)
+        && source
+            .split_once('/')
+            .is_some_and(|(owner, _)| !Path::new(owner).is_dir())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +198,22 @@ mod tests {
             matches!(&e, Error::InvalidInput(m) if m.contains("default-model feature is off")),
             "{e}"
         );
+    }
+
+    /// A DeepMind file that is not there is "no such file", not a hub look-up; a name that may
+    /// be a hub repository (with an owner that is not a local directory) is still looked up.
+    #[test]
+    fn a_missing_deepmind_file_is_no_such_file() {
+        for missing in ["nonexist.pickle", "x.PYSTATE", "src/x.pkl", "./x.pickle"] {
+            let e = Loader::new(missing).offline(true).load().unwrap_err();
+            assert!(
+                matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+                "{missing}: {e}"
+            );
+            assert!(e.to_string().contains("no such file"), "{e}");
+        }
+        let e = Loader::new("someone/model.pkl").offline(true).load().unwrap_err();
+        assert!(matches!(&e, Error::Hub { .. }), "{e}");
     }
 
     #[cfg(feature = "default-model")]

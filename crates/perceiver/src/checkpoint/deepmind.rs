@@ -52,11 +52,14 @@ pub const EXTENSIONS: [&str; 3] = ["pickle", "pystate", "pkl"];
 
 /// Whether `path` is a file named as a DeepMind checkpoint ([`EXTENSIONS`], any case).
 pub fn is_deepmind_file(path: &Path) -> bool {
-    path.is_file()
-        && path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+    path.is_file() && has_deepmind_extension(path)
+}
+
+/// Whether `path` ends in one of [`EXTENSIONS`] (any case), whether or not it exists.
+pub fn has_deepmind_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// What DeepMind's masked_language_modelling Colab sets for `language_perceiver_io_bytes.pickle`

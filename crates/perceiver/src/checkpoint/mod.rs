@@ -274,7 +274,7 @@ impl Checkpoint {
 }
 
 /// `name` or `owner/name`, made of the characters the hub allows, and not a path.
-fn looks_like_hub_id(model: &str) -> bool {
+pub(crate) fn looks_like_hub_id(model: &str) -> bool {
     let parts: Vec<&str> = model.split('/').collect();
     let part_ok = |p: &&str| {
         !p.is_empty()
