@@ -42,8 +42,8 @@ pub struct ConvertArgs {
     )]
     activation: Option<Activation>,
 
-    /// Write into a directory that already holds files (its config.json and model.safetensors
-    /// are replaced, other files left).
+    /// Write into a directory that already holds files (its config.json, model.safetensors
+    /// and preprocessor_config.json are replaced, other files left).
     #[arg(long)]
     force: bool,
 }
@@ -53,12 +53,15 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     if let Some(config) = &args.model_config {
         loader = loader.model_config(config);
     }
-    let checkpoint = loader
-        .checkpoint()
+    // The source's own preprocessor_config.json is copied: defaults would not be its settings
+    // (nor, for a model of one image size, a size it takes).
+    let (checkpoint, preprocessor_config) = loader
+        .checkpoint_with_preprocessor_config()
         .with_context(|| format!("cannot load model {}", args.source))?;
     let options = ExportOptions {
         activation: args.activation,
         overwrite: args.force,
+        preprocessor_config,
     };
     let written = write_model_dir(&checkpoint, &args.out, &options)
         .with_context(|| format!("cannot write {}", args.out.display()))?;

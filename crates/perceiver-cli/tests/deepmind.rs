@@ -301,3 +301,85 @@ fn the_video_pystate_converts() {
         assert_eq!(written["num_frames"], frames, "{written}");
     }
 }
+
+fn classification_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/classification")
+        .join(name)
+}
+
+/// `classify --json` of the fixture's two images by `model`.
+fn classify_images(model: &str, images: &Path) -> String {
+    let (wide, tall) = (path(images.join("wide.png")), path(images.join("tall_grey.png")));
+    let out = run(&["classify", "--json", "-k", "3", "--model", model, &wide, &tall]);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A model directory converts with its own preprocessor_config.json (not ImageNet's defaults,
+/// which a 12×12 learned model refuses and which change a conv model's answers): the converted
+/// directory classifies as the source does.
+#[test]
+fn a_converted_image_model_directory_keeps_its_preprocessor_config() {
+    for name in ["tiny_image_learned", "tiny_image_conv", "tiny_image_fourier"] {
+        let source = classification_fixture(name);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model");
+        run(&["convert", &path(source.clone()), "--out", &path(out.clone())]);
+        let read = |dir: &Path| std::fs::read(dir.join("preprocessor_config.json")).unwrap();
+        assert_eq!(read(&out), read(&source), "{name}");
+        assert_eq!(
+            classify_images(&path(out), &source),
+            classify_images(&path(source.clone()), &source),
+            "{name}"
+        );
+    }
+}
+
+/// `convert --force` over a model replaces it whole, and a write that fails says it could not
+/// write (not that a weights file is corrupt) and leaves the old model as it was.
+#[test]
+fn convert_force_replaces_a_model_whole_or_leaves_it() {
+    let learned = classification_fixture("tiny_image_learned");
+    let conv = classification_fixture("tiny_image_conv");
+    let dir = tempfile::tempdir().unwrap();
+    let out = path(dir.path().join("model"));
+    run(&["convert", &path(learned.clone()), "--out", &out]);
+    let before = classify_images(&out, &learned);
+
+    // A new file that cannot be written (a directory holds its name, which stops root too),
+    // whichever it is: the run fails before anything is replaced, saying so.
+    for file in [
+        "model.safetensors.partial",
+        "config.json.partial",
+        "preprocessor_config.json.partial",
+    ] {
+        let blocker = dir.path().join("model").join(file);
+        std::fs::create_dir(&blocker).unwrap();
+        let failed = command(&["convert", &path(conv.clone()), "--out", &out, "--force"])
+            .output()
+            .unwrap();
+        common::fails_with(&failed, &format!("cannot write {}", path(blocker.clone())));
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert!(!stderr.contains("corrupt"), "{stderr}");
+        assert_eq!(classify_images(&out, &learned), before, "{file}");
+        std::fs::remove_dir(&blocker).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("model"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    run(&["convert", &path(conv.clone()), "--out", &out, "--force"]);
+    assert_eq!(
+        classify_images(&out, &conv),
+        classify_images(&path(conv.clone()), &conv)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("model"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -102,6 +102,14 @@ impl Loader {
         Ok(self.resolve()?.0)
     }
 
+    /// The checkpoint and the source's own `preprocessor_config.json`, if it has one (a model
+    /// directory or hub repository may; a DeepMind checkpoint and the built-in model have
+    /// none): what [`export::write_model_dir`](crate::checkpoint::export::write_model_dir)
+    /// copies.
+    pub fn checkpoint_with_preprocessor_config(&self) -> Result<(Checkpoint, Option<PathBuf>)> {
+        self.resolve()
+    }
+
     /// The checkpoint and the model's `preprocessor_config.json`, if it has one.
     fn resolve(&self) -> Result<(Checkpoint, Option<PathBuf>)> {
         let path = Path::new(&self.source);

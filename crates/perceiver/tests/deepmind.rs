@@ -257,7 +257,7 @@ fn the_converted_directory_gives_deepminds_logits() {
         let exact = tempfile::tempdir().unwrap();
         let options = ExportOptions {
             activation: Some(Activation::GeluErf),
-            overwrite: false,
+            ..ExportOptions::default()
         };
         write_model_dir(&checkpoint, exact.path(), &options).unwrap();
         let model = Loader::new(exact.path().to_str().unwrap()).load().unwrap();
@@ -806,7 +806,15 @@ fn the_converted_imagenet_directories_give_deepminds_logits() {
             );
             let mut processor = ImageProcessorConfig::from_file(&written[2]).unwrap();
             processor.extra.clear();
-            assert_eq!(processor, ImageProcessorConfig::default());
+            // The Colab's settings, sized for a model that takes one size of image only.
+            let expected = match name {
+                "imagenet_learned" => ImageProcessorConfig::for_size(perceiver::image::Size::square(
+                    checkpoint.config().image_size(),
+                )),
+                _ => ImageProcessorConfig::default(),
+            };
+            assert_eq!(processor, expected, "{name}");
+            Loader::new(out.path().to_str().unwrap()).classifier().unwrap();
 
             let converted = Loader::new(out.path().to_str().unwrap()).load().unwrap();
             let worst = imagenet_worst(&converted, name, run);

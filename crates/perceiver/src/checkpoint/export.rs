@@ -1,10 +1,11 @@
 //! Writes a checkpoint as a transformers model directory: `config.json` (with `architectures`)
 //! and `model.safetensors` (f32, transformers' names; BatchNorm's batch counter int64, as PyTorch
-//! keeps it), which transformers' `from_pretrained` loads as it is, and for the image classifiers
-//! a `preprocessor_config.json` (transformers' `PerceiverImageProcessor` with the settings of
-//! DeepMind's ImageNet Colab: the centre 224/256 of the shorter side, resized to 224×224 bicubic,
-//! ImageNet's mean and standard deviation). `perceiver convert` uses it to turn DeepMind's
-//! checkpoints into such directories.
+//! keeps it), which transformers' `from_pretrained` loads as it is, and a
+//! `preprocessor_config.json`: the source model's own, or for an image classifier without one
+//! (a DeepMind checkpoint) transformers' `PerceiverImageProcessor` with the settings of
+//! DeepMind's ImageNet Colab (the centre 224/256 of the shorter side, resized to 224×224
+//! bicubic, ImageNet's mean and standard deviation), sized for the model. `perceiver convert`
+//! uses it to turn DeepMind's checkpoints into such directories.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,8 +16,9 @@ use safetensors::{Dtype, View};
 use super::names::{ModelNames, Role};
 use super::{Checkpoint, Param, CONFIG_FILE, PREPROCESSOR_CONFIG_FILE, SAFETENSORS_FILE};
 use crate::config::Activation;
-use crate::config::Architecture;
+use crate::config::{Architecture, PerceiverConfig};
 use crate::error::{Error, Result};
+use crate::image::{ImageProcessorConfig, Size};
 
 /// How [`write_model_dir`] writes.
 #[derive(Debug, Clone, Default)]
@@ -24,9 +26,13 @@ pub struct ExportOptions {
     /// The `hidden_act` the written config carries; `None` keeps the checkpoint's own (for a
     /// DeepMind checkpoint without a config.json, DeepMind's tanh GELU, `"gelu_new"`).
     pub activation: Option<Activation>,
-    /// Write into a directory that already holds files (replacing `config.json` and
-    /// `model.safetensors`, leaving the others); otherwise such a directory is refused.
+    /// Write into a directory that already holds files (replacing `config.json`,
+    /// `model.safetensors` and `preprocessor_config.json`, leaving the others); otherwise such
+    /// a directory is refused.
     pub overwrite: bool,
+    /// The source's `preprocessor_config.json` (a model directory's or hub repository's),
+    /// copied as it is; without one an image classifier gets [`default_preprocessor_config`].
+    pub preprocessor_config: Option<PathBuf>,
 }
 
 /// One tensor as safetensors writes it: little-endian f32, converted one tensor at a time as the
@@ -108,30 +114,42 @@ impl View for Written<'_> {
     }
 }
 
-/// The `preprocessor_config.json` written beside an image classifier: transformers'
-/// `PerceiverImageProcessor` with the settings of DeepMind's ImageNet Colab (its
-/// `resize_and_center_crop` and `normalize`), which are also that class's defaults.
-pub fn imagenet_preprocessor_config() -> serde_json::Value {
-    serde_json::json!({
-        "image_processor_type": "PerceiverImageProcessor",
-        "do_center_crop": true,
-        "crop_size": {"height": 256, "width": 256},
-        "do_resize": true,
-        "size": {"height": 224, "width": 224},
-        "resample": 3,
-        "do_rescale": true,
-        "rescale_factor": 1.0 / 255.0,
-        "do_normalize": true,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225]
-    })
+/// The `preprocessor_config.json` written beside an image classifier whose source has none (a
+/// DeepMind checkpoint): transformers' `PerceiverImageProcessor` with its class defaults, which
+/// are the settings of DeepMind's ImageNet Colab (its `resize_and_center_crop` and `normalize`:
+/// the centre 224/256 of the shorter side resized to 224 × 224), sized for a model that takes
+/// one size of image only ([`ImageProcessorConfig::for_size`]: the learned-position model's
+/// `image_size`) as [`Classifier::new`](crate::Classifier::new) sizes them. `None` for a
+/// model that reads no single images.
+pub fn default_preprocessor_config(config: &PerceiverConfig) -> Result<Option<ImageProcessorConfig>> {
+    let architecture = Architecture::of(config)?;
+    if !architecture.reads_images() {
+        return Ok(None);
+    }
+    let mut processor = match architecture {
+        Architecture::ImageClassificationLearned => {
+            ImageProcessorConfig::for_size(Size::square(config.image_size()))
+        }
+        _ => ImageProcessorConfig::default(),
+    };
+    processor
+        .extra
+        .insert("image_processor_type".into(), "PerceiverImageProcessor".into());
+    Ok(Some(processor))
 }
 
 /// Writes `checkpoint` to `dir` (created if needed) as `config.json` + `model.safetensors`, and
-/// for an image classifier [`imagenet_preprocessor_config`] as `preprocessor_config.json`.
-/// Returns the files' paths in that order. Each file is written beside its final name and
-/// renamed into place, so that an interrupted run leaves no half-written model behind those
-/// names.
+/// `preprocessor_config.json`: the source's ([`ExportOptions::preprocessor_config`]) copied,
+/// else for an image classifier [`default_preprocessor_config`]. Returns the files' paths in
+/// that order.
+///
+/// A reader of `dir` sees the old model, the new one, or no `config.json` (a clear error),
+/// never a config with weights it does not describe, even if the run is interrupted: every
+/// new file is first written whole beside its final name (`*.partial`) and flushed to disk;
+/// only then is the old `config.json` removed, the weights and preprocessor config renamed
+/// into place, and the new `config.json` renamed in last. (Renaming the weights first would
+/// leave new weights under the old config, which loads without complaint when the shapes
+/// agree.)
 pub fn write_model_dir(checkpoint: &Checkpoint, dir: &Path, options: &ExportOptions) -> Result<Vec<PathBuf>> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -160,13 +178,70 @@ pub fn write_model_dir(checkpoint: &Checkpoint, dir: &Path, options: &ExportOpti
         config.hidden_act = activation;
     }
     config.validate()?;
+    let processor = match &options.preprocessor_config {
+        Some(source) => Some(std::fs::read(source).map_err(|e| Error::Io {
+            path: source.clone(),
+            source: e,
+        })?),
+        None => match default_preprocessor_config(&config)? {
+            Some(processor) => Some(
+                (serde_json::to_string_pretty(&processor).map_err(|e| Error::InvalidInput(e.to_string()))?
+                    + "\n")
+                    .into_bytes(),
+            ),
+            None => None,
+        },
+    };
 
+    let config_path = dir.join(CONFIG_FILE);
     let weights = dir.join(SAFETENSORS_FILE);
-    let partial = dir.join(format!("{SAFETENSORS_FILE}.partial"));
+    let processor_path = dir.join(PREPROCESSOR_CONFIG_FILE);
+    let partial = |name: &str| dir.join(format!("{name}.partial"));
+    let staged = [
+        (partial(CONFIG_FILE), config_path.clone()),
+        (partial(SAFETENSORS_FILE), weights.clone()),
+        (partial(PREPROCESSOR_CONFIG_FILE), processor_path.clone()),
+    ];
+    let stage = || -> Result<()> {
+        write_weights(checkpoint, &config, &staged[1].0)?;
+        std::fs::write(&staged[0].0, config.to_json_string() + "\n").map_err(io(&staged[0].0))?;
+        if let Some(bytes) = &processor {
+            std::fs::write(&staged[2].0, bytes).map_err(io(&staged[2].0))?;
+        }
+        for (path, _) in &staged[..2 + usize::from(processor.is_some())] {
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io(path))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = stage() {
+        for (path, _) in &staged {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e);
+    }
+    // The commit: from here until the last rename the directory has no config.json.
+    match std::fs::remove_file(&config_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&config_path)(e)),
+        _ => {}
+    }
+    let mut written = vec![config_path, weights];
+    std::fs::rename(&staged[1].0, &staged[1].1).map_err(io(&staged[1].1))?;
+    if processor.is_some() {
+        std::fs::rename(&staged[2].0, &staged[2].1).map_err(io(&staged[2].1))?;
+        written.push(processor_path);
+    }
+    std::fs::rename(&staged[0].0, &staged[0].1).map_err(io(&staged[0].1))?;
+    Ok(written)
+}
+
+/// Writes the weights as `model.safetensors` to `path`.
+fn write_weights(checkpoint: &Checkpoint, config: &PerceiverConfig, path: &Path) -> Result<()> {
     let tensors = checkpoint.tensors()?;
     // BatchNorm's counters, which no model reads but PyTorch's BatchNorm has: written when the
     // checkpoint holds them, as the int64 PyTorch keeps.
-    let counters: Vec<(String, i64)> = ModelNames::new(&config, 0)?
+    let counters: Vec<(String, i64)> = ModelNames::new(config, 0)?
         .tensors()
         .into_iter()
         .filter(|t| t.role == Role::Counter)
@@ -186,28 +261,11 @@ pub fn write_model_dir(checkpoint: &Checkpoint, dir: &Path, options: &ExportOpti
             .iter()
             .map(|(name, value)| (name.as_str(), Written::Counter(CounterView(value.to_le_bytes())))),
     );
-    safetensors::serialize_to_file(views, Some(metadata), &partial).map_err(|e| {
-        let _ = std::fs::remove_file(&partial);
-        Error::CorruptWeights {
-            path: partial.clone(),
-            reason: format!("cannot write: {e}"),
-        }
-    })?;
-    std::fs::rename(&partial, &weights).map_err(io(&weights))?;
-
-    let config_path = dir.join(CONFIG_FILE);
-    let partial = dir.join(format!("{CONFIG_FILE}.partial"));
-    std::fs::write(&partial, config.to_json_string() + "\n").map_err(io(&partial))?;
-    std::fs::rename(&partial, &config_path).map_err(io(&config_path))?;
-    let mut written = vec![config_path, weights];
-    if Architecture::of(&config)?.reads_images() {
-        let path = dir.join(PREPROCESSOR_CONFIG_FILE);
-        let partial = dir.join(format!("{PREPROCESSOR_CONFIG_FILE}.partial"));
-        let text = serde_json::to_string_pretty(&imagenet_preprocessor_config())
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
-        std::fs::write(&partial, text + "\n").map_err(io(&partial))?;
-        std::fs::rename(&partial, &path).map_err(io(&path))?;
-        written.push(path);
-    }
-    Ok(written)
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| Error::Write {
+        path: path.to_path_buf(),
+        source: match e {
+            safetensors::SafeTensorError::IoError(source) => source,
+            other => std::io::Error::other(other),
+        },
+    })
 }
