@@ -8,6 +8,8 @@ use clap::Args;
 use perceiver::checkpoint::export::{write_model_dir, ExportOptions};
 use perceiver::{Activation, Architecture, Loader};
 
+use crate::model::HubArgs;
+
 #[derive(Args)]
 #[command(
     after_help = "Example:\n  perceiver convert language_perceiver_io_bytes.pickle --out language-perceiver\n  \
@@ -46,10 +48,13 @@ pub struct ConvertArgs {
     /// and preprocessor_config.json are replaced, other files left).
     #[arg(long)]
     force: bool,
+
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
 pub fn run(args: ConvertArgs) -> Result<()> {
-    let mut loader = Loader::new(args.source.as_str());
+    let mut loader = Loader::new(args.source.as_str()).options(args.hub.options());
     if let Some(config) = &args.model_config {
         loader = loader.model_config(config);
     }

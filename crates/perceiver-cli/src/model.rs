@@ -20,6 +20,13 @@ pub struct ModelArgs {
     #[arg(long, value_name = "FILE", env = "PERCEIVER_MODEL_CONFIG")]
     pub model_config: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// How a hub id is resolved (every subcommand that loads a model, `convert` too).
+#[derive(Args, Debug, Clone)]
+pub struct HubArgs {
     /// Use only the local Hugging Face cache for hub ids (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
@@ -27,6 +34,16 @@ pub struct ModelArgs {
     /// Hub revision (branch, tag or commit).
     #[arg(long, env = "PERCEIVER_REVISION")]
     pub revision: Option<String>,
+}
+
+impl HubArgs {
+    /// The library's hub options for these flags.
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            offline: self.offline,
+            revision: self.revision.clone(),
+        }
+    }
 }
 
 /// How the inference engine runs the model (fill-mask, serve).
@@ -40,16 +57,9 @@ pub struct EngineArgs {
 }
 
 impl ModelArgs {
-    fn options(&self) -> LoadOptions {
-        LoadOptions {
-            offline: self.offline,
-            revision: self.revision.clone(),
-        }
-    }
-
     /// The library's loader for these flags (every subcommand loads through it).
     pub fn loader(&self) -> Loader {
-        let loader = Loader::new(self.model.as_str()).options(self.options());
+        let loader = Loader::new(self.model.as_str()).options(self.hub.options());
         match &self.model_config {
             Some(config) => loader.model_config(config),
             None => loader,

@@ -507,6 +507,42 @@ fn a_commit_revision_resolves_from_its_snapshot_offline() {
     );
 }
 
+/// `convert` takes the hub options every other command takes: `--revision` (and
+/// PERCEIVER_REVISION) picks the snapshot, `--offline` keeps to the cache.
+#[test]
+fn convert_takes_the_hub_options() {
+    let home = hub_cache_with_fixture("someone/tiny-perceiver");
+    let out_dir = tempfile::tempdir().unwrap();
+    let convert = |revision: Option<&str>, env: Option<&str>, name: &str| {
+        let out = out_dir.path().join(name);
+        let mut args = vec!["convert", "someone/tiny-perceiver", "--offline", "--out"];
+        let out = out.to_string_lossy().into_owned();
+        args.push(&out);
+        if let Some(revision) = revision {
+            args.extend(["--revision", revision]);
+        }
+        let mut cmd = command(&args);
+        cmd.env_remove("HF_HUB_OFFLINE").env("HF_HOME", home.path());
+        if let Some(revision) = env {
+            cmd.env("PERCEIVER_REVISION", revision);
+        }
+        cmd.output().unwrap()
+    };
+    let cached = "0123456789abcdef0123456789abcdef01234567";
+    let absent = "fedcba9876543210fedcba9876543210fedcba98";
+    assert!(convert(Some(cached), None, "flag").status.success());
+    assert!(convert(None, Some(cached), "env").status.success());
+    assert!(convert(None, None, "main").status.success());
+    assert_clean_failure(
+        &convert(Some(absent), None, "absent-flag"),
+        "not in the local Hugging Face cache",
+    );
+    assert_clean_failure(
+        &convert(None, Some(absent), "absent-env"),
+        "not in the local Hugging Face cache",
+    );
+}
+
 #[test]
 fn unreachable_hub_falls_back_to_the_cache() {
     // HF_ENDPOINT on a closed loopback port: the request fails at once, no network is touched.
