@@ -1,15 +1,29 @@
-//! Hub downloads and cache look-ups with `hf-hub`, following huggingface_hub's environment:
-//! `HF_HOME` / `HF_HUB_CACHE` (cache location), `HF_HUB_OFFLINE`, `HF_TOKEN`, `HF_ENDPOINT`.
+//! Hub downloads and cache look-ups as huggingface_hub makes them: its cache layout
+//! (`models--owner--name/` with `refs/<revision>` → `snapshots/<commit>/<file>` → `blobs/<etag>`)
+//! and its environment: `HF_HOME` / `HF_HUB_CACHE` (cache location), `HF_HUB_OFFLINE`,
+//! `HF_TOKEN` / `HF_TOKEN_PATH` (the token), `HF_ENDPOINT`, `HF_HUB_ETAG_TIMEOUT` /
+//! `HF_HUB_DOWNLOAD_TIMEOUT` (seconds a hub may stay silent; 10 by default).
+//!
+//! The requests are ureq's, made here rather than by hf-hub, whose client has no timeouts (a hub
+//! that accepts a connection and never answers would hang a load forever) and whose `get`
+//! answers from `refs/main` in the cache without asking the hub whether `main` moved.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use super::{
     shard_names, LoadOptions, ModelFiles, WeightFiles, CONFIG_FILE, PREPROCESSOR_CONFIG_FILE, PYTORCH_FILE,
     SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE,
 };
 use crate::error::{Error, Result};
-use hf_hub::api::sync::{ApiBuilder, ApiRepo};
-use hf_hub::{Cache, Repo, RepoType};
+
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// huggingface_hub's default for both timeouts.
+const DEFAULT_TIMEOUT_SECS: f64 = 10.0;
+/// The reason given when the hub's file list lacks a file: an answer, not a failure to reach
+/// the hub, so no cached copy stands in for it.
+const NOT_IN_REPOSITORY: &str = "the repository has no such file";
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name)
@@ -22,11 +36,66 @@ fn env_flag(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn cache() -> Cache {
-    match std::env::var_os("HF_HUB_CACHE") {
-        Some(dir) if !dir.is_empty() => Cache::new(dir.into()),
-        _ => Cache::from_env(),
+/// A variable's value, trimmed; `None` when unset, empty or blank (as huggingface_hub reads
+/// them: `HF_TOKEN=""` is no token).
+fn env_value(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok()?;
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+fn hf_home() -> Option<PathBuf> {
+    if let Some(home) = env_value("HF_HOME") {
+        return Some(home.into());
     }
+    let cache = env_value("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::home_dir().map(|home| home.join(".cache")))?;
+    Some(cache.join("huggingface"))
+}
+
+/// `HF_HUB_CACHE`, else `$HF_HOME/hub`.
+fn cache_dir() -> Result<PathBuf> {
+    env_value("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| hf_home().map(|home| home.join("hub")))
+        .ok_or_else(|| {
+            Error::InvalidInput(
+                "no Hugging Face cache: set HF_HOME or HF_HUB_CACHE (there is no home directory)".into(),
+            )
+        })
+}
+
+/// The token, as huggingface_hub finds it: `HF_TOKEN`, else the file `HF_TOKEN_PATH`, else
+/// `$HF_HOME/token` (where `huggingface-cli login` writes it; not beside `HF_HUB_CACHE`).
+/// Blank means none.
+fn token() -> Option<String> {
+    if let Some(token) = env_value("HF_TOKEN") {
+        return Some(token);
+    }
+    let path = env_value("HF_TOKEN_PATH")
+        .map(PathBuf::from)
+        .or_else(|| hf_home().map(|home| home.join("token")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let token = text.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+/// Seconds from `name` (huggingface_hub's `HF_HUB_ETAG_TIMEOUT`, `HF_HUB_DOWNLOAD_TIMEOUT`).
+fn timeout(name: &str) -> Result<Duration> {
+    let Some(text) = env_value(name) else {
+        return Ok(Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS));
+    };
+    text.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{name} must be a number of seconds above 0, not {text:?}"
+            ))
+        })
 }
 
 fn hub_error(model_id: &str, file: &str, reason: impl ToString) -> Error {
@@ -37,89 +106,327 @@ fn hub_error(model_id: &str, file: &str, reason: impl ToString) -> Error {
     }
 }
 
-/// Where files come from: the hub (downloading into the cache) or the cache alone.
-enum Source {
-    Online {
-        api: ApiRepo,
-        listed: Vec<String>,
-    },
-    Cache(hf_hub::CacheRepo),
-    /// A revision given as a commit hash: its snapshot directory in the cache.
-    Snapshot(PathBuf),
+/// A git commit hash, as the hub names snapshots (and the only names used as directories).
+fn is_commit(revision: &str) -> bool {
+    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-impl Source {
+/// The hub's client: its endpoint and token, and an agent per kind of request, each with its
+/// timeouts.
+struct Hub {
+    endpoint: String,
+    token: Option<String>,
+    /// Metadata (the revision's commit and files, a file's ETag): `HF_HUB_ETAG_TIMEOUT`.
+    metadata: ureq::Agent,
+    /// The same without following redirects: a file's ETag is on the hub's own answer, not on
+    /// the storage it redirects to.
+    head: ureq::Agent,
+    /// File contents: `HF_HUB_DOWNLOAD_TIMEOUT` without a byte.
+    download: ureq::Agent,
+}
+
+#[derive(serde::Deserialize)]
+struct RevisionInfo {
+    sha: String,
+    siblings: Vec<Sibling>,
+}
+
+#[derive(serde::Deserialize)]
+struct Sibling {
+    rfilename: String,
+}
+
+impl Hub {
+    fn from_env() -> Result<Self> {
+        let agent = |timeout: Duration, redirects: u32| {
+            ureq::AgentBuilder::new()
+                .try_proxy_from_env(true)
+                .timeout_connect(timeout)
+                .timeout_read(timeout)
+                .timeout_write(timeout)
+                .redirects(redirects)
+                // The token goes to the hub, not to the storage it redirects downloads to.
+                .redirect_auth_headers(ureq::RedirectAuthHeaders::SameHost)
+                .user_agent(concat!("perceiver/", env!("CARGO_PKG_VERSION"), "; rust"))
+                .build()
+        };
+        let (etag, download) = (
+            timeout("HF_HUB_ETAG_TIMEOUT")?,
+            timeout("HF_HUB_DOWNLOAD_TIMEOUT")?,
+        );
+        let endpoint = env_value("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        Ok(Self {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token: token(),
+            metadata: agent(etag, 5),
+            head: agent(etag, 0),
+            download: agent(download, 5),
+        })
+    }
+
+    fn request(&self, agent: &ureq::Agent, method: &str, url: &str) -> ureq::Request {
+        let request = agent.request(method, url);
+        match &self.token {
+            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// The commit `revision` names now, and its files.
+    fn revision(&self, model_id: &str, revision: &str) -> std::result::Result<RevisionInfo, String> {
+        let url = format!(
+            "{}/api/models/{model_id}/revision/{}",
+            self.endpoint,
+            revision.replace('/', "%2F")
+        );
+        let response = self
+            .request(&self.metadata, "GET", &url)
+            .call()
+            .map_err(|e| e.to_string())?;
+        let info: RevisionInfo = serde_json::from_reader(response.into_reader())
+            .map_err(|e| format!("{url}: not the hub's answer: {e}"))?;
+        if !is_commit(&info.sha) {
+            return Err(format!("{url}: {:?} is not a commit hash", info.sha));
+        }
+        Ok(info)
+    }
+
+    /// Downloads `file` of commit `sha` into the cache at `repo` (its blob, and the snapshot's
+    /// link to it), returning the snapshot's path.
+    fn download(
+        &self,
+        model_id: &str,
+        sha: &str,
+        file: &str,
+        repo: &Path,
+    ) -> std::result::Result<PathBuf, String> {
+        let url = format!("{}/{model_id}/resolve/{sha}/{file}", self.endpoint);
+        let head = match self.request(&self.head, "HEAD", &url).call() {
+            Ok(response) => response,
+            Err(ureq::Error::Status(300..=399, response)) => response,
+            Err(e) => return Err(e.to_string()),
+        };
+        // An LFS file's ETag (its sha256) is X-Linked-Etag on the hub's redirect; a small file's
+        // is its ETag.
+        let etag = head
+            .header("X-Linked-Etag")
+            .or_else(|| head.header("ETag"))
+            .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
+            .unwrap_or_default();
+        // It names a file in the cache: nothing but a plain name is taken.
+        if etag.is_empty()
+            || etag.starts_with('.')
+            || !etag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!("{url}: the hub's answer has no usable ETag ({etag:?})"));
+        }
+        let size = head
+            .header("X-Linked-Size")
+            .or_else(|| {
+                (head.status() < 300)
+                    .then(|| head.header("Content-Length"))
+                    .flatten()
+            })
+            .and_then(|s| s.parse::<u64>().ok());
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |e: std::io::Error| format!("cannot write {path}: {e}")
+        };
+        let blobs = repo.join("blobs");
+        let blob = blobs.join(&etag);
+        if !blob.is_file() {
+            std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+            // A name of this process's own: two loads of one model may download at once.
+            static DOWNLOADS: AtomicUsize = AtomicUsize::new(0);
+            let partial = blobs.join(format!(
+                "{etag}.{}.{}.incomplete",
+                std::process::id(),
+                DOWNLOADS.fetch_add(1, Ordering::Relaxed)
+            ));
+            let fetched = self.fetch_to(&url, file, size, &partial);
+            if let Err(e) = fetched.and_then(|()| std::fs::rename(&partial, &blob).map_err(io(&blob))) {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        }
+        let pointer = repo.join("snapshots").join(sha).join(file);
+        if !pointer.exists() {
+            let dir = pointer.parent().unwrap_or(repo);
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            let _ = std::fs::remove_file(&pointer); // a link to a blob that is gone
+            link(&blob, &pointer, &etag, file).map_err(io(&pointer))?;
+        }
+        Ok(pointer)
+    }
+
+    /// The body of `url` into `path`, with a progress bar on a terminal.
+    fn fetch_to(
+        &self,
+        url: &str,
+        file: &str,
+        size: Option<u64>,
+        path: &Path,
+    ) -> std::result::Result<(), String> {
+        let response = self
+            .request(&self.download, "GET", url)
+            .call()
+            .map_err(|e| e.to_string())?;
+        let size = size.or_else(|| response.header("Content-Length").and_then(|s| s.parse().ok()));
+        let bar = indicatif::ProgressBar::new(size.unwrap_or(0)).with_message(file.to_string());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let mut out =
+            std::fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let copied = std::io::copy(&mut bar.wrap_read(response.into_reader()), &mut out)
+            .map_err(|e| format!("{url}: {e}"))?;
+        bar.finish_and_clear();
+        match size {
+            Some(size) if size != copied => Err(format!("{url}: {copied} bytes came, {size} were announced")),
+            _ => out
+                .sync_all()
+                .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        }
+    }
+}
+
+/// The snapshot's entry for a blob: a relative link, as huggingface_hub makes it (a copy
+/// where links cannot be made).
+fn link(blob: &Path, pointer: &Path, etag: &str, file: &str) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        // snapshots/<commit>/<file> → ../../blobs/<etag>, one more ../ per folder in `file`.
+        let up = "../".repeat(2 + file.matches('/').count());
+        if std::os::unix::fs::symlink(format!("{up}blobs/{etag}"), pointer).is_ok() {
+            return Ok(());
+        }
+    }
+    let _ = (etag, file);
+    std::fs::copy(blob, pointer).map(|_| ())
+}
+
+/// Where files come from: the hub (downloading into the cache) or the cache alone.
+enum Source<'a> {
+    Online {
+        hub: &'a Hub,
+        repo: PathBuf,
+        sha: String,
+        listed: Vec<String>,
+    },
+    /// A snapshot directory in the cache (`None`: the cache has no such revision).
+    Cache(Option<PathBuf>),
+}
+
+impl Source<'_> {
     /// The local path of a repository file, `None` if the repository (or cache) lacks it.
     fn get(&self, model_id: &str, file: &str) -> Result<Option<PathBuf>> {
         match self {
-            Self::Online { api, listed } => {
+            Self::Online {
+                hub,
+                repo,
+                sha,
+                listed,
+            } => {
                 if !listed.iter().any(|f| f == file) {
                     return Ok(None);
                 }
-                api.get(file).map(Some).map_err(|e| hub_error(model_id, file, e))
+                let cached = repo.join("snapshots").join(sha).join(file);
+                if cached.exists() {
+                    return Ok(Some(cached));
+                }
+                hub.download(model_id, sha, file, repo)
+                    .map(Some)
+                    .map_err(|e| hub_error(model_id, file, e))
             }
-            Self::Cache(cache) => Ok(cache.get(file)),
-            Self::Snapshot(dir) => {
-                let path = dir.join(file);
-                Ok(path.exists().then_some(path))
-            }
+            Self::Cache(snapshot) => Ok(snapshot
+                .as_ref()
+                .map(|dir| dir.join(file))
+                .filter(|path| path.exists())),
         }
     }
 
     fn missing(&self, model_id: &str, file: &str) -> Error {
         let reason = match self {
-            Self::Online { .. } => "the repository has no such file",
-            Self::Cache(_) | Self::Snapshot(_) => "not in the local Hugging Face cache, and offline",
+            Self::Online { .. } => NOT_IN_REPOSITORY,
+            Self::Cache(_) => "not in the local Hugging Face cache, and offline",
         };
         hub_error(model_id, file, reason)
     }
 }
 
-/// Fetches (or, offline, finds in the cache) config.json and the weights of `model_id`.
-/// When the hub cannot be reached, a complete copy in the cache is used, as huggingface_hub
-/// does.
+/// The snapshot of `revision` in the cache: a commit's own, else the one `refs/<revision>`
+/// names.
+fn cached_snapshot(repo: &Path, revision: &str) -> Option<PathBuf> {
+    if is_commit(revision) {
+        return Some(repo.join("snapshots").join(revision));
+    }
+    let commit = std::fs::read_to_string(repo.join("refs").join(revision)).ok()?;
+    let commit = commit.trim();
+    is_commit(commit).then(|| repo.join("snapshots").join(commit))
+}
+
+/// Records that `revision` is `commit` (`refs/<revision>`), as huggingface_hub does after a
+/// download, so that offline loads find it. Written beside and renamed, so that a reader never
+/// sees half a hash.
+fn write_ref(repo: &Path, revision: &str, commit: &str) -> std::io::Result<()> {
+    let path = repo.join("refs").join(revision);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = path.with_file_name(format!(".{}.{}.partial", commit, std::process::id()));
+    std::fs::write(&partial, commit)?;
+    std::fs::rename(&partial, &path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })
+}
+
+/// Fetches (or, offline, finds in the cache) config.json and the weights of `model_id`: the
+/// files of the commit the revision names on the hub now, downloaded if the cache lacks them.
+/// When the hub cannot be reached (or a download fails), a complete copy in the cache is used,
+/// as huggingface_hub does.
 pub(crate) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles> {
     let revision = options.revision.clone().unwrap_or_else(|| "main".to_string());
-    let repo = Repo::with_revision(model_id.to_string(), RepoType::Model, revision.clone());
-    let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
-    let cached = || {
-        if is_commit {
-            // huggingface_hub's layout: a commit's files live in snapshots/<commit>/.
-            Source::Snapshot(
-                cache()
-                    .path()
-                    .join(repo.folder_name())
-                    .join("snapshots")
-                    .join(&revision),
-            )
-        } else {
-            Source::Cache(cache().repo(repo.clone()))
-        }
-    };
+    let repo = cache_dir()?.join(format!("models--{}", model_id.replace('/', "--")));
+    let cached = || Source::Cache(cached_snapshot(&repo, &revision));
     if options.offline || env_flag("HF_HUB_OFFLINE") {
         return files_from(&cached(), model_id);
     }
-    let online = || -> Result<Source> {
-        let mut builder = ApiBuilder::from_cache(cache())
-            .with_progress(true)
-            .with_retries(2);
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            builder = builder.with_endpoint(endpoint);
+    let hub = Hub::from_env()?;
+    let online = hub
+        .revision(model_id, &revision)
+        .map_err(|e| hub_error(model_id, CONFIG_FILE, e))
+        .and_then(|info| {
+            let source = Source::Online {
+                hub: &hub,
+                repo: repo.clone(),
+                listed: info.siblings.into_iter().map(|s| s.rfilename).collect(),
+                sha: info.sha.clone(),
+            };
+            Ok((files_from(&source, model_id)?, info.sha))
+        });
+    match online {
+        Ok((files, sha)) => {
+            // A branch or tag (not a path out of refs/) now names this commit. Best effort, as
+            // huggingface_hub's: the files are had either way.
+            let plain = revision
+                .split('/')
+                .all(|p| !p.is_empty() && p != "." && p != "..");
+            if sha != revision && plain {
+                let _ = write_ref(&repo, &revision, &sha);
+            }
+            Ok(files)
         }
-        if let Ok(token) = std::env::var("HF_TOKEN") {
-            builder = builder.with_token(Some(token));
+        // The hub could not be asked, or a download failed: a complete cached copy will do.
+        // (Not when the hub answered that the repository lacks a file.)
+        Err(e @ Error::Hub { .. }) if !matches!(&e, Error::Hub { reason, .. } if reason == NOT_IN_REPOSITORY) => {
+            files_from(&cached(), model_id).map_err(|_| e)
         }
-        let api = builder
-            .build()
-            .map_err(|e| hub_error(model_id, CONFIG_FILE, e))?
-            .repo(repo.clone());
-        let info = api.info().map_err(|e| hub_error(model_id, CONFIG_FILE, e))?;
-        let listed = info.siblings.into_iter().map(|s| s.rfilename).collect();
-        Ok(Source::Online { api, listed })
-    };
-    match online() {
-        Ok(source) => files_from(&source, model_id),
-        Err(online_error) => files_from(&cached(), model_id).map_err(|_| online_error),
+        Err(e) => Err(e),
     }
 }
 

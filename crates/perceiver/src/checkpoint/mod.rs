@@ -8,8 +8,8 @@
 //!
 //! A model directory holds transformers' `config.json` and its weights as `model.safetensors`
 //! (memory-mapped), sharded `model.safetensors.index.json` + shards, or `pytorch_model.bin`.
-//! Hub ids are fetched with `hf-hub` into the standard cache (`HF_HOME` honoured); offline
-//! (`LoadOptions::offline` or `HF_HUB_OFFLINE=1`) they resolve from the cache only.
+//! Hub ids are fetched into huggingface_hub's cache, following its environment (`hub.rs`);
+//! offline (`LoadOptions::offline` or `HF_HUB_OFFLINE=1`) they resolve from the cache only.
 //!
 //! DeepMind's own checkpoints (`.pickle` / `.pystate`: pickled Haiku params) are read without
 //! running their code ([`haiku`]) and renamed onto the same tree ([`deepmind`]); [`export`] writes
