@@ -201,10 +201,23 @@ impl Hub {
         repo: &Path,
     ) -> std::result::Result<PathBuf, String> {
         let url = format!("{}/{model_id}/resolve/{sha}/{file}", self.endpoint);
-        let head = match self.request(&self.head, "HEAD", &url).call() {
-            Ok(response) => response,
-            Err(ureq::Error::Status(300..=399, response)) => response,
-            Err(e) => return Err(e.to_string()),
+        let mut head_url = url.clone();
+        let mut redirects = 0;
+        let head = loop {
+            let response = match self.request(&self.head, "HEAD", &head_url).call() {
+                Ok(response) => response,
+                Err(ureq::Error::Status(300..=399, response)) => response,
+                Err(e) => return Err(e.to_string()),
+            };
+            // A redirect within the hub (a renamed repository) is followed, as huggingface_hub
+            // follows it; one to the file's storage carries the ETag itself.
+            match response.header("Location") {
+                Some(to) if response.status() >= 300 && to.starts_with('/') && redirects < 5 => {
+                    head_url = format!("{}{to}", self.endpoint);
+                    redirects += 1;
+                }
+                _ => break response,
+            }
         };
         // An LFS file's ETag (its sha256) is X-Linked-Etag on the hub's redirect; a small file's
         // is its ETag.
@@ -269,8 +282,11 @@ impl Hub {
         size: Option<u64>,
         path: &Path,
     ) -> std::result::Result<(), String> {
+        // The bytes as stored (not gzipped in transit), so that their count can be checked
+        // against the size announced, as huggingface_hub checks it.
         let response = self
             .request(&self.download, "GET", url)
+            .set("Accept-Encoding", "identity")
             .call()
             .map_err(|e| e.to_string())?;
         let size = size.or_else(|| response.header("Content-Length").and_then(|s| s.parse().ok()));
