@@ -317,8 +317,12 @@ impl SafetensorsStore {
 /// Why the weight `name` cannot be used, if one of its values is a NaN or an infinity: a
 /// model with one answers NaN for every input, which is better refused when it loads, by name.
 pub(crate) fn check_finite(name: &str, values: &[f32]) -> std::result::Result<(), String> {
-    // A branch-free pass first (it vectorises); the position only when there is one to report.
-    if values.iter().fold(true, |ok, v| ok & v.is_finite()) {
+    // A branch-free pass first (it vectorises), over the pool's threads: for a tensor read in
+    // place it is the first touch of its pages, which would otherwise fault in on one thread
+    // while the packing that follows runs on all. The position only when there is one to report.
+    use rayon::prelude::*;
+    let finite = |chunk: &[f32]| chunk.iter().fold(true, |ok, v| ok & v.is_finite());
+    if values.par_chunks(1 << 16).all(finite) {
         return Ok(());
     }
     let index = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
