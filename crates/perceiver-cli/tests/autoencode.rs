@@ -132,6 +132,38 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     assert_eq!(written[0].0.len(), 96);
 }
 
+/// A 16x16 4:2:0 `.y4m` video of `frames` grey frames, with `rate` (e.g. `F25:1`) in its header.
+fn y4m(rate: &str, frames: usize) -> Vec<u8> {
+    let mut bytes = format!("YUV4MPEG2 W16 H16 {rate} Ip C420jpeg\n").into_bytes();
+    for _ in 0..frames {
+        bytes.extend_from_slice(b"FRAME\n");
+        bytes.extend_from_slice(&[128; 16 * 16 + 2 * 8 * 8]);
+    }
+    bytes
+}
+
+#[test]
+fn a_video_at_25_frames_a_second_or_of_no_stated_rate_is_read() {
+    let inputs = inputs();
+    let model = model();
+    // 50:2 is 25:1; a header without F is 25 a second, as ffmpeg reads it.
+    for rate in ["F25:1", "F50:2", ""] {
+        let video = inputs.root.join("clip.y4m");
+        std::fs::write(&video, y4m(rate, 3)).unwrap();
+        common::run(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &path(&video),
+            "--audio",
+            &path(&inputs.wav),
+            "--out",
+            &path(&inputs.root.join("out")),
+        ]);
+    }
+}
+
 #[test]
 fn bad_inputs_end_in_one_line() {
     let inputs = inputs();
@@ -173,6 +205,30 @@ fn bad_inputs_end_in_one_line() {
     let text = inputs.root.join("text.wav");
     std::fs::write(&text, "not audio").unwrap();
     common::fails_with(&run(&model, &frames, &path(&text), &[]), "not a WAV file");
+    // A float WAV holding NaN: named, not turned into NaN outputs.
+    let nan = inputs.root.join("nan.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 1200,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut writer = hound::WavWriter::create(&nan, spec).unwrap();
+    for i in 0..96 {
+        writer.write_sample(if i == 5 { f32::NAN } else { 0.1 }).unwrap();
+    }
+    writer.finalize().unwrap();
+    common::fails_with(
+        &run(&model, &frames, &path(&nan), &[]),
+        "nan.wav: sample 5 is NaN, not a finite number",
+    );
+    // A video at another frame rate than the model's 25 a second.
+    let slow = inputs.root.join("slow.y4m");
+    std::fs::write(&slow, y4m("F30000:1001", 2)).unwrap();
+    common::fails_with(
+        &run(&model, &path(&slow), &wav, &[]),
+        "frame rate is F30000:1001, the model takes 25 frames a second: convert it with ffmpeg -r 25",
+    );
     // A video in a colour space that is not read, a directory of three frames.
     let y4m = inputs.root.join("clip.y4m");
     std::fs::write(&y4m, "YUV4MPEG2 W16 H16 F25:1 C420p10\n").unwrap();

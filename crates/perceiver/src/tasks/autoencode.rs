@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
-use crate::image::{decode_image, read_y4m, DecodeLimits, RgbImage};
+use crate::image::y4m::read_y4m_with_header;
+use crate::image::{decode_image, DecodeLimits, RgbImage};
 pub use crate::model::MAX_CHUNKS;
 use crate::model::{check_chunks, MultimodalOutput, PerceiverModel};
 use crate::preprocess::{MultimodalInput, Pixels};
@@ -137,7 +138,9 @@ impl Autoencoder {
         files.iter().map(|path| self.frame_from_file(path)).collect()
     }
 
-    /// The first `num_frames` frames of a `.y4m` video (see [`crate::image::y4m`]).
+    /// The first `num_frames` frames of a `.y4m` video (see [`crate::image::y4m`]) at
+    /// [`FRAMES_PER_SECOND`]: a header whose `F` states another rate is an error (one with no
+    /// rate is taken to be at that rate, as ffmpeg takes it).
     pub fn frames_from_y4m(&self, path: &Path) -> Result<Vec<Pixels>> {
         let file = std::fs::File::open(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -149,10 +152,22 @@ impl Autoencoder {
         let limits = DecodeLimits {
             max_pixels: (h * w) as u64,
         };
-        let frames = read_y4m(std::io::BufReader::new(file), wanted, &limits).map_err(|e| match e {
-            Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(path, height, width),
-            e => Error::InvalidInput(format!("{}: {e}", path.display())),
-        })?;
+        let (header, frames) =
+            read_y4m_with_header(std::io::BufReader::new(file), wanted, &limits).map_err(|e| match e {
+                Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(path, height, width),
+                e => Error::InvalidInput(format!("{}: {e}", path.display())),
+            })?;
+        // The audio's rate is audio_samples_per_frame × 25: frames at another rate would not
+        // line up with it. No rate (or 0:0, "unknown") is 25, as ffmpeg reads it.
+        if let Some((n, d)) = header.frame_rate {
+            if u64::from(FRAMES_PER_SECOND).checked_mul(d) != Some(n) {
+                return Err(Error::InvalidInput(format!(
+                    "{}: the video's frame rate is F{n}:{d}, the model takes {FRAMES_PER_SECOND} \
+                     frames a second: convert it with ffmpeg -r {FRAMES_PER_SECOND}",
+                    path.display()
+                )));
+            }
+        }
         if frames.len() < wanted {
             return Err(Error::InvalidInput(format!(
                 "{}: the model takes {wanted} frames (num_frames), the video has {}",
@@ -202,7 +217,8 @@ impl Autoencoder {
 
     /// The model's length of audio from a WAV file: its first channel (as the Colab), the first
     /// `num_frames × audio_samples_per_frame` samples, at [`sample_rate`](Self::sample_rate);
-    /// integer samples scaled to [-1, 1] (16-bit ÷ 2¹⁵, as the Colab), float samples as they are.
+    /// integer samples scaled to [-1, 1] (16-bit ÷ 2¹⁵, as the Colab), float samples as they are
+    /// (NaN or infinity is an error).
     pub fn audio_from_wav(&self, path: &Path) -> Result<Vec<f32>> {
         let wav_error = |e: hound::Error| match e {
             hound::Error::IoError(source) => Error::Io {
@@ -258,7 +274,16 @@ impl Autoencoder {
                 samples.len() / channels
             )));
         }
-        Ok(samples.into_iter().step_by(channels).collect())
+        let samples: Vec<f32> = samples.into_iter().step_by(channels).collect();
+        // A float WAV can hold NaN or infinity, which would make every output NaN.
+        if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "{}: sample {i} is {}, not a finite number",
+                path.display(),
+                samples[i]
+            )));
+        }
+        Ok(samples)
     }
 
     /// Autoencodes the frames and audio; the `top_k` best labels (at least 1).
