@@ -22,8 +22,8 @@ pub struct AutoencodeArgs {
     engine: EngineArgs,
 
     /// The video: a directory of exactly the model's number of frames (PNG or JPEG, in name
-    /// order), or a .y4m file (its first frames); each of the model's frame size (16 of 224x224
-    /// for the released model).
+    /// order, numbers by value: 2.png before 10.png), or a .y4m file (its first frames, 25 a
+    /// second); each of the model's frame size (16 of 224x224 for the released model).
     #[arg(long, value_name = "DIR|Y4M")]
     frames: PathBuf,
 

@@ -132,6 +132,34 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     assert_eq!(written[0].0.len(), 96);
 }
 
+#[test]
+fn frames_come_in_natural_order() {
+    let inputs = inputs();
+    let model = model();
+    // The same two frames as 1.png, 2.png and as 9.png, 10.png (byte order: 10 before 9).
+    let nine_ten = inputs.root.join("nine_ten");
+    std::fs::create_dir(&nine_ten).unwrap();
+    std::fs::copy(inputs.frames.join("f0.png"), nine_ten.join("9.png")).unwrap();
+    std::fs::copy(inputs.frames.join("f1.png"), nine_ten.join("10.png")).unwrap();
+    let mut audio = Vec::new();
+    for (name, frames) in [("a", &inputs.frames), ("b", &nine_ten)] {
+        let out_dir = inputs.root.join(name);
+        common::run(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &path(frames),
+            "--audio",
+            &path(&inputs.wav),
+            "--out",
+            &path(&out_dir),
+        ]);
+        audio.push(std::fs::read(out_dir.join("audio.wav")).unwrap());
+    }
+    assert_eq!(audio[0], audio[1], "9.png is the first frame, 10.png the second");
+}
+
 /// A 16x16 4:2:0 `.y4m` video of `frames` grey frames, with `rate` (e.g. `F25:1`) in its header.
 fn y4m(rate: &str, frames: usize) -> Vec<u8> {
     let mut bytes = format!("YUV4MPEG2 W16 H16 {rate} Ip C420jpeg\n").into_bytes();

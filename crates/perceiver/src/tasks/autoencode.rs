@@ -8,6 +8,7 @@
 //! the released `audio_samples_per_frame`. A WAV file must have `audio_samples_per_frame × 25`
 //! samples a second.
 
+use std::cmp::Ordering;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -113,7 +114,8 @@ impl Autoencoder {
         self.frames_from_y4m(path)
     }
 
-    /// The `num_frames` image files of `dir` (PNG or JPEG, by name order): exactly that many.
+    /// The `num_frames` image files of `dir` (PNG or JPEG, in natural name order: digits compare
+    /// as numbers, so `2.png` comes before `10.png`): exactly that many.
     pub fn frames_from_dir(&self, dir: &Path) -> Result<Vec<Pixels>> {
         let io = |source| Error::Io {
             path: dir.to_path_buf(),
@@ -126,7 +128,9 @@ impl Autoencoder {
             .into_iter()
             .filter(|p| p.is_file() && has_frame_extension(p))
             .collect();
-        files.sort();
+        files.sort_by(|a, b| {
+            natural_order(a.as_os_str().as_encoded_bytes(), b.as_os_str().as_encoded_bytes())
+        });
         let wanted = self.spec.num_frames;
         if files.len() != wanted {
             return Err(Error::InvalidInput(format!(
@@ -379,6 +383,34 @@ impl Autoencoder {
     }
 }
 
+/// Natural order: runs of ASCII digits compare as numbers, so ffmpeg's `%d.png` frames come in
+/// frame order (`2.png` before `10.png`); other bytes compare as bytes, and names equal as numbers
+/// (`01`, `1`) by their bytes.
+fn natural_order(a: &[u8], b: &[u8]) -> Ordering {
+    fn digit_run(s: &[u8]) -> usize {
+        s.iter().take_while(|c| c.is_ascii_digit()).count()
+    }
+    fn without_zeros(run: &[u8]) -> &[u8] {
+        &run[run.iter().take_while(|&&c| c == b'0').count()..]
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let order = if a[i].is_ascii_digit() && b[j].is_ascii_digit() {
+            let (end_a, end_b) = (i + digit_run(&a[i..]), j + digit_run(&b[j..]));
+            let (x, y) = (without_zeros(&a[i..end_a]), without_zeros(&b[j..end_b]));
+            (i, j) = (end_a, end_b);
+            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+        } else {
+            (i, j) = (i + 1, j + 1);
+            a[i - 1].cmp(&b[j - 1])
+        };
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+    (a.len() - i).cmp(&(b.len() - j)).then_with(|| a.cmp(b))
+}
+
 fn frames_mismatch(output: &MultimodalOutput) -> Error {
     Error::InvalidInput(format!(
         "{} image values are not {} frames of {}x{} RGB pixels",
@@ -387,4 +419,37 @@ fn frames_mismatch(output: &MultimodalOutput) -> Error {
         output.height,
         output.width
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_order;
+
+    #[test]
+    fn frames_sort_in_natural_order() {
+        let mut names = [
+            "10.png",
+            "9.png",
+            "frame_2.png",
+            "frame_10.png",
+            "01.png",
+            "1.png",
+            "b.png",
+            "a.png",
+        ];
+        names.sort_by(|a, b| natural_order(a.as_bytes(), b.as_bytes()));
+        assert_eq!(
+            names,
+            [
+                "01.png",
+                "1.png",
+                "9.png",
+                "10.png",
+                "a.png",
+                "b.png",
+                "frame_2.png",
+                "frame_10.png"
+            ]
+        );
+    }
 }
