@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::tasks::autoencode::{Autoencoder, DEFAULT_CHUNKS, MAX_CHUNKS};
-use perceiver::LabelScore;
+use perceiver::tasks::autoencode::{Autoencoder, InputReader, DEFAULT_CHUNKS, MAX_CHUNKS};
+use perceiver::{Architecture, LabelScore};
 
 use crate::model::{EngineArgs, ModelArgs};
 
@@ -54,11 +54,21 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
     if args.out.is_file() {
         bail!("--out {} is a file; give a directory", args.out.display());
     }
+    // Every input is read and checked against the model's config before its weights load (the
+    // released model's are some 800 MB to download).
+    let config = args.model.config()?;
+    let architecture = Architecture::of(&config)?;
+    if architecture != Architecture::MultimodalAutoencoding {
+        bail!(
+            "autoencoding needs a PerceiverForMultimodalAutoencoding model, not a {}",
+            architecture.name()
+        );
+    }
+    let reader = InputReader::new(config.multimodal()?);
+    let frames = reader.frames_from(&args.frames)?;
+    let audio = reader.audio_from_wav(&args.audio)?;
     let model = args.model.load_engine(args.engine.precision)?;
     let task = Autoencoder::new(model)?.with_chunks(args.chunks as usize)?;
-    // Every input is read and checked before the model runs.
-    let frames = task.frames_from(&args.frames)?;
-    let audio = task.audio_from_wav(&args.audio)?;
     let output = task.autoencode(frames, audio, args.top_k as usize)?;
 
     let frame_paths = task.write_frames(&output.reconstruction, &args.out.join("frames"))?;

@@ -160,6 +160,37 @@ fn frames_come_in_natural_order() {
     assert_eq!(audio[0], audio[1], "9.png is the first frame, 10.png the second");
 }
 
+#[test]
+fn inputs_are_checked_before_the_weights_load() {
+    let inputs = inputs();
+    // The model's config without its weights: an input error is found without them.
+    let config_only = inputs.root.join("config_only");
+    std::fs::create_dir(&config_only).unwrap();
+    std::fs::copy(
+        Path::new(&model()).join("config.json"),
+        config_only.join("config.json"),
+    )
+    .unwrap();
+    let short = inputs.root.join("short.wav");
+    write_wav(&short, 1200, 50);
+    let run = |audio: &Path| {
+        perceiver(&[
+            "autoencode",
+            "--model",
+            &path(&config_only),
+            "--frames",
+            &path(&inputs.frames),
+            "--audio",
+            &path(audio),
+            "--out",
+            &path(&inputs.root.join("out")),
+        ])
+    };
+    common::fails_with(&run(&short), "96 samples");
+    // Good inputs then meet the missing weights.
+    common::fails_with(&run(&inputs.wav), "cannot load model");
+}
+
 /// A 16x16 4:2:0 `.y4m` video of `frames` grey frames, with `rate` (e.g. `F25:1`) in its header.
 fn y4m(rate: &str, frames: usize) -> Vec<u8> {
     let mut bytes = format!("YUV4MPEG2 W16 H16 {rate} Ip C420jpeg\n").into_bytes();

@@ -79,6 +79,24 @@ impl Source {
 /// When the hub cannot be reached, a complete copy in the cache is used, as huggingface_hub
 /// does.
 pub(crate) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles> {
+    fetch_with(model_id, options, files_from)
+}
+
+/// Fetches (or finds) config.json alone: a model's sizes before its weights are downloaded.
+pub(crate) fn fetch_config(model_id: &str, options: &LoadOptions) -> Result<PathBuf> {
+    fetch_with(model_id, options, |source, model_id| {
+        source
+            .get(model_id, CONFIG_FILE)?
+            .ok_or_else(|| source.missing(model_id, CONFIG_FILE))
+    })
+}
+
+/// `take` from the hub, or from the cache (offline, or when the hub cannot be reached).
+fn fetch_with<T>(
+    model_id: &str,
+    options: &LoadOptions,
+    take: impl Fn(&Source, &str) -> Result<T>,
+) -> Result<T> {
     let revision = options.revision.clone().unwrap_or_else(|| "main".to_string());
     let repo = Repo::with_revision(model_id.to_string(), RepoType::Model, revision.clone());
     let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
@@ -97,7 +115,7 @@ pub(crate) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles>
         }
     };
     if options.offline || env_flag("HF_HUB_OFFLINE") {
-        return files_from(&cached(), model_id);
+        return take(&cached(), model_id);
     }
     let online = || -> Result<Source> {
         let mut builder = ApiBuilder::from_cache(cache())
@@ -118,8 +136,8 @@ pub(crate) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles>
         Ok(Source::Online { api, listed })
     };
     match online() {
-        Ok(source) => files_from(&source, model_id),
-        Err(online_error) => files_from(&cached(), model_id).map_err(|_| online_error),
+        Ok(source) => take(&source, model_id),
+        Err(online_error) => take(&cached(), model_id).map_err(|_| online_error),
     }
 }
 

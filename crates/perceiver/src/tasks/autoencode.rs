@@ -94,11 +94,61 @@ impl Autoencoder {
     /// The audio's sample rate: `audio_samples_per_frame` × [`FRAMES_PER_SECOND`] (48 kHz for the
     /// released model).
     pub fn sample_rate(&self) -> u32 {
+        self.reader().sample_rate()
+    }
+
+    /// The reader of this model's inputs.
+    pub fn reader(&self) -> InputReader {
+        InputReader::new(self.spec)
+    }
+
+    /// [`InputReader::frames_from`].
+    pub fn frames_from(&self, path: &Path) -> Result<Vec<Pixels>> {
+        self.reader().frames_from(path)
+    }
+
+    /// [`InputReader::frames_from_dir`].
+    pub fn frames_from_dir(&self, dir: &Path) -> Result<Vec<Pixels>> {
+        self.reader().frames_from_dir(dir)
+    }
+
+    /// [`InputReader::frames_from_y4m`].
+    pub fn frames_from_y4m(&self, path: &Path) -> Result<Vec<Pixels>> {
+        self.reader().frames_from_y4m(path)
+    }
+
+    /// [`InputReader::frame_from_file`].
+    pub fn frame_from_file(&self, path: &Path) -> Result<Pixels> {
+        self.reader().frame_from_file(path)
+    }
+
+    /// [`InputReader::audio_from_wav`].
+    pub fn audio_from_wav(&self, path: &Path) -> Result<Vec<f32>> {
+        self.reader().audio_from_wav(path)
+    }
+}
+
+/// The autoencoder's inputs read from files and checked against a model's sizes, without the
+/// model: so that a bad input is found before its weights load (with
+/// [`Loader::config`](crate::Loader::config)).
+#[derive(Debug, Clone, Copy)]
+pub struct InputReader {
+    spec: MultimodalSpec,
+}
+
+impl InputReader {
+    /// A reader for a model of `spec` ([`PerceiverConfig::multimodal`](crate::PerceiverConfig::multimodal)).
+    pub fn new(spec: MultimodalSpec) -> Self {
+        Self { spec }
+    }
+
+    /// The audio's sample rate: `audio_samples_per_frame` × [`FRAMES_PER_SECOND`].
+    pub fn sample_rate(&self) -> u32 {
         (self.spec.audio_samples_per_frame as u64 * FRAMES_PER_SECOND as u64).min(u32::MAX as u64) as u32
     }
 
     /// The model's frames from `path`: a directory of exactly `num_frames` image files (PNG or
-    /// JPEG, in name order), or a `.y4m` video (its first `num_frames` frames); each of the
+    /// JPEG, in natural name order), or a `.y4m` video (its first `num_frames` frames); each of the
     /// model's frame size, scaled to [0, 1] (`v / 255` in f64, then f32, as the Colab).
     pub fn frames_from(&self, path: &Path) -> Result<Vec<Pixels>> {
         if path.is_dir() {
@@ -289,7 +339,9 @@ impl Autoencoder {
         }
         Ok(samples)
     }
+}
 
+impl Autoencoder {
     /// Autoencodes the frames and audio; the `top_k` best labels (at least 1).
     pub fn autoencode(&self, frames: Vec<Pixels>, audio: Vec<f32>, top_k: usize) -> Result<AutoencodeOutput> {
         if top_k == 0 {
