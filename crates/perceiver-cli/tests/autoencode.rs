@@ -161,6 +161,41 @@ fn frames_come_in_natural_order() {
 }
 
 #[test]
+fn outputs_that_would_overwrite_inputs_are_refused_before_the_model_loads() {
+    let inputs = inputs();
+    let model = model();
+    let (frames, wav) = (path(&inputs.frames), path(&inputs.wav));
+    let run = |frames: &str, audio: &str, out: &Path| {
+        perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            frames,
+            "--audio",
+            audio,
+            "--out",
+            &path(out),
+        ])
+    };
+    // --out whose frames/ is the input frames directory (root/frames), or that is it.
+    for out in [&inputs.root, &inputs.frames] {
+        common::fails_with(&run(&frames, &wav, out), "into the input frames directory");
+    }
+    assert_eq!(std::fs::read_dir(&inputs.frames).unwrap().count(), 2);
+    // The audio of an earlier run given back as input.
+    let out = inputs.root.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::copy(&inputs.wav, out.join("audio.wav")).unwrap();
+    common::fails_with(
+        &run(&frames, &path(&out.join("audio.wav")), &out),
+        "audio.wav is the input",
+    );
+    // --out under a file.
+    common::fails_with(&run(&frames, &wav, &inputs.wav.join("out")), "is not a directory");
+}
+
+#[test]
 fn inputs_are_checked_before_the_weights_load() {
     let inputs = inputs();
     // The model's config without its weights: an input error is found without them.
