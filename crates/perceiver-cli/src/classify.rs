@@ -10,7 +10,7 @@ use perceiver::image::DecodeLimits;
 use perceiver::{Classifier, LabelScore, Pixels};
 use rayon::prelude::*;
 
-use crate::model::{EngineArgs, ModelArgs};
+use crate::model::{image_error, EngineArgs, ModelArgs};
 
 #[derive(Args)]
 #[command(
@@ -189,6 +189,7 @@ fn prepare_images(classifier: &Classifier, paths: &[PathBuf]) -> Result<Vec<Pixe
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             classifier
                 .prepare_image(&bytes)
+                .map_err(image_error)
                 .with_context(|| path.display().to_string())
         })
         .collect()

@@ -9,7 +9,7 @@ use perceiver::flow::{color_wheel, save_flo, write_flow_png};
 use perceiver::image::{decode_image_with_limits, DecodeLimits, RgbImage};
 use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 
-use crate::model::{EngineArgs, ModelArgs};
+use crate::model::{image_error, EngineArgs, ModelArgs};
 use crate::outputs;
 
 #[derive(Args)]
@@ -153,7 +153,9 @@ pub fn run(args: FlowArgs) -> Result<()> {
 
 fn read_frame(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_image_with_limits(&bytes, limits).with_context(|| format!("frame {}", path.display()))
+    decode_image_with_limits(&bytes, limits)
+        .map_err(image_error)
+        .with_context(|| format!("frame {}", path.display()))
 }
 
 fn summary(output: &FlowOutput) -> serde_json::Value {

@@ -6,6 +6,15 @@ use anyhow::{Context, Result};
 use clap::Args;
 use perceiver::{Checkpoint, Classifier, LoadOptions, Loader, PerceiverConfig, PerceiverModel, Precision};
 
+/// An image's error, naming the flag that sets the limit when the image is over
+/// `--max-image-pixels` (the library names no flag).
+pub fn image_error(e: perceiver::Error) -> anyhow::Error {
+    match e {
+        perceiver::Error::ImageTooLarge { limit: "image", .. } => anyhow::anyhow!("{e} (--max-image-pixels)"),
+        e => e.into(),
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A model directory (config.json + weights), a Hugging Face hub id (e.g.

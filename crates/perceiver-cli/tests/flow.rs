@@ -157,7 +157,7 @@ fn bad_inputs_end_in_one_line() {
             "--max-image-pixels",
             "1000",
         ]),
-        "more than the limit DecodeLimits::max_pixels = 1000 pixels",
+        "more than the limit of 1000 pixels (--max-image-pixels)",
     );
     // Not an image.
     let text = dir.path().join("frame.png");

@@ -188,7 +188,14 @@ async fn prepare_image(
     let Task::Classifier(classifier) = &**task else {
         return Err(wrong_task(task, "/classify"));
     };
-    let invalid = move |e: perceiver::Error| ErrorResponse::validation(format!("{place}{e}"));
+    let invalid = move |e: perceiver::Error| {
+        // The library names no setting; the service's is --max-image-pixels.
+        let setting = match e {
+            perceiver::Error::ImageTooLarge { limit: "image", .. } => " (the service's --max-image-pixels)",
+            _ => "",
+        };
+        ErrorResponse::validation(format!("{place}{e}{setting}"))
+    };
     let pixels = decode_cost(&file, &classifier.decode_limits()).map_err(invalid.clone())?;
     // Decoding and resizing take a while: off the async threads.
     let task = task.clone();
@@ -1075,8 +1082,14 @@ mod tests {
         let _busy = budget.take(100).await;
         for (file, why) in [
             (b"not an image".to_vec(), "not a JPEG"),
-            (bmp_header(11, 10), "max_pixels"),
-            (gif_bomb(11, 10), "max_pixels"),
+            (
+                bmp_header(11, 10),
+                "more than the limit of 100 pixels (the service's --max-image-pixels)",
+            ),
+            (
+                gif_bomb(11, 10),
+                "more than the limit of 100 pixels (the service's --max-image-pixels)",
+            ),
         ] {
             let answer = tokio::time::timeout(
                 Duration::from_secs(5),
