@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::tasks::autoencode::{Autoencoder, DEFAULT_CHUNKS, MAX_CHUNKS};
-use perceiver::LabelScore;
+use perceiver::tasks::autoencode::{Autoencoder, InputReader, DEFAULT_CHUNKS, MAX_CHUNKS};
+use perceiver::{Architecture, LabelScore};
 
 use crate::model::{EngineArgs, ModelArgs};
+use crate::outputs::{self, resolved};
 
 #[derive(Args)]
 #[command(
@@ -22,8 +23,8 @@ pub struct AutoencodeArgs {
     engine: EngineArgs,
 
     /// The video: a directory of exactly the model's number of frames (PNG or JPEG, in name
-    /// order), or a .y4m file (its first frames); each of the model's frame size (16 of 224x224
-    /// for the released model).
+    /// order, numbers by value: 2.png before 10.png), or a .y4m file (its first frames, 25 a
+    /// second); each of the model's frame size (16 of 224x224 for the released model).
     #[arg(long, value_name = "DIR|Y4M")]
     frames: PathBuf,
 
@@ -51,14 +52,22 @@ pub struct AutoencodeArgs {
 }
 
 pub fn run(args: AutoencodeArgs) -> Result<()> {
-    if args.out.is_file() {
-        bail!("--out {} is a file; give a directory", args.out.display());
+    check_out(&args)?;
+    // Every input is read and checked against the model's config before its weights load (the
+    // released model's are some 800 MB to download).
+    let config = args.model.config()?;
+    let architecture = Architecture::of(&config)?;
+    if architecture != Architecture::MultimodalAutoencoding {
+        bail!(
+            "autoencoding needs a PerceiverForMultimodalAutoencoding model, not a {}",
+            architecture.name()
+        );
     }
+    let reader = InputReader::new(config.multimodal()?);
+    let frames = reader.frames_from(&args.frames)?;
+    let audio = reader.audio_from_wav(&args.audio)?;
     let model = args.model.load_engine(args.engine.precision)?;
     let task = Autoencoder::new(model)?.with_chunks(args.chunks as usize)?;
-    // Every input is read and checked before the model runs.
-    let frames = task.frames_from(&args.frames)?;
-    let audio = task.audio_from_wav(&args.audio)?;
     let output = task.autoencode(frames, audio, args.top_k as usize)?;
 
     let frame_paths = task.write_frames(&output.reconstruction, &args.out.join("frames"))?;
@@ -103,6 +112,52 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
         for label in &output.labels {
             writeln!(out, "{:>7.4}  {}", label.score, label.label)?;
         }
+    }
+    Ok(())
+}
+
+/// Refuses, before anything is read or loaded, an `--out` that could not be written or would
+/// write over the inputs: the reconstruction's frames written into the input frames directory
+/// would be read as frames by the next run.
+fn check_out(args: &AutoencodeArgs) -> Result<()> {
+    let out = &args.out;
+    if out.exists() && !out.is_dir() {
+        bail!("--out {} is a file; give a directory", out.display());
+    }
+    // It is created if missing: the nearest part of it that exists must be a directory.
+    if let Some(existing) = out.ancestors().skip(1).find(|a| a.exists()) {
+        if !existing.is_dir() {
+            bail!(
+                "cannot create --out {}: {} is not a directory",
+                out.display(),
+                existing.display()
+            );
+        }
+    }
+    let frames_dir = out.join("frames");
+    let inputs = resolved(&args.frames);
+    if inputs == resolved(out) || inputs == resolved(&frames_dir) {
+        bail!(
+            "--out {} would write the reconstruction into the input frames directory {}: give another directory",
+            out.display(),
+            args.frames.display()
+        );
+    }
+    if frames_dir.exists() && !frames_dir.is_dir() {
+        bail!(
+            "cannot write the frames into {}: it is not a directory",
+            frames_dir.display()
+        );
+    }
+    // An existing --out may hold an input (a run on an earlier run's audio.wav).
+    if out.is_dir() {
+        outputs::check_files(
+            &[&args.frames, &args.audio],
+            &[
+                ("--out", &out.join("audio.wav")),
+                ("--out", &out.join("labels.json")),
+            ],
+        )?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `perceiver classify`.
 
+use std::ffi::OsString;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use perceiver::image::DecodeLimits;
 use perceiver::{Classifier, LabelScore, Pixels};
 use rayon::prelude::*;
 
-use crate::model::{EngineArgs, ModelArgs};
+use crate::model::{image_error, EngineArgs, ModelArgs};
 
 #[derive(Args)]
 #[command(
@@ -19,7 +20,7 @@ perceiver classify --model ./sentiment --text \"What a lovely day\" \"Dreadful s
 pub struct ClassifyArgs {
     /// Images (files, or directories: their image files), or texts with --text.
     #[arg(required_unless_present = "input", conflicts_with = "input")]
-    inputs: Vec<String>,
+    inputs: Vec<OsString>,
 
     #[command(flatten)]
     model: ModelArgs,
@@ -41,7 +42,8 @@ pub struct ClassifyArgs {
     input: Option<PathBuf>,
 
     /// Print one JSON line per input, in input order: the list transformers' classification
-    /// pipelines return, `[{"label": …, "score": …}, …]`.
+    /// pipelines return, `[{"label": …, "score": …}, …]`, each entry also naming its `input`
+    /// (an image's path, "input N" for the Nth text).
     #[arg(long)]
     json: bool,
 
@@ -61,13 +63,40 @@ const MAX_BATCH_SIZE: i64 = 256;
 /// File extensions a directory argument's images are found by.
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
+/// The inputs to classify, with how each is named in output and messages.
+enum Inputs {
+    /// Texts, each with where it came from ("input 2", "list.txt line 3").
+    Texts(Vec<(String, String)>),
+    /// Image files, kept as paths (a file name need not be UTF-8).
+    Images(Vec<PathBuf>),
+}
+
+impl Inputs {
+    fn len(&self) -> usize {
+        match self {
+            Inputs::Texts(texts) => texts.len(),
+            Inputs::Images(paths) => paths.len(),
+        }
+    }
+
+    /// How input `i` is named in output: an image by its path (lossily where it is not UTF-8),
+    /// a text by itself, or in JSON by its place ("input 3"), as a text may be long.
+    fn name(&self, i: usize, json: bool) -> String {
+        match self {
+            Inputs::Texts(_) if json => format!("input {}", i + 1),
+            Inputs::Texts(texts) => texts[i].1.clone(),
+            Inputs::Images(paths) => paths[i].display().to_string(),
+        }
+    }
+}
+
 pub fn run(args: ClassifyArgs) -> Result<()> {
     // Each input with where it came from, for error messages (a text may be long).
-    let lines: Vec<(String, String)> = match &args.input {
+    let lines: Vec<(String, OsString)> = match &args.input {
         Some(path) => read_lines(path)?
             .into_iter()
             .enumerate()
-            .map(|(i, line)| (format!("{} line {}", path.display(), i + 1), line))
+            .map(|(i, line)| (format!("{} line {}", path.display(), i + 1), line.into()))
             .collect(),
         None => args
             .inputs
@@ -76,8 +105,15 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             .map(|(i, input)| (format!("input {}", i + 1), input.clone()))
             .collect(),
     };
-    let inputs: Vec<String> = if args.text {
-        lines.iter().map(|(_, text)| text.clone()).collect()
+    let inputs = if args.text {
+        let mut texts = Vec::with_capacity(lines.len());
+        for (where_, text) in lines {
+            let Ok(text) = text.into_string() else {
+                bail!("{where_} is not UTF-8 text");
+            };
+            texts.push((where_, text));
+        }
+        Inputs::Texts(texts)
     } else {
         let mut paths = Vec::new();
         for (where_, line) in &lines {
@@ -86,9 +122,10 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             }
             paths.extend(image_paths(Path::new(line))?);
         }
-        paths
+        Inputs::Images(paths)
     };
-    if inputs.is_empty() {
+    let count = inputs.len();
+    if count == 0 {
         bail!("no inputs to classify");
     }
     let classifier = args
@@ -109,8 +146,8 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         _ => {}
     }
     // Every text is checked before any runs.
-    if args.text {
-        for (where_, text) in &lines {
+    if let Inputs::Texts(texts) = &inputs {
+        for (where_, text) in texts {
             classifier.tokenize(text).with_context(|| where_.clone())?;
         }
     }
@@ -118,21 +155,24 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     let (top_k, batch_size) = (args.top_k as usize, args.batch_size as usize);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    for batch in inputs.chunks(batch_size) {
-        let results = if args.text {
-            let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
-            classifier.classify_texts(&texts, top_k)?
-        } else {
-            let images = prepare_images(&classifier, batch)?;
-            let refs: Vec<&Pixels> = images.iter().collect();
-            classifier.classify_pixels(&refs, top_k)?
+    for start in (0..count).step_by(batch_size) {
+        let end = (start + batch_size).min(count);
+        let results = match &inputs {
+            Inputs::Texts(texts) => {
+                let batch: Vec<&str> = texts[start..end].iter().map(|(_, text)| text.as_str()).collect();
+                classifier.classify_texts(&batch, top_k)?
+            }
+            Inputs::Images(paths) => {
+                let images = prepare_images(&classifier, &paths[start..end])?;
+                let refs: Vec<&Pixels> = images.iter().collect();
+                classifier.classify_pixels(&refs, top_k)?
+            }
         };
-        for (input, labels) in batch.iter().zip(&results) {
+        for (i, labels) in (start..end).zip(&results) {
             if args.json {
-                serde_json::to_writer(&mut out, labels)?;
-                writeln!(out)?;
+                write_json(&mut out, &inputs.name(i, true), labels)?;
             } else {
-                write_human(&mut out, input, labels)?;
+                write_human(&mut out, &inputs.name(i, false), labels)?;
             }
         }
         out.flush()?;
@@ -142,21 +182,24 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
 
 /// Decodes and preprocesses a batch of image files, in parallel; the first failure names its
 /// file.
-fn prepare_images(classifier: &Classifier, paths: &[String]) -> Result<Vec<Pixels>> {
+fn prepare_images(classifier: &Classifier, paths: &[PathBuf]) -> Result<Vec<Pixels>> {
     paths
         .par_iter()
         .map(|path| {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-            classifier.prepare_image(&bytes).with_context(|| path.clone())
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            classifier
+                .prepare_image(&bytes)
+                .map_err(image_error)
+                .with_context(|| path.display().to_string())
         })
         .collect()
 }
 
 /// A file is itself; a directory is its image files (by extension), sorted by name.
-fn image_paths(path: &Path) -> Result<Vec<String>> {
+fn image_paths(path: &Path) -> Result<Vec<PathBuf>> {
     let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !metadata.is_dir() {
-        return Ok(vec![path.display().to_string()]);
+        return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
     for entry in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
@@ -166,7 +209,7 @@ fn image_paths(path: &Path) -> Result<Vec<String>> {
             .and_then(|e| e.to_str())
             .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
         if is_image && file.is_file() {
-            files.push(file.display().to_string());
+            files.push(file);
         }
     }
     if files.is_empty() {
@@ -198,6 +241,27 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
         )
     })?;
     Ok(content.lines().map(str::to_string).collect())
+}
+
+/// One JSON line: the pipeline's list, each entry also naming the input.
+fn write_json(out: &mut impl Write, input: &str, labels: &[LabelScore]) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        label: &'a str,
+        score: f32,
+        input: &'a str,
+    }
+    let entries: Vec<Entry> = labels
+        .iter()
+        .map(|l| Entry {
+            label: &l.label,
+            score: l.score,
+            input,
+        })
+        .collect();
+    serde_json::to_writer(&mut *out, &entries)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 fn write_human(out: &mut impl Write, input: &str, labels: &[LabelScore]) -> std::io::Result<()> {

@@ -9,7 +9,8 @@ use perceiver::flow::{color_wheel, save_flo, write_flow_png};
 use perceiver::image::{decode_image_with_limits, DecodeLimits, RgbImage};
 use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 
-use crate::model::{EngineArgs, ModelArgs};
+use crate::model::{image_error, EngineArgs, ModelArgs};
+use crate::outputs;
 
 #[derive(Args)]
 #[command(
@@ -38,7 +39,7 @@ pub struct FlowArgs {
     #[arg(long, value_name = "FILE")]
     flo: Option<PathBuf>,
 
-    /// Print one JSON line: the size, the mean and largest flow magnitude and the tile grid.
+    /// Print one JSON line: the size, the mean and largest flow magnitude and the tiles run.
     #[arg(long)]
     json: bool,
 
@@ -73,6 +74,15 @@ pub fn run(args: FlowArgs) -> Result<()> {
             }
         }
     }
+    let outputs: Vec<(&str, &Path)> = [
+        ("--out", &args.out),
+        ("--flo", &args.flo),
+        ("--legend", &args.legend),
+    ]
+    .into_iter()
+    .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
+    .collect();
+    outputs::check_files(&[&args.frame1, &args.frame2], &outputs)?;
     if let Some(max) = args.max_flow {
         if !(max.is_finite() && max > 0.0) {
             bail!("--max-flow must be a positive number of pixels, not {max}");
@@ -141,7 +151,9 @@ pub fn run(args: FlowArgs) -> Result<()> {
 
 fn read_frame(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_image_with_limits(&bytes, limits).with_context(|| format!("frame {}", path.display()))
+    decode_image_with_limits(&bytes, limits)
+        .map_err(image_error)
+        .with_context(|| format!("frame {}", path.display()))
 }
 
 fn summary(output: &FlowOutput) -> serde_json::Value {

@@ -12,6 +12,7 @@ mod convert;
 mod fill_mask;
 mod flow;
 mod model;
+mod outputs;
 mod serve;
 mod train;
 

@@ -4,7 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver::{Checkpoint, Classifier, LoadOptions, Loader, PerceiverModel, Precision};
+use perceiver::{Checkpoint, Classifier, LoadOptions, Loader, PerceiverConfig, PerceiverModel, Precision};
+
+/// An image's error, naming the flag that sets the limit when the image is over
+/// `--max-image-pixels` (the library names no flag).
+pub fn image_error(e: perceiver::Error) -> anyhow::Error {
+    match e {
+        perceiver::Error::ImageTooLarge { limit: "image", .. } => anyhow::anyhow!("{e} (--max-image-pixels)"),
+        e => e.into(),
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -64,6 +73,14 @@ impl ModelArgs {
             Some(config) => loader.model_config(config),
             None => loader,
         }
+    }
+
+    /// The config of the model these flags name, without its weights (a hub id's are not
+    /// downloaded): what inputs are checked against before the model loads.
+    pub fn config(&self) -> Result<PerceiverConfig> {
+        self.loader()
+            .config()
+            .with_context(|| format!("cannot load model {}", self.model))
     }
 
     /// The config and checked weights these flags name, unpacked.

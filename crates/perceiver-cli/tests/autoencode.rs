@@ -133,6 +133,132 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
 }
 
 #[test]
+fn frames_come_in_natural_order() {
+    let inputs = inputs();
+    let model = model();
+    // The same two frames as 1.png, 2.png and as 9.png, 10.png (byte order: 10 before 9).
+    let nine_ten = inputs.root.join("nine_ten");
+    std::fs::create_dir(&nine_ten).unwrap();
+    std::fs::copy(inputs.frames.join("f0.png"), nine_ten.join("9.png")).unwrap();
+    std::fs::copy(inputs.frames.join("f1.png"), nine_ten.join("10.png")).unwrap();
+    let mut audio = Vec::new();
+    for (name, frames) in [("a", &inputs.frames), ("b", &nine_ten)] {
+        let out_dir = inputs.root.join(name);
+        common::run(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &path(frames),
+            "--audio",
+            &path(&inputs.wav),
+            "--out",
+            &path(&out_dir),
+        ]);
+        audio.push(std::fs::read(out_dir.join("audio.wav")).unwrap());
+    }
+    assert_eq!(audio[0], audio[1], "9.png is the first frame, 10.png the second");
+}
+
+#[test]
+fn outputs_that_would_overwrite_inputs_are_refused_before_the_model_loads() {
+    let inputs = inputs();
+    let model = model();
+    let (frames, wav) = (path(&inputs.frames), path(&inputs.wav));
+    let run = |frames: &str, audio: &str, out: &Path| {
+        perceiver(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            frames,
+            "--audio",
+            audio,
+            "--out",
+            &path(out),
+        ])
+    };
+    // --out whose frames/ is the input frames directory (root/frames), or that is it.
+    for out in [&inputs.root, &inputs.frames] {
+        common::fails_with(&run(&frames, &wav, out), "into the input frames directory");
+    }
+    assert_eq!(std::fs::read_dir(&inputs.frames).unwrap().count(), 2);
+    // The audio of an earlier run given back as input.
+    let out = inputs.root.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::copy(&inputs.wav, out.join("audio.wav")).unwrap();
+    common::fails_with(
+        &run(&frames, &path(&out.join("audio.wav")), &out),
+        "audio.wav is the input",
+    );
+    // --out under a file.
+    common::fails_with(&run(&frames, &wav, &inputs.wav.join("out")), "is not a directory");
+}
+
+#[test]
+fn inputs_are_checked_before_the_weights_load() {
+    let inputs = inputs();
+    // The model's config without its weights: an input error is found without them.
+    let config_only = inputs.root.join("config_only");
+    std::fs::create_dir(&config_only).unwrap();
+    std::fs::copy(
+        Path::new(&model()).join("config.json"),
+        config_only.join("config.json"),
+    )
+    .unwrap();
+    let short = inputs.root.join("short.wav");
+    write_wav(&short, 1200, 50);
+    let run = |audio: &Path| {
+        perceiver(&[
+            "autoencode",
+            "--model",
+            &path(&config_only),
+            "--frames",
+            &path(&inputs.frames),
+            "--audio",
+            &path(audio),
+            "--out",
+            &path(&inputs.root.join("out")),
+        ])
+    };
+    common::fails_with(&run(&short), "96 samples");
+    // Good inputs then meet the missing weights.
+    common::fails_with(&run(&inputs.wav), "cannot load model");
+}
+
+/// A 16x16 4:2:0 `.y4m` video of `frames` grey frames, with `rate` (e.g. `F25:1`) in its header.
+fn y4m(rate: &str, frames: usize) -> Vec<u8> {
+    let mut bytes = format!("YUV4MPEG2 W16 H16 {rate} Ip C420jpeg\n").into_bytes();
+    for _ in 0..frames {
+        bytes.extend_from_slice(b"FRAME\n");
+        bytes.extend_from_slice(&[128; 16 * 16 + 2 * 8 * 8]);
+    }
+    bytes
+}
+
+#[test]
+fn a_video_at_25_frames_a_second_or_of_no_stated_rate_is_read() {
+    let inputs = inputs();
+    let model = model();
+    // 50:2 is 25:1; a header without F is 25 a second, as ffmpeg reads it.
+    for rate in ["F25:1", "F50:2", ""] {
+        let video = inputs.root.join("clip.y4m");
+        std::fs::write(&video, y4m(rate, 3)).unwrap();
+        common::run(&[
+            "autoencode",
+            "--model",
+            &model,
+            "--frames",
+            &path(&video),
+            "--audio",
+            &path(&inputs.wav),
+            "--out",
+            &path(&inputs.root.join("out")),
+        ]);
+    }
+}
+
+#[test]
 fn bad_inputs_end_in_one_line() {
     let inputs = inputs();
     let model = model();
@@ -173,6 +299,30 @@ fn bad_inputs_end_in_one_line() {
     let text = inputs.root.join("text.wav");
     std::fs::write(&text, "not audio").unwrap();
     common::fails_with(&run(&model, &frames, &path(&text), &[]), "not a WAV file");
+    // A float WAV holding NaN: named, not turned into NaN outputs.
+    let nan = inputs.root.join("nan.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 1200,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut writer = hound::WavWriter::create(&nan, spec).unwrap();
+    for i in 0..96 {
+        writer.write_sample(if i == 5 { f32::NAN } else { 0.1 }).unwrap();
+    }
+    writer.finalize().unwrap();
+    common::fails_with(
+        &run(&model, &frames, &path(&nan), &[]),
+        "nan.wav: sample 5 is NaN, not a finite number",
+    );
+    // A video at another frame rate than the model's 25 a second.
+    let slow = inputs.root.join("slow.y4m");
+    std::fs::write(&slow, y4m("F30000:1001", 2)).unwrap();
+    common::fails_with(
+        &run(&model, &path(&slow), &wav, &[]),
+        "frame rate is F30000:1001, the model takes 25 frames a second: convert it with ffmpeg -r 25",
+    );
     // A video in a colour space that is not read, a directory of three frames.
     let y4m = inputs.root.join("clip.y4m");
     std::fs::write(&y4m, "YUV4MPEG2 W16 H16 F25:1 C420p10\n").unwrap();

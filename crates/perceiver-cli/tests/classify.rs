@@ -87,9 +87,36 @@ fn images_as_the_pipeline_classifies_them_one_line_each_in_order() {
         args.extend(files.iter().map(String::as_str));
         let lines = json_lines(&perceiver(&args));
         assert_eq!(lines.len(), cases.len());
-        for (line, case) in lines.iter().zip(&cases) {
+        for ((line, case), file) in lines.iter().zip(&cases).zip(&files) {
             same_as_pipeline(line, &case["output"]);
+            // Every entry names its input.
+            for entry in line.as_array().unwrap() {
+                assert_eq!(entry["input"], file.as_str());
+            }
         }
+    }
+}
+
+/// A file name that is not UTF-8 is read by its bytes, in a directory or as an argument, and
+/// shown lossily.
+#[cfg(unix)]
+#[test]
+fn file_names_need_not_be_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"bad\xff.png");
+    let image = dir.path().join(name);
+    std::fs::copy(fixture("tiny_image_conv").join("wide.png"), &image).unwrap();
+    let model = path(&fixture("tiny_image_conv"));
+    for input in [dir.path().as_os_str(), image.as_os_str()] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
+        cmd.args(["classify", "--json", "-k", "1", "--model", &model])
+            .arg(input)
+            .env("HF_HUB_OFFLINE", "1");
+        let lines = json_lines(&cmd.output().unwrap());
+        assert_eq!(lines.len(), 1);
+        let shown = lines[0][0]["input"].as_str().unwrap();
+        assert!(shown.ends_with("bad\u{fffd}.png"), "{shown}");
     }
 }
 
@@ -121,8 +148,10 @@ fn texts_as_the_pipeline_classifies_them() {
     args.extend(&texts);
     let lines = json_lines(&perceiver(&args));
     assert_eq!(lines.len(), cases.len());
-    for (line, case) in lines.iter().zip(&cases) {
+    for (i, (line, case)) in lines.iter().zip(&cases).enumerate() {
         same_as_pipeline(line, &case["output"]);
+        // A text is named by its place, not quoted.
+        assert_eq!(line[0]["input"], format!("input {}", i + 1));
     }
     // --input FILE: one text a line, same answers.
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -170,7 +199,7 @@ fn bad_inputs_are_one_line_errors() {
             "800",
             &image,
         ]),
-        "37 x 23 pixels (851), more than the limit",
+        "37 x 23 pixels (851), more than the limit of 800 pixels (--max-image-pixels)",
     );
     let tall = path(&fixture("tiny_image_conv").join("tall_grey.png"));
     let within = perceiver(&[

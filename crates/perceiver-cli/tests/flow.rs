@@ -109,7 +109,8 @@ fn prints_a_summary_line_without_json() {
     ]);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.starts_with("flow 48x56: mean "), "{stdout}");
-    assert!(stdout.contains("4 tile(s) of 48x56"), "{stdout}");
+    // The grid is the one tile 4 times over (the Colab's); it runs once.
+    assert!(stdout.contains("1 tile(s) of 48x56"), "{stdout}");
     assert!(
         stdout.contains(&format!("wrote picture {}", png.display())),
         "{stdout}"
@@ -156,7 +157,7 @@ fn bad_inputs_end_in_one_line() {
             "--max-image-pixels",
             "1000",
         ]),
-        "more than the limit DecodeLimits::max_pixels = 1000 pixels",
+        "more than the limit of 1000 pixels (--max-image-pixels)",
     );
     // Not an image.
     let text = dir.path().join("frame.png");
@@ -195,6 +196,35 @@ fn bad_inputs_end_in_one_line() {
     common::fails_with(
         &perceiver(&["flow", "--model", "default", &a, &b, "--json"]),
         "PerceiverForOpticalFlow",
+    );
+    // Outputs over an input frame, over each other, or in no directory: refused before the
+    // model loads (here a model that is not a flow model), and the frame left as it was.
+    let copy = dir.path().join("a.png");
+    std::fs::copy(&a, &copy).unwrap();
+    let copy = path(&copy);
+    for (outputs, needle) in [(vec!["--out", &copy], "--out"), (vec!["--flo", &copy], "--flo")] {
+        let mut args = vec!["flow", "--model", "default", &copy, &b];
+        args.extend(outputs);
+        common::fails_with(&perceiver(&args), &format!("{needle} {copy} is the input"));
+    }
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&a).unwrap());
+    common::fails_with(
+        &perceiver(&[
+            "flow", "--model", "default", &a, &b, "--out", &out_png, "--legend", &out_png,
+        ]),
+        "--out and --legend name the same file",
+    );
+    common::fails_with(
+        &perceiver(&[
+            "flow",
+            "--model",
+            "default",
+            &a,
+            &b,
+            "--flo",
+            "/nonexistent/dir/f.flo",
+        ]),
+        "cannot write /nonexistent/dir/f.flo (--flo): /nonexistent/dir is not a directory",
     );
     // An output that cannot be written.
     common::fails_with(

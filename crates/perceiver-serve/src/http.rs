@@ -188,7 +188,14 @@ async fn prepare_image(
     let Task::Classifier(classifier) = &**task else {
         return Err(wrong_task(task, "/classify"));
     };
-    let invalid = move |e: perceiver::Error| ErrorResponse::validation(format!("{place}{e}"));
+    let invalid = move |e: perceiver::Error| {
+        // The library names no setting; the service's is --max-image-pixels.
+        let setting = match e {
+            perceiver::Error::ImageTooLarge { limit: "image", .. } => " (the service's --max-image-pixels)",
+            _ => "",
+        };
+        ErrorResponse::validation(format!("{place}{e}{setting}"))
+    };
     let pixels = decode_cost(&file, &classifier.decode_limits()).map_err(invalid.clone())?;
     // Decoding and resizing take a while: off the async threads.
     let task = task.clone();
@@ -624,8 +631,9 @@ impl RawInputs {
     }
 }
 
-/// A base64 image of a JSON body: standard alphabet, padding optional, an optional
-/// `data:…;base64,` prefix (what browsers' `FileReader.readAsDataURL` gives).
+/// A base64 image of a JSON body: standard alphabet, padding optional, ASCII whitespace
+/// ignored, an optional `data:…;base64,` prefix (what browsers' `FileReader.readAsDataURL`
+/// gives).
 fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
     const ENGINE: GeneralPurpose = GeneralPurpose::new(
@@ -639,8 +647,19 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
         },
         None => text,
     };
+    // transformers' load_image decodes with base64.decodebytes, which skips line breaks (Python's
+    // base64.encodebytes puts one every 76 characters): whitespace is dropped, in one copy of
+    // the text where it has any.
+    let data: std::borrow::Cow<[u8]> = if data.bytes().any(|b| b.is_ascii_whitespace()) {
+        data.bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        data.as_bytes().into()
+    };
     let bytes = ENGINE
-        .decode(data.trim())
+        .decode(&data)
         .map_err(|e| format!("the image is not valid base64: {e}"))?;
     if bytes.is_empty() {
         return Err("the image is empty".into());
@@ -1075,8 +1094,14 @@ mod tests {
         let _busy = budget.take(100).await;
         for (file, why) in [
             (b"not an image".to_vec(), "not a JPEG"),
-            (bmp_header(11, 10), "max_pixels"),
-            (gif_bomb(11, 10), "max_pixels"),
+            (
+                bmp_header(11, 10),
+                "more than the limit of 100 pixels (the service's --max-image-pixels)",
+            ),
+            (
+                gif_bomb(11, 10),
+                "more than the limit of 100 pixels (the service's --max-image-pixels)",
+            ),
         ] {
             let answer = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -1180,6 +1205,10 @@ mod tests {
         assert_eq!(decode_base64("aGk=").unwrap(), b"hi");
         assert_eq!(decode_base64("aGk").unwrap(), b"hi");
         assert_eq!(decode_base64("data:image/png;base64,aGk=").unwrap(), b"hi");
+        // Line breaks as Python's base64.encodebytes writes them, CRLF, spaces.
+        assert_eq!(decode_base64("aGVsbG8g\nd29ybGQ=\n").unwrap(), b"hello world");
+        assert_eq!(decode_base64(" aGVs\r\nbG8=\r\n").unwrap(), b"hello");
+        assert!(decode_base64(" \n ").unwrap_err().contains("empty"));
         assert!(decode_base64("a$b").unwrap_err().contains("not valid base64"));
         assert!(decode_base64("").unwrap_err().contains("empty"));
         assert!(decode_base64("data:text/plain,hi").is_err());

@@ -160,7 +160,7 @@ pub enum Error {
     /// An image (as its header states it, before any pixel is decoded) or an intermediate image
     /// (a centre crop) with more pixels than a limit allows.
     #[error(
-        "the image is {width} x {height} pixels ({}), more than the limit {limit} = {max_pixels} pixels",
+        "the {limit} is {width} x {height} pixels ({}), more than the limit of {max_pixels} pixels",
         width.saturating_mul(*height)
     )]
     ImageTooLarge {
@@ -170,7 +170,9 @@ pub enum Error {
         height: u64,
         /// The most pixels allowed.
         max_pixels: u64,
-        /// The limit's name, e.g. `DecodeLimits::max_pixels`.
+        /// What is over the limit: `image` (an image over
+        /// [`DecodeLimits::max_pixels`](crate::image::DecodeLimits::max_pixels)), `centre crop`
+        /// or `resize target`.
         limit: &'static str,
     },
 

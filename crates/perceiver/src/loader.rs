@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{deepmind, Checkpoint, LoadOptions, ModelFiles};
+use crate::config::PerceiverConfig;
 use crate::error::{Error, Result};
 use crate::image::ImageProcessor;
 use crate::layers::Precision;
@@ -108,6 +109,20 @@ impl Loader {
     /// copies.
     pub fn checkpoint_with_preprocessor_config(&self) -> Result<(Checkpoint, Option<PathBuf>)> {
         self.resolve()
+    }
+
+    /// The model's config alone, so that inputs can be checked against its sizes before its
+    /// weights load: a hub id's `config.json` is fetched without its weights, a directory's is
+    /// read; a DeepMind checkpoint's comes from reading the file.
+    pub fn config(&self) -> Result<PerceiverConfig> {
+        let path = Path::new(&self.source);
+        let whole = deepmind::is_deepmind_file(path) || self.model_config.is_some();
+        #[cfg(feature = "default-model")]
+        let whole = whole || self.source == BUILT_IN;
+        if whole {
+            return Ok(self.checkpoint()?.config().clone());
+        }
+        PerceiverConfig::from_file(&ModelFiles::resolve_config(&self.source, &self.options)?)
     }
 
     /// The checkpoint and the model's `preprocessor_config.json`, if it has one.

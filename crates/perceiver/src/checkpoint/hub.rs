@@ -406,11 +406,29 @@ fn write_ref(repo: &Path, revision: &str, commit: &str) -> std::io::Result<()> {
 /// When the hub cannot be reached (or a download fails), a complete copy in the cache is used,
 /// as huggingface_hub does.
 pub(crate) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles> {
+    fetch_with(model_id, options, files_from)
+}
+
+/// Fetches (or finds) config.json alone: a model's sizes before its weights are downloaded.
+pub(crate) fn fetch_config(model_id: &str, options: &LoadOptions) -> Result<PathBuf> {
+    fetch_with(model_id, options, |source, model_id| {
+        source
+            .get(model_id, CONFIG_FILE)?
+            .ok_or_else(|| source.missing(model_id, CONFIG_FILE))
+    })
+}
+
+/// `take` from the hub, or from the cache (offline, or when the hub cannot be reached).
+fn fetch_with<T>(
+    model_id: &str,
+    options: &LoadOptions,
+    take: impl Fn(&Source, &str) -> Result<T>,
+) -> Result<T> {
     let revision = options.revision.clone().unwrap_or_else(|| "main".to_string());
     let repo = cache_dir()?.join(format!("models--{}", model_id.replace('/', "--")));
     let cached = || Source::Cache(cached_snapshot(&repo, &revision));
     if options.offline || env_flag("HF_HUB_OFFLINE") {
-        return files_from(&cached(), model_id);
+        return take(&cached(), model_id);
     }
     let hub = Hub::from_env()?;
     let online = hub
@@ -423,10 +441,10 @@ pub(crate) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles>
                 listed: info.siblings.into_iter().map(|s| s.rfilename).collect(),
                 sha: info.sha.clone(),
             };
-            Ok((files_from(&source, model_id)?, info.sha))
+            Ok((take(&source, model_id)?, info.sha))
         });
     match online {
-        Ok((files, sha)) => {
+        Ok((taken, sha)) => {
             // A branch or tag (not a path out of refs/) now names this commit. Best effort, as
             // huggingface_hub's: the files are had either way.
             let plain = revision
@@ -435,12 +453,12 @@ pub(crate) fn fetch(model_id: &str, options: &LoadOptions) -> Result<ModelFiles>
             if sha != revision && plain {
                 let _ = write_ref(&repo, &revision, &sha);
             }
-            Ok(files)
+            Ok(taken)
         }
         // The hub could not be asked, or a download failed: a complete cached copy will do.
         // (Not when the hub answered that the repository lacks a file.)
         Err(e @ Error::Hub { .. }) if !matches!(&e, Error::Hub { reason, .. } if reason == NOT_IN_REPOSITORY) => {
-            files_from(&cached(), model_id).map_err(|_| e)
+            take(&cached(), model_id).map_err(|_| e)
         }
         Err(e) => Err(e),
     }

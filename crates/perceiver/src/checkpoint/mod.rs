@@ -127,6 +127,21 @@ impl ModelFiles {
         }
         hub::fetch(model, options)
     }
+
+    /// `model`'s `config.json` as [`resolve`](Self::resolve) finds it, without fetching a hub
+    /// id's weights.
+    pub fn resolve_config(model: &str, options: &LoadOptions) -> Result<PathBuf> {
+        let path = Path::new(model);
+        let config = path.join(CONFIG_FILE);
+        if path.is_dir() && config.is_file() {
+            return Ok(config);
+        }
+        // Anything else is an error or a hub id: resolve's errors, or the hub's config alone.
+        if path.exists() || !looks_like_hub_id(model) {
+            return Ok(Self::resolve(model, options)?.config);
+        }
+        hub::fetch_config(model, options)
+    }
 }
 
 /// A config and its weights, every tensor name and shape checked against the config before any

@@ -73,7 +73,7 @@ impl DecodeLimits {
                 width,
                 height,
                 max_pixels: self.max_pixels,
-                limit: "DecodeLimits::max_pixels",
+                limit: "image",
             });
         }
         Ok(())
@@ -222,7 +222,7 @@ fn with_format(e: Error, name: &'static str) -> Error {
 fn image_error(name: &'static str, limits: &DecodeLimits, e: ImageError) -> Error {
     let reason = match e {
         ImageError::Limits(e) => format!(
-            "decoding it needs more memory than allowed ({} bytes, from DecodeLimits::max_pixels = {}): {e}",
+            "decoding it needs more memory than allowed ({} bytes, from the limit of {} pixels): {e}",
             limits.max_alloc(),
             limits.max_pixels
         ),

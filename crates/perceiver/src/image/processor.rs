@@ -545,7 +545,7 @@ fn centre_crop(image: &RgbImage, size: Size) -> Result<RgbImage> {
             width: size.width as u64,
             height: size.height as u64,
             max_pixels: max,
-            limit: "DecodeLimits::PIL_MAX_PIXELS (centre crop)",
+            limit: "centre crop",
         });
     }
     if (size.height, size.width) == (h, w) {

@@ -321,7 +321,7 @@ pub fn resize(image: &RgbImage, width: usize, height: usize, filter: Resample) -
             width: width as u64,
             height: height as u64,
             max_pixels: max,
-            limit: "DecodeLimits::PIL_MAX_PIXELS (resize target)",
+            limit: "resize target",
         });
     }
     if (width, height) == (image.width(), image.height()) {

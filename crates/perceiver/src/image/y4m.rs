@@ -36,6 +36,9 @@ pub struct Y4mHeader {
     pub width: usize,
     /// Rows.
     pub height: usize,
+    /// Frames a second as `F<numerator>:<denominator>` states it; `None` when the header has no
+    /// `F`, or a zero in it (the format's "unknown", which ffmpeg reads as 25:1).
+    pub frame_rate: Option<(u64, u64)>,
     chroma: Chroma,
     full_range: bool,
 }
@@ -75,7 +78,7 @@ impl Y4mHeader {
         if fields.next() != Some("YUV4MPEG2") {
             return Err(invalid("not a YUV4MPEG2 stream (no YUV4MPEG2 signature)"));
         }
-        let (mut width, mut height) = (None, None);
+        let (mut width, mut height, mut frame_rate) = (None, None, None);
         let mut chroma = Chroma::Half;
         let mut full_range = false;
         for field in fields.filter(|f| !f.is_empty()) {
@@ -89,6 +92,17 @@ impl Y4mHeader {
             match tag {
                 "W" => width = value.parse::<u64>().ok(),
                 "H" => height = value.parse::<u64>().ok(),
+                "F" => {
+                    let rate = value
+                        .split_once(':')
+                        .and_then(|(n, d)| Some((n.parse::<u64>().ok()?, d.parse::<u64>().ok()?)));
+                    let Some((n, d)) = rate else {
+                        return Err(invalid(format!(
+                            "the frame rate F{value} is not F<numerator>:<denominator>"
+                        )));
+                    };
+                    frame_rate = (n > 0 && d > 0).then_some((n, d));
+                }
                 "C" => {
                     chroma = match value {
                         "420jpeg" | "420paldv" | "420mpeg2" | "420" => Chroma::Half,
@@ -123,6 +137,7 @@ impl Y4mHeader {
         Ok(Self {
             width: width as usize,
             height: height as usize,
+            frame_rate,
             chroma,
             full_range,
         })
@@ -190,7 +205,19 @@ impl Y4mHeader {
 /// [`Error::InvalidImage`] for a bad header, an unsupported colour space, interlacing, a
 /// malformed `FRAME` line or a truncated frame; [`Error::ImageTooLarge`] for frames over
 /// `limits`.
-pub fn read_y4m(mut reader: impl BufRead, max_frames: usize, limits: &DecodeLimits) -> Result<Vec<RgbImage>> {
+pub fn read_y4m(reader: impl BufRead, max_frames: usize, limits: &DecodeLimits) -> Result<Vec<RgbImage>> {
+    read_y4m_with_header(reader, max_frames, limits).map(|(_, frames)| frames)
+}
+
+/// [`read_y4m`], and the stream's header (its size and frame rate).
+///
+/// # Errors
+/// As [`read_y4m`].
+pub fn read_y4m_with_header(
+    mut reader: impl BufRead,
+    max_frames: usize,
+    limits: &DecodeLimits,
+) -> Result<(Y4mHeader, Vec<RgbImage>)> {
     let header = read_line(&mut reader)?.ok_or_else(|| invalid("the stream is empty"))?;
     let header = Y4mHeader::parse(&header, limits)?;
     let mut frames = Vec::new();
@@ -210,7 +237,7 @@ pub fn read_y4m(mut reader: impl BufRead, max_frames: usize, limits: &DecodeLimi
             .map_err(|_| invalid(format!("the stream ends inside frame {}", frames.len())))?;
         frames.push(header.to_rgb(&planes));
     }
-    Ok(frames)
+    Ok((header, frames))
 }
 
 #[cfg(test)]
@@ -272,6 +299,22 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn the_frame_rate_is_read_and_zero_or_absent_is_unknown() {
+        let rate = |header: &str| {
+            read_y4m_with_header(stream(header, &[]).as_slice(), 1, &DecodeLimits::default())
+                .map(|(header, _)| header.frame_rate)
+        };
+        assert_eq!(rate("YUV4MPEG2 W2 H2 F30000:1001").unwrap(), Some((30000, 1001)));
+        assert_eq!(rate("YUV4MPEG2 W2 H2").unwrap(), None);
+        assert_eq!(rate("YUV4MPEG2 W2 H2 F0:0").unwrap(), None);
+        let message = rate("YUV4MPEG2 W2 H2 F25").unwrap_err().to_string();
+        assert!(
+            message.contains("F25 is not F<numerator>:<denominator>"),
+            "{message}"
         );
     }
 

@@ -8,11 +8,13 @@
 //! the released `audio_samples_per_frame`. A WAV file must have `audio_samples_per_frame × 25`
 //! samples a second.
 
+use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
-use crate::image::{decode_image, read_y4m, DecodeLimits, RgbImage};
+use crate::image::y4m::read_y4m_with_header;
+use crate::image::{decode_image, DecodeLimits, RgbImage};
 pub use crate::model::MAX_CHUNKS;
 use crate::model::{check_chunks, MultimodalOutput, PerceiverModel};
 use crate::preprocess::{MultimodalInput, Pixels};
@@ -91,11 +93,61 @@ impl Autoencoder {
     /// The audio's sample rate: `audio_samples_per_frame` × [`FRAMES_PER_SECOND`] (48 kHz for the
     /// released model).
     pub fn sample_rate(&self) -> u32 {
+        self.reader().sample_rate()
+    }
+
+    /// The reader of this model's inputs.
+    pub fn reader(&self) -> InputReader {
+        InputReader::new(self.spec)
+    }
+
+    /// [`InputReader::frames_from`].
+    pub fn frames_from(&self, path: &Path) -> Result<Vec<Pixels>> {
+        self.reader().frames_from(path)
+    }
+
+    /// [`InputReader::frames_from_dir`].
+    pub fn frames_from_dir(&self, dir: &Path) -> Result<Vec<Pixels>> {
+        self.reader().frames_from_dir(dir)
+    }
+
+    /// [`InputReader::frames_from_y4m`].
+    pub fn frames_from_y4m(&self, path: &Path) -> Result<Vec<Pixels>> {
+        self.reader().frames_from_y4m(path)
+    }
+
+    /// [`InputReader::frame_from_file`].
+    pub fn frame_from_file(&self, path: &Path) -> Result<Pixels> {
+        self.reader().frame_from_file(path)
+    }
+
+    /// [`InputReader::audio_from_wav`].
+    pub fn audio_from_wav(&self, path: &Path) -> Result<Vec<f32>> {
+        self.reader().audio_from_wav(path)
+    }
+}
+
+/// The autoencoder's inputs read from files and checked against a model's sizes, without the
+/// model: so that a bad input is found before its weights load (with
+/// [`Loader::config`](crate::Loader::config)).
+#[derive(Debug, Clone, Copy)]
+pub struct InputReader {
+    spec: MultimodalSpec,
+}
+
+impl InputReader {
+    /// A reader for a model of `spec` ([`PerceiverConfig::multimodal`](crate::PerceiverConfig::multimodal)).
+    pub fn new(spec: MultimodalSpec) -> Self {
+        Self { spec }
+    }
+
+    /// The audio's sample rate: `audio_samples_per_frame` × [`FRAMES_PER_SECOND`].
+    pub fn sample_rate(&self) -> u32 {
         (self.spec.audio_samples_per_frame as u64 * FRAMES_PER_SECOND as u64).min(u32::MAX as u64) as u32
     }
 
     /// The model's frames from `path`: a directory of exactly `num_frames` image files (PNG or
-    /// JPEG, in name order), or a `.y4m` video (its first `num_frames` frames); each of the
+    /// JPEG, in natural name order), or a `.y4m` video (its first `num_frames` frames); each of the
     /// model's frame size, scaled to [0, 1] (`v / 255` in f64, then f32, as the Colab).
     pub fn frames_from(&self, path: &Path) -> Result<Vec<Pixels>> {
         if path.is_dir() {
@@ -111,7 +163,8 @@ impl Autoencoder {
         self.frames_from_y4m(path)
     }
 
-    /// The `num_frames` image files of `dir` (PNG or JPEG, by name order): exactly that many.
+    /// The `num_frames` image files of `dir` (PNG or JPEG, in natural name order: digits compare
+    /// as numbers, so `2.png` comes before `10.png`): exactly that many.
     pub fn frames_from_dir(&self, dir: &Path) -> Result<Vec<Pixels>> {
         let io = |source| Error::Io {
             path: dir.to_path_buf(),
@@ -124,7 +177,9 @@ impl Autoencoder {
             .into_iter()
             .filter(|p| p.is_file() && has_frame_extension(p))
             .collect();
-        files.sort();
+        files.sort_by(|a, b| {
+            natural_order(a.as_os_str().as_encoded_bytes(), b.as_os_str().as_encoded_bytes())
+        });
         let wanted = self.spec.num_frames;
         if files.len() != wanted {
             return Err(Error::InvalidInput(format!(
@@ -136,7 +191,9 @@ impl Autoencoder {
         files.iter().map(|path| self.frame_from_file(path)).collect()
     }
 
-    /// The first `num_frames` frames of a `.y4m` video (see [`crate::image::y4m`]).
+    /// The first `num_frames` frames of a `.y4m` video (see [`crate::image::y4m`]) at
+    /// [`FRAMES_PER_SECOND`]: a header whose `F` states another rate is an error (one with no
+    /// rate is taken to be at that rate, as ffmpeg takes it).
     pub fn frames_from_y4m(&self, path: &Path) -> Result<Vec<Pixels>> {
         let file = std::fs::File::open(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -148,10 +205,22 @@ impl Autoencoder {
         let limits = DecodeLimits {
             max_pixels: (h * w) as u64,
         };
-        let frames = read_y4m(std::io::BufReader::new(file), wanted, &limits).map_err(|e| match e {
-            Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(path, height, width),
-            e => Error::InvalidInput(format!("{}: {e}", path.display())),
-        })?;
+        let (header, frames) =
+            read_y4m_with_header(std::io::BufReader::new(file), wanted, &limits).map_err(|e| match e {
+                Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(path, height, width),
+                e => Error::InvalidInput(format!("{}: {e}", path.display())),
+            })?;
+        // The audio's rate is audio_samples_per_frame × 25: frames at another rate would not
+        // line up with it. No rate (or 0:0, "unknown") is 25, as ffmpeg reads it.
+        if let Some((n, d)) = header.frame_rate {
+            if u64::from(FRAMES_PER_SECOND).checked_mul(d) != Some(n) {
+                return Err(Error::InvalidInput(format!(
+                    "{}: the video's frame rate is F{n}:{d}, the model takes {FRAMES_PER_SECOND} \
+                     frames a second: convert it with ffmpeg -r {FRAMES_PER_SECOND}",
+                    path.display()
+                )));
+            }
+        }
         if frames.len() < wanted {
             return Err(Error::InvalidInput(format!(
                 "{}: the model takes {wanted} frames (num_frames), the video has {}",
@@ -201,7 +270,8 @@ impl Autoencoder {
 
     /// The model's length of audio from a WAV file: its first channel (as the Colab), the first
     /// `num_frames × audio_samples_per_frame` samples, at [`sample_rate`](Self::sample_rate);
-    /// integer samples scaled to [-1, 1] (16-bit ÷ 2¹⁵, as the Colab), float samples as they are.
+    /// integer samples scaled to [-1, 1] (16-bit ÷ 2¹⁵, as the Colab), float samples as they are
+    /// (NaN or infinity is an error).
     pub fn audio_from_wav(&self, path: &Path) -> Result<Vec<f32>> {
         let wav_error = |e: hound::Error| match e {
             hound::Error::IoError(source) => Error::Io {
@@ -257,9 +327,20 @@ impl Autoencoder {
                 samples.len() / channels
             )));
         }
-        Ok(samples.into_iter().step_by(channels).collect())
+        let samples: Vec<f32> = samples.into_iter().step_by(channels).collect();
+        // A float WAV can hold NaN or infinity, which would make every output NaN.
+        if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "{}: sample {i} is {}, not a finite number",
+                path.display(),
+                samples[i]
+            )));
+        }
+        Ok(samples)
     }
+}
 
+impl Autoencoder {
     /// Autoencodes the frames and audio; the `top_k` best labels (at least 1).
     pub fn autoencode(&self, frames: Vec<Pixels>, audio: Vec<f32>, top_k: usize) -> Result<AutoencodeOutput> {
         if top_k == 0 {
@@ -341,6 +422,34 @@ impl Autoencoder {
     }
 }
 
+/// Natural order: runs of ASCII digits compare as numbers, so ffmpeg's `%d.png` frames come in
+/// frame order (`2.png` before `10.png`); other bytes compare as bytes, and names equal as numbers
+/// (`01`, `1`) by their bytes.
+fn natural_order(a: &[u8], b: &[u8]) -> Ordering {
+    fn digit_run(s: &[u8]) -> usize {
+        s.iter().take_while(|c| c.is_ascii_digit()).count()
+    }
+    fn without_zeros(run: &[u8]) -> &[u8] {
+        &run[run.iter().take_while(|&&c| c == b'0').count()..]
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let order = if a[i].is_ascii_digit() && b[j].is_ascii_digit() {
+            let (end_a, end_b) = (i + digit_run(&a[i..]), j + digit_run(&b[j..]));
+            let (x, y) = (without_zeros(&a[i..end_a]), without_zeros(&b[j..end_b]));
+            (i, j) = (end_a, end_b);
+            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+        } else {
+            (i, j) = (i + 1, j + 1);
+            a[i - 1].cmp(&b[j - 1])
+        };
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+    (a.len() - i).cmp(&(b.len() - j)).then_with(|| a.cmp(b))
+}
+
 fn frames_mismatch(output: &MultimodalOutput) -> Error {
     Error::InvalidInput(format!(
         "{} image values are not {} frames of {}x{} RGB pixels",
@@ -349,4 +458,37 @@ fn frames_mismatch(output: &MultimodalOutput) -> Error {
         output.height,
         output.width
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_order;
+
+    #[test]
+    fn frames_sort_in_natural_order() {
+        let mut names = [
+            "10.png",
+            "9.png",
+            "frame_2.png",
+            "frame_10.png",
+            "01.png",
+            "1.png",
+            "b.png",
+            "a.png",
+        ];
+        names.sort_by(|a, b| natural_order(a.as_bytes(), b.as_bytes()));
+        assert_eq!(
+            names,
+            [
+                "01.png",
+                "1.png",
+                "9.png",
+                "10.png",
+                "a.png",
+                "b.png",
+                "frame_2.png",
+                "frame_10.png"
+            ]
+        );
+    }
 }

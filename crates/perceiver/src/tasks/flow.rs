@@ -7,6 +7,8 @@
 //! Flow is in pixels: the model's output × 20 (the Colab's `FLOW_SCALE_FACTOR`; transformers'
 //! logits are the model's output before it). u is the motion to the right, v downwards.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::config::Architecture;
@@ -23,7 +25,7 @@ pub const FLOW_SCALE_FACTOR: f32 = 20.0;
 pub const MIN_OVERLAP: usize = 20;
 
 /// One tile of a flow computation: its top-left pixel (its size is the model's tile size).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Tile {
     /// First row.
     pub top: usize,
@@ -36,7 +38,8 @@ pub struct Tile {
 pub struct FlowOutput {
     /// Flow in pixels, `[height, width, 2]`.
     pub field: FlowField,
-    /// The tiles, in the order they ran (rows of tiles top to bottom, each left to right).
+    /// The distinct tiles of the [grid](OpticalFlow::grid), in the order they ran (rows of
+    /// tiles top to bottom, each left to right): one model pass each.
     pub tiles: Vec<Tile>,
     /// Each tile's height and width.
     pub tile_size: (usize, usize),
@@ -131,13 +134,30 @@ impl OpticalFlow {
     /// The flow of a pair of prepared frames (scaled to [-1, 1]), tile by tile.
     pub fn flow(&self, frames: &FramePair) -> Result<FlowOutput> {
         let (height, width) = (frames.height(), frames.width());
-        let tiles = self.grid(height, width)?;
+        let grid = self.grid(height, width)?;
         let (th, tw) = self.tile_size();
+        // The grid repeats a tile where clamped starts coincide (a frame of one tile is 4 times
+        // the same tile), and the Colab's weighted sum counts every repeat: the repeats stay in
+        // the sum, in grid order, so the flow is unchanged, but each distinct tile runs once and
+        // its flow is kept until its last repeat (repeats are neighbours in a row or in a column of
+        // tiles, so at most about a row of tiles is kept).
+        let mut uses: HashMap<Tile, usize> = HashMap::new();
+        for tile in &grid {
+            *uses.entry(*tile).or_default() += 1;
+        }
+        let mut kept: HashMap<Tile, Vec<f32>> = HashMap::new();
+        let mut tiles = Vec::with_capacity(uses.len());
         let mut sum = vec![0f32; height * width * 2];
         let mut count = vec![0u32; height * width];
-        for tile in &tiles {
-            let pair = frames.crop(tile.top, tile.left, th, tw)?;
-            let flow = self.model.optical_flow(&[&pair])?;
+        for tile in &grid {
+            let flow = match kept.remove(tile) {
+                Some(flow) => flow,
+                None => {
+                    tiles.push(*tile);
+                    let pair = frames.crop(tile.top, tile.left, th, tw)?;
+                    self.model.optical_flow(&[&pair])?
+                }
+            };
             for y in 0..th {
                 for x in 0..tw {
                     // The Colab's weights: the distance (from 1) to the nearest tile edge.
@@ -148,6 +168,12 @@ impl OpticalFlow {
                         sum[pixel * 2 + c] += value * weight as f32;
                     }
                     count[pixel] += weight as u32;
+                }
+            }
+            if let Some(left) = uses.get_mut(tile) {
+                *left -= 1;
+                if *left > 0 {
+                    kept.insert(*tile, flow);
                 }
             }
         }
