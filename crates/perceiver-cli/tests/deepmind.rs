@@ -363,11 +363,7 @@ fn convert_force_replaces_a_model_whole_or_leaves_it() {
         assert!(!stderr.contains("corrupt"), "{stderr}");
         assert_eq!(classify_images(&out, &learned), before, "{file}");
         std::fs::remove_dir(&blocker).unwrap();
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("model"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".partial"))
-            .collect();
+        let left = partial_files(&dir.path().join("model"));
         assert!(left.is_empty(), "{left:?}");
     }
 
@@ -376,10 +372,15 @@ fn convert_force_replaces_a_model_whole_or_leaves_it() {
         classify_images(&out, &conv),
         classify_images(&path(conv.clone()), &conv)
     );
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("model"))
+    let left = partial_files(&dir.path().join("model"));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The names of the staged `.partial` files a conversion left in `dir`.
+fn partial_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".partial"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+        .collect()
 }
