@@ -48,6 +48,19 @@ pub(crate) fn side_by_side<T: Send>(
         .collect()
 }
 
+/// The index of the first NaN or infinity in `values`, if any. A branch-free pass first (it
+/// vectorises), over the pool's threads: for weights read in place it is the first touch of
+/// their pages, which would otherwise fault in on one thread while the packing that follows
+/// runs on all. The position is sought only when there is one to report.
+pub(crate) fn first_non_finite(values: &[f32]) -> Option<usize> {
+    use rayon::prelude::*;
+    let finite = |chunk: &[f32]| chunk.iter().fold(true, |ok, v| ok & v.is_finite());
+    if values.par_chunks(1 << 16).all(finite) {
+        return None;
+    }
+    values.iter().position(|v| !v.is_finite())
+}
+
 /// Row ranges of consecutive items with the given row counts.
 pub(crate) fn item_ranges(counts: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
     let mut start = 0;

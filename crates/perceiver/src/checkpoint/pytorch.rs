@@ -20,7 +20,7 @@ use zip::{CompressionMethod, ZipArchive};
 
 use super::haiku::pickle::{self, Limits, TorchTensor, Value};
 use super::haiku::{Array, Dtype, NdArray};
-use super::weights::check_finite;
+use super::weights::{check_finite, not_a_float_weight};
 use super::Param;
 use crate::error::{Error, Result};
 
@@ -156,11 +156,7 @@ pub(crate) fn read_pytorch(path: &Path) -> Result<BTreeMap<String, Param>> {
         if tensor.element.is_float() {
             check_finite(name, &values.data).map_err(corrupt)?;
         } else if !name.ends_with(".num_batches_tracked") {
-            return Err(corrupt(format!(
-                "tensor {name} has dtype {:?}; only floating-point weights (and int64 BatchNorm \
-                 counters, num_batches_tracked) are supported",
-                tensor.element
-            )));
+            return Err(corrupt(not_a_float_weight(name, tensor.element)));
         }
         if params
             .insert(name.clone(), Param::owned(values.data, values.shape)?)

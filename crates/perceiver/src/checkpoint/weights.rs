@@ -212,11 +212,7 @@ impl SafetensorsStore {
             if !accepted {
                 return Err(Error::CorruptWeights {
                     path: self.files[entry.file].1.clone(),
-                    reason: format!(
-                        "tensor {name} has dtype {:?}; only floating-point weights (and int64 \
-                         BatchNorm counters, num_batches_tracked) are supported",
-                        entry.dtype
-                    ),
+                    reason: not_a_float_weight(name, entry.dtype),
                 });
             }
         }
@@ -317,17 +313,20 @@ impl SafetensorsStore {
 /// Why the weight `name` cannot be used, if one of its values is a NaN or an infinity: a
 /// model with one answers NaN for every input, which is better refused when it loads, by name.
 pub(crate) fn check_finite(name: &str, values: &[f32]) -> std::result::Result<(), String> {
-    // A branch-free pass first (it vectorises), over the pool's threads: for a tensor read in
-    // place it is the first touch of its pages, which would otherwise fault in on one thread
-    // while the packing that follows runs on all. The position only when there is one to report.
-    use rayon::prelude::*;
-    let finite = |chunk: &[f32]| chunk.iter().fold(true, |ok, v| ok & v.is_finite());
-    if values.par_chunks(1 << 16).all(finite) {
-        return Ok(());
+    match crate::runtime::first_non_finite(values) {
+        Some(index) => Err(format!(
+            "tensor {name} holds {} (at flat index {index}): weights must be finite numbers",
+            values[index]
+        )),
+        None => Ok(()),
     }
-    let index = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
-    Err(format!(
-        "tensor {name} holds {} (at flat index {index}): weights must be finite numbers",
-        values[index]
-    ))
+}
+
+/// Why the tensor `name` of `dtype`, not a float, cannot be used: the only integer tensors are
+/// BatchNorm's batch counters, and any other would be read as floats silently.
+pub(crate) fn not_a_float_weight(name: &str, dtype: impl std::fmt::Debug) -> String {
+    format!(
+        "tensor {name} has dtype {dtype:?}; only floating-point weights (and int64 BatchNorm \
+         counters, num_batches_tracked) are supported"
+    )
 }

@@ -395,7 +395,7 @@ impl Pixels {
 
 /// An error naming the first value of `values` that is NaN or infinite.
 pub(crate) fn check_finite(values: &[f32], what: &str) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
+    match crate::runtime::first_non_finite(values) {
         Some(i) => Err(Error::InvalidInput(format!(
             "{what} value {i} is {}, not a finite number",
             values[i]

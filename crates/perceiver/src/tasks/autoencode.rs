@@ -329,7 +329,7 @@ impl InputReader {
         }
         let samples: Vec<f32> = samples.into_iter().step_by(channels).collect();
         // A float WAV can hold NaN or infinity, which would make every output NaN.
-        if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+        if let Some(i) = crate::runtime::first_non_finite(&samples) {
             return Err(Error::InvalidInput(format!(
                 "{}: sample {i} is {}, not a finite number",
                 path.display(),
