@@ -37,6 +37,12 @@ struct State {
     files: BTreeMap<String, Vec<u8>>,
     /// Answer downloads' headers, then send nothing.
     stall_downloads: bool,
+    /// Send only this many bytes of a longer file, then close the connection.
+    cut_downloads_after: Option<usize>,
+    /// Answer range requests with the whole file.
+    ignore_ranges: bool,
+    /// The Range header of each GET that had one.
+    ranges: Vec<String>,
     /// "METHOD PATH", and the Authorization header as sent (`None`: no header).
     log: Vec<(String, Option<String>)>,
 }
@@ -76,6 +82,10 @@ impl FakeHub {
     fn log(&self) -> Vec<(String, Option<String>)> {
         std::mem::take(&mut self.state.lock().unwrap().log)
     }
+
+    fn ranges(&self) -> Vec<String> {
+        std::mem::take(&mut self.state.lock().unwrap().ranges)
+    }
 }
 
 /// A content hash for ETags (FNV-1a): any stable plain name will do.
@@ -90,7 +100,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request = String::new();
     reader.read_line(&mut request).unwrap_or(0);
-    let (mut auth, mut range) = (None, None);
+    let (mut auth, mut range, mut range_header) = (None, None, None);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
@@ -102,6 +112,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             }
             // `bytes=START-` or `bytes=START-END`, as clients ask for a file's first byte.
             if name.eq_ignore_ascii_case("range") {
+                range_header = Some(value.trim().to_string());
                 range = value.trim().strip_prefix("bytes=").and_then(|r| {
                     let (start, end) = r.split_once('-')?;
                     Some((start.parse::<usize>().ok()?, end.parse::<usize>().ok()))
@@ -117,6 +128,10 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let (status, headers, body, stall) = {
         let mut state = state.lock().unwrap();
         state.log.push((format!("{method} {path}"), auth));
+        if method == "GET" {
+            state.ranges.extend(range_header);
+        }
+        let range = range.filter(|_| !state.ignore_ranges);
         let api = format!("/api/models/{REPO}/revision/");
         // The files of the commit, by its hash or by the branch that names it.
         let file = [state.commit.as_str(), "main"].into_iter().find_map(|revision| {
@@ -146,16 +161,22 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             ("404 Not Found", String::new(), b"{}".to_vec(), false)
         }
     };
+    let body_len = body.len();
+    let cut = state.lock().unwrap().cut_downloads_after;
+    let body = match cut {
+        Some(cut) if body.len() > cut => &body[..cut],
+        _ => &body[..],
+    };
     let mut stream = stream;
     let head = format!(
         "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+        body_len
     );
     let _ = stream.write_all(head.as_bytes());
     if stall {
         std::thread::sleep(Duration::from_secs(120));
     } else if method != "HEAD" {
-        let _ = stream.write_all(&body);
+        let _ = stream.write_all(body);
     }
 }
 
@@ -348,6 +369,64 @@ fn a_hub_that_never_answers_falls_back_to_the_cache() {
         &bad.output().unwrap(),
         "HF_HUB_ETAG_TIMEOUT must be a number of seconds",
     );
+}
+
+/// A download cut short leaves what came in `blobs/<etag>.incomplete`; the next load asks for
+/// the rest alone (a range request) and answers as a whole download does. A hub that ignores
+/// the range sends the whole file, which is written from the start, and a partial file longer
+/// than the file is not taken for a part of it.
+#[test]
+fn an_interrupted_download_resumes_where_it_stopped() {
+    let model = "tiny_qk_v_explicit";
+    let answer = fill_mask_of(&fixture(model).to_string_lossy());
+    let files = files_of(model);
+    let weights = files["model.safetensors"].clone();
+    let cut = weights.len() / 2;
+    assert!(files["config.json"].len() < cut, "only the weights are cut");
+    let hub = FakeHub::start(COMMIT_A, files);
+    let fill = [&FILL[..], &[TEXT]].concat();
+    let cut_short = |home: &Path| {
+        hub.state.lock().unwrap().cut_downloads_after = Some(cut);
+        let out = hub_command(&fill, home, &hub.endpoint).output().unwrap();
+        common::fails_with(&out, "the next load resumes the download");
+        hub.state.lock().unwrap().cut_downloads_after = None;
+        let partial = repo_dir(home)
+            .join("blobs")
+            .join(format!("{}.incomplete", etag(&weights)));
+        assert_eq!(std::fs::read(&partial).unwrap(), weights[..cut]);
+        hub.ranges();
+        partial
+    };
+    let blob = |home: &Path| std::fs::read(repo_dir(home).join("blobs").join(etag(&weights))).unwrap();
+
+    let home = tempfile::tempdir().unwrap();
+    let partial = cut_short(home.path());
+    let out = run_command(hub_command(&fill, home.path(), &hub.endpoint));
+    assert_eq!(out.stdout, answer);
+    assert_eq!(hub.ranges(), [format!("bytes={cut}-")]);
+    assert!(!partial.exists());
+    assert_eq!(blob(home.path()), weights);
+
+    let home = tempfile::tempdir().unwrap();
+    let partial = cut_short(home.path());
+    hub.state.lock().unwrap().ignore_ranges = true;
+    let out = run_command(hub_command(&fill, home.path(), &hub.endpoint));
+    assert_eq!(out.stdout, answer);
+    assert_eq!(hub.ranges(), [format!("bytes={cut}-")]);
+    assert!(!partial.exists());
+    assert_eq!(blob(home.path()), weights);
+    hub.state.lock().unwrap().ignore_ranges = false;
+
+    let home = tempfile::tempdir().unwrap();
+    let blobs = repo_dir(home.path()).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let too_long = blobs.join(format!("{}.incomplete", etag(&weights)));
+    std::fs::write(&too_long, vec![7u8; weights.len() + 1]).unwrap();
+    let out = run_command(hub_command(&fill, home.path(), &hub.endpoint));
+    assert_eq!(out.stdout, answer);
+    assert!(hub.ranges().is_empty(), "no range asked past the file's end");
+    assert_eq!(blob(home.path()), weights);
+    assert!(!too_long.exists());
 }
 
 /// The token sent: HF_TOKEN unless it is blank, else the file HF_TOKEN_PATH, else

@@ -2,14 +2,15 @@
 //! (`models--owner--name/` with `refs/<revision>` → `snapshots/<commit>/<file>` → `blobs/<etag>`)
 //! and its environment: `HF_HOME` / `HF_HUB_CACHE` (cache location), `HF_HUB_OFFLINE`,
 //! `HF_TOKEN` / `HF_TOKEN_PATH` (the token), `HF_ENDPOINT`, `HF_HUB_ETAG_TIMEOUT` /
-//! `HF_HUB_DOWNLOAD_TIMEOUT` (seconds a hub may stay silent; 10 by default).
+//! `HF_HUB_DOWNLOAD_TIMEOUT` (seconds a hub may stay silent; 10 by default). An interrupted
+//! download is resumed by the next load, as huggingface_hub resumes it: its bytes stay in
+//! `blobs/<etag>.incomplete`, written under `.locks/models--owner--name/<etag>.lock`.
 //!
 //! The requests are ureq's, made here rather than by hf-hub, whose client has no timeouts (a hub
 //! that accepts a connection and never answers would hang a load forever) and whose `get`
 //! answers from `refs/main` in the cache without asking the hub whether `main` moved.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::{
@@ -251,17 +252,40 @@ impl Hub {
         let blob = blobs.join(&etag);
         if !blob.is_file() {
             std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
-            // A name of this process's own: two loads of one model may download at once.
-            static DOWNLOADS: AtomicUsize = AtomicUsize::new(0);
-            let partial = blobs.join(format!(
-                "{etag}.{}.{}.incomplete",
-                std::process::id(),
-                DOWNLOADS.fetch_add(1, Ordering::Relaxed)
-            ));
-            let fetched = self.fetch_to(&url, file, size, &partial);
-            if let Err(e) = fetched.and_then(|()| std::fs::rename(&partial, &blob).map_err(io(&blob))) {
-                let _ = std::fs::remove_file(&partial);
-                return Err(e);
+            // One download of a blob at a time, across processes, under huggingface_hub's
+            // lock file, so that its partial file (huggingface_hub's name too) can be resumed by
+            // whichever load comes next.
+            let locks = repo
+                .parent()
+                .unwrap_or(repo)
+                .join(".locks")
+                .join(repo.file_name().unwrap_or_default());
+            std::fs::create_dir_all(&locks).map_err(io(&locks))?;
+            let lock_path = locks.join(format!("{etag}.lock"));
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(io(&lock_path))?;
+            // Where the platform has no file locks, downloads go unguarded, as before.
+            match lock.lock() {
+                Err(e) if e.kind() != std::io::ErrorKind::Unsupported => {
+                    return Err(format!("cannot lock {}: {e}", lock_path.display()))
+                }
+                _ => {}
+            }
+            // Another load may have finished it while this one waited.
+            if !blob.is_file() {
+                let partial = blobs.join(format!("{etag}.incomplete"));
+                let fetched = self.fetch_to(&url, file, size, &partial);
+                if let Err(e) = fetched.and_then(|()| std::fs::rename(&partial, &blob).map_err(io(&blob))) {
+                    // What came is kept for the next load to resume, unless nothing did.
+                    if std::fs::metadata(&partial).is_ok_and(|m| m.len() == 0) {
+                        let _ = std::fs::remove_file(&partial);
+                    }
+                    return Err(e);
+                }
             }
         }
         let pointer = repo.join("snapshots").join(sha).join(file);
@@ -274,7 +298,9 @@ impl Hub {
         Ok(pointer)
     }
 
-    /// The body of `url` into `path`, with a progress bar on a terminal.
+    /// The body of `url` into `path`, with a progress bar on a terminal. A partial file already
+    /// at `path` (an interrupted download) is resumed with a range request; a hub that answers
+    /// with the whole body instead has it written from the start.
     fn fetch_to(
         &self,
         url: &str,
@@ -282,14 +308,63 @@ impl Hub {
         size: Option<u64>,
         path: &Path,
     ) -> std::result::Result<(), String> {
+        let cannot_write = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(cannot_write)?;
+        let mut have = out.metadata().map_err(cannot_write)?.len();
+        if size.is_some_and(|size| have > size) {
+            have = 0; // not a part of this file
+        }
+        if Some(have) == size {
+            return out.sync_all().map_err(cannot_write);
+        }
         // The bytes as stored (not gzipped in transit), so that their count can be checked
         // against the size announced, as huggingface_hub checks it.
-        let response = self
-            .request(&self.download, "GET", url)
-            .set("Accept-Encoding", "identity")
-            .call()
-            .map_err(|e| e.to_string())?;
-        let size = size.or_else(|| response.header("Content-Length").and_then(|s| s.parse().ok()));
+        let get = |from: u64| {
+            let request = self
+                .request(&self.download, "GET", url)
+                .set("Accept-Encoding", "identity");
+            match from {
+                0 => request,
+                from => request.set("Range", &format!("bytes={from}-")),
+            }
+        };
+        let response = match get(have).call() {
+            Ok(response) => response,
+            // The range is past the file's end (it changed under its ETag?): from the start.
+            Err(ureq::Error::Status(416, _)) if have > 0 => {
+                have = 0;
+                get(0).call().map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        // A partial answer must start where the partial file ends; any other answer is the
+        // whole file.
+        let resumed = have > 0
+            && response.status() == 206
+            && response
+                .header("Content-Range")
+                .and_then(|r| r.strip_prefix("bytes "))
+                .and_then(|r| r.split_once('-'))
+                .is_some_and(|(start, _)| start.trim().parse() == Ok(have));
+        if !resumed && response.status() != 200 {
+            let _ = out.set_len(0); // the next load starts afresh
+            return Err(format!(
+                "{url}: the hub answered {} to a download",
+                response.status()
+            ));
+        }
+        let start = if resumed { have } else { 0 };
+        out.set_len(start).map_err(cannot_write)?;
+        std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(start)).map_err(cannot_write)?;
+        let size = size.or_else(|| {
+            let rest: u64 = response.header("Content-Length")?.parse().ok()?;
+            rest.checked_add(start)
+        });
         let bar = indicatif::ProgressBar::new(size.unwrap_or(0)).with_message(file.to_string());
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -297,16 +372,27 @@ impl Hub {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        let mut out =
-            std::fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        let copied = std::io::copy(&mut bar.wrap_read(response.into_reader()), &mut out)
-            .map_err(|e| format!("{url}: {e}"))?;
+        bar.set_position(start);
+        let copied = std::io::copy(&mut bar.wrap_read(response.into_reader()), &mut out);
         bar.finish_and_clear();
+        // What has come is on disk either way; a later load resumes from there.
+        let copied = copied.map_err(|e| {
+            let _ = out.sync_all();
+            format!("{url}: {e} (the next load resumes the download)")
+        })?;
+        let total = start + copied;
         match size {
-            Some(size) if size != copied => Err(format!("{url}: {copied} bytes came, {size} were announced")),
-            _ => out
-                .sync_all()
-                .map_err(|e| format!("cannot write {}: {e}", path.display())),
+            Some(size) if total > size => {
+                let _ = out.set_len(0);
+                Err(format!("{url}: {total} bytes came, {size} were announced"))
+            }
+            Some(size) if total < size => {
+                let _ = out.sync_all();
+                Err(format!(
+                    "{url}: {total} of {size} bytes came (the next load resumes the download)"
+                ))
+            }
+            _ => out.sync_all().map_err(cannot_write),
         }
     }
 }
