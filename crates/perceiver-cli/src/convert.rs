@@ -81,7 +81,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     if Architecture::of(c).is_ok_and(|a| a.is_classifier()) && !c.classifier_query_residual() {
         notes.push_str("; decoder_use_query_residual false (DeepMind's; transformers' decoder adds it)");
     }
-    println!(
+    outln!(
         "wrote {} ({} parameters; hidden_act {}{notes})",
         files.join(", "),
         c.num_parameters(),

@@ -6,6 +6,24 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+/// A line on stderr that cannot fail: progress and diagnostics must not end a run (or a
+/// training's save) when stderr is a pipe its reader has closed (`2>&1 | head`).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// A line on stdout, its failure returned with `?` (a closed pipe is then a quiet exit, a full
+/// disk an error), where `println!` would panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 mod autoencode;
 mod classify;
 mod convert;
@@ -86,7 +104,7 @@ fn main() -> ExitCode {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        eprintln!(
+        note!(
             "error: internal error{place} (please report): {}",
             message.replace('\n', "; ")
         );
@@ -109,7 +127,7 @@ fn main() -> ExitCode {
                 .take_while(|line| !line.trim().is_empty())
                 .map(str::trim)
                 .collect();
-            eprintln!("{} (see --help)", message.join(" "));
+            note!("{} (see --help)", message.join(" "));
             return ExitCode::from(2);
         }
     };
@@ -136,11 +154,28 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of the output stopped reading (`| head`): what it wanted, not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            note!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the error is a write to a pipe whose reader has gone.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == BrokenPipe)
+            // serde_json's error names the I/O error's kind but is not its source.
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(BrokenPipe)
+    })
 }
 
 /// The error and its causes on one line, "outer: cause: …", whatever the layers below put in

@@ -224,7 +224,7 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
             .with_context(|| format!("cannot load model {model}"))?;
         let config = checkpoint.config().clone();
         if config.attention_probs_dropout_prob > 0.0 {
-            eprintln!(
+            note!(
                 "note: the model's config asks for attention dropout {}; this trainer applies no dropout",
                 config.attention_probs_dropout_prob
             );
@@ -345,10 +345,10 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
         let stop = stop.clone();
         ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting without saving");
+                note!("\nsecond interrupt: exiting without saving");
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to abort)");
+            note!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to abort)");
         })
         .context("cannot install the Ctrl-C handler")?;
     }
@@ -356,7 +356,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
     let options = trainer.options().clone();
     let progress = trainer.progress();
     match trainer.classifier_data() {
-        None => eprintln!(
+        None => note!(
             "training {} ({:.2}M parameters) in {}: steps {}..{} of {} windows × {} bytes (×{} accumulation), {} held-out windows",
             options.model,
             trainer.num_parameters() as f64 / 1e6,
@@ -369,7 +369,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
             trainer.eval_windows(),
         ),
         Some(data) => {
-            eprintln!(
+            note!(
                 "training a classifier from {} ({:.2}M parameters) in {}: steps {}..{}, {} texts a batch (×{} accumulation); \
                  labels {}; {} training texts, {} held out",
                 options.model,
@@ -384,7 +384,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
                 data.eval.len(),
             );
             if data.truncated > 0 {
-                eprintln!(
+                note!(
                     "note: {} texts are longer than {} ids: each was cut to its first {} bytes",
                     data.truncated,
                     options.seq_len,
@@ -392,7 +392,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
                 );
             }
             if data.eval.is_empty() {
-                eprintln!("note: no held-out texts (--eval-fraction 0 and no --eval): no accuracy will be measured");
+                note!("note: no held-out texts (--eval-fraction 0 and no --eval): no accuracy will be measured");
             }
         }
     }
@@ -414,7 +414,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
         if interactive {
             bar.println(line)
         } else {
-            eprintln!("{line}")
+            note!("{line}")
         }
     };
     let outcome = trainer.run(&stop, args.stop_at, &mut |event| match event {
@@ -436,7 +436,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
             bar.set_position(m.step);
             bar.set_message(msg.clone());
             if !interactive && m.step % log_every == 0 {
-                eprintln!("step {}/{} {msg}", m.step, options.steps);
+                note!("step {}/{} {msg}", m.step, options.steps);
             }
         }
         Event::Eval { step, result, last } => match result {
@@ -464,21 +464,21 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
     bar.finish_and_clear();
     if args.plot {
         match perceiver_train::plot::plot_run(trainer.run_dir()) {
-            Ok(path) => eprintln!("curves: {}", path.display()),
-            Err(e) => eprintln!("note: no curves drawn: {e}"),
+            Ok(path) => note!("curves: {}", path.display()),
+            Err(e) => note!("note: no curves drawn: {e}"),
         }
     }
     match outcome {
         Outcome::Finished(dir) => {
-            eprintln!("finished: {}", dir.display());
+            note!("finished: {}", dir.display());
             if let Some(result) = final_eval {
-                print_classifier_eval("held-out accuracy", &result);
-                println!("(also in {})", trainer.run_dir().join(EVAL_FILE).display());
+                print_classifier_eval("held-out accuracy", &result)?;
+                outln!("(also in {})", trainer.run_dir().join(EVAL_FILE).display());
             }
             Ok(())
         }
         Outcome::Interrupted(dir) => {
-            eprintln!(
+            note!(
                 "stopped at {}; continue with: perceiver train --resume {}",
                 dir.display(),
                 trainer.run_dir().display()
@@ -526,14 +526,15 @@ pub struct EvalArgs {
 }
 
 /// A classifier's accuracy (`what`: held-out or not) and its confusion table, on standard output.
-fn print_classifier_eval(what: &str, result: &ClassifierEval) {
-    println!(
+fn print_classifier_eval(what: &str, result: &ClassifierEval) -> Result<()> {
+    outln!(
         "{what} {:.2}% ({} texts), loss {:.4}",
         100.0 * result.accuracy,
         result.examples,
         result.loss
     );
-    print!("{}", result.table());
+    std::io::Write::write_all(&mut std::io::stdout(), result.table().as_bytes())?;
+    Ok(())
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
@@ -567,7 +568,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let examples = mask_for_eval(&windows, &masking, args.seed);
     let result = perceiver_train::evaluate(&model, &examples, args.batch_size)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "model": args.model.model,
@@ -584,7 +585,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             })
         );
     } else {
-        println!(
+        outln!(
             "{}: {} windows of ≤{} bytes from {} files, {} masked bytes ({:?}, rate {}, seed {})",
             args.model.model,
             result.windows,
@@ -595,9 +596,9 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             masking.rate,
             args.seed
         );
-        println!("accuracy (top-1)  {:.2}%", 100.0 * result.accuracy);
-        println!("loss              {:.4} nats", result.loss);
-        println!("bits per byte     {:.4}", result.bits_per_byte);
+        outln!("accuracy (top-1)  {:.2}%", 100.0 * result.accuracy);
+        outln!("loss              {:.4} nats", result.loss);
+        outln!("bits per byte     {:.4}", result.bits_per_byte);
     }
     Ok(())
 }
@@ -617,7 +618,7 @@ fn run_classifier_eval(args: &EvalArgs, checkpoint: &perceiver::Checkpoint) -> R
     let (examples, truncated) = classification::examples(&rows, &labels, seq_len)?;
     let result = classification::evaluate_classifier(&model, &examples, args.batch_size, &labels)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "model": args.model.model,
@@ -631,10 +632,10 @@ fn run_classifier_eval(args: &EvalArgs, checkpoint: &perceiver::Checkpoint) -> R
         );
     } else {
         if truncated > 0 {
-            eprintln!("note: {truncated} texts longer than {seq_len} ids were cut");
+            note!("note: {truncated} texts longer than {seq_len} ids were cut");
         }
-        println!("{}: {} labelled texts", args.model.model, result.examples);
-        print_classifier_eval("accuracy", &result);
+        outln!("{}: {} labelled texts", args.model.model, result.examples);
+        print_classifier_eval("accuracy", &result)?;
     }
     Ok(())
 }
@@ -647,6 +648,6 @@ pub struct PlotArgs {
 
 pub fn run_plot(args: PlotArgs) -> Result<()> {
     let path = perceiver_train::plot::plot_run(&args.run_dir)?;
-    println!("{}", path.display());
+    outln!("{}", path.display());
     Ok(())
 }

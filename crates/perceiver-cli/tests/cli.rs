@@ -595,3 +595,42 @@ fn without_model_the_built_in_default_model_fills_masks_offline() {
     ]);
     assert_eq!(out.stdout, named.stdout);
 }
+
+/// Output into a pipe whose reader has gone (`perceiver … 2>&1 | head`): a quiet exit 0, as
+/// for any reader that stops reading, not an abort (the failed write's error, printed to the
+/// same closed pipe, panicked, and so did the panic hook's own message). An error is still exit
+/// 1 with stderr closed.
+#[test]
+fn a_closed_output_pipe_ends_the_run_quietly() {
+    let into_closed_pipe = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        command(args)
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer)
+            .status()
+            .unwrap()
+    };
+    let model = model_arg(MODEL);
+    for args in [
+        &[
+            "fill-mask",
+            "-m",
+            &model,
+            "-k",
+            "3",
+            "The cat sat on the m[MASK]t.",
+        ][..],
+        &[
+            "fill-mask",
+            "-m",
+            &model,
+            "--json",
+            "The cat sat on the m[MASK]t.",
+        ],
+    ] {
+        assert_eq!(into_closed_pipe(args).code(), Some(0), "{args:?}");
+    }
+    let status = into_closed_pipe(&["fill-mask", "-m", &model, "no mask here"]);
+    assert_eq!(status.code(), Some(1));
+}
