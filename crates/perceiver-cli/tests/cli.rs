@@ -238,11 +238,17 @@ fn bad_texts_fail_cleanly() {
     let long = format!("{}[MASK]", "x".repeat(200));
     let hostile = "[MASK:1048576]".repeat(300);
     // (extra arguments, text, what the message must say)
-    let cases: [(&[&str], &str, &str); 8] = [
+    let cases: [(&[&str], &str, &str); 9] = [
         (&[], "no mask here", "no mask"),
         (&[], "bad [MASK:x] run", "malformed mask at byte 4"),
         (&[], &long, "at most 64"),
         (&[], &hostile, "more than"),
+        // Beyond usize: a count that is true ("or more"), not usize::MAX.
+        (
+            &[],
+            "[MASK:999999999999999999999]",
+            "is 1048577 tokens long or more",
+        ),
         (&["--mask-range", "3..99"], "short", "outside the text"),
         (&["--mask-range", "0..2"], "a [MASK]", "not both"),
         (&["--mask-range", "5..3"], "hello world", "range 5..3 is empty"),

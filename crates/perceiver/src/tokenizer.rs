@@ -146,7 +146,7 @@ impl BytesTokenizer {
     /// give `text`, counted without building them: a front end compares the count with the
     /// model's positions first, so that a short text such as `[MASK:1000000]` costs no memory
     /// for its expansion. Errors for malformed masks as `encode_masked` does, but has no upper
-    /// limit (the counts saturate).
+    /// limit (a run of more than [`MAX_TOKENS`] counts as `MAX_TOKENS + 1`; the sums saturate).
     pub fn masked_len(&self, text: &str, add_special_tokens: bool) -> Result<MaskedLen> {
         let mut len = MaskedLen {
             ids: if add_special_tokens { 2 } else { 0 },
@@ -251,11 +251,12 @@ fn parse_mask_run(spec: &str, offset: usize) -> Result<(usize, usize)> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed());
     }
+    // A run beyond the bound (or beyond usize) counts as one id more than the bound: enough to
+    // be refused, by the model's positions when the caller knows them, and a true "or more".
     match digits.parse::<usize>() {
         Ok(0) => Err(malformed()),
-        Ok(n) if n <= MAX_TOKENS => Ok((n, close + 1)),
-        // Too large for usize, or beyond the bound.
-        _ => Err(too_long(digits.parse::<usize>().unwrap_or(usize::MAX))),
+        Ok(n) => Ok((n.min(MAX_TOKENS + 1), close + 1)),
+        Err(_) => Ok((MAX_TOKENS + 1, close + 1)),
     }
 }
 
@@ -325,9 +326,11 @@ mod tests {
             assert!(err.contains(&format!("byte {offset}")), "{text}: {err}");
         }
         assert!(TOK.encode_masked("[MASK:0]", false).is_err());
-        assert!(TOK
-            .encode_masked("[MASK:99999999999999999999999]", false)
-            .is_err());
+        let huge = "[MASK:99999999999999999999999]";
+        let err = TOK.encode_masked(huge, false).unwrap_err().to_string();
+        assert!(err.contains("1048577 tokens long or more"), "{err}");
+        // Counted, it is refused by whatever bound the caller has (a model's positions).
+        assert_eq!(TOK.masked_len(huge, false).unwrap().ids, MAX_TOKENS + 1);
     }
 
     #[test]
@@ -361,7 +364,10 @@ mod tests {
         let hostile = "[MASK:1048576]".repeat(300);
         assert_eq!(TOK.masked_len(&hostile, false).unwrap().ids, 300 * MAX_TOKENS);
         assert!(TOK.masked_len("[MASK:x]", false).is_err());
-        assert!(TOK.masked_len("[MASK:1048577]", false).is_err());
+        assert_eq!(
+            TOK.masked_len("[MASK:1048578]", false).unwrap().ids,
+            MAX_TOKENS + 1
+        );
     }
 
     #[test]
