@@ -64,7 +64,12 @@ const LEGEND_SIZE: usize = 256;
 
 pub fn run(args: FlowArgs) -> Result<()> {
     if args.out.is_none() && args.flo.is_none() && !args.json {
-        bail!("nothing to write: give --out flow.png, --flo flow.flo or --json");
+        let key = if args.legend.is_some() {
+            " (--legend writes the colour key beside one of them)"
+        } else {
+            ""
+        };
+        bail!("nothing to write: give --out flow.png, --flo flow.flo or --json{key}");
     }
     for (flag, path) in [("--out", &args.out), ("--legend", &args.legend)] {
         if let Some(path) = path {

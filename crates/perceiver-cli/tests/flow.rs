@@ -185,6 +185,10 @@ fn bad_inputs_end_in_one_line() {
         "nothing to write",
     );
     common::fails_with(
+        &perceiver(&["flow", "--model", &model, &a, &b, "--legend", "key.png"]),
+        "(--legend writes the colour key beside one of them)",
+    );
+    common::fails_with(
         &perceiver(&["flow", "--model", &model, &a, &b, "--json", "--max-flow", "0"]),
         "--max-flow",
     );
