@@ -97,8 +97,16 @@ pub struct ServiceArgs {
 
     /// Require `Authorization: Bearer <KEY>` on every request but GET /health and the playground
     /// page (GET /, /playground.css, /playground.js), unknown routes included.
-    #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true, value_parser = api_key)]
     pub api_key: Option<String>,
+}
+
+/// Refuses a blank key before the model loads: no client could send it.
+fn api_key(key: &str) -> Result<String, String> {
+    if key.trim().is_empty() {
+        return Err("an empty key would refuse every client (leave it unset to serve without a key)".into());
+    }
+    Ok(key.to_string())
 }
 
 impl ServiceArgs {

@@ -271,6 +271,32 @@ fn serve_fails_cleanly_before_listening() {
     }
 }
 
+/// A blank key (flag or environment) is refused before the model loads: no client could send it.
+#[test]
+fn serve_refuses_a_blank_api_key() {
+    let model = fixture(MODEL).to_string_lossy().into_owned();
+    let base = ["serve", "-m", model.as_str(), "--port", "0"];
+    let cases: [(&[&str], Option<&str>); 3] = [
+        (&["--api-key", ""], None),
+        (&["--api-key", " \t"], None),
+        (&[], Some("")),
+    ];
+    for (flags, env) in cases {
+        let mut cmd = command(&[&base[..], flags].concat());
+        if let Some(key) = env {
+            cmd.env("PERCEIVER_API_KEY", key);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("--api-key") && stderr.contains("an empty key would refuse every client"),
+            "{stderr}"
+        );
+    }
+}
+
 /// A DeepMind checkpoint (one of the tiny pickles made by DeepMind's code, with the config.json
 /// it needs) serves as `fill-mask` answers from it.
 #[test]

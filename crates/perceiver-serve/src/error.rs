@@ -32,6 +32,10 @@ pub enum ServeError {
         why: &'static str,
     },
 
+    /// An API key that is empty or only whitespace: no client could send it.
+    #[error("api_key is empty: it would refuse every client (leave it unset to serve without a key)")]
+    EmptyApiKey,
+
     /// A batch token budget that the model's longest input would not fit.
     #[error(
         "max_batch_tokens ({max_batch_tokens}) is below the model's {max_len} positions: \

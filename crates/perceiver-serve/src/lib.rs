@@ -234,7 +234,8 @@ pub struct ServeConfig {
     /// waits for earlier ones to be decoded if it would take the sum past it.
     pub max_image_pixels: u64,
     /// If set, every request but `GET /health` and the playground page's (`GET /`,
-    /// `/playground.css`, `/playground.js`) requires `Authorization: Bearer <api_key>`.
+    /// `/playground.css`, `/playground.js`) requires `Authorization: Bearer <api_key>`. Must not
+    /// be empty or only whitespace.
     pub api_key: Option<String>,
 }
 
@@ -360,6 +361,10 @@ impl ServeConfig {
                     why: "a silent client would hold its connection that long",
                 });
             }
+        }
+        // A header's value loses its surrounding whitespace, so a blank key can never match.
+        if self.api_key.as_deref().is_some_and(|key| key.trim().is_empty()) {
+            return Err(ServeError::EmptyApiKey);
         }
         if self.max_batch_tokens < max_len {
             return Err(ServeError::BatchTokensBelowMaxLen {

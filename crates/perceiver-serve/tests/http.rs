@@ -663,6 +663,13 @@ async fn settings_that_cannot_work_are_refused_at_start() {
         err.to_string().contains("max_batch_requests must be at least 1"),
         "{err}"
     );
+    // No client could send a blank key: every request but the open ones would be refused.
+    for blank in ["", " \t"] {
+        let mut c = config(|_| {});
+        c.api_key = Some(blank.into());
+        let err = Server::bind(c, model.clone()).await.err().unwrap();
+        assert!(err.to_string().starts_with("api_key is empty"), "{err}");
+    }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let err = Server::bind(
