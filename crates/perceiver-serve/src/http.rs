@@ -953,7 +953,7 @@ async fn read_body(request: Request, state: &AppState) -> Result<Bytes, Failure>
             Err(_) => {
                 let why = if idle <= slow {
                     format!(
-                        "nothing of the request body arrived for {} s",
+                        "the request body stalled: no byte arrived for {} s",
                         timeout.as_secs_f64()
                     )
                 } else {

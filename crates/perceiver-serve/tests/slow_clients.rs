@@ -109,6 +109,11 @@ async fn slow_and_silent_connections_are_closed_in_time() {
         let took = started.elapsed();
         assert!(took < Duration::from_secs(3), "the 408 took {took:?}");
         assert_eq!(answer.json()["error_type"], "request_timeout");
+        // Some of the body came, so the message must not say that none did.
+        assert_eq!(
+            answer.json()["error"],
+            "the request body stalled: no byte arrived for 1 s"
+        );
         assert!(
             short.closed_within(limit),
             "a timed-out body's connection stays open"
