@@ -271,17 +271,24 @@ fn serve_fails_cleanly_before_listening() {
     }
 }
 
-/// A blank key (flag or environment) is refused before the model loads: no client could send it.
+/// A blank key, or one with whitespace around it (flag or environment), is refused before the
+/// model loads: no client could send it.
 #[test]
-fn serve_refuses_a_blank_api_key() {
+fn serve_refuses_a_key_no_client_can_send() {
     let model = fixture(MODEL).to_string_lossy().into_owned();
     let base = ["serve", "-m", model.as_str(), "--port", "0"];
-    let cases: [(&[&str], Option<&str>); 3] = [
-        (&["--api-key", ""], None),
-        (&["--api-key", " \t"], None),
-        (&[], Some("")),
+    let cases: [(&[&str], Option<&str>, &str); 5] = [
+        (&["--api-key", ""], None, "an empty key would refuse every client"),
+        (
+            &["--api-key", " \t"],
+            None,
+            "an empty key would refuse every client",
+        ),
+        (&[], Some(""), "an empty key would refuse every client"),
+        (&["--api-key", "s3cret "], None, "starts or ends with whitespace"),
+        (&[], Some("\ts3cret"), "starts or ends with whitespace"),
     ];
-    for (flags, env) in cases {
+    for (flags, env, needle) in cases {
         let mut cmd = command(&[&base[..], flags].concat());
         if let Some(key) = env {
             cmd.env("PERCEIVER_API_KEY", key);
@@ -291,7 +298,7 @@ fn serve_refuses_a_blank_api_key() {
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
         assert!(
-            stderr.contains("--api-key") && stderr.contains("an empty key would refuse every client"),
+            stderr.contains("--api-key") && stderr.contains(needle),
             "{stderr}"
         );
     }

@@ -36,6 +36,11 @@ pub enum ServeError {
     #[error("api_key is empty: it would refuse every client (leave it unset to serve without a key)")]
     EmptyApiKey,
 
+    /// An API key that starts or ends with whitespace: a header's value loses it, so no client
+    /// could send the key.
+    #[error("api_key starts or ends with whitespace, which no Authorization header can carry")]
+    ApiKeyWhitespace,
+
     /// A batch token budget that the model's longest input would not fit.
     #[error(
         "max_batch_tokens ({max_batch_tokens}) is below the model's {max_len} positions: \

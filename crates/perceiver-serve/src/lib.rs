@@ -363,8 +363,13 @@ impl ServeConfig {
             }
         }
         // A header's value loses its surrounding whitespace, so a blank key can never match.
-        if self.api_key.as_deref().is_some_and(|key| key.trim().is_empty()) {
-            return Err(ServeError::EmptyApiKey);
+        if let Some(key) = self.api_key.as_deref() {
+            if key.trim().is_empty() {
+                return Err(ServeError::EmptyApiKey);
+            }
+            if key.trim() != key {
+                return Err(ServeError::ApiKeyWhitespace);
+            }
         }
         if self.max_batch_tokens < max_len {
             return Err(ServeError::BatchTokensBelowMaxLen {

@@ -670,6 +670,13 @@ async fn settings_that_cannot_work_are_refused_at_start() {
         let err = Server::bind(c, model.clone()).await.err().unwrap();
         assert!(err.to_string().starts_with("api_key is empty"), "{err}");
     }
+    let mut c = config(|_| {});
+    c.api_key = Some(" s3cret\n".into());
+    let err = Server::bind(c, model.clone()).await.err().unwrap();
+    assert!(
+        err.to_string().contains("starts or ends with whitespace"),
+        "{err}"
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let err = Server::bind(
