@@ -25,11 +25,14 @@ How to run (from the repository root; the environment of scripts/requirements-re
 
     .venv-ref/bin/python scripts/make_classification_fixtures.py
 
-A second mode writes the released ``deepmind/vision-perceiver-fourier`` layout (48.4M parameters,
-transformers' own random initialisation, seeded) with transformers' default image processor, the
-model ``perceiver-bench classify`` times (not committed; ~194 MB)::
+A second mode writes a released layout (``--full-fourier``: ``deepmind/vision-perceiver-fourier``,
+48.4M parameters; ``--full-conv``, ``--full-learned``) with transformers' own random
+initialisation, seeded, and transformers' default image processor: the models
+``perceiver-bench classify`` times (not committed; ~200 MB each)::
 
     .venv-ref/bin/python scripts/make_classification_fixtures.py --full-fourier target/fourier-random
+    .venv-ref/bin/python scripts/make_classification_fixtures.py --full-conv target/conv-random
+    .venv-ref/bin/python scripts/make_classification_fixtures.py --full-learned target/learned-random
 """
 
 from __future__ import annotations
@@ -295,14 +298,24 @@ def released_layouts() -> list[dict]:
     return out
 
 
-def write_full_fourier(out: Path) -> None:
+FULL_LAYOUTS = {
+    "--full-fourier": (PerceiverForImageClassificationFourier, dict(d_model=261)),
+    "--full-conv": (PerceiverForImageClassificationConvProcessing, dict(d_model=322)),
+    "--full-learned": (PerceiverForImageClassificationLearned, dict(d_model=512, image_size=224)),
+}
+
+
+def write_full(flag: str, out: Path) -> None:
+    """A released ImageNet layout (as ``released_layouts`` configures it) with transformers' own
+    random initialisation, seeded, and transformers' default image processor."""
+    cls, extra = FULL_LAYOUTS[flag]
     base = dict(
-        num_latents=512, d_latents=1024, d_model=261, num_blocks=8, num_self_attends_per_block=6,
+        num_latents=512, d_latents=1024, num_blocks=8, num_self_attends_per_block=6,
         num_cross_attention_heads=1, num_self_attention_heads=8, qk_channels=None, v_channels=None,
         id2label=labels(1000, "imagenet class"),
     )
     torch.manual_seed(0)
-    model = PerceiverForImageClassificationFourier(PerceiverConfig(**base)).eval()
+    model = cls(PerceiverConfig(**base, **extra)).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     PerceiverImageProcessorPil().save_pretrained(out)
@@ -312,8 +325,8 @@ def write_full_fourier(out: Path) -> None:
 def main() -> None:
     import sys
 
-    if len(sys.argv) == 3 and sys.argv[1] == "--full-fourier":
-        write_full_fourier(Path(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] in FULL_LAYOUTS:
+        write_full(sys.argv[1], Path(sys.argv[2]))
         return
     OUT.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(MODELS):
