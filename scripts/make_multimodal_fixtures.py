@@ -51,6 +51,12 @@ What transformers does, and these fixtures pin (modeling_perceiver.py, 5.24):
 How to run (from the repository root; the environment of scripts/requirements-reference.txt)::
 
     .venv-ref/bin/python scripts/make_multimodal_fixtures.py
+
+A second mode writes the released layout (``released_config()``) with transformers' own random
+initialisation, seeded (``torch.manual_seed(0)``), for ``perceiver-bench autoencode`` and
+``scripts/bench_autoencode_reference.py`` (not committed; ~80 MB)::
+
+    .venv-ref/bin/python scripts/make_multimodal_fixtures.py --full target/multimodal-random
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -300,7 +307,21 @@ def released_layout() -> dict:
     }
 
 
+def write_full(out: Path) -> None:
+    """The released layout with transformers' own seeded random initialisation, as
+    ``save_pretrained`` writes it (safetensors, float32)."""
+    torch.manual_seed(0)
+    model = PerceiverForMultimodalAutoencoding(released_config()).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    print(f"{out}: {sum(p.numel() for p in model.parameters())} parameters")
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--full":
+        write_full(Path(sys.argv[2]))
+        return
+    assert len(sys.argv) == 1, __doc__
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     write_model(4000)
