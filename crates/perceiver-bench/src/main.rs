@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
+mod autoencode;
 mod batch_cost;
 mod classify;
 mod flow;
@@ -46,6 +47,9 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// The optical-flow model on one tile, ours and transformers' side by side on the same weights.
     Flow(flow::FlowArgs),
+    /// The multimodal autoencoder on one clip, ours and transformers' side by side on the same
+    /// weights and clip, every query decoded in the Colab's 128 chunks.
+    Autoencode(autoencode::AutoencodeArgs),
     /// Inference, ours and transformers' side by side on the same weights (workloads W1–W4).
     Inference(inference::InferenceArgs),
     /// One latent self-attention layer and its six weight products, ours and PyTorch's side by
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Flow(args) => flow::run(args),
+        Command::Autoencode(args) => autoencode::run(args),
         Command::Inference(args) => inference::run(args),
         Command::Latent(args) => latent::run(args),
         Command::TrainStep(args) => train_step::run(args),
