@@ -101,15 +101,9 @@ pub struct ServiceArgs {
     pub api_key: Option<String>,
 }
 
-/// Refuses, before the model loads, a key no client could send: blank, or with whitespace
-/// around it (a header's value loses it).
+/// Refuses, before the model loads, a key no client could send (the service's own check).
 fn api_key(key: &str) -> Result<String, String> {
-    if key.trim().is_empty() {
-        return Err("an empty key would refuse every client (leave it unset to serve without a key)".into());
-    }
-    if key.trim() != key {
-        return Err("the key starts or ends with whitespace, which no Authorization header can carry".into());
-    }
+    perceiver_serve::check_api_key(key).map_err(|e| e.to_string())?;
     Ok(key.to_string())
 }
 

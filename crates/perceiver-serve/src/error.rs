@@ -33,12 +33,12 @@ pub enum ServeError {
     },
 
     /// An API key that is empty or only whitespace: no client could send it.
-    #[error("api_key is empty: it would refuse every client (leave it unset to serve without a key)")]
+    #[error("the API key is empty: it would refuse every client (leave it unset to serve without a key)")]
     EmptyApiKey,
 
     /// An API key that starts or ends with whitespace: a header's value loses it, so no client
     /// could send the key.
-    #[error("api_key starts or ends with whitespace, which no Authorization header can carry")]
+    #[error("the API key starts or ends with whitespace, which no Authorization header can carry")]
     ApiKeyWhitespace,
 
     /// A batch token budget that the model's longest input would not fit.

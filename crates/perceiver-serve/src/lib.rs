@@ -234,9 +234,21 @@ pub struct ServeConfig {
     /// waits for earlier ones to be decoded if it would take the sum past it.
     pub max_image_pixels: u64,
     /// If set, every request but `GET /health` and the playground page's (`GET /`,
-    /// `/playground.css`, `/playground.js`) requires `Authorization: Bearer <api_key>`. Must not
-    /// be empty or only whitespace.
+    /// `/playground.css`, `/playground.js`) requires `Authorization: Bearer <api_key>`. One that
+    /// no client could send is refused ([`check_api_key`]).
     pub api_key: Option<String>,
+}
+
+/// Errors for an API key no client could send: empty or blank, or with whitespace around it (a
+/// header's value loses its surrounding whitespace, so such a key could never match).
+pub fn check_api_key(key: &str) -> Result<(), ServeError> {
+    if key.trim().is_empty() {
+        return Err(ServeError::EmptyApiKey);
+    }
+    if key.trim() != key {
+        return Err(ServeError::ApiKeyWhitespace);
+    }
+    Ok(())
 }
 
 impl ServeConfig {
@@ -362,14 +374,8 @@ impl ServeConfig {
                 });
             }
         }
-        // A header's value loses its surrounding whitespace, so a blank key can never match.
         if let Some(key) = self.api_key.as_deref() {
-            if key.trim().is_empty() {
-                return Err(ServeError::EmptyApiKey);
-            }
-            if key.trim() != key {
-                return Err(ServeError::ApiKeyWhitespace);
-            }
+            check_api_key(key)?;
         }
         if self.max_batch_tokens < max_len {
             return Err(ServeError::BatchTokensBelowMaxLen {

@@ -668,7 +668,7 @@ async fn settings_that_cannot_work_are_refused_at_start() {
         let mut c = config(|_| {});
         c.api_key = Some(blank.into());
         let err = Server::bind(c, model.clone()).await.err().unwrap();
-        assert!(err.to_string().starts_with("api_key is empty"), "{err}");
+        assert!(err.to_string().starts_with("the API key is empty"), "{err}");
     }
     let mut c = config(|_| {});
     c.api_key = Some(" s3cret\n".into());
