@@ -36,30 +36,16 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from reference_env import peak_rss_mb, print_bench_reply
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 PRECISIONS = ("f32", "bf16")
-
-
-def cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def synthetic_clip(frames: int, height: int, width: int, samples: int):
@@ -179,22 +165,7 @@ def main() -> None:
         if done.returncode != 0:
             sys.exit(f"the {precision} worker failed: {done.stderr.strip()}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    import torch
-    import transformers
-
-    print(
-        json.dumps(
-            {
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "cpu": cpu_model(),
-                "threads": args.threads,
-                "rounds": args.rounds,
-                "chunks": args.chunks,
-                "results": results,
-            }
-        )
-    )
+    print_bench_reply(args.threads, results, rounds=args.rounds, chunks=args.chunks)
 
 
 if __name__ == "__main__":

@@ -17,30 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from reference_env import peak_rss_mb, print_bench_reply
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 PRECISIONS = ("f32", "bf16")
-
-
-def cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def worker(args) -> dict:
@@ -92,21 +78,7 @@ def main() -> None:
                "--threads", str(args.threads), "--seed", str(args.seed), "--precision", precision]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
-    import torch
-    import transformers
-
-    print(
-        json.dumps(
-            {
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "cpu": cpu_model(),
-                "threads": args.threads,
-                "runs": args.runs,
-                "results": results,
-            }
-        )
-    )
+    print_bench_reply(args.threads, results, runs=args.runs)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ use perceiver::tasks::autoencode::DEFAULT_CHUNKS;
 use perceiver::{Autoencoder, Loader, Pixels, Precision};
 use serde_json::{json, Value};
 
-use crate::stats::{median, peak_rss_mib, precision_name};
+use crate::child::{our_worker, reference_results};
+use crate::stats::{median, peak_rss_mib, precision_name, print_phases};
 
 #[derive(Args)]
 pub struct AutoencodeArgs {
@@ -225,20 +226,16 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
     let mut ours = Vec::new();
     for &precision in &args.precisions {
         let start = Instant::now();
-        let output = Command::new(&exe)
-            .args(["--threads", &threads.to_string(), "autoencode"])
-            .args(["--model", &args.model.to_string_lossy()])
-            .args(["--rounds", &args.rounds.to_string()])
-            .args(["--chunks", &args.chunks.to_string()])
-            .args(["--worker", precision_name(precision)])
-            .arg("--outputs")
-            .arg(dir)
-            .output()
-            .context("cannot run the bench's worker")?;
-        if !output.status.success() {
-            bail!("our worker failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        let result: Value = serde_json::from_slice(&output.stdout).context("our worker's reply")?;
+        let result = our_worker(
+            Command::new(&exe)
+                .args(["--threads", &threads.to_string(), "autoencode"])
+                .args(["--model", &args.model.to_string_lossy()])
+                .args(["--rounds", &args.rounds.to_string()])
+                .args(["--chunks", &args.chunks.to_string()])
+                .args(["--worker", precision_name(precision)])
+                .arg("--outputs")
+                .arg(dir),
+        )?;
         eprintln!(
             "ours {}: {:.2} s a clip, peak {:.0} MiB ({:.0} MiB after loading); {:.0} s in all",
             result["precision"].as_str().unwrap_or("?"),
@@ -255,31 +252,19 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
     } else {
         let start = Instant::now();
         let precisions: Vec<&str> = args.precisions.iter().map(|&p| precision_name(p)).collect();
-        let output = Command::new(&args.python)
-            .arg("scripts/bench_autoencode_reference.py")
-            .args(["--model", &args.model.to_string_lossy()])
-            .args(["--rounds", &args.reference_rounds.to_string()])
-            .args(["--chunks", &args.chunks.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .args(["--precisions", &precisions.join(",")])
-            .arg("--outputs")
-            .arg(dir)
-            .output()
-            .with_context(|| format!("cannot run {}", args.python.display()))?;
-        if !output.status.success() {
-            bail!(
-                "the reference failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let reply: Value = serde_json::from_slice(&output.stdout).context("the reference's reply")?;
-        eprintln!(
-            "reference: torch {} transformers {}; {:.0} s in all",
-            reply["torch"],
-            reply["transformers"],
-            seconds_since(start)
-        );
-        reply["results"].as_array().cloned().unwrap_or_default()
+        reference_results(
+            Command::new(&args.python)
+                .arg("scripts/bench_autoencode_reference.py")
+                .args(["--model", &args.model.to_string_lossy()])
+                .args(["--rounds", &args.reference_rounds.to_string()])
+                .args(["--chunks", &args.chunks.to_string()])
+                .args(["--threads", &threads.to_string()])
+                .args(["--precisions", &precisions.join(",")])
+                .arg("--outputs")
+                .arg(dir),
+            &args.python,
+            Some(start),
+        )?
     };
 
     println!(
@@ -344,18 +329,6 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
         }
     }
 
-    for result in &ours {
-        println!(
-            "\nours {}, where the time goes (one more clip, split):",
-            result["precision"].as_str().unwrap_or("?")
-        );
-        for phase in result["phases"].as_array().into_iter().flatten() {
-            println!(
-                "  {:<72} {:.3} s",
-                phase["phase"].as_str().unwrap_or("?"),
-                phase["seconds"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
-    }
+    print_phases(&ours, "(one more clip, split)", 72, "seconds");
     Ok(())
 }

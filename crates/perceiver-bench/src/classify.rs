@@ -13,6 +13,7 @@ use clap::Args;
 use perceiver::{Classifier, Loader, ModelInput, Pixels, Precision};
 use serde_json::Value;
 
+use crate::child::{our_worker, reference_results};
 use crate::stats::{median, peak_rss_mib, precision_name};
 
 #[derive(Args)]
@@ -122,19 +123,15 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     let mut ours = Vec::new();
     for precision in [Precision::F32, Precision::Bf16] {
         for &batch in &args.batches {
-            let output = Command::new(&exe)
-                .args(["--threads", &threads.to_string(), "classify"])
-                .args(["--model", &args.model.to_string_lossy()])
-                .args(["--rounds", &args.rounds.to_string()])
-                .args(["--size", &args.size.to_string()])
-                .args(["--batches", &batch.to_string()])
-                .args(["--worker", precision_name(precision)])
-                .output()
-                .context("cannot run the bench's worker")?;
-            if !output.status.success() {
-                bail!("our worker failed: {}", String::from_utf8_lossy(&output.stderr));
-            }
-            let result: Value = serde_json::from_slice(&output.stdout).context("our worker's reply")?;
+            let result = our_worker(
+                Command::new(&exe)
+                    .args(["--threads", &threads.to_string(), "classify"])
+                    .args(["--model", &args.model.to_string_lossy()])
+                    .args(["--rounds", &args.rounds.to_string()])
+                    .args(["--size", &args.size.to_string()])
+                    .args(["--batches", &batch.to_string()])
+                    .args(["--worker", precision_name(precision)]),
+            )?;
             let row = Row {
                 precision: precision_name(precision).to_string(),
                 batch,
@@ -157,27 +154,17 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         Vec::new()
     } else {
         let batches: Vec<String> = args.batches.iter().map(|b| b.to_string()).collect();
-        let output = Command::new(&args.python)
-            .arg("scripts/bench_classify_reference.py")
-            .args(["--model", &args.model.to_string_lossy()])
-            .args(["--batches", &batches.join(",")])
-            .args(["--rounds", &args.rounds.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .args(["--size", &args.size.to_string()])
-            .output()
-            .with_context(|| format!("cannot run {}", args.python.display()))?;
-        if !output.status.success() {
-            bail!(
-                "the reference failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let reply: Value = serde_json::from_slice(&output.stdout).context("the reference's reply")?;
-        eprintln!(
-            "reference: torch {} transformers {}",
-            reply["torch"], reply["transformers"]
-        );
-        reply["results"].as_array().cloned().unwrap_or_default()
+        reference_results(
+            Command::new(&args.python)
+                .arg("scripts/bench_classify_reference.py")
+                .args(["--model", &args.model.to_string_lossy()])
+                .args(["--batches", &batches.join(",")])
+                .args(["--rounds", &args.rounds.to_string()])
+                .args(["--threads", &threads.to_string()])
+                .args(["--size", &args.size.to_string()]),
+            &args.python,
+            None,
+        )?
     };
 
     println!(

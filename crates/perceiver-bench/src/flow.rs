@@ -15,7 +15,8 @@ use perceiver::preprocess::FramePair;
 use perceiver::{Loader, Precision};
 use serde_json::{json, Value};
 
-use crate::stats::{median, peak_rss_mib, precision_name};
+use crate::child::{our_worker, reference_results};
+use crate::stats::{median, peak_rss_mib, precision_name, print_phases};
 
 #[derive(Args)]
 pub struct FlowArgs {
@@ -112,17 +113,13 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find this bench's executable")?;
     let mut ours = Vec::new();
     for &precision in &args.precisions {
-        let output = Command::new(&exe)
-            .args(["--threads", &threads.to_string(), "flow"])
-            .args(["--model", &args.model.to_string_lossy()])
-            .args(["--rounds", &args.rounds.to_string()])
-            .args(["--worker", precision_name(precision)])
-            .output()
-            .context("cannot run the bench's worker")?;
-        if !output.status.success() {
-            bail!("our worker failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        let result: Value = serde_json::from_slice(&output.stdout).context("our worker's reply")?;
+        let result = our_worker(
+            Command::new(&exe)
+                .args(["--threads", &threads.to_string(), "flow"])
+                .args(["--model", &args.model.to_string_lossy()])
+                .args(["--rounds", &args.rounds.to_string()])
+                .args(["--worker", precision_name(precision)]),
+        )?;
         eprintln!(
             "ours {}: {:.2} s, peak {:.0} MiB",
             result["precision"].as_str().unwrap_or("?"),
@@ -136,26 +133,16 @@ pub fn run(args: FlowArgs) -> Result<()> {
         Vec::new()
     } else {
         let precisions: Vec<&str> = args.precisions.iter().map(|&p| precision_name(p)).collect();
-        let output = Command::new(&args.python)
-            .arg("scripts/bench_flow_reference.py")
-            .args(["--model", &args.model.to_string_lossy()])
-            .args(["--runs", &args.rounds.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .args(["--precisions", &precisions.join(",")])
-            .output()
-            .with_context(|| format!("cannot run {}", args.python.display()))?;
-        if !output.status.success() {
-            bail!(
-                "the reference failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let reply: Value = serde_json::from_slice(&output.stdout).context("the reference's reply")?;
-        eprintln!(
-            "reference: torch {} transformers {}",
-            reply["torch"], reply["transformers"]
-        );
-        reply["results"].as_array().cloned().unwrap_or_default()
+        reference_results(
+            Command::new(&args.python)
+                .arg("scripts/bench_flow_reference.py")
+                .args(["--model", &args.model.to_string_lossy()])
+                .args(["--runs", &args.rounds.to_string()])
+                .args(["--threads", &threads.to_string()])
+                .args(["--precisions", &precisions.join(",")]),
+            &args.python,
+            None,
+        )?
     };
 
     println!("| precision | ours s/tile | ours GFLOP/s | ours peak MiB | transformers s/tile | transformers peak MiB | transformers / ours |");
@@ -178,18 +165,6 @@ pub fn run(args: FlowArgs) -> Result<()> {
             their_s / seconds
         );
     }
-    for result in &ours {
-        println!(
-            "\nours {}, where the time goes (medians):",
-            result["precision"].as_str().unwrap_or("?")
-        );
-        for phase in result["phases"].as_array().into_iter().flatten() {
-            println!(
-                "  {:<55} {:.3} s",
-                phase["phase"].as_str().unwrap_or("?"),
-                phase["median_s"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
-    }
+    print_phases(&ours, "(medians)", 55, "median_s");
     Ok(())
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod autoencode;
 mod batch_cost;
+mod child;
 mod classify;
 mod flow;
 mod inference;
