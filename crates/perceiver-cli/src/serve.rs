@@ -97,14 +97,8 @@ pub struct ServiceArgs {
 
     /// Require `Authorization: Bearer <KEY>` on every request but GET /health and the playground
     /// page (GET /, /playground.css, /playground.js), unknown routes included.
-    #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true, value_parser = api_key)]
+    #[arg(long, env = "PERCEIVER_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-}
-
-/// Refuses, before the model loads, a key no client could send (the service's own check).
-fn api_key(key: &str) -> Result<String, String> {
-    perceiver_serve::check_api_key(key).map_err(|e| e.to_string())?;
-    Ok(key.to_string())
 }
 
 impl ServiceArgs {
@@ -145,6 +139,11 @@ pub fn init_logging() {
 pub fn run(args: ServeArgs) -> Result<()> {
     init_logging();
     let config = args.service.config(&args.model.model);
+    // A key no client could send is refused before the model loads; checked here rather than by
+    // clap, whose message would quote the key.
+    if let Some(key) = &config.api_key {
+        perceiver_serve::check_api_key(key).context("--api-key")?;
+    }
     // The model loads before the port opens: a client never sees a service that cannot answer.
     let model = args.model.load_engine(args.engine.precision)?;
     let model: ServeModel = if model.architecture().is_classifier() {

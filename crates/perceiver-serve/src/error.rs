@@ -41,6 +41,13 @@ pub enum ServeError {
     #[error("the API key starts or ends with whitespace, which no Authorization header can carry")]
     ApiKeyWhitespace,
 
+    /// An API key with a character outside visible ASCII (and spaces and tabs): a header's value
+    /// holding it cannot be read as text, so no client could send the key.
+    #[error(
+        "the API key holds a character other than visible ASCII, which no Authorization header can carry"
+    )]
+    ApiKeyNotAscii,
+
     /// A batch token budget that the model's longest input would not fit.
     #[error(
         "max_batch_tokens ({max_batch_tokens}) is below the model's {max_len} positions: \

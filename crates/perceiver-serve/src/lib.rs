@@ -239,14 +239,18 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
 }
 
-/// Errors for an API key no client could send: empty or blank, or with whitespace around it (a
-/// header's value loses its surrounding whitespace, so such a key could never match).
+/// Errors for an API key no client could send: empty or blank, with whitespace around it (a
+/// header's value loses it), or with a character that a header's value read as text cannot hold
+/// (anything but visible ASCII, spaces and tabs).
 pub fn check_api_key(key: &str) -> Result<(), ServeError> {
     if key.trim().is_empty() {
         return Err(ServeError::EmptyApiKey);
     }
     if key.trim() != key {
         return Err(ServeError::ApiKeyWhitespace);
+    }
+    if !key.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        return Err(ServeError::ApiKeyNotAscii);
     }
     Ok(())
 }
