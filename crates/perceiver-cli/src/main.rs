@@ -163,19 +163,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether the error is a write to a pipe whose reader has gone.
+/// Whether the error is a write to standard output whose reader has gone. Only the outermost
+/// error counts: stdout's writes fail with their bare I/O error, where a file's carry its path
+/// (a `--flo` into a pipe whose reader died is an error, not a quiet exit).
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
     use std::io::ErrorKind::BrokenPipe;
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == BrokenPipe)
-            // serde_json's error names the I/O error's kind but is not its source.
-            || cause
-                .downcast_ref::<serde_json::Error>()
-                .and_then(serde_json::Error::io_error_kind)
-                == Some(BrokenPipe)
-    })
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == BrokenPipe)
+        // serde_json's error names the I/O error's kind but is not its source.
+        || error
+            .downcast_ref::<serde_json::Error>()
+            .and_then(serde_json::Error::io_error_kind)
+            == Some(BrokenPipe)
 }
 
 /// The error and its causes on one line, "outer: cause: …", whatever the layers below put in
