@@ -41,6 +41,10 @@ struct State {
     cut_downloads_after: Option<usize>,
     /// Answer range requests with the whole file.
     ignore_ranges: bool,
+    /// Answer a plain GET with a 206 that names the whole file.
+    partial_for_whole: bool,
+    /// Name files by their sha256, as the hub names files stored with LFS.
+    sha256_etags: bool,
     /// The Range header of each GET that had one.
     ranges: Vec<String>,
     /// "METHOD PATH", and the Authorization header as sent (`None`: no header).
@@ -96,6 +100,14 @@ fn etag(bytes: &[u8]) -> String {
     format!("{hash:016x}")
 }
 
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn serve(stream: TcpStream, state: &Mutex<State>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request = String::new();
@@ -147,8 +159,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             let body = serde_json::json!({ "sha": state.commit, "siblings": siblings }).to_string();
             ("200 OK", String::new(), body.into_bytes(), false)
         } else if let Some(bytes) = file {
-            let mut headers = format!("ETag: \"{}\"\r\nX-Repo-Commit: {}\r\n", etag(bytes), state.commit);
+            let tag = if state.sha256_etags {
+                sha256(bytes)
+            } else {
+                etag(bytes)
+            };
+            let mut headers = format!("ETag: \"{tag}\"\r\nX-Repo-Commit: {}\r\n", state.commit);
             let stall = method == "GET" && state.stall_downloads;
+            let range = range.or((method == "GET" && state.partial_for_whole).then_some((0, None)));
             match range {
                 Some((start, end)) if start < bytes.len() => {
                     let end = end.unwrap_or(bytes.len() - 1).min(bytes.len() - 1);
@@ -207,19 +225,12 @@ fn hub_command(args: &[&str], home: &Path, endpoint: &str) -> Command {
 /// Runs `cmd`, failing the test (not hanging it) if it takes longer than `limit`.
 fn output_within(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
     let start = Instant::now();
-    let mut child = cmd
+    let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child.wait_with_output().unwrap(), start.elapsed())
+    (output_within_child(child, limit), start.elapsed())
 }
 
 /// Runs `cmd` and asserts success.
@@ -427,6 +438,76 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     assert!(hub.ranges().is_empty(), "no range asked past the file's end");
     assert_eq!(blob(home.path()), weights);
     assert!(!too_long.exists());
+}
+
+/// A resumed download of a file named by its sha256 (as the hub names LFS files) is checked
+/// whole: a partial file that is not the file's beginning is found out, removed, and the next
+/// load downloads it afresh. A load that finds another process downloading the same file waits
+/// for it, and says so; a hub answering a plain download with a 206 of the whole file is
+/// taken at its word.
+#[test]
+fn resumed_downloads_are_checked_and_shared_downloads_wait() {
+    let model = "tiny_qk_v_explicit";
+    let answer = fill_mask_of(&fixture(model).to_string_lossy());
+    let files = files_of(model);
+    let weights = files["model.safetensors"].clone();
+    let hub = FakeHub::start(COMMIT_A, files);
+    hub.state.lock().unwrap().sha256_etags = true;
+    let fill = [&FILL[..], &[TEXT]].concat();
+
+    let home = tempfile::tempdir().unwrap();
+    let blobs = repo_dir(home.path()).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let partial = blobs.join(format!("{}.incomplete", sha256(&weights)));
+    std::fs::write(&partial, vec![0u8; weights.len() / 2]).unwrap();
+    let out = hub_command(&fill, home.path(), &hub.endpoint).output().unwrap();
+    common::fails_with(&out, "load again to download it afresh");
+    assert!(!partial.exists());
+    assert_eq!(
+        run_command(hub_command(&fill, home.path(), &hub.endpoint)).stdout,
+        answer
+    );
+
+    // Another process holds the blob's lock: the load waits until it is released.
+    let home = tempfile::tempdir().unwrap();
+    let locks = home
+        .path()
+        .join("hub/.locks")
+        .join(repo_dir(home.path()).file_name().unwrap());
+    std::fs::create_dir_all(&locks).unwrap();
+    let held = std::fs::File::create(locks.join(format!("{}.lock", sha256(&weights)))).unwrap();
+    held.lock().unwrap();
+    hub.state.lock().unwrap().partial_for_whole = true;
+    let mut child = hub_command(&fill, home.path(), &hub.endpoint)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Released once the load says it waits (its first line on stderr).
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(
+        first.contains("waiting for another download of model.safetensors"),
+        "{first}"
+    );
+    drop(held);
+    let out = output_within_child(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{first}");
+    assert_eq!(out.stdout, answer);
+}
+
+/// Waits for `child`, killing it (and failing the test) past `limit`.
+fn output_within_child(mut child: std::process::Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// The token sent: HF_TOKEN unless it is blank, else the file HF_TOKEN_PATH, else

@@ -11,6 +11,7 @@
 //! answers from `refs/main` in the cache without asking the hub whether `main` moved.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::{
@@ -254,34 +255,29 @@ impl Hub {
             std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
             // One download of a blob at a time, across processes, under huggingface_hub's
             // lock file, so that its partial file (huggingface_hub's name too) can be resumed by
-            // whichever load comes next.
-            let locks = repo
-                .parent()
-                .unwrap_or(repo)
-                .join(".locks")
-                .join(repo.file_name().unwrap_or_default());
-            std::fs::create_dir_all(&locks).map_err(io(&locks))?;
-            let lock_path = locks.join(format!("{etag}.lock"));
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(io(&lock_path))?;
-            // Where the platform has no file locks, downloads go unguarded, as before.
-            match lock.lock() {
-                Err(e) if e.kind() != std::io::ErrorKind::Unsupported => {
-                    return Err(format!("cannot lock {}: {e}", lock_path.display()))
-                }
-                _ => {}
-            }
+            // whichever load comes next. Where no lock can be had, a partial file of this
+            // process's own, not resumed.
+            let lock = lock_blob(repo, &etag, file);
             // Another load may have finished it while this one waited.
             if !blob.is_file() {
-                let partial = blobs.join(format!("{etag}.incomplete"));
-                let fetched = self.fetch_to(&url, file, size, &partial);
+                let partial = match &lock {
+                    Some(_) => blobs.join(format!("{etag}.incomplete")),
+                    None => {
+                        static DOWNLOADS: AtomicUsize = AtomicUsize::new(0);
+                        let n = DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+                        blobs.join(format!("{etag}.{}.{n}.incomplete", std::process::id()))
+                    }
+                };
+                let fetched = self
+                    .fetch_to(&url, file, size, &partial, lock.is_some())
+                    .and_then(|resumed| match resumed {
+                        true => check_sha256(&partial, &etag),
+                        false => Ok(()),
+                    });
                 if let Err(e) = fetched.and_then(|()| std::fs::rename(&partial, &blob).map_err(io(&blob))) {
-                    // What came is kept for the next load to resume, unless nothing did.
-                    if std::fs::metadata(&partial).is_ok_and(|m| m.len() == 0) {
+                    // What came is kept for the next load to resume, unless nothing did or no
+                    // later load could find it.
+                    if lock.is_none() || std::fs::metadata(&partial).is_ok_and(|m| m.len() == 0) {
                         let _ = std::fs::remove_file(&partial);
                     }
                     return Err(e);
@@ -300,15 +296,24 @@ impl Hub {
 
     /// The body of `url` into `path`, with a progress bar on a terminal. A partial file already
     /// at `path` (an interrupted download) is resumed with a range request; a hub that answers
-    /// with the whole body instead has it written from the start.
+    /// with the whole body instead has it written from the start. Whether it resumed. `kept`:
+    /// whether a failed download's bytes stay for the next load (its errors say so).
     fn fetch_to(
         &self,
         url: &str,
         file: &str,
         size: Option<u64>,
         path: &Path,
-    ) -> std::result::Result<(), String> {
+        kept: bool,
+    ) -> std::result::Result<bool, String> {
         let cannot_write = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let kept = |why: String| match kept {
+            true => format!(
+                "{why} (the next load resumes the download from {}, which may be deleted)",
+                path.display()
+            ),
+            false => why,
+        };
         let mut out = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -317,10 +322,13 @@ impl Hub {
             .map_err(cannot_write)?;
         let mut have = out.metadata().map_err(cannot_write)?.len();
         if size.is_some_and(|size| have > size) {
-            have = 0; // not a part of this file
+            // Not a part of this file.
+            out.set_len(0).map_err(cannot_write)?;
+            have = 0;
         }
-        if Some(have) == size {
-            return out.sync_all().map_err(cannot_write);
+        if have > 0 && Some(have) == size {
+            out.sync_all().map_err(cannot_write)?;
+            return Ok(true);
         }
         // The bytes as stored (not gzipped in transit), so that their count can be checked
         // against the size announced, as huggingface_hub checks it.
@@ -342,23 +350,23 @@ impl Hub {
             }
             Err(e) => return Err(e.to_string()),
         };
-        // A partial answer must start where the partial file ends; any other answer is the
-        // whole file.
-        let resumed = have > 0
-            && response.status() == 206
-            && response
+        // A partial answer must start where the partial file ends (at 0 for a whole file); a
+        // 200 is the whole file.
+        let start = match response.status() {
+            200 => 0,
+            206 if response
                 .header("Content-Range")
                 .and_then(|r| r.strip_prefix("bytes "))
                 .and_then(|r| r.split_once('-'))
-                .is_some_and(|(start, _)| start.trim().parse() == Ok(have));
-        if !resumed && response.status() != 200 {
-            let _ = out.set_len(0); // the next load starts afresh
-            return Err(format!(
-                "{url}: the hub answered {} to a download",
-                response.status()
-            ));
-        }
-        let start = if resumed { have } else { 0 };
+                .is_some_and(|(start, _)| start.trim().parse() == Ok(have)) =>
+            {
+                have
+            }
+            status => {
+                let _ = out.set_len(0); // the next load starts afresh
+                return Err(format!("{url}: the hub answered {status} to a download"));
+            }
+        };
         out.set_len(start).map_err(cannot_write)?;
         std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(start)).map_err(cannot_write)?;
         let size = size.or_else(|| {
@@ -373,28 +381,104 @@ impl Hub {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_position(start);
-        let copied = std::io::copy(&mut bar.wrap_read(response.into_reader()), &mut out);
+        // At most one byte past the size announced: enough to tell that the body is too long,
+        // not a disk filled by a hub that never stops.
+        let limit = size.map_or(u64::MAX, |size| (size - start).saturating_add(1));
+        let body = std::io::Read::take(response.into_reader(), limit);
+        let copied = std::io::copy(&mut bar.wrap_read(body), &mut out);
         bar.finish_and_clear();
-        // What has come is on disk either way; a later load resumes from there.
-        let copied = copied.map_err(|e| {
-            let _ = out.sync_all();
-            format!("{url}: {e} (the next load resumes the download)")
-        })?;
-        let total = start + copied;
+        let total = match copied {
+            Ok(copied) => start + copied,
+            Err(e) => {
+                // What has come is on disk; a later load resumes from there.
+                let _ = out.sync_all();
+                let message = match e.kind() {
+                    std::io::ErrorKind::StorageFull => cannot_write(e),
+                    _ => format!("{url}: {e}"),
+                };
+                return Err(kept(message));
+            }
+        };
         match size {
             Some(size) if total > size => {
                 let _ = out.set_len(0);
-                Err(format!("{url}: {total} bytes came, {size} were announced"))
+                Err(format!("{url}: more than the {size} bytes announced came"))
             }
             Some(size) if total < size => {
                 let _ = out.sync_all();
-                Err(format!(
-                    "{url}: {total} of {size} bytes came (the next load resumes the download)"
-                ))
+                Err(kept(format!("{url}: {total} of {size} bytes came")))
             }
-            _ => out.sync_all().map_err(cannot_write),
+            _ => {
+                out.sync_all().map_err(cannot_write)?;
+                Ok(start > 0)
+            }
         }
     }
+}
+
+/// Takes huggingface_hub's lock on the blob `etag` of `repo` (`.locks/models--owner--name/
+/// <etag>.lock` beside it), waiting for another process's download of it to end (and saying
+/// so); `None` where no lock can be had (a file system without locks, a lock file that cannot
+/// be opened).
+fn lock_blob(repo: &Path, etag: &str, file: &str) -> Option<std::fs::File> {
+    let locks = repo
+        .parent()
+        .unwrap_or(repo)
+        .join(".locks")
+        .join(repo.file_name().unwrap_or_default());
+    let _ = std::fs::create_dir_all(&locks);
+    let path = locks.join(format!("{etag}.lock"));
+    // A lock needs no write access: a cache shared by several users may hold another's file.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .or_else(|_| std::fs::File::open(&path))
+        .ok()?;
+    match lock.try_lock() {
+        Ok(()) => Some(lock),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "waiting for another download of {file} to finish (it holds {})",
+                path.display()
+            );
+            lock.lock().ok().map(|()| lock)
+        }
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
+/// Errors unless the file's sha256 is `etag` where the ETag is one (a file stored with LFS, as
+/// the weights are): a resumed download is checked whole, since its first part came from an
+/// earlier run. A file that fails is removed, so that the next load starts afresh.
+fn check_sha256(path: &Path, etag: &str) -> std::result::Result<(), String> {
+    use sha2::Digest as _;
+    if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    let mut hasher = sha2::Sha256::new();
+    let hashed = std::fs::File::open(path).and_then(|mut f| {
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            match std::io::Read::read(&mut f, &mut buffer)? {
+                0 => return Ok(()),
+                n => hasher.update(&buffer[..n]),
+            }
+        }
+    });
+    hashed.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if digest != etag.to_ascii_lowercase() {
+        let _ = std::fs::remove_file(path);
+        return Err(format!(
+            "the resumed download's sha256 is {digest}, not the {etag} the hub names; it was removed: \
+             load again to download it afresh"
+        ));
+    }
+    Ok(())
 }
 
 /// The snapshot's entry for a blob: a relative link, as huggingface_hub makes it (a copy
