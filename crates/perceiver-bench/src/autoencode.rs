@@ -20,7 +20,7 @@ use perceiver::tasks::autoencode::DEFAULT_CHUNKS;
 use perceiver::{Autoencoder, Loader, Pixels, Precision};
 use serde_json::{json, Value};
 
-use crate::child::{our_worker, reference_results};
+use crate::child::{our_worker, reference_results, PythonArgs};
 use crate::stats::{median, peak_rss_mib, precision_name, print_phases};
 
 #[derive(Args)]
@@ -42,12 +42,8 @@ pub struct AutoencodeArgs {
     /// there is `--chunks` runs of the whole model, minutes on a few cores.
     #[arg(long, default_value_t = 1)]
     reference_rounds: usize,
-    /// Time our engine only.
-    #[arg(long)]
-    no_reference: bool,
-    /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
-    #[arg(long, default_value = ".venv-ref/bin/python")]
-    python: PathBuf,
+    #[command(flatten)]
+    reference: PythonArgs,
     /// Run one precision in this process and print its result as JSON (what the bench spawns).
     #[arg(long, hide = true)]
     worker: Option<Precision>,
@@ -247,13 +243,13 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
         ours.push(result);
     }
 
-    let theirs: Vec<Value> = if args.no_reference {
+    let theirs: Vec<Value> = if args.reference.no_reference {
         Vec::new()
     } else {
         let start = Instant::now();
         let precisions: Vec<&str> = args.precisions.iter().map(|&p| precision_name(p)).collect();
         reference_results(
-            Command::new(&args.python)
+            Command::new(&args.reference.python)
                 .arg("scripts/bench_autoencode_reference.py")
                 .args(["--model", &args.model.to_string_lossy()])
                 .args(["--rounds", &args.reference_rounds.to_string()])
@@ -262,7 +258,7 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
                 .args(["--precisions", &precisions.join(",")])
                 .arg("--outputs")
                 .arg(dir),
-            &args.python,
+            &args.reference.python,
             Some(start),
         )?
     };

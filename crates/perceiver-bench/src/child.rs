@@ -1,12 +1,24 @@
 //! The benches' child processes: our worker (this executable again, one precision in its own
 //! process) and the reference script in the pinned Python, each answering with JSON on stdout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde_json::Value;
+
+/// The reference side's flags, shared by the benches that run it.
+#[derive(Args)]
+pub(crate) struct PythonArgs {
+    /// Time our engine only.
+    #[arg(long)]
+    pub(crate) no_reference: bool,
+    /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
+    #[arg(long, default_value = ".venv-ref/bin/python")]
+    pub(crate) python: PathBuf,
+}
 
 /// Runs one of our workers and returns its JSON result; fails with its stderr.
 pub(crate) fn our_worker(command: &mut Command) -> Result<Value> {

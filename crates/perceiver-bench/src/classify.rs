@@ -13,7 +13,7 @@ use clap::Args;
 use perceiver::{Classifier, Loader, ModelInput, Pixels, Precision};
 use serde_json::Value;
 
-use crate::child::{our_worker, reference_results};
+use crate::child::{our_worker, reference_results, PythonArgs};
 use crate::stats::{median, peak_rss_mib, precision_name};
 
 #[derive(Args)]
@@ -31,12 +31,8 @@ pub struct ClassifyArgs {
     /// Image side.
     #[arg(long, default_value_t = 224)]
     size: usize,
-    /// Time our engine only.
-    #[arg(long)]
-    no_reference: bool,
-    /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
-    #[arg(long, default_value = ".venv-ref/bin/python")]
-    python: PathBuf,
+    #[command(flatten)]
+    reference: PythonArgs,
     /// Run one precision at one batch size (`--batches N`) in this process and print its result
     /// as JSON (what the bench spawns).
     #[arg(long, hide = true)]
@@ -150,19 +146,19 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         }
     }
 
-    let theirs: Vec<Value> = if args.no_reference {
+    let theirs: Vec<Value> = if args.reference.no_reference {
         Vec::new()
     } else {
         let batches: Vec<String> = args.batches.iter().map(|b| b.to_string()).collect();
         reference_results(
-            Command::new(&args.python)
+            Command::new(&args.reference.python)
                 .arg("scripts/bench_classify_reference.py")
                 .args(["--model", &args.model.to_string_lossy()])
                 .args(["--batches", &batches.join(",")])
                 .args(["--rounds", &args.rounds.to_string()])
                 .args(["--threads", &threads.to_string()])
                 .args(["--size", &args.size.to_string()]),
-            &args.python,
+            &args.reference.python,
             None,
         )?
     };

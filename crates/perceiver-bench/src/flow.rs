@@ -15,7 +15,7 @@ use perceiver::preprocess::FramePair;
 use perceiver::{Loader, Precision};
 use serde_json::{json, Value};
 
-use crate::child::{our_worker, reference_results};
+use crate::child::{our_worker, reference_results, PythonArgs};
 use crate::stats::{median, peak_rss_mib, precision_name, print_phases};
 
 #[derive(Args)]
@@ -30,12 +30,8 @@ pub struct FlowArgs {
     /// Timed runs per precision and side, after one warm-up.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Time our engine only.
-    #[arg(long)]
-    no_reference: bool,
-    /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
-    #[arg(long, default_value = ".venv-ref/bin/python")]
-    python: PathBuf,
+    #[command(flatten)]
+    reference: PythonArgs,
     /// Run one precision in this process and print its result as JSON (what the bench spawns).
     #[arg(long, hide = true)]
     worker: Option<Precision>,
@@ -129,18 +125,18 @@ pub fn run(args: FlowArgs) -> Result<()> {
         ours.push(result);
     }
 
-    let theirs: Vec<Value> = if args.no_reference {
+    let theirs: Vec<Value> = if args.reference.no_reference {
         Vec::new()
     } else {
         let precisions: Vec<&str> = args.precisions.iter().map(|&p| precision_name(p)).collect();
         reference_results(
-            Command::new(&args.python)
+            Command::new(&args.reference.python)
                 .arg("scripts/bench_flow_reference.py")
                 .args(["--model", &args.model.to_string_lossy()])
                 .args(["--runs", &args.rounds.to_string()])
                 .args(["--threads", &threads.to_string()])
                 .args(["--precisions", &precisions.join(",")]),
-            &args.python,
+            &args.reference.python,
             None,
         )?
     };

@@ -28,6 +28,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
+use crate::child::PythonArgs;
 use crate::stats::median;
 
 #[derive(Args)]
@@ -55,12 +56,8 @@ pub struct InferenceArgs {
 /// Where the PyTorch side comes from (shared by the benches that run it).
 #[derive(Args)]
 pub(crate) struct ReferenceArgs {
-    /// Time our engine only.
-    #[arg(long)]
-    no_reference: bool,
-    /// The Python with the pinned reference environment (scripts/requirements-reference.txt).
-    #[arg(long, default_value = ".venv-ref/bin/python")]
-    python: PathBuf,
+    #[command(flatten)]
+    side: PythonArgs,
     #[arg(long, default_value = "scripts/bench_reference.py")]
     reference_script: PathBuf,
 }
@@ -68,10 +65,10 @@ pub(crate) struct ReferenceArgs {
 impl ReferenceArgs {
     /// The PyTorch worker on `model`, or `None` with `--no-reference`.
     pub(crate) fn start(&self, model: &Path, threads: usize) -> Result<Option<Reference>> {
-        if self.no_reference {
+        if self.side.no_reference {
             return Ok(None);
         }
-        Reference::start(&self.python, &self.reference_script, model, threads).map(Some)
+        Reference::start(&self.side.python, &self.reference_script, model, threads).map(Some)
     }
 }
 
