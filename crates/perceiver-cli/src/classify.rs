@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::image::DecodeLimits;
-use perceiver::{Classifier, LabelScore, Pixels};
+use perceiver::{Architecture, Classifier, LabelScore, Pixels};
 use rayon::prelude::*;
 
 use crate::model::{image_error, EngineArgs, ModelArgs};
@@ -128,23 +128,18 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     if count == 0 {
         bail!("no inputs to classify");
     }
+    // The model's task and input kind are checked before its weights load where its config
+    // comes alone (a hub id's weights are not downloaded for nothing), else once it has loaded.
+    if let Some(config) = args.model.config_before_weights()? {
+        check_input_kind(args.text, Architecture::of(&config)?)?;
+    }
     let classifier = args
         .model
         .load_classifier(args.engine.precision)?
         .with_decode_limits(DecodeLimits {
             max_pixels: args.max_image_pixels,
         });
-    match (args.text, classifier.reads_images()) {
-        (true, true) => bail!(
-            "{} classifies images; leave out --text and give image files",
-            classifier.model().architecture().name()
-        ),
-        (false, false) => bail!(
-            "{} classifies text; pass --text",
-            classifier.model().architecture().name()
-        ),
-        _ => {}
-    }
+    check_input_kind(args.text, classifier.model().architecture())?;
     // Every text is checked before any runs.
     if let Inputs::Texts(texts) = &inputs {
         for (where_, text) in texts {
@@ -270,4 +265,18 @@ fn write_human(out: &mut impl Write, input: &str, labels: &[LabelScore]) -> std:
         writeln!(out, "  {:6.2}%  {}", 100.0 * l.score, l.label)?;
     }
     Ok(())
+}
+
+/// An error unless `architecture` is a classifier of the inputs given: texts (`--text`) or
+/// images.
+fn check_input_kind(text: bool, architecture: Architecture) -> Result<()> {
+    Classifier::check_architecture(architecture)?;
+    match (text, architecture.reads_images()) {
+        (true, true) => bail!(
+            "{} classifies images; leave out --text and give image files",
+            architecture.name()
+        ),
+        (false, false) => bail!("{} classifies text; pass --text", architecture.name()),
+        _ => Ok(()),
+    }
 }

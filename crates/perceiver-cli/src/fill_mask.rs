@@ -109,6 +109,7 @@ pub fn run(args: FillMaskArgs) -> Result<()> {
         let checked = FillMask::precheck(text, args.mask_range.clone(), args.add_special_tokens);
         in_context(checked.map_err(anyhow::Error::from), where_)?;
     }
+    args.model.check_task(FillMask::check_architecture)?;
     let fill = FillMask::new(args.model.load_engine(args.engine.precision)?)?;
     for (where_, text) in &texts {
         let checked = fill.check_text(text, args.mask_range.clone(), args.add_special_tokens);

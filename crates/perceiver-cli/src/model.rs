@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver::{Checkpoint, Classifier, LoadOptions, Loader, PerceiverConfig, PerceiverModel, Precision};
+use perceiver::{
+    Architecture, Checkpoint, Classifier, LoadOptions, Loader, PerceiverConfig, PerceiverModel, Precision,
+};
 
 /// An image's error, naming the flag that sets the limit when the image is over
 /// `--max-image-pixels` (the library names no flag).
@@ -75,12 +77,23 @@ impl ModelArgs {
         }
     }
 
-    /// The config of the model these flags name, without its weights (a hub id's are not
-    /// downloaded): what inputs are checked against before the model loads.
-    pub fn config(&self) -> Result<PerceiverConfig> {
+    /// The config of the model these flags name where it comes without the weights (a
+    /// directory's, a hub id's): what a subcommand checks the model's task against before
+    /// weights it cannot use are read or downloaded. `None` for a DeepMind checkpoint and the
+    /// built-in model, whose task is checked once they load.
+    pub fn config_before_weights(&self) -> Result<Option<PerceiverConfig>> {
         self.loader()
-            .config()
+            .config_before_weights()
             .with_context(|| format!("cannot load model {}", self.model))
+    }
+
+    /// Runs `check` (a task's `check_architecture`) on the model's architecture where its
+    /// config comes without the weights ([`config_before_weights`](Self::config_before_weights)).
+    pub fn check_task(&self, check: fn(Architecture) -> perceiver::Result<()>) -> Result<()> {
+        if let Some(config) = self.config_before_weights()? {
+            check(Architecture::of(&config)?)?;
+        }
+        Ok(())
     }
 
     /// The config and checked weights these flags name, unpacked.

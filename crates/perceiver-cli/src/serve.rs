@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use perceiver::Architecture;
 use perceiver_serve::{caps, ServeConfig, ServeModel, Server};
 
 use crate::model::{EngineArgs, ModelArgs};
@@ -143,6 +144,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // clap, whose message would quote the key.
     if let Some(key) = &config.api_key {
         perceiver_serve::check_api_key(key).context("--api-key")?;
+    }
+    // A model with no route is refused before its weights are read or downloaded where its
+    // config comes alone.
+    if let Some(model_config) = args.model.config_before_weights()? {
+        perceiver_serve::check_architecture(Architecture::of(&model_config)?)?;
     }
     // The model loads before the port opens: a client never sees a service that cannot answer.
     let model = args.model.load_engine(args.engine.precision)?;

@@ -70,6 +70,18 @@ pub enum ServeError {
         source: std::io::Error,
     },
 
+    /// The model's task has no route ([`check_architecture`](crate::check_architecture)).
+    #[error(
+        "the service answers masked language models and classifiers, not a {architecture}; \
+         `perceiver {command}` runs it"
+    )]
+    TaskNotServed {
+        /// transformers' class name of the model.
+        architecture: &'static str,
+        /// The `perceiver` subcommand that runs it.
+        command: &'static str,
+    },
+
     /// The model cannot be served (not a masked language model, for instance).
     #[error("cannot serve the model: {0}")]
     Model(#[from] perceiver::Error),

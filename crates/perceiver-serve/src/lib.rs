@@ -134,6 +134,9 @@ impl From<Classifier> for ServeModel {
 
 impl ServeModel {
     fn into_task(self) -> Result<Task, ServeError> {
+        if let ServeModel::Model(model) = &self {
+            check_architecture(model.architecture())?;
+        }
         Ok(match self {
             ServeModel::Model(model) if model.architecture().is_classifier() => {
                 Task::Classifier(Classifier::new(model)?)
@@ -143,6 +146,22 @@ impl ServeModel {
             ServeModel::Classifier(classifier) => Task::Classifier(classifier),
         })
     }
+}
+
+/// An error unless a model of this architecture can be served: a masked language model
+/// (fill-mask) or a classifier. Optical flow and autoencoding have no route; the `perceiver`
+/// tool's `flow` and `autoencode` and the library's tasks run them.
+pub fn check_architecture(architecture: perceiver::Architecture) -> Result<(), ServeError> {
+    use perceiver::Architecture;
+    let command = match architecture {
+        Architecture::OpticalFlow => "flow",
+        Architecture::MultimodalAutoencoding => "autoencode",
+        _ => return Ok(()),
+    };
+    Err(ServeError::TaskNotServed {
+        architecture: architecture.name(),
+        command,
+    })
 }
 
 /// The largest value each limit of [`ServeConfig`] may take (`perceiver serve` refuses larger
@@ -676,6 +695,33 @@ mod tests {
                 !connection_error(&Error::from_raw_os_error(resource)),
                 "{resource}"
             );
+        }
+    }
+
+    #[test]
+    fn only_fill_mask_and_classifiers_are_served() {
+        use perceiver::Architecture;
+        for architecture in Architecture::ALL {
+            let served = check_architecture(architecture).is_ok();
+            assert_eq!(
+                served,
+                architecture == Architecture::MaskedLm || architecture.is_classifier(),
+                "{architecture:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flow_model_is_refused_with_the_subcommand_that_runs_it() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/flow/tiny_flow");
+        let model = perceiver::Loader::new(dir).load().unwrap();
+        let refused = Server::bind(ServeConfig { port: 0, ..ServeConfig::new("flow") }, model).await;
+        match refused {
+            Err(e @ ServeError::TaskNotServed { .. }) => {
+                assert!(e.to_string().contains("`perceiver flow` runs it"), "{e}")
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a flow model was served"),
         }
     }
 

@@ -115,14 +115,25 @@ impl Loader {
     /// weights load: a hub id's `config.json` is fetched without its weights, a directory's is
     /// read; a DeepMind checkpoint's comes from reading the file.
     pub fn config(&self) -> Result<PerceiverConfig> {
+        match self.config_before_weights()? {
+            Some(config) => Ok(config),
+            None => Ok(self.checkpoint()?.config().clone()),
+        }
+    }
+
+    /// The model's config where it can be had without reading its weights (a directory's
+    /// `config.json`, or a hub id's, fetched alone); `None` where it comes only with them (a
+    /// DeepMind checkpoint, whose shapes make its config, and the built-in model). What a front
+    /// end checks a model's task against before it loads, or downloads, weights it cannot use.
+    pub fn config_before_weights(&self) -> Result<Option<PerceiverConfig>> {
         let path = Path::new(&self.source);
         let whole = deepmind::is_deepmind_file(path) || self.model_config.is_some();
         #[cfg(feature = "default-model")]
         let whole = whole || self.source == BUILT_IN;
         if whole {
-            return Ok(self.checkpoint()?.config().clone());
+            return Ok(None);
         }
-        PerceiverConfig::from_file(&ModelFiles::resolve_config(&self.source, &self.options)?)
+        PerceiverConfig::from_file(&ModelFiles::resolve_config(&self.source, &self.options)?).map(Some)
     }
 
     /// The checkpoint and the model's `preprocessor_config.json`, if it has one.

@@ -55,14 +55,21 @@ pub struct Autoencoder {
 }
 
 impl Autoencoder {
-    /// The task on a multimodal autoencoder; an error for a model of another architecture.
-    pub fn new(model: PerceiverModel) -> Result<Self> {
-        if model.architecture() != Architecture::MultimodalAutoencoding {
+    /// An error unless the task runs on models of this architecture: what [`new`](Self::new)
+    /// checks first, for checking a config before its weights load.
+    pub fn check_architecture(architecture: Architecture) -> Result<()> {
+        if architecture != Architecture::MultimodalAutoencoding {
             return Err(Error::InvalidInput(format!(
                 "autoencoding needs a PerceiverForMultimodalAutoencoding model, not a {}",
-                model.architecture().name()
+                architecture.name()
             )));
         }
+        Ok(())
+    }
+
+    /// The task on a multimodal autoencoder; an error for a model of another architecture.
+    pub fn new(model: PerceiverModel) -> Result<Self> {
+        Self::check_architecture(model.architecture())?;
         let spec = *model.multimodal_spec()?;
         let labels = model.config().labels(spec.num_labels)?;
         Ok(Self {

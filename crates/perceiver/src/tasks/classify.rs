@@ -2,6 +2,7 @@
 //! probabilities out, best first (what transformers' `text-classification` and
 //! `image-classification` pipelines return).
 
+use crate::config::Architecture;
 use crate::error::{Error, Result};
 use crate::image::{DecodeLimits, ImageProcessor, ImageProcessorConfig, Size};
 use crate::model::{ModelInput, PerceiverModel};
@@ -33,6 +34,20 @@ pub struct Classifier {
 }
 
 impl Classifier {
+    /// An error unless the task runs on models of this architecture (a text or image
+    /// classifier): what [`new`](Self::new) checks, for checking a config before its weights
+    /// load.
+    pub fn check_architecture(architecture: Architecture) -> Result<()> {
+        if !architecture.is_classifier() {
+            return Err(Error::InvalidInput(format!(
+                "classification needs a classifier (PerceiverForSequenceClassification or \
+                 PerceiverForImageClassification*), not a {}",
+                architecture.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// The task on a classifier; an error for a model of another architecture. An image
     /// model's images are prepared with transformers' default settings
     /// ([`ImageProcessorConfig::default`]: crop, then resize to 224 × 224), or for a model that
@@ -40,13 +55,7 @@ impl Classifier {
     /// ([`ImageProcessorConfig::for_size`]), until
     /// [`with_image_processor`](Self::with_image_processor) gives the model's own.
     pub fn new(model: PerceiverModel) -> Result<Self> {
-        if !model.architecture().is_classifier() {
-            return Err(Error::InvalidInput(format!(
-                "classification needs a classifier (PerceiverForSequenceClassification or \
-                 PerceiverForImageClassification*), not a {}",
-                model.architecture().name()
-            )));
-        }
+        Self::check_architecture(model.architecture())?;
         let labels = model.config().labels(model.num_outputs())?;
         // transformers' defaults until the model's own settings are given; their 224 × 224
         // would be refused by a model of another fixed size.

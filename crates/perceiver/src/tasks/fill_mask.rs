@@ -79,14 +79,21 @@ pub struct FillMask {
 }
 
 impl FillMask {
-    /// The task on a masked language model; an error for a model of another architecture.
-    pub fn new(model: PerceiverModel) -> Result<Self> {
-        if model.architecture() != Architecture::MaskedLm {
+    /// An error unless the task runs on models of this architecture (a masked language
+    /// model): what [`new`](Self::new) checks, for checking a config before its weights load.
+    pub fn check_architecture(architecture: Architecture) -> Result<()> {
+        if architecture != Architecture::MaskedLm {
             return Err(Error::InvalidInput(format!(
                 "fill-mask needs a PerceiverForMaskedLM, not a {}",
-                model.architecture().name()
+                architecture.name()
             )));
         }
+        Ok(())
+    }
+
+    /// The task on a masked language model; an error for a model of another architecture.
+    pub fn new(model: PerceiverModel) -> Result<Self> {
+        Self::check_architecture(model.architecture())?;
         Ok(Self {
             model,
             tokenizer: BytesTokenizer,

@@ -53,15 +53,22 @@ pub struct OpticalFlow {
 }
 
 impl OpticalFlow {
+    /// An error unless the task runs on models of this architecture: what [`new`](Self::new)
+    /// checks first, for checking a config before its weights load.
+    pub fn check_architecture(architecture: Architecture) -> Result<()> {
+        if architecture != Architecture::OpticalFlow {
+            return Err(Error::InvalidInput(format!(
+                "optical flow needs a PerceiverForOpticalFlow model, not a {}",
+                architecture.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// The task on an optical-flow model; an error for a model of another architecture, or one
     /// whose tile is too small for the Colab's 20-pixel overlap.
     pub fn new(model: PerceiverModel) -> Result<Self> {
-        if model.architecture() != Architecture::OpticalFlow {
-            return Err(Error::InvalidInput(format!(
-                "optical flow needs a PerceiverForOpticalFlow model, not a {}",
-                model.architecture().name()
-            )));
-        }
+        Self::check_architecture(model.architecture())?;
         Self {
             model,
             min_overlap: 0,
