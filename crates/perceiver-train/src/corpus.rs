@@ -31,34 +31,48 @@ pub struct Corpus {
 
 impl Corpus {
     /// Resolves files, directories (recursively; hidden entries skipped) and glob patterns.
+    /// Symbolic links are followed, but each directory is walked once and each file counted once
+    /// (by its real path), so a link back up the tree ends instead of looping.
     pub fn discover<S: AsRef<str>>(specs: &[S]) -> Result<Self> {
-        let mut files = Vec::new();
+        let mut walk = Walk::default();
         for spec in specs {
             let spec = spec.as_ref();
             let path = Path::new(spec);
             if path.is_file() {
-                files.push(path.to_path_buf());
+                walk.add_file(path.to_path_buf())?;
             } else if path.is_dir() {
-                collect_dir(path, &mut files)?;
+                walk.add_dir(path)?;
+            } else if let Ok(meta) = path.symlink_metadata() {
+                // It exists: reading a device or FIFO would never end (or block), so say what it is.
+                return Err(Error::Corpus(if meta.file_type().is_symlink() {
+                    format!("{spec}: a symbolic link to nothing (its target does not exist)")
+                } else {
+                    format!("{spec}: exists but is neither a regular file nor a directory")
+                }));
             } else if spec.contains(['*', '?', '[']) {
                 let matches =
                     glob::glob(spec).map_err(|e| Error::Corpus(format!("bad pattern {spec:?}: {e}")))?;
-                let before = files.len();
+                let before = walk.files.len();
                 for entry in matches {
                     let entry = entry.map_err(|e| Error::Corpus(e.to_string()))?;
                     if entry.is_file() {
-                        files.push(entry);
+                        walk.add_file(entry)?;
                     }
                 }
-                if files.len() == before {
+                if walk.files.len() == before {
                     return Err(Error::Corpus(format!("no file matches {spec:?}")));
                 }
             } else {
                 return Err(Error::Corpus(format!("{spec}: no such file or directory")));
             }
         }
+        let mut files = walk.files;
+        // Sorted by the name it was reached by; a file reached twice keeps its first name in
+        // this order, so the list does not depend on the order directories list their entries.
         files.sort();
-        files.dedup();
+        let mut seen = std::collections::HashSet::new();
+        files.retain(|(_, real)| seen.insert(real.clone()));
+        let files: Vec<PathBuf> = files.into_iter().map(|(path, _)| path).collect();
         if files.is_empty() {
             return Err(Error::Corpus("no files".into()));
         }
@@ -80,21 +94,63 @@ impl Corpus {
     }
 }
 
-fn collect_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(io_at(dir))?;
-    for entry in entries {
-        let entry = entry.map_err(io_at(dir))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_dir() {
-            collect_dir(&path, files)?;
-        } else if path.is_file() {
-            files.push(path);
-        }
+/// The files of a corpus as it is discovered: each with its real path (links resolved), and the
+/// real paths of the directories walked so far.
+#[derive(Default)]
+struct Walk {
+    files: Vec<(PathBuf, PathBuf)>,
+    dirs: std::collections::HashSet<PathBuf>,
+}
+
+/// Directories nested deeper than this are refused: no real corpus is that deep, and a walk
+/// that gets there is going round something the real-path check cannot see.
+const MAX_DEPTH: usize = 256;
+
+impl Walk {
+    fn add_file(&mut self, path: PathBuf) -> Result<()> {
+        let real = path.canonicalize().map_err(io_at(&path))?;
+        self.files.push((path, real));
+        Ok(())
     }
-    Ok(())
+
+    /// Every file under `root`, in name order, each directory once.
+    fn add_dir(&mut self, root: &Path) -> Result<()> {
+        // Depth first, children in name order: the first name a directory is reached by is the
+        // same on every run.
+        let mut stack = vec![(root.to_path_buf(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            let real = dir.canonicalize().map_err(io_at(&dir))?;
+            if !self.dirs.insert(real) {
+                continue; // walked already (a link to it, or a loop)
+            }
+            if depth > MAX_DEPTH {
+                return Err(Error::Corpus(format!(
+                    "{}: directories nested more than {MAX_DEPTH} deep",
+                    dir.display()
+                )));
+            }
+            let mut entries = Vec::new();
+            for entry in std::fs::read_dir(&dir).map_err(io_at(&dir))? {
+                let entry = entry.map_err(io_at(&dir))?;
+                if !entry.file_name().to_string_lossy().starts_with('.') {
+                    entries.push(entry.path());
+                }
+            }
+            entries.sort();
+            let mut subdirs = Vec::new();
+            for path in entries {
+                // Following links; anything neither a file nor a directory (a FIFO, a device, a
+                // broken link) is no text and is passed over.
+                if path.is_dir() {
+                    subdirs.push((path, depth + 1));
+                } else if path.is_file() {
+                    self.add_file(path)?;
+                }
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
 }
 
 /// Which part of a corpus a stream reads.
@@ -437,6 +493,51 @@ mod tests {
         assert_eq!(Corpus::discover(&[pattern]).unwrap().files(), &[a]);
         assert!(Corpus::discover(&[format!("{}/*.md", dir.path().display())]).is_err());
         assert!(Corpus::discover(&["/no/such/file"]).is_err());
+    }
+
+    /// Links back up the tree used to be followed forever (two of them: a walk that never ended,
+    /// its memory growing) or their files counted again and again (one).
+    #[cfg(unix)]
+    #[test]
+    fn symlink_loops_end_and_no_file_is_counted_twice() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("loop");
+        std::fs::create_dir(&root).unwrap();
+        let text = write(&root, "c.txt", "some text");
+        symlink(".", root.join("a")).unwrap();
+        symlink(".", root.join("b")).unwrap();
+        symlink("c.txt", root.join("d.txt")).unwrap();
+        // A linked folder is still part of the corpus.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let other = write(&elsewhere, "e.txt", "more text");
+        symlink(&elsewhere, root.join("linked")).unwrap();
+        let corpus = Corpus::discover(&[root.to_str().unwrap()]).unwrap();
+        assert_eq!(corpus.files(), &[text.clone(), root.join("linked/e.txt")]);
+        // Named twice, by a link and by its real path: once.
+        let both = [
+            root.to_str().unwrap(),
+            elsewhere.to_str().unwrap(),
+            other.to_str().unwrap(),
+        ];
+        assert_eq!(Corpus::discover(&both).unwrap().files().len(), 2);
+    }
+
+    /// A device or FIFO was reported as "no such file or directory".
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_named_as_such() {
+        let message = |spec: &str| Corpus::discover(&[spec]).unwrap_err().to_string();
+        assert_eq!(
+            message("/dev/zero"),
+            "corpus: /dev/zero: exists but is neither a regular file nor a directory"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let dangling = dir.path().join("gone");
+        std::os::unix::fs::symlink(dir.path().join("nothing"), &dangling).unwrap();
+        assert!(message(dangling.to_str().unwrap()).contains("a symbolic link to nothing"));
+        assert!(message("/no/such/file").contains("no such file or directory"));
     }
 
     #[test]
