@@ -49,7 +49,14 @@ fn a_model_of_another_task_is_refused_before_its_weights_load() {
     let masked_lm = masked_lm.path().to_str().unwrap();
     let image_classifier = config_only("classification/tiny_image_conv");
     let image_classifier = image_classifier.path().to_str().unwrap();
-    let image = fixtures().join("images").read_dir().unwrap().next().unwrap().unwrap().path();
+    let image = fixtures()
+        .join("images")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let image = image.to_str().unwrap();
 
     assert_refused(

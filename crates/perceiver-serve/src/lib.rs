@@ -715,7 +715,14 @@ mod tests {
     async fn a_flow_model_is_refused_with_the_subcommand_that_runs_it() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/flow/tiny_flow");
         let model = perceiver::Loader::new(dir).load().unwrap();
-        let refused = Server::bind(ServeConfig { port: 0, ..ServeConfig::new("flow") }, model).await;
+        let refused = Server::bind(
+            ServeConfig {
+                port: 0,
+                ..ServeConfig::new("flow")
+            },
+            model,
+        )
+        .await;
         match refused {
             Err(e @ ServeError::TaskNotServed { .. }) => {
                 assert!(e.to_string().contains("`perceiver flow` runs it"), "{e}")

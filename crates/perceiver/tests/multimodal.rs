@@ -558,6 +558,28 @@ fn the_task_names_what_a_file_lacks() {
     writer.finalize().unwrap();
     let err = task.audio_from_wav(&short).unwrap_err().to_string();
     assert!(err.contains("96 samples") && err.contains("has 50"), "{err}");
+    // Cut short: inside the header, and inside the samples (hound's "Failed to read enough
+    // bytes", an I/O error, was reported as the disk's).
+    let whole = std::fs::read(dir.path().join("audio.wav")).unwrap();
+    let cut = dir.path().join("cut.wav");
+    std::fs::write(&cut, &whole[..30]).unwrap();
+    let err = task.audio_from_wav(&cut).unwrap_err();
+    assert!(matches!(err, perceiver::Error::InvalidInput(_)), "{err}");
+    assert!(err.to_string().contains("ends inside its header"), "{err}");
+    std::fs::write(&cut, b"").unwrap();
+    assert!(task
+        .audio_from_wav(&cut)
+        .unwrap_err()
+        .to_string()
+        .contains("ends inside its header"));
+    write_files(&cases, dir.path(), 1200, hound::SampleFormat::Int);
+    let whole = std::fs::read(dir.path().join("audio.wav")).unwrap();
+    std::fs::write(&cut, &whole[..whole.len() - 100]).unwrap();
+    let err = task.audio_from_wav(&cut).unwrap_err().to_string();
+    assert!(
+        err.contains("the file ends after") && err.contains("(truncated)"),
+        "{err}"
+    );
     // Not a WAV file, no file.
     std::fs::write(dir.path().join("bad.wav"), b"RIFF....not a wave").unwrap();
     assert!(task.audio_from_wav(&dir.path().join("bad.wav")).is_err());
@@ -572,6 +594,22 @@ fn the_task_names_what_a_file_lacks() {
     let err = task.frames_from_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("16x16 frames") && err.contains("not 16x20"), "{err}");
     assert!(task.frames_from_dir(&dir.path().join("nowhere")).is_err());
+    // A frame whose header states far more pixels than the model's is refused from the header,
+    // not decoded first; a file that is no image, however long, from its first bytes.
+    image::RgbImage::new(1600, 1200)
+        .save(dir.path().join("f01.png"))
+        .unwrap();
+    let err = task.frames_from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("not 1200x1600"), "{err}");
+    let long = std::fs::File::create(dir.path().join("f01.png")).unwrap();
+    long.set_len(1 << 34).unwrap();
+    let err = task.frames_from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("not a JPEG, PNG"), "{err}");
+    // One image of a format not read as frames is still one image, not a bad .y4m.
+    let webp = dir.path().join("one.webp");
+    std::fs::write(&webp, b"RIFF\0\0\0\0WEBPVP8 ").unwrap();
+    let err = task.frames_from(&webp).unwrap_err().to_string();
+    assert!(err.contains("one image"), "{err}");
     // Zero chunks, more chunks than any run needs (each a decoder pass: 2⁶⁴ would never
     // end), top_k 0, another model.
     for chunks in [0, perceiver::model::MAX_CHUNKS + 1, usize::MAX] {

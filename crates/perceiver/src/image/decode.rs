@@ -34,7 +34,8 @@
 //! text chunks, GIFs without any palette (Pillow reads them as grey), 32-bit float images
 //! (refused), and ICC profiles (ignored on both sides).
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
+use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
 
@@ -59,6 +60,13 @@ impl DecodeLimits {
     /// layout read here (RGBA, 16 bits a sample) plus room for a decoder's own buffers.
     fn max_alloc(&self) -> u64 {
         self.max_pixels.saturating_mul(8).saturating_add(64 << 20)
+    }
+
+    /// The longest image file read for these limits ([`read_image_file`]): the pixels as the
+    /// largest decoded layout (16-bit RGBA), as no file of a real image outgrows its pixels by
+    /// more than its metadata, plus 64 MiB for that (EXIF, ICC profiles, text chunks).
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_alloc()
     }
 
     pub(crate) fn check(&self, width: u64, height: u64) -> Result<()> {
@@ -121,6 +129,52 @@ pub fn decode_image_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Result<R
     let rgb = to_rgb(image).map_err(|e| with_format(e, name))?;
     Ok(orient(rgb, orientation))
 }
+
+/// The bytes of the image file at `path`, read no further than an image within `limits` can
+/// need: a file that does not begin as an image is refused from its first bytes, and one longer
+/// than [`DecodeLimits::max_file_bytes`] before it is read (or, for a file whose length is not
+/// known in advance, a pipe or a device, once that much has been read). Reading a whole file
+/// first would make a huge or endless one (`/dev/zero`) the memory's problem.
+///
+/// # Errors
+/// [`Error::Io`] if the file cannot be read; [`Error::InvalidImage`] for an empty file, another
+/// kind of file, or one too long for the limits.
+pub fn read_image_file(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let max = limits.max_file_bytes();
+    let too_long = |format: Option<&'static str>| Error::InvalidImage {
+        format,
+        reason: format!(
+            "the file is longer than {max} bytes, more than any image of at most {} pixels takes",
+            limits.max_pixels
+        ),
+    };
+    let known_length = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    // The first bytes tell the format: anything else is refused before the rest is read.
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(SNIFF_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    let (_, name) = format_of(&bytes)?;
+    if known_length.is_some_and(|length| length > max) {
+        return Err(too_long(Some(name)));
+    }
+    file.take(max.saturating_add(1).saturating_sub(bytes.len() as u64))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(too_long(Some(name)));
+    }
+    Ok(bytes)
+}
+
+/// Bytes enough for [`format_of`] to tell any format it reads.
+const SNIFF_BYTES: u64 = 64;
 
 /// The width and height of what [`decode_image_with_limits`] decodes `bytes` to (before the EXIF
 /// orientation may swap them), read from the file's headers without decoding a pixel, by the
@@ -512,6 +566,49 @@ fn decode_gif(gif: GifFrame<'_>) -> Result<RgbImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_files_are_read_no_further_than_the_limits_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = DecodeLimits { max_pixels: 100 };
+        // A real image: its bytes, all of them.
+        let png = dir.path().join("small.png");
+        image::RgbImage::new(10, 10).save(&png).unwrap();
+        assert_eq!(
+            read_image_file(&png, &limits).unwrap(),
+            std::fs::read(&png).unwrap()
+        );
+        // A PNG's signature, then more than any 100-pixel image takes (a sparse file, refused
+        // from its length before it is read).
+        let long = dir.path().join("long.png");
+        std::fs::write(&long, b"\x89PNG\r\n\x1a\n").unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&long)
+            .unwrap()
+            .set_len(limits.max_file_bytes() + 1)
+            .unwrap();
+        let err = read_image_file(&long, &limits).unwrap_err().to_string();
+        assert!(err.contains("longer than"), "{err}");
+        // Not an image: refused from its first bytes, whatever follows (an endless device).
+        #[cfg(unix)]
+        {
+            let err = read_image_file(Path::new("/dev/zero"), &limits)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a JPEG, PNG"), "{err}");
+        }
+        assert!(matches!(
+            read_image_file(&dir.path().join("missing.png"), &limits),
+            Err(Error::Io { .. })
+        ));
+        let empty = dir.path().join("empty.png");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(read_image_file(&empty, &limits)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+    }
 
     #[test]
     fn orientations_match_their_definitions() {

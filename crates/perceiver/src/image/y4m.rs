@@ -73,6 +73,12 @@ fn read_line(reader: &mut impl BufRead) -> Result<Option<Vec<u8>>> {
 
 impl Y4mHeader {
     fn parse(line: &[u8], limits: &DecodeLimits) -> Result<Self> {
+        // Else the hidden \r makes the last field's error name a field that looks right.
+        if line.last() == Some(&b'\r') {
+            return Err(invalid(
+                "the header line ends with \\r\\n (a Windows line end); YUV4MPEG2 lines end with \\n alone",
+            ));
+        }
         let text = std::str::from_utf8(line).map_err(|_| invalid("the header is not text"))?;
         let mut fields = text.split(' ');
         if fields.next() != Some("YUV4MPEG2") {
@@ -320,8 +326,9 @@ mod tests {
 
     #[test]
     fn bad_streams_are_refused_by_what_is_wrong() {
-        let cases: [(Vec<u8>, &str); 10] = [
+        let cases: [(Vec<u8>, &str); 11] = [
             (Vec::new(), "empty"),
+            (b"YUV4MPEG2 W2 H2 F25:1\r\n".to_vec(), "ends with \\r\\n"),
             (b"RIFF1234\n".to_vec(), "no YUV4MPEG2 signature"),
             (b"YUV4MPEG2 W2\n".to_vec(), "no W<width> and H<height>"),
             (stream("YUV4MPEG2 W2 H2 C420p10", &[]), "C420p10 is not read"),

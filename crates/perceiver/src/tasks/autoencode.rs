@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
 use crate::image::y4m::read_y4m_with_header;
-use crate::image::{decode_image, DecodeLimits, RgbImage};
+use crate::image::{decode_image_with_limits, decoded_size, read_image_file, DecodeLimits, RgbImage};
 pub use crate::model::MAX_CHUNKS;
 use crate::model::{check_chunks, MultimodalOutput, PerceiverModel};
 use crate::preprocess::{MultimodalInput, Pixels};
@@ -31,10 +31,29 @@ pub const DEFAULT_CHUNKS: usize = 128;
 pub const FRAME_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 fn has_frame_extension(path: &Path) -> bool {
+    has_extension(path, &FRAME_EXTENSIONS)
+}
+
+/// Whether `path` ends in one of `extensions` (compared without case).
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| FRAME_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
+
+/// Whether a WAV reader's I/O error is the file ending before what its header announces:
+/// `UnexpectedEof`, or hound's own spelling of it (3.5 reports `Other`, "Failed to read enough
+/// bytes.").
+fn ended_early(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::UnexpectedEof
+        || (e.kind() == std::io::ErrorKind::Other
+            && e.get_ref()
+                .is_some_and(|inner| inner.to_string().starts_with("Failed to read enough bytes")))
+}
+
+/// Extensions of the image files that can be read, frames or not: one of them given as the
+/// video is a single image, not a malformed .y4m.
+const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// A reconstruction and the best labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,7 +179,7 @@ impl InputReader {
         if path.is_dir() {
             return self.frames_from_dir(path);
         }
-        if has_frame_extension(path) {
+        if has_extension(path, &IMAGE_EXTENSIONS) {
             return Err(Error::InvalidInput(format!(
                 "{}: one image; the model takes {} frames: give a directory of them (PNG or JPEG, in name order) or a .y4m video",
                 path.display(),
@@ -243,12 +262,24 @@ impl InputReader {
 
     /// One frame from an image file: of the model's frame size, scaled to [0, 1].
     pub fn frame_from_file(&self, path: &Path) -> Result<Pixels> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let image =
-            decode_image(&bytes).map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        let (h, w) = self.spec.frame_size();
+        let in_file = |e: Error| match e {
+            e @ Error::Io { .. } => e,
+            e => Error::InvalidInput(format!("{}: {e}", path.display())),
+        };
+        // A frame can be no larger than the model's: the file is read no further than such an
+        // image needs, and its size is checked from its header before a pixel is decoded.
+        let limits = DecodeLimits {
+            max_pixels: (h as u64).saturating_mul(w as u64),
+        };
+        let bytes = read_image_file(path, &limits).map_err(in_file)?;
+        let unlimited = DecodeLimits::default();
+        let (width, height) = decoded_size(&bytes, &unlimited).map_err(in_file)?;
+        // The header's size is before the EXIF orientation, which may swap it.
+        if (height, width) != (h as u64, w as u64) && (width, height) != (h as u64, w as u64) {
+            return Err(self.wrong_frame_size(path, height, width));
+        }
+        let image = decode_image_with_limits(&bytes, &limits).map_err(in_file)?;
         self.frame_pixels(&image, path)
     }
 
@@ -280,7 +311,12 @@ impl InputReader {
     /// integer samples scaled to [-1, 1] (16-bit ÷ 2¹⁵, as the Colab), float samples as they are
     /// (NaN or infinity is an error).
     pub fn audio_from_wav(&self, path: &Path) -> Result<Vec<f32>> {
+        // hound reports a file cut short as an I/O error; it is the file that is wrong.
         let wav_error = |e: hound::Error| match e {
+            hound::Error::IoError(source) if ended_early(&source) => Error::InvalidInput(format!(
+                "{}: the WAV file ends inside its header (truncated, or not a WAV file)",
+                path.display()
+            )),
             hound::Error::IoError(source) => Error::Io {
                 path: path.to_path_buf(),
                 source,
@@ -311,28 +347,35 @@ impl InputReader {
         let channels = spec.channels.max(1) as usize;
         // Only what the model takes is read, whatever the header claims.
         let take = wanted * channels;
-        let samples: Vec<f32> = match spec.sample_format {
-            hound::SampleFormat::Float => reader
-                .samples::<f32>()
-                .take(take)
-                .collect::<std::result::Result<_, _>>()
-                .map_err(wav_error)?,
+        let sample_error = |e: hound::Error, read: usize| match e {
+            hound::Error::IoError(source) if ended_early(&source) => Error::InvalidInput(format!(
+                "{}: the file ends after {} of the {have} samples a channel its header announces \
+                     (truncated)",
+                path.display(),
+                read / channels
+            )),
+            e => wav_error(e),
+        };
+        let mut samples = Vec::with_capacity(take);
+        match spec.sample_format {
+            hound::SampleFormat::Float => {
+                for sample in reader.samples::<f32>().take(take) {
+                    samples.push(sample.map_err(|e| sample_error(e, samples.len()))?);
+                }
+            }
             hound::SampleFormat::Int => {
                 let scale = (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f64;
-                reader
-                    .samples::<i32>()
-                    .take(take)
-                    .map(|s| s.map(|s| (s as f64 / scale) as f32))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(wav_error)?
+                for sample in reader.samples::<i32>().take(take) {
+                    let sample = sample.map_err(|e| sample_error(e, samples.len()))?;
+                    samples.push((sample as f64 / scale) as f32);
+                }
             }
-        };
+        }
         if samples.len() != take {
-            return Err(Error::InvalidInput(format!(
-                "{}: the file ends after {} of its {have} samples a channel",
-                path.display(),
-                samples.len() / channels
-            )));
+            return Err(sample_error(
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
+                samples.len(),
+            ));
         }
         let samples: Vec<f32> = samples.into_iter().step_by(channels).collect();
         // A float WAV can hold NaN or infinity, which would make every output NaN.
