@@ -178,7 +178,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
-    /// Checkpoint every N steps (and at the end, and on Ctrl-C).
+    /// Checkpoint every N steps (and at the end, and on Ctrl-C, SIGTERM or SIGHUP).
     #[arg(long, default_value_t = 500)]
     save_every: u64,
 
@@ -289,6 +289,13 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
             Trainer::resume(dir, args.steps).with_context(|| format!("cannot resume {}", dir.display()))?
         }
         None => {
+            // `> 0.0` alone took -1 and NaN for "off".
+            if !(args.clip_norm >= 0.0 && args.clip_norm.is_finite()) {
+                bail!(
+                    "--clip-norm must be 0 (off) or a positive finite norm, got {}",
+                    args.clip_norm
+                );
+            }
             let (init, model) = model_init(&args)?;
             let config = match &init {
                 ModelInit::Scratch(c) | ModelInit::Pretrained { config: c, .. } => c.clone(),
@@ -340,6 +347,8 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
         }
     };
 
+    // Ctrl-C, and (ctrlc's "termination" feature) SIGTERM and SIGHUP: what timeout, kill,
+    // systemd, docker stop and Slurm send, and a closed terminal. Each saves like a first Ctrl-C.
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -348,9 +357,12 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
                 note!("\nsecond interrupt: exiting without saving");
                 std::process::exit(130);
             }
-            note!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to abort)");
+            note!(
+                "\ninterrupted (Ctrl-C, SIGTERM or SIGHUP): saving a checkpoint after this step \
+                 (interrupt again to exit without saving)"
+            );
         })
-        .context("cannot install the Ctrl-C handler")?;
+        .context("cannot install the handler of Ctrl-C, SIGTERM and SIGHUP")?;
     }
 
     let options = trainer.options().clone();
@@ -484,7 +496,9 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
                 trainer.run_dir().display()
             );
             if stop.load(Ordering::SeqCst) {
-                std::process::exit(130); // the conventional status of a Ctrl-C'd program
+                // The conventional status of a Ctrl-C'd program, whichever signal it was: the
+                // handler is not told which.
+                std::process::exit(130);
             }
             Ok(())
         }
