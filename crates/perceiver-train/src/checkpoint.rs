@@ -191,6 +191,18 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         return Err(checkpoint_error(path, "no such directory"));
     }
     list(path)?.pop().map(|(_, dir)| dir).ok_or_else(|| {
+        let metrics = path.join(crate::metrics::METRICS_FILE);
+        if metrics.is_file() && !crate::metrics::is_empty_file(&metrics) {
+            // A run killed before its first save (SIGKILL, a crash, a power cut).
+            return checkpoint_error(
+                path,
+                format!(
+                    "the run in it saved no checkpoint (it stopped before its first save), so there \
+                     is nothing to resume: start it again (remove {} first, or choose another --out)",
+                    metrics.display()
+                ),
+            );
+        }
         checkpoint_error(
             path,
             "neither a checkpoint (no training.json) nor a run directory with one",
@@ -198,12 +210,16 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Reads a checkpoint (weights and optimizer state onto `device`).
-pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
+/// Reads a checkpoint's `training.json`.
+pub fn read_training(dir: &Path) -> Result<TrainingFile> {
     let training_path = dir.join(TRAINING_FILE);
     let text = std::fs::read_to_string(&training_path).map_err(io_at(&training_path))?;
-    let training: TrainingFile = serde_json::from_str(&text)
-        .map_err(|e| checkpoint_error(&training_path, format!("unreadable: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| checkpoint_error(&training_path, format!("unreadable: {e}")))
+}
+
+/// Reads a checkpoint (weights and optimizer state onto `device`).
+pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
+    let training = read_training(dir)?;
     let config = PerceiverConfig::from_file(&dir.join(perceiver::checkpoint::CONFIG_FILE))?;
     let read = |file: &str| -> Result<HashMap<String, Tensor>> {
         let path = dir.join(file);

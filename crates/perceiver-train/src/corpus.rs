@@ -94,6 +94,30 @@ impl Corpus {
     }
 }
 
+/// `specs` (files, directories, globs) by absolute path: existing paths with their links and
+/// `..` resolved, patterns below the current directory (escaped, so that its name matches only
+/// itself). What a run saves, so that a resume from any directory reads the same files. A path
+/// that is not valid Unicode once resolved is kept as given.
+pub fn absolute_specs(specs: &[String]) -> Result<Vec<String>> {
+    let cwd = std::env::current_dir().map_err(io_at("."))?;
+    Ok(specs
+        .iter()
+        .map(|spec| absolute_spec(spec, &cwd).unwrap_or_else(|| spec.clone()))
+        .collect())
+}
+
+fn absolute_spec(spec: &str, cwd: &Path) -> Option<String> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return path.canonicalize().ok()?.to_str().map(str::to_string);
+    }
+    if path.is_absolute() {
+        return None;
+    }
+    let dir = PathBuf::from(glob::Pattern::escape(cwd.to_str()?));
+    dir.join(spec).to_str().map(str::to_string)
+}
+
 /// The files of a corpus as it is discovered: each with its real path (links resolved), and the
 /// real paths of the directories walked so far.
 #[derive(Default)]

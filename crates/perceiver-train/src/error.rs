@@ -60,6 +60,29 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another process is training in the run directory (it holds the directory's lock file).
+    #[error(
+        "run directory {} is in use by another training process (it holds {})",
+        dir.display(),
+        dir.join(crate::trainer::LOCK_FILE).display()
+    )]
+    RunInUse {
+        /// The run directory.
+        dir: PathBuf,
+    },
+
+    /// An error that stopped a run, with what became of the steps since its last checkpoint:
+    /// saved when the state was sound (`checkpoint`), or why not.
+    #[error("{error}; {what_became}")]
+    Stopped {
+        /// What went wrong.
+        error: Box<Error>,
+        /// The checkpoint written on the way out, if one could be.
+        checkpoint: Option<PathBuf>,
+        /// What became of the run, for the message (where it is saved and how to go on).
+        what_became: String,
+    },
+
     /// The gradients stopped being finite: training diverged.
     #[error("training diverged: {0}")]
     Diverged(String),

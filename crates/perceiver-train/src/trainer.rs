@@ -3,7 +3,9 @@
 //! of text, masked) and the sequence classifier (labelled texts); only drawing a batch, its loss
 //! and the evaluation differ ([`Task`]).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -134,6 +136,41 @@ pub struct Trainer {
     metrics: MetricsLog,
     /// The updates since the last train record (saved with each checkpoint).
     pending: Window,
+    /// The step of the newest checkpoint (0: none yet): the steps after it are what an error
+    /// would lose.
+    saved_step: Cell<u64>,
+    /// An optimizer update is being applied: the weights may be part old, part new.
+    updating: bool,
+    /// The run directory's lock, held while the trainer lives (`None` where the file system has
+    /// no locks).
+    _lock: Option<File>,
+}
+
+/// The file in a run directory that a training process holds locked while it runs: a second
+/// process on the same directory would interleave its metrics and delete the other's partial
+/// checkpoints.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Locks `run_dir` for this process, or says that another holds it. Where the lock file cannot be
+/// opened or the file system has no locks, the run goes on unlocked, as before locks.
+fn lock_run_dir(run_dir: &Path) -> Result<Option<File>> {
+    let path = run_dir.join(LOCK_FILE);
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .or_else(|_| File::open(&path))
+    else {
+        return Ok(None);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::RunInUse {
+            dir: run_dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(_)) => Ok(None),
+    }
 }
 
 /// Files a run writes into its directory besides checkpoints: a directory holding any of them
@@ -168,24 +205,41 @@ pub fn mask_for_eval(windows: &[Vec<u8>], masking: &Masking, seed: u64) -> Vec<M
 
 impl Trainer {
     /// Starts a new run in `run_dir` (which must hold no checkpoint, metrics, evaluation or
-    /// curves yet). A directory it creates is removed again if the start fails.
+    /// curves yet). A directory it creates is removed again if the start fails. The corpus is
+    /// saved by absolute path, so that a resume from anywhere reads the same files.
     pub fn start(options: TrainConfig, run_dir: &Path, init: ModelInit) -> Result<Self> {
         let created = !run_dir.exists();
         std::fs::create_dir_all(run_dir).map_err(io_at(run_dir))?;
-        let started = Self::start_in(options, run_dir, init);
-        if started.is_err() && created {
-            // Only what this start wrote, and the directory only if then empty: nothing of the
-            // user's is ever deleted.
-            let metrics = run_dir.join(METRICS_FILE);
-            if crate::metrics::is_empty_file(&metrics) {
-                let _ = std::fs::remove_file(metrics);
+        let lock_path = run_dir.join(LOCK_FILE);
+        let had_lock_file = lock_path.exists();
+        let started = lock_run_dir(run_dir).and_then(|lock| Self::start_in(options, run_dir, init, lock));
+        match &started {
+            // Another process's directory: nothing here is this start's.
+            Err(Error::RunInUse { .. }) | Ok(_) => {}
+            Err(_) => {
+                // Only what this start wrote, and the directory only if then empty: nothing of
+                // the user's is ever deleted.
+                if !had_lock_file {
+                    let _ = std::fs::remove_file(&lock_path);
+                }
+                if created {
+                    let metrics = run_dir.join(METRICS_FILE);
+                    if crate::metrics::is_empty_file(&metrics) {
+                        let _ = std::fs::remove_file(metrics);
+                    }
+                    let _ = std::fs::remove_dir(run_dir);
+                }
             }
-            let _ = std::fs::remove_dir(run_dir);
         }
         started
     }
 
-    fn start_in(options: TrainConfig, run_dir: &Path, init: ModelInit) -> Result<Self> {
+    fn start_in(
+        mut options: TrainConfig,
+        run_dir: &Path,
+        init: ModelInit,
+        lock: Option<File>,
+    ) -> Result<Self> {
         if !checkpoint::list(run_dir)?.is_empty() {
             return Err(Error::Options(format!(
                 "{} already holds checkpoints: resume it with --resume, or choose another --out",
@@ -199,11 +253,23 @@ impl Trainer {
             path.exists() && !(file == METRICS_FILE && crate::metrics::is_empty_file(&path))
         };
         if let Some(file) = RUN_FILES.into_iter().find(|file| holds(file)) {
+            // No checkpoint here (checked above): a metrics.jsonl alone is a run killed before
+            // its first save, which nothing can resume; the way on is to start it again.
+            let why = match file {
+                METRICS_FILE => format!(
+                    " but no checkpoint (a run stopped before its first save, which cannot be \
+                     resumed): to start again here, remove {}; or choose another --out",
+                    run_dir.join(file).display()
+                ),
+                _ => ": choose another --out (or move it away)".to_string(),
+            };
             return Err(Error::Options(format!(
-                "{} already holds a run's {file}: choose another --out (or move it away)",
+                "{} already holds a run's {file}{why}",
                 run_dir.display()
             )));
         }
+        options.corpus = corpus::absolute_specs(&options.corpus)?;
+        options.eval_corpus = corpus::absolute_specs(&options.eval_corpus)?;
         let device = Device::Cpu;
         let varmap = VarMap::new();
         let (config, weights) = match init {
@@ -271,12 +337,17 @@ impl Trainer {
             task,
             metrics,
             Progress::default(),
+            lock,
         )
     }
 
     /// Continues the run of a checkpoint (or the newest checkpoint of a run directory), exactly
     /// where it stopped. `steps` may extend the run.
     pub fn resume(path: &Path, steps: Option<u64>) -> Result<Self> {
+        // A run directory named as such is locked before anything is read from it, so that a
+        // second process is told it is in use whatever state the first has got it to.
+        let named_run_dir = path.is_dir() && !path.join(checkpoint::TRAINING_FILE).is_file();
+        let early_lock = named_run_dir.then(|| lock_run_dir(path)).transpose()?;
         let mut dir = checkpoint::resolve(path)?;
         if dir.file_name().is_none() {
             // `.` or `..`: their parent is not the run directory; the real names tell it.
@@ -287,6 +358,30 @@ impl Trainer {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        // A checkpoint named by itself saves its run into the directory that holds it: one that
+        // is no run's (a copy made elsewhere) would get step directories, metrics and curves
+        // strewn into it. Refused before the lock, which would be a file strewn there too.
+        if !named_run_dir && !run_dir.join(METRICS_FILE).is_file() {
+            let name = match checkpoint::read_training(&dir) {
+                Ok(training) => checkpoint::step_dir_name(training.progress.step),
+                Err(_) => "step-NNNNNN".to_string(),
+            };
+            return Err(Error::Checkpoint {
+                path: dir.clone(),
+                reason: format!(
+                    "not inside a run directory ({} holds no {METRICS_FILE}), and a resume saves \
+                     next to the checkpoint: give it a run directory of its own: mkdir NEW && cp -r \
+                     {} NEW/{name} && perceiver train --resume NEW",
+                    run_dir.display(),
+                    dir.display(),
+                ),
+            });
+        }
+        // Before anything is read or written: another process may be saving here.
+        let lock = match early_lock {
+            Some(lock) => lock,
+            None => lock_run_dir(&run_dir)?,
+        };
         let device = Device::Cpu;
         let saved = checkpoint::load(&dir, &device)?;
         let training_path = dir.join(checkpoint::TRAINING_FILE);
@@ -334,9 +429,12 @@ impl Trainer {
                 return Err(Error::Checkpoint {
                     path: dir.clone(),
                     reason: format!(
-                        "not the newest checkpoint of {} (step {newest} is): to continue from it, \
-                         copy it into a new directory and resume that",
-                        run_dir.display()
+                        "not the newest checkpoint of {} (step {newest} is): to continue from it in \
+                         a new run directory (its metrics up to that step kept), copy both there: \
+                         mkdir NEW && cp -r {} {} NEW/ && perceiver train --resume NEW",
+                        run_dir.display(),
+                        dir.display(),
+                        run_dir.join(METRICS_FILE).display(),
                     ),
                 });
             }
@@ -371,18 +469,42 @@ impl Trainer {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let task = match options.task {
-            Task::MaskedLm => masked_lm_task(&options, PerceiverForMaskedLM::new(&saved.config, vb)?)?,
+            Task::MaskedLm => masked_lm_task(&options, PerceiverForMaskedLM::new(&saved.config, vb)?),
             Task::Classify => {
                 let model = PerceiverForSequenceClassification::new(&saved.config, vb)?;
-                let data = ClassifierData::load(&options, Some(config_labels(&saved.config)?))?;
-                let stream = ExampleStream::new(data.train.len(), options.seed);
-                TaskState::Classify { model, data, stream }
+                ClassifierData::load(&options, Some(config_labels(&saved.config)?)).map(|data| {
+                    let stream = ExampleStream::new(data.train.len(), options.seed);
+                    TaskState::Classify { model, data, stream }
+                })
             }
         };
+        // Older versions saved the corpus as given: relative to where the run was started.
+        let relative = options
+            .corpus
+            .iter()
+            .chain(&options.eval_corpus)
+            .any(|spec| Path::new(spec).is_relative());
+        let task = task.map_err(|e| match e {
+            Error::Corpus(what) if relative => Error::Corpus(format!(
+                "{what} (the run names its corpus relative to the directory it was started in: \
+                 resume it from there)"
+            )),
+            other => other,
+        })?;
         set_weights(&varmap, &saved.weights)?;
         let metrics = MetricsLog::resume(&run_dir.join(METRICS_FILE), progress.step)?;
-        let mut trainer = Self::assemble(options, &run_dir, saved.config, varmap, task, metrics, progress)?;
+        let mut trainer = Self::assemble(
+            options,
+            &run_dir,
+            saved.config,
+            varmap,
+            task,
+            metrics,
+            progress,
+            lock,
+        )?;
         trainer.pending = pending;
+        trainer.saved_step.set(progress.step);
         trainer.optimizer.load_state(&saved.optimizer, progress.step)?;
         match &mut trainer.task {
             TaskState::MaskedLm { stream, .. } => stream.skip(progress.windows)?,
@@ -391,6 +513,8 @@ impl Trainer {
         Ok(trainer)
     }
 
+    // The parts of a trainer, from a start or a resume.
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         options: TrainConfig,
         run_dir: &Path,
@@ -399,6 +523,7 @@ impl Trainer {
         task: TaskState,
         metrics: MetricsLog,
         progress: Progress,
+        lock: Option<File>,
     ) -> Result<Self> {
         options.validate(&config)?;
         let optimizer = AdamW::new(&varmap, &config, options.optimizer)?;
@@ -412,6 +537,9 @@ impl Trainer {
             progress,
             metrics,
             pending: Window::default(),
+            saved_step: Cell::new(0),
+            updating: false,
+            _lock: lock,
         })
     }
 
@@ -508,7 +636,10 @@ impl Trainer {
                 self.progress.step + 1
             )));
         }
+        // An error inside leaves the weights part updated: nothing of it may be saved.
+        self.updating = true;
         self.optimizer.step(&grads, lr)?;
+        self.updating = false;
         let seconds = started.elapsed().as_secs_f64();
         self.progress.step += 1;
         self.progress.windows = self.task.consumed();
@@ -596,13 +727,26 @@ impl Trainer {
             &self.optimizer.state(),
             &training,
         )?;
+        self.saved_step.set(self.progress.step);
         checkpoint::prune(&self.run_dir, self.options.keep_checkpoints)?;
         Ok(dir)
     }
 
     /// Trains until `options.steps`, until `stop` is raised, or until step `stop_at` (a session's
     /// share of a longer run: the schedule still spans `options.steps`); the last state is saved.
+    /// An error after steps not yet saved saves them first, when the weights are those of the
+    /// last complete step ([`Error::Stopped`] says where, or why not).
     pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        stop_at: Option<u64>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Outcome> {
+        self.run_steps(stop, stop_at, on_event)
+            .map_err(|error| self.save_after(error, on_event))
+    }
+
+    fn run_steps(
         &mut self,
         stop: &AtomicBool,
         stop_at: Option<u64>,
@@ -652,6 +796,74 @@ impl Trainer {
 }
 
 impl Trainer {
+    /// `error` stopped the run: the steps since the last checkpoint are saved first if the state
+    /// is sound (the weights of the last complete step, and a metrics file that holds every
+    /// record due), so that the run can be resumed once the cause is fixed.
+    fn save_after(&mut self, error: Error, on_event: &mut dyn FnMut(Event)) -> Error {
+        let step = self.progress.step;
+        let saved_step = self.saved_step.get();
+        // A diverged run saved what it could already; with nothing new there is nothing to save.
+        if matches!(error, Error::Diverged(_)) || step == saved_step {
+            return error;
+        }
+        let run_dir = self.run_dir.display().to_string();
+        match self.save_sound_state() {
+            Ok(dir) => {
+                on_event(Event::Saved(&dir));
+                let what_became = format!(
+                    "the run is saved at step {step} ({}): once that is fixed, continue with: perceiver \
+                     train --resume {run_dir}",
+                    dir.display()
+                );
+                Error::Stopped {
+                    error: Box::new(error),
+                    checkpoint: Some(dir),
+                    what_became,
+                }
+            }
+            Err(why) => {
+                let newest = match saved_step {
+                    0 => "no checkpoint was saved, so the run must start again".to_string(),
+                    s => format!(
+                        "the newest checkpoint is step {s}: continue from it with: perceiver train \
+                         --resume {run_dir}"
+                    ),
+                };
+                Error::Stopped {
+                    error: Box::new(error),
+                    checkpoint: None,
+                    what_became: format!(
+                        "steps {}..={step} are not saved ({why}); {newest}",
+                        saved_step + 1
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Saves the last complete step after an error, or says why it cannot.
+    fn save_sound_state(&mut self) -> Result<PathBuf, String> {
+        let step = self.progress.step;
+        if self.updating {
+            return Err(format!("the update of step {} stopped partway", step + 1));
+        }
+        // A record due at this step but not written (its append failed) goes first: a resume
+        // would not write it, and refuses a window that spans more than one interval.
+        let due = |n: u64| n > 0 && step.is_multiple_of(n);
+        if !self.pending.is_empty()
+            && self.pending.last_step == step
+            && (due(self.options.log_every) || step == self.options.steps)
+        {
+            self.metrics
+                .append(&self.pending.record())
+                .map_err(|e| format!("the metrics cannot be written: {e}"))?;
+            self.pending = Window::default();
+        }
+        // The curves reach the last step; a resume replaces this record. Not needed to resume.
+        let _ = self.log_partial();
+        self.save().map_err(|e| format!("saving them failed too: {e}"))
+    }
+
     /// Logs the updates since the last train record as a partial record (a resume replaces it).
     fn log_partial(&mut self) -> Result<()> {
         if self.pending.is_empty() {

@@ -355,6 +355,7 @@ fn a_resumed_classifier_run_equals_an_uninterrupted_one() {
             .run(&AtomicBool::new(false), stop_at, &mut |_| {})
             .unwrap();
         if stop_at.is_some() {
+            drop(trainer); // and with it the run directory's lock
             trainer = Trainer::resume(run, None).unwrap();
             assert_eq!(trainer.progress().step, 3);
             trainer.run(&AtomicBool::new(false), None, &mut |_| {}).unwrap();
