@@ -823,7 +823,10 @@ impl Trainer {
             }
             Err(why) => {
                 let newest = match saved_step {
-                    0 => "no checkpoint was saved, so the run must start again".to_string(),
+                    0 => format!(
+                        "no checkpoint was saved, so the run must start again (remove {} first)",
+                        self.run_dir.join(METRICS_FILE).display()
+                    ),
                     s => format!(
                         "the newest checkpoint is step {s}: continue from it with: perceiver train \
                          --resume {run_dir}"
