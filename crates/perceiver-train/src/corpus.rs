@@ -5,7 +5,8 @@
 //! windows of at most `seq_len` bytes that end on a UTF-8 character boundary.
 //!
 //! A held-out split (`eval_fraction`) assigns whole blocks to evaluation by a hash of the seed,
-//! the file's path and the block's index: the same blocks on every run, never seen in training.
+//! the file's path (absolute, as a run saves its corpus) and the block's index: the same blocks on
+//! every run of a corpus where it lies, never seen in training.
 //! Training windows are shuffled through a buffer; from the second epoch on each block starts at
 //! a random offset, so the windows differ between epochs. Everything is a function of the seed.
 
