@@ -181,7 +181,13 @@ fn prepare_images(classifier: &Classifier, paths: &[PathBuf]) -> Result<Vec<Pixe
     paths
         .par_iter()
         .map(|path| {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes = perceiver::image::read_image_file(path, &classifier.decode_limits()).map_err(
+                |e| match e {
+                    // It names the file already.
+                    e @ perceiver::Error::Io { .. } => anyhow::Error::from(e),
+                    e => image_error(e).context(path.display().to_string()),
+                },
+            )?;
             classifier
                 .prepare_image(&bytes)
                 .map_err(image_error)
