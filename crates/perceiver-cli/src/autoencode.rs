@@ -53,20 +53,24 @@ pub struct AutoencodeArgs {
 
 pub fn run(args: AutoencodeArgs) -> Result<()> {
     check_out(&args)?;
-    // Every input is read and checked against the model's config before its weights load (the
-    // released model's are some 800 MB to download).
-    let config = args.model.config()?;
-    let architecture = Architecture::of(&config)?;
-    if architecture != Architecture::MultimodalAutoencoding {
-        bail!(
-            "autoencoding needs a PerceiverForMultimodalAutoencoding model, not a {}",
-            architecture.name()
-        );
-    }
+    // Every input is read and checked against the model's config before its weights load
+    // where the config comes alone (the released model's weights are some 800 MB to download);
+    // a DeepMind checkpoint's config is read with its weights, so the model loads first.
+    let (config, loaded) = match args.model.config_before_weights()? {
+        Some(config) => (config, None),
+        None => {
+            let model = args.model.load_engine(args.engine.precision)?;
+            (model.config().clone(), Some(model))
+        }
+    };
+    Autoencoder::check_architecture(Architecture::of(&config)?)?;
     let reader = InputReader::new(config.multimodal()?);
     let frames = reader.frames_from(&args.frames)?;
     let audio = reader.audio_from_wav(&args.audio)?;
-    let model = args.model.load_engine(args.engine.precision)?;
+    let model = match loaded {
+        Some(model) => model,
+        None => args.model.load_engine(args.engine.precision)?,
+    };
     let task = Autoencoder::new(model)?.with_chunks(args.chunks as usize)?;
     let output = task.autoencode(frames, audio, args.top_k as usize)?;
 

@@ -109,6 +109,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
             second.width()
         );
     }
+    args.model.check_task(OpticalFlow::check_architecture)?;
     let model = args.model.load_engine(args.engine.precision)?;
     let task = OpticalFlow::new(model)?;
     // Checked before the model runs: a frame smaller than the tile is refused here.
