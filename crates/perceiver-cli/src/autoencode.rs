@@ -9,7 +9,7 @@ use perceiver::tasks::autoencode::{Autoencoder, InputReader, DEFAULT_CHUNKS, MAX
 use perceiver::{Architecture, LabelScore};
 
 use crate::model::{EngineArgs, ModelArgs};
-use crate::outputs::{self, resolved};
+use crate::outputs::{self, resolved, MadeDirs};
 
 #[derive(Args)]
 #[command(
@@ -52,7 +52,7 @@ pub struct AutoencodeArgs {
 }
 
 pub fn run(args: AutoencodeArgs) -> Result<()> {
-    check_out(&args)?;
+    let made = check_out(&args)?;
     // Every input is read and checked against the model's config before its weights load
     // where the config comes alone (the released model's weights are some 800 MB to download);
     // a DeepMind checkpoint's config is read with its weights, so the model loads first.
@@ -67,6 +67,13 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
     let reader = InputReader::new(config.multimodal()?);
     let frames = reader.frames_from(&args.frames)?;
     let audio = reader.audio_from_wav(&args.audio)?;
+    let frames_dir = args.out.join("frames");
+    // Their number known (the model's), the frame files are checked as the other outputs were.
+    let frame_files: Vec<PathBuf> = (0..frames.len())
+        .map(|t| frames_dir.join(format!("frame_{t:03}.png")))
+        .collect();
+    let frame_outputs: Vec<(&str, &Path)> = frame_files.iter().map(|p| ("--out", p.as_path())).collect();
+    outputs::check_files(&[&args.frames, &args.audio], &frame_outputs)?;
     let model = match loaded {
         Some(model) => model,
         None => args.model.load_engine(args.engine.precision)?,
@@ -74,13 +81,44 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
     let task = Autoencoder::new(model)?.with_chunks(args.chunks as usize)?;
     let output = task.autoencode(frames, audio, args.top_k as usize)?;
 
-    let frame_paths = task.write_frames(&output.reconstruction, &args.out.join("frames"))?;
+    let mut staged = outputs::Staged::default();
+    // The library writes the frames into a directory: a new one beside them, whose files are
+    // then staged as the other outputs are, and which goes when it is dropped.
+    let written = tempfile::Builder::new()
+        .prefix(".frames.")
+        .tempdir_in(&frames_dir)
+        .with_context(|| format!("cannot write into {}", frames_dir.display()))?;
+    let mut frame_paths = Vec::new();
+    let files = task
+        .write_frames(&output.reconstruction, written.path())
+        .map_err(|e| match e {
+            // Named by its place, not by the directory it is first written in.
+            perceiver::Error::Write { path, source } => perceiver::Error::Write {
+                path: frames_dir.join(path.file_name().unwrap_or_default()),
+                source,
+            },
+            other => other,
+        })?;
+    for file in files {
+        let path = frames_dir.join(file.file_name().unwrap_or_default());
+        staged.write(&path, |to| {
+            // Copied where a link takes the frame's place to another file system.
+            std::fs::rename(&file, to)
+                .or_else(|_| std::fs::copy(&file, to).map(drop))
+                .with_context(|| format!("cannot write {}", path.display()))
+        })?;
+        frame_paths.push(path);
+    }
     let wav = args.out.join("audio.wav");
-    task.write_wav(&output.reconstruction, &wav)?;
+    staged.write(&wav, |to| Ok(task.write_wav(&output.reconstruction, to)?))?;
     let labels_path = args.out.join("labels.json");
     let labels = serde_json::to_string(&output.labels)?;
-    std::fs::write(&labels_path, format!("{labels}\n"))
-        .with_context(|| format!("cannot write {}", labels_path.display()))?;
+    staged.write(&labels_path, |to| {
+        std::fs::write(to, format!("{labels}\n"))
+            .with_context(|| format!("cannot write {}", labels_path.display()))
+    })?;
+    staged.finish()?;
+    made.keep();
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -122,22 +160,11 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
 
 /// Refuses, before anything is read or loaded, an `--out` that could not be written or would
 /// write over the inputs: the reconstruction's frames written into the input frames directory
-/// would be read as frames by the next run.
-fn check_out(args: &AutoencodeArgs) -> Result<()> {
+/// would be read as frames by the next run. `--out` and its `frames/` are made (and removed
+/// again if the run fails) and a file is created in each, so that one that cannot be written
+/// is found now.
+fn check_out(args: &AutoencodeArgs) -> Result<MadeDirs> {
     let out = &args.out;
-    if out.exists() && !out.is_dir() {
-        bail!("--out {} is a file; give a directory", out.display());
-    }
-    // It is created if missing: the nearest part of it that exists must be a directory.
-    if let Some(existing) = out.ancestors().skip(1).find(|a| a.exists()) {
-        if !existing.is_dir() {
-            bail!(
-                "cannot create --out {}: {} is not a directory",
-                out.display(),
-                existing.display()
-            );
-        }
-    }
     let frames_dir = out.join("frames");
     let inputs = resolved(&args.frames);
     if inputs == resolved(out) || inputs == resolved(&frames_dir) {
@@ -147,21 +174,16 @@ fn check_out(args: &AutoencodeArgs) -> Result<()> {
             args.frames.display()
         );
     }
-    if frames_dir.exists() && !frames_dir.is_dir() {
-        bail!(
-            "cannot write the frames into {}: it is not a directory",
-            frames_dir.display()
-        );
-    }
+    let mut made = MadeDirs::default();
+    outputs::make_dir("--out", out, &mut made)?;
+    outputs::make_dir("--out", &frames_dir, &mut made)?;
     // An existing --out may hold an input (a run on an earlier run's audio.wav).
-    if out.is_dir() {
-        outputs::check_files(
-            &[&args.frames, &args.audio],
-            &[
-                ("--out", &out.join("audio.wav")),
-                ("--out", &out.join("labels.json")),
-            ],
-        )?;
-    }
-    Ok(())
+    outputs::check_files(
+        &[&args.frames, &args.audio],
+        &[
+            ("--out", &out.join("audio.wav")),
+            ("--out", &out.join("labels.json")),
+        ],
+    )?;
+    Ok(made)
 }

@@ -116,15 +116,17 @@ pub fn run(args: FlowArgs) -> Result<()> {
     task.grid(first.height(), first.width())?;
     let output = task.flow_images(&first, &second)?;
 
+    let mut staged = outputs::Staged::default();
     if let Some(path) = &args.out {
-        write_flow_png(&output.field, args.max_flow, path)?;
+        staged.write(path, |to| Ok(write_flow_png(&output.field, args.max_flow, to)?))?;
     }
     if let Some(path) = &args.flo {
-        save_flo(&output.field, path)?;
+        staged.write(path, |to| Ok(save_flo(&output.field, to)?))?;
     }
     if let Some(path) = &args.legend {
-        color_wheel(LEGEND_SIZE)?.save_png(path)?;
+        staged.write(path, |to| Ok(color_wheel(LEGEND_SIZE)?.save_png(to)?))?;
     }
+    staged.finish()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
