@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::flow::{color_wheel, save_flo, write_flow_png};
+use perceiver::flow::{color_wheel, save_flo, write_flow_png, MAX_PIXELS};
 use perceiver::image::{decode_image_with_limits, DecodeLimits, RgbImage};
 use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 
@@ -54,10 +54,20 @@ pub struct FlowArgs {
 
     /// Largest frame, in pixels (width × height, read from the file's header before decoding);
     /// larger ones are an error. A frame costs some 40 bytes a pixel and one model pass per
-    /// tile. Default: Pillow's limit, as transformers.
-    #[arg(long, default_value_t = DecodeLimits::PIL_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=DecodeLimits::PIL_MAX_PIXELS))]
+    /// tile. Default and most: 134,217,728 (2^27), the most a flow field holds (below Pillow's
+    /// limit of 178,956,970, which transformers keeps).
+    #[arg(long, default_value_t = MAX_FRAME_PIXELS, value_parser = clap::value_parser!(u64).range(1..=MAX_FRAME_PIXELS))]
     max_image_pixels: u64,
 }
+
+/// The largest frame `--max-image-pixels` allows: the smaller of Pillow's limit and the flow
+/// field's ([`perceiver::flow::MAX_PIXELS`]); a frame between the two would be refused only after
+/// the model loaded.
+const MAX_FRAME_PIXELS: u64 = if (MAX_PIXELS as u64) < DecodeLimits::PIL_MAX_PIXELS {
+    MAX_PIXELS as u64
+} else {
+    DecodeLimits::PIL_MAX_PIXELS
+};
 
 /// Side of the colour key picture.
 const LEGEND_SIZE: usize = 256;
@@ -175,4 +185,15 @@ fn summary(output: &FlowOutput) -> serde_json::Value {
         "tile": {"height": th, "width": tw},
         "tiles": output.tiles,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_limit_is_the_flow_fields() {
+        // The flag's help and docs/CLI.md give this number.
+        assert_eq!(MAX_FRAME_PIXELS, 134_217_728);
+    }
 }

@@ -244,3 +244,70 @@ fn bad_inputs_end_in_one_line() {
         "cannot write /nonexistent/dir/f.flo",
     );
 }
+
+/// A PNG file of a `width` x `height` RGB image that stops after its header and a few bytes of
+/// pixel data: enough for its size to be read, never enough to decode.
+fn header_only_png(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= byte as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    for (kind, data) in [
+        (&b"IHDR"[..], &ihdr[..]),
+        (b"IDAT", &[0x78, 0x9c, 0, 0]),
+        (b"IEND", &[]),
+    ] {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = png.len();
+        png.extend_from_slice(kind);
+        png.extend_from_slice(data);
+        let crc = crc32(&png[start..]);
+        png.extend_from_slice(&crc.to_be_bytes());
+    }
+    png
+}
+
+#[test]
+fn frames_larger_than_a_flow_field_are_refused_from_their_header() {
+    let model = model();
+    let (a, b) = (frame("tiny_flow-exact-1.png"), frame("tiny_flow-exact-2.png"));
+    // --max-image-pixels stops at the 2^27 pixels a flow field holds, below Pillow's limit.
+    let out = perceiver(&[
+        "flow",
+        "--model",
+        &model,
+        &a,
+        &b,
+        "--json",
+        "--max-image-pixels",
+        "134217729",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    common::fails_with(&out, "134217729 is not in 1..=134217728");
+    // 12,000 x 12,000 is 144 million pixels, between the two: refused by default before
+    // anything is decoded (it could not be: the file holds no pixels), not after the model
+    // loaded.
+    let dir = tempfile::tempdir().unwrap();
+    let large = dir.path().join("large.png");
+    std::fs::write(&large, header_only_png(12_000, 12_000)).unwrap();
+    let large = path(&large);
+    common::fails_with(
+        &perceiver(&["flow", "--model", &model, &large, &large, "--json"]),
+        "more than the limit of 134217728 pixels (--max-image-pixels)",
+    );
+}
