@@ -1,7 +1,7 @@
 //! `perceiver classify`.
 
 use std::ffi::OsString;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -93,7 +93,7 @@ impl Inputs {
 pub fn run(args: ClassifyArgs) -> Result<()> {
     // Each input with where it came from, for error messages (a text may be long).
     let lines: Vec<(String, OsString)> = match &args.input {
-        Some(path) => read_lines(path)?
+        Some(path) => crate::inputs::read_lines(path)?
             .into_iter()
             .enumerate()
             .map(|(i, line)| (format!("{} line {}", path.display(), i + 1), line.into()))
@@ -222,26 +222,6 @@ fn image_paths(path: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
-}
-
-fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let content = if path.as_os_str() == "-" {
-        let mut buffer = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buffer)
-            .context("cannot read standard input")?;
-        buffer
-    } else {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-    };
-    let content = String::from_utf8(content).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    Ok(content.lines().map(str::to_string).collect())
 }
 
 /// One JSON line: the pipeline's list, each entry also naming the input.

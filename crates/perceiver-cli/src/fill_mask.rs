@@ -1,6 +1,6 @@
 //! `perceiver fill-mask`.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -74,29 +74,11 @@ fn parse_range(s: &str) -> Result<Range<usize>, String> {
 pub fn run(args: FillMaskArgs) -> Result<()> {
     let texts: Vec<(String, String)> = match (&args.text, &args.input) {
         (Some(text), _) => vec![(String::new(), text.clone())],
-        (None, Some(path)) => {
-            let content = if path.as_os_str() == "-" {
-                let mut buffer = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut buffer)
-                    .context("cannot read standard input")?;
-                buffer
-            } else {
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-            };
-            let content = String::from_utf8(content).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is not UTF-8 text (invalid byte at offset {})",
-                    path.display(),
-                    e.utf8_error().valid_up_to()
-                )
-            })?;
-            content
-                .lines()
-                .enumerate()
-                .map(|(i, line)| (format!("{} line {}", path.display(), i + 1), line.to_string()))
-                .collect()
-        }
+        (None, Some(path)) => crate::inputs::read_lines(path)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, line)| (format!("{} line {}", path.display(), i + 1), line))
+            .collect(),
         (None, None) => bail!("give a text or --input FILE"),
     };
     if texts.is_empty() {

@@ -29,6 +29,7 @@ mod classify;
 mod convert;
 mod fill_mask;
 mod flow;
+mod inputs;
 mod model;
 mod outputs;
 mod serve;
