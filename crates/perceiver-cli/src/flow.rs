@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::flow::{color_wheel, save_flo, write_flow_png, MAX_PIXELS};
-use perceiver::image::{decode_image_with_limits, DecodeLimits, RgbImage};
+use perceiver::image::{decode_image_with_limits, decoded_size, read_image_file, DecodeLimits, RgbImage};
 use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 
 use crate::model::{image_error, EngineArgs, ModelArgs};
@@ -106,8 +106,28 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let limits = DecodeLimits {
         max_pixels: args.max_image_pixels,
     };
-    let first = read_frame(&args.frame1, &limits)?;
-    let second = read_frame(&args.frame2, &limits)?;
+    let first_file = read_frame_file(&args.frame1, &limits)?;
+    let second_file = read_frame_file(&args.frame2, &limits)?;
+    // Sizes from the headers first, so that a second frame of another size is refused before
+    // it is decoded (the EXIF orientation, applied when decoding, may swap a side pair).
+    let size = |bytes: &[u8], path: &Path| {
+        decoded_size(bytes, &limits)
+            .map_err(image_error)
+            .with_context(|| format!("frame {}", path.display()))
+    };
+    let (w1, h1) = size(&first_file, &args.frame1)?;
+    let (w2, h2) = size(&second_file, &args.frame2)?;
+    if (w1, h1) != (w2, h2) && (w1, h1) != (h2, w2) {
+        bail!(
+            "the frames differ in size: {} is {h1}x{w1}, {} is {h2}x{w2} (height x width)",
+            args.frame1.display(),
+            args.frame2.display(),
+        );
+    }
+    let first = decode_frame(&first_file, &args.frame1, &limits)?;
+    drop(first_file);
+    let second = decode_frame(&second_file, &args.frame2, &limits)?;
+    drop(second_file);
     if (first.height(), first.width()) != (second.height(), second.width()) {
         bail!(
             "the frames differ in size: {} is {}x{}, {} is {}x{} (height x width)",
@@ -167,9 +187,17 @@ pub fn run(args: FlowArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_frame(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_image_with_limits(&bytes, limits)
+/// A frame's file, read no further than an image within `limits` needs.
+fn read_frame_file(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
+    read_image_file(path, limits).map_err(|e| match e {
+        // It names the file already.
+        e @ perceiver::Error::Io { .. } => e.into(),
+        e => image_error(e).context(format!("frame {}", path.display())),
+    })
+}
+
+fn decode_frame(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
+    decode_image_with_limits(bytes, limits)
         .map_err(image_error)
         .with_context(|| format!("frame {}", path.display()))
 }
