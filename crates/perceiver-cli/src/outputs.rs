@@ -52,6 +52,9 @@ enum Target {
 }
 
 fn target(path: &Path) -> Result<Target> {
+    if is_process_stream(path) {
+        return Ok(Target::Special);
+    }
     match fs::metadata(path) {
         Ok(meta) if meta.is_dir() => Ok(Target::Directory),
         Ok(meta) if meta.is_file() => Ok(Target::File {
@@ -65,6 +68,13 @@ fn target(path: &Path) -> Result<Target> {
         }),
         Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
     }
+}
+
+/// Whether `path` names one of the process's own streams or descriptors (`/dev/stdout`,
+/// `/dev/fd/3`, `/proc/self/fd/1`): written in place even when it is a regular file (standard
+/// output redirected to one), which replacing would take from under the process's other output.
+fn is_process_stream(path: &Path) -> bool {
+    cfg!(unix) && (path.starts_with("/dev") || path.starts_with("/proc"))
 }
 
 /// Where a chain of symbolic links that leads to nothing ends: the path that writing through
@@ -152,13 +162,15 @@ pub fn check_files(inputs: &[&Path], outputs: &[(&str, &Path)]) -> Result<()> {
         let cannot = || format!("cannot write {} ({flag})", path.display());
         if exists {
             // Opened, not truncated: a read-only file is refused, as writing it in place would be,
-            // rather than replaced.
+            // rather than replaced. One in a directory that takes no new file is written in place
+            // (Staged::write), so the directory is not probed.
             OpenOptions::new()
                 .write(true)
                 .open(&target)
                 .with_context(cannot)?;
+        } else {
+            probe_dir(dir).with_context(|| format!("{}: its directory takes no new file", cannot()))?;
         }
-        probe_dir(dir).with_context(cannot)?;
         earlier.push((flag, real, identity));
     }
     Ok(())
@@ -210,10 +222,13 @@ impl Staged {
         // What File::create gives a new file (0o666 less the umask), not a temporary's 0o600.
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let staged = builder
-            .tempfile_in(directory_of(&target))
-            .with_context(cannot)?
-            .into_temp_path();
+        let staged = match builder.tempfile_in(directory_of(&target)) {
+            Ok(file) => file.into_temp_path(),
+            // A writable file in a directory that takes no new file: written in place, as
+            // before outputs were staged.
+            Err(e) if exists && e.kind() == ErrorKind::PermissionDenied => return write(&target),
+            Err(e) => return Err(e).with_context(cannot),
+        };
         write(&staged).map_err(|e| named(e, path))?;
         if exists {
             // A file replaced keeps its permissions, as one written in place does (set after the
@@ -225,13 +240,25 @@ impl Staged {
         Ok(())
     }
 
-    /// Moves every written file into its place.
+    /// Moves every written file into its place; one that cannot be replaced by another file
+    /// (another user's file in a sticky directory such as /tmp) is overwritten in place.
     pub fn finish(self) -> Result<()> {
         for (staged, target, path) in self.files {
-            staged
-                .persist(&target)
-                .map_err(|e| e.error)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            let cannot = || format!("cannot write {}", path.display());
+            if let Err(e) = staged.persist(&target) {
+                if !matches!(e.error.kind(), ErrorKind::PermissionDenied) {
+                    return Err(e.error).with_context(cannot);
+                }
+                // Opened without O_CREAT, which Linux's protected_regular refuses there; the
+                // staged file goes on drop.
+                let mut to = OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&target)
+                    .with_context(cannot)?;
+                let mut from = fs::File::open(&e.path).with_context(cannot)?;
+                io::copy(&mut from, &mut to).with_context(cannot)?;
+            }
         }
         Ok(())
     }
@@ -258,13 +285,22 @@ pub struct MadeDirs(Vec<PathBuf>);
 impl MadeDirs {
     /// Makes `dir` and its missing parents, remembering those it made.
     pub fn make(&mut self, dir: &Path) -> io::Result<()> {
+        // Without `.` components: `out/.` cannot be made in one step when `out` is missing.
+        let dir: PathBuf = dir
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
         let missing: Vec<&Path> = dir
             .ancestors()
             .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
             .collect();
         for dir in missing.into_iter().rev() {
-            fs::create_dir(dir)?;
-            self.0.push(dir.to_path_buf());
+            match fs::create_dir(dir) {
+                Ok(()) => self.0.push(dir.to_path_buf()),
+                // `made/..`: there once its parent is made.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -327,6 +363,32 @@ pub fn make_dir(flag: &str, path: &Path, made: &mut MadeDirs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `out/.` and `missing/../out` are made as `mkdir -p` makes them (the first failed with
+    /// "No such file", the second with "File exists"), and removed again unless kept.
+    #[test]
+    fn directories_with_dot_components_are_made() {
+        let dir = tempfile::tempdir().unwrap();
+        for (spelled, made) in [("a/.", "a"), ("b/missing/../c", "b/c"), ("./d/./e", "d/e")] {
+            let path = dir.path().join(spelled);
+            let mut dirs = MadeDirs::default();
+            dirs.make(&path).unwrap_or_else(|e| panic!("{spelled}: {e}"));
+            assert!(dir.path().join(made).is_dir(), "{spelled}");
+            drop(dirs);
+            assert!(!dir.path().join(made).exists(), "{spelled}: not removed");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_process_streams_are_written_in_place() {
+        for path in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "/dev/null"] {
+            assert!(
+                matches!(target(Path::new(path)).unwrap(), Target::Special),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn spellings_of_one_file_are_one_file() {
