@@ -258,6 +258,10 @@ const MAX_SEQ_LEN: u64 = perceiver::config::bounds::MAX_POSITION_EMBEDDINGS.max;
 const DEFAULT_SHUFFLE_BYTES: usize = 64 << 20;
 
 /// The flags of `train` given on the command line (not defaulted), as `--name`.
+/// A stop signal this soon after the first is the same stop delivered twice, not a second
+/// request (which exits without saving).
+const REPEATED_SIGNAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn typed_flags(matches: &ArgMatches) -> Vec<String> {
     TrainArgs::augment_args(clap::Command::new("train"))
         .get_arguments()
@@ -352,8 +356,16 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
+        let first = std::sync::OnceLock::new();
         ctrlc::set_handler(move || {
+            let first = *first.get_or_init(std::time::Instant::now);
             if stop.swap(true, Ordering::SeqCst) {
+                // One stop often arrives twice: `timeout` signals its child and then the child's
+                // process group, a closed terminal hangs up the group and the shell re-sends
+                // SIGHUP. Only a signal a moment later is a request to exit at once.
+                if first.elapsed() < REPEATED_SIGNAL {
+                    return;
+                }
                 note!("\nsecond interrupt: exiting without saving");
                 std::process::exit(130);
             }

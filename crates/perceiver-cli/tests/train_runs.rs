@@ -157,6 +157,9 @@ fn sigterm_and_sighup_save_a_checkpoint_that_resumes() {
         let o = out.to_str().unwrap();
         let child = start_long_run(&train_args(&corpus, &config, o, "100000", "100000"), &out, 3);
         signal(&child, name);
+        // Twice at once, as `timeout` signals its child and then the process group: one stop,
+        // not a second request to exit without saving.
+        signal(&child, name);
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(130), "SIG{name}: {stderr}");

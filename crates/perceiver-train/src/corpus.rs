@@ -109,8 +109,17 @@ pub fn absolute_specs(specs: &[String]) -> Result<Vec<String>> {
 
 fn absolute_spec(spec: &str, cwd: &Path) -> Option<String> {
     let path = Path::new(spec);
-    if path.exists() {
+    if path.is_dir() {
         return path.canonicalize().ok()?.to_str().map(str::to_string);
+    }
+    if path.exists() {
+        // The file keeps its own name: a link to a blob without an extension (the Hugging Face
+        // cache, git-annex, DVC) is still the .csv or .jsonl the user named.
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.canonicalize().ok()?,
+            _ => cwd.to_path_buf(),
+        };
+        return parent.join(path.file_name()?).to_str().map(str::to_string);
     }
     if path.is_absolute() {
         return None;
@@ -522,6 +531,25 @@ mod tests {
 
     /// Links back up the tree used to be followed forever (two of them: a walk that never ended,
     /// its memory growing) or their files counted again and again (one).
+    /// A file named through a link keeps the link's name when its spec is made absolute: a
+    /// labelled file's format is told by its extension, and the blob a link names (the Hugging
+    /// Face cache, git-annex) has none.
+    #[cfg(unix)]
+    #[test]
+    fn an_absolute_spec_keeps_a_linked_files_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("blobs")).unwrap();
+        std::fs::write(dir.path().join("blobs/9f2c1ab"), "text,label\nhi,a\n").unwrap();
+        let link = dir.path().join("train.csv");
+        std::os::unix::fs::symlink("blobs/9f2c1ab", &link).unwrap();
+        let specs = absolute_specs(&[link.to_str().unwrap().to_string()]).unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        assert_eq!(specs, [real.join("train.csv").to_str().unwrap()]);
+        // A directory is its real path.
+        let specs = absolute_specs(&[dir.path().join("blobs/../blobs").to_str().unwrap().to_string()]);
+        assert_eq!(specs.unwrap(), [real.join("blobs").to_str().unwrap()]);
+    }
+
     #[cfg(unix)]
     #[test]
     fn symlink_loops_end_and_no_file_is_counted_twice() {

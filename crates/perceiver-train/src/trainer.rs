@@ -345,9 +345,13 @@ impl Trainer {
     /// where it stopped. `steps` may extend the run.
     pub fn resume(path: &Path, steps: Option<u64>) -> Result<Self> {
         // A run directory named as such is locked before anything is read from it, so that a
-        // second process is told it is in use whatever state the first has got it to.
+        // second process is told it is in use whatever state the first has got it to; a
+        // directory without a run's metrics is locked only once it turns out to hold checkpoints
+        // (a mistaken `--resume ~` leaves no lock file behind).
         let named_run_dir = path.is_dir() && !path.join(checkpoint::TRAINING_FILE).is_file();
-        let early_lock = named_run_dir.then(|| lock_run_dir(path)).transpose()?;
+        let early_lock = (named_run_dir && path.join(METRICS_FILE).is_file())
+            .then(|| lock_run_dir(path))
+            .transpose()?;
         let mut dir = checkpoint::resolve(path)?;
         if dir.file_name().is_none() {
             // `.` or `..`: their parent is not the run directory; the real names tell it.

@@ -181,6 +181,8 @@ fn a_run_directory_is_one_trainers_at_a_time() {
 
 /// A run saves its corpus by absolute path, so a resume from another directory reads the same
 /// files; a glob keeps matching below the directory it was given in.
+// Unix paths: the relative path is built from `/`.
+#[cfg(unix)]
 #[test]
 fn the_corpus_is_saved_by_absolute_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,4 +212,14 @@ fn the_corpus_is_saved_by_absolute_path() {
     assert!(Path::new(pattern).is_absolute(), "{pattern}");
     assert!(pattern.ends_with("/corpus/b.*"), "{pattern}");
     assert_eq!(trainer.eval_windows(), 4);
+}
+
+/// A resume of a directory that is no run (`--resume ~` by mistake) is refused and writes
+/// nothing there, not even the lock file.
+#[test]
+fn a_resume_of_a_directory_that_is_no_run_leaves_it_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(Trainer::resume(dir.path(), None).is_err());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
