@@ -3,8 +3,11 @@
 //! with a config.json and no weights at all, so a subcommand that went on to load would fail
 //! on the missing weights instead.
 
+mod common;
+
+use common::command;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixtures() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
@@ -22,15 +25,7 @@ fn config_only(fixture: &str) -> tempfile::TempDir {
 }
 
 fn perceiver(args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perceiver"));
-    cmd.args(args).env("HF_HUB_OFFLINE", "1").env(
-        "HF_HOME",
-        std::env::temp_dir().join("perceiver-cli-tests-empty-hf-home"),
-    );
-    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PERCEIVER_MODEL"] {
-        cmd.env_remove(var);
-    }
-    cmd.output().expect("run perceiver")
+    command(args).output().expect("run perceiver")
 }
 
 fn assert_refused(out: &Output, needle: &str) {
