@@ -127,7 +127,9 @@ impl Loader {
     /// end checks a model's task against before it loads, or downloads, weights it cannot use.
     pub fn config_before_weights(&self) -> Result<Option<PerceiverConfig>> {
         let path = Path::new(&self.source);
-        let whole = deepmind::is_deepmind_file(path) || self.model_config.is_some();
+        // A DeepMind file's name, found or not: a missing one is "no such file" from the load,
+        // not a hub look-up of its name.
+        let whole = deepmind::has_deepmind_extension(path) || self.model_config.is_some();
         #[cfg(feature = "default-model")]
         let whole = whole || self.source == BUILT_IN;
         if whole {
