@@ -76,6 +76,12 @@ fn autoencode_inputs(dir: &Path) -> (PathBuf, PathBuf) {
     (clip, wav)
 }
 
+/// `perceiver flow` on the frames `a`, `b` with `outputs` (its output flags).
+fn flow(model: &Path, a: &Path, b: &Path, outputs: &[&str]) -> Output {
+    let (model, a, b) = (path(model), path(a), path(b));
+    perceiver(&[&["flow", "--model", &model, &a, &b], outputs].concat())
+}
+
 fn autoencode(model: &Path, clip: &Path, wav: &Path, out: &Path) -> Output {
     perceiver(&[
         "autoencode",
@@ -121,15 +127,7 @@ fn a_hard_link_to_an_input_is_refused_and_the_input_kept() {
     let link = dir.path().join("link.png");
     std::fs::hard_link(&a, &link).unwrap();
     let before = std::fs::read(&a).unwrap();
-    let out = perceiver(&[
-        "flow",
-        "--model",
-        &path(&flow_model()),
-        &path(&a),
-        &path(&b),
-        "--out",
-        &path(&link),
-    ]);
+    let out = flow(&flow_model(), &a, &b, &["--out", &path(&link)]);
     common::fails_with(
         &out,
         &format!(
@@ -167,15 +165,7 @@ fn a_symbolic_link_to_nowhere_is_refused_before_the_model_loads() {
     let dangling = dir.path().join("fdl.png");
     symlink("/nonexistent/x.png", &dangling).unwrap();
     common::fails_with(
-        &perceiver(&[
-            "flow",
-            "--model",
-            &path(&flow_config),
-            &path(&a),
-            &path(&b),
-            "--out",
-            &path(&dangling),
-        ]),
+        &flow(&flow_config, &a, &b, &["--out", &path(&dangling)]),
         "(--out): it is a symbolic link to /nonexistent/x.png, and /nonexistent is not a directory",
     );
 
@@ -232,15 +222,7 @@ fn an_output_that_is_a_directory_is_refused_before_the_model_loads() {
     let flo_dir = dir.path().join("x.flo");
     std::fs::create_dir(&flo_dir).unwrap();
     common::fails_with(
-        &perceiver(&[
-            "flow",
-            "--model",
-            &path(&flow_config),
-            &path(&a),
-            &path(&b),
-            "--flo",
-            &path(&flo_dir),
-        ]),
+        &flow(&flow_config, &a, &b, &["--flo", &path(&flo_dir)]),
         "x.flo (--flo): it is a directory",
     );
 }
@@ -274,17 +256,12 @@ fn a_write_that_fails_after_the_run_leaves_no_partial_set() {
     // /dev/full takes the .flo as a device is written (in place) and fails it: the picture,
     // written first, is not put in place.
     common::fails_with(
-        &perceiver(&[
-            "flow",
-            "--model",
-            &path(&flow_model()),
-            &path(&a),
-            &path(&b),
-            "--out",
-            &path(&png),
-            "--flo",
-            "/dev/full",
-        ]),
+        &flow(
+            &flow_model(),
+            &a,
+            &b,
+            &["--out", &path(&png), "--flo", "/dev/full"],
+        ),
         "cannot write /dev/full",
     );
     assert_eq!(std::fs::read(&png).unwrap(), b"an earlier picture");
@@ -305,18 +282,12 @@ fn an_output_that_cannot_be_written_is_refused_before_the_model_runs() {
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
     let png = dir.path().join("p.png");
-    let out = perceiver(&[
-        "flow",
-        "--model",
-        &path(&flow_model()),
-        &path(&a),
-        &path(&b),
-        "--out",
-        &path(&png),
-        "--flo",
-        &path(&ro.join("x.flo")),
-        "--json",
-    ]);
+    let out = flow(
+        &flow_model(),
+        &a,
+        &b,
+        &["--out", &path(&png), "--flo", &path(&ro.join("x.flo")), "--json"],
+    );
     common::fails_with(&out, "x.flo (--flo): Permission denied");
     assert!(out.stdout.is_empty(), "no summary");
     assert!(!png.exists(), "no picture");
@@ -325,15 +296,7 @@ fn an_output_that_cannot_be_written_is_refused_before_the_model_runs() {
     let read_only = dir.path().join("ro.png");
     std::fs::write(&read_only, b"kept").unwrap();
     std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o444)).unwrap();
-    let out = perceiver(&[
-        "flow",
-        "--model",
-        &path(&flow_model()),
-        &path(&a),
-        &path(&b),
-        "--out",
-        &path(&read_only),
-    ]);
+    let out = flow(&flow_model(), &a, &b, &["--out", &path(&read_only)]);
     common::fails_with(&out, "ro.png (--out): Permission denied");
     assert_eq!(std::fs::read(&read_only).unwrap(), b"kept");
 

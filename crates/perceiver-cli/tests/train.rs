@@ -68,18 +68,6 @@ fn write_corpus(dir: &Path) -> PathBuf {
     corpus
 }
 
-/// A model small enough for CI: 16-wide bytes, 8 latents of 32, one latent layer.
-fn write_config(dir: &Path) -> PathBuf {
-    let path = dir.join("config.json");
-    let config = serde_json::json!({
-        "d_model": 16, "num_latents": 8, "d_latents": 32, "num_blocks": 1,
-        "num_self_attends_per_block": 1, "num_self_attention_heads": 2, "num_cross_attention_heads": 1,
-        "max_position_embeddings": 64, "attention_probs_dropout_prob": 0.0
-    });
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
 /// Training flags for the tiny model; the held-out text is `corpus/../heldout`.
 fn train_args<'a>(corpus: &'a str, config: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
     vec![
@@ -151,7 +139,7 @@ fn setup() -> (tempfile::TempDir, &'static str, &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let leak = |p: PathBuf| -> &'static str { Box::leak(p.to_string_lossy().into_owned().into_boxed_str()) };
     let corpus = leak(write_corpus(dir.path()));
-    let config = leak(write_config(dir.path()));
+    let config = leak(common::write_tiny_config(dir.path()));
     (dir, corpus, config)
 }
 

@@ -38,23 +38,13 @@ fn write_corpus(dir: &Path) -> PathBuf {
     corpus
 }
 
-/// A model small enough for CI: 16-wide bytes, 8 latents of 32, one latent layer.
-fn write_config(dir: &Path) -> PathBuf {
-    let path = dir.join("config.json");
-    let config = serde_json::json!({
-        "d_model": 16, "num_latents": 8, "d_latents": 32, "num_blocks": 1,
-        "num_self_attends_per_block": 1, "num_self_attention_heads": 2, "num_cross_attention_heads": 1,
-        "max_position_embeddings": 64, "attention_probs_dropout_prob": 0.0
-    });
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
 /// A temporary directory with a corpus and a config.
 fn setup() -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let corpus = write_corpus(dir.path()).to_string_lossy().into_owned();
-    let config = write_config(dir.path()).to_string_lossy().into_owned();
+    let config = common::write_tiny_config(dir.path())
+        .to_string_lossy()
+        .into_owned();
     (dir, corpus, config)
 }
 

@@ -2,6 +2,7 @@
 //! none of the variables that could point it at a developer's cache, token, endpoint or model.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The binary with a clean environment and two kernel threads.
@@ -41,4 +42,16 @@ pub fn fails_with(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
+
+/// A config.json for a model small enough for CI: 16-wide bytes, 8 latents of 32, one latent layer.
+pub fn write_tiny_config(dir: &Path) -> PathBuf {
+    let path = dir.join("config.json");
+    let config = serde_json::json!({
+        "d_model": 16, "num_latents": 8, "d_latents": 32, "num_blocks": 1,
+        "num_self_attends_per_block": 1, "num_self_attention_heads": 2, "num_cross_attention_heads": 1,
+        "max_position_embeddings": 64, "attention_probs_dropout_prob": 0.0
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
 }
