@@ -130,9 +130,8 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     }
     // The model's task and input kind are checked before its weights load where its config
     // comes alone (a hub id's weights are not downloaded for nothing), else once it has loaded.
-    if let Some(config) = args.model.config_before_weights()? {
-        check_input_kind(args.text, Architecture::of(&config)?)?;
-    }
+    args.model
+        .check_task(|architecture| check_input_kind(args.text, architecture))?;
     let classifier = args
         .model
         .load_classifier(args.engine.precision)?

@@ -87,11 +87,15 @@ impl ModelArgs {
             .with_context(|| format!("cannot load model {}", self.model))
     }
 
-    /// Runs `check` (a task's `check_architecture`) on the model's architecture where its
-    /// config comes without the weights ([`config_before_weights`](Self::config_before_weights)).
-    pub fn check_task(&self, check: fn(Architecture) -> perceiver::Result<()>) -> Result<()> {
+    /// Runs `check` (a task's `check_architecture`, or a front end's own) on the model's
+    /// architecture where its config comes without the weights
+    /// ([`config_before_weights`](Self::config_before_weights)).
+    pub fn check_task<E: Into<anyhow::Error>>(
+        &self,
+        check: impl FnOnce(Architecture) -> std::result::Result<(), E>,
+    ) -> Result<()> {
         if let Some(config) = self.config_before_weights()? {
-            check(Architecture::of(&config)?)?;
+            check(Architecture::of(&config)?).map_err(Into::into)?;
         }
         Ok(())
     }

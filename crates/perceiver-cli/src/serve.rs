@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use perceiver::Architecture;
 use perceiver_serve::{caps, ServeConfig, ServeModel, Server};
 
 use crate::model::{EngineArgs, ModelArgs};
@@ -147,9 +146,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     // A model with no route is refused before its weights are read or downloaded where its
     // config comes alone.
-    if let Some(model_config) = args.model.config_before_weights()? {
-        perceiver_serve::check_architecture(Architecture::of(&model_config)?)?;
-    }
+    args.model.check_task(perceiver_serve::check_architecture)?;
     // The model loads before the port opens: a client never sees a service that cannot answer.
     let model = args.model.load_engine(args.engine.precision)?;
     let model: ServeModel = if model.architecture().is_classifier() {
