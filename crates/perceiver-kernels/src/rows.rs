@@ -181,15 +181,21 @@ fn activation_derivative<const FMA: bool>(x: f32, act: Activation) -> f32 {
 
 #[inline(always)]
 fn activation_gradient_body<const FMA: bool>(x: &[f32], grad: &mut [f32], act: Activation) {
+    // Indexed loops, not a zip's fold: the fold is a generic function of its own that LLVM may
+    // leave out of line, compiled without the caller's FMA (each multiply-add a libm call).
+    let n = grad.len().min(x.len());
+    let (x, grad) = (&x[..n], &mut grad[..n]);
     match act {
-        Activation::GeluErf => grad
-            .iter_mut()
-            .zip(x)
-            .for_each(|(g, &x)| *g *= activation_derivative::<FMA>(x, Activation::GeluErf)),
-        Activation::GeluTanh => grad
-            .iter_mut()
-            .zip(x)
-            .for_each(|(g, &x)| *g *= activation_derivative::<FMA>(x, Activation::GeluTanh)),
+        Activation::GeluErf => {
+            for i in 0..n {
+                grad[i] *= activation_derivative::<FMA>(x[i], Activation::GeluErf);
+            }
+        }
+        Activation::GeluTanh => {
+            for i in 0..n {
+                grad[i] *= activation_derivative::<FMA>(x[i], Activation::GeluTanh);
+            }
+        }
         _ => {}
     }
 }

@@ -29,7 +29,7 @@ use crate::init::initialize;
 use crate::masking::{MaskedExample, Masking};
 use crate::metrics::{MetricsLog, Record, StepMetrics, Window, METRICS_FILE};
 use crate::objective::{evaluate, masked_lm_loss, BatchLoss, EvalResult, MaskedBatch};
-use crate::optim::{clip_grad_norm, global_norm, AdamW};
+use crate::optim::{clip_factor, global_norm, AdamW};
 
 /// How the weights start.
 pub enum ModelInit {
@@ -629,10 +629,7 @@ impl Trainer {
                     .collect::<candle_core::Result<_>>()?
             };
         }
-        let grad_norm = match self.options.clip_norm {
-            Some(max) => clip_grad_norm(&mut grads, max)?,
-            None => global_norm(&grads)?,
-        };
+        let grad_norm = global_norm(&grads)?;
         if !grad_norm.is_finite() {
             // Before the update: the weights are still the last good ones (`run` saves them).
             return Err(Error::Diverged(format!(
@@ -642,7 +639,11 @@ impl Trainer {
         }
         // An error inside leaves the weights part updated: nothing of it may be saved.
         self.updating = true;
-        self.optimizer.step(&grads, lr)?;
+        let grad_scale = self
+            .options
+            .clip_norm
+            .map_or(1.0, |max| clip_factor(grad_norm, max));
+        self.optimizer.step(&grads, grad_scale, lr)?;
         self.updating = false;
         let seconds = started.elapsed().as_secs_f64();
         self.progress.step += 1;
@@ -728,7 +729,7 @@ impl Trainer {
             &self.run_dir,
             &self.config,
             &self.weights(),
-            &self.optimizer.state(),
+            &self.optimizer.state()?,
             &training,
         )?;
         self.saved_step.set(self.progress.step);
