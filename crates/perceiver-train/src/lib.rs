@@ -3,7 +3,7 @@
 //!
 //! Bottom up: [`corpus`] (files → shuffled windows, held-out split), [`masking`] (which bytes,
 //! what replaces them), [`init`] (DeepMind's initialisation), [`optim`] (AdamW, schedule,
-//! clipping), [`objective`] (batches, the masked-LM loss, evaluation), [`labelled`] and
+//! clipping; [`gradients`] collects what it updates with), [`objective`] (batches, the masked-LM loss, evaluation), [`labelled`] and
 //! [`classification`] (labelled texts, the classifier's start, loss and confusion table),
 //! [`checkpoint`] (atomic, transformers-compatible directories), [`metrics`] and [`plot`]
 //! (progress on disk), and [`trainer`] (the one loop for both). [`model`] is the differentiable model (candle); it reads and writes the
@@ -17,6 +17,7 @@ pub mod classification;
 pub mod config;
 pub mod corpus;
 pub mod error;
+pub mod gradients;
 pub mod init;
 pub mod labelled;
 pub mod masking;

@@ -25,6 +25,7 @@ use crate::classification::{
 use crate::config::{Task, TrainConfig, MAX_STEPS};
 use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
 use crate::error::{io_at, Error, Result};
+use crate::gradients::Gradients;
 use crate::init::initialize;
 use crate::masking::{MaskedExample, Masking};
 use crate::metrics::{MetricsLog, Record, StepMetrics, Window, METRICS_FILE};
@@ -609,7 +610,7 @@ impl Trainer {
         let started = Instant::now();
         let lr = self.options.schedule.lr(self.progress.step);
         let accum = self.options.grad_accum;
-        let mut grads: Vec<Tensor> = Vec::new();
+        let mut grads = Gradients::new(self.optimizer.vars());
         let (mut loss_sum, mut correct, mut targets, mut bytes) = (0f64, 0usize, 0usize, 0usize);
         for _ in 0..accum {
             let (out, batch_targets, batch_bytes) = self.micro_batch_loss()?;
@@ -617,18 +618,9 @@ impl Trainer {
             correct += out.correct;
             targets += batch_targets;
             bytes += batch_bytes;
-            let store = (out.loss / accum as f64)?.backward()?;
-            let micro = gradients(&self.optimizer, &store)?;
-            grads = if grads.is_empty() {
-                micro
-            } else {
-                grads
-                    .iter()
-                    .zip(&micro)
-                    .map(|(a, b)| a + b)
-                    .collect::<candle_core::Result<_>>()?
-            };
+            grads.accumulate(&(out.loss / accum as f64)?)?;
         }
+        let grads = gradients(&self.optimizer, grads)?;
         let grad_norm = global_norm(&grads)?;
         if !grad_norm.is_finite() {
             // Before the update: the weights are still the last good ones (`run` saves them).
@@ -953,17 +945,15 @@ fn masked_lm_task(options: &TrainConfig, model: PerceiverForMaskedLM) -> Result<
     })
 }
 
-/// The gradient of every parameter, in the optimizer's order. A parameter without one is an
-/// error: it would silently never train (as behind candle's fused LayerNorm).
-pub fn gradients(optimizer: &AdamW, store: &candle_core::backprop::GradStore) -> Result<Vec<Tensor>> {
+/// The gradient of every parameter, in the optimizer's order (`grads` made with
+/// [`AdamW::vars`]). A parameter without one is an error: it would silently never train (as
+/// behind candle's fused LayerNorm).
+pub fn gradients(optimizer: &AdamW, grads: Gradients) -> Result<Vec<Tensor>> {
     optimizer
         .names()
-        .zip(optimizer.vars())
-        .map(|(name, var)| {
-            store
-                .get(var.as_tensor())
-                .cloned()
-                .ok_or_else(|| Error::Options(format!("parameter {name} received no gradient")))
+        .zip(grads.into_tensors()?)
+        .map(|(name, grad)| {
+            grad.ok_or_else(|| Error::Options(format!("parameter {name} received no gradient")))
         })
         .collect()
 }

@@ -22,6 +22,7 @@ mod fused_attention;
 mod products;
 
 pub use composed::{activate_composed, attend_composed, attention_bias};
+pub(crate) use products::collecting_dense_grads;
 pub use products::{linear, matmul, RightOperand};
 
 /// Scalar types the CPU kernels run in.

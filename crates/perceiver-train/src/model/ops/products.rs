@@ -8,8 +8,11 @@
 //! Only f32 on the CPU takes this path; other dtypes and devices use candle's matmul (which
 //! candle differentiates), so the f64 gradient checks and GPU runs are unchanged.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, TensorId};
 use perceiver_kernels::matmul::{self as engine_matmul, Rhs, View};
 use perceiver_kernels::sgemm::{self, PackedWeights};
 use rayon::prelude::*;
@@ -110,7 +113,7 @@ impl candle_core::CustomOp3 for Linear {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -124,23 +127,108 @@ impl candle_core::CustomOp3 for Linear {
         };
         let g = grad_res.contiguous()?;
         let dx = plain.apply(&g, weight)?; // G·W
-        let dw = g_transposed.apply(&g, x)?; // Gᵀ·X
         let (m, n) = g.dims2()?;
-        let column_sums = {
-            let (storage, layout) = g.storage_and_layout();
-            let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-                candle_core::bail!("linear backward: f32 CPU gradient expected");
-            };
-            let rows = contiguous(data, layout, "linear gradient")?;
-            let mut sums = vec![0f32; n];
-            for row in rows.chunks_exact(n.max(1)).take(m) {
-                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
-            }
-            sums
+        let k = x.dim(1)?;
+        let x = x.contiguous()?;
+        let (g_storage, g_layout) = g.storage_and_layout();
+        let (x_storage, x_layout) = x.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(CpuStorage::F32(g_data)),
+            candle_core::Storage::Cpu(CpuStorage::F32(x_data)),
+        ) = (&*g_storage, &*x_storage)
+        else {
+            candle_core::bail!("linear backward: f32 CPU tensors expected");
         };
-        let db = Tensor::from_vec(column_sums, n, g.device())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let (g_rows, x_rows) = (
+            contiguous(g_data, g_layout, "linear gradient")?,
+            contiguous(x_data, x_layout, "linear input")?,
+        );
+        // dW += Gᵀ·X, db += the column sums of G.
+        let weight_gradient = |dw: &mut [f32]| {
+            if m > 0 && n > 0 && k > 0 {
+                g_transposed.one(dw, g_rows, x_rows, n, m, k, rayon::current_num_threads());
+            }
+        };
+        let bias_gradient = |db: &mut [f32]| {
+            for row in g_rows.chunks_exact(n.max(1)).take(m) {
+                db.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+            }
+        };
+        let dw = if accumulate_dense_grad(weight, n * k, weight_gradient) {
+            None
+        } else {
+            let mut dw = zeroed(n * k);
+            weight_gradient(&mut dw);
+            Some(Tensor::from_vec(dw, (n, k), g.device())?)
+        };
+        let db = if accumulate_dense_grad(bias, n, bias_gradient) {
+            None
+        } else {
+            let mut db = vec![0f32; n];
+            bias_gradient(&mut db);
+            Some(Tensor::from_vec(db, n, g.device())?)
+        };
+        Ok((Some(dx), dw, db))
     }
+}
+
+thread_local! {
+    /// The buffers dense layers accumulate their parameters' gradients into, while a
+    /// [`collecting_dense_grads`] call runs on this thread (candle runs a backward pass on the
+    /// thread that called it).
+    static DENSE_GRADS: RefCell<Option<HashMap<TensorId, Vec<f32>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `backward` with the dense layers ([`linear`]) adding their weight and bias gradients
+/// into `grads` (one buffer per variable, by tensor id, made at its first gradient) instead of
+/// handing them to candle, whose backward pass would start each as zeros and add every
+/// contribution into a fresh tensor, on one thread.
+pub(crate) fn collecting_dense_grads<R>(
+    grads: &mut HashMap<TensorId, Vec<f32>>,
+    backward: impl FnOnce() -> R,
+) -> R {
+    DENSE_GRADS.with(|cell| *cell.borrow_mut() = Some(std::mem::take(grads)));
+    let result = backward();
+    *grads = DENSE_GRADS
+        .with(|cell| cell.borrow_mut().take())
+        .unwrap_or_default();
+    result
+}
+
+/// Adds a gradient into `param`'s buffer with `add` (given the buffer of `len` elements), if
+/// gradients are being collected and `param` is a variable; false otherwise.
+fn accumulate_dense_grad(param: &Tensor, len: usize, add: impl FnOnce(&mut [f32])) -> bool {
+    if !param.is_variable() {
+        return false;
+    }
+    DENSE_GRADS.with(|cell| {
+        let mut collecting = cell.borrow_mut();
+        let Some(grads) = collecting.as_mut() else {
+            return false;
+        };
+        let buffer = grads.entry(param.id()).or_insert_with(|| zeroed(len));
+        if buffer.len() != len {
+            return false;
+        }
+        add(buffer);
+        true
+    })
+}
+
+/// `len` zeros, written by all threads when there are many (a gradient or a product's output is
+/// tens of MB: one thread's memset would leave the others idle).
+pub(crate) fn zeroed(len: usize) -> Vec<f32> {
+    const PARALLEL_FROM: usize = 1 << 18;
+    if len < PARALLEL_FROM {
+        return vec![0f32; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()
+        .par_chunks_mut(PARALLEL_FROM / 4)
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: all `len` elements were initialised just above.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// `op(a)·op(b)` per leading index, where `op` transposes the operands flagged. The differentiable
@@ -269,7 +357,7 @@ impl CustomOp2 for Product {
         let a = contiguous(a, l1, "matmul left operand")?;
         let b = contiguous(b, l2, "matmul right operand")?;
         let count: usize = lead_a.iter().product();
-        let mut c = vec![0f32; count * m * n];
+        let mut c = zeroed(count * m * n);
         if m > 0 && n > 0 && k > 0 {
             if count == 1 {
                 self.one(&mut c, a, b, m, k, n, rayon::current_num_threads());
