@@ -132,8 +132,45 @@ impl PackedWeights {
         let panels = n.div_ceil(width);
         // Over-allocated by one cache line so that the panels can start on a line boundary: a
         // step of the AVX2 kernel then reads exactly one line of W (and the AVX-512 one four).
-        let mut data = vec![0f32; panels * k * width + LINE_FLOATS];
+        // Zeros: the lanes of the last panel past n stay so.
+        let data = vec![0f32; panels * k * width + LINE_FLOATS];
         let offset = data.as_ptr().align_offset(LINE_FLOATS * 4).min(LINE_FLOATS);
+        let mut packed = Self {
+            n,
+            k,
+            data,
+            offset,
+            width,
+            kc,
+            kernel,
+        };
+        packed.fill(view, transposed, scale, parallel);
+        packed
+    }
+
+    /// Packs `scale · W` from `view` again, over the values packed before: `view` holds a
+    /// matrix of the same shape and orientation as the first time (weights that change between
+    /// products, as in training), and no new buffer is made. Panics if the shape differs.
+    pub fn repack(&mut self, view: View, transposed: bool, scale: f32, parallel: bool) {
+        let (n, k) = if transposed {
+            (view.rows, view.cols)
+        } else {
+            (view.cols, view.rows)
+        };
+        assert!(
+            (n, k) == (self.n, self.k),
+            "sgemm: repacking a {n}x{k} W over a {}x{}",
+            self.n,
+            self.k
+        );
+        self.fill(view, transposed, scale, parallel);
+    }
+
+    /// Writes `scale · W` into the panels (their lanes past n untouched).
+    fn fill(&mut self, view: View, transposed: bool, scale: f32, parallel: bool) {
+        let (n, k, width, offset) = (self.n, self.k, self.width, self.offset);
+        let panels = n.div_ceil(width);
+        let data = &mut self.data;
         let fill = |(p, panel): (usize, &mut [f32])| {
             let features = width.min(n - p * width);
             let first = p * width;
@@ -182,15 +219,6 @@ impl PackedWeights {
             } else {
                 panels_data.chunks_mut(k * width).enumerate().for_each(fill);
             }
-        }
-        Self {
-            n,
-            k,
-            data,
-            offset,
-            width,
-            kc,
-            kernel,
         }
     }
 
@@ -1088,6 +1116,45 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    /// A repacked W gives the products of W packed afresh, bit for bit, in both orientations
+    /// and on every kernel, with n not a multiple of the panel width (the last panel's lanes
+    /// past n stay zero).
+    #[test]
+    fn repacking_equals_packing_afresh() {
+        for kernel in kernels_here() {
+            let (n, k, m) = (70, 45, 13);
+            let (old, new) = (random(n * k, 41), random(n * k, 42));
+            // Transposed, the buffers hold W ([n, k]); otherwise Wᵀ, so X has n columns and C k.
+            for (transposed, x_cols, c_cols) in [(true, k, n), (false, n, k)] {
+                let x = random(m * x_cols, 43);
+                let mut packed =
+                    PackedWeights::pack_for(Some(kernel), View::dense(&old, n, k), transposed, 1.0, true);
+                packed.repack(View::dense(&new, n, k), transposed, 1.0, true);
+                let fresh =
+                    PackedWeights::pack_for(Some(kernel), View::dense(&new, n, k), transposed, 1.0, true);
+                let (mut got, mut want) = (vec![0f32; m * c_cols], vec![0f32; m * c_cols]);
+                packed.matmul_accumulate(&x, m, &mut got, 2);
+                fresh.matmul_accumulate(&x, m, &mut want, 2);
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{kernel:?}, transposed {transposed}: repacked W differs from W packed afresh"
+                );
+                let mut stale = vec![0f32; m * c_cols];
+                PackedWeights::pack_for(Some(kernel), View::dense(&old, n, k), transposed, 1.0, true)
+                    .matmul_accumulate(&x, m, &mut stale, 2);
+                assert_ne!(stale, want, "the two weights give different products");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "repacking")]
+    fn repacking_another_shape_panics() {
+        let w = random(6 * 4, 45);
+        let mut packed = PackedWeights::pack(&w, 6, 4);
+        packed.repack(View::dense(&w, 4, 6), true, 1.0, false);
     }
 
     proptest::proptest! {

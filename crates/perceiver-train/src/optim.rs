@@ -160,6 +160,18 @@ impl AdamW {
     /// One update at learning rate `lr` with `grads` (in the order of [`AdamW::names`]), each
     /// multiplied by `grad_scale` first: [`clip_factor`]'s, or 1.
     pub fn step(&mut self, grads: &[Tensor], grad_scale: f64, lr: f64) -> Result<()> {
+        self.step_with(grads, grad_scale, lr, |_| Ok(()))
+    }
+
+    /// [`AdamW::step`], calling `after_update` with each variable as soon as it is updated
+    /// (while its values are still in cache: the trainer repacks weights there).
+    pub fn step_with(
+        &mut self,
+        grads: &[Tensor],
+        grad_scale: f64,
+        lr: f64,
+        mut after_update: impl FnMut(&Var) -> Result<()>,
+    ) -> Result<()> {
         if grads.len() != self.params.len() {
             return Err(Error::Options(format!(
                 "{} gradients for {} parameters",
@@ -199,6 +211,7 @@ impl AdamW {
                     *moments = Moments::Tensors { m, v };
                 }
             }
+            after_update(&p.var)?;
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ use crate::gradients::Gradients;
 use crate::init::initialize;
 use crate::masking::{MaskedExample, Masking};
 use crate::metrics::{MetricsLog, Record, StepMetrics, Window, METRICS_FILE};
+use crate::model::ops::WeightPacks;
 use crate::objective::{evaluate, masked_lm_loss, BatchLoss, EvalResult, MaskedBatch};
 use crate::optim::{clip_factor, global_norm, AdamW};
 
@@ -133,6 +134,8 @@ pub struct Trainer {
     varmap: VarMap,
     task: TaskState,
     optimizer: AdamW,
+    /// The dense layers' weights packed for the kernel, kept between steps.
+    weight_packs: WeightPacks,
     progress: Progress,
     metrics: MetricsLog,
     /// The updates since the last train record (saved with each checkpoint).
@@ -539,6 +542,7 @@ impl Trainer {
             varmap,
             task,
             optimizer,
+            weight_packs: WeightPacks::default(),
             progress,
             metrics,
             pending: Window::default(),
@@ -611,15 +615,22 @@ impl Trainer {
         let lr = self.options.schedule.lr(self.progress.step);
         let accum = self.options.grad_accum;
         let mut grads = Gradients::new(self.optimizer.vars());
-        let (mut loss_sum, mut correct, mut targets, mut bytes) = (0f64, 0usize, 0usize, 0usize);
-        for _ in 0..accum {
-            let (out, batch_targets, batch_bytes) = self.micro_batch_loss()?;
-            loss_sum += out.loss.to_scalar::<f32>()? as f64;
-            correct += out.correct;
-            targets += batch_targets;
-            bytes += batch_bytes;
-            grads.accumulate(&(out.loss / accum as f64)?)?;
-        }
+        // The dense layers' packed weights are kept from step to step (refreshed below).
+        let mut packs = std::mem::take(&mut self.weight_packs);
+        let passes = packs.scope(|| -> Result<_> {
+            let mut totals = (0f64, 0usize, 0usize, 0usize);
+            for _ in 0..accum {
+                let (out, batch_targets, batch_bytes) = self.micro_batch_loss()?;
+                totals.0 += out.loss.to_scalar::<f32>()? as f64;
+                totals.1 += out.correct;
+                totals.2 += batch_targets;
+                totals.3 += batch_bytes;
+                grads.accumulate(&(out.loss / accum as f64)?)?;
+            }
+            Ok(totals)
+        });
+        self.weight_packs = packs;
+        let (loss_sum, correct, targets, bytes) = passes?;
         let grads = gradients(&self.optimizer, grads)?;
         let grad_norm = global_norm(&grads)?;
         if !grad_norm.is_finite() {
@@ -635,7 +646,9 @@ impl Trainer {
             .options
             .clip_norm
             .map_or(1.0, |max| clip_factor(grad_norm, max));
-        self.optimizer.step(&grads, grad_scale, lr)?;
+        let packs = &mut self.weight_packs;
+        self.optimizer
+            .step_with(&grads, grad_scale, lr, |var| packs.refresh(var.as_tensor()))?;
         self.updating = false;
         let seconds = started.elapsed().as_secs_f64();
         self.progress.step += 1;

@@ -23,7 +23,7 @@ mod products;
 
 pub use composed::{activate_composed, attend_composed, attention_bias};
 pub(crate) use products::collecting_dense_grads;
-pub use products::{linear, matmul, RightOperand};
+pub use products::{linear, matmul, RightOperand, WeightPacks};
 
 /// Scalar types the CPU kernels run in.
 trait Float: WithDType + num_traits::Float + Send + Sync {}

@@ -61,11 +61,17 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() || !all_f32 {
         return Ok(x.matmul(&weight.t()?)?.broadcast_add(bias)?);
     }
-    Ok(x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)?)
+    let weight = weight.contiguous()?;
+    let op = Linear {
+        weight: weight.is_variable().then(|| weight.id()),
+    };
+    Ok(x.contiguous()?.apply_op3(&weight, &bias.contiguous()?, op)?)
 }
 
-struct Linear;
+struct Linear {
+    /// The weight's id when it is a variable: its packs may be kept ([`WeightPacks`]).
+    weight: Option<TensorId>,
+}
 
 impl candle_core::CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -100,11 +106,17 @@ impl candle_core::CustomOp3 for Linear {
         );
         let mut y = perceiver_kernels::rows::repeat_rows(b, m);
         if m > 0 && n > 0 && k > 0 {
-            let product = Product {
-                a_transposed: false,
-                b_transposed: true,
-            };
-            product.one(&mut y, x, w, m, k, n, rayon::current_num_threads());
+            let threads = rayon::current_num_threads();
+            let kept = with_kept_pack(self.weight, Packing::Forward, w, n, k, |packed| {
+                packed.matmul_view(View::dense(x, m, k), &mut y, n, threads)
+            });
+            if kept.is_none() {
+                let product = Product {
+                    a_transposed: false,
+                    b_transposed: true,
+                };
+                product.one(&mut y, x, w, m, k, n, threads);
+            }
         }
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
@@ -126,23 +138,38 @@ impl candle_core::CustomOp3 for Linear {
             b_transposed: false,
         };
         let g = grad_res.contiguous()?;
-        let dx = plain.apply(&g, weight)?; // G·W
         let (m, n) = g.dims2()?;
         let k = x.dim(1)?;
         let x = x.contiguous()?;
         let (g_storage, g_layout) = g.storage_and_layout();
         let (x_storage, x_layout) = x.storage_and_layout();
+        let (w_storage, w_layout) = weight.storage_and_layout();
         let (
             candle_core::Storage::Cpu(CpuStorage::F32(g_data)),
             candle_core::Storage::Cpu(CpuStorage::F32(x_data)),
-        ) = (&*g_storage, &*x_storage)
+            candle_core::Storage::Cpu(CpuStorage::F32(w_data)),
+        ) = (&*g_storage, &*x_storage, &*w_storage)
         else {
             candle_core::bail!("linear backward: f32 CPU tensors expected");
         };
-        let (g_rows, x_rows) = (
+        let (g_rows, x_rows, w_rows) = (
             contiguous(g_data, g_layout, "linear gradient")?,
             contiguous(x_data, x_layout, "linear input")?,
+            contiguous(w_data, w_layout, "linear weight")?,
         );
+        // dX = G·W.
+        let mut dx = zeroed(m * k);
+        if m > 0 && n > 0 && k > 0 {
+            let threads = rayon::current_num_threads();
+            let weight_id = weight.is_variable().then(|| weight.id());
+            let kept = with_kept_pack(weight_id, Packing::InputGradient, w_rows, n, k, |packed| {
+                packed.matmul_view(View::dense(g_rows, m, n), &mut dx, k, threads)
+            });
+            if kept.is_none() {
+                plain.one(&mut dx, g_rows, w_rows, m, n, k, threads);
+            }
+        }
+        let dx = Tensor::from_vec(dx, (m, k), g.device())?;
         // dW += Gᵀ·X, db += the column sums of G.
         let weight_gradient = |dw: &mut [f32]| {
             if m > 0 && n > 0 && k > 0 {
@@ -172,7 +199,101 @@ impl candle_core::CustomOp3 for Linear {
     }
 }
 
+/// What a dense layer's weight `W` (`[out, in]`) is packed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Packing {
+    /// The forward product `X·Wᵀ`.
+    Forward,
+    /// The input's gradient `G·W`.
+    InputGradient,
+}
+
+impl Packing {
+    /// `w` (`[out, in]`) packed for this product.
+    fn pack(self, w: &[f32], out: usize, inputs: usize) -> PackedWeights {
+        PackedWeights::pack_view(View::dense(w, out, inputs), self == Packing::Forward, 1.0, true)
+    }
+
+    /// `w` packed again into `packed`.
+    fn repack(self, w: &[f32], out: usize, inputs: usize, packed: &mut PackedWeights) {
+        packed.repack(View::dense(w, out, inputs), self == Packing::Forward, 1.0, true)
+    }
+}
+
+/// Dense layers' weights packed for the kernel, kept from one training step to the next.
+///
+/// Outside a [`WeightPacks::scope`], every product packs its weight again: a copy of the whole
+/// matrix, which in a step comes cold from memory, twice a step (forward, then the input's
+/// gradient) for every layer. Inside one, a variable's packs are made at its first product and
+/// kept; the optimizer repacks them right after it updates the weight ([`WeightPacks::refresh`]),
+/// while the weight is still in cache. Whoever changes a variable otherwise must refresh its
+/// packs or [`clear`](WeightPacks::clear) them all.
+#[derive(Default)]
+pub struct WeightPacks {
+    packs: HashMap<(TensorId, Packing), PackedWeights>,
+}
+
+impl WeightPacks {
+    /// Runs `f` (forward and backward passes) with the dense layers using and keeping these packs.
+    pub fn scope<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        KEPT_PACKS.with(|cell| *cell.borrow_mut() = Some(std::mem::take(&mut self.packs)));
+        let result = f();
+        self.packs = KEPT_PACKS
+            .with(|cell| cell.borrow_mut().take())
+            .unwrap_or_default();
+        result
+    }
+
+    /// Repacks the packs of `weight`, if any, from its current values.
+    pub fn refresh(&mut self, weight: &Tensor) -> Result<()> {
+        for packing in [Packing::Forward, Packing::InputGradient] {
+            let Some(packed) = self.packs.get_mut(&(weight.id(), packing)) else {
+                continue;
+            };
+            let (storage, layout) = weight.storage_and_layout();
+            let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+                return Err(crate::Error::Options(
+                    "a packed weight must be an f32 CPU tensor".into(),
+                ));
+            };
+            let (out, inputs) = layout.shape().dims2()?;
+            packing.repack(contiguous(data, layout, "packed weight")?, out, inputs, packed);
+        }
+        Ok(())
+    }
+
+    /// Forgets every pack.
+    pub fn clear(&mut self) {
+        self.packs.clear();
+    }
+}
+
+/// Runs `f` on the kept pack for `packing` of the variable `weight` (values `w`, `[out, in]`),
+/// made first if there is none, inside a [`WeightPacks::scope`] when the kernel runs; `None`,
+/// and `f` not run, otherwise.
+fn with_kept_pack<R>(
+    weight: Option<TensorId>,
+    packing: Packing,
+    w: &[f32],
+    out: usize,
+    inputs: usize,
+    f: impl FnOnce(&PackedWeights) -> R,
+) -> Option<R> {
+    let weight = weight.filter(|_| sgemm::available())?;
+    KEPT_PACKS.with(|cell| {
+        let mut kept = cell.borrow_mut();
+        let packed = kept
+            .as_mut()?
+            .entry((weight, packing))
+            .or_insert_with(|| packing.pack(w, out, inputs));
+        Some(f(packed))
+    })
+}
+
 thread_local! {
+    /// The kept packs while a [`WeightPacks::scope`] runs on this thread.
+    static KEPT_PACKS: RefCell<Option<HashMap<(TensorId, Packing), PackedWeights>>> = const { RefCell::new(None) };
+
     /// The buffers dense layers accumulate their parameters' gradients into, while a
     /// [`collecting_dense_grads`] call runs on this thread (candle runs a backward pass on the
     /// thread that called it).
@@ -505,6 +626,47 @@ mod tests {
                 assert!(worst < 1e-5, "{m}x{k}x{n} {what}: worst relative |Δ| {worst:e}");
             }
         }
+        Ok(())
+    }
+
+    /// Inside a [`WeightPacks::scope`], a dense layer's forward product and its input's gradient
+    /// use the packs kept from the first pass: after the weight changes they are stale until
+    /// [`WeightPacks::refresh`], and refreshed they give what packing afresh gives, bit for bit.
+    #[test]
+    fn kept_packs_follow_refreshed_weights() -> Result<()> {
+        if !sgemm::available() {
+            println!("no f32 kernel on this CPU: nothing is packed");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let (m, k, n) = (9, 70, 37);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, k), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, k), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, n, &dev)?)?;
+        let probe = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
+        let pass = || -> Result<(Vec<f32>, Vec<f32>)> {
+            let y = linear(x.as_tensor(), w.as_tensor(), b.as_tensor())?;
+            let grads = (&y * &probe)?.sum_all()?.backward()?;
+            let dx = grads.get(x.as_tensor()).expect("dx");
+            Ok((y.flatten_all()?.to_vec1()?, dx.flatten_all()?.to_vec1()?))
+        };
+        let mut packs = WeightPacks::default();
+        assert_eq!(packs.scope(pass)?, pass()?);
+        assert_eq!(
+            packs.packs.len(),
+            2,
+            "one pack for the forward product, one for dx"
+        );
+
+        w.set(&Tensor::randn(0f32, 1.0, (n, k), &dev)?)?;
+        let (stale_y, stale_dx) = packs.scope(pass)?;
+        let (want_y, want_dx) = pass()?;
+        assert!(
+            stale_y != want_y && stale_dx != want_dx,
+            "stale packs hold the old weight"
+        );
+        packs.refresh(w.as_tensor())?;
+        assert_eq!(packs.scope(pass)?, (want_y, want_dx));
         Ok(())
     }
 
