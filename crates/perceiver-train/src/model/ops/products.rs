@@ -223,7 +223,7 @@ impl Packing {
 /// Dense layers' weights packed for the kernel, kept from one training step to the next.
 ///
 /// Outside a [`WeightPacks::scope`], every product packs its weight again: a copy of the whole
-/// matrix, which in a step comes cold from memory, twice a step (forward, then the input's
+/// matrix, which in a step comes cold from memory, twice a pass (forward, then the input's
 /// gradient) for every layer. Inside one, a variable's packs are made at its first product and
 /// kept; the optimizer repacks them right after it updates the weight ([`WeightPacks::refresh`]),
 /// while the weight is still in cache. Whoever changes a variable otherwise must refresh its
@@ -236,12 +236,8 @@ pub struct WeightPacks {
 impl WeightPacks {
     /// Runs `f` (forward and backward passes) with the dense layers using and keeping these packs.
     pub fn scope<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        KEPT_PACKS.with(|cell| *cell.borrow_mut() = Some(std::mem::take(&mut self.packs)));
-        let result = f();
-        self.packs = KEPT_PACKS
-            .with(|cell| cell.borrow_mut().take())
-            .unwrap_or_default();
-        result
+        let _installed = Installed::new(&KEPT_PACKS, &mut self.packs);
+        f()
     }
 
     /// Repacks the packs of `weight`, if any, from its current values.
@@ -308,12 +304,30 @@ pub(crate) fn collecting_dense_grads<R>(
     grads: &mut HashMap<TensorId, Vec<f32>>,
     backward: impl FnOnce() -> R,
 ) -> R {
-    DENSE_GRADS.with(|cell| *cell.borrow_mut() = Some(std::mem::take(grads)));
-    let result = backward();
-    *grads = DENSE_GRADS
-        .with(|cell| cell.borrow_mut().take())
-        .unwrap_or_default();
-    result
+    let _installed = Installed::new(&DENSE_GRADS, grads);
+    backward()
+}
+
+/// A map lent to a thread-local for a scope: given back when the scope ends, a panic included,
+/// and whatever the thread-local held before put back (scopes nest).
+struct Installed<'a, T: Default + 'static> {
+    cell: &'static std::thread::LocalKey<RefCell<Option<T>>>,
+    lent: &'a mut T,
+    previous: Option<T>,
+}
+
+impl<'a, T: Default + 'static> Installed<'a, T> {
+    fn new(cell: &'static std::thread::LocalKey<RefCell<Option<T>>>, lent: &'a mut T) -> Self {
+        let previous = cell.with(|c| c.replace(Some(std::mem::take(lent))));
+        Self { cell, lent, previous }
+    }
+}
+
+impl<T: Default + 'static> Drop for Installed<'_, T> {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        *self.lent = self.cell.with(|c| c.replace(previous)).unwrap_or_default();
+    }
 }
 
 /// Adds a gradient into `param`'s buffer with `add` (given the buffer of `len` elements), if
@@ -668,6 +682,28 @@ mod tests {
         packs.refresh(w.as_tensor())?;
         assert_eq!(packs.scope(pass)?, (want_y, want_dx));
         Ok(())
+    }
+
+    /// The thread-locals are lent only for their scopes: a panic inside one, or a scope inside
+    /// another, leaves them as they were before.
+    #[test]
+    fn scopes_end_with_their_calls() {
+        let in_packs_scope = || KEPT_PACKS.with(|c| c.borrow().is_some());
+        let collecting = || DENSE_GRADS.with(|c| c.borrow().is_some());
+        let mut packs = WeightPacks::default();
+        let mut grads = HashMap::new();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            packs.scope(|| collecting_dense_grads(&mut grads, || panic!("inside both scopes")))
+        }));
+        assert!(caught.is_err());
+        assert!(!in_packs_scope() && !collecting());
+
+        let (mut outer, mut inner) = (WeightPacks::default(), WeightPacks::default());
+        outer.scope(|| {
+            inner.scope(|| assert!(in_packs_scope()));
+            assert!(in_packs_scope(), "the outer scope's packs are back");
+        });
+        assert!(!in_packs_scope());
     }
 
     #[test]
