@@ -3,11 +3,12 @@
 //!
 //! Bottom up: [`corpus`] (files → shuffled windows, held-out split), [`masking`] (which bytes,
 //! what replaces them), [`init`] (DeepMind's initialisation), [`optim`] (AdamW, schedule,
-//! clipping; [`gradients`] collects what it updates with), [`objective`] (batches, the masked-LM loss, evaluation), [`labelled`] and
-//! [`classification`] (labelled texts, the classifier's start, loss and confusion table),
-//! [`checkpoint`] (atomic, transformers-compatible directories), [`metrics`] and [`plot`]
-//! (progress on disk), and [`trainer`] (the one loop for both). [`model`] is the differentiable model (candle); it reads and writes the
-//! same tensor names as the inference library, so a run's checkpoints load anywhere a model does.
+//! clipping; [`gradients`] collects what it updates with), [`objective`] (batches, the masked-LM
+//! loss, evaluation), [`labelled`] and [`classification`] (labelled texts, the classifier's start,
+//! loss and confusion table), [`checkpoint`] (atomic, transformers-compatible directories),
+//! [`metrics`] and [`plot`] (progress on disk), and [`trainer`] (the one loop for both). [`model`]
+//! is the differentiable model (candle); it reads and writes the same tensor names as the inference
+//! library, so a run's checkpoints load anywhere a model does.
 
 #![warn(missing_docs)]
 

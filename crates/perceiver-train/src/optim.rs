@@ -2,7 +2,6 @@
 //! gradient clipping by global norm.
 
 use std::collections::HashMap;
-
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
