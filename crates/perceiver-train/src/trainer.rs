@@ -158,23 +158,65 @@ pub const LOCK_FILE: &str = ".lock";
 /// Locks `run_dir` for this process, or says that another holds it. Where the lock file cannot be
 /// opened or the file system has no locks, the run goes on unlocked, as before locks.
 fn lock_run_dir(run_dir: &Path) -> Result<Option<File>> {
+    lock_run_dir_opening(run_dir, |path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .or_else(|_| File::open(path))
+    })
+}
+
+/// [`lock_run_dir`] with the lock file opened by `open` (the tests' way to open a removed one).
+fn lock_run_dir_opening(
+    run_dir: &Path,
+    mut open: impl FnMut(&Path) -> std::io::Result<File>,
+) -> Result<Option<File>> {
     let path = run_dir.join(LOCK_FILE);
-    let Ok(file) = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .or_else(|_| File::open(&path))
-    else {
-        return Ok(None);
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::RunInUse {
-            dir: run_dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(_)) => Ok(None),
+    // A start that fails removes the lock file it made. A process that opened the file before
+    // that removal may lock it afterwards: it then holds a lock on a file no longer in the
+    // directory, while a third process makes a new one and locks that. So the lock counts only
+    // while the path still names the locked file; otherwise it is taken again.
+    for _ in 0..LOCK_ATTEMPTS {
+        let Ok(file) = open(&path) else {
+            return Ok(None);
+        };
+        match file.try_lock() {
+            Ok(()) if still_named(&file, &path) => return Ok(Some(file)),
+            Ok(()) => continue,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::RunInUse {
+                    dir: run_dir.to_path_buf(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(_)) => return Ok(None),
+        }
     }
+    // The lock file was replaced under every attempt: other starts keep failing there.
+    Err(Error::RunInUse {
+        dir: run_dir.to_path_buf(),
+    })
+}
+
+/// Attempts of [`lock_run_dir`] at a lock file that is replaced while it is locked.
+const LOCK_ATTEMPTS: usize = 8;
+
+/// Whether `path` still names the open `file` (not removed or replaced since it was opened).
+#[cfg(unix)]
+fn still_named(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `path` still names the open `file`: elsewhere std offers no file identity to compare,
+/// and the lock counts as taken.
+#[cfg(not(unix))]
+fn still_named(_file: &File, _path: &Path) -> bool {
+    true
 }
 
 /// Files a run writes into its directory besides checkpoints: a directory holding any of them
@@ -996,4 +1038,37 @@ pub fn set_weights(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result
         .into());
     }
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_on_a_removed_or_replaced_lock_file_is_not_the_run_directorys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        let first = File::create(&path).unwrap();
+        assert!(still_named(&first, &path));
+        std::fs::remove_file(&path).unwrap();
+        assert!(!still_named(&first, &path), "removed");
+        let second = File::create(&path).unwrap();
+        assert!(!still_named(&first, &path), "replaced");
+        assert!(still_named(&second, &path));
+        // A start that opened the lock file before its removal locks that one first, then
+        // takes the lock of the file the directory holds now.
+        let mut orphan = Some(first);
+        let mut opened = 0;
+        let held = lock_run_dir_opening(dir.path(), |path| {
+            opened += 1;
+            match orphan.take() {
+                Some(file) => Ok(file),
+                None => File::options().write(true).open(path),
+            }
+        });
+        let held = held.unwrap().expect("this file system has locks");
+        assert_eq!(opened, 2);
+        assert!(still_named(&held, &path));
+        assert!(matches!(lock_run_dir(dir.path()), Err(Error::RunInUse { .. })));
+    }
 }
