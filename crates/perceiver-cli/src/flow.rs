@@ -98,6 +98,16 @@ pub fn run(args: FlowArgs) -> Result<()> {
     .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
     .collect();
     outputs::check_files(&[&args.frame1, &args.frame2], &outputs)?;
+    // The summary goes to standard output, unless an output file is written there: then the
+    // lines go to standard error, and a JSON summary (which would corrupt the file) is refused.
+    let into_stdout = outputs.iter().find(|(_, path)| outputs::is_stdout(path));
+    if let (Some((flag, path)), true) = (into_stdout, args.json) {
+        bail!(
+            "{flag} {} writes to standard output, where --json would print too: leave out --json, \
+             or give {flag} a file",
+            path.display()
+        );
+    }
     if let Some(max) = args.max_flow {
         if !(max.is_finite() && max > 0.0) {
             bail!("--max-flow must be a positive number of pixels, not {max}");
@@ -157,8 +167,10 @@ pub fn run(args: FlowArgs) -> Result<()> {
         staged.write(path, |to| Ok(color_wheel(LEGEND_SIZE)?.save_png(to)?))?;
     }
     staged.finish()?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out: Box<dyn Write> = match into_stdout {
+        Some(_) => Box::new(std::io::stderr().lock()),
+        None => Box::new(std::io::stdout().lock()),
+    };
     if args.json {
         serde_json::to_writer(&mut out, &summary(&output))?;
         writeln!(out)?;

@@ -77,6 +77,30 @@ fn is_process_stream(path: &Path) -> bool {
     cfg!(unix) && (path.starts_with("/dev") || path.starts_with("/proc"))
 }
 
+/// Whether writing `path` writes to this process's standard output (`/dev/stdout`, or the file or
+/// pipe that standard output is redirected to, by any name): what the subcommand prints there
+/// would then be mixed into that output.
+pub fn is_stdout(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let Ok(stdout) = io::stdout().as_fd().try_clone_to_owned() else {
+            return false;
+        };
+        // stat, not open: a named pipe is not opened (which could wait for a writer).
+        match (fs::File::from(stdout).metadata(), fs::metadata(path)) {
+            (Ok(out), Ok(named)) => out.dev() == named.dev() && out.ino() == named.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
 /// Where a chain of symbolic links that leads to nothing ends: the path that writing through
 /// it creates (`path` itself when it is no link).
 fn link_target(path: &Path) -> Result<PathBuf> {

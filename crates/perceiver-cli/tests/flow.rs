@@ -119,6 +119,39 @@ fn prints_a_summary_line_without_json() {
 }
 
 #[test]
+fn a_flo_written_to_standard_output_is_all_it_holds() {
+    let (first, second) = (frame("tiny_flow-exact-1.png"), frame("tiny_flow-exact-2.png"));
+    let model = model();
+    let args = ["flow", "--model", &model, &first, &second, "--flo"];
+    // Through a pipe, by the name /dev/stdout: the .flo alone, the summary on standard error.
+    let out = common::run(&[&args[..], &["/dev/stdout"]].concat());
+    assert_eq!(&out.stdout[..4], b"PIEH", "a .flo header first");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("piped.flo"), &out.stdout).unwrap();
+    let field = load_flo(&dir.path().join("piped.flo")).unwrap();
+    assert_eq!((field.height(), field.width()), (48, 56));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("flow 48x56: mean "), "{stderr}");
+
+    // Standard output redirected to a file that --flo also names: the same bytes.
+    let named = dir.path().join("named.flo");
+    let file = std::fs::File::create(&named).unwrap();
+    let status = common::command(&[&args[..], &[path(&named).as_str()]].concat())
+        .stdout(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read(&named).unwrap(), out.stdout);
+
+    // A JSON summary there too would corrupt the .flo: refused before the model loads.
+    let refused = perceiver(&[&args[..], &["/dev/stdout", "--json"]].concat());
+    assert!(!refused.status.success());
+    let message = String::from_utf8(refused.stderr).unwrap();
+    assert!(message.contains("writes to standard output"), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+}
+
+#[test]
 fn bad_inputs_end_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let out_png = path(&dir.path().join("f.png"));
