@@ -438,11 +438,16 @@ impl TrainStream {
                 None => self.reader = None,
                 Some(index) => {
                     if self.split.wants(Part::Train, &reader.path, index) {
-                        let offset = if self.epoch == 0 {
-                            0
-                        } else {
-                            self.rng.random_range(0..self.seq_len)
+                        // Later epochs start a block's windows at a random offset, so that
+                        // they end elsewhere than the epoch before. A block no longer than a
+                        // window is one window whatever the offset: an offset would only cut
+                        // its start off (and all of it, when fewer than the shortest window's
+                        // bytes were left, leaving a corpus of short files without text).
+                        let offset = match self.epoch {
+                            0 => 0,
+                            _ => self.rng.random_range(0..self.seq_len),
                         };
+                        let offset = if self.block.len() <= self.seq_len { 0 } else { offset };
                         cut_windows(
                             &self.block,
                             offset,
@@ -662,6 +667,27 @@ mod tests {
             from_a > 0 && from_a < first.len(),
             "the first 20 windows come from one file"
         );
+    }
+
+    /// Later epochs start each block at a random offset; a file shorter than a window used to
+    /// lose its start to it, or all of itself (a corpus of short texts then had no training text
+    /// after the first epoch, or trained on their tails).
+    #[test]
+    fn short_files_stay_whole_in_every_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let texts: Vec<String> = (0..5).map(|i| format!("text number {i}, a short one")).collect();
+        for (i, text) in texts.iter().enumerate() {
+            write(dir.path(), &format!("{i}.txt"), text);
+        }
+        let corpus = Corpus::discover(&[dir.path().to_str().unwrap()]).unwrap();
+        let mut stream = TrainStream::new(corpus, Split::NONE, 64, 2, 7);
+        let mut seen: Vec<Vec<u8>> = (0..100).map(|_| stream.next_window().unwrap()).collect();
+        assert!(stream.epoch() >= 10, "epoch {}", stream.epoch());
+        seen.sort();
+        seen.dedup();
+        let mut whole: Vec<Vec<u8>> = texts.iter().map(|t| t.as_bytes().to_vec()).collect();
+        whole.sort();
+        assert_eq!(seen, whole);
     }
 
     #[test]
