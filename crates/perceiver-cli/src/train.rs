@@ -53,7 +53,7 @@ impl MaskingArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  perceiver train --preset tiny --corpus texts/ --out runs/tiny --steps 2000\n  \
+    after_help = "Examples:\n  perceiver train --preset tiny --init local --corpus texts/ --out runs/tiny --steps 2000\n  \
 perceiver train --init-from deepmind/language-perceiver --corpus 'mine/*.txt' --out runs/ft --lr 1e-5\n  \
 perceiver train --resume runs/tiny --steps 4000\n  \
 perceiver train --task classify --init-from default --train reviews.csv --out runs/cls --steps 300 --lr 3e-4"
@@ -79,7 +79,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["corpus", "out", "preset", "config", "init_from"])]
     resume: Option<PathBuf>,
 
-    /// Train from scratch with a named layout (tiny, small, base = the 201M layout).
+    /// Train from scratch with a named layout (tiny, small, base = the 201M layout); without
+    /// --preset, --config or --init-from: small.
     #[arg(long, conflicts_with_all = ["config", "init_from"])]
     preset: Option<String>,
 
@@ -130,8 +131,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1, value_parser = count_parser(MAX_GRAD_ACCUM as u64))]
     grad_accum: usize,
 
-    /// Optimizer updates (with --resume: the new total, not below the step reached; at most 10⁹,
-    /// and at most 2³² windows: steps × batch size × accumulation).
+    /// Optimizer updates [default: 1000] (with --resume: the new total, not below the step
+    /// reached; at most 10⁹, and at most 2³² windows: steps × batch size × accumulation).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_STEPS))]
     steps: Option<u64>,
 
@@ -223,6 +224,8 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
         let tensors = perceiver_train::model::checkpoint_tensors(&checkpoint, &perceiver_train::Device::Cpu)
             .with_context(|| format!("cannot load model {model}"))?;
         let config = checkpoint.config().clone();
+        // Refused before any note about the model.
+        perceiver_train::trainer::check_trainable(perceiver::Architecture::of(&config)?)?;
         if config.attention_probs_dropout_prob > 0.0 {
             note!(
                 "note: the model's config asks for attention dropout {}; this trainer applies no dropout",
@@ -565,7 +568,10 @@ fn print_classifier_eval(what: &str, result: &ClassifierEval) -> Result<()> {
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let masking = args.masking.masking(false);
-    masking.validate()?;
+    masking.validate().map_err(|e| match e {
+        perceiver_train::Error::Options(why) => anyhow::anyhow!("invalid masking: {why}"),
+        other => other.into(),
+    })?;
     // The files exist before a model is loaded (or downloaded).
     let corpus = Corpus::discover(&args.files)?;
     let checkpoint = args.model.checkpoint()?;
@@ -612,7 +618,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         );
     } else {
         outln!(
-            "{}: {} windows of ≤{} bytes from {} files, {} masked bytes ({:?}, rate {}, seed {})",
+            "{}: {} windows of ≤{} bytes from {} files, {} masked bytes ({}, rate {}, seed {})",
             args.model.model,
             result.windows,
             seq_len,

@@ -368,6 +368,22 @@ fn bad_training_input_fails_cleanly() {
         ],
         "no training text",
     );
+    // A model that is neither a masked LM nor a text classifier is not trained on (the advice
+    // was once a task that refuses it too).
+    let image =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classification/tiny_image_fourier");
+    fails(
+        &[
+            "train",
+            "--init-from",
+            image.to_str().unwrap(),
+            "--corpus",
+            c,
+            "--out",
+            o,
+        ],
+        "PerceiverForImageClassificationFourier: this tool trains byte masked LMs and text classifiers only",
+    );
 
     // A finished run refuses a fresh start over it, and a corrupt checkpoint is named.
     let mut args = train_args(c, f, o, "2");

@@ -447,7 +447,11 @@ impl TrainStream {
                             0 => 0,
                             _ => self.rng.random_range(0..self.seq_len),
                         };
-                        let offset = if self.block.len() <= self.seq_len { 0 } else { offset };
+                        let offset = if self.block.len() <= self.seq_len {
+                            0
+                        } else {
+                            offset
+                        };
                         cut_windows(
                             &self.block,
                             offset,

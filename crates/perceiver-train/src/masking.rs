@@ -23,6 +23,17 @@ pub enum MaskingStrategy {
     Spans,
 }
 
+/// Its `--masking` name: `bytes`, `whole-words` or `spans`.
+impl std::fmt::Display for MaskingStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Bytes => "bytes",
+            Self::WholeWords => "whole-words",
+            Self::Spans => "spans",
+        })
+    }
+}
+
 impl std::str::FromStr for MaskingStrategy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -198,6 +209,18 @@ mod tests {
 
     fn rate_of(example: &MaskedExample, len: usize) -> f64 {
         example.targets.len() as f64 / len as f64
+    }
+
+    #[test]
+    fn a_strategy_is_shown_by_its_flag_name() {
+        for strategy in [
+            MaskingStrategy::Bytes,
+            MaskingStrategy::WholeWords,
+            MaskingStrategy::Spans,
+        ] {
+            assert_eq!(strategy.to_string().parse::<MaskingStrategy>(), Ok(strategy));
+        }
+        assert_eq!(MaskingStrategy::WholeWords.to_string(), "whole-words");
     }
 
     #[test]

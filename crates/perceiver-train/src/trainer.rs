@@ -199,6 +199,18 @@ fn lock_run_dir_opening(
     })
 }
 
+/// An error unless a model of `architecture` can be trained here: a byte masked LM or a text
+/// classifier (images, flow and video are not).
+pub fn check_trainable(architecture: Architecture) -> Result<()> {
+    match architecture {
+        Architecture::MaskedLm | Architecture::SequenceClassification => Ok(()),
+        other => Err(Error::Options(format!(
+            "the model is a {}: this tool trains byte masked LMs and text classifiers only",
+            other.name()
+        ))),
+    }
+}
+
 /// Attempts of [`lock_run_dir`] at a lock file that is replaced while it is locked.
 const LOCK_ATTEMPTS: usize = 8;
 
@@ -326,11 +338,12 @@ impl Trainer {
         options.validate(&config)?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let architecture = Architecture::of(&config)?;
+        check_trainable(architecture)?;
         let (config, task) = match options.task {
             Task::MaskedLm => {
-                if architecture != Architecture::MaskedLm {
+                if architecture == Architecture::SequenceClassification {
                     return Err(Error::Options(format!(
-                        "the model is a {}: train it with the classify task",
+                        "the model is a {}: train it with --task classify",
                         architecture.name()
                     )));
                 }
