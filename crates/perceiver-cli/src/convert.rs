@@ -45,7 +45,8 @@ pub struct ConvertArgs {
     activation: Option<Activation>,
 
     /// Write into a directory that already holds files (its config.json, model.safetensors
-    /// and preprocessor_config.json are replaced, other files left).
+    /// and preprocessor_config.json are replaced, or that last removed for a model without
+    /// one; other files left).
     #[arg(long)]
     force: bool,
 

@@ -374,6 +374,13 @@ fn convert_force_replaces_a_model_whole_or_leaves_it() {
     );
     let left = partial_files(&dir.path().join("model"));
     assert!(left.is_empty(), "{left:?}");
+
+    // A masked LM over the image model: the image processor's config goes with it.
+    let mlm = fixture("mlm_colab_constants").join("params.p5.pickle");
+    run(&["convert", &path(mlm), "--out", &out, "--force"]);
+    assert!(!dir.path().join("model/preprocessor_config.json").exists());
+    let filled = run(&["fill-mask", "--model", &out, "ab[MASK]"]);
+    assert!(filled.status.success());
 }
 
 /// The names of the staged `.partial` files a conversion left in `dir`.

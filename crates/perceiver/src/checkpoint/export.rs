@@ -231,6 +231,13 @@ pub fn write_model_dir(checkpoint: &Checkpoint, dir: &Path, options: &ExportOpti
     if processor.is_some() {
         std::fs::rename(&staged[2].0, &staged[2].1).map_err(io(&staged[2].1))?;
         written.push(processor_path);
+    } else {
+        // An image model's processor config left beside a model that has none would describe
+        // another model.
+        match std::fs::remove_file(&processor_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&processor_path)(e)),
+            _ => {}
+        }
     }
     std::fs::rename(&staged[0].0, &staged[0].1).map_err(io(&staged[0].1))?;
     Ok(written)
