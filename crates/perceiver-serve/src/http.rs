@@ -403,7 +403,12 @@ fn wrong_task(task: &Task, path: &str) -> ErrorResponse {
     ErrorResponse::new(
         ErrorType::NotFound,
         format!(
-            "{path} is not served: the model is a {} model, served at POST {} (see /info)",
+            "{path} is not served: the model is {} {} model, served at POST {} (see /info)",
+            if task.name().starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            },
             task.name(),
             task.route()
         ),

@@ -609,7 +609,7 @@ async fn bad_inputs_are_4xx_json_errors() {
         &got,
         StatusCode::NOT_FOUND,
         "not_found",
-        "image-classification",
+        "the model is an image-classification model",
         "/fill-mask",
     );
     // The service still answers.
