@@ -128,7 +128,7 @@ fn a_flo_written_to_standard_output_is_all_it_holds() {
     assert_eq!(&out.stdout[..4], b"PIEH", "a .flo header first");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("piped.flo"), &out.stdout).unwrap();
-    let field = load_flo(&dir.path().join("piped.flo")).unwrap();
+    let field = load_flo(dir.path().join("piped.flo")).unwrap();
     assert_eq!((field.height(), field.width()), (48, 56));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with("flow 48x56: mean "), "{stderr}");
