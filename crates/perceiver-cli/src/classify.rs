@@ -195,7 +195,8 @@ fn prepare_images(classifier: &Classifier, paths: &[PathBuf]) -> Result<Vec<Pixe
         .collect()
 }
 
-/// A file is itself; a directory is its image files (by extension), sorted by name.
+/// A file is itself; a directory is its image files (by extension), sorted by name, hidden ones
+/// (named from a dot, such as macOS's `._photo.jpg`) passed over.
 fn image_paths(path: &Path) -> Result<Vec<PathBuf>> {
     let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !metadata.is_dir() {
@@ -204,6 +205,12 @@ fn image_paths(path: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
         let file = entry?.path();
+        if file
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        {
+            continue;
+        }
         let is_image = file
             .extension()
             .and_then(|e| e.to_str())

@@ -137,6 +137,23 @@ fn a_directory_means_its_images_sorted_by_name() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("tall_grey.png") && text.contains('%'), "{text}");
+
+    // Hidden files are passed over, as the training corpus's are: macOS's `._wide.png` beside
+    // an image is no image, and would end the run.
+    let images = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("wide.png"), images.path().join("wide.png")).unwrap();
+    std::fs::write(images.path().join("._wide.png"), b"\0\x05\x16\x07 AppleDouble").unwrap();
+    let lines = json_lines(&perceiver(&[
+        "classify",
+        "--json",
+        "-k",
+        "3",
+        "--model",
+        &model,
+        &path(images.path()),
+    ]));
+    assert_eq!(lines.len(), 1);
+    same_as_pipeline(&lines[0], &by_name("wide.png"));
 }
 
 #[test]
