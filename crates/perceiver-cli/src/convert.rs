@@ -69,8 +69,11 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         overwrite: args.force,
         preprocessor_config,
     };
-    let written = write_model_dir(&checkpoint, &args.out, &options)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let written = write_model_dir(&checkpoint, &args.out, &options).map_err(|e| match e {
+        // It names the file already.
+        e @ perceiver::Error::Write { .. } => anyhow::Error::from(e),
+        e => anyhow::Error::from(e).context(format!("cannot write {}", args.out.display())),
+    })?;
     let c = checkpoint.config();
     let activation = args.activation.unwrap_or(c.hidden_act);
     let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();

@@ -361,6 +361,7 @@ fn convert_force_replaces_a_model_whole_or_leaves_it() {
         common::fails_with(&failed, &format!("cannot write {}", path(blocker.clone())));
         let stderr = String::from_utf8_lossy(&failed.stderr);
         assert!(!stderr.contains("corrupt"), "{stderr}");
+        assert_eq!(stderr.matches("cannot write").count(), 1, "said once: {stderr}");
         assert_eq!(classify_images(&out, &learned), before, "{file}");
         std::fs::remove_dir(&blocker).unwrap();
         let left = partial_files(&dir.path().join("model"));
