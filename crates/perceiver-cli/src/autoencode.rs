@@ -152,7 +152,7 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
             args.out.display()
         )?;
         for label in &output.labels {
-            writeln!(out, "{:>7.4}  {}", label.score, label.label)?;
+            writeln!(out, "  {:6.2}%  {}", 100.0 * label.score, label.label)?;
         }
     }
     Ok(())

@@ -130,6 +130,28 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     let ours = task.autoencode(frames, audio, 3).unwrap();
     assert_eq!(written[0].0, ours.reconstruction.audio);
     assert_eq!(written[0].0.len(), 96);
+
+    // Without --json: a line for the files, then the labels in percent, as classify shows them.
+    let out_dir = inputs.root.join("text");
+    let out = common::run(&[
+        "autoencode",
+        "--model",
+        &model,
+        "--frames",
+        &path(&inputs.frames),
+        "--audio",
+        &path(&inputs.wav),
+        "--out",
+        &path(&out_dir),
+        "-k",
+        "2",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("reconstructed 2 frames of "), "{text}");
+    let best = &ours.labels[0];
+    assert_eq!(lines[1], format!("  {:6.2}%  {}", 100.0 * best.score, best.label));
+    assert_eq!(lines.len(), 3, "{text}");
 }
 
 #[test]

@@ -216,7 +216,7 @@ fn bad_inputs_are_one_line_errors() {
             "800",
             &image,
         ]),
-        "37 x 23 pixels (851), more than the limit of 800 pixels (--max-image-pixels)",
+        "37 x 23 pixels (width x height: 851), more than the limit of 800 pixels (--max-image-pixels)",
     );
     let tall = path(&fixture("tiny_image_conv").join("tall_grey.png"));
     let within = perceiver(&[

@@ -427,7 +427,7 @@ async fn the_image_size_limit_refuses_larger_images() {
         &got,
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation",
-        "37 x 23 pixels (851), more than the limit",
+        "37 x 23 pixels (width x height: 851), more than the limit",
         "wide.png over 800 pixels",
     );
     let (status, got) = server

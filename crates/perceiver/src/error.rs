@@ -160,7 +160,7 @@ pub enum Error {
     /// An image (as its header states it, before any pixel is decoded) or an intermediate image
     /// (a centre crop) with more pixels than a limit allows.
     #[error(
-        "the {limit} is {width} x {height} pixels ({}), more than the limit of {max_pixels} pixels",
+        "the {limit} is {width} x {height} pixels (width x height: {}), more than the limit of {max_pixels} pixels",
         width.saturating_mul(*height)
     )]
     ImageTooLarge {

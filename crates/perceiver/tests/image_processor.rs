@@ -451,7 +451,7 @@ fn a_60000_by_60000_png_is_refused_from_its_header() {
             let msg = e.to_string();
             assert!(
                 msg.contains(
-                    "the image is 60000 x 60000 pixels (3600000000), more than the limit of 178956970 pixels"
+                    "the image is 60000 x 60000 pixels (width x height: 3600000000), more than the limit of 178956970 pixels"
                 ),
                 "{msg}"
             );
