@@ -37,8 +37,9 @@ pub struct AutoencodeArgs {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 
-    /// Decode the output queries in this many chunks (DeepMind's Colab uses 128); memory beyond
-    /// the reconstruction does not grow with the queries a chunk decodes.
+    /// Decode the output queries in this many chunks (DeepMind's Colab uses 128; more than the
+    /// model's pixels count as that many); memory beyond the reconstruction does not grow with
+    /// the queries a chunk decodes.
     #[arg(long, default_value_t = DEFAULT_CHUNKS as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNKS as i64))]
     chunks: u32,
 
@@ -148,7 +149,7 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
             r.height,
             r.width,
             r.audio.len(),
-            args.chunks,
+            task.chunks(),
             args.out.display()
         )?;
         for label in &output.labels {

@@ -132,6 +132,8 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     assert_eq!(written[0].0.len(), 96);
 
     // Without --json: a line for the files, then the labels in percent, as classify shows them.
+    // More chunks than queries: as many as the most numerous modality has (no empty chunk),
+    // the same reconstruction.
     let out_dir = inputs.root.join("text");
     let out = common::run(&[
         "autoencode",
@@ -145,10 +147,21 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
         &path(&out_dir),
         "-k",
         "2",
+        "--chunks",
+        "1000000",
     ]);
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("reconstructed 2 frames of "), "{text}");
+    let most = task.spec().most_chunks();
+    assert!(most < 1000, "{most}");
+    assert!(lines[0].contains(&format!(" in {most} chunk(s) into ")), "{text}");
+    let audio: Vec<f32> = hound::WavReader::open(out_dir.join("audio.wav"))
+        .unwrap()
+        .samples::<f32>()
+        .map(|s| s.unwrap())
+        .collect();
+    assert_eq!(audio, ours.reconstruction.audio);
     let best = &ours.labels[0];
     assert_eq!(lines[1], format!("  {:6.2}%  {}", 100.0 * best.score, best.label));
     assert_eq!(lines.len(), 3, "{text}");

@@ -1149,6 +1149,12 @@ impl MultimodalSpec {
         self.output_dims.into_iter().fold(1, usize::saturating_mul)
     }
 
+    /// The most chunks the queries can be decoded in without an empty one: the modality with
+    /// the most queries, one of them a chunk (the label joins the last).
+    pub fn most_chunks(&self) -> usize {
+        self.image_queries().max(self.audio_patches()).max(1)
+    }
+
     /// The audio positions' Fourier features (input rows and queries): 192 bands over the
     /// audio's length.
     pub fn audio_fourier(&self) -> FourierSpec<1> {

@@ -574,6 +574,7 @@ impl PerceiverModel {
     pub fn autoencode(&self, input: &MultimodalInput, chunks: usize) -> Result<MultimodalOutput> {
         let spec = *self.multimodal_spec()?;
         check_chunks(chunks)?;
+        let chunks = chunks.min(spec.most_chunks());
         on_pool(|| {
             let latents = self.encode_multimodal(input)?;
             let [frames, height, width] = spec.output_dims;

@@ -99,11 +99,18 @@ impl Autoencoder {
         })
     }
 
-    /// Decodes the queries in `chunks` chunks (1 to [`MAX_CHUNKS`]; the Colab's 128 by default).
+    /// Decodes the queries in `chunks` chunks (1 to [`MAX_CHUNKS`]; the Colab's 128 by default),
+    /// or in as many as a modality has queries when `chunks` is more: further chunks would be
+    /// empty.
     pub fn with_chunks(mut self, chunks: usize) -> Result<Self> {
         check_chunks(chunks)?;
-        self.chunks = chunks;
+        self.chunks = chunks.min(self.spec.most_chunks());
         Ok(self)
+    }
+
+    /// The chunks the queries are decoded in.
+    pub fn chunks(&self) -> usize {
+        self.chunks
     }
 
     /// The model.
