@@ -38,8 +38,8 @@ pub struct AutoencodeArgs {
     out: PathBuf,
 
     /// Decode the output queries in this many chunks (DeepMind's Colab uses 128; more than the
-    /// model's pixels count as that many); memory beyond the reconstruction does not grow with
-    /// the queries a chunk decodes.
+    /// queries of the model's most numerous modality count as that many); memory beyond the
+    /// reconstruction does not grow with the queries a chunk decodes.
     #[arg(long, default_value_t = DEFAULT_CHUNKS as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNKS as i64))]
     chunks: u32,
 

@@ -77,9 +77,10 @@ fn is_process_stream(path: &Path) -> bool {
     cfg!(unix) && (path.starts_with("/dev") || path.starts_with("/proc"))
 }
 
-/// Whether writing `path` writes to this process's standard output (`/dev/stdout`, or the file or
-/// pipe that standard output is redirected to, by any name): what the subcommand prints there
-/// would then be mixed into that output.
+/// Whether writing `path` writes to this process's standard output when that is a file or a pipe
+/// (`/dev/stdout`, or the file or pipe standard output is redirected to, by any name): what the
+/// subcommand prints there would then be mixed into that output. A terminal or `/dev/null` is
+/// no output to spoil.
 pub fn is_stdout(path: &Path) -> bool {
     #[cfg(unix)]
     {
@@ -90,7 +91,11 @@ pub fn is_stdout(path: &Path) -> bool {
         };
         // stat, not open: a named pipe is not opened (which could wait for a writer).
         match (fs::File::from(stdout).metadata(), fs::metadata(path)) {
-            (Ok(out), Ok(named)) => out.dev() == named.dev() && out.ino() == named.ino(),
+            (Ok(out), Ok(named)) => {
+                use std::os::unix::fs::FileTypeExt;
+                let kind = named.file_type();
+                (kind.is_file() || kind.is_fifo()) && out.dev() == named.dev() && out.ino() == named.ino()
+            }
             _ => false,
         }
     }

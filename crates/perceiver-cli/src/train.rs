@@ -221,11 +221,11 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
         let checkpoint = loader
             .checkpoint()
             .with_context(|| format!("cannot load model {model}"))?;
+        // Refused before its weights are converted or any note about it is printed.
+        perceiver_train::trainer::check_trainable(perceiver::Architecture::of(checkpoint.config())?)?;
         let tensors = perceiver_train::model::checkpoint_tensors(&checkpoint, &perceiver_train::Device::Cpu)
             .with_context(|| format!("cannot load model {model}"))?;
         let config = checkpoint.config().clone();
-        // Refused before any note about the model.
-        perceiver_train::trainer::check_trainable(perceiver::Architecture::of(&config)?)?;
         if config.attention_probs_dropout_prob > 0.0 {
             note!(
                 "note: the model's config asks for attention dropout {}; this trainer applies no dropout",

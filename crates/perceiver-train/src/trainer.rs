@@ -185,6 +185,9 @@ fn lock_run_dir_opening(
         match file.try_lock() {
             Ok(()) if still_named(&file, &path) => return Ok(Some(file)),
             Ok(()) => continue,
+            // Held by another start that opened the same removed file: the directory's own
+            // lock file may be free.
+            Err(std::fs::TryLockError::WouldBlock) if !still_named(&file, &path) => continue,
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(Error::RunInUse {
                     dir: run_dir.to_path_buf(),
@@ -270,16 +273,28 @@ impl Trainer {
         std::fs::create_dir_all(run_dir).map_err(io_at(run_dir))?;
         let lock_path = run_dir.join(LOCK_FILE);
         let had_lock_file = lock_path.exists();
-        let started = lock_run_dir(run_dir).and_then(|lock| Self::start_in(options, run_dir, init, lock));
+        let started = lock_run_dir(run_dir).and_then(|lock| {
+            // The trainer gets a handle of its own on the locked file (the same lock), so that
+            // this one still holds it while a failed start removes the file it made: removed
+            // after the lock's release, another start could lock it first and run beside a third
+            // that makes a new one. Without a second handle the trainer takes this one.
+            let (given, kept) = match lock.as_ref().map(File::try_clone) {
+                Some(Ok(handle)) => (Some(handle), lock),
+                _ => (lock, None),
+            };
+            let started = Self::start_in(options, run_dir, init, given);
+            if started.is_err() && !had_lock_file {
+                let _ = std::fs::remove_file(&lock_path);
+            }
+            drop(kept);
+            started
+        });
         match &started {
             // Another process's directory: nothing here is this start's.
             Err(Error::RunInUse { .. }) | Ok(_) => {}
             Err(_) => {
-                // Only what this start wrote, and the directory only if then empty: nothing of
-                // the user's is ever deleted.
-                if !had_lock_file {
-                    let _ = std::fs::remove_file(&lock_path);
-                }
+                // Only what this start wrote (the lock file is gone already), and the directory
+                // only if then empty: nothing of the user's is ever deleted.
                 if created {
                     let metrics = run_dir.join(METRICS_FILE);
                     if crate::metrics::is_empty_file(&metrics) {
@@ -1083,5 +1098,21 @@ mod tests {
         assert_eq!(opened, 2);
         assert!(still_named(&held, &path));
         assert!(matches!(lock_run_dir(dir.path()), Err(Error::RunInUse { .. })));
+        drop(held);
+
+        // A start that finds the removed file locked by another such start is not refused for
+        // it: the directory's lock file is free.
+        let old = dir.path().join("old");
+        let ours = File::create(&old).unwrap();
+        let theirs = File::options().write(true).open(&old).unwrap();
+        std::fs::remove_file(&old).unwrap();
+        theirs.try_lock().unwrap();
+        let mut ours = Some(ours);
+        let held = lock_run_dir_opening(dir.path(), |path| match ours.take() {
+            Some(file) => Ok(file),
+            None => File::options().write(true).open(path),
+        });
+        let held = held.unwrap().expect("this file system has locks");
+        assert!(still_named(&held, &path));
     }
 }

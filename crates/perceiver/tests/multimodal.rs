@@ -497,8 +497,9 @@ fn the_task_reads_frames_and_wav_and_writes_the_reconstruction() {
     for format in [hound::SampleFormat::Int, hound::SampleFormat::Float] {
         let dir = tempfile::tempdir().unwrap();
         let (frames, audio) = write_files(&cases, dir.path(), 1200, format);
-        // A file that is not a frame is skipped.
+        // A file that is not a frame is skipped, as is a hidden one (macOS's `._` files).
         std::fs::write(dir.path().join("notes.txt"), "not a frame").unwrap();
+        std::fs::write(dir.path().join("._frame0.png"), "\0\x05\x16\x07 AppleDouble").unwrap();
         let read_frames = task.frames_from_dir(dir.path()).unwrap();
         assert_eq!(read_frames, frames);
         let read_audio = task.audio_from_wav(&dir.path().join("audio.wav")).unwrap();

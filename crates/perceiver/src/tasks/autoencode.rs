@@ -30,6 +30,12 @@ pub const DEFAULT_CHUNKS: usize = 128;
 /// The file extensions read as frames (compared without case).
 pub const FRAME_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
+/// Whether a file's name starts with a dot.
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+}
+
 fn has_frame_extension(path: &Path) -> bool {
     has_extension(path, &FRAME_EXTENSIONS)
 }
@@ -197,7 +203,8 @@ impl InputReader {
     }
 
     /// The `num_frames` image files of `dir` (PNG or JPEG, in natural name order: digits compare
-    /// as numbers, so `2.png` comes before `10.png`): exactly that many.
+    /// as numbers, so `2.png` comes before `10.png`): exactly that many. Hidden files (named
+    /// from a dot, such as macOS's `._0001.png`) are not frames.
     pub fn frames_from_dir(&self, dir: &Path) -> Result<Vec<Pixels>> {
         let io = |source| Error::Io {
             path: dir.to_path_buf(),
@@ -208,7 +215,7 @@ impl InputReader {
             .map(|entry| entry.map(|e| e.path()).map_err(io))
             .collect::<Result<Vec<_>>>()?
             .into_iter()
-            .filter(|p| p.is_file() && has_frame_extension(p))
+            .filter(|p| p.is_file() && has_frame_extension(p) && !is_hidden(p))
             .collect();
         files.sort_by(|a, b| {
             natural_order(a.as_os_str().as_encoded_bytes(), b.as_os_str().as_encoded_bytes())
