@@ -293,13 +293,21 @@ impl BlockReader {
     }
 }
 
-/// Cuts `block[offset..]` into windows of at most `seq_len` bytes, each ending on a UTF-8
-/// character boundary; a remainder shorter than `min_len` is dropped.
+/// Cuts `block` into windows of at most `seq_len` bytes, each ending on a UTF-8 character
+/// boundary: the text before `offset` as one window, then windows from `offset` on; a piece
+/// shorter than `min_len` is dropped.
 fn cut_windows(block: &[u8], offset: usize, seq_len: usize, min_len: usize, out: &mut Vec<Vec<u8>>) {
-    let mut start = offset.min(block.len());
-    // Do not start inside a character.
-    while start < block.len() && is_continuation(block[start]) {
-        start += 1;
+    // Do not start inside a character (the end of one the block before began).
+    let after_continuations = |mut at: usize| {
+        while at < block.len() && is_continuation(block[at]) {
+            at += 1;
+        }
+        at
+    };
+    let first = after_continuations(0);
+    let mut start = after_continuations(offset.min(block.len()));
+    if start > first && start - first >= min_len {
+        out.push(block[first..start].to_vec());
     }
     while start < block.len() {
         let mut end = (start + seq_len).min(block.len());
@@ -439,10 +447,11 @@ impl TrainStream {
                 Some(index) => {
                     if self.split.wants(Part::Train, &reader.path, index) {
                         // Later epochs start a block's windows at a random offset, so that
-                        // they end elsewhere than the epoch before. A block no longer than a
-                        // window is one window whatever the offset: an offset would only cut
-                        // its start off (and all of it, when fewer than the shortest window's
-                        // bytes were left, leaving a corpus of short files without text).
+                        // they end elsewhere than the epoch before; the text before the offset
+                        // is a window of its own. A block no longer than a window stays one
+                        // window (an offset would only split it; it once cut its start off,
+                        // and all of it when fewer than the shortest window's bytes were left,
+                        // leaving a corpus of short files without text).
                         let offset = match self.epoch {
                             0 => 0,
                             _ => self.rng.random_range(0..self.seq_len),
@@ -671,6 +680,32 @@ mod tests {
             from_a > 0 && from_a < first.len(),
             "the first 20 windows come from one file"
         );
+    }
+
+    /// The text before a later epoch's random offset is a window too (it was once dropped: the
+    /// start of every file a little longer than a window went untrained after the first epoch).
+    #[test]
+    fn an_offset_keeps_the_text_before_it() {
+        let block: Vec<u8> = (0..100u8).map(|i| b'a' + i % 26).collect();
+        let mut out = Vec::new();
+        cut_windows(&block, 30, 64, 8, &mut out);
+        assert_eq!(
+            out,
+            [block[..30].to_vec(), block[30..94].to_vec()],
+            "the 6-byte tail is dropped"
+        );
+        // Too short a head is dropped as a tail is; offset 0 has none.
+        out.clear();
+        cut_windows(&block, 5, 64, 8, &mut out);
+        assert_eq!(out, [block[5..69].to_vec(), block[69..].to_vec()]);
+        out.clear();
+        cut_windows(&block, 0, 64, 8, &mut out);
+        assert_eq!(out, [block[..64].to_vec(), block[64..].to_vec()]);
+        // A head never starts inside a character the block before began.
+        let text = "\u{e9}abcdefghijklmnopqrstuvwxyz".as_bytes();
+        out.clear();
+        cut_windows(&text[1..], 12, 16, 4, &mut out);
+        assert_eq!(out[0], &text[2..13]);
     }
 
     /// Later epochs start each block at a random offset; a file shorter than a window used to
