@@ -85,25 +85,27 @@ fn perceiver(args: &[&str]) -> Output {
 fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     let inputs = inputs();
     let model = model();
-    let mut written = Vec::new();
-    for chunks in ["1", "7"] {
-        let out_dir = inputs.root.join(format!("out{chunks}"));
-        let out = common::run(&[
+    let (frames, wav) = (path(&inputs.frames), path(&inputs.wav));
+    // The model's run into `out_dir` with `more` flags.
+    let autoencode = |out_dir: &Path, more: &[&str]| {
+        let out_dir = path(out_dir);
+        let args = [
             "autoencode",
             "--model",
             &model,
             "--frames",
-            &path(&inputs.frames),
+            &frames,
             "--audio",
-            &path(&inputs.wav),
+            &wav,
             "--out",
-            &path(&out_dir),
-            "--chunks",
-            chunks,
-            "-k",
-            "3",
-            "--json",
-        ]);
+            &out_dir,
+        ];
+        common::run(&[&args[..], more].concat())
+    };
+    let mut written = Vec::new();
+    for chunks in ["1", "7"] {
+        let out_dir = inputs.root.join(format!("out{chunks}"));
+        let out = autoencode(&out_dir, &["--chunks", chunks, "-k", "3", "--json"]);
         let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(summary["frames"].as_array().unwrap().len(), 2);
         assert_eq!(summary["labels"].as_array().unwrap().len(), 3);
@@ -135,21 +137,7 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     // More chunks than queries: as many as the most numerous modality has (no empty chunk),
     // the same reconstruction.
     let out_dir = inputs.root.join("text");
-    let out = common::run(&[
-        "autoencode",
-        "--model",
-        &model,
-        "--frames",
-        &path(&inputs.frames),
-        "--audio",
-        &path(&inputs.wav),
-        "--out",
-        &path(&out_dir),
-        "-k",
-        "2",
-        "--chunks",
-        "1000000",
-    ]);
+    let out = autoencode(&out_dir, &["-k", "2", "--chunks", "1000000"]);
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("reconstructed 2 frames of "), "{text}");
