@@ -202,18 +202,6 @@ fn lock_run_dir_opening(
     })
 }
 
-/// An error unless a model of `architecture` can be trained here: a byte masked LM or a text
-/// classifier (images, flow and video are not).
-pub fn check_trainable(architecture: Architecture) -> Result<()> {
-    match architecture {
-        Architecture::MaskedLm | Architecture::SequenceClassification => Ok(()),
-        other => Err(Error::Options(format!(
-            "the model is a {}: this tool trains byte masked LMs and text classifiers only",
-            other.name()
-        ))),
-    }
-}
-
 /// Attempts of [`lock_run_dir`] at a lock file that is replaced while it is locked.
 const LOCK_ATTEMPTS: usize = 8;
 
@@ -232,6 +220,18 @@ fn still_named(file: &File, path: &Path) -> bool {
 #[cfg(not(unix))]
 fn still_named(_file: &File, _path: &Path) -> bool {
     true
+}
+
+/// An error unless a model of `architecture` can be trained here: a byte masked LM or a text
+/// classifier (images, flow and video are not).
+pub fn check_trainable(architecture: Architecture) -> Result<()> {
+    match architecture {
+        Architecture::MaskedLm | Architecture::SequenceClassification => Ok(()),
+        other => Err(Error::Options(format!(
+            "the model is a {}: this tool trains byte masked LMs and text classifiers only",
+            other.name()
+        ))),
+    }
 }
 
 /// Files a run writes into its directory besides checkpoints: a directory holding any of them
