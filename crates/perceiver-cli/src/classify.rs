@@ -205,10 +205,7 @@ fn image_paths(path: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
         let file = entry?.path();
-        if file
-            .file_name()
-            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
-        {
+        if perceiver::tasks::is_hidden(&file) {
             continue;
         }
         let is_image = file

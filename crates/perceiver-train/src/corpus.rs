@@ -166,8 +166,9 @@ impl Walk {
             let mut entries = Vec::new();
             for entry in std::fs::read_dir(&dir).map_err(io_at(&dir))? {
                 let entry = entry.map_err(io_at(&dir))?;
-                if !entry.file_name().to_string_lossy().starts_with('.') {
-                    entries.push(entry.path());
+                let path = entry.path();
+                if !perceiver::tasks::is_hidden(&path) {
+                    entries.push(path);
                 }
             }
             entries.sort();

@@ -30,12 +30,6 @@ pub const DEFAULT_CHUNKS: usize = 128;
 /// The file extensions read as frames (compared without case).
 pub const FRAME_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// Whether a file's name starts with a dot.
-fn is_hidden(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
-}
-
 fn has_frame_extension(path: &Path) -> bool {
     has_extension(path, &FRAME_EXTENSIONS)
 }
@@ -215,7 +209,7 @@ impl InputReader {
             .map(|entry| entry.map(|e| e.path()).map_err(io))
             .collect::<Result<Vec<_>>>()?
             .into_iter()
-            .filter(|p| p.is_file() && has_frame_extension(p) && !is_hidden(p))
+            .filter(|p| p.is_file() && has_frame_extension(p) && !super::is_hidden(p))
             .collect();
         files.sort_by(|a, b| {
             natural_order(a.as_os_str().as_encoded_bytes(), b.as_os_str().as_encoded_bytes())
