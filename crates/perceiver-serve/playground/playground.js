@@ -1,4 +1,5 @@
-// perceiver serve playground: reads /info, posts the text to /fill-mask, shows the answer.
+// perceiver serve playground: reads /info, then posts a masked text to /fill-mask, or a text or
+// an image to /classify, and shows the answer.
 // Plain browser JavaScript, no libraries, no build step.
 'use strict';
 
@@ -8,6 +9,7 @@ const MASK_ID = 3;
 const NUM_SPECIAL = SPECIAL_TOKENS.length;
 const VOCAB_SIZE = 256 + NUM_SPECIAL;
 const KEY_STORAGE = 'perceiver-serve-api-key';
+const CLASSIFIERS = ['text-classification', 'image-classification'];
 
 const $ = (id) => document.getElementById(id);
 const utf8 = new TextEncoder();
@@ -17,6 +19,11 @@ const state = {
   apiKey: readKey(),
   busy: false,
   requests: 0,
+  // The image to classify (a File), its preview's object URL, and its size in pixels once the
+  // browser has decoded it ({width, height}; false if the browser cannot show it).
+  image: null,
+  previewUrl: null,
+  imageSize: null,
 };
 
 function readKey() {
@@ -106,59 +113,105 @@ function formatBytes(n) {
   return n + ' bytes';
 }
 
+function formatNumber(n) {
+  return Number(n).toLocaleString('en-US');
+}
+
+function factList(facts) {
+  return facts.map(([name, value]) => {
+    const div = document.createElement('div');
+    const dt = document.createElement('dt');
+    const dd = document.createElement('dd');
+    dt.textContent = name;
+    dd.textContent = String(value);
+    div.append(dt, dd);
+    return div;
+  });
+}
+
+function isImageTask() {
+  return !!state.info && state.info.task === 'image-classification';
+}
+
 function showInfo(info) {
   state.info = info;
+  const task = info.task || 'fill-mask';
+  const labels = info.labels || [];
   $('model-id').textContent = info.model_id;
-  $('model-task').textContent = info.task || 'fill-mask';
+  $('model-task').textContent = task;
+  $('model-labels-fact').hidden = !info.labels;
+  $('model-labels').textContent = formatNumber(labels.length);
   $('model-precision').textContent = info.precision || '?';
   $('model-parameters').textContent = formatCount(info.parameters);
   $('model-version').textContent = info.version;
   document.title = info.model_id + ' · perceiver serve';
   const l = info.limits;
-  const facts = [
-    ['Longest text', l.max_input_length + ' tokens (bytes and masks)'],
-    ['Texts per request', l.max_client_batch_size],
-    ['Candidates per request', l.max_predictions + ' (masked bytes × candidates)'],
+  const image = task === 'image-classification';
+  const shared = [
     ['Largest request body', formatBytes(l.payload_limit)],
     ['Requests at once', l.max_concurrent_requests],
-    ['Batch', l.max_batch_requests + ' texts, ' + l.max_batch_tokens + ' tokens'],
-    ['Batch wait', l.max_batch_wait_us + ' µs'],
   ];
-  const dl = $('limits');
-  dl.replaceChildren(
-    ...facts.map(([name, value]) => {
-      const div = document.createElement('div');
-      const dt = document.createElement('dt');
-      const dd = document.createElement('dd');
-      dt.textContent = name;
-      dd.textContent = String(value);
-      div.append(dt, dd);
-      return div;
-    }),
-  );
-  const supported = !info.task || info.task === 'fill-mask';
-  $('fill-form').hidden = !supported;
-  $('unsupported').hidden = supported;
-  if (!supported) {
+  let facts;
+  if (task === 'fill-mask') {
+    facts = [
+      ['Longest text', l.max_input_length + ' tokens (bytes and masks)'],
+      ['Texts per request', l.max_client_batch_size],
+      ['Candidates per request', l.max_predictions + ' (masked bytes × candidates)'],
+      ...shared,
+      ['Batch', l.max_batch_requests + ' texts, ' + l.max_batch_tokens + ' tokens'],
+    ];
+  } else {
+    facts = [
+      image
+        ? ['Largest image', formatNumber(l.max_image_pixels) + ' pixels (width × height)']
+        : ['Longest text', l.max_input_length + ' tokens (bytes, [CLS] and [SEP])'],
+      [image ? 'Images per request' : 'Texts per request', l.max_client_batch_size],
+      ['Labels per request', formatNumber(l.max_predictions) + ' (inputs × labels shown)'],
+      ...shared,
+      ['Batch', image ? l.max_batch_requests + ' images' : l.max_batch_requests + ' texts, ' + l.max_batch_tokens + ' tokens'],
+    ];
+  }
+  facts.push(['Batch wait', l.max_batch_wait_us + ' µs']);
+  $('limits').replaceChildren(...factList(facts));
+
+  const fillMask = task === 'fill-mask';
+  const classifier = CLASSIFIERS.includes(task);
+  $('fill-form').hidden = !fillMask;
+  $('classify-form').hidden = !classifier;
+  $('unsupported').hidden = fillMask || classifier;
+  if (classifier) {
+    $('classify-title').textContent = image ? 'Classify an image' : 'Classify a text';
+    $('image-input').hidden = !image;
+    $('text-input').hidden = image;
+    // The server's defaults: 5 labels for an image, every label for a text.
+    const topK = $('label-top-k');
+    topK.max = String(Math.max(1, labels.length));
+    topK.value = String(image ? Math.min(5, labels.length) : labels.length);
+  } else if (!fillMask) {
     $('unsupported').textContent =
-      'This page does not try ' + info.task + ' models yet; the API docs describe the routes.';
+      'This page does not try ' + task + ' models; the API docs describe the routes.';
   }
   updateCount();
+  updateClassCount();
+  updateImageFacts();
   document.body.dataset.info = 'loaded';
 }
 
 // ---------------------------------------------------------------- requests
 
-async function call(method, path, body) {
+// `body` goes as JSON, or as it is (a File) when `contentType` is given.
+async function call(method, path, body, contentType) {
   const headers = {};
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let payload;
+  if (contentType) {
+    headers['Content-Type'] = contentType;
+    payload = body;
+  } else if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    payload = JSON.stringify(body);
+  }
   if (state.apiKey) headers.Authorization = 'Bearer ' + state.apiKey;
-  const response = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-    cache: 'no-store',
-  });
+  const response = await fetch(path, { method, headers, body: payload, cache: 'no-store' });
   const text = await response.text();
   let json = null;
   try {
@@ -210,27 +263,25 @@ function showError(r) {
   $('error-message').textContent = errorText(r);
   $('error').hidden = false;
   $('result').hidden = true;
+  $('labels-result').hidden = true;
 }
 
-async function fill() {
+// Sends one request at a time from a form's button, which shows `busyText` meanwhile; hands a
+// successful answer to `show(json, elapsed)`, or shows the server's error.
+async function submit(button, busyText, request, show) {
   if (state.busy) return;
-  const text = $('text').value;
-  const parameters = { add_special_tokens: $('special').checked };
-  const topK = $('top-k').value.trim();
-  // An empty box leaves the server's default; anything else goes as typed, for the server to judge.
-  if (topK !== '') parameters.top_k = Number(topK);
   state.busy = true;
-  const button = $('fill');
+  const idleText = button.textContent;
   button.disabled = true;
-  button.textContent = 'Filling…';
+  button.textContent = busyText;
   document.body.dataset.status = 'busy';
   const started = performance.now();
   try {
-    const r = await call('POST', '/fill-mask', { inputs: text, parameters });
+    const r = await request();
     const elapsed = performance.now() - started;
     if (r.ok && r.json) {
       $('error').hidden = true;
-      showAnswer(text, parameters, r.json, elapsed);
+      show(r.json, elapsed);
       document.body.dataset.status = 'done';
     } else {
       if (r.status === 401) askForKey(r);
@@ -243,10 +294,49 @@ async function fill() {
   } finally {
     state.busy = false;
     button.disabled = false;
-    button.textContent = 'Fill masks';
+    button.textContent = idleText;
     state.requests += 1;
     document.body.dataset.requests = String(state.requests);
   }
+}
+
+function fill() {
+  if (state.busy) return;
+  const text = $('text').value;
+  const parameters = { add_special_tokens: $('special').checked };
+  const topK = $('top-k').value.trim();
+  // An empty box leaves the server's default; anything else goes as typed, for the server to judge.
+  if (topK !== '') parameters.top_k = Number(topK);
+  submit(
+    $('fill'),
+    'Filling…',
+    () => call('POST', '/fill-mask', { inputs: text, parameters }),
+    (answer, elapsed) => showAnswer(text, parameters, answer, elapsed),
+  );
+}
+
+function classify() {
+  if (state.busy) return;
+  const topK = $('label-top-k').value.trim();
+  let request;
+  if (isImageTask()) {
+    const file = state.image;
+    if (!file) {
+      $('image-facts').textContent = 'Choose an image first: a file, a drop or a paste.';
+      $('image-file').focus();
+      return;
+    }
+    // The file's own bytes, as `perceiver classify` reads them; the server decodes them.
+    const type = file.type.startsWith('image/') ? file.type : 'application/octet-stream';
+    const query = topK === '' ? '' : '?top_k=' + encodeURIComponent(topK);
+    request = () => call('POST', '/classify' + query, file, type);
+  } else {
+    const parameters = {};
+    if (topK !== '') parameters.top_k = Number(topK);
+    const text = $('class-text').value;
+    request = () => call('POST', '/classify', { inputs: text, parameters });
+  }
+  submit($('classify'), 'Classifying…', request, showLabels);
 }
 
 // ---------------------------------------------------------------- the answer
@@ -405,17 +495,46 @@ function renderCandidate(c) {
     name.textContent = ' ' + d.name;
     glyph.append(name);
   }
+  li.append(glyph, ...scoreBar(c.score));
+  return li;
+}
+
+// A probability as a bar and a percentage.
+function scoreBar(score) {
   const bar = document.createElement('span');
   bar.className = 'bar';
   bar.setAttribute('aria-hidden', 'true');
   const fillBar = document.createElement('span');
-  fillBar.style.width = Math.max(0, Math.min(100, c.score * 100)) + '%';
+  fillBar.style.width = Math.max(0, Math.min(100, score * 100)) + '%';
   bar.append(fillBar);
   const pct = document.createElement('span');
   pct.className = 'pct';
-  pct.textContent = formatPercent(c.score);
-  li.append(glyph, bar, pct);
-  return li;
+  pct.textContent = formatPercent(score);
+  return [bar, pct];
+}
+
+// A classifier's answer for one input: its labels, best first.
+function showLabels(answer, elapsed) {
+  $('labels').replaceChildren(
+    ...answer.map((prediction) => {
+      const li = document.createElement('li');
+      li.className = 'label';
+      li.dataset.label = prediction.label;
+      li.dataset.score = String(prediction.score);
+      const name = document.createElement('span');
+      name.className = 'name';
+      name.textContent = prediction.label;
+      name.title = prediction.label;
+      li.append(name, ...scoreBar(prediction.score));
+      return li;
+    }),
+  );
+  const total = state.info && state.info.labels ? state.info.labels.length : answer.length;
+  $('labels-timing').textContent =
+    answer.length + ' of ' + formatNumber(total) + (total === 1 ? ' label' : ' labels') +
+    ', answered in ' + Math.round(elapsed) + ' ms';
+  $('result').hidden = true;
+  $('labels-result').hidden = false;
 }
 
 function showAnswer(text, parameters, answer, elapsed) {
@@ -474,6 +593,18 @@ function updateCount() {
   out.textContent = line;
 }
 
+function updateClassCount() {
+  const bytes = utf8.encode($('class-text').value).length;
+  const out = $('class-text-count');
+  let line = bytes + 2 + ' tokens (' + bytes + ' bytes, [CLS] and [SEP])';
+  if (state.info && state.info.task === 'text-classification') {
+    const max = state.info.limits.max_input_length;
+    line += ', the model takes ' + max;
+    out.classList.toggle('over', bytes + 2 > max);
+  }
+  out.textContent = line;
+}
+
 function maskSelection() {
   const area = $('text');
   const start = area.selectionStart;
@@ -502,6 +633,98 @@ function maskSelection() {
   updateCount();
 }
 
+// ---------------------------------------------------------------- the image
+
+function chooseImage(file) {
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = null;
+  state.image = file || null;
+  state.imageSize = null;
+  const preview = $('image-preview');
+  preview.hidden = true;
+  if (file) {
+    state.previewUrl = URL.createObjectURL(file);
+    preview.src = state.previewUrl;
+  } else preview.removeAttribute('src');
+  updateImageFacts();
+}
+
+// A file dropped or pasted becomes the file input's, as if chosen there.
+function takeImage(file) {
+  try {
+    const transfer = new DataTransfer();
+    transfer.items.add(file);
+    $('image-file').files = transfer.files;
+  } catch (_) {
+    // Older browsers cannot set a file input's files; the page still sends the file.
+  }
+  chooseImage(file);
+}
+
+// The chosen file's name, size and pixels, and where they pass the server's limits.
+function updateImageFacts() {
+  const out = $('image-facts');
+  const file = state.image;
+  out.classList.remove('over');
+  if (!file) {
+    out.textContent = '';
+    return;
+  }
+  const parts = [file.name || 'pasted image', formatBytes(file.size)];
+  const size = state.imageSize;
+  if (size) parts.push(size.width + ' × ' + size.height + ' pixels');
+  else if (size === false) parts.push('this browser cannot show it, the server may still read it');
+  const l = state.info && state.info.limits;
+  if (l && file.size > l.payload_limit) {
+    parts.push('larger than the server takes (' + formatBytes(l.payload_limit) + ')');
+    out.classList.add('over');
+  }
+  if (l && size && size.width * size.height > l.max_image_pixels) {
+    parts.push('more pixels than the server takes (' + formatNumber(l.max_image_pixels) + ')');
+    out.classList.add('over');
+  }
+  out.textContent = parts.join(' · ');
+}
+
+function watchImage() {
+  const preview = $('image-preview');
+  preview.addEventListener('load', () => {
+    state.imageSize = { width: preview.naturalWidth, height: preview.naturalHeight };
+    preview.hidden = false;
+    updateImageFacts();
+  });
+  preview.addEventListener('error', () => {
+    if (!state.image) return;
+    state.imageSize = false;
+    preview.hidden = true;
+    updateImageFacts();
+  });
+  $('image-file').addEventListener('change', () => chooseImage($('image-file').files[0]));
+  const card = $('classify-form');
+  card.addEventListener('dragover', (e) => {
+    if (!isImageTask()) return;
+    e.preventDefault();
+    card.classList.add('dragging');
+  });
+  card.addEventListener('dragleave', () => card.classList.remove('dragging'));
+  card.addEventListener('drop', (e) => {
+    card.classList.remove('dragging');
+    if (!isImageTask()) return;
+    e.preventDefault();
+    const file = e.dataTransfer.files[0];
+    if (file) takeImage(file);
+  });
+  document.addEventListener('paste', (e) => {
+    if (!isImageTask() || !e.clipboardData) return;
+    const file = [...e.clipboardData.files].find((f) => f.type.startsWith('image/'));
+    if (!file) return;
+    e.preventDefault();
+    takeImage(file);
+  });
+}
+
+// ---------------------------------------------------------------- start
+
 function main() {
   $('fill-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -516,6 +739,18 @@ function main() {
   $('text').addEventListener('input', updateCount);
   $('special').addEventListener('change', updateCount);
   $('mask-selection').addEventListener('click', maskSelection);
+  $('classify-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    classify();
+  });
+  $('class-text').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      classify();
+    }
+  });
+  $('class-text').addEventListener('input', updateClassCount);
+  watchImage();
   $('top-k').max = String(VOCAB_SIZE);
   $('auth').addEventListener('submit', (e) => {
     e.preventDefault();

@@ -2,8 +2,11 @@
 //!
 //! Fill-mask: a text box where `[MASK]` and `[MASK:n]` work and where selected characters can
 //! be masked with a button; the answer shows the text with each masked byte filled by its best
-//! candidate and, per masked byte, the candidates with probability bars. The page reads the
-//! model's name, task, precision and limits from `/info`, asks for the API key when the server
+//! candidate and, per masked byte, the candidates with probability bars. Classifiers: a text box
+//! (text), or a file chooser that also takes a dropped or pasted image, previewed with its size
+//! against the server's limits (image; the file's own bytes are sent, for the server to decode);
+//! the answer is the labels, best first, with probability bars. The page reads the model's
+//! name, task, labels, precision and limits from `/info`, asks for the API key when the server
 //! answers 401, and shows errors as the server words them.
 //!
 //! The page is hand-written HTML, CSS and JavaScript in `crates/perceiver-serve/playground/`,
@@ -23,9 +26,10 @@ pub const STYLE_CSS: &str = include_str!("../playground/playground.css");
 /// Its script (`GET /playground.js`).
 pub const SCRIPT_JS: &str = include_str!("../playground/playground.js");
 
-/// Own files only: no inline script, no other origin, not framed by other sites.
+/// Own files only: no inline script, no other origin, not framed by other sites. `blob:`
+/// images are the preview of a file the user chose, read by the browser itself.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     connect-src 'self'; img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
 /// The page's routes, open to every client (the data it shows comes from the guarded routes).

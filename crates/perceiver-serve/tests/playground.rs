@@ -1,9 +1,12 @@
 //! The playground page in a real browser: headless Chromium driven through chromedriver
-//! (WebDriver), against the built-in model.
+//! (WebDriver), against the built-in model and the committed tiny classifiers.
 //!
-//! It types a masked text, presses the button, and checks that the candidates on the page are
-//! `POST /fill-mask`'s for the same text; it checks the error path, masking a selection from the
-//! keyboard, the API-key field and the page at phone width, and saves screenshots under
+//! Fill-mask: it types a masked text, presses the button, and checks that the candidates on the
+//! page are `POST /fill-mask`'s for the same text; it checks the error path, masking a selection
+//! from the keyboard, the API-key field and the page at phone width. Classifiers: it chooses,
+//! drops and pastes image files and types texts, and checks that the labels on the page are
+//! `POST /classify`'s for the same bytes; it checks a file that is not an image, an image over
+//! the server's pixel limit and the phone width. Screenshots are saved under
 //! `target/tmp/playground/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`;
@@ -17,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{post_json, request, TestServer};
+use base64::Engine as _;
+use common::{post, post_json, request, TestServer};
 use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -92,6 +96,22 @@ impl Drop for Driver {
     }
 }
 
+/// The two programs, or `None` after saying why the test `name` is skipped (a failure instead
+/// with `PERCEIVER_REQUIRE_BROWSER`).
+fn browser_or_skip(name: &str) -> Option<(PathBuf, PathBuf)> {
+    match browser_programs() {
+        Ok(programs) => Some(programs),
+        Err(why) => {
+            assert!(
+                std::env::var_os("PERCEIVER_REQUIRE_BROWSER").is_none(),
+                "PERCEIVER_REQUIRE_BROWSER is set but {why}"
+            );
+            println!("SKIPPED {name}: {why}");
+            None
+        }
+    }
+}
+
 /// A headless Chromium session with the flags a closed network needs, in a fresh profile.
 async fn open_browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
     let args = [
@@ -155,11 +175,16 @@ async fn type_text(client: &Client, text: &str) {
 
 /// Presses "Fill masks" and waits for the answer (or the error) to be shown.
 async fn press_fill(client: &Client) {
+    press(client, "#fill").await;
+}
+
+/// Presses the button and waits for the answer (or the error) to be shown.
+async fn press(client: &Client, button: &str) {
     let before: u64 = js(client, "return Number(document.body.dataset.requests)")
         .await
         .as_u64()
         .unwrap();
-    find(client, "#fill").await.click().await.unwrap();
+    find(client, button).await.click().await.unwrap();
     wait_for(
         client,
         &format!("return Number(document.body.dataset.requests) > {before}"),
@@ -234,18 +259,55 @@ fn assert_same_candidates(page: &[Vec<(u64, f64, String, String)>], api: &[Vec<V
             } else if token_str == " " {
                 assert_eq!(glyph, "␣", "{context}: a space reads as a sign");
             }
-            // One decimal from 0.1 %, one significant digit below, "<0.001%" below that.
-            let percent = expected_score * 100.0;
-            let shown: f64 = pct.trim_start_matches('<').trim_end_matches('%').parse().unwrap();
-            let close = if pct.starts_with('<') {
-                percent < shown
-            } else if percent >= 0.1 {
-                (shown - percent).abs() <= 0.0501
-            } else {
-                (shown - percent).abs() <= shown / 2.0
-            };
-            assert!(close, "{context}: {pct} shown for {percent} %");
+            assert_percentage(pct, expected_score, context);
         }
+    }
+}
+
+/// A probability as the page shows it: one decimal from 0.1 %, one significant digit below,
+/// "<0.001%" below that.
+fn assert_percentage(pct: &str, score: f64, context: &str) {
+    let percent = score * 100.0;
+    let shown: f64 = pct.trim_start_matches('<').trim_end_matches('%').parse().unwrap();
+    let close = if pct.starts_with('<') {
+        percent < shown
+    } else if percent >= 0.1 {
+        (shown - percent).abs() <= 0.0501
+    } else {
+        (shown - percent).abs() <= shown / 2.0
+    };
+    assert!(close, "{context}: {pct} shown for {percent} %");
+}
+
+/// The labels shown: (label, score, shown name, shown percentage).
+async fn labels_on_page(client: &Client) -> Vec<(String, f64, String, String)> {
+    let rows = js(
+        client,
+        "return [...document.querySelectorAll('#labels .label')].map(l => [
+            l.dataset.label, l.dataset.score,
+            l.querySelector('.name').textContent, l.querySelector('.pct').textContent])",
+    )
+    .await;
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let field = |i: usize| l[i].as_str().unwrap().to_string();
+            (field(0), field(1).parse().unwrap(), field(2), field(3))
+        })
+        .collect()
+}
+
+/// The page's labels equal `POST /classify`'s answer for one input: same labels in the same
+/// order, same scores (one deterministic forward pass of the same bytes each).
+fn assert_same_labels(page: &[(String, f64, String, String)], api: &Value, context: &str) {
+    let api = api.as_array().unwrap();
+    assert_eq!(page.len(), api.len(), "{context}: labels");
+    for ((label, score, name, pct), expected) in page.iter().zip(api) {
+        assert_eq!(label, expected["label"].as_str().unwrap(), "{context}");
+        assert_eq!(name, label, "{context}: the label reads as itself");
+        assert_eq!(*score, expected["score"].as_f64().unwrap(), "{context}: {label}");
+        assert_percentage(pct, *score, context);
     }
 }
 
@@ -338,16 +400,8 @@ async fn page_files_are_served_open_and_info_names_task_and_precision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn playground_in_headless_chromium() {
-    let (chromium, chromedriver) = match browser_programs() {
-        Ok(programs) => programs,
-        Err(why) => {
-            assert!(
-                std::env::var_os("PERCEIVER_REQUIRE_BROWSER").is_none(),
-                "PERCEIVER_REQUIRE_BROWSER is set but {why}"
-            );
-            println!("SKIPPED playground_in_headless_chromium: {why}");
-            return;
-        }
+    let Some((chromium, chromedriver)) = browser_or_skip("playground_in_headless_chromium") else {
+        return;
     };
     let model = perceiver::Loader::new(perceiver::BUILT_IN).load().unwrap();
     let server = TestServer::start(perceiver::BUILT_IN, model.clone(), |_| {}).await;
@@ -534,5 +588,298 @@ async fn playground_in_headless_chromium() {
     client.close().await.unwrap();
     println!("screenshots in {}", desktop.parent().unwrap().display());
     keyed.stop().await;
+    server.stop().await;
+}
+
+/// Canonical, as chromedriver takes a file's path.
+fn classifier_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/classification")
+        .join(name)
+        .canonicalize()
+        .unwrap()
+}
+
+fn classifier(name: &str) -> perceiver::Classifier {
+    perceiver::Loader::new(classifier_fixture(name).to_string_lossy())
+        .classifier()
+        .unwrap()
+}
+
+/// `POST /classify` with an image file's bytes: the answer's labels.
+async fn api_image_labels(server: &TestServer, bytes: &[u8], top_k: usize) -> Value {
+    let answer = post(
+        server.addr,
+        &format!("/classify?top_k={top_k}"),
+        "image/png",
+        bytes.to_vec(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json());
+    answer.json()
+}
+
+/// Gives the page a PNG file as a drop on the form's card or a paste (`how`), as a browser
+/// does: a `DataTransfer` holding a `File`.
+async fn hand_over_image(client: &Client, how: &str, name: &str, bytes: &[u8]) {
+    let event = match how {
+        "drop" => {
+            "document.getElementById('classify-form').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}))"
+        }
+        "paste" => {
+            "document.body.dispatchEvent(
+            new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true, cancelable: true}))"
+        }
+        _ => unreachable!(),
+    };
+    let script = format!(
+        "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+         const transfer = new DataTransfer();
+         transfer.items.add(new File([bytes], arguments[1], {{type: 'image/png'}}));
+         {event};
+         return document.getElementById('image-file').files[0].name"
+    );
+    let base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let chosen = client
+        .execute(&script, vec![json!(base64), json!(name)])
+        .await
+        .unwrap();
+    assert_eq!(chosen, json!(name), "the {how} becomes the file input's file");
+}
+
+/// Waits for the preview of a newly chosen image (or for the browser to give up on it) and
+/// returns what the page says of the file.
+async fn image_facts_once_read(client: &Client, name: &str) -> String {
+    wait_for(
+        client,
+        &format!(
+            "const facts = document.getElementById('image-facts').textContent;
+             return facts.startsWith({name:?}) && (facts.includes('pixels') || facts.includes('cannot show'))"
+        ),
+        "the image's preview",
+    )
+    .await;
+    text_of(client, "#image-facts").await
+}
+
+/// The error shown, as the page holds it (WebDriver's element text folds runs of spaces).
+async fn error_message(client: &Client) -> String {
+    let message = js(
+        client,
+        "return document.getElementById('error-message').textContent",
+    )
+    .await;
+    message.as_str().unwrap().to_string()
+}
+
+/// Nothing wider than a phone's screen.
+async fn assert_fits_a_phone(client: &Client, context: &str) {
+    client.set_window_size(390, 844).await.unwrap();
+    let overflow = js(
+        client,
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+    )
+    .await;
+    assert_eq!(
+        overflow,
+        json!(0),
+        "{context}: the page scrolls sideways at phone width"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classifiers_in_headless_chromium() {
+    let Some((chromium, chromedriver)) = browser_or_skip("classifiers_in_headless_chromium") else {
+        return;
+    };
+    let model_dir = classifier_fixture("tiny_image_conv");
+    let images = classifier("tiny_image_conv");
+    assert_eq!(images.labels().len(), 5);
+    let server = TestServer::start("tiny_image_conv", images.clone(), |_| {}).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = tempfile::tempdir().unwrap();
+    let client = open_browser(&driver, &chromium, profile.path()).await;
+
+    // An image classifier: the image form, with the server's default of 5 labels.
+    client.goto(&format!("{}/", server.url())).await.unwrap();
+    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    assert_eq!(text_of(&client, "#model-task").await, "image-classification");
+    assert_eq!(text_of(&client, "#model-labels").await, "5");
+    assert!(!find(&client, "#fill-form").await.is_displayed().await.unwrap());
+    assert!(find(&client, "#image-file").await.is_displayed().await.unwrap());
+    assert!(!find(&client, "#class-text").await.is_displayed().await.unwrap());
+    assert_eq!(text_of(&client, "#classify-title").await, "Classify an image");
+    let top_k = find(&client, "#label-top-k").await;
+    assert_eq!(top_k.prop("value").await.unwrap().as_deref(), Some("5"));
+    let unlabelled = js(
+        &client,
+        "return [...document.querySelectorAll('input, textarea')]
+            .filter(e => e.labels.length === 0).map(e => e.id)",
+    )
+    .await;
+    assert_eq!(unlabelled, json!([]), "controls without a label");
+
+    // Pressing the button with no image says what to do and sends nothing.
+    find(&client, "#classify").await.click().await.unwrap();
+    assert!(text_of(&client, "#image-facts")
+        .await
+        .contains("Choose an image first"));
+    assert_eq!(js(&client, "return document.body.dataset.requests").await, "0");
+
+    // A file chosen in the file input: previewed, sent as it is, answered as the API answers.
+    let wide_path = model_dir.join("wide.png");
+    let wide = std::fs::read(&wide_path).unwrap();
+    let file_input = find(&client, "#image-file").await;
+    file_input.send_keys(wide_path.to_str().unwrap()).await.unwrap();
+    let facts = image_facts_once_read(&client, "wide.png").await;
+    assert!(facts.contains("37 × 23 pixels"), "{facts}");
+    assert!(find(&client, "#image-preview")
+        .await
+        .is_displayed()
+        .await
+        .unwrap());
+    press(&client, "#classify").await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "done");
+    let api = api_image_labels(&server, &wide, 5).await;
+    assert_same_labels(&labels_on_page(&client).await, &api, "wide.png");
+    // And as the library classifies the same file.
+    let library = images.classify_images(&[&wide], 5).unwrap();
+    let shown: Vec<String> = labels_on_page(&client).await.into_iter().map(|l| l.0).collect();
+    let expected: Vec<String> = library[0].iter().map(|l| l.label.clone()).collect();
+    assert_eq!(shown, expected, "the library's labels for wide.png");
+    assert!(text_of(&client, "#labels-timing")
+        .await
+        .starts_with("5 of 5 labels"));
+    screenshot(&client, 1100, "playground-image.png").await;
+
+    // Fewer labels; a dropped file; a pasted one.
+    top_k.clear().await.unwrap();
+    top_k.send_keys("2").await.unwrap();
+    let tall = std::fs::read(model_dir.join("tall_grey.png")).unwrap();
+    hand_over_image(&client, "drop", "dropped.png", &tall).await;
+    let facts = image_facts_once_read(&client, "dropped.png").await;
+    assert!(facts.contains("19 × 41 pixels"), "{facts}");
+    press(&client, "#classify").await;
+    let api = api_image_labels(&server, &tall, 2).await;
+    assert_eq!(api.as_array().unwrap().len(), 2);
+    assert_same_labels(&labels_on_page(&client).await, &api, "dropped tall_grey.png");
+    hand_over_image(&client, "paste", "pasted.png", &wide).await;
+    image_facts_once_read(&client, "pasted.png").await;
+    press(&client, "#classify").await;
+    let api = api_image_labels(&server, &wide, 2).await;
+    assert_same_labels(&labels_on_page(&client).await, &api, "pasted wide.png");
+
+    // A file that is not an image: the browser cannot show it, the server's 422 is shown.
+    let config = model_dir.join("config.json");
+    file_input.send_keys(config.to_str().unwrap()).await.unwrap();
+    let facts = image_facts_once_read(&client, "config.json").await;
+    assert!(facts.contains("cannot show"), "{facts}");
+    press(&client, "#classify").await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "error");
+    let refused = post(
+        server.addr,
+        "/classify?top_k=2",
+        "application/octet-stream",
+        std::fs::read(&config).unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 422);
+    let message = refused.json()["error"].as_str().unwrap().to_string();
+    assert_eq!(error_message(&client).await, message);
+    assert!(text_of(&client, "#error-status").await.contains("422 validation"));
+    assert!(!find(&client, "#labels-result")
+        .await
+        .is_displayed()
+        .await
+        .unwrap());
+    screenshot(&client, 1100, "playground-image-error.png").await;
+
+    // A server with a smaller pixel limit: the page says so before sending, the server refuses.
+    let small = TestServer::start("small", images, |c| c.max_image_pixels = 800).await;
+    client.set_window_size(1100, 900).await.unwrap();
+    client.goto(&format!("{}/", small.url())).await.unwrap();
+    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    let file_input = find(&client, "#image-file").await;
+    file_input.send_keys(wide_path.to_str().unwrap()).await.unwrap();
+    let facts = image_facts_once_read(&client, "wide.png").await;
+    assert!(
+        facts.contains("more pixels than the server takes (800)"),
+        "{facts}"
+    );
+    let over = js(
+        &client,
+        "return document.getElementById('image-facts').classList.contains('over')",
+    )
+    .await;
+    assert_eq!(over, json!(true));
+    press(&client, "#classify").await;
+    let refused = post(small.addr, "/classify", "image/png", wide.clone()).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(
+        error_message(&client).await,
+        refused.json()["error"].as_str().unwrap()
+    );
+    // The answer at phone width.
+    file_input
+        .send_keys(model_dir.join("tall_grey.png").to_str().unwrap())
+        .await
+        .unwrap();
+    image_facts_once_read(&client, "tall_grey.png").await;
+    press(&client, "#classify").await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "done");
+    assert_fits_a_phone(&client, "image classifier").await;
+    screenshot(&client, 390, "playground-image-phone.png").await;
+
+    // A text classifier: the text form, every label by default.
+    let texts = classifier("tiny_text_classifier");
+    let label_count = texts.labels().len();
+    let text_server = TestServer::start("tiny_text_classifier", texts, |_| {}).await;
+    client.set_window_size(1100, 900).await.unwrap();
+    client.goto(&format!("{}/", text_server.url())).await.unwrap();
+    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    assert_eq!(text_of(&client, "#model-task").await, "text-classification");
+    assert_eq!(text_of(&client, "#classify-title").await, "Classify a text");
+    assert!(!find(&client, "#image-file").await.is_displayed().await.unwrap());
+    let top_k = find(&client, "#label-top-k").await;
+    assert_eq!(top_k.prop("value").await.unwrap(), Some(label_count.to_string()));
+    let text = "Perceiver IO reads raw bytes, héllo";
+    let area = find(&client, "#class-text").await;
+    area.clear().await.unwrap();
+    area.send_keys(text).await.unwrap();
+    let count = text_of(&client, "#class-text-count").await;
+    assert!(
+        count.starts_with(&format!("{} tokens ({} bytes", text.len() + 2, text.len())),
+        "{count}"
+    );
+    press(&client, "#classify").await;
+    let api = post_json(text_server.addr, "/classify", &json!({"inputs": text})).await;
+    assert_eq!(api.status, 200);
+    assert_same_labels(&labels_on_page(&client).await, &api.json(), text);
+    screenshot(&client, 1100, "playground-text.png").await;
+    // Ctrl+Enter classifies, with the labels asked for.
+    top_k.clear().await.unwrap();
+    top_k.send_keys("1").await.unwrap();
+    area.send_keys(&format!("{}{}", Key::Control, Key::Enter))
+        .await
+        .unwrap();
+    wait_for(
+        &client,
+        "return document.querySelectorAll('#labels .label').length === 1 && document.body.dataset.status === 'done'",
+        "the Ctrl+Enter answer",
+    )
+    .await;
+    let api = post_json(
+        text_server.addr,
+        "/classify",
+        &json!({"inputs": text, "parameters": {"top_k": 1}}),
+    )
+    .await;
+    assert_same_labels(&labels_on_page(&client).await, &api.json(), "top_k 1");
+    assert_fits_a_phone(&client, "text classifier").await;
+
+    client.close().await.unwrap();
+    text_server.stop().await;
+    small.stop().await;
     server.stop().await;
 }

@@ -8,8 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use perceiver::PerceiverModel;
-use perceiver_serve::{ServeConfig, ServeError, Server};
+use perceiver_serve::{ServeConfig, ServeError, ServeModel, Server};
 use serde_json::Value;
 
 /// A server on a free loopback port; stops when dropped.
@@ -22,7 +21,7 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(
         model_id: &str,
-        model: PerceiverModel,
+        model: impl Into<ServeModel>,
         configure: impl FnOnce(&mut ServeConfig),
     ) -> Self {
         let mut config = ServeConfig::new(model_id);
@@ -216,17 +215,16 @@ pub fn request(
     connection.read_answer()
 }
 
-/// `POST /fill-mask` with a JSON body, from a blocking thread.
+/// A POST with a JSON body, from a blocking thread.
 pub async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Answer {
-    let (path, body) = (path.to_string(), body.to_string());
+    post(addr, path, "application/json", body.to_string().into_bytes()).await
+}
+
+/// A POST with this content type and body, from a blocking thread.
+pub async fn post(addr: SocketAddr, path: &str, content_type: &str, body: Vec<u8>) -> Answer {
+    let (path, content_type) = (path.to_string(), content_type.to_string());
     tokio::task::spawn_blocking(move || {
-        request(
-            addr,
-            "POST",
-            &path,
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
+        request(addr, "POST", &path, &[("Content-Type", &content_type)], &body)
     })
     .await
     .unwrap()
