@@ -200,6 +200,17 @@ fn bad_inputs_are_one_line_errors() {
         &perceiver(&["classify", "--model", &image_model, &path(empty.path())]),
         "image",
     );
+    // A PNG with a damaged chunk: named by the chunk whose CRC fails, not in the decoder's words.
+    let damaged_dir = tempfile::tempdir().unwrap();
+    let damaged = damaged_dir.path().join("photo.png");
+    let mut png = std::fs::read(fixture("tiny_image_conv").join("wide.png")).unwrap();
+    let idat = png.windows(4).position(|w| w == b"IDAT").unwrap() + 4;
+    png[idat + 2] ^= 0xff;
+    std::fs::write(&damaged, png).unwrap();
+    fails_with(
+        &perceiver(&["classify", "--model", &image_model, &path(&damaged)]),
+        "photo.png: cannot decode the image (PNG): CRC error in chunk IDAT (the file is damaged)",
+    );
     // A directory without images.
     let dir = tempfile::tempdir().unwrap();
     fails_with(

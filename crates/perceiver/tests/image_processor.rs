@@ -435,6 +435,28 @@ fn corrupt_png_data_is_an_error() {
 }
 
 #[test]
+fn a_damaged_png_chunk_is_named_by_its_crc() {
+    let png = std::fs::read(dir().join("rgb.png")).unwrap();
+    for kind in [b"IHDR", b"IDAT"] {
+        let mut bytes = png.clone();
+        let data = png.windows(4).position(|w| w == kind).unwrap() + 4;
+        bytes[data + 2] ^= 0xff;
+        let (format, reason) = invalid_image(decode_image(&bytes));
+        assert_eq!(format, Some("PNG"));
+        let kind = std::str::from_utf8(kind).unwrap();
+        assert_eq!(reason, format!("CRC error in chunk {kind} (the file is damaged)"));
+    }
+    // With the CRCs right, the decoder's own message, without the image crate's prefix and with
+    // chunk types by name (not `ChunkType { type: gAMA, critical: false, ... }`).
+    let mut misordered = png[..8].to_vec();
+    misordered.extend(png_chunk(b"gAMA", &100_000u32.to_be_bytes()));
+    misordered.extend_from_slice(&png[8..]);
+    let (format, reason) = invalid_image(decode_image(&misordered));
+    assert_eq!(format, Some("PNG"));
+    assert_eq!(reason, "gAMA chunk appeared before IHDR chunk");
+}
+
+#[test]
 fn a_60000_by_60000_png_is_refused_from_its_header() {
     let png = png_claiming(60_000, 60_000);
     assert!(png.len() < 100);

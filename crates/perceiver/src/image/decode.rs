@@ -34,6 +34,7 @@
 //! text chunks, GIFs without any palette (Pillow reads them as grey), 32-bit float images
 //! (refused), and ICC profiles (ignored on both sides).
 
+use std::error::Error as _;
 use std::io::{Cursor, Read};
 use std::path::Path;
 
@@ -125,7 +126,7 @@ pub fn decode_image_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Result<R
         });
     }
     let orientation = orientation(&mut decoder, format);
-    let image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(name, limits, e))?;
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(bytes, name, limits, e))?;
     let rgb = to_rgb(image).map_err(|e| with_format(e, name))?;
     Ok(orient(rgb, orientation))
 }
@@ -241,7 +242,9 @@ fn open_decoder<'a>(
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(limits.max_alloc());
     reader.limits(image_limits);
-    let decoder = reader.into_decoder().map_err(|e| image_error(name, limits, e))?;
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| image_error(bytes, name, limits, e))?;
     let (width, height) = decoder.dimensions();
     limits
         .check(u64::from(width), u64::from(height))
@@ -273,7 +276,8 @@ fn with_format(e: Error, name: &'static str) -> Error {
     }
 }
 
-fn image_error(name: &'static str, limits: &DecodeLimits, e: ImageError) -> Error {
+/// `e`, met decoding `bytes` (a `name` file), as the library's error.
+fn image_error(bytes: &[u8], name: &'static str, limits: &DecodeLimits, e: ImageError) -> Error {
     let reason = match e {
         ImageError::Limits(e) => format!(
             "decoding it needs more memory than allowed ({} bytes, from the limit of {} pixels): {e}",
@@ -284,12 +288,67 @@ fn image_error(name: &'static str, limits: &DecodeLimits, e: ImageError) -> Erro
             "the file is truncated".to_string()
         }
         ImageError::Unsupported(e) => format!("unsupported: {e}"),
+        // A damaged PNG is named by the chunk whose CRC fails: the decoder reports what it met
+        // first (in an IDAT, the garbage of the compressed data) and writes chunk types in their
+        // Debug form. Otherwise the decoder's own message: the image crate's wrapper only adds
+        // the format, which the error names already.
+        ImageError::Decoding(e) => match png_damaged_chunk(name, bytes) {
+            Some(chunk) => format!("CRC error in chunk {chunk} (the file is damaged)"),
+            None => match e.source() {
+                Some(source) => tidy_png_chunk_types(&source.to_string()),
+                None => e.to_string(),
+            },
+        },
         other => other.to_string(),
     };
     Error::InvalidImage {
         format: Some(name),
         reason: one_line(&reason),
     }
+}
+
+/// For a PNG file (`name`), the type of its first critical chunk whose CRC does not match its
+/// type and data, up to `IEND` or where the file is cut short. Ancillary chunks are left out:
+/// the decoder passes over a bad CRC there, so it is not what made decoding fail.
+fn png_damaged_chunk(name: &str, bytes: &[u8]) -> Option<String> {
+    if name != "PNG" {
+        return None;
+    }
+    let mut rest = bytes.get(8..)?; // after the signature
+    while rest.len() >= 12 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let (typed, crc) = rest[4..].split_at_checked(4usize.checked_add(len)?)?;
+        let crc = u32::from_be_bytes(crc.get(..4)?.try_into().ok()?);
+        let kind = &typed[..4];
+        // A critical chunk's type begins with an upper-case letter.
+        if kind[0].is_ascii_uppercase() && crc32fast::hash(typed) != crc {
+            return Some(kind.escape_ascii().to_string());
+        }
+        if kind == b"IEND" {
+            return None;
+        }
+        rest = &rest[12 + len..];
+    }
+    None
+}
+
+/// The PNG decoder's message with each chunk type (written as `ChunkType { type: IHDR, critical:
+/// true, ... }`) as its name alone.
+fn tidy_png_chunk_types(message: &str) -> String {
+    const DEBUG: &str = "ChunkType { type: ";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(DEBUG) {
+        let after = &rest[start + DEBUG.len()..];
+        let (Some(comma), Some(end)) = (after.find(','), after.find('}')) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&after[..comma.min(end)]);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A decoder's message on one line, without the trailing newline some add.
