@@ -9,6 +9,7 @@ use perceiver::tasks::autoencode::{Autoencoder, InputReader, DEFAULT_CHUNKS, MAX
 use perceiver::{Architecture, LabelScore};
 
 use crate::model::{EngineArgs, ModelArgs};
+use crate::numbers::whole;
 use crate::outputs::{self, resolved, MadeDirs};
 
 #[derive(Args)]
@@ -40,11 +41,11 @@ pub struct AutoencodeArgs {
     /// Decode the output queries in this many chunks (DeepMind's Colab uses 128; more than the
     /// queries of the model's most numerous modality count as that many); memory beyond the
     /// reconstruction does not grow with the queries a chunk decodes.
-    #[arg(long, default_value_t = DEFAULT_CHUNKS as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNKS as i64))]
+    #[arg(long, default_value_t = DEFAULT_CHUNKS as u32, value_parser = whole::<u32>(1, MAX_CHUNKS as u64))]
     chunks: u32,
 
     /// Labels reported, best first.
-    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = whole::<u32>(1, u32::MAX.into()))]
     top_k: u32,
 
     /// Print one JSON line: the files written and the labels.

@@ -11,6 +11,7 @@ use perceiver::{Architecture, Classifier, LabelScore, Pixels};
 use rayon::prelude::*;
 
 use crate::model::{image_error, EngineArgs, ModelArgs};
+use crate::numbers::whole;
 
 #[derive(Args)]
 #[command(
@@ -29,7 +30,7 @@ pub struct ClassifyArgs {
     engine: EngineArgs,
 
     /// Labels shown per input, best first (at most the model's labels).
-    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = whole::<u32>(1, u32::MAX.into()))]
     top_k: u32,
 
     /// The inputs are texts, for a sequence-classification model.
@@ -48,17 +49,17 @@ pub struct ClassifyArgs {
     json: bool,
 
     /// Inputs per forward pass (at most 256).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE))]
+    #[arg(long, default_value_t = 8, value_parser = whole::<u32>(1, MAX_BATCH_SIZE))]
     batch_size: u32,
 
     /// Largest image, in pixels (width × height, read from the file's header before
     /// decoding); larger ones are an error. Default: Pillow's limit, as transformers.
-    #[arg(long, default_value_t = DecodeLimits::PIL_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=DecodeLimits::PIL_MAX_PIXELS))]
+    #[arg(long, default_value_t = DecodeLimits::PIL_MAX_PIXELS, value_parser = whole::<u64>(1, DecodeLimits::PIL_MAX_PIXELS))]
     max_image_pixels: u64,
 }
 
 /// The most inputs in one forward pass: a 224×224 image's encoder input is 50,176 rows.
-const MAX_BATCH_SIZE: i64 = 256;
+const MAX_BATCH_SIZE: u64 = 256;
 
 /// File extensions a directory argument's images are found by.
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];

@@ -9,6 +9,7 @@ use clap::Args;
 use perceiver::{FillMask, FillMaskOutput, MaskedText};
 
 use crate::model::{EngineArgs, ModelArgs};
+use crate::numbers::whole;
 
 #[derive(Args)]
 #[command(
@@ -31,7 +32,7 @@ pub struct FillMaskArgs {
     mask_range: Option<Range<usize>>,
 
     /// Number of candidates shown per masked byte (at most the vocabulary's 262).
-    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=perceiver::tokenizer::VOCAB_SIZE as i64))]
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = whole::<u32>(1, perceiver::tokenizer::VOCAB_SIZE as u64))]
     top_k: u32,
 
     /// Wrap the input in [CLS] … [SEP] as transformers' tokenizer does (DeepMind's does not).
@@ -47,13 +48,13 @@ pub struct FillMaskArgs {
     input: Option<PathBuf>,
 
     /// Texts per forward pass with --input (at most 1024).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE))]
+    #[arg(long, default_value_t = 8, value_parser = whole::<u32>(1, MAX_BATCH_SIZE))]
     batch_size: u32,
 }
 
 /// The most texts in one forward pass, whose memory grows with the texts it holds: 128 times
 /// the default.
-const MAX_BATCH_SIZE: i64 = 1024;
+const MAX_BATCH_SIZE: u64 = 1024;
 
 fn parse_range(s: &str) -> Result<Range<usize>, String> {
     let (start, end) = s

@@ -10,6 +10,7 @@ use perceiver::image::{decode_image_with_limits, decoded_size, read_image_file, 
 use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 
 use crate::model::{image_error, EngineArgs, ModelArgs};
+use crate::numbers::whole;
 use crate::outputs;
 
 #[derive(Args)]
@@ -56,7 +57,7 @@ pub struct FlowArgs {
     /// larger ones are an error. A frame costs some 40 bytes a pixel and one model pass per
     /// tile. Default and most: 134,217,728 (2^27), the most a flow field holds (below Pillow's
     /// limit of 178,956,970, which transformers keeps).
-    #[arg(long, default_value_t = MAX_FRAME_PIXELS, value_parser = clap::value_parser!(u64).range(1..=MAX_FRAME_PIXELS))]
+    #[arg(long, default_value_t = MAX_FRAME_PIXELS, value_parser = whole::<u64>(1, MAX_FRAME_PIXELS))]
     max_image_pixels: u64,
 }
 

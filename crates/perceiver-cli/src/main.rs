@@ -31,6 +31,7 @@ mod fill_mask;
 mod flow;
 mod inputs;
 mod model;
+mod numbers;
 mod outputs;
 mod serve;
 mod train;
@@ -42,7 +43,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The most `--threads`: rayon starts them all at first use, and past the machine's cores
 /// they only add memory and switching. No machine this runs on has near 1024 cores.
-const MAX_THREADS: i64 = 1024;
+const MAX_THREADS: u64 = 1024;
 
 #[derive(Parser)]
 #[command(
@@ -52,7 +53,7 @@ const MAX_THREADS: i64 = 1024;
 )]
 struct Cli {
     /// Worker threads for the tensor kernels (default: all cores; at most 1024).
-    #[arg(long, global = true, env = "PERCEIVER_THREADS", value_parser = clap::value_parser!(u32).range(1..=MAX_THREADS))]
+    #[arg(long, global = true, env = "PERCEIVER_THREADS", value_parser = numbers::whole::<u32>(1, MAX_THREADS))]
     threads: Option<u32>,
 
     #[command(subcommand)]

@@ -5,6 +5,7 @@ use clap::Args;
 use perceiver_serve::{caps, ServeConfig, ServeModel, Server};
 
 use crate::model::{EngineArgs, ModelArgs};
+use crate::numbers::whole;
 
 #[derive(Args)]
 #[command(
@@ -38,61 +39,61 @@ pub struct ServiceArgs {
     pub port: u16,
 
     /// Most tokens (the texts' lengths summed; the engine does not pad) in one forward pass.
-    #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_BATCH_TOKENS as i64))]
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = whole::<u32>(1, caps::MAX_BATCH_TOKENS as u64))]
     pub max_batch_tokens: u32,
 
     /// Most inputs (texts or images) in one forward pass (1: no batching).
-    #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_BATCH_REQUESTS as i64))]
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_REQUESTS", default_value_t = 32, value_parser = whole::<u32>(1, caps::MAX_BATCH_REQUESTS as u64))]
     pub max_batch_requests: u32,
 
     /// Longest a batch is held back, in microseconds, for the clients the last forward pass
     /// answered (busy clients come straight back; a lone client is never held). 0: never.
-    #[arg(long, env = "PERCEIVER_MAX_BATCH_WAIT_US", default_value_t = perceiver_serve::DEFAULT_MAX_BATCH_WAIT.as_micros() as u64, value_parser = clap::value_parser!(u64).range(..=caps::MAX_BATCH_WAIT.as_micros() as u64))]
+    #[arg(long, env = "PERCEIVER_MAX_BATCH_WAIT_US", default_value_t = perceiver_serve::DEFAULT_MAX_BATCH_WAIT.as_micros() as u64, value_parser = whole::<u64>(0, caps::MAX_BATCH_WAIT.as_micros() as u64))]
     pub max_batch_wait_us: u64,
 
     /// Requests admitted at once, from the start of their body to their answer (so bodies in
     /// memory stay under this times --payload-limit); beyond, 429 at once.
-    #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_CONCURRENT_REQUESTS as i64))]
+    #[arg(long, env = "PERCEIVER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = whole::<u32>(1, caps::MAX_CONCURRENT_REQUESTS as u64))]
     pub max_concurrent_requests: u32,
 
     /// Open connections at once; beyond, new ones wait in the listen backlog.
-    #[arg(long, env = "PERCEIVER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_CONNECTIONS as i64))]
+    #[arg(long, env = "PERCEIVER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = whole::<u32>(1, caps::MAX_CONNECTIONS as u64))]
     pub max_connections: u32,
 
     /// Seconds a connection may take to send a request's headers, from its opening or its
     /// previous answer (so also how long an idle keep-alive connection stays open); then it is
     /// closed.
-    #[arg(long, env = "PERCEIVER_HEADER_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=caps::MAX_TIMEOUT.as_secs()))]
+    #[arg(long, env = "PERCEIVER_HEADER_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = whole::<u64>(1, caps::MAX_TIMEOUT.as_secs()))]
     pub header_timeout_s: u64,
 
     /// Seconds a request's body may go without sending a byte; then 408 and the connection is
     /// closed. A body must also arrive within this plus 1 s per 16 KiB (a least average rate).
     /// Also how long an answer may wait for its client to read any of it; then the connection is
     /// closed.
-    #[arg(long, env = "PERCEIVER_BODY_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=caps::MAX_TIMEOUT.as_secs()))]
+    #[arg(long, env = "PERCEIVER_BODY_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = whole::<u64>(1, caps::MAX_TIMEOUT.as_secs()))]
     pub body_timeout_s: u64,
 
     /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for open connections; then those waiting on
     /// their client are dropped (requests being computed are still answered).
-    #[arg(long, env = "PERCEIVER_SHUTDOWN_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_SHUTDOWN_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(0..=caps::MAX_TIMEOUT.as_secs()))]
+    #[arg(long, env = "PERCEIVER_SHUTDOWN_TIMEOUT_S", default_value_t = perceiver_serve::DEFAULT_SHUTDOWN_TIMEOUT.as_secs(), value_parser = whole::<u64>(0, caps::MAX_TIMEOUT.as_secs()))]
     pub shutdown_timeout_s: u64,
 
     /// Most inputs (texts or images) in one request.
-    #[arg(long, env = "PERCEIVER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_CLIENT_BATCH_SIZE as i64))]
+    #[arg(long, env = "PERCEIVER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = whole::<u32>(1, caps::MAX_CLIENT_BATCH_SIZE as u64))]
     pub max_client_batch_size: u32,
 
     /// Most candidates (masks × top_k over its texts) in one request.
-    #[arg(long, env = "PERCEIVER_MAX_PREDICTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=caps::MAX_PREDICTIONS as i64))]
+    #[arg(long, env = "PERCEIVER_MAX_PREDICTIONS", default_value_t = 4096, value_parser = whole::<u32>(1, caps::MAX_PREDICTIONS as u64))]
     pub max_predictions: u32,
 
     /// Largest request body, in bytes.
-    #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=caps::PAYLOAD_LIMIT as i64))]
+    #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20, value_parser = whole::<u32>(1, caps::PAYLOAD_LIMIT as u64))]
     pub payload_limit: u32,
 
     /// Largest image a classifier takes, in pixels (width × height, read from the file's
     /// header before decoding); larger ones are answered 422. Also the pixels decoded at once
     /// over all requests (an image waits for others to finish). Default: Pillow's limit.
-    #[arg(long, env = "PERCEIVER_MAX_IMAGE_PIXELS", default_value_t = caps::MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..=caps::MAX_IMAGE_PIXELS))]
+    #[arg(long, env = "PERCEIVER_MAX_IMAGE_PIXELS", default_value_t = caps::MAX_IMAGE_PIXELS, value_parser = whole::<u64>(1, caps::MAX_IMAGE_PIXELS))]
     pub max_image_pixels: u64,
 
     /// Require `Authorization: Bearer <KEY>` on every request but GET /health and the playground

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clap::builder::TypedValueParser;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,6 +22,7 @@ use perceiver_train::{
 };
 
 use crate::model::ModelArgs;
+use crate::numbers::whole;
 
 /// Which bytes are masked, for training and evaluation alike.
 #[derive(Args)]
@@ -120,20 +120,20 @@ pub struct TrainArgs {
 
     /// Window length in bytes (default: the model's max_position_embeddings); with --task
     /// classify, the most ids of a text ([CLS] and [SEP] included): longer texts are cut.
-    #[arg(long, value_parser = count_parser(MAX_SEQ_LEN))]
+    #[arg(long, value_parser = whole::<usize>(1, MAX_SEQ_LEN))]
     seq_len: Option<usize>,
 
     /// Windows (texts) per micro-batch (at most 4096).
-    #[arg(long, default_value_t = 16, value_parser = count_parser(MAX_BATCH_SIZE as u64))]
+    #[arg(long, default_value_t = 16, value_parser = whole::<usize>(1, MAX_BATCH_SIZE as u64))]
     batch_size: usize,
 
     /// Micro-batches per optimizer update (at most 4096).
-    #[arg(long, default_value_t = 1, value_parser = count_parser(MAX_GRAD_ACCUM as u64))]
+    #[arg(long, default_value_t = 1, value_parser = whole::<usize>(1, MAX_GRAD_ACCUM as u64))]
     grad_accum: usize,
 
     /// Optimizer updates [default: 1000] (with --resume: the new total, not below the step
     /// reached; at most 10⁹, and at most 2³² windows: steps × batch size × accumulation).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_STEPS))]
+    #[arg(long, value_parser = whole::<u64>(1, MAX_STEPS))]
     steps: Option<u64>,
 
     #[command(flatten)]
@@ -192,7 +192,7 @@ pub struct TrainArgs {
     log_every: u64,
 
     /// Checkpoints kept (oldest deleted first; at least 1).
-    #[arg(long, default_value_t = 3, value_parser = count_parser(u64::MAX))]
+    #[arg(long, default_value_t = 3, value_parser = whole::<usize>(1, usize::MAX as u64))]
     keep_checkpoints: usize,
 
     /// Windows in the shuffle buffer [default: 64 MiB of windows, e.g. 262,144 of 256 bytes]. Files
@@ -246,11 +246,6 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
     let config = preset(name)
         .with_context(|| format!("unknown preset {name:?} (one of {})", PRESET_NAMES.join(", ")))?;
     Ok((ModelInit::Scratch(config), format!("preset:{name}")))
-}
-
-/// A count flag in `1..=max`, as a `usize`.
-fn count_parser(max: u64) -> impl TypedValueParser<Value = usize> {
-    clap::value_parser!(u64).range(1..=max).map(|v| v as usize)
 }
 
 /// `--seq-len`: 1 to the most positions any config may have (the model's own
@@ -538,15 +533,15 @@ pub struct EvalArgs {
     seed: u64,
 
     /// Window length in bytes (default: the model's max_position_embeddings).
-    #[arg(long, value_parser = count_parser(MAX_SEQ_LEN))]
+    #[arg(long, value_parser = whole::<usize>(1, MAX_SEQ_LEN))]
     seq_len: Option<usize>,
 
     /// Evaluate at most this many windows (at least 1).
-    #[arg(long, default_value_t = 100_000, value_parser = count_parser(u64::MAX))]
+    #[arg(long, default_value_t = 100_000, value_parser = whole::<usize>(1, usize::MAX as u64))]
     max_windows: usize,
 
     /// Windows per forward pass (at most 4096).
-    #[arg(long, default_value_t = 16, value_parser = count_parser(MAX_BATCH_SIZE as u64))]
+    #[arg(long, default_value_t = 16, value_parser = whole::<usize>(1, MAX_BATCH_SIZE as u64))]
     batch_size: usize,
 
     /// Print one JSON object.

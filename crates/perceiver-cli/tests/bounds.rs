@@ -145,17 +145,20 @@ fn flags_out_of_range_are_usage_errors() {
         ),
         (
             vec!["--threads", "1025", "fill-mask", "-m", m, "a[MASK]"],
-            "1..=1024",
+            "must be at most 1024",
         ),
         (vec!["--threads", "-3", "fill-mask", "-m", m, "a[MASK]"], "'-3'"),
-        (vec!["fill-mask", "-m", m, "-k", "263", "a[MASK]"], "1..=262"),
+        (
+            vec!["fill-mask", "-m", m, "-k", "263", "a[MASK]"],
+            "must be at most 262",
+        ),
         (
             vec!["fill-mask", "-m", m, "-k", "99999999999999999999", "a[MASK]"],
             "--top-k",
         ),
         (
             vec!["fill-mask", "-m", m, "--batch-size", "1025", "--input", "-"],
-            "1..=1024",
+            "must be at most 1024",
         ),
         (
             vec!["fill-mask", "-m", m, "--mask-range", "5..3", "abcdef"],
@@ -163,19 +166,19 @@ fn flags_out_of_range_are_usage_errors() {
         ),
         (
             vec!["train", "--corpus", "c", "--out", "o", "--batch-size", "4097"],
-            "1..=4096",
+            "must be at most 4096",
         ),
         (
             vec!["train", "--corpus", "c", "--out", "o", "--grad-accum", "4097"],
-            "1..=4096",
+            "must be at most 4096",
         ),
         (
             vec!["train", "--corpus", "c", "--out", "o", "--steps", "1000000001"],
-            "1..=1000000000",
+            "must be at most 1000000000",
         ),
         (
             vec!["train", "--corpus", "c", "--out", "o", "--seq-len", "65537"],
-            "1..=65536",
+            "must be at most 65536",
         ),
         (
             vec!["train", "--corpus", "c", "--out", "o", "--seq-len", "0"],
@@ -185,29 +188,41 @@ fn flags_out_of_range_are_usage_errors() {
             vec!["train", "--resume", "o", "--steps", "18446744073709551615"],
             "--steps",
         ),
-        (vec!["eval", "-m", m, "f.txt", "--batch-size", "4097"], "1..=4096"),
-        (vec!["eval", "-m", m, "f.txt", "--seq-len", "65537"], "1..=65536"),
+        (
+            vec!["eval", "-m", m, "f.txt", "--batch-size", "4097"],
+            "must be at most 4096",
+        ),
+        (
+            vec!["eval", "-m", m, "f.txt", "--seq-len", "65537"],
+            "must be at most 65536",
+        ),
         (
             vec!["serve", "-m", m, "--max-batch-tokens", "1048577"],
-            "1..=1048576",
+            "must be at most 1048576",
         ),
-        (vec!["serve", "-m", m, "--max-batch-requests", "1025"], "1..=1024"),
+        (
+            vec!["serve", "-m", m, "--max-batch-requests", "1025"],
+            "must be at most 1024",
+        ),
         (
             vec!["serve", "-m", m, "--max-batch-wait-us", "1000001"],
-            "0..=1000000",
+            "must be at most 1000000",
         ),
         (
             vec!["serve", "-m", m, "--max-concurrent-requests", "65537"],
-            "1..=65536",
+            "must be at most 65536",
         ),
         (
             vec!["serve", "-m", m, "--max-client-batch-size", "1025"],
-            "1..=1024",
+            "must be at most 1024",
         ),
-        (vec!["serve", "-m", m, "--max-predictions", "65537"], "1..=65536"),
+        (
+            vec!["serve", "-m", m, "--max-predictions", "65537"],
+            "must be at most 65536",
+        ),
         (
             vec!["serve", "-m", m, "--payload-limit", "1073741825"],
-            "1..=1073741824",
+            "must be at most 1073741824",
         ),
     ];
     for (args, needle) in cases {
@@ -245,6 +260,64 @@ fn flags_out_of_range_are_usage_errors() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["masks"][0]["candidates"].as_array().unwrap().len(), 262);
+}
+
+#[test]
+fn a_count_below_its_least_says_so() {
+    // `perceiver classify -k 0`: clap's own ranged parser said "0 is not in 1..=4294967295".
+    let out = timed(command(&["classify", "-k", "0", "x.png"]));
+    assert_refused(
+        &out,
+        2,
+        &["error: invalid value '0' for '--top-k <TOP_K>': must be at least 1 (see --help)"],
+    );
+    // Every whole-number flag whose least value is 1, at 0 and at -1 (not a count), with the
+    // subcommand and the flag.
+    let flags: &[(&str, &str)] = &[
+        ("fill-mask", "--threads"),
+        ("fill-mask", "--top-k"),
+        ("fill-mask", "--batch-size"),
+        ("classify", "--top-k"),
+        ("classify", "--batch-size"),
+        ("classify", "--max-image-pixels"),
+        ("autoencode", "--top-k"),
+        ("autoencode", "--chunks"),
+        ("flow", "--max-image-pixels"),
+        ("train", "--steps"),
+        ("train", "--seq-len"),
+        ("train", "--batch-size"),
+        ("train", "--grad-accum"),
+        ("train", "--keep-checkpoints"),
+        ("eval", "--seq-len"),
+        ("eval", "--max-windows"),
+        ("eval", "--batch-size"),
+        ("serve", "--max-batch-tokens"),
+        ("serve", "--max-batch-requests"),
+        ("serve", "--max-concurrent-requests"),
+        ("serve", "--max-connections"),
+        ("serve", "--header-timeout-s"),
+        ("serve", "--body-timeout-s"),
+        ("serve", "--max-client-batch-size"),
+        ("serve", "--max-predictions"),
+        ("serve", "--payload-limit"),
+        ("serve", "--max-image-pixels"),
+    ];
+    for (subcommand, flag) in flags {
+        let value_name = flag[2..].to_uppercase().replace('-', "_");
+        let out = timed(command(&[subcommand, &format!("{flag}=0")]));
+        let expected = format!("'0' for '{flag} <{value_name}>': must be at least 1 (see --help)");
+        assert_refused(&out, 2, &[&expected]);
+        let out = timed(command(&[subcommand, &format!("{flag}=-1")]));
+        assert_refused(&out, 2, &[&format!("'-1' for '{flag} "), "not a whole number"]);
+    }
+    // Where 0 is allowed, only the largest value is named.
+    for flag in ["--max-batch-wait-us", "--shutdown-timeout-s"] {
+        assert!(timed(command(&["serve", &format!("{flag}=0"), "--help"]))
+            .status
+            .success());
+        let out = timed(command(&["serve", flag, "99999999999999999999"]));
+        assert_refused(&out, 2, &[flag, "must be at most"]);
+    }
 }
 
 #[test]

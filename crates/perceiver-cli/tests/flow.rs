@@ -335,7 +335,10 @@ fn frames_larger_than_a_flow_field_are_refused_from_their_header() {
         "134217729",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    common::fails_with(&out, "134217729 is not in 1..=134217728");
+    common::fails_with(
+        &out,
+        "'134217729' for '--max-image-pixels <MAX_IMAGE_PIXELS>': must be at most 134217728",
+    );
     // 12,000 x 12,000 is 144 million pixels, between the two: refused by default before
     // anything is decoded (it could not be: the file holds no pixels), not after the model
     // loaded.
