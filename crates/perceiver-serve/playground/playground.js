@@ -24,6 +24,8 @@ const state = {
   image: null,
   previewUrl: null,
   imageSize: null,
+  // Counts the images chosen, so that an answer for an earlier one is not shown under a later.
+  imageChoice: 0,
 };
 
 function readKey() {
@@ -186,7 +188,7 @@ function showInfo(info) {
     // The server's defaults: 5 labels for an image, every label for a text.
     const topK = $('label-top-k');
     topK.max = String(Math.max(1, labels.length));
-    topK.value = String(image ? Math.min(5, labels.length) : labels.length);
+    topK.value = labels.length ? String(image ? Math.min(5, labels.length) : labels.length) : '';
   } else if (!fillMask) {
     $('unsupported').textContent =
       'This page does not try ' + task + ' models; the API docs describe the routes.';
@@ -267,8 +269,9 @@ function showError(r) {
 }
 
 // Sends one request at a time from a form's button, which shows `busyText` meanwhile; hands a
-// successful answer to `show(json, elapsed)`, or shows the server's error.
-async function submit(button, busyText, request, show) {
+// successful answer to `show(json, elapsed)`, or shows the server's error, unless `current()`
+// says the input has changed meanwhile (then nothing is shown: status "stale").
+async function submit(button, busyText, request, show, current = () => true) {
   if (state.busy) return;
   state.busy = true;
   const idleText = button.textContent;
@@ -279,7 +282,9 @@ async function submit(button, busyText, request, show) {
   try {
     const r = await request();
     const elapsed = performance.now() - started;
-    if (r.ok && r.json) {
+    if (!current()) {
+      document.body.dataset.status = 'stale';
+    } else if (r.ok && r.json) {
       $('error').hidden = true;
       show(r.json, elapsed);
       document.body.dataset.status = 'done';
@@ -289,8 +294,8 @@ async function submit(button, busyText, request, show) {
       document.body.dataset.status = 'error';
     }
   } catch (e) {
-    showError({ status: 0, json: null, text: 'cannot reach the server: ' + e.message });
-    document.body.dataset.status = 'error';
+    if (current()) showError({ status: 0, json: null, text: 'cannot reach the server: ' + e.message });
+    document.body.dataset.status = current() ? 'error' : 'stale';
   } finally {
     state.busy = false;
     button.disabled = false;
@@ -319,6 +324,7 @@ function classify() {
   if (state.busy) return;
   const topK = $('label-top-k').value.trim();
   let request;
+  let current = () => true;
   if (isImageTask()) {
     const file = state.image;
     if (!file) {
@@ -330,13 +336,15 @@ function classify() {
     const type = file.type.startsWith('image/') ? file.type : 'application/octet-stream';
     const query = topK === '' ? '' : '?top_k=' + encodeURIComponent(topK);
     request = () => call('POST', '/classify' + query, file, type);
+    const choice = state.imageChoice;
+    current = () => choice === state.imageChoice;
   } else {
     const parameters = {};
     if (topK !== '') parameters.top_k = Number(topK);
     const text = $('class-text').value;
     request = () => call('POST', '/classify', { inputs: text, parameters });
   }
-  submit($('classify'), 'Classifying…', request, showLabels);
+  submit($('classify'), 'Classifying…', request, showLabels, current);
 }
 
 // ---------------------------------------------------------------- the answer
@@ -636,6 +644,10 @@ function maskSelection() {
 // ---------------------------------------------------------------- the image
 
 function chooseImage(file) {
+  // The labels and errors shown are the last image's.
+  state.imageChoice += 1;
+  $('labels-result').hidden = true;
+  $('error').hidden = true;
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
   state.previewUrl = null;
   state.image = file || null;
@@ -706,7 +718,10 @@ function watchImage() {
     e.preventDefault();
     card.classList.add('dragging');
   });
-  card.addEventListener('dragleave', () => card.classList.remove('dragging'));
+  card.addEventListener('dragleave', (e) => {
+    // Leaving for one of the card's own elements is not leaving the card.
+    if (!card.contains(e.relatedTarget)) card.classList.remove('dragging');
+  });
   card.addEventListener('drop', (e) => {
     card.classList.remove('dragging');
     if (!isImageTask()) return;

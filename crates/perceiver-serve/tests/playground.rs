@@ -693,10 +693,11 @@ async fn classifiers_in_headless_chromium() {
     let Some((chromium, chromedriver)) = browser_or_skip("classifiers_in_headless_chromium") else {
         return;
     };
-    let model_dir = classifier_fixture("tiny_image_conv");
-    let images = classifier("tiny_image_conv");
-    assert_eq!(images.labels().len(), 5);
-    let server = TestServer::start("tiny_image_conv", images.clone(), |_| {}).await;
+    // Seven labels: more than the five an image gets by default.
+    let model_dir = classifier_fixture("tiny_image_fourier");
+    let images = classifier("tiny_image_fourier");
+    assert_eq!(images.labels().len(), 7);
+    let server = TestServer::start("tiny_image_fourier", images.clone(), |_| {}).await;
     let driver = Driver::start(&chromedriver);
     let profile = tempfile::tempdir().unwrap();
     let client = open_browser(&driver, &chromium, profile.path()).await;
@@ -705,7 +706,7 @@ async fn classifiers_in_headless_chromium() {
     client.goto(&format!("{}/", server.url())).await.unwrap();
     wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
     assert_eq!(text_of(&client, "#model-task").await, "image-classification");
-    assert_eq!(text_of(&client, "#model-labels").await, "5");
+    assert_eq!(text_of(&client, "#model-labels").await, "7");
     assert!(!find(&client, "#fill-form").await.is_displayed().await.unwrap());
     assert!(find(&client, "#image-file").await.is_displayed().await.unwrap());
     assert!(!find(&client, "#class-text").await.is_displayed().await.unwrap());
@@ -719,13 +720,25 @@ async fn classifiers_in_headless_chromium() {
     )
     .await;
     assert_eq!(unlabelled, json!([]), "controls without a label");
+    let skip_target = js(
+        &client,
+        "const target = document.querySelector(document.querySelector('.skip').hash);
+         return target !== null && target.getClientRects().length > 0",
+    )
+    .await;
+    assert_eq!(skip_target, json!(true), "the skip link leads to something shown");
 
     // Pressing the button with no image says what to do and sends nothing.
     find(&client, "#classify").await.click().await.unwrap();
     assert!(text_of(&client, "#image-facts")
         .await
         .contains("Choose an image first"));
-    assert_eq!(js(&client, "return document.body.dataset.requests").await, "0");
+    let sent = js(
+        &client,
+        "return [document.body.dataset.requests, document.body.dataset.status ?? null]",
+    )
+    .await;
+    assert_eq!(sent, json!(["0", null]), "no request started");
 
     // A file chosen in the file input: previewed, sent as it is, answered as the API answers.
     let wide_path = model_dir.join("wide.png");
@@ -750,7 +763,7 @@ async fn classifiers_in_headless_chromium() {
     assert_eq!(shown, expected, "the library's labels for wide.png");
     assert!(text_of(&client, "#labels-timing")
         .await
-        .starts_with("5 of 5 labels"));
+        .starts_with("5 of 7 labels"));
     screenshot(&client, 1100, "playground-image.png").await;
 
     // Fewer labels; a dropped file; a pasted one.
@@ -758,6 +771,14 @@ async fn classifiers_in_headless_chromium() {
     top_k.send_keys("2").await.unwrap();
     let tall = std::fs::read(model_dir.join("tall_grey.png")).unwrap();
     hand_over_image(&client, "drop", "dropped.png", &tall).await;
+    assert!(
+        !find(&client, "#labels-result")
+            .await
+            .is_displayed()
+            .await
+            .unwrap(),
+        "the last image's labels are hidden when another is chosen"
+    );
     let facts = image_facts_once_read(&client, "dropped.png").await;
     assert!(facts.contains("19 × 41 pixels"), "{facts}");
     press(&client, "#classify").await;
@@ -769,6 +790,35 @@ async fn classifiers_in_headless_chromium() {
     press(&client, "#classify").await;
     let api = api_image_labels(&server, &wide, 2).await;
     assert_same_labels(&labels_on_page(&client).await, &api, "pasted wide.png");
+
+    // An answer that arrives after another image was chosen is not shown under it.
+    js(
+        &client,
+        "const fetch = window.fetch;
+         window.fetch = (...args) => new Promise(r => setTimeout(r, 300)).then(() => fetch(...args));
+         return true",
+    )
+    .await;
+    let before = js(&client, "return Number(document.body.dataset.requests)").await;
+    find(&client, "#classify").await.click().await.unwrap();
+    hand_over_image(&client, "drop", "later.png", &tall).await;
+    wait_for(
+        &client,
+        &format!("return Number(document.body.dataset.requests) > {before}"),
+        "the late answer",
+    )
+    .await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "stale");
+    assert!(!find(&client, "#labels-result")
+        .await
+        .is_displayed()
+        .await
+        .unwrap());
+    image_facts_once_read(&client, "later.png").await;
+    press(&client, "#classify").await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "done");
+    let api = api_image_labels(&server, &tall, 2).await;
+    assert_same_labels(&labels_on_page(&client).await, &api, "later.png");
 
     // A file that is not an image: the browser cannot show it, the server's 422 is shown.
     let config = model_dir.join("config.json");
