@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::image::DecodeLimits;
+use perceiver::image::{DecodeLimits, IMAGE_EXTENSIONS};
 use perceiver::{Architecture, Classifier, LabelScore, Pixels};
 use rayon::prelude::*;
 
@@ -60,9 +60,6 @@ pub struct ClassifyArgs {
 
 /// The most inputs in one forward pass: a 224×224 image's encoder input is 50,176 rows.
 const MAX_BATCH_SIZE: u64 = 256;
-
-/// File extensions a directory argument's images are found by.
-const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
 /// The inputs to classify, with how each is named in output and messages.
 enum Inputs {

@@ -43,6 +43,10 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
 use super::RgbImage;
 use crate::error::{Error, Result};
 
+/// File name extensions (lower case) of the formats [`decode_image`] reads: how the image files
+/// of a directory are told from its other files, and one image from a video.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+
 /// How large an image [`decode_image_with_limits`] accepts, checked on the size in the file's
 /// header before any pixel is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -753,6 +757,19 @@ mod tests {
             );
         }
         assert!(decoded_size(b"not an image", &limits).is_err());
+    }
+
+    #[test]
+    fn the_image_extensions_are_those_of_the_formats_read() {
+        use ImageFormat::*;
+        let mut of_formats: Vec<&str> = [Jpeg, Png, WebP, Bmp, Gif, Tiff]
+            .iter()
+            .flat_map(|f| f.extensions_str().iter().copied())
+            .collect();
+        of_formats.sort_unstable();
+        let mut listed = IMAGE_EXTENSIONS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(listed, of_formats);
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub mod processor;
 pub mod resize;
 pub mod y4m;
 
-pub use decode::{decode_image, decode_image_with_limits, decoded_size, read_image_file, DecodeLimits};
+pub use decode::{
+    decode_image, decode_image_with_limits, decoded_size, read_image_file, DecodeLimits, IMAGE_EXTENSIONS,
+};
 pub use processor::{ImageProcessor, ImageProcessorConfig, Pixels, Size};
 pub use resize::{resize, Resample};
 pub use y4m::read_y4m;

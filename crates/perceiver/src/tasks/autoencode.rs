@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
 use crate::image::y4m::read_y4m_with_header;
-use crate::image::{decode_image_with_limits, decoded_size, read_image_file, DecodeLimits, RgbImage};
+use crate::image::{
+    decode_image_with_limits, decoded_size, read_image_file, DecodeLimits, RgbImage, IMAGE_EXTENSIONS,
+};
 pub use crate::model::MAX_CHUNKS;
 use crate::model::{check_chunks, MultimodalOutput, PerceiverModel};
 use crate::preprocess::{MultimodalInput, Pixels};
@@ -50,10 +52,6 @@ fn ended_early(e: &std::io::Error) -> bool {
             && e.get_ref()
                 .is_some_and(|inner| inner.to_string().starts_with("Failed to read enough bytes")))
 }
-
-/// Extensions of the image files that can be read, frames or not: one of them given as the
-/// video is a single image, not a malformed .y4m.
-const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// A reconstruction and the best labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,7 +184,8 @@ impl InputReader {
         if path.is_dir() {
             return self.frames_from_dir(path);
         }
-        if has_extension(path, &IMAGE_EXTENSIONS) {
+        // An image file given as the video is one frame, not a malformed .y4m.
+        if has_extension(path, IMAGE_EXTENSIONS) {
             return Err(Error::InvalidInput(format!(
                 "{}: one image; the model takes {} frames: give a directory of them (PNG or JPEG, in name order) or a .y4m video",
                 path.display(),
