@@ -9,7 +9,7 @@ use crate::numbers::whole;
 
 #[derive(Args)]
 #[command(
-    after_help = "Routes: GET / (a playground page to try a fill-mask model in a browser), POST /fill-mask \
+    after_help = "Routes: GET / (a playground page to try the model in a browser), POST /fill-mask \
 (masked language models) or POST /classify (classifiers), GET /health, GET /info, GET /metrics, \
 /docs (Swagger UI), /api-doc/openapi.json.\n\
 Examples:\n  curl -s localhost:8080/fill-mask -H 'Content-Type: application/json' \\\n    \
