@@ -31,8 +31,9 @@ pub(crate) fn describe(threads: usize) {
         false => "",
     };
     eprintln!(
-        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}{emulated}",
+        "ours: {threads} threads, f32 kernel {:?}, bf16 kernel {:?}{emulated}, row kernels {:?}",
         cpu::f32_kernel(),
-        cpu::bf16_kernel()
+        cpu::bf16_kernel(),
+        cpu::row_level()
     );
 }

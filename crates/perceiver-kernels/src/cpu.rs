@@ -4,9 +4,11 @@
 //! [`bf16_kernel`]) are the best the CPU runs, unless one of these environment variables (read
 //! once; any value) says otherwise:
 //! - `PERCEIVER_NO_AVX512`: the f32 products skip their AVX-512 kernel, and the bf16 products
-//!   the widened AVX-512 one ([`Bf16Kernel::Avx512Widened`]; `vdpbf16ps` or AVX2 instead);
+//!   the widened AVX-512 one ([`Bf16Kernel::Avx512Widened`]; `vdpbf16ps` or AVX2 instead); the
+//!   row kernels run their AVX2 build;
 //! - `PERCEIVER_NO_AVX2`: the f32 and bf16 products skip their AVX2+FMA kernels (to test or
-//!   time the portable paths on such a CPU);
+//!   time the portable paths on such a CPU), and so do the row kernels where they would run
+//!   it;
 //! - `PERCEIVER_NO_AMX`: the bf16 products skip AMX;
 //! - `PERCEIVER_VDPBF16PS`: on an Intel CPU with AVX-512 BF16 (and no AMX), the bf16 products
 //!   run on `vdpbf16ps` instead of widening to f32 ([`Bf16Kernel::Avx512Widened`]);
@@ -16,8 +18,9 @@
 //!   AVX-512 F is there without BF16 but its widened kernel is turned off): slow, to test those
 //!   paths on any machine.
 //!
-//! The row kernels ([`crate::rows`]) are compiled for each [`SimdLevel`] and pick the one the
-//! CPU has; the switches do not apply to them.
+//! The row kernels ([`crate::rows`]) are compiled for each [`SimdLevel`] and run the one
+//! [`row_level`] gives: the CPU's, lowered as the two switches above say, so that
+//! `PERCEIVER_NO_AVX512` runs a whole layer as an AVX2-only CPU would.
 
 use std::sync::OnceLock;
 
@@ -52,6 +55,34 @@ pub fn simd_level() -> SimdLevel {
         }
         SimdLevel::Baseline
     })
+}
+
+/// The [`SimdLevel`] the row kernels run at: [`simd_level`], lowered from AVX-512 to AVX2 by
+/// `PERCEIVER_NO_AVX512` and from AVX2 to the baseline by `PERCEIVER_NO_AVX2` (as the products'
+/// kernels are). Read once.
+pub fn row_level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        lowered(
+            simd_level(),
+            std::env::var_os("PERCEIVER_NO_AVX512").is_some(),
+            std::env::var_os("PERCEIVER_NO_AVX2").is_some(),
+        )
+    })
+}
+
+/// `level` without AVX-512 where `no_avx512`, then without AVX2 where `no_avx2`.
+fn lowered(level: SimdLevel, no_avx512: bool, no_avx2: bool) -> SimdLevel {
+    let level = if no_avx512 {
+        level.min(SimdLevel::Avx2)
+    } else {
+        level
+    };
+    if no_avx2 && level == SimdLevel::Avx2 {
+        SimdLevel::Baseline
+    } else {
+        level
+    }
 }
 
 /// Whether the CPU has AVX-512 F natively (the f32 products' AVX-512 kernel; where it is
@@ -277,7 +308,7 @@ macro_rules! dispatch {
                 unsafe fn wide512($($arg: $ty),*) $(-> $ret)? { $($wide)*($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide256($($arg: $ty),*) $(-> $ret)? { $($wide)*($($arg),*) }
-                let level = $crate::cpu::simd_level();
+                let level = $crate::cpu::row_level();
                 if level >= $crate::cpu::SimdLevel::Avx512 {
                     // SAFETY: the CPU has the features the function was compiled for.
                     return unsafe { wide512($($arg),*) };
@@ -299,3 +330,30 @@ macro_rules! dispatch {
 }
 
 pub(crate) use dispatch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_switches_lower_the_row_kernels_as_they_lower_the_products() {
+        use SimdLevel::{Avx2, Avx512, Baseline};
+        for (level, no_avx512, no_avx2, expected) in [
+            (Avx512, false, false, Avx512),
+            (Avx512, true, false, Avx2),
+            // Alone, PERCEIVER_NO_AVX2 leaves an AVX-512 CPU's f32 products on AVX-512.
+            (Avx512, false, true, Avx512),
+            (Avx512, true, true, Baseline),
+            (Avx2, true, false, Avx2),
+            (Avx2, false, true, Baseline),
+            (Baseline, true, true, Baseline),
+        ] {
+            assert_eq!(
+                lowered(level, no_avx512, no_avx2),
+                expected,
+                "{level:?}, no AVX-512 {no_avx512}, no AVX2 {no_avx2}"
+            );
+        }
+        assert!(row_level() <= simd_level(), "never above what the CPU has");
+    }
+}
