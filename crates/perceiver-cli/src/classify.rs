@@ -42,7 +42,7 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
 
-    /// Print one JSON line per input, in input order: the list transformers' classification
+    /// Print one JSON line per input classified, in input order: the list transformers' classification
     /// pipelines return, `[{"label": …, "score": …}, …]`, each entry also naming its `input`
     /// (an image's path, "input N" for the Nth text).
     #[arg(long)]
@@ -147,34 +147,74 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     let (top_k, batch_size) = (args.top_k as usize, args.batch_size as usize);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    // Images that cannot be read or prepared are named on stderr in their place and passed over, so that
+    // one damaged file does not end a run over thousands; the exit status still says so.
+    let mut unread: Vec<anyhow::Error> = Vec::new();
     for start in (0..count).step_by(batch_size) {
         let end = (start + batch_size).min(count);
-        let results = match &inputs {
+        let results: Vec<Result<Vec<LabelScore>>> = match &inputs {
             Inputs::Texts(texts) => {
                 let batch: Vec<&str> = texts[start..end].iter().map(|(_, text)| text.as_str()).collect();
-                classifier.classify_texts(&batch, top_k)?
+                classifier
+                    .classify_texts(&batch, top_k)?
+                    .into_iter()
+                    .map(Ok)
+                    .collect()
             }
-            Inputs::Images(paths) => {
-                let images = prepare_images(&classifier, &paths[start..end])?;
-                let refs: Vec<&Pixels> = images.iter().collect();
-                classifier.classify_pixels(&refs, top_k)?
-            }
+            Inputs::Images(paths) => classify_images(&classifier, &paths[start..end], top_k)?,
         };
-        for (i, labels) in (start..end).zip(&results) {
-            if args.json {
-                write_json(&mut out, &inputs.name(i, true), labels)?;
-            } else {
-                write_human(&mut out, &inputs.name(i, false), labels)?;
+        for (i, result) in (start..end).zip(results) {
+            match result {
+                Ok(labels) if args.json => write_json(&mut out, &inputs.name(i, true), &labels)?,
+                Ok(labels) => write_human(&mut out, &inputs.name(i, false), &labels)?,
+                Err(e) => {
+                    if count > 1 {
+                        // After the lines before it, where a terminal shows both.
+                        out.flush()?;
+                        note!("error: {}", crate::one_line(&e));
+                    }
+                    unread.push(e);
+                }
             }
         }
         out.flush()?;
     }
-    Ok(())
+    match unread.len() {
+        0 => Ok(()),
+        // Alone, its own message is the run's.
+        _ if count == 1 => Err(unread.remove(0)),
+        n => bail!("{n} of {count} images could not be classified (named above); the others were"),
+    }
 }
 
-/// Decodes and preprocesses a batch of image files, in parallel; the first failure names its
-/// file.
-fn prepare_images(classifier: &Classifier, paths: &[PathBuf]) -> Result<Vec<Pixels>> {
+/// A batch of image files' labels, each an error where the file cannot be read or decoded.
+/// A failing forward pass is the whole batch's error.
+fn classify_images(
+    classifier: &Classifier,
+    paths: &[PathBuf],
+    top_k: usize,
+) -> Result<Vec<Result<Vec<LabelScore>>>> {
+    let prepared = prepare_images(classifier, paths);
+    let images: Vec<&Pixels> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let mut labels = match images.is_empty() {
+        true => Vec::new(),
+        false => classifier.classify_pixels(&images, top_k)?,
+    }
+    .into_iter();
+    Ok(prepared
+        .into_iter()
+        .map(|p| {
+            p.and_then(|_| {
+                labels
+                    .next()
+                    .context("the model answered fewer images than it was given")
+            })
+        })
+        .collect())
+}
+
+/// Decodes and preprocesses a batch of image files, in parallel; each failure names its file.
+fn prepare_images(classifier: &Classifier, paths: &[PathBuf]) -> Vec<Result<Pixels>> {
     paths
         .par_iter()
         .map(|path| {

@@ -183,7 +183,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// The error and its causes on one line, "outer: cause: …", whatever the layers below put in
 /// their messages. A cause whose text its outer message already quotes (an error type that
 /// prints its source itself) is not repeated.
-fn one_line(error: &anyhow::Error) -> String {
+pub(crate) fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();

@@ -1,6 +1,7 @@
 //! `perceiver classify` end to end on the committed tiny classifiers
 //! (`tests/fixtures/classification/`): `--json` lines equal to transformers' classification
-//! pipelines, directories, batching, and every bad input ending in one line and a non-zero exit.
+//! pipelines, directories, batching, every bad input ending in one line and a non-zero exit, and
+//! damaged images among good ones passed over.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -277,4 +278,69 @@ fn bad_inputs_are_one_line_errors() {
         &perceiver(&["fill-mask", "--model", &image_model, "a[MASK]c"]),
         "PerceiverForMaskedLM",
     );
+}
+
+/// Damaged images among good ones are named on stderr and passed over: the others are
+/// classified as they are alone, at every batch size, and the exit status says that some were
+/// not, in a last line.
+#[test]
+fn unreadable_images_are_named_and_passed_over() {
+    let model = path(&fixture("tiny_image_conv"));
+    let dir = tempfile::tempdir().unwrap();
+    let good = [
+        ("a.png", fixture("tiny_image_conv").join("wide.png")),
+        ("c.png", fixture("tiny_image_conv").join("tall_grey.png")),
+    ];
+    for (name, from) in &good {
+        std::fs::copy(from, dir.path().join(name)).unwrap();
+    }
+    let mut damaged = std::fs::read(&good[0].1).unwrap();
+    let idat = damaged.windows(4).position(|w| w == b"IDAT").unwrap() + 4;
+    damaged[idat + 2] ^= 0xff;
+    std::fs::write(dir.path().join("b.png"), damaged).unwrap();
+    std::fs::write(dir.path().join("d.png"), b"").unwrap();
+
+    let good_paths: Vec<String> = good
+        .iter()
+        .map(|(name, _)| path(&dir.path().join(name)))
+        .collect();
+    let mut alone = vec!["classify", "--model", &model, "--json"];
+    alone.extend(good_paths.iter().map(String::as_str));
+    let expected = json_lines(&perceiver(&alone));
+    assert_eq!(expected.len(), 2);
+    for batch_size in ["1", "3", "8"] {
+        let out = perceiver(&[
+            "classify",
+            "--model",
+            &model,
+            "--json",
+            "--batch-size",
+            batch_size,
+            &path(dir.path()),
+        ]);
+        assert!(!out.status.success(), "batch size {batch_size}");
+        let lines: Vec<Value> = String::from_utf8(out.stdout.clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines, expected,
+            "batch size {batch_size}: the good images, in order"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().collect();
+        assert_eq!(errors.len(), 3, "{stderr}");
+        assert!(
+            errors[0].ends_with(
+                "b.png: cannot decode the image (PNG): CRC error in chunk IDAT (the file is damaged)"
+            ),
+            "{stderr}"
+        );
+        assert!(errors[1].contains("d.png"), "{stderr}");
+        assert_eq!(
+            errors[2],
+            "error: 2 of 4 images could not be classified (named above); the others were"
+        );
+    }
 }
