@@ -183,6 +183,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         0 => Ok(()),
         // Alone, its own message is the run's.
         _ if count == 1 => Err(unread.remove(0)),
+        n if n == count => bail!("none of the {count} images could be classified (named above)"),
         n => bail!("{n} of {count} images could not be classified (named above); the others were"),
     }
 }

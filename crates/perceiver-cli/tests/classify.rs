@@ -343,4 +343,15 @@ fn unreadable_images_are_named_and_passed_over() {
             "error: 2 of 4 images could not be classified (named above); the others were"
         );
     }
+    // Only damaged ones: each named, then a last line that says none could be.
+    std::fs::remove_file(dir.path().join("a.png")).unwrap();
+    std::fs::remove_file(dir.path().join("c.png")).unwrap();
+    let out = perceiver(&["classify", "--model", &model, &path(dir.path())]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+    assert!(
+        stderr.ends_with("error: none of the 2 images could be classified (named above)\n"),
+        "{stderr}"
+    );
 }

@@ -18,8 +18,8 @@
 //!   AVX-512 F is there without BF16 but its widened kernel is turned off): slow, to test those
 //!   paths on any machine.
 //!
-//! The row kernels ([`crate::rows`]) are compiled for each [`SimdLevel`] and run the one
-//! [`row_level`] gives: the CPU's, lowered as the two switches above say, so that
+//! The row kernels ([`crate::rows`], and the bf16 products' packing and rounding loops) are
+//! compiled for each [`SimdLevel`] and run the one [`row_level`] gives: the CPU's, lowered as the two switches above say, so that
 //! `PERCEIVER_NO_AVX512` runs a whole layer as an AVX2-only CPU would.
 
 use std::sync::OnceLock;
@@ -295,7 +295,7 @@ pub fn bf16_kernel() -> Bf16Kernel {
 }
 
 /// Compiles `$body` (a `#[inline(always)]` function) for the native baseline and with wider SIMD,
-/// and dispatches on what the CPU has ([`simd_level`]). A body written `$body::<FMA>` takes
+/// and dispatches on [`row_level`]: what the CPU has, lowered by the switches. A body written `$body::<FMA>` takes
 /// `const FMA: bool`: true in the AVX2/AVX-512 builds, which have fused multiply-adds, false in
 /// the baseline one (where `f32::mul_add` would be a call to a software `fmaf`).
 macro_rules! dispatch {
@@ -310,7 +310,8 @@ macro_rules! dispatch {
                 unsafe fn wide256($($arg: $ty),*) $(-> $ret)? { $($wide)*($($arg),*) }
                 let level = $crate::cpu::row_level();
                 if level >= $crate::cpu::SimdLevel::Avx512 {
-                    // SAFETY: the CPU has the features the function was compiled for.
+                    // SAFETY: the CPU has the features the function was compiled for
+                    // (`row_level` is never above `simd_level`, what it has).
                     return unsafe { wide512($($arg),*) };
                 }
                 if level >= $crate::cpu::SimdLevel::Avx2 {
