@@ -740,30 +740,26 @@ function watchImage() {
 
 // ---------------------------------------------------------------- start
 
-function main() {
-  $('fill-form').addEventListener('submit', (e) => {
+// `send` runs when the form is submitted or Ctrl+Enter is pressed in its text box.
+function sendFrom(form, textBox, send) {
+  $(form).addEventListener('submit', (e) => {
     e.preventDefault();
-    fill();
+    send();
   });
-  $('text').addEventListener('keydown', (e) => {
+  $(textBox).addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
-      fill();
+      send();
     }
   });
+}
+
+function main() {
+  sendFrom('fill-form', 'text', fill);
   $('text').addEventListener('input', updateCount);
   $('special').addEventListener('change', updateCount);
   $('mask-selection').addEventListener('click', maskSelection);
-  $('classify-form').addEventListener('submit', (e) => {
-    e.preventDefault();
-    classify();
-  });
-  $('class-text').addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
-      e.preventDefault();
-      classify();
-    }
-  });
+  sendFrom('classify-form', 'class-text', classify);
   $('class-text').addEventListener('input', updateClassCount);
   watchImage();
   $('top-k').max = String(VOCAB_SIZE);

@@ -426,14 +426,7 @@ async fn playground_in_headless_chromium() {
     );
     let docs = find(&client, "a[href='/docs/']").await;
     assert_eq!(docs.text().await.unwrap(), "API docs");
-    // Every control has a label.
-    let unlabelled = js(
-        &client,
-        "return [...document.querySelectorAll('input, textarea')]
-            .filter(e => e.labels.length === 0).map(e => e.id)",
-    )
-    .await;
-    assert_eq!(unlabelled, json!([]), "controls without a label");
+    assert_every_control_labelled(&client).await;
 
     // Several masks, one of two bytes, as typed.
     let text = "Hello, w[MASK]rld! How are y[MASK]u today?[MASK]\
@@ -663,6 +656,17 @@ async fn image_facts_once_read(client: &Client, name: &str) -> String {
     text_of(client, "#image-facts").await
 }
 
+/// Every input and text box of the page has a label.
+async fn assert_every_control_labelled(client: &Client) {
+    let unlabelled = js(
+        client,
+        "return [...document.querySelectorAll('input, textarea')]
+            .filter(e => e.labels.length === 0).map(e => e.id)",
+    )
+    .await;
+    assert_eq!(unlabelled, json!([]), "controls without a label");
+}
+
 /// The error shown, as the page holds it (WebDriver's element text folds runs of spaces).
 async fn error_message(client: &Client) -> String {
     let message = js(
@@ -713,13 +717,7 @@ async fn classifiers_in_headless_chromium() {
     assert_eq!(text_of(&client, "#classify-title").await, "Classify an image");
     let top_k = find(&client, "#label-top-k").await;
     assert_eq!(top_k.prop("value").await.unwrap().as_deref(), Some("5"));
-    let unlabelled = js(
-        &client,
-        "return [...document.querySelectorAll('input, textarea')]
-            .filter(e => e.labels.length === 0).map(e => e.id)",
-    )
-    .await;
-    assert_eq!(unlabelled, json!([]), "controls without a label");
+    assert_every_control_labelled(&client).await;
     let skip_target = js(
         &client,
         "const target = document.querySelector(document.querySelector('.skip').hash);
