@@ -71,7 +71,16 @@ def main() -> None:
                     "top1": logits.float().argmax(-1).tolist(),
                 }
             )
-    print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "results": results}))
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

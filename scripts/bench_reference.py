@@ -117,7 +117,14 @@ def linear(m: int, n: int, k: int, dtype, reps: int) -> Repeated:
 def serve(model_dir: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     models = {"float32": PerceiverForMaskedLM.from_pretrained(str(model_dir)).float().eval()}
-    reply({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()})
+    reply(
+        {
+            "ready": True,
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+        }
+    )
     workloads: dict[str, Workload | Repeated] = {}
 
     def model_in(dtype: str):

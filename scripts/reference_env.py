@@ -68,7 +68,7 @@ def peak_rss_mb() -> float:
 
 def print_bench_reply(threads: int, results: list, **settings) -> None:
     """Print a reference bench's reply as one JSON object: the torch and transformers versions,
-    the CPU, ``threads``, the bench's ``settings`` in their order, then ``results``."""
+    torch's CPU capability, the CPU, ``threads``, the bench's ``settings`` in their order, then ``results``."""
     import torch
     import transformers
 
@@ -77,6 +77,8 @@ def print_bench_reply(threads: int, results: list, **settings) -> None:
             {
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
+                # The vector code torch's own kernels run (ATEN_CPU_CAPABILITY lowers it).
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "cpu": cpu_model(),
                 "threads": threads,
                 **settings,

@@ -29,6 +29,15 @@ pub(crate) fn our_worker(command: &mut Command) -> Result<Value> {
     serde_json::from_slice(&output.stdout).context("our worker's reply")
 }
 
+/// ", CPU capability AVX2" from a reference's reply: the vector code torch's own kernels run
+/// (lowered by `ATEN_CPU_CAPABILITY`); empty if the reply does not say.
+pub(crate) fn capability(reply: &Value) -> String {
+    reply["cpu_capability"]
+        .as_str()
+        .map(|c| format!(", CPU capability {c}"))
+        .unwrap_or_default()
+}
+
 /// Runs the reference script (`command`, under `python`) and returns its reply's `results`; fails
 /// with its stderr. Prints the reply's torch and transformers versions on stderr, and the seconds
 /// since `started` when given.
@@ -51,8 +60,10 @@ pub(crate) fn reference_results(
         .map(|start| format!("; {:.0} s in all", start.elapsed().as_secs_f64()))
         .unwrap_or_default();
     eprintln!(
-        "reference: torch {} transformers {}{in_all}",
-        reply["torch"], reply["transformers"]
+        "reference: torch {} transformers {}{}{in_all}",
+        reply["torch"],
+        reply["transformers"],
+        capability(&reply)
     );
     Ok(reply["results"].as_array().cloned().unwrap_or_default())
 }

@@ -281,8 +281,10 @@ impl Reference {
         let mut reference = Self { child, stdin, stdout };
         let ready = reference.read()?;
         eprintln!(
-            "reference: torch {} on {} threads",
-            ready["torch"], ready["threads"]
+            "reference: torch {} on {} threads{}",
+            ready["torch"],
+            ready["threads"],
+            crate::child::capability(&ready)
         );
         Ok(reference)
     }
