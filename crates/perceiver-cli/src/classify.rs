@@ -147,9 +147,10 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     let (top_k, batch_size) = (args.top_k as usize, args.batch_size as usize);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    // Images that cannot be read or prepared are named on stderr in their place and passed over, so that
-    // one damaged file does not end a run over thousands; the exit status still says so.
-    let mut unread: Vec<anyhow::Error> = Vec::new();
+    // Images that cannot be read or prepared are named on stderr in their place and passed
+    // over, so that one damaged file does not end a run over thousands; the exit status still
+    // says so.
+    let mut passed_over: Vec<anyhow::Error> = Vec::new();
     for start in (0..count).step_by(batch_size) {
         let end = (start + batch_size).min(count);
         let results: Vec<Result<Vec<LabelScore>>> = match &inputs {
@@ -173,16 +174,16 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
                         out.flush()?;
                         note!("error: {}", crate::one_line(&e));
                     }
-                    unread.push(e);
+                    passed_over.push(e);
                 }
             }
         }
         out.flush()?;
     }
-    match unread.len() {
+    match passed_over.len() {
         0 => Ok(()),
         // Alone, its own message is the run's.
-        _ if count == 1 => Err(unread.remove(0)),
+        _ if count == 1 => Err(passed_over.remove(0)),
         n if n == count => bail!("none of the {count} images could be classified (named above)"),
         n => bail!("{n} of {count} images could not be classified (named above); the others were"),
     }
