@@ -19,8 +19,9 @@
 //!   paths on any machine.
 //!
 //! The row kernels ([`crate::rows`], and the bf16 products' packing and rounding loops) are
-//! compiled for each [`SimdLevel`] and run the one [`row_level`] gives: the CPU's, lowered as the two switches above say, so that
-//! `PERCEIVER_NO_AVX512` runs a whole layer as an AVX2-only CPU would.
+//! compiled for each [`SimdLevel`] and run the one [`row_level`] gives: the CPU's, lowered as
+//! the two switches above say, so that `PERCEIVER_NO_AVX512` runs a whole layer as an AVX2-only
+//! CPU would.
 
 use std::sync::OnceLock;
 
@@ -295,9 +296,10 @@ pub fn bf16_kernel() -> Bf16Kernel {
 }
 
 /// Compiles `$body` (a `#[inline(always)]` function) for the native baseline and with wider SIMD,
-/// and dispatches on [`row_level`]: what the CPU has, lowered by the switches. A body written `$body::<FMA>` takes
-/// `const FMA: bool`: true in the AVX2/AVX-512 builds, which have fused multiply-adds, false in
-/// the baseline one (where `f32::mul_add` would be a call to a software `fmaf`).
+/// and dispatches on [`row_level`]: what the CPU has, lowered by the switches. A body written
+/// `$body::<FMA>` takes `const FMA: bool`: true in the AVX2/AVX-512 builds, which have fused
+/// multiply-adds, false in the baseline one (where `f32::mul_add` would be a call to a software
+/// `fmaf`).
 macro_rules! dispatch {
     (@build $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => [$($wide:tt)*] [$($plain:tt)*]) => {
         $(#[$meta])*
