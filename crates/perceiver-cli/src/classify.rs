@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::image::{DecodeLimits, IMAGE_EXTENSIONS};
+use perceiver::image::{has_image_extension, DecodeLimits, IMAGE_EXTENSIONS};
 use perceiver::{Architecture, Classifier, LabelScore, Pixels};
 use rayon::prelude::*;
 
@@ -248,11 +248,7 @@ fn image_paths(path: &Path) -> Result<Vec<PathBuf>> {
         if perceiver::tasks::is_hidden(&file) {
             continue;
         }
-        let is_image = file
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-        if is_image && file.is_file() {
+        if has_image_extension(&file) && file.is_file() {
             files.push(file);
         }
     }

@@ -47,6 +47,18 @@ use crate::error::{Error, Result};
 /// of a directory are told from its other files, and one image from a video.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
+/// Whether `path`'s extension is one of [`IMAGE_EXTENSIONS`], in any case.
+pub fn has_image_extension(path: &Path) -> bool {
+    has_extension(path, IMAGE_EXTENSIONS)
+}
+
+/// Whether `path`'s extension is one of `extensions` (compared without case).
+pub(crate) fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// How large an image [`decode_image_with_limits`] accepts, checked on the size in the file's
 /// header before any pixel is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
 use crate::image::y4m::read_y4m_with_header;
 use crate::image::{
-    decode_image_with_limits, decoded_size, read_image_file, DecodeLimits, RgbImage, IMAGE_EXTENSIONS,
+    decode_image_with_limits, decoded_size, has_image_extension, read_image_file, DecodeLimits, RgbImage,
 };
 pub use crate::model::MAX_CHUNKS;
 use crate::model::{check_chunks, MultimodalOutput, PerceiverModel};
@@ -33,14 +33,7 @@ pub const DEFAULT_CHUNKS: usize = 128;
 pub const FRAME_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 fn has_frame_extension(path: &Path) -> bool {
-    has_extension(path, &FRAME_EXTENSIONS)
-}
-
-/// Whether `path` ends in one of `extensions` (compared without case).
-fn has_extension(path: &Path, extensions: &[&str]) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    crate::image::decode::has_extension(path, &FRAME_EXTENSIONS)
 }
 
 /// Whether a WAV reader's I/O error is the file ending before what its header announces:
@@ -185,7 +178,7 @@ impl InputReader {
             return self.frames_from_dir(path);
         }
         // An image file given as the video is one frame, not a malformed .y4m.
-        if has_extension(path, IMAGE_EXTENSIONS) {
+        if has_image_extension(path) {
             return Err(Error::InvalidInput(format!(
                 "{}: one image; the model takes {} frames: give a directory of them (PNG or JPEG, in name order) or a .y4m video",
                 path.display(),
