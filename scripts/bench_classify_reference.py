@@ -14,7 +14,6 @@ with the top-1 label of every image.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -23,8 +22,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoConfig  # noqa: E402
 import transformers  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+
+from reference_env import print_bench_reply  # noqa: E402
 
 
 def synthetic_pixels(batch: int, height: int, width: int) -> torch.Tensor:
@@ -71,16 +72,7 @@ def main() -> None:
                     "top1": logits.float().argmax(-1).tolist(),
                 }
             )
-    print(
-        json.dumps(
-            {
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "results": results,
-            }
-        )
-    )
+    print_bench_reply(args.threads, results)
 
 
 if __name__ == "__main__":
