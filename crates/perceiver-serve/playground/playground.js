@@ -271,6 +271,7 @@ function showError(r) {
 // Sends one request at a time from a form's button, which shows `busyText` meanwhile; hands a
 // successful answer to `show(json, elapsed)`, or shows the server's error, unless `current()`
 // says the input has changed meanwhile (then nothing is shown: status "stale").
+// A press while a request is out does nothing.
 async function submit(button, busyText, request, show, current = () => true) {
   if (state.busy) return;
   state.busy = true;
@@ -294,8 +295,9 @@ async function submit(button, busyText, request, show, current = () => true) {
       document.body.dataset.status = 'error';
     }
   } catch (e) {
-    if (current()) showError({ status: 0, json: null, text: 'cannot reach the server: ' + e.message });
-    document.body.dataset.status = current() ? 'error' : 'stale';
+    const shown = current();
+    if (shown) showError({ status: 0, json: null, text: 'cannot reach the server: ' + e.message });
+    document.body.dataset.status = shown ? 'error' : 'stale';
   } finally {
     state.busy = false;
     button.disabled = false;
@@ -306,7 +308,6 @@ async function submit(button, busyText, request, show, current = () => true) {
 }
 
 function fill() {
-  if (state.busy) return;
   const text = $('text').value;
   const parameters = { add_special_tokens: $('special').checked };
   const topK = $('top-k').value.trim();
@@ -321,7 +322,6 @@ function fill() {
 }
 
 function classify() {
-  if (state.busy) return;
   const topK = $('label-top-k').value.trim();
   let request;
   let current = () => true;
