@@ -192,6 +192,42 @@ fn tiled_flow_equals_the_colab_around_transformers() {
     }
 }
 
+/// Tiles run one by one elsewhere (as the HTTP service queues them) and assembled after give
+/// the flow of the whole-frame call, bit for bit, on every fixture pair (repeated tiles
+/// included); a missing tile or a flow of the wrong length is an error.
+#[test]
+fn tiles_run_apart_assemble_to_the_same_flow() {
+    for pair in pairs() {
+        let task = OpticalFlow::new(load(&pair.model, Precision::F32)).unwrap();
+        let frames = frames(&pair);
+        let whole = task.flow(&frames).unwrap();
+        let tiles = task.distinct_tiles(pair.height, pair.width).unwrap();
+        assert_eq!(tiles, whole.tiles, "{}", pair.pair);
+        // Run in reverse: the blend follows the grid, not the order the flows come in.
+        let flows: Vec<(Tile, Vec<f32>)> = tiles
+            .iter()
+            .rev()
+            .map(|&tile| (tile, task.tile_flow(&frames, tile).unwrap()))
+            .collect();
+        let apart = task.assemble(pair.height, pair.width, flows.clone()).unwrap();
+        assert_eq!(apart.field, whole.field, "{}", pair.pair);
+        if flows.len() > 1 {
+            let err = task
+                .assemble(pair.height, pair.width, flows[1..].to_vec())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("no flow for the tile"), "{err}");
+        }
+        let mut short = flows.clone();
+        short[0].1.pop();
+        let err = task
+            .assemble(pair.height, pair.width, short)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("values, not"), "{err}");
+    }
+}
+
 /// bf16 weight products stay close to f32 on the tiled flow (not a parity claim: a sanity
 /// bound on the bf16 path for this model).
 #[test]

@@ -142,7 +142,6 @@ impl OpticalFlow {
     pub fn flow(&self, frames: &FramePair) -> Result<FlowOutput> {
         let (height, width) = (frames.height(), frames.width());
         let grid = self.grid(height, width)?;
-        let (th, tw) = self.tile_size();
         // The grid repeats a tile where clamped starts coincide (a frame of one tile is 4 times
         // the same tile), and the Colab's weighted sum counts every repeat: the repeats stay in
         // the sum, in grid order, so the flow is unchanged, but each distinct tile runs once and
@@ -154,29 +153,16 @@ impl OpticalFlow {
         }
         let mut kept: HashMap<Tile, Vec<f32>> = HashMap::new();
         let mut tiles = Vec::with_capacity(uses.len());
-        let mut sum = vec![0f32; height * width * 2];
-        let mut count = vec![0u32; height * width];
+        let mut blend = FlowBlend::new(height, width, self.tile_size());
         for tile in &grid {
             let flow = match kept.remove(tile) {
                 Some(flow) => flow,
                 None => {
                     tiles.push(*tile);
-                    let pair = frames.crop(tile.top, tile.left, th, tw)?;
-                    self.model.optical_flow(&[&pair])?
+                    self.tile_flow(frames, *tile)?
                 }
             };
-            for y in 0..th {
-                for x in 0..tw {
-                    // The Colab's weights: the distance (from 1) to the nearest tile edge.
-                    let weight = (x + 1).min(tw - x).min((y + 1).min(th - y));
-                    let pixel = (tile.top + y) * width + tile.left + x;
-                    for c in 0..2 {
-                        let value = flow[(y * tw + x) * 2 + c] * FLOW_SCALE_FACTOR;
-                        sum[pixel * 2 + c] += value * weight as f32;
-                    }
-                    count[pixel] += weight as u32;
-                }
-            }
+            blend.add(*tile, &flow)?;
             if let Some(left) = uses.get_mut(tile) {
                 *left -= 1;
                 if *left > 0 {
@@ -184,15 +170,115 @@ impl OpticalFlow {
                 }
             }
         }
-        for (pair, &weight) in sum.chunks_exact_mut(2).zip(&count) {
+        Ok(FlowOutput {
+            field: blend.finish()?,
+            tiles,
+            tile_size: self.tile_size(),
+        })
+    }
+
+    /// The tiles of the [grid](Self::grid) of a `height × width` frame that run, each once, in
+    /// the order [`flow`](Self::flow) runs them.
+    pub fn distinct_tiles(&self, height: usize, width: usize) -> Result<Vec<Tile>> {
+        let mut seen = std::collections::HashSet::new();
+        Ok(self
+            .grid(height, width)?
+            .into_iter()
+            .filter(|tile| seen.insert(*tile))
+            .collect())
+    }
+
+    /// One tile's flow, as the model gives it (`[tile height, tile width, 2]`, before the
+    /// Colab's scale and blend): one forward pass. For running the tiles of a frame elsewhere
+    /// (the HTTP service queues them one by one) and [`assemble`](Self::assemble) them after.
+    pub fn tile_flow(&self, frames: &FramePair, tile: Tile) -> Result<Vec<f32>> {
+        let (th, tw) = self.tile_size();
+        let pair = frames.crop(tile.top, tile.left, th, tw)?;
+        self.model.optical_flow(&[&pair])
+    }
+
+    /// The flow of a `height × width` frame from its [distinct tiles'](Self::distinct_tiles)
+    /// [flows](Self::tile_flow), blended as [`flow`](Self::flow) blends them (the same values,
+    /// bit for bit); an error if a tile of the grid is missing or a flow has the wrong length.
+    pub fn assemble(&self, height: usize, width: usize, flows: Vec<(Tile, Vec<f32>)>) -> Result<FlowOutput> {
+        let grid = self.grid(height, width)?;
+        let tiles: Vec<Tile> = flows.iter().map(|(tile, _)| *tile).collect();
+        let flows: HashMap<Tile, Vec<f32>> = flows.into_iter().collect();
+        let mut blend = FlowBlend::new(height, width, self.tile_size());
+        for tile in &grid {
+            let flow = flows.get(tile).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "no flow for the tile at ({}, {}) of a {height}x{width} frame",
+                    tile.top, tile.left
+                ))
+            })?;
+            blend.add(*tile, flow)?;
+        }
+        Ok(FlowOutput {
+            field: blend.finish()?,
+            tiles,
+            tile_size: self.tile_size(),
+        })
+    }
+}
+
+/// The Colab's blend of tiles' flows into one field: each tile's flow × [`FLOW_SCALE_FACTOR`],
+/// weighted per pixel by the distance (from 1) to the tile's nearest edge, summed in the order
+/// the tiles are added, and divided by the summed weights.
+struct FlowBlend {
+    width: usize,
+    height: usize,
+    tile_size: (usize, usize),
+    sum: Vec<f32>,
+    weights: Vec<u32>,
+}
+
+impl FlowBlend {
+    fn new(height: usize, width: usize, tile_size: (usize, usize)) -> Self {
+        Self {
+            width,
+            height,
+            tile_size,
+            sum: vec![0f32; height * width * 2],
+            weights: vec![0u32; height * width],
+        }
+    }
+
+    fn add(&mut self, tile: Tile, flow: &[f32]) -> Result<()> {
+        let (th, tw) = self.tile_size;
+        if flow.len() != th * tw * 2 {
+            return Err(Error::InvalidInput(format!(
+                "a tile's flow has {} values, not {th}x{tw}x2",
+                flow.len()
+            )));
+        }
+        if tile.top + th > self.height || tile.left + tw > self.width {
+            return Err(Error::InvalidInput(format!(
+                "the tile at ({}, {}) does not fit a {}x{} frame",
+                tile.top, tile.left, self.height, self.width
+            )));
+        }
+        let width = self.width;
+        for y in 0..th {
+            for x in 0..tw {
+                let weight = (x + 1).min(tw - x).min((y + 1).min(th - y));
+                let pixel = (tile.top + y) * width + tile.left + x;
+                for c in 0..2 {
+                    let value = flow[(y * tw + x) * 2 + c] * FLOW_SCALE_FACTOR;
+                    self.sum[pixel * 2 + c] += value * weight as f32;
+                }
+                self.weights[pixel] += weight as u32;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<FlowField> {
+        for (pair, &weight) in self.sum.chunks_exact_mut(2).zip(&self.weights) {
             for value in pair {
                 *value /= weight as f32;
             }
         }
-        Ok(FlowOutput {
-            field: FlowField::new(height, width, sum)?,
-            tiles,
-            tile_size: (th, tw),
-        })
+        FlowField::new(self.height, self.width, self.sum)
     }
 }
