@@ -72,7 +72,7 @@ pub enum ServeError {
 
     /// The model's task has no route ([`check_architecture`](crate::check_architecture)).
     #[error(
-        "the service answers masked language models and classifiers, not a {architecture}; \
+        "the service answers masked language models, classifiers and optical-flow models, not a {architecture}; \
          `perceiver {command}` runs it"
     )]
     TaskNotServed {

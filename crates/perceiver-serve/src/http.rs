@@ -19,9 +19,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use http_body::Body as _;
+use perceiver::flow::{flow_to_rgb, write_flo};
 use perceiver::image::DecodeLimits;
+use perceiver::preprocess::FramePair;
+use perceiver::tasks::flow::{OpticalFlow, Tile};
 use perceiver::tokenizer::VOCAB_SIZE;
-use perceiver::{Classifier, LabelScore};
+use perceiver::{Classifier, LabelScore, Pixels};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -31,17 +34,22 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{ErrorResponse, ErrorType};
 use crate::metrics::Metrics;
-use crate::queue::{Infer, InferError, Input, Output, Pending, Task};
+use crate::queue::{Frames, Infer, InferError, Input, Output, Pending, Task};
 use crate::types::{
-    ClassifyParameters, ClassifyRequest, ClassifyResponse, FillMaskRequest, FillMaskResponse, Health, Info,
-    Inputs, LabelPrediction, Limits, Parameters, Prediction, TextAnswer,
+    ClassifyParameters, ClassifyRequest, ClassifyResponse, FillMaskRequest, FillMaskResponse, FlowFrames,
+    FlowRequest, FlowResponse, FlowRows, Health, Info, Inputs, LabelPrediction, Limits, Parameters,
+    Prediction, TextAnswer,
 };
 
 /// Candidates per mask when the request does not say (transformers' pipeline default); also
 /// the labels per image.
 pub const DEFAULT_TOP_K: usize = 5;
-/// How long a successful forward pass vouches for `/health`.
+/// How long a successful forward pass vouches for `/health`, at least.
 pub const HEALTH_CACHE: Duration = Duration::from_secs(5);
+/// A pass longer than a tenth of [`HEALTH_CACHE`] (a flow tile takes seconds) vouches for this
+/// many times its own time: an idle service probed every few seconds then spends at most about
+/// a tenth of its time on the probes' own passes.
+pub const HEALTH_CACHE_PASSES: u32 = 10;
 /// The least rate, in bytes a second, a request's body must arrive at on average once its body
 /// timeout has passed: a body of n bytes has the timeout plus n / this to arrive (a 1 MiB body,
 /// 64 s more), so a large body sent steadily is not cut off, while a trickle holds its request
@@ -205,7 +213,7 @@ async fn prepare_image(
                 .prepare_image(&file)
                 .map(Input::Pixels)
                 .map_err(invalid),
-            Task::FillMask(_) => Err(wrong_task(&task, "/classify")),
+            _ => Err(wrong_task(&task, "/classify")),
         })
         .await
         .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the images failed"))?
@@ -228,16 +236,19 @@ impl From<ErrorResponse> for Failure {
 #[openapi(
     info(
         title = "perceiver serve",
-        description = "Fill-mask with Perceiver IO byte-level language models, text and image classification with Perceiver IO classifiers (Hugging Face Inference API shapes). A service runs its model's one task (GET /info names it): POST /fill-mask or POST /classify.",
+        description = "Fill-mask with Perceiver IO byte-level language models, text and image classification with Perceiver IO classifiers (Hugging Face Inference API shapes), optical flow with the Perceiver IO flow model. A service runs its model's one task (GET /info names it): POST /fill-mask, POST /classify or POST /flow.",
         license(name = "Apache-2.0")
     ),
-    paths(fill_mask, classify, health, info, metrics),
+    paths(fill_mask, classify, flow, health, info, metrics),
     components(schemas(
         FillMaskRequest,
         ClassifyRequest,
         ClassifyParameters,
         ClassifyResponse,
         LabelPrediction,
+        FlowRequest,
+        FlowFrames,
+        FlowResponse,
         Inputs,
         Parameters,
         FillMaskResponse,
@@ -274,6 +285,7 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
     let task_route = match *state.task {
         Task::FillMask(_) => post(fill_mask),
         Task::Classifier(_) => post(classify),
+        Task::Flow(_) => post(flow),
     };
     let mut router = Router::new()
         .route(state.task.route(), task_route)
@@ -324,7 +336,7 @@ async fn fill_mask(State(state): State<Arc<AppState>>, request: Request) -> Resp
         let body = read_body(request, &state).await?;
         let _computing = state.computing.start().ok_or_else(stopping)?;
         let request: FillMaskRequest = parse_json(&body)?;
-        Ok(state.fill_mask(request).await?)
+        Ok(Json(state.fill_mask(request).await?))
     })
     .await
 }
@@ -361,12 +373,55 @@ async fn fill_mask(State(state): State<Arc<AppState>>, request: Request) -> Resp
     security((), ("api_key" = []))
 )]
 async fn classify(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    counted(&state, state.classify(request)).await
+    counted(&state, async { Ok(Json(state.classify(request).await?)) }).await
+}
+
+/// Optical flow from one frame to the next: the motion of every pixel.
+///
+/// The two frames (JPEG, PNG, WebP, BMP, GIF or TIFF, of one size, at least the model's tile:
+/// `/info`'s `tile_size`) come as a multipart form with the files `frame1` and `frame2`, or as
+/// JSON with both in base64. The frames are cut into overlapping tiles, one forward pass each,
+/// and their flows blended as DeepMind's Colab does (`perceiver flow` computes the same). The
+/// answer is JSON by default; `Accept: image/png` gives the colour-wheel picture of the flow
+/// (hue the direction, saturation the magnitude, saturating at `?max_flow=` pixels, or at the
+/// largest magnitude), `Accept: application/octet-stream` a Middlebury `.flo` file. Every
+/// answer states the flow's mean and largest magnitude and the tiles run in the headers
+/// `X-Flow-Mean-Magnitude`, `X-Flow-Max-Magnitude` and `X-Flow-Tiles`.
+#[utoipa::path(
+    post,
+    path = "/flow",
+    request_body(
+        description = "The two frames: a multipart form (files frame1, frame2) or JSON with both in base64",
+        content(
+            (FlowRequest = "application/json"),
+            (Vec<u8> = "multipart/form-data"),
+        )
+    ),
+    params(("max_flow" = Option<f32>, Query, description = "For a PNG answer: the magnitude, in pixels, at which the colours saturate (default: the largest in the flow)")),
+    responses(
+        (status = 200, description = "The flow: JSON, a PNG picture or a .flo file, as the Accept header asks", content(
+            (FlowResponse = "application/json"),
+            (Vec<u8> = "image/png"),
+            (Vec<u8> = "application/octet-stream"),
+        )),
+        (status = 400, description = "The body is not JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "The model is not an optical-flow model (see /info's task)", body = ErrorResponse),
+        (status = 408, description = "The body went silent for the body timeout, or arrived too slowly on average", body = ErrorResponse),
+        (status = 413, description = "The body is too large", body = ErrorResponse),
+        (status = 422, description = "Not a valid request (a frame missing, not an image or too large, frames of different sizes or smaller than the tile, bad base64, ...)", body = ErrorResponse),
+        (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
+        (status = 500, description = "The model failed", body = ErrorResponse),
+    ),
+    security((), ("api_key" = []))
+)]
+async fn flow(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    counted(&state, state.flow(request)).await
 }
 
 /// Runs a request to the task's route: counts its outcome (`cancelled` if the client leaves
 /// first: hyper then drops this future, or the body ends early) and times a success.
-async fn counted<T: serde::Serialize>(
+async fn counted<T: IntoResponse>(
     state: &AppState,
     work: impl std::future::Future<Output = Result<T, Failure>>,
 ) -> Response {
@@ -387,7 +442,7 @@ async fn counted<T: serde::Serialize>(
     state.metrics.count_result(&result);
     match result {
         Ok(answer) => {
-            let response = Json(answer).into_response();
+            let response = answer.into_response();
             state
                 .metrics
                 .request_duration
@@ -485,7 +540,7 @@ impl AppState {
         for output in answers_of(receivers).await? {
             match output {
                 Output::Filled(answer) => answers.push(TextAnswer::from_answer(&answer)),
-                Output::Labels(_) => return Err(unexpected_output()),
+                _ => return Err(unexpected_output()),
             }
         }
         Ok(if single {
@@ -598,7 +653,7 @@ impl AppState {
         for output in answers_of(receivers).await? {
             match output {
                 Output::Labels(labels) => answers.push(labels.into_iter().map(label_prediction).collect()),
-                Output::Filled(_) => return Err(unexpected_output().into()),
+                _ => return Err(unexpected_output().into()),
             }
         }
         Ok(if single {
@@ -606,6 +661,128 @@ impl AppState {
         } else {
             ClassifyResponse::Batch(answers)
         })
+    }
+
+    async fn flow(&self, request: Request) -> Result<Response, Failure> {
+        let Task::Flow(task) = &*self.task else {
+            return Err(wrong_task(&self.task, "/flow").into());
+        };
+        let format = FlowFormat::accepted(request.headers());
+        let max_flow = query_max_flow(request.uri().query())?;
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let media_type = media_type(&request);
+        // Admitted before the body is read, so that bodies in memory are bounded by the slots;
+        // shared with the decode, which may outlive this future.
+        let permit = Arc::new(self.permit()?);
+        let body = read_body(request, self).await?;
+        let _computing = self.computing.start().ok_or_else(stopping)?;
+        let (first, second) = match media_type.as_deref() {
+            Some("multipart/form-data") => multipart_frames(content_type.as_deref().unwrap_or_default(), body).await?,
+            Some("application/json") => json_frames(&body)?,
+            None if looks_like_json(&body) => json_frames(&body)?,
+            _ => {
+                return Err(ErrorResponse::validation(format!(
+                    "send the two frames as a multipart form with the files frame1 and frame2, or as JSON \
+                     {{\"inputs\": {{\"frame1\": \"<base64>\", \"frame2\": \"<base64>\"}}}} (Content-Type {})",
+                    media_type.as_deref().unwrap_or("not given")
+                ))
+                .into())
+            }
+        };
+        let frames = self.prepare_frames(task, first, second, permit).await?;
+        let (height, width) = (frames.pair.height(), frames.pair.width());
+        let tiles = task
+            .distinct_tiles(height, width)
+            .map_err(|e| ErrorResponse::validation(e.to_string()))?;
+        // The tiles alone hold the frames from here: their memory, and their share of the pixel
+        // budget, go once the last tile has run (or been dropped, if the client leaves).
+        let inputs = tiles
+            .iter()
+            .map(|&tile| Input::FlowTile {
+                frames: frames.clone(),
+                tile,
+            })
+            .collect();
+        drop(frames);
+        let receivers = self.infer.submit(inputs, 1).map_err(infer_error)?;
+        let mut flows = Vec::with_capacity(tiles.len());
+        for (tile, output) in tiles.into_iter().zip(answers_of(receivers).await?) {
+            match output {
+                Output::Flow(flow) => flows.push((tile, flow)),
+                _ => return Err(unexpected_output().into()),
+            }
+        }
+        // Blending and encoding take a while for large frames: off the async threads.
+        let task = self.task.clone();
+        tokio::task::spawn_blocking(move || match &*task {
+            Task::Flow(flow) => flow_answer(flow, height, width, flows, format, max_flow),
+            _ => Err(unexpected_output()),
+        })
+        .await
+        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "assembling the flow failed"))?
+        .map_err(Failure::Answer)
+    }
+
+    /// Decodes both frames within the pixel budget and scales them as the model takes them;
+    /// the budget's share stays with the frames until they are dropped.
+    async fn prepare_frames(
+        &self,
+        task: &OpticalFlow,
+        first: Vec<u8>,
+        second: Vec<u8>,
+        slot: impl Send + 'static,
+    ) -> Result<Arc<Frames>, ErrorResponse> {
+        let limits = DecodeLimits {
+            max_pixels: self.info.limits.max_image_pixels,
+        };
+        let invalid = |name: &'static str| {
+            move |e: perceiver::Error| {
+                let setting = match e {
+                    perceiver::Error::ImageTooLarge { limit: "image", .. } => {
+                        " (the service's --max-image-pixels)"
+                    }
+                    _ => "",
+                };
+                ErrorResponse::validation(format!("{name}: {e}{setting}"))
+            }
+        };
+        let (w1, h1) = perceiver::image::decoded_size(&first, &limits).map_err(invalid("frame1"))?;
+        let (w2, h2) = perceiver::image::decoded_size(&second, &limits).map_err(invalid("frame2"))?;
+        // Either side pair: the EXIF orientation, applied when decoding, may swap them.
+        if (w1, h1) != (w2, h2) && (w1, h1) != (h2, w2) {
+            return Err(differ_in_size((h1, w1), (h2, w2)));
+        }
+        let budget = self
+            .decode_budget
+            .take(w1.saturating_mul(h1).saturating_add(w2.saturating_mul(h2)))
+            .await;
+        let task = task.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let first =
+                perceiver::image::decode_image_with_limits(&first, &limits).map_err(invalid("frame1"))?;
+            let second =
+                perceiver::image::decode_image_with_limits(&second, &limits).map_err(invalid("frame2"))?;
+            let size = |image: &perceiver::image::RgbImage| (image.height() as u64, image.width() as u64);
+            if size(&first) != size(&second) {
+                return Err(differ_in_size(size(&first), size(&second)));
+            }
+            // Frames smaller than the tile, or too large for a flow field, before any tile runs.
+            task.grid(first.height(), first.width())
+                .map_err(|e| ErrorResponse::validation(e.to_string()))?;
+            let pair = FramePair::from_images(&first, &second)
+                .map_err(|e| ErrorResponse::validation(e.to_string()))?;
+            Ok(Arc::new(Frames {
+                pair,
+                budget: Some(budget),
+            }))
+        })
+        .await
+        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the frames failed"))?
     }
 
     fn permit(&self) -> Result<OwnedSemaphorePermit, ErrorResponse> {
@@ -619,6 +796,183 @@ impl AppState {
             )
         })
     }
+}
+
+/// What a flow answer is: JSON, a PNG picture or a `.flo` file, by the `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowFormat {
+    Json,
+    Png,
+    Flo,
+}
+
+impl FlowFormat {
+    /// The acceptable type of highest quality (the first of equals); JSON when the header is
+    /// absent or names none of the three.
+    fn accepted(headers: &axum::http::HeaderMap) -> Self {
+        let mut best: Option<(f32, FlowFormat)> = None;
+        let ranges = headers
+            .get_all(axum::http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','));
+        for range in ranges {
+            let mut parts = range.split(';');
+            let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let quality = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let format = match essence.as_str() {
+                "application/json" | "application/*" | "*/*" => FlowFormat::Json,
+                "image/png" | "image/*" => FlowFormat::Png,
+                "application/octet-stream" => FlowFormat::Flo,
+                _ => continue,
+            };
+            if quality > 0.0 && best.is_none_or(|(q, _)| quality > q) {
+                best = Some((quality, format));
+            }
+        }
+        best.map_or(FlowFormat::Json, |(_, format)| format)
+    }
+}
+
+/// The answer to a flow request: its tiles' flows blended, in the format asked for.
+fn flow_answer(
+    task: &OpticalFlow,
+    height: usize,
+    width: usize,
+    flows: Vec<(Tile, Vec<f32>)>,
+    format: FlowFormat,
+    max_flow: Option<f32>,
+) -> Result<Response, ErrorResponse> {
+    let backend = |e: perceiver::Error| ErrorResponse::new(ErrorType::Backend, e.to_string());
+    let output = task.assemble(height, width, flows).map_err(backend)?;
+    let stats = output.field.stats();
+    let (content_type, body) = match format {
+        FlowFormat::Json => {
+            let answer = FlowResponse {
+                height,
+                width,
+                mean_magnitude: stats.mean_magnitude,
+                max_magnitude: stats.max_magnitude,
+                tiles: output.tiles.len(),
+                flow: FlowRows(output.field),
+            };
+            let body = serde_json::to_vec(&answer)
+                .map_err(|e| ErrorResponse::new(ErrorType::Backend, e.to_string()))?;
+            ("application/json", body)
+        }
+        FlowFormat::Png => (
+            "image/png",
+            flow_to_rgb(&output.field, max_flow)
+                .and_then(|picture| picture.png_bytes())
+                .map_err(backend)?,
+        ),
+        FlowFormat::Flo => {
+            let mut body = Vec::with_capacity(12 + output.field.values().len() * 4);
+            write_flo(&output.field, &mut body).map_err(backend)?;
+            ("application/octet-stream", body)
+        }
+    };
+    let mut response = Response::new(axum::body::Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if format == FlowFormat::Flo {
+        headers.insert(
+            axum::http::header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment; filename=\"flow.flo\""),
+        );
+    }
+    for (name, value) in [
+        ("x-flow-mean-magnitude", stats.mean_magnitude.to_string()),
+        ("x-flow-max-magnitude", stats.max_magnitude.to_string()),
+        ("x-flow-tiles", output.tiles.len().to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+/// The frames of a multipart form: the files (or fields) `frame1` and `frame2`, nothing else.
+async fn multipart_frames(content_type: &str, body: Bytes) -> Result<(Vec<u8>, Vec<u8>), ErrorResponse> {
+    let malformed =
+        |e: multer::Error| ErrorResponse::validation(format!("the multipart form is malformed: {e}"));
+    let boundary = multer::parse_boundary(content_type).map_err(malformed)?;
+    let body = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
+    let mut form = multer::Multipart::new(body, boundary);
+    let (mut frame1, mut frame2) = (None, None);
+    while let Some(field) = form.next_field().await.map_err(malformed)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let slot = match name.as_str() {
+            "frame1" => &mut frame1,
+            "frame2" => &mut frame2,
+            _ => {
+                return Err(ErrorResponse::validation(format!(
+                    "unknown form field {name:?}: the form takes the files frame1 and frame2"
+                )))
+            }
+        };
+        if slot.is_some() {
+            return Err(ErrorResponse::validation(format!("the form has {name} twice")));
+        }
+        let bytes = field.bytes().await.map_err(malformed)?;
+        if bytes.is_empty() {
+            return Err(ErrorResponse::validation(format!("{name}: the image is empty")));
+        }
+        *slot = Some(bytes.to_vec());
+    }
+    match (frame1, frame2) {
+        (Some(first), Some(second)) => Ok((first, second)),
+        (first, _) => {
+            let missing = if first.is_none() { "frame1" } else { "frame2" };
+            Err(ErrorResponse::validation(format!(
+                "the form has no {missing}: send the earlier frame as the file frame1 and the later as frame2"
+            )))
+        }
+    }
+}
+
+/// The frames of a JSON flow request.
+fn json_frames(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ErrorResponse> {
+    let request: FlowRequest = parse_json(body)?;
+    let decode = |name: &str, text: &str| {
+        decode_base64(text).map_err(|e| ErrorResponse::validation(format!("{name}: {e}")))
+    };
+    Ok((
+        decode("frame1", &request.inputs.frame1)?,
+        decode("frame2", &request.inputs.frame2)?,
+    ))
+}
+
+fn differ_in_size((h1, w1): (u64, u64), (h2, w2): (u64, u64)) -> ErrorResponse {
+    ErrorResponse::validation(format!(
+        "the frames differ in size: frame1 is {h1}x{w1}, frame2 is {h2}x{w2} (height x width)"
+    ))
+}
+
+/// `max_flow` of the query string, if given: a positive number of pixels.
+fn query_max_flow(query: Option<&str>) -> Result<Option<f32>, ErrorResponse> {
+    let mut max_flow = None;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "max_flow" {
+            return Err(ErrorResponse::validation(format!(
+                "unknown query parameter {name:?} (only max_flow)"
+            )));
+        }
+        match value.parse::<f32>() {
+            Ok(v) if v.is_finite() && v > 0.0 => max_flow = Some(v),
+            _ => {
+                return Err(ErrorResponse::validation(format!(
+                    "max_flow={value} in the query is not a positive number of pixels"
+                )))
+            }
+        }
+    }
+    Ok(max_flow)
 }
 
 /// A classification request's inputs before they are prepared.
@@ -737,12 +1091,23 @@ fn unexpected_output() -> ErrorResponse {
     )
 }
 
-/// The health check's input for `task`: one masked byte, an empty text, or a grey image
-/// prepared as any image is.
+/// The health check's input for `task`: one masked byte, an empty text, a grey image
+/// prepared as any image is, or one tile of two grey frames.
 pub(crate) fn probe_input(task: &Task) -> Result<Input, perceiver::Error> {
     match task {
         Task::FillMask(fill) => Ok(Input::Masked(fill.prepare("[MASK]", false)?)),
         Task::Classifier(classifier) => probe_classifier(classifier),
+        Task::Flow(flow) => {
+            let (height, width) = flow.tile_size();
+            let grey = || Pixels::new(height, width, vec![0.0; 3 * height * width]);
+            Ok(Input::FlowTile {
+                frames: Arc::new(Frames {
+                    pair: FramePair::new(grey()?, grey()?)?,
+                    budget: None,
+                }),
+                tile: Tile { top: 0, left: 0 },
+            })
+        }
     }
 }
 
@@ -789,11 +1154,11 @@ fn infer_error(e: InferError) -> ErrorResponse {
 )]
 async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ErrorResponse> {
     let ok = || Json(Health { status: "ok".into() });
-    if state.infer.succeeded_within(HEALTH_CACHE) {
+    if state.infer.succeeded_within(HEALTH_CACHE, HEALTH_CACHE_PASSES) {
         return Ok(ok());
     }
     let _probe = state.health_probe.lock().await;
-    if state.infer.succeeded_within(HEALTH_CACHE) {
+    if state.infer.succeeded_within(HEALTH_CACHE, HEALTH_CACHE_PASSES) {
         return Ok(ok());
     }
     let unhealthy = |why: String| ErrorResponse::new(ErrorType::Unhealthy, why);
@@ -843,7 +1208,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> ErrorResponse {
     let path = request.uri().path();
-    if ["/fill-mask", "/classify"].contains(&path) {
+    if ["/fill-mask", "/classify", "/flow"].contains(&path) {
         return wrong_task(&state.task, path);
     }
     ErrorResponse::new(ErrorType::NotFound, format!("no route {path}"))
@@ -1193,15 +1558,34 @@ mod tests {
     #[test]
     fn openapi_documents_every_route() {
         let doc = serde_json::to_value(openapi()).unwrap();
-        for path in ["/fill-mask", "/classify", "/health", "/info", "/metrics"] {
+        for path in ["/fill-mask", "/classify", "/flow", "/health", "/info", "/metrics"] {
             assert!(doc["paths"].get(path).is_some(), "{path} undocumented");
         }
-        for schema in ["FillMaskRequest", "ClassifyRequest", "ClassifyResponse"] {
+        for schema in [
+            "FillMaskRequest",
+            "ClassifyRequest",
+            "ClassifyResponse",
+            "FlowRequest",
+            "FlowResponse",
+        ] {
             assert!(doc["components"]["schemas"].get(schema).is_some(), "{schema}");
         }
         let body = &doc["paths"]["/classify"]["post"]["requestBody"]["content"];
         for media in ["application/json", "image/*", "application/octet-stream"] {
             assert!(body.get(media).is_some(), "{media} undocumented");
+        }
+        let flow = &doc["paths"]["/flow"]["post"];
+        for media in ["application/json", "multipart/form-data"] {
+            assert!(
+                flow["requestBody"]["content"].get(media).is_some(),
+                "{media} undocumented"
+            );
+        }
+        for media in ["application/json", "image/png", "application/octet-stream"] {
+            assert!(
+                flow["responses"]["200"]["content"].get(media).is_some(),
+                "{media} undocumented"
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! `perceiver serve`: an HTTP service for Perceiver IO models, with dynamic batching:
-//! fill-mask for the language models, text or image classification for the classifiers.
+//! fill-mask for the language models, text or image classification for the classifiers,
+//! optical flow for the flow model.
 //!
 //! Layers, after Hugging Face's text-embeddings-inference: [`queue`] (the model on its own
 //! thread, fed by a queue that packs the inputs of many clients into one forward pass),
@@ -10,8 +11,10 @@
 //!
 //! A service runs the one task its model has ([`ServeModel`]; `/info` names it): `POST
 //! /fill-mask` for a masked language model, `POST /classify` for a classifier (an image's
-//! bytes, or JSON with base64 images or texts); the other task's route answers 404 naming the
-//! model's task.
+//! bytes, or JSON with base64 images or texts), `POST /flow` for an optical-flow model (two
+//! frames as a multipart form or base64 JSON; the flow as JSON, a PNG picture or a `.flo`
+//! file); another task's route answers 404 naming the model's task. Multimodal autoencoding
+//! has no route.
 //!
 //! Routes: the task's route, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
 //! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:
@@ -64,6 +67,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use perceiver::tasks::flow::OpticalFlow;
 use perceiver::{Classifier, FillMask, PerceiverModel};
 use tokio::net::TcpListener;
 
@@ -73,6 +77,8 @@ pub const FILL_MASK_TASK: &str = "fill-mask";
 pub const TEXT_CLASSIFICATION_TASK: &str = "text-classification";
 /// [`Info::task`] of an image classifier's service.
 pub const IMAGE_CLASSIFICATION_TASK: &str = "image-classification";
+/// [`Info::task`] of an optical-flow model's service (no Hugging Face pipeline has this task).
+pub const OPTICAL_FLOW_TASK: &str = "optical-flow";
 
 /// [`ServeConfig::max_batch_wait`]'s default: long enough for concurrent clients' texts to share a
 /// pass, short next to a pass, so a lone client does not notice it (the figures behind it are in
@@ -96,14 +102,14 @@ pub use error::{ErrorResponse, ErrorType, ServeError};
 pub use metrics::Metrics;
 pub use queue::{BatchLimits, Infer, Task};
 pub use types::{
-    ClassifyRequest, ClassifyResponse, FillMaskRequest, FillMaskResponse, Info, LabelPrediction, Limits,
-    Prediction, TextAnswer,
+    ClassifyRequest, ClassifyResponse, FillMaskRequest, FillMaskResponse, FlowFrames, FlowRequest,
+    FlowResponse, FlowRows, Info, LabelPrediction, Limits, Prediction, TextAnswer,
 };
 
 /// What [`Server::bind`] serves: a model (a classifier is served as one, with transformers'
-/// default image settings for an image model; any other as fill-mask), or a task ready to run
-/// (a [`Classifier`] from [`perceiver::Loader::classifier`] carries the model's own
-/// `preprocessor_config.json`).
+/// default image settings for an image model; an optical-flow model with the Colab's tiling;
+/// any other as fill-mask), or a task ready to run (a [`Classifier`] from
+/// [`perceiver::Loader::classifier`] carries the model's own `preprocessor_config.json`).
 #[derive(Debug)]
 pub enum ServeModel {
     /// A loaded model: its architecture decides the task.
@@ -112,6 +118,8 @@ pub enum ServeModel {
     FillMask(FillMask),
     /// A classifier.
     Classifier(Classifier),
+    /// Optical flow (its tiles' overlap set as wanted).
+    Flow(OpticalFlow),
 }
 
 impl From<PerceiverModel> for ServeModel {
@@ -132,6 +140,12 @@ impl From<Classifier> for ServeModel {
     }
 }
 
+impl From<OpticalFlow> for ServeModel {
+    fn from(flow: OpticalFlow) -> Self {
+        ServeModel::Flow(flow)
+    }
+}
+
 impl ServeModel {
     fn into_task(self) -> Result<Task, ServeError> {
         if let ServeModel::Model(model) = &self {
@@ -141,20 +155,23 @@ impl ServeModel {
             ServeModel::Model(model) if model.architecture().is_classifier() => {
                 Task::Classifier(Classifier::new(model)?)
             }
+            ServeModel::Model(model) if model.architecture() == perceiver::Architecture::OpticalFlow => {
+                Task::Flow(OpticalFlow::new(model)?)
+            }
             ServeModel::Model(model) => Task::FillMask(FillMask::new(model)?),
             ServeModel::FillMask(fill) => Task::FillMask(fill),
             ServeModel::Classifier(classifier) => Task::Classifier(classifier),
+            ServeModel::Flow(flow) => Task::Flow(flow),
         })
     }
 }
 
 /// An error unless a model of this architecture can be served: a masked language model
-/// (fill-mask) or a classifier. Optical flow and autoencoding have no route; the `perceiver`
-/// tool's `flow` and `autoencode` and the library's tasks run them.
+/// (fill-mask), a classifier or an optical-flow model. Autoencoding has no route; the
+/// `perceiver` tool's `autoencode` and the library's task run it.
 pub fn check_architecture(architecture: perceiver::Architecture) -> Result<(), ServeError> {
     use perceiver::Architecture;
     let command = match architecture {
-        Architecture::OpticalFlow => "flow",
         Architecture::MultimodalAutoencoding => "autoencode",
         _ => return Ok(()),
     };
@@ -436,10 +453,7 @@ impl Server {
             }
             task => task,
         };
-        let model = match &task {
-            Task::FillMask(fill) => fill.model(),
-            Task::Classifier(classifier) => classifier.model(),
-        };
+        let model = task.model();
         let max_len = model.max_len();
         config.check(max_len)?;
         let parameters = perceiver::checkpoint::expected_tensors(model.config())
@@ -460,7 +474,11 @@ impl Server {
             task: task.name().into(),
             labels: match &task {
                 Task::Classifier(classifier) => Some(classifier.labels().to_vec()),
-                Task::FillMask(_) => None,
+                Task::FillMask(_) | Task::Flow(_) => None,
+            },
+            tile_size: match &task {
+                Task::Flow(flow) => Some(flow.tile_size().into()),
+                _ => None,
             },
             precision,
             config: serde_json::to_value(model.config()).unwrap_or_default(),
@@ -699,36 +717,39 @@ mod tests {
     }
 
     #[test]
-    fn only_fill_mask_and_classifiers_are_served() {
+    fn every_architecture_but_the_autoencoder_is_served() {
         use perceiver::Architecture;
         for architecture in Architecture::ALL {
             let served = check_architecture(architecture).is_ok();
             assert_eq!(
                 served,
-                architecture == Architecture::MaskedLm || architecture.is_classifier(),
+                architecture != Architecture::MultimodalAutoencoding,
                 "{architecture:?}"
             );
         }
     }
 
     #[tokio::test]
-    async fn a_flow_model_is_refused_with_the_subcommand_that_runs_it() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/flow/tiny_flow");
+    async fn an_autoencoder_is_refused_with_the_subcommand_that_runs_it() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/multimodal/tiny_multimodal"
+        );
         let model = perceiver::Loader::new(dir).load().unwrap();
         let refused = Server::bind(
             ServeConfig {
                 port: 0,
-                ..ServeConfig::new("flow")
+                ..ServeConfig::new("autoencoder")
             },
             model,
         )
         .await;
         match refused {
             Err(e @ ServeError::TaskNotServed { .. }) => {
-                assert!(e.to_string().contains("`perceiver flow` runs it"), "{e}")
+                assert!(e.to_string().contains("`perceiver autoencode` runs it"), "{e}")
             }
             Err(e) => panic!("refused for another reason: {e}"),
-            Ok(_) => panic!("a flow model was served"),
+            Ok(_) => panic!("an autoencoder was served"),
         }
     }
 

@@ -1,9 +1,13 @@
 //! Dynamic batching: one model thread owns the forward pass; HTTP handlers put inputs on its
 //! queue and await a one-shot answer.
 //!
-//! One engine serves every task: an input is a fill-mask text, a text classifier's ids or an
-//! image classifier's pixels ([`Input`]), prepared (tokenized, decoded, resized) by the handler
-//! before it is queued, so the model thread only runs forward passes.
+//! One engine serves every task: an input is a fill-mask text, a text classifier's ids, an
+//! image classifier's pixels or one tile of a pair of frames for optical flow ([`Input`]),
+//! prepared (tokenized, decoded, resized, scaled) by the handler before it is queued, so the
+//! model thread only runs forward passes. A flow request is queued as its tiles, one forward
+//! pass each: a tile is seconds of work on a released model, so a large frame does not hold the
+//! thread for minutes, a health probe waits for one tile at most, and a client that leaves has
+//! its remaining tiles dropped.
 //!
 //! The thread blocks until an input arrives, then takes everything queued since, and packs a
 //! batch oldest first until the next input would break the token budget (the inputs' lengths
@@ -35,8 +39,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use perceiver::preprocess::FramePair;
+use perceiver::tasks::flow::{OpticalFlow, Tile};
 use perceiver::{Classifier, FillMask, FillMaskOutput, LabelScore, MaskedText, ModelInput, Pixels};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::error::ServeError;
 use crate::metrics::Metrics;
@@ -60,16 +66,19 @@ pub enum Task {
     FillMask(FillMask),
     /// A text or image classifier: `POST /classify`.
     Classifier(Classifier),
+    /// An optical-flow model: `POST /flow`.
+    Flow(OpticalFlow),
 }
 
 impl Task {
     /// The Hugging Face pipeline name: `fill-mask`, `text-classification` or
-    /// `image-classification`.
+    /// `image-classification`; `optical-flow` (which has no pipeline) for a flow model.
     pub fn name(&self) -> &'static str {
         match self {
             Task::FillMask(_) => crate::FILL_MASK_TASK,
             Task::Classifier(c) if c.reads_images() => crate::IMAGE_CLASSIFICATION_TASK,
             Task::Classifier(_) => crate::TEXT_CLASSIFICATION_TASK,
+            Task::Flow(_) => crate::OPTICAL_FLOW_TASK,
         }
     }
 
@@ -78,6 +87,16 @@ impl Task {
         match self {
             Task::FillMask(_) => "/fill-mask",
             Task::Classifier(_) => "/classify",
+            Task::Flow(_) => "/flow",
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &perceiver::PerceiverModel {
+        match self {
+            Task::FillMask(fill) => fill.model(),
+            Task::Classifier(classifier) => classifier.model(),
+            Task::Flow(flow) => flow.model(),
         }
     }
 
@@ -131,6 +150,18 @@ impl Task {
                 Ok(ranked.into_iter().map(Raw::Labels).collect())
             }
             (Task::Classifier(_), Some(other)) => wrong(other),
+            (Task::Flow(flow), Some(_)) => {
+                let mut flows = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    match input {
+                        Input::FlowTile { frames, tile } => flows.push(Raw::Flow(
+                            flow.tile_flow(&frames.pair, *tile).map_err(|e| e.to_string())?,
+                        )),
+                        other => return wrong(other),
+                    }
+                }
+                Ok(flows)
+            }
         }
     }
 }
@@ -144,16 +175,40 @@ pub enum Input {
     Tokens(Vec<u32>),
     /// An image classifier's input: the image as its processor prepares it.
     Pixels(Pixels),
+    /// One tile of a flow request's frames: a forward pass of its own (see the module docs).
+    FlowTile {
+        /// The request's frames, shared by its tiles.
+        frames: Arc<Frames>,
+        /// Which window of them.
+        tile: Tile,
+    },
+}
+
+/// A flow request's prepared frames, and what they hold of the service's pixel budget: given
+/// back when the last of the request's tiles lets go of them, so that the frames of every
+/// request in flight stay within the budget.
+#[derive(Debug)]
+pub struct Frames {
+    /// Both frames, scaled.
+    pub pair: FramePair,
+    /// The pixel budget's share (none outside the service).
+    pub budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Input {
-    /// Its share of the token budget: a text's ids; nothing for an image (see the module docs).
+    /// Its share of the token budget: a text's ids; nothing for an image or a tile (see the
+    /// module docs).
     fn tokens(&self) -> usize {
         match self {
             Input::Masked(text) => text.ids.len(),
             Input::Tokens(ids) => ids.len(),
-            Input::Pixels(_) => 0,
+            Input::Pixels(_) | Input::FlowTile { .. } => 0,
         }
+    }
+
+    /// Whether it counts against the token budget.
+    fn is_text(&self) -> bool {
+        matches!(self, Input::Masked(_) | Input::Tokens(_))
     }
 
     fn describe(&self) -> &'static str {
@@ -161,6 +216,7 @@ impl Input {
             Input::Masked(_) => "a masked text",
             Input::Tokens(_) => "a text to classify",
             Input::Pixels(_) => "an image",
+            Input::FlowTile { .. } => "a flow tile",
         }
     }
 }
@@ -169,6 +225,7 @@ impl Input {
 enum Raw {
     Masks(FillMaskOutput),
     Labels(Vec<LabelScore>),
+    Flow(Vec<f32>),
 }
 
 /// The answer to one input.
@@ -178,6 +235,8 @@ pub enum Output {
     Filled(Answer),
     /// A classified input's labels, best first, at most the submitted `top_k`.
     Labels(Vec<LabelScore>),
+    /// A tile's flow, as [`OpticalFlow::tile_flow`] gives it.
+    Flow(Vec<f32>),
 }
 
 /// A filled input, handed back with the input it answers.
@@ -235,11 +294,14 @@ impl Job {
     }
 }
 
+/// When a forward pass last succeeded, and how long it took.
+type LastSuccess = Arc<Mutex<Option<(Instant, Duration)>>>;
+
 /// A handle on the model thread: submit inputs, ask when it last succeeded. Cheap to clone.
 #[derive(Clone)]
 pub struct Infer {
     sender: Sender<Message>,
-    last_success: Arc<Mutex<Option<Instant>>>,
+    last_success: LastSuccess,
     metrics: Metrics,
 }
 
@@ -302,10 +364,12 @@ impl Infer {
         Ok(receiver)
     }
 
-    /// Whether a forward pass succeeded within the last `window`.
-    pub fn succeeded_within(&self, window: Duration) -> bool {
+    /// Whether a forward pass succeeded within the last `window`, or within `passes` times
+    /// that pass's own time if longer: where a pass takes seconds (a flow tile), a probe's own
+    /// pass would otherwise keep the model busy whenever it is probed.
+    pub fn succeeded_within(&self, window: Duration, passes: u32) -> bool {
         let last = *self.last_success.lock().unwrap_or_else(|e| e.into_inner());
-        last.is_some_and(|t| t.elapsed() <= window)
+        last.is_some_and(|(at, took)| at.elapsed() <= window.max(took.saturating_mul(passes)))
     }
 }
 
@@ -313,7 +377,7 @@ struct Worker {
     task: Arc<Task>,
     limits: BatchLimits,
     metrics: Metrics,
-    last_success: Arc<Mutex<Option<Instant>>>,
+    last_success: LastSuccess,
 }
 
 impl Worker {
@@ -352,8 +416,8 @@ impl Worker {
                 .observe(started.duration_since(job.enqueued).as_secs_f64());
         }
         self.metrics.batch_size.observe(batch.len() as f64);
-        // Images count no tokens: their batches are measured in images alone.
-        if !matches!(batch[0].input, Input::Pixels(_)) {
+        // Images and tiles count no tokens: their batches are measured in inputs alone.
+        if batch[0].input.is_text() {
             let tokens: usize = batch.iter().map(|j| j.input.tokens()).sum();
             self.metrics.batch_tokens.observe(tokens as f64);
         }
@@ -381,7 +445,8 @@ impl Worker {
                 )
             }
         };
-        *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), started.elapsed()));
         for (job, raw) in batch.into_iter().zip(outputs) {
             let answer = match (raw, job.input) {
                 (Raw::Masks(mut output), Input::Masked(input)) => {
@@ -394,6 +459,7 @@ impl Worker {
                     labels.truncate(job.top_k);
                     Ok(Output::Labels(labels))
                 }
+                (Raw::Flow(flow), _) => Ok(Output::Flow(flow)),
                 (Raw::Masks(_), _) => Err(InferError::Failed("candidates for an input without masks".into())),
             };
             // A client that left meanwhile simply gets nothing.
@@ -449,7 +515,9 @@ fn queue(pending: &mut VecDeque<Job>, message: Message) {
 
 /// Takes the next batch off the front of `pending`: oldest first, skipping inputs whose client
 /// is gone, until the next input would exceed a limit or is of another kind. The first live
-/// input always fits (the token budget is at least the model's positions).
+/// input always fits (the token budget is at least the model's positions). A flow tile runs
+/// alone: it is a pass of 2048-row products or more already, and a batch of them would keep a
+/// health probe waiting for all of them.
 fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metrics) -> Vec<Job> {
     let mut batch: Vec<Job> = Vec::new();
     let mut tokens = 0;
@@ -470,7 +538,8 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
         tokens += len;
         batch.extend(pending.pop_front());
         metrics.queue_depth.dec();
-        if batch.len() >= limits.max_batch_requests {
+        let alone = matches!(batch[0].input, Input::FlowTile { .. });
+        if alone || batch.len() >= limits.max_batch_requests {
             break;
         }
     }
@@ -536,6 +605,72 @@ mod tests {
         assert_eq!(lengths(&next_batch(&mut pending, limits, &metrics)), [5, 5, 5]);
         assert_eq!(metrics.queue_depth.get(), 0);
         assert!(next_batch(&mut pending, limits, &metrics).is_empty());
+    }
+
+    #[test]
+    fn a_flow_tile_runs_alone_and_its_frames_go_with_the_last_tile() {
+        let metrics = Metrics::new();
+        let zeros = || Pixels::new(4, 4, vec![0.0; 48]).unwrap();
+        let frames = Arc::new(Frames {
+            pair: FramePair::new(zeros(), zeros()).unwrap(),
+            budget: None,
+        });
+        let tiles: Vec<(Job, Pending)> = (0..3)
+            .map(|left| {
+                let tile = Tile { top: 0, left };
+                Job::new(
+                    Input::FlowTile {
+                        frames: frames.clone(),
+                        tile,
+                    },
+                    1,
+                )
+            })
+            .collect();
+        let (text, _rt) = job(4);
+        let (tiles, receivers): (Vec<Job>, Vec<Pending>) = tiles.into_iter().unzip();
+        let mut pending: VecDeque<Job> = tiles.into_iter().chain([text]).collect();
+        metrics.queue_depth.set(4);
+        let limits = BatchLimits {
+            max_batch_tokens: 100,
+            max_batch_requests: 10,
+            max_wait: Duration::ZERO,
+        };
+        // The client of the second tile left: it is dropped, never run.
+        let mut receivers = receivers;
+        drop(receivers.remove(1));
+        for _ in 0..2 {
+            let batch = next_batch(&mut pending, limits, &metrics);
+            assert_eq!(batch.len(), 1);
+            assert!(matches!(batch[0].input, Input::FlowTile { .. }));
+        }
+        // Only the test's handle on the frames is left once the tiles are gone.
+        assert_eq!(Arc::strong_count(&frames), 1);
+        assert_eq!(next_batch(&mut pending, limits, &metrics).len(), 1);
+        assert_eq!(metrics.queue_depth.get(), 0);
+        assert_eq!(metrics.inputs_dropped.get(), 1);
+    }
+
+    #[test]
+    fn a_long_pass_vouches_for_longer() {
+        let (sender, _receiver) = mpsc::channel();
+        let infer = Infer {
+            sender,
+            last_success: Arc::new(Mutex::new(None)),
+            metrics: Metrics::new(),
+        };
+        let window = Duration::from_secs(5);
+        assert!(!infer.succeeded_within(window, 10));
+        let ago = |s: u64| Instant::now() - Duration::from_secs(s);
+        *infer.last_success.lock().unwrap() = Some((ago(4), Duration::from_millis(100)));
+        assert!(infer.succeeded_within(window, 10));
+        *infer.last_success.lock().unwrap() = Some((ago(6), Duration::from_millis(100)));
+        assert!(!infer.succeeded_within(window, 10));
+        // A pass of 2 s vouches for 20 s.
+        *infer.last_success.lock().unwrap() = Some((ago(15), Duration::from_secs(2)));
+        assert!(infer.succeeded_within(window, 10));
+        *infer.last_success.lock().unwrap() = Some((ago(21), Duration::from_secs(2)));
+        assert!(!infer.succeeded_within(window, 10));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The JSON of the HTTP API: the Hugging Face Inference API's fill-mask, text-classification
-//! and image-classification shapes, and `/info`.
+//! and image-classification shapes, optical flow's (which the Inference API has no shape for),
+//! and `/info`.
 //!
 //! # Classification answers
 //!
@@ -109,6 +110,68 @@ pub enum ClassifyResponse {
     Batch(Vec<Vec<LabelPrediction>>),
 }
 
+/// `POST /flow` body, when it is JSON (a multipart form with the files `frame1` and `frame2`
+/// also does).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowRequest {
+    /// The two frames.
+    pub inputs: FlowFrames,
+}
+
+/// The two frames of a flow request, each an image file's bytes in base64 (a
+/// `data:image/…;base64,` prefix is allowed).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowFrames {
+    /// The earlier frame: flow is the motion from it to `frame2`.
+    pub frame1: String,
+    /// The later frame, of the same size.
+    pub frame2: String,
+}
+
+/// `POST /flow` answer as JSON (`Accept: image/png` gives the picture instead, and
+/// `Accept: application/octet-stream` a Middlebury `.flo` file).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FlowResponse {
+    /// Rows of the frames and of the flow.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// The mean flow magnitude, in pixels.
+    pub mean_magnitude: f32,
+    /// The largest flow magnitude, in pixels.
+    pub max_magnitude: f32,
+    /// Tiles run, one forward pass each (overlapping windows of the model's tile size).
+    pub tiles: usize,
+    /// The flow `[u, v]` of each pixel, in pixels (u to the right, v down): `height` rows of
+    /// `width` pairs.
+    #[schema(value_type = Vec<Vec<Vec<f32>>>)]
+    pub flow: FlowRows,
+}
+
+/// A flow field written as rows of `[u, v]` pairs.
+#[derive(Debug, Clone)]
+pub struct FlowRows(pub perceiver::FlowField);
+
+impl Serialize for FlowRows {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        struct Row<'a>(&'a [f32]);
+        impl Serialize for Row<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.chunks_exact(2))
+            }
+        }
+        let field = &self.0;
+        let mut rows = serializer.serialize_seq(Some(field.height()))?;
+        for row in field.values().chunks_exact(field.width() * 2) {
+            rows.serialize_element(&Row(row))?;
+        }
+        rows.end()
+    }
+}
+
 /// One candidate for one masked position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Prediction {
@@ -197,7 +260,7 @@ pub struct Limits {
     pub max_batch_requests: usize,
     /// Longest a batch is held back for more clients, in microseconds.
     pub max_batch_wait_us: u64,
-    /// Largest image (width × height) a classifier takes.
+    /// Largest image (width × height) a classifier or flow model takes.
     pub max_image_pixels: u64,
 }
 
@@ -207,12 +270,17 @@ pub struct Info {
     /// The model as given to `--model` (a directory or a hub id).
     pub model_id: String,
     /// What the service does, as a Hugging Face pipeline name: `fill-mask` (`POST /fill-mask`),
-    /// `text-classification` or `image-classification` (`POST /classify`).
+    /// `text-classification` or `image-classification` (`POST /classify`); `optical-flow`
+    /// (`POST /flow`).
     #[schema(example = "fill-mask")]
     pub task: String,
-    /// A classifier's labels, in id order (absent for fill-mask).
+    /// A classifier's labels, in id order (absent for other tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// An optical-flow model's tile, `[height, width]`: the least size of its frames, and the
+    /// windows its flow is computed in (absent for other tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_size: Option<[usize; 2]>,
     /// Number type of the model's weight matrix products (`f32` or `bf16`, as `--precision`).
     #[schema(example = "f32")]
     pub precision: String,

@@ -135,28 +135,49 @@ impl RgbImage {
     /// [`Error::InvalidInput`] for a side beyond PNG's (`u32`); [`Error::Write`] with `path`
     /// when the file cannot be created or written.
     pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
-        use ::image::ImageEncoder;
         let path = path.as_ref();
-        let (Ok(width), Ok(height)) = (u32::try_from(self.width), u32::try_from(self.height)) else {
-            return Err(Error::InvalidInput(format!(
-                "a {} x {} image is larger than a PNG file holds",
-                self.width, self.height
-            )));
-        };
         let io = |source| Error::Write {
             path: path.to_path_buf(),
             source,
         };
+        let sizes = self.png_sizes()?;
         let mut out = BufWriter::new(File::create(path).map_err(io)?);
-        ::image::codecs::png::PngEncoder::new(&mut out)
-            .write_image(&self.pixels, width, height, ::image::ExtendedColorType::Rgb8)
-            .map_err(|e| match e {
-                ::image::ImageError::IoError(source) => io(source),
-                // An RGB8 image of PNG's sizes always encodes: anything else is reported as I/O.
-                other => io(std::io::Error::other(other)),
-            })?;
+        self.encode_png(sizes, &mut out).map_err(io)?;
         // BufWriter's drop would swallow a failure of the last write.
         out.flush().map_err(io)
+    }
+
+    /// The image as the bytes of an 8-bit RGB PNG file.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a side beyond PNG's (`u32`).
+    pub fn png_bytes(&self) -> Result<Vec<u8>> {
+        let sizes = self.png_sizes()?;
+        let mut bytes = Vec::new();
+        self.encode_png(sizes, &mut bytes)
+            .map_err(|e| Error::InvalidInput(format!("the image could not be encoded as PNG: {e}")))?;
+        Ok(bytes)
+    }
+
+    fn png_sizes(&self) -> Result<(u32, u32)> {
+        match (u32::try_from(self.width), u32::try_from(self.height)) {
+            (Ok(width), Ok(height)) => Ok((width, height)),
+            _ => Err(Error::InvalidInput(format!(
+                "a {} x {} image is larger than a PNG file holds",
+                self.width, self.height
+            ))),
+        }
+    }
+
+    fn encode_png(&self, (width, height): (u32, u32), out: impl Write) -> std::io::Result<()> {
+        use ::image::ImageEncoder;
+        ::image::codecs::png::PngEncoder::new(out)
+            .write_image(&self.pixels, width, height, ::image::ExtendedColorType::Rgb8)
+            .map_err(|e| match e {
+                ::image::ImageError::IoError(source) => source,
+                // An RGB8 image of PNG's sizes always encodes: anything else is reported as I/O.
+                other => std::io::Error::other(other),
+            })
     }
 
     /// The pixel at column `x`, row `y`.

@@ -1,0 +1,408 @@
+//! `POST /flow` end to end on loopback, with the committed tiny optical-flow model: the flow of
+//! the fixture frames equal, bit for bit, to the library's (`OpticalFlow::flow_images`, itself
+//! checked against DeepMind's Colab around transformers' model in the library's tests) as JSON,
+//! as a PNG picture and as a `.flo` file, from a multipart form and from base64 JSON;
+//! concurrent requests each answered their own flow; every kind of bad input a 4xx JSON error.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use perceiver::flow::{flow_to_rgb, read_flo};
+use perceiver::image::decode_image;
+use perceiver::tasks::flow::OpticalFlow;
+use perceiver::{FlowField, Loader};
+use perceiver_serve::{ServeConfig, Server};
+use reqwest::multipart::{Form, Part};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flow")
+}
+
+fn frame(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("frames").join(name)).unwrap()
+}
+
+/// The fixture pairs of the tiny model: one tile, 2×2 and 2×3 tiles.
+const PAIRS: [&str; 3] = ["exact", "grid2x2", "grid2x3"];
+
+fn frames(pair: &str) -> (Vec<u8>, Vec<u8>) {
+    (
+        frame(&format!("tiny_flow-{pair}-1.png")),
+        frame(&format!("tiny_flow-{pair}-2.png")),
+    )
+}
+
+fn task() -> OpticalFlow {
+    OpticalFlow::new(
+        Loader::new(fixtures().join("tiny_flow").to_str().unwrap())
+            .load()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The library's flow of two image files.
+fn library_flow(first: &[u8], second: &[u8]) -> (FlowField, usize) {
+    let output = task()
+        .flow_images(&decode_image(first).unwrap(), &decode_image(second).unwrap())
+        .unwrap();
+    (output.field, output.tiles.len())
+}
+
+struct TestServer {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<Result<(), perceiver_serve::ServeError>>>,
+    client: reqwest::Client,
+}
+
+impl TestServer {
+    async fn start(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = ServeConfig::new("tiny-flow");
+        config.port = 0;
+        configure(&mut config);
+        let model = Loader::new(fixtures().join("tiny_flow").to_str().unwrap())
+            .load()
+            .unwrap();
+        let server = Server::bind(config, model).await.unwrap();
+        let url = format!("http://{}", server.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            stopped.await.ok();
+        }));
+        Self {
+            url,
+            stop: Some(stop),
+            running: Some(running),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn form(first: Vec<u8>, second: Vec<u8>) -> Form {
+        Form::new()
+            .part("frame1", Part::bytes(first).file_name("1.png"))
+            .part("frame2", Part::bytes(second).file_name("2.png"))
+    }
+
+    async fn post_form(&self, query: &str, accept: Option<&str>, form: Form) -> Response {
+        let mut request = self
+            .client
+            .post(format!("{}/flow{query}", self.url))
+            .multipart(form);
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Response {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        response.json().await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).ok();
+        self.running.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// The flow of a JSON answer, checked against its stated size.
+fn json_field(answer: &Value) -> FlowField {
+    let (height, width) = (
+        answer["height"].as_u64().unwrap(),
+        answer["width"].as_u64().unwrap(),
+    );
+    let rows = answer["flow"].as_array().unwrap();
+    assert_eq!(rows.len() as u64, height);
+    let mut values = Vec::new();
+    for row in rows {
+        let row = row.as_array().unwrap();
+        assert_eq!(row.len() as u64, width);
+        for pixel in row {
+            let pixel = pixel.as_array().unwrap();
+            assert_eq!(pixel.len(), 2);
+            values.extend(pixel.iter().map(|v| v.as_f64().unwrap() as f32));
+        }
+    }
+    FlowField::new(height as usize, width as usize, values).unwrap()
+}
+
+fn header<'a>(response: &'a Response, name: &str) -> &'a str {
+    response.headers()[name].to_str().unwrap()
+}
+
+async fn error(response: Response) -> (StatusCode, String, String) {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["error_type"].as_str().unwrap().to_owned(),
+        body["error"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flow_equals_the_librarys_in_every_format() {
+    let server = TestServer::start(|_| {}).await;
+    let info = server.get("/info").await;
+    assert_eq!(info["task"], "optical-flow");
+    assert_eq!(info["tile_size"], json!([48, 56]));
+    assert!(info.get("labels").is_none());
+
+    for pair in PAIRS {
+        let (first, second) = frames(pair);
+        let (expected, tiles) = library_flow(&first, &second);
+        let stats = expected.stats();
+
+        // JSON from a multipart form: every value as the library's (f32 round-trips in JSON).
+        let response = server
+            .post_form("", None, TestServer::form(first.clone(), second.clone()))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{pair}");
+        assert_eq!(header(&response, "content-type"), "application/json");
+        assert_eq!(header(&response, "x-flow-tiles"), tiles.to_string());
+        assert_eq!(
+            header(&response, "x-flow-max-magnitude").parse::<f32>().unwrap(),
+            stats.max_magnitude
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(json_field(&answer), expected, "{pair}");
+        assert_eq!(answer["tiles"].as_u64().unwrap() as usize, tiles);
+        assert_eq!(
+            answer["mean_magnitude"].as_f64().unwrap() as f32,
+            stats.mean_magnitude
+        );
+        assert_eq!(
+            answer["max_magnitude"].as_f64().unwrap() as f32,
+            stats.max_magnitude
+        );
+
+        // The same frames as base64 JSON (one as a data URL).
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let body = json!({"inputs": {
+            "frame1": format!("data:image/png;base64,{}", b64(&first)),
+            "frame2": b64(&second),
+        }});
+        let response = server
+            .post("/flow", "application/json", serde_json::to_vec(&body).unwrap())
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{pair}");
+        assert_eq!(json_field(&response.json().await.unwrap()), expected, "{pair}");
+
+        // The picture, saturating at the largest magnitude or at max_flow.
+        for (query, max_flow) in [("", None), ("?max_flow=0.5", Some(0.5))] {
+            let response = server
+                .post_form(
+                    query,
+                    Some("image/png"),
+                    TestServer::form(first.clone(), second.clone()),
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::OK, "{pair}{query}");
+            assert_eq!(header(&response, "content-type"), "image/png");
+            let png = response.bytes().await.unwrap();
+            let expected_png = flow_to_rgb(&expected, max_flow).unwrap().png_bytes().unwrap();
+            assert_eq!(png.as_ref(), expected_png.as_slice(), "{pair}{query}");
+        }
+
+        // The .flo file, asked for among other types by quality.
+        let response = server
+            .post_form(
+                "",
+                Some("application/json;q=0.5, application/octet-stream"),
+                TestServer::form(first.clone(), second.clone()),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{pair}");
+        assert_eq!(header(&response, "content-type"), "application/octet-stream");
+        assert!(header(&response, "content-disposition").contains("flow.flo"));
+        let flo = response.bytes().await.unwrap();
+        assert_eq!(read_flo(flo.as_ref()).unwrap(), expected, "{pair}");
+    }
+
+    // A type refused with q=0 is not chosen; a type none of the three falls back to JSON.
+    let (first, second) = frames("exact");
+    for accept in ["image/png;q=0, application/json", "text/html"] {
+        let response = server
+            .post_form("", Some(accept), TestServer::form(first.clone(), second.clone()))
+            .await;
+        assert_eq!(header(&response, "content-type"), "application/json", "{accept}");
+    }
+
+    let health = server.get("/health").await;
+    assert_eq!(health["status"], "ok");
+    server.stop().await;
+}
+
+/// Requests sent at once share the model thread tile by tile; each gets its own frames' flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_get_their_own_flow() {
+    let server = TestServer::start(|_| {}).await;
+    let requests = PAIRS.iter().chain(PAIRS.iter()).map(|pair| {
+        let (first, second) = frames(pair);
+        let server = &server;
+        async move {
+            let response = server.post_form("", None, TestServer::form(first, second)).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            json_field(&response.json().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    for (pair, answer) in PAIRS.iter().chain(PAIRS.iter()).zip(answers) {
+        let (first, second) = frames(pair);
+        assert_eq!(answer, library_flow(&first, &second).0, "{pair}");
+    }
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"perceiver_requests_total{outcome="success",task="optical-flow"} 6"#),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_the_reason() {
+    let server = TestServer::start(|config| config.max_image_pixels = 5000).await;
+    let (first, second) = frames("exact");
+    let (big1, _) = frames("grid2x3");
+    let validation = |(status, kind, message): (StatusCode, String, String), needle: &str| {
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{message}");
+        assert_eq!(kind, "validation");
+        assert!(message.contains(needle), "expected {needle:?} in {message:?}");
+    };
+
+    let form = Form::new().part("frame1", Part::bytes(first.clone()));
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "the form has no frame2",
+    );
+    let form = Form::new().part("frame2", Part::bytes(second.clone()));
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "the form has no frame1",
+    );
+    let form = TestServer::form(first.clone(), second.clone()).part("frame3", Part::bytes(vec![1]));
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "unknown form field \"frame3\"",
+    );
+    let form = TestServer::form(first.clone(), second.clone()).part("frame1", Part::bytes(vec![1]));
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "the form has frame1 twice",
+    );
+    let form = TestServer::form(first.clone(), b"not an image".to_vec());
+    validation(error(server.post_form("", None, form).await).await, "frame2: ");
+    let form = TestServer::form(first.clone(), Vec::new());
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "frame2: the image is empty",
+    );
+    // 54x70 against 48x56.
+    let form = TestServer::form(frames("grid2x2").0, second.clone());
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "the frames differ in size: frame1 is 54x70, frame2 is 48x56",
+    );
+    // 5,200 pixels, over this service's 5,000.
+    let form = TestServer::form(big1.clone(), big1.clone());
+    validation(error(server.post_form("", None, form).await).await, "frame1: ");
+    let form = TestServer::form(big1.clone(), big1.clone());
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "--max-image-pixels",
+    );
+    // Smaller than the tile: a 40x40 pair.
+    let small = perceiver::image::RgbImage::new(40, 40, vec![90; 40 * 40 * 3])
+        .unwrap()
+        .png_bytes()
+        .unwrap();
+    let form = TestServer::form(small.clone(), small);
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "smaller than the model's 48x56 tile",
+    );
+    for query in ["?max_flow=0", "?max_flow=-1", "?max_flow=inf", "?max_flow=x"] {
+        let form = TestServer::form(first.clone(), second.clone());
+        validation(
+            error(server.post_form(query, Some("image/png"), form).await).await,
+            "not a positive number of pixels",
+        );
+    }
+    let form = TestServer::form(first.clone(), second.clone());
+    validation(
+        error(server.post_form("?top_k=3", None, form).await).await,
+        "unknown query parameter \"top_k\"",
+    );
+    validation(
+        error(server.post("/flow", "image/png", first.clone()).await).await,
+        "send the two frames as a multipart form",
+    );
+    validation(
+        error(server.post("/flow", "multipart/form-data", first.clone()).await).await,
+        "the multipart form is malformed",
+    );
+    validation(
+        error(
+            server
+                .post(
+                    "/flow",
+                    "application/json",
+                    br#"{"inputs": {"frame1": "!!", "frame2": "AAAA"}}"#.to_vec(),
+                )
+                .await,
+        )
+        .await,
+        "frame1: the image is not valid base64",
+    );
+    validation(
+        error(
+            server
+                .post(
+                    "/flow",
+                    "application/json",
+                    br#"{"inputs": {"frame1": "AAAA"}}"#.to_vec(),
+                )
+                .await,
+        )
+        .await,
+        "frame2",
+    );
+    let (status, kind, _) = error(server.post("/flow", "application/json", b"{".to_vec()).await).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::BAD_REQUEST, "invalid_json"));
+    // Another task's route names this one.
+    let (status, kind, message) = error(server.post("/classify", "image/png", first.clone()).await).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert!(message.contains("served at POST /flow"), "{message}");
+
+    // Nothing refused cost a pass, and the service still answers.
+    let response = server.post_form("", None, TestServer::form(first, second)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    server.stop().await;
+}
