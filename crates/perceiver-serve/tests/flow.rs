@@ -11,10 +11,13 @@ use perceiver::flow::{flow_to_rgb, read_flo};
 use perceiver::image::decode_image;
 use perceiver::tasks::flow::OpticalFlow;
 use perceiver::{FlowField, Loader};
-use perceiver_serve::{ServeConfig, Server};
+use perceiver_serve::ServeConfig;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
+
+mod common;
+use common::TestServer;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flow")
@@ -51,32 +54,20 @@ fn library_flow(first: &[u8], second: &[u8]) -> (FlowField, usize) {
     (output.field, output.tiles.len())
 }
 
-struct TestServer {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    running: Option<tokio::task::JoinHandle<Result<(), perceiver_serve::ServeError>>>,
-    client: reqwest::Client,
+/// A client of a service on the tiny flow model.
+struct Client {
+    server: TestServer,
+    http: reqwest::Client,
 }
 
-impl TestServer {
+impl Client {
     async fn start(configure: impl FnOnce(&mut ServeConfig)) -> Self {
-        let mut config = ServeConfig::new("tiny-flow");
-        config.port = 0;
-        configure(&mut config);
         let model = Loader::new(fixtures().join("tiny_flow").to_str().unwrap())
             .load()
             .unwrap();
-        let server = Server::bind(config, model).await.unwrap();
-        let url = format!("http://{}", server.local_addr());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(server.run(async {
-            stopped.await.ok();
-        }));
         Self {
-            url,
-            stop: Some(stop),
-            running: Some(running),
-            client: reqwest::Client::new(),
+            server: TestServer::start("tiny-flow", model, configure).await,
+            http: reqwest::Client::new(),
         }
     }
 
@@ -87,10 +78,8 @@ impl TestServer {
     }
 
     async fn post_form(&self, query: &str, accept: Option<&str>, form: Form) -> Response {
-        let mut request = self
-            .client
-            .post(format!("{}/flow{query}", self.url))
-            .multipart(form);
+        let url = format!("{}/flow{query}", self.server.url());
+        let mut request = self.http.post(url).multipart(form);
         if let Some(accept) = accept {
             request = request.header("Accept", accept);
         }
@@ -98,8 +87,8 @@ impl TestServer {
     }
 
     async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Response {
-        self.client
-            .post(format!("{}{path}", self.url))
+        self.http
+            .post(format!("{}{path}", self.server.url()))
             .header("Content-Type", content_type)
             .body(body)
             .send()
@@ -107,20 +96,15 @@ impl TestServer {
             .unwrap()
     }
 
-    async fn get(&self, path: &str) -> Value {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+    async fn get(&self, path: &str) -> Response {
+        let url = format!("{}{path}", self.server.url());
+        let response = self.http.get(url).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
-        response.json().await.unwrap()
+        response
     }
 
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).ok();
-        self.running.take().unwrap().await.unwrap().unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
@@ -161,8 +145,8 @@ async fn error(response: Response) -> (StatusCode, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_flow_equals_the_librarys_in_every_format() {
-    let server = TestServer::start(|_| {}).await;
-    let info = server.get("/info").await;
+    let server = Client::start(|_| {}).await;
+    let info: Value = server.get("/info").await.json().await.unwrap();
     assert_eq!(info["task"], "optical-flow");
     assert_eq!(info["tile_size"], json!([48, 56]));
     assert!(info.get("labels").is_none());
@@ -174,7 +158,7 @@ async fn the_flow_equals_the_librarys_in_every_format() {
 
         // JSON from a multipart form: every value as the library's (f32 round-trips in JSON).
         let response = server
-            .post_form("", None, TestServer::form(first.clone(), second.clone()))
+            .post_form("", None, Client::form(first.clone(), second.clone()))
             .await;
         assert_eq!(response.status(), StatusCode::OK, "{pair}");
         assert_eq!(header(&response, "content-type"), "application/json");
@@ -213,7 +197,7 @@ async fn the_flow_equals_the_librarys_in_every_format() {
                 .post_form(
                     query,
                     Some("image/png"),
-                    TestServer::form(first.clone(), second.clone()),
+                    Client::form(first.clone(), second.clone()),
                 )
                 .await;
             assert_eq!(response.status(), StatusCode::OK, "{pair}{query}");
@@ -228,7 +212,7 @@ async fn the_flow_equals_the_librarys_in_every_format() {
             .post_form(
                 "",
                 Some("application/json;q=0.5, application/octet-stream"),
-                TestServer::form(first.clone(), second.clone()),
+                Client::form(first.clone(), second.clone()),
             )
             .await;
         assert_eq!(response.status(), StatusCode::OK, "{pair}");
@@ -242,12 +226,12 @@ async fn the_flow_equals_the_librarys_in_every_format() {
     let (first, second) = frames("exact");
     for accept in ["image/png;q=0, application/json", "text/html"] {
         let response = server
-            .post_form("", Some(accept), TestServer::form(first.clone(), second.clone()))
+            .post_form("", Some(accept), Client::form(first.clone(), second.clone()))
             .await;
         assert_eq!(header(&response, "content-type"), "application/json", "{accept}");
     }
 
-    let health = server.get("/health").await;
+    let health: Value = server.get("/health").await.json().await.unwrap();
     assert_eq!(health["status"], "ok");
     server.stop().await;
 }
@@ -255,12 +239,12 @@ async fn the_flow_equals_the_librarys_in_every_format() {
 /// Requests sent at once share the model thread tile by tile; each gets its own frames' flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_each_get_their_own_flow() {
-    let server = TestServer::start(|_| {}).await;
+    let server = Client::start(|_| {}).await;
     let requests = PAIRS.iter().chain(PAIRS.iter()).map(|pair| {
         let (first, second) = frames(pair);
         let server = &server;
         async move {
-            let response = server.post_form("", None, TestServer::form(first, second)).await;
+            let response = server.post_form("", None, Client::form(first, second)).await;
             assert_eq!(response.status(), StatusCode::OK);
             json_field(&response.json().await.unwrap())
         }
@@ -270,15 +254,7 @@ async fn concurrent_requests_each_get_their_own_flow() {
         let (first, second) = frames(pair);
         assert_eq!(answer, library_flow(&first, &second).0, "{pair}");
     }
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(r#"perceiver_requests_total{outcome="success",task="optical-flow"} 6"#),
         "{metrics}"
@@ -288,7 +264,7 @@ async fn concurrent_requests_each_get_their_own_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_the_reason() {
-    let server = TestServer::start(|config| config.max_image_pixels = 5000).await;
+    let server = Client::start(|config| config.max_image_pixels = 5000).await;
     let (first, second) = frames("exact");
     let (big1, _) = frames("grid2x3");
     let validation = |(status, kind, message): (StatusCode, String, String), needle: &str| {
@@ -307,55 +283,52 @@ async fn bad_requests_are_refused_with_the_reason() {
         error(server.post_form("", None, form).await).await,
         "the form has no frame1",
     );
-    let form = TestServer::form(first.clone(), second.clone()).part("frame3", Part::bytes(vec![1]));
+    let form = Client::form(first.clone(), second.clone()).part("frame3", Part::bytes(vec![1]));
     validation(
         error(server.post_form("", None, form).await).await,
         "unknown form field \"frame3\"",
     );
-    let form = TestServer::form(first.clone(), second.clone()).part("frame1", Part::bytes(vec![1]));
+    let form = Client::form(first.clone(), second.clone()).part("frame1", Part::bytes(vec![1]));
     validation(
         error(server.post_form("", None, form).await).await,
         "the form has frame1 twice",
     );
-    let form = TestServer::form(first.clone(), b"not an image".to_vec());
+    let form = Client::form(first.clone(), b"not an image".to_vec());
     validation(error(server.post_form("", None, form).await).await, "frame2: ");
-    let form = TestServer::form(first.clone(), Vec::new());
+    let form = Client::form(first.clone(), Vec::new());
     validation(
         error(server.post_form("", None, form).await).await,
         "frame2: the image is empty",
     );
     // 54x70 against 48x56.
-    let form = TestServer::form(frames("grid2x2").0, second.clone());
+    let form = Client::form(frames("grid2x2").0, second.clone());
     validation(
         error(server.post_form("", None, form).await).await,
         "the frames differ in size: frame1 is 54x70, frame2 is 48x56",
     );
-    // 5,200 pixels, over this service's 5,000.
-    let form = TestServer::form(big1.clone(), big1.clone());
-    validation(error(server.post_form("", None, form).await).await, "frame1: ");
-    let form = TestServer::form(big1.clone(), big1.clone());
-    validation(
-        error(server.post_form("", None, form).await).await,
-        "--max-image-pixels",
-    );
+    // 5,200 pixels, over this service's 5,000: the frame and the setting named.
+    let form = Client::form(big1.clone(), big1.clone());
+    let refused = error(server.post_form("", None, form).await).await;
+    assert!(refused.2.starts_with("frame1: "), "{}", refused.2);
+    validation(refused, "(the service's --max-image-pixels)");
     // Smaller than the tile: a 40x40 pair.
     let small = perceiver::image::RgbImage::new(40, 40, vec![90; 40 * 40 * 3])
         .unwrap()
         .png_bytes()
         .unwrap();
-    let form = TestServer::form(small.clone(), small);
+    let form = Client::form(small.clone(), small);
     validation(
         error(server.post_form("", None, form).await).await,
         "smaller than the model's 48x56 tile",
     );
     for query in ["?max_flow=0", "?max_flow=-1", "?max_flow=inf", "?max_flow=x"] {
-        let form = TestServer::form(first.clone(), second.clone());
+        let form = Client::form(first.clone(), second.clone());
         validation(
             error(server.post_form(query, Some("image/png"), form).await).await,
             "not a positive number of pixels",
         );
     }
-    let form = TestServer::form(first.clone(), second.clone());
+    let form = Client::form(first.clone(), second.clone());
     validation(
         error(server.post_form("?top_k=3", None, form).await).await,
         "unknown query parameter \"top_k\"",
@@ -402,7 +375,7 @@ async fn bad_requests_are_refused_with_the_reason() {
     assert!(message.contains("served at POST /flow"), "{message}");
 
     // Nothing refused cost a pass, and the service still answers.
-    let response = server.post_form("", None, TestServer::form(first, second)).await;
+    let response = server.post_form("", None, Client::form(first, second)).await;
     assert_eq!(response.status(), StatusCode::OK);
     server.stop().await;
 }
