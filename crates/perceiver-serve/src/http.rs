@@ -46,9 +46,10 @@ use crate::types::{
 pub const DEFAULT_TOP_K: usize = 5;
 /// How long a successful forward pass vouches for `/health`, at least.
 pub const HEALTH_CACHE: Duration = Duration::from_secs(5);
-/// A pass longer than a tenth of [`HEALTH_CACHE`] (a flow tile takes seconds) vouches for this
-/// many times its own time: an idle service probed every few seconds then spends at most about
-/// a tenth of its time on the probes' own passes.
+/// A flow model's pass (a tile, seconds long) vouches for this many times its own time if that
+/// is longer than [`HEALTH_CACHE`]: an idle service probed every few seconds then spends at most
+/// about a tenth of its time on the probes' own passes. Other tasks' passes vouch for
+/// [`HEALTH_CACHE`] alone, so a model that hangs is reported within seconds.
 pub const HEALTH_CACHE_PASSES: u32 = 10;
 /// The least rate, in bytes a second, a request's body must arrive at on average once its body
 /// timeout has passed: a body of n bytes has the timeout plus n / this to arrive (a 1 MiB body,
@@ -86,6 +87,9 @@ pub(crate) struct Computing {
     idle: Notify,
     /// Set at the shutdown's deadline: no request starts computing after it.
     closed: AtomicBool,
+    /// Set with `closed`: the model thread then answers the flow tiles it has not started
+    /// rather than run them ([`Infer::tile_stop`]).
+    tile_stop: Option<Arc<AtomicBool>>,
 }
 
 impl Computing {
@@ -100,9 +104,21 @@ impl Computing {
         (!self.closed.load(Ordering::SeqCst)).then_some(guard)
     }
 
-    /// Refuses the requests that would start computing from now on.
+    /// Counts the requests computing on `infer`'s model thread.
+    pub(crate) fn new(infer: &Infer) -> Self {
+        Self {
+            tile_stop: Some(infer.tile_stop()),
+            ..Self::default()
+        }
+    }
+
+    /// Refuses the requests that would start computing from now on, and the flow tiles not
+    /// started (their requests are answered 503).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        if let Some(tile_stop) = &self.tile_stop {
+            tile_stop.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Completes once no request is computing.
@@ -248,6 +264,7 @@ impl From<ErrorResponse> for Failure {
         LabelPrediction,
         FlowRequest,
         FlowFrames,
+        FlowForm,
         FlowResponse,
         Inputs,
         Parameters,
@@ -394,16 +411,23 @@ async fn classify(State(state): State<Arc<AppState>>, request: Request) -> Respo
         description = "The two frames: a multipart form (files frame1, frame2) or JSON with both in base64",
         content(
             (FlowRequest = "application/json"),
-            (Vec<u8> = "multipart/form-data"),
+            (FlowForm = "multipart/form-data"),
         )
     ),
     params(("max_flow" = Option<f32>, Query, description = "For a PNG answer: the magnitude, in pixels, at which the colours saturate (default: the largest in the flow)")),
     responses(
-        (status = 200, description = "The flow: JSON, a PNG picture or a .flo file, as the Accept header asks", content(
-            (FlowResponse = "application/json"),
-            (Vec<u8> = "image/png"),
-            (Vec<u8> = "application/octet-stream"),
-        )),
+        (status = 200, description = "The flow: JSON, a PNG picture or a .flo file, as the Accept header asks",
+            headers(
+                ("X-Flow-Mean-Magnitude" = f32, description = "The mean flow magnitude, in pixels"),
+                ("X-Flow-Max-Magnitude" = f32, description = "The largest flow magnitude, in pixels"),
+                ("X-Flow-Tiles" = usize, description = "Tiles run, one forward pass each"),
+            ),
+            content(
+                (FlowResponse = "application/json"),
+                (Vec<u8> = "image/png"),
+                (Vec<u8> = "application/octet-stream"),
+            )
+        ),
         (status = 400, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 404, description = "The model is not an optical-flow model (see /info's task)", body = ErrorResponse),
@@ -417,6 +441,18 @@ async fn classify(State(state): State<Arc<AppState>>, request: Request) -> Respo
 )]
 async fn flow(State(state): State<Arc<AppState>>, request: Request) -> Response {
     counted(&state, state.flow(request)).await
+}
+
+/// `POST /flow` as a multipart form (for the OpenAPI document; the handler reads the form).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct FlowForm {
+    /// The earlier frame's image file.
+    #[schema(value_type = String, format = Binary)]
+    frame1: Vec<u8>,
+    /// The later frame's image file, of the same size.
+    #[schema(value_type = String, format = Binary)]
+    frame2: Vec<u8>,
 }
 
 /// Runs a request to the task's route: counts its outcome (`cancelled` if the client leaves
@@ -676,14 +712,16 @@ impl AppState {
             .map(str::to_owned);
         let media_type = media_type(&request);
         // Admitted before the body is read, so that bodies in memory are bounded by the slots;
-        // shared with the decode, which may outlive this future.
+        // held until the answer is built, and by the decode, which may outlive this future.
         let permit = Arc::new(self.permit()?);
         let body = read_body(request, self).await?;
         let _computing = self.computing.start().ok_or_else(stopping)?;
         let (first, second) = match media_type.as_deref() {
-            Some("multipart/form-data") => multipart_frames(content_type.as_deref().unwrap_or_default(), body).await?,
-            Some("application/json") => json_frames(&body)?,
-            None if looks_like_json(&body) => json_frames(&body)?,
+            Some("multipart/form-data") => {
+                multipart_frames(content_type.as_deref().unwrap_or_default(), body).await?
+            }
+            Some("application/json") => json_frames(body)?,
+            None if looks_like_json(&body) => json_frames(body)?,
             _ => {
                 return Err(ErrorResponse::validation(format!(
                     "send the two frames as a multipart form with the files frame1 and frame2, or as JSON \
@@ -693,13 +731,14 @@ impl AppState {
                 .into())
             }
         };
-        let frames = self.prepare_frames(task, first, second, permit).await?;
+        let frames = self.prepare_frames(task, first, second, permit.clone()).await?;
         let (height, width) = (frames.pair.height(), frames.pair.width());
+        let budget = frames.budget.clone();
         let tiles = task
             .distinct_tiles(height, width)
             .map_err(|e| ErrorResponse::validation(e.to_string()))?;
-        // The tiles alone hold the frames from here: their memory, and their share of the pixel
-        // budget, go once the last tile has run (or been dropped, if the client leaves).
+        // The tiles alone hold the frames from here: their memory goes once the last tile has
+        // run (or been dropped, if the client leaves).
         let inputs = tiles
             .iter()
             .map(|&tile| Input::FlowTile {
@@ -716,19 +755,26 @@ impl AppState {
                 _ => return Err(unexpected_output().into()),
             }
         }
-        // Blending and encoding take a while for large frames: off the async threads.
+        // Blending and encoding take a while for large frames: off the async threads. The
+        // request's share of the pixel budget stays with its answer until that is sent.
         let task = self.task.clone();
-        tokio::task::spawn_blocking(move || match &*task {
+        let answer = tokio::task::spawn_blocking(move || match &*task {
             Task::Flow(flow) => flow_answer(flow, height, width, flows, format, max_flow),
             _ => Err(unexpected_output()),
         })
         .await
-        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "assembling the flow failed"))?
-        .map_err(Failure::Answer)
+        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "assembling the flow failed"))??;
+        Ok(answer.map(|body| {
+            axum::body::Body::new(Holding {
+                body: Some(Bytes::from(body)),
+                _held: (budget, permit),
+            })
+        }))
     }
 
-    /// Decodes both frames within the pixel budget and scales them as the model takes them;
-    /// the budget's share stays with the frames until they are dropped.
+    /// Decodes both frames within the pixel budget and scales them as the model takes them.
+    /// The frames' sizes are checked from their headers first: against each other, the
+    /// budget, the model's tile and the largest flow field.
     async fn prepare_frames(
         &self,
         task: &OpticalFlow,
@@ -756,10 +802,20 @@ impl AppState {
         if (w1, h1) != (w2, h2) && (w1, h1) != (h2, w2) {
             return Err(differ_in_size((h1, w1), (h2, w2)));
         }
-        let budget = self
-            .decode_budget
-            .take(w1.saturating_mul(h1).saturating_add(w2.saturating_mul(h2)))
-            .await;
+        // Both frames are held until the flow is computed: together within the budget.
+        let pixels = w1.saturating_mul(h1).saturating_mul(2);
+        if pixels > limits.max_pixels {
+            return Err(ErrorResponse::validation(format!(
+                "the two frames are {pixels} pixels together, more than the service's \
+                 --max-image-pixels ({})",
+                limits.max_pixels
+            )));
+        }
+        let (h, w) = (h1 as usize, w1 as usize);
+        task.grid(h, w)
+            .or_else(|first_error| task.grid(w, h).map_err(|_| first_error))
+            .map_err(|e| ErrorResponse::validation(e.to_string()))?;
+        let budget = Arc::new(self.decode_budget.take(pixels).await);
         let task = task.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -771,7 +827,6 @@ impl AppState {
             if size(&first) != size(&second) {
                 return Err(differ_in_size(size(&first), size(&second)));
             }
-            // Frames smaller than the tile, or too large for a flow field, before any tile runs.
             task.grid(first.height(), first.width())
                 .map_err(|e| ErrorResponse::validation(e.to_string()))?;
             let pair = FramePair::from_images(&first, &second)
@@ -807,37 +862,77 @@ enum FlowFormat {
 }
 
 impl FlowFormat {
-    /// The acceptable type of highest quality (the first of equals); JSON when the header is
-    /// absent or names none of the three.
+    /// The format of highest quality, each format taking the quality of the most specific
+    /// range that matches it (RFC 9110: `image/png;q=0` refuses PNG even beside `image/*`);
+    /// between equals, the one named exactly rather than by a wildcard, then the first named.
+    /// JSON when the header is absent or accepts none of the three.
     fn accepted(headers: &axum::http::HeaderMap) -> Self {
-        let mut best: Option<(f32, FlowFormat)> = None;
+        const FORMATS: [(FlowFormat, &str); 3] = [
+            (FlowFormat::Json, "application/json"),
+            (FlowFormat::Png, "image/png"),
+            (FlowFormat::Flo, "application/octet-stream"),
+        ];
+        // Per format: (specificity, quality, position) of its most specific matching range.
+        let mut matched: [Option<(u8, f32, usize)>; 3] = [None; 3];
         let ranges = headers
             .get_all(axum::http::header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','));
-        for range in ranges {
+        for (position, range) in ranges.enumerate() {
             let mut parts = range.split(';');
             let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-            let quality = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            let format = match essence.as_str() {
-                "application/json" | "application/*" | "*/*" => FlowFormat::Json,
-                "image/png" | "image/*" => FlowFormat::Png,
-                "application/octet-stream" => FlowFormat::Flo,
-                _ => continue,
+            let mut quality = Some(1.0);
+            for parameter in parts {
+                if let Some((name, value)) = parameter.split_once('=') {
+                    if name.trim().eq_ignore_ascii_case("q") {
+                        quality = value
+                            .trim()
+                            .parse::<f32>()
+                            .ok()
+                            .filter(|q| (0.0..=1.0).contains(q));
+                    }
+                }
+            }
+            // A malformed quality makes the range unusable, not a preference.
+            let Some(quality) = quality else { continue };
+            let Some((kind, _)) = essence.split_once('/') else {
+                continue;
             };
-            if quality > 0.0 && best.is_none_or(|(q, _)| quality > q) {
-                best = Some((quality, format));
+            for (i, (_, media)) in FORMATS.iter().enumerate() {
+                let specificity = if essence == *media {
+                    2
+                } else if essence == format!("{kind}/*") && media.starts_with(&format!("{kind}/")) {
+                    1
+                } else if essence == "*/*" {
+                    0
+                } else {
+                    continue;
+                };
+                if matched[i].is_none_or(|(s, _, _)| specificity > s) {
+                    matched[i] = Some((specificity, quality, position));
+                }
             }
         }
-        best.map_or(FlowFormat::Json, |(_, format)| format)
+        // Ranked by quality, then named exactly, then named first; JSON first among equals.
+        let rank = |(specificity, quality, position): (u8, f32, usize)| {
+            (quality, specificity == 2, std::cmp::Reverse(position))
+        };
+        let mut best: Option<(FlowFormat, (u8, f32, usize))> = None;
+        for ((format, _), m) in FORMATS.iter().zip(matched) {
+            let Some(m) = m.filter(|(_, quality, _)| *quality > 0.0) else {
+                continue;
+            };
+            if best.is_none_or(|(_, b)| rank(m).partial_cmp(&rank(b)) == Some(std::cmp::Ordering::Greater)) {
+                best = Some((*format, m));
+            }
+        }
+        best.map_or(FlowFormat::Json, |(format, _)| format)
     }
 }
 
-/// The answer to a flow request: its tiles' flows blended, in the format asked for.
+/// The answer to a flow request: its tiles' flows blended, in the format asked for (the body
+/// still to be wrapped).
 fn flow_answer(
     task: &OpticalFlow,
     height: usize,
@@ -845,10 +940,11 @@ fn flow_answer(
     flows: Vec<(Tile, Vec<f32>)>,
     format: FlowFormat,
     max_flow: Option<f32>,
-) -> Result<Response, ErrorResponse> {
+) -> Result<axum::http::Response<Vec<u8>>, ErrorResponse> {
     let backend = |e: perceiver::Error| ErrorResponse::new(ErrorType::Backend, e.to_string());
     let output = task.assemble(height, width, flows).map_err(backend)?;
     let stats = output.field.stats();
+    let tiles = output.tiles.len();
     let (content_type, body) = match format {
         FlowFormat::Json => {
             let answer = FlowResponse {
@@ -856,7 +952,7 @@ fn flow_answer(
                 width,
                 mean_magnitude: stats.mean_magnitude,
                 max_magnitude: stats.max_magnitude,
-                tiles: output.tiles.len(),
+                tiles,
                 flow: FlowRows(output.field),
             };
             let body = serde_json::to_vec(&answer)
@@ -875,7 +971,7 @@ fn flow_answer(
             ("application/octet-stream", body)
         }
     };
-    let mut response = Response::new(axum::body::Body::from(body));
+    let mut response = axum::http::Response::new(body);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if format == FlowFormat::Flo {
@@ -887,13 +983,40 @@ fn flow_answer(
     for (name, value) in [
         ("x-flow-mean-magnitude", stats.mean_magnitude.to_string()),
         ("x-flow-max-magnitude", stats.max_magnitude.to_string()),
-        ("x-flow-tiles", output.tiles.len().to_string()),
+        ("x-flow-tiles", tiles.to_string()),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     }
     Ok(response)
+}
+
+/// An answer's body that holds `_held` (its request's slot and share of the pixel budget)
+/// until hyper lets go of it: once the body is handed over, or its connection is gone.
+struct Holding<H> {
+    body: Option<Bytes>,
+    _held: H,
+}
+
+impl<H: Unpin> http_body::Body for Holding<H> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.body.take().map(|body| Ok(http_body::Frame::data(body))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.body.as_ref().map_or(0, |b| b.len() as u64))
+    }
 }
 
 /// The frames of a multipart form: the files (or fields) `frame1` and `frame2`, nothing else.
@@ -935,9 +1058,10 @@ async fn multipart_frames(content_type: &str, body: Bytes) -> Result<(Vec<u8>, V
     }
 }
 
-/// The frames of a JSON flow request.
-fn json_frames(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ErrorResponse> {
-    let request: FlowRequest = parse_json(body)?;
+/// The frames of a JSON flow request (the body is dropped once they are read).
+fn json_frames(body: Bytes) -> Result<(Vec<u8>, Vec<u8>), ErrorResponse> {
+    let request: FlowRequest = parse_json(&body)?;
+    drop(body);
     let decode = |name: &str, text: &str| {
         decode_base64(text).map_err(|e| ErrorResponse::validation(format!("{name}: {e}")))
     };
@@ -1140,10 +1264,10 @@ fn infer_error(e: InferError) -> ErrorResponse {
     }
 }
 
-/// Liveness and readiness: a real forward pass (one masked byte, an empty text or a grey image)
-/// through the model thread,
-/// ahead of the queued work, whose success is remembered for a few seconds; any successful
-/// batch counts as one.
+/// Liveness and readiness: a real forward pass (one masked byte, an empty text, a grey image or
+/// one tile of grey frames) through the model thread, ahead of the queued work, whose success
+/// is remembered for a few seconds (a flow model's, for 10 times its pass if longer); any
+/// successful batch counts as one.
 #[utoipa::path(
     get,
     path = "/health",
@@ -1154,11 +1278,15 @@ fn infer_error(e: InferError) -> ErrorResponse {
 )]
 async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ErrorResponse> {
     let ok = || Json(Health { status: "ok".into() });
-    if state.infer.succeeded_within(HEALTH_CACHE, HEALTH_CACHE_PASSES) {
+    let passes = match *state.task {
+        Task::Flow(_) => HEALTH_CACHE_PASSES,
+        _ => 0,
+    };
+    if state.infer.succeeded_within(HEALTH_CACHE, passes) {
         return Ok(ok());
     }
     let _probe = state.health_probe.lock().await;
-    if state.infer.succeeded_within(HEALTH_CACHE, HEALTH_CACHE_PASSES) {
+    if state.infer.succeeded_within(HEALTH_CACHE, passes) {
         return Ok(ok());
     }
     let unhealthy = |why: String| ErrorResponse::new(ErrorType::Unhealthy, why);
@@ -1553,6 +1681,40 @@ mod tests {
         assert_eq!(bearer_token("BEARER  k"), Some("k"));
         assert_eq!(bearer_token("Basic k"), None);
         assert_eq!(bearer_token("Bearerk"), None);
+    }
+
+    #[test]
+    fn flow_answers_follow_the_accept_header() {
+        use axum::http::header::ACCEPT;
+        use FlowFormat::{Flo, Json, Png};
+        let accepted = |values: &[&str]| {
+            let mut headers = axum::http::HeaderMap::new();
+            for value in values {
+                headers.append(ACCEPT, HeaderValue::from_str(value).unwrap());
+            }
+            FlowFormat::accepted(&headers)
+        };
+        for (values, expected) in [
+            (&[][..], Json),
+            (&["*/*"][..], Json),
+            (&["application/*"][..], Json),
+            (&["text/html"][..], Json),
+            (&["image/png"][..], Png),
+            (&["IMAGE/PNG"][..], Png),
+            (&["image/*"][..], Png),
+            (&["*/*, image/png"][..], Png),
+            (&["image/png, */*"][..], Png),
+            (&["application/json, image/png"][..], Json),
+            (&["image/png, application/json"][..], Png),
+            (&["application/json;q=0.5, application/octet-stream"][..], Flo),
+            (&["image/*;q=0.5, image/png;q=0"][..], Json),
+            (&["image/png;Q=0"][..], Json),
+            (&["image/png;q=1.5"][..], Json),
+            (&["image/png;q=x, application/octet-stream;q=0.1"][..], Flo),
+            (&["application/json;q=0.1", "image/png"][..], Png),
+        ] {
+            assert_eq!(accepted(values), expected, "{values:?}");
+        }
     }
 
     #[test]

@@ -510,7 +510,7 @@ impl Server {
             .await
             .map_err(|source| ServeError::Bind { address, source })?;
         let (infer, model_thread) = Infer::start(task.clone(), limits, metrics.clone())?;
-        let computing = Arc::new(http::Computing::default());
+        let computing = Arc::new(http::Computing::new(&infer));
         let state = Arc::new(http::AppState {
             infer,
             task,

@@ -7,7 +7,9 @@
 //! model thread only runs forward passes. A flow request is queued as its tiles, one forward
 //! pass each: a tile is seconds of work on a released model, so a large frame does not hold the
 //! thread for minutes, a health probe waits for one tile at most, and a client that leaves has
-//! its remaining tiles dropped.
+//! its remaining tiles dropped. Flow requests take turns, a tile each, so that a small one is
+//! not queued behind all of a large one's tiles; past a shutdown's deadline the tiles not
+//! started are answered [`InferError::Stopped`] rather than run.
 //!
 //! The thread blocks until an input arrives, then takes everything queued since, and packs a
 //! batch oldest first until the next input would break the token budget (the inputs' lengths
@@ -34,6 +36,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -191,8 +194,9 @@ pub enum Input {
 pub struct Frames {
     /// Both frames, scaled.
     pub pair: FramePair,
-    /// The pixel budget's share (none outside the service).
-    pub budget: Option<OwnedSemaphorePermit>,
+    /// The request's share of the pixel budget (none for a health probe), which its handler
+    /// also holds until the answer is sent.
+    pub budget: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl Input {
@@ -303,6 +307,7 @@ pub struct Infer {
     sender: Sender<Message>,
     last_success: LastSuccess,
     metrics: Metrics,
+    drop_tiles: Arc<AtomicBool>,
 }
 
 impl Infer {
@@ -314,11 +319,13 @@ impl Infer {
     ) -> Result<(Infer, JoinHandle<()>), ServeError> {
         let (sender, receiver) = mpsc::channel();
         let last_success = Arc::new(Mutex::new(None));
+        let drop_tiles = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             task,
             limits,
             metrics: metrics.clone(),
             last_success: last_success.clone(),
+            drop_tiles: drop_tiles.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("perceiver-model".into())
@@ -329,14 +336,16 @@ impl Infer {
                 sender,
                 last_success,
                 metrics,
+                drop_tiles,
             },
             handle,
         ))
     }
 
     /// Queues the inputs of one request (each already checked: [`FillMask::prepare`],
-    /// [`Classifier::tokenize`], [`Classifier::prepare_image`]) together, and returns where each
-    /// answer will arrive, with at most `top_k` candidates per mask or labels per input.
+    /// [`Classifier::tokenize`], [`Classifier::prepare_image`], [`OpticalFlow::grid`]) together,
+    /// and returns where each answer will arrive, with at most `top_k` candidates per mask or
+    /// labels per input.
     /// Queuing happens now, not when a receiver is first polled, and the inputs reach the model
     /// thread at once, so they share batches.
     pub fn submit(&self, inputs: Vec<Input>, top_k: usize) -> Result<Vec<Pending>, InferError> {
@@ -364,6 +373,13 @@ impl Infer {
         Ok(receiver)
     }
 
+    /// A flag that, once set, has the model thread answer the flow tiles it has not started
+    /// [`InferError::Stopped`] instead of running them (a shutdown's deadline sets it: a large
+    /// frame's tiles could otherwise keep a stopping service busy for many minutes).
+    pub fn tile_stop(&self) -> Arc<AtomicBool> {
+        self.drop_tiles.clone()
+    }
+
     /// Whether a forward pass succeeded within the last `window`, or within `passes` times
     /// that pass's own time if longer: where a pass takes seconds (a flow tile), a probe's own
     /// pass would otherwise keep the model busy whenever it is probed.
@@ -378,6 +394,7 @@ struct Worker {
     limits: BatchLimits,
     metrics: Metrics,
     last_success: LastSuccess,
+    drop_tiles: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -397,6 +414,9 @@ impl Worker {
             open &= drain(&receiver, &mut pending);
             if open {
                 open = gather(&receiver, &mut pending, expected, self.limits);
+            }
+            if self.drop_tiles.load(Ordering::SeqCst) {
+                stop_tiles(&mut pending, &self.metrics);
             }
             let batch = next_batch(&mut pending, self.limits, &self.metrics);
             if !batch.is_empty() {
@@ -488,9 +508,11 @@ fn gather(
     limits: BatchLimits,
 ) -> bool {
     let deadline = Instant::now() + limits.max_wait;
+    // A flow tile runs alone: nothing to wait for.
     let full = |pending: &VecDeque<Job>| {
         pending.len() >= expected.min(limits.max_batch_requests)
             || pending.iter().map(|j| j.input.tokens()).sum::<usize>() >= limits.max_batch_tokens
+            || pending.iter().any(|j| matches!(j.input, Input::FlowTile { .. }))
     };
     while !full(pending) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -513,11 +535,26 @@ fn queue(pending: &mut VecDeque<Job>, message: Message) {
     }
 }
 
+/// Answers the flow tiles in `pending` [`InferError::Stopped`], keeping the other inputs.
+fn stop_tiles(pending: &mut VecDeque<Job>, metrics: &Metrics) {
+    let mut kept = VecDeque::with_capacity(pending.len());
+    for job in pending.drain(..) {
+        if matches!(job.input, Input::FlowTile { .. }) {
+            metrics.queue_depth.dec();
+            let _ = job.reply.send(Err(InferError::Stopped));
+        } else {
+            kept.push_back(job);
+        }
+    }
+    *pending = kept;
+}
+
 /// Takes the next batch off the front of `pending`: oldest first, skipping inputs whose client
 /// is gone, until the next input would exceed a limit or is of another kind. The first live
 /// input always fits (the token budget is at least the model's positions). A flow tile runs
-/// alone: it is a pass of 2048-row products or more already, and a batch of them would keep a
-/// health probe waiting for all of them.
+/// alone: it is a large pass already (the released model's has 182,528 input rows), and a batch
+/// of them would keep a health probe waiting for all of them. The tiles of its request that
+/// follow it then go to the back of the queue, so that requests take turns.
 fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metrics) -> Vec<Job> {
     let mut batch: Vec<Job> = Vec::new();
     let mut tokens = 0;
@@ -538,8 +575,16 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
         tokens += len;
         batch.extend(pending.pop_front());
         metrics.queue_depth.dec();
-        let alone = matches!(batch[0].input, Input::FlowTile { .. });
-        if alone || batch.len() >= limits.max_batch_requests {
+        if let Input::FlowTile { frames, .. } = &batch[0].input {
+            let same_request =
+                |j: &Job| matches!(&j.input, Input::FlowTile { frames: f, .. } if Arc::ptr_eq(f, frames));
+            let rest = pending.iter().take_while(|j| same_request(j)).count();
+            if rest < pending.len() {
+                pending.rotate_left(rest);
+            }
+            break;
+        }
+        if batch.len() >= limits.max_batch_requests {
             break;
         }
     }
@@ -610,12 +655,37 @@ mod tests {
     #[test]
     fn a_flow_tile_runs_alone_and_its_frames_go_with_the_last_tile() {
         let metrics = Metrics::new();
-        let zeros = || Pixels::new(4, 4, vec![0.0; 48]).unwrap();
-        let frames = Arc::new(Frames {
-            pair: FramePair::new(zeros(), zeros()).unwrap(),
-            budget: None,
-        });
-        let tiles: Vec<(Job, Pending)> = (0..3)
+        let frames = grey_frames();
+        let (tiles, mut receivers) = tiles(&frames, 3);
+        let (texts, _rt): (Vec<Job>, Vec<Pending>) = (0..2).map(|_| job(4)).unzip();
+        let mut pending: VecDeque<Job> = tiles.into_iter().chain(texts).collect();
+        metrics.queue_depth.set(5);
+        let limits = BatchLimits {
+            max_batch_tokens: 100,
+            max_batch_requests: 10,
+            max_wait: Duration::ZERO,
+        };
+        // The client of the second tile left: it is dropped, never run.
+        drop(receivers.remove(1));
+        let mut runs = Vec::new();
+        while !pending.is_empty() {
+            let batch = next_batch(&mut pending, limits, &metrics);
+            runs.push(match &batch[0].input {
+                Input::FlowTile { tile, .. } => format!("tile {}", tile.left),
+                _ => format!("{} texts", batch.len()),
+            });
+        }
+        // Each tile alone; the rest of its request waits behind what was queued after it.
+        assert_eq!(runs, ["tile 0", "2 texts", "tile 2"]);
+        // Only the test's handle on the frames is left once the tiles are gone.
+        assert_eq!(Arc::strong_count(&frames), 1);
+        assert_eq!(metrics.queue_depth.get(), 0);
+        assert_eq!(metrics.inputs_dropped.get(), 1);
+    }
+
+    /// Tiles of `frames`, `count` of them, and their receivers.
+    fn tiles(frames: &Arc<Frames>, count: usize) -> (Vec<Job>, Vec<Pending>) {
+        (0..count)
             .map(|left| {
                 let tile = Tile { top: 0, left };
                 Job::new(
@@ -626,29 +696,52 @@ mod tests {
                     1,
                 )
             })
-            .collect();
-        let (text, _rt) = job(4);
-        let (tiles, receivers): (Vec<Job>, Vec<Pending>) = tiles.into_iter().unzip();
-        let mut pending: VecDeque<Job> = tiles.into_iter().chain([text]).collect();
-        metrics.queue_depth.set(4);
+            .unzip()
+    }
+
+    fn grey_frames() -> Arc<Frames> {
+        let zeros = || Pixels::new(4, 4, vec![0.0; 48]).unwrap();
+        Arc::new(Frames {
+            pair: FramePair::new(zeros(), zeros()).unwrap(),
+            budget: None,
+        })
+    }
+
+    #[test]
+    fn flow_requests_take_turns_and_stop_at_the_deadline() {
+        let metrics = Metrics::new();
+        let (a, b) = (grey_frames(), grey_frames());
+        let (mut pending, mut receivers) = (VecDeque::new(), Vec::new());
+        for (frames, count) in [(&a, 3), (&b, 2)] {
+            let (jobs, rx) = tiles(frames, count);
+            queue(&mut pending, Message::Request(jobs));
+            receivers.extend(rx);
+        }
+        metrics.queue_depth.set(5);
         let limits = BatchLimits {
             max_batch_tokens: 100,
             max_batch_requests: 10,
             max_wait: Duration::ZERO,
         };
-        // The client of the second tile left: it is dropped, never run.
-        let mut receivers = receivers;
-        drop(receivers.remove(1));
-        for _ in 0..2 {
+        let mut order = Vec::new();
+        for _ in 0..3 {
             let batch = next_batch(&mut pending, limits, &metrics);
-            assert_eq!(batch.len(), 1);
-            assert!(matches!(batch[0].input, Input::FlowTile { .. }));
+            let Input::FlowTile { frames, tile } = &batch[0].input else {
+                panic!("a tile")
+            };
+            order.push((if Arc::ptr_eq(frames, &a) { 'a' } else { 'b' }, tile.left));
         }
-        // Only the test's handle on the frames is left once the tiles are gone.
-        assert_eq!(Arc::strong_count(&frames), 1);
-        assert_eq!(next_batch(&mut pending, limits, &metrics).len(), 1);
+        assert_eq!(order, [('a', 0), ('b', 0), ('a', 1)]);
+        // The deadline: the two tiles left are answered, not run.
+        stop_tiles(&mut pending, &metrics);
+        assert!(pending.is_empty());
         assert_eq!(metrics.queue_depth.get(), 0);
-        assert_eq!(metrics.inputs_dropped.get(), 1);
+        let stopped: Vec<_> = receivers
+            .into_iter()
+            .filter_map(|mut rx| rx.try_recv().ok())
+            .collect();
+        assert_eq!(stopped.len(), 2);
+        assert!(stopped.iter().all(|r| matches!(r, Err(InferError::Stopped))));
     }
 
     #[test]
@@ -658,10 +751,17 @@ mod tests {
             sender,
             last_success: Arc::new(Mutex::new(None)),
             metrics: Metrics::new(),
+            drop_tiles: Arc::new(AtomicBool::new(false)),
         };
         let window = Duration::from_secs(5);
         assert!(!infer.succeeded_within(window, 10));
-        let ago = |s: u64| Instant::now() - Duration::from_secs(s);
+        // A host up for less than the ages below has no such past: nothing to check there.
+        let Some(ago) = Instant::now()
+            .checked_sub(Duration::from_secs(30))
+            .map(|_| |s: u64| Instant::now() - Duration::from_secs(s))
+        else {
+            return;
+        };
         *infer.last_success.lock().unwrap() = Some((ago(4), Duration::from_millis(100)));
         assert!(infer.succeeded_within(window, 10));
         *infer.last_success.lock().unwrap() = Some((ago(6), Duration::from_millis(100)));

@@ -5,6 +5,7 @@
 //! concurrent requests each answered their own flow; every kind of bad input a 4xx JSON error.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine as _;
 use perceiver::flow::{flow_to_rgb, read_flo};
@@ -222,18 +223,86 @@ async fn the_flow_equals_the_librarys_in_every_format() {
         assert_eq!(read_flo(flo.as_ref()).unwrap(), expected, "{pair}");
     }
 
-    // A type refused with q=0 is not chosen; a type none of the three falls back to JSON.
+    // A type refused with q=0 is not chosen, even beside a wildcard that accepts it; a type
+    // none of the three falls back to JSON (the header's parsing is tested in full in http.rs).
     let (first, second) = frames("exact");
-    for accept in ["image/png;q=0, application/json", "text/html"] {
+    for accept in ["image/png;q=0", "image/*;q=0.5, image/png;Q=0", "text/html"] {
         let response = server
             .post_form("", Some(accept), Client::form(first.clone(), second.clone()))
             .await;
         assert_eq!(header(&response, "content-type"), "application/json", "{accept}");
     }
 
+    server.stop().await;
+}
+
+/// A fresh service's health check runs its own pass: one tile of grey frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_runs_a_tile() {
+    let server = Client::start(|_| {}).await;
     let health: Value = server.get("/health").await.json().await.unwrap();
     assert_eq!(health["status"], "ok");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("perceiver_inference_duration_seconds_count 1\n"),
+        "{metrics}"
+    );
     server.stop().await;
+}
+
+/// A smooth `side × side` PNG (a few KB however large).
+fn gradient(side: usize, shift: usize) -> Vec<u8> {
+    let mut pixels = Vec::with_capacity(side * side * 3);
+    for y in 0..side {
+        for x in 0..side {
+            pixels.extend([((x + shift) % 256) as u8, (y % 256) as u8, 128]);
+        }
+    }
+    perceiver::image::RgbImage::new(side, side, pixels)
+        .unwrap()
+        .png_bytes()
+        .unwrap()
+}
+
+/// Past the shutdown's deadline the tiles not started are not run: a request of many tiles is
+/// answered 503 at once and the service stops, instead of computing them all first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_for_every_tile() {
+    let mut server = Client::start(|config| config.shutdown_timeout = Duration::ZERO).await;
+    // 1000 × 1000 frames: 35 × 27 = 945 tiles of 48 × 56.
+    let form = Client::form(gradient(1000, 0), gradient(1000, 3));
+    let url = format!("{}/flow", server.server.url());
+    let request = tokio::spawn(server.http.post(url).multipart(form).send());
+    // Until some tiles have run.
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = server.get("/metrics").await.text().await.unwrap();
+        let ran = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("perceiver_inference_duration_seconds_count "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if ran >= 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no tile ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = std::time::Instant::now();
+    server.server.begin_stop();
+    let (status, kind, message) = error(request.await.unwrap().unwrap()).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
+        "{message}"
+    );
+    server.server.stopped().await;
+    // Well under the time the 945 tiles take (seconds on any CPU).
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopping.elapsed()
+    );
 }
 
 /// Requests sent at once share the model thread tile by tile; each gets its own frames' flow.
@@ -264,7 +333,7 @@ async fn concurrent_requests_each_get_their_own_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_the_reason() {
-    let server = Client::start(|config| config.max_image_pixels = 5000).await;
+    let server = Client::start(|config| config.max_image_pixels = 6000).await;
     let (first, second) = frames("exact");
     let (big1, _) = frames("grid2x3");
     let validation = |(status, kind, message): (StatusCode, String, String), needle: &str| {
@@ -306,11 +375,17 @@ async fn bad_requests_are_refused_with_the_reason() {
         error(server.post_form("", None, form).await).await,
         "the frames differ in size: frame1 is 54x70, frame2 is 48x56",
     );
-    // 5,200 pixels, over this service's 5,000: the frame and the setting named.
-    let form = Client::form(big1.clone(), big1.clone());
+    // 6,400 pixels, over this service's 6,000: the frame and the setting named.
+    let form = Client::form(gradient(80, 0), gradient(80, 1));
     let refused = error(server.post_form("", None, form).await).await;
     assert!(refused.2.starts_with("frame1: "), "{}", refused.2);
     validation(refused, "(the service's --max-image-pixels)");
+    // 5,200 pixels each: both held at once are over the 6,000.
+    let form = Client::form(big1.clone(), big1.clone());
+    validation(
+        error(server.post_form("", None, form).await).await,
+        "the two frames are 10400 pixels together, more than the service's --max-image-pixels (6000)",
+    );
     // Smaller than the tile: a 40x40 pair.
     let small = perceiver::image::RgbImage::new(40, 40, vec![90; 40 * 40 * 3])
         .unwrap()
@@ -375,6 +450,11 @@ async fn bad_requests_are_refused_with_the_reason() {
     assert!(message.contains("served at POST /flow"), "{message}");
 
     // Nothing refused cost a pass, and the service still answers.
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("perceiver_inference_duration_seconds_count 0\n"),
+        "{metrics}"
+    );
     let response = server.post_form("", None, Client::form(first, second)).await;
     assert_eq!(response.status(), StatusCode::OK);
     server.stop().await;

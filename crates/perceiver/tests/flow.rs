@@ -211,6 +211,7 @@ fn tiles_run_apart_assemble_to_the_same_flow() {
             .collect();
         let apart = task.assemble(pair.height, pair.width, flows.clone()).unwrap();
         assert_eq!(apart.field, whole.field, "{}", pair.pair);
+        assert_eq!(apart.tiles, whole.tiles, "{}", pair.pair);
         if flows.len() > 1 {
             let err = task
                 .assemble(pair.height, pair.width, flows[1..].to_vec())
@@ -218,6 +219,13 @@ fn tiles_run_apart_assemble_to_the_same_flow() {
                 .to_string();
             assert!(err.contains("no flow for the tile"), "{err}");
         }
+        let mut stray = flows.clone();
+        stray.push((Tile { top: 1, left: 1 }, flows[0].1.clone()));
+        let err = task
+            .assemble(pair.height, pair.width, stray)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not of the grid"), "{err}");
         let mut short = flows.clone();
         short[0].1.pop();
         let err = task

@@ -198,12 +198,20 @@ impl OpticalFlow {
     }
 
     /// The flow of a `height × width` frame from its [distinct tiles'](Self::distinct_tiles)
-    /// [flows](Self::tile_flow), blended as [`flow`](Self::flow) blends them (the same values,
-    /// bit for bit); an error if a tile of the grid is missing or a flow has the wrong length.
+    /// [flows](Self::tile_flow), given in any order and blended as [`flow`](Self::flow) blends
+    /// them (the same values, bit for bit; [`FlowOutput::tiles`] in the order `flow` runs them).
+    /// An error if a tile of the grid is missing, a tile is not of the grid or a flow has the
+    /// wrong length.
     pub fn assemble(&self, height: usize, width: usize, flows: Vec<(Tile, Vec<f32>)>) -> Result<FlowOutput> {
         let grid = self.grid(height, width)?;
-        let tiles: Vec<Tile> = flows.iter().map(|(tile, _)| *tile).collect();
+        let tiles = self.distinct_tiles(height, width)?;
         let flows: HashMap<Tile, Vec<f32>> = flows.into_iter().collect();
+        if let Some(stray) = flows.keys().find(|tile| !tiles.contains(tile)) {
+            return Err(Error::InvalidInput(format!(
+                "the tile at ({}, {}) is not of the grid of a {height}x{width} frame",
+                stray.top, stray.left
+            )));
+        }
         let mut blend = FlowBlend::new(height, width, self.tile_size());
         for tile in &grid {
             let flow = flows.get(tile).ok_or_else(|| {
