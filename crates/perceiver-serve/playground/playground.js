@@ -1,5 +1,5 @@
-// perceiver serve playground: reads /info, then posts a masked text to /fill-mask, or a text or
-// an image to /classify, and shows the answer.
+// perceiver serve playground: reads /info, then posts a masked text to /fill-mask, a text or an
+// image to /classify, or two frames to /flow, and shows the answer.
 // Plain browser JavaScript, no libraries, no build step.
 'use strict';
 
@@ -10,6 +10,7 @@ const NUM_SPECIAL = SPECIAL_TOKENS.length;
 const VOCAB_SIZE = 256 + NUM_SPECIAL;
 const KEY_STORAGE = 'perceiver-serve-api-key';
 const CLASSIFIERS = ['text-classification', 'image-classification'];
+const FLOW_TASK = 'optical-flow';
 
 const $ = (id) => document.getElementById(id);
 const utf8 = new TextEncoder();
@@ -19,14 +20,17 @@ const state = {
   apiKey: readKey(),
   busy: false,
   requests: 0,
-  // The image to classify (a File), its preview's object URL, and its size in pixels once the
-  // browser has decoded it ({width, height}; false if the browser cannot show it).
-  image: null,
-  previewUrl: null,
-  imageSize: null,
   // Counts the images chosen, so that an answer for an earlier one is not shown under a later.
   imageChoice: 0,
+  // The same for the frames of a flow, either of them.
+  frameChoice: 0,
+  // The flow shown: {frames, choice, picture (a Blob), pictureUrl, flo, floUrl}.
+  flow: null,
 };
+
+// The file pickers (see filePicker): `image` for a classifier, `frames` (earlier, later) for a
+// flow. Set up by main().
+const pickers = { image: null, frames: [] };
 
 function readKey() {
   try {
@@ -135,6 +139,10 @@ function isImageTask() {
   return !!state.info && state.info.task === 'image-classification';
 }
 
+function isFlowTask() {
+  return !!state.info && state.info.task === FLOW_TASK;
+}
+
 function showInfo(info) {
   state.info = info;
   const task = info.task || 'fill-mask';
@@ -154,7 +162,17 @@ function showInfo(info) {
     ['Requests at once', l.max_concurrent_requests],
   ];
   let facts;
-  if (task === 'fill-mask') {
+  if (task === FLOW_TASK) {
+    const [height, width] = info.tile_size || ['?', '?'];
+    const tile = formatSize({ width, height });
+    $('flow-tile').textContent = tile;
+    facts = [
+      ['Smallest frame', tile + ' (the model\'s tile)'],
+      ['Largest frames', formatNumber(l.max_image_pixels) + ' pixels (width × height), the two together'],
+      ...shared,
+      ['Batch', 'one tile per forward pass'],
+    ];
+  } else if (task === 'fill-mask') {
     facts = [
       ['Longest text', l.max_input_length + ' tokens (bytes and masks)'],
       ['Texts per request', l.max_client_batch_size],
@@ -173,14 +191,17 @@ function showInfo(info) {
       ['Batch', image ? l.max_batch_requests + ' images' : l.max_batch_requests + ' texts, ' + l.max_batch_tokens + ' tokens'],
     ];
   }
-  facts.push(['Batch wait', l.max_batch_wait_us + ' µs']);
+  // Flow tiles run one per pass: no batch to wait for.
+  if (task !== FLOW_TASK) facts.push(['Batch wait', l.max_batch_wait_us + ' µs']);
   $('limits').replaceChildren(...factList(facts));
 
   const fillMask = task === 'fill-mask';
   const classifier = CLASSIFIERS.includes(task);
+  const flow = task === FLOW_TASK;
   $('fill-form').hidden = !fillMask;
   $('classify-form').hidden = !classifier;
-  $('unsupported').hidden = fillMask || classifier;
+  $('flow-form').hidden = !flow;
+  $('unsupported').hidden = fillMask || classifier || flow;
   if (classifier) {
     $('classify-title').textContent = image ? 'Classify an image' : 'Classify a text';
     $('image-input').hidden = !image;
@@ -189,31 +210,42 @@ function showInfo(info) {
     const topK = $('label-top-k');
     topK.max = String(Math.max(1, labels.length));
     topK.value = labels.length ? String(image ? Math.min(5, labels.length) : labels.length) : '';
-  } else if (!fillMask) {
+  } else if (!fillMask && !flow) {
     $('unsupported').textContent =
       'This page does not try ' + task + ' models; the API docs describe the routes.';
   }
   updateCount();
   updateClassCount();
   updateImageFacts();
+  updateFrameFacts();
   document.body.dataset.info = 'loaded';
 }
 
 // ---------------------------------------------------------------- requests
 
-// `body` goes as JSON, or as it is (a File) when `contentType` is given.
-async function call(method, path, body, contentType) {
+// `body` goes as a multipart form (a FormData: the browser writes its content type), as it is
+// (a File) when `contentType` is given, or as JSON. With `accept`, a successful answer that is
+// not JSON is kept as a Blob, with its headers.
+async function call(method, path, body, { contentType, accept } = {}) {
   const headers = {};
   let payload;
-  if (contentType) {
+  if (body instanceof FormData) {
+    payload = body;
+  } else if (contentType) {
     headers['Content-Type'] = contentType;
     payload = body;
   } else if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
     payload = JSON.stringify(body);
   }
+  if (accept) headers.Accept = accept;
   if (state.apiKey) headers.Authorization = 'Bearer ' + state.apiKey;
   const response = await fetch(path, { method, headers, body: payload, cache: 'no-store' });
+  const type = response.headers.get('Content-Type') || '';
+  if (accept && response.ok && !type.startsWith('application/json')) {
+    const blob = await response.blob();
+    return { status: response.status, ok: true, json: null, text: '', blob, headers: response.headers };
+  }
   const text = await response.text();
   let json = null;
   try {
@@ -266,11 +298,13 @@ function showError(r) {
   $('error').hidden = false;
   $('result').hidden = true;
   $('labels-result').hidden = true;
+  $('flow-result').hidden = true;
 }
 
 // Sends one request at a time from a form's button, which shows `busyText` meanwhile; hands a
-// successful answer to `show(json, elapsed)`, or shows the server's error, unless `current()`
-// says the input has changed meanwhile (then nothing is shown: status "stale").
+// successful answer to `show(answer, elapsed, response)` (the answer: JSON, or a Blob; see
+// call), or shows the server's error, unless `current()` says the input has changed meanwhile
+// (then nothing is shown: status "stale").
 // A press while a request is out does nothing.
 async function submit(button, busyText, request, show, current = () => true) {
   if (state.busy) return;
@@ -285,9 +319,9 @@ async function submit(button, busyText, request, show, current = () => true) {
     const elapsed = performance.now() - started;
     if (!current()) {
       document.body.dataset.status = 'stale';
-    } else if (r.ok && r.json) {
+    } else if (r.ok && (r.json || r.blob)) {
       $('error').hidden = true;
-      show(r.json, elapsed);
+      show(r.json || r.blob, elapsed, r);
       document.body.dataset.status = 'done';
     } else {
       if (r.status === 401) askForKey(r);
@@ -326,7 +360,7 @@ function classify() {
   let request;
   let current = () => true;
   if (isImageTask()) {
-    const file = state.image;
+    const file = pickers.image.file;
     if (!file) {
       $('image-facts').textContent = 'Choose an image first: a file, a drop or a paste.';
       $('image-file').focus();
@@ -335,7 +369,7 @@ function classify() {
     // The file's own bytes, as `perceiver classify` reads them; the server decodes them.
     const type = file.type.startsWith('image/') ? file.type : 'application/octet-stream';
     const query = topK === '' ? '' : '?top_k=' + encodeURIComponent(topK);
-    request = () => call('POST', '/classify' + query, file, type);
+    request = () => call('POST', '/classify' + query, file, { contentType: type });
     const choice = state.imageChoice;
     current = () => choice === state.imageChoice;
   } else {
@@ -345,6 +379,81 @@ function classify() {
     request = () => call('POST', '/classify', { inputs: text, parameters });
   }
   submit($('classify'), 'Classifying…', request, showLabels, current);
+}
+
+// The frames as `POST /flow` takes them: a multipart form of the files' own bytes.
+function frameForm(frames) {
+  const form = new FormData();
+  form.append('frame1', frames[0]);
+  form.append('frame2', frames[1]);
+  return form;
+}
+
+// Everything the page can tell the server would refuse: a frame missing or refused by
+// frameProblems, the pair refused by pairProblems, a saturation that is not a positive number.
+function flowProblems() {
+  const problems = [];
+  const missing = FRAME_NAMES.filter((_, i) => !pickers.frames[i].file);
+  if (missing.length) problems.push('choose the ' + missing.join(' and the '));
+  pickers.frames.forEach((picker, i) => {
+    for (const [verb, what] of frameProblems(picker)) {
+      problems.push(['the', FRAME_NAMES[i], verb, what].join(' '));
+    }
+  });
+  problems.push(...pairProblems());
+  const box = $('max-flow');
+  const maxFlow = box.value.trim();
+  const positive = Number(maxFlow) > 0 && Number.isFinite(Number(maxFlow));
+  if (box.validity.badInput || (maxFlow !== '' && !positive)) {
+    problems.push('the saturation must be a positive number of pixels, or empty');
+  }
+  return problems;
+}
+
+async function computeFlow() {
+  if (state.busy) return;
+  // The checks need the frames' sizes, known moments after they are chosen.
+  const choice = state.frameChoice;
+  await Promise.all(pickers.frames.map((p) => p.ready));
+  if (choice !== state.frameChoice) return;
+  const problems = flowProblems();
+  if (problems.length) {
+    const out = $('flow-check');
+    out.textContent = 'Not sent: ' + problems.join('; ') + '.';
+    out.classList.add('over');
+    const missing = pickers.frames.find((p) => !p.file);
+    if (missing) missing.input.focus();
+    return;
+  }
+  const frames = pickers.frames.map((p) => p.file);
+  const size = pickers.frames[0].size;
+  const maxFlow = $('max-flow').value.trim();
+  const query = maxFlow === '' ? '' : '?max_flow=' + encodeURIComponent(maxFlow);
+  submit(
+    $('flow'),
+    'Computing…',
+    () => call('POST', '/flow' + query, frameForm(frames), { accept: 'image/png' }),
+    (picture, elapsed, r) => showFlow({ frames, choice, size, maxFlow, picture }, elapsed, r),
+    () => choice === state.frameChoice,
+  );
+}
+
+// The shown flow's .flo file: asked for once (the server computes the flow again), then saved
+// through a download link, which stays for saving it again.
+function downloadFlo() {
+  const flow = state.flow;
+  if (!flow) return;
+  if (flow.floUrl) {
+    $('flo-link').click();
+    return;
+  }
+  submit(
+    $('flo'),
+    'Preparing…',
+    () => call('POST', '/flow', frameForm(flow.frames), { accept: 'application/octet-stream' }),
+    (flo) => saveFlo(flow, flo),
+    () => flow === state.flow && flow.choice === state.frameChoice,
+  );
 }
 
 // ---------------------------------------------------------------- the answer
@@ -545,6 +654,56 @@ function showLabels(answer, elapsed) {
   $('labels-result').hidden = false;
 }
 
+// A magnitude in pixels, to three significant digits.
+function formatPixels(value) {
+  const n = Number(Number(value).toPrecision(3));
+  return n + (n === 1 ? ' pixel' : ' pixels');
+}
+
+// A flow's picture, and its statistics from the answer's headers.
+function showFlow(flow, elapsed, r) {
+  forgetFlow();
+  flow.pictureUrl = URL.createObjectURL(flow.picture);
+  state.flow = flow;
+  $('flow-picture').src = flow.pictureUrl;
+  const stat = (id, header, format) => {
+    const value = r.headers.get(header);
+    $(id).dataset.value = value === null ? '' : value;
+    $(id).textContent = value === null ? '?' : format(value);
+  };
+  stat('flow-mean', 'X-Flow-Mean-Magnitude', formatPixels);
+  stat('flow-max', 'X-Flow-Max-Magnitude', formatPixels);
+  stat('flow-tiles', 'X-Flow-Tiles', formatNumber);
+  $('flow-saturation').textContent =
+    flow.maxFlow === '' ? 'the largest magnitude' : formatPixels(flow.maxFlow);
+  $('flow-timing').textContent =
+    (flow.size ? formatSize(flow.size) + ', ' : '') + 'answered in ' + Math.round(elapsed) + ' ms';
+  $('flow-result').hidden = false;
+}
+
+// Lets go of the last flow's files.
+function forgetFlow() {
+  const flow = state.flow;
+  if (flow) {
+    URL.revokeObjectURL(flow.pictureUrl);
+    if (flow.floUrl) URL.revokeObjectURL(flow.floUrl);
+  }
+  state.flow = null;
+  const link = $('flo-link');
+  link.hidden = true;
+  link.removeAttribute('href');
+}
+
+function saveFlo(flow, flo) {
+  flow.flo = flo;
+  flow.floUrl = URL.createObjectURL(flo);
+  const link = $('flo-link');
+  link.href = flow.floUrl;
+  link.textContent = 'flow.flo, ' + formatBytes(flo.size);
+  link.hidden = false;
+  link.click();
+}
+
 function showAnswer(text, parameters, answer, elapsed) {
   // One mask: a flat list of candidates; several: a list per masked byte.
   const rows = Array.isArray(answer[0]) ? answer : [answer];
@@ -641,53 +800,103 @@ function maskSelection() {
   updateCount();
 }
 
-// ---------------------------------------------------------------- the image
+// ---------------------------------------------------------------- files: the image, the frames
 
-function chooseImage(file) {
+// A file input that also takes a dropped or pasted file (`take`), previewed through a blob:
+// URL. It holds the file and, once the browser has decoded it, its size in pixels ({width,
+// height}; false if the browser cannot show it); `ready` settles then. `changed()` runs on
+// each choice, `decoded()` once the size is known.
+function filePicker(inputId, previewId, changed, decoded) {
+  const picker = {
+    input: $(inputId),
+    preview: $(previewId),
+    file: null,
+    url: null,
+    size: null,
+    ready: Promise.resolve(),
+  };
+  let settle = () => {};
+  picker.choose = (file) => {
+    if (picker.url) URL.revokeObjectURL(picker.url);
+    // Whoever waits on the previous file stops waiting.
+    settle();
+    picker.file = file || null;
+    picker.url = null;
+    picker.size = null;
+    picker.preview.hidden = true;
+    if (picker.file) {
+      picker.ready = new Promise((resolve) => {
+        settle = resolve;
+      });
+      picker.url = URL.createObjectURL(picker.file);
+      picker.preview.src = picker.url;
+    } else {
+      picker.ready = Promise.resolve();
+      picker.preview.removeAttribute('src');
+    }
+    changed();
+  };
+  // A file dropped or pasted becomes the file input's, as if chosen there.
+  picker.take = (file) => {
+    try {
+      const transfer = new DataTransfer();
+      transfer.items.add(file);
+      picker.input.files = transfer.files;
+    } catch (_) {
+      // Older browsers cannot set a file input's files; the page still sends the file.
+    }
+    picker.choose(file);
+  };
+  const known = (size) => {
+    picker.size = size;
+    picker.preview.hidden = !size;
+    settle();
+    decoded();
+  };
+  picker.preview.addEventListener('load', () => {
+    if (picker.file) known({ width: picker.preview.naturalWidth, height: picker.preview.naturalHeight });
+  });
+  picker.preview.addEventListener('error', () => {
+    if (picker.file) known(false);
+  });
+  picker.input.addEventListener('change', () => picker.choose(picker.input.files[0]));
+  return picker;
+}
+
+// What the page says of a chosen file: its name, byte size and pixels.
+function fileFacts(picker) {
+  const parts = [picker.file.name || 'pasted image', formatBytes(picker.file.size)];
+  const size = picker.size;
+  if (size) parts.push(formatSize(size));
+  else if (size === false) parts.push('this browser cannot show it, the server may still read it');
+  return parts;
+}
+
+function formatSize(size) {
+  return size.width + ' × ' + size.height + ' pixels';
+}
+
+function imageChosen() {
   // The labels and errors shown are the last image's.
   state.imageChoice += 1;
   $('labels-result').hidden = true;
   $('error').hidden = true;
-  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
-  state.previewUrl = null;
-  state.image = file || null;
-  state.imageSize = null;
-  const preview = $('image-preview');
-  preview.hidden = true;
-  if (file) {
-    state.previewUrl = URL.createObjectURL(file);
-    preview.src = state.previewUrl;
-  } else preview.removeAttribute('src');
   updateImageFacts();
 }
 
-// A file dropped or pasted becomes the file input's, as if chosen there.
-function takeImage(file) {
-  try {
-    const transfer = new DataTransfer();
-    transfer.items.add(file);
-    $('image-file').files = transfer.files;
-  } catch (_) {
-    // Older browsers cannot set a file input's files; the page still sends the file.
-  }
-  chooseImage(file);
-}
-
-// The chosen file's name, size and pixels, and where they pass the server's limits.
+// The chosen image's name, size and pixels, and where they pass the server's limits.
 function updateImageFacts() {
   const out = $('image-facts');
-  const file = state.image;
+  const picker = pickers.image;
   out.classList.remove('over');
-  if (!file) {
+  if (!picker || !picker.file) {
     out.textContent = '';
     return;
   }
-  const parts = [file.name || 'pasted image', formatBytes(file.size)];
-  const size = state.imageSize;
-  if (size) parts.push(size.width + ' × ' + size.height + ' pixels');
-  else if (size === false) parts.push('this browser cannot show it, the server may still read it');
+  const parts = fileFacts(picker);
+  const size = picker.size;
   const l = state.info && state.info.limits;
-  if (l && file.size > l.payload_limit) {
+  if (l && picker.file.size > l.payload_limit) {
     parts.push('larger than the server takes (' + formatBytes(l.payload_limit) + ')');
     out.classList.add('over');
   }
@@ -698,54 +907,201 @@ function updateImageFacts() {
   out.textContent = parts.join(' · ');
 }
 
-function watchImage() {
-  const preview = $('image-preview');
-  preview.addEventListener('load', () => {
-    state.imageSize = { width: preview.naturalWidth, height: preview.naturalHeight };
-    preview.hidden = false;
-    updateImageFacts();
+function frameChosen() {
+  // The flow and errors shown are the last pair's.
+  state.frameChoice += 1;
+  $('flow-result').hidden = true;
+  $('error').hidden = true;
+  updateFrameFacts();
+}
+
+const FRAME_NAMES = ['earlier frame', 'later frame'];
+
+// What the server would refuse one frame for, as far as the page can tell from its size: each
+// [verb, what] ("the later frame is smaller than …").
+function frameProblems(picker) {
+  const problems = [];
+  const size = picker.size;
+  if (!size || !state.info) return problems;
+  const l = state.info.limits;
+  if (size.width * size.height > l.max_image_pixels) {
+    problems.push(['has', 'more pixels than the server takes (' + formatNumber(l.max_image_pixels) + ')']);
+  }
+  const tile = state.info.tile_size;
+  if (tile && (size.height < tile[0] || size.width < tile[1])) {
+    const least = formatSize({ width: tile[1], height: tile[0] });
+    problems.push(['is', 'smaller than the model\'s tile (' + least + ')']);
+  }
+  return problems;
+}
+
+// The multipart body's size, as Chromium and Safari write it (Firefox's boundary is a little
+// longer): each file under a boundary line and its part's header, then a closing line.
+function formBytes(files) {
+  const boundaryLine = 2 + 38 + 2; // "--", "----WebKitFormBoundary" and 16 characters, CRLF
+  let bytes = boundaryLine + 2; // the closing one ends in "--"
+  files.forEach((file, i) => {
+    const head =
+      'Content-Disposition: form-data; name="frame' + (i + 1) + '"; filename="' + file.name + '"\r\n' +
+      'Content-Type: ' + (file.type || 'application/octet-stream') + '\r\n\r\n';
+    bytes += boundaryLine + utf8.encode(head).length + file.size + 2;
   });
-  preview.addEventListener('error', () => {
-    if (!state.image) return;
-    state.imageSize = false;
-    preview.hidden = true;
-    updateImageFacts();
+  return bytes;
+}
+
+// Two byte counts, to the byte where rounding would make them read the same.
+function formatBytesApart(a, b) {
+  const [x, y] = [formatBytes(a), formatBytes(b)];
+  return x === y ? [formatNumber(a) + ' bytes', formatNumber(b) + ' bytes'] : [x, y];
+}
+
+// What the server would refuse the pair for: sizes that differ, more pixels together than its
+// limit (it holds both frames while the flow is computed), a body over its limit.
+function pairProblems() {
+  const [first, second] = pickers.frames;
+  const problems = [];
+  if (!first.file || !second.file) return problems;
+  const [a, b] = [first.size, second.size];
+  if (a && b && (a.width !== b.width || a.height !== b.height)) {
+    problems.push('the frames differ in size (' + formatSize(a) + ' and ' + formatSize(b) + ')');
+  }
+  const l = state.info && state.info.limits;
+  if (l && a && b) {
+    const [one, other] = [a.width * a.height, b.width * b.height];
+    // A frame over the limit alone is said of that frame (frameProblems).
+    if (one + other > l.max_image_pixels && Math.max(one, other) <= l.max_image_pixels) {
+      problems.push(
+        'the two frames are ' + formatNumber(one + other) + ' pixels together, more than the server takes (' +
+          formatNumber(l.max_image_pixels) + ')',
+      );
+    }
+  }
+  const bytes = formBytes([first.file, second.file]);
+  if (l && bytes > l.payload_limit) {
+    const [sent, limit] = formatBytesApart(bytes, l.payload_limit);
+    problems.push(
+      'the two files come to about ' + sent + ' as a form, more than the server takes (' + limit + ')',
+    );
+  }
+  return problems;
+}
+
+// Each frame's name, size and pixels, and below them what the server would refuse the pair for.
+function updateFrameFacts() {
+  pickers.frames.forEach((picker, i) => {
+    const out = $('frame' + (i + 1) + '-facts');
+    if (!picker.file) {
+      out.textContent = '';
+      out.classList.remove('over');
+      return;
+    }
+    const problems = frameProblems(picker).map(([, what]) => what);
+    out.textContent = [...fileFacts(picker), ...problems].join(' · ');
+    out.classList.toggle('over', problems.length > 0);
   });
-  $('image-file').addEventListener('change', () => chooseImage($('image-file').files[0]));
-  const card = $('classify-form');
+  const out = $('flow-check');
+  const [first, second] = pickers.frames;
+  const problems = pairProblems();
+  out.classList.toggle('over', problems.length > 0);
+  if (problems.length) {
+    out.textContent = capitalise(problems.join('; ')) + '.';
+  } else if (first.size && second.size && state.info) {
+    const bytes = formBytes([first.file, second.file]);
+    out.textContent = 'Both frames ' + formatSize(first.size) + ', about ' + formatBytes(bytes) + ' to send.';
+  } else {
+    out.textContent = '';
+  }
+}
+
+function capitalise(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+// Where one dropped or pasted frame goes: the frame `dropped` on if any, else the first empty
+// one, else the one whose chooser has `focused`, else the later frame. Filling the empty one
+// first makes "paste, paste" give both frames in order, whatever the focus left by a chooser.
+function frameFor(dropped, focused) {
+  if (dropped >= 0) return dropped;
+  const empty = pickers.frames.findIndex((p) => !p.file);
+  if (empty >= 0) return empty;
+  return focused >= 0 ? focused : 1;
+}
+
+// Files dropped or pasted as frames: two or more fill both, in the order of their names
+// (frame_9 before frame_10); one goes where frameFor says.
+function takeFrames(files, dropped, focused) {
+  if (files.length >= 2) {
+    const [earlier, later] = [...files].sort((a, b) =>
+      a.name.localeCompare(b.name, undefined, { numeric: true }),
+    );
+    pickers.frames[0].take(earlier);
+    pickers.frames[1].take(later);
+  } else if (files.length === 1) {
+    pickers.frames[frameFor(dropped, focused)].take(files[0]);
+  }
+}
+
+// The frame picker whose box holds `node`, or -1.
+function frameIndexOf(node) {
+  const box = node instanceof Element ? node.closest('.frame') : null;
+  return box ? pickers.frames.findIndex((p) => box.contains(p.input)) : -1;
+}
+
+// Drops on the card `cardId` (while `active()`) go to `take(files, event)`.
+function acceptDrops(cardId, active, take) {
+  const card = $(cardId);
+  const boxes = () => card.querySelectorAll('.frame');
+  const clear = () => {
+    card.classList.remove('dragging');
+    for (const box of boxes()) box.classList.remove('dragging');
+  };
   card.addEventListener('dragover', (e) => {
-    if (!isImageTask()) return;
+    if (!active()) return;
     e.preventDefault();
     card.classList.add('dragging');
+    const over = e.target instanceof Element ? e.target.closest('.frame') : null;
+    for (const box of boxes()) box.classList.toggle('dragging', box === over);
   });
   card.addEventListener('dragleave', (e) => {
     // Leaving for one of the card's own elements is not leaving the card.
-    if (!card.contains(e.relatedTarget)) card.classList.remove('dragging');
+    if (!card.contains(e.relatedTarget)) clear();
   });
   card.addEventListener('drop', (e) => {
-    card.classList.remove('dragging');
-    if (!isImageTask()) return;
+    clear();
+    if (!active()) return;
     e.preventDefault();
-    const file = e.dataTransfer.files[0];
-    if (file) takeImage(file);
+    take([...e.dataTransfer.files], e);
   });
+}
+
+function watchFiles() {
+  pickers.image = filePicker('image-file', 'image-preview', imageChosen, updateImageFacts);
+  pickers.frames = ['frame1', 'frame2'].map((id) =>
+    filePicker(id + '-file', id + '-preview', frameChosen, updateFrameFacts),
+  );
+  acceptDrops('classify-form', isImageTask, (files) => {
+    if (files[0]) pickers.image.take(files[0]);
+  });
+  acceptDrops('flow-form', isFlowTask, (files, e) => takeFrames(files, frameIndexOf(e.target), -1));
   document.addEventListener('paste', (e) => {
-    if (!isImageTask() || !e.clipboardData) return;
-    const file = [...e.clipboardData.files].find((f) => f.type.startsWith('image/'));
-    if (!file) return;
+    if (!e.clipboardData || !(isImageTask() || isFlowTask())) return;
+    const files = [...e.clipboardData.files].filter((f) => f.type.startsWith('image/'));
+    if (!files.length) return;
     e.preventDefault();
-    takeImage(file);
+    if (isImageTask()) pickers.image.take(files[0]);
+    else takeFrames(files, -1, frameIndexOf(document.activeElement));
   });
 }
 
 // ---------------------------------------------------------------- start
 
-// `send` runs when the form is submitted or Ctrl+Enter is pressed in its text box.
+// `send` runs when the form is submitted or Ctrl+Enter is pressed in its text box, if any.
 function sendFrom(form, textBox, send) {
   $(form).addEventListener('submit', (e) => {
     e.preventDefault();
     send();
   });
+  if (!textBox) return;
   $(textBox).addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
@@ -761,7 +1117,10 @@ function main() {
   $('mask-selection').addEventListener('click', maskSelection);
   sendFrom('classify-form', 'class-text', classify);
   $('class-text').addEventListener('input', updateClassCount);
-  watchImage();
+  watchFiles();
+  sendFrom('flow-form', null, computeFlow);
+  $('max-flow').addEventListener('input', updateFrameFacts);
+  $('flo').addEventListener('click', downloadFlo);
   $('top-k').max = String(VOCAB_SIZE);
   $('auth').addEventListener('submit', (e) => {
     e.preventDefault();

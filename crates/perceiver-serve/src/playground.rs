@@ -5,9 +5,14 @@
 //! candidate and, per masked byte, the candidates with probability bars. Classifiers: a text box
 //! (text), or a file chooser that also takes a dropped or pasted image, previewed with its size
 //! against the server's limits (image; the file's own bytes are sent, for the server to decode);
-//! the answer is the labels, best first, with probability bars. The page reads the model's
-//! name, task, labels, precision and limits from `/info`, asks for the API key when the server
-//! answers 401, and shows errors as the server words them.
+//! the answer is the labels, best first, with probability bars. Optical flow: two such pickers
+//! (earlier and later frame); what the server would refuse and the page can tell (a frame
+//! missing, frames of two sizes, under the model's tile, over the pixel limit alone or together,
+//! a form over the body limit) is said and not sent; the files go as a multipart form, and the
+//! answer is the flow's colour picture, its mean and largest magnitude and its tiles, and a
+//! `.flo` download (asked for again when wanted). The page reads the model's name, task, labels,
+//! tile, precision and limits from `/info`, asks for the API key when the server answers 401,
+//! and shows errors as the server words them.
 //!
 //! The page is hand-written HTML, CSS and JavaScript in `crates/perceiver-serve/playground/`,
 //! compiled into the binary: nothing is fetched from elsewhere, and its content security policy
@@ -27,7 +32,8 @@ pub const STYLE_CSS: &str = include_str!("../playground/playground.css");
 pub const SCRIPT_JS: &str = include_str!("../playground/playground.js");
 
 /// Own files only: no inline script, no other origin, not framed by other sites. `blob:`
-/// images are the preview of a file the user chose, read by the browser itself.
+/// images are held by the browser itself: the previews of files the user chose, and a flow's
+/// picture as the server answered it.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";

@@ -1,13 +1,17 @@
 //! The playground page in a real browser: headless Chromium driven through chromedriver
-//! (WebDriver), against the built-in model and the committed tiny classifiers.
+//! (WebDriver), against the built-in model and the committed tiny classifiers and flow model.
 //!
 //! Fill-mask: it types a masked text, presses the button, and checks that the candidates on the
 //! page are `POST /fill-mask`'s for the same text; it checks the error path, masking a selection
 //! from the keyboard, the API-key field and the page at phone width. Classifiers: it chooses,
 //! drops and pastes image files and types texts, and checks that the labels on the page are
 //! `POST /classify`'s for the same bytes; it checks a file that is not an image, an image over
-//! the server's pixel limit and the phone width. Screenshots are saved under
-//! `target/tmp/playground/`.
+//! the server's pixel limit and the phone width. Optical flow: it chooses, drops and pastes
+//! frames, and checks that the picture on the page is byte for byte `POST /flow`'s PNG and the
+//! library's, its figures the answer's headers, and the downloaded `.flo` the library's flow;
+//! that frames the server would refuse (of two sizes, under the tile, over its pixel or body
+//! limit) are said and not sent; a file that is not an image, a late answer and the phone
+//! width. Screenshots are saved under `target/tmp/playground/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`;
 //! `.ci/run` installs them), or `CHROMIUM` and `CHROMEDRIVER` naming the two programs. Without
@@ -25,6 +29,8 @@ use common::{post, post_json, request, TestServer};
 use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
+use perceiver::flow::flow_to_rgb;
+use perceiver::tasks::flow::OpticalFlow;
 use serde_json::{json, Value};
 
 /// The two programs, or why they cannot be used.
@@ -112,7 +118,8 @@ fn browser_or_skip(name: &str) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// A headless Chromium session with the flags a closed network needs, in a fresh profile.
+/// A headless Chromium session with the flags a closed network needs, in a fresh profile;
+/// downloads are saved, unasked, in its `downloads` folder.
 async fn open_browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
     let args = [
         "--headless",
@@ -128,8 +135,12 @@ async fn open_browser(driver: &Driver, chromium: &Path, profile: &Path) -> Clien
         "--window-size=1100,900",
         &format!("--user-data-dir={}", profile.display()),
     ];
+    let prefs = json!({
+        "download.default_directory": downloads(profile),
+        "download.prompt_for_download": false,
+    });
     let capabilities = json!({
-        "goog:chromeOptions": {"binary": chromium, "args": args},
+        "goog:chromeOptions": {"binary": chromium, "args": args, "prefs": prefs},
     });
     let serde_json::Value::Object(capabilities) = capabilities else {
         unreachable!()
@@ -140,6 +151,10 @@ async fn open_browser(driver: &Driver, chromium: &Path, profile: &Path) -> Clien
         .connect(&driver.url)
         .await
         .expect("chromedriver could not start a Chromium session")
+}
+
+fn downloads(profile: &Path) -> PathBuf {
+    profile.join("downloads")
 }
 
 async fn js(client: &Client, script: &str) -> Value {
@@ -584,17 +599,18 @@ async fn playground_in_headless_chromium() {
     server.stop().await;
 }
 
-/// Canonical, as chromedriver takes a file's path.
-fn classifier_fixture(name: &str) -> PathBuf {
+/// A file or folder of the repository's `tests/fixtures`; canonical, as chromedriver takes a
+/// file's path.
+fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/classification")
-        .join(name)
+        .join("../../tests/fixtures")
+        .join(path)
         .canonicalize()
         .unwrap()
 }
 
 fn classifier(name: &str) -> perceiver::Classifier {
-    perceiver::Loader::new(classifier_fixture(name).to_string_lossy())
+    perceiver::Loader::new(fixture(&format!("classification/{name}")).to_string_lossy())
         .classifier()
         .unwrap()
 }
@@ -612,48 +628,83 @@ async fn api_image_labels(server: &TestServer, bytes: &[u8], top_k: usize) -> Va
     answer.json()
 }
 
-/// Gives the page a PNG file as a drop on the form's card or a paste (`how`), as a browser
-/// does: a `DataTransfer` holding a `File`.
-async fn hand_over_image(client: &Client, how: &str, name: &str, bytes: &[u8]) {
-    let event = match how {
-        "drop" => {
-            "document.getElementById('classify-form').dispatchEvent(
-            new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}))"
-        }
-        "paste" => {
-            "document.body.dispatchEvent(
-            new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true, cancelable: true}))"
-        }
-        _ => unreachable!(),
-    };
-    let script = format!(
-        "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
-         const transfer = new DataTransfer();
-         transfer.items.add(new File([bytes], arguments[1], {{type: 'image/png'}}));
-         {event};
-         return document.getElementById('image-file').files[0].name"
-    );
-    let base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-    let chosen = client
-        .execute(&script, vec![json!(base64), json!(name)])
-        .await
-        .unwrap();
-    assert_eq!(chosen, json!(name), "the {how} becomes the file input's file");
+/// How files reach the page other than through a file input.
+#[derive(Debug, Clone, Copy)]
+enum Hand<'a> {
+    /// Dropped on the element of this CSS selector.
+    Drop(&'a str),
+    /// Pasted, into the element that has focus.
+    Paste,
 }
 
-/// Waits for the preview of a newly chosen image (or for the browser to give up on it) and
-/// returns what the page says of the file.
-async fn image_facts_once_read(client: &Client, name: &str) -> String {
+/// Gives the page PNG files (name, bytes) as a browser does, a `DataTransfer` holding `File`s
+/// in a drop or a paste event; then checks that each landed in a file input, `inputs[i]` the
+/// CSS selector of the one that should hold `files[i]`.
+async fn hand_over_images(client: &Client, how: Hand<'_>, files: &[(&str, &[u8])], inputs: &[&str]) {
+    let event = match how {
+        Hand::Drop(target) => format!(
+            "document.querySelector({target:?}).dispatchEvent(
+             new DragEvent('drop', {{dataTransfer: transfer, bubbles: true, cancelable: true}}))"
+        ),
+        Hand::Paste => "(document.activeElement ?? document.body).dispatchEvent(
+            new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true, cancelable: true}))"
+            .to_string(),
+    };
+    let script = format!(
+        "const transfer = new DataTransfer();
+         for (const [base64, name] of arguments[0]) {{
+           const bytes = Uint8Array.from(atob(base64), c => c.charCodeAt(0));
+           transfer.items.add(new File([bytes], name, {{type: 'image/png'}}));
+         }}
+         {event};
+         return arguments[1].map(input => document.querySelector(input).files[0]?.name ?? null)"
+    );
+    let files: Vec<Value> = files
+        .iter()
+        .map(|(name, bytes)| json!([base64::engine::general_purpose::STANDARD.encode(bytes), name]))
+        .collect();
+    let landed = client
+        .execute(&script, vec![json!(files), json!(inputs)])
+        .await
+        .unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f[1].as_str().unwrap()).collect();
+    assert_eq!(landed, json!(names), "the {how:?} becomes the file inputs' files");
+}
+
+/// Gives the page one PNG file, dropped or pasted, to land in the file input `input`.
+async fn hand_over_image(client: &Client, how: Hand<'_>, name: &str, bytes: &[u8], input: &str) {
+    hand_over_images(client, how, &[(name, bytes)], &[input]).await;
+}
+
+/// Waits for the preview of a newly chosen file (or for the browser to give up on it) and
+/// returns what the page says of it in the element `facts` (an id).
+async fn facts_once_read(client: &Client, facts: &str, name: &str) -> String {
     wait_for(
         client,
         &format!(
-            "const facts = document.getElementById('image-facts').textContent;
+            "const facts = document.getElementById({facts:?}).textContent;
              return facts.startsWith({name:?}) && (facts.includes('pixels') || facts.includes('cannot show'))"
         ),
-        "the image's preview",
+        "the file's preview",
     )
     .await;
-    text_of(client, "#image-facts").await
+    text_of(client, &format!("#{facts}")).await
+}
+
+async fn image_facts_once_read(client: &Client, name: &str) -> String {
+    facts_once_read(client, "image-facts", name).await
+}
+
+/// From now on the page's requests leave late, so that its answers come after what the test
+/// does next.
+async fn send_late(client: &Client) {
+    js(
+        client,
+        "const fetch = window.fetch;
+         window.fetch = (...args) => new Promise(r => setTimeout(r, 300)).then(() => fetch(...args));
+         return true",
+    )
+    .await;
 }
 
 /// Every input and text box of the page has a label.
@@ -665,6 +716,16 @@ async fn assert_every_control_labelled(client: &Client) {
     )
     .await;
     assert_eq!(unlabelled, json!([]), "controls without a label");
+}
+
+async fn assert_skip_link_leads_somewhere(client: &Client) {
+    let skip_target = js(
+        client,
+        "const target = document.querySelector(document.querySelector('.skip').hash);
+         return target !== null && target.getClientRects().length > 0",
+    )
+    .await;
+    assert_eq!(skip_target, json!(true), "the skip link leads to something shown");
 }
 
 /// The error shown, as the page holds it (WebDriver's element text folds runs of spaces).
@@ -698,7 +759,7 @@ async fn classifiers_in_headless_chromium() {
         return;
     };
     // Seven labels: more than the five an image gets by default.
-    let model_dir = classifier_fixture("tiny_image_fourier");
+    let model_dir = fixture("classification/tiny_image_fourier");
     let images = classifier("tiny_image_fourier");
     assert_eq!(images.labels().len(), 7);
     let server = TestServer::start("tiny_image_fourier", images.clone(), |_| {}).await;
@@ -718,13 +779,7 @@ async fn classifiers_in_headless_chromium() {
     let top_k = find(&client, "#label-top-k").await;
     assert_eq!(top_k.prop("value").await.unwrap().as_deref(), Some("5"));
     assert_every_control_labelled(&client).await;
-    let skip_target = js(
-        &client,
-        "const target = document.querySelector(document.querySelector('.skip').hash);
-         return target !== null && target.getClientRects().length > 0",
-    )
-    .await;
-    assert_eq!(skip_target, json!(true), "the skip link leads to something shown");
+    assert_skip_link_leads_somewhere(&client).await;
 
     // Pressing the button with no image says what to do and sends nothing.
     find(&client, "#classify").await.click().await.unwrap();
@@ -768,7 +823,14 @@ async fn classifiers_in_headless_chromium() {
     top_k.clear().await.unwrap();
     top_k.send_keys("2").await.unwrap();
     let tall = std::fs::read(model_dir.join("tall_grey.png")).unwrap();
-    hand_over_image(&client, "drop", "dropped.png", &tall).await;
+    hand_over_image(
+        &client,
+        Hand::Drop("#classify-form"),
+        "dropped.png",
+        &tall,
+        "#image-file",
+    )
+    .await;
     assert!(
         !find(&client, "#labels-result")
             .await
@@ -783,23 +845,24 @@ async fn classifiers_in_headless_chromium() {
     let api = api_image_labels(&server, &tall, 2).await;
     assert_eq!(api.as_array().unwrap().len(), 2);
     assert_same_labels(&labels_on_page(&client).await, &api, "dropped tall_grey.png");
-    hand_over_image(&client, "paste", "pasted.png", &wide).await;
+    hand_over_image(&client, Hand::Paste, "pasted.png", &wide, "#image-file").await;
     image_facts_once_read(&client, "pasted.png").await;
     press(&client, "#classify").await;
     let api = api_image_labels(&server, &wide, 2).await;
     assert_same_labels(&labels_on_page(&client).await, &api, "pasted wide.png");
 
     // An answer that arrives after another image was chosen is not shown under it.
-    js(
-        &client,
-        "const fetch = window.fetch;
-         window.fetch = (...args) => new Promise(r => setTimeout(r, 300)).then(() => fetch(...args));
-         return true",
-    )
-    .await;
+    send_late(&client).await;
     let before = js(&client, "return Number(document.body.dataset.requests)").await;
     find(&client, "#classify").await.click().await.unwrap();
-    hand_over_image(&client, "drop", "later.png", &tall).await;
+    hand_over_image(
+        &client,
+        Hand::Drop("#classify-form"),
+        "later.png",
+        &tall,
+        "#image-file",
+    )
+    .await;
     wait_for(
         &client,
         &format!("return Number(document.body.dataset.requests) > {before}"),
@@ -930,4 +993,601 @@ async fn classifiers_in_headless_chromium() {
     text_server.stop().await;
     small.stop().await;
     server.stop().await;
+}
+
+/// The tiny optical-flow model, and its frames.
+fn flow_fixture(name: &str) -> PathBuf {
+    fixture(&format!("flow/{name}"))
+}
+
+fn flow_frame(name: &str) -> (PathBuf, Vec<u8>) {
+    let path = flow_fixture(&format!("frames/tiny_flow-{name}.png"));
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes)
+}
+
+/// From now on the page counts its `POST /flow` requests (`window.flowPosts`), sent or not.
+async fn count_flow_posts(client: &Client) {
+    js(
+        client,
+        "window.flowPosts = 0;
+         const fetch = window.fetch;
+         window.fetch = (url, ...rest) => {
+           if (String(url).startsWith('/flow')) window.flowPosts += 1;
+           return fetch(url, ...rest);
+         };
+         return true",
+    )
+    .await;
+}
+
+async fn flow_posts(client: &Client) -> u64 {
+    js(client, "return window.flowPosts").await.as_u64().unwrap()
+}
+
+/// Presses "Compute flow" when the page should refuse to send: waits for its reason, checks
+/// that nothing was sent, and returns the reason.
+async fn press_flow_refused(client: &Client) -> String {
+    let posts = flow_posts(client).await;
+    js(
+        client,
+        "document.getElementById('flow-check').textContent = ''; return true",
+    )
+    .await;
+    find(client, "#flow").await.click().await.unwrap();
+    wait_for(
+        client,
+        "return document.getElementById('flow-check').textContent.startsWith('Not sent: ')",
+        "the reason for not sending",
+    )
+    .await;
+    assert_eq!(flow_posts(client).await, posts, "a request was sent");
+    let over = js(
+        client,
+        "return document.getElementById('flow-check').classList.contains('over')",
+    )
+    .await;
+    assert_eq!(over, json!(true));
+    text_of(client, "#flow-check").await
+}
+
+/// The bytes of a `Blob` the page holds (`expression` in its scripts' scope): the blob: URLs
+/// it shows cannot be fetched under its content security policy.
+async fn blob_bytes(client: &Client, expression: &str) -> Vec<u8> {
+    let base64 = js(
+        client,
+        &format!(
+            "return {expression}.arrayBuffer().then(buffer => {{
+               const bytes = new Uint8Array(buffer);
+               let text = '';
+               for (let i = 0; i < bytes.length; i += 8192) {{
+                 text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+               }}
+               return btoa(text);
+             }})"
+        ),
+    )
+    .await;
+    base64::engine::general_purpose::STANDARD
+        .decode(base64.as_str().unwrap())
+        .unwrap()
+}
+
+/// `POST /flow` with the two frames as a multipart form: the answer's status, flow headers
+/// (mean, max, tiles) and body.
+async fn api_flow(
+    server: &TestServer,
+    frames: (&[u8], &[u8]),
+    query: &str,
+    accept: &str,
+) -> (u16, [String; 3], Vec<u8>) {
+    use reqwest::multipart::{Form, Part};
+    let form = Form::new()
+        .part("frame1", Part::bytes(frames.0.to_vec()).file_name("1.png"))
+        .part("frame2", Part::bytes(frames.1.to_vec()).file_name("2.png"));
+    let response = reqwest::Client::new()
+        .post(format!("{}/flow{query}", server.url()))
+        .header("Accept", accept)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string())
+    };
+    let headers = [
+        header("x-flow-mean-magnitude"),
+        header("x-flow-max-magnitude"),
+        header("x-flow-tiles"),
+    ];
+    let status = response.status().as_u16();
+    (status, headers, response.bytes().await.unwrap().to_vec())
+}
+
+/// The library's flow of two image files, and the tiles it ran.
+fn library_flow(task: &OpticalFlow, frames: (&[u8], &[u8])) -> (perceiver::FlowField, usize) {
+    let decode = |bytes| perceiver::image::decode_image(bytes).unwrap();
+    let output = task.flow_images(&decode(frames.0), &decode(frames.1)).unwrap();
+    (output.field, output.tiles.len())
+}
+
+/// The flow the page shows is the library's for these frames, saturating at `max_flow`: its
+/// picture byte for byte `POST /flow`'s PNG and `flow_to_rgb`'s, its statistics the answer's
+/// headers and the library's.
+async fn assert_flow_shown(
+    client: &Client,
+    server: &TestServer,
+    task: &OpticalFlow,
+    frames: (&[u8], &[u8]),
+    max_flow: Option<f32>,
+    context: &str,
+) {
+    assert_eq!(
+        js(client, "return document.body.dataset.status").await,
+        "done",
+        "{context}: {}",
+        error_message(client).await
+    );
+    assert!(find(client, "#flow-result").await.is_displayed().await.unwrap());
+    let (field, tiles) = library_flow(task, frames);
+    wait_for(
+        client,
+        "const picture = document.getElementById('flow-picture');
+         return picture.complete && picture.naturalWidth > 0 && picture.src === state.flow.pictureUrl",
+        "the flow's picture",
+    )
+    .await;
+    let size = js(
+        client,
+        "const picture = document.getElementById('flow-picture');
+         return [picture.naturalWidth, picture.naturalHeight]",
+    )
+    .await;
+    assert_eq!(size, json!([field.width(), field.height()]), "{context}");
+    let shown = blob_bytes(client, "state.flow.picture").await;
+    let expected = flow_to_rgb(&field, max_flow).unwrap().png_bytes().unwrap();
+    assert!(shown == expected, "{context}: the picture is not the library's");
+    let query = max_flow.map_or(String::new(), |m| format!("?max_flow={m}"));
+    let (status, headers, png) = api_flow(server, frames, &query, "image/png").await;
+    assert_eq!(status, 200, "{context}");
+    assert!(png == shown, "{context}: the picture is not POST /flow's");
+
+    let stats = js(
+        client,
+        "return ['flow-mean', 'flow-max', 'flow-tiles'].map(id => {
+           const shown = document.getElementById(id);
+           return [shown.dataset.value, shown.textContent];
+         })",
+    )
+    .await;
+    let stats: Vec<(String, String)> = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_str().unwrap().into(), s[1].as_str().unwrap().into()))
+        .collect();
+    for ((value, _), header) in stats.iter().zip(&headers) {
+        assert_eq!(value, header, "{context}: the value shown is the header's");
+    }
+    let library = field.stats();
+    for ((value, text), expected) in stats[..2]
+        .iter()
+        .zip([library.mean_magnitude, library.max_magnitude])
+    {
+        assert_eq!(value.parse::<f32>().unwrap(), expected, "{context}");
+        // Three significant digits.
+        let number: f32 = text
+            .trim_end_matches(" pixels")
+            .trim_end_matches(" pixel")
+            .parse()
+            .unwrap();
+        assert!(
+            (number - expected).abs() <= expected.abs() * 5e-3,
+            "{context}: {text} shown for {expected}"
+        );
+    }
+    assert_eq!(
+        stats[2],
+        (tiles.to_string(), tiles.to_string()),
+        "{context}: tiles"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_in_headless_chromium() {
+    let Some((chromium, chromedriver)) = browser_or_skip("flow_in_headless_chromium") else {
+        return;
+    };
+    let model = perceiver::Loader::new(flow_fixture("tiny_flow").to_string_lossy())
+        .load()
+        .unwrap();
+    let task = OpticalFlow::new(model.clone()).unwrap();
+    assert_eq!(task.tile_size(), (48, 56));
+    let server = TestServer::start("tiny_flow", model.clone(), |_| {}).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = tempfile::tempdir().unwrap();
+    let client = open_browser(&driver, &chromium, profile.path()).await;
+
+    // An optical-flow model: the flow form alone.
+    client.goto(&format!("{}/", server.url())).await.unwrap();
+    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    assert_eq!(text_of(&client, "#model-task").await, "optical-flow");
+    assert!(find(&client, "#flow-form").await.is_displayed().await.unwrap());
+    for hidden in ["#fill-form", "#classify-form", "#unsupported", "#flow-result"] {
+        assert!(
+            !find(&client, hidden).await.is_displayed().await.unwrap(),
+            "{hidden}"
+        );
+    }
+    assert!(text_of(&client, "#flow-help")
+        .await
+        .contains("at least the model's tile (56 × 48 pixels)"));
+    assert_every_control_labelled(&client).await;
+    assert_skip_link_leads_somewhere(&client).await;
+    count_flow_posts(&client).await;
+
+    // Nothing chosen: the page says what is missing and sends nothing.
+    let refused = press_flow_refused(&client).await;
+    assert!(
+        refused.contains("choose the earlier frame and the later frame"),
+        "{refused}"
+    );
+    let focused = js(&client, "return document.activeElement.id").await;
+    assert_eq!(
+        focused, "frame1-file",
+        "the first missing frame's chooser has focus"
+    );
+
+    // Files chosen in the file inputs: previewed, sent as they are, the library's flow shown.
+    let (grid1_path, grid1) = flow_frame("grid2x3-1");
+    let (grid2_path, grid2) = flow_frame("grid2x3-2");
+    for (input, path) in [("#frame1-file", &grid1_path), ("#frame2-file", &grid2_path)] {
+        let chooser = find(&client, input).await;
+        chooser.send_keys(path.to_str().unwrap()).await.unwrap();
+    }
+    for (facts, name) in [
+        ("frame1-facts", "tiny_flow-grid2x3-1.png"),
+        ("frame2-facts", "tiny_flow-grid2x3-2.png"),
+    ] {
+        let facts = facts_once_read(&client, facts, name).await;
+        assert!(facts.contains("100 × 52 pixels"), "{facts}");
+        assert!(facts.contains("KiB"), "{facts}");
+    }
+    for preview in ["#frame1-preview", "#frame2-preview"] {
+        assert!(find(&client, preview).await.is_displayed().await.unwrap());
+    }
+    let check = text_of(&client, "#flow-check").await;
+    assert!(check.starts_with("Both frames 100 × 52 pixels, about"), "{check}");
+    press(&client, "#flow").await;
+    assert_flow_shown(&client, &server, &task, (&grid1, &grid2), None, "chosen").await;
+    assert_eq!(flow_posts(&client).await, 1);
+    assert_eq!(
+        text_of(&client, "#flow-saturation").await,
+        "the largest magnitude"
+    );
+    screenshot(&client, 1100, "playground-flow.png").await;
+
+    // The .flo file: asked for again, saved as a download.
+    client.set_window_size(1100, 900).await.unwrap();
+    press(&client, "#flo").await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "done");
+    let (field, _) = library_flow(&task, (&grid1, &grid2));
+    let flo = blob_bytes(&client, "state.flow.flo").await;
+    assert_eq!(perceiver::flow::read_flo(flo.as_slice()).unwrap(), field);
+    let saved = downloads(profile.path()).join("flow.flo");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !saved.is_file() {
+        assert!(Instant::now() < deadline, "no {} saved", saved.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let saved = std::fs::read(&saved).unwrap();
+    assert_eq!(saved, flo, "the download is the .flo file");
+    let link = text_of(&client, "#flo-link").await;
+    assert!(link.starts_with("flow.flo, "), "{link}");
+
+    // A saturation: the picture is flow_to_rgb's at that magnitude.
+    let max_flow = find(&client, "#max-flow").await;
+    max_flow.send_keys("0.5").await.unwrap();
+    press(&client, "#flow").await;
+    assert_flow_shown(&client, &server, &task, (&grid1, &grid2), Some(0.5), "max_flow").await;
+    assert_eq!(text_of(&client, "#flow-saturation").await, "0.5 pixels");
+    // Not a positive number: said, not sent.
+    max_flow.clear().await.unwrap();
+    max_flow.send_keys("-1").await.unwrap();
+    let refused = press_flow_refused(&client).await;
+    assert!(refused.contains("positive number of pixels"), "{refused}");
+    max_flow.clear().await.unwrap();
+
+    // Dropped frames, one on each box; the first drop hides the last flow.
+    let (_, exact1) = flow_frame("exact-1");
+    let (exact2_path, exact2) = flow_frame("exact-2");
+    hand_over_image(
+        &client,
+        Hand::Drop("#frame1-box"),
+        "dropped-1.png",
+        &exact1,
+        "#frame1-file",
+    )
+    .await;
+    assert!(
+        !find(&client, "#flow-result").await.is_displayed().await.unwrap(),
+        "the last flow is hidden when a frame changes"
+    );
+    hand_over_image(
+        &client,
+        Hand::Drop("#frame2-box"),
+        "dropped-2.png",
+        &exact2,
+        "#frame2-file",
+    )
+    .await;
+    facts_once_read(&client, "frame1-facts", "dropped-1.png").await;
+    let facts = facts_once_read(&client, "frame2-facts", "dropped-2.png").await;
+    assert!(facts.contains("56 × 48 pixels"), "{facts}");
+    press(&client, "#flow").await;
+    assert_flow_shown(&client, &server, &task, (&exact1, &exact2), None, "dropped").await;
+
+    // Pasted with both frames chosen and no chooser focused: the later frame is replaced. Of
+    // another size here: said, not sent.
+    let (_, other1) = flow_frame("grid2x2-1");
+    let (_, other2) = flow_frame("grid2x2-2");
+    js(&client, "document.activeElement?.blur(); return true").await;
+    hand_over_image(&client, Hand::Paste, "pasted-2.png", &other2, "#frame2-file").await;
+    let facts = facts_once_read(&client, "frame2-facts", "pasted-2.png").await;
+    assert!(facts.contains("70 × 54 pixels"), "{facts}");
+    let differ = "the frames differ in size (56 × 48 pixels and 70 × 54 pixels)";
+    let check = text_of(&client, "#flow-check").await;
+    assert!(check.to_lowercase().contains(differ), "{check}");
+    let refused = press_flow_refused(&client).await;
+    assert!(refused.contains(differ), "{refused}");
+    // The earlier frame's chooser focused: a paste replaces that frame.
+    js(
+        &client,
+        "document.getElementById('frame1-file').focus(); return true",
+    )
+    .await;
+    hand_over_image(&client, Hand::Paste, "pasted-1.png", &other1, "#frame1-file").await;
+    facts_once_read(&client, "frame1-facts", "pasted-1.png").await;
+    press(&client, "#flow").await;
+    assert_flow_shown(&client, &server, &task, (&other1, &other2), None, "pasted").await;
+
+    // Two files dropped at once fill both frames, in the order of their names.
+    hand_over_images(
+        &client,
+        Hand::Drop("#flow-form"),
+        &[("frame_10.png", &exact2), ("frame_9.png", &exact1)],
+        &["#frame2-file", "#frame1-file"],
+    )
+    .await;
+    facts_once_read(&client, "frame1-facts", "frame_9.png").await;
+    facts_once_read(&client, "frame2-facts", "frame_10.png").await;
+    press(&client, "#flow").await;
+    assert_flow_shown(&client, &server, &task, (&exact1, &exact2), None, "two dropped").await;
+
+    // A frame smaller than the model's tile: said, not sent.
+    let small = perceiver::image::RgbImage::new(60, 40, vec![90; 60 * 40 * 3])
+        .unwrap()
+        .png_bytes()
+        .unwrap();
+    hand_over_image(
+        &client,
+        Hand::Drop("#frame2-box"),
+        "small.png",
+        &small,
+        "#frame2-file",
+    )
+    .await;
+    let facts = facts_once_read(&client, "frame2-facts", "small.png").await;
+    assert!(
+        facts.contains("60 × 40 pixels · smaller than the model's tile (56 × 48 pixels)"),
+        "{facts}"
+    );
+    let refused = press_flow_refused(&client).await;
+    assert!(
+        refused.contains("the later frame is smaller than the model's tile (56 × 48 pixels)"),
+        "{refused}"
+    );
+
+    // A file that is not an image: the browser cannot show it, the server's 422 is shown.
+    let config = flow_fixture("tiny_flow/config.json");
+    find(&client, "#frame2-file")
+        .await
+        .send_keys(config.to_str().unwrap())
+        .await
+        .unwrap();
+    let facts = facts_once_read(&client, "frame2-facts", "config.json").await;
+    assert!(facts.contains("cannot show"), "{facts}");
+    press(&client, "#flow").await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "error");
+    let config = std::fs::read(&config).unwrap();
+    let (status, _, body) = api_flow(&server, (&exact1, &config), "", "image/png").await;
+    assert_eq!(status, 422);
+    let message: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error_message(&client).await, message["error"].as_str().unwrap());
+    assert!(text_of(&client, "#error-status").await.contains("422 validation"));
+    assert!(!find(&client, "#flow-result").await.is_displayed().await.unwrap());
+
+    // An answer that arrives after another frame was chosen is not shown under it.
+    find(&client, "#frame2-file")
+        .await
+        .send_keys(exact2_path.to_str().unwrap())
+        .await
+        .unwrap();
+    facts_once_read(&client, "frame2-facts", "tiny_flow-exact-2.png").await;
+    send_late(&client).await;
+    let before = js(&client, "return Number(document.body.dataset.requests)").await;
+    find(&client, "#flow").await.click().await.unwrap();
+    wait_for(
+        &client,
+        "return document.body.dataset.status === 'busy'",
+        "the request",
+    )
+    .await;
+    hand_over_image(
+        &client,
+        Hand::Drop("#frame2-box"),
+        "later.png",
+        &exact2,
+        "#frame2-file",
+    )
+    .await;
+    wait_for(
+        &client,
+        &format!("return Number(document.body.dataset.requests) > {before}"),
+        "the late answer",
+    )
+    .await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "stale");
+    assert!(!find(&client, "#flow-result").await.is_displayed().await.unwrap());
+    facts_once_read(&client, "frame2-facts", "later.png").await;
+    press(&client, "#flow").await;
+    assert_flow_shown(
+        &client,
+        &server,
+        &task,
+        (&exact1, &exact2),
+        None,
+        "after a stale answer",
+    )
+    .await;
+    assert_fits_a_phone(&client, "optical flow").await;
+    screenshot(&client, 390, "playground-flow-phone.png").await;
+
+    // A server with lower limits: frames over its pixels, alone or together, and a form over
+    // its body limit by a byte, are said and not sent; a form of exactly its limit is sent. The
+    // body limit is the size of Chromium's own multipart body for the two files.
+    let form_bytes = client
+        .execute(
+            "const form = new FormData();
+             for (const [field, bytes, name] of arguments) {
+               form.append(field, new File([new Uint8Array(bytes)], name, {type: 'image/png'}));
+             }
+             return new Response(form).blob().then(body => body.size)",
+            vec![
+                json!(["frame1", exact1, "a.png"]),
+                json!(["frame2", exact2, "b.png"]),
+            ],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    // 6,000 pixels: each grid2x3 frame (100 × 52) fits, the two together do not, as a server
+    // with that limit alone says; the exact pair (56 × 48) fits.
+    let pixels = TestServer::start("pixels", model.clone(), |c| c.max_image_pixels = 6000).await;
+    let (status, _, _) = api_flow(&pixels, (&grid1, &grid2), "", "image/png").await;
+    assert_eq!(status, 422, "the server takes the two frames together");
+    pixels.stop().await;
+    let strict = TestServer::start("strict", model, |c| {
+        c.max_image_pixels = 6000;
+        c.payload_limit = form_bytes as usize;
+    })
+    .await;
+    client.set_window_size(1100, 900).await.unwrap();
+    client.goto(&format!("{}/", strict.url())).await.unwrap();
+    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    count_flow_posts(&client).await;
+    for (input, path) in [("#frame1-file", &grid1_path), ("#frame2-file", &grid2_path)] {
+        let chooser = find(&client, input).await;
+        chooser.send_keys(path.to_str().unwrap()).await.unwrap();
+    }
+    for (facts, name) in [
+        ("frame1-facts", "tiny_flow-grid2x3-1.png"),
+        ("frame2-facts", "tiny_flow-grid2x3-2.png"),
+    ] {
+        let facts = facts_once_read(&client, facts, name).await;
+        assert!(!facts.contains("more pixels"), "{facts}");
+    }
+    let refused = press_flow_refused(&client).await;
+    for needle in [
+        "the two frames are 10,400 pixels together, more than the server takes (6,000)",
+        "the two files come to about",
+    ] {
+        assert!(refused.contains(needle), "{needle:?} in {refused}");
+    }
+    screenshot(&client, 1100, "playground-flow-refused.png").await;
+    client.set_window_size(1100, 900).await.unwrap();
+    // A frame over the limit alone: said of that frame.
+    let big = perceiver::image::RgbImage::new(100, 70, vec![90; 100 * 70 * 3])
+        .unwrap()
+        .png_bytes()
+        .unwrap();
+    hand_over_image(
+        &client,
+        Hand::Drop("#frame1-box"),
+        "big.png",
+        &big,
+        "#frame1-file",
+    )
+    .await;
+    let facts = facts_once_read(&client, "frame1-facts", "big.png").await;
+    assert!(
+        facts.contains("100 × 70 pixels · more pixels than the server takes (6,000)"),
+        "{facts}"
+    );
+    let refused = press_flow_refused(&client).await;
+    assert!(
+        refused.contains("the earlier frame has more pixels than the server takes (6,000)"),
+        "{refused}"
+    );
+    // One byte over: a longer file name.
+    hand_over_images(
+        &client,
+        Hand::Drop("#flow-form"),
+        &[("aa.png", &exact1), ("b.png", &exact2)],
+        &["#frame1-file", "#frame2-file"],
+    )
+    .await;
+    facts_once_read(&client, "frame1-facts", "aa.png").await;
+    facts_once_read(&client, "frame2-facts", "b.png").await;
+    let over = format!(
+        "the two files come to about {} bytes as a form, more than the server takes ({} bytes)",
+        thousands(form_bytes + 1),
+        thousands(form_bytes)
+    );
+    let refused = press_flow_refused(&client).await;
+    assert!(refused.contains(&over), "{over:?} in {refused}");
+    // Exactly the limit.
+    hand_over_image(
+        &client,
+        Hand::Drop("#frame1-box"),
+        "a.png",
+        &exact1,
+        "#frame1-file",
+    )
+    .await;
+    facts_once_read(&client, "frame1-facts", "a.png").await;
+    let check = text_of(&client, "#flow-check").await;
+    assert!(check.starts_with("Both frames 56 × 48 pixels"), "{check}");
+    press(&client, "#flow").await;
+    // (The first server's answer to compare with: reqwest's form is larger than the limit.)
+    assert_flow_shown(
+        &client,
+        &server,
+        &task,
+        (&exact1, &exact2),
+        None,
+        "at the body limit",
+    )
+    .await;
+
+    client.close().await.unwrap();
+    strict.stop().await;
+    server.stop().await;
+}
+
+/// A count as the page writes it (`toLocaleString('en-US')`).
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
