@@ -74,8 +74,9 @@ impl Metrics {
         for outcome in OUTCOMES {
             requests.with_label_values(&[outcome, task]);
         }
-        // 0.5 ms .. ~4 min: a tiny model on a fast machine to the 201M model on a busy CPU.
-        let seconds = || exponential_buckets(0.0005, 2.0, 20).expect("valid buckets");
+        // 0.5 ms .. ~35 min: a tiny model on a fast machine to a flow request of many tiles
+        // (seconds each) on a busy CPU.
+        let seconds = || exponential_buckets(0.0005, 2.0, 23).expect("valid buckets");
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric")
         };
