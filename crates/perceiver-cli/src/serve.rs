@@ -94,7 +94,7 @@ pub struct ServiceArgs {
     /// Largest image a classifier or flow model takes, in pixels (width × height, read from the
     /// file's header before decoding); larger ones are answered 422. Also the pixels decoded at
     /// once over all requests (an image waits for others to finish), and for flow the pixels of
-    /// both frames held until their flow is computed (12 bytes a pixel). Default: Pillow's limit.
+    /// both frames, held until the answer is sent. Default: Pillow's limit.
     #[arg(long, env = "PERCEIVER_MAX_IMAGE_PIXELS", default_value_t = caps::MAX_IMAGE_PIXELS, value_parser = whole::<u64>(1, caps::MAX_IMAGE_PIXELS))]
     pub max_image_pixels: u64,
 

@@ -403,7 +403,9 @@ function flowProblems() {
   problems.push(...pairProblems());
   const box = $('max-flow');
   const maxFlow = box.value.trim();
-  const positive = Number(maxFlow) > 0 && Number.isFinite(Number(maxFlow));
+  // As the server reads it: a positive, finite 32-bit float.
+  const single = Math.fround(Number(maxFlow));
+  const positive = single > 0 && Number.isFinite(single);
   if (box.validity.badInput || (maxFlow !== '' && !positive)) {
     problems.push('the saturation must be a positive number of pixels, or empty');
   }

@@ -60,6 +60,22 @@ pub enum ServeError {
         max_len: usize,
     },
 
+    /// A pixel limit under which no pair of frames an optical-flow model takes would fit.
+    #[error(
+        "max_image_pixels ({max_image_pixels}) is below the {needed} pixels of two frames of the \
+         model's {height}x{width} tile: every flow request would be refused"
+    )]
+    PixelsBelowFlowTile {
+        /// The configured limit.
+        max_image_pixels: u64,
+        /// Two tiles' pixels: the least a flow request holds.
+        needed: u64,
+        /// The tile's height.
+        height: usize,
+        /// The tile's width.
+        width: usize,
+    },
+
     /// The listening socket could not be opened.
     #[error("cannot listen on {address}: {source}")]
     Bind {

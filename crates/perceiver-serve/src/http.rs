@@ -436,6 +436,7 @@ async fn classify(State(state): State<Arc<AppState>>, request: Request) -> Respo
         (status = 422, description = "Not a valid request (a frame missing, not an image or too large, frames of different sizes or smaller than the tile, bad base64, ...)", body = ErrorResponse),
         (status = 429, description = "Too many requests queued or running", body = ErrorResponse),
         (status = 500, description = "The model failed", body = ErrorResponse),
+        (status = 503, description = "The service is stopping: the tiles not started are not run", body = ErrorResponse),
     ),
     security((), ("api_key" = []))
 )]
@@ -755,19 +756,25 @@ impl AppState {
                 _ => return Err(unexpected_output().into()),
             }
         }
-        // Blending and encoding take a while for large frames: off the async threads. The
-        // request's share of the pixel budget stays with its answer until that is sent.
+        // Blending and encoding take a while for large frames: off the async threads, holding
+        // the request's slot and share of the pixel budget though its client leaves meanwhile;
+        // then the answer holds them until it is sent.
         let task = self.task.clone();
-        let answer = tokio::task::spawn_blocking(move || match &*task {
-            Task::Flow(flow) => flow_answer(flow, height, width, flows, format, max_flow),
-            _ => Err(unexpected_output()),
+        let held = (budget, permit);
+        let working = held.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let _working = working;
+            match &*task {
+                Task::Flow(flow) => flow_answer(flow, height, width, flows, format, max_flow),
+                _ => Err(unexpected_output()),
+            }
         })
         .await
         .map_err(|_| ErrorResponse::new(ErrorType::Backend, "assembling the flow failed"))??;
         Ok(answer.map(|body| {
             axum::body::Body::new(Holding {
-                body: Some(Bytes::from(body)),
-                _held: (budget, permit),
+                body: Bytes::from(body),
+                _held: held,
             })
         }))
     }
@@ -992,12 +999,16 @@ fn flow_answer(
     Ok(response)
 }
 
-/// An answer's body that holds `_held` (its request's slot and share of the pixel budget)
-/// until hyper lets go of it: once the body is handed over, or its connection is gone.
+/// An answer's body that holds `_held` (its request's slot and share of the pixel budget) until
+/// it is sent: it is handed to hyper in pieces, which hyper takes as its connection drains, and
+/// `_held` goes with the body once the last piece is taken (or the connection is gone).
 struct Holding<H> {
-    body: Option<Bytes>,
+    body: Bytes,
     _held: H,
 }
+
+/// The most of a [`Holding`] body hyper is given at once.
+const ANSWER_PIECE: usize = 64 << 10;
 
 impl<H: Unpin> http_body::Body for Holding<H> {
     type Data = Bytes;
@@ -1007,15 +1018,19 @@ impl<H: Unpin> http_body::Body for Holding<H> {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.body.take().map(|body| Ok(http_body::Frame::data(body))))
+        if self.body.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let piece = self.body.len().min(ANSWER_PIECE);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.body.split_to(piece)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_none()
+        self.body.is_empty()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.body.as_ref().map_or(0, |b| b.len() as u64))
+        http_body::SizeHint::with_exact(self.body.len() as u64)
     }
 }
 
@@ -1079,24 +1094,30 @@ fn differ_in_size((h1, w1): (u64, u64), (h2, w2): (u64, u64)) -> ErrorResponse {
 
 /// `max_flow` of the query string, if given: a positive number of pixels.
 fn query_max_flow(query: Option<&str>) -> Result<Option<f32>, ErrorResponse> {
-    let mut max_flow = None;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name != "max_flow" {
+    let Some(value) = query_parameter(query, "max_flow")? else {
+        return Ok(None);
+    };
+    match value.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+        _ => Err(ErrorResponse::validation(format!(
+            "max_flow={value} in the query is not a positive number of pixels"
+        ))),
+    }
+}
+
+/// The value of the query's one parameter `name` (percent-decoded, the last if repeated); any
+/// other parameter is an error.
+fn query_parameter(query: Option<&str>, name: &str) -> Result<Option<String>, ErrorResponse> {
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key != name {
             return Err(ErrorResponse::validation(format!(
-                "unknown query parameter {name:?} (only max_flow)"
+                "unknown query parameter {key:?} (only {name})"
             )));
         }
-        match value.parse::<f32>() {
-            Ok(v) if v.is_finite() && v > 0.0 => max_flow = Some(v),
-            _ => {
-                return Err(ErrorResponse::validation(format!(
-                    "max_flow={value} in the query is not a positive number of pixels"
-                )))
-            }
-        }
+        found = Some(value.into_owned());
     }
-    Ok(max_flow)
+    Ok(found)
 }
 
 /// A classification request's inputs before they are prepared.
@@ -1165,21 +1186,13 @@ fn looks_like_json(body: &[u8]) -> bool {
 
 /// `top_k` of the query string, if given.
 fn query_top_k(query: Option<&str>) -> Result<Option<usize>, ErrorResponse> {
-    let mut top_k = None;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name == "top_k" {
-            let parsed = value.parse::<usize>().map_err(|_| {
-                ErrorResponse::validation(format!("top_k={value} in the query is not a count"))
-            })?;
-            top_k = Some(parsed);
-        } else {
-            return Err(ErrorResponse::validation(format!(
-                "unknown query parameter {name:?} (only top_k)"
-            )));
-        }
-    }
-    Ok(top_k)
+    query_parameter(query, "top_k")?
+        .map(|value| {
+            value
+                .parse::<usize>()
+                .map_err(|_| ErrorResponse::validation(format!("top_k={value} in the query is not a count")))
+        })
+        .transpose()
 }
 
 fn label_prediction(l: LabelScore) -> LabelPrediction {
@@ -1767,6 +1780,20 @@ mod tests {
         assert_eq!(query_top_k(Some("top_k=3")).unwrap(), Some(3));
         assert!(query_top_k(Some("top_k=x")).is_err());
         assert!(query_top_k(Some("k=3")).is_err());
+        // Percent-decoded, as a browser's encodeURIComponent writes them.
+        assert_eq!(query_top_k(Some("top_k=%33")).unwrap(), Some(3));
+        assert_eq!(query_max_flow(Some("max_flow=1e%2B1")).unwrap(), Some(10.0));
+        assert_eq!(query_max_flow(Some("max_flow=0.5")).unwrap(), Some(0.5));
+        for refused in [
+            "max_flow=0",
+            "max_flow=-1",
+            "max_flow=1e39",
+            "max_flow=NaN",
+            "max_flow=",
+            "x=1",
+        ] {
+            assert!(query_max_flow(Some(refused)).is_err(), "{refused}");
+        }
         assert!(looks_like_json(b" \n{\"inputs\": 1}"));
         assert!(!looks_like_json(b"\x89PNG"));
     }

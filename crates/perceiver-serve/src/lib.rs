@@ -265,9 +265,11 @@ pub struct ServeConfig {
     /// Largest request body in bytes.
     pub payload_limit: usize,
     /// Largest image (width × height, read from the file's header before any pixel is
-    /// decoded) a classifier takes; a decoded image needs 3 bytes a pixel, and several times
-    /// that while it is decoded. Also the pixels decoded at once over all requests: an image
-    /// waits for earlier ones to be decoded if it would take the sum past it.
+    /// decoded) a classifier or flow model takes; a decoded image needs 3 bytes a pixel, and
+    /// several times that while it is decoded. Also the pixels decoded at once over all
+    /// requests: an image waits for earlier ones to be decoded if it would take the sum past
+    /// it. A flow request holds both its frames' pixels until its answer is sent; a flow
+    /// model's service needs at least two tiles' pixels.
     pub max_image_pixels: u64,
     /// If set, every request but `GET /health` and the playground page's (`GET /`,
     /// `/playground.css`, `/playground.js`) requires `Authorization: Bearer <api_key>`. One that
@@ -456,6 +458,18 @@ impl Server {
         let model = task.model();
         let max_len = model.max_len();
         config.check(max_len)?;
+        if let Task::Flow(flow) = &task {
+            let (height, width) = flow.tile_size();
+            let needed = 2 * (height * width) as u64;
+            if config.max_image_pixels < needed {
+                return Err(ServeError::PixelsBelowFlowTile {
+                    max_image_pixels: config.max_image_pixels,
+                    needed,
+                    height,
+                    width,
+                });
+            }
+        }
         let parameters = perceiver::checkpoint::expected_tensors(model.config())
             .map(|tensors| {
                 tensors

@@ -576,6 +576,16 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
         batch.extend(pending.pop_front());
         metrics.queue_depth.dec();
         if let Input::FlowTile { frames, .. } = &batch[0].input {
+            // Tiles of departed clients anywhere in the queue go now, not when they reach its
+            // front: they hold their frames and, through them, the budget others wait for.
+            pending.retain(|j| {
+                let gone = j.reply.is_closed();
+                if gone {
+                    metrics.queue_depth.dec();
+                    metrics.inputs_dropped.inc();
+                }
+                !gone
+            });
             let same_request =
                 |j: &Job| matches!(&j.input, Input::FlowTile { frames: f, .. } if Arc::ptr_eq(f, frames));
             let rest = pending.iter().take_while(|j| same_request(j)).count();
@@ -670,6 +680,8 @@ mod tests {
         let mut runs = Vec::new();
         while !pending.is_empty() {
             let batch = next_batch(&mut pending, limits, &metrics);
+            // The departed tile goes with the first tile taken, not when it reaches the front.
+            assert_eq!(metrics.inputs_dropped.get(), 1);
             runs.push(match &batch[0].input {
                 Input::FlowTile { tile, .. } => format!("tile {}", tile.left),
                 _ => format!("{} texts", batch.len()),

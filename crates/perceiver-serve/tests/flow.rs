@@ -236,6 +236,28 @@ async fn the_flow_equals_the_librarys_in_every_format() {
     server.stop().await;
 }
 
+/// A pixel limit under which no pair of frames would fit is refused at start.
+#[tokio::test]
+async fn a_pixel_limit_below_two_tiles_is_refused() {
+    let model = Loader::new(fixtures().join("tiny_flow").to_str().unwrap())
+        .load()
+        .unwrap();
+    let mut config = ServeConfig::new("tiny-flow");
+    config.port = 0;
+    config.max_image_pixels = 2 * 48 * 56 - 1;
+    match perceiver_serve::Server::bind(config, model).await {
+        Err(e @ perceiver_serve::ServeError::PixelsBelowFlowTile { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("below the 5376 pixels of two frames"),
+                "{message}"
+            );
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("served"),
+    }
+}
+
 /// A fresh service's health check runs its own pass: one tile of grey frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_runs_a_tile() {

@@ -1294,11 +1294,16 @@ async fn flow_in_headless_chromium() {
     press(&client, "#flow").await;
     assert_flow_shown(&client, &server, &task, (&grid1, &grid2), Some(0.5), "max_flow").await;
     assert_eq!(text_of(&client, "#flow-saturation").await, "0.5 pixels");
-    // Not a positive number: said, not sent.
-    max_flow.clear().await.unwrap();
-    max_flow.send_keys("-1").await.unwrap();
-    let refused = press_flow_refused(&client).await;
-    assert!(refused.contains("positive number of pixels"), "{refused}");
+    // Not a positive number as the server reads it (a 32-bit float): said, not sent.
+    for value in ["-1", "1e39"] {
+        max_flow.clear().await.unwrap();
+        max_flow.send_keys(value).await.unwrap();
+        let refused = press_flow_refused(&client).await;
+        assert!(
+            refused.contains("positive number of pixels"),
+            "{value}: {refused}"
+        );
+    }
     max_flow.clear().await.unwrap();
 
     // Dropped frames, one on each box; the first drop hides the last flow.
