@@ -157,6 +157,12 @@ fn downloads(profile: &Path) -> PathBuf {
     profile.join("downloads")
 }
 
+/// Opens the server's playground page and waits until it has read `/info`.
+async fn open_page(client: &Client, server: &TestServer) {
+    client.goto(&format!("{}/", server.url())).await.unwrap();
+    wait_for(client, "return document.body.dataset.info === 'loaded'", "/info").await;
+}
+
 async fn js(client: &Client, script: &str) -> Value {
     client.execute(script, vec![]).await.unwrap()
 }
@@ -430,8 +436,7 @@ async fn playground_in_headless_chromium() {
     assert!(page.header("content-type").unwrap().starts_with("text/html"));
     assert!(page.header("content-security-policy").is_some());
 
-    client.goto(&format!("{}/", server.url())).await.unwrap();
-    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    open_page(&client, &server).await;
     assert_eq!(text_of(&client, "#model-id").await, perceiver::BUILT_IN);
     assert_eq!(text_of(&client, "#model-task").await, "fill-mask");
     assert_eq!(text_of(&client, "#model-precision").await, "f32");
@@ -768,8 +773,7 @@ async fn classifiers_in_headless_chromium() {
     let client = open_browser(&driver, &chromium, profile.path()).await;
 
     // An image classifier: the image form, with the server's default of 5 labels.
-    client.goto(&format!("{}/", server.url())).await.unwrap();
-    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    open_page(&client, &server).await;
     assert_eq!(text_of(&client, "#model-task").await, "image-classification");
     assert_eq!(text_of(&client, "#model-labels").await, "7");
     assert!(!find(&client, "#fill-form").await.is_displayed().await.unwrap());
@@ -909,8 +913,7 @@ async fn classifiers_in_headless_chromium() {
     // A server with a smaller pixel limit: the page says so before sending, the server refuses.
     let small = TestServer::start("small", images, |c| c.max_image_pixels = 800).await;
     client.set_window_size(1100, 900).await.unwrap();
-    client.goto(&format!("{}/", small.url())).await.unwrap();
-    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    open_page(&client, &small).await;
     let file_input = find(&client, "#image-file").await;
     file_input.send_keys(wide_path.to_str().unwrap()).await.unwrap();
     let facts = image_facts_once_read(&client, "wide.png").await;
@@ -947,8 +950,7 @@ async fn classifiers_in_headless_chromium() {
     let label_count = texts.labels().len();
     let text_server = TestServer::start("tiny_text_classifier", texts, |_| {}).await;
     client.set_window_size(1100, 900).await.unwrap();
-    client.goto(&format!("{}/", text_server.url())).await.unwrap();
-    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    open_page(&client, &text_server).await;
     assert_eq!(text_of(&client, "#model-task").await, "text-classification");
     assert_eq!(text_of(&client, "#classify-title").await, "Classify a text");
     assert!(!find(&client, "#image-file").await.is_displayed().await.unwrap());
@@ -1023,6 +1025,36 @@ async fn count_flow_posts(client: &Client) {
 
 async fn flow_posts(client: &Client) -> u64 {
     js(client, "return window.flowPosts").await.as_u64().unwrap()
+}
+
+/// Chooses the two frames' files in their file inputs; their facts once the page has read them.
+async fn choose_frames(client: &Client, paths: [&Path; 2]) -> Vec<String> {
+    let mut facts = Vec::new();
+    for (n, path) in (1..).zip(paths) {
+        let chooser = find(client, &format!("#frame{n}-file")).await;
+        chooser.send_keys(path.to_str().unwrap()).await.unwrap();
+    }
+    for (n, path) in (1..).zip(paths) {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        facts.push(facts_once_read(client, &format!("frame{n}-facts"), name).await);
+    }
+    facts
+}
+
+/// Drops a grey `width × height` PNG on frame `n`'s box (1 or 2), checks that its facts say
+/// `facts`, and that pressing "Compute flow" sends nothing and says `refused`.
+async fn refused_frame(client: &Client, n: u8, (width, height): (usize, usize), facts: &str, refused: &str) {
+    let png = perceiver::image::RgbImage::new(width, height, vec![90; width * height * 3])
+        .unwrap()
+        .png_bytes()
+        .unwrap();
+    let name = format!("grey-{width}x{height}.png");
+    let (dropped_on, chooser) = (format!("#frame{n}-box"), format!("#frame{n}-file"));
+    hand_over_image(client, Hand::Drop(&dropped_on), &name, &png, &chooser).await;
+    let shown = facts_once_read(client, &format!("frame{n}-facts"), &name).await;
+    assert!(shown.contains(facts), "{facts:?} in {shown}");
+    let said = press_flow_refused(client).await;
+    assert!(said.contains(refused), "{refused:?} in {said}");
 }
 
 /// Presses "Compute flow" when the page should refuse to send: waits for its reason, checks
@@ -1212,8 +1244,7 @@ async fn flow_in_headless_chromium() {
     let client = open_browser(&driver, &chromium, profile.path()).await;
 
     // An optical-flow model: the flow form alone.
-    client.goto(&format!("{}/", server.url())).await.unwrap();
-    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    open_page(&client, &server).await;
     assert_eq!(text_of(&client, "#model-task").await, "optical-flow");
     assert!(find(&client, "#flow-form").await.is_displayed().await.unwrap());
     for hidden in ["#fill-form", "#classify-form", "#unsupported", "#flow-result"] {
@@ -1244,15 +1275,7 @@ async fn flow_in_headless_chromium() {
     // Files chosen in the file inputs: previewed, sent as they are, the library's flow shown.
     let (grid1_path, grid1) = flow_frame("grid2x3-1");
     let (grid2_path, grid2) = flow_frame("grid2x3-2");
-    for (input, path) in [("#frame1-file", &grid1_path), ("#frame2-file", &grid2_path)] {
-        let chooser = find(&client, input).await;
-        chooser.send_keys(path.to_str().unwrap()).await.unwrap();
-    }
-    for (facts, name) in [
-        ("frame1-facts", "tiny_flow-grid2x3-1.png"),
-        ("frame2-facts", "tiny_flow-grid2x3-2.png"),
-    ] {
-        let facts = facts_once_read(&client, facts, name).await;
+    for facts in choose_frames(&client, [&grid1_path, &grid2_path]).await {
         assert!(facts.contains("100 × 52 pixels"), "{facts}");
         assert!(facts.contains("KiB"), "{facts}");
     }
@@ -1373,28 +1396,14 @@ async fn flow_in_headless_chromium() {
     assert_flow_shown(&client, &server, &task, (&exact1, &exact2), None, "two dropped").await;
 
     // A frame smaller than the model's tile: said, not sent.
-    let small = perceiver::image::RgbImage::new(60, 40, vec![90; 60 * 40 * 3])
-        .unwrap()
-        .png_bytes()
-        .unwrap();
-    hand_over_image(
+    refused_frame(
         &client,
-        Hand::Drop("#frame2-box"),
-        "small.png",
-        &small,
-        "#frame2-file",
+        2,
+        (60, 40),
+        "60 × 40 pixels · smaller than the model's tile (56 × 48 pixels)",
+        "the later frame is smaller than the model's tile (56 × 48 pixels)",
     )
     .await;
-    let facts = facts_once_read(&client, "frame2-facts", "small.png").await;
-    assert!(
-        facts.contains("60 × 40 pixels · smaller than the model's tile (56 × 48 pixels)"),
-        "{facts}"
-    );
-    let refused = press_flow_refused(&client).await;
-    assert!(
-        refused.contains("the later frame is smaller than the model's tile (56 × 48 pixels)"),
-        "{refused}"
-    );
 
     // A file that is not an image: the browser cannot show it, the server's 422 is shown.
     let config = flow_fixture("tiny_flow/config.json");
@@ -1492,18 +1501,9 @@ async fn flow_in_headless_chromium() {
     })
     .await;
     client.set_window_size(1100, 900).await.unwrap();
-    client.goto(&format!("{}/", strict.url())).await.unwrap();
-    wait_for(&client, "return document.body.dataset.info === 'loaded'", "/info").await;
+    open_page(&client, &strict).await;
     count_flow_posts(&client).await;
-    for (input, path) in [("#frame1-file", &grid1_path), ("#frame2-file", &grid2_path)] {
-        let chooser = find(&client, input).await;
-        chooser.send_keys(path.to_str().unwrap()).await.unwrap();
-    }
-    for (facts, name) in [
-        ("frame1-facts", "tiny_flow-grid2x3-1.png"),
-        ("frame2-facts", "tiny_flow-grid2x3-2.png"),
-    ] {
-        let facts = facts_once_read(&client, facts, name).await;
+    for facts in choose_frames(&client, [&grid1_path, &grid2_path]).await {
         assert!(!facts.contains("more pixels"), "{facts}");
     }
     let refused = press_flow_refused(&client).await;
@@ -1516,28 +1516,14 @@ async fn flow_in_headless_chromium() {
     screenshot(&client, 1100, "playground-flow-refused.png").await;
     client.set_window_size(1100, 900).await.unwrap();
     // A frame over the limit alone: said of that frame.
-    let big = perceiver::image::RgbImage::new(100, 70, vec![90; 100 * 70 * 3])
-        .unwrap()
-        .png_bytes()
-        .unwrap();
-    hand_over_image(
+    refused_frame(
         &client,
-        Hand::Drop("#frame1-box"),
-        "big.png",
-        &big,
-        "#frame1-file",
+        1,
+        (100, 70),
+        "100 × 70 pixels · more pixels than the server takes (6,000)",
+        "the earlier frame has more pixels than the server takes (6,000)",
     )
     .await;
-    let facts = facts_once_read(&client, "frame1-facts", "big.png").await;
-    assert!(
-        facts.contains("100 × 70 pixels · more pixels than the server takes (6,000)"),
-        "{facts}"
-    );
-    let refused = press_flow_refused(&client).await;
-    assert!(
-        refused.contains("the earlier frame has more pixels than the server takes (6,000)"),
-        "{refused}"
-    );
     // One byte over: a longer file name.
     hand_over_images(
         &client,
