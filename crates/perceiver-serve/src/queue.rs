@@ -187,9 +187,10 @@ pub enum Input {
     },
 }
 
-/// A flow request's prepared frames, and what they hold of the service's pixel budget: given
-/// back when the last of the request's tiles lets go of them, so that the frames of every
-/// request in flight stay within the budget.
+/// A flow request's prepared frames, and the request's share of the service's pixel budget,
+/// which its handler and then its answer hold too: the frames go when the last of the
+/// request's tiles lets go of them, the share once the answer is sent, so that the frames and
+/// answers of every request in flight stay within the budget.
 #[derive(Debug)]
 pub struct Frames {
     /// Both frames, scaled.
