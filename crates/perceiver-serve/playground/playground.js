@@ -26,6 +26,9 @@ const state = {
   frameChoice: 0,
   // The flow shown: {frames, choice, picture (a Blob), pictureUrl, flo, floUrl}.
   flow: null,
+  // Aborts the flow request out (a new frame makes it useless, and the server drops the tiles
+  // of a request whose client has gone: a large pair's take minutes).
+  flowAbort: null,
 };
 
 // The file pickers (see filePicker): `image` for a classifier, `frames` (earlier, later) for a
@@ -225,8 +228,8 @@ function showInfo(info) {
 
 // `body` goes as a multipart form (a FormData: the browser writes its content type), as it is
 // (a File) when `contentType` is given, or as JSON. With `accept`, a successful answer that is
-// not JSON is kept as a Blob, with its headers.
-async function call(method, path, body, { contentType, accept } = {}) {
+// not JSON is kept as a Blob, with its headers. `signal` aborts it.
+async function call(method, path, body, { contentType, accept, signal } = {}) {
   const headers = {};
   let payload;
   if (body instanceof FormData) {
@@ -240,7 +243,7 @@ async function call(method, path, body, { contentType, accept } = {}) {
   }
   if (accept) headers.Accept = accept;
   if (state.apiKey) headers.Authorization = 'Bearer ' + state.apiKey;
-  const response = await fetch(path, { method, headers, body: payload, cache: 'no-store' });
+  const response = await fetch(path, { method, headers, body: payload, cache: 'no-store', signal });
   const type = response.headers.get('Content-Type') || '';
   if (accept && response.ok && !type.startsWith('application/json')) {
     const blob = await response.blob();
@@ -304,7 +307,7 @@ function showError(r) {
 // Sends one request at a time from a form's button, which shows `busyText` meanwhile; hands a
 // successful answer to `show(answer, elapsed, response)` (the answer: JSON, or a Blob; see
 // call), or shows the server's error, unless `current()` says the input has changed meanwhile
-// (then nothing is shown: status "stale").
+// (then nothing is shown: status "stale", or "cancelled" where the change aborted the request).
 // A press while a request is out does nothing.
 async function submit(button, busyText, request, show, current = () => true) {
   if (state.busy) return;
@@ -331,7 +334,8 @@ async function submit(button, busyText, request, show, current = () => true) {
   } catch (e) {
     const shown = current();
     if (shown) showError({ status: 0, json: null, text: 'cannot reach the server: ' + e.message });
-    document.body.dataset.status = shown ? 'error' : 'stale';
+    const aborted = e.name === 'AbortError';
+    document.body.dataset.status = shown ? 'error' : aborted ? 'cancelled' : 'stale';
   } finally {
     state.busy = false;
     button.disabled = false;
@@ -434,7 +438,11 @@ async function computeFlow() {
   submit(
     $('flow'),
     'Computing…',
-    () => call('POST', '/flow' + query, frameForm(frames), { accept: 'image/png' }),
+    () =>
+      call('POST', '/flow' + query, frameForm(frames), {
+        accept: 'image/png',
+        signal: flowSignal(),
+      }),
     (picture, elapsed, r) => showFlow({ frames, choice, size, maxFlow, picture }, elapsed, r),
     () => choice === state.frameChoice,
   );
@@ -452,7 +460,11 @@ function downloadFlo() {
   submit(
     $('flo'),
     'Preparing…',
-    () => call('POST', '/flow', frameForm(flow.frames), { accept: 'application/octet-stream' }),
+    () =>
+      call('POST', '/flow', frameForm(flow.frames), {
+        accept: 'application/octet-stream',
+        signal: flowSignal(),
+      }),
     (flo) => saveFlo(flow, flo),
     () => flow === state.flow && flow.choice === state.frameChoice,
   );
@@ -909,9 +921,17 @@ function updateImageFacts() {
   out.textContent = parts.join(' · ');
 }
 
+// A signal for the next flow request, aborted when a frame changes.
+function flowSignal() {
+  state.flowAbort = new AbortController();
+  return state.flowAbort.signal;
+}
+
 function frameChosen() {
-  // The flow and errors shown are the last pair's.
+  // The flow and errors shown are the last pair's; a request for the last pair is abandoned.
   state.frameChoice += 1;
+  if (state.flowAbort) state.flowAbort.abort();
+  state.flowAbort = null;
   $('flow-result').hidden = true;
   $('error').hidden = true;
   updateFrameFacts();

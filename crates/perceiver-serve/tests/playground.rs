@@ -1424,7 +1424,8 @@ async fn flow_in_headless_chromium() {
     assert!(text_of(&client, "#error-status").await.contains("422 validation"));
     assert!(!find(&client, "#flow-result").await.is_displayed().await.unwrap());
 
-    // An answer that arrives after another frame was chosen is not shown under it.
+    // A request out when another frame is chosen is abandoned (aborted: the server drops the
+    // tiles of a client that has gone), and nothing is shown for it.
     find(&client, "#frame2-file")
         .await
         .send_keys(exact2_path.to_str().unwrap())
@@ -1451,10 +1452,13 @@ async fn flow_in_headless_chromium() {
     wait_for(
         &client,
         &format!("return Number(document.body.dataset.requests) > {before}"),
-        "the late answer",
+        "the abandoned request's end",
     )
     .await;
-    assert_eq!(js(&client, "return document.body.dataset.status").await, "stale");
+    assert_eq!(
+        js(&client, "return document.body.dataset.status").await,
+        "cancelled"
+    );
     assert!(!find(&client, "#flow-result").await.is_displayed().await.unwrap());
     facts_once_read(&client, "frame2-facts", "later.png").await;
     press(&client, "#flow").await;
@@ -1464,7 +1468,7 @@ async fn flow_in_headless_chromium() {
         &task,
         (&exact1, &exact2),
         None,
-        "after a stale answer",
+        "after a cancelled request",
     )
     .await;
     assert_fits_a_phone(&client, "optical flow").await;
