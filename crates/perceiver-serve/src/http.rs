@@ -713,7 +713,7 @@ impl AppState {
             .map(str::to_owned);
         let media_type = media_type(&request);
         // Admitted before the body is read, so that bodies in memory are bounded by the slots;
-        // held until the answer is built, and by the decode, which may outlive this future.
+        // held until the answer is sent, and by the work off this future, which may outlive it.
         let permit = Arc::new(self.permit()?);
         let body = read_body(request, self).await?;
         let _computing = self.computing.start().ok_or_else(stopping)?;
@@ -809,7 +809,7 @@ impl AppState {
         if (w1, h1) != (w2, h2) && (w1, h1) != (h2, w2) {
             return Err(differ_in_size((h1, w1), (h2, w2)));
         }
-        // Both frames are held until the flow is computed: together within the budget.
+        // Both frames' pixels are held until the answer is sent: together within the budget.
         let pixels = w1.saturating_mul(h1).saturating_mul(2);
         if pixels > limits.max_pixels {
             return Err(ErrorResponse::validation(format!(
@@ -823,9 +823,13 @@ impl AppState {
             .or_else(|first_error| task.grid(w, h).map_err(|_| first_error))
             .map_err(|e| ErrorResponse::validation(e.to_string()))?;
         let budget = Arc::new(self.decode_budget.take(pixels).await);
-        let task = task.clone();
+        // The task, not a copy of its model, goes to the blocking thread.
+        let shared = self.task.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            let Task::Flow(task) = &*shared else {
+                return Err(unexpected_output());
+            };
             let first =
                 perceiver::image::decode_image_with_limits(&first, &limits).map_err(invalid("frame1"))?;
             let second =
