@@ -200,6 +200,18 @@ fn decode_cost(bytes: &[u8], limits: &DecodeLimits) -> Result<u64, perceiver::Er
     Ok(width.saturating_mul(height))
 }
 
+/// The 422 for an image the library refused, beginning with `place` (the input at fault) and
+/// naming the service's setting where the library names none.
+fn image_refused(place: String) -> impl Fn(perceiver::Error) -> ErrorResponse + Clone + Send + 'static {
+    move |e| {
+        let setting = match e {
+            perceiver::Error::ImageTooLarge { limit: "image", .. } => " (the service's --max-image-pixels)",
+            _ => "",
+        };
+        ErrorResponse::validation(format!("{place}{e}{setting}"))
+    }
+}
+
 /// Decodes and preprocesses an image file as `task`'s processor does, within `budget`, holding
 /// `slot` until the decode ends; an error begins with `place`, the input at fault.
 async fn prepare_image(
@@ -212,14 +224,7 @@ async fn prepare_image(
     let Task::Classifier(classifier) = &**task else {
         return Err(wrong_task(task, "/classify"));
     };
-    let invalid = move |e: perceiver::Error| {
-        // The library names no setting; the service's is --max-image-pixels.
-        let setting = match e {
-            perceiver::Error::ImageTooLarge { limit: "image", .. } => " (the service's --max-image-pixels)",
-            _ => "",
-        };
-        ErrorResponse::validation(format!("{place}{e}{setting}"))
-    };
+    let invalid = image_refused(place);
     let pixels = decode_cost(&file, &classifier.decode_limits()).map_err(invalid.clone())?;
     // Decoding and resizing take a while: off the async threads.
     let task = task.clone();
@@ -792,17 +797,7 @@ impl AppState {
         let limits = DecodeLimits {
             max_pixels: self.info.limits.max_image_pixels,
         };
-        let invalid = |name: &'static str| {
-            move |e: perceiver::Error| {
-                let setting = match e {
-                    perceiver::Error::ImageTooLarge { limit: "image", .. } => {
-                        " (the service's --max-image-pixels)"
-                    }
-                    _ => "",
-                };
-                ErrorResponse::validation(format!("{name}: {e}{setting}"))
-            }
-        };
+        let invalid = |name: &str| image_refused(format!("{name}: "));
         let (w1, h1) = perceiver::image::decoded_size(&first, &limits).map_err(invalid("frame1"))?;
         let (w2, h2) = perceiver::image::decoded_size(&second, &limits).map_err(invalid("frame2"))?;
         // Either side pair: the EXIF orientation, applied when decoding, may swap them.
@@ -907,13 +902,13 @@ impl FlowFormat {
             }
             // A malformed quality makes the range unusable, not a preference.
             let Some(quality) = quality else { continue };
-            let Some((kind, _)) = essence.split_once('/') else {
+            let Some((kind, subtype)) = essence.split_once('/') else {
                 continue;
             };
             for (i, (_, media)) in FORMATS.iter().enumerate() {
                 let specificity = if essence == *media {
                     2
-                } else if essence == format!("{kind}/*") && media.starts_with(&format!("{kind}/")) {
+                } else if subtype == "*" && media.split('/').next() == Some(kind) {
                     1
                 } else if essence == "*/*" {
                     0

@@ -560,10 +560,8 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
     let mut batch: Vec<Job> = Vec::new();
     let mut tokens = 0;
     while let Some(job) = pending.front() {
-        if job.reply.is_closed() {
+        if departed(job, metrics) {
             pending.pop_front();
-            metrics.queue_depth.dec();
-            metrics.inputs_dropped.inc();
             continue;
         }
         let len = job.input.tokens();
@@ -579,14 +577,7 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
         if let Input::FlowTile { frames, .. } = &batch[0].input {
             // Tiles of departed clients anywhere in the queue go now, not when they reach its
             // front: they hold their frames and, through them, the budget others wait for.
-            pending.retain(|j| {
-                let gone = j.reply.is_closed();
-                if gone {
-                    metrics.queue_depth.dec();
-                    metrics.inputs_dropped.inc();
-                }
-                !gone
-            });
+            pending.retain(|j| !departed(j, metrics));
             let same_request =
                 |j: &Job| matches!(&j.input, Input::FlowTile { frames: f, .. } if Arc::ptr_eq(f, frames));
             let rest = pending.iter().take_while(|j| same_request(j)).count();
@@ -600,6 +591,17 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
         }
     }
     batch
+}
+
+/// Whether `job`'s client has gone; if so it is counted as dropped and off the queue's depth
+/// (the caller takes it off the queue).
+fn departed(job: &Job, metrics: &Metrics) -> bool {
+    let gone = job.reply.is_closed();
+    if gone {
+        metrics.queue_depth.dec();
+        metrics.inputs_dropped.inc();
+    }
+    gone
 }
 
 fn fail(batch: Vec<Job>, reason: String) {
