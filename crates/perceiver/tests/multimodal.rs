@@ -533,6 +533,86 @@ fn the_task_reads_frames_and_wav_and_writes_the_reconstruction() {
     }
 }
 
+/// What a service does with uploads: the files read from memory as from disk, the clip encoded
+/// once and decoded chunk by chunk, then assembled: the task's whole answer, bit for bit.
+#[test]
+fn the_task_in_pieces_reads_uploads_and_equals_the_whole() {
+    let task = Autoencoder::new(load(Precision::F32))
+        .unwrap()
+        .with_chunks(5)
+        .unwrap();
+    let reader = task.reader();
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, audio) = write_files(&cases(), dir.path(), 1200, hound::SampleFormat::Int);
+    let uploaded: Vec<Pixels> = (0..2)
+        .map(|t| {
+            let bytes = std::fs::read(dir.path().join(format!("f{t:02}.png"))).unwrap();
+            reader.frame_from_bytes(&bytes, &format!("frame {t}")).unwrap()
+        })
+        .collect();
+    assert_eq!(uploaded, frames);
+    let wav = std::fs::read(dir.path().join("audio.wav")).unwrap();
+    assert_eq!(reader.audio_from_wav_bytes(&wav, "audio").unwrap(), audio);
+    // Errors name the upload.
+    let err = reader
+        .audio_from_wav_bytes(&wav[..30], "audio")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("audio: ") && err.contains("ends inside its header"),
+        "{err}"
+    );
+    let err = reader
+        .frame_from_bytes(b"not an image", "frame 1")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("frame 1: "), "{err}");
+    let mut small = Vec::new();
+    image::RgbImage::new(8, 16)
+        .write_to(&mut std::io::Cursor::new(&mut small), image::ImageFormat::Png)
+        .unwrap();
+    let err = reader
+        .frame_from_bytes(&small, "frame 0")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("frame 0: ") && err.contains("not 16x8"), "{err}");
+
+    let whole = task.autoencode(frames.clone(), audio.clone(), 4).unwrap();
+    let latents = task.encode(frames, audio).unwrap();
+    let decoded: Vec<_> = (0..task.chunks())
+        .map(|i| task.decode(&latents, &task.chunk(i)).unwrap())
+        .collect();
+    assert!(task.chunk(task.chunks()).is_empty());
+    assert_eq!(task.assemble(decoded.clone(), 4).unwrap(), whole);
+    // The label alone: the same logits, the same labels.
+    let label = task.decode(&latents, &task.label_query()).unwrap();
+    assert!(label.image.is_empty() && label.audio.is_empty());
+    let logits = label.label.unwrap();
+    assert_eq!(logits, whole.reconstruction.label);
+    assert_eq!(task.top_labels(&logits, 4).unwrap(), whole.labels);
+    assert!(task.top_labels(&logits[1..], 4).is_err());
+    assert!(task.top_labels(&logits, 0).is_err());
+    // Chunks missing, out of order or twice are refused, not assembled.
+    let mut missing = decoded.clone();
+    missing.pop();
+    assert!(task.assemble(missing, 4).is_err());
+    let mut swapped = decoded.clone();
+    swapped.swap(0, 4);
+    assert!(task.assemble(swapped, 4).is_err());
+    let mut twice = decoded.clone();
+    twice[3] = decoded[4].clone();
+    assert!(task.assemble(twice, 4).is_err());
+    // The reconstruction as files in memory: PNG frames and a float WAV.
+    let images = task.frame_images(&whole.reconstruction).unwrap();
+    assert_eq!(images.len(), 2);
+    assert_eq!((images[1].width(), images[1].height()), (16, 16));
+    let wav = task.wav_bytes(&whole.reconstruction).unwrap();
+    let mut back = hound::WavReader::new(&wav[..]).unwrap();
+    assert_eq!((back.spec().sample_rate, back.spec().channels), (1200, 1));
+    let samples: Vec<f32> = back.samples::<f32>().map(|s| s.unwrap()).collect();
+    assert_eq!(samples, whole.reconstruction.audio);
+}
+
 #[test]
 fn the_task_names_what_a_file_lacks() {
     let task = Autoencoder::new(load(Precision::F32)).unwrap();
@@ -843,6 +923,17 @@ fn the_task_reads_y4m_video_and_wants_exactly_its_frames_in_a_directory() {
     std::fs::write(&path, video(3)).unwrap();
     let frames = task.frames_from(&path).unwrap();
     assert_eq!(frames.len(), 2);
+    // The same video uploaded: read from memory, errors named as the caller says.
+    let reader = task.reader();
+    assert_eq!(reader.frames_from_y4m_bytes(&video(3), "video").unwrap(), frames);
+    let err = reader
+        .frames_from_y4m_bytes(&video(1), "video")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("video: ") && err.contains("the video has 1"),
+        "{err}"
+    );
     let mut worst = 0f64;
     for (t, frame) in frames.iter().enumerate() {
         for y in 0..h {

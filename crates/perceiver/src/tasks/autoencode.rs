@@ -9,16 +9,18 @@
 //! samples a second.
 
 use std::cmp::Ordering;
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
+use crate::decoder::MultimodalQueries;
 use crate::error::{Error, Result};
 use crate::image::y4m::read_y4m_with_header;
 use crate::image::{
     decode_image_with_limits, decoded_size, has_image_extension, read_image_file, DecodeLimits, RgbImage,
 };
 pub use crate::model::MAX_CHUNKS;
-use crate::model::{check_chunks, MultimodalOutput, PerceiverModel};
+use crate::model::{check_chunks, DecodedQueries, MultimodalOutput, PerceiverModel};
 use crate::preprocess::{MultimodalInput, Pixels};
 use crate::tasks::classify::{probabilities, top_labels, LabelScore};
 use crate::tasks::fill_mask::top_k_zero;
@@ -225,73 +227,94 @@ impl InputReader {
             path: path.to_path_buf(),
             source,
         })?;
+        self.y4m_frames(std::io::BufReader::new(file), &path.display())
+    }
+
+    /// [`frames_from_y4m`](Self::frames_from_y4m) of a `.y4m` video already in memory (an
+    /// upload); errors begin with `name`.
+    pub fn frames_from_y4m_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<Pixels>> {
+        self.y4m_frames(bytes, &name)
+    }
+
+    fn y4m_frames(&self, reader: impl std::io::BufRead, name: &dyn Display) -> Result<Vec<Pixels>> {
         let wanted = self.spec.num_frames;
         let (h, w) = self.spec.frame_size();
         // Frames larger than the model's are refused from the header, before any is read.
         let limits = DecodeLimits {
             max_pixels: (h * w) as u64,
         };
-        let (header, frames) =
-            read_y4m_with_header(std::io::BufReader::new(file), wanted, &limits).map_err(|e| match e {
-                Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(path, height, width),
-                e => Error::InvalidInput(format!("{}: {e}", path.display())),
-            })?;
+        let (header, frames) = read_y4m_with_header(reader, wanted, &limits).map_err(|e| match e {
+            Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(name, height, width),
+            e => Error::InvalidInput(format!("{name}: {e}")),
+        })?;
         // The audio's rate is audio_samples_per_frame × 25: frames at another rate would not
         // line up with it. No rate (or 0:0, "unknown") is 25, as ffmpeg reads it.
         if let Some((n, d)) = header.frame_rate {
             if u64::from(FRAMES_PER_SECOND).checked_mul(d) != Some(n) {
                 return Err(Error::InvalidInput(format!(
-                    "{}: the video's frame rate is F{n}:{d}, the model takes {FRAMES_PER_SECOND} \
-                     frames a second: convert it with ffmpeg -r {FRAMES_PER_SECOND}",
-                    path.display()
+                    "{name}: the video's frame rate is F{n}:{d}, the model takes {FRAMES_PER_SECOND} \
+                     frames a second: convert it with ffmpeg -r {FRAMES_PER_SECOND}"
                 )));
             }
         }
         if frames.len() < wanted {
             return Err(Error::InvalidInput(format!(
-                "{}: the model takes {wanted} frames (num_frames), the video has {}",
-                path.display(),
+                "{name}: the model takes {wanted} frames (num_frames), the video has {}",
                 frames.len()
             )));
         }
         frames
             .iter()
-            .map(|image| self.frame_pixels(image, path))
+            .map(|image| self.frame_pixels(image, name))
             .collect()
     }
 
     /// One frame from an image file: of the model's frame size, scaled to [0, 1].
     pub fn frame_from_file(&self, path: &Path) -> Result<Pixels> {
-        let (h, w) = self.spec.frame_size();
-        let in_file = |e: Error| match e {
+        // A frame can be no larger than the model's: the file is read no further than such an
+        // image needs.
+        let bytes = read_image_file(path, &self.frame_limits()).map_err(|e| match e {
             e @ Error::Io { .. } => e,
             e => Error::InvalidInput(format!("{}: {e}", path.display())),
-        };
-        // A frame can be no larger than the model's: the file is read no further than such an
-        // image needs, and its size is checked from its header before a pixel is decoded.
-        let limits = DecodeLimits {
-            max_pixels: (h as u64).saturating_mul(w as u64),
-        };
-        let bytes = read_image_file(path, &limits).map_err(in_file)?;
-        let unlimited = DecodeLimits::default();
-        let (width, height) = decoded_size(&bytes, &unlimited).map_err(in_file)?;
-        // The header's size is before the EXIF orientation, which may swap it.
-        if (height, width) != (h as u64, w as u64) && (width, height) != (h as u64, w as u64) {
-            return Err(self.wrong_frame_size(path, height, width));
-        }
-        let image = decode_image_with_limits(&bytes, &limits).map_err(in_file)?;
-        self.frame_pixels(&image, path)
+        })?;
+        self.frame_of(&bytes, &path.display())
     }
 
-    fn wrong_frame_size(&self, source: &Path, height: u64, width: u64) -> Error {
+    /// [`frame_from_file`](Self::frame_from_file) of an image file already in memory (an
+    /// upload); errors begin with `name`.
+    pub fn frame_from_bytes(&self, bytes: &[u8], name: &str) -> Result<Pixels> {
+        self.frame_of(bytes, &name)
+    }
+
+    /// No frame larger than the model's is decoded.
+    fn frame_limits(&self) -> DecodeLimits {
+        let (h, w) = self.spec.frame_size();
+        DecodeLimits {
+            max_pixels: (h as u64).saturating_mul(w as u64),
+        }
+    }
+
+    fn frame_of(&self, bytes: &[u8], name: &dyn Display) -> Result<Pixels> {
+        let (h, w) = self.spec.frame_size();
+        let invalid = |e: Error| Error::InvalidInput(format!("{name}: {e}"));
+        // The size is checked from the header before a pixel is decoded.
+        let (width, height) = decoded_size(bytes, &DecodeLimits::default()).map_err(invalid)?;
+        // The header's size is before the EXIF orientation, which may swap it.
+        if (height, width) != (h as u64, w as u64) && (width, height) != (h as u64, w as u64) {
+            return Err(self.wrong_frame_size(name, height, width));
+        }
+        let image = decode_image_with_limits(bytes, &self.frame_limits()).map_err(invalid)?;
+        self.frame_pixels(&image, name)
+    }
+
+    fn wrong_frame_size(&self, source: &dyn Display, height: u64, width: u64) -> Error {
         let (h, w) = self.spec.frame_size();
         Error::InvalidInput(format!(
-            "{}: the model takes {h}x{w} frames (output_shape), not {height}x{width} (height x width)",
-            source.display()
+            "{source}: the model takes {h}x{w} frames (output_shape), not {height}x{width} (height x width)"
         ))
     }
 
-    fn frame_pixels(&self, image: &RgbImage, source: &Path) -> Result<Pixels> {
+    fn frame_pixels(&self, image: &RgbImage, source: &dyn Display) -> Result<Pixels> {
         let (h, w) = self.spec.frame_size();
         if (image.height(), image.width()) != (h, w) {
             return Err(self.wrong_frame_size(source, image.height() as u64, image.width() as u64));
@@ -311,25 +334,44 @@ impl InputReader {
     /// integer samples scaled to [-1, 1] (16-bit ÷ 2¹⁵, as the Colab), float samples as they are
     /// (NaN or infinity is an error).
     pub fn audio_from_wav(&self, path: &Path) -> Result<Vec<f32>> {
+        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        self.wav_samples(std::io::BufReader::new(file), &path.display(), &io)
+    }
+
+    /// [`audio_from_wav`](Self::audio_from_wav) of a WAV file already in memory (an upload);
+    /// errors begin with `name`.
+    pub fn audio_from_wav_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+        let io = |source: std::io::Error| Error::InvalidInput(format!("{name}: {source}"));
+        self.wav_samples(bytes, &name, &io)
+    }
+
+    fn wav_samples(
+        &self,
+        reader: impl std::io::Read,
+        name: &dyn Display,
+        io: &dyn Fn(std::io::Error) -> Error,
+    ) -> Result<Vec<f32>> {
         // hound reports a file cut short as an I/O error; it is the file that is wrong.
         let wav_error = |e: hound::Error| match e {
             hound::Error::IoError(source) if ended_early(&source) => Error::InvalidInput(format!(
-                "{}: the WAV file ends inside its header (truncated, or not a WAV file)",
-                path.display()
+                "{name}: the WAV file ends inside its header (truncated, or not a WAV file)"
             )),
-            hound::Error::IoError(source) => Error::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => Error::InvalidInput(format!("{}: not a WAV file we read: {other}", path.display())),
+            hound::Error::IoError(source) => io(source),
+            other => Error::InvalidInput(format!("{name}: not a WAV file we read: {other}")),
         };
-        let mut reader = hound::WavReader::open(path).map_err(wav_error)?;
+        let mut reader = hound::WavReader::new(reader).map_err(wav_error)?;
         let spec = reader.spec();
         let rate = self.sample_rate();
         if spec.sample_rate != rate {
             return Err(Error::InvalidInput(format!(
-                "{}: the model takes audio at {rate} Hz (audio_samples_per_frame {} x {FRAMES_PER_SECOND} frames a second), not {} Hz: resample it",
-                path.display(),
+                "{name}: the model takes audio at {rate} Hz (audio_samples_per_frame {} x {FRAMES_PER_SECOND} frames a second), not {} Hz: resample it",
                 self.spec.audio_samples_per_frame,
                 spec.sample_rate
             )));
@@ -338,8 +380,7 @@ impl InputReader {
         let have = reader.duration() as usize;
         if have < wanted {
             return Err(Error::InvalidInput(format!(
-                "{}: the model takes {wanted} samples a channel (num_frames {} x audio_samples_per_frame {}), the file has {have}",
-                path.display(),
+                "{name}: the model takes {wanted} samples a channel (num_frames {} x audio_samples_per_frame {}), the file has {have}",
                 self.spec.num_frames,
                 self.spec.audio_samples_per_frame
             )));
@@ -349,9 +390,8 @@ impl InputReader {
         let take = wanted * channels;
         let sample_error = |e: hound::Error, read: usize| match e {
             hound::Error::IoError(source) if ended_early(&source) => Error::InvalidInput(format!(
-                "{}: the file ends after {} of the {have} samples a channel its header announces \
+                "{name}: the file ends after {} of the {have} samples a channel its header announces \
                      (truncated)",
-                path.display(),
                 read / channels
             )),
             e => wav_error(e),
@@ -381,8 +421,7 @@ impl InputReader {
         // A float WAV can hold NaN or infinity, which would make every output NaN.
         if let Some(i) = crate::runtime::first_non_finite(&samples) {
             return Err(Error::InvalidInput(format!(
-                "{}: sample {i} is {}, not a finite number",
-                path.display(),
+                "{name}: sample {i} is {}, not a finite number",
                 samples[i]
             )));
         }
@@ -405,14 +444,113 @@ impl Autoencoder {
         })
     }
 
-    /// Writes the reconstructed frames as PNG files `frame_000.png`, … into `dir` (created if
-    /// missing), values clamped to [0, 1] and rounded to 8 bits; their paths.
+    /// [`autoencode`](Self::autoencode) in pieces, as a service runs it so that other work can
+    /// come between them: [`encode`](Self::encode) once, [`decode`](Self::decode) each of
+    /// [`chunk`](Self::chunk) `0 .. chunks`, then [`assemble`](Self::assemble) the chunks'
+    /// outputs: the same numbers as [`autoencode`](Self::autoencode). The latents of one clip,
+    /// `[num_latents, d_latents]`.
+    pub fn encode(&self, frames: Vec<Pixels>, audio: Vec<f32>) -> Result<Vec<f32>> {
+        let input = MultimodalInput::new(frames, audio)?;
+        self.model.encode_multimodal(&input)
+    }
+
+    /// The queries of chunk `index` of [`chunks`](Self::chunks) (the label's in the last); none
+    /// past the last.
+    pub fn chunk(&self, index: usize) -> MultimodalQueries {
+        MultimodalQueries::chunk(&self.spec, index, self.chunks)
+    }
+
+    /// Only the label's query: what naming a clip's labels needs, without reconstructing it
+    /// (a small part of a whole clip's decoding).
+    pub fn label_query(&self) -> MultimodalQueries {
+        MultimodalQueries {
+            label: true,
+            ..MultimodalQueries::default()
+        }
+    }
+
+    /// Decodes `queries` from [`encode`](Self::encode)'s latents
+    /// ([`PerceiverModel::decode_multimodal`]).
+    pub fn decode(&self, latents: &[f32], queries: &MultimodalQueries) -> Result<DecodedQueries> {
+        self.model.decode_multimodal(latents, queries)
+    }
+
+    /// The `top_k` best labels (at least 1) of the label's logits, with their softmax
+    /// probabilities; an error unless there is a logit for each of the model's labels.
+    pub fn top_labels(&self, logits: &[f32], top_k: usize) -> Result<Vec<LabelScore>> {
+        if top_k == 0 {
+            return Err(top_k_zero());
+        }
+        if logits.len() != self.labels.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} label logits for a model of {} labels",
+                logits.len(),
+                self.labels.len()
+            )));
+        }
+        Ok(top_labels(&self.labels, &probabilities(logits), top_k))
+    }
+
+    /// The reconstruction from each [`chunk`](Self::chunk)'s decoding, in chunk order, and the
+    /// `top_k` best labels: what [`autoencode`](Self::autoencode) returns. An error when there
+    /// are not [`chunks`](Self::chunks) of them or one's sizes are not its chunk's (the label
+    /// in another place, say); chunks of equal sizes given in another order cannot be told
+    /// apart.
+    pub fn assemble(&self, chunks: Vec<DecodedQueries>, top_k: usize) -> Result<AutoencodeOutput> {
+        if chunks.len() != self.chunks {
+            return Err(Error::InvalidInput(format!(
+                "{} decoded chunks for an autoencoder that decodes in {}",
+                chunks.len(),
+                self.chunks
+            )));
+        }
+        let [frames, height, width] = self.spec.output_dims;
+        let mut reconstruction = MultimodalOutput {
+            frames,
+            height,
+            width,
+            image: Vec::with_capacity(self.spec.image_queries() * IMAGE_CHANNELS),
+            audio: Vec::with_capacity(self.spec.audio_samples()),
+            label: Vec::new(),
+        };
+        let mut label = None;
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            let wanted = self.chunk(index);
+            let sizes = (chunk.image.len(), chunk.audio.len(), chunk.label.is_some());
+            let expected = (
+                wanted.image.len() * IMAGE_CHANNELS,
+                wanted.audio.len() * self.spec.samples_per_patch,
+                wanted.label,
+            );
+            if sizes != expected {
+                return Err(Error::InvalidInput(format!(
+                    "decoded chunk {index} has {} image and {} audio values{}, not chunk {index}'s {} and {}{}",
+                    sizes.0,
+                    sizes.1,
+                    if sizes.2 { " and the label" } else { "" },
+                    expected.0,
+                    expected.1,
+                    if expected.2 { " and the label" } else { "" },
+                )));
+            }
+            reconstruction.image.extend(chunk.image);
+            reconstruction.audio.extend(chunk.audio);
+            label = label.or(chunk.label);
+        }
+        reconstruction.label = label.unwrap_or_default();
+        let labels = self.top_labels(&reconstruction.label, top_k)?;
+        Ok(AutoencodeOutput {
+            reconstruction,
+            labels,
+        })
+    }
+
+    /// The reconstructed frames as images, values clamped to [0, 1] and rounded to 8 bits.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] (before anything is written) when `output`'s fields disagree: a
-    /// size of zero, sides beyond a PNG's, or image values that are not `frames × height ×
-    /// width × 3`; [`Error::Write`] when a file cannot be written.
-    pub fn write_frames(&self, output: &MultimodalOutput, dir: &Path) -> Result<Vec<PathBuf>> {
+    /// [`Error::InvalidInput`] when `output`'s fields disagree: a size of zero, sides beyond a
+    /// PNG's, or image values that are not `frames × height × width × 3`.
+    pub fn frame_images(&self, output: &MultimodalOutput) -> Result<Vec<RgbImage>> {
         // The fields are public: check them before they size anything.
         let plane = output
             .height
@@ -430,45 +568,68 @@ impl Autoencoder {
         {
             return Err(frames_mismatch(output));
         }
+        Ok(output
+            .image
+            .chunks_exact(plane)
+            .map(|frame| {
+                let bytes = frame
+                    .iter()
+                    .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                    .collect();
+                // The sizes were checked above: whole frames whose sides fit a PNG.
+                RgbImage::from_raw_unchecked(output.width, output.height, bytes)
+            })
+            .collect())
+    }
+
+    /// Writes the reconstructed frames ([`frame_images`](Self::frame_images)) as PNG files
+    /// `frame_000.png`, … into `dir` (created if missing); their paths.
+    ///
+    /// # Errors
+    /// As [`frame_images`](Self::frame_images), before anything is written; [`Error::Write`]
+    /// when a file cannot be written.
+    pub fn write_frames(&self, output: &MultimodalOutput, dir: &Path) -> Result<Vec<PathBuf>> {
+        let images = self.frame_images(output)?;
         std::fs::create_dir_all(dir).map_err(|source| Error::Write {
             path: dir.to_path_buf(),
             source,
         })?;
-        let mut paths = Vec::with_capacity(output.frames);
-        for (t, frame) in output.image.chunks_exact(plane).enumerate() {
+        let mut paths = Vec::with_capacity(images.len());
+        for (t, image) in images.iter().enumerate() {
             let path = dir.join(format!("frame_{t:03}.png"));
-            let bytes: Vec<u8> = frame
-                .iter()
-                .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
-                .collect();
-            // The sizes were checked above: whole frames whose sides fit a PNG.
-            RgbImage::from_raw_unchecked(output.width, output.height, bytes).save_png(&path)?;
+            image.save_png(&path)?;
             paths.push(path);
         }
         Ok(paths)
     }
 
-    /// Writes the reconstructed audio as a mono 32-bit float WAV file at
+    /// The reconstructed audio as a mono 32-bit float WAV file at
     /// [`sample_rate`](Self::sample_rate) (as the Colab's `scipy.io.wavfile.write` of float32).
-    pub fn write_wav(&self, output: &MultimodalOutput, path: &Path) -> Result<()> {
-        let io = |e: hound::Error| Error::Write {
-            path: path.to_path_buf(),
-            source: match e {
-                hound::Error::IoError(source) => source,
-                other => std::io::Error::other(other),
-            },
-        };
+    pub fn wav_bytes(&self, output: &MultimodalOutput) -> Result<Vec<u8>> {
+        let failed =
+            |e: hound::Error| Error::InvalidInput(format!("the audio could not be encoded as WAV: {e}"));
         let spec = hound::WavSpec {
             channels: 1,
             sample_rate: self.sample_rate(),
             bits_per_sample: 32,
             sample_format: hound::SampleFormat::Float,
         };
-        let mut writer = hound::WavWriter::create(path, spec).map_err(io)?;
+        let mut bytes = Vec::with_capacity(64 + output.audio.len() * 4);
+        let mut writer = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).map_err(failed)?;
         for &sample in &output.audio {
-            writer.write_sample(sample).map_err(io)?;
+            writer.write_sample(sample).map_err(failed)?;
         }
-        writer.finalize().map_err(io)
+        writer.finalize().map_err(failed)?;
+        Ok(bytes)
+    }
+
+    /// Writes [`wav_bytes`](Self::wav_bytes) to `path`.
+    pub fn write_wav(&self, output: &MultimodalOutput, path: &Path) -> Result<()> {
+        let bytes = self.wav_bytes(output)?;
+        std::fs::write(path, bytes).map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
