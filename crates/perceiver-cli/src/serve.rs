@@ -147,9 +147,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(key) = &config.api_key {
         perceiver_serve::check_api_key(key).context("--api-key")?;
     }
-    // A model with no route is refused before its weights are read or downloaded where its
-    // config comes alone.
-    args.model.check_task(perceiver_serve::check_architecture)?;
     // The model loads before the port opens: a client never sees a service that cannot answer.
     let model = args.model.load_engine(args.engine.precision)?;
     let model: ServeModel = if model.architecture().is_classifier() {

@@ -40,8 +40,6 @@ fn assert_refused(out: &Output, needle: &str) {
 fn a_model_of_another_task_is_refused_before_its_weights_load() {
     let flow = config_only("flow/tiny_flow");
     let flow = flow.path().to_str().unwrap();
-    let autoencoder = config_only("multimodal/tiny_multimodal");
-    let autoencoder = autoencoder.path().to_str().unwrap();
     let masked_lm = config_only("parity/tiny_qk_v_explicit");
     let masked_lm = masked_lm.path().to_str().unwrap();
     let image_classifier = config_only("classification/tiny_image_conv");
@@ -74,18 +72,36 @@ fn a_model_of_another_task_is_refused_before_its_weights_load() {
         "classification needs a classifier",
     );
     assert_refused(
-        &perceiver(&["serve", "-m", autoencoder, "--port", "0"]),
-        "the service answers masked language models, classifiers and optical-flow models, \
-         not a PerceiverForMultimodalAutoencoding; `perceiver autoencode` runs it",
+        &perceiver(&[
+            "autoencode",
+            "-m",
+            flow,
+            "--frames",
+            image,
+            "--audio",
+            image,
+            "--out",
+            "x",
+        ]),
+        "autoencoding needs a PerceiverForMultimodalAutoencoding model, not a PerceiverForOpticalFlow",
     );
 }
 
-/// `serve` names the subcommand that runs a model it has no route for.
+/// `serve` serves the multimodal autoencoder: it loads as a task and its clip is checked
+/// against the service's pixel limit at start.
 #[test]
-fn serve_names_the_subcommand_for_a_model_it_cannot_serve() {
+fn serve_takes_the_autoencoder_and_checks_its_clip_against_the_pixel_limit() {
     let multimodal = fixtures().join("multimodal/tiny_multimodal");
     assert_refused(
-        &perceiver(&["serve", "-m", multimodal.to_str().unwrap(), "--port", "0"]),
-        "`perceiver autoencode` runs it",
+        &perceiver(&[
+            "serve",
+            "-m",
+            multimodal.to_str().unwrap(),
+            "--port",
+            "0",
+            "--max-image-pixels",
+            "100",
+        ]),
+        "max_image_pixels (100) is below the 512 pixels of one clip",
     );
 }

@@ -11,6 +11,7 @@ const VOCAB_SIZE = 256 + NUM_SPECIAL;
 const KEY_STORAGE = 'perceiver-serve-api-key';
 const CLASSIFIERS = ['text-classification', 'image-classification'];
 const FLOW_TASK = 'optical-flow';
+const AUTOENCODE_TASK = 'multimodal-autoencoding';
 
 const $ = (id) => document.getElementById(id);
 const utf8 = new TextEncoder();
@@ -175,6 +176,14 @@ function showInfo(info) {
       ...shared,
       ['Batch', 'one tile per forward pass'],
     ];
+  } else if (task === AUTOENCODE_TASK) {
+    const clip = info.clip || {};
+    facts = [
+      ['Clip', clip.frames + ' frames of ' + formatSize({ width: clip.width, height: clip.height }) +
+        ', ' + formatNumber(clip.audio_samples) + ' audio samples at ' + formatNumber(clip.sample_rate) + ' Hz'],
+      ...shared,
+      ['Batch', 'one part of a clip per forward pass'],
+    ];
   } else if (task === 'fill-mask') {
     facts = [
       ['Longest text', l.max_input_length + ' tokens (bytes and masks)'],
@@ -194,8 +203,8 @@ function showInfo(info) {
       ['Batch', image ? l.max_batch_requests + ' images' : l.max_batch_requests + ' texts, ' + l.max_batch_tokens + ' tokens'],
     ];
   }
-  // Flow tiles run one per pass: no batch to wait for.
-  if (task !== FLOW_TASK) facts.push(['Batch wait', l.max_batch_wait_us + ' µs']);
+  // Flow tiles and clip parts run one per pass: no batch to wait for.
+  if (task !== FLOW_TASK && task !== AUTOENCODE_TASK) facts.push(['Batch wait', l.max_batch_wait_us + ' µs']);
   $('limits').replaceChildren(...factList(facts));
 
   const fillMask = task === 'fill-mask';
@@ -215,7 +224,8 @@ function showInfo(info) {
     topK.value = labels.length ? String(image ? Math.min(5, labels.length) : labels.length) : '';
   } else if (!fillMask && !flow) {
     $('unsupported').textContent =
-      'This page does not try ' + task + ' models; the API docs describe the routes.';
+      'This page does not try ' + task + ' models; the API docs describe the routes' +
+      (task === AUTOENCODE_TASK ? ' (POST /autoencode takes a clip\'s frames and audio).' : '.');
   }
   updateCount();
   updateClassCount();

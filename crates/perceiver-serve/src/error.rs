@@ -76,6 +76,18 @@ pub enum ServeError {
         width: usize,
     },
 
+    /// A pixel limit under which no clip a multimodal autoencoder takes would fit.
+    #[error(
+        "max_image_pixels ({max_image_pixels}) is below the {needed} pixels of one clip of the \
+         model's frames: every autoencoding request would be refused"
+    )]
+    PixelsBelowClip {
+        /// The configured limit.
+        max_image_pixels: u64,
+        /// A clip's pixels: its frames' together.
+        needed: u64,
+    },
+
     /// The listening socket could not be opened.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -84,18 +96,6 @@ pub enum ServeError {
         /// Why the socket could not be opened.
         #[source]
         source: std::io::Error,
-    },
-
-    /// The model's task has no route ([`check_architecture`](crate::check_architecture)).
-    #[error(
-        "the service answers masked language models, classifiers and optical-flow models, not a {architecture}; \
-         `perceiver {command}` runs it"
-    )]
-    TaskNotServed {
-        /// transformers' class name of the model.
-        architecture: &'static str,
-        /// The `perceiver` subcommand that runs it.
-        command: &'static str,
     },
 
     /// The model cannot be served (not a masked language model, for instance).

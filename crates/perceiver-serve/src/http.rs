@@ -34,20 +34,23 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{ErrorResponse, ErrorType};
 use crate::metrics::Metrics;
-use crate::queue::{Frames, Infer, InferError, Input, Output, Pending, Task};
+use crate::queue::{Clip, ClipPart, Frames, Infer, InferError, Input, Output, Pending, Task};
 use crate::types::{
-    ClassifyParameters, ClassifyRequest, ClassifyResponse, FillMaskRequest, FillMaskResponse, FlowFrames,
-    FlowRequest, FlowResponse, FlowRows, Health, Info, Inputs, LabelPrediction, Limits, Parameters,
-    Prediction, TextAnswer,
+    AutoencodeParameters, AutoencodeRequest, AutoencodeResponse, ClassifyParameters, ClassifyRequest,
+    ClassifyResponse, ClipInfo, ClipInputs, FillMaskRequest, FillMaskResponse, FlowFrames, FlowRequest,
+    FlowResponse, FlowRows, Health, Info, Inputs, LabelPrediction, Limits, Parameters, Prediction,
+    TextAnswer,
 };
 
+mod autoencode;
+
 /// Candidates per mask when the request does not say (transformers' pipeline default); also
-/// the labels per image.
+/// the labels per image and per clip.
 pub const DEFAULT_TOP_K: usize = 5;
 /// How long a successful forward pass vouches for `/health`, at least.
 pub const HEALTH_CACHE: Duration = Duration::from_secs(5);
-/// A flow model's pass (a tile, seconds long) vouches for this many times its own time if that
-/// is longer than [`HEALTH_CACHE`]: an idle service probed every few seconds then spends at most
+/// A flow model's pass (a tile, seconds long), or an autoencoder's (a clip's encoding), vouches
+/// for this many times its own time if that is longer than [`HEALTH_CACHE`]: an idle service probed every few seconds then spends at most
 /// about a tenth of its time on the probes' own passes. Other tasks' passes vouch for
 /// [`HEALTH_CACHE`] alone, so a model that hangs is reported within seconds.
 pub const HEALTH_CACHE_PASSES: u32 = 10;
@@ -88,8 +91,8 @@ pub(crate) struct Computing {
     /// Set at the shutdown's deadline: no request starts computing after it.
     closed: AtomicBool,
     /// Set with `closed`: the model thread then answers the flow tiles it has not started
-    /// rather than run them ([`Infer::tile_stop`]).
-    tile_stop: Option<Arc<AtomicBool>>,
+    /// rather than run them ([`Infer::piece_stop`]).
+    piece_stop: Option<Arc<AtomicBool>>,
 }
 
 impl Computing {
@@ -107,7 +110,7 @@ impl Computing {
     /// Counts the requests computing on `infer`'s model thread.
     pub(crate) fn new(infer: &Infer) -> Self {
         Self {
-            tile_stop: Some(infer.tile_stop()),
+            piece_stop: Some(infer.piece_stop()),
             ..Self::default()
         }
     }
@@ -116,8 +119,8 @@ impl Computing {
     /// started (their requests are answered 503).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        if let Some(tile_stop) = &self.tile_stop {
-            tile_stop.store(true, Ordering::SeqCst);
+        if let Some(piece_stop) = &self.piece_stop {
+            piece_stop.store(true, Ordering::SeqCst);
         }
     }
 
@@ -257,10 +260,10 @@ impl From<ErrorResponse> for Failure {
 #[openapi(
     info(
         title = "perceiver serve",
-        description = "Fill-mask with Perceiver IO byte-level language models, text and image classification with Perceiver IO classifiers (Hugging Face Inference API shapes), optical flow with the Perceiver IO flow model. A service runs its model's one task (GET /info names it): POST /fill-mask, POST /classify or POST /flow.",
+        description = "Fill-mask with Perceiver IO byte-level language models, text and image classification with Perceiver IO classifiers (Hugging Face Inference API shapes), optical flow with the Perceiver IO flow model, video autoencoding with the multimodal autoencoder. A service runs its model's one task (GET /info names it): POST /fill-mask, POST /classify, POST /flow or POST /autoencode.",
         license(name = "Apache-2.0")
     ),
-    paths(fill_mask, classify, flow, health, info, metrics),
+    paths(fill_mask, classify, flow, autoencode::autoencode, health, info, metrics),
     components(schemas(
         FillMaskRequest,
         ClassifyRequest,
@@ -271,6 +274,12 @@ impl From<ErrorResponse> for Failure {
         FlowFrames,
         FlowForm,
         FlowResponse,
+        AutoencodeRequest,
+        ClipInputs,
+        AutoencodeParameters,
+        autoencode::AutoencodeForm,
+        AutoencodeResponse,
+        ClipInfo,
         Inputs,
         Parameters,
         FillMaskResponse,
@@ -308,6 +317,7 @@ pub(crate) fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
         Task::FillMask(_) => post(fill_mask),
         Task::Classifier(_) => post(classify),
         Task::Flow(_) => post(flow),
+        Task::Autoencoder(_) => post(autoencode::autoencode),
     };
     let mut router = Router::new()
         .route(state.task.route(), task_route)
@@ -1091,6 +1101,25 @@ fn differ_in_size((h1, w1): (u64, u64), (h2, w2): (u64, u64)) -> ErrorResponse {
     ))
 }
 
+/// The values of the query's parameters `names` (percent-decoded, the last if repeated), in
+/// their order; any other parameter is an error.
+fn query_parameters<const N: usize>(
+    query: Option<&str>,
+    names: &[&str; N],
+) -> Result<[Option<String>; N], ErrorResponse> {
+    let mut found = [const { None }; N];
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let Some(i) = names.iter().position(|name| *name == key) else {
+            return Err(ErrorResponse::validation(format!(
+                "unknown query parameter {key:?} (only {})",
+                names.join(", ")
+            )));
+        };
+        found[i] = Some(value.into_owned());
+    }
+    Ok(found)
+}
+
 /// `max_flow` of the query string, if given: a positive number of pixels.
 fn query_max_flow(query: Option<&str>) -> Result<Option<f32>, ErrorResponse> {
     let Some(value) = query_parameter(query, "max_flow")? else {
@@ -1104,19 +1133,10 @@ fn query_max_flow(query: Option<&str>) -> Result<Option<f32>, ErrorResponse> {
     }
 }
 
-/// The value of the query's one parameter `name` (percent-decoded, the last if repeated); any
-/// other parameter is an error.
+/// The value of the query's one parameter `name` (as [`query_parameters`]).
 fn query_parameter(query: Option<&str>, name: &str) -> Result<Option<String>, ErrorResponse> {
-    let mut found = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if key != name {
-            return Err(ErrorResponse::validation(format!(
-                "unknown query parameter {key:?} (only {name})"
-            )));
-        }
-        found = Some(value.into_owned());
-    }
-    Ok(found)
+    let [value] = query_parameters(query, &[name])?;
+    Ok(value)
 }
 
 /// A classification request's inputs before they are prepared.
@@ -1228,7 +1248,8 @@ fn unexpected_output() -> ErrorResponse {
 }
 
 /// The health check's input for `task`: one masked byte, an empty text, a grey image
-/// prepared as any image is, or one tile of two grey frames.
+/// prepared as any image is, one tile of two grey frames, or a black, silent clip's encoding
+/// and label.
 pub(crate) fn probe_input(task: &Task) -> Result<Input, perceiver::Error> {
     match task {
         Task::FillMask(fill) => Ok(Input::Masked(fill.prepare("[MASK]", false)?)),
@@ -1242,6 +1263,17 @@ pub(crate) fn probe_input(task: &Task) -> Result<Input, perceiver::Error> {
                     budget: None,
                 }),
                 tile: Tile { top: 0, left: 0 },
+            })
+        }
+        Task::Autoencoder(autoencoder) => {
+            let spec = autoencoder.spec();
+            let (height, width) = spec.frame_size();
+            let black = || Pixels::new(height, width, vec![0.0; 3 * height * width]);
+            let frames = (0..spec.num_frames).map(|_| black()).collect::<Result<_, _>>()?;
+            let clip = Clip::new(frames, vec![0.0; spec.audio_samples()], None);
+            Ok(Input::ClipPart {
+                clip: Arc::new(clip),
+                part: ClipPart::Encode(autoencoder.label_query()),
             })
         }
     }
@@ -1291,7 +1323,7 @@ fn infer_error(e: InferError) -> ErrorResponse {
 async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ErrorResponse> {
     let ok = || Json(Health { status: "ok".into() });
     let passes = match *state.task {
-        Task::Flow(_) => HEALTH_CACHE_PASSES,
+        Task::Flow(_) | Task::Autoencoder(_) => HEALTH_CACHE_PASSES,
         _ => 0,
     };
     if state.infer.succeeded_within(HEALTH_CACHE, passes) {
@@ -1348,7 +1380,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> ErrorResponse {
     let path = request.uri().path();
-    if ["/fill-mask", "/classify", "/flow"].contains(&path) {
+    if ["/fill-mask", "/classify", "/flow", "/autoencode"].contains(&path) {
         return wrong_task(&state.task, path);
     }
     ErrorResponse::new(ErrorType::NotFound, format!("no route {path}"))

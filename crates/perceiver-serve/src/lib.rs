@@ -1,6 +1,6 @@
 //! `perceiver serve`: an HTTP service for Perceiver IO models, with dynamic batching:
 //! fill-mask for the language models, text or image classification for the classifiers,
-//! optical flow for the flow model.
+//! optical flow for the flow model, video autoencoding for the multimodal autoencoder.
 //!
 //! Layers, after Hugging Face's text-embeddings-inference: [`queue`] (the model on its own
 //! thread, fed by a queue that packs the inputs of many clients into one forward pass),
@@ -13,8 +13,9 @@
 //! /fill-mask` for a masked language model, `POST /classify` for a classifier (an image's
 //! bytes, or JSON with base64 images or texts), `POST /flow` for an optical-flow model (two
 //! frames as a multipart form or base64 JSON; the flow as JSON, a PNG picture or a `.flo`
-//! file); another task's route answers 404 naming the model's task. Multimodal autoencoding
-//! has no route.
+//! file), `POST /autoencode` for the multimodal autoencoder (a clip's frames and audio in; its
+//! labels, and its reconstruction unless only labels are asked); another task's route answers
+//! 404 naming the model's task.
 //!
 //! Routes: the task's route, `GET /health`, `GET /info`, `GET /metrics`, the OpenAPI document
 //! at `/api-doc/openapi.json` and Swagger UI at `/docs` (its files come from a crates.io crate:
@@ -68,7 +69,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use perceiver::tasks::flow::OpticalFlow;
-use perceiver::{Classifier, FillMask, PerceiverModel};
+use perceiver::{Autoencoder, Classifier, FillMask, PerceiverModel};
 use tokio::net::TcpListener;
 
 /// [`Info::task`] of a fill-mask service (the Hugging Face pipeline name).
@@ -79,6 +80,8 @@ pub const TEXT_CLASSIFICATION_TASK: &str = "text-classification";
 pub const IMAGE_CLASSIFICATION_TASK: &str = "image-classification";
 /// [`Info::task`] of an optical-flow model's service (no Hugging Face pipeline has this task).
 pub const OPTICAL_FLOW_TASK: &str = "optical-flow";
+/// [`Info::task`] of a multimodal autoencoder's service (no Hugging Face pipeline has it).
+pub const AUTOENCODING_TASK: &str = "multimodal-autoencoding";
 
 /// [`ServeConfig::max_batch_wait`]'s default: long enough for concurrent clients' texts to share a
 /// pass, short next to a pass, so a lone client does not notice it (the figures behind it are in
@@ -120,6 +123,8 @@ pub enum ServeModel {
     Classifier(Classifier),
     /// Optical flow (its tiles' overlap set as wanted).
     Flow(OpticalFlow),
+    /// Multimodal autoencoding (its chunks set as wanted).
+    Autoencoder(Autoencoder),
 }
 
 impl From<PerceiverModel> for ServeModel {
@@ -146,39 +151,32 @@ impl From<OpticalFlow> for ServeModel {
     }
 }
 
+impl From<Autoencoder> for ServeModel {
+    fn from(autoencoder: Autoencoder) -> Self {
+        ServeModel::Autoencoder(autoencoder)
+    }
+}
+
 impl ServeModel {
     fn into_task(self) -> Result<Task, ServeError> {
-        if let ServeModel::Model(model) = &self {
-            check_architecture(model.architecture())?;
-        }
+        use perceiver::Architecture;
         Ok(match self {
             ServeModel::Model(model) if model.architecture().is_classifier() => {
                 Task::Classifier(Classifier::new(model)?)
             }
-            ServeModel::Model(model) if model.architecture() == perceiver::Architecture::OpticalFlow => {
+            ServeModel::Model(model) if model.architecture() == Architecture::OpticalFlow => {
                 Task::Flow(OpticalFlow::new(model)?)
+            }
+            ServeModel::Model(model) if model.architecture() == Architecture::MultimodalAutoencoding => {
+                Task::Autoencoder(Autoencoder::new(model)?)
             }
             ServeModel::Model(model) => Task::FillMask(FillMask::new(model)?),
             ServeModel::FillMask(fill) => Task::FillMask(fill),
             ServeModel::Classifier(classifier) => Task::Classifier(classifier),
             ServeModel::Flow(flow) => Task::Flow(flow),
+            ServeModel::Autoencoder(autoencoder) => Task::Autoencoder(autoencoder),
         })
     }
-}
-
-/// An error unless a model of this architecture can be served: a masked language model
-/// (fill-mask), a classifier or an optical-flow model. Autoencoding has no route; the
-/// `perceiver` tool's `autoencode` and the library's task run it.
-pub fn check_architecture(architecture: perceiver::Architecture) -> Result<(), ServeError> {
-    use perceiver::Architecture;
-    let command = match architecture {
-        Architecture::MultimodalAutoencoding => "autoencode",
-        _ => return Ok(()),
-    };
-    Err(ServeError::TaskNotServed {
-        architecture: architecture.name(),
-        command,
-    })
 }
 
 /// The largest value each limit of [`ServeConfig`] may take (`perceiver serve` refuses larger
@@ -470,6 +468,15 @@ impl Server {
                 });
             }
         }
+        if let Task::Autoencoder(autoencoder) = &task {
+            let needed = autoencoder.spec().clip_pixels();
+            if config.max_image_pixels < needed {
+                return Err(ServeError::PixelsBelowClip {
+                    max_image_pixels: config.max_image_pixels,
+                    needed,
+                });
+            }
+        }
         let parameters = perceiver::checkpoint::expected_tensors(model.config())
             .map(|tensors| {
                 tensors
@@ -488,10 +495,15 @@ impl Server {
             task: task.name().into(),
             labels: match &task {
                 Task::Classifier(classifier) => Some(classifier.labels().to_vec()),
+                Task::Autoencoder(autoencoder) => Some(autoencoder.labels().to_vec()),
                 Task::FillMask(_) | Task::Flow(_) => None,
             },
             tile_size: match &task {
                 Task::Flow(flow) => Some(flow.tile_size().into()),
+                _ => None,
+            },
+            clip: match &task {
+                Task::Autoencoder(autoencoder) => Some(types::ClipInfo::of(autoencoder)),
                 _ => None,
             },
             precision,
@@ -727,43 +739,6 @@ mod tests {
                 !connection_error(&Error::from_raw_os_error(resource)),
                 "{resource}"
             );
-        }
-    }
-
-    #[test]
-    fn every_architecture_but_the_autoencoder_is_served() {
-        use perceiver::Architecture;
-        for architecture in Architecture::ALL {
-            let served = check_architecture(architecture).is_ok();
-            assert_eq!(
-                served,
-                architecture != Architecture::MultimodalAutoencoding,
-                "{architecture:?}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn an_autoencoder_is_refused_with_the_subcommand_that_runs_it() {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/multimodal/tiny_multimodal"
-        );
-        let model = perceiver::Loader::new(dir).load().unwrap();
-        let refused = Server::bind(
-            ServeConfig {
-                port: 0,
-                ..ServeConfig::new("autoencoder")
-            },
-            model,
-        )
-        .await;
-        match refused {
-            Err(e @ ServeError::TaskNotServed { .. }) => {
-                assert!(e.to_string().contains("`perceiver autoencode` runs it"), "{e}")
-            }
-            Err(e) => panic!("refused for another reason: {e}"),
-            Ok(_) => panic!("an autoencoder was served"),
         }
     }
 

@@ -2,14 +2,16 @@
 //! queue and await a one-shot answer.
 //!
 //! One engine serves every task: an input is a fill-mask text, a text classifier's ids, an
-//! image classifier's pixels or one tile of a pair of frames for optical flow ([`Input`]),
-//! prepared (tokenized, decoded, resized, scaled) by the handler before it is queued, so the
-//! model thread only runs forward passes. A flow request is queued as its tiles, one forward
-//! pass each: a tile is seconds of work on a released model, so a large frame does not hold the
-//! thread for minutes, a health probe waits for one tile at most, and a client that leaves has
-//! its remaining tiles dropped. Flow requests take turns, a tile each, so that a small one is
-//! not queued behind all of a large one's tiles; past a shutdown's deadline the tiles not
-//! started are answered [`InferError::Stopped`] rather than run.
+//! image classifier's pixels, one tile of a pair of frames for optical flow, or one part of a
+//! clip to autoencode ([`Input`]), prepared (tokenized, decoded, resized, scaled) by the
+//! handler before it is queued, so the model thread only runs forward passes. A flow request
+//! is queued as its tiles, one forward pass each, and an autoencoding request as its clip's
+//! encoding and then its decoder's chunks ([`ClipPart`]): a tile, or a clip, is seconds of work
+//! on a released model, so a large request does not hold the thread for minutes, a health
+//! probe waits for one piece at most, and a client that leaves has its remaining pieces
+//! dropped. Such requests take turns, a piece each, so that a small one is not queued behind
+//! all of a large one's pieces; past a shutdown's deadline the pieces not started are answered
+//! [`InferError::Stopped`] rather than run.
 //!
 //! The thread blocks until an input arrives, then takes everything queued since, and packs a
 //! batch oldest first until the next input would break the token budget (the inputs' lengths
@@ -38,13 +40,17 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use perceiver::decoder::MultimodalQueries;
 use perceiver::preprocess::FramePair;
 use perceiver::tasks::flow::{OpticalFlow, Tile};
-use perceiver::{Classifier, FillMask, FillMaskOutput, LabelScore, MaskedText, ModelInput, Pixels};
+use perceiver::{
+    Autoencoder, Classifier, DecodedQueries, FillMask, FillMaskOutput, LabelScore, MaskedText, ModelInput,
+    Pixels,
+};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::error::ServeError;
@@ -71,17 +77,21 @@ pub enum Task {
     Classifier(Classifier),
     /// An optical-flow model: `POST /flow`.
     Flow(OpticalFlow),
+    /// A multimodal autoencoder: `POST /autoencode`.
+    Autoencoder(Autoencoder),
 }
 
 impl Task {
     /// The Hugging Face pipeline name: `fill-mask`, `text-classification` or
-    /// `image-classification`; `optical-flow` (which has no pipeline) for a flow model.
+    /// `image-classification`; `optical-flow` for a flow model and `multimodal-autoencoding`
+    /// for an autoencoder (tasks with no pipeline).
     pub fn name(&self) -> &'static str {
         match self {
             Task::FillMask(_) => crate::FILL_MASK_TASK,
             Task::Classifier(c) if c.reads_images() => crate::IMAGE_CLASSIFICATION_TASK,
             Task::Classifier(_) => crate::TEXT_CLASSIFICATION_TASK,
             Task::Flow(_) => crate::OPTICAL_FLOW_TASK,
+            Task::Autoencoder(_) => crate::AUTOENCODING_TASK,
         }
     }
 
@@ -91,6 +101,7 @@ impl Task {
             Task::FillMask(_) => "/fill-mask",
             Task::Classifier(_) => "/classify",
             Task::Flow(_) => "/flow",
+            Task::Autoencoder(_) => "/autoencode",
         }
     }
 
@@ -100,6 +111,7 @@ impl Task {
             Task::FillMask(fill) => fill.model(),
             Task::Classifier(classifier) => classifier.model(),
             Task::Flow(flow) => flow.model(),
+            Task::Autoencoder(autoencoder) => autoencoder.model(),
         }
     }
 
@@ -165,6 +177,18 @@ impl Task {
                 }
                 Ok(flows)
             }
+            (Task::Autoencoder(autoencoder), Some(_)) => {
+                let mut decoded = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    match input {
+                        Input::ClipPart { clip, part } => decoded.push(Raw::Decoded(
+                            clip.run(autoencoder, part).map_err(|e| e.to_string())?,
+                        )),
+                        other => return wrong(other),
+                    }
+                }
+                Ok(decoded)
+            }
         }
     }
 }
@@ -185,6 +209,14 @@ pub enum Input {
         /// Which window of them.
         tile: Tile,
     },
+    /// One part of an autoencoding request's clip: a forward pass of its own (see the module
+    /// docs).
+    ClipPart {
+        /// The request's clip, shared by its parts.
+        clip: Arc<Clip>,
+        /// What this part does.
+        part: ClipPart,
+    },
 }
 
 /// A flow request's prepared frames, and the request's share of the service's pixel budget,
@@ -200,14 +232,77 @@ pub struct Frames {
     pub budget: Option<Arc<OwnedSemaphorePermit>>,
 }
 
+/// An autoencoding request's clip, and its share of the service's pixel budget (as
+/// [`Frames`]'): the frames and audio until the clip is encoded, then its latents, which every
+/// later part decodes from. The parts of one request run in the order they were submitted.
+#[derive(Debug)]
+pub struct Clip {
+    input: Mutex<Option<(Vec<Pixels>, Vec<f32>)>>,
+    latents: OnceLock<Vec<f32>>,
+    /// The request's share of the pixel budget (none for a health probe), which its handler
+    /// also holds until the answer is sent.
+    pub budget: Option<Arc<OwnedSemaphorePermit>>,
+}
+
+/// What one part of a clip's request runs.
+#[derive(Debug, Clone)]
+pub enum ClipPart {
+    /// Encodes the clip (the first part of a request), then decodes these queries.
+    Encode(MultimodalQueries),
+    /// Decodes these queries from the latents the first part encoded.
+    Decode(MultimodalQueries),
+}
+
+impl Clip {
+    /// A clip of the model's frames and audio (as the task's reader gives them).
+    pub fn new(frames: Vec<Pixels>, audio: Vec<f32>, budget: Option<Arc<OwnedSemaphorePermit>>) -> Self {
+        Self {
+            input: Mutex::new(Some((frames, audio))),
+            latents: OnceLock::new(),
+            budget,
+        }
+    }
+
+    fn run(&self, task: &Autoencoder, part: &ClipPart) -> perceiver::Result<DecodedQueries> {
+        let missing = |what: &str| perceiver::Error::InvalidInput(format!("the clip {what} (please report)"));
+        let (latents, queries) = match part {
+            ClipPart::Encode(queries) => {
+                // The frames are not needed once encoded: their memory goes now.
+                let taken = self.input.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let (frames, audio) = taken.ok_or_else(|| missing("was encoded twice"))?;
+                let latents = task.encode(frames, audio)?;
+                (self.latents.get_or_init(|| latents), queries)
+            }
+            ClipPart::Decode(queries) => {
+                let latents = self
+                    .latents
+                    .get()
+                    .ok_or_else(|| missing("is decoded before it is encoded"))?;
+                (latents, queries)
+            }
+        };
+        task.decode(latents, queries)
+    }
+}
+
 impl Input {
-    /// Its share of the token budget: a text's ids; nothing for an image or a tile (see the
-    /// module docs).
+    /// Its share of the token budget: a text's ids; nothing for an image or a piece of a
+    /// longer request (see the module docs).
     fn tokens(&self) -> usize {
         match self {
             Input::Masked(text) => text.ids.len(),
             Input::Tokens(ids) => ids.len(),
-            Input::Pixels(_) | Input::FlowTile { .. } => 0,
+            Input::Pixels(_) | Input::FlowTile { .. } | Input::ClipPart { .. } => 0,
+        }
+    }
+
+    /// The request this input is one piece of (a flow tile's frames, a clip part's clip), as
+    /// an identity; `None` for an input that is a whole request's. A piece runs alone.
+    fn piece_of(&self) -> Option<*const ()> {
+        match self {
+            Input::FlowTile { frames, .. } => Some(Arc::as_ptr(frames).cast()),
+            Input::ClipPart { clip, .. } => Some(Arc::as_ptr(clip).cast()),
+            _ => None,
         }
     }
 
@@ -222,6 +317,7 @@ impl Input {
             Input::Tokens(_) => "a text to classify",
             Input::Pixels(_) => "an image",
             Input::FlowTile { .. } => "a flow tile",
+            Input::ClipPart { .. } => "a part of a clip",
         }
     }
 }
@@ -231,6 +327,7 @@ enum Raw {
     Masks(FillMaskOutput),
     Labels(Vec<LabelScore>),
     Flow(Vec<f32>),
+    Decoded(DecodedQueries),
 }
 
 /// The answer to one input.
@@ -242,6 +339,8 @@ pub enum Output {
     Labels(Vec<LabelScore>),
     /// A tile's flow, as [`OpticalFlow::tile_flow`] gives it.
     Flow(Vec<f32>),
+    /// A clip part's decoded queries, as [`Autoencoder::decode`] gives them.
+    Decoded(DecodedQueries),
 }
 
 /// A filled input, handed back with the input it answers.
@@ -308,7 +407,7 @@ pub struct Infer {
     sender: Sender<Message>,
     last_success: LastSuccess,
     metrics: Metrics,
-    drop_tiles: Arc<AtomicBool>,
+    drop_pieces: Arc<AtomicBool>,
 }
 
 impl Infer {
@@ -320,13 +419,13 @@ impl Infer {
     ) -> Result<(Infer, JoinHandle<()>), ServeError> {
         let (sender, receiver) = mpsc::channel();
         let last_success = Arc::new(Mutex::new(None));
-        let drop_tiles = Arc::new(AtomicBool::new(false));
+        let drop_pieces = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             task,
             limits,
             metrics: metrics.clone(),
             last_success: last_success.clone(),
-            drop_tiles: drop_tiles.clone(),
+            drop_pieces: drop_pieces.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("perceiver-model".into())
@@ -337,7 +436,7 @@ impl Infer {
                 sender,
                 last_success,
                 metrics,
-                drop_tiles,
+                drop_pieces,
             },
             handle,
         ))
@@ -374,11 +473,12 @@ impl Infer {
         Ok(receiver)
     }
 
-    /// A flag that, once set, has the model thread answer the flow tiles it has not started
-    /// [`InferError::Stopped`] instead of running them (a shutdown's deadline sets it: a large
-    /// frame's tiles could otherwise keep a stopping service busy for many minutes).
-    pub fn tile_stop(&self) -> Arc<AtomicBool> {
-        self.drop_tiles.clone()
+    /// A flag that, once set, has the model thread answer the flow tiles and clip parts it has
+    /// not started [`InferError::Stopped`] instead of running them (a shutdown's deadline sets
+    /// it: a large frame's tiles, or a few clips, could otherwise keep a stopping service busy
+    /// for many minutes).
+    pub fn piece_stop(&self) -> Arc<AtomicBool> {
+        self.drop_pieces.clone()
     }
 
     /// Whether a forward pass succeeded within the last `window`, or within `passes` times
@@ -395,7 +495,7 @@ struct Worker {
     limits: BatchLimits,
     metrics: Metrics,
     last_success: LastSuccess,
-    drop_tiles: Arc<AtomicBool>,
+    drop_pieces: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -416,8 +516,8 @@ impl Worker {
             if open {
                 open = gather(&receiver, &mut pending, expected, self.limits);
             }
-            if self.drop_tiles.load(Ordering::SeqCst) {
-                stop_tiles(&mut pending, &self.metrics);
+            if self.drop_pieces.load(Ordering::SeqCst) {
+                stop_pieces(&mut pending, &self.metrics);
             }
             let batch = next_batch(&mut pending, self.limits, &self.metrics);
             if !batch.is_empty() {
@@ -437,7 +537,7 @@ impl Worker {
                 .observe(started.duration_since(job.enqueued).as_secs_f64());
         }
         self.metrics.batch_size.observe(batch.len() as f64);
-        // Images and tiles count no tokens: their batches are measured in inputs alone.
+        // Images and pieces count no tokens: their batches are measured in inputs alone.
         if batch[0].input.is_text() {
             let tokens: usize = batch.iter().map(|j| j.input.tokens()).sum();
             self.metrics.batch_tokens.observe(tokens as f64);
@@ -481,6 +581,7 @@ impl Worker {
                     Ok(Output::Labels(labels))
                 }
                 (Raw::Flow(flow), _) => Ok(Output::Flow(flow)),
+                (Raw::Decoded(decoded), _) => Ok(Output::Decoded(decoded)),
                 (Raw::Masks(_), _) => Err(InferError::Failed("candidates for an input without masks".into())),
             };
             // A client that left meanwhile simply gets nothing.
@@ -509,11 +610,11 @@ fn gather(
     limits: BatchLimits,
 ) -> bool {
     let deadline = Instant::now() + limits.max_wait;
-    // A flow tile runs alone: nothing to wait for.
+    // A piece of a longer request runs alone: nothing to wait for.
     let full = |pending: &VecDeque<Job>| {
         pending.len() >= expected.min(limits.max_batch_requests)
             || pending.iter().map(|j| j.input.tokens()).sum::<usize>() >= limits.max_batch_tokens
-            || pending.iter().any(|j| matches!(j.input, Input::FlowTile { .. }))
+            || pending.iter().any(|j| j.input.piece_of().is_some())
     };
     while !full(pending) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -536,11 +637,12 @@ fn queue(pending: &mut VecDeque<Job>, message: Message) {
     }
 }
 
-/// Answers the flow tiles in `pending` [`InferError::Stopped`], keeping the other inputs.
-fn stop_tiles(pending: &mut VecDeque<Job>, metrics: &Metrics) {
+/// Answers the pieces of longer requests (flow tiles, clip parts) in `pending`
+/// [`InferError::Stopped`], keeping the other inputs.
+fn stop_pieces(pending: &mut VecDeque<Job>, metrics: &Metrics) {
     let mut kept = VecDeque::with_capacity(pending.len());
     for job in pending.drain(..) {
-        if matches!(job.input, Input::FlowTile { .. }) {
+        if job.input.piece_of().is_some() {
             metrics.queue_depth.dec();
             let _ = job.reply.send(Err(InferError::Stopped));
         } else {
@@ -552,10 +654,11 @@ fn stop_tiles(pending: &mut VecDeque<Job>, metrics: &Metrics) {
 
 /// Takes the next batch off the front of `pending`: oldest first, skipping inputs whose client
 /// is gone, until the next input would exceed a limit or is of another kind. The first live
-/// input always fits (the token budget is at least the model's positions). A flow tile runs
-/// alone: it is a large pass already (the released model's has 182,528 input rows), and a batch
-/// of them would keep a health probe waiting for all of them. The tiles of its request that
-/// follow it then go to the back of the queue, so that requests take turns.
+/// input always fits (the token budget is at least the model's positions). A piece of a longer
+/// request (a flow tile, a clip part) runs alone: it is a large pass already (the released flow
+/// model's tile has 182,528 input rows), and a batch of them would keep a health probe waiting
+/// for all of them. The pieces of its request that follow it then go to the back of the queue,
+/// in their order, so that requests take turns.
 fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metrics) -> Vec<Job> {
     let mut batch: Vec<Job> = Vec::new();
     let mut tokens = 0;
@@ -574,13 +677,14 @@ fn next_batch(pending: &mut VecDeque<Job>, limits: BatchLimits, metrics: &Metric
         tokens += len;
         batch.extend(pending.pop_front());
         metrics.queue_depth.dec();
-        if let Input::FlowTile { frames, .. } = &batch[0].input {
-            // Tiles of departed clients anywhere in the queue go now, not when they reach its
-            // front: they hold their frames and, through them, the budget others wait for.
+        if let Some(request) = batch[0].input.piece_of() {
+            // Pieces of departed clients anywhere in the queue go now, not when they reach its
+            // front: they hold their inputs and, through them, the budget others wait for.
             pending.retain(|j| !departed(j, metrics));
-            let same_request =
-                |j: &Job| matches!(&j.input, Input::FlowTile { frames: f, .. } if Arc::ptr_eq(f, frames));
-            let rest = pending.iter().take_while(|j| same_request(j)).count();
+            let rest = pending
+                .iter()
+                .take_while(|j| j.input.piece_of() == Some(request))
+                .count();
             if rest < pending.len() {
                 pending.rotate_left(rest);
             }
@@ -748,7 +852,7 @@ mod tests {
         }
         assert_eq!(order, [('a', 0), ('b', 0), ('a', 1)]);
         // The deadline: the two tiles left are answered, not run.
-        stop_tiles(&mut pending, &metrics);
+        stop_pieces(&mut pending, &metrics);
         assert!(pending.is_empty());
         assert_eq!(metrics.queue_depth.get(), 0);
         let stopped: Vec<_> = receivers
@@ -766,7 +870,7 @@ mod tests {
             sender,
             last_success: Arc::new(Mutex::new(None)),
             metrics: Metrics::new(),
-            drop_tiles: Arc::new(AtomicBool::new(false)),
+            drop_pieces: Arc::new(AtomicBool::new(false)),
         };
         let window = Duration::from_secs(5);
         assert!(!infer.succeeded_within(window, 10));

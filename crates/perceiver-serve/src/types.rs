@@ -150,6 +150,97 @@ pub struct FlowResponse {
     pub flow: FlowRows,
 }
 
+/// `POST /autoencode` body, when it is JSON (a multipart form with the files `video` or
+/// `frame`…, and `audio`, also does). The frames come either as one `.y4m` video or as image
+/// files in order.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoencodeRequest {
+    /// The clip.
+    pub inputs: ClipInputs,
+    /// Optional settings.
+    #[serde(default)]
+    pub parameters: AutoencodeParameters,
+}
+
+/// A clip's files, each in base64 (a `data:…;base64,` prefix is allowed): `video` or
+/// `frames`, and `audio`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClipInputs {
+    /// The frames as one `.y4m` video (its first frames, at 25 a second).
+    #[serde(default)]
+    pub video: Option<String>,
+    /// The frames as PNG or JPEG files, in order: exactly the model's number.
+    #[serde(default)]
+    pub frames: Option<Vec<String>>,
+    /// The frames' audio: a WAV file at the model's rate (its first channel is used).
+    pub audio: String,
+}
+
+/// `POST /autoencode` settings (a multipart form takes them as the query's `?top_k=` and
+/// `?reconstruct=`).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoencodeParameters {
+    /// Labels reported, best first (default 5).
+    #[schema(minimum = 1, example = 5)]
+    pub top_k: Option<usize>,
+    /// Whether to reconstruct the frames and audio (default true); false names the labels
+    /// only, which decodes one query instead of every pixel and audio sample.
+    pub reconstruct: Option<bool>,
+}
+
+/// `POST /autoencode` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AutoencodeResponse {
+    /// The best labels, best first.
+    pub labels: Vec<LabelPrediction>,
+    /// The reconstructed frames as PNG files in base64, in order (absent when only labels
+    /// were asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames: Option<Vec<String>>,
+    /// The reconstructed audio as a mono 32-bit float WAV file in base64 (absent when only
+    /// labels were asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
+    /// The audio's sample rate.
+    pub sample_rate: u32,
+    /// Forward passes of the decoder: the chunks the queries were decoded in (1 when only
+    /// labels were asked).
+    pub chunks: usize,
+}
+
+/// What a multimodal autoencoder takes (`GET /info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClipInfo {
+    /// Frames of a clip (`num_frames`).
+    pub frames: usize,
+    /// Rows of each frame.
+    pub height: usize,
+    /// Columns of each frame.
+    pub width: usize,
+    /// The audio's sample rate: `audio_samples_per_frame` × 25 frames a second.
+    pub sample_rate: u32,
+    /// Audio samples of a clip.
+    pub audio_samples: usize,
+}
+
+impl ClipInfo {
+    /// The clip `autoencoder` takes.
+    pub fn of(autoencoder: &perceiver::Autoencoder) -> Self {
+        let spec = autoencoder.spec();
+        let (height, width) = spec.frame_size();
+        Self {
+            frames: spec.num_frames,
+            height,
+            width,
+            sample_rate: autoencoder.sample_rate(),
+            audio_samples: spec.audio_samples(),
+        }
+    }
+}
+
 /// A flow field written as rows of `[u, v]` pairs.
 #[derive(Debug, Clone)]
 pub struct FlowRows(pub perceiver::FlowField);
@@ -271,16 +362,19 @@ pub struct Info {
     pub model_id: String,
     /// What the service does, as a Hugging Face pipeline name: `fill-mask` (`POST /fill-mask`),
     /// `text-classification` or `image-classification` (`POST /classify`); `optical-flow`
-    /// (`POST /flow`).
+    /// (`POST /flow`); `multimodal-autoencoding` (`POST /autoencode`).
     #[schema(example = "fill-mask")]
     pub task: String,
-    /// A classifier's labels, in id order (absent for other tasks).
+    /// A classifier's or an autoencoder's labels, in id order (absent for other tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
     /// An optical-flow model's tile, `[height, width]`: the least size of its frames, and the
     /// windows its flow is computed in (absent for other tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tile_size: Option<[usize; 2]>,
+    /// A multimodal autoencoder's clip: what `POST /autoencode` takes (absent for other tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<ClipInfo>,
     /// Number type of the model's weight matrix products (`f32` or `bf16`, as `--precision`).
     #[schema(example = "f32")]
     pub precision: String,

@@ -1586,3 +1586,40 @@ fn thousands(n: u64) -> String {
     }
     out
 }
+
+/// A multimodal autoencoder: the page lists its clip and says it has no form for it, pointing
+/// at the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoencoder_page_in_headless_chromium() {
+    let Some((chromium, chromedriver)) = browser_or_skip("autoencoder_page_in_headless_chromium") else {
+        return;
+    };
+    let model = perceiver::Loader::new(fixture("multimodal/tiny_multimodal").to_string_lossy())
+        .load()
+        .unwrap();
+    let server = TestServer::start("tiny_multimodal", model, |_| {}).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = tempfile::tempdir().unwrap();
+    let client = open_browser(&driver, &chromium, profile.path()).await;
+    open_page(&client, &server).await;
+    assert_eq!(text_of(&client, "#model-task").await, "multimodal-autoencoding");
+    for hidden in ["#fill-form", "#classify-form", "#flow-form"] {
+        assert!(
+            !find(&client, hidden).await.is_displayed().await.unwrap(),
+            "{hidden}"
+        );
+    }
+    assert!(find(&client, "#unsupported").await.is_displayed().await.unwrap());
+    let unsupported = text_of(&client, "#unsupported").await;
+    assert!(unsupported.contains("POST /autoencode"), "{unsupported}");
+    // The facts sit in a closed disclosure: read as the page wrote them.
+    let limits = js(&client, "return document.getElementById('limits').textContent").await;
+    let limits = limits.as_str().unwrap();
+    assert!(
+        limits.contains("2 frames of 16 × 16 pixels, 96 audio samples at 1,200 Hz"),
+        "{limits}"
+    );
+    assert!(!limits.contains("Batch wait"), "{limits}");
+    client.close().await.unwrap();
+    server.stop().await;
+}

@@ -1120,6 +1120,14 @@ impl MultimodalSpec {
             .unwrap_or(0)
     }
 
+    /// The pixels of one clip: `num_frames` frames of [`frame_size`](Self::frame_size).
+    pub fn clip_pixels(&self) -> u64 {
+        let (h, w) = self.frame_size();
+        (self.num_frames as u64)
+            .saturating_mul(h as u64)
+            .saturating_mul(w as u64)
+    }
+
     /// The size (height, width) of the frames in: the reconstruction's (`output_shape[2..4]`),
     /// as an autoencoder's input and output share one size.
     pub fn frame_size(&self) -> (usize, usize) {

@@ -111,6 +111,11 @@ impl Autoencoder {
         &self.model
     }
 
+    /// The model's labels (`id2label`), in id order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
     /// The model's sizes.
     pub fn spec(&self) -> &MultimodalSpec {
         &self.spec
