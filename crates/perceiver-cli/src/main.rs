@@ -79,8 +79,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Draw a training run's loss and accuracy curves (RUN_DIR/curves.svg).
     Plot(train::PlotArgs),
-    /// Serve fill-mask, classification or optical flow over HTTP, batching the requests of many
-    /// clients.
+    /// Serve fill-mask, classification, optical flow or video autoencoding over HTTP, batching the
+    /// requests of many clients.
     Serve(serve::ServeArgs),
     /// Write a model (above all a DeepMind .pickle / .pystate) as a transformers model directory.
     Convert(convert::ConvertArgs),

@@ -10,12 +10,14 @@ use crate::numbers::whole;
 #[derive(Args)]
 #[command(
     after_help = "Routes: GET / (a playground page to try the model in a browser), POST /fill-mask \
-(masked language models), POST /classify (classifiers) or POST /flow (optical flow), GET /health, \
-GET /info, GET /metrics, /docs (Swagger UI), /api-doc/openapi.json.\n\
+(masked language models), POST /classify (classifiers), POST /flow (optical flow) or POST /autoencode \
+(the multimodal autoencoder), GET /health, GET /info, GET /metrics, /docs (Swagger UI), \
+/api-doc/openapi.json.\n\
 Examples:\n  curl -s localhost:8080/fill-mask -H 'Content-Type: application/json' \\\n    \
 -d '{\"inputs\": \"This is an incomplete sentence where some words are[MASK:9]\"}'\n  \
 curl -s 'localhost:8080/classify?top_k=3' -H 'Content-Type: image/jpeg' --data-binary @cat.jpg\n  \
-curl -s localhost:8080/flow -H 'Accept: image/png' -F frame1=@a.png -F frame2=@b.png -o flow.png"
+curl -s localhost:8080/flow -H 'Accept: image/png' -F frame1=@a.png -F frame2=@b.png -o flow.png\n  \
+curl -s 'localhost:8080/autoencode?reconstruct=false' -F video=@clip.y4m -F audio=@clip.wav"
 )]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -87,14 +89,16 @@ pub struct ServiceArgs {
     #[arg(long, env = "PERCEIVER_MAX_PREDICTIONS", default_value_t = 4096, value_parser = whole::<u32>(1, caps::MAX_PREDICTIONS as u64))]
     pub max_predictions: u32,
 
-    /// Largest request body, in bytes.
+    /// Largest request body, in bytes (a pair of large frames for flow, or a clip for the
+    /// autoencoder, often needs more than the default 1 MiB).
     #[arg(long, env = "PERCEIVER_PAYLOAD_LIMIT", default_value_t = 1 << 20, value_parser = whole::<u32>(1, caps::PAYLOAD_LIMIT as u64))]
     pub payload_limit: u32,
 
     /// Largest image a classifier or flow model takes, in pixels (width × height, read from the
     /// file's header before decoding); larger ones are answered 422. Also the pixels decoded at
     /// once over all requests (an image waits for others to finish), and for flow the pixels of
-    /// both frames, held until the answer is sent. Default: Pillow's limit.
+    /// both frames, for autoencoding a clip's, held until the answer is sent. Default: Pillow's
+    /// limit.
     #[arg(long, env = "PERCEIVER_MAX_IMAGE_PIXELS", default_value_t = caps::MAX_IMAGE_PIXELS, value_parser = whole::<u64>(1, caps::MAX_IMAGE_PIXELS))]
     pub max_image_pixels: u64,
 

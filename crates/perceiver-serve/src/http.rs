@@ -67,8 +67,6 @@ pub(crate) struct AppState {
     pub infer: Infer,
     /// Used here only to prepare and check inputs; the model thread has its own handle.
     pub task: Arc<Task>,
-    /// The health check's input.
-    pub probe: Input,
     pub info: Info,
     pub metrics: Metrics,
     /// Requests admitted (taken before the body is read, so bodies in memory are bounded).
@@ -90,8 +88,8 @@ pub(crate) struct Computing {
     idle: Notify,
     /// Set at the shutdown's deadline: no request starts computing after it.
     closed: AtomicBool,
-    /// Set with `closed`: the model thread then answers the flow tiles it has not started
-    /// rather than run them ([`Infer::piece_stop`]).
+    /// Set with `closed`: the model thread then answers the flow tiles and clip parts it has not
+    /// started rather than run them ([`Infer::piece_stop`]).
     piece_stop: Option<Arc<AtomicBool>>,
 }
 
@@ -115,8 +113,8 @@ impl Computing {
         }
     }
 
-    /// Refuses the requests that would start computing from now on, and the flow tiles not
-    /// started (their requests are answered 503).
+    /// Refuses the requests that would start computing from now on, and the flow tiles and
+    /// clip parts not started (their requests are answered 503).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         if let Some(piece_stop) = &self.piece_stop {
@@ -786,12 +784,7 @@ impl AppState {
         })
         .await
         .map_err(|_| ErrorResponse::new(ErrorType::Backend, "assembling the flow failed"))??;
-        Ok(answer.map(|body| {
-            axum::body::Body::new(Holding {
-                body: Bytes::from(body),
-                _held: held,
-            })
-        }))
+        Ok(holding(answer, held))
     }
 
     /// Decodes both frames within the pixel budget and scales them as the model takes them.
@@ -1008,6 +1001,16 @@ fn flow_answer(
     Ok(response)
 }
 
+/// `response` with a body that holds `held` until it is sent ([`Holding`]).
+fn holding<H: Unpin + Send + 'static>(response: axum::http::Response<Vec<u8>>, held: H) -> Response {
+    response.map(|body| {
+        axum::body::Body::new(Holding {
+            body: Bytes::from(body),
+            _held: held,
+        })
+    })
+}
+
 /// An answer's body that holds `_held` (its request's slot and share of the pixel budget) until
 /// it is sent: it is handed to hyper in pieces, which hyper takes as its connection drains, and
 /// `_held` goes with the body once the last piece is taken (or the connection is gone).
@@ -1043,13 +1046,20 @@ impl<H: Unpin> http_body::Body for Holding<H> {
     }
 }
 
-/// The frames of a multipart form: the files (or fields) `frame1` and `frame2`, nothing else.
-async fn multipart_frames(content_type: &str, body: Bytes) -> Result<(Vec<u8>, Vec<u8>), ErrorResponse> {
-    let malformed =
-        |e: multer::Error| ErrorResponse::validation(format!("the multipart form is malformed: {e}"));
+fn malformed(e: multer::Error) -> ErrorResponse {
+    ErrorResponse::validation(format!("the multipart form is malformed: {e}"))
+}
+
+/// A multipart form's reader over a body already in memory.
+fn multipart_form(content_type: &str, body: Bytes) -> Result<multer::Multipart<'static>, ErrorResponse> {
     let boundary = multer::parse_boundary(content_type).map_err(malformed)?;
     let body = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
-    let mut form = multer::Multipart::new(body, boundary);
+    Ok(multer::Multipart::new(body, boundary))
+}
+
+/// The frames of a multipart form: the files (or fields) `frame1` and `frame2`, nothing else.
+async fn multipart_frames(content_type: &str, body: Bytes) -> Result<(Vec<u8>, Vec<u8>), ErrorResponse> {
+    let mut form = multipart_form(content_type, body)?;
     let (mut frame1, mut frame2) = (None, None);
     while let Some(field) = form.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_owned();
@@ -1247,9 +1257,9 @@ fn unexpected_output() -> ErrorResponse {
     )
 }
 
-/// The health check's input for `task`: one masked byte, an empty text, a grey image
-/// prepared as any image is, one tile of two grey frames, or a black, silent clip's encoding
-/// and label.
+/// The health check's input for `task`, made for each check: one masked byte, an empty text, a
+/// grey image prepared as any image is, one tile of two grey frames, or a black, silent clip's
+/// encoding and label.
 pub(crate) fn probe_input(task: &Task) -> Result<Input, perceiver::Error> {
     match task {
         Task::FillMask(fill) => Ok(Input::Masked(fill.prepare("[MASK]", false)?)),
@@ -1334,10 +1344,9 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Erro
         return Ok(ok());
     }
     let unhealthy = |why: String| ErrorResponse::new(ErrorType::Unhealthy, why);
-    let receiver = state
-        .infer
-        .probe(state.probe.clone())
-        .map_err(|e| unhealthy(e.to_string()))?;
+    // Made afresh: a clip's parts use up its frames, so a probe input is not run twice.
+    let probe = probe_input(&state.task).map_err(|e| unhealthy(e.to_string()))?;
+    let receiver = state.infer.probe(probe).map_err(|e| unhealthy(e.to_string()))?;
     match tokio::time::timeout(HEALTH_TIMEOUT, receiver).await {
         Ok(Ok(Ok(_))) => Ok(ok()),
         Ok(Ok(Err(e))) => Err(unhealthy(e.to_string())),

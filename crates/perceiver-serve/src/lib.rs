@@ -266,8 +266,9 @@ pub struct ServeConfig {
     /// decoded) a classifier or flow model takes; a decoded image needs 3 bytes a pixel, and
     /// several times that while it is decoded. Also the pixels decoded at once over all
     /// requests: an image waits for earlier ones to be decoded if it would take the sum past
-    /// it. A flow request holds both its frames' pixels until its answer is sent; a flow
-    /// model's service needs at least two tiles' pixels.
+    /// it. A flow request holds both its frames' pixels until its answer is sent, an
+    /// autoencoding request its clip's; a flow model's service needs at least two tiles'
+    /// pixels, an autoencoder's one clip's.
     pub max_image_pixels: u64,
     /// If set, every request but `GET /health` and the playground page's (`GET /`,
     /// `/playground.css`, `/playground.js`) requires `Authorization: Bearer <api_key>`. One that
@@ -522,8 +523,9 @@ impl Server {
             },
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        // The health check's input, made once (an image probe is preprocessed like any image).
-        let probe = http::probe_input(&task)?;
+        // The health check's input is made for each check (a clip's is used up by its pass);
+        // made once here so that a model whose probe cannot be made is refused at start.
+        http::probe_input(&task)?;
         let task = Arc::new(task);
         let metrics = Metrics::for_task(task.name());
         let limits = BatchLimits {
@@ -540,7 +542,6 @@ impl Server {
         let state = Arc::new(http::AppState {
             infer,
             task,
-            probe,
             info,
             metrics,
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),

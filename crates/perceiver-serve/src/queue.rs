@@ -238,7 +238,8 @@ pub struct Frames {
 #[derive(Debug)]
 pub struct Clip {
     input: Mutex<Option<(Vec<Pixels>, Vec<f32>)>>,
-    latents: OnceLock<Vec<f32>>,
+    /// The latents, or why the clip could not be encoded.
+    latents: OnceLock<Result<Vec<f32>, String>>,
     /// The request's share of the pixel budget (none for a health probe), which its handler
     /// also holds until the answer is sent.
     pub budget: Option<Arc<OwnedSemaphorePermit>>,
@@ -264,24 +265,26 @@ impl Clip {
     }
 
     fn run(&self, task: &Autoencoder, part: &ClipPart) -> perceiver::Result<DecodedQueries> {
-        let missing = |what: &str| perceiver::Error::InvalidInput(format!("the clip {what} (please report)"));
-        let (latents, queries) = match part {
-            ClipPart::Encode(queries) => {
+        let failed = perceiver::Error::InvalidInput;
+        let latents = match part {
+            ClipPart::Encode(_) => {
                 // The frames are not needed once encoded: their memory goes now.
                 let taken = self.input.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let (frames, audio) = taken.ok_or_else(|| missing("was encoded twice"))?;
-                let latents = task.encode(frames, audio)?;
-                (self.latents.get_or_init(|| latents), queries)
+                let Some((frames, audio)) = taken else {
+                    return Err(failed("the clip was encoded twice (please report)".into()));
+                };
+                let encoded = task.encode(frames, audio).map_err(|e| e.to_string());
+                self.latents.get_or_init(|| encoded)
             }
-            ClipPart::Decode(queries) => {
-                let latents = self
-                    .latents
-                    .get()
-                    .ok_or_else(|| missing("is decoded before it is encoded"))?;
-                (latents, queries)
-            }
+            // The encoding came first (a request's parts run in order); if it failed, its
+            // request has been answered why, and the parts after it fail with it.
+            ClipPart::Decode(_) => self
+                .latents
+                .get()
+                .ok_or_else(|| failed("the clip was not encoded: its encoding failed".into()))?,
         };
-        task.decode(latents, queries)
+        let (ClipPart::Encode(queries) | ClipPart::Decode(queries)) = part;
+        task.decode(latents.as_ref().map_err(|e| failed(e.clone()))?, queries)
     }
 }
 
@@ -857,6 +860,77 @@ mod tests {
         assert_eq!(metrics.queue_depth.get(), 0);
         let stopped: Vec<_> = receivers
             .into_iter()
+            .filter_map(|mut rx| rx.try_recv().ok())
+            .collect();
+        assert_eq!(stopped.len(), 2);
+        assert!(stopped.iter().all(|r| matches!(r, Err(InferError::Stopped))));
+    }
+
+    /// A clip's parts: its encoding, then `decodes` chunks (the queries do not matter here).
+    fn clip_parts(clip: &Arc<Clip>, decodes: usize) -> (Vec<Job>, Vec<Pending>) {
+        let part = |i: usize| match i {
+            0 => ClipPart::Encode(MultimodalQueries::default()),
+            _ => ClipPart::Decode(MultimodalQueries::default()),
+        };
+        (0..=decodes)
+            .map(|i| {
+                Job::new(
+                    Input::ClipPart {
+                        clip: clip.clone(),
+                        part: part(i),
+                    },
+                    1,
+                )
+            })
+            .unzip()
+    }
+
+    /// Clip parts are pieces as flow tiles are: each runs alone, requests take turns with each
+    /// one's parts in their order (its encoding first), a departed client's parts are dropped
+    /// wherever they sit, and a deadline stops those not started.
+    #[test]
+    fn clip_parts_take_turns_in_order_and_stop_at_the_deadline() {
+        let metrics = Metrics::new();
+        let clip = || Arc::new(Clip::new(Vec::new(), Vec::new(), None));
+        let (a, b, c) = (clip(), clip(), clip());
+        let (mut pending, mut receivers) = (VecDeque::new(), Vec::new());
+        for (clip, decodes) in [(&a, 3), (&b, 2), (&c, 2)] {
+            let (jobs, rx) = clip_parts(clip, decodes);
+            queue(&mut pending, Message::Request(jobs));
+            receivers.push(rx);
+        }
+        metrics.queue_depth.set(pending.len() as i64);
+        // The client of c leaves before any of its parts runs.
+        let gone = receivers.pop().unwrap();
+        drop(gone);
+        let limits = BatchLimits {
+            max_batch_tokens: 100,
+            max_batch_requests: 10,
+            max_wait: Duration::ZERO,
+        };
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            let batch = next_batch(&mut pending, limits, &metrics);
+            assert_eq!(batch.len(), 1, "a part runs alone");
+            let Input::ClipPart { clip, part } = &batch[0].input else {
+                panic!("a clip part")
+            };
+            let name = if Arc::ptr_eq(clip, &a) { 'a' } else { 'b' };
+            order.push((name, matches!(part, ClipPart::Encode(_))));
+        }
+        let (encode, decode) = (true, false);
+        assert_eq!(
+            order,
+            [('a', encode), ('b', encode), ('a', decode), ('b', decode), ('a', decode)]
+        );
+        assert_eq!(metrics.inputs_dropped.get(), 3, "c's three parts");
+        // The deadline: the parts left (a's last decode, b's last) are answered, not run.
+        stop_pieces(&mut pending, &metrics);
+        assert!(pending.is_empty());
+        assert_eq!(metrics.queue_depth.get(), 0);
+        let stopped: Vec<_> = receivers
+            .into_iter()
+            .flatten()
             .filter_map(|mut rx| rx.try_recv().ok())
             .collect();
         assert_eq!(stopped.len(), 2);

@@ -58,11 +58,40 @@ fn wav(seed: usize, rate: u32, samples: usize) -> Vec<u8> {
 
 /// A `.y4m` video of `frames` frames of 16x16 (4:4:4, full range) at 25 a second.
 fn y4m(frames: usize) -> Vec<u8> {
-    let mut bytes = format!("YUV4MPEG2 W{SIDE} H{SIDE} F25:1 Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();
+    sized_y4m(frames, SIDE, "F25:1")
+}
+
+fn sized_y4m(frames: usize, side: usize, rate: &str) -> Vec<u8> {
+    let mut bytes = format!("YUV4MPEG2 W{side} H{side} {rate} Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();
     for t in 0..frames {
         bytes.extend_from_slice(b"FRAME\n");
-        bytes.extend((0..3 * SIDE * SIDE).map(|i| ((i * 5 + t * 60) % 256) as u8));
+        bytes.extend((0..3 * side * side).map(|i| ((i * 5 + t * 60) % 256) as u8));
     }
+    bytes
+}
+
+fn fast_video() -> Vec<u8> {
+    sized_y4m(2, SIDE, "F30:1")
+}
+
+fn small_video() -> Vec<u8> {
+    sized_y4m(2, 8, "F25:1")
+}
+
+/// A float WAV of the model's length whose fourth sample is NaN.
+fn nan_wav() -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: RATE,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut bytes = Vec::new();
+    let mut writer = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).unwrap();
+    for i in 0..SAMPLES {
+        writer.write_sample(if i == 3 { f32::NAN } else { 0.1 }).unwrap();
+    }
+    writer.finalize().unwrap();
     bytes
 }
 
@@ -267,16 +296,24 @@ async fn concurrent_requests_each_get_their_own_clip() {
     client.server.stop().await;
 }
 
-/// A fresh service's health check runs its own pass: a black, silent clip's encoding and label.
+/// A fresh service's health check runs its own pass: a black, silent clip's encoding and label;
+/// and so does the next once the first no longer vouches (a probe's clip is used up by its pass:
+/// the second probe failed when the first one's input was sent again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_encodes_a_clip() {
+async fn health_encodes_a_clip_each_time() {
     let client = Client::start(|_| {}).await;
-    assert_eq!(client.get("/health").await["status"], "ok");
-    let metrics = client.metrics().await;
-    assert!(
-        metrics.contains("perceiver_inference_duration_seconds_count 1\n"),
-        "{metrics}"
-    );
+    for probes in 1..=2 {
+        assert_eq!(client.get("/health").await["status"], "ok");
+        let metrics = client.metrics().await;
+        assert!(
+            metrics.contains(&format!("perceiver_inference_duration_seconds_count {probes}\n")),
+            "{metrics}"
+        );
+        if probes == 1 {
+            let vouches = perceiver_serve::http::HEALTH_CACHE;
+            tokio::time::sleep(vouches + std::time::Duration::from_millis(200)).await;
+        }
+    }
     client.server.stop().await;
 }
 
@@ -334,7 +371,7 @@ async fn bad_requests_are_refused_with_the_reason() {
                 None,
                 Some(audio.clone()),
             ),
-            "frame 2: ",
+            "frame 2: cannot decode the image: not a JPEG, PNG",
         ),
         (
             "",
@@ -370,6 +407,26 @@ async fn bad_requests_are_refused_with_the_reason() {
             "",
             form(&[], Some(b"not a video".to_vec()), Some(audio.clone())),
             "video: ",
+        ),
+        (
+            "",
+            form(&[], Some(fast_video()), Some(audio.clone())),
+            "video: the video's frame rate is F30:1",
+        ),
+        (
+            "",
+            form(&[], Some(small_video()), Some(audio.clone())),
+            "video: the model takes 16x16 frames",
+        ),
+        ("", form(&frames, None, Some(nan_wav())), "audio: sample 3 is NaN"),
+        (
+            "",
+            form(
+                &[frames[0].clone(), frames[1].clone(), frames[0].clone()],
+                None,
+                Some(audio.clone()),
+            ),
+            "takes 2 frames (num_frames), the request has more",
         ),
         (
             "",
@@ -414,6 +471,14 @@ async fn bad_requests_are_refused_with_the_reason() {
         (
             json!({"inputs": {"audio": base64(&audio)}}),
             "the clip has no frames",
+        ),
+        (
+            json!({"inputs": {"frames": [], "audio": base64(&audio)}}),
+            "the request has 0",
+        ),
+        (
+            json!({"inputs": {"frames": ["AA==", "AA==", "AA=="], "audio": base64(&audio)}}),
+            "the request has 3",
         ),
         (
             json!({"inputs": {"video": base64(&y4m(2)), "audio": base64(&audio), "labels": 1}}),

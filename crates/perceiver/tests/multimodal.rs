@@ -576,6 +576,44 @@ fn the_task_in_pieces_reads_uploads_and_equals_the_whole() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("frame 0: ") && err.contains("not 16x8"), "{err}");
+    let err = reader
+        .check_frame_header(&small, "frame 0")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("frame 0: ") && err.contains("not 16x8"), "{err}");
+    reader
+        .check_frame_header(&std::fs::read(dir.path().join("f00.png")).unwrap(), "frame 0")
+        .unwrap();
+    // Many channels: the first is the audio, and only the model's samples of it are kept.
+    let spec = hound::WavSpec {
+        channels: 5,
+        sample_rate: 1200,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut five = Vec::new();
+    let mut writer = hound::WavWriter::new(std::io::Cursor::new(&mut five), spec).unwrap();
+    for i in 0..100 {
+        for c in 0..5 {
+            writer.write_sample((i * 100 + c) as i16).unwrap();
+        }
+    }
+    writer.finalize().unwrap();
+    let first: Vec<f32> = (0..96).map(|i| ((i * 100) as f64 / 32768.0) as f32).collect();
+    assert_eq!(reader.audio_from_wav_bytes(&five, "audio").unwrap(), first);
+    // A header stating 65535 channels and 4 GiB of samples over a file of none: refused for
+    // what it lacks (only the first channel is kept, so nothing is reserved for the others).
+    let mut hostile = b"RIFF\xff\xff\xff\xffWAVEfmt \x10\0\0\0\x01\0\xff\xff".to_vec();
+    hostile.extend(1200u32.to_le_bytes());
+    hostile.extend((1200u32 * 65535).to_le_bytes());
+    hostile.extend(65535u16.to_le_bytes());
+    hostile.extend(8u16.to_le_bytes());
+    hostile.extend(b"data\xff\xff\xff\xff");
+    let err = reader
+        .audio_from_wav_bytes(&hostile, "audio")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("audio: "), "{err}");
 
     let whole = task.autoencode(frames.clone(), audio.clone(), 4).unwrap();
     let latents = task.encode(frames, audio).unwrap();
@@ -934,6 +972,22 @@ fn the_task_reads_y4m_video_and_wants_exactly_its_frames_in_a_directory() {
         err.starts_with("video: ") && err.contains("the video has 1"),
         "{err}"
     );
+    // From the header alone: the size and the rate, before a frame is read.
+    reader.check_y4m_header(&video(0), "video").unwrap();
+    let err = reader
+        .check_y4m_header(&sized_video(0, 8, 16), "video")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the model takes 16x16 frames") && err.contains("not 8x16"),
+        "{err}"
+    );
+    let fast = String::from_utf8(video(0)).unwrap().replace("F25:1", "F30:1");
+    let err = reader
+        .check_y4m_header(fast.as_bytes(), "video")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("video: ") && err.contains("F30:1"), "{err}");
     let mut worst = 0f64;
     for (t, frame) in frames.iter().enumerate() {
         for y in 0..h {

@@ -16,13 +16,13 @@ use base64::Engine as _;
 use perceiver::{Autoencoder, DecodedQueries, Pixels};
 
 use super::{
-    answers_of, counted, decode_base64, infer_error, looks_like_json, media_type, parse_json,
-    query_parameters, read_body, stopping, unexpected_output, wrong_task, AppState, Failure, Holding,
-    DEFAULT_TOP_K,
+    answers_of, counted, decode_base64, holding, infer_error, label_prediction, looks_like_json, malformed,
+    media_type, multipart_form, parse_json, query_parameters, read_body, stopping, unexpected_output,
+    wrong_task, AppState, Failure, DEFAULT_TOP_K,
 };
 use crate::error::{ErrorResponse, ErrorType};
 use crate::queue::{Clip, ClipPart, Input, Output, Task};
-use crate::types::{AutoencodeRequest, AutoencodeResponse, LabelPrediction};
+use crate::types::{AutoencodeRequest, AutoencodeResponse};
 
 /// Autoencode a video clip with its audio: the clip's labels, and the frames and audio the
 /// model reconstructs from its latents.
@@ -126,12 +126,13 @@ impl AppState {
         let permit = Arc::new(self.permit()?);
         let body = read_body(request, self).await?;
         let _computing = self.computing.start().ok_or_else(stopping)?;
+        let frames = task.spec().num_frames;
         let files = match media_type.as_deref() {
             Some("multipart/form-data") => {
-                multipart_clip(content_type.as_deref().unwrap_or_default(), body).await?
+                multipart_clip(content_type.as_deref().unwrap_or_default(), body, frames).await?
             }
-            Some("application/json") => json_clip(body, &mut settings)?,
-            None if looks_like_json(&body) => json_clip(body, &mut settings)?,
+            Some("application/json") => json_clip(body, frames, &mut settings)?,
+            None if looks_like_json(&body) => json_clip(body, frames, &mut settings)?,
             _ => {
                 return Err(ErrorResponse::validation(format!(
                     "send the clip as a multipart form with the files video (or frame, one field a \
@@ -142,16 +143,6 @@ impl AppState {
                 .into())
             }
         };
-        if let FrameFiles::Images(images) = &files.frames {
-            let wanted = task.spec().num_frames;
-            if images.len() != wanted {
-                return Err(ErrorResponse::validation(format!(
-                    "the model takes {wanted} frames (num_frames), the request has {}",
-                    images.len()
-                ))
-                .into());
-            }
-        }
         let clip = self.prepare_clip(files, permit.clone()).await?;
         let budget = clip.budget.clone();
         let parts = if settings.reconstruct {
@@ -197,19 +188,17 @@ impl AppState {
         })
         .await
         .map_err(|_| ErrorResponse::new(ErrorType::Backend, "assembling the reconstruction failed"))??;
-        let mut response = Response::new(axum::body::Body::new(Holding {
-            body: Bytes::from(body),
-            _held: held,
-        }));
+        let mut response = axum::http::Response::new(body);
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Ok(response)
+        Ok(holding(response, held))
     }
 
     /// Reads the clip's frames and audio as the model takes them, within the pixel budget (a
-    /// clip's pixels, held until the answer is sent). Each frame's size is checked from its
-    /// header before anything waits or decodes.
+    /// clip's pixels, held until the answer is sent). The audio, no more than the model's
+    /// samples, is read first; the frames' size (and a video's rate) are checked from their
+    /// headers before anything waits or decodes.
     async fn prepare_clip(
         &self,
         files: ClipFiles,
@@ -220,23 +209,16 @@ impl AppState {
         };
         let invalid = |e: perceiver::Error| ErrorResponse::validation(e.to_string());
         let reader = task.reader();
-        // The audio is small (the model's samples are all that is read): read before waiting.
         let audio = reader
             .audio_from_wav_bytes(&files.audio, "audio")
             .map_err(invalid)?;
-        if let FrameFiles::Images(images) = &files.frames {
-            let (h, w) = task.spec().frame_size();
-            for (i, image) in images.iter().enumerate() {
-                let (width, height) =
-                    perceiver::image::decoded_size(image, &perceiver::image::DecodeLimits::default())
-                        .map_err(|e| ErrorResponse::validation(format!("{}: {e}", frame_name(i))))?;
-                // Either orientation: the EXIF orientation, applied when decoding, may swap them.
-                if (height, width) != (h as u64, w as u64) && (width, height) != (h as u64, w as u64) {
-                    return Err(ErrorResponse::validation(format!(
-                        "{}: the model takes {h}x{w} frames (output_shape), not {height}x{width} \
-                         (height x width)",
-                        frame_name(i)
-                    )));
+        match &files.frames {
+            FrameFiles::Video(video) => reader.check_y4m_header(video, "video").map_err(invalid)?,
+            FrameFiles::Images(images) => {
+                for (i, image) in images.iter().enumerate() {
+                    reader
+                        .check_frame_header(image, &frame_name(i))
+                        .map_err(invalid)?;
                 }
             }
         }
@@ -329,13 +311,7 @@ fn answer(
         )
     };
     let response = AutoencodeResponse {
-        labels: labels
-            .into_iter()
-            .map(|l| LabelPrediction {
-                label: l.label,
-                score: l.score,
-            })
-            .collect(),
+        labels: labels.into_iter().map(label_prediction).collect(),
         frames,
         audio,
         sample_rate: task.sample_rate(),
@@ -344,14 +320,10 @@ fn answer(
     serde_json::to_vec(&response).map_err(|e| ErrorResponse::new(ErrorType::Backend, e.to_string()))
 }
 
-/// The clip of a multipart form: the file `video` or the files `frame` (in order), and `audio`;
-/// nothing else.
-async fn multipart_clip(content_type: &str, body: Bytes) -> Result<ClipFiles, ErrorResponse> {
-    let malformed =
-        |e: multer::Error| ErrorResponse::validation(format!("the multipart form is malformed: {e}"));
-    let boundary = multer::parse_boundary(content_type).map_err(malformed)?;
-    let body = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
-    let mut form = multer::Multipart::new(body, boundary);
+/// The clip of a multipart form: the file `video` or the model's `frames` files `frame` (in
+/// order), and `audio`; nothing else.
+async fn multipart_clip(content_type: &str, body: Bytes, frames: usize) -> Result<ClipFiles, ErrorResponse> {
+    let mut form = multipart_form(content_type, body)?;
     let (mut video, mut images, mut audio) = (None, Vec::new(), None);
     while let Some(field) = form.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_owned();
@@ -360,6 +332,10 @@ async fn multipart_clip(content_type: &str, body: Bytes) -> Result<ClipFiles, Er
                 "unknown form field {name:?}: the form takes the files video (or frame, one field a \
                  frame) and audio"
             )));
+        }
+        // Refused before it is read: a form of many tiny frames costs nothing past the model's.
+        if name == "frame" && images.len() == frames {
+            return Err(too_many_frames(frames));
         }
         let bytes = field.bytes().await.map_err(malformed)?.to_vec();
         let what = if name == "frame" {
@@ -381,12 +357,18 @@ async fn multipart_clip(content_type: &str, body: Bytes) -> Result<ClipFiles, Er
         }
     }
     let images = (!images.is_empty()).then_some(images);
-    clip_files(video, images, audio, "the file")
+    clip_files(video, images, audio, frames, "the file")
+}
+
+fn too_many_frames(frames: usize) -> ErrorResponse {
+    ErrorResponse::validation(format!(
+        "the model takes {frames} frames (num_frames), the request has more"
+    ))
 }
 
 /// The clip of a JSON request, and its parameters over the query's (the body is dropped once
 /// they are read).
-fn json_clip(body: Bytes, settings: &mut Settings) -> Result<ClipFiles, ErrorResponse> {
+fn json_clip(body: Bytes, frames: usize, settings: &mut Settings) -> Result<ClipFiles, ErrorResponse> {
     let request: AutoencodeRequest = parse_json(&body)?;
     drop(body);
     if let Some(top_k) = request.parameters.top_k {
@@ -395,10 +377,16 @@ fn json_clip(body: Bytes, settings: &mut Settings) -> Result<ClipFiles, ErrorRes
     if let Some(reconstruct) = request.parameters.reconstruct {
         settings.reconstruct = reconstruct;
     }
+    let inputs = request.inputs;
+    // Counted before any is decoded.
+    if let Some(images) = &inputs.frames {
+        if images.len() != frames {
+            return Err(frame_count(frames, images.len()));
+        }
+    }
     let decode = |name: &str, text: &str| {
         decode_base64(text).map_err(|e| ErrorResponse::validation(format!("{name}: {e}")))
     };
-    let inputs = request.inputs;
     let video = inputs.video.as_deref().map(|v| decode("video", v)).transpose()?;
     let images = inputs
         .frames
@@ -411,24 +399,32 @@ fn json_clip(body: Bytes, settings: &mut Settings) -> Result<ClipFiles, ErrorRes
         })
         .transpose()?;
     let audio = decode("audio", &inputs.audio)?;
-    clip_files(video, images, Some(audio), "the base64 string")
+    clip_files(video, images, Some(audio), frames, "the base64 string")
 }
 
-/// The clip's files: frames one way (a video or images), and the audio.
+fn frame_count(frames: usize, given: usize) -> ErrorResponse {
+    ErrorResponse::validation(format!(
+        "the model takes {frames} frames (num_frames), the request has {given}"
+    ))
+}
+
+/// The clip's files: frames one way (a video, or `frames` images), and the audio.
 fn clip_files(
     video: Option<Vec<u8>>,
     images: Option<Vec<Vec<u8>>>,
     audio: Option<Vec<u8>>,
+    frames: usize,
     what: &str,
 ) -> Result<ClipFiles, ErrorResponse> {
     let frames = match (video, images) {
-        (Some(video), None) => FrameFiles::Video(video),
-        (None, Some(images)) => FrameFiles::Images(images),
         (Some(_), Some(_)) => {
             return Err(ErrorResponse::validation(
                 "give the frames one way: a video or frame files, not both",
             ))
         }
+        (Some(video), None) => FrameFiles::Video(video),
+        (None, Some(images)) if images.len() != frames => return Err(frame_count(frames, images.len())),
+        (None, Some(images)) => FrameFiles::Images(images),
         (None, None) => {
             return Err(ErrorResponse::validation(format!(
                 "the clip has no frames: send {what} video (a .y4m video) or the frames as image files"

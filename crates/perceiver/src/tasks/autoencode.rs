@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Architecture, MultimodalSpec, IMAGE_CHANNELS};
 use crate::decoder::MultimodalQueries;
 use crate::error::{Error, Result};
-use crate::image::y4m::read_y4m_with_header;
+use crate::image::y4m::{read_y4m_with_header, Y4mHeader};
 use crate::image::{
     decode_image_with_limits, decoded_size, has_image_extension, read_image_file, DecodeLimits, RgbImage,
 };
@@ -241,27 +241,17 @@ impl InputReader {
         self.y4m_frames(bytes, &name)
     }
 
+    /// Checks a `.y4m` video already in memory against the model from its header alone (the
+    /// frame size and rate), before any frame is read; errors begin with `name`.
+    pub fn check_y4m_header(&self, bytes: &[u8], name: &str) -> Result<()> {
+        let (header, _) = self.read_y4m(bytes, 0, &name)?;
+        self.check_y4m(&header, &name)
+    }
+
     fn y4m_frames(&self, reader: impl std::io::BufRead, name: &dyn Display) -> Result<Vec<Pixels>> {
         let wanted = self.spec.num_frames;
-        let (h, w) = self.spec.frame_size();
-        // Frames larger than the model's are refused from the header, before any is read.
-        let limits = DecodeLimits {
-            max_pixels: (h * w) as u64,
-        };
-        let (header, frames) = read_y4m_with_header(reader, wanted, &limits).map_err(|e| match e {
-            Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(name, height, width),
-            e => Error::InvalidInput(format!("{name}: {e}")),
-        })?;
-        // The audio's rate is audio_samples_per_frame × 25: frames at another rate would not
-        // line up with it. No rate (or 0:0, "unknown") is 25, as ffmpeg reads it.
-        if let Some((n, d)) = header.frame_rate {
-            if u64::from(FRAMES_PER_SECOND).checked_mul(d) != Some(n) {
-                return Err(Error::InvalidInput(format!(
-                    "{name}: the video's frame rate is F{n}:{d}, the model takes {FRAMES_PER_SECOND} \
-                     frames a second: convert it with ffmpeg -r {FRAMES_PER_SECOND}"
-                )));
-            }
-        }
+        let (header, frames) = self.read_y4m(reader, wanted, name)?;
+        self.check_y4m(&header, name)?;
         if frames.len() < wanted {
             return Err(Error::InvalidInput(format!(
                 "{name}: the model takes {wanted} frames (num_frames), the video has {}",
@@ -272,6 +262,37 @@ impl InputReader {
             .iter()
             .map(|image| self.frame_pixels(image, name))
             .collect()
+    }
+
+    fn read_y4m(
+        &self,
+        reader: impl std::io::BufRead,
+        frames: usize,
+        name: &dyn Display,
+    ) -> Result<(Y4mHeader, Vec<RgbImage>)> {
+        // Frames larger than the model's are refused from the header, before any is read.
+        read_y4m_with_header(reader, frames, &self.frame_limits()).map_err(|e| match e {
+            Error::ImageTooLarge { width, height, .. } => self.wrong_frame_size(name, height, width),
+            e => Error::InvalidInput(format!("{name}: {e}")),
+        })
+    }
+
+    /// The video's frames are the model's size, at [`FRAMES_PER_SECOND`].
+    fn check_y4m(&self, header: &Y4mHeader, name: &dyn Display) -> Result<()> {
+        if (header.height, header.width) != self.spec.frame_size() {
+            return Err(self.wrong_frame_size(name, header.height as u64, header.width as u64));
+        }
+        // The audio's rate is audio_samples_per_frame × 25: frames at another rate would not
+        // line up with it. No rate (or 0:0, "unknown") is 25, as ffmpeg reads it.
+        if let Some((n, d)) = header.frame_rate {
+            if u64::from(FRAMES_PER_SECOND).checked_mul(d) != Some(n) {
+                return Err(Error::InvalidInput(format!(
+                    "{name}: the video's frame rate is F{n}:{d}, the model takes {FRAMES_PER_SECOND} \
+                     frames a second: convert it with ffmpeg -r {FRAMES_PER_SECOND}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// One frame from an image file: of the model's frame size, scaled to [0, 1].
@@ -299,16 +320,27 @@ impl InputReader {
         }
     }
 
-    fn frame_of(&self, bytes: &[u8], name: &dyn Display) -> Result<Pixels> {
+    /// Checks an image file already in memory against the model's frame size from its header
+    /// alone, before a pixel is decoded; errors begin with `name`.
+    pub fn check_frame_header(&self, bytes: &[u8], name: &str) -> Result<()> {
+        self.frame_header(bytes, &name)
+    }
+
+    fn frame_header(&self, bytes: &[u8], name: &dyn Display) -> Result<()> {
         let (h, w) = self.spec.frame_size();
-        let invalid = |e: Error| Error::InvalidInput(format!("{name}: {e}"));
-        // The size is checked from the header before a pixel is decoded.
-        let (width, height) = decoded_size(bytes, &DecodeLimits::default()).map_err(invalid)?;
+        let (width, height) = decoded_size(bytes, &DecodeLimits::default())
+            .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?;
         // The header's size is before the EXIF orientation, which may swap it.
         if (height, width) != (h as u64, w as u64) && (width, height) != (h as u64, w as u64) {
             return Err(self.wrong_frame_size(name, height, width));
         }
-        let image = decode_image_with_limits(bytes, &self.frame_limits()).map_err(invalid)?;
+        Ok(())
+    }
+
+    fn frame_of(&self, bytes: &[u8], name: &dyn Display) -> Result<Pixels> {
+        self.frame_header(bytes, name)?;
+        let image = decode_image_with_limits(bytes, &self.frame_limits())
+            .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?;
         self.frame_pixels(&image, name)
     }
 
@@ -391,8 +423,9 @@ impl InputReader {
             )));
         }
         let channels = spec.channels.max(1) as usize;
-        // Only what the model takes is read, whatever the header claims.
-        let take = wanted * channels;
+        // Only what the model takes is read, whatever the header claims, and only the first
+        // channel is kept: memory is the model's samples however many channels are stated.
+        let take = wanted.saturating_mul(channels);
         let sample_error = |e: hound::Error, read: usize| match e {
             hound::Error::IoError(source) if ended_early(&source) => Error::InvalidInput(format!(
                 "{name}: the file ends after {} of the {have} samples a channel its header announces \
@@ -401,28 +434,35 @@ impl InputReader {
             )),
             e => wav_error(e),
         };
-        let mut samples = Vec::with_capacity(take);
+        let mut samples = Vec::with_capacity(wanted);
+        let mut read = 0;
         match spec.sample_format {
             hound::SampleFormat::Float => {
                 for sample in reader.samples::<f32>().take(take) {
-                    samples.push(sample.map_err(|e| sample_error(e, samples.len()))?);
+                    let sample = sample.map_err(|e| sample_error(e, read))?;
+                    if read % channels == 0 {
+                        samples.push(sample);
+                    }
+                    read += 1;
                 }
             }
             hound::SampleFormat::Int => {
                 let scale = (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f64;
                 for sample in reader.samples::<i32>().take(take) {
-                    let sample = sample.map_err(|e| sample_error(e, samples.len()))?;
-                    samples.push((sample as f64 / scale) as f32);
+                    let sample = sample.map_err(|e| sample_error(e, read))?;
+                    if read % channels == 0 {
+                        samples.push((sample as f64 / scale) as f32);
+                    }
+                    read += 1;
                 }
             }
         }
-        if samples.len() != take {
+        if read != take {
             return Err(sample_error(
                 std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
-                samples.len(),
+                read,
             ));
         }
-        let samples: Vec<f32> = samples.into_iter().step_by(channels).collect();
         // A float WAV can hold NaN or infinity, which would make every output NaN.
         if let Some(i) = crate::runtime::first_non_finite(&samples) {
             return Err(Error::InvalidInput(format!(
