@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::flow::{color_wheel, save_flo, write_flow_png, MAX_PIXELS};
-use perceiver::image::{decode_image_with_limits, decoded_size, read_image_file, DecodeLimits, RgbImage};
+use perceiver::image::{
+    decode_image_with_limits, decoded_size, may_match, read_image_file, DecodeLimits, RgbImage,
+};
 use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 
 use crate::model::{image_error, EngineArgs, ModelArgs};
@@ -128,7 +130,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
     };
     let (w1, h1) = size(&first_file, &args.frame1)?;
     let (w2, h2) = size(&second_file, &args.frame2)?;
-    if (w1, h1) != (w2, h2) && (w1, h1) != (h2, w2) {
+    if !may_match((w1, h1), (w2, h2)) {
         bail!(
             "the frames differ in size: {} is {h1}x{w1}, {} is {h2}x{w2} (height x width)",
             args.frame1.display(),

@@ -803,8 +803,7 @@ impl AppState {
         let invalid = |name: &str| image_refused(format!("{name}: "));
         let (w1, h1) = perceiver::image::decoded_size(&first, &limits).map_err(invalid("frame1"))?;
         let (w2, h2) = perceiver::image::decoded_size(&second, &limits).map_err(invalid("frame2"))?;
-        // Either side pair: the EXIF orientation, applied when decoding, may swap them.
-        if (w1, h1) != (w2, h2) && (w1, h1) != (h2, w2) {
+        if !perceiver::image::may_match((w1, h1), (w2, h2)) {
             return Err(differ_in_size((h1, w1), (h2, w2)));
         }
         // Both frames' pixels are held until the answer is sent: together within the budget.

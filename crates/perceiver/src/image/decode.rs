@@ -193,6 +193,13 @@ pub fn read_image_file(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
 /// Bytes enough for [`format_of`] to tell any format it reads.
 const SNIFF_BYTES: u64 = 64;
 
+/// Whether two sizes from [`decoded_size`] can decode to one size: equal, or equal with the
+/// sides swapped (the EXIF orientation, applied when decoding, may swap a side pair, so headers
+/// alone cannot tell those apart; the decoded images can).
+pub fn may_match(a: (u64, u64), b: (u64, u64)) -> bool {
+    a == b || a == (b.1, b.0)
+}
+
 /// The width and height of what [`decode_image_with_limits`] decodes `bytes` to (before the EXIF
 /// orientation may swap them), read from the file's headers without decoding a pixel, by the
 /// decoder's own code: for a GIF, the logical screen grown to hold the first frame. This is the
@@ -641,6 +648,14 @@ fn decode_gif(gif: GifFrame<'_>) -> Result<RgbImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_may_match_either_way_round() {
+        assert!(may_match((3, 4), (3, 4)));
+        assert!(may_match((3, 4), (4, 3)));
+        assert!(!may_match((3, 4), (3, 5)));
+        assert!(!may_match((3, 4), (5, 3)));
+    }
 
     #[test]
     fn image_files_are_read_no_further_than_the_limits_need() {

@@ -51,8 +51,8 @@ pub mod resize;
 pub mod y4m;
 
 pub use decode::{
-    decode_image, decode_image_with_limits, decoded_size, has_image_extension, read_image_file, DecodeLimits,
-    IMAGE_EXTENSIONS,
+    decode_image, decode_image_with_limits, decoded_size, has_image_extension, may_match, read_image_file,
+    DecodeLimits, IMAGE_EXTENSIONS,
 };
 pub use processor::{ImageProcessor, ImageProcessorConfig, Pixels, Size};
 pub use resize::{resize, Resample};

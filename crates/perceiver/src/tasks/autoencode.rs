@@ -17,7 +17,8 @@ use crate::decoder::MultimodalQueries;
 use crate::error::{Error, Result};
 use crate::image::y4m::{read_y4m_with_header, Y4mHeader};
 use crate::image::{
-    decode_image_with_limits, decoded_size, has_image_extension, read_image_file, DecodeLimits, RgbImage,
+    decode_image_with_limits, decoded_size, has_image_extension, may_match, read_image_file, DecodeLimits,
+    RgbImage,
 };
 pub use crate::model::MAX_CHUNKS;
 use crate::model::{check_chunks, DecodedQueries, MultimodalOutput, PerceiverModel};
@@ -330,8 +331,7 @@ impl InputReader {
         let (h, w) = self.spec.frame_size();
         let (width, height) = decoded_size(bytes, &DecodeLimits::default())
             .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?;
-        // The header's size is before the EXIF orientation, which may swap it.
-        if (height, width) != (h as u64, w as u64) && (width, height) != (h as u64, w as u64) {
+        if !may_match((width, height), (w as u64, h as u64)) {
             return Err(self.wrong_frame_size(name, height, width));
         }
         Ok(())
