@@ -1,5 +1,6 @@
 // perceiver serve playground: reads /info, then posts a masked text to /fill-mask, a text or an
-// image to /classify, or two frames to /flow, and shows the answer.
+// image to /classify, two frames to /flow, or a clip's frames and audio to /autoencode, and
+// shows the answer.
 // Plain browser JavaScript, no libraries, no build step.
 'use strict';
 
@@ -30,6 +31,24 @@ const state = {
   // Aborts the flow request out (a new frame makes it useless, and the server drops the tiles
   // of a request whose client has gone: a large pair's take minutes).
   flowAbort: null,
+  // The clip chosen: `frames` ({file, size}, in name order; `video` when one .y4m file), the
+  // `audio`, what the page read of them, and promises settled once read. See chooseClipFrames.
+  clip: {
+    frames: [],
+    videos: 0,
+    video: null,
+    videoFacts: null,
+    framesReady: Promise.resolve(),
+    audio: null,
+    audioFacts: null,
+    audioReady: Promise.resolve(),
+  },
+  // Counts the clips chosen (frames or audio), as imageChoice does images.
+  clipChoice: 0,
+  // Aborts the clip request out: its Cancel, or new files (the server then drops its chunks).
+  clipAbort: null,
+  // The reconstructed audio shown, a WAV file (a Blob), behind the download link.
+  clipWav: null,
 };
 
 // The file pickers (see filePicker): `image` for a classifier, `frames` (earlier, later) for a
@@ -212,8 +231,10 @@ function showInfo(info) {
   const flow = task === FLOW_TASK;
   $('fill-form').hidden = !fillMask;
   $('classify-form').hidden = !classifier;
+  const autoencoder = task === AUTOENCODE_TASK;
   $('flow-form').hidden = !flow;
-  $('unsupported').hidden = fillMask || classifier || flow;
+  $('clip-form').hidden = !autoencoder;
+  $('unsupported').hidden = fillMask || classifier || flow || autoencoder;
   if (classifier) {
     $('classify-title').textContent = image ? 'Classify an image' : 'Classify a text';
     $('image-input').hidden = !image;
@@ -222,15 +243,24 @@ function showInfo(info) {
     const topK = $('label-top-k');
     topK.max = String(Math.max(1, labels.length));
     topK.value = labels.length ? String(image ? Math.min(5, labels.length) : labels.length) : '';
+  } else if (autoencoder) {
+    const clip = info.clip || {};
+    $('clip-shape').textContent =
+      clip.frames + ' frames of ' + formatSize({ width: clip.width, height: clip.height }) + ' and ' +
+      formatNumber(clip.audio_samples) + ' audio samples at ' + formatNumber(clip.sample_rate) + ' Hz';
+    // The server's default, 5 labels.
+    const topK = $('clip-top-k');
+    topK.max = String(Math.max(1, labels.length));
+    topK.value = labels.length ? String(Math.min(5, labels.length)) : '';
   } else if (!fillMask && !flow) {
     $('unsupported').textContent =
-      'This page does not try ' + task + ' models; the API docs describe the routes' +
-      (task === AUTOENCODE_TASK ? ' (POST /autoencode takes a clip\'s frames and audio).' : '.');
+      'This page does not try ' + task + ' models; the API docs describe the routes.';
   }
   updateCount();
   updateClassCount();
   updateImageFacts();
   updateFrameFacts();
+  updateClipFacts();
   document.body.dataset.info = 'loaded';
 }
 
@@ -312,6 +342,7 @@ function showError(r) {
   $('result').hidden = true;
   $('labels-result').hidden = true;
   $('flow-result').hidden = true;
+  $('clip-result').hidden = true;
 }
 
 // Sends one request at a time from a form's button, which shows `busyText` meanwhile; hands a
@@ -397,9 +428,17 @@ function classify() {
 
 // The frames as `POST /flow` takes them: a multipart form of the files' own bytes.
 function frameForm(frames) {
+  return formOf(frameParts(frames));
+}
+
+function frameParts(frames) {
+  return [['frame1', frames[0]], ['frame2', frames[1]]];
+}
+
+// A multipart form of [field name, file] parts, in order.
+function formOf(parts) {
   const form = new FormData();
-  form.append('frame1', frames[0]);
-  form.append('frame2', frames[1]);
+  for (const [field, file] of parts) form.append(field, file);
   return form;
 }
 
@@ -969,15 +1008,16 @@ function frameProblems(picker) {
 
 // The multipart body's size, as Chromium and Safari write it (Firefox's boundary is a little
 // longer): each file under a boundary line and its part's header, then a closing line.
-function formBytes(files) {
+// `parts`: [field name, file] each.
+function formBytes(parts) {
   const boundaryLine = 2 + 38 + 2; // "--", "----WebKitFormBoundary" and 16 characters, CRLF
   let bytes = boundaryLine + 2; // the closing one ends in "--"
-  files.forEach((file, i) => {
+  for (const [field, file] of parts) {
     const head =
-      'Content-Disposition: form-data; name="frame' + (i + 1) + '"; filename="' + file.name + '"\r\n' +
+      'Content-Disposition: form-data; name="' + field + '"; filename="' + file.name + '"\r\n' +
       'Content-Type: ' + (file.type || 'application/octet-stream') + '\r\n\r\n';
     bytes += boundaryLine + utf8.encode(head).length + file.size + 2;
-  });
+  }
   return bytes;
 }
 
@@ -1008,7 +1048,7 @@ function pairProblems() {
       );
     }
   }
-  const bytes = formBytes([first.file, second.file]);
+  const bytes = formBytes(frameParts([first.file, second.file]));
   if (l && bytes > l.payload_limit) {
     const [sent, limit] = formatBytesApart(bytes, l.payload_limit);
     problems.push(
@@ -1038,7 +1078,7 @@ function updateFrameFacts() {
   if (problems.length) {
     out.textContent = capitalise(problems.join('; ')) + '.';
   } else if (first.size && second.size && state.info) {
-    const bytes = formBytes([first.file, second.file]);
+    const bytes = formBytes(frameParts([first.file, second.file]));
     out.textContent = 'Both frames ' + formatSize(first.size) + ', about ' + formatBytes(bytes) + ' to send.';
   } else {
     out.textContent = '';
@@ -1115,6 +1155,9 @@ function watchFiles() {
     if (files[0]) pickers.image.take(files[0]);
   });
   acceptDrops('flow-form', isFlowTask, (files, e) => takeFrames(files, frameIndexOf(e.target), -1));
+  acceptDrops('clip-form', isClipTask, takeClipFiles);
+  $('clip-frames-file').addEventListener('change', (e) => chooseClipFrames(e.target.files));
+  $('clip-audio-file').addEventListener('change', (e) => chooseClipAudio(e.target.files[0]));
   document.addEventListener('paste', (e) => {
     if (!e.clipboardData || !(isImageTask() || isFlowTask())) return;
     const files = [...e.clipboardData.files].filter((f) => f.type.startsWith('image/'));
@@ -1123,6 +1166,463 @@ function watchFiles() {
     if (isImageTask()) pickers.image.take(files[0]);
     else takeFrames(files, -1, frameIndexOf(document.activeElement));
   });
+}
+
+// ---------------------------------------------------------------- a clip: frames and audio
+
+function isClipTask() {
+  return !!state.info && state.info.task === AUTOENCODE_TASK;
+}
+
+const isVideo = (file) => /\.y4m$/i.test(file.name);
+const isAudio = (file) => /\.wav$/i.test(file.name) || file.type.startsWith('audio/');
+
+// The order `perceiver autoencode` reads a folder's frames in: byte by byte, a run of digits
+// against a run of digits as numbers (frame_9 before frame_10, leading zeros aside).
+function naturalOrder(x, y) {
+  const [a, b] = [utf8.encode(x), utf8.encode(y)];
+  const digit = (c) => c >= 0x30 && c <= 0x39;
+  const runEnd = (s, i) => {
+    while (i < s.length && digit(s[i])) i += 1;
+    return i;
+  };
+  const skipZeros = (s, i, end) => {
+    while (i < end && s[i] === 0x30) i += 1;
+    return i;
+  };
+  let [i, j] = [0, 0];
+  while (i < a.length && j < b.length) {
+    let order;
+    if (digit(a[i]) && digit(b[j])) {
+      const [endA, endB] = [runEnd(a, i), runEnd(b, j)];
+      const [startA, startB] = [skipZeros(a, i, endA), skipZeros(b, j, endB)];
+      order = endA - startA - (endB - startB) || compareBytes(a.subarray(startA, endA), b.subarray(startB, endB));
+      [i, j] = [endA, endB];
+    } else {
+      order = a[i] - b[j];
+      [i, j] = [i + 1, j + 1];
+    }
+    if (order) return order;
+  }
+  return a.length - i - (b.length - j) || compareBytes(a, b);
+}
+
+function compareBytes(a, b) {
+  for (let k = 0; k < Math.min(a.length, b.length); k++) if (a[k] !== b[k]) return a[k] - b[k];
+  return a.length - b.length;
+}
+
+// A .y4m video's header as the server reads it: {width, height, frames}, the frames counted
+// from the file's size (an upper bound: a FRAME line with parameters is longer), null where its
+// colour space is one the server does not read; false if it is not a .y4m header.
+async function readY4m(file) {
+  const head = new Uint8Array(await file.slice(0, 1024).arrayBuffer());
+  const end = head.indexOf(0x0a);
+  const line = new TextDecoder().decode(head.subarray(0, Math.max(end, 0)));
+  if (end < 0 || !line.startsWith('YUV4MPEG2 ')) return false;
+  const fields = {};
+  for (const token of line.split(' ').slice(1)) {
+    if (token && !(token[0] in fields)) fields[token[0]] = token.slice(1);
+  }
+  const [width, height] = [Number(fields.W), Number(fields.H)];
+  if (!(Number.isSafeInteger(width) && width > 0 && Number.isSafeInteger(height) && height > 0)) return false;
+  const colour = fields.C || '420jpeg';
+  const [halfW, halfH] = [Math.ceil(width / 2), Math.ceil(height / 2)];
+  const chroma = ['420jpeg', '420paldv', '420mpeg2', '420'].includes(colour)
+    ? 2 * halfW * halfH
+    : { 422: 2 * halfW * height, 444: 2 * width * height, mono: 0 }[colour];
+  const frames = chroma === undefined ? null : Math.floor((file.size - end - 1) / (6 + width * height + chroma));
+  return { width, height, frames };
+}
+
+// A WAV file's format as its header says: {rate, channels, samples} (samples a channel, as far
+// as the file goes), or false if this page cannot read it (the server judges it then).
+async function readWav(file) {
+  const buffer = await file.slice(0, 1 << 16).arrayBuffer();
+  const view = new DataView(buffer);
+  const tag = (at) => String.fromCharCode(...new Uint8Array(buffer, at, 4));
+  if (buffer.byteLength < 12 || tag(0) !== 'RIFF' || tag(8) !== 'WAVE') return false;
+  let format = null;
+  for (let at = 12; at + 8 <= buffer.byteLength; ) {
+    const size = view.getUint32(at + 4, true);
+    if (tag(at) === 'fmt ' && at + 24 <= buffer.byteLength) {
+      const channels = view.getUint16(at + 10, true);
+      format = { channels, rate: view.getUint32(at + 12, true), blockAlign: view.getUint16(at + 20, true) };
+    } else if (tag(at) === 'data') {
+      if (!format || !format.blockAlign) return false;
+      const bytes = Math.min(size, file.size - at - 8);
+      return { rate: format.rate, channels: format.channels, samples: Math.floor(bytes / format.blockAlign) };
+    }
+    at += 8 + size + (size & 1);
+  }
+  return false;
+}
+
+// An image file's size in pixels as the browser shows it (EXIF orientation applied), or false.
+async function imageSize(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const size = { width: bitmap.width, height: bitmap.height };
+    bitmap.close();
+    return size;
+  } catch (_) {
+    return false;
+  }
+}
+
+// The frames chosen: one .y4m video, or image files (sent in name order); their sizes (or the
+// video's header) are read next.
+function chooseClipFrames(files) {
+  const clip = state.clip;
+  const frames = [...files].sort((a, b) => naturalOrder(a.name, b.name)).map((file) => ({ file, size: null }));
+  clip.frames = frames;
+  clip.videos = frames.filter((f) => isVideo(f.file)).length;
+  clip.video = clip.videos === 1 && frames.length === 1 ? frames[0].file : null;
+  clip.videoFacts = null;
+  clip.framesReady = clip.video
+    ? readY4m(clip.video).then(
+        (facts) => {
+          if (clip.frames === frames) clip.videoFacts = facts;
+        },
+        () => {
+          if (clip.frames === frames) clip.videoFacts = false;
+        },
+      )
+    : Promise.all(
+        frames.map(async (frame) => {
+          frame.size = isVideo(frame.file) ? false : await imageSize(frame.file);
+        }),
+      );
+  clipChosen();
+}
+
+function chooseClipAudio(file) {
+  const clip = state.clip;
+  clip.audio = file || null;
+  clip.audioFacts = null;
+  clip.audioReady = file
+    ? readWav(file).then(
+        (facts) => {
+          if (clip.audio === file) clip.audioFacts = facts;
+        },
+        () => {
+          if (clip.audio === file) clip.audioFacts = false;
+        },
+      )
+    : Promise.resolve();
+  clipChosen();
+}
+
+// Waits until what the page reads of the files chosen now is known.
+function clipReady() {
+  const clip = state.clip;
+  return Promise.all([clip.framesReady, clip.audioReady]);
+}
+
+function clipChosen() {
+  // The answer shown is the last clip's; a request for an earlier one is abandoned.
+  state.clipChoice += 1;
+  if (state.clipAbort) {
+    state.clipAbort.abort();
+    state.clipAbort = null;
+    $('clip-status').textContent = 'Cancelled: other files were chosen.';
+  }
+  $('clip-result').hidden = true;
+  $('labels-result').hidden = true;
+  $('error').hidden = true;
+  const choice = state.clipChoice;
+  $('clip-form').dataset.files = 'reading';
+  updateClipFacts();
+  clipReady().then(() => {
+    if (choice !== state.clipChoice) return;
+    $('clip-form').dataset.files = 'read';
+    updateClipFacts();
+  });
+}
+
+// The model's frame size, and whether `size` is it in either orientation (the server reads a
+// file's size before its EXIF orientation, which may swap it).
+function clipFrameFits(size) {
+  const c = state.info.clip;
+  return (size.width === c.width && size.height === c.height) || (size.width === c.height && size.height === c.width);
+}
+
+// What the server would refuse the frames for, as far as the page can tell.
+function clipFrameProblems() {
+  const clip = state.clip;
+  const c = state.info.clip;
+  const model = formatSize({ width: c.width, height: c.height });
+  const problems = [];
+  if (clip.videos && clip.frames.length > 1) {
+    problems.push('give the frames one way: one .y4m video, or image files');
+    return problems;
+  }
+  const v = clip.videoFacts;
+  if (clip.video && v) {
+    if (v.width !== c.width || v.height !== c.height) {
+      problems.push('the video\'s frames are ' + formatSize(v) + ', the model takes ' + model);
+    }
+    if (v.frames !== null && v.frames < c.frames) {
+      problems.push('the video has ' + plural(v.frames, 'frame') + ', the model takes ' + c.frames);
+    }
+  }
+  if (!clip.video && clip.frames.length && clip.frames.length !== c.frames) {
+    problems.push('the model takes ' + c.frames + ' frames, ' + clip.frames.length + ' image files are chosen');
+  }
+  clip.frames.forEach((frame, i) => {
+    if (frame.size && !clipFrameFits(frame.size)) {
+      problems.push(
+        'frame ' + (i + 1) + ' (' + frame.file.name + ') is ' + formatSize(frame.size) + ', the model takes ' + model,
+      );
+    }
+  });
+  return problems;
+}
+
+function clipAudioProblems() {
+  const a = state.clip.audioFacts;
+  const c = state.info.clip;
+  const problems = [];
+  if (!state.clip.audio || !a) return problems;
+  if (a.rate !== c.sample_rate) {
+    problems.push(
+      'the audio is at ' + formatNumber(a.rate) + ' Hz, the model takes ' + formatNumber(c.sample_rate) + ' Hz',
+    );
+  }
+  if (a.samples < c.audio_samples) {
+    problems.push(
+      'the audio has ' + plural(a.samples, 'sample') + ', the model takes ' + formatNumber(c.audio_samples),
+    );
+  }
+  return problems;
+}
+
+// A count and its noun: "1 frame", "2 frames"; `many` where not the noun and an s.
+function plural(n, noun, many = noun + 's') {
+  return formatNumber(n) + ' ' + (n === 1 ? noun : many);
+}
+
+// The form's parts, in the order sent: the video or the frames, then the audio.
+function clipParts() {
+  const clip = state.clip;
+  const parts = clip.video ? [['video', clip.video]] : clip.frames.map((f) => ['frame', f.file]);
+  if (clip.audio) parts.push(['audio', clip.audio]);
+  return parts;
+}
+
+// Everything the page can tell the server would refuse; with `missing`, files not chosen too.
+function clipProblems(missing) {
+  const clip = state.clip;
+  const c = state.info.clip;
+  const problems = [];
+  const absent = [];
+  if (!clip.frames.length) absent.push('the frames (a .y4m video or ' + c.frames + ' image files)');
+  if (!clip.audio) absent.push('the audio (a WAV file)');
+  if (missing && absent.length) problems.push('choose ' + absent.join(' and '));
+  problems.push(...clipFrameProblems(), ...clipAudioProblems());
+  const l = state.info.limits;
+  const bytes = formBytes(clipParts());
+  if (clip.frames.length && clip.audio && bytes > l.payload_limit) {
+    const [sent, limit] = formatBytesApart(bytes, l.payload_limit);
+    problems.push('the files come to about ' + sent + ' as a form, more than the server takes (' + limit + ')');
+  }
+  const topK = $('clip-top-k');
+  const k = topK.value.trim();
+  if (missing && (topK.validity.badInput || (k !== '' && !(Number.isSafeInteger(Number(k)) && Number(k) >= 1)))) {
+    problems.push('the labels to show must be a whole number of at least 1, or empty');
+  }
+  return problems;
+}
+
+// What the page says of the chosen files, and what the server would refuse them for.
+function updateClipFacts() {
+  if (!isClipTask()) return;
+  const clip = state.clip;
+  const frameFacts = $('clip-frames-facts');
+  const frameProblems = clipFrameProblems();
+  let line = '';
+  if (clip.video) {
+    const v = clip.videoFacts;
+    const parts = [clip.video.name, formatBytes(clip.video.size)];
+    if (v) parts.push(formatSize(v) + (v.frames === null ? '' : ', ' + plural(v.frames, 'frame')));
+    else if (v === false) parts.push('not a .y4m video this page reads, the server may still');
+    line = parts.join(' · ');
+  } else if (clip.frames.length) {
+    const bytes = clip.frames.reduce((sum, f) => sum + f.file.size, 0);
+    line = plural(clip.frames.length, 'file') + ', ' + formatBytes(bytes);
+  }
+  frameFacts.textContent = line;
+  frameFacts.classList.toggle('over', frameProblems.length > 0);
+  $('clip-frames-list').replaceChildren(
+    ...(clip.video ? [] : clip.frames).map((frame) => {
+      const li = document.createElement('li');
+      li.dataset.name = frame.file.name;
+      const parts = [frame.file.name, formatBytes(frame.file.size)];
+      if (frame.size) parts.push(formatSize(frame.size));
+      else if (frame.size === false) parts.push('this browser cannot show it, the server may still read it');
+      li.textContent = parts.join(' · ');
+      li.classList.toggle('over', !!frame.size && !clipFrameFits(frame.size));
+      return li;
+    }),
+  );
+  const audioFacts = $('clip-audio-facts');
+  const audioProblems = clipAudioProblems();
+  if (clip.audio) {
+    const a = clip.audioFacts;
+    const parts = [clip.audio.name, formatBytes(clip.audio.size)];
+    if (a) {
+      const channels = a.channels === 1 ? 'mono' : a.channels + ' channels (the first is used)';
+      parts.push(formatNumber(a.rate) + ' Hz, ' + plural(a.samples, 'sample') + ', ' + channels);
+    } else if (a === false) parts.push('not a WAV file this page reads, the server may still');
+    audioFacts.textContent = parts.join(' · ');
+  } else audioFacts.textContent = '';
+  audioFacts.classList.toggle('over', audioProblems.length > 0);
+
+  const out = $('clip-check');
+  const problems = clipProblems(false);
+  out.classList.toggle('over', problems.length > 0);
+  if (problems.length) {
+    out.textContent = capitalise(problems.join('; ')) + '.';
+  } else if (clip.frames.length && clip.audio) {
+    const c = state.info.clip;
+    out.textContent =
+      'A clip of ' + plural(c.frames, 'frame') + ' and ' + plural(c.audio_samples, 'audio sample') + ', about ' +
+      formatBytes(formBytes(clipParts())) + ' to send.';
+  } else {
+    out.textContent = '';
+  }
+}
+
+// Files dropped on the clip's card: a WAV file is the audio, the others the frames.
+function takeClipFiles(files) {
+  const audio = files.filter(isAudio);
+  const frames = files.filter((f) => !isAudio(f));
+  if (audio.length) {
+    setFiles($('clip-audio-file'), audio.slice(0, 1));
+    chooseClipAudio(audio[0]);
+  }
+  if (frames.length) {
+    setFiles($('clip-frames-file'), frames);
+    chooseClipFrames(frames);
+  }
+}
+
+// Files dropped become the file input's, as if chosen there.
+function setFiles(input, files) {
+  try {
+    const transfer = new DataTransfer();
+    for (const file of files) transfer.items.add(file);
+    input.files = transfer.files;
+  } catch (_) {
+    // Older browsers cannot set a file input's files; the page still sends them.
+  }
+}
+
+async function autoencode() {
+  if (state.busy) return;
+  // The checks need what the page reads of the files, known moments after they are chosen.
+  const choice = state.clipChoice;
+  await clipReady();
+  if (choice !== state.clipChoice) return;
+  const problems = clipProblems(true);
+  const status = $('clip-status');
+  if (problems.length) {
+    const out = $('clip-check');
+    out.textContent = 'Not sent: ' + problems.join('; ') + '.';
+    out.classList.add('over');
+    status.textContent = '';
+    if (!state.clip.frames.length) $('clip-frames-file').focus();
+    else if (!state.clip.audio) $('clip-audio-file').focus();
+    return;
+  }
+  const labelsOnly = $('clip-labels-only').checked;
+  const query = new URLSearchParams();
+  const topK = $('clip-top-k').value.trim();
+  if (topK !== '') query.set('top_k', topK);
+  if (labelsOnly) query.set('reconstruct', 'false');
+  const path = '/autoencode' + (String(query) ? '?' + query : '');
+  const form = formOf(clipParts());
+  const abort = new AbortController();
+  state.clipAbort = abort;
+  const cancel = $('clip-cancel');
+  cancel.hidden = false;
+  status.textContent = labelsOnly
+    ? 'Finding the labels: the clip is encoded, then the label\'s query decoded…'
+    : 'Autoencoding: the clip is encoded, then every pixel and audio sample decoded in chunks…';
+  await submit(
+    $('autoencode'),
+    'Autoencoding…',
+    () => call('POST', path, form, { signal: abort.signal }),
+    (answer, elapsed) => showClip(answer, elapsed),
+    () => choice === state.clipChoice && !abort.signal.aborted,
+  );
+  cancel.hidden = true;
+  if (state.clipAbort === abort) state.clipAbort = null;
+  const outcome = document.body.dataset.status;
+  if (outcome === 'error') status.textContent = 'Not done: the server\'s error is below.';
+  // The Cancel button is gone: focus goes back to the form's button.
+  if (abort.signal.aborted && document.activeElement === document.body) $('autoencode').focus();
+}
+
+function cancelClip() {
+  if (!state.clipAbort) return;
+  state.clipAbort.abort();
+  state.clipAbort = null;
+  $('clip-status').textContent = 'Cancelled: the server drops the chunks not yet run.';
+}
+
+// Browsers play audio from about 3,000 Hz (Chromium's least rate): a small model's is slower.
+function audioUnplayable() {
+  const audio = $('clip-audio');
+  if (!audio.getAttribute('src')) return;
+  const rate = Number(audio.dataset.rate);
+  $('clip-audio-note').textContent =
+    'This browser cannot play ' + formatNumber(rate) + ' Hz audio' + (rate < 3000 ? ' (browsers play from about 3,000 Hz)' : '') +
+    ': the download link has it.';
+}
+
+function base64Bytes(text) {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
+// A clip's answer: its labels (the classifier's list), and its reconstructed frames and audio
+// unless only the labels were asked.
+function showClip(answer, elapsed) {
+  showLabels(answer.labels, elapsed);
+  const link = $('clip-wav');
+  if (link.href) URL.revokeObjectURL(link.href);
+  link.removeAttribute('href');
+  const audio = $('clip-audio');
+  const frames = answer.frames || [];
+  $('clip-frames').replaceChildren(
+    ...frames.map((png, i) => {
+      const img = document.createElement('img');
+      img.className = 'clip-frame';
+      img.src = 'data:image/png;base64,' + png;
+      img.alt = 'Reconstructed frame ' + (i + 1) + ' of ' + frames.length;
+      return img;
+    }),
+  );
+  const chunks = plural(answer.chunks, 'forward pass', 'forward passes') + ' of the decoder';
+  const time = ', answered in ' + Math.round(elapsed) + ' ms';
+  $('clip-audio-note').textContent = '';
+  if (answer.audio && answer.frames) {
+    audio.dataset.rate = String(answer.sample_rate);
+    audio.src = 'data:audio/wav;base64,' + answer.audio;
+    const wav = new Blob([base64Bytes(answer.audio)], { type: 'audio/wav' });
+    state.clipWav = wav;
+    link.href = URL.createObjectURL(wav);
+    link.textContent = 'Download reconstruction.wav, ' + formatBytes(wav.size);
+    $('clip-timing').textContent =
+      plural(frames.length, 'frame') + ' and ' + formatNumber(answer.sample_rate) + ' Hz audio, ' + chunks + time;
+    $('clip-result').hidden = false;
+    $('clip-status').textContent = 'Done: the labels, ' + plural(frames.length, 'frame') + ' and the audio below.';
+  } else {
+    audio.removeAttribute('src');
+    audio.load();
+    $('clip-result').hidden = true;
+    $('clip-status').textContent = 'Done: the labels below (labels only, ' + chunks + time + ').';
+  }
 }
 
 // ---------------------------------------------------------------- start
@@ -1153,6 +1653,9 @@ function main() {
   sendFrom('flow-form', null, computeFlow);
   $('max-flow').addEventListener('input', updateFrameFacts);
   $('flo').addEventListener('click', downloadFlo);
+  sendFrom('clip-form', null, autoencode);
+  $('clip-cancel').addEventListener('click', cancelClip);
+  $('clip-audio').addEventListener('error', audioUnplayable);
   $('top-k').max = String(VOCAB_SIZE);
   $('auth').addEventListener('submit', (e) => {
     e.preventDefault();

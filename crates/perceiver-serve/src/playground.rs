@@ -10,8 +10,14 @@
 //! missing, frames of two sizes, under the model's tile, over the pixel limit alone or together,
 //! a form over the body limit) is said and not sent; the files go as a multipart form, and the
 //! answer is the flow's colour picture, its mean and largest magnitude and its tiles, and a
-//! `.flo` download (asked for again when wanted). The page reads the model's name, task, labels,
-//! tile, precision and limits from `/info`, asks for the API key when the server answers 401,
+//! `.flo` download (asked for again when wanted). Multimodal autoencoder: the frames as one
+//! `.y4m` video or as image files (sent in natural name order) and a WAV file, chosen or
+//! dropped; what the server would refuse and the page can tell (a file missing, another number
+//! or size of frames, a video too short, audio at another rate or too short, a form over the
+//! body limit) is said and not sent; a request out can be cancelled; the answer is the labels
+//! with probability bars and, unless "labels only", the reconstructed frames and an audio player
+//! with the WAV to download. The page reads the model's name, task, labels, tile, clip,
+//! precision and limits from `/info`, asks for the API key when the server answers 401,
 //! and shows errors as the server words them.
 //!
 //! The page is hand-written HTML, CSS and JavaScript in `crates/perceiver-serve/playground/`,
@@ -33,10 +39,11 @@ pub const SCRIPT_JS: &str = include_str!("../playground/playground.js");
 
 /// Own files only: no inline script, no other origin, not framed by other sites. `blob:`
 /// images are held by the browser itself: the previews of files the user chose, and a flow's
-/// picture as the server answered it.
+/// picture as the server answered it; `data:` images and audio are an autoencoder's
+/// reconstructed frames and WAV file, from the answer's base64.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     connect-src 'self'; img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; \
-     frame-ancestors 'none'";
+     connect-src 'self'; img-src 'self' data: blob:; media-src 'self' data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
 
 /// The page's routes, open to every client (the data it shows comes from the guarded routes).
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {

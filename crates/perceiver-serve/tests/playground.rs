@@ -11,7 +11,12 @@
 //! library's, its figures the answer's headers, and the downloaded `.flo` the library's flow;
 //! that frames the server would refuse (of two sizes, under the tile, over its pixel or body
 //! limit) are said and not sent; a file that is not an image, a late answer and the phone
-//! width. Screenshots are saved under `target/tmp/playground/`.
+//! width. Multimodal autoencoder: it chooses frames (sent in natural name order) and a WAV file,
+//! drops a `.y4m` video, and checks that the labels, frames and audio on the page are the
+//! library's; the labels alone; that clips the server would refuse (a file missing, another
+//! number or size of frames, a short video, audio at another rate or too short, a form over the
+//! body limit) are said and not sent; Cancel, new files during a request, and the phone width.
+//! Screenshots are saved under `target/tmp/playground/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`;
 //! `.ci/run` installs them), or `CHROMIUM` and `CHROMEDRIVER` naming the two programs. Without
@@ -646,6 +651,21 @@ enum Hand<'a> {
 /// in a drop or a paste event; then checks that each landed in a file input, `inputs[i]` the
 /// CSS selector of the one that should hold `files[i]`.
 async fn hand_over_images(client: &Client, how: Hand<'_>, files: &[(&str, &[u8])], inputs: &[&str]) {
+    hand_over_files(client, how, files).await;
+    let landed = client
+        .execute(
+            "return arguments[0].map(input => document.querySelector(input).files[0]?.name ?? null)",
+            vec![json!(inputs)],
+        )
+        .await
+        .unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f.0).collect();
+    assert_eq!(landed, json!(names), "the {how:?} becomes the file inputs' files");
+}
+
+/// Gives the page files (name, bytes) in a drop or a paste event, typed as a browser types
+/// them by their names' extensions.
+async fn hand_over_files(client: &Client, how: Hand<'_>, files: &[(&str, &[u8])]) {
     let event = match how {
         Hand::Drop(target) => format!(
             "document.querySelector({target:?}).dispatchEvent(
@@ -657,23 +677,20 @@ async fn hand_over_images(client: &Client, how: Hand<'_>, files: &[(&str, &[u8])
     };
     let script = format!(
         "const transfer = new DataTransfer();
+         const types = {{png: 'image/png', jpg: 'image/jpeg', wav: 'audio/wav'}};
          for (const [base64, name] of arguments[0]) {{
            const bytes = Uint8Array.from(atob(base64), c => c.charCodeAt(0));
-           transfer.items.add(new File([bytes], name, {{type: 'image/png'}}));
+           const type = types[name.split('.').pop()] ?? '';
+           transfer.items.add(new File([bytes], name, {{type}}));
          }}
          {event};
-         return arguments[1].map(input => document.querySelector(input).files[0]?.name ?? null)"
+         return true"
     );
     let files: Vec<Value> = files
         .iter()
         .map(|(name, bytes)| json!([base64::engine::general_purpose::STANDARD.encode(bytes), name]))
         .collect();
-    let landed = client
-        .execute(&script, vec![json!(files), json!(inputs)])
-        .await
-        .unwrap();
-    let names: Vec<&str> = files.iter().map(|f| f[1].as_str().unwrap()).collect();
-    assert_eq!(landed, json!(names), "the {how:?} becomes the file inputs' files");
+    client.execute(&script, vec![json!(files)]).await.unwrap();
 }
 
 /// Gives the page one PNG file, dropped or pasted, to land in the file input `input`.
@@ -1008,23 +1025,25 @@ fn flow_frame(name: &str) -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
-/// From now on the page counts its `POST /flow` requests (`window.flowPosts`), sent or not.
-async fn count_flow_posts(client: &Client) {
-    js(
-        client,
-        "window.flowPosts = 0;
-         const fetch = window.fetch;
-         window.fetch = (url, ...rest) => {
-           if (String(url).startsWith('/flow')) window.flowPosts += 1;
-           return fetch(url, ...rest);
-         };
-         return true",
-    )
-    .await;
+/// From now on the page counts its requests to `route` (`window.posts`), sent or not.
+async fn count_posts(client: &Client, route: &str) {
+    client
+        .execute(
+            "window.posts = 0;
+             const fetch = window.fetch;
+             window.fetch = (url, ...rest) => {
+               if (String(url).startsWith(arguments[0])) window.posts += 1;
+               return fetch(url, ...rest);
+             };
+             return true",
+            vec![json!(route)],
+        )
+        .await
+        .unwrap();
 }
 
-async fn flow_posts(client: &Client) -> u64 {
-    js(client, "return window.flowPosts").await.as_u64().unwrap()
+async fn posts(client: &Client) -> u64 {
+    js(client, "return window.posts").await.as_u64().unwrap()
 }
 
 /// Chooses the two frames' files in their file inputs; their facts once the page has read them.
@@ -1060,27 +1079,33 @@ async fn refused_frame(client: &Client, n: u8, (width, height): (usize, usize), 
 /// Presses "Compute flow" when the page should refuse to send: waits for its reason, checks
 /// that nothing was sent, and returns the reason.
 async fn press_flow_refused(client: &Client) -> String {
-    let posts = flow_posts(client).await;
+    press_refused(client, "#flow", "flow-check").await
+}
+
+/// Presses `button` when the page should refuse to send: waits for its reason in the element
+/// `check` (an id), checks that nothing was sent (see count_posts), and returns the reason.
+async fn press_refused(client: &Client, button: &str, check: &str) -> String {
+    let sent = posts(client).await;
     js(
         client,
-        "document.getElementById('flow-check').textContent = ''; return true",
+        &format!("document.getElementById({check:?}).textContent = ''; return true"),
     )
     .await;
-    find(client, "#flow").await.click().await.unwrap();
+    find(client, button).await.click().await.unwrap();
     wait_for(
         client,
-        "return document.getElementById('flow-check').textContent.startsWith('Not sent: ')",
+        &format!("return document.getElementById({check:?}).textContent.startsWith('Not sent: ')"),
         "the reason for not sending",
     )
     .await;
-    assert_eq!(flow_posts(client).await, posts, "a request was sent");
+    assert_eq!(posts(client).await, sent, "a request was sent");
     let over = js(
         client,
-        "return document.getElementById('flow-check').classList.contains('over')",
+        &format!("return document.getElementById({check:?}).classList.contains('over')"),
     )
     .await;
     assert_eq!(over, json!(true));
-    text_of(client, "#flow-check").await
+    text_of(client, &format!("#{check}")).await
 }
 
 /// The bytes of a `Blob` the page holds (`expression` in its scripts' scope): the blob: URLs
@@ -1258,7 +1283,7 @@ async fn flow_in_headless_chromium() {
         .contains("at least the model's tile (56 × 48 pixels)"));
     assert_every_control_labelled(&client).await;
     assert_skip_link_leads_somewhere(&client).await;
-    count_flow_posts(&client).await;
+    count_posts(&client, "/flow").await;
 
     // Nothing chosen: the page says what is missing and sends nothing.
     let refused = press_flow_refused(&client).await;
@@ -1286,7 +1311,7 @@ async fn flow_in_headless_chromium() {
     assert!(check.starts_with("Both frames 100 × 52 pixels, about"), "{check}");
     press(&client, "#flow").await;
     assert_flow_shown(&client, &server, &task, (&grid1, &grid2), None, "chosen").await;
-    assert_eq!(flow_posts(&client).await, 1);
+    assert_eq!(posts(&client).await, 1);
     assert_eq!(
         text_of(&client, "#flow-saturation").await,
         "the largest magnitude"
@@ -1506,7 +1531,7 @@ async fn flow_in_headless_chromium() {
     .await;
     client.set_window_size(1100, 900).await.unwrap();
     open_page(&client, &strict).await;
-    count_flow_posts(&client).await;
+    count_posts(&client, "/flow").await;
     for facts in choose_frames(&client, [&grid1_path, &grid2_path]).await {
         assert!(!facts.contains("more pixels"), "{facts}");
     }
@@ -1587,8 +1612,200 @@ fn thousands(n: u64) -> String {
     out
 }
 
-/// A multimodal autoencoder: the page lists its clip and says it has no form for it, pointing
-/// at the route.
+/// The tiny multimodal autoencoder's clip: 2 frames of 16 × 16, 96 samples at 1200 Hz.
+const CLIP_SIDE: usize = 16;
+const CLIP_RATE: u32 = 1200;
+const CLIP_SAMPLES: usize = 96;
+
+/// Frame `t` of clip `seed` as a PNG file of `width` × `height`.
+fn clip_frame_png(seed: usize, t: usize, (width, height): (usize, usize)) -> Vec<u8> {
+    let pixels = (0..width * height * 3)
+        .map(|i| ((i * 7 + t * 40 + seed * 90) % 256) as u8)
+        .collect();
+    perceiver::image::RgbImage::new(width, height, pixels)
+        .unwrap()
+        .png_bytes()
+        .unwrap()
+}
+
+/// Clip `seed`'s audio as a 16-bit mono WAV file of `samples` samples at `rate`.
+fn clip_wav(seed: usize, rate: u32, samples: usize) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut bytes = Vec::new();
+    let mut writer = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).unwrap();
+    for i in 0..samples {
+        writer
+            .write_sample(((i as f64 * 0.3 + seed as f64).sin() * 20000.0) as i16)
+            .unwrap();
+    }
+    writer.finalize().unwrap();
+    bytes
+}
+
+/// A `.y4m` video of `frames` frames of `side` × `side` (4:4:4, full range) at 25 a second.
+fn clip_y4m(frames: usize, side: usize) -> Vec<u8> {
+    let mut bytes = format!("YUV4MPEG2 W{side} H{side} F25:1 Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();
+    for t in 0..frames {
+        bytes.extend_from_slice(b"FRAME\n");
+        bytes.extend((0..3 * side * side).map(|i| ((i * 5 + t * 60) % 256) as u8));
+    }
+    bytes
+}
+
+/// What the library answers for a clip: the labels as `POST /autoencode` writes them, the
+/// frames as PNG files and the audio as a WAV file.
+fn library_clip(
+    task: &perceiver::Autoencoder,
+    frames: Vec<perceiver::Pixels>,
+    wav: &[u8],
+    top_k: usize,
+) -> (Value, Vec<Vec<u8>>, Vec<u8>) {
+    let audio = task.reader().audio_from_wav_bytes(wav, "audio").unwrap();
+    let output = task.autoencode(frames, audio, top_k).unwrap();
+    let labels = output
+        .labels
+        .iter()
+        .map(|l| {
+            // The score as an f32 is written (its shortest digits), as the server writes it.
+            let score: Value = serde_json::from_str(&serde_json::to_string(&l.score).unwrap()).unwrap();
+            json!({"label": l.label, "score": score})
+        })
+        .collect();
+    let frames = task
+        .frame_images(&output.reconstruction)
+        .unwrap()
+        .iter()
+        .map(|image| image.png_bytes().unwrap())
+        .collect();
+    (labels, frames, task.wav_bytes(&output.reconstruction).unwrap())
+}
+
+fn png_clip_frames(task: &perceiver::Autoencoder, pngs: &[&[u8]]) -> Vec<perceiver::Pixels> {
+    let reader = task.reader();
+    pngs.iter()
+        .map(|png| reader.frame_from_bytes(png, "frame").unwrap())
+        .collect()
+}
+
+/// Waits until the page has read the chosen clip files, the frames listed as `frames` (names
+/// in the order sent; empty for a video); returns what it says of the frames and the audio.
+async fn clip_facts_once_read(client: &Client, frames: &[&str]) -> (String, String) {
+    client
+        .execute(
+            "const wanted = JSON.stringify(arguments[0]);
+             return new Promise(resolve => {
+               const done = () => document.getElementById('clip-form').dataset.files === 'read' &&
+                 JSON.stringify([...document.querySelectorAll('#clip-frames-list li')]
+                   .map(li => li.dataset.name)) === wanted;
+               const poll = () => done() ? resolve(true) : setTimeout(poll, 20);
+               poll();
+             })",
+            vec![json!(frames)],
+        )
+        .await
+        .unwrap();
+    (
+        text_of(client, "#clip-frames-facts").await,
+        text_of(client, "#clip-audio-facts").await,
+    )
+}
+
+/// The reconstruction the page shows is the library's: each frame's `src` its PNG, the audio
+/// player's its WAV, the download link's file its WAV; the labels are `labels`.
+async fn assert_clip_shown(
+    client: &Client,
+    (labels, frames, wav): &(Value, Vec<Vec<u8>>, Vec<u8>),
+    context: &str,
+) {
+    assert_eq!(
+        js(client, "return document.body.dataset.status").await,
+        "done",
+        "{context}"
+    );
+    assert_same_labels(&labels_on_page(client).await, labels, context);
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let shown = js(
+        client,
+        "return [...document.querySelectorAll('#clip-frames img')].map(i => [i.getAttribute('src'), i.alt])",
+    )
+    .await;
+    let expected: Vec<Value> = (1..)
+        .zip(frames)
+        .map(|(n, png)| {
+            json!([
+                format!("data:image/png;base64,{}", base64(png)),
+                format!("Reconstructed frame {n} of {}", frames.len())
+            ])
+        })
+        .collect();
+    assert_eq!(shown, json!(expected), "{context}: the frames");
+    // The frames drawn and the audio tried, nothing blocked by the content security policy.
+    wait_for(
+        client,
+        "const audio = document.getElementById('clip-audio');
+         const frames = [...document.querySelectorAll('#clip-frames img')];
+         return frames.every(i => i.complete && i.naturalWidth === 16)
+            && (audio.readyState >= 1 || audio.error !== null)",
+        "the frames and the audio to load",
+    )
+    .await;
+    assert_eq!(
+        js(client, "return window.violations").await,
+        json!([]),
+        "{context}"
+    );
+    // Chromium plays no audio under 3,000 Hz, as the tiny model's: the page says so.
+    let played = js(
+        client,
+        "return document.getElementById('clip-audio').error === null",
+    )
+    .await;
+    assert_eq!(
+        played,
+        json!(false),
+        "{context}: Chromium plays 1,200 Hz audio now"
+    );
+    let note = text_of(client, "#clip-audio-note").await;
+    assert!(note.contains("cannot play 1,200 Hz audio"), "{context}: {note}");
+    let audio = js(
+        client,
+        "return document.getElementById('clip-audio').getAttribute('src')",
+    )
+    .await;
+    assert_eq!(
+        audio,
+        json!(format!("data:audio/wav;base64,{}", base64(wav))),
+        "{context}: the audio"
+    );
+    let linked = blob_bytes(client, "state.clipWav").await;
+    assert_eq!(&linked, wav, "{context}: the download link's WAV");
+    assert!(
+        find(client, "#clip-result").await.is_displayed().await.unwrap(),
+        "{context}"
+    );
+}
+
+/// From now on the page records what its content security policy blocks (`window.violations`).
+async fn record_violations(client: &Client) {
+    js(
+        client,
+        "window.violations = [];
+         document.addEventListener('securitypolicyviolation',
+           e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI.slice(0, 30)));
+         return true",
+    )
+    .await;
+}
+
+/// A multimodal autoencoder: the clip's form. Frames chosen as image files (sent in natural
+/// name order) or dropped as a `.y4m` video, with a WAV file: the labels, frames and audio on
+/// the page are the library's; the labels alone; what the server would refuse is said and not
+/// sent; Cancel and new files abort a request out; the phone width.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoencoder_page_in_headless_chromium() {
     let Some((chromium, chromedriver)) = browser_or_skip("autoencoder_page_in_headless_chromium") else {
@@ -1597,29 +1814,429 @@ async fn autoencoder_page_in_headless_chromium() {
     let model = perceiver::Loader::new(fixture("multimodal/tiny_multimodal").to_string_lossy())
         .load()
         .unwrap();
-    let server = TestServer::start("tiny_multimodal", model, |_| {}).await;
+    let task = perceiver::Autoencoder::new(model.clone()).unwrap();
+    let label_count = task.labels().len();
+    let server = TestServer::start("tiny_multimodal", model.clone(), |_| {}).await;
     let driver = Driver::start(&chromedriver);
     let profile = tempfile::tempdir().unwrap();
     let client = open_browser(&driver, &chromium, profile.path()).await;
     open_page(&client, &server).await;
     assert_eq!(text_of(&client, "#model-task").await, "multimodal-autoencoding");
-    for hidden in ["#fill-form", "#classify-form", "#flow-form"] {
+    for hidden in ["#fill-form", "#classify-form", "#flow-form", "#unsupported"] {
         assert!(
             !find(&client, hidden).await.is_displayed().await.unwrap(),
             "{hidden}"
         );
     }
-    assert!(find(&client, "#unsupported").await.is_displayed().await.unwrap());
-    let unsupported = text_of(&client, "#unsupported").await;
-    assert!(unsupported.contains("POST /autoencode"), "{unsupported}");
+    assert!(find(&client, "#clip-form").await.is_displayed().await.unwrap());
     // The facts sit in a closed disclosure: read as the page wrote them.
     let limits = js(&client, "return document.getElementById('limits').textContent").await;
     let limits = limits.as_str().unwrap();
-    assert!(
-        limits.contains("2 frames of 16 × 16 pixels, 96 audio samples at 1,200 Hz"),
-        "{limits}"
-    );
+    let shape = "2 frames of 16 × 16 pixels, 96 audio samples at 1,200 Hz";
+    assert!(limits.contains(shape), "{limits}");
     assert!(!limits.contains("Batch wait"), "{limits}");
+    assert!(text_of(&client, "#clip-help")
+        .await
+        .contains("2 frames of 16 × 16 pixels and 96 audio samples at 1,200 Hz"));
+    let top_k = find(&client, "#clip-top-k").await;
+    let default_k = label_count.min(5);
+    assert_eq!(top_k.prop("value").await.unwrap(), Some(default_k.to_string()));
+    assert_eq!(top_k.attr("max").await.unwrap(), Some(label_count.to_string()));
+    assert_every_control_labelled(&client).await;
+    assert_skip_link_leads_somewhere(&client).await;
+    count_posts(&client, "/autoencode").await;
+    record_violations(&client).await;
+
+    // Nothing chosen: said, not sent; the frames' chooser focused.
+    let refused = press_refused(&client, "#autoencode", "clip-check").await;
+    let missing = "choose the frames (a .y4m video or 2 image files) and the audio (a WAV file)";
+    assert!(refused.contains(missing), "{refused}");
+    assert_eq!(
+        js(&client, "return document.activeElement.id").await,
+        "clip-frames-file"
+    );
+
+    // Two image files chosen in the file input, named so that frame_9 comes before frame_10.
+    let dir = tempfile::tempdir().unwrap();
+    let size = (CLIP_SIDE, CLIP_SIDE);
+    let (first, second) = (clip_frame_png(0, 0, size), clip_frame_png(0, 1, size));
+    let wav = clip_wav(0, CLIP_RATE, CLIP_SAMPLES);
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let chosen = [write("frame_10.png", &second), write("frame_9.png", &first)].join("\n");
+    find(&client, "#clip-frames-file")
+        .await
+        .send_keys(&chosen)
+        .await
+        .unwrap();
+    let (frames_facts, _) = clip_facts_once_read(&client, &["frame_9.png", "frame_10.png"]).await;
+    assert!(frames_facts.starts_with("2 files, "), "{frames_facts}");
+    let listed = text_of(&client, "#clip-frames-list").await;
+    assert!(listed.contains("frame_9.png · "), "{listed}");
+    assert!(listed.contains("16 × 16 pixels"), "{listed}");
+    // The audio missing: said, not sent; its chooser focused.
+    let refused = press_refused(&client, "#autoencode", "clip-check").await;
+    assert!(refused.contains("choose the audio (a WAV file)"), "{refused}");
+    assert!(!refused.contains("choose the frames"), "{refused}");
+    assert_eq!(
+        js(&client, "return document.activeElement.id").await,
+        "clip-audio-file"
+    );
+    let audio_path = write("clip.wav", &wav);
+    find(&client, "#clip-audio-file")
+        .await
+        .send_keys(&audio_path)
+        .await
+        .unwrap();
+    let (_, audio_facts) = clip_facts_once_read(&client, &["frame_9.png", "frame_10.png"]).await;
+    assert_eq!(
+        audio_facts,
+        format!("clip.wav · {} bytes · 1,200 Hz, 96 samples, mono", wav.len())
+    );
+    let check = text_of(&client, "#clip-check").await;
+    assert!(
+        check.starts_with("A clip of 2 frames and 96 audio samples, about"),
+        "{check}"
+    );
+    press(&client, "#autoencode").await;
+    let expected = library_clip(&task, png_clip_frames(&task, &[&first, &second]), &wav, default_k);
+    assert_clip_shown(&client, &expected, "chosen frames").await;
+    assert_eq!(posts(&client).await, 1);
+    let status = text_of(&client, "#clip-status").await;
+    assert!(
+        status.starts_with("Done: the labels, 2 frames and the audio"),
+        "{status}"
+    );
+    assert!(!find(&client, "#clip-cancel").await.is_displayed().await.unwrap());
+    let timing = text_of(&client, "#clip-timing").await;
+    let chunks = task.chunks();
+    assert!(
+        timing.contains(&format!("{chunks} forward passes of the decoder")),
+        "{timing}"
+    );
+    screenshot(&client, 1100, "playground-autoencode.png").await;
+    client.set_window_size(1100, 900).await.unwrap();
+
+    // The download link saves the WAV file.
+    find(&client, "#clip-wav").await.click().await.unwrap();
+    let saved = downloads(profile.path()).join("reconstruction.wav");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !saved.is_file() {
+        assert!(Instant::now() < deadline, "no {} saved", saved.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(std::fs::read(&saved).unwrap(), expected.2, "the saved WAV");
+
+    // Labels only, two of them: the library's labels, no reconstruction shown.
+    find(&client, "#clip-labels-only").await.click().await.unwrap();
+    top_k.clear().await.unwrap();
+    top_k.send_keys("2").await.unwrap();
+    press(&client, "#autoencode").await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "done");
+    let (labels, _, _) = library_clip(&task, png_clip_frames(&task, &[&first, &second]), &wav, 2);
+    assert_same_labels(&labels_on_page(&client).await, &labels, "labels only");
+    assert!(!find(&client, "#clip-result").await.is_displayed().await.unwrap());
+    let status = text_of(&client, "#clip-status").await;
+    assert!(
+        status.contains("labels only, 1 forward pass of the decoder"),
+        "{status}"
+    );
+    assert_eq!(posts(&client).await, 2);
+    find(&client, "#clip-labels-only").await.click().await.unwrap();
+
+    // A dropped .y4m video and WAV file.
+    let video = clip_y4m(2, CLIP_SIDE);
+    let other_wav = clip_wav(3, CLIP_RATE, CLIP_SAMPLES);
+    hand_over_files(
+        &client,
+        Hand::Drop("#clip-form"),
+        &[("clip.y4m", &video), ("other.wav", &other_wav)],
+    )
+    .await;
+    let (frames_facts, audio_facts) = clip_facts_once_read(&client, &[]).await;
+    assert_eq!(
+        frames_facts,
+        format!(
+            "clip.y4m · {} · 16 × 16 pixels, 2 frames",
+            format_bytes(video.len())
+        )
+    );
+    assert!(audio_facts.starts_with("other.wav · "), "{audio_facts}");
+    let landed = js(
+        &client,
+        "return ['clip-frames-file', 'clip-audio-file'].map(id =>
+            [...document.getElementById(id).files].map(f => f.name))",
+    )
+    .await;
+    assert_eq!(
+        landed,
+        json!([["clip.y4m"], ["other.wav"]]),
+        "the drop becomes the inputs' files"
+    );
+    press(&client, "#autoencode").await;
+    let frames = task.reader().frames_from_y4m_bytes(&video, "video").unwrap();
+    let expected = library_clip(&task, frames, &other_wav, 2);
+    assert_clip_shown(&client, &expected, "dropped video").await;
+
+    // What the server would refuse: said, not sent (and refused by the server too).
+    let wrong = clip_frame_png(0, 1, (20, 12));
+    // Each: the files given (name, bytes), and the reason said.
+    type Refusal<'a> = (Vec<(&'a str, Vec<u8>)>, &'a str);
+    let refusals: Vec<Refusal> = vec![
+        (
+            vec![
+                ("a.png", first.clone()),
+                ("b.png", second.clone()),
+                ("c.png", second.clone()),
+            ],
+            "the model takes 2 frames, 3 image files are chosen",
+        ),
+        (
+            vec![("a.png", first.clone()), ("b.png", wrong.clone())],
+            "frame 2 (b.png) is 20 × 12 pixels, the model takes 16 × 16 pixels",
+        ),
+        (
+            vec![("a.y4m", clip_y4m(2, 20))],
+            "the video's frames are 20 × 20 pixels, the model takes 16 × 16 pixels",
+        ),
+        (
+            vec![("a.y4m", clip_y4m(1, CLIP_SIDE))],
+            "the video has 1 frame, the model takes 2",
+        ),
+        (
+            vec![("a.y4m", video.clone()), ("b.png", first.clone())],
+            "give the frames one way: one .y4m video, or image files",
+        ),
+        (
+            vec![("a.wav", clip_wav(0, 1000, CLIP_SAMPLES))],
+            "the audio is at 1,000 Hz, the model takes 1,200 Hz",
+        ),
+        (
+            vec![("a.wav", clip_wav(0, CLIP_RATE, 50))],
+            "the audio has 50 samples, the model takes 96",
+        ),
+    ];
+    for (files, reason) in refusals {
+        // Each from a good clip, two PNG frames and a WAV file, the files given replacing its
+        // frames or its audio.
+        let good: [(&str, &[u8]); 3] = [("a.png", &first), ("b.png", &second), ("a.wav", &wav)];
+        hand_over_files(&client, Hand::Drop("#clip-form"), &good).await;
+        clip_facts_once_read(&client, &["a.png", "b.png"]).await;
+        let given: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+        hand_over_files(&client, Hand::Drop("#clip-form"), &given).await;
+        let (audio, frames): (Vec<_>, Vec<_>) = given.iter().partition(|(n, _)| n.ends_with(".wav"));
+        let frames = if frames.is_empty() {
+            good[..2].to_vec()
+        } else {
+            frames
+        };
+        let audio = audio.first().copied().unwrap_or(good[2]);
+        // Listed unless they are one video.
+        let listed: Vec<&str> = match frames.as_slice() {
+            [(name, _)] if name.ends_with(".y4m") => vec![],
+            frames => frames.iter().map(|f| f.0).collect(),
+        };
+        clip_facts_once_read(&client, &listed).await;
+        let check = text_of(&client, "#clip-check").await;
+        assert!(
+            check.to_lowercase().contains(&reason.to_lowercase()),
+            "{reason:?} in {check}"
+        );
+        let refused = press_refused(&client, "#autoencode", "clip-check").await;
+        assert!(refused.contains(reason), "{reason:?} in {refused}");
+        // The server's word on the same files.
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in frames.into_iter().chain([audio]) {
+            let field = match name.rsplit('.').next() {
+                Some("y4m") => "video",
+                Some("wav") => "audio",
+                _ => "frame",
+            };
+            let part = reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_string());
+            form = form.part(field, part);
+        }
+        let answer = reqwest::Client::new()
+            .post(format!("{}/autoencode", server.url()))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 422, "the server refuses it too: {reason}");
+    }
+    // Labels to show that are not a count.
+    hand_over_files(
+        &client,
+        Hand::Drop("#clip-form"),
+        &[("a.png", &first), ("b.png", &second), ("a.wav", &wav)],
+    )
+    .await;
+    clip_facts_once_read(&client, &["a.png", "b.png"]).await;
+    top_k.clear().await.unwrap();
+    top_k.send_keys("0").await.unwrap();
+    let refused = press_refused(&client, "#autoencode", "clip-check").await;
+    assert!(
+        refused.contains("the labels to show must be a whole number of at least 1"),
+        "{refused}"
+    );
+    top_k.clear().await.unwrap();
+    top_k.send_keys("2").await.unwrap();
+
+    // A file that is not an image: the browser cannot show it, the server's 422 is shown.
+    hand_over_files(
+        &client,
+        Hand::Drop("#clip-form"),
+        &[("a.png", b"not a png"), ("b.png", &second)],
+    )
+    .await;
+    clip_facts_once_read(&client, &["a.png", "b.png"]).await;
+    let listed = text_of(&client, "#clip-frames-list").await;
+    assert!(listed.contains("cannot show"), "{listed}");
+    press(&client, "#autoencode").await;
+    assert_eq!(js(&client, "return document.body.dataset.status").await, "error");
+    assert!(text_of(&client, "#error-status").await.contains("422 validation"));
+    assert!(
+        error_message(&client).await.starts_with("frame 1: "),
+        "{}",
+        error_message(&client).await
+    );
+    assert!(!find(&client, "#clip-result").await.is_displayed().await.unwrap());
+
+    // Cancel aborts the request out (the server drops its chunks); nothing is shown for it.
+    hand_over_files(
+        &client,
+        Hand::Drop("#clip-form"),
+        &[("a.png", &first), ("b.png", &second)],
+    )
+    .await;
+    clip_facts_once_read(&client, &["a.png", "b.png"]).await;
+    send_late(&client).await;
+    let before = js(&client, "return Number(document.body.dataset.requests)").await;
+    find(&client, "#autoencode").await.click().await.unwrap();
+    wait_for(
+        &client,
+        "return document.body.dataset.status === 'busy'",
+        "the request",
+    )
+    .await;
+    let cancel = find(&client, "#clip-cancel").await;
+    assert!(cancel.is_displayed().await.unwrap());
+    assert!(text_of(&client, "#clip-status")
+        .await
+        .starts_with("Autoencoding: "));
+    cancel.click().await.unwrap();
+    wait_for(
+        &client,
+        &format!("return Number(document.body.dataset.requests) > {before}"),
+        "the cancelled request's end",
+    )
+    .await;
+    assert_eq!(
+        js(&client, "return document.body.dataset.status").await,
+        "cancelled"
+    );
+    assert!(text_of(&client, "#clip-status").await.starts_with("Cancelled"));
+    assert!(!cancel.is_displayed().await.unwrap());
+    assert!(!find(&client, "#clip-result").await.is_displayed().await.unwrap());
+    assert!(!find(&client, "#error").await.is_displayed().await.unwrap());
+    assert_eq!(
+        js(&client, "return document.activeElement.id").await,
+        "autoencode"
+    );
+
+    // New files chosen while a request is out abort it too.
+    let before = js(&client, "return Number(document.body.dataset.requests)").await;
+    find(&client, "#autoencode").await.click().await.unwrap();
+    wait_for(
+        &client,
+        "return document.body.dataset.status === 'busy'",
+        "the request",
+    )
+    .await;
+    hand_over_files(&client, Hand::Drop("#clip-form"), &[("c.wav", &other_wav)]).await;
+    wait_for(
+        &client,
+        &format!("return Number(document.body.dataset.requests) > {before}"),
+        "the abandoned request's end",
+    )
+    .await;
+    assert_eq!(
+        js(&client, "return document.body.dataset.status").await,
+        "cancelled"
+    );
+    assert!(text_of(&client, "#clip-status")
+        .await
+        .contains("other files were chosen"));
+    clip_facts_once_read(&client, &["a.png", "b.png"]).await;
+    press(&client, "#autoencode").await;
+    let expected = library_clip(&task, png_clip_frames(&task, &[&first, &second]), &other_wav, 2);
+    assert_clip_shown(&client, &expected, "after cancelled requests").await;
+    assert_fits_a_phone(&client, "autoencoder").await;
+    screenshot(&client, 390, "playground-autoencode-phone.png").await;
+
+    // A server with a body limit of Chromium's form for a clip: a byte over (a longer name) is
+    // said and not sent; exactly the limit is sent.
+    let form_bytes = client
+        .execute(
+            "const form = new FormData();
+             for (const [field, bytes, name, type] of arguments) {
+               form.append(field, new File([new Uint8Array(bytes)], name, {type}));
+             }
+             return new Response(form).blob().then(body => body.size)",
+            vec![
+                json!(["frame", first, "a.png", "image/png"]),
+                json!(["frame", second, "b.png", "image/png"]),
+                json!(["audio", wav, "a.wav", "audio/wav"]),
+            ],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    let strict = TestServer::start("strict", model, |c| c.payload_limit = form_bytes as usize).await;
+    client.set_window_size(1100, 900).await.unwrap();
+    open_page(&client, &strict).await;
+    count_posts(&client, "/autoencode").await;
+    record_violations(&client).await;
+    hand_over_files(
+        &client,
+        Hand::Drop("#clip-form"),
+        &[("aa.png", &first), ("b.png", &second), ("a.wav", &wav)],
+    )
+    .await;
+    clip_facts_once_read(&client, &["aa.png", "b.png"]).await;
+    let over = format!(
+        "the files come to about {} bytes as a form, more than the server takes ({} bytes)",
+        thousands(form_bytes + 1),
+        thousands(form_bytes)
+    );
+    let refused = press_refused(&client, "#autoencode", "clip-check").await;
+    assert!(refused.contains(&over), "{over:?} in {refused}");
+    hand_over_files(
+        &client,
+        Hand::Drop("#clip-form"),
+        &[("a.png", &first), ("b.png", &second)],
+    )
+    .await;
+    clip_facts_once_read(&client, &["a.png", "b.png"]).await;
+    press(&client, "#autoencode").await;
+    let expected = library_clip(&task, png_clip_frames(&task, &[&first, &second]), &wav, default_k);
+    assert_clip_shown(&client, &expected, "at the body limit").await;
+
     client.close().await.unwrap();
+    strict.stop().await;
     server.stop().await;
+}
+
+/// A byte count as the page writes it (formatBytes).
+fn format_bytes(n: usize) -> String {
+    if n >= 1 << 10 {
+        let k = (n as f64 / 1024.0 * 10.0).round() / 10.0;
+        format!("{k} KiB")
+    } else {
+        format!("{n} bytes")
+    }
 }
