@@ -921,7 +921,13 @@ mod tests {
         let (encode, decode) = (true, false);
         assert_eq!(
             order,
-            [('a', encode), ('b', encode), ('a', decode), ('b', decode), ('a', decode)]
+            [
+                ('a', encode),
+                ('b', encode),
+                ('a', decode),
+                ('b', decode),
+                ('a', decode)
+            ]
         );
         assert_eq!(metrics.inputs_dropped.get(), 3, "c's three parts");
         // The deadline: the parts left (a's last decode, b's last) are answered, not run.

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use perceiver::image::RgbImage;
 use perceiver::{Autoencoder, Loader, Pixels};
 use perceiver_serve::ServeConfig;
 use reqwest::multipart::{Form, Part};
@@ -16,7 +15,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
 mod common;
-use common::TestServer;
+use common::{clip, TestServer};
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/multimodal/tiny_multimodal")
@@ -30,52 +29,22 @@ const SIDE: usize = 16;
 const RATE: u32 = 1200;
 const SAMPLES: usize = 96;
 
-/// Frame `t` of clip `seed` as a PNG file of `side`x`side`.
+/// Frame `t` of clip `seed`, `side` × `side`, as a PNG file.
 fn frame_png(seed: usize, t: usize, side: usize) -> Vec<u8> {
-    let pixels = (0..side * side * 3)
-        .map(|i| ((i * 7 + t * 40 + seed * 90) % 256) as u8)
-        .collect();
-    RgbImage::new(side, side, pixels).unwrap().png_bytes().unwrap()
+    clip::frame_png(seed, t, (side, side))
 }
 
-/// Clip `seed`'s audio as a 16-bit WAV file of `samples` samples at `rate`.
-fn wav(seed: usize, rate: u32, samples: usize) -> Vec<u8> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut bytes = Vec::new();
-    let mut writer = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).unwrap();
-    for i in 0..samples {
-        let v = ((i as f64 * 0.3 + seed as f64).sin() * 20000.0) as i16;
-        writer.write_sample(v).unwrap();
-    }
-    writer.finalize().unwrap();
-    bytes
-}
-
-/// A `.y4m` video of `frames` frames of 16x16 (4:4:4, full range) at 25 a second.
+/// A `.y4m` video of `frames` frames of 16x16 at 25 a second.
 fn y4m(frames: usize) -> Vec<u8> {
-    sized_y4m(frames, SIDE, "F25:1")
-}
-
-fn sized_y4m(frames: usize, side: usize, rate: &str) -> Vec<u8> {
-    let mut bytes = format!("YUV4MPEG2 W{side} H{side} {rate} Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();
-    for t in 0..frames {
-        bytes.extend_from_slice(b"FRAME\n");
-        bytes.extend((0..3 * side * side).map(|i| ((i * 5 + t * 60) % 256) as u8));
-    }
-    bytes
+    clip::y4m(frames, SIDE, "F25:1")
 }
 
 fn fast_video() -> Vec<u8> {
-    sized_y4m(2, SIDE, "F30:1")
+    clip::y4m(2, SIDE, "F30:1")
 }
 
 fn small_video() -> Vec<u8> {
-    sized_y4m(2, 8, "F25:1")
+    clip::y4m(2, 8, "F25:1")
 }
 
 /// A float WAV of the model's length whose fourth sample is NaN.
@@ -95,26 +64,15 @@ fn nan_wav() -> Vec<u8> {
     bytes
 }
 
-/// What the library answers for these files.
+/// What the library answers for these files, as `POST /autoencode` writes it.
 fn library_answer(frames: Vec<Pixels>, audio: &[u8], top_k: usize) -> Value {
     let task = task();
-    let audio = task.reader().audio_from_wav_bytes(audio, "audio").unwrap();
-    let output = task.autoencode(frames, audio, top_k).unwrap();
+    let (labels, frames, wav) = clip::library_answer(&task, frames, audio, top_k);
     let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-    let frames: Vec<String> = task
-        .frame_images(&output.reconstruction)
-        .unwrap()
-        .iter()
-        .map(|image| base64(&image.png_bytes().unwrap()))
-        .collect();
     json!({
-        // The score as an f32 is written (its shortest digits), not widened to f64.
-        "labels": output.labels.iter().map(|l| {
-            let score: Value = serde_json::from_str(&serde_json::to_string(&l.score).unwrap()).unwrap();
-            json!({"label": l.label, "score": score})
-        }).collect::<Vec<_>>(),
-        "frames": frames,
-        "audio": base64(&task.wav_bytes(&output.reconstruction).unwrap()),
+        "labels": labels,
+        "frames": frames.iter().map(|png| base64(png)).collect::<Vec<_>>(),
+        "audio": base64(&wav),
         "sample_rate": RATE,
         "chunks": task.chunks(),
     })
@@ -210,7 +168,7 @@ async fn the_answer_equals_the_librarys() {
     assert_eq!(info["labels"].as_array().unwrap().len(), task().labels().len());
 
     let frames = [frame_png(0, 0, SIDE), frame_png(0, 1, SIDE)];
-    let audio = wav(0, RATE, SAMPLES);
+    let audio = clip::wav(0, RATE, SAMPLES);
     let expected = library_answer(png_frames(0), &audio, 3);
     assert!(expected["chunks"].as_u64().unwrap() > 1);
     // Frames as a form.
@@ -272,7 +230,7 @@ async fn concurrent_requests_each_get_their_own_clip() {
         let client = client.clone();
         running.push(tokio::spawn(async move {
             let frames = [frame_png(seed, 0, SIDE), frame_png(seed, 1, SIDE)];
-            let audio = wav(seed, RATE, SAMPLES);
+            let audio = clip::wav(seed, RATE, SAMPLES);
             let answer = ok_json(
                 client
                     .post_form("", form(&frames, None, Some(audio.clone())))
@@ -337,7 +295,7 @@ async fn a_pixel_limit_below_one_clip_is_refused() {
 async fn bad_requests_are_refused_with_the_reason() {
     let client = Client::start(|_| {}).await;
     let frames = [frame_png(0, 0, SIDE), frame_png(0, 1, SIDE)];
-    let audio = wav(0, RATE, SAMPLES);
+    let audio = clip::wav(0, RATE, SAMPLES);
     let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let refused = |expected: &'static str| {
         move |status: StatusCode, body: Value| {
@@ -375,12 +333,12 @@ async fn bad_requests_are_refused_with_the_reason() {
         ),
         (
             "",
-            form(&frames, None, Some(wav(0, 44100, SAMPLES))),
+            form(&frames, None, Some(clip::wav(0, 44100, SAMPLES))),
             "audio: the model takes audio at 1200 Hz",
         ),
         (
             "",
-            form(&frames, None, Some(wav(0, RATE, 50))),
+            form(&frames, None, Some(clip::wav(0, RATE, 50))),
             "audio: the model takes 96 samples",
         ),
         (

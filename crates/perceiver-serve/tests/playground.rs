@@ -1617,74 +1617,6 @@ const CLIP_SIDE: usize = 16;
 const CLIP_RATE: u32 = 1200;
 const CLIP_SAMPLES: usize = 96;
 
-/// Frame `t` of clip `seed` as a PNG file of `width` × `height`.
-fn clip_frame_png(seed: usize, t: usize, (width, height): (usize, usize)) -> Vec<u8> {
-    let pixels = (0..width * height * 3)
-        .map(|i| ((i * 7 + t * 40 + seed * 90) % 256) as u8)
-        .collect();
-    perceiver::image::RgbImage::new(width, height, pixels)
-        .unwrap()
-        .png_bytes()
-        .unwrap()
-}
-
-/// Clip `seed`'s audio as a 16-bit mono WAV file of `samples` samples at `rate`.
-fn clip_wav(seed: usize, rate: u32, samples: usize) -> Vec<u8> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut bytes = Vec::new();
-    let mut writer = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).unwrap();
-    for i in 0..samples {
-        writer
-            .write_sample(((i as f64 * 0.3 + seed as f64).sin() * 20000.0) as i16)
-            .unwrap();
-    }
-    writer.finalize().unwrap();
-    bytes
-}
-
-/// A `.y4m` video of `frames` frames of `side` × `side` (4:4:4, full range) at 25 a second.
-fn clip_y4m(frames: usize, side: usize) -> Vec<u8> {
-    let mut bytes = format!("YUV4MPEG2 W{side} H{side} F25:1 Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();
-    for t in 0..frames {
-        bytes.extend_from_slice(b"FRAME\n");
-        bytes.extend((0..3 * side * side).map(|i| ((i * 5 + t * 60) % 256) as u8));
-    }
-    bytes
-}
-
-/// What the library answers for a clip: the labels as `POST /autoencode` writes them, the
-/// frames as PNG files and the audio as a WAV file.
-fn library_clip(
-    task: &perceiver::Autoencoder,
-    frames: Vec<perceiver::Pixels>,
-    wav: &[u8],
-    top_k: usize,
-) -> (Value, Vec<Vec<u8>>, Vec<u8>) {
-    let audio = task.reader().audio_from_wav_bytes(wav, "audio").unwrap();
-    let output = task.autoencode(frames, audio, top_k).unwrap();
-    let labels = output
-        .labels
-        .iter()
-        .map(|l| {
-            // The score as an f32 is written (its shortest digits), as the server writes it.
-            let score: Value = serde_json::from_str(&serde_json::to_string(&l.score).unwrap()).unwrap();
-            json!({"label": l.label, "score": score})
-        })
-        .collect();
-    let frames = task
-        .frame_images(&output.reconstruction)
-        .unwrap()
-        .iter()
-        .map(|image| image.png_bytes().unwrap())
-        .collect();
-    (labels, frames, task.wav_bytes(&output.reconstruction).unwrap())
-}
-
 fn png_clip_frames(task: &perceiver::Autoencoder, pngs: &[&[u8]]) -> Vec<perceiver::Pixels> {
     let reader = task.reader();
     pngs.iter()
@@ -1859,8 +1791,11 @@ async fn autoencoder_page_in_headless_chromium() {
     // Two image files chosen in the file input, named so that frame_9 comes before frame_10.
     let dir = tempfile::tempdir().unwrap();
     let size = (CLIP_SIDE, CLIP_SIDE);
-    let (first, second) = (clip_frame_png(0, 0, size), clip_frame_png(0, 1, size));
-    let wav = clip_wav(0, CLIP_RATE, CLIP_SAMPLES);
+    let (first, second) = (
+        common::clip::frame_png(0, 0, size),
+        common::clip::frame_png(0, 1, size),
+    );
+    let wav = common::clip::wav(0, CLIP_RATE, CLIP_SAMPLES);
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
@@ -1902,7 +1837,8 @@ async fn autoencoder_page_in_headless_chromium() {
         "{check}"
     );
     press(&client, "#autoencode").await;
-    let expected = library_clip(&task, png_clip_frames(&task, &[&first, &second]), &wav, default_k);
+    let expected =
+        common::clip::library_answer(&task, png_clip_frames(&task, &[&first, &second]), &wav, default_k);
     assert_clip_shown(&client, &expected, "chosen frames").await;
     assert_eq!(posts(&client).await, 1);
     let status = text_of(&client, "#clip-status").await;
@@ -1937,7 +1873,8 @@ async fn autoencoder_page_in_headless_chromium() {
     top_k.send_keys("2").await.unwrap();
     press(&client, "#autoencode").await;
     assert_eq!(js(&client, "return document.body.dataset.status").await, "done");
-    let (labels, _, _) = library_clip(&task, png_clip_frames(&task, &[&first, &second]), &wav, 2);
+    let (labels, _, _) =
+        common::clip::library_answer(&task, png_clip_frames(&task, &[&first, &second]), &wav, 2);
     assert_same_labels(&labels_on_page(&client).await, &labels, "labels only");
     assert!(!find(&client, "#clip-result").await.is_displayed().await.unwrap());
     let status = text_of(&client, "#clip-status").await;
@@ -1949,8 +1886,8 @@ async fn autoencoder_page_in_headless_chromium() {
     find(&client, "#clip-labels-only").await.click().await.unwrap();
 
     // A dropped .y4m video and WAV file.
-    let video = clip_y4m(2, CLIP_SIDE);
-    let other_wav = clip_wav(3, CLIP_RATE, CLIP_SAMPLES);
+    let video = common::clip::y4m(2, CLIP_SIDE, "F25:1");
+    let other_wav = common::clip::wav(3, CLIP_RATE, CLIP_SAMPLES);
     hand_over_files(
         &client,
         Hand::Drop("#clip-form"),
@@ -1979,11 +1916,11 @@ async fn autoencoder_page_in_headless_chromium() {
     );
     press(&client, "#autoencode").await;
     let frames = task.reader().frames_from_y4m_bytes(&video, "video").unwrap();
-    let expected = library_clip(&task, frames, &other_wav, 2);
+    let expected = common::clip::library_answer(&task, frames, &other_wav, 2);
     assert_clip_shown(&client, &expected, "dropped video").await;
 
     // What the server would refuse: said, not sent (and refused by the server too).
-    let wrong = clip_frame_png(0, 1, (20, 12));
+    let wrong = common::clip::frame_png(0, 1, (20, 12));
     // Each: the files given (name, bytes), and the reason said.
     type Refusal<'a> = (Vec<(&'a str, Vec<u8>)>, &'a str);
     let refusals: Vec<Refusal> = vec![
@@ -2000,11 +1937,11 @@ async fn autoencoder_page_in_headless_chromium() {
             "frame 2 (b.png) is 20 × 12 pixels, the model takes 16 × 16 pixels",
         ),
         (
-            vec![("a.y4m", clip_y4m(2, 20))],
+            vec![("a.y4m", common::clip::y4m(2, 20, "F25:1"))],
             "the video's frames are 20 × 20 pixels, the model takes 16 × 16 pixels",
         ),
         (
-            vec![("a.y4m", clip_y4m(1, CLIP_SIDE))],
+            vec![("a.y4m", common::clip::y4m(1, CLIP_SIDE, "F25:1"))],
             "the video has 1 frame, the model takes 2",
         ),
         (
@@ -2012,11 +1949,11 @@ async fn autoencoder_page_in_headless_chromium() {
             "give the frames one way: one .y4m video, or image files",
         ),
         (
-            vec![("a.wav", clip_wav(0, 1000, CLIP_SAMPLES))],
+            vec![("a.wav", common::clip::wav(0, 1000, CLIP_SAMPLES))],
             "the audio is at 1,000 Hz, the model takes 1,200 Hz",
         ),
         (
-            vec![("a.wav", clip_wav(0, CLIP_RATE, 50))],
+            vec![("a.wav", common::clip::wav(0, CLIP_RATE, 50))],
             "the audio has 50 samples, the model takes 96",
         ),
     ];
@@ -2172,7 +2109,8 @@ async fn autoencoder_page_in_headless_chromium() {
         .contains("other files were chosen"));
     clip_facts_once_read(&client, &["a.png", "b.png"]).await;
     press(&client, "#autoencode").await;
-    let expected = library_clip(&task, png_clip_frames(&task, &[&first, &second]), &other_wav, 2);
+    let expected =
+        common::clip::library_answer(&task, png_clip_frames(&task, &[&first, &second]), &other_wav, 2);
     assert_clip_shown(&client, &expected, "after cancelled requests").await;
     assert_fits_a_phone(&client, "autoencoder").await;
     screenshot(&client, 390, "playground-autoencode-phone.png").await;
@@ -2223,7 +2161,8 @@ async fn autoencoder_page_in_headless_chromium() {
     .await;
     clip_facts_once_read(&client, &["a.png", "b.png"]).await;
     press(&client, "#autoencode").await;
-    let expected = library_clip(&task, png_clip_frames(&task, &[&first, &second]), &wav, default_k);
+    let expected =
+        common::clip::library_answer(&task, png_clip_frames(&task, &[&first, &second]), &wav, default_k);
     assert_clip_shown(&client, &expected, "at the body limit").await;
 
     client.close().await.unwrap();

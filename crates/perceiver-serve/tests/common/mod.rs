@@ -9,6 +9,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use perceiver_serve::{ServeConfig, ServeError, ServeModel, Server};
+
+pub mod clip;
 use serde_json::Value;
 
 /// A server on a free loopback port; stops when dropped.
