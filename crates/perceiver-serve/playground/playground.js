@@ -1222,7 +1222,8 @@ async function readY4m(file) {
   if (end < 0 || !line.startsWith('YUV4MPEG2 ')) return false;
   const fields = {};
   for (const token of line.split(' ').slice(1)) {
-    if (token && !(token[0] in fields)) fields[token[0]] = token.slice(1);
+    // A tag given twice: the last counts, as the server reads it.
+    if (token) fields[token[0]] = token.slice(1);
   }
   const [width, height] = [Number(fields.W), Number(fields.H)];
   if (!(Number.isSafeInteger(width) && width > 0 && Number.isSafeInteger(height) && height > 0)) return false;
@@ -1340,11 +1341,11 @@ function clipChosen() {
   });
 }
 
-// The model's frame size, and whether `size` is it in either orientation (the server reads a
-// file's size before its EXIF orientation, which may swap it).
+// Whether `size` is the model's frame size. The browser's size has the EXIF orientation
+// applied, as the server's decoded frame has: it must be the model's exactly.
 function clipFrameFits(size) {
   const c = state.info.clip;
-  return (size.width === c.width && size.height === c.height) || (size.width === c.height && size.height === c.width);
+  return size.width === c.width && size.height === c.height;
 }
 
 // What the server would refuse the frames for, as far as the page can tell.
@@ -1524,6 +1525,8 @@ async function autoencode() {
   const choice = state.clipChoice;
   await clipReady();
   if (choice !== state.clipChoice) return;
+  // A second press while the files were read: the first press's request is out.
+  if (state.busy) return;
   const problems = clipProblems(true);
   const status = $('clip-status');
   if (problems.length) {

@@ -32,7 +32,8 @@
 //!
 //! An input whose client went away (its receiver dropped: hyper drops the handler future of a
 //! closed connection) is skipped before it costs a forward pass. A batch that fails, or
-//! panics, answers each of its inputs with the error; the thread carries on. The thread ends
+//! panics, answers each of its inputs with the error, and a failed piece the rest of its
+//! request's pieces; the thread carries on. The thread ends
 //! when every [`Infer`] handle is gone and the queue is empty, so a graceful shutdown finishes
 //! what was accepted.
 
@@ -525,14 +526,21 @@ impl Worker {
             let batch = next_batch(&mut pending, self.limits, &self.metrics);
             if !batch.is_empty() {
                 let answered = batch.len();
-                self.run_batch(batch);
+                let piece_of = batch[0].input.piece_of();
+                let failure = self.run_batch(batch);
+                // The rest of a failed piece's request would be computed for nothing (a clip's
+                // chunks after a failed encoding cannot run at all): it fails with it, now.
+                if let (Some(request), Some(reason)) = (piece_of, failure) {
+                    fail_pieces(&mut pending, request, &reason, &self.metrics);
+                }
                 open &= drain(&receiver, &mut pending);
                 expected = (pending.len() + answered).min(self.limits.max_batch_requests);
             }
         }
     }
 
-    fn run_batch(&self, batch: Vec<Job>) {
+    /// Runs one forward pass and answers its inputs; why it failed, if it did.
+    fn run_batch(&self, batch: Vec<Job>) -> Option<String> {
         let started = Instant::now();
         for job in &batch {
             self.metrics
@@ -559,14 +567,14 @@ impl Worker {
             Ok(Ok(outputs)) if outputs.len() == batch.len() => outputs,
             Ok(Ok(outputs)) => {
                 let reason = format!("{} answers for {} inputs", outputs.len(), batch.len());
-                return fail(batch, reason);
+                return Some(fail(batch, reason));
             }
-            Ok(Err(e)) => return fail(batch, e),
+            Ok(Err(e)) => return Some(fail(batch, e)),
             Err(panic) => {
-                return fail(
+                return Some(fail(
                     batch,
                     format!("the forward pass panicked: {}", panic_message(&*panic)),
-                )
+                ))
             }
         };
         *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -590,6 +598,7 @@ impl Worker {
             // A client that left meanwhile simply gets nothing.
             let _ = job.reply.send(answer);
         }
+        None
     }
 }
 
@@ -711,11 +720,28 @@ fn departed(job: &Job, metrics: &Metrics) -> bool {
     gone
 }
 
-fn fail(batch: Vec<Job>, reason: String) {
+/// Answers every input of `batch` with `reason`; `reason` back.
+fn fail(batch: Vec<Job>, reason: String) -> String {
     tracing::error!("batch of {} failed: {reason}", batch.len());
     for job in batch {
         let _ = job.reply.send(Err(InferError::Failed(reason.clone())));
     }
+    reason
+}
+
+/// Answers the pieces of `request` left in `pending` with `reason` (one of its pieces failed
+/// with it), keeping every other input.
+fn fail_pieces(pending: &mut VecDeque<Job>, request: *const (), reason: &str, metrics: &Metrics) {
+    let mut kept = VecDeque::with_capacity(pending.len());
+    for job in pending.drain(..) {
+        if job.input.piece_of() == Some(request) {
+            metrics.queue_depth.dec();
+            let _ = job.reply.send(Err(InferError::Failed(reason.to_owned())));
+        } else {
+            kept.push_back(job);
+        }
+    }
+    *pending = kept;
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -941,6 +967,34 @@ mod tests {
             .collect();
         assert_eq!(stopped.len(), 2);
         assert!(stopped.iter().all(|r| matches!(r, Err(InferError::Stopped))));
+    }
+
+    /// A failed piece's request is failed whole: its other parts are answered with the reason,
+    /// not run; other requests' parts stay queued.
+    #[test]
+    fn a_failed_piece_fails_the_rest_of_its_request() {
+        let metrics = Metrics::new();
+        let clip = || Arc::new(Clip::new(Vec::new(), Vec::new(), None));
+        let (a, b) = (clip(), clip());
+        let (mut pending, mut receivers) = (VecDeque::new(), Vec::new());
+        for (clip, decodes) in [(&a, 3), (&b, 2)] {
+            let (jobs, rx) = clip_parts(clip, decodes);
+            queue(&mut pending, Message::Request(jobs));
+            receivers.push(rx);
+        }
+        metrics.queue_depth.set(pending.len() as i64);
+        fail_pieces(&mut pending, Arc::as_ptr(&a).cast(), "no latents", &metrics);
+        assert_eq!(pending.len(), 3);
+        assert!(pending
+            .iter()
+            .all(|j| matches!(&j.input, Input::ClipPart { clip, .. } if Arc::ptr_eq(clip, &b))));
+        assert_eq!(metrics.queue_depth.get(), 3);
+        let failed: Vec<_> = receivers[0].iter_mut().map(|rx| rx.try_recv().ok()).collect();
+        assert_eq!(failed.len(), 4);
+        assert!(failed
+            .iter()
+            .all(|r| matches!(r, Some(Err(InferError::Failed(why))) if why == "no latents")));
+        assert!(receivers[1].iter_mut().all(|rx| rx.try_recv().is_err()));
     }
 
     #[test]

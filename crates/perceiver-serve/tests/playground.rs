@@ -2042,7 +2042,9 @@ async fn autoencoder_page_in_headless_chromium() {
     );
     assert!(!find(&client, "#clip-result").await.is_displayed().await.unwrap());
 
-    // Cancel aborts the request out (the server drops its chunks); nothing is shown for it.
+    // Cancel aborts the request out (held back by send_late, so it never reaches the server:
+    // the server's side of a client that leaves is the queue's and the route's tests');
+    // nothing is shown for it.
     hand_over_files(
         &client,
         Hand::Drop("#clip-form"),

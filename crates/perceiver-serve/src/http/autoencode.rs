@@ -196,9 +196,10 @@ impl AppState {
     }
 
     /// Reads the clip's frames and audio as the model takes them, within the pixel budget (a
-    /// clip's pixels, held until the answer is sent). The audio, no more than the model's
-    /// samples, is read first; the frames' size (and a video's rate) are checked from their
-    /// headers before anything waits or decodes.
+    /// clip's pixels, held until the answer is sent). The audio (no more than the model's
+    /// samples are kept) is read first, and the frames' size (and a video's rate) checked from
+    /// their headers, before the clip waits for the budget; all of it off the async threads,
+    /// as the work grows with the body.
     async fn prepare_clip(
         &self,
         files: ClipFiles,
@@ -207,23 +208,34 @@ impl AppState {
         let Task::Autoencoder(task) = &*self.task else {
             return Err(unexpected_output());
         };
-        let invalid = |e: perceiver::Error| ErrorResponse::validation(e.to_string());
-        let reader = task.reader();
-        let audio = reader
-            .audio_from_wav_bytes(&files.audio, "audio")
-            .map_err(invalid)?;
-        match &files.frames {
-            FrameFiles::Video(video) => reader.check_y4m_header(video, "video").map_err(invalid)?,
-            FrameFiles::Images(images) => {
-                for (i, image) in images.iter().enumerate() {
-                    reader
-                        .check_frame_header(image, &frame_name(i))
-                        .map_err(invalid)?;
+        let pixels = task.spec().clip_pixels();
+        let failed = |_| ErrorResponse::new(ErrorType::Backend, "preparing the clip failed");
+        // The task, not a copy of its model, goes to the blocking threads.
+        let shared = self.task.clone();
+        // The request's slot goes with the work, which a client that leaves does not stop.
+        let (files, audio, slot) = tokio::task::spawn_blocking(move || {
+            let Task::Autoencoder(task) = &*shared else {
+                return Err(unexpected_output());
+            };
+            let reader = task.reader();
+            let audio = reader
+                .audio_from_wav_bytes(&files.audio, "audio")
+                .map_err(invalid)?;
+            match &files.frames {
+                FrameFiles::Video(video) => reader.check_y4m_header(video, "video").map_err(invalid)?,
+                FrameFiles::Images(images) => {
+                    for (i, image) in images.iter().enumerate() {
+                        reader
+                            .check_frame_header(image, &frame_name(i))
+                            .map_err(invalid)?;
+                    }
                 }
             }
-        }
-        let budget = Arc::new(self.decode_budget.take(task.spec().clip_pixels()).await);
-        // The task, not a copy of its model, goes to the blocking thread.
+            Ok((files, audio, slot))
+        })
+        .await
+        .map_err(failed)??;
+        let budget = Arc::new(self.decode_budget.take(pixels).await);
         let shared = self.task.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -243,8 +255,12 @@ impl AppState {
             Ok(Arc::new(Clip::new(frames, audio, Some(budget))))
         })
         .await
-        .map_err(|_| ErrorResponse::new(ErrorType::Backend, "preparing the clip failed"))?
+        .map_err(failed)?
     }
+}
+
+fn invalid(e: perceiver::Error) -> ErrorResponse {
+    ErrorResponse::validation(e.to_string())
 }
 
 /// The `i`th frame file (from 0) as errors name it.
