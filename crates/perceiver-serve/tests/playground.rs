@@ -729,6 +729,39 @@ async fn send_late(client: &Client) {
     .await;
 }
 
+/// From now on the page's requests wait before they leave, until [`release_requests`], and an
+/// abort ends them as it ends a real request: what the page does while a request is out is
+/// tested without racing its answer.
+async fn hold_requests(client: &Client) {
+    js(
+        client,
+        "const fetch = window.fetch;
+         window.unheldFetch = fetch;
+         window.releaseHeld = false;
+         window.fetch = (url, init) => new Promise((resolve, reject) => {
+           const wait = setInterval(() => {
+             if (window.releaseHeld) { clearInterval(wait); resolve(fetch(url, init)); }
+           }, 10);
+           const signal = init && init.signal;
+           if (signal) signal.addEventListener('abort', () => {
+             clearInterval(wait);
+             reject(new DOMException('The request was aborted', 'AbortError'));
+           });
+         });
+         return true",
+    )
+    .await;
+}
+
+/// Lets held requests leave, and later ones at once.
+async fn release_requests(client: &Client) {
+    js(
+        client,
+        "window.releaseHeld = true; window.fetch = window.unheldFetch; return true",
+    )
+    .await;
+}
+
 /// Every input and text box of the page has a label.
 async fn assert_every_control_labelled(client: &Client) {
     let unlabelled = js(
@@ -2042,9 +2075,8 @@ async fn autoencoder_page_in_headless_chromium() {
     );
     assert!(!find(&client, "#clip-result").await.is_displayed().await.unwrap());
 
-    // Cancel aborts the request out (held back by send_late, so it never reaches the server:
-    // the server's side of a client that leaves is the queue's and the route's tests');
-    // nothing is shown for it.
+    // Cancel aborts the request out (held, so it never reaches the server: the server's side of
+    // a client that leaves is the queue's and the route's tests'); nothing is shown for it.
     hand_over_files(
         &client,
         Hand::Drop("#clip-form"),
@@ -2052,7 +2084,7 @@ async fn autoencoder_page_in_headless_chromium() {
     )
     .await;
     clip_facts_once_read(&client, &["a.png", "b.png"]).await;
-    send_late(&client).await;
+    hold_requests(&client).await;
     let before = js(&client, "return Number(document.body.dataset.requests)").await;
     find(&client, "#autoencode").await.click().await.unwrap();
     wait_for(
@@ -2086,6 +2118,42 @@ async fn autoencoder_page_in_headless_chromium() {
         "autoencode"
     );
 
+    // Two presses at once, the second while the first awaits the files' facts: one request,
+    // whose Cancel stays (the second press took the Cancel over, then hid it, leaving the
+    // first request out with no way to stop it).
+    let before = js(&client, "return Number(document.body.dataset.requests)").await;
+    let sent = posts(&client).await;
+    js(
+        &client,
+        "const button = document.getElementById('autoencode'); button.click(); button.click(); return true",
+    )
+    .await;
+    wait_for(
+        &client,
+        "return document.body.dataset.status === 'busy'",
+        "the request",
+    )
+    .await;
+    // A round trip more: both presses are past their wait for the facts by now.
+    js(&client, "return true").await;
+    let cancel = find(&client, "#clip-cancel").await;
+    assert!(
+        cancel.is_displayed().await.unwrap(),
+        "the request out has its Cancel"
+    );
+    cancel.click().await.unwrap();
+    wait_for(
+        &client,
+        &format!("return Number(document.body.dataset.requests) > {before}"),
+        "the cancelled request's end",
+    )
+    .await;
+    assert_eq!(
+        js(&client, "return document.body.dataset.status").await,
+        "cancelled"
+    );
+    assert_eq!(posts(&client).await, sent, "held requests never left");
+
     // New files chosen while a request is out abort it too.
     let before = js(&client, "return Number(document.body.dataset.requests)").await;
     find(&client, "#autoencode").await.click().await.unwrap();
@@ -2109,6 +2177,7 @@ async fn autoencoder_page_in_headless_chromium() {
     assert!(text_of(&client, "#clip-status")
         .await
         .contains("other files were chosen"));
+    release_requests(&client).await;
     clip_facts_once_read(&client, &["a.png", "b.png"]).await;
     press(&client, "#autoencode").await;
     let expected =
