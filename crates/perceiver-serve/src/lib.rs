@@ -110,8 +110,9 @@ pub use types::{
 };
 
 /// What [`Server::bind`] serves: a model (a classifier is served as one, with transformers'
-/// default image settings for an image model; an optical-flow model with the Colab's tiling;
-/// any other as fill-mask), or a task ready to run (a [`Classifier`] from
+/// default image settings for an image model; an optical-flow model with the Colab's tiling; a
+/// multimodal autoencoder in the Colab's 128 chunks; any other as fill-mask), or a task ready
+/// to run (a [`Classifier`] from
 /// [`perceiver::Loader::classifier`] carries the model's own `preprocessor_config.json`).
 #[derive(Debug)]
 pub enum ServeModel {
