@@ -34,7 +34,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{ErrorResponse, ErrorType};
 use crate::metrics::Metrics;
-use crate::queue::{Clip, ClipPart, Frames, Infer, InferError, Input, Output, Pending, Task};
+use crate::queue::{Clip, ClipPart, ClipQueries, Frames, Infer, InferError, Input, Output, Pending, Task};
 use crate::types::{
     AutoencodeParameters, AutoencodeRequest, AutoencodeResponse, ClassifyParameters, ClassifyRequest,
     ClassifyResponse, ClipInfo, ClipInputs, FillMaskRequest, FillMaskResponse, FlowFrames, FlowRequest,
@@ -1282,7 +1282,7 @@ pub(crate) fn probe_input(task: &Task) -> Result<Input, perceiver::Error> {
             let clip = Clip::new(frames, vec![0.0; spec.audio_samples()], None);
             Ok(Input::ClipPart {
                 clip: Arc::new(clip),
-                part: ClipPart::Encode(autoencoder.label_query()),
+                part: ClipPart::Encode(ClipQueries::Label),
             })
         }
     }

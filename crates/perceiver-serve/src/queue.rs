@@ -247,12 +247,31 @@ pub struct Clip {
 }
 
 /// What one part of a clip's request runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub enum ClipPart {
     /// Encodes the clip (the first part of a request), then decodes these queries.
-    Encode(MultimodalQueries),
+    Encode(ClipQueries),
     /// Decodes these queries from the latents the first part encoded.
-    Decode(MultimodalQueries),
+    Decode(ClipQueries),
+}
+
+/// Which queries a clip part decodes, named rather than listed: a request's parts wait in the
+/// queue, and a released clip's chunks list 800,000 pixels between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipQueries {
+    /// Chunk `i` of the task's chunks ([`Autoencoder::chunk`]).
+    Chunk(usize),
+    /// The label's query alone ([`Autoencoder::label_query`]).
+    Label,
+}
+
+impl ClipQueries {
+    fn of(self, task: &Autoencoder) -> MultimodalQueries {
+        match self {
+            ClipQueries::Chunk(i) => task.chunk(i),
+            ClipQueries::Label => task.label_query(),
+        }
+    }
 }
 
 impl Clip {
@@ -284,8 +303,11 @@ impl Clip {
                 .get()
                 .ok_or_else(|| failed("the clip was not encoded: its encoding failed".into()))?,
         };
-        let (ClipPart::Encode(queries) | ClipPart::Decode(queries)) = part;
-        task.decode(latents.as_ref().map_err(|e| failed(e.clone()))?, queries)
+        let (ClipPart::Encode(queries) | ClipPart::Decode(queries)) = *part;
+        task.decode(
+            latents.as_ref().map_err(|e| failed(e.clone()))?,
+            &queries.of(task),
+        )
     }
 }
 
@@ -652,11 +674,22 @@ fn queue(pending: &mut VecDeque<Job>, message: Message) {
 /// Answers the pieces of longer requests (flow tiles, clip parts) in `pending`
 /// [`InferError::Stopped`], keeping the other inputs.
 fn stop_pieces(pending: &mut VecDeque<Job>, metrics: &Metrics) {
+    answer_pieces(pending, |_| true, &InferError::Stopped, metrics);
+}
+
+/// Answers the pieces in `pending` whose request `which` picks with `error`, keeping the other
+/// inputs.
+fn answer_pieces(
+    pending: &mut VecDeque<Job>,
+    which: impl Fn(*const ()) -> bool,
+    error: &InferError,
+    metrics: &Metrics,
+) {
     let mut kept = VecDeque::with_capacity(pending.len());
     for job in pending.drain(..) {
-        if job.input.piece_of().is_some() {
+        if job.input.piece_of().is_some_and(&which) {
             metrics.queue_depth.dec();
-            let _ = job.reply.send(Err(InferError::Stopped));
+            let _ = job.reply.send(Err(error.clone()));
         } else {
             kept.push_back(job);
         }
@@ -732,16 +765,8 @@ fn fail(batch: Vec<Job>, reason: String) -> String {
 /// Answers the pieces of `request` left in `pending` with `reason` (one of its pieces failed
 /// with it), keeping every other input.
 fn fail_pieces(pending: &mut VecDeque<Job>, request: *const (), reason: &str, metrics: &Metrics) {
-    let mut kept = VecDeque::with_capacity(pending.len());
-    for job in pending.drain(..) {
-        if job.input.piece_of() == Some(request) {
-            metrics.queue_depth.dec();
-            let _ = job.reply.send(Err(InferError::Failed(reason.to_owned())));
-        } else {
-            kept.push_back(job);
-        }
-    }
-    *pending = kept;
+    let error = InferError::Failed(reason.to_owned());
+    answer_pieces(pending, |piece_of| piece_of == request, &error, metrics);
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -895,8 +920,8 @@ mod tests {
     /// A clip's parts: its encoding, then `decodes` chunks (the queries do not matter here).
     fn clip_parts(clip: &Arc<Clip>, decodes: usize) -> (Vec<Job>, Vec<Pending>) {
         let part = |i: usize| match i {
-            0 => ClipPart::Encode(MultimodalQueries::default()),
-            _ => ClipPart::Decode(MultimodalQueries::default()),
+            0 => ClipPart::Encode(ClipQueries::Chunk(0)),
+            i => ClipPart::Decode(ClipQueries::Chunk(i)),
         };
         (0..=decodes)
             .map(|i| {

@@ -127,16 +127,6 @@ impl Client {
         self.http.post(url).json(body).send().await.unwrap()
     }
 
-    async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Response {
-        self.http
-            .post(format!("{}{path}", self.server.url()))
-            .header("Content-Type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
     async fn get(&self, path: &str) -> Value {
         let url = format!("{}{path}", self.server.url());
         let response = self.http.get(url).send().await.unwrap();
@@ -452,13 +442,14 @@ async fn bad_requests_are_refused_with_the_reason() {
         let status = response.status();
         refused(expected)(status, response.json().await.unwrap());
     }
-    let response = client.post("/autoencode", "text/plain", b"hello".to_vec()).await;
-    let status = response.status();
-    refused("send the clip as a multipart form")(status, response.json().await.unwrap());
+    let addr = client.server.addr;
+    let answer = common::post(addr, "/autoencode", "text/plain", b"hello".to_vec()).await;
+    let status = StatusCode::from_u16(answer.status).unwrap();
+    refused("send the clip as a multipart form")(status, answer.json());
     // The other tasks' routes name this one.
-    let response = client.post("/flow", "application/json", b"{}".to_vec()).await;
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let body: Value = response.json().await.unwrap();
+    let answer = common::post(addr, "/flow", "application/json", b"{}".to_vec()).await;
+    assert_eq!(answer.status, 404);
+    let body = answer.json();
     assert!(
         body["error"].as_str().unwrap().contains("POST /autoencode"),
         "{body}"

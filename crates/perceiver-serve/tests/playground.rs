@@ -206,15 +206,29 @@ async fn press_fill(client: &Client) {
 
 /// Presses the button and waits for the answer (or the error) to be shown.
 async fn press(client: &Client, button: &str) {
-    let before: u64 = js(client, "return Number(document.body.dataset.requests)")
-        .await
-        .as_u64()
-        .unwrap();
+    let before = js(client, "return Number(document.body.dataset.requests)").await;
     find(client, button).await.click().await.unwrap();
+    request_ended(client, &before, "the answer").await;
+}
+
+/// Waits until the page has ended a request begun after `before` requests (`what`, for a
+/// timeout's message); the page's status then (`done`, `error`, `stale`, `cancelled`).
+async fn request_ended(client: &Client, before: &Value, what: &str) -> Value {
     wait_for(
         client,
         &format!("return Number(document.body.dataset.requests) > {before}"),
-        "the answer",
+        what,
+    )
+    .await;
+    js(client, "return document.body.dataset.status").await
+}
+
+/// Waits until the page has a request out.
+async fn wait_busy(client: &Client) {
+    wait_for(
+        client,
+        "return document.body.dataset.status === 'busy'",
+        "the request",
     )
     .await;
 }
@@ -529,12 +543,7 @@ async fn playground_in_headless_chromium() {
         .send_keys(&format!("{}{}", Key::Control, Key::Enter))
         .await
         .unwrap();
-    wait_for(
-        &client,
-        &format!("return Number(document.body.dataset.requests) > {before}"),
-        "the Ctrl+Enter answer",
-    )
-    .await;
+    request_ended(&client, &before, "the Ctrl+Enter answer").await;
     let api = api_rows(&server, "Hello [MASK:5], h[MASK:2]llo", 8).await;
     assert_same_candidates(&candidates_on_page(&client).await, &api, "masked selection");
 
@@ -917,13 +926,7 @@ async fn classifiers_in_headless_chromium() {
         "#image-file",
     )
     .await;
-    wait_for(
-        &client,
-        &format!("return Number(document.body.dataset.requests) > {before}"),
-        "the late answer",
-    )
-    .await;
-    assert_eq!(js(&client, "return document.body.dataset.status").await, "stale");
+    assert_eq!(request_ended(&client, &before, "the late answer").await, "stale");
     assert!(!find(&client, "#labels-result")
         .await
         .is_displayed()
@@ -1493,12 +1496,7 @@ async fn flow_in_headless_chromium() {
     send_late(&client).await;
     let before = js(&client, "return Number(document.body.dataset.requests)").await;
     find(&client, "#flow").await.click().await.unwrap();
-    wait_for(
-        &client,
-        "return document.body.dataset.status === 'busy'",
-        "the request",
-    )
-    .await;
+    wait_busy(&client).await;
     hand_over_image(
         &client,
         Hand::Drop("#frame2-box"),
@@ -1507,14 +1505,8 @@ async fn flow_in_headless_chromium() {
         "#frame2-file",
     )
     .await;
-    wait_for(
-        &client,
-        &format!("return Number(document.body.dataset.requests) > {before}"),
-        "the abandoned request's end",
-    )
-    .await;
     assert_eq!(
-        js(&client, "return document.body.dataset.status").await,
+        request_ended(&client, &before, "the abandoned request's end").await,
         "cancelled"
     );
     assert!(!find(&client, "#flow-result").await.is_displayed().await.unwrap());
@@ -2087,26 +2079,15 @@ async fn autoencoder_page_in_headless_chromium() {
     hold_requests(&client).await;
     let before = js(&client, "return Number(document.body.dataset.requests)").await;
     find(&client, "#autoencode").await.click().await.unwrap();
-    wait_for(
-        &client,
-        "return document.body.dataset.status === 'busy'",
-        "the request",
-    )
-    .await;
+    wait_busy(&client).await;
     let cancel = find(&client, "#clip-cancel").await;
     assert!(cancel.is_displayed().await.unwrap());
     assert!(text_of(&client, "#clip-status")
         .await
         .starts_with("Autoencoding: "));
     cancel.click().await.unwrap();
-    wait_for(
-        &client,
-        &format!("return Number(document.body.dataset.requests) > {before}"),
-        "the cancelled request's end",
-    )
-    .await;
     assert_eq!(
-        js(&client, "return document.body.dataset.status").await,
+        request_ended(&client, &before, "the cancelled request's end").await,
         "cancelled"
     );
     assert!(text_of(&client, "#clip-status").await.starts_with("Cancelled"));
@@ -2128,12 +2109,7 @@ async fn autoencoder_page_in_headless_chromium() {
         "const button = document.getElementById('autoencode'); button.click(); button.click(); return true",
     )
     .await;
-    wait_for(
-        &client,
-        "return document.body.dataset.status === 'busy'",
-        "the request",
-    )
-    .await;
+    wait_busy(&client).await;
     // A round trip more: both presses are past their wait for the facts by now.
     js(&client, "return true").await;
     let cancel = find(&client, "#clip-cancel").await;
@@ -2142,14 +2118,8 @@ async fn autoencoder_page_in_headless_chromium() {
         "the request out has its Cancel"
     );
     cancel.click().await.unwrap();
-    wait_for(
-        &client,
-        &format!("return Number(document.body.dataset.requests) > {before}"),
-        "the cancelled request's end",
-    )
-    .await;
     assert_eq!(
-        js(&client, "return document.body.dataset.status").await,
+        request_ended(&client, &before, "the cancelled request's end").await,
         "cancelled"
     );
     assert_eq!(posts(&client).await, sent, "held requests never left");
@@ -2157,21 +2127,10 @@ async fn autoencoder_page_in_headless_chromium() {
     // New files chosen while a request is out abort it too.
     let before = js(&client, "return Number(document.body.dataset.requests)").await;
     find(&client, "#autoencode").await.click().await.unwrap();
-    wait_for(
-        &client,
-        "return document.body.dataset.status === 'busy'",
-        "the request",
-    )
-    .await;
+    wait_busy(&client).await;
     hand_over_files(&client, Hand::Drop("#clip-form"), &[("c.wav", &other_wav)]).await;
-    wait_for(
-        &client,
-        &format!("return Number(document.body.dataset.requests) > {before}"),
-        "the abandoned request's end",
-    )
-    .await;
     assert_eq!(
-        js(&client, "return document.body.dataset.status").await,
+        request_ended(&client, &before, "the abandoned request's end").await,
         "cancelled"
     );
     assert!(text_of(&client, "#clip-status")

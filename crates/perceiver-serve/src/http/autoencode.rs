@@ -21,7 +21,7 @@ use super::{
     wrong_task, AppState, Failure, DEFAULT_TOP_K,
 };
 use crate::error::{ErrorResponse, ErrorType};
-use crate::queue::{Clip, ClipPart, Input, Output, Task};
+use crate::queue::{Clip, ClipPart, ClipQueries, Input, Output, Task};
 use crate::types::{AutoencodeRequest, AutoencodeResponse};
 
 /// Autoencode a video clip with its audio: the clip's labels, and the frames and audio the
@@ -148,12 +148,12 @@ impl AppState {
         let parts = if settings.reconstruct {
             (0..task.chunks())
                 .map(|i| match i {
-                    0 => ClipPart::Encode(task.chunk(0)),
-                    i => ClipPart::Decode(task.chunk(i)),
+                    0 => ClipPart::Encode(ClipQueries::Chunk(0)),
+                    i => ClipPart::Decode(ClipQueries::Chunk(i)),
                 })
                 .collect()
         } else {
-            vec![ClipPart::Encode(task.label_query())]
+            vec![ClipPart::Encode(ClipQueries::Label)]
         };
         // The parts alone hold the clip from here: its frames go once it is encoded, its
         // latents once the last part has run (or been dropped, if the client leaves).

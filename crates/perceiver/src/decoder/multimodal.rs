@@ -45,18 +45,33 @@ impl MultimodalQueries {
     /// Colab's ranges when `chunks` divides the counts; the chunks cover every query when it does
     /// not), with the label in the last chunk. An empty set of queries when `index ≥ chunks`.
     pub fn chunk(spec: &MultimodalSpec, index: usize, chunks: usize) -> Self {
+        let (audio, image, label) = Self::chunk_ranges(spec, index, chunks);
+        Self {
+            audio: audio.collect(),
+            image: image.collect(),
+            label,
+        }
+    }
+
+    /// What [`chunk`](Self::chunk) holds, as ranges: its audio patches, its pixels, and whether
+    /// it has the label; empty past the last chunk.
+    pub(crate) fn chunk_ranges(
+        spec: &MultimodalSpec,
+        index: usize,
+        chunks: usize,
+    ) -> (std::ops::Range<usize>, std::ops::Range<usize>, bool) {
         if index >= chunks {
-            return Self::default();
+            return (0..0, 0..0, false);
         }
         // In u128: n · (index + 1) overflows usize for large chunk counts; the quotient is at
         // most n.
         let bound = |n: usize, i: usize| (n as u128 * i as u128 / chunks as u128) as usize;
         let range = |n: usize| bound(n, index)..bound(n, index + 1);
-        Self {
-            audio: range(spec.audio_patches()).collect(),
-            image: range(spec.image_queries()).collect(),
-            label: index + 1 == chunks,
-        }
+        (
+            range(spec.audio_patches()),
+            range(spec.image_queries()),
+            index + 1 == chunks,
+        )
     }
 
     /// Queries in all.

@@ -560,12 +560,12 @@ impl Autoencoder {
         };
         let mut label = None;
         for (index, chunk) in chunks.into_iter().enumerate() {
-            let wanted = self.chunk(index);
+            let (audio, image, has_label) = MultimodalQueries::chunk_ranges(&self.spec, index, self.chunks);
             let sizes = (chunk.image.len(), chunk.audio.len(), chunk.label.is_some());
             let expected = (
-                wanted.image.len() * IMAGE_CHANNELS,
-                wanted.audio.len() * self.spec.samples_per_patch,
-                wanted.label,
+                image.len() * IMAGE_CHANNELS,
+                audio.len() * self.spec.samples_per_patch,
+                has_label,
             );
             if sizes != expected {
                 return Err(Error::InvalidInput(format!(
