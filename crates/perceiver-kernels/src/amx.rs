@@ -798,85 +798,9 @@ impl Tiles for Native {
 
     unsafe fn exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
         // Every CPU with AMX has AVX-512 BF16, but a virtual machine might pass on one and not
-        // the other.
-        if !crate::cpu::avx512_bf16() {
-            // SAFETY: as the caller promises.
-            return unsafe { Emulated::exp_to_bf16(row, dst, stride, len) };
-        }
-        // SAFETY: the CPU has AVX-512 F and BF16 (checked); `dst` as the caller promises.
-        unsafe { exp_to_bf16_avx512(row, dst, stride, len) }
-    }
-}
-
-/// [`Tiles::exp_to_bf16`] on AVX-512 BF16: `exp(d)` as `2ⁿ · p(f)` (d · log₂e = n + f, |f| ≤ ½,
-/// p the degree-5 Taylor polynomial of `2^f`, within 3e-6 of it: far inside the bf16 rounding that
-/// follows, 2⁻⁹), scaled by `vscalefps`, rounded by `vcvtne2ps2bf16` (nearest even, as
-/// [`crate::bf16::to_bf16_bits`], denormals to zero). About 14 instructions per 16 values where
-/// the portable form takes about 30.
-///
-/// # Safety
-/// The CPU must have AVX-512 F and BF16; `dst` valid for writes of the `len / 32` slices.
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn exp_to_bf16_avx512(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
-    use std::arch::x86_64::*;
-    const SLICE: usize = 32;
-    let (n, x) = (row.len(), row.as_ptr());
-    let lanes = |from: usize| -> __mmask16 {
-        match n.saturating_sub(from) {
-            left if left >= 16 => 0xffff,
-            left => (1u16 << left) - 1,
-        }
-    };
-    // SAFETY: every load is masked to the row's lanes; every store is one slice of `dst`.
-    unsafe {
-        let mut largest = _mm512_set1_ps(f32::NEG_INFINITY);
-        for at in (0..n).step_by(16) {
-            let m = lanes(at);
-            largest = _mm512_mask_max_ps(largest, m, _mm512_maskz_loadu_ps(m, x.add(at)), largest);
-        }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(largest));
-        // Below 2⁻¹⁴⁴ a weight is 0 in bf16; the floor keeps n finite (a NaN stays NaN: `max`
-        // returns its second operand when either is NaN).
-        let (floor, log2e) = (_mm512_set1_ps(-100.0), _mm512_set1_ps(std::f32::consts::LOG2_E));
-        let c = [
-            1.0,
-            std::f32::consts::LN_2,
-            0.240_226_5,
-            0.055_504_11,
-            0.009_618_129,
-            0.001_333_355_8,
-        ]
-        .map(|v: f32| _mm512_set1_ps(v));
-        let exp = |v: __m512| {
-            let t = _mm512_mul_ps(_mm512_max_ps(floor, _mm512_sub_ps(v, max)), log2e);
-            let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-            let f = _mm512_sub_ps(t, whole);
-            let mut p = _mm512_fmadd_ps(c[5], f, c[4]);
-            p = _mm512_fmadd_ps(p, f, c[3]);
-            p = _mm512_fmadd_ps(p, f, c[2]);
-            p = _mm512_fmadd_ps(p, f, c[1]);
-            p = _mm512_fmadd_ps(p, f, c[0]);
-            _mm512_scalef_ps(p, whole)
-        };
-        let (mut sum_lo, mut sum_hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for slice in 0..len / SLICE {
-            let at = slice * SLICE;
-            let to = dst.add(slice * stride).cast::<__m512i>();
-            if at >= n {
-                _mm512_storeu_si512(to, _mm512_setzero_si512());
-                continue;
-            }
-            let (m_lo, m_hi) = (lanes(at), lanes(at + 16));
-            let lo = _mm512_maskz_mov_ps(m_lo, exp(_mm512_maskz_loadu_ps(m_lo, x.add(at))));
-            let hi = _mm512_maskz_mov_ps(m_hi, exp(_mm512_maskz_loadu_ps(m_hi, x.add(at + 16))));
-            sum_lo = _mm512_add_ps(sum_lo, lo);
-            sum_hi = _mm512_add_ps(sum_hi, hi);
-            _mm512_storeu_si512(
-                to,
-                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
-            );
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(sum_lo, sum_hi))
+        // the other: `rows::exp_to_bf16` checks.
+        // SAFETY: as the caller promises.
+        unsafe { rows::exp_to_bf16(row, dst, stride, len) }
     }
 }
 

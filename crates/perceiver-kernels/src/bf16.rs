@@ -757,26 +757,31 @@ fn bf16_rows(a: Rows, rows: usize, k: usize, lda: usize) -> Lines {
     unsafe { Lines::from_uninit_rows(rows, lda, false, Vec::new, convert) }
 }
 
-/// Keys an attention head may have for [`attention_head`]: a strip of 32 query rows holds its
-/// scores (f32) and weights (bf16) over all of them, 192 bytes a key, which stay in L2.
+/// Keys an attention head may have for [`attention_head`]: a strip of query rows holds its
+/// scores (f32) and weights (bf16) over all of them, which stay in L2.
 pub const ATTENTION_HEAD_MAX_KEYS: usize = 2048;
 
-/// Query rows [`attention_head`] takes at a time: a caller sharing a head's rows out gives
-/// each share whole strips of them.
+/// Query rows [`attention_head`] takes at a time at most: a caller sharing a head's rows out
+/// gives each share whole strips of them.
 pub const ATTENTION_HEAD_STRIP_ROWS: usize = amx::ROWS;
+// The blocked loop's strips (MR rows) are whole within the tiles' strips, so that a share of
+// whole tile strips is whole strips of either loop.
+const _: () = assert!(ATTENTION_HEAD_STRIP_ROWS >= MR);
 
-/// Whether [`attention_head`] runs on this CPU: where the bf16 products run on AMX tiles.
+/// Whether [`attention_head`] runs on this CPU: where the bf16 products run on AMX tiles or
+/// on `vdpbf16ps`.
 pub fn attention_head_available() -> bool {
-    cpu::bf16_kernel() == Bf16Kernel::Amx
+    matches!(cpu::bf16_kernel(), Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16)
 }
 
-/// One attention head in bf16 on AMX tiles, on the calling thread: for each query row r of
-/// `q` (`[nq, d_qk]`), row r of `out` (`d_v` values, rows `ldo` apart) is
+/// One attention head in bf16, on the calling thread: for each query row r of `q`
+/// (`[nq, d_qk]`), row r of `out` (`d_v` values, rows `ldo` apart) is
 /// `softmax(scale · q_r · kᵀ) · v`, with `k` `[nk, d_qk]` and `v` `[nk, d_v]`. The scaled
 /// queries, the keys, the values and the softmax's exponentials are rounded to bf16 (the
 /// weighted sum is divided by the exponentials' sum after); scores, sums and the division are
-/// f32. Queries are taken 32 rows at a time, whose scores and weights stay in
-/// cache (the loop is in [`amx`]): neither is ever stored for the whole head.
+/// f32. Queries are taken a strip at a time (32 rows on AMX tiles, whose loop is in [`amx`];
+/// [`MR`] on the `vdpbf16ps` microkernel, [`blocked_head`]), and a strip's scores and weights
+/// stay in cache: neither is ever stored for the whole head.
 ///
 /// # Safety
 /// `out` must be valid for writes of rows `0..nq` × columns `0..d_v` at row stride `ldo`, and
@@ -786,18 +791,32 @@ pub fn attention_head_available() -> bool {
 /// Unless [`attention_head_available`], the queries and keys are as wide, the keys and values
 /// as many, and there are 1 to [`ATTENTION_HEAD_MAX_KEYS`] keys.
 pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f32, ldo: usize) {
-    assert!(
-        attention_head_available(),
-        "attention_head: the bf16 products do not run on AMX"
-    );
-    let (q_tiles, keys, values) = head_operands(q, k, v, scale, ldo);
-    // SAFETY: the caller's promises; AMX is available (asserted).
-    unsafe { amx::attention_head(head_tiles(&q_tiles, &keys, &values, q.rows), out, ldo) };
+    let kernel = cpu::bf16_kernel();
+    let (keys, values) = head_operands(q, k, v, ldo);
+    let scaled = |r: usize, row: &mut [f32]| {
+        for (o, &x) in row.iter_mut().zip(&q.data[r * q.stride..][..q.cols]) {
+            *o = x * scale;
+        }
+    };
+    match kernel {
+        Bf16Kernel::Amx => {
+            let q_tiles = amx_rows(Rows::Made(&scaled), q.rows, q.cols, keys.pairs, false);
+            // SAFETY: the caller's promises; AMX is available (the products run on it).
+            unsafe { amx::attention_head(head_tiles(&q_tiles, &keys, &values, q.rows), out, ldo) };
+        }
+        Bf16Kernel::Avx512Bf16 => {
+            let lda = a_stride(keys.pairs);
+            let q_rows = bf16_rows(Rows::Made(&scaled), q.rows, q.cols, lda);
+            // SAFETY: the caller's promises; the kernel is the one the products run on.
+            unsafe { blocked_head(kernel, &q_rows, lda, &keys, &values, q.rows, out, ldo) };
+        }
+        _ => panic!("attention_head: the bf16 products run on neither AMX nor vdpbf16ps"),
+    }
 }
 
-/// [`attention_head`]'s operands packed: the scaled queries in tile order, the keys and the
-/// values as packed matrices (the keys transposed, as a linear layer's weights).
-fn head_operands(q: View, k: View, v: View, scale: f32, ldo: usize) -> (Lines, PackedMatrix, PackedMatrix) {
+/// [`attention_head`]'s keys and values as packed matrices (the keys transposed, as a linear
+/// layer's weights), its shapes checked.
+fn head_operands(q: View, k: View, v: View, ldo: usize) -> (PackedMatrix, PackedMatrix) {
     assert_eq!(q.cols, k.cols, "attention_head: queries and keys differ in width");
     assert_eq!(
         k.rows, v.rows,
@@ -820,14 +839,116 @@ fn head_operands(q: View, k: View, v: View, scale: f32, ldo: usize) -> (Lines, P
     );
     let keys = PackedMatrix::pack_view(k, true, false);
     let values = PackedMatrix::pack_view(v, false, false);
-    let d_qk = q.cols;
-    let scaled = |r: usize, row: &mut [f32]| {
-        for (o, &x) in row.iter_mut().zip(&q.data[r * q.stride..][..d_qk]) {
-            *o = x * scale;
+    (keys, values)
+}
+
+impl PackedMatrix {
+    /// Panel `p`'s packed pairs.
+    fn panel(&self, p: usize) -> &[u32] {
+        let len = self.pairs * NR;
+        &self.data[p * len..(p + 1) * len]
+    }
+}
+
+/// [`attention_head`] on the `vdpbf16ps` microkernel ([`run_block`] on `kernel`), [`MR`] query
+/// rows at a time: their scores over every panel of keys into an `MR × nk` f32 strip, each
+/// row's exponentials rounded to bf16 straight into the strip's weights (as
+/// [`bf16_rows`] lays rows out), the weighted sum's blocks from the microkernel straight into
+/// `out`, each row then divided by its sum. The strip (scores and weights: 96 KB and 48 KB at
+/// 2,048 keys) stays in L2 with the head's packed keys and values, where the unfused path
+/// writes the whole head's scores (16 MB for 2,048 queries over 2,048 keys) to memory and
+/// reads them back twice. `q` holds the scaled queries as [`bf16_rows`] makes them, `lda`
+/// lanes a row.
+///
+/// # Safety
+/// As [`attention_head`]'s for `out`; `kernel` must be [`Bf16Kernel::Avx512Bf16`] (native or
+/// emulated).
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocked_head(
+    kernel: Bf16Kernel,
+    q: &[u32],
+    lda: usize,
+    keys: &PackedMatrix,
+    values: &PackedMatrix,
+    nq: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let (nk, d_v) = (keys.n, values.n);
+    assert!(q.len() >= nq * lda, "attention_head: Q is not {nq} rows");
+    assert!(
+        2 * values.pairs >= nk,
+        "attention_head: {} pairs of keys cannot hold {nk}",
+        values.pairs
+    );
+    let (key_panels, value_panels) = (nk.div_ceil(NR), d_v.div_ceil(NR));
+    let scores_stride = key_panels * NR;
+    let mut scores = Lines::zeroed(MR * scores_stride);
+    let weights_lda = a_stride(values.pairs);
+    let mut weights = Lines::zeroed(MR * weights_lda);
+    for first in (0..nq).step_by(MR) {
+        let rows = MR.min(nq - first);
+        let q_block = &q[first * lda..];
+        for p in 0..key_panels {
+            // SAFETY: the block's rows × the panel's columns lie in the strip of scores, which
+            // is this call's alone.
+            unsafe {
+                run_block(
+                    kernel,
+                    q_block,
+                    lda,
+                    keys.panel(p),
+                    keys.pairs,
+                    scores.as_mut_ptr().cast::<f32>().add(p * NR),
+                    scores_stride,
+                    rows,
+                    NR.min(nk - p * NR),
+                    Start::Overwrite,
+                    Ahead::NONE,
+                )
+            };
         }
-    };
-    let q_tiles = amx_rows(Rows::Made(&scaled), q.rows, d_qk, keys.pairs, false);
-    (q_tiles, keys, values)
+        let mut inverse_sums = [0f32; MR];
+        for (r, inverse) in inverse_sums.iter_mut().enumerate().take(rows) {
+            let row = &scores[r * scores_stride..][..nk];
+            // SAFETY: f32 scores stored as their bits (u32 and f32 have one size and alignment);
+            // the halves written are the weights' row r (`2 · pairs` of its `2 · weights_lda`),
+            // each a bf16 value or zero.
+            unsafe {
+                let row = std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), nk);
+                let to = weights.halves_mut()[2 * r * weights_lda..]
+                    .as_mut_ptr()
+                    .cast::<u16>();
+                *inverse = 1.0 / rows::exp_to_bf16(row, to, 32, 2 * values.pairs);
+            }
+        }
+        for p in 0..value_panels {
+            // SAFETY: rows first.. + rows < nq × the panel's columns < d_v lie in `out` (the
+            // caller's promise).
+            unsafe {
+                run_block(
+                    kernel,
+                    &weights,
+                    weights_lda,
+                    values.panel(p),
+                    values.pairs,
+                    out.add(first * ldo + p * NR),
+                    ldo,
+                    rows,
+                    NR.min(d_v - p * NR),
+                    Start::Overwrite,
+                    Ahead::NONE,
+                )
+            };
+        }
+        for (r, &inverse) in inverse_sums.iter().enumerate().take(rows) {
+            // SAFETY: row first + r < nq of `out`, its d_v values (the caller's promise).
+            rows::scale_row(
+                unsafe { std::slice::from_raw_parts_mut(out.add((first + r) * ldo), d_v) },
+                inverse,
+            );
+        }
+    }
 }
 
 /// The packed operands of [`head_operands`] as [`amx::attention_head`] takes them.
@@ -1527,15 +1648,37 @@ mod tests {
                 println!("{path} {nq}x{nk} ({d_qk}, {d_v}): worst difference {worst:.2e} (tolerance {tolerance:.2e})");
             };
             let len = offset + nq * ldo + 7;
-            let (q_tiles, keys, values) = head_operands(q, k, v, scale, ldo);
+            let (keys, values) = head_operands(q, k, v, ldo);
+            let scaled: Vec<f32> = (0..nq)
+                .flat_map(|r| (0..d_qk).map(move |d| at(q, r, d) * scale))
+                .collect();
+            let q_tiles = amx_rows(Rows::Dense(&scaled), nq, d_qk, keys.pairs, false);
             let mut out = vec![-7f32; len];
             amx::attention_head_emulated(head_tiles(&q_tiles, &keys, &values, nq), &mut out[offset..], ldo);
             check(&out, "emulated AMX");
+            // The vdpbf16ps loop, native where the CPU has AVX-512 BF16, else emulated.
+            let lda = a_stride(keys.pairs);
+            let q_rows = bf16_rows(Rows::Dense(&scaled), nq, d_qk, lda);
+            let mut out = vec![-7f32; len];
+            // SAFETY: `out` holds the head's rows from `offset`, borrowed mutably.
+            unsafe {
+                blocked_head(
+                    Bf16Kernel::Avx512Bf16,
+                    &q_rows,
+                    lda,
+                    &keys,
+                    &values,
+                    nq,
+                    out.as_mut_ptr().add(offset),
+                    ldo,
+                )
+            };
+            check(&out, "vdpbf16ps");
             if attention_head_available() {
                 let mut out = vec![-7f32; len];
                 // SAFETY: `out` holds the head's rows from `offset`, borrowed mutably.
                 unsafe { attention_head(q, k, v, scale, out.as_mut_ptr().add(offset), ldo) };
-                check(&out, "AMX");
+                check(&out, &format!("{:?}", cpu::bf16_kernel()));
             }
         }
     }

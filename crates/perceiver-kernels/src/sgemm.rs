@@ -683,7 +683,6 @@ pub(crate) struct Ahead {
 
 impl Ahead {
     /// Nothing to prefetch.
-    #[cfg(test)]
     pub(crate) const NONE: Self = Self {
         start: std::ptr::null(),
         lines: 0,

@@ -69,8 +69,8 @@ pub(crate) struct AttentionKernels {
     /// In bf16, the narrowest head side that runs on the bf16 kernel
     /// ([`bf16_min_head_width`]), for heads that do not run fused.
     bf16_min_head_width: usize,
-    /// In bf16 where the bf16 products run on AMX tiles: a head's scores, softmax and weighted
-    /// sum run as one ([`bf16::attention_head`]), whatever its widths.
+    /// In bf16 where the bf16 products run on AMX tiles or on `vdpbf16ps`: a head's scores,
+    /// softmax and weighted sum run as one ([`bf16::attention_head`]), whatever its widths.
     fused_heads: bool,
 }
 
@@ -433,8 +433,9 @@ const SCORE_BLOCK_VALUES: usize = 1 << 24;
 /// Multi-head attention of each item's queries over that item's keys; heads concatenated. In
 /// bf16, the scores and the weighted sum run on the bf16 kernel where their head side is at
 /// least [`AttentionKernels::bf16_min_head_width`] (never where bf16 widens to f32); where that
-/// kernel is AMX, each head's scores, softmax and weighted sum run as one
-/// ([`bf16::attention_head`]).
+/// kernel is AMX or `vdpbf16ps`, each head over up to [`bf16::ATTENTION_HEAD_MAX_KEYS`] keys
+/// runs its scores, softmax and weighted sum as one ([`bf16::attention_head`]), a strip of
+/// query rows at a time.
 ///
 /// Work is split over (item, head) pairs; when there are fewer pairs than threads (one image,
 /// one head), over blocks of query rows within each pair instead.
@@ -688,8 +689,7 @@ impl HeadAttention<'_> {
         }
     }
 
-    /// [`run`](Self::run) as one kernel on AMX tiles ([`bf16::attention_head`]), on this
-    /// thread: the head's keys and values are packed there, and its output goes straight into
+    /// [`run`](Self::run) as one bf16 kernel ([`bf16::attention_head`]), on this thread: the head's keys and values are packed there, and its output goes straight into
     /// its block of `out`.
     fn run_fused(&self, head: usize, rows: Range<usize>, kr: &Range<usize>) {
         let (vc, d_qk, d_v) = self.widths();
@@ -752,7 +752,7 @@ enum Packed {
 
 /// The narrowest head side (`d_qk` for the scores, `d_v` for the weighted sum) whose product
 /// runs on the bf16 kernel in bf16: narrower ones (the flow model's 32-wide heads) were faster
-/// on the f32 kernel, product by product. (Where the heads run fused on AMX,
+/// on the f32 kernel, product by product. (Where the heads run fused,
 /// [`AttentionKernels::fused`], this does not apply.)
 const BF16_MIN_HEAD_WIDTH: usize = 64;
 
@@ -817,13 +817,14 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
     }
 
-    /// A head run fused on AMX (natively, or under `PERCEIVER_EMULATE_AMX`): one item's one head
+    /// A head run fused (on AMX or `vdpbf16ps`, natively or under `PERCEIVER_EMULATE_AMX` or
+    /// `PERCEIVER_EMULATE_AVX512`): one item's one head
     /// with its 100 query rows in strips over three threads (0..64, 64..100) gives the rows of the
     /// whole head on one thread bit for bit, within bf16's rounding of f32 attention.
     #[test]
     fn fused_heads_shared_out_over_threads_equal_one_thread() {
         if !bf16::attention_head_available() {
-            println!("skipped: the bf16 products do not run on AMX (set PERCEIVER_EMULATE_AMX=1)");
+            println!("skipped: no fused bf16 heads here (set PERCEIVER_EMULATE_AMX=1 or PERCEIVER_EMULATE_AVX512=1)");
             return;
         }
         let (qk, vc) = (40, 72);
@@ -853,12 +854,12 @@ mod tests {
         assert_eq!(run(Precision::Bf16, true, 3), alone, "strips over three threads");
         let exact = run(Precision::F32, false, 1);
         let worst = max_difference(&exact, &alone);
-        println!("one head fused on AMX against f32: worst {worst:.2e}");
+        println!("one head fused against f32: worst {worst:.2e}");
         assert!(worst < 2e-2 && worst > 0.0, "{worst}");
     }
 
     /// Attention in bf16 (each product on the bf16 kernel where its head side is wide enough,
-    /// else f32; and where AMX runs, each head as one on its tiles) against f32, for heads of
+    /// else f32; and where the heads run fused, each as one) against f32, for heads of
     /// both kinds and two items of different lengths.
     #[test]
     fn bf16_attention_is_f32_attention_rounded() {
@@ -902,8 +903,8 @@ mod tests {
             }
             if bf16::attention_head_available() {
                 let fused = worst(&run(Precision::Bf16, true));
-                println!("qk {qk}, v {vc}, {heads} heads: heads on AMX against f32, worst {fused:.2e}");
-                assert!(fused < 2e-2 && fused > 0.0, "qk {qk}, v {vc} on AMX: {fused}");
+                println!("qk {qk}, v {vc}, {heads} heads: fused heads against f32, worst {fused:.2e}");
+                assert!(fused < 2e-2 && fused > 0.0, "qk {qk}, v {vc} fused: {fused}");
             }
         }
     }
