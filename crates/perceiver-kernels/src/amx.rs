@@ -21,7 +21,6 @@
 //! [`crate::cpu::bf16_kernel`]), as does [`crate::bf16::attention_head`] for one attention head
 //! whose scores, softmax and weighted sum run as one loop here.
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -875,15 +874,8 @@ impl Tiles for Emulated {
     fn end(self) {}
 
     unsafe fn exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
-        let slices = len / 32;
-        // SAFETY: the `len / 32` slices at `dst` are writable (the caller's promise).
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(
-                dst.cast::<MaybeUninit<u16>>(),
-                slices.saturating_sub(1) * stride + 32.min(len),
-            )
-        };
-        rows::exp_to_bf16_slices(row, dst, stride, len)
+        // SAFETY: as the caller promises.
+        unsafe { rows::exp_to_bf16_portable(row, dst, stride, len) }
     }
 }
 

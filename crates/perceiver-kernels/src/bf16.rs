@@ -494,7 +494,7 @@ impl PackedMatrix {
         let packed_a = bf16_rows(a, rows, self.k, lda);
         let blocks = rows.div_ceil(MR);
         for p in panels {
-            let panel = &self.data[p * pairs * NR..(p + 1) * pairs * NR];
+            let panel = self.panel(p);
             let panel_cols = NR.min(n - p * NR);
             // The next panel in memory (the next this loop reads, but for the task's last),
             // which comes cold from L3 or memory: each block prefetches its share.
@@ -764,9 +764,8 @@ pub const ATTENTION_HEAD_MAX_KEYS: usize = 2048;
 /// Query rows [`attention_head`] takes at a time at most: a caller sharing a head's rows out
 /// gives each share whole strips of them.
 pub const ATTENTION_HEAD_STRIP_ROWS: usize = amx::ROWS;
-// The blocked loop's strips (MR rows) are whole within the tiles' strips, so that a share of
-// whole tile strips is whole strips of either loop.
-const _: () = assert!(ATTENTION_HEAD_STRIP_ROWS >= MR);
+// (Each query row's output is computed on its own, the same whichever strip or block holds
+// it, so a share of any size gives the same bits; whole tile strips keep AMX's tiles full.)
 
 /// Whether [`attention_head`] runs on this CPU: where the bf16 products run on AMX tiles or
 /// on `vdpbf16ps`.
@@ -780,7 +779,7 @@ pub fn attention_head_available() -> bool {
 /// queries, the keys, the values and the softmax's exponentials are rounded to bf16 (the
 /// weighted sum is divided by the exponentials' sum after); scores, sums and the division are
 /// f32. Queries are taken a strip at a time (32 rows on AMX tiles, whose loop is in [`amx`];
-/// [`MR`] on the `vdpbf16ps` microkernel, [`blocked_head`]), and a strip's scores and weights
+/// [`MR`] on the `vdpbf16ps` microkernel, `blocked_head`), and a strip's scores and weights
 /// stay in cache: neither is ever stored for the whole head.
 ///
 /// # Safety
@@ -876,6 +875,9 @@ unsafe fn blocked_head(
 ) {
     let (nk, d_v) = (keys.n, values.n);
     assert!(q.len() >= nq * lda, "attention_head: Q is not {nq} rows");
+    if nq == 0 || d_v == 0 {
+        return;
+    }
     assert!(
         2 * values.pairs >= nk,
         "attention_head: {} pairs of keys cannot hold {nk}",
@@ -951,7 +953,8 @@ unsafe fn blocked_head(
     }
 }
 
-/// The packed operands of [`head_operands`] as [`amx::attention_head`] takes them.
+/// The scaled queries (in tile order) and [`head_operands`]' keys and values as
+/// [`amx::attention_head`] takes them.
 fn head_tiles<'a>(
     q: &'a Lines,
     keys: &'a PackedMatrix,

@@ -5,7 +5,9 @@
 //! the CPU has picked at run time. LLVM vectorises the loops; `exp` and `erf` are polynomial
 //! versions it can vectorise (libm's are scalar calls, which would make GELU the slowest op of a
 //! transformer layer), their multiply-adds fused in the AVX2/AVX-512 builds. Work is split over
-//! rows with rayon.
+//! rows with rayon. One kernel is written by hand in AVX-512 BF16 intrinsics instead: the
+//! attention heads' exponentials rounded to bf16 (`exp_to_bf16`), where a rounding instruction
+//! and `vscalefps` halve the work LLVM's version does.
 
 use std::mem::MaybeUninit;
 
@@ -385,22 +387,37 @@ dispatch!(
     /// halves apart, zero past the row; returns their sum in f32 (of the values before
     /// rounding). The softmax of the row is these over the sum: attention's weights as
     /// [`crate::amx`]'s tiles read them, the division left to the weighted sum's rows. The
-    /// portable form, which the emulated tiles run (AMX CPUs run an AVX-512 BF16 one).
+    /// portable form ([`exp_to_bf16`] runs an AVX-512 BF16 one where it can).
     pub(crate) fn exp_to_bf16_slices(row: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) -> f32 => exp_to_bf16_body::<FMA>
 );
 
-/// [`exp_to_bf16_slices`] into `len` halves at `dst`, on AVX-512 BF16 where the CPU has it
-/// (a polynomial of its own and one rounding instruction per 32 values), else portable: the
-/// weights of the fused attention heads ([`crate::bf16::attention_head`]).
+/// [`exp_to_bf16_slices`] into `len` halves (whole slices of 32) at `dst`: on AVX-512 BF16
+/// where the CPU has it and the row kernels run AVX-512 (a polynomial of its own and one
+/// rounding instruction per 32 values), else portable. The weights of the fused attention
+/// heads ([`crate::bf16::attention_head`]).
 ///
 /// # Safety
 /// `dst` must be valid for writes of the `len / 32` slices, `stride` halves apart.
 pub(crate) unsafe fn exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::avx512_bf16() {
+    if crate::cpu::row_level() == crate::cpu::SimdLevel::Avx512 && crate::cpu::avx512_bf16() {
         // SAFETY: the CPU has AVX-512 F and BF16 (checked); `dst` as the caller promises.
         return unsafe { exp_to_bf16_avx512(row, dst, stride, len) };
     }
+    // SAFETY: as the caller promises.
+    unsafe { exp_to_bf16_portable(row, dst, stride, len) }
+}
+
+/// [`exp_to_bf16`] in its portable form ([`exp_to_bf16_slices`]), from a raw `dst`: what the
+/// emulated AMX tiles run.
+///
+/// # Safety
+/// As [`exp_to_bf16`].
+pub(crate) unsafe fn exp_to_bf16_portable(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
+    assert!(
+        len.is_multiple_of(32),
+        "exp_to_bf16: {len} halves are not whole slices"
+    );
     let slices = len / 32;
     // SAFETY: the `len / 32` slices at `dst` are writable (the caller's promise).
     let dst = unsafe {
@@ -618,6 +635,65 @@ mod tests {
     fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+    }
+
+    /// The AVX-512 BF16 exponentials against the portable ones (where the CPU has AVX-512 BF16):
+    /// each weight within one bf16 step of the portable one (both round `exp(x − max)` to
+    /// nearest, from polynomials a few f32 ulp apart), zero past the row and in the gap between slices untouched, the sums within 1e-5
+    /// relative; for rows shorter than, as long as and longer than a slice, scores spread over
+    /// ±200 (so that the largest is far above e⁸⁸) and one row of equal scores.
+    #[test]
+    fn avx512_exponentials_match_the_portable_ones() {
+        if !crate::cpu::avx512_bf16() {
+            println!("skipped: the CPU has no AVX-512 BF16");
+            return;
+        }
+        let stride = 48;
+        for (n, spread, seed) in [
+            (5, 3.0, 1),
+            (32, 200.0, 2),
+            (70, 30.0, 3),
+            (300, 200.0, 4),
+            (64, 0.0, 5),
+        ] {
+            let row = match spread {
+                0.0 => vec![1.5; n],
+                _ => random(n, spread, seed),
+            };
+            let len = n.div_ceil(32) * 32 + 32;
+            let slices = len / 32;
+            let run = |avx512: bool| {
+                let mut dst = vec![0xBEEFu16; slices * stride];
+                // SAFETY: `dst` holds `slices` slices `stride` halves apart; the CPU has AVX-512
+                // F and BF16 (checked above).
+                let sum = unsafe {
+                    match avx512 {
+                        true => exp_to_bf16_avx512(&row, dst.as_mut_ptr(), stride, len),
+                        false => exp_to_bf16_portable(&row, dst.as_mut_ptr(), stride, len),
+                    }
+                };
+                (dst, sum)
+            };
+            let ((fast, fast_sum), (portable, portable_sum)) = (run(true), run(false));
+            for (i, (&a, &b)) in fast.iter().zip(&portable).enumerate() {
+                let (slice, lane) = (i / stride, i % stride);
+                let at = slice * 32 + lane;
+                match (lane < 32, at < n) {
+                    (false, _) => assert_eq!((a, b), (0xBEEF, 0xBEEF), "n {n}: the gap at {i} written"),
+                    (true, false) => assert_eq!((a, b), (0, 0), "n {n}: past the row at {at}"),
+                    (true, true) => {
+                        let (x, y) = (crate::bf16::from_bf16_bits(a), crate::bf16::from_bf16_bits(b));
+                        // Weights under 1e-30 (of a largest weight of 1) may differ outright:
+                        // the portable exponential clamps at e⁻⁸⁷, the AVX-512 one flushes.
+                        let step = (y.abs() / 128.0).max(1e-30);
+                        assert!((x - y).abs() <= step, "n {n}, value {at}: {x} against {y}");
+                    }
+                }
+            }
+            let relative = ((fast_sum - portable_sum) / portable_sum).abs();
+            println!("n {n}, spread {spread}: sums {fast_sum} / {portable_sum}, relative {relative:.1e}");
+            assert!(relative < 1e-5, "n {n}: sums {fast_sum} against {portable_sum}");
+        }
     }
 
     /// Both builds of the polynomials: with separate multiplies and adds (the baseline), and
