@@ -856,7 +856,7 @@ impl PackedMatrix {
 /// `out`, each row then divided by its sum. The strip (scores and weights: 96 KB and 48 KB at
 /// 2,048 keys) stays in L2 with the head's packed keys and values, where the unfused path
 /// writes the whole head's scores (16 MB for 2,048 queries over 2,048 keys) to memory and
-/// reads them back twice. `q` holds the scaled queries as [`bf16_rows`] makes them, `lda`
+/// reads them back. `q` holds the scaled queries as [`bf16_rows`] makes them, `lda`
 /// lanes a row.
 ///
 /// # Safety
