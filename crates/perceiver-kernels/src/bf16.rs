@@ -791,6 +791,10 @@ pub fn attention_head_available() -> bool {
 /// as many, and there are 1 to [`ATTENTION_HEAD_MAX_KEYS`] keys.
 pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f32, ldo: usize) {
     let kernel = cpu::bf16_kernel();
+    assert!(
+        attention_head_available(),
+        "attention_head: the bf16 products run on neither AMX nor vdpbf16ps"
+    );
     let (keys, values) = head_operands(q, k, v, ldo);
     let scaled = |r: usize, row: &mut [f32]| {
         for (o, &x) in row.iter_mut().zip(&q.data[r * q.stride..][..q.cols]) {
@@ -809,7 +813,7 @@ pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f3
             // SAFETY: the caller's promises; the kernel is the one the products run on.
             unsafe { blocked_head(kernel, &q_rows, lda, &keys, &values, q.rows, out, ldo) };
         }
-        _ => panic!("attention_head: the bf16 products run on neither AMX nor vdpbf16ps"),
+        _ => unreachable!("attention_head_available, asserted above"),
     }
 }
 
@@ -850,7 +854,8 @@ impl PackedMatrix {
 }
 
 /// [`attention_head`] on the `vdpbf16ps` microkernel ([`run_block`] on `kernel`), [`MR`] query
-/// rows at a time: their scores over every panel of keys into an `MR × nk` f32 strip, each
+/// rows at a time: their scores over every panel of keys into an f32 strip (`MR` rows of the
+/// panels' `32 · ⌈nk / 32⌉` columns, of which the first nk are read), each
 /// row's exponentials rounded to bf16 straight into the strip's weights (as
 /// [`bf16_rows`] lays rows out), the weighted sum's blocks from the microkernel straight into
 /// `out`, each row then divided by its sum. The strip (scores and weights: 96 KB and 48 KB at

@@ -689,8 +689,9 @@ impl HeadAttention<'_> {
         }
     }
 
-    /// [`run`](Self::run) as one bf16 kernel ([`bf16::attention_head`]), on this thread: the head's keys and values are packed there, and its output goes straight into
-    /// its block of `out`.
+    /// [`run`](Self::run) as one bf16 kernel ([`bf16::attention_head`]), on this thread: the
+    /// head's keys and values are packed there, and its output goes straight into its block of
+    /// `out`.
     fn run_fused(&self, head: usize, rows: Range<usize>, kr: &Range<usize>) {
         let (vc, d_qk, d_v) = self.widths();
         let (nq, nk) = (rows.len(), kr.len());

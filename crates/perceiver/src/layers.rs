@@ -24,10 +24,10 @@ pub enum Precision {
     /// Weight matrix products with bf16 operands and f32 accumulation: on AMX tiles where the
     /// CPU has them, on `vdpbf16ps` where it has a fast one (AMD's AVX-512 BF16), else as f32
     /// multiply-adds over bf16 widened to f32 (AVX-512 or AVX2). Where the bf16 products do not
-    /// widen, so are attention's scores and weighted sums: every head of up to 2,048 keys as one
-    /// loop over a strip of query rows at a time (its exponentials rounded to bf16 there), and
-    /// over more keys (a streamed cross-attention) where the head is at least 64 wide on both
-    /// sides. Softmax, norms and activations stay in f32.
+    /// widen, so are attention's scores and weighted sums for heads at least 64 wide on that
+    /// side (both sides in a streamed cross-attention); on AMX and `vdpbf16ps` every head of up
+    /// to 2,048 keys, whatever its widths, as one loop over a strip of query rows at a time (its
+    /// exponentials rounded to bf16 there). Softmax, norms and activations stay in f32.
     Bf16,
 }
 
