@@ -438,7 +438,6 @@ pub(crate) unsafe fn exp_to_bf16_portable(row: &[f32], dst: *mut u16, stride: us
     exp_to_bf16_slices(row, dst, stride, len)
 }
 
-#[cfg(target_arch = "x86_64")]
 /// [`exp_to_bf16`] on AVX-512 BF16: `exp(d)` as `2ⁿ · p(f)` (d · log₂e = n + f, |f| ≤ ½,
 /// p the degree-5 Taylor polynomial of `2^f`, within 3e-6 of it: far inside the bf16 rounding that
 /// follows, 2⁻⁹), scaled by `vscalefps`, rounded by `vcvtne2ps2bf16` (nearest even, as
@@ -447,6 +446,7 @@ pub(crate) unsafe fn exp_to_bf16_portable(row: &[f32], dst: *mut u16, stride: us
 ///
 /// # Safety
 /// The CPU must have AVX-512 F and BF16; `dst` valid for writes of the `len / 32` slices.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn exp_to_bf16_avx512(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
     use std::arch::x86_64::*;
@@ -654,6 +654,7 @@ mod tests {
     /// scores spread up to ±200 (differences far beyond the exponentials' range) and one row of
     /// equal scores.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn avx512_exponentials_match_the_portable_ones() {
         if !crate::cpu::avx512_bf16() {
             println!("skipped: the CPU has no AVX-512 BF16");
