@@ -402,18 +402,23 @@ dispatch!(
 /// # Panics
 /// Unless `len` is a multiple of 32 and at least the row's length.
 pub(crate) unsafe fn exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
-    assert!(
-        len.is_multiple_of(32) && row.len() <= len,
-        "exp_to_bf16: {len} halves for a row of {}",
-        row.len()
-    );
+    check_exp_len(row, len);
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::row_level() == crate::cpu::SimdLevel::Avx512 && crate::cpu::avx512_bf16() {
         // SAFETY: the CPU has AVX-512 F and BF16 (checked); `dst` as the caller promises.
         return unsafe { exp_to_bf16_avx512(row, dst, stride, len) };
     }
-    // SAFETY: as the caller promises.
-    unsafe { exp_to_bf16_portable(row, dst, stride, len) }
+    // SAFETY: as the caller promises; the length checked above.
+    unsafe { portable_exp_to_bf16(row, dst, stride, len) }
+}
+
+/// Panics unless `len` halves are whole slices of 32 and hold `row`: [`exp_to_bf16`]'s bound.
+fn check_exp_len(row: &[f32], len: usize) {
+    assert!(
+        len.is_multiple_of(32) && row.len() <= len,
+        "exp_to_bf16: {len} halves for a row of {}",
+        row.len()
+    );
 }
 
 /// [`exp_to_bf16`] in its portable form ([`exp_to_bf16_slices`]), from a raw `dst`: what the
@@ -422,11 +427,16 @@ pub(crate) unsafe fn exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len:
 /// # Safety
 /// As [`exp_to_bf16`].
 pub(crate) unsafe fn exp_to_bf16_portable(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
-    assert!(
-        len.is_multiple_of(32) && row.len() <= len,
-        "exp_to_bf16: {len} halves for a row of {}",
-        row.len()
-    );
+    check_exp_len(row, len);
+    // SAFETY: as the caller promises; the length checked above.
+    unsafe { portable_exp_to_bf16(row, dst, stride, len) }
+}
+
+/// [`exp_to_bf16_portable`] once its length is checked.
+///
+/// # Safety
+/// As [`exp_to_bf16`]; `len` as [`check_exp_len`] requires.
+unsafe fn portable_exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
     let slices = len / 32;
     // SAFETY: the `len / 32` slices at `dst` are writable (the caller's promise).
     let dst = unsafe {
