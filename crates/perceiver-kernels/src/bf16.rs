@@ -127,7 +127,7 @@ impl PackedMatrix {
             view.rows == 0 || view.data.len() >= (view.rows - 1) * view.stride + view.cols,
             "pack_view: the view does not lie inside its slice"
         );
-        let pairs = k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS;
+        let pairs = packed_pairs(k);
         let panels = n.div_ceil(NR);
         // Each panel zeroed (its padding) just before it is packed.
         let data = Lines::from_rows(panels, pairs * NR, parallel, |p, panel| {
@@ -644,6 +644,11 @@ dispatch!(
     fn widen_panel(panel: &[u32], wide: &mut [MaybeUninit<f32>], width: usize, offset: usize) => widen_panel_body
 );
 
+/// Input pairs a packed row of `k` inputs takes: `ceil(k / 2)` rounded up to whole AMX tiles.
+fn packed_pairs(k: usize) -> usize {
+    k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS
+}
+
 /// Panel `p` of [`PackedMatrix::pack_view`]'s W (`k` inputs a column) into `panel`.
 #[inline(always)]
 fn pack_panel_body(view: View, transposed: bool, k: usize, p: usize, panel: &mut [u32]) {
@@ -811,7 +816,19 @@ pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f3
             let lda = a_stride(keys.pairs);
             let q_rows = bf16_rows(Rows::Made(&scaled), q.rows, q.cols, lda);
             // SAFETY: the caller's promises; the kernel is the one the products run on.
-            unsafe { blocked_head(kernel, &q_rows, lda, &keys, &values, q.rows, out, ldo) };
+            unsafe {
+                blocked_head(
+                    kernel,
+                    &q_rows,
+                    lda,
+                    &keys,
+                    &values,
+                    0..q.rows,
+                    HeadRun::Whole,
+                    out,
+                    ldo,
+                )
+            };
         }
         _ => unreachable!("attention_head_available, asserted above"),
     }
@@ -853,20 +870,32 @@ impl PackedMatrix {
     }
 }
 
-/// [`attention_head`] on the `vdpbf16ps` microkernel ([`run_block`] on `kernel`), [`MR`] query
-/// rows at a time: their scores over every panel of keys into an f32 strip (`MR` rows of the
-/// panels' `32 · ⌈nk / 32⌉` columns, of which the first nk are read), each
-/// row's exponentials rounded to bf16 straight into the strip's weights (as
+/// What [`blocked_head`] makes of its rows' weighted sums.
+enum HeadRun<'a> {
+    /// The softmax over these keys alone: each output row set to its weighted sum over the
+    /// exponentials' sum.
+    Whole,
+    /// One block of keys of a softmax taken a block at a time: for each query row of the call
+    /// (indexed from its first), the running maximum and sum of the blocks before (`-∞` and 0
+    /// before the first), which the block updates; the output row (the running weighted sum,
+    /// zero before the first block) rescaled to the new maximum, and the block's weighted sum
+    /// added.
+    Running { max: &'a mut [f32], sum: &'a mut [f32] },
+}
+
+/// [`attention_head`] on the `vdpbf16ps` microkernel ([`run_block`] on `kernel`), for the
+/// query rows `rows`, [`MR`] at a time: their scores over every panel of keys into an f32
+/// strip (`MR` rows of the panels' `32 · ⌈nk / 32⌉` columns, of which the first nk are read),
+/// each row's exponentials rounded to bf16 straight into the strip's weights (as
 /// [`bf16_rows`] lays rows out), the weighted sum's blocks from the microkernel straight into
-/// `out`, each row then divided by its sum. The strip (scores and weights: 96 KB and 48 KB at
-/// 2,048 keys) stays in L2 with the head's packed keys and values, where the unfused path
-/// writes the whole head's scores (16 MB for 2,048 queries over 2,048 keys) to memory and
-/// reads them back. `q` holds the scaled queries as [`bf16_rows`] makes them, `lda`
-/// lanes a row.
+/// `out` (row r of `rows` at `out + (r − rows.start) · ldo`), as `run` says. The strip (scores
+/// and weights: 96 KB and 48 KB at 2,048 keys) stays in L2, where the unfused path writes the
+/// whole head's scores (16 MB for 2,048 queries over 2,048 keys) to memory and reads them
+/// back. `q` holds every scaled query as [`bf16_rows`] makes them, `lda` lanes a row.
 ///
 /// # Safety
-/// As [`attention_head`]'s for `out`; `kernel` must be [`Bf16Kernel::Avx512Bf16`] (native or
-/// emulated).
+/// As [`attention_head`]'s for `out` (its `rows.len()` rows; also read when `run` is
+/// [`HeadRun::Running`]); `kernel` must be [`Bf16Kernel::Avx512Bf16`] (native or emulated).
 #[allow(clippy::too_many_arguments)]
 unsafe fn blocked_head(
     kernel: Bf16Kernel,
@@ -874,13 +903,26 @@ unsafe fn blocked_head(
     lda: usize,
     keys: &PackedMatrix,
     values: &PackedMatrix,
-    nq: usize,
+    rows: Range<usize>,
+    mut run: HeadRun,
     out: *mut f32,
     ldo: usize,
 ) {
     let (nk, d_v) = (keys.n, values.n);
-    assert!(q.len() >= nq * lda, "attention_head: Q is not {nq} rows");
-    if nq == 0 || d_v == 0 {
+    assert!(
+        q.len() >= rows.end * lda,
+        "attention_head: Q has no rows {rows:?}"
+    );
+    if let HeadRun::Running { max, sum } = &run {
+        assert!(
+            max.len() == rows.len() && sum.len() == rows.len(),
+            "attention_head_block: {} maxima and {} sums for {} rows",
+            max.len(),
+            sum.len(),
+            rows.len()
+        );
+    }
+    if rows.is_empty() || d_v == 0 {
         return;
     }
     assert!(
@@ -893,9 +935,9 @@ unsafe fn blocked_head(
     let mut scores = Lines::zeroed(MR * scores_stride);
     let weights_lda = a_stride(values.pairs);
     let mut weights = Lines::zeroed(MR * weights_lda);
-    for first in (0..nq).step_by(MR) {
-        let rows = MR.min(nq - first);
-        let q_block = &q[first * lda..];
+    for first in (0..rows.len()).step_by(MR) {
+        let strip = MR.min(rows.len() - first);
+        let q_block = &q[(rows.start + first) * lda..];
         for p in 0..key_panels {
             // SAFETY: the block's rows × the panel's columns lie in the strip of scores, which
             // is this call's alone.
@@ -908,30 +950,62 @@ unsafe fn blocked_head(
                     keys.pairs,
                     scores.as_mut_ptr().cast::<f32>().add(p * NR),
                     scores_stride,
-                    rows,
+                    strip,
                     NR.min(nk - p * NR),
                     Start::Overwrite,
                     Ahead::NONE,
                 )
             };
         }
-        let mut inverse_sums = [0f32; MR];
-        for (r, inverse) in inverse_sums.iter_mut().enumerate().take(rows) {
+        // Whole: each row's 1 / sum, applied after the weighted sum; Running: each row's
+        // rescaling to the new maximum, applied before the block's weighted sum is added.
+        let mut factors = [1f32; MR];
+        for (r, factor) in factors.iter_mut().enumerate().take(strip) {
             let row = &scores[r * scores_stride..][..nk];
             // SAFETY: f32 scores stored as their bits (u32 and f32 have one size and alignment);
             // the halves written are the weights' row r (`2 · pairs` of its `2 · weights_lda`),
             // each a bf16 value or zero.
-            unsafe {
-                let row = std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), nk);
-                let to = weights.halves_mut()[2 * r * weights_lda..]
-                    .as_mut_ptr()
-                    .cast::<u16>();
-                *inverse = 1.0 / rows::exp_to_bf16(row, to, 32, 2 * values.pairs);
+            let (row, to) = unsafe {
+                (
+                    std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), nk),
+                    weights.halves_mut()[2 * r * weights_lda..]
+                        .as_mut_ptr()
+                        .cast::<u16>(),
+                )
+            };
+            match &mut run {
+                HeadRun::Whole => {
+                    // SAFETY: as above.
+                    let (_, total) =
+                        unsafe { rows::exp_to_bf16_above(row, f32::NEG_INFINITY, to, 32, 2 * values.pairs) };
+                    *factor = 1.0 / total;
+                }
+                HeadRun::Running { max, sum } => {
+                    let i = first + r;
+                    // SAFETY: as above.
+                    let (new_max, total) =
+                        unsafe { rows::exp_to_bf16_above(row, max[i], to, 32, 2 * values.pairs) };
+                    // Before the first block the maximum is -∞: the factor is 0, as are the
+                    // sum and the output it scales.
+                    *factor = (max[i] - new_max).exp();
+                    sum[i] = sum[i] * *factor + total;
+                    max[i] = new_max;
+                }
+            }
+        }
+        let running = matches!(run, HeadRun::Running { .. });
+        if running {
+            for (r, &factor) in factors.iter().enumerate().take(strip).filter(|&(_, &f)| f != 1.0) {
+                // SAFETY: row first + r of the call's rows, its d_v values (the caller's promise).
+                rows::scale_row(
+                    unsafe { std::slice::from_raw_parts_mut(out.add((first + r) * ldo), d_v) },
+                    factor,
+                );
             }
         }
         for p in 0..value_panels {
-            // SAFETY: rows first.. + rows < nq × the panel's columns < d_v lie in `out` (the
-            // caller's promise).
+            // SAFETY: the strip's rows × the panel's columns < d_v lie in `out` (the caller's
+            // promise).
             unsafe {
                 run_block(
                     kernel,
@@ -941,21 +1015,139 @@ unsafe fn blocked_head(
                     values.pairs,
                     out.add(first * ldo + p * NR),
                     ldo,
-                    rows,
+                    strip,
                     NR.min(d_v - p * NR),
-                    Start::Overwrite,
+                    match running {
+                        true => Start::AddToC,
+                        false => Start::Overwrite,
+                    },
                     Ahead::NONE,
                 )
             };
         }
-        for (r, &inverse) in inverse_sums.iter().enumerate().take(rows) {
-            // SAFETY: row first + r < nq of `out`, its d_v values (the caller's promise).
-            rows::scale_row(
-                unsafe { std::slice::from_raw_parts_mut(out.add((first + r) * ldo), d_v) },
-                inverse,
-            );
+        if !running {
+            for (r, &inverse) in factors.iter().enumerate().take(strip) {
+                // SAFETY: row first + r of the call's rows, its d_v values (the caller's promise).
+                rows::scale_row(
+                    unsafe { std::slice::from_raw_parts_mut(out.add((first + r) * ldo), d_v) },
+                    inverse,
+                );
+            }
         }
     }
+}
+
+/// An attention head's queries for [`attention_head_block`]: scaled, rounded to bf16 and laid
+/// out for the `vdpbf16ps` microkernel once, for every block of keys they attend.
+pub struct HeadQueries {
+    rows: Lines,
+    nq: usize,
+    d_qk: usize,
+    lda: usize,
+}
+
+impl std::fmt::Debug for HeadQueries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeadQueries {{ rows: {}, width: {} }}", self.nq, self.d_qk)
+    }
+}
+
+impl HeadQueries {
+    /// The rows of `q` (`[nq, d_qk]`) times `scale`, as [`attention_head`] makes them.
+    pub fn new(q: View, scale: f32) -> Self {
+        assert!(
+            q.fits(q.data.len()),
+            "HeadQueries: the queries do not lie inside their slice"
+        );
+        let lda = a_stride(packed_pairs(q.cols));
+        let scaled = |r: usize, row: &mut [f32]| {
+            for (o, &x) in row.iter_mut().zip(&q.data[r * q.stride..][..q.cols]) {
+                *o = x * scale;
+            }
+        };
+        Self {
+            rows: bf16_rows(Rows::Made(&scaled), q.rows, q.cols, lda),
+            nq: q.rows,
+            d_qk: q.cols,
+            lda,
+        }
+    }
+
+    /// Query rows.
+    pub fn rows(&self) -> usize {
+        self.nq
+    }
+}
+
+/// Whether [`attention_head_block`] runs on this CPU: where the bf16 products run on
+/// `vdpbf16ps` (AMX's tile loop has no running form).
+pub fn attention_head_block_available() -> bool {
+    cpu::bf16_kernel() == Bf16Kernel::Avx512Bf16
+}
+
+/// One block of keys of an attention head whose softmax is taken a block at a time (the
+/// running-maximum form that [`rows::online_softmax`] computes in f32), for the query rows
+/// `first..first + max.len()` of `queries`, on the calling thread: as [`attention_head`]
+/// computes a head, a strip of rows at a time in cache, over `keys` (the block's keys,
+/// `[nk, d_qk]` packed transposed: [`PackedMatrix::pack_view`] with `transposed`) and
+/// `values` (`[nk, d_v]`, packed as they are). `max` and `sum` are each row's running
+/// maximum and sum of exponentials over the blocks before (`-∞` and 0 before the first),
+/// `out` (`[rows, d_v]`) its weighted sum (zero before the first); each is rescaled to the
+/// block's new maximum and the block added. After the last block, `out / sum` is each row's
+/// attention over all of them. Where the scores' maximum comes late, the earlier blocks'
+/// weights were rounded to bf16 before their rescaling, not after: the same rounding as the
+/// f32 running form followed by a bf16 weighted sum.
+///
+/// # Panics
+/// Unless [`attention_head_block_available`], the shapes agree (the keys' width the queries',
+/// as many values as keys, 1 to [`ATTENTION_HEAD_MAX_KEYS`] keys, `sum` and `out` for as many
+/// rows as `max`, and those rows among the queries').
+pub fn attention_head_block(
+    queries: &HeadQueries,
+    first: usize,
+    keys: &PackedMatrix,
+    values: &PackedMatrix,
+    max: &mut [f32],
+    sum: &mut [f32],
+    out: &mut [f32],
+) {
+    let kernel = cpu::bf16_kernel();
+    assert!(
+        attention_head_block_available(),
+        "attention_head_block: the bf16 products do not run on vdpbf16ps"
+    );
+    let (rows, nk, d_v) = (max.len(), keys.n, values.n);
+    assert!(
+        keys.k == queries.d_qk && values.k == nk && (1..=ATTENTION_HEAD_MAX_KEYS).contains(&nk),
+        "attention_head_block: queries {} wide against {} keys of {}, {} values",
+        queries.d_qk,
+        nk,
+        keys.k,
+        values.k
+    );
+    assert!(
+        first + rows <= queries.nq && out.len() == rows * d_v,
+        "attention_head_block: rows {first}..{} of {} queries into {} outputs of {d_v}",
+        first + rows,
+        queries.nq,
+        out.len()
+    );
+    assert_eq!(a_stride(keys.pairs), queries.lda);
+    // SAFETY: `out` holds the rows × d_v values, exclusively borrowed; the kernel is the one
+    // the products run on (asserted).
+    unsafe {
+        blocked_head(
+            kernel,
+            &queries.rows,
+            queries.lda,
+            keys,
+            values,
+            first..first + rows,
+            HeadRun::Running { max, sum },
+            out.as_mut_ptr(),
+            d_v,
+        )
+    };
 }
 
 /// The scaled queries (in tile order) and [`head_operands`]' keys and values as
@@ -1593,7 +1785,8 @@ mod tests {
     /// other rounding is the softmax weights' to bf16 (2⁻⁹ of each), so each output is within
     /// 2⁻⁸ of the largest value's size. Queries, keys and values are strided views into one
     /// array, as a self-attention's stacked projections are, and the head's block of `out`
-    /// (row stride wider than the head) is the only part written.
+    /// (row stride wider than the head) is the only part written. The same for the vdpbf16ps
+    /// loop, whole and block of keys by block ([`attention_head_block`]).
     #[test]
     fn attention_heads_match_softmax_in_f64() {
         // (query rows, keys, d_qk, d_v): the language model's latent heads; partial strips,
@@ -1676,12 +1869,63 @@ mod tests {
                     lda,
                     &keys,
                     &values,
-                    nq,
+                    0..nq,
+                    HeadRun::Whole,
                     out.as_mut_ptr().add(offset),
                     ldo,
                 )
             };
             check(&out, "vdpbf16ps");
+            // The running form, over blocks of keys (uneven, so that a row's maximum often
+            // comes in a later block), the query rows in two calls a block, each row divided by
+            // its sum after the last block: on the vdpbf16ps loop (native or emulated), and
+            // through `attention_head_block` where it runs, to the same bits.
+            let queries = HeadQueries::new(q, scale);
+            let block = nk / 3 + 1;
+            let run_blocks = |public: bool| {
+                let (mut max, mut sum) = (vec![f32::NEG_INFINITY; nq], vec![0f32; nq]);
+                let mut acc = vec![0f32; nq * d_v];
+                for start in (0..nk).step_by(block) {
+                    let keys_here = block.min(nk - start);
+                    let k_block = View::strided(&k.data[start * k.stride..], keys_here, d_qk, k.stride);
+                    let v_block = View::strided(&v.data[start * v.stride..], keys_here, d_v, v.stride);
+                    let keys = PackedMatrix::pack_view(k_block, true, false);
+                    let values = PackedMatrix::pack_view(v_block, false, false);
+                    for rows in [0..nq / 2, nq / 2..nq] {
+                        let (max, sum) = (&mut max[rows.clone()], &mut sum[rows.clone()]);
+                        let acc = &mut acc[rows.start * d_v..rows.end * d_v];
+                        match public {
+                            true => attention_head_block(&queries, rows.start, &keys, &values, max, sum, acc),
+                            // SAFETY: `acc` holds the rows' outputs, borrowed mutably.
+                            false => unsafe {
+                                blocked_head(
+                                    Bf16Kernel::Avx512Bf16,
+                                    &queries.rows,
+                                    queries.lda,
+                                    &keys,
+                                    &values,
+                                    rows.clone(),
+                                    HeadRun::Running { max, sum },
+                                    acc.as_mut_ptr(),
+                                    d_v,
+                                )
+                            },
+                        }
+                    }
+                }
+                let mut out = vec![-7f32; len];
+                for r in 0..nq {
+                    for c in 0..d_v {
+                        out[offset + r * ldo + c] = acc[r * d_v + c] / sum[r];
+                    }
+                }
+                out
+            };
+            let running = run_blocks(false);
+            check(&running, "vdpbf16ps, blocks of keys");
+            if attention_head_block_available() {
+                assert!(same_bits(&run_blocks(true), &running), "attention_head_block");
+            }
             if attention_head_available() {
                 let mut out = vec![-7f32; len];
                 // SAFETY: `out` holds the head's rows from `offset`, borrowed mutably.

@@ -371,24 +371,31 @@ dispatch!(
 #[inline(always)]
 fn exp_to_bf16_body<const FMA: bool>(
     row: &[f32],
+    floor: f32,
     dst: &mut [MaybeUninit<u16>],
     stride: usize,
     len: usize,
-) -> f32 {
-    let max = max_of(row);
+) -> (f32, f32) {
+    // (Written so that a NaN maximum stays NaN.)
+    let max = match max_of(row) {
+        largest if largest < floor => floor,
+        largest => largest,
+    };
     let exps: Vec<f32> = row.iter().map(|&x| exp::<FMA>(x - max)).collect();
     crate::bf16::convert_slices(&exps, dst, stride, len);
-    sum_by(&exps, |e| e)
+    (max, sum_by(&exps, |e| e))
 }
 
 dispatch!(
-    /// `exp(x − max)` of each value x of `row` (max: the row's largest), rounded to bf16, into
-    /// `len` halves of `dst` laid out in slices of 32 (an AMX tile row's 16 pairs) `stride`
-    /// halves apart, zero past the row; returns their sum in f32 (of the values before
-    /// rounding). The softmax of the row is these over the sum: attention's weights as
-    /// [`crate::amx`]'s tiles read them, the division left to the weighted sum's rows. The
-    /// portable form ([`exp_to_bf16`] runs an AVX-512 BF16 one where it can).
-    pub(crate) fn exp_to_bf16_slices(row: &[f32], dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) -> f32 => exp_to_bf16_body::<FMA>
+    /// `exp(x − max)` of each value x of `row` (max: the row's largest, or `floor` where that
+    /// is larger), rounded to bf16, into `len` halves of `dst` laid out in slices of 32 (an
+    /// AMX tile row's 16 pairs) `stride` halves apart, zero past the row; returns the max and
+    /// the exponentials' sum in f32 (of the values before rounding). With a floor of `-∞` the
+    /// softmax of the row is these over the sum: attention's weights as [`crate::amx`]'s tiles
+    /// read them, the division left to the weighted sum's rows; with the running maximum of
+    /// earlier blocks of keys, one block of a softmax taken a block at a time. The portable
+    /// form ([`exp_to_bf16`] runs an AVX-512 BF16 one where it can).
+    pub(crate) fn exp_to_bf16_slices(row: &[f32], floor: f32, dst: &mut [MaybeUninit<u16>], stride: usize, len: usize) -> (f32, f32) => exp_to_bf16_body::<FMA>
 );
 
 /// [`exp_to_bf16_slices`] into `len` halves (whole slices of 32, at least the row) at `dst`: on
@@ -402,14 +409,33 @@ dispatch!(
 /// # Panics
 /// Unless `len` is a multiple of 32 and at least the row's length.
 pub(crate) unsafe fn exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
+    // SAFETY: as the caller promises.
+    unsafe { exp_to_bf16_above(row, f32::NEG_INFINITY, dst, stride, len).1 }
+}
+
+/// [`exp_to_bf16`] with the maximum taken no lower than `floor` (the running maximum of a
+/// softmax taken a block of keys at a time): returns that maximum and the sum.
+///
+/// # Safety
+/// As [`exp_to_bf16`].
+///
+/// # Panics
+/// As [`exp_to_bf16`].
+pub(crate) unsafe fn exp_to_bf16_above(
+    row: &[f32],
+    floor: f32,
+    dst: *mut u16,
+    stride: usize,
+    len: usize,
+) -> (f32, f32) {
     check_exp_len(row, len);
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::row_level() == crate::cpu::SimdLevel::Avx512 && crate::cpu::avx512_bf16() {
         // SAFETY: the CPU has AVX-512 F and BF16 (checked); `dst` as the caller promises.
-        return unsafe { exp_to_bf16_avx512(row, dst, stride, len) };
+        return unsafe { exp_to_bf16_avx512(row, floor, dst, stride, len) };
     }
     // SAFETY: as the caller promises; the length checked above.
-    unsafe { portable_exp_to_bf16(row, dst, stride, len) }
+    unsafe { portable_exp_to_bf16(row, floor, dst, stride, len) }
 }
 
 /// Panics unless `len` halves are whole slices of 32 and hold `row`: [`exp_to_bf16`]'s bound.
@@ -429,14 +455,20 @@ fn check_exp_len(row: &[f32], len: usize) {
 pub(crate) unsafe fn exp_to_bf16_portable(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
     check_exp_len(row, len);
     // SAFETY: as the caller promises; the length checked above.
-    unsafe { portable_exp_to_bf16(row, dst, stride, len) }
+    unsafe { portable_exp_to_bf16(row, f32::NEG_INFINITY, dst, stride, len).1 }
 }
 
 /// [`exp_to_bf16_portable`] once its length is checked.
 ///
 /// # Safety
 /// As [`exp_to_bf16`]; `len` as [`check_exp_len`] requires.
-unsafe fn portable_exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
+unsafe fn portable_exp_to_bf16(
+    row: &[f32],
+    floor: f32,
+    dst: *mut u16,
+    stride: usize,
+    len: usize,
+) -> (f32, f32) {
     let slices = len / 32;
     // SAFETY: the `len / 32` slices at `dst` are writable (the caller's promise).
     let dst = unsafe {
@@ -445,7 +477,7 @@ unsafe fn portable_exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: u
             slices.saturating_sub(1) * stride + 32.min(len),
         )
     };
-    exp_to_bf16_slices(row, dst, stride, len)
+    exp_to_bf16_slices(row, floor, dst, stride, len)
 }
 
 /// [`exp_to_bf16`] on AVX-512 BF16: `exp(d)` as `2ⁿ · p(f)` (d · log₂e = n + f, |f| ≤ ½,
@@ -458,7 +490,13 @@ unsafe fn portable_exp_to_bf16(row: &[f32], dst: *mut u16, stride: usize, len: u
 /// The CPU must have AVX-512 F and BF16; `dst` valid for writes of the `len / 32` slices.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn exp_to_bf16_avx512(row: &[f32], dst: *mut u16, stride: usize, len: usize) -> f32 {
+unsafe fn exp_to_bf16_avx512(
+    row: &[f32],
+    floor: f32,
+    dst: *mut u16,
+    stride: usize,
+    len: usize,
+) -> (f32, f32) {
     use std::arch::x86_64::*;
     const SLICE: usize = 32;
     let (n, x) = (row.len(), row.as_ptr());
@@ -470,12 +508,13 @@ unsafe fn exp_to_bf16_avx512(row: &[f32], dst: *mut u16, stride: usize, len: usi
     };
     // SAFETY: every load is masked to the row's lanes; every store is one slice of `dst`.
     unsafe {
-        let mut largest = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut largest = _mm512_set1_ps(floor);
         for at in (0..n).step_by(16) {
             let m = lanes(at);
             largest = _mm512_mask_max_ps(largest, m, _mm512_maskz_loadu_ps(m, x.add(at)), largest);
         }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(largest));
+        let max_value = _mm512_reduce_max_ps(largest);
+        let max = _mm512_set1_ps(max_value);
         // Below 2⁻¹⁴⁴ a weight is 0 in bf16; the floor keeps n finite (a NaN stays NaN: `max`
         // returns its second operand when either is NaN).
         let (floor, log2e) = (_mm512_set1_ps(-100.0), _mm512_set1_ps(std::f32::consts::LOG2_E));
@@ -517,7 +556,7 @@ unsafe fn exp_to_bf16_avx512(row: &[f32], dst: *mut u16, stride: usize, len: usi
                 std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
             );
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(sum_lo, sum_hi))
+        (max_value, _mm512_reduce_add_ps(_mm512_add_ps(sum_lo, sum_hi)))
     }
 }
 
@@ -687,38 +726,54 @@ mod tests {
             };
             let len = n.div_ceil(32) * 32 + 32;
             let slices = len / 32;
-            let run = |avx512: bool| {
-                let mut dst = vec![0xBEEFu16; slices * stride];
-                // SAFETY: `dst` holds `slices` slices `stride` halves apart; the CPU has AVX-512
-                // F and BF16 (checked above).
-                let sum = unsafe {
-                    match avx512 {
-                        true => exp_to_bf16_avx512(&row, dst.as_mut_ptr(), stride, len),
-                        false => exp_to_bf16_portable(&row, dst.as_mut_ptr(), stride, len),
-                    }
+            // No floor, one among the scores, one above them all (a running maximum).
+            let largest = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for floor in [f32::NEG_INFINITY, spread / 2.0, largest + 2.0] {
+                let run = |avx512: bool| {
+                    let mut dst = vec![0xBEEFu16; slices * stride];
+                    // SAFETY: `dst` holds `slices` slices `stride` halves apart; the CPU has AVX-512
+                    // F and BF16 (checked above); `len` is whole slices holding the row.
+                    let (max, sum) = unsafe {
+                        match avx512 {
+                            true => exp_to_bf16_avx512(&row, floor, dst.as_mut_ptr(), stride, len),
+                            false => portable_exp_to_bf16(&row, floor, dst.as_mut_ptr(), stride, len),
+                        }
+                    };
+                    (dst, max, sum)
                 };
-                (dst, sum)
-            };
-            let ((fast, fast_sum), (portable, portable_sum)) = (run(true), run(false));
-            for (i, (&a, &b)) in fast.iter().zip(&portable).enumerate() {
-                let (slice, lane) = (i / stride, i % stride);
-                let at = slice * 32 + lane;
-                match (lane < 32, at < n) {
-                    (false, _) => assert_eq!((a, b), (0xBEEF, 0xBEEF), "n {n}: the gap at {i} written"),
-                    (true, false) => assert_eq!((a, b), (0, 0), "n {n}: past the row at {at}"),
-                    (true, true) => {
-                        let (x, y) = (crate::bf16::from_bf16_bits(a), crate::bf16::from_bf16_bits(b));
-                        // The smallest weights may differ outright: the portable exponential
-                        // clamps at e^-87.3 (about 1.2e-38), the AVX-512 one flushes what falls
-                        // below 2^-126 (about 1.18e-38) to zero.
-                        let step = (y.abs() / 128.0).max(2.0 * f32::MIN_POSITIVE);
-                        assert!((x - y).abs() <= step, "n {n}, value {at}: {x} against {y}");
+                let ((fast, fast_max, fast_sum), (portable, portable_max, portable_sum)) =
+                    (run(true), run(false));
+                let want_max = row.iter().copied().fold(floor, f32::max);
+                assert_eq!(
+                    (fast_max, portable_max),
+                    (want_max, want_max),
+                    "n {n}, floor {floor}: maxima"
+                );
+                for (i, (&a, &b)) in fast.iter().zip(&portable).enumerate() {
+                    let (slice, lane) = (i / stride, i % stride);
+                    let at = slice * 32 + lane;
+                    match (lane < 32, at < n) {
+                        (false, _) => assert_eq!((a, b), (0xBEEF, 0xBEEF), "n {n}: the gap at {i} written"),
+                        (true, false) => assert_eq!((a, b), (0, 0), "n {n}: past the row at {at}"),
+                        (true, true) => {
+                            let (x, y) = (crate::bf16::from_bf16_bits(a), crate::bf16::from_bf16_bits(b));
+                            // The smallest weights may differ outright: the portable exponential
+                            // clamps at e^-87.3 (about 1.2e-38), the AVX-512 one flushes what falls
+                            // below 2^-126 (about 1.18e-38) to zero.
+                            let step = (y.abs() / 128.0).max(2.0 * f32::MIN_POSITIVE);
+                            assert!((x - y).abs() <= step, "n {n}, value {at}: {x} against {y}");
+                        }
                     }
                 }
+                let relative = ((fast_sum - portable_sum) / portable_sum).abs();
+                println!(
+                "n {n}, spread {spread}, floor {floor}: sums {fast_sum} / {portable_sum}, relative {relative:.1e}"
+            );
+                assert!(
+                    relative < 1e-5,
+                    "n {n}, floor {floor}: sums {fast_sum} against {portable_sum}"
+                );
             }
-            let relative = ((fast_sum - portable_sum) / portable_sum).abs();
-            println!("n {n}, spread {spread}: sums {fast_sum} / {portable_sum}, relative {relative:.1e}");
-            assert!(relative < 1e-5, "n {n}: sums {fast_sum} against {portable_sum}");
         }
     }
 

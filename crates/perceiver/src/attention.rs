@@ -72,6 +72,9 @@ pub(crate) struct AttentionKernels {
     /// In bf16 where the bf16 products run on AMX tiles or on `vdpbf16ps`: a head's scores,
     /// softmax and weighted sum run as one ([`bf16::attention_head`]), whatever its widths.
     fused_heads: bool,
+    /// In bf16 where the bf16 products run on `vdpbf16ps`: a streamed cross-attention's heads
+    /// run each block of keys as one ([`bf16::attention_head_block`]), whatever their widths.
+    fused_blocks: bool,
 }
 
 impl AttentionKernels {
@@ -106,6 +109,7 @@ impl AttentionLayer {
                 precision: Precision::F32,
                 bf16_min_head_width: bf16_min_head_width(),
                 fused_heads: false,
+                fused_blocks: false,
             },
         })
     }
@@ -125,6 +129,7 @@ impl AttentionLayer {
         }
         self.kernels.precision = precision;
         self.kernels.fused_heads = precision == Precision::Bf16 && bf16::attention_head_available();
+        self.kernels.fused_blocks = precision == Precision::Bf16 && bf16::attention_head_block_available();
     }
 
     /// The stacked projections (the `stacked` field, built by
@@ -281,7 +286,9 @@ impl AttentionLayer {
     /// ([`STREAM_BLOCK_ROWS`] in use), so that neither the input, nor its keys and values, nor
     /// the scores are ever whole: each block is normed and projected, and each head's softmax is
     /// carried from block to block by its running maximum and sum
-    /// ([`rows::online_softmax`]). `rows` are the queries before their LayerNorm (for the
+    /// ([`rows::online_softmax`]; in bf16 on `vdpbf16ps`, [`bf16::attention_head_block`], whose
+    /// scores stay in cache a strip of query rows at a time). `rows` are the queries before
+    /// their LayerNorm (for the
     /// residual), `projected` after it and the query projection. The same as
     /// [`forward`](Self::forward) up to rounding.
     pub(crate) fn forward_streamed(
@@ -309,10 +316,21 @@ impl AttentionLayer {
         let channels = input.channels();
         let mut block = vec![0f32; block_rows.min(input.len()) * channels];
         let mut scores = Vec::new();
-        // In bf16, scores and weighted sums run on the bf16 kernel too (they are most of the
-        // work over a long input), for heads wide enough (as in `attend`): each head's queries,
-        // scaled, kept dense for `matmul_accumulate` block after block.
-        let bf16 = self.kernels.bf16(d_qk) && self.kernels.bf16(d_v);
+        // Where the heads run fused, each head's queries scaled and rounded to bf16 once, and
+        // each block's scores never leave cache.
+        let fused =
+            self.kernels.fused_blocks && block_rows <= bf16::ATTENTION_HEAD_MAX_KEYS && d_qk > 0 && d_v > 0;
+        let fused_queries: Option<Vec<bf16::HeadQueries>> = fused.then(|| {
+            (0..heads)
+                .map(|h| bf16::HeadQueries::new(View::strided(&projected[h * d_qk..], nq, d_qk, qk), scale))
+                .collect()
+        });
+        // Query rows a thread takes of each head's block: whole strips of the kernel's.
+        let share = nq.div_ceil(threads.max(1)).next_multiple_of(bf16::MR).max(1);
+        // Otherwise in bf16, scores and weighted sums run on the bf16 kernel too (they are most
+        // of the work over a long input), for heads wide enough (as in `attend`): each head's
+        // queries, scaled, kept dense for `matmul_accumulate` block after block.
+        let bf16 = !fused && self.kernels.bf16(d_qk) && self.kernels.bf16(d_v);
         let bf16_queries: Option<Vec<Vec<f32>>> = bf16.then(|| {
             (0..heads)
                 .map(|h| scaled_head(View::strided(&projected[h * d_qk..], nq, d_qk, qk), scale))
@@ -324,12 +342,25 @@ impl AttentionLayer {
             let block = &mut block[..nk * channels];
             input.fill(start..end, block);
             let kv = self.stacked().forward_normed(norm, block, None, threads);
-            scores.resize(nq * nk, 0.0);
             for h in 0..heads {
                 let q_h = View::strided(&projected[h * d_qk..], nq, d_qk, qk);
                 let k_h = View::strided(&kv[h * d_qk..], nk, d_qk, qk + vc);
                 let v_h = View::strided(&kv[qk + h * d_v..], nk, d_v, qk + vc);
                 let acc_h = &mut acc[h * nq * d_v..][..nq * d_v];
+                if let Some(queries) = &fused_queries {
+                    let keys = bf16::PackedMatrix::pack_view(k_h, true, true);
+                    let values = bf16::PackedMatrix::pack_view(v_h, false, true);
+                    max[h * nq..][..nq]
+                        .par_chunks_mut(share)
+                        .zip(sum[h * nq..][..nq].par_chunks_mut(share))
+                        .zip(acc_h.par_chunks_mut(share * d_v))
+                        .enumerate()
+                        .for_each(|(i, ((max, sum), acc))| {
+                            bf16::attention_head_block(&queries[h], i * share, &keys, &values, max, sum, acc)
+                        });
+                    continue;
+                }
+                scores.resize(nq * nk, 0.0);
                 match &bf16_queries {
                     Some(queries) => {
                         scores.fill(0.0);
@@ -837,6 +868,7 @@ mod tests {
                 precision,
                 bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
                 fused_heads,
+                fused_blocks: false,
             };
             let rows = |data, width| HeadRows::new(data, 0, width);
             let (q, k, v) = (rows(&q, qk), rows(&k, qk), rows(&v, vc));
@@ -878,6 +910,7 @@ mod tests {
                     precision,
                     bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
                     fused_heads,
+                    fused_blocks: false,
                 };
                 let rows = |data, width| HeadRows::new(data, 0, width);
                 attend(

@@ -27,7 +27,8 @@ pub enum Precision {
     /// widen, so are attention's scores and weighted sums for heads at least 64 wide on that
     /// side (both sides in a streamed cross-attention); on AMX and `vdpbf16ps` every head of up
     /// to 2,048 keys, whatever its widths, as one loop over a strip of query rows at a time (its
-    /// exponentials rounded to bf16 there). Softmax, norms and activations stay in f32.
+    /// exponentials rounded to bf16 there), and on `vdpbf16ps` every streamed cross-attention's
+    /// head so, a block of keys at a time. Softmax, norms and activations stay in f32.
     Bf16,
 }
 
