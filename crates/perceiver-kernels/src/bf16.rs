@@ -512,7 +512,7 @@ impl PackedMatrix {
                         a_block,
                         lda,
                         panel,
-                        pairs,
+                        self.live_pairs(),
                         c.add(b * MR * ldc + p * NR),
                         ldc,
                         block_rows,
@@ -868,6 +868,13 @@ impl PackedMatrix {
         let len = self.pairs * NR;
         &self.data[p * len..(p + 1) * len]
     }
+
+    /// The pairs that hold inputs, `ceil(k / 2)`: what the block kernels run over. The rest
+    /// of a panel's pairs (up to whole AMX tiles) are zero, as are A's lanes past k, so
+    /// stepping over them would add nothing.
+    fn live_pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
 }
 
 /// What [`blocked_head`] makes of its rows' weighted sums.
@@ -922,7 +929,9 @@ unsafe fn blocked_head(
             rows.len()
         );
     }
-    if rows.is_empty() || d_v == 0 {
+    // (Without values a whole head has nothing to write, but a running one still carries its
+    // rows' maxima and sums.)
+    if rows.is_empty() || (d_v == 0 && matches!(run, HeadRun::Whole)) {
         return;
     }
     assert!(
@@ -947,7 +956,7 @@ unsafe fn blocked_head(
                     q_block,
                     lda,
                     keys.panel(p),
-                    keys.pairs,
+                    keys.live_pairs(),
                     scores.as_mut_ptr().cast::<f32>().add(p * NR),
                     scores_stride,
                     strip,
@@ -976,9 +985,7 @@ unsafe fn blocked_head(
             match &mut run {
                 HeadRun::Whole => {
                     // SAFETY: as above.
-                    let (_, total) =
-                        unsafe { rows::exp_to_bf16_above(row, f32::NEG_INFINITY, to, 32, 2 * values.pairs) };
-                    *factor = 1.0 / total;
+                    *factor = 1.0 / unsafe { rows::exp_to_bf16(row, to, 32, 2 * values.pairs) };
                 }
                 HeadRun::Running { max, sum } => {
                     let i = first + r;
@@ -1012,7 +1019,7 @@ unsafe fn blocked_head(
                     &weights,
                     weights_lda,
                     values.panel(p),
-                    values.pairs,
+                    values.live_pairs(),
                     out.add(first * ldo + p * NR),
                     ldo,
                     strip,
@@ -1125,14 +1132,18 @@ pub fn attention_head_block(
         keys.k,
         values.k
     );
+    let end = first.checked_add(rows).filter(|&end| end <= queries.nq);
     assert!(
-        first + rows <= queries.nq && out.len() == rows * d_v,
-        "attention_head_block: rows {first}..{} of {} queries into {} outputs of {d_v}",
-        first + rows,
+        end.is_some() && out.len() == rows * d_v,
+        "attention_head_block: {rows} rows from {first} of {} queries into {} outputs of {d_v}",
         queries.nq,
         out.len()
     );
-    assert_eq!(a_stride(keys.pairs), queries.lda);
+    debug_assert_eq!(
+        a_stride(keys.pairs),
+        queries.lda,
+        "keys and queries of one width are laid out alike"
+    );
     // SAFETY: `out` holds the rows × d_v values, exclusively borrowed; the kernel is the one
     // the products run on (asserted).
     unsafe {

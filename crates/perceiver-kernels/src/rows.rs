@@ -376,9 +376,9 @@ fn exp_to_bf16_body<const FMA: bool>(
     stride: usize,
     len: usize,
 ) -> (f32, f32) {
-    // (Written so that a NaN maximum stays NaN.)
+    // A NaN floor stays NaN, as in the AVX-512 build (whose maximum starts from it).
     let max = match max_of(row) {
-        largest if largest < floor => floor,
+        largest if floor.is_nan() || largest < floor => floor,
         largest => largest,
     };
     let exps: Vec<f32> = row.iter().map(|&x| exp::<FMA>(x - max)).collect();
@@ -515,9 +515,9 @@ unsafe fn exp_to_bf16_avx512(
         }
         let max_value = _mm512_reduce_max_ps(largest);
         let max = _mm512_set1_ps(max_value);
-        // Below 2⁻¹⁴⁴ a weight is 0 in bf16; the floor keeps n finite (a NaN stays NaN: `max`
-        // returns its second operand when either is NaN).
-        let (floor, log2e) = (_mm512_set1_ps(-100.0), _mm512_set1_ps(std::f32::consts::LOG2_E));
+        // Below 2⁻¹⁴⁴ a weight is 0 in bf16; the clamp at `lowest` keeps n finite (a NaN stays
+        // NaN: `max` returns its second operand when either is NaN).
+        let (lowest, log2e) = (_mm512_set1_ps(-100.0), _mm512_set1_ps(std::f32::consts::LOG2_E));
         let c = [
             1.0,
             std::f32::consts::LN_2,
@@ -528,7 +528,7 @@ unsafe fn exp_to_bf16_avx512(
         ]
         .map(|v: f32| _mm512_set1_ps(v));
         let exp = |v: __m512| {
-            let t = _mm512_mul_ps(_mm512_max_ps(floor, _mm512_sub_ps(v, max)), log2e);
+            let t = _mm512_mul_ps(_mm512_max_ps(lowest, _mm512_sub_ps(v, max)), log2e);
             let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
             let f = _mm512_sub_ps(t, whole);
             let mut p = _mm512_fmadd_ps(c[5], f, c[4]);
@@ -695,8 +695,9 @@ mod tests {
         (0..n).map(|_| rng.random_range(-scale..scale)).collect()
     }
 
-    /// The AVX-512 BF16 exponentials against the portable ones (where the CPU has AVX-512 BF16):
-    /// each weight within one bf16 step of the portable one (both round `exp(x − max)` to
+    /// The AVX-512 BF16 exponentials against the portable ones (where the CPU has AVX-512 BF16),
+    /// with no floor under the maximum, one among the scores and one above them all (a running
+    /// maximum): the same maximum, and each weight within one bf16 step of the portable one (both round `exp(x − max)` to
     /// nearest, from polynomials up to about 3e-6 apart); the halves past the row zero, and
     /// those between one slice and the next (`stride` > 32) left as they were; the sums within
     /// 1e-5 relative. Rows shorter than a slice, ending in either half of one, whole slices,
@@ -767,8 +768,8 @@ mod tests {
                 }
                 let relative = ((fast_sum - portable_sum) / portable_sum).abs();
                 println!(
-                "n {n}, spread {spread}, floor {floor}: sums {fast_sum} / {portable_sum}, relative {relative:.1e}"
-            );
+                    "n {n}, spread {spread}, floor {floor}: sums {fast_sum} / {portable_sum}, {relative:.1e}"
+                );
                 assert!(
                     relative < 1e-5,
                     "n {n}, floor {floor}: sums {fast_sum} against {portable_sum}"

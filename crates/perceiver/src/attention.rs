@@ -288,9 +288,8 @@ impl AttentionLayer {
     /// carried from block to block by its running maximum and sum
     /// ([`rows::online_softmax`]; in bf16 on `vdpbf16ps`, [`bf16::attention_head_block`], whose
     /// scores stay in cache a strip of query rows at a time). `rows` are the queries before
-    /// their LayerNorm (for the
-    /// residual), `projected` after it and the query projection. The same as
-    /// [`forward`](Self::forward) up to rounding.
+    /// their LayerNorm (for the residual), `projected` after it and the query projection. The
+    /// same as [`forward`](Self::forward) up to rounding.
     pub(crate) fn forward_streamed(
         &self,
         rows: &[f32],

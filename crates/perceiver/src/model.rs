@@ -800,9 +800,11 @@ mod tests {
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
         let text: Vec<u32> = (1..45).map(|i| (i * 37 % 250) as u32 + 6).collect();
         let texts: [&[u32]; 2] = [&text, &text[..23]];
-        // In bf16 both run their scores and weighted sums on the bf16 kernel, rounding different
-        // values (each block's exponentials against its own running maximum): their difference
-        // is bf16's rounding (8 bits of mantissa), far below a wrong softmax's.
+        // In bf16 both run their scores and weighted sums on the bf16 kernel (on `vdpbf16ps` and
+        // AMX the whole one fused; on `vdpbf16ps` the blocks fused too, whatever the heads'
+        // widths), rounding different values (each block's exponentials against its own running
+        // maximum): their difference is bf16's rounding (8 bits of mantissa), far below a wrong
+        // softmax's.
         let cases = [
             ("parity/tiny_shared_blocks", Precision::F32),
             ("classification/tiny_image_fourier", Precision::F32),
@@ -820,7 +822,8 @@ mod tests {
                 .precision(precision)
                 .load()
                 .unwrap();
-            // The fixtures' heads are narrow: let the blocks' bf16 path run on them.
+            // The fixtures' heads are narrow: let the blocks' unfused bf16 path (AMX, or blocks
+            // over more keys than a fused head takes) run on them.
             model.encoder.set_bf16_min_head_width(1);
             let (height, width) = match &model.preprocessor {
                 Preprocessor::Image(image) => image.required_size().unwrap_or((20, 24)),
