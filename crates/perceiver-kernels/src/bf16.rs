@@ -656,8 +656,22 @@ fn pack_panel_body(view: View, transposed: bool, k: usize, p: usize, panel: &mut
     let (w, stride) = (view.data, view.stride);
     let lanes = NR.min(n - p * NR);
     if transposed {
-        // Each output column's inputs are one row of the view.
+        // Each output column's inputs are one row of the view. Where the rows are far apart (a
+        // head's keys among its layer's projections) each comes from memory, and one row at a
+        // time would wait for each in turn: the rows a few lanes ahead are prefetched.
+        const AHEAD: usize = 4;
         for lane in 0..lanes {
+            #[cfg(target_arch = "x86_64")]
+            if lane + AHEAD < lanes {
+                let next = &w[(p * NR + lane + AHEAD) * stride..][..k];
+                for line in (0..k).step_by(16) {
+                    // SAFETY: a prefetch of an address inside the view; it reads nothing.
+                    unsafe {
+                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                        _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(line).cast());
+                    }
+                }
+            }
             let row = &w[(p * NR + lane) * stride..][..k];
             for i in 0..k.div_ceil(2) {
                 let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
@@ -665,8 +679,24 @@ fn pack_panel_body(view: View, transposed: bool, k: usize, p: usize, panel: &mut
             }
         }
     } else {
-        // Each pair of inputs is two rows of the view, the panel's columns side by side.
+        // Each pair of inputs is two rows of the view, the panel's columns side by side; rows
+        // far apart are prefetched a few pairs ahead, as above.
+        const AHEAD: usize = 4;
         for i in 0..k.div_ceil(2) {
+            #[cfg(target_arch = "x86_64")]
+            for row in [2 * (i + AHEAD), 2 * (i + AHEAD) + 1]
+                .into_iter()
+                .filter(|&row| row < k)
+            {
+                let next = &w[row * stride + p * NR..][..lanes];
+                for line in (0..lanes).step_by(16) {
+                    // SAFETY: a prefetch of an address inside the view; it reads nothing.
+                    unsafe {
+                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                        _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(line).cast());
+                    }
+                }
+            }
             let lo = &w[2 * i * stride + p * NR..][..lanes];
             let out = &mut panel[i * NR..][..lanes];
             if 2 * i + 1 < k {
