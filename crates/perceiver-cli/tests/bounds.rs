@@ -326,7 +326,15 @@ fn texts_are_measured_before_their_masks_are_expanded() {
     // 14 bytes a run, a million ids each: refused before the model loads, by its count.
     let hostile = "[MASK:1048576]".repeat(300);
     let out = timed(command(&["fill-mask", "-m", model.to_str().unwrap(), &hostile]));
-    assert_refused(&out, 1, &["314572800 tokens long", "at most 65536"]);
+    assert_refused(
+        &out,
+        1,
+        &[
+            "314572800 tokens long",
+            "more than any model takes",
+            "at most 65536",
+        ],
+    );
     // Within what some model takes but not this one (64 positions): refused after loading,
     // naming the line, with the same count.
     let dir = tempfile::tempdir().unwrap();

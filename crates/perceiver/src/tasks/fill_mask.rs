@@ -149,10 +149,16 @@ impl FillMask {
     /// a typo costs no load or download.
     pub fn precheck(text: &str, mask_range: Option<Range<usize>>, add_special_tokens: bool) -> Result<()> {
         let most = crate::config::bounds::MAX_POSITION_EMBEDDINGS.max as usize;
-        if Self::counted(text, mask_range.as_ref(), add_special_tokens, most)? == 0 {
-            return Err(no_mask());
+        match Self::counted(text, mask_range.as_ref(), add_special_tokens, most) {
+            Ok(0) => Err(no_mask()),
+            Ok(_) => Ok(()),
+            // Said as the bound of every model, not of the one to come, which may take fewer.
+            Err(Error::TooLong { tokens, max }) => Err(Error::InvalidInput(format!(
+                "the text is {tokens} tokens long or more (special tokens included), more than any \
+                 model takes: at most {max}"
+            ))),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// [`check`](Self::check) on a text not yet built: whether
