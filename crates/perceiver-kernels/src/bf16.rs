@@ -499,7 +499,7 @@ impl PackedMatrix {
             // The next panel in memory (the next this loop reads, but for the task's last),
             // which comes cold from L3 or memory: each block prefetches its share.
             let next = &self.data[((p + 1) * pairs * NR).min(self.data.len())..];
-            let next = &next[..next.len().min(pairs * NR)];
+            let next = &next[..next.len().min(self.live_pairs() * NR)];
             let start = edges.start(p * NR);
             for (b, a_block) in packed_a.chunks(lda * MR).enumerate() {
                 let block_rows = MR.min(rows - b * MR);
@@ -644,6 +644,29 @@ dispatch!(
     fn widen_panel(panel: &[u32], wide: &mut [MaybeUninit<f32>], width: usize, offset: usize) => widen_panel_body
 );
 
+/// Rows (or pairs of rows) [`pack_panel`] prefetches ahead of the one it packs.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Asks for every cache line that holds part of `values` to be brought into L1, without waiting
+/// (x86-64; elsewhere nothing).
+#[inline(always)]
+fn prefetch_lines(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let end = values.as_ptr_range().end.cast::<u8>();
+        let first = values.as_ptr().cast::<u8>();
+        let mut line = first.wrapping_sub(first as usize % 64);
+        while line < end {
+            // SAFETY: a prefetch reads nothing and cannot fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.cast()) };
+            line = line.wrapping_add(64);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
 /// Input pairs a packed row of `k` inputs takes: `ceil(k / 2)` rounded up to whole AMX tiles.
 fn packed_pairs(k: usize) -> usize {
     k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS
@@ -659,20 +682,15 @@ fn pack_panel_body(view: View, transposed: bool, k: usize, p: usize, panel: &mut
         // Each output column's inputs are one row of the view. Where the rows are far apart (a
         // head's keys among its layer's projections) each comes from memory, and one row at a
         // time would wait for each in turn: the rows a few lanes ahead are prefetched.
-        const AHEAD: usize = 4;
+        let row_of = |lane: usize| &w[(p * NR + lane) * stride..][..k];
         for lane in 0..lanes {
-            #[cfg(target_arch = "x86_64")]
-            if lane + AHEAD < lanes {
-                let next = &w[(p * NR + lane + AHEAD) * stride..][..k];
-                for line in (0..k).step_by(16) {
-                    // SAFETY: a prefetch of an address inside the view; it reads nothing.
-                    unsafe {
-                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                        _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(line).cast());
-                    }
-                }
-            }
-            let row = &w[(p * NR + lane) * stride..][..k];
+            // The first lanes' rows ahead at the start, then one more each lane.
+            let ahead = match lane {
+                0 => 1..(PREFETCH_AHEAD + 1).min(lanes),
+                _ => (lane + PREFETCH_AHEAD).min(lanes)..(lane + PREFETCH_AHEAD + 1).min(lanes),
+            };
+            ahead.for_each(|next| prefetch_lines(row_of(next)));
+            let row = row_of(lane);
             for i in 0..k.div_ceil(2) {
                 let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
                 panel[i * NR + lane] = pair(row[2 * i], hi);
@@ -681,21 +699,10 @@ fn pack_panel_body(view: View, transposed: bool, k: usize, p: usize, panel: &mut
     } else {
         // Each pair of inputs is two rows of the view, the panel's columns side by side; rows
         // far apart are prefetched a few pairs ahead, as above.
-        const AHEAD: usize = 4;
         for i in 0..k.div_ceil(2) {
-            #[cfg(target_arch = "x86_64")]
-            for row in [2 * (i + AHEAD), 2 * (i + AHEAD) + 1]
-                .into_iter()
-                .filter(|&row| row < k)
-            {
-                let next = &w[row * stride + p * NR..][..lanes];
-                for line in (0..lanes).step_by(16) {
-                    // SAFETY: a prefetch of an address inside the view; it reads nothing.
-                    unsafe {
-                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                        _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(line).cast());
-                    }
-                }
+            let ahead = 2 * (i + PREFETCH_AHEAD);
+            for row in (ahead..ahead + 2).filter(|&row| row < k) {
+                prefetch_lines(&w[row * stride + p * NR..][..lanes]);
             }
             let lo = &w[2 * i * stride + p * NR..][..lanes];
             let out = &mut panel[i * NR..][..lanes];
@@ -2148,7 +2155,8 @@ mod tests {
         }
         // One block of each height on each kernel, for a whole panel and partial ones (in
         // its first and its second 16-lane half), into a C wider than the panel, the sums
-        // meeting C in each way a block can start.
+        // meeting C in each way a block can start, over the pairs that hold inputs (as the
+        // products and heads run it; for an odd k the last pair's second half is zero).
         let lda = a_stride(packed.pairs);
         let pa = bf16_rows(Rows::Dense(&a), MR.min(m), k, lda);
         let ldc = NR + 3;
@@ -2171,7 +2179,7 @@ mod tests {
                                 &pa,
                                 lda,
                                 &packed.data,
-                                packed.pairs,
+                                packed.live_pairs(),
                                 block.as_mut_ptr(),
                                 ldc,
                                 rows,

@@ -260,7 +260,7 @@ fn parse_mask_run(spec: &str, offset: usize) -> Result<(usize, usize)> {
     }
 }
 
-/// The one too-long error ([`Error::TooLong`]), here against the tokenizer's own bound.
+/// The too-long error ([`Error::TooLong`]), here against the tokenizer's own bound.
 fn too_long(tokens: usize) -> Error {
     Error::TooLong {
         tokens,

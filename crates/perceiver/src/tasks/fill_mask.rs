@@ -146,7 +146,9 @@ impl FillMask {
     /// The checks [`prepare_with`](Self::prepare_with) can make without a model (syntax, a mask
     /// at least, the mask range, and length against the longest any model may take), building
     /// nothing: front ends that read many texts run it on all of them before loading a model, so
-    /// a typo costs no load or download.
+    /// a typo costs no load or download. A text too long for any model is an
+    /// [`Error::InvalidInput`] that says so, not [`Error::TooLong`] (which names one model's
+    /// bound, or the tokenizer's).
     pub fn precheck(text: &str, mask_range: Option<Range<usize>>, add_special_tokens: bool) -> Result<()> {
         let most = crate::config::bounds::MAX_POSITION_EMBEDDINGS.max as usize;
         match Self::counted(text, mask_range.as_ref(), add_special_tokens, most) {
