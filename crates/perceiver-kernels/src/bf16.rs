@@ -838,26 +838,21 @@ pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f3
         "attention_head: the bf16 products run on neither AMX nor vdpbf16ps"
     );
     let (keys, values) = head_operands(q, k, v, ldo);
-    let scaled = |r: usize, row: &mut [f32]| {
-        for (o, &x) in row.iter_mut().zip(&q.data[r * q.stride..][..q.cols]) {
-            *o = x * scale;
-        }
-    };
     match kernel {
         Bf16Kernel::Amx => {
+            let scaled = |r: usize, row: &mut [f32]| scale_query(q, scale, r, row);
             let q_tiles = amx_rows(Rows::Made(&scaled), q.rows, q.cols, keys.pairs, false);
             // SAFETY: the caller's promises; AMX is available (the products run on it).
             unsafe { amx::attention_head(head_tiles(&q_tiles, &keys, &values, q.rows), out, ldo) };
         }
         Bf16Kernel::Avx512Bf16 => {
-            let lda = a_stride(keys.pairs);
-            let q_rows = bf16_rows(Rows::Made(&scaled), q.rows, q.cols, lda);
+            let queries = HeadQueries::new(q, scale);
             // SAFETY: the caller's promises; the kernel is the one the products run on.
             unsafe {
                 blocked_head(
                     kernel,
-                    &q_rows,
-                    lda,
+                    &queries.rows,
+                    queries.lda,
                     &keys,
                     &values,
                     0..q.rows,
@@ -1104,11 +1099,7 @@ impl HeadQueries {
             "HeadQueries: the queries do not lie inside their slice"
         );
         let lda = a_stride(packed_pairs(q.cols));
-        let scaled = |r: usize, row: &mut [f32]| {
-            for (o, &x) in row.iter_mut().zip(&q.data[r * q.stride..][..q.cols]) {
-                *o = x * scale;
-            }
-        };
+        let scaled = |r: usize, row: &mut [f32]| scale_query(q, scale, r, row);
         Self {
             rows: bf16_rows(Rows::Made(&scaled), q.rows, q.cols, lda),
             nq: q.rows,
@@ -1116,10 +1107,13 @@ impl HeadQueries {
             lda,
         }
     }
+}
 
-    /// Query rows.
-    pub fn rows(&self) -> usize {
-        self.nq
+/// Query `r` of `q` times `scale` into `row`: an attention head's queries as its scores take
+/// them, made row by row on their way into bf16.
+fn scale_query(q: View, scale: f32, r: usize, row: &mut [f32]) {
+    for (o, &x) in row.iter_mut().zip(&q.data[r * q.stride..][..q.cols]) {
+        *o = x * scale;
     }
 }
 

@@ -699,9 +699,8 @@ mod tests {
     /// with no floor under the maximum, one among the scores and one above them all (a running
     /// maximum): the same maximum, and each weight within one bf16 step of the portable one
     /// (both round `exp(x − max)` to nearest, from polynomials up to about 3e-6 apart); the
-    /// halves past the row zero, and
-    /// those between one slice and the next (`stride` > 32) left as they were; the sums within
-    /// 1e-5 relative. Rows shorter than a slice, ending in either half of one, whole slices,
+    /// halves past the row zero, and those between one slice and the next (`stride` > 32) left
+    /// as they were; the sums within 1e-5 relative. Rows shorter than a slice, ending in either half of one, whole slices,
     /// scores spread up to ±200 (differences far beyond the exponentials' range) and one row of
     /// equal scores.
     #[test]
