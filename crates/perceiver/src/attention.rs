@@ -342,7 +342,6 @@ impl AttentionLayer {
             input.fill(start..end, block);
             let kv = self.stacked().forward_normed(norm, block, None, threads);
             for h in 0..heads {
-                let q_h = View::strided(&projected[h * d_qk..], nq, d_qk, qk);
                 let k_h = View::strided(&kv[h * d_qk..], nk, d_qk, qk + vc);
                 let v_h = View::strided(&kv[qk + h * d_v..], nk, d_v, qk + vc);
                 let acc_h = &mut acc[h * nq * d_v..][..nq * d_v];
@@ -359,41 +358,68 @@ impl AttentionLayer {
                         });
                     continue;
                 }
-                scores.resize(nq * nk, 0.0);
-                match &bf16_queries {
-                    Some(queries) => {
-                        scores.fill(0.0);
-                        bf16::PackedMatrix::pack_view(k_h, true, true).matmul_accumulate(
-                            &queries[h],
-                            nq,
-                            &mut scores,
-                            threads,
-                        );
-                    }
-                    None if sgemm::available() => {
-                        let keys = sgemm::PackedWeights::pack_view(k_h, true, scale, false);
-                        // SAFETY: `scores` holds nq × nk values at row stride nk and is borrowed
-                        // mutably; the product sets every one of them (overwrite).
-                        unsafe { keys.matmul_view_raw(q_h, scores.as_mut_ptr(), nk, threads, true) };
-                    }
-                    None => matmul(&mut scores, nk, q_h, Rhs::Transposed(k_h), scale, false, threads),
+                if let Some(queries) = &bf16_queries {
+                    scores.clear();
+                    scores.resize(nq * nk, 0.0);
+                    bf16::PackedMatrix::pack_view(k_h, true, true).matmul_accumulate(
+                        &queries[h],
+                        nq,
+                        &mut scores,
+                        threads,
+                    );
+                    rows::online_softmax(
+                        &mut scores,
+                        nk,
+                        &mut max[h * nq..][..nq],
+                        &mut sum[h * nq..][..nq],
+                        acc_h,
+                        d_v,
+                    );
+                    bf16::PackedMatrix::pack_view(v_h, false, true)
+                        .matmul_accumulate(&scores, nq, acc_h, threads);
+                    continue;
                 }
-                rows::online_softmax(
-                    &mut scores,
-                    nk,
-                    &mut max[h * nq..][..nq],
-                    &mut sum[h * nq..][..nq],
-                    acc_h,
-                    d_v,
-                );
-                let weights = View::dense(&scores, nq, nk);
-                match &bf16_queries {
-                    Some(_) => bf16::PackedMatrix::pack_view(v_h, false, true)
-                        .matmul_accumulate(&scores, nq, acc_h, threads),
-                    None if sgemm::available() => sgemm::PackedWeights::pack_view(v_h, false, 1.0, false)
-                        .matmul_view(weights, acc_h, d_v, threads),
-                    None => matmul(acc_h, d_v, weights, Rhs::Plain(v_h), 1.0, true, threads),
-                }
+                // In f32, each thread takes blocks of the head's query rows whose scores stay
+                // in cache from the product that writes them, through the running softmax, to
+                // the product that reads them; the block's keys and values packed once.
+                let packed = sgemm::available().then(|| {
+                    (
+                        sgemm::PackedWeights::pack_view(k_h, true, scale, true),
+                        sgemm::PackedWeights::pack_view(v_h, false, 1.0, true),
+                    )
+                });
+                let rows_per_task = score_block_rows(nk);
+                max[h * nq..][..nq]
+                    .par_chunks_mut(rows_per_task)
+                    .zip(sum[h * nq..][..nq].par_chunks_mut(rows_per_task))
+                    .zip(acc_h.par_chunks_mut(rows_per_task * d_v))
+                    .enumerate()
+                    .for_each_init(Vec::new, |scores, (i, ((max, sum), acc))| {
+                        let (first, n) = (i * rows_per_task, max.len());
+                        let q = View::strided(&projected[first * qk + h * d_qk..], n, d_qk, qk);
+                        scores.clear();
+                        match &packed {
+                            Some((keys, values)) => {
+                                scores.reserve(n * nk);
+                                // SAFETY: `scores` has room for n × nk values at row stride
+                                // nk; the product sets every one of them (overwrite), so the
+                                // length can then cover them.
+                                unsafe {
+                                    keys.matmul_view_raw(q, scores.as_mut_ptr(), nk, 1, true);
+                                    scores.set_len(n * nk);
+                                }
+                                rows::online_softmax_rows(scores, nk, max, sum, acc, d_v);
+                                values.matmul_view(View::dense(scores, n, nk), acc, d_v, 1);
+                            }
+                            None => {
+                                scores.resize(n * nk, 0.0);
+                                matmul(scores, nk, q, Rhs::Transposed(k_h), scale, false, 1);
+                                rows::online_softmax_rows(scores, nk, max, sum, acc, d_v);
+                                let weights = View::dense(scores, n, nk);
+                                matmul(acc, d_v, weights, Rhs::Plain(v_h), 1.0, true, 1);
+                            }
+                        }
+                    });
             }
         }
         // Heads side by side, each row divided by its sum.
@@ -455,10 +481,22 @@ impl AttentionLayer {
 /// its keys and values and its scores stay a few MiB.
 pub(crate) const STREAM_BLOCK_ROWS: usize = 1024;
 
-/// Scores one attention task holds at a time (64 MiB of f32): longer inputs are attended a
-/// block of query rows at a time, so no `queries × keys` matrix is ever whole (the flow model's
-/// would be 2,048 × 182,528). Each query row's softmax is its own, so blocking changes nothing.
-const SCORE_BLOCK_VALUES: usize = 1 << 24;
+/// Scores an unfused head computes at a time (256 KiB of f32): its query rows are attended a
+/// block at a time, so that the scores stay in cache from the product that writes them,
+/// through the softmax, to the product that reads them, and no `queries × keys` matrix is ever
+/// whole (the flow model's would be 2,048 × 182,528). Each query row's softmax is its own, so
+/// blocking changes nothing.
+const SCORE_BLOCK_VALUES: usize = 1 << 16;
+
+/// The fewest query rows of a block of scores, however many the keys: each block streams its
+/// head's keys and values through the products once, for this much work at least.
+const MIN_SCORE_BLOCK_ROWS: usize = 32;
+
+/// Query rows of a block of scores over `keys` keys: [`SCORE_BLOCK_VALUES`] of them, at least
+/// [`MIN_SCORE_BLOCK_ROWS`] rows.
+fn score_block_rows(keys: usize) -> usize {
+    (SCORE_BLOCK_VALUES / keys.max(1)).max(MIN_SCORE_BLOCK_ROWS)
+}
 
 /// Multi-head attention of each item's queries over that item's keys; heads concatenated. In
 /// bf16, the scores and the weighted sum run on the bf16 kernel where their head side is at
@@ -543,10 +581,9 @@ fn attend(
     out
 }
 
-/// The query rows of `rows` in blocks whose scores over `keys` keys fit
-/// [`SCORE_BLOCK_VALUES`].
+/// The query rows of `rows` in blocks of [`score_block_rows`].
 fn row_blocks(rows: &Range<usize>, keys: usize) -> Vec<Range<usize>> {
-    let size = (SCORE_BLOCK_VALUES / keys.max(1)).max(1);
+    let size = score_block_rows(keys);
     (rows.start..rows.end)
         .step_by(size)
         .map(|start| start..(start + size).min(rows.end))
@@ -888,6 +925,153 @@ mod tests {
         let worst = max_difference(&exact, &alone);
         println!("one head fused against f32: worst {worst:.2e}");
         assert!(worst < 2e-2 && worst > 0.0, "{worst}");
+    }
+
+    /// Softmax attention in f64 of one item's queries over its keys, heads side by side.
+    fn attention_in_f64(q: &[f32], k: &[f32], v: &[f32], qk: usize, vc: usize, heads: usize) -> Vec<f32> {
+        let (d_qk, d_v) = (qk / heads, vc / heads);
+        let (nq, nk) = (q.len() / qk, k.len() / qk);
+        let mut out = vec![0f32; nq * vc];
+        for h in 0..heads {
+            for r in 0..nq {
+                let scores: Vec<f64> = (0..nk)
+                    .map(|c| {
+                        let dot: f64 = (0..d_qk)
+                            .map(|i| q[r * qk + h * d_qk + i] as f64 * k[c * qk + h * d_qk + i] as f64)
+                            .sum();
+                        dot / (d_qk as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for j in 0..d_v {
+                    let weighted: f64 = (0..nk).map(|c| weights[c] * v[c * vc + h * d_v + j] as f64).sum();
+                    out[r * vc + h * d_v + j] = (weighted / total) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Unfused f32 attention, whose heads run their query rows in blocks of
+    /// [`score_block_rows`] (here 100 rows over 2,500 keys: four blocks, the last short), on
+    /// one thread per (item, head) and with the blocks over the threads, against softmax in f64.
+    #[test]
+    fn f32_attention_in_row_blocks_equals_softmax_in_f64() {
+        let (qk, vc, heads) = (16, 24, 2);
+        let spec = spec(qk, vc, heads);
+        let (query_items, kv_items) = (vec![0..100, 100..140], vec![0..2500, 2500..2570]);
+        assert!(score_block_rows(2500) < 100, "several blocks of rows");
+        let q = random(140 * qk, 7);
+        // Keys spread wide enough that the softmax is far from uniform.
+        let k: Vec<f32> = random(2570 * qk, 8).iter().map(|x| 4.0 * x).collect();
+        let v = random(2570 * vc, 9);
+        let mut expected = attention_in_f64(&q[..100 * qk], &k[..2500 * qk], &v[..2500 * vc], qk, vc, heads);
+        expected.extend(attention_in_f64(
+            &q[100 * qk..],
+            &k[2500 * qk..],
+            &v[2500 * vc..],
+            qk,
+            vc,
+            heads,
+        ));
+        for threads in [1, 2, 8] {
+            let kernels = AttentionKernels {
+                precision: Precision::F32,
+                bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
+                fused_heads: false,
+                fused_blocks: false,
+            };
+            let rows = |data, width| HeadRows::new(data, 0, width);
+            let out = attend(
+                &spec,
+                kernels,
+                rows(&q, qk),
+                &query_items,
+                rows(&k, qk),
+                rows(&v, vc),
+                &kv_items,
+                threads,
+            );
+            let worst = max_difference(&expected, &out);
+            println!("f32 attention in row blocks, {threads} threads: worst {worst:.2e} against f64");
+            assert!(worst < 1e-5, "{threads} threads: {worst}");
+        }
+    }
+
+    /// A cross-attention layer of `spec` with seeded random weights, packed for f32.
+    fn random_cross_attention(spec: AttentionSpec) -> AttentionLayer {
+        let names = LayerNames::new("layer", spec, true);
+        let shapes: std::collections::HashMap<String, Vec<usize>> = names
+            .tensors()
+            .into_iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let mut seed = 100;
+        let mut layer = AttentionLayer::load(&names, &mut |name| {
+            let shape = shapes[name].clone();
+            seed += 1;
+            Param::owned(random(shape.iter().product(), seed), shape)
+        })
+        .unwrap();
+        layer.set_precision(Precision::F32);
+        layer
+    }
+
+    /// Rows of one item held whole, as a [`RowSource`].
+    struct HeldRows {
+        values: Vec<f32>,
+        channels: usize,
+    }
+
+    impl RowSource for HeldRows {
+        fn len(&self) -> usize {
+            self.values.len() / self.channels
+        }
+
+        fn channels(&self) -> usize {
+            self.channels
+        }
+
+        fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
+            out.copy_from_slice(&self.values[rows.start * self.channels..rows.end * self.channels]);
+        }
+    }
+
+    /// An f32 cross-attention streamed over its input (its heads' query rows in several blocks
+    /// of scores over each block of keys, over two threads) equals the whole one up to rounding.
+    #[test]
+    fn a_streamed_f32_cross_attention_over_many_rows_equals_the_whole_one() {
+        let spec = AttentionSpec {
+            q_dim: 8,
+            kv_dim: 6,
+            ..spec(16, 24, 2)
+        };
+        let layer = random_cross_attention(spec);
+        let latents = random(100 * 8, 11);
+        let input = HeldRows {
+            values: random(2500 * 6, 12).iter().map(|x| 3.0 * x).collect(),
+            channels: 6,
+        };
+        let (queries, rows) = (0..100, 0..2500);
+        let whole = layer.forward(
+            Queries::Shared(&latents),
+            std::slice::from_ref(&queries),
+            Some((&input.values, std::slice::from_ref(&rows))),
+            2,
+        );
+        let projected = layer.project_queries(&latents, 2);
+        assert!(
+            score_block_rows(1000) < 100,
+            "several blocks of scores over a block of keys"
+        );
+        for block_rows in [7, 1000, 2500] {
+            let streamed = layer.forward_streamed(&latents, &projected, &input, block_rows, 2);
+            let worst = max_difference(&whole, &streamed);
+            println!("streamed f32 cross-attention, blocks of {block_rows} rows: worst {worst:.2e}");
+            assert!(worst < 1e-4, "blocks of {block_rows}: {worst}");
+        }
     }
 
     /// Attention in bf16 (each product on the bf16 kernel where its head side is wide enough,
