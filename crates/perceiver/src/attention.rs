@@ -285,9 +285,9 @@ impl AttentionLayer {
     /// A cross-attention of one item's queries over input rows made `block_rows` at a time
     /// ([`STREAM_BLOCK_ROWS`] in use), so that neither the input, nor its keys and values, nor
     /// the scores are ever whole: each block is normed and projected, and each head's softmax is
-    /// carried from block to block by its running maximum and sum
-    /// ([`rows::online_softmax`]; in bf16 on `vdpbf16ps`, [`bf16::attention_head_block`], whose
-    /// scores stay in cache a strip of query rows at a time). `rows` are the queries before
+    /// carried from block to block by its running maximum and sum ([`rows::online_softmax_rows`]
+    /// over blocks of query rows whose scores stay in cache, [`score_block_rows`]; in bf16 on
+    /// `vdpbf16ps`, [`bf16::attention_head_block`], a strip of query rows at a time). `rows` are the queries before
     /// their LayerNorm (for the residual), `projected` after it and the query projection. The
     /// same as [`forward`](Self::forward) up to rounding.
     pub(crate) fn forward_streamed(
@@ -382,28 +382,25 @@ impl AttentionLayer {
                 // In f32, each thread takes blocks of the head's query rows whose scores stay
                 // in cache from the product that writes them, through the running softmax, to
                 // the product that reads them; the block's keys and values packed once.
+                // (The values are packed row by row: see `sgemm::PackedWeights::pack_view`.)
                 let packed = sgemm::available().then(|| {
                     (
-                        sgemm::PackedWeights::pack_view(k_h, true, scale, true),
-                        sgemm::PackedWeights::pack_view(v_h, false, 1.0, true),
+                        sgemm::PackedWeights::pack_view(k_h, true, scale, threads > 1),
+                        sgemm::PackedWeights::pack_view(v_h, false, 1.0, false),
                     )
                 });
-                let rows_per_task = score_block_rows(nk);
-                max[h * nq..][..nq]
-                    .par_chunks_mut(rows_per_task)
-                    .zip(sum[h * nq..][..nq].par_chunks_mut(rows_per_task))
-                    .zip(acc_h.par_chunks_mut(rows_per_task * d_v))
-                    .enumerate()
-                    .for_each_init(Vec::new, |scores, (i, ((max, sum), acc))| {
+                let rows_per_task = score_block_rows(nk).min(nq.div_ceil(threads.max(1))).max(1);
+                let attend_rows =
+                    |scores: &mut Vec<f32>, i: usize, max: &mut [f32], sum: &mut [f32], acc: &mut [f32]| {
                         let (first, n) = (i * rows_per_task, max.len());
                         let q = View::strided(&projected[first * qk + h * d_qk..], n, d_qk, qk);
                         scores.clear();
                         match &packed {
                             Some((keys, values)) => {
                                 scores.reserve(n * nk);
-                                // SAFETY: `scores` has room for n × nk values at row stride
-                                // nk; the product sets every one of them (overwrite), so the
-                                // length can then cover them.
+                                // SAFETY: `scores` has room for n × nk values at row stride nk; the
+                                // product sets every one of them (overwrite), so the length can then
+                                // cover them.
                                 unsafe {
                                     keys.matmul_view_raw(q, scores.as_mut_ptr(), nk, 1, true);
                                     scores.set_len(n * nk);
@@ -419,7 +416,28 @@ impl AttentionLayer {
                                 matmul(acc, d_v, weights, Rhs::Plain(v_h), 1.0, true, 1);
                             }
                         }
-                    });
+                    };
+                let (max_h, sum_h) = (&mut max[h * nq..][..nq], &mut sum[h * nq..][..nq]);
+                if threads > 1 {
+                    max_h
+                        .par_chunks_mut(rows_per_task)
+                        .zip(sum_h.par_chunks_mut(rows_per_task))
+                        .zip(acc_h.par_chunks_mut(rows_per_task * d_v))
+                        .enumerate()
+                        .for_each_init(Vec::new, |scores, (i, ((max, sum), acc))| {
+                            attend_rows(scores, i, max, sum, acc)
+                        });
+                } else {
+                    // One thread (an input of a batch run side by side): no fork.
+                    let mut scores = Vec::new();
+                    let chunks = max_h
+                        .chunks_mut(rows_per_task)
+                        .zip(sum_h.chunks_mut(rows_per_task))
+                        .zip(acc_h.chunks_mut(rows_per_task * d_v));
+                    for (i, ((max, sum), acc)) in chunks.enumerate() {
+                        attend_rows(&mut scores, i, max, sum, acc);
+                    }
+                }
             }
         }
         // Heads side by side, each row divided by its sum.
@@ -483,19 +501,29 @@ pub(crate) const STREAM_BLOCK_ROWS: usize = 1024;
 
 /// Scores an unfused head computes at a time (256 KiB of f32): its query rows are attended a
 /// block at a time, so that the scores stay in cache from the product that writes them,
-/// through the softmax, to the product that reads them, and no `queries × keys` matrix is ever
-/// whole (the flow model's would be 2,048 × 182,528). Each query row's softmax is its own, so
-/// blocking changes nothing.
+/// through the softmax, to the product that reads them, and (with
+/// [`LONG_SCORE_BLOCK_VALUES`]) no `queries × keys` matrix is ever whole (the flow model's
+/// would be 2,048 × 182,528). Each query row's softmax is its own, so blocking changes
+/// nothing.
 const SCORE_BLOCK_VALUES: usize = 1 << 16;
 
-/// The fewest query rows of a block of scores, however many the keys: each block streams its
-/// head's keys and values through the products once, for this much work at least.
+/// The fewest query rows of a block of [`SCORE_BLOCK_VALUES`]: each block streams its head's
+/// keys and values through the products once, for this much work at least.
 const MIN_SCORE_BLOCK_ROWS: usize = 32;
 
-/// Query rows of a block of scores over `keys` keys: [`SCORE_BLOCK_VALUES`] of them, at least
-/// [`MIN_SCORE_BLOCK_ROWS`] rows.
+/// Scores of a block of query rows over more keys than [`MIN_SCORE_BLOCK_ROWS`] rows of
+/// [`SCORE_BLOCK_VALUES`] hold (64 MiB of f32): no block's scores stay in cache there, so the
+/// blocks are large, each streaming the keys and values once.
+const LONG_SCORE_BLOCK_VALUES: usize = 1 << 24;
+
+/// Query rows of a block of scores over `keys` keys: [`SCORE_BLOCK_VALUES`] over up to 2,048
+/// keys, else [`LONG_SCORE_BLOCK_VALUES`].
 fn score_block_rows(keys: usize) -> usize {
-    (SCORE_BLOCK_VALUES / keys.max(1)).max(MIN_SCORE_BLOCK_ROWS)
+    let keys = keys.max(1);
+    match keys * MIN_SCORE_BLOCK_ROWS <= SCORE_BLOCK_VALUES {
+        true => SCORE_BLOCK_VALUES / keys,
+        false => (LONG_SCORE_BLOCK_VALUES / keys).max(1),
+    }
 }
 
 /// Multi-head attention of each item's queries over that item's keys; heads concatenated. In
@@ -880,9 +908,17 @@ mod tests {
         }
     }
 
-    /// The largest absolute difference between two outputs.
+    /// The largest absolute difference between two outputs of the same length (infinite where
+    /// either is NaN).
     fn max_difference(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+        assert_eq!(a.len(), b.len(), "outputs of different lengths");
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| match (x - y).abs() {
+                d if d.is_nan() => f32::INFINITY,
+                d => d,
+            })
+            .fold(0f32, f32::max)
     }
 
     /// A head run fused (on AMX or `vdpbf16ps`, natively or under `PERCEIVER_EMULATE_AMX` or
@@ -955,23 +991,24 @@ mod tests {
     }
 
     /// Unfused f32 attention, whose heads run their query rows in blocks of
-    /// [`score_block_rows`] (here 100 rows over 2,500 keys: four blocks, the last short), on
-    /// one thread per (item, head) and with the blocks over the threads, against softmax in f64.
+    /// [`score_block_rows`] (here 100 rows over 2,000 keys: four blocks, the last short; 40
+    /// rows over 3,000 keys: one long block), on one thread per (item, head) and with the
+    /// blocks over the threads, against softmax in f64.
     #[test]
     fn f32_attention_in_row_blocks_equals_softmax_in_f64() {
         let (qk, vc, heads) = (16, 24, 2);
         let spec = spec(qk, vc, heads);
-        let (query_items, kv_items) = (vec![0..100, 100..140], vec![0..2500, 2500..2570]);
-        assert!(score_block_rows(2500) < 100, "several blocks of rows");
+        let (query_items, kv_items) = (vec![0..100, 100..140], vec![0..2000, 2000..5000]);
+        assert!(score_block_rows(2000) < 100 && score_block_rows(3000) > 40);
         let q = random(140 * qk, 7);
         // Keys spread wide enough that the softmax is far from uniform.
-        let k: Vec<f32> = random(2570 * qk, 8).iter().map(|x| 4.0 * x).collect();
-        let v = random(2570 * vc, 9);
-        let mut expected = attention_in_f64(&q[..100 * qk], &k[..2500 * qk], &v[..2500 * vc], qk, vc, heads);
+        let k: Vec<f32> = random(5000 * qk, 8).iter().map(|x| 4.0 * x).collect();
+        let v = random(5000 * vc, 9);
+        let mut expected = attention_in_f64(&q[..100 * qk], &k[..2000 * qk], &v[..2000 * vc], qk, vc, heads);
         expected.extend(attention_in_f64(
             &q[100 * qk..],
-            &k[2500 * qk..],
-            &v[2500 * vc..],
+            &k[2000 * qk..],
+            &v[2000 * vc..],
             qk,
             vc,
             heads,
@@ -1040,7 +1077,8 @@ mod tests {
     }
 
     /// An f32 cross-attention streamed over its input (its heads' query rows in several blocks
-    /// of scores over each block of keys, over two threads) equals the whole one up to rounding.
+    /// of scores over each block of keys, over two threads or one) equals the whole one up to
+    /// rounding.
     #[test]
     fn a_streamed_f32_cross_attention_over_many_rows_equals_the_whole_one() {
         let spec = AttentionSpec {
@@ -1066,11 +1104,11 @@ mod tests {
             score_block_rows(1000) < 100,
             "several blocks of scores over a block of keys"
         );
-        for block_rows in [7, 1000, 2500] {
-            let streamed = layer.forward_streamed(&latents, &projected, &input, block_rows, 2);
+        for (block_rows, threads) in [(7, 2), (1000, 2), (1000, 1), (2500, 2)] {
+            let streamed = layer.forward_streamed(&latents, &projected, &input, block_rows, threads);
             let worst = max_difference(&whole, &streamed);
-            println!("streamed f32 cross-attention, blocks of {block_rows} rows: worst {worst:.2e}");
-            assert!(worst < 1e-4, "blocks of {block_rows}: {worst}");
+            println!("streamed f32 cross-attention, blocks of {block_rows} rows, {threads} threads: worst {worst:.2e}");
+            assert!(worst < 1e-4, "blocks of {block_rows}, {threads} threads: {worst}");
         }
     }
 

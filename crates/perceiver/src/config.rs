@@ -69,7 +69,7 @@ pub mod bounds {
     };
 
     /// Latent vectors. Released models use 256 (language) to 2048 (optical flow); the latent
-    /// self-attention's scores grow with its square (4096² f32 scores are 64 MiB a head).
+    /// self-attention's work grows with its square.
     pub const NUM_LATENTS: Range = Range {
         min: 1,
         max: 4096,
