@@ -921,6 +921,38 @@ mod tests {
             .fold(0f32, f32::max)
     }
 
+    /// [`attend`] of `spec` over dense rows (`q` and `k` `qk_channels` wide, `v` `v_channels`),
+    /// in `precision`, its heads fused or not.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_dense(
+        spec: &AttentionSpec,
+        precision: Precision,
+        fused_heads: bool,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        query_items: &[Range<usize>],
+        kv_items: &[Range<usize>],
+        threads: usize,
+    ) -> Vec<f32> {
+        let kernels = AttentionKernels {
+            precision,
+            bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
+            fused_heads,
+            fused_blocks: false,
+        };
+        let (qk, vc) = (spec.qk_channels, spec.v_channels);
+        let rows = |data, width| HeadRows::new(data, 0, width);
+        attend(
+            spec,
+            kernels,
+            rows(q, qk),
+            query_items,
+            rows(k, qk),
+            rows(v, vc),
+            kv_items,
+            threads,
+        )
+    }
+
     /// A head run fused (on AMX or `vdpbf16ps`, natively or under `PERCEIVER_EMULATE_AMX` or
     /// `PERCEIVER_EMULATE_AVX512`): one item's one head
     /// with its 100 query rows in strips over three threads (0..64, 64..100) gives the rows of the
@@ -936,22 +968,14 @@ mod tests {
         let (queries, keys) = (0..100, 0..70);
         let (q, k, v) = (random(100 * qk, 4), random(70 * qk, 5), random(70 * vc, 6));
         let run = |precision, fused_heads, threads| {
-            let kernels = AttentionKernels {
-                precision,
-                bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
-                fused_heads,
-                fused_blocks: false,
-            };
-            let rows = |data, width| HeadRows::new(data, 0, width);
-            let (q, k, v) = (rows(&q, qk), rows(&k, qk), rows(&v, vc));
-            attend(
+            let (queries, keys) = (std::slice::from_ref(&queries), std::slice::from_ref(&keys));
+            attend_dense(
                 &spec,
-                kernels,
-                q,
-                std::slice::from_ref(&queries),
-                k,
-                v,
-                std::slice::from_ref(&keys),
+                precision,
+                fused_heads,
+                (&q, &k, &v),
+                queries,
+                keys,
                 threads,
             )
         };
@@ -1014,20 +1038,12 @@ mod tests {
             heads,
         ));
         for threads in [1, 2, 8] {
-            let kernels = AttentionKernels {
-                precision: Precision::F32,
-                bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
-                fused_heads: false,
-                fused_blocks: false,
-            };
-            let rows = |data, width| HeadRows::new(data, 0, width);
-            let out = attend(
+            let out = attend_dense(
                 &spec,
-                kernels,
-                rows(&q, qk),
+                Precision::F32,
+                false,
+                (&q, &k, &v),
                 &query_items,
-                rows(&k, qk),
-                rows(&v, vc),
                 &kv_items,
                 threads,
             );
@@ -1127,20 +1143,12 @@ mod tests {
             let run = |precision, fused_heads| {
                 // The bf16 kernel's products whatever the CPU's kernel (a widening one keeps
                 // attention in f32 in the model).
-                let kernels = AttentionKernels {
-                    precision,
-                    bf16_min_head_width: BF16_MIN_HEAD_WIDTH,
-                    fused_heads,
-                    fused_blocks: false,
-                };
-                let rows = |data, width| HeadRows::new(data, 0, width);
-                attend(
+                attend_dense(
                     &spec,
-                    kernels,
-                    rows(&q, qk),
+                    precision,
+                    fused_heads,
+                    (&q, &k, &v),
                     &query_items,
-                    rows(&k, qk),
-                    rows(&v, vc),
                     &kv_items,
                     2,
                 )
