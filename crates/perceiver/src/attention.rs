@@ -287,9 +287,9 @@ impl AttentionLayer {
     /// the scores are ever whole: each block is normed and projected, and each head's softmax is
     /// carried from block to block by its running maximum and sum ([`rows::online_softmax_rows`]
     /// over blocks of query rows whose scores stay in cache, [`score_block_rows`]; in bf16 on
-    /// `vdpbf16ps`, [`bf16::attention_head_block`], a strip of query rows at a time). `rows` are the queries before
-    /// their LayerNorm (for the residual), `projected` after it and the query projection. The
-    /// same as [`forward`](Self::forward) up to rounding.
+    /// `vdpbf16ps`, [`bf16::attention_head_block`], a strip of query rows at a time). `rows`
+    /// are the queries before their LayerNorm (for the residual), `projected` after it and the
+    /// query projection. The same as [`forward`](Self::forward) up to rounding.
     pub(crate) fn forward_streamed(
         &self,
         rows: &[f32],
@@ -1123,7 +1123,7 @@ mod tests {
         for (block_rows, threads) in [(7, 2), (1000, 2), (1000, 1), (2500, 2)] {
             let streamed = layer.forward_streamed(&latents, &projected, &input, block_rows, threads);
             let worst = max_difference(&whole, &streamed);
-            println!("streamed f32 cross-attention, blocks of {block_rows} rows, {threads} threads: worst {worst:.2e}");
+            println!("streamed f32, blocks of {block_rows} rows, {threads} threads: worst {worst:.2e}");
             assert!(worst < 1e-4, "blocks of {block_rows}, {threads} threads: {worst}");
         }
     }
