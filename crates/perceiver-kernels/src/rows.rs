@@ -700,9 +700,9 @@ mod tests {
     /// maximum): the same maximum, and each weight within one bf16 step of the portable one
     /// (both round `exp(x − max)` to nearest, from polynomials up to about 3e-6 apart); the
     /// halves past the row zero, and those between one slice and the next (`stride` > 32) left
-    /// as they were; the sums within 1e-5 relative. Rows shorter than a slice, ending in either half of one, whole slices,
-    /// scores spread up to ±200 (differences far beyond the exponentials' range) and one row of
-    /// equal scores.
+    /// as they were; the sums within 1e-5 relative. Rows shorter than a slice, ending in either
+    /// half of one, whole slices, scores spread up to ±200 (differences far beyond the
+    /// exponentials' range) and one row of equal scores.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx512_exponentials_match_the_portable_ones() {

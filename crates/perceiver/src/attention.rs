@@ -881,6 +881,7 @@ pub(crate) fn layer_flops(spec: &AttentionSpec, nq: usize, nk: usize) -> f64 {
 mod tests {
     use super::*;
     use crate::config::Activation;
+    use crate::preprocess::InputArray;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -1072,26 +1073,6 @@ mod tests {
         layer
     }
 
-    /// Rows of one item held whole, as a [`RowSource`].
-    struct HeldRows {
-        values: Vec<f32>,
-        channels: usize,
-    }
-
-    impl RowSource for HeldRows {
-        fn len(&self) -> usize {
-            self.values.len() / self.channels
-        }
-
-        fn channels(&self) -> usize {
-            self.channels
-        }
-
-        fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
-            out.copy_from_slice(&self.values[rows.start * self.channels..rows.end * self.channels]);
-        }
-    }
-
     /// An f32 cross-attention streamed over its input (its heads' query rows in several blocks
     /// of scores over each block of keys, over two threads or one) equals the whole one up to
     /// rounding.
@@ -1104,15 +1085,15 @@ mod tests {
         };
         let layer = random_cross_attention(spec);
         let latents = random(100 * 8, 11);
-        let input = HeldRows {
+        let input = InputArray {
             values: random(2500 * 6, 12).iter().map(|x| 3.0 * x).collect(),
-            channels: 6,
+            items: crate::runtime::item_ranges([2500]),
         };
-        let (queries, rows) = (0..100, 0..2500);
+        let queries = 0..100;
         let whole = layer.forward(
             Queries::Shared(&latents),
             std::slice::from_ref(&queries),
-            Some((&input.values, std::slice::from_ref(&rows))),
+            Some((&input.values, &input.items)),
             2,
         );
         let projected = layer.project_queries(&latents, 2);
@@ -1121,7 +1102,8 @@ mod tests {
             "several blocks of scores over a block of keys"
         );
         for (block_rows, threads) in [(7, 2), (1000, 2), (1000, 1), (2500, 2)] {
-            let streamed = layer.forward_streamed(&latents, &projected, &input, block_rows, threads);
+            let streamed =
+                layer.forward_streamed(&latents, &projected, &input.item_rows(0), block_rows, threads);
             let worst = max_difference(&whole, &streamed);
             println!("streamed f32, blocks of {block_rows} rows, {threads} threads: worst {worst:.2e}");
             assert!(worst < 1e-4, "blocks of {block_rows}, {threads} threads: {worst}");
