@@ -25,7 +25,7 @@ use crate::activation::Activation;
 use crate::aligned::Lines;
 use crate::amx;
 use crate::cpu::{self, dispatch, Bf16Kernel};
-use crate::matmul::View;
+use crate::matmul::{Source, StackedRows, View};
 use crate::rows;
 use crate::send_ptr::SendPtr;
 use crate::sgemm::{Ahead, Edges, Start};
@@ -119,19 +119,27 @@ impl PackedMatrix {
     /// block of a long input); a caller already running as one of the pool's tasks (a head's
     /// keys or values) packs on its own thread.
     pub fn pack_view(view: View, transposed: bool, parallel: bool) -> Self {
-        let (n, k) = match transposed {
-            true => (view.rows, view.cols),
-            false => (view.cols, view.rows),
-        };
         assert!(
             view.rows == 0 || view.data.len() >= (view.rows - 1) * view.stride + view.cols,
             "pack_view: the view does not lie inside its slice"
         );
+        let parts = [view];
+        Self::pack_source(Source::of(&parts, transposed), parallel)
+    }
+
+    /// Packs W given row by row where its rows lie ([`StackedRows`]: layers that read one
+    /// input, packed as one without being stacked in memory first), over rayon's pool.
+    pub fn pack_stacked(w: StackedRows) -> Self {
+        Self::pack_source(Source::Rows(w), true)
+    }
+
+    fn pack_source(source: Source, parallel: bool) -> Self {
+        let (n, k) = source.dims();
         let pairs = packed_pairs(k);
         let panels = n.div_ceil(NR);
         // Each panel zeroed (its padding) just before it is packed.
         let data = Lines::from_rows(panels, pairs * NR, parallel, |p, panel| {
-            pack_panel(view, transposed, k, p, panel)
+            pack_panel(source, k, p, panel)
         });
         Self { n, k, pairs, data }
     }
@@ -672,55 +680,58 @@ fn packed_pairs(k: usize) -> usize {
     k.div_ceil(2 * amx::TILE_PAIRS) * amx::TILE_PAIRS
 }
 
-/// Panel `p` of [`PackedMatrix::pack_view`]'s W (`k` inputs a column) into `panel`.
+/// Panel `p` of the W that `source` holds (`k` inputs a column) into `panel`.
 #[inline(always)]
-fn pack_panel_body(view: View, transposed: bool, k: usize, p: usize, panel: &mut [u32]) {
-    let n = if transposed { view.rows } else { view.cols };
-    let (w, stride) = (view.data, view.stride);
+fn pack_panel_body(source: Source, k: usize, p: usize, panel: &mut [u32]) {
+    let (n, _) = source.dims();
     let lanes = NR.min(n - p * NR);
-    if transposed {
-        // Each output column's inputs are one row of the view. Where the rows are far apart (a
-        // head's keys among its layer's projections) each comes from memory, and one row at a
-        // time would wait for each in turn: the rows a few lanes ahead are prefetched.
-        let row_of = |lane: usize| &w[(p * NR + lane) * stride..][..k];
-        for lane in 0..lanes {
-            // The first lanes' rows ahead at the start, then one more each lane.
-            let ahead = match lane {
-                0 => 1..(PREFETCH_AHEAD + 1).min(lanes),
-                _ => (lane + PREFETCH_AHEAD).min(lanes)..(lane + PREFETCH_AHEAD + 1).min(lanes),
-            };
-            ahead.for_each(|next| prefetch_lines(row_of(next)));
-            let row = row_of(lane);
-            for i in 0..k.div_ceil(2) {
-                let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
-                panel[i * NR + lane] = pair(row[2 * i], hi);
+    match source {
+        Source::Rows(w) => {
+            // Each output column's inputs are one row of W. Where the rows are far apart (a
+            // head's keys among its layer's projections) each comes from memory, and one row
+            // at a time would wait for each in turn: the rows a few lanes ahead are prefetched.
+            let row_of = |lane: usize| w.row(p * NR + lane);
+            for lane in 0..lanes {
+                // The first lanes' rows ahead at the start, then one more each lane.
+                let ahead = match lane {
+                    0 => 1..(PREFETCH_AHEAD + 1).min(lanes),
+                    _ => (lane + PREFETCH_AHEAD).min(lanes)..(lane + PREFETCH_AHEAD + 1).min(lanes),
+                };
+                ahead.for_each(|next| prefetch_lines(row_of(next)));
+                let row = row_of(lane);
+                for i in 0..k.div_ceil(2) {
+                    let hi = if 2 * i + 1 < k { row[2 * i + 1] } else { 0.0 };
+                    panel[i * NR + lane] = pair(row[2 * i], hi);
+                }
             }
         }
-    } else {
-        // Each pair of inputs is two rows of the view, the panel's columns side by side; rows
-        // far apart are prefetched a few pairs ahead, as above.
-        for i in 0..k.div_ceil(2) {
-            let ahead = 2 * (i + PREFETCH_AHEAD);
-            for row in (ahead..ahead + 2).filter(|&row| row < k) {
-                prefetch_lines(&w[row * stride + p * NR..][..lanes]);
-            }
-            let lo = &w[2 * i * stride + p * NR..][..lanes];
-            let out = &mut panel[i * NR..][..lanes];
-            if 2 * i + 1 < k {
-                let hi = &w[(2 * i + 1) * stride + p * NR..][..lanes];
-                for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                    *o = pair(l, h);
+        Source::Columns(view) => {
+            let (w, stride) = (view.data, view.stride);
+            // Each pair of inputs is two rows of the view, the panel's columns side by side;
+            // rows far apart are prefetched a few pairs ahead, as above.
+            for i in 0..k.div_ceil(2) {
+                let ahead = 2 * (i + PREFETCH_AHEAD);
+                for row in (ahead..ahead + 2).filter(|&row| row < k) {
+                    prefetch_lines(&w[row * stride + p * NR..][..lanes]);
                 }
-            } else {
-                for (o, &l) in out.iter_mut().zip(lo) {
-                    *o = pair(l, 0.0);
+                let lo = &w[2 * i * stride + p * NR..][..lanes];
+                let out = &mut panel[i * NR..][..lanes];
+                if 2 * i + 1 < k {
+                    let hi = &w[(2 * i + 1) * stride + p * NR..][..lanes];
+                    for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                        *o = pair(l, h);
+                    }
+                } else {
+                    for (o, &l) in out.iter_mut().zip(lo) {
+                        *o = pair(l, 0.0);
+                    }
                 }
             }
         }
     }
 }
 
-dispatch!(fn pack_panel(view: View, transposed: bool, k: usize, p: usize, panel: &mut [u32]) => pack_panel_body);
+dispatch!(fn pack_panel(source: Source, k: usize, p: usize, panel: &mut [u32]) => pack_panel_body);
 
 /// The row stride, in pairs, of A converted for the block kernels ([`bf16_rows`]): its `pairs`,
 /// or one cache line more when that would be an even number of lines, so that the rows a
@@ -2306,6 +2317,32 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(worst < 1e-4, "transposed {transposed}: {worst}");
         }
+    }
+
+    /// Rows stacked from strided parts of different heights pack as a dense copy of the stack,
+    /// lane for lane, panels straddling the parts included.
+    #[test]
+    fn stacked_rows_pack_as_their_dense_copy() {
+        let (k, stride) = (37, 41);
+        let heights = [5, 40, 26];
+        let bases: Vec<Vec<f32>> = (0..3)
+            .map(|p| random(heights[p] * stride, 50 + p as u64))
+            .collect();
+        let parts: Vec<View> = (0..3)
+            .map(|p| View::strided(&bases[p], heights[p], k, stride))
+            .collect();
+        let dense: Vec<f32> = (0..3)
+            .flat_map(|p| {
+                (0..heights[p])
+                    .flat_map(|r| bases[p][r * stride..][..k].to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let n = heights.iter().sum();
+        let packed = PackedMatrix::pack_stacked(StackedRows::new(&parts));
+        let reference = PackedMatrix::pack_transposed(&dense, n, k);
+        assert_eq!((packed.n, packed.k), (n, k));
+        assert!(*packed.data == *reference.data, "the panels differ");
     }
 
     #[test]

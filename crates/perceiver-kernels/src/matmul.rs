@@ -50,6 +50,88 @@ impl<'a> View<'a> {
     }
 }
 
+/// The rows of one or more matrices of one width, one after another, each part where it lies:
+/// the weights of layers that read one input (attention's query, key and value projections),
+/// packed as one matrix without being stacked in memory first.
+#[derive(Debug, Clone, Copy)]
+pub struct StackedRows<'a> {
+    parts: &'a [View<'a>],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> StackedRows<'a> {
+    /// `parts`' rows in order.
+    ///
+    /// # Panics
+    /// If there are no parts or they differ in width.
+    pub fn new(parts: &'a [View<'a>]) -> Self {
+        let cols = parts.first().expect("StackedRows: no parts").cols;
+        assert!(
+            parts.iter().all(|part| part.cols == cols),
+            "StackedRows: parts of different widths"
+        );
+        Self {
+            parts,
+            rows: parts.iter().map(|part| part.rows).sum(),
+            cols,
+        }
+    }
+
+    /// Number of rows, all parts together.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `r`'s `cols` values.
+    ///
+    /// # Panics
+    /// If `r` is not below [`rows`](Self::rows).
+    #[inline]
+    pub fn row(&self, r: usize) -> &'a [f32] {
+        let mut rest = r;
+        for part in self.parts {
+            if rest < part.rows {
+                return &part.data[rest * part.stride..][..self.cols];
+            }
+            rest -= part.rows;
+        }
+        panic!("StackedRows: row {r} of {}", self.rows)
+    }
+}
+
+/// Where a packed weight matrix (f32 or bf16) reads W from.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// W itself (`[n, k]`), row by row: weights and attention keys as stored.
+    Rows(StackedRows<'a>),
+    /// Wᵀ (`[k, n]`), as attention values are stored.
+    Columns(View<'a>),
+}
+
+impl<'a> Source<'a> {
+    /// A view of W (`transposed`) or of Wᵀ; `parts` holds the one view.
+    pub(crate) fn of(parts: &'a [View<'a>; 1], transposed: bool) -> Self {
+        match transposed {
+            true => Source::Rows(StackedRows::new(parts)),
+            false => Source::Columns(parts[0]),
+        }
+    }
+
+    /// (n, k)
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        match self {
+            Source::Rows(w) => (w.rows(), w.cols()),
+            Source::Columns(view) => (view.cols, view.rows),
+        }
+    }
+}
+
 /// The right operand of a product.
 #[derive(Debug, Clone, Copy)]
 pub enum Rhs<'a> {

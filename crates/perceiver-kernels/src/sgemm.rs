@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::activation::Activation;
 use crate::cpu::{self, F32Kernel};
-use crate::matmul::View;
+use crate::matmul::{Source, StackedRows, View};
 use crate::rows;
 use crate::send_ptr::SendPtr;
 
@@ -121,13 +121,21 @@ impl PackedWeights {
         Self::pack_for(cpu::f32_kernel(), view, transposed, scale, parallel)
     }
 
+    /// Packs W given row by row where its rows lie ([`StackedRows`]: layers that read one
+    /// input, packed as one without being stacked in memory first), over rayon's pool.
+    pub fn pack_stacked(w: StackedRows) -> Self {
+        Self::pack_source(cpu::f32_kernel(), Source::Rows(w), 1.0, true)
+    }
+
     /// [`pack_view`](Self::pack_view) in `kernel`'s layout.
     fn pack_for(kernel: Option<F32Kernel>, view: View, transposed: bool, scale: f32, parallel: bool) -> Self {
-        let (n, k) = if transposed {
-            (view.rows, view.cols)
-        } else {
-            (view.cols, view.rows)
-        };
+        let parts = [view];
+        Self::pack_source(kernel, Source::of(&parts, transposed), scale, parallel)
+    }
+
+    /// Packs `scale · W` from `source` in `kernel`'s layout.
+    fn pack_source(kernel: Option<F32Kernel>, source: Source, scale: f32, parallel: bool) -> Self {
+        let (n, k) = source.dims();
         let (width, kc) = panel_shape(kernel);
         let panels = n.div_ceil(width);
         // Over-allocated by one cache line so that the panels can start on a line boundary: a
@@ -144,7 +152,7 @@ impl PackedWeights {
             kc,
             kernel,
         };
-        packed.fill(view, transposed, scale, parallel);
+        packed.fill(source, scale, parallel);
         packed
     }
 
@@ -152,47 +160,48 @@ impl PackedWeights {
     /// matrix of the same shape and orientation as the first time (weights that change between
     /// products, as in training), and no new buffer is made. Panics if the shape differs.
     pub fn repack(&mut self, view: View, transposed: bool, scale: f32, parallel: bool) {
-        let (n, k) = if transposed {
-            (view.rows, view.cols)
-        } else {
-            (view.cols, view.rows)
-        };
+        let parts = [view];
+        let source = Source::of(&parts, transposed);
+        let (n, k) = source.dims();
         assert!(
             (n, k) == (self.n, self.k),
             "sgemm: repacking a {n}x{k} W over a {}x{}",
             self.n,
             self.k
         );
-        self.fill(view, transposed, scale, parallel);
+        self.fill(source, scale, parallel);
     }
 
     /// Writes `scale · W` into the panels (their lanes past n untouched).
-    fn fill(&mut self, view: View, transposed: bool, scale: f32, parallel: bool) {
+    fn fill(&mut self, source: Source, scale: f32, parallel: bool) {
         let (n, k, width, offset) = (self.n, self.k, self.width, self.offset);
         let panels = n.div_ceil(width);
         let data = &mut self.data;
         let fill = |(p, panel): (usize, &mut [f32])| {
             let features = width.min(n - p * width);
             let first = p * width;
-            if transposed {
-                // Step by step along k, writing each step's features in order: the panel's rows
-                // of W are read side by side (many misses in flight on an attention head's keys,
-                // a strip of a large matrix), and the writes are sequential.
-                let mut rows: [&[f32]; PANEL] = [&[]; PANEL];
-                for (f, row) in rows.iter_mut().enumerate().take(features) {
-                    *row = &view.data[(first + f) * view.stride..][..k];
-                }
-                let rows = &rows[..features];
-                for (i, out) in panel.chunks_exact_mut(width).enumerate() {
-                    for (o, row) in out.iter_mut().zip(rows) {
-                        *o = row[i] * scale;
+            match source {
+                Source::Rows(w) => {
+                    // Step by step along k, writing each step's features in order: the panel's
+                    // rows of W are read side by side (many misses in flight on an attention
+                    // head's keys, a strip of a large matrix), and the writes are sequential.
+                    let mut rows: [&[f32]; PANEL] = [&[]; PANEL];
+                    for (f, row) in rows.iter_mut().enumerate().take(features) {
+                        *row = w.row(first + f);
+                    }
+                    let rows = &rows[..features];
+                    for (i, out) in panel.chunks_exact_mut(width).enumerate() {
+                        for (o, row) in out.iter_mut().zip(rows) {
+                            *o = row[i] * scale;
+                        }
                     }
                 }
-            } else {
-                for (i, out) in panel.chunks_exact_mut(width).enumerate() {
-                    let row = &view.data[i * view.stride + first..][..features];
-                    for (o, &v) in out.iter_mut().zip(row) {
-                        *o = v * scale;
+                Source::Columns(view) => {
+                    for (i, out) in panel.chunks_exact_mut(width).enumerate() {
+                        let row = &view.data[i * view.stride + first..][..features];
+                        for (o, &v) in out.iter_mut().zip(row) {
+                            *o = v * scale;
+                        }
                     }
                 }
             }
@@ -201,7 +210,7 @@ impl PackedWeights {
         if k > 0 {
             if parallel {
                 panels_data.par_chunks_mut(k * width).enumerate().for_each(fill);
-            } else if !transposed {
+            } else if let Source::Columns(view) = source {
                 // Wᵀ row by row (an attention head's values, read out of the value projection,
                 // often from L3): each row's n values are contiguous, so the reads stream, and
                 // its panels' slices are written side by side. Panel by panel, each panel read
@@ -1145,6 +1154,39 @@ pub(crate) mod tests {
                     .matmul_accumulate(&x, m, &mut stale, 2);
                 assert_ne!(stale, want, "the two weights give different products");
             }
+        }
+    }
+
+    /// Rows stacked from strided parts of different heights pack as a dense copy of the stack,
+    /// on every kernel, panels straddling the parts included.
+    #[test]
+    fn stacked_rows_pack_as_their_dense_copy() {
+        let (k, stride) = (37, 41);
+        let heights = [5, 70, 26];
+        let bases: Vec<Vec<f32>> = (0..3)
+            .map(|p| random(heights[p] * stride, 50 + p as u64))
+            .collect();
+        let parts: Vec<View> = (0..3)
+            .map(|p| View::strided(&bases[p], heights[p], k, stride))
+            .collect();
+        let dense: Vec<f32> = (0..3)
+            .flat_map(|p| {
+                (0..heights[p])
+                    .flat_map(|r| bases[p][r * stride..][..k].to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let n = heights.iter().sum();
+        for kernel in kernels_here() {
+            let stacked = Source::Rows(StackedRows::new(&parts));
+            let packed = PackedWeights::pack_source(Some(kernel), stacked, 1.0, true);
+            let reference = PackedWeights::pack_for(Some(kernel), View::dense(&dense, n, k), true, 1.0, true);
+            let panels = |w: &PackedWeights| w.data[w.offset..][..n.div_ceil(w.width) * k * w.width].to_vec();
+            assert_eq!((packed.n, packed.k), (n, k));
+            assert!(
+                panels(&packed) == panels(&reference),
+                "{kernel:?}: the panels differ"
+            );
         }
     }
 

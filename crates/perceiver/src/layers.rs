@@ -11,7 +11,7 @@ use crate::checkpoint::Param;
 use crate::config::{Activation, LAYER_NORM_EPS};
 use crate::error::{Error, Result};
 use crate::runtime::on_pool;
-use perceiver_kernels::matmul::{matmul, Rhs, View};
+use perceiver_kernels::matmul::{matmul, Rhs, StackedRows, View};
 use perceiver_kernels::{bf16, rows, sgemm};
 
 /// Number type of the weight matrix products.
@@ -123,31 +123,43 @@ impl Dense {
     /// Layers that read the same input as one layer, packed for `precision`: their weights
     /// stacked (`[Σ out, in]`), so each output row holds theirs side by side, in order
     /// (attention's key and value projections, and in self-attention its query's: one product
-    /// and one conversion of the input instead of three). The stack keeps no f32 copy where a
-    /// packed kernel runs it; the parts are not packed, and their mapped pages are released.
+    /// and one conversion of the input instead of three). A packed kernel's stack is packed
+    /// from the parts' rows where they lie, and keeps no f32 copy; the parts are not packed,
+    /// and their mapped pages are released.
     ///
     /// The parts' input widths agree in any model that loaded: the checkpoint's shapes are
     /// checked against the config, which gives the parts of a layer one input.
     pub(crate) fn stacked(parts: &[&Dense], precision: Precision) -> Self {
         let k = parts.first().map_or(0, |part| part.k);
-        assert!(
-            parts.iter().all(|part| part.k == k && part.weight.is_some()),
-            "stacked layers read one input and have their weights"
-        );
+        let weights: Vec<View> = parts
+            .iter()
+            .map(|part| {
+                assert!(part.k == k, "stacked layers read one input");
+                let weight = part.weight.as_ref().expect("stacked layers have their weights");
+                View::dense(weight.data(), part.n, k)
+            })
+            .collect();
         let n = parts.iter().map(|part| part.n).sum();
-        let mut weight = Vec::with_capacity(n * k);
-        let mut bias = Vec::with_capacity(n);
-        for part in parts {
-            weight.extend_from_slice(part.weight.as_ref().map_or(&[][..], Param::data));
-            bias.extend_from_slice(part.bias.data());
-        }
-        let mut stack = Dense::new(
-            Param::owned(weight, vec![n, k]).expect("n·k values"),
-            Param::owned(bias, vec![n]).expect("n values"),
-        );
-        stack.set_precision(precision);
-        if stack.packed.is_some() || stack.packed_f32.is_some() {
-            stack.weight = None;
+        let bias = parts.iter().flat_map(|part| part.bias.data()).copied().collect();
+        let mut stack = Dense {
+            n,
+            k,
+            weight: None,
+            bias: Param::owned(bias, vec![n]).expect("n values"),
+            packed: None,
+            packed_f32: None,
+        };
+        // Only the portable product needs W as one matrix in memory.
+        let rows = StackedRows::new(&weights);
+        match precision {
+            Precision::Bf16 => stack.packed = Some(bf16::PackedMatrix::pack_stacked(rows)),
+            Precision::F32 if sgemm::available() => {
+                stack.packed_f32 = Some(std::sync::Arc::new(sgemm::PackedWeights::pack_stacked(rows)));
+            }
+            Precision::F32 => {
+                let weight = (0..n).flat_map(|r| rows.row(r)).copied().collect();
+                stack.weight = Some(Param::owned(weight, vec![n, k]).expect("n·k values"));
+            }
         }
         for part in parts {
             if let Some(weight) = &part.weight {
