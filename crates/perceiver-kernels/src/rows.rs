@@ -281,6 +281,32 @@ fn sum_by(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     fold_tree(partials, |a, b| a + b) + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
+/// Sets each value v of `row` to `exp(v − max)` and returns their sum: one pass where an exp
+/// pass and [`sum_by`] would read the row twice, the sum's partials and order those of
+/// `sum_by` over the exponentials (the same bits). Each step takes [`PARTIALS`] values, so that
+/// the exponentials of four vectors are in flight at once.
+#[inline(always)]
+fn exp_in_place_summed<const FMA: bool>(row: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0f32; PARTIALS];
+    let mut wide = row.chunks_exact_mut(PARTIALS);
+    for c in &mut wide {
+        for i in 0..PARTIALS {
+            c[i] = exp::<FMA>(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let mut narrow = wide.into_remainder().chunks_exact_mut(16);
+    for c in &mut narrow {
+        for i in 0..16 {
+            c[i] = exp::<FMA>(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let tail = narrow.into_remainder();
+    tail.iter_mut().for_each(|v| *v = exp::<FMA>(*v - max));
+    fold_tree(acc, |a, b| a + b) + tail.iter().sum::<f32>()
+}
+
 /// The largest value of `x` (not NaN-aware), over [`PARTIALS`] running maxima: a plain `fold`
 /// with `f32::max` does not vectorise (LLVM keeps `maxnum` reductions in order).
 #[inline(always)]
@@ -339,8 +365,7 @@ pub fn layer_norm_into(input: &[f32], out: &mut [f32], weight: &[f32], bias: &[f
 fn softmax_body<const FMA: bool>(rows: &mut [f32], width: usize) {
     for row in rows.chunks_exact_mut(width) {
         let max = max_of(row);
-        row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - max));
-        let inv = 1.0 / sum_by(row, |v| v);
+        let inv = 1.0 / exp_in_place_summed::<FMA>(row, max);
         row.iter_mut().for_each(|v| *v *= inv);
     }
 }
@@ -354,10 +379,8 @@ dispatch!(
 fn softmax_into_body<const FMA: bool>(row: &[f32], out: &mut [f32]) {
     assert_eq!(row.len(), out.len(), "softmax: the output row's length differs");
     let max = max_of(row);
-    out.iter_mut()
-        .zip(row)
-        .for_each(|(o, &v)| *o = exp::<FMA>(v - max));
-    let inv = 1.0 / sum_by(out, |v| v);
+    out.copy_from_slice(row);
+    let inv = 1.0 / exp_in_place_summed::<FMA>(out, max);
     out.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -381,9 +404,10 @@ fn exp_to_bf16_body<const FMA: bool>(
         largest if floor.is_nan() || largest < floor => floor,
         largest => largest,
     };
-    let exps: Vec<f32> = row.iter().map(|&x| exp::<FMA>(x - max)).collect();
+    let mut exps = row.to_vec();
+    let sum = exp_in_place_summed::<FMA>(&mut exps, max);
     crate::bf16::convert_slices(&exps, dst, stride, len);
-    (max, sum_by(&exps, |e| e))
+    (max, sum)
 }
 
 dispatch!(
@@ -595,8 +619,7 @@ fn online_softmax_body<const FMA: bool>(
         // The first block's running max is -∞: exp clamps its argument, so the factor is a
         // tiny number times a zero sum and a zero accumulator, never a NaN.
         let factor = exp::<FMA>(*max - new_max);
-        row.iter_mut().for_each(|v| *v = exp::<FMA>(*v - new_max));
-        *sum = *sum * factor + sum_by(row, |v| v);
+        *sum = *sum * factor + exp_in_place_summed::<FMA>(row, new_max);
         acc.iter_mut().for_each(|v| *v *= factor);
         *max = new_max;
     }
