@@ -239,29 +239,36 @@ impl AttentionLayer {
     }
 
     /// A cross-attention of many per-item queries, `chunk_rows` query rows at a time: the keys
-    /// and values are projected once, and each chunk's queries go through the whole layer
-    /// before the next chunk's, so the layer's intermediates never exceed a chunk (what the
-    /// flow decoder needs for its 182,528 queries). Rows are independent, so the output is the
-    /// same as [`forward`](Self::forward)'s. Each chunk's output goes through `each_chunk` (the
-    /// model's final projection) before the next chunk runs, so that only its result is kept
-    /// for every row.
+    /// and values are projected once, and each chunk's queries are made by their item's source
+    /// and go through the whole layer before the next chunk's, so neither the queries nor the
+    /// layer's intermediates are ever held beyond a chunk (what the flow decoder needs for its
+    /// 182,528 queries). Rows are independent, so the output is the same as
+    /// [`forward`](Self::forward)'s. Each chunk's output goes through `each_chunk` (the model's
+    /// final projection) before the next chunk runs, so that only its result is kept for every
+    /// row.
     pub(crate) fn forward_in_chunks(
         &self,
-        rows: &[f32],
-        query_items: &[Range<usize>],
+        queries: &[&dyn RowSource],
         (inputs, kv_items): (&[f32], &[Range<usize>]),
         chunk_rows: usize,
         threads: usize,
         each_chunk: &dyn Fn(Vec<f32>) -> Vec<f32>,
     ) -> Vec<f32> {
         let (q_dim, qk, vc) = (self.spec.q_dim, self.spec.qk_channels, self.spec.v_channels);
+        assert!(
+            queries.iter().all(|source| source.channels() == q_dim),
+            "query rows are not {q_dim} wide"
+        );
         let kv = self.keys_values(inputs, threads);
         let (k, v) = (HeadRows::new(&kv, 0, qk + vc), HeadRows::new(&kv, qk, qk + vc));
         let mut out = Vec::new();
-        for (qr, kr) in query_items.iter().zip(kv_items) {
-            for start in (qr.start..qr.end).step_by(chunk_rows.max(1)) {
-                let end = (start + chunk_rows.max(1)).min(qr.end);
-                let chunk = &rows[start * q_dim..end * q_dim];
+        let mut chunk = Vec::new();
+        for (source, kr) in queries.iter().zip(kv_items) {
+            for start in (0..source.len()).step_by(chunk_rows.max(1)) {
+                let end = (start + chunk_rows.max(1)).min(source.len());
+                chunk.resize((end - start) * q_dim, 0.0);
+                source.fill(start..end, &mut chunk);
+                let chunk = &chunk[..];
                 let q = self.project_queries(chunk, threads);
                 let chunk_queries = 0..end - start;
                 let heads = attend(

@@ -22,7 +22,7 @@ use crate::layers::Precision;
 use crate::postprocess::{ClassifierHead, EmbeddingDecoder, FlowHead, MultimodalHeads, Postprocessor};
 use crate::preprocess::{
     FlowPreprocessor, FramePair, ImagePreprocessor, InputArray, MultimodalInput, MultimodalPreprocessor,
-    Pixels, Preprocessor, TextPreprocessor,
+    Pixels, Preprocessor, RowSource, TextPreprocessor,
 };
 use crate::process::LatentStack;
 use crate::runtime::{on_pool, side_by_side};
@@ -475,13 +475,19 @@ impl PerceiverModel {
                 phases.push((phase, clock.elapsed().as_secs_f64()));
                 clock = std::time::Instant::now();
             };
-            let array = self.preprocess(ModelInput::FramePairs(pairs), threads)?;
+            let Preprocessor::Flow(preprocessor) = &self.preprocessor else {
+                unreachable!("a flow decoder comes with a flow preprocessor")
+            };
+            let rows = pairs
+                .iter()
+                .map(|pair| preprocessor.rows(pair, threads))
+                .collect::<Result<Vec<_>>>()?;
             lap("preprocess (patches, projection, Fourier features)");
-            // The array stays whole for the decoder (its rows are the queries there), but its
-            // normed copy, keys and values (three times its size) are made a block at a time.
+            // The input array is never whole: the encoder makes it a block at a time (with its
+            // normed copy, keys and values), the decoder a chunk of queries at a time.
             let z = self.encoder.forward_streamed(
                 pairs.len(),
-                &mut |i| Ok(Box::new(array.item_rows(i))),
+                &mut |i| Ok(Box::new(&rows[i])),
                 STREAM_BLOCK_ROWS,
                 threads,
             )?;
@@ -491,8 +497,8 @@ impl PerceiverModel {
             lap("latent self-attention stack");
             // Each chunk of decoded rows is projected onto (u, v) as soon as it is made.
             let project = |hidden: Vec<f32>| self.postprocessor.forward(&hidden, threads);
-            let flow = decoder.forward(&latents, n, &array, threads, &project)?;
-            drop(array);
+            let queries: Vec<&dyn RowSource> = rows.iter().map(|r| r as &dyn RowSource).collect();
+            let flow = decoder.forward(&latents, n, &queries, threads, &project)?;
             lap("decoder cross-attention and final projection (pixels over latents)");
             Ok((flow, phases))
         })

@@ -8,7 +8,7 @@ use crate::checkpoint::names::LayerNames;
 use crate::checkpoint::Param;
 use crate::error::{Error, Result};
 use crate::layers::Precision;
-use crate::preprocess::InputArray;
+use crate::preprocess::RowSource;
 use crate::runtime::item_ranges;
 
 /// Queries decoded at a time: every pixel of a tile is a query (182,528 for the released
@@ -38,18 +38,18 @@ impl FlowDecoder {
         self.cross_attention.set_precision(precision);
     }
 
-    /// Every row of `queries` (the encoder's input) decoded from its item's latents, each chunk
-    /// of decoded rows (`[rows, channels]`) through `project` (the final projection) as soon as
-    /// it is made: the projected rows, in order.
+    /// Every row of each item's `queries` (the encoder's input, made a chunk at a time) decoded
+    /// from its item's latents, each chunk of decoded rows (`[rows, channels]`) through
+    /// `project` (the final projection) as soon as it is made: the projected rows, in order.
     pub(crate) fn forward(
         &self,
         latents: &[f32],
         num_latents: usize,
-        queries: &InputArray,
+        queries: &[&dyn RowSource],
         threads: usize,
         project: &dyn Fn(Vec<f32>) -> Vec<f32>,
     ) -> Result<Vec<f32>> {
-        let items = queries.items.len();
+        let items = queries.len();
         if latents.len() != items * num_latents * self.cross_attention.spec().kv_dim {
             return Err(Error::InvalidInput(format!(
                 "{} latent values for {items} inputs of {num_latents} latents",
@@ -58,8 +58,7 @@ impl FlowDecoder {
         }
         let latent_items = item_ranges(std::iter::repeat_n(num_latents, items));
         Ok(self.cross_attention.forward_in_chunks(
-            &queries.values,
-            &queries.items,
+            queries,
             (latents, &latent_items),
             QUERY_CHUNK_ROWS,
             threads,
@@ -73,6 +72,7 @@ mod tests {
     use super::*;
     use crate::attention::Queries;
     use crate::decoder::Decoder;
+    use crate::preprocess::InputArray;
 
     /// Decoding in chunks of query rows gives what one pass over all rows gives, for chunks
     /// that split items and end mid-item (the fixture's 2,688-pixel tiles fit one chunk of the
@@ -99,11 +99,14 @@ mod tests {
             Some((&z, &latent_items)),
             2,
         );
+        let array = InputArray {
+            values: queries.clone(),
+            items: query_items.clone(),
+        };
+        let sources = [array.item_rows(0), array.item_rows(1)];
+        let sources: Vec<&dyn RowSource> = sources.iter().map(|s| s as &dyn RowSource).collect();
         for chunk in [1, 64, 250, 700, 5000] {
-            let chunked =
-                layer.forward_in_chunks(&queries, &query_items, (&z, &latent_items), chunk, 2, &|rows| {
-                    rows
-                });
+            let chunked = layer.forward_in_chunks(&sources, (&z, &latent_items), chunk, 2, &|rows| rows);
             assert_eq!(chunked.len(), whole.len());
             let worst = chunked
                 .iter()

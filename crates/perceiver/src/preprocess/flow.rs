@@ -8,7 +8,11 @@
 //! layer (`conv_after_patches`) maps them to 64 channels, and Fourier features of the pixel's
 //! position (top frequencies set by `train_size`) follow.
 
-use super::InputArray;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{InputArray, RowSource};
 use crate::checkpoint::names::LinearNames;
 use crate::checkpoint::Param;
 use crate::config::{FlowInputSpec, FLOW_FEATURES, FLOW_PATCH, FLOW_PATCH_CHANNELS, IMAGE_CHANNELS};
@@ -192,35 +196,89 @@ impl FlowPreprocessor {
         self.patch_projection.set_precision(Precision::F32);
     }
 
-    /// The encoder's input for each pair (each of the model's frame size).
+    /// The encoder's input for each pair (each of the model's frame size), whole: each pair's
+    /// [`rows`](Self::rows) one after another.
     pub fn forward(&self, pairs: &[&FramePair], threads: usize) -> Result<InputArray> {
-        let (h, w) = self.frame_size();
+        let rows = pairs
+            .iter()
+            .map(|pair| self.rows(pair, threads))
+            .collect::<Result<Vec<_>>>()?;
         let channels = self.channels();
-        // Each row's Fourier features from per-axis tables, straight into the array: a table
-        // of every pixel's would be most of the array's size again.
-        let grid = FourierGrid::new(&self.spec.fourier, [h, w]);
-        let mut values = vec![0f32; pairs.len() * h * w * channels];
-        let mut rows = values.chunks_exact_mut(channels);
-        for pair in pairs {
-            if (pair.height(), pair.width()) != (h, w) {
-                return Err(Error::InvalidInput(format!(
-                    "the flow model runs on {h}x{w} frames (its train_size), not {}x{}: tile larger frames",
-                    pair.height(),
-                    pair.width()
-                )));
-            }
-            let features = self.patch_projection.forward(&pair.patches(), threads);
-            for (pixel, (feature, row)) in features.chunks_exact(FLOW_FEATURES).zip(&mut rows).enumerate() {
-                let (row_features, row_positions) = row.split_at_mut(FLOW_FEATURES);
-                row_features.copy_from_slice(feature);
-                grid.row_into(pixel, row_positions);
-            }
+        let mut values = vec![0f32; rows.iter().map(|r| r.len() * channels).sum()];
+        let mut rest = &mut values[..];
+        for source in &rows {
+            let (out, after) = rest.split_at_mut(source.len() * channels);
+            source.fill(0..source.len(), out);
+            rest = after;
         }
-        drop(rows);
         Ok(InputArray {
             values,
-            items: item_ranges(std::iter::repeat_n(h * w, pairs.len())),
+            items: item_ranges(rows.iter().map(FlowRows::len)),
         })
+    }
+
+    /// One pair's rows of the encoder's input, made on demand: its patches are projected here
+    /// (64 channels a pixel), and each row's Fourier features are added as the row is made, so
+    /// that the whole array (322 channels a pixel, 235 MB for the released model's tile) is
+    /// never held: the encoder cross-attends it a block at a time and the decoder queries it a
+    /// chunk at a time.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the pair is not of the model's frame size.
+    pub(crate) fn rows(&self, pair: &FramePair, threads: usize) -> Result<FlowRows> {
+        let (h, w) = self.frame_size();
+        if (pair.height(), pair.width()) != (h, w) {
+            return Err(Error::InvalidInput(format!(
+                "the flow model runs on {h}x{w} frames (its train_size), not {}x{}: tile larger frames",
+                pair.height(),
+                pair.width()
+            )));
+        }
+        Ok(FlowRows {
+            features: self.patch_projection.forward(&pair.patches(), threads),
+            // Each row's Fourier features from per-axis tables: a table of every pixel's would
+            // be most of the array's size again.
+            grid: FourierGrid::new(&self.spec.fourier, [h, w]),
+            rows: h * w,
+            channels: self.channels(),
+        })
+    }
+}
+
+/// One pair's rows of the optical-flow model's input ([`FlowPreprocessor::rows`]): its pixels'
+/// projected patches, and their Fourier features made as each row is filled.
+pub(crate) struct FlowRows {
+    features: Vec<f32>,
+    grid: FourierGrid<2>,
+    rows: usize,
+    channels: usize,
+}
+
+/// Rows a rayon task fills: enough to pay for the task.
+const FILL_ROWS_PER_TASK: usize = 256;
+
+impl RowSource for FlowRows {
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn channels(&self) -> usize {
+        self.channels
+    }
+
+    fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
+        let channels = self.channels;
+        assert!(rows.end <= self.rows && out.len() == rows.len() * channels);
+        out.par_chunks_mut(FILL_ROWS_PER_TASK * channels)
+            .enumerate()
+            .for_each(|(task, block)| {
+                let first = rows.start + task * FILL_ROWS_PER_TASK;
+                for (pixel, row) in (first..).zip(block.chunks_exact_mut(channels)) {
+                    let (features, positions) = row.split_at_mut(FLOW_FEATURES);
+                    features.copy_from_slice(&self.features[pixel * FLOW_FEATURES..][..FLOW_FEATURES]);
+                    self.grid.row_into(pixel, positions);
+                }
+            });
     }
 }
 

@@ -55,10 +55,26 @@ pub(crate) trait RowSource: Sync {
     fn fill(&self, rows: Range<usize>, out: &mut [f32]);
 }
 
+/// A borrowed source, for a caller that keeps its sources (the flow model's rows serve the
+/// encoder, then the decoder).
+impl<S: RowSource + ?Sized> RowSource for &S {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn channels(&self) -> usize {
+        (**self).channels()
+    }
+
+    fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
+        (**self).fill(rows, out)
+    }
+}
+
+#[cfg(test)]
 impl InputArray {
-    /// Item `item`'s rows as a [`RowSource`]: an array already made, cross-attended block by
-    /// block so that its keys and values are never whole (the optical-flow model's 182,528
-    /// rows, which its decoder needs again as queries).
+    /// Item `item`'s rows as a [`RowSource`]: an array already made, given to the streamed
+    /// paths in tests, which compare them with the paths that take the whole array.
     pub(crate) fn item_rows(&self, item: usize) -> ArrayRows<'_> {
         let total = self.items.last().map_or(0, |r| r.end);
         ArrayRows {
@@ -70,12 +86,14 @@ impl InputArray {
 }
 
 /// One item's rows of an [`InputArray`] ([`InputArray::item_rows`]).
+#[cfg(test)]
 pub(crate) struct ArrayRows<'a> {
     values: &'a [f32],
     channels: usize,
     rows: Range<usize>,
 }
 
+#[cfg(test)]
 impl RowSource for ArrayRows<'_> {
     fn len(&self) -> usize {
         self.rows.len()
