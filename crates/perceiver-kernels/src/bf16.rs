@@ -1696,7 +1696,7 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::cpu::SimdLevel;
-    use crate::matmul::tests::random;
+    use crate::matmul::tests::{parts_of, random, stacked_parts};
 
     fn round_trip(x: f32) -> f64 {
         from_bf16_bits(to_bf16_bits(x)) as f64
@@ -2323,21 +2323,9 @@ mod tests {
     /// lane for lane, panels straddling the parts included.
     #[test]
     fn stacked_rows_pack_as_their_dense_copy() {
-        let (k, stride) = (37, 41);
-        let heights = [5, 40, 26];
-        let bases: Vec<Vec<f32>> = (0..3)
-            .map(|p| random(heights[p] * stride, 50 + p as u64))
-            .collect();
-        let parts: Vec<View> = (0..3)
-            .map(|p| View::strided(&bases[p], heights[p], k, stride))
-            .collect();
-        let dense: Vec<f32> = (0..3)
-            .flat_map(|p| {
-                (0..heights[p])
-                    .flat_map(|r| bases[p][r * stride..][..k].to_vec())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let (heights, k, stride) = ([5, 40, 26], 37, 41);
+        let (bases, dense) = stacked_parts(&heights, k, stride);
+        let parts = parts_of(&bases, &heights, k, stride);
         let n = heights.iter().sum();
         let packed = PackedMatrix::pack_stacked(StackedRows::new(&parts));
         let reference = PackedMatrix::pack_transposed(&dense, n, k);

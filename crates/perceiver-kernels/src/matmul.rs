@@ -241,6 +241,49 @@ pub(crate) mod tests {
         (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
+    /// Random parts of `heights` rows of `k` values at row stride `stride`, and their rows
+    /// stacked densely: what a [`StackedRows`] of the parts ([`parts_of`]) holds. The parts'
+    /// heights need not be multiples of a panel, so that panels straddle them.
+    pub(crate) fn stacked_parts(heights: &[usize], k: usize, stride: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let bases: Vec<Vec<f32>> = (0..heights.len())
+            .map(|p| random(heights[p] * stride, 50 + p as u64))
+            .collect();
+        let dense = bases
+            .iter()
+            .zip(heights)
+            .flat_map(|(base, &h)| (0..h).flat_map(move |r| base[r * stride..][..k].to_vec()))
+            .collect();
+        (bases, dense)
+    }
+
+    /// [`stacked_parts`]' parts as views.
+    pub(crate) fn parts_of<'a>(
+        bases: &'a [Vec<f32>],
+        heights: &[usize],
+        k: usize,
+        stride: usize,
+    ) -> Vec<View<'a>> {
+        bases
+            .iter()
+            .zip(heights)
+            .map(|(base, &h)| View::strided(base, h, k, stride))
+            .collect()
+    }
+
+    /// A stack's rows are its parts' rows in order, and a row past them is refused.
+    #[test]
+    fn stacked_rows_are_the_parts_rows_in_order() {
+        let (heights, k, stride) = ([3, 0, 5], 4, 6);
+        let (bases, dense) = stacked_parts(&heights, k, stride);
+        let parts = parts_of(&bases, &heights, k, stride);
+        let stack = StackedRows::new(&parts);
+        assert_eq!((stack.rows(), stack.cols()), (8, k));
+        for r in 0..8 {
+            assert_eq!(stack.row(r), &dense[r * k..][..k], "row {r}");
+        }
+        assert!(std::panic::catch_unwind(|| stack.row(8)).is_err());
+    }
+
     /// The plain triple loop in f64.
     pub(crate) fn reference(a: &View, b: &Rhs, scale: f32) -> Vec<f64> {
         let (k, n) = b.dims();

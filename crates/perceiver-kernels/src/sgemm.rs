@@ -1079,7 +1079,7 @@ mod avx2 {
 pub(crate) mod tests {
     use super::*;
     use crate::cpu::SimdLevel;
-    use crate::matmul::tests::random;
+    use crate::matmul::tests::{parts_of, random, stacked_parts};
 
     /// The kernels this CPU has, whatever the environment asks, and the AVX-512 one emulated
     /// where the CPU lacks it: each is tested.
@@ -1161,21 +1161,9 @@ pub(crate) mod tests {
     /// on every kernel, panels straddling the parts included.
     #[test]
     fn stacked_rows_pack_as_their_dense_copy() {
-        let (k, stride) = (37, 41);
-        let heights = [5, 70, 26];
-        let bases: Vec<Vec<f32>> = (0..3)
-            .map(|p| random(heights[p] * stride, 50 + p as u64))
-            .collect();
-        let parts: Vec<View> = (0..3)
-            .map(|p| View::strided(&bases[p], heights[p], k, stride))
-            .collect();
-        let dense: Vec<f32> = (0..3)
-            .flat_map(|p| {
-                (0..heights[p])
-                    .flat_map(|r| bases[p][r * stride..][..k].to_vec())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let (heights, k, stride) = ([5, 70, 26], 37, 41);
+        let (bases, dense) = stacked_parts(&heights, k, stride);
+        let parts = parts_of(&bases, &heights, k, stride);
         let n = heights.iter().sum();
         for kernel in kernels_here() {
             let stacked = Source::Rows(StackedRows::new(&parts));

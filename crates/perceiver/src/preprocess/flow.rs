@@ -10,9 +10,7 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::{InputArray, RowSource};
+use super::{fill_rows, InputArray, RowSource};
 use crate::checkpoint::names::LinearNames;
 use crate::checkpoint::Param;
 use crate::config::{FlowInputSpec, FLOW_FEATURES, FLOW_PATCH, FLOW_PATCH_CHANNELS, IMAGE_CHANNELS};
@@ -254,9 +252,6 @@ pub(crate) struct FlowRows {
     channels: usize,
 }
 
-/// Rows a rayon task fills: enough to pay for the task.
-const FILL_ROWS_PER_TASK: usize = 256;
-
 impl RowSource for FlowRows {
     fn len(&self) -> usize {
         self.rows
@@ -267,18 +262,12 @@ impl RowSource for FlowRows {
     }
 
     fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
-        let channels = self.channels;
-        assert!(rows.end <= self.rows && out.len() == rows.len() * channels);
-        out.par_chunks_mut(FILL_ROWS_PER_TASK * channels)
-            .enumerate()
-            .for_each(|(task, block)| {
-                let first = rows.start + task * FILL_ROWS_PER_TASK;
-                for (pixel, row) in (first..).zip(block.chunks_exact_mut(channels)) {
-                    let (features, positions) = row.split_at_mut(FLOW_FEATURES);
-                    features.copy_from_slice(&self.features[pixel * FLOW_FEATURES..][..FLOW_FEATURES]);
-                    self.grid.row_into(pixel, positions);
-                }
-            });
+        assert!(rows.end <= self.rows);
+        fill_rows(rows, self.channels, out, |pixel, row| {
+            let (features, positions) = row.split_at_mut(FLOW_FEATURES);
+            features.copy_from_slice(&self.features[pixel * FLOW_FEATURES..][..FLOW_FEATURES]);
+            self.grid.row_into(pixel, positions);
+        });
     }
 }
 

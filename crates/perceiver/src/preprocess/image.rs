@@ -16,9 +16,7 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::{InputArray, RowSource};
+use super::{fill_rows, InputArray, RowSource};
 use crate::checkpoint::names::ImagePreprocessorNames;
 use crate::checkpoint::Param;
 use crate::config::{FourierSpec, ImageInputSpec, StemPadding};
@@ -274,9 +272,6 @@ pub(crate) struct ImageRows<'a> {
     channels: usize,
 }
 
-/// Rows a rayon task fills: enough to pay for the task.
-const FILL_ROWS_PER_TASK: usize = 256;
-
 impl RowSource for ImageRows<'_> {
     fn len(&self) -> usize {
         self.rows
@@ -288,29 +283,24 @@ impl RowSource for ImageRows<'_> {
 
     fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
         let (channels, fc) = (self.channels, self.feature_channels);
-        assert!(rows.end <= self.rows && out.len() == rows.len() * channels);
-        out.par_chunks_mut(FILL_ROWS_PER_TASK * channels)
-            .enumerate()
-            .for_each(|(task, block)| {
-                let first = rows.start + task * FILL_ROWS_PER_TASK;
-                for (r, row) in (first..).zip(block.chunks_exact_mut(channels)) {
-                    let (features, positions) = row.split_at_mut(fc);
-                    match &self.features {
-                        Features::Planes(planes) => {
-                            for (c, v) in features.iter_mut().enumerate() {
-                                *v = planes[c * self.rows + r];
-                            }
-                        }
-                        Features::Rows(values) => features.copy_from_slice(&values[r * fc..][..fc]),
-                    }
-                    match &self.positions {
-                        Positions::Table(table) => {
-                            let pc = channels - fc;
-                            positions.copy_from_slice(&table[r * pc..][..pc]);
-                        }
-                        Positions::Fourier(grid) => grid.row_into(r, positions),
+        assert!(rows.end <= self.rows);
+        fill_rows(rows, channels, out, |r, row| {
+            let (features, positions) = row.split_at_mut(fc);
+            match &self.features {
+                Features::Planes(planes) => {
+                    for (c, v) in features.iter_mut().enumerate() {
+                        *v = planes[c * self.rows + r];
                     }
                 }
-            });
+                Features::Rows(values) => features.copy_from_slice(&values[r * fc..][..fc]),
+            }
+            match &self.positions {
+                Positions::Table(table) => {
+                    let pc = channels - fc;
+                    positions.copy_from_slice(&table[r * pc..][..pc]);
+                }
+                Positions::Fourier(grid) => grid.row_into(r, positions),
+            }
+        });
     }
 }

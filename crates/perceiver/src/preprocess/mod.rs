@@ -16,6 +16,8 @@ pub use text::TextPreprocessor;
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use crate::layers::Precision;
 
 /// The preprocessors the models are built from.
@@ -53,6 +55,28 @@ pub(crate) trait RowSource: Sync {
 
     /// Writes rows `rows` into `out`, `rows.len() × channels()` values.
     fn fill(&self, rows: Range<usize>, out: &mut [f32]);
+}
+
+/// Rows a rayon task fills: enough to pay for the task.
+const FILL_ROWS_PER_TASK: usize = 256;
+
+/// A [`RowSource::fill`] over the pool: `out` holds `rows.len()` rows of `channels`, and each is
+/// written by `row(r, out_row)`, r its index in the source.
+pub(crate) fn fill_rows(
+    rows: Range<usize>,
+    channels: usize,
+    out: &mut [f32],
+    row: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert_eq!(out.len(), rows.len() * channels, "rows of {channels} channels");
+    out.par_chunks_mut(FILL_ROWS_PER_TASK * channels)
+        .enumerate()
+        .for_each(|(task, block)| {
+            let first = rows.start + task * FILL_ROWS_PER_TASK;
+            for (r, values) in (first..).zip(block.chunks_exact_mut(channels)) {
+                row(r, values);
+            }
+        });
 }
 
 /// A borrowed source, for a caller that keeps its sources (the flow model's rows serve the
