@@ -195,7 +195,7 @@ impl FlowPreprocessor {
     }
 
     /// The encoder's input for each pair (each of the model's frame size), whole: each pair's
-    /// [`rows`](Self::rows) one after another.
+    /// rows one after another, as the model's own pass makes them a block at a time.
     pub fn forward(&self, pairs: &[&FramePair], threads: usize) -> Result<InputArray> {
         let rows = pairs
             .iter()
