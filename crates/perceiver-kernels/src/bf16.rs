@@ -2323,14 +2323,20 @@ mod tests {
     /// lane for lane, panels straddling the parts included.
     #[test]
     fn stacked_rows_pack_as_their_dense_copy() {
-        let (heights, k, stride) = ([5, 40, 26], 37, 41);
-        let (bases, dense) = stacked_parts(&heights, k, stride);
-        let parts = parts_of(&bases, &heights, k, stride);
-        let n = heights.iter().sum();
-        let packed = PackedMatrix::pack_stacked(StackedRows::new(&parts));
-        let reference = PackedMatrix::pack_transposed(&dense, n, k);
-        assert_eq!((packed.n, packed.k), (n, k));
-        assert!(*packed.data == *reference.data, "the panels differ");
+        // Empty parts and k = 0 included.
+        for (heights, k) in [([5, 40, 26], 37), ([0, 9, 0], 37), ([2, 3, 1], 0)] {
+            let stride = k + 4;
+            let (bases, dense) = stacked_parts(&heights, k, stride);
+            let parts = parts_of(&bases, &heights, k, stride);
+            let n = heights.iter().sum();
+            let packed = PackedMatrix::pack_stacked(StackedRows::new(&parts));
+            let reference = PackedMatrix::pack_transposed(&dense, n, k);
+            assert_eq!((packed.n, packed.k), (n, k));
+            assert!(
+                *packed.data == *reference.data,
+                "{heights:?} × {k}: the panels differ"
+            );
+        }
     }
 
     #[test]

@@ -1161,20 +1161,25 @@ pub(crate) mod tests {
     /// on every kernel, panels straddling the parts included.
     #[test]
     fn stacked_rows_pack_as_their_dense_copy() {
-        let (heights, k, stride) = ([5, 70, 26], 37, 41);
-        let (bases, dense) = stacked_parts(&heights, k, stride);
-        let parts = parts_of(&bases, &heights, k, stride);
-        let n = heights.iter().sum();
-        for kernel in kernels_here() {
-            let stacked = Source::Rows(StackedRows::new(&parts));
-            let packed = PackedWeights::pack_source(Some(kernel), stacked, 1.0, true);
-            let reference = PackedWeights::pack_for(Some(kernel), View::dense(&dense, n, k), true, 1.0, true);
-            let panels = |w: &PackedWeights| w.data[w.offset..][..n.div_ceil(w.width) * k * w.width].to_vec();
-            assert_eq!((packed.n, packed.k), (n, k));
-            assert!(
-                panels(&packed) == panels(&reference),
-                "{kernel:?}: the panels differ"
-            );
+        // Empty parts and k = 0 included.
+        for (heights, k) in [([5, 70, 26], 37), ([0, 9, 0], 37), ([2, 3, 1], 0)] {
+            let stride = k + 4;
+            let (bases, dense) = stacked_parts(&heights, k, stride);
+            let parts = parts_of(&bases, &heights, k, stride);
+            let n = heights.iter().sum();
+            for kernel in kernels_here() {
+                let stacked = Source::Rows(StackedRows::new(&parts));
+                let packed = PackedWeights::pack_source(Some(kernel), stacked, 1.0, true);
+                let reference =
+                    PackedWeights::pack_for(Some(kernel), View::dense(&dense, n, k), true, 1.0, true);
+                let panels =
+                    |w: &PackedWeights| w.data[w.offset..][..n.div_ceil(w.width) * k * w.width].to_vec();
+                assert_eq!((packed.n, packed.k), (n, k));
+                assert!(
+                    panels(&packed) == panels(&reference),
+                    "{kernel:?}, {heights:?} × {k}: the panels differ"
+                );
+            }
         }
     }
 

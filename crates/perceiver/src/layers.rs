@@ -130,7 +130,7 @@ impl Dense {
     /// The parts' input widths agree in any model that loaded: the checkpoint's shapes are
     /// checked against the config, which gives the parts of a layer one input.
     pub(crate) fn stacked(parts: &[&Dense], precision: Precision) -> Self {
-        let k = parts.first().map_or(0, |part| part.k);
+        let k = parts.first().expect("a stack of layers has parts").k;
         let weights: Vec<View> = parts
             .iter()
             .map(|part| {
@@ -286,7 +286,7 @@ impl Dense {
                 true,
                 threads,
             ),
-            (None, None, None) => unreachable!("a stack keeps its weight until it is packed"),
+            (None, None, None) => unreachable!("a layer without its weight is packed"),
         }
     }
 }

@@ -482,7 +482,7 @@ impl PerceiverModel {
                 .iter()
                 .map(|pair| preprocessor.rows(pair, threads))
                 .collect::<Result<Vec<_>>>()?;
-            lap("preprocess (patches, projection, Fourier features)");
+            lap("preprocess (patches and their projection)");
             // The input array is never whole: the encoder makes it a block at a time (with its
             // normed copy, keys and values), the decoder a chunk of queries at a time.
             let z = self.encoder.forward_streamed(

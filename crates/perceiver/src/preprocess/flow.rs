@@ -197,21 +197,19 @@ impl FlowPreprocessor {
     /// The encoder's input for each pair (each of the model's frame size), whole: each pair's
     /// rows one after another, as the model's own pass makes them a block at a time.
     pub fn forward(&self, pairs: &[&FramePair], threads: usize) -> Result<InputArray> {
-        let rows = pairs
-            .iter()
-            .map(|pair| self.rows(pair, threads))
-            .collect::<Result<Vec<_>>>()?;
+        let (h, w) = self.frame_size();
         let channels = self.channels();
-        let mut values = vec![0f32; rows.iter().map(|r| r.len() * channels).sum()];
-        let mut rest = &mut values[..];
-        for source in &rows {
-            let (out, after) = rest.split_at_mut(source.len() * channels);
-            source.fill(0..source.len(), out);
-            rest = after;
+        let mut values = Vec::with_capacity(pairs.len() * h * w * channels);
+        for pair in pairs {
+            // One pair's projected patches at a time.
+            let rows = self.rows(pair, threads)?;
+            let start = values.len();
+            values.resize(start + rows.len() * channels, 0.0);
+            rows.fill(0..rows.len(), &mut values[start..]);
         }
         Ok(InputArray {
             values,
-            items: item_ranges(rows.iter().map(FlowRows::len)),
+            items: item_ranges(std::iter::repeat_n(h * w, pairs.len())),
         })
     }
 

@@ -45,7 +45,8 @@ pub struct InputArray {
 
 /// One item's rows of the encoder's input made on demand, a block at a time: an input too long
 /// to hold whole with its keys and values (an image's 50,176 pixels) is cross-attended block by
-/// block ([`crate::encoder::Encoder::forward_streamed`]).
+/// block ([`crate::encoder::Encoder::forward_streamed`]), and the flow decoder's queries (the
+/// same rows as its encoder's input) are made a chunk at a time.
 pub(crate) trait RowSource: Sync {
     /// Rows of the item.
     fn len(&self) -> usize;
