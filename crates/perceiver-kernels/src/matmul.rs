@@ -270,6 +270,17 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Runs `check(parts, dense, n, k)` on each stack the packing tests take: parts whose
+    /// heights straddle panels of 32 and 64 rows, empty parts, and k = 0.
+    pub(crate) fn for_each_stack(check: impl Fn(&[View], &[f32], usize, usize)) {
+        for (heights, k) in [([5, 70, 26], 37), ([0, 9, 0], 37), ([2, 3, 1], 0)] {
+            let stride = k + 4;
+            let (bases, dense) = stacked_parts(&heights, k, stride);
+            let parts = parts_of(&bases, &heights, k, stride);
+            check(&parts, &dense, heights.iter().sum(), k);
+        }
+    }
+
     /// A stack's rows are its parts' rows in order, and a row past them is refused.
     #[test]
     fn stacked_rows_are_the_parts_rows_in_order() {
