@@ -95,28 +95,19 @@ impl Dense {
     /// Packs W for `precision`'s kernel. A packed stack of layers ([`Dense::stacked`]) has no
     /// W left to pack: it is stacked again from its parts instead.
     pub(crate) fn set_precision(&mut self, precision: Precision) {
-        let (n, k) = (self.n, self.k);
         let Some(weight) = &self.weight else {
             debug_assert!(false, "a packed stack of layers is stacked again, not repacked");
             return;
         };
-        match precision {
-            Precision::F32 => {
-                self.packed = None;
-                if sgemm::available() && self.packed_f32.is_none() {
-                    self.packed_f32 = Some(std::sync::Arc::new(sgemm::PackedWeights::pack(
-                        weight.data(),
-                        n,
-                        k,
-                    )));
-                    weight.release_pages();
-                }
-            }
-            Precision::Bf16 => {
-                self.packed = Some(bf16::PackedMatrix::pack_transposed(weight.data(), n, k));
-                self.packed_f32 = None;
-                weight.release_pages();
-            }
+        // f32 weights already packed are shared by clones: kept.
+        if precision == Precision::F32 && self.packed_f32.is_some() {
+            self.packed = None;
+            return;
+        }
+        let parts = [View::dense(weight.data(), self.n, self.k)];
+        (self.packed, self.packed_f32) = packed_for(StackedRows::new(&parts), precision);
+        if self.packed.is_some() || self.packed_f32.is_some() {
+            weight.release_pages();
         }
     }
 
@@ -141,26 +132,21 @@ impl Dense {
             .collect();
         let n = parts.iter().map(|part| part.n).sum();
         let bias = parts.iter().flat_map(|part| part.bias.data()).copied().collect();
-        let mut stack = Dense {
+        let rows = StackedRows::new(&weights);
+        let (packed, packed_f32) = packed_for(rows, precision);
+        // Only the portable product needs W as one matrix in memory.
+        let weight = (packed.is_none() && packed_f32.is_none()).then(|| {
+            let weight = (0..n).flat_map(|r| rows.row(r)).copied().collect();
+            Param::owned(weight, vec![n, k]).expect("n·k values")
+        });
+        let stack = Dense {
             n,
             k,
-            weight: None,
+            weight,
             bias: Param::owned(bias, vec![n]).expect("n values"),
-            packed: None,
-            packed_f32: None,
+            packed,
+            packed_f32,
         };
-        // Only the portable product needs W as one matrix in memory.
-        let rows = StackedRows::new(&weights);
-        match precision {
-            Precision::Bf16 => stack.packed = Some(bf16::PackedMatrix::pack_stacked(rows)),
-            Precision::F32 if sgemm::available() => {
-                stack.packed_f32 = Some(std::sync::Arc::new(sgemm::PackedWeights::pack_stacked(rows)));
-            }
-            Precision::F32 => {
-                let weight = (0..n).flat_map(|r| rows.row(r)).copied().collect();
-                stack.weight = Some(Param::owned(weight, vec![n, k]).expect("n·k values"));
-            }
-        }
         for part in parts {
             if let Some(weight) = &part.weight {
                 weight.release_pages();
@@ -288,6 +274,25 @@ impl Dense {
             ),
             (None, None, None) => unreachable!("a layer without its weight is packed"),
         }
+    }
+}
+
+/// W (its rows where they lie) packed for `precision`'s kernel: bf16 panels, or f32 panels
+/// where a packed f32 kernel runs; neither where the portable product runs (it reads W as is).
+fn packed_for(
+    w: StackedRows,
+    precision: Precision,
+) -> (
+    Option<bf16::PackedMatrix>,
+    Option<std::sync::Arc<sgemm::PackedWeights>>,
+) {
+    match precision {
+        Precision::Bf16 => (Some(bf16::PackedMatrix::pack_stacked(w)), None),
+        Precision::F32 if sgemm::available() => (
+            None,
+            Some(std::sync::Arc::new(sgemm::PackedWeights::pack_stacked(w))),
+        ),
+        Precision::F32 => (None, None),
     }
 }
 
