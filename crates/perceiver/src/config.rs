@@ -167,11 +167,12 @@ pub mod bounds {
     };
 
     /// Rows of the multimodal autoencoder's input (derived: audio patches + video patches + the
-    /// label): the encoder attends all of them at once (52,097 released).
+    /// label; 52,097 released): the encoder streams them a block at a time, but every row is
+    /// made and attended on every pass.
     pub const MULTIMODAL_INPUT_ROWS: Range = Range {
         min: 1,
         max: 1 << 20,
-        why: "the released multimodal model has 52,097 input rows, and the encoder attends them all at once",
+        why: "the released multimodal model has 52,097 input rows, and the encoder attends every one of them",
     };
 
     /// Output queries of the multimodal autoencoder (derived: `output_shape`'s pixels + audio

@@ -403,16 +403,39 @@ impl PerceiverModel {
     /// The preprocessor and the encoder's cross-attention: each input onto the learned
     /// latents, before the latent stack.
     fn cross_attend(&self, input: ModelInput<'_>, threads: usize) -> Result<Vec<f32>> {
-        if let (Preprocessor::Image(preprocessor), ModelInput::Images(images)) = (&self.preprocessor, input) {
-            // An image's rows (50,176 at 224×224), its keys and values would be most of the
-            // memory a pass needs: they are made and attended a block at a time instead.
-            preprocessor.check(images)?;
-            return self.encoder.forward_streamed(
-                images.len(),
-                &mut |i| Ok(Box::new(preprocessor.rows(images[i], threads)?)),
-                STREAM_BLOCK_ROWS,
-                threads,
-            );
+        // An image's rows (50,176 at 224×224), a flow tile's (182,528) or a clip's (52,097), their
+        // keys and values would be most of the memory a pass needs: they are made and attended a
+        // block at a time.
+        match (&self.preprocessor, input) {
+            (Preprocessor::Image(preprocessor), ModelInput::Images(images)) => {
+                preprocessor.check(images)?;
+                return self.encoder.forward_streamed(
+                    images.len(),
+                    &mut |i| Ok(Box::new(preprocessor.rows(images[i], threads)?)),
+                    STREAM_BLOCK_ROWS,
+                    threads,
+                );
+            }
+            (Preprocessor::Flow(preprocessor), ModelInput::FramePairs(pairs)) => {
+                return self.encoder.forward_streamed(
+                    pairs.len(),
+                    &mut |i| Ok(Box::new(preprocessor.rows(pairs[i], threads)?)),
+                    STREAM_BLOCK_ROWS,
+                    threads,
+                );
+            }
+            (Preprocessor::Multimodal(preprocessor), ModelInput::Videos(videos)) => {
+                for video in videos {
+                    preprocessor.check(video)?;
+                }
+                return self.encoder.forward_streamed(
+                    videos.len(),
+                    &mut |i| Ok(Box::new(preprocessor.rows(videos[i])?)),
+                    STREAM_BLOCK_ROWS,
+                    threads,
+                );
+            }
+            _ => {}
         }
         let array = self.preprocess(input, threads)?;
         Ok(self.encoder.forward(&array, threads))
@@ -870,6 +893,76 @@ mod tests {
                     worst < tolerance,
                     "{name} {precision:?}, blocks of {block_rows}: {worst}"
                 );
+            }
+        }
+    }
+
+    /// The flow model's and the multimodal autoencoder's encoders stream their inputs' rows
+    /// from the preprocessors' row sources (`FlowRows`, `MultimodalRows`), a block at a time:
+    /// in blocks of any size, and as `encode_input`'s pass runs them, that is the cross-attention
+    /// of the whole array the preprocessors make, up to rounding.
+    #[test]
+    fn streamed_flow_and_multimodal_inputs_equal_their_whole_arrays() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for name in ["flow/tiny_flow", "multimodal/tiny_multimodal"] {
+            let model = Loader::new(fixtures.join(name).to_str().unwrap()).load().unwrap();
+            let (height, width) = model.image_size().unwrap();
+            let frame = |seed: usize| {
+                let values = (0..3 * height * width)
+                    .map(|i| ((i * 7919 + seed) % 255) as f32 / 255.0)
+                    .collect();
+                Pixels::new(height, width, values).unwrap()
+            };
+            let pairs = [
+                FramePair::new(frame(1), frame(2)).unwrap(),
+                FramePair::new(frame(3), frame(4)).unwrap(),
+            ];
+            let pairs = [&pairs[0], &pairs[1]];
+            let videos = match &model.preprocessor {
+                Preprocessor::Multimodal(m) => {
+                    let s = m.spec();
+                    let audio = (0..s.audio_samples()).map(|i| (i as f32 * 0.37).sin()).collect();
+                    vec![MultimodalInput::new((0..s.num_frames).map(frame).collect(), audio).unwrap()]
+                }
+                _ => Vec::new(),
+            };
+            let videos: Vec<&MultimodalInput> = videos.iter().collect();
+            let input = match videos.is_empty() {
+                true => ModelInput::FramePairs(&pairs),
+                false => ModelInput::Videos(&videos),
+            };
+            let threads = model.threads();
+            let array = model.preprocess(input, threads).unwrap();
+            let whole = on_pool(|| model.encoder.forward(&array, threads));
+            let passed = on_pool(|| model.cross_attend(input, threads)).unwrap();
+            let sources = |i: usize| -> Result<Box<dyn RowSource + '_>> {
+                match &model.preprocessor {
+                    Preprocessor::Flow(flow) => Ok(Box::new(flow.rows(pairs[i], threads)?)),
+                    Preprocessor::Multimodal(m) => Ok(Box::new(m.rows(videos[i])?)),
+                    _ => unreachable!("a flow or multimodal fixture"),
+                }
+            };
+            for block_rows in [1, 7, 100, STREAM_BLOCK_ROWS] {
+                let streamed = on_pool(|| {
+                    model.encoder.forward_streamed(
+                        array.items.len(),
+                        &mut |i| sources(i),
+                        block_rows,
+                        threads,
+                    )
+                })
+                .unwrap();
+                assert_eq!(streamed.len(), whole.len());
+                let worst = whole
+                    .iter()
+                    .zip(&streamed)
+                    .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
+                    .fold(0f32, f32::max);
+                println!("{name}, blocks of {block_rows} rows: worst difference {worst:.2e}");
+                assert!(worst < 1e-5, "{name}, blocks of {block_rows}: {worst}");
+                if block_rows == STREAM_BLOCK_ROWS {
+                    assert_eq!(passed, streamed, "{name}: encode_input's pass streams its rows");
+                }
             }
         }
     }

@@ -3,8 +3,6 @@
 //! (transformers' `PerceiverTrainablePositionEncoding`, DeepMind's `TrainablePositionEncoding`);
 //! and Fourier features of a grid's coordinates ([`fourier_features`]).
 
-use std::sync::{Arc, Mutex};
-
 use crate::checkpoint::names::TensorName;
 use crate::checkpoint::Param;
 use crate::config::FourierSpec;
@@ -235,37 +233,6 @@ impl<const N: usize> FourierGrid<N> {
             }
         }
         debug_assert_eq!(at, out.len());
-    }
-}
-
-/// The last grid size a [`FourierCache`] saw, with its features.
-type CachedFeatures<const N: usize> = Option<([usize; N], Arc<Vec<f32>>)>;
-
-/// Fourier features, cached for the last grid size seen (a model sees one size in practice).
-#[derive(Debug, Clone)]
-pub(crate) struct FourierCache<const N: usize = 2> {
-    spec: FourierSpec<N>,
-    last: Arc<Mutex<CachedFeatures<N>>>,
-}
-
-impl<const N: usize> FourierCache<N> {
-    pub(crate) fn new(spec: FourierSpec<N>) -> Self {
-        Self {
-            spec,
-            last: Arc::default(),
-        }
-    }
-
-    pub(crate) fn get(&self, dims: [usize; N]) -> Arc<Vec<f32>> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match &*last {
-            Some((d, features)) if *d == dims => features.clone(),
-            _ => {
-                let features = Arc::new(fourier_features(&self.spec, dims));
-                *last = Some((dims, features.clone()));
-                features
-            }
-        }
     }
 }
 

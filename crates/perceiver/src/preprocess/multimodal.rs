@@ -15,14 +15,16 @@
 //!
 //! Every modality's rows are padded to the common width with the modality's trainable row.
 
-use super::InputArray;
+use std::ops::Range;
+
+use super::{fill_rows, InputArray, RowSource};
 use crate::checkpoint::names::{Modality, MultimodalNames};
 use crate::checkpoint::Param;
 use crate::config::{MultimodalSpec, IMAGE_CHANNELS, VIDEO_PATCH};
 use crate::error::{Error, Result};
 use crate::image::processor::check_finite;
 use crate::image::Pixels;
-use crate::position::FourierCache;
+use crate::position::FourierGrid;
 use crate::runtime::item_ranges;
 
 /// A video and its audio, the multimodal autoencoder's input: frames channels first
@@ -76,8 +78,10 @@ pub struct MultimodalPreprocessor {
     padding: [Param; 3],
     /// The label's mask token, which is the label's whole row.
     label_mask: Param,
-    audio_fourier: FourierCache<1>,
-    video_fourier: FourierCache<3>,
+    /// The audio patches' Fourier features, a row at a time.
+    audio_positions: FourierGrid<1>,
+    /// The video patches' (frame, patch row, patch column), a row at a time.
+    video_positions: FourierGrid<3>,
 }
 
 impl MultimodalPreprocessor {
@@ -93,8 +97,8 @@ impl MultimodalPreprocessor {
             spec,
             padding: [get(&audio.name)?, get(&image.name)?, get(&label.name)?],
             label_mask: get(&names.mask[Modality::Label as usize].name)?,
-            audio_fourier: FourierCache::new(spec.audio_fourier()),
-            video_fourier: FourierCache::new(spec.video_fourier()),
+            audio_positions: FourierGrid::new(&spec.audio_fourier(), [spec.audio_patches()]),
+            video_positions: FourierGrid::new(&spec.video_fourier(), spec.patch_grid()),
         })
     }
 
@@ -138,58 +142,190 @@ impl MultimodalPreprocessor {
         Ok(())
     }
 
+    /// One video's rows of the encoder's input, made as they are filled: the encoder streams
+    /// them a block at a time, so that the 52,097 rows of a released-size clip (with their
+    /// normed copy, keys and values) are never whole.
+    pub(crate) fn rows<'a>(&'a self, input: &'a MultimodalInput) -> Result<MultimodalRows<'a>> {
+        self.check(input)?;
+        Ok(MultimodalRows {
+            preprocessor: self,
+            input,
+        })
+    }
+
     /// The encoder's input for each video, `[audio patches + video patches + 1, channels]` each.
     pub fn forward(&self, inputs: &[&MultimodalInput]) -> Result<InputArray> {
-        for input in inputs {
-            self.check(input)?;
+        let sources = inputs
+            .iter()
+            .map(|input| self.rows(input))
+            .collect::<Result<Vec<_>>>()?;
+        let (rows, channels) = (self.spec.input_rows(), self.channels());
+        let mut values = vec![0f32; inputs.len() * rows * channels];
+        for (source, out) in sources.iter().zip(values.chunks_exact_mut(rows * channels)) {
+            source.fill(0..rows, out);
         }
-        let s = &self.spec;
-        let channels = self.channels();
-        let rows = s.input_rows();
-        let mut values = Vec::with_capacity(inputs.len() * rows * channels);
-        let audio_positions = self.audio_fourier.get([s.audio_patches()]);
-        let grid = s.patch_grid();
-        let video_positions = self.video_fourier.get(grid);
-        let (height, width) = s.frame_size();
-        let [audio_padding, image_padding, _] = &self.padding;
-        for input in inputs {
-            let audio_width = s.audio_fourier().channels();
-            for (samples, position) in input
-                .audio
-                .chunks_exact(s.samples_per_patch)
-                .zip(audio_positions.chunks_exact(audio_width))
-            {
-                values.extend_from_slice(samples);
-                values.extend_from_slice(position);
-                values.extend_from_slice(audio_padding.data());
-            }
-            let video_width = s.video_fourier().channels();
-            let mut positions = video_positions.chunks_exact(video_width);
-            let plane = height * width;
-            for frame in &input.frames {
-                for py in 0..grid[1] {
-                    for px in 0..grid[2] {
-                        // space_to_depth: the patch's rows, its columns, then the colours.
-                        for dy in 0..VIDEO_PATCH {
-                            let y = py * VIDEO_PATCH + dy;
-                            for dx in 0..VIDEO_PATCH {
-                                let x = px * VIDEO_PATCH + dx;
-                                for c in 0..IMAGE_CHANNELS {
-                                    values.push(frame.values[c * plane + y * width + x]);
-                                }
-                            }
-                        }
-                        values.extend_from_slice(positions.next().unwrap_or_default());
-                        values.extend_from_slice(image_padding.data());
-                    }
-                }
-            }
-            values.extend_from_slice(self.label_mask.data());
-        }
-        debug_assert_eq!(values.len(), inputs.len() * rows * channels);
         Ok(InputArray {
             values,
             items: item_ranges(std::iter::repeat_n(rows, inputs.len())),
         })
+    }
+}
+
+/// One video's rows of the multimodal encoder's input ([`MultimodalPreprocessor::rows`]): its
+/// audio patches, its video patches, then the label's mask token, each with its Fourier
+/// features and its modality's padding.
+pub(crate) struct MultimodalRows<'a> {
+    preprocessor: &'a MultimodalPreprocessor,
+    input: &'a MultimodalInput,
+}
+
+impl MultimodalRows<'_> {
+    /// Row `r` into `out`.
+    fn row_into(&self, r: usize, out: &mut [f32]) {
+        let p = self.preprocessor;
+        let s = &p.spec;
+        let [audio_padding, image_padding, _] = &p.padding;
+        let audio_patches = s.audio_patches();
+        if r < audio_patches {
+            let (samples, rest) = out.split_at_mut(s.samples_per_patch);
+            samples.copy_from_slice(&self.input.audio[r * s.samples_per_patch..][..s.samples_per_patch]);
+            let (positions, padding) = rest.split_at_mut(p.audio_positions.channels());
+            p.audio_positions.row_into(r, positions);
+            padding.copy_from_slice(audio_padding.data());
+            return;
+        }
+        let patch = r - audio_patches;
+        if patch == s.video_rows() {
+            out.copy_from_slice(p.label_mask.data());
+            return;
+        }
+        let [_, rows, columns] = s.patch_grid();
+        let frame = &self.input.frames[patch / (rows * columns)];
+        let (py, px) = (patch / columns % rows, patch % columns);
+        let (height, width) = s.frame_size();
+        let plane = height * width;
+        let (pixels, rest) = out.split_at_mut(VIDEO_PATCH * VIDEO_PATCH * IMAGE_CHANNELS);
+        // space_to_depth: the patch's rows, its columns, then the colours.
+        let mut values = pixels.iter_mut();
+        for dy in 0..VIDEO_PATCH {
+            let y = py * VIDEO_PATCH + dy;
+            for dx in 0..VIDEO_PATCH {
+                let x = px * VIDEO_PATCH + dx;
+                for (c, value) in values.by_ref().take(IMAGE_CHANNELS).enumerate() {
+                    *value = frame.values[c * plane + y * width + x];
+                }
+            }
+        }
+        let (positions, padding) = rest.split_at_mut(p.video_positions.channels());
+        p.video_positions.row_into(patch, positions);
+        padding.copy_from_slice(image_padding.data());
+    }
+}
+
+impl RowSource for MultimodalRows<'_> {
+    fn len(&self) -> usize {
+        self.preprocessor.spec.input_rows()
+    }
+
+    fn channels(&self) -> usize {
+        self.preprocessor.channels()
+    }
+
+    fn fill(&self, rows: Range<usize>, out: &mut [f32]) {
+        assert!(rows.end <= self.len());
+        fill_rows(rows, self.channels(), out, |r, row| self.row_into(r, row));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::fourier_features;
+    use crate::preprocess::Preprocessor;
+    use crate::{Loader, PerceiverModel};
+
+    fn tiny() -> PerceiverModel {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/multimodal/tiny_multimodal"
+        );
+        Loader::new(path).load().unwrap()
+    }
+
+    /// A clip of the model's sizes whose values name their place: frame f's value i is
+    /// `f·10⁶ + i`, audio sample i is `-1 - i`.
+    fn numbered(spec: &MultimodalSpec) -> MultimodalInput {
+        let (h, w) = spec.frame_size();
+        let frames = (0..spec.num_frames)
+            .map(|f| Pixels::new(h, w, (0..3 * h * w).map(|i| (f * 1_000_000 + i) as f32).collect()).unwrap())
+            .collect();
+        let audio = (0..spec.audio_samples()).map(|i| -1.0 - i as f32).collect();
+        MultimodalInput::new(frames, audio).unwrap()
+    }
+
+    /// The rows as transformers lays them out, spelled out over whole arrays: audio patches with
+    /// the features of `fourier_features` over the patches, then every frame's 4 × 4 patches
+    /// (`space_to_depth`) with those over (frame, patch row, patch column), then the label's
+    /// mask token; each modality padded with its row.
+    fn layout(p: &MultimodalPreprocessor, input: &MultimodalInput) -> Vec<f32> {
+        let s = p.spec();
+        let [audio_padding, image_padding, _] = &p.padding;
+        let mut out = Vec::new();
+        let audio_positions = fourier_features(&s.audio_fourier(), [s.audio_patches()]);
+        let audio_width = audio_positions.len() / s.audio_patches();
+        for (i, samples) in input.audio().chunks_exact(s.samples_per_patch).enumerate() {
+            out.extend_from_slice(samples);
+            out.extend_from_slice(&audio_positions[i * audio_width..][..audio_width]);
+            out.extend_from_slice(audio_padding.data());
+        }
+        let grid = s.patch_grid();
+        let video_positions = fourier_features(&s.video_fourier(), grid);
+        let video_width = video_positions.len() / s.video_rows();
+        let (h, w) = s.frame_size();
+        for (f, frame) in input.frames().iter().enumerate() {
+            for py in 0..grid[1] {
+                for px in 0..grid[2] {
+                    for dy in 0..VIDEO_PATCH {
+                        for dx in 0..VIDEO_PATCH {
+                            let (y, x) = (py * VIDEO_PATCH + dy, px * VIDEO_PATCH + dx);
+                            out.extend((0..3).map(|c| frame.values[c * h * w + y * w + x]));
+                        }
+                    }
+                    let patch = (f * grid[1] + py) * grid[2] + px;
+                    out.extend_from_slice(&video_positions[patch * video_width..][..video_width]);
+                    out.extend_from_slice(image_padding.data());
+                }
+            }
+        }
+        out.extend_from_slice(p.label_mask.data());
+        out
+    }
+
+    #[test]
+    fn rows_in_blocks_of_any_size_are_the_whole_layout() {
+        let model = tiny();
+        let Preprocessor::Multimodal(p) = model.preprocessor() else {
+            panic!("the tiny multimodal fixture has a multimodal preprocessor")
+        };
+        let input = numbered(p.spec());
+        let expected = layout(p, &input);
+        let rows = p.rows(&input).unwrap();
+        let (n, c) = (rows.len(), rows.channels());
+        assert_eq!((n, c), (p.spec().input_rows(), p.spec().input_channels()));
+        assert_eq!(expected.len(), n * c);
+        for block in [1, 7, 100, n] {
+            let mut got = vec![f32::NAN; n * c];
+            for start in (0..n).step_by(block) {
+                let end = (start + block).min(n);
+                rows.fill(start..end, &mut got[start * c..end * c]);
+            }
+            assert!(
+                got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "blocks of {block} rows"
+            );
+        }
+        let array = p.forward(&[&input, &input]).unwrap();
+        assert_eq!(array.items, [0..n, n..2 * n]);
+        assert_eq!(array.values, [&expected[..], &expected[..]].concat());
     }
 }
