@@ -255,13 +255,12 @@ impl AttentionLayer {
         threads: usize,
         each_chunk: &dyn Fn(Vec<f32>) -> Vec<f32>,
     ) -> Vec<f32> {
-        let (q_dim, qk, vc) = (self.spec.q_dim, self.spec.qk_channels, self.spec.v_channels);
+        let q_dim = self.spec.q_dim;
         assert!(
             queries.iter().all(|source| source.channels() == q_dim),
             "query rows are not {q_dim} wide"
         );
         let kv = self.keys_values(inputs, threads);
-        let (k, v) = (HeadRows::new(&kv, 0, qk + vc), HeadRows::new(&kv, qk, qk + vc));
         let mut out = Vec::new();
         let mut chunk = Vec::new();
         for (source, kr) in queries.iter().zip(kv_items) {
@@ -269,25 +268,45 @@ impl AttentionLayer {
                 let end = (start + chunk_rows.max(1)).min(source.len());
                 chunk.resize((end - start) * q_dim, 0.0);
                 source.fill(start..end, &mut chunk);
-                let chunk = &chunk[..];
-                let q = self.project_queries(chunk, threads);
                 let chunk_queries = 0..end - start;
-                let heads = attend(
-                    &self.spec,
-                    self.kernels,
-                    HeadRows::new(&q, 0, qk),
+                out.extend(each_chunk(self.forward_onto(
+                    &chunk,
                     std::slice::from_ref(&chunk_queries),
-                    k,
-                    v,
-                    std::slice::from_ref(kr),
+                    (&kv, std::slice::from_ref(kr)),
                     threads,
-                );
-                drop(q);
-                let residual = self.spec.use_query_residual.then(|| chunk.to_vec());
-                out.extend(each_chunk(self.finish(heads, residual, threads)));
+                )));
             }
         }
         out
+    }
+
+    /// [`forward`](Self::forward) of per-item queries (`[Σ query rows, q_dim]`, item `i`'s rows
+    /// at `query_items[i]`) over keys and values already projected by
+    /// [`keys_values`](Self::keys_values) (`[Σ rows, qk_channels + v_channels]`, item `i`'s at
+    /// `kv_items[i]`): for queries decoded in many calls from the same inputs, which then
+    /// project those once. The same values as `forward`.
+    pub(crate) fn forward_onto(
+        &self,
+        queries: &[f32],
+        query_items: &[Range<usize>],
+        (kv, kv_items): (&[f32], &[Range<usize>]),
+        threads: usize,
+    ) -> Vec<f32> {
+        let (qk, vc) = (self.spec.qk_channels, self.spec.v_channels);
+        let q = self.project_queries(queries, threads);
+        let heads = attend(
+            &self.spec,
+            self.kernels,
+            HeadRows::new(&q, 0, qk),
+            query_items,
+            HeadRows::new(kv, 0, qk + vc),
+            HeadRows::new(kv, qk, qk + vc),
+            kv_items,
+            threads,
+        );
+        drop(q);
+        let residual = self.spec.use_query_residual.then(|| queries.to_vec());
+        self.finish(heads, residual, threads)
     }
 
     /// A cross-attention of one item's queries over input rows made `block_rows` at a time
@@ -464,9 +483,9 @@ impl AttentionLayer {
         self.finish(out, residual, threads)
     }
 
-    /// The cross-attention's keys and values of `inputs`, each row `[k | v]` (their LayerNorm
-    /// dropped once used).
-    fn keys_values(&self, inputs: &[f32], threads: usize) -> Vec<f32> {
+    /// The cross-attention's keys and values of `inputs` (`[rows, kv_dim]`): `[rows,
+    /// qk_channels + v_channels]`, each row `[k | v]` (their LayerNorm dropped once used).
+    pub(crate) fn keys_values(&self, inputs: &[f32], threads: usize) -> Vec<f32> {
         let norm = self
             .kv_norm
             .as_ref()

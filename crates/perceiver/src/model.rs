@@ -560,8 +560,7 @@ impl PerceiverModel {
     /// [`QUERY_BLOCK`] queries, so that memory beyond the answer itself does not grow with the
     /// number of queries.
     pub fn decode_multimodal(&self, latents: &[f32], queries: &MultimodalQueries) -> Result<DecodedQueries> {
-        let (preprocessor, decoder, heads) = self.multimodal_parts()?;
-        let spec = preprocessor.spec();
+        let (preprocessor, decoder, _) = self.multimodal_parts()?;
         let (n, d) = (self.encoder.num_latents(), self.encoder.d_latents());
         if latents.len() != n * d {
             return Err(Error::InvalidInput(format!(
@@ -569,30 +568,45 @@ impl PerceiverModel {
                 latents.len()
             )));
         }
-        queries.check(spec)?;
+        queries.check(preprocessor.spec())?;
         on_pool(|| {
             let threads = self.threads();
-            let decode = |modality: Modality, audio: &[usize], image: &[usize], label: bool| {
-                let rows = decoder.queries(audio, image, label)?;
-                let hidden = decoder.forward(latents, n, &rows, threads);
-                Ok::<_, Error>(heads.forward(modality, &hidden, threads))
-            };
-            let mut out = DecodedQueries {
-                audio: Vec::with_capacity(queries.audio.len() * spec.samples_per_patch),
-                image: Vec::with_capacity(queries.image.len() * crate::config::IMAGE_CHANNELS),
-                label: None,
-            };
-            for block in queries.audio.chunks(QUERY_BLOCK) {
-                out.audio.extend(decode(Modality::Audio, block, &[], false)?);
-            }
-            for block in queries.image.chunks(QUERY_BLOCK) {
-                out.image.extend(decode(Modality::Image, &[], block, false)?);
-            }
-            if queries.label {
-                out.label = Some(decode(Modality::Label, &[], &[], true)?);
-            }
-            Ok(out)
+            self.decode_multimodal_onto(&decoder.keys_values(latents, threads), queries, threads)
         })
+    }
+
+    /// [`decode_multimodal`](Self::decode_multimodal) from the decoder's keys and values of the
+    /// latents (projected once for every block of queries, and every chunk of a clip), on
+    /// `threads` threads, already on the pool; `queries` already checked.
+    fn decode_multimodal_onto(
+        &self,
+        keys_values: &[f32],
+        queries: &MultimodalQueries,
+        threads: usize,
+    ) -> Result<DecodedQueries> {
+        let (preprocessor, decoder, heads) = self.multimodal_parts()?;
+        let spec = preprocessor.spec();
+        let n = self.encoder.num_latents();
+        let decode = |modality: Modality, audio: &[usize], image: &[usize], label: bool| {
+            let rows = decoder.queries(audio, image, label)?;
+            let hidden = decoder.forward(keys_values, n, &rows, threads);
+            Ok::<_, Error>(heads.forward(modality, &hidden, threads))
+        };
+        let mut out = DecodedQueries {
+            audio: Vec::with_capacity(queries.audio.len() * spec.samples_per_patch),
+            image: Vec::with_capacity(queries.image.len() * crate::config::IMAGE_CHANNELS),
+            label: None,
+        };
+        for block in queries.audio.chunks(QUERY_BLOCK) {
+            out.audio.extend(decode(Modality::Audio, block, &[], false)?);
+        }
+        for block in queries.image.chunks(QUERY_BLOCK) {
+            out.image.extend(decode(Modality::Image, &[], block, false)?);
+        }
+        if queries.label {
+            out.label = Some(decode(Modality::Label, &[], &[], true)?);
+        }
+        Ok(out)
     }
 
     /// Autoencodes one video with its audio, as DeepMind's Colab does: encodes once, then
@@ -604,8 +618,11 @@ impl PerceiverModel {
         let spec = *self.multimodal_spec()?;
         check_chunks(chunks)?;
         let chunks = chunks.min(spec.most_chunks());
+        let (_, decoder, _) = self.multimodal_parts()?;
         on_pool(|| {
             let latents = self.encode_multimodal(input)?;
+            let threads = self.threads();
+            let keys_values = decoder.keys_values(&latents, threads);
             let [frames, height, width] = spec.output_dims;
             let mut out = MultimodalOutput {
                 frames,
@@ -618,7 +635,7 @@ impl PerceiverModel {
             // The chunks are consecutive ranges: their outputs follow each other.
             for index in 0..chunks {
                 let queries = MultimodalQueries::chunk(&spec, index, chunks);
-                let decoded = self.decode_multimodal(&latents, &queries)?;
+                let decoded = self.decode_multimodal_onto(&keys_values, &queries, threads)?;
                 out.image.extend(decoded.image);
                 out.audio.extend(decoded.audio);
                 if let Some(label) = decoded.label {

@@ -107,12 +107,16 @@ pub fn subsampled_position<const N: usize>(index: usize, dims: [usize; N]) -> Re
     let mut pos = [0f32; N];
     let mut rest = index;
     for d in (0..N).rev() {
-        let i = rest % dims[d];
+        pos[d] = subsampled_coordinate(rest % dims[d], dims[d]);
         rest /= dims[d];
-        // 2·i in u128: i may be above usize::MAX / 2 (rounding to f32 is the same).
-        pos[d] = -1.0 + (2 * i as u128) as f32 / dims[d] as f32;
     }
     Ok(pos)
+}
+
+/// Coordinate `i` of `n` of [`subsampled_position`]: `-1 + 2·i/n` in f32.
+fn subsampled_coordinate(i: usize, n: usize) -> f32 {
+    // 2·i in u128: i may be above usize::MAX / 2 (rounding to f32 is the same).
+    -1.0 + (2 * i as u128) as f32 / n as f32
 }
 
 /// One spec's frequency bands, for computing many positions' features.
@@ -167,9 +171,24 @@ pub(crate) struct FourierGrid<const N: usize> {
 
 impl<const N: usize> FourierGrid<N> {
     pub(crate) fn new(spec: &FourierSpec<N>, dims: [usize; N]) -> Self {
+        Self::on_axes(spec, dims.map(|n| linspace(-1.0, 1.0, n)))
+    }
+
+    /// The features of a grid's output queries, at [`subsampled_position`]'s positions: rows
+    /// equal [`fourier_features_at`]'s of those positions bit for bit.
+    pub(crate) fn subsampled(spec: &FourierSpec<N>, dims: [usize; N]) -> Self {
+        Self::on_axes(
+            spec,
+            dims.map(|n| (0..n).map(|i| subsampled_coordinate(i, n)).collect()),
+        )
+    }
+
+    /// The grid whose positions along dimension d are `axes[d]`.
+    fn on_axes(spec: &FourierSpec<N>, axes: [Vec<f32>; N]) -> Self {
         let encoder = FourierEncoder::new(spec);
         let pi = std::f32::consts::PI;
-        let axes: Vec<Vec<f32>> = dims.iter().map(|&n| linspace(-1.0, 1.0, n)).collect();
+        let dims = axes.each_ref().map(Vec::len);
+        let axes = Vec::from(axes);
         let phases = |d: usize| -> Vec<f32> {
             axes[d]
                 .iter()
@@ -377,6 +396,45 @@ mod tests {
             grid.row_into(flat, row);
         }
         assert_eq!(rows, fourier_features(&video, [2, 3, 2]));
+    }
+
+    #[test]
+    fn a_subsampled_grid_row_by_row_is_the_features_at_its_query_positions() {
+        let check = |spec: FourierSpec<3>, dims: [usize; 3]| {
+            let grid = FourierGrid::subsampled(&spec, dims);
+            let count = dims.iter().product::<usize>();
+            let positions: Vec<[f32; 3]> = (0..count)
+                .map(|i| subsampled_position(i, dims).unwrap())
+                .collect();
+            let mut rows = vec![f32::NAN; count * grid.channels()];
+            for (flat, row) in rows.chunks_exact_mut(grid.channels()).enumerate() {
+                grid.row_into(flat, row);
+            }
+            let expected = fourier_features_at(&spec, &positions);
+            assert!(
+                rows.iter()
+                    .zip(&expected)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{spec:?} {dims:?}"
+            );
+            assert_eq!(rows.len(), expected.len());
+        };
+        let video = FourierSpec {
+            num_bands: 4,
+            max_resolution: [3, 224, 224],
+            concat_pos: true,
+            sine_only: false,
+        };
+        check(video, [2, 7, 5]);
+        check(video, [1, 3, 11]);
+        check(
+            FourierSpec {
+                concat_pos: false,
+                sine_only: true,
+                ..video
+            },
+            [3, 2, 4],
+        );
     }
 
     #[test]

@@ -6,19 +6,19 @@
 //!
 //! The audio and video queries are Fourier features of the query's position, which transformers
 //! and DeepMind compute for `subsampled_output_points` as `-1 + 2·index/size` per dimension
-//! ([`subsampled_position`]): the way the released model is run (DeepMind's Colab decodes its
-//! 802,816 pixels in 128 chunks). transformers cannot decode this model without subsampled
+//! ([`subsampled_position`](crate::position::subsampled_position)): the way the released model
+//! is run (DeepMind's Colab decodes its 802,816 pixels in 128 chunks). transformers cannot decode this model without subsampled
 //! points (it would build the video's positions over the input's channels), so this is the only
 //! decode there is. Queries are independent of each other: any subset, in any order, gives
 //! exactly those rows of a full decode.
 
-use crate::attention::{AttentionLayer, Queries};
+use crate::attention::AttentionLayer;
 use crate::checkpoint::names::MultimodalNames;
 use crate::checkpoint::Param;
 use crate::config::MultimodalSpec;
 use crate::error::{Error, Result};
 use crate::layers::{Dense, Precision};
-use crate::position::{fourier_features_at, subsampled_position};
+use crate::position::FourierGrid;
 use crate::runtime::item_ranges;
 
 /// Which output queries of the multimodal autoencoder to decode: indices into each modality's
@@ -116,6 +116,10 @@ pub struct MultimodalDecoder {
     padding: [Param; 3],
     cross_attention: AttentionLayer,
     final_layer: Dense,
+    /// The audio queries' Fourier features, a row at a time.
+    audio_queries: FourierGrid<1>,
+    /// The pixel queries' Fourier features, a row at a time.
+    image_queries: FourierGrid<3>,
 }
 
 impl MultimodalDecoder {
@@ -131,6 +135,8 @@ impl MultimodalDecoder {
             padding: [get(&audio.name)?, get(&image.name)?, get(&label.name)?],
             cross_attention: AttentionLayer::load(&names.cross_attention, get)?,
             final_layer: Dense::load(get, &names.final_layer)?,
+            audio_queries: FourierGrid::subsampled(&spec.audio_fourier(), [spec.audio_patches()]),
+            image_queries: FourierGrid::subsampled(&spec.video_fourier(), spec.output_dims),
         })
     }
 
@@ -154,37 +160,49 @@ impl MultimodalDecoder {
     pub(crate) fn queries(&self, audio: &[usize], image: &[usize], label: bool) -> Result<Vec<f32>> {
         let s = &self.spec;
         let width = self.query_channels();
-        let mut out = Vec::with_capacity((audio.len() + image.len() + usize::from(label)) * width);
+        let mut out = vec![0f32; (audio.len() + image.len() + usize::from(label)) * width];
+        let mut rows = out.chunks_exact_mut(width);
         let [audio_padding, image_padding, label_padding] = &self.padding;
-        let positions: Vec<[f32; 1]> = audio
-            .iter()
-            .map(|&i| subsampled_position(i, [s.audio_patches()]))
-            .collect::<Result<_>>()?;
-        let features = fourier_features_at(&s.audio_fourier(), &positions);
-        for row in features.chunks_exact(s.audio_fourier().channels()) {
-            out.extend_from_slice(row);
-            out.extend_from_slice(audio_padding.data());
+        let modalities = [
+            (
+                audio,
+                s.audio_patches(),
+                &self.audio_queries as &dyn QueryFeatures,
+                audio_padding,
+            ),
+            (image, s.image_queries(), &self.image_queries, image_padding),
+        ];
+        for (indices, count, features, padding) in modalities {
+            for (&i, row) in indices.iter().zip(rows.by_ref()) {
+                if i >= count {
+                    return Err(Error::InvalidInput(format!(
+                        "query {i} is outside the model's {count} queries of its modality"
+                    )));
+                }
+                let (positions, rest) = row.split_at_mut(row.len() - padding.data().len());
+                features.row_into(i, positions);
+                rest.copy_from_slice(padding.data());
+            }
         }
-        let positions: Vec<[f32; 3]> = image
-            .iter()
-            .map(|&i| subsampled_position(i, s.output_dims))
-            .collect::<Result<_>>()?;
-        let features = fourier_features_at(&s.video_fourier(), &positions);
-        for row in features.chunks_exact(s.video_fourier().channels()) {
-            out.extend_from_slice(row);
-            out.extend_from_slice(image_padding.data());
-        }
-        if label {
-            out.extend_from_slice(self.label_query.data());
-            out.extend_from_slice(label_padding.data());
+        if let Some(row) = rows.next().filter(|_| label) {
+            let (query, rest) = row.split_at_mut(self.label_query.data().len());
+            query.copy_from_slice(self.label_query.data());
+            rest.copy_from_slice(label_padding.data());
         }
         Ok(out)
     }
 
-    /// `queries` (`[n, query_channels]`) decoded from one input's latents: `[n, channels]`.
+    /// The cross-attention's keys and values of one input's latents, projected once for all of
+    /// its queries ([`forward`](Self::forward)).
+    pub(crate) fn keys_values(&self, latents: &[f32], threads: usize) -> Vec<f32> {
+        self.cross_attention.keys_values(latents, threads)
+    }
+
+    /// `queries` (`[n, query_channels]`) decoded from one input's latents, given as their
+    /// [`keys_values`](Self::keys_values) (`num_latents` rows): `[n, channels]`.
     pub(crate) fn forward(
         &self,
-        latents: &[f32],
+        keys_values: &[f32],
         num_latents: usize,
         queries: &[f32],
         threads: usize,
@@ -192,12 +210,20 @@ impl MultimodalDecoder {
         let n = queries.len() / self.query_channels();
         // One item: the queries' rows, the latents' rows.
         let (query_items, latent_items) = (item_ranges([n]), item_ranges([num_latents]));
-        let hidden = self.cross_attention.forward(
-            Queries::PerItem(queries),
-            &query_items,
-            Some((latents, &latent_items)),
-            threads,
-        );
+        let hidden =
+            self.cross_attention
+                .forward_onto(queries, &query_items, (keys_values, &latent_items), threads);
         self.final_layer.forward(&hidden, threads)
+    }
+}
+
+/// A modality's query features by index: a [`FourierGrid`] of any dimension.
+trait QueryFeatures {
+    fn row_into(&self, index: usize, out: &mut [f32]);
+}
+
+impl<const N: usize> QueryFeatures for FourierGrid<N> {
+    fn row_into(&self, index: usize, out: &mut [f32]) {
+        FourierGrid::row_into(self, index, out)
     }
 }
