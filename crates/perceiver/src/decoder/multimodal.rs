@@ -7,9 +7,9 @@
 //! The audio and video queries are Fourier features of the query's position, which transformers
 //! and DeepMind compute for `subsampled_output_points` as `-1 + 2·index/size` per dimension
 //! ([`subsampled_position`](crate::position::subsampled_position)): the way the released model
-//! is run (DeepMind's Colab decodes its 802,816 pixels in 128 chunks). transformers cannot decode this model without subsampled
-//! points (it would build the video's positions over the input's channels), so this is the only
-//! decode there is. Queries are independent of each other: any subset, in any order, gives
+//! is run (DeepMind's Colab decodes its 802,816 pixels in 128 chunks). transformers cannot decode
+//! this model without subsampled points (it would build the video's positions over the input's
+//! channels), so this is the only decode there is. Queries are independent of each other: any subset, in any order, gives
 //! exactly those rows of a full decode.
 
 use crate::attention::AttentionLayer;
@@ -163,27 +163,20 @@ impl MultimodalDecoder {
         let mut out = vec![0f32; (audio.len() + image.len() + usize::from(label)) * width];
         let mut rows = out.chunks_exact_mut(width);
         let [audio_padding, image_padding, label_padding] = &self.padding;
-        let modalities = [
-            (
-                audio,
-                s.audio_patches(),
-                &self.audio_queries as &dyn QueryFeatures,
-                audio_padding,
-            ),
-            (image, s.image_queries(), &self.image_queries, image_padding),
-        ];
-        for (indices, count, features, padding) in modalities {
-            for (&i, row) in indices.iter().zip(rows.by_ref()) {
-                if i >= count {
-                    return Err(Error::InvalidInput(format!(
-                        "query {i} is outside the model's {count} queries of its modality"
-                    )));
-                }
-                let (positions, rest) = row.split_at_mut(row.len() - padding.data().len());
-                features.row_into(i, positions);
-                rest.copy_from_slice(padding.data());
-            }
-        }
+        fill_queries(
+            &mut rows,
+            audio,
+            &self.audio_queries,
+            s.audio_patches(),
+            audio_padding,
+        )?;
+        fill_queries(
+            &mut rows,
+            image,
+            &self.image_queries,
+            s.image_queries(),
+            image_padding,
+        )?;
         if let Some(row) = rows.next().filter(|_| label) {
             let (query, rest) = row.split_at_mut(self.label_query.data().len());
             query.copy_from_slice(self.label_query.data());
@@ -217,13 +210,24 @@ impl MultimodalDecoder {
     }
 }
 
-/// A modality's query features by index: a [`FourierGrid`] of any dimension.
-trait QueryFeatures {
-    fn row_into(&self, index: usize, out: &mut [f32]);
-}
-
-impl<const N: usize> QueryFeatures for FourierGrid<N> {
-    fn row_into(&self, index: usize, out: &mut [f32]) {
-        FourierGrid::row_into(self, index, out)
+/// The next `indices.len()` rows of `rows`: each index's features in `grid` (a modality of
+/// `count` queries), then the modality's `padding`.
+fn fill_queries<'a, const N: usize>(
+    rows: &mut impl Iterator<Item = &'a mut [f32]>,
+    indices: &[usize],
+    grid: &FourierGrid<N>,
+    count: usize,
+    padding: &Param,
+) -> Result<()> {
+    for (&i, row) in indices.iter().zip(rows) {
+        if i >= count {
+            return Err(Error::InvalidInput(format!(
+                "query {i} is outside the model's {count} queries of its modality"
+            )));
+        }
+        let (features, rest) = row.split_at_mut(row.len() - padding.data().len());
+        grid.row_into(i, features);
+        rest.copy_from_slice(padding.data());
     }
+    Ok(())
 }
