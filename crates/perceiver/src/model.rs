@@ -839,6 +839,16 @@ mod tests {
         assert_eq!(z, encoded);
     }
 
+    /// The largest difference of `got` from `expected`, relative to the value where it is over 1.
+    fn worst_difference(expected: &[f32], got: &[f32]) -> f32 {
+        assert_eq!(got.len(), expected.len());
+        expected
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
+            .fold(0f32, f32::max)
+    }
+
     /// The encoder's cross-attention a block of rows at a time (any block size, several heads
     /// or one, a query residual or none) equals the whole one up to rounding.
     #[test]
@@ -899,12 +909,7 @@ mod tests {
                     )
                 })
                 .unwrap();
-                assert_eq!(streamed.len(), whole.len());
-                let worst = whole
-                    .iter()
-                    .zip(&streamed)
-                    .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
-                    .fold(0f32, f32::max);
+                let worst = worst_difference(&whole, &streamed);
                 println!("{name} {precision:?}, blocks of {block_rows} rows: worst difference {worst:.2e}");
                 assert!(
                     worst < tolerance,
@@ -969,12 +974,7 @@ mod tests {
                     )
                 })
                 .unwrap();
-                assert_eq!(streamed.len(), whole.len());
-                let worst = whole
-                    .iter()
-                    .zip(&streamed)
-                    .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
-                    .fold(0f32, f32::max);
+                let worst = worst_difference(&whole, &streamed);
                 println!("{name}, blocks of {block_rows} rows: worst difference {worst:.2e}");
                 assert!(worst < 1e-5, "{name}, blocks of {block_rows}: {worst}");
                 if block_rows == STREAM_BLOCK_ROWS {
