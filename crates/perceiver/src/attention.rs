@@ -160,8 +160,8 @@ impl AttentionLayer {
     /// keys'/values' input `[Σ rows, kv_dim]` with its item ranges, `None` for self-attention.
     ///
     /// Each intermediate is dropped as soon as the next one is made, so that a long input
-    /// holds as few of its copies at once as it can (the longest, images and clips, are
-    /// streamed instead: [`forward_streamed`](Self::forward_streamed)).
+    /// holds as few of its copies at once as it can (the longest, images, flow tiles and clips,
+    /// are streamed instead: [`forward_streamed`](Self::forward_streamed)).
     pub(crate) fn forward(
         &self,
         queries: Queries<'_>,

@@ -156,12 +156,15 @@ impl<'a, const N: usize> FourierEncoder<'a, N> {
 /// The Fourier features of one grid a row at a time, without the `[Π dims, channels]` array:
 /// each feature depends on one coordinate only, so a table per dimension (its positions, and
 /// their sines and cosines per band) gives every row. Rows equal [`fourier_features`]' bit for
-/// bit; the tables hold `Σ dims × bands` values where the array holds `Π dims × channels`.
+/// bit ([`new`](Self::new)), or [`fourier_features_at`]'s at the output queries' positions
+/// ([`subsampled`](Self::subsampled)); the tables hold `Σ dims × bands` values where the array
+/// holds `Π dims × channels`.
 #[derive(Debug, Clone)]
 pub(crate) struct FourierGrid<const N: usize> {
     dims: [usize; N],
     spec: FourierSpec<N>,
-    /// Per dimension, its positions: `linspace(-1, 1, dims[d])`.
+    /// Per dimension, its positions: `linspace(-1, 1, dims[d])` ([`new`](Self::new)), or
+    /// [`subsampled_position`]'s coordinates ([`subsampled`](Self::subsampled)).
     axes: Vec<Vec<f32>>,
     /// Per dimension, `[dims[d], num_bands]`: the sines of each position's phases.
     sines: Vec<Vec<f32>>,

@@ -9,8 +9,8 @@
 //! ([`subsampled_position`](crate::position::subsampled_position)): the way the released model
 //! is run (DeepMind's Colab decodes its 802,816 pixels in 128 chunks). transformers cannot decode
 //! this model without subsampled points (it would build the video's positions over the input's
-//! channels), so this is the only decode there is. Queries are independent of each other: any subset, in any order, gives
-//! exactly those rows of a full decode.
+//! channels), so this is the only decode there is. Queries are independent of each other: any
+//! subset, in any order, gives exactly those rows of a full decode.
 
 use crate::attention::AttentionLayer;
 use crate::checkpoint::names::MultimodalNames;

@@ -197,6 +197,9 @@ impl FlowPreprocessor {
     /// The encoder's input for each pair (each of the model's frame size), whole: each pair's
     /// rows one after another, as the model's own pass makes them a block at a time.
     pub fn forward(&self, pairs: &[&FramePair], threads: usize) -> Result<InputArray> {
+        for pair in pairs {
+            self.check(pair)?;
+        }
         let (h, w) = self.frame_size();
         let channels = self.channels();
         let mut values = Vec::with_capacity(pairs.len() * h * w * channels);
@@ -213,6 +216,22 @@ impl FlowPreprocessor {
         })
     }
 
+    /// Checks one pair against the model's frame size.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the pair is not of the model's frame size.
+    pub fn check(&self, pair: &FramePair) -> Result<()> {
+        let (h, w) = self.frame_size();
+        if (pair.height(), pair.width()) != (h, w) {
+            return Err(Error::InvalidInput(format!(
+                "the flow model runs on {h}x{w} frames (its train_size), not {}x{}: tile larger frames",
+                pair.height(),
+                pair.width()
+            )));
+        }
+        Ok(())
+    }
+
     /// One pair's rows of the encoder's input, made on demand: its patches are projected here
     /// (64 channels a pixel), and each row's Fourier features are added as the row is made, so
     /// that the whole array (322 channels a pixel, 235 MB for the released model's tile) is
@@ -222,14 +241,8 @@ impl FlowPreprocessor {
     /// # Errors
     /// [`Error::InvalidInput`] when the pair is not of the model's frame size.
     pub(crate) fn rows(&self, pair: &FramePair, threads: usize) -> Result<FlowRows> {
+        self.check(pair)?;
         let (h, w) = self.frame_size();
-        if (pair.height(), pair.width()) != (h, w) {
-            return Err(Error::InvalidInput(format!(
-                "the flow model runs on {h}x{w} frames (its train_size), not {}x{}: tile larger frames",
-                pair.height(),
-                pair.width()
-            )));
-        }
         Ok(FlowRows {
             features: self.patch_projection.forward(&pair.patches(), threads),
             // Each row's Fourier features from per-axis tables: a table of every pixel's would

@@ -80,7 +80,8 @@ pub struct MultimodalPreprocessor {
     label_mask: Param,
     /// The audio patches' Fourier features, a row at a time.
     audio_positions: FourierGrid<1>,
-    /// The video patches' (frame, patch row, patch column), a row at a time.
+    /// The video patches' Fourier features over (frame, patch row, patch column), a row at a
+    /// time.
     video_positions: FourierGrid<3>,
 }
 
@@ -153,7 +154,8 @@ impl MultimodalPreprocessor {
         })
     }
 
-    /// The encoder's input for each video, `[audio patches + video patches + 1, channels]` each.
+    /// The encoder's input for each video, whole: `[audio patches + video patches + 1,
+    /// channels]` each, the rows the model's own pass makes a block at a time.
     pub fn forward(&self, inputs: &[&MultimodalInput]) -> Result<InputArray> {
         let sources = inputs
             .iter()
@@ -242,14 +244,26 @@ mod tests {
     use super::*;
     use crate::position::fourier_features;
     use crate::preprocess::Preprocessor;
-    use crate::{Loader, PerceiverModel};
+    use crate::{Loader, PerceiverModel, Precision};
 
-    fn tiny() -> PerceiverModel {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/multimodal/tiny_multimodal"
-        );
-        Loader::new(path).load().unwrap()
+    const TINY: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/multimodal/tiny_multimodal"
+    );
+
+    /// The tiny fixture (16 × 16 frames), and its weights under `variant.json`'s sizes (16 × 12
+    /// frames: rows and columns of patches that a swap would mix up).
+    fn tiny_models() -> [PerceiverModel; 2] {
+        let checkpoint = Loader::new(TINY).checkpoint().unwrap();
+        let read = |name: &str| std::fs::read_to_string(std::path::Path::new(TINY).join(name)).unwrap();
+        let mut config: serde_json::Value = serde_json::from_str(&read("config.json")).unwrap();
+        let variant: serde_json::Value = serde_json::from_str(&read("variant.json")).unwrap();
+        for (key, value) in variant.as_object().unwrap() {
+            config[key] = value.clone();
+        }
+        let config = crate::PerceiverConfig::from_json_str(&config.to_string()).unwrap();
+        let variant = PerceiverModel::from_params(&config, &mut |name| checkpoint.get(name), Precision::F32);
+        [Loader::new(TINY).load().unwrap(), variant.unwrap()]
     }
 
     /// A clip of the model's sizes whose values name their place: frame f's value i is
@@ -303,10 +317,15 @@ mod tests {
 
     #[test]
     fn rows_in_blocks_of_any_size_are_the_whole_layout() {
-        let model = tiny();
-        let Preprocessor::Multimodal(p) = model.preprocessor() else {
-            panic!("the tiny multimodal fixture has a multimodal preprocessor")
-        };
+        for model in tiny_models() {
+            let Preprocessor::Multimodal(p) = model.preprocessor() else {
+                panic!("the tiny multimodal fixture has a multimodal preprocessor")
+            };
+            check_rows(p);
+        }
+    }
+
+    fn check_rows(p: &MultimodalPreprocessor) {
         let input = numbered(p.spec());
         let expected = layout(p, &input);
         let rows = p.rows(&input).unwrap();
