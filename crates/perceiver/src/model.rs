@@ -77,6 +77,9 @@ impl ModelInput<'_> {
 /// the latents' keys and values, projected once a call (once a clip in `autoencode`).
 pub const QUERY_BLOCK: usize = 4096;
 
+/// Each input's rows of the encoder's input, made on demand ([`Encoder::forward_streamed`]).
+type RowSources<'a> = dyn FnMut(usize) -> Result<Box<dyn RowSource + 'a>> + 'a;
+
 /// The most threads a pass splits its work for ([`PerceiverModel::set_threads`]; the kernels'
 /// own bound): past the cores more only add overhead.
 pub use perceiver_kernels::MAX_THREADS;
@@ -405,43 +408,27 @@ impl PerceiverModel {
     fn cross_attend(&self, input: ModelInput<'_>, threads: usize) -> Result<Vec<f32>> {
         // An image's rows (50,176 at 224×224), a flow tile's (182,528) or a clip's (52,097), their
         // keys and values would be most of the memory a pass needs: they are made and attended a
-        // block at a time.
-        match (&self.preprocessor, input) {
+        // block at a time, every input checked before the first is attended.
+        let mut sources: Box<RowSources<'_>> = match (&self.preprocessor, input) {
             (Preprocessor::Image(preprocessor), ModelInput::Images(images)) => {
                 preprocessor.check(images)?;
-                return self.encoder.forward_streamed(
-                    images.len(),
-                    &mut |i| Ok(Box::new(preprocessor.rows(images[i], threads)?)),
-                    STREAM_BLOCK_ROWS,
-                    threads,
-                );
+                Box::new(move |i| Ok(Box::new(preprocessor.rows(images[i], threads)?)))
             }
             (Preprocessor::Flow(preprocessor), ModelInput::FramePairs(pairs)) => {
-                for pair in pairs {
-                    preprocessor.check(pair)?;
-                }
-                return self.encoder.forward_streamed(
-                    pairs.len(),
-                    &mut |i| Ok(Box::new(preprocessor.rows(pairs[i], threads)?)),
-                    STREAM_BLOCK_ROWS,
-                    threads,
-                );
+                pairs.iter().try_for_each(|pair| preprocessor.check(pair))?;
+                Box::new(move |i| Ok(Box::new(preprocessor.rows(pairs[i], threads)?)))
             }
             (Preprocessor::Multimodal(preprocessor), ModelInput::Videos(videos)) => {
-                for video in videos {
-                    preprocessor.check(video)?;
-                }
-                return self.encoder.forward_streamed(
-                    videos.len(),
-                    &mut |i| Ok(Box::new(preprocessor.rows(videos[i])?)),
-                    STREAM_BLOCK_ROWS,
-                    threads,
-                );
+                videos.iter().try_for_each(|video| preprocessor.check(video))?;
+                Box::new(move |i| Ok(Box::new(preprocessor.rows(videos[i])?)))
             }
-            _ => {}
-        }
-        let array = self.preprocess(input, threads)?;
-        Ok(self.encoder.forward(&array, threads))
+            _ => {
+                let array = self.preprocess(input, threads)?;
+                return Ok(self.encoder.forward(&array, threads));
+            }
+        };
+        self.encoder
+            .forward_streamed(input.len(), &mut *sources, STREAM_BLOCK_ROWS, threads)
     }
 
     /// The preprocessor: each input → its rows of the encoder's input array.
