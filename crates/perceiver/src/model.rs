@@ -406,10 +406,28 @@ impl PerceiverModel {
     /// The preprocessor and the encoder's cross-attention: each input onto the learned
     /// latents, before the latent stack.
     fn cross_attend(&self, input: ModelInput<'_>, threads: usize) -> Result<Vec<f32>> {
-        // An image's rows (50,176 at 224×224), a flow tile's (182,528) or a clip's (52,097), their
-        // keys and values would be most of the memory a pass needs: they are made and attended a
-        // block at a time, every input checked before the first is attended.
-        let mut sources: Box<RowSources<'_>> = match (&self.preprocessor, input) {
+        match self.row_sources(input, threads)? {
+            Some(mut sources) => {
+                self.encoder
+                    .forward_streamed(input.len(), &mut *sources, STREAM_BLOCK_ROWS, threads)
+            }
+            None => {
+                let array = self.preprocess(input, threads)?;
+                Ok(self.encoder.forward(&array, threads))
+            }
+        }
+    }
+
+    /// The row sources the encoder streams `input` from, input by input, every input checked
+    /// first; `None` for inputs attended whole (text). An image's rows (50,176 at 224×224), a
+    /// flow tile's (182,528) or a clip's (52,097), their keys and values would be most of the
+    /// memory a pass needs: they are made and attended a block at a time.
+    fn row_sources<'a>(
+        &'a self,
+        input: ModelInput<'a>,
+        threads: usize,
+    ) -> Result<Option<Box<RowSources<'a>>>> {
+        Ok(Some(match (&self.preprocessor, input) {
             (Preprocessor::Image(preprocessor), ModelInput::Images(images)) => {
                 preprocessor.check(images)?;
                 Box::new(move |i| Ok(Box::new(preprocessor.rows(images[i], threads)?)))
@@ -422,13 +440,8 @@ impl PerceiverModel {
                 videos.iter().try_for_each(|video| preprocessor.check(video))?;
                 Box::new(move |i| Ok(Box::new(preprocessor.rows(videos[i])?)))
             }
-            _ => {
-                let array = self.preprocess(input, threads)?;
-                return Ok(self.encoder.forward(&array, threads));
-            }
-        };
-        self.encoder
-            .forward_streamed(input.len(), &mut *sources, STREAM_BLOCK_ROWS, threads)
+            _ => return Ok(None),
+        }))
     }
 
     /// The preprocessor: each input → its rows of the encoder's input array.
@@ -947,21 +960,12 @@ mod tests {
             let array = model.preprocess(input, threads).unwrap();
             let whole = on_pool(|| model.encoder.forward(&array, threads));
             let passed = on_pool(|| model.cross_attend(input, threads)).unwrap();
-            let sources = |i: usize| -> Result<Box<dyn RowSource + '_>> {
-                match &model.preprocessor {
-                    Preprocessor::Flow(flow) => Ok(Box::new(flow.rows(pairs[i], threads)?)),
-                    Preprocessor::Multimodal(m) => Ok(Box::new(m.rows(videos[i])?)),
-                    _ => unreachable!("a flow or multimodal fixture"),
-                }
-            };
             for block_rows in [1, 7, 100, STREAM_BLOCK_ROWS] {
                 let streamed = on_pool(|| {
-                    model.encoder.forward_streamed(
-                        array.items.len(),
-                        &mut |i| sources(i),
-                        block_rows,
-                        threads,
-                    )
+                    let mut sources = model.row_sources(input, threads)?.expect("streamed inputs");
+                    model
+                        .encoder
+                        .forward_streamed(input.len(), &mut *sources, block_rows, threads)
                 })
                 .unwrap();
                 let worst = worst_difference(&whole, &streamed);

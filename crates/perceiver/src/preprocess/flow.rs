@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use super::{fill_rows, InputArray, RowSource};
+use super::{fill_rows, whole_array, InputArray, RowSource};
 use crate::checkpoint::names::LinearNames;
 use crate::checkpoint::Param;
 use crate::config::{FlowInputSpec, FLOW_FEATURES, FLOW_PATCH, FLOW_PATCH_CHANNELS, IMAGE_CHANNELS};
@@ -18,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::image::{Pixels, RgbImage};
 use crate::layers::{Dense, Precision};
 use crate::position::FourierGrid;
-use crate::runtime::item_ranges;
 
 /// Two frames of one size, each channels first (`[3, height, width]`), scaled to [-1, 1] as
 /// DeepMind's optical-flow Colab scales them (`im / 255 · 2 − 1`). Made by [`new`](Self::new)
@@ -197,23 +196,9 @@ impl FlowPreprocessor {
     /// The encoder's input for each pair (each of the model's frame size), whole: each pair's
     /// rows one after another, as the model's own pass makes them a block at a time.
     pub fn forward(&self, pairs: &[&FramePair], threads: usize) -> Result<InputArray> {
-        for pair in pairs {
-            self.check(pair)?;
-        }
-        let (h, w) = self.frame_size();
-        let channels = self.channels();
-        let mut values = Vec::with_capacity(pairs.len() * h * w * channels);
-        for pair in pairs {
-            // One pair's projected patches at a time.
-            let rows = self.rows(pair, threads)?;
-            let start = values.len();
-            values.resize(start + rows.len() * channels, 0.0);
-            rows.fill(0..rows.len(), &mut values[start..]);
-        }
-        Ok(InputArray {
-            values,
-            items: item_ranges(std::iter::repeat_n(h * w, pairs.len())),
-        })
+        pairs.iter().try_for_each(|pair| self.check(pair))?;
+        // One pair's projected patches at a time.
+        whole_array(pairs.iter().map(|pair| self.rows(pair, threads)))
     }
 
     /// Checks one pair against the model's frame size.

@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::{fill_rows, InputArray, RowSource};
+use super::{fill_rows, whole_array, InputArray, RowSource};
 use crate::checkpoint::names::ImagePreprocessorNames;
 use crate::checkpoint::Param;
 use crate::config::{FourierSpec, ImageInputSpec, StemPadding};
@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 pub use crate::image::Pixels;
 use crate::layers::{Dense, Precision};
 use crate::position::{FourierGrid, TrainablePositions};
-use crate::runtime::{item_ranges, on_pool};
+use crate::runtime::on_pool;
 
 // One per model, built once at load: boxing the large variant would save nothing.
 #[allow(clippy::large_enum_variant)]
@@ -232,19 +232,7 @@ impl ImagePreprocessor {
     /// The encoder's input for each (checked) image, whole.
     pub fn forward(&self, images: &[&Pixels], threads: usize) -> Result<InputArray> {
         self.check(images)?;
-        let mut values = Vec::new();
-        let mut rows_per_item = Vec::with_capacity(images.len());
-        for image in images {
-            let rows = self.rows(image, threads)?;
-            let start = values.len();
-            values.resize(start + rows.len() * rows.channels(), 0.0);
-            rows.fill(0..rows.len(), &mut values[start..]);
-            rows_per_item.push(rows.len());
-        }
-        Ok(InputArray {
-            values,
-            items: item_ranges(rows_per_item),
-        })
+        whole_array(images.iter().map(|image| self.rows(image, threads)))
     }
 }
 

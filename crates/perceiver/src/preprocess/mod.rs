@@ -18,7 +18,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::error::Result;
 use crate::layers::Precision;
+use crate::runtime::item_ranges;
 
 /// The preprocessors the models are built from.
 #[derive(Debug, Clone)]
@@ -78,6 +80,25 @@ pub(crate) fn fill_rows(
                 row(r, values);
             }
         });
+}
+
+/// Each source's rows one after another, whole (the preprocessors' `forward`, for callers that
+/// want the array a model's pass makes a block at a time): each source is taken from `sources`,
+/// filled in and dropped before the next is made.
+pub(crate) fn whole_array<S: RowSource>(sources: impl IntoIterator<Item = Result<S>>) -> Result<InputArray> {
+    let mut values = Vec::new();
+    let mut rows_per_item = Vec::new();
+    for source in sources {
+        let source = source?;
+        let start = values.len();
+        values.resize(start + source.len() * source.channels(), 0.0);
+        source.fill(0..source.len(), &mut values[start..]);
+        rows_per_item.push(source.len());
+    }
+    Ok(InputArray {
+        values,
+        items: item_ranges(rows_per_item),
+    })
 }
 
 /// A borrowed source, for a caller that keeps its sources (the flow model's rows serve the

@@ -17,7 +17,7 @@
 
 use std::ops::Range;
 
-use super::{fill_rows, InputArray, RowSource};
+use super::{fill_rows, whole_array, InputArray, RowSource};
 use crate::checkpoint::names::{Modality, MultimodalNames};
 use crate::checkpoint::Param;
 use crate::config::{MultimodalSpec, IMAGE_CHANNELS, VIDEO_PATCH};
@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 use crate::image::processor::check_finite;
 use crate::image::Pixels;
 use crate::position::FourierGrid;
-use crate::runtime::item_ranges;
 
 /// A video and its audio, the multimodal autoencoder's input: frames channels first
 /// (`[3, height, width]` each, as transformers' `[batch, frames, 3, height, width]`; DeepMind's
@@ -157,19 +156,8 @@ impl MultimodalPreprocessor {
     /// The encoder's input for each video, whole: `[audio patches + video patches + 1,
     /// channels]` each, the rows the model's own pass makes a block at a time.
     pub fn forward(&self, inputs: &[&MultimodalInput]) -> Result<InputArray> {
-        let sources = inputs
-            .iter()
-            .map(|input| self.rows(input))
-            .collect::<Result<Vec<_>>>()?;
-        let (rows, channels) = (self.spec.input_rows(), self.channels());
-        let mut values = vec![0f32; inputs.len() * rows * channels];
-        for (source, out) in sources.iter().zip(values.chunks_exact_mut(rows * channels)) {
-            source.fill(0..rows, out);
-        }
-        Ok(InputArray {
-            values,
-            items: item_ranges(std::iter::repeat_n(rows, inputs.len())),
-        })
+        inputs.iter().try_for_each(|input| self.check(input))?;
+        whole_array(inputs.iter().map(|input| self.rows(input)))
     }
 }
 
