@@ -833,7 +833,9 @@ pub fn attention_head_available() -> bool {
 /// weighted sum is divided by the exponentials' sum after); scores, sums and the division are
 /// f32. Queries are taken a strip at a time (32 rows on AMX tiles, whose loop is in [`amx`];
 /// [`MR`] on the `vdpbf16ps` microkernel, `blocked_head`), and a strip's scores and weights
-/// stay in cache: neither is ever stored for the whole head.
+/// stay in cache: neither is ever stored for the whole head. The keys and values are packed
+/// here; threads that share out one head's query rows pack them once instead and call
+/// [`attention_head_packed`].
 ///
 /// # Safety
 /// `out` must be valid for writes of rows `0..nq` × columns `0..d_v` at row stride `ldo`, and
@@ -843,18 +845,42 @@ pub fn attention_head_available() -> bool {
 /// Unless [`attention_head_available`], the queries and keys are as wide, the keys and values
 /// as many, and there are 1 to [`ATTENTION_HEAD_MAX_KEYS`] keys.
 pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f32, ldo: usize) {
+    assert_eq!(q.cols, k.cols, "attention_head: queries and keys differ in width");
+    let keys = PackedMatrix::pack_view(k, true, false);
+    let values = PackedMatrix::pack_view(v, false, false);
+    // SAFETY: the caller's promises.
+    unsafe { attention_head_packed(q, &keys, &values, scale, out, ldo) }
+}
+
+/// [`attention_head`] over keys and values already packed: `keys` `[nk, d_qk]` packed
+/// transposed ([`PackedMatrix::pack_view`] with `transposed`), `values` `[nk, d_v]` packed as
+/// they are.
+///
+/// # Safety
+/// As [`attention_head`]'s.
+///
+/// # Panics
+/// As [`attention_head`]'s.
+pub unsafe fn attention_head_packed(
+    q: View,
+    keys: &PackedMatrix,
+    values: &PackedMatrix,
+    scale: f32,
+    out: *mut f32,
+    ldo: usize,
+) {
     let kernel = cpu::bf16_kernel();
     assert!(
         attention_head_available(),
         "attention_head: the bf16 products run on neither AMX nor vdpbf16ps"
     );
-    let (keys, values) = head_operands(q, k, v, ldo);
+    check_head(q, keys, values, ldo);
     match kernel {
         Bf16Kernel::Amx => {
             let scaled = |r: usize, row: &mut [f32]| scale_query(q, scale, r, row);
             let q_tiles = amx_rows(Rows::Made(&scaled), q.rows, q.cols, keys.pairs, false);
             // SAFETY: the caller's promises; AMX is available (the products run on it).
-            unsafe { amx::attention_head(head_tiles(&q_tiles, &keys, &values, q.rows), out, ldo) };
+            unsafe { amx::attention_head(head_tiles(&q_tiles, keys, values, q.rows), out, ldo) };
         }
         Bf16Kernel::Avx512Bf16 => {
             let queries = HeadQueries::new(q, scale);
@@ -864,8 +890,8 @@ pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f3
                     kernel,
                     &queries.rows,
                     queries.lda,
-                    &keys,
-                    &values,
+                    keys,
+                    values,
                     0..q.rows,
                     HeadRun::Whole,
                     out,
@@ -877,32 +903,29 @@ pub unsafe fn attention_head(q: View, k: View, v: View, scale: f32, out: *mut f3
     }
 }
 
-/// [`attention_head`]'s keys and values as packed matrices (the keys transposed, as a linear
-/// layer's weights), its shapes checked.
-fn head_operands(q: View, k: View, v: View, ldo: usize) -> (PackedMatrix, PackedMatrix) {
-    assert_eq!(q.cols, k.cols, "attention_head: queries and keys differ in width");
+/// [`attention_head_packed`]'s shapes checked: the queries as wide as the keys, as many values
+/// as keys, 1 to [`ATTENTION_HEAD_MAX_KEYS`] of them, room for the values in each output row.
+fn check_head(q: View, keys: &PackedMatrix, values: &PackedMatrix, ldo: usize) {
+    assert_eq!(q.cols, keys.k, "attention_head: queries and keys differ in width");
     assert_eq!(
-        k.rows, v.rows,
+        keys.n, values.k,
         "attention_head: {} keys but {} values",
-        k.rows, v.rows
+        keys.n, values.k
     );
     assert!(
-        (1..=ATTENTION_HEAD_MAX_KEYS).contains(&k.rows),
+        (1..=ATTENTION_HEAD_MAX_KEYS).contains(&keys.n),
         "attention_head: {} keys",
-        k.rows
+        keys.n
     );
     assert!(
-        ldo >= v.cols,
+        ldo >= values.n,
         "attention_head: output rows {ldo} apart hold no {} values",
-        v.cols
+        values.n
     );
     assert!(
         q.fits(q.data.len()),
         "attention_head: the queries do not lie inside their slice"
     );
-    let keys = PackedMatrix::pack_view(k, true, false);
-    let values = PackedMatrix::pack_view(v, false, false);
-    (keys, values)
 }
 
 impl PackedMatrix {
@@ -1203,7 +1226,7 @@ pub fn attention_head_block(
     };
 }
 
-/// The scaled queries (in tile order) and [`head_operands`]' keys and values as
+/// The scaled queries (in tile order) and [`attention_head_packed`]'s keys and values as
 /// [`amx::attention_head`] takes them.
 fn head_tiles<'a>(
     q: &'a Lines,
@@ -1902,7 +1925,11 @@ mod tests {
                 println!("{path} {nq}x{nk} ({d_qk}, {d_v}): worst difference {worst:.2e} (tolerance {tolerance:.2e})");
             };
             let len = offset + nq * ldo + 7;
-            let (keys, values) = head_operands(q, k, v, ldo);
+            let (keys, values) = (
+                PackedMatrix::pack_view(k, true, false),
+                PackedMatrix::pack_view(v, false, false),
+            );
+            check_head(q, &keys, &values, ldo);
             let scaled: Vec<f32> = (0..nq)
                 .flat_map(|r| (0..d_qk).map(move |d| at(q, r, d) * scale))
                 .collect();

@@ -595,7 +595,11 @@ fn attend(
         tasks.par_iter().for_each(|&(item, h)| {
             let (qr, kr) = (&query_items[item], &kv_items[item]);
             if kernels.fused(kr.len()) {
-                return head.run_fused(h, qr.clone(), kr);
+                if qr.is_empty() {
+                    return;
+                }
+                let (keys, values) = head.fused_operands(h, kr, false);
+                return head.run_fused(h, qr.clone(), &keys, &values);
             }
             let packed = head.pack(h, kr);
             for rows in row_blocks(qr, kr.len()) {
@@ -606,8 +610,9 @@ fn attend(
         for &(item, h) in &tasks {
             let (qr, kr) = (&query_items[item], &kv_items[item]);
             if kernels.fused(kr.len()) {
-                // The head's query rows in whole strips over the threads, each packing the
-                // head's keys and values: a row's output does not depend on its strip.
+                // The head's keys and values packed once, its query rows in whole strips over
+                // the threads: a row's output does not depend on its strip.
+                let (keys, values) = head.fused_operands(h, kr, true);
                 let per_thread = qr
                     .len()
                     .div_ceil(threads)
@@ -618,7 +623,7 @@ fn attend(
                     .collect();
                 strips
                     .into_par_iter()
-                    .for_each(|rows| head.run_fused(h, rows, kr));
+                    .for_each(|rows| head.run_fused(h, rows, &keys, &values));
                 continue;
             }
             let packed = head.pack(h, kr);
@@ -811,28 +816,49 @@ impl HeadAttention<'_> {
         }
     }
 
-    /// [`run`](Self::run) as one bf16 kernel ([`bf16::attention_head`]), on this thread: the
-    /// head's keys and values are packed there, and its output goes straight into its block of
-    /// `out`.
-    fn run_fused(&self, head: usize, rows: Range<usize>, kr: &Range<usize>) {
+    /// A head's keys (packed transposed) and values over the keys `kr`, for
+    /// [`run_fused`](Self::run_fused); packed over the pool when `parallel`.
+    fn fused_operands(
+        &self,
+        head: usize,
+        kr: &Range<usize>,
+        parallel: bool,
+    ) -> (bf16::PackedMatrix, bf16::PackedMatrix) {
+        let (_, d_qk, d_v) = self.widths();
+        let k_h = self.k.head(kr.start, kr.len(), head, d_qk);
+        let v_h = self.v.head(kr.start, kr.len(), head, d_v);
+        (
+            bf16::PackedMatrix::pack_view(k_h, true, parallel),
+            bf16::PackedMatrix::pack_view(v_h, false, parallel),
+        )
+    }
+
+    /// [`run`](Self::run) as one bf16 kernel ([`bf16::attention_head_packed`]), on this thread,
+    /// over the head's [`fused_operands`](Self::fused_operands): its output goes straight into
+    /// its block of `out`.
+    fn run_fused(
+        &self,
+        head: usize,
+        rows: Range<usize>,
+        keys: &bf16::PackedMatrix,
+        values: &bf16::PackedMatrix,
+    ) {
         let (vc, d_qk, d_v) = self.widths();
-        let (nq, nk) = (rows.len(), kr.len());
+        let nq = rows.len();
         if nq == 0 {
             return;
         }
         let q_h = self.q.head(rows.start, nq, head, d_qk);
-        let k_h = self.k.head(kr.start, nk, head, d_qk);
-        let v_h = self.v.head(kr.start, nk, head, d_v);
         let offset = rows.start * vc + head * d_v;
         assert!(offset + (nq - 1) * vc + d_v <= self.out_len);
         // SAFETY: the block (nq rows × d_v at row stride vc from `offset`) lies inside `out`'s
         // allocation (asserted above) and is set by the kernel; blocks are disjoint, and nothing
         // reads `out` until every task is done.
         unsafe {
-            bf16::attention_head(
+            bf16::attention_head_packed(
                 q_h,
-                k_h,
-                v_h,
+                keys,
+                values,
                 1.0 / (d_qk as f32).sqrt(),
                 self.out.get().add(offset),
                 vc,
