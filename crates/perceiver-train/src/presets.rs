@@ -6,7 +6,7 @@ use perceiver::PerceiverConfig;
 pub const PRESET_NAMES: [&str; 3] = ["tiny", "small", "base"];
 
 /// The config of a named preset:
-/// - `tiny`: ~0.3M parameters, 256 bytes, for tests and smoke runs.
+/// - `tiny`: ~0.45M parameters, 256 bytes, for tests and smoke runs.
 /// - `small`: ~4M parameters, 256 bytes: the shipped default model's layout.
 /// - `base`: the 201M layout of `deepmind/language-perceiver` (2048 bytes, 256×1280 latents,
 ///   26 latent layers).
