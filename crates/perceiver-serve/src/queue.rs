@@ -49,8 +49,8 @@ use perceiver::decoder::MultimodalQueries;
 use perceiver::preprocess::FramePair;
 use perceiver::tasks::flow::{OpticalFlow, Tile};
 use perceiver::{
-    Autoencoder, Classifier, DecodedQueries, FillMask, FillMaskOutput, LabelScore, MaskedText, ModelInput,
-    Pixels,
+    Autoencoder, Classifier, DecodedQueries, EncodedClip, FillMask, FillMaskOutput, LabelScore, MaskedText,
+    ModelInput, Pixels,
 };
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -234,13 +234,13 @@ pub struct Frames {
 }
 
 /// An autoencoding request's clip, and its share of the service's pixel budget (as
-/// [`Frames`]'): the frames and audio until the clip is encoded, then its latents, which every
-/// later part decodes from. The parts of one request run in the order they were submitted.
+/// [`Frames`]'): the frames and audio until the clip is encoded, then its latents and the
+/// decoder's keys and values of them, which every later part decodes from. The parts of one request run in the order they were submitted.
 #[derive(Debug)]
 pub struct Clip {
     input: Mutex<Option<(Vec<Pixels>, Vec<f32>)>>,
-    /// The latents, or why the clip could not be encoded.
-    latents: OnceLock<Result<Vec<f32>, String>>,
+    /// The encoded clip, or why it could not be encoded.
+    encoded: OnceLock<Result<EncodedClip, String>>,
     /// The request's share of the pixel budget (none for a health probe), which its handler
     /// also holds until the answer is sent.
     pub budget: Option<Arc<OwnedSemaphorePermit>>,
@@ -251,7 +251,7 @@ pub struct Clip {
 pub enum ClipPart {
     /// Encodes the clip (the first part of a request), then decodes these queries.
     Encode(ClipQueries),
-    /// Decodes these queries from the latents the first part encoded.
+    /// Decodes these queries from the clip the first part encoded.
     Decode(ClipQueries),
 }
 
@@ -279,14 +279,14 @@ impl Clip {
     pub fn new(frames: Vec<Pixels>, audio: Vec<f32>, budget: Option<Arc<OwnedSemaphorePermit>>) -> Self {
         Self {
             input: Mutex::new(Some((frames, audio))),
-            latents: OnceLock::new(),
+            encoded: OnceLock::new(),
             budget,
         }
     }
 
     fn run(&self, task: &Autoencoder, part: &ClipPart) -> perceiver::Result<DecodedQueries> {
         let failed = perceiver::Error::InvalidInput;
-        let latents = match part {
+        let encoded = match part {
             ClipPart::Encode(_) => {
                 // The frames are not needed once encoded: their memory goes now.
                 let taken = self.input.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -294,18 +294,18 @@ impl Clip {
                     return Err(failed("the clip was encoded twice (please report)".into()));
                 };
                 let encoded = task.encode(frames, audio).map_err(|e| e.to_string());
-                self.latents.get_or_init(|| encoded)
+                self.encoded.get_or_init(|| encoded)
             }
             // The encoding came first (a request's parts run in order); if it failed, its
             // request has been answered why, and the parts after it fail with it.
             ClipPart::Decode(_) => self
-                .latents
+                .encoded
                 .get()
                 .ok_or_else(|| failed("the clip was not encoded: its encoding failed".into()))?,
         };
         let (ClipPart::Encode(queries) | ClipPart::Decode(queries)) = *part;
         task.decode(
-            latents.as_ref().map_err(|e| failed(e.clone()))?,
+            encoded.as_ref().map_err(|e| failed(e.clone()))?,
             &queries.of(task),
         )
     }

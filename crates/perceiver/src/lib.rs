@@ -79,7 +79,7 @@ pub use error::{Error, Result};
 pub use flow::{FlowField, FlowStats};
 pub use layers::{Linear, Precision};
 pub use loader::{Loader, BUILT_IN};
-pub use model::{DecodedQueries, ModelInput, MultimodalOutput, PerceiverModel, PhaseTimes};
+pub use model::{DecodedQueries, EncodedClip, ModelInput, MultimodalOutput, PerceiverModel, PhaseTimes};
 pub use preprocess::Pixels;
 pub use tasks::{
     AutoencodeOutput, Autoencoder, Candidate, Classifier, FillMask, FillMaskOutput, FlowOutput, LabelScore,

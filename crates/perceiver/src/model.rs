@@ -74,7 +74,8 @@ impl ModelInput<'_> {
 
 /// Queries the multimodal decoder runs at once: its memory beyond the answer is bounded by this
 /// many queries (about 100 MB for the released model), however many are asked. The blocks share
-/// the latents' keys and values, projected once a call (once a clip in `autoencode`).
+/// the latents' keys and values, projected once a call of `decode_multimodal` (once a clip in
+/// `autoencode`, and for an [`EncodedClip`]).
 pub const QUERY_BLOCK: usize = 4096;
 
 /// Each input's rows of the encoder's input, made on demand ([`Encoder::forward_streamed`]).
@@ -98,6 +99,24 @@ pub struct DecodedQueries {
     pub image: Vec<f32>,
     /// The label's logits, when asked.
     pub label: Option<Vec<f32>>,
+}
+
+/// One video with its audio encoded by the multimodal autoencoder
+/// ([`PerceiverModel::encode_clip`]): its latents, and the decoder's keys and values projected
+/// from them, which every decoding of the clip reads ([`PerceiverModel::decode_clip`]), so that
+/// a clip decoded in many calls (a service's chunks) projects them once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedClip {
+    latents: Vec<f32>,
+    keys_values: Vec<f32>,
+}
+
+impl EncodedClip {
+    /// The latents, `[num_latents, d_latents]`: what
+    /// [`decode_multimodal`](PerceiverModel::decode_multimodal) also takes.
+    pub fn latents(&self) -> &[f32] {
+        &self.latents
+    }
 }
 
 /// The multimodal autoencoder's whole reconstruction of one video with its audio.
@@ -578,6 +597,39 @@ impl PerceiverModel {
         })
     }
 
+    /// Encodes one video with its audio ([`encode_multimodal`](Self::encode_multimodal)) and
+    /// projects the decoder's keys and values of its latents, for
+    /// [`decode_clip`](Self::decode_clip).
+    pub fn encode_clip(&self, input: &MultimodalInput) -> Result<EncodedClip> {
+        let (_, decoder, _) = self.multimodal_parts()?;
+        on_pool(|| {
+            let latents = self.encode_multimodal(input)?;
+            let keys_values = decoder.keys_values(&latents, self.threads());
+            Ok(EncodedClip { latents, keys_values })
+        })
+    }
+
+    /// [`decode_multimodal`](Self::decode_multimodal) of a clip [`encode_clip`](Self::encode_clip)
+    /// encoded (with this model: one of another layout is an error), over the keys and values
+    /// projected there: the same values.
+    pub fn decode_clip(&self, clip: &EncodedClip, queries: &MultimodalQueries) -> Result<DecodedQueries> {
+        let (preprocessor, decoder, _) = self.multimodal_parts()?;
+        let n = self.encoder.num_latents();
+        let widths = (self.encoder.d_latents(), decoder.keys_values_width());
+        if clip.latents.len() != n * widths.0 || clip.keys_values.len() != n * widths.1 {
+            return Err(Error::InvalidInput(format!(
+                "a clip of {} latent values and {} keys and values is not one encoded by this model \
+                 ({n} latents of {} channels, {} of keys and values)",
+                clip.latents.len(),
+                clip.keys_values.len(),
+                widths.0,
+                widths.1
+            )));
+        }
+        queries.check(preprocessor.spec())?;
+        on_pool(|| self.decode_multimodal_onto(&clip.keys_values, queries, self.threads()))
+    }
+
     /// [`decode_multimodal`](Self::decode_multimodal) from the decoder's keys and values of the
     /// latents (projected once for every block of queries, and every chunk of a clip), on
     /// `threads` threads, already on the pool; `queries` already checked.
@@ -621,11 +673,9 @@ impl PerceiverModel {
         let spec = *self.multimodal_spec()?;
         check_chunks(chunks)?;
         let chunks = chunks.min(spec.most_chunks());
-        let (_, decoder, _) = self.multimodal_parts()?;
         on_pool(|| {
-            let latents = self.encode_multimodal(input)?;
+            let clip = self.encode_clip(input)?;
             let threads = self.threads();
-            let keys_values = decoder.keys_values(&latents, threads);
             let [frames, height, width] = spec.output_dims;
             let mut out = MultimodalOutput {
                 frames,
@@ -638,7 +688,7 @@ impl PerceiverModel {
             // The chunks are consecutive ranges: their outputs follow each other.
             for index in 0..chunks {
                 let queries = MultimodalQueries::chunk(&spec, index, chunks);
-                let decoded = self.decode_multimodal_onto(&keys_values, &queries, threads)?;
+                let decoded = self.decode_multimodal_onto(&clip.keys_values, &queries, threads)?;
                 out.image.extend(decoded.image);
                 out.audio.extend(decoded.audio);
                 if let Some(label) = decoded.label {
@@ -981,6 +1031,49 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A clip decoded over the keys and values `encode_clip` projected once gives what decoding
+    /// its latents gives, bit for bit; a clip whose sizes are not this model's is refused.
+    #[test]
+    fn an_encoded_clip_decodes_as_its_latents_do() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/multimodal/tiny_multimodal");
+        let model = Loader::new(dir.to_str().unwrap()).load().unwrap();
+        let spec = *model.multimodal_spec().unwrap();
+        let (height, width) = model.image_size().unwrap();
+        let frame = |seed: usize| {
+            let values = (0..3 * height * width)
+                .map(|i| ((i * 31 + seed * 17) % 255) as f32 / 255.0)
+                .collect();
+            Pixels::new(height, width, values).unwrap()
+        };
+        let audio = (0..spec.audio_samples())
+            .map(|i| (i as f32 * 0.21).cos())
+            .collect();
+        let input = MultimodalInput::new((0..spec.num_frames).map(frame).collect(), audio).unwrap();
+        let clip = model.encode_clip(&input).unwrap();
+        assert_eq!(clip.latents(), model.encode_multimodal(&input).unwrap());
+        let queries = MultimodalQueries::all(&spec);
+        let decoded = model.decode_clip(&clip, &queries).unwrap();
+        assert_eq!(
+            decoded,
+            model.decode_multimodal(clip.latents(), &queries).unwrap()
+        );
+        assert!(decoded.label.is_some() && !decoded.image.is_empty() && !decoded.audio.is_empty());
+        for wrong in [
+            EncodedClip {
+                latents: clip.latents[1..].to_vec(),
+                ..clip.clone()
+            },
+            EncodedClip {
+                keys_values: clip.keys_values[1..].to_vec(),
+                ..clip.clone()
+            },
+        ] {
+            let err = model.decode_clip(&wrong, &queries).unwrap_err().to_string();
+            assert!(err.contains("not one encoded by this model"), "{err}");
         }
     }
 

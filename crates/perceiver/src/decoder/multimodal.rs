@@ -191,6 +191,12 @@ impl MultimodalDecoder {
         self.cross_attention.keys_values(latents, threads)
     }
 
+    /// Values of each latent's row of [`keys_values`](Self::keys_values).
+    pub(crate) fn keys_values_width(&self) -> usize {
+        let spec = self.cross_attention.spec();
+        spec.qk_channels + spec.v_channels
+    }
+
     /// `queries` (`[n, query_channels]`) decoded from one input's latents, given as their
     /// [`keys_values`](Self::keys_values) (`num_latents` rows): `[n, channels]`.
     pub(crate) fn forward(

@@ -21,7 +21,7 @@ use crate::image::{
     RgbImage,
 };
 pub use crate::model::MAX_CHUNKS;
-use crate::model::{check_chunks, DecodedQueries, MultimodalOutput, PerceiverModel};
+use crate::model::{check_chunks, DecodedQueries, EncodedClip, MultimodalOutput, PerceiverModel};
 use crate::preprocess::{MultimodalInput, Pixels};
 use crate::tasks::classify::{probabilities, top_labels, LabelScore};
 use crate::tasks::fill_mask::top_k_zero;
@@ -492,11 +492,11 @@ impl Autoencoder {
     /// [`autoencode`](Self::autoencode) in pieces, as a service runs it so that other work can
     /// come between them: [`encode`](Self::encode) once, [`decode`](Self::decode) each of
     /// [`chunk`](Self::chunk) `0 .. chunks`, then [`assemble`](Self::assemble) the chunks'
-    /// outputs: the same numbers as [`autoencode`](Self::autoencode). The latents of one clip,
-    /// `[num_latents, d_latents]`.
-    pub fn encode(&self, frames: Vec<Pixels>, audio: Vec<f32>) -> Result<Vec<f32>> {
+    /// outputs: the same numbers as [`autoencode`](Self::autoencode). The clip's latents, with
+    /// the decoder's keys and values projected once for all of its decodings.
+    pub fn encode(&self, frames: Vec<Pixels>, audio: Vec<f32>) -> Result<EncodedClip> {
         let input = MultimodalInput::new(frames, audio)?;
-        self.model.encode_multimodal(&input)
+        self.model.encode_clip(&input)
     }
 
     /// The queries of chunk `index` of [`chunks`](Self::chunks) (the label's in the last); none
@@ -514,10 +514,9 @@ impl Autoencoder {
         }
     }
 
-    /// Decodes `queries` from [`encode`](Self::encode)'s latents
-    /// ([`PerceiverModel::decode_multimodal`]).
-    pub fn decode(&self, latents: &[f32], queries: &MultimodalQueries) -> Result<DecodedQueries> {
-        self.model.decode_multimodal(latents, queries)
+    /// Decodes `queries` from [`encode`](Self::encode)'s clip ([`PerceiverModel::decode_clip`]).
+    pub fn decode(&self, clip: &EncodedClip, queries: &MultimodalQueries) -> Result<DecodedQueries> {
+        self.model.decode_clip(clip, queries)
     }
 
     /// The `top_k` best labels (at least 1) of the label's logits, with their softmax
