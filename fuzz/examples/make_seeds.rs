@@ -137,7 +137,9 @@ fn wav(format: u16, extensible: bool, channels: u16, rate: u32, bits: u16, data:
         fmt.extend(0u32.to_le_bytes());
         // The subformat GUID: the format tag, then KSDATAFORMAT_SUBTYPE's fixed tail.
         fmt.extend((format as u32).to_le_bytes());
-        fmt.extend([0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71]);
+        fmt.extend([
+            0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
+        ]);
     }
     let mut out = b"RIFF".to_vec();
     out.extend((4 + 8 + fmt.len() as u32 + 8 + data.len() as u32).to_le_bytes());
@@ -156,10 +158,15 @@ fn media_clip_seeds(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let rate = 1200;
     let wave = |i: usize| (i as f64 * 0.3).sin();
-    let int16: Vec<u8> = (0..96).flat_map(|i| ((wave(i) * 20000.0) as i16).to_le_bytes()).collect();
-    let float_stereo: Vec<u8> = (0..2 * 96).flat_map(|i| (wave(i / 2) as f32).to_le_bytes()).collect();
-    let int24: Vec<u8> =
-        (0..96).flat_map(|i| ((wave(i) * 8e6) as i32).to_le_bytes()[..3].to_vec()).collect();
+    let int16: Vec<u8> = (0..96)
+        .flat_map(|i| ((wave(i) * 20000.0) as i16).to_le_bytes())
+        .collect();
+    let float_stereo: Vec<u8> = (0..2 * 96)
+        .flat_map(|i| (wave(i / 2) as f32).to_le_bytes())
+        .collect();
+    let int24: Vec<u8> = (0..96)
+        .flat_map(|i| ((wave(i) * 8e6) as i32).to_le_bytes()[..3].to_vec())
+        .collect();
     let uint8: Vec<u8> = (0..100).map(|i| (128.0 + wave(i) * 100.0) as u8).collect();
     let seeds: [(&str, Vec<u8>); 9] = [
         ("wav_int16_mono.bin", wav(1, false, 1, rate, 16, &int16)),

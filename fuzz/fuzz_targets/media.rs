@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use perceiver::config::MultimodalSpec;
 use perceiver::flow::color::flow_to_rgb;
 use perceiver::flow::flo::read_flo;
-use perceiver::config::MultimodalSpec;
 use perceiver::image::{
     decode_image_with_limits, read_y4m, DecodeLimits, ImageProcessor, ImageProcessorConfig, Pixels, RgbImage,
 };
