@@ -235,7 +235,8 @@ pub struct Frames {
 
 /// An autoencoding request's clip, and its share of the service's pixel budget (as
 /// [`Frames`]'): the frames and audio until the clip is encoded, then its latents and the
-/// decoder's keys and values of them, which every later part decodes from. The parts of one request run in the order they were submitted.
+/// decoder's keys and values of them, which every later part decodes from. The parts of one
+/// request run in the order they were submitted.
 #[derive(Debug)]
 pub struct Clip {
     input: Mutex<Option<(Vec<Pixels>, Vec<f32>)>>,
