@@ -35,8 +35,13 @@ pub struct AutoencodeArgs {
     audio: PathBuf,
 
     /// Where to write the reconstruction: frames/frame_000.png…, audio.wav, labels.json.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "labels_only")]
+    out: Option<PathBuf>,
+
+    /// Only name the clip's labels: decode the label's query alone, not every pixel and audio
+    /// sample (a small part of a reconstruction's time), and write no files.
+    #[arg(long, conflicts_with_all = ["out", "chunks"])]
+    labels_only: bool,
 
     /// Decode the output queries in this many chunks (DeepMind's Colab uses 128; more than the
     /// queries of the model's most numerous modality count as that many); memory beyond the
@@ -54,7 +59,10 @@ pub struct AutoencodeArgs {
 }
 
 pub fn run(args: AutoencodeArgs) -> Result<()> {
-    let made = check_out(&args)?;
+    let made = match &args.out {
+        Some(out) => Some(check_out(&args, out)?),
+        None => None,
+    };
     // Every input is read and checked against the model's config before its weights load
     // where the config comes alone (the released model's weights are some 800 MB to download);
     // a DeepMind checkpoint's config is read with its weights, so the model loads first.
@@ -69,7 +77,14 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
     let reader = InputReader::new(config.multimodal()?);
     let frames = reader.frames_from(&args.frames)?;
     let audio = reader.audio_from_wav(&args.audio)?;
-    let frames_dir = args.out.join("frames");
+    let (Some(out_dir), Some(made)) = (&args.out, made) else {
+        let model = match loaded {
+            Some(model) => model,
+            None => args.model.load_engine(args.engine.precision)?,
+        };
+        return print_labels(&Autoencoder::new(model)?, frames, audio, &args);
+    };
+    let frames_dir = out_dir.join("frames");
     // Their number known (the model's), the frame files are checked as the other outputs were.
     let frame_files: Vec<PathBuf> = (0..frames.len())
         .map(|t| frames_dir.join(format!("frame_{t:03}.png")))
@@ -111,9 +126,9 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
         })?;
         frame_paths.push(path);
     }
-    let wav = args.out.join("audio.wav");
+    let wav = out_dir.join("audio.wav");
     staged.write(&wav, |to| Ok(task.write_wav(&output.reconstruction, to)?))?;
-    let labels_path = args.out.join("labels.json");
+    let labels_path = out_dir.join("labels.json");
     let labels = serde_json::to_string(&output.labels)?;
     staged.write(&labels_path, |to| {
         std::fs::write(to, format!("{labels}\n"))
@@ -151,9 +166,41 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
             r.width,
             r.audio.len(),
             task.chunks(),
-            args.out.display()
+            out_dir.display()
         )?;
         for label in &output.labels {
+            writeln!(out, "  {:6.2}%  {}", 100.0 * label.score, label.label)?;
+        }
+    }
+    Ok(())
+}
+
+/// `--labels-only`: the clip encoded and only its label's query decoded; the labels printed as
+/// a full run prints them (`--json`: `{"labels": [...]}`).
+fn print_labels(
+    task: &Autoencoder,
+    frames: Vec<perceiver::Pixels>,
+    audio: Vec<f32>,
+    args: &AutoencodeArgs,
+) -> Result<()> {
+    let clip = task.encode(frames, audio)?;
+    let decoded = task.decode(&clip, &task.label_query())?;
+    let logits = decoded
+        .label
+        .context("the label's query was not decoded (please report)")?;
+    let labels = task.top_labels(&logits, args.top_k as usize)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Summary<'a> {
+            labels: &'a [LabelScore],
+        }
+        serde_json::to_writer(&mut out, &Summary { labels: &labels })?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "labels of the clip (its label's query alone decoded):")?;
+        for label in &labels {
             writeln!(out, "  {:6.2}%  {}", 100.0 * label.score, label.label)?;
         }
     }
@@ -165,8 +212,7 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
 /// would be read as frames by the next run. `--out` and its `frames/` are made (and removed
 /// again if the run fails) and a file is created in each, so that one that cannot be written
 /// is found now.
-fn check_out(args: &AutoencodeArgs) -> Result<MadeDirs> {
-    let out = &args.out;
+fn check_out(args: &AutoencodeArgs, out: &Path) -> Result<MadeDirs> {
     let frames_dir = out.join("frames");
     let inputs = resolved(&args.frames);
     if inputs == resolved(out) || inputs == resolved(&frames_dir) {

@@ -155,6 +155,66 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     assert_eq!(lines.len(), 3, "{text}");
 }
 
+/// `--labels-only` prints the labels a whole run writes, from the label's query alone, and
+/// writes nothing; with `--out` or `--chunks` it is refused as a usage error.
+#[test]
+fn labels_only_names_the_labels_a_whole_run_writes() {
+    let inputs = inputs();
+    let model = model();
+    let (frames, wav) = (path(&inputs.frames), path(&inputs.wav));
+    let args = [
+        "autoencode",
+        "--model",
+        &model,
+        "--frames",
+        &frames,
+        "--audio",
+        &wav,
+        "-k",
+        "3",
+    ];
+    let out_dir = path(&inputs.root.join("out"));
+    let whole = common::run(&[&args[..], &["--out", &out_dir, "--json"]].concat());
+    let whole: Value = serde_json::from_slice(&whole.stdout).unwrap();
+    let before: Vec<_> = std::fs::read_dir(&inputs.root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let only = common::run(&[&args[..], &["--labels-only", "--json"]].concat());
+    let only: Value = serde_json::from_slice(&only.stdout).unwrap();
+    assert_eq!(only["labels"].as_array().unwrap().len(), 3);
+    assert_eq!(only["labels"], whole["labels"]);
+    let after: Vec<_> = std::fs::read_dir(&inputs.root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(before, after, "--labels-only writes nothing");
+    // Without --json: the labels in percent, as a whole run prints them.
+    let text = common::run(&[&args[..], &["--labels-only"]].concat());
+    let text = String::from_utf8(text.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let best = &whole["labels"][0];
+    let score = best["score"].as_f64().unwrap();
+    assert_eq!(
+        lines[1],
+        format!("  {:6.2}%  {}", 100.0 * score, best["label"].as_str().unwrap())
+    );
+    for more in [
+        &["--labels-only", "--out", &out_dir][..],
+        &["--labels-only", "--chunks", "4"],
+    ] {
+        let refused = perceiver(&[&args[..], more].concat());
+        assert_eq!(refused.status.code(), Some(2), "{more:?}");
+        let err = String::from_utf8(refused.stderr).unwrap();
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
+    // Neither --out nor --labels-only: a usage error naming --out.
+    let refused = perceiver(&args);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8(refused.stderr).unwrap().contains("--out"));
+}
+
 #[test]
 fn frames_come_in_natural_order() {
     let inputs = inputs();
