@@ -53,7 +53,7 @@ pub struct AutoencodeArgs {
     #[arg(short = 'k', long, default_value_t = 5, value_parser = whole::<u32>(1, u32::MAX.into()))]
     top_k: u32,
 
-    /// Print one JSON line: the files written and the labels.
+    /// Print one JSON line: the files written and the labels (with --labels-only, the labels).
     #[arg(long)]
     json: bool,
 }
