@@ -156,7 +156,8 @@ impl AppState {
             vec![ClipPart::Encode(ClipQueries::Label)]
         };
         // The parts alone hold the clip from here: its frames go once it is encoded, its
-        // latents once the last part has run (or been dropped, if the client leaves).
+        // latents and keys and values once the last part has run (or been dropped, if the
+        // client leaves).
         let inputs = parts
             .into_iter()
             .map(|part| Input::ClipPart {
