@@ -8,6 +8,7 @@ use clap::Args;
 use perceiver::tasks::autoencode::{Autoencoder, InputReader, DEFAULT_CHUNKS, MAX_CHUNKS};
 use perceiver::{Architecture, LabelScore};
 
+use crate::classify::write_label_lines;
 use crate::model::{EngineArgs, ModelArgs};
 use crate::numbers::whole;
 use crate::outputs::{self, resolved, MadeDirs};
@@ -168,9 +169,7 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
             task.chunks(),
             out_dir.display()
         )?;
-        for label in &output.labels {
-            writeln!(out, "  {:6.2}%  {}", 100.0 * label.score, label.label)?;
-        }
+        write_label_lines(&mut out, &output.labels)?;
     }
     Ok(())
 }
@@ -200,9 +199,7 @@ fn print_labels(
         writeln!(out)?;
     } else {
         writeln!(out, "labels of the clip (its label's query alone decoded):")?;
-        for label in &labels {
-            writeln!(out, "  {:6.2}%  {}", 100.0 * label.score, label.label)?;
-        }
+        write_label_lines(&mut out, &labels)?;
     }
     Ok(())
 }

@@ -286,6 +286,12 @@ fn write_json(out: &mut impl Write, input: &str, labels: &[LabelScore]) -> Resul
 
 fn write_human(out: &mut impl Write, input: &str, labels: &[LabelScore]) -> std::io::Result<()> {
     writeln!(out, "{input}")?;
+    write_label_lines(out, labels)
+}
+
+/// Labels as the tool prints them for people: one a line, its probability in percent first
+/// (`classify`, and `autoencode`'s clip labels).
+pub fn write_label_lines(out: &mut impl Write, labels: &[LabelScore]) -> std::io::Result<()> {
     for l in labels {
         writeln!(out, "  {:6.2}%  {}", 100.0 * l.score, l.label)?;
     }
