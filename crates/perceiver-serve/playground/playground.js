@@ -33,6 +33,8 @@ const state = {
   flowAbort: null,
   // The clip chosen: `frames` ({file, size}, in name order; `video` when one .y4m file), the
   // `audio`, what the page read of them, and promises settled once read. See chooseClipFrames.
+  // `source`: a video this browser decodes ({file, facts, error}; see chooseClipVideo), whose
+  // frames are then `frames`, and its sound `audio` where `audioFromVideo`.
   clip: {
     frames: [],
     videos: 0,
@@ -42,6 +44,8 @@ const state = {
     audio: null,
     audioFacts: null,
     audioReady: Promise.resolve(),
+    source: null,
+    audioFromVideo: false,
   },
   // Counts the clips chosen (frames or audio), as imageChoice does images.
   clipChoice: 0,
@@ -1174,8 +1178,15 @@ function isClipTask() {
   return !!state.info && state.info.task === AUTOENCODE_TASK;
 }
 
-const isVideo = (file) => /\.y4m$/i.test(file.name);
+// A .y4m video, which the server reads; any other video this browser decodes itself.
+const isY4m = (file) => /\.y4m$/i.test(file.name);
+const isBrowserVideo = (file) =>
+  !isY4m(file) && (file.type.startsWith('video/') || /\.(mp4|m4v|mov|webm|mkv|ogv)$/i.test(file.name));
+const isVideo = (file) => isY4m(file) || isBrowserVideo(file);
 const isAudio = (file) => /\.wav$/i.test(file.name) || file.type.startsWith('audio/');
+
+// The clip's frame rate (the server's, DeepMind's: audio_samples_per_frame × 25 is its rate).
+const FRAMES_PER_SECOND = 25;
 
 // The order `perceiver autoencode` reads a folder's frames in: byte by byte, a run of digits
 // against a run of digits as numbers (frame_9 before frame_10, leading zeros aside).
@@ -1271,14 +1282,19 @@ async function imageSize(file) {
   }
 }
 
-// The frames chosen: one .y4m video, or image files (sent in name order); their sizes (or the
-// video's header) are read next.
+// The frames chosen: one video, or image files (sent in name order); their sizes (or the
+// .y4m video's header) are read next. Another video is decoded here (chooseClipVideo).
 function chooseClipFrames(files) {
   const clip = state.clip;
+  if (files.length === 1 && isBrowserVideo(files[0])) {
+    chooseClipVideo(files[0]);
+    return;
+  }
+  forgetClipSource();
   const frames = [...files].sort((a, b) => naturalOrder(a.name, b.name)).map((file) => ({ file, size: null }));
   clip.frames = frames;
   clip.videos = frames.filter((f) => isVideo(f.file)).length;
-  clip.video = clip.videos === 1 && frames.length === 1 ? frames[0].file : null;
+  clip.video = clip.videos === 1 && frames.length === 1 && isY4m(frames[0].file) ? frames[0].file : null;
   clip.videoFacts = null;
   clip.framesReady = clip.video
     ? readY4m(clip.video).then(
@@ -1297,8 +1313,50 @@ function chooseClipFrames(files) {
   clipChosen();
 }
 
-function chooseClipAudio(file) {
+// The frames are no longer a decoded video's, nor the audio its sound.
+function forgetClipSource() {
   const clip = state.clip;
+  clip.source = null;
+  if (clip.audioFromVideo) setClipAudio(null);
+}
+
+// A video this browser decodes (any but .y4m): its frames are made here as PNG files of the
+// model's size, and its sound as a WAV file at the model's rate (decodeVideo), then sent as if
+// chosen so. A WAV file chosen for the audio is kept over the video's sound.
+function chooseClipVideo(file) {
+  const clip = state.clip;
+  const source = { file, facts: null, error: null };
+  if (clip.audioFromVideo) setClipAudio(null);
+  Object.assign(clip, { source, frames: [], videos: 0, video: null, videoFacts: null });
+  clip.framesReady = decodeVideo(file, state.info.clip).then(
+    async (made) => {
+      if (clip.source !== source) return;
+      source.facts = made.facts;
+      const size = { width: state.info.clip.width, height: state.info.clip.height };
+      clip.frames = made.frames.map((frame) => ({ file: frame, size }));
+      if (made.audio && !clip.audio) {
+        setClipAudio(made.audio);
+        clip.audioFromVideo = true;
+        await clip.audioReady;
+      }
+    },
+    (e) => {
+      if (clip.source === source) source.error = String((e && e.message) || e);
+    },
+  );
+  clipChosen();
+}
+
+function chooseClipAudio(file) {
+  setClipAudio(file);
+  clipChosen();
+}
+
+// The audio is `file` (or none), chosen as a WAV file or made from a video's sound; its header
+// is read next.
+function setClipAudio(file) {
+  const clip = state.clip;
+  clip.audioFromVideo = false;
   clip.audio = file || null;
   clip.audioFacts = null;
   clip.audioReady = file
@@ -1311,7 +1369,123 @@ function chooseClipAudio(file) {
         },
       )
     : Promise.resolve();
-  clipChosen();
+}
+
+// Resolves once `target` fires `event`; rejects if it fires `error` first.
+function nextEvent(target, event) {
+  return new Promise((resolve, reject) => {
+    const done = (e) => {
+      target.removeEventListener(event, done);
+      target.removeEventListener('error', done);
+      if (e.type === 'error') reject(new Error('this browser cannot decode it (a .y4m video or image files will do)'));
+      else resolve();
+    };
+    target.addEventListener(event, done);
+    target.addEventListener('error', done);
+  });
+}
+
+function formatSeconds(seconds) {
+  return +seconds.toFixed(2) + ' s';
+}
+
+// A video decoded by this browser as the model takes a clip (`c`, /info's): its first frames,
+// 25 a second (each at the middle of its 1/25 s), cropped to the model's aspect about the centre
+// and scaled to its frame size, as PNG files; its sound as decodeSound makes it (null without
+// one). Rejects with what is wrong: a video the browser cannot decode, or one too short.
+async function decodeVideo(file, c) {
+  const seconds = c.frames / FRAMES_PER_SECOND;
+  const stem = file.name.replace(/\.[^.]*$/, '') || 'video';
+  const url = URL.createObjectURL(file);
+  const video = document.createElement('video');
+  video.muted = true;
+  video.preload = 'auto';
+  try {
+    const loaded = nextEvent(video, 'loadeddata');
+    video.src = url;
+    await loaded;
+    const { videoWidth: width, videoHeight: height, duration } = video;
+    if (!width || !height) throw new Error('this browser shows no picture in it');
+    if (!(duration > seconds - 0.5 / FRAMES_PER_SECOND)) {
+      throw new Error(
+        'it lasts ' + formatSeconds(duration) + ', the model takes ' + formatSeconds(seconds) + ' (' +
+          plural(c.frames, 'frame') + ' at ' + FRAMES_PER_SECOND + ' a second)',
+      );
+    }
+    const scale = Math.max(c.width / width, c.height / height);
+    const [cropWidth, cropHeight] = [c.width / scale, c.height / scale];
+    const canvas = document.createElement('canvas');
+    [canvas.width, canvas.height] = [c.width, c.height];
+    const g = canvas.getContext('2d');
+    g.imageSmoothingQuality = 'high';
+    const digits = String(c.frames).length;
+    const frames = [];
+    for (let i = 0; i < c.frames; i++) {
+      const seeked = nextEvent(video, 'seeked');
+      video.currentTime = (i + 0.5) / FRAMES_PER_SECOND;
+      await seeked;
+      const [left, top] = [(width - cropWidth) / 2, (height - cropHeight) / 2];
+      g.drawImage(video, left, top, cropWidth, cropHeight, 0, 0, c.width, c.height);
+      const png = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+      if (!png) throw new Error('its frame ' + (i + 1) + ' could not be drawn');
+      const name = stem + '-frame-' + String(i + 1).padStart(digits, '0') + '.png';
+      frames.push(new File([png], name, { type: 'image/png' }));
+    }
+    const audio = await decodeSound(file, c, stem + '.wav');
+    return { frames, audio, facts: { width, height, duration, sound: !!audio } };
+  } finally {
+    video.removeAttribute('src');
+    video.load();
+    URL.revokeObjectURL(url);
+  }
+}
+
+// The first channel of a file's sound at the model's rate, its first `audio_samples` (fewer
+// where the sound is shorter), as a float WAV file named `name`; null where the browser finds
+// no sound in it. Browsers decode sound at 8 kHz and above (Chromium from 3 kHz): for a
+// model's lower rate it is decoded at 48 kHz, and each sample is the mean of the ones it spans.
+async function decodeSound(file, c, name) {
+  const rate = c.sample_rate;
+  const decodeRate = rate >= 8000 ? rate : 48000;
+  let sound;
+  try {
+    sound = await new OfflineAudioContext(1, 1, decodeRate).decodeAudioData(await file.arrayBuffer());
+  } catch (_) {
+    return null;
+  }
+  const channel = sound.getChannelData(0);
+  const ratio = decodeRate / rate;
+  const count = Math.min(c.audio_samples, Math.floor(channel.length / ratio));
+  const samples = new Float32Array(count);
+  for (let j = 0; j < count; j++) {
+    const [from, to] = [Math.round(j * ratio), Math.max(Math.round((j + 1) * ratio), Math.round(j * ratio) + 1)];
+    let sum = 0;
+    for (let k = from; k < to; k++) sum += channel[k];
+    samples[j] = sum / (to - from);
+  }
+  return new File([wavFile(samples, rate)], name, { type: 'audio/wav' });
+}
+
+// Mono 32-bit float samples as a WAV file's bytes (the format the server writes its own in).
+function wavFile(samples, rate) {
+  const bytes = new ArrayBuffer(44 + 4 * samples.length);
+  const view = new DataView(bytes);
+  const tag = (at, text) => [...text].forEach((ch, i) => view.setUint8(at + i, ch.charCodeAt(0)));
+  tag(0, 'RIFF');
+  view.setUint32(4, 36 + 4 * samples.length, true);
+  tag(8, 'WAVE');
+  tag(12, 'fmt ');
+  view.setUint32(16, 16, true);
+  view.setUint16(20, 3, true); // IEEE float
+  view.setUint16(22, 1, true); // mono
+  view.setUint32(24, rate, true);
+  view.setUint32(28, 4 * rate, true);
+  view.setUint16(32, 4, true);
+  view.setUint16(34, 32, true);
+  tag(36, 'data');
+  view.setUint32(40, 4 * samples.length, true);
+  samples.forEach((v, i) => view.setFloat32(44 + 4 * i, v, true));
+  return bytes;
 }
 
 // Waits until what the page reads of the files chosen now is known.
@@ -1355,7 +1529,11 @@ function clipFrameProblems() {
   const model = formatSize({ width: c.width, height: c.height });
   const problems = [];
   if (clip.videos && clip.frames.length > 1) {
-    problems.push('give the frames one way: one .y4m video, or image files');
+    problems.push('give the frames one way: one video, or image files');
+    return problems;
+  }
+  if (clip.source && clip.source.error) {
+    problems.push(clip.source.file.name + ': ' + clip.source.error);
     return problems;
   }
   const v = clip.videoFacts;
@@ -1417,8 +1595,9 @@ function clipProblems(missing) {
   const c = state.info.clip;
   const problems = [];
   const absent = [];
-  if (!clip.frames.length) absent.push('the frames (a .y4m video or ' + c.frames + ' image files)');
-  if (!clip.audio) absent.push('the audio (a WAV file)');
+  if (!clip.frames.length && !clip.source) absent.push('the frames (a video or ' + c.frames + ' image files)');
+  const silent = clip.source && clip.source.facts && !clip.source.facts.sound;
+  if (!clip.audio) absent.push('the audio (a WAV file' + (silent ? ': the video has no sound' : '') + ')');
   if (missing && absent.length) problems.push('choose ' + absent.join(' and '));
   problems.push(...clipFrameProblems(), ...clipAudioProblems());
   const l = state.info.limits;
@@ -1442,7 +1621,19 @@ function updateClipFacts() {
   const frameFacts = $('clip-frames-facts');
   const frameProblems = clipFrameProblems();
   let line = '';
-  if (clip.video) {
+  if (clip.source) {
+    const v = clip.source.facts;
+    const parts = [clip.source.file.name, formatBytes(clip.source.file.size)];
+    const c = state.info.clip;
+    if (v) {
+      parts.push(formatSize(v) + ', ' + formatSeconds(v.duration) + (v.sound ? '' : ', no sound'));
+      parts.push(
+        plural(c.frames, 'frame') + ' made of its first ' + formatSeconds(c.frames / FRAMES_PER_SECOND) +
+          ', cropped about the centre to ' + formatSize({ width: c.width, height: c.height }),
+      );
+    } else if (!clip.source.error) parts.push('decoding in this browser…');
+    line = parts.join(' · ');
+  } else if (clip.video) {
     const v = clip.videoFacts;
     const parts = [clip.video.name, formatBytes(clip.video.size)];
     if (v) parts.push(formatSize(v) + (v.frames === null ? '' : ', ' + plural(v.frames, 'frame')));
@@ -1471,6 +1662,7 @@ function updateClipFacts() {
   if (clip.audio) {
     const a = clip.audioFacts;
     const parts = [clip.audio.name, formatBytes(clip.audio.size)];
+    if (clip.audioFromVideo) parts.unshift('the video\'s sound');
     if (a) {
       const channels = a.channels === 1 ? 'mono' : a.channels + ' channels (the first is used)';
       parts.push(formatNumber(a.rate) + ' Hz, ' + plural(a.samples, 'sample') + ', ' + channels);

@@ -38,11 +38,12 @@ pub const STYLE_CSS: &str = include_str!("../playground/playground.css");
 pub const SCRIPT_JS: &str = include_str!("../playground/playground.js");
 
 /// Own files only: no inline script, no other origin, not framed by other sites. `blob:`
-/// images are held by the browser itself: the previews of files the user chose, and a flow's
-/// picture as the server answered it; `data:` images and audio are an autoencoder's
-/// reconstructed frames and WAV file, from the answer's base64.
+/// images and media are held by the browser itself: the previews of files the user chose, a
+/// video the page decodes into a clip's frames, and a flow's picture as the server answered it;
+/// `data:` images and audio are an autoencoder's reconstructed frames and WAV file, from the
+/// answer's base64.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     connect-src 'self'; img-src 'self' data: blob:; media-src 'self' data:; base-uri 'none'; \
+     connect-src 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
 /// The page's routes, open to every client (the data it shows comes from the guarded routes).

@@ -686,7 +686,7 @@ async fn hand_over_files(client: &Client, how: Hand<'_>, files: &[(&str, &[u8])]
     };
     let script = format!(
         "const transfer = new DataTransfer();
-         const types = {{png: 'image/png', jpg: 'image/jpeg', wav: 'audio/wav'}};
+         const types = {{png: 'image/png', jpg: 'image/jpeg', wav: 'audio/wav', webm: 'video/webm', mp4: 'video/mp4'}};
          for (const [base64, name] of arguments[0]) {{
            const bytes = Uint8Array.from(atob(base64), c => c.charCodeAt(0));
            const type = types[name.split('.').pop()] ?? '';
@@ -1806,7 +1806,7 @@ async fn autoencoder_page_in_headless_chromium() {
 
     // Nothing chosen: said, not sent; the frames' chooser focused.
     let refused = press_refused(&client, "#autoencode", "clip-check").await;
-    let missing = "choose the frames (a .y4m video or 2 image files) and the audio (a WAV file)";
+    let missing = "choose the frames (a video or 2 image files) and the audio (a WAV file)";
     assert!(refused.contains(missing), "{refused}");
     assert_eq!(
         js(&client, "return document.activeElement.id").await,
@@ -1971,7 +1971,7 @@ async fn autoencoder_page_in_headless_chromium() {
         ),
         (
             vec![("a.y4m", video.clone()), ("b.png", first.clone())],
-            "give the frames one way: one .y4m video, or image files",
+            "give the frames one way: one video, or image files",
         ),
         (
             vec![("a.wav", common::clip::wav(0, 1000, CLIP_SAMPLES))],
@@ -2197,6 +2197,173 @@ async fn autoencoder_page_in_headless_chromium() {
 
     client.close().await.unwrap();
     strict.stop().await;
+    server.stop().await;
+}
+
+/// The video that the autoencoder's page decodes (scripts/make_video_fixture.py): 64 × 48, 25
+/// frames a second, frame i `VIDEO_COLOURS[i]` between magenta bands 8 pixels wide at the
+/// left and the right; its sound a 300 Hz sine of amplitude 0.5, Opus at 48 kHz.
+const VIDEO_COLOURS: [[f32; 3]; 2] = [[200.0, 40.0, 40.0], [40.0, 200.0, 60.0]];
+const VIDEO_TONE_HZ: f64 = 300.0;
+const VIDEO_AMPLITUDE: f64 = 0.5;
+
+/// A multimodal autoencoder given a video the browser decodes (WebM, not `.y4m`): the page
+/// makes the model's 2 frames of 16 × 16 from its first 0.08 s, cropped about the centre (no
+/// band shows), and 96 samples of its sound at 1,200 Hz; the labels, frames and audio shown
+/// are the library's for what the page made; a WAV file chosen is kept over the video's
+/// sound; a video without sound, or one the browser cannot decode, is said and not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoencoder_page_decodes_a_video_in_headless_chromium() {
+    let Some((chromium, chromedriver)) =
+        browser_or_skip("autoencoder_page_decodes_a_video_in_headless_chromium")
+    else {
+        return;
+    };
+    let model = perceiver::Loader::new(fixture("multimodal/tiny_multimodal").to_string_lossy())
+        .load()
+        .unwrap();
+    let task = perceiver::Autoencoder::new(model.clone()).unwrap();
+    let default_k = task.labels().len().min(5);
+    let server = TestServer::start("tiny_multimodal", model, |_| {}).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = tempfile::tempdir().unwrap();
+    let client = open_browser(&driver, &chromium, profile.path()).await;
+    open_page(&client, &server).await;
+    count_posts(&client, "/autoencode").await;
+    record_violations(&client).await;
+
+    // A video without sound, and no WAV file: its frames are made, the audio is asked for.
+    let tail = " · 2 frames made of its first 0.08 s, cropped about the centre to 16 × 16 pixels";
+    let silent_path = fixture("multimodal/silent.webm");
+    let silent_len = std::fs::metadata(&silent_path).unwrap().len() as usize;
+    find(&client, "#clip-frames-file")
+        .await
+        .send_keys(silent_path.to_str().unwrap())
+        .await
+        .unwrap();
+    let (frames_facts, audio_facts) =
+        clip_facts_once_read(&client, &["silent-frame-1.png", "silent-frame-2.png"]).await;
+    let head = format!("silent.webm · {} · 64 × 48 pixels, 0.4", format_bytes(silent_len));
+    assert!(frames_facts.starts_with(&head), "{head:?} in {frames_facts}");
+    assert!(
+        frames_facts.ends_with(&format!(" s, no sound{tail}")),
+        "{tail:?} in {frames_facts}"
+    );
+    assert_eq!(audio_facts, "");
+    let refused = press_refused(&client, "#autoencode", "clip-check").await;
+    let reason = "choose the audio (a WAV file: the video has no sound)";
+    assert!(refused.contains(reason), "{reason:?} in {refused}");
+
+    // The video with sound, dropped (a file input that allows several files adds to them
+    // when WebDriver chooses again).
+    let video = std::fs::read(fixture("multimodal/clip.webm")).unwrap();
+    hand_over_files(&client, Hand::Drop("#clip-form"), &[("clip.webm", &video)]).await;
+    let made = ["clip-frame-1.png", "clip-frame-2.png"];
+    let (frames_facts, audio_facts) = clip_facts_once_read(&client, &made).await;
+    let head = format!("clip.webm · {} · 64 × 48 pixels, 0.4", format_bytes(video.len()));
+    assert!(frames_facts.starts_with(&head), "{head:?} in {frames_facts}");
+    assert!(
+        frames_facts.ends_with(&format!(" s{tail}")),
+        "{tail:?} in {frames_facts}"
+    );
+    assert!(
+        audio_facts.starts_with("the video's sound · clip.wav · ")
+            && audio_facts.ends_with(" · 1,200 Hz, 96 samples, mono"),
+        "{audio_facts}"
+    );
+
+    // The frames: each its colour, the bands cropped off (magenta is at least 150 levels
+    // away from either colour in some channel). VP8's 4:2:0 and the browser's conversion
+    // back to RGB move the colours a little, and the scaling blends the edge columns.
+    let mut pngs = Vec::new();
+    for (i, colour) in VIDEO_COLOURS.iter().enumerate() {
+        let png = blob_bytes(&client, &format!("state.clip.frames[{i}].file")).await;
+        let frame = task.reader().frame_from_bytes(&png, "frame").unwrap();
+        let plane = frame.height * frame.width;
+        let (mut inner, mut edge) = (0f32, 0f32);
+        for p in 0..plane {
+            let at_edge = [0, frame.width - 1].contains(&(p % frame.width));
+            for (c, &want) in colour.iter().enumerate() {
+                let diff = (frame.values[c * plane + p] * 255.0 - want).abs();
+                let worst = if at_edge { &mut edge } else { &mut inner };
+                *worst = worst.max(diff);
+            }
+        }
+        println!("video frame {i}: worst difference {inner} levels inside, {edge} at the edges");
+        assert!(
+            inner <= 12.0 && edge <= 32.0,
+            "frame {i}: {inner} inside, {edge} at the edges"
+        );
+        pngs.push(png);
+    }
+
+    // The sound: 96 samples at 1,200 Hz, each the mean of the 40 at 48 kHz it spans, so the
+    // 300 Hz tone's amplitude times sinc(300 / 1,200) (0.90), Opus's loss aside.
+    let wav = blob_bytes(&client, "state.clip.audio").await;
+    let reader = hound::WavReader::new(std::io::Cursor::new(&wav)).unwrap();
+    assert_eq!(
+        (reader.spec().sample_rate, reader.spec().channels),
+        (CLIP_RATE, 1)
+    );
+    let samples: Vec<f64> = reader.into_samples::<f32>().map(|s| s.unwrap() as f64).collect();
+    assert_eq!(samples.len(), CLIP_SAMPLES);
+    let (mut re, mut im) = (0.0, 0.0);
+    for (j, x) in samples.iter().enumerate() {
+        let phase = std::f64::consts::TAU * VIDEO_TONE_HZ * j as f64 / CLIP_RATE as f64;
+        re += x * phase.cos();
+        im += x * phase.sin();
+    }
+    let amplitude = 2.0 * re.hypot(im) / samples.len() as f64;
+    let expected = VIDEO_AMPLITUDE * (std::f64::consts::FRAC_PI_4).sin() / std::f64::consts::FRAC_PI_4;
+    println!("video sound: the tone's amplitude {amplitude:.4}, {expected:.4} expected");
+    assert!(
+        (amplitude - expected).abs() <= 0.02,
+        "{amplitude} against {expected}"
+    );
+
+    // Sent as the PNG files and the WAV file the page made: the library's answer for them.
+    press(&client, "#autoencode").await;
+    let frames = png_clip_frames(&task, &[&pngs[0], &pngs[1]]);
+    let answer = common::clip::library_answer(&task, frames, &wav, default_k);
+    assert_clip_shown(&client, &answer, "a decoded video").await;
+    assert_eq!(posts(&client).await, 1);
+
+    // A WAV file chosen is kept when the video is chosen again; the video's sound is not.
+    let dir = tempfile::tempdir().unwrap();
+    let chosen_wav = common::clip::wav(4, CLIP_RATE, CLIP_SAMPLES);
+    let wav_path = dir.path().join("chosen.wav");
+    std::fs::write(&wav_path, &chosen_wav).unwrap();
+    find(&client, "#clip-audio-file")
+        .await
+        .send_keys(wav_path.to_str().unwrap())
+        .await
+        .unwrap();
+    let (_, audio_facts) = clip_facts_once_read(&client, &made).await;
+    assert!(audio_facts.starts_with("chosen.wav · "), "{audio_facts}");
+    hand_over_files(&client, Hand::Drop("#clip-form"), &[("clip.webm", &video)]).await;
+    let (_, audio_facts) = clip_facts_once_read(&client, &made).await;
+    assert!(audio_facts.starts_with("chosen.wav · "), "{audio_facts}");
+    press(&client, "#autoencode").await;
+    let frames = png_clip_frames(&task, &[&pngs[0], &pngs[1]]);
+    let answer = common::clip::library_answer(&task, frames, &chosen_wav, default_k);
+    assert_clip_shown(&client, &answer, "a decoded video with a WAV file").await;
+
+    // A video this browser cannot decode: said, not sent.
+    hand_over_files(
+        &client,
+        Hand::Drop("#clip-form"),
+        &[("broken.mp4", b"not a video at all")],
+    )
+    .await;
+    clip_facts_once_read(&client, &[]).await;
+    let refused = press_refused(&client, "#autoencode", "clip-check").await;
+    let reason = "broken.mp4: this browser cannot decode it (a .y4m video or image files will do)";
+    assert!(refused.contains(reason), "{reason:?} in {refused}");
+    assert_eq!(posts(&client).await, 2);
+    assert_eq!(js(&client, "return window.violations").await, json!([]));
+    assert_fits_a_phone(&client, "a decoded video").await;
+
+    client.close().await.unwrap();
     server.stop().await;
 }
 
