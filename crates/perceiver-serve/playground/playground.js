@@ -1187,6 +1187,11 @@ const isAudio = (file) => /\.wav$/i.test(file.name) || file.type.startsWith('aud
 
 // The clip's frame rate (the server's, DeepMind's: audio_samples_per_frame × 25 is its rate).
 const FRAMES_PER_SECOND = 25;
+// The longest and largest video whose sound the page decodes: the browser reads the whole file
+// and decodes all of its sound at once, which for longer ones could take the tab's memory.
+const SOUND_MAX_SECONDS = 300;
+const SOUND_MAX_BYTES = 256 << 20;
+const SOUND_TOO_LONG = 'the page decodes no sound from a video over 5 minutes or 256 MiB';
 
 // The order `perceiver autoencode` reads a folder's frames in: byte by byte, a run of digits
 // against a run of digits as numbers (frame_9 before frame_10, leading zeros aside).
@@ -1392,7 +1397,8 @@ function formatSeconds(seconds) {
 // A video decoded by this browser as the model takes a clip (`c`, /info's): its first frames,
 // 25 a second (each at the middle of its 1/25 s), cropped to the model's aspect about the centre
 // and scaled to its frame size, as PNG files; its sound as decodeSound makes it (null without
-// one). Rejects with what is wrong: a video the browser cannot decode, or one too short.
+// one, or for a video too long: facts.sound says which). Rejects with what is wrong: a video
+// the browser cannot decode, or one too short.
 async function decodeVideo(file, c) {
   const seconds = c.frames / FRAMES_PER_SECOND;
   const stem = file.name.replace(/\.[^.]*$/, '') || 'video';
@@ -1431,8 +1437,10 @@ async function decodeVideo(file, c) {
       const name = stem + '-frame-' + String(i + 1).padStart(digits, '0') + '.png';
       frames.push(new File([png], name, { type: 'image/png' }));
     }
-    const audio = await decodeSound(file, c, stem + '.wav');
-    return { frames, audio, facts: { width, height, duration, sound: !!audio } };
+    const tooLong = !(duration <= SOUND_MAX_SECONDS) || file.size > SOUND_MAX_BYTES;
+    const audio = tooLong ? null : await decodeSound(file, c, stem + '.wav');
+    const sound = tooLong ? 'too long' : audio ? 'decoded' : 'none';
+    return { frames, audio, facts: { width, height, duration, sound } };
   } finally {
     video.removeAttribute('src');
     video.load();
@@ -1596,8 +1604,9 @@ function clipProblems(missing) {
   const problems = [];
   const absent = [];
   if (!clip.frames.length && !clip.source) absent.push('the frames (a video or ' + c.frames + ' image files)');
-  const silent = clip.source && clip.source.facts && !clip.source.facts.sound;
-  if (!clip.audio) absent.push('the audio (a WAV file' + (silent ? ': the video has no sound' : '') + ')');
+  const sound = clip.source && clip.source.facts ? clip.source.facts.sound : 'decoded';
+  const why = { none: ': the video has no sound', 'too long': ': ' + SOUND_TOO_LONG }[sound] || '';
+  if (!clip.audio) absent.push('the audio (a WAV file' + why + ')');
   if (missing && absent.length) problems.push('choose ' + absent.join(' and '));
   problems.push(...clipFrameProblems(), ...clipAudioProblems());
   const l = state.info.limits;
@@ -1626,7 +1635,8 @@ function updateClipFacts() {
     const parts = [clip.source.file.name, formatBytes(clip.source.file.size)];
     const c = state.info.clip;
     if (v) {
-      parts.push(formatSize(v) + ', ' + formatSeconds(v.duration) + (v.sound ? '' : ', no sound'));
+      const sound = { none: ', no sound', 'too long': ', its sound not decoded' }[v.sound] || '';
+      parts.push(formatSize(v) + ', ' + formatSeconds(v.duration) + sound);
       parts.push(
         plural(c.frames, 'frame') + ' made of its first ' + formatSeconds(c.frames / FRAMES_PER_SECOND) +
           ', cropped about the centre to ' + formatSize({ width: c.width, height: c.height }),
