@@ -1382,7 +1382,7 @@ function nextEvent(target, event) {
     const done = (e) => {
       target.removeEventListener(event, done);
       target.removeEventListener('error', done);
-      if (e.type === 'error') reject(new Error('this browser cannot decode it (a .y4m video or image files will do)'));
+      if (e.type === 'error') reject(new Error('cannot be decoded by this browser (a .y4m video or image files will do)'));
       else resolve();
     };
     target.addEventListener(event, done);
@@ -1397,8 +1397,8 @@ function formatSeconds(seconds) {
 // A video decoded by this browser as the model takes a clip (`c`, /info's): its first frames,
 // 25 a second (each at the middle of its 1/25 s), cropped to the model's aspect about the centre
 // and scaled to its frame size, as PNG files; its sound as decodeSound makes it (null without
-// one, or for a video too long: facts.sound says which). Rejects with what is wrong: a video
-// the browser cannot decode, or one too short.
+// one, or for a video too long: facts.sound says which). Rejects with what is wrong with the
+// video (said after its name): one the browser cannot decode, or one too short.
 async function decodeVideo(file, c) {
   const seconds = c.frames / FRAMES_PER_SECOND;
   const stem = file.name.replace(/\.[^.]*$/, '') || 'video';
@@ -1411,10 +1411,10 @@ async function decodeVideo(file, c) {
     video.src = url;
     await loaded;
     const { videoWidth: width, videoHeight: height, duration } = video;
-    if (!width || !height) throw new Error('this browser shows no picture in it');
+    if (!width || !height) throw new Error('shows no picture in this browser');
     if (!(duration > seconds - 0.5 / FRAMES_PER_SECOND)) {
       throw new Error(
-        'it lasts ' + formatSeconds(duration) + ', the model takes ' + formatSeconds(seconds) + ' (' +
+        'lasts ' + formatSeconds(duration) + ', the model takes ' + formatSeconds(seconds) + ' (' +
           plural(c.frames, 'frame') + ' at ' + FRAMES_PER_SECOND + ' a second)',
       );
     }
@@ -1433,7 +1433,7 @@ async function decodeVideo(file, c) {
       const [left, top] = [(width - cropWidth) / 2, (height - cropHeight) / 2];
       g.drawImage(video, left, top, cropWidth, cropHeight, 0, 0, c.width, c.height);
       const png = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
-      if (!png) throw new Error('its frame ' + (i + 1) + ' could not be drawn');
+      if (!png) throw new Error('has a frame this browser could not draw (' + (i + 1) + ')');
       const name = stem + '-frame-' + String(i + 1).padStart(digits, '0') + '.png';
       frames.push(new File([png], name, { type: 'image/png' }));
     }
@@ -1541,7 +1541,7 @@ function clipFrameProblems() {
     return problems;
   }
   if (clip.source && clip.source.error) {
-    problems.push(clip.source.file.name + ': ' + clip.source.error);
+    problems.push('the video (' + clip.source.file.name + ') ' + clip.source.error);
     return problems;
   }
   const v = clip.videoFacts;

@@ -2357,7 +2357,8 @@ async fn autoencoder_page_decodes_a_video_in_headless_chromium() {
     .await;
     clip_facts_once_read(&client, &[]).await;
     let refused = press_refused(&client, "#autoencode", "clip-check").await;
-    let reason = "broken.mp4: this browser cannot decode it (a .y4m video or image files will do)";
+    let reason =
+        "the video (broken.mp4) cannot be decoded by this browser (a .y4m video or image files will do)";
     assert!(refused.contains(reason), "{reason:?} in {refused}");
     assert_eq!(posts(&client).await, 2);
     assert_eq!(js(&client, "return window.violations").await, json!([]));
