@@ -1333,7 +1333,7 @@ function chooseClipVideo(file) {
   const source = { file, facts: null, error: null };
   if (clip.audioFromVideo) setClipAudio(null);
   Object.assign(clip, { source, frames: [], videos: 0, video: null, videoFacts: null });
-  clip.framesReady = decodeVideo(file, state.info.clip).then(
+  clip.framesReady = decodeVideo(file, state.info.clip, () => clip.source !== source).then(
     async (made) => {
       if (clip.source !== source) return;
       source.facts = made.facts;
@@ -1376,30 +1376,40 @@ function setClipAudio(file) {
     : Promise.resolve();
 }
 
-// Resolves once `target` fires `event`; rejects if it fires `error` first.
-function nextEvent(target, event) {
+// How long the page waits for a video to load or to seek before it gives up on it.
+const VIDEO_WAIT_MS = 20000;
+
+// Resolves once the video fires `event`; rejects if it fires `error` first, or neither comes
+// within VIDEO_WAIT_MS (a decoder that stalls would leave the clip's form waiting for good).
+function nextEvent(video, event) {
   return new Promise((resolve, reject) => {
     const done = (e) => {
-      target.removeEventListener(event, done);
-      target.removeEventListener('error', done);
-      if (e.type === 'error') reject(new Error('cannot be decoded by this browser (a .y4m video or image files will do)'));
+      video.removeEventListener(event, done);
+      video.removeEventListener('error', done);
+      clearTimeout(timer);
+      if (!e) reject(new Error('did not ' + (event === 'seeked' ? 'seek' : 'load') + ' within 20 s in this browser'));
+      else if (e.type === 'error') reject(new Error(CANNOT_DECODE));
       else resolve();
     };
-    target.addEventListener(event, done);
-    target.addEventListener('error', done);
+    const timer = setTimeout(done, VIDEO_WAIT_MS);
+    video.addEventListener(event, done);
+    video.addEventListener('error', done);
   });
 }
 
+const CANNOT_DECODE = 'cannot be decoded by this browser (a .y4m video or image files will do)';
+
 function formatSeconds(seconds) {
-  return +seconds.toFixed(2) + ' s';
+  return Number.isFinite(seconds) ? +seconds.toFixed(2) + ' s' : 'of unknown length';
 }
 
 // A video decoded by this browser as the model takes a clip (`c`, /info's): its first frames,
 // 25 a second (each at the middle of its 1/25 s), cropped to the model's aspect about the centre
 // and scaled to its frame size, as PNG files; its sound as decodeSound makes it (null without
 // one, or for a video too long: facts.sound says which). Rejects with what is wrong with the
-// video (said after its name): one the browser cannot decode, or one too short.
-async function decodeVideo(file, c) {
+// video (said after its name): one the browser cannot decode, or one too short; and once
+// `stale()` (other files chosen), so that a video no longer wanted is not decoded further.
+async function decodeVideo(file, c, stale) {
   const seconds = c.frames / FRAMES_PER_SECOND;
   const stem = file.name.replace(/\.[^.]*$/, '') || 'video';
   const url = URL.createObjectURL(file);
@@ -1407,7 +1417,7 @@ async function decodeVideo(file, c) {
   video.muted = true;
   video.preload = 'auto';
   try {
-    const loaded = nextEvent(video, 'loadeddata');
+    const loaded = nextEvent(video, 'loadedmetadata');
     video.src = url;
     await loaded;
     const { videoWidth: width, videoHeight: height, duration } = video;
@@ -1426,7 +1436,11 @@ async function decodeVideo(file, c) {
     g.imageSmoothingQuality = 'high';
     const digits = String(c.frames).length;
     const frames = [];
+    const unwanted = () => {
+      if (stale()) throw new Error('was replaced');
+    };
     for (let i = 0; i < c.frames; i++) {
+      unwanted();
       const seeked = nextEvent(video, 'seeked');
       video.currentTime = (i + 0.5) / FRAMES_PER_SECOND;
       await seeked;
@@ -1437,7 +1451,9 @@ async function decodeVideo(file, c) {
       const name = stem + '-frame-' + String(i + 1).padStart(digits, '0') + '.png';
       frames.push(new File([png], name, { type: 'image/png' }));
     }
-    const tooLong = !(duration <= SOUND_MAX_SECONDS) || file.size > SOUND_MAX_BYTES;
+    // A video recorded in a browser may not know its length (Infinity): its size decides.
+    const tooLong = (Number.isFinite(duration) && duration > SOUND_MAX_SECONDS) || file.size > SOUND_MAX_BYTES;
+    unwanted();
     const audio = tooLong ? null : await decodeSound(file, c, stem + '.wav');
     const sound = tooLong ? 'too long' : audio ? 'decoded' : 'none';
     return { frames, audio, facts: { width, height, duration, sound } };
@@ -1449,9 +1465,10 @@ async function decodeVideo(file, c) {
 }
 
 // The first channel of a file's sound at the model's rate, its first `audio_samples` (fewer
-// where the sound is shorter), as a float WAV file named `name`; null where the browser finds
-// no sound in it. Browsers decode sound at 8 kHz and above (Chromium from 3 kHz): for a
-// model's lower rate it is decoded at 48 kHz, and each sample is the mean of the ones it spans.
+// where the sound is shorter), as a float WAV file named `name`; null where the browser decodes
+// no sound from it (none, or a codec it lacks). Every browser decodes sound at 8 kHz and above
+// (Chromium from 3 kHz): for a model's lower rate it is decoded at 48 kHz, and each sample is
+// the mean of the ones it spans.
 async function decodeSound(file, c, name) {
   const rate = c.sample_rate;
   const decodeRate = rate >= 8000 ? rate : 48000;
@@ -1461,6 +1478,7 @@ async function decodeSound(file, c, name) {
   } catch (_) {
     return null;
   }
+  if (!sound.length) return null;
   const channel = sound.getChannelData(0);
   const ratio = decodeRate / rate;
   const count = Math.min(c.audio_samples, Math.floor(channel.length / ratio));
@@ -1474,7 +1492,8 @@ async function decodeSound(file, c, name) {
   return new File([wavFile(samples, rate)], name, { type: 'audio/wav' });
 }
 
-// Mono 32-bit float samples as a WAV file's bytes (the format the server writes its own in).
+// Mono 32-bit float samples as a WAV file's bytes (IEEE float, as the server's own WAV files
+// hold their samples).
 function wavFile(samples, rate) {
   const bytes = new ArrayBuffer(44 + 4 * samples.length);
   const view = new DataView(bytes);
@@ -1605,7 +1624,7 @@ function clipProblems(missing) {
   const absent = [];
   if (!clip.frames.length && !clip.source) absent.push('the frames (a video or ' + c.frames + ' image files)');
   const sound = clip.source && clip.source.facts ? clip.source.facts.sound : 'decoded';
-  const why = { none: ': the video has no sound', 'too long': ': ' + SOUND_TOO_LONG }[sound] || '';
+  const why = { none: ': the video has no sound this browser decodes', 'too long': ': ' + SOUND_TOO_LONG }[sound] || '';
   if (!clip.audio) absent.push('the audio (a WAV file' + why + ')');
   if (missing && absent.length) problems.push('choose ' + absent.join(' and '));
   problems.push(...clipFrameProblems(), ...clipAudioProblems());
@@ -1635,7 +1654,7 @@ function updateClipFacts() {
     const parts = [clip.source.file.name, formatBytes(clip.source.file.size)];
     const c = state.info.clip;
     if (v) {
-      const sound = { none: ', no sound', 'too long': ', its sound not decoded' }[v.sound] || '';
+      const sound = { none: ', no sound this browser decodes', 'too long': ', its sound not decoded' }[v.sound] || '';
       parts.push(formatSize(v) + ', ' + formatSeconds(v.duration) + sound);
       parts.push(
         plural(c.frames, 'frame') + ' made of its first ' + formatSeconds(c.frames / FRAMES_PER_SECOND) +

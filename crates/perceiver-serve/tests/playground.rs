@@ -2246,12 +2246,12 @@ async fn autoencoder_page_decodes_a_video_in_headless_chromium() {
     let head = format!("silent.webm · {} · 64 × 48 pixels, 0.4", format_bytes(silent_len));
     assert!(frames_facts.starts_with(&head), "{head:?} in {frames_facts}");
     assert!(
-        frames_facts.ends_with(&format!(" s, no sound{tail}")),
+        frames_facts.ends_with(&format!(" s, no sound this browser decodes{tail}")),
         "{tail:?} in {frames_facts}"
     );
     assert_eq!(audio_facts, "");
     let refused = press_refused(&client, "#autoencode", "clip-check").await;
-    let reason = "choose the audio (a WAV file: the video has no sound)";
+    let reason = "choose the audio (a WAV file: the video has no sound this browser decodes)";
     assert!(refused.contains(reason), "{reason:?} in {refused}");
 
     // The video with sound, dropped (a file input that allows several files adds to them
