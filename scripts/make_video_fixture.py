@@ -15,8 +15,9 @@ what is written here. ``clip.webm``:
 - its sound a ``TONE_HZ`` sine of amplitude ``AMPLITUDE``, mono, Opus at 48 kHz, as long as the
   frames.
 
-``silent.webm`` is the same without sound. The files are committed (a few KB each), so CI
-needs no Python; run this again only to change them.
+``silent.webm`` is the same without sound; ``portrait.webm`` the same turned on its side (48 x
+64, the bands at the top and the bottom), without sound. The files are committed (a few KB
+each), so CI needs no Python; run this again only to change them.
 
 How to run (from the repository root; needs PyAV, whose wheels bundle FFmpeg with libvpx and
 libopus, and numpy)::
@@ -59,20 +60,21 @@ TONE_HZ = 300.0
 AMPLITUDE = 0.5
 
 
-def frame_pixels(i: int) -> np.ndarray:
-    """Frame i, uint8 [HEIGHT, WIDTH, 3]."""
+def frame_pixels(i: int, portrait: bool) -> np.ndarray:
+    """Frame i, uint8 [HEIGHT, WIDTH, 3] (portrait: [WIDTH, HEIGHT, 3], the bands across)."""
     pixels = np.empty((HEIGHT, WIDTH, 3), dtype=np.uint8)
     pixels[:, :] = MAGENTA
     pixels[:, BAND : WIDTH - BAND] = COLOURS[i]
-    return pixels
+    return np.ascontiguousarray(pixels.transpose(1, 0, 2)) if portrait else pixels
 
 
-def write_video(out: Path, sound: bool) -> None:
-    """The frames, and with `sound` the tone, as a WebM file at `out`."""
+def write_video(out: Path, sound: bool, portrait: bool) -> None:
+    """The frames (`portrait`: turned), and with `sound` the tone, as a WebM file at `out`."""
     # bitexact: no random segment id or muxer version, so that the same script writes the same bytes.
     with av.open(str(out), mode="w", format="webm", container_options={"fflags": "+bitexact"}) as container:
         video = container.add_stream("libvpx", rate=FPS)
-        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.width, video.height = (HEIGHT, WIDTH) if portrait else (WIDTH, HEIGHT)
+        video.pix_fmt = "yuv420p"
         # Near-lossless: the test's tolerance is for VP8's and the browser's colour conversions.
         video.options = {"crf": "4", "b:v": "1M", "deadline": "best"}
         # Every stream is added before the first packet is written.
@@ -81,7 +83,7 @@ def write_video(out: Path, sound: bool) -> None:
             audio.time_base = Fraction(1, SAMPLE_RATE)
 
         for i in range(FRAMES):
-            frame = av.VideoFrame.from_ndarray(frame_pixels(i), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_pixels(i, portrait), format="rgb24")
             frame.pts = i
             frame.time_base = Fraction(1, FPS)
             for packet in video.encode(frame):
@@ -109,14 +111,18 @@ def write_video(out: Path, sound: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="the folder to write clip.webm and silent.webm in")
+    parser.add_argument("out", type=Path, help="the folder to write the .webm files in")
     args = parser.parse_args()
     if av.__version__ != AV_VERSION:
         raise SystemExit(f"PyAV {av.__version__} installed, this script is pinned to {AV_VERSION}")
     assert len(COLOURS) == FRAMES
-    for name, sound in [("clip.webm", True), ("silent.webm", False)]:
+    for name, sound, portrait in [
+        ("clip.webm", True, False),
+        ("silent.webm", False, False),
+        ("portrait.webm", False, True),
+    ]:
         out = args.out / name
-        write_video(out, sound)
+        write_video(out, sound, portrait)
         print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 

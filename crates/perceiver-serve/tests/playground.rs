@@ -2272,30 +2272,7 @@ async fn autoencoder_page_decodes_a_video_in_headless_chromium() {
         "{audio_facts}"
     );
 
-    // The frames: each its colour, the bands cropped off (magenta is at least 150 levels
-    // away from either colour in some channel). VP8's 4:2:0 and the browser's conversion
-    // back to RGB move the colours a little, and the scaling blends the edge columns.
-    let mut pngs = Vec::new();
-    for (i, colour) in VIDEO_COLOURS.iter().enumerate() {
-        let png = blob_bytes(&client, &format!("state.clip.frames[{i}].file")).await;
-        let frame = task.reader().frame_from_bytes(&png, "frame").unwrap();
-        let plane = frame.height * frame.width;
-        let (mut inner, mut edge) = (0f32, 0f32);
-        for p in 0..plane {
-            let at_edge = [0, frame.width - 1].contains(&(p % frame.width));
-            for (c, &want) in colour.iter().enumerate() {
-                let diff = (frame.values[c * plane + p] * 255.0 - want).abs();
-                let worst = if at_edge { &mut edge } else { &mut inner };
-                *worst = worst.max(diff);
-            }
-        }
-        println!("video frame {i}: worst difference {inner} levels inside, {edge} at the edges");
-        assert!(
-            inner <= 12.0 && edge <= 32.0,
-            "frame {i}: {inner} inside, {edge} at the edges"
-        );
-        pngs.push(png);
-    }
+    let pngs = assert_video_frames(&client, &task, "clip.webm").await;
 
     // The sound: 96 samples at 1,200 Hz, each the mean of the 40 at 48 kHz it spans, so the
     // 300 Hz tone's amplitude times sinc(300 / 1,200) (0.90), Opus's loss aside.
@@ -2348,6 +2325,14 @@ async fn autoencoder_page_decodes_a_video_in_headless_chromium() {
     let answer = common::clip::library_answer(&task, frames, &chosen_wav, default_k);
     assert_clip_shown(&client, &answer, "a decoded video with a WAV file").await;
 
+    // A portrait video: cropped at the top and the bottom.
+    let portrait = std::fs::read(fixture("multimodal/portrait.webm")).unwrap();
+    hand_over_files(&client, Hand::Drop("#clip-form"), &[("portrait.webm", &portrait)]).await;
+    let (frames_facts, _) =
+        clip_facts_once_read(&client, &["portrait-frame-1.png", "portrait-frame-2.png"]).await;
+    assert!(frames_facts.contains(" · 48 × 64 pixels, 0.4"), "{frames_facts}");
+    assert_video_frames(&client, &task, "portrait.webm").await;
+
     // A video this browser cannot decode: said, not sent.
     hand_over_files(
         &client,
@@ -2366,6 +2351,37 @@ async fn autoencoder_page_decodes_a_video_in_headless_chromium() {
 
     client.close().await.unwrap();
     server.stop().await;
+}
+
+/// The frames the page made of a video (`name`, scripts/make_video_fixture.py's) are each its
+/// colour, the bands cropped off (magenta is at least 150 levels away from either colour in
+/// some channel). VP8's 4:2:0 and the browser's conversion back to RGB move the colours a
+/// little, and the scaling blends the edges next to where the bands were. Returns the PNGs.
+async fn assert_video_frames(client: &Client, task: &perceiver::Autoencoder, name: &str) -> Vec<Vec<u8>> {
+    let mut pngs = Vec::new();
+    for (i, colour) in VIDEO_COLOURS.iter().enumerate() {
+        let png = blob_bytes(client, &format!("state.clip.frames[{i}].file")).await;
+        let frame = task.reader().frame_from_bytes(&png, "frame").unwrap();
+        let (width, height) = (frame.width, frame.height);
+        let plane = height * width;
+        let (mut inner, mut edge) = (0f32, 0f32);
+        for p in 0..plane {
+            let (x, y) = (p % width, p / width);
+            let at_edge = x == 0 || x == width - 1 || y == 0 || y == height - 1;
+            for (c, &want) in colour.iter().enumerate() {
+                let diff = (frame.values[c * plane + p] * 255.0 - want).abs();
+                let worst = if at_edge { &mut edge } else { &mut inner };
+                *worst = worst.max(diff);
+            }
+        }
+        println!("{name} frame {i}: worst difference {inner} levels inside, {edge} at the edges");
+        assert!(
+            inner <= 12.0 && edge <= 48.0,
+            "{name} frame {i}: {inner} inside, {edge} at the edges"
+        );
+        pngs.push(png);
+    }
+    pngs
 }
 
 /// A byte count as the page writes it (formatBytes).
