@@ -31,6 +31,9 @@ const state = {
   // Aborts the flow request out (a new frame makes it useless, and the server drops the tiles
   // of a request whose client has gone: a large pair's take minutes).
   flowAbort: null,
+  // The video a flow's frames are taken from ({file, at, frames, facts, error, ready}; see
+  // takeFlowVideo), or null.
+  flowVideo: null,
   // The clip chosen: `frames` ({file, size}, in name order; `video` when one .y4m file), the
   // `audio`, what the page read of them, and promises settled once read. See chooseClipFrames.
   // `source`: a video this browser decodes ({file, facts, error}; see chooseClipVideo), whose
@@ -450,6 +453,8 @@ function formOf(parts) {
 // frameProblems, the pair refused by pairProblems, a saturation that is not a positive number.
 function flowProblems() {
   const problems = [];
+  const video = state.flowVideo;
+  if (video && video.error) problems.push('the video (' + video.file.name + ') ' + video.error);
   const missing = FRAME_NAMES.filter((_, i) => !pickers.frames[i].file);
   if (missing.length) problems.push('choose the ' + missing.join(' and the '));
   pickers.frames.forEach((picker, i) => {
@@ -471,6 +476,14 @@ function flowProblems() {
 
 async function computeFlow() {
   if (state.busy) return;
+  // A video's frames are sent once they are made: the latest video's (a time typed and left by
+  // pressing the button takes the frames again).
+  let video = state.flowVideo;
+  while (video) {
+    await video.ready;
+    if (video === state.flowVideo) break;
+    video = state.flowVideo;
+  }
   // The checks need the frames' sizes, known moments after they are chosen.
   const choice = state.frameChoice;
   await Promise.all(pickers.frames.map((p) => p.ready));
@@ -980,7 +993,12 @@ function flowSignal() {
   return state.flowAbort.signal;
 }
 
+// True while a video's frames are put in the pickers (takeFlowVideo).
+let framesFromVideo = false;
+
 function frameChosen() {
+  // A frame chosen by hand leaves the video the frames came from.
+  if (!framesFromVideo) state.flowVideo = null;
   // The flow and errors shown are the last pair's; a request for the last pair is abandoned.
   state.frameChoice += 1;
   if (state.flowAbort) state.flowAbort.abort();
@@ -1064,6 +1082,7 @@ function pairProblems() {
 
 // Each frame's name, size and pixels, and below them what the server would refuse the pair for.
 function updateFrameFacts() {
+  updateFlowVideoFacts();
   pickers.frames.forEach((picker, i) => {
     const out = $('frame' + (i + 1) + '-facts');
     if (!picker.file) {
@@ -1106,7 +1125,10 @@ function frameFor(dropped, focused) {
 // Files dropped or pasted as frames: two or more fill both, in the order of their names
 // (frame_9 before frame_10); one goes where frameFor says.
 function takeFrames(files, dropped, focused) {
-  if (files.length >= 2) {
+  if (files.length === 1 && isBrowserVideo(files[0])) {
+    setFiles($('flow-video-file'), files);
+    takeFlowVideo(files[0]);
+  } else if (files.length >= 2) {
     const [earlier, later] = [...files].sort((a, b) =>
       a.name.localeCompare(b.name, undefined, { numeric: true }),
     );
@@ -1159,6 +1181,11 @@ function watchFiles() {
     if (files[0]) pickers.image.take(files[0]);
   });
   acceptDrops('flow-form', isFlowTask, (files, e) => takeFrames(files, frameIndexOf(e.target), -1));
+  $('flow-video-file').addEventListener('change', (e) => takeFlowVideo(e.target.files[0]));
+  $('flow-video-at').addEventListener('change', () => {
+    const video = state.flowVideo;
+    if (video) takeFlowVideo(video.file);
+  });
   acceptDrops('clip-form', isClipTask, takeClipFiles);
   $('clip-frames-file').addEventListener('change', (e) => chooseClipFrames(e.target.files));
   $('clip-audio-file').addEventListener('change', (e) => chooseClipAudio(e.target.files[0]));
@@ -1170,6 +1197,127 @@ function watchFiles() {
     if (isImageTask()) pickers.image.take(files[0]);
     else takeFrames(files, -1, frameIndexOf(document.activeElement));
   });
+}
+
+// ---------------------------------------------------------------- a flow's frames from a video
+
+// The flow's two frames taken from a video this browser decodes: the frame shown at the time
+// the "at" field gives and the next one, at the video's own size, as PNG files in the frame
+// pickers (as if chosen there). A frame chosen by hand afterwards leaves the video.
+function takeFlowVideo(file) {
+  if (!file) {
+    state.flowVideo = null;
+    updateFrameFacts();
+    return;
+  }
+  const at = Number($('flow-video-at').value || 0);
+  const video = { file, at, frames: null, facts: null, error: null, ready: null };
+  state.flowVideo = video;
+  const stale = () => state.flowVideo !== video;
+  video.ready = framePair(file, at, stale).then(
+    (pair) => {
+      if (stale()) return;
+      video.facts = pair.facts;
+      video.frames = pair.frames;
+      framesFromVideo = true;
+      try {
+        pickers.frames.forEach((picker, i) => picker.take(pair.frames[i]));
+      } finally {
+        framesFromVideo = false;
+      }
+    },
+    (e) => {
+      if (!stale()) video.error = String((e && e.message) || e);
+      updateFrameFacts();
+    },
+  );
+  framesFromVideo = true;
+  try {
+    frameChosen();
+  } finally {
+    framesFromVideo = false;
+  }
+}
+
+// The video's line: what it is and which of its frames the pickers hold, or what is wrong.
+function updateFlowVideoFacts() {
+  const out = $('flow-video-facts');
+  const video = state.flowVideo;
+  if (!video) {
+    out.textContent = '';
+    out.classList.remove('over');
+    return;
+  }
+  const parts = [video.file.name, formatBytes(video.file.size)];
+  const v = video.facts;
+  if (v) {
+    parts.push(formatSize(v) + ', ' + formatSeconds(v.duration));
+    const times = v.times.map(formatSeconds).join(' and ');
+    parts.push('its frames at ' + times + (v.same ? ' (the same picture: it does not change within 0.5 s)' : ''));
+  } else if (video.error) parts.push(video.error);
+  else parts.push('decoding in this browser…');
+  out.textContent = parts.join(' · ');
+  out.classList.toggle('over', !!video.error);
+}
+
+// The frame of a video shown at `at` seconds and the next one that differs from it (looked
+// for in steps of 1/120 s, up to 0.5 s on; failing that, the frame 1/25 s on), at the video's
+// size, as PNG files; facts: its size and length, and the two frames' times. Rejects as
+// decodeVideo does, and when `at` is not a time in the video.
+async function framePair(file, at, stale) {
+  const stem = file.name.replace(/\.[^.]*$/, '') || 'video';
+  const url = URL.createObjectURL(file);
+  const video = document.createElement('video');
+  video.muted = true;
+  video.preload = 'auto';
+  try {
+    const loaded = nextEvent(video, 'loadedmetadata');
+    video.src = url;
+    await loaded;
+    const { videoWidth: width, videoHeight: height, duration } = video;
+    if (!width || !height) throw new Error('shows no picture in this browser');
+    if (!(at >= 0 && at < duration)) {
+      throw new Error('lasts ' + formatSeconds(duration) + ': it has no frame at ' + formatSeconds(at));
+    }
+    const canvas = document.createElement('canvas');
+    [canvas.width, canvas.height] = [width, height];
+    const g = canvas.getContext('2d', { willReadFrequently: true });
+    const frameAt = async (time) => {
+      if (stale()) throw new Error('was replaced');
+      const seeked = nextEvent(video, 'seeked');
+      video.currentTime = time;
+      await seeked;
+      g.drawImage(video, 0, 0);
+      return g.getImageData(0, 0, width, height).data;
+    };
+    const first = await frameAt(at);
+    const png = async (time) => {
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+      if (!blob) throw new Error('has a frame this browser could not draw');
+      const name = stem + '-at-' + time.toFixed(3) + 's.png';
+      return new File([blob], name, { type: 'image/png' });
+    };
+    const earlier = await png(at);
+    let [later, same] = [null, true];
+    for (let step = 1; step <= 60 && at + step / 120 < duration; step++) {
+      const pixels = await frameAt(at + step / 120);
+      if (pixels.some((value, i) => value !== first[i])) {
+        later = at + step / 120;
+        same = false;
+        break;
+      }
+    }
+    if (later === null) {
+      later = Math.min(at + 1 / FRAMES_PER_SECOND, duration);
+      await frameAt(later);
+    }
+    const frames = [earlier, await png(later)];
+    return { frames, facts: { width, height, duration, times: [at, later], same } };
+  } finally {
+    video.removeAttribute('src');
+    video.load();
+    URL.revokeObjectURL(url);
+  }
 }
 
 // ---------------------------------------------------------------- a clip: frames and audio

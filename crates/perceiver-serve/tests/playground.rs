@@ -2304,6 +2304,8 @@ async fn autoencoder_page_decodes_a_video_in_headless_chromium() {
     let answer = common::clip::library_answer(&task, frames, &wav, default_k);
     assert_clip_shown(&client, &answer, "a decoded video").await;
     assert_eq!(posts(&client).await, 1);
+    screenshot(&client, 1100, "playground-autoencode-video.png").await;
+    client.set_window_size(1100, 900).await.unwrap();
 
     // A WAV file chosen is kept when the video is chosen again; the video's sound is not.
     let dir = tempfile::tempdir().unwrap();
@@ -2348,6 +2350,150 @@ async fn autoencoder_page_decodes_a_video_in_headless_chromium() {
     assert_eq!(posts(&client).await, 2);
     assert_eq!(js(&client, "return window.violations").await, json!([]));
     assert_fits_a_phone(&client, "a decoded video").await;
+
+    client.close().await.unwrap();
+    server.stop().await;
+}
+
+/// An optical-flow model's two frames taken from a video the browser decodes (the
+/// autoencoder's WebM fixture, 64 × 48: at least the tiny model's tile): the frame at the time
+/// given and the next one, whole, as PNG files in the frame pickers; the flow shown is the
+/// library's for them; another time takes other frames; a frame chosen by hand leaves the
+/// video; a time past the video's end, or a file the browser cannot decode, is said and not
+/// sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_frames_from_a_video_in_headless_chromium() {
+    let Some((chromium, chromedriver)) = browser_or_skip("flow_frames_from_a_video_in_headless_chromium")
+    else {
+        return;
+    };
+    let model = perceiver::Loader::new(flow_fixture("tiny_flow").to_string_lossy())
+        .load()
+        .unwrap();
+    let task = OpticalFlow::new(model.clone()).unwrap();
+    let server = TestServer::start("tiny_flow", model, |_| {}).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = tempfile::tempdir().unwrap();
+    let client = open_browser(&driver, &chromium, profile.path()).await;
+    open_page(&client, &server).await;
+    assert_every_control_labelled(&client).await;
+    count_posts(&client, "/flow").await;
+    record_violations(&client).await;
+
+    // Waits until the video's frames, these two files, are in the pickers; returns its line.
+    let video_facts = |names: [&'static str; 2]| {
+        let client = client.clone();
+        async move {
+            client
+                .execute(
+                    "const wanted = JSON.stringify(arguments[0]);
+                     return new Promise(resolve => {
+                       const poll = () => {
+                         const names = [0, 1].map(i => pickers.frames[i].file?.name ?? null);
+                         const video = state.flowVideo;
+                         const done = JSON.stringify(names) === wanted && !!video && !!video.frames
+                           && pickers.frames.every(p => p.size);
+                         done ? resolve(true) : setTimeout(poll, 20);
+                       };
+                       poll();
+                     })",
+                    vec![json!(names)],
+                )
+                .await
+                .unwrap();
+            text_of(&client, "#flow-video-facts").await
+        }
+    };
+    // The frames' colours at their centres (the bands at the sides stay: the frames are whole).
+    let centre_colour = |png: &[u8]| {
+        let image = perceiver::image::decode_image(png).unwrap();
+        assert_eq!((image.width(), image.height()), (64, 48));
+        let at = (24 * 64 + 32) * 3;
+        let edge = (24 * 64 + 2) * 3;
+        let pixels = image.pixels();
+        let colour: Vec<f32> = pixels[at..at + 3].iter().map(|&v| v as f32).collect();
+        let band: Vec<u8> = pixels[edge..edge + 3].to_vec();
+        (colour, band)
+    };
+
+    let video = std::fs::read(fixture("multimodal/clip.webm")).unwrap();
+    hand_over_files(&client, Hand::Drop("#flow-form"), &[("clip.webm", &video)]).await;
+    let facts = video_facts(["clip-at-0.000s.png", "clip-at-0.042s.png"]).await;
+    let head = format!("clip.webm · {} · 64 × 48 pixels, 0.4", format_bytes(video.len()));
+    assert!(facts.starts_with(&head), "{head:?} in {facts}");
+    assert!(facts.ends_with(" s · its frames at 0 s and 0.04 s"), "{facts}");
+    let frames = [
+        blob_bytes(&client, "pickers.frames[0].file").await,
+        blob_bytes(&client, "pickers.frames[1].file").await,
+    ];
+    for (i, png) in frames.iter().enumerate() {
+        let (colour, band) = centre_colour(png);
+        let worst = colour
+            .iter()
+            .zip(VIDEO_COLOURS[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 12.0, "frame {i}: {colour:?} for {:?}", VIDEO_COLOURS[i]);
+        assert!(
+            band[0] > 200 && band[1] < 50 && band[2] > 200,
+            "frame {i}: the band {band:?}"
+        );
+    }
+    press(&client, "#flow").await;
+    assert_flow_shown(
+        &client,
+        &server,
+        &task,
+        (&frames[0], &frames[1]),
+        None,
+        "a video's frames",
+    )
+    .await;
+    assert_eq!(posts(&client).await, 1);
+    screenshot(&client, 1100, "playground-flow-video.png").await;
+    client.set_window_size(1100, 900).await.unwrap();
+
+    // Another time: the frame there (frame 2, 0.08–0.12 s) and the next.
+    let at = find(&client, "#flow-video-at").await;
+    at.clear().await.unwrap();
+    at.send_keys("0.1").await.unwrap();
+    // Leaving the field commits the time (a change event), before any button moves.
+    let leave_at = "document.getElementById('flow-video-at').blur(); return true";
+    js(&client, leave_at).await;
+    let facts = video_facts(["clip-at-0.100s.png", "clip-at-0.125s.png"]).await;
+    assert!(facts.ends_with(" · its frames at 0.1 s and 0.13 s"), "{facts}");
+
+    // A frame chosen by hand leaves the video.
+    let (_, png) = flow_frame("exact-1");
+    hand_over_files(&client, Hand::Drop("#frame1-box"), &[("hand.png", &png)]).await;
+    wait_for(
+        &client,
+        "return state.flowVideo === null && document.getElementById('flow-video-facts').textContent === ''",
+        "the video to be left",
+    )
+    .await;
+
+    // A time past the end, and a file that is no video: said, not sent.
+    at.clear().await.unwrap();
+    at.send_keys("3").await.unwrap();
+    js(&client, leave_at).await;
+    hand_over_files(&client, Hand::Drop("#flow-form"), &[("clip.webm", &video)]).await;
+    let refused_video = "return !!state.flowVideo && !!state.flowVideo.error";
+    wait_for(&client, refused_video, "the video refused").await;
+    let facts = text_of(&client, "#flow-video-facts").await;
+    assert!(facts.contains(": it has no frame at 3 s"), "{facts}");
+    let refused = press_flow_refused(&client).await;
+    assert!(refused.contains("the video (clip.webm) lasts 0.4"), "{refused}");
+    hand_over_files(&client, Hand::Drop("#flow-form"), &[("broken.mp4", b"no video")]).await;
+    wait_for(&client, refused_video, "the file refused").await;
+    let refused = press_flow_refused(&client).await;
+    assert!(
+        refused.contains("the video (broken.mp4) cannot be decoded by this browser"),
+        "{refused}"
+    );
+    assert_eq!(posts(&client).await, 1);
+    assert_eq!(js(&client, "return window.violations").await, json!([]));
+    assert_fits_a_phone(&client, "a flow from a video").await;
 
     client.close().await.unwrap();
     server.stop().await;
