@@ -454,7 +454,10 @@ function formOf(parts) {
 function flowProblems() {
   const problems = [];
   const video = state.flowVideo;
-  if (video && video.error) problems.push('the video (' + video.file.name + ') ' + video.error);
+  if (video && video.error) {
+    const advice = video.error === CANNOT_DECODE ? ' (two image files will do)' : '';
+    problems.push('the video (' + video.file.name + ') ' + video.error + advice);
+  }
   const missing = FRAME_NAMES.filter((_, i) => !pickers.frames[i].file);
   if (missing.length) problems.push('choose the ' + missing.join(' and the '));
   pickers.frames.forEach((picker, i) => {
@@ -997,8 +1000,12 @@ function flowSignal() {
 let framesFromVideo = false;
 
 function frameChosen() {
-  // A frame chosen by hand leaves the video the frames came from.
-  if (!framesFromVideo) state.flowVideo = null;
+  // A frame chosen by hand leaves the video the frames came from (its chooser emptied, so that
+  // choosing it again takes its frames again).
+  if (!framesFromVideo && state.flowVideo) {
+    state.flowVideo = null;
+    $('flow-video-file').value = '';
+  }
   // The flow and errors shown are the last pair's; a request for the last pair is abandoned.
   state.frameChoice += 1;
   if (state.flowAbort) state.flowAbort.abort();
@@ -1210,11 +1217,16 @@ function takeFlowVideo(file) {
     updateFrameFacts();
     return;
   }
-  const at = Number($('flow-video-at').value || 0);
+  const field = $('flow-video-at');
+  const at = field.value.trim() === '' ? 0 : Number(field.value);
   const video = { file, at, frames: null, facts: null, error: null, ready: null };
   state.flowVideo = video;
   const stale = () => state.flowVideo !== video;
-  video.ready = framePair(file, at, stale).then(
+  const badTime = field.validity.badInput || !(at >= 0);
+  const pair = badTime
+    ? Promise.reject(new Error('is not taken: the time must be a number of seconds, 0 or more'))
+    : framePair(file, at, stale);
+  video.ready = pair.then(
     (pair) => {
       if (stale()) return;
       video.facts = pair.facts;
@@ -1252,8 +1264,12 @@ function updateFlowVideoFacts() {
   const v = video.facts;
   if (v) {
     parts.push(formatSize(v) + ', ' + formatSeconds(v.duration));
-    const times = v.times.map(formatSeconds).join(' and ');
-    parts.push('its frames at ' + times + (v.same ? ' (the same picture: it does not change within 0.5 s)' : ''));
+    const times = v.times.map((t) => +t.toFixed(3) + ' s').join(' and ');
+    const same = {
+      still: ' (the same picture: it does not change within 0.5 s)',
+      end: ' (the same picture: the video ends before it changes)',
+    }[v.same];
+    parts.push('its frames at ' + times + (same || ''));
   } else if (video.error) parts.push(video.error);
   else parts.push('decoding in this browser…');
   out.textContent = parts.join(' · ');
@@ -1281,14 +1297,25 @@ async function framePair(file, at, stale) {
     }
     const canvas = document.createElement('canvas');
     [canvas.width, canvas.height] = [width, height];
-    const g = canvas.getContext('2d', { willReadFrequently: true });
+    const g = canvas.getContext('2d');
+    // Frames are told apart on a copy of at most a quarter megapixel: reading whole 4K frames
+    // back at each step would take some 33 MB a step.
+    const shrink = Math.min(1, Math.sqrt((1 << 18) / (width * height)));
+    const small = document.createElement('canvas');
+    [small.width, small.height] = [Math.max(1, Math.round(width * shrink)), Math.max(1, Math.round(height * shrink))];
+    const s = small.getContext('2d', { willReadFrequently: true });
     const frameAt = async (time) => {
       if (stale()) throw new Error('was replaced');
       const seeked = nextEvent(video, 'seeked');
       video.currentTime = time;
       await seeked;
       g.drawImage(video, 0, 0);
-      return g.getImageData(0, 0, width, height).data;
+      s.drawImage(canvas, 0, 0, small.width, small.height);
+      return new Uint32Array(s.getImageData(0, 0, small.width, small.height).data.buffer);
+    };
+    const differ = (a, b) => {
+      for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return true;
+      return false;
     };
     const first = await frameAt(at);
     const png = async (time) => {
@@ -1298,12 +1325,15 @@ async function framePair(file, at, stale) {
       return new File([blob], name, { type: 'image/png' });
     };
     const earlier = await png(at);
-    let [later, same] = [null, true];
-    for (let step = 1; step <= 60 && at + step / 120 < duration; step++) {
-      const pixels = await frameAt(at + step / 120);
-      if (pixels.some((value, i) => value !== first[i])) {
-        later = at + step / 120;
-        same = false;
+    // same: null where the next frame differs, else why not ('still' within 0.5 s, 'end').
+    let [later, same] = [null, 'still'];
+    for (let step = 1; step <= 60; step++) {
+      if (at + step / 120 >= duration) {
+        same = 'end';
+        break;
+      }
+      if (differ(await frameAt(at + step / 120), first)) {
+        [later, same] = [at + step / 120, null];
         break;
       }
     }
@@ -1545,7 +1575,7 @@ function nextEvent(video, event) {
   });
 }
 
-const CANNOT_DECODE = 'cannot be decoded by this browser (a .y4m video or image files will do)';
+const CANNOT_DECODE = 'cannot be decoded by this browser';
 
 function formatSeconds(seconds) {
   return Number.isFinite(seconds) ? +seconds.toFixed(2) + ' s' : 'of unknown length';
@@ -1708,7 +1738,8 @@ function clipFrameProblems() {
     return problems;
   }
   if (clip.source && clip.source.error) {
-    problems.push('the video (' + clip.source.file.name + ') ' + clip.source.error);
+    const advice = clip.source.error === CANNOT_DECODE ? ' (a .y4m video or image files will do)' : '';
+    problems.push('the video (' + clip.source.file.name + ') ' + clip.source.error + advice);
     return problems;
   }
   const v = clip.videoFacts;

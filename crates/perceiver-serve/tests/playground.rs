@@ -1641,6 +1641,7 @@ fn thousands(n: u64) -> String {
 const CLIP_SIDE: usize = 16;
 const CLIP_RATE: u32 = 1200;
 const CLIP_SAMPLES: usize = 96;
+const CLIP_FRAMES: usize = 2;
 
 fn png_clip_frames(task: &perceiver::Autoencoder, pngs: &[&[u8]]) -> Vec<perceiver::Pixels> {
     let reader = task.reader();
@@ -2200,10 +2201,16 @@ async fn autoencoder_page_in_headless_chromium() {
     server.stop().await;
 }
 
-/// The video that the autoencoder's page decodes (scripts/make_video_fixture.py): 64 × 48, 25
-/// frames a second, frame i `VIDEO_COLOURS[i]` between magenta bands 8 pixels wide at the
-/// left and the right; its sound a 300 Hz sine of amplitude 0.5, Opus at 48 kHz.
-const VIDEO_COLOURS: [[f32; 3]; 2] = [[200.0, 40.0, 40.0], [40.0, 200.0, 60.0]];
+/// The video that the autoencoder's and the flow model's pages decode
+/// (scripts/make_video_fixture.py): 64 × 48, 25 frames a second, frame i `VIDEO_COLOURS[i]`
+/// between magenta bands 8 pixels wide at the left and the right; its sound a 300 Hz sine of
+/// amplitude 0.5, Opus at 48 kHz.
+const VIDEO_COLOURS: [[f32; 3]; 4] = [
+    [200.0, 40.0, 40.0],
+    [40.0, 200.0, 60.0],
+    [50.0, 60.0, 210.0],
+    [210.0, 200.0, 40.0],
+];
 const VIDEO_TONE_HZ: f64 = 300.0;
 const VIDEO_AMPLITUDE: f64 = 0.5;
 
@@ -2404,42 +2411,47 @@ async fn flow_frames_from_a_video_in_headless_chromium() {
             text_of(&client, "#flow-video-facts").await
         }
     };
-    // The frames' colours at their centres (the bands at the sides stay: the frames are whole).
-    let centre_colour = |png: &[u8]| {
-        let image = perceiver::image::decode_image(png).unwrap();
-        assert_eq!((image.width(), image.height()), (64, 48));
-        let at = (24 * 64 + 32) * 3;
-        let edge = (24 * 64 + 2) * 3;
-        let pixels = image.pixels();
-        let colour: Vec<f32> = pixels[at..at + 3].iter().map(|&v| v as f32).collect();
-        let band: Vec<u8> = pixels[edge..edge + 3].to_vec();
-        (colour, band)
+    // The frames in the pickers are the video's frames `shown`, whole: each its colour at its
+    // centre, and the bands at the sides still there. Returns their PNG files.
+    let frames_are = |shown: [usize; 2]| {
+        let client = client.clone();
+        async move {
+            let mut frames = Vec::new();
+            for (i, n) in shown.into_iter().enumerate() {
+                let png = blob_bytes(&client, &format!("pickers.frames[{i}].file")).await;
+                let image = perceiver::image::decode_image(&png).unwrap();
+                assert_eq!((image.width(), image.height()), (64, 48));
+                let (centre, edge) = ((24 * 64 + 32) * 3, (24 * 64 + 2) * 3);
+                let pixels = image.pixels();
+                let worst = pixels[centre..centre + 3]
+                    .iter()
+                    .zip(VIDEO_COLOURS[n])
+                    .map(|(&a, b)| (a as f32 - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst <= 12.0,
+                    "frame {i}: {worst} levels from video frame {n}'s colour"
+                );
+                let band = &pixels[edge..edge + 3];
+                assert!(
+                    band[0] > 200 && band[1] < 50 && band[2] > 200,
+                    "frame {i}: the band {band:?}"
+                );
+                frames.push(png);
+            }
+            frames
+        }
     };
 
+    // Dropped, and Compute pressed at once: it waits for the video's frames.
     let video = std::fs::read(fixture("multimodal/clip.webm")).unwrap();
     hand_over_files(&client, Hand::Drop("#flow-form"), &[("clip.webm", &video)]).await;
+    press(&client, "#flow").await;
     let facts = video_facts(["clip-at-0.000s.png", "clip-at-0.042s.png"]).await;
     let head = format!("clip.webm · {} · 64 × 48 pixels, 0.4", format_bytes(video.len()));
     assert!(facts.starts_with(&head), "{head:?} in {facts}");
-    assert!(facts.ends_with(" s · its frames at 0 s and 0.04 s"), "{facts}");
-    let frames = [
-        blob_bytes(&client, "pickers.frames[0].file").await,
-        blob_bytes(&client, "pickers.frames[1].file").await,
-    ];
-    for (i, png) in frames.iter().enumerate() {
-        let (colour, band) = centre_colour(png);
-        let worst = colour
-            .iter()
-            .zip(VIDEO_COLOURS[i])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 12.0, "frame {i}: {colour:?} for {:?}", VIDEO_COLOURS[i]);
-        assert!(
-            band[0] > 200 && band[1] < 50 && band[2] > 200,
-            "frame {i}: the band {band:?}"
-        );
-    }
-    press(&client, "#flow").await;
+    assert!(facts.ends_with(" s · its frames at 0 s and 0.042 s"), "{facts}");
+    let frames = frames_are([0, 1]).await;
     assert_flow_shown(
         &client,
         &server,
@@ -2461,17 +2473,45 @@ async fn flow_frames_from_a_video_in_headless_chromium() {
     let leave_at = "document.getElementById('flow-video-at').blur(); return true";
     js(&client, leave_at).await;
     let facts = video_facts(["clip-at-0.100s.png", "clip-at-0.125s.png"]).await;
-    assert!(facts.ends_with(" · its frames at 0.1 s and 0.13 s"), "{facts}");
+    assert!(facts.ends_with(" · its frames at 0.1 s and 0.125 s"), "{facts}");
+    frames_are([2, 3]).await;
 
-    // A frame chosen by hand leaves the video.
+    // A frame chosen by hand leaves the video, even while the video is being decoded: its
+    // frames, made after, do not replace the hand's.
     let (_, png) = flow_frame("exact-1");
-    hand_over_files(&client, Hand::Drop("#frame1-box"), &[("hand.png", &png)]).await;
-    wait_for(
+    let hand = base64::engine::general_purpose::STANDARD.encode(&png);
+    let video_b64 = base64::engine::general_purpose::STANDARD.encode(&video);
+    client
+        .execute(
+            "const file = (b64, name, type) =>
+               new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name, {type});
+             const drop = (target, f) => {
+               const transfer = new DataTransfer();
+               transfer.items.add(f);
+               document.querySelector(target).dispatchEvent(
+                 new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+             };
+             drop('#flow-form', file(arguments[0], 'again.webm', 'video/webm'));
+             drop('#frame1-box', file(arguments[1], 'hand.png', 'image/png'));
+             return true",
+            vec![json!(video_b64), json!(hand)],
+        )
+        .await
+        .unwrap();
+    // Long enough for the video's frames (they took well under a second above).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let left = js(
         &client,
-        "return state.flowVideo === null && document.getElementById('flow-video-facts').textContent === ''",
-        "the video to be left",
+        "return [state.flowVideo, pickers.frames.map(p => p.file.name),
+                 document.getElementById('flow-video-facts').textContent,
+                 document.getElementById('flow-video-file').files.length]",
     )
     .await;
+    assert_eq!(
+        left,
+        json!([null, ["hand.png", "clip-at-0.125s.png"], "", 0]),
+        "the video left"
+    );
 
     // A time past the end, and a file that is no video: said, not sent.
     at.clear().await.unwrap();
@@ -2505,7 +2545,7 @@ async fn flow_frames_from_a_video_in_headless_chromium() {
 /// little, and the scaling blends the edges next to where the bands were. Returns the PNGs.
 async fn assert_video_frames(client: &Client, task: &perceiver::Autoencoder, name: &str) -> Vec<Vec<u8>> {
     let mut pngs = Vec::new();
-    for (i, colour) in VIDEO_COLOURS.iter().enumerate() {
+    for (i, colour) in VIDEO_COLOURS[..CLIP_FRAMES].iter().enumerate() {
         let png = blob_bytes(client, &format!("state.clip.frames[{i}].file")).await;
         let frame = task.reader().frame_from_bytes(&png, "frame").unwrap();
         let (width, height) = (frame.width, frame.height);
