@@ -1281,17 +1281,8 @@ function updateFlowVideoFacts() {
 // size, as PNG files; facts: its size and length, and the two frames' times. Rejects as
 // decodeVideo does, and when `at` is not a time in the video.
 async function framePair(file, at, stale) {
-  const stem = file.name.replace(/\.[^.]*$/, '') || 'video';
-  const url = URL.createObjectURL(file);
-  const video = document.createElement('video');
-  video.muted = true;
-  video.preload = 'auto';
-  try {
-    const loaded = nextEvent(video, 'loadedmetadata');
-    video.src = url;
-    await loaded;
-    const { videoWidth: width, videoHeight: height, duration } = video;
-    if (!width || !height) throw new Error('shows no picture in this browser');
+  const stem = fileStem(file);
+  return withVideo(file, async (video, { width, height, duration }) => {
     if (!(at >= 0 && at < duration)) {
       throw new Error('lasts ' + formatSeconds(duration) + ': it has no frame at ' + formatSeconds(at));
     }
@@ -1318,12 +1309,7 @@ async function framePair(file, at, stale) {
       return false;
     };
     const first = await frameAt(at);
-    const png = async (time) => {
-      const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
-      if (!blob) throw new Error('has a frame this browser could not draw');
-      const name = stem + '-at-' + time.toFixed(3) + 's.png';
-      return new File([blob], name, { type: 'image/png' });
-    };
+    const png = (time) => canvasPng(canvas, stem + '-at-' + time.toFixed(3) + 's.png');
     const earlier = await png(at);
     // same: null where the next frame differs, else why not ('still' within 0.5 s, 'end').
     let [later, same] = [null, 'still'];
@@ -1343,11 +1329,7 @@ async function framePair(file, at, stale) {
     }
     const frames = [earlier, await png(later)];
     return { frames, facts: { width, height, duration, times: [at, later], same } };
-  } finally {
-    video.removeAttribute('src');
-    video.load();
-    URL.revokeObjectURL(url);
-  }
+  });
 }
 
 // ---------------------------------------------------------------- a clip: frames and audio
@@ -1589,17 +1571,8 @@ function formatSeconds(seconds) {
 // `stale()` (other files chosen), so that a video no longer wanted is not decoded further.
 async function decodeVideo(file, c, stale) {
   const seconds = c.frames / FRAMES_PER_SECOND;
-  const stem = file.name.replace(/\.[^.]*$/, '') || 'video';
-  const url = URL.createObjectURL(file);
-  const video = document.createElement('video');
-  video.muted = true;
-  video.preload = 'auto';
-  try {
-    const loaded = nextEvent(video, 'loadedmetadata');
-    video.src = url;
-    await loaded;
-    const { videoWidth: width, videoHeight: height, duration } = video;
-    if (!width || !height) throw new Error('shows no picture in this browser');
+  const stem = fileStem(file);
+  return withVideo(file, async (video, { width, height, duration }) => {
     if (!(duration > seconds - 0.5 / FRAMES_PER_SECOND)) {
       throw new Error(
         'lasts ' + formatSeconds(duration) + ', the model takes ' + formatSeconds(seconds) + ' (' +
@@ -1624,10 +1597,7 @@ async function decodeVideo(file, c, stale) {
       await seeked;
       const [left, top] = [(width - cropWidth) / 2, (height - cropHeight) / 2];
       g.drawImage(video, left, top, cropWidth, cropHeight, 0, 0, c.width, c.height);
-      const png = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
-      if (!png) throw new Error('has a frame this browser could not draw (' + (i + 1) + ')');
-      const name = stem + '-frame-' + String(i + 1).padStart(digits, '0') + '.png';
-      frames.push(new File([png], name, { type: 'image/png' }));
+      frames.push(await canvasPng(canvas, stem + '-frame-' + String(i + 1).padStart(digits, '0') + '.png'));
     }
     // A video recorded in a browser may not know its length (Infinity): its size decides.
     const tooLong = (Number.isFinite(duration) && duration > SOUND_MAX_SECONDS) || file.size > SOUND_MAX_BYTES;
@@ -1635,6 +1605,36 @@ async function decodeVideo(file, c, stale) {
     const audio = tooLong ? null : await decodeSound(file, c, stem + '.wav');
     const sound = tooLong ? 'too long' : audio ? 'decoded' : 'none';
     return { frames, audio, facts: { width, height, duration, sound } };
+  });
+}
+
+// The canvas's picture as a PNG file named `name`.
+async function canvasPng(canvas, name) {
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+  if (!blob) throw new Error('has a frame this browser could not draw');
+  return new File([blob], name, { type: 'image/png' });
+}
+
+// A file's name without its extension, for the files made from it.
+function fileStem(file) {
+  return file.name.replace(/\.[^.]*$/, '') || 'video';
+}
+
+// Opens `file` in a hidden, muted video element and runs `use(video, {width, height,
+// duration})` once its size and length are known; the element and its URL are let go after.
+// Rejects as nextEvent does, and for a file with no picture.
+async function withVideo(file, use) {
+  const url = URL.createObjectURL(file);
+  const video = document.createElement('video');
+  video.muted = true;
+  video.preload = 'auto';
+  try {
+    const loaded = nextEvent(video, 'loadedmetadata');
+    video.src = url;
+    await loaded;
+    const { videoWidth: width, videoHeight: height, duration } = video;
+    if (!width || !height) throw new Error('shows no picture in this browser');
+    return await use(video, { width, height, duration });
   } finally {
     video.removeAttribute('src');
     video.load();
