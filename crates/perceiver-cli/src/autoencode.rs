@@ -12,6 +12,7 @@ use crate::classify::write_label_lines;
 use crate::model::{EngineArgs, ModelArgs};
 use crate::numbers::whole;
 use crate::outputs::{self, resolved, MadeDirs};
+use crate::progress;
 
 #[derive(Args)]
 #[command(
@@ -97,7 +98,20 @@ pub fn run(args: AutoencodeArgs) -> Result<()> {
         None => args.model.load_engine(args.engine.precision)?,
     };
     let task = Autoencoder::new(model)?.with_chunks(args.chunks as usize)?;
-    let output = task.autoencode(frames, audio, args.top_k as usize)?;
+    // The clip encoded once and decoded a chunk at a time (the same numbers as
+    // `Autoencoder::autoencode`), so that a terminal can show the chunks go by.
+    let bar = progress::bar(task.chunks(), "chunks");
+    let clip = task.encode(frames, audio)?;
+    let decoded = (0..task.chunks())
+        .map(|index| {
+            let chunk = task.decode(&clip, &task.chunk(index));
+            bar.inc(1);
+            chunk
+        })
+        .collect::<perceiver::Result<Vec<_>>>()?;
+    bar.finish_and_clear();
+    drop(clip);
+    let output = task.assemble(decoded, args.top_k as usize)?;
 
     let mut staged = outputs::Staged::default();
     // The library writes the frames into a directory: a new one beside them, whose files are

@@ -14,6 +14,7 @@ use perceiver::tasks::flow::{FlowOutput, OpticalFlow};
 use crate::model::{image_error, EngineArgs, ModelArgs};
 use crate::numbers::whole;
 use crate::outputs;
+use crate::progress;
 
 #[derive(Args)]
 #[command(
@@ -157,7 +158,10 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let task = OpticalFlow::new(model)?;
     // Checked before the model runs: a frame smaller than the tile is refused here.
     task.grid(first.height(), first.width())?;
-    let output = task.flow_images(&first, &second)?;
+    let bar = progress::bar(task.distinct_tiles(first.height(), first.width())?.len(), "tiles");
+    let output =
+        task.flow_images_with_progress(&first, &second, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
 
     let mut staged = outputs::Staged::default();
     if let Some(path) = &args.out {

@@ -33,6 +33,7 @@ mod inputs;
 mod model;
 mod numbers;
 mod outputs;
+mod progress;
 mod serve;
 mod train;
 

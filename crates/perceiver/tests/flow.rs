@@ -236,6 +236,26 @@ fn tiles_run_apart_assemble_to_the_same_flow() {
     }
 }
 
+/// `flow_with_progress` tells each distinct tile once, in order, out of their number (a
+/// repeated tile counted once), and gives the flow `flow` gives.
+#[test]
+fn flow_progress_counts_each_tile_run_once() {
+    for pair in pairs() {
+        let task = OpticalFlow::new(load(&pair.model, Precision::F32)).unwrap();
+        let frames = frames(&pair);
+        let mut told = Vec::new();
+        let reported = task
+            .flow_with_progress(&frames, &mut |done, total| told.push((done, total)))
+            .unwrap();
+        let total = task.distinct_tiles(pair.height, pair.width).unwrap().len();
+        let expected: Vec<(usize, usize)> = (1..=total).map(|done| (done, total)).collect();
+        assert_eq!(told, expected, "{}", pair.pair);
+        let whole = task.flow(&frames).unwrap();
+        assert_eq!(reported.field, whole.field, "{}", pair.pair);
+        assert_eq!(reported.tiles, whole.tiles, "{}", pair.pair);
+    }
+}
+
 /// bf16 weight products stay close to f32 on the tiled flow (not a parity claim: a sanity
 /// bound on the bf16 path for this model).
 #[test]

@@ -138,8 +138,30 @@ impl OpticalFlow {
         self.flow(&FramePair::from_images(first, second)?)
     }
 
+    /// [`flow_images`](Self::flow_images), with `progress` told as each tile is done (see
+    /// [`flow_with_progress`](Self::flow_with_progress)).
+    pub fn flow_images_with_progress(
+        &self,
+        first: &RgbImage,
+        second: &RgbImage,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<FlowOutput> {
+        self.flow_with_progress(&FramePair::from_images(first, second)?, progress)
+    }
+
     /// The flow of a pair of prepared frames (scaled to [-1, 1]), tile by tile.
     pub fn flow(&self, frames: &FramePair) -> Result<FlowOutput> {
+        self.flow_with_progress(frames, &mut |_, _| {})
+    }
+
+    /// [`flow`](Self::flow), calling `progress(done, total)` each time a tile has run (`done`
+    /// from 1 to `total`, the [distinct tiles](Self::distinct_tiles)): a large frame's tiles
+    /// take minutes, and a caller can show how far they have gone.
+    pub fn flow_with_progress(
+        &self,
+        frames: &FramePair,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<FlowOutput> {
         let (height, width) = (frames.height(), frames.width());
         let grid = self.grid(height, width)?;
         // The grid repeats a tile where clamped starts coincide (a frame of one tile is 4 times
@@ -158,8 +180,10 @@ impl OpticalFlow {
             let flow = match kept.remove(tile) {
                 Some(flow) => flow,
                 None => {
+                    let flow = self.tile_flow(frames, *tile)?;
                     tiles.push(*tile);
-                    self.tile_flow(frames, *tile)?
+                    progress(tiles.len(), uses.len());
+                    flow
                 }
             };
             blend.add(*tile, &flow)?;
