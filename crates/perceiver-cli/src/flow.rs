@@ -157,8 +157,8 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let model = args.model.load_engine(args.engine.precision)?;
     let task = OpticalFlow::new(model)?;
     // Checked before the model runs: a frame smaller than the tile is refused here.
-    task.grid(first.height(), first.width())?;
-    let bar = progress::bar(task.distinct_tiles(first.height(), first.width())?.len(), "tiles");
+    let tiles = task.distinct_tiles(first.height(), first.width())?;
+    let bar = progress::bar(tiles.len(), "tiles");
     let output =
         task.flow_images_with_progress(&first, &second, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();

@@ -89,18 +89,8 @@ fn writes_the_librarys_reconstruction_whatever_the_chunks() {
     // The model's run into `out_dir` with `more` flags.
     let autoencode = |out_dir: &Path, more: &[&str]| {
         let out_dir = path(out_dir);
-        let args = [
-            "autoencode",
-            "--model",
-            &model,
-            "--frames",
-            &frames,
-            "--audio",
-            &wav,
-            "--out",
-            &out_dir,
-        ];
-        common::run(&[&args[..], more].concat())
+        let args = autoencode_args(&model, &frames, &wav);
+        common::run(&[&args[..], &["--out", &out_dir], more].concat())
     };
     let mut written = Vec::new();
     for chunks in ["1", "7"] {
@@ -162,17 +152,7 @@ fn labels_only_names_the_labels_a_whole_run_writes() {
     let inputs = inputs();
     let model = model();
     let (frames, wav) = (path(&inputs.frames), path(&inputs.wav));
-    let args = [
-        "autoencode",
-        "--model",
-        &model,
-        "--frames",
-        &frames,
-        "--audio",
-        &wav,
-        "-k",
-        "3",
-    ];
+    let args = [&autoencode_args(&model, &frames, &wav)[..], &["-k", "3"]].concat();
     let out_dir = path(&inputs.root.join("out"));
     let whole = common::run(&[&args[..], &["--out", &out_dir, "--json"]].concat());
     let whole: Value = serde_json::from_slice(&whole.stdout).unwrap();
@@ -423,4 +403,10 @@ fn bad_inputs_end_in_one_line() {
         &run("default", &frames, &wav, &[]),
         "PerceiverForMultimodalAutoencoding",
     );
+}
+
+/// `perceiver autoencode` of `model` on the clip's `frames` and `wav`: the arguments every run
+/// here starts with.
+fn autoencode_args<'a>(model: &'a str, frames: &'a str, wav: &'a str) -> [&'a str; 7] {
+    ["autoencode", "--model", model, "--frames", frames, "--audio", wav]
 }

@@ -1231,21 +1231,21 @@ function takeFlowVideo(file) {
       if (stale()) return;
       video.facts = pair.facts;
       video.frames = pair.frames;
-      framesFromVideo = true;
-      try {
-        pickers.frames.forEach((picker, i) => picker.take(pair.frames[i]));
-      } finally {
-        framesFromVideo = false;
-      }
+      fromVideo(() => pickers.frames.forEach((picker, i) => picker.take(pair.frames[i])));
     },
     (e) => {
       if (!stale()) video.error = String((e && e.message) || e);
       updateFrameFacts();
     },
   );
+  fromVideo(frameChosen);
+}
+
+// Runs `choose` as the video's own choice of frames (frameChosen then keeps the video).
+function fromVideo(choose) {
   framesFromVideo = true;
   try {
-    frameChosen();
+    choose();
   } finally {
     framesFromVideo = false;
   }
