@@ -107,11 +107,16 @@ pub fn run(args: TrainStepArgs) -> Result<()> {
         keep_checkpoints: 1,
         // The corpus holds just the windows the steps read: nothing to shuffle them with.
         shuffle_windows: 1,
+        new_labels: false,
     };
     let mut trainer = Trainer::start(
         options,
         &scratch.path().join("run"),
-        ModelInit::Pretrained { config, tensors },
+        ModelInit::Pretrained {
+            config,
+            tensors,
+            image_processor: None,
+        },
     )?;
     let mut times = Vec::new();
     for i in 0..steps {

@@ -100,10 +100,11 @@ impl ModelArgs {
         Ok(())
     }
 
-    /// The config and checked weights these flags name, unpacked.
-    pub fn checkpoint(&self) -> Result<Checkpoint> {
+    /// The config and checked weights these flags name, unpacked, with the model's own
+    /// `preprocessor_config.json` where it has one.
+    pub fn checkpoint(&self) -> Result<(Checkpoint, Option<std::path::PathBuf>)> {
         self.loader()
-            .checkpoint()
+            .checkpoint_with_preprocessor_config()
             .with_context(|| format!("cannot load model {}", self.model))
     }
 

@@ -56,16 +56,19 @@ impl MaskingArgs {
     after_help = "Examples:\n  perceiver train --preset tiny --init local --corpus texts/ --out runs/tiny --steps 2000\n  \
 perceiver train --init-from deepmind/language-perceiver --corpus 'mine/*.txt' --out runs/ft --lr 1e-5\n  \
 perceiver train --resume runs/tiny --steps 4000\n  \
-perceiver train --task classify --init-from default --train reviews.csv --out runs/cls --steps 300 --lr 3e-4"
+perceiver train --task classify --init-from default --train reviews.csv --out runs/cls --steps 300 --lr 3e-4\n  \
+perceiver train --task classify --init-from deepmind/vision-perceiver-conv --new-labels --train photos/ --out runs/pets --lr 1e-4"
 )]
 pub struct TrainArgs {
-    /// What to train: mlm (a byte masked language model on text) or classify (a text
-    /// classifier on labelled texts: CSV with the columns text and label, or JSON lines).
+    /// What to train: mlm (a byte masked language model on text) or classify (a classifier: of
+    /// texts on labelled texts, CSV with the columns text and label or JSON lines; of images
+    /// on image folders, a folder per label).
     #[arg(long, default_value = "mlm", conflicts_with = "resume")]
     task: Task,
 
     /// Training text: files, directories (recursive) or glob patterns; with --task classify,
-    /// labelled .csv / .jsonl files.
+    /// labelled .csv / .jsonl files, or for an image classifier directories holding a folder of
+    /// images per label (DIR/cat/1.jpg, DIR/dog/2.png).
     #[arg(long, visible_alias = "train", num_args = 1.., required_unless_present = "resume")]
     corpus: Vec<String>,
 
@@ -90,9 +93,15 @@ pub struct TrainArgs {
 
     /// Fine-tune: start from a model directory, a hub id, a DeepMind checkpoint (.pickle) or
     /// `default` (the built-in model). With --task classify, a byte masked LM (its decoder is
-    /// replaced) or a text classifier.
+    /// replaced), a text classifier or an ImageNet classifier.
     #[arg(long, value_name = "MODEL")]
     init_from: Option<String>,
+
+    /// With --task classify from a classifier: train it on the data's labels, with a fresh final
+    /// layer (the rest of the model kept), instead of requiring the data's labels to be its own
+    /// (an ImageNet classifier taught your own classes).
+    #[arg(long)]
+    new_labels: bool,
 
     /// With --init-from a DeepMind checkpoint: a transformers config.json for what its shapes
     /// cannot tell (heads, blocks, query residual, activation); default: DeepMind's Colab values.
@@ -218,14 +227,25 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
         if let Some(config) = &args.model_config {
             loader = loader.model_config(config);
         }
-        let checkpoint = loader
-            .checkpoint()
+        let (checkpoint, processor_file) = loader
+            .checkpoint_with_preprocessor_config()
             .with_context(|| format!("cannot load model {model}"))?;
         // Refused before its weights are converted or any note about it is printed.
-        perceiver_train::trainer::check_trainable(perceiver::Architecture::of(checkpoint.config())?)?;
+        perceiver_train::trainer::check_trainable(
+            perceiver::Architecture::of(checkpoint.config())?,
+            args.task,
+        )?;
         let tensors = perceiver_train::model::checkpoint_tensors(&checkpoint, &perceiver_train::Device::Cpu)
             .with_context(|| format!("cannot load model {model}"))?;
         let config = checkpoint.config().clone();
+        // Images are prepared for training as the model's own files prepare them for inference.
+        let image_processor = match processor_file.filter(|_| config.image_input().is_some()) {
+            Some(path) => Some(
+                perceiver::image::ImageProcessor::from_file(&path)
+                    .with_context(|| format!("cannot use {}", path.display()))?,
+            ),
+            None => None,
+        };
         if config.attention_probs_dropout_prob > 0.0 {
             note!(
                 "note: the model's config asks for attention dropout {}; this trainer applies no dropout",
@@ -233,7 +253,11 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
             );
         }
         return Ok((
-            ModelInit::Pretrained { config, tensors },
+            ModelInit::Pretrained {
+                config,
+                tensors,
+                image_processor,
+            },
             format!("pretrained:{model}"),
         ));
     }
@@ -298,6 +322,9 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
                     args.clip_norm
                 );
             }
+            if args.new_labels && args.task != Task::Classify {
+                bail!("--new-labels gives a classifier new labels: it goes with --task classify");
+            }
             let (init, model) = model_init(&args)?;
             let config = match &init {
                 ModelInit::Scratch(c) | ModelInit::Pretrained { config: c, .. } => c.clone(),
@@ -343,6 +370,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
                 shuffle_windows: args
                     .shuffle_windows
                     .unwrap_or(DEFAULT_SHUFFLE_BYTES / seq_len.max(1)),
+                new_labels: args.new_labels,
             };
             let out = args.out.clone().expect("clap requires --out without --resume");
             Trainer::start(options, &out, init)?
@@ -391,9 +419,10 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
             trainer.eval_windows(),
         ),
         Some(data) => {
+            let what = if data.images.is_some() { "images" } else { "texts" };
             note!(
-                "training a classifier from {} ({:.2}M parameters) in {}: steps {}..{}, {} texts a batch (×{} accumulation); \
-                 labels {}; {} training texts, {} held out",
+                "training a classifier from {} ({:.2}M parameters) in {}: steps {}..{}, {} {what} a batch (×{} accumulation); \
+                 labels {}; {} training {what}, {} held out",
                 options.model,
                 trainer.num_parameters() as f64 / 1e6,
                 trainer.run_dir().display(),
@@ -414,7 +443,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
                 );
             }
             if data.eval.is_empty() {
-                note!("note: no held-out texts (--eval-fraction 0 and no --eval): no accuracy will be measured");
+                note!("note: no held-out {what} (--eval-fraction 0 and no --eval): no accuracy will be measured");
             }
         }
     }
@@ -428,7 +457,11 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut recent: Vec<(f64, f64, f64)> = Vec::new(); // loss, accuracy, bytes/s
+    // An image run's speed is in images a second (it reads no bytes of text).
+    let images = trainer.classifier_data().is_some_and(|d| d.images.is_some());
+    let examples = if images { "images" } else { "texts" };
+    let per_step = (options.batch_size * options.grad_accum) as f64;
+    let mut recent: Vec<(f64, f64, f64)> = Vec::new(); // loss, accuracy, bytes (images) a second
     let mut final_eval: Option<ClassifierEval> = None;
     let log_every = options.log_every.max(1);
     // Without a terminal the bar is hidden, and so would be its println: write lines directly.
@@ -441,7 +474,8 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
     };
     let outcome = trainer.run(&stop, args.stop_at, &mut |event| match event {
         Event::Step(m) => {
-            recent.push((m.loss, m.accuracy, m.bytes as f64 / m.seconds.max(1e-9)));
+            let done = if images { per_step } else { m.bytes as f64 };
+            recent.push((m.loss, m.accuracy, done / m.seconds.max(1e-9)));
             if recent.len() > 20 {
                 recent.remove(0);
             }
@@ -449,12 +483,11 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
             let (loss, acc, speed) = recent.iter().fold((0.0, 0.0, 0.0), |a, r| {
                 (a.0 + r.0 / n, a.1 + r.1 / n, a.2 + r.2 / n)
             });
-            let msg = format!(
-                "loss {loss:.4} acc {:.1}% {:.0} B/s lr {:.2e}",
-                100.0 * acc,
-                speed,
-                m.lr
-            );
+            let speed = match images {
+                true => format!("{speed:.2} images/s"),
+                false => format!("{speed:.0} B/s"),
+            };
+            let msg = format!("loss {loss:.4} acc {:.1}% {speed} lr {:.2e}", 100.0 * acc, m.lr);
             bar.set_position(m.step);
             bar.set_message(msg.clone());
             if !interactive && m.step % log_every == 0 {
@@ -471,7 +504,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
             )),
             Evaluation::Classify(result) => {
                 say(format!(
-                    "step {step}: held-out loss {:.4} accuracy {:.2}% ({} texts)",
+                    "step {step}: held-out loss {:.4} accuracy {:.2}% ({} {examples})",
                     result.loss,
                     100.0 * result.accuracy,
                     result.examples
@@ -494,7 +527,7 @@ pub fn run_train(args: TrainArgs, typed: &[String]) -> Result<()> {
         Outcome::Finished(dir) => {
             note!("finished: {}", dir.display());
             if let Some(result) = final_eval {
-                print_classifier_eval("held-out accuracy", &result)?;
+                print_classifier_eval("held-out accuracy", examples, &result)?;
                 outln!("(also in {})", trainer.run_dir().join(EVAL_FILE).display());
             }
             Ok(())
@@ -521,7 +554,8 @@ pub struct EvalArgs {
     model: ModelArgs,
 
     /// Text files, directories or globs to evaluate on (for a text classifier: labelled .csv /
-    /// .jsonl files, as `train --task classify` reads).
+    /// .jsonl files, for an image classifier: directories with a folder of images per label, as
+    /// `train --task classify` reads).
     #[arg(required = true, num_args = 1..)]
     files: Vec<String>,
 
@@ -549,10 +583,11 @@ pub struct EvalArgs {
     json: bool,
 }
 
-/// A classifier's accuracy (`what`: held-out or not) and its confusion table, on standard output.
-fn print_classifier_eval(what: &str, result: &ClassifierEval) -> Result<()> {
+/// A classifier's accuracy (`what`: held-out or not) on `examples` (texts or images) and its
+/// confusion table, on standard output.
+fn print_classifier_eval(what: &str, examples: &str, result: &ClassifierEval) -> Result<()> {
     outln!(
-        "{what} {:.2}% ({} texts), loss {:.4}",
+        "{what} {:.2}% ({} {examples}), loss {:.4}",
         100.0 * result.accuracy,
         result.examples,
         result.loss
@@ -569,12 +604,12 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     })?;
     // The files exist before a model is loaded (or downloaded).
     let corpus = Corpus::discover(&args.files)?;
-    let checkpoint = args.model.checkpoint()?;
+    let (checkpoint, processor_file) = args.model.checkpoint()?;
     match Architecture::of(checkpoint.config())? {
-        Architecture::SequenceClassification => return run_classifier_eval(&args, &checkpoint),
+        a if a.is_classifier() => return run_classifier_eval(&args, &checkpoint, processor_file),
         Architecture::MaskedLm => {}
         other => bail!(
-            "eval needs a PerceiverForMaskedLM or a PerceiverForSequenceClassification, not a {}",
+            "eval needs a PerceiverForMaskedLM or a classifier, not a {}",
             other.name()
         ),
     }
@@ -630,26 +665,54 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// `perceiver eval` of a text classifier: accuracy, loss and the confusion table on labelled
-/// files.
-fn run_classifier_eval(args: &EvalArgs, checkpoint: &perceiver::Checkpoint) -> Result<()> {
-    let rows = perceiver_train::labelled::read_all(&args.files)?;
+/// `perceiver eval` of a classifier: accuracy, loss and the confusion table on labelled files
+/// (texts) or image folders (images, prepared by the model's `preprocessor_config.json`, found at
+/// `processor_file`, or the default).
+fn run_classifier_eval(
+    args: &EvalArgs,
+    checkpoint: &perceiver::Checkpoint,
+    processor_file: Option<PathBuf>,
+) -> Result<()> {
     let labels = classification::config_labels(checkpoint.config())?;
     let model = perceiver_train::model::loading::classifier_of(checkpoint, &perceiver_train::Device::Cpu)
         .with_context(|| format!("cannot load model {}", args.model.model))?;
-    let max_len = model.max_len();
-    let seq_len = args.seq_len.unwrap_or(max_len);
-    if !(3..=max_len).contains(&seq_len) {
-        bail!("--seq-len {seq_len} must be in 3..={max_len} (the model's max_position_embeddings)");
-    }
-    let (examples, truncated) = classification::examples(&rows, &labels, seq_len)?;
-    let result = classification::evaluate_classifier(&model, &examples, args.batch_size, &labels)?;
+    let (examples, truncated, processor) = match model.max_len() {
+        Some(max_len) => {
+            let seq_len = args.seq_len.unwrap_or(max_len);
+            if !(3..=max_len).contains(&seq_len) {
+                bail!("--seq-len {seq_len} must be in 3..={max_len} (the model's max_position_embeddings)");
+            }
+            let rows = perceiver_train::labelled::read_all(&args.files)?;
+            let (examples, truncated) = classification::examples(&rows, &labels, seq_len)?;
+            if truncated > 0 && !args.json {
+                note!("note: {truncated} texts longer than {seq_len} ids were cut");
+            }
+            (examples, truncated, None)
+        }
+        None => {
+            let processor = match processor_file {
+                Some(path) => perceiver::image::ImageProcessor::from_file(&path)
+                    .with_context(|| format!("cannot use {}", path.display()))?,
+                None => perceiver::tasks::classify::default_image_processor(checkpoint.config())?
+                    .context("an image classifier has an image processor")?,
+            };
+            let rows = perceiver_train::labelled::read_image_folders(&args.files)?;
+            (
+                classification::image_examples(&rows, &labels)?,
+                0,
+                Some(processor),
+            )
+        }
+    };
+    let result =
+        classification::evaluate_classifier(&model, &examples, args.batch_size, &labels, processor.as_ref())?;
+    let what = if processor.is_some() { "images" } else { "texts" };
     if args.json {
         outln!(
             "{}",
             serde_json::json!({
                 "model": args.model.model,
-                "texts": result.examples,
+                what: result.examples,
                 "truncated": truncated,
                 "accuracy": result.accuracy,
                 "loss": result.loss,
@@ -658,11 +721,8 @@ fn run_classifier_eval(args: &EvalArgs, checkpoint: &perceiver::Checkpoint) -> R
             })
         );
     } else {
-        if truncated > 0 {
-            note!("note: {truncated} texts longer than {seq_len} ids were cut");
-        }
-        outln!("{}: {} labelled texts", args.model.model, result.examples);
-        print_classifier_eval("accuracy", &result)?;
+        outln!("{}: {} labelled {what}", args.model.model, result.examples);
+        print_classifier_eval("accuracy", what, &result)?;
     }
     Ok(())
 }

@@ -368,8 +368,21 @@ fn bad_training_input_fails_cleanly() {
         ],
         "no training text",
     );
-    // A model that is neither a masked LM nor a text classifier is not trained on (the advice
-    // was once a task that refuses it too).
+    // A model that is neither a masked LM nor a classifier is not trained on (the advice was
+    // once a task that refuses it too); a classifier is trained as one.
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flow/tiny_flow");
+    fails(
+        &[
+            "train",
+            "--init-from",
+            flow.to_str().unwrap(),
+            "--corpus",
+            c,
+            "--out",
+            o,
+        ],
+        "PerceiverForOpticalFlow: this tool trains byte masked LMs and classifiers of texts and images only",
+    );
     let image =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classification/tiny_image_fourier");
     fails(
@@ -382,7 +395,7 @@ fn bad_training_input_fails_cleanly() {
             "--out",
             o,
         ],
-        "PerceiverForImageClassificationFourier: this tool trains byte masked LMs and text classifiers only",
+        "PerceiverForImageClassificationFourier: train it with --task classify",
     );
 
     // A finished run refuses a fresh start over it, and a corrupt checkpoint is named.
@@ -402,7 +415,7 @@ fn bad_training_input_fails_cleanly() {
     let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flow/tiny_flow");
     fails(
         &["eval", "--model", flow.to_str().unwrap(), c],
-        "eval needs a PerceiverForMaskedLM or a PerceiverForSequenceClassification, not a PerceiverForOpticalFlow",
+        "eval needs a PerceiverForMaskedLM or a classifier, not a PerceiverForOpticalFlow",
     );
 }
 

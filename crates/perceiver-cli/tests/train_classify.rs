@@ -251,3 +251,110 @@ fn bad_labelled_files_fail_in_one_line() {
         &["--init local"],
     );
 }
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// [`fails`] after the start's notes (the fixtures' configs ask for attention dropout, which the
+/// trainer notes before it reads the data): the error is the last line.
+fn fails_after_notes(args: &[&str], needles: &[&str]) {
+    let out = command(args).output().expect("run perceiver");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{stderr}");
+    for needle in needles {
+        assert!(last.contains(needle), "{stderr:?} should end with {needle:?}");
+    }
+}
+
+/// Image folders: `per_label` PNGs for "dark" and "light" under `dir/<label>/`.
+fn write_images(dir: &Path, per_label: u32) {
+    for (label, base) in [("dark", 30u8), ("light", 220u8)] {
+        let folder = dir.join(label);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..per_label {
+            let image = image::RgbImage::from_fn(30, 26, |x, y| {
+                let wave = ((x * (i + 1) + y * 3) % 17) as u8;
+                image::Rgb([base.saturating_add(wave), base, base.saturating_sub(wave)])
+            });
+            image.save(folder.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_image_classifier_fine_tunes_on_image_folders_with_new_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    write_images(&images, 4);
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classification/tiny_image_fourier");
+    let (images, fixture) = (images.to_str().unwrap(), fixture.to_str().unwrap());
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--task",
+            "classify",
+            "--init-from",
+            fixture,
+            "--train",
+            images,
+            "--out",
+            o,
+            "--steps",
+            "2",
+            "--batch-size",
+            "3",
+            "--eval-fraction",
+            "0.25",
+        ];
+        args.extend(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+
+    // The fixture's labels are not the folders'.
+    fails_after_notes(
+        &refs(&train(&[])),
+        &[
+            "the label `dark` is not one of the classifier's labels",
+            "--new-labels",
+        ],
+    );
+    let output = run(&refs(&train(&["--new-labels"])));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("held-out accuracy") && stdout.contains("(2 images)"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("images a batch") && stderr.contains("labels dark, light"),
+        "{stderr}"
+    );
+
+    let checkpoint = out.join("step-000002");
+    assert!(checkpoint.join("preprocessor_config.json").is_file());
+    let c = checkpoint.to_str().unwrap();
+    let eval = run(&["eval", "--model", c, images, "--json"]);
+    let eval: Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(eval["images"], 8);
+    assert_eq!(eval["labels"], serde_json::json!(["dark", "light"]));
+    let one = Path::new(images).join("light/0.png");
+    let answer = run(&["classify", "--model", c, one.to_str().unwrap()]);
+    let answer = String::from_utf8_lossy(&answer.stdout);
+    assert!(answer.contains("dark") || answer.contains("light"), "{answer}");
+
+    // A file that is not an image, in a label folder, stops the run before it starts.
+    std::fs::write(Path::new(images).join("dark/broken.png"), b"not a png").unwrap();
+    let again = dir.path().join("again");
+    let mut broken = train(&["--new-labels"]);
+    let at = broken.iter().position(|a| a == o).unwrap();
+    broken[at] = again.to_string_lossy().into_owned();
+    fails_after_notes(&refs(&broken), &["broken.png"]);
+    assert!(!again.exists(), "a failed start leaves no run directory");
+}

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use perceiver::checkpoint::names::{ModelNames, Role};
+use perceiver::image::{ImageProcessor, ImageProcessorConfig};
 use perceiver::PerceiverConfig;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +65,8 @@ pub struct Checkpoint {
     pub weights: HashMap<String, Tensor>,
     /// AdamW's moments (`optimizer.safetensors`), as [`crate::optim::AdamW::load_state`] takes them.
     pub optimizer: HashMap<String, Tensor>,
+    /// An image classifier's image processor (`preprocessor_config.json`), when saved.
+    pub image_processor: Option<ImageProcessor>,
 }
 
 /// The name of the checkpoint of `step`.
@@ -83,13 +87,16 @@ fn sync_file(path: &Path) -> Result<()> {
         .map_err(io_at(path))
 }
 
-/// Writes a checkpoint of `step` into `run_dir`, atomically; returns its directory.
+/// Writes a checkpoint of `step` into `run_dir`, atomically; returns its directory. An image
+/// classifier's checkpoint holds its image processor (`preprocessor_config.json`), so that
+/// inference prepares images as training did.
 pub fn save(
     run_dir: &Path,
     config: &PerceiverConfig,
     weights: &HashMap<String, Tensor>,
     optimizer: &HashMap<String, Tensor>,
     training: &TrainingFile,
+    image_processor: Option<&ImageProcessorConfig>,
 ) -> Result<PathBuf> {
     let name = step_dir_name(training.progress.step);
     let partial = run_dir.join(format!(".partial-{name}"));
@@ -111,12 +118,32 @@ pub fn save(
     let config_path = partial.join(perceiver::checkpoint::CONFIG_FILE);
     std::fs::write(&config_path, config.to_json_string()).map_err(io_at(&config_path))?;
     let model_path = partial.join(perceiver::checkpoint::SAFETENSORS_FILE);
-    candle_core::safetensors::save(weights, &model_path)?;
+    // BatchNorm's batch counts are PyTorch's int64, whatever the trainer held them as.
+    let counters: Vec<String> = ModelNames::new(config, 0)?
+        .tensors()
+        .into_iter()
+        .filter(|t| t.role == Role::Counter)
+        .map(|t| t.name.clone())
+        .collect();
+    let mut weights = weights.clone();
+    for name in &counters {
+        if let Some(count) = weights.get_mut(name) {
+            *count = count.round()?.to_dtype(DType::I64)?;
+        }
+    }
+    candle_core::safetensors::save(&weights, &model_path)?;
     let optimizer_path = partial.join(OPTIMIZER_FILE);
     candle_core::safetensors::save(optimizer, &optimizer_path)?;
     let training_path = partial.join(TRAINING_FILE);
     std::fs::write(&training_path, json).map_err(io_at(&training_path))?;
-    for path in [&config_path, &model_path, &optimizer_path, &training_path] {
+    let mut written = vec![config_path, model_path, optimizer_path, training_path];
+    if let Some(processor) = image_processor {
+        let path = partial.join(perceiver::checkpoint::PREPROCESSOR_CONFIG_FILE);
+        let json = serde_json::to_string_pretty(processor).expect("image processor config serialises");
+        std::fs::write(&path, json).map_err(io_at(&path))?;
+        written.push(path);
+    }
+    for path in &written {
         sync_file(path)?;
     }
     if target.exists() {
@@ -229,11 +256,18 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         candle_core::safetensors::load(&path, device)
             .map_err(|e| checkpoint_error(&path, format!("corrupt: {e}")))
     };
+    let processor_path = dir.join(perceiver::checkpoint::PREPROCESSOR_CONFIG_FILE);
+    let image_processor = processor_path
+        .is_file()
+        .then(|| ImageProcessor::from_file(&processor_path))
+        .transpose()
+        .map_err(|e| checkpoint_error(&processor_path, e.to_string()))?;
     Ok(Checkpoint {
         dir: dir.to_path_buf(),
         config,
         training,
         weights: read(perceiver::checkpoint::SAFETENSORS_FILE)?,
         optimizer: read(OPTIMIZER_FILE)?,
+        image_processor,
     })
 }

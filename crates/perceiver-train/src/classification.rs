@@ -1,6 +1,7 @@
-//! The sequence-classification objective: labels from the data, the classifier's config and
-//! starting weights (a masked LM's parts and a fresh decoder), texts as ids, the held-out split,
-//! the order texts are drawn in, batches, the cross-entropy loss and the evaluation (accuracy,
+//! The classification objective, for texts and images: labels from the data, the classifier's
+//! config and starting weights (a masked LM's parts and a fresh decoder, or a classifier with a
+//! fresh final layer for new labels), texts as ids and images as files, the held-out split, the
+//! order examples are drawn in, batches, the cross-entropy loss and the evaluation (accuracy,
 //! confusion table).
 //!
 //! Choices, each the same wherever a run is started or resumed:
@@ -10,39 +11,53 @@
 //!   (`[CLS]`, the UTF-8 bytes, `[SEP]`), as [`perceiver::Classifier::tokenize`] does. A text
 //!   longer than the run's `seq_len` is cut to its first `seq_len − 2` bytes (then `[SEP]`), and
 //!   the number cut is reported, rather than refused: real data has the odd long review.
+//! - **Images** are read from their files for every batch, and prepared as inference prepares
+//!   them (the model's image processor: crop, resize, normalise); each is read once when the
+//!   data is loaded, so that a file that is not an image stops the run before it starts.
 //! - **The held-out split** (`eval_fraction`) is stratified: of each label's `n` texts,
 //!   `round(fraction × n)` are held out, at least one when `n ≥ 2` and at least one is left for
 //!   training, chosen by the seed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 use perceiver::checkpoint::names::ClassifierNames;
 use perceiver::config::Architecture;
+use perceiver::image::ImageProcessor;
 use perceiver::tokenizer::{BytesTokenizer, PAD_ID};
-use perceiver::PerceiverConfig;
+use perceiver::{PerceiverConfig, Pixels};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::corpus::splitmix64;
 use crate::error::{Error, Result};
 use crate::init::{draw, transformers_param_init};
-use crate::labelled::{self, LabelledText};
-use crate::model::PerceiverForSequenceClassification;
+use crate::labelled::{self, Labelled, LabelledImage, LabelledText};
+use crate::model::{ClassifierInputs, PerceiverClassifier};
 use crate::objective::BatchLoss;
 
 /// The run directory's file with the last evaluation of a classifier ([`EvalFile`]).
 pub const EVAL_FILE: &str = "eval.json";
 
-/// One text as ids, with its label's id.
+/// What a classifier reads of one example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExampleInput {
+    /// A text's ids: `[CLS]`, the bytes, `[SEP]`.
+    Ids(Vec<u32>),
+    /// An image file, read for each batch.
+    Image(PathBuf),
+}
+
+/// One text or image, with its label's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
-    /// `[CLS]`, the bytes, `[SEP]`.
-    pub ids: Vec<u32>,
+    /// The text's ids or the image's file.
+    pub input: ExampleInput,
     /// Index into the labels.
     pub label: u32,
 }
@@ -59,22 +74,25 @@ pub fn tokenize(text: &str, max_len: usize) -> (Vec<u32>, bool) {
 }
 
 /// The distinct labels of `rows`, sorted by their bytes: label `i` is the `i`-th.
-pub fn labels_of<'a>(rows: impl IntoIterator<Item = &'a LabelledText>) -> Vec<String> {
-    let mut labels: Vec<String> = rows.into_iter().map(|r| r.label.clone()).collect();
+pub fn labels_of<'a, T: Labelled + 'a>(rows: impl IntoIterator<Item = &'a T>) -> Vec<String> {
+    let mut labels: Vec<String> = rows.into_iter().map(|r| r.label().to_string()).collect();
     labels.sort();
     labels.dedup();
     labels
 }
 
-/// The config of a `PerceiverForSequenceClassification` with the body of `base` (a masked LM's
-/// config) and `labels` (`id2label`, `label2id`).
+/// The config of a classifier with the body of `base` and `labels` (`id2label`, `label2id`): a
+/// masked LM's becomes a `PerceiverForSequenceClassification`, a classifier's keeps its class.
 pub fn classifier_config(base: &PerceiverConfig, labels: &[String]) -> Result<PerceiverConfig> {
     let mut config = base.clone();
+    let is_classifier = Architecture::of(base).is_ok_and(|a| a.is_classifier());
     let extra = &mut config.extra;
-    extra.insert(
-        "architectures".into(),
-        serde_json::json!([Architecture::SequenceClassification.name()]),
-    );
+    if !is_classifier {
+        extra.insert(
+            "architectures".into(),
+            serde_json::json!([Architecture::SequenceClassification.name()]),
+        );
+    }
     extra.insert("model_type".into(), "perceiver".into());
     extra.insert(
         "id2label".into(),
@@ -111,11 +129,14 @@ pub fn config_labels(config: &PerceiverConfig) -> Result<Vec<String>> {
     Ok(config.labels(count)?)
 }
 
-/// The starting point of fine-tuning a classifier from `base` (a masked LM's config and every
-/// tensor by name): the classifier's config with `labels`, the preprocessor, latents, encoder and
-/// latent stack copied by name, and the new decoder (its query, cross-attention and final layer)
-/// drawn as transformers' `_init_weights` draws them: normal(0, `initializer_range`) weights and
-/// query, zero biases, LayerNorms 1 and 0. The masked LM's own decoder is left behind.
+/// The starting point of fine-tuning a classifier with `labels` from `base` (a config and every
+/// tensor by name), the new tensors drawn as transformers' `_init_weights` draws them:
+/// normal(0, `initializer_range`) weights and query, zero biases, LayerNorms 1 and 0.
+/// - From a byte masked LM: a `PerceiverForSequenceClassification` with its preprocessor,
+///   latents, encoder and latent stack copied by name and a new decoder (query, cross-attention
+///   and final layer); the masked LM's own decoder is left behind.
+/// - From a classifier (text or image): the same class with everything copied but the final
+///   layer, drawn new for the labels.
 pub fn classifier_start(
     base_config: &PerceiverConfig,
     base: &BTreeMap<String, Tensor>,
@@ -123,18 +144,20 @@ pub fn classifier_start(
     seed: u64,
 ) -> Result<(PerceiverConfig, BTreeMap<String, Tensor>)> {
     let architecture = Architecture::of(base_config)?;
-    if architecture != Architecture::MaskedLm {
+    if architecture != Architecture::MaskedLm && !architecture.is_classifier() {
         return Err(Error::Options(format!(
-            "a classifier starts from a byte masked LM (PerceiverForMaskedLM), not a {}",
+            "a classifier starts from a byte masked LM (PerceiverForMaskedLM) or a classifier, not a {}",
             architecture.name()
         )));
     }
     let config = classifier_config(base_config, labels)?;
     let names = ClassifierNames::new(&config, labels.len());
     let decoder = &names.decoder;
-    let mut fresh = vec![&decoder.decoder.queries];
-    fresh.extend(decoder.decoder.cross_attention.tensors());
-    fresh.extend([&decoder.final_layer.weight, &decoder.final_layer.bias]);
+    let mut fresh = vec![&decoder.final_layer.weight, &decoder.final_layer.bias];
+    if architecture == Architecture::MaskedLm {
+        fresh.push(&decoder.decoder.queries);
+        fresh.extend(decoder.decoder.cross_attention.tensors());
+    }
     let device = base.values().next().map_or(Device::Cpu, |t| t.device().clone());
     let mut tensors = BTreeMap::new();
     for t in names.tensors() {
@@ -160,89 +183,205 @@ pub fn classifier_start(
     Ok((config, tensors))
 }
 
-/// A classifier run's texts: the labels, the training and held-out examples.
+/// A classifier run's texts or images: the labels, the training and held-out examples.
 #[derive(Debug, Clone)]
 pub struct ClassifierData {
     /// Label names in id order.
     pub labels: Vec<String>,
-    /// The texts trained on.
+    /// The examples trained on.
     pub train: Vec<Example>,
-    /// The held-out texts (every one is evaluated).
+    /// The held-out examples (every one is evaluated).
     pub eval: Vec<Example>,
     /// Texts (of both parts) cut to the run's `seq_len`.
     pub truncated: usize,
+    /// For images: how their files become pixels (the model's image processor).
+    pub images: Option<ImageProcessor>,
 }
 
 impl ClassifierData {
-    /// Reads the run's labelled files (`corpus`, and `eval_corpus` or `eval_fraction` for the
-    /// held-out part). With `known` (a classifier's labels, when fine-tuning or resuming one),
-    /// every label of the data must be one of them; otherwise the training texts' labels are
-    /// the labels, and there must be at least two.
-    pub fn load(options: &TrainConfig, known: Option<Vec<String>>) -> Result<Self> {
-        let rows = labelled::read_all(&options.corpus)?;
-        let (train_rows, eval_rows) = if options.eval_corpus.is_empty() {
-            split(rows, options.eval_fraction, options.seed)
-        } else {
-            (rows, labelled::read_all(&options.eval_corpus)?)
+    /// Reads the run's labelled data (`corpus`, and `eval_corpus` or `eval_fraction` for the
+    /// held-out part): texts from labelled files, or with `images` (the model's image processor)
+    /// image folders ([`labelled::read_image_folders`]), every image read once. With `known` (a
+    /// classifier's labels, when fine-tuning or resuming one), every label of the data must be
+    /// one of them; otherwise the training examples' labels are the labels, and there must be at
+    /// least two.
+    pub fn load(
+        options: &TrainConfig,
+        known: Option<Vec<String>>,
+        images: Option<ImageProcessor>,
+    ) -> Result<Self> {
+        let data = match &images {
+            None => {
+                let rows = labelled::read_all(&options.corpus)?;
+                let (train_rows, eval_rows) = if options.eval_corpus.is_empty() {
+                    split(rows, options.eval_fraction, options.seed)
+                } else {
+                    (rows, labelled::read_all(&options.eval_corpus)?)
+                };
+                let labels = checked_labels(known, &train_rows, "texts")?;
+                let (train, cut_train) = examples(&train_rows, &labels, options.seq_len)?;
+                let (eval, cut_eval) = examples(&eval_rows, &labels, options.seq_len)?;
+                Self {
+                    labels,
+                    train,
+                    eval,
+                    truncated: cut_train + cut_eval,
+                    images: None,
+                }
+            }
+            Some(processor) => {
+                let rows = labelled::read_image_folders(&options.corpus)?;
+                let (train_rows, eval_rows) = if options.eval_corpus.is_empty() {
+                    split(rows, options.eval_fraction, options.seed)
+                } else {
+                    (rows, labelled::read_image_folders(&options.eval_corpus)?)
+                };
+                let labels = checked_labels(known, &train_rows, "images")?;
+                let train = image_examples(&train_rows, &labels)?;
+                let eval = image_examples(&eval_rows, &labels)?;
+                check_images(train.iter().chain(&eval), processor)?;
+                Self {
+                    labels,
+                    train,
+                    eval,
+                    truncated: 0,
+                    images: images.clone(),
+                }
+            }
         };
-        let labels = match known {
-            Some(labels) => labels,
-            None => labels_of(&train_rows),
-        };
-        if labels.len() < 2 {
-            return Err(Error::Options(format!(
-                "the training texts have one label ({}): a classifier needs at least two",
-                labels.first().map_or("none", |l| l.as_str())
-            )));
+        if data.train.is_empty() {
+            return Err(Error::Options(
+                "nothing to train on: every example is held out".into(),
+            ));
         }
-        let (train, cut_train) = examples(&train_rows, &labels, options.seq_len)?;
-        let (eval, cut_eval) = examples(&eval_rows, &labels, options.seq_len)?;
-        if train.is_empty() {
-            return Err(Error::Options("no training texts: every one is held out".into()));
-        }
-        Ok(Self {
-            labels,
-            train,
-            eval,
-            truncated: cut_train + cut_eval,
-        })
+        Ok(data)
     }
+}
+
+/// The run's labels: `known`, or those of the training rows; at least two.
+fn checked_labels<T: Labelled>(known: Option<Vec<String>>, train: &[T], what: &str) -> Result<Vec<String>> {
+    let labels = known.unwrap_or_else(|| labels_of(train));
+    if labels.len() < 2 {
+        return Err(Error::Options(format!(
+            "the training {what} have one label ({}): a classifier needs at least two",
+            labels.first().map_or("none", |l| l.as_str())
+        )));
+    }
+    Ok(labels)
+}
+
+/// The id of `label` in `labels`, or an error naming where the example came from.
+fn label_id(
+    ids: &HashMap<&str, u32>,
+    label: &str,
+    labels: &[String],
+    path: &Path,
+    line: Option<u64>,
+) -> Result<u32> {
+    ids.get(label).copied().ok_or_else(|| Error::Data {
+        path: path.to_path_buf(),
+        line,
+        reason: format!(
+            "the label `{label}` is not one of the classifier's labels ({}){}",
+            labels.join(", "),
+            NEW_LABELS_HINT
+        ),
+    })
+}
+
+/// What to do when the data's labels are not the classifier's.
+const NEW_LABELS_HINT: &str =
+    "; to train it on the data's labels instead (a fresh final layer), add --new-labels";
+
+fn label_ids(labels: &[String]) -> HashMap<&str, u32> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i as u32))
+        .collect()
+}
+
+/// `rows` as examples for a classifier with `labels`; a row whose label is not one of `labels`
+/// is an [`Error::Data`].
+pub fn image_examples(rows: &[LabelledImage], labels: &[String]) -> Result<Vec<Example>> {
+    let ids = label_ids(labels);
+    rows.iter()
+        .map(|row| {
+            Ok(Example {
+                input: ExampleInput::Image(row.path.clone()),
+                label: label_id(&ids, &row.label, labels, &row.path, None)?,
+            })
+        })
+        .collect()
+}
+
+/// An image file as the model's input; a file that cannot be read or decoded is an
+/// [`Error::Data`] naming it.
+pub fn prepare_image(path: &Path, processor: &ImageProcessor) -> Result<Pixels> {
+    let bytes = std::fs::read(path).map_err(crate::error::io_at(path))?;
+    processor.preprocess_file_bytes(&bytes).map_err(|e| Error::Data {
+        path: path.to_path_buf(),
+        line: None,
+        reason: e.to_string(),
+    })
+}
+
+/// Reads every image example once (in parallel): each must decode, and all must come out of the
+/// processor at one size, since a batch is one tensor.
+fn check_images<'a>(examples: impl Iterator<Item = &'a Example>, processor: &ImageProcessor) -> Result<()> {
+    let paths: Vec<&Path> = examples
+        .filter_map(|e| match &e.input {
+            ExampleInput::Image(path) => Some(path.as_path()),
+            ExampleInput::Ids(_) => None,
+        })
+        .collect();
+    let sizes = paths
+        .par_iter()
+        .map(|path| prepare_image(path, processor).map(|p| (p.height, p.width)))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(i) = sizes.iter().position(|s| *s != sizes[0]) {
+        return Err(Error::Data {
+            path: paths[i].to_path_buf(),
+            line: None,
+            reason: format!(
+                "comes out of the image processor at {}x{}, {} at {}x{}: the images of a batch \
+                 share one size (use an image processor that resizes)",
+                sizes[i].0,
+                sizes[i].1,
+                paths[0].display(),
+                sizes[0].0,
+                sizes[0].1
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `rows` as examples for a classifier with `labels` taking at most `max_len` ids, and how
 /// many texts were cut to fit; a row whose label is not one of `labels` is an [`Error::Data`].
 pub fn examples(rows: &[LabelledText], labels: &[String], max_len: usize) -> Result<(Vec<Example>, usize)> {
-    let ids: HashMap<&str, u32> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i as u32))
-        .collect();
+    let ids = label_ids(labels);
     let mut truncated = 0;
     let examples = rows
         .iter()
         .map(|row| {
-            let label = *ids.get(row.label.as_str()).ok_or_else(|| Error::Data {
-                path: row.path.clone(),
-                line: Some(row.line),
-                reason: format!(
-                    "the label `{}` is not one of the classifier's labels ({})",
-                    row.label,
-                    labels.join(", ")
-                ),
-            })?;
+            let label = label_id(&ids, &row.label, labels, &row.path, Some(row.line))?;
             let (ids, cut) = tokenize(&row.text, max_len);
             truncated += cut as usize;
-            Ok(Example { ids, label })
+            Ok(Example {
+                input: ExampleInput::Ids(ids),
+                label,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((examples, truncated))
 }
 
 /// The stratified held-out split of `rows` (see the module docs); both parts keep file order.
-pub fn split(rows: Vec<LabelledText>, fraction: f64, seed: u64) -> (Vec<LabelledText>, Vec<LabelledText>) {
+pub fn split<T: Labelled>(rows: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
     let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, row) in rows.iter().enumerate() {
-        by_label.entry(row.label.as_str()).or_default().push(i);
+        by_label.entry(row.label()).or_default().push(i);
     }
     let mut held_out = vec![false; rows.len()];
     if fraction > 0.0 {
@@ -325,93 +464,147 @@ impl ExampleStream {
     }
 }
 
-/// Texts as tensors, padded to the batch's longest.
+/// A batch of examples as tensors: texts padded to the longest, or images stacked.
 pub struct ClassBatch {
-    /// `[batch, len]` u32.
-    pub input_ids: Tensor,
-    /// `[batch, len]` f32, 1 = real id; `None` when no text is padded.
-    pub attention_mask: Option<Tensor>,
+    /// The model's inputs.
+    pub inputs: ClassifierInputs,
     /// `[batch]` u32 label ids.
     pub labels: Tensor,
-    /// Texts in the batch.
+    /// Examples in the batch.
     pub size: usize,
-    /// Real (unpadded) ids in the batch.
+    /// Real (unpadded) ids in the batch; 0 for images.
     pub num_bytes: usize,
 }
 
 impl ClassBatch {
-    /// Pads `examples` into one batch on `device`.
-    pub fn new(examples: &[&Example], device: &Device) -> Result<Self> {
+    /// `examples` as one batch on `device`: all texts, or all images read with `images` (the
+    /// model's image processor).
+    pub fn new(examples: &[&Example], images: Option<&ImageProcessor>, device: &Device) -> Result<Self> {
         let batch = examples.len();
-        let len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        if batch == 0 || len == 0 {
-            return Err(Error::Options("a batch needs at least one text".into()));
+        if batch == 0 {
+            return Err(Error::Options("a batch needs at least one example".into()));
         }
-        let mut ids = vec![PAD_ID; batch * len];
-        let mut mask = vec![0f32; batch * len];
-        for (b, e) in examples.iter().enumerate() {
-            ids[b * len..b * len + e.ids.len()].copy_from_slice(&e.ids);
-            mask[b * len..b * len + e.ids.len()].fill(1.0);
-        }
-        let padded = examples.iter().any(|e| e.ids.len() < len);
         let labels: Vec<u32> = examples.iter().map(|e| e.label).collect();
+        let labels = Tensor::from_vec(labels, batch, device)?;
+        let texts: Option<Vec<&[u32]>> = examples
+            .iter()
+            .map(|e| match &e.input {
+                ExampleInput::Ids(ids) => Some(ids.as_slice()),
+                ExampleInput::Image(_) => None,
+            })
+            .collect();
+        if let Some(texts) = texts {
+            let (inputs, num_bytes) = text_inputs(&texts, device)?;
+            return Ok(Self {
+                inputs,
+                labels,
+                size: batch,
+                num_bytes,
+            });
+        }
+        let paths: Option<Vec<&Path>> = examples
+            .iter()
+            .map(|e| match &e.input {
+                ExampleInput::Image(path) => Some(path.as_path()),
+                ExampleInput::Ids(_) => None,
+            })
+            .collect();
+        let (Some(paths), Some(processor)) = (paths, images) else {
+            return Err(Error::Options(
+                "a batch is all texts, or all images with an image processor".into(),
+            ));
+        };
+        let pixels = paths
+            .par_iter()
+            .map(|path| prepare_image(path, processor))
+            .collect::<Result<Vec<_>>>()?;
+        let (height, width) = (pixels[0].height, pixels[0].width);
+        if let Some(i) = pixels.iter().position(|p| (p.height, p.width) != (height, width)) {
+            return Err(Error::Data {
+                path: paths[i].to_path_buf(),
+                line: None,
+                reason: format!(
+                    "comes out of the image processor at {}x{}, not {height}x{width} as the batch's first",
+                    pixels[i].height, pixels[i].width
+                ),
+            });
+        }
+        let values: Vec<f32> = pixels.iter().flat_map(|p| p.values.iter().copied()).collect();
         Ok(Self {
-            input_ids: Tensor::from_vec(ids, (batch, len), device)?,
-            attention_mask: if padded {
-                Some(Tensor::from_vec(mask, (batch, len), device)?)
-            } else {
-                None
-            },
-            labels: Tensor::from_vec(labels, batch, device)?,
+            inputs: ClassifierInputs::Images(Tensor::from_vec(values, (batch, 3, height, width), device)?),
+            labels,
             size: batch,
-            num_bytes: examples.iter().map(|e| e.ids.len()).sum(),
+            num_bytes: 0,
         })
     }
 }
 
+/// Texts' ids padded into `[batch, len]` (with the mask when any is padded), and their real ids.
+fn text_inputs(texts: &[&[u32]], device: &Device) -> Result<(ClassifierInputs, usize)> {
+    let batch = texts.len();
+    let len = texts.iter().map(|t| t.len()).max().unwrap_or(0);
+    if len == 0 {
+        return Err(Error::Options("a batch needs at least one id".into()));
+    }
+    let mut ids = vec![PAD_ID; batch * len];
+    let mut mask = vec![0f32; batch * len];
+    for (b, text) in texts.iter().enumerate() {
+        ids[b * len..b * len + text.len()].copy_from_slice(text);
+        mask[b * len..b * len + text.len()].fill(1.0);
+    }
+    let padded = texts.iter().any(|t| t.len() < len);
+    let inputs = ClassifierInputs::Text {
+        input_ids: Tensor::from_vec(ids, (batch, len), device)?,
+        attention_mask: if padded {
+            Some(Tensor::from_vec(mask, (batch, len), device)?)
+        } else {
+            None
+        },
+    };
+    Ok((inputs, texts.iter().map(|t| t.len()).sum()))
+}
+
 /// The logits, the mean cross-entropy (a scalar to differentiate) and the predictions of a batch.
-fn scored(model: &PerceiverForSequenceClassification, batch: &ClassBatch) -> Result<(Tensor, Vec<u32>)> {
-    let logits = model.forward(&batch.input_ids, batch.attention_mask.as_ref())?;
+fn scored(model: &PerceiverClassifier, batch: &ClassBatch) -> Result<(Tensor, Vec<u32>)> {
+    let logits = model.forward(&batch.inputs)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let picked = log_probs.gather(&batch.labels.unsqueeze(1)?, 1)?.squeeze(1)?;
     let loss = (picked.mean_all()? * -1.0)?;
-    let predicted = PerceiverForSequenceClassification::predictions(&logits)?;
+    let predicted = PerceiverClassifier::predictions(&logits)?;
     Ok((loss, predicted))
 }
 
-/// Cross-entropy of the batch's labels (transformers' `PerceiverForSequenceClassification` loss
-/// for `single_label_classification`: the mean over the texts).
-pub fn classification_loss(
-    model: &PerceiverForSequenceClassification,
-    batch: &ClassBatch,
-) -> Result<BatchLoss> {
+/// Cross-entropy of the batch's labels (transformers' classifiers' loss for
+/// `single_label_classification`: the mean over the examples).
+pub fn classification_loss(model: &PerceiverClassifier, batch: &ClassBatch) -> Result<BatchLoss> {
     let (loss, predicted) = scored(model, batch)?;
     let labels = batch.labels.to_vec1::<u32>()?;
     let correct = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
     Ok(BatchLoss { loss, correct })
 }
 
-/// A classifier's metrics on labelled texts.
+/// A classifier's metrics on labelled texts or images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierEval {
-    /// Mean cross-entropy over the texts, in nats.
+    /// Mean cross-entropy over the examples, in nats.
     pub loss: f64,
-    /// Fraction of texts whose most likely label is theirs.
+    /// Fraction of examples whose most likely label is theirs.
     pub accuracy: f64,
-    /// Texts evaluated.
+    /// Examples evaluated.
     pub examples: usize,
     /// Label names in id order.
     pub labels: Vec<String>,
-    /// `confusion[true][predicted]`: texts of each label by the label predicted.
+    /// `confusion[true][predicted]`: examples of each label by the label predicted.
     pub confusion: Vec<Vec<u64>>,
 }
 
-/// Evaluates `examples` in batches of `batch_size` (no update).
+/// Evaluates `examples` in batches of `batch_size` (no update); images are read with `images`.
 pub fn evaluate_classifier(
-    model: &PerceiverForSequenceClassification,
+    model: &PerceiverClassifier,
     examples: &[Example],
     batch_size: usize,
     labels: &[String],
+    images: Option<&ImageProcessor>,
 ) -> Result<ClassifierEval> {
     if examples.is_empty() {
         return Err(Error::Options("nothing to evaluate".into()));
@@ -421,7 +614,7 @@ pub fn evaluate_classifier(
     let mut total_loss = 0f64;
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let batch = ClassBatch::new(&refs, model.device())?;
+        let batch = ClassBatch::new(&refs, images, model.device())?;
         let (loss, predicted) = scored(model, &batch)?;
         total_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
         for (example, &p) in chunk.iter().zip(&predicted) {

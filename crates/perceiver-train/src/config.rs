@@ -41,6 +41,10 @@ pub struct TrainConfig {
     pub task: Task,
     /// Where the model came from (`preset:small`, `config:FILE`, `pretrained:ID`), for the record.
     pub model: String,
+    /// [`Task::Classify`] from a classifier: give it the data's labels, with a fresh final
+    /// layer (the rest of the model kept), instead of requiring the data's labels to be its own.
+    #[serde(default)]
+    pub new_labels: bool,
     /// Initialisation of a from-scratch run.
     #[serde(default)]
     pub init: InitScheme,
@@ -257,6 +261,7 @@ mod tests {
             log_every: 1,
             keep_checkpoints: 1,
             shuffle_windows: 16,
+            new_labels: false,
         }
     }
 

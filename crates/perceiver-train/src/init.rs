@@ -43,16 +43,30 @@ pub fn tensor_names(config: &PerceiverConfig) -> Result<HashMap<String, TensorNa
 
 /// DeepMind's initialisation of a tensor, chosen by its role.
 pub fn param_init(tensor: &TensorName) -> ParamInit {
+    if let Some(init) = batch_norm_statistic(tensor) {
+        return init;
+    }
     match tensor.role {
         Role::NormWeight => ParamInit::Constant(1.0),
         Role::NormBias | Role::LinearBias => ParamInit::Constant(0.0),
-        Role::LinearWeight => {
-            let fan_in = tensor.shape.get(1).copied().unwrap_or(1) as f64;
+        Role::LinearWeight | Role::ConvWeight => {
+            // A kernel's fan-in is its input channels times its window.
+            let fan_in = tensor.shape.iter().skip(1).product::<usize>().max(1) as f64;
             ParamInit::TruncatedNormal((1.0 / fan_in).sqrt() / TRUNCATION_STD_CORRECTION)
         }
         Role::Embedding => ParamInit::TruncatedNormal(1.0),
         // Latents, input and output position tables.
         _ => ParamInit::TruncatedNormal(0.02),
+    }
+}
+
+/// BatchNorm's running statistics start as PyTorch starts them, whatever the scheme: mean 0,
+/// variance 1, no batches counted.
+fn batch_norm_statistic(tensor: &TensorName) -> Option<ParamInit> {
+    match tensor.role {
+        Role::NormStatistic if tensor.name.ends_with("running_var") => Some(ParamInit::Constant(1.0)),
+        Role::NormStatistic | Role::Counter => Some(ParamInit::Constant(0.0)),
+        _ => None,
     }
 }
 
@@ -86,6 +100,9 @@ impl std::str::FromStr for InitScheme {
 
 /// The initialisation of a tensor under transformers' scheme.
 pub fn transformers_param_init(tensor: &TensorName, initializer_range: f64) -> ParamInit {
+    if let Some(init) = batch_norm_statistic(tensor) {
+        return init;
+    }
     match tensor.role {
         Role::NormWeight => ParamInit::Constant(1.0),
         Role::NormBias | Role::LinearBias => ParamInit::Constant(0.0),

@@ -2,6 +2,10 @@
 //! `label`; other columns are ignored) or JSON lines (one object a line with a string `text` and
 //! a string or integer `label`), chosen by the file's extension.
 //!
+//! Labelled images: a directory holding a folder per label, each with that label's image files
+//! (at any depth), as torchvision's `ImageFolder` and the `imagefolder` datasets lay them out
+//! ([`read_image_folders`]).
+//!
 //! Every row must have both: a missing column or field, an empty label, an empty text, a row
 //! with the wrong number of fields or a line that is not JSON is an [`Error::Data`] naming the
 //! file and the line, before any training starts. Rows are kept in memory: their number is
@@ -83,6 +87,115 @@ pub fn read(path: &Path) -> Result<Vec<LabelledText>> {
         return Err(data_error(path, None, "no labelled texts"));
     }
     Ok(rows)
+}
+
+/// Something with a label: a text or an image.
+pub trait Labelled {
+    /// Its label.
+    fn label(&self) -> &str;
+}
+
+impl Labelled for LabelledText {
+    fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+/// One labelled image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledImage {
+    /// The file.
+    pub path: PathBuf,
+    /// The name of the folder it is in, under the directory given.
+    pub label: String,
+}
+
+impl Labelled for LabelledImage {
+    fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+/// The extensions (any case) of the files read as images; other files in the folders (notes,
+/// `.DS_Store`) are skipped.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
+
+fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// The images of every directory of `specs`: each directory holds a folder per label (its name
+/// is the label), each folder that label's image files ([`IMAGE_EXTENSIONS`]) at any depth.
+/// Directories in name order, then files by path. An image file directly in a directory given
+/// (no label), a spec that is not a directory, or no image at all is an [`Error::Data`].
+pub fn read_image_folders<S: AsRef<str>>(specs: &[S]) -> Result<Vec<LabelledImage>> {
+    let mut images = Vec::new();
+    for spec in specs {
+        let dir = Path::new(spec.as_ref());
+        if !dir.is_dir() {
+            return Err(data_error(
+                dir,
+                None,
+                "labelled images are read from a directory with a folder per label (DIR/cat/1.jpg, \
+                 DIR/dog/2.png, …)",
+            ));
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_at(dir))?
+            .map(|entry| entry.map(|e| e.path()).map_err(io_at(dir)))
+            .collect::<Result<_>>()?;
+        entries.sort();
+        for entry in entries.into_iter().filter(|e| !is_hidden(e)) {
+            if entry.is_dir() {
+                let label = entry
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| data_error(&entry, None, "a label folder's name is not UTF-8"))?;
+                let label = label.trim().to_string();
+                let mut files: Vec<PathBuf> = Corpus::discover(&[entry.to_string_lossy()])?
+                    .files()
+                    .iter()
+                    .filter(|f| is_image_file(f) && !is_hidden(f))
+                    .cloned()
+                    .collect();
+                files.sort();
+                images.extend(files.into_iter().map(|path| LabelledImage {
+                    path,
+                    label: label.clone(),
+                }));
+            } else if is_image_file(&entry) {
+                return Err(data_error(
+                    &entry,
+                    None,
+                    format!(
+                        "an image directly in {}: each image goes in the folder named after its label",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if images.is_empty() {
+        let dirs: Vec<&str> = specs.iter().map(|s| s.as_ref()).collect();
+        return Err(data_error(
+            Path::new(dirs.first().copied().unwrap_or(".")),
+            None,
+            format!(
+                "no image files ({}) in a label folder of {}",
+                IMAGE_EXTENSIONS.join(", "),
+                dirs.join(", ")
+            ),
+        ));
+    }
+    Ok(images)
 }
 
 /// A row's text and label, checked.

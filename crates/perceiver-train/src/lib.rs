@@ -36,6 +36,6 @@ pub use config::{Task, TrainConfig};
 pub use error::{Error, Result};
 pub use masking::{Masking, MaskingStrategy};
 pub use metrics::StepMetrics;
-pub use model::{PerceiverForMaskedLM, PerceiverForSequenceClassification};
+pub use model::{ClassifierInputs, PerceiverClassifier, PerceiverForMaskedLM};
 pub use objective::{evaluate, EvalResult};
 pub use trainer::{Evaluation, Event, ModelInit, Outcome, Trainer};

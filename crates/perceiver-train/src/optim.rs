@@ -44,6 +44,12 @@ pub fn is_decayed(role: Role) -> bool {
     role == Role::LinearWeight
 }
 
+/// Whether gradients train a tensor of this role: all but BatchNorm's running statistics and
+/// count, which stay as loaded (the frozen BatchNorm of [`crate::model::image`]).
+pub fn is_trained(role: Role) -> bool {
+    !matches!(role, Role::NormStatistic | Role::Counter)
+}
+
 struct Param {
     name: String,
     var: Var,
@@ -107,7 +113,7 @@ struct UpdateScalars {
     grad_scale: f64,
 }
 
-/// AdamW over every variable of a [`VarMap`], in name order.
+/// AdamW over the trained variables of a [`VarMap`] ([`is_trained`]), in name order.
 pub struct AdamW {
     params: Vec<Param>,
     config: AdamWConfig,
@@ -120,7 +126,10 @@ impl AdamW {
     pub fn new(varmap: &VarMap, model: &PerceiverConfig, config: AdamWConfig) -> Result<Self> {
         let tree = tensor_names(model)?;
         let vars = varmap.data().lock().expect("varmap lock");
-        let mut names: Vec<&String> = vars.keys().collect();
+        let mut names: Vec<&String> = vars
+            .keys()
+            .filter(|name| tree.get(*name).is_none_or(|t| is_trained(t.role)))
+            .collect();
         names.sort();
         let params = names
             .into_iter()

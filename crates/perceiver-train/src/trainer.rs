@@ -1,7 +1,7 @@
 //! The training loop: a batch → loss → gradients → AdamW, with evaluation, metrics and
 //! checkpoints on schedule, and an exact resume. One loop for both tasks: the masked LM (windows
-//! of text, masked) and the sequence classifier (labelled texts); only drawing a batch, its loss
-//! and the evaluation differ ([`Task`]).
+//! of text, masked) and the classifiers (labelled texts or images); only drawing a batch, its
+//! loss and the evaluation differ ([`Task`]).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::model::{PerceiverForMaskedLM, PerceiverForSequenceClassification};
+use crate::model::{PerceiverClassifier, PerceiverForMaskedLM};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use perceiver::image::ImageProcessor;
 use perceiver::{Architecture, PerceiverConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -45,6 +46,10 @@ pub enum ModelInit {
         /// or extra. A classifier run may start from a masked LM's: its body is kept and a
         /// fresh decoder drawn ([`crate::classification::classifier_start`]).
         tensors: BTreeMap<String, Tensor>,
+        /// An image classifier's image processor (its `preprocessor_config.json`); `None`:
+        /// the one inference uses without that file
+        /// ([`perceiver::tasks::classify::default_image_processor`]).
+        image_processor: Option<ImageProcessor>,
     },
 }
 
@@ -53,7 +58,7 @@ pub enum ModelInit {
 pub enum Evaluation {
     /// Masked-byte metrics of a masked LM on held-out windows.
     MaskedLm(EvalResult),
-    /// A classifier on the held-out texts: accuracy, loss, confusion table.
+    /// A classifier on the held-out texts or images: accuracy, loss, confusion table.
     Classify(ClassifierEval),
 }
 
@@ -85,7 +90,7 @@ enum TaskState {
         eval_set: Vec<MaskedExample>,
     },
     Classify {
-        model: PerceiverForSequenceClassification,
+        model: PerceiverClassifier,
         data: ClassifierData,
         stream: ExampleStream,
     },
@@ -222,16 +227,48 @@ fn still_named(_file: &File, _path: &Path) -> bool {
     true
 }
 
-/// An error unless a model of `architecture` can be trained here: a byte masked LM or a text
-/// classifier (images, flow and video are not).
-pub fn check_trainable(architecture: Architecture) -> Result<()> {
-    match architecture {
-        Architecture::MaskedLm | Architecture::SequenceClassification => Ok(()),
-        other => Err(Error::Options(format!(
-            "the model is a {}: this tool trains byte masked LMs and text classifiers only",
-            other.name()
-        ))),
+/// An error unless a model of `architecture` can be trained here for `task`: a byte masked LM,
+/// or a classifier of texts or images with [`Task::Classify`] (flow and video are not trained).
+pub fn check_trainable(architecture: Architecture, task: Task) -> Result<()> {
+    let fail = |why: &str| {
+        Err(Error::Options(format!(
+            "the model is a {}: {why}",
+            architecture.name()
+        )))
+    };
+    match (architecture.is_classifier(), task) {
+        (true, Task::MaskedLm) => fail("train it with --task classify"),
+        (true, Task::Classify) => Ok(()),
+        _ if architecture == Architecture::MaskedLm => Ok(()),
+        _ => fail("this tool trains byte masked LMs and classifiers of texts and images only"),
     }
+}
+
+/// The image processor of an image classifier run: `given` (the model's own), else the one
+/// inference uses without one; `None` for a text model. One that resizes to a size the model does
+/// not take is refused.
+fn image_processor_for(
+    config: &PerceiverConfig,
+    given: Option<ImageProcessor>,
+) -> Result<Option<ImageProcessor>> {
+    if config.image_input().is_none() {
+        return Ok(None);
+    }
+    let processor = match given {
+        Some(processor) => processor,
+        None => perceiver::tasks::classify::default_image_processor(config)?
+            .ok_or_else(|| Error::Options("an image classifier has an image processor".into()))?,
+    };
+    if let Some(perceiver::config::ImageInputSpec::Conv1x1 { .. }) = config.image_input() {
+        let side = config.image_size();
+        let c = processor.config();
+        if !c.do_resize || (c.size.height, c.size.width) != (side, side) {
+            return Err(Error::Options(format!(
+                "the model takes {side}x{side} images, and its image processor does not resize to that size"
+            )));
+        }
+    }
+    Ok(Some(processor))
 }
 
 /// Files a run writes into its directory besides checkpoints: a directory holding any of them
@@ -345,23 +382,21 @@ impl Trainer {
         options.eval_corpus = corpus::absolute_specs(&options.eval_corpus)?;
         let device = Device::Cpu;
         let varmap = VarMap::new();
-        let (config, weights) = match init {
-            ModelInit::Scratch(config) => (config, None),
-            ModelInit::Pretrained { config, tensors } => (config, Some(tensors)),
+        let (config, weights, image_processor) = match init {
+            ModelInit::Scratch(config) => (config, None, None),
+            ModelInit::Pretrained {
+                config,
+                tensors,
+                image_processor,
+            } => (config, Some(tensors), image_processor),
         };
         config.validate()?;
         options.validate(&config)?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let architecture = Architecture::of(&config)?;
-        check_trainable(architecture)?;
+        check_trainable(architecture, options.task)?;
         let (config, task) = match options.task {
             Task::MaskedLm => {
-                if architecture == Architecture::SequenceClassification {
-                    return Err(Error::Options(format!(
-                        "the model is a {}: train it with --task classify",
-                        architecture.name()
-                    )));
-                }
                 let model = PerceiverForMaskedLM::new(&config, vb)?;
                 match weights {
                     None => initialize(&varmap, options.init, &config, options.seed)?,
@@ -371,29 +406,23 @@ impl Trainer {
                 (config, task)
             }
             Task::Classify => {
-                // A classifier keeps its labels; a masked LM (or a fresh layout) takes the data's.
-                let is_classifier = architecture == Architecture::SequenceClassification;
-                let known = is_classifier.then(|| config_labels(&config)).transpose()?;
-                let data = ClassifierData::load(&options, known)?;
+                // A classifier keeps its labels unless told to take the data's (a fresh final
+                // layer); a masked LM takes the data's (a fresh decoder).
+                let keeps_labels = architecture.is_classifier() && !options.new_labels;
+                let known = keeps_labels.then(|| config_labels(&config)).transpose()?;
+                let images = image_processor_for(&config, image_processor)?;
+                let data = ClassifierData::load(&options, known, images)?;
                 let (config, weights) = match weights {
-                    Some(tensors) if is_classifier => (config, Some(tensors)),
+                    Some(tensors) if keeps_labels => (config, Some(tensors)),
                     Some(tensors) => {
                         let (config, tensors) =
                             classifier_start(&config, &tensors, &data.labels, options.seed)?;
                         (config, Some(tensors))
                     }
-                    None if is_classifier => (config, None),
-                    None if architecture == Architecture::MaskedLm => {
-                        (classifier_config(&config, &data.labels)?, None)
-                    }
-                    None => {
-                        return Err(Error::Options(format!(
-                            "a {} does not classify text",
-                            architecture.name()
-                        )))
-                    }
+                    None if keeps_labels => (config, None),
+                    None => (classifier_config(&config, &data.labels)?, None),
                 };
-                let model = PerceiverForSequenceClassification::new(&config, vb)?;
+                let model = PerceiverClassifier::new(&config, vb)?;
                 match weights {
                     None => initialize(&varmap, options.init, &config, options.seed)?,
                     Some(tensors) => set_weights(&varmap, &tensors.into_iter().collect())?,
@@ -549,11 +578,15 @@ impl Trainer {
         let task = match options.task {
             Task::MaskedLm => masked_lm_task(&options, PerceiverForMaskedLM::new(&saved.config, vb)?),
             Task::Classify => {
-                let model = PerceiverForSequenceClassification::new(&saved.config, vb)?;
-                ClassifierData::load(&options, Some(config_labels(&saved.config)?)).map(|data| {
-                    let stream = ExampleStream::new(data.train.len(), options.seed);
-                    TaskState::Classify { model, data, stream }
-                })
+                let model = PerceiverClassifier::new(&saved.config, vb)?;
+                image_processor_for(&saved.config, saved.image_processor.clone())
+                    .and_then(|images| {
+                        ClassifierData::load(&options, Some(config_labels(&saved.config)?), images)
+                    })
+                    .map(|data| {
+                        let stream = ExampleStream::new(data.train.len(), options.seed);
+                        TaskState::Classify { model, data, stream }
+                    })
             }
         };
         // Older versions saved the corpus as given: relative to where the run was started.
@@ -646,7 +679,7 @@ impl Trainer {
     }
 
     /// The classifier being trained (`None` for a masked-LM run).
-    pub fn classifier(&self) -> Option<&PerceiverForSequenceClassification> {
+    pub fn classifier(&self) -> Option<&PerceiverClassifier> {
         match &self.task {
             TaskState::Classify { model, .. } => Some(model),
             TaskState::MaskedLm { .. } => None,
@@ -759,7 +792,7 @@ impl Trainer {
                 let examples: Vec<&Example> = (0..batch_size)
                     .map(|_| &data.train[stream.next_index()])
                     .collect();
-                let batch = ClassBatch::new(&examples, model.device())?;
+                let batch = ClassBatch::new(&examples, data.images.as_ref(), model.device())?;
                 let out = classification_loss(model, &batch)?;
                 Ok((out, batch.size, batch.num_bytes))
             }
@@ -780,6 +813,7 @@ impl Trainer {
                 &data.eval,
                 batch_size,
                 &data.labels,
+                data.images.as_ref(),
             )?)),
         })
     }
@@ -800,12 +834,17 @@ impl Trainer {
             pending: self.pending,
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
+        let image_processor = match &self.task {
+            TaskState::Classify { data, .. } => data.images.as_ref().map(|p| p.config()),
+            TaskState::MaskedLm { .. } => None,
+        };
         let dir = checkpoint::save(
             &self.run_dir,
             &self.config,
             &self.weights(),
             &self.optimizer.state()?,
             &training,
+            image_processor,
         )?;
         self.saved_step.set(self.progress.step);
         checkpoint::prune(&self.run_dir, self.options.keep_checkpoints)?;

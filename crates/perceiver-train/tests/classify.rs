@@ -5,7 +5,7 @@
 //!
 //! With `PERCEIVER_KEEP_CLASSIFIER=DIR` the checkpoint is copied to DIR with `ours.json` (texts,
 //! ids and our logits) for `scripts/check_classifier_checkpoint.py`, which compares them with
-//! transformers' `PerceiverForSequenceClassification`.
+//! transformers' `PerceiverClassifier`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,12 +14,13 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use perceiver::{Architecture, Classifier, Loader, ModelInput};
-use perceiver_train::classification::{tokenize, EvalFile, EVAL_FILE};
+use perceiver_train::classification::{tokenize, EvalFile, Example, ExampleInput, EVAL_FILE};
 use perceiver_train::config::Task;
 use perceiver_train::init::InitScheme;
 use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
 use perceiver_train::{
-    Evaluation, Event, Masking, ModelInit, Outcome, PerceiverForSequenceClassification, TrainConfig, Trainer,
+    ClassifierInputs, Evaluation, Event, Masking, ModelInit, Outcome, PerceiverClassifier, TrainConfig,
+    Trainer,
 };
 
 /// (label, subjects, verbs, objects, endings): every sentence is one of each, so the words, not
@@ -173,6 +174,14 @@ fn options(data: &Path, steps: u64) -> TrainConfig {
         log_every: 1,
         keep_checkpoints: 1,
         shuffle_windows: 1,
+        new_labels: false,
+    }
+}
+
+fn text_ids(example: &Example) -> &[u32] {
+    match &example.input {
+        ExampleInput::Ids(ids) => ids,
+        ExampleInput::Image(path) => panic!("a text example, not {}", path.display()),
     }
 }
 
@@ -182,6 +191,7 @@ fn built_in() -> ModelInit {
     ModelInit::Pretrained {
         config: checkpoint.config().clone(),
         tensors,
+        image_processor: None,
     }
 }
 
@@ -254,18 +264,22 @@ fn the_built_in_model_learns_to_tell_languages_apart() {
     assert_eq!(classifier.labels(), ["de", "en", "fr"]);
 
     // … and it gives the differentiable model's logits on the held-out texts, and its labels.
-    let model: &PerceiverForSequenceClassification = trainer.classifier().unwrap();
-    let ids: Vec<&[u32]> = held_out.iter().map(|e| e.ids.as_slice()).collect();
+    let model: &PerceiverClassifier = trainer.classifier().unwrap();
+    let ids: Vec<&[u32]> = held_out.iter().map(text_ids).collect();
     let fast = classifier.logits(ModelInput::Tokens(&ids)).unwrap();
     let mut slow = Vec::new();
     for e in &held_out {
-        let input = Tensor::new(e.ids.as_slice(), &Device::Cpu)
+        let input = Tensor::new(text_ids(e), &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
             .unwrap();
+        let input = ClassifierInputs::Text {
+            input_ids: input,
+            attention_mask: None,
+        };
         slow.extend(
             model
-                .forward(&input, None)
+                .forward(&input)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -400,6 +414,7 @@ fn fine_tuning_a_classifier_again_keeps_its_labels() {
     let init = || ModelInit::Pretrained {
         config: loaded.config().clone(),
         tensors: perceiver_train::model::checkpoint_tensors(&loaded, &Device::Cpu).unwrap(),
+        image_processor: None,
     };
     let again = Trainer::start(opts.clone(), &dir.path().join("b"), init()).unwrap();
     assert_eq!(again.classifier_data().unwrap().labels, ["de", "en", "fr"]);

@@ -1,9 +1,10 @@
 //! One training step equals transformers + torch.optim's: the loss, every parameter's gradient,
 //! and the parameters after gradient clipping and one AdamW update.
 //!
-//! Fixtures: `tests/fixtures/grad/*`, written by `scripts/make_grad_fixtures.py` (pinned
-//! transformers / torch, computed in float64 from the float32 weights). Tolerances: loss 1e-5
-//! relative; each gradient 1e-4 relative to its own norm; updated parameters 1e-5 absolute.
+//! Fixtures: `tests/fixtures/grad/*`, written by `scripts/make_grad_fixtures.py` (the masked
+//! LMs) and `scripts/make_classifier_grad_fixture.py` (the classifiers of texts and images), with
+//! pinned transformers / torch, computed in float64 from the float32 weights. Tolerances: loss
+//! 1e-5 relative; a classifier's logits 1e-5 relative to their norm; each gradient 1e-4 relative to its own norm; updated parameters 1e-5 absolute.
 //! Attention key biases get no gradient in exact arithmetic (the softmax ignores a constant
 //! added to every key), so theirs are compared absolutely (1e-6 × global norm) and their updates
 //! (driven by rounding noise through Adam's normalisation) to within the learning rate.
@@ -14,12 +15,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use perceiver::ModelFiles;
+use perceiver_train::classification::{ClassBatch, Example, ExampleInput};
 use perceiver_train::gradients::Gradients;
 use perceiver_train::masking::MaskedExample;
 use perceiver_train::objective::{masked_lm_loss, MaskedBatch};
 use perceiver_train::optim::{clip_factor, global_norm, AdamW, AdamWConfig};
 use perceiver_train::trainer::{gradients, set_weights};
-use perceiver_train::PerceiverForMaskedLM;
+use perceiver_train::{ClassifierInputs, PerceiverClassifier, PerceiverForMaskedLM};
 
 fn fixture_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -184,50 +186,89 @@ fn training_step_matches_transformers_tanh_no_residual_padded() {
 /// masked LM's, checked above.
 #[test]
 fn classifier_gradients_match_transformers() {
-    use perceiver_train::classification::{classification_loss, ClassBatch, Example};
-    use perceiver_train::PerceiverForSequenceClassification;
+    check_classifier_case("classifier", |step, device| {
+        let ids = step["input_ids"].to_vec2::<i64>().unwrap();
+        let mask = step["attention_mask"].to_vec2::<i64>().unwrap();
+        let labels = step["labels"].to_vec1::<i64>().unwrap();
+        let examples: Vec<Example> = ids
+            .iter()
+            .zip(&mask)
+            .zip(&labels)
+            .map(|((row, m), &label)| Example {
+                input: ExampleInput::Ids(
+                    row.iter()
+                        .zip(m)
+                        .filter(|&(_, &m)| m == 1)
+                        .map(|(&i, _)| i as u32)
+                        .collect(),
+                ),
+                label: label as u32,
+            })
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        ClassBatch::new(&refs, None, device).unwrap()
+    });
+}
 
-    let dir = fixture_dir("classifier");
+/// The three ImageNet classifiers' loss, logits and every gradient equal transformers' on a
+/// batch of three images (`scripts/make_classifier_grad_fixture.py`, float64 there): the 1×1
+/// convolution and projected learned positions, the pixels with Fourier features, and the conv
+/// stem (its BatchNorm frozen on both sides: running statistics, trained scale and shift) with
+/// its max-pool, under the same encoder and classification decoder.
+#[test]
+fn image_classifier_gradients_match_transformers() {
+    for case in ["image_learned", "image_fourier", "image_conv"] {
+        check_classifier_case(case, |step, device| {
+            let pixels = step["pixel_values"].to_device(device).unwrap();
+            let labels: Vec<u32> = step["labels"]
+                .to_vec1::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|l| l as u32)
+                .collect();
+            ClassBatch {
+                size: labels.len(),
+                labels: Tensor::new(labels, device).unwrap(),
+                inputs: ClassifierInputs::Images(pixels),
+                num_bytes: 0,
+            }
+        });
+    }
+}
+
+/// One classifier fixture: the model of `case` on the batch `batch` makes of its step file; the
+/// loss (and the logits, where the fixture has them) and every trained tensor's gradient against
+/// transformers'.
+fn check_classifier_case(case: &str, batch: impl FnOnce(&HashMap<String, Tensor>, &Device) -> ClassBatch) {
+    use perceiver_train::classification::classification_loss;
+
+    let dir = fixture_dir(case);
     let device = Device::Cpu;
     let step = candle_core::safetensors::load(dir.join("step.safetensors"), &device).unwrap();
     let files = ModelFiles::from_dir(&dir).unwrap();
     let (config, tensors) = perceiver_train::model::load_masked_lm_tensors(&files, &device).unwrap();
     let varmap = VarMap::new();
-    let model = PerceiverForSequenceClassification::new(
-        &config,
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-    )
-    .unwrap();
+    let model =
+        PerceiverClassifier::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
     set_weights(&varmap, &tensors.into_iter().collect()).unwrap();
 
-    let ids = step["input_ids"].to_vec2::<i64>().unwrap();
-    let mask = step["attention_mask"].to_vec2::<i64>().unwrap();
-    let labels = step["labels"].to_vec1::<i64>().unwrap();
-    let examples: Vec<Example> = ids
-        .iter()
-        .zip(&mask)
-        .zip(&labels)
-        .map(|((row, m), &label)| Example {
-            ids: row
-                .iter()
-                .zip(m)
-                .filter(|&(_, &m)| m == 1)
-                .map(|(&i, _)| i as u32)
-                .collect(),
-            label: label as u32,
-        })
-        .collect();
-    let refs: Vec<&Example> = examples.iter().collect();
-    let batch = ClassBatch::new(&refs, &device).unwrap();
+    let batch = batch(&step, &device);
+    if let Some(want) = step.get("logits") {
+        let got = model
+            .forward(&batch.inputs)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let diff = norm(&(got - want).unwrap()) / norm(want);
+        println!("{case}: logits differ by {diff:.2e} of their norm (tolerance 1e-5)");
+        assert!(diff < 1e-5, "{case}: logits differ by {diff:e} of their norm");
+    }
     let out = classification_loss(&model, &batch).unwrap();
     let loss = out.loss.to_scalar::<f32>().unwrap() as f64;
     let want_loss = scalar(&step, "loss");
     let loss_rel = (loss - want_loss).abs() / want_loss.abs();
-    println!("classifier: loss {loss:.8} vs {want_loss:.8} (relative {loss_rel:.2e}, tolerance 1e-5)");
-    assert!(
-        loss_rel < 1e-5,
-        "classifier: loss differs by {loss_rel:e} relative"
-    );
+    println!("{case}: loss {loss:.8} vs {want_loss:.8} (relative {loss_rel:.2e}, tolerance 1e-5)");
+    assert!(loss_rel < 1e-5, "{case}: loss differs by {loss_rel:e} relative");
 
     let optimizer = AdamW::new(&varmap, &config, AdamWConfig::default()).unwrap();
     let mut collected = Gradients::new(optimizer.vars());
@@ -236,16 +277,16 @@ fn classifier_gradients_match_transformers() {
     let global = scalar(&step, "grad_norm");
     let mut worst = (0f64, String::new());
     let names: Vec<String> = optimizer.names().map(String::from).collect();
-    assert_names_are_the_fixtures_gradients("classifier", &step, &names);
+    assert_names_are_the_fixtures_gradients(case, &step, &names);
     for (name, grad) in names.iter().zip(&grads) {
         let want = step
             .get(&format!("grad.{name}"))
-            .unwrap_or_else(|| panic!("classifier: fixture has no grad.{name}"));
+            .unwrap_or_else(|| panic!("{case}: fixture has no grad.{name}"));
         let diff = norm(&(grad.to_dtype(DType::F64).unwrap() - want).unwrap());
         if name.ends_with("key.bias") {
             assert!(
                 diff < 1e-6 * global,
-                "classifier: {name} gradient {diff:e} (should be ~0)"
+                "{case}: {name} gradient {diff:e} (should be ~0)"
             );
             continue;
         }
@@ -255,11 +296,11 @@ fn classifier_gradients_match_transformers() {
         }
         assert!(
             rel < 1e-4,
-            "classifier: gradient of {name} differs by {rel:e} of its norm"
+            "{case}: gradient of {name} differs by {rel:e} of its norm"
         );
     }
     println!(
-        "classifier: {} gradients, worst relative difference {:.2e} ({}), tolerance 1e-4",
+        "{case}: {} gradients, worst relative difference {:.2e} ({}), tolerance 1e-4",
         names.len(),
         worst.0,
         worst.1

@@ -43,7 +43,7 @@ pub enum Padding {
 impl Padding {
     /// `(before, after, outputs)` along a side of `n` for a `window` moved by `stride`; `None`
     /// when the window does not fit.
-    fn along(self, n: usize, window: usize, stride: usize) -> Option<(usize, usize, usize)> {
+    pub fn along(self, n: usize, window: usize, stride: usize) -> Option<(usize, usize, usize)> {
         match self {
             Self::Fixed { before, after } => {
                 let padded = n + before + after;
@@ -102,7 +102,7 @@ impl Conv2d {
 
     /// PyTorch's "same" padding for a stride-`stride` convolution as transformers'
     /// `Conv2dSamePadding` computes it: `k − 1` zeros split with the extra one after.
-    pub(crate) fn same_padding(kernel: usize) -> Padding {
+    pub fn same_padding(kernel: usize) -> Padding {
         Padding::Fixed {
             before: (kernel - 1) / 2,
             after: kernel / 2,

@@ -96,6 +96,11 @@ impl Linear {
         })
     }
 
+    /// The `[out, in]` matrix.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// `x`: `[..., in]` → `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();

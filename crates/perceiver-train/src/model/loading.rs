@@ -6,19 +6,28 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use perceiver::checkpoint::names::{ModelNames, Role};
 use perceiver::{
     Checkpoint, LoadOptions, Loader, ModelFiles, Param, PerceiverConfig, PerceiverModel, Precision,
 };
 
-use super::{PerceiverForMaskedLM, PerceiverForSequenceClassification};
+use super::{PerceiverClassifier, PerceiverForMaskedLM};
 use crate::error::Result;
 
 /// Every tensor of a checkpoint as a candle tensor on `device`, by transformers name: the
-/// starting point for fine-tuning.
+/// starting point for fine-tuning. BatchNorm's batch counts, which no model reads, are among
+/// them (as f32), so that the checkpoints a run writes keep them.
 pub fn checkpoint_tensors(checkpoint: &Checkpoint, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    let counters = ModelNames::new(checkpoint.config(), 0)?
+        .tensors()
+        .into_iter()
+        .filter(|t| t.role == Role::Counter)
+        .map(|t| Ok((t.name.clone(), checkpoint.get(&t.name)?)))
+        .collect::<Result<Vec<_>>>()?;
     checkpoint
         .tensors()?
         .into_iter()
+        .chain(counters)
         .map(|(name, param)| Ok((name, Tensor::from_slice(param.data(), param.shape(), device)?)))
         .collect()
 }
@@ -42,22 +51,22 @@ pub fn masked_lm_of(checkpoint: &Checkpoint, device: &Device) -> Result<Perceive
     )
 }
 
-/// The differentiable sequence classifier of a checkpoint.
-pub fn classifier_of(checkpoint: &Checkpoint, device: &Device) -> Result<PerceiverForSequenceClassification> {
+/// The differentiable classifier (of texts or images) of a checkpoint.
+pub fn classifier_of(checkpoint: &Checkpoint, device: &Device) -> Result<PerceiverClassifier> {
     let tensors = checkpoint_tensors(checkpoint, device)?;
-    PerceiverForSequenceClassification::new(
+    PerceiverClassifier::new(
         checkpoint.config(),
         VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, device),
     )
 }
 
-/// The differentiable sequence classifier of a directory, a hub id (as [`Loader`] resolves
+/// The differentiable classifier of a directory, a hub id (as [`Loader`] resolves
 /// them).
 pub fn load_classifier_from(
     model: &str,
     options: &LoadOptions,
     device: &Device,
-) -> Result<PerceiverForSequenceClassification> {
+) -> Result<PerceiverClassifier> {
     classifier_of(&Loader::new(model).options(options.clone()).checkpoint()?, device)
 }
 

@@ -2,7 +2,7 @@
 //! probabilities out, best first (what transformers' `text-classification` and
 //! `image-classification` pipelines return).
 
-use crate::config::Architecture;
+use crate::config::{Architecture, ImageInputSpec, PerceiverConfig};
 use crate::error::{Error, Result};
 use crate::image::{DecodeLimits, ImageProcessor, ImageProcessorConfig, Size};
 use crate::model::{ModelInput, PerceiverModel};
@@ -33,6 +33,26 @@ pub struct Classifier {
     decode_limits: DecodeLimits,
 }
 
+/// The image processor a classifier of `config` uses when its files have no
+/// `preprocessor_config.json`: transformers' defaults ([`ImageProcessorConfig::default`]: crop,
+/// then resize to 224 × 224), or for a model that takes one size of image only (learned
+/// positions) those settings sized to it ([`ImageProcessorConfig::for_size`]); `None` for a
+/// model that does not read images.
+pub fn default_image_processor(config: &PerceiverConfig) -> Result<Option<ImageProcessor>> {
+    Ok(match config.image_input() {
+        None => None,
+        // transformers' 224 × 224 would be refused by a model of another fixed size.
+        Some(ImageInputSpec::Conv1x1 { .. }) => {
+            let side = config.image_size();
+            Some(ImageProcessor::new(ImageProcessorConfig::for_size(Size {
+                height: side,
+                width: side,
+            }))?)
+        }
+        Some(_) => Some(ImageProcessor::default()),
+    })
+}
+
 impl Classifier {
     /// An error unless the task runs on models of this architecture (a text or image
     /// classifier): what [`new`](Self::new) checks, for checking a config before its weights
@@ -57,18 +77,7 @@ impl Classifier {
     pub fn new(model: PerceiverModel) -> Result<Self> {
         Self::check_architecture(model.architecture())?;
         let labels = model.config().labels(model.num_outputs())?;
-        // transformers' defaults until the model's own settings are given; their 224 × 224
-        // would be refused by a model of another fixed size.
-        let image_processor = match (model.architecture().reads_images(), model.image_size()) {
-            (false, _) => None,
-            (true, None) => Some(ImageProcessor::default()),
-            (true, Some((height, width))) => {
-                Some(ImageProcessor::new(ImageProcessorConfig::for_size(Size {
-                    height,
-                    width,
-                }))?)
-            }
-        };
+        let image_processor = default_image_processor(model.config())?;
         Ok(Self {
             model,
             labels,
