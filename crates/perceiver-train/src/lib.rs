@@ -1,11 +1,11 @@
-//! Training byte-level Perceiver IO masked language models, and fine-tuning them into text
-//! classifiers.
+//! Training byte-level Perceiver IO masked language models, fine-tuning them into text
+//! classifiers, and fine-tuning the ImageNet classifiers on image folders.
 //!
 //! Bottom up: [`corpus`] (files → shuffled windows, held-out split), [`masking`] (which bytes,
 //! what replaces them), [`init`] (DeepMind's initialisation), [`optim`] (AdamW, schedule,
 //! clipping; [`gradients`] collects what it updates with), [`objective`] (batches, the masked-LM
-//! loss, evaluation), [`labelled`] and [`classification`] (labelled texts, the classifier's start,
-//! loss and confusion table), [`checkpoint`] (atomic, transformers-compatible directories),
+//! loss, evaluation), [`labelled`] and [`classification`] (labelled texts and image folders, the
+//! classifier's start, loss and confusion table), [`checkpoint`] (atomic, transformers-compatible directories),
 //! [`metrics`] and [`plot`] (progress on disk), and [`trainer`] (the one loop for both). [`model`]
 //! is the differentiable model (candle); it reads and writes the same tensor names as the inference
 //! library, so a run's checkpoints load anywhere a model does.
