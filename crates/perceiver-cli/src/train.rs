@@ -1,7 +1,7 @@
 //! `perceiver train`, `perceiver eval` and `perceiver plot`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -132,7 +132,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = whole::<usize>(1, MAX_SEQ_LEN))]
     seq_len: Option<usize>,
 
-    /// Windows (texts) per micro-batch (at most 4096).
+    /// Windows (texts, images) per micro-batch (at most 4096).
     #[arg(long, default_value_t = 16, value_parser = whole::<usize>(1, MAX_BATCH_SIZE as u64))]
     batch_size: usize,
 
@@ -239,13 +239,10 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
             .with_context(|| format!("cannot load model {model}"))?;
         let config = checkpoint.config().clone();
         // Images are prepared for training as the model's own files prepare them for inference.
-        let image_processor = match processor_file.filter(|_| config.image_input().is_some()) {
-            Some(path) => Some(
-                perceiver::image::ImageProcessor::from_file(&path)
-                    .with_context(|| format!("cannot use {}", path.display()))?,
-            ),
-            None => None,
-        };
+        let image_processor = processor_file
+            .filter(|_| config.image_input().is_some())
+            .map(|path| image_processor_file(&path))
+            .transpose()?;
         if config.attention_probs_dropout_prob > 0.0 {
             note!(
                 "note: the model's config asks for attention dropout {}; this trainer applies no dropout",
@@ -270,6 +267,12 @@ fn model_init(args: &TrainArgs) -> Result<(ModelInit, String)> {
     let config = preset(name)
         .with_context(|| format!("unknown preset {name:?} (one of {})", PRESET_NAMES.join(", ")))?;
     Ok((ModelInit::Scratch(config), format!("preset:{name}")))
+}
+
+/// A model's `preprocessor_config.json`.
+fn image_processor_file(path: &Path) -> Result<perceiver::image::ImageProcessor> {
+    perceiver::image::ImageProcessor::from_file(path)
+        .with_context(|| format!("cannot use {}", path.display()))
 }
 
 /// `--seq-len`: 1 to the most positions any config may have (the model's own
@@ -690,12 +693,11 @@ fn run_classifier_eval(
             (examples, truncated, None)
         }
         None => {
-            let processor = match processor_file {
-                Some(path) => perceiver::image::ImageProcessor::from_file(&path)
-                    .with_context(|| format!("cannot use {}", path.display()))?,
-                None => perceiver::tasks::classify::default_image_processor(checkpoint.config())?
-                    .context("an image classifier has an image processor")?,
-            };
+            let given = processor_file
+                .map(|path| image_processor_file(&path))
+                .transpose()?;
+            let processor = classification::image_processor_for(checkpoint.config(), given)?
+                .context("an image classifier has an image processor")?;
             let rows = perceiver_train::labelled::read_image_folders(&args.files)?;
             (
                 classification::image_examples(&rows, &labels)?,

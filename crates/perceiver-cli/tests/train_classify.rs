@@ -209,7 +209,7 @@ fn bad_labelled_files_fail_in_one_line() {
         &train_args(&train, &other, o, "2"),
         &[
             "other.csv line 2",
-            "`greeting` is not one of the classifier's labels (food, weather)",
+            "`greeting` is not one of the training examples' labels (food, weather)",
         ],
     );
     // The same reader for the built-in model's fine-tuning and for `eval` of a classifier.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use perceiver::checkpoint::names::{ModelNames, Role};
+use perceiver::checkpoint::names::ModelNames;
 use perceiver::image::{ImageProcessor, ImageProcessorConfig};
 use perceiver::PerceiverConfig;
 use serde::{Deserialize, Serialize};
@@ -119,15 +119,9 @@ pub fn save(
     std::fs::write(&config_path, config.to_json_string()).map_err(io_at(&config_path))?;
     let model_path = partial.join(perceiver::checkpoint::SAFETENSORS_FILE);
     // BatchNorm's batch counts are PyTorch's int64, whatever the trainer held them as.
-    let counters: Vec<String> = ModelNames::new(config, 0)?
-        .tensors()
-        .into_iter()
-        .filter(|t| t.role == Role::Counter)
-        .map(|t| t.name.clone())
-        .collect();
     let mut weights = weights.clone();
-    for name in &counters {
-        if let Some(count) = weights.get_mut(name) {
+    for counter in ModelNames::new(config, 0)?.counters() {
+        if let Some(count) = weights.get_mut(&counter.name) {
             *count = count.round()?.to_dtype(DType::I64)?;
         }
     }

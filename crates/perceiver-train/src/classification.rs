@@ -183,6 +183,33 @@ pub fn classifier_start(
     Ok((config, tensors))
 }
 
+/// The image processor of an image classifier (for a run, or an evaluation): `given` (the
+/// model's own `preprocessor_config.json`), else the one inference uses without one; `None` for a
+/// text model. One that does not resize to the one size a learned-position model takes is refused.
+pub fn image_processor_for(
+    config: &PerceiverConfig,
+    given: Option<ImageProcessor>,
+) -> Result<Option<ImageProcessor>> {
+    if config.image_input().is_none() {
+        return Ok(None);
+    }
+    let processor = match given {
+        Some(processor) => processor,
+        None => perceiver::tasks::classify::default_image_processor(config)?
+            .ok_or_else(|| Error::Options("an image classifier has an image processor".into()))?,
+    };
+    if let Some(perceiver::config::ImageInputSpec::Conv1x1 { .. }) = config.image_input() {
+        let side = config.image_size();
+        let c = processor.config();
+        if !c.do_resize || (c.size.height, c.size.width) != (side, side) {
+            return Err(Error::Options(format!(
+                "the model takes {side}x{side} images, and its image processor does not resize to that size"
+            )));
+        }
+    }
+    Ok(Some(processor))
+}
+
 /// A classifier run's texts or images: the labels, the training and held-out examples.
 #[derive(Debug, Clone)]
 pub struct ClassifierData {
@@ -203,13 +230,18 @@ impl ClassifierData {
     /// held-out part): texts from labelled files, or with `images` (the model's image processor)
     /// image folders ([`labelled::read_image_folders`]), every image read once. With `known` (a
     /// classifier's labels, when fine-tuning or resuming one), every label of the data must be
-    /// one of them; otherwise the training examples' labels are the labels, and there must be at
-    /// least two.
+    /// one of them (`advice` is appended to the refusal); otherwise the training examples'
+    /// labels are the labels, and there must be at least two.
     pub fn load(
         options: &TrainConfig,
         known: Option<Vec<String>>,
         images: Option<ImageProcessor>,
+        advice: &str,
     ) -> Result<Self> {
+        let whose = match known {
+            Some(_) => CLASSIFIERS,
+            None => "the training examples'",
+        };
         let data = match &images {
             None => {
                 let rows = labelled::read_all(&options.corpus)?;
@@ -219,8 +251,9 @@ impl ClassifierData {
                     (rows, labelled::read_all(&options.eval_corpus)?)
                 };
                 let labels = checked_labels(known, &train_rows, "texts")?;
-                let (train, cut_train) = examples(&train_rows, &labels, options.seq_len)?;
-                let (eval, cut_eval) = examples(&eval_rows, &labels, options.seq_len)?;
+                let ids = LabelIds::new(&labels, whose, advice);
+                let (train, cut_train) = texts_as_examples(&train_rows, &ids, options.seq_len)?;
+                let (eval, cut_eval) = texts_as_examples(&eval_rows, &ids, options.seq_len)?;
                 Self {
                     labels,
                     train,
@@ -237,8 +270,9 @@ impl ClassifierData {
                     (rows, labelled::read_image_folders(&options.eval_corpus)?)
                 };
                 let labels = checked_labels(known, &train_rows, "images")?;
-                let train = image_examples(&train_rows, &labels)?;
-                let eval = image_examples(&eval_rows, &labels)?;
+                let ids = LabelIds::new(&labels, whose, advice);
+                let train = images_as_examples(&train_rows, &ids)?;
+                let eval = images_as_examples(&eval_rows, &ids)?;
                 check_images(train.iter().chain(&eval), processor)?;
                 Self {
                     labels,
@@ -270,46 +304,68 @@ fn checked_labels<T: Labelled>(known: Option<Vec<String>>, train: &[T], what: &s
     Ok(labels)
 }
 
-/// The id of `label` in `labels`, or an error naming where the example came from.
-fn label_id(
-    ids: &HashMap<&str, u32>,
-    label: &str,
-    labels: &[String],
-    path: &Path,
-    line: Option<u64>,
-) -> Result<u32> {
-    ids.get(label).copied().ok_or_else(|| Error::Data {
-        path: path.to_path_buf(),
-        line,
-        reason: format!(
-            "the label `{label}` is not one of the classifier's labels ({}){}",
-            labels.join(", "),
-            NEW_LABELS_HINT
-        ),
-    })
+/// Label names to ids, and how an example with another label is refused.
+struct LabelIds<'a> {
+    labels: &'a [String],
+    ids: HashMap<&'a str, u32>,
+    /// Whose labels they are: "the classifier's", "the training examples'".
+    whose: &'static str,
+    /// Appended to the refusal: what to do about it ("" for nothing).
+    advice: &'a str,
 }
 
-/// What to do when the data's labels are not the classifier's.
-const NEW_LABELS_HINT: &str =
-    "; to train it on the data's labels instead (a fresh final layer), add --new-labels";
+/// Labels named in full when an example's label is not among them; the rest are counted.
+const LABELS_NAMED: usize = 10;
 
-fn label_ids(labels: &[String]) -> HashMap<&str, u32> {
-    labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i as u32))
-        .collect()
+impl<'a> LabelIds<'a> {
+    fn new(labels: &'a [String], whose: &'static str, advice: &'a str) -> Self {
+        let ids = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i as u32))
+            .collect();
+        Self {
+            labels,
+            ids,
+            whose,
+            advice,
+        }
+    }
+
+    /// The id of `label`, or an error naming where the example came from.
+    fn id(&self, label: &str, path: &Path, line: Option<u64>) -> Result<u32> {
+        self.ids.get(label).copied().ok_or_else(|| {
+            let mut named = self.labels[..self.labels.len().min(LABELS_NAMED)].join(", ");
+            if self.labels.len() > LABELS_NAMED {
+                named.push_str(&format!(", … and {} more", self.labels.len() - LABELS_NAMED));
+            }
+            Error::Data {
+                path: path.to_path_buf(),
+                line,
+                reason: format!(
+                    "the label `{label}` is not one of {} labels ({named}){}",
+                    self.whose, self.advice
+                ),
+            }
+        })
+    }
 }
+
+/// A classifier's own labels, to which data is held.
+const CLASSIFIERS: &str = "the classifier's";
 
 /// `rows` as examples for a classifier with `labels`; a row whose label is not one of `labels`
 /// is an [`Error::Data`].
 pub fn image_examples(rows: &[LabelledImage], labels: &[String]) -> Result<Vec<Example>> {
-    let ids = label_ids(labels);
+    images_as_examples(rows, &LabelIds::new(labels, CLASSIFIERS, ""))
+}
+
+fn images_as_examples(rows: &[LabelledImage], labels: &LabelIds) -> Result<Vec<Example>> {
     rows.iter()
         .map(|row| {
             Ok(Example {
                 input: ExampleInput::Image(row.path.clone()),
-                label: label_id(&ids, &row.label, labels, &row.path, None)?,
+                label: labels.id(&row.label, &row.path, None)?,
             })
         })
         .collect()
@@ -360,12 +416,19 @@ fn check_images<'a>(examples: impl Iterator<Item = &'a Example>, processor: &Ima
 /// `rows` as examples for a classifier with `labels` taking at most `max_len` ids, and how
 /// many texts were cut to fit; a row whose label is not one of `labels` is an [`Error::Data`].
 pub fn examples(rows: &[LabelledText], labels: &[String], max_len: usize) -> Result<(Vec<Example>, usize)> {
-    let ids = label_ids(labels);
+    texts_as_examples(rows, &LabelIds::new(labels, CLASSIFIERS, ""), max_len)
+}
+
+fn texts_as_examples(
+    rows: &[LabelledText],
+    labels: &LabelIds,
+    max_len: usize,
+) -> Result<(Vec<Example>, usize)> {
     let mut truncated = 0;
     let examples = rows
         .iter()
         .map(|row| {
-            let label = label_id(&ids, &row.label, labels, &row.path, Some(row.line))?;
+            let label = labels.id(&row.label, &row.path, Some(row.line))?;
             let (ids, cut) = tokenize(&row.text, max_len);
             truncated += cut as usize;
             Ok(Example {
@@ -638,8 +701,15 @@ pub fn evaluate_classifier(
 
 impl ClassifierEval {
     /// The confusion table as text: a row per true label, a column per predicted label, and
-    /// each label's recall.
+    /// each label's recall. Beyond [`TABLE_LABELS`] labels (an ImageNet classifier's 1,000) a
+    /// line saying so instead: the table is in the evaluation's JSON.
     pub fn table(&self) -> String {
+        if self.labels.len() > TABLE_LABELS {
+            return format!(
+                "({} labels: the confusion table is too wide to print; it is in the JSON)\n",
+                self.labels.len()
+            );
+        }
         let header = "true \\ predicted";
         let first = self
             .labels
@@ -677,6 +747,9 @@ impl ClassifierEval {
         out
     }
 }
+
+/// The most labels whose confusion table [`ClassifierEval::table`] prints.
+pub const TABLE_LABELS: usize = 30;
 
 /// `eval.json`: a classifier's last evaluation in a run directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -793,5 +866,14 @@ mod tests {
             "{table}"
         );
         assert!(lines[2].contains("english"));
+
+        // An ImageNet classifier's table is not printed.
+        let n = TABLE_LABELS + 1;
+        let wide = ClassifierEval {
+            labels: (0..n).map(|i| format!("label {i}")).collect(),
+            confusion: vec![vec![0; n]; n],
+            ..eval
+        };
+        assert_eq!(wide.table().lines().count(), 1, "{}", wide.table());
     }
 }

@@ -11,6 +11,7 @@
 //! file and the line, before any training starts. Rows are kept in memory: their number is
 //! bounded by the files' size.
 
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -134,8 +135,10 @@ fn is_hidden(path: &Path) -> bool {
 
 /// The images of every directory of `specs`: each directory holds a folder per label (its name
 /// is the label), each folder that label's image files ([`IMAGE_EXTENSIONS`]) at any depth.
-/// Directories in name order, then files by path. An image file directly in a directory given
-/// (no label), a spec that is not a directory, or no image at all is an [`Error::Data`].
+/// Directories in name order, then files by path; hidden entries are skipped, and so is a
+/// folder without an image file (it names no label). An image file directly in a directory
+/// given (no label), a spec that is not a directory, a blank folder name, or no image at all is
+/// an [`Error::Data`].
 pub fn read_image_folders<S: AsRef<str>>(specs: &[S]) -> Result<Vec<LabelledImage>> {
     let mut images = Vec::new();
     for spec in specs {
@@ -159,17 +162,15 @@ pub fn read_image_folders<S: AsRef<str>>(specs: &[S]) -> Result<Vec<LabelledImag
                     .file_name()
                     .and_then(|n| n.to_str())
                     .ok_or_else(|| data_error(&entry, None, "a label folder's name is not UTF-8"))?;
-                let label = label.trim().to_string();
-                let mut files: Vec<PathBuf> = Corpus::discover(&[entry.to_string_lossy()])?
-                    .files()
-                    .iter()
-                    .filter(|f| is_image_file(f) && !is_hidden(f))
-                    .cloned()
-                    .collect();
+                let mut files = Vec::new();
+                image_files(&entry, &mut HashSet::new(), &mut files)?;
+                if !files.is_empty() && label.trim().is_empty() {
+                    return Err(data_error(&entry, None, "a label folder's name is blank"));
+                }
                 files.sort();
                 images.extend(files.into_iter().map(|path| LabelledImage {
                     path,
-                    label: label.clone(),
+                    label: label.to_string(),
                 }));
             } else if is_image_file(&entry) {
                 return Err(data_error(
@@ -196,6 +197,27 @@ pub fn read_image_folders<S: AsRef<str>>(specs: &[S]) -> Result<Vec<LabelledImag
         ));
     }
     Ok(images)
+}
+
+/// The image files under `dir` at any depth, hidden entries skipped; a linked folder is walked
+/// once (`seen`: the real paths of the folders walked), so that a link loop ends.
+fn image_files(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    let real = dir.canonicalize().map_err(io_at(dir))?;
+    if !seen.insert(real) {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let path = entry.map_err(io_at(dir))?.path();
+        if is_hidden(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            image_files(&path, seen, out)?;
+        } else if path.is_file() && is_image_file(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// A row's text and label, checked.
@@ -473,5 +495,69 @@ mod tests {
         }
         let message = error_of("notes.txt", "text,label\n");
         assert!(message.contains(".csv"), "{message}");
+    }
+
+    #[test]
+    fn image_folders_give_a_label_per_folder_and_skip_what_is_no_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("photos");
+        for folder in ["cat/sub", "dog", "empty", ".git", "notes"] {
+            std::fs::create_dir_all(root.join(folder)).unwrap();
+        }
+        for file in [
+            "cat/a.png",
+            "cat/sub/b.JPG",
+            "cat/.hidden.png",
+            "cat/notes.txt",
+            "dog/c.webp",
+            ".git/x.png",
+            "notes/readme.md",
+            "README.md",
+        ] {
+            write(&root, file, "");
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(root.join("dog"), root.join("dog/loop")).unwrap();
+        let images = read_image_folders(&[root.to_str().unwrap()]).unwrap();
+        let found: Vec<(String, &str)> = images
+            .iter()
+            .map(|i| {
+                let rel = i.path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                (rel, i.label.as_str())
+            })
+            .collect();
+        let expected = [
+            ("cat/a.png", "cat"),
+            ("cat/sub/b.JPG", "cat"),
+            ("dog/c.webp", "dog"),
+        ];
+        assert_eq!(
+            found,
+            expected.map(|(p, l)| (p.to_string(), l)),
+            "hidden entries, other files and folders without images are skipped"
+        );
+
+        let refused = |root: &Path| {
+            read_image_folders(&[root.to_str().unwrap()])
+                .unwrap_err()
+                .to_string()
+        };
+        let loose = dir.path().join("loose");
+        std::fs::create_dir_all(loose.join("cat")).unwrap();
+        write(&loose, "cat/a.png", "");
+        write(&loose, "b.png", "");
+        assert!(refused(&loose).contains("b.png"), "{}", refused(&loose));
+        let blank = dir.path().join("blank");
+        std::fs::create_dir_all(blank.join("  ")).unwrap();
+        write(&blank, "  /a.png", "");
+        assert!(refused(&blank).contains("blank"), "{}", refused(&blank));
+        let nothing = dir.path().join("nothing");
+        std::fs::create_dir_all(nothing.join("cat")).unwrap();
+        assert!(
+            refused(&nothing).contains("no image files"),
+            "{}",
+            refused(&nothing)
+        );
+        assert!(refused(&root.join("cat/a.png")).contains("a folder per label"));
     }
 }

@@ -20,8 +20,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{self, Progress, TrainingFile};
 use crate::classification::{
-    classification_loss, classifier_config, classifier_start, config_labels, evaluate_classifier, write_eval,
-    ClassBatch, ClassifierData, ClassifierEval, Example, ExampleStream,
+    classification_loss, classifier_config, classifier_start, config_labels, evaluate_classifier,
+    image_processor_for, write_eval, ClassBatch, ClassifierData, ClassifierEval, Example, ExampleStream,
 };
 use crate::config::{Task, TrainConfig, MAX_STEPS};
 use crate::corpus::{self, splitmix64, Corpus, Part, Split, TrainStream};
@@ -244,33 +244,6 @@ pub fn check_trainable(architecture: Architecture, task: Task) -> Result<()> {
     }
 }
 
-/// The image processor of an image classifier run: `given` (the model's own), else the one
-/// inference uses without one; `None` for a text model. One that resizes to a size the model does
-/// not take is refused.
-fn image_processor_for(
-    config: &PerceiverConfig,
-    given: Option<ImageProcessor>,
-) -> Result<Option<ImageProcessor>> {
-    if config.image_input().is_none() {
-        return Ok(None);
-    }
-    let processor = match given {
-        Some(processor) => processor,
-        None => perceiver::tasks::classify::default_image_processor(config)?
-            .ok_or_else(|| Error::Options("an image classifier has an image processor".into()))?,
-    };
-    if let Some(perceiver::config::ImageInputSpec::Conv1x1 { .. }) = config.image_input() {
-        let side = config.image_size();
-        let c = processor.config();
-        if !c.do_resize || (c.size.height, c.size.width) != (side, side) {
-            return Err(Error::Options(format!(
-                "the model takes {side}x{side} images, and its image processor does not resize to that size"
-            )));
-        }
-    }
-    Ok(Some(processor))
-}
-
 /// Files a run writes into its directory besides checkpoints: a directory holding any of them
 /// holds another run, which a fresh start would overwrite.
 const RUN_FILES: [&str; 3] = [
@@ -408,10 +381,23 @@ impl Trainer {
             Task::Classify => {
                 // A classifier keeps its labels unless told to take the data's (a fresh final
                 // layer); a masked LM takes the data's (a fresh decoder).
+                if options.new_labels && !architecture.is_classifier() {
+                    return Err(Error::Options(format!(
+                        "--new-labels gives a classifier new labels: a classifier trained from a {} \
+                         takes the data's labels anyway",
+                        architecture.name()
+                    )));
+                }
                 let keeps_labels = architecture.is_classifier() && !options.new_labels;
                 let known = keeps_labels.then(|| config_labels(&config)).transpose()?;
                 let images = image_processor_for(&config, image_processor)?;
-                let data = ClassifierData::load(&options, known, images)?;
+                let advice = match keeps_labels {
+                    true => {
+                        "; to train it on the data's labels instead (a fresh final layer), add --new-labels"
+                    }
+                    false => "",
+                };
+                let data = ClassifierData::load(&options, known, images, advice)?;
                 let (config, weights) = match weights {
                     Some(tensors) if keeps_labels => (config, Some(tensors)),
                     Some(tensors) => {
@@ -581,7 +567,7 @@ impl Trainer {
                 let model = PerceiverClassifier::new(&saved.config, vb)?;
                 image_processor_for(&saved.config, saved.image_processor.clone())
                     .and_then(|images| {
-                        ClassifierData::load(&options, Some(config_labels(&saved.config)?), images)
+                        ClassifierData::load(&options, Some(config_labels(&saved.config)?), images, "")
                     })
                     .map(|data| {
                         let stream = ExampleStream::new(data.train.len(), options.seed);

@@ -5,7 +5,7 @@
 //!
 //! With `PERCEIVER_KEEP_CLASSIFIER=DIR` the checkpoint is copied to DIR with `ours.json` (texts,
 //! ids and our logits) for `scripts/check_classifier_checkpoint.py`, which compares them with
-//! transformers' `PerceiverClassifier`.
+//! transformers' `PerceiverForSequenceClassification`.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -265,11 +265,16 @@ fn the_conv_stems_batch_norm_statistics_stay_as_loaded() {
         Architecture::ImageClassificationConvProcessing,
     );
 
-    // A resumed run reads the saved image processor back.
+    // A resumed run reads the saved image processor back, and goes on.
     let images = trainer.classifier_data().unwrap().images.clone();
     drop(trainer);
-    let resumed = Trainer::resume(&dir.path().join("run"), Some(4)).unwrap();
+    let mut resumed = Trainer::resume(&dir.path().join("run"), Some(4)).unwrap();
     assert_eq!(resumed.classifier_data().unwrap().images, images);
+    let (_, last, losses) = run(&mut resumed);
+    assert_eq!(
+        (last.file_name().unwrap(), losses.len()),
+        ("step-000004".as_ref(), 1)
+    );
 }
 
 #[test]
@@ -286,4 +291,49 @@ fn a_learned_position_classifier_trains_at_its_one_image_size() {
     assert_eq!(trainer.classifier().unwrap().image_size(), Some((12, 12)));
     let (_, checkpoint, _) = run(&mut trainer);
     check_checkpoint(&trainer, &checkpoint, Architecture::ImageClassificationLearned);
+}
+
+/// The conv stem padded as DeepMind's Haiku stem pads ('SAME', as DeepMind's checkpoints are
+/// read), at an even and an odd size: the differentiable model gives the inference library's
+/// logits (whose 'SAME' stem is held to DeepMind's own numbers).
+#[test]
+fn the_conv_stems_same_padding_is_the_inference_librarys() {
+    let checkpoint = Loader::new(fixture("tiny_image_conv").to_str().unwrap())
+        .checkpoint()
+        .unwrap();
+    let mut config = checkpoint.config().clone();
+    config
+        .extra
+        .insert(perceiver::config::STEM_PADDING_KEY.into(), "same".into());
+    let tensors = perceiver_train::model::checkpoint_tensors(&checkpoint, &Device::Cpu).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = perceiver_train::PerceiverClassifier::new(&config, vb).unwrap();
+    perceiver_train::trainer::set_weights(&varmap, &tensors.clone().into_iter().collect()).unwrap();
+    let engine =
+        perceiver_train::model::loading::inference_model(&config, &tensors, perceiver::Precision::F32)
+            .unwrap();
+    for (height, width) in [(16, 20), (17, 21)] {
+        let values: Vec<f32> = (0..3 * height * width)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+            .collect();
+        let pixels = perceiver::Pixels::new(height, width, values.clone()).unwrap();
+        let fast = engine.classify(ModelInput::Images(&[&pixels])).unwrap();
+        let input = Tensor::from_vec(values, (1, 3, height, width), &Device::Cpu).unwrap();
+        let slow = model
+            .forward(&ClassifierInputs::Images(input))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(fast.len(), slow.len());
+        let worst = fast
+            .iter()
+            .zip(&slow)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("'SAME' stem, {height}x{width}: max |Δ logit| = {worst:.2e}");
+        assert!(worst < 1e-4, "{height}x{width}: max |Δ logit| {worst}");
+    }
 }

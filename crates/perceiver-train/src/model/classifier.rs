@@ -76,7 +76,9 @@ impl PerceiverClassifier {
         let names = ClassifierNames::new(cfg, num_labels);
         let input = match (&names.preprocessor, cfg.image_input()) {
             (InputNames::Text(text), None) => Input::Text(TextPreprocessor::new(text, &vb)?),
-            (InputNames::Image(image), Some(spec)) => Input::Image(ImagePreprocessor::new(spec, image, &vb)?),
+            (InputNames::Image(image), Some(spec)) => {
+                Input::Image(ImagePreprocessor::new(spec, image, cfg.image_size(), &vb)?)
+            }
             _ => {
                 return Err(Error::InvalidConfig(
                     "the classifier's input names do not match its architecture".into(),
@@ -102,11 +104,6 @@ impl PerceiverClassifier {
     /// Number of labels (the logits of each input).
     pub fn num_labels(&self) -> usize {
         self.num_labels
-    }
-
-    /// Whether it reads images (else texts).
-    pub fn reads_images(&self) -> bool {
-        matches!(self.input, Input::Image(_))
     }
 
     /// The device its weights are on.

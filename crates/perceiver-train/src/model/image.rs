@@ -67,9 +67,14 @@ pub struct ImagePreprocessor {
 }
 
 impl ImagePreprocessor {
-    /// The preprocessor `spec` describes, its tensors named `names` in `vb` (at the
-    /// checkpoint's root).
-    pub fn new(spec: ImageInputSpec, names: &ImagePreprocessorNames, vb: &VarBuilder) -> Result<Self> {
+    /// The preprocessor `spec` describes for images of `image_size` (config.json's: the learned
+    /// positions' side), its tensors named `names` in `vb` (at the checkpoint's root).
+    pub fn new(
+        spec: ImageInputSpec,
+        names: &ImagePreprocessorNames,
+        image_size: usize,
+        vb: &VarBuilder,
+    ) -> Result<Self> {
         let kind = match (spec, names) {
             (
                 ImageInputSpec::Conv1x1 { channels },
@@ -83,19 +88,10 @@ impl ImagePreprocessor {
                     Some(bias) => variable(vb, bias)?,
                     None => Tensor::zeros(channels, DType::F32, vb.device())?,
                 };
-                let positions = variable(vb, positions)?;
-                let rows = positions.dims()[0];
-                let image_size = (rows as f64).sqrt().round() as usize;
-                if image_size * image_size != rows {
-                    return Err(Error::InvalidConfig(format!(
-                        "the learned position table has {rows} rows, not a square image's"
-                    ))
-                    .into());
-                }
                 Kind::Conv1x1 {
                     weight: variable(vb, &conv.weight)?.reshape((channels, IMAGE_CHANNELS))?,
                     bias,
-                    positions,
+                    positions: variable(vb, positions)?,
                     projection: Linear::new(projection, vb)?,
                     image_size,
                 }
@@ -105,11 +101,7 @@ impl ImagePreprocessor {
                 ImageInputSpec::Conv { fourier, padding, .. },
                 ImagePreprocessorNames::Conv { conv, batchnorm },
             ) => {
-                if conv.bias.is_some() {
-                    return Err(
-                        Error::InvalidConfig("the conv stem's convolution has no bias".into()).into(),
-                    );
-                }
+                // The stem's convolution has no bias (the names say so).
                 let weight = variable(vb, &conv.weight)?;
                 let kernel = weight.dims()[2];
                 // As the inference crate pads: transformers by a fixed k − 1 and the pool not at
@@ -302,7 +294,9 @@ fn pad_dim(x: &Tensor, dim: usize, before: usize, after: usize, value: f32) -> R
 /// PyTorch's `MaxPool2d(3, stride=2)` (no padding, the last partial window dropped), built from
 /// element-wise maxima so that it differentiates: candle's pooling has no backward pass for a
 /// window wider than its stride. Output `o` along a side covers inputs `2o, 2o + 1, 2o + 2`: the
-/// even inputs `2o` and `2(o + 1)` and the odd one between.
+/// even inputs `2o` and `2(o + 1)` and the odd one between. The values are PyTorch's; where a
+/// window holds its maximum twice, the gradient is shared between them (PyTorch gives it all to
+/// the first), an equally valid gradient that only exact ties tell apart.
 fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
     let rows = max_pool_along(x, 2)?;
     max_pool_along(&rows, 3)
@@ -310,13 +304,8 @@ fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
 
 fn max_pool_along(x: &Tensor, dim: usize) -> Result<Tensor> {
     debug_assert_eq!((POOL_WINDOW, POOL_STRIDE), (3, 2));
+    // At least a window's worth: `pad` has checked.
     let n = x.dim(dim)?;
-    if n < POOL_WINDOW {
-        return Err(Error::InvalidInput(format!(
-            "a feature map of {n} positions is smaller than the max-pool's window of {POOL_WINDOW}"
-        ))
-        .into());
-    }
     let out = (n - POOL_WINDOW) / POOL_STRIDE + 1;
     // Inputs 0..2·out + 1 are read; one more (never read) makes pairs.
     let used = x.narrow(dim, 0, 2 * out + 1)?;

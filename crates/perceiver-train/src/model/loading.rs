@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use perceiver::checkpoint::names::{ModelNames, Role};
+use perceiver::checkpoint::names::ModelNames;
 use perceiver::{
     Checkpoint, LoadOptions, Loader, ModelFiles, Param, PerceiverConfig, PerceiverModel, Precision,
 };
@@ -19,9 +19,7 @@ use crate::error::Result;
 /// them (as f32), so that the checkpoints a run writes keep them.
 pub fn checkpoint_tensors(checkpoint: &Checkpoint, device: &Device) -> Result<BTreeMap<String, Tensor>> {
     let counters = ModelNames::new(checkpoint.config(), 0)?
-        .tensors()
-        .into_iter()
-        .filter(|t| t.role == Role::Counter)
+        .counters()
         .map(|t| Ok((t.name.clone(), checkpoint.get(&t.name)?)))
         .collect::<Result<Vec<_>>>()?;
     checkpoint

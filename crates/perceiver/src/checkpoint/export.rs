@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, View};
 
-use super::names::{ModelNames, Role};
+use super::names::ModelNames;
 use super::{Checkpoint, Param, CONFIG_FILE, PREPROCESSOR_CONFIG_FILE, SAFETENSORS_FILE};
 use crate::config::Activation;
 use crate::config::{Architecture, PerceiverConfig};
@@ -249,9 +249,7 @@ fn write_weights(checkpoint: &Checkpoint, config: &PerceiverConfig, path: &Path)
     // BatchNorm's counters, which no model reads but PyTorch's BatchNorm has: written when the
     // checkpoint holds them, as the int64 PyTorch keeps.
     let counters: Vec<(String, i64)> = ModelNames::new(config, 0)?
-        .tensors()
-        .into_iter()
-        .filter(|t| t.role == Role::Counter)
+        .counters()
         .filter_map(|t| {
             let value = checkpoint.get(&t.name).ok()?;
             Some((t.name.clone(), *value.data().first()? as i64))

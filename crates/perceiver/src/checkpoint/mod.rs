@@ -247,9 +247,7 @@ impl Checkpoint {
         if let Weights::Safetensors(store) = &weights {
             // The names were checked above, so the config's layers are no more than the file's.
             let counters: HashSet<String> = ModelNames::new(&config, 0)?
-                .tensors()
-                .into_iter()
-                .filter(|t| t.role == Role::Counter)
+                .counters()
                 .map(|t| t.name.clone())
                 .collect();
             store.check_dtypes(|name| counters.contains(name))?;

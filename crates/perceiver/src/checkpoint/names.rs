@@ -714,6 +714,12 @@ impl ModelNames {
             Self::MultimodalAutoencoding(names) => names.tensors(),
         }
     }
+
+    /// BatchNorm's counts of batches seen ([`Role::Counter`]): integers PyTorch keeps and no
+    /// model reads.
+    pub fn counters(&self) -> impl Iterator<Item = &TensorName> {
+        self.tensors().into_iter().filter(|t| t.role == Role::Counter)
+    }
 }
 
 /// The name of a classifier's final projection, whose rows count its labels.
