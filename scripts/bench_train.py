@@ -15,6 +15,11 @@ Both time the same model (``scripts/bench_train_reference.py``'s built-in "bench
 
   which must print (its last stdout line) ``{"impl": "perceiver", "step_seconds": [t], "median": t, ...}``.
 
+``--image-model DIR`` times an ImageNet classifier's fine-tuning step instead (DIR as
+``scripts/make_classification_fixtures.py --full-fourier`` writes it; no export): PyTorch on a batch of
+random 224 x 224 pixels (``bench_train_reference.ImageStepper``), ours through ``train-step --model DIR``,
+which reads random-pixel PNG files through the model's image processor inside the timed step.
+
 Threads: ``--threads N`` sets torch's thread count and, for the Rust process, ``RAYON_NUM_THREADS=N``
 (candle's CPU backend and our kernels use rayon's global pool); default: all cores for both.
 
@@ -24,6 +29,8 @@ faster). ``--json`` also prints the summary as one JSON line.
 Run from the repository root, after ``cargo build --release -p perceiver-bench``::
 
     .venv-ref/bin/python scripts/bench_train.py --threads 2 --rounds 7
+    .venv-ref/bin/python scripts/bench_train.py --threads 2 --rounds 3 --warmup 1 --batch-size 2 \\
+        --image-model target/fourier-random
 """
 
 from __future__ import annotations
@@ -101,6 +108,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--binary", type=Path, default=DEFAULT_BINARY)
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="where the model is exported (overwritten)")
+    ap.add_argument("--image-model", type=Path, help="an ImageNet classifier's directory: time its fine-tuning step")
     ap.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     args = ap.parse_args()
     if args.batch_size < 1 or args.warmup < 0 or args.rounds < 1:
@@ -111,16 +119,22 @@ def main() -> None:
     env["RAYON_NUM_THREADS"] = str(threads)
     check_binary(args.binary, env)
 
-    config = ref.load_config(args.config)
-    model = ref.build_model(config, args.seed)
-    if args.model_dir.exists():
-        shutil.rmtree(args.model_dir)
-    ref.export_model(model, args.model_dir)
-    stepper = ref.Stepper(model, args.batch_size, args.seq_len, args.seed)
+    if args.image_model is not None:
+        args.model_dir = args.image_model
+        stepper = ref.ImageStepper(args.image_model, args.batch_size, args.seed)
+        model, shape = stepper.model, f"{args.batch_size} images of 224 x 224"
+    else:
+        config = ref.load_config(args.config)
+        model = ref.build_model(config, args.seed)
+        if args.model_dir.exists():
+            shutil.rmtree(args.model_dir)
+        ref.export_model(model, args.model_dir)
+        stepper = ref.Stepper(model, args.batch_size, args.seq_len, args.seed)
+        shape = f"{args.batch_size} x {args.seq_len}"
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"torch {torch.__version__}, {threads} threads; model {args.model_dir} ({n_params} params); "
-        f"batch {args.batch_size} x {args.seq_len}; warmup {args.warmup}; {args.rounds} rounds",
+        f"batch {shape}; warmup {args.warmup}; {args.rounds} rounds",
         flush=True,
     )
     for _ in range(args.warmup):

@@ -116,6 +116,41 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS)
 
 
+class ImageStepper:
+    """One image classification step of an ImageNet classifier from a directory (``--image-model``), as
+    ``perceiver train --task classify`` takes it: ``model(inputs=pixel_values, labels=labels).loss``,
+    backward, AdamW (the groups above), zero_grad; dropout 0 and every BatchNorm in eval() mode (our trainer
+    freezes BatchNorm). The batch: ``batch_size`` 224 x 224 images of seeded normal pixels, labels 0 and 1
+    alternately (the folders our bench writes)."""
+
+    def __init__(self, model_dir: Path, batch_size: int, seed: int):
+        from transformers import AutoModelForImageClassification
+
+        self.model = AutoModelForImageClassification.from_pretrained(str(model_dir)).float()
+        self.model.config.attention_probs_dropout_prob = 0.0
+        self.model.train()
+        for module in self.model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        gen = torch.Generator().manual_seed(seed + 1)
+        self.pixels = torch.randn((batch_size, 3, 224, 224), generator=gen)
+        self.labels = torch.arange(batch_size, dtype=torch.int64) % 2
+        self.opt = make_optimizer(self.model)
+        self.model.zero_grad(set_to_none=True)
+        self.last_loss = float("nan")
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        loss = self.model(inputs=self.pixels, labels=self.labels).loss
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.last_loss = loss.item()
+        return time.perf_counter() - t0
+
+
 class Stepper:
     """One model + optimizer + batch; `step()` runs and times one training step."""
 

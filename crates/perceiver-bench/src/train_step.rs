@@ -4,13 +4,17 @@
 //! What is timed is [`Trainer::train_step`] itself, so the bench can never drift from what
 //! `perceiver train` runs: the model's weights are loaded as a fine-tuning run would load them,
 //! and the trainer reads its windows from a throw-away corpus of random printable bytes in a
-//! temporary directory (random text is as fast to train on as real text).
+//! temporary directory (random text is as fast to train on as real text). An image classifier's
+//! step is a classification step on random-pixel PNG files (224 × 224, in folders named after two
+//! of its labels), read and prepared by its image processor inside the timed step, as in a run.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use perceiver::{LoadOptions, ModelFiles};
+use perceiver::image::ImageProcessor;
+use perceiver::{LoadOptions, ModelFiles, PerceiverConfig};
 use perceiver_train::init::InitScheme;
 use perceiver_train::masking::Masking;
 use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
@@ -25,7 +29,8 @@ pub struct TrainStepArgs {
     model: String,
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
-    /// Bytes per window (default: the model's max_position_embeddings).
+    /// Bytes per window (default: the model's max_position_embeddings); unused for an image
+    /// classifier.
     #[arg(long)]
     seq_len: Option<usize>,
     #[arg(long, default_value_t = 0.15)]
@@ -53,29 +58,28 @@ pub fn run(args: TrainStepArgs) -> Result<()> {
     let (config, tensors) =
         perceiver_train::model::load_masked_lm_tensors(&files, &perceiver_train::Device::Cpu)
             .with_context(|| format!("cannot load model {}", args.model))?;
+    let images = config.image_input().is_some();
     let seq_len = args.seq_len.unwrap_or(config.max_position_embeddings);
+    let image_processor = match files.preprocessor_config.as_ref().filter(|_| images) {
+        Some(path) => Some(ImageProcessor::from_file(path)?),
+        None => None,
+    };
 
-    // The corpus: exactly the windows the steps read, one file each (the trainer cuts files
-    // into blocks, and a block's remainder would make a shorter window), each `seq_len` random
-    // bytes of ' '..='z' (one byte each in UTF-8: no window is cut at a character boundary).
-    if seq_len > perceiver_train::corpus::BLOCK_BYTES {
-        bail!(
-            "--seq-len {seq_len} is longer than the trainer's read block ({} bytes)",
-            perceiver_train::corpus::BLOCK_BYTES
-        );
-    }
     let scratch = tempfile::tempdir().context("cannot make a temporary directory")?;
     let corpus = scratch.path().join("corpus");
     std::fs::create_dir(&corpus).with_context(|| format!("cannot make {}", corpus.display()))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    for window in 0..steps * args.batch_size {
-        let text: Vec<u8> = (0..seq_len).map(|_| rng.random_range(b' '..=b'z')).collect();
-        let path = corpus.join(format!("{window:06}.txt"));
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    let count = steps * args.batch_size;
+    if images {
+        write_images(&corpus, &config, count)?;
+    } else {
+        write_windows(&corpus, seq_len, count)?;
     }
 
     let options = TrainConfig {
-        task: perceiver_train::config::Task::MaskedLm,
+        task: match images {
+            true => perceiver_train::config::Task::Classify,
+            false => perceiver_train::config::Task::MaskedLm,
+        },
         model: format!("bench:{}", args.model),
         init: InitScheme::DeepMind,
         corpus: vec![corpus.to_string_lossy().into_owned()],
@@ -115,7 +119,7 @@ pub fn run(args: TrainStepArgs) -> Result<()> {
         ModelInit::Pretrained {
             config,
             tensors,
-            image_processor: None,
+            image_processor,
         },
     )?;
     let mut times = Vec::new();
@@ -135,13 +139,59 @@ pub fn run(args: TrainStepArgs) -> Result<()> {
             serde_json::json!({"impl": "perceiver", "step_seconds": times, "median": median})
         );
     } else {
+        let what = match images {
+            true => "images".to_string(),
+            false => format!("× {seq_len} bytes"),
+        };
         println!(
-            "train step, batch {} × {} bytes: median {:.1} ms over {} runs",
+            "train step, batch {} {what}: median {:.1} ms over {} runs",
             args.batch_size,
-            seq_len,
             1e3 * median,
             times.len()
         );
+    }
+    Ok(())
+}
+
+/// The corpus of a masked LM's steps: exactly the windows they read, one file each (the trainer
+/// cuts files into blocks, and a block's remainder would make a shorter window), each `seq_len`
+/// random bytes of ' '..='z' (one byte each in UTF-8: no window is cut at a character boundary).
+fn write_windows(corpus: &Path, seq_len: usize, count: usize) -> Result<()> {
+    if seq_len > perceiver_train::corpus::BLOCK_BYTES {
+        bail!(
+            "--seq-len {seq_len} is longer than the trainer's read block ({} bytes)",
+            perceiver_train::corpus::BLOCK_BYTES
+        );
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for window in 0..count {
+        let text: Vec<u8> = (0..seq_len).map(|_| rng.random_range(b' '..=b'z')).collect();
+        let path = corpus.join(format!("{window:06}.txt"));
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The side of the images an image classifier's steps read: transformers' default output size.
+const IMAGE_SIDE: u32 = 224;
+
+/// The images of an image classifier's steps: `count` PNG files of random pixels, alternately in
+/// folders named after its first two labels (its own labels: its final layer stays as it is).
+fn write_images(corpus: &Path, config: &PerceiverConfig, count: usize) -> Result<()> {
+    let labels = config.labels(config.num_labels()?.unwrap_or(0))?;
+    let [first, second, ..] = labels.as_slice() else {
+        bail!("the image classifier has fewer than two labels");
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for i in 0..count {
+        let folder = corpus.join(if i % 2 == 0 { first } else { second });
+        std::fs::create_dir_all(&folder).with_context(|| format!("cannot make {}", folder.display()))?;
+        let pixels: Vec<u8> = (0..3 * IMAGE_SIDE * IMAGE_SIDE).map(|_| rng.random()).collect();
+        let image = image::RgbImage::from_raw(IMAGE_SIDE, IMAGE_SIDE, pixels).context("image size")?;
+        let path = folder.join(format!("{i:06}.png"));
+        image
+            .save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
