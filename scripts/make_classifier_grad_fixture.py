@@ -177,6 +177,20 @@ def print_files(out: Path) -> None:
     print(f"  {total:>8}  in all")
 
 
+def backward(model, params, labels, **inputs):
+    """transformers' loss of `inputs` (checked to be the mean cross-entropy) and its backward pass: the output,
+    every parameter's gradient, their global norm and the key biases' gradient noise."""
+    model.zero_grad(set_to_none=True)
+    out = model(**inputs, labels=labels)
+    assert model.config.problem_type == "single_label_classification"
+    out.loss.backward()
+    ce = torch.nn.functional.cross_entropy(out.logits, labels)
+    assert abs(ce.item() - out.loss.item()) <= 1e-14 * out.loss.item()
+    grads = {k: p.grad.detach().clone() for k, p in params.items()}
+    grad_norm = torch.sqrt(sum((g**2).sum() for g in grads.values())).item()
+    return out, grads, grad_norm, check_gradients(params, grads, grad_norm)
+
+
 def text_case() -> None:
     torch.manual_seed(SEED)
     model = PerceiverForSequenceClassification(PerceiverConfig(**CONFIG))
@@ -193,15 +207,7 @@ def text_case() -> None:
     assert ids.shape[1] <= CONFIG["max_position_embeddings"]
 
     model.double().train()
-    model.zero_grad(set_to_none=True)
-    out = model(inputs=ids, attention_mask=mask, labels=labels)
-    assert model.config.problem_type == "single_label_classification"
-    out.loss.backward()
-    ce = torch.nn.functional.cross_entropy(out.logits, labels)
-    assert abs(ce.item() - out.loss.item()) <= 1e-14 * out.loss.item()
-    grads = {k: p.grad.detach().clone() for k, p in params.items()}
-    grad_norm = torch.sqrt(sum((g**2).sum() for g in grads.values())).item()
-    noise = check_gradients(params, grads, grad_norm)
+    out, grads, grad_norm, noise = backward(model, params, labels, inputs=ids, attention_mask=mask)
 
     tensors = {
         "input_ids": ids.contiguous(),
@@ -251,19 +257,11 @@ def image_case(name: str) -> None:
     for bn in batchnorms.values():
         bn.eval()
     before = {k: v.detach().clone() for k, v in model.state_dict().items() if k in buffers}
-    model.zero_grad(set_to_none=True)
-    out = model(inputs=pixel_values.to(torch.float64), labels=labels)
-    assert model.config.problem_type == "single_label_classification"
-    out.loss.backward()
+    out, grads, grad_norm, noise = backward(model, params, labels, inputs=pixel_values.to(torch.float64))
     after = model.state_dict()
     for k, v in before.items():
         assert torch.equal(v, after[k]), f"{k} changed"
     assert out.logits.dtype == torch.float64 and out.logits.shape == (len(targets), len(IMAGE_LABELS))
-    ce = torch.nn.functional.cross_entropy(out.logits, labels)
-    assert abs(ce.item() - out.loss.item()) <= 1e-14 * out.loss.item()
-    grads = {k: p.grad.detach().clone() for k, p in params.items()}
-    grad_norm = torch.sqrt(sum((g**2).sum() for g in grads.values())).item()
-    noise = check_gradients(params, grads, grad_norm)
 
     tensors = {
         "pixel_values": pixel_values.contiguous(),

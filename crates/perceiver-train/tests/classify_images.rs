@@ -9,13 +9,14 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use perceiver::image::ImageProcessor;
-use perceiver::{Architecture, Loader, ModelInput};
+use perceiver::{Architecture, Loader, ModelInput, Pixels};
 use perceiver_train::classification::{prepare_image, ExampleInput};
 use perceiver_train::config::Task;
 use perceiver_train::init::InitScheme;
 use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
 use perceiver_train::{
-    ClassifierInputs, Evaluation, Event, Masking, ModelInit, Outcome, TrainConfig, Trainer,
+    ClassifierInputs, Evaluation, Event, Masking, ModelInit, Outcome, PerceiverClassifier, TrainConfig,
+    Trainer,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -129,6 +130,20 @@ fn run(trainer: &mut Trainer) -> (Option<Evaluation>, PathBuf, Vec<f64>) {
     (last_eval, checkpoint, losses)
 }
 
+/// The differentiable model's logits of one image.
+fn differentiable_logits(model: &PerceiverClassifier, pixels: &Pixels) -> Vec<f32> {
+    let input =
+        Tensor::from_slice(&pixels.values, (1, 3, pixels.height, pixels.width), &Device::Cpu).unwrap();
+    let logits = model.forward(&ClassifierInputs::Images(input)).unwrap();
+    logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// The largest difference between two sets of logits of the same length.
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
 /// The checkpoint loads in the inference library with the labels and the image processor of the
 /// run, and gives the differentiable model's logits on the held-out images (prepared by each
 /// side from the files).
@@ -154,20 +169,7 @@ fn check_checkpoint(trainer: &Trainer, checkpoint: &Path, architecture: Architec
         let pixels = classifier.prepare_image(&bytes).unwrap();
         assert_eq!(pixels, prepare_image(path, processor).unwrap());
         let fast = classifier.logits(ModelInput::Images(&[&pixels])).unwrap();
-        let input =
-            Tensor::from_slice(&pixels.values, (1, 3, pixels.height, pixels.width), &Device::Cpu).unwrap();
-        let slow = model
-            .forward(&ClassifierInputs::Images(input))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        worst = fast
-            .iter()
-            .zip(&slow)
-            .map(|(a, b)| (a - b).abs())
-            .fold(worst, f32::max);
+        worst = worst.max(largest_difference(&fast, &differentiable_logits(model, &pixels)));
     }
     println!(
         "{}: inference vs differentiable classifier on {} images: max |Δ logit| = {worst:.2e}",
@@ -308,7 +310,7 @@ fn the_conv_stems_same_padding_is_the_inference_librarys() {
     let tensors = perceiver_train::model::checkpoint_tensors(&checkpoint, &Device::Cpu).unwrap();
     let varmap = candle_nn::VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let model = perceiver_train::PerceiverClassifier::new(&config, vb).unwrap();
+    let model = PerceiverClassifier::new(&config, vb).unwrap();
     perceiver_train::trainer::set_weights(&varmap, &tensors.clone().into_iter().collect()).unwrap();
     let engine =
         perceiver_train::model::loading::inference_model(&config, &tensors, perceiver::Precision::F32)
@@ -317,22 +319,9 @@ fn the_conv_stems_same_padding_is_the_inference_librarys() {
         let values: Vec<f32> = (0..3 * height * width)
             .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
             .collect();
-        let pixels = perceiver::Pixels::new(height, width, values.clone()).unwrap();
+        let pixels = perceiver::Pixels::new(height, width, values).unwrap();
         let fast = engine.classify(ModelInput::Images(&[&pixels])).unwrap();
-        let input = Tensor::from_vec(values, (1, 3, height, width), &Device::Cpu).unwrap();
-        let slow = model
-            .forward(&ClassifierInputs::Images(input))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(fast.len(), slow.len());
-        let worst = fast
-            .iter()
-            .zip(&slow)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = largest_difference(&fast, &differentiable_logits(&model, &pixels));
         println!("'SAME' stem, {height}x{width}: max |Δ logit| = {worst:.2e}");
         assert!(worst < 1e-4, "{height}x{width}: max |Δ logit| {worst}");
     }
