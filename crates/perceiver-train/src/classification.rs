@@ -242,14 +242,9 @@ impl ClassifierData {
             Some(_) => CLASSIFIERS,
             None => "the training examples'",
         };
-        let data = match &images {
+        let data = match images {
             None => {
-                let rows = labelled::read_all(&options.corpus)?;
-                let (train_rows, eval_rows) = if options.eval_corpus.is_empty() {
-                    split(rows, options.eval_fraction, options.seed)
-                } else {
-                    (rows, labelled::read_all(&options.eval_corpus)?)
-                };
+                let (train_rows, eval_rows) = train_and_held_out(options, labelled::read_all)?;
                 let labels = checked_labels(known, &train_rows, "texts")?;
                 let ids = LabelIds::new(&labels, whose, advice);
                 let (train, cut_train) = texts_as_examples(&train_rows, &ids, options.seq_len)?;
@@ -263,23 +258,18 @@ impl ClassifierData {
                 }
             }
             Some(processor) => {
-                let rows = labelled::read_image_folders(&options.corpus)?;
-                let (train_rows, eval_rows) = if options.eval_corpus.is_empty() {
-                    split(rows, options.eval_fraction, options.seed)
-                } else {
-                    (rows, labelled::read_image_folders(&options.eval_corpus)?)
-                };
+                let (train_rows, eval_rows) = train_and_held_out(options, labelled::read_image_folders)?;
                 let labels = checked_labels(known, &train_rows, "images")?;
                 let ids = LabelIds::new(&labels, whose, advice);
                 let train = images_as_examples(&train_rows, &ids)?;
                 let eval = images_as_examples(&eval_rows, &ids)?;
-                check_images(train.iter().chain(&eval), processor)?;
+                check_images(train.iter().chain(&eval), &processor)?;
                 Self {
                     labels,
                     train,
                     eval,
                     truncated: 0,
-                    images: images.clone(),
+                    images: Some(processor),
                 }
             }
         };
@@ -290,6 +280,20 @@ impl ClassifierData {
         }
         Ok(data)
     }
+}
+
+/// The run's training and held-out rows, each read by `read`: `eval_corpus`, or the stratified
+/// `eval_fraction` of `corpus`.
+fn train_and_held_out<T: Labelled>(
+    options: &TrainConfig,
+    read: impl Fn(&[String]) -> Result<Vec<T>>,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let rows = read(&options.corpus)?;
+    Ok(if options.eval_corpus.is_empty() {
+        split(rows, options.eval_fraction, options.seed)
+    } else {
+        (rows, read(&options.eval_corpus)?)
+    })
 }
 
 /// The run's labels: `known`, or those of the training rows; at least two.
