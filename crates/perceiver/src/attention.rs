@@ -317,8 +317,27 @@ impl AttentionLayer {
     /// `vdpbf16ps`, [`bf16::attention_head_block`], a strip of query rows at a time). `rows`
     /// are the queries before their LayerNorm (for the residual), `projected` after it and the
     /// query projection. The same as [`forward`](Self::forward) up to rounding.
+    ///
+    /// Where it is less work ([`StreamedKeys::for_layer`]: inputs narrower than the
+    /// projections, as pixels with their Fourier features are), the key and value projections
+    /// are never applied to the input: see [`StreamedKeys::Absorbed`].
     pub(crate) fn forward_streamed(
         &self,
+        rows: &[f32],
+        projected: &[f32],
+        input: &dyn RowSource,
+        block_rows: usize,
+        threads: usize,
+    ) -> Vec<f32> {
+        let nq = projected.len() / self.spec.qk_channels;
+        let keys = StreamedKeys::for_layer(&self.spec, nq, input.channels());
+        self.forward_streamed_as(keys, rows, projected, input, block_rows, threads)
+    }
+
+    /// [`forward_streamed`](Self::forward_streamed) with its keys and values made as `keys` says.
+    fn forward_streamed_as(
+        &self,
+        keys: StreamedKeys,
         rows: &[f32],
         projected: &[f32],
         input: &dyn RowSource,
@@ -331,24 +350,34 @@ impl AttentionLayer {
         let (d_qk, d_v) = (qk / heads, vc / heads);
         let nq = projected.len() / qk;
         let scale = 1.0 / (d_qk as f32).sqrt();
+        let channels = input.channels();
+        // Absorbed, each head attends with its queries through the key projection, `[nq,
+        // channels]` (heads side by side), over the normed input rows as both keys and values.
+        let absorbed = match keys {
+            StreamedKeys::Absorbed => Some(self.absorbed_queries(projected, channels, threads)),
+            StreamedKeys::Projected => None,
+        };
+        let (queries, q_stride, d_k, d_val) = match &absorbed {
+            Some(queries) => (&queries[..], heads * channels, channels, channels),
+            None => (projected, qk, d_qk, d_v),
+        };
         let norm = self
             .kv_norm
             .as_ref()
             .expect("a cross-attention layer has a key/value LayerNorm");
-        // Per head: each query row's running maximum and sum, and its weighted sum, `[nq, d_v]`.
+        // Per head: each query row's running maximum and sum, and its weighted sum, `[nq, d_val]`.
         let mut max = vec![f32::NEG_INFINITY; heads * nq];
         let mut sum = vec![0f32; heads * nq];
-        let mut acc = vec![0f32; heads * nq * d_v];
-        let channels = input.channels();
+        let mut acc = vec![0f32; heads * nq * d_val];
         let mut block = vec![0f32; block_rows.min(input.len()) * channels];
         let mut scores = Vec::new();
         // Where the heads run fused, each head's queries scaled and rounded to bf16 once, and
         // each block's scores never leave cache.
         let fused =
-            self.kernels.fused_blocks && block_rows <= bf16::ATTENTION_HEAD_MAX_KEYS && d_qk > 0 && d_v > 0;
+            self.kernels.fused_blocks && block_rows <= bf16::ATTENTION_HEAD_MAX_KEYS && d_k > 0 && d_val > 0;
         let fused_queries: Option<Vec<bf16::HeadQueries>> = fused.then(|| {
             (0..heads)
-                .map(|h| bf16::HeadQueries::new(View::strided(&projected[h * d_qk..], nq, d_qk, qk), scale))
+                .map(|h| bf16::HeadQueries::new(View::strided(&queries[h * d_k..], nq, d_k, q_stride), scale))
                 .collect()
         });
         // Query rows a thread takes of each head's block: whole strips of the kernel's.
@@ -356,10 +385,10 @@ impl AttentionLayer {
         // Otherwise in bf16, scores and weighted sums run on the bf16 kernel too (they are most
         // of the work over a long input), for heads wide enough (as in `attend`): each head's
         // queries, scaled, kept dense for `matmul_accumulate` block after block.
-        let bf16 = !fused && self.kernels.bf16(d_qk) && self.kernels.bf16(d_v);
+        let bf16 = !fused && self.kernels.bf16(d_k) && self.kernels.bf16(d_val);
         let bf16_queries: Option<Vec<Vec<f32>>> = bf16.then(|| {
             (0..heads)
-                .map(|h| scaled_head(View::strided(&projected[h * d_qk..], nq, d_qk, qk), scale))
+                .map(|h| scaled_head(View::strided(&queries[h * d_k..], nq, d_k, q_stride), scale))
                 .collect()
         });
         for start in (0..input.len()).step_by(block_rows) {
@@ -367,18 +396,27 @@ impl AttentionLayer {
             let nk = end - start;
             let block = &mut block[..nk * channels];
             input.fill(start..end, block);
-            let kv = self.stacked().forward_normed(norm, block, None, threads);
+            // Each row `[k | v]`; absorbed, the normed row is both.
+            let kv = match absorbed {
+                Some(_) => norm.forward(block),
+                None => self.stacked().forward_normed(norm, block, None, threads),
+            };
             for h in 0..heads {
-                let k_h = View::strided(&kv[h * d_qk..], nk, d_qk, qk + vc);
-                let v_h = View::strided(&kv[qk + h * d_v..], nk, d_v, qk + vc);
-                let acc_h = &mut acc[h * nq * d_v..][..nq * d_v];
+                let (k_h, v_h) = match absorbed {
+                    Some(_) => (View::dense(&kv, nk, channels), View::dense(&kv, nk, channels)),
+                    None => (
+                        View::strided(&kv[h * d_qk..], nk, d_qk, qk + vc),
+                        View::strided(&kv[qk + h * d_v..], nk, d_v, qk + vc),
+                    ),
+                };
+                let acc_h = &mut acc[h * nq * d_val..][..nq * d_val];
                 if let Some(queries) = &fused_queries {
                     let keys = bf16::PackedMatrix::pack_view(k_h, true, true);
                     let values = bf16::PackedMatrix::pack_view(v_h, false, true);
                     max[h * nq..][..nq]
                         .par_chunks_mut(share)
                         .zip(sum[h * nq..][..nq].par_chunks_mut(share))
-                        .zip(acc_h.par_chunks_mut(share * d_v))
+                        .zip(acc_h.par_chunks_mut(share * d_val))
                         .enumerate()
                         .for_each(|(i, ((max, sum), acc))| {
                             bf16::attention_head_block(&queries[h], i * share, &keys, &values, max, sum, acc)
@@ -400,7 +438,7 @@ impl AttentionLayer {
                         &mut max[h * nq..][..nq],
                         &mut sum[h * nq..][..nq],
                         acc_h,
-                        d_v,
+                        d_val,
                     );
                     bf16::PackedMatrix::pack_view(v_h, false, true)
                         .matmul_accumulate(&scores, nq, acc_h, threads);
@@ -420,7 +458,7 @@ impl AttentionLayer {
                 let attend_rows =
                     |scores: &mut Vec<f32>, i: usize, max: &mut [f32], sum: &mut [f32], acc: &mut [f32]| {
                         let (first, n) = (i * rows_per_task, max.len());
-                        let q = View::strided(&projected[first * qk + h * d_qk..], n, d_qk, qk);
+                        let q = View::strided(&queries[first * q_stride + h * d_k..], n, d_k, q_stride);
                         scores.clear();
                         match &packed {
                             Some((keys, values)) => {
@@ -432,15 +470,15 @@ impl AttentionLayer {
                                     keys.matmul_view_raw(q, scores.as_mut_ptr(), nk, 1, true);
                                     scores.set_len(n * nk);
                                 }
-                                rows::online_softmax_rows(scores, nk, max, sum, acc, d_v);
-                                values.matmul_view(View::dense(scores, n, nk), acc, d_v, 1);
+                                rows::online_softmax_rows(scores, nk, max, sum, acc, d_val);
+                                values.matmul_view(View::dense(scores, n, nk), acc, d_val, 1);
                             }
                             None => {
                                 scores.resize(n * nk, 0.0);
                                 matmul(scores, nk, q, Rhs::Transposed(k_h), scale, false, 1);
-                                rows::online_softmax_rows(scores, nk, max, sum, acc, d_v);
+                                rows::online_softmax_rows(scores, nk, max, sum, acc, d_val);
                                 let weights = View::dense(scores, n, nk);
-                                matmul(acc, d_v, weights, Rhs::Plain(v_h), 1.0, true, 1);
+                                matmul(acc, d_val, weights, Rhs::Plain(v_h), 1.0, true, 1);
                             }
                         }
                     };
@@ -449,7 +487,7 @@ impl AttentionLayer {
                     max_h
                         .par_chunks_mut(rows_per_task)
                         .zip(sum_h.par_chunks_mut(rows_per_task))
-                        .zip(acc_h.par_chunks_mut(rows_per_task * d_v))
+                        .zip(acc_h.par_chunks_mut(rows_per_task * d_val))
                         .enumerate()
                         .for_each_init(Vec::new, |scores, (i, ((max, sum), acc))| {
                             attend_rows(scores, i, max, sum, acc)
@@ -460,27 +498,83 @@ impl AttentionLayer {
                     let chunks = max_h
                         .chunks_mut(rows_per_task)
                         .zip(sum_h.chunks_mut(rows_per_task))
-                        .zip(acc_h.chunks_mut(rows_per_task * d_v));
+                        .zip(acc_h.chunks_mut(rows_per_task * d_val));
                     for (i, ((max, sum), acc)) in chunks.enumerate() {
                         attend_rows(&mut scores, i, max, sum, acc);
                     }
                 }
             }
         }
-        // Heads side by side, each row divided by its sum.
-        let mut out = vec![0f32; nq * vc];
+        // Each row divided by its sum; heads side by side.
         for h in 0..heads {
-            for r in 0..nq {
-                let inv = 1.0 / sum[h * nq + r];
-                let from = &acc[(h * nq + r) * d_v..][..d_v];
-                for (o, &a) in out[r * vc + h * d_v..][..d_v].iter_mut().zip(from) {
-                    *o = a * inv;
-                }
+            for (r, row) in acc[h * nq * d_val..][..nq * d_val]
+                .chunks_exact_mut(d_val)
+                .enumerate()
+            {
+                let inverse = 1.0 / sum[h * nq + r];
+                row.iter_mut().for_each(|x| *x *= inverse);
             }
         }
-        drop((acc, scores));
+        drop((absorbed, scores));
+        let out = match keys {
+            StreamedKeys::Absorbed => self.values_of_absorbed(&acc, nq, channels, threads),
+            StreamedKeys::Projected if heads == 1 => acc,
+            StreamedKeys::Projected => {
+                let mut out = vec![0f32; nq * vc];
+                for h in 0..heads {
+                    for r in 0..nq {
+                        let from = &acc[(h * nq + r) * d_v..][..d_v];
+                        out[r * vc + h * d_v..][..d_v].copy_from_slice(from);
+                    }
+                }
+                out
+            }
+        };
         let residual = self.spec.use_query_residual.then(|| rows.to_vec());
         self.finish(out, residual, threads)
+    }
+
+    /// Each head's queries through its key projection, `[nq, heads · kv_dim]` (head `h`'s
+    /// columns `h·kv_dim..`): `q_h·W_k,hᵀ`, so that `q_h·k_hᵀ` is that times the normed input row.
+    /// The key bias adds `q_h·b_k,h` to every score of a query, which its softmax takes away.
+    fn absorbed_queries(&self, projected: &[f32], kv_dim: usize, threads: usize) -> Vec<f32> {
+        let (qk, heads) = (self.spec.qk_channels, self.spec.num_heads);
+        let (d_qk, nq) = (qk / heads, projected.len() / qk);
+        let (weight, _) = self.key.parts().expect("a cross-attention keeps its key weights");
+        let mut out = vec![0f32; nq * heads * kv_dim];
+        for h in 0..heads {
+            accumulate_product(
+                &mut out[h * kv_dim..],
+                heads * kv_dim,
+                View::strided(&projected[h * d_qk..], nq, d_qk, qk),
+                Rhs::Plain(View::dense(&weight.data()[h * d_qk * kv_dim..], d_qk, kv_dim)),
+                threads,
+            );
+        }
+        out
+    }
+
+    /// The heads' attention over the normed input rows (`[heads, nq, kv_dim]`, each row's
+    /// weights summing to one) through the value projection: `[nq, v_channels]`, heads side by
+    /// side. Since each row's weights sum to one, the value bias is added once, here.
+    fn values_of_absorbed(&self, weighted: &[f32], nq: usize, kv_dim: usize, threads: usize) -> Vec<f32> {
+        let (vc, heads) = (self.spec.v_channels, self.spec.num_heads);
+        let d_v = vc / heads;
+        let (weight, bias) = self
+            .value
+            .parts()
+            .expect("a cross-attention keeps its value weights");
+        let mut out = rows::repeat_rows(bias.data(), nq);
+        for h in 0..heads {
+            accumulate_product(
+                &mut out[h * d_v..],
+                vc,
+                View::dense(&weighted[h * nq * kv_dim..][..nq * kv_dim], nq, kv_dim),
+                Rhs::Transposed(View::dense(&weight.data()[h * d_v * kv_dim..], d_v, kv_dim)),
+                threads,
+            );
+        }
+        out
     }
 
     /// The cross-attention's keys and values of `inputs` (`[rows, kv_dim]`): `[rows,
@@ -519,6 +613,51 @@ impl AttentionLayer {
         }
         x
     }
+}
+
+/// How a streamed cross-attention ([`AttentionLayer::forward_streamed`]) makes its keys and
+/// values from its input rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamedKeys {
+    /// Each normed row through the key and value projections, as the model is written.
+    Projected,
+    /// The projections moved off the input: each head scores its queries through the key
+    /// projection (`q·W_kᵀ`, made once) against the normed rows themselves, and weighs the
+    /// normed rows, whose weighted sum then goes through the value projection once per query.
+    /// The same attention up to rounding (the biases' parts are exact: the key's shifts each
+    /// query's scores by one amount, the value's is added once, each row's weights summing to
+    /// one), at `2·heads·kv_dim` multiply-adds per query and input row instead of
+    /// `qk_channels + v_channels` per query and input row plus `kv_dim·(qk_channels +
+    /// v_channels)` per input row: far less over pixels with their Fourier features (261 or
+    /// 322 channels against 1,024 projected ones).
+    Absorbed,
+}
+
+impl StreamedKeys {
+    /// The one with fewer multiply-adds per input row for `queries` query rows of `spec` over
+    /// input rows `kv_dim` wide.
+    pub(crate) fn for_layer(spec: &AttentionSpec, queries: usize, kv_dim: usize) -> Self {
+        let (qk, vc, heads) = (spec.qk_channels, spec.v_channels, spec.num_heads);
+        let absorbed = 2 * heads * kv_dim * queries;
+        let projected = (kv_dim + queries) * (qk + vc);
+        match absorbed < projected {
+            true => Self::Absorbed,
+            false => Self::Projected,
+        }
+    }
+}
+
+/// `out += a · b`, `out` with row stride `ldo`: a product made once a pass, whose right side
+/// is packed for it on the f32 kernel where that runs (else `matmul`, on `gemm`).
+fn accumulate_product(out: &mut [f32], ldo: usize, a: View, b: Rhs, threads: usize) {
+    if !sgemm::available() {
+        return matmul(out, ldo, a, b, 1.0, true, threads);
+    }
+    let packed = match b {
+        Rhs::Plain(b) => sgemm::PackedWeights::pack_view(b, false, 1.0, threads > 1),
+        Rhs::Transposed(b) => sgemm::PackedWeights::pack_view(b, true, 1.0, threads > 1),
+    };
+    packed.matmul_view(a, out, ldo, threads);
 }
 
 /// Input rows a streamed cross-attention ([`AttentionLayer::forward_streamed`]) makes, norms
@@ -1109,6 +1248,11 @@ mod tests {
 
     /// A cross-attention layer of `spec` with seeded random weights, packed for f32.
     fn random_cross_attention(spec: AttentionSpec) -> AttentionLayer {
+        random_cross_attention_in(spec, Precision::F32)
+    }
+
+    /// [`random_cross_attention`] packed for `precision`.
+    fn random_cross_attention_in(spec: AttentionSpec, precision: Precision) -> AttentionLayer {
         let names = LayerNames::new("layer", spec, true);
         let shapes: std::collections::HashMap<String, Vec<usize>> = names
             .tensors()
@@ -1122,7 +1266,7 @@ mod tests {
             Param::owned(random(shape.iter().product(), seed), shape)
         })
         .unwrap();
-        layer.set_precision(Precision::F32);
+        layer.set_precision(precision);
         layer
     }
 
@@ -1154,13 +1298,76 @@ mod tests {
             score_block_rows(1000) < 100,
             "several blocks of scores over a block of keys"
         );
-        for (block_rows, threads) in [(7, 2), (1000, 2), (1000, 1), (2500, 2)] {
-            let streamed =
-                layer.forward_streamed(&latents, &projected, &input.item_rows(0), block_rows, threads);
-            let worst = max_difference(&whole, &streamed);
-            println!("streamed f32, blocks of {block_rows} rows, {threads} threads: worst {worst:.2e}");
-            assert!(worst < 1e-4, "blocks of {block_rows}, {threads} threads: {worst}");
+        let rows = input.item_rows(0);
+        for keys in [StreamedKeys::Projected, StreamedKeys::Absorbed] {
+            for (block_rows, threads) in [(7, 2), (1000, 2), (1000, 1), (2500, 2)] {
+                let streamed =
+                    layer.forward_streamed_as(keys, &latents, &projected, &rows, block_rows, threads);
+                let worst = max_difference(&whole, &streamed);
+                println!(
+                    "streamed f32 ({keys:?}), blocks of {block_rows} rows, {threads} threads: worst {worst:.2e}"
+                );
+                assert!(
+                    worst < 1e-4,
+                    "{keys:?}, blocks of {block_rows}, {threads} threads: {worst}"
+                );
+            }
         }
+    }
+
+    /// In bf16 too (on the fused blocks where `vdpbf16ps` runs them, else on the bf16 kernel
+    /// with an f32 softmax), a streamed cross-attention with its keys projected or absorbed is
+    /// the f32 one up to bf16's rounding.
+    #[test]
+    fn a_streamed_bf16_cross_attention_is_the_f32_one_rounded() {
+        let spec = AttentionSpec {
+            q_dim: 8,
+            kv_dim: 6,
+            ..spec(16, 24, 2)
+        };
+        let exact = random_cross_attention(spec);
+        let mut layer = random_cross_attention_in(spec, Precision::Bf16);
+        layer.set_bf16_min_head_width(1);
+        let latents = random(100 * 8, 11);
+        let input = InputArray {
+            values: random(2500 * 6, 12).iter().map(|x| 3.0 * x).collect(),
+            items: crate::runtime::item_ranges([2500]),
+        };
+        let rows = input.item_rows(0);
+        let f32_projected = exact.project_queries(&latents, 2);
+        let whole =
+            exact.forward_streamed_as(StreamedKeys::Projected, &latents, &f32_projected, &rows, 1000, 2);
+        let projected = layer.project_queries(&latents, 2);
+        let largest = whole.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for keys in [StreamedKeys::Projected, StreamedKeys::Absorbed] {
+            let streamed = layer.forward_streamed_as(keys, &latents, &projected, &rows, 1000, 2);
+            let worst = max_difference(&whole, &streamed) / largest;
+            println!("streamed bf16 ({keys:?}): worst {worst:.2e} of the largest value against f32");
+            assert!(worst < 1e-2, "{keys:?}: {worst}");
+        }
+    }
+
+    /// Key and value projections move off the input where that is fewer multiply-adds: the
+    /// released image and flow encoders' (pixels with Fourier features, 1 head), not the
+    /// language model's (768-wide bytes, 8 heads, narrow keys).
+    #[test]
+    fn streamed_keys_are_absorbed_where_that_is_less_work() {
+        let cross = |kv_dim, qk, vc, heads| AttentionSpec {
+            kv_dim,
+            ..spec(qk, vc, heads)
+        };
+        let fourier = cross(261, 1024, 1024, 1);
+        assert_eq!(
+            StreamedKeys::for_layer(&fourier, 512, 261),
+            StreamedKeys::Absorbed
+        );
+        let flow = cross(322, 512, 512, 1);
+        assert_eq!(StreamedKeys::for_layer(&flow, 2048, 322), StreamedKeys::Absorbed);
+        let language = cross(768, 256, 1280, 8);
+        assert_eq!(
+            StreamedKeys::for_layer(&language, 256, 768),
+            StreamedKeys::Projected
+        );
     }
 
     /// Attention in bf16 (each product on the bf16 kernel where its head side is wide enough,
