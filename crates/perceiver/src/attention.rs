@@ -318,9 +318,9 @@ impl AttentionLayer {
     /// are the queries before their LayerNorm (for the residual), `projected` after it and the
     /// query projection. The same as [`forward`](Self::forward) up to rounding.
     ///
-    /// Where it is less work ([`StreamedKeys::for_layer`]: inputs narrower than the
-    /// projections, as pixels with their Fourier features are), the key and value projections
-    /// are never applied to the input: see [`StreamedKeys::Absorbed`].
+    /// Where it is less work ([`AttentionSpec::absorbs_keys`]: inputs no wider than the keys,
+    /// as pixels with their Fourier features are), the key and value projections are never
+    /// applied to the input rows: see [`StreamedKeys::Absorbed`].
     pub(crate) fn forward_streamed(
         &self,
         rows: &[f32],
@@ -330,7 +330,7 @@ impl AttentionLayer {
         threads: usize,
     ) -> Vec<f32> {
         let nq = projected.len() / self.spec.qk_channels;
-        let keys = StreamedKeys::for_layer(&self.spec, nq, input.channels());
+        let keys = StreamedKeys::for_layer(&self.spec, nq);
         self.forward_streamed_as(keys, rows, projected, input, block_rows, threads)
     }
 
@@ -621,26 +621,16 @@ impl AttentionLayer {
 pub(crate) enum StreamedKeys {
     /// Each normed row through the key and value projections, as the model is written.
     Projected,
-    /// The projections moved off the input: each head scores its queries through the key
-    /// projection (`q·W_kᵀ`, made once) against the normed rows themselves, and weighs the
-    /// normed rows, whose weighted sum then goes through the value projection once per query.
-    /// The same attention up to rounding (the biases' parts are exact: the key's shifts each
-    /// query's scores by one amount, the value's is added once, each row's weights summing to
-    /// one), at `2·heads·kv_dim` multiply-adds per query and input row instead of
-    /// `qk_channels + v_channels` per query and input row plus `kv_dim·(qk_channels +
-    /// v_channels)` per input row: far less over pixels with their Fourier features (261 or
-    /// 322 channels against 1,024 projected ones).
+    /// The projections moved off the input ([`AttentionSpec::absorbs_keys`]): each head scores
+    /// its queries through the key projection against the normed rows themselves, and weighs
+    /// the normed rows, whose weighted sum then goes through the value projection.
     Absorbed,
 }
 
 impl StreamedKeys {
-    /// The one with fewer multiply-adds per input row for `queries` query rows of `spec` over
-    /// input rows `kv_dim` wide.
-    pub(crate) fn for_layer(spec: &AttentionSpec, queries: usize, kv_dim: usize) -> Self {
-        let (qk, vc, heads) = (spec.qk_channels, spec.v_channels, spec.num_heads);
-        let absorbed = 2 * heads * kv_dim * queries;
-        let projected = (kv_dim + queries) * (qk + vc);
-        match absorbed < projected {
+    /// The one with fewer multiply-adds for `queries` query rows of `spec`.
+    pub(crate) fn for_layer(spec: &AttentionSpec, queries: usize) -> Self {
+        match spec.absorbs_keys(queries) {
             true => Self::Absorbed,
             false => Self::Projected,
         }
@@ -1357,17 +1347,11 @@ mod tests {
             ..spec(qk, vc, heads)
         };
         let fourier = cross(261, 1024, 1024, 1);
-        assert_eq!(
-            StreamedKeys::for_layer(&fourier, 512, 261),
-            StreamedKeys::Absorbed
-        );
+        assert_eq!(StreamedKeys::for_layer(&fourier, 512), StreamedKeys::Absorbed);
         let flow = cross(322, 512, 512, 1);
-        assert_eq!(StreamedKeys::for_layer(&flow, 2048, 322), StreamedKeys::Absorbed);
+        assert_eq!(StreamedKeys::for_layer(&flow, 2048), StreamedKeys::Absorbed);
         let language = cross(768, 256, 1280, 8);
-        assert_eq!(
-            StreamedKeys::for_layer(&language, 256, 768),
-            StreamedKeys::Projected
-        );
+        assert_eq!(StreamedKeys::for_layer(&language, 256), StreamedKeys::Projected);
     }
 
     /// Attention in bf16 (each product on the bf16 kernel where its head side is wide enough,

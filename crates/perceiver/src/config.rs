@@ -425,6 +425,26 @@ pub struct AttentionSpec {
 }
 
 impl AttentionSpec {
+    /// Whether this cross-attention, with `queries` query rows, is fewer multiply-adds with its
+    /// key and value projections moved off the input rows: each head's queries through the
+    /// key projection (`q·W_kᵀ`, once), scored against the normed input rows themselves, whose
+    /// weighted sum then goes through the value projection (once per query). That is
+    /// `2·heads·kv_dim` multiply-adds per query and input row, against `qk_channels +
+    /// v_channels` per query and input row plus `kv_dim·(qk_channels + v_channels)` per input
+    /// row as the model is written: less for inputs no wider than the keys (pixels with their
+    /// Fourier features, a video's patches), more for the language model's 8 narrow heads.
+    /// The same attention up to rounding: the key bias shifts each query's scores by one
+    /// amount, which the softmax removes, and the value bias, each query's weights summing to
+    /// one, is added once.
+    pub fn absorbs_keys(&self, queries: usize) -> bool {
+        let absorbed = (2 * self.num_heads)
+            .saturating_mul(self.kv_dim)
+            .saturating_mul(queries);
+        let projected = (self.kv_dim.saturating_add(queries))
+            .saturating_mul(self.qk_channels.saturating_add(self.v_channels));
+        absorbed < projected
+    }
+
     /// Parameters of one layer (transformers' `PerceiverLayer`): two or three LayerNorms, the
     /// query/key/value/output projections and the MLP. Saturating, as
     /// [`PerceiverConfig::num_parameters`].

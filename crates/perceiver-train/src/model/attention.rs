@@ -12,7 +12,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::error::Result;
 use crate::model::ops;
 use perceiver::checkpoint::names::{LayerNames, LinearNames, NormNames, Role, TensorName};
-use perceiver::config::{Activation, LAYER_NORM_EPS};
+use perceiver::config::{Activation, AttentionSpec, LAYER_NORM_EPS};
 
 pub use ops::attention_bias;
 
@@ -101,6 +101,11 @@ impl Linear {
         &self.weight
     }
 
+    /// The `[out]` bias.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
     /// `x`: `[..., in]` → `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
@@ -152,7 +157,7 @@ struct MultiHeadAttention {
     key: Linear,
     value: Linear,
     output: Linear,
-    num_heads: usize,
+    spec: AttentionSpec,
 }
 
 impl MultiHeadAttention {
@@ -168,7 +173,7 @@ impl MultiHeadAttention {
             key: Linear::new(&names.key, vb)?,
             value: Linear::new(&names.value, vb)?,
             output: Linear::new(&names.output, vb)?,
-            num_heads: names.spec.num_heads,
+            spec: names.spec,
         })
     }
 
@@ -181,9 +186,43 @@ impl MultiHeadAttention {
             _ => q_in.clone(),
         };
         let q = self.query.forward(&q_in)?;
-        let k = self.key.forward(&kv_in)?;
-        let v = self.value.forward(&kv_in)?;
-        let heads = attend(&q, &k, &v, self.num_heads, bias)?;
+        let (_, nq, _) = q.dims3()?;
+        if inputs.is_some() && self.spec.num_heads == 1 && self.spec.absorbs_keys(nq) {
+            return self.forward_absorbed(&q, &kv_in, bias);
+        }
+        self.forward_projected(&q, &kv_in, bias)
+    }
+
+    /// The attention as the model is written, from the projected queries `q` and the normed
+    /// keys' and values' input `x`.
+    fn forward_projected(&self, q: &Tensor, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let k = self.key.forward(x)?;
+        let v = self.value.forward(x)?;
+        let heads = attend(q, &k, &v, self.spec.num_heads, bias)?;
+        self.output.forward(&heads)
+    }
+
+    /// A one-head cross-attention with its key and value projections moved off the normed
+    /// inputs `x` (as inference's encoder runs it where that is less work,
+    /// [`AttentionSpec::absorbs_keys`]): the queries through the key weight score the rows of
+    /// `x` themselves, and the weighted sum of those rows goes through the value projection.
+    fn forward_absorbed(&self, q: &Tensor, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (batch, nq, qk) = q.dims3()?;
+        let kv_dim = x.dim(2)?;
+        // `attend` scales the scores by 1/√kv_dim (the width it is given); the layer's is 1/√qk.
+        let rescale = (kv_dim as f64 / qk as f64).sqrt();
+        let absorbed = q
+            .reshape((batch * nq, qk))?
+            .matmul(self.key.weight())?
+            .affine(rescale, 0.0)?
+            .reshape((batch, nq, kv_dim))?;
+        let weighted = attend(&absorbed, x, x, 1, bias)?;
+        // The key bias shifts each query's scores by one amount, which the softmax removes:
+        // its gradient is zero, which it gets by joining the graph times a zero tensor (every
+        // trained parameter is reached; candle would prune an `affine` by zero).
+        let zero = Tensor::zeros((), self.key.bias().dtype(), self.key.bias().device())?;
+        let unused_bias = self.key.bias().sum_all()?.mul(&zero)?;
+        let heads = self.value.forward(&weighted)?.broadcast_add(&unused_bias)?;
         self.output.forward(&heads)
     }
 }
@@ -282,6 +321,83 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    /// A one-head cross-attention with its projections absorbed gives the projected one's
+    /// output and every parameter's gradient (the key bias's zero), up to rounding, with a
+    /// padding mask.
+    #[test]
+    fn absorbed_keys_give_the_projected_attention_and_its_gradients() -> Result<()> {
+        use candle_nn::VarMap;
+        use perceiver::checkpoint::names::LayerNames;
+        let dev = Device::Cpu;
+        let spec = AttentionSpec {
+            q_dim: 12,
+            kv_dim: 5,
+            qk_channels: 8,
+            v_channels: 6,
+            num_heads: 1,
+            widening_factor: 1,
+            use_query_residual: true,
+            activation: Activation::GeluErf,
+        };
+        let (batch, nq, nk) = (2, 3, 7);
+        assert!(spec.absorbs_keys(nq));
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev);
+        let attention = MultiHeadAttention::new(&LayerNames::new("layer", spec, true), &vb)?;
+        for var in varmap.all_vars() {
+            var.set(&Tensor::randn(0f32, 1.0, var.shape(), &dev)?)?;
+        }
+        let queries = Tensor::randn(0f32, 1.0, (batch, nq, spec.q_dim), &dev)?;
+        let inputs = Tensor::randn(0f32, 1.0, (batch, nk, spec.kv_dim), &dev)?;
+        let mask = Tensor::new(&[[1u8, 1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]], &dev)?;
+        let bias = attention_bias(&mask)?;
+        let weights = Tensor::randn(0f32, 1.0, (batch, nq, spec.q_dim), &dev)?;
+        let run = |absorbed: bool| -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+            let q_in = attention.q_norm.forward(&queries)?;
+            let x = attention
+                .kv_norm
+                .as_ref()
+                .expect("a cross-attention")
+                .forward(&inputs)?;
+            let q = attention.query.forward(&q_in)?;
+            let out = match absorbed {
+                true => attention.forward_absorbed(&q, &x, Some(&bias))?,
+                false => attention.forward_projected(&q, &x, Some(&bias))?,
+            };
+            let grads = (&out * &weights)?.sum_all()?.backward()?;
+            let grads = varmap
+                .all_vars()
+                .iter()
+                .map(|var| {
+                    Ok(grads
+                        .get(var.as_tensor())
+                        .expect("every parameter reached")
+                        .flatten_all()?
+                        .to_vec1()?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((out.flatten_all()?.to_vec1()?, grads))
+        };
+        let ((projected, projected_grads), (absorbed, absorbed_grads)) = (run(false)?, run(true)?);
+        let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let largest = |a: &[f32]| a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let out_worst = worst(&projected, &absorbed);
+        println!(
+            "absorbed against projected: output {out_worst:.2e} (largest {:.2})",
+            largest(&projected)
+        );
+        assert!(
+            out_worst < 1e-5 * largest(&projected).max(1.0),
+            "output: {out_worst}"
+        );
+        let scale = projected_grads.iter().map(|g| largest(g)).fold(0f32, f32::max);
+        for (i, (p, a)) in projected_grads.iter().zip(&absorbed_grads).enumerate() {
+            let w = worst(p, a);
+            assert!(w < 1e-4 * scale, "gradient {i}: {w} (largest of all {scale})");
+        }
+        Ok(())
     }
 
     #[test]
