@@ -535,8 +535,9 @@ impl AttentionLayer {
     }
 
     /// Each head's queries through its key projection, `[nq, heads · kv_dim]` (head `h`'s
-    /// columns `h·kv_dim..`): `q_h·W_k,hᵀ`, so that `q_h·k_hᵀ` is that times the normed input row.
-    /// The key bias adds `q_h·b_k,h` to every score of a query, which its softmax takes away.
+    /// columns `h·kv_dim..`): `q_h·W_k,h` (`W_k,h` the head's `[d_qk, kv_dim]` rows of the key
+    /// weight as stored), so that `q_h·k_hᵀ` with `k_h = x·W_k,hᵀ + b_k,h` is that times `xᵀ`
+    /// plus `q_h·b_k,h`, one amount for every score of a query, which its softmax takes away.
     fn absorbed_queries(&self, projected: &[f32], kv_dim: usize, threads: usize) -> Vec<f32> {
         let (qk, heads) = (self.spec.qk_channels, self.spec.num_heads);
         let (d_qk, nq) = (qk / heads, projected.len() / qk);
@@ -1260,22 +1261,30 @@ mod tests {
         layer
     }
 
-    /// An f32 cross-attention streamed over its input (its heads' query rows in several blocks
-    /// of scores over each block of keys, over two threads or one) equals the whole one up to
-    /// rounding.
-    #[test]
-    fn a_streamed_f32_cross_attention_over_many_rows_equals_the_whole_one() {
+    /// A streamed cross-attention's case: two heads over 2,500 input rows 6 wide, with 100
+    /// latents 8 wide (where absorbing the projections is less work).
+    fn streamed_case() -> (AttentionSpec, Vec<f32>, InputArray) {
         let spec = AttentionSpec {
             q_dim: 8,
             kv_dim: 6,
             ..spec(16, 24, 2)
         };
-        let layer = random_cross_attention(spec);
         let latents = random(100 * 8, 11);
         let input = InputArray {
             values: random(2500 * 6, 12).iter().map(|x| 3.0 * x).collect(),
             items: crate::runtime::item_ranges([2500]),
         };
+        assert_eq!(StreamedKeys::for_layer(&spec, 100), StreamedKeys::Absorbed);
+        (spec, latents, input)
+    }
+
+    /// An f32 cross-attention streamed over its input (its heads' query rows in several blocks
+    /// of scores over each block of keys, over two threads or one), with its keys projected or
+    /// absorbed, equals the whole one up to rounding.
+    #[test]
+    fn a_streamed_f32_cross_attention_over_many_rows_equals_the_whole_one() {
+        let (spec, latents, input) = streamed_case();
+        let layer = random_cross_attention(spec);
         let queries = 0..100;
         let whole = layer.forward(
             Queries::Shared(&latents),
@@ -1310,19 +1319,10 @@ mod tests {
     /// the f32 one up to bf16's rounding.
     #[test]
     fn a_streamed_bf16_cross_attention_is_the_f32_one_rounded() {
-        let spec = AttentionSpec {
-            q_dim: 8,
-            kv_dim: 6,
-            ..spec(16, 24, 2)
-        };
+        let (spec, latents, input) = streamed_case();
         let exact = random_cross_attention(spec);
         let mut layer = random_cross_attention_in(spec, Precision::Bf16);
         layer.set_bf16_min_head_width(1);
-        let latents = random(100 * 8, 11);
-        let input = InputArray {
-            values: random(2500 * 6, 12).iter().map(|x| 3.0 * x).collect(),
-            items: crate::runtime::item_ranges([2500]),
-        };
         let rows = input.item_rows(0);
         let f32_projected = exact.project_queries(&latents, 2);
         let whole =

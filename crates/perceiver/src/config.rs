@@ -427,8 +427,9 @@ pub struct AttentionSpec {
 impl AttentionSpec {
     /// Whether this cross-attention, with `queries` query rows, is fewer multiply-adds with its
     /// key and value projections moved off the input rows: each head's queries through the
-    /// key projection (`q·W_kᵀ`, once), scored against the normed input rows themselves, whose
-    /// weighted sum then goes through the value projection (once per query). That is
+    /// key weight (`q·W_k`, `W_k` as stored, `[qk_channels, kv_dim]`; once), scored against the
+    /// normed input rows themselves, whose weighted sum then goes through the value projection
+    /// (once per query). That is
     /// `2·heads·kv_dim` multiply-adds per query and input row, against `qk_channels +
     /// v_channels` per query and input row plus `kv_dim·(qk_channels + v_channels)` per input
     /// row as the model is written: less for inputs no wider than the keys (pixels with their
