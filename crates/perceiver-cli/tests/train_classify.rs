@@ -2,7 +2,8 @@
 //! layout from scratch (the fine-tuning of the built-in model is `perceiver-train`'s
 //! `tests/classify.rs`): the accuracy and confusion table at the end, `eval.json`, a checkpoint
 //! that `eval` reads back to the same numbers, resuming, and bad labelled files refused in one
-//! line with a non-zero exit.
+//! line with a non-zero exit; and classifiers given new labels (`--new-labels`), of images and of
+//! texts.
 
 mod common;
 
@@ -357,4 +358,89 @@ fn an_image_classifier_fine_tunes_on_image_folders_with_new_labels() {
     broken[at] = again.to_string_lossy().into_owned();
     fails_after_notes(&refs(&broken), &["broken.png"]);
     assert!(!again.exists(), "a failed start leaves no run directory");
+}
+
+/// A text classifier fine-tuned with `--new-labels` takes the data's labels with a fresh final
+/// layer and keeps every other weight it was given (a learning rate of 1e-12 moves none of them
+/// measurably); without the flag, the labels it does not know are refused.
+#[test]
+fn a_text_classifier_takes_new_labels_with_a_fresh_final_layer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, held_out) = write_data(dir.path());
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/classification/tiny_text_classifier");
+    let out = dir.path().join("run");
+    let (f, o) = (fixture.to_str().unwrap(), out.to_str().unwrap());
+    let args = |extra: &[&'static str]| {
+        let mut args = vec![
+            "train",
+            "--task",
+            "classify",
+            "--init-from",
+            f,
+            "--train",
+            &train,
+            "--eval",
+            &held_out,
+            "--out",
+            o,
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-12",
+            "--plot",
+            "false",
+        ];
+        args.extend(extra);
+        args
+    };
+    fails_after_notes(
+        &args(&[]),
+        &["is not one of the classifier's labels", "--new-labels"],
+    );
+    run(&args(&["--new-labels"]));
+
+    let checkpoint = out.join("step-000002");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["id2label"],
+        serde_json::json!({"0": "food", "1": "weather"})
+    );
+    let (given, trained) = (
+        std::fs::read(fixture.join("model.safetensors")).unwrap(),
+        std::fs::read(checkpoint.join("model.safetensors")).unwrap(),
+    );
+    let given = safetensors::SafeTensors::deserialize(&given).unwrap();
+    let trained = safetensors::SafeTensors::deserialize(&trained).unwrap();
+    let values = |view: safetensors::tensor::TensorView| -> Vec<f32> {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32);
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let mut kept = 0;
+    for (name, view) in given.tensors() {
+        let after = trained.tensor(&name).unwrap();
+        if name.contains("final_layer") {
+            assert_eq!(after.shape()[0], 2, "{name}: one row or value per new label");
+            continue;
+        }
+        assert_eq!(after.shape(), view.shape(), "{name}");
+        let worst = values(view)
+            .iter()
+            .zip(values(after))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-9, "{name} moved by {worst}");
+        kept += 1;
+    }
+    assert_eq!(
+        kept,
+        given.len() - 2,
+        "every weight but the final layer's two kept"
+    );
 }
