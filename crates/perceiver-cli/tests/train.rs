@@ -130,6 +130,7 @@ fn train_records_but_speed(run_dir: &Path) -> Vec<Value> {
     let mut rs = records(run_dir, "train");
     for r in &mut rs {
         r.as_object_mut().unwrap().remove("bytes_per_second");
+        r.as_object_mut().unwrap().remove("examples_per_second");
     }
     rs
 }

@@ -338,6 +338,17 @@ fn an_image_classifier_fine_tunes_on_image_folders_with_new_labels() {
         "{stderr}"
     );
 
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let trained: Vec<Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "train")
+        .collect();
+    let last = trained.last().expect("a train record");
+    assert_eq!(last["step"], 2);
+    assert!(last["examples_per_second"].as_f64().unwrap() > 0.0, "{last}");
+    assert_eq!(last["bytes_per_second"], 0.0, "images have no bytes: {last}");
+
     let checkpoint = out.join("step-000002");
     assert!(checkpoint.join("preprocessor_config.json").is_file());
     let c = checkpoint.to_str().unwrap();

@@ -29,9 +29,14 @@ pub enum Record {
         /// Mean global gradient norm over the interval, before clipping.
         #[serde(deserialize_with = "nullable_f64::deserialize")]
         grad_norm: f64,
-        /// Real (unpadded) bytes trained on per second of update time over the interval.
+        /// Real (unpadded) bytes trained on per second of update time over the interval (0
+        /// for images).
         #[serde(deserialize_with = "nullable_f64::deserialize")]
         bytes_per_second: f64,
+        /// Examples (windows, texts or images) trained on per second of update time over the
+        /// interval (0 in records written before it was).
+        #[serde(default, deserialize_with = "nullable_f64::deserialize")]
+        examples_per_second: f64,
         /// Written when a run stopped before the interval's end, so its curves reach the last
         /// step; a resume drops it and writes the whole interval's record in its place.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -110,6 +115,9 @@ pub struct Window {
     pub lr: f64,
     /// Σ real bytes.
     pub bytes: u64,
+    /// Σ examples (0 in checkpoints written before it was counted).
+    #[serde(default)]
+    pub examples: u64,
     /// Σ update seconds.
     #[serde(with = "f64_bits")]
     pub seconds: f64,
@@ -125,6 +133,7 @@ impl Window {
         self.grad_norm += m.grad_norm;
         self.lr = m.lr;
         self.bytes += m.bytes as u64;
+        self.examples += m.examples as u64;
         self.seconds += m.seconds;
     }
 
@@ -143,6 +152,7 @@ impl Window {
             lr: self.lr,
             grad_norm: self.grad_norm / n,
             bytes_per_second: self.bytes as f64 / self.seconds.max(1e-9),
+            examples_per_second: self.examples as f64 / self.seconds.max(1e-9),
             partial: false,
         }
     }
@@ -273,8 +283,10 @@ pub struct StepMetrics {
     pub lr: f64,
     /// Global L2 norm of the accumulated gradients, before clipping.
     pub grad_norm: f64,
-    /// Real (unpadded) bytes in the update's windows.
+    /// Real (unpadded) bytes in the update's windows (or texts; 0 for images).
     pub bytes: usize,
+    /// Windows, texts or images in the update (its batches' rows).
+    pub examples: usize,
     /// Wall-clock time of the update in seconds (reading, masking, forward, backward, AdamW).
     pub seconds: f64,
 }
@@ -301,6 +313,7 @@ mod tests {
             lr: 1e-3,
             grad_norm: 0.1 * step as f64,
             bytes: 100,
+            examples: 4,
             seconds: 0.01,
         }
     }

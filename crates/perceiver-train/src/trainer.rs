@@ -751,6 +751,7 @@ impl Trainer {
             lr,
             grad_norm,
             bytes,
+            examples: self.options.batch_size * accum,
             seconds,
         })
     }
