@@ -51,6 +51,16 @@ fn write_data(dir: &Path) -> (String, String) {
     (t.to_string_lossy().into_owned(), e.to_string_lossy().into_owned())
 }
 
+/// The `kind` records of a run's `metrics.jsonl`.
+fn records(run: &Path, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == kind)
+        .collect()
+}
+
 fn train_args<'a>(train: &'a str, held_out: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
     vec![
         "train",
@@ -109,12 +119,7 @@ fn a_classifier_trains_reports_its_confusion_table_and_evaluates_again() {
     assert_eq!(saved["labels"], serde_json::json!(["food", "weather"]));
     let confusion: Vec<Vec<u64>> = serde_json::from_value(saved["confusion"].clone()).unwrap();
     assert_eq!(confusion.iter().flatten().sum::<u64>(), 12);
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let evals: Vec<Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["kind"] == "eval")
-        .collect();
+    let evals = records(&out, "eval");
     assert_eq!(evals.len(), 2);
     assert!(evals[1].get("bits_per_byte").is_none(), "{:?}", evals[1]);
 
@@ -338,12 +343,7 @@ fn an_image_classifier_fine_tunes_on_image_folders_with_new_labels() {
         "{stderr}"
     );
 
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let trained: Vec<Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["kind"] == "train")
-        .collect();
+    let trained = records(&out, "train");
     let last = trained.last().expect("a train record");
     assert_eq!(last["step"], 2);
     assert!(last["examples_per_second"].as_f64().unwrap() > 0.0, "{last}");
