@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{command, run};
+use common::{command, records, run};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -114,15 +114,6 @@ fn set<'a>(args: &mut Vec<&'a str>, flag: &'a str, value: &'a str) {
         Some(i) => args[i + 1] = value,
         None => args.extend([flag, value]),
     }
-}
-
-fn records(run_dir: &Path, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["kind"] == kind)
-        .collect()
 }
 
 /// A run's train records, everything in them but the timing.

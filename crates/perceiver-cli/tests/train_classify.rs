@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{command, run};
+use common::{command, records, run};
 use std::path::Path;
 
 use serde_json::Value;
@@ -49,16 +49,6 @@ fn write_data(dir: &Path) -> (String, String) {
     std::fs::write(&t, train).unwrap();
     std::fs::write(&e, held_out).unwrap();
     (t.to_string_lossy().into_owned(), e.to_string_lossy().into_owned())
-}
-
-/// The `kind` records of a run's `metrics.jsonl`.
-fn records(run: &Path, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["kind"] == kind)
-        .collect()
 }
 
 fn train_args<'a>(train: &'a str, held_out: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {

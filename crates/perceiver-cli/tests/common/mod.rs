@@ -55,3 +55,13 @@ pub fn write_tiny_config(dir: &Path) -> PathBuf {
     std::fs::write(&path, config.to_string()).unwrap();
     path
 }
+
+/// The `kind` records (`"train"` or `"eval"`) of a run's `metrics.jsonl`.
+pub fn records(run_dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["kind"] == kind)
+        .collect()
+}
