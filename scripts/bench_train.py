@@ -31,6 +31,9 @@ Run from the repository root, after ``cargo build --release -p perceiver-bench``
     .venv-ref/bin/python scripts/bench_train.py --threads 2 --rounds 7
     .venv-ref/bin/python scripts/bench_train.py --threads 2 --rounds 3 --warmup 1 --batch-size 2 \\
         --image-model target/fourier-random
+
+``--precision bf16`` times mixed precision on both sides: PyTorch's forward under ``torch.autocast("cpu",
+dtype=torch.bfloat16)``, ours with ``--precision bf16`` (the dense layers' products on bf16 operands).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def run_ours(binary: Path, model_dir: Path, args, env: dict) -> float:
     cmd = [
         str(binary), "train-step", "--model", str(model_dir), "--batch-size", str(args.batch_size),
         "--seq-len", str(args.seq_len), "--warmup", str(args.warmup), "--repeats", "1", "--json",
+        "--precision", args.precision,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -109,6 +113,10 @@ def main() -> None:
     ap.add_argument("--binary", type=Path, default=DEFAULT_BINARY)
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="where the model is exported (overwritten)")
     ap.add_argument("--image-model", type=Path, help="an ImageNet classifier's directory: time its fine-tuning step")
+    ap.add_argument(
+        "--precision", choices=["f32", "bf16"], default="f32",
+        help="bf16: mixed precision on both sides (torch.autocast on the CPU; ours --precision bf16)",
+    )
     ap.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     args = ap.parse_args()
     if args.batch_size < 1 or args.warmup < 0 or args.rounds < 1:
@@ -121,7 +129,7 @@ def main() -> None:
 
     if args.image_model is not None:
         args.model_dir = args.image_model
-        stepper = ref.ImageStepper(args.image_model, args.batch_size, args.seed)
+        stepper = ref.ImageStepper(args.image_model, args.batch_size, args.seed, args.precision)
         model, shape = stepper.model, f"{args.batch_size} images of 224 x 224"
     else:
         config = ref.load_config(args.config)
@@ -129,12 +137,12 @@ def main() -> None:
         if args.model_dir.exists():
             shutil.rmtree(args.model_dir)
         ref.export_model(model, args.model_dir)
-        stepper = ref.Stepper(model, args.batch_size, args.seq_len, args.seed)
+        stepper = ref.Stepper(model, args.batch_size, args.seq_len, args.seed, args.precision)
         shape = f"{args.batch_size} x {args.seq_len}"
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"torch {torch.__version__}, {threads} threads; model {args.model_dir} ({n_params} params); "
-        f"batch {shape}; warmup {args.warmup}; {args.rounds} rounds",
+        f"batch {shape}; {args.precision}; warmup {args.warmup}; {args.rounds} rounds",
         flush=True,
     )
     for _ in range(args.warmup):
@@ -160,6 +168,7 @@ def main() -> None:
             "perceiver": {"step_seconds": [round(t, 6) for t in ours], "median": round(med_ours, 6)},
             "ratio_pytorch_over_perceiver": round(ratio, 4),
             "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": threads, "rounds": args.rounds,
+            "precision": args.precision,
         }))
 
 

@@ -35,6 +35,7 @@ Run from the repository root (environment: scripts/requirements-reference.txt)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -116,6 +117,16 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS)
 
 
+def autocast(precision: str):
+    """The forward pass's context: f32 as it is, or bf16 mixed precision (``torch.autocast`` on the CPU:
+    the products on bf16 operands, the weights and the optimizer f32), as ``perceiver train --precision``."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision != "f32":
+        raise ValueError(f"precision {precision!r}: f32 or bf16")
+    return contextlib.nullcontext()
+
+
 class ImageStepper:
     """One image classification step of an ImageNet classifier from a directory (``--image-model``), as
     ``perceiver train --task classify`` takes it: ``model(inputs=pixel_values, labels=labels).loss``,
@@ -123,7 +134,7 @@ class ImageStepper:
     freezes BatchNorm). The batch: ``batch_size`` 224 x 224 images of seeded normal pixels, labels 0 and 1
     alternately (the folders our bench writes)."""
 
-    def __init__(self, model_dir: Path, batch_size: int, seed: int):
+    def __init__(self, model_dir: Path, batch_size: int, seed: int, precision: str = "f32"):
         from transformers import AutoModelForImageClassification
 
         self.model = AutoModelForImageClassification.from_pretrained(str(model_dir)).float()
@@ -137,13 +148,15 @@ class ImageStepper:
         gen = torch.Generator().manual_seed(seed + 1)
         self.pixels = torch.randn((batch_size, 3, 224, 224), generator=gen)
         self.labels = torch.arange(batch_size, dtype=torch.int64) % 2
+        self.precision = precision
         self.opt = make_optimizer(self.model)
         self.model.zero_grad(set_to_none=True)
         self.last_loss = float("nan")
 
     def step(self) -> float:
         t0 = time.perf_counter()
-        loss = self.model(inputs=self.pixels, labels=self.labels).loss
+        with autocast(self.precision):
+            loss = self.model(inputs=self.pixels, labels=self.labels).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -154,8 +167,9 @@ class ImageStepper:
 class Stepper:
     """One model + optimizer + batch; `step()` runs and times one training step."""
 
-    def __init__(self, model: PerceiverForMaskedLM, batch_size: int, seq_len: int, seed: int):
+    def __init__(self, model: PerceiverForMaskedLM, batch_size: int, seq_len: int, seed: int, precision: str = "f32"):
         self.model = model
+        self.precision = precision
         self.ids, self.mask, self.labels = make_batch(model.config, batch_size, seq_len, seed + 1)
         self.opt = make_optimizer(model)
         self.model.zero_grad(set_to_none=True)
@@ -163,7 +177,8 @@ class Stepper:
 
     def step(self) -> float:
         t0 = time.perf_counter()
-        loss = self.model(inputs=self.ids, attention_mask=self.mask, labels=self.labels).loss
+        with autocast(self.precision):
+            loss = self.model(inputs=self.ids, attention_mask=self.mask, labels=self.labels).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use perceiver::image::ImageProcessor;
-use perceiver::{LoadOptions, ModelFiles, PerceiverConfig};
+use perceiver::{LoadOptions, ModelFiles, PerceiverConfig, Precision};
 use perceiver_train::init::InitScheme;
 use perceiver_train::masking::Masking;
 use perceiver_train::optim::{AdamWConfig, Decay, Schedule};
@@ -39,6 +39,10 @@ pub struct TrainStepArgs {
     warmup: usize,
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Number type of the dense layers' products: f32 or bf16 (mixed precision, as `perceiver
+    /// train --precision`).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Print {"impl", "step_seconds", "median"} as JSON.
     #[arg(long)]
     json: bool,
@@ -112,6 +116,7 @@ pub fn run(args: TrainStepArgs) -> Result<()> {
         // The corpus holds just the windows the steps read: nothing to shuffle them with.
         shuffle_windows: 1,
         new_labels: false,
+        precision: args.precision,
     };
     let mut trainer = Trainer::start(
         options,

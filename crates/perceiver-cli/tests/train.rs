@@ -250,6 +250,60 @@ fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     );
 }
 
+/// `--precision bf16` (mixed precision) learns as f32 does, with numbers of its own (its products
+/// round); the precision is saved with the run, and a resume keeps it and refuses to change it.
+#[test]
+fn a_mixed_precision_run_learns_and_resumes_in_bf16() {
+    let (dir, c, f) = setup();
+    let (f32_dir, bf16_dir) = (dir.path().join("f32"), dir.path().join("bf16"));
+    let o = bf16_dir.to_str().unwrap();
+    run(&train_args(c, f, f32_dir.to_str().unwrap(), "30"));
+    let mut args = train_args(c, f, o, "30");
+    set(&mut args, "--precision", "bf16");
+    set(&mut args, "--stop-at", "13");
+    run(&args);
+    fails(
+        &["train", "--resume", o, "--precision", "f32"],
+        "--precision cannot change a resumed run",
+    );
+    run(&["train", "--resume", o]);
+
+    let training: Value =
+        serde_json::from_slice(&std::fs::read(bf16_dir.join("step-000030/training.json")).unwrap()).unwrap();
+    assert_eq!(training["options"]["precision"], "bf16");
+    let losses = |run_dir: &Path| -> Vec<f64> {
+        records(run_dir, "train")
+            .iter()
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (want, got) = (losses(&f32_dir), losses(&bf16_dir));
+    assert_eq!(got.len(), 30);
+    let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+    println!(
+        "loss, first and last 5 steps: f32 {:.3} → {:.3}, bf16 {:.3} → {:.3}",
+        mean(&want[..5]),
+        mean(&want[25..]),
+        mean(&got[..5]),
+        mean(&got[25..])
+    );
+    assert!(
+        (got[0] - want[0]).abs() < 0.02 * want[0],
+        "first step: bf16 {}, f32 {}",
+        got[0],
+        want[0]
+    );
+    assert_ne!(got, want, "the bf16 run's products rounded nothing");
+    assert!(
+        mean(&got[25..]) < 0.6 * mean(&got[..5]),
+        "bf16 loss did not fall: {got:?}"
+    );
+    assert!(
+        mean(&got[25..]) < 1.1 * mean(&want[25..]),
+        "bf16 {got:?}, f32 {want:?}"
+    );
+}
+
 #[test]
 fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let (dir, c, f) = setup();

@@ -1,7 +1,7 @@
 //! The training run's own settings (not the model's: that is `perceiver::PerceiverConfig`):
 //! everything that decides a run, saved in every checkpoint so a run resumes exactly.
 
-use perceiver::PerceiverConfig;
+use perceiver::{PerceiverConfig, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -94,6 +94,12 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Windows in the shuffle buffer.
     pub shuffle_windows: usize,
+    /// Number type of the dense layers' products in training steps: [`Precision::Bf16`] is
+    /// mixed precision (operands rounded to bf16, sums, gradients, the optimizer's weights and
+    /// every other op f32), for CPUs with bf16 products (AMX, AVX-512 BF16). Evaluation runs in
+    /// f32 either way.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// The most windows in one micro-batch (`--batch-size`): a step's memory grows with it (the
@@ -261,6 +267,7 @@ mod tests {
             log_every: 1,
             keep_checkpoints: 1,
             shuffle_windows: 16,
+            precision: perceiver::Precision::F32,
             new_labels: false,
         }
     }

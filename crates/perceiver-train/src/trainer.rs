@@ -625,13 +625,13 @@ impl Trainer {
         options.validate(&config)?;
         let optimizer = AdamW::new(&varmap, &config, options.optimizer)?;
         Ok(Self {
+            weight_packs: WeightPacks::new(options.precision),
             options,
             run_dir: run_dir.to_path_buf(),
             config,
             varmap,
             task,
             optimizer,
-            weight_packs: WeightPacks::default(),
             progress,
             metrics,
             pending: Window::default(),
@@ -704,7 +704,8 @@ impl Trainer {
         let lr = self.options.schedule.lr(self.progress.step);
         let accum = self.options.grad_accum;
         let mut grads = Gradients::new(self.optimizer.vars());
-        // The dense layers' packed weights are kept from step to step (refreshed below).
+        // The dense layers' packed weights are kept from step to step (refreshed below), in the
+        // run's precision.
         let mut packs = std::mem::take(&mut self.weight_packs);
         let passes = packs.scope(|| -> Result<_> {
             let mut totals = (0f64, 0usize, 0usize, 0usize);

@@ -174,6 +174,7 @@ fn options(data: &Path, steps: u64) -> TrainConfig {
         log_every: 1,
         keep_checkpoints: 1,
         shuffle_windows: 1,
+        precision: perceiver::Precision::F32,
         new_labels: false,
     }
 }

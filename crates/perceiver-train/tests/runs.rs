@@ -55,6 +55,7 @@ fn options(corpus: &Path, steps: u64) -> TrainConfig {
         log_every: 3,
         keep_checkpoints: 2,
         shuffle_windows: 8,
+        precision: perceiver::Precision::F32,
         new_labels: false,
     }
 }

@@ -143,7 +143,11 @@ pub fn attention(
         Some(bias) => Some(bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
         None => None,
     };
-    let op = fused_attention::FusedAttention { num_heads, bias };
+    let op = fused_attention::FusedAttention {
+        num_heads,
+        bias,
+        precision: products::scope_precision(),
+    };
     Ok(q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }

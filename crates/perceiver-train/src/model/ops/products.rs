@@ -7,12 +7,20 @@
 //!
 //! Only f32 on the CPU takes this path; other dtypes and devices use candle's matmul (which
 //! candle differentiates), so the f64 gradient checks and GPU runs are unchanged.
+//!
+//! Inside a [`WeightPacks::scope`] of [`Precision::Bf16`] (mixed precision), the dense layers'
+//! three products (the output, the input's gradient, the weight's gradient) round their operands
+//! to bf16 and sum in f32 on the engine's bf16 kernel ([`perceiver_kernels::bf16`]): AMX tiles
+//! or `vdpbf16ps` where the CPU has them. Their outputs, every other op, the gradients' sums and
+//! the optimizer's master weights stay f32.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, TensorId};
+use perceiver::Precision;
+use perceiver_kernels::bf16::PackedMatrix;
 use perceiver_kernels::matmul::{self as engine_matmul, Rhs, View};
 use perceiver_kernels::sgemm::{self, PackedWeights};
 use rayon::prelude::*;
@@ -108,7 +116,7 @@ impl candle_core::CustomOp3 for Linear {
         if m > 0 && n > 0 && k > 0 {
             let threads = rayon::current_num_threads();
             let kept = with_kept_pack(self.weight, Packing::Forward, w, n, k, |packed| {
-                packed.matmul_view(View::dense(x, m, k), &mut y, n, threads)
+                packed.accumulate(x, m, &mut y, threads)
             });
             if kept.is_none() {
                 let product = Product {
@@ -163,7 +171,7 @@ impl candle_core::CustomOp3 for Linear {
             let threads = rayon::current_num_threads();
             let weight_id = weight.is_variable().then(|| weight.id());
             let kept = with_kept_pack(weight_id, Packing::InputGradient, w_rows, n, k, |packed| {
-                packed.matmul_view(View::dense(g_rows, m, n), &mut dx, k, threads)
+                packed.accumulate(g_rows, m, &mut dx, threads)
             });
             if kept.is_none() {
                 plain.one(&mut dx, g_rows, w_rows, m, n, k, threads);
@@ -173,7 +181,16 @@ impl candle_core::CustomOp3 for Linear {
         // dW += Gᵀ·X, db += the column sums of G.
         let weight_gradient = |dw: &mut [f32]| {
             if m > 0 && n > 0 && k > 0 {
-                g_transposed.one(dw, g_rows, x_rows, n, m, k, rayon::current_num_threads());
+                let threads = rayon::current_num_threads();
+                if scope_precision() == Precision::Bf16 && sgemm::available() {
+                    // The bf16 kernel reads its left operand by rows: Gᵀ is made (n·m copies
+                    // against n·m·k multiply-adds), X packed as the right one.
+                    let g_t = transpose(g_rows, m, n, threads > 1);
+                    let x_packed = PackedMatrix::pack_view(View::dense(x_rows, m, k), false, threads > 1);
+                    x_packed.matmul_accumulate(&g_t, n, dw, threads);
+                } else {
+                    g_transposed.one(dw, g_rows, x_rows, n, m, k, threads);
+                }
             }
         };
         let bias_gradient = |db: &mut [f32]| {
@@ -209,14 +226,51 @@ enum Packing {
 }
 
 impl Packing {
-    /// `w` (`[out, in]`) packed for this product.
-    fn pack(self, w: &[f32], out: usize, inputs: usize) -> PackedWeights {
-        PackedWeights::pack_view(View::dense(w, out, inputs), self == Packing::Forward, 1.0, true)
+    /// `w` (`[out, in]`) packed for this product, its values rounded to bf16 for
+    /// [`Precision::Bf16`].
+    fn pack(self, precision: Precision, w: &[f32], out: usize, inputs: usize) -> Pack {
+        let (view, transposed) = (View::dense(w, out, inputs), self == Packing::Forward);
+        // The product's depth and width: `in` and `out` forward, the other way for the gradient.
+        let (depth, width) = if transposed { (inputs, out) } else { (out, inputs) };
+        let kind = match precision {
+            Precision::F32 => PackKind::F32(PackedWeights::pack_view(view, transposed, 1.0, true)),
+            Precision::Bf16 => PackKind::Bf16(PackedMatrix::pack_view(view, transposed, true)),
+        };
+        Pack { kind, depth, width }
     }
 
-    /// `w` packed again into `packed`.
-    fn repack(self, w: &[f32], out: usize, inputs: usize, packed: &mut PackedWeights) {
-        packed.repack(View::dense(w, out, inputs), self == Packing::Forward, 1.0, true)
+    /// `w` packed again into `packed`, in its precision.
+    fn repack(self, w: &[f32], out: usize, inputs: usize, packed: &mut Pack) {
+        let (view, transposed) = (View::dense(w, out, inputs), self == Packing::Forward);
+        match &mut packed.kind {
+            PackKind::F32(p) => p.repack(view, transposed, 1.0, true),
+            PackKind::Bf16(p) => *p = PackedMatrix::pack_view(view, transposed, true),
+        }
+    }
+}
+
+/// A dense layer's weight packed for one of its products.
+struct Pack {
+    kind: PackKind,
+    /// The product's depth (the left operand's columns).
+    depth: usize,
+    /// The product's width (the output's columns).
+    width: usize,
+}
+
+enum PackKind {
+    F32(PackedWeights),
+    /// Rounded to bf16, for [`Precision::Bf16`] scopes.
+    Bf16(PackedMatrix),
+}
+
+impl Pack {
+    /// `c[m, width] += a[m, depth] · W`, both dense: with `a` rounded to bf16 if the pack is.
+    fn accumulate(&self, a: &[f32], m: usize, c: &mut [f32], threads: usize) {
+        match &self.kind {
+            PackKind::F32(p) => p.matmul_view(View::dense(a, m, self.depth), c, self.width, threads),
+            PackKind::Bf16(p) => p.matmul_accumulate(a, m, c, threads),
+        }
     }
 }
 
@@ -230,13 +284,28 @@ impl Packing {
 /// packs or [`clear`](WeightPacks::clear) them all.
 #[derive(Default)]
 pub struct WeightPacks {
-    packs: HashMap<(TensorId, Packing), PackedWeights>,
+    packs: HashMap<(TensorId, Packing), Pack>,
+    precision: Precision,
 }
 
 impl WeightPacks {
+    /// No packs yet; the dense layers' products inside [`scope`](Self::scope) run in
+    /// `precision` (f32 for [`WeightPacks::default`]).
+    pub fn new(precision: Precision) -> Self {
+        Self {
+            packs: HashMap::new(),
+            precision,
+        }
+    }
+
+    /// The precision of the dense layers' products inside [`scope`](Self::scope).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Runs `f` (forward and backward passes) with the dense layers using and keeping these packs.
     pub fn scope<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let _installed = Installed::new(&KEPT_PACKS, &mut self.packs);
+        let _installed = Installed::new(&KEPT_PACKS, self);
         f()
     }
 
@@ -273,22 +342,33 @@ fn with_kept_pack<R>(
     w: &[f32],
     out: usize,
     inputs: usize,
-    f: impl FnOnce(&PackedWeights) -> R,
+    f: impl FnOnce(&Pack) -> R,
 ) -> Option<R> {
     let weight = weight.filter(|_| sgemm::available())?;
     KEPT_PACKS.with(|cell| {
         let mut kept = cell.borrow_mut();
+        let kept = kept.as_mut()?;
+        let precision = kept.precision;
         let packed = kept
-            .as_mut()?
+            .packs
             .entry((weight, packing))
-            .or_insert_with(|| packing.pack(w, out, inputs));
+            .or_insert_with(|| packing.pack(precision, w, out, inputs));
         Some(f(packed))
+    })
+}
+
+/// The precision of the [`WeightPacks::scope`] running on this thread (f32 outside one).
+pub(super) fn scope_precision() -> Precision {
+    KEPT_PACKS.with(|cell| {
+        cell.borrow()
+            .as_ref()
+            .map_or(Precision::F32, |kept| kept.precision)
     })
 }
 
 thread_local! {
     /// The kept packs while a [`WeightPacks::scope`] runs on this thread.
-    static KEPT_PACKS: RefCell<Option<HashMap<(TensorId, Packing), PackedWeights>>> = const { RefCell::new(None) };
+    static KEPT_PACKS: RefCell<Option<WeightPacks>> = const { RefCell::new(None) };
 
     /// The buffers dense layers accumulate their parameters' gradients into, while a
     /// [`collecting_dense_grads`] call runs on this thread (candle runs a backward pass on the
@@ -386,7 +466,7 @@ fn batched(layout: &Layout, what: &str) -> candle_core::Result<(Vec<usize>, usiz
 
 /// `src` (`rows × cols`, row-major) transposed, tile by tile so that both sides stay in L1.
 /// `parallel` splits the output's rows over rayon's pool.
-fn transpose(src: &[f32], rows: usize, cols: usize, parallel: bool) -> Vec<f32> {
+pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, parallel: bool) -> Vec<f32> {
     const TILE: usize = 16;
     assert_eq!(src.len(), rows * cols, "transpose: not {rows}x{cols}");
     let mut dst = vec![0f32; src.len()];
@@ -643,9 +723,67 @@ mod tests {
         Ok(())
     }
 
+    /// In a bf16 scope a dense layer's three products round their operands to bf16 and sum in
+    /// f32: against f64 products of the operands so rounded (1e-5 of the largest value), and
+    /// measurably off the unrounded ones (the test would fail on f32 products). The bias's
+    /// gradient is the f32 column sums.
+    #[test]
+    fn bf16_scope_rounds_the_products_operands() -> Result<()> {
+        if !sgemm::available() {
+            println!("no packed kernel on this CPU: products stay f32");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let rounded = |t: &Tensor| f64_of(&t.to_dtype(DType::BF16).unwrap());
+        for (m, k, n) in [(13usize, 70usize, 37usize), (300, 129, 262)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, n, &dev)?;
+            let g = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
+            let vars = [&x, &w, &b].map(|t| Var::from_tensor(t).unwrap());
+            let mut packs = WeightPacks::new(Precision::Bf16);
+            let (y, grads) = packs.scope(|| -> Result<_> {
+                let y = linear(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor())?;
+                let grads = (&y * &g)?.sum_all()?.backward()?;
+                Ok((y, grads))
+            })?;
+            let got = [
+                y,
+                grads.get(&vars[0]).unwrap().clone(),
+                grads.get(&vars[1]).unwrap().clone(),
+                grads.get(&vars[2]).unwrap().clone(),
+            ];
+            let want = |operand: &dyn Fn(&Tensor) -> Tensor| -> Result<[Tensor; 3]> {
+                let (x, w, g) = (operand(&x), operand(&w), operand(&g));
+                Ok([
+                    x.matmul(&w.t()?)?.broadcast_add(&f64_of(&b))?,
+                    g.matmul(&w)?,
+                    g.t()?.matmul(&x)?,
+                ])
+            };
+            let (want_rounded, want_exact) = (want(&rounded)?, want(&f64_of)?);
+            for (i, what) in ["forward", "dx", "dweight"].iter().enumerate() {
+                let worst = worst_relative(&got[i], &want_rounded[i]);
+                let off_exact = worst_relative(&got[i], &want_exact[i]);
+                println!("{m}x{k}x{n} {what}: {worst:e} of the rounded operands' product, {off_exact:e} of the exact");
+                assert!(worst < 1e-5, "{m}x{k}x{n} {what}: worst relative |Δ| {worst:e}");
+                assert!(
+                    off_exact > 1e-4,
+                    "{m}x{k}x{n} {what}: operands not rounded ({off_exact:e})"
+                );
+            }
+            let sums = f64_of(&g).sum(0)?;
+            let worst = worst_relative(&got[3], &sums);
+            assert!(worst < 1e-6, "{m}x{k}x{n} dbias: {worst:e}");
+        }
+        Ok(())
+    }
+
     /// Inside a [`WeightPacks::scope`], a dense layer's forward product and its input's gradient
     /// use the packs kept from the first pass: after the weight changes they are stale until
-    /// [`WeightPacks::refresh`], and refreshed they give what packing afresh gives, bit for bit.
+    /// [`WeightPacks::refresh`], and refreshed they give what packing afresh gives, bit for bit,
+    /// in either precision.
     #[test]
     fn kept_packs_follow_refreshed_weights() -> Result<()> {
         if !sgemm::available() {
@@ -664,23 +802,34 @@ mod tests {
             let dx = grads.get(x.as_tensor()).expect("dx");
             Ok((y.flatten_all()?.to_vec1()?, dx.flatten_all()?.to_vec1()?))
         };
-        let mut packs = WeightPacks::default();
-        assert_eq!(packs.scope(pass)?, pass()?);
-        assert_eq!(
-            packs.packs.len(),
-            2,
-            "one pack for the forward product, one for dx"
-        );
+        for precision in [Precision::F32, Precision::Bf16] {
+            let fresh = || WeightPacks::new(precision).scope(pass);
+            let mut packs = WeightPacks::new(precision);
+            let first = packs.scope(pass)?;
+            if precision == Precision::F32 {
+                assert_eq!(
+                    first,
+                    pass()?,
+                    "kept f32 packs give the unpacked product's numbers"
+                );
+            }
+            assert_eq!(first, fresh()?);
+            assert_eq!(
+                packs.packs.len(),
+                2,
+                "one pack for the forward product, one for dx"
+            );
 
-        w.set(&Tensor::randn(0f32, 1.0, (n, k), &dev)?)?;
-        let (stale_y, stale_dx) = packs.scope(pass)?;
-        let (want_y, want_dx) = pass()?;
-        assert!(
-            stale_y != want_y && stale_dx != want_dx,
-            "stale packs hold the old weight"
-        );
-        packs.refresh(w.as_tensor())?;
-        assert_eq!(packs.scope(pass)?, (want_y, want_dx));
+            w.set(&Tensor::randn(0f32, 1.0, (n, k), &dev)?)?;
+            let (stale_y, stale_dx) = packs.scope(pass)?;
+            let (want_y, want_dx) = fresh()?;
+            assert!(
+                stale_y != want_y && stale_dx != want_dx,
+                "{precision:?}: stale packs hold the old weight"
+            );
+            packs.refresh(w.as_tensor())?;
+            assert_eq!(packs.scope(pass)?, (want_y, want_dx), "{precision:?}");
+        }
         Ok(())
     }
 
