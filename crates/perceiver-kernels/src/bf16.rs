@@ -133,6 +133,40 @@ impl PackedMatrix {
         Self::pack_source(Source::Rows(w), true)
     }
 
+    /// Packs W from `view` again, over the values packed before, as
+    /// [`pack_view`](Self::pack_view) would pack it: `view` holds a matrix of the same shape and
+    /// orientation as the first time (weights that change between products, as in training),
+    /// and no new buffer is made (a fresh one of a large weight is fresh pages to fault in).
+    /// The padding, never written by packing, stays zero.
+    ///
+    /// # Panics
+    /// If the shape differs, or the view does not lie inside its slice.
+    pub fn repack(&mut self, view: View, transposed: bool, parallel: bool) {
+        assert!(
+            view.fits(view.data.len()),
+            "repack: the view does not lie inside its slice"
+        );
+        let parts = [view];
+        let source = Source::of(&parts, transposed);
+        let (n, k) = source.dims();
+        assert!(
+            (n, k) == (self.n, self.k),
+            "repack: a {n}x{k} W over a {}x{}",
+            self.n,
+            self.k
+        );
+        let lda = self.pairs * NR;
+        if lda == 0 {
+            return;
+        }
+        let fill = |(p, panel): (usize, &mut [u32])| pack_panel(source, k, p, panel);
+        if parallel {
+            self.data.par_chunks_mut(lda).enumerate().for_each(fill);
+        } else {
+            self.data.chunks_mut(lda).enumerate().for_each(fill);
+        }
+    }
+
     fn pack_source(source: Source, parallel: bool) -> Self {
         let (n, k) = source.dims();
         let pairs = packed_pairs(k);
@@ -2343,6 +2377,26 @@ mod tests {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0f32, f32::max);
             assert!(worst < 1e-4, "transposed {transposed}: {worst}");
+        }
+    }
+
+    /// A pack packed again from other values (either orientation, a shape with padded lanes
+    /// and pairs) is lane for lane a fresh pack of them.
+    #[test]
+    fn repacked_is_packed_afresh() {
+        let (n, k) = (45, 37);
+        for transposed in [true, false] {
+            let (rows, cols) = if transposed { (n, k) } else { (k, n) };
+            let (first, second) = (random(rows * cols, 41), random(rows * cols, 42));
+            let mut packed = PackedMatrix::pack_view(View::dense(&first, rows, cols), transposed, true);
+            for parallel in [true, false] {
+                packed.repack(View::dense(&second, rows, cols), transposed, parallel);
+                let fresh = PackedMatrix::pack_view(View::dense(&second, rows, cols), transposed, false);
+                assert!(
+                    *packed.data == *fresh.data,
+                    "transposed {transposed}, parallel {parallel}"
+                );
+            }
         }
     }
 

@@ -244,7 +244,7 @@ impl Packing {
         let (view, transposed) = (View::dense(w, out, inputs), self == Packing::Forward);
         match &mut packed.kind {
             PackKind::F32(p) => p.repack(view, transposed, 1.0, true),
-            PackKind::Bf16(p) => *p = PackedMatrix::pack_view(view, transposed, true),
+            PackKind::Bf16(p) => p.repack(view, transposed, true),
         }
     }
 }
