@@ -33,7 +33,8 @@ Run from the repository root, after ``cargo build --release -p perceiver-bench``
         --image-model target/fourier-random
 
 ``--precision bf16`` times mixed precision on both sides: PyTorch's forward under ``torch.autocast("cpu",
-dtype=torch.bfloat16)``, ours with ``--precision bf16`` (the dense layers' products on bf16 operands).
+dtype=torch.bfloat16)``, ours with ``--precision bf16`` (the dense layers' and attention's products on bf16
+operands).
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ pub struct TrainStepArgs {
     warmup: usize,
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Number type of the dense layers' products: f32 or bf16 (mixed precision, as `perceiver
-    /// train --precision`).
+    /// Number type of the dense layers' and attention's products: f32 or bf16 (mixed precision,
+    /// as `perceiver train --precision`).
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// Print {"impl", "step_seconds", "median"} as JSON.

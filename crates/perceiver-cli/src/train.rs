@@ -210,9 +210,10 @@ pub struct TrainArgs {
     #[arg(long)]
     shuffle_windows: Option<usize>,
 
-    /// Number type of the dense layers' products in training steps: f32, or bf16 (mixed
-    /// precision: their operands rounded to bf16; sums, gradients, the weights and every other op
-    /// f32). Faster on CPUs with AVX-512 BF16 or AMX, not on AVX2. Evaluation runs in f32.
+    /// Number type of the dense layers' and attention's products in training steps: f32, or
+    /// bf16 (mixed precision: their operands rounded to bf16; sums, gradients, the weights and
+    /// every other op f32). Faster on CPUs with AVX-512 BF16 or AMX, not on AVX2. Evaluation runs
+    /// in f32.
     #[arg(long, default_value = "f32")]
     precision: Precision,
 

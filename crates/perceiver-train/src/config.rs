@@ -94,10 +94,10 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Windows in the shuffle buffer.
     pub shuffle_windows: usize,
-    /// Number type of the dense layers' products in training steps: [`Precision::Bf16`] is
-    /// mixed precision (operands rounded to bf16, sums, gradients, the optimizer's weights and
-    /// every other op f32), for CPUs with bf16 products (AMX, AVX-512 BF16). Evaluation runs in
-    /// f32 either way.
+    /// Number type of the dense layers' and attention's products in training steps:
+    /// [`Precision::Bf16`] is mixed precision (operands rounded to bf16, sums, gradients, the
+    /// optimizer's weights and every other op f32), for CPUs with bf16 products (AMX, AVX-512
+    /// BF16). Evaluation runs in f32 either way.
     #[serde(default)]
     pub precision: Precision,
 }

@@ -229,7 +229,7 @@ fn a_fourier_classifier_learns_new_labels_from_image_folders() {
     check_checkpoint(&trainer, &checkpoint, Architecture::ImageClassificationFourier);
 }
 
-/// Mixed precision (the dense layers' products on bf16 operands) learns the same task: its first
+/// Mixed precision (the dense layers' and attention's products on bf16 operands) learns the same task: its first
 /// steps' losses and gradient norms are within 2% of f32's, and not equal to them (its products
 /// did round); its held-out accuracy is as high; and the run's precision is saved, so that a
 /// resume keeps it.
