@@ -118,8 +118,8 @@ impl FusedAttention {
 /// `scale · op(a) · op(b)` into a new dense `[m, n]` matrix, on the calling thread, where `op`
 /// transposes the operands flagged (`a` is then `[k, m]`, `b` `[n, k]`): f32 on the packed
 /// kernel (a transposed `a` read in place, the scale folded into the packed `b`), or with both
-/// operands rounded to bf16 ([`Precision::Bf16`]; a transposed `a` copied first, as the bf16
-/// kernel reads rows; the scale applied to the f32 sums).
+/// operands rounded to bf16 ([`Precision::Bf16`]; a transposed `a`, dense, copied first, as the
+/// bf16 kernel reads rows; the scale applied to the f32 sums).
 fn head_product(
     precision: Precision,
     a: View,
@@ -152,7 +152,13 @@ fn head_product(
             let dense;
             let copy_row = |r: usize, row: &mut [f32]| row.copy_from_slice(&a.data[r * a.stride..][..k]);
             let rows = if a_transposed {
-                dense = transpose_view(a);
+                // A transposed `a` is always a whole matrix here (attention weights or their
+                // gradient).
+                assert_eq!(
+                    a.stride, a.cols,
+                    "head_product: a transposed left operand must be dense"
+                );
+                dense = transpose(&a.data[..a.rows * a.cols], a.rows, a.cols, false);
                 Rows::Dense(&dense)
             } else if a.stride == k {
                 Rows::Dense(&a.data[..m * k])
@@ -167,18 +173,6 @@ fn head_product(
         }
     }
     c
-}
-
-/// A view's matrix transposed into a new dense one.
-fn transpose_view(a: View) -> Vec<f32> {
-    if a.stride == a.cols {
-        return transpose(&a.data[..a.rows * a.cols], a.rows, a.cols, false);
-    }
-    let dense: Vec<f32> = (0..a.rows)
-        .flat_map(|r| &a.data[r * a.stride..][..a.cols])
-        .copied()
-        .collect();
-    transpose(&dense, a.rows, a.cols, false)
 }
 
 /// Every (item, head) pair: the unit of parallel work.
