@@ -128,11 +128,53 @@ pub fn intel() -> bool {
     }
 }
 
-/// A core's L2 cache in KiB, as CPUID reports it (leaf 0x8000_0006, which AMD and Intel both
-/// fill in); `None` off x86-64 or where the leaf is missing.
+/// A core's L2 cache in KiB, as CPUID reports it: on Intel's CPUs from the deterministic cache
+/// parameters (leaf 4, which Linux's sysfs reads too; leaf 0x8000_0006 can disagree with it in
+/// a virtual machine: 256 KiB against 1,280 on an Ice Lake guest), on others from leaf
+/// 0x8000_0006; `None` off x86-64 or where the leaf is missing.
 pub fn l2_kib() -> Option<usize> {
     static L2: OnceLock<Option<usize>> = OnceLock::new();
-    *L2.get_or_init(|| extended_cache_kib(0x8000_0006, 16))
+    *L2.get_or_init(|| match intel() {
+        true => deterministic_cache_kib(2).or_else(|| extended_cache_kib(0x8000_0006, 16)),
+        false => extended_cache_kib(0x8000_0006, 16),
+    })
+}
+
+/// The size in KiB of the data or unified cache of `level` that CPUID leaf 4 describes (Intel's
+/// deterministic cache parameters); `None` where the leaf is missing or names no such cache.
+#[cfg(target_arch = "x86_64")]
+fn deterministic_cache_kib(level: u32) -> Option<usize> {
+    // SAFETY: CPUID is available on every x86_64 CPU (the intrinsic is safe in newer Rust).
+    #[allow(unused_unsafe)]
+    let max_leaf = unsafe { std::arch::x86_64::__cpuid(0) }.eax;
+    if max_leaf < 4 {
+        return None;
+    }
+    // Sub-leaves list the caches until one of type 0; a bound in case a hypervisor never ends it.
+    for sub_leaf in 0..16 {
+        // SAFETY: as above; leaf 4 exists (checked).
+        #[allow(unused_unsafe)]
+        let info = unsafe { std::arch::x86_64::__cpuid_count(4, sub_leaf) };
+        let kind = info.eax & 0x1f;
+        if kind == 0 {
+            return None;
+        }
+        // Types 1 (data) and 3 (unified); 2 is an instruction cache.
+        if (info.eax >> 5) & 0x7 == level && kind != 2 {
+            let ways = (info.ebx >> 22) as usize + 1;
+            let partitions = ((info.ebx >> 12) & 0x3ff) as usize + 1;
+            let line = (info.ebx & 0xfff) as usize + 1;
+            let sets = info.ecx as usize + 1;
+            let kib = ways * partitions * line * sets / 1024;
+            return (kib > 0).then_some(kib);
+        }
+    }
+    None
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn deterministic_cache_kib(_level: u32) -> Option<usize> {
+    None
 }
 
 /// A core's L1 data cache in KiB, as CPUID leaf 0x8000_0005 reports it: AMD fills it in, Intel
@@ -358,5 +400,36 @@ mod tests {
             );
         }
         assert!(row_level() <= simd_level(), "never above what the CPU has");
+    }
+
+    /// Linux's sysfs reads the cache sizes of Intel's CPUs from the same CPUID leaf: where both
+    /// are there, they agree (sysfs writes "1280K").
+    #[test]
+    fn intel_l2_size_is_what_linux_reports() {
+        let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        if !intel() {
+            return;
+        }
+        let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+        let sysfs_l2 = entries.flatten().find_map(|entry| {
+            let index = entry.path();
+            let level = read(index.join("level"));
+            let kind = read(index.join("type"));
+            (level.trim() == "2" && kind.trim() != "Instruction")
+                .then(|| {
+                    read(index.join("size"))
+                        .trim()
+                        .trim_end_matches('K')
+                        .parse::<usize>()
+                        .ok()
+                })
+                .flatten()
+        });
+        if let Some(kib) = sysfs_l2 {
+            assert_eq!(l2_kib(), Some(kib), "CPUID against sysfs");
+        }
     }
 }
