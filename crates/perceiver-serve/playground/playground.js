@@ -1557,6 +1557,22 @@ function nextEvent(video, event) {
   });
 }
 
+// Resolves once the video presents its next frame, or after FRAME_WAIT_MS: right after a seek's
+// `seeked`, drawing a paused video can still paint the frame shown before it in Chromium on a
+// busy machine. The cap covers browsers without requestVideoFrameCallback and a seek that lands
+// on the frame already shown (no new frame is presented then).
+function framePresented(video) {
+  if (!('requestVideoFrameCallback' in video)) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, FRAME_WAIT_MS);
+    video.requestVideoFrameCallback(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+const FRAME_WAIT_MS = 250;
+
 const CANNOT_DECODE = 'cannot be decoded by this browser';
 
 function formatSeconds(seconds) {
@@ -1593,8 +1609,10 @@ async function decodeVideo(file, c, stale) {
     for (let i = 0; i < c.frames; i++) {
       unwanted();
       const seeked = nextEvent(video, 'seeked');
+      const shown = framePresented(video);
       video.currentTime = (i + 0.5) / FRAMES_PER_SECOND;
       await seeked;
+      await shown;
       const [left, top] = [(width - cropWidth) / 2, (height - cropHeight) / 2];
       g.drawImage(video, left, top, cropWidth, cropHeight, 0, 0, c.width, c.height);
       frames.push(await canvasPng(canvas, stem + '-frame-' + String(i + 1).padStart(digits, '0') + '.png'));
