@@ -134,9 +134,9 @@ pub fn intel() -> bool {
 /// 0x8000_0006; `None` off x86-64 or where the leaf is missing.
 pub fn l2_kib() -> Option<usize> {
     static L2: OnceLock<Option<usize>> = OnceLock::new();
-    *L2.get_or_init(|| match intel() {
-        true => deterministic_cache_kib(2).or_else(|| extended_cache_kib(0x8000_0006, 16)),
-        false => extended_cache_kib(0x8000_0006, 16),
+    *L2.get_or_init(|| {
+        let leaf_4 = if intel() { deterministic_cache_kib(2) } else { None };
+        leaf_4.or_else(|| extended_cache_kib(0x8000_0006, 16))
     })
 }
 

@@ -1557,6 +1557,9 @@ function nextEvent(video, event) {
   });
 }
 
+// How long a drawn frame waits to be presented after a seek (see framePresented).
+const FRAME_WAIT_MS = 250;
+
 // Resolves once the video presents its next frame, or after FRAME_WAIT_MS: right after a seek's
 // `seeked`, drawing a paused video can still paint the frame shown before it in Chromium on a
 // busy machine. The cap covers browsers without requestVideoFrameCallback and a seek that lands
@@ -1571,7 +1574,6 @@ function framePresented(video) {
     });
   });
 }
-const FRAME_WAIT_MS = 250;
 
 const CANNOT_DECODE = 'cannot be decoded by this browser';
 
